@@ -1,0 +1,1 @@
+"""Userspace TCP/IP stack over the WireGuard device, exposed as Twisted transports."""
