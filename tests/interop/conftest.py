@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.interop.testbed import Testbed, unavailable_reason
+from tests.interop.testbed import Testbed, current_netns_inode, unavailable_reason
 
 
 def require_testbed(*need: str) -> None:
@@ -23,9 +23,12 @@ def require_testbed(*need: str) -> None:
 @pytest.fixture
 def testbed():
     require_testbed("ping")
+    home = current_netns_inode()
     tb = Testbed()
     try:
         yield tb
     finally:
         left = tb.close()
     assert not left, f"testbed teardown left: {left}"
+    # inside_netns() must always have switched the thread back.
+    assert current_netns_inode() == home, "test thread left in another network namespace"
