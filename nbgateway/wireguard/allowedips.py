@@ -1,0 +1,100 @@
+"""Cryptokey routing: the allowed-IPs longest-prefix table (whitepaper section 2).
+
+Each prefix belongs to exactly one value (peer); inserting a prefix already owned
+by another value moves it.  Lookups take the raw packed address (4 or 16 bytes,
+as sliced from a packet header) and probe one dict per distinct prefix length,
+longest first: O(number of distinct prefix lengths), with no objects created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _Family(Generic[V]):
+    __slots__ = ("bits", "lengths", "tables")
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.tables: dict[int, dict[int, V]] = {}
+        self.lengths: list[int] = []  # distinct prefix lengths, longest first
+
+    def insert(self, prefix: int, length: int, value: V) -> None:
+        table = self.tables.get(length)
+        if table is None:
+            table = self.tables[length] = {}
+            self.lengths = sorted(self.tables, reverse=True)
+        table[prefix >> (self.bits - length)] = value
+
+    def remove(self, prefix: int, length: int) -> V | None:
+        table = self.tables.get(length)
+        if table is None:
+            return None
+        value = table.pop(prefix >> (self.bits - length), None)
+        if not table:
+            del self.tables[length]
+            self.lengths = sorted(self.tables, reverse=True)
+        return value
+
+    def lookup(self, addr: int) -> V | None:
+        bits = self.bits
+        tables = self.tables
+        for length in self.lengths:
+            value = tables[length].get(addr >> (bits - length))
+            if value is not None:
+                return value
+        return None
+
+
+class AllowedIPs(Generic[V]):
+    """Longest-prefix-match table mapping IPv4/IPv6 networks to values."""
+
+    def __init__(self) -> None:
+        self._v4: _Family[V] = _Family(32)
+        self._v6: _Family[V] = _Family(128)
+        self._owned: dict[Network, V] = {}
+
+    def insert(self, network: Network | str, value: V) -> None:
+        net = ipaddress.ip_network(network, strict=False)
+        fam = self._v4 if net.version == 4 else self._v6
+        fam.insert(int(net.network_address), net.prefixlen, value)
+        self._owned[net] = value
+
+    def remove(self, network: Network | str) -> None:
+        net = ipaddress.ip_network(network, strict=False)
+        fam = self._v4 if net.version == 4 else self._v6
+        fam.remove(int(net.network_address), net.prefixlen)
+        self._owned.pop(net, None)
+
+    def remove_value(self, value: V) -> None:
+        for net in [n for n, v in self._owned.items() if v is value]:
+            self.remove(net)
+
+    def networks_of(self, value: V) -> list[Network]:
+        return [n for n, v in self._owned.items() if v is value]
+
+    def lookup_packed(self, packed: bytes) -> V | None:
+        """Lookup by a packed 4- or 16-byte address."""
+        if len(packed) == 4:
+            return self._v4.lookup(int.from_bytes(packed, "big"))
+        if len(packed) == 16:
+            return self._v6.lookup(int.from_bytes(packed, "big"))
+        return None
+
+    def lookup(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> V | None:
+        return self.lookup_packed(ipaddress.ip_address(address).packed)
+
+    def __iter__(self) -> Iterator[tuple[Network, V]]:
+        return iter(list(self._owned.items()))
+
+    def __len__(self) -> int:
+        return len(self._owned)
+
+    def update(self, items: Iterable[tuple[Network | str, V]]) -> None:
+        for net, value in items:
+            self.insert(net, value)
