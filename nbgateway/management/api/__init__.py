@@ -1,0 +1,55 @@
+"""REST API of the management service (twisted.web), mounted at ``/api``.
+
+:func:`build_site` wires the route table (:mod:`.routes`) over a Store into an
+:class:`~.framework.ApiSite`; the OpenAPI document (:mod:`.openapi`) is built
+from the same table and served at ``GET /api/openapi.json`` without auth.
+Constructing the site opens no socket and starts no thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .framework import MAX_BODY_SIZE, ApiError, ApiResource, ApiSite, Call, Result, Route
+from .openapi import build_document
+from .routes import Handlers, build_routes
+from .schemas import COMPONENTS
+
+__all__ = ["MAX_BODY_SIZE", "ApiError", "ApiSite", "build_openapi", "build_site"]
+
+
+def _version() -> str:
+    try:
+        from nbgateway import __version__
+    except ImportError:  # pragma: no cover
+        return "0"
+    return str(__version__)
+
+
+def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
+    """The OpenAPI document for *routes* (default: the full table, store-less)."""
+    if routes is None:
+        routes = build_routes(Handlers(store=None))
+    return build_document([r for r in routes if r.operation_id != "getOpenAPI"], COMPONENTS,
+                          version=_version())
+
+
+def build_site(store: Any, threadpool: Any, reactor: Any) -> ApiSite:
+    """An HTTP site serving the API over *store*; handlers run on *threadpool*."""
+    handlers = Handlers(store)
+    routes = build_routes(handlers)
+    document = build_openapi(routes)
+
+    def openapi(call: Call) -> Result:
+        return Result(200, document)
+
+    routes.append(Route("GET", "/openapi.json", openapi, "getOpenAPI",
+                        "This OpenAPI document", "Meta", auth=False))
+    resource = ApiResource(routes, COMPONENTS, handlers.authenticate, threadpool, reactor)
+    site = ApiSite(resource)
+    site.displayTracebacks = False
+    return site
+
+
+# re-exported for embedding callers
+__all__ += ["ApiError", "ApiResource", "Call", "Handlers", "Result", "Route"]

@@ -1,0 +1,570 @@
+"""The ``/api`` operations: one synchronous handler per route, over the Store.
+
+Handlers run in the store thread pool (see :mod:`.framework`); they translate a
+:class:`~.framework.Call` into store calls and the result back into JSON with
+:mod:`.mapping`. :func:`build_routes` returns the route table that both the
+dispatcher and the OpenAPI document use, so the document lists exactly what is
+served.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nacl.public import PrivateKey
+
+from nbgateway.management import wgconfig
+from nbgateway.management.errors import BadRequest, NotFound, ValidationError
+from nbgateway.management.model import (
+    AccessLogQuery,
+    CustomDomain,
+    Group,
+    Peer,
+    Target,
+    User,
+)
+
+from . import mapping as m
+from .framework import ApiError, Call, Identity, QueryParam, Result, Route
+
+_ADMIN_ROLES = ("owner", "admin")
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _acct(call: Call) -> str:
+    assert call.identity is not None
+    return call.identity.account_id
+
+
+def _require_admin(call: Call) -> None:
+    assert call.identity is not None
+    if call.identity.role not in _ADMIN_ROLES:
+        raise ApiError(403, "user has no permission to perform this action")
+
+
+def _int_query(call: Call, name: str, default: int | None) -> int | None:
+    raw = call.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError(f"invalid {name}: {raw!r} is not an integer") from None
+
+
+def _date_query(call: Call, name: str) -> datetime | None:
+    raw = call.query.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"invalid {name}: expected an RFC 3339 timestamp") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _check_public_key(key: str) -> str:
+    try:
+        return wgconfig.check_key(key)
+    except wgconfig.WgConfigError:
+        raise ValidationError("invalid wireguard public key: expected 32 bytes, base64") from None
+
+
+def _check_endpoint(endpoint: str | None) -> str | None:
+    if not endpoint:
+        return None
+    try:
+        return wgconfig.check_endpoint(endpoint)
+    except wgconfig.WgConfigError as exc:
+        raise ValidationError(f"invalid endpoint: {exc}") from None
+
+
+class Handlers:
+    """Route handlers bound to one Store."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    # -- auth ------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Identity:
+        user, _pat = self.store.authenticate_personal_access_token(token)
+        return Identity(account_id=user.account_id, user_id=user.id, role=user.role)
+
+    # -- services --------------------------------------------------------------
+
+    def _host_resolver(self, account_id: str) -> Callable[[Target], str]:
+        """``peer`` targets read back the peer's tunnel IP ("unknown" if it is gone)."""
+        cache: dict[str, str] = {}
+
+        def resolve(t: Target) -> str:
+            if t.target_type != "peer":
+                return t.host
+            if t.target_id not in cache:
+                try:
+                    cache[t.target_id] = self.store.get_peer(account_id, t.target_id).ip
+                except NotFound:
+                    cache[t.target_id] = "unknown"
+            return cache[t.target_id]
+
+        return resolve
+
+    def list_services(self, call: Call) -> Result:
+        acct = _acct(call)
+        resolve = self._host_resolver(acct)
+        return Result(200, [m.service_to_api(s, resolve) for s in self.store.list_services(acct)])
+
+    def create_service(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        created = self.store.create_service(m.service_from_api(call.body, account_id=acct))
+        return Result(200, m.service_to_api(created, self._host_resolver(acct)))
+
+    def get_service(self, call: Call) -> Result:
+        acct = _acct(call)
+        s = self.store.get_service(acct, call.params["serviceId"])
+        return Result(200, m.service_to_api(s, self._host_resolver(acct)))
+
+    def update_service(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        sid = call.params["serviceId"]
+        self.store.get_service(acct, sid)  # 404 before validation, like upstream
+        updated = self.store.update_service(
+            m.service_from_api(call.body, account_id=acct, service_id=sid))
+        return Result(200, m.service_to_api(updated, self._host_resolver(acct)))
+
+    def delete_service(self, call: Call) -> Result:
+        _require_admin(call)
+        self.store.delete_service(_acct(call), call.params["serviceId"])
+        return Result(200, {})
+
+    # -- clusters and domains --------------------------------------------------
+
+    def list_clusters(self, call: Call) -> Result:
+        return Result(200, [m.cluster_to_api(c) for c in self.store.list_clusters(_acct(call))])
+
+    def delete_cluster(self, call: Call) -> Result:
+        _require_admin(call)
+        self.store.delete_cluster(_acct(call), call.params["clusterAddress"])
+        return Result(200, {})
+
+    def list_domains(self, call: Call) -> Result:
+        acct = _acct(call)
+        clusters = {c.address: c for c in self.store.list_clusters(acct)}
+        out = [m.free_domain_to_api(c) for c in clusters.values() if c.online]
+        out += [m.custom_domain_to_api(d, clusters.get(d.target_cluster))
+                for d in self.store.list_domains(acct)]
+        return Result(200, out)
+
+    def create_domain(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        domain = call.body.get("domain", "").strip().lower().rstrip(".")
+        target = call.body.get("target_cluster", "").strip().lower().rstrip(".")
+        if not domain:
+            raise ValidationError("domain is required")
+        if not target:
+            raise ValidationError("target_cluster is required")
+        if len(domain) > 255 or len(target) > 255:
+            raise ValidationError("domain exceeds maximum length of 255 characters")
+        created = self.store.create_domain(CustomDomain(account_id=acct, domain=domain,
+                                                        target_cluster=target))
+        clusters = {c.address: c for c in self.store.list_clusters(acct)}
+        return Result(200, m.custom_domain_to_api(created, clusters.get(created.target_cluster)))
+
+    def delete_domain(self, call: Call) -> Result:
+        _require_admin(call)
+        self.store.delete_domain(_acct(call), call.params["domainId"])
+        return Result(200, {})
+
+    def validate_domain(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        did = call.params["domainId"]
+        if not any(d.id == did for d in self.store.list_domains(acct)):
+            raise NotFound("domain not found")
+        return Result(202, {})
+
+    # -- proxy tokens ------------------------------------------------------------
+
+    def list_proxy_tokens(self, call: Call) -> Result:
+        return Result(200, [m.proxy_token_to_api(t)
+                            for t in self.store.list_proxy_tokens(_acct(call))])
+
+    def create_proxy_token(self, call: Call) -> Result:
+        _require_admin(call)
+        assert call.identity is not None
+        name = call.body.get("name", "")
+        if not name or len(name) > 255:
+            raise ApiError(400, "name is required and must be at most 255 characters")
+        expires_in = call.body.get("expires_in", 0)
+        if expires_in < 0:
+            raise ApiError(400, "expires_in must be non-negative")
+        expires_at = None
+        if expires_in:
+            try:
+                expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
+            except OverflowError:
+                raise ApiError(400, "expires_in is too large") from None
+        row, plain = self.store.create_proxy_token(name, account_id=_acct(call),
+                                                   expires_at=expires_at,
+                                                   created_by=call.identity.user_id)
+        return Result(200, {**m.proxy_token_to_api(row), "plain_token": plain})
+
+    def revoke_proxy_token(self, call: Call) -> Result:
+        _require_admin(call)
+        self.store.revoke_proxy_token(_acct(call), call.params["tokenId"])
+        return Result(200, {})
+
+    # -- access logs -------------------------------------------------------------
+
+    def list_access_logs(self, call: Call) -> Result:
+        q = call.query
+        status_code = _int_query(call, "status_code", None)
+        query = AccessLogQuery(
+            page=_int_query(call, "page", 1), page_size=_int_query(call, "page_size", 50),
+            sort_by=q.get("sort_by") or "timestamp", sort_order=q.get("sort_order") or "desc",
+            search=q.get("search") or None, service_id=q.get("service_id") or None,
+            source_ip=q.get("source_ip") or None, host=q.get("host") or None,
+            path=q.get("path") or None, user_id=q.get("user_id") or None,
+            user_email=q.get("user_email") or None, user_name=q.get("user_name") or None,
+            method=q.get("method") or None, status=q.get("status") or None,
+            status_code=status_code, start_date=_date_query(call, "start_date"),
+            end_date=_date_query(call, "end_date"))
+        if query.status not in (None, "success", "failed"):
+            raise ValidationError(f"invalid status {query.status!r}: use success or failed")
+        page = self.store.list_access_logs(_acct(call), query)
+        return Result(200, {"data": [m.access_log_to_api(e) for e in page.data],
+                            "page": page.page, "page_size": page.page_size,
+                            "total_records": page.total_records,
+                            "total_pages": page.total_pages})
+
+    # -- users and their tokens ----------------------------------------------------
+
+    def list_users(self, call: Call) -> Result:
+        return Result(200, [m.user_to_api(u) for u in self.store.list_users(_acct(call))])
+
+    def create_user(self, call: Call) -> Result:
+        _require_admin(call)
+        b = call.body
+        user = self.store.create_user(User(
+            account_id=_acct(call), email=b.get("email", ""), name=b.get("name", ""),
+            role=b.get("role", "user"), is_service_user=b.get("is_service_user", False),
+            auto_groups=tuple(b.get("auto_groups") or ())))
+        return Result(200, m.user_to_api(user))
+
+    def get_user(self, call: Call) -> Result:
+        return Result(200, m.user_to_api(self.store.get_user(_acct(call), call.params["userId"])))
+
+    def update_user(self, call: Call) -> Result:
+        _require_admin(call)
+        b = call.body
+        cur = self.store.get_user(_acct(call), call.params["userId"])
+        user = self.store.update_user(User(
+            id=cur.id, account_id=cur.account_id, email=b.get("email", cur.email),
+            name=b.get("name", cur.name), role=b.get("role", cur.role),
+            is_service_user=cur.is_service_user,
+            auto_groups=tuple(b.get("auto_groups") or ()),
+            blocked=b.get("is_blocked", False), pending_approval=b.get("pending_approval", False),
+            created_at=cur.created_at))
+        return Result(200, m.user_to_api(user))
+
+    def delete_user(self, call: Call) -> Result:
+        _require_admin(call)
+        assert call.identity is not None
+        if call.params["userId"] == call.identity.user_id:
+            raise BadRequest("a user cannot delete itself")
+        self.store.delete_user(_acct(call), call.params["userId"])
+        return Result(200, {})
+
+    def _own_or_admin(self, call: Call) -> tuple[str, str]:
+        assert call.identity is not None
+        uid = call.params["userId"]
+        if uid != call.identity.user_id:
+            _require_admin(call)
+        self.store.get_user(_acct(call), uid)
+        return _acct(call), uid
+
+    def list_user_tokens(self, call: Call) -> Result:
+        acct, uid = self._own_or_admin(call)
+        return Result(200, [m.pat_to_api(t)
+                            for t in self.store.list_personal_access_tokens(acct, uid)])
+
+    def create_user_token(self, call: Call) -> Result:
+        acct, uid = self._own_or_admin(call)
+        assert call.identity is not None
+        name, days = call.body.get("name", ""), call.body.get("expires_in", 0)
+        if not name or len(name) > 255:
+            raise ValidationError("token name must be 1..255 characters")
+        if not 1 <= days <= 365:
+            raise ValidationError("expiration has to be between 1 and 365")
+        row, plain = self.store.create_personal_access_token(
+            acct, uid, name, expires_at=datetime.now(UTC) + timedelta(days=days),
+            created_by=call.identity.user_id)
+        return Result(200, {"plain_token": plain, "personal_access_token": m.pat_to_api(row)})
+
+    def delete_user_token(self, call: Call) -> Result:
+        acct, uid = self._own_or_admin(call)
+        self.store.delete_personal_access_token(acct, uid, call.params["tokenId"])
+        return Result(200, {})
+
+    # -- groups ------------------------------------------------------------------
+
+    def _peer_names(self, acct: str) -> dict[str, str]:
+        return {p.id: p.name for p in self.store.list_peers(acct)}
+
+    def list_groups(self, call: Call) -> Result:
+        acct = _acct(call)
+        names = self._peer_names(acct)
+        return Result(200, [m.group_to_api(g, names) for g in self.store.list_groups(acct)])
+
+    def create_group(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        g = self.store.create_group(Group(account_id=acct, name=call.body.get("name", ""),
+                                          peers=tuple(call.body.get("peers") or ())))
+        return Result(200, m.group_to_api(g, self._peer_names(acct)))
+
+    def get_group(self, call: Call) -> Result:
+        acct = _acct(call)
+        g = self.store.get_group(acct, call.params["groupId"])
+        return Result(200, m.group_to_api(g, self._peer_names(acct)))
+
+    def update_group(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        cur = self.store.get_group(acct, call.params["groupId"])
+        peers = tuple(call.body["peers"]) if "peers" in call.body else cur.peers
+        g = self.store.update_group(Group(id=cur.id, account_id=acct, issued=cur.issued,
+                                          name=call.body.get("name", ""), peers=peers))
+        return Result(200, m.group_to_api(g, self._peer_names(acct)))
+
+    def delete_group(self, call: Call) -> Result:
+        _require_admin(call)
+        self.store.delete_group(_acct(call), call.params["groupId"])
+        return Result(200, {})
+
+    # -- peers -------------------------------------------------------------------
+
+    def _groups(self, acct: str) -> dict[str, Group]:
+        return {g.id: g for g in self.store.list_groups(acct)}
+
+    def list_peers(self, call: Call) -> Result:
+        acct = _acct(call)
+        groups = self._groups(acct)
+        return Result(200, [m.peer_to_api(p, groups) for p in self.store.list_peers(acct)])
+
+    def create_peer(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        b = call.body
+        name = b.get("name", "").strip()
+        if not name:
+            raise ValidationError("peer name is required")
+        if len(name) > 255:
+            raise ValidationError("peer name exceeds maximum length of 255 characters")
+        private_key = None
+        if b.get("public_key"):
+            public_key = _check_public_key(b["public_key"])
+        else:
+            sk = PrivateKey.generate()
+            private_key = base64.b64encode(bytes(sk)).decode()
+            public_key = base64.b64encode(bytes(sk.public_key)).decode()
+        cluster = b.get("proxy_cluster", "").strip().lower().rstrip(".")
+        peer = self.store.create_peer(Peer(
+            account_id=acct, name=name, key=public_key, user_id=b.get("user_id") or None,
+            endpoint=_check_endpoint(b.get("endpoint")), groups=tuple(b.get("groups") or ()),
+            proxy=bool(cluster), proxy_cluster=cluster, wg_private_key=private_key))
+        out = m.peer_to_api(peer, self._groups(acct))
+        if private_key is not None:
+            out["private_key"] = private_key
+        return Result(200, out)
+
+    def get_peer(self, call: Call) -> Result:
+        acct = _acct(call)
+        peer = self.store.get_peer(acct, call.params["peerId"])
+        return Result(200, m.peer_to_api(peer, self._groups(acct)))
+
+    def update_peer(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        b = call.body
+        cur = self.store.get_peer(acct, call.params["peerId"])
+        name = b.get("name", "").strip()
+        if not name:
+            raise ValidationError("peer name is required")
+        if len(name) > 255:
+            raise ValidationError("peer name exceeds maximum length of 255 characters")
+        updated = Peer(**{**cur.__dict__, "name": name,
+                          "user_id": b.get("user_id", cur.user_id) or None,
+                          "endpoint": _check_endpoint(b.get("endpoint", cur.endpoint)),
+                          "groups": tuple(b["groups"]) if "groups" in b else cur.groups})
+        peer = self.store.update_peer(updated)
+        return Result(200, m.peer_to_api(peer, self._groups(acct)))
+
+    def delete_peer(self, call: Call) -> Result:
+        _require_admin(call)
+        self.store.delete_peer(_acct(call), call.params["peerId"])
+        return Result(200, {})
+
+    def peer_wireguard_config(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        fmt = call.query.get("format") or "conf"
+        if fmt not in ("conf", "qr"):
+            raise ValidationError('format must be "conf" or "qr"')
+        peer = self.store.get_peer(acct, call.params["peerId"])
+        proxies = [p for p in self.store.list_proxy_peers(acct) if p.id != peer.id]
+        try:
+            text = wgconfig.render_config(
+                private_key=peer.wg_private_key, addresses=[peer.ip, peer.ipv6],
+                proxy_peers=[wgconfig.WgPeer(p.key, p.endpoint, [a for a in (p.ip, p.ipv6) if a])
+                             for p in proxies])
+        except wgconfig.WgConfigError as exc:
+            raise ApiError(409, f"cannot render wireguard config: {exc}") from None
+        if fmt == "qr":
+            return Result(200, wgconfig.render_qr_png(text), content_type="image/png")
+        return Result(200, text.encode(), content_type="text/plain; charset=utf-8",
+                      headers={"Content-Disposition":
+                               f'attachment; filename="{_conf_name(peer.name)}.conf"'})
+
+
+def _conf_name(name: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:15]
+    return safe or "wg0"
+
+
+def _q(name: str, kind: str = "string", description: str = "", **extra: Any) -> QueryParam:
+    return QueryParam(name, {"type": kind, **extra}, description)
+
+
+_LOG_QUERY = [
+    _q("page", "integer", "page number (>= 1)", minimum=1, default=1),
+    _q("page_size", "integer", "entries per page", minimum=1, maximum=100, default=50),
+    _q("sort_by", description="sort field", enum=[
+        "timestamp", "url", "host", "path", "method", "status_code", "duration", "source_ip",
+        "user_id", "auth_method", "reason"]),
+    _q("sort_order", enum=["asc", "desc"], default="desc"),
+    _q("search", description="substring over host, path, user id, source ip, reason"),
+    _q("service_id"), _q("source_ip"), _q("host"), _q("path"), _q("user_id"),
+    _q("user_email"), _q("user_name"), _q("method"),
+    _q("status", enum=["success", "failed"]),
+    _q("status_code", "integer", minimum=100, maximum=599),
+    _q("start_date", format="date-time"), _q("end_date", format="date-time"),
+]
+
+
+def build_routes(h: Handlers) -> list[Route]:
+    """The route table: dispatch order and the OpenAPI document both come from it."""
+
+    def arr(name: str) -> dict[str, Any]:
+        return {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}}
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    svc, rp = "/reverse-proxies/services", "/reverse-proxies"
+    w = (400, 403, 404, 409, 412, 413, 422)
+    r = (404,)
+    return [
+        Route("GET", svc, h.list_services, "listServices", "List services", "Services",
+              response_schema=arr("Service")),
+        Route("POST", svc, h.create_service, "createService", "Create a service", "Services",
+              request_schema="ServiceRequest", response_schema=ref("Service"), errors=w),
+        Route("GET", svc + "/{serviceId}", h.get_service, "getService", "Get a service",
+              "Services", response_schema=ref("Service"), errors=r),
+        Route("PUT", svc + "/{serviceId}", h.update_service, "updateService",
+              "Replace a service (full replace)", "Services", request_schema="ServiceRequest",
+              response_schema=ref("Service"), errors=w),
+        Route("DELETE", svc + "/{serviceId}", h.delete_service, "deleteService",
+              "Delete a service", "Services", response_schema=ref("Empty"), errors=(403, 404)),
+        Route("GET", rp + "/clusters", h.list_clusters, "listClusters", "List proxy clusters",
+              "Clusters", response_schema=arr("ProxyCluster")),
+        Route("DELETE", rp + "/clusters/{clusterAddress}", h.delete_cluster, "deleteCluster",
+              "Delete the account's own proxies of a cluster", "Clusters",
+              response_schema=ref("Empty"), errors=(403, 404)),
+        Route("GET", rp + "/domains", h.list_domains, "listDomains",
+              "List free and custom domains", "Domains", response_schema=arr("ReverseProxyDomain")),
+        Route("POST", rp + "/domains", h.create_domain, "createDomain",
+              "Register a custom domain", "Domains", request_schema="ReverseProxyDomainRequest",
+              response_schema=ref("ReverseProxyDomain"), errors=(400, 403, 409, 413, 422)),
+        Route("DELETE", rp + "/domains/{domainId}", h.delete_domain, "deleteDomain",
+              "Delete a custom domain", "Domains", response_schema=ref("Empty"),
+              errors=(403, 404)),
+        Route("GET", rp + "/domains/{domainId}/validate", h.validate_domain, "validateDomain",
+              "Request validation of a custom domain (nbgateway records the request only)",
+              "Domains", response_schema=ref("Empty"), response_status=202, errors=(403, 404)),
+        Route("GET", rp + "/proxy-tokens", h.list_proxy_tokens, "listProxyTokens",
+              "List the account's proxy access tokens", "Proxy tokens",
+              response_schema=arr("ProxyToken")),
+        Route("POST", rp + "/proxy-tokens", h.create_proxy_token, "createProxyToken",
+              "Create an account-scoped proxy access token (plain token shown once)",
+              "Proxy tokens", request_schema="ProxyTokenRequest",
+              response_schema=ref("ProxyTokenCreated"), errors=(400, 403, 413, 422)),
+        Route("DELETE", rp + "/proxy-tokens/{tokenId}", h.revoke_proxy_token,
+              "revokeProxyToken", "Revoke a proxy access token", "Proxy tokens",
+              response_schema=ref("Empty"), errors=(403, 404)),
+        Route("GET", "/events/proxy", h.list_access_logs, "listProxyEvents",
+              "Paginated, filterable reverse-proxy access log", "Events", query=_LOG_QUERY,
+              response_schema=ref("ProxyAccessLogsResponse"), errors=(422,)),
+        Route("GET", "/users", h.list_users, "listUsers", "List users", "Users",
+              response_schema=arr("User")),
+        Route("POST", "/users", h.create_user, "createUser", "Create a user", "Users",
+              request_schema="UserCreateRequest", response_schema=ref("User"),
+              errors=(400, 403, 409, 413, 422)),
+        Route("GET", "/users/{userId}", h.get_user, "getUser", "Get a user", "Users",
+              response_schema=ref("User"), errors=r),
+        Route("PUT", "/users/{userId}", h.update_user, "updateUser", "Update a user", "Users",
+              request_schema="UserRequest", response_schema=ref("User"),
+              errors=(400, 403, 404, 409, 413, 422)),
+        Route("DELETE", "/users/{userId}", h.delete_user, "deleteUser", "Delete a user",
+              "Users", response_schema=ref("Empty"), errors=(400, 403, 404)),
+        Route("GET", "/users/{userId}/tokens", h.list_user_tokens, "listUserTokens",
+              "List a user's personal access tokens", "Users",
+              response_schema=arr("PersonalAccessToken"), errors=(403, 404)),
+        Route("POST", "/users/{userId}/tokens", h.create_user_token, "createUserToken",
+              "Create a personal access token (plain token shown once)", "Users",
+              request_schema="PersonalAccessTokenRequest",
+              response_schema=ref("PersonalAccessTokenGenerated"),
+              errors=(400, 403, 404, 413, 422)),
+        Route("DELETE", "/users/{userId}/tokens/{tokenId}", h.delete_user_token,
+              "deleteUserToken", "Delete a personal access token", "Users",
+              response_schema=ref("Empty"), errors=(403, 404)),
+        Route("GET", "/groups", h.list_groups, "listGroups", "List groups", "Groups",
+              response_schema=arr("Group")),
+        Route("POST", "/groups", h.create_group, "createGroup", "Create a group", "Groups",
+              request_schema="GroupRequest", response_schema=ref("Group"),
+              errors=(400, 403, 409, 413, 422)),
+        Route("GET", "/groups/{groupId}", h.get_group, "getGroup", "Get a group", "Groups",
+              response_schema=ref("Group"), errors=r),
+        Route("PUT", "/groups/{groupId}", h.update_group, "updateGroup",
+              "Update a group (peers kept when omitted)", "Groups", request_schema="GroupRequest",
+              response_schema=ref("Group"), errors=(400, 403, 404, 409, 413, 422)),
+        Route("DELETE", "/groups/{groupId}", h.delete_group, "deleteGroup", "Delete a group",
+              "Groups", response_schema=ref("Empty"), errors=(400, 403, 404)),
+        Route("GET", "/peers", h.list_peers, "listPeers", "List peers", "Peers",
+              response_schema=arr("Peer")),
+        Route("POST", "/peers", h.create_peer, "createPeer",
+              "Create a stock WireGuard peer (server-generated or client-supplied key)", "Peers",
+              request_schema="PeerCreateRequest", response_schema=ref("PeerCreated"),
+              errors=(400, 403, 409, 413, 422)),
+        Route("GET", "/peers/{peerId}", h.get_peer, "getPeer", "Get a peer", "Peers",
+              response_schema=ref("Peer"), errors=r),
+        Route("PUT", "/peers/{peerId}", h.update_peer, "updatePeer", "Update a peer", "Peers",
+              request_schema="PeerRequest", response_schema=ref("Peer"),
+              errors=(400, 403, 404, 409, 413, 422)),
+        Route("DELETE", "/peers/{peerId}", h.delete_peer, "deletePeer", "Delete a peer",
+              "Peers", response_schema=ref("Empty"), errors=(403, 404)),
+        Route("GET", "/peers/{peerId}/wireguard-config", h.peer_wireguard_config,
+              "getPeerWireguardConfig",
+              "wg-quick configuration for the peer ([Peer] = the account's proxy peers)",
+              "Peers", response_content_types=("text/plain", "image/png"),
+              query=[_q("format", enum=["conf", "qr"], default="conf",
+                        description="qr returns a PNG QR code of the config")],
+              errors=(403, 404, 409, 422)),
+    ]

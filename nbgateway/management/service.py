@@ -1,0 +1,147 @@
+"""ManagementService: the twisted service owning the store, its thread pool and the REST listener.
+
+Lifecycle (nothing live before fork; constructors only build objects):
+
+* ``privilegedStartService``: create the data directory, open (and migrate) the
+  store, bootstrap the default account and write the first admin token to
+  ``DATADIR/admin-token`` (mode 0600; the path is logged once, the token never),
+  then bind the REST listener.
+* ``startService``: start the dedicated store thread pool (requests accepted
+  before that are queued on it).
+* ``stopService``: stop listening, drain and stop the pool, dispose of the store.
+
+It is a ``MultiService`` so the gRPC server (issue 5) can join as a child that
+shares :attr:`store` and :attr:`threadpool`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from nbgateway.management.api import build_site
+
+log = Logger()
+
+DEFAULT_API_ADDR = "127.0.0.1:33071"
+DEFAULT_DATADIR = "nbgateway-data"
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def endpoint_description(addr: str) -> str:
+    """``HOST:PORT`` / ``[V6]:PORT`` -> a twisted server endpoint description.
+
+    A value that already is an endpoint description (``tcp:``, ``tcp6:``,
+    ``unix:``, ``ssl:``, ``systemd:``) is passed through unchanged.
+    """
+    if addr.split(":", 1)[0] in ("tcp", "tcp6", "unix", "ssl", "systemd"):
+        return addr
+    if addr.startswith("["):
+        host, sep, port = addr[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"invalid address {addr!r}: expected [IPV6]:PORT")
+        kind = "tcp6"
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise ValueError(f"invalid address {addr!r}: expected HOST:PORT")
+        kind = "tcp6" if ":" in host else "tcp"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid port in {addr!r}")
+    desc = f"{kind}:port={int(port)}"
+    if host:
+        desc += ":interface=" + host.replace(":", r"\:")
+    return desc
+
+
+def write_secret_file(path: str, text: str) -> None:
+    """Atomically write *text* to *path* with mode 0600 (never world-readable)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".admin-token.", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ManagementService(MultiService):
+    """Management server: store + thread pool + REST API on ``api_addr``."""
+
+    name = "nbmanagement"
+
+    def __init__(self, *, datadir: str = DEFAULT_DATADIR, api_addr: str = DEFAULT_API_ADDR,
+                 store_dsn: str | None = None, reactor: Any = None,
+                 pool_size: int = 8, store: Any = None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.datadir = datadir
+        self.api_addr = api_addr
+        self.api_endpoint = endpoint_description(api_addr)
+        self.store_dsn = store_dsn
+        self.reactor = reactor
+        self.store = store
+        self._owns_store = store is None
+        self.threadpool = ThreadPool(minthreads=0, maxthreads=pool_size,
+                                     name="nbmanagement-store")
+        self.port: Any = None
+        self.admin_token_path = os.path.join(datadir, ADMIN_TOKEN_FILE)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        os.makedirs(self.datadir, mode=0o700, exist_ok=True)
+        if self.store is None:
+            from nbgateway.management.store import Store
+
+            self.store = Store.open(self.store_dsn, datadir=self.datadir)
+        self._bootstrap()
+        site = build_site(self.store, self.threadpool, self.reactor)
+        endpoint = serverFromString(self.reactor, self.api_endpoint)
+        failures: list[Any] = []
+        d = endpoint.listen(site)
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+        super().privilegedStartService()
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        log.info("management REST API listening on {address}", address=port.getHost())
+
+    def _bootstrap(self) -> None:
+        boot = self.store.ensure_default_account()
+        if boot.admin_token is not None:
+            write_secret_file(self.admin_token_path, boot.admin_token)
+            log.info("first admin token written to {path} (mode 0600)",
+                     path=os.path.abspath(self.admin_token_path))
+
+    def startService(self) -> None:
+        self.threadpool.start()
+        super().startService()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        yield defer.maybeDeferred(super().stopService)
+        if self.port is not None:
+            port, self.port = self.port, None
+            yield defer.maybeDeferred(port.stopListening)
+        if self.threadpool.started:
+            self.threadpool.stop()
+        if self._owns_store and self.store is not None:
+            store, self.store = self.store, None
+            store.close()

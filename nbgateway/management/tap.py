@@ -1,0 +1,64 @@
+"""``twistd nbmanagement``: command-line options and service construction.
+
+Every flag also reads an ``NB_MANAGEMENT_*`` environment variable; precedence is
+flag > environment > default. ``makeService`` only builds objects: the store is
+opened and the REST port bound in ``privilegedStartService`` (see
+:mod:`nbgateway.management.service`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from twisted.python import usage
+
+from nbgateway.management.service import (
+    DEFAULT_API_ADDR,
+    DEFAULT_DATADIR,
+    ManagementService,
+    endpoint_description,
+)
+
+ENV_PREFIX = "NB_MANAGEMENT_"
+
+#: (flag, default, help); the environment variable is NB_MANAGEMENT_<FLAG upper, - -> _>.
+SETTINGS = (
+    ("datadir", DEFAULT_DATADIR, "data directory (SQLite store, admin-token)"),
+    ("api-addr", DEFAULT_API_ADDR, "REST API listen address HOST:PORT (or an endpoint string)"),
+    ("store-dsn", None, "database DSN, e.g. postgresql://user:pw@host/db "
+                        "(default: SQLite file in the data directory)"),
+)
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+class Options(usage.Options):
+    synopsis = "[--datadir DIR] [--api-addr HOST:PORT] [--store-dsn DSN]"
+    longdesc = ("Run the nbgateway management service. Every option can also be set with "
+                "an environment variable: " + ", ".join(env_name(f) for f, _, _ in SETTINGS)
+                + " (flags win over the environment).")
+    optParameters = [[flag, None, None, f"{text} [env {env_name(flag)}; default: {default}]"]
+                     for flag, default, text in SETTINGS]
+
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        super().__init__()
+        self._environ = os.environ if environ is None else environ
+
+    def postOptions(self) -> None:
+        for flag, default, _ in SETTINGS:
+            if self[flag] is None:
+                self[flag] = self._environ.get(env_name(flag)) or default
+        try:
+            endpoint_description(self["api-addr"])
+        except ValueError as exc:
+            raise usage.UsageError(f"--api-addr: {exc}") from None
+        if not self["datadir"]:
+            raise usage.UsageError("--datadir must not be empty")
+
+
+def makeService(options: Options) -> ManagementService:
+    return ManagementService(datadir=options["datadir"], api_addr=options["api-addr"],
+                             store_dsn=options["store-dsn"])
