@@ -1,0 +1,434 @@
+"""The per-account IP stack: an ``IPacketSink`` for the WireGuard device.
+
+Inbound (:meth:`Stack.packetReceived`): validate the IPv4/IPv6 header
+(``wire.py``), accept only packets addressed to one of the stack's addresses
+(others are dropped and counted ``drop_not_local``; unicast ones get a
+rate-limited ICMP host unreachable; there is no forwarding), reassemble
+fragments (``ip.Reassembler``), verify the TCP/UDP checksum, apply the
+packet filter (``filter.py``) and dispatch: 6 -> ``tcp.segment_received``,
+17 -> UDP sockets, 1/58 -> ICMP, anything else -> ICMP protocol unreachable.
+Nothing raises out of ``packetReceived``: malformed input is counted under
+its ``drop_*`` reason in :attr:`Stack.counters`; an unexpected exception is
+logged and counted as ``error_internal``.
+
+Outbound: :meth:`Stack.send_transport` fills the TCP/UDP checksum in place,
+prepends an IPv4 (DF set) or IPv6 header with TTL/hop limit ``ttl`` (64) and
+hands the packet to the sender; packets larger than ``mtu`` are dropped and
+counted (``drop_tx_too_big``), nothing is fragmented on output.
+
+Inbound TTL/hop limit is not checked: a host never discards a datagram for
+its TTL (RFC 1122 3.2.1.7); only forwarders do and we never forward.
+
+Timers: one ``IDelayedCall`` per stack, re-armed by :meth:`Stack.wakeup` at
+the earliest of ``tcp.next_deadline()``, the fragment expiry and ping
+timeouts.  The TCP layer must call ``wakeup()`` whenever its deadline may
+have moved *earlier*; a later deadline needs no call (the timer fires early
+and re-arms).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nbgateway.interfaces import IPacketSender, IPacketSink
+from nbgateway.netstack import wire
+from nbgateway.netstack.checksum import fold, ones_sum
+from nbgateway.netstack.filter import PacketFilter
+from nbgateway.netstack.icmp import ICMPLayer
+from nbgateway.netstack.ip import AddressCache, Reassembler
+from nbgateway.netstack.udp import UDPLayer
+from nbgateway.netstack.wire import WireError
+
+log = Logger()
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddressLike = str | IPAddress
+
+DEFAULT_MTU = 1280
+
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_IP6_FIRST = struct.Struct("!IHBB")
+_ipv4_parse = wire.ipv4_parse
+_ipv6_parse = wire.ipv6_parse
+_ipv6_walk = wire.ipv6_walk
+_TCP = wire.PROTO_TCP
+_UDP = wire.PROTO_UDP
+
+
+def _default_tcp_factory(stack: Stack) -> Any:
+    from nbgateway.netstack.tcp import TCPLayer  # written by the TCP layer's owner
+
+    return TCPLayer(stack)
+
+
+@implementer(IPacketSink)
+class Stack:
+    """One user-space IP stack bound to a set of tunnel addresses.
+
+    Public attributes: ``sender``, ``clock``, ``mtu``, ``ttl``,
+    ``addresses`` (tuple of ipaddress objects), ``counters``
+    (``collections.Counter``), ``filter`` (:class:`PacketFilter`),
+    ``fragments`` (:class:`Reassembler`), ``tcp``, ``udp``
+    (:class:`UDPLayer`), ``icmp`` (:class:`ICMPLayer`).
+    """
+
+    def __init__(
+        self,
+        sender: IPacketSender,
+        clock: IReactorTime,
+        addresses: Iterable[AddressLike],
+        *,
+        mtu: int = DEFAULT_MTU,
+        tcp_factory: Callable[[Stack], Any] | None = None,
+        ttl: int = wire.DEFAULT_TTL,
+        icmp_host_unreachable: bool = True,
+        icmp_error_rate: float = 100.0,
+        icmp_error_burst: int = 50,
+        reassembly_timeout: float = 30.0,
+        max_reassembly_datagrams: int = 64,
+        max_reassembly_bytes: int = 256 * 1024,
+    ) -> None:
+        addrs = tuple(ipaddress.ip_address(a) for a in addresses)
+        if not addrs:
+            raise ValueError("a stack needs at least one address")
+        if not 576 <= mtu <= 0xFFFF:
+            raise ValueError(f"mtu {mtu} out of range")
+        if mtu < 1280 and any(a.version == 6 for a in addrs):
+            raise ValueError("IPv6 needs an MTU of at least 1280 (RFC 8200 5)")
+        self.sender = sender
+        self.clock = clock
+        self.mtu = mtu
+        self.ttl = ttl
+        self.addresses = addrs
+        self.icmp_host_unreachable = icmp_host_unreachable
+        self._local: dict[bytes, IPAddress] = {a.packed: a for a in addrs}
+        self._first: dict[int, bytes | None] = {
+            v: next((a.packed for a in addrs if a.version == v), None) for v in (4, 6)
+        }
+        self.counters: Counter[str] = Counter()
+        self.filter = PacketFilter()
+        self.fragments = Reassembler(
+            self.counters, timeout=reassembly_timeout,
+            max_datagrams=max_reassembly_datagrams, max_bytes=max_reassembly_bytes,
+        )
+        self._cache = AddressCache()
+        self.icmp = ICMPLayer(self, error_rate=icmp_error_rate, error_burst=icmp_error_burst)
+        self.udp = UDPLayer(self)
+        self._ident = random.getrandbits(16)
+        self._timer: Any = None
+        self._timer_at: float | None = None
+        self._closed = False
+        self.tcp: Any = (tcp_factory or _default_tcp_factory)(self)
+
+    def __repr__(self) -> str:
+        return f"<Stack {' '.join(map(str, self.addresses))} mtu={self.mtu}>"
+
+    # ------------------------------------------------------------ inbound
+
+    def packetReceived(self, packet: bytes, peer_key: bytes) -> None:
+        """IPacketSink: one decrypted IP packet from peer ``peer_key``."""
+        try:
+            mv = memoryview(packet)
+            if not mv:
+                self.counters["drop_empty"] += 1
+                return
+            if mv.format != "B" or mv.ndim != 1:
+                mv = mv.cast("B")
+            v = mv[0] >> 4
+            if v == 4:
+                self._input4(mv, peer_key)
+            elif v == 6:
+                self._input6(mv, peer_key)
+            else:
+                self.counters["drop_bad_version"] += 1
+        except Exception:
+            self.counters["error_internal"] += 1
+            log.failure("netstack: unexpected error handling an inbound packet")
+
+    def _input4(self, mv: memoryview, peer_key: bytes) -> None:
+        c = self.counters
+        try:
+            hl, total, ident, ff, _ttl, proto, src, dst = _ipv4_parse(mv)
+        except WireError as e:
+            c[e.reason] += 1
+            return
+        c["rx_packets"] += 1
+        if src[0] >= 224 or src[0] == 127 or src[0] == 0 or src in self._local:
+            c["drop_bad_source"] += 1
+            return
+        local = self._local.get(dst)
+        if local is None:
+            self._not_local(4, src, dst, proto, mv[:total], hl)
+            return
+        now = self.clock.seconds()
+        if ff & 0x3FFF:  # MF set or non-zero offset
+            done = self.fragments.add(
+                (src, dst, proto, ident), (ff & wire.IP4_OFFSET_MASK) << 3,
+                bool(ff & wire.IP4_MF), mv[hl:total], now, proto,
+            )
+            if done is None:
+                self.wakeup()
+                return
+            payload = done[1]
+            quote = wire.emit_ipv4_header(src, dst, proto, len(payload), ident=ident) + payload
+            self._transport(src, dst, local, proto, memoryview(payload), quote, peer_key, now)
+            return
+        self._transport(src, dst, local, proto, mv[hl:total], mv[:total], peer_key, now)
+
+    def _input6(self, mv: memoryview, peer_key: bytes) -> None:
+        c = self.counters
+        try:
+            end, nh, _hlim, src, dst = _ipv6_parse(mv)
+        except WireError as e:
+            c[e.reason] += 1
+            return
+        c["rx_packets"] += 1
+        if src[0] == 0xFF or src in _V6_BAD_SOURCES or src in self._local:
+            c["drop_bad_source"] += 1
+            return
+        local = self._local.get(dst)
+        if local is None:
+            self._not_local(6, src, dst, nh, mv[:end], 40)
+            return
+        try:
+            proto, off, frag = _ipv6_walk(mv, nh, 40, end)
+        except WireError as e:
+            c[e.reason] += 1
+            return
+        now = self.clock.seconds()
+        if frag is not None:
+            foff, more, ident = frag
+            done = self.fragments.add((src, dst, ident), foff, more, mv[off:end], now, proto)
+            if done is None:
+                self.wakeup()
+                return
+            first_proto, payload = done
+            pmv = memoryview(payload)
+            try:
+                proto, off2, frag2 = _ipv6_walk(pmv, first_proto, 0, len(payload), False)
+            except WireError as e:
+                c[e.reason] += 1
+                return
+            if frag2 is not None:
+                c["drop_ip6_nested_fragment"] += 1
+                return
+            quote = wire.emit_ipv6_header(src, dst, first_proto, len(payload)) + payload
+            self._transport(src, dst, local, proto, pmv[off2:], quote, peer_key, now, off2 + 40)
+            return
+        self._transport(src, dst, local, proto, mv[off:end], mv[:end], peer_key, now, off)
+
+    def _transport(
+        self, src: bytes, dst: bytes, local: IPAddress, proto: int, seg: memoryview,
+        quote: memoryview | bytes, peer_key: bytes, now: float, hdr_off: int = 20,
+    ) -> None:
+        c = self.counters
+        if proto == _TCP:
+            n = len(seg)
+            if n < 20:
+                c["drop_tcp_truncated"] += 1
+                return
+            if fold(ones_sum(seg, ones_sum(src) + ones_sum(dst) + _TCP + n)):
+                c["drop_tcp_bad_checksum"] += 1
+                return
+            f = self.filter
+            if f.active and seg[13] & 0x12 == 0x02 and not f.allows(
+                src, _TCP, (seg[2] << 8) | seg[3], peer_key
+            ):
+                c["drop_filtered"] += 1
+                return
+            obj = self._cache.obj(src)
+            self.tcp.segment_received(obj, local, seg, now)
+        elif proto == _UDP:
+            self.udp.input(src, dst, seg, quote, peer_key, now)
+        elif proto == wire.PROTO_ICMP and len(src) == 4:
+            self.icmp.input4(src, dst, seg, peer_key, now)
+        elif proto == wire.PROTO_ICMPV6 and len(src) == 16:
+            self.icmp.input6(src, dst, seg, peer_key, now)
+        elif proto == wire.PROTO_NONE:
+            c["drop_no_next_header"] += 1
+        else:
+            c["drop_unknown_protocol"] += 1
+            if len(src) == 4:
+                self.icmp.send_error(dst, src, wire.ICMP4_DEST_UNREACH,
+                                     wire.ICMP4_CODE_PROTO_UNREACH, quote, now)
+            else:  # Parameter Problem, pointer at the offending Next Header field
+                pointer = 6 if hdr_off == 40 else None
+                if pointer is not None:
+                    self.icmp.send_error(dst, src, wire.ICMP6_PARAM_PROBLEM,
+                                         wire.ICMP6_CODE_UNRECOGNIZED_NH, quote, now,
+                                         pointer.to_bytes(4, "big"))
+
+    def _port_unreachable(
+        self, src: bytes, dst: bytes, quote: memoryview | bytes, now: float,
+    ) -> None:
+        """Called by the UDP layer for a datagram to a closed port."""
+        if len(src) == 4:
+            self.icmp.send_error(dst, src, wire.ICMP4_DEST_UNREACH,
+                                 wire.ICMP4_CODE_PORT_UNREACH, quote, now)
+        else:
+            self.icmp.send_error(dst, src, wire.ICMP6_DEST_UNREACH,
+                                 wire.ICMP6_CODE_PORT_UNREACH, quote, now)
+
+    def _not_local(
+        self, version: int, src: bytes, dst: bytes, proto: int, pkt: memoryview, hl: int,
+    ) -> None:
+        """A packet for an address that is not ours: count, and tell unicast
+        senders the host is unreachable (never about ICMP errors, non-first
+        fragments, multicast/broadcast)."""
+        self.counters["drop_not_local"] += 1
+        if not self.icmp_host_unreachable:
+            return
+        me = self._first[version]
+        if me is None:
+            return
+        if version == 4:
+            if dst[0] >= 224 or dst[0] == 0 or dst[3] == 255 or (
+                struct.unpack_from("!H", pkt, 6)[0] & wire.IP4_OFFSET_MASK
+            ):
+                return
+            if proto == wire.PROTO_ICMP and (len(pkt) <= hl or pkt[hl] in wire.ICMP4_ERROR_TYPES):
+                return
+            self.icmp.send_error(me, src, wire.ICMP4_DEST_UNREACH, wire.ICMP4_CODE_HOST_UNREACH,
+                                 pkt, self.clock.seconds())
+        else:
+            if dst[0] == 0xFF or proto in (0, 43, 44, 50, 51, 60):
+                return  # multicast, or extension headers we do not walk for strangers
+            if proto == wire.PROTO_ICMPV6 and (len(pkt) <= 40 or pkt[40] < 128):
+                return
+            self.icmp.send_error(me, src, wire.ICMP6_DEST_UNREACH, wire.ICMP6_CODE_ADDR_UNREACH,
+                                 pkt, self.clock.seconds())
+
+    # ----------------------------------------------------------- outbound
+
+    def send_transport(
+        self, src: IPAddress | bytes, dst: IPAddress | bytes, protocol: int, segment: bytearray,
+    ) -> bool:
+        """Send a transport segment: fill its checksum in place (TCP at offset
+        16, UDP at offset 6; other protocols are sent as given), prepend the
+        IP header and hand it to the sender.  Returns False (and counts) if it
+        is larger than the MTU or the sender refused it."""
+        s = src if type(src) is bytes else src.packed  # type: ignore[union-attr]
+        d = dst if type(dst) is bytes else dst.packed  # type: ignore[union-attr]
+        n = len(segment)
+        addr_sum = ones_sum(s) + ones_sum(d)
+        if protocol == _TCP:
+            segment[16] = segment[17] = 0
+            ck = fold(ones_sum(segment, addr_sum + _TCP + n))
+            segment[16] = ck >> 8
+            segment[17] = ck & 0xFF
+        elif protocol == _UDP:
+            segment[6] = segment[7] = 0
+            ck = fold(ones_sum(segment, addr_sum + _UDP + n)) or 0xFFFF
+            segment[6] = ck >> 8
+            segment[7] = ck & 0xFF
+        return self._send_ip(s, d, protocol, segment, addr_sum)
+
+    def _send_ip(
+        self, s: bytes, d: bytes, protocol: int, payload: bytes | bytearray,
+        addr_sum: int | None = None,
+    ) -> bool:
+        n = len(payload)
+        ttl = self.ttl
+        if len(s) == 4:
+            total = 20 + n
+            if total > self.mtu:
+                self.counters["drop_tx_too_big"] += 1
+                return False
+            if addr_sum is None:
+                addr_sum = ones_sum(s) + ones_sum(d)
+            ident = self._ident = (self._ident + 1) & 0xFFFF
+            # header words: 0x4500 + DF 0x4000 + total + ident + ttl|proto + addresses
+            hck = fold(addr_sum + 0x8500 + total + ident + ((ttl << 8) | protocol))
+            packet = _IP4.pack(0x45, 0, total, ident, wire.IP4_DF, ttl, protocol, hck, s, d)
+        else:
+            if 40 + n > self.mtu:
+                self.counters["drop_tx_too_big"] += 1
+                return False
+            packet = _IP6_FIRST.pack(0x60000000, n, protocol, ttl) + s + d
+        self.counters["tx_packets"] += 1
+        if not self.sender.sendPacket(packet + payload):
+            self.counters["tx_refused"] += 1
+            return False
+        return True
+
+    def _source_for(self, dst: bytes) -> bytes | None:
+        """The local address used to reach ``dst`` (first of its family)."""
+        return self._first[4 if len(dst) == 4 else 6]
+
+    def source_address(self, dst: IPAddress) -> IPAddress | None:
+        """The stack address used as source towards ``dst`` (None if the stack
+        has no address of that family)."""
+        raw = self._first[dst.version]
+        return None if raw is None else self._local[raw]
+
+    def is_local(self, addr: IPAddress) -> bool:
+        return addr.packed in self._local
+
+    def ping(self, dst: AddressLike, data: bytes = b"", timeout: float = 5.0) -> Any:
+        """ICMP echo through the tunnel; Deferred firing with the RTT."""
+        return self.icmp.ping(dst, data, timeout)
+
+    # -------------------------------------------------------------- timer
+
+    def next_deadline(self) -> float | None:
+        best = None
+        for d in (
+            self.tcp.next_deadline() if self.tcp is not None else None,
+            self.fragments.next_deadline(),
+            self.icmp.next_deadline(),
+        ):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    def wakeup(self) -> None:
+        """Re-arm the stack's single timer at the earliest deadline.  Cheap if
+        the timer is already armed at or before that time."""
+        if self._closed:
+            return
+        at = self.next_deadline()
+        timer = self._timer
+        if at is None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._timer = self._timer_at = None
+            return
+        if timer is not None and timer.active():
+            if self._timer_at is not None and self._timer_at <= at:
+                return
+            timer.reset(max(0.0, at - self.clock.seconds()))
+        else:
+            self._timer = self.clock.callLater(max(0.0, at - self.clock.seconds()), self._fire)
+        self._timer_at = at
+
+    def _fire(self) -> None:
+        self._timer = self._timer_at = None
+        now = self.clock.seconds()
+        try:
+            self.fragments.expire(now)
+            self.icmp.expire(now)
+            if self.tcp is not None:
+                self.tcp.on_deadline(now)
+        except Exception:
+            self.counters["error_internal"] += 1
+            log.failure("netstack: unexpected error in deadline processing")
+        self.wakeup()
+
+    def close(self) -> None:
+        """Cancel the timer and stop re-arming (the stack is being discarded)."""
+        self._closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+
+
+_V6_BAD_SOURCES = frozenset((bytes(16), bytes(15) + b"\x01"))  # ::, ::1
