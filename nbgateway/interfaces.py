@@ -37,3 +37,113 @@ class IPacketSender(Interface):
         """Route ``packet`` by its destination address (cryptokey routing) and
         send it.  Returns False if it was dropped (no route, oversized, ...);
         the drop is counted by the device."""
+
+
+class IManagementClient(Interface):
+    """Deferred-returning view of management's ProxyService (spec proxy.md 1.2).
+
+    Messages are the generated protobuf classes of ``nbgateway._proto.
+    proxy_service_pb2``.  Every Deferred fails with a
+    :class:`nbgateway.errors.ManagementError` subclass on any RPC error,
+    timeout or when the client is stopped; callers fail closed on it.
+    """
+
+    connected = Attribute("True while the mapping stream is connected (health).")
+
+    def validate_tunnel_peer(tunnel_ip: str, domain: str):  # noqa: N805
+        """ValidateTunnelPeer -> Deferred[ValidateTunnelPeerResponse]."""
+
+    def validate_session(domain: str, session_token: str):  # noqa: N805
+        """ValidateSession -> Deferred[ValidateSessionResponse]."""
+
+    def authenticate(
+        service_id: str,  # noqa: N805
+        account_id: str,
+        *,
+        password: str | None = None,
+        pin: str | None = None,
+        header_value: str | None = None,
+        header_name: str | None = None,
+    ):
+        """Authenticate with exactly one scheme -> Deferred[AuthenticateResponse]."""
+
+    def create_proxy_peer(
+        service_id: str,  # noqa: N805
+        account_id: str,
+        token: str,
+        wireguard_public_key: str,
+        cluster: str,
+        wireguard_endpoint: str = "",
+    ):
+        """CreateProxyPeer -> Deferred[None]; ``success=false`` fails with
+        ManagementRejectedError("proxy peer authentication failed: ...")."""
+
+    def send_status_update(
+        service_id: str,  # noqa: N805
+        account_id: str,
+        status: int,
+        *,
+        certificate_issued: bool = False,
+        error_message: str | None = None,
+        inbound_listener: tuple[str, int, int] | None = None,
+    ):
+        """SendStatusUpdate -> Deferred[None].  ``status`` is a
+        ``proxy_service_pb2.ProxyStatus`` value; ``inbound_listener`` is
+        ``(tunnel_ip, https_port, http_port)`` or None (field absent)."""
+
+    def send_access_log(entry):  # noqa: N805
+        """SendAccessLog(log=entry: proxy_service_pb2.AccessLog) -> Deferred[None]."""
+
+    def get_oidc_url(service_id: str, account_id: str, redirect_url: str):  # noqa: N805
+        """GetOIDCURL -> Deferred[str] (the URL)."""
+
+    def subscribe_mappings(store: IMappingStore) -> None:  # noqa: N805
+        """Follow management's mappings into ``store`` until the client stops:
+        SyncMappings (falling back to GetMappingUpdate on UNIMPLEMENTED),
+        reconnecting with backoff.  For every stream: ``store.stream_started()``,
+        then ``store.apply_batch(...)`` per message (the ack is sent only after
+        the Deferred it may return has fired), then ``store.stream_ended()``."""
+
+
+class IMappingStore(Interface):
+    """The gateway's last known set of ProxyMappings (spec proxy.md 2.5/2.6).
+
+    Fed by :class:`IManagementClient`; read by routing and auth.  Stored
+    mappings are ``proxy_service_pb2.ProxyMapping`` objects owned by the store:
+    readers must not mutate them.  Keeps serving the last known mappings while
+    management is unreachable.
+    """
+
+    initial_sync_complete = Attribute(
+        "True once a stream delivered a complete snapshot (startup probe)."
+    )
+
+    def stream_started() -> None:
+        """A new mapping stream connected: begin tracking a fresh snapshot."""
+
+    def apply_batch(mappings, initial_sync_complete: bool):  # noqa: N805
+        """Apply one batch in order (CREATED/MODIFIED/REMOVED); when
+        ``initial_sync_complete`` is set, remove every stored mapping that the
+        stream's snapshot did not contain.  Returns None or a Deferred that
+        fires (never fails) when observers have finished with the batch."""
+
+    def stream_ended() -> None:
+        """The stream ended; an unfinished snapshot is discarded unreconciled."""
+
+    def get(service_id: str):  # noqa: N805
+        """The mapping with this service id, or None."""
+
+    def lookup_domain(domain: str):  # noqa: N805
+        """The mapping serving ``domain`` (case-insensitive, no port), or None."""
+
+    def mappings_for_account(account_id: str) -> list:  # noqa: N805
+        """All mappings of one account."""
+
+    def accounts() -> frozenset[str]:
+        """Account ids with at least one mapping."""
+
+    def add_observer(observer) -> None:  # noqa: N805
+        """Register an observer (see nbgateway.store.mappings.MappingObserver)."""
+
+    def remove_observer(observer) -> None:  # noqa: N805
+        """Unregister an observer."""

@@ -1,0 +1,302 @@
+"""grpcio <-> reactor bridge: the only module in nbgateway that knows threads.
+
+grpcio's synchronous API runs its own I/O threads.  This bridge turns its calls
+into Twisted objects (spec style-and-ecosystem.md B.2, option A):
+
+* unary: ``multicallable.future(...)`` -> :class:`Deferred`.  The future's done
+  callback only hops to the reactor with ``callFromThread``; the Deferred's
+  canceller cancels the future; a Deferred is never fired twice.
+* server streams and bidi streams: one dedicated daemon thread per stream
+  iterates the responses and hands each message to the reactor.  The reader
+  waits until the reactor-side handler has finished with a message before it
+  reads the next one (one message in flight: bounded memory, and gRPC flow
+  control pushes back to the server).  Bidi requests are fed from the reactor
+  through a :class:`queue.Queue` that grpcio's request iterator drains.
+* :class:`grpc.RpcError` codes become :mod:`nbgateway.errors` types.
+* :meth:`GrpcBridge.stop` cancels every live call and joins the stream threads
+  with a bound.
+
+Nothing here touches a Twisted object from a non-reactor thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nbgateway import errors
+
+log = Logger()
+
+_ERRORS_BY_CODE: dict[grpc.StatusCode, type[errors.ManagementError]] = {
+    grpc.StatusCode.UNAVAILABLE: errors.ManagementUnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.ManagementTimeoutError,
+    grpc.StatusCode.CANCELLED: errors.ManagementCancelledError,
+    grpc.StatusCode.UNAUTHENTICATED: errors.ManagementUnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.ManagementPermissionDeniedError,
+    grpc.StatusCode.NOT_FOUND: errors.ManagementNotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.ManagementInvalidArgumentError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ManagementRateLimitedError,
+    grpc.StatusCode.UNIMPLEMENTED: errors.ManagementUnimplementedError,
+}
+
+
+def map_rpc_error(exc: BaseException) -> errors.ManagementError:
+    """Translate a grpcio exception into the nbgateway error family."""
+    if isinstance(exc, errors.ManagementError):
+        return exc
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        code = exc.code()
+        details = exc.details() if hasattr(exc, "details") else ""
+        cls = _ERRORS_BY_CODE.get(code, errors.ManagementError)
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        return cls(details or "", code=name)
+    if isinstance(exc, grpc.FutureCancelledError):
+        return errors.ManagementCancelledError("call cancelled")
+    return errors.ManagementError(f"{type(exc).__name__}: {exc}")
+
+
+_CLOSE = object()  # sentinel ending a bidi request iterator
+
+
+class StreamCall:
+    """One open server-streaming or bidi call, owned by the reactor thread.
+
+    ``on_message(msg)`` runs on the reactor for each response, one at a time;
+    it may return a Deferred, and the next message is not read until that
+    Deferred fires.  If ``on_message`` fails, the call is cancelled and
+    :attr:`done` fails with that error.  :attr:`done` fires exactly once: with
+    ``None`` when the server closed the stream cleanly, otherwise with a
+    :class:`~nbgateway.errors.ManagementError` failure.  Cancelling
+    :attr:`done` cancels the call.
+    """
+
+    def __init__(
+        self,
+        bridge: GrpcBridge,
+        name: str,
+        on_message: Callable[[Any], Deferred[Any] | None],
+    ) -> None:
+        self._bridge = bridge
+        self._name = name
+        self._on_message = on_message
+        self._call: Any = None
+        self._requests: queue.Queue[Any] | None = None
+        self._credit = threading.Semaphore(0)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: Failure | None = None
+        self.messages_received = 0
+        self.done: Deferred[None] = Deferred(lambda _d: self.cancel())
+
+    # -- reactor side -------------------------------------------------------
+
+    def send(self, request: Any) -> None:
+        """Queue one request on a bidi stream (non-blocking)."""
+        if self._requests is None:
+            raise TypeError(f"{self._name} is not a client-streaming call")
+        if not self._stopping.is_set():
+            self._requests.put(request)
+
+    def cancel(self) -> None:
+        """Cancel the call; :attr:`done` fails with a cancellation error."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._requests is not None:
+            self._requests.put(_CLOSE)
+        if self._call is not None:
+            self._call.cancel()
+        self._credit.release()
+        self._finish(Failure(errors.ManagementCancelledError(f"{self._name} cancelled")))
+
+    @property
+    def active(self) -> bool:
+        return not self.done.called
+
+    def _finish(self, result: Failure | None) -> None:
+        self._bridge._forget(self)
+        if self.done.called:
+            return
+        self.done.callback(None) if result is None else self.done.errback(result)
+
+    def _deliver(self, message: Any) -> None:
+        if self.done.called:
+            self._credit.release()
+            return
+        self.messages_received += 1
+        d = maybeDeferred(self._on_message, message)
+
+        def handled(_: object) -> None:
+            self._credit.release()
+
+        def failed(reason: Failure) -> None:
+            log.failure("{name}: message handler failed; closing stream", reason, name=self._name)
+            self._stopping.set()
+            if self._requests is not None:
+                self._requests.put(_CLOSE)
+            if self._call is not None:
+                self._call.cancel()
+            self._credit.release()
+            self._finish(reason)
+
+        d.addCallbacks(handled, failed)
+
+    # -- stream thread ------------------------------------------------------
+
+    def _request_iterator(self) -> Iterator[Any]:
+        assert self._requests is not None
+        while True:
+            item = self._requests.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def _run(self) -> None:
+        reactor = self._bridge.reactor
+        outcome: Failure | None = None
+        try:
+            for message in self._call:
+                if self._stopping.is_set():
+                    break
+                reactor.callFromThread(self._deliver, message)
+                self._credit.acquire()
+                if self._stopping.is_set():
+                    break
+        except grpc.RpcError as exc:
+            outcome = Failure(map_rpc_error(exc))
+        except Exception as exc:  # grpcio internals; never let the thread die silently
+            outcome = Failure(map_rpc_error(exc))
+        finally:
+            if self._requests is not None:
+                self._requests.put(_CLOSE)
+        if not self._stopping.is_set():
+            reactor.callFromThread(self._finish, outcome)
+
+
+class GrpcBridge:
+    """Starts grpcio calls and routes their results to the reactor."""
+
+    def __init__(self, reactor: IReactorFromThreads, join_timeout: float = 2.0) -> None:
+        self.reactor = reactor
+        self.join_timeout = join_timeout
+        self._unary: set[grpc.Future] = set()
+        self._streams: set[StreamCall] = set()
+        self._stopped = False
+
+    def unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable,
+        request: Any,
+        *,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> Deferred[Any]:
+        """Start a unary call; the Deferred fires with the response message."""
+        if self._stopped:
+            return _failed(errors.ManagementUnavailableError("management client stopped"))
+        future = method.future(request, timeout=timeout, metadata=metadata)
+        self._unary.add(future)
+        d: Deferred[Any] = Deferred(lambda _d: future.cancel())
+
+        def settle(fut: grpc.Future) -> None:  # reactor thread
+            self._unary.discard(fut)
+            if d.called:  # cancelled by the caller: already failed
+                return
+            if fut.cancelled():
+                d.errback(errors.ManagementCancelledError("call cancelled"))
+                return
+            exc = fut.exception()
+            if exc is not None:
+                d.errback(map_rpc_error(exc))
+            else:
+                d.callback(fut.result())
+
+        # grpc thread (or this thread, if already done): only hop threads here.
+        future.add_done_callback(lambda fut: self.reactor.callFromThread(settle, fut))
+        return d
+
+    def server_stream(
+        self,
+        method: grpc.UnaryStreamMultiCallable,
+        request: Any,
+        on_message: Callable[[Any], Deferred[Any] | None],
+        *,
+        metadata: tuple[tuple[str, str], ...] = (),
+        name: str = "stream",
+    ) -> StreamCall:
+        """Open a server-streaming call read by its own daemon thread."""
+        stream = StreamCall(self, name, on_message)
+        if self._stopped:
+            stream._finish(Failure(errors.ManagementUnavailableError("management client stopped")))
+            return stream
+        stream._call = method(request, metadata=metadata)
+        self._start(stream)
+        return stream
+
+    def bidi_stream(
+        self,
+        method: grpc.StreamStreamMultiCallable,
+        on_message: Callable[[Any], Deferred[Any] | None],
+        *,
+        metadata: tuple[tuple[str, str], ...] = (),
+        name: str = "bidi",
+        first: Any = None,
+    ) -> StreamCall:
+        """Open a bidi call; requests are fed with :meth:`StreamCall.send`.
+        ``first`` (if given) is queued before the call starts."""
+        stream = StreamCall(self, name, on_message)
+        if self._stopped:
+            stream._finish(Failure(errors.ManagementUnavailableError("management client stopped")))
+            return stream
+        stream._requests = queue.Queue()
+        if first is not None:
+            stream._requests.put(first)
+        stream._call = method(stream._request_iterator(), metadata=metadata)
+        self._start(stream)
+        return stream
+
+    def _start(self, stream: StreamCall) -> None:
+        self._streams.add(stream)
+        thread = threading.Thread(target=stream._run, name=f"nbgw-grpc-{stream._name}")
+        thread.daemon = True
+        stream._thread = thread
+        thread.start()
+
+    def _forget(self, stream: StreamCall) -> None:
+        self._streams.discard(stream)
+
+    @property
+    def live_calls(self) -> int:
+        return len(self._unary) + len(self._streams)
+
+    def stop(self) -> None:
+        """Cancel every live call and join stream threads (bounded wait).
+
+        Idempotent.  Called from the reactor thread (stopService)."""
+        self._stopped = True
+        for future in list(self._unary):
+            future.cancel()
+        self._unary.clear()
+        streams = list(self._streams)
+        for stream in streams:
+            stream.cancel()
+        for stream in streams:
+            if stream._thread is not None:
+                stream._thread.join(self.join_timeout)
+                if stream._thread.is_alive():
+                    log.warn("gRPC stream thread {name} did not stop", name=stream._name)
+
+
+def _failed(exc: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(exc)
+    return d

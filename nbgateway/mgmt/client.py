@@ -1,0 +1,445 @@
+"""GrpcManagementClient: the gateway's ProxyService client (spec proxy.md 1-2).
+
+A Twisted Service.  The constructor only records configuration; the gRPC
+channel, the bridge and the mapping worker start in :meth:`startService` and
+stop in :meth:`stopService` (nothing live before fork).
+
+* Transport: ``https://host[:port]`` uses TLS (system roots or
+  ``root_certificates``); ``http://host[:port]`` is plaintext and, like
+  upstream's ``NB_PROXY_ALLOW_INSECURE`` rule, only accepted for loopback
+  hosts unless ``allow_insecure`` is set.  Keepalive 20 s / 10 s, pings
+  without calls allowed.
+* Every RPC carries metadata ``authorization: Bearer <token>``.
+* Unary RPCs return Deferreds (bridge), with the spec's timeouts.
+* Mapping worker: SyncMappings with an init (all five capability fields
+  explicitly present; ``supports_private_service`` always true) and one ack per
+  message, sent only after the store applied the batch; on UNIMPLEMENTED it
+  switches to GetMappingUpdate for the rest of the process lifetime.  Any end
+  of a stream (including a clean close by the server) reconnects with
+  jittered exponential backoff (:mod:`nbgateway.mgmt.reconnect`).  Each batch
+  is applied under a watchdog; a stalled batch ends the stream to resync.
+  The store keeps serving its last known mappings while disconnected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf import timestamp_pb2
+from twisted.application import service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nbgateway import errors
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway._proto import proxy_service_pb2_grpc as pb_grpc
+from nbgateway.interfaces import IManagementClient, IMappingStore
+from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
+from nbgateway.mgmt.reconnect import Backoff, Reconnector
+
+log = Logger()
+
+#: RPC timeouts (seconds).  CreateProxyPeer and SendAccessLog as upstream;
+#: the validation RPCs are only bounded by the request upstream, we bound them.
+CREATE_PROXY_PEER_TIMEOUT = 30.0
+ACCESS_LOG_TIMEOUT = 10.0
+DEFAULT_RPC_TIMEOUT = 10.0
+#: Default watchdog for applying one mapping batch (NB_PROXY_MAPPING_BATCH_WATCHDOG).
+BATCH_WATCHDOG = 120.0
+#: Largest message accepted from management (snapshot batches of 500 mappings).
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+
+
+class ManagementTarget:
+    """Parsed ``--mgmt`` URL: dial target and transport security."""
+
+    def __init__(self, url: str, *, allow_insecure: bool = False) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"management URL scheme must be http or https: {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"management URL has no host: {url!r}")
+        self.host = parts.hostname
+        self.tls = scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        if not self.tls and not allow_insecure and not _is_loopback(self.host):
+            raise ValueError(
+                "refusing to send the proxy token over plaintext gRPC to "
+                f"{self.host}; use https:// or set NB_PROXY_ALLOW_INSECURE=true"
+            )
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+class _StreamEnded(errors.ManagementStreamClosedError):
+    pass
+
+
+@implementer(IManagementClient)
+class GrpcManagementClient(service.Service):
+    """IManagementClient over grpcio (see module docstring)."""
+
+    name = "management-client"
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        token: str,
+        *,
+        address: str,
+        proxy_id: str | None = None,
+        version: str = "dev",
+        private: bool = False,
+        supports_custom_ports: bool = True,
+        require_subdomain: bool = False,
+        supports_crowdsec: bool = False,
+        allow_insecure: bool = False,
+        root_certificates: bytes | None = None,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        batch_watchdog: float = BATCH_WATCHDOG,
+        backoff: Backoff | None = None,
+        started_at: float | None = None,
+        channel_factory: Callable[[], grpc.Channel] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.target = ManagementTarget(url, allow_insecure=allow_insecure)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self.address = address
+        self.proxy_id = proxy_id or f"netbird-proxy-{uuid.uuid4()}"
+        self.version = version
+        self.started_at = time.time() if started_at is None else started_at
+        self.capabilities = {
+            "supports_custom_ports": supports_custom_ports,
+            "require_subdomain": require_subdomain,
+            "supports_crowdsec": supports_crowdsec,
+            "private": private,
+            "supports_private_service": True,
+        }
+        self.root_certificates = root_certificates
+        self.rpc_timeout = rpc_timeout
+        self.batch_watchdog = batch_watchdog
+        self._backoff = backoff
+        self._channel_factory = channel_factory
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.ProxyServiceStub | None = None
+        self._bridge: GrpcBridge | None = None
+        self._store: IMappingStore | None = None
+        self._reconnector: Reconnector | None = None
+        self._stream: StreamCall | None = None
+        #: False once SyncMappings answered UNIMPLEMENTED (sticky).
+        self.sync_supported = True
+        self.connected = False
+        #: Called with True/False when the mapping stream (dis)connects (health).
+        self.on_connection_state: Callable[[bool], None] | None = None
+
+    # -- service -------------------------------------------------------------
+
+    def _make_channel(self) -> grpc.Channel:
+        if self._channel_factory is not None:
+            return self._channel_factory()
+        options = [
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ]
+        if self.target.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            return grpc.secure_channel(self.target.address, creds, options=options)
+        return grpc.insecure_channel(self.target.address, options=options)
+
+    def startService(self) -> None:
+        super().startService()
+        self._channel = self._make_channel()
+        self._stub = pb_grpc.ProxyServiceStub(self._channel)
+        self._bridge = GrpcBridge(self.reactor)
+        if self._store is not None:
+            self._start_worker()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._reconnector is not None:
+            self._reconnector.stop()
+            self._reconnector = None
+        if self._bridge is not None:
+            self._bridge.stop()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self._set_connected(False)
+        return None
+
+    # -- unary RPCs ----------------------------------------------------------
+
+    def _unary(self, method: str, request: Any, timeout: float | None) -> Deferred[Any]:
+        if self._bridge is None or self._stub is None or not self.running:
+            d: Deferred[Any] = Deferred()
+            d.errback(errors.ManagementUnavailableError("management client not running"))
+            return d
+        return self._bridge.unary(
+            getattr(self._stub, method), request, timeout=timeout, metadata=self._metadata
+        )
+
+    def validate_tunnel_peer(self, tunnel_ip: str, domain: str) -> Deferred[Any]:
+        req = pb.ValidateTunnelPeerRequest(tunnel_ip=tunnel_ip, domain=domain)
+        return self._unary("ValidateTunnelPeer", req, self.rpc_timeout)
+
+    def validate_session(self, domain: str, session_token: str) -> Deferred[Any]:
+        req = pb.ValidateSessionRequest(domain=domain, session_token=session_token)
+        return self._unary("ValidateSession", req, self.rpc_timeout)
+
+    def authenticate(
+        self,
+        service_id: str,
+        account_id: str,
+        *,
+        password: str | None = None,
+        pin: str | None = None,
+        header_value: str | None = None,
+        header_name: str | None = None,
+    ) -> Deferred[Any]:
+        req = pb.AuthenticateRequest(id=service_id, account_id=account_id)
+        chosen = [x is not None for x in (password, pin, header_value)]
+        if sum(chosen) != 1:
+            d: Deferred[Any] = Deferred()
+            d.errback(ValueError("authenticate needs exactly one of password, pin, header"))
+            return d
+        if password is not None:
+            req.password.password = password
+        elif pin is not None:
+            req.pin.pin = pin
+        else:
+            req.header_auth.header_value = header_value or ""
+            req.header_auth.header_name = header_name or ""
+        return self._unary("Authenticate", req, self.rpc_timeout)
+
+    def create_proxy_peer(
+        self,
+        service_id: str,
+        account_id: str,
+        token: str,
+        wireguard_public_key: str,
+        cluster: str,
+        wireguard_endpoint: str = "",
+    ) -> Deferred[None]:
+        req = pb.CreateProxyPeerRequest(
+            service_id=service_id,
+            account_id=account_id,
+            token=token,
+            wireguard_public_key=wireguard_public_key,
+            cluster=cluster,
+            wireguard_endpoint=wireguard_endpoint,
+        )
+        d = self._unary("CreateProxyPeer", req, CREATE_PROXY_PEER_TIMEOUT)
+
+        def check(resp: pb.CreateProxyPeerResponse) -> None:
+            if not resp.success:
+                reason = resp.error_message if resp.HasField("error_message") else ""
+                raise errors.ManagementRejectedError(
+                    f"proxy peer authentication failed: {reason or 'unknown error'}"
+                )
+
+        return d.addCallback(check)
+
+    def send_status_update(
+        self,
+        service_id: str,
+        account_id: str,
+        status: int,
+        *,
+        certificate_issued: bool = False,
+        error_message: str | None = None,
+        inbound_listener: tuple[str, int, int] | None = None,
+    ) -> Deferred[None]:
+        req = pb.SendStatusUpdateRequest(
+            service_id=service_id,
+            account_id=account_id,
+            status=status,
+            certificate_issued=certificate_issued,
+        )
+        if error_message is not None:
+            req.error_message = error_message
+        if inbound_listener is not None:
+            tunnel_ip, https_port, http_port = inbound_listener
+            req.inbound_listener.tunnel_ip = tunnel_ip
+            req.inbound_listener.https_port = https_port
+            req.inbound_listener.http_port = http_port
+        return self._unary("SendStatusUpdate", req, self.rpc_timeout).addCallback(lambda _: None)
+
+    def send_access_log(self, entry: pb.AccessLog) -> Deferred[None]:
+        req = pb.SendAccessLogRequest(log=entry)
+        return self._unary("SendAccessLog", req, ACCESS_LOG_TIMEOUT).addCallback(lambda _: None)
+
+    def get_oidc_url(self, service_id: str, account_id: str, redirect_url: str) -> Deferred[str]:
+        req = pb.GetOIDCURLRequest(id=service_id, account_id=account_id, redirect_url=redirect_url)
+        return self._unary("GetOIDCURL", req, self.rpc_timeout).addCallback(lambda r: r.url)
+
+    # -- mapping worker -------------------------------------------------------
+
+    def capabilities_message(self) -> pb.ProxyCapabilities:
+        """All five fields explicitly present (spec proxy.md 2.10)."""
+        return pb.ProxyCapabilities(**self.capabilities)
+
+    def subscribe_mappings(self, store: IMappingStore) -> None:
+        if self._store is not None:
+            raise RuntimeError("mappings already subscribed")
+        self._store = store
+        if self.running:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        clock: IReactorTime = self.reactor
+        self._reconnector = Reconnector(clock, self._attempt, self._backoff, name="management")
+        self._reconnector.start()
+
+    def _set_connected(self, value: bool) -> None:
+        if value == self.connected:
+            return
+        self.connected = value
+        if self.on_connection_state is not None:
+            self.on_connection_state(value)
+
+    def _attempt(self) -> Deferred[object]:
+        """One connection: SyncMappings (or GetMappingUpdate) until it ends."""
+        if self.sync_supported:
+            d = self._run_stream(sync=True)
+
+            def maybe_fallback(reason: Failure) -> Deferred[object] | Failure:
+                if reason.check(errors.ManagementUnimplementedError):
+                    log.warn(
+                        "management does not support SyncMappings, falling back to GetMappingUpdate"
+                    )
+                    self.sync_supported = False
+                    return self._run_stream(sync=False)
+                return reason
+
+            return d.addErrback(maybe_fallback)
+        return self._run_stream(sync=False)
+
+    def _run_stream(self, *, sync: bool) -> Deferred[object]:
+        assert self._bridge is not None and self._stub is not None and self._store is not None
+        store = self._store
+        state = {"connected": False}
+        stream_holder: list[StreamCall] = []
+        store.stream_started()
+
+        def on_message(msg: Any) -> Deferred[None]:
+            if not state["connected"]:
+                state["connected"] = True
+                self._set_connected(True)
+            d = maybeDeferred(store.apply_batch, list(msg.mapping), msg.initial_sync_complete)
+            if self.batch_watchdog > 0:
+                d.addTimeout(self.batch_watchdog, self.reactor)
+            d.addErrback(_stalled, self.batch_watchdog)
+            if sync:
+                d.addCallback(lambda _: stream_holder[0].send(_ACK))
+            return d
+
+        kind = "SyncMappings" if sync else "GetMappingUpdate"
+        if sync:
+            init = pb.SyncMappingsInit(
+                proxy_id=self.proxy_id,
+                version=self.version,
+                started_at=_timestamp(self.started_at),
+                address=self.address,
+                capabilities=self.capabilities_message(),
+            )
+            stream = self._bridge.bidi_stream(
+                self._stub.SyncMappings,
+                on_message,
+                metadata=self._metadata,
+                name=kind,
+                first=pb.SyncMappingsRequest(init=init),
+            )
+        else:
+            req = pb.GetMappingUpdateRequest(
+                proxy_id=self.proxy_id,
+                version=self.version,
+                started_at=_timestamp(self.started_at),
+                address=self.address,
+                capabilities=self.capabilities_message(),
+            )
+            stream = self._bridge.server_stream(
+                self._stub.GetMappingUpdate, req, on_message, metadata=self._metadata, name=kind
+            )
+        stream_holder.append(stream)
+        self._stream = stream
+
+        def ended(result: object) -> Failure:
+            if self._stream is stream:
+                self._stream = None
+            store.stream_ended()
+            self._set_connected(False)
+            if isinstance(result, Failure):
+                exc = result.value
+                if isinstance(exc, errors.ManagementUnimplementedError):
+                    # Reachable server: counts as connected for the backoff.
+                    exc.connected = True  # type: ignore[attr-defined]
+                    return result
+                if isinstance(exc, BaseException):
+                    exc.connected = state["connected"]  # type: ignore[attr-defined]
+                return result
+            err = _StreamEnded("stream closed by server")
+            err.connected = state["connected"]  # type: ignore[attr-defined]
+            return Failure(err)
+
+        d: Deferred[object] = Deferred(lambda _d: stream.cancel())
+        stream.done.addBoth(ended).addBoth(_chain_to, d)
+        return d
+
+
+_ACK = pb.SyncMappingsRequest(ack=pb.SyncMappingsAck())
+
+
+def _stalled(reason: Failure, watchdog: float) -> Failure:
+    if reason.check(DeferredTimeoutError):
+        log.error(
+            "processing mapping batch exceeded {d}s, cancelling and reconnecting to resync",
+            d=watchdog,
+        )
+        msg = f"mapping batch processing stalled after {watchdog}s"
+        return Failure(errors.ManagementStreamClosedError(msg))
+    return reason
+
+
+def _chain_to(result: object, d: Deferred[object]) -> None:
+    if d.called:
+        return
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
+__all__ = ["GrpcManagementClient", "ManagementTarget"]

@@ -1,0 +1,279 @@
+"""MappingStore: the gateway's last known ProxyMappings (pure, no I/O).
+
+Owns the mapping lifecycle rules of spec proxy.md 2.5 and 2.6:
+
+* CREATED for a new id adds it; CREATED for a known id is treated as a
+  modification (hardening over upstream 2.12, where a redelivered CREATED with
+  a new domain left the old domain routable).  Redelivery with the same
+  content (only ``auth_token`` differs, the normal case after a reconnect)
+  refreshes the stored copy and notifies ``mapping_refreshed``.
+* MODIFIED carries the full mapping and replaces the stored one; MODIFIED for
+  an unknown id is an add (management sends the token with it).
+* REMOVED deletes by id; REMOVED for an unknown id is counted and ignored.
+* Per stream, the ids of every mapping received up to and including the
+  message with ``initial_sync_complete`` form the snapshot; at that message
+  every stored id not in it is removed.  A stream that ends before the flag
+  reconciles nothing; messages after the flag never reconcile.
+
+Observers (:class:`MappingObserver`) hear per-mapping and per-account events
+in order.  Observer methods may return Deferreds (e.g. the per-account runtime
+calling CreateProxyPeer); :meth:`MappingStore.apply_batch` then returns a
+Deferred that fires when all of them settled, so the management client acks
+the batch only after it was really applied.  Observer errors are logged and
+never undo stored state.
+
+Malformed mappings (empty id, unknown update type, past ``max_mappings``) are
+counted in :attr:`MappingStore.dropped` and skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.interfaces import IMappingStore
+
+log = Logger()
+
+CREATED = pb.UPDATE_TYPE_CREATED
+MODIFIED = pb.UPDATE_TYPE_MODIFIED
+REMOVED = pb.UPDATE_TYPE_REMOVED
+
+#: Default bound on stored mappings (management sends ~one per service).
+MAX_MAPPINGS = 100_000
+
+
+class MappingObserver:
+    """Base class for store observers; override what you need.
+
+    All methods run synchronously inside :meth:`MappingStore.apply_batch`, in
+    mapping order.  ``account_added`` precedes the first ``mapping_added`` of
+    an account; ``account_removed`` follows its last ``mapping_removed``.
+    Mappings passed in are owned by the store: do not mutate them.  A method
+    may return a Deferred; the batch's ack waits for it.
+    """
+
+    def account_added(self, account_id: str) -> Deferred[Any] | None:
+        return None
+
+    def account_removed(self, account_id: str) -> Deferred[Any] | None:
+        return None
+
+    def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred[Any] | None:
+        return None
+
+    def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> Deferred[Any] | None:
+        return None
+
+    def mapping_refreshed(self, mapping: pb.ProxyMapping) -> Deferred[Any] | None:
+        """Redelivered with identical content (fresh ``auth_token``)."""
+        return None
+
+    def mapping_removed(self, mapping: pb.ProxyMapping) -> Deferred[Any] | None:
+        return None
+
+    def snapshot_reconciled(self, removed_ids: frozenset[str]) -> Deferred[Any] | None:
+        """A complete snapshot was applied; ``removed_ids`` were stale."""
+        return None
+
+
+def normalise_domain(domain: str) -> str:
+    return domain.strip().rstrip(".").lower()
+
+
+def _same_content(a: pb.ProxyMapping, b: pb.ProxyMapping) -> bool:
+    """Equal ignoring ``type`` and the one-time ``auth_token``."""
+    a2, b2 = pb.ProxyMapping(), pb.ProxyMapping()
+    a2.CopyFrom(a)
+    b2.CopyFrom(b)
+    for m in (a2, b2):
+        m.ClearField("type")
+        m.ClearField("auth_token")
+    return a2 == b2
+
+
+@implementer(IMappingStore)
+class MappingStore:
+    """In-memory mapping table keyed by service id, indexed by domain/account."""
+
+    def __init__(self, max_mappings: int = MAX_MAPPINGS) -> None:
+        self.max_mappings = max_mappings
+        self._by_id: dict[str, pb.ProxyMapping] = {}
+        self._domains: dict[str, list[str]] = {}  # domain -> ids, newest last
+        self._accounts: dict[str, set[str]] = {}  # account -> ids
+        self._observers: list[MappingObserver] = []
+        self._snapshot: set[str] | None = None  # ids seen on the current stream
+        self._in_stream = False
+        self.initial_sync_complete = False
+        self.snapshots_completed = 0
+        self.dropped = 0
+        self.unknown_removals = 0
+
+    # -- observers -----------------------------------------------------------
+
+    def add_observer(self, observer: MappingObserver) -> None:
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    def remove_observer(self, observer: MappingObserver) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    # -- reads ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, service_id: str) -> pb.ProxyMapping | None:
+        return self._by_id.get(service_id)
+
+    def lookup_domain(self, domain: str) -> pb.ProxyMapping | None:
+        ids = self._domains.get(normalise_domain(domain))
+        return self._by_id[ids[-1]] if ids else None
+
+    def mappings_for_account(self, account_id: str) -> list[pb.ProxyMapping]:
+        return [self._by_id[i] for i in sorted(self._accounts.get(account_id, ()))]
+
+    def accounts(self) -> frozenset[str]:
+        return frozenset(self._accounts)
+
+    def all(self) -> list[pb.ProxyMapping]:
+        return list(self._by_id.values())
+
+    # -- stream lifecycle ----------------------------------------------------
+
+    def stream_started(self) -> None:
+        self._in_stream = True
+        self._snapshot = set()
+
+    def stream_ended(self) -> None:
+        self._in_stream = False
+        self._snapshot = None
+
+    def apply_batch(
+        self, mappings: Iterable[pb.ProxyMapping], initial_sync_complete: bool
+    ) -> Deferred[None] | None:
+        pending: list[Deferred[Any]] = []
+        for mapping in mappings:
+            self._apply_one(mapping, pending)
+        if initial_sync_complete and self._snapshot is not None:
+            self._reconcile(self._snapshot, pending)
+            self._snapshot = None  # later messages never reconcile
+        if not pending:
+            return None
+        d = DeferredList(pending, consumeErrors=True)
+        d.addCallback(lambda _: None)
+        return d
+
+    # -- internals -----------------------------------------------------------
+
+    def _notify(self, pending: list[Deferred[Any]], method: str, *args: Any) -> None:
+        for observer in list(self._observers):
+            d = maybeDeferred(getattr(observer, method), *args)
+            d.addErrback(self._observer_failed, method)
+            if not d.called:
+                pending.append(d)
+
+    def _observer_failed(self, reason: Failure, method: str) -> None:
+        log.failure("mapping observer {method} failed", reason, method=method)
+
+    def _apply_one(self, mapping: pb.ProxyMapping, pending: list[Deferred[Any]]) -> None:
+        kind = mapping.type
+        if not mapping.id or kind not in (CREATED, MODIFIED, REMOVED):
+            self.dropped += 1
+            log.warn(
+                "dropping malformed mapping (id={id!r}, type={type})", id=mapping.id, type=kind
+            )
+            return
+        if self._snapshot is not None:
+            self._snapshot.add(mapping.id)
+        log.debug(
+            "mapping {type} {domain} {id}",
+            type=pb.ProxyMappingUpdateType.Name(kind),
+            domain=mapping.domain,
+            id=mapping.id,
+        )
+        if kind == REMOVED:
+            if mapping.id in self._by_id:
+                self._remove(mapping.id, pending)
+            else:
+                self.unknown_removals += 1
+            return
+        stored = pb.ProxyMapping()
+        stored.CopyFrom(mapping)
+        old = self._by_id.get(mapping.id)
+        if old is None:
+            if len(self._by_id) >= self.max_mappings:
+                self.dropped += 1
+                log.error("mapping table full ({n}); dropping {id}", n=len(self), id=mapping.id)
+                return
+            self._insert(stored, pending)
+        elif _same_content(old, stored):
+            self._by_id[stored.id] = stored
+            self._notify(pending, "mapping_refreshed", stored)
+        else:
+            self._replace(old, stored, pending)
+
+    def _index(self, mapping: pb.ProxyMapping) -> None:
+        if mapping.domain:
+            self._domains.setdefault(normalise_domain(mapping.domain), []).append(mapping.id)
+
+    def _unindex(self, mapping: pb.ProxyMapping) -> None:
+        if not mapping.domain:
+            return
+        key = normalise_domain(mapping.domain)
+        ids = self._domains.get(key)
+        if ids and mapping.id in ids:
+            ids.remove(mapping.id)
+            if not ids:
+                del self._domains[key]
+
+    def _insert(self, mapping: pb.ProxyMapping, pending: list[Deferred[Any]]) -> None:
+        account = mapping.account_id
+        new_account = account not in self._accounts
+        self._by_id[mapping.id] = mapping
+        self._accounts.setdefault(account, set()).add(mapping.id)
+        self._index(mapping)
+        if new_account:
+            self._notify(pending, "account_added", account)
+        self._notify(pending, "mapping_added", mapping)
+
+    def _replace(
+        self, old: pb.ProxyMapping, new: pb.ProxyMapping, pending: list[Deferred[Any]]
+    ) -> None:
+        if old.account_id != new.account_id:
+            # A service never moves between accounts upstream; if it does,
+            # treat it as remove + add so per-account state stays consistent.
+            self._remove(old.id, pending)
+            self._insert(new, pending)
+            return
+        self._unindex(old)
+        self._by_id[new.id] = new
+        self._index(new)
+        self._notify(pending, "mapping_changed", old, new)
+
+    def _remove(self, service_id: str, pending: list[Deferred[Any]]) -> None:
+        mapping = self._by_id.pop(service_id)
+        self._unindex(mapping)
+        ids = self._accounts[mapping.account_id]
+        ids.discard(service_id)
+        self._notify(pending, "mapping_removed", mapping)
+        if not ids:
+            del self._accounts[mapping.account_id]
+            self._notify(pending, "account_removed", mapping.account_id)
+
+    def _reconcile(self, seen: set[str], pending: list[Deferred[Any]]) -> None:
+        stale = [i for i in self._by_id if i not in seen]
+        for service_id in stale:
+            log.info("Removing stale mapping absent from snapshot", id=service_id)
+            self._remove(service_id, pending)
+        self.initial_sync_complete = True
+        self.snapshots_completed += 1
+        log.info("Initial mapping sync complete", mappings=len(self), stale=len(stale))
+        self._notify(pending, "snapshot_reconciled", frozenset(stale))
