@@ -1,0 +1,407 @@
+"""The TCP layer of a netstack: demultiplexing, LISTEN handling, SYN-flood
+defence, TIME-WAIT bound and the deadline heap.
+
+The :class:`~nbgateway.netstack.stack.Stack` builds ``TCPLayer(stack)`` and
+feeds it checksum-verified, filtered segments (:meth:`TCPLayer.segment_received`);
+it owns one re-armed ``IDelayedCall`` driven by :meth:`next_deadline` /
+:meth:`on_deadline`.  Connections (:mod:`nbgateway.netstack.tcp_conn`) emit
+through :meth:`TCPLayer.output` -> ``stack.send_transport``.
+
+SYN-flood resistance: each :class:`Listener` holds at most ``max_half_open``
+SYN-RECEIVED connections; beyond that it answers SYNs statelessly with SYN
+cookies (:mod:`nbgateway.netstack.syncookies`) and accepts cookie ACKs for two
+cookie slots after the last overflow.  Completed connections wait in an accept
+queue bounded by ``backlog`` (only non-empty while the listener is paused);
+when it is full new SYNs are dropped and completing handshakes are reset.
+TIME-WAIT connections are bounded by ``max_time_wait`` (oldest evicted first).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import error
+from twisted.logger import Logger
+
+from nbgateway.netstack.checksum import IPAddress
+from nbgateway.netstack.syncookies import (
+    COOKIE_SLOT,
+    SequenceSecrets,
+    decode_ts_options,
+    encode_ts_options,
+)
+from nbgateway.netstack.tcp_conn import (
+    CLOSED,
+    DEFAULT_MSS_V4,
+    DEFAULT_MSS_V6,
+    MASK,
+    RCV_WSCALE,
+    TIME_WAIT,
+    Connection,
+    TCPUser,
+)
+from nbgateway.netstack.tcp_wire import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    Segment,
+    build_segment,
+    parse_segment,
+    syn_options,
+)
+
+PROTO_TCP = 6
+EPHEMERAL_PORTS = (49152, 65535)
+MAX_TIME_WAIT = 4096
+CHALLENGE_ACKS_PER_SECOND = 1000  # RFC 5961 7: a system-wide limit
+DEFAULT_BACKLOG = 128
+DEFAULT_MAX_HALF_OPEN = 256
+
+log = Logger()
+
+ConnKey = tuple[IPAddress, int, IPAddress, int]
+
+
+class Listener:
+    """A LISTEN port.  ``accept(conn)`` is called for each established
+    connection and returns its :class:`TCPUser` (or None to refuse it)."""
+
+    def __init__(self, layer: TCPLayer, address: IPAddress | None, port: int,
+                 accept: Callable[[Connection], TCPUser | None], backlog: int,
+                 max_half_open: int) -> None:
+        self.layer = layer
+        self.address = address
+        self.port = port
+        self.accept = accept
+        self.backlog = max(1, backlog)
+        self.max_half_open = max(1, max_half_open)
+        self.half_open: set[Connection] = set()
+        self.accept_queue: deque[Connection] = deque()
+        self.paused = False
+        self.closed = False
+        self.last_overflow: float | None = None
+
+    def cookies_active(self, now: float) -> bool:
+        return self.last_overflow is not None and now - self.last_overflow < 2 * COOKIE_SLOT
+
+    def pause(self) -> None:
+        """Stop handing out connections; they queue up to ``backlog``."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.drain()
+
+    def drain(self) -> None:
+        while self.accept_queue and not self.paused and not self.closed:
+            conn = self.accept_queue.popleft()
+            if conn.state == CLOSED:
+                continue
+            user = self.accept(conn)
+            if user is None:
+                conn.abort(self.layer.clock.seconds())
+            elif conn.user is None and conn.state != CLOSED:
+                conn.user = user
+                if conn.rcv_queue or conn.eof_pending:
+                    conn.flush_received(self.layer.clock.seconds())
+
+    def close(self) -> None:
+        """Stop listening; abort half-open and not yet accepted connections."""
+        if self.closed:
+            return
+        self.closed = True
+        self.layer.listeners.pop((self.address, self.port), None)
+        now = self.layer.clock.seconds()
+        for conn in list(self.half_open) + list(self.accept_queue):
+            conn.abort(now)
+        self.half_open.clear()
+        self.accept_queue.clear()
+
+
+class TCPLayer:
+    """All TCP state of one stack."""
+
+    def __init__(self, stack: Any, secret: bytes | None = None,
+                 max_time_wait: int = MAX_TIME_WAIT) -> None:
+        self.stack = stack
+        self.clock = stack.clock
+        self.counters = stack.counters
+        self.secrets = SequenceSecrets(secret)
+        self.conns: dict[ConnKey, Connection] = {}
+        self.listeners: dict[tuple[IPAddress | None, int], Listener] = {}
+        self.time_wait: OrderedDict[ConnKey, Connection] = OrderedDict()
+        self.max_time_wait = max_time_wait
+        self._heap: list[tuple[float, int, Connection]] = []
+        self._tiebreak = itertools.count()
+        self._in_input = False
+        self._challenge_second = -1
+        self._challenge_count = 0
+        self._rng = random.SystemRandom()
+
+    # ------------------------------------------------------------------ helpers
+
+    def mss_for(self, remote: IPAddress) -> int:
+        """MSS clamped to the tunnel MTU (RFC 9293 3.7.1, RFC 6691)."""
+        return self.stack.mtu - (40 if remote.version == 4 else 60)
+
+    def output(self, conn: Connection, segment: bytearray) -> None:
+        self.counters["tcp_segments_out"] += 1
+        self.stack.send_transport(conn.local, conn.remote, PROTO_TCP, segment)
+
+    def send_rst_for(self, local: IPAddress, remote: IPAddress, seg: Segment) -> None:
+        """RFC 9293 3.10.7.1 reset generation for an unacceptable segment."""
+        if seg.flags & RST:
+            return
+        if seg.flags & ACK:
+            rst = build_segment(seg.dport, seg.sport, seg.ack, 0, RST, 0)
+        else:
+            rst = build_segment(seg.dport, seg.sport, 0, seg.seq + seg.seg_len, RST | ACK, 0)
+        self.counters["tcp_rst_sent"] += 1
+        self.stack.send_transport(local, remote, PROTO_TCP, rst)
+
+    def challenge_allowed(self, now: float) -> bool:
+        second = int(now)
+        if second != self._challenge_second:
+            self._challenge_second = second
+            self._challenge_count = 0
+        self._challenge_count += 1
+        return self._challenge_count <= CHALLENGE_ACKS_PER_SECOND
+
+    # ------------------------------------------------------------------ user API
+
+    def listen(self, port: int, accept: Callable[[Connection], TCPUser | None],
+               address: IPAddress | None = None, backlog: int = DEFAULT_BACKLOG,
+               max_half_open: int = DEFAULT_MAX_HALF_OPEN) -> Listener:
+        """Open a LISTEN port on ``address`` (None: every stack address)."""
+        if not 0 < port < 65536:
+            raise error.CannotListenError(address, port, ValueError("bad port"))
+        if address is not None and address not in self.stack.addresses:
+            raise error.CannotListenError(address, port, ValueError("not a stack address"))
+        if (address, port) in self.listeners or (None, port) in self.listeners or (
+            address is None and any(p == port for _, p in self.listeners)
+        ):
+            raise error.CannotListenError(address, port, OSError("address already in use"))
+        listener = Listener(self, address, port, accept, backlog, max_half_open)
+        self.listeners[(address, port)] = listener
+        return listener
+
+    def connect(self, remote: IPAddress, rport: int, user: TCPUser,
+                local: IPAddress | None = None) -> Connection:
+        """Active OPEN from an ephemeral port; ``user`` gets the events."""
+        if local is None:
+            for addr in self.stack.addresses:
+                if addr.version == remote.version:
+                    local = addr
+                    break
+            else:
+                raise error.ConnectError(string=f"no IPv{remote.version} address on the stack")
+        lo, hi = EPHEMERAL_PORTS
+        for _ in range(64):
+            lport = self._rng.randint(lo, hi)
+            key = (local, lport, remote, rport)
+            if key not in self.conns and (local, lport) not in self.listeners \
+                    and (None, lport) not in self.listeners:
+                break
+        else:
+            raise error.ConnectError(string="no free ephemeral port")
+        now = self.clock.seconds()
+        conn = Connection(self, local, lport, remote, rport,
+                          self.secrets.isn(local, lport, remote, rport, now), now)
+        conn.user = user
+        self.conns[key] = conn
+        conn.open_active(now)
+        return conn
+
+    # ------------------------------------------------------------------ connection callbacks
+
+    def remove(self, conn: Connection) -> None:
+        key = (conn.local, conn.lport, conn.remote, conn.rport)
+        if self.conns.get(key) is conn:
+            del self.conns[key]
+        self.time_wait.pop(key, None)
+        if conn.listener is not None:
+            conn.listener.half_open.discard(conn)
+
+    def entered_time_wait(self, conn: Connection) -> None:
+        key = (conn.local, conn.lport, conn.remote, conn.rport)
+        self.time_wait[key] = conn
+        while len(self.time_wait) > self.max_time_wait:
+            _, old = self.time_wait.popitem(last=False)
+            self.counters["tcp_time_wait_evicted"] += 1
+            old._terminate(None)
+
+    def passive_established(self, conn: Connection) -> None:
+        listener = conn.listener
+        assert listener is not None
+        listener.half_open.discard(conn)
+        if listener.closed or len(listener.accept_queue) >= listener.backlog:
+            self.counters["tcp_accept_overflow"] += 1
+            conn.abort(self.clock.seconds())
+            return
+        self.counters["tcp_passive_opens"] += 1
+        listener.accept_queue.append(conn)
+        listener.drain()
+
+    # ------------------------------------------------------------------ deadlines
+
+    def schedule(self, conn: Connection) -> None:
+        t = conn.timer_at
+        assert t is not None
+        conn.heap_at = t
+        heap = self._heap
+        heapq.heappush(heap, (t, next(self._tiebreak), conn))
+        if len(heap) > 4 * len(self.conns) + 256:
+            live = [(c.heap_at, next(self._tiebreak), c) for c in self.conns.values()
+                    if c.heap_at is not None]
+            heapq.heapify(live)
+            self._heap = live
+        if not self._in_input:
+            self.stack.wakeup()
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            t, _, conn = heap[0]
+            if conn.heap_at == t and conn.state != CLOSED:
+                return t
+            heapq.heappop(heap)
+        return None
+
+    def on_deadline(self, now: float) -> None:
+        self._in_input = True
+        try:
+            budget = 4 * len(self.conns) + 64
+            heap = self._heap
+            while heap and heap[0][0] <= now and budget > 0:
+                budget -= 1
+                t, _, conn = heapq.heappop(heap)
+                if conn.heap_at != t or conn.state == CLOSED:
+                    continue
+                conn.heap_at = None
+                self._guarded(conn, conn.on_timer, now)
+                heap = self._heap
+        finally:
+            self._in_input = False
+
+    def _guarded(self, conn: Connection, fn: Callable[..., None], *args: Any) -> None:
+        """A bug in one connection resets that connection, never the reactor."""
+        try:
+            fn(*args)
+        except Exception as e:
+            self.counters["tcp_internal_errors"] += 1
+            log.failure("TCP connection {conn!r} failed; resetting it", conn=conn)
+            try:
+                conn._terminate(e)
+            except Exception:
+                log.failure("while resetting {conn!r}", conn=conn)
+                self.remove(conn)
+
+    # ------------------------------------------------------------------ input
+
+    def segment_received(self, src: IPAddress, dst: IPAddress, segment: Any,
+                         now: float) -> None:
+        seg = parse_segment(segment)
+        if seg is None:
+            self.counters["tcp_bad_header"] += 1
+            return
+        self.counters["tcp_segments_in"] += 1
+        key = (dst, seg.dport, src, seg.sport)
+        self._in_input = True
+        try:
+            conn = self.conns.get(key)
+            if conn is not None and conn.state == TIME_WAIT and seg.flags & SYN \
+                    and not seg.flags & ACK and self._reopen_time_wait(conn, seg):
+                conn = None
+            if conn is not None:
+                self._guarded(conn, conn.segment_arrives, seg, now)
+            else:
+                self._no_connection(src, dst, seg, now)
+        finally:
+            self._in_input = False
+
+    def _reopen_time_wait(self, conn: Connection, seg: Segment) -> bool:
+        """RFC 9293 3.6.1 / RFC 6191: a new SYN above RCV.NXT ends TIME-WAIT."""
+        d = (seg.seq - conn.rcv_nxt) & MASK
+        if not 0 < d < 0x80000000:
+            return False
+        conn._terminate(None)
+        return True
+
+    def _find_listener(self, dst: IPAddress, port: int) -> Listener | None:
+        return self.listeners.get((dst, port)) or self.listeners.get((None, port))
+
+    def _no_connection(self, src: IPAddress, dst: IPAddress, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        listener = self._find_listener(dst, seg.dport)
+        if listener is None:
+            if not flags & RST:
+                self.counters["tcp_closed_port"] += 1
+                self.send_rst_for(dst, src, seg)
+            return
+        if flags & RST:
+            return
+        if flags & ACK:
+            if not flags & SYN and listener.cookies_active(now):
+                self._cookie_ack(listener, src, dst, seg, now)
+            else:
+                self.send_rst_for(dst, src, seg)
+            return
+        if not flags & SYN:
+            return
+        if len(listener.accept_queue) >= listener.backlog:
+            self.counters["tcp_listen_drops"] += 1
+            return
+        if len(listener.half_open) < listener.max_half_open:
+            iss = self.secrets.isn(dst, seg.dport, src, seg.sport, now)
+            conn = Connection(self, dst, seg.dport, src, seg.sport, iss, now)
+            self.conns[(dst, seg.dport, src, seg.sport)] = conn
+            listener.half_open.add(conn)
+            self._guarded(conn, conn.open_passive, listener, seg, now)
+            return
+        listener.last_overflow = now
+        self._send_cookie(src, dst, seg, now)
+
+    def _send_cookie(self, src: IPAddress, dst: IPAddress, seg: Segment, now: float) -> None:
+        self.counters["tcp_syncookies_sent"] += 1
+        peer_mss = seg.mss or (DEFAULT_MSS_V4 if src.version == 4 else DEFAULT_MSS_V6)
+        cookie, _ = self.secrets.make_cookie(dst, seg.dport, src, seg.sport, seg.seq,
+                                             min(peer_mss, self.mss_for(src)), now)
+        ts = None
+        if seg.ts_val is not None:
+            ts_now = (int(now * 1000) + self.secrets.ts_offset(dst, seg.dport, src, seg.sport))
+            ts = (encode_ts_options(ts_now & MASK, seg.wscale, seg.sack_perm), seg.ts_val)
+        opts = syn_options(self.mss_for(src),
+                           RCV_WSCALE if ts is not None and seg.wscale is not None else None,
+                           ts is not None and seg.sack_perm, ts)
+        self.stack.send_transport(dst, src, PROTO_TCP, build_segment(
+            seg.dport, seg.sport, cookie, seg.seq + 1, SYN | ACK, 0xFFFF, opts))
+
+    def _cookie_ack(self, listener: Listener, src: IPAddress, dst: IPAddress, seg: Segment,
+                    now: float) -> None:
+        cookie = (seg.ack - 1) & MASK
+        mss = self.secrets.check_cookie(dst, seg.dport, src, seg.sport, (seg.seq - 1) & MASK,
+                                        cookie, now)
+        if mss is None:
+            self.counters["tcp_syncookies_failed"] += 1
+            self.send_rst_for(dst, src, seg)
+            return
+        if len(listener.accept_queue) >= listener.backlog:
+            self.counters["tcp_listen_drops"] += 1
+            return
+        self.counters["tcp_syncookies_ok"] += 1
+        wscale, sack_ok, ts_ok = None, False, False
+        if seg.ts_val is not None and seg.ts_ecr:
+            wscale, sack_ok = decode_ts_options(seg.ts_ecr)
+            ts_ok = True
+        conn = Connection(self, dst, seg.dport, src, seg.sport, cookie, now)
+        self.conns[(dst, seg.dport, src, seg.sport)] = conn
+        conn.open_from_cookie(listener, seg, mss, wscale, sack_ok, ts_ok, now)
+        self.passive_established(conn)
+        if conn.state != CLOSED and (seg.payload or seg.flags & FIN):
+            self._guarded(conn, conn.segment_arrives, seg, now)
