@@ -190,6 +190,38 @@ class MemoryLink:
         self._call = None
 
 
+class StubTCP:
+    """A stand-in for the TCP layer with the seam the Stack uses
+    (``segment_received``, ``next_deadline``, ``on_deadline``,
+    ``icmp_error``): records what it is handed; tests set ``deadline``."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+        self.segments: list[tuple[Any, Any, bytes, float]] = []
+        self.deadline: float | None = None
+        self.fired: list[float] = []
+        self.icmp_errors: list[tuple[Any, ...]] = []
+        self.raise_on_segment = False
+
+    def segment_received(self, src: Any, dst: Any, segment: Any, now: float) -> None:
+        if self.raise_on_segment:
+            raise RuntimeError("StubTCP told to raise")
+        self.segments.append((src, dst, bytes(segment), now))
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    def on_deadline(self, now: float) -> None:
+        self.fired.append(now)
+        if self.deadline is not None and self.deadline <= now:
+            self.deadline = None
+
+    def icmp_error(
+        self, local: Any, remote: Any, quoted: bytes, kind: str, mtu: int | None, now: float,
+    ) -> None:
+        self.icmp_errors.append((local, remote, bytes(quoted[:4]), kind, mtu))
+
+
 def make_stack_pair(
     clock: Any,
     addresses_a: Iterable[AddrLike] = ("100.64.0.1", "fd00::1"),
@@ -341,7 +373,7 @@ def build_ipv6_fragments(
 
 
 __all__ = [
-    "LinkEnd", "MemoryLink", "PacketRecorder", "advance", "build_icmp_echo", "build_ip",
+    "LinkEnd", "MemoryLink", "PacketRecorder", "StubTCP", "advance", "build_icmp_echo", "build_ip",
     "build_ipv4", "build_ipv6", "build_ipv6_fragments", "build_tcp", "build_tcp_segment",
     "build_udp", "fragment_ipv4", "make_stack_pair", "packed",
 ]
