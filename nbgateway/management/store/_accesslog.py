@@ -1,0 +1,250 @@
+"""Store part: access-log entries (append with ``user_groups`` capture, paged query)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from nbgateway.management.errors import NotFound, ValidationError
+from nbgateway.management.model import (
+    ACCESS_LOG_SORT_FIELDS,
+    AccessLogEntry,
+    AccessLogPage,
+    AccessLogQuery,
+    new_id,
+    utcnow,
+)
+from nbgateway.management.store._accounts import AccountsMixin
+from nbgateway.management.store._base import Tx, dumps, loads
+from nbgateway.management.store.schema import access_log_entries as ale
+from nbgateway.management.store.schema import groups, peers, users
+
+MAX_PAGE_SIZE = 100
+
+_SORT_COLUMNS = {
+    "timestamp": (ale.c.timestamp,),
+    "url": (ale.c.host, ale.c.path),
+    "host": (ale.c.host,),
+    "path": (ale.c.path,),
+    "method": (ale.c.method,),
+    "status_code": (ale.c.status_code,),
+    "duration": (ale.c.duration,),
+    "source_ip": (ale.c.location_connection_ip,),
+    "user_id": (ale.c.user_id,),
+    "auth_method": (ale.c.auth_method_used,),
+    "reason": (ale.c.reason,),
+}
+assert set(_SORT_COLUMNS) == set(ACCESS_LOG_SORT_FIELDS)
+
+
+def _like(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped.lower()}%"
+
+
+def _contains(column: sa.ColumnElement, value: str) -> sa.ColumnElement[bool]:
+    return sa.func.lower(column).like(_like(value), escape="\\")
+
+
+def _unmap(ip: str) -> str:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def row_access_log(r: sa.Row) -> AccessLogEntry:
+    ug = loads(r.user_groups)
+    return AccessLogEntry(
+        id=r.id,
+        account_id=r.account_id,
+        service_id=r.service_id,
+        timestamp=r.timestamp,
+        source_ip=r.location_connection_ip,
+        country_code=r.location_country_code,
+        city_name=r.location_city_name,
+        geo_name_id=r.location_geo_name_id,
+        subdivision_code=r.subdivision_code,
+        method=r.method,
+        host=r.host,
+        path=r.path,
+        duration=r.duration,
+        status_code=r.status_code,
+        reason=r.reason,
+        user_id=r.user_id,
+        auth_method_used=r.auth_method_used,
+        bytes_upload=r.bytes_upload,
+        bytes_download=r.bytes_download,
+        protocol=r.protocol,
+        metadata=loads(r.metadata) or {},
+        agent_network=bool(r.agent_network),
+        user_groups=tuple(ug) if ug is not None else None,
+    )
+
+
+class AccessLogMixin(AccountsMixin):
+    def _capture_user_groups(
+        self, conn: Connection, account_id: str, user_id: str
+    ) -> tuple[str, ...] | None:
+        if not user_id:
+            return None
+        urow = conn.execute(
+            sa.select(users.c.auto_groups).where(
+                users.c.id == user_id, users.c.account_id == account_id
+            )
+        ).first()
+        if urow is not None:
+            ids = loads(urow.auto_groups) or []
+        elif conn.execute(
+            sa.select(peers.c.id).where(peers.c.id == user_id, peers.c.account_id == account_id)
+        ).first():
+            ids = self._peer_groups(conn, [user_id])[user_id]
+        else:
+            return None
+        names = dict(
+            conn.execute(
+                sa.select(groups.c.id, groups.c.name).where(
+                    groups.c.account_id == account_id, groups.c.id.in_(ids)
+                )
+            ).all()
+        )
+        return tuple(names[i] for i in ids if i in names)
+
+    def append_access_log(self, entry: AccessLogEntry) -> AccessLogEntry:
+        def run(tx: Tx) -> AccessLogEntry:
+            conn = tx.conn
+            self._require_account(conn, entry.account_id)
+            e = dataclasses.replace(
+                entry,
+                id=entry.id or new_id(),
+                timestamp=entry.timestamp or utcnow(),
+                source_ip=_unmap(entry.source_ip) if entry.source_ip else "",
+            )
+            if e.user_groups is None:
+                e = dataclasses.replace(
+                    e, user_groups=self._capture_user_groups(conn, e.account_id, e.user_id)
+                )
+            if conn.execute(sa.select(ale.c.id).where(ale.c.id == e.id)).first():
+                return row_access_log(conn.execute(sa.select(ale).where(ale.c.id == e.id)).one())
+            conn.execute(
+                sa.insert(ale).values(
+                    id=e.id,
+                    account_id=e.account_id,
+                    service_id=e.service_id,
+                    timestamp=e.timestamp,
+                    location_connection_ip=e.source_ip,
+                    location_country_code=e.country_code,
+                    location_city_name=e.city_name,
+                    location_geo_name_id=e.geo_name_id,
+                    subdivision_code=e.subdivision_code,
+                    method=e.method,
+                    host=e.host,
+                    path=e.path,
+                    duration=e.duration,
+                    status_code=e.status_code,
+                    reason=e.reason,
+                    user_id=e.user_id,
+                    auth_method_used=e.auth_method_used,
+                    bytes_upload=e.bytes_upload,
+                    bytes_download=e.bytes_download,
+                    protocol=e.protocol,
+                    metadata=dumps(dict(e.metadata)) if e.metadata else None,
+                    agent_network=e.agent_network,
+                    user_groups=dumps(list(e.user_groups)) if e.user_groups is not None else None,
+                )
+            )
+            return e
+
+        # access logs are append-only and never read-modify-write: no account lock needed,
+        # but the account scope keeps the SQLite/Postgres paths uniform.
+        return self._write("accesslog:" + entry.account_id, run)
+
+    def get_access_log(self, account_id: str, entry_id: str) -> AccessLogEntry:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(ale).where(ale.c.id == entry_id, ale.c.account_id == account_id)
+            ).first()
+        if row is None:
+            raise NotFound("access log entry not found")
+        return row_access_log(row)
+
+    def list_access_logs(self, account_id: str, query: AccessLogQuery) -> AccessLogPage:
+        q = query
+        if q.page < 1:
+            raise ValidationError("page must be at least 1")
+        if not 1 <= q.page_size <= MAX_PAGE_SIZE:
+            raise ValidationError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        if q.sort_by not in _SORT_COLUMNS:
+            raise ValidationError(f"invalid sort_by {q.sort_by!r}")
+        if q.sort_order not in ("asc", "desc"):
+            raise ValidationError(f"invalid sort_order {q.sort_order!r}")
+        if q.status not in (None, "", "success", "failed"):
+            raise ValidationError(f"invalid status {q.status!r}")
+        conds: list[sa.ColumnElement[bool]] = [ale.c.account_id == account_id]
+        if q.service_id:
+            conds.append(ale.c.service_id == q.service_id)
+        if q.search:
+            conds.append(
+                sa.or_(
+                    _contains(ale.c.host, q.search),
+                    _contains(ale.c.path, q.search),
+                    _contains(ale.c.user_id, q.search),
+                    _contains(ale.c.location_connection_ip, q.search),
+                    _contains(ale.c.reason, q.search),
+                )
+            )
+        if q.source_ip:
+            conds.append(ale.c.location_connection_ip == q.source_ip)
+        if q.host:
+            conds.append(_contains(ale.c.host, q.host))
+        if q.path:
+            conds.append(_contains(ale.c.path, q.path))
+        if q.user_id:
+            conds.append(ale.c.user_id == q.user_id)
+        if q.method:
+            conds.append(sa.func.upper(ale.c.method) == q.method.upper())
+        if q.user_email or q.user_name:
+            ucond = [users.c.account_id == account_id]
+            if q.user_email:
+                ucond.append(_contains(users.c.email, q.user_email))
+            if q.user_name:
+                ucond.append(_contains(users.c.name, q.user_name))
+            conds.append(ale.c.user_id.in_(sa.select(users.c.id).where(*ucond)))
+        failed = sa.or_(ale.c.status_code >= 400, ale.c.reason != "")
+        if q.status == "failed":
+            conds.append(failed)
+        elif q.status == "success":
+            conds.append(sa.not_(failed))
+        if q.status_code is not None:
+            conds.append(ale.c.status_code == q.status_code)
+        if q.start_date is not None:
+            conds.append(ale.c.timestamp >= q.start_date)
+        if q.end_date is not None:
+            conds.append(ale.c.timestamp <= q.end_date)
+        direction = sa.asc if q.sort_order == "asc" else sa.desc
+        order = [direction(c) for c in _SORT_COLUMNS[q.sort_by]] + [direction(ale.c.id)]
+        with self._read() as conn:
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(ale).where(*conds)
+            ).scalar_one()
+            rows = conn.execute(
+                sa.select(ale)
+                .where(*conds)
+                .order_by(*order)
+                .limit(q.page_size)
+                .offset((q.page - 1) * q.page_size)
+            ).all()
+        return AccessLogPage(
+            data=tuple(row_access_log(r) for r in rows),
+            page=q.page,
+            page_size=q.page_size,
+            total_records=total,
+            total_pages=math.ceil(total / q.page_size) if total else 0,
+        )

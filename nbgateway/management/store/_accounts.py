@@ -1,0 +1,871 @@
+"""Store part: accounts, bootstrap, users, groups, peers, personal access tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from nbgateway.management import ipam
+from nbgateway.management.errors import (
+    BadRequest,
+    Conflict,
+    GroupInUse,
+    NotFound,
+    Unauthenticated,
+    ValidationError,
+)
+from nbgateway.management.model import (
+    USER_ROLES,
+    Account,
+    Bootstrap,
+    ChangeKind,
+    Group,
+    Peer,
+    PersonalAccessToken,
+    User,
+    new_id,
+    utcnow,
+)
+from nbgateway.management.store import _secrets
+from nbgateway.management.store._base import StoreBase, Tx, dumps, loads
+from nbgateway.management.store.schema import (
+    accounts,
+    group_peers,
+    groups,
+    peers,
+    personal_access_tokens,
+    services,
+    users,
+)
+
+ALL_GROUP = "All"
+DEFAULT_ACCOUNT_ID = "default"
+MAX_NAME = 255
+
+
+def _check_name(what: str, name: str) -> None:
+    if not name or not name.strip():
+        raise ValidationError(f"{what} name is required")
+    if len(name.encode()) > MAX_NAME:
+        raise ValidationError(f"{what} name exceeds maximum length of {MAX_NAME} characters")
+
+
+def row_account(r: sa.Row) -> Account:
+    return Account(
+        id=r.id,
+        domain=r.domain,
+        network_v4=r.network_v4,
+        network_v6=r.network_v6 or "",
+        created_at=r.created_at,
+    )
+
+
+def row_user(r: sa.Row) -> User:
+    return User(
+        id=r.id,
+        account_id=r.account_id,
+        email=r.email,
+        name=r.name,
+        role=r.role,
+        is_service_user=bool(r.is_service_user),
+        auto_groups=tuple(loads(r.auto_groups) or ()),
+        blocked=bool(r.blocked),
+        pending_approval=bool(r.pending_approval),
+        created_at=r.created_at,
+    )
+
+
+def row_pat(r: sa.Row) -> PersonalAccessToken:
+    return PersonalAccessToken(
+        id=r.id,
+        account_id=r.account_id,
+        user_id=r.user_id,
+        name=r.name,
+        hashed_token=r.hashed_token,
+        expires_at=r.expires_at,
+        created_by=r.created_by,
+        created_at=r.created_at,
+        last_used=r.last_used,
+        revoked=bool(r.revoked),
+    )
+
+
+class AccountsMixin(StoreBase):
+    # --- helpers usable inside transactions -------------------------------------
+
+    def _require_account(self, conn: Connection, account_id: str) -> Account:
+        row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
+        if row is None:
+            raise NotFound("account not found")
+        return row_account(row)
+
+    def _group_members(self, conn: Connection, group_ids: Sequence[str]) -> dict[str, list[str]]:
+        members: dict[str, list[str]] = {gid: [] for gid in group_ids}
+        if not group_ids:
+            return members
+        q = (
+            sa.select(group_peers.c.group_id, group_peers.c.peer_id)
+            .where(group_peers.c.group_id.in_(list(group_ids)))
+            .order_by(group_peers.c.group_id, group_peers.c.position, group_peers.c.peer_id)
+        )
+        for gid, pid in conn.execute(q):
+            members[gid].append(pid)
+        return members
+
+    def _load_groups(self, conn: Connection, where: sa.ColumnElement[bool]) -> list[Group]:
+        rows = conn.execute(sa.select(groups).where(where).order_by(groups.c.id)).all()
+        members = self._group_members(conn, [r.id for r in rows])
+        return [
+            Group(
+                id=r.id,
+                account_id=r.account_id,
+                name=r.name,
+                issued=r.issued,
+                peers=tuple(members[r.id]),
+            )
+            for r in rows
+        ]
+
+    def _peer_groups(self, conn: Connection, peer_ids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {pid: [] for pid in peer_ids}
+        if not peer_ids:
+            return out
+        q = (
+            sa.select(group_peers.c.peer_id, group_peers.c.group_id)
+            .where(group_peers.c.peer_id.in_(list(peer_ids)))
+            .order_by(group_peers.c.peer_id, group_peers.c.group_id)
+        )
+        for pid, gid in conn.execute(q):
+            out[pid].append(gid)
+        return out
+
+    def _load_peers(self, conn: Connection, where: sa.ColumnElement[bool]) -> list[Peer]:
+        rows = conn.execute(sa.select(peers).where(where).order_by(peers.c.id)).all()
+        pg = self._peer_groups(conn, [r.id for r in rows])
+        return [
+            Peer(
+                id=r.id,
+                account_id=r.account_id,
+                name=r.name,
+                key=r.key,
+                ip=r.ip,
+                ipv6=r.ipv6,
+                dns_label=r.dns_label,
+                user_id=r.user_id,
+                endpoint=r.endpoint,
+                groups=tuple(pg[r.id]),
+                proxy=bool(r.proxy_meta_embedded),
+                proxy_cluster=r.proxy_meta_cluster,
+                connected=bool(r.peer_status_connected),
+                ephemeral=bool(r.ephemeral),
+                wg_private_key=r.wg_private_key,
+                last_seen=r.last_seen,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    def _check_group_ids(self, conn: Connection, account_id: str, ids: Sequence[str], what: str):
+        wanted = [g for g in ids]
+        if not wanted:
+            return
+        found = set(
+            conn.execute(
+                sa.select(groups.c.id).where(
+                    groups.c.account_id == account_id, groups.c.id.in_(set(wanted))
+                )
+            ).scalars()
+        )
+        for gid in wanted:
+            if gid not in found:
+                raise ValidationError(f"{what} {gid!r} not found in account")
+
+    def _check_peer_ids(self, conn: Connection, account_id: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        found = set(
+            conn.execute(
+                sa.select(peers.c.id).where(
+                    peers.c.account_id == account_id, peers.c.id.in_(set(ids))
+                )
+            ).scalars()
+        )
+        for pid in ids:
+            if pid not in found:
+                raise ValidationError(f"peer {pid!r} not found in account")
+
+    def _set_peer_memberships(
+        self, conn: Connection, account_id: str, peer_id: str, group_ids: Sequence[str]
+    ) -> None:
+        conn.execute(sa.delete(group_peers).where(group_peers.c.peer_id == peer_id))
+        for gid in dict.fromkeys(group_ids):
+            pos = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(group_peers.c.position), -1) + 1).where(
+                    group_peers.c.group_id == gid
+                )
+            ).scalar_one()
+            conn.execute(
+                sa.insert(group_peers).values(
+                    group_id=gid, peer_id=peer_id, account_id=account_id, position=pos
+                )
+            )
+
+    def _insert_account(self, tx: Tx, account: Account) -> Account:
+        ipam.parse_network(account.network_v4, 4)
+        account = dataclasses.replace(
+            account,
+            id=account.id or new_id(),
+            network_v6=account.network_v6 or ipam.generate_ula_network(),
+            created_at=account.created_at or utcnow(),
+        )
+        ipam.parse_network(account.network_v6, 6)
+        if tx.conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account.id)).first():
+            raise Conflict("account already exists")
+        tx.conn.execute(
+            sa.insert(accounts).values(
+                id=account.id,
+                domain=account.domain,
+                network_v4=account.network_v4,
+                network_v6=account.network_v6,
+                created_at=account.created_at,
+            )
+        )
+        tx.conn.execute(
+            sa.insert(groups).values(
+                id=new_id(), account_id=account.id, name=ALL_GROUP, issued="api"
+            )
+        )
+        tx.changed(ChangeKind.ACCOUNT, account.id, account.id)
+        return account
+
+    # --- accounts ---------------------------------------------------------------
+
+    def create_account(self, account: Account) -> Account:
+        return self._write(
+            account.id or "new-account", lambda tx: self._insert_account(tx, account)
+        )
+
+    def get_account(self, account_id: str) -> Account:
+        with self._read() as conn:
+            return self._require_account(conn, account_id)
+
+    def list_accounts(self) -> list[Account]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(accounts).order_by(accounts.c.id)).all()
+        return [row_account(r) for r in rows]
+
+    def ensure_default_account(
+        self, *, domain: str = "netbird.selfhosted", admin_email: str = "admin@localhost"
+    ) -> Bootstrap:
+        def run(tx: Tx) -> Bootstrap:
+            row = tx.conn.execute(
+                sa.select(accounts).where(accounts.c.id == DEFAULT_ACCOUNT_ID)
+            ).first()
+            if row is not None:
+                account = row_account(row)
+                admin = tx.conn.execute(
+                    sa.select(users)
+                    .where(users.c.account_id == account.id, users.c.role.in_(("owner", "admin")))
+                    .order_by(users.c.created_at, users.c.id)
+                ).first()
+                if admin is None:
+                    raise NotFound("default account has no admin user")
+                return Bootstrap(account=account, admin_user=row_user(admin), admin_token=None)
+            account = self._insert_account(tx, Account(id=DEFAULT_ACCOUNT_ID, domain=domain))
+            admin = User(
+                id="admin",
+                account_id=account.id,
+                email=admin_email,
+                name="admin",
+                role="owner",
+                created_at=utcnow(),
+            )
+            self._insert_user(tx, admin)
+            _, plain = self._insert_pat(tx, account.id, admin.id, "first admin token", None, "")
+            return Bootstrap(account=account, admin_user=admin, admin_token=plain)
+
+        return self._write(DEFAULT_ACCOUNT_ID, run)
+
+    # --- users ------------------------------------------------------------------
+
+    def _insert_user(self, tx: Tx, user: User) -> User:
+        conn = tx.conn
+        self._require_account(conn, user.account_id)
+        if user.role not in USER_ROLES:
+            raise ValidationError(f"invalid user role {user.role!r}")
+        self._check_group_ids(conn, user.account_id, user.auto_groups, "auto group")
+        user = dataclasses.replace(
+            user, id=user.id or new_id(), created_at=user.created_at or utcnow()
+        )
+        if conn.execute(sa.select(users.c.id).where(users.c.id == user.id)).first():
+            raise Conflict("user already exists")
+        conn.execute(
+            sa.insert(users).values(
+                **self._user_values(user),
+                id=user.id,
+                account_id=user.account_id,
+                created_at=user.created_at,
+            )
+        )
+        tx.changed(ChangeKind.USER, user.account_id, user.id)
+        return user
+
+    @staticmethod
+    def _user_values(user: User) -> dict:
+        return {
+            "email": user.email,
+            "name": user.name,
+            "role": user.role,
+            "is_service_user": user.is_service_user,
+            "auto_groups": dumps(list(user.auto_groups)),
+            "blocked": user.blocked or user.pending_approval,
+            "pending_approval": user.pending_approval,
+        }
+
+    def create_user(self, user: User) -> User:
+        return self._write(user.account_id, lambda tx: self._insert_user(tx, user))
+
+    def get_user(self, account_id: str, user_id: str) -> User:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(users).where(users.c.id == user_id, users.c.account_id == account_id)
+            ).first()
+        if row is None:
+            raise NotFound("user not found")
+        return row_user(row)
+
+    def find_user(self, user_id: str) -> User | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
+        return row_user(row) if row else None
+
+    def list_users(self, account_id: str) -> list[User]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(users).where(users.c.account_id == account_id).order_by(users.c.id)
+            ).all()
+        return [row_user(r) for r in rows]
+
+    def update_user(self, user: User) -> User:
+        def run(tx: Tx) -> User:
+            conn = tx.conn
+            row = conn.execute(
+                sa.select(users).where(users.c.id == user.id, users.c.account_id == user.account_id)
+            ).first()
+            if row is None:
+                raise NotFound("user not found")
+            if user.role not in USER_ROLES:
+                raise ValidationError(f"invalid user role {user.role!r}")
+            self._check_group_ids(conn, user.account_id, user.auto_groups, "auto group")
+            conn.execute(
+                sa.update(users).where(users.c.id == user.id).values(**self._user_values(user))
+            )
+            tx.changed(ChangeKind.USER, user.account_id, user.id)
+            return row_user(conn.execute(sa.select(users).where(users.c.id == user.id)).one())
+
+        return self._write(user.account_id, run)
+
+    def delete_user(self, account_id: str, user_id: str) -> None:
+        def run(tx: Tx) -> None:
+            conn = tx.conn
+            res = conn.execute(
+                sa.delete(users).where(users.c.id == user_id, users.c.account_id == account_id)
+            )
+            if res.rowcount == 0:
+                raise NotFound("user not found")
+            conn.execute(
+                sa.delete(personal_access_tokens).where(personal_access_tokens.c.user_id == user_id)
+            )
+            conn.execute(
+                sa.update(peers)
+                .where(peers.c.account_id == account_id, peers.c.user_id == user_id)
+                .values(user_id=None)
+            )
+            tx.changed(ChangeKind.USER, account_id, user_id)
+
+        self._write(account_id, run)
+
+    # --- groups -----------------------------------------------------------------
+
+    def create_group(self, group: Group) -> Group:
+        def run(tx: Tx) -> Group:
+            conn = tx.conn
+            self._require_account(conn, group.account_id)
+            _check_name("group", group.name)
+            self._check_peer_ids(conn, group.account_id, group.peers)
+            self._check_group_name_free(conn, group.account_id, group.name, None)
+            gid = group.id or new_id()
+            if conn.execute(sa.select(groups.c.id).where(groups.c.id == gid)).first():
+                raise Conflict("group already exists")
+            conn.execute(
+                sa.insert(groups).values(
+                    id=gid, account_id=group.account_id, name=group.name, issued=group.issued
+                )
+            )
+            self._replace_members(conn, group.account_id, gid, group.peers)
+            tx.changed(ChangeKind.GROUP, group.account_id, gid)
+            return self._load_groups(conn, groups.c.id == gid)[0]
+
+        return self._write(group.account_id, run)
+
+    def _check_group_name_free(
+        self, conn: Connection, account_id: str, name: str, own_id: str | None
+    ) -> None:
+        q = sa.select(groups.c.id).where(groups.c.account_id == account_id, groups.c.name == name)
+        for gid in conn.execute(q).scalars():
+            if gid != own_id:
+                raise Conflict(f"group with name {name!r} already exists")
+
+    def _replace_members(
+        self, conn: Connection, account_id: str, group_id: str, peer_ids: Sequence[str]
+    ) -> None:
+        conn.execute(sa.delete(group_peers).where(group_peers.c.group_id == group_id))
+        for pos, pid in enumerate(dict.fromkeys(peer_ids)):
+            conn.execute(
+                sa.insert(group_peers).values(
+                    group_id=group_id, peer_id=pid, account_id=account_id, position=pos
+                )
+            )
+
+    def _require_group(self, conn: Connection, account_id: str, group_id: str) -> sa.Row:
+        row = conn.execute(
+            sa.select(groups).where(groups.c.id == group_id, groups.c.account_id == account_id)
+        ).first()
+        if row is None:
+            raise NotFound("group not found")
+        return row
+
+    def get_group(self, account_id: str, group_id: str) -> Group:
+        with self._read() as conn:
+            self._require_group(conn, account_id, group_id)
+            return self._load_groups(conn, groups.c.id == group_id)[0]
+
+    def list_groups(self, account_id: str) -> list[Group]:
+        with self._read() as conn:
+            return self._load_groups(conn, groups.c.account_id == account_id)
+
+    def update_group(self, group: Group) -> Group:
+        def run(tx: Tx) -> Group:
+            conn = tx.conn
+            row = self._require_group(conn, group.account_id, group.id)
+            _check_name("group", group.name)
+            if row.name == ALL_GROUP and group.name != ALL_GROUP:
+                raise BadRequest("updating group ALL is not allowed")
+            self._check_group_name_free(conn, group.account_id, group.name, group.id)
+            self._check_peer_ids(conn, group.account_id, group.peers)
+            conn.execute(
+                sa.update(groups)
+                .where(groups.c.id == group.id)
+                .values(name=group.name, issued=group.issued)
+            )
+            self._replace_members(conn, group.account_id, group.id, group.peers)
+            tx.changed(ChangeKind.GROUP, group.account_id, group.id)
+            return self._load_groups(conn, groups.c.id == group.id)[0]
+
+        return self._write(group.account_id, run)
+
+    def delete_group(self, account_id: str, group_id: str) -> None:
+        def run(tx: Tx) -> None:
+            conn = tx.conn
+            row = self._require_group(conn, account_id, group_id)
+            if row.name == ALL_GROUP:
+                raise BadRequest("deleting group ALL is not allowed")
+            self._check_group_unused(conn, account_id, group_id)
+            conn.execute(sa.delete(groups).where(groups.c.id == group_id))
+            for u in conn.execute(sa.select(users).where(users.c.account_id == account_id)).all():
+                auto = loads(u.auto_groups) or []
+                if group_id in auto:
+                    conn.execute(
+                        sa.update(users)
+                        .where(users.c.id == u.id)
+                        .values(auto_groups=dumps([g for g in auto if g != group_id]))
+                    )
+            tx.changed(ChangeKind.GROUP, account_id, group_id)
+
+        self._write(account_id, run)
+
+    def _check_group_unused(self, conn: Connection, account_id: str, group_id: str) -> None:
+        q = sa.select(
+            services.c.domain, services.c.private, services.c.access_groups, services.c.auth
+        ).where(services.c.account_id == account_id)
+        for domain, private, access_groups, auth in conn.execute(q.order_by(services.c.domain)):
+            if private and group_id in (loads(access_groups) or ()):
+                raise GroupInUse(f"group has been linked to reverse proxy service: {domain}")
+            bearer = (loads(auth) or {}).get("bearer_auth") or {}
+            if bearer.get("enabled") and group_id in (bearer.get("distribution_groups") or ()):
+                raise GroupInUse(f"group has been linked to reverse proxy service: {domain}")
+
+    def _edit_members(
+        self, account_id: str, group_id: str, peer_ids: Sequence[str], add: bool
+    ) -> Group:
+        def run(tx: Tx) -> Group:
+            conn = tx.conn
+            self._require_group(conn, account_id, group_id)
+            current = self._group_members(conn, [group_id])[group_id]
+            if add:
+                self._check_peer_ids(conn, account_id, peer_ids)
+                new = current + [p for p in dict.fromkeys(peer_ids) if p not in current]
+            else:
+                drop = set(peer_ids)
+                new = [p for p in current if p not in drop]
+            if new != current:
+                self._replace_members(conn, account_id, group_id, new)
+                tx.changed(ChangeKind.GROUP, account_id, group_id)
+            return self._load_groups(conn, groups.c.id == group_id)[0]
+
+        return self._write(account_id, run)
+
+    def add_peers_to_group(self, account_id: str, group_id: str, peer_ids: Sequence[str]) -> Group:
+        return self._edit_members(account_id, group_id, peer_ids, add=True)
+
+    def remove_peers_from_group(
+        self, account_id: str, group_id: str, peer_ids: Sequence[str]
+    ) -> Group:
+        return self._edit_members(account_id, group_id, peer_ids, add=False)
+
+    def resolve_groups(self, account_id: str, group_ids: Sequence[str]) -> list[Group]:
+        with self._read() as conn:
+            found = {
+                g.id: g
+                for g in self._load_groups(
+                    conn,
+                    sa.and_(groups.c.account_id == account_id, groups.c.id.in_(set(group_ids))),
+                )
+            }
+        return [found[g] for g in group_ids if g in found]
+
+    # --- peers ------------------------------------------------------------------
+
+    def create_peer(self, peer: Peer) -> Peer:
+        def run(tx: Tx) -> Peer:
+            conn = tx.conn
+            account = self._require_account(conn, peer.account_id)
+            _check_name("peer", peer.name)
+            if not peer.key:
+                raise ValidationError("peer key is required")
+            if conn.execute(sa.select(peers.c.id).where(peers.c.key == peer.key)).first():
+                raise Conflict("peer with this key already exists")
+            owner_groups: tuple[str, ...] = ()
+            if peer.user_id is not None:
+                owner = conn.execute(
+                    sa.select(users).where(
+                        users.c.id == peer.user_id, users.c.account_id == peer.account_id
+                    )
+                ).first()
+                if owner is None:
+                    raise ValidationError(f"user {peer.user_id!r} not found in account")
+                owner_groups = row_user(owner).auto_groups
+            self._check_group_ids(conn, peer.account_id, peer.groups, "group")
+            used = conn.execute(
+                sa.select(peers.c.ip, peers.c.ipv6).where(peers.c.account_id == peer.account_id)
+            ).all()
+            ip = self._claim_ip(peer.ip, account.network_v4, 4, {u.ip for u in used})
+            ipv6 = None
+            if peer.ipv6 is not None:
+                ipv6 = self._claim_ip(peer.ipv6, account.network_v6, 6, {u.ipv6 for u in used})
+            pid = peer.id or new_id()
+            if conn.execute(sa.select(peers.c.id).where(peers.c.id == pid)).first():
+                raise Conflict("peer already exists")
+            now = utcnow()
+            conn.execute(
+                sa.insert(peers).values(
+                    id=pid,
+                    account_id=peer.account_id,
+                    name=peer.name,
+                    key=peer.key,
+                    ip=ip,
+                    ipv6=ipv6,
+                    dns_label=peer.dns_label,
+                    user_id=peer.user_id,
+                    endpoint=peer.endpoint,
+                    proxy_meta_embedded=peer.proxy,
+                    proxy_meta_cluster=peer.proxy_cluster,
+                    peer_status_connected=peer.connected,
+                    ephemeral=peer.ephemeral,
+                    wg_private_key=peer.wg_private_key,
+                    last_seen=peer.last_seen,
+                    created_at=peer.created_at or now,
+                )
+            )
+            wanted = list(peer.groups) + list(owner_groups)
+            if not peer.proxy:
+                all_id = conn.execute(
+                    sa.select(groups.c.id).where(
+                        groups.c.account_id == peer.account_id, groups.c.name == ALL_GROUP
+                    )
+                ).scalar()
+                if all_id:
+                    wanted.append(all_id)
+            self._set_peer_memberships(conn, peer.account_id, pid, wanted)
+            tx.changed(ChangeKind.PEER, peer.account_id, pid)
+            return self._load_peers(conn, peers.c.id == pid)[0]
+
+        return self._write(peer.account_id, run)
+
+    @staticmethod
+    def _claim_ip(requested: str, network: str, version: int, used: set[str | None]) -> str:
+        if not requested:
+            alloc = ipam.allocate_ipv4 if version == 4 else ipam.allocate_ipv6
+            return alloc(network, [u for u in used if u])
+        canon = ipam.canonical_tunnel_ip(requested)
+        net = ipam.parse_network(network, version)
+        if canon is None or canon[0] != version:
+            raise ValidationError(f"invalid IPv{version} address {requested!r}")
+        import ipaddress
+
+        if ipaddress.ip_address(canon[1]) not in net:
+            raise ValidationError(f"address {requested} is outside the account network {network}")
+        if canon[1] in used:
+            raise Conflict(f"address {canon[1]} is already in use")
+        return canon[1]
+
+    def get_peer(self, account_id: str, peer_id: str) -> Peer:
+        with self._read() as conn:
+            found = self._load_peers(
+                conn, sa.and_(peers.c.id == peer_id, peers.c.account_id == account_id)
+            )
+        if not found:
+            raise NotFound("peer not found")
+        return found[0]
+
+    def get_peer_by_key(self, key: str) -> Peer | None:
+        with self._read() as conn:
+            found = self._load_peers(conn, peers.c.key == key)
+        return found[0] if found else None
+
+    def get_peer_by_ip(self, account_id: str, ip: str) -> Peer | None:
+        canon = ipam.canonical_tunnel_ip(ip)
+        if canon is None:
+            return None
+        column = peers.c.ip if canon[0] == 4 else peers.c.ipv6
+        with self._read() as conn:
+            found = self._load_peers(
+                conn, sa.and_(peers.c.account_id == account_id, column == canon[1])
+            )
+        return found[0] if found else None
+
+    def list_peers(self, account_id: str, *, proxy: bool | None = None) -> list[Peer]:
+        cond = peers.c.account_id == account_id
+        if proxy is not None:
+            cond = sa.and_(cond, peers.c.proxy_meta_embedded == proxy)
+        with self._read() as conn:
+            return self._load_peers(conn, cond)
+
+    def list_proxy_peers(self, account_id: str, cluster: str | None = None) -> list[Peer]:
+        cond = sa.and_(peers.c.account_id == account_id, peers.c.proxy_meta_embedded.is_(True))
+        if cluster is not None:
+            cond = sa.and_(cond, peers.c.proxy_meta_cluster == cluster)
+        with self._read() as conn:
+            return self._load_peers(conn, cond)
+
+    def update_peer(self, peer: Peer) -> Peer:
+        def run(tx: Tx) -> Peer:
+            conn = tx.conn
+            row = conn.execute(
+                sa.select(peers).where(peers.c.id == peer.id, peers.c.account_id == peer.account_id)
+            ).first()
+            if row is None:
+                raise NotFound("peer not found")
+            _check_name("peer", peer.name)
+            if (
+                peer.user_id is not None
+                and not conn.execute(
+                    sa.select(users.c.id).where(
+                        users.c.id == peer.user_id, users.c.account_id == peer.account_id
+                    )
+                ).first()
+            ):
+                raise ValidationError(f"user {peer.user_id!r} not found in account")
+            self._check_group_ids(conn, peer.account_id, peer.groups, "group")
+            conn.execute(
+                sa.update(peers)
+                .where(peers.c.id == peer.id)
+                .values(
+                    name=peer.name,
+                    dns_label=peer.dns_label,
+                    user_id=peer.user_id,
+                    endpoint=peer.endpoint,
+                    peer_status_connected=peer.connected,
+                    ephemeral=peer.ephemeral,
+                )
+            )
+            self._set_peer_memberships(conn, peer.account_id, peer.id, peer.groups)
+            tx.changed(ChangeKind.PEER, peer.account_id, peer.id)
+            return self._load_peers(conn, peers.c.id == peer.id)[0]
+
+        return self._write(peer.account_id, run)
+
+    def set_peer_connected(
+        self, account_id: str, peer_id: str, connected: bool, *, now: datetime | None = None
+    ) -> Peer:
+        def run(tx: Tx) -> Peer:
+            res = tx.conn.execute(
+                sa.update(peers)
+                .where(peers.c.id == peer_id, peers.c.account_id == account_id)
+                .values(peer_status_connected=connected, last_seen=now or utcnow())
+            )
+            if res.rowcount == 0:
+                raise NotFound("peer not found")
+            tx.changed(ChangeKind.PEER, account_id, peer_id)
+            return self._load_peers(tx.conn, peers.c.id == peer_id)[0]
+
+        return self._write(account_id, run)
+
+    def delete_peer(self, account_id: str, peer_id: str) -> None:
+        from nbgateway.management.store.schema import targets
+
+        def run(tx: Tx) -> None:
+            conn = tx.conn
+            if not conn.execute(
+                sa.select(peers.c.id).where(peers.c.id == peer_id, peers.c.account_id == account_id)
+            ).first():
+                raise NotFound("peer not found")
+            linked = conn.execute(
+                sa.select(services.c.domain)
+                .join(targets, targets.c.service_id == services.c.id)
+                .where(
+                    services.c.account_id == account_id,
+                    targets.c.target_type == "peer",
+                    targets.c.target_id == peer_id,
+                )
+                .order_by(services.c.domain)
+            ).first()
+            if linked is not None:
+                raise BadRequest(f"peer has been linked to reverse proxy service: {linked[0]}")
+            conn.execute(sa.delete(group_peers).where(group_peers.c.peer_id == peer_id))
+            conn.execute(sa.delete(peers).where(peers.c.id == peer_id))
+            tx.changed(ChangeKind.PEER, account_id, peer_id)
+
+        self._write(account_id, run)
+
+    def get_peer_groups(self, account_id: str, peer_id: str) -> list[Group]:
+        with self._read() as conn:
+            gids = self._peer_groups(conn, [peer_id])[peer_id]
+            return self._load_groups(
+                conn, sa.and_(groups.c.account_id == account_id, groups.c.id.in_(gids))
+            )
+
+    def get_peer_owner(self, account_id: str, peer_id: str) -> User | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(users)
+                .join(peers, peers.c.user_id == users.c.id)
+                .where(
+                    peers.c.id == peer_id,
+                    peers.c.account_id == account_id,
+                    users.c.account_id == account_id,
+                )
+            ).first()
+        return row_user(row) if row else None
+
+    # --- personal access tokens --------------------------------------------------
+
+    def _insert_pat(
+        self,
+        tx: Tx,
+        account_id: str,
+        user_id: str,
+        name: str,
+        expires_at: datetime | None,
+        created_by: str,
+    ) -> tuple[PersonalAccessToken, str]:
+        _check_name("token", name)
+        if not tx.conn.execute(
+            sa.select(users.c.id).where(users.c.id == user_id, users.c.account_id == account_id)
+        ).first():
+            raise NotFound("user not found")
+        plain = _secrets.generate_token(_secrets.PAT_PREFIX)
+        pat = PersonalAccessToken(
+            id=new_id(),
+            account_id=account_id,
+            user_id=user_id,
+            name=name,
+            hashed_token=_secrets.hash_token(plain),
+            expires_at=expires_at,
+            created_by=created_by or user_id,
+            created_at=utcnow(),
+        )
+        tx.conn.execute(sa.insert(personal_access_tokens).values(**dataclasses.asdict(pat)))
+        tx.changed(ChangeKind.PERSONAL_ACCESS_TOKEN, account_id, pat.id)
+        return pat, plain
+
+    def create_personal_access_token(
+        self,
+        account_id: str,
+        user_id: str,
+        name: str,
+        *,
+        expires_at: datetime | None = None,
+        created_by: str = "",
+    ) -> tuple[PersonalAccessToken, str]:
+        return self._write(
+            account_id,
+            lambda tx: self._insert_pat(tx, account_id, user_id, name, expires_at, created_by),
+        )
+
+    def list_personal_access_tokens(
+        self, account_id: str, user_id: str
+    ) -> list[PersonalAccessToken]:
+        t = personal_access_tokens
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t)
+                .where(t.c.account_id == account_id, t.c.user_id == user_id)
+                .order_by(t.c.created_at, t.c.id)
+            ).all()
+        return [row_pat(r) for r in rows]
+
+    def delete_personal_access_token(self, account_id: str, user_id: str, token_id: str) -> None:
+        t = personal_access_tokens
+
+        def run(tx: Tx) -> None:
+            res = tx.conn.execute(
+                sa.delete(t).where(
+                    t.c.id == token_id, t.c.account_id == account_id, t.c.user_id == user_id
+                )
+            )
+            if res.rowcount == 0:
+                raise NotFound("token not found")
+            tx.changed(ChangeKind.PERSONAL_ACCESS_TOKEN, account_id, token_id)
+
+        self._write(account_id, run)
+
+    def authenticate_personal_access_token(
+        self, plain: str, *, now: datetime | None = None
+    ) -> tuple[User, PersonalAccessToken]:
+        if not _secrets.token_format_ok(plain, _secrets.PAT_PREFIX):
+            raise Unauthenticated("invalid token format")
+        now = now or utcnow()
+        t = personal_access_tokens
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t).where(t.c.hashed_token == _secrets.hash_token(plain))
+            ).first()
+            if row is None:
+                raise Unauthenticated("invalid token")
+            pat = row_pat(row)
+            if not pat.is_valid(now):
+                raise Unauthenticated("token expired or revoked")
+            urow = conn.execute(
+                sa.select(users).where(
+                    users.c.id == pat.user_id, users.c.account_id == pat.account_id
+                )
+            ).first()
+        if urow is None:
+            raise Unauthenticated("invalid token")
+        user = row_user(urow)
+        if user.blocked or user.pending_approval:
+            raise Unauthenticated("user is blocked")
+        if pat.last_used is None or (now - pat.last_used).total_seconds() >= 60:
+            self._touch(t, pat.id, pat.account_id, now)
+        return user, pat
+
+    def _touch(self, table: sa.Table, token_id: str, scope: str | None, now: datetime) -> None:
+        def run(tx: Tx) -> None:
+            tx.conn.execute(sa.update(table).where(table.c.id == token_id).values(last_used=now))
+
+        self._write(scope or "", run)

@@ -1,0 +1,249 @@
+"""Engine set-up, transactions, retries and change listeners of the store.
+
+Concurrency model:
+
+* SQLite: WAL journal, ``busy_timeout``, foreign keys on; writers are
+  serialised in-process by a lock shared per database file and start with
+  ``BEGIN IMMEDIATE`` so another process cannot interleave a write either.
+* PostgreSQL (psycopg 3): every write transaction first takes a transaction
+  scoped advisory lock for the account it touches, so read-modify-write
+  sequences of one account are serialised; serialization failures, deadlocks
+  and unique violations from races are retried with a fresh transaction (the
+  rerun then reports the proper typed error).
+
+Listeners run after commit, in the writing thread, with
+``(kind, account_id, ids)``; a failing listener is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from twisted.logger import Logger
+
+from nbgateway.management import migrations
+from nbgateway.management.errors import Conflict, StoreUnavailable
+from nbgateway.management.model import ChangeKind
+
+log = Logger()
+
+T = TypeVar("T")
+ChangeListener = Callable[[ChangeKind, str, tuple[str, ...]], None]
+
+MAX_ATTEMPTS = 8
+_SQLITE_LOCKS: dict[str, threading.RLock] = {}
+_SQLITE_LOCKS_GUARD = threading.Lock()
+_RETRY_SQLSTATES = {"40001", "40P01", "55P03"}
+
+
+def normalise_dsn(dsn: str | None, datadir: str | None) -> str:
+    """Map user DSNs to SQLAlchemy URLs (``postgresql://`` -> psycopg 3 driver)."""
+    if not dsn:
+        if not datadir:
+            raise ValueError("either a DSN or a data directory is required")
+        os.makedirs(datadir, exist_ok=True)
+        return "sqlite:///" + os.path.join(os.path.abspath(datadir), "store.db")
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg://" + dsn[len(prefix) :]
+    return dsn
+
+
+def dumps(value: Any) -> str | None:
+    """JSON text for a TEXT column; None (and only None) becomes SQL NULL."""
+    if value is None:
+        return None
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(text: str | None) -> Any:
+    """Inverse of :func:`dumps`; NULL, empty text and JSON ``null`` give None."""
+    if text is None or text == "":
+        return None
+    return json.loads(text)
+
+
+def _sqlite_lock(url: sa.URL) -> threading.RLock:
+    key = os.path.abspath(url.database or ":memory:")
+    with _SQLITE_LOCKS_GUARD:
+        return _SQLITE_LOCKS.setdefault(key, threading.RLock())
+
+
+def _lock_key(scope: str) -> int:
+    return int.from_bytes(hashlib.sha256(scope.encode()).digest()[:8], "big", signed=True)
+
+
+class Tx:
+    """A write transaction in progress: the connection and the changes to announce."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.changes: list[tuple[ChangeKind, str, tuple[str, ...]]] = []
+
+    def changed(self, kind: ChangeKind, account_id: str, *ids: str) -> None:
+        self.changes.append((kind, account_id, tuple(ids)))
+
+
+class StoreBase:
+    """Connection handling shared by the entity mixins."""
+
+    def __init__(self, engine: Engine, *, known_clusters: tuple[str, ...] = ()) -> None:
+        self._engine = engine
+        self.dialect = engine.dialect.name
+        self.known_clusters = tuple(known_clusters)
+        self._listeners: list[ChangeListener] = []
+        self._listeners_lock = threading.Lock()
+        self._write_lock = _sqlite_lock(engine.url) if self.dialect == "sqlite" else None
+
+    # --- construction ---------------------------------------------------------
+
+    @staticmethod
+    def build_engine(url: str) -> Engine:
+        sa_url = sa.make_url(url)
+        if sa_url.get_backend_name() == "sqlite":
+            engine = sa.create_engine(
+                sa_url,
+                connect_args={"timeout": 30, "check_same_thread": False},
+                pool_size=8,
+                max_overflow=16,
+            )
+
+            @event.listens_for(engine, "connect")
+            def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+                dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+            @event.listens_for(engine, "begin")
+            def _on_begin(conn):  # type: ignore[no-untyped-def]
+                mode = conn.get_execution_options().get("nbgw_begin", "")
+                conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+            return engine
+        if sa_url.get_backend_name() == "postgresql":
+            return sa.create_engine(
+                sa_url, pool_size=10, max_overflow=30, pool_pre_ping=True, pool_timeout=60
+            )
+        raise ValueError(f"unsupported store backend {sa_url.get_backend_name()!r}")
+
+    def migrate(self) -> None:
+        """Upgrade the schema to head (serialised against other processes)."""
+        with self._engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_lock(_lock_key("nbgw-migrate"))))
+                conn.commit()
+                try:
+                    migrations.upgrade(conn)
+                    conn.commit()
+                finally:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(_lock_key("nbgw-migrate"))))
+                    conn.commit()
+            else:
+                with self._write_lock or threading.RLock():
+                    migrations.upgrade(conn)
+                    conn.commit()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # --- listeners --------------------------------------------------------------
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeListener) -> None:
+        with self._listeners_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _notify(self, changes: list[tuple[ChangeKind, str, tuple[str, ...]]]) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for kind, account_id, ids in changes:
+            for listener in listeners:
+                try:
+                    listener(kind, account_id, ids)
+                except Exception:
+                    log.failure(
+                        "store change listener failed", kind=str(kind), account_id=account_id
+                    )
+
+    # --- transactions -----------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only transaction (consistent snapshot for multi-statement reads)."""
+        try:
+            with self._engine.connect() as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreUnavailable(f"store unavailable: {exc.orig}") from exc
+
+    def _retryable(self, exc: DBAPIError) -> bool:
+        if isinstance(exc, IntegrityError):
+            return True
+        code = getattr(exc.orig, "sqlstate", None)
+        if code in _RETRY_SQLSTATES:
+            return True
+        text = str(exc.orig).lower()
+        return "database is locked" in text or "database table is locked" in text
+
+    def _write(self, scope: str, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in one write transaction, retried on transient conflicts.
+
+        ``scope`` is the account id (or another lock domain) whose writers are
+        serialised. Listeners are notified after a successful commit.
+        """
+        last: DBAPIError | None = None
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                result, changes = self._write_once(scope, fn)
+            except DBAPIError as exc:
+                if not self._retryable(exc):
+                    if isinstance(exc, OperationalError):
+                        raise StoreUnavailable(f"store unavailable: {exc.orig}") from exc
+                    raise
+                last = exc
+                time.sleep(min(0.2, 0.005 * (2**attempt)) * random.random())
+                continue
+            self._notify(changes)
+            return result
+        assert last is not None
+        if isinstance(last, IntegrityError):
+            raise Conflict("conflicting concurrent write, please retry") from last
+        raise StoreUnavailable(f"transaction kept failing: {last.orig}") from last
+
+    def _write_once(
+        self, scope: str, fn: Callable[[Tx], T]
+    ) -> tuple[T, list[tuple[ChangeKind, str, tuple[str, ...]]]]:
+        if self._write_lock is not None:
+            with (
+                self._write_lock,
+                self._engine.connect().execution_options(nbgw_begin="IMMEDIATE") as conn,
+            ):
+                with conn.begin():
+                    tx = Tx(conn)
+                    result = fn(tx)
+                return result, tx.changes
+        with self._engine.connect() as conn, conn.begin():
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("acct:" + scope))))
+            tx = Tx(conn)
+            result = fn(tx)
+        return result, tx.changes

@@ -1,0 +1,605 @@
+"""Store part: services and targets, custom domains, cluster derivation.
+
+Create/update run the pure validation first, then the account-level checks
+(spec 1.14 "manager-level"), all inside one serialised write transaction, so a
+rejected request stores nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from nbgateway.management.errors import (
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    ValidationError,
+)
+from nbgateway.management.model import (
+    AccessRestrictions,
+    AuthConfig,
+    BearerAuth,
+    ChangeKind,
+    CustomDomain,
+    HeaderAuth,
+    PasswordAuth,
+    PinAuth,
+    Service,
+    ServiceMeta,
+    ServiceStatus,
+    Target,
+    TargetOptions,
+    new_id,
+    utcnow,
+)
+from nbgateway.management.store import _secrets
+from nbgateway.management.store._accounts import AccountsMixin
+from nbgateway.management.store._base import Tx, dumps, loads
+from nbgateway.management.store.schema import domains, peers, proxies, services, targets
+from nbgateway.management.validation import go_quote, validate_service
+
+ACTIVE_WINDOW = timedelta(minutes=2)
+L4_PORT_RANGE = (10000, 65535)
+
+
+# --- (de)serialisation of JSON columns -------------------------------------------
+
+
+def auth_to_json(a: AuthConfig) -> dict:
+    out: dict = {}
+    if a.password_auth is not None:
+        out["password_auth"] = {
+            "enabled": a.password_auth.enabled,
+            "password": a.password_auth.password,
+        }
+    if a.pin_auth is not None:
+        out["pin_auth"] = {"enabled": a.pin_auth.enabled, "pin": a.pin_auth.pin}
+    if a.bearer_auth is not None:
+        out["bearer_auth"] = {
+            "enabled": a.bearer_auth.enabled,
+            "distribution_groups": list(a.bearer_auth.distribution_groups),
+        }
+    if a.header_auths:
+        out["header_auths"] = [
+            {"enabled": h.enabled, "header": h.header, "value": h.value} for h in a.header_auths
+        ]
+    return out
+
+
+def auth_from_json(d: dict | None) -> AuthConfig:
+    d = d or {}
+    pw, pin, bearer = d.get("password_auth"), d.get("pin_auth"), d.get("bearer_auth")
+    return AuthConfig(
+        password_auth=PasswordAuth(bool(pw.get("enabled")), pw.get("password") or "")
+        if pw is not None
+        else None,
+        pin_auth=PinAuth(bool(pin.get("enabled")), pin.get("pin") or "")
+        if pin is not None
+        else None,
+        bearer_auth=BearerAuth(
+            bool(bearer.get("enabled")), tuple(bearer.get("distribution_groups") or ())
+        )
+        if bearer is not None
+        else None,
+        header_auths=tuple(
+            HeaderAuth(bool(h.get("enabled")), h.get("header") or "", h.get("value") or "")
+            for h in d.get("header_auths") or ()
+        ),
+    )
+
+
+def restrictions_to_json(r: AccessRestrictions) -> dict | None:
+    if r.is_empty():
+        return None
+    return {
+        "allowed_cidrs": list(r.allowed_cidrs),
+        "blocked_cidrs": list(r.blocked_cidrs),
+        "allowed_countries": list(r.allowed_countries),
+        "blocked_countries": list(r.blocked_countries),
+        "crowdsec_mode": r.crowdsec_mode,
+    }
+
+
+def restrictions_from_json(d: dict | None) -> AccessRestrictions:
+    d = d or {}
+    return AccessRestrictions(
+        allowed_cidrs=tuple(d.get("allowed_cidrs") or ()),
+        blocked_cidrs=tuple(d.get("blocked_cidrs") or ()),
+        allowed_countries=tuple(d.get("allowed_countries") or ()),
+        blocked_countries=tuple(d.get("blocked_countries") or ()),
+        crowdsec_mode=d.get("crowdsec_mode") or "",
+    )
+
+
+def row_target(r: sa.Row) -> Target:
+    return Target(
+        id=r.id,
+        path=r.path,
+        host=r.host,
+        port=r.port,
+        protocol=r.protocol,
+        target_id=r.target_id,
+        target_type=r.target_type,
+        enabled=bool(r.enabled),
+        proxy_protocol=bool(r.proxy_protocol),
+        options=TargetOptions(
+            skip_tls_verify=bool(r.skip_tls_verify),
+            request_timeout=r.request_timeout,
+            session_idle_timeout=r.session_idle_timeout,
+            path_rewrite=r.path_rewrite,
+            custom_headers=loads(r.custom_headers) or {},
+            direct_upstream=bool(r.direct_upstream),
+        ),
+    )
+
+
+def row_service(r: sa.Row, tgts: list[Target]) -> Service:
+    ag = loads(r.access_groups)
+    return Service(
+        id=r.id,
+        account_id=r.account_id,
+        name=r.name,
+        domain=r.domain,
+        proxy_cluster=r.proxy_cluster,
+        targets=tuple(tgts),
+        enabled=bool(r.enabled),
+        terminated=bool(r.terminated),
+        pass_host_header=bool(r.pass_host_header),
+        rewrite_redirects=bool(r.rewrite_redirects),
+        auth=auth_from_json(loads(r.auth)),
+        restrictions=restrictions_from_json(loads(r.restrictions)),
+        meta=ServiceMeta(
+            created_at=r.meta_created_at,
+            certificate_issued_at=r.meta_certificate_issued_at,
+            status=r.meta_status,
+            last_renewed_at=r.meta_last_renewed_at,
+        ),
+        session_private_key=r.session_private_key,
+        session_public_key=r.session_public_key,
+        source=r.source,
+        source_peer=r.source_peer,
+        mode=r.mode,
+        listen_port=r.listen_port,
+        port_auto_assigned=bool(r.port_auto_assigned),
+        private=bool(r.private),
+        access_groups=tuple(ag) if ag is not None else None,
+    )
+
+
+def _service_values(s: Service) -> dict:
+    return {
+        "account_id": s.account_id,
+        "name": s.name,
+        "domain": s.domain,
+        "proxy_cluster": s.proxy_cluster,
+        "enabled": s.enabled,
+        "terminated": s.terminated,
+        "pass_host_header": s.pass_host_header,
+        "rewrite_redirects": s.rewrite_redirects,
+        "auth": dumps(auth_to_json(s.auth)),
+        "restrictions": dumps(restrictions_to_json(s.restrictions)),
+        "meta_created_at": s.meta.created_at,
+        "meta_certificate_issued_at": s.meta.certificate_issued_at,
+        "meta_status": s.meta.status,
+        "meta_last_renewed_at": s.meta.last_renewed_at,
+        "session_private_key": s.session_private_key,
+        "session_public_key": s.session_public_key,
+        "source": s.source,
+        "source_peer": s.source_peer,
+        "mode": s.mode,
+        "listen_port": s.listen_port,
+        "port_auto_assigned": s.port_auto_assigned,
+        "private": s.private,
+        "access_groups": dumps(list(s.access_groups)) if s.access_groups is not None else None,
+    }
+
+
+def _hash_new_secrets(new: AuthConfig, old: AuthConfig | None, creating: bool) -> AuthConfig:
+    """Hash submitted secrets; an empty secret on update keeps the stored hash."""
+    pw, pin = new.password_auth, new.pin_auth
+    if pw is not None:
+        if pw.password:
+            pw = dataclasses.replace(pw, password=_secrets.hash_secret(pw.password))
+        elif old is not None and old.password_auth is not None:
+            pw = dataclasses.replace(pw, password=old.password_auth.password)
+        if pw.enabled and not pw.password:
+            raise ValidationError("password_auth: password is required")
+    if pin is not None:
+        if pin.pin:
+            pin = dataclasses.replace(pin, pin=_secrets.hash_secret(pin.pin))
+        elif old is not None and old.pin_auth is not None:
+            pin = dataclasses.replace(pin, pin=old.pin_auth.pin)
+        if pin.enabled and not pin.pin:
+            raise ValidationError("pin_auth: pin is required")
+    headers = []
+    old_headers = {h.header.lower(): h.value for h in (old.header_auths if old else ())}
+    for i, h in enumerate(new.header_auths):
+        if h.value:
+            h = dataclasses.replace(h, value=_secrets.hash_secret(h.value))
+        elif not creating and h.header.lower() in old_headers:
+            h = dataclasses.replace(h, value=old_headers[h.header.lower()])
+        if h.enabled and not h.value:
+            raise ValidationError(f"header_auths[{i}]: value is required")
+        headers.append(h)
+    return dataclasses.replace(new, password_auth=pw, pin_auth=pin, header_auths=tuple(headers))
+
+
+class ServicesMixin(AccountsMixin):
+    # --- loading ------------------------------------------------------------------
+
+    def _load_services(self, conn: Connection, where: sa.ColumnElement[bool]) -> list[Service]:
+        rows = conn.execute(sa.select(services).where(where).order_by(services.c.id)).all()
+        if not rows:
+            return []
+        by_service: dict[str, list[Target]] = {r.id: [] for r in rows}
+        ids = list(by_service)
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start : chunk_start + 500]
+            q = (
+                sa.select(targets)
+                .where(targets.c.service_id.in_(chunk))
+                .order_by(targets.c.service_id, targets.c.position, targets.c.id)
+            )
+            for t in conn.execute(q):
+                by_service[t.service_id].append(row_target(t))
+        return [row_service(r, by_service[r.id]) for r in rows]
+
+    def _require_service(self, conn: Connection, account_id: str, service_id: str) -> Service:
+        found = self._load_services(
+            conn, sa.and_(services.c.id == service_id, services.c.account_id == account_id)
+        )
+        if not found:
+            raise NotFound("service not found")
+        return found[0]
+
+    def get_service(self, account_id: str, service_id: str) -> Service:
+        with self._read() as conn:
+            return self._require_service(conn, account_id, service_id)
+
+    def list_services(self, account_id: str) -> list[Service]:
+        with self._read() as conn:
+            return self._load_services(conn, services.c.account_id == account_id)
+
+    def list_all_services(self) -> list[Service]:
+        with self._read() as conn:
+            return self._load_services(conn, sa.true())
+
+    def get_service_by_domain(self, domain: str) -> Service | None:
+        with self._read() as conn:
+            found = self._load_services(conn, services.c.domain == domain)
+        return found[0] if found else None
+
+    def list_services_for_cluster(
+        self, cluster_address: str, *, account_id: str | None = None
+    ) -> list[Service]:
+        cond = services.c.proxy_cluster == cluster_address
+        if account_id is not None:
+            cond = sa.and_(cond, services.c.account_id == account_id)
+        with self._read() as conn:
+            return self._load_services(conn, cond)
+
+    def resolve_target_hosts(self, service: Service) -> Service:
+        """Copy of ``service`` with ``peer`` target hosts replaced by the peer's
+        tunnel IPv4 (``unknown`` when the peer is gone); other types unchanged."""
+        ids = [t.target_id for t in service.targets if t.target_type == "peer"]
+        if not ids:
+            return service
+        with self._read() as conn:
+            ips = dict(
+                conn.execute(
+                    sa.select(peers.c.id, peers.c.ip).where(
+                        peers.c.account_id == service.account_id, peers.c.id.in_(ids)
+                    )
+                ).all()
+            )
+        return dataclasses.replace(
+            service,
+            targets=tuple(
+                dataclasses.replace(t, host=ips.get(t.target_id, "unknown"))
+                if t.target_type == "peer"
+                else t
+                for t in service.targets
+            ),
+        )
+
+    # --- cluster derivation ---------------------------------------------------------
+
+    def _active_clusters(self, conn: Connection, account_id: str, now: datetime) -> dict:
+        q = sa.select(proxies.c.cluster_address, proxies.c.require_subdomain).where(
+            sa.or_(proxies.c.account_id.is_(None), proxies.c.account_id == account_id),
+            proxies.c.status == "connected",
+            proxies.c.last_seen > now - ACTIVE_WINDOW,
+        )
+        out: dict[str, bool] = {addr: False for addr in self.known_clusters}
+        for addr, req in conn.execute(q):
+            out[addr] = out.get(addr, False) or bool(req)
+        return out
+
+    def _derive_cluster(self, conn: Connection, account_id: str, domain: str, now: datetime) -> str:
+        clusters = self._active_clusters(conn, account_id, now)
+        best = ""
+        for addr in clusters:
+            if (domain == addr or domain.endswith("." + addr)) and len(addr) > len(best):
+                best = addr
+        if best:
+            if domain == best and clusters[best]:
+                raise ValidationError(f"domain {domain} requires a subdomain label")
+            return best
+        rows = conn.execute(
+            sa.select(domains.c.domain, domains.c.target_cluster).where(
+                domains.c.account_id == account_id
+            )
+        ).all()
+        match = ""
+        target = ""
+        for d, tc in rows:
+            if (domain == d or domain.endswith("." + d)) and len(d) > len(match):
+                match, target = d, tc
+        if match:
+            return target
+        raise PreconditionFailed(
+            f"could not derive cluster from domain {domain}: "
+            "no active cluster or registered custom domain matches"
+        )
+
+    def derive_cluster(self, account_id: str, domain: str, *, now: datetime | None = None) -> str:
+        with self._read() as conn:
+            return self._derive_cluster(conn, account_id, domain, now or utcnow())
+
+    # --- account-level checks ----------------------------------------------------------
+
+    def _check_service_refs(self, conn: Connection, s: Service) -> None:
+        if s.access_groups:
+            self._check_group_ids(conn, s.account_id, s.access_groups, "access group")
+        if s.auth.bearer_auth is not None:
+            self._check_group_ids(
+                conn, s.account_id, s.auth.bearer_auth.distribution_groups, "distribution group"
+            )
+        for t in s.targets:
+            if t.target_type == "peer":
+                found = conn.execute(
+                    sa.select(peers.c.id).where(
+                        peers.c.id == t.target_id, peers.c.account_id == s.account_id
+                    )
+                ).first()
+                if found is None:
+                    raise ValidationError(
+                        f"peer target {go_quote(t.target_id)} not found in account"
+                    )
+            elif t.target_type == "cluster" and not t.options.direct_upstream:
+                raise ValidationError(f"cluster target {t.host} has direct upstream disabled")
+
+    def _check_domain_free(self, conn: Connection, domain: str, own_id: str | None) -> None:
+        row = conn.execute(sa.select(services.c.id).where(services.c.domain == domain)).first()
+        if row is not None and row.id != own_id:
+            raise Conflict("domain already taken")
+
+    def _assign_port(self, conn: Connection, s: Service, own_id: str | None) -> Service:
+        if s.mode not in ("tcp", "udp"):
+            return s
+        q = sa.select(services.c.id, services.c.listen_port).where(
+            services.c.proxy_cluster == s.proxy_cluster, services.c.mode == s.mode
+        )
+        used = {port for sid, port in conn.execute(q) if sid != own_id}
+        if s.listen_port:
+            if s.listen_port in used:
+                raise Conflict(
+                    f"port {s.listen_port} is already in use by another {s.mode} service "
+                    f"on cluster {s.proxy_cluster}"
+                )
+            return s
+        for port in range(*L4_PORT_RANGE):
+            if port not in used:
+                return dataclasses.replace(s, listen_port=port, port_auto_assigned=True)
+        raise Conflict(f"no free {s.mode} port left on cluster {s.proxy_cluster}")
+
+    def _insert_targets(self, conn: Connection, s: Service) -> None:
+        for pos, t in enumerate(s.targets):
+            o = t.options
+            conn.execute(
+                sa.insert(targets).values(
+                    account_id=s.account_id,
+                    service_id=s.id,
+                    position=pos,
+                    path=t.path,
+                    host=t.host,
+                    port=t.port,
+                    protocol=t.protocol,
+                    target_id=t.target_id,
+                    target_type=t.target_type,
+                    enabled=t.enabled,
+                    proxy_protocol=t.proxy_protocol,
+                    skip_tls_verify=o.skip_tls_verify,
+                    request_timeout=o.request_timeout,
+                    session_idle_timeout=o.session_idle_timeout,
+                    path_rewrite=o.path_rewrite,
+                    custom_headers=dumps(dict(o.custom_headers)) if o.custom_headers else None,
+                    direct_upstream=o.direct_upstream,
+                )
+            )
+
+    # --- writes -------------------------------------------------------------------------
+
+    def create_service(self, service: Service) -> Service:
+        s = validate_service(service)
+
+        def run(tx: Tx) -> Service:
+            conn = tx.conn
+            self._require_account(conn, s.account_id)
+            now = utcnow()
+            cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
+            new = dataclasses.replace(s, proxy_cluster=cluster)
+            self._check_service_refs(conn, new)
+            self._check_domain_free(conn, new.domain, None)
+            new = self._assign_port(conn, new, None)
+            priv, pub = _secrets.generate_session_keys()
+            new = dataclasses.replace(
+                new,
+                id=new.id or new_id(),
+                auth=_hash_new_secrets(new.auth, None, creating=True),
+                meta=ServiceMeta(created_at=now, status=ServiceStatus.PENDING),
+                session_private_key=priv,
+                session_public_key=pub,
+                terminated=False,
+            )
+            if conn.execute(sa.select(services.c.id).where(services.c.id == new.id)).first():
+                raise Conflict("service already exists")
+            conn.execute(sa.insert(services).values(id=new.id, **_service_values(new)))
+            self._insert_targets(conn, new)
+            tx.changed(ChangeKind.SERVICE_CREATED, new.account_id, new.id)
+            return self._require_service(conn, new.account_id, new.id)
+
+        return self._write(s.account_id, run)
+
+    def update_service(self, service: Service) -> Service:
+        def run(tx: Tx) -> Service:
+            conn = tx.conn
+            old = self._require_service(conn, service.account_id, service.id)
+            if old.terminated:
+                raise PermissionDenied("service is terminated and cannot be updated")
+            old_mode, new_mode = old.mode or "http", service.mode or "http"
+            if old_mode != new_mode:
+                raise ValidationError(
+                    f"cannot change mode from {go_quote(old.mode)} to {go_quote(service.mode)}"
+                )
+            s = validate_service(service)
+            now = utcnow()
+            cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
+            new = dataclasses.replace(s, proxy_cluster=cluster)
+            self._check_service_refs(conn, new)
+            self._check_domain_free(conn, new.domain, old.id)
+            if new.mode in ("tcp", "udp") and not service.listen_port and old.port_auto_assigned:
+                new = dataclasses.replace(new, listen_port=old.listen_port, port_auto_assigned=True)
+            new = self._assign_port(conn, new, old.id)
+            new = dataclasses.replace(
+                new,
+                auth=_hash_new_secrets(new.auth, old.auth, creating=False),
+                meta=old.meta,
+                session_private_key=old.session_private_key,
+                session_public_key=old.session_public_key,
+                source=old.source,
+                source_peer=old.source_peer,
+                terminated=old.terminated,
+            )
+            conn.execute(
+                sa.update(services).where(services.c.id == old.id).values(**_service_values(new))
+            )
+            conn.execute(sa.delete(targets).where(targets.c.service_id == old.id))
+            self._insert_targets(conn, new)
+            tx.changed(ChangeKind.SERVICE_UPDATED, new.account_id, new.id)
+            return self._require_service(conn, new.account_id, new.id)
+
+        return self._write(service.account_id, run)
+
+    def set_service_status(
+        self,
+        account_id: str,
+        service_id: str,
+        status: str,
+        *,
+        certificate_issued: bool = False,
+        now: datetime | None = None,
+    ) -> Service:
+        if status not in set(ServiceStatus):
+            status = ServiceStatus.ERROR
+
+        def run(tx: Tx) -> Service:
+            values: dict = {"meta_status": str(status)}
+            if certificate_issued:
+                values["meta_certificate_issued_at"] = now or utcnow()
+            res = tx.conn.execute(
+                sa.update(services)
+                .where(services.c.id == service_id, services.c.account_id == account_id)
+                .values(**values)
+            )
+            if res.rowcount == 0:
+                raise NotFound(f"service {service_id} not found")
+            tx.changed(ChangeKind.SERVICE_UPDATED, account_id, service_id)
+            return self._require_service(tx.conn, account_id, service_id)
+
+        return self._write(account_id, run)
+
+    def delete_service(self, account_id: str, service_id: str) -> Service:
+        def run(tx: Tx) -> Service:
+            old = self._require_service(tx.conn, account_id, service_id)
+            tx.conn.execute(sa.delete(targets).where(targets.c.service_id == service_id))
+            tx.conn.execute(sa.delete(services).where(services.c.id == service_id))
+            tx.changed(ChangeKind.SERVICE_DELETED, account_id, service_id)
+            return old
+
+        return self._write(account_id, run)
+
+    # --- custom domains -------------------------------------------------------------------
+
+    @staticmethod
+    def _row_domain(r: sa.Row) -> CustomDomain:
+        return CustomDomain(
+            id=r.id,
+            account_id=r.account_id,
+            domain=r.domain,
+            target_cluster=r.target_cluster,
+            validated=bool(r.validated),
+        )
+
+    def create_domain(self, domain: CustomDomain) -> CustomDomain:
+        def run(tx: Tx) -> CustomDomain:
+            conn = tx.conn
+            self._require_account(conn, domain.account_id)
+            name = domain.domain.strip().rstrip(".").lower()
+            if not name or len(name) > 253 or any(c.isspace() or c == "/" for c in name):
+                raise ValidationError(f"invalid domain {go_quote(domain.domain)}")
+            if not domain.target_cluster:
+                raise ValidationError("target_cluster is required")
+            if conn.execute(sa.select(domains.c.id).where(domains.c.domain == name)).first():
+                raise Conflict("domain already exists")
+            new = dataclasses.replace(domain, id=domain.id or new_id(), domain=name)
+            conn.execute(sa.insert(domains).values(**dataclasses.asdict(new)))
+            tx.changed(ChangeKind.DOMAIN, new.account_id, new.id)
+            return new
+
+        return self._write(domain.account_id, run)
+
+    def list_domains(self, account_id: str) -> list[CustomDomain]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(domains)
+                .where(domains.c.account_id == account_id)
+                .order_by(domains.c.domain)
+            ).all()
+        return [self._row_domain(r) for r in rows]
+
+    def set_domain_validated(
+        self, account_id: str, domain_id: str, validated: bool
+    ) -> CustomDomain:
+        def run(tx: Tx) -> CustomDomain:
+            res = tx.conn.execute(
+                sa.update(domains)
+                .where(domains.c.id == domain_id, domains.c.account_id == account_id)
+                .values(validated=validated)
+            )
+            if res.rowcount == 0:
+                raise NotFound("domain not found")
+            tx.changed(ChangeKind.DOMAIN, account_id, domain_id)
+            return self._row_domain(
+                tx.conn.execute(sa.select(domains).where(domains.c.id == domain_id)).one()
+            )
+
+        return self._write(account_id, run)
+
+    def delete_domain(self, account_id: str, domain_id: str) -> None:
+        def run(tx: Tx) -> None:
+            res = tx.conn.execute(
+                sa.delete(domains).where(
+                    domains.c.id == domain_id, domains.c.account_id == account_id
+                )
+            )
+            if res.rowcount == 0:
+                raise NotFound("domain not found")
+            tx.changed(ChangeKind.DOMAIN, account_id, domain_id)
+
+        self._write(account_id, run)

@@ -1,0 +1,310 @@
+"""SQLAlchemy Core tables of the management store, as of the head migration.
+
+The DDL history lives in :mod:`nbgateway.management.migrations`; a test checks
+that a database migrated to head matches this metadata exactly. Column names
+follow upstream NetBird (spec management.md sections 1 and 5); JSON-valued
+columns (``access_groups``, ``auth``, ``restrictions``, ``custom_headers``,
+``auto_groups``, ``metadata``, ``user_groups``) are TEXT holding JSON, with a
+None value stored as SQL NULL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes stored as naive UTC (portable across SQLite and Postgres)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+ID = sa.String(255)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("domain", sa.String(255), nullable=False),
+    sa.Column("network_v4", sa.String(64), nullable=False),
+    sa.Column("network_v6", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=True),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column(
+        "account_id",
+        ID,
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("email", sa.Text(), nullable=False),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("is_service_user", sa.Boolean(), nullable=False),
+    sa.Column("auto_groups", sa.Text(), nullable=True),
+    sa.Column("blocked", sa.Boolean(), nullable=False),
+    sa.Column("pending_approval", sa.Boolean(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=True),
+)
+
+groups = sa.Table(
+    "groups",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column(
+        "account_id",
+        ID,
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("issued", sa.String(32), nullable=False),
+)
+
+peers = sa.Table(
+    "peers",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column(
+        "account_id",
+        ID,
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("key", sa.String(255), nullable=False, unique=True),
+    sa.Column("ip", sa.String(64), nullable=False),
+    sa.Column("ipv6", sa.String(64), nullable=True),
+    sa.Column("dns_label", sa.Text(), nullable=False),
+    sa.Column("user_id", ID, nullable=True),
+    sa.Column("endpoint", sa.Text(), nullable=True),
+    sa.Column("proxy_meta_embedded", sa.Boolean(), nullable=False),
+    sa.Column("proxy_meta_cluster", sa.String(255), nullable=False),
+    sa.Column("peer_status_connected", sa.Boolean(), nullable=False),
+    sa.Column("ephemeral", sa.Boolean(), nullable=False),
+    sa.Column("wg_private_key", sa.Text(), nullable=True),
+    sa.Column("last_seen", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("account_id", "ip", name="uq_peers_account_id_ip"),
+    sa.UniqueConstraint("account_id", "ipv6", name="uq_peers_account_id_ipv6"),
+)
+
+group_peers = sa.Table(
+    "group_peers",
+    metadata,
+    sa.Column("group_id", ID, sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "peer_id",
+        ID,
+        sa.ForeignKey("peers.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+    sa.Column("account_id", ID, nullable=False),
+    sa.Column("position", sa.Integer(), nullable=False),
+)
+
+services = sa.Table(
+    "services",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column(
+        "account_id",
+        ID,
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("domain", sa.String(255), nullable=False, unique=True),
+    sa.Column("proxy_cluster", sa.String(255), nullable=False, index=True),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("terminated", sa.Boolean(), nullable=False),
+    sa.Column("pass_host_header", sa.Boolean(), nullable=False),
+    sa.Column("rewrite_redirects", sa.Boolean(), nullable=False),
+    sa.Column("auth", sa.Text(), nullable=True),
+    sa.Column("restrictions", sa.Text(), nullable=True),
+    sa.Column("meta_created_at", UTCDateTime(), nullable=True),
+    sa.Column("meta_certificate_issued_at", UTCDateTime(), nullable=True),
+    sa.Column("meta_status", sa.String(32), nullable=False),
+    sa.Column("meta_last_renewed_at", UTCDateTime(), nullable=True),
+    sa.Column("session_private_key", sa.Text(), nullable=False),
+    sa.Column("session_public_key", sa.Text(), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False, server_default="permanent"),
+    sa.Column("source_peer", ID, nullable=False, server_default=""),
+    sa.Column("mode", sa.String(8), nullable=False, server_default="http"),
+    sa.Column("listen_port", sa.Integer(), nullable=False),
+    sa.Column("port_auto_assigned", sa.Boolean(), nullable=False),
+    # revision 0002 (private services)
+    sa.Column("private", sa.Boolean(), nullable=True),
+    sa.Column("access_groups", sa.Text(), nullable=True),
+)
+
+targets = sa.Table(
+    "targets",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("account_id", ID, nullable=False, index=True),
+    sa.Column(
+        "service_id",
+        ID,
+        sa.ForeignKey("services.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("position", sa.Integer(), nullable=False),
+    sa.Column("path", sa.Text(), nullable=True),
+    sa.Column("host", sa.Text(), nullable=False),
+    sa.Column("port", sa.Integer(), nullable=False),
+    sa.Column("protocol", sa.String(16), nullable=False),
+    sa.Column("target_id", sa.String(255), nullable=False, index=True),
+    sa.Column("target_type", sa.String(16), nullable=False),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("proxy_protocol", sa.Boolean(), nullable=False),
+    sa.Column("skip_tls_verify", sa.Boolean(), nullable=False),
+    sa.Column("request_timeout", sa.BigInteger(), nullable=False),
+    sa.Column("session_idle_timeout", sa.BigInteger(), nullable=False),
+    sa.Column("path_rewrite", sa.String(16), nullable=False),
+    sa.Column("custom_headers", sa.Text(), nullable=True),
+    # revision 0002 (private services)
+    sa.Column("direct_upstream", sa.Boolean(), nullable=True),
+)
+
+proxies = sa.Table(
+    "proxies",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("cluster_address", sa.String(255), nullable=False, index=True),
+    sa.Column("ip_address", sa.String(64), nullable=False),
+    sa.Column("account_id", ID, nullable=True, index=True),
+    sa.Column("last_seen", UTCDateTime(), nullable=True),
+    sa.Column("connected_at", UTCDateTime(), nullable=True),
+    sa.Column("disconnected_at", UTCDateTime(), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("supports_custom_ports", sa.Boolean(), nullable=True),
+    sa.Column("require_subdomain", sa.Boolean(), nullable=True),
+    sa.Column("supports_crowdsec", sa.Boolean(), nullable=True),
+    # revision 0002 (private services)
+    sa.Column("private", sa.Boolean(), nullable=True),
+)
+
+# revision 0002: nbgateway extension, where a proxy listens inside an account
+proxy_inbound_listeners = sa.Table(
+    "proxy_inbound_listeners",
+    metadata,
+    sa.Column("proxy_id", ID, primary_key=True),
+    sa.Column("account_id", ID, primary_key=True),
+    sa.Column("tunnel_ip", sa.String(64), nullable=False),
+    sa.Column("https_port", sa.Integer(), nullable=False),
+    sa.Column("http_port", sa.Integer(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=True),
+)
+
+domains = sa.Table(
+    "domains",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("domain", sa.String(255), nullable=False, unique=True),
+    sa.Column(
+        "account_id",
+        ID,
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("target_cluster", sa.String(255), nullable=False),
+    sa.Column("validated", sa.Boolean(), nullable=False),
+)
+
+proxy_access_tokens = sa.Table(
+    "proxy_access_tokens",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("hashed_token", sa.String(64), nullable=False, unique=True),
+    sa.Column("account_id", ID, nullable=True, index=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("created_by", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=True),
+    sa.Column("last_used", UTCDateTime(), nullable=True),
+    sa.Column("revoked", sa.Boolean(), nullable=False),
+)
+
+personal_access_tokens = sa.Table(
+    "personal_access_tokens",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("account_id", ID, nullable=False),
+    sa.Column(
+        "user_id", ID, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("hashed_token", sa.String(64), nullable=False, unique=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("created_by", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=True),
+    sa.Column("last_used", UTCDateTime(), nullable=True),
+    sa.Column("revoked", sa.Boolean(), nullable=False),
+)
+
+access_log_entries = sa.Table(
+    "access_log_entries",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("account_id", ID, nullable=False, index=True),
+    sa.Column("service_id", ID, nullable=False, index=True),
+    sa.Column("timestamp", UTCDateTime(), nullable=False, index=True),
+    sa.Column("location_connection_ip", sa.String(64), nullable=False),
+    sa.Column("location_country_code", sa.String(8), nullable=False),
+    sa.Column("location_city_name", sa.Text(), nullable=False),
+    sa.Column("location_geo_name_id", sa.BigInteger(), nullable=False),
+    sa.Column("subdivision_code", sa.String(16), nullable=False),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("host", sa.Text(), nullable=False),
+    sa.Column("path", sa.Text(), nullable=False),
+    sa.Column("duration", sa.BigInteger(), nullable=False),
+    sa.Column("status_code", sa.Integer(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("user_id", ID, nullable=False),
+    sa.Column("auth_method_used", sa.String(32), nullable=False),
+    sa.Column("bytes_upload", sa.BigInteger(), nullable=False),
+    sa.Column("bytes_download", sa.BigInteger(), nullable=False),
+    sa.Column("protocol", sa.String(8), nullable=False),
+    sa.Column("metadata", sa.Text(), nullable=True),
+    sa.Column("agent_network", sa.Boolean(), nullable=False),
+    # revision 0002: nbgateway extension (spec 1.13 [REC])
+    sa.Column("user_groups", sa.Text(), nullable=True),
+)

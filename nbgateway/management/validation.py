@@ -1,0 +1,386 @@
+"""Service validation (spec management.md section 1.14), pure and DB-free.
+
+:func:`validate_service` runs the upstream ``Service.Validate()`` checks in the
+upstream order (first failure wins) and returns a *normalised copy* instead of
+mutating its input: the mode is defaulted to ``http``, country codes are
+upper-cased and L4 targets are forced enabled. Failures raise
+:class:`~nbgateway.management.errors.ValidationError` with the upstream text
+(upstream casing; the REST layer lower-cases it).
+
+Documented deviations (spec section 7):
+
+* S7: a private service may not enable password, PIN or header auth either
+  (upstream only rejects bearer auth), so a private mapping never carries a
+  non-tunnel way in.
+* Target ``protocol`` and ``port`` ranges are checked (upstream relies on the
+  OpenAPI schema, which its server never enforces).
+
+Account-dependent checks (group ids exist, peer targets exist, cluster
+derivation, domain uniqueness) are done by the store in the same transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+
+from nbgateway.management.errors import ValidationError
+from nbgateway.management.model import (
+    MODES,
+    TARGET_PROTOCOLS,
+    AccessRestrictions,
+    Service,
+    Target,
+    format_go_duration,
+)
+
+__all__ = [
+    "MAX_HEADER_VALUE_LEN",
+    "canonical_header_key",
+    "go_quote",
+    "is_valid_header_name",
+    "split_host_port_ok",
+    "validate_service",
+]
+
+MAX_NAME_LEN = 255
+MAX_REQUEST_TIMEOUT = 5 * 60 * 10**9
+MAX_SESSION_IDLE_TIMEOUT = 10 * 60 * 10**9
+MAX_CUSTOM_HEADERS = 16
+MAX_HEADER_KEY_LEN = 128
+MAX_HEADER_VALUE_LEN = 4096
+MAX_CIDRS = 200
+MAX_COUNTRIES = 50
+CROWDSEC_MODES = ("", "off", "enforce", "observe")
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+HOP_BY_HOP_HEADERS = frozenset(
+    {
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "Te",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    }
+)
+PROXY_MANAGED_HEADERS = frozenset(
+    {
+        "Content-Length",
+        "Content-Type",
+        "Cookie",
+        "Forwarded",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Port",
+        "X-Forwarded-Proto",
+        "X-Real-Ip",
+    }
+)
+
+
+def go_quote(value: str) -> str:
+    """Approximate Go's ``%q``: a double-quoted string with escapes."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def is_valid_header_name(name: str) -> bool:
+    """RFC 7230 ``token``."""
+    return bool(_TOKEN_RE.match(name))
+
+
+def canonical_header_key(name: str) -> str:
+    """Go's ``http.CanonicalHeaderKey`` for valid tokens (``x-real-ip`` -> ``X-Real-Ip``)."""
+    if not is_valid_header_name(name):
+        return name
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def split_host_port_ok(host: str) -> bool:
+    """True when Go's ``net.SplitHostPort`` would accept ``host`` (it carries a port)."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return False
+        rest = host[end + 1 :]
+        return rest.startswith(":") and ":" not in rest[1:] and "[" not in host[1:end]
+    return host.count(":") == 1 and "[" not in host and "]" not in host
+
+
+def _fail(message: str) -> None:
+    raise ValidationError(message)
+
+
+def _validate_header_auths(service: Service) -> None:
+    for i, ha in enumerate(service.auth.header_auths):
+        if not ha.enabled:
+            continue
+        if not ha.header:
+            _fail(f"header_auths[{i}]: header name is required")
+        if not is_valid_header_name(ha.header):
+            _fail(f"header_auths[{i}]: {go_quote(ha.header)} is not a valid HTTP header name")
+        canonical = canonical_header_key(ha.header)
+        if canonical in HOP_BY_HOP_HEADERS:
+            _fail(
+                f"header_auths[{i}]: {go_quote(ha.header)} is a hop-by-hop header "
+                "and cannot be used for auth"
+            )
+        if canonical in PROXY_MANAGED_HEADERS:
+            _fail(
+                f"header_auths[{i}]: {go_quote(ha.header)} is managed by the proxy "
+                "and cannot be used for auth"
+            )
+        if canonical == "Host":
+            _fail(f"header_auths[{i}]: Host header cannot be used for auth")
+        if len(ha.value.encode()) > MAX_HEADER_VALUE_LEN:
+            _fail(f"header_auths[{i}]: value exceeds maximum length of {MAX_HEADER_VALUE_LEN}")
+
+
+def _validate_cidrs(field: str, values: tuple[str, ...]) -> None:
+    if len(values) > MAX_CIDRS:
+        _fail(f"{field}: exceeds maximum of {MAX_CIDRS} entries")
+    for i, raw in enumerate(values):
+        if "/" not in raw:
+            _fail(f"{field}[{i}]: invalid CIDR {go_quote(raw)}")
+        try:
+            loose = ipaddress.ip_network(raw, strict=False)
+        except ValueError:
+            _fail(f"{field}[{i}]: invalid CIDR {go_quote(raw)}")
+        if ipaddress.ip_interface(raw).ip != loose.network_address:
+            _fail(f"{field}[{i}]: {go_quote(raw)} has host bits set, use {loose} instead")
+
+
+def _normalise_countries(field: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    if len(values) > MAX_COUNTRIES:
+        _fail(f"{field}: exceeds maximum of {MAX_COUNTRIES} entries")
+    out = []
+    for i, raw in enumerate(values):
+        if len(raw) != 2 or not raw.isascii() or not raw.isalpha():
+            _fail(f"{field}[{i}]: {go_quote(raw)} must be a 2-letter ISO 3166-1 alpha-2 code")
+        out.append(raw.upper())
+    return tuple(out)
+
+
+def _validate_restrictions(r: AccessRestrictions) -> AccessRestrictions:
+    if r.crowdsec_mode not in CROWDSEC_MODES:
+        _fail(f"crowdsec_mode {go_quote(r.crowdsec_mode)} is invalid")
+    _validate_cidrs("allowed_cidrs", r.allowed_cidrs)
+    _validate_cidrs("blocked_cidrs", r.blocked_cidrs)
+    return dataclasses.replace(
+        r,
+        allowed_countries=_normalise_countries("allowed_countries", r.allowed_countries),
+        blocked_countries=_normalise_countries("blocked_countries", r.blocked_countries),
+    )
+
+
+def _validate_private(service: Service) -> None:
+    if not service.private:
+        return
+    if service.mode != "http":
+        _fail(f"private services only support HTTP mode, got {go_quote(service.mode)}")
+    if not service.access_groups:
+        _fail("private services require at least one access group")
+    if service.auth.bearer_enabled:
+        _fail(
+            "private services cannot enable bearer auth (SSO): "
+            "NetBird-only access and SSO are mutually exclusive"
+        )
+    # Deviation S7: no password/PIN/header way into a NetBird-only service.
+    a = service.auth
+    if (
+        (a.password_auth and a.password_auth.enabled)
+        or (a.pin_auth and a.pin_auth.enabled)
+        or any(h.enabled for h in a.header_auths)
+    ):
+        _fail(
+            "private services cannot enable password, pin or header auth: "
+            "NetBird-only access is granted by tunnel identity"
+        )
+    for i, gid in enumerate(service.access_groups):
+        if not gid:
+            _fail(f"access_groups[{i}]: group id is required")
+
+
+def _validate_direct_host(i: int, host: str) -> None:
+    if any(c in host for c in " \t/"):
+        _fail(f"target {i}: host {go_quote(host)} contains invalid characters")
+    if split_host_port_ok(host):
+        _fail(
+            f"target {i}: host {go_quote(host)} must not include a port (set target.port instead)"
+        )
+
+
+def _validate_common_target(i: int, t: Target) -> None:
+    if t.protocol not in TARGET_PROTOCOLS:
+        _fail(f"target {i} has invalid protocol {go_quote(t.protocol)}")
+    if not 0 <= t.port <= 65535:
+        _fail(f"target {i}: port {t.port} is out of range")
+
+
+def _validate_target_options(i: int, t: Target) -> None:
+    o = t.options
+    if o.path_rewrite not in ("", "preserve"):
+        _fail(f"target {i}: unknown path_rewrite mode {go_quote(o.path_rewrite)}")
+    if o.request_timeout < 0:
+        _fail(f"target {i}: request_timeout must be positive")
+    if o.request_timeout > MAX_REQUEST_TIMEOUT:
+        _fail(
+            f"target {i}: request_timeout exceeds maximum of "
+            f"{format_go_duration(MAX_REQUEST_TIMEOUT)}"
+        )
+    if o.session_idle_timeout < 0:
+        _fail(f"target {i}: session_idle_timeout must be positive")
+    if o.session_idle_timeout > MAX_SESSION_IDLE_TIMEOUT:
+        _fail(
+            f"target {i}: session_idle_timeout exceeds maximum of "
+            f"{format_go_duration(MAX_SESSION_IDLE_TIMEOUT)}"
+        )
+    headers = o.custom_headers
+    if len(headers) > MAX_CUSTOM_HEADERS:
+        _fail(
+            f"target {i}: custom_headers count {len(headers)} exceeds maximum of "
+            f"{MAX_CUSTOM_HEADERS}"
+        )
+    seen: dict[str, str] = {}
+    for key in sorted(headers):
+        value = headers[key]
+        if not is_valid_header_name(key):
+            _fail(f"target {i}: custom header key {go_quote(key)} is not a valid HTTP header name")
+        if len(key) > MAX_HEADER_KEY_LEN:
+            _fail(
+                f"target {i}: custom header key {go_quote(key)} exceeds maximum length of "
+                f"{MAX_HEADER_KEY_LEN}"
+            )
+        if len(value.encode()) > MAX_HEADER_VALUE_LEN:
+            _fail(
+                f"target {i}: custom header {go_quote(key)} value exceeds maximum length of "
+                f"{MAX_HEADER_VALUE_LEN}"
+            )
+        if "\r" in value or "\n" in value:
+            _fail(f"target {i}: custom header {go_quote(key)} contains invalid characters")
+        canonical = canonical_header_key(key)
+        if canonical in seen:
+            _fail(
+                f"target {i}: custom header keys {go_quote(seen[canonical])} and {go_quote(key)} "
+                f"collide (both canonicalize to {go_quote(canonical)})"
+            )
+        seen[canonical] = key
+        if canonical in HOP_BY_HOP_HEADERS:
+            _fail(
+                f"target {i}: custom header {go_quote(key)} is a hop-by-hop header "
+                "and cannot be set"
+            )
+        if canonical in PROXY_MANAGED_HEADERS:
+            _fail(
+                f"target {i}: custom header {go_quote(key)} is managed by the proxy and cannot be "
+                "overridden"
+            )
+        if canonical == "Host":
+            _fail(f"target {i}: use pass_host_header instead of setting Host as a custom header")
+
+
+def _validate_http_targets(service: Service) -> None:
+    for i, t in enumerate(service.targets):
+        tt = t.target_type
+        if tt in ("peer", "host", "domain"):
+            if t.options.direct_upstream and t.host:
+                _validate_direct_host(i, t.host)
+        elif tt == "subnet":
+            if not t.host:
+                _fail(f"target {i} has empty host but target_type is {go_quote(tt)}")
+        elif tt == "cluster":
+            host = t.host.strip()
+            if not host:
+                _fail(f"target {i}: has empty host")
+            if not t.options.direct_upstream:
+                _fail(f"target {i}: {host} has direct upstream disabled")
+            _validate_direct_host(i, t.host)
+        else:
+            _fail(f"target {i} has invalid target_type {go_quote(tt)}")
+        if not t.target_id:
+            _fail(f"target {i} has empty target_id")
+        if t.proxy_protocol:
+            _fail(f"target {i}: proxy_protocol is not supported for HTTP services")
+        _validate_common_target(i, t)
+        _validate_target_options(i, t)
+
+
+def _validate_l4_target(t: Target) -> None:
+    if t.port == 0:
+        _fail("target port is required for L4 services")
+    if not t.target_id:
+        _fail("target_id is required for L4 services")
+    if t.target_type in ("peer", "host"):
+        pass
+    elif t.target_type == "subnet":
+        if not t.host:
+            _fail("target host is required for subnet targets")
+    elif t.target_type == "cluster":
+        if not t.host.strip():
+            _fail("target host is required for cluster targets")
+        if not t.options.direct_upstream:
+            _fail(f"cluster target {t.host} has direct upstream disabled")
+    else:
+        _fail(f"invalid target_type {go_quote(t.target_type)} for L4 service")
+    if t.path not in (None, "", "/"):
+        _fail("path is not supported for L4 services")
+    _validate_common_target(0, t)
+    if t.options.request_timeout < 0:
+        _fail("target 0: request_timeout must be positive")
+    if t.options.session_idle_timeout < 0:
+        _fail("target 0: session_idle_timeout must be positive")
+
+
+def validate_service(service: Service) -> Service:
+    """Validate ``service`` and return its normalised copy (spec 1.14 order)."""
+    if not service.name:
+        _fail("service name is required")
+    if len(service.name.encode()) > MAX_NAME_LEN:
+        _fail(f"service name exceeds maximum length of {MAX_NAME_LEN} characters")
+    if not service.targets:
+        _fail("at least one target is required")
+    mode = service.mode or "http"
+    service = dataclasses.replace(service, mode=mode)
+    _validate_header_auths(service)
+    restrictions = _validate_restrictions(service.restrictions)
+    service = dataclasses.replace(service, restrictions=restrictions)
+    _validate_private(service)
+    if mode == "http":
+        if not service.domain:
+            _fail("service domain is required")
+        if service.listen_port != 0:
+            _fail("listen_port is not supported for HTTP services")
+        _validate_http_targets(service)
+    elif mode in ("tcp", "udp"):
+        if not service.domain:
+            _fail("domain is required for TCP/UDP services (used for cluster derivation)")
+        if len(service.targets) != 1:
+            _fail("TCP/UDP services must have exactly one target")
+        if mode == "udp" and service.targets[0].proxy_protocol:
+            _fail("proxy_protocol is not supported for UDP services")
+        _validate_l4_target(service.targets[0])
+    elif mode == "tls":
+        if not service.domain:
+            _fail("domain is required for TLS services (used for SNI matching)")
+        if service.listen_port == 0:
+            _fail("listen_port is required for TLS services")
+        if len(service.targets) != 1:
+            _fail("TLS services must have exactly one target")
+        _validate_l4_target(service.targets[0])
+    else:
+        assert mode not in MODES
+        _fail(f"unsupported mode {go_quote(mode)}")
+    if not 0 <= service.listen_port <= 65535:
+        _fail(f"listen_port {service.listen_port} is out of range")
+    if mode != "http":
+        service = dataclasses.replace(
+            service,
+            targets=tuple(dataclasses.replace(t, enabled=True) for t in service.targets),
+        )
+    return service
