@@ -226,14 +226,18 @@ def make_stack_pair(
     clock: Any,
     addresses_a: Iterable[AddrLike] = ("100.64.0.1", "fd00::1"),
     addresses_b: Iterable[AddrLike] = ("100.64.0.2", "fd00::2"),
-    *, mtu: int = 1280, tcp_factory: Any = None, **link_kwargs: Any,
+    *, mtu: int = 1280, tcp_factory: Any = None, stack_kwargs: dict[str, Any] | None = None,
+    **link_kwargs: Any,
 ) -> tuple[Any, Any, MemoryLink]:
     """Two :class:`~nbgateway.netstack.stack.Stack` objects joined by a
-    :class:`MemoryLink` (fault model from ``link_kwargs``)."""
+    :class:`MemoryLink` (fault model from ``link_kwargs``, extra Stack
+    keyword arguments from ``stack_kwargs``).  Returns ``(a, b, link)``."""
     from nbgateway.netstack.stack import Stack
 
     link = MemoryLink(clock, mtu=mtu, **link_kwargs)
-    kw = {} if tcp_factory is None else {"tcp_factory": tcp_factory}
+    kw = dict(stack_kwargs or {})
+    if tcp_factory is not None:
+        kw["tcp_factory"] = tcp_factory
     a = Stack(link.a, clock, addresses_a, mtu=mtu, **kw)
     b = Stack(link.b, clock, addresses_b, mtu=mtu, **kw)
     link.attach(a, b)
