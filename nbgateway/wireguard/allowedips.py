@@ -79,11 +79,21 @@ class AllowedIPs(Generic[V]):
         return [n for n, v in self._owned.items() if v is value]
 
     def lookup_packed(self, packed: bytes) -> V | None:
-        """Lookup by a packed 4- or 16-byte address."""
-        if len(packed) == 4:
-            return self._v4.lookup(int.from_bytes(packed, "big"))
-        if len(packed) == 16:
-            return self._v6.lookup(int.from_bytes(packed, "big"))
+        """Lookup by a packed 4- or 16-byte address (the per-packet hot path)."""
+        n = len(packed)
+        if n == 4:
+            fam = self._v4
+        elif n == 16:
+            fam = self._v6
+        else:
+            return None
+        addr = int.from_bytes(packed, "big")
+        bits = fam.bits
+        tables = fam.tables
+        for length in fam.lengths:
+            value = tables[length].get(addr >> (bits - length))
+            if value is not None:
+                return value
         return None
 
     def lookup(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> V | None:

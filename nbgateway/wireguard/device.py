@@ -52,11 +52,13 @@ log = Logger()
 
 _U32 = struct.Struct("<I")
 _NONCE = struct.Struct("<4xQ")
-_TRANSPORT_PREFIX = struct.Struct("<II")
-_V4_TOTAL_LEN = struct.Struct("!H")
+_TRANSPORT_RX = struct.Struct("<IQ")
+_TRANSPORT_HDR = TRANSPORT_HEADER.pack
 _ZERO_PAD = bytes(C.PADDING_MULTIPLE)
-_ZERO4 = bytes(4)
 
+_ROUTE_CACHE_MAX = 4096
+_REJECT_AFTER_MESSAGES = C.REJECT_AFTER_MESSAGES
+_RING_MASK = C.REPLAY_RING_BLOCKS - 1
 DEFAULT_UNDER_LOAD_THRESHOLD = 256  # handshake messages per second before cookies
 
 
@@ -87,9 +89,12 @@ class WireGuardDevice:
         self.identity = noise.StaticIdentity(private_key)
         self.public_key = self.identity.public
         self.clock = clock
+        self._seconds = clock.seconds
         self.link = link
         self.sink = sink
         self.timers = timers or TimerConfig()
+        self._rekey_after_time = self.timers.rekey_after_time
+        self._rekey_after_messages = self.timers.rekey_after_messages
         self.mtu = mtu
         self.under_load_threshold = under_load_threshold
         self._rng = rng or random.SystemRandom()
@@ -98,6 +103,8 @@ class WireGuardDevice:
         self._checker = CookieChecker(self.public_key, urandom)
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        # destination -> peer cache in front of the LPM table; cleared on any change
+        self._route_cache: dict[bytes, Peer] = {}
         self._indices: dict[int, tuple[Peer, object]] = {}
         self.counters: Counter[str] = Counter()
         self._last_timestamp = bytes(12)
@@ -167,6 +174,7 @@ class WireGuardDevice:
         peer = self.peers.pop(public_key, None)
         if peer is None:
             return
+        self._route_cache.clear()
         self.allowed_ips.remove_value(peer)
         self._drop_handshake(peer)
         for kp in peer.keypairs():
@@ -177,6 +185,7 @@ class WireGuardDevice:
         peer.removed = True
 
     def _set_allowed(self, peer: Peer, nets: list) -> None:
+        self._route_cache.clear()
         self.allowed_ips.remove_value(peer)
         for net in nets:
             self.allowed_ips.insert(net, peer)
@@ -389,13 +398,16 @@ class WireGuardDevice:
             return
         try:
             n = len(data)
+            if n >= C.MESSAGE_TRANSPORT_MIN_SIZE and data[0] == C.MESSAGE_TRANSPORT and not (
+                data[1] or data[2] or data[3]
+            ):
+                self._receive_transport(data, addr)
+                return
             if n < 4:
                 self.counters["drop_malformed"] += 1
                 return
             mtype = _U32.unpack_from(data)[0]
-            if mtype == C.MESSAGE_TRANSPORT and n >= C.MESSAGE_TRANSPORT_MIN_SIZE:
-                self._receive_transport(data, addr)
-            elif mtype == C.MESSAGE_INITIATION and n == C.MESSAGE_INITIATION_SIZE:
+            if mtype == C.MESSAGE_INITIATION and n == C.MESSAGE_INITIATION_SIZE:
                 self._receive_initiation(bytes(data), addr)
             elif mtype == C.MESSAGE_RESPONSE and n == C.MESSAGE_RESPONSE_SIZE:
                 self._receive_response(bytes(data), addr)
@@ -545,57 +557,58 @@ class WireGuardDevice:
             self.counters["drop_bad_cookie"] += 1
 
     def _receive_transport(self, data: bytes, addr) -> None:
-        _, receiver = _TRANSPORT_PREFIX.unpack_from(data)
+        receiver, counter = _TRANSPORT_RX.unpack_from(data, 4)
         entry = self._indices.get(receiver)
         if entry is None:
             self.counters["drop_unknown_index"] += 1
             return
         peer, kp = entry
-        if not isinstance(kp, Keypair):
+        if kp.__class__ is not Keypair:
             self.counters["drop_unknown_index"] += 1
             return
-        now = self.clock.seconds()
+        now = self._seconds()
         cfg = self.timers
         if now - kp.created >= cfg.reject_after_time:
             self.counters["drop_expired"] += 1
             return
-        counter = _NONCE.unpack_from(data, 4)[0]  # counter field at offset 8
-        if not kp.replay.would_accept(counter):
-            self.counters["drop_replay"] += 1
-            return
         try:
-            packet = kp.receive.decrypt(_ZERO4 + data[8:16], data[16:], None)
+            packet = kp.receive.decrypt(_NONCE.pack(counter), memoryview(data)[16:], None)
         except InvalidTag:
             self.counters["drop_decrypt"] += 1
             return
-        if not kp.replay.validate(counter):
+        replay = kp.replay
+        last = replay.last
+        if counter > last and (counter ^ last) < 64 and counter < _REJECT_AFTER_MESSAGES:
+            # in-order fast path: newer counter in the same 64-bit block
+            replay.ring[(counter >> 6) & _RING_MASK] |= 1 << (counter & 63)
+            replay.last = counter
+        elif not replay.validate(counter):
             self.counters["drop_replay"] += 1
             return
-        if kp is peer.next:
-            # first packet on the responder's new session: rotate it in
-            if peer.previous is not None:
-                self._indices.pop(peer.previous.local_index, None)
-            peer.previous = peer.current
-            peer.current = kp
-            peer.next = None
-            self._handshake_complete(peer, now)
-            if peer.staged:
-                self._flush_staged(peer)
-        peer.endpoint = addr  # roaming: authenticated packet from a new address
-        t = peer.timers
-        t.new_handshake = None
-        if peer.persistent_keepalive:
-            self._authenticated_traversal(peer, now)
-        if (
-            kp is peer.current
-            and kp.is_initiator
+        if kp is not peer.current:
+            if kp is peer.next:
+                # first packet on the responder's new session: rotate it in
+                if peer.previous is not None:
+                    self._indices.pop(peer.previous.local_index, None)
+                peer.previous = peer.current
+                peer.current = kp
+                peer.next = None
+                self._handshake_complete(peer, now)
+                if peer.staged:
+                    self._flush_staged(peer)
+        elif (
+            kp.is_initiator
             and peer.handshake is None
             and now - kp.created
             > cfg.reject_after_time - cfg.keepalive_timeout - cfg.rekey_timeout
         ):
             self._initiate(peer, retry=False)
-        n = len(data)
-        peer.rx_bytes += n
+        peer.endpoint = addr  # roaming: authenticated packet from a new address
+        t = peer.timers
+        t.new_handshake = None
+        if peer.persistent_keepalive:
+            self._authenticated_traversal(peer, now)
+        peer.rx_bytes += len(data)
         if not packet:
             self.counters["keepalive_rx"] += 1
             return
@@ -604,26 +617,33 @@ class WireGuardDevice:
             self._arm(peer, "send_keepalive", now + cfg.keepalive_timeout)
         else:
             t.need_another_keepalive = True
-        self._deliver(peer, packet)
-
-    def _deliver(self, peer: Peer, packet: bytes) -> None:
+        # cryptokey routing, inbound: the inner source must belong to this peer
         version = packet[0] >> 4
-        if version == 4 and len(packet) >= 20:
-            length = _V4_TOTAL_LEN.unpack_from(packet, 2)[0]
+        n = len(packet)
+        if version == 4 and n >= 20:
+            length = (packet[2] << 8) | packet[3]
             src = packet[12:16]
-        elif version == 6 and len(packet) >= 40:
-            length = _V4_TOTAL_LEN.unpack_from(packet, 4)[0] + 40
+        elif version == 6 and n >= 40:
+            length = ((packet[4] << 8) | packet[5]) + 40
             src = packet[8:24]
         else:
             self.counters["drop_malformed_inner"] += 1
             return
-        if length > len(packet) or length < 20:
+        if length > n or length < 20:
             self.counters["drop_malformed_inner"] += 1
             return
-        if self.allowed_ips.lookup_packed(src) is not peer:
+        cache = self._route_cache
+        owner = cache.get(src)
+        if owner is None:
+            owner = self.allowed_ips.lookup_packed(src)
+            if owner is not None:
+                if len(cache) >= _ROUTE_CACHE_MAX:
+                    cache.clear()
+                cache[src] = owner
+        if owner is not peer:
             self.counters["drop_disallowed_source"] += 1
             return
-        if length != len(packet):
+        if length != n:
             packet = packet[:length]  # strip WireGuard padding
         sink = self.sink
         if sink is None:
@@ -636,12 +656,9 @@ class WireGuardDevice:
     def sendPacket(self, packet: bytes) -> bool:
         """Encrypt one plaintext IP packet to the peer that owns its destination."""
         n = len(packet)
-        if n == 0:
-            return False
-        version = packet[0] >> 4
-        if version == 4 and n >= 20:
+        if n >= 20 and packet[0] >> 4 == 4:
             dst = packet[16:20]
-        elif version == 6 and n >= 40:
+        elif n >= 40 and packet[0] >> 4 == 6:
             dst = packet[24:40]
         else:
             self.counters["drop_malformed_outbound"] += 1
@@ -649,11 +666,47 @@ class WireGuardDevice:
         if n > self.mtu:
             self.counters["drop_oversize"] += 1
             return False
-        peer = self.allowed_ips.lookup_packed(dst)
+        cache = self._route_cache
+        peer = cache.get(dst)
         if peer is None:
-            self.counters["drop_no_route"] += 1
+            peer = self.allowed_ips.lookup_packed(dst)
+            if peer is None:
+                self.counters["drop_no_route"] += 1
+                return False
+            if len(cache) >= _ROUTE_CACHE_MAX:
+                cache.clear()
+            cache[dst] = peer
+        kp = peer.current
+        now = self._seconds()
+        if (
+            kp is None
+            or peer.staged
+            or kp.send_counter >= self._rekey_after_messages
+            or now - kp.created >= self._rekey_after_time
+            or peer.timers.new_handshake is None
+            or peer.persistent_keepalive
+        ):
+            return self._send_data(peer, packet)
+        # fast path: established fresh session, timers already armed
+        if n & 15:
+            pad = min(16 - (n & 15), self.mtu - n)
+            if pad > 0:
+                packet = packet + _ZERO_PAD[:pad]
+        counter = kp.send_counter
+        kp.send_counter = counter + 1
+        data = _TRANSPORT_HDR(C.MESSAGE_TRANSPORT, kp.remote_index, counter) + kp.send.encrypt(
+            _NONCE.pack(counter), packet, None
+        )
+        link = self.link
+        endpoint = peer.endpoint
+        if link is None or endpoint is None:
+            self.counters["drop_no_link" if link is None else "drop_no_endpoint"] += 1
             return False
-        return self._send_data(peer, packet)
+        link.sendDatagram(data, endpoint)
+        peer.tx_bytes += len(data)
+        self.counters["data_tx"] += 1
+        peer.timers.send_keepalive = None
+        return True
 
     def _send_data(self, peer: Peer, packet: bytes) -> bool:
         kp = peer.current
@@ -667,9 +720,9 @@ class WireGuardDevice:
             peer.staged.append(packet)
             self._initiate(peer, retry=False)
             return True
-        rem = len(packet) % C.PADDING_MULTIPLE
+        rem = len(packet) & 15
         if rem:
-            pad = min(C.PADDING_MULTIPLE - rem, self.mtu - len(packet))
+            pad = min(16 - rem, self.mtu - len(packet))
             if pad > 0:
                 packet = packet + _ZERO_PAD[:pad]
         self._encrypt_and_send(peer, kp, packet, now)
@@ -692,9 +745,15 @@ class WireGuardDevice:
     def _encrypt_and_send(self, peer: Peer, kp: Keypair, packet: bytes, now: float) -> None:
         counter = kp.send_counter
         kp.send_counter = counter + 1
-        header = TRANSPORT_HEADER.pack(C.MESSAGE_TRANSPORT, kp.remote_index, counter)
-        data = header + kp.send.encrypt(_ZERO4 + header[8:16], packet, None)
-        if self._send(peer, data):
+        data = _TRANSPORT_HDR(C.MESSAGE_TRANSPORT, kp.remote_index, counter) + kp.send.encrypt(
+            _NONCE.pack(counter), packet, None
+        )
+        link = self.link
+        endpoint = peer.endpoint
+        if link is None or endpoint is None:
+            self.counters["drop_no_link" if link is None else "drop_no_endpoint"] += 1
+        else:
+            link.sendDatagram(data, endpoint)
             peer.tx_bytes += len(data)
             self.counters["data_tx" if packet else "keepalive_tx"] += 1
         peer.timers.send_keepalive = None
