@@ -75,6 +75,8 @@ _STATUS_BY_NAME = {
 
 def error_status(exc: BaseException) -> int | None:
     """HTTP status for a typed error, or None for an unexpected exception."""
+    if isinstance(exc, ApiError):
+        return exc.status
     status = getattr(exc, "http_status", None)
     if isinstance(status, int):
         return status
