@@ -66,6 +66,23 @@ def _parse_allowed(allowed_ips: Iterable) -> list[ipaddress.IPv4Network | ipaddr
     return [ipaddress.ip_network(a, strict=False) for a in allowed_ips]
 
 
+class IndexRegistry:
+    """Receiver indices shared by several devices behind one UDP port, so a
+    datagram's receiver index names exactly one device (see :mod:`.mux`)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[int, WireGuardDevice] = {}
+
+    def claim(self, index: int, device: WireGuardDevice) -> bool:
+        if index in self.owners:
+            return False
+        self.owners[index] = device
+        return True
+
+    def release(self, index: int) -> None:
+        self.owners.pop(index, None)
+
+
 @implementer(IPacketSender)
 class WireGuardDevice:
     """A userspace WireGuard interface (one static key, many peers)."""
@@ -81,6 +98,7 @@ class WireGuardDevice:
         mtu: int = 1420,
         under_load_threshold: int = DEFAULT_UNDER_LOAD_THRESHOLD,
         rng: random.Random | None = None,
+        index_registry: IndexRegistry | None = None,
         urandom: Callable[[int], bytes] = os.urandom,
         walltime: Callable[[], float] = time.time,
     ) -> None:
@@ -88,6 +106,7 @@ class WireGuardDevice:
             raise ValueError("private key must be 32 bytes")
         self.identity = noise.StaticIdentity(private_key)
         self.public_key = self.identity.public
+        self.identity_mac1_key = self.identity.mac1_key
         self.clock = clock
         self._seconds = clock.seconds
         self.link = link
@@ -106,6 +125,7 @@ class WireGuardDevice:
         # destination -> peer cache in front of the LPM table; cleared on any change
         self._route_cache: dict[bytes, Peer] = {}
         self._indices: dict[int, tuple[Peer, object]] = {}
+        self.index_registry = index_registry
         self.counters: Counter[str] = Counter()
         self._last_timestamp = bytes(12)
         # handshake-rate accounting for the under-load decision
@@ -178,7 +198,7 @@ class WireGuardDevice:
         self.allowed_ips.remove_value(peer)
         self._drop_handshake(peer)
         for kp in peer.keypairs():
-            self._indices.pop(kp.local_index, None)
+            self._release(kp.local_index)
         peer.previous = peer.current = peer.next = None
         peer.staged.clear()
         peer.timers.clear()
@@ -194,8 +214,11 @@ class WireGuardDevice:
             p.allowed_ips = self.allowed_ips.networks_of(p)
 
     def close(self) -> None:
-        """Cancel the device deadline; the device ignores input afterwards."""
+        """Cancel the device deadline and release its indices; the device ignores
+        input afterwards."""
         self._closed = True
+        for index in list(self._indices):
+            self._release(index)
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -206,11 +229,19 @@ class WireGuardDevice:
         return self.clock.seconds()
 
     def _new_index(self, peer: Peer, obj: object) -> int:
+        registry = self.index_registry
         while True:
             index = _U32.unpack(self._urandom(4))[0]
-            if index not in self._indices:
-                self._indices[index] = (peer, obj)
-                return index
+            if index in self._indices:
+                continue
+            if registry is not None and not registry.claim(index, self):
+                continue
+            self._indices[index] = (peer, obj)
+            return index
+
+    def _release(self, index: int) -> None:
+        if self._indices.pop(index, None) is not None and self.index_registry is not None:
+            self.index_registry.release(index)
 
     def _timestamp(self) -> bytes:
         ts = tai64n(self._walltime())
@@ -335,7 +366,7 @@ class WireGuardDevice:
 
     def _zero_keys(self, peer: Peer) -> None:
         for kp in peer.keypairs():
-            self._indices.pop(kp.local_index, None)
+            self._release(kp.local_index)
         peer.previous = peer.current = peer.next = None
         self._drop_handshake(peer)
 
@@ -352,7 +383,7 @@ class WireGuardDevice:
 
     def _drop_handshake(self, peer: Peer) -> None:
         if peer.handshake is not None:
-            self._indices.pop(peer.handshake.local_index, None)
+            self._release(peer.handshake.local_index)
             peer.handshake = None
 
     def _initiate(self, peer: Peer, retry: bool) -> None:
@@ -471,16 +502,16 @@ class WireGuardDevice:
                 consumed, peer.preshared_key, local_index, self._urandom(32)
             )
         except noise.HandshakeError:
-            self._indices.pop(local_index, None)
+            self._release(local_index)
             self.counters["drop_malformed"] += 1
             return
         kp = Keypair(keys.send, keys.receive, local_index, consumed.remote_index, now, False)
         self._indices[local_index] = (peer, kp)
         # responder: the new session waits in `next` until the initiator uses it
         if peer.next is not None:
-            self._indices.pop(peer.next.local_index, None)
+            self._release(peer.next.local_index)
         if peer.previous is not None:
-            self._indices.pop(peer.previous.local_index, None)
+            self._release(peer.previous.local_index)
         peer.previous = None
         peer.next = kp
         peer.endpoint = addr
@@ -516,14 +547,14 @@ class WireGuardDevice:
         # initiator: the new session is current at once
         if peer.next is not None:
             if peer.previous is not None:
-                self._indices.pop(peer.previous.local_index, None)
+                self._release(peer.previous.local_index)
             if peer.current is not None:
-                self._indices.pop(peer.current.local_index, None)
+                self._release(peer.current.local_index)
             peer.previous = peer.next
             peer.next = None
         else:
             if peer.previous is not None:
-                self._indices.pop(peer.previous.local_index, None)
+                self._release(peer.previous.local_index)
             peer.previous = peer.current
         peer.current = kp
         peer.endpoint = addr
@@ -589,7 +620,7 @@ class WireGuardDevice:
             if kp is peer.next:
                 # first packet on the responder's new session: rotate it in
                 if peer.previous is not None:
-                    self._indices.pop(peer.previous.local_index, None)
+                    self._release(peer.previous.local_index)
                 peer.previous = peer.current
                 peer.current = kp
                 peer.next = None
