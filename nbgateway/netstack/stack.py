@@ -61,6 +61,7 @@ _ipv4_parse = wire.ipv4_parse
 _ipv6_parse = wire.ipv6_parse
 _ipv6_walk = wire.ipv6_walk
 _TCP = wire.PROTO_TCP
+_QUOTE = 1280  # payload bytes kept for an ICMP error quote of a reassembled datagram
 _UDP = wire.PROTO_UDP
 
 
@@ -179,7 +180,9 @@ class Stack:
                 self.wakeup()
                 return
             payload = done[1]
-            quote = wire.emit_ipv4_header(src, dst, proto, len(payload), ident=ident) + payload
+            quote = wire.emit_ipv4_header(
+                src, dst, proto, min(len(payload), 0xFFFF - 20), ident=ident,
+            ) + payload[:_QUOTE]
             self._transport(src, dst, local, proto, memoryview(payload), quote, peer_key, now)
             return
         self._transport(src, dst, local, proto, mv[hl:total], mv[:total], peer_key, now)
@@ -221,7 +224,7 @@ class Stack:
             if frag2 is not None:
                 c["drop_ip6_nested_fragment"] += 1
                 return
-            quote = wire.emit_ipv6_header(src, dst, first_proto, len(payload)) + payload
+            quote = wire.emit_ipv6_header(src, dst, first_proto, len(payload)) + payload[:_QUOTE]
             self._transport(src, dst, local, proto, pmv[off2:], quote, peer_key, now, off2 + 40)
             return
         self._transport(src, dst, local, proto, mv[off:end], mv[:end], peer_key, now, off)

@@ -182,3 +182,29 @@ def test_atomic_ipv6_fragment_processed_in_place():
         build_ipv6(PEER6, ME6, 44, struct.pack("!BBHI", 17, 0, 0, 5) + udp), KEY,
     )
     assert proto.got == [(b"atomic", (PEER6, 1))] and len(stack.fragments) == 0
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_largest_datagram_reassembles(v6):
+    stack, _clock, proto = make(max_reassembly_bytes=70000)
+    data = b"m" * (65535 - 8)
+    if v6:
+        upper = bytes(wire.emit_udp(packed(PEER6), packed(ME6), 5000, 9000, data))
+        frags = build_ipv6_fragments(PEER6, ME6, wire.PROTO_UDP, upper, 1232, ident=9)
+    else:
+        seg = bytes(wire.emit_udp(packed(PEER4), packed(ME4), 5000, 9000, data))
+        frags = [
+            build_ipv4(PEER4, ME4, 17, seg[off : off + 1256], ident=9,
+                       flags_frag=(off >> 3) | (wire.IP4_MF if off + 1256 < len(seg) else 0))
+            for off in range(0, len(seg), 1256)
+        ]
+    assert len(frags) <= 64
+    for f in frags:
+        stack.packetReceived(f, KEY)
+    assert proto.got == [(data, (PEER6 if v6 else PEER4, 5000))]
+    assert stack.counters["error_internal"] == 0
+    # one byte more than a datagram can hold is refused
+    stack.packetReceived(
+        build_ipv4(PEER4, ME4, 17, b"x" * 16, ident=10, flags_frag=0x1FFF), KEY,
+    )
+    assert stack.counters["drop_frag_too_big"] == 1
