@@ -862,6 +862,7 @@ class AccountsMixin(StoreBase):
             raise Unauthenticated("user is blocked")
         if pat.last_used is None or (now - pat.last_used).total_seconds() >= 60:
             self._touch(t, pat.id, pat.account_id, now)
+            pat = dataclasses.replace(pat, last_used=now)
         return user, pat
 
     def _touch(self, table: sa.Table, token_id: str, scope: str | None, now: datetime) -> None:
