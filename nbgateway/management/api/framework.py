@@ -237,12 +237,16 @@ class ApiResource(Resource):
 
     def _prepare(self, request: server.Request) -> tuple[Route, Call, str | None]:
         raw_path = request.path.decode("latin-1")
-        segments = tuple(unquote(s, errors="strict") for s in raw_path.split("/") if s)
+        try:
+            segments = tuple(unquote(s, errors="strict") for s in raw_path.split("/") if s)
+        except UnicodeDecodeError:
+            raise ApiError(404, "not found") from None
         if segments[: len(self._prefix)] != self._prefix:
             raise ApiError(404, "not found")
         segments = segments[len(self._prefix):]
         if not all(_SEGMENT_OK.match(s) for s in segments):
-            raise ApiError(400, "invalid characters in path")
+            # no object id contains control characters (and NUL would upset the database)
+            raise ApiError(404, "not found")
         method = request.method.decode("latin-1").upper()
         allowed = []
         for route in self._routes:
@@ -264,11 +268,17 @@ class ApiResource(Resource):
         if route.auth:
             token = _token_from(request)
         query = {}
-        for key, values in request.args.items():
+        for param in route.query:  # undeclared parameters are ignored
+            values = request.args.get(param.name.encode())
+            if not values:
+                continue
             try:
-                query[key.decode("utf-8")] = values[-1].decode("utf-8")
+                value = values[-1].decode("utf-8")
             except UnicodeDecodeError:
-                raise ApiError(400, "query parameters must be UTF-8") from None
+                raise ApiError(422, f"query parameter {param.name} is not UTF-8") from None
+            if "\x00" in value or len(value) > 4096:
+                raise ApiError(422, f"query parameter {param.name} is invalid") from None
+            query[param.name] = value
         body = None
         if route.request_schema is not None:
             body = _decode_json(request.content.getvalue())
