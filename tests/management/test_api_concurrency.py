@@ -1,0 +1,62 @@
+"""50 concurrent REST writers creating groups and services lose nothing (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from .apiserver import BACKENDS, start_server
+
+WRITERS = 50
+CLUSTER = "eu.proxy.test"
+
+
+@pytest.fixture(params=BACKENDS)
+def server(request, tmp_path_factory):
+    srv = start_server(tmp_path_factory, request.param)
+    try:
+        srv.ok("POST", "/api/reverse-proxies/domains",
+               {"domain": "apps.test", "target_cluster": CLUSTER})
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_concurrent_writers_lose_nothing(server):
+    run = uuid.uuid4().hex[:6]
+    barrier = threading.Barrier(WRITERS)
+
+    def writer(i: int) -> tuple[dict, dict]:
+        barrier.wait(timeout=60)
+        g = server.request("POST", "/api/groups", {"name": f"g-{run}-{i}"}, timeout=120)
+        assert g.status == 200, g
+        gid = g.json["id"]
+        body = {"name": f"svc-{run}-{i}", "domain": f"s{i}-{run}.apps.test", "enabled": True,
+                "private": True, "access_groups": [gid],
+                "targets": [{"target_id": CLUSTER, "target_type": "cluster",
+                             "protocol": "http", "host": f"backend-{i}.lan", "port": 8000 + i,
+                             "enabled": True, "options": {"direct_upstream": True}}]}
+        s = server.request("POST", "/api/reverse-proxies/services", body, timeout=120)
+        assert s.status == 200, s
+        return g.json, s.json
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        results = list(pool.map(writer, range(WRITERS)))
+
+    groups = {g["id"]: g for g in server.ok("GET", "/api/groups")}
+    services = {s["id"]: s for s in server.ok("GET", "/api/reverse-proxies/services")}
+    ours = [s for s in services.values() if s["name"].startswith(f"svc-{run}-")]
+    assert len(ours) == WRITERS
+    assert len([g for g in groups.values() if g["name"].startswith(f"g-{run}-")]) == WRITERS
+    for i, (g, s) in enumerate(results):
+        assert groups[g["id"]]["name"] == f"g-{run}-{i}"
+        stored = services[s["id"]]
+        assert stored == s
+        assert stored["name"] == f"svc-{run}-{i}"
+        assert stored["domain"] == f"s{i}-{run}.apps.test"
+        assert stored["access_groups"] == [g["id"]]
+        assert stored["targets"][0]["host"] == f"backend-{i}.lan"
+        assert stored["targets"][0]["port"] == 8000 + i
