@@ -21,9 +21,12 @@ its TTL (RFC 1122 3.2.1.7); only forwarders do and we never forward.
 
 Timers: one ``IDelayedCall`` per stack, re-armed by :meth:`Stack.wakeup` at
 the earliest of ``tcp.next_deadline()``, the fragment expiry and ping
-timeouts.  The TCP layer must call ``wakeup()`` whenever its deadline may
-have moved *earlier*; a later deadline needs no call (the timer fires early
-and re-arms).
+timeouts.  The stack calls ``wakeup()`` itself after every
+``tcp.segment_received`` and after every ``tcp.on_deadline``; the TCP layer
+only needs to call it for changes made outside those calls (user writes,
+connect, close) and only when its deadline may have moved *earlier*: a later
+deadline needs no call (the timer fires early and re-arms).  ``_timer`` is
+None whenever no call is pending.
 """
 
 from __future__ import annotations
@@ -264,8 +267,8 @@ class Stack:
             ):
                 c["drop_filtered"] += 1
                 return
-            obj = self._cache.obj(src)
-            self.tcp.segment_received(obj, local, seg, now)
+            self.tcp.segment_received(self._cache.obj(src), local, seg, now)
+            self.wakeup()
         elif proto == _UDP:
             self.udp.input(src, dst, seg, quote, peer_key, now)
         elif proto == wire.PROTO_ICMP and len(src) == 4:
@@ -399,30 +402,33 @@ class Stack:
     # -------------------------------------------------------------- timer
 
     def next_deadline(self) -> float | None:
-        best = None
-        for d in (
-            self.tcp.next_deadline() if self.tcp is not None else None,
-            self.fragments.next_deadline(),
-            self.icmp.next_deadline(),
-        ):
+        """Earliest of the TCP, reassembly and ping deadlines (None: none)."""
+        best = self.tcp.next_deadline()
+        if self.fragments.table:
+            d = self.fragments.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        if self.icmp.pending_pings:
+            d = self.icmp.next_deadline()
             if d is not None and (best is None or d < best):
                 best = d
         return best
 
     def wakeup(self) -> None:
-        """Re-arm the stack's single timer at the earliest deadline.  Cheap if
-        the timer is already armed at or before that time."""
+        """Re-arm the stack's single timer at the earliest deadline.  Cheap
+        when the timer is already armed at or before that time (it then fires
+        early and re-arms), so it is called after every TCP segment."""
         if self._closed:
             return
         at = self.next_deadline()
         timer = self._timer
         if at is None:
-            if timer is not None and timer.active():
+            if timer is not None:
                 timer.cancel()
-            self._timer = self._timer_at = None
+                self._timer = self._timer_at = None
             return
-        if timer is not None and timer.active():
-            if self._timer_at is not None and self._timer_at <= at:
+        if timer is not None:
+            if self._timer_at <= at:  # type: ignore[operator]
                 return
             timer.reset(max(0.0, at - self.clock.seconds()))
         else:
@@ -445,7 +451,7 @@ class Stack:
     def close(self) -> None:
         """Cancel the timer and stop re-arming (the stack is being discarded)."""
         self._closed = True
-        if self._timer is not None and self._timer.active():
+        if self._timer is not None:
             self._timer.cancel()
         self._timer = self._timer_at = None
 

@@ -282,3 +282,12 @@ def test_deadline_errors_are_contained():
     stack.tcp.deadline = None
     clock.advance(1.0)
     assert stack.counters["error_internal"] == 1
+
+
+def test_segment_received_rearms_timer():
+    stack, _rec, clock = make_stack()
+    stack.tcp.deadline = 0.2  # as if the segment started a delayed-ACK timer
+    stack.packetReceived(build_tcp(PEER4, ME4, 1, 80), KEY)
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [0.2]
+    clock.advance(0.2)
+    assert stack.tcp.fired == [0.2] and clock.getDelayedCalls() == []
