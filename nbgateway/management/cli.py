@@ -249,6 +249,8 @@ def cmd_peers(client: Client, args: argparse.Namespace, out: TextIO) -> None:
             body["user_id"] = resolve(client, "/users", args.user, "user", key="email")["id"]
         if args.endpoint:
             body["endpoint"] = args.endpoint
+        if args.proxy_cluster:
+            body["proxy_cluster"] = args.proxy_cluster
         created = client.post("/peers", body)
         if args.json:
             out.write(json.dumps(created, indent=2) + "\n")
@@ -323,7 +325,7 @@ def cmd_logs(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     query = {k: getattr(args, k) for k in (
         "page", "page_size", "sort_by", "sort_order", "search", "host", "path", "user_id",
         "source_ip", "method", "status", "status_code", "start_date", "end_date")}
-    page = client.get("/events/proxy", **query)
+    page = client.request("GET", "/events/proxy", query=query)
     if args.json:
         out.write(json.dumps(page, indent=2) + "\n")
         return
@@ -397,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--group", action="append", help="group name or id (repeatable)")
     c.add_argument("--user", help="owning user id or email")
     c.add_argument("--endpoint", help="static UDP endpoint host:port")
+    c.add_argument("--proxy-cluster", help="register a proxy peer (gateway) serving this "
+                                           "cluster address; it appears as [Peer] in configs")
     a.add_parser("delete").add_argument("ref")
     c = a.add_parser("config", help="print the wg-quick config (redirect to wg0.conf)")
     c.add_argument("ref", help="peer name or id")

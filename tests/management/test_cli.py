@@ -1,0 +1,155 @@
+"""``nbgateway-admin`` against a live ``twistd nbmanagement`` (SQLite)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from nbgateway.management.cli import CliError, parse_target
+from nbgateway.management.cli import main as cli_main
+
+from .apiserver import REPO, ApiServer, free_port
+
+CLUSTER = "eu.proxy.test"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ApiServer(str(tmp_path_factory.mktemp("nbmgmt-cli"))).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def run(server, *argv, token=None):
+    out, err = io.StringIO(), io.StringIO()
+    code = cli_main(["--url", server.url, "--token", token or server.token, *argv], out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def ok(server, *argv):
+    code, out, err = run(server, *argv)
+    assert code == 0, err
+    return out
+
+
+def test_parse_target():
+    assert parse_target("type=cluster,id=c.example,host=10.0.0.5,port=8080,direct") == {
+        "target_type": "cluster", "target_id": "c.example", "host": "10.0.0.5", "port": 8080,
+        "protocol": "http", "enabled": True, "options": {"direct_upstream": True}}
+    assert parse_target("id=p1,protocol=https")["port"] == 443
+    for bad in ("port=abc", "colour=red", "type"):
+        with pytest.raises(CliError):
+            parse_target(bad)
+
+
+def test_end_to_end_workflow(server, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    ok(server, "domains", "create", "apps.test", CLUSTER)
+    out = ok(server, "groups", "create", f"admins-{tag}")
+    assert f"admins-{tag}" in out
+    # a proxy peer (gateway) and a laptop in the group
+    gw = json.loads(ok(server, "--json", "peers", "create", f"gw-{tag}", "--endpoint",
+                       "127.0.0.1:51820", "--proxy-cluster", CLUSTER))
+    assert gw["proxy_embedded"] is True and gw["proxy_cluster"] == CLUSTER
+    out = ok(server, "peers", "create", f"laptop-{tag}", "--group", f"admins-{tag}")
+    assert "private key (shown once" in out
+    peers = json.loads(ok(server, "--json", "peers", "list"))
+    laptop = next(p for p in peers if p["name"] == f"laptop-{tag}")
+    assert [g["name"] for g in laptop["groups"] if g["name"] != "All"] == [f"admins-{tag}"]
+    conf = ok(server, "peer", "config", f"laptop-{tag}")
+    assert conf.startswith("[Interface]\nPrivateKey = ")
+    assert f"Address = {laptop['ip']}/32" in conf
+    assert f"[Peer]\nPublicKey = {gw['public_key']}\nEndpoint = 127.0.0.1:51820\n" in conf
+    qr = tmp_path / "wg0.png"
+    ok(server, "peer", "config", f"laptop-{tag}", "--qr", str(qr))
+    assert qr.read_bytes().startswith(b"\x89PNG")
+    # services
+    out = ok(server, "services", "create", "--name", f"app-{tag}", "--domain",
+             f"app-{tag}.apps.test", "--private", "--access-group", f"admins-{tag}",
+             "--target", f"type=cluster,id={CLUSTER},host=backend.lan,port=8080,direct")
+    assert f"app-{tag}.apps.test" in out
+    svc = json.loads(ok(server, "--json", "services", "get", f"app-{tag}.apps.test"))
+    assert svc["private"] is True and svc["proxy_cluster"] == CLUSTER
+    group_id = json.loads(ok(server, "--json", "groups", "list"))
+    gid = next(g["id"] for g in group_id if g["name"] == f"admins-{tag}")
+    assert svc["access_groups"] == [gid]
+    table = ok(server, "services", "list")
+    assert table.splitlines()[0].split()[:3] == ["ID", "NAME", "DOMAIN"]
+    assert f"app-{tag}.apps.test" in table
+    # the group is in use: refused with the API's message
+    code, _, err = run(server, "groups", "delete", f"admins-{tag}")
+    assert code == 1 and "linked to reverse proxy service" in err and "(HTTP 400)" in err
+    ok(server, "services", "delete", f"app-{tag}.apps.test")
+    assert f"app-{tag}.apps.test" not in ok(server, "services", "list")
+    ok(server, "groups", "delete", f"admins-{tag}")
+    ok(server, "peers", "delete", f"laptop-{tag}")
+
+
+def test_private_service_without_group_fails_cleanly(server):
+    code, _, err = run(server, "services", "create", "--name", "x", "--domain", "x.apps.test",
+                       "--private", "--target", f"type=cluster,id={CLUSTER},host=h,port=1,direct")
+    assert code == 1
+    assert "private services require at least one access group (HTTP 422)" in err
+
+
+def test_tokens_users_logs_clusters(server):
+    tag = uuid.uuid4().hex[:6]
+    out = ok(server, "tokens", "create", f"t-{tag}")
+    plain = out.split("token (shown once): ")[1].strip()
+    assert plain.startswith("nbx_") and len(plain) == 40
+    assert f"t-{tag}" in ok(server, "tokens", "list")
+    assert "revoked token" in ok(server, "tokens", "revoke", f"t-{tag}")
+    listed = json.loads(ok(server, "--json", "proxy-tokens", "list"))
+    assert next(t for t in listed if t["name"] == f"t-{tag}")["revoked"] is True
+
+    ok(server, "groups", "create", f"ops-{tag}")
+    out = ok(server, "users", "create", "--email", f"{tag}@example.com", "--name", "Eve",
+             "--auto-group", f"ops-{tag}")
+    assert f"{tag}@example.com" in out
+    assert "blocked" in ok(server, "users", "block", f"{tag}@example.com")
+    assert "active" in ok(server, "users", "unblock", f"{tag}@example.com")
+    ok(server, "users", "delete", f"{tag}@example.com")
+    assert f"{tag}@example.com" not in ok(server, "users", "list")
+
+    logs = json.loads(ok(server, "--json", "logs", "--page-size", "5", "--status", "failed"))
+    assert logs["page_size"] == 5 and "total_records" in logs
+    assert ok(server, "access-logs").splitlines()[0].startswith("TIMESTAMP")
+    assert ok(server, "clusters").splitlines()[0].startswith("ADDRESS")
+    code, _, err = run(server, "logs", "--page", "0")
+    assert code == 1 and "(HTTP 422)" in err
+
+
+def test_auth_and_connection_errors(server):
+    code, _, err = run(server, "groups", "list", token="nbp_bogus")
+    assert code == 1 and "(HTTP 401)" in err
+    out, errs = io.StringIO(), io.StringIO()
+    code = cli_main(["--url", f"http://127.0.0.1:{free_port()}", "--token", "x", "groups",
+                     "list"], out, errs)
+    assert code == 2 and "cannot reach" in errs.getvalue()
+    code, _, err = run(server, "peers", "config", "no-such-peer")
+    assert code == 1 and "not found" in err
+
+
+def test_console_entry_reads_env_and_default_token_file(server, tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO, NB_ADMIN_URL=server.url)
+    env.pop("NB_ADMIN_TOKEN", None)
+    cmd = [sys.executable, "-m", "nbgateway.management.cli", "groups", "list"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "no token" in res.stderr
+    (tmp_path / "nbgateway-data").mkdir()
+    shutil.copy(os.path.join(server.datadir, "admin-token"), tmp_path / "nbgateway-data")
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ID")
+    res = subprocess.run(cmd, cwd=tmp_path, env=dict(env, NB_ADMIN_TOKEN=server.token),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "All" in res.stdout
