@@ -63,6 +63,7 @@ class LinkEnd:
         self.mtu = mtu
         self.sink: Any = None
         self.peer: LinkEnd | None = None
+        self.sent = 0
 
     def sendPacket(self, packet: bytes) -> bool:
         return self.link._send(self, packet)
@@ -82,6 +83,12 @@ class MemoryLink:
     * ``reorder``: the packet gets an extra uniform delay in ``(0, jitter]``
       so later packets can overtake it;
     * ``corrupt``: one random byte is flipped (checksums must catch it).
+
+    ``fault(end_name, index, packet)``, if set, scripts faults instead of the
+    dice for the packets it decides: it returns None (use the probabilities),
+    ``"pass"``, ``"drop"``, ``"duplicate"``, ``"delay"`` (reorder by
+    ``jitter``) or ``"corrupt"``; ``index`` counts packets sent on that end
+    from 0 (hypothesis can drive it with a drawn list).
 
     Packets larger than the end's ``mtu`` are refused (``sendPacket`` returns
     False).  ``tap(end_name, packet)`` if set sees every packet as sent.
@@ -104,6 +111,7 @@ class MemoryLink:
         self.random = random.Random(seed)
         self.up = True
         self.tap: Callable[[str, bytes], None] | None = None
+        self.fault: Callable[[str, int, bytes], str | None] | None = None
         self.counters: Counter[str] = Counter()
         self.a = LinkEnd(self, "a", b"\xaa" * 32, mtu)
         self.b = LinkEnd(self, "b", b"\xbb" * 32, mtu)
@@ -124,10 +132,15 @@ class MemoryLink:
             self.counters["oversize"] += 1
             return False
         self.counters["sent"] += 1
+        index = src.sent
+        src.sent += 1
         if not self.up:
             self.counters["dropped"] += 1
             return True
         rnd = self.random.random
+        verdict = self.fault(src.name, index, packet) if self.fault is not None else None
+        if verdict is not None:
+            return self._scripted(src, packet, verdict)
         if self.drop and rnd() < self.drop:
             self.counters["dropped"] += 1
             return True
@@ -147,6 +160,27 @@ class MemoryLink:
         if self.duplicate and rnd() < self.duplicate:
             self._push(at + self.jitter * rnd(), src.peer, packet)
             self.counters["duplicated"] += 1
+        self._arm()
+        return True
+
+    def _scripted(self, src: LinkEnd, packet: bytes, verdict: str) -> bool:
+        at = self.clock.seconds() + self.latency
+        assert src.peer is not None
+        if verdict == "drop":
+            self.counters["dropped"] += 1
+            return True
+        if verdict == "corrupt" and packet:
+            packet = packet[:-1] + bytes((packet[-1] ^ 0x01,))  # checksums must catch it
+            self.counters["corrupted"] += 1
+        elif verdict == "delay":
+            at += self.jitter
+            self.counters["reordered"] += 1
+        elif verdict == "duplicate":
+            self._push(at + self.jitter / 2, src.peer, packet)
+            self.counters["duplicated"] += 1
+        elif verdict != "pass":
+            raise ValueError(f"unknown fault verdict {verdict!r}")
+        self._push(at, src.peer, packet)
         self._arm()
         return True
 

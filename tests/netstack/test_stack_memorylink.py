@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 
@@ -92,3 +93,22 @@ def test_udp_over_lossy_link_between_stacks():
     assert len(server.got) == link.counters["delivered"]
     assert set(server.got) <= {b"%d" % i for i in range(100)}
     assert b.counters["error_internal"] == 0
+
+
+def test_scripted_faults():
+    clock = Clock()
+    link = MemoryLink(clock, latency=0.01, jitter=0.02)
+    sink = Sink()
+    link.attach(Sink(), sink)
+    script = {0: "drop", 1: "delay", 2: "duplicate", 3: "corrupt", 4: "pass"}
+    link.fault = lambda end, i, pkt: script.get(i)
+    for i in range(6):
+        link.a.sendPacket(bytes((i, i)))
+    advance(clock, 0.1)
+    got = [p for p, _k in sink.got]
+    assert got == [b"\x02\x02", b"\x03\x02", b"\x04\x04", b"\x05\x05", b"\x02\x02",
+                   b"\x01\x01"]
+    assert link.counters["dropped"] == 1 and link.counters["duplicated"] == 1
+    link.fault = lambda end, i, pkt: "explode"
+    with pytest.raises(ValueError):
+        link.a.sendPacket(b"x")
