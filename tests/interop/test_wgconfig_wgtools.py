@@ -123,3 +123,39 @@ def test_config_without_private_key_is_accepted(wg_iface, tmp_path):
     dump = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", ifname, "dump"],
                           check=True, capture_output=True, text=True).stdout.splitlines()
     assert dump[1].split("\t")[0] == p1
+
+
+def test_config_served_by_rest_api_is_accepted_as_is(wg_iface, tmp_path):
+    """GET /api/peers/{id}/wireguard-config from a live server, straight into wg-quick/wg."""
+    from tests.management.apiserver import ApiServer
+
+    ns, ifname = wg_iface
+    (tmp_path / "mgmt").mkdir()
+    server = ApiServer(str(tmp_path / "mgmt")).start()
+    try:
+        gw = server.ok("POST", "/api/peers", {"name": "gw", "public_key": _key(),
+                                              "endpoint": "127.0.0.1:51820",
+                                              "proxy_cluster": "eu.proxy.test"})
+        laptop = server.ok("POST", "/api/peers", {"name": "laptop"})
+        conf_text = server.ok("GET", f"/api/peers/{laptop['id']}/wireguard-config").decode()
+    finally:
+        server.stop()
+    conf = tmp_path / f"{ifname}.conf"
+    conf.write_text(conf_text)
+    conf.chmod(0o600)
+    stripped = subprocess.run(["wg-quick", "strip", str(conf)], check=True,
+                              capture_output=True, text=True).stdout
+    setconf = tmp_path / "stripped.conf"
+    setconf.write_text(stripped)
+    subprocess.run(["ip", "netns", "exec", ns, "wg", "setconf", ifname, str(setconf)],
+                   check=True, capture_output=True, text=True)
+    dump = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", ifname, "dump"],
+                          check=True, capture_output=True, text=True).stdout.splitlines()
+    assert dump[0].split("\t")[0] == laptop["private_key"]
+    assert dump[0].split("\t")[1] == laptop["public_key"]
+    fields = dump[1].split("\t")
+    assert fields[0] == gw["public_key"]
+    assert fields[2] == "127.0.0.1:51820"
+    expected = [f"{gw['ip']}/32"] + ([f"{gw['ipv6']}/128"] if gw.get("ipv6") else [])
+    assert fields[3].split(",") == expected
+    assert fields[7] == "25"

@@ -372,7 +372,10 @@ class Handlers:
         if b.get("public_key"):
             public_key = _check_public_key(b["public_key"])
         else:
-            sk = PrivateKey.generate()
+            raw = bytearray(bytes(PrivateKey.generate()))
+            raw[0] &= 248  # clamp like `wg genkey`, so `wg show` prints the same key
+            raw[31] = (raw[31] & 127) | 64
+            sk = PrivateKey(bytes(raw))
             private_key = base64.b64encode(bytes(sk)).decode()
             public_key = base64.b64encode(bytes(sk.public_key)).decode()
         cluster = b.get("proxy_cluster", "").strip().lower().rstrip(".")
