@@ -116,6 +116,9 @@ class ManagementService(MultiService):
         d = endpoint.listen(site)
         d.addCallbacks(self._listening, failures.append)
         if failures:
+            if self._owns_store:
+                store, self.store = self.store, None
+                store.close()
             failures[0].raiseException()
         super().privilegedStartService()
 
