@@ -1,0 +1,293 @@
+"""A peer's network map: policy evaluation and the proto encoding (management.proto).
+
+:func:`build_network_map` evaluates the account's policies for one peer the way
+upstream's ``GetPeerConnectionResources`` does: for every enabled rule it
+resolves the source and destination peers (a ``peer`` resource, else the
+members of the rule's groups; the requesting peer itself is never a remote
+peer) and, when the peer is a source, it gets the destinations as remote
+peers with OUT rules; when it is a destination, the sources with IN rules
+(and the mirror image for bidirectional rules). Port ranges expand to one
+firewall rule per range.
+
+The only policies nbgateway has are the synthetic ones of
+:mod:`nbgateway.management.synthetic` (private-service access and proxy ->
+backend), so a peer sees exactly the peers a private service or a proxied
+target connects it with. DNS carries the account peers zone (records for the
+peer and its remote peers) followed by the synthetic private-service zones.
+
+:func:`to_proto_network_map` / :func:`to_proto_peer_config` encode the result
+as upstream's ``ToSyncResponse`` does (legacy ``PeerIP`` plus
+``sourcePrefixes`` for peers that announce ``PeerCapabilitySourcePrefixes``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from nbgateway._proto import management_pb2 as pb
+from nbgateway.management.model import Peer
+from nbgateway.management.synthetic import (
+    AccountView,
+    CustomZone,
+    Policy,
+    PolicyRule,
+    PortRange,
+    SimpleRecord,
+    fqdn,
+    inject_proxy_policies,
+    synthesize_private_service_zones,
+)
+
+__all__ = [
+    "DIRECTION_IN",
+    "DIRECTION_OUT",
+    "PEER_RECORD_TTL",
+    "FirewallRule",
+    "NetworkMap",
+    "RemotePeer",
+    "build_network_map",
+    "peer_fqdn",
+    "to_proto_network_map",
+    "to_proto_peer_config",
+]
+
+DIRECTION_IN = 0
+DIRECTION_OUT = 1
+PEER_RECORD_TTL = 300
+_REMOTE_HAS_ENDPOINT = "endpoint" in pb.RemotePeerConfig.DESCRIPTOR.fields_by_name
+
+
+@dataclass(frozen=True)
+class RemotePeer:
+    id: str
+    key: str
+    allowed_ips: tuple[str, ...]
+    fqdn: str = ""
+    #: advertised "host:port" (proxy peers / static server peers); "" when unknown
+    endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    policy_id: str
+    peer_ip: str
+    direction: int
+    action: str
+    protocol: str
+    port: str = ""
+    port_range: PortRange | None = None
+
+
+@dataclass(frozen=True)
+class NetworkMap:
+    peer: Peer
+    #: tunnel address with the account prefix length, e.g. "100.64.0.10/10"
+    address: str
+    fqdn: str
+    remote_peers: tuple[RemotePeer, ...] = ()
+    firewall_rules: tuple[FirewallRule, ...] = ()
+    zones: tuple[CustomZone, ...] = ()
+    policies: tuple[Policy, ...] = field(default=(), repr=False)
+
+
+def peer_fqdn(peer: Peer, dns_domain: str) -> str:
+    label = peer.dns_label or ""
+    if not label or not dns_domain:
+        return ""
+    return f"{label}.{dns_domain}"
+
+
+def _prefix_len(network: str) -> int:
+    try:
+        return ipaddress.ip_network(network, strict=False).prefixlen
+    except ValueError:
+        return 32
+
+
+def _rule_peers(view: AccountView, rule: PolicyRule, source: bool) -> list[str]:
+    res = rule.source_resource if source else rule.destination_resource
+    groups = rule.sources if source else rule.destinations
+    if res is not None and res.id:
+        if res.type == "peer":
+            return [res.id] if res.id in view.peers else []
+        return []  # network resources / clusters resolve to no peer
+    return view.group_peer_ids(groups)
+
+
+class _Collector:
+    """Accumulates remote peers and de-duplicated firewall rules for one target peer."""
+
+    def __init__(self, view: AccountView, target: Peer) -> None:
+        self.view = view
+        self.target = target
+        self.peer_ids: dict[str, None] = {}
+        self.rules: list[FirewallRule] = []
+        self._seen: set[tuple] = set()
+
+    def add(self, rule: PolicyRule, peer_ids: Sequence[str], direction: int) -> None:
+        for pid in peer_ids:
+            if pid == self.target.id:
+                continue
+            peer = self.view.peers.get(pid)
+            if peer is None or not peer.ip:
+                continue
+            self.peer_ids.setdefault(pid, None)
+            base = (rule.id, peer.ip, direction, rule.protocol, rule.action)
+            if rule.ports:
+                expanded = [(p, None) for p in rule.ports]
+            elif rule.port_ranges:
+                expanded = [("", pr) for pr in rule.port_ranges]
+            else:
+                expanded = [("", None)]
+            for port, pr in expanded:
+                key = (*base, port, pr)
+                if key in self._seen:
+                    continue
+                self._seen.add(key)
+                self.rules.append(
+                    FirewallRule(
+                        policy_id=rule.policy_id or rule.id,
+                        peer_ip=peer.ip,
+                        direction=direction,
+                        action=rule.action,
+                        protocol=rule.protocol,
+                        port=port,
+                        port_range=pr,
+                    )
+                )
+
+
+def build_network_map(
+    view: AccountView,
+    peer_id: str,
+    *,
+    extra_policies: Iterable[Policy] = (),
+) -> NetworkMap:
+    """The network map of ``peer_id`` (KeyError if the peer is not in the view)."""
+    peer = view.peers[peer_id]
+    policies = tuple(inject_proxy_policies(view)) + tuple(extra_policies)
+    col = _Collector(view, peer)
+    for policy in policies:
+        if not policy.enabled:
+            continue
+        for rule in policy.rules:
+            if not rule.enabled:
+                continue
+            sources = _rule_peers(view, rule, source=True)
+            dests = _rule_peers(view, rule, source=False)
+            in_src = peer_id in sources
+            in_dst = peer_id in dests
+            if rule.bidirectional:
+                if in_src:
+                    col.add(rule, dests, DIRECTION_IN)
+                if in_dst:
+                    col.add(rule, sources, DIRECTION_OUT)
+            if in_src:
+                col.add(rule, dests, DIRECTION_OUT)
+            if in_dst:
+                col.add(rule, sources, DIRECTION_IN)
+
+    dns_domain = view.account.domain
+    remotes = []
+    for pid in col.peer_ids:
+        rp = view.peers[pid]
+        remotes.append(
+            RemotePeer(
+                id=rp.id,
+                key=rp.key,
+                allowed_ips=(f"{rp.ip}/32",),
+                fqdn=peer_fqdn(rp, dns_domain),
+                endpoint=rp.endpoint or "",
+            )
+        )
+    zones: list[CustomZone] = []
+    if dns_domain:
+        records = [
+            SimpleRecord(fqdn(peer_fqdn(p, dns_domain)), 1, "IN", PEER_RECORD_TTL, p.ip)
+            for p in [peer, *(view.peers[pid] for pid in col.peer_ids)]
+            if peer_fqdn(p, dns_domain) and p.ip
+        ]
+        if records:
+            zones.append(CustomZone(domain=fqdn(dns_domain), records=tuple(records)))
+    zones.extend(synthesize_private_service_zones(view, peer_id))
+    return NetworkMap(
+        peer=peer,
+        address=f"{peer.ip}/{_prefix_len(view.account.network_v4)}",
+        fqdn=peer_fqdn(peer, dns_domain),
+        remote_peers=tuple(remotes),
+        firewall_rules=tuple(col.rules),
+        zones=tuple(zones),
+        policies=policies,
+    )
+
+
+# --- proto encoding --------------------------------------------------------------------------
+
+_PROTOCOLS = {
+    "all": pb.ALL,
+    "tcp": pb.TCP,
+    "udp": pb.UDP,
+    "icmp": pb.ICMP,
+    "netbird-ssh": pb.NETBIRD_SSH,
+}
+
+
+def _encode_addr(ip: str) -> bytes:
+    """``netiputil.EncodeAddr``: address bytes followed by the full prefix length."""
+    addr = ipaddress.ip_address(ip)
+    return addr.packed + bytes([addr.max_prefixlen])
+
+
+def to_proto_peer_config(nm: NetworkMap) -> pb.PeerConfig:
+    return pb.PeerConfig(
+        address=nm.address,
+        fqdn=nm.fqdn,
+        sshConfig=pb.SSHConfig(sshEnabled=False),
+        # upstream forces this on for embedded proxy peers
+        RoutingPeerDnsResolutionEnabled=nm.peer.proxy,
+    )
+
+
+def _proto_rule(r: FirewallRule, source_prefixes: bool) -> pb.FirewallRule:
+    out = pb.FirewallRule(
+        PolicyID=r.policy_id.encode(),
+        PeerIP=r.peer_ip,
+        Direction=pb.OUT if r.direction == DIRECTION_OUT else pb.IN,
+        Action=pb.DROP if r.action == "drop" else pb.ACCEPT,
+        Protocol=_PROTOCOLS.get(r.protocol, pb.UNKNOWN),
+        Port=r.port,
+    )
+    if source_prefixes:
+        out.sourcePrefixes.append(_encode_addr(r.peer_ip))
+    if not r.port and r.port_range is not None and out.Protocol in (pb.TCP, pb.UDP):
+        out.PortInfo.range.start = r.port_range.start
+        out.PortInfo.range.end = r.port_range.end
+    return out
+
+
+def to_proto_network_map(
+    nm: NetworkMap, serial: int, *, source_prefixes: bool = False
+) -> pb.NetworkMap:
+    out = pb.NetworkMap(Serial=serial, peerConfig=to_proto_peer_config(nm))
+    for rp in nm.remote_peers:
+        rpc = out.remotePeers.add(wgPubKey=rp.key, allowedIps=list(rp.allowed_ips), fqdn=rp.fqdn)
+        rpc.sshConfig.SetInParent()
+        if _REMOTE_HAS_ENDPOINT and rp.endpoint:
+            rpc.endpoint = rp.endpoint
+    out.remotePeersIsEmpty = not nm.remote_peers
+    out.DNSConfig.ServiceEnable = True
+    for z in nm.zones:
+        pz = out.DNSConfig.CustomZones.add(
+            Domain=z.domain,
+            SearchDomainDisabled=z.search_domain_disabled,
+            NonAuthoritative=z.non_authoritative,
+        )
+        for r in z.records:
+            pz.Records.add(Name=r.name, Type=r.type, Class=r.klass, TTL=r.ttl, RData=r.rdata)
+    for r in nm.firewall_rules:
+        out.FirewallRules.append(_proto_rule(r, source_prefixes))
+    out.firewallRulesIsEmpty = not nm.firewall_rules
+    out.routesFirewallRulesIsEmpty = True
+    return out
