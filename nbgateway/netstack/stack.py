@@ -13,8 +13,11 @@ logged and counted as ``error_internal``.
 
 Outbound: :meth:`Stack.send_transport` fills the TCP/UDP checksum in place,
 prepends an IPv4 (DF set) or IPv6 header with TTL/hop limit ``ttl`` (64) and
-hands the packet to the sender; packets larger than ``mtu`` are dropped and
-counted (``drop_tx_too_big``), nothing is fragmented on output.
+hands the packet to the sender.  TCP segments larger than ``mtu`` are dropped
+and counted (``drop_tx_too_big``; TCP clamps its MSS so this is a bug
+signal).  Larger UDP/ICMP datagrams (up to 64 KiB) are fragmented at the
+source (IPv4 with DF clear, IPv6 with a Fragment header; ``tx_fragments``)
+unless ``fragment_output=False``, in which case they are dropped too.
 
 Inbound TTL/hop limit is not checked: a host never discards a datagram for
 its TTL (RFC 1122 3.2.1.7); only forwarders do and we never forward.
@@ -60,6 +63,7 @@ DEFAULT_MTU = 1280
 
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
 _IP6_FIRST = struct.Struct("!IHBB")
+_FRAG6 = struct.Struct("!BBHI")
 _ipv4_parse = wire.ipv4_parse
 _ipv6_parse = wire.ipv6_parse
 _ipv6_walk = wire.ipv6_walk
@@ -95,6 +99,7 @@ class Stack:
         tcp_factory: Callable[[Stack], Any] | None = None,
         ttl: int = wire.DEFAULT_TTL,
         icmp_host_unreachable: bool = True,
+        fragment_output: bool = True,
         icmp_error_rate: float = 100.0,
         icmp_error_burst: int = 50,
         reassembly_timeout: float = 30.0,
@@ -128,6 +133,8 @@ class Stack:
         self.icmp = ICMPLayer(self, error_rate=icmp_error_rate, error_burst=icmp_error_burst)
         self.udp = UDPLayer(self)
         self._ident = random.getrandbits(16)
+        self._ident6 = random.getrandbits(32)
+        self.fragment_output = fragment_output
         self._timer: Any = None
         self._timer_at: float | None = None
         self._closed = False
@@ -363,6 +370,8 @@ class Stack:
         if len(s) == 4:
             total = 20 + n
             if total > self.mtu:
+                if protocol != _TCP and self.fragment_output and total <= 0xFFFF:
+                    return self._send_fragments4(s, d, protocol, payload)
                 self.counters["drop_tx_too_big"] += 1
                 return False
             if addr_sum is None:
@@ -373,6 +382,8 @@ class Stack:
             packet = _IP4.pack(0x45, 0, total, ident, wire.IP4_DF, ttl, protocol, hck, s, d)
         else:
             if 40 + n > self.mtu:
+                if protocol != _TCP and self.fragment_output and n <= 0xFFFF:
+                    return self._send_fragments6(s, d, protocol, payload)
                 self.counters["drop_tx_too_big"] += 1
                 return False
             packet = _IP6_FIRST.pack(0x60000000, n, protocol, ttl) + s + d
@@ -381,6 +392,39 @@ class Stack:
             self.counters["tx_refused"] += 1
             return False
         return True
+
+    def _send_fragments4(self, s: bytes, d: bytes, protocol: int, payload: bytes) -> bool:
+        """RFC 791 fragmentation of an oversized non-TCP datagram (DF clear)."""
+        size = (self.mtu - 20) & ~7
+        ident = self._ident = (self._ident + 1) & 0xFFFF
+        n = len(payload)
+        ok = True
+        for off in range(0, n, size):
+            chunk = payload[off : off + size]
+            ff = (off >> 3) | (wire.IP4_MF if off + size < n else 0)
+            hdr = wire.emit_ipv4_header(s, d, protocol, len(chunk), ttl=self.ttl, ident=ident,
+                                        flags_frag=ff)
+            self.counters["tx_fragments"] += 1
+            ok = self.sender.sendPacket(hdr + chunk) and ok
+        if not ok:
+            self.counters["tx_refused"] += 1
+        return ok
+
+    def _send_fragments6(self, s: bytes, d: bytes, protocol: int, payload: bytes) -> bool:
+        """RFC 8200 4.5 source fragmentation with a Fragment header."""
+        size = (self.mtu - 48) & ~7
+        self._ident6 = ident = (self._ident6 + 1) & 0xFFFFFFFF
+        n = len(payload)
+        ok = True
+        for off in range(0, n, size):
+            chunk = payload[off : off + size]
+            fh = _FRAG6.pack(protocol, 0, off | (1 if off + size < n else 0), ident)
+            hdr = _IP6_FIRST.pack(0x60000000, 8 + len(chunk), wire.PROTO_FRAGMENT, self.ttl)
+            self.counters["tx_fragments"] += 1
+            ok = self.sender.sendPacket(hdr + s + d + fh + chunk) and ok
+        if not ok:
+            self.counters["tx_refused"] += 1
+        return ok
 
     def _source_for(self, dst: bytes) -> bytes | None:
         """The local address used to reach ``dst`` (first of its family)."""

@@ -11,8 +11,9 @@ Datagrams are delivered synchronously from ``Stack.packetReceived`` to
 ``datagramReceived`` (no receive queue to bound); exceptions raised by the
 protocol are logged and counted (``udp_protocol_error``), never propagated.
 A datagram for a port nobody listens on is answered with a rate-limited ICMP
-port unreachable.  Oversized writes raise ``MessageLengthError`` (the stack
-does not fragment outbound datagrams).  Ports bound with port 0 come from the
+port unreachable.  Datagrams larger than the MTU are fragmented by the stack;
+writes larger than IP can carry (or than the MTU when the stack was built
+with ``fragment_output=False``) raise ``MessageLengthError``.  Ports bound with port 0 come from the
 ephemeral range 49152-65535 and are exempt from the packet filter (they are
 client sockets; see ``filter.py``).
 """
@@ -188,10 +189,16 @@ class UDPPort:
             if s_raw is None:
                 raise error.InvalidAddressError(str(addr), "no local address of that family")
         n = len(datagram)
-        ip_hl = wire.IPV4_HEADER_LEN if len(s_raw) == 4 else wire.IPV6_HEADER_LEN
-        if ip_hl + wire.UDP_HEADER_LEN + n > stack.mtu:
+        if len(s_raw) == 4:  # the largest datagram IP can carry, fragmented or not
+            limit = 0xFFFF - wire.IPV4_HEADER_LEN - wire.UDP_HEADER_LEN
+        else:
+            limit = 0xFFFF - wire.UDP_HEADER_LEN
+        if not stack.fragment_output:
+            ip_hl = wire.IPV4_HEADER_LEN if len(s_raw) == 4 else wire.IPV6_HEADER_LEN
+            limit = stack.mtu - ip_hl - wire.UDP_HEADER_LEN
+        if n > limit:
             raise error.MessageLengthError(
-                f"datagram of {n} bytes exceeds the tunnel MTU {stack.mtu}"
+                f"datagram of {n} bytes exceeds the limit of {limit} (tunnel MTU {stack.mtu})"
             )
         seg = bytearray(wire.UDP_HEADER_LEN + n)
         length = wire.UDP_HEADER_LEN + n

@@ -291,3 +291,28 @@ def test_segment_received_rearms_timer():
     assert [c.getTime() for c in clock.getDelayedCalls()] == [0.2]
     clock.advance(0.2)
     assert stack.tcp.fired == [0.2] and clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(("me", "peer"), [(ME4, PEER4), (ME6, PEER6)])
+def test_large_echo_reply_is_fragmented(me, peer):
+    from nbgateway.netstack.testing import build_ipv6_fragments, fragment_ipv4
+
+    stack, rec, _clock = make_stack()
+    request = build_icmp_echo(peer, me, 1, 1, b"P" * 3000)
+    if ":" in me:
+        upper = request[40:]
+        frags = build_ipv6_fragments(peer, me, wire.PROTO_ICMPV6, upper, 1200, ident=3)
+    else:
+        frags = fragment_ipv4(request, 1200)
+    for f in frags:
+        stack.packetReceived(f, KEY)
+    out = rec.take()
+    assert len(out) == 3 and all(len(p) <= stack.mtu for p in out)
+    assert stack.counters["tx_fragments"] == 3
+    # reassemble the reply with a second stack playing the peer
+    peer_stack = Stack(PacketRecorder(), Clock(), [peer], tcp_factory=StubTCP)
+    got = []
+    peer_stack.icmp._echo_reply = lambda src, rest, now: got.append((src, rest))
+    for p in out:
+        peer_stack.packetReceived(p, KEY)
+    assert got == [(packed(me), struct.pack("!HH", 1, 1))]

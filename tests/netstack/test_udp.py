@@ -135,8 +135,13 @@ def test_write_errors():
     _clock, a, _b, _link = pair(mtu=1280)
     p = listen_udp(a, 0, Client(), interface=A4)
     with pytest.raises(error.MessageLengthError):
-        p.write(b"x" * (1280 - 28 + 1), (B4, 9))
-    p.write(b"x" * (1280 - 28), (B4, 9))
+        p.write(b"x" * (65507 + 1), (B4, 9))
+    p.write(b"x" * 65507, (B4, 9))
+    _clock, nofrag, _b, _link = pair(mtu=1280, fragment_output=False)
+    q = listen_udp(nofrag, 0, Client(), interface=A4)
+    with pytest.raises(error.MessageLengthError):
+        q.write(b"x" * (1280 - 28 + 1), (B4, 9))
+    q.write(b"x" * (1280 - 28), (B4, 9))
     with pytest.raises(error.InvalidAddressError):
         p.write(b"x", ("example.com", 9))
     with pytest.raises(error.InvalidAddressError):
@@ -197,3 +202,20 @@ def test_bad_udp_length_dropped():
     b.packetReceived(bytes(pkt), b"k" * 32)
     assert b.counters["drop_udp_bad_length"] == 1
     assert wire.PROTO_UDP == 17
+
+
+@pytest.mark.parametrize("server_addr", [B4, B6])
+@pytest.mark.parametrize("size", [1253, 3000, 65507])
+def test_large_datagrams_fragment_and_reassemble(server_addr, size):
+    clock, a, b, link = pair(max_reassembly_bytes=128 * 1024)
+    server = Echo()
+    listen_udp(b, 7, server)
+    client = Client()
+    cport = listen_udp(a, 0, client)
+    data = bytes(range(256)) * (size // 256) + b"t" * (size % 256)
+    cport.write(data, (server_addr, 7))
+    advance(clock, 0.1)
+    assert server.got == [(data, (A4 if ":" not in server_addr else A6, cport.getHost().port))]
+    assert client.got == [(data.upper(), (server_addr, 7))]
+    assert a.counters["tx_fragments"] > 1 and b.counters["frag_reassembled"] == 1
+    assert link.counters["oversize"] == 0
