@@ -1,0 +1,136 @@
+"""Concurrent writers lose nothing (SQLite and PostgreSQL), counts and contents checked."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from nbgateway.management.model import Group, Peer, Service, Target, TargetOptions
+
+WRITERS = 50
+
+
+def _service(account_id: str, i: int, group_id: str) -> Service:
+    return Service(
+        account_id=account_id,
+        name=f"svc-{i}",
+        domain=f"svc-{i}.eu.proxy.netbird.io",
+        private=True,
+        access_groups=(group_id,),
+        targets=(
+            Target(
+                target_type="cluster",
+                target_id="eu.proxy.netbird.io",
+                host=f"backend-{i}.lan",
+                port=8000 + i,
+                options=TargetOptions(direct_upstream=True),
+            ),
+        ),
+    )
+
+
+def test_50_concurrent_writers_create_groups_and_services(store_factory, account):
+    # two Store instances (two connection pools) share the load, as two processes would
+    stores = [store_factory(), store_factory()]
+
+    def work(i: int) -> tuple[str, str]:
+        s = stores[i % 2]
+        g = s.create_group(Group(account_id=account.id, name=f"group-{i}"))
+        svc = s.create_service(_service(account.id, i, g.id))
+        return g.id, svc.id
+
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        results = list(pool.map(work, range(WRITERS)))
+
+    store = stores[0]
+    groups = {g.name: g for g in store.list_groups(account.id)}
+    services = {s.name: s for s in store.list_services(account.id)}
+    assert len(groups) == WRITERS + 1  # plus "All"
+    assert len(services) == WRITERS
+    for i, (gid, sid) in enumerate(results):
+        assert groups[f"group-{i}"].id == gid
+        svc = services[f"svc-{i}"]
+        assert svc.id == sid
+        assert svc.access_groups == (gid,)
+        assert svc.domain == f"svc-{i}.eu.proxy.netbird.io"
+        assert [(t.host, t.port) for t in svc.targets] == [(f"backend-{i}.lan", 8000 + i)]
+
+
+def test_concurrent_read_modify_write_loses_no_update(store_factory, account):
+    stores = [store_factory(), store_factory()]
+    shared = stores[0].create_group(Group(account_id=account.id, name="shared"))
+    peers = [
+        stores[0].create_peer(Peer(account_id=account.id, name=f"p{i}", key=f"key-{i}"))
+        for i in range(WRITERS)
+    ]
+
+    def add(i: int) -> None:
+        stores[i % 2].add_peers_to_group(account.id, shared.id, [peers[i].id])
+
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        list(pool.map(add, range(WRITERS)))
+
+    members = stores[1].get_group(account.id, shared.id).peers
+    assert sorted(members) == sorted(p.id for p in peers)
+    assert len(members) == WRITERS
+
+
+def test_concurrent_peer_creation_allocates_unique_addresses(store_factory, account):
+    stores = [store_factory(), store_factory()]
+
+    def create(i: int) -> Peer:
+        return stores[i % 2].create_peer(Peer(account_id=account.id, name=f"p{i}", key=f"k{i}"))
+
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        created = list(pool.map(create, range(WRITERS)))
+
+    ips = [p.ip for p in created]
+    assert len(set(ips)) == WRITERS
+    assert len({p.ipv6 for p in created}) == WRITERS
+    assert sorted(ips, key=lambda a: tuple(map(int, a.split(".")))) == [
+        f"100.64.0.{i}" for i in range(1, WRITERS + 1)
+    ]
+    assert len(stores[0].list_peers(account.id)) == WRITERS
+
+
+def test_concurrent_duplicate_domain_only_one_wins(store_factory, account):
+    stores = [store_factory(), store_factory()]
+    g = stores[0].create_group(Group(account_id=account.id, name="g"))
+    from nbgateway.management.errors import Conflict
+
+    def attempt(i: int) -> str:
+        svc = _service(account.id, 0, g.id)
+        try:
+            stores[i % 2].create_service(svc)
+        except Conflict as exc:
+            return exc.message
+        return "created"
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outcomes = list(pool.map(attempt, range(20)))
+    assert outcomes.count("created") == 1
+    assert set(outcomes) == {"created", "domain already taken"}
+    assert len(stores[1].list_services(account.id)) == 1
+
+
+def test_concurrent_duplicate_domain_across_accounts(store_factory):
+    """Different accounts do not share a lock: the unique index decides, the loser
+    is retried and gets the typed Conflict, nothing half-stored."""
+    from nbgateway.management.errors import Conflict
+    from nbgateway.management.model import Account
+
+    stores = [store_factory(), store_factory()]
+    accounts = [stores[0].create_account(Account(id=f"acct-{i}")) for i in range(12)]
+    gids = [stores[0].create_group(Group(account_id=a.id, name="g")).id for a in accounts]
+
+    def attempt(i: int) -> str:
+        try:
+            stores[i % 2].create_service(_service(accounts[i].id, 0, gids[i]))
+        except Conflict as exc:
+            return exc.message
+        return "created"
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = list(pool.map(attempt, range(12)))
+    assert outcomes.count("created") == 1
+    assert set(outcomes) == {"created", "domain already taken"}
+    assert len(stores[1].list_all_services()) == 1
