@@ -68,6 +68,7 @@ _ipv4_parse = wire.ipv4_parse
 _ipv6_parse = wire.ipv6_parse
 _ipv6_walk = wire.ipv6_walk
 _TCP = wire.PROTO_TCP
+_PEER_KEYS_LIMIT = 4096
 _QUOTE = 1280  # payload bytes kept for an ICMP error quote of a reassembled datagram
 _UDP = wire.PROTO_UDP
 
@@ -130,6 +131,7 @@ class Stack:
             max_datagrams=max_reassembly_datagrams, max_bytes=max_reassembly_bytes,
         )
         self._cache = AddressCache()
+        self._peer_keys: dict[bytes, bytes] = {}
         self.icmp = ICMPLayer(self, error_rate=icmp_error_rate, error_burst=icmp_error_burst)
         self.udp = UDPLayer(self)
         self._ident = random.getrandbits(16)
@@ -180,6 +182,8 @@ class Stack:
         if local is None:
             self._not_local(4, src, dst, proto, mv[:total], hl)
             return
+        if self._peer_keys.get(src) is not peer_key:
+            self._remember_peer(src, peer_key)
         now = self.clock.seconds()
         if ff & 0x3FFF:  # MF set or non-zero offset
             done = self.fragments.add(
@@ -220,6 +224,8 @@ class Stack:
         if local is None:
             self._not_local(6, src, dst, nh, mv[:end], 40)
             return
+        if self._peer_keys.get(src) is not peer_key:
+            self._remember_peer(src, peer_key)
         try:
             proto, off, frag = _ipv6_walk(mv, nh, 40, end)
         except WireError as e:
@@ -253,6 +259,21 @@ class Stack:
             self._transport(src, dst, local, proto, mv[40:end], mv, peer_key, now, 40, True)
             return
         self._transport(src, dst, local, proto, mv[off:end], mv[:end], peer_key, now, off)
+
+    def _remember_peer(self, src: bytes, peer_key: bytes) -> None:
+        pk = self._peer_keys
+        if src not in pk and len(pk) >= _PEER_KEYS_LIMIT:
+            pk.clear()
+        pk[src] = peer_key
+
+    def peer_key_for(self, addr: IPAddress | bytes) -> bytes | None:
+        """The WireGuard public key of the peer whose packets from ``addr``
+        this stack accepted last (WireGuard cryptokey routing makes this
+        unique per source address).  None if unknown.  Bounded cache: callers
+        that need it for a connection's lifetime should read it when the
+        connection opens."""
+        raw = addr if type(addr) is bytes else addr.packed  # type: ignore[union-attr]
+        return self._peer_keys.get(raw)
 
     def _transport(
         self, src: bytes, dst: bytes, local: IPAddress, proto: int, seg: memoryview,

@@ -316,3 +316,16 @@ def test_large_echo_reply_is_fragmented(me, peer):
     for p in out:
         peer_stack.packetReceived(p, KEY)
     assert got == [(packed(me), struct.pack("!HH", 1, 1))]
+
+
+def test_peer_key_for_source():
+    stack, _rec, _clock = make_stack()
+    k1, k2 = b"\x11" * 32, b"\x22" * 32
+    stack.packetReceived(build_tcp(PEER4, ME4, 1, 80), k1)
+    stack.packetReceived(build_tcp(PEER6, ME6, 1, 80), k2)
+    stack.packetReceived(build_tcp("100.64.0.3", "100.64.0.99", 1, 80), k2)  # not local
+    assert stack.peer_key_for(ipaddress.ip_address(PEER4)) == k1
+    assert stack.peer_key_for(packed(PEER6)) == k2
+    assert stack.peer_key_for(ipaddress.ip_address("100.64.0.3")) is None
+    stack.packetReceived(build_tcp(PEER4, ME4, 1, 80), k2)  # allowed IPs moved
+    assert stack.peer_key_for(packed(PEER4)) == k2
