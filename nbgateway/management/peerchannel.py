@@ -1,0 +1,425 @@
+"""The peer channel: NetBird's ``ManagementService`` (GetServerKey, Login, Sync) over grpcio.
+
+A WireGuard peer (a REST-created peer or a proxy peer registered by
+``CreateProxyPeer``) proves possession of its key by sealing its
+LoginRequest/SyncRequest in a NaCl box to the server key
+(:mod:`nbgateway.management.crypto_box`). Error statuses follow upstream
+``management/internals/shared/grpc/server.go``:
+
+* unparsable ``wgPubKey`` -> INVALID_ARGUMENT ``provided wgPubKey <k> is invalid``;
+  a body that does not open or parse -> INVALID_ARGUMENT ``invalid request message``;
+* Login without ``meta`` -> FAILED_PRECONDITION;
+* Login of an unknown key -> PERMISSION_DENIED (no auth method) or NOT_FOUND (a
+  setup key was offered: nbgateway has none); Sync of an unknown key ->
+  PERMISSION_DENIED ``peer is not registered``;
+* too many concurrent Sync streams -> RESOURCE_EXHAUSTED.
+
+Nothing is written to the store by Login. A Sync stream marks the peer
+connected while it is the peer's current stream (a newer stream for the same
+key ends the older one) and disconnected when it ends.
+
+Push model: the store's after-commit change listener marks every stream of
+the touched account dirty (:class:`PeerUpdateHub`). Each stream holds at
+most one pending "rebuild" flag (its bounded queue: bursts coalesce, and a
+slow reader never makes the server buffer more than one map), rebuilds its
+map from one shared per-account read (:class:`_ViewCache`), and sends it
+only if it differs from the last map it sent. Each open stream occupies one
+gRPC worker thread; the server's executor must be sized for ``max_streams``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from twisted.logger import Logger
+
+from nbgateway._proto import management_pb2 as pb
+from nbgateway._proto import management_pb2_grpc as pb_grpc
+from nbgateway.management.crypto_box import (
+    BoxError,
+    ServerKey,
+    decode_wg_key,
+    open_message,
+    seal_message,
+)
+from nbgateway.management.errors import NotFound
+from nbgateway.management.model import ChangeKind
+from nbgateway.management.networkmap import (
+    NetworkMap,
+    build_network_map,
+    to_proto_network_map,
+    to_proto_peer_config,
+)
+from nbgateway.management.synthetic import AccountView, load_account_view
+
+__all__ = ["MAX_BODY_BYTES", "ManagementServicer", "PeerUpdateHub", "add_to_server"]
+
+log = Logger()
+
+MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_STREAMS = 64
+SERVER_KEY_VALIDITY_S = 24 * 3600
+#: changes that can alter a network map (proxy rows, tokens, logs cannot)
+MAP_CHANGES = frozenset(
+    {
+        ChangeKind.ACCOUNT,
+        ChangeKind.GROUP,
+        ChangeKind.PEER,
+        ChangeKind.USER,
+        ChangeKind.SERVICE_CREATED,
+        ChangeKind.SERVICE_UPDATED,
+        ChangeKind.SERVICE_DELETED,
+        ChangeKind.DOMAIN,
+    }
+)
+
+
+class _Subscription:
+    """One Sync stream: a coalescing one-slot "rebuild" flag plus a closed flag."""
+
+    def __init__(self, account_id: str, peer_id: str, key: str) -> None:
+        self.account_id = account_id
+        self.peer_id = peer_id
+        self.key = key
+        self.cond = threading.Condition()
+        self.dirty = False
+        self.closed = False
+        self.wakeups = 0
+
+    def mark(self) -> None:
+        with self.cond:
+            self.dirty = True
+            self.wakeups += 1
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for a change; True if one is pending (and consume it)."""
+        with self.cond:
+            if not self.dirty and not self.closed:
+                self.cond.wait(timeout)
+            if self.dirty and not self.closed:
+                self.dirty = False
+                return True
+            return False
+
+
+class PeerUpdateHub:
+    """Routes store changes to the Sync streams of the affected account.
+
+    Also tracks the current stream per peer key (a new stream supersedes the
+    old one) and a per-account generation used by :class:`_ViewCache`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_account: dict[str, set[_Subscription]] = {}
+        self._current: dict[str, _Subscription] = {}
+        self._generation: dict[str, int] = {}
+
+    def generation(self, account_id: str) -> int:
+        with self._lock:
+            return self._generation.get(account_id, 0)
+
+    def on_change(self, kind: ChangeKind, account_id: str, ids: tuple[str, ...]) -> None:
+        """Store change listener (runs after commit in the writing thread; cheap)."""
+        if kind not in MAP_CHANGES or not account_id:
+            return
+        with self._lock:
+            self._generation[account_id] = self._generation.get(account_id, 0) + 1
+            subs = list(self._by_account.get(account_id, ()))
+        for s in subs:
+            s.mark()
+
+    def subscribe(self, sub: _Subscription) -> _Subscription | None:
+        """Register ``sub``; returns the superseded stream of the same key, if any."""
+        with self._lock:
+            self._by_account.setdefault(sub.account_id, set()).add(sub)
+            old = self._current.get(sub.key)
+            self._current[sub.key] = sub
+        if old is not None:
+            old.close()
+        return old
+
+    def unsubscribe(self, sub: _Subscription) -> bool:
+        """Remove ``sub``; True if it was still the peer's current stream."""
+        with self._lock:
+            subs = self._by_account.get(sub.account_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_account[sub.account_id]
+            current = self._current.get(sub.key) is sub
+            if current:
+                del self._current[sub.key]
+        return current
+
+    def active(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._by_account.values())
+
+    def close_all(self) -> None:
+        with self._lock:
+            subs = [s for group in self._by_account.values() for s in group]
+        for s in subs:
+            s.close()
+
+
+class _ViewCache:
+    """Per-account :class:`AccountView`, shared by all streams of one generation."""
+
+    def __init__(self, store: Any, hub: PeerUpdateHub, size: int = 256) -> None:
+        self._store = store
+        self._hub = hub
+        self._size = size
+        self._lock = threading.Lock()
+        self._views: OrderedDict[str, tuple[int, AccountView]] = OrderedDict()
+
+    def get(self, account_id: str) -> AccountView:
+        gen = self._hub.generation(account_id)
+        with self._lock:
+            hit = self._views.get(account_id)
+            if hit is not None and hit[0] == gen:
+                self._views.move_to_end(account_id)
+                return hit[1]
+        view = load_account_view(self._store, account_id)
+        with self._lock:
+            self._views[account_id] = (gen, view)
+            self._views.move_to_end(account_id)
+            while len(self._views) > self._size:
+                self._views.popitem(last=False)
+        return view
+
+
+class _SerialClock:
+    """Monotonic NetworkMap serials that also keep growing across restarts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, time.time_ns() // 1_000_000)
+            return self._last
+
+
+def _zero_timestamp() -> Timestamp:
+    """The explicit-zero ``sessionExpiresAt``: login expiry disabled."""
+    return Timestamp()
+
+
+class ManagementServicer(pb_grpc.ManagementServiceServicer):
+    """gRPC servicer of the peer channel; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Any,
+        server_key: ServerKey,
+        *,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        coalesce_delay: float = 0.05,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.server_key = server_key
+        self.max_streams = max_streams
+        self.coalesce_delay = coalesce_delay
+        self.poll_interval = poll_interval
+        self.hub = PeerUpdateHub()
+        self._views = _ViewCache(store, self.hub)
+        self._serials = _SerialClock()
+        self._slots = threading.BoundedSemaphore(max_streams)
+        self._listening = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._listening:
+            self.store.add_listener(self.hub.on_change)
+            self._listening = True
+
+    def close(self) -> None:
+        """Detach from the store and end every open Sync stream."""
+        if self._listening:
+            self.store.remove_listener(self.hub.on_change)
+            self._listening = False
+        self.hub.close_all()
+
+    # -- request decoding -------------------------------------------------------------
+
+    def _parse(self, request: pb.EncryptedMessage, into: Any, context: grpc.ServicerContext):
+        try:
+            peer_key = decode_wg_key(request.wgPubKey)
+        except BoxError:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"provided wgPubKey {request.wgPubKey[:64]} is invalid",
+            )
+        if len(request.body) > MAX_BODY_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid request message")
+        try:
+            open_message(request.body, into, peer_key, self.server_key.private_bytes)
+        except BoxError:
+            log.debug("undecryptable peer-channel message from {key}", key=request.wgPubKey)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid request message")
+        return peer_key
+
+    def _seal(self, message: Any, peer_key: bytes) -> pb.EncryptedMessage:
+        return pb.EncryptedMessage(
+            wgPubKey=self.server_key.public_b64,
+            body=seal_message(message, peer_key, self.server_key.private_bytes),
+        )
+
+    # -- RPCs ---------------------------------------------------------------------------
+
+    def GetServerKey(self, request: pb.Empty, context: grpc.ServicerContext):
+        expires = Timestamp()
+        expires.FromSeconds(int(time.time()) + SERVER_KEY_VALIDITY_S)
+        return pb.ServerKeyResponse(key=self.server_key.public_b64, expiresAt=expires)
+
+    def isHealthy(self, request: pb.Empty, context: grpc.ServicerContext):
+        return pb.Empty()
+
+    def Login(self, request: pb.EncryptedMessage, context: grpc.ServicerContext):
+        login = pb.LoginRequest()
+        peer_key = self._parse(request, login, context)
+        if not login.HasField("meta"):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"peer system meta has to be provided to log in. Peer {request.wgPubKey}",
+            )
+        peer = self.store.get_peer_by_key(request.wgPubKey)
+        if peer is None:
+            if login.setupKey:
+                context.abort(grpc.StatusCode.NOT_FOUND, "couldn't add peer: setup key is invalid")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "no peer auth method provided, please use a setup key or interactive SSO login",
+            )
+        nm = self._build(peer.account_id, peer.id, refresh=True)
+        if nm is None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
+        log.info(
+            "peer {peer_id} logged in (account {account_id})",
+            peer_id=peer.id,
+            account_id=peer.account_id,
+        )
+        resp = pb.LoginResponse(
+            netbirdConfig=pb.NetbirdConfig(),
+            peerConfig=to_proto_peer_config(nm),
+            sessionExpiresAt=_zero_timestamp(),
+        )
+        return self._seal(resp, peer_key)
+
+    def Sync(self, request: pb.EncryptedMessage, context: grpc.ServicerContext) -> Iterator:
+        sync = pb.SyncRequest()
+        peer_key = self._parse(request, sync, context)
+        peer = self.store.get_peer_by_key(request.wgPubKey)
+        if peer is None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
+        if not self._slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many concurrent sync requests, please try again later",
+            )
+        source_prefixes = pb.PeerCapabilitySourcePrefixes in sync.meta.capabilities
+        sub = _Subscription(peer.account_id, peer.id, peer.key)
+        self.hub.subscribe(sub)
+        context.add_callback(sub.close)
+        try:
+            yield from self._stream(sub, peer_key, source_prefixes, context)
+        finally:
+            self._end(sub)
+            self._slots.release()
+
+    # -- Sync internals ---------------------------------------------------------------------
+
+    def _build(self, account_id: str, peer_id: str, *, refresh: bool = False) -> NetworkMap | None:
+        view = (
+            load_account_view(self.store, account_id) if refresh else self._views.get(account_id)
+        )
+        if peer_id not in view.peers:
+            return None
+        return build_network_map(view, peer_id)
+
+    def _sync_response(self, nm: NetworkMap, source_prefixes: bool) -> pb.SyncResponse:
+        netmap = to_proto_network_map(nm, self._serials.next(), source_prefixes=source_prefixes)
+        resp = pb.SyncResponse(
+            netbirdConfig=pb.NetbirdConfig(),
+            peerConfig=netmap.peerConfig,
+            NetworkMap=netmap,
+            remotePeersIsEmpty=netmap.remotePeersIsEmpty,
+            sessionExpiresAt=_zero_timestamp(),
+        )
+        resp.remotePeers.extend(netmap.remotePeers)
+        return resp
+
+    @staticmethod
+    def _fingerprint(resp: pb.SyncResponse) -> bytes:
+        probe = pb.SyncResponse()
+        probe.CopyFrom(resp)
+        probe.NetworkMap.Serial = 0
+        return probe.SerializeToString(deterministic=True)
+
+    def _stream(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool, context):
+        try:
+            self.store.set_peer_connected(sub.account_id, sub.peer_id, True)
+        except NotFound:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
+        last = b""
+        pending = True  # the initial map
+        while True:
+            if pending:
+                nm = self._build(sub.account_id, sub.peer_id)
+                if nm is None or nm.peer.key != sub.key:
+                    log.info("sync stream of removed peer {peer_id} ends", peer_id=sub.peer_id)
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
+                resp = self._sync_response(nm, source_prefixes)
+                fp = self._fingerprint(resp)
+                if fp != last:
+                    last = fp
+                    yield self._seal(resp, peer_key)
+            if sub.closed or not context.is_active():
+                return
+            pending = sub.wait(self.poll_interval)
+            if pending and self.coalesce_delay > 0:
+                # let the rest of a burst land; the one-slot flag absorbs it
+                time.sleep(self.coalesce_delay)
+                sub.wait(0)
+
+    def _end(self, sub: _Subscription) -> None:
+        sub.close()
+        if self.hub.unsubscribe(sub):
+            try:
+                self.store.set_peer_connected(sub.account_id, sub.peer_id, False)
+            except NotFound:
+                pass
+            except Exception:
+                log.failure("marking peer {peer_id} disconnected failed", peer_id=sub.peer_id)
+
+
+def add_to_server(
+    server: grpc.Server,
+    store: Any,
+    server_key: ServerKey,
+    **kwargs: Any,
+) -> ManagementServicer:
+    """Register the peer channel on ``server`` and attach it to the store's changes.
+
+    Returns the servicer; call its ``close()`` when stopping the server.
+    """
+    servicer = ManagementServicer(store, server_key, **kwargs)
+    pb_grpc.add_ManagementServiceServicer_to_server(servicer, server)
+    servicer.start()
+    return servicer
