@@ -1,0 +1,146 @@
+"""ProxyGrpcService: the Twisted service hosting the ProxyService gRPC server.
+
+Constructing it only records configuration.  ``startService`` builds the
+:class:`~nbgateway.management.proxyservice.ProxyServiceServicer`, a
+``grpc.server`` on its own thread pool, binds ``--grpc-addr`` (default
+``:33073``, all interfaces) with TLS when a certificate and key are given
+(plaintext otherwise, fine for loopback and tests) and starts it.
+``stopService`` stops the servicer (store listener, broadcast thread, live
+streams) and the server with a grace period; the returned Deferred fires
+once grpc has shut down.
+
+The servicer calls the synchronous store from grpc's threads; the reactor is
+never touched from those threads.
+"""
+
+from __future__ import annotations
+
+from concurrent import futures
+from typing import Any
+
+import grpc
+from twisted.application import service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+from nbgateway.management.proxyservice import ProxyServiceServicer
+
+log = Logger()
+
+DEFAULT_GRPC_ADDR = ":33073"
+#: Largest request accepted (access logs, status updates are tiny; bounded anyway).
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+#: Largest response (a snapshot batch of 500 mappings stays far below this).
+MAX_SEND_BYTES = 16 * 1024 * 1024
+
+
+def grpc_bind_address(addr: str) -> str:
+    """``:PORT`` -> ``[::]:PORT``; ``HOST:PORT`` / ``[V6]:PORT`` unchanged (validated)."""
+    if addr.startswith("["):
+        host, sep, port = addr[1:].partition("]:")
+        if not sep or not host:
+            raise ValueError(f"invalid address {addr!r}: expected [IPV6]:PORT")
+        host = f"[{host}]"
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise ValueError(f"invalid address {addr!r}: expected HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"invalid address {addr!r}: bracket IPv6 hosts")
+        host = host or "[::]"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid port in {addr!r}")
+    return f"{host}:{int(port)}"
+
+
+class ProxyGrpcService(service.Service):
+    """Hosts ProxyService on ``addr`` (see module docstring)."""
+
+    name = "nbmanagement-grpc"
+
+    def __init__(
+        self,
+        store: Any = None,
+        *,
+        addr: str = DEFAULT_GRPC_ADDR,
+        cert_path: str | None = None,
+        key_path: str | None = None,
+        max_workers: int = 64,
+        grace: float = 5.0,
+        store_getter: Any = None,
+        servicer_options: dict[str, Any] | None = None,
+    ) -> None:
+        if (cert_path is None) != (key_path is None):
+            raise ValueError("--grpc-cert and --grpc-key must be given together")
+        if store is None and store_getter is None:
+            raise ValueError("a store or a store_getter is required")
+        self.bind_address = grpc_bind_address(addr)
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.max_workers = max_workers
+        self.grace = grace
+        self._store = store
+        self._store_getter = store_getter
+        self._servicer_options = dict(servicer_options or {})
+        self.servicer: ProxyServiceServicer | None = None
+        self.server: grpc.Server | None = None
+        #: the bound port (useful with port 0)
+        self.port: int | None = None
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        if self.cert_path is None or self.key_path is None:
+            return None
+        with open(self.key_path, "rb") as f:
+            key = f.read()
+        with open(self.cert_path, "rb") as f:
+            cert = f.read()
+        return grpc.ssl_server_credentials([(key, cert)])
+
+    def startService(self) -> None:
+        store = self._store if self._store is not None else self._store_getter()
+        creds = self._credentials()
+        servicer = ProxyServiceServicer(store, **self._servicer_options)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=self.max_workers, thread_name_prefix="nbmanagement-grpc"
+            ),
+            handlers=[servicer.generic_handler()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
+                # proxies ping every 20 s, also without calls in flight
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=self.max_workers * 4,
+        )
+        if creds is None:
+            port = server.add_insecure_port(self.bind_address)
+        else:
+            port = server.add_secure_port(self.bind_address, creds)
+        if not port:
+            raise RuntimeError(f"could not bind gRPC listener {self.bind_address}")
+        servicer.start()
+        server.start()
+        self.servicer, self.server, self.port = servicer, server, port
+        log.info(
+            "management gRPC (ProxyService) listening on {address} port {port} ({security})",
+            address=self.bind_address,
+            port=port,
+            security="TLS" if creds is not None else "plaintext",
+        )
+        super().startService()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        servicer, server = self.servicer, self.server
+        self.servicer = self.server = None
+        if servicer is not None:
+            servicer.stop()
+        if server is None:
+            return None
+        done = server.stop(self.grace)
+        return threads.deferToThread(done.wait, self.grace + 5.0).addCallback(lambda _: None)
