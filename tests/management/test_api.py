@@ -599,3 +599,50 @@ def test_access_logs_paginated_filtered_with_user_groups(server):
     for bad in ("page=0", "page_size=1000", "sort_by=nope", "sort_order=up", "page=x",
                 "status=meh", "start_date=yesterday"):
         assert_error(server.get(f"/api/events/proxy?{bad}"), 422)
+
+
+def test_oversized_chunked_body_is_413(server):
+    import http.client
+
+    before = service_count(server)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        chunks = (b"x" * 65536 for _ in range(20))  # 1.25 MiB, no Content-Length
+        conn.request("POST", SERVICES, body=chunks, encode_chunked=True,
+                     headers={"Authorization": f"Token {server.token}",
+                              "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert b"exceeds the limit" in resp.read()
+    finally:
+        conn.close()
+    assert service_count(server) == before
+
+
+def test_absurd_content_length_drops_connection(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"POST /api/groups HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Token " + server.token.encode() + b"\r\n"
+                  b"Content-Length: 134217728\r\n\r\n{")
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            data = b""
+    assert data == b""  # aborted without reading 128 MiB
+    assert server.get(SERVICES).status == 200
+
+
+def test_rejected_writes_store_nothing(server):
+    peers = len(server.ok("GET", "/api/peers"))
+    groups = len(server.ok("GET", "/api/groups"))
+    users = len(server.ok("GET", "/api/users"))
+    assert_error(server.post("/api/peers", {"name": uniq(), "groups": ["nope"]}), 422)
+    assert_error(server.post("/api/peers", {"name": uniq(), "user_id": "nope"}), 422)
+    assert_error(server.post("/api/groups", {"name": uniq(), "peers": ["nope"]}), 422)
+    assert_error(server.post("/api/users", {"role": "user", "auto_groups": ["nope"],
+                                            "is_service_user": False}), 422)
+    assert len(server.ok("GET", "/api/peers")) == peers
+    assert len(server.ok("GET", "/api/groups")) == groups
+    assert len(server.ok("GET", "/api/users")) == users
