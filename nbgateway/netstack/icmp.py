@@ -251,6 +251,11 @@ class ICMPLayer:
             return None
         return min(e[2] for e in self.pending_pings.values())
 
+    def cancel_pings(self) -> None:
+        pending, self.pending_pings = self.pending_pings, {}
+        for d, _sent, _deadline in pending.values():
+            d.errback(OSError("stack closed"))
+
     def expire(self, now: float) -> None:
         late = [k for k, e in self.pending_pings.items() if e[2] <= now]
         for k in late:

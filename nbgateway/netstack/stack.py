@@ -149,6 +149,9 @@ class Stack:
 
     def packetReceived(self, packet: bytes, peer_key: bytes) -> None:
         """IPacketSink: one decrypted IP packet from peer ``peer_key``."""
+        if self._closed:
+            self.counters["drop_closed"] += 1
+            return
         try:
             mv = memoryview(packet)
             if not mv:
@@ -386,6 +389,9 @@ class Stack:
         self, s: bytes, d: bytes, protocol: int, payload: bytes | bytearray,
         addr_sum: int | None = None,
     ) -> bool:
+        if self._closed:
+            self.counters["drop_closed"] += 1
+            return False
         n = len(payload)
         ttl = self.ttl
         if len(s) == 4:
@@ -514,11 +520,26 @@ class Stack:
         self.wakeup()
 
     def close(self) -> None:
-        """Cancel the timer and stop re-arming (the stack is being discarded)."""
+        """Shut the stack down (its account is going away): cancel the timer,
+        stop every UDP port (protocols see ``stopProtocol``), fail pending
+        pings, call ``tcp.close()`` if the TCP layer has one, and from then on
+        drop inbound packets (``drop_closed``) and refuse to send."""
+        if self._closed:
+            return
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._timer_at = None
+        for port in list(self.udp.sockets.values()):
+            port.stopListening()
+        self.icmp.cancel_pings()
+        tcp_close = getattr(self.tcp, "close", None)
+        if callable(tcp_close):
+            tcp_close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
 
 _V6_BAD_SOURCES = frozenset((bytes(16), bytes(15) + b"\x01"))  # ::, ::1

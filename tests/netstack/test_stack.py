@@ -329,3 +329,30 @@ def test_peer_key_for_source():
     assert stack.peer_key_for(ipaddress.ip_address("100.64.0.3")) is None
     stack.packetReceived(build_tcp(PEER4, ME4, 1, 80), k2)  # allowed IPs moved
     assert stack.peer_key_for(packed(PEER4)) == k2
+
+
+def test_close_stops_everything():
+    from twisted.internet.protocol import DatagramProtocol
+
+    from nbgateway.netstack.udp import listen_udp
+
+    stack, rec, clock = make_stack()
+    closed = []
+
+    class P(DatagramProtocol):
+        def stopProtocol(self):
+            closed.append(True)
+
+    listen_udp(stack, 53, P())
+    failures = []
+    stack.ping(PEER4).addErrback(failures.append)
+    stack.tcp.close = lambda: closed.append("tcp")
+    rec.take()
+    stack.close()
+    stack.close()  # idempotent
+    assert closed == [True, "tcp"] and stack.closed
+    assert len(failures) == 1 and failures[0].check(OSError)
+    assert stack.udp.sockets == {} and clock.getDelayedCalls() == []
+    stack.packetReceived(build_icmp_echo(PEER4, ME4, 1, 1), KEY)
+    assert not stack.send_transport(packed(ME4), packed(PEER4), 6, bytearray(20))
+    assert stack.counters["drop_closed"] == 2 and rec.packets == []
