@@ -309,6 +309,9 @@ def test_peer_gets_all_group_and_owner_auto_groups(store, account):
     p = store.create_peer(Peer(account_id=account.id, name="u", key="k", user_id="alice"))
     names = {x.name for x in store.get_peer_groups(account.id, p.id)}
     assert names == {"All", "admins"}
+    refs = store.get_peer_group_refs(account.id, p.id)
+    assert sorted(refs) == refs and {name for _, name in refs} == {"All", "admins"}
+    assert ("grp-admins", "admins") in refs
     assert store.get_peer_owner(account.id, p.id).id == "alice"
 
 

@@ -108,6 +108,14 @@ def test_peer_target_host_resolved_on_read(store, account):
     p = store.create_peer(Peer(account_id=account.id, name="srv", key="k"))
     s = store.create_service(public(account.id, p.id))
     assert store.resolve_target_hosts(s).targets[0].host == p.ip
+    q = store.create_peer(Peer(account_id=account.id, name="srv2", key="k2"))
+    s2 = store.create_service(public(account.id, q.id, domain="w2.eu.proxy.netbird.io"))
+    gone = dataclasses.replace(
+        s2, targets=(dataclasses.replace(s2.targets[0], target_id="deleted-peer"),)
+    )
+    out = store.resolve_services_target_hosts([s, s2, gone])
+    assert [x.targets[0].host for x in out] == [p.ip, q.ip, "unknown"]
+    assert store.get_service(account.id, s.id).targets[0].host == ""  # stored host untouched
 
 
 def test_direct_upstream_roundtrip_acceptance_20(store, account, groups):

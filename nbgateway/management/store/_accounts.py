@@ -749,6 +749,20 @@ class AccountsMixin(StoreBase):
                 conn, sa.and_(groups.c.account_id == account_id, groups.c.id.in_(gids))
             )
 
+    def get_peer_group_refs(self, account_id: str, peer_id: str) -> list[tuple[str, str]]:
+        """``[(group id, group name)]`` of the groups containing a peer, by group id.
+
+        Lighter than :meth:`get_peer_groups` (no member lists are loaded).
+        """
+        q = (
+            sa.select(groups.c.id, groups.c.name)
+            .join(group_peers, group_peers.c.group_id == groups.c.id)
+            .where(group_peers.c.peer_id == peer_id, groups.c.account_id == account_id)
+            .order_by(groups.c.id)
+        )
+        with self._read() as conn:
+            return [(gid, name) for gid, name in conn.execute(q)]
+
     def get_peer_owner(self, account_id: str, peer_id: str) -> User | None:
         with self._read() as conn:
             row = conn.execute(

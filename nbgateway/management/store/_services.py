@@ -8,6 +8,7 @@ rejected request stores nothing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -286,26 +287,41 @@ class ServicesMixin(AccountsMixin):
     def resolve_target_hosts(self, service: Service) -> Service:
         """Copy of ``service`` with ``peer`` target hosts replaced by the peer's
         tunnel IPv4 (``unknown`` when the peer is gone); other types unchanged."""
-        ids = [t.target_id for t in service.targets if t.target_type == "peer"]
-        if not ids:
-            return service
+        return self.resolve_services_target_hosts([service])[0]
+
+    def resolve_services_target_hosts(self, services_: Sequence[Service]) -> list[Service]:
+        """Batched :meth:`resolve_target_hosts` (one read transaction for all)."""
+        wanted: dict[str, set[str]] = {}
+        for s in services_:
+            for t in s.targets:
+                if t.target_type == "peer":
+                    wanted.setdefault(s.account_id, set()).add(t.target_id)
+        if not wanted:
+            return list(services_)
+        ips: dict[tuple[str, str], str] = {}
         with self._read() as conn:
-            ips = dict(
-                conn.execute(
-                    sa.select(peers.c.id, peers.c.ip).where(
-                        peers.c.account_id == service.account_id, peers.c.id.in_(ids)
+            for account_id, ids in wanted.items():
+                id_list = sorted(ids)
+                for i in range(0, len(id_list), 500):
+                    q = sa.select(peers.c.id, peers.c.ip).where(
+                        peers.c.account_id == account_id, peers.c.id.in_(id_list[i : i + 500])
                     )
-                ).all()
-            )
-        return dataclasses.replace(
-            service,
-            targets=tuple(
-                dataclasses.replace(t, host=ips.get(t.target_id, "unknown"))
-                if t.target_type == "peer"
-                else t
-                for t in service.targets
-            ),
-        )
+                    for pid, ip in conn.execute(q):
+                        ips[(account_id, pid)] = ip
+        out = []
+        for s in services_:
+            if any(t.target_type == "peer" for t in s.targets):
+                s = dataclasses.replace(
+                    s,
+                    targets=tuple(
+                        dataclasses.replace(t, host=ips.get((s.account_id, t.target_id), "unknown"))
+                        if t.target_type == "peer"
+                        else t
+                        for t in s.targets
+                    ),
+                )
+            out.append(s)
+        return out
 
     # --- cluster derivation ---------------------------------------------------------
 
