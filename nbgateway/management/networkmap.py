@@ -25,8 +25,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from nbgateway._proto import management_pb2 as pb
+from nbgateway.management.errors import NotFound
 from nbgateway.management.model import Peer
 from nbgateway.management.synthetic import (
     AccountView,
@@ -37,7 +39,10 @@ from nbgateway.management.synthetic import (
     SimpleRecord,
     fqdn,
     inject_proxy_policies,
+    load_account_view,
+    policy_to_json,
     synthesize_private_service_zones,
+    zone_to_json,
 )
 
 __all__ = [
@@ -48,6 +53,8 @@ __all__ = [
     "NetworkMap",
     "RemotePeer",
     "build_network_map",
+    "inspect_peer_network_map",
+    "network_map_to_json",
     "peer_fqdn",
     "to_proto_network_map",
     "to_proto_peer_config",
@@ -221,6 +228,52 @@ def build_network_map(
         zones=tuple(zones),
         policies=policies,
     )
+
+
+def network_map_to_json(nm: NetworkMap) -> dict:
+    """JSON-ready form of a network map (REST inspection)."""
+    return {
+        "peer_id": nm.peer.id,
+        "address": nm.address,
+        "fqdn": nm.fqdn,
+        "remote_peers": [
+            {
+                "id": rp.id,
+                "public_key": rp.key,
+                "allowed_ips": list(rp.allowed_ips),
+                "fqdn": rp.fqdn,
+                "endpoint": rp.endpoint or None,
+            }
+            for rp in nm.remote_peers
+        ],
+        "firewall_rules": [
+            {
+                "policy_id": r.policy_id,
+                "peer_ip": r.peer_ip,
+                "direction": "out" if r.direction == DIRECTION_OUT else "in",
+                "action": r.action,
+                "protocol": r.protocol,
+                "port": r.port or None,
+                "port_range": (
+                    None
+                    if r.port_range is None
+                    else {"start": r.port_range.start, "end": r.port_range.end}
+                ),
+            }
+            for r in nm.firewall_rules
+        ],
+        "dns_zones": [zone_to_json(z) for z in nm.zones],
+        "policies": [policy_to_json(p) for p in nm.policies],
+    }
+
+
+def inspect_peer_network_map(store: Any, account_id: str, peer_id: str) -> dict:
+    """The peer's current network map as JSON; the store's ``NotFound`` for an
+    unknown account or peer."""
+    view = load_account_view(store, account_id)
+    if peer_id not in view.peers:
+        raise NotFound("peer not found")
+    return network_map_to_json(build_network_map(view, peer_id))
 
 
 # --- proto encoding --------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from nbgateway.management.crypto_box import (
     BoxError,
     ServerKey,
     decode_wg_key,
+    encode_wg_key,
     open_message,
     seal_message,
 )
@@ -63,7 +64,8 @@ __all__ = ["MAX_BODY_BYTES", "ManagementServicer", "PeerUpdateHub", "add_to_serv
 log = Logger()
 
 MAX_BODY_BYTES = 1 << 20
-DEFAULT_MAX_STREAMS = 64
+#: each stream holds a grpc worker thread: size the executor above this
+DEFAULT_MAX_STREAMS = 32
 SERVER_KEY_VALIDITY_S = 24 * 3600
 #: changes that can alter a network map (proxy rows, tokens, logs cannot)
 MAP_CHANGES = frozenset(
@@ -230,8 +232,11 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         max_streams: int = DEFAULT_MAX_STREAMS,
         coalesce_delay: float = 0.05,
         poll_interval: float = 1.0,
+        netbird_config: pb.NetbirdConfig | None = None,
     ) -> None:
         self.store = store
+        #: STUN/TURN/signal/relay hints handed to peers (empty: peers use endpoints)
+        self.netbird_config = netbird_config or pb.NetbirdConfig()
         self.server_key = server_key
         self.max_streams = max_streams
         self.coalesce_delay = coalesce_delay
@@ -299,7 +304,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"peer system meta has to be provided to log in. Peer {request.wgPubKey}",
             )
-        peer = self.store.get_peer_by_key(request.wgPubKey)
+        peer = self.store.get_peer_by_key(encode_wg_key(peer_key))
         if peer is None:
             if login.setupKey:
                 context.abort(grpc.StatusCode.NOT_FOUND, "couldn't add peer: setup key is invalid")
@@ -316,7 +321,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
             account_id=peer.account_id,
         )
         resp = pb.LoginResponse(
-            netbirdConfig=pb.NetbirdConfig(),
+            netbirdConfig=self.netbird_config,
             peerConfig=to_proto_peer_config(nm),
             sessionExpiresAt=_zero_timestamp(),
         )
@@ -325,7 +330,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
     def Sync(self, request: pb.EncryptedMessage, context: grpc.ServicerContext) -> Iterator:
         sync = pb.SyncRequest()
         peer_key = self._parse(request, sync, context)
-        peer = self.store.get_peer_by_key(request.wgPubKey)
+        peer = self.store.get_peer_by_key(encode_wg_key(peer_key))
         if peer is None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
         if not self._slots.acquire(blocking=False):
@@ -356,7 +361,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
     def _sync_response(self, nm: NetworkMap, source_prefixes: bool) -> pb.SyncResponse:
         netmap = to_proto_network_map(nm, self._serials.next(), source_prefixes=source_prefixes)
         resp = pb.SyncResponse(
-            netbirdConfig=pb.NetbirdConfig(),
+            netbirdConfig=self.netbird_config,
             peerConfig=netmap.peerConfig,
             NetworkMap=netmap,
             remotePeersIsEmpty=netmap.remotePeersIsEmpty,

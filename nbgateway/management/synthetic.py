@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbgateway.management.errors import NotFound
 from nbgateway.management.model import Account, CustomDomain, Group, Peer, Service, Target
 
 __all__ = [
@@ -414,7 +415,7 @@ def private_service_inspection(store: Any, account_id: str, peer_id: str | None 
     Raises the store's ``NotFound`` for an unknown account or peer."""
     view = load_account_view(store, account_id)
     if peer_id is not None and peer_id not in view.peers:
-        store.get_peer(account_id, peer_id)  # raises NotFound
+        raise NotFound("peer not found")
     peer_ids = [peer_id] if peer_id is not None else sorted(view.peers)
     return {
         "policies": [policy_to_json(p) for p in inject_proxy_policies(view)],

@@ -173,3 +173,44 @@ def test_NetworkMap_FromStore(store, account):
     assert [(z.domain, [r.rdata for r in z.records]) for z in synth] == [
         ("eu.proxy.netbird.io.", ["100.64.0.99"])
     ]
+
+
+def test_inspection_json(store, account):
+    """The REST inspection helpers return JSON-ready dicts; unknown peers are NotFound."""
+    import json
+
+    import pytest
+
+    from nbgateway.management.errors import NotFound
+    from nbgateway.management.networkmap import inspect_peer_network_map
+    from nbgateway.management.synthetic import private_service_inspection
+    from tests.management.test_store import private_service
+
+    user = store.create_peer(Peer(account_id=account.id, name="laptop", key="k-user"))
+    proxy = store.create_peer(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
+                                   proxy=True, proxy_cluster=CLUSTER, connected=True,
+                                   endpoint="127.0.0.1:51820"))
+    store.create_group(Group(id="grp-admins", account_id=account.id, name="admins",
+                             peers=(user.id,)))
+    svc = store.create_service(private_service(account.id, ("grp-admins",)))
+    got = inspect_peer_network_map(store, account.id, user.id)
+    json.dumps(got)
+    assert [(p["id"], p["endpoint"]) for p in got["remote_peers"]] == [
+        (proxy.id, "127.0.0.1:51820")
+    ]
+    assert {(r["direction"], r["port_range"]["start"]) for r in got["firewall_rules"]} == {
+        ("out", 80), ("out", 443)
+    }
+    insp = private_service_inspection(store, account.id)
+    json.dumps(insp)
+    assert [p["id"] for p in insp["policies"]] == [f"private-access-{svc.id}-{proxy.id}"]
+    assert insp["policies"][0]["rules"][0]["port_ranges"] == [
+        {"start": 80, "end": 80}, {"start": 443, "end": 443}
+    ]
+    assert [z["domain"] for z in insp["zones"][user.id]] == ["eu.proxy.netbird.io."]
+    assert insp["zones"][proxy.id] == []
+    assert list(private_service_inspection(store, account.id, user.id)["zones"]) == [user.id]
+    with pytest.raises(NotFound):
+        inspect_peer_network_map(store, account.id, "nope")
+    with pytest.raises(NotFound):
+        private_service_inspection(store, account.id, "nope")

@@ -1,0 +1,192 @@
+"""Unit tests for the peer-channel building blocks: NaCl-box framing, the server key
+file, the coalescing update hub, the per-account view cache and map serials."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+import threading
+
+import pytest
+from nacl.public import Box, PrivateKey
+
+from nbgateway._proto import management_pb2 as pb
+from nbgateway.management.crypto_box import (
+    NONCE_SIZE,
+    OVERHEAD,
+    BoxError,
+    ServerKey,
+    decode_wg_key,
+    encode_wg_key,
+    open_message,
+    open_raw,
+    seal_message,
+    seal_raw,
+)
+from nbgateway.management.model import ChangeKind
+from nbgateway.management.peerchannel import (
+    PeerUpdateHub,
+    _SerialClock,
+    _Subscription,
+    _ViewCache,
+)
+
+# --- crypto_box ------------------------------------------------------------------------------
+
+
+def _keys():
+    a, b = PrivateKey.generate(), PrivateKey.generate()
+    return a, b
+
+
+def test_seal_layout_is_nonce_then_box():
+    a, b = _keys()
+    body = seal_raw(b"hello", bytes(b.public_key), bytes(a))
+    assert len(body) == OVERHEAD + 5
+    # what Go's box.Open(nil, body[24:], nonce, peer, priv) does, via PyNaCl's detached API
+    plain = Box(b, a.public_key).decrypt(body[NONCE_SIZE:], body[:NONCE_SIZE])
+    assert plain == b"hello"
+
+
+def test_seal_uses_fresh_nonces():
+    a, b = _keys()
+    one = seal_raw(b"x", bytes(b.public_key), bytes(a))
+    two = seal_raw(b"x", bytes(b.public_key), bytes(a))
+    assert one[:NONCE_SIZE] != two[:NONCE_SIZE]
+
+
+def test_open_roundtrip_and_failures():
+    a, b = _keys()
+    msg = pb.LoginRequest(setupKey="k", meta=pb.PeerSystemMeta(hostname="h"))
+    body = seal_message(msg, bytes(b.public_key), bytes(a))
+    assert open_message(body, pb.LoginRequest(), bytes(a.public_key), bytes(b)) == msg
+    with pytest.raises(BoxError):
+        open_raw(body[: OVERHEAD - 1], bytes(a.public_key), bytes(b))
+    tampered = bytearray(body)
+    tampered[-1] ^= 1
+    with pytest.raises(BoxError):
+        open_raw(bytes(tampered), bytes(a.public_key), bytes(b))
+    other = PrivateKey.generate()
+    with pytest.raises(BoxError):
+        open_raw(body, bytes(other.public_key), bytes(b))  # wrong sender key
+    junk = seal_raw(b"\xff\xff\xff", bytes(b.public_key), bytes(a))
+    with pytest.raises(BoxError, match="invalid request message"):
+        open_message(junk, pb.LoginRequest(), bytes(a.public_key), bytes(b))
+
+
+def test_decode_wg_key():
+    raw = os.urandom(32)
+    assert decode_wg_key(encode_wg_key(raw)) == raw
+    for bad in ("", "x" * 44, encode_wg_key(raw)[:-1], encode_wg_key(os.urandom(31)), 7):
+        with pytest.raises(BoxError):
+            decode_wg_key(bad)  # type: ignore[arg-type]
+
+
+def test_server_key_file_created_0600_and_reloaded(tmp_path):
+    path = str(tmp_path / "sub" / "wg.key")
+    k1 = ServerKey.load_or_create(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    k2 = ServerKey.load_or_create(path)
+    assert k1.private_bytes == k2.private_bytes
+    assert decode_wg_key(k1.public_b64) == bytes(PrivateKey(k1.private_bytes).public_key)
+    assert [n for n in os.listdir(tmp_path / "sub")] == ["wg.key"]  # no temp files left
+
+
+def test_server_key_concurrent_creation_agrees(tmp_path):
+    path = str(tmp_path / "wg.key")
+    results: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(ServerKey.load_or_create(path).public_bytes))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1
+
+
+def test_server_key_corrupt_file_is_an_error(tmp_path):
+    path = tmp_path / "wg.key"
+    path.write_text("garbage\n")
+    with pytest.raises(BoxError):
+        ServerKey.load_or_create(str(path))
+
+
+# --- hub, cache, serials ------------------------------------------------------------------
+
+
+def test_subscription_coalesces_bursts_into_one_pending_flag():
+    s = _Subscription("acct", "peer", "key")
+    for _ in range(1000):
+        s.mark()
+    assert s.wait(0) is True
+    assert s.wait(0) is False  # one slot: the burst became a single rebuild
+    s.mark()
+    s.close()
+    assert s.wait(0) is False  # closed streams stop rebuilding
+
+
+def test_hub_routes_by_account_and_kind():
+    hub = PeerUpdateHub()
+    a = _Subscription("acct-a", "p1", "k1")
+    b = _Subscription("acct-b", "p2", "k2")
+    hub.subscribe(a)
+    hub.subscribe(b)
+    hub.on_change(ChangeKind.GROUP, "acct-a", ("g",))
+    assert a.wait(0) and not b.wait(0)
+    hub.on_change(ChangeKind.PROXY, "acct-a", ("x",))  # proxy rows never change a map
+    hub.on_change(ChangeKind.SERVICE_UPDATED, "", ("x",))
+    assert not a.wait(0) and not b.wait(0)
+    gen = hub.generation("acct-b")
+    hub.on_change(ChangeKind.SERVICE_DELETED, "acct-b", ("s",))
+    assert b.wait(0) and hub.generation("acct-b") == gen + 1
+    assert hub.active() == 2
+
+
+def test_hub_new_stream_supersedes_old_one_for_same_key():
+    hub = PeerUpdateHub()
+    old = _Subscription("acct", "p1", "k1")
+    new = _Subscription("acct", "p1", "k1")
+    hub.subscribe(old)
+    assert hub.subscribe(new) is old
+    assert old.closed and not new.closed
+    assert hub.unsubscribe(old) is False  # not current: must not mark the peer offline
+    assert hub.unsubscribe(new) is True
+    assert hub.active() == 0
+
+
+class _CountingStore:
+    def __init__(self) -> None:
+        self.loads = 0
+
+    def get_account(self, account_id):
+        from nbgateway.management.model import Account
+
+        self.loads += 1
+        return Account(id=account_id)
+
+    def list_peers(self, account_id):
+        return []
+
+    list_groups = list_services = list_domains = list_peers
+
+
+def test_view_cache_shares_one_read_per_generation():
+    store, hub = _CountingStore(), PeerUpdateHub()
+    cache = _ViewCache(store, hub, size=2)
+    v1 = cache.get("a")
+    assert cache.get("a") is v1 and store.loads == 1
+    hub.on_change(ChangeKind.PEER, "a", ("p",))
+    assert cache.get("a") is not v1 and store.loads == 2
+    cache.get("b")
+    cache.get("c")  # evicts "a" (bounded)
+    cache.get("a")
+    assert store.loads == 5
+
+
+def test_serials_strictly_increase():
+    clock = _SerialClock()
+    values = [clock.next() for _ in range(1000)]
+    assert all(b > a for a, b in itertools.pairwise(values))
