@@ -132,6 +132,7 @@ class Stack:
         )
         self._cache = AddressCache()
         self._peer_keys: dict[bytes, bytes] = {}
+        self._addr_sums: dict[bytes, int] = {}  # raw address -> its checksum sum
         self.icmp = ICMPLayer(self, error_rate=icmp_error_rate, error_burst=icmp_error_burst)
         self.udp = UDPLayer(self)
         self._ident = random.getrandbits(16)
@@ -372,7 +373,14 @@ class Stack:
         s = src if type(src) is bytes else src.packed  # type: ignore[union-attr]
         d = dst if type(dst) is bytes else dst.packed  # type: ignore[union-attr]
         n = len(segment)
-        addr_sum = ones_sum(s) + ones_sum(d)
+        sums = self._addr_sums
+        a1 = sums.get(s)
+        if a1 is None:
+            a1 = self._addr_sum(s)
+        a2 = sums.get(d)
+        if a2 is None:
+            a2 = self._addr_sum(d)
+        addr_sum = a1 + a2
         if protocol == _TCP:
             segment[16] = segment[17] = 0
             ck = fold(ones_sum(segment, addr_sum + _TCP + n))
@@ -384,6 +392,13 @@ class Stack:
             segment[6] = ck >> 8
             segment[7] = ck & 0xFF
         return self._send_ip(s, d, protocol, segment, addr_sum)
+
+    def _addr_sum(self, raw: bytes) -> int:
+        sums = self._addr_sums
+        if len(sums) >= _PEER_KEYS_LIMIT:
+            sums.clear()
+        v = sums[raw] = ones_sum(raw)
+        return v
 
     def _send_ip(
         self, s: bytes, d: bytes, protocol: int, payload: bytes | bytearray,

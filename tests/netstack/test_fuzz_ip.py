@@ -56,7 +56,7 @@ def check_invariants(stack: Stack) -> None:
     assert 0 <= frag.bytes_held <= MAX_BYTES
     assert frag.bytes_held == sum(p.size for p in frag.table.values())
     assert len(stack._cache) <= stack._cache.limit
-    assert len(stack._peer_keys) <= 4096
+    assert len(stack._peer_keys) <= 4096 and len(stack._addr_sums) <= 4096
     for pkt in stack.sender.packets:
         assert len(pkt) <= stack.mtu
         if pkt[0] >> 4 == 4:
