@@ -285,6 +285,23 @@ def advance(clock: Any, seconds: float, step: float = 0.001) -> None:
         clock.advance(min(step, end - clock.seconds()))
 
 
+def run_until(clock: Any, predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Jump ``clock`` from one scheduled call to the next until ``predicate()``
+    holds (True) or nothing is scheduled / ``timeout`` clock seconds passed
+    (False).  Exact timer order, no fixed step."""
+    end = clock.seconds() + timeout
+    while not predicate():
+        calls = clock.getDelayedCalls()
+        if not calls:
+            return False
+        t = min(c.getTime() for c in calls)
+        if t > end:
+            clock.advance(max(0.0, end - clock.seconds()))
+            return predicate()
+        clock.advance(max(0.0, t - clock.seconds()))
+    return True
+
+
 # ----------------------------------------------------------------- builders
 
 
@@ -413,6 +430,6 @@ def build_ipv6_fragments(
 __all__ = [
     "LinkEnd", "MemoryLink", "PacketRecorder", "StubTCP", "advance", "build_icmp_echo", "build_ip",
     "build_ipv4", "build_ipv6", "build_ipv6_fragments", "build_tcp", "build_tcp_segment",
-    "build_udp", "fragment_ipv4", "make_stack_pair", "packed",
+    "build_udp", "fragment_ipv4", "make_stack_pair", "packed", "run_until",
 ]
 

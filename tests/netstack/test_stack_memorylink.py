@@ -112,3 +112,19 @@ def test_scripted_faults():
     link.fault = lambda end, i, pkt: "explode"
     with pytest.raises(ValueError):
         link.a.sendPacket(b"x")
+
+
+def test_run_until_jumps_between_events():
+    from nbgateway.netstack.testing import run_until
+
+    clock = Clock()
+    link = MemoryLink(clock, latency=5.0)
+    sink = Sink()
+    link.attach(Sink(), sink)
+    link.a.sendPacket(b"slow")
+    assert run_until(clock, lambda: bool(sink.got), timeout=10.0)
+    assert clock.seconds() == 5.0
+    assert not run_until(clock, lambda: len(sink.got) == 2, timeout=10.0)  # nothing scheduled
+    link.a.sendPacket(b"slower")
+    assert not run_until(clock, lambda: len(sink.got) == 2, timeout=1.0)
+    assert clock.seconds() == 6.0
