@@ -81,9 +81,9 @@ async def wg_call(fn, *args):
 class Gateway:
     """The in-process device, its echo responder and UDP port inside the namespace."""
 
-    def __init__(self, ns: Netns, timers: TimerConfig) -> None:
+    def __init__(self, ns: Netns, timers: TimerConfig, **device_kw) -> None:
         self.private_key = generate_private_key()
-        self.device = WireGuardDevice(self.private_key, reactor, timers=timers)
+        self.device = WireGuardDevice(self.private_key, reactor, timers=timers, **device_kw)
         # Capture datagrams as they arrive (for the replay test); installed before
         # udp.listen so the adapter calls the wrapper whichever way it binds.
         self.captured: list[tuple[bytes, tuple[str, int]]] = []
@@ -133,18 +133,21 @@ def make_pair(testbed: Testbed, ns: Netns):
     made: list[Gateway] = []
 
     def make(*, timers: TimerConfig | None = None, gateway_endpoint: bool = False,
-             wg_endpoint: bool = True) -> tuple[Gateway, WgGo]:
-        gw = Gateway(ns, timers or TimerConfig())
+             wg_endpoint: bool = True, preshared_key: bytes | None = None,
+             gateway_keepalive: int | None = None, **device_kw) -> tuple[Gateway, WgGo]:
+        gw = Gateway(ns, timers or TimerConfig(), **device_kw)
         made.append(gw)
         wg = testbed.wireguard_go(ns, listen_port=free_udp_port(ns),
                                   addresses=[f"{PEER_V4}/32", f"{PEER_V6}/128"])
         for cidr in (f"{GW_V4}/32", f"{GW_V6}/128"):
             ns.add_route(wg.ifname, cidr)
         wg.add_peer(gw.public_key, allowed_ips=[f"{GW_V4}/32", f"{GW_V6}/128"],
-                    endpoint=f"127.0.0.1:{gw.udp_port}" if wg_endpoint else None)
+                    endpoint=f"127.0.0.1:{gw.udp_port}" if wg_endpoint else None,
+                    preshared_key=preshared_key)
         gw.device.add_peer(
             wg.keys.public, allowed_ips=[f"{PEER_V4}/32", f"{PEER_V6}/128"],
-            endpoint=("127.0.0.1", wg.listen_port) if gateway_endpoint else None)
+            endpoint=("127.0.0.1", wg.listen_port) if gateway_endpoint else None,
+            preshared_key=preshared_key, persistent_keepalive=gateway_keepalive)
         return gw, wg
 
     yield make
@@ -287,8 +290,52 @@ async def test_disallowed_inner_source_is_dropped_and_counted(make_pair, ns):
     assert res.returncode != 0, res.stdout  # not answered: dropped before the responder
     after = gw.counters()
     assert after["drop_disallowed_source"] >= before["drop_disallowed_source"] + 2
+    # Same for IPv6.
+    ns.add_address(wg.ifname, "fd00:64::50/128")
+    res = await ping(ns, GW_V6, count=2, interval=0.2, wait=1.0, source="fd00:64::50")
+    assert res.returncode != 0, res.stdout
+    assert gw.counters()["drop_disallowed_source"] >= after["drop_disallowed_source"] + 2
     # Authenticated and decrypted, so the session itself is fine.
     assert_pinged(await ping(ns, GW_V4, count=1))
+
+
+# ----------------------------------------------------------------------------- beyond 1-5
+
+@pytest_twisted.ensureDeferred
+async def test_preshared_key_session_with_wireguard_go(make_pair, ns):
+    gw, wg = make_pair(preshared_key=os.urandom(32))
+    assert_pinged(await ping(ns, GW_V4, count=3, interval=0.2))
+    assert (await wg_call(wg.peer, gw.public_key)).preshared_key is not None
+    assert gw.counters()["handshake_completed"] >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_wireguard_go_honours_cookie_reply_under_load(make_pair, ns):
+    # Threshold 0: every handshake message finds the gateway "under load", so the
+    # first initiation gets a cookie reply and only one carrying a valid MAC2
+    # (wireguard-go's retry after REKEY_TIMEOUT, ~5 s) is answered.
+    gw, _wg = make_pair(under_load_threshold=0)
+    res = await ping(ns, GW_V4, count=2, interval=0.2, wait=12.0, timeout=25.0)
+    assert_pinged(res)
+    c = gw.counters()
+    assert c["cookie_reply_tx"] >= 1
+    assert c["handshake_initiation_rx"] >= 1 and c["handshake_completed"] >= 1
+    assert c["drop_bad_mac2"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_gateway_persistent_keepalive_reaches_wireguard_go(make_pair):
+    gw, wg = make_pair(gateway_endpoint=True, wg_endpoint=False, gateway_keepalive=1)
+    gw.device.initiate(wg.keys.public)
+    await wait_for(lambda: gw.counters()["handshake_completed"] >= 1, 10, "handshake")
+    first = await wg_call(wg.peer, gw.public_key)
+    sent = gw.counters()["keepalive_tx"]
+    # No traffic at all: within ~2 s two more 32-byte keepalives reach wireguard-go.
+    deadline = reactor.seconds() + 6.0
+    while (later := await wg_call(wg.peer, gw.public_key)).rx_bytes < first.rx_bytes + 2 * 32:
+        assert reactor.seconds() < deadline, (first, later, gw.counters())
+        await sleep(0.2)
+    assert gw.counters()["keepalive_tx"] >= sent + 2
 
 
 # ----------------------------------------------------------------------------- CLI
