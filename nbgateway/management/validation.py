@@ -14,6 +14,8 @@ Documented deviations (spec section 7):
   non-tunnel way in.
 * Target ``protocol`` and ``port`` ranges are checked (upstream relies on the
   OpenAPI schema, which its server never enforces).
+* The service domain must be a DNS hostname; it is lower-cased and a trailing
+  dot is dropped, so uniqueness cannot be dodged by case.
 
 Account-dependent checks (group ids exist, peer targets exist, cluster
 derivation, domain uniqueness) are done by the store in the same transaction.
@@ -337,6 +339,19 @@ def _validate_l4_target(t: Target) -> None:
         _fail("target 0: session_idle_timeout must be positive")
 
 
+_LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def _normalise_domain(domain: str) -> str:
+    """Lower-case, drop one trailing dot, and require DNS hostname syntax (hardening)."""
+    name = domain.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 253 or not all(_LABEL_RE.match(lb) for lb in name.split(".")):
+        _fail(f"invalid domain {go_quote(domain)}")
+    return name
+
+
 def validate_service(service: Service) -> Service:
     """Validate ``service`` and return its normalised copy (spec 1.14 order)."""
     if not service.name:
@@ -376,6 +391,7 @@ def validate_service(service: Service) -> Service:
     else:
         assert mode not in MODES
         _fail(f"unsupported mode {go_quote(mode)}")
+    service = dataclasses.replace(service, domain=_normalise_domain(service.domain))
     if not 0 <= service.listen_port <= 65535:
         _fail(f"listen_port {service.listen_port} is out of range")
     if mode != "http":

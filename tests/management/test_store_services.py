@@ -347,6 +347,7 @@ def test_lookups_and_status(store, account, groups):
         private(other.id, domain="b.eu.proxy.netbird.io", access_groups=("grp-b",))
     )
     assert store.get_service_by_domain(DOMAIN).id == s.id
+    assert store.get_service_by_domain("MYAPP.eu.proxy.netbird.io.").id == s.id
     assert store.get_service_by_domain("nope.example") is None
     assert {x.id for x in store.list_services_for_cluster(CLUSTER)} == {s.id, s2.id}
     assert [x.id for x in store.list_services_for_cluster(CLUSTER, account_id=other.id)] == [s2.id]
@@ -414,3 +415,12 @@ def test_l4_port_assignment_and_conflict(store, account):
         )
     # keeping the auto-assigned port across updates
     assert store.update_service(dataclasses.replace(a, name="db-renamed")).listen_port == 10000
+
+
+def test_domain_case_cannot_dodge_uniqueness(store, account, groups):
+    s = store.create_service(private(account.id, domain="MyApp.EU.proxy.netbird.io."))
+    assert s.domain == DOMAIN
+    with pytest.raises(Conflict, match="domain already taken"):
+        store.create_service(private(account.id))
+    assert store.get_service_by_domain(DOMAIN).id == s.id
+    assert store.get_service_by_domain("MYAPP.eu.proxy.netbird.io.").id == s.id

@@ -441,3 +441,14 @@ def test_split_host_port_matches_go():
 
 def test_canonical_header_key():
     assert canonical_header_key("x-real-ip") == "X-Real-Ip"
+
+
+@pytest.mark.parametrize(
+    "domain", ["a b.example", "app..example", "-app.example", "app/x.example", "x" * 64 + ".io"]
+)
+def test_invalid_domain_rejected(domain):
+    rejects(svc(domain=domain), "invalid domain")
+
+
+def test_domain_normalised():
+    assert validate_service(svc(domain="MyApp.EU.proxy.netbird.io.")).domain == DOMAIN

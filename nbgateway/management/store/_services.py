@@ -271,6 +271,11 @@ class ServicesMixin(AccountsMixin):
             return self._load_services(conn, sa.true())
 
     def get_service_by_domain(self, domain: str) -> Service | None:
+        """Installation-wide lookup; hostnames are case-insensitive, so the query is
+        lower-cased with one trailing dot removed (stored domains are normalised)."""
+        domain = domain.lower()
+        if domain.endswith("."):
+            domain = domain[:-1]
         with self._read() as conn:
             found = self._load_services(conn, services.c.domain == domain)
         return found[0] if found else None
