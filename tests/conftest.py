@@ -25,3 +25,19 @@ def pytest_runtest_makereport(item, call):
     report.outcome = "failed"
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
     report.longrepr = f"interop test skipped but NBGW_REQUIRE_INTEROP=1: {reason}"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run tests driven by pytest-twisted after everything else.
+
+    pytest-twisted runs the global reactor in a greenlet for the rest of the
+    session once its first test starts; twisted.trial TestCases spin the reactor
+    themselves and cannot run after that.  Both styles are allowed in this
+    suite, so the pytest-twisted ones go last (stable order otherwise).
+    """
+
+    def uses_pytest_twisted(item) -> bool:
+        module = getattr(item, "module", None)
+        return module is not None and "pytest_twisted" in vars(module)
+
+    items.sort(key=uses_pytest_twisted)
