@@ -1,0 +1,152 @@
+"""Request routing for HTTP services (pure): Host -> mapping, path -> target,
+and the outgoing path/query/redirect rewriting of spec proxy.md 3.2-3.5, 3.10.
+
+Hardening over upstream (proxy.md 11.15 and issue 6): path prefixes match on
+segment boundaries (``/api`` matches ``/api`` and ``/api/x`` but not
+``/apiv2``), and equal-length prefixes are tried in lexical order so the
+choice is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+PATH_REWRITE_DEFAULT = 0
+PATH_REWRITE_PRESERVE = 1
+SESSION_TOKEN_PARAM = "session_token"
+
+
+def host_without_port(host: str) -> str:
+    """The routing key of a Host header: port removed, IPv6 brackets handled,
+    otherwise exact (no lowercasing, no trailing-dot stripping: spec 3.2)."""
+    host = host.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def host_port(host: str) -> str | None:
+    """The explicit port of a Host header value, if any."""
+    host = host.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1 :] if end > 0 else ""
+        return rest[1:] if rest.startswith(":") and rest[1:].isdigit() else None
+    if host.count(":") == 1:
+        port = host.split(":", 1)[1]
+        return port if port.isdigit() else None
+    return None
+
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    """Segment-aware prefix test: '/' and '' match everything."""
+    if prefix in ("", "/"):
+        return True
+    prefix = prefix.rstrip("/")
+    if not path.startswith(prefix):
+        return False
+    return len(path) == len(prefix) or path[len(prefix)] == "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One path entry of a mapping, with its parsed target."""
+
+    path: str
+    target: str
+    scheme: str
+    netloc: str
+    host: str
+    port: int
+    target_path: str
+    target_query: str
+    options: object | None = None  # PathTargetOptions, passed through untouched
+
+
+class RouteError(ValueError):
+    """A target URL that cannot be used (the mapping reports it as ERROR)."""
+
+
+def parse_target(path: str, target: str, options: object | None = None) -> Route:
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RouteError(f'invalid target URL "{target}" for path "{path}": '
+                         "want http(s)://host[:port]/path")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise RouteError(f'invalid target URL "{target}" for path "{path}": {exc}') from None
+    return Route(path, target, parts.scheme, parts.netloc, parts.hostname, port,
+                 parts.path or "/", parts.query, options)
+
+
+class PathRouter:
+    """Longest segment-aware prefix wins; ties broken lexically."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        by_path: dict[str, Route] = {}
+        for r in routes:
+            by_path[r.path] = r  # duplicate paths: last wins (spec 3.3)
+        self.routes = sorted(by_path.values(), key=lambda r: (-len(r.path.rstrip("/")), r.path))
+
+    def match(self, path: str) -> Route | None:
+        for route in self.routes:
+            if prefix_matches(route.path, path):
+                return route
+        return None
+
+
+def _join(base: str, rest: str) -> str:
+    """Single-slash join: '/' + '/users' -> '/users'; '/heise' + '/' -> '/heise/'."""
+    if not base:
+        base = "/"
+    if not rest:
+        return base
+    return base.rstrip("/") + "/" + rest.lstrip("/")
+
+
+def strip_session_token(query: str) -> str:
+    if not query or SESSION_TOKEN_PARAM not in query:
+        return query
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+             if k != SESSION_TOKEN_PARAM]
+    return urlencode(pairs)
+
+
+def outgoing_path(route: Route, request_path: str, request_query: str, mode: int) -> str:
+    """The upstream request target (path + query) for ``request_path``."""
+    path = request_path or "/"
+    matched = route.path
+    if mode != PATH_REWRITE_PRESERVE and matched not in ("", "/"):
+        path = path[len(matched.rstrip("/")) :] or "/"
+    path = _join(route.target_path, path)
+    query = "&".join(q for q in (route.target_query, strip_session_token(request_query)) if q)
+    return f"{path}?{query}" if query else path
+
+
+def _authority(scheme: str, netloc: str) -> str:
+    host = netloc.lower()
+    default = ":443" if scheme == "https" else ":80"
+    return host if (":" in host.rsplit("]", 1)[-1]) else host + default
+
+
+def rewrite_location(
+    location: str, route: Route, inbound_host: str, proto: str, mode: int
+) -> str:
+    """rewrite_redirects (spec 3.10): absolute Locations pointing at the target
+    are rewritten to the inbound host and scheme, re-prefixed with the matched
+    path.  Raises ValueError for an unparseable Location."""
+    parts = urlsplit(location)
+    _ = parts.port  # raises ValueError on a bad port
+    if not parts.scheme or not parts.netloc:
+        return location
+    if _authority(parts.scheme, parts.netloc) != _authority(route.scheme, route.netloc):
+        return location
+    path = parts.path
+    if mode != PATH_REWRITE_PRESERVE and route.path not in ("", "/"):
+        path = route.path.rstrip("/") + "/" + path.lstrip("/")
+    return urlunsplit((proto, inbound_host, path, parts.query, parts.fragment))
