@@ -1,0 +1,219 @@
+"""Outgoing request header processing for the reverse proxy (pure), exactly in
+the order of spec proxy.md 3.7, with the forwarding rules of 3.8 and the
+identity encoding of 3.9:
+
+0. hop-by-hop headers (and those named by ``Connection``) removed, inbound
+   ``Forwarded`` / ``X-Forwarded-For|Host|Proto`` removed;
+1. header-auth credential headers removed;
+2. custom headers set (overriding client values);
+3. ``X-NetBird-User`` / ``X-NetBird-Groups`` deleted, then stamped from the
+   validated identity (anti-spoof: always deleted, even without identity);
+4. forwarding headers set (trusted-proxy aware);
+5. ``Cookie`` rebuilt from the inbound cookies minus ``nb_session``.
+
+Hardening (proxy.md 11.10): tunnel identity always comes from the socket peer,
+never from ``X-Forwarded-For``; that is the caller's ``client_ip``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from twisted.web.http_headers import Headers
+
+from nbgateway.http.routing import host_port
+
+USER_HEADER = "X-NetBird-User"
+GROUPS_HEADER = "X-NetBird-Groups"
+SESSION_COOKIE = "nb_session"
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+        "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+    )
+)
+_INBOUND_FORWARDING = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling, as validated by the auth layer (spec 4.9)."""
+
+    user_id: str
+    email: str
+    group_ids: tuple[str, ...] = ()
+    group_names: tuple[str, ...] = ()
+    method: str = ""
+
+
+class TrustedProxies:
+    """The ``--trusted-proxies`` CIDR list."""
+
+    def __init__(self, cidrs: Iterable[str] = ()) -> None:
+        self.networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def contains(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.strip())
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in n for n in self.networks)
+
+
+def _printable(value: str) -> bool:
+    return all(c == "\t" or " " <= c <= "~" for c in value)
+
+
+def identity_headers(identity: Identity | None) -> dict[str, str]:
+    """The identity headers to stamp (possibly none); spec 3.9."""
+    out: dict[str, str] = {}
+    if identity is None:
+        return out
+    if identity.email and _printable(identity.email):
+        out[USER_HEADER] = identity.email
+    labels = []
+    for i, gid in enumerate(identity.group_ids):
+        name = identity.group_names[i] if i < len(identity.group_names) else ""
+        label = name or gid
+        if label and "," not in label and _printable(label):
+            labels.append(label)
+    if labels:
+        out[GROUPS_HEADER] = ",".join(labels)
+    return out
+
+
+def _get(headers: Headers, name: str) -> str | None:
+    values = headers.getRawHeaders(name)
+    return ",".join(values) if values else None
+
+
+def _without_session_cookie(values: list[str]) -> str | None:
+    kept = []
+    for value in values:
+        for part in value.split(";"):
+            part = part.strip()
+            if not part:
+                continue
+            if part.split("=", 1)[0].strip() == SESSION_COOKIE:
+                continue
+            kept.append(part)
+    return "; ".join(kept) if kept else None
+
+
+def _real_client(xff: str | None, peer_ip: str, trusted: TrustedProxies) -> str:
+    if not xff:
+        return peer_ip
+    hops = [h.strip() for h in xff.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted.contains(hop):
+            return hop
+    return hops[0] if hops else peer_ip
+
+
+def prepare_upstream_headers(
+    inbound: Headers,
+    *,
+    host_header: str,
+    target_netloc: str,
+    pass_host_header: bool,
+    custom_headers: dict[str, str] | None = None,
+    header_auth_names: Iterable[str] = (),
+    identity: Identity | None = None,
+    client_ip: str,
+    over_tls: bool,
+    forwarded_proto: str = "auto",
+    trusted_proxies: TrustedProxies | None = None,
+    keep_upgrade: bool = False,
+) -> Headers:
+    """A NEW Headers for the upstream request (including ``Host``)."""
+    trusted = trusted_proxies or TrustedProxies()
+    peer_trusted = bool(trusted) and trusted.contains(client_ip)
+    inbound_xff = _get(inbound, "X-Forwarded-For")
+    inbound_fwd = {
+        "host": _get(inbound, "X-Forwarded-Host"),
+        "proto": _get(inbound, "X-Forwarded-Proto"),
+        "port": _get(inbound, "X-Forwarded-Port"),
+        "real": _get(inbound, "X-Real-IP"),
+    }
+    cookies = inbound.getRawHeaders("Cookie") or []
+    upgrade = _get(inbound, "Upgrade") if keep_upgrade else None
+
+    # 0. hop-by-hop and inbound forwarding headers
+    connection_named = set()
+    for value in inbound.getRawHeaders("Connection") or []:
+        connection_named.update(t.strip().lower() for t in value.split(",") if t.strip())
+    out = Headers()
+    for name, values in inbound.getAllRawHeaders():
+        lname = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
+        if lname in HOP_BY_HOP or lname in connection_named or lname in _INBOUND_FORWARDING:
+            continue
+        if lname in ("host", "cookie"):
+            continue
+        out.setRawHeaders(name, list(values))
+    te = _get(inbound, "TE")
+    if te and "trailers" in [t.strip().lower() for t in te.split(",")]:
+        out.setRawHeaders("TE", ["trailers"])
+    if upgrade:
+        out.setRawHeaders("Upgrade", [upgrade])
+        out.setRawHeaders("Connection", ["Upgrade"])
+
+    # 1. header-auth credentials never reach the backend
+    for name in header_auth_names:
+        out.removeHeader(name)
+    # 2. custom headers
+    for name, value in (custom_headers or {}).items():
+        out.setRawHeaders(name, [value])
+    # 3. identity: strip then stamp
+    out.removeHeader(USER_HEADER)
+    out.removeHeader(GROUPS_HEADER)
+    for name, value in identity_headers(identity).items():
+        out.setRawHeaders(name, [value])
+    # 4. forwarding headers
+    if forwarded_proto in ("http", "https"):
+        proto = forwarded_proto
+    else:
+        proto = "https" if over_tls else "http"
+    port = host_port(host_header) or ("443" if proto == "https" else "80")
+    if peer_trusted:
+        xff = f"{inbound_xff}, {client_ip}" if inbound_xff else client_ip
+        real = inbound_fwd["real"] or _real_client(inbound_xff, client_ip, trusted)
+        fwd_host = inbound_fwd["host"] or host_header
+        fwd_proto = inbound_fwd["proto"] or proto
+        fwd_port = inbound_fwd["port"] or port
+    else:
+        xff, real, fwd_host, fwd_proto, fwd_port = client_ip, client_ip, host_header, proto, port
+    out.setRawHeaders("X-Forwarded-For", [xff])
+    out.setRawHeaders("X-Real-IP", [real])
+    out.setRawHeaders("X-Forwarded-Host", [fwd_host])
+    out.setRawHeaders("X-Forwarded-Proto", [fwd_proto])
+    out.setRawHeaders("X-Forwarded-Port", [fwd_port])
+    # 5. cookies minus the session cookie (a custom Cookie header is discarded)
+    out.removeHeader("Cookie")
+    cookie = _without_session_cookie(cookies)
+    if cookie:
+        out.setRawHeaders("Cookie", [cookie])
+    out.setRawHeaders("Host", [host_header if pass_host_header else target_netloc])
+    return out
+
+
+def filter_response_headers(headers: Headers) -> Headers:
+    """Response headers minus hop-by-hop ones (and those named by Connection)."""
+    named = set()
+    for value in headers.getRawHeaders("Connection") or []:
+        named.update(t.strip().lower() for t in value.split(",") if t.strip())
+    out = Headers()
+    for name, values in headers.getAllRawHeaders():
+        lname = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
+        if lname in HOP_BY_HOP or lname in named:
+            continue
+        out.setRawHeaders(name, list(values))
+    return out
