@@ -1,0 +1,230 @@
+"""Private-mode ("NetBird-only") authentication: the tunnel-peer gate and its
+ValidateTunnelPeer cache (spec proxy.md 4.5-4.7, with the hardening of 11.7,
+11.10, 11.11 and issue 6).
+
+:class:`TunnelValidationCache`
+    Key (listener account, tunnel IP, domain).  Only ``valid=true`` answers with
+    a session token are stored; denials and errors never are.  TTL (default
+    300 s, ``NB_PROXY_TUNNEL_CACHE_TTL``); at most ``max_per_account`` entries
+    per account, evicted FIFO.  Concurrent misses share one RPC
+    (single-flight); each caller gets its own Deferred, so a caller that goes
+    away (its Deferred is cancelled) never cancels the RPC the others wait on;
+    the RPC is bounded by ``rpc_timeout`` instead.  :meth:`evict_account`
+    drops an account's entries when its roster or services change.
+
+:class:`PrivateGate`
+    The ordered checks of spec 4.5: overlay origin (the listener's account is
+    known), listener account == mapping account, a valid tunnel-like source,
+    the local roster, then the cache/RPC.  Every doubt is a denial.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nbgateway.auth.policy import parse_ip, tunnel_like
+from nbgateway.durations import parse_go_duration
+from nbgateway.proxy.headers import Identity
+
+log = Logger()
+
+DEFAULT_TTL = 300.0
+DEFAULT_MAX_PER_ACCOUNT = 1024
+DEFAULT_RPC_TIMEOUT = 10.0
+TTL_ENV = "NB_PROXY_TUNNEL_CACHE_TTL"
+
+
+def ttl_from_env(environ: dict[str, str] | None = None) -> float:
+    """The cache TTL from NB_PROXY_TUNNEL_CACHE_TTL; invalid or <= 0 -> 300 s."""
+    raw = (environ if environ is not None else os.environ).get(TTL_ENV)
+    if raw is None:
+        return DEFAULT_TTL
+    try:
+        ttl = parse_go_duration(raw)
+    except ValueError:
+        ttl = -1.0
+    if ttl <= 0:
+        log.warn("{env}={value!r} is not a positive duration; using {default}s",
+                 env=TTL_ENV, value=raw, default=DEFAULT_TTL)
+        return DEFAULT_TTL
+    return ttl
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    joins: int = 0
+    errors: int = 0
+    denials: int = 0
+    evictions: int = 0
+
+
+class TunnelValidationCache:
+    def __init__(
+        self,
+        client,
+        clock: IReactorTime,
+        *,
+        ttl: float = DEFAULT_TTL,
+        max_per_account: int = DEFAULT_MAX_PER_ACCOUNT,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.ttl = ttl
+        self.max_per_account = max_per_account
+        self.rpc_timeout = rpc_timeout
+        self._buckets: dict[str, OrderedDict[tuple[str, str], tuple[float, object]]] = {}
+        self._inflight: dict[tuple[str, str, str], list[Deferred]] = {}
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+    def evict_account(self, account_id: str) -> None:
+        """Forget everything cached for ``account_id`` (roster/services changed)."""
+        bucket = self._buckets.pop(account_id, None)
+        if bucket:
+            self.stats.evictions += len(bucket)
+
+    def lookup(self, account_id: str, tunnel_ip: str, domain: str):
+        """The cached response, or None (expired entries are dropped)."""
+        bucket = self._buckets.get(account_id)
+        if not bucket:
+            return None
+        entry = bucket.get((tunnel_ip, domain))
+        if entry is None:
+            return None
+        stored, response = entry
+        if self.clock.seconds() - stored > self.ttl:
+            del bucket[(tunnel_ip, domain)]
+            return None
+        return response
+
+    def validate(self, account_id: str, tunnel_ip: str, domain: str) -> Deferred:
+        """Deferred firing with the ValidateTunnelPeerResponse, or None when the
+        RPC failed (error or timeout).  Never errbacks."""
+        cached = self.lookup(account_id, tunnel_ip, domain)
+        if cached is not None:
+            self.stats.hits += 1
+            return succeed(cached)
+        key = (account_id, tunnel_ip, domain)
+        waiters = self._inflight.get(key)
+        mine: Deferred = Deferred(lambda d: self._forget_waiter(key, d))
+        if waiters is not None:
+            self.stats.joins += 1
+            waiters.append(mine)
+            return mine
+        self.stats.misses += 1
+        self._inflight[key] = [mine]
+        try:
+            rpc = self.client.validate_tunnel_peer(tunnel_ip, domain)
+        except Exception as exc:  # a broken client must not break the gate
+            rpc = Deferred()
+            rpc.errback(exc)
+        rpc.addTimeout(self.rpc_timeout, self.clock)
+        rpc.addCallbacks(self._rpc_done, self._rpc_failed, callbackArgs=(key,),
+                         errbackArgs=(key,))
+        return mine
+
+    def _forget_waiter(self, key, d: Deferred) -> None:
+        waiters = self._inflight.get(key)
+        if waiters is not None and d in waiters:
+            waiters.remove(d)
+
+    def _finish(self, key, result) -> None:
+        for d in self._inflight.pop(key, []):
+            if not d.called:
+                d.callback(result)
+
+    def _rpc_done(self, response, key) -> None:
+        account_id, tunnel_ip, domain = key
+        if getattr(response, "valid", False) and getattr(response, "session_token", ""):
+            bucket = self._buckets.setdefault(account_id, OrderedDict())
+            bucket[(tunnel_ip, domain)] = (self.clock.seconds(), response)
+            while len(bucket) > self.max_per_account:
+                bucket.popitem(last=False)
+        else:
+            self.stats.denials += 1
+        self._finish(key, response)
+
+    def _rpc_failed(self, failure, key) -> None:
+        self.stats.errors += 1
+        log.debug("ValidateTunnelPeer failed for {ip} {domain}: {err}",
+                  ip=key[1], domain=key[2], err=failure.getErrorMessage())
+        self._finish(key, None)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    allowed: bool
+    reason: str
+    identity: Identity | None = None
+    session_token: str = ""
+    rpc: bool = False  # whether this decision needed the cache/RPC layer
+
+
+def identity_from_response(response) -> Identity:
+    return Identity(
+        user_id=response.user_id,
+        email=response.user_email,
+        group_ids=tuple(response.peer_group_ids),
+        group_names=tuple(response.peer_group_names),
+        method="oidc",
+    )
+
+
+class PrivateGate:
+    """Decides whether a request may reach a private service."""
+
+    def __init__(
+        self,
+        cache: TunnelValidationCache,
+        in_roster: Callable[[str, str], bool],
+    ) -> None:
+        self.cache = cache
+        self.in_roster = in_roster  # (account_id, ip) -> known peer of that account?
+
+    def check(
+        self, *, listener_account: str | None, mapping_account: str, domain: str, client_ip: str
+    ) -> Deferred:
+        """Deferred[GateDecision]; never errbacks."""
+        if listener_account is None:
+            return succeed(GateDecision(False, "not_overlay"))
+        if listener_account != mapping_account:
+            return succeed(GateDecision(False, "wrong_account"))
+        addr = parse_ip(client_ip)
+        if addr is None:
+            return succeed(GateDecision(False, "invalid_ip"))
+        if not tunnel_like(addr):
+            return succeed(GateDecision(False, "not_tunnel_ip"))
+        ip = str(addr)
+        if not self.in_roster(listener_account, ip):
+            return succeed(GateDecision(False, "not_in_roster"))
+        d = self.cache.validate(listener_account, ip, domain)
+        d.addCallback(self._decide)
+        return d
+
+    @staticmethod
+    def _decide(response) -> GateDecision:
+        if response is None:
+            return GateDecision(False, "rpc_error", rpc=True)
+        if not response.valid:
+            return GateDecision(False, response.denied_reason or "denied", rpc=True)
+        if not response.session_token:
+            return GateDecision(False, "empty_session_token", rpc=True)
+        return GateDecision(True, "", identity_from_response(response), response.session_token,
+                            rpc=True)
+
+
+def session_cookie(token: str, max_age: int = 86400) -> str:
+    """The ``Set-Cookie`` value for a session token (spec 4.3)."""
+    return f"nb_session={token}; Path=/; Max-Age={max_age or 86400}; HttpOnly; Secure; SameSite=Lax"
