@@ -1,0 +1,1 @@
+"""Observability: metrics, logging, health and the access log."""
