@@ -59,11 +59,19 @@ from nbgateway.management.networkmap import (
 )
 from nbgateway.management.synthetic import AccountView, load_account_view
 
-__all__ = ["MAX_BODY_BYTES", "ManagementServicer", "PeerUpdateHub", "add_to_server"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "SERVER_KEY_FILE",
+    "ManagementServicer",
+    "PeerUpdateHub",
+    "add_to_server",
+]
 
 log = Logger()
 
 MAX_BODY_BYTES = 1 << 20
+#: file name of the server's WireGuard private key inside the data directory
+SERVER_KEY_FILE = "wg-server.key"
 #: each stream holds a grpc worker thread: size the executor above this
 DEFAULT_MAX_STREAMS = 32
 SERVER_KEY_VALIDITY_S = 24 * 3600
@@ -351,9 +359,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
     # -- Sync internals ---------------------------------------------------------------------
 
     def _build(self, account_id: str, peer_id: str, *, refresh: bool = False) -> NetworkMap | None:
-        view = (
-            load_account_view(self.store, account_id) if refresh else self._views.get(account_id)
-        )
+        view = load_account_view(self.store, account_id) if refresh else self._views.get(account_id)
         if peer_id not in view.peers:
             return None
         return build_network_map(view, peer_id)
@@ -417,13 +423,18 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
 def add_to_server(
     server: grpc.Server,
     store: Any,
-    server_key: ServerKey,
+    server_key: ServerKey | str,
     **kwargs: Any,
 ) -> ManagementServicer:
     """Register the peer channel on ``server`` and attach it to the store's changes.
 
-    Returns the servicer; call its ``close()`` when stopping the server.
+    ``server_key`` is a :class:`ServerKey` or the path of its key file (created
+    0600 on first use; by convention ``DATADIR/`` + :data:`SERVER_KEY_FILE`).
+    Call before ``server.start()``; returns the servicer, whose ``close()``
+    must be called when stopping the server (it ends the open Sync streams).
     """
+    if isinstance(server_key, str):
+        server_key = ServerKey.load_or_create(server_key)
     servicer = ManagementServicer(store, server_key, **kwargs)
     pb_grpc.add_ManagementServiceServicer_to_server(servicer, server)
     servicer.start()

@@ -242,6 +242,13 @@ def test_login_garbage_body_invalid_argument_nothing_stored(store, stub, scenari
     assert len(store.list_peers("acct-1")) == 2
 
 
+def test_login_oversized_body_invalid_argument(stub, scenario):
+    big = pb.EncryptedMessage(wgPubKey=scenario["u"].key, body=b"\x00" * ((1 << 20) + 1))
+    with pytest.raises(grpc.RpcError) as ei:
+        stub.Login(big, timeout=WAIT)
+    assert _code(ei) == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_login_invalid_wg_key_invalid_argument(stub):
     for key in ("", "not-a-key", b64(b"\x01" * 31), b64(b"\x01" * 33)):
         with pytest.raises(grpc.RpcError) as ei:

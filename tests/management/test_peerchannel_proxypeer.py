@@ -14,7 +14,6 @@ from nbgateway._proto import management_pb2 as mpb
 from nbgateway._proto import management_pb2_grpc as mpb_grpc
 from nbgateway._proto import proxy_service_pb2 as ppb
 from nbgateway._proto import proxy_service_pb2_grpc as ppb_grpc
-from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.model import Group
 from nbgateway.management.peerchannel import add_to_server
 from nbgateway.management.proxyservice import ProxyServiceServicer
@@ -35,7 +34,7 @@ def both(store, tmp_path):  # noqa: F811
     proxy_servicer = ProxyServiceServicer(store)
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                       handlers=[proxy_servicer.generic_handler()])
-    peer_channel = add_to_server(srv, store, ServerKey.load_or_create(str(tmp_path / "k")))
+    peer_channel = add_to_server(srv, store, str(tmp_path / "k"))  # path form
     port = srv.add_insecure_port("127.0.0.1:0")
     proxy_servicer.start()
     srv.start()
