@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 
 from nbgateway._proto import management_pb2 as pb
-from nbgateway.management.model import Group, Peer, Target
+from nbgateway.management.model import Group, Peer, Service, Target, TargetOptions
 from nbgateway.management.networkmap import (
     DIRECTION_IN,
     DIRECTION_OUT,
@@ -26,6 +26,15 @@ from tests.management.test_synthetic import (
     _user_peer,
     fixture,
 )
+
+
+def private_service(account_id: str, groups: tuple[str, ...]) -> Service:
+    return Service(
+        account_id=account_id, name="myapp", domain="myapp.eu.proxy.netbird.io", private=True,
+        access_groups=groups,
+        targets=(Target(target_type="cluster", target_id=CLUSTER, host="backend.lan",
+                        port=8080, options=TargetOptions(direct_upstream=True)),),
+    )
 
 
 def _rules(nm, direction):
@@ -155,8 +164,6 @@ def test_NetworkMap_ToProto_EmptyMap():
 
 def test_NetworkMap_FromStore(store, account):
     """The same F built through the real store (SQLite and PostgreSQL)."""
-    from tests.management.test_store import private_service
-
     user = store.create_peer(Peer(account_id=account.id, name="laptop", key="k-user",
                                   ip="100.64.0.10"))
     proxy = store.create_peer(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
@@ -184,8 +191,6 @@ def test_inspection_json(store, account):
     from nbgateway.management.errors import NotFound
     from nbgateway.management.networkmap import inspect_peer_network_map
     from nbgateway.management.synthetic import private_service_inspection
-    from tests.management.test_store import private_service
-
     user = store.create_peer(Peer(account_id=account.id, name="laptop", key="k-user"))
     proxy = store.create_peer(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
                                    proxy=True, proxy_cluster=CLUSTER, connected=True,
