@@ -287,6 +287,10 @@ class ProxyServiceServicer:
         self._pending: dict[str, str] = {}
         self._pending_tokens: set[str] = set()
         self._pending_lock = threading.Lock()
+        #: change notifications received / fully broadcast (see :meth:`wait_idle`)
+        self._seen = 0
+        self._done = 0
+        self._idle = threading.Condition(self._pending_lock)
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
@@ -639,13 +643,21 @@ class ProxyServiceServicer:
             with self._pending_lock:
                 for sid in ids:
                     self._pending[sid] = account_id
+                self._seen += 1
             self._wakeup.set()
         elif kind == ChangeKind.PROXY_TOKEN:
             with self._lock:
                 self._token_cache.clear()
             with self._pending_lock:
                 self._pending_tokens.update(ids)
+                self._seen += 1
             self._wakeup.set()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until every change notified so far has been broadcast (tests, benches)."""
+        with self._idle:
+            target = self._seen
+            return self._idle.wait_for(lambda: self._done >= target, timeout)
 
     def _dispatch_loop(self) -> None:
         next_cleanup = self._clock() + STALE_CLEANUP_INTERVAL
@@ -670,6 +682,15 @@ class ProxyServiceServicer:
         with self._pending_lock:
             pending, self._pending = self._pending, {}
             revoked, self._pending_tokens = self._pending_tokens, set()
+            generation = self._seen
+        try:
+            self._flush(pending, revoked)
+        finally:
+            with self._idle:
+                self._done = max(self._done, generation)
+                self._idle.notify_all()
+
+    def _flush(self, pending: dict[str, str], revoked: set[str]) -> None:
         if revoked:
             for conn in self.connections():
                 if conn.token_id in revoked:

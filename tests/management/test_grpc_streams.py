@@ -130,6 +130,7 @@ def test_32_incapable_proxy_gets_no_private_mapping(
     harness: Harness, fx: Fixture, capabilities
 ) -> None:
     pub = public(fx, "pub")
+    harness.settle()
     y = GmuClient(harness, fx.token, "proxy-y", capabilities=capabilities)
     got = by_id(y.snapshot())
     assert "svc-1" not in got and pub.id in got and got[pub.id].private is False
@@ -167,6 +168,7 @@ def test_36_sync_mappings_batches_wait_for_acks(fx: Fixture) -> None:
     try:
         for i in range(6):
             public(fx, f"svc{i}")
+        h.settle()
         c = SyncClient(h.stub, fx.token, "proxy-b", capabilities=caps(**X_CAPS))
         sizes = []
         for k in range(1, 4):
@@ -314,6 +316,7 @@ def test_private_flag_survives_incremental_updates(harness: Harness, fx: Fixture
 
 def test_private_public_private_transitions(harness: Harness, fx: Fixture) -> None:
     svc = public(fx, "flip")
+    harness.settle()
     x = connect_x(harness, fx)
     y = GmuClient(harness, fx.token, "proxy-y")
     assert svc.id in by_id(x.snapshot()) and svc.id in by_id(y.snapshot())
@@ -357,6 +360,7 @@ def test_41_byop_proxy_sees_only_its_account(harness: Harness, fx: Fixture) -> N
     fx.store.create_account(Account(id="acct-b"))
     _, token_b = fx.store.create_proxy_token("b", account_id="acct-b")
     b_svc = fx.store.create_service(make_service("bapp", account_id="acct-b"))
+    harness.settle()
     b = GmuClient(harness, token_b, "proxy-b", capabilities=caps(**X_CAPS))
     assert [m.id for m in b.snapshot()] == [b_svc.id]
     public(fx, "a-change")  # account A: must not reach B

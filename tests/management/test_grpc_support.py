@@ -159,6 +159,10 @@ class Harness:
                 if f.get("proxy_id") == proxy_id
             ]
 
+    def settle(self) -> None:
+        """Wait until the broadcaster has handled every store change made so far."""
+        assert self.servicer.wait_idle(WAIT)
+
     def close(self) -> None:
         self.channel.close()
         service = self.service
