@@ -8,9 +8,10 @@ timing assertions.
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor, task
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.trial import unittest
 
 from nbgateway import errors
 from nbgateway._proto import proxy_service_pb2 as pb
@@ -66,13 +67,14 @@ class HeldApplyStore(MappingStore):
         return d
 
 
-class ClientTestCase(unittest.TestCase):
-    timeout = 60
+class Env:
+    """A running CannedProxyService server and clients pointed at it."""
 
-    def setUp(self) -> None:
+    def __init__(self) -> None:
+        self.cleanups: list = []
         self.servicer = CannedProxyService()
         self.server = Server(self.servicer)
-        self.addCleanup(self.server.stop)
+        self.cleanups.append(self.server.stop)
         self.client = self.make_client()
 
     def make_client(self, token: str = TOKEN, **kw) -> GrpcManagementClient:
@@ -81,141 +83,173 @@ class ClientTestCase(unittest.TestCase):
             reactor, self.server.url, token, address="cluster.example", private=True, **kw
         )
         client.startService()
-        self.addCleanup(client.stopService)
+        self.cleanups.append(client.stopService)
         return client
 
-
-class UnaryTests(ClientTestCase):
-    def test_provides_interface(self) -> None:
-        self.assertTrue(IManagementClient.providedBy(self.client))
-
-    async def test_validate_tunnel_peer_values_and_token_metadata(self) -> None:
-        resp = await self.client.validate_tunnel_peer("100.64.0.10", "app.example")
-        self.assertTrue(resp.valid)
-        self.assertEqual((resp.user_id, resp.user_email), ("u1", "alice@example.com"))
-        self.assertEqual(list(resp.peer_group_names), ["devs", "ops"])
-        self.assertEqual(resp.session_token, "jwt")
-        self.assertEqual(self.servicer.authorization, [f"Bearer {TOKEN}"])
-        req = self.servicer.requests[-1]
-        self.assertEqual((req.tunnel_ip, req.domain), ("100.64.0.10", "app.example"))
-
-    async def test_validate_tunnel_peer_denial_is_a_value(self) -> None:
-        resp = await self.client.validate_tunnel_peer("100.64.0.99", "app.example")
-        self.assertFalse(resp.valid)
-        self.assertEqual(resp.denied_reason, "peer_not_found")
-
-    async def test_permission_denied_maps_to_typed_error(self) -> None:
-        with self.assertRaises(errors.ManagementPermissionDeniedError) as cm:
-            await self.client.validate_tunnel_peer("100.64.0.10", "deny.example")
-        self.assertEqual(cm.exception.code, "PERMISSION_DENIED")
-        self.assertIn("account-scoped token", cm.exception.details)
-
-    async def test_wrong_token_is_unauthenticated(self) -> None:
-        client = self.make_client(token="wrong")
-        with self.assertRaises(errors.ManagementUnauthenticatedError):
-            await client.validate_session("app.example", "good")
-        self.assertIn("Bearer wrong", self.servicer.authorization)
-
-    async def test_unreachable_server_is_unavailable(self) -> None:
-        self.server.stop()
-        with self.assertRaises(errors.ManagementUnavailableError):
-            await self.client.validate_session("app.example", "good")
-
-    async def test_deadline_exceeded_maps_to_timeout(self) -> None:
-        client = self.make_client(rpc_timeout=0.3)
-        with self.assertRaises(errors.ManagementTimeoutError):
-            await client.validate_tunnel_peer("100.64.0.10", "block.example")
-
-    async def test_cancel_cancels_the_rpc_at_the_server(self) -> None:
-        d = self.client.validate_tunnel_peer("100.64.0.10", "block.example")
-        await wait_for(self.servicer.blocked_entered.is_set, "server handler entered")
-        d.cancel()
-        with self.assertRaises(CancelledError):
-            await d
-        await wait_for(self.servicer.blocked_cancelled.is_set, "server saw the cancellation")
-        self.servicer.release_blocked.set()
-        # The late completion of the cancelled future never fires d again.
-        await wait_for(lambda: self.client._bridge.live_calls == 0, "call forgotten")
-
-    async def test_stop_service_fails_in_flight_calls_and_refuses_new_ones(self) -> None:
-        d = self.client.validate_tunnel_peer("100.64.0.10", "block.example")
-        await wait_for(self.servicer.blocked_entered.is_set, "server handler entered")
-        self.client.stopService()
-        with self.assertRaises(errors.ManagementCancelledError):
-            await d
-        with self.assertRaises(errors.ManagementUnavailableError):
-            await self.client.validate_session("app.example", "good")
-
-    async def test_create_proxy_peer_success_and_extension_field(self) -> None:
-        result = await self.client.create_proxy_peer(
-            "svc1", "acc1", "tok", "pubkey=", "cluster.example", wireguard_endpoint="gw:51820"
-        )
-        self.assertIsNone(result)
-        req = self.servicer.requests[-1]
-        self.assertEqual(req.wireguard_endpoint, "gw:51820")
-        self.assertEqual(
-            (req.service_id, req.token, req.cluster), ("svc1", "tok", "cluster.example")
-        )
-
-    async def test_create_proxy_peer_rejection_carries_message(self) -> None:
-        with self.assertRaises(errors.ManagementRejectedError) as cm:
-            await self.client.create_proxy_peer("s", "a", "expired", "k", "c")
-        self.assertEqual(str(cm.exception), "proxy peer authentication failed: token expired")
-        with self.assertRaises(errors.ManagementRejectedError) as cm:
-            await self.client.create_proxy_peer("s", "a", "silent", "k", "c")
-        self.assertEqual(str(cm.exception), "proxy peer authentication failed: unknown error")
-
-    async def test_status_update_inbound_listener_presence(self) -> None:
-        await self.client.send_status_update(
-            "svc1", "acc1", pb.PROXY_STATUS_ACTIVE, inbound_listener=("100.64.0.2", 443, 80)
-        )
-        await self.client.send_status_update(
-            "svc1", "acc1", pb.PROXY_STATUS_ERROR, error_message="bad target"
-        )
-        first, second = self.servicer.requests[-2:]
-        self.assertTrue(first.HasField("inbound_listener"))
-        self.assertEqual(first.inbound_listener.tunnel_ip, "100.64.0.2")
-        self.assertEqual(
-            (first.inbound_listener.https_port, first.inbound_listener.http_port), (443, 80)
-        )
-        self.assertFalse(first.HasField("error_message"))
-        self.assertFalse(second.HasField("inbound_listener"))
-        self.assertEqual(second.error_message, "bad target")
-
-    async def test_access_log_authenticate_and_oidc(self) -> None:
-        entry = pb.AccessLog(log_id="l1", host="app.example", response_code=200, user_id="u1")
-        self.assertIsNone(await self.client.send_access_log(entry))
-        self.assertEqual(self.servicer.requests[-1].log.log_id, "l1")
-        ok = await self.client.authenticate("svc1", "acc1", pin="1234")
-        self.assertTrue(ok.success)
-        bad = await self.client.authenticate("svc1", "acc1", password="nope")
-        self.assertFalse(bad.success)
-        url = await self.client.get_oidc_url("svc1", "acc1", "https://app.example/x")
-        self.assertTrue(url.startswith("https://idp.example/auth"))
-        with self.assertRaises(ValueError):
-            await self.client.authenticate("svc1", "acc1")
+    def close(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            cleanup()
 
 
-class TargetTests(unittest.TestCase):
-    def test_plaintext_allowed_for_loopback_and_tls_for_https(self) -> None:
-        self.assertFalse(ManagementTarget("http://127.0.0.1:33073").tls)
-        self.assertEqual(ManagementTarget("http://[::1]:1").address, "[::1]:1")
-        self.assertEqual(ManagementTarget("http://localhost").address, "localhost:80")
-        target = ManagementTarget("https://mgmt.example")
-        self.assertTrue(target.tls)
-        self.assertEqual(target.address, "mgmt.example:443")
+@pytest.fixture
+def env():
+    e = Env()
+    yield e
+    e.close()
 
-    def test_plaintext_to_remote_host_refused_unless_allowed(self) -> None:
-        with self.assertRaises(ValueError):
-            ManagementTarget("http://mgmt.example:33073")
-        self.assertFalse(ManagementTarget("http://mgmt.example:1", allow_insecure=True).tls)
-        with self.assertRaises(ValueError):
-            ManagementTarget("ftp://mgmt.example")
 
-    def test_constructor_starts_nothing(self) -> None:
-        client = GrpcManagementClient(reactor, "http://127.0.0.1:1", "t", address="c")
-        self.assertIsNone(client._channel)
-        self.assertIsNone(client._bridge)
+def test_provides_interface(env: Env) -> None:
+    assert IManagementClient.providedBy(env.client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_validate_tunnel_peer_values_and_token_metadata(env: Env) -> None:
+    resp = await env.client.validate_tunnel_peer("100.64.0.10", "app.example")
+    assert resp.valid
+    assert (resp.user_id, resp.user_email) == ("u1", "alice@example.com")
+    assert list(resp.peer_group_names) == ["devs", "ops"]
+    assert resp.session_token == "jwt"
+    assert env.servicer.authorization == [f"Bearer {TOKEN}"]
+    req = env.servicer.requests[-1]
+    assert (req.tunnel_ip, req.domain) == ("100.64.0.10", "app.example")
+
+
+@pytest_twisted.ensureDeferred
+async def test_validate_tunnel_peer_denial_is_a_value(env: Env) -> None:
+    resp = await env.client.validate_tunnel_peer("100.64.0.99", "app.example")
+    assert not resp.valid
+    assert resp.denied_reason == "peer_not_found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_permission_denied_maps_to_typed_error(env: Env) -> None:
+    with pytest.raises(errors.ManagementPermissionDeniedError) as cm:
+        await env.client.validate_tunnel_peer("100.64.0.10", "deny.example")
+    assert cm.value.code == "PERMISSION_DENIED"
+    assert "account-scoped token" in cm.value.details
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_token_is_unauthenticated(env: Env) -> None:
+    client = env.make_client(token="wrong")
+    with pytest.raises(errors.ManagementUnauthenticatedError):
+        await client.validate_session("app.example", "good")
+    assert "Bearer wrong" in env.servicer.authorization
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_server_is_unavailable(env: Env) -> None:
+    env.server.stop()
+    with pytest.raises(errors.ManagementUnavailableError):
+        await env.client.validate_session("app.example", "good")
+
+
+@pytest_twisted.ensureDeferred
+async def test_deadline_exceeded_maps_to_timeout(env: Env) -> None:
+    client = env.make_client(rpc_timeout=0.3)
+    with pytest.raises(errors.ManagementTimeoutError):
+        await client.validate_tunnel_peer("100.64.0.10", "block.example")
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_cancels_the_rpc_at_the_server(env: Env) -> None:
+    d = env.client.validate_tunnel_peer("100.64.0.10", "block.example")
+    await wait_for(env.servicer.blocked_entered.is_set, "server handler entered")
+    d.cancel()
+    with pytest.raises(CancelledError):
+        await d
+    await wait_for(env.servicer.blocked_cancelled.is_set, "server saw the cancellation")
+    env.servicer.release_blocked.set()
+    # The late completion of the cancelled future never fires d again.
+    await wait_for(lambda: env.client._bridge.live_calls == 0, "call forgotten")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_service_fails_in_flight_calls_and_refuses_new_ones(env: Env) -> None:
+    d = env.client.validate_tunnel_peer("100.64.0.10", "block.example")
+    await wait_for(env.servicer.blocked_entered.is_set, "server handler entered")
+    env.client.stopService()
+    with pytest.raises(errors.ManagementCancelledError):
+        await d
+    with pytest.raises(errors.ManagementUnavailableError):
+        await env.client.validate_session("app.example", "good")
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_proxy_peer_success_and_extension_field(env: Env) -> None:
+    result = await env.client.create_proxy_peer(
+        "svc1", "acc1", "tok", "pubkey=", "cluster.example", wireguard_endpoint="gw:51820"
+    )
+    assert result is None
+    req = env.servicer.requests[-1]
+    assert req.wireguard_endpoint == "gw:51820"
+    assert (req.service_id, req.token, req.cluster) == ("svc1", "tok", "cluster.example")
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_proxy_peer_rejection_carries_message(env: Env) -> None:
+    with pytest.raises(errors.ManagementRejectedError) as cm:
+        await env.client.create_proxy_peer("s", "a", "expired", "k", "c")
+    assert str(cm.value) == "proxy peer authentication failed: token expired"
+    with pytest.raises(errors.ManagementRejectedError) as cm:
+        await env.client.create_proxy_peer("s", "a", "silent", "k", "c")
+    assert str(cm.value) == "proxy peer authentication failed: unknown error"
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_update_inbound_listener_presence(env: Env) -> None:
+    await env.client.send_status_update(
+        "svc1", "acc1", pb.PROXY_STATUS_ACTIVE, inbound_listener=("100.64.0.2", 443, 80)
+    )
+    await env.client.send_status_update(
+        "svc1", "acc1", pb.PROXY_STATUS_ERROR, error_message="bad target"
+    )
+    first, second = env.servicer.requests[-2:]
+    assert first.HasField("inbound_listener")
+    assert first.inbound_listener.tunnel_ip == "100.64.0.2"
+    listener = first.inbound_listener
+    assert (listener.https_port, listener.http_port) == (443, 80)
+    assert not first.HasField("error_message")
+    assert not second.HasField("inbound_listener")
+    assert second.error_message == "bad target"
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_log_authenticate_and_oidc(env: Env) -> None:
+    entry = pb.AccessLog(log_id="l1", host="app.example", response_code=200, user_id="u1")
+    assert await env.client.send_access_log(entry) is None
+    assert env.servicer.requests[-1].log.log_id == "l1"
+    ok = await env.client.authenticate("svc1", "acc1", pin="1234")
+    assert ok.success
+    bad = await env.client.authenticate("svc1", "acc1", password="nope")
+    assert not bad.success
+    url = await env.client.get_oidc_url("svc1", "acc1", "https://app.example/x")
+    assert url.startswith("https://idp.example/auth")
+    with pytest.raises(ValueError):
+        await env.client.authenticate("svc1", "acc1")
+
+
+def test_plaintext_allowed_for_loopback_and_tls_for_https() -> None:
+    assert not ManagementTarget("http://127.0.0.1:33073").tls
+    assert ManagementTarget("http://[::1]:1").address == "[::1]:1"
+    assert ManagementTarget("http://localhost").address == "localhost:80"
+    target = ManagementTarget("https://mgmt.example")
+    assert target.tls
+    assert target.address == "mgmt.example:443"
+
+
+def test_plaintext_to_remote_host_refused_unless_allowed() -> None:
+    with pytest.raises(ValueError):
+        ManagementTarget("http://mgmt.example:33073")
+    assert not ManagementTarget("http://mgmt.example:1", allow_insecure=True).tls
+    with pytest.raises(ValueError):
+        ManagementTarget("ftp://mgmt.example")
+
+
+def test_constructor_starts_nothing() -> None:
+    client = GrpcManagementClient(reactor, "http://127.0.0.1:1", "t", address="c")
+    assert client._channel is None
+    assert client._bridge is None
 
 
 class Recorder(MappingObserver):
@@ -226,137 +260,143 @@ class Recorder(MappingObserver):
         self.reconciled.append(removed_ids)
 
 
-class MappingStreamTests(ClientTestCase):
-    async def test_init_carries_all_five_capabilities(self) -> None:
-        store = HeldApplyStore()
-        self.client.subscribe_mappings(store)
-        await wait_for(lambda: store.initial_sync_complete, "empty snapshot applied")
-        init = self.servicer.inits[0]
-        self.assertEqual(init.address, "cluster.example")
-        self.assertTrue(init.proxy_id.startswith("netbird-proxy-"))
-        self.assertTrue(init.HasField("started_at"))
-        caps = init.capabilities
-        for name in (
-            "supports_custom_ports",
-            "require_subdomain",
-            "supports_crowdsec",
-            "private",
-            "supports_private_service",
-        ):
-            self.assertTrue(caps.HasField(name), name)
-        self.assertTrue(caps.private)
-        self.assertTrue(caps.supports_private_service)
-        self.assertFalse(caps.supports_crowdsec)
-        self.assertTrue(self.client.connected)
-        # The empty snapshot (one message, flag set) is acked too.
-        await wait_for(lambda: self.servicer.events_of("ack") == [1], "ack of empty snapshot")
+@pytest_twisted.ensureDeferred
+async def test_init_carries_all_five_capabilities(env: Env) -> None:
+    store = HeldApplyStore()
+    env.client.subscribe_mappings(store)
+    await wait_for(lambda: store.initial_sync_complete, "empty snapshot applied")
+    init = env.servicer.inits[0]
+    assert init.address == "cluster.example"
+    assert init.proxy_id.startswith("netbird-proxy-")
+    assert init.HasField("started_at")
+    caps = init.capabilities
+    for name in (
+        "supports_custom_ports",
+        "require_subdomain",
+        "supports_crowdsec",
+        "private",
+        "supports_private_service",
+    ):
+        assert caps.HasField(name), name
+    assert caps.private
+    assert caps.supports_private_service
+    assert not caps.supports_crowdsec
+    assert env.client.connected
+    # The empty snapshot (one message, flag set) is acked too.
+    await wait_for(lambda: env.servicer.events_of("ack") == [1], "ack of empty snapshot")
 
-    async def test_batches_acked_only_after_apply_and_next_batch_after_ack(self) -> None:
-        self.servicer.snapshot = [
-            [mapping("s1", "a.example"), mapping("s2", "b.example")],
-            [mapping("s3", "c.example")],
-            [mapping("s4", "d.example", account="acc2")],
-        ]
-        store = HeldApplyStore()
-        store.hold = True
-        self.client.subscribe_mappings(store)
-        for k in (1, 2, 3):
-            await wait_for(lambda k=k: len(store.held) == k, f"batch {k} delivered")
-            # Give a wrong implementation a chance to ack early or read ahead.
-            await task.deferLater(reactor, 0.1, lambda: None)
-            self.assertEqual(self.servicer.events_of("ack"), list(range(1, k)))
-            self.assertEqual(self.servicer.events_of("sent"), list(range(1, k + 1)))
-            self.assertEqual(len(store.batches), k)
-            store.held[k - 1].callback(None)
-            await wait_for(
-                lambda k=k: self.servicer.events_of("ack") == list(range(1, k + 1)), "ack"
-            )
-        self.assertEqual(store.batches, [["s1", "s2"], ["s3"], ["s4"]])
-        self.assertTrue(store.initial_sync_complete)
-        self.assertEqual(store.accounts(), frozenset({"acc1", "acc2"}))
-        self.assertEqual(store.lookup_domain("C.example.").id, "s3")
 
-        # Incremental updates after the snapshot are acked once applied.
-        store.hold = False
-        update = pb.SyncMappingsResponse(
-            mapping=[mapping("s3", "c.example", kind=pb.UPDATE_TYPE_REMOVED)]
-        )
-        self.servicer.updates.put(update)
-        await wait_for(lambda: self.servicer.events_of("ack-update") == [1], "update acked")
-        self.assertIsNone(store.get("s3"))
+@pytest_twisted.ensureDeferred
+async def test_batches_acked_only_after_apply_and_next_batch_after_ack(env: Env) -> None:
+    env.servicer.snapshot = [
+        [mapping("s1", "a.example"), mapping("s2", "b.example")],
+        [mapping("s3", "c.example")],
+        [mapping("s4", "d.example", account="acc2")],
+    ]
+    store = HeldApplyStore()
+    store.hold = True
+    env.client.subscribe_mappings(store)
+    for k in (1, 2, 3):
+        await wait_for(lambda k=k: len(store.held) == k, f"batch {k} delivered")
+        # Give a wrong implementation a chance to ack early or read ahead.
+        await task.deferLater(reactor, 0.1, lambda: None)
+        assert env.servicer.events_of("ack") == list(range(1, k))
+        assert env.servicer.events_of("sent") == list(range(1, k + 1))
+        assert len(store.batches) == k
+        store.held[k - 1].callback(None)
+        await wait_for(lambda k=k: env.servicer.events_of("ack") == list(range(1, k + 1)), "ack")
+    assert store.batches == [["s1", "s2"], ["s3"], ["s4"]]
+    assert store.initial_sync_complete
+    assert store.accounts() == frozenset({"acc1", "acc2"})
+    assert store.lookup_domain("C.example.").id == "s3"
 
-    async def test_falls_back_to_get_mapping_update_on_unimplemented(self) -> None:
-        self.servicer.sync_unimplemented = True
-        self.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]
-        store = HeldApplyStore()
-        self.client.subscribe_mappings(store)
-        await wait_for(lambda: store.initial_sync_complete, "snapshot via GetMappingUpdate")
-        self.assertFalse(self.client.sync_supported)
-        self.assertEqual(len(self.servicer.events_of("sync-called")), 1)
-        req = self.servicer.gmu_requests[0]
-        self.assertTrue(req.capabilities.HasField("private"))
-        self.assertTrue(req.capabilities.supports_private_service)
-        self.assertEqual(store.batches, [["s1"], ["s2"]])
-        # Incremental updates arrive on the fallback stream as well.
-        self.servicer.updates.put(pb.SyncMappingsResponse(mapping=[mapping("s9", "z.example")]))
-        await wait_for(lambda: store.get("s9") is not None, "update via fallback")
+    # Incremental updates after the snapshot are acked once applied.
+    store.hold = False
+    update = pb.SyncMappingsResponse(
+        mapping=[mapping("s3", "c.example", kind=pb.UPDATE_TYPE_REMOVED)]
+    )
+    env.servicer.updates.put(update)
+    await wait_for(lambda: env.servicer.events_of("ack-update") == [1], "update acked")
+    assert store.get("s3") is None
 
-    async def test_reconnects_after_server_restart_and_reconciles(self) -> None:
-        self.servicer.snapshot = [[mapping("s1", "a.example"), mapping("s2", "b.example")]]
-        store = HeldApplyStore()
-        recorder = Recorder()
-        store.add_observer(recorder)
-        self.client.subscribe_mappings(store)
-        await wait_for(lambda: len(recorder.reconciled) == 1, "first snapshot")
-        self.assertEqual(store.streams_started, 1)
-        port = self.server.port
-        self.server.stop()
-        await wait_for(lambda: not self.client.connected, "disconnect noticed")
-        # Last known mappings keep being served while management is down.
-        self.assertEqual(store.lookup_domain("a.example").id, "s1")
 
-        servicer2 = CannedProxyService()
-        servicer2.snapshot = [[mapping("s2", "b.example"), mapping("s3", "c.example")]]
-        server2 = Server(servicer2, port=port)
-        self.addCleanup(server2.stop)
-        await wait_for(lambda: len(recorder.reconciled) == 2, "snapshot after restart")
-        self.assertEqual(recorder.reconciled[1], frozenset({"s1"}))
-        self.assertIsNone(store.get("s1"))
-        self.assertEqual({m.id for m in store.all()}, {"s2", "s3"})
-        self.assertTrue(self.client.connected)
-        self.assertGreaterEqual(store.streams_started, 2)
-        self.assertEqual(servicer2.authorization[0], f"Bearer {TOKEN}")
+@pytest_twisted.ensureDeferred
+async def test_falls_back_to_get_mapping_update_on_unimplemented(env: Env) -> None:
+    env.servicer.sync_unimplemented = True
+    env.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]
+    store = HeldApplyStore()
+    env.client.subscribe_mappings(store)
+    await wait_for(lambda: store.initial_sync_complete, "snapshot via GetMappingUpdate")
+    assert not env.client.sync_supported
+    assert len(env.servicer.events_of("sync-called")) == 1
+    req = env.servicer.gmu_requests[0]
+    assert req.capabilities.HasField("private")
+    assert req.capabilities.supports_private_service
+    assert store.batches == [["s1"], ["s2"]]
+    # Incremental updates arrive on the fallback stream as well.
+    env.servicer.updates.put(pb.SyncMappingsResponse(mapping=[mapping("s9", "z.example")]))
+    await wait_for(lambda: store.get("s9") is not None, "update via fallback")
 
-    async def test_apply_failure_ends_stream_and_reconnects(self) -> None:
-        self.servicer.snapshot = [[mapping("s1", "a.example")]]
 
-        class FailingOnce(HeldApplyStore):
-            failed = False
+@pytest_twisted.ensureDeferred
+async def test_reconnects_after_server_restart_and_reconciles(env: Env) -> None:
+    env.servicer.snapshot = [[mapping("s1", "a.example"), mapping("s2", "b.example")]]
+    store = HeldApplyStore()
+    recorder = Recorder()
+    store.add_observer(recorder)
+    env.client.subscribe_mappings(store)
+    await wait_for(lambda: len(recorder.reconciled) == 1, "first snapshot")
+    assert store.streams_started == 1
+    port = env.server.port
+    env.server.stop()
+    await wait_for(lambda: not env.client.connected, "disconnect noticed")
+    # Last known mappings keep being served while management is down.
+    assert store.lookup_domain("a.example").id == "s1"
 
-            def apply_batch(self, mappings, initial_sync_complete):
-                if not self.failed:
-                    self.failed = True
-                    raise RuntimeError("boom")
-                return super().apply_batch(mappings, initial_sync_complete)
+    servicer2 = CannedProxyService()
+    servicer2.snapshot = [[mapping("s2", "b.example"), mapping("s3", "c.example")]]
+    server2 = Server(servicer2, port=port)
+    env.cleanups.append(server2.stop)
+    await wait_for(lambda: len(recorder.reconciled) == 2, "snapshot after restart")
+    assert recorder.reconciled[1] == frozenset({"s1"})
+    assert store.get("s1") is None
+    assert {m.id for m in store.all()} == {"s2", "s3"}
+    assert env.client.connected
+    assert store.streams_started >= 2
+    assert servicer2.authorization[0] == f"Bearer {TOKEN}"
 
-        store = FailingOnce()
-        self.client.subscribe_mappings(store)
-        await wait_for(lambda: store.initial_sync_complete, "resynced after failure")
-        self.assertEqual(len(self.servicer.inits), 2)
-        self.flushLoggedErrors(RuntimeError)
 
-    async def test_stalled_batch_hits_watchdog_and_resyncs(self) -> None:
-        self.servicer.snapshot = [[mapping("s1", "a.example")]]
-        client = self.make_client(batch_watchdog=0.2)
-        store = HeldApplyStore()
-        store.hold = True
-        client.subscribe_mappings(store)
-        await wait_for(lambda: len(self.servicer.inits) >= 2, "reconnect after stall")
-        self.assertEqual(self.servicer.events_of("ack"), [])
-        store.hold = False
-        self.assertTrue(store.held[0].called)  # cancelled by the watchdog
-        for d in store.held:
-            if not d.called:
-                d.callback(None)
-        await wait_for(lambda: store.initial_sync_complete, "applied after resync")
-        self.flushLoggedErrors(defer.CancelledError, errors.ManagementStreamClosedError)
+@pytest_twisted.ensureDeferred
+async def test_apply_failure_ends_stream_and_reconnects(env: Env) -> None:
+    env.servicer.snapshot = [[mapping("s1", "a.example")]]
+
+    class FailingOnce(HeldApplyStore):
+        failed = False
+
+        def apply_batch(self, mappings, initial_sync_complete):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("boom")
+            return super().apply_batch(mappings, initial_sync_complete)
+
+    store = FailingOnce()
+    env.client.subscribe_mappings(store)
+    await wait_for(lambda: store.initial_sync_complete, "resynced after failure")
+    assert len(env.servicer.inits) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_batch_hits_watchdog_and_resyncs(env: Env) -> None:
+    env.servicer.snapshot = [[mapping("s1", "a.example")]]
+    client = env.make_client(batch_watchdog=0.2)
+    store = HeldApplyStore()
+    store.hold = True
+    client.subscribe_mappings(store)
+    await wait_for(lambda: len(env.servicer.inits) >= 2, "reconnect after stall")
+    assert env.servicer.events_of("ack") == []
+    store.hold = False
+    assert store.held[0].called  # cancelled by the watchdog
+    for d in store.held:
+        if not d.called:
+            d.callback(None)
+    await wait_for(lambda: store.initial_sync_complete, "applied after resync")

@@ -1,0 +1,167 @@
+"""The grpcio thread bridge against a real in-process server (loopback TCP)."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from nbgateway import errors
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway._proto import proxy_service_pb2_grpc as pb_grpc
+from nbgateway.mgmt._grpcbridge import GrpcBridge, map_rpc_error
+from tests.mgmt.servicer import TOKEN, CannedProxyService, Server, mapping
+from tests.mgmt.test_client_grpc import wait_for
+
+MD = (("authorization", f"Bearer {TOKEN}"),)
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_map_rpc_error_by_status_code() -> None:
+    cases = {
+        grpc.StatusCode.UNAVAILABLE: errors.ManagementUnavailableError,
+        grpc.StatusCode.DEADLINE_EXCEEDED: errors.ManagementTimeoutError,
+        grpc.StatusCode.UNAUTHENTICATED: errors.ManagementUnauthenticatedError,
+        grpc.StatusCode.PERMISSION_DENIED: errors.ManagementPermissionDeniedError,
+        grpc.StatusCode.UNIMPLEMENTED: errors.ManagementUnimplementedError,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ManagementRateLimitedError,
+        grpc.StatusCode.CANCELLED: errors.ManagementCancelledError,
+    }
+    for code, cls in cases.items():
+        err = map_rpc_error(FakeRpcError(code, "why"))
+        assert type(err) is cls
+        assert err.code == code.name and err.details == "why"
+    other = map_rpc_error(FakeRpcError(grpc.StatusCode.INTERNAL, "db down"))
+    assert type(other) is errors.ManagementError
+    assert str(other) == "INTERNAL: db down"
+    assert isinstance(map_rpc_error(KeyError("x")), errors.ManagementError)
+
+
+class Env:
+    def __init__(self) -> None:
+        self.servicer = CannedProxyService()
+        self.server = Server(self.servicer)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
+        self.stub = pb_grpc.ProxyServiceStub(self.channel)
+        self.bridge = GrpcBridge(reactor)
+
+    def close(self) -> None:
+        self.bridge.stop()
+        self.channel.close()
+        self.server.stop()
+
+    def request(self) -> pb.GetMappingUpdateRequest:
+        return pb.GetMappingUpdateRequest(proxy_id="p", address="c")
+
+    def gmu(self, on_message, metadata=MD):
+        return self.bridge.server_stream(
+            self.stub.GetMappingUpdate, self.request(), on_message, metadata=metadata
+        )
+
+
+@pytest.fixture
+def env():
+    e = Env()
+    yield e
+    e.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_stream_one_message_in_flight_on_the_reactor_thread(env: Env) -> None:
+    env.servicer.snapshot = [[mapping(f"s{i}", f"{i}.example")] for i in range(1, 4)]
+    seen: list[str] = []
+    threads: set[str] = set()
+    held: list[Deferred[None]] = []
+
+    def on_message(msg: pb.GetMappingUpdateResponse) -> Deferred[None]:
+        threads.add(threading.current_thread().name)
+        seen.append(msg.mapping[0].id)
+        d: Deferred[None] = Deferred()
+        held.append(d)
+        return d
+
+    call = env.gmu(on_message)
+    for k in (1, 2, 3):
+        await wait_for(lambda k=k: len(held) == k, f"message {k}")
+        # The server already sent everything; the reader must not run ahead.
+        await wait_for(lambda: len(env.servicer.events_of("gmu-sent")) == 3, "all sent")
+        assert len(seen) == k
+        held[-1].callback(None)
+    assert seen == ["s1", "s2", "s3"]
+    assert threads == {threading.current_thread().name}
+    call.cancel()
+    with pytest.raises(errors.ManagementCancelledError):
+        await call.done
+    await wait_for(lambda: not call._thread.is_alive(), "reader thread exit")
+
+
+@pytest_twisted.ensureDeferred
+async def test_handler_failure_cancels_the_stream(env: Env) -> None:
+    env.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]
+
+    def on_message(msg: pb.GetMappingUpdateResponse) -> None:
+        raise ValueError("cannot apply")
+
+    call = env.gmu(on_message)
+    with pytest.raises(ValueError):
+        await call.done
+    assert call.messages_received == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_error_on_stream_is_mapped(env: Env) -> None:
+    call = env.gmu(lambda m: None, metadata=(("authorization", "Bearer nope"),))
+    with pytest.raises(errors.ManagementUnauthenticatedError):
+        await call.done
+
+
+@pytest_twisted.ensureDeferred
+async def test_bidi_requests_flow_from_the_reactor_and_clean_close(env: Env) -> None:
+    env.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]
+    got: list[bool] = []
+    holder = []
+
+    def on_message(msg: pb.SyncMappingsResponse) -> None:
+        got.append(msg.initial_sync_complete)
+        holder[0].send(pb.SyncMappingsRequest(ack=pb.SyncMappingsAck()))
+
+    init = pb.SyncMappingsRequest(init=pb.SyncMappingsInit(proxy_id="p", address="c"))
+    call = env.bridge.bidi_stream(env.stub.SyncMappings, on_message, metadata=MD, first=init)
+    holder.append(call)
+    await wait_for(lambda: env.servicer.events_of("ack") == [1, 2], "both acks")
+    assert got == [False, True]
+    env.servicer.stopping.set()  # the server ends the RPC cleanly after the snapshot
+    assert await call.done is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_cancels_streams_and_joins_threads(env: Env) -> None:
+    env.servicer.snapshot = [[]]
+    call = env.gmu(lambda m: None)
+    await wait_for(lambda: call.messages_received == 1, "snapshot")
+    env.bridge.stop()
+    assert not call._thread.is_alive()
+    with pytest.raises(errors.ManagementCancelledError):
+        await call.done
+    assert env.bridge.live_calls == 0
+    late = env.gmu(lambda m: None)
+    with pytest.raises(errors.ManagementUnavailableError):
+        await late.done
+    with pytest.raises(errors.ManagementUnavailableError):
+        await env.bridge.unary(
+            env.stub.ValidateSession, pb.ValidateSessionRequest(), timeout=1, metadata=MD
+        )
