@@ -100,12 +100,10 @@ class _Subscription:
         self.cond = threading.Condition()
         self.dirty = False
         self.closed = False
-        self.wakeups = 0
 
     def mark(self) -> None:
         with self.cond:
             self.dirty = True
-            self.wakeups += 1
             self.cond.notify_all()
 
     def close(self) -> None:
