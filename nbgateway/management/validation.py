@@ -14,6 +14,7 @@ Documented deviations (spec section 7):
   non-tunnel way in.
 * Target ``protocol`` and ``port`` ranges are checked (upstream relies on the
   OpenAPI schema, which its server never enforces).
+* No field may contain a NUL character (PostgreSQL text cannot hold it).
 * The service domain must be a DNS hostname; it is lower-cased and a trailing
   dot is dropped, so uniqueness cannot be dodged by case.
 
@@ -339,6 +340,18 @@ def _validate_l4_target(t: Target) -> None:
         _fail("target 0: session_idle_timeout must be positive")
 
 
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_contains_nul(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (tuple, list)):
+        return any(_contains_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    return False
+
+
 _LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
@@ -392,6 +405,8 @@ def validate_service(service: Service) -> Service:
         assert mode not in MODES
         _fail(f"unsupported mode {go_quote(mode)}")
     service = dataclasses.replace(service, domain=_normalise_domain(service.domain))
+    if _contains_nul(service):
+        _fail("service fields must not contain NUL characters")
     if not 0 <= service.listen_port <= 65535:
         _fail(f"listen_port {service.listen_port} is out of range")
     if mode != "http":

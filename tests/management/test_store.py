@@ -451,3 +451,27 @@ def test_listeners_called_after_commit_only(store, account):
     ]
     assert all(ids == (svc.id,) for _, _, ids in seen[1:])
     store.remove_listener(broken)
+
+
+def test_nul_characters_refused_uniformly(store, account):
+    with pytest.raises(ValidationError, match="must not contain NUL"):
+        store.create_group(Group(account_id=account.id, name="a\x00b"))
+    with pytest.raises(ValidationError, match="must not contain NUL"):
+        store.create_user(User(account_id=account.id, email="a\x00@b"))
+    with pytest.raises(ValidationError, match="must not contain NUL"):
+        store.create_peer(Peer(account_id=account.id, name="p", key="k\x00"))
+    assert [g.name for g in store.list_groups(account.id)] == ["All"]
+    assert store.list_users(account.id) == [] and store.list_peers(account.id) == []
+
+
+def test_lookup_with_unstorable_input_is_a_clean_error_or_miss(store, account):
+    for call in (
+        lambda: store.get_user(account.id, "x\x00"),
+        lambda: store.get_service_by_domain("x\x00.example"),
+        lambda: store.get_peer_by_key("k\x00"),
+    ):
+        try:
+            result = call()
+        except (ValidationError, NotFound):
+            continue
+        assert result is None

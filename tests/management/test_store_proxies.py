@@ -317,3 +317,14 @@ def test_access_log_bad_query(store, account, bad):
 def test_access_log_unknown_account(store):
     with pytest.raises(NotFound):
         store.append_access_log(AccessLogEntry(account_id="nope", service_id="s"))
+
+
+def test_access_log_nul_replaced_not_dropped(store, account):
+    e = store.append_access_log(
+        AccessLogEntry(
+            account_id=account.id, service_id="s", path="/a\x00b", metadata={"k": "\x00"}
+        )
+    )
+    assert e.path == "/a\ufffdb" and e.metadata == {"k": "\ufffd"}
+    [got] = store.list_access_logs(account.id, AccessLogQuery()).data
+    assert got.path == "/a\ufffdb"

@@ -452,3 +452,9 @@ def test_invalid_domain_rejected(domain):
 
 def test_domain_normalised():
     assert validate_service(svc(domain="MyApp.EU.proxy.netbird.io.")).domain == DOMAIN
+
+
+def test_nul_in_any_field_rejected():
+    rejects(svc(name="a\x00"), "must not contain NUL")
+    t = peer_target(options=TargetOptions(custom_headers={"X-A": "\x00"}))
+    rejects(svc(targets=(t,)), "must not contain NUL")

@@ -60,6 +60,25 @@ def _unmap(ip: str) -> str:
     return str(addr)
 
 
+def _clean(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
+
+
+def _sanitise(entry: AccessLogEntry) -> AccessLogEntry:
+    """Access logs come from proxies: keep the entry, replace NULs (unstorable in
+    PostgreSQL text) with U+FFFD instead of dropping the record."""
+    changes = {
+        f.name: _clean(getattr(entry, f.name))
+        for f in dataclasses.fields(entry)
+        if isinstance(getattr(entry, f.name), str) and "\x00" in getattr(entry, f.name)
+    }
+    if any("\x00" in k or "\x00" in v for k, v in entry.metadata.items()):
+        changes["metadata"] = {_clean(k): _clean(v) for k, v in entry.metadata.items()}
+    if entry.user_groups and any("\x00" in g for g in entry.user_groups):
+        changes["user_groups"] = tuple(_clean(g) for g in entry.user_groups)
+    return dataclasses.replace(entry, **changes) if changes else entry
+
+
 def row_access_log(r: sa.Row) -> AccessLogEntry:
     ug = loads(r.user_groups)
     return AccessLogEntry(
@@ -121,11 +140,12 @@ class AccessLogMixin(AccountsMixin):
         def run(tx: Tx) -> AccessLogEntry:
             conn = tx.conn
             self._require_account(conn, entry.account_id)
+            e = _sanitise(entry)
             e = dataclasses.replace(
-                entry,
-                id=entry.id or new_id(),
-                timestamp=entry.timestamp or utcnow(),
-                source_ip=_unmap(entry.source_ip) if entry.source_ip else "",
+                e,
+                id=e.id or new_id(),
+                timestamp=e.timestamp or utcnow(),
+                source_ip=_unmap(e.source_ip) if e.source_ip else "",
             )
             if e.user_groups is None:
                 e = dataclasses.replace(

@@ -47,9 +47,16 @@ DEFAULT_ACCOUNT_ID = "default"
 MAX_NAME = 255
 
 
+def _check_text(what: str, value: str | None) -> None:
+    """NUL cannot be stored in PostgreSQL text: refuse it the same way on every backend."""
+    if value is not None and "\x00" in value:
+        raise ValidationError(f"{what} must not contain NUL characters")
+
+
 def _check_name(what: str, name: str) -> None:
     if not name or not name.strip():
         raise ValidationError(f"{what} name is required")
+    _check_text(f"{what} name", name)
     if len(name.encode()) > MAX_NAME:
         raise ValidationError(f"{what} name exceeds maximum length of {MAX_NAME} characters")
 
@@ -316,6 +323,8 @@ class AccountsMixin(StoreBase):
 
     @staticmethod
     def _user_values(user: User) -> dict:
+        for what, value in (("user id", user.id), ("email", user.email), ("user name", user.name)):
+            _check_text(what, value)
         return {
             "email": user.email,
             "name": user.name,
@@ -547,6 +556,14 @@ class AccountsMixin(StoreBase):
             _check_name("peer", peer.name)
             if not peer.key:
                 raise ValidationError("peer key is required")
+            for what, value in (
+                ("peer key", peer.key),
+                ("dns_label", peer.dns_label),
+                ("endpoint", peer.endpoint),
+                ("proxy_cluster", peer.proxy_cluster),
+                ("peer id", peer.id),
+            ):
+                _check_text(what, value)
             if conn.execute(sa.select(peers.c.id).where(peers.c.key == peer.key)).first():
                 raise Conflict("peer with this key already exists")
             owner_groups: tuple[str, ...] = ()

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from twisted.logger import Logger
 
 from nbgateway.management import migrations
-from nbgateway.management.errors import Conflict, StoreUnavailable
+from nbgateway.management.errors import Conflict, StoreUnavailable, ValidationError
 from nbgateway.management.model import ChangeKind
 
 log = Logger()
@@ -83,6 +83,13 @@ def _sqlite_lock(url: sa.URL) -> threading.RLock:
 
 def _lock_key(scope: str) -> int:
     return int.from_bytes(hashlib.sha256(scope.encode()).digest()[:8], "big", signed=True)
+
+
+def _invalid_input(exc: Exception) -> ValidationError:
+    """A value the database cannot hold (NUL in PostgreSQL text, integer overflow)."""
+    orig = getattr(exc, "orig", exc)
+    first_line = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return ValidationError(f"invalid input: {first_line}")
 
 
 class Tx:
@@ -189,12 +196,22 @@ class StoreBase:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        """A read-only transaction (consistent snapshot for multi-statement reads)."""
+        """A read-only transaction (consistent snapshot for multi-statement reads).
+
+        SQLite WAL readers see one snapshot per transaction; on PostgreSQL the
+        transaction runs at REPEATABLE READ so a service row and its targets are
+        never read from two different commits.
+        """
         try:
-            with self._engine.connect() as conn, conn.begin():
-                yield conn
+            with self._engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
         except OperationalError as exc:
             raise StoreUnavailable(f"store unavailable: {exc.orig}") from exc
+        except (DataError, OverflowError) as exc:
+            raise _invalid_input(exc) from exc
 
     def _retryable(self, exc: DBAPIError) -> bool:
         if isinstance(exc, IntegrityError):
@@ -215,7 +232,11 @@ class StoreBase:
         for attempt in range(MAX_ATTEMPTS):
             try:
                 result, changes = self._write_once(scope, fn)
+            except OverflowError as exc:
+                raise _invalid_input(exc) from exc
             except DBAPIError as exc:
+                if isinstance(exc, DataError):
+                    raise _invalid_input(exc) from exc
                 if not self._retryable(exc):
                     if isinstance(exc, OperationalError):
                         raise StoreUnavailable(f"store unavailable: {exc.orig}") from exc
