@@ -172,3 +172,39 @@ def test_service_method_paths_and_kinds() -> None:
     assert msvc.full_name == "management.ManagementService"
     assert msvc.methods_by_name["Sync"].server_streaming
     assert set(msvc.methods_by_name) >= {"Login", "Sync", "GetServerKey"}
+
+
+def test_sync_response_skips_upstream_fields_we_do_not_declare() -> None:
+    # SyncResponse field 8 (NetworkMapEnvelope) exists upstream but not in our
+    # subset: it must be skipped without disturbing the fields we read.
+    known = mpb.SyncResponse(NetworkMap=mpb.NetworkMap(Serial=7, remotePeersIsEmpty=True))
+    envelope = b"\x42\x03\x0a\x01\x00"  # field 8, length 3: an opaque sub-message
+    parsed = mpb.SyncResponse.FromString(known.SerializeToString() + envelope)
+    assert parsed.NetworkMap.Serial == 7
+    assert parsed.NetworkMap.remotePeersIsEmpty
+
+
+def test_management_messages_roundtrip_peer_facing_fields() -> None:
+    rule = mpb.FirewallRule(
+        Direction=mpb.IN,
+        Action=mpb.ACCEPT,
+        Protocol=mpb.TCP,
+        Port="443",
+        sourcePrefixes=[bytes([100, 64, 0, 0, 16])],
+    )
+    zone = mpb.CustomZone(
+        Domain="app.example.",
+        Records=[
+            mpb.SimpleRecord(Name="app.example.", Type=1, Class="IN", TTL=5, RData="100.64.0.2")
+        ],
+    )
+    nm = mpb.NetworkMap(
+        Serial=3,
+        peerConfig=mpb.PeerConfig(address="100.64.0.2/16"),
+        remotePeers=[mpb.RemotePeerConfig(wgPubKey="k=", allowedIps=["100.64.0.7/32"])],
+        DNSConfig=mpb.DNSConfig(ServiceEnable=True, CustomZones=[zone]),
+        FirewallRules=[rule],
+    )
+    again = mpb.NetworkMap.FromString(nm.SerializeToString())
+    assert again == nm
+    assert again.DNSConfig.CustomZones[0].Records[0].TTL == 5
