@@ -1,0 +1,503 @@
+"""The gateway's configuration model: one flag table, environment overlay,
+validation.  Pure: no sockets, no files, no DNS.
+
+:data:`SETTINGS` is the single definition of every setting (flag name,
+``NB_PROXY_*`` environment variable, default, help text, parser).  The
+``twistd nbgateway`` options (:mod:`nbgateway.options`) and :func:`load` are
+both built from it, so help text and validation exist once.
+
+Precedence (spec proxy.md section 9): a flag given on the command line wins;
+otherwise its environment variable **when set** (even to the empty string, as
+upstream's ``os.LookupEnv``); otherwise the default.  Unlike upstream, which
+silently falls back to the default on an unparsable environment value, every
+invalid value -- flag or environment -- is rejected with a one-line
+:class:`ConfigError` naming the flag (fail closed).
+
+Differences from upstream netbird-proxy, on purpose:
+
+* ``--mgmt`` has no default: without it the management service runs
+  in-process (the embedded default).  ``NB_PROXY_TOKEN`` is required only when
+  ``--mgmt`` is given, with upstream's error text.
+* ``--domain`` is required with ``--mgmt``; the embedded default uses
+  :data:`EMBEDDED_DOMAIN`.
+* ``--wg-port`` defaults to 51820: all accounts share one demultiplexed UDP
+  port here, so a fixed port does not limit us to one account.
+* Listen hosts (``--addr``, ``--health-addr``) must be an IP literal,
+  ``localhost`` or empty (all interfaces): resolving names is I/O.
+* Added: ``--wg-endpoint``, ``--log-format``, ``--datadir``,
+  ``--tunnel-http-port``, ``--tunnel-https-port``, ``--drain-timeout``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from nbgateway.durations import parse_go_duration
+
+TOKEN_ENV = "NB_PROXY_TOKEN"
+TOKEN_REQUIRED = f"proxy token is required: set {TOKEN_ENV} environment variable"
+EMBEDDED_DOMAIN = "nbgateway.internal"
+DEFAULT_WG_PORT = 51820
+REDACTED = "[REDACTED]"
+
+#: Upstream (logrus) level names accepted by ``--log-level``.
+LOG_LEVELS = ("panic", "fatal", "error", "warn", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
+FORWARDED_PROTOS = ("auto", "http", "https")
+
+
+class ConfigError(ValueError):
+    """An invalid setting; ``str()`` is one line naming the flag."""
+
+
+class HostPort(NamedTuple):
+    """A listen address: ``host`` is "" for all interfaces."""
+
+    host: str
+    port: int
+
+    def endpoint(self) -> str:
+        """A Twisted ``tcp:`` server endpoint description."""
+        desc = f"tcp:port={self.port}"
+        if self.host:
+            desc += ":interface=" + self.host.replace(":", r"\:")
+        return desc
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+# -- value parsers: text -> value, ValueError(reason) on bad input ---------------------------
+
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def parse_bool(text: str) -> bool:
+    """Go's ``strconv.ParseBool``."""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("must be a boolean (true/false/1/0)")
+
+
+def _port(text: str, *, allow_zero: bool) -> int:
+    if not text.isdigit():
+        raise ValueError("must be a port number")
+    port = int(text)
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port must be in {low}-65535")
+    return port
+
+
+def parse_port(text: str) -> int:
+    return _port(text, allow_zero=False)
+
+
+def parse_port_or_zero(text: str) -> int:
+    return _port(text, allow_zero=True)
+
+
+def _split_hostport(text: str) -> tuple[str, str]:
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("must be HOST:PORT")
+        return host, port
+    host, sep, port = text.rpartition(":")
+    if not sep or ":" in host:
+        raise ValueError("must be HOST:PORT (bracket IPv6 hosts: [::1]:443)")
+    return host, port
+
+
+def parse_listen(text: str) -> HostPort:
+    """``HOST:PORT`` / ``:PORT`` / ``[v6]:PORT`` with HOST an IP literal or localhost."""
+    host, port = _split_hostport(text.strip())
+    if host == "localhost":
+        host = "127.0.0.1"
+    elif host:
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            raise ValueError(f"host {host!r} must be an IP address, localhost or empty") from None
+    return HostPort(host, _port(port, allow_zero=True))
+
+
+def parse_optional_listen(text: str) -> HostPort | None:
+    return parse_listen(text) if text.strip() else None
+
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def parse_domain(text: str) -> str:
+    """A DNS name with at least two labels, lower-cased, without trailing dot."""
+    name = text.strip().rstrip(".").lower()
+    if not name:
+        raise ValueError("domain must not be empty")
+    if len(name) > 253:
+        raise ValueError("domain is longer than 253 characters")
+    labels = name.split(".")
+    if len(labels) < 2:
+        raise ValueError("domain needs at least two labels")
+    if not all(_LABEL.match(label) for label in labels):
+        raise ValueError("domain labels must be letters, digits and inner hyphens")
+    return name
+
+
+def parse_optional_domain(text: str) -> str:
+    return parse_domain(text) if text.strip() else ""
+
+
+def parse_endpoint(text: str) -> str:
+    """``HOST:PORT`` advertised to peers (HOST a name or an IP); "" = derive."""
+    if not text.strip():
+        return ""
+    host, port = _split_hostport(text.strip())
+    if not host:
+        raise ValueError("host must not be empty")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if "." in host:
+            parse_domain(host)
+        else:
+            _single_label(host)
+    _port(port, allow_zero=False)
+    return text.strip()
+
+
+def _single_label(host: str) -> None:
+    if not _LABEL.match(host.lower()):
+        raise ValueError(f"host {host!r} is not a valid name")
+
+
+def parse_management_url(text: str) -> str:
+    """"" (embedded management) or an ``http(s)://host[:port]`` URL."""
+    url = text.strip()
+    if not url:
+        return ""
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("scheme must be http or https")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("invalid port") from None
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    if port == 0:
+        raise ValueError("invalid port")
+    return url
+
+
+def parse_duration(text: str) -> float:
+    """A non-negative Go duration ("0", "30s", "1m30s"), in seconds."""
+    seconds = parse_go_duration(text)
+    if seconds < 0:
+        raise ValueError("duration must not be negative")
+    return seconds
+
+
+def parse_positive_duration(text: str) -> float:
+    seconds = parse_go_duration(text)
+    if seconds <= 0:
+        raise ValueError("duration must be positive")
+    return seconds
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            *head, last = options
+            raise ValueError(f"must be {', '.join(head)}, or {last}")
+        return value
+
+    return parse
+
+
+def parse_trusted_proxies(text: str) -> tuple[str, ...]:
+    """Comma-separated IPs/CIDRs, normalised to CIDR strings."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+    return tuple(out)
+
+
+def parse_preshared_key(text: str) -> str:
+    """"" or a base64 WireGuard pre-shared key (32 bytes)."""
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("must be a base64-encoded 32-byte key")
+    return text
+
+
+def parse_nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def parse_text(text: str) -> str:
+    return text
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting.  ``flag`` is None for environment-only settings."""
+
+    name: str                       # Config attribute
+    flag: str | None
+    env: str
+    default: str                    # textual default, parsed like any input
+    help: str
+    parse: Callable[[str], Any]
+    is_bool: bool = False           # a presence flag (``--private``), value from env/default
+    hidden: bool = False            # honoured, but not shown by --help
+    secret: bool = False            # never shown in logs/repr
+
+    @property
+    def label(self) -> str:
+        return f"--{self.flag}" if self.flag else self.env
+
+
+def _s(name: str, env: str, default: str, help: str, parse: Callable[[str], Any], *,
+       flag: str | None = "", **kw: Any) -> Setting:
+    return Setting(name=name, flag=name.replace("_", "-") if flag == "" else flag, env=env,
+                   default=default, help=help, parse=parse, **kw)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    _s("mgmt", "NB_PROXY_MANAGEMENT_ADDRESS", "",
+       "management gRPC URL (http[s]://host:port); empty runs management in-process",
+       parse_management_url),
+    _s("addr", "NB_PROXY_ADDRESS", ":443", "public listener HOST:PORT", parse_listen),
+    _s("domain", "NB_PROXY_DOMAIN", "",
+       f"cluster domain of this proxy (required with --mgmt; embedded: {EMBEDDED_DOMAIN})",
+       parse_optional_domain),
+    _s("cert_dir", "NB_PROXY_CERTIFICATE_DIRECTORY", "./certs",
+       "directory of per-domain certificates", parse_nonempty),
+    _s("wildcard_cert_dir", "NB_PROXY_WILDCARD_CERT_DIR", "",
+       "directory of wildcard certificates", parse_text),
+    _s("wg_port", "NB_PROXY_WG_PORT", str(DEFAULT_WG_PORT),
+       "WireGuard UDP port shared by all accounts (0 = random)", parse_port_or_zero),
+    _s("wg_endpoint", "NB_PROXY_WG_ENDPOINT", "",
+       "public WireGuard HOST:PORT advertised to peers (default <domain>:<wg-port>)",
+       parse_endpoint),
+    _s("private", "NB_PROXY_PRIVATE", "false",
+       "per-account inbound listeners and the 'private' capability", parse_bool,
+       is_bool=True, hidden=True),
+    _s("health_addr", "NB_PROXY_HEALTH_ADDRESS", "localhost:8080",
+       "health and /metrics listener HOST:PORT (empty disables)", parse_optional_listen),
+    _s("trusted_proxies", "NB_PROXY_TRUSTED_PROXIES", "",
+       "comma-separated trusted upstream proxy IPs/CIDRs", parse_trusted_proxies),
+    _s("forwarded_proto", "NB_PROXY_FORWARDED_PROTO", "auto",
+       "X-Forwarded-Proto for backends: auto, http or https", _choice(FORWARDED_PROTOS)),
+    _s("max_dial_timeout", "NB_PROXY_MAX_DIAL_TIMEOUT", "0",
+       "cap on upstream dial timeouts, Go duration (0 = no cap)", parse_duration),
+    _s("max_session_idle_timeout", "NB_PROXY_MAX_SESSION_IDLE_TIMEOUT", "0",
+       "cap on L4 session idle timeouts, Go duration (0 = no cap)", parse_duration),
+    _s("proxy_protocol", "NB_PROXY_PROXY_PROTOCOL", "false",
+       "accept PROXY protocol on the public TCP listener", parse_bool, is_bool=True),
+    _s("preshared_key", "NB_PROXY_PRESHARED_KEY", "",
+       "WireGuard pre-shared key between proxy and peers (prefer the env var)",
+       parse_preshared_key, secret=True),
+    _s("supports_custom_ports", "NB_PROXY_SUPPORTS_CUSTOM_PORTS", "true",
+       "capability: can bind arbitrary L4 ports (true/false)", parse_bool),
+    _s("require_subdomain", "NB_PROXY_REQUIRE_SUBDOMAIN", "false",
+       "capability: services must be subdomains of --domain", parse_bool, is_bool=True),
+    _s("log_level", "NB_PROXY_LOG_LEVEL", "info",
+       "log level: panic, fatal, error, warn, info, debug or trace", _choice(LOG_LEVELS)),
+    _s("debug", "NB_PROXY_DEBUG_LOGS", "false", "deprecated: same as --log-level debug",
+       parse_bool, is_bool=True),
+    _s("log_format", "NB_PROXY_LOG_FORMAT", "text", "log format: text or json",
+       _choice(LOG_FORMATS)),
+    _s("datadir", "NB_PROXY_DATADIR", "./nbgateway-data",
+       "data directory of the embedded management (SQLite, admin token)", parse_nonempty),
+    _s("tunnel_http_port", "NB_PROXY_TUNNEL_HTTP_PORT", "80",
+       "HTTP port of the per-account tunnel listeners", parse_port),
+    _s("tunnel_https_port", "NB_PROXY_TUNNEL_HTTPS_PORT", "443",
+       "HTTPS port of the per-account tunnel listeners", parse_port),
+    _s("drain_timeout", "NB_PROXY_DRAIN_TIMEOUT", "30s",
+       "graceful shutdown: how long in-flight requests may finish, Go duration",
+       parse_duration),
+    # environment-only
+    _s("token", TOKEN_ENV, "", "proxy access token (required with --mgmt)", parse_text,
+       flag=None, secret=True),
+    _s("allow_insecure", "NB_PROXY_ALLOW_INSECURE", "false",
+       "allow plaintext gRPC to a non-loopback management", parse_bool, flag=None),
+    _s("tunnel_cache_ttl", "NB_PROXY_TUNNEL_CACHE_TTL", "5m",
+       "ValidateTunnelPeer cache TTL, Go duration", parse_positive_duration, flag=None),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+BY_FLAG: dict[str, Setting] = {s.flag: s for s in SETTINGS if s.flag}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated gateway settings (see :data:`SETTINGS` for meaning and defaults)."""
+
+    mgmt: str
+    addr: HostPort
+    domain: str
+    cert_dir: str
+    wildcard_cert_dir: str
+    wg_port: int
+    wg_endpoint: str
+    private: bool
+    health_addr: HostPort | None
+    trusted_proxies: tuple[str, ...]
+    forwarded_proto: str
+    max_dial_timeout: float
+    max_session_idle_timeout: float
+    proxy_protocol: bool
+    preshared_key: str
+    supports_custom_ports: bool
+    require_subdomain: bool
+    log_level: str
+    debug: bool
+    log_format: str
+    datadir: str
+    tunnel_http_port: int
+    tunnel_https_port: int
+    drain_timeout: float
+    token: str
+    allow_insecure: bool
+    tunnel_cache_ttl: float
+
+    @property
+    def embedded(self) -> bool:
+        """True when management runs in-process (no ``--mgmt``)."""
+        return not self.mgmt
+
+    @property
+    def effective_log_level(self) -> str:
+        """``--debug`` forces debug (upstream's deprecated flag)."""
+        return "debug" if self.debug else self.log_level
+
+    def advertised_wg_endpoint(self, bound_port: int | None = None) -> str:
+        """``--wg-endpoint``, else ``<domain>:<port>`` with the bound port when known."""
+        if self.wg_endpoint:
+            return self.wg_endpoint
+        port = bound_port if bound_port is not None else self.wg_port
+        return f"{self.domain}:{port}"
+
+    def for_log(self) -> dict[str, Any]:
+        """Every setting with secrets reduced to presence booleans."""
+        out: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            if s.secret:
+                out[f"{s.name}_present"] = bool(value)
+            else:
+                out[s.name] = str(value) if isinstance(value, HostPort) else value
+        return out
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if BY_NAME[f.name].secret and value:
+                value = REDACTED
+            parts.append(f"{f.name}={value!r}")
+        return f"Config({', '.join(parts)})"
+
+
+def _invalid(setting: Setting, raw: str, source: str | None, reason: str) -> ConfigError:
+    where = f" (from {source})" if source else ""
+    return ConfigError(f"invalid {setting.label} value {raw!r}{where}: {reason}")
+
+
+def load(flags: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> Config:
+    """Build a :class:`Config`.
+
+    ``flags`` maps a setting name or flag (``"wg_port"`` / ``"wg-port"``) to the
+    command-line value: a string, or for presence flags (``is_bool``) a truthy
+    value when given; None / a false non-string means "not given".  ``environ``
+    defaults to an empty mapping (pass ``os.environ`` explicitly: no I/O here).
+    """
+    flags = {k.replace("-", "_"): v for k, v in (flags or {}).items()}
+    unknown = set(flags) - set(BY_NAME)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    environ = environ or {}
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        given = flags.get(s.name) if s.flag else None
+        if s.is_bool and given is not None and not isinstance(given, str):
+            if given:  # a presence flag that was given
+                values[s.name] = True
+                continue
+            given = None
+        if given is not None:
+            raw, source = str(given), None
+        elif s.env in environ:
+            raw, source = environ[s.env], s.env
+        else:
+            raw, source = s.default, "default"
+        try:
+            values[s.name] = s.parse(raw)
+        except ValueError as exc:
+            raise _invalid(s, raw, source, str(exc)) from None
+    cfg = _cross_check(Config(**values))
+    if cfg.embedded and not cfg.domain:
+        cfg = replace(cfg, domain=EMBEDDED_DOMAIN)
+    return cfg
+
+
+def _cross_check(cfg: Config) -> Config:
+    if cfg.mgmt:
+        if not cfg.token:
+            raise ConfigError(TOKEN_REQUIRED)
+        if not cfg.domain:
+            raise ConfigError("invalid --domain value '': a domain is required with --mgmt")
+        parts = urlsplit(cfg.mgmt if "://" in cfg.mgmt else f"https://{cfg.mgmt}")
+        if parts.scheme.lower() == "http" and not cfg.allow_insecure \
+                and not _loopback(parts.hostname or ""):
+            raise ConfigError(
+                f"invalid --mgmt value {cfg.mgmt!r}: plaintext gRPC to a non-loopback "
+                "management would expose the proxy token; use https:// or set "
+                "NB_PROXY_ALLOW_INSECURE=true")
+    if cfg.tunnel_http_port == cfg.tunnel_https_port:
+        raise ConfigError(
+            f"invalid --tunnel-https-port value '{cfg.tunnel_https_port}': "
+            "must differ from --tunnel-http-port")
+    return cfg
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
