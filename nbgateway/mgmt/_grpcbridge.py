@@ -66,6 +66,10 @@ def map_rpc_error(exc: BaseException) -> errors.ManagementError:
 
 _CLOSE = object()  # sentinel ending a bidi request iterator
 
+#: Bound on concurrent unary calls (memory and management load); past it calls
+#: fail fast with ManagementUnavailableError, which callers treat as "deny".
+MAX_INFLIGHT_UNARY = 4096
+
 
 class StreamCall:
     """One open server-streaming or bidi call, owned by the reactor thread.
@@ -185,9 +189,17 @@ class StreamCall:
 class GrpcBridge:
     """Starts grpcio calls and routes their results to the reactor."""
 
-    def __init__(self, reactor: IReactorFromThreads, join_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        join_timeout: float = 2.0,
+        max_inflight: int = MAX_INFLIGHT_UNARY,
+    ) -> None:
         self.reactor = reactor
         self.join_timeout = join_timeout
+        self.max_inflight = max_inflight
+        #: Unary calls refused because ``max_inflight`` were already running.
+        self.refused = 0
         self._unary: set[grpc.Future] = set()
         self._streams: set[StreamCall] = set()
         self._stopped = False
@@ -203,6 +215,9 @@ class GrpcBridge:
         """Start a unary call; the Deferred fires with the response message."""
         if self._stopped:
             return _failed(errors.ManagementUnavailableError("management client stopped"))
+        if len(self._unary) >= self.max_inflight:
+            self.refused += 1
+            return _failed(errors.ManagementUnavailableError("too many in-flight management calls"))
         future = method.future(request, timeout=timeout, metadata=metadata)
         self._unary.add(future)
         d: Deferred[Any] = Deferred(lambda _d: future.cancel())

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from google.protobuf import json_format
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -81,6 +82,52 @@ class MappingObserver:
     def snapshot_reconciled(self, removed_ids: frozenset[str]) -> Deferred[Any] | None:
         """A complete snapshot was applied; ``removed_ids`` were stale."""
         return None
+
+
+REDACTED = "[REDACTED]"
+
+
+def redacted(mapping: pb.ProxyMapping) -> pb.ProxyMapping:
+    """A copy safe for debug logs (spec proxy.md 8.1): non-empty ``auth_token``
+    and ``header_auths[].hashed_value`` and every ``custom_headers`` value
+    become ``[REDACTED]``; ``session_key`` (a public key) is kept; empty
+    fields stay empty.  The original is not modified."""
+    copy = pb.ProxyMapping()
+    copy.CopyFrom(mapping)
+    if copy.auth_token:
+        copy.auth_token = REDACTED
+    for header_auth in copy.auth.header_auths:
+        if header_auth.hashed_value:
+            header_auth.hashed_value = REDACTED
+    for path in copy.path:
+        headers = path.options.custom_headers
+        for key in list(headers):
+            headers[key] = REDACTED
+    return copy
+
+
+def redacted_json(mapping: pb.ProxyMapping) -> str:
+    """Single-line JSON of :func:`redacted` (proto field names, zero values included)."""
+    return json_format.MessageToJson(
+        redacted(mapping),
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        indent=None,
+    )
+
+
+class _LazyRedactedJSON:
+    """Formats to :func:`redacted_json` only if a debug observer renders it."""
+
+    __slots__ = ("mapping",)
+
+    def __init__(self, mapping: pb.ProxyMapping) -> None:
+        self.mapping = mapping
+
+    def __str__(self) -> str:
+        return redacted_json(self.mapping)
+
+    __repr__ = __str__
 
 
 def normalise_domain(domain: str) -> str:
@@ -194,10 +241,11 @@ class MappingStore:
         if self._snapshot is not None:
             self._snapshot.add(mapping.id)
         log.debug(
-            "mapping {type} {domain} {id}",
+            "mapping {type} {domain} {id}: {mapping}",
             type=pb.ProxyMappingUpdateType.Name(kind),
             domain=mapping.domain,
             id=mapping.id,
+            mapping=_LazyRedactedJSON(mapping),
         )
         if kind == REMOVED:
             if mapping.id in self._by_id:

@@ -165,3 +165,35 @@ async def test_stop_cancels_streams_and_joins_threads(env: Env) -> None:
         await env.bridge.unary(
             env.stub.ValidateSession, pb.ValidateSessionRequest(), timeout=1, metadata=MD
         )
+
+
+@pytest_twisted.ensureDeferred
+async def test_unary_inflight_bound_fails_fast_and_frees_on_completion(env: Env) -> None:
+    bridge = GrpcBridge(reactor, max_inflight=1)
+    env_close = env.close
+
+    def close() -> None:
+        bridge.stop()
+        env_close()
+
+    env.close = close
+    blocked = bridge.unary(
+        env.stub.ValidateTunnelPeer,
+        pb.ValidateTunnelPeerRequest(tunnel_ip="100.64.0.10", domain="block.example"),
+        timeout=10,
+        metadata=MD,
+    )
+    with pytest.raises(errors.ManagementUnavailableError):
+        await bridge.unary(
+            env.stub.ValidateSession, pb.ValidateSessionRequest(), timeout=10, metadata=MD
+        )
+    assert bridge.refused == 1
+    env.servicer.release_blocked.set()
+    assert (await blocked).denied_reason == "released"
+    resp = await bridge.unary(
+        env.stub.ValidateSession,
+        pb.ValidateSessionRequest(domain="d", session_token="good"),
+        timeout=10,
+        metadata=MD,
+    )
+    assert resp.valid
