@@ -22,10 +22,9 @@ What it owns:
   mapping (``private`` included) is copied per proxy; a service that turns
   private is REMOVED for proxies lacking ``supports_private_service`` and
   CREATED again when it turns public.
-* **Unary RPCs**: ValidateTunnelPeer, ValidateSession, Authenticate,
-  CreateProxyPeer (stores the ``wireguard_endpoint`` extension),
-  SendStatusUpdate (stores ``inbound_listener``, an nbgateway extension),
-  SendAccessLog, and GetOIDCURL (``UNIMPLEMENTED``).
+* **Unary RPCs** come from the :class:`~nbgateway.management.proxyrpcs.UnaryRpcs`
+  mixin (ValidateTunnelPeer, ValidateSession, Authenticate, CreateProxyPeer,
+  SendStatusUpdate, SendAccessLog, GetOIDCURL).
 
 Requests are decoded here (not by grpcio) so an undecodable message is
 answered ``INVALID_ARGUMENT``; unknown fields are ignored as proto3 requires.
@@ -33,20 +32,16 @@ answered ``INVALID_ARGUMENT``; unknown fields are ignored as proto3 requires.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import dataclasses
-import ipaddress
 import os
 import queue
-import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -55,34 +50,44 @@ from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.management import sessionjwt
 from nbgateway.management.errors import ManagementError, NotFound
-from nbgateway.management.ipam import canonical_tunnel_ip
 from nbgateway.management.model import (
-    AccessLogEntry,
     ChangeKind,
-    Peer,
     ProxyAccessToken,
     ProxyCapabilities,
-    ProxyInboundListener,
     ProxyRecord,
     Service,
-    ServiceStatus,
-    new_id,
     utcnow,
 )
 from nbgateway.management.proxymapping import (
     CREATED,
     MODIFIED,
     OneTimeTokenStore,
-    TokenError,
     per_proxy_mapping,
     proxy_accepts_mapping,
     removed_mapping,
     to_proto_mapping,
 )
+from nbgateway.management.proxyrpcs import (
+    UnaryRpcs,
+    check_peer_group_access,
+    peer_ip,
+    status_code,
+    valid_endpoint,
+    valid_proxy_address,
+)
 from nbgateway.management.store import _secrets
-from nbgateway.management.store.schema import group_peers, groups, peers
+from nbgateway.management.store.schema import peers
+
+__all__ = [
+    "AuthFailureLimiter",
+    "ProxyConnection",
+    "ProxyServiceServicer",
+    "batch_size_from_env",
+    "check_peer_group_access",
+    "valid_endpoint",
+    "valid_proxy_address",
+]
 
 log = Logger()
 
@@ -99,8 +104,6 @@ AUTH_MAX_ENTRIES = 10_000
 TOKEN_CACHE_SECONDS = 10.0
 TOKEN_CACHE_MAX = 1024
 
-_STATUS_NAMES = list(ServiceStatus)  # ProxyStatus 0..5 in order
-_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _SERVICE_KINDS = (
     ChangeKind.SERVICE_CREATED,
     ChangeKind.SERVICE_UPDATED,
@@ -116,29 +119,6 @@ def batch_size_from_env(environ: dict[str, str] | None = None) -> int:
     except ValueError:
         return DEFAULT_BATCH_SIZE
     return value if value > 0 else DEFAULT_BATCH_SIZE
-
-
-def valid_proxy_address(address: str) -> bool:
-    """An IP address or a valid DNS name (what a proxy reports as its cluster)."""
-    if not address or len(address) > 253:
-        return False
-    try:
-        ipaddress.ip_address(address)
-        return True
-    except ValueError:
-        pass
-    labels = address.lower().rstrip(".").split(".")
-    return all(_DOMAIN_LABEL.match(label) for label in labels)
-
-
-def _peer_ip(context: grpc.ServicerContext) -> str:
-    peer = context.peer() or ""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rsplit(":", 1)[0]
-    if kind == "ipv6":
-        return rest.rsplit(":", 1)[0].strip("[]")
-    return rest or peer
 
 
 # --- failed-authentication limiter ------------------------------------------------------
@@ -258,7 +238,7 @@ class _Known:
 # --- the servicer ---------------------------------------------------------------------------
 
 
-class ProxyServiceServicer:
+class ProxyServiceServicer(UnaryRpcs):
     """ProxyService over a synchronous store (see module docstring)."""
 
     def __init__(
@@ -375,7 +355,7 @@ class ProxyServiceServicer:
     # -- caller identity (2.0) -----------------------------------------------------------------
 
     def _authenticate(self, context: grpc.ServicerContext) -> ProxyAccessToken:
-        ip = _peer_ip(context)
+        ip = peer_ip(context)
         if not self.limiter.allowed(ip):
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed authentication attempts"
@@ -407,7 +387,7 @@ class ProxyServiceServicer:
         except ManagementError as exc:
             if exc.grpc_code == "UNAUTHENTICATED":
                 self._auth_fail(context, ip, exc.message)
-            context.abort(_code(exc), f"authenticate: {exc.message}")
+            context.abort(status_code(exc), f"authenticate: {exc.message}")
         with self._lock:
             self._token_cache[key] = (token, now)
             self._token_cache.move_to_end(key)
@@ -418,16 +398,6 @@ class ProxyServiceServicer:
     def _auth_fail(self, context: grpc.ServicerContext, ip: str, message: str) -> None:
         self.limiter.failed(ip)
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    @staticmethod
-    def _enforce_scope(
-        caller: ProxyAccessToken, account_id: str, context: grpc.ServicerContext
-    ) -> None:
-        if caller.account_id is not None and account_id != caller.account_id:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"account-scoped token cannot access account {account_id}",
-            )
 
     # -- mapping streams (2.1 - 2.3) -----------------------------------------------------------
 
@@ -478,7 +448,7 @@ class ProxyServiceServicer:
             address=init.address,
             caps=caps,
             token=caller,
-            peer_ip=_peer_ip(context),
+            peer_ip=peer_ip(context),
             context=context,
             queue_size=self.queue_size,
         )
@@ -806,393 +776,3 @@ class ProxyServiceServicer:
                 )
             out.append(s)
         return out
-
-    def peer_group_refs(self, account_id: str, peer_id: str) -> list[tuple[str, str]]:
-        """``[(group id, group name)]`` of a peer, by group id (no member lists loaded)."""
-        q = (
-            sa.select(groups.c.id, groups.c.name)
-            .join(group_peers, group_peers.c.group_id == groups.c.id)
-            .where(group_peers.c.peer_id == peer_id, groups.c.account_id == account_id)
-            .order_by(groups.c.id)
-        )
-        with self.store._read() as conn:
-            return [(gid, name) for gid, name in conn.execute(q)]
-
-    # -- ValidateTunnelPeer (2.8, 2.9) ---------------------------------------------------------
-
-    def ValidateTunnelPeer(
-        self, req: pb.ValidateTunnelPeerRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.ValidateTunnelPeerResponse:
-        deny = pb.ValidateTunnelPeerResponse
-        if not req.domain or not req.tunnel_ip:
-            return deny(denied_reason="missing domain or tunnel_ip")
-        if canonical_tunnel_ip(req.tunnel_ip) is None:
-            return deny(denied_reason="invalid_tunnel_ip")
-        svc = self._service_by_domain(req.domain, context)
-        if svc is None:
-            return deny(denied_reason="service_not_found")
-        self._enforce_scope(caller, svc.account_id, context)
-        try:
-            peer: Peer | None = self.store.get_peer_by_ip(svc.account_id, req.tunnel_ip)
-        except Exception:
-            peer = None
-        if peer is None:
-            return deny(denied_reason="peer_not_found")
-        try:
-            refs = self.peer_group_refs(svc.account_id, peer.id)
-        except Exception:
-            return deny(denied_reason="peer_not_found")
-        gids = [g for g, _ in refs]
-        names = [n for _, n in refs]
-        principal, display = peer.id, peer.name
-        identity = {"peer_group_ids": gids, "peer_group_names": names}
-        if peer.user_id:
-            principal = peer.user_id
-            try:
-                user = self.store.get_user(svc.account_id, peer.user_id)
-            except NotFound:
-                user = None
-            except ManagementError as exc:
-                context.abort(_code(exc), f"get user: {exc.message}")
-            if user is None:
-                return deny(denied_reason="user_not_found", user_id=principal,
-                            user_email=display, **identity)
-            display = user.email or peer.name
-            if user.pending_approval:
-                return deny(denied_reason="pending_approval", user_id=principal,
-                            user_email=display, **identity)
-            if user.blocked:
-                return deny(denied_reason="user_blocked", user_id=principal,
-                            user_email=display, **identity)
-        if not check_peer_group_access(svc, gids):
-            return deny(denied_reason="not_in_group", user_id=principal, user_email=display,
-                        **identity)
-        if not svc.session_private_key:
-            return deny(denied_reason="invalid_service_config")
-        try:
-            token = sessionjwt.sign_session(
-                svc.session_private_key,
-                subject=principal,
-                domain=svc.domain,
-                method="oidc",
-                email=display,
-                groups=gids,
-                group_names=names,
-            )
-        except (sessionjwt.InvalidServiceKeyError, ValueError) as exc:
-            context.abort(grpc.StatusCode.INTERNAL, f"sign session token: {exc}")
-        return pb.ValidateTunnelPeerResponse(
-            valid=True, user_id=principal, user_email=display, session_token=token, **identity
-        )
-
-    def _service_by_domain(self, domain: str, context: grpc.ServicerContext) -> Service | None:
-        try:
-            return self.store.get_service_by_domain(domain)
-        except ManagementError as exc:
-            context.abort(_code(exc), f"get service by domain: {exc.message}")
-
-    # -- ValidateSession (2.7) -----------------------------------------------------------------
-
-    def ValidateSession(
-        self, req: pb.ValidateSessionRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.ValidateSessionResponse:
-        deny = pb.ValidateSessionResponse
-        if not req.domain or not req.session_token:
-            return deny(denied_reason="missing domain or session_token")
-        svc = self._service_by_domain(req.domain, context)
-        if svc is None:
-            return deny(denied_reason="service_not_found")
-        self._enforce_scope(caller, svc.account_id, context)
-        try:
-            claims = sessionjwt.verify_session(
-                req.session_token, svc.session_public_key, svc.domain
-            )
-        except sessionjwt.InvalidServiceKeyError:
-            return deny(denied_reason="invalid_service_config")
-        except sessionjwt.InvalidSessionTokenError:
-            return deny(denied_reason="invalid_token")
-        try:
-            user = self.store.find_user(claims.subject)
-        except ManagementError as exc:
-            context.abort(_code(exc), f"get user: {exc.message}")
-        if user is None:
-            return deny(denied_reason="user_not_found")
-        if not user.account_id or not svc.account_id or user.account_id != svc.account_id:
-            return deny(denied_reason="account_mismatch")
-        ident = {"user_id": user.id, "user_email": user.email}
-        if user.pending_approval:
-            return deny(denied_reason="pending_approval", **ident)
-        if user.blocked:
-            return deny(denied_reason="user_blocked", **ident)
-        resolved = self.store.resolve_groups(svc.account_id, list(user.auto_groups))
-        groups_ = {"peer_group_ids": [g.id for g in resolved],
-                   "peer_group_names": [g.name for g in resolved]}
-        bearer = svc.auth.bearer_auth
-        if (
-            bearer is not None
-            and bearer.enabled
-            and bearer.distribution_groups
-            and not set(bearer.distribution_groups) & set(user.auto_groups)
-        ):
-            return deny(denied_reason="not_in_group", **ident, **groups_)
-        return pb.ValidateSessionResponse(valid=True, **ident, **groups_)
-
-    # -- Authenticate (2.6) --------------------------------------------------------------------
-
-    def Authenticate(
-        self, req: pb.AuthenticateRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.AuthenticateResponse:
-        self._enforce_scope(caller, req.account_id, context)
-        try:
-            svc = self.store.get_service(req.account_id, req.id)
-        except ManagementError as exc:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"get service from store: {exc.message}"
-            )
-        a = svc.auth
-        which = req.WhichOneof("request")
-        principal = method = ""
-        if which == "pin" and a.pin_auth is not None and a.pin_auth.enabled:
-            if a.pin_auth.pin and _secrets.verify_secret(a.pin_auth.pin, req.pin.pin):
-                principal, method = "pin-user", "pin"
-        elif which == "password" and a.password_auth is not None and a.password_auth.enabled:
-            pw = a.password_auth.password
-            if pw and _secrets.verify_secret(pw, req.password.password):
-                principal, method = "password-user", "password"
-        elif which == "header_auth":
-            wanted = req.header_auth.header_name.strip().lower()
-            for h in a.header_auths:
-                if not h.enabled or not h.value:
-                    continue
-                if wanted and h.header.strip().lower() != wanted:
-                    continue
-                if _secrets.verify_secret(h.value, req.header_auth.header_value):
-                    principal, method = "header-user", "header"
-                    break
-        if not principal:
-            return pb.AuthenticateResponse(success=False)
-        token = ""
-        if svc.session_private_key:
-            try:
-                token = sessionjwt.sign_session(
-                    svc.session_private_key, subject=principal, domain=svc.domain, method=method
-                )
-            except (sessionjwt.InvalidServiceKeyError, ValueError) as exc:
-                context.abort(grpc.StatusCode.INTERNAL, f"sign session token: {exc}")
-        return pb.AuthenticateResponse(success=True, session_token=token)
-
-    # -- CreateProxyPeer (2.13) ----------------------------------------------------------------
-
-    def CreateProxyPeer(
-        self, req: pb.CreateProxyPeerRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.CreateProxyPeerResponse:
-        self._enforce_scope(caller, req.account_id, context)
-        if not req.service_id or not req.account_id or not req.token:
-            return pb.CreateProxyPeerResponse(
-                success=False,
-                error_message="missing required fields: service_id, account_id, "
-                "and token are required",
-            )
-        try:
-            raw_key = base64.b64decode(req.wireguard_public_key, validate=True)
-        except (binascii.Error, ValueError):
-            raw_key = b""
-        if len(raw_key) != 32:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "wireguard_public_key must be a base64 32-byte key",
-            )
-        endpoint = req.wireguard_endpoint.strip() or None
-        if endpoint is not None and not valid_endpoint(endpoint):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"wireguard_endpoint {req.wireguard_endpoint!r} is not HOST:PORT",
-            )
-        if req.cluster and not valid_proxy_address(req.cluster):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cluster address is invalid")
-        try:
-            self.tokens.validate_and_consume(req.token, req.account_id, req.service_id)
-        except TokenError as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token validation: {exc}")
-        key = base64.b64encode(raw_key).decode()
-        try:
-            existing = self.store.get_peer_by_key(key)
-            if existing is not None:
-                if (
-                    endpoint is not None
-                    and existing.proxy
-                    and existing.account_id == req.account_id
-                    and existing.endpoint != endpoint
-                ):
-                    self.store.update_peer(dataclasses.replace(existing, endpoint=endpoint))
-                return pb.CreateProxyPeerResponse(success=True)
-            self.store.create_peer(
-                Peer(
-                    account_id=req.account_id,
-                    name=f"proxy-{new_id()}",
-                    key=key,
-                    endpoint=endpoint,
-                    proxy=True,
-                    proxy_cluster=req.cluster,
-                    ephemeral=True,
-                )
-            )
-        except ManagementError as exc:
-            if exc.grpc_code == "ALREADY_EXISTS" and self.store.get_peer_by_key(key) is not None:
-                return pb.CreateProxyPeerResponse(success=True)
-            context.abort(grpc.StatusCode.INTERNAL, f"create proxy peer: {exc.message}")
-        return pb.CreateProxyPeerResponse(success=True)
-
-    # -- SendStatusUpdate (2.12) ---------------------------------------------------------------
-
-    def SendStatusUpdate(
-        self, req: pb.SendStatusUpdateRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.SendStatusUpdateResponse:
-        self._enforce_scope(caller, req.account_id, context)
-        if not req.service_id or not req.account_id:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "service_id and account_id are required"
-            )
-        listener = None
-        if req.HasField("inbound_listener"):
-            il = req.inbound_listener
-            canon = canonical_tunnel_ip(il.tunnel_ip)
-            if canon is None:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "inbound_listener: invalid tunnel_ip"
-                )
-            if il.https_port > 65535 or il.http_port > 65535:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "inbound_listener: invalid port")
-            listener = ProxyInboundListener(
-                proxy_id=self._caller_proxy_id(caller, context),
-                account_id=req.account_id,
-                tunnel_ip=canon[1],
-                https_port=il.https_port,
-                http_port=il.http_port,
-            )
-        status = _STATUS_NAMES[req.status] if 0 <= req.status < len(_STATUS_NAMES) else "error"
-        try:
-            self.store.set_service_status(
-                req.account_id, req.service_id, status, certificate_issued=req.certificate_issued
-            )
-        except NotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"service {req.service_id} not found")
-        except ManagementError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, f"update service status: {exc.message}")
-        if listener is not None:
-            try:
-                self.store.set_inbound_listener(listener)
-            except ManagementError as exc:
-                context.abort(_code(exc), f"store inbound listener: {exc.message}")
-        return pb.SendStatusUpdateResponse()
-
-    def _caller_proxy_id(self, caller: ProxyAccessToken, context: grpc.ServicerContext) -> str:
-        """The proxy id of the caller: its mapping stream with the same token (and IP)."""
-        ip = _peer_ip(context)
-        same_token = [c for c in self.connections() if c.token_id == caller.id]
-        same_ip = [c for c in same_token if c.peer_ip == ip]
-        if len(same_ip) == 1:
-            return same_ip[0].proxy_id
-        if len(same_token) == 1:
-            return same_token[0].proxy_id
-        return f"token-{caller.id}"
-
-    # -- SendAccessLog (2.14) ------------------------------------------------------------------
-
-    def SendAccessLog(
-        self, req: pb.SendAccessLogRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.SendAccessLogResponse:
-        if not req.HasField("log"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log is required")
-        entry = req.log
-        self._enforce_scope(caller, entry.account_id, context)
-        if not entry.account_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log.account_id is required")
-        source_ip = ""
-        if entry.source_ip:
-            canon = canonical_tunnel_ip(entry.source_ip)
-            if canon is None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log.source_ip is not an IP")
-            source_ip = canon[1]
-        if entry.protocol not in ("", "http", "tcp", "udp"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log.protocol is invalid")
-        reason = ""
-        if entry.protocol in ("", "http"):
-            if not entry.auth_success:
-                reason = "Authentication failed"
-            elif entry.response_code >= 400:
-                reason = "Request failed"
-        ts = (
-            entry.timestamp.ToDatetime(tzinfo=UTC) if entry.HasField("timestamp") else utcnow()
-        )
-        record = AccessLogEntry(
-            id=entry.log_id,
-            account_id=entry.account_id,
-            service_id=entry.service_id,
-            timestamp=ts,
-            source_ip=source_ip,
-            method=entry.method,
-            host=entry.host,
-            path=entry.path,
-            duration=entry.duration_ms * 1_000_000,
-            status_code=entry.response_code,
-            reason=reason,
-            user_id=entry.user_id,
-            auth_method_used=entry.auth_mechanism,
-            bytes_upload=entry.bytes_upload,
-            bytes_download=entry.bytes_download,
-            protocol=entry.protocol,
-            metadata=dict(entry.metadata),
-            agent_network=entry.agent_network,
-        )
-        try:
-            self.store.append_access_log(record)
-        except ManagementError as exc:
-            context.abort(_code(exc), f"save access log: {exc.message}")
-        return pb.SendAccessLogResponse()
-
-    # -- GetOIDCURL (2.15) ---------------------------------------------------------------------
-
-    def GetOIDCURL(
-        self, req: pb.GetOIDCURLRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.GetOIDCURLResponse:
-        self._enforce_scope(caller, req.account_id, context)
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "GetOIDCURL is not implemented by nbgateway management: OIDC/SSO login is not "
-            "supported; private services authenticate tunnel peers with ValidateTunnelPeer",
-        )
-
-
-def check_peer_group_access(svc: Service, peer_group_ids: list[str]) -> bool:
-    """Spec 2.9, fail closed: a private service with no access groups denies everyone."""
-    have = set(peer_group_ids)
-    if svc.private:
-        return bool(svc.access_groups) and bool(have & set(svc.access_groups or ()))
-    bearer = svc.auth.bearer_auth
-    if bearer is not None and bearer.enabled and bearer.distribution_groups:
-        return bool(have & set(bearer.distribution_groups))
-    return True
-
-
-def valid_endpoint(endpoint: str) -> bool:
-    """``host:port`` / ``[v6]:port`` with a DNS name or IP host and a port 1-65535."""
-    if len(endpoint) > 300:
-        return False
-    if endpoint.startswith("["):
-        host, sep, port = endpoint[1:].partition("]:")
-        if not sep:
-            return False
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return False
-    else:
-        host, sep, port = endpoint.rpartition(":")
-        if not sep or not valid_proxy_address(host) or ":" in host:
-            return False
-    return port.isdigit() and 0 < int(port) < 65536
-
-
-def _code(exc: ManagementError) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL)
