@@ -134,10 +134,12 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
         # --- snapshot ------------------------------------------------------------------------
         conn = types.SimpleNamespace(address=CLUSTER, account_id=None,
                                      caps=pb.ProxyCapabilities(supports_private_service=True))
-        t0 = time.perf_counter()
-        mappings = [per_proxy_mapping(m, servicer.tokens.issue)
-                    for m in servicer.snapshot_mappings(conn)]
-        direct_snap = time.perf_counter() - t0
+        direct_snap = float("inf")
+        for _ in range(2):  # the first pass also warms the database page cache
+            t0 = time.perf_counter()
+            mappings = [per_proxy_mapping(m, servicer.tokens.issue)
+                        for m in servicer.snapshot_mappings(conn)]
+            direct_snap = min(direct_snap, time.perf_counter() - t0)
 
         stub = pb_grpc.ProxyServiceStub(grpc.insecure_channel(
             f"127.0.0.1:{svc.port}", options=[("grpc.max_receive_message_length", 64 << 20)]))
