@@ -428,3 +428,14 @@ def test_45_full_send_queue_cancels_the_stream(fx: Fixture) -> None:
             time.sleep(0.02)
     finally:
         h.close()
+
+
+def test_sync_client_half_close_ends_stream_cleanly(harness: Harness, fx: Fixture) -> None:
+    c = SyncClient(harness.stub, fx.token, "proxy-eof", capabilities=caps(**X_CAPS))
+    c.snapshot()
+    c._out.put(None)  # client EOF after the snapshot: the RPC ends with OK
+    assert c.end() is None
+    deadline = time.monotonic() + WAIT
+    while fx.store.get_proxy("proxy-eof").status != "disconnected":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
