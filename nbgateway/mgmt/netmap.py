@@ -1,0 +1,463 @@
+"""NetworkMap protobuf -> plain frozen values the per-account runtime applies.
+
+Pure and total: :func:`convert` never raises on peer-channel input.  Every
+entry it cannot use (an unparsable key, address, prefix, record or port) is
+skipped and counted in :attr:`AccountNetwork.skipped` by reason, so a bad
+entry costs one roster peer, record or rule and never the whole map.  Sizes
+are bounded (:data:`MAX_REMOTE_PEERS`, :data:`MAX_ZONES`, :data:`MAX_RECORDS`,
+:data:`MAX_RULES`); entries past a bound are skipped and counted too.
+
+What comes out (:class:`AccountNetwork`):
+
+* own addresses: the tunnel IPv4 interface (``peerConfig.address``, e.g.
+  ``100.64.0.99/10``) and, when present, the IPv6 one (``address_v6``:
+  address bytes + prefix length, upstream ``netiputil`` encoding);
+* the WireGuard roster: one :class:`RosterPeer` per remote peer (base64 key,
+  raw key, normalised allowed-IP prefixes, endpoint when the proto carries
+  one).  ``offlinePeers`` are not part of the roster (upstream does not
+  configure them either);
+* DNS zones: :class:`DnsZone` with A (type 1) and AAAA (type 28) records only,
+  names lower-cased with a trailing dot, TTL clamped to ``0..MAX_TTL``;
+  records outside their zone apex are skipped;
+* inbound firewall rules: :class:`InboundRule` values (direction IN only: the
+  netstack filter is an inbound filter; OUT rules are about traffic this
+  peer originates, which the gateway only sends to roster peers anyway).
+  ``InboundRule.rule_kwargs()`` is exactly the keyword set of
+  ``nbgateway.netstack.filter.Rule.make``.  Order: DROP rules first, then
+  ACCEPT (upstream's firewall managers install deny rules ahead of accept
+  rules), each group in map order.  Sources come from ``sourcePrefixes``
+  when present, else from the legacy ``PeerIP`` (``0.0.0.0`` / ``::`` mean
+  "any").  Protocols: ALL -> any (ports ignored), TCP 6, UDP 17, ICMP 1 and
+  58, NETBIRD_SSH -> TCP 22, CUSTOM -> ``customProtocol``.
+
+The filter's default action for a map is :data:`DEFAULT_ACTION` ("deny": the
+proxy peer accepts only what management allows, fail closed).  The runtime
+adds its own rules for what it serves to every roster peer, e.g.
+:func:`dns_rule` (UDP/TCP 53 from the roster's allowed IPs).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_ACTION",
+    "MAX_RECORDS",
+    "MAX_REMOTE_PEERS",
+    "MAX_RULES",
+    "MAX_TTL",
+    "MAX_ZONES",
+    "AccountNetwork",
+    "DnsRecord",
+    "DnsZone",
+    "InboundRule",
+    "RosterPeer",
+    "convert",
+    "dns_rule",
+    "normalize_name",
+]
+
+MAX_REMOTE_PEERS = 16384
+MAX_ALLOWED_IPS_PER_PEER = 256
+MAX_ZONES = 1024
+MAX_RECORDS = 16384
+MAX_RULES = 16384
+MAX_SOURCES_PER_RULE = 1024
+#: RFC 2181 8: a TTL is an unsigned 31-bit value
+MAX_TTL = 2**31 - 1
+MAX_NAME_LEN = 253
+
+TYPE_A = 1
+TYPE_AAAA = 28
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ICMPV6 = 58
+
+DEFAULT_ACTION = "deny"
+
+# management.proto enums (RuleProtocol, RuleDirection, RuleAction)
+_P_UNKNOWN, _P_ALL, _P_TCP, _P_UDP, _P_ICMP, _P_CUSTOM, _P_SSH = range(7)
+_DIR_IN = 0
+_ACT_ACCEPT, _ACT_DROP = 0, 1
+
+_ANY_V4 = ipaddress.ip_network("0.0.0.0/0")
+_ANY_V6 = ipaddress.ip_network("::/0")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+@dataclass(frozen=True)
+class RosterPeer:
+    """One WireGuard peer of the account's roster."""
+
+    public_key: str
+    key_bytes: bytes
+    allowed_ips: tuple[Network, ...]
+    endpoint: str = ""
+    fqdn: str = ""
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    """An A or AAAA record; ``name`` is lower-case with a trailing dot."""
+
+    name: str
+    type: int
+    ttl: int
+    address: str
+
+
+@dataclass(frozen=True)
+class DnsZone:
+    """A zone: apex ``domain`` (lower-case, trailing dot) and its records.
+
+    ``authoritative`` is False for upstream's match-only (``NonAuthoritative``)
+    zones, whose unknown names fall through to other resolvers upstream."""
+
+    domain: str
+    records: tuple[DnsRecord, ...] = ()
+    authoritative: bool = True
+    search_domain_disabled: bool = False
+
+
+@dataclass(frozen=True)
+class InboundRule:
+    """One inbound packet-filter rule, ready for ``Rule.make(**rule_kwargs())``."""
+
+    action: str
+    sources: tuple[Network, ...] = ()
+    protocols: frozenset[int] = frozenset()
+    ports: tuple[tuple[int, int], ...] = ()
+    policy_id: str = ""
+
+    def rule_kwargs(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "sources": self.sources,
+            "protocols": self.protocols,
+            "ports": self.ports,
+        }
+
+
+@dataclass(frozen=True)
+class AccountNetwork:
+    """Everything the per-account runtime applies from one network map."""
+
+    serial: int
+    address: Interface | None
+    address_v6: Interface | None = None
+    fqdn: str = ""
+    roster: tuple[RosterPeer, ...] = ()
+    zones: tuple[DnsZone, ...] = ()
+    inbound_rules: tuple[InboundRule, ...] = ()
+    #: reason -> count of entries that were dropped while converting
+    skipped: dict[str, int] = field(default_factory=dict, compare=False)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The tunnel IPs as text (what the netstack is given)."""
+        return tuple(str(a.ip) for a in (self.address, self.address_v6) if a is not None)
+
+    def peer(self, public_key: str) -> RosterPeer | None:
+        for p in self.roster:
+            if p.public_key == public_key:
+                return p
+        return None
+
+
+def normalize_name(name: str) -> str | None:
+    """Lower-case DNS name with one trailing dot, or None if unusable."""
+    if not isinstance(name, str):
+        return None
+    text = name.strip().lower()
+    if text in ("", "."):
+        return None
+    text = text.rstrip(".") + "."
+    if len(text) > MAX_NAME_LEN + 1 or ".." in text:
+        return None
+    try:
+        text.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if any(len(label) > 63 for label in text[:-1].split(".")):
+        return None
+    return text
+
+
+def _in_zone(name: str, apex: str) -> bool:
+    return name == apex or name.endswith("." + apex)
+
+
+def _decode_key(text: str) -> bytes | None:
+    if not isinstance(text, str) or len(text) != 44:
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def _interface_v6(raw: bytes) -> Interface | None:
+    if len(raw) != 17:
+        return None
+    try:
+        return ipaddress.IPv6Interface((raw[:16], raw[16]))
+    except ValueError:
+        return None
+
+
+def _decode_prefix(raw: bytes) -> Network | None:
+    """``netiputil.EncodePrefix``: address bytes + prefix length byte."""
+    if len(raw) not in (5, 17):
+        return None
+    try:
+        return ipaddress.ip_network((raw[:-1], raw[-1]), strict=False)
+    except ValueError:
+        return None
+
+
+def _peer_ip_source(text: str) -> Network | None:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if addr.is_unspecified:
+        return _ANY_V4 if addr.version == 4 else _ANY_V6
+    return ipaddress.ip_network(addr)
+
+
+def _ports(rule: Any) -> tuple[tuple[int, int], ...] | None:
+    """Port selection of a rule; () for any; None when unusable."""
+    if rule.Port:
+        text = rule.Port.strip()
+        if "-" in text:  # tolerate "a-b" the way some upstream versions wrote ranges
+            lo_s, _, hi_s = text.partition("-")
+        else:
+            lo_s = hi_s = text
+        if not (lo_s.isdigit() and hi_s.isdigit()):
+            return None
+        lo, hi = int(lo_s), int(hi_s)
+    elif rule.HasField("PortInfo"):
+        which = rule.PortInfo.WhichOneof("portSelection")
+        if which == "port":
+            lo = hi = rule.PortInfo.port
+        elif which == "range":
+            lo, hi = rule.PortInfo.range.start, rule.PortInfo.range.end
+        else:
+            return ()
+    else:
+        return ()
+    if not 0 < lo <= hi <= 0xFFFF:
+        return None
+    return ((lo, hi),)
+
+
+def _protocols(rule: Any) -> tuple[frozenset[int], bool] | None:
+    """(protocol numbers, ports apply) or None for an unusable protocol."""
+    p = rule.Protocol
+    if p == _P_ALL:
+        return frozenset(), False
+    if p == _P_TCP:
+        return frozenset({PROTO_TCP}), True
+    if p == _P_UDP:
+        return frozenset({PROTO_UDP}), True
+    if p == _P_ICMP:
+        return frozenset({PROTO_ICMP, PROTO_ICMPV6}), False
+    if p == _P_SSH:
+        return frozenset({PROTO_TCP}), True
+    if p == _P_CUSTOM and 0 < rule.customProtocol < 256:
+        return frozenset({rule.customProtocol}), False
+    return None
+
+
+def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
+    protos = _protocols(rule)
+    if protos is None:
+        skipped["rule_protocol"] += 1
+        return None
+    protocols, ports_apply = protos
+    ports: tuple[tuple[int, int], ...] = ()
+    if rule.Protocol == _P_SSH:
+        ports = ((22, 22),)
+    elif ports_apply:
+        got = _ports(rule)
+        if got is None:
+            skipped["rule_port"] += 1
+            return None
+        ports = got
+    sources: list[Network] = []
+    if len(rule.sourcePrefixes):
+        for raw in rule.sourcePrefixes[:MAX_SOURCES_PER_RULE]:
+            net = _decode_prefix(bytes(raw))
+            if net is None:
+                skipped["rule_source"] += 1
+                continue
+            sources.append(net)
+    elif rule.PeerIP:
+        net = _peer_ip_source(rule.PeerIP)
+        if net is not None:
+            sources.append(net)
+        else:
+            skipped["rule_source"] += 1
+    if not sources:
+        # an empty source list would match everyone: never widen on bad input
+        skipped["rule_no_source"] += 1
+        return None
+    action = "deny" if rule.Action == _ACT_DROP else "allow"
+    return InboundRule(
+        action=action,
+        sources=tuple(dict.fromkeys(sources)),
+        protocols=protocols,
+        ports=ports,
+        policy_id=bytes(rule.PolicyID).decode("utf-8", "replace"),
+    )
+
+
+def _convert_roster(nm: Any, skipped: Counter[str]) -> tuple[RosterPeer, ...]:
+    roster: dict[str, RosterPeer] = {}
+    for i, rp in enumerate(nm.remotePeers):
+        if i >= MAX_REMOTE_PEERS:
+            skipped["peer_limit"] += len(nm.remotePeers) - i
+            break
+        raw = _decode_key(rp.wgPubKey)
+        if raw is None:
+            skipped["peer_key"] += 1
+            continue
+        nets: list[Network] = []
+        for text in rp.allowedIps[:MAX_ALLOWED_IPS_PER_PEER]:
+            try:
+                nets.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                skipped["peer_allowed_ip"] += 1
+        endpoint = getattr(rp, "endpoint", "") or ""
+        roster[rp.wgPubKey] = RosterPeer(
+            public_key=rp.wgPubKey,
+            key_bytes=raw,
+            allowed_ips=tuple(dict.fromkeys(nets)),
+            endpoint=endpoint,
+            fqdn=normalize_name(rp.fqdn) or "",
+        )
+    return tuple(roster.values())
+
+
+def _convert_zones(nm: Any, skipped: Counter[str]) -> tuple[DnsZone, ...]:
+    zones: dict[str, DnsZone] = {}
+    budget = MAX_RECORDS
+    for i, z in enumerate(nm.DNSConfig.CustomZones):
+        if i >= MAX_ZONES:
+            skipped["zone_limit"] += len(nm.DNSConfig.CustomZones) - i
+            break
+        apex = normalize_name(z.Domain)
+        if apex is None:
+            skipped["zone_name"] += 1
+            continue
+        records: list[DnsRecord] = []
+        for r in z.Records:
+            if budget <= 0:
+                skipped["record_limit"] += 1
+                continue
+            rec = _convert_record(r, apex, skipped)
+            if rec is not None:
+                records.append(rec)
+                budget -= 1
+        prev = zones.get(apex)
+        if prev is not None:  # same apex twice: merge (authoritative if either is)
+            zones[apex] = DnsZone(
+                apex,
+                tuple(dict.fromkeys(prev.records + tuple(records))),
+                prev.authoritative or not z.NonAuthoritative,
+                prev.search_domain_disabled and z.SearchDomainDisabled,
+            )
+        else:
+            zones[apex] = DnsZone(
+                apex, tuple(dict.fromkeys(records)), not z.NonAuthoritative,
+                z.SearchDomainDisabled,
+            )
+    return tuple(zones.values())
+
+
+def _convert_record(r: Any, apex: str, skipped: Counter[str]) -> DnsRecord | None:
+    if r.Class not in ("IN", ""):
+        skipped["record_class"] += 1
+        return None
+    name = normalize_name(r.Name)
+    if name is None or not _in_zone(name, apex):
+        skipped["record_name"] += 1
+        return None
+    try:
+        addr = ipaddress.ip_address(r.RData.strip())
+    except ValueError:
+        skipped["record_rdata"] += 1
+        return None
+    if r.Type == TYPE_A and addr.version == 4:
+        rtype = TYPE_A
+    elif r.Type == TYPE_AAAA and addr.version == 6:
+        rtype = TYPE_AAAA
+    else:
+        skipped["record_type"] += 1
+        return None
+    ttl = min(max(int(r.TTL), 0), MAX_TTL)
+    return DnsRecord(name=name, type=rtype, ttl=ttl, address=str(addr))
+
+
+def convert(nm: Any) -> AccountNetwork:
+    """Convert a ``management_pb2.NetworkMap`` (see module docstring)."""
+    skipped: Counter[str] = Counter()
+    pc = nm.peerConfig
+    address: Interface | None = None
+    if pc.address:
+        try:
+            address = ipaddress.ip_interface(pc.address)
+        except ValueError:
+            skipped["own_address"] += 1
+    address_v6 = None
+    if pc.address_v6:
+        address_v6 = _interface_v6(bytes(pc.address_v6))
+        if address_v6 is None:
+            skipped["own_address_v6"] += 1
+    deny: list[InboundRule] = []
+    allow: list[InboundRule] = []
+    for i, rule in enumerate(nm.FirewallRules):
+        if i >= MAX_RULES:
+            skipped["rule_limit"] += len(nm.FirewallRules) - i
+            break
+        if rule.Direction != _DIR_IN:
+            continue
+        converted = _convert_rule(rule, skipped)
+        if converted is not None:
+            (deny if converted.action == "deny" else allow).append(converted)
+    return AccountNetwork(
+        serial=int(nm.Serial),
+        address=address,
+        address_v6=address_v6,
+        fqdn=normalize_name(pc.fqdn) or "",
+        roster=_convert_roster(nm, skipped),
+        zones=_convert_zones(nm, skipped),
+        inbound_rules=tuple(dict.fromkeys(deny + allow)),
+        skipped=dict(skipped),
+    )
+
+
+def dns_rule(roster: Iterable[RosterPeer], port: int = 53) -> InboundRule | None:
+    """Allow UDP and TCP ``port`` from every roster peer's allowed IPs (the
+    DNS responder on the tunnel address); None for an empty roster."""
+    sources = tuple(dict.fromkeys(net for p in roster for net in p.allowed_ips))
+    if not sources:
+        return None
+    return InboundRule(
+        action="allow",
+        sources=sources,
+        protocols=frozenset({PROTO_UDP, PROTO_TCP}),
+        ports=((port, port),),
+        policy_id="nbgateway-dns",
+    )
