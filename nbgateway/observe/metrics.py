@@ -1,0 +1,425 @@
+"""Prometheus metrics on a private registry, read from live objects at scrape time.
+
+Hot paths only increment plain counters they already own
+(``WireGuardDevice.counters``, ``Peer.rx_bytes``, ``Stack.counters``,
+``TunnelValidationCache.stats``, ``AccessLogger.stats``, and the two small
+recorders defined here, :class:`RequestStats` and :class:`RpcStats`).  A custom
+collector turns them into metric families when ``/metrics`` is scraped; the
+scrape runs in the reactor thread (:class:`MetricsResource`), so it never races
+the objects it reads.
+
+:class:`GatewayMetrics` is the registry plus the set of sources the
+composition root attaches (``add_account`` when an account runtime starts,
+``remove_account`` when it is torn down; removal folds the account's counters
+into retired totals so every ``*_total`` stays monotonic).  The registry is a
+private :class:`~prometheus_client.CollectorRegistry`, so library use inside a
+host process never collides with the host's metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from zope.interface import directlyProvides, providedBy
+
+PREFIX = "nbgateway_"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: WireGuard handshake outcome counters -> ``result`` label.
+_WG_HANDSHAKE_RESULTS = {
+    "handshake_completed": "completed",
+    "handshake_gave_up": "gave_up",
+    "handshake_no_reply": "no_reply",
+}
+#: WireGuard handshake message counters -> (message, direction).
+_WG_HANDSHAKE_MESSAGES = {
+    "handshake_initiation_rx": ("initiation", "rx"),
+    "handshake_initiation_tx": ("initiation", "tx"),
+    "handshake_response_rx": ("response", "rx"),
+    "handshake_response_tx": ("response", "tx"),
+    "cookie_reply_rx": ("cookie_reply", "rx"),
+    "cookie_reply_tx": ("cookie_reply", "tx"),
+}
+_RPC_METHODS = (
+    "validate_tunnel_peer", "validate_session", "authenticate", "create_proxy_peer",
+    "send_status_update", "send_access_log", "get_oidc_url",
+)
+
+
+class _Histogram:
+    """Cumulative-ready bucket counts for a fixed bucket list (cheap to update)."""
+
+    __slots__ = ("buckets", "counts", "total")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.buckets, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+class RequestStats:
+    """HTTP request recorder: ``started()`` then ``finished(status, seconds)``."""
+
+    def __init__(self) -> None:
+        self.by_status: Counter[int] = Counter()
+        self.active = 0
+        self.duration = _Histogram()
+
+    def started(self) -> None:
+        self.active += 1
+
+    def finished(self, status: int, seconds: float) -> None:
+        self.active -= 1
+        self.record(status, seconds)
+
+    def record(self, status: int, seconds: float) -> None:
+        self.by_status[status] += 1
+        self.duration.observe(seconds)
+
+
+class RpcStats:
+    """Management RPC latency and errors per method."""
+
+    def __init__(self) -> None:
+        self.latency: dict[str, _Histogram] = {}
+        self.errors: Counter[str] = Counter()
+
+    def record(self, method: str, seconds: float, ok: bool) -> None:
+        hist = self.latency.get(method)
+        if hist is None:
+            hist = self.latency[method] = _Histogram()
+        hist.observe(seconds)
+        if not ok:
+            self.errors[method] += 1
+
+    def track(self, method: str, d: Deferred, now: Callable[[], float]) -> Deferred:
+        """Record ``d``'s outcome and latency; the result passes through unchanged."""
+        start = now()
+
+        def done(result: Any) -> Any:
+            from twisted.python.failure import Failure
+
+            self.record(method, max(0.0, now() - start), not isinstance(result, Failure))
+            return result
+
+        return d.addBoth(done)
+
+
+class InstrumentedClient:
+    """Wraps a management client so each RPC method records into an :class:`RpcStats`.
+
+    Provides the same zope interfaces as the wrapped client; every other
+    attribute is passed through.
+    """
+
+    def __init__(self, client: Any, stats: RpcStats,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self._client = client
+        self._stats = stats
+        self._now = now
+        directlyProvides(self, *providedBy(client))
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in _RPC_METHODS or not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = self._now()
+            try:
+                result = attr(*args, **kwargs)
+            except Exception:
+                self._stats.record(name, max(0.0, self._now() - start), False)
+                raise
+            if isinstance(result, Deferred):
+                return self._stats.track(name, result, self._now)
+            self._stats.record(name, max(0.0, self._now() - start), True)
+            return result
+
+        return call
+
+
+@dataclass
+class _AccountSources:
+    devices: list[Any] = field(default_factory=list)
+    stacks: list[Any] = field(default_factory=list)
+
+
+class GatewayMetrics:
+    """The private registry and the live objects it reads."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = RequestStats()
+        self.rpc = RpcStats()
+        self.tunnel_cache: Any = None
+        self.access_log: Any = None
+        self.health: Any = None
+        self._accounts: dict[str, _AccountSources] = {}
+        self._retired_wg: Counter[str] = Counter()
+        self._retired_ns: Counter[str] = Counter()
+        self._bytes = {"rx": 0, "tx": 0}
+        self._peer_seen: dict[int, tuple[Any, int, int]] = {}
+        self.registry.register(_GatewayCollector(self))
+
+    # -- sources --------------------------------------------------------------------------
+
+    def add_account(self, account_id: str, *, devices: Iterable[Any] = (),
+                    stacks: Iterable[Any] = ()) -> None:
+        src = self._accounts.setdefault(account_id, _AccountSources())
+        src.devices.extend(d for d in devices if d not in src.devices)
+        src.stacks.extend(s for s in stacks if s not in src.stacks)
+
+    def remove_account(self, account_id: str) -> None:
+        """Forget an account, keeping its counts in the retired totals."""
+        src = self._accounts.pop(account_id, None)
+        if src is None:
+            return
+        self._accumulate_bytes(src.devices, None)
+        for device in src.devices:
+            self._retired_wg.update(device.counters)
+        for stack in src.stacks:
+            self._retired_ns.update(stack.counters)
+
+    @property
+    def accounts(self) -> int:
+        return len(self._accounts)
+
+    def _devices(self) -> Iterator[Any]:
+        for src in self._accounts.values():
+            yield from src.devices
+
+    def _stacks(self) -> Iterator[Any]:
+        for src in self._accounts.values():
+            yield from src.stacks
+
+    def _accumulate_bytes(self, devices: Iterable[Any],
+                          fresh: dict[int, tuple[Any, int, int]] | None) -> None:
+        seen = self._peer_seen
+        for device in devices:
+            for peer in list(device.peers.values()):
+                rx, tx = peer.rx_bytes, peer.tx_bytes
+                prev = seen.pop(id(peer), None)
+                if prev is not None and prev[0] is peer:
+                    self._bytes["rx"] += rx - prev[1] if rx >= prev[1] else rx
+                    self._bytes["tx"] += tx - prev[2] if tx >= prev[2] else tx
+                else:
+                    self._bytes["rx"] += rx
+                    self._bytes["tx"] += tx
+                if fresh is not None:
+                    fresh[id(peer)] = (peer, rx, tx)
+
+    def wireguard_bytes(self) -> dict[str, int]:
+        """Monotonic rx/tx byte totals over every peer ever attached."""
+        fresh: dict[int, tuple[Any, int, int]] = {}
+        self._accumulate_bytes(list(self._devices()), fresh)
+        self._peer_seen = fresh  # peers gone since the last scrape are forgotten
+        return dict(self._bytes)
+
+    def wireguard_counters(self) -> Counter[str]:
+        total = Counter(self._retired_wg)
+        for device in self._devices():
+            total.update(device.counters)
+        return total
+
+    def netstack_counters(self) -> Counter[str]:
+        total = Counter(self._retired_ns)
+        for stack in self._stacks():
+            total.update(stack.counters)
+        return total
+
+
+class _GatewayCollector:
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        yield from self._wireguard(m)
+        yield from self._netstack(m)
+        yield from self._http(m.requests)
+        if m.tunnel_cache is not None:
+            yield from self._tunnel_cache(m.tunnel_cache)
+        yield from self._rpc(m.rpc)
+        if m.access_log is not None:
+            stats = m.access_log.stats
+            fam = CounterMetricFamily(PREFIX + "access_log_entries",
+                                      "Access-log entries by outcome (dropped = queue full "
+                                      "or unsent at shutdown)", labels=["result"])
+            for result in ("queued", "sent", "failed", "dropped"):
+                fam.add_metric([result], getattr(stats, result, 0))
+            yield fam
+        if m.health is not None:
+            h = m.health
+            for name, value, doc in (
+                ("management_connected", h.management_connected,
+                 "1 while the management mapping stream is connected"),
+                ("initial_sync_complete", h.initial_sync_complete,
+                 "1 once the first complete mapping snapshot was applied"),
+            ):
+                yield GaugeMetricFamily(PREFIX + name, doc, value=1 if value else 0)
+
+    @staticmethod
+    def _wireguard(m: GatewayMetrics) -> Iterator[Metric]:
+        c = m.wireguard_counters()
+        yield GaugeMetricFamily(PREFIX + "accounts", "Account runtimes running", value=m.accounts)
+        yield GaugeMetricFamily(PREFIX + "wireguard_peers", "WireGuard peers configured",
+                                value=sum(len(d.peers) for d in m._devices()))
+        hs = CounterMetricFamily(PREFIX + "wireguard_handshakes",
+                                 "WireGuard handshakes by outcome", labels=["result"])
+        for key, result in _WG_HANDSHAKE_RESULTS.items():
+            hs.add_metric([result], c[key])
+        yield hs
+        msgs = CounterMetricFamily(PREFIX + "wireguard_handshake_messages",
+                                   "WireGuard handshake messages",
+                                   labels=["message", "direction"])
+        for key, labels in _WG_HANDSHAKE_MESSAGES.items():
+            msgs.add_metric(list(labels), c[key])
+        yield msgs
+        drops = CounterMetricFamily(PREFIX + "wireguard_drops",
+                                    "WireGuard datagrams/packets dropped, by reason",
+                                    labels=["reason"])
+        for key in sorted(c):
+            if key.startswith("drop_"):
+                drops.add_metric([key[5:]], c[key])
+        yield drops
+        packets = CounterMetricFamily(PREFIX + "wireguard_packets",
+                                      "WireGuard transport data packets (keepalives excluded)",
+                                      labels=["direction"])
+        packets.add_metric(["rx"], c["data_rx"])
+        packets.add_metric(["tx"], c["data_tx"])
+        yield packets
+        nbytes = CounterMetricFamily(PREFIX + "wireguard_bytes",
+                                     "WireGuard transport bytes (ciphertext, incl. headers)",
+                                     labels=["direction"])
+        for direction, value in m.wireguard_bytes().items():
+            nbytes.add_metric([direction], value)
+        yield nbytes
+
+    @staticmethod
+    def _netstack(m: GatewayMetrics) -> Iterator[Metric]:
+        c = m.netstack_counters()
+        packets = CounterMetricFamily(PREFIX + "netstack_packets", "IP packets in the netstack",
+                                      labels=["direction"])
+        packets.add_metric(["rx"], c["rx_packets"])
+        packets.add_metric(["tx"], c["tx_packets"])
+        yield packets
+        drops = CounterMetricFamily(PREFIX + "netstack_drops", "IP packets dropped, by reason",
+                                    labels=["reason"])
+        for key in sorted(c):
+            if key.startswith("drop_"):
+                drops.add_metric([key[5:]], c[key])
+        yield drops
+        yield CounterMetricFamily(PREFIX + "tcp_connections_accepted",
+                                  "TCP connections accepted on tunnel listeners",
+                                  value=c["tcp_passive_opens"])
+        resets = CounterMetricFamily(PREFIX + "tcp_resets", "TCP RST segments",
+                                     labels=["direction"])
+        resets.add_metric(["rx"], c["tcp_rst_received"])
+        resets.add_metric(["tx"], c["tcp_rst_sent"])
+        yield resets
+        retrans = CounterMetricFamily(PREFIX + "tcp_retransmits", "TCP retransmissions",
+                                      labels=["kind"])
+        retrans.add_metric(["timeout"], c["tcp_rto"])
+        retrans.add_metric(["fast"], c["tcp_fast_retransmits"])
+        yield retrans
+        active = sum(len(getattr(getattr(s, "tcp", None), "conns", ())) for s in m._stacks())
+        yield GaugeMetricFamily(PREFIX + "tcp_active_connections",
+                                "TCP connections in the netstack tables", value=active)
+
+    @staticmethod
+    def _http(r: RequestStats) -> Iterator[Metric]:
+        fam = CounterMetricFamily(PREFIX + "http_requests", "HTTP requests by status code",
+                                  labels=["code"])
+        for code in sorted(r.by_status):
+            fam.add_metric([str(code)], r.by_status[code])
+        yield fam
+        yield GaugeMetricFamily(PREFIX + "http_active_requests", "HTTP requests in flight",
+                                value=r.active)
+        hist = HistogramMetricFamily(PREFIX + "http_request_duration_seconds",
+                                     "HTTP request duration")
+        hist.add_metric([], r.duration.cumulative(), sum_value=r.duration.total)
+        yield hist
+
+    @staticmethod
+    def _tunnel_cache(cache: Any) -> Iterator[Metric]:
+        s = cache.stats
+        fam = CounterMetricFamily(PREFIX + "tunnel_validation_lookups",
+                                  "ValidateTunnelPeer cache lookups: hit, miss (one RPC) or "
+                                  "join (waited on an in-flight RPC)", labels=["result"])
+        fam.add_metric(["hit"], s.hits)
+        fam.add_metric(["miss"], s.misses)
+        fam.add_metric(["join"], s.joins)
+        yield fam
+        outcome = CounterMetricFamily(PREFIX + "tunnel_validation_rpc_failures",
+                                      "ValidateTunnelPeer RPCs that did not allow: denied "
+                                      "(valid=false or no token) or error (incl. timeout)",
+                                      labels=["result"])
+        outcome.add_metric(["denied"], s.denials)
+        outcome.add_metric(["error"], s.errors)
+        yield outcome
+        yield CounterMetricFamily(PREFIX + "tunnel_validation_evictions",
+                                  "Cache entries evicted on roster/service changes",
+                                  value=s.evictions)
+        yield GaugeMetricFamily(PREFIX + "tunnel_validation_cache_entries",
+                                "Cached ValidateTunnelPeer answers", value=len(cache))
+
+    @staticmethod
+    def _rpc(r: RpcStats) -> Iterator[Metric]:
+        hist = HistogramMetricFamily(PREFIX + "management_rpc_duration_seconds",
+                                     "Management RPC latency", labels=["method"])
+        for method in sorted(r.latency):
+            h = r.latency[method]
+            hist.add_metric([method], h.cumulative(), sum_value=h.total)
+        yield hist
+        errors = CounterMetricFamily(PREFIX + "management_rpc_errors",
+                                     "Management RPCs that failed (error or timeout)",
+                                     labels=["method"])
+        for method in sorted(set(r.errors) | set(r.latency)):
+            errors.add_metric([method], r.errors[method])
+        yield errors
+
+
+class MetricsResource(Resource):
+    """``/metrics`` for a registry, rendered synchronously in the reactor thread
+    (prometheus_client's own Twisted resource scrapes from a thread pool)."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request) -> bytes:
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        body = encoder(self.registry)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return body

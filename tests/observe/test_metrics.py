@@ -1,0 +1,250 @@
+"""/metrics content from real objects: a WireGuard device pair carrying a real
+netstack TCP connection, a TunnelValidationCache over the fake management
+client, the access logger; parsed with prometheus_client's own text parser."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.auth.tunnel import TunnelValidationCache
+from nbgateway.interfaces import IManagementClient
+from nbgateway.mgmt.fake import FakeManagementClient
+from nbgateway.netstack.stack import Stack
+from nbgateway.observe.accesslog import AccessLogger
+from nbgateway.observe.health import HealthState
+from nbgateway.observe.metrics import GatewayMetrics, InstrumentedClient
+from nbgateway.wireguard.device import WireGuardDevice
+from nbgateway.wireguard.keys import generate_private_key, public_key
+from nbgateway.wireguard.testing import MemoryNetwork, ipv4_packet
+from tests.netstack.tcp_fakes import RecordingUser, listen_recording
+
+A_ADDR, B_ADDR = ("192.0.2.1", 51820), ("192.0.2.2", 51820)
+
+
+def scrape(metrics: GatewayMetrics) -> dict[tuple[str, tuple], float]:
+    text = generate_latest(metrics.registry).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples, name, **labels) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+class Tunnel:
+    """Gateway device+stack (``b``) and a client device+stack (``a``) on a MemoryNetwork."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000.0)
+        self.net = MemoryNetwork()
+        ka, kb = generate_private_key(), generate_private_key()
+        self.a = WireGuardDevice(ka, self.clock, rng=random.Random(1))
+        self.b = WireGuardDevice(kb, self.clock, rng=random.Random(2))
+        self.net.attach(self.a, A_ADDR)
+        self.net.attach(self.b, B_ADDR)
+        self.a.add_peer(public_key(kb), allowed_ips=["10.0.0.2/32"], endpoint=B_ADDR)
+        self.b.add_peer(public_key(ka), allowed_ips=["10.0.0.1/32"])
+        self.sa = Stack(self.a, self.clock, ["10.0.0.1"])
+        self.sb = Stack(self.b, self.clock, ["10.0.0.2"])
+        self.a.sink, self.b.sink = self.sa, self.sb
+
+    def run_until(self, predicate, limit: int = 500) -> None:
+        for _ in range(limit):
+            self.net.pump()
+            if predicate():
+                return
+            self.clock.advance(0.01)
+        raise AssertionError("condition not reached")
+
+    def connect(self):
+        _listener, accepted = listen_recording(self.sb, 80)
+        user = RecordingUser()
+        conn = self.sa.tcp.connect(ipaddress.ip_address("10.0.0.2"), 80, user)
+        self.run_until(lambda: user.established and accepted)
+        return conn, user, accepted[0]
+
+
+@pytest.fixture
+def tunnel() -> Tunnel:
+    return Tunnel()
+
+
+def test_wireguard_and_tcp_metrics_match_live_counters(tunnel):
+    metrics = GatewayMetrics()
+    metrics.add_account("acc1", devices=[tunnel.b], stacks=[tunnel.sb])
+    conn, user, server = tunnel.connect()
+    payload = b"x" * 5000
+    conn.send(b"hello", tunnel.clock.seconds())
+    server.conn.send(payload, tunnel.clock.seconds())
+    tunnel.run_until(lambda: len(user.data) == len(payload) and bytes(server.data) == b"hello")
+    # a garbage datagram and a packet for an address the gateway does not own
+    tunnel.b.datagramReceived(b"\x04\x00\x00\x00garbage", A_ADDR)
+    tunnel.a.sendPacket(ipv4_packet("10.0.0.1", "10.0.0.2", b""))  # UDP, truncated
+    tunnel.a.sendPacket(ipv4_packet("10.0.0.1", "10.0.0.2", b"", proto=99))
+    tunnel.net.pump()
+
+    s = scrape(metrics)
+    gw = tunnel.b
+    peer = gw.peers[tunnel.a.public_key]
+    assert gw.counters["handshake_completed"] == 1
+    assert value(s, "nbgateway_wireguard_handshakes_total", result="completed") == 1
+    assert value(s, "nbgateway_wireguard_handshake_messages_total",
+                 message="initiation", direction="rx") == 1
+    assert value(s, "nbgateway_wireguard_handshake_messages_total",
+                 message="response", direction="tx") == 1
+    assert value(s, "nbgateway_wireguard_packets_total", direction="rx") == gw.counters["data_rx"]
+    assert value(s, "nbgateway_wireguard_packets_total", direction="tx") == gw.counters["data_tx"]
+    assert value(s, "nbgateway_wireguard_bytes_total", direction="rx") == peer.rx_bytes > 0
+    assert value(s, "nbgateway_wireguard_bytes_total", direction="tx") == peer.tx_bytes > 5000
+    for reason, count in gw.counters.items():
+        if reason.startswith("drop_"):
+            assert value(s, "nbgateway_wireguard_drops_total", reason=reason[5:]) == count
+    assert value(s, "nbgateway_wireguard_drops_total", reason="malformed") == 1
+    assert value(s, "nbgateway_wireguard_peers") == 1
+    assert value(s, "nbgateway_accounts") == 1
+
+    ns = tunnel.sb.counters
+    assert value(s, "nbgateway_tcp_connections_accepted_total") == ns["tcp_passive_opens"] == 1
+    assert value(s, "nbgateway_tcp_active_connections") == len(tunnel.sb.tcp.conns) == 1
+    assert value(s, "nbgateway_netstack_packets_total", direction="rx") == ns["rx_packets"]
+    assert value(s, "nbgateway_netstack_packets_total", direction="tx") == ns["tx_packets"]
+    for reason, count in ns.items():
+        if reason.startswith("drop_"):
+            assert value(s, "nbgateway_netstack_drops_total", reason=reason[5:]) == count
+    assert value(s, "nbgateway_netstack_drops_total", reason="udp_truncated") == 1
+    assert value(s, "nbgateway_netstack_drops_total", reason="unknown_protocol") == 1
+
+
+def test_totals_stay_monotonic_when_accounts_and_peers_go(tunnel):
+    metrics = GatewayMetrics()
+    metrics.add_account("acc1", devices=[tunnel.b], stacks=[tunnel.sb])
+    tunnel.connect()
+    before = scrape(metrics)
+    rx = value(before, "nbgateway_wireguard_bytes_total", direction="rx")
+    # more traffic after the scrape, then the account is torn down before the next one
+    tunnel.a.sendPacket(ipv4_packet("10.0.0.1", "10.0.0.2", b"y" * 100))
+    tunnel.net.pump()
+    peer_rx = tunnel.b.peers[tunnel.a.public_key].rx_bytes
+    opens = tunnel.sb.counters["tcp_passive_opens"]
+    metrics.remove_account("acc1")
+    after = scrape(metrics)
+    assert value(after, "nbgateway_wireguard_bytes_total", direction="rx") == peer_rx > rx
+    assert value(after, "nbgateway_wireguard_handshakes_total", result="completed") == 1
+    assert value(after, "nbgateway_tcp_connections_accepted_total") == opens
+    assert value(after, "nbgateway_accounts") == 0
+    assert value(after, "nbgateway_wireguard_peers") == 0
+    assert value(after, "nbgateway_tcp_active_connections") == 0
+
+
+def test_tunnel_cache_and_rpc_metrics():
+    clock = Clock()
+    fake = FakeManagementClient()
+    fake.hold = True
+    metrics = GatewayMetrics()
+    client = InstrumentedClient(fake, metrics.rpc, now=clock.seconds)
+    assert IManagementClient.providedBy(client)
+    cache = TunnelValidationCache(client, clock)
+    metrics.tunnel_cache = cache
+
+    first = cache.validate("acc1", "100.64.0.5", "app.example.com")
+    second = cache.validate("acc1", "100.64.0.5", "app.example.com")  # joins the RPC
+    clock.advance(0.2)
+    fake.held.pop().deferred.callback(
+        pb.ValidateTunnelPeerResponse(valid=True, session_token="tok", user_id="u1"))
+    assert first.called and second.called
+    cache.validate("acc1", "100.64.0.5", "app.example.com")  # hit
+    denied = cache.validate("acc1", "100.64.0.6", "app.example.com")
+    fake.held.pop().deferred.callback(pb.ValidateTunnelPeerResponse(valid=False))
+    cache.validate("acc1", "100.64.0.7", "app.example.com")
+    clock.advance(cache.rpc_timeout + 1)  # the held RPC times out
+    assert denied.called
+
+    s = scrape(metrics)
+    st = cache.stats
+    assert (st.hits, st.misses, st.joins, st.denials, st.errors) == (1, 3, 1, 1, 1)
+    assert value(s, "nbgateway_tunnel_validation_lookups_total", result="hit") == 1
+    assert value(s, "nbgateway_tunnel_validation_lookups_total", result="miss") == 3
+    assert value(s, "nbgateway_tunnel_validation_lookups_total", result="join") == 1
+    assert value(s, "nbgateway_tunnel_validation_rpc_failures_total", result="denied") == 1
+    assert value(s, "nbgateway_tunnel_validation_rpc_failures_total", result="error") == 1
+    assert value(s, "nbgateway_tunnel_validation_cache_entries") == len(cache) == 1
+
+    method = "validate_tunnel_peer"
+    assert value(s, "nbgateway_management_rpc_duration_seconds_count", method=method) == 3
+    assert value(s, "nbgateway_management_rpc_errors_total", method=method) == 1
+    # 0.2 s (first), 0 s (denied), the timed-out one waited rpc_timeout + 1
+    assert value(s, "nbgateway_management_rpc_duration_seconds_bucket", method=method,
+                 le="0.25") == 2
+    assert value(s, "nbgateway_management_rpc_duration_seconds_sum", method=method) \
+        == pytest.approx(0.2 + cache.rpc_timeout + 1)
+
+
+def test_instrumented_client_records_synchronous_raise():
+    class Broken:
+        def validate_session(self, domain, token):
+            raise RuntimeError("boom")
+
+        name = "not an rpc"
+
+    metrics = GatewayMetrics()
+    client = InstrumentedClient(Broken(), metrics.rpc)
+    with pytest.raises(RuntimeError):
+        client.validate_session("d", "t")
+    assert client.name == "not an rpc"
+    assert metrics.rpc.errors["validate_session"] == 1
+
+
+def test_requests_access_log_and_health_gauges():
+    clock = Clock()
+    metrics = GatewayMetrics()
+    r = metrics.requests
+    for status, seconds in ((200, 0.003), (200, 0.2), (403, 0.001), (502, 3.0)):
+        r.started()
+        r.finished(status, seconds)
+    r.started()  # one still in flight
+
+    fake = FakeManagementClient()
+    fake.hold = True
+    logger = AccessLogger(fake, clock, max_queue=2, max_inflight=1)
+    for _ in range(5):
+        logger.log(pb.AccessLog(log_id="x"))
+    metrics.access_log = logger
+    health = HealthState()
+    health.set_management_connected(True)
+    metrics.health = health
+
+    s = scrape(metrics)
+    assert value(s, "nbgateway_http_requests_total", code="200") == 2
+    assert value(s, "nbgateway_http_requests_total", code="403") == 1
+    assert value(s, "nbgateway_http_requests_total", code="502") == 1
+    assert value(s, "nbgateway_http_active_requests") == 1
+    assert value(s, "nbgateway_http_request_duration_seconds_count") == 4
+    assert value(s, "nbgateway_http_request_duration_seconds_bucket", le="0.005") == 2
+    assert value(s, "nbgateway_http_request_duration_seconds_bucket", le="2.5") == 3
+    assert value(s, "nbgateway_http_request_duration_seconds_bucket", le="+Inf") == 4
+    assert value(s, "nbgateway_access_log_entries_total", result="dropped") \
+        == logger.stats.dropped > 0
+    assert value(s, "nbgateway_access_log_entries_total", result="queued") == logger.stats.queued
+    assert value(s, "nbgateway_management_connected") == 1
+    assert value(s, "nbgateway_initial_sync_complete") == 0
+
+
+def test_registry_is_private():
+    from prometheus_client import REGISTRY
+
+    m1, m2 = GatewayMetrics(), GatewayMetrics()
+    m1.requests.record(200, 0.1)
+    assert b"nbgateway_http_requests_total" not in generate_latest(REGISTRY)
+    assert value(scrape(m1), "nbgateway_http_requests_total", code="200") == 1
+    assert ("nbgateway_http_requests_total", (("code", "200"),)) not in scrape(m2)
