@@ -39,7 +39,7 @@ def _require_pg_dsn() -> str:
 
 def _with_search_path(dsn: str, schema: str) -> str:
     sep = "&" if "?" in dsn else "?"
-    return f"{dsn}{sep}options={quote(f'-csearch_path={schema}')}"
+    return f"{dsn}{sep}options={quote(f'-csearch_path={schema} -csynchronous_commit=off')}"
 
 
 @pytest.fixture

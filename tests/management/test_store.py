@@ -475,3 +475,50 @@ def test_lookup_with_unstorable_input_is_a_clean_error_or_miss(store, account):
         except (ValidationError, NotFound):
             continue
         assert result is None
+
+
+TRICKY_NAMES = [
+    EVIL,
+    "Robert'); DROP TABLE users;--",
+    "100% _under_ \\ back\\slash",
+    "emoji 🛡️ and 中文 and עברית",
+    "e\u0301 combining, zero\u200dwidth",
+    "tab\tnew\nline\r\x01ctl",
+    "   padded   ",
+    "x" * 255,
+    "ünïcödé" * 20,
+]
+
+
+def test_arbitrary_names_round_trip_verbatim(store, account):
+    for i, name in enumerate(TRICKY_NAMES):
+        g = store.create_group(Group(account_id=account.id, name=name))
+        assert store.get_group(account.id, g.id).name == name
+        uid = f"user-{i}:{name}"[:255]
+        u = store.create_user(User(id=uid, account_id=account.id, name=name))
+        assert store.get_user(account.id, u.id) == u
+        assert store.find_user(u.id) == u
+    assert len(store.list_groups(account.id)) == len(TRICKY_NAMES) + 1
+
+
+def test_normalise_dsn(tmp_path):
+    from nbgateway.management.store import normalise_dsn
+
+    assert normalise_dsn("postgresql://u:p@h/db", None) == "postgresql+psycopg://u:p@h/db"
+    assert normalise_dsn("postgres://u:p@h/db", None) == "postgresql+psycopg://u:p@h/db"
+    assert normalise_dsn("sqlite:////x/y.db", None) == "sqlite:////x/y.db"
+    data = tmp_path / "data"
+    assert normalise_dsn(None, str(data)) == f"sqlite:///{data}/store.db"
+    assert data.is_dir()
+    with pytest.raises(ValueError):
+        normalise_dsn(None, None)
+
+
+def test_over_long_bounded_values_refused_on_every_backend(store, account):
+    with pytest.raises(ValidationError, match="exceeds maximum length of 255"):
+        store.create_user(User(id="u" * 256, account_id=account.id))
+    with pytest.raises(ValidationError, match="exceeds maximum length of 255"):
+        store.create_peer(Peer(account_id=account.id, name="p", key="k" * 256))
+    assert store.list_users(account.id) == [] and store.list_peers(account.id) == []
+    with pytest.raises(ValidationError):  # a lookup with an unstorable key: 422, never a 500
+        store.find_user("u" * 256)

@@ -328,3 +328,11 @@ def test_access_log_nul_replaced_not_dropped(store, account):
     assert e.path == "/a\ufffdb" and e.metadata == {"k": "\ufffd"}
     [got] = store.list_access_logs(account.id, AccessLogQuery()).data
     assert got.path == "/a\ufffdb"
+
+
+def test_access_log_over_long_fields_truncated(store, account):
+    e = store.append_access_log(
+        AccessLogEntry(account_id=account.id, service_id="s", method="M" * 100, protocol="http")
+    )
+    assert e.method == "M" * 32
+    assert store.list_access_logs(account.id, AccessLogQuery()).data[0].method == "M" * 32

@@ -64,14 +64,35 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
+# entry field -> its VARCHAR column (the limit is taken from the schema)
+_BOUNDED_FIELDS = {
+    "id": ale.c.id,
+    "account_id": ale.c.account_id,
+    "service_id": ale.c.service_id,
+    "source_ip": ale.c.location_connection_ip,
+    "country_code": ale.c.location_country_code,
+    "subdivision_code": ale.c.subdivision_code,
+    "method": ale.c.method,
+    "user_id": ale.c.user_id,
+    "auth_method_used": ale.c.auth_method_used,
+    "protocol": ale.c.protocol,
+}
+
+
 def _sanitise(entry: AccessLogEntry) -> AccessLogEntry:
-    """Access logs come from proxies: keep the entry, replace NULs (unstorable in
-    PostgreSQL text) with U+FFFD instead of dropping the record."""
+    """Access logs come from proxies: keep the entry rather than drop it. NULs
+    (unstorable in PostgreSQL text) become U+FFFD and over-long values of
+    bounded columns are truncated."""
     changes = {
         f.name: _clean(getattr(entry, f.name))
         for f in dataclasses.fields(entry)
         if isinstance(getattr(entry, f.name), str) and "\x00" in getattr(entry, f.name)
     }
+    for name, column in _BOUNDED_FIELDS.items():
+        value = changes.get(name, getattr(entry, name))
+        limit = column.type.max_length
+        if len(value) > limit:
+            changes[name] = value[:limit]
     if any("\x00" in k or "\x00" in v for k, v in entry.metadata.items()):
         changes["metadata"] = {_clean(k): _clean(v) for k, v in entry.metadata.items()}
     if entry.user_groups and any("\x00" in g for g in entry.user_groups):

@@ -30,7 +30,13 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    StatementError,
+)
 from twisted.logger import Logger
 
 from nbgateway.management import migrations
@@ -212,6 +218,10 @@ class StoreBase:
             raise StoreUnavailable(f"store unavailable: {exc.orig}") from exc
         except (DataError, OverflowError) as exc:
             raise _invalid_input(exc) from exc
+        except StatementError as exc:
+            if isinstance(exc, DBAPIError) or not isinstance(exc.orig, ValueError):
+                raise
+            raise _invalid_input(exc) from exc
 
     def _retryable(self, exc: DBAPIError) -> bool:
         if isinstance(exc, IntegrityError):
@@ -244,6 +254,10 @@ class StoreBase:
                 last = exc
                 time.sleep(min(0.2, 0.005 * (2**attempt)) * random.random())
                 continue
+            except StatementError as exc:
+                if isinstance(exc.orig, ValueError):
+                    raise _invalid_input(exc) from exc
+                raise
             self._notify(changes)
             return result
         assert last is not None

@@ -42,17 +42,36 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
+class BoundedString(TypeDecorator[str]):
+    """VARCHAR(n) whose limit is enforced in Python for every backend (SQLite
+    ignores lengths; PostgreSQL would fail the statement): too long a value
+    raises ``ValueError`` at bind time, which the store reports as a 422."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.max_length = length
+
+    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is not None and len(value) > self.max_length:
+            raise ValueError(f"value exceeds maximum length of {self.max_length} characters")
+        return value
+
+
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
-ID = sa.String(255)
+ID = BoundedString(255)
 
 accounts = sa.Table(
     "accounts",
     metadata,
     sa.Column("id", ID, primary_key=True),
-    sa.Column("domain", sa.String(255), nullable=False),
-    sa.Column("network_v4", sa.String(64), nullable=False),
-    sa.Column("network_v6", sa.String(64), nullable=True),
+    sa.Column("domain", BoundedString(255), nullable=False),
+    sa.Column("network_v4", BoundedString(64), nullable=False),
+    sa.Column("network_v6", BoundedString(64), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=True),
 )
 
@@ -69,7 +88,7 @@ users = sa.Table(
     ),
     sa.Column("email", sa.Text(), nullable=False),
     sa.Column("name", sa.Text(), nullable=False),
-    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("role", BoundedString(32), nullable=False),
     sa.Column("is_service_user", sa.Boolean(), nullable=False),
     sa.Column("auto_groups", sa.Text(), nullable=True),
     sa.Column("blocked", sa.Boolean(), nullable=False),
@@ -89,7 +108,7 @@ groups = sa.Table(
         index=True,
     ),
     sa.Column("name", sa.Text(), nullable=False),
-    sa.Column("issued", sa.String(32), nullable=False),
+    sa.Column("issued", BoundedString(32), nullable=False),
 )
 
 peers = sa.Table(
@@ -104,14 +123,14 @@ peers = sa.Table(
         index=True,
     ),
     sa.Column("name", sa.Text(), nullable=False),
-    sa.Column("key", sa.String(255), nullable=False, unique=True),
-    sa.Column("ip", sa.String(64), nullable=False),
-    sa.Column("ipv6", sa.String(64), nullable=True),
+    sa.Column("key", BoundedString(255), nullable=False, unique=True),
+    sa.Column("ip", BoundedString(64), nullable=False),
+    sa.Column("ipv6", BoundedString(64), nullable=True),
     sa.Column("dns_label", sa.Text(), nullable=False),
     sa.Column("user_id", ID, nullable=True),
     sa.Column("endpoint", sa.Text(), nullable=True),
     sa.Column("proxy_meta_embedded", sa.Boolean(), nullable=False),
-    sa.Column("proxy_meta_cluster", sa.String(255), nullable=False),
+    sa.Column("proxy_meta_cluster", BoundedString(255), nullable=False),
     sa.Column("peer_status_connected", sa.Boolean(), nullable=False),
     sa.Column("ephemeral", sa.Boolean(), nullable=False),
     sa.Column("wg_private_key", sa.Text(), nullable=True),
@@ -148,8 +167,8 @@ services = sa.Table(
         index=True,
     ),
     sa.Column("name", sa.Text(), nullable=False),
-    sa.Column("domain", sa.String(255), nullable=False, unique=True),
-    sa.Column("proxy_cluster", sa.String(255), nullable=False, index=True),
+    sa.Column("domain", BoundedString(255), nullable=False, unique=True),
+    sa.Column("proxy_cluster", BoundedString(255), nullable=False, index=True),
     sa.Column("enabled", sa.Boolean(), nullable=False),
     sa.Column("terminated", sa.Boolean(), nullable=False),
     sa.Column("pass_host_header", sa.Boolean(), nullable=False),
@@ -158,13 +177,13 @@ services = sa.Table(
     sa.Column("restrictions", sa.Text(), nullable=True),
     sa.Column("meta_created_at", UTCDateTime(), nullable=True),
     sa.Column("meta_certificate_issued_at", UTCDateTime(), nullable=True),
-    sa.Column("meta_status", sa.String(32), nullable=False),
+    sa.Column("meta_status", BoundedString(32), nullable=False),
     sa.Column("meta_last_renewed_at", UTCDateTime(), nullable=True),
     sa.Column("session_private_key", sa.Text(), nullable=False),
     sa.Column("session_public_key", sa.Text(), nullable=False),
-    sa.Column("source", sa.String(32), nullable=False, server_default="permanent"),
+    sa.Column("source", BoundedString(32), nullable=False, server_default="permanent"),
     sa.Column("source_peer", ID, nullable=False, server_default=""),
-    sa.Column("mode", sa.String(8), nullable=False, server_default="http"),
+    sa.Column("mode", BoundedString(8), nullable=False, server_default="http"),
     sa.Column("listen_port", sa.Integer(), nullable=False),
     sa.Column("port_auto_assigned", sa.Boolean(), nullable=False),
     # revision 0002 (private services)
@@ -188,15 +207,15 @@ targets = sa.Table(
     sa.Column("path", sa.Text(), nullable=True),
     sa.Column("host", sa.Text(), nullable=False),
     sa.Column("port", sa.Integer(), nullable=False),
-    sa.Column("protocol", sa.String(16), nullable=False),
-    sa.Column("target_id", sa.String(255), nullable=False, index=True),
-    sa.Column("target_type", sa.String(16), nullable=False),
+    sa.Column("protocol", BoundedString(16), nullable=False),
+    sa.Column("target_id", BoundedString(255), nullable=False, index=True),
+    sa.Column("target_type", BoundedString(16), nullable=False),
     sa.Column("enabled", sa.Boolean(), nullable=False),
     sa.Column("proxy_protocol", sa.Boolean(), nullable=False),
     sa.Column("skip_tls_verify", sa.Boolean(), nullable=False),
     sa.Column("request_timeout", sa.BigInteger(), nullable=False),
     sa.Column("session_idle_timeout", sa.BigInteger(), nullable=False),
-    sa.Column("path_rewrite", sa.String(16), nullable=False),
+    sa.Column("path_rewrite", BoundedString(16), nullable=False),
     sa.Column("custom_headers", sa.Text(), nullable=True),
     # revision 0002 (private services)
     sa.Column("direct_upstream", sa.Boolean(), nullable=True),
@@ -206,14 +225,14 @@ proxies = sa.Table(
     "proxies",
     metadata,
     sa.Column("id", ID, primary_key=True),
-    sa.Column("session_id", sa.String(64), nullable=False),
-    sa.Column("cluster_address", sa.String(255), nullable=False, index=True),
-    sa.Column("ip_address", sa.String(64), nullable=False),
+    sa.Column("session_id", BoundedString(64), nullable=False),
+    sa.Column("cluster_address", BoundedString(255), nullable=False, index=True),
+    sa.Column("ip_address", BoundedString(64), nullable=False),
     sa.Column("account_id", ID, nullable=True, index=True),
     sa.Column("last_seen", UTCDateTime(), nullable=True),
     sa.Column("connected_at", UTCDateTime(), nullable=True),
     sa.Column("disconnected_at", UTCDateTime(), nullable=True),
-    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status", BoundedString(16), nullable=False),
     sa.Column("supports_custom_ports", sa.Boolean(), nullable=True),
     sa.Column("require_subdomain", sa.Boolean(), nullable=True),
     sa.Column("supports_crowdsec", sa.Boolean(), nullable=True),
@@ -227,7 +246,7 @@ proxy_inbound_listeners = sa.Table(
     metadata,
     sa.Column("proxy_id", ID, primary_key=True),
     sa.Column("account_id", ID, primary_key=True),
-    sa.Column("tunnel_ip", sa.String(64), nullable=False),
+    sa.Column("tunnel_ip", BoundedString(64), nullable=False),
     sa.Column("https_port", sa.Integer(), nullable=False),
     sa.Column("http_port", sa.Integer(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=True),
@@ -237,7 +256,7 @@ domains = sa.Table(
     "domains",
     metadata,
     sa.Column("id", ID, primary_key=True),
-    sa.Column("domain", sa.String(255), nullable=False, unique=True),
+    sa.Column("domain", BoundedString(255), nullable=False, unique=True),
     sa.Column(
         "account_id",
         ID,
@@ -245,7 +264,7 @@ domains = sa.Table(
         nullable=False,
         index=True,
     ),
-    sa.Column("target_cluster", sa.String(255), nullable=False),
+    sa.Column("target_cluster", BoundedString(255), nullable=False),
     sa.Column("validated", sa.Boolean(), nullable=False),
 )
 
@@ -254,7 +273,7 @@ proxy_access_tokens = sa.Table(
     metadata,
     sa.Column("id", ID, primary_key=True),
     sa.Column("name", sa.Text(), nullable=False),
-    sa.Column("hashed_token", sa.String(64), nullable=False, unique=True),
+    sa.Column("hashed_token", BoundedString(64), nullable=False, unique=True),
     sa.Column("account_id", ID, nullable=True, index=True),
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.Column("created_by", sa.Text(), nullable=False),
@@ -272,7 +291,7 @@ personal_access_tokens = sa.Table(
         "user_id", ID, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
     ),
     sa.Column("name", sa.Text(), nullable=False),
-    sa.Column("hashed_token", sa.String(64), nullable=False, unique=True),
+    sa.Column("hashed_token", BoundedString(64), nullable=False, unique=True),
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.Column("created_by", sa.Text(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=True),
@@ -287,22 +306,22 @@ access_log_entries = sa.Table(
     sa.Column("account_id", ID, nullable=False, index=True),
     sa.Column("service_id", ID, nullable=False, index=True),
     sa.Column("timestamp", UTCDateTime(), nullable=False, index=True),
-    sa.Column("location_connection_ip", sa.String(64), nullable=False),
-    sa.Column("location_country_code", sa.String(8), nullable=False),
+    sa.Column("location_connection_ip", BoundedString(64), nullable=False),
+    sa.Column("location_country_code", BoundedString(8), nullable=False),
     sa.Column("location_city_name", sa.Text(), nullable=False),
     sa.Column("location_geo_name_id", sa.BigInteger(), nullable=False),
-    sa.Column("subdivision_code", sa.String(16), nullable=False),
-    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("subdivision_code", BoundedString(16), nullable=False),
+    sa.Column("method", BoundedString(32), nullable=False),
     sa.Column("host", sa.Text(), nullable=False),
     sa.Column("path", sa.Text(), nullable=False),
     sa.Column("duration", sa.BigInteger(), nullable=False),
     sa.Column("status_code", sa.Integer(), nullable=False),
     sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("user_id", ID, nullable=False),
-    sa.Column("auth_method_used", sa.String(32), nullable=False),
+    sa.Column("auth_method_used", BoundedString(32), nullable=False),
     sa.Column("bytes_upload", sa.BigInteger(), nullable=False),
     sa.Column("bytes_download", sa.BigInteger(), nullable=False),
-    sa.Column("protocol", sa.String(8), nullable=False),
+    sa.Column("protocol", BoundedString(8), nullable=False),
     sa.Column("metadata", sa.Text(), nullable=True),
     sa.Column("agent_network", sa.Boolean(), nullable=False),
     # revision 0002: nbgateway extension (spec 1.13 [REC])
