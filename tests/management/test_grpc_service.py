@@ -246,3 +246,28 @@ def test_to_proto_mapping_fields() -> None:
     assert l4.path[0].target == "10.0.0.5:22" and l4.path[0].options.proxy_protocol
     assert not proxy_accepts_mapping(None, l4)
     assert proxy_accepts_mapping(pb.ProxyCapabilities(supports_custom_ports=False), l4)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wiring_as_child_of_management_service(tmp_path) -> None:
+    """The wiring proposed for service.py: a child reading the store opened by the parent."""
+    from twisted.internet import reactor
+
+    from nbgateway.management.service import ManagementService
+
+    ms = ManagementService(datadir=str(tmp_path / "data"), api_addr="127.0.0.1:0",
+                           reactor=reactor)
+    grpc_svc = ProxyGrpcService(store_getter=lambda: ms.store, addr="127.0.0.1:0")
+    grpc_svc.setServiceParent(ms)
+    assert grpc_svc.server is None
+    ms.privilegedStartService()
+    ms.startService()
+    try:
+        _, token = ms.store.create_proxy_token("wiring", account_id=None)
+        stub = pb_grpc.ProxyServiceStub(grpc.insecure_channel(f"127.0.0.1:{grpc_svc.port}"))
+        r = stub.ValidateTunnelPeer(
+            pb.ValidateTunnelPeerRequest(tunnel_ip=U_IP, domain=DOMAIN), metadata=md(token))
+        assert not r.valid and r.denied_reason == "service_not_found"
+    finally:
+        await ms.stopService()
+    assert grpc_svc.server is None and ms.store is None
