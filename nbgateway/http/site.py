@@ -1,0 +1,235 @@
+"""The gateway's front resource: everything between a parsed HTTP request and
+the reverse proxy (spec proxy.md 3.1, 4.2, 4.5, 7).
+
+One :class:`GatewayResource` serves one listener.  A tunnel (inbound)
+listener knows its account (``listener_account``); the public listener has
+none.  Per request, in order:
+
+1. Host (port stripped, exact) -> :class:`ServiceEntry`; unknown -> 404.
+2. Hardening (proxy.md 11.7): on an inbound listener, a service of another
+   account is 404 -- accounts never see each other's domains.
+3. Access restrictions (CIDR; on the public listener also geo/CrowdSec) ->
+   403 ``Forbidden``.
+4. Private service: only on an inbound listener, only after the
+   :class:`~nbgateway.auth.tunnel.PrivateGate` says yes; anything else is 403
+   ``Forbidden``.  Operator schemes are never consulted.  Success installs the
+   session cookie and hands the validated identity to the proxy.
+5. Public service without schemes: forwarded without identity.  A service
+   with operator schemes (password/PIN/OIDC/header) is forwarded only for a
+   tunnel peer the gate validates (spec 4.2 step 9); the interactive schemes
+   themselves are not implemented yet, so everyone else gets 401 (fail
+   closed).
+6. One access-log entry when the response finishes (not for /__netbird__/).
+
+Client-supplied ``X-NetBird-*`` headers never reach an upstream: the proxy's
+header preparation strips them on every path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from nbgateway.auth.policy import Restrictions, parse_ip
+from nbgateway.auth.tunnel import GateDecision, PrivateGate, session_cookie
+from nbgateway.http.routing import PathRouter, RouteError, host_without_port, parse_target
+from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id, should_log
+from nbgateway.proxy.reverse import ProxyService, ReverseProxy
+
+log = Logger()
+
+FORBIDDEN_BODY = b"Forbidden\n"
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """An HTTP mapping as the request path needs it."""
+
+    service: ProxyService
+    private: bool
+    restrictions: Restrictions | None
+    has_schemes: bool
+    session_max_age: int
+    route_errors: tuple[str, ...] = ()
+
+    @property
+    def account_id(self) -> str:
+        return self.service.account_id
+
+
+def entry_from_mapping(mapping) -> ServiceEntry:
+    """Build a :class:`ServiceEntry` from a ``pb.ProxyMapping`` (HTTP mode).
+    Unusable target URLs are skipped and reported in ``route_errors``."""
+    routes, errors = [], []
+    for pm in mapping.path:
+        try:
+            routes.append(parse_target(pm.path, pm.target, pm.options))
+        except RouteError as exc:
+            errors.append(str(exc))
+    auth = mapping.auth
+    header_names = tuple(h.header for h in auth.header_auths if h.header)
+    service = ProxyService(
+        account_id=mapping.account_id,
+        domain=mapping.domain,
+        router=PathRouter(routes),
+        pass_host_header=mapping.pass_host_header,
+        rewrite_redirects=mapping.rewrite_redirects,
+        header_auth_names=header_names,
+        service_id=mapping.id,
+    )
+    return ServiceEntry(
+        service=service,
+        private=mapping.private,
+        restrictions=Restrictions.from_proto(mapping.access_restrictions)
+        if mapping.HasField("access_restrictions") else None,
+        has_schemes=bool(auth.password or auth.pin or auth.oidc or header_names),
+        session_max_age=int(auth.max_session_age_seconds) or 86400,
+        route_errors=tuple(errors),
+    )
+
+
+def _plain(request: Any, code: int, body: bytes) -> None:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
+
+
+class GatewayResource(Resource):
+    isLeaf = True
+
+    def __init__(
+        self,
+        *,
+        lookup: Callable[[str], ServiceEntry | None],
+        proxy: ReverseProxy,
+        gate: PrivateGate | None,
+        listener_account: str | None = None,
+        access_log: AccessLogger | None = None,
+        clock: Any = None,
+    ) -> None:
+        super().__init__()
+        self.lookup = lookup
+        self.proxy = proxy
+        self.gate = gate
+        self.listener_account = listener_account
+        self.access_log = access_log
+        self.clock = clock if clock is not None else proxy.clock
+
+    # ------------------------------------------------------------------ request
+
+    def render(self, request: Any) -> Any:
+        host = request.getHeader(b"host") or b""
+        host = host.decode("latin-1") if isinstance(host, bytes) else host
+        domain = host_without_port(host)
+        entry = self.lookup(domain)
+        overlay = self.listener_account is not None
+        request.nbgw_overlay = overlay
+        request.nbgw_identity = None
+        self._start_log(request, entry, host)
+        if entry is None or (overlay and entry.account_id != self.listener_account):
+            return self.proxy.render(request, None)
+        peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
+        addr = parse_ip(peer_ip)
+        if entry.restrictions is not None:
+            verdict = "ip_restricted" if addr is None else entry.restrictions.check(addr, overlay)
+            if verdict is not None:
+                request.nbgw_auth_mechanism = verdict
+                _plain(request, 403, FORBIDDEN_BODY)
+                return server.NOT_DONE_YET
+        if not entry.private and not entry.has_schemes:
+            return self.proxy.render(request, entry.service, overlay=overlay)
+        if entry.private and not overlay:
+            _plain(request, 403, FORBIDDEN_BODY)  # private services never on the public listener
+            return server.NOT_DONE_YET
+        if self.gate is None or not overlay:
+            _plain(request, 401, b"Unauthorized\n")
+            return server.NOT_DONE_YET
+        d: Deferred = self.gate.check(
+            listener_account=self.listener_account,
+            mapping_account=entry.account_id,
+            domain=domain,
+            client_ip=peer_ip,
+        )
+        d.addCallback(self._decided, request, entry)
+        d.addErrback(self._gate_failed, request)
+        return server.NOT_DONE_YET
+
+    def _decided(self, decision: GateDecision, request: Any, entry: ServiceEntry) -> None:
+        if getattr(request, "_disconnected", False) or request.finished:
+            return
+        if not decision.allowed:
+            log.debug("denied {domain}: {reason}", domain=entry.service.domain,
+                      reason=decision.reason)
+            if entry.private:
+                _plain(request, 403, FORBIDDEN_BODY)
+            else:
+                _plain(request, 401, b"Unauthorized\n")
+            return
+        request.responseHeaders.addRawHeader(
+            b"set-cookie", session_cookie(decision.session_token,
+                                          entry.session_max_age).encode("latin-1"))
+        request.nbgw_identity = decision.identity
+        request.nbgw_auth_mechanism = "oidc"
+        request.nbgw_user_id = decision.identity.user_id if decision.identity else ""
+        self.proxy.render(request, entry.service, identity=decision.identity, overlay=True)
+
+    def _gate_failed(self, failure, request: Any) -> None:
+        log.failure("private gate failed; denying", failure)
+        if not request.finished and not getattr(request, "_disconnected", False):
+            _plain(request, 403, FORBIDDEN_BODY)
+
+    # ------------------------------------------------------------------ access log
+
+    def _start_log(self, request: Any, entry: ServiceEntry | None, host: str) -> None:
+        if self.access_log is None:
+            return
+        path = request.uri.split(b"?", 1)[0].decode("latin-1")
+        if not should_log(path):
+            return
+        started = self.clock.seconds()
+        log_id = new_log_id()
+        request.nbgw_request_id = log_id
+
+        def done(_result: Any) -> None:
+            peer = request.getClientAddress()
+            body = getattr(request, "body_stream", None)
+            upload = body.received if body is not None else _content_length(request)
+            self.access_log.log(build_entry(
+                now=self.clock.seconds(),
+                log_id=log_id,
+                account_id=entry.account_id if entry else "",
+                service_id=entry.service.service_id if entry else "",
+                host=host,
+                path=path,
+                method=request.method.decode("latin-1"),
+                response_code=request.code,
+                duration_ms=int((self.clock.seconds() - started) * 1000),
+                source_ip=str(getattr(peer, "host", "") or ""),
+                auth_mechanism=getattr(request, "nbgw_auth_mechanism", ""),
+                user_id=getattr(request, "nbgw_user_id", ""),
+                bytes_upload=upload,
+                bytes_download=getattr(request, "sentLength", 0),
+            ))
+
+        request.notifyFinish().addBoth(done)
+
+
+def _content_length(request: Any) -> int:
+    try:
+        content = request.content
+        pos = content.tell()
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(pos)
+        return size
+    except Exception:
+        return 0
