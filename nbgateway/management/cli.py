@@ -207,6 +207,15 @@ def cmd_users(client: Client, args: argparse.Namespace, out: TextIO) -> None:
                 "auto_groups": group_ids(client, args.auto_group), "is_service_user": False}
         return _emit(args, out, client.post("/users", body), USER_COLS)
     user = resolve(client, "/users", args.ref, "user", key="email")
+    if args.action == "token":
+        gen = client.post(f"/users/{_q(user['id'])}/tokens",
+                          {"name": args.name, "expires_in": args.days})
+        if args.json:
+            out.write(json.dumps(gen, indent=2) + "\n")
+        else:
+            table([gen["personal_access_token"]], ("id", "name", "expiration_date"), out)
+            out.write(f"token (shown once): {gen['plain_token']}\n")
+        return None
     if args.action == "delete":
         client.delete(f"/users/{_q(user['id'])}")
         out.write(f"deleted user {user['id']}\n")
@@ -378,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--auto-group", action="append", help="group name or id (repeatable)")
     for verb in ("delete", "block", "unblock"):
         a.add_parser(verb).add_argument("ref", help="user id or email")
+    c = a.add_parser("token", help="create a personal access token for the REST API")
+    c.add_argument("ref", help="user id or email")
+    c.add_argument("--name", default="nbgateway-admin")
+    c.add_argument("--days", type=int, default=30, help="lifetime in days (1..365)")
 
     a = actions("groups", cmd_groups, ["group"])
     a.add_parser("list")

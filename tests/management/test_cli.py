@@ -41,6 +41,12 @@ def ok(server, *argv):
     return out
 
 
+def ok_as(server, token, *argv):
+    code, out, err = run(server, *argv, token=token)
+    assert code == 0, err
+    return out
+
+
 def test_parse_target():
     assert parse_target("type=cluster,id=c.example,host=10.0.0.5,port=8080,direct") == {
         "target_type": "cluster", "target_id": "c.example", "host": "10.0.0.5", "port": 8080,
@@ -115,6 +121,10 @@ def test_tokens_users_logs_clusters(server):
     out = ok(server, "users", "create", "--email", f"{tag}@example.com", "--name", "Eve",
              "--auto-group", f"ops-{tag}")
     assert f"{tag}@example.com" in out
+    out = ok(server, "users", "token", f"{tag}@example.com", "--name", "ci", "--days", "7")
+    pat = out.split("token (shown once): ")[1].strip()
+    assert pat.startswith("nbp_")
+    assert f"{tag}@example.com" in ok_as(server, pat, "users", "list")
     assert "blocked" in ok(server, "users", "block", f"{tag}@example.com")
     assert "active" in ok(server, "users", "unblock", f"{tag}@example.com")
     ok(server, "users", "delete", f"{tag}@example.com")

@@ -15,7 +15,10 @@ from .openapi import build_document
 from .routes import Handlers, build_routes
 from .schemas import COMPONENTS
 
-__all__ = ["MAX_BODY_SIZE", "ApiError", "ApiSite", "build_openapi", "build_site"]
+#: Seconds an idle (or trickling) client connection is kept open.
+IDLE_TIMEOUT = 60
+
+__all__ = ["IDLE_TIMEOUT", "MAX_BODY_SIZE", "ApiError", "ApiSite", "build_openapi", "build_site"]
 
 
 def _version() -> str:
@@ -46,7 +49,7 @@ def build_site(store: Any, threadpool: Any, reactor: Any) -> ApiSite:
     routes.append(Route("GET", "/openapi.json", openapi, "getOpenAPI",
                         "This OpenAPI document", "Meta", auth=False))
     resource = ApiResource(routes, COMPONENTS, handlers.authenticate, threadpool, reactor)
-    site = ApiSite(resource)
+    site = ApiSite(resource, timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     return site
 
