@@ -694,7 +694,11 @@ class ProxyServiceServicer(UnaryRpcs):
         was_live = old is not None and old.live
         was_private = old.private if old is not None else svc.private
         out: list[tuple[str, pb.ProxyMapping, bool]] = []
-        if was_live and (not new.live or old.cluster != new.cluster):
+        moved = old is not None and (
+            old.cluster != new.cluster or old.removed.domain != new.removed.domain
+        )
+        if was_live and (not new.live or moved):
+            # upstream: REMOVED to the old cluster + CREATED to the new one
             out.append((old.cluster, old.removed, old.private))
             was_live = False
         if new.live and not was_live:

@@ -439,3 +439,15 @@ def test_sync_client_half_close_ends_stream_cleanly(harness: Harness, fx: Fixtur
     while fx.store.get_proxy("proxy-eof").status != "disconnected":
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_domain_change_is_removed_then_created(harness: Harness, fx: Fixture) -> None:
+    x = connect_x(harness, fx)
+    x.snapshot()
+    fx.store.update_service(dataclasses.replace(fx.s, domain=f"renamed.{CLUSTER}"))
+    got = [(m.id, m.type, m.domain) for m in x.next().mapping]
+    assert got == [
+        ("svc-1", pb.UPDATE_TYPE_REMOVED, DOMAIN),
+        ("svc-1", pb.UPDATE_TYPE_CREATED, f"renamed.{CLUSTER}"),
+    ]
+    x.close()
