@@ -83,7 +83,8 @@ class ManagementService(MultiService):
 
     def __init__(self, *, datadir: str = DEFAULT_DATADIR, api_addr: str = DEFAULT_API_ADDR,
                  store_dsn: str | None = None, reactor: Any = None,
-                 pool_size: int = 8, store: Any = None):
+                 pool_size: int = 8, store: Any = None,
+                 known_clusters: tuple[str, ...] = ()):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -93,6 +94,9 @@ class ManagementService(MultiService):
         self.api_addr = api_addr
         self.api_endpoint = endpoint_description(api_addr)
         self.store_dsn = store_dsn
+        #: cluster addresses usable for domain -> cluster derivation without a live proxy
+        #: (an embedding gateway passes its own address)
+        self.known_clusters = tuple(known_clusters)
         self.reactor = reactor
         self.store = store
         self._owns_store = store is None
@@ -108,7 +112,8 @@ class ManagementService(MultiService):
         if self.store is None:
             from nbgateway.management.store import Store
 
-            self.store = Store.open(self.store_dsn, datadir=self.datadir)
+            self.store = Store.open(self.store_dsn, datadir=self.datadir,
+                                    known_clusters=self.known_clusters)
         self._bootstrap()
         site = build_site(self.store, self.threadpool, self.reactor)
         endpoint = serverFromString(self.reactor, self.api_endpoint)

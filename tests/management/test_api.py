@@ -14,7 +14,12 @@ from urllib.parse import quote
 
 import pytest
 
-from nbgateway.management.model import AccessLogEntry, ProxyCapabilities, ProxyRecord
+from nbgateway.management.model import (
+    AccessLogEntry,
+    Account,
+    ProxyCapabilities,
+    ProxyRecord,
+)
 
 from .apiserver import BACKENDS, start_server
 
@@ -510,6 +515,18 @@ def test_clusters_and_domains_reflect_proxy_private_flag(server):
     assert domains[addr]["type"] == "free" and domains[addr]["supports_private"] is True
     assert domains["apps.test"]["type"] == "custom"
     assert domains["apps.test"]["target_cluster"] == CLUSTER
+    unknown = f"{uniq('n')}.proxy.test"
+    store = server.open_store()
+    try:
+        store.register_proxy(ProxyRecord(id=uniq("pz"), session_id=str(uuid.uuid4()),
+                                         cluster_address=unknown, ip_address="127.0.0.1"))
+    finally:
+        store.close()
+    clusters = {c["address"]: c for c in server.ok("GET", "/api/reverse-proxies/clusters")}
+    assert "private" not in clusters[unknown]  # only NULL rows: absent (acceptance 24)
+    assert clusters[unknown]["type"] == "shared"
+    domains = {d["domain"]: d for d in server.ok("GET", "/api/reverse-proxies/domains")}
+    assert "supports_private" not in domains[unknown]
     # DELETE removes the account's own (BYOP) rows only; a second delete is 404
     assert server.ok("DELETE", f"/api/reverse-proxies/clusters/{addr}") == {}
     assert_error(server.delete(f"/api/reverse-proxies/clusters/{addr}"), 404,
@@ -544,14 +561,18 @@ def test_proxy_tokens(server):
         acct = store.list_accounts()[0].id
         row = store.verify_proxy_token(plain)
         assert row.account_id == acct and row.hashed_token != plain
-        other_row, _ = store.create_proxy_token("foreign", account_id=None)
+        other_row, _ = store.create_proxy_token("global", account_id=None)
+        acct_b = store.create_account(Account(domain="b.test"))
+        foreign_row, _ = store.create_proxy_token("foreign", account_id=acct_b.id)
     finally:
         store.close()
     assert server.ok("DELETE", f"/api/reverse-proxies/proxy-tokens/{created['id']}") == {}
     listed = {t["id"]: t for t in server.ok("GET", "/api/reverse-proxies/proxy-tokens")}
     assert listed[created["id"]]["revoked"] is True
-    assert_error(server.delete(f"/api/reverse-proxies/proxy-tokens/{other_row.id}"), 404,
-                 "token not found")
+    for row in (other_row, foreign_row):  # acceptance 30: global or other account's token
+        assert_error(server.delete(f"/api/reverse-proxies/proxy-tokens/{row.id}"), 404,
+                     "token not found")
+    assert foreign_row.id not in listed
     assert_error(server.post("/api/reverse-proxies/proxy-tokens", {"name": ""}), 400)
     assert_error(server.post("/api/reverse-proxies/proxy-tokens",
                              {"name": "t", "expires_in": -1}), 400)
