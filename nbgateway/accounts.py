@@ -1,0 +1,311 @@
+"""Per-account runtime: one tunnel identity per account (spec proxy.md 2.9, 2.11, 5).
+
+:class:`AccountRuntime` owns, for one account: a WireGuard device in the
+gateway's shared :class:`~nbgateway.wireguard.mux.DeviceMux` (one UDP port for
+all accounts), the netstack on the account's tunnel address, the inbound
+listeners (HTTP, HTTPS, DNS) and the peer-channel session that keeps the
+account's network map (roster, packet filter, DNS zone).
+
+Lifecycle::
+
+    new --add_service--> registering --CreateProxyPeer ok--> connecting
+        --first network map--> ready --last service removed--> stopped
+    registering --CreateProxyPeer failed--> failed (the next mapping retries)
+
+:class:`AccountRegistry` is the mapping-store observer that creates runtimes on
+the first mapping of an account and tears them down with its last one.
+Everything I/O-ish is injected (peer channel, inbound listeners, key
+generation), so this module is tested with fakes and ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.logger import Logger
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.mgmt.netmap import DEFAULT_ACTION, AccountNetwork, dns_rule
+from nbgateway.netstack.filter import Rule
+from nbgateway.netstack.stack import Stack
+from nbgateway.store.mappings import MappingObserver
+from nbgateway.wireguard.config import parse_endpoint
+from nbgateway.wireguard.device import WireGuardDevice
+from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
+
+log = Logger()
+
+ACTIVE = pb.PROXY_STATUS_ACTIVE
+ERROR = pb.PROXY_STATUS_ERROR
+TUNNEL_NOT_CREATED = pb.PROXY_STATUS_TUNNEL_NOT_CREATED
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    cluster: str  # --domain, sent as CreateProxyPeer.cluster
+    wg_endpoint: str = ""  # advertised UDP endpoint (extension field)
+    private: bool = True  # --private: report inbound_listener
+    http_port: int = 80
+    https_port: int = 443
+    mtu: int = 1280
+
+
+class AccountRuntime:
+    def __init__(
+        self,
+        account_id: str,
+        *,
+        reactor: Any,
+        mux: Any,
+        mgmt: Any,
+        settings: AccountSettings,
+        peer_channel_factory: Callable[[str, bytes, Callable[[AccountNetwork], None]], Any],
+        serve_inbound: Callable[[AccountRuntime], Deferred] | None = None,
+        on_network: Callable[[AccountRuntime, AccountNetwork], None] | None = None,
+        key_factory: Callable[[], bytes] = generate_private_key,
+    ) -> None:
+        self.account_id = account_id
+        self.reactor = reactor
+        self.mux = mux
+        self.mgmt = mgmt
+        self.settings = settings
+        self.peer_channel_factory = peer_channel_factory
+        self.serve_inbound = serve_inbound
+        self.on_network = on_network
+        self.key_factory = key_factory
+        self.state = "new"
+        self.services: dict[str, pb.ProxyMapping] = {}
+        self.private_key: bytes | None = None
+        self.device: WireGuardDevice | None = None
+        self.stack: Stack | None = None
+        self.network: AccountNetwork | None = None
+        self.listeners: list[Any] = []
+        self.tunnel_ip = ""
+        self.peer_channel: Any = None
+        self._registering: Deferred | None = None
+
+    # ------------------------------------------------------------------ queries
+
+    def in_roster(self, ip: str) -> bool:
+        """Is ``ip`` a tunnel address of a peer this account knows?"""
+        return self.device is not None and self.device.allowed_ips.lookup(ip) is not None
+
+    @property
+    def inbound_listener(self) -> tuple[str, int, int] | None:
+        if not self.settings.private or not self.listeners or not self.tunnel_ip:
+            return None
+        return (self.tunnel_ip, self.settings.https_port, self.settings.http_port)
+
+    # ------------------------------------------------------------------ services
+
+    def add_service(self, mapping: pb.ProxyMapping) -> Deferred | None:
+        self.services[mapping.id] = mapping
+        if self.state == "ready":
+            return self._report(mapping.id, ACTIVE)
+        if self.state in ("new", "failed"):
+            return self._register(mapping)
+        return self._registering
+
+    def remove_service(self, mapping: pb.ProxyMapping) -> Deferred | None:
+        if self.services.pop(mapping.id, None) is None:
+            return None
+        return self._report(mapping.id, TUNNEL_NOT_CREATED, listener=False)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _register(self, mapping: pb.ProxyMapping) -> Deferred:
+        self.state = "registering"
+        self.private_key = self.key_factory()
+        pub = key_to_base64(public_key(self.private_key))
+        d = maybeDeferred(
+            self.mgmt.create_proxy_peer, mapping.id, self.account_id, mapping.auth_token, pub,
+            self.settings.cluster, self.settings.wg_endpoint,
+        )
+        d.addCallbacks(self._registered, self._register_failed, errbackArgs=(mapping,))
+        self._registering = d
+        return d
+
+    def _registered(self, _result: Any) -> None:
+        if self.state != "registering":
+            return
+        self.state = "connecting"
+        assert self.private_key is not None
+        self.device = WireGuardDevice(self.private_key, self.reactor,
+                                      index_registry=self.mux.registry)
+        self.mux.add(self.device)
+        self.peer_channel = self.peer_channel_factory(
+            self.account_id, self.private_key, self.apply_network)
+        self.peer_channel.start()
+
+    def _register_failed(self, failure: Any, mapping: pb.ProxyMapping) -> Deferred:
+        if self.state == "registering":
+            self.state = "failed"
+        message = failure.getErrorMessage()
+        log.warn("account {account}: CreateProxyPeer failed: {err}", account=self.account_id,
+                 err=message)
+        if "proxy peer authentication failed" not in message:
+            message = f"proxy peer authentication failed: {message}"
+        return self._report(mapping.id, ERROR, error=message, listener=False)
+
+    def apply_network(self, network: AccountNetwork) -> Deferred | None:
+        """Apply one network map from the peer channel (reactor thread)."""
+        if self.state not in ("connecting", "ready") or self.device is None:
+            return None
+        self.network = network
+        self._apply_roster(network)
+        first = self.stack is None
+        if first:
+            if not network.addresses:
+                log.warn("account {account}: network map without an address",
+                         account=self.account_id)
+                return None
+            self.stack = Stack(self.device, self.reactor, network.addresses, mtu=self.settings.mtu)
+            self.device.sink = self.stack
+            self.tunnel_ip = str(network.address.ip) if network.address else network.addresses[0]
+        elif set(network.addresses) != {str(a) for a in self.stack.addresses}:
+            log.warn("account {account}: tunnel address changed; keeping {old}",
+                     account=self.account_id, old=self.tunnel_ip)
+        self._apply_filter(network)
+        if self.on_network is not None:
+            self.on_network(self, network)
+        if first:
+            return self._bring_up()
+        return None
+
+    def _apply_roster(self, network: AccountNetwork) -> None:
+        device = self.device
+        assert device is not None
+        wanted = {p.key_bytes: p for p in network.roster if p.key_bytes != device.public_key}
+        for key in [k for k in device.peers if k not in wanted]:
+            device.remove_peer(key)
+        for key, p in wanted.items():
+            endpoint = None
+            if p.endpoint:
+                try:
+                    endpoint = parse_endpoint(p.endpoint, resolve=False)
+                except ValueError:
+                    endpoint = None
+            if key in device.peers:
+                device.update_peer(key, allowed_ips=p.allowed_ips, endpoint=endpoint)
+            else:
+                device.add_peer(key, allowed_ips=p.allowed_ips, endpoint=endpoint)
+
+    def _apply_filter(self, network: AccountNetwork) -> None:
+        assert self.stack is not None
+        rules = [Rule.make(**r.rule_kwargs()) for r in network.inbound_rules]
+        dns = dns_rule(network.roster)
+        if dns is not None:
+            rules.append(Rule.make(**dns.rule_kwargs()))
+        self.stack.filter.set_rules(rules, default=DEFAULT_ACTION)
+
+    def _bring_up(self) -> Deferred:
+        if self.serve_inbound is None:
+            d: Deferred = succeed([])
+        else:
+            d = maybeDeferred(self.serve_inbound, self)
+
+        def up(ports: list[Any]) -> Deferred:
+            self.listeners = list(ports or [])
+            self.state = "ready"
+            return self._report_all(ACTIVE)
+
+        def failed(failure: Any) -> Deferred:
+            log.warn("account {account}: inbound listeners failed: {err}",
+                     account=self.account_id, err=failure.getErrorMessage())
+            self.listeners = []
+            self.state = "ready"
+            return self._report_all(ACTIVE)
+
+        return d.addCallbacks(up, failed)
+
+    def stop(self) -> Deferred:
+        """Tear everything down (listeners first, then the tunnel)."""
+        self.state = "stopped"
+        ds = [maybeDeferred(p.stopListening) for p in self.listeners]
+        self.listeners = []
+        if self.peer_channel is not None:
+            ds.append(maybeDeferred(self.peer_channel.stop))
+            self.peer_channel = None
+
+        def tunnel_down(_: Any) -> None:
+            if self.stack is not None:
+                self.stack.close()
+            if self.device is not None:
+                self.mux.remove(self.device)
+
+        return DeferredList(ds, consumeErrors=True).addCallback(tunnel_down)
+
+    # ------------------------------------------------------------------ status
+
+    def _report_all(self, status: int) -> Deferred:
+        return DeferredList([self._report(sid, status) for sid in list(self.services)],
+                            consumeErrors=True)
+
+    def _report(self, service_id: str, status: int, *, error: str | None = None,
+                listener: bool = True) -> Deferred:
+        d = maybeDeferred(
+            self.mgmt.send_status_update, service_id, self.account_id, status,
+            error_message=error,
+            inbound_listener=self.inbound_listener if listener and status == ACTIVE else None,
+        )
+        d.addErrback(lambda f: log.debug("SendStatusUpdate for {sid} failed: {err}",
+                                         sid=service_id, err=f.getErrorMessage()))
+        return d
+
+
+class AccountRegistry(MappingObserver):
+    """Creates an :class:`AccountRuntime` per account with mappings, routes
+    services to it, and tears it down when its last mapping goes."""
+
+    def __init__(self, make_runtime: Callable[[str], AccountRuntime],
+                 on_change: Callable[[str], None] | None = None) -> None:
+        self.make_runtime = make_runtime
+        self.on_change = on_change  # e.g. evict the account's validation cache
+        self.runtimes: dict[str, AccountRuntime] = {}
+
+    def get(self, account_id: str) -> AccountRuntime | None:
+        return self.runtimes.get(account_id)
+
+    def _changed(self, account_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(account_id)
+
+    def account_added(self, account_id: str) -> None:
+        self.runtimes[account_id] = self.make_runtime(account_id)
+
+    def account_removed(self, account_id: str) -> Deferred | None:
+        runtime = self.runtimes.pop(account_id, None)
+        self._changed(account_id)
+        return None if runtime is None else runtime.stop()
+
+    def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred | None:
+        self._changed(mapping.account_id)
+        runtime = self.runtimes.get(mapping.account_id)
+        return None if runtime is None else runtime.add_service(mapping)
+
+    def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> Deferred | None:
+        self._changed(new.account_id)
+        runtime = self.runtimes.get(new.account_id)
+        if runtime is not None:
+            runtime.services[new.id] = new
+            if runtime.state == "failed":
+                return runtime.add_service(new)  # a fresh token: retry registration
+        return None
+
+    def mapping_refreshed(self, mapping: pb.ProxyMapping) -> Deferred | None:
+        runtime = self.runtimes.get(mapping.account_id)
+        if runtime is not None and runtime.state == "failed":
+            return runtime.add_service(mapping)
+        return None
+
+    def mapping_removed(self, mapping: pb.ProxyMapping) -> Deferred | None:
+        self._changed(mapping.account_id)
+        runtime = self.runtimes.get(mapping.account_id)
+        return None if runtime is None else runtime.remove_service(mapping)
+
+    def stop(self) -> Deferred:
+        runtimes, self.runtimes = list(self.runtimes.values()), {}
+        return DeferredList([r.stop() for r in runtimes], consumeErrors=True)
