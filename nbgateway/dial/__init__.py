@@ -1,0 +1,40 @@
+"""Upstream dialers: how the reverse proxy reaches a target host:port.
+
+Two implementations of :class:`IUpstreamDialer`:
+
+- :class:`nbgateway.dial.direct.DirectDialer` -- the host network stack and
+  host DNS (``direct_upstream=true``, spec proxy.md 3.11);
+- :class:`nbgateway.dial.tunnel.TunnelDialer` -- through an account's
+  WireGuard netstack (the default), via a pluggable endpoint factory.
+
+:mod:`nbgateway.dial.pool` keeps persistent HTTP connection pools per
+(account, dial mode, TLS policy) and builds ``twisted.web.client.Agent``
+objects over a dialer.
+
+(``IUpstreamDialer`` and the ``UpstreamError`` family live here until they
+are moved to ``nbgateway.interfaces`` / ``nbgateway.errors``.)
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+from nbgateway.errors import NBGatewayError
+
+
+class IUpstreamDialer(Interface):
+    """Builds client endpoints towards upstream targets."""
+
+    def endpoint(host: str, port: int, timeout: float):  # noqa: N805
+        """An ``IStreamClientEndpoint`` for ``host:port`` whose ``connect``
+        gives up after ``timeout`` seconds.  Raises
+        :class:`ProxyNotConnectedError` when the dialer has no way out
+        (e.g. the account's embedded client is not running)."""
+
+
+class UpstreamError(NBGatewayError):
+    """Reaching an upstream failed."""
+
+
+class ProxyNotConnectedError(UpstreamError):
+    """No embedded client (tunnel) for the account: spec 3.12 ``Proxy Not Connected``."""

@@ -1,0 +1,507 @@
+"""The streaming HTTP reverse proxy (spec proxy.md 3.3-3.12).
+
+:class:`ReverseProxy` forwards one twisted.web request for an already looked
+up :class:`ProxyService` (the auth layer decides first and passes the
+validated :class:`~nbgateway.proxy.headers.Identity`, or None):
+
+- path routing with the mapping's :class:`~nbgateway.http.routing.PathRouter`
+  (no match: 404 ``Service Not Found``), path rewrite, ``session_token``
+  stripped from the query;
+- self-loop guard: an overlay request whose source IP equals the literal IP
+  host of the selected target gets 421 ``Loop Detected`` (spec 3.4);
+- outgoing headers from :func:`~nbgateway.proxy.headers.prepare_upstream_headers`
+  (hop-by-hop, header-auth removal, custom headers, identity, X-Forwarded-*,
+  Cookie minus ``nb_session``);
+- upstream via ``twisted.web.client.Agent`` over the account's dialer
+  (tunnel, or the host network for ``direct_upstream``) and a persistent
+  per-account pool (:mod:`nbgateway.dial.pool`);
+- bodies streamed both ways with backpressure: the request body through
+  :class:`~nbgateway.proxy.streaming.RequestBodyStream`, the response body
+  with the upstream transport registered as the producer of the client
+  response (chunked on either side as HTTP/1.1 needs);
+- the request timeout bounds the dial *and* the whole wait for the response
+  head (hardening over upstream, where it only bounds the dial); the
+  response body itself is streamed without a deadline (SSE-friendly);
+- ``rewrite_redirects`` (spec 3.10); an unparseable ``Location`` is a 502;
+- error pages with spec 3.12 statuses (502/504/...);
+- ``Upgrade`` requests (WebSocket) go to :mod:`nbgateway.proxy.upgrade`.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web._newclient import ResponseDone, _WrapperException
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from nbgateway.dial import ProxyNotConnectedError
+from nbgateway.http.routing import (
+    PATH_REWRITE_DEFAULT,
+    PathRouter,
+    Route,
+    host_without_port,
+    outgoing_path,
+    rewrite_location,
+)
+from nbgateway.proxy import pages
+from nbgateway.proxy.headers import (
+    Identity,
+    TrustedProxies,
+    filter_response_headers,
+    prepare_upstream_headers,
+)
+
+log = Logger()
+
+DEFAULT_REQUEST_TIMEOUT = 30.0  # host dialer timeout upstream (spec 3.11)
+NO_BODY_CODES = (204, 304)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOptions:
+    """The per-path ``PathTargetOptions`` the proxy uses (spec 1.3)."""
+
+    skip_tls_verify: bool = False
+    request_timeout: float = 0.0  # seconds; 0 = default
+    path_rewrite: int = PATH_REWRITE_DEFAULT
+    custom_headers: Mapping[str, str] = field(default_factory=dict)
+    direct_upstream: bool = False
+
+    @classmethod
+    def of(cls, options: Any) -> TargetOptions:
+        """From a ``TargetOptions``, a protobuf ``PathTargetOptions`` or None."""
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        timeout = 0.0
+        rt = getattr(options, "request_timeout", None)
+        if rt is not None and (getattr(rt, "seconds", 0) or getattr(rt, "nanos", 0)):
+            timeout = rt.seconds + rt.nanos / 1e9
+        return cls(
+            skip_tls_verify=bool(getattr(options, "skip_tls_verify", False)),
+            request_timeout=timeout,
+            path_rewrite=int(getattr(options, "path_rewrite", PATH_REWRITE_DEFAULT)),
+            custom_headers=dict(getattr(options, "custom_headers", {}) or {}),
+            direct_upstream=bool(getattr(options, "direct_upstream", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyService:
+    """What the reverse proxy needs to know about one HTTP mapping."""
+
+    account_id: str
+    domain: str
+    router: PathRouter
+    pass_host_header: bool = False
+    rewrite_redirects: bool = False
+    header_auth_names: tuple[str, ...] = ()
+    service_id: str = ""
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def client_ip(request: Any) -> str:
+    peer = request.getClientAddress()
+    return str(getattr(peer, "host", "") or "")
+
+
+def is_self_loop(overlay: bool, source_ip: str, route: Route) -> bool:
+    """Spec 3.4: overlay request whose source IP is the target's literal IP."""
+    if not overlay:
+        return False
+    target = _ip_literal(route.host)
+    source = _ip_literal(source_ip)
+    return target is not None and source is not None and target == source
+
+
+def _root_cause(failure: Failure) -> Any:
+    exc = failure.value
+    seen = 0
+    while isinstance(exc, _WrapperException) and exc.reasons and seen < 8:
+        reason = exc.reasons[0]
+        exc = reason.value if isinstance(reason, Failure) else reason
+        seen += 1
+    return exc
+
+
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+
+
+def classify_error(exc: BaseException, timed_out: bool = False) -> pages.ErrorPage:
+    """Spec 3.12: which error page a failed upstream exchange gets."""
+    if timed_out or isinstance(exc, error.TimeoutError | defer.TimeoutError | TimeoutError):
+        return pages.REQUEST_TIMEOUT
+    if isinstance(exc, ProxyNotConnectedError):
+        return pages.PROXY_NOT_CONNECTED
+    if isinstance(exc, error.ConnectionRefusedError | ConnectionRefusedError):
+        return pages.SERVICE_UNAVAILABLE
+    if isinstance(exc, error.NoRouteError):
+        return pages.PEER_NOT_CONNECTED
+    os_errno = getattr(exc, "osError", None) or getattr(exc, "errno", None)
+    if isinstance(os_errno, int) and os_errno in _UNREACHABLE:
+        return pages.PEER_NOT_CONNECTED
+    if isinstance(exc, defer.CancelledError):
+        return pages.REQUEST_CANCELED
+    return pages.CONNECTION_ERROR
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A small, already buffered request body."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _ResponseRelay(Protocol):
+    """Streams an upstream response body into the client response, with the
+    upstream transport registered as the (streaming) producer."""
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+        self.bytes = 0
+
+    def connectionMade(self) -> None:
+        request = self.exchange.request
+        if self.exchange.client_gone:
+            self.transport.stopProducing()
+            return
+        request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.exchange.client_gone:
+            return
+        self.bytes += len(data)
+        self.exchange.request.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        ex = self.exchange
+        ex.response_bytes = self.bytes
+        if ex.client_gone:
+            return
+        request = ex.request
+        request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            ex.finish()
+            return
+        # Truncated upstream body: the client must see an incomplete
+        # response, not a well-formed short one.
+        log.warn("upstream response body failed: {error}", error=str(reason.value),
+                 host=ex.host, path=ex.path)
+        transport = request.channel.transport if request.channel is not None else None
+        if transport is not None:
+            transport.abortConnection()
+
+
+class _Exchange:
+    """One proxied request: the upstream call, its deadline and the relay."""
+
+    def __init__(self, proxy: ReverseProxy, request: Any, service: ProxyService, route: Route,
+                 opts: TargetOptions, identity: Identity | None) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.service = service
+        self.route = route
+        self.opts = opts
+        self.identity = identity
+        self.host = request.getHeader(b"host") or ""
+        if isinstance(self.host, bytes):
+            self.host = self.host.decode("latin-1")
+        self.path = request.uri.decode("latin-1")
+        self.client_gone = False
+        self.timed_out = False
+        self.done = False
+        self.response_bytes = 0
+        self._deadline: Any = None
+        self._pending: defer.Deferred[Any] | None = None
+        self._relay_transport: Any = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
+              body: Any, timeout: float) -> None:
+        self.request.notifyFinish().addErrback(self._client_lost)
+        self._deadline = self.proxy.clock.callLater(timeout, self._on_timeout)
+        d = self._pending = defer.maybeDeferred(agent.request, method, url, headers, body)
+        d.addCallbacks(self._on_response, self._on_error)
+        d.addErrback(self._internal_error)
+
+    def _client_lost(self, _reason: Failure) -> None:
+        self.client_gone = True
+        self._cancel_deadline()
+        if self._pending is not None:  # cancel() also reaches a chained Deferred
+            self._pending.cancel()
+
+    def _on_timeout(self) -> None:
+        self._deadline = None
+        self.timed_out = True
+        if self._pending is not None:  # cancel() also reaches a chained Deferred
+            self._pending.cancel()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def finish(self) -> None:
+        if self.done or self.client_gone:
+            return
+        self.done = True
+        self.request.finish()
+
+    # -- response ----------------------------------------------------------
+    def _on_response(self, response: Any) -> None:
+        self._pending = None
+        self._cancel_deadline()
+        if self.client_gone:
+            response.deliverBody(_Discard())
+            return
+        request = self.request
+        headers = filter_response_headers(response.headers)
+        if self.service.rewrite_redirects:
+            locations = headers.getRawHeaders("Location")
+            if locations:
+                try:
+                    proto = "https" if request.isSecure() else "http"
+                    if self.proxy.forwarded_proto in ("http", "https"):
+                        proto = self.proxy.forwarded_proto
+                    headers.setRawHeaders("Location", [
+                        rewrite_location(loc, self.route, self.host, proto,
+                                         self.opts.path_rewrite)
+                        for loc in locations
+                    ])
+                except ValueError as exc:
+                    response.deliverBody(_Discard())
+                    self._send_error(pages.CONNECTION_ERROR, exc)
+                    return
+        request.setResponseCode(response.code, response.phrase or None)
+        request.defaultContentType = None
+        request.responseHeaders.removeHeader(b"server")
+        for name, values in headers.getAllRawHeaders():
+            if name.lower() == b"set-cookie":
+                for v in values:
+                    request.responseHeaders.addRawHeader(name, v)
+            else:
+                request.responseHeaders.setRawHeaders(name, values)
+        if (isinstance(response.length, int) and request.method != b"HEAD"
+                and response.code not in NO_BODY_CODES):
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
+        request.upstream_status = response.code
+        response.deliverBody(_ResponseRelay(self))
+
+    # -- errors ------------------------------------------------------------
+    def _on_error(self, failure: Failure) -> None:
+        self._pending = None
+        self._cancel_deadline()
+        if self.client_gone:
+            return
+        exc = _root_cause(failure)
+        self._send_error(classify_error(exc, self.timed_out), exc)
+
+    def _send_error(self, page: pages.ErrorPage, exc: Any) -> None:
+        log.warn(
+            "proxy error {status} {title}: {error}", status=page.code, title=page.title,
+            error=repr(exc), client_ip=client_ip(self.request),
+            method=self.request.method.decode("latin-1"), host=self.host, path=self.path,
+            target=self.route.target,
+        )
+        self.request.proxy_error = page.title
+        self.done = True
+        pages.send_page(self.request, page, destination=self.route.target)
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("reverse proxy internal error", failure=failure)
+        if not self.done and not self.client_gone and not self.request.startedWriting:
+            self.done = True
+            pages.send_page(self.request, pages.CONNECTION_ERROR)
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+
+DialerLookup = Callable[[str, bool], Any]
+
+
+class ReverseProxy:
+    """Forwards requests for :class:`ProxyService` mappings to their targets.
+
+    ``dialer_for(account_id, direct_upstream)`` returns the account's
+    ``IUpstreamDialer`` (None: 502 ``Proxy Not Connected``).
+    ``max_dial_timeout`` caps the per-target request timeout (0: no cap).
+    """
+
+    def __init__(self, reactor: Any, pools: Any, dialer_for: DialerLookup, *,
+                 clock: Any = None, default_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 max_dial_timeout: float = 0.0, forwarded_proto: str = "auto",
+                 trusted_proxies: TrustedProxies | None = None,
+                 upgrades: Any = None) -> None:
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.pools = pools
+        self.dialer_for = dialer_for
+        self.default_timeout = default_timeout
+        self.max_dial_timeout = max_dial_timeout
+        self.forwarded_proto = forwarded_proto
+        self.trusted_proxies = trusted_proxies
+        if upgrades is None:
+            from nbgateway.proxy.upgrade import UpgradeRelay
+
+            upgrades = UpgradeRelay(self)
+        self.upgrades = upgrades
+
+    def timeout_for(self, opts: TargetOptions) -> float:
+        t = opts.request_timeout if opts.request_timeout > 0 else self.default_timeout
+        if self.max_dial_timeout > 0 and (t <= 0 or t > self.max_dial_timeout):
+            t = self.max_dial_timeout
+        return t
+
+    def upstream_headers(self, request: Any, service: ProxyService, route: Route,
+                         opts: TargetOptions, identity: Identity | None,
+                         keep_upgrade: bool = False) -> Headers:
+        host = request.getHeader(b"host") or b""
+        headers = prepare_upstream_headers(
+            request.requestHeaders,
+            host_header=host.decode("latin-1") if isinstance(host, bytes) else host,
+            target_netloc=route.netloc,
+            pass_host_header=service.pass_host_header,
+            custom_headers=dict(opts.custom_headers),
+            header_auth_names=service.header_auth_names,
+            identity=identity,
+            client_ip=client_ip(request),
+            over_tls=request.isSecure(),
+            forwarded_proto=self.forwarded_proto,
+            trusted_proxies=self.trusted_proxies,
+            keep_upgrade=keep_upgrade,
+        )
+        # twisted.web already answered "Expect: 100-continue" to the client;
+        # the body framing is set by the client side from the body producer.
+        headers.removeHeader(b"expect")
+        headers.removeHeader(b"content-length")
+        return headers
+
+    def render(self, request: Any, service: ProxyService | None, *,
+               identity: Identity | None = None, overlay: bool = False) -> Any:
+        """Handle ``request``; always returns ``NOT_DONE_YET``."""
+        if service is None:
+            pages.send_page(request, pages.SERVICE_NOT_FOUND)
+            return server.NOT_DONE_YET
+        raw_path, _, query = request.uri.partition(b"?")
+        path = raw_path.decode("latin-1")
+        route = service.router.match(path)
+        if route is None:
+            pages.send_page(request, pages.SERVICE_NOT_FOUND)
+            return server.NOT_DONE_YET
+        if is_self_loop(overlay, client_ip(request), route):
+            log.warn("self-loop request refused", client_ip=client_ip(request),
+                     target=route.target)
+            pages.send_page(request, pages.LOOP_DETECTED, destination=route.target)
+            return server.NOT_DONE_YET
+        opts = TargetOptions.of(route.options)
+        dialer = self.dialer_for(service.account_id, opts.direct_upstream)
+        if dialer is None:
+            pages.send_page(request, pages.PROXY_NOT_CONNECTED, destination=route.target)
+            return server.NOT_DONE_YET
+        target_path = outgoing_path(route, path, query.decode("latin-1"), opts.path_rewrite)
+        timeout = self.timeout_for(opts)
+        if _is_upgrade(request):
+            self.upgrades.relay(request, service, route, opts, identity, dialer,
+                                target_path, timeout)
+            return server.NOT_DONE_YET
+        headers = self.upstream_headers(request, service, route, opts, identity)
+        url = f"{route.scheme}://{route.netloc}{target_path}".encode("latin-1")
+        agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
+                                 skip_verify=opts.skip_tls_verify, timeout=timeout)
+        exchange = _Exchange(self, request, service, route, opts, identity)
+        exchange.start(agent, request.method, url, headers, _request_body(request), timeout)
+        return server.NOT_DONE_YET
+
+
+def _is_upgrade(request: Any) -> bool:
+    if not request.requestHeaders.hasHeader(b"upgrade"):
+        return False
+    tokens = set()
+    for value in request.requestHeaders.getRawHeaders(b"connection") or []:
+        tokens.update(t.strip().lower() for t in value.split(b","))
+    return b"upgrade" in tokens
+
+
+def _request_body(request: Any) -> Any:
+    stream = getattr(request, "body_stream", None)
+    if stream is not None:
+        return stream
+    has_body = (request.requestHeaders.hasHeader(b"content-length")
+                or request.requestHeaders.hasHeader(b"transfer-encoding"))
+    if not has_body:
+        return None
+    request.content.seek(0)
+    return _BytesProducer(request.content.read())
+
+
+class ProxyResource(Resource):
+    """A leaf resource serving every path of every known host through a
+    :class:`ReverseProxy`.
+
+    ``lookup(domain)`` returns the :class:`ProxyService` for a Host without
+    port (spec 3.2, exact match) or None; ``identity_of(request)`` and
+    ``overlay_of(request)`` default to the ``nbgw_identity`` and
+    ``nbgw_overlay`` request attributes set by the auth layer.
+    """
+
+    isLeaf = True
+
+    def __init__(self, proxy: ReverseProxy, lookup: Callable[[str], ProxyService | None], *,
+                 identity_of: Callable[[Any], Identity | None] | None = None,
+                 overlay_of: Callable[[Any], bool] | None = None) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.lookup = lookup
+        self.identity_of = identity_of or (lambda r: getattr(r, "nbgw_identity", None))
+        self.overlay_of = overlay_of or (lambda r: bool(getattr(r, "nbgw_overlay", False)))
+
+    def render(self, request: Any) -> Any:
+        host = request.getHeader(b"host") or b""
+        domain = host_without_port(host.decode("latin-1") if isinstance(host, bytes) else host)
+        return self.proxy.render(request, self.lookup(domain),
+                                 identity=self.identity_of(request),
+                                 overlay=self.overlay_of(request))

@@ -1,0 +1,268 @@
+"""twisted.web plumbing for a streaming reverse proxy.
+
+Stock ``twisted.web`` reads a whole request body into ``request.content``
+before it renders anything.  :class:`StreamingRequest` (with
+:class:`StreamingHTTPChannel`, served by :class:`ProxySite`) instead
+dispatches a request as soon as its headers are complete when the body is
+chunked or larger than :data:`STREAM_THRESHOLD`; the body is then exposed as
+``request.body_stream``, a :class:`RequestBodyStream` that is an
+``IBodyProducer`` for ``twisted.web.client.Agent``.  Backpressure: when the
+upstream consumer pauses (or more than :data:`HIGH_WATER` bytes are
+waiting), reading from the client transport is paused; small bodies are
+buffered as usual (``request.content``), so resources that read forms keep
+working.
+
+The channel can also hand its transport to another protocol after a
+protocol switch (:meth:`StreamingHTTPChannel.take_over`, used for WebSocket
+and other ``Upgrade`` pass-through).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from io import BytesIO
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+log = Logger()
+
+STREAM_THRESHOLD = 64 * 1024  # larger (or chunked) bodies are streamed
+HIGH_WATER = 256 * 1024  # pause the client when this much body is waiting
+LOW_WATER = 64 * 1024
+
+
+@implementer(IBodyProducer)
+class RequestBodyStream:
+    """The body of a :class:`StreamingRequest`, produced to one consumer.
+
+    ``max_buffered`` and ``pauses`` record how much body ever waited in
+    memory and how often the client was paused (bounded-buffering proof)."""
+
+    def __init__(self, request: StreamingRequest, length: int | None) -> None:
+        self.request = request
+        self.length = UNKNOWN_LENGTH if length is None else length
+        self._chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.max_buffered = 0
+        self.received = 0
+        self.pauses = 0
+        self.complete = False
+        self._consumer: Any = None
+        self._consumer_paused = False
+        self._net_paused = False
+        self._stopped = False
+        self._done: defer.Deferred[None] | None = None
+        self._failure: Any = None
+
+    # -- fed by the request ------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if self._stopped or self.complete:
+            return
+        self.received += len(data)
+        if self._consumer is not None and not self._consumer_paused and not self._chunks:
+            self._consumer.write(data)
+        else:
+            self._chunks.append(data)
+            self.buffered += len(data)
+            self.max_buffered = max(self.max_buffered, self.buffered)
+        self._update_network()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._maybe_done()
+
+    def abort(self, reason: Any) -> None:
+        """The client went away before the body was complete."""
+        if self.complete or self._stopped:
+            return
+        self._stopped = True
+        self._chunks.clear()
+        self.buffered = 0
+        self._failure = reason
+        if self._done is not None and not self._done.called:
+            d, self._done = self._done, None
+            d.errback(reason)
+
+    # -- IBodyProducer -----------------------------------------------------
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        self._consumer = consumer
+        self._done = defer.Deferred()
+        if self._failure is not None:
+            d, self._done = self._done, None
+            d.errback(self._failure)
+            return d
+        d = self._done
+        self._flush()
+        return d
+
+    def pauseProducing(self) -> None:
+        self._consumer_paused = True
+        self._update_network()
+
+    def resumeProducing(self) -> None:
+        self._consumer_paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        """The upstream request was abandoned (error, timeout, early response)."""
+        self._stopped = True
+        self._chunks.clear()
+        self.buffered = 0
+        self._done = None
+        self._resume_network()
+
+    # -- internals ---------------------------------------------------------
+    def _flush(self) -> None:
+        while self._chunks and self._consumer is not None and not self._consumer_paused:
+            chunk = self._chunks.popleft()
+            self.buffered -= len(chunk)
+            self._consumer.write(chunk)
+        self._update_network()
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.complete and not self._chunks and self._done is not None:
+            d, self._done = self._done, None
+            d.callback(None)
+
+    def _update_network(self) -> None:
+        want_pause = not self.complete and not self._stopped and (
+            self._consumer_paused or self.buffered > HIGH_WATER
+            or (self._consumer is None and self.buffered > LOW_WATER))
+        if want_pause:
+            # Re-pause even if we think we are paused: the HTTP channel
+            # resumes its transport when the response side drains.
+            transport = self.request.transport
+            if transport is not None:
+                if not self._net_paused:
+                    self.pauses += 1
+                self._net_paused = True
+                transport.pauseProducing()
+        elif self._net_paused and self.buffered <= LOW_WATER:
+            self._resume_network()
+
+    def _resume_network(self) -> None:
+        if self._net_paused:
+            self._net_paused = False
+            transport = self.request.transport
+            if transport is not None and not getattr(transport, "disconnecting", False):
+                transport.resumeProducing()
+
+
+class StreamingRequest(server.Request):
+    """A ``server.Request`` that can be rendered before its body arrived."""
+
+    body_stream: RequestBodyStream | None = None
+    _dispatched = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is None or length > STREAM_THRESHOLD:
+            self.body_stream = RequestBodyStream(self, length)
+            self.content = BytesIO()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_stream is not None:
+            self.body_stream.feed(data)
+        else:
+            super().handleContentChunk(data)
+
+    def dispatch_early(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._dispatched = True
+        super().requestReceived(command, path, version)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._dispatched:
+            if self.body_stream is not None:
+                self.body_stream.finish()
+            return
+        super().requestReceived(command, path, version)
+
+    @property
+    def body_complete(self) -> bool:
+        return self.body_stream is None or self.body_stream.complete
+
+    def finish(self) -> None:
+        if not self.body_complete and self.channel is not None:
+            # The response ended before the request body did: this
+            # connection cannot be reused (the rest of the body is unread).
+            self.channel.persistent = False
+            if self.body_stream is not None:
+                self.body_stream.stopProducing()
+        super().finish()
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.body_stream is not None:
+            self.body_stream.abort(reason)
+        super().connectionLost(reason)
+
+
+class StreamingHTTPChannel(http.HTTPChannel):
+    """``HTTPChannel`` that dispatches streaming requests at end of headers
+    and supports handing the connection to another protocol."""
+
+    upgraded: Any = None
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        req = self.requests[-1] if self.requests else None
+        if isinstance(req, StreamingRequest) and req.body_stream is not None:
+            req.dispatch_early(self._command, self._path, self._version)
+
+    def allContentReceived(self) -> None:
+        req = self.requests[-1] if self.requests else None
+        if req is None or getattr(req, "finished", False):
+            # The response already ended (connection marked non-persistent
+            # and closing); just drop the rest of the body.
+            return
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        if self.upgraded is not None:
+            if request in self.requests:
+                self.requests.remove(request)
+            return
+        super().requestDone(request)
+
+    def take_over(self, protocol: Any) -> None:
+        """Give this connection's byte stream (and any bytes already
+        buffered after the request head) to ``protocol``."""
+        self.upgraded = protocol
+        self.setTimeout(None)
+        self._networkProducer.unregisterProducer()
+        buffered = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        protocol.makeConnection(self.transport)
+        self._networkProducer.resumeProducing()
+        if buffered:
+            protocol.dataReceived(buffered)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.dataReceived(data)
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.upgraded is not None:
+            upgraded, self.upgraded = self.upgraded, None
+            upgraded.connectionLost(reason)
+        super().connectionLost(reason)
+
+
+class ProxySite(server.Site):
+    """A ``Site`` whose channels stream request bodies (HTTP/1.1 only)."""
+
+    protocol = StreamingHTTPChannel
+    requestFactory = StreamingRequest
+    displayTracebacks = False
+
+    def __init__(self, resource: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(resource, *args, **kwargs)
+        self.requestFactory = StreamingRequest

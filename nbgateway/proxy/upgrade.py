@@ -1,0 +1,398 @@
+"""``Upgrade`` pass-through (WebSocket and other protocol switches).
+
+For a request carrying ``Connection: upgrade`` + ``Upgrade: X`` the proxy
+opens a dedicated (never pooled) upstream connection with the account's
+dialer, writes the request head (outgoing headers prepared exactly as for
+ordinary requests, with ``Upgrade``/``Connection`` re-added) and reads the
+response head:
+
+- ``101 Switching Protocols``: the head is relayed to the client (hop-by-hop
+  headers filtered, ``Upgrade``/``Connection`` restored), the client's HTTP
+  channel hands its transport over
+  (:meth:`~nbgateway.proxy.streaming.StreamingHTTPChannel.take_over`), and
+  the two connections are spliced byte for byte, each registered as the
+  other's streaming producer (backpressure both ways).  Either side closing
+  closes the other.
+- any other status: relayed as an ordinary response (Content-Length,
+  chunked or close-delimited body), and the upstream connection is closed.
+
+The request timeout covers the dial and the wait for the response head
+(504); no deadline applies once the connection is switched.  Spliced
+connections are tracked per domain so a modified or removed mapping can
+close them (:meth:`UpgradeRelay.close_domain`, spec 3.11 / acceptance 19).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.http_headers import Headers
+
+from nbgateway.proxy import pages
+from nbgateway.proxy.headers import filter_response_headers
+
+log = Logger()
+
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+def _head_bytes(status_line: bytes, headers: Headers) -> bytes:
+    lines = [status_line]
+    for name, values in headers.getAllRawHeaders():
+        for value in values:
+            lines.append(name + b": " + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def parse_response_head(head: bytes) -> tuple[int, bytes, Headers]:
+    """Parse ``HTTP/1.x code reason`` + header lines; ValueError if malformed."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ValueError(f"bad status line {lines[0][:80]!r}")
+    headers = Headers()
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise ValueError("bad header line")
+        headers.addRawHeader(name, value.strip(b" \t"))
+    return int(parts[1]), parts[2] if len(parts) > 2 else b"", headers
+
+
+class _ClientSide(Protocol):
+    """Takes over the client connection after a 101."""
+
+    def __init__(self, splice: _Splice) -> None:
+        self.splice = splice
+
+    def dataReceived(self, data: bytes) -> None:
+        self.splice.to_upstream(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.splice.closed("client")
+
+
+class _Splice:
+    def __init__(self, relay: UpgradeRelay, domain: str, request: Any, upstream: Any) -> None:
+        self.relay = relay
+        self.domain = domain
+        self.request = request
+        self.upstream = upstream  # _UpstreamSide
+        self.client_transport: Any = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._closed = False
+
+    def start(self, leftover: bytes) -> None:
+        channel = self.request.channel
+        channel.take_over(_ClientSide(self))
+        self.client_transport = channel.transport
+        up = self.upstream.transport
+        self.client_transport.registerProducer(up, True)
+        up.registerProducer(self.client_transport, True)
+        self.relay.track(self)
+        if leftover:
+            self.to_client(leftover)
+
+    def to_upstream(self, data: bytes) -> None:
+        self.bytes_up += len(data)
+        self.upstream.transport.write(data)
+
+    def to_client(self, data: bytes) -> None:
+        self.bytes_down += len(data)
+        self.client_transport.write(data)
+
+    def closed(self, side: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.relay.untrack(self)
+        for t in (self.client_transport, self.upstream.transport):
+            if t is None:
+                continue
+            with contextlib.suppress(Exception):  # already gone
+                t.unregisterProducer()
+            t.loseConnection()
+        req = self.request
+        req.sentLength = self.bytes_down
+        if not req.finished and not req._disconnected:
+            req.finish()
+
+    def close(self) -> None:
+        for t in (self.client_transport, self.upstream.transport):
+            if t is not None:
+                t.loseConnection()
+
+
+class _UpstreamSide(Protocol):
+    """The upstream end: first parses the response head, then relays."""
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self.attempt = attempt
+        self.buf = b""
+        self.state = "head"  # head -> splice | body | done
+        self.splice: _Splice | None = None
+        self.decoder: Any = None
+        self.remaining: int | None = None
+
+    def connectionMade(self) -> None:
+        self.attempt.connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == "splice":
+            self.splice.to_client(data)
+        elif self.state == "head":
+            self.buf += data
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_RESPONSE_HEAD:
+                    self.state = "done"
+                    self.attempt.failed(ValueError("response head too large"))
+                    self.transport.abortConnection()
+                return
+            head, rest = self.buf[:end], self.buf[end + 4 :]
+            self.buf = b""
+            self.attempt.head_received(self, head, rest)
+        elif self.state == "body":
+            self._body(data)
+
+    def _body(self, data: bytes) -> None:
+        req = self.attempt.request
+        if self.decoder is not None:
+            try:
+                self.decoder.dataReceived(data)
+            except Exception as exc:
+                self.state = "done"
+                self.transport.abortConnection()
+                self.attempt.body_failed(exc)
+            return
+        if self.remaining is not None:
+            data = data[: self.remaining]
+            self.remaining -= len(data)
+        if data and not req._disconnected:
+            req.write(data)
+        if self.remaining == 0:
+            self._body_done()
+
+    def _body_done(self, _rest: bytes = b"") -> None:
+        if self.state != "body":
+            return
+        self.state = "done"
+        self.transport.loseConnection()
+        self.attempt.body_done()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.state == "splice":
+            self.splice.closed("upstream")
+        elif self.state == "head":
+            self.state = "done"
+            self.attempt.failed(reason.value)
+        elif self.state == "body":
+            if self.decoder is None and self.remaining is None:
+                self.state = "done"
+                self.attempt.body_done()  # close-delimited body
+            else:
+                self.state = "done"
+                self.attempt.body_failed(reason.value)
+
+
+class _Attempt:
+    """One upgrade request: dial, write head, await the response head."""
+
+    def __init__(self, relay: UpgradeRelay, request: Any, service: Any, route: Any,
+                 head: bytes, timeout: float) -> None:
+        self.relay = relay
+        self.request = request
+        self.service = service
+        self.route = route
+        self.head = head
+        self.timeout = timeout
+        self.side: _UpstreamSide | None = None
+        self.finished = False
+        self.timed_out = False
+        self._connecting: defer.Deferred[Any] | None = None
+        self._deadline: Any = None
+
+    def start(self, endpoint: Any) -> None:
+        self._deadline = self.relay.proxy.clock.callLater(self.timeout, self._on_timeout)
+        self.request.notifyFinish().addErrback(self._client_lost)
+        d = self._connecting = endpoint.connect(Factory.forProtocol(lambda: _UpstreamSide(self)))
+        d.addErrback(self._connect_failed)
+
+    def _on_timeout(self) -> None:
+        self._deadline = None
+        self.timed_out = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        elif self.side is not None and self.side.state == "head":
+            self.side.state = "done"
+            self.side.transport.abortConnection()
+            self.failed(TimeoutError("no response head"))
+
+    def _client_lost(self, _reason: Failure) -> None:
+        self.finished = True
+        self._stop_deadline()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.side is not None and self.side.state in ("head", "body"):
+            self.side.state = "done"
+            self.side.transport.abortConnection()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        self.failed(failure.value)
+
+    def connected(self, side: _UpstreamSide) -> None:
+        self._connecting = None
+        self.side = side
+        if self.finished:
+            side.state = "done"
+            side.transport.abortConnection()
+            return
+        side.transport.write(self.head)
+
+    def failed(self, exc: BaseException) -> None:
+        self._stop_deadline()
+        if self.finished:
+            return
+        self.finished = True
+        from nbgateway.proxy.reverse import classify_error
+
+        page = classify_error(exc, self.timed_out)
+        log.warn("upgrade proxy error {status} {title}: {error}", status=page.code,
+                 title=page.title, error=repr(exc), target=self.route.target)
+        pages.send_page(self.request, page, destination=self.route.target)
+
+    def head_received(self, side: _UpstreamSide, head: bytes, rest: bytes) -> None:
+        self._stop_deadline()
+        if self.finished:
+            side.state = "done"
+            side.transport.abortConnection()
+            return
+        try:
+            code, reason, headers = parse_response_head(head)
+        except ValueError as exc:
+            side.state = "done"
+            side.transport.abortConnection()
+            self.failed(exc)
+            return
+        self.finished = True
+        req = self.request
+        upgrade = headers.getRawHeaders(b"upgrade")
+        out = filter_response_headers(headers)
+        if code == 101:
+            if upgrade:
+                out.setRawHeaders(b"Upgrade", [upgrade[0]])
+            out.setRawHeaders(b"Connection", [b"Upgrade"])
+            req.setResponseCode(101)
+            req.startedWriting = 1
+            req.channel.transport.write(_head_bytes(b"HTTP/1.1 101 " + (reason or b"Switching"
+                                                                         b" Protocols"), out))
+            side.state = "splice"
+            side.splice = _Splice(self.relay, self.service.domain, req, side)
+            side.splice.start(rest)
+            return
+        # Not switched: relay as an ordinary response, then drop the connection.
+        req.setResponseCode(code, reason or None)
+        req.defaultContentType = None
+        req.responseHeaders.removeHeader(b"server")
+        for name, values in out.getAllRawHeaders():
+            req.responseHeaders.setRawHeaders(name, values)
+        side.state = "body"
+        te = b",".join(headers.getRawHeaders(b"transfer-encoding") or []).lower()
+        cl = headers.getRawHeaders(b"content-length")
+        if req.method == b"HEAD" or code in (204, 304) or 100 <= code < 200:
+            side.remaining = 0
+        elif b"chunked" in te:
+            side.decoder = http._ChunkedTransferDecoder(
+                lambda data: req.write(data) if not req._disconnected else None,
+                side._body_done)
+        elif cl and cl[0].isdigit():
+            side.remaining = int(cl[0])
+            req.responseHeaders.setRawHeaders(b"content-length", [cl[0]])
+        if side.remaining == 0:
+            side._body_done()
+        elif rest:
+            side._body(rest)
+
+    def body_done(self) -> None:
+        req = self.request
+        if not req.finished and not req._disconnected:
+            req.finish()
+
+    def body_failed(self, exc: BaseException) -> None:
+        log.warn("upgrade response body failed: {error}", error=repr(exc))
+        req = self.request
+        if not req._disconnected and req.channel is not None:
+            req.channel.transport.abortConnection()
+
+
+class UpgradeRelay:
+    """Relays ``Upgrade`` requests for a :class:`~nbgateway.proxy.reverse.ReverseProxy`."""
+
+    def __init__(self, proxy: Any, max_per_domain: int = 10_000) -> None:
+        self.proxy = proxy
+        self.max_per_domain = max_per_domain
+        self._active: dict[str, set[_Splice]] = {}
+
+    def relay(self, request: Any, service: Any, route: Any, opts: Any, identity: Any,
+              dialer: Any, target_path: str, timeout: float) -> None:
+        from nbgateway.dial import ProxyNotConnectedError
+
+        if len(self._active.get(service.domain, ())) >= self.max_per_domain:
+            pages.send_page(request, pages.SERVICE_OVERLOADED)
+            return
+        headers = self.proxy.upstream_headers(request, service, route, opts, identity,
+                                              keep_upgrade=True)
+        body = b""
+        if getattr(request, "content", None) is not None:
+            request.content.seek(0)
+            body = request.content.read()
+        if body:
+            headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        head = _head_bytes(request.method + b" " + target_path.encode("latin-1") + b" HTTP/1.1",
+                           headers) + body
+        attempt = _Attempt(self, request, service, route, head, timeout)
+        try:
+            factory = self.proxy.pools.endpoint_factory(
+                dialer, timeout=timeout, skip_verify=opts.skip_tls_verify)
+            endpoint = factory.endpoint(route.host, route.port, route.scheme == "https")
+        except ProxyNotConnectedError as exc:
+            attempt.failed(exc)
+            return
+        attempt.start(endpoint)
+
+    def track(self, splice: _Splice) -> None:
+        self._active.setdefault(splice.domain, set()).add(splice)
+
+    def untrack(self, splice: _Splice) -> None:
+        live = self._active.get(splice.domain)
+        if live is not None:
+            live.discard(splice)
+            if not live:
+                del self._active[splice.domain]
+
+    def active(self, domain: str | None = None) -> int:
+        if domain is not None:
+            return len(self._active.get(domain, ()))
+        return sum(len(s) for s in self._active.values())
+
+    def close_domain(self, domain: str) -> int:
+        """Close every spliced connection for ``domain``; returns how many."""
+        live = list(self._active.get(domain, ()))
+        for splice in live:
+            splice.close()
+        return len(live)
