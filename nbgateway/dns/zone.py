@@ -1,0 +1,215 @@
+"""In-memory DNS authority for an account's synthetic zones (pure, no I/O).
+
+:class:`ZoneAuthority` is built from :class:`nbgateway.mgmt.netmap.DnsZone`
+values (the network map's custom zones, plus whatever the per-account runtime
+adds, e.g. :func:`service_zones` for the domains it serves itself).
+:meth:`ZoneAuthority.replace` builds a complete new index and swaps one
+reference, so a lookup always sees either the old or the new zone set, never
+a mix (the reactor thread does both anyway).
+
+Answering rules (:meth:`ZoneAuthority.lookup`), for one question:
+
+* the zone is the longest apex the name equals or ends with;
+* no zone -> **REFUSED**: the responder is not a recursive resolver and does
+  not forward (clients configured with more than one resolver move on to the
+  next one; wg-quick peers get only the proxy peers' addresses as DNS);
+* class other than IN (or ANY) -> REFUSED;
+* the name has records of the asked type (A, AAAA, or ANY for both) ->
+  NOERROR, AA, the records with their TTLs (several A records for one name:
+  all of them, round robin across proxy peers is the client's job);
+* the name exists (it has records, is the apex, or is an ancestor of a
+  record name) but not with that type -> NOERROR/NODATA, AA, the zone's SOA
+  in the authority section (negative TTL :data:`NEGATIVE_TTL`); SOA at the
+  apex is answered;
+* the name does not exist: authoritative zone -> NXDOMAIN, AA, SOA;
+  match-only zone (upstream ``NonAuthoritative``: "names without a record
+  fall through to upstream DNS") -> REFUSED, since nothing here forwards.
+
+Bounds: at most :data:`MAX_ZONES` zones and :data:`MAX_RECORDS` records per
+index (extra ones are dropped and counted in :attr:`ZoneAuthority.dropped`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from twisted.names import dns
+
+from nbgateway.mgmt.netmap import DnsRecord, DnsZone, normalize_name
+
+__all__ = [
+    "MAX_RECORDS",
+    "MAX_ZONES",
+    "NEGATIVE_TTL",
+    "Answer",
+    "ZoneAuthority",
+    "service_zones",
+]
+
+MAX_ZONES = 1024
+MAX_RECORDS = 16384
+#: SOA minimum / TTL of negative answers: short, so new services resolve soon
+NEGATIVE_TTL = 5
+SERVICE_RECORD_TTL = 5
+
+_QTYPES = {dns.A: (dns.A,), dns.AAAA: (dns.AAAA,), dns.ALL_RECORDS: (dns.A, dns.AAAA)}
+
+
+@dataclass(frozen=True)
+class Answer:
+    rcode: int
+    answers: tuple[dns.RRHeader, ...] = ()
+    authority: tuple[dns.RRHeader, ...] = ()
+    authoritative: bool = False
+
+
+REFUSED = Answer(dns.EREFUSED)
+
+
+class _Zone:
+    __slots__ = ("apex", "authoritative", "names", "soa")
+
+    def __init__(self, apex: str, authoritative: bool, serial: int) -> None:
+        self.apex = apex
+        self.authoritative = authoritative
+        self.names: dict[str, dict[int, list[dns.RRHeader]]] = {apex: {}}
+        bare = apex[:-1]
+        payload = dns.Record_SOA(
+            mname=f"ns.{bare}", rname=f"hostmaster.{bare}", serial=serial & 0xFFFFFFFF,
+            refresh=300, retry=60, expire=3600, minimum=NEGATIVE_TTL, ttl=NEGATIVE_TTL,
+        )
+        self.soa = dns.RRHeader(name=bare, type=dns.SOA, cls=dns.IN, ttl=NEGATIVE_TTL,
+                                payload=payload, auth=True)
+
+    def add(self, rec: DnsRecord) -> None:
+        name = rec.name[:-1]
+        if rec.type == dns.A:
+            payload: dns.IEncodableRecord = dns.Record_A(rec.address, rec.ttl)
+        else:
+            payload = dns.Record_AAAA(rec.address, rec.ttl)
+        rr = dns.RRHeader(name=name, type=rec.type, cls=dns.IN, ttl=rec.ttl, payload=payload,
+                          auth=True)
+        by_type = self.names.setdefault(rec.name, {})
+        rrs = by_type.setdefault(rec.type, [])
+        if all(r.payload != payload for r in rrs):
+            rrs.append(rr)
+        # ancestors up to the apex exist too (empty non-terminals answer NODATA)
+        parent = rec.name
+        while parent != self.apex:
+            parent = parent.split(".", 1)[1]
+            self.names.setdefault(parent, {})
+
+
+class ZoneAuthority:
+    """The zones of one account; see the module docstring."""
+
+    def __init__(self, zones: Iterable[DnsZone] = (), serial: int = 0) -> None:
+        self._zones: dict[str, _Zone] = {}
+        self.serial = 0
+        self.dropped = 0
+        self.replace(zones, serial)
+
+    @property
+    def apexes(self) -> tuple[str, ...]:
+        return tuple(self._zones)
+
+    def __len__(self) -> int:
+        return len(self._zones)
+
+    def replace(self, zones: Iterable[DnsZone], serial: int | None = None) -> None:
+        """Atomically replace every zone (the SOA serial is ``serial`` or +1)."""
+        serial = self.serial + 1 if serial is None else serial
+        index: dict[str, _Zone] = {}
+        dropped = 0
+        budget = MAX_RECORDS
+        for z in zones:
+            apex = normalize_name(z.domain)
+            if apex is None:
+                dropped += 1
+                continue
+            zone = index.get(apex)
+            if zone is None:
+                if len(index) >= MAX_ZONES:
+                    dropped += 1 + len(z.records)
+                    continue
+                zone = index[apex] = _Zone(apex, z.authoritative, serial)
+            elif z.authoritative:
+                zone.authoritative = True
+            for rec in z.records:
+                if budget <= 0 or rec.type not in (dns.A, dns.AAAA):
+                    dropped += 1
+                    continue
+                if not (rec.name == apex or rec.name.endswith("." + apex)):
+                    dropped += 1
+                    continue
+                zone.add(rec)
+                budget -= 1
+        self._zones = index
+        self.serial = serial
+        self.dropped = dropped
+
+    def find_zone(self, name: str) -> _Zone | None:
+        zones = self._zones
+        if not zones:
+            return None
+        labels = name[:-1].split(".")
+        for i in range(len(labels)):
+            zone = zones.get(".".join(labels[i:]) + ".")
+            if zone is not None:
+                return zone
+        return None
+
+    def lookup(self, qname: bytes | str, qtype: int, qclass: int = dns.IN) -> Answer:
+        """Answer one question (see the module docstring for the rules)."""
+        if isinstance(qname, bytes):
+            try:
+                qname = qname.decode("ascii")
+            except UnicodeDecodeError:
+                return REFUSED
+        name = normalize_name(qname)
+        if name is None:
+            return REFUSED
+        zone = self.find_zone(name)
+        if zone is None or qclass not in (dns.IN, dns.ANY):
+            return REFUSED
+        by_type = zone.names.get(name)
+        if by_type is None:
+            if not zone.authoritative:
+                return REFUSED
+            return Answer(dns.ENAME, authority=(zone.soa,), authoritative=True)
+        answers: list[dns.RRHeader] = []
+        for t in _QTYPES.get(qtype, ()):
+            answers.extend(by_type.get(t, ()))
+        if name == zone.apex and qtype in (dns.SOA, dns.ALL_RECORDS):
+            answers.append(zone.soa)
+        if answers:
+            return Answer(dns.OK, answers=tuple(answers), authoritative=True)
+        return Answer(dns.OK, authority=(zone.soa,), authoritative=True)
+
+
+def service_zones(
+    domains: Iterable[str], addresses: Iterable[str], ttl: int = SERVICE_RECORD_TTL,
+) -> tuple[DnsZone, ...]:
+    """One authoritative zone per served domain, whose apex answers with the
+    gateway's own tunnel ``addresses`` (A for IPv4, AAAA for IPv6).  This is
+    what a peer that uses the proxy peer as its resolver needs for the
+    private services the proxy serves (the network map only carries these
+    records for member peers, never for the proxy peer itself)."""
+    recs_for: list[tuple[int, str]] = []
+    for text in addresses:
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        recs_for.append((dns.A if addr.version == 4 else dns.AAAA, str(addr)))
+    out: dict[str, DnsZone] = {}
+    for domain in domains:
+        apex = normalize_name(domain)
+        if apex is None or apex.startswith("*."):
+            continue
+        out[apex] = DnsZone(
+            apex, tuple(DnsRecord(apex, t, ttl, a) for t, a in recs_for), authoritative=True,
+        )
+    return tuple(out.values())
