@@ -32,7 +32,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import errorPage, notFound
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from nbgateway.observe.metrics import MetricsResource
@@ -169,12 +170,24 @@ def _probe(ok: bool, checks: dict[str, bool] | None,
     return Probe(200 if ok else 503, body)
 
 
+def _only_get(request) -> bytes | None:
+    """A 405 body for anything but GET/HEAD (None: go ahead)."""
+    if request.method in (b"GET", b"HEAD"):
+        return None
+    request.setHeader(b"allow", b"GET, HEAD")
+    return errorPage(405, "Method Not Allowed", "Use GET.").render(request)
+
+
 class ProbeResource(Resource):
     isLeaf = True
 
     def __init__(self, probe: Callable[[], Probe]) -> None:
         super().__init__()
         self._probe = probe
+
+    def render(self, request) -> bytes:
+        refused = _only_get(request)
+        return refused if refused is not None else super().render(request)
 
     def render_GET(self, request) -> bytes:
         result = self._probe()
@@ -189,6 +202,9 @@ class _Healthz(ProbeResource):
 
     isLeaf = False
 
+    def getChild(self, path: bytes, request) -> Resource:
+        return notFound()
+
     def __init__(self, state: HealthState) -> None:
         super().__init__(state.full_probe)
         self.putChild(b"live", ProbeResource(state.live_probe))
@@ -197,8 +213,11 @@ class _Healthz(ProbeResource):
 
 
 class _Root(Resource):
-    def render_GET(self, request) -> bytes:
-        return NoResource().render(request)
+    def getChild(self, path: bytes, request) -> Resource:
+        return notFound()
+
+    def render(self, request) -> bytes:
+        return notFound().render(request)
 
 
 def health_root(state: HealthState, registry: CollectorRegistry | None = None) -> Resource:

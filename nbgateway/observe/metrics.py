@@ -416,6 +416,13 @@ class MetricsResource(Resource):
         super().__init__()
         self.registry = registry
 
+    def render(self, request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            return b""
+        return super().render(request)
+
     def render_GET(self, request) -> bytes:
         accept = request.getHeader(b"accept")
         encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
