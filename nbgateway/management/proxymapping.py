@@ -123,8 +123,6 @@ def to_proto_mapping(s: Service, op: int) -> pb.ProxyMapping:
         listen_port=s.listen_port,
         private=s.private,
     )
-    if op == REMOVED:
-        return m
     a = s.auth
     m.auth.session_key = s.session_public_key
     m.auth.max_session_age_seconds = DEFAULT_SESSION_MAX_AGE_SECONDS
@@ -160,11 +158,12 @@ def to_proto_mapping(s: Service, op: int) -> pb.ProxyMapping:
 
 
 def removed_mapping(m: pb.ProxyMapping) -> pb.ProxyMapping:
-    """A REMOVED mapping for the same service (no auth, no token)."""
-    return pb.ProxyMapping(
-        type=REMOVED, id=m.id, account_id=m.account_id, domain=m.domain, mode=m.mode,
-        listen_port=m.listen_port, private=m.private,
-    )
+    """The full mapping as REMOVED, without a one-time token (as upstream sends deletes)."""
+    out = pb.ProxyMapping()
+    out.CopyFrom(m)
+    out.type = REMOVED
+    out.auth_token = ""
+    return out
 
 
 # --- capability filtering ------------------------------------------------------------------

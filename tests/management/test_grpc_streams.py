@@ -276,6 +276,8 @@ def test_39_delete_sends_removed_to_every_proxy(harness: Harness, fx: Fixture) -
     for c in (x, y):
         (m,) = c.next().mapping
         assert m.type == pb.UPDATE_TYPE_REMOVED and m.id == "svc-1" and m.auth_token == ""
+        # the full mapping, so a proxy without it stored can still derive the routes to drop
+        assert m.domain == DOMAIN and m.path[0].target == "http://backend.lan:8080/"
     x.close(), y.close()
 
 
