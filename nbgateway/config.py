@@ -354,6 +354,9 @@ SETTINGS: tuple[Setting, ...] = (
        "allow plaintext gRPC to a non-loopback management", parse_bool, flag=None),
     _s("tunnel_cache_ttl", "NB_PROXY_TUNNEL_CACHE_TTL", "5m",
        "ValidateTunnelPeer cache TTL, Go duration", parse_positive_duration, flag=None),
+    _s("mapping_batch_watchdog", "NB_PROXY_MAPPING_BATCH_WATCHDOG", "2m",
+       "longest time applying one mapping batch may take, Go duration",
+       parse_positive_duration, flag=None),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -391,6 +394,7 @@ class Config:
     token: str
     allow_insecure: bool
     tunnel_cache_ttl: float
+    mapping_batch_watchdog: float
 
     @property
     def embedded(self) -> bool:
@@ -441,7 +445,9 @@ def load(flags: Mapping[str, Any] | None = None,
 
     ``flags`` maps a setting name or flag (``"wg_port"`` / ``"wg-port"``) to the
     command-line value: a string, or for presence flags (``is_bool``) a truthy
-    value when given; None / a false non-string means "not given".  ``environ``
+    value when given; None / a false non-string means "not given".  Library
+    callers may also pass environment-only settings (``token``) here; the
+    command line cannot (they have no flag).  ``environ``
     defaults to an empty mapping (pass ``os.environ`` explicitly: no I/O here).
     """
     flags = {k.replace("-", "_"): v for k, v in (flags or {}).items()}
@@ -451,7 +457,7 @@ def load(flags: Mapping[str, Any] | None = None,
     environ = environ or {}
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        given = flags.get(s.name) if s.flag else None
+        given = flags.get(s.name)
         if s.is_bool and given is not None and not isinstance(given, str):
             if given:  # a presence flag that was given
                 values[s.name] = True

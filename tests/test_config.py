@@ -52,6 +52,7 @@ def test_defaults():
     assert cfg.private is False and cfg.supports_custom_ports is True
     assert cfg.max_dial_timeout == 0.0 and cfg.max_session_idle_timeout == 0.0
     assert cfg.drain_timeout == 30.0 and cfg.tunnel_cache_ttl == 300.0
+    assert cfg.mapping_batch_watchdog == 120.0
     assert cfg.log_level == "info" and cfg.log_format == "text"
     assert cfg.advertised_wg_endpoint() == f"{EMBEDDED_DOMAIN}:51820"
 
@@ -245,6 +246,8 @@ def test_secrets_not_in_repr_or_log_view():
         (["--cert-dir", " "], {}, "invalid --cert-dir value ' '"),
         ([], {"NB_PROXY_TUNNEL_CACHE_TTL": "0"}, "invalid NB_PROXY_TUNNEL_CACHE_TTL value '0'"),
         ([], {"NB_PROXY_ALLOW_INSECURE": "sure"}, "invalid NB_PROXY_ALLOW_INSECURE value"),
+        ([], {"NB_PROXY_MAPPING_BATCH_WATCHDOG": "-1s"},
+         "invalid NB_PROXY_MAPPING_BATCH_WATCHDOG value '-1s'"),
     ],
 )
 def test_validation_errors(argv, env, expected):
@@ -256,8 +259,20 @@ def test_unknown_flag_rejected():
         parse(["--no-such-flag"])
 
 
+def test_env_only_settings():
+    cfg = parse([], {"NB_PROXY_TUNNEL_CACHE_TTL": "90s", "NB_PROXY_MAPPING_BATCH_WATCHDOG": "30s",
+                     "NB_PROXY_ALLOW_INSECURE": "1"})
+    assert (cfg.tunnel_cache_ttl, cfg.mapping_batch_watchdog, cfg.allow_insecure) == \
+        (90.0, 30.0, True)
+    # environment-only settings have no flag
+    with pytest.raises(usage.UsageError):
+        parse(["--token", "x"])
+
+
 def test_load_without_options():
     cfg = load({"wg-port": "1234", "private": True}, {"NB_PROXY_LOG_LEVEL": "debug"})
     assert cfg.wg_port == 1234 and cfg.private and cfg.log_level == "debug"
+    cfg = load({"mgmt": "https://m.example.com", "domain": "p.example.com", "token": "t"})
+    assert cfg.token == "t" and not cfg.embedded
     with pytest.raises(ConfigError, match="unknown setting"):
         load({"bogus": "1"})
