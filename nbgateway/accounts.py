@@ -261,9 +261,11 @@ class AccountRegistry(MappingObserver):
     services to it, and tears it down when its last mapping goes."""
 
     def __init__(self, make_runtime: Callable[[str], AccountRuntime],
-                 on_change: Callable[[str], None] | None = None) -> None:
+                 on_change: Callable[[str], None] | None = None,
+                 on_removed: Callable[[str], Any] | None = None) -> None:
         self.make_runtime = make_runtime
         self.on_change = on_change  # e.g. evict the account's validation cache
+        self.on_removed = on_removed  # e.g. close the account's upstream pools
         self.runtimes: dict[str, AccountRuntime] = {}
 
     def get(self, account_id: str) -> AccountRuntime | None:
@@ -279,7 +281,12 @@ class AccountRegistry(MappingObserver):
     def account_removed(self, account_id: str) -> Deferred | None:
         runtime = self.runtimes.pop(account_id, None)
         self._changed(account_id)
-        return None if runtime is None else runtime.stop()
+        if runtime is None:
+            return None
+        d = runtime.stop()
+        if self.on_removed is not None:
+            d.addBoth(lambda _: self.on_removed(account_id))
+        return d
 
     def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred | None:
         self._changed(mapping.account_id)

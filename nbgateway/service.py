@@ -1,0 +1,225 @@
+"""GatewayService: the composition root of ``twistd nbgateway`` (and of the
+library entry point).
+
+Building a GatewayService creates objects only.  Sockets bind in
+:meth:`privilegedStartService` (the WireGuard UDP port shared by every account,
+the public listener, the health listener); the management client, its gRPC
+threads and all timers start in :meth:`startService`.
+
+Data flows one way (DEVELOPERS.md): UDP -> :class:`DeviceMux` -> per-account
+WireGuard device -> netstack -> inbound listeners -> :class:`GatewayResource`
+(auth) -> :class:`ReverseProxy` -> dialers (account tunnel or host network).
+The management client fills the :class:`MappingStore`; its observers
+(:class:`ServiceTable` for routing, :class:`AccountRegistry` for tunnels)
+react.  The validation cache is evicted per account whenever that account's
+services or roster change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
+from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
+from nbgateway.dial.direct import DirectDialer
+from nbgateway.dial.pool import UpstreamPools
+from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
+from nbgateway.http.site import GatewayResource, ServiceEntry, entry_from_mapping
+from nbgateway.netstack.endpoints import TunnelServerEndpoint
+from nbgateway.observe.accesslog import AccessLogger
+from nbgateway.observe.health import HealthState
+from nbgateway.proxy.headers import TrustedProxies
+from nbgateway.proxy.reverse import ReverseProxy
+from nbgateway.proxy.streaming import ProxySite
+from nbgateway.store.mappings import MappingObserver, MappingStore
+from nbgateway.wireguard import udp
+from nbgateway.wireguard.mux import DeviceMux
+
+log = Logger()
+
+HTTP_MODES = ("", "http")
+
+
+class ServiceTable(MappingObserver):
+    """Host -> :class:`ServiceEntry` for the HTTP mappings (spec 3.2)."""
+
+    def __init__(self, mgmt: Any = None) -> None:
+        self.mgmt = mgmt
+        self.entries: dict[str, ServiceEntry] = {}
+
+    def lookup(self, domain: str) -> ServiceEntry | None:
+        return self.entries.get(domain)
+
+    def _add(self, mapping: pb.ProxyMapping) -> Deferred | None:
+        if mapping.mode not in HTTP_MODES:
+            return None
+        entry = entry_from_mapping(mapping)
+        self.entries[mapping.domain] = entry
+        if entry.route_errors and self.mgmt is not None:
+            return maybeDeferred(
+                self.mgmt.send_status_update, mapping.id, mapping.account_id,
+                pb.PROXY_STATUS_ERROR, error_message="; ".join(entry.route_errors),
+            ).addErrback(lambda f: None)
+        return None
+
+    def _remove(self, mapping: pb.ProxyMapping) -> None:
+        entry = self.entries.get(mapping.domain)
+        if entry is not None and entry.service.service_id == mapping.id:
+            del self.entries[mapping.domain]
+
+    def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred | None:
+        return self._add(mapping)
+
+    def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> Deferred | None:
+        self._remove(old)
+        return self._add(new)
+
+    def mapping_removed(self, mapping: pb.ProxyMapping) -> None:
+        self._remove(mapping)
+
+
+class GatewayService(MultiService):
+    """The gateway: build with a :class:`nbgateway.config.Config`."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        reactor: Any = None,
+        management: Any = None,
+        peer_channel_factory: Callable[[str, bytes, Callable], Any] | None = None,
+        inbound_tls: Callable[[AccountRuntime], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.config = config
+        self.mgmt = management
+        self.peer_channel_factory = peer_channel_factory
+        self.inbound_tls = inbound_tls  # runtime -> IOpenSSLServerConnectionCreator or None
+        self.health = HealthState()
+        self.mux = DeviceMux()
+        self.store = MappingStore()
+        self.cache = TunnelValidationCache(management, reactor, ttl=config.tunnel_cache_ttl)
+        self.routes = ServiceTable(management)
+        self.accounts = AccountRegistry(self._make_runtime, on_change=self.cache.evict_account,
+                                        on_removed=self._account_gone)
+        self.store.add_observer(self.routes)
+        self.store.add_observer(self.accounts)
+        self.gate = PrivateGate(self.cache, self._in_roster)
+        self.pools = UpstreamPools(reactor)
+        self.direct = DirectDialer(reactor)
+        self.proxy = ReverseProxy(
+            reactor, self.pools, self.dialer_for,
+            max_dial_timeout=config.max_dial_timeout,
+            forwarded_proto=config.forwarded_proto,
+            trusted_proxies=TrustedProxies(config.trusted_proxies),
+        )
+        self.access_log = AccessLogger(management, reactor)
+        self.udp_port: Any = None
+        if management is not None and hasattr(management, "setServiceParent"):
+            management.setServiceParent(self)
+
+    # ------------------------------------------------------------------ wiring
+
+    def _account_gone(self, account_id: str) -> Deferred:
+        return self.pools.close_account(account_id)
+
+    def _in_roster(self, account_id: str, ip: str) -> bool:
+        runtime = self.accounts.get(account_id)
+        return runtime is not None and runtime.in_roster(ip)
+
+    def dialer_for(self, account_id: str, direct: bool) -> Any:
+        if direct:
+            return self.direct
+        runtime = self.accounts.get(account_id)
+        if runtime is None or runtime.stack is None:
+            return None
+        return TunnelDialer(stack_endpoint_factory(runtime.stack))
+
+    def _make_runtime(self, account_id: str) -> AccountRuntime:
+        cfg = self.config
+        return AccountRuntime(
+            account_id,
+            reactor=self.reactor,
+            mux=self.mux,
+            mgmt=self.mgmt,
+            settings=AccountSettings(
+                cluster=cfg.domain,
+                wg_endpoint=cfg.wg_endpoint,
+                private=cfg.private,
+                http_port=cfg.tunnel_http_port,
+                https_port=cfg.tunnel_https_port,
+            ),
+            peer_channel_factory=self.peer_channel_factory,
+            serve_inbound=self.serve_inbound,
+        )
+
+    def site_for(self, listener_account: str | None) -> ProxySite:
+        return ProxySite(GatewayResource(
+            lookup=self.routes.lookup, proxy=self.proxy, gate=self.gate,
+            listener_account=listener_account, access_log=self.access_log,
+            clock=self.reactor,
+        ))
+
+    def serve_inbound(self, runtime: AccountRuntime) -> Deferred:
+        """The account's listeners on its tunnel address: HTTP (and HTTPS when
+        a TLS source is configured)."""
+        site = self.site_for(runtime.account_id)
+        cfg = runtime.settings
+        listens = [TunnelServerEndpoint(runtime.stack, cfg.http_port,
+                                        interface=runtime.tunnel_ip).listen(site)]
+        if self.inbound_tls is not None:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            creator = self.inbound_tls(runtime)
+            listens.append(TunnelServerEndpoint(runtime.stack, cfg.https_port,
+                                                interface=runtime.tunnel_ip).listen(
+                TLSMemoryBIOFactory(creator, False, self.site_for(runtime.account_id))))
+        d = DeferredList(listens, fireOnOneErrback=True, consumeErrors=True)
+        return d.addCallback(lambda results: [port for _ok, port in results])
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def privilegedStartService(self) -> None:
+        iface = ""
+        self.udp_port = udp.listen(self.reactor, self.mux, self.config.wg_port, interface=iface)
+        log.info("WireGuard listening on UDP {port}", port=self.udp_port.getHost().port)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.mgmt is not None:
+            if hasattr(self.mgmt, "on_connection_state"):
+                self.mgmt.on_connection_state = self.health.set_management_connected
+            self.mgmt.subscribe_mappings(self.store)
+
+    def stopService(self) -> Deferred:
+        self.health.begin_shutdown()
+        d = self.accounts.stop()
+        d.addBoth(lambda _: self.pools.close())
+        d.addBoth(lambda _: self.access_log.stop(timeout=self.config.drain_timeout))
+        d.addBoth(lambda _: super(GatewayService, self).stopService())
+
+        def close_udp(result: Any) -> Any:
+            if self.udp_port is not None:
+                port, self.udp_port = self.udp_port, None
+                return maybeDeferred(port.stopListening).addBoth(lambda _: result)
+            return result
+
+        return d.addBoth(close_udp)
+
+    @property
+    def wg_port(self) -> int:
+        return self.udp_port.getHost().port if self.udp_port is not None else 0
+
+
