@@ -109,6 +109,10 @@ class ManagementService(MultiService):
 
     def privilegedStartService(self) -> None:
         os.makedirs(self.datadir, mode=0o700, exist_ok=True)
+        if os.stat(self.datadir).st_mode & 0o077:
+            log.warn("data directory {path} is accessible to other users; it holds the "
+                     "store (session and WireGuard private keys) and the admin token: "
+                     "chmod 700 it", path=os.path.abspath(self.datadir))
         if self.store is None:
             from nbgateway.management.store import Store
 
