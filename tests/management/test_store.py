@@ -78,6 +78,8 @@ def test_account_crud(store):
     assert net6.prefixlen == 64 and net6.network_address.packed[0] == 0xFD
     assert store.get_account(a.id) == a
     assert a in store.list_accounts()
+    first = store.ensure_default_account().account
+    assert store.list_accounts()[-1] == first  # creation order, not id order
     with pytest.raises(Conflict):
         store.create_account(Account(id=a.id))
     with pytest.raises(NotFound, match="account not found"):
@@ -522,3 +524,30 @@ def test_over_long_bounded_values_refused_on_every_backend(store, account):
     assert store.list_users(account.id) == [] and store.list_peers(account.id) == []
     with pytest.raises(ValidationError):  # a lookup with an unstorable key: 422, never a 500
         store.find_user("u" * 256)
+
+
+def test_listeners_see_membership_side_effects(store, account):
+    g = store.create_group(Group(account_id=account.id, name="g"))
+    store.create_user(User(id="owner", account_id=account.id, auto_groups=[g.id]))
+    seen = []
+    store.add_listener(lambda kind, acct, ids: seen.append((kind, ids)))
+    p = store.create_peer(Peer(account_id=account.id, name="p", key="k", user_id="owner"))
+    all_id = next(x.id for x in store.list_groups(account.id) if x.name == "All")
+    assert seen == [(ChangeKind.PEER, (p.id,)), (ChangeKind.GROUP, tuple(sorted((g.id, all_id))))]
+    seen.clear()
+    store.update_peer(dataclasses.replace(p, groups=[all_id]))  # leaves g, keeps All
+    assert seen == [(ChangeKind.PEER, (p.id,)), (ChangeKind.GROUP, (g.id,))]
+    seen.clear()
+    store.delete_user(account.id, "owner")
+    assert seen == [(ChangeKind.USER, ("owner",)), (ChangeKind.PEER, (p.id,))]
+    seen.clear()
+    store.delete_peer(account.id, p.id)
+    assert seen == [(ChangeKind.PEER, (p.id,)), (ChangeKind.GROUP, (all_id,))]
+
+
+def test_membership_order_kept_when_peer_updated(store, account):
+    p1 = store.create_peer(Peer(account_id=account.id, name="p1", key="k1"))
+    p2 = store.create_peer(Peer(account_id=account.id, name="p2", key="k2"))
+    g = store.create_group(Group(account_id=account.id, name="g", peers=[p1.id, p2.id]))
+    store.update_peer(dataclasses.replace(store.get_peer(account.id, p1.id), name="renamed"))
+    assert store.get_group(account.id, g.id).peers == (p1.id, p2.id)

@@ -207,9 +207,24 @@ class AccountsMixin(StoreBase):
 
     def _set_peer_memberships(
         self, conn: Connection, account_id: str, peer_id: str, group_ids: Sequence[str]
-    ) -> None:
-        conn.execute(sa.delete(group_peers).where(group_peers.c.peer_id == peer_id))
-        for gid in dict.fromkeys(group_ids):
+    ) -> set[str]:
+        """Make the peer a member of exactly ``group_ids``; existing memberships keep
+        their position, new ones are appended. Returns the groups that changed."""
+        current = set(
+            conn.execute(
+                sa.select(group_peers.c.group_id).where(group_peers.c.peer_id == peer_id)
+            ).scalars()
+        )
+        wanted = list(dict.fromkeys(group_ids))
+        removed = current - set(wanted)
+        if removed:
+            conn.execute(
+                sa.delete(group_peers).where(
+                    group_peers.c.peer_id == peer_id, group_peers.c.group_id.in_(removed)
+                )
+            )
+        added = [g for g in wanted if g not in current]
+        for gid in added:
             pos = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.max(group_peers.c.position), -1) + 1).where(
                     group_peers.c.group_id == gid
@@ -220,6 +235,7 @@ class AccountsMixin(StoreBase):
                     group_id=gid, peer_id=peer_id, account_id=account_id, position=pos
                 )
             )
+        return removed | set(added)
 
     def _insert_account(self, tx: Tx, account: Account) -> Account:
         ipam.parse_network(account.network_v4, 4)
@@ -261,8 +277,11 @@ class AccountsMixin(StoreBase):
             return self._require_account(conn, account_id)
 
     def list_accounts(self) -> list[Account]:
+        """All accounts, oldest first (the default account of a fresh install is first)."""
         with self._read() as conn:
-            rows = conn.execute(sa.select(accounts).order_by(accounts.c.id)).all()
+            rows = conn.execute(
+                sa.select(accounts).order_by(accounts.c.created_at, accounts.c.id)
+            ).all()
         return [row_account(r) for r in rows]
 
     def ensure_default_account(
@@ -389,12 +408,21 @@ class AccountsMixin(StoreBase):
             conn.execute(
                 sa.delete(personal_access_tokens).where(personal_access_tokens.c.user_id == user_id)
             )
+            owned = sorted(
+                conn.execute(
+                    sa.select(peers.c.id).where(
+                        peers.c.account_id == account_id, peers.c.user_id == user_id
+                    )
+                ).scalars()
+            )
             conn.execute(
                 sa.update(peers)
                 .where(peers.c.account_id == account_id, peers.c.user_id == user_id)
                 .values(user_id=None)
             )
             tx.changed(ChangeKind.USER, account_id, user_id)
+            if owned:
+                tx.changed(ChangeKind.PEER, account_id, *owned)
 
         self._write(account_id, run)
 
@@ -493,6 +521,7 @@ class AccountsMixin(StoreBase):
                         .where(users.c.id == u.id)
                         .values(auto_groups=dumps([g for g in auto if g != group_id]))
                     )
+                    tx.changed(ChangeKind.USER, account_id, u.id)
             tx.changed(ChangeKind.GROUP, account_id, group_id)
 
         self._write(account_id, run)
@@ -617,8 +646,10 @@ class AccountsMixin(StoreBase):
                 ).scalar()
                 if all_id:
                     wanted.append(all_id)
-            self._set_peer_memberships(conn, peer.account_id, pid, wanted)
+            changed_groups = self._set_peer_memberships(conn, peer.account_id, pid, wanted)
             tx.changed(ChangeKind.PEER, peer.account_id, pid)
+            if changed_groups:
+                tx.changed(ChangeKind.GROUP, peer.account_id, *sorted(changed_groups))
             return self._load_peers(conn, peers.c.id == pid)[0]
 
         return self._write(peer.account_id, run)
@@ -710,8 +741,10 @@ class AccountsMixin(StoreBase):
                     ephemeral=peer.ephemeral,
                 )
             )
-            self._set_peer_memberships(conn, peer.account_id, peer.id, peer.groups)
+            changed_groups = self._set_peer_memberships(conn, peer.account_id, peer.id, peer.groups)
             tx.changed(ChangeKind.PEER, peer.account_id, peer.id)
+            if changed_groups:
+                tx.changed(ChangeKind.GROUP, peer.account_id, *sorted(changed_groups))
             return self._load_peers(conn, peers.c.id == peer.id)[0]
 
         return self._write(peer.account_id, run)
@@ -753,9 +786,16 @@ class AccountsMixin(StoreBase):
             ).first()
             if linked is not None:
                 raise BadRequest(f"peer has been linked to reverse proxy service: {linked[0]}")
+            member_of = sorted(
+                conn.execute(
+                    sa.select(group_peers.c.group_id).where(group_peers.c.peer_id == peer_id)
+                ).scalars()
+            )
             conn.execute(sa.delete(group_peers).where(group_peers.c.peer_id == peer_id))
             conn.execute(sa.delete(peers).where(peers.c.id == peer_id))
             tx.changed(ChangeKind.PEER, account_id, peer_id)
+            if member_of:
+                tx.changed(ChangeKind.GROUP, account_id, *member_of)
 
         self._write(account_id, run)
 
