@@ -181,6 +181,8 @@ class GatewayMetrics:
         self.tunnel_cache: Any = None
         self.access_log: Any = None
         self.health: Any = None
+        #: the DeviceMux in front of the per-account devices (its own drop counters)
+        self.mux: Any = None
         self._accounts: dict[str, _AccountSources] = {}
         self._retired_wg: Counter[str] = Counter()
         self._retired_ns: Counter[str] = Counter()
@@ -308,7 +310,16 @@ class _GatewayCollector:
         for key in sorted(c):
             if key.startswith("drop_"):
                 drops.add_metric([key[5:]], c[key])
+        mux = Counter(m.mux.counters) if m.mux is not None else Counter()
+        for key in sorted(mux):
+            if key.startswith("mux_drop_"):
+                drops.add_metric(["mux_" + key[9:]], mux[key])
         yield drops
+        udp = CounterMetricFamily(PREFIX + "wireguard_udp_errors",
+                                  "UDP socket errors on the WireGuard port", labels=["kind"])
+        for key, kind in (("udp_send_error", "send_error"), ("udp_refused", "refused")):
+            udp.add_metric([kind], c[key] + mux[key])
+        yield udp
         packets = CounterMetricFamily(PREFIX + "wireguard_packets",
                                       "WireGuard transport data packets (keepalives excluded)",
                                       labels=["direction"])

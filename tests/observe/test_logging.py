@@ -189,3 +189,24 @@ def test_observer_writes_one_line_per_event():
          "log_namespace": "x"})
     assert out.getvalue().count("\n") == 1
     assert json.loads(out.getvalue())["time"] == "1970-01-01T00:00:00.500Z"
+
+
+def test_twistd_logger_factories_follow_process_level(capsys):
+    from nbgateway.observe import logging as obslog
+
+    previous = obslog.PROCESS_LEVEL.level
+    try:
+        obslog.PROCESS_LEVEL.set("warn")
+        pub = LogPublisher(obslog.jsonObserverFactory())
+        log = Logger(namespace="t", observer=pub)
+        log.info("hidden")
+        log.warn("shown {m}", m=secret_mapping())
+        text_pub = LogPublisher(obslog.textObserverFactory())
+        Logger(namespace="t", observer=text_pub).error("text {m}", m=secret_mapping())
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) == 2
+        record = json.loads(out[0])
+        assert record["level"] == "warn" and record["m"]["auth_token"] == REDACTED
+        assert "super-secret-token" not in out[1] and REDACTED in out[1]
+    finally:
+        obslog.PROCESS_LEVEL.set(previous)

@@ -248,3 +248,24 @@ def test_registry_is_private():
     assert b"nbgateway_http_requests_total" not in generate_latest(REGISTRY)
     assert value(scrape(m1), "nbgateway_http_requests_total", code="200") == 1
     assert ("nbgateway_http_requests_total", (("code", "200"),)) not in scrape(m2)
+
+
+def test_device_mux_drops_and_udp_errors():
+    from nbgateway.wireguard.mux import DeviceMux
+
+    clock = Clock()
+    mux = DeviceMux()
+    dev = mux.add(WireGuardDevice(generate_private_key(), clock,
+                                  index_registry=mux.registry))
+    metrics = GatewayMetrics()
+    metrics.mux = mux
+    metrics.add_account("acc1", devices=[dev])
+    mux.datagramReceived(b"\x04\x00", A_ADDR)  # too short
+    mux.datagramReceived(b"\x04\x00\x00\x00" + b"\x99" * 28, A_ADDR)  # unknown receiver index
+    mux.counters["udp_refused"] += 2
+    dev.counters["udp_refused"] += 1
+    s = scrape(metrics)
+    assert value(s, "nbgateway_wireguard_drops_total", reason="mux_malformed") == 1
+    assert value(s, "nbgateway_wireguard_drops_total", reason="mux_unroutable") == 1
+    assert value(s, "nbgateway_wireguard_udp_errors_total", kind="refused") == 3
+    assert value(s, "nbgateway_wireguard_udp_errors_total", kind="send_error") == 0
