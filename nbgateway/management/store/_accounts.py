@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -39,6 +40,7 @@ from nbgateway.management.store.schema import (
     peers,
     personal_access_tokens,
     services,
+    targets,
     users,
 )
 
@@ -176,8 +178,10 @@ class AccountsMixin(StoreBase):
             for r in rows
         ]
 
-    def _check_group_ids(self, conn: Connection, account_id: str, ids: Sequence[str], what: str):
-        wanted = [g for g in ids]
+    def _check_group_ids(
+        self, conn: Connection, account_id: str, ids: Sequence[str], what: str
+    ) -> None:
+        wanted = list(ids)
         if not wanted:
             return
         found = set(
@@ -663,8 +667,6 @@ class AccountsMixin(StoreBase):
         net = ipam.parse_network(network, version)
         if canon is None or canon[0] != version:
             raise ValidationError(f"invalid IPv{version} address {requested!r}")
-        import ipaddress
-
         if ipaddress.ip_address(canon[1]) not in net:
             raise ValidationError(f"address {requested} is outside the account network {network}")
         if canon[1] in used:
@@ -766,8 +768,6 @@ class AccountsMixin(StoreBase):
         return self._write(account_id, run)
 
     def delete_peer(self, account_id: str, peer_id: str) -> None:
-        from nbgateway.management.store.schema import targets
-
         def run(tx: Tx) -> None:
             conn = tx.conn
             if not conn.execute(
