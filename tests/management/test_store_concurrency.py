@@ -134,3 +134,46 @@ def test_concurrent_duplicate_domain_across_accounts(store_factory):
     assert outcomes.count("created") == 1
     assert set(outcomes) == {"created", "domain already taken"}
     assert len(stores[1].list_all_services()) == 1
+
+
+def _process_writer(dsn: str, account_id: str, prefix: str, count: int) -> None:
+    from nbgateway.management.store import Store
+
+    store = Store.open(dsn)
+    try:
+        for i in range(count):
+            store.create_group(Group(account_id=account_id, name=f"{prefix}-{i}"))
+            store.create_peer(
+                Peer(account_id=account_id, name=f"{prefix}-{i}", key=f"{prefix}-{i}")
+            )
+    finally:
+        store.close()
+
+
+def test_sqlite_two_processes_write_the_same_file(tmp_path):
+    """Cross-process writers (no shared in-process lock): BEGIN IMMEDIATE plus the
+    busy timeout serialise them; nothing is lost and addresses stay unique."""
+    import multiprocessing
+
+    from nbgateway.management.model import Account
+    from nbgateway.management.store import Store
+
+    dsn = f"sqlite:///{tmp_path / 'shared.db'}"
+    store = Store.open(dsn)
+    try:
+        acct = store.create_account(Account(id="acct-mp"))
+        ctx = multiprocessing.get_context("spawn")
+        procs = [
+            ctx.Process(target=_process_writer, args=(dsn, acct.id, f"w{n}", 15)) for n in range(2)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0, 0]
+        names = {g.name for g in store.list_groups(acct.id)}
+        assert names == {"All"} | {f"w{n}-{i}" for n in range(2) for i in range(15)}
+        peers = store.list_peers(acct.id)
+        assert len(peers) == 30 and len({p.ip for p in peers}) == 30
+    finally:
+        store.close()
