@@ -1,15 +1,25 @@
-"""Suite-wide policy: interop tests may skip only where they are not required.
+"""Suite-wide policy.
 
-With ``NBGW_REQUIRE_INTEROP=1`` (set by ``.ci/run``) a skipped test under
-``tests/interop/`` is reported as a failure, so a CI machine that lost root,
-namespaces, TUN or wireguard-go cannot go green by skipping.
+1. Interop tests may skip only where they are not required: with
+   ``NBGW_REQUIRE_INTEROP=1`` (set by ``.ci/run``) a skipped test under
+   ``tests/interop/`` is reported as a failure, so a CI machine that lost root,
+   namespaces, TUN or wireguard-go cannot go green by skipping.
+
+2. twisted.trial TestCases and pytest-twisted tests share one process.
+   pytest-twisted runs the global reactor in a greenlet once it is started,
+   and a trial TestCase cannot spin a reactor that is already running.  So:
+   plain synchronous test functions are called directly (pytest-twisted would
+   otherwise start its reactor for every test function), and modules that use
+   pytest-twisted run after everything else.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
+import pytest_twisted
 
 REQUIRE_INTEROP = os.environ.get("NBGW_REQUIRE_INTEROP") == "1"
 
@@ -41,3 +51,25 @@ def pytest_collection_modifyitems(session, config, items):
         return module is not None and "pytest_twisted" in vars(module)
 
     items.sort(key=uses_pytest_twisted)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Call plain synchronous test functions ourselves; leave async ones
+    (pytest-twisted decorated, coroutine functions) to pytest-twisted."""
+    func = pyfuncitem.obj
+    inner = getattr(getattr(func, "hypothesis", None), "inner_test", func)
+    if (
+        pytest_twisted._get_mark(func) is not None
+        or inspect.iscoroutinefunction(func)
+        or inspect.iscoroutinefunction(inner)
+        or inspect.isasyncgenfunction(func)
+    ):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    result = func(**{name: pyfuncitem.funcargs[name] for name in names})
+    if result is not None and hasattr(result, "addCallbacks"):
+        raise TypeError(
+            f"{pyfuncitem.nodeid} returned a Deferred: decorate it with "
+            "@pytest_twisted.ensureDeferred / inlineCallbacks or use a trial TestCase")
+    return True
