@@ -1,0 +1,338 @@
+"""Certificates for the gateway's TLS listeners (``ICertificateSource``).
+
+Sources, in order of precedence for a server name (matched case-insensitively,
+trailing dot ignored):
+
+1. ``--cert-dir``: every ``<stem>.crt`` + ``<stem>.key`` PEM pair (the
+   ``.crt`` may carry the chain after the leaf).  The names a pair serves are
+   read from the certificate's subjectAltName DNS entries (the subject CN when
+   it has none); the file stem does not matter.  Exact names win over wildcard
+   names (``*.example.com`` covers exactly one label).
+2. ``--wildcard-cert-dir``: the same layout, meant for ``*.<domain>``
+   certificates.
+3. Fallback: a certificate for the requested name issued on the fly by the
+   gateway's local CA (:class:`LocalCA`, persisted as ``ca.crt``/``ca.key`` in
+   the data directory so users and tests can trust one CA).  Issued
+   certificates are cached in memory (bounded, least recently used evicted).
+   Names that are not valid host names get the certificate of
+   ``default_name``.
+
+Reload: :meth:`CertificateStore.poll` compares (name, mtime, size) of both
+directories and reloads on any change; :meth:`CertificateStore.start` re-arms
+one poll deadline on the injected clock, and :meth:`reload` can be called
+directly (SIGHUP).  A pair that fails to load (bad PEM, key not matching) is
+logged and skipped; the previous index stays in force until a reload
+succeeds in reading the directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nbgateway.tls import ICertificateSource
+
+log = Logger()
+
+DEFAULT_POLL_INTERVAL = 5.0
+FALLBACK_CACHE_SIZE = 1024
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def normalize_name(name: str | bytes | None) -> str:
+    if name is None:
+        return ""
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    return name.strip().rstrip(".").lower()
+
+
+def valid_hostname(name: str) -> bool:
+    if not name or len(name) > 253:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return all(_LABEL.match(label) for label in name.split("."))
+
+
+@dataclass
+class CertifiedKey:
+    """A leaf certificate, its chain and private key, plus the names it serves."""
+
+    cert: x509.Certificate
+    key: Any
+    chain: list[x509.Certificate] = field(default_factory=list)
+    names: tuple[str, ...] = ()
+    source: str = ""
+    context: Any = None  # cached OpenSSL.SSL.Context (see nbgateway.tls.contexts)
+
+    def cert_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM)
+                        for c in [self.cert, *self.chain])
+
+
+def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [normalize_name(n) for n in san.get_values_for_type(x509.DNSName)]
+        names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = [normalize_name(a.value) for a in
+                 cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return tuple(n for n in names if n)
+
+
+def load_pair(crt_path: str, key_path: str) -> CertifiedKey:
+    with open(crt_path, "rb") as f:
+        certs = x509.load_pem_x509_certificates(f.read())
+    with open(key_path, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    leaf = certs[0]
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (leaf.public_key().public_bytes(serialization.Encoding.DER, pub)
+            != key.public_key().public_bytes(serialization.Encoding.DER, pub)):
+        raise ValueError("private key does not match the certificate")
+    return CertifiedKey(leaf, key, certs[1:], certificate_names(leaf), source=crt_path)
+
+
+def _dir_signature(path: str | None) -> tuple:
+    if not path:
+        return ()
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return ("missing",)
+    sig = []
+    for e in entries:
+        if e.name.endswith((".crt", ".key")):
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            sig.append((e.name, st.st_mtime_ns, st.st_size))
+    return tuple(sig)
+
+
+def _scan(path: str | None) -> list[CertifiedKey]:
+    if not path or not os.path.isdir(path):
+        return []
+    out = []
+    for name in sorted(os.listdir(path)):
+        if not name.endswith(".crt"):
+            continue
+        stem = name[: -len(".crt")]
+        key_path = os.path.join(path, stem + ".key")
+        if not os.path.exists(key_path):
+            log.warn("certificate {crt} has no matching .key; skipped", crt=name)
+            continue
+        try:
+            out.append(load_pair(os.path.join(path, name), key_path))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warn("cannot load certificate {crt}: {error}", crt=name, error=str(exc))
+    return out
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class LocalCA:
+    """The gateway's own CA for fallback certificates (EC P-256), created on
+    first use and persisted in ``data_dir`` as ``ca.crt`` / ``ca.key``."""
+
+    def __init__(self, data_dir: str, common_name: str = "nbgateway local CA") -> None:
+        self.data_dir = data_dir
+        self.cert_path = os.path.join(data_dir, "ca.crt")
+        self.key_path = os.path.join(data_dir, "ca.key")
+        if os.path.exists(self.cert_path) and os.path.exists(self.key_path):
+            with open(self.cert_path, "rb") as f:
+                self.cert = x509.load_pem_x509_certificate(f.read())
+            with open(self.key_path, "rb") as f:
+                self.key = serialization.load_pem_private_key(f.read(), password=None)
+        else:
+            self.cert, self.key = self._create(common_name)
+
+    def _create(self, common_name: str) -> tuple[x509.Certificate, Any]:
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        with open(self.cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        return cert, key
+
+    def issue(self, name: str, days: int = 365) -> CertifiedKey:
+        key = ec.generate_private_key(ec.SECP256R1())
+        try:
+            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            san = x509.DNSName(name)
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return CertifiedKey(cert, key, [self.cert], (name,), source="local-ca")
+
+
+@implementer(ICertificateSource)
+class CertificateStore:
+    """See the module docstring."""
+
+    def __init__(self, cert_dir: str | None, wildcard_dir: str | None, data_dir: str, *,
+                 clock: Any = None, poll_interval: float = DEFAULT_POLL_INTERVAL,
+                 default_name: str = "localhost",
+                 fallback_cache_size: int = FALLBACK_CACHE_SIZE) -> None:
+        self.cert_dir = cert_dir
+        self.wildcard_dir = wildcard_dir
+        self.data_dir = data_dir
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.default_name = normalize_name(default_name) or "localhost"
+        self.fallback_cache_size = fallback_cache_size
+        self._ca: LocalCA | None = None
+        self._exact: dict[str, CertifiedKey] = {}
+        self._wild: dict[str, CertifiedKey] = {}  # "example.com" -> cert for *.example.com
+        self._fallback: OrderedDict[str, CertifiedKey] = OrderedDict()
+        self._signature: tuple = ()
+        self._call: Any = None
+        self.reloads = 0
+        self.listeners: list[Any] = []  # callables notified after a reload
+
+    @property
+    def ca(self) -> LocalCA:
+        if self._ca is None:
+            self._ca = LocalCA(self.data_dir)
+        return self._ca
+
+    # -- loading -----------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read both directories now (also the SIGHUP hook)."""
+        self._signature = (_dir_signature(self.cert_dir), _dir_signature(self.wildcard_dir))
+        exact: dict[str, CertifiedKey] = {}
+        wild: dict[str, CertifiedKey] = {}
+        # wildcard dir first, so the cert dir's entries take precedence
+        for ck in _scan(self.wildcard_dir) + _scan(self.cert_dir):
+            for name in ck.names:
+                if name.startswith("*."):
+                    wild[name[2:]] = ck
+                else:
+                    exact[name] = ck
+        self._exact, self._wild = exact, wild
+        self.reloads += 1
+        log.info("certificates loaded: {exact} names, {wild} wildcards",
+                 exact=len(exact), wild=len(wild))
+        for listener in list(self.listeners):
+            listener()
+
+    def poll(self) -> bool:
+        """Reload if either directory changed; True if it reloaded."""
+        sig = (_dir_signature(self.cert_dir), _dir_signature(self.wildcard_dir))
+        if sig == self._signature:
+            return False
+        self.reload()
+        return True
+
+    def start(self) -> None:
+        if self.reloads == 0:
+            self.reload()
+        if self.clock is not None and self._call is None:
+            self._call = self.clock.callLater(self.poll_interval, self._tick)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _tick(self) -> None:
+        self._call = None
+        try:
+            self.poll()
+        except Exception:  # a broken directory must not stop polling
+            log.failure("certificate reload failed")
+        if self.clock is not None:
+            self._call = self.clock.callLater(self.poll_interval, self._tick)
+
+    # -- lookup ------------------------------------------------------------
+    def static_for(self, server_name: str | bytes | None) -> CertifiedKey | None:
+        """The configured (non-fallback) certificate for a name, if any."""
+        name = normalize_name(server_name)
+        if self.reloads == 0:
+            self.reload()
+        ck = self._exact.get(name)
+        if ck is not None:
+            return ck
+        if "." in name:
+            return self._wild.get(name.split(".", 1)[1])
+        return None
+
+    def covers(self, server_name: str) -> bool:
+        """True when a static or wildcard certificate serves the name
+        (the "certificate ready" condition of spec 2.5/2.11)."""
+        return self.static_for(server_name) is not None
+
+    def certificate_for(self, server_name: str | bytes | None) -> CertifiedKey:
+        ck = self.static_for(server_name)
+        if ck is not None:
+            return ck
+        name = normalize_name(server_name)
+        if not valid_hostname(name):
+            name = self.default_name
+        ck = self._fallback.get(name)
+        if ck is None:
+            ck = self.ca.issue(name)
+            self._fallback[name] = ck
+            while len(self._fallback) > self.fallback_cache_size:
+                self._fallback.popitem(last=False)
+        else:
+            self._fallback.move_to_end(name)
+        return ck

@@ -1,0 +1,161 @@
+"""TLS contexts: the server side (SNI certificate selection, ALPN) and the
+client policy towards upstream targets.
+
+Server: :class:`SNIServerCreator` is an ``IOpenSSLServerConnectionCreator``
+for ``TLSMemoryBIOFactory``, so TLS runs over any transport (host sockets or
+netstack connections alike).  Every connection starts on a base context
+whose servername callback asks the :class:`~nbgateway.tls.ICertificateSource`
+for the ClientHello's SNI name and switches the connection to that
+certificate's context (built once per :class:`CertifiedKey` and cached on it).
+No SNI gets the certificate for ``default_name``.  TLS 1.2+ only; ALPN
+selects ``http/1.1`` (the listeners speak HTTP/1.1 only); a client offering
+only other protocols gets no ALPN answer and the handshake continues.
+
+Client: :class:`ClientTLSPolicy` verifies upstream certificates with
+``optionsForClientTLS`` (service_identity host name checks, the platform
+trust store or a given CA bundle) unless the mapping sets
+``skip_tls_verify``; SNI is sent either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from nbgateway.tls.certstore import CertifiedKey
+
+log = Logger()
+
+ALPN_PROTOCOLS = (b"http/1.1",)
+_OPTIONS = (SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3 | SSL.OP_NO_COMPRESSION
+            | SSL.OP_CIPHER_SERVER_PREFERENCE)
+
+
+def _alpn_select(conn: Any, offered: list[bytes]) -> Any:
+    for proto in ALPN_PROTOCOLS:
+        if proto in offered:
+            return proto
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def context_for(ck: CertifiedKey) -> SSL.Context:
+    """The (cached) server context presenting ``ck``."""
+    if ck.context is not None:
+        return ck.context
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(_OPTIONS)
+    ctx.use_certificate(ck.cert)
+    for extra in ck.chain:
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(ck.key)
+    ctx.check_privatekey()
+    ctx.set_alpn_select_callback(_alpn_select)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ck.context = ctx
+    return ctx
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIServerCreator:
+    """Server connections choosing their certificate by SNI (see module doc)."""
+
+    def __init__(self, source: Any, default_name: str = "localhost") -> None:
+        self.source = source
+        self.default_name = default_name
+        self.sni_seen = 0
+        self._base: SSL.Context | None = None
+
+    def _base_context(self) -> SSL.Context:
+        if self._base is None:
+            # The base context presents the default certificate (no SNI);
+            # building it per call would defeat the cache, and it only
+            # depends on the default name.
+            ctx = context_for(self.source.certificate_for(self.default_name))
+            ctx.set_tlsext_servername_callback(self._servername)
+            self._base = ctx
+        return self._base
+
+    def _servername(self, conn: SSL.Connection) -> None:
+        name = conn.get_servername()
+        if not name:
+            return
+        self.sni_seen += 1
+        try:
+            conn.set_context(context_for(self.source.certificate_for(name)))
+        except Exception:  # keep the default certificate rather than abort
+            log.failure("choosing a certificate for {name!r} failed", name=name)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._base_context(), None)
+
+
+def server_tls_factory(source: Any, wrapped_factory: Any,
+                       default_name: str = "localhost") -> TLSMemoryBIOFactory:
+    """Wrap an (HTTP) server factory with TLS terminated by SNI certificate."""
+    return TLSMemoryBIOFactory(SNIServerCreator(source, default_name), False, wrapped_factory)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _InsecureClientCreator:
+    """``skip_tls_verify``: encrypt, send SNI, accept any certificate."""
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        ctx.set_alpn_protos(list(ALPN_PROTOCOLS))
+        self.ctx = ctx
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self.ctx, None)
+        if not _is_ip(self.hostname):
+            conn.set_tlsext_host_name(self.hostname.encode("idna"))
+        conn.set_connect_state()
+        return conn
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class ClientTLSPolicy:
+    """Upstream TLS: verify (service_identity) unless ``skip_verify``.
+
+    ``ca_pem`` (bytes) replaces the platform trust store, e.g. for tests or a
+    private upstream CA."""
+
+    def __init__(self, ca_pem: bytes | None = None) -> None:
+        self.trust_root: Any = None
+        if ca_pem is not None:
+            certs = [ssl.Certificate.loadPEM(block) for block in _pem_blocks(ca_pem)]
+            self.trust_root = ssl.trustRootFromCertificates(certs)
+
+    def creator(self, hostname: str, skip_verify: bool) -> Any:
+        if skip_verify:
+            return _InsecureClientCreator(hostname)
+        return ssl.optionsForClientTLS(hostname, trustRoot=self.trust_root,
+                                       acceptableProtocols=list(ALPN_PROTOCOLS))
+
+    __call__ = creator
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    end = b"-----END CERTIFICATE-----"
+    return [part + end for part in data.split(end) if b"-----BEGIN CERTIFICATE-----" in part]

@@ -1,0 +1,110 @@
+"""CertificateStore: directory layout, precedence, wildcard scope, local CA
+fallback, reload on change (task.Clock) and bad input."""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet import task
+
+from nbgateway.tls.certstore import CertificateStore, LocalCA, normalize_name
+
+from ._certs import write_pair
+
+
+def fingerprint(cert) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def issued_by(ck, ca: LocalCA) -> bool:
+    ca.cert.public_key().verify(ck.cert.signature, ck.cert.tbs_certificate_bytes,
+                                ec.ECDSA(ck.cert.signature_hash_algorithm))
+    return ck.cert.issuer == ca.cert.subject
+
+
+def make(tmp_path, **kw) -> tuple[CertificateStore, LocalCA]:
+    external = LocalCA(str(tmp_path / "external"), "external test CA")
+    store = CertificateStore(str(tmp_path / "certs"), str(tmp_path / "wild"),
+                             str(tmp_path / "data"), **kw)
+    return store, external
+
+
+def test_exact_and_wildcard_and_precedence(tmp_path):
+    store, ext = make(tmp_path)
+    write_pair(ext, str(tmp_path / "certs"), "svc", "svc.example")
+    write_pair(ext, str(tmp_path / "wild"), "anything", "*.example.com")
+    write_pair(ext, str(tmp_path / "certs"), "exact", "app.example.com")
+    store.reload()
+    assert store.certificate_for("svc.example").names == ("svc.example",)
+    assert store.certificate_for("SVC.Example.").names == ("svc.example",)
+    assert store.certificate_for("x.example.com").names == ("*.example.com",)
+    assert store.certificate_for("app.example.com").names == ("app.example.com",)
+    # a wildcard covers exactly one label
+    assert store.static_for("a.b.example.com") is None
+    assert store.static_for("example.com") is None
+    assert store.covers("x.example.com") and not store.covers("nope.example")
+
+
+def test_fallback_issued_by_persisted_local_ca(tmp_path):
+    store, _ = make(tmp_path)
+    ck = store.certificate_for("unknown.example")
+    assert ck.source == "local-ca" and ck.names == ("unknown.example",)
+    assert issued_by(ck, store.ca)
+    assert store.certificate_for("unknown.example") is ck  # cached
+    again = CertificateStore(None, None, str(tmp_path / "data"))
+    assert fingerprint(again.ca.cert) == fingerprint(store.ca.cert)
+    assert issued_by(again.certificate_for("other.example"), store.ca)
+    assert oct(os.stat(tmp_path / "data" / "ca.key").st_mode & 0o777) == "0o600"
+
+
+def test_fallback_cache_is_bounded_and_bad_names_get_default(tmp_path):
+    store, _ = make(tmp_path, fallback_cache_size=2, default_name="gw.example")
+    for n in ("a.example", "b.example", "c.example"):
+        store.certificate_for(n)
+    assert list(store._fallback) == ["b.example", "c.example"]
+    for bad in (None, "", "bad name", "x" * 300, "-lead.example", "a..b"):
+        assert store.certificate_for(bad).names == ("gw.example",)
+    assert store.certificate_for("10.1.2.3").names == ("10.1.2.3",)
+
+
+def test_reload_on_change_with_clock(tmp_path):
+    clock = task.Clock()
+    store, ext = make(tmp_path, clock=clock, poll_interval=5)
+    store.start()
+    assert store.static_for("late.example") is None
+    write_pair(ext, str(tmp_path / "certs"), "late", "late.example")
+    clock.advance(5)
+    assert store.static_for("late.example") is not None
+    reloads = store.reloads
+    clock.advance(5)
+    assert store.reloads == reloads  # unchanged directories are not re-read
+    os.remove(tmp_path / "certs" / "late.crt")
+    clock.advance(5)
+    assert store.static_for("late.example") is None
+    store.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_broken_pairs_are_skipped(tmp_path):
+    store, ext = make(tmp_path)
+    certs = tmp_path / "certs"
+    write_pair(ext, str(certs), "good", "good.example")
+    write_pair(ext, str(certs), "a", "a.example")
+    write_pair(ext, str(certs), "b", "b.example")
+    os.replace(certs / "b.key", certs / "a.key")  # a.crt now has the wrong key
+    (certs / "garbage.crt").write_bytes(b"not a certificate")
+    (certs / "garbage.key").write_bytes(b"not a key")
+    (certs / "lonely.crt").write_bytes((certs / "good.crt").read_bytes())
+    store.reload()
+    assert store.static_for("good.example") is not None
+    assert store.static_for("a.example") is None
+    assert store.certificate_for("a.example").source == "local-ca"
+
+
+def test_missing_directories_are_fine(tmp_path):
+    store = CertificateStore(str(tmp_path / "nope"), None, str(tmp_path / "data"))
+    store.reload()
+    assert store.certificate_for("x.example").source == "local-ca"
+    assert normalize_name(b"A.B.") == "a.b"
