@@ -158,6 +158,10 @@ class AccessLogMixin(AccountsMixin):
         return tuple(names[i] for i in ids if i in names)
 
     def append_access_log(self, entry: AccessLogEntry) -> AccessLogEntry:
+        """Insert an entry (id generated when empty). When ``user_groups`` is None
+        it is filled at write time with the group names of the user's
+        auto_groups, or of the peer's groups when ``user_id`` is a peer id."""
+
         def run(tx: Tx) -> AccessLogEntry:
             conn = tx.conn
             self._require_account(conn, entry.account_id)
@@ -208,6 +212,7 @@ class AccessLogMixin(AccountsMixin):
         return self._write("accesslog:" + entry.account_id, run)
 
     def get_access_log(self, account_id: str, entry_id: str) -> AccessLogEntry:
+        """One access-log entry of the account. NotFound ``access log entry not found``."""
         with self._read() as conn:
             row = conn.execute(
                 sa.select(ale).where(ale.c.id == entry_id, ale.c.account_id == account_id)
@@ -217,6 +222,8 @@ class AccessLogMixin(AccountsMixin):
         return row_access_log(row)
 
     def list_access_logs(self, account_id: str, query: AccessLogQuery) -> AccessLogPage:
+        """Filtered, sorted, paginated access log of the account. ValidationError
+        for a bad page, page_size (1..100), sort_by or sort_order."""
         q = query
         if q.page < 1:
             raise ValidationError("page must be at least 1")

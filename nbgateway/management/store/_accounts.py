@@ -272,11 +272,14 @@ class AccountsMixin(StoreBase):
     # --- accounts ---------------------------------------------------------------
 
     def create_account(self, account: Account) -> Account:
+        """Create an account (id generated when empty; v6 ULA /64 generated when
+        ``network_v6`` is empty) together with its ``All`` group."""
         return self._write(
             account.id or "new-account", lambda tx: self._insert_account(tx, account)
         )
 
     def get_account(self, account_id: str) -> Account:
+        """NotFound ``account not found``."""
         with self._read() as conn:
             return self._require_account(conn, account_id)
 
@@ -291,6 +294,12 @@ class AccountsMixin(StoreBase):
     def ensure_default_account(
         self, *, domain: str = "netbird.selfhosted", admin_email: str = "admin@localhost"
     ) -> Bootstrap:
+        """Create, once, the default account with its ``All`` group, an admin user
+        and a first admin personal access token.
+
+        Returns the plain token only from the call that created it (``None`` later).
+        """
+
         def run(tx: Tx) -> Bootstrap:
             row = tx.conn.execute(
                 sa.select(accounts).where(accounts.c.id == DEFAULT_ACCOUNT_ID)
@@ -359,9 +368,11 @@ class AccountsMixin(StoreBase):
         }
 
     def create_user(self, user: User) -> User:
+        """Create a user. ValidationError for unknown ``auto_groups`` ids or a bad role."""
         return self._write(user.account_id, lambda tx: self._insert_user(tx, user))
 
     def get_user(self, account_id: str, user_id: str) -> User:
+        """NotFound ``user not found`` (also for a user of another account)."""
         with self._read() as conn:
             row = conn.execute(
                 sa.select(users).where(users.c.id == user_id, users.c.account_id == account_id)
@@ -371,11 +382,13 @@ class AccountsMixin(StoreBase):
         return row_user(row)
 
     def find_user(self, user_id: str) -> User | None:
+        """Look a user up by id in any account (ValidateSession's ``sub`` lookup)."""
         with self._read() as conn:
             row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
         return row_user(row) if row else None
 
     def list_users(self, account_id: str) -> list[User]:
+        """All users of the account, by id."""
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(users).where(users.c.account_id == account_id).order_by(users.c.id)
@@ -383,6 +396,9 @@ class AccountsMixin(StoreBase):
         return [row_user(r) for r in rows]
 
     def update_user(self, user: User) -> User:
+        """Full replace of the mutable fields (email, name, role, is_service_user,
+        auto_groups, blocked, pending_approval)."""
+
         def run(tx: Tx) -> User:
             conn = tx.conn
             row = conn.execute(
@@ -402,6 +418,8 @@ class AccountsMixin(StoreBase):
         return self._write(user.account_id, run)
 
     def delete_user(self, account_id: str, user_id: str) -> None:
+        """Delete a user, its personal access tokens, and unset ``user_id`` on its peers."""
+
         def run(tx: Tx) -> None:
             conn = tx.conn
             res = conn.execute(
@@ -433,6 +451,9 @@ class AccountsMixin(StoreBase):
     # --- groups -----------------------------------------------------------------
 
     def create_group(self, group: Group) -> Group:
+        """Create a group. ValidationError for an empty name or unknown peer ids;
+        Conflict ``group with name %q already exists``."""
+
         def run(tx: Tx) -> Group:
             conn = tx.conn
             self._require_account(conn, group.account_id)
@@ -481,15 +502,19 @@ class AccountsMixin(StoreBase):
         return row
 
     def get_group(self, account_id: str, group_id: str) -> Group:
+        """NotFound ``group not found``."""
         with self._read() as conn:
             self._require_group(conn, account_id, group_id)
             return self._load_groups(conn, groups.c.id == group_id)[0]
 
     def list_groups(self, account_id: str) -> list[Group]:
+        """All groups of the account with their member peer ids, by group id."""
         with self._read() as conn:
             return self._load_groups(conn, groups.c.account_id == account_id)
 
     def update_group(self, group: Group) -> Group:
+        """Full replace (name, issued, member peers)."""
+
         def run(tx: Tx) -> Group:
             conn = tx.conn
             row = self._require_group(conn, group.account_id, group.id)
@@ -510,6 +535,11 @@ class AccountsMixin(StoreBase):
         return self._write(group.account_id, run)
 
     def delete_group(self, account_id: str, group_id: str) -> None:
+        """Delete a group. GroupInUse ``group has been linked to reverse proxy
+        service: <domain>`` when a private service lists it in access_groups or an
+        enabled bearer config lists it in distribution_groups; BadRequest for the
+        ``All`` group. The id is removed from users' ``auto_groups``."""
+
         def run(tx: Tx) -> None:
             conn = tx.conn
             row = self._require_group(conn, account_id, group_id)
@@ -562,14 +592,18 @@ class AccountsMixin(StoreBase):
         return self._write(account_id, run)
 
     def add_peers_to_group(self, account_id: str, group_id: str, peer_ids: Sequence[str]) -> Group:
+        """Atomically add members (idempotent)."""
         return self._edit_members(account_id, group_id, peer_ids, add=True)
 
     def remove_peers_from_group(
         self, account_id: str, group_id: str, peer_ids: Sequence[str]
     ) -> Group:
+        """Atomically remove members (missing members ignored)."""
         return self._edit_members(account_id, group_id, peer_ids, add=False)
 
     def resolve_groups(self, account_id: str, group_ids: Sequence[str]) -> list[Group]:
+        """Groups for ``group_ids`` in the given order, ids that do not resolve
+        skipped (pairs ids with names for tokens and ValidateSession)."""
         with self._read() as conn:
             found = {
                 g.id: g
@@ -583,6 +617,12 @@ class AccountsMixin(StoreBase):
     # --- peers ------------------------------------------------------------------
 
     def create_peer(self, peer: Peer) -> Peer:
+        """Create a peer, allocating ``ip`` (and ``ipv6``) from the account network
+        when empty. ``groups`` become memberships; the peer is added to ``All``
+        unless it is a proxy peer, and gets its owner's ``auto_groups``.
+        Conflict ``peer with this key already exists`` for a duplicate key;
+        AddressExhausted when the network is full."""
+
         def run(tx: Tx) -> Peer:
             conn = tx.conn
             account = self._require_account(conn, peer.account_id)
@@ -674,6 +714,7 @@ class AccountsMixin(StoreBase):
         return canon[1]
 
     def get_peer(self, account_id: str, peer_id: str) -> Peer:
+        """NotFound ``peer not found``."""
         with self._read() as conn:
             found = self._load_peers(
                 conn, sa.and_(peers.c.id == peer_id, peers.c.account_id == account_id)
@@ -683,11 +724,14 @@ class AccountsMixin(StoreBase):
         return found[0]
 
     def get_peer_by_key(self, key: str) -> Peer | None:
+        """Peer with this WireGuard public key in any account."""
         with self._read() as conn:
             found = self._load_peers(conn, peers.c.key == key)
         return found[0] if found else None
 
     def get_peer_by_ip(self, account_id: str, ip: str) -> Peer | None:
+        """Peer of ``account_id`` whose tunnel address is ``ip`` (IPv4, v4-mapped
+        IPv6 or IPv6); None on a miss or an unparsable address."""
         canon = ipam.canonical_tunnel_ip(ip)
         if canon is None:
             return None
@@ -699,6 +743,7 @@ class AccountsMixin(StoreBase):
         return found[0] if found else None
 
     def list_peers(self, account_id: str, *, proxy: bool | None = None) -> list[Peer]:
+        """All peers, or only proxy (``True``) / non-proxy (``False``) peers."""
         cond = peers.c.account_id == account_id
         if proxy is not None:
             cond = sa.and_(cond, peers.c.proxy_meta_embedded == proxy)
@@ -706,6 +751,7 @@ class AccountsMixin(StoreBase):
             return self._load_peers(conn, cond)
 
     def list_proxy_peers(self, account_id: str, cluster: str | None = None) -> list[Peer]:
+        """Embedded proxy peers of the account, optionally of one cluster."""
         cond = sa.and_(peers.c.account_id == account_id, peers.c.proxy_meta_embedded.is_(True))
         if cluster is not None:
             cond = sa.and_(cond, peers.c.proxy_meta_cluster == cluster)
@@ -713,6 +759,9 @@ class AccountsMixin(StoreBase):
             return self._load_peers(conn, cond)
 
     def update_peer(self, peer: Peer) -> Peer:
+        """Replace name, dns_label, user_id, endpoint, groups, connected, ephemeral.
+        Key and tunnel addresses are immutable."""
+
         def run(tx: Tx) -> Peer:
             conn = tx.conn
             row = conn.execute(
@@ -754,6 +803,8 @@ class AccountsMixin(StoreBase):
     def set_peer_connected(
         self, account_id: str, peer_id: str, connected: bool, *, now: datetime | None = None
     ) -> Peer:
+        """Record a peer's connection state and ``last_seen``. NotFound ``peer not found``."""
+
         def run(tx: Tx) -> Peer:
             res = tx.conn.execute(
                 sa.update(peers)
@@ -768,6 +819,8 @@ class AccountsMixin(StoreBase):
         return self._write(account_id, run)
 
     def delete_peer(self, account_id: str, peer_id: str) -> None:
+        """Delete a peer and its group memberships (frees its addresses)."""
+
         def run(tx: Tx) -> None:
             conn = tx.conn
             if not conn.execute(
@@ -800,6 +853,7 @@ class AccountsMixin(StoreBase):
         self._write(account_id, run)
 
     def get_peer_groups(self, account_id: str, peer_id: str) -> list[Group]:
+        """Groups containing the peer, ordered by group id."""
         with self._read() as conn:
             gids = self._peer_groups(conn, [peer_id])[peer_id]
             return self._load_groups(
@@ -821,6 +875,7 @@ class AccountsMixin(StoreBase):
             return [(gid, name) for gid, name in conn.execute(q)]
 
     def get_peer_owner(self, account_id: str, peer_id: str) -> User | None:
+        """The owning user of a peer, or None for machine peers / dangling owners."""
         with self._read() as conn:
             row = conn.execute(
                 sa.select(users)
@@ -873,6 +928,7 @@ class AccountsMixin(StoreBase):
         expires_at: datetime | None = None,
         created_by: str = "",
     ) -> tuple[PersonalAccessToken, str]:
+        """Create a PAT (``nbp_`` + 30 base62 + 6-char CRC32); returns row and plain."""
         return self._write(
             account_id,
             lambda tx: self._insert_pat(tx, account_id, user_id, name, expires_at, created_by),
@@ -881,6 +937,7 @@ class AccountsMixin(StoreBase):
     def list_personal_access_tokens(
         self, account_id: str, user_id: str
     ) -> list[PersonalAccessToken]:
+        """The user's tokens (hashes only), oldest first."""
         t = personal_access_tokens
         with self._read() as conn:
             rows = conn.execute(
@@ -891,6 +948,7 @@ class AccountsMixin(StoreBase):
         return [row_pat(r) for r in rows]
 
     def delete_personal_access_token(self, account_id: str, user_id: str, token_id: str) -> None:
+        """NotFound ``token not found``."""
         t = personal_access_tokens
 
         def run(tx: Tx) -> None:
@@ -908,6 +966,8 @@ class AccountsMixin(StoreBase):
     def authenticate_personal_access_token(
         self, plain: str, *, now: datetime | None = None
     ) -> tuple[User, PersonalAccessToken]:
+        """Resolve ``Authorization: Token <plain>``. Unauthenticated for a bad,
+        unknown, revoked or expired token, or a blocked/pending user."""
         if not _secrets.token_format_ok(plain, _secrets.PAT_PREFIX):
             raise Unauthenticated("invalid token format")
         now = now or utcnow()

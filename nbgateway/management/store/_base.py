@@ -124,6 +124,7 @@ class StoreBase:
 
     @staticmethod
     def build_engine(url: str) -> Engine:
+        """SQLAlchemy engine for a normalised URL, with the backend's pragmas/pooling."""
         sa_url = sa.make_url(url)
         if sa_url.get_backend_name() == "sqlite":
             engine = sa.create_engine(
@@ -173,15 +174,18 @@ class StoreBase:
                     conn.commit()
 
     def close(self) -> None:
+        """Dispose of the connection pool."""
         self._engine.dispose()
 
     # --- listeners --------------------------------------------------------------
 
     def add_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(kind, account_id, ids)`` after every committed change."""
         with self._listeners_lock:
             self._listeners.append(listener)
 
     def remove_listener(self, listener: ChangeListener) -> None:
+        """Unregister a listener (no-op when unknown)."""
         with self._listeners_lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)

@@ -110,6 +110,7 @@ class ProxiesMixin(StoreBase):
     # --- proxy rows ------------------------------------------------------------------
 
     def register_proxy(self, record: ProxyRecord, *, now: datetime | None = None) -> ProxyRecord:
+        """Upsert a proxy row as connected (capabilities replaced)."""
         if not record.id:
             raise ValidationError("proxy_id is required")
         now = now or utcnow()
@@ -165,17 +166,20 @@ class ProxiesMixin(StoreBase):
     def heartbeat_proxy(
         self, proxy_id: str, session_id: str, *, now: datetime | None = None
     ) -> bool:
+        """Refresh ``last_seen`` if ``session_id`` is current; False otherwise."""
         return self._session_update(proxy_id, session_id, {"last_seen": now or utcnow()})
 
     def disconnect_proxy(
         self, proxy_id: str, session_id: str, *, now: datetime | None = None
     ) -> bool:
+        """Mark disconnected only if ``session_id`` is still the current session."""
         now = now or utcnow()
         return self._session_update(
             proxy_id, session_id, {"status": "disconnected", "disconnected_at": now}
         )
 
     def get_proxy(self, proxy_id: str) -> ProxyRecord:
+        """NotFound ``proxy not found``."""
         with self._read() as conn:
             row = conn.execute(sa.select(proxies).where(proxies.c.id == proxy_id)).first()
         if row is None:
@@ -183,6 +187,7 @@ class ProxiesMixin(StoreBase):
         return row_proxy(row)
 
     def list_proxies(self, account_id: str | None = None) -> list[ProxyRecord]:
+        """Rows visible to the account (shared + its own); all rows for None."""
         q = sa.select(proxies).order_by(proxies.c.id)
         if account_id is not None:
             q = q.where(sa.or_(proxies.c.account_id.is_(None), proxies.c.account_id == account_id))
@@ -190,6 +195,7 @@ class ProxiesMixin(StoreBase):
             return [row_proxy(r) for r in conn.execute(q)]
 
     def cluster_address_in_use(self, address: str, account_id: str) -> bool:
+        """True if a shared proxy or another account's proxy uses ``address``."""
         with self._read() as conn:
             row = conn.execute(
                 sa.select(proxies.c.id).where(
@@ -200,6 +206,8 @@ class ProxiesMixin(StoreBase):
         return row is not None
 
     def delete_stale_proxies(self, older_than: datetime) -> int:
+        """Delete proxy rows with ``last_seen`` before ``older_than``; count."""
+
         def run(tx: Tx) -> int:
             stale = tx.conn.execute(
                 sa.select(proxies.c.id, proxies.c.account_id).where(
@@ -215,9 +223,14 @@ class ProxiesMixin(StoreBase):
         return self._write(PROXY_SCOPE, run)
 
     def list_clusters(self, account_id: str, *, now: datetime | None = None) -> list[Cluster]:
+        """Cluster view (spec 1.10): visible rows grouped by address, capability
+        aggregates over active rows (connected and seen within 2 minutes)."""
         return aggregate_clusters(self.list_proxies(account_id), now or utcnow())
 
     def delete_cluster(self, account_id: str, address: str) -> int:
+        """Delete the account's BYOP proxy rows for ``address``. NotFound
+        ``cluster not found`` if none."""
+
         def run(tx: Tx) -> int:
             ids = list(
                 tx.conn.execute(
@@ -237,6 +250,7 @@ class ProxiesMixin(StoreBase):
     # --- inbound listeners ----------------------------------------------------------------
 
     def set_inbound_listener(self, listener: ProxyInboundListener) -> None:
+        """Upsert where a proxy listens inside an account's tunnel."""
         if not listener.proxy_id or not listener.account_id:
             raise ValidationError("proxy_id and account_id are required")
         t = proxy_inbound_listeners
@@ -264,6 +278,7 @@ class ProxiesMixin(StoreBase):
         self._write(PROXY_SCOPE, run)
 
     def list_inbound_listeners(self, account_id: str) -> list[ProxyInboundListener]:
+        """Inbound listeners of every proxy inside this account's tunnel."""
         t = proxy_inbound_listeners
         with self._read() as conn:
             rows = conn.execute(
@@ -291,6 +306,8 @@ class ProxiesMixin(StoreBase):
         expires_at: datetime | None = None,
         created_by: str = "",
     ) -> tuple[ProxyAccessToken, str]:
+        """Create a token (``nbx_`` + 30 base62 + 6-char CRC32, 40 chars); returns
+        the row and the plain token (not stored)."""
         if not name or len(name.encode()) > 255:
             raise ValidationError("name is required and must be at most 255 characters")
 
@@ -314,6 +331,7 @@ class ProxiesMixin(StoreBase):
         return self._write(TOKEN_SCOPE, run)
 
     def list_proxy_tokens(self, account_id: str | None) -> list[ProxyAccessToken]:
+        """Tokens of the account (None: management-wide tokens)."""
         t = proxy_access_tokens
         cond = t.c.account_id.is_(None) if account_id is None else t.c.account_id == account_id
         with self._read() as conn:
@@ -321,6 +339,7 @@ class ProxiesMixin(StoreBase):
         return [row_proxy_token(r) for r in rows]
 
     def get_proxy_token(self, token_id: str) -> ProxyAccessToken:
+        """NotFound ``token not found`` (used by the heartbeat revocation check)."""
         t = proxy_access_tokens
         with self._read() as conn:
             row = conn.execute(sa.select(t).where(t.c.id == token_id)).first()
@@ -329,6 +348,7 @@ class ProxiesMixin(StoreBase):
         return row_proxy_token(row)
 
     def revoke_proxy_token(self, account_id: str | None, token_id: str) -> ProxyAccessToken:
+        """Set ``revoked``. NotFound ``token not found`` for foreign/global tokens."""
         t = proxy_access_tokens
 
         def run(tx: Tx) -> ProxyAccessToken:
@@ -342,6 +362,9 @@ class ProxiesMixin(StoreBase):
         return self._write(TOKEN_SCOPE, run)
 
     def verify_proxy_token(self, plain: str, *, now: datetime | None = None) -> ProxyAccessToken:
+        """Check a presented token. Unauthenticated ``invalid token format`` /
+        ``invalid token`` / ``token expired or revoked``. Refreshes ``last_used``
+        at most once a minute."""
         if not _secrets.token_format_ok(plain, _secrets.PROXY_TOKEN_PREFIX):
             raise Unauthenticated("invalid token format")
         now = now or utcnow()

@@ -259,14 +259,17 @@ class ServicesMixin(AccountsMixin):
         return found[0]
 
     def get_service(self, account_id: str, service_id: str) -> Service:
+        """NotFound ``service not found``."""
         with self._read() as conn:
             return self._require_service(conn, account_id, service_id)
 
     def list_services(self, account_id: str) -> list[Service]:
+        """All services of the account with their targets, by id."""
         with self._read() as conn:
             return self._load_services(conn, services.c.account_id == account_id)
 
     def list_all_services(self) -> list[Service]:
+        """Every service of every account (snapshot source for shared proxies)."""
         with self._read() as conn:
             return self._load_services(conn, sa.true())
 
@@ -283,6 +286,7 @@ class ServicesMixin(AccountsMixin):
     def list_services_for_cluster(
         self, cluster_address: str, *, account_id: str | None = None
     ) -> list[Service]:
+        """Services whose ``proxy_cluster`` is the address (optionally one account)."""
         cond = services.c.proxy_cluster == cluster_address
         if account_id is not None:
             cond = sa.and_(cond, services.c.account_id == account_id)
@@ -369,6 +373,9 @@ class ServicesMixin(AccountsMixin):
         )
 
     def derive_cluster(self, account_id: str, domain: str, *, now: datetime | None = None) -> str:
+        """Cluster serving ``domain``: an active/known cluster address equal to or a
+        parent of it, else the longest registered custom domain's target.
+        PreconditionFailed ``could not derive cluster from domain <d>: ...``."""
         with self._read() as conn:
             return self._derive_cluster(conn, account_id, domain, now or utcnow())
 
@@ -447,6 +454,14 @@ class ServicesMixin(AccountsMixin):
     # --- writes -------------------------------------------------------------------------
 
     def create_service(self, service: Service) -> Service:
+        """Validate (spec 1.14) and create a service.
+
+        Generates id, Ed25519 session key pair, ``meta.created_at`` and status
+        ``pending``; derives ``proxy_cluster`` from the domain (PreconditionFailed
+        ``could not derive cluster from domain <d>: ...``); hashes secrets;
+        rejects unknown access/distribution groups and unknown peer targets
+        (ValidationError); Conflict ``domain already taken``.
+        """
         s = validate_service(service)
 
         def run(tx: Tx) -> Service:
@@ -478,6 +493,11 @@ class ServicesMixin(AccountsMixin):
         return self._write(s.account_id, run)
 
     def update_service(self, service: Service) -> Service:
+        """Full replace (PUT) of ``service.id``: keeps id, account, session keys and
+        meta; an empty secret keeps the stored hash. NotFound, PermissionDenied
+        ``service is terminated and cannot be updated``, ValidationError ``cannot
+        change mode from %q to %q``, plus the create checks."""
+
         def run(tx: Tx) -> Service:
             conn = tx.conn
             old = self._require_service(conn, service.account_id, service.id)
@@ -526,6 +546,8 @@ class ServicesMixin(AccountsMixin):
         certificate_issued: bool = False,
         now: datetime | None = None,
     ) -> Service:
+        """Set ``meta.status`` (and ``certificate_issued_at`` when issued). NotFound
+        ``service <id> not found``."""
         if status not in set(ServiceStatus):
             status = ServiceStatus.ERROR
 
@@ -546,6 +568,8 @@ class ServicesMixin(AccountsMixin):
         return self._write(account_id, run)
 
     def delete_service(self, account_id: str, service_id: str) -> Service:
+        """Delete a service and its targets; returns what was deleted."""
+
         def run(tx: Tx) -> Service:
             old = self._require_service(tx.conn, account_id, service_id)
             tx.conn.execute(sa.delete(targets).where(targets.c.service_id == service_id))
@@ -568,6 +592,8 @@ class ServicesMixin(AccountsMixin):
         )
 
     def create_domain(self, domain: CustomDomain) -> CustomDomain:
+        """Register a custom domain. Conflict ``domain already exists``."""
+
         def run(tx: Tx) -> CustomDomain:
             conn = tx.conn
             self._require_account(conn, domain.account_id)
@@ -586,6 +612,7 @@ class ServicesMixin(AccountsMixin):
         return self._write(domain.account_id, run)
 
     def list_domains(self, account_id: str) -> list[CustomDomain]:
+        """Registered custom domains of the account, by name."""
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(domains)
@@ -597,6 +624,8 @@ class ServicesMixin(AccountsMixin):
     def set_domain_validated(
         self, account_id: str, domain_id: str, validated: bool
     ) -> CustomDomain:
+        """Set the ``validated`` flag. NotFound ``domain not found``."""
+
         def run(tx: Tx) -> CustomDomain:
             res = tx.conn.execute(
                 sa.update(domains)
@@ -613,6 +642,8 @@ class ServicesMixin(AccountsMixin):
         return self._write(account_id, run)
 
     def delete_domain(self, account_id: str, domain_id: str) -> None:
+        """NotFound ``domain not found``."""
+
         def run(tx: Tx) -> None:
             res = tx.conn.execute(
                 sa.delete(domains).where(
