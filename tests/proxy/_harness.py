@@ -29,7 +29,7 @@ class RecordingSite(server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         self.connections += 1
         p = super().buildProtocol(addr)
-        self.channels.append(p)
+        self.channels.append(getattr(p, "_channel", p))
         return p
 
 
@@ -48,7 +48,8 @@ class EchoUpstream(resource.Resource):
         body = request.content.read()
         info = {"method": request.method.decode(), "uri": request.uri.decode(),
                 "headers": headers, "body_len": len(body),
-                "client_port": request.getClientAddress().port}
+                "client_port": request.getClientAddress().port,
+                "client_host": request.getClientAddress().host}
         self.seen.append(info)
         path = request.path
         if path.startswith(b"/redirect"):
