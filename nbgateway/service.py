@@ -33,7 +33,8 @@ from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
 from nbgateway.http.site import GatewayResource, ServiceEntry, entry_from_mapping
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
-from nbgateway.observe.health import HealthState
+from nbgateway.observe.health import HealthState, client_health_from_device, health_service
+from nbgateway.observe.metrics import GatewayMetrics, InstrumentedClient
 from nbgateway.proxy.headers import TrustedProxies
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
@@ -84,6 +85,16 @@ class ServiceTable(MappingObserver):
         self._remove(mapping)
 
 
+class _SyncHealth(MappingObserver):
+    """Marks startup complete once a full snapshot was applied (spec 8.2)."""
+
+    def __init__(self, health: HealthState) -> None:
+        self.health = health
+
+    def snapshot_reconciled(self, removed_ids: frozenset[str]) -> None:
+        self.health.mark_initial_sync_complete()
+
+
 class GatewayService(MultiService):
     """The gateway: build with a :class:`nbgateway.config.Config`."""
 
@@ -103,11 +114,20 @@ class GatewayService(MultiService):
             reactor = default_reactor
         self.reactor = reactor
         self.config = config
+        self.metrics = GatewayMetrics()
+        self.health = HealthState()
+        self.metrics.health = self.health
+        if management is not None:
+            if hasattr(management, "setServiceParent"):
+                management.setServiceParent(self)
+            if hasattr(management, "on_connection_state"):
+                management.on_connection_state = self.health.set_management_connected
+            management = InstrumentedClient(management, self.metrics.rpc, reactor.seconds)
         self.mgmt = management
         self.peer_channel_factory = peer_channel_factory
         self.inbound_tls = inbound_tls  # runtime -> IOpenSSLServerConnectionCreator or None
-        self.health = HealthState()
         self.mux = DeviceMux()
+        self.metrics.mux = self.mux
         self.store = MappingStore()
         self.cache = TunnelValidationCache(management, reactor, ttl=config.tunnel_cache_ttl)
         self.routes = ServiceTable(management)
@@ -115,6 +135,8 @@ class GatewayService(MultiService):
                                         on_removed=self._account_gone)
         self.store.add_observer(self.routes)
         self.store.add_observer(self.accounts)
+        self.store.add_observer(_SyncHealth(self.health))
+        self.metrics.tunnel_cache = self.cache
         self.gate = PrivateGate(self.cache, self._in_roster)
         self.pools = UpstreamPools(reactor)
         self.direct = DirectDialer(reactor)
@@ -125,14 +147,25 @@ class GatewayService(MultiService):
             trusted_proxies=TrustedProxies(config.trusted_proxies),
         )
         self.access_log = AccessLogger(management, reactor)
+        self.metrics.access_log = self.access_log
         self.udp_port: Any = None
-        if management is not None and hasattr(management, "setServiceParent"):
-            management.setServiceParent(self)
+        if config.health_addr is not None:
+            health_service(reactor, config.health_addr.endpoint(), self.health,
+                           self.metrics.registry).setServiceParent(self)
 
     # ------------------------------------------------------------------ wiring
 
     def _account_gone(self, account_id: str) -> Deferred:
+        self.metrics.remove_account(account_id)
+        self.health.remove_client(account_id)
         return self.pools.close_account(account_id)
+
+    def _account_network(self, runtime: AccountRuntime, _network: Any) -> None:
+        """A network map was applied: (re)register the account's live objects."""
+        self.metrics.add_account(runtime.account_id, devices=[runtime.device],
+                                 stacks=[runtime.stack])
+        self.health.set_client(runtime.account_id, client_health_from_device(
+            runtime.device, self.reactor.seconds(), management_connected=True))
 
     def _in_roster(self, account_id: str, ip: str) -> bool:
         runtime = self.accounts.get(account_id)
@@ -162,13 +195,14 @@ class GatewayService(MultiService):
             ),
             peer_channel_factory=self.peer_channel_factory,
             serve_inbound=self.serve_inbound,
+            on_network=self._account_network,
         )
 
     def site_for(self, listener_account: str | None) -> ProxySite:
         return ProxySite(GatewayResource(
             lookup=self.routes.lookup, proxy=self.proxy, gate=self.gate,
             listener_account=listener_account, access_log=self.access_log,
-            clock=self.reactor,
+            clock=self.reactor, request_stats=self.metrics.requests,
         ))
 
     def serve_inbound(self, runtime: AccountRuntime) -> Deferred:
@@ -199,8 +233,6 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         super().startService()
         if self.mgmt is not None:
-            if hasattr(self.mgmt, "on_connection_state"):
-                self.mgmt.on_connection_state = self.health.set_management_connected
             self.mgmt.subscribe_mappings(self.store)
 
     def stopService(self) -> Deferred:

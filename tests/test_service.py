@@ -144,3 +144,25 @@ class GatewayServiceTests(unittest.TestCase):
         self.assertIsNone(self.svc.routes.lookup("app.example"))
         self.assertEqual(self.svc.mux.devices, [])
         self.assertTrue(runtime.stack.closed)
+
+    @defer.inlineCallbacks
+    def test_metrics_and_health_reflect_live_objects(self):
+        from prometheus_client import generate_latest
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.mgmt.allow_tunnel_peer(CLIENT_IP, "app.example")
+        resp, _ = yield self.get()
+        self.assertEqual(resp.code, 200)
+        samples = {}
+        for family in text_string_to_metric_families(
+                generate_latest(self.svc.metrics.registry).decode()):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append(sample)
+        self.assertIn("nbgateway_wireguard_handshakes_total", samples)
+        self.assertGreaterEqual(
+            sum(s.value for s in samples["nbgateway_wireguard_handshakes_total"]), 1)
+        self.assertGreaterEqual(
+            sum(s.value for s in samples.get("nbgateway_http_requests_total", [])), 1)
+        # a complete snapshot was applied (setUp): startup is healthy once connected
+        self.svc.health.set_management_connected(True)
+        self.assertEqual(self.svc.health.startup_probe().code, 200)

@@ -115,6 +115,7 @@ class GatewayResource(Resource):
         listener_account: str | None = None,
         access_log: AccessLogger | None = None,
         clock: Any = None,
+        request_stats: Any = None,
     ) -> None:
         super().__init__()
         self.lookup = lookup
@@ -123,6 +124,7 @@ class GatewayResource(Resource):
         self.listener_account = listener_account
         self.access_log = access_log
         self.clock = clock if clock is not None else proxy.clock
+        self.request_stats = request_stats  # observe.metrics.RequestStats
 
     # ------------------------------------------------------------------ request
 
@@ -135,6 +137,8 @@ class GatewayResource(Resource):
         request.nbgw_overlay = overlay
         request.nbgw_identity = None
         self._start_log(request, entry, host)
+        if self.request_stats is not None:
+            self._count(request)
         if entry is None or (overlay and entry.account_id != self.listener_account):
             return self.proxy.render(request, None)
         peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
@@ -187,7 +191,14 @@ class GatewayResource(Resource):
         if not request.finished and not getattr(request, "_disconnected", False):
             _plain(request, 403, FORBIDDEN_BODY)
 
-    # ------------------------------------------------------------------ access log
+    # ------------------------------------------------------------------ observation
+
+    def _count(self, request: Any) -> None:
+        stats = self.request_stats
+        started = self.clock.seconds()
+        stats.started()
+        request.notifyFinish().addBoth(
+            lambda _: stats.finished(request.code, self.clock.seconds() - started))
 
     def _start_log(self, request: Any, entry: ServiceEntry | None, host: str) -> None:
         if self.access_log is None:
