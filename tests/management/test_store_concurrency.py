@@ -177,3 +177,19 @@ def test_sqlite_two_processes_write_the_same_file(tmp_path):
         assert len(peers) == 30 and len({p.ip for p in peers}) == 30
     finally:
         store.close()
+
+
+def test_concurrent_bootstrap_hands_out_one_admin_token(store_factory):
+    stores = [store_factory(), store_factory()]
+
+    def boot(i: int) -> str | None:
+        return stores[i % 2].ensure_default_account().admin_token
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        tokens = list(pool.map(boot, range(10)))
+    issued = [t for t in tokens if t is not None]
+    assert len(issued) == 1
+    user, _ = stores[1].authenticate_personal_access_token(issued[0])
+    assert user.role == "owner"
+    assert len(stores[0].list_accounts()) == 1
+    assert len(stores[0].list_users("default")) == 1
