@@ -72,6 +72,7 @@ KEEPALIVE_COUNT = 9
 SYN_RETRIES = 5
 DATA_RETRIES = 12
 PERSIST_MAX = 60.0
+OOW_ACK_INTERVAL = 0.5  # like Linux tcp_invalid_ratelimit
 DEFAULT_MSS_V4 = 536  # RFC 9293 3.7.1
 DEFAULT_MSS_V6 = 1220  # RFC 8200 8.3
 
@@ -109,6 +110,7 @@ class Connection:
         "keep_probes",
         "keepalive",
         "last_ack_sent",
+        "last_oow_ack",
         "last_rcv",
         "layer",
         "linger_at",
@@ -207,6 +209,7 @@ class Connection:
         self.writable_low = 0
         self.eof_pending = False
         self.orphan = False
+        self.last_oow_ack = -1.0
 
     def __repr__(self) -> str:
         return (f"<Connection {self.local}:{self.lport} <-> {self.remote}:{self.rport} "
@@ -375,7 +378,12 @@ class Connection:
         if flags & ACK:
             ooo = self.ooo
             if ooo and self.sack_ok:
-                opts += sack_option(ooo.sack_blocks(3 if self.ts_ok else 4))
+                # SACK blocks must not push a data segment past the MSS budget
+                room = (self.mss + (TS_OPTION_LEN if self.ts_ok else 0) - len(opts)
+                        - len(payload) - 4) // 8
+                n = min(room, 3 if self.ts_ok else 4)
+                if n > 0:
+                    opts += sack_option(ooo.sack_blocks(n))
             wnd = self._adv_window()
             self.last_ack_sent = self.rcv_nxt
             self.ack_pending = 0
@@ -405,7 +413,10 @@ class Connection:
         self.delack_at = None
 
     def _send_ack(self, now: float) -> None:
-        self._emit(self.snd_nxt, ACK, b"", now)
+        # A pure ACK carries SND.MAX, not SND.NXT: after a go-back-N retransmission
+        # SND.NXT can lie below what the peer already received, and an ACK with
+        # such a sequence number would be unacceptable to it (as BSD does).
+        self._emit(self.snd_max, ACK, b"", now)
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 challenge ACK, rate limited per layer."""
@@ -703,7 +714,10 @@ class Connection:
                 return
             if not flags & RST:
                 self.layer.counters["tcp_out_of_window"] += 1
-                self._send_ack(now)
+                if seglen or now - self.last_oow_ack >= OOW_ACK_INTERVAL:
+                    # pure ACKs get at most one reply per interval: no ACK wars
+                    self.last_oow_ack = now
+                    self._send_ack(now)
             return
         self.last_rcv = now
         self.keep_probes = 0

@@ -66,6 +66,7 @@ class TunnelTCPTransport:
         self._producer_paused = False
         self._close_pending = False
         self._write_closed = False
+        self._write_done = False
         self._read_closed = False
         self._reading = True
         self._lost = False
@@ -221,7 +222,7 @@ class TunnelTCPTransport:
         half = interfaces.IHalfCloseableProtocol(self.protocol, None)
         if half is not None and not self.disconnecting:
             self._call(half.readConnectionLost)
-            if self._write_closed and self.conn.state == CLOSED:
+            if self._write_done or (self._write_closed and self.conn.state == CLOSED):
                 self._connection_lost(error.ConnectionDone())
             return
         # A plain protocol: the connection is over for it; flush and close under it.
@@ -229,6 +230,7 @@ class TunnelTCPTransport:
         self._connection_lost(error.ConnectionDone())
 
     def tcp_fin_acked(self) -> None:
+        self._write_done = True
         if self._lost:
             return
         if self.disconnecting and not self._close_pending:
