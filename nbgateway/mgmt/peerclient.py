@@ -1,0 +1,352 @@
+"""PeerChannelClient: the proxy peer's side of NetBird's ``ManagementService``.
+
+One client per account: it holds the account's WireGuard private key (the
+proxy peer registered with ``CreateProxyPeer``) and, while started, keeps
+one connection cycle running (:class:`~nbgateway.mgmt.reconnect.Reconnector`,
+jittered exponential backoff):
+
+1. ``GetServerKey`` -> the management's WireGuard public key (must be a
+   valid 32-byte base64 key, else the attempt fails with
+   :class:`PeerChannelError` ``bad_server_key``);
+2. ``Login`` with an ``EncryptedMessage`` (NaCl box between our key and the
+   server key, :mod:`nbgateway.management.crypto_box`) holding a
+   ``LoginRequest`` with ``meta`` (upstream refuses a login without the
+   system info: hostname, goOS, kernel, platform, OS, versions, flags and
+   the peer capabilities) and ``peerKeys.wgPubKey``; the decrypted
+   ``LoginResponse`` goes to ``on_login`` (optional);
+3. ``Sync`` (server stream): every message is opened and parsed as a
+   ``SyncResponse``; its ``NetworkMap`` is handed to
+   ``on_network_map(network_map_pb)`` on the reactor thread, one at a time
+   (the bridge reads the next message only when the callback returned or
+   its Deferred fired: bounded memory, gRPC flow control pushes back).
+   A map whose ``Serial`` is lower than the last one applied on the same
+   stream is skipped (upstream's "outdated NetworkMap" rule).
+
+Any error (transport, status, a body that does not open or parse, a server
+key that changed under us, a clean end of the stream) ends the cycle and the
+next one starts after a backoff delay, from ``GetServerKey`` again; the
+backoff resets after a cycle that had received a map.  Errors are counted in
+:attr:`PeerChannelClient.errors` by reason, the last one is kept in
+:attr:`PeerChannelClient.last_error` and given to ``on_error`` (optional);
+nothing raises into the reactor, and an exception from ``on_network_map``
+is logged and counted without ending the stream.
+
+Nothing is live before :meth:`start`: the constructor only records
+configuration; :meth:`start` creates the channel and the thread bridge,
+:meth:`stop` cancels the cycle, stops the bridge (bounded thread joins) and
+closes the channel (unless it was supplied by the caller).
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from nacl.public import PrivateKey
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nbgateway import errors
+from nbgateway._proto import management_pb2 as pb
+from nbgateway._proto import management_pb2_grpc as pb_grpc
+from nbgateway.management.crypto_box import (
+    BoxError,
+    decode_wg_key,
+    encode_wg_key,
+    open_message,
+    seal_message,
+)
+from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
+from nbgateway.mgmt.client import ManagementTarget
+from nbgateway.mgmt.reconnect import Backoff, Reconnector
+
+__all__ = ["MAX_RECEIVE_BYTES", "PeerChannelClient", "PeerChannelError", "system_meta"]
+
+log = Logger()
+
+DEFAULT_RPC_TIMEOUT = 10.0
+#: largest network map accepted from management
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+
+
+class PeerChannelError(errors.ManagementError):
+    """A peer-channel message could not be used; ``reason`` names why
+    (``bad_server_key``, ``undecryptable``, ``server_key_changed``, ...)."""
+
+    def __init__(self, reason: str, details: str = "") -> None:
+        super().__init__(details or reason)
+        self.reason = reason
+
+
+def system_meta(hostname: str, version: str) -> pb.PeerSystemMeta:
+    """The ``PeerSystemMeta`` a NetBird client sends (upstream ``system.GetInfo``)."""
+    uname = platform.uname()
+    return pb.PeerSystemMeta(
+        hostname=hostname,
+        goOS=uname.system.lower() or "linux",
+        kernel=uname.system or "Linux",
+        core=uname.release,
+        platform=uname.machine,
+        OS=uname.system or "Linux",
+        OSVersion=uname.release,
+        kernelVersion=uname.release,
+        netbirdVersion=f"nbgateway-{version}",
+        flags=pb.Flags(),
+        capabilities=[pb.PeerCapabilitySourcePrefixes],
+    )
+
+
+class PeerChannelClient:
+    """The peer channel of one proxy peer; see the module docstring."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        target: str,
+        private_key: bytes,
+        on_network_map: Callable[[pb.NetworkMap], Any],
+        *,
+        on_login: Callable[[pb.LoginResponse], Any] | None = None,
+        on_error: Callable[[Failure], Any] | None = None,
+        on_state: Callable[[bool], Any] | None = None,
+        hostname: str | None = None,
+        version: str = "dev",
+        allow_insecure: bool = False,
+        root_certificates: bytes | None = None,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        backoff: Backoff | None = None,
+        channel: grpc.Channel | None = None,
+        name: str = "peer-channel",
+    ) -> None:
+        if len(private_key) != 32:
+            raise ValueError("private key must be 32 bytes")
+        self.reactor = reactor
+        self.target = ManagementTarget(target, allow_insecure=allow_insecure)
+        self._private = bytes(private_key)
+        self.public_key = encode_wg_key(bytes(PrivateKey(self._private).public_key))
+        self.on_network_map = on_network_map
+        self.on_login = on_login
+        self.on_error = on_error
+        self.on_state = on_state
+        self.hostname = hostname or socket.gethostname()
+        self.version = version
+        self.root_certificates = root_certificates
+        self.rpc_timeout = rpc_timeout
+        self.name = name
+        self._backoff = backoff
+        self._given_channel = channel
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.ManagementServiceStub | None = None
+        self._bridge: GrpcBridge | None = None
+        self._reconnector: Reconnector | None = None
+        self._stream: StreamCall | None = None
+        self.server_key: bytes | None = None
+        self.connected = False
+        self.running = False
+        self.serial = 0
+        self.maps_received = 0
+        self.logins = 0
+        self.errors: Counter[str] = Counter()
+        self.last_error: Failure | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _make_channel(self) -> grpc.Channel:
+        if self._given_channel is not None:
+            return self._given_channel
+        options = [
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ]
+        if self.target.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            return grpc.secure_channel(self.target.address, creds, options=options)
+        return grpc.insecure_channel(self.target.address, options=options)
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        self._channel = self._make_channel()
+        self._stub = pb_grpc.ManagementServiceStub(self._channel)
+        self._bridge = GrpcBridge(self.reactor)
+        self._reconnector = Reconnector(self.reactor, self._attempt, self._backoff,
+                                        name=self.name)
+        self._reconnector.start()
+
+    def stop(self) -> Deferred[None]:
+        if not self.running:
+            return succeed(None)
+        self.running = False
+        if self._reconnector is not None:
+            self._reconnector.stop()
+            self._reconnector = None
+        if self._bridge is not None:
+            self._bridge.stop()
+            self._bridge = None
+        if self._channel is not None and self._given_channel is None:
+            self._channel.close()
+        self._channel = None
+        self._stub = None
+        self._set_connected(False)
+        return succeed(None)
+
+    # -- one connection cycle -----------------------------------------------------------
+
+    def _attempt(self) -> Deferred[object]:
+        state = {"connected": False}
+        d = self._get_server_key()
+        d.addCallback(lambda _: self._login())
+        d.addCallback(lambda _: self._sync(state))
+        d.addErrback(self._cycle_failed, state)
+        return d
+
+    def _cycle_failed(self, reason: Failure, state: dict[str, bool]) -> Failure:
+        self._set_connected(False)
+        exc = reason.value
+        if isinstance(exc, PeerChannelError):
+            key = exc.reason
+        elif isinstance(exc, errors.ManagementError):
+            key = exc.code or type(exc).__name__
+        else:
+            key = type(exc).__name__
+        if self.running:  # a cancellation by stop() is not an error
+            self.errors[key] += 1
+            self.last_error = reason
+            if self.on_error is not None:
+                try:
+                    self.on_error(reason)
+                except Exception:
+                    log.failure("{name}: on_error raised", name=self.name)
+        if isinstance(exc, BaseException):
+            exc.connected = state["connected"]  # type: ignore[attr-defined]
+        return reason
+
+    def _get_server_key(self) -> Deferred[None]:
+        assert self._bridge is not None and self._stub is not None
+        d = self._bridge.unary(self._stub.GetServerKey, pb.Empty(), timeout=self.rpc_timeout)
+
+        def got(resp: pb.ServerKeyResponse) -> None:
+            try:
+                key = decode_wg_key(resp.key)
+            except BoxError:
+                raise PeerChannelError("bad_server_key",
+                                       "management sent an invalid server key") from None
+            self.server_key = key
+
+        return d.addCallback(got)
+
+    def _seal(self, message: Any) -> pb.EncryptedMessage:
+        assert self.server_key is not None
+        return pb.EncryptedMessage(
+            wgPubKey=self.public_key,
+            body=seal_message(message, self.server_key, self._private),
+        )
+
+    def _open(self, enc: pb.EncryptedMessage, into: Any) -> Any:
+        assert self.server_key is not None
+        if enc.wgPubKey and enc.wgPubKey != encode_wg_key(self.server_key):
+            raise PeerChannelError("server_key_changed", "message sealed by another server key")
+        try:
+            return open_message(enc.body, into, self.server_key, self._private)
+        except BoxError as exc:
+            raise PeerChannelError("undecryptable", f"cannot open management message: {exc}") \
+                from None
+
+    def _login(self) -> Deferred[None]:
+        assert self._bridge is not None and self._stub is not None
+        req = pb.LoginRequest(
+            meta=system_meta(self.hostname, self.version),
+            peerKeys=pb.PeerKeys(wgPubKey=self.public_key.encode("ascii")),
+        )
+        d = self._bridge.unary(self._stub.Login, self._seal(req), timeout=self.rpc_timeout)
+
+        def got(enc: pb.EncryptedMessage) -> Deferred[Any] | None:
+            resp = self._open(enc, pb.LoginResponse())
+            self.logins += 1
+            log.info("{name}: logged in as {key} ({address})", name=self.name,
+                     key=self.public_key, address=resp.peerConfig.address)
+            if self.on_login is not None:
+                return maybeDeferred(self.on_login, resp)
+            return None
+
+        return d.addCallback(got)
+
+    def _sync(self, state: dict[str, bool]) -> Deferred[object]:
+        assert self._bridge is not None and self._stub is not None
+        last = {"serial": -1}
+        broken: list[PeerChannelError] = []
+        holder: list[StreamCall] = []
+        req = pb.SyncRequest(meta=system_meta(self.hostname, self.version))
+
+        def on_message(enc: pb.EncryptedMessage) -> Deferred[Any] | None:
+            try:
+                resp = self._open(enc, pb.SyncResponse())
+            except PeerChannelError as exc:  # end the stream; the cycle fails with exc
+                broken.append(exc)
+                holder[0].cancel()
+                return None
+            if not state["connected"]:
+                state["connected"] = True
+                self._set_connected(True)
+            if not resp.HasField("NetworkMap"):
+                return None
+            nm = resp.NetworkMap
+            if nm.Serial < last["serial"]:
+                self.errors["outdated_map"] += 1
+                return None
+            last["serial"] = nm.Serial
+            self.serial = nm.Serial
+            self.maps_received += 1
+            d = maybeDeferred(self.on_network_map, nm)
+            d.addErrback(self._handler_failed)
+            return d
+
+        stream = self._bridge.server_stream(self._stub.Sync, self._seal(req), on_message,
+                                            name=f"{self.name}-Sync")
+        holder.append(stream)
+        self._stream = stream
+
+        def ended(result: object) -> Failure:
+            if self._stream is stream:
+                self._stream = None
+            if broken:
+                return Failure(broken[0])
+            if isinstance(result, Failure):
+                return result
+            return Failure(errors.ManagementStreamClosedError("Sync stream closed by server"))
+
+        d: Deferred[object] = Deferred(lambda _d: stream.cancel())
+        stream.done.addBoth(ended).addBoth(_chain_to, d)
+        return d
+
+    def _handler_failed(self, reason: Failure) -> None:
+        self.errors["handler"] += 1
+        log.failure("{name}: on_network_map failed", reason, name=self.name)
+
+    def _set_connected(self, value: bool) -> None:
+        if value == self.connected:
+            return
+        self.connected = value
+        if self.on_state is not None:
+            try:
+                self.on_state(value)
+            except Exception:
+                log.failure("{name}: on_state raised", name=self.name)
+
+
+def _chain_to(result: object, d: Deferred[object]) -> None:
+    if d.called:
+        return
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)

@@ -1,0 +1,324 @@
+"""PeerChannelClient against the REAL management peer channel (nbgateway.management.
+peerchannel on a grpc.server over 127.0.0.1 with a SQLite store in a tmp dir), driven by
+the real reactor (trial).  Waits are bounded polls, never timing assertions."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import ipaddress
+import os
+from concurrent import futures
+
+import grpc
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from nbgateway._proto import management_pb2 as pb
+from nbgateway.management.crypto_box import ServerKey
+from nbgateway.management.model import Account, Group, Peer, Service, Target, TargetOptions
+from nbgateway.management.peerchannel import add_to_server
+from nbgateway.management.store import Store
+from nbgateway.mgmt import netmap
+from nbgateway.mgmt.peerclient import PeerChannelClient
+from nbgateway.mgmt.reconnect import Backoff
+from nbgateway.wireguard.keys import generate_private_key, public_key
+
+CLUSTER = "eu.proxy.netbird.io"
+SAFETY = 15.0  # bounds a hung test only
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(initial=0.05, multiplier=1.5, max_interval=0.3)
+
+
+@defer.inlineCallbacks
+def wait_for(predicate, what: str, timeout: float = SAFETY):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def threaded(fn, *args):
+    """Run a blocking store / grpc call off the reactor thread."""
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(fn, *args)
+
+
+class ManagementServer:
+    """grpc.server + the real peer channel servicer on a fixed loopback port."""
+
+    def __init__(self, store, key_path: str, port: int = 0) -> None:
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self.servicer = add_to_server(self.server, store, key_path, poll_interval=0.2,
+                                      coalesce_delay=0.01)
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.servicer.close()
+        self.server.stop(grace=None).wait(SAFETY)
+
+
+class PeerClientAgainstManagementTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        tmp = self.mktemp()
+        os.makedirs(tmp)
+        self.key_path = os.path.join(tmp, "wg-server.key")
+        self.store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
+        self.addCleanup(self.store.close)
+        self.store.create_account(Account(id="acct-1", domain="netbird.test"))
+        self.mgmt = ManagementServer(self.store, self.key_path)
+        self.addCleanup(lambda: self.mgmt.stop())
+        # the proxy peer, as CreateProxyPeer registers it
+        self.private = generate_private_key()
+        self.proxy = self.store.create_peer(Peer(
+            account_id="acct-1", name="proxy-1", key=b64(public_key(self.private)),
+            ip="100.64.0.99", proxy=True, proxy_cluster=CLUSTER, ephemeral=True,
+            endpoint="127.0.0.1:51820"))
+        self.user_keys = [b64(public_key(generate_private_key())) for _ in range(2)]
+        self.user = self.store.create_peer(Peer(account_id="acct-1", name="laptop",
+                                                key=self.user_keys[0], ip="100.64.0.10",
+                                                dns_label="laptop"))
+        self.other = self.store.create_peer(Peer(account_id="acct-1", name="desktop",
+                                                 key=self.user_keys[1], ip="100.64.0.11"))
+        self.group = self.store.create_group(Group(id="grp-admins", account_id="acct-1",
+                                                   name="admins", peers=(self.user.id,)))
+        self.store.create_service(Service(
+            account_id="acct-1", name="myapp", domain="myapp.eu.proxy.netbird.io",
+            private=True, access_groups=(self.group.id,),
+            targets=(Target(target_type="cluster", target_id=CLUSTER, host="backend.lan",
+                            port=8080, options=TargetOptions(direct_upstream=True)),),
+        ))
+        self.maps: list[pb.NetworkMap] = []
+        self.logins: list[pb.LoginResponse] = []
+        self.states: list[bool] = []
+
+    def client(self, port: int | None = None, **kw) -> PeerChannelClient:
+        c = PeerChannelClient(
+            reactor, f"http://127.0.0.1:{port or self.mgmt.port}", self.private,
+            self.maps.append, on_login=self.logins.append, on_state=self.states.append,
+            hostname="gw-test", version="1.2.3", backoff=fast_backoff(), **kw)
+        self.addCleanup(c.stop)
+        return c
+
+    def roster(self, m: pb.NetworkMap) -> set[str]:
+        return {p.public_key for p in netmap.convert(m).roster}
+
+    @defer.inlineCallbacks
+    def test_logs_in_and_receives_the_network_map(self):
+        c = self.client()
+        c.start()
+        yield wait_for(lambda: self.maps, "first network map")
+        assert c.connected and self.states == [True] and c.logins == 1
+        assert self.logins[0].peerConfig.address == "100.64.0.99/10"
+        net = netmap.convert(self.maps[0])
+        assert net.addresses == ("100.64.0.99",)
+        assert self.roster(self.maps[0]) == {self.user_keys[0]}
+        assert [(r.sources, r.ports) for r in net.inbound_rules] == [
+            ((ipaddress.ip_network("100.64.0.10/32"),), ((80, 80),)),
+            ((ipaddress.ip_network("100.64.0.10/32"),), ((443, 443),)),
+        ]
+        assert c.serial == self.maps[0].Serial > 0
+        # the server saw our system info and marked the proxy peer connected
+        peer = yield threaded(self.store.get_peer_by_key, c.public_key)
+        assert peer.connected
+        assert not c.errors
+
+    @defer.inlineCallbacks
+    def test_group_change_pushes_an_updated_map(self):
+        c = self.client()
+        c.start()
+        yield wait_for(lambda: self.maps, "first network map")
+        yield threaded(self.store.update_group,
+                       dataclasses.replace(self.group, peers=(self.user.id, self.other.id)))
+        yield wait_for(lambda: self.roster(self.maps[-1]) == set(self.user_keys),
+                       "map with the new group member")
+        assert self.maps[-1].Serial > self.maps[0].Serial
+        yield threaded(self.store.update_group, dataclasses.replace(self.group, peers=()))
+        yield wait_for(lambda: self.roster(self.maps[-1]) == set(), "map without members")
+        assert netmap.convert(self.maps[-1]).inbound_rules == ()
+
+    @defer.inlineCallbacks
+    def test_reconnects_after_management_restart(self):
+        c = self.client()
+        c.start()
+        yield wait_for(lambda: self.maps, "first network map")
+        port = self.mgmt.port
+        yield threaded(self.mgmt.stop)
+        yield wait_for(lambda: not c.connected, "disconnect noticed")
+        assert c.errors  # the stream end is surfaced
+        n = len(self.maps)
+        # a change while management is down is seen after the restart (same key file)
+        yield threaded(self.store.update_group,
+                       dataclasses.replace(self.group, peers=(self.user.id, self.other.id)))
+        self.mgmt = yield threaded(ManagementServer, self.store, self.key_path, port)
+        yield wait_for(lambda: len(self.maps) > n and c.connected, "map after the restart")
+        assert c.logins == 2 and self.states[-1] is True
+        assert self.roster(self.maps[-1]) == set(self.user_keys)
+
+    @defer.inlineCallbacks
+    def test_unregistered_key_surfaces_permission_denied_and_keeps_retrying(self):
+        errors_seen = []
+        c = PeerChannelClient(reactor, f"http://127.0.0.1:{self.mgmt.port}",
+                              generate_private_key(), self.maps.append,
+                              on_error=errors_seen.append, backoff=fast_backoff())
+        self.addCleanup(c.stop)
+        c.start()
+        yield wait_for(lambda: c.errors["PERMISSION_DENIED"] >= 2, "two refused logins")
+        assert self.maps == [] and not c.connected and c.running
+        assert errors_seen and c.last_error is errors_seen[-1]
+
+    @defer.inlineCallbacks
+    def test_stop_ends_the_stream_and_marks_the_peer_disconnected(self):
+        c = self.client()
+        c.start()
+        yield wait_for(lambda: self.maps, "first network map")
+        yield c.stop()
+        assert not c.running and not c.connected and self.states == [True, False]
+
+        def disconnected():
+            return not self.store.get_peer_by_key(c.public_key).connected
+
+        ok = []
+        for _ in range(int(SAFETY / 0.05)):
+            ok = yield threaded(disconnected)
+            if ok:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        assert ok
+        assert not c.errors  # a requested stop is not an error
+
+
+class _Rogue:
+    """A ManagementService with a real key pair that misbehaves in one chosen way."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.key = ServerKey.generate()
+        self.logins: list[pb.LoginRequest] = []
+        self.syncs = 0
+
+    def _seal(self, message, peer_b64: str) -> pb.EncryptedMessage:
+        from nbgateway.management.crypto_box import decode_wg_key, seal_message
+
+        return pb.EncryptedMessage(wgPubKey=self.key.public_b64, body=seal_message(
+            message, decode_wg_key(peer_b64), self.key.private_bytes))
+
+    def GetServerKey(self, request, context):
+        if self.mode == "bad_key":
+            return pb.ServerKeyResponse(key="not-a-key")
+        return pb.ServerKeyResponse(key=self.key.public_b64)
+
+    def isHealthy(self, request, context):
+        return pb.Empty()
+
+    def Login(self, request, context):
+        from nbgateway.management.crypto_box import decode_wg_key, open_message
+
+        req = open_message(request.body, pb.LoginRequest(), decode_wg_key(request.wgPubKey),
+                           self.key.private_bytes)
+        self.logins.append(req)
+        if self.mode == "garbage_login":
+            return pb.EncryptedMessage(wgPubKey=self.key.public_b64, body=b"\x00" * 64)
+        return self._seal(pb.LoginResponse(peerConfig=pb.PeerConfig(address="100.64.0.5/10")),
+                          request.wgPubKey)
+
+    def Sync(self, request, context):
+        self.syncs += 1
+        first = pb.SyncResponse(NetworkMap=pb.NetworkMap(Serial=10))
+        yield self._seal(first, request.wgPubKey)
+        yield self._seal(pb.SyncResponse(NetworkMap=pb.NetworkMap(Serial=9)), request.wgPubKey)
+        yield self._seal(pb.SyncResponse(), request.wgPubKey)  # no map: ignored
+        if self.mode == "garbage_sync":
+            yield pb.EncryptedMessage(wgPubKey=self.key.public_b64, body=os.urandom(80))
+        elif self.mode == "other_key":
+            other = ServerKey.generate()
+            yield pb.EncryptedMessage(wgPubKey=other.public_b64, body=os.urandom(80))
+        elif self.mode == "handler_error":
+            yield self._seal(pb.SyncResponse(NetworkMap=pb.NetworkMap(Serial=11)),
+                             request.wgPubKey)
+            yield self._seal(pb.SyncResponse(NetworkMap=pb.NetworkMap(Serial=12)),
+                             request.wgPubKey)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "bye")
+
+
+class RogueServerTests(unittest.TestCase):
+    timeout = 60
+
+    def serve(self, mode: str) -> _Rogue:
+        from nbgateway._proto import management_pb2_grpc as pb_grpc
+
+        rogue = _Rogue(mode)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_ManagementServiceServicer_to_server(rogue, server)
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self.addCleanup(lambda: server.stop(grace=None).wait(SAFETY))
+        return rogue
+
+    def client(self, on_map) -> PeerChannelClient:
+        c = PeerChannelClient(reactor, f"127.0.0.1:{self.port}", generate_private_key(),
+                              on_map, backoff=fast_backoff(), hostname="gw", version="9")
+        self.addCleanup(c.stop)
+        c.start()
+        return c
+
+    @defer.inlineCallbacks
+    def test_bad_server_key_is_surfaced_without_login(self):
+        rogue = self.serve("bad_key")
+        c = self.client(lambda m: None)
+        yield wait_for(lambda: c.errors["bad_server_key"] >= 2, "bad key reported twice")
+        assert rogue.logins == [] and c.last_error.value.reason == "bad_server_key"
+
+    @defer.inlineCallbacks
+    def test_login_carries_system_info_and_garbage_reply_is_an_error(self):
+        rogue = self.serve("garbage_login")
+        c = self.client(lambda m: None)
+        yield wait_for(lambda: c.errors["undecryptable"] >= 1, "undecryptable login")
+        meta = rogue.logins[0].meta
+        assert meta.hostname == "gw" and meta.goOS and meta.kernel and meta.OS
+        assert meta.netbirdVersion == "nbgateway-9"
+        assert list(meta.capabilities) == [pb.PeerCapabilitySourcePrefixes]
+        assert rogue.logins[0].peerKeys.wgPubKey == c.public_key.encode()
+        assert rogue.syncs == 0 and c.running
+
+    @defer.inlineCallbacks
+    def test_garbage_sync_message_ends_the_stream_and_reconnects(self):
+        rogue = self.serve("garbage_sync")
+        serials = []
+        c = self.client(lambda m: serials.append(m.Serial))
+        yield wait_for(lambda: rogue.syncs >= 2 and c.errors["undecryptable"] >= 2,
+                       "two broken streams")
+        # per stream: serial 10 applied, the outdated 9 skipped, the empty response ignored
+        assert set(serials) == {10} and c.errors["outdated_map"] >= 2
+
+    @defer.inlineCallbacks
+    def test_message_from_another_server_key_is_rejected(self):
+        self.serve("other_key")
+        c = self.client(lambda m: None)
+        yield wait_for(lambda: c.errors["server_key_changed"] >= 1, "key change detected")
+
+    @defer.inlineCallbacks
+    def test_handler_exception_is_contained(self):
+        self.serve("handler_error")
+        seen = []
+
+        def on_map(m):
+            seen.append(m.Serial)
+            if m.Serial == 11:
+                raise RuntimeError("consumer bug")
+
+        c = self.client(on_map)
+        yield wait_for(lambda: 12 in seen, "the map after the failing one")
+        assert c.errors["handler"] >= 1
+        self.flushLoggedErrors(RuntimeError)
