@@ -48,9 +48,15 @@ def _alpn_select(conn: Any, offered: list[bytes]) -> Any:
 
 
 def context_for(ck: CertifiedKey) -> SSL.Context:
-    """The (cached) server context presenting ``ck``."""
-    if ck.context is not None:
-        return ck.context
+    """The (cached) server context presenting ``ck``.  Contexts cannot be
+    changed once a connection used them, so this one is never mutated."""
+    if ck.context is None:
+        ck.context = build_context(ck)
+    return ck.context
+
+
+def build_context(ck: CertifiedKey, servername_callback: Any = None) -> SSL.Context:
+    """A new server context presenting ``ck`` (TLS 1.2+, ALPN http/1.1)."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(_OPTIONS)
@@ -61,7 +67,8 @@ def context_for(ck: CertifiedKey) -> SSL.Context:
     ctx.check_privatekey()
     ctx.set_alpn_select_callback(_alpn_select)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ck.context = ctx
+    if servername_callback is not None:
+        ctx.set_tlsext_servername_callback(servername_callback)
     return ctx
 
 
@@ -77,12 +84,10 @@ class SNIServerCreator:
 
     def _base_context(self) -> SSL.Context:
         if self._base is None:
-            # The base context presents the default certificate (no SNI);
-            # building it per call would defeat the cache, and it only
-            # depends on the default name.
-            ctx = context_for(self.source.certificate_for(self.default_name))
-            ctx.set_tlsext_servername_callback(self._servername)
-            self._base = ctx
+            # The base context presents the default certificate (no SNI)
+            # and carries the servername callback; it is this creator's own.
+            self._base = build_context(self.source.certificate_for(self.default_name),
+                                       self._servername)
         return self._base
 
     def _servername(self, conn: SSL.Connection) -> None:
