@@ -242,5 +242,6 @@ class TunnelAgentEndpointFactory:
             from twisted.web.client import BrowserLikePolicyForHTTPS
 
             policy = self.contextFactory or BrowserLikePolicyForHTTPS()
-            ep = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), ep)
+            ep = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), ep,
+                               clock=_layer(self.stack).clock)
         return ep
