@@ -152,7 +152,8 @@ _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EN
 
 def classify_error(exc: BaseException, timed_out: bool = False) -> pages.ErrorPage:
     """Spec 3.12: which error page a failed upstream exchange gets."""
-    if timed_out or isinstance(exc, error.TimeoutError | defer.TimeoutError | TimeoutError):
+    if timed_out or isinstance(exc, error.TimeoutError | error.TCPTimedOutError
+                               | defer.TimeoutError | TimeoutError):
         return pages.REQUEST_TIMEOUT
     if isinstance(exc, ProxyNotConnectedError):
         return pages.PROXY_NOT_CONNECTED
@@ -200,6 +201,7 @@ class _ResponseRelay(Protocol):
 
     def connectionMade(self) -> None:
         request = self.exchange.request
+        self.exchange.relay = self
         if self.exchange.client_gone:
             self.transport.stopProducing()
             return
@@ -251,7 +253,7 @@ class _Exchange:
         self.response_bytes = 0
         self._deadline: Any = None
         self._pending: defer.Deferred[Any] | None = None
-        self._relay_transport: Any = None
+        self.relay: _ResponseRelay | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
@@ -267,6 +269,9 @@ class _Exchange:
         self._cancel_deadline()
         if self._pending is not None:  # cancel() also reaches a chained Deferred
             self._pending.cancel()
+        if self.relay is not None and self.relay.transport is not None:
+            # stop reading the upstream body; its connection is dropped
+            self.relay.transport.stopProducing()
 
     def _on_timeout(self) -> None:
         self._deadline = None
