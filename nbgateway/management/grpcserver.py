@@ -69,6 +69,7 @@ class ProxyGrpcService(service.Service):
         grace: float = 5.0,
         store_getter: Any = None,
         servicer_options: dict[str, Any] | None = None,
+        peer_channel_key: str | None = None,
     ) -> None:
         if (cert_path is None) != (key_path is None):
             raise ValueError("--grpc-cert and --grpc-key must be given together")
@@ -82,6 +83,9 @@ class ProxyGrpcService(service.Service):
         self._store = store
         self._store_getter = store_getter
         self._servicer_options = dict(servicer_options or {})
+        #: path of the peer channel's server WireGuard key; None = no ManagementService
+        self.peer_channel_key = peer_channel_key
+        self.peer_channel: Any = None
         self.servicer: ProxyServiceServicer | None = None
         self.server: grpc.Server | None = None
         #: the bound port (useful with port 0)
@@ -124,6 +128,10 @@ class ProxyGrpcService(service.Service):
         if not port:
             raise RuntimeError(f"could not bind gRPC listener {self.bind_address}")
         servicer.start()
+        if self.peer_channel_key is not None:
+            from nbgateway.management import peerchannel
+
+            self.peer_channel = peerchannel.add_to_server(server, store, self.peer_channel_key)
         server.start()
         self.servicer, self.server, self.port = servicer, server, port
         log.info(
@@ -140,6 +148,9 @@ class ProxyGrpcService(service.Service):
         self.servicer = self.server = None
         if servicer is not None:
             servicer.stop()
+        if self.peer_channel is not None:
+            peer_channel, self.peer_channel = self.peer_channel, None
+            peer_channel.close()
         if server is None:
             return None
         done = server.stop(self.grace)

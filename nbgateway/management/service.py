@@ -84,7 +84,9 @@ class ManagementService(MultiService):
     def __init__(self, *, datadir: str = DEFAULT_DATADIR, api_addr: str = DEFAULT_API_ADDR,
                  store_dsn: str | None = None, reactor: Any = None,
                  pool_size: int = 8, store: Any = None,
-                 known_clusters: tuple[str, ...] = ()):
+                 known_clusters: tuple[str, ...] = (),
+                 grpc_addr: str | None = None, grpc_cert: str | None = None,
+                 grpc_key: str | None = None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -104,6 +106,16 @@ class ManagementService(MultiService):
                                      name="nbmanagement-store")
         self.port: Any = None
         self.admin_token_path = os.path.join(datadir, ADMIN_TOKEN_FILE)
+        #: the gRPC side (ProxyService + the peers' ManagementService), if enabled
+        self.grpc: Any = None
+        if grpc_addr:
+            from nbgateway.management.grpcserver import ProxyGrpcService
+            from nbgateway.management.peerchannel import SERVER_KEY_FILE
+
+            self.grpc = ProxyGrpcService(
+                store_getter=lambda: self.store, addr=grpc_addr, cert_path=grpc_cert,
+                key_path=grpc_key, peer_channel_key=os.path.join(datadir, SERVER_KEY_FILE))
+            self.grpc.setServiceParent(self)
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from twisted.python import usage
 
+from nbgateway.management.grpcserver import DEFAULT_GRPC_ADDR, grpc_bind_address
 from nbgateway.management.service import (
     DEFAULT_API_ADDR,
     DEFAULT_DATADIR,
@@ -28,6 +29,10 @@ SETTINGS = (
     ("api-addr", DEFAULT_API_ADDR, "REST API listen address HOST:PORT (or an endpoint string)"),
     ("store-dsn", None, "database DSN, e.g. postgresql://user:pw@host/db "
                         "(default: SQLite file in the data directory)"),
+    ("grpc-addr", DEFAULT_GRPC_ADDR, "gRPC listen address HOST:PORT for proxies (ProxyService) "
+                                     "and peers (ManagementService); :PORT = all interfaces"),
+    ("grpc-cert", None, "TLS certificate (PEM) for the gRPC listener (plaintext when unset)"),
+    ("grpc-key", None, "TLS private key (PEM) for the gRPC listener"),
 )
 
 
@@ -36,7 +41,8 @@ def env_name(flag: str) -> str:
 
 
 class Options(usage.Options):
-    synopsis = "[--datadir DIR] [--api-addr HOST:PORT] [--store-dsn DSN]"
+    synopsis = ("[--datadir DIR] [--api-addr HOST:PORT] [--store-dsn DSN] "
+                "[--grpc-addr HOST:PORT [--grpc-cert PEM --grpc-key PEM]]")
     longdesc = ("Run the nbgateway management service. Every option can also be set with "
                 "an environment variable: " + ", ".join(env_name(f) for f, _, _ in SETTINGS)
                 + " (flags win over the environment).")
@@ -57,8 +63,15 @@ class Options(usage.Options):
             raise usage.UsageError(f"--api-addr: {exc}") from None
         if not self["datadir"]:
             raise usage.UsageError("--datadir must not be empty")
+        try:
+            grpc_bind_address(self["grpc-addr"])
+        except ValueError as exc:
+            raise usage.UsageError(f"--grpc-addr: {exc}") from None
+        if bool(self["grpc-cert"]) != bool(self["grpc-key"]):
+            raise usage.UsageError("--grpc-cert and --grpc-key must be given together")
 
 
 def makeService(options: Options) -> ManagementService:
     return ManagementService(datadir=options["datadir"], api_addr=options["api-addr"],
-                             store_dsn=options["store-dsn"])
+                             store_dsn=options["store-dsn"], grpc_addr=options["grpc-addr"],
+                             grpc_cert=options["grpc-cert"], grpc_key=options["grpc-key"])
