@@ -22,7 +22,8 @@ Transports:
   complete query.
 
 Bounded and fail-safe: exactly one question per query (else FORMERR),
-opcodes other than QUERY -> NOTIMP (twisted's default), response messages
+opcodes other than QUERY -> NOTIMP (a real response, unlike twisted's default
+handlers, which echo the request), response messages
 received by the server are dropped (no reflection), malformed packets are
 counted and dropped without per-packet log lines, and nothing raised while
 answering reaches the reactor.  :func:`listen_dns` binds both transports on a
@@ -183,6 +184,7 @@ class DNSResponderFactory(server.DNSServerFactory):
         response = self._responseFromMessage(message, rCode=rcode, answers=answers,
                                              authority=authority)
         response.auth = auth
+        response.opCode = message.opCode
         response.recDes = message.recDes
         response.maxSize = 0  # twisted's own truncation cuts mid-record; see below
         if address is not None:
@@ -200,12 +202,16 @@ class DNSResponderFactory(server.DNSServerFactory):
             self.counters["send_error"] += 1
             log.debug("DNS reply not sent: {error}", error=exc)
 
-    def allowQuery(self, message: dns.Message, protocol: Any, address: Any) -> bool:
-        return True  # an empty question section gets FORMERR from handleQuery
-
     def messageReceived(self, message: dns.Message, proto: Any, address: Any = None) -> None:
+        """Dispatch by opcode.  Twisted's own handlers for the other opcodes echo
+        the request with only the rcode changed (QR clear: a "query" sent back,
+        a reflection risk); here they get a proper NOTIMP response."""
         self.counters["queries"] += 1
-        super().messageReceived(message, proto, address)
+        if message.opCode == dns.OP_QUERY:
+            self.handleQuery(message, proto, address)
+        else:
+            self.counters["notimp"] += 1
+            self._reply(proto, message, address, dns.ENOTIMP)
 
 
 def _udp_limit(message: dns.Message) -> int:

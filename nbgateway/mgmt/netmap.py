@@ -15,7 +15,9 @@ What comes out (:class:`AccountNetwork`):
 * the WireGuard roster: one :class:`RosterPeer` per remote peer (base64 key,
   raw key, normalised allowed-IP prefixes, endpoint when the proto carries
   one).  ``offlinePeers`` are not part of the roster (upstream does not
-  configure them either);
+  configure them either).  An empty ``remotePeers`` list is an empty roster
+  whatever ``remotePeersIsEmpty`` says (upstream's legacy "no change" reading
+  of an empty list without the flag would keep stale peers: fail closed);
 * DNS zones: :class:`DnsZone` with A (type 1) and AAAA (type 28) records only,
   names lower-cased with a trailing dot, TTL clamped to ``0..MAX_TTL``;
   records outside their zone apex are skipped;
