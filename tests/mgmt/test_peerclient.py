@@ -207,6 +207,7 @@ class _Rogue:
         self.key = ServerKey.generate()
         self.logins: list[pb.LoginRequest] = []
         self.syncs = 0
+        self.key_requests = 0
 
     def _seal(self, message, peer_b64: str) -> pb.EncryptedMessage:
         from nbgateway.management.crypto_box import decode_wg_key, seal_message
@@ -215,6 +216,7 @@ class _Rogue:
             message, decode_wg_key(peer_b64), self.key.private_bytes))
 
     def GetServerKey(self, request, context):
+        self.key_requests += 1
         if self.mode == "bad_key":
             return pb.ServerKeyResponse(key="not-a-key")
         return pb.ServerKeyResponse(key=self.key.public_b64)
@@ -255,13 +257,17 @@ class _Rogue:
 class RogueServerTests(unittest.TestCase):
     timeout = 60
 
-    def serve(self, mode: str) -> _Rogue:
+    def serve(self, mode: str, tls: tuple[bytes, bytes] | None = None) -> _Rogue:
         from nbgateway._proto import management_pb2_grpc as pb_grpc
 
         rogue = _Rogue(mode)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_ManagementServiceServicer_to_server(rogue, server)
-        self.port = server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = server.add_insecure_port("127.0.0.1:0")
+        else:
+            creds = grpc.ssl_server_credentials([tls])
+            self.port = server.add_secure_port("127.0.0.1:0", creds)
         server.start()
         self.addCleanup(lambda: server.stop(grace=None).wait(SAFETY))
         return rogue
@@ -322,3 +328,27 @@ class RogueServerTests(unittest.TestCase):
         yield wait_for(lambda: 12 in seen, "the map after the failing one")
         assert c.errors["handler"] >= 1
         self.flushLoggedErrors(RuntimeError)
+
+    @defer.inlineCallbacks
+    def test_https_verifies_the_management_certificate(self):
+        from tests.mgmt.test_client_tls import self_signed
+
+        key_pem, cert_pem = self_signed("127.0.0.1")
+        rogue = self.serve("plain", tls=(key_pem, cert_pem))
+        serials = []
+        good = PeerChannelClient(reactor, f"https://127.0.0.1:{self.port}",
+                                 generate_private_key(), lambda m: serials.append(m.Serial),
+                                 root_certificates=cert_pem, backoff=fast_backoff())
+        self.addCleanup(good.stop)
+        good.start()
+        yield wait_for(lambda: 10 in serials, "map over TLS")
+        assert rogue.key_requests >= 1
+        _, other_cert = self_signed("127.0.0.1")
+        bad = PeerChannelClient(reactor, f"https://127.0.0.1:{self.port}",
+                                generate_private_key(), lambda m: serials.append(m.Serial),
+                                root_certificates=other_cert, backoff=fast_backoff())
+        self.addCleanup(bad.stop)
+        bad.start()
+        yield wait_for(lambda: bad.errors["UNAVAILABLE"] >= 2, "untrusted server refused")
+        # it never completed GetServerKey: the handshake failed before any RPC
+        assert bad.maps_received == 0 and bad.server_key is None and bad.logins == 0
