@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web._newclient import ResponseDone, _WrapperException
+from twisted.web.client import FileBodyProducer
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -246,7 +247,8 @@ class _Exchange:
         self.host = request.getHeader(b"host") or ""
         if isinstance(self.host, bytes):
             self.host = self.host.decode("latin-1")
-        self.path = request.uri.decode("latin-1")
+        # logged: never the query (it may carry session_token)
+        self.path = request.uri.split(b"?", 1)[0].decode("latin-1")
         self.client_gone = False
         self.timed_out = False
         self.done = False
@@ -380,7 +382,7 @@ class ReverseProxy:
                  clock: Any = None, default_timeout: float = DEFAULT_REQUEST_TIMEOUT,
                  max_dial_timeout: float = 0.0, forwarded_proto: str = "auto",
                  trusted_proxies: TrustedProxies | None = None,
-                 upgrades: Any = None) -> None:
+                 upgrades: Any = None, max_inflight: int = 0) -> None:
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.pools = pools
@@ -389,11 +391,17 @@ class ReverseProxy:
         self.max_dial_timeout = max_dial_timeout
         self.forwarded_proto = forwarded_proto
         self.trusted_proxies = trusted_proxies
+        self.max_inflight = max_inflight  # per account, tunnel path only; 0 = unlimited
+        self.inflight: dict[str, int] = {}
         if upgrades is None:
             from nbgateway.proxy.upgrade import UpgradeRelay
 
             upgrades = UpgradeRelay(self)
         self.upgrades = upgrades
+
+    def _acquire(self, account_id: str, request: Any) -> None:
+        self.inflight[account_id] = self.inflight.get(account_id, 0) + 1
+        _release_on_finish(self, account_id, request)
 
     def timeout_for(self, opts: TargetOptions) -> float:
         t = opts.request_timeout if opts.request_timeout > 0 else self.default_timeout
@@ -453,6 +461,12 @@ class ReverseProxy:
             self.upgrades.relay(request, service, route, opts, identity, dialer,
                                 target_path, timeout)
             return server.NOT_DONE_YET
+        limited = not opts.direct_upstream and self.max_inflight > 0
+        if limited:
+            if self.inflight.get(service.account_id, 0) >= self.max_inflight:
+                pages.send_page(request, pages.SERVICE_OVERLOADED, destination=route.target)
+                return server.NOT_DONE_YET
+            self._acquire(service.account_id, request)
         headers = self.upstream_headers(request, service, route, opts, identity)
         url = f"{route.scheme}://{route.netloc}{target_path}".encode("latin-1")
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
@@ -460,6 +474,17 @@ class ReverseProxy:
         exchange = _Exchange(self, request, service, route, opts, identity)
         exchange.start(agent, request.method, url, headers, _request_body(request), timeout)
         return server.NOT_DONE_YET
+
+
+def _release_on_finish(proxy: ReverseProxy, account_id: str, request: Any) -> None:
+    def release(_: Any) -> None:
+        left = proxy.inflight.get(account_id, 0) - 1
+        if left > 0:
+            proxy.inflight[account_id] = left
+        else:
+            proxy.inflight.pop(account_id, None)
+
+    request.notifyFinish().addBoth(release)
 
 
 def _is_upgrade(request: Any) -> bool:
@@ -479,8 +504,17 @@ def _request_body(request: Any) -> Any:
                 or request.requestHeaders.hasHeader(b"transfer-encoding"))
     if not has_body:
         return None
-    request.content.seek(0)
-    return _BytesProducer(request.content.read())
+    content = request.content
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0)
+    if size > _MAX_INLINE_BODY:
+        # a plain twisted.web request spooled a large body to a temp file
+        return FileBodyProducer(content)
+    return _BytesProducer(content.read())
+
+
+_MAX_INLINE_BODY = 64 * 1024
 
 
 class ProxyResource(Resource):

@@ -89,7 +89,8 @@ def tcp_endpoint_factory(host: str, port: int, timeout: float) -> Any:
 
 
 class ProxyHarness:
-    def __init__(self, *, overlay: bool = False, **proxy_kw: Any) -> None:
+    def __init__(self, *, overlay: bool = False, streaming: bool = True,
+                 **proxy_kw: Any) -> None:
         self.pools = UpstreamPools(reactor)
         self.direct = DirectDialer(reactor)
         self.tunnel = TunnelDialer(tcp_endpoint_factory)
@@ -101,8 +102,9 @@ class ProxyHarness:
         res = ProxyResource(self.proxy, self.services.get, identity_of=self._identity,
                             overlay_of=lambda r: self.overlay)
         self.site = RecordingSite(res)
-        self.site.requestFactory = ProxySite.requestFactory
-        self.site.protocol = ProxySite.protocol
+        if streaming:
+            self.site.requestFactory = ProxySite.requestFactory
+            self.site.protocol = ProxySite.protocol
         self.port: Any = None
 
     def _identity(self, request: Any) -> Any:

@@ -17,7 +17,7 @@ from nbgateway.dial import ProxyNotConnectedError
 from nbgateway.proxy import pages
 from nbgateway.proxy.reverse import _root_cause, classify_error
 
-from ._harness import ProxyHarness, listen_protocol, listen_site, wait_for
+from ._harness import EchoUpstream, ProxyHarness, curl, listen_protocol, listen_site, wait_for
 from .test_reverse_streaming import BigResource, SlowClient
 
 
@@ -134,8 +134,6 @@ class EdgeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_pipelined_requests_after_streamed_body(self):
-        from ._harness import EchoUpstream
-
         echo = EchoUpstream()
         up, _ = listen_site(echo)
         self.addCleanup(up.stopListening)
@@ -149,6 +147,22 @@ class EdgeTests(unittest.TestCase):
         self.assertEqual(client.buf.count(b"HTTP/1.1 200"), 2)
         self.assertEqual([s["uri"] for s in echo.seen], ["/one", "/two"])
         self.assertEqual(echo.seen[0]["body_len"], len(body))
+
+    @defer.inlineCallbacks
+    def test_inflight_limit_is_503_and_released(self):
+        Holding.instances = []
+        up = listen_protocol(Holding)
+        self.addCleanup(up.stopListening)
+        self.h.proxy.max_inflight = 1
+        self.h.add("w.example", {"/": f"http://127.0.0.1:{up.getHost().port}/"})
+        first = yield self.raw(b"GET / HTTP/1.1\r\nHost: w.example\r\n\r\n")
+        yield wait_for(lambda: Holding.instances)
+        status, _, body = yield curl("-H", "Host: w.example", f"http://127.0.0.1:{self.port}/")
+        self.assertEqual(status, 503)
+        self.assertIn(b"Service Overloaded", body)
+        self.assertEqual(self.h.proxy.inflight, {"acc1": 1})
+        first.transport.abortConnection()
+        yield wait_for(lambda: not self.h.proxy.inflight)
 
     def test_classify_error(self):
         self.assertIs(classify_error(error.ConnectionRefusedError()), pages.SERVICE_UNAVAILABLE)
@@ -170,3 +184,25 @@ class EdgeTests(unittest.TestCase):
         self.assertNotIn(b"<b>x</b>", body)
         self.assertNotIn(b"</script><script>", body)
         self.assertEqual(body.count(b"</script>"), 1)
+
+
+class PlainSiteTests(unittest.TestCase):
+    """The proxy also works under a stock twisted.web Site (bodies buffered)."""
+
+    @defer.inlineCallbacks
+    def test_large_buffered_body_is_streamed_from_the_spool_file(self):
+        h = ProxyHarness(streaming=False)
+        port = h.listen()
+        self.addCleanup(h.close)
+        echo = EchoUpstream()
+        up, _ = listen_site(echo)
+        self.addCleanup(up.stopListening)
+        h.add("p.example", {"/": f"http://127.0.0.1:{up.getHost().port}/"})
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"q" * 300_000)
+        status, _, _ = yield curl("-H", "Host: p.example", "--data-binary", "@" + path,
+                                  f"http://127.0.0.1:{port}/")
+        self.assertEqual(status, 200)
+        self.assertEqual(echo.seen[0]["body_len"], 300_000)
+        self.assertIsNone(getattr(h.requests[0], "body_stream", None))
