@@ -352,6 +352,11 @@ class UpgradeRelay:
               dialer: Any, target_path: str, timeout: float) -> None:
         from nbgateway.dial import ProxyNotConnectedError
 
+        if not hasattr(request.channel, "take_over"):
+            # only StreamingHTTPChannel (ProxySite) can hand its connection over
+            log.warn("Upgrade request on a channel that cannot switch protocols")
+            pages.send_page(request, pages.CONNECTION_ERROR)
+            return
         if len(self._active.get(service.domain, ())) >= self.max_per_domain:
             pages.send_page(request, pages.SERVICE_OVERLOADED)
             return
@@ -389,6 +394,10 @@ class UpgradeRelay:
         if domain is not None:
             return len(self._active.get(domain, ()))
         return sum(len(s) for s in self._active.values())
+
+    def close_all(self) -> int:
+        """Close every spliced connection (shutdown)."""
+        return sum(self.close_domain(d) for d in list(self._active))
 
     def close_domain(self, domain: str) -> int:
         """Close every spliced connection for ``domain``; returns how many."""

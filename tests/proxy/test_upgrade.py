@@ -193,6 +193,16 @@ class UpgradeTests(unittest.TestCase):
         yield wait_for(lambda: self.h.proxy.upgrades.active() == 0)
 
     @defer.inlineCallbacks
+    def test_close_all_on_shutdown(self):
+        clients = [WsClient("ws.example"), WsClient("ws.example")]
+        for c in clients:
+            yield self.connect(c)
+        yield wait_for(lambda: self.h.proxy.upgrades.active() == 2)
+        self.assertEqual(self.h.proxy.upgrades.close_all(), 2)
+        for c in clients:
+            yield c.closed
+
+    @defer.inlineCallbacks
     def test_upgrade_to_refused_port_is_502(self):
         gone = listen_protocol(WsEcho)
         port = gone.getHost().port
