@@ -15,7 +15,7 @@ from twisted.web._newclient import ResponseNeverReceived
 
 from nbgateway.dial import ProxyNotConnectedError
 from nbgateway.proxy import pages
-from nbgateway.proxy.reverse import _root_cause, classify_error
+from nbgateway.proxy.reverse import TargetOptions, _root_cause, classify_error
 
 from ._harness import EchoUpstream, ProxyHarness, curl, listen_protocol, listen_site, wait_for
 from .test_reverse_streaming import BigResource, SlowClient
@@ -60,6 +60,12 @@ class Truncating(Protocol):
         if b"\r\n\r\n" in data:
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
             reactor.callLater(0.05, self.transport.abortConnection)
+
+
+class Garbage(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"SPDY/9 what\r\n\r\n")
+        self.transport.loseConnection()
 
 
 class Holding(Protocol):
@@ -163,6 +169,32 @@ class EdgeTests(unittest.TestCase):
         self.assertEqual(self.h.proxy.inflight, {"acc1": 1})
         first.transport.abortConnection()
         yield wait_for(lambda: not self.h.proxy.inflight)
+
+    @defer.inlineCallbacks
+    def test_garbage_from_upstream_is_502(self):
+        up = listen_protocol(Garbage)
+        self.addCleanup(up.stopListening)
+        self.h.add("g.example", {"/": f"http://127.0.0.1:{up.getHost().port}/"})
+        status, _, body = yield curl("-H", "Host: g.example", f"http://127.0.0.1:{self.port}/")
+        self.assertEqual(status, 502)
+        self.assertIn(b"Connection Error", body)
+
+    @defer.inlineCallbacks
+    def test_dial_that_never_completes_is_504(self):
+        """A SYN-blackholed target: the dial itself outlives the request timeout."""
+        cancelled = []
+
+        class Blackhole:
+            def connect(self, factory):
+                return defer.Deferred(lambda d: cancelled.append(True))
+
+        self.h.tunnel.attach(lambda host, port, timeout: Blackhole())
+        self.h.add("b.example", {"/": "http://100.64.0.77:8080/"},
+                   opts=TargetOptions(request_timeout=0.2))
+        status, _, body = yield curl("-H", "Host: b.example", f"http://127.0.0.1:{self.port}/")
+        self.assertEqual(status, 504)
+        self.assertIn(b"Request Timeout", body)
+        self.assertEqual(cancelled, [True])
 
     def test_classify_error(self):
         self.assertIs(classify_error(error.ConnectionRefusedError()), pages.SERVICE_UNAVAILABLE)

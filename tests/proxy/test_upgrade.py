@@ -7,12 +7,15 @@ import hashlib
 import os
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 from nbgateway.proxy.headers import Identity
+from nbgateway.proxy.upgrade import parse_response_head
 
 from ._harness import ProxyHarness, listen_protocol, wait_for
 
@@ -92,6 +95,11 @@ class WsEcho(Protocol):
             for line in lines[1:]:
                 k, _, v = line.partition(b":")
                 self.headers[k.strip().lower()] = v.strip()
+            if lines[0].startswith(b"GET /chunked"):
+                self.transport.write(b"HTTP/1.1 426 Upgrade Required\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n"
+                                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+                return
             if lines[0].startswith(b"GET /deny"):
                 self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n"
                                      b"Content-Type: text/plain\r\n\r\nno way")
@@ -182,6 +190,25 @@ class UpgradeTests(unittest.TestCase):
         yield wait_for(lambda: client.head is not None and b"no way" in client.buf)
         self.assertTrue(client.head.startswith(b"HTTP/1.1 403"), client.head)
         client.transport.loseConnection()
+
+    @defer.inlineCallbacks
+    def test_non_101_chunked_answer_is_decoded_and_rechunked(self):
+        client = WsClient("ws.example", path="/chunked")
+        yield self.connect(client)
+        yield wait_for(lambda: client.head is not None and client.buf.endswith(b"0\r\n\r\n"))
+        self.assertTrue(client.head.startswith(b"HTTP/1.1 426"), client.head)
+        body = b"".join(client.buf.split(b"\r\n")[1::2])
+        self.assertEqual(body, b"hello world")
+        client.transport.loseConnection()
+
+    @given(st.binary(max_size=300))
+    @settings(max_examples=200, deadline=None)
+    def test_response_head_parser_only_raises_valueerror(self, head):
+        try:
+            code, _reason, _headers = parse_response_head(head)
+        except ValueError:
+            return
+        self.assertTrue(code >= 0)
 
     @defer.inlineCallbacks
     def test_close_domain_closes_spliced_connections(self):
