@@ -50,14 +50,14 @@ class IManagementClient(Interface):
 
     connected = Attribute("True while the mapping stream is connected (health).")
 
-    def validate_tunnel_peer(tunnel_ip: str, domain: str):  # noqa: N805
+    def validate_tunnel_peer(tunnel_ip: str, domain: str):
         """ValidateTunnelPeer -> Deferred[ValidateTunnelPeerResponse]."""
 
-    def validate_session(domain: str, session_token: str):  # noqa: N805
+    def validate_session(domain: str, session_token: str):
         """ValidateSession -> Deferred[ValidateSessionResponse]."""
 
     def authenticate(
-        service_id: str,  # noqa: N805
+        service_id: str,
         account_id: str,
         *,
         password: str | None = None,
@@ -68,7 +68,7 @@ class IManagementClient(Interface):
         """Authenticate with exactly one scheme -> Deferred[AuthenticateResponse]."""
 
     def create_proxy_peer(
-        service_id: str,  # noqa: N805
+        service_id: str,
         account_id: str,
         token: str,
         wireguard_public_key: str,
@@ -79,7 +79,7 @@ class IManagementClient(Interface):
         ManagementRejectedError("proxy peer authentication failed: ...")."""
 
     def send_status_update(
-        service_id: str,  # noqa: N805
+        service_id: str,
         account_id: str,
         status: int,
         *,
@@ -91,13 +91,13 @@ class IManagementClient(Interface):
         ``proxy_service_pb2.ProxyStatus`` value; ``inbound_listener`` is
         ``(tunnel_ip, https_port, http_port)`` or None (field absent)."""
 
-    def send_access_log(entry):  # noqa: N805
+    def send_access_log(entry):
         """SendAccessLog(log=entry: proxy_service_pb2.AccessLog) -> Deferred[None]."""
 
-    def get_oidc_url(service_id: str, account_id: str, redirect_url: str):  # noqa: N805
+    def get_oidc_url(service_id: str, account_id: str, redirect_url: str):
         """GetOIDCURL -> Deferred[str] (the URL)."""
 
-    def subscribe_mappings(store: IMappingStore) -> None:  # noqa: N805
+    def subscribe_mappings(store: IMappingStore) -> None:
         """Follow management's mappings into ``store`` until the client stops:
         SyncMappings (falling back to GetMappingUpdate on UNIMPLEMENTED),
         reconnecting with backoff.  For every stream: ``store.stream_started()``,
@@ -121,7 +121,7 @@ class IMappingStore(Interface):
     def stream_started() -> None:
         """A new mapping stream connected: begin tracking a fresh snapshot."""
 
-    def apply_batch(mappings, initial_sync_complete: bool):  # noqa: N805
+    def apply_batch(mappings, initial_sync_complete: bool):
         """Apply one batch in order (CREATED/MODIFIED/REMOVED); when
         ``initial_sync_complete`` is set, remove every stored mapping that the
         stream's snapshot did not contain.  Returns None or a Deferred that
@@ -130,20 +130,20 @@ class IMappingStore(Interface):
     def stream_ended() -> None:
         """The stream ended; an unfinished snapshot is discarded unreconciled."""
 
-    def get(service_id: str):  # noqa: N805
+    def get(service_id: str):
         """The mapping with this service id, or None."""
 
-    def lookup_domain(domain: str):  # noqa: N805
+    def lookup_domain(domain: str):
         """The mapping serving ``domain`` (case-insensitive, no port), or None."""
 
-    def mappings_for_account(account_id: str) -> list:  # noqa: N805
+    def mappings_for_account(account_id: str) -> list:
         """All mappings of one account."""
 
     def accounts() -> frozenset[str]:
         """Account ids with at least one mapping."""
 
-    def add_observer(observer) -> None:  # noqa: N805
+    def add_observer(observer) -> None:
         """Register an observer (see nbgateway.store.mappings.MappingObserver)."""
 
-    def remove_observer(observer) -> None:  # noqa: N805
+    def remove_observer(observer) -> None:
         """Unregister an observer."""

@@ -106,6 +106,7 @@ class GatewayService(MultiService):
         management: Any = None,
         peer_channel_factory: Callable[[str, bytes, Callable], Any] | None = None,
         inbound_tls: Callable[[AccountRuntime], Any] | None = None,
+        embedded: Any = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -117,6 +118,10 @@ class GatewayService(MultiService):
         self.metrics = GatewayMetrics()
         self.health = HealthState()
         self.metrics.health = self.health
+        #: the in-process management (no --mgmt); started before the client
+        self.embedded = embedded
+        if embedded is not None:
+            embedded.setServiceParent(self)
         if management is not None:
             if hasattr(management, "setServiceParent"):
                 management.setServiceParent(self)

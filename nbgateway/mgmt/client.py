@@ -162,6 +162,11 @@ class GrpcManagementClient(service.Service):
         #: Called with True/False when the mapping stream (dis)connects (health).
         self.on_connection_state: Callable[[bool], None] | None = None
 
+    def set_token(self, token: str) -> None:
+        """Replace the proxy access token (the embedded management creates one
+        at start, before any RPC)."""
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
     # -- service -------------------------------------------------------------
 
     def _make_channel(self) -> grpc.Channel:
