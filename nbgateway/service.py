@@ -30,6 +30,8 @@ from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
 from nbgateway.dial.direct import DirectDialer
 from nbgateway.dial.pool import UpstreamPools
 from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
+from nbgateway.dns.server import DNSResponderFactory, listen_dns
+from nbgateway.dns.zone import ZoneAuthority
 from nbgateway.http.site import GatewayResource, ServiceEntry, entry_from_mapping
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
@@ -83,6 +85,16 @@ class ServiceTable(MappingObserver):
 
     def mapping_removed(self, mapping: pb.ProxyMapping) -> None:
         self._remove(mapping)
+
+
+class _Stoppable:
+    """Adapts an object with ``stop()`` to the ``stopListening()`` of ports."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def stopListening(self) -> Any:
+        return self.inner.stop()
 
 
 class _SyncHealth(MappingObserver):
@@ -153,6 +165,8 @@ class GatewayService(MultiService):
         )
         self.access_log = AccessLogger(management, reactor)
         self.metrics.access_log = self.access_log
+        #: per-account synthetic DNS zones (served on each tunnel address, port 53)
+        self.dns: dict[str, ZoneAuthority] = {}
         self.udp_port: Any = None
         if config.health_addr is not None:
             health_service(reactor, config.health_addr.endpoint(), self.health,
@@ -163,10 +177,16 @@ class GatewayService(MultiService):
     def _account_gone(self, account_id: str) -> Deferred:
         self.metrics.remove_account(account_id)
         self.health.remove_client(account_id)
+        self.dns.pop(account_id, None)
         return self.pools.close_account(account_id)
 
-    def _account_network(self, runtime: AccountRuntime, _network: Any) -> None:
-        """A network map was applied: (re)register the account's live objects."""
+    def _account_network(self, runtime: AccountRuntime, network: Any) -> None:
+        """A network map was applied: (re)register the account's live objects
+        and replace its DNS zones."""
+        authority = self.dns.get(runtime.account_id)
+        if authority is None:
+            authority = self.dns[runtime.account_id] = ZoneAuthority()
+        authority.replace(network.zones, network.serial)
         self.metrics.add_account(runtime.account_id, devices=[runtime.device],
                                  stacks=[runtime.stack])
         self.health.set_client(runtime.account_id, client_health_from_device(
@@ -193,7 +213,7 @@ class GatewayService(MultiService):
             mgmt=self.mgmt,
             settings=AccountSettings(
                 cluster=cfg.domain,
-                wg_endpoint=cfg.wg_endpoint,
+                wg_endpoint=cfg.advertised_wg_endpoint(self.wg_port or None),
                 private=cfg.private,
                 http_port=cfg.tunnel_http_port,
                 https_port=cfg.tunnel_https_port,
@@ -225,7 +245,25 @@ class GatewayService(MultiService):
                                                 interface=runtime.tunnel_ip).listen(
                 TLSMemoryBIOFactory(creator, False, self.site_for(runtime.account_id))))
         d = DeferredList(listens, fireOnOneErrback=True, consumeErrors=True)
-        return d.addCallback(lambda results: [port for _ok, port in results])
+        d.addCallback(lambda results: [port for _ok, port in results])
+        return d.addCallback(self._serve_dns, runtime)
+
+    def _serve_dns(self, ports: list[Any], runtime: AccountRuntime) -> Deferred:
+        """Add the DNS responder (UDP and TCP 53) to the account's listeners;
+        a DNS bind failure is logged and leaves the web listeners up."""
+        authority = self.dns.setdefault(runtime.account_id, ZoneAuthority())
+        factory = DNSResponderFactory(authority, clock=self.reactor)
+        d = listen_dns(runtime.stack, factory, interface=runtime.tunnel_ip)
+
+        def bound(listeners: Any) -> list[Any]:
+            return [*ports, _Stoppable(listeners)]
+
+        def failed(failure: Any) -> list[Any]:
+            log.warn("account {account}: DNS responder not started: {err}",
+                     account=runtime.account_id, err=failure.getErrorMessage())
+            return ports
+
+        return d.addCallbacks(bound, failed)
 
     # ------------------------------------------------------------------ lifecycle
 

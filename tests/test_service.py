@@ -23,7 +23,7 @@ from twisted.web.http_headers import Headers
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.config import load
 from nbgateway.mgmt.fake import FakeManagementClient
-from nbgateway.mgmt.netmap import AccountNetwork, InboundRule, RosterPeer
+from nbgateway.mgmt.netmap import AccountNetwork, DnsRecord, DnsZone, InboundRule, RosterPeer
 from nbgateway.netstack.endpoints import TunnelAgentEndpointFactory
 from nbgateway.netstack.stack import Stack
 from nbgateway.service import GatewayService
@@ -94,7 +94,8 @@ class GatewayServiceTests(unittest.TestCase):
             serial=1, address=ipaddress.ip_interface(f"{GATEWAY_IP}/10"),
             roster=(RosterPeer(key_to_base64(key), key,
                                (ipaddress.ip_network(f"{CLIENT_IP}/32"),)),),
-            inbound_rules=(allow_web,)))
+            inbound_rules=(allow_web,),
+            zones=(DnsZone("gw.test.", (DnsRecord("app.gw.test.", 1, 5, GATEWAY_IP),)),)))
         self.agent = Agent.usingEndpointFactory(
             reactor, TunnelAgentEndpointFactory(self.client_stack, timeout=5))
 
@@ -166,3 +167,34 @@ class GatewayServiceTests(unittest.TestCase):
         # a complete snapshot was applied (setUp): startup is healthy once connected
         self.svc.health.set_management_connected(True)
         self.assertEqual(self.svc.health.startup_probe().code, 200)
+
+    @defer.inlineCallbacks
+    def test_synthetic_zone_answered_on_the_tunnel_address(self):
+        from twisted.internet.protocol import DatagramProtocol
+        from twisted.names import dns
+
+        from nbgateway.netstack.udp import listen_udp
+
+        answers = defer.Deferred()
+
+        class Client(DatagramProtocol):
+            def datagramReceived(self, data, addr):
+                if not answers.called:
+                    answers.callback(data)
+
+        port = listen_udp(self.client_stack, 0, Client(), interface=CLIENT_IP)
+        self.addCleanup(port.stopListening)
+        for name in (b"app.gw.test", b"elsewhere.example"):
+            query = dns.Message(id=7, recDes=True)
+            query.addQuery(name, dns.A)
+            answers = defer.Deferred()
+            port.write(query.toStr(), (GATEWAY_IP, 53))
+            raw = yield answers
+            msg = dns.Message()
+            msg.fromStr(raw)
+            if name == b"app.gw.test":
+                self.assertEqual(msg.rCode, dns.OK)
+                self.assertEqual([(a.payload.dottedQuad(), a.ttl) for a in msg.answers],
+                                 [(GATEWAY_IP, 5)])
+            else:
+                self.assertEqual(msg.rCode, dns.EREFUSED)
