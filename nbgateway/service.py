@@ -41,6 +41,9 @@ from nbgateway.proxy.headers import TrustedProxies
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
 from nbgateway.store.mappings import MappingObserver, MappingStore
+from nbgateway.tls.certstore import CertificateStore
+from nbgateway.tls.contexts import SNIServerCreator
+from nbgateway.tls.dispatch import TLSOrPlainFactory
 from nbgateway.wireguard import udp
 from nbgateway.wireguard.mux import DeviceMux
 
@@ -117,8 +120,8 @@ class GatewayService(MultiService):
         reactor: Any = None,
         management: Any = None,
         peer_channel_factory: Callable[[str, bytes, Callable], Any] | None = None,
-        inbound_tls: Callable[[AccountRuntime], Any] | None = None,
         embedded: Any = None,
+        certificates: Any = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -142,7 +145,12 @@ class GatewayService(MultiService):
             management = InstrumentedClient(management, self.metrics.rpc, reactor.seconds)
         self.mgmt = management
         self.peer_channel_factory = peer_channel_factory
-        self.inbound_tls = inbound_tls  # runtime -> IOpenSSLServerConnectionCreator or None
+        #: SNI certificates for every TLS listener (cert dir, wildcard dir, local CA)
+        self.certificates = certificates if certificates is not None else CertificateStore(
+            config.cert_dir or None, config.wildcard_cert_dir or None,
+            data_dir=config.datadir, clock=reactor, default_name=config.domain or "localhost")
+        self.tls_creator = SNIServerCreator(self.certificates,
+                                            default_name=config.domain or "localhost")
         self.mux = DeviceMux()
         self.metrics.mux = self.mux
         self.store = MappingStore()
@@ -168,6 +176,7 @@ class GatewayService(MultiService):
         #: per-account synthetic DNS zones (served on each tunnel address, port 53)
         self.dns: dict[str, ZoneAuthority] = {}
         self.udp_port: Any = None
+        self.public_port: Any = None
         if config.health_addr is not None:
             health_service(reactor, config.health_addr.endpoint(), self.health,
                            self.metrics.registry).setServiceParent(self)
@@ -230,20 +239,21 @@ class GatewayService(MultiService):
             clock=self.reactor, request_stats=self.metrics.requests,
         ))
 
-    def serve_inbound(self, runtime: AccountRuntime) -> Deferred:
-        """The account's listeners on its tunnel address: HTTP (and HTTPS when
-        a TLS source is configured)."""
-        site = self.site_for(runtime.account_id)
-        cfg = runtime.settings
-        listens = [TunnelServerEndpoint(runtime.stack, cfg.http_port,
-                                        interface=runtime.tunnel_ip).listen(site)]
-        if self.inbound_tls is not None:
-            from twisted.protocols.tls import TLSMemoryBIOFactory
+    def web_factory(self, listener_account: str | None) -> TLSOrPlainFactory:
+        """HTTP and HTTPS on one port, decided per connection by the first byte
+        (spec acceptance 54), TLS terminated with the SNI certificate."""
+        return TLSOrPlainFactory(self.tls_creator, self.site_for(listener_account),
+                                 clock=self.reactor)
 
-            creator = self.inbound_tls(runtime)
-            listens.append(TunnelServerEndpoint(runtime.stack, cfg.https_port,
-                                                interface=runtime.tunnel_ip).listen(
-                TLSMemoryBIOFactory(creator, False, self.site_for(runtime.account_id))))
+    def serve_inbound(self, runtime: AccountRuntime) -> Deferred:
+        """The account's listeners on its tunnel address: HTTP on the HTTP port,
+        HTTPS on the HTTPS port (each also accepting the other protocol), DNS."""
+        cfg = runtime.settings
+        listens = [
+            TunnelServerEndpoint(runtime.stack, port, interface=runtime.tunnel_ip).listen(
+                self.web_factory(runtime.account_id))
+            for port in dict.fromkeys((cfg.http_port, cfg.https_port))
+        ]
         d = DeferredList(listens, fireOnOneErrback=True, consumeErrors=True)
         d.addCallback(lambda results: [port for _ok, port in results])
         return d.addCallback(self._serve_dns, runtime)
@@ -268,19 +278,31 @@ class GatewayService(MultiService):
     # ------------------------------------------------------------------ lifecycle
 
     def privilegedStartService(self) -> None:
-        iface = ""
-        self.udp_port = udp.listen(self.reactor, self.mux, self.config.wg_port, interface=iface)
+        self.udp_port = udp.listen(self.reactor, self.mux, self.config.wg_port, interface="")
         log.info("WireGuard listening on UDP {port}", port=self.udp_port.getHost().port)
+        addr = self.config.addr
+        if addr is not None:
+            # the public listener: non-private services on the host network;
+            # private mappings are refused there (no listener account)
+            self.public_port = self.reactor.listenTCP(addr.port, self.web_factory(None),
+                                                      interface=addr.host)
+            log.info("public listener on {addr}", addr=self.public_port.getHost())
         super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
+        self.certificates.start()
         if self.mgmt is not None:
             self.mgmt.subscribe_mappings(self.store)
 
     def stopService(self) -> Deferred:
         self.health.begin_shutdown()
-        d = self.accounts.stop()
+        self.certificates.stop()
+        stops = []
+        if self.public_port is not None:
+            port, self.public_port = self.public_port, None
+            stops.append(maybeDeferred(port.stopListening))
+        d = DeferredList([*stops, self.accounts.stop()], consumeErrors=True)
         d.addBoth(lambda _: self.pools.close())
         d.addBoth(lambda _: self.access_log.stop(timeout=self.config.drain_timeout))
         d.addBoth(lambda _: super(GatewayService, self).stopService())

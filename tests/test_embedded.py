@@ -31,6 +31,7 @@ class EmbeddedTests(unittest.TestCase):
     def setUp(self):
         self.datadir = os.path.abspath(self.mktemp())
         self.config = load({"wg_port": "0", "datadir": self.datadir, "health_addr": "",
+                            "addr": "127.0.0.1:0",
                             "private": True, "domain": "gw.test"}, {})
         env = {"NB_MANAGEMENT_API_ADDR": "127.0.0.1:0",
                "NB_MANAGEMENT_GRPC_ADDR": f"127.0.0.1:{free_port()}"}

@@ -64,7 +64,9 @@ class GatewayServiceTests(unittest.TestCase):
         Channel.instances = []
         self.upstream = reactor.listenTCP(0, server.Site(Echo()), interface="127.0.0.1")
         config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
-                       "private": True, "health_addr": ""}, {"NB_PROXY_TOKEN": "t"})
+                       "datadir": self.mktemp(),
+                       "private": True, "health_addr": "", "addr": "127.0.0.1:0"},
+                      {"NB_PROXY_TOKEN": "t"})
         self.mgmt = FakeManagementClient()
         self.svc = GatewayService(config, reactor=reactor, management=self.mgmt,
                                   peer_channel_factory=Channel)
@@ -198,3 +200,31 @@ class GatewayServiceTests(unittest.TestCase):
                                  [(GATEWAY_IP, 5)])
             else:
                 self.assertEqual(msg.rCode, dns.EREFUSED)
+
+    @defer.inlineCallbacks
+    def test_https_over_the_tunnel_verified_against_the_local_ca(self):
+        from cryptography.hazmat.primitives import serialization
+        from twisted.internet.ssl import Certificate
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        self.mgmt.allow_tunnel_peer(CLIENT_IP, "app.example")
+        ca = Certificate.loadPEM(self.svc.certificates.ca.cert.public_bytes(
+            serialization.Encoding.PEM))
+        agent = Agent.usingEndpointFactory(reactor, TunnelAgentEndpointFactory(
+            self.client_stack, timeout=5, contextFactory=BrowserLikePolicyForHTTPS(ca),
+            resolve=lambda host: GATEWAY_IP))
+        resp = yield agent.request(b"GET", b"https://app.example/",
+                                   Headers({b"connection": [b"close"]}))
+        body = yield readBody(resp)
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(json.loads(body)["x-forwarded-proto"], ["https"])
+
+    @defer.inlineCallbacks
+    def test_public_listener_refuses_private_service(self):
+        port = self.svc.public_port.getHost().port
+        resp = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{port}/".encode(),
+            Headers({b"host": [b"app.example"], b"connection": [b"close"]}))
+        body = yield readBody(resp)
+        self.assertEqual((resp.code, body), (403, b"Forbidden\n"))
+        self.assertEqual(self.mgmt.count("validate_tunnel_peer"), 0)
