@@ -256,11 +256,16 @@ class _Exchange:
         self._deadline: Any = None
         self._pending: defer.Deferred[Any] | None = None
         self.relay: _ResponseRelay | None = None
+        self.timeout = 0.0
+        self.body: Any = None
+        self._progress_mark = 0
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
               body: Any, timeout: float) -> None:
         self.request.notifyFinish().addErrback(self._client_lost)
+        self.timeout = timeout
+        self.body = body
         self._deadline = self.proxy.clock.callLater(timeout, self._on_timeout)
         d = self._pending = defer.maybeDeferred(agent.request, method, url, headers, body)
         d.addCallbacks(self._on_response, self._on_error)
@@ -277,6 +282,13 @@ class _Exchange:
 
     def _on_timeout(self) -> None:
         self._deadline = None
+        sent = getattr(self.body, "sent", 0)
+        if sent != self._progress_mark:
+            # The request body is still moving: the deadline bounds the
+            # wait without progress, not the duration of a large upload.
+            self._progress_mark = sent
+            self._deadline = self.proxy.clock.callLater(self.timeout, self._on_timeout)
+            return
         self.timed_out = True
         if self._pending is not None:  # cancel() also reaches a chained Deferred
             self._pending.cancel()

@@ -50,6 +50,7 @@ class RequestBodyStream:
         self.buffered = 0
         self.max_buffered = 0
         self.received = 0
+        self.sent = 0  # bytes handed to the consumer (progress for deadlines)
         self.pauses = 0
         self.complete = False
         self._consumer: Any = None
@@ -65,6 +66,7 @@ class RequestBodyStream:
             return
         self.received += len(data)
         if self._consumer is not None and not self._consumer_paused and not self._chunks:
+            self.sent += len(data)
             self._consumer.write(data)
         else:
             self._chunks.append(data)
@@ -121,6 +123,7 @@ class RequestBodyStream:
         while self._chunks and self._consumer is not None and not self._consumer_paused:
             chunk = self._chunks.popleft()
             self.buffered -= len(chunk)
+            self.sent += len(chunk)
             self._consumer.write(chunk)
         self._update_network()
         self._maybe_done()

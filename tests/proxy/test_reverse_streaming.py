@@ -6,14 +6,18 @@ from __future__ import annotations
 import hashlib
 import random
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 from twisted.web import resource, server
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPushProducer
 from zope.interface import implementer
 
+from nbgateway.http.routing import PathRouter, parse_target
+from nbgateway.proxy.reverse import ProxyService, ReverseProxy, TargetOptions
 from nbgateway.proxy.streaming import HIGH_WATER
 
 from ._harness import ProxyHarness, curl, listen_protocol, listen_site, wait_for
@@ -201,3 +205,90 @@ class StreamingTests(unittest.TestCase):
         self.assertEqual(stream.received, SIZE)
         self.assertLessEqual(stream.max_buffered, HIGH_WATER + 256 * 1024)
         del SlowSink.last
+
+
+
+class _FakeRequest:
+    """Just enough of a twisted.web request for the deadline unit test."""
+
+    def __init__(self, body) -> None:
+        self.uri, self.method = b"/up", b"POST"
+        self.requestHeaders = Headers({b"host": [b"u.example"]})
+        self.responseHeaders = Headers()
+        self.body_stream = body
+        self.code = None
+        self.finished = False
+        self.startedWriting = False
+
+    def getHeader(self, name):
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def notifyFinish(self):
+        return defer.Deferred()
+
+    def isSecure(self):
+        return False
+
+    def getClientAddress(self):
+        return IPv4Address("TCP", "127.0.0.1", 5555)
+
+    def setResponseCode(self, code, message=None):
+        self.code = code
+
+    def setHeader(self, name, value):
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def write(self, data):
+        self.startedWriting = True
+
+    def finish(self):
+        self.finished = True
+
+
+class _NeverAgent:
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    def request(self, method, url, headers, body):
+        return defer.Deferred(lambda d: setattr(self, "cancelled", self.cancelled + 1))
+
+
+class _Pools:
+    def __init__(self) -> None:
+        self.agent_obj = _NeverAgent()
+
+    def agent(self, *a, **kw):
+        return self.agent_obj
+
+
+class DeadlineTests(unittest.SynchronousTestCase):
+    def test_deadline_bounds_the_wait_without_upload_progress(self):
+        """A moving upload is never cut off; once nothing moves for a whole
+        request timeout, the request gets 504 and the upstream call is cancelled."""
+        clock = task.Clock()
+        pools = _Pools()
+        proxy = ReverseProxy(clock, pools, lambda account, direct: object(), clock=clock)
+        route = parse_target("/", "http://100.64.0.9:8080/", TargetOptions(request_timeout=1.0))
+        service = ProxyService("acc", "u.example", PathRouter([route]))
+
+        class Body:
+            sent = 0
+            length = 1 << 30
+
+        body = Body()
+        request = _FakeRequest(body)
+        proxy.render(request, service)
+        for _ in range(20):  # 20 s of a slow but moving upload
+            body.sent += 4096
+            clock.advance(0.99)
+        self.assertIsNone(request.code)
+        self.assertEqual(pools.agent_obj.cancelled, 0)
+        # the upload stops: 504 after one to two timeouts without progress
+        clock.advance(0.99)
+        self.assertIsNone(request.code)
+        clock.advance(1.0)
+        self.assertEqual(request.code, 504)
+        self.assertTrue(request.finished)
+        self.assertEqual(pools.agent_obj.cancelled, 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
