@@ -20,11 +20,20 @@ validated :class:`~nbgateway.proxy.headers.Identity`, or None):
   with the upstream transport registered as the producer of the client
   response (chunked on either side as HTTP/1.1 needs);
 - the request timeout bounds the dial *and* the whole wait for the response
-  head (hardening over upstream, where it only bounds the dial); the
-  response body itself is streamed without a deadline (SSE-friendly);
+  head (hardening over upstream, where it only bounds the dial).  One
+  deadline per request, re-armed only while a streamed request body is still
+  moving upstream, so it bounds the time without progress rather than the
+  length of a large upload.  The response body itself is streamed without a
+  deadline (SSE-friendly);
+- optional per-account in-flight limit on the tunnel path (503);
 - ``rewrite_redirects`` (spec 3.10); an unparseable ``Location`` is a 502;
 - error pages with spec 3.12 statuses (502/504/...);
 - ``Upgrade`` requests (WebSocket) go to :mod:`nbgateway.proxy.upgrade`.
+
+Known gap: ``twisted.web.client`` hides the upstream response's
+``Connection`` header, so response headers *named* by it (a rare, legacy
+form of hop-by-hop declaration) are passed through; the standard hop-by-hop
+set is removed.
 """
 
 from __future__ import annotations
