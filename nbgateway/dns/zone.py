@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from twisted.names import dns
 
-from nbgateway.mgmt.netmap import DnsRecord, DnsZone, normalize_name
+from nbgateway.mgmt.netmap import AccountNetwork, DnsRecord, DnsZone, normalize_name
 
 __all__ = [
     "MAX_RECORDS",
@@ -45,6 +45,7 @@ __all__ = [
     "NEGATIVE_TTL",
     "Answer",
     "ZoneAuthority",
+    "account_zones",
     "service_zones",
 ]
 
@@ -213,3 +214,10 @@ def service_zones(
             apex, tuple(DnsRecord(apex, t, ttl, a) for t, a in recs_for), authoritative=True,
         )
     return tuple(out.values())
+
+
+def account_zones(network: AccountNetwork, served_domains: Iterable[str]) -> tuple[DnsZone, ...]:
+    """The zones the account's responder serves: the served domains pointing at
+    the gateway's own tunnel addresses (:func:`service_zones`) plus the
+    network map's zones (the account peers zone and any synthetic zones)."""
+    return (*service_zones(served_domains, network.addresses), *network.zones)

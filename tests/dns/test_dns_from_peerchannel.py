@@ -14,7 +14,7 @@ from twisted.names import client, error
 from twisted.trial import unittest
 
 from nbgateway.dns.server import DNSResponderFactory
-from nbgateway.dns.zone import ZoneAuthority, service_zones
+from nbgateway.dns.zone import ZoneAuthority, account_zones
 from nbgateway.management.model import Account, Group, Peer, Service, Target, TargetOptions
 from nbgateway.management.store import Store
 from nbgateway.mgmt import netmap
@@ -62,7 +62,7 @@ class ChainTests(unittest.TestCase):
     def on_map(self, nm):
         """What the per-account runtime does with a map (the DNS part)."""
         net = netmap.convert(nm)
-        zones = (*service_zones(["myapp.eu.proxy.netbird.io"], net.addresses), *net.zones)
+        zones = account_zones(net, ["myapp.eu.proxy.netbird.io"])
         self.factory.replace_zones(zones, serial=net.serial & 0xFFFFFFFF)
         self.applied.append(net)
 
