@@ -34,6 +34,8 @@ log = Logger()
 STREAM_THRESHOLD = 64 * 1024  # larger (or chunked) bodies are streamed
 HIGH_WATER = 256 * 1024  # pause the client when this much body is waiting
 LOW_WATER = 64 * 1024
+DEFAULT_HEADER_TIMEOUT = 30.0  # spec 3.13, per-account inbound servers
+DEFAULT_IDLE_TIMEOUT = 90.0
 
 
 @implementer(IBodyProducer)
@@ -208,17 +210,47 @@ class StreamingRequest(server.Request):
 
 class StreamingHTTPChannel(http.HTTPChannel):
     """``HTTPChannel`` that dispatches streaming requests at end of headers
-    and supports handing the connection to another protocol."""
+    and supports handing the connection to another protocol.
+
+    Read-header deadline (spec 3.13): from the first byte of a request until
+    the end of its headers at most ``header_timeout`` seconds may pass, or
+    the client gets ``408`` and the connection is closed.  Twisted's own
+    timeout is an idle timeout reset by every byte, which a slowloris client
+    dribbling one header byte at a time would never trigger."""
 
     upgraded: Any = None
+    header_timeout: float | None = DEFAULT_HEADER_TIMEOUT
+    _head_deadline: Any = None
+    _in_body = False
+    header_timeouts = 0
+
+    def _arm_head_deadline(self) -> None:
+        if self.header_timeout and self._head_deadline is None:
+            self._head_deadline = self.callLater(self.header_timeout, self._head_timed_out)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None and self._head_deadline.active():
+            self._head_deadline.cancel()
+        self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        self.header_timeouts += 1
+        if self.transport is not None:
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                                 b"Content-Length: 0\r\n\r\n")
+            self.transport.loseConnection()
 
     def allHeadersReceived(self) -> None:
+        self._cancel_head_deadline()
+        self._in_body = True
         super().allHeadersReceived()
         req = self.requests[-1] if self.requests else None
         if isinstance(req, StreamingRequest) and req.body_stream is not None:
             req.dispatch_early(self._command, self._path, self._version)
 
     def allContentReceived(self) -> None:
+        self._in_body = False
         req = self.requests[-1] if self.requests else None
         if req is None or getattr(req, "finished", False):
             # The response already ended (connection marked non-persistent
@@ -237,6 +269,7 @@ class StreamingHTTPChannel(http.HTTPChannel):
         """Give this connection's byte stream (and any bytes already
         buffered after the request head) to ``protocol``."""
         self.upgraded = protocol
+        self._cancel_head_deadline()
         self.setTimeout(None)
         self._networkProducer.unregisterProducer()
         buffered = b"".join(self._dataBuffer)
@@ -250,9 +283,12 @@ class StreamingHTTPChannel(http.HTTPChannel):
         if self.upgraded is not None:
             self.upgraded.dataReceived(data)
             return
+        if data and not self._in_body and not self._handlingRequest:
+            self._arm_head_deadline()  # a new request head starts
         super().dataReceived(data)
 
     def connectionLost(self, reason: Any) -> None:
+        self._cancel_head_deadline()
         if self.upgraded is not None:
             upgraded, self.upgraded = self.upgraded, None
             upgraded.connectionLost(reason)
@@ -260,12 +296,24 @@ class StreamingHTTPChannel(http.HTTPChannel):
 
 
 class ProxySite(server.Site):
-    """A ``Site`` whose channels stream request bodies (HTTP/1.1 only)."""
+    """A ``Site`` whose channels stream request bodies (HTTP/1.1 only).
+
+    ``timeout`` is the idle timeout (default 90 s, the per-account inbound
+    servers' value in spec 3.13; the public listener uses 120 s) and
+    ``header_timeout`` the read-header deadline (default 30 s; public 10 s)."""
 
     protocol = StreamingHTTPChannel
     requestFactory = StreamingRequest
     displayTracebacks = False
 
-    def __init__(self, resource: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(resource, *args, **kwargs)
+    def __init__(self, resource: Any, *args: Any, timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+                 header_timeout: float | None = DEFAULT_HEADER_TIMEOUT, **kwargs: Any) -> None:
+        super().__init__(resource, *args, timeout=timeout, **kwargs)
         self.requestFactory = StreamingRequest
+        self.header_timeout = header_timeout
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if isinstance(channel, StreamingHTTPChannel):
+            channel.header_timeout = self.header_timeout
+        return channel

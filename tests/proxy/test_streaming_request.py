@@ -124,3 +124,54 @@ def test_garbage_never_raises(data):
     # nothing, a 400 for malformed chunking, or the answer to a well-formed body
     assert out == b"" or out.startswith(b"HTTP/1.1 ")
     proto.connectionLost(Failure(ConnectionDone()))
+
+
+def _clock_site(**kw):
+    from twisted.internet import task
+
+    clock = task.Clock()
+    site = ProxySite(BodyEcho(), reactor=clock, **kw)
+    return clock, site
+
+
+def test_slowloris_head_gets_408_after_header_timeout():
+    clock, site = _clock_site(header_timeout=30, timeout=90)
+    proto, transport = connect(site)
+    proto.dataReceived(b"GET / HTTP/1.1\r\n")
+    for _ in range(29):  # one header byte per second keeps the idle timer happy
+        clock.advance(1)
+        proto.dataReceived(b"X")
+    assert not transport.disconnecting
+    clock.advance(1.5)
+    assert transport.value().startswith(b"HTTP/1.1 408")
+    assert transport.disconnecting
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert proto._head_deadline is None and proto.header_timeouts == 1
+
+
+def test_complete_heads_are_not_timed_out_and_idle_timeout_applies():
+    clock, site = _clock_site(header_timeout=30, timeout=90)
+    proto, transport = connect(site)
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().count(b"HTTP/1.1 200") == 1
+    clock.advance(60)  # idle keep-alive: no head deadline running
+    assert not transport.disconnecting
+    proto.dataReceived(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().count(b"HTTP/1.1 200") == 2
+    clock.advance(91)  # the idle timeout closes a silent keep-alive connection
+    assert transport.disconnecting
+    assert b"408" not in transport.value()
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_streamed_body_is_not_subject_to_the_head_deadline():
+    clock, site = _clock_site(header_timeout=5, timeout=90)
+    proto, transport = connect(site)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(20):
+        clock.advance(1)
+        proto.dataReceived(b"1\r\nz\r\n")
+    proto.dataReceived(b"0\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200")
+    assert b"\r\n\r\n20" in transport.value()
+    proto.connectionLost(Failure(ConnectionDone()))
