@@ -48,6 +48,7 @@ log = Logger()
 
 DEFAULT_POLL_INTERVAL = 5.0
 FALLBACK_CACHE_SIZE = 1024
+RENEW_BEFORE = datetime.timedelta(days=30)
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 
@@ -261,7 +262,11 @@ class CertificateStore:
         exact: dict[str, CertifiedKey] = {}
         wild: dict[str, CertifiedKey] = {}
         # wildcard dir first, so the cert dir's entries take precedence
+        now = _now()
         for ck in _scan(self.wildcard_dir) + _scan(self.cert_dir):
+            if ck.cert.not_valid_after_utc < now:
+                log.warn("certificate {source} for {names} has expired", source=ck.source,
+                         names=",".join(ck.names))
             for name in ck.names:
                 if name.startswith("*."):
                     wild[name[2:]] = ck
@@ -328,6 +333,8 @@ class CertificateStore:
         if not valid_hostname(name):
             name = self.default_name
         ck = self._fallback.get(name)
+        if ck is not None and ck.cert.not_valid_after_utc - _now() < RENEW_BEFORE:
+            ck = None  # close to expiry: issue a fresh one
         if ck is None:
             ck = self.ca.issue(name)
             self._fallback[name] = ck

@@ -108,3 +108,17 @@ def test_missing_directories_are_fine(tmp_path):
     store.reload()
     assert store.certificate_for("x.example").source == "local-ca"
     assert normalize_name(b"A.B.") == "a.b"
+
+
+def test_fallback_renewed_near_expiry(tmp_path, monkeypatch):
+    import datetime
+
+    from nbgateway.tls import certstore
+
+    store, _ = make(tmp_path)
+    first = store.certificate_for("renew.example")
+    later = certstore._now() + datetime.timedelta(days=340)
+    monkeypatch.setattr(certstore, "_now", lambda: later)
+    second = store.certificate_for("renew.example")
+    assert second is not first
+    assert second.cert.not_valid_after_utc > first.cert.not_valid_after_utc
