@@ -14,7 +14,8 @@ trailing dot ignored):
    gateway's local CA (:class:`LocalCA`, persisted as ``ca.crt``/``ca.key`` in
    the data directory so users and tests can trust one CA).  Issued
    certificates are cached in memory (bounded, least recently used evicted).
-   Names that are not valid host names get the certificate of
+   Names that are not valid host names -- and, when a ``serves`` predicate
+   is given, names the gateway does not serve -- get the certificate of
    ``default_name``.
 
 Reload: :meth:`CertificateStore.poll` compares (name, mtime, size) of both
@@ -232,7 +233,8 @@ class CertificateStore:
     def __init__(self, cert_dir: str | None, wildcard_dir: str | None, data_dir: str, *,
                  clock: Any = None, poll_interval: float = DEFAULT_POLL_INTERVAL,
                  default_name: str = "localhost",
-                 fallback_cache_size: int = FALLBACK_CACHE_SIZE) -> None:
+                 fallback_cache_size: int = FALLBACK_CACHE_SIZE,
+                 serves: Any = None) -> None:
         self.cert_dir = cert_dir
         self.wildcard_dir = wildcard_dir
         self.data_dir = data_dir
@@ -240,6 +242,10 @@ class CertificateStore:
         self.poll_interval = poll_interval
         self.default_name = normalize_name(default_name) or "localhost"
         self.fallback_cache_size = fallback_cache_size
+        # optional predicate "does the gateway serve this name?": unknown
+        # names then share the default certificate instead of each costing
+        # a key generation (random SNI from scanners)
+        self.serves = serves
         self._ca: LocalCA | None = None
         self._exact: dict[str, CertifiedKey] = {}
         self._wild: dict[str, CertifiedKey] = {}  # "example.com" -> cert for *.example.com
@@ -330,7 +336,7 @@ class CertificateStore:
         if ck is not None:
             return ck
         name = normalize_name(server_name)
-        if not valid_hostname(name):
+        if not valid_hostname(name) or (self.serves is not None and not self.serves(name)):
             name = self.default_name
         ck = self._fallback.get(name)
         if ck is not None and ck.cert.not_valid_after_utc - _now() < RENEW_BEFORE:

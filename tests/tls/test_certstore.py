@@ -122,3 +122,12 @@ def test_fallback_renewed_near_expiry(tmp_path, monkeypatch):
     second = store.certificate_for("renew.example")
     assert second is not first
     assert second.cert.not_valid_after_utc > first.cert.not_valid_after_utc
+
+
+def test_unserved_names_share_the_default_certificate(tmp_path):
+    store, _ = make(tmp_path, default_name="gw.example",
+                    serves=lambda name: name.endswith(".served.example"))
+    assert store.certificate_for("app.served.example").names == ("app.served.example",)
+    for junk in ("random1.example", "random2.example"):
+        assert store.certificate_for(junk).names == ("gw.example",)
+    assert set(store._fallback) == {"app.served.example", "gw.example"}
