@@ -7,6 +7,8 @@ import os
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import task
 
 from nbgateway.tls.certstore import CertificateStore, LocalCA, normalize_name
@@ -131,3 +133,17 @@ def test_unserved_names_share_the_default_certificate(tmp_path):
     for junk in ("random1.example", "random2.example"):
         assert store.certificate_for(junk).names == ("gw.example",)
     assert set(store._fallback) == {"app.served.example", "gw.example"}
+
+
+_FUZZ_STORE: dict = {}
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.none(), st.binary(max_size=300), st.text(max_size=300)))
+def test_any_server_name_gets_a_certificate(tmp_path_factory, name):
+    store = _FUZZ_STORE.get("s")
+    if store is None:
+        store = _FUZZ_STORE["s"] = CertificateStore(
+            None, None, str(tmp_path_factory.mktemp("fuzz")), fallback_cache_size=16)
+    ck = store.certificate_for(name)
+    assert ck.names and len(store._fallback) <= 16
