@@ -33,7 +33,7 @@ class ReverseProxyTests(unittest.TestCase):
         return curl("-H", f"Host: {host}", *extra, self.url(path))
 
     @defer.inlineCallbacks
-    def test_forwarding_and_identity_headers(self):
+    def test_forwarding_and_identity_headers_b53(self):
         self.h.add("app.example", {"/": self.up + "/"})
         self.h.identity = Identity("u1", "alice@x", ("g1", "g2"), ("eng", "ops"), "oidc")
         status, head, body = yield self.get(
@@ -62,13 +62,13 @@ class ReverseProxyTests(unittest.TestCase):
         self.assertNotIn("x-netbird-user", json.loads(body)["headers"])
 
     @defer.inlineCallbacks
-    def test_pass_host_header(self):
+    def test_pass_host_header_b59(self):
         self.h.add("app.example", {"/": self.up + "/"}, pass_host_header=True)
         _, _, body = yield self.get("app.example:8443")
         self.assertEqual(json.loads(body)["headers"]["host"], ["app.example:8443"])
 
     @defer.inlineCallbacks
-    def test_path_rewrite_default_and_preserve(self):
+    def test_path_rewrite_default_and_preserve_b58(self):
         self.h.add("a.example", {"/api": self.up + "/", "/": self.up + "/root"})
         _, _, body = yield self.get("a.example", "/api/users?q=1")
         self.assertEqual(json.loads(body)["uri"], "/users?q=1")
@@ -90,7 +90,7 @@ class ReverseProxyTests(unittest.TestCase):
         self.assertEqual(self.upstream.seen, [])
 
     @defer.inlineCallbacks
-    def test_self_loop_421_only_for_overlay(self):
+    def test_self_loop_421_only_for_overlay_b52(self):
         self.h.add("loop.example", {"/": self.up + "/"})
         self.h.overlay = True
         status, _, body = yield self.get("loop.example")
@@ -120,7 +120,7 @@ class ReverseProxyTests(unittest.TestCase):
         self.assertIn(b"Service Unavailable", body)
 
     @defer.inlineCallbacks
-    def test_unresponsive_upstream_is_504(self):
+    def test_unresponsive_upstream_is_504_b61(self):
         silent = listen_protocol(SilentProtocol)
         self.addCleanup(silent.stopListening)
         self.h.add("s.example", {"/": f"http://127.0.0.1:{silent.getHost().port}/"},
@@ -130,7 +130,7 @@ class ReverseProxyTests(unittest.TestCase):
         self.assertIn(b"Request Timeout", body)
 
     @defer.inlineCallbacks
-    def test_max_dial_timeout_caps_request_timeout(self):
+    def test_max_dial_timeout_caps_request_timeout_b61(self):
         self.h.proxy.max_dial_timeout = 0.2
         self.assertEqual(self.h.proxy.timeout_for(TargetOptions(request_timeout=5)), 0.2)
         self.assertEqual(self.h.proxy.timeout_for(TargetOptions()), 0.2)
@@ -142,7 +142,7 @@ class ReverseProxyTests(unittest.TestCase):
         self.assertEqual(status, 504)
 
     @defer.inlineCallbacks
-    def test_no_embedded_client_is_502_proxy_not_connected(self):
+    def test_no_embedded_client_is_502_proxy_not_connected_b60_b62(self):
         self.h.tunnel = TunnelDialer()  # nothing attached
         self.h.add("t.example", {"/": self.up + "/"})
         status, _, body = yield self.get("t.example")

@@ -46,7 +46,7 @@ class DispatchTests(unittest.TestCase):
         return out
 
     @defer.inlineCallbacks
-    def test_tls_and_plain_on_one_port(self):
+    def test_tls_and_plain_on_one_port_b54(self):
         self.assertEqual((yield self.curl("https://svc.example:{p}/")), b"tls")
         self.assertEqual((yield self.curl("http://svc.example:{p}/")), b"plain")
         self.assertEqual((self.factory.tls_connections, self.factory.plain_connections), (1, 1))

@@ -72,7 +72,7 @@ class TunnelTLSTests(unittest.TestCase):
         return TunnelClientEndpoint(self.peer, "100.64.0.1", 443, timeout=5)
 
     @defer.inlineCallbacks
-    def test_sni_certificate_over_tunnel(self):
+    def test_sni_certificate_over_tunnel_b55(self):
         pem = self.external.cert.public_bytes(serialization.Encoding.PEM)
         trust = trustRootFromCertificates([Certificate.loadPEM(pem)])
         ep = wrapClientTLS(optionsForClientTLS("svc.example", trustRoot=trust), self.endpoint())
@@ -86,7 +86,7 @@ class TunnelTLSTests(unittest.TestCase):
         self.assertIsInstance(presented, x509.Certificate)
 
     @defer.inlineCallbacks
-    def test_plain_http_on_the_tls_port(self):
+    def test_plain_http_on_the_tls_port_b54(self):
         client = OneShot()
         yield connectProtocol(self.endpoint(), client)
         yield client.closed
