@@ -112,3 +112,24 @@ class TLSProxyTests(unittest.TestCase):
         self.assertEqual(WsEcho.instances[0].headers[b"x-forwarded-proto"], b"https")
         client.transport.loseConnection()
         yield client.closed
+
+    @defer.inlineCallbacks
+    def test_websocket_to_https_upstream(self):
+        WsEcho.instances = []
+        from twisted.internet.protocol import Factory
+
+        ws = reactor.listenTCP(0, server_tls_factory(self.store, Factory.forProtocol(WsEcho)),
+                               interface="127.0.0.1")
+        self.addCleanup(ws.stopListening)
+        self.h.add("wss.example", {"/": f"https://localhost:{ws.getHost().port}/"},
+                   opts=TargetOptions(direct_upstream=True))
+        client = WsClient("wss.example")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.h.listen()), client)
+        yield wait_for(lambda: client.head is not None)
+        self.assertTrue(client.head.startswith(b"HTTP/1.1 101"), client.head)
+        payload = b"y" * 300_000
+        client.transport.write(frame(2, payload, mask=True))
+        yield wait_for(lambda: client.frames)
+        self.assertEqual(client.frames[0], (2, payload))
+        client.transport.loseConnection()
+        yield client.closed
