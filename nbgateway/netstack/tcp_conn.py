@@ -60,9 +60,12 @@ MASK = 0xFFFFFFFF
 HALF = 0x80000000
 WRAP = 0x100000000
 
-RCV_BUF = 256 * 1024
-RCV_WSCALE = 3  # 65535 << 3 covers RCV_BUF
+RCV_BUF = 64 * 1024  # initial receive window (and its floor)
+RCV_BUF_MAX = 1024 * 1024
+RCV_WSCALE = 5  # 65535 << 5 covers RCV_BUF_MAX
+RCV_TUNE_CALM = 8  # loss-free, window-limited RTTs before the receive window grows
 DELACK_TIMEOUT = 0.04  # RFC 5681 4.2: well under 500 ms
+ACK_EVERY = 8  # in-order segments acknowledged at once even within one reactor turn
 MSL = 15.0
 TIME_WAIT_TIMEOUT = 2 * MSL
 FIN_WAIT_2_TIMEOUT = 60.0
@@ -126,6 +129,11 @@ class Connection:
         "persist_at",
         "persist_backoff",
         "rcv_adv",
+        "rcv_buf",
+        "rcv_calm",
+        "rcv_loss",
+        "rcv_mark_seq",
+        "rcv_mark_time",
         "rcv_nxt",
         "rcv_paused",
         "rcv_queue",
@@ -210,6 +218,11 @@ class Connection:
         self.eof_pending = False
         self.orphan = False
         self.last_oow_ack = -1.0
+        self.rcv_buf = RCV_BUF
+        self.rcv_calm = 0
+        self.rcv_loss = False
+        self.rcv_mark_seq = 0
+        self.rcv_mark_time = now
 
     def __repr__(self) -> str:
         return (f"<Connection {self.local}:{self.lport} <-> {self.remote}:{self.rport} "
@@ -300,7 +313,7 @@ class Connection:
         if self.state in (CLOSED, SYN_SENT, SYN_RECEIVED, TIME_WAIT):
             return
         old = self.rcv_adv - self.rcv_nxt
-        if RCV_BUF - old >= min(RCV_BUF // 2, self.mss) and old < RCV_BUF // 2:
+        if self.rcv_buf - old >= min(self.rcv_buf // 2, self.mss) and old < self.rcv_buf // 2:
             self._send_ack(now)
         self._update_timer()
 
@@ -323,8 +336,8 @@ class Connection:
         """The ACK completing a SYN-cookie handshake: straight to ESTABLISHED."""
         self.listener = listener
         self.irs = (seg.seq - 1) & MASK
-        self.rcv_nxt = self.rcv_adv = self.last_ack_sent = seg.seq
-        self.rcv_adv += min(RCV_BUF, 0xFFFF) if wscale is None else RCV_BUF
+        self.rcv_nxt = self.rcv_adv = self.last_ack_sent = self.rcv_mark_seq = seg.seq
+        self.rcv_adv += min(self.rcv_buf, 0xFFFF)
         self.snd_una = self.snd_nxt = self.snd_max = self.iss + 1
         self._set_options(mss, wscale, sack_ok, ts_ok, seg.ts_val)
         self.snd_wnd = seg.wnd << self.snd_wscale
@@ -336,7 +349,8 @@ class Connection:
         self.irs = seg.seq
         self.rcv_nxt = self.last_ack_sent = seg.seq + 1
         self._set_options(seg.mss, seg.wscale, seg.sack_perm, seg.ts_val is not None, seg.ts_val)
-        self.rcv_adv = self.rcv_nxt + min(RCV_BUF, 0xFFFF)
+        self.rcv_adv = self.rcv_nxt + min(self.rcv_buf, 0xFFFF)
+        self.rcv_mark_seq = self.rcv_nxt
 
     def _set_options(self, peer_mss: int | None, wscale: int | None, sack_ok: bool,
                      ts_ok: bool, ts_val: int | None) -> None:
@@ -361,9 +375,9 @@ class Connection:
         return (int(now * 1000) + self.ts_offset) & MASK
 
     def _adv_window(self) -> int:
-        space = RCV_BUF - self.rcv_queued
+        space = self.rcv_buf - self.rcv_queued
         cur = self.rcv_adv - self.rcv_nxt
-        if space < cur or (space - cur < self.mss and space < RCV_BUF):
+        if space < cur or (space - cur < self.mss and space < self.rcv_buf):
             space = max(cur, 0)  # never shrink; receiver SWS avoidance (3.8.6.2.2)
         field = min(space >> self.rcv_wscale, 0xFFFF)
         edge = self.rcv_nxt + (field << self.rcv_wscale)
@@ -405,7 +419,7 @@ class Connection:
                                (self.ts_now(now), 0))
             flags = SYN
         self.layer.output(self, build_segment(self.lport, self.rport, self.iss, self.rcv_nxt,
-                                              flags, min(RCV_BUF, 0xFFFF), opts))
+                                              flags, min(self.rcv_buf, 0xFFFF), opts))
         self.snd_nxt = self.iss + 1
         if self.snd_max < self.snd_nxt:
             self.snd_max = self.snd_nxt
@@ -904,9 +918,16 @@ class Connection:
                 self.ack_now = True  # a hole was (partly) filled: ACK at once
                 if not ooo:
                     self.ooo = None
+            if now - self.rcv_mark_time >= self._tune_interval():
+                self._tune_window(now)
             self.ack_pending += 1
-            if self.ack_pending >= 2:
+            if self.ack_pending >= ACK_EVERY:
                 self.ack_now = True
+            elif self.ack_pending >= 2:
+                # RFC 5681 4.2 asks for an ACK per two full segments; it is
+                # sent at the end of this reactor turn (deadline "now"), so a
+                # burst of segments read in one go is answered by one ACK.
+                self.delack_at = now
             elif self.delack_at is None:
                 self.delack_at = now + DELACK_TIMEOUT
             for data in chunks:
@@ -919,11 +940,36 @@ class Connection:
         else:
             if self.ooo is None:
                 self.ooo = Assembler()
+            self.rcv_loss = True
             if not self.ooo.add(seq, bytes(payload)):
                 self.layer.counters["tcp_ooo_drops"] += 1
             else:
                 self.layer.counters["tcp_ooo_segments"] += 1
             self.ack_now = True  # RFC 5681 4.2: immediate duplicate ACK
+
+    def _tune_interval(self) -> float:
+        srtt = self.rto.srtt
+        return 0.02 if srtt is None else max(srtt, 0.01)
+
+    def _tune_window(self, now: float) -> None:
+        """Receive window autotuning, once per RTT (at least 10 ms): while the
+        application keeps up, no segment arrived out of order and the window
+        was nearly filled for RCV_TUNE_CALM intervals, grow it by a quarter (up to
+        RCV_BUF_MAX); after an interval with out-of-order arrivals (loss, e.g.
+        a full UDP socket buffer below us) halve it (down to RCV_BUF).
+        Shrinking only stops extending the right edge; it never retracts it."""
+        rcv_nxt = self.rcv_nxt
+        if self.rcv_loss:
+            self.rcv_buf = max(RCV_BUF, self.rcv_buf // 2)
+            self.rcv_calm = 0
+        elif ((rcv_nxt - self.rcv_mark_seq) * 4 >= self.rcv_buf * 3
+              and self.rcv_buf < RCV_BUF_MAX and not self.rcv_paused and not self.rcv_queue):
+            self.rcv_calm += 1
+            if self.rcv_calm >= RCV_TUNE_CALM:
+                self.rcv_buf = min(self.rcv_buf * 5 // 4, RCV_BUF_MAX)
+        self.rcv_loss = False
+        self.rcv_mark_seq = rcv_nxt
+        self.rcv_mark_time = now
 
     def _deliver(self, data: bytes) -> None:
         if self.rcv_paused or self.rcv_queue or self.user is None:

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 
 from nbgateway.netstack.congestion import RTO_MIN
 from nbgateway.netstack.tcp_conn import (
+    ACK_EVERY,
     DELACK_TIMEOUT,
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE,
@@ -215,7 +216,17 @@ def test_out_of_order_fin_waits_for_data():
 def test_delayed_ack_coalescing():
     clock, st, peer, user, _ = server()
     assert peer.send_data(b"x" * 100) == []  # first segment: ACK delayed
-    (ack,) = peer.send_data(b"y" * 100)  # second segment: ACK now (RFC 5681 4.2)
+    # second segment: ACKed at the end of this reactor turn (a deadline of "now")
+    assert peer.send_data(b"y" * 100) == []
+    assert st.tcp.next_deadline() == clock.seconds()
+    (ack,) = advance(clock, st, 0)
+    assert ack.ack == peer.snd_nxt & M
+    # a burst within one turn: one ACK per ACK_EVERY segments, the rest at turn end
+    acks = []
+    for _ in range(ACK_EVERY + 3):
+        acks += peer.send_data(b"b" * 100)
+    assert len(acks) == 1 and acks[0].ack == (peer.snd_nxt - 300) & M
+    (ack,) = advance(clock, st, 0)
     assert ack.ack == peer.snd_nxt & M
     assert peer.send_data(b"z" * 10) == []
     (ack,) = advance(clock, st, DELACK_TIMEOUT)

@@ -163,8 +163,8 @@ def test_pause_producing_closes_receive_window():
     w.run(until=lambda: a.counters["tcp_window_probes"] >= 3, max_time=120)
     sconn = srv.transport.conn
     assert len(srv.data) == 0
-    assert sconn.rcv_queued <= RCV_BUF  # bounded by the advertised window
-    assert sconn.rcv_queued >= RCV_BUF - 2 * sconn.mss
+    assert sconn.rcv_queued <= sconn.rcv_buf  # bounded by the advertised window
+    assert sconn.rcv_queued >= sconn.rcv_buf - 2 * sconn.mss
     assert cli.transport.conn.snd_wnd == 0
     srv.transport.resumeProducing()
     w.run(until=lambda: len(srv.data) == len(data), max_time=300)
