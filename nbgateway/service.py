@@ -31,7 +31,7 @@ from nbgateway.dial.direct import DirectDialer
 from nbgateway.dial.pool import UpstreamPools
 from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
 from nbgateway.dns.server import DNSResponderFactory, listen_dns
-from nbgateway.dns.zone import ZoneAuthority
+from nbgateway.dns.zone import ZoneAuthority, account_zones
 from nbgateway.http.site import GatewayResource, ServiceEntry, entry_from_mapping
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
@@ -156,7 +156,7 @@ class GatewayService(MultiService):
         self.store = MappingStore()
         self.cache = TunnelValidationCache(management, reactor, ttl=config.tunnel_cache_ttl)
         self.routes = ServiceTable(management)
-        self.accounts = AccountRegistry(self._make_runtime, on_change=self.cache.evict_account,
+        self.accounts = AccountRegistry(self._make_runtime, on_change=self._account_changed,
                                         on_removed=self._account_gone)
         self.store.add_observer(self.routes)
         self.store.add_observer(self.accounts)
@@ -189,13 +189,29 @@ class GatewayService(MultiService):
         self.dns.pop(account_id, None)
         return self.pools.close_account(account_id)
 
+    def _account_changed(self, account_id: str) -> None:
+        """The account's services or roster changed: forget cached validations
+        and re-publish the domains it serves."""
+        self.cache.evict_account(account_id)
+        self._refresh_dns(account_id)
+
+    def _refresh_dns(self, account_id: str) -> None:
+        """The account's zone: its served domains pointing at its own tunnel
+        address (management never sends those to the proxy peer) plus the
+        network map's zones."""
+        runtime = self.accounts.get(account_id)
+        if runtime is None or runtime.network is None:
+            return
+        authority = self.dns.get(account_id)
+        if authority is None:
+            authority = self.dns[account_id] = ZoneAuthority()
+        domains = [d for d, e in self.routes.entries.items() if e.account_id == account_id]
+        authority.replace(account_zones(runtime.network, domains))
+
     def _account_network(self, runtime: AccountRuntime, network: Any) -> None:
         """A network map was applied: (re)register the account's live objects
         and replace its DNS zones."""
-        authority = self.dns.get(runtime.account_id)
-        if authority is None:
-            authority = self.dns[runtime.account_id] = ZoneAuthority()
-        authority.replace(network.zones, network.serial)
+        self._refresh_dns(runtime.account_id)
         self.metrics.add_account(runtime.account_id, devices=[runtime.device],
                                  stacks=[runtime.stack])
         self.health.set_client(runtime.account_id, client_health_from_device(

@@ -97,7 +97,7 @@ class GatewayServiceTests(unittest.TestCase):
             roster=(RosterPeer(key_to_base64(key), key,
                                (ipaddress.ip_network(f"{CLIENT_IP}/32"),)),),
             inbound_rules=(allow_web,),
-            zones=(DnsZone("gw.test.", (DnsRecord("app.gw.test.", 1, 5, GATEWAY_IP),)),)))
+            zones=(DnsZone("peers.test.", (DnsRecord("db.peers.test.", 1, 5, CLIENT_IP),)),)))
         self.agent = Agent.usingEndpointFactory(
             reactor, TunnelAgentEndpointFactory(self.client_stack, timeout=5))
 
@@ -186,7 +186,7 @@ class GatewayServiceTests(unittest.TestCase):
 
         port = listen_udp(self.client_stack, 0, Client(), interface=CLIENT_IP)
         self.addCleanup(port.stopListening)
-        for name in (b"app.gw.test", b"elsewhere.example"):
+        for name in (b"app.example", b"db.peers.test", b"elsewhere.example"):
             query = dns.Message(id=7, recDes=True)
             query.addQuery(name, dns.A)
             answers = defer.Deferred()
@@ -194,10 +194,12 @@ class GatewayServiceTests(unittest.TestCase):
             raw = yield answers
             msg = dns.Message()
             msg.fromStr(raw)
-            if name == b"app.gw.test":
+            if name == b"app.example":  # a served domain -> the gateway's tunnel IP
                 self.assertEqual(msg.rCode, dns.OK)
+                self.assertEqual([a.payload.dottedQuad() for a in msg.answers], [GATEWAY_IP])
+            elif name == b"db.peers.test":  # a zone from the network map
                 self.assertEqual([(a.payload.dottedQuad(), a.ttl) for a in msg.answers],
-                                 [(GATEWAY_IP, 5)])
+                                 [(CLIENT_IP, 5)])
             else:
                 self.assertEqual(msg.rCode, dns.EREFUSED)
 

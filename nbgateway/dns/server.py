@@ -32,6 +32,7 @@ tunnel address; :meth:`DNSResponderFactory.replace_zones` swaps the zones.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -159,6 +160,8 @@ class DNSResponderFactory(server.DNSServerFactory):
         if message.answer:  # a response sent to a server: never answer those
             self.counters["unexpected_response"] += 1
             return
+        # twisted.names' sendReply logs the processing time from this
+        message.timeReceived = time.time()
         try:
             self.messageReceived(message, proto, addr)
         except Exception:
