@@ -42,7 +42,7 @@ from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
 from nbgateway.store.mappings import MappingObserver, MappingStore
 from nbgateway.tls.certstore import CertificateStore
-from nbgateway.tls.contexts import SNIServerCreator
+from nbgateway.tls.contexts import ClientTLSPolicy, SNIServerCreator
 from nbgateway.tls.dispatch import TLSOrPlainFactory
 from nbgateway.wireguard import udp
 from nbgateway.wireguard.mux import DeviceMux
@@ -55,8 +55,10 @@ HTTP_MODES = ("", "http")
 class ServiceTable(MappingObserver):
     """Host -> :class:`ServiceEntry` for the HTTP mappings (spec 3.2)."""
 
-    def __init__(self, mgmt: Any = None) -> None:
+    def __init__(self, mgmt: Any = None,
+                 on_domain_gone: Callable[[str], Any] | None = None) -> None:
         self.mgmt = mgmt
+        self.on_domain_gone = on_domain_gone
         self.entries: dict[str, ServiceEntry] = {}
 
     def lookup(self, domain: str) -> ServiceEntry | None:
@@ -78,6 +80,8 @@ class ServiceTable(MappingObserver):
         entry = self.entries.get(mapping.domain)
         if entry is not None and entry.service.service_id == mapping.id:
             del self.entries[mapping.domain]
+        if self.on_domain_gone is not None:
+            self.on_domain_gone(mapping.domain)  # e.g. close upgraded connections
 
     def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred | None:
         return self._add(mapping)
@@ -148,7 +152,8 @@ class GatewayService(MultiService):
         #: SNI certificates for every TLS listener (cert dir, wildcard dir, local CA)
         self.certificates = certificates if certificates is not None else CertificateStore(
             config.cert_dir or None, config.wildcard_cert_dir or None,
-            data_dir=config.datadir, clock=reactor, default_name=config.domain or "localhost")
+            data_dir=config.datadir, clock=reactor, default_name=config.domain or "localhost",
+            serves=self._serves)
         self.tls_creator = SNIServerCreator(self.certificates,
                                             default_name=config.domain or "localhost")
         self.mux = DeviceMux()
@@ -163,7 +168,7 @@ class GatewayService(MultiService):
         self.store.add_observer(_SyncHealth(self.health))
         self.metrics.tunnel_cache = self.cache
         self.gate = PrivateGate(self.cache, self._in_roster)
-        self.pools = UpstreamPools(reactor)
+        self.pools = UpstreamPools(reactor, tls_creator=ClientTLSPolicy())
         self.direct = DirectDialer(reactor)
         self.proxy = ReverseProxy(
             reactor, self.pools, self.dialer_for,
@@ -171,6 +176,7 @@ class GatewayService(MultiService):
             forwarded_proto=config.forwarded_proto,
             trusted_proxies=TrustedProxies(config.trusted_proxies),
         )
+        self.routes.on_domain_gone = self.proxy.upgrades.close_domain
         self.access_log = AccessLogger(management, reactor)
         self.metrics.access_log = self.access_log
         #: per-account synthetic DNS zones (served on each tunnel address, port 53)
@@ -248,12 +254,19 @@ class GatewayService(MultiService):
             on_network=self._account_network,
         )
 
+    def _serves(self, name: str) -> bool:
+        """Only names this gateway serves get a fallback certificate (random
+        SNI names must not each cost a key generation)."""
+        return self.routes.lookup(name) is not None or name == (self.config.domain or "")
+
     def site_for(self, listener_account: str | None) -> ProxySite:
+        # spec 3.13: inbound servers read-header 30 s / idle 90 s, public 10 s / 120 s
+        timeouts = {} if listener_account is not None else {"timeout": 120, "header_timeout": 10}
         return ProxySite(GatewayResource(
             lookup=self.routes.lookup, proxy=self.proxy, gate=self.gate,
             listener_account=listener_account, access_log=self.access_log,
             clock=self.reactor, request_stats=self.metrics.requests,
-        ))
+        ), **timeouts)
 
     def web_factory(self, listener_account: str | None) -> TLSOrPlainFactory:
         """HTTP and HTTPS on one port, decided per connection by the first byte
@@ -314,6 +327,7 @@ class GatewayService(MultiService):
     def stopService(self) -> Deferred:
         self.health.begin_shutdown()
         self.certificates.stop()
+        self.proxy.upgrades.close_all()
         stops = []
         if self.public_port is not None:
             port, self.public_port = self.public_port, None
@@ -330,6 +344,11 @@ class GatewayService(MultiService):
             return result
 
         return d.addBoth(close_udp)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the certificate directories now."""
+        log.info("reloading certificates")
+        self.certificates.reload()
 
     @property
     def wg_port(self) -> int:

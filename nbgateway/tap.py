@@ -68,4 +68,25 @@ def _peer_channel_factory(config: Any, mgmt_url: str, reactor: Any) -> Any:
 
 
 def makeService(options: Options) -> Any:
-    return build_gateway(options.config)
+    """twistd only (a library host keeps its own logging and signals): the
+    log level of nbgateway's observer factories (``--logger=nbgateway.observe.
+    logging.jsonObserverFactory`` or ``textObserverFactory``) and SIGHUP ->
+    certificate reload."""
+    from nbgateway.observe.logging import PROCESS_LEVEL, log_level
+
+    config = options.config
+    PROCESS_LEVEL.set(log_level(config.effective_log_level))
+    gateway = build_gateway(config)
+    _reload_on_sighup(gateway)
+    return gateway
+
+
+def _reload_on_sighup(gateway: Any) -> None:
+    import signal
+
+    from twisted.internet import reactor
+
+    def install() -> None:
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))
+
+    reactor.callWhenRunning(install)

@@ -1,0 +1,59 @@
+"""``twistd nbgateway`` options and makeService: objects only, nothing live."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+
+from nbgateway.embedded import EmbeddedManagement, grpc_url
+from nbgateway.service import GatewayService
+from nbgateway.tap import Options, build_gateway
+
+
+def parse(args, environ=None):
+    opts = Options(environ=environ or {})
+    opts.parseOptions(args)
+    return opts
+
+
+def test_remote_management_builds_without_binding(tmp_path):
+    opts = parse(["--mgmt", "http://127.0.0.1:33073", "--domain", "gw.example", "--private",
+                  "--datadir", str(tmp_path)], {"NB_PROXY_TOKEN": "secret"})
+    svc = build_gateway(opts.config)
+    assert isinstance(svc, GatewayService)
+    assert svc.embedded is None and svc.udp_port is None and svc.public_port is None
+    assert svc.config.private and svc.config.domain == "gw.example"
+    assert not os.listdir(tmp_path)  # nothing written before start
+
+
+def test_embedded_when_no_mgmt(tmp_path):
+    opts = parse(["--datadir", str(tmp_path / "data")])
+    svc = build_gateway(opts.config, environ={"NB_MANAGEMENT_GRPC_ADDR": "127.0.0.1:40001"})
+    assert isinstance(svc.embedded, EmbeddedManagement)
+    assert svc.embedded.management.store is None  # the store opens at start
+    assert svc.mgmt.target.address == "127.0.0.1:40001"
+    assert not (tmp_path / "data").exists()
+
+
+def test_token_required_with_mgmt():
+    try:
+        parse(["--mgmt", "http://127.0.0.1:1", "--domain", "d.example"])
+    except usage.UsageError as exc:
+        assert "token" in str(exc).lower()
+    else:
+        raise AssertionError("expected a usage error")
+
+
+def test_grpc_url_of_listen_addresses():
+    assert grpc_url("127.0.0.1:33073") == "http://127.0.0.1:33073"
+    assert grpc_url(":33073") == "http://127.0.0.1:33073"
+    assert grpc_url("[::1]:5") == "http://[::1]:5"
+
+
+def test_reload_rereads_certificates(tmp_path):
+    opts = parse(["--datadir", str(tmp_path)])
+    svc = build_gateway(opts.config)
+    before = svc.certificates.reloads
+    svc.reload()
+    assert svc.certificates.reloads == before + 1
