@@ -12,7 +12,12 @@ Measured in the same run (the box is noisy):
 * the time for the kernel to open 1,000 connections to a netstack listener
   (each completed with a 1-byte request/response);
 * memory per idle established connection (tracemalloc, both ends of 1,000
-  connections between two in-memory stacks; target <= 16 KiB).
+  connections between two in-memory stacks; target <= 16 KiB);
+* the same two figures with 1,000 connections opened by the kernel all at
+  once (non-blocking connects) through the real tunnel: time from the
+  client's start to the gateway's 1,000th accepted connection, and the
+  gateway process's traced memory per idle connection (connection +
+  transport + protocol + whatever the device and stack keep for it).
 
 Run as root:  .venv/bin/python bench/netstack.py [--mib 256] [--seconds 5]
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import subprocess
 import sys
 import textwrap
 import time
@@ -38,7 +44,7 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from nbgateway.netstack.endpoints import TunnelClientEndpoint, TunnelServerEndpoint
-from tests.interop.netstack_gateway import GW4, start_gateway
+from tests.interop.netstack_gateway import GW4, kernel_peer_args, start_gateway
 
 MIB = 1024 * 1024
 
@@ -155,10 +161,73 @@ async def _gateway_runs(reactor, nbytes: int, conns: int) -> dict[str, float]:
                     gw.ns.run, [sys.executable, "-c", KERNEL, mode, GW4, str(count)],
                     timeout=600)
                 out[mode] = float(res.stdout.strip())
+            out.update(await _concurrent_idle(reactor, gw, 9003, conns))
             out["tcp_rto"] = stack.tcp.counters["tcp_rto"]
         finally:
             await gw.close()
     return out
+
+
+class _Idle(Protocol):
+    def connectionLost(self, reason) -> None:
+        self.factory.lost += 1
+
+
+class _IdleFactory(Factory):
+    """Idle protocols; records the wall time of the ``target``-th accept."""
+
+    protocol = _Idle
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.accepted = self.lost = 0
+        self.reached_at: float | None = None
+
+    def buildProtocol(self, addr):
+        self.accepted += 1
+        if self.accepted == self.target:
+            self.reached_at = time.time()
+        return super().buildProtocol(addr)
+
+
+async def _until(reactor, predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await task.deferLater(reactor, 0.02, lambda: None)
+    return True
+
+
+async def _concurrent_idle(reactor, gw, port_no: int, n: int) -> dict[str, float]:
+    """The kernel opens ``n`` connections at once through the tunnel and keeps
+    them idle; seconds to the gateway's n-th accept and traced bytes per
+    connection in this process."""
+    factory = _IdleFactory(n)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        port = await TunnelServerEndpoint(gw.stack, port_no, backlog=n).listen(factory)
+        proc = gw.ns.popen(kernel_peer_args("idle", GW4, port_no, n), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+        try:
+            start = float((await threads.deferToThread(proc.stdout.readline)).split()[1])
+            if not await _until(reactor, lambda: factory.reached_at is not None, 60):
+                raise RuntimeError(f"only {factory.accepted} of {n} connections accepted")
+            connected = (await threads.deferToThread(proc.stdout.readline)).split()
+            assert connected[:2] == ["CONNECTED", str(n)], connected
+            await task.deferLater(reactor, 1.0, lambda: None)  # idle: delayed ACKs done
+            gc.collect()
+            per_conn = (tracemalloc.get_traced_memory()[0] - base) / n
+        finally:
+            proc.stdin.close()
+            await threads.deferToThread(proc.wait, 30)
+        await _until(reactor, lambda: factory.lost >= factory.accepted, 30)
+        await port.stopListening()
+    finally:
+        tracemalloc.stop()
+    return {"concurrent_accept": factory.reached_at - start, "concurrent_mem": per_conn}
 
 
 def idle_memory_per_connection(n: int = 1000) -> float:
@@ -226,6 +295,9 @@ def report(args, base: dict[str, float], res: dict[str, float], mem: float,
     print(f"kernel opens {args.conns} connections to a netstack listener (1-byte echo each): "
           f"{res['accept']:.2f} s ({args.conns / res['accept']:.0f}/s)")
     print(f"memory per idle established connection end: {mem / 1024:.1f} KiB (target <= 16)")
+    print(f"kernel opens {args.conns} connections at once through the tunnel: "
+          f"{res['concurrent_accept']:.2f} s to the last accept; gateway memory per idle "
+          f"connection {res['concurrent_mem'] / 1024:.1f} KiB (tracemalloc, whole process)")
     print(f"(gateway TCP retransmission timeouts during the run: {res['tcp_rto']:.0f}; "
           f"total {elapsed:.0f} s)", flush=True)
 
