@@ -413,18 +413,20 @@ class MachineUserIndexes(_message.Message):
     def __init__(self, indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RemotePeerConfig(_message.Message):
-    __slots__ = ("wgPubKey", "allowedIps", "sshConfig", "fqdn", "agentVersion")
+    __slots__ = ("wgPubKey", "allowedIps", "sshConfig", "fqdn", "agentVersion", "endpoint")
     WGPUBKEY_FIELD_NUMBER: _ClassVar[int]
     ALLOWEDIPS_FIELD_NUMBER: _ClassVar[int]
     SSHCONFIG_FIELD_NUMBER: _ClassVar[int]
     FQDN_FIELD_NUMBER: _ClassVar[int]
     AGENTVERSION_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     wgPubKey: str
     allowedIps: _containers.RepeatedScalarFieldContainer[str]
     sshConfig: SSHConfig
     fqdn: str
     agentVersion: str
-    def __init__(self, wgPubKey: _Optional[str] = ..., allowedIps: _Optional[_Iterable[str]] = ..., sshConfig: _Optional[_Union[SSHConfig, _Mapping]] = ..., fqdn: _Optional[str] = ..., agentVersion: _Optional[str] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, wgPubKey: _Optional[str] = ..., allowedIps: _Optional[_Iterable[str]] = ..., sshConfig: _Optional[_Union[SSHConfig, _Mapping]] = ..., fqdn: _Optional[str] = ..., agentVersion: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class SSHConfig(_message.Message):
     __slots__ = ("sshEnabled", "sshPubKey", "jwtConfig")

@@ -219,3 +219,18 @@ def test_inspection_json(store, account):
         inspect_peer_network_map(store, account.id, "nope")
     with pytest.raises(NotFound):
         private_service_inspection(store, account.id, "nope")
+
+
+def test_remote_peer_endpoint_extension_field_on_the_wire():
+    """Field 50 (nbgateway extension) carries a remote peer's endpoint; the
+    gateway's conversion reads it back."""
+    from nbgateway._proto import management_pb2 as pb
+    from nbgateway.mgmt.netmap import convert
+
+    field = pb.RemotePeerConfig.DESCRIPTOR.fields_by_name["endpoint"]
+    assert field.number == 50
+    nm = pb.NetworkMap(serial=3, peerConfig=pb.PeerConfig(address="100.64.0.5/10"))
+    key = "A" * 43 + "="
+    nm.remotePeers.add(wgPubKey=key, allowedIps=["100.64.0.9/32"], endpoint="198.18.0.1:51820")
+    wire = nm.SerializeToString()
+    assert convert(pb.NetworkMap.FromString(wire)).roster[0].endpoint == "198.18.0.1:51820"
