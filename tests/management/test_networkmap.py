@@ -229,7 +229,7 @@ def test_remote_peer_endpoint_extension_field_on_the_wire():
 
     field = pb.RemotePeerConfig.DESCRIPTOR.fields_by_name["endpoint"]
     assert field.number == 50
-    nm = pb.NetworkMap(serial=3, peerConfig=pb.PeerConfig(address="100.64.0.5/10"))
+    nm = pb.NetworkMap(Serial=3, peerConfig=pb.PeerConfig(address="100.64.0.5/10"))
     key = "A" * 43 + "="
     nm.remotePeers.add(wgPubKey=key, allowedIps=["100.64.0.9/32"], endpoint="198.18.0.1:51820")
     wire = nm.SerializeToString()
