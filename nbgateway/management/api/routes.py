@@ -388,6 +388,17 @@ class Handlers:
             out["private_key"] = private_key
         return Result(200, out)
 
+    def inspect_private_services(self, call: Call) -> Result:
+        from nbgateway.management.synthetic import private_service_inspection
+
+        return Result(200, private_service_inspection(self.store, _acct(call)))
+
+    def peer_network_map(self, call: Call) -> Result:
+        from nbgateway.management.networkmap import inspect_peer_network_map
+
+        return Result(200, inspect_peer_network_map(self.store, _acct(call),
+                                                    call.params["peerId"]))
+
     def get_peer(self, call: Call) -> Result:
         acct = _acct(call)
         peer = self.store.get_peer(acct, call.params["peerId"])
@@ -563,6 +574,13 @@ def build_routes(h: Handlers) -> list[Route]:
               errors=(400, 403, 404, 409, 413, 422)),
         Route("DELETE", "/peers/{peerId}", h.delete_peer, "deletePeer", "Delete a peer",
               "Peers", response_schema=ref("Empty"), errors=(403, 404)),
+        Route("GET", rp + "/private-services", h.inspect_private_services,
+              "inspectPrivateServices",
+              "Synthetic DNS zones and access policies derived from the private services",
+              "Services", response_schema=ref("PrivateServiceInspection")),
+        Route("GET", "/peers/{peerId}/network-map", h.peer_network_map, "getPeerNetworkMap",
+              "The network map the peer currently receives (roster, DNS, firewall rules)",
+              "Peers", response_schema=ref("PeerNetworkMap"), errors=r),
         Route("GET", "/peers/{peerId}/wireguard-config", h.peer_wireguard_config,
               "getPeerWireguardConfig",
               "wg-quick configuration for the peer ([Peer] = the account's proxy peers)",

@@ -244,6 +244,10 @@ ERROR = _obj({"message": _str(), "code": _int()}, ("message", "code"))
 
 EMPTY = _obj({})
 
+#: inspection views of the synthetic private-service DNS/ACL and network maps;
+#: their inner shape follows nbgateway.management.synthetic / networkmap
+INSPECTION = {"type": "object", "additionalProperties": True}
+
 COMPONENTS: dict[str, dict[str, Any]] = {
     "ErrorResponse": ERROR,
     "Empty": EMPTY,
@@ -275,6 +279,8 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "PeerCreated": PEER_CREATED,
     "PeerCreateRequest": PEER_CREATE_REQUEST,
     "PeerRequest": PEER_REQUEST,
+    "PrivateServiceInspection": INSPECTION,
+    "PeerNetworkMap": INSPECTION,
 }
 
 
