@@ -248,7 +248,7 @@ async def test_syn_flood_of_spoofed_sources_bounded_while_curl_succeeds(flood_ga
             after.stderr
         # The flood arrived (allow a few losses in socket buffers) and was
         # answered statelessly beyond the half-open bound.
-        assert c["tcp_segments_in"] >= 8_000, (dict(c), dict(gw.dev.counters))
+        assert c["tcp_segments_in"] >= 9_000, (dict(c), dict(gw.dev.counters))
         assert c["tcp_syncookies_sent"] >= c["tcp_segments_in"] - max_half_open - 100, dict(c)
         # the legitimate handshakes completed through SYN cookies
         assert c["tcp_syncookies_ok"] >= 1, dict(c)
