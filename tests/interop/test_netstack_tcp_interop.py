@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.web import resource, server
 
 from nbgateway.netstack.endpoints import TunnelClientEndpoint, TunnelServerEndpoint
+from tests.interop.conftest import require_testbed
 from tests.interop.netstack_gateway import (
     GW4,
     GW6,
@@ -67,6 +68,7 @@ def _lines(res) -> dict[str, list[str]]:
 
 @pytest.fixture
 def gateway(testbed):
+    require_testbed("curl")
     gw = start_gateway(testbed, reactor)
     yield gw
     pytest_twisted.blockon(_close_later(gw))
@@ -74,6 +76,7 @@ def gateway(testbed):
 
 @pytest.fixture
 def faulty_gateway(testbed):
+    require_testbed("curl")
     gw = start_gateway(testbed, reactor, faults=FaultInjector(reactor, rate=0.02, seed=3))
     yield gw
     pytest_twisted.blockon(_close_later(gw))
@@ -81,6 +84,7 @@ def faulty_gateway(testbed):
 
 @pytest.fixture
 def flood_gateway(testbed):
+    require_testbed("curl")
     # The peer may use any source in 100.64.0.0/16 (cryptokey routing lets the
     # spoofed SYN sources through; the gateway's replies to them go back to the peer).
     gw = start_gateway(testbed, reactor, peer_allowed=("100.64.0.0/16", "fd00:64::2/128"))

@@ -25,6 +25,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
+from tests.interop.conftest import require_testbed
 from tests.interop.netstack_gateway import GW4, GW6, P4, P6, start_gateway
 
 pytestmark = pytest.mark.interop
@@ -69,6 +70,7 @@ class Echo(LineReceiver):
 
 @pytest.fixture
 def gateway(testbed):
+    require_testbed("openssl")
     gw = start_gateway(testbed, reactor)
     yield gw
     pytest_twisted.blockon(
