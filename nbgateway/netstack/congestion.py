@@ -88,15 +88,18 @@ class NewReno:
             self.cwnd += max(1, mss * mss // self.cwnd)
         return False
 
-    def on_dupack(self, snd_una: int, snd_max: int, flight: int) -> bool:
-        """A duplicate ACK.  Returns True when the caller must fast-retransmit
-        (the third duplicate, RFC 5681 3.2 step 2 with RFC 6582 3.2 step 2's
-        check that the ACK covers more than ``recover``)."""
+    def on_dupack(self, snd_una: int, snd_max: int, flight: int, thresh: int = 3,
+                  sack_lost: bool = False) -> bool:
+        """A duplicate ACK.  Returns True when the caller must fast-retransmit:
+        the ``thresh``-th duplicate (3, RFC 5681 3.2 step 2; lower for small
+        flights, RFC 5827 early retransmit) or, with SACK, once three segments
+        above SND.UNA are SACKed (``sack_lost``, RFC 6675 IsLost); with
+        RFC 6582 3.2 step 2's check that the ACK covers more than ``recover``."""
         self.dupacks += 1
         if self.in_recovery:
             self.cwnd += self.mss  # inflate, RFC 6582 3.2 step 4
             return False
-        if self.dupacks == 3 and snd_una >= self.recover:
+        if (self.dupacks >= thresh or sack_lost) and snd_una >= self.recover:
             self.ssthresh = max(flight // 2, 2 * self.mss)
             self.recover = snd_max
             self.in_recovery = True

@@ -140,6 +140,7 @@ class Connection:
         "rcv_queued",
         "rcv_wscale",
         "remote",
+        "rexmit_high",
         "rport",
         "rto",
         "rtt_seq",
@@ -147,6 +148,7 @@ class Connection:
         "rtx_at",
         "rtx_count",
         "sack_ok",
+        "sacked",
         "snd_max",
         "snd_nxt",
         "snd_una",
@@ -220,6 +222,8 @@ class Connection:
         self.last_oow_ack = -1.0
         self.rcv_buf = RCV_BUF
         self.rcv_calm = 0
+        self.sacked: list[list[int]] | None = None
+        self.rexmit_high = iss
         self.rcv_loss = False
         self.rcv_mark_seq = 0
         self.rcv_mark_time = now
@@ -449,7 +453,10 @@ class Connection:
                 avail = data_end - nxt
                 if avail <= 0:
                     break
-                room = self.snd_una + min(self.snd_wnd, self.cc.cwnd) - nxt
+                cwnd = self.cc.cwnd
+                if 0 < self.cc.dupacks < 3 and not self.cc.in_recovery:
+                    cwnd += self.cc.dupacks * mss  # RFC 3042 limited transmit
+                room = self.snd_una + min(self.snd_wnd, cwnd) - nxt
                 n = min(avail, mss, room)
                 if n <= 0:
                     break
@@ -489,18 +496,80 @@ class Connection:
             self._send_ack(now)
 
     def _retransmit_first(self, now: float) -> None:
-        """Resend the first unacknowledged segment (fast/partial-ACK retransmit)."""
+        """Resend the first unacknowledged segment."""
+        self.rexmit_high = self.snd_una
+        self._retransmit_hole(now)
+
+    def _retransmit_hole(self, now: float) -> bool:
+        """Resend one segment: the first one at or above ``rexmit_high`` that
+        the peer has not selectively acknowledged (RFC 6675-style hole
+        filling during recovery; without SACK information this is the first
+        unacknowledged segment, as in RFC 6582).  Returns False if no hole
+        is left below the highest SACKed sequence number."""
         una = self.snd_una
+        pos = max(una, self.rexmit_high)
+        sacked = self.sacked
+        limit = self.snd_max
+        if sacked:
+            for start, end in sacked:
+                if pos < start:
+                    limit = start
+                    break
+                pos = max(pos, end)
+            else:
+                if pos > una:
+                    return False  # nothing un-SACKed below the highest SACK
+        elif pos > una:
+            return False
         buf = self.sndbuf
-        n = min(self.mss, buf.end - una, self.snd_max - una)
+        n = min(self.mss, buf.end - pos, limit - pos)
         self.rtt_seq = None  # Karn
         if n > 0:
             flags = ACK
-            if self.fin_queued and una + n == buf.end and self.snd_max > buf.end:
+            if self.fin_queued and pos + n == buf.end and self.snd_max > buf.end:
                 flags |= FIN
-            self._emit(una, flags, buf.view(una, n), now)
-        elif self.fin_queued and self.snd_max > una:
-            self._emit(una, FIN | ACK, b"", now)
+            self._emit(pos, flags, buf.view(pos, n), now)
+            self.rexmit_high = pos + n
+            self.layer.counters["tcp_retransmitted_segments"] += 1
+            return True
+        if self.fin_queued and self.snd_max > pos and pos == buf.end:
+            self._emit(pos, FIN | ACK, b"", now)
+            self.rexmit_high = pos + 1
+            return True
+        return False
+
+    def _sacked_bytes(self) -> int:
+        return sum(end - start for start, end in self.sacked or ())
+
+    def _update_sacked(self, seg: Segment, ack: int) -> bool:
+        """Merge the segment's SACK blocks (RFC 2018) into the scoreboard;
+        D-SACK and stale blocks are ignored.  Returns True if new data was
+        reported as received."""
+        new = False
+        sacked = self.sacked or []
+        for left, right in seg.sack_blocks:
+            lo = _unwrap(left, self.snd_una)
+            hi = _unwrap(right, self.snd_una)
+            if not (ack < lo < hi <= self.snd_max):
+                continue
+            merged = [lo, hi]
+            keep = []
+            covered = False
+            for blk in sacked:
+                if blk[1] < lo or blk[0] > hi:
+                    keep.append(blk)
+                else:
+                    if blk[0] <= lo and blk[1] >= hi:
+                        covered = True
+                    merged[0] = min(merged[0], blk[0])
+                    merged[1] = max(merged[1], blk[1])
+            if not covered:
+                new = True
+            keep.append(merged)
+            keep.sort()
+            sacked = keep[:16]
+        self.sacked = sacked or None
+        return new
 
     # ------------------------------------------------------------------ timers
 
@@ -556,6 +625,8 @@ class Connection:
         else:
             self.cc.on_timeout(self.snd_max - self.snd_una, self.snd_max)
             self.snd_nxt = self.snd_una
+            self.sacked = None  # RFC 2018 8: SACKed data may be reneged
+            self.rexmit_high = self.snd_una
             self._output(now)
         if self.rtx_at is None:
             self.rtx_at = now + self.rto.current()
@@ -700,9 +771,12 @@ class Connection:
         st = self.state
         # PAWS (RFC 7323 5.3)
         if (self.ts_ok and seg.ts_val is not None and not flags & RST and self.ts_recent
-                and (seg.ts_val - self.ts_recent) & HALF):
+                and (seg.ts_val - self.ts_recent) & HALF and (payload or flags & (SYN | FIN))):
+            # (reordered pure ACKs are exempt, as in Linux's tcp_disordered_ack)
             self.layer.counters["tcp_paws_drops"] += 1
-            self._send_ack(now)
+            if now - self.last_oow_ack >= OOW_ACK_INTERVAL:
+                self.last_oow_ack = now
+                self._send_ack(now)
             return
         # 1. sequence number acceptability
         plen = len(payload)
@@ -828,15 +902,29 @@ class Connection:
             return False
         una = self.snd_una
         wnd = seg.wnd << self.snd_wscale
+        new_sack = False
+        if seg.sack_blocks and self.sack_ok:
+            new_sack = self._update_sacked(seg, ack)
         if ack > una:
             self._new_ack(seg, ack, now)
-        elif (ack == una and plen == 0 and not flags & FIN and wnd == self.snd_wnd
-              and self.snd_max > una and self.persist_at is None):
+        elif (ack == una and self.snd_max > una and self.persist_at is None and (
+                new_sack or (plen == 0 and not flags & FIN and wnd == self.snd_wnd
+                             and not seg.sack_blocks))):
+            # RFC 6675: an ACK with new SACK information counts as a duplicate
+            # (whatever its window); one whose only news is a D-SACK does not.
             self.layer.counters["tcp_dupacks"] += 1
-            if self.cc.on_dupack(una, self.snd_max, self.snd_max - una):
+            mss = self.mss
+            flight = self.snd_max - una
+            thresh = 3
+            if self.sndbuf.end <= self.snd_max and flight < 4 * mss:
+                thresh = max(1, -(-flight // mss) - 1)  # RFC 5827 early retransmit
+            sack_lost = self.sacked is not None and self._sacked_bytes() >= 3 * mss
+            if self.cc.on_dupack(una, self.snd_max, flight, thresh, sack_lost):
                 self.layer.counters["tcp_fast_retransmits"] += 1
                 self._retransmit_first(now)
                 self.rtx_at = now + self.rto.current()
+            elif self.cc.in_recovery and self.sacked:
+                self._retransmit_hole(now)
         # window update (RFC 9293 3.10.7.4)
         seq = seg.seq
         wl1 = self.snd_wl1
@@ -889,9 +977,15 @@ class Connection:
             self.snd_nxt = ack
         self.sndbuf.consume_to(ack)
         self.rtx_count = 0
+        sacked = self.sacked
+        if sacked:
+            while sacked and sacked[0][1] <= ack:
+                del sacked[0]
+            if not sacked:
+                self.sacked = None
         partial = self.cc.on_ack(acked, ack, flight)
         if partial:
-            self._retransmit_first(now)
+            self._retransmit_hole(now)
         if ack >= self.snd_max:
             self.rtx_at = None
         elif self.persist_at is None:

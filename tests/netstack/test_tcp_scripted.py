@@ -165,14 +165,16 @@ def test_fast_retransmit_and_newreno_partial_ack():
     segs = st.take()
     assert len(segs) == 10 and all(len(s.payload) == mss for s in segs)  # IW10
     base = peer.rcv_nxt
-    # segment 0 lost; segments 1.. arrive and produce duplicate ACKs
-    assert peer.tx(ACK) == []
-    assert peer.tx(ACK) == []
+    # segment 0 lost; segments 1.. arrive and produce duplicate ACKs; the first
+    # two each release one new segment (RFC 3042 limited transmit)
+    (lt1,) = peer.tx(ACK)
+    (lt2,) = peer.tx(ACK)
+    assert (lt1.seq, lt2.seq) == ((base + 10 * mss) & M, (base + 11 * mss) & M)
     (rtx,) = peer.tx(ACK)  # third duplicate ACK
     assert rtx.seq == base and len(rtx.payload) == mss
     assert conn.cc.in_recovery and st.counters["tcp_fast_retransmits"] == 1
     ssthresh = conn.cc.ssthresh
-    assert ssthresh == 5 * mss
+    assert ssthresh == 6 * mss  # half of the 12 segments in flight
     more = peer.tx(ACK)  # inflation lets new data out
     assert conn.cc.cwnd == ssthresh + 4 * mss
     assert all(s.seq >= (base + 10 * mss) & M for s in more)
@@ -391,3 +393,30 @@ def test_sack_option_with_four_blocks_without_timestamps():
         (dup,) = peer.tx(ACK, b"z" * 10, seq=s0 + 20 * (k + 1))
     assert len(dup.sack_blocks) == 4
     assert sack_option([(1, 2)])[2] == 5
+
+
+def test_sack_recovery_fills_every_hole():
+    clock, st, peer, user, _ = server()
+    conn = user.conn
+    mss = conn.mss
+    conn.send(b"s" * (10 * mss), clock.seconds())
+    assert len(st.take()) == 10
+    base = peer.rcv_nxt
+
+    def sack(*segs):
+        return sack_option([((base + a * mss) & M, (base + b * mss) & M) for a, b in segs])
+
+    # segments 0 and 3 lost: SACKs for 1-2 then 4.. (RFC 2018 blocks)
+    assert peer.tx(ACK, opts=sack((1, 2))) == []
+    assert peer.tx(ACK, opts=sack((1, 3))) == []
+    (rtx,) = peer.tx(ACK, opts=sack((4, 5), (1, 3)))  # third duplicate: fast retransmit
+    assert rtx.seq == base and st.counters["tcp_fast_retransmits"] == 1
+    (hole,) = peer.tx(ACK, opts=sack((4, 6), (1, 3)))
+    assert hole.seq == (base + 3 * mss) & M  # the second hole, before any partial ACK
+    assert peer.tx(ACK, opts=sack((4, 7), (1, 3))) == []  # nothing left to fill
+    # a D-SACK-only ACK (duplicate below SND.UNA) is not a duplicate ACK
+    before = st.counters["tcp_dupacks"]
+    peer.tx(ACK, opts=sack_option([((base - 10) & M, base & M)]))
+    assert st.counters["tcp_dupacks"] == before
+    peer.tx(ACK, ack=(base + 10 * mss) & M)
+    assert conn.sacked is None and not conn.cc.in_recovery
