@@ -1,0 +1,328 @@
+"""More private-service end-to-end cases (issue 6 acceptance), real processes.
+
+Same topology as ``test_private_e2e.py`` (its ``World`` is reused): netns G
+runs ``twistd nbmanagement`` and ``twistd nbgateway --private``; stock
+wireguard-go peers in their own namespaces take their configuration from the
+management's ``/api/peers/{id}/wireguard-config``.
+
+* alice (in group ``devs``) is the client;
+* berta (no groups) is a *backend*: an HTTP server bound to her tunnel IP
+  inside her namespace, the target of a ``type=peer`` service.
+
+The management runs from a small launcher that wraps the management's
+``ValidateTunnelPeer`` handler with a counter written to a file (no source
+change; the management itself exposes no RPC counter), so "exactly one
+validation RPC" is counted where the RPC is served.  A separate grpcio client
+(the generated stubs in ``nbgateway/_proto``) plays a proxy without the private
+capability.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+
+import pytest
+
+from tests.interop.conftest import require_testbed
+from tests.interop.test_private_e2e import (
+    APP,
+    DOMAIN,
+    VENV_BIN,
+    World,
+    counter,
+    wait_for,
+)
+from tests.interop.testbed import Testbed
+
+pytestmark = pytest.mark.interop
+
+SWITCH = f"sw.{DOMAIN}"
+ONPEER = f"onpeer.{DOMAIN}"
+MANY = f"many.{DOMAIN}"
+PUB = f"pub.{DOMAIN}"
+BACKEND_PORT = 9090
+#: issue 6: "a service switched public -> private -> removed takes effect within 2 s"
+SWITCH_BOUND = 2.0
+
+COUNTING_MANAGEMENT = textwrap.dedent('''
+    """twistd nbmanagement with ValidateTunnelPeer calls appended to a file."""
+    import sys
+    from nbgateway.management import proxyrpcs
+    count_file = sys.argv[1]
+    served = proxyrpcs.UnaryRpcs.ValidateTunnelPeer
+    def counted(self, req, context, caller):
+        with open(count_file, "a") as f:
+            f.write(f"{req.tunnel_ip} {req.domain}\\n")
+        return served(self, req, context, caller)
+    proxyrpcs.UnaryRpcs.ValidateTunnelPeer = counted
+    sys.argv = ["twistd", *sys.argv[2:]]
+    from twisted.scripts.twistd import run
+    run()
+''')
+
+BACKEND = textwrap.dedent('''
+    import json, sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            body = json.dumps({"server": "berta", "path": self.path,
+                               "client": self.client_address[0],
+                               "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+    ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+''')
+
+#: a proxy without the private capability: SyncMappings init with
+#: private=false / supports_private_service=false, acks every batch, prints the
+#: snapshot's (domain, private) pairs once initial_sync_complete arrives.
+LEGACY_PROXY = textwrap.dedent('''
+    import json, queue, sys, time
+    import grpc
+    from nbgateway._proto import proxy_service_pb2 as pb
+    from nbgateway._proto import proxy_service_pb2_grpc as rpc
+    token, address = sys.argv[1], sys.argv[2]
+    outbox = queue.Queue()
+    outbox.put(pb.SyncMappingsRequest(init=pb.SyncMappingsInit(
+        proxy_id="legacy-proxy-1", version="0.0.1-test", address=address,
+        capabilities=pb.ProxyCapabilities(
+            supports_custom_ports=True, require_subdomain=False, supports_crowdsec=False,
+            private=False, supports_private_service=False))))
+    def requests():
+        while True:
+            item = outbox.get()
+            if item is None:
+                return
+            yield item
+    channel = grpc.insecure_channel("127.0.0.1:33073")
+    stub = rpc.ProxyServiceStub(channel)
+    call = stub.SyncMappings(requests(), metadata=(("authorization", f"Bearer {token}"),),
+                             timeout=30)
+    seen = {}
+    for msg in call:
+        for m in msg.mapping:
+            if m.type == pb.UPDATE_TYPE_REMOVED:
+                seen.pop(m.domain, None)
+            else:
+                seen[m.domain] = m.private
+        outbox.put(pb.SyncMappingsRequest(ack=pb.SyncMappingsAck()))
+        if msg.initial_sync_complete:
+            break
+    outbox.put(None)
+    call.cancel()
+    print(json.dumps(seen))
+''')
+
+
+class CountingWorld(World):
+    """``World`` whose management counts ValidateTunnelPeer calls it serves."""
+
+    def __init__(self, tb: Testbed) -> None:
+        super().__init__(tb)
+        self.rpc_log = os.path.join(self.tmp, "validate-tunnel-peer.calls")
+        open(self.rpc_log, "w").close()
+
+    def start_management(self) -> None:
+        launcher = self.tb.write_file("counting_management.py", COUNTING_MANAGEMENT)
+        self.mgmt_proc = self.g.popen(
+            [sys.executable, launcher, self.rpc_log, "-n", "--pidfile=", "-l", "-",
+             "nbmanagement", "--datadir", self.mgmt_dir, "--api-addr", "127.0.0.1:33071",
+             "--grpc-addr", "127.0.0.1:33073"],
+            stdout=self.log("management"), stderr=subprocess.STDOUT, cwd=self.tmp,
+            env=dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}"))
+        wait_for(lambda: self._get_ok("/openapi.json"), 30, "management REST API")
+        with open(os.path.join(self.mgmt_dir, "admin-token")) as f:
+            self.admin = f.read().strip()
+
+    def validations(self, domain: str) -> list[str]:
+        with open(self.rpc_log) as f:
+            return [line.split()[0] for line in f if line.split()[1:] == [domain]]
+
+    def cluster_service(self, name: str, domain: str, *, private: bool,
+                        groups: tuple[str, ...] = ()) -> dict:
+        body = {"name": name, "domain": domain, "enabled": True, "private": private,
+                "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
+                             "host": "127.0.0.1", "port": 8081, "enabled": True,
+                             "options": {"direct_upstream": True}}]}
+        if groups:
+            body["access_groups"] = list(groups)
+        return body
+
+    def public_curl(self, host: str, path: str = "/") -> int:
+        """A request on the gateway's public listener (127.0.0.1:8443 in G)."""
+        r = self.g.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
+                        "--resolve", f"{host}:8443:127.0.0.1", f"http://{host}:8443{path}"],
+                       check=False, timeout=10)
+        return int(r.stdout) if r.stdout.strip().isdigit() else 0
+
+    def peer_curl(self, name: str, host: str, path: str = "/") -> tuple[int, str]:
+        ns, gw_ip = self.conns[name]
+        r = ns.run(["curl", "-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}",
+                    "--resolve", f"{host}:80:{gw_ip}", f"http://{host}{path}"],
+                   check=False, timeout=10)
+        body, _, code = r.stdout.rpartition("\n")
+        return (int(code) if code.isdigit() else 0), body
+
+
+def _status_is(expected: int, probe):
+    return lambda: (lambda c: c if c == expected else None)(probe())
+
+
+@pytest.fixture(scope="module")
+def world():
+    require_testbed("curl", "wg-quick")
+    tb = Testbed()
+    try:
+        w = CountingWorld(tb)
+        w.conns = {}
+        w.start_upstream()
+        w.start_management()
+        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
+        w.start_gateway(token)
+        wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
+                 30, "the gateway to connect to management")
+        w.devs = w.rest("POST", "/groups", {"name": "devs"})
+        w.add_peer("alice", [w.devs["id"]])
+        w.add_peer("berta", [])
+        # the account's first service makes the gateway join as a proxy peer
+        w.app = w.rest("POST", "/reverse-proxies/services", w.cluster_service(
+            "app", APP, private=True, groups=(w.devs["id"],)))
+        for name in ("alice", "berta"):
+            ns, gw_ip, _conf = w.connect_peer(name)
+            w.conns[name] = (ns, gw_ip)
+        yield w
+    finally:
+        for name in ("gateway", "management", "upstream"):
+            path = os.path.join(tb.tmpdir, f"{name}.log")
+            if os.path.exists(path):
+                print(f"--- {name} log tail ---")
+                with open(path, "rb") as f:
+                    print(f.read()[-4000:].decode(errors="replace"))
+        left = tb.close()
+    assert not left, left
+
+
+def test_direct_upstream_target_and_target_on_a_peer(world):
+    # direct_upstream: the upstream on the gateway host's network (127.0.0.1:8081 in G)
+    _code, body = wait_for(_status_pair(world, "alice", APP, "/direct"), 30,
+                          "the direct_upstream service")
+    assert json.loads(body)["path"] == "/direct"
+
+    # a target on a peer: berta serves on her tunnel IP; the gateway dials it
+    # through its netstack and WireGuard (not direct_upstream)
+    berta = world.peers["berta"]
+    ns_b, _ = world.conns["berta"]
+    script = world.tb.write_file("backend.py", BACKEND)
+    ns_b.popen([sys.executable, script, berta["ip"], str(BACKEND_PORT)],
+               stdout=world.log("backend"), stderr=subprocess.STDOUT)
+    svc = world.rest("POST", "/reverse-proxies/services", {
+        "name": "onpeer", "domain": ONPEER, "enabled": True, "private": True,
+        "access_groups": [world.devs["id"]],
+        "targets": [{"target_id": berta["id"], "target_type": "peer", "protocol": "http",
+                     "port": BACKEND_PORT, "enabled": True}]})
+    assert svc["targets"][0]["host"] == berta["ip"]  # management resolved the peer's IP
+    _code, body = wait_for(_status_pair(world, "alice", ONPEER, "/on/peer"), 30,
+                          "the service whose target is on berta")
+    seen = json.loads(body)
+    assert seen["server"] == "berta" and seen["path"] == "/on/peer"
+    # berta saw the gateway's tunnel address as the client: it came through WireGuard
+    _ns_a, gw_ip = world.conns["alice"]
+    assert seen["client"] == gw_ip
+    assert seen["headers"]["x-forwarded-for"] == world.peers["alice"]["ip"]
+    assert "devs" in seen["headers"]["x-netbird-groups"].split(",")
+
+
+def _status_pair(world, peer: str, host: str, path: str):
+    def probe():
+        code, body = world.peer_curl(peer, host, path)
+        return (code, body) if code == 200 else None
+    return probe
+
+
+def test_thousand_requests_one_validation_rpc_counted_at_management(world):
+    world.rest("POST", "/reverse-proxies/services", world.cluster_service(
+        "many", MANY, private=True, groups=(world.devs["id"],)))
+    ns, gw_ip = world.conns["alice"]
+    # the service exists on the gateway once the roster short-circuit passes;
+    # wait on the public listener's answer (403 there: it is private), which
+    # costs no validation RPC
+    wait_for(_status_is(403, lambda: world.public_curl(MANY)), 30, "the mapping on the gateway")
+    assert world.validations(MANY) == []
+    misses_before = counter(world.metrics(), "nbgateway_tunnel_validation_lookups_total",
+                            result="miss")
+    cfg = world.tb.write_file("many-more.curl", "".join(
+        f'url = "http://{MANY}/n{i}"\noutput = "/dev/null"\n' for i in range(1000)))
+    r = ns.run(["curl", "-sS", "-m", "150", "--resolve", f"{MANY}:80:{gw_ip}",
+                "-w", "%{http_code}\n", "-K", cfg], check=False, timeout=180)
+    codes = r.stdout.split()
+    assert codes.count("200") == 1000, (codes[:5], r.stderr[-500:])
+    # counted where the RPC is served: exactly one, for alice's tunnel IP
+    assert world.validations(MANY) == [world.peers["alice"]["ip"]]
+    misses_after = counter(world.metrics(), "nbgateway_tunnel_validation_lookups_total",
+                           result="miss")
+    assert misses_after - misses_before == 1
+
+
+def test_service_switched_public_private_removed_within_2s(world):
+    body = world.cluster_service("sw", SWITCH, private=False)
+    svc = world.rest("POST", "/reverse-proxies/services", body)
+    wait_for(_status_is(200, lambda: world.public_curl(SWITCH)), 30, "the public service")
+    assert world.peer_curl("alice", SWITCH)[0] == 200  # public services also on the tunnel
+
+    # public -> private (PUT is a full replace)
+    private = dict(body, private=True, access_groups=[world.devs["id"]])
+    world.rest("PUT", f"/reverse-proxies/services/{svc['id']}", private)
+    t0 = time.monotonic()
+    wait_for(_status_is(403, lambda: world.public_curl(SWITCH)), SWITCH_BOUND,
+             "the public listener to refuse the now-private service", interval=0.05)
+    took_private = time.monotonic() - t0
+    assert world.peer_curl("alice", SWITCH)[0] == 200  # group peer still served
+
+    # removed
+    world.rest("DELETE", f"/reverse-proxies/services/{svc['id']}")
+    t0 = time.monotonic()
+    wait_for(_status_is(404, lambda: world.public_curl(SWITCH)), SWITCH_BOUND,
+             "the removed service to be gone on the public listener", interval=0.05)
+    took_removed = time.monotonic() - t0
+    assert world.peer_curl("alice", SWITCH)[0] == 404
+    print(f"public->private took {took_private:.3f} s, removal {took_removed:.3f} s")
+
+
+def test_proxy_without_private_capability_never_gets_private_mapping(world):
+    world.rest("POST", "/reverse-proxies/services", world.cluster_service(
+        "pub", PUB, private=False))
+    wait_for(_status_is(200, lambda: world.public_curl(PUB)), 30, "the public service")
+    token = world.rest("POST", "/reverse-proxies/proxy-tokens",
+                       {"name": "legacy"})["plain_token"]
+    script = world.tb.write_file("legacy_proxy.py", LEGACY_PROXY)
+    r = world.g.run([sys.executable, script, token, DOMAIN], check=False, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    snapshot = json.loads(r.stdout.strip().splitlines()[-1])
+    assert snapshot.get(PUB) is False  # the public service is there
+    for private in (APP, MANY, ONPEER):
+        assert private not in snapshot, snapshot
+    assert not any(snapshot.values()), snapshot
+    # the gateway (private-capable) still serves its private service meanwhile
+    assert world.peer_curl("alice", APP)[0] == 200
+
+
+def test_management_rest_still_answers(world):
+    """Guard against the legacy proxy having disturbed the cluster: the
+    gateway's cluster stays listed as connected."""
+    try:
+        clusters = world.rest("GET", "/reverse-proxies/clusters")
+    except urllib.error.HTTPError as exc:  # pragma: no cover - diagnostic
+        raise AssertionError(exc.read()) from exc
+    assert DOMAIN in json.dumps(clusters)
