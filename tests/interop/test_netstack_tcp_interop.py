@@ -50,12 +50,6 @@ class Hello(resource.Resource):
         return f"hello {peer.host} via {request.getHost().host}\n".encode()
 
 
-async def _close(gw):
-    await gw.close()
-    assert gw.stack.counters["error_internal"] == 0
-    assert gw.stack.counters["tcp_internal_errors"] == 0
-
-
 async def _in_ns(gw, args, timeout=60.0):
     return await threads.deferToThread(gw.ns.run, args, check=False, timeout=timeout)
 
@@ -95,6 +89,9 @@ def flood_gateway(testbed):
 
 
 def _close_later(gw):
+    """Close the gateway from the reactor; no internal error was counted meanwhile."""
+    assert gw.stack.counters["error_internal"] == 0
+    assert gw.stack.counters["tcp_internal_errors"] == 0
     return deferLater(reactor, 0, lambda: None).addCallback(lambda _: gw.close())
 
 
