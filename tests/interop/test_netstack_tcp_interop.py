@@ -68,6 +68,7 @@ def gateway(testbed):
     gw = start_gateway(testbed, reactor)
     yield gw
     pytest_twisted.blockon(_close_later(gw))
+    _assert_clean(gw)
 
 
 @pytest.fixture
@@ -76,6 +77,7 @@ def faulty_gateway(testbed):
     gw = start_gateway(testbed, reactor, faults=FaultInjector(reactor, rate=0.02, seed=3))
     yield gw
     pytest_twisted.blockon(_close_later(gw))
+    _assert_clean(gw)
 
 
 @pytest.fixture
@@ -86,13 +88,16 @@ def flood_gateway(testbed):
     gw = start_gateway(testbed, reactor, peer_allowed=("100.64.0.0/16", "fd00:64::2/128"))
     yield gw
     pytest_twisted.blockon(_close_later(gw))
+    _assert_clean(gw)
 
 
 def _close_later(gw):
-    """Close the gateway from the reactor; no internal error was counted meanwhile."""
+    return deferLater(reactor, 0, lambda: None).addCallback(lambda _: gw.close())
+
+
+def _assert_clean(gw):
     assert gw.stack.counters["error_internal"] == 0
     assert gw.stack.counters["tcp_internal_errors"] == 0
-    return deferLater(reactor, 0, lambda: None).addCallback(lambda _: gw.close())
 
 
 @pytest_twisted.ensureDeferred
