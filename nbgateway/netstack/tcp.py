@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -324,6 +325,27 @@ class TCPLayer:
                 self._no_connection(src, dst, seg, now)
         finally:
             self._in_input = False
+
+    def icmp_error(self, local: IPAddress, remote: IPAddress, inner: Any, kind: str,
+                   mtu: int | None, now: float) -> None:
+        """An ICMP error quoting one of our segments (called by the ICMP
+        layer).  Only errors whose quoted sequence number is in flight count
+        (RFC 5927 4.1).  ``frag_needed``/packet too big lowers the MSS (path
+        MTU discovery, RFC 1191/8201) and resends; unreachable errors are
+        hard only for a connection still in SYN-SENT (RFC 5461), soft
+        otherwise."""
+        if len(inner) < 8:
+            return
+        sport, dport, seq = struct.unpack_from("!HHI", inner)
+        conn = self.conns.get((local, sport, remote, dport))
+        if conn is None or conn.state == CLOSED:
+            return
+        seq_u = conn.snd_una + ((seq - conn.snd_una) & MASK)
+        if not conn.snd_una <= seq_u < max(conn.snd_max, conn.snd_una + 1):
+            self.counters["tcp_icmp_ignored"] += 1
+            return
+        self.counters["tcp_icmp_errors"] += 1
+        self._guarded(conn, conn.icmp_error, kind, mtu, now)
 
     def _reopen_time_wait(self, conn: Connection, seg: Segment) -> bool:
         """RFC 9293 3.6.1 / RFC 6191: a new SYN above RCV.NXT ends TIME-WAIT."""

@@ -670,6 +670,26 @@ class Connection:
         self.keep_at = self.last_rcv + KEEPALIVE_IDLE if on else None
         self._update_timer()
 
+    def icmp_error(self, kind: str, mtu: int | None, now: float) -> None:
+        """See :meth:`TCPLayer.icmp_error`."""
+        if kind == "frag_needed" and mtu:
+            overhead = (40 if self.remote.version == 4 else 60) + (
+                TS_OPTION_LEN if self.ts_ok else 0)
+            mss = max(mtu, 576 if self.remote.version == 4 else 1280) - overhead
+            if mss < self.mss:
+                self.mss = self.cc.mss = mss
+                if self.state in _SEND_STATES and self.snd_max > self.snd_una:
+                    self.snd_nxt = self.snd_una  # resend at the smaller size
+                    self._output(now)
+                    self._update_timer()
+            return
+        if self.state == SYN_SENT and kind in ("port_unreachable", "protocol_unreachable",
+                                               "admin_prohibited", "host_unreachable",
+                                               "net_unreachable"):
+            reason: Exception = (error.ConnectionRefusedError() if kind == "port_unreachable"
+                                 else error.NoRouteError(string=kind))
+            self._terminate(reason)
+
     # ------------------------------------------------------------------ teardown
 
     def _terminate(self, reason: Exception | None) -> None:

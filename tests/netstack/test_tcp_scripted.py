@@ -420,3 +420,30 @@ def test_sack_recovery_fills_every_hole():
     assert st.counters["tcp_dupacks"] == before
     peer.tx(ACK, ack=(base + 10 * mss) & M)
     assert conn.sacked is None and not conn.cc.in_recovery
+
+
+def test_icmp_errors_pmtu_and_hard_errors():
+    clock, st, peer, user, _ = server()
+    conn = user.conn
+    mss0 = conn.mss
+    conn.send(b"p" * 3000, clock.seconds())
+    first = st.take()[0]
+    quote = build_segment(80, peer.port, first.seq, first.ack, ACK, 0)[:8]
+    # a quote outside the flight is ignored
+    bad = build_segment(80, peer.port, (first.seq + 99999) & M, 0, ACK, 0)[:8]
+    st.tcp.icmp_error(B4, A4, bad, "frag_needed", 600, clock.seconds())
+    assert conn.mss == mss0 and st.counters["tcp_icmp_ignored"] == 1
+    st.tcp.icmp_error(B4, A4, quote, "frag_needed", 600, clock.seconds())
+    assert conn.mss == 600 - 40
+    resent = st.take()
+    assert resent[0].seq == first.seq and len(resent[0].payload) == 560
+    # soft error on an established connection
+    st.tcp.icmp_error(B4, A4, quote, "host_unreachable", None, clock.seconds())
+    assert conn.state_name == "ESTABLISHED"
+    # hard error while connecting
+    u = RecordingUser()
+    c = st.tcp.connect(A4, 9, u)
+    (syn,) = st.take()
+    st.tcp.icmp_error(B4, A4, build_segment(c.lport, 9, syn.seq, 0, SYN, 0)[:8],
+                      "port_unreachable", None, clock.seconds())
+    assert type(u.closed[0]).__name__ == "ConnectionRefusedError"
