@@ -46,6 +46,7 @@ UPSTREAM = textwrap.dedent('''
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are separate writes
         def do_GET(self):
             body = json.dumps({"path": self.path,
                                "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
@@ -283,7 +284,8 @@ def test_peer_in_group_reaches_private_service_with_identity(world):
 def test_peer_outside_the_group_is_refused(world):
     ns, gw_ip, _ = world.connect_peer("bob")
     before = upstream_requests(world)
-    code, body, err = world.curl(ns, f"https://{APP}/bob", gw_ip=gw_ip, timeout=20)
+    code, body, err = world.curl(ns, f"https://{APP}/bob", "--connect-timeout", "3",
+                                 gw_ip=gw_ip, timeout=20)
     # 403, or no connection at all because the synthetic ACL filters bob
     assert code in (0, 403), (code, body, err)
     assert upstream_requests(world) == before
