@@ -219,6 +219,21 @@ class TCPLayer:
         conn.open_active(now)
         return conn
 
+    def close(self) -> None:
+        """Shut the layer down: close every listener and reset every
+        connection (users see ``ConnectionLost``).  For stack teardown."""
+        for listener in list(self.listeners.values()):
+            listener.close()
+        now = self.clock.seconds()
+        for conn in list(self.conns.values()):
+            user = conn.user
+            conn.abort(now)
+            if user is not None:
+                user.tcp_closed(error.ConnectionLost("netstack closed"))
+        self.conns.clear()
+        self.time_wait.clear()
+        self._heap = []
+
     # ------------------------------------------------------------------ connection callbacks
 
     def remove(self, conn: Connection) -> None:

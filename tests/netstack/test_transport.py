@@ -275,3 +275,12 @@ def test_listen_twice_fails_and_stop_listening():
     w.run(until=lambda: results)
     assert results[0].check(error.ConnectionRefusedError)
     assert A4 in a.addresses
+
+
+def test_layer_close_resets_everything():
+    _clock, _a, b, w, cli, srv, port = setup()
+    b.tcp.close()
+    assert srv.lost.check(error.ConnectionLost) and not b.tcp.conns and not b.tcp.listeners
+    w.run(until=lambda: cli.lost)
+    assert cli.lost.check(error.ConnectionLost)  # the peer saw our RST
+    assert port.listener.closed
