@@ -33,7 +33,6 @@ from datetime import UTC
 from typing import Any
 
 import grpc
-import sqlalchemy as sa
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management import sessionjwt
@@ -51,7 +50,6 @@ from nbgateway.management.model import (
 )
 from nbgateway.management.proxymapping import TokenError
 from nbgateway.management.store import _secrets
-from nbgateway.management.store.schema import group_peers, groups
 
 _STATUS_NAMES = list(ServiceStatus)  # ProxyStatus 0..5 in order
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -135,14 +133,7 @@ class UnaryRpcs:
 
     def peer_group_refs(self, account_id: str, peer_id: str) -> list[tuple[str, str]]:
         """``[(group id, group name)]`` of a peer, by group id (no member lists loaded)."""
-        q = (
-            sa.select(groups.c.id, groups.c.name)
-            .join(group_peers, group_peers.c.group_id == groups.c.id)
-            .where(group_peers.c.peer_id == peer_id, groups.c.account_id == account_id)
-            .order_by(groups.c.id)
-        )
-        with self.store._read() as conn:
-            return [(gid, name) for gid, name in conn.execute(q)]
+        return self.store.get_peer_group_refs(account_id, peer_id)
 
     # -- ValidateTunnelPeer (2.8, 2.9) ---------------------------------------------------------
 

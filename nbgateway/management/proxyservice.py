@@ -45,7 +45,6 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-import sqlalchemy as sa
 from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
@@ -77,7 +76,6 @@ from nbgateway.management.proxyrpcs import (
     valid_proxy_address,
 )
 from nbgateway.management.store import _secrets
-from nbgateway.management.store.schema import peers
 
 __all__ = [
     "AuthFailureLimiter",
@@ -749,34 +747,4 @@ class ProxyServiceServicer(UnaryRpcs):
 
     def _resolve(self, services: list[Service]) -> list[Service]:
         """Replace ``peer`` target hosts with the peer IP (``unknown`` when gone), batched."""
-        wanted: dict[str, set[str]] = {}
-        for s in services:
-            for t in s.targets:
-                if t.target_type == "peer":
-                    wanted.setdefault(s.account_id, set()).add(t.target_id)
-        if not wanted:
-            return services
-        ips: dict[tuple[str, str], str] = {}
-        with self.store._read() as conn:
-            for account_id, ids in wanted.items():
-                id_list = sorted(ids)
-                for i in range(0, len(id_list), 500):
-                    q = sa.select(peers.c.id, peers.c.ip).where(
-                        peers.c.account_id == account_id, peers.c.id.in_(id_list[i : i + 500])
-                    )
-                    for pid, ip in conn.execute(q):
-                        ips[(account_id, pid)] = ip
-        out = []
-        for s in services:
-            if any(t.target_type == "peer" for t in s.targets):
-                s = dataclasses.replace(
-                    s,
-                    targets=tuple(
-                        dataclasses.replace(t, host=ips.get((s.account_id, t.target_id), "unknown"))
-                        if t.target_type == "peer"
-                        else t
-                        for t in s.targets
-                    ),
-                )
-            out.append(s)
-        return out
+        return self.store.resolve_services_target_hosts(services)
