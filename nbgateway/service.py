@@ -324,7 +324,15 @@ class GatewayService(MultiService):
         if self.mgmt is not None:
             self.mgmt.subscribe_mappings(self.store)
 
+    #: how often a graceful shutdown re-checks for in-flight requests (seconds)
+    drain_poll = 0.05
+
     def stopService(self) -> Deferred:
+        """Graceful shutdown (spec 3.13): readiness fails first; every listener
+        stops accepting (public, per-account tunnel web and DNS listeners);
+        in-flight requests get up to ``--drain-timeout`` to finish (and their
+        tunnel TCP send buffers to empty); then the tunnels close, the pools
+        and the access log flush, the children stop and the UDP port closes."""
         self.health.begin_shutdown()
         self.certificates.stop()
         self.proxy.upgrades.close_all()
@@ -332,7 +340,12 @@ class GatewayService(MultiService):
         if self.public_port is not None:
             port, self.public_port = self.public_port, None
             stops.append(maybeDeferred(port.stopListening))
-        d = DeferredList([*stops, self.accounts.stop()], consumeErrors=True)
+        for runtime in list(self.accounts.runtimes.values()):
+            listeners, runtime.listeners = runtime.listeners, []
+            stops.extend(maybeDeferred(p.stopListening) for p in listeners)
+        d = DeferredList(stops, consumeErrors=True)
+        d.addBoth(lambda _: self._drain(self.reactor.seconds() + self.config.drain_timeout))
+        d.addBoth(lambda _: self.accounts.stop())
         d.addBoth(lambda _: self.pools.close())
         d.addBoth(lambda _: self.access_log.stop(timeout=self.config.drain_timeout))
         d.addBoth(lambda _: super(GatewayService, self).stopService())
@@ -344,6 +357,37 @@ class GatewayService(MultiService):
             return result
 
         return d.addBoth(close_udp)
+
+    def _in_flight(self) -> tuple[int, int]:
+        """(HTTP requests in flight, bytes queued in tunnel TCP send buffers)."""
+        queued = 0
+        for runtime in self.accounts.runtimes.values():
+            tcp = getattr(runtime.stack, "tcp", None)
+            for conn in list(getattr(tcp, "conns", {}).values()):
+                queued += getattr(conn, "send_queued", 0)
+        return self.metrics.requests.active, queued
+
+    def _drain(self, deadline: float) -> Deferred:
+        """Fires once nothing is in flight, or at ``deadline`` (polled every
+        :attr:`drain_poll` seconds; immediately when already idle)."""
+        done: Deferred = Deferred()
+
+        def poll() -> None:
+            requests, queued = self._in_flight()
+            if not requests and not queued:
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                log.warn("drain timeout: {requests} request(s) still in flight, {queued} "
+                         "byte(s) unsent; closing", requests=requests, queued=queued)
+                done.callback(None)
+            else:
+                self.reactor.callLater(self.drain_poll, poll)
+
+        requests, _queued = self._in_flight()
+        if requests:
+            log.info("draining {requests} in-flight request(s)", requests=requests)
+        poll()
+        return done
 
     def reload(self) -> None:
         """SIGHUP: re-read the certificate directories now."""
