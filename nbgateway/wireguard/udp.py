@@ -3,6 +3,8 @@ implementing :class:`~nbgateway.interfaces.IDatagramLink` for its output."""
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.interfaces import IListeningPort, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -47,7 +49,35 @@ class WireGuardProtocol(DatagramProtocol):
         self.device.counters["udp_refused"] += 1
 
 
+#: socket buffer size asked for (bursts of handshakes or a fast sender must
+#: not overflow the 208 KiB Linux default; wireguard-go asks for 7 MiB)
+SOCKET_BUFFER = 4 * 1024 * 1024
+_FORCE = {socket.SO_RCVBUF: getattr(socket, "SO_RCVBUFFORCE", None),
+          socket.SO_SNDBUF: getattr(socket, "SO_SNDBUFFORCE", None)}
+
+
+def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> tuple[int, int]:
+    """Grow the receive and send buffers of ``sock`` towards ``size`` (beyond
+    net.core.[rw]mem_max when privileged); returns the sizes obtained."""
+    for opt, force in _FORCE.items():
+        for name in (force, opt):
+            if name is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, name, size)
+                break
+            except OSError:
+                continue
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+
 def listen(reactor: IReactorUDP, device, port: int, interface: str = "") -> IListeningPort:
-    """Bind the device's UDP socket.  ``interface`` '' binds all IPv4 addresses;
-    '::' binds dual-stack."""
-    return reactor.listenUDP(port, WireGuardProtocol(device), interface=interface)
+    """Bind the device's UDP socket (with enlarged buffers).  ``interface`` ''
+    binds all IPv4 addresses; '::' binds dual-stack."""
+    listening = reactor.listenUDP(port, WireGuardProtocol(device), interface=interface)
+    sock = getattr(listening, "socket", None)
+    if sock is not None:
+        rcv, snd = enlarge_buffers(sock)
+        log.debug("WireGuard UDP buffers: receive {rcv}, send {snd}", rcv=rcv, snd=snd)
+    return listening

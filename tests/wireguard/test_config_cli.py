@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,26 @@ def test_run_bad_config_one_line_error(tmp_path):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{path}:3:" in lines[0]
+
+
+def test_udp_listen_enlarges_socket_buffers():
+    from twisted.internet import reactor
+    from twisted.internet.task import Clock
+
+    from nbgateway.wireguard import udp
+    from nbgateway.wireguard.device import WireGuardDevice
+    from nbgateway.wireguard.keys import generate_private_key
+
+    port = udp.listen(reactor, WireGuardDevice(generate_private_key(), Clock()), 0,
+                      interface="127.0.0.1")
+    try:
+        import socket
+
+        rcv = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with open("/proc/sys/net/core/rmem_max") as f:
+            rmem_max = int(f.read())
+        # root may exceed rmem_max (SO_RCVBUFFORCE); Linux reports twice the request
+        wanted = udp.SOCKET_BUFFER if os.geteuid() == 0 else min(udp.SOCKET_BUFFER, rmem_max)
+        assert rcv >= wanted
+    finally:
+        port.stopListening()
