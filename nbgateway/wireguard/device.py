@@ -1,5 +1,10 @@
 """WireGuardDevice: the sans-IO WireGuard endpoint.
 
+This module holds the roster, the datagram demultiplexer and the transport
+data path (the hot path); the handshake side is
+:mod:`nbgateway.wireguard.handshake` and timer scheduling
+:mod:`nbgateway.wireguard.scheduler` (mixins of the device).
+
 Owns the static identity, the peer roster, the receiver-index table, cryptokey
 routing and the timer deadlines of every peer.  It is fed UDP datagrams through
 :meth:`WireGuardDevice.datagramReceived` and plaintext IP packets through
@@ -14,7 +19,6 @@ Every dropped datagram or packet increments a named counter in
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 import itertools
 import os
@@ -32,20 +36,15 @@ from zope.interface import implementer
 from nbgateway.interfaces import IDatagramLink, IPacketSender, IPacketSink
 from nbgateway.wireguard import constants as C
 from nbgateway.wireguard import noise
-from nbgateway.wireguard._crypto import tai64n
 from nbgateway.wireguard.allowedips import AllowedIPs
 from nbgateway.wireguard.cookie import CookieChecker
+from nbgateway.wireguard.handshake import HandshakeMixin
+from nbgateway.wireguard.indices import IndexRegistry  # re-exported for the mux
 from nbgateway.wireguard.messages import (
-    INITIATION_MAC1_OFFSET,
-    INITIATION_MAC2_OFFSET,
-    RESPONSE_MAC1_OFFSET,
-    RESPONSE_MAC2_OFFSET,
     TRANSPORT_HEADER,
-    CookieReply,
-    Initiation,
-    Response,
 )
 from nbgateway.wireguard.peer import Keypair, Peer
+from nbgateway.wireguard.scheduler import TimerScheduler
 from nbgateway.wireguard.timers import TimerConfig
 
 log = Logger()
@@ -66,25 +65,8 @@ def _parse_allowed(allowed_ips: Iterable) -> list[ipaddress.IPv4Network | ipaddr
     return [ipaddress.ip_network(a, strict=False) for a in allowed_ips]
 
 
-class IndexRegistry:
-    """Receiver indices shared by several devices behind one UDP port, so a
-    datagram's receiver index names exactly one device (see :mod:`.mux`)."""
-
-    def __init__(self) -> None:
-        self.owners: dict[int, WireGuardDevice] = {}
-
-    def claim(self, index: int, device: WireGuardDevice) -> bool:
-        if index in self.owners:
-            return False
-        self.owners[index] = device
-        return True
-
-    def release(self, index: int) -> None:
-        self.owners.pop(index, None)
-
-
 @implementer(IPacketSender)
-class WireGuardDevice:
+class WireGuardDevice(HandshakeMixin, TimerScheduler):
     """A userspace WireGuard interface (one static key, many peers)."""
 
     def __init__(
@@ -243,17 +225,6 @@ class WireGuardDevice:
         if self._indices.pop(index, None) is not None and self.index_registry is not None:
             self.index_registry.release(index)
 
-    def _timestamp(self) -> bytes:
-        ts = tai64n(self._walltime())
-        if ts <= self._last_timestamp:
-            secs, nanos = struct.unpack(">QI", self._last_timestamp)
-            nanos += 1
-            if nanos >= 1_000_000_000:
-                secs, nanos = secs + 1, 0
-            ts = struct.pack(">QI", secs, nanos)
-        self._last_timestamp = ts
-        return ts
-
     def _send(self, peer: Peer, data: bytes) -> bool:
         if peer.endpoint is None:
             self.counters["drop_no_endpoint"] += 1
@@ -264,162 +235,6 @@ class WireGuardDevice:
             return False
         link.sendDatagram(data, peer.endpoint)
         return True
-
-    def _under_load(self, now: float) -> bool:
-        if now - self._hs_window_start >= 1.0:
-            self._hs_window_start = now
-            self._hs_window_count = 0
-        self._hs_window_count += 1
-        if self._hs_window_count > self.under_load_threshold:
-            self._under_load_until = now + C.UNDER_LOAD_AFTER_TIME
-        return now < self._under_load_until
-
-    # ------------------------------------------------------------------ timers
-
-    def _arm(self, peer: Peer, name: str, when: float | None) -> None:
-        setattr(peer.timers, name, when)
-        if when is None or peer.removed:
-            return
-        if peer.heap_at is None or when < peer.heap_at:
-            peer.heap_generation += 1
-            peer.heap_at = when
-            heapq.heappush(self._heap, (when, next(self._seq), peer, peer.heap_generation))
-            if not self._closed and (self._call_at is None or when < self._call_at):
-                self._rearm(when)
-
-    def _rearm(self, when: float) -> None:
-        delay = max(0.0, when - self._now())
-        if self._call is not None and self._call.active():
-            self._call.reset(delay)
-        else:
-            self._call = self.clock.callLater(delay, self._on_deadline)
-        self._call_at = when
-
-    def next_deadline(self) -> float | None:
-        """The earliest armed peer timer (for inspection and tests)."""
-        return self._call_at
-
-    def _on_deadline(self) -> None:
-        self._call = None
-        self._call_at = None
-        now = self._now()
-        heap = self._heap
-        due: list[Peer] = []
-        while heap and heap[0][0] <= now:
-            _, _, peer, gen = heapq.heappop(heap)
-            if peer.removed or gen != peer.heap_generation:
-                continue
-            peer.heap_at = None
-            due.append(peer)
-        for peer in due:
-            try:
-                self._expire(peer, now)
-            except Exception:
-                log.failure("timer handling failed for {peer!r}", peer=peer)
-            nxt = peer.timers.next_deadline()
-            if (
-                nxt is not None
-                and not peer.removed
-                and (peer.heap_at is None or nxt < peer.heap_at)
-            ):
-                peer.heap_generation += 1
-                peer.heap_at = nxt
-                heapq.heappush(heap, (nxt, next(self._seq), peer, peer.heap_generation))
-        # discard stale heads so the heap stays small
-        while heap and (heap[0][2].removed or heap[0][3] != heap[0][2].heap_generation):
-            heapq.heappop(heap)
-        if heap and not self._closed:
-            self._rearm(heap[0][0])
-
-    def _expire(self, peer: Peer, now: float) -> None:
-        t = peer.timers
-        cfg = self.timers
-        if t.retransmit_handshake is not None and t.retransmit_handshake <= now:
-            t.retransmit_handshake = None
-            if t.handshake_attempts >= cfg.max_handshake_attempts:
-                # REKEY_ATTEMPT_TIME exhausted: give up and drop what was staged.
-                self.counters["handshake_gave_up"] += 1
-                peer.staged.clear()
-                self._drop_handshake(peer)
-                t.send_keepalive = None
-                if t.zero_key_material is None:
-                    t.zero_key_material = now + cfg.reject_after_time * 3
-            else:
-                t.handshake_attempts += 1
-                self._initiate(peer, retry=True)
-        if t.send_keepalive is not None and t.send_keepalive <= now:
-            t.send_keepalive = None
-            self._send_keepalive(peer)
-            if t.need_another_keepalive:
-                t.need_another_keepalive = False
-                t.send_keepalive = now + cfg.keepalive_timeout
-        if t.new_handshake is not None and t.new_handshake <= now:
-            t.new_handshake = None
-            self.counters["handshake_no_reply"] += 1
-            self._initiate(peer, retry=False)
-        if t.zero_key_material is not None and t.zero_key_material <= now:
-            t.zero_key_material = None
-            self._zero_keys(peer)
-        if t.persistent_keepalive is not None and t.persistent_keepalive <= now:
-            t.persistent_keepalive = None
-            self._send_keepalive(peer)
-
-    def _zero_keys(self, peer: Peer) -> None:
-        for kp in peer.keypairs():
-            self._release(kp.local_index)
-        peer.previous = peer.current = peer.next = None
-        self._drop_handshake(peer)
-
-    def _authenticated_traversal(self, peer: Peer, now: float) -> None:
-        if peer.persistent_keepalive:
-            self._arm(peer, "persistent_keepalive", now + peer.persistent_keepalive)
-
-    # ------------------------------------------------------------------ handshake out
-
-    def initiate(self, public_key: bytes) -> None:
-        """Start a handshake with a peer now (subject to REKEY_TIMEOUT rate limiting)."""
-        peer = self.peers[public_key]
-        self._initiate(peer, retry=False)
-
-    def _drop_handshake(self, peer: Peer) -> None:
-        if peer.handshake is not None:
-            self._release(peer.handshake.local_index)
-            peer.handshake = None
-
-    def _initiate(self, peer: Peer, retry: bool) -> None:
-        now = self._now()
-        cfg = self.timers
-        if not retry:
-            peer.timers.handshake_attempts = 0
-        last = peer.last_initiation_sent
-        if last is not None and now - last < cfg.rekey_timeout and not retry:
-            return  # a handshake is already under way
-        if peer.endpoint is None:
-            self.counters["drop_no_endpoint"] += 1
-            return
-        self._drop_handshake(peer)
-        state, msg = noise.create_initiation(
-            self.identity,
-            peer.public_key,
-            peer.hash0,
-            peer.static_static,
-            peer.preshared_key,
-            0,
-            self._timestamp(),
-            self._urandom(32),
-        )
-        index = self._new_index(peer, state)
-        state.local_index = index
-        msg = msg._replace(sender=index)
-        peer.handshake = state
-        peer.last_initiation_sent = now
-        data = peer.cookies.add_macs(msg.pack_without_macs(), now)
-        if self._send(peer, data):
-            self.counters["handshake_initiation_tx"] += 1
-            peer.timers.send_keepalive = None  # any authenticated packet sent
-            self._authenticated_traversal(peer, now)
-        jitter = self._rng.uniform(0, cfg.rekey_timeout_jitter)
-        self._arm(peer, "retransmit_handshake", now + cfg.rekey_timeout + jitter)
 
     # ------------------------------------------------------------------ datagrams in
 
@@ -449,143 +264,6 @@ class WireGuardDevice:
         except Exception:
             self.counters["drop_internal_error"] += 1
             log.failure("unexpected error handling a datagram from {addr}", addr=addr)
-
-    def _check_macs(
-        self, data: bytes, mac1_off: int, mac2_off: int, sender: int, addr, now: float
-    ) -> bool:
-        if not self._checker.check_mac1(data, mac1_off):
-            self.counters["drop_bad_mac1"] += 1
-            return False
-        if self._under_load(now) and not self._checker.check_mac2(data, mac2_off, addr, now):
-            reply = self._checker.make_reply(data, mac1_off, sender, addr, now)
-            if self.link is not None:
-                self.link.sendDatagram(reply, addr)
-            self.counters["cookie_reply_tx"] += 1
-            return False
-        return True
-
-    def _receive_initiation(self, data: bytes, addr) -> None:
-        now = self._now()
-        msg = Initiation.parse(data)
-        if not self._check_macs(
-            data, INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET, msg.sender, addr, now
-        ):
-            return
-        peers = self.peers
-
-        def lookup(static: bytes) -> bytes | None:
-            p = peers.get(static)
-            return None if p is None else p.static_static
-
-        try:
-            consumed = noise.consume_initiation(self.identity, msg, lookup)
-        except noise.HandshakeError as exc:
-            self.counters["drop_" + ("unknown_peer" if exc.reason == "unknown_peer"
-                                     else "decrypt" if exc.reason == "decrypt"
-                                     else "malformed")] += 1
-            return
-        peer = peers[consumed.remote_static]
-        if consumed.timestamp <= peer.latest_timestamp:
-            self.counters["drop_stale_timestamp"] += 1
-            return
-        last = peer.last_initiation_consumed
-        if last is not None and now - last < C.HANDSHAKE_INITIATION_RATE:
-            self.counters["drop_initiation_flood"] += 1
-            return
-        peer.latest_timestamp = consumed.timestamp
-        peer.last_initiation_consumed = now
-        self.counters["handshake_initiation_rx"] += 1
-
-        local_index = self._new_index(peer, None)
-        try:
-            resp, keys = noise.create_response(
-                consumed, peer.preshared_key, local_index, self._urandom(32)
-            )
-        except noise.HandshakeError:
-            self._release(local_index)
-            self.counters["drop_malformed"] += 1
-            return
-        kp = Keypair(keys.send, keys.receive, local_index, consumed.remote_index, now, False)
-        self._indices[local_index] = (peer, kp)
-        # responder: the new session waits in `next` until the initiator uses it
-        if peer.next is not None:
-            self._release(peer.next.local_index)
-        if peer.previous is not None:
-            self._release(peer.previous.local_index)
-        peer.previous = None
-        peer.next = kp
-        peer.endpoint = addr
-        out = peer.cookies.add_macs(resp.pack_without_macs(), now)
-        self._send(peer, out)
-        self.counters["handshake_response_tx"] += 1
-        peer.timers.new_handshake = None  # any authenticated packet received
-        peer.timers.send_keepalive = None  # any authenticated packet sent
-        self._authenticated_traversal(peer, now)
-        self._arm(peer, "zero_key_material", now + self.timers.reject_after_time * 3)
-
-    def _receive_response(self, data: bytes, addr) -> None:
-        now = self._now()
-        msg = Response.parse(data)
-        if not self._check_macs(
-            data, RESPONSE_MAC1_OFFSET, RESPONSE_MAC2_OFFSET, msg.sender, addr, now
-        ):
-            return
-        entry = self._indices.get(msg.receiver)
-        if entry is None or not isinstance(entry[1], noise.InitiatorState):
-            self.counters["drop_unknown_index"] += 1
-            return
-        peer, state = entry
-        try:
-            keys = noise.consume_response(self.identity, state, msg)
-        except noise.HandshakeError:
-            self.counters["drop_decrypt"] += 1
-            return
-        self.counters["handshake_response_rx"] += 1
-        peer.handshake = None
-        kp = Keypair(keys.send, keys.receive, state.local_index, msg.sender, now, True)
-        self._indices[state.local_index] = (peer, kp)
-        # initiator: the new session is current at once
-        if peer.next is not None:
-            if peer.previous is not None:
-                self._release(peer.previous.local_index)
-            if peer.current is not None:
-                self._release(peer.current.local_index)
-            peer.previous = peer.next
-            peer.next = None
-        else:
-            if peer.previous is not None:
-                self._release(peer.previous.local_index)
-            peer.previous = peer.current
-        peer.current = kp
-        peer.endpoint = addr
-        self._handshake_complete(peer, now)
-        self._arm(peer, "zero_key_material", now + self.timers.reject_after_time * 3)
-        self._authenticated_traversal(peer, now)
-        if peer.staged:
-            self._flush_staged(peer)
-        else:
-            self._send_keepalive(peer)  # confirms the session to the responder
-
-    def _handshake_complete(self, peer: Peer, now: float) -> None:
-        t = peer.timers
-        t.retransmit_handshake = None
-        t.handshake_attempts = 0
-        t.new_handshake = None
-        peer.last_handshake = now
-        peer.last_initiation_sent = None
-        self.counters["handshake_completed"] += 1
-
-    def _receive_cookie_reply(self, data: bytes) -> None:
-        reply = CookieReply.parse(data)
-        entry = self._indices.get(reply.receiver)
-        if entry is None:
-            self.counters["drop_unknown_index"] += 1
-            return
-        peer = entry[0]
-        if peer.cookies.consume_reply(reply, self._now()):
-            self.counters["cookie_reply_rx"] += 1
-        else:
-            self.counters["drop_bad_cookie"] += 1
 
     def _receive_transport(self, data: bytes, addr) -> None:
         receiver, counter = _TRANSPORT_RX.unpack_from(data, 4)
