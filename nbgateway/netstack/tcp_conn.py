@@ -19,8 +19,19 @@ Documented choices: TIME-WAIT lasts ``TIME_WAIT_TIMEOUT`` (2*MSL with a short
 MSL of 15 s) and incoming RSTs are ignored in TIME-WAIT (RFC 1337); a fully
 closed (orphaned) connection lingers in FIN-WAIT-2 for at most
 ``FIN_WAIT_2_TIMEOUT`` and answers new data with RST; data on a SYN is not
-queued (the peer retransmits it); sender-side SACK recovery is not implemented
-(SACK blocks are generated for the peer, received blocks are ignored).
+queued (the peer retransmits it); the urgent pointer is ignored (urgent data
+is delivered inline, RFC 6093); Nagle is off by default (``nodelay``, like
+Go's net package; ``setTcpNoDelay(False)`` turns it on).
+
+Receive side: in-order data is delivered at once (or queued while the user is
+paused, closing the window); out-of-order segments wait in a bounded
+:class:`~nbgateway.netstack.buffers.Assembler` and are reported in SACK
+blocks; ACKs for every second segment are sent at the end of the reactor turn
+(deadline "now"), at once every ``ACK_EVERY`` segments, after 40 ms for a
+lone segment; the receive window autotunes between ``RCV_BUF`` and
+``RCV_BUF_MAX`` (see ``_tune_window``).  Send side: NewReno with RFC 6675-style
+hole filling from the peer's SACK blocks, RFC 5827 early retransmit and
+RFC 3042 limited transmit; the scoreboard is dropped on RTO (RFC 2018 8).
 """
 
 from __future__ import annotations

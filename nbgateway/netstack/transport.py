@@ -23,6 +23,10 @@ Close semantics (mirroring ``twisted.internet.tcp``):
 * ``loseWriteConnection`` sends FIN but keeps reading; ``writeConnectionLost``
   follows its acknowledgment (half-closeable protocols only).
 * ``abortConnection`` sends RST and reports ``ConnectionAborted``.
+
+``getTcpNoDelay()`` is True by default (Nagle off, as in Go); writes are
+segmented and sent at once, so a protocol that writes many tiny pieces should
+use ``writeSequence`` or set ``setTcpNoDelay(False)``.
 """
 
 from __future__ import annotations
