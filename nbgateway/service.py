@@ -278,9 +278,9 @@ class GatewayService(MultiService):
         """The account's listeners on its tunnel address: HTTP on the HTTP port,
         HTTPS on the HTTPS port (each also accepting the other protocol), DNS."""
         cfg = runtime.settings
+        # every address of the account's stack (its tunnel IPv4 and, if any, IPv6)
         listens = [
-            TunnelServerEndpoint(runtime.stack, port, interface=runtime.tunnel_ip).listen(
-                self.web_factory(runtime.account_id))
+            TunnelServerEndpoint(runtime.stack, port).listen(self.web_factory(runtime.account_id))
             for port in dict.fromkeys((cfg.http_port, cfg.https_port))
         ]
         d = DeferredList(listens, fireOnOneErrback=True, consumeErrors=True)
@@ -292,7 +292,7 @@ class GatewayService(MultiService):
         a DNS bind failure is logged and leaves the web listeners up."""
         authority = self.dns.setdefault(runtime.account_id, ZoneAuthority())
         factory = DNSResponderFactory(authority, clock=self.reactor)
-        d = listen_dns(runtime.stack, factory, interface=runtime.tunnel_ip)
+        d = listen_dns(runtime.stack, factory, interface="")
 
         def bound(listeners: Any) -> list[Any]:
             return [*ports, _Stoppable(listeners)]

@@ -33,6 +33,8 @@ from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public
 
 CLIENT_IP = "100.64.0.10"
 GATEWAY_IP = "100.64.0.1"
+CLIENT_IP6 = "fd00:64::10"
+GATEWAY_IP6 = "fd00:64::1"
 
 
 class Echo(resource.Resource):
@@ -83,19 +85,23 @@ class GatewayServiceTests(unittest.TestCase):
         self.client_key = generate_private_key()
         self.client = WireGuardDevice(self.client_key, reactor)
         self.client_udp = udp.listen(reactor, self.client, 0, interface="127.0.0.1")
-        self.client_stack = Stack(self.client, reactor, [CLIENT_IP])
+        self.client_stack = Stack(self.client, reactor, [CLIENT_IP, CLIENT_IP6])
         self.client.sink = self.client_stack
         runtime = self.svc.accounts.get("acct")
-        self.client.add_peer(runtime.device.public_key, allowed_ips=[f"{GATEWAY_IP}/32"],
+        self.client.add_peer(runtime.device.public_key,
+                             allowed_ips=[f"{GATEWAY_IP}/32", f"{GATEWAY_IP6}/128"],
                              endpoint=("127.0.0.1", self.svc.wg_port))
         key = public_key(self.client_key)
         allow_web = InboundRule(action="allow",
-                                sources=(ipaddress.ip_network(f"{CLIENT_IP}/32"),),
+                                sources=(ipaddress.ip_network(f"{CLIENT_IP}/32"),
+                                         ipaddress.ip_network(f"{CLIENT_IP6}/128")),
                                 protocols=frozenset({6}), ports=((80, 80), (443, 443)))
         yield Channel.instances[0].on_map(AccountNetwork(
             serial=1, address=ipaddress.ip_interface(f"{GATEWAY_IP}/10"),
+            address_v6=ipaddress.ip_interface(f"{GATEWAY_IP6}/64"),
             roster=(RosterPeer(key_to_base64(key), key,
-                               (ipaddress.ip_network(f"{CLIENT_IP}/32"),)),),
+                               (ipaddress.ip_network(f"{CLIENT_IP}/32"),
+                                ipaddress.ip_network(f"{CLIENT_IP6}/128"))),),
             inbound_rules=(allow_web,),
             zones=(DnsZone("peers.test.", (DnsRecord("db.peers.test.", 1, 5, CLIENT_IP),)),)))
         self.agent = Agent.usingEndpointFactory(
@@ -230,3 +236,14 @@ class GatewayServiceTests(unittest.TestCase):
         body = yield readBody(resp)
         self.assertEqual((resp.code, body), (403, b"Forbidden\n"))
         self.assertEqual(self.mgmt.count("validate_tunnel_peer"), 0)
+
+    @defer.inlineCallbacks
+    def test_private_service_over_ipv6_tunnel_addresses(self):
+        self.mgmt.allow_tunnel_peer(CLIENT_IP6, "app.example", user_email="v6@example.com")
+        resp = yield self.agent.request(
+            b"GET", f"http://[{GATEWAY_IP6}]/".encode(),
+            Headers({b"host": [b"app.example"], b"connection": [b"close"]}))
+        body = yield readBody(resp)
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(json.loads(body)["x-netbird-user"], ["v6@example.com"])
+        self.assertEqual(json.loads(body)["x-forwarded-for"], [CLIENT_IP6])
