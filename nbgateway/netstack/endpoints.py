@@ -26,7 +26,8 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from nbgateway.netstack.tcp import DEFAULT_BACKLOG, DEFAULT_MAX_HALF_OPEN, Listener, TCPLayer
-from nbgateway.netstack.tcp_conn import CLOSED, Connection
+from nbgateway.netstack.tcp_conn import Connection
+from nbgateway.netstack.tcp_const import CLOSED
 from nbgateway.netstack.transport import TunnelTCPTransport, tunnel_address
 
 log = Logger()

@@ -36,15 +36,14 @@ from nbgateway.netstack.syncookies import (
     decode_ts_options,
     encode_ts_options,
 )
-from nbgateway.netstack.tcp_conn import (
+from nbgateway.netstack.tcp_conn import Connection, TCPUser
+from nbgateway.netstack.tcp_const import (
     CLOSED,
     DEFAULT_MSS_V4,
     DEFAULT_MSS_V6,
     MASK,
     RCV_WSCALE,
     TIME_WAIT,
-    Connection,
-    TCPUser,
 )
 from nbgateway.netstack.tcp_wire import (
     ACK,

@@ -42,53 +42,49 @@ from twisted.internet import error
 
 from nbgateway.netstack.buffers import Assembler, SendBuffer
 from nbgateway.netstack.congestion import NewReno, RTOEstimator
+from nbgateway.netstack.tcp_const import (
+    _SEND_STATES,
+    _TEXT_STATES,
+    ACK_EVERY,
+    CLOSE_WAIT,
+    CLOSED,
+    CLOSING,
+    DEFAULT_MSS_V4,
+    DEFAULT_MSS_V6,
+    DELACK_TIMEOUT,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    FIN_WAIT_2_TIMEOUT,
+    HALF,
+    LAST_ACK,
+    MASK,
+    OOW_ACK_INTERVAL,
+    RCV_BUF,
+    RCV_BUF_MAX,
+    RCV_TUNE_CALM,
+    RCV_WSCALE,
+    STATE_NAMES,
+    SYN_RECEIVED,
+    SYN_SENT,
+    TIME_WAIT,
+    TIME_WAIT_TIMEOUT,
+    _unwrap,
+)
+from nbgateway.netstack.tcp_output import ConnectionOutput
 from nbgateway.netstack.tcp_wire import (
     ACK,
     FIN,
-    PSH,
     RST,
     SYN,
     TS_OPTION_LEN,
     Segment,
-    build_segment,
-    sack_option,
-    syn_options,
-    ts_option,
 )
 
 if TYPE_CHECKING:
     from nbgateway.netstack.checksum import IPAddress
     from nbgateway.netstack.tcp import Listener, TCPLayer
 
-(CLOSED, LISTEN, SYN_SENT, SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT,
- CLOSING, LAST_ACK, TIME_WAIT) = range(11)
-STATE_NAMES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
-               "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT")
-_SEND_STATES = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK))
-_TEXT_STATES = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2))
-
-MASK = 0xFFFFFFFF
-HALF = 0x80000000
-WRAP = 0x100000000
-
-RCV_BUF = 64 * 1024  # initial receive window (and its floor)
-RCV_BUF_MAX = 1024 * 1024
-RCV_WSCALE = 5  # 65535 << 5 covers RCV_BUF_MAX
-RCV_TUNE_CALM = 8  # loss-free, window-limited RTTs before the receive window grows
-DELACK_TIMEOUT = 0.04  # RFC 5681 4.2: well under 500 ms
-ACK_EVERY = 8  # in-order segments acknowledged at once even within one reactor turn
-MSL = 15.0
-TIME_WAIT_TIMEOUT = 2 * MSL
-FIN_WAIT_2_TIMEOUT = 60.0
-KEEPALIVE_IDLE = 7200.0  # RFC 1122 4.2.3.6
-KEEPALIVE_INTERVAL = 75.0
-KEEPALIVE_COUNT = 9
-SYN_RETRIES = 5
-DATA_RETRIES = 12
-PERSIST_MAX = 60.0
-OOW_ACK_INTERVAL = 0.5  # like Linux tcp_invalid_ratelimit
-DEFAULT_MSS_V4 = 536  # RFC 9293 3.7.1
-DEFAULT_MSS_V6 = 1220  # RFC 8200 8.3
 
 
 class TCPUser(Protocol):
@@ -102,12 +98,7 @@ class TCPUser(Protocol):
     def tcp_closed(self, reason: Exception | None) -> None: ...
 
 
-def _unwrap(wire: int, ref: int) -> int:
-    d = (wire - ref) & MASK
-    return ref + d - WRAP if d & HALF else ref + d
-
-
-class Connection:
+class Connection(ConnectionOutput):
     """Transmission control block plus the RFC 9293 3.10 event processing."""
 
     __slots__ = (
@@ -383,323 +374,6 @@ class Connection:
             mss -= TS_OPTION_LEN
         self.mss = mss
         self.cc.set_mss(mss)
-
-    # ------------------------------------------------------------------ output
-
-    def ts_now(self, now: float) -> int:
-        return (int(now * 1000) + self.ts_offset) & MASK
-
-    def _adv_window(self) -> int:
-        space = self.rcv_buf - self.rcv_queued
-        cur = self.rcv_adv - self.rcv_nxt
-        if space < cur or (space - cur < self.mss and space < self.rcv_buf):
-            space = max(cur, 0)  # never shrink; receiver SWS avoidance (3.8.6.2.2)
-        field = min(space >> self.rcv_wscale, 0xFFFF)
-        edge = self.rcv_nxt + (field << self.rcv_wscale)
-        if edge > self.rcv_adv:
-            self.rcv_adv = edge
-        return field
-
-    def _emit(self, seq: int, flags: int, payload: bytes | memoryview, now: float) -> None:
-        opts = b""
-        if self.ts_ok:
-            opts = ts_option(self.ts_now(now), self.ts_recent)
-        if flags & ACK:
-            ooo = self.ooo
-            if ooo and self.sack_ok:
-                # SACK blocks must not push a data segment past the MSS budget
-                room = (self.mss + (TS_OPTION_LEN if self.ts_ok else 0) - len(opts)
-                        - len(payload) - 4) // 8
-                n = min(room, 3 if self.ts_ok else 4)
-                if n > 0:
-                    opts += sack_option(ooo.sack_blocks(n))
-            wnd = self._adv_window()
-            self.last_ack_sent = self.rcv_nxt
-            self.ack_pending = 0
-            self.ack_now = False
-            self.delack_at = None
-        else:
-            wnd = 0 if flags & RST else self._adv_window()
-        self.layer.output(self, build_segment(self.lport, self.rport, seq, self.rcv_nxt, flags,
-                                              wnd, opts, payload))
-
-    def _send_syn(self, now: float, with_ack: bool) -> None:
-        if with_ack:
-            ts = (self.ts_now(now), self.ts_recent) if self.ts_ok else None
-            opts = syn_options(self.layer.mss_for(self.remote),
-                               RCV_WSCALE if self.rcv_wscale else None, self.sack_ok, ts)
-            flags = SYN | ACK
-        else:
-            opts = syn_options(self.layer.mss_for(self.remote), RCV_WSCALE, True,
-                               (self.ts_now(now), 0))
-            flags = SYN
-        self.layer.output(self, build_segment(self.lport, self.rport, self.iss, self.rcv_nxt,
-                                              flags, min(self.rcv_buf, 0xFFFF), opts))
-        self.snd_nxt = self.iss + 1
-        if self.snd_max < self.snd_nxt:
-            self.snd_max = self.snd_nxt
-        self.ack_pending = 0
-        self.delack_at = None
-
-    def _send_ack(self, now: float) -> None:
-        # A pure ACK carries SND.MAX, not SND.NXT: after a go-back-N retransmission
-        # SND.NXT can lie below what the peer already received, and an ACK with
-        # such a sequence number would be unacceptable to it (as BSD does).
-        self._emit(self.snd_max, ACK, b"", now)
-
-    def _challenge_ack(self, now: float) -> None:
-        """RFC 5961 challenge ACK, rate limited per layer."""
-        if self.layer.challenge_allowed(now):
-            self._send_ack(now)
-
-    def _output(self, now: float) -> None:
-        """Send what the windows allow, the FIN when due, or a pending ACK."""
-        buf = self.sndbuf
-        data_end = buf.end
-        sent = False
-        if self.persist_at is None:
-            mss = self.mss
-            while True:
-                nxt = self.snd_nxt
-                avail = data_end - nxt
-                if avail <= 0:
-                    break
-                cwnd = self.cc.cwnd
-                if 0 < self.cc.dupacks < 3 and not self.cc.in_recovery:
-                    cwnd += self.cc.dupacks * mss  # RFC 3042 limited transmit
-                room = self.snd_una + min(self.snd_wnd, cwnd) - nxt
-                n = min(avail, mss, room)
-                if n <= 0:
-                    break
-                if n < mss:
-                    if n < avail:
-                        # sender SWS avoidance (RFC 9293 3.8.6.2.1)
-                        if n < self.max_snd_wnd // 2 and nxt > self.snd_una:
-                            break
-                    elif not self.nodelay and nxt > self.snd_una and not self.fin_queued:
-                        break  # Nagle (RFC 896 / 9293 3.7.4)
-                flags = ACK | PSH if n == avail else ACK
-                if n == avail and self.fin_queued:
-                    flags |= FIN
-                self._emit(nxt, flags, buf.view(nxt, n), now)
-                if nxt == self.snd_max and self.rtt_seq is None:
-                    self.rtt_seq, self.rtt_time = nxt + n, now
-                nxt += n + (1 if flags & FIN else 0)
-                self.snd_nxt = nxt
-                if nxt > self.snd_max:
-                    self.snd_max = nxt
-                if self.rtx_at is None:
-                    self.rtx_at = now + self.rto.current()
-                sent = True
-            if self.fin_queued and self.snd_nxt == data_end:
-                self._emit(data_end, FIN | ACK, b"", now)
-                self.snd_nxt = data_end + 1
-                if self.snd_nxt > self.snd_max:
-                    self.snd_max = self.snd_nxt
-                if self.rtx_at is None:
-                    self.rtx_at = now + self.rto.current()
-                sent = True
-            if (not sent and self.snd_wnd == 0 and data_end > self.snd_nxt
-                    and self.snd_nxt == self.snd_una and self.rtx_at is None):
-                self.persist_backoff = 0
-                self.persist_at = now + self.rto.current()
-        if self.ack_now and not sent:
-            self._send_ack(now)
-
-    def _retransmit_first(self, now: float) -> None:
-        """Resend the first unacknowledged segment."""
-        self.rexmit_high = self.snd_una
-        self._retransmit_hole(now)
-
-    def _retransmit_hole(self, now: float) -> bool:
-        """Resend one segment: the first one at or above ``rexmit_high`` that
-        the peer has not selectively acknowledged (RFC 6675-style hole
-        filling during recovery; without SACK information this is the first
-        unacknowledged segment, as in RFC 6582).  Returns False if no hole
-        is left below the highest SACKed sequence number."""
-        una = self.snd_una
-        pos = max(una, self.rexmit_high)
-        sacked = self.sacked
-        limit = self.snd_max
-        if sacked:
-            for start, end in sacked:
-                if pos < start:
-                    limit = start
-                    break
-                pos = max(pos, end)
-            else:
-                if pos > una:
-                    return False  # nothing un-SACKed below the highest SACK
-        elif pos > una:
-            return False
-        buf = self.sndbuf
-        n = min(self.mss, buf.end - pos, limit - pos)
-        self.rtt_seq = None  # Karn
-        if n > 0:
-            flags = ACK
-            if self.fin_queued and pos + n == buf.end and self.snd_max > buf.end:
-                flags |= FIN
-            self._emit(pos, flags, buf.view(pos, n), now)
-            self.rexmit_high = pos + n
-            self.layer.counters["tcp_retransmitted_segments"] += 1
-            return True
-        if self.fin_queued and self.snd_max > pos and pos == buf.end:
-            self._emit(pos, FIN | ACK, b"", now)
-            self.rexmit_high = pos + 1
-            return True
-        return False
-
-    def _sacked_bytes(self) -> int:
-        return sum(end - start for start, end in self.sacked or ())
-
-    def _update_sacked(self, seg: Segment, ack: int) -> bool:
-        """Merge the segment's SACK blocks (RFC 2018) into the scoreboard;
-        D-SACK and stale blocks are ignored.  Returns True if new data was
-        reported as received."""
-        new = False
-        sacked = self.sacked or []
-        for left, right in seg.sack_blocks:
-            lo = _unwrap(left, self.snd_una)
-            hi = _unwrap(right, self.snd_una)
-            if not (ack < lo < hi <= self.snd_max):
-                continue
-            merged = [lo, hi]
-            keep = []
-            covered = False
-            for blk in sacked:
-                if blk[1] < lo or blk[0] > hi:
-                    keep.append(blk)
-                else:
-                    if blk[0] <= lo and blk[1] >= hi:
-                        covered = True
-                    merged[0] = min(merged[0], blk[0])
-                    merged[1] = max(merged[1], blk[1])
-            if not covered:
-                new = True
-            keep.append(merged)
-            keep.sort()
-            sacked = keep[:16]
-        self.sacked = sacked or None
-        return new
-
-    # ------------------------------------------------------------------ timers
-
-    def _update_timer(self) -> None:
-        t = self.rtx_at
-        for x in (self.persist_at, self.delack_at, self.keep_at, self.linger_at):
-            if x is not None and (t is None or x < t):
-                t = x
-        self.timer_at = t
-        if t is not None and (self.heap_at is None or t < self.heap_at):
-            self.layer.schedule(self)
-
-    def on_timer(self, now: float) -> None:
-        """Run whatever timers are due (called by the layer's heap)."""
-        if self.state == CLOSED:
-            return
-        if self.linger_at is not None and now >= self.linger_at:
-            self.linger_at = None
-            self._terminate(None)
-            return
-        if self.rtx_at is not None and now >= self.rtx_at:
-            self._on_rto(now)
-            if self.state == CLOSED:
-                return
-        if self.persist_at is not None and now >= self.persist_at:
-            self._on_persist(now)
-        if self.delack_at is not None and now >= self.delack_at:
-            self._send_ack(now)
-        if self.keep_at is not None and now >= self.keep_at:
-            self._on_keepalive(now)
-            if self.state == CLOSED:
-                return
-        self._update_timer()
-
-    def _on_rto(self, now: float) -> None:
-        self.rtx_at = None
-        st = self.state
-        if self.snd_una >= self.snd_max and st not in (SYN_SENT, SYN_RECEIVED):
-            return
-        self.rtx_count += 1
-        if self.rtx_count > (SYN_RETRIES if st in (SYN_SENT, SYN_RECEIVED) else DATA_RETRIES):
-            self.layer.counters["tcp_timeouts"] += 1
-            self._terminate(error.TCPTimedOutError() if st != SYN_RECEIVED or
-                            self.listener is None else None)
-            return
-        self.layer.counters["tcp_rto"] += 1
-        self.rto.on_timeout()
-        self.rtt_seq = None  # Karn: never time a retransmitted segment
-        if st == SYN_SENT:
-            self._send_syn(now, with_ack=False)
-        elif st == SYN_RECEIVED:
-            self._send_syn(now, with_ack=True)
-        else:
-            self.cc.on_timeout(self.snd_max - self.snd_una, self.snd_max)
-            self.snd_nxt = self.snd_una
-            self.sacked = None  # RFC 2018 8: SACKed data may be reneged
-            self.rexmit_high = self.snd_una
-            self._output(now)
-        if self.rtx_at is None:
-            self.rtx_at = now + self.rto.current()
-
-    def _on_persist(self, now: float) -> None:
-        self.persist_at = None
-        una = self.snd_una
-        if self.snd_wnd > 0 or self.sndbuf.end <= una:
-            self._output(now)
-            return
-        self.layer.counters["tcp_window_probes"] += 1
-        self._emit(una, ACK, self.sndbuf.view(una, 1), now)
-        if self.snd_nxt < una + 1:
-            self.snd_nxt = una + 1
-        if self.snd_max < self.snd_nxt:
-            self.snd_max = self.snd_nxt
-        self.persist_backoff += 1
-        self.persist_at = now + min(self.rto.current() * (1 << self.persist_backoff), PERSIST_MAX)
-
-    def _on_keepalive(self, now: float) -> None:
-        self.keep_at = None
-        if not self.keepalive or self.state not in (ESTABLISHED, CLOSE_WAIT):
-            return
-        if self.keep_probes == 0 and now - self.last_rcv < KEEPALIVE_IDLE:
-            self.keep_at = self.last_rcv + KEEPALIVE_IDLE
-            return
-        if self.snd_max > self.snd_una:
-            self.keep_at = now + KEEPALIVE_IDLE  # the retransmission timer covers it
-            return
-        if self.keep_probes >= KEEPALIVE_COUNT:
-            self.layer.counters["tcp_keepalive_timeouts"] += 1
-            self._terminate(error.TCPTimedOutError())
-            return
-        self.keep_probes += 1
-        self._emit(self.snd_una - 1, ACK, b"", now)
-        self.keep_at = now + KEEPALIVE_INTERVAL
-
-    def set_keepalive(self, on: bool, now: float) -> None:
-        self.keepalive = on
-        self.keep_probes = 0
-        self.keep_at = self.last_rcv + KEEPALIVE_IDLE if on else None
-        self._update_timer()
-
-    def icmp_error(self, kind: str, mtu: int | None, now: float) -> None:
-        """See :meth:`TCPLayer.icmp_error`."""
-        if kind == "frag_needed" and mtu:
-            overhead = (40 if self.remote.version == 4 else 60) + (
-                TS_OPTION_LEN if self.ts_ok else 0)
-            mss = max(mtu, 576 if self.remote.version == 4 else 1280) - overhead
-            if mss < self.mss:
-                self.mss = self.cc.mss = mss
-                if self.state in _SEND_STATES and self.snd_max > self.snd_una:
-                    self.snd_nxt = self.snd_una  # resend at the smaller size
-                    self._output(now)
-                    self._update_timer()
-            return
-        if self.state == SYN_SENT and kind in ("port_unreachable", "protocol_unreachable",
-                                               "admin_prohibited", "host_unreachable",
-                                               "net_unreachable"):
-            reason: Exception = (error.ConnectionRefusedError() if kind == "port_unreachable"
-                                 else error.NoRouteError(string=kind))
-            self._terminate(reason)
 
     # ------------------------------------------------------------------ teardown
 

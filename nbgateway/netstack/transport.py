@@ -39,7 +39,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nbgateway.netstack.checksum import IPAddress
-from nbgateway.netstack.tcp_conn import CLOSED, Connection
+from nbgateway.netstack.tcp_conn import Connection
+from nbgateway.netstack.tcp_const import CLOSED
 
 SEND_HIGH_WATER = 256 * 1024
 SEND_LOW_WATER = 64 * 1024

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nbgateway.netstack.tcp_conn import TIME_WAIT_TIMEOUT
+from nbgateway.netstack.tcp_const import TIME_WAIT_TIMEOUT
 from nbgateway.netstack.tcp_wire import ACK, SYN, parse_segment
 
 from .tcp_fakes import A4, A6, B4, B6, RecordingUser, listen_recording, make_pair

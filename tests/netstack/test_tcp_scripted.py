@@ -8,7 +8,7 @@ import itertools
 from twisted.internet.task import Clock
 
 from nbgateway.netstack.congestion import RTO_MIN
-from nbgateway.netstack.tcp_conn import (
+from nbgateway.netstack.tcp_const import (
     ACK_EVERY,
     DELACK_TIMEOUT,
     KEEPALIVE_COUNT,

@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, verify
 
 from nbgateway.netstack.endpoints import TunnelClientEndpoint, TunnelServerEndpoint
-from nbgateway.netstack.tcp_conn import RCV_BUF
+from nbgateway.netstack.tcp_const import RCV_BUF
 from nbgateway.netstack.transport import SEND_HIGH_WATER, TunnelTCPTransport
 
 from .tcp_fakes import A4, B4, make_pair
