@@ -405,12 +405,56 @@ class Connection(ConnectionOutput):
     def segment_arrives(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7 SEGMENT ARRIVES for every state but LISTEN."""
         st = self.state
+        if st == ESTABLISHED and self._fast_path(seg, now):
+            return
         if st == SYN_SENT:
             self._syn_sent_input(seg, now)
         elif st != CLOSED:
             self._sync_input(seg, now)
         if self.state != CLOSED:
             self._update_timer()
+
+    def _fast_path(self, seg: Segment, now: float) -> bool:
+        """Header prediction for ESTABLISHED: the next in-order segment (data
+        and/or a new cumulative ACK) with an unchanged window, no SYN, FIN, RST
+        or URG, no SACK information in either direction, no recovery or
+        window probing under way and a timestamp that passes PAWS.  Returns
+        False (touching nothing) for anything else, which then takes the full
+        RFC 9293 path; the outcome is the same either way."""
+        if seg.flags & 0x27 or not seg.flags & ACK or seg.sack_blocks:
+            return False  # SYN FIN RST URG, or no ACK
+        rcv_nxt = self.rcv_nxt
+        if (seg.seq != rcv_nxt & MASK or self.ooo is not None or self.sacked is not None
+                or self.persist_at is not None or self.cc.in_recovery
+                or seg.wnd << self.snd_wscale != self.snd_wnd):
+            return False
+        ts_val = seg.ts_val
+        if self.ts_ok and (ts_val is None or (ts_val - self.ts_recent) & HALF):
+            return False
+        una = self.snd_una
+        ack = _unwrap(seg.ack, una)
+        payload = seg.payload
+        plen = len(payload)
+        if ack < una or ack > self.snd_max:
+            return False
+        if plen:
+            if plen > self.rcv_adv - rcv_nxt or self.orphan:
+                return False
+        elif ack == una:
+            return False  # a pure duplicate ACK: counted on the full path
+        self.last_rcv = now
+        self.keep_probes = 0
+        if self.ts_ok and self.last_ack_sent == rcv_nxt:
+            self.ts_recent = ts_val  # RFC 7323 4.3
+        self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+        if ack > una:
+            self._new_ack(seg, ack, now)  # may call the user, who may abort
+        if plen and self.state != CLOSED:
+            self._receive_text(rcv_nxt, payload, now)
+        if self.state != CLOSED:
+            self._output(now)
+            self._update_timer()
+        return True
 
     def _syn_sent_input(self, seg: Segment, now: float) -> None:
         flags = seg.flags
