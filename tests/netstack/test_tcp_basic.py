@@ -129,3 +129,27 @@ def test_listener_refuses_and_handshake_ack_for_unknown_gets_rst():
     b.inject(A4, B4, build_segment(4444, 80, 1, 77, ACK, 100))
     (rst,) = b.take()
     assert rst.flags == 0x04 and rst.seq == 77
+
+
+def test_bulk_transfer_mostly_takes_the_fast_path(monkeypatch):
+    from nbgateway.netstack.tcp_conn import Connection
+
+    clock, a, b, w = make_pair()
+    _, acc = listen_recording(b, 80)
+    u = RecordingUser()
+    conn = a.tcp.connect(B4, 80, u)
+    w.run(until=lambda: acc)
+    slow = []
+    orig = Connection._sync_input
+
+    def counting(self, seg, now):
+        slow.append(seg)
+        return orig(self, seg, now)
+
+    monkeypatch.setattr(Connection, "_sync_input", counting)
+    data = os.urandom(1_000_000)
+    conn.send(data, clock.seconds())
+    w.run(until=lambda: len(acc[0].data) == len(data))
+    assert bytes(acc[0].data) == data
+    total = a.counters["tcp_segments_in"] + b.counters["tcp_segments_in"]
+    assert len(slow) < total // 10, (len(slow), total)
