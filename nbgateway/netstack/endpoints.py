@@ -80,7 +80,8 @@ class TunnelListeningPort:
         ip = self.interface
         if ip is None:
             ip = self.layer.stack.addresses[0]
-        return tunnel_address(ip, self.port)
+        port = self.listener.port if self.listener is not None else self.port
+        return tunnel_address(ip, port)
 
     def pauseAccepting(self) -> None:
         if self.listener is not None:

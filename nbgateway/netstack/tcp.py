@@ -178,7 +178,15 @@ class TCPLayer:
     def listen(self, port: int, accept: Callable[[Connection], TCPUser | None],
                address: IPAddress | None = None, backlog: int = DEFAULT_BACKLOG,
                max_half_open: int = DEFAULT_MAX_HALF_OPEN) -> Listener:
-        """Open a LISTEN port on ``address`` (None: every stack address)."""
+        """Open a LISTEN port on ``address`` (None: every stack address);
+        port 0 picks a free ephemeral port."""
+        if port == 0:
+            used = {p for _, p in self.listeners} | {c.lport for c in self.conns.values()}
+            free = [p for p in range(EPHEMERAL_PORTS[0], EPHEMERAL_PORTS[1] + 1)
+                    if p not in used]
+            if not free:
+                raise error.CannotListenError(address, port, OSError("no free port"))
+            port = self._rng.choice(free)
         if not 0 < port < 65536:
             raise error.CannotListenError(address, port, ValueError("bad port"))
         if address is not None and address not in self.stack.addresses:

@@ -284,3 +284,23 @@ def test_layer_close_resets_everything():
     w.run(until=lambda: cli.lost)
     assert cli.lost.check(error.ConnectionLost)  # the peer saw our RST
     assert port.listener.closed
+
+
+def test_listen_on_port_zero_picks_a_free_port():
+    _clock, a, b, w = make_pair()
+    ports: list = []
+    TunnelServerEndpoint(b.tcp, 0).listen(Factory.forProtocol(Echo)).addCallback(ports.append)
+    port = ports[0].getHost().port
+    assert 49152 <= port <= 65535
+    got: list = []
+
+    class Hi(Protocol):
+        def connectionMade(self):
+            self.transport.write(b"hi")
+
+        def dataReceived(self, data):
+            got.append(data)
+
+    TunnelClientEndpoint(a.tcp, str(B4), port).connect(Factory.forProtocol(Hi))
+    w.run(until=lambda: got)
+    assert got == [b"hi"]
