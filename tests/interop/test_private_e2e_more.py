@@ -26,6 +26,7 @@ import sys
 import textwrap
 import time
 import urllib.error
+import urllib.request
 
 import pytest
 
@@ -38,7 +39,7 @@ from tests.interop.test_private_e2e import (
     counter,
     wait_for,
 )
-from tests.interop.testbed import Testbed
+from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
 
@@ -49,6 +50,7 @@ PUB = f"pub.{DOMAIN}"
 BACKEND_PORT = 9090
 #: issue 6: "a service switched public -> private -> removed takes effect within 2 s"
 SWITCH_BOUND = 2.0
+SETUP_WAIT = 90
 
 COUNTING_MANAGEMENT = textwrap.dedent('''
     """twistd nbmanagement with ValidateTunnelPeer calls appended to a file."""
@@ -161,11 +163,18 @@ class CountingWorld(World):
         return body
 
     def public_curl(self, host: str, path: str = "/") -> int:
-        """A request on the gateway's public listener (127.0.0.1:8443 in G)."""
-        r = self.g.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
-                        "--resolve", f"{host}:8443:127.0.0.1", f"http://{host}:8443{path}"],
-                       check=False, timeout=10)
-        return int(r.stdout) if r.stdout.strip().isdigit() else 0
+        """A request on the gateway's public listener (127.0.0.1:8443 in G),
+        from this process (no subprocess start in the timed polls)."""
+        req = urllib.request.Request(f"http://127.0.0.1:8443{path}", headers={"Host": host})
+        try:
+            with inside_netns(self.g.name), urllib.request.urlopen(req, timeout=5) as resp:
+                resp.read()
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            return exc.code
+        except OSError:
+            return 0
 
     def peer_curl(self, name: str, host: str, path: str = "/") -> tuple[int, str]:
         ns, gw_ip = self.conns[name]
@@ -191,8 +200,9 @@ def world():
         w.start_management()
         token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
         w.start_gateway(token)
+        # setup waits are generous (a shared, busy machine); they bound, not measure
         wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-                 30, "the gateway to connect to management")
+                 SETUP_WAIT, "the gateway to connect to management")
         w.devs = w.rest("POST", "/groups", {"name": "devs"})
         w.add_peer("alice", [w.devs["id"]])
         w.add_peer("berta", [])
@@ -200,6 +210,8 @@ def world():
         w.app = w.rest("POST", "/reverse-proxies/services", w.cluster_service(
             "app", APP, private=True, groups=(w.devs["id"],)))
         for name in ("alice", "berta"):
+            wait_for(lambda name=name: w._config_with_proxy(w.peers[name]["id"]), SETUP_WAIT,
+                     f"the gateway's proxy peer in {name}'s wireguard-config", interval=0.25)
             ns, gw_ip, _conf = w.connect_peer(name)
             w.conns[name] = (ns, gw_ip)
         yield w
