@@ -106,9 +106,11 @@ class Listener:
             user = self.accept(conn)
             if user is None:
                 conn.abort(self.layer.clock.seconds())
-            elif conn.user is None and conn.state != CLOSED:
-                conn.user = user
+            elif conn.state != CLOSED:
+                if conn.user is None:
+                    conn.user = user
                 if conn.rcv_queue or conn.eof_pending:
+                    # data (or FIN) that arrived while the connection waited
                     conn.flush_received(self.layer.clock.seconds())
 
     def close(self) -> None:

@@ -304,3 +304,39 @@ def test_listen_on_port_zero_picks_a_free_port():
     TunnelClientEndpoint(a.tcp, str(B4), port).connect(Factory.forProtocol(Hi))
     w.run(until=lambda: got)
     assert got == [b"hi"]
+
+
+def test_paused_listener_bounded_accept_backlog():
+    _clock, a, b, w = make_pair()
+    servers: list = []
+    ports: list = []
+    TunnelServerEndpoint(b.tcp, 8081, backlog=3).listen(factory_of(Collect, servers)) \
+        .addCallback(ports.append)
+    ports[0].pauseAccepting()
+    clients: list = []
+    results: list = []
+
+    class Hello(Collect):
+        def connectionMade(self):
+            self.transport.write(b"early data")
+
+    for _ in range(5):
+        TunnelClientEndpoint(a.tcp, str(B4), 8081, timeout=10).connect(
+            factory_of(Hello, clients)).addBoth(results.append)
+    w.run(until=lambda: len(results) == 5 and sum(c.lost is not None for c in clients) == 2,
+          max_time=5)
+    listener = ports[0].listener
+    assert len(listener.accept_queue) == 3 and not servers
+    # the two beyond the backlog completed their handshake into a full queue: reset
+    assert b.counters["tcp_accept_overflow"] == 2
+    assert sum(c.lost is not None and c.lost.check(error.ConnectionLost) is not None
+               for c in clients) == 2
+    ports[0].resumeAccepting()
+    w.run(until=lambda: len(servers) == 3, max_time=10)
+    assert len(servers) == 3 and not listener.accept_queue
+    w.run(until=lambda: all(s.data == b"early data" for s in servers), max_time=10)
+    assert all(bytes(s.data) == b"early data" for s in servers)  # queued before accept
+    # with the queue drained, new connections are accepted again
+    TunnelClientEndpoint(a.tcp, str(B4), 8081).connect(factory_of(Hello, clients))
+    w.run(until=lambda: len(servers) == 4, max_time=10)
+    assert len(servers) == 4
