@@ -447,3 +447,23 @@ def test_icmp_errors_pmtu_and_hard_errors():
     st.tcp.icmp_error(B4, A4, build_segment(c.lport, 9, syn.seq, 0, SYN, 0)[:8],
                       "port_unreachable", None, clock.seconds())
     assert type(u.closed[0]).__name__ == "ConnectionRefusedError"
+
+
+def test_new_syn_reopens_time_wait():
+    clock, st, peer, user, _ = server()
+    conn = user.conn
+    conn.close(clock.seconds())
+    (fin,) = st.take()
+    assert fin.flags & FIN and conn.state_name == "FIN-WAIT-1"
+    peer.rcv_nxt = (fin.seq + 1) & M
+    peer.tx(ACK | FIN)  # ACKs our FIN and closes
+    peer.snd_nxt += 1
+    assert conn.state_name == "TIME-WAIT"
+    # an old duplicate SYN (not above RCV.NXT) gets an ACK, not a new connection
+    (ack,) = peer.tx(SYN, seq=peer.snd_nxt - 100, ack=0)
+    assert ack.flags == ACK and conn.state_name == "TIME-WAIT"
+    # a new SYN above RCV.NXT ends TIME-WAIT and starts a new connection (RFC 6191)
+    (synack,) = peer.tx(SYN, seq=peer.snd_nxt + 100000, ack=0,
+                        opts=syn_options(1200, None, True, None))
+    assert synack.flags == SYN | ACK and synack.ack == (peer.snd_nxt + 100001) & M
+    assert conn.state_name == "CLOSED" and len(st.tcp.conns) == 1
