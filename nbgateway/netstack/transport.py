@@ -14,7 +14,9 @@ pull producer is asked for more at the same point).
 
 Close semantics (mirroring ``twisted.internet.tcp``):
 
-* ``loseConnection`` sends FIN after the buffered data; ``connectionLost``
+* ``loseConnection`` sends FIN after the buffered data (if a registered
+  streaming producer is paused, after it was resumed once the buffer drained
+  and wrote what it had, as Twisted does); ``connectionLost``
   (``ConnectionDone``) follows once the FIN is acknowledged.  Data the peer
   sends after that point is answered with RST, as a closed socket would.
 * peer FIN: an ``IHalfCloseableProtocol`` gets ``readConnectionLost`` and
@@ -94,7 +96,7 @@ class TunnelTCPTransport:
     def write(self, data: bytes) -> None:
         if not isinstance(data, bytes):
             raise TypeError(f"Data must be bytes, not {type(data).__name__}")
-        if self._lost or self._write_closed or self.disconnecting or not data:
+        if self._lost or self._write_closed or self.conn.fin_queued or not data:
             return
         conn = self.conn
         conn.send(data, self._now())
@@ -118,8 +120,10 @@ class TunnelTCPTransport:
             return
         self.disconnecting = True
         self._reading = False
-        if self.producer is not None and self.streamingProducer:
-            self._close_pending = True  # wait for unregisterProducer, like Twisted
+        if self.producer is not None and self.streamingProducer and self._producer_paused:
+            # like Twisted: a paused producer is resumed once the buffer drains
+            # and may write more; the FIN follows what it writes then.
+            self._close_pending = True
             return
         self._shutdown_write()
 
@@ -255,6 +259,9 @@ class TunnelTCPTransport:
             if self._producer_paused:
                 self._producer_paused = False
                 producer.resumeProducing()
+            if self._close_pending and not self._lost and not self._producer_paused:
+                self._close_pending = False
+                self._shutdown_write()
         else:
             self.conn.want_writable = True
             producer.resumeProducing()

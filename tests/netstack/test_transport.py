@@ -340,3 +340,38 @@ def test_paused_listener_bounded_accept_backlog():
     TunnelClientEndpoint(a.tcp, str(B4), 8081).connect(factory_of(Hello, clients))
     w.run(until=lambda: len(servers) == 4, max_time=10)
     assert len(servers) == 4
+
+
+def test_lose_connection_with_registered_streaming_producer():
+    # paused producer: it is resumed as the buffer drains, its data still goes out
+    _clock, _a, _b, w, cli, srv, _port = setup()
+    prod = Streamer(cli.transport, total=1_000_000)
+    cli.transport.registerProducer(prod, True)
+    prod.pump()
+    assert prod.paused
+    cli.transport.loseConnection()
+    w.run(until=lambda: srv.lost, max_time=300)
+    assert len(srv.data) == 1_000_000 and srv.lost.check(error.ConnectionDone)
+
+    # unpaused producer (like HTTPChannel registering itself): closes at once
+    _clock, _a, _b, w, cli, srv, _port = setup()
+
+    class Idle:
+        stopped = False
+
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            self.stopped = True
+
+    idle = Idle()
+    cli.transport.registerProducer(idle, True)
+    cli.transport.write(b"bye")
+    cli.transport.loseConnection()
+    w.run(until=lambda: cli.lost and srv.lost, max_time=60)
+    assert bytes(srv.data) == b"bye" and cli.lost.check(error.ConnectionDone)
+    assert idle.stopped  # connectionLost stops the producer, as Twisted does
