@@ -17,6 +17,9 @@ services or roster change.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +48,7 @@ from nbgateway.tls.certstore import CertificateStore
 from nbgateway.tls.contexts import ClientTLSPolicy, SNIServerCreator
 from nbgateway.tls.dispatch import TLSOrPlainFactory
 from nbgateway.wireguard import udp
+from nbgateway.wireguard.keys import generate_private_key, key_from_base64, key_to_base64
 from nbgateway.wireguard.mux import DeviceMux
 
 log = Logger()
@@ -235,6 +239,30 @@ class GatewayService(MultiService):
             return None
         return TunnelDialer(stack_endpoint_factory(runtime.stack))
 
+    def account_key(self, account_id: str) -> bytes:
+        """The account's WireGuard private key, kept in ``DATADIR/accounts/``
+        (0600) so a restarted gateway keeps its tunnel identity: management
+        re-registers the same proxy peer and stock peers' configs stay valid."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", account_id)[:64]
+        name = f"{safe}-{hashlib.sha256(account_id.encode()).hexdigest()[:8]}.key"
+        folder = os.path.join(self.config.datadir, "accounts")
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                return key_from_base64(f.read())
+        except FileNotFoundError:
+            pass
+        except ValueError:
+            log.warn("replacing unreadable account key {path}", path=path)
+        key = generate_private_key()
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key_to_base64(key) + "\n")
+        os.replace(tmp, path)
+        return key
+
     def _make_runtime(self, account_id: str) -> AccountRuntime:
         cfg = self.config
         return AccountRuntime(
@@ -252,6 +280,7 @@ class GatewayService(MultiService):
             peer_channel_factory=self.peer_channel_factory,
             serve_inbound=self.serve_inbound,
             on_network=self._account_network,
+            key_factory=lambda: self.account_key(account_id),
         )
 
     def _serves(self, name: str) -> bool:

@@ -113,3 +113,34 @@ class EmbeddedTests(unittest.TestCase):
         live = [t for t in again.embedded.store.list_proxy_tokens(None) if not t.revoked]
         self.assertEqual(len(live), 1)
         self.assertNotEqual(live[0].id, first[0].id)
+
+    @defer.inlineCallbacks
+    def test_restarted_gateway_keeps_its_account_tunnel_identity(self):
+        group = yield self.rest("POST", "/groups", {"name": "ops"})
+        yield self.rest("POST", "/reverse-proxies/services", {
+            "name": "app", "domain": "keep.gw.test", "enabled": True, "private": True,
+            "access_groups": [group["id"]],
+            "targets": [{"target_id": "gw.test", "target_type": "cluster", "protocol": "http",
+                         "host": "127.0.0.1", "port": 9, "enabled": True,
+                         "options": {"direct_upstream": True}}]})
+        yield self.wait_for(lambda: any(
+            r.state == "ready" for r in self.svc.accounts.runtimes.values()))
+        first = next(iter(self.svc.accounts.runtimes.values()))
+        key, ip = first.device.public_key, first.tunnel_ip
+        yield self.svc.stopService()
+        again = build_gateway(self.config, reactor, environ={
+            "NB_MANAGEMENT_API_ADDR": "127.0.0.1:0",
+            "NB_MANAGEMENT_GRPC_ADDR": f"127.0.0.1:{free_port()}"})
+        again.privilegedStartService()
+        again.startService()
+        self.svc = again
+        yield self.wait_for(lambda: any(
+            r.state == "ready" for r in again.accounts.runtimes.values()))
+        runtime = next(iter(again.accounts.runtimes.values()))
+        self.assertEqual(runtime.device.public_key, key)
+        self.assertEqual(runtime.tunnel_ip, ip)
+        proxies = [p for p in again.embedded.store.list_peers(runtime.account_id, proxy=True)]
+        self.assertEqual(len(proxies), 1)
+        key_dir = os.path.join(self.datadir, "accounts")
+        [key_file] = os.listdir(key_dir)
+        self.assertEqual(os.stat(os.path.join(key_dir, key_file)).st_mode & 0o777, 0o600)
