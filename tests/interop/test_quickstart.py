@@ -2,7 +2,8 @@
 
 ``test_readme_quickstart_in_a_namespace`` (root, wireguard-go): the commands
 of the fenced block after ``<!-- quickstart -->`` in README.md run, as written,
-in a fresh network namespace and a fresh working directory (fresh data dir):
+in a fresh network namespace, in a fresh copy of the repository installed with
+README's install command (fresh ``.venv``, fresh data dir):
 the demo upstream, ``twistd -n nbgateway`` with embedded management,
 ``nbgateway-admin quickstart``, then the final ``curl``.  The one step that
 cannot run as written is ``sudo wg-quick up ./laptop.conf`` (no sudo/resolvconf
@@ -11,9 +12,9 @@ wireguard-go, ``wg-quick strip | wg setconf``, its Address and AllowedIPs
 routes, and its DNS line as the namespace's resolv.conf (``ip netns exec``
 bind-mounts ``/etc/netns/<ns>/resolv.conf``).  So curl resolves the service
 name through the gateway's DNS and reaches the private service over a stock
-wireguard-go peer.  The working directory's ``.venv`` is a symlink to the
-venv running the tests (a fresh venv install is covered by
-tests/test_packaging.py; doing it again here would double the cost).
+wireguard-go peer.  The install step (README's command minus its final
+``nbgateway-wg run`` demo) takes ~20-30 s with a warm pip cache;
+``NBGW_QUICKSTART_REUSE_VENV=1`` symlinks the running venv instead.
 
 ``QuickstartCommandTests`` (no root): ``nbgateway-admin quickstart`` against a
 real in-process gateway with embedded management: what it creates, prints and
@@ -61,6 +62,28 @@ def quickstart_commands(text: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def install_commands(text: str) -> list[str]:
+    """The install steps of README's install-and-run command (block after
+    ``<!-- install-and-run -->``): creating the venv and the pip installs, not
+    the final step that runs something in the foreground."""
+    after = text.split("<!-- install-and-run -->", 1)[1]
+    block = re.search(r"```sh\n(.*?)\n```", after, re.S)
+    assert block, "no ```sh block after <!-- install-and-run -->"
+    steps = [step.strip() for step in block.group(1).replace("\\\n", " ").split("&&")]
+    return [step for step in steps if re.search(r"-m venv |pip install ", step)]
+
+
+def copy_tree(dest: str) -> None:
+    """The working tree (tracked and untracked-but-not-ignored files) -> dest."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    for rel in filter(None, files.split("\0")):
+        path = os.path.join(ROOT, rel)
+        if os.path.isfile(path):
+            os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy2(path, os.path.join(dest, rel))
+
+
 def test_readme_quickstart_block_shape():
     commands = quickstart_commands(_read(README))
     joined = "\n".join(commands)
@@ -69,6 +92,9 @@ def test_readme_quickstart_block_shape():
     assert any(c.startswith("sudo wg-quick up ") for c in commands)
     assert commands[-1].startswith("curl ")
     assert "--mgmt" not in joined  # the embedded default
+    install = install_commands(_read(README))
+    assert install[0].startswith("python3 -m venv .venv"), install
+    assert any("pip install" in step for step in install), install
 
 
 # --------------------------------------------------------------------- in process
@@ -245,9 +271,17 @@ def test_readme_quickstart_in_a_namespace():
     try:
         ns = tb.netns()
         etc = f"/etc/netns/{ns.name}"
+        # a fresh copy of the repository, installed with README's own install
+        # command into a fresh .venv (outside the namespace: pip needs the index)
         work = os.path.join(tb.tmpdir, "work")
-        os.makedirs(work)
-        os.symlink(VENV, os.path.join(work, ".venv"))
+        copy_tree(work)
+        if os.environ.get("NBGW_QUICKSTART_REUSE_VENV") == "1":
+            os.symlink(VENV, os.path.join(work, ".venv"))  # faster local iterations
+        else:
+            for step in install_commands(_read(README)):
+                r = subprocess.run(["bash", "-c", step], cwd=work, capture_output=True,
+                                   text=True, timeout=900, check=False)
+                assert r.returncode == 0, (step, r.stdout[-3000:], r.stderr[-3000:])
         log = open(os.path.join(tb.tmpdir, "background.log"), "ab")  # noqa: SIM115
         last = None
         in_work = f"cd {shlex.quote(work)} && "
