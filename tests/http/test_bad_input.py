@@ -109,6 +109,12 @@ class BadInputTests(unittest.TestCase):
         # track every server-side connection of the public listener
         self.open: set[Any] = set()
         self.peak_buffer = 0
+        self._install_tracking()
+
+    def _install_tracking(self) -> None:
+        """Wrap ``self.factory.buildProtocol`` (a TLSOrPlainFactory) so every
+        server-side connection is in ``self.open`` until it is lost, and the
+        largest input buffer any of them held is ``self.peak_buffer``."""
         build = self.factory.buildProtocol
 
         def tracked(addr):
@@ -330,3 +336,92 @@ class HeaderDeadlineClockTests(unittest.TestCase):
         self.assertIn(b"200 OK", transport.value())
         self.assertTrue(transport.value().endswith(b"hello"))
         self.assertEqual(channel.header_timeouts, 0)
+
+
+class BadInputOverTunnelTests(unittest.TestCase):
+    """The same abuse on an account's *inbound* listener: a client WireGuard
+    device + netstack talks over real UDP on loopback to the gateway's shared
+    WireGuard port (the wiring of ``tests/test_service.py``, whose setUp is
+    reused); raw TCP connections through the client netstack to port 80."""
+
+    def setUp(self):
+        from tests.test_service import GatewayServiceTests
+
+        self._svc_tests = GatewayServiceTests
+        d = GatewayServiceTests.setUp(self)
+        d.addCallback(lambda _: self._track())
+        return d
+
+    def tearDown(self):
+        return self._svc_tests.tearDown(self)
+
+    def _track(self):
+        from tests.test_service import CLIENT_IP
+
+        self.mgmt.allow_tunnel_peer(CLIENT_IP, "app.example")
+        runtime = self.svc.accounts.get("acct")
+        listener = next(p for p in runtime.listeners if getattr(p, "port", None) == 80)
+        self.factory = listener.factory
+        self.site = self.factory.plain_factory
+        self.open: set[Any] = set()
+        self.peak_buffer = 0
+        BadInputTests._install_tracking(self)
+
+    @defer.inlineCallbacks
+    def connect(self):
+        from nbgateway.netstack.endpoints import TunnelClientEndpoint
+        from tests.test_service import GATEWAY_IP
+
+        client = RawClient()
+        yield connectProtocol(TunnelClientEndpoint(self.client_stack, GATEWAY_IP, 80, timeout=5),
+                              client)
+        client.closed.addTimeout(GUARD, reactor)
+        return client
+
+    @defer.inlineCallbacks
+    def normal_request(self):
+        resp, _body = yield self._svc_tests.get(self)
+        self.assertEqual(resp.code, 200)
+
+    assert_rejected = BadInputTests.assert_rejected
+    assert_all_closed_and_bounded = BadInputTests.assert_all_closed_and_bounded
+
+    @defer.inlineCallbacks
+    def test_header_flood_and_oversized_header_through_the_tunnel(self):
+        flood = yield self.connect()
+        flood.transport.write(b"GET / HTTP/1.1\r\nHost: app.example\r\n")
+        for i in range(0, 20000, 250):
+            flood.transport.write(b"".join(b"X-F%d: v\r\n" % j for j in range(i, i + 250)))
+        big = yield self.connect()
+        big.transport.write(b"GET / HTTP/1.1\r\nHost: app.example\r\nX-Big: " +
+                            b"a" * (256 * 1024) + b"\r\n\r\n")
+        yield self.normal_request()  # the peer's other connection is served meanwhile
+        for client in (flood, big):
+            reply = yield client.closed
+            self.assert_rejected(reply, b"400", b"431")
+        yield self.assert_all_closed_and_bounded()
+        yield self.normal_request()
+
+    @defer.inlineCallbacks
+    def test_slowloris_through_the_tunnel(self):
+        self.site.header_timeout = 0.5
+        slow = []
+        for _ in range(10):
+            client = yield self.connect()
+            client.transport.write(b"GET / HTTP/1.1\r\nHost: app.example\r\n")
+            slow.append(client)
+        trickled = 0
+        while not all(c.closed.called for c in slow):
+            for c in slow:
+                if not c.closed.called:
+                    c.transport.write(b"X"[:1])
+            trickled += 1
+            if trickled == 3:
+                yield self.normal_request()
+            yield deferLater(reactor, 0.05, lambda: None)
+            self.assertLess(trickled, GUARD * 20, "slow clients never cut off")
+        for c in slow:
+            reply = yield c.closed
+            self.assertTrue(reply.startswith(b"HTTP/1.1 408"), reply[:100])
+        yield self.assert_all_closed_and_bounded()
+        yield self.normal_request()
