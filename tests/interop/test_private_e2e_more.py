@@ -285,6 +285,13 @@ def test_thousand_requests_one_validation_rpc_counted_at_management(world):
     misses_after = counter(world.metrics(), "nbgateway_tunnel_validation_lookups_total",
                            result="miss")
     assert misses_after - misses_before == 1
+    # and one access-log entry per request reached the management (batched,
+    # asynchronous); alice's only (the public-listener probe above is logged too)
+    query = f"host={MANY}&source_ip={world.peers['alice']['ip']}&page_size=1"
+    total = wait_for(lambda: (lambda n: n if n >= 1000 else None)(world.rest(
+        "GET", f"/events/proxy?{query}")["total_records"]),
+        SETUP_WAIT, "the access log entries at the management", interval=0.5)
+    assert total == 1000
 
 
 def test_service_switched_public_private_removed_within_2s(world):
