@@ -105,6 +105,11 @@ class GracefulShutdownTests(unittest.TestCase):
             type=pb.UPDATE_TYPE_CREATED, id="svc1", account_id="acct", domain="app.example",
             auth_token="tok", private=True,
             path=[pb.PathMapping(path="/", target=f"http://127.0.0.1:{port}/",
+                                 options=pb.PathTargetOptions(direct_upstream=True))]),
+            pb.ProxyMapping(
+            type=pb.UPDATE_TYPE_CREATED, id="svc2", account_id="acct", domain="pub.example",
+            auth_token="tok2", private=False,
+            path=[pb.PathMapping(path="/", target=f"http://127.0.0.1:{port}/",
                                  options=pb.PathTargetOptions(direct_upstream=True))])])
         self.client_key = generate_private_key()
         self.client = WireGuardDevice(self.client_key, reactor)
@@ -182,10 +187,31 @@ class GracefulShutdownTests(unittest.TestCase):
         self.assertEqual(self.svc.accounts.runtimes, {})
 
 
+    @defer.inlineCallbacks
+    def test_request_in_flight_on_the_public_listener_completes(self):
+        agent = Agent(reactor)
+        in_flight = agent.request(
+            b"GET", f"http://127.0.0.1:{self.public_port}/slow".encode(),
+            Headers({b"host": [b"pub.example"], b"connection": [b"close"]}))
+        yield defer.ensureDeferred(_wait(lambda: self.held.pending, "the upstream request"))
+        stopped: list[bool] = []
+        self.stopping = self.svc.stopService()
+        self.stopping.addBoth(lambda result: stopped.append(True) or result)
+        yield defer.ensureDeferred(_wait(self.public_refuses, "the public port to close"))
+        self.assertFalse(stopped)
+        self.held.release()
+        response = yield in_flight
+        body = yield readBody(response)
+        self.assertEqual((response.code, body), (200, BODY))
+        yield self.stopping
+        self.assertTrue(stopped)
+
+
 class DrainTimeoutTests(GracefulShutdownTests):
     drain_timeout = "300ms"
 
     test_request_in_flight_completes_and_new_ones_are_refused = None  # type: ignore
+    test_request_in_flight_on_the_public_listener_completes = None  # type: ignore
 
     @defer.inlineCallbacks
     def test_request_still_running_at_the_drain_timeout_is_cut(self):
