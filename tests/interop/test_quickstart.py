@@ -223,6 +223,15 @@ class QuickstartCommandTests(unittest.TestCase):
             yield deferLater(reactor, 0.05, lambda: None)
 
 
+def test_quickstart_without_a_gateway_times_out_with_a_hint():
+    err = io.StringIO()
+    rc = cli.main(["--url", f"http://127.0.0.1:{free_port()}", "--token", "t", "quickstart",
+                   "--wait", "0.5"], out=io.StringIO(), err=err)
+    assert rc == 3
+    assert "timed out waiting for a connected gateway" in err.getvalue()
+    assert "cannot reach" in err.getvalue()
+
+
 # --------------------------------------------------------------------- interop
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
