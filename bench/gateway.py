@@ -25,7 +25,11 @@ Cache hit vs. miss: ``--domains`` extra private services; for each, on one
 keep-alive connection, the first request is a ValidateTunnelPeer miss (an RPC
 to the management) and the following ones are cache hits; medians of both.
 
-Run as root:  .venv/bin/python bench/gateway.py [--seconds 8] [--clients 16] [--domains 20]
+``--tls`` adds a gateway round over HTTPS (keep-alive TLS to port 443, the
+gateway's local CA verified, SNI = the service name); it is printed but not
+part of the ratio (the baseline has no TLS).
+
+Run as root:  .venv/bin/python bench/gateway.py [--seconds 8] [--clients 16] [--domains 20] [--tls]
 """
 
 from __future__ import annotations
@@ -52,14 +56,22 @@ from tests.interop.test_private_e2e import (  # repo root put on sys.path by _te
 )
 
 LOADGEN = textwrap.dedent('''
-    import http.client, json, sys, threading, time
+    import http.client, json, socket, ssl, sys, threading, time
     host, port, vhost, clients, seconds = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
                                            int(sys.argv[4]), float(sys.argv[5]))
-    lat, errors, lock = [], [0], threading.Lock()
+    cafile = sys.argv[6] if len(sys.argv) > 6 else None
+    class TLSConn(http.client.HTTPConnection):
+        """HTTPS to an IP with SNI/verification for the virtual host."""
+        def connect(self):
+            raw = socket.create_connection((self.host, self.port), self.timeout)
+            ctx = ssl.create_default_context(cafile=cafile)
+            self.sock = ctx.wrap_socket(raw, server_hostname=vhost)
+    Conn = TLSConn if cafile else http.client.HTTPConnection
+    lat, errors, lock, first_error = [], [0], threading.Lock(), []
     start = time.monotonic()
     stop_at = start + seconds
     def worker(n):
-        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn = Conn(host, port, timeout=10)
         mine, bad = [], 0
         while True:
             t0 = time.monotonic()
@@ -73,10 +85,12 @@ LOADGEN = textwrap.dedent('''
                     mine.append(time.monotonic() - t0)
                 else:
                     bad += 1
-            except OSError:
+            except OSError as exc:
                 bad += 1
+                if not first_error:
+                    first_error.append(repr(exc))
                 conn.close()
-                conn = http.client.HTTPConnection(host, port, timeout=10)
+                conn = Conn(host, port, timeout=10)
         conn.close()
         with lock:
             lat.extend(mine)
@@ -90,7 +104,8 @@ LOADGEN = textwrap.dedent('''
     lat.sort()
     def pct(p):
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
-    print(json.dumps({"ok": len(lat), "errors": errors[0], "seconds": elapsed,
+    print(json.dumps({"ok": len(lat), "errors": errors[0], "first_error": first_error[:1],
+                      "seconds": elapsed,
                       "rps": len(lat) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}))
 ''')
 
@@ -137,7 +152,8 @@ def public_listener_code(world: World, host: str) -> int:
     return int(r.stdout) if r.stdout.strip().isdigit() else 0
 
 
-def run_bench(seconds: float, clients: int, n_domains: int, hits_per: int) -> dict:
+def run_bench(seconds: float, clients: int, n_domains: int, hits_per: int,
+              tls: bool = False) -> dict:
     reason = unavailable_reason(need=("curl", "wg-quick"))
     if reason is not None:
         raise RuntimeError(f"gateway benchmark unavailable: {reason}")
@@ -182,6 +198,15 @@ def run_bench(seconds: float, clients: int, n_domains: int, hits_per: int) -> di
         out["direct_1"] = direct_round()
         out["gateway"] = gateway_round()
         out["direct_2"] = direct_round()
+        if tls:
+            # the local CA and the name's certificate are made on first use
+            ca = os.path.join(w.gw_dir, "ca.crt")
+            ns.run(["curl", "-sk", "-m", "10", "-o", "/dev/null", "--resolve",
+                    f"{APP}:443:{gw_ip}", f"https://{APP}/warm"], check=False, timeout=20)
+            wait_for(lambda: os.path.exists(ca), 20, "the gateway's local CA certificate")
+            out["gateway_tls"] = _json_out(ns.run(
+                [sys.executable, loadgen, gw_ip, "443", APP, str(clients), str(seconds),
+                 ca], check=False, timeout=seconds + 60))
         out["gateway_misses_during_load"] = counter(
             w.metrics(), "nbgateway_tunnel_validation_lookups_total", result="miss") - misses0
 
@@ -209,6 +234,11 @@ def report(r: dict, seconds: float, clients: int) -> None:
                     ("direct over wireguard-go (2)", d2)):
         print(f"  {name:30s} {x['rps']:8.1f} req/s  p50 {x['p50_ms']:7.2f} ms  "
               f"p99 {x['p99_ms']:7.2f} ms  ({x['ok']} ok, {x['errors']} errors)")
+    if "gateway_tls" in r:
+        x = r["gateway_tls"]
+        print(f"  {'through the gateway, HTTPS':30s} {x['rps']:8.1f} req/s  "
+              f"p50 {x['p50_ms']:7.2f} ms  p99 {x['p99_ms']:7.2f} ms  "
+              f"({x['ok']} ok, {x['errors']} errors; not in the ratio)")
     print(f"  ratio gateway/direct req/s: {g['rps'] / direct_rps:.3f}; "
           f"p50 x{g['p50_ms'] / ((d1['p50_ms'] + d2['p50_ms']) / 2):.2f}, "
           f"p99 x{g['p99_ms'] / ((d1['p99_ms'] + d2['p99_ms']) / 2):.2f}")
@@ -231,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="concurrent keep-alive clients")
     parser.add_argument("--domains", type=int, default=20, help="fresh domains for hit/miss")
     parser.add_argument("--hits", type=int, default=5, help="cache hits timed per domain")
+    parser.add_argument("--tls", action="store_true",
+                        help="also a gateway round over HTTPS (port 443, local CA verified)")
     args = parser.parse_args(argv)
     t0 = time.monotonic()
     try:
-        r = run_bench(args.seconds, args.clients, args.domains, args.hits)
+        r = run_bench(args.seconds, args.clients, args.domains, args.hits, args.tls)
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 2
