@@ -407,11 +407,15 @@ class Config:
         return "debug" if self.debug else self.log_level
 
     def advertised_wg_endpoint(self, bound_port: int | None = None) -> str:
-        """``--wg-endpoint``, else ``<domain>:<port>`` with the bound port when known."""
+        """``--wg-endpoint``, else ``<domain>:<port>`` with the bound port when
+        known; embedded (no ``--mgmt``): ``127.0.0.1:<port>``, since the embedded
+        domain is not a resolvable name (peers on other machines need
+        ``--wg-endpoint``)."""
         if self.wg_endpoint:
             return self.wg_endpoint
         port = bound_port if bound_port is not None else self.wg_port
-        return f"{self.domain}:{port}"
+        host = "127.0.0.1" if self.embedded else self.domain
+        return f"{host}:{port}"
 
     def for_log(self) -> dict[str, Any]:
         """Every setting with secrets reduced to presence booleans."""
@@ -474,8 +478,11 @@ def load(flags: Mapping[str, Any] | None = None,
         except ValueError as exc:
             raise _invalid(s, raw, source, str(exc)) from None
     cfg = _cross_check(Config(**values))
-    if cfg.embedded and not cfg.domain:
-        cfg = replace(cfg, domain=EMBEDDED_DOMAIN)
+    if cfg.embedded:
+        # the embedded default is a working private-service gateway: its own
+        # management serves private mappings only to a proxy that reports the
+        # private capability
+        cfg = replace(cfg, domain=cfg.domain or EMBEDDED_DOMAIN, private=True)
     return cfg
 
 

@@ -337,7 +337,9 @@ class GatewayService(MultiService):
 
     def privilegedStartService(self) -> None:
         self.udp_port = udp.listen(self.reactor, self.mux, self.config.wg_port, interface="")
-        log.info("WireGuard listening on UDP {port}", port=self.udp_port.getHost().port)
+        log.info("WireGuard listening on UDP {port}; endpoint advertised to peers: {endpoint}",
+                 port=self.udp_port.getHost().port,
+                 endpoint=self.config.advertised_wg_endpoint(self.wg_port))
         addr = self.config.addr
         if addr is not None:
             # the public listener: non-private services on the host network;
@@ -350,6 +352,7 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         super().startService()
         self.certificates.start()
+        _ = self.certificates.ca  # the local CA exists from the start (users trust its file)
         if self.mgmt is not None:
             self.mgmt.subscribe_mappings(self.store)
 

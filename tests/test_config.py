@@ -49,12 +49,14 @@ def test_defaults():
     assert cfg.datadir == "./nbgateway-data"
     assert (cfg.tunnel_http_port, cfg.tunnel_https_port) == (80, 443)
     assert cfg.forwarded_proto == "auto"
-    assert cfg.private is False and cfg.supports_custom_ports is True
+    # the embedded default serves private services (its own management only sends
+    # them to a proxy with the private capability)
+    assert cfg.private is True and cfg.supports_custom_ports is True
+    assert cfg.advertised_wg_endpoint() == "127.0.0.1:51820"
     assert cfg.max_dial_timeout == 0.0 and cfg.max_session_idle_timeout == 0.0
     assert cfg.drain_timeout == 30.0 and cfg.tunnel_cache_ttl == 300.0
     assert cfg.mapping_batch_watchdog == 120.0
     assert cfg.log_level == "info" and cfg.log_format == "text"
-    assert cfg.advertised_wg_endpoint() == f"{EMBEDDED_DOMAIN}:51820"
 
 
 @pytest.mark.parametrize(
@@ -105,11 +107,13 @@ def test_flag_beats_env_beats_default(flag, env, flag_value, env_value, attr, fr
      ("--debug", "NB_PROXY_DEBUG_LOGS", "debug")],
 )
 def test_presence_flags(flag, env, attr):
-    assert getattr(parse([]), attr) is False
-    assert getattr(parse([flag]), attr) is True
-    assert getattr(parse([], {env: "true"}), attr) is True
-    assert getattr(parse([], {env: "1"}), attr) is True
-    assert getattr(parse([], {env: "False"}), attr) is False
+    remote = ["--mgmt", "http://127.0.0.1:33073", "--domain", "gw.example"]
+    env_base = {"NB_PROXY_TOKEN": "t"}
+    assert getattr(parse(remote, env_base), attr) is False
+    assert getattr(parse([*remote, flag], env_base), attr) is True
+    assert getattr(parse(remote, {**env_base, env: "true"}), attr) is True
+    assert getattr(parse(remote, {**env_base, env: "1"}), attr) is True
+    assert getattr(parse(remote, {**env_base, env: "False"}), attr) is False
     assert getattr(parse([flag], {env: "false"}), attr) is True  # the flag wins
 
 
@@ -127,10 +131,13 @@ def test_debug_flag_forces_debug_level():
 
 
 def test_domain_normalised_and_wg_endpoint_default():
-    cfg = parse(["--domain", "Proxy.Example.COM.", "--wg-port", "4000"])
+    cfg = parse(["--mgmt", "http://127.0.0.1:33073", "--domain", "Proxy.Example.COM.",
+                 "--wg-port", "4000"], {"NB_PROXY_TOKEN": "t"})
     assert cfg.domain == "proxy.example.com"
     assert cfg.advertised_wg_endpoint() == "proxy.example.com:4000"
     assert cfg.advertised_wg_endpoint(bound_port=4711) == "proxy.example.com:4711"
+    # embedded: the default domain is not resolvable, peers dial loopback
+    assert parse(["--wg-port", "4000"]).advertised_wg_endpoint() == "127.0.0.1:4000"
     cfg = parse(["--wg-endpoint", "vpn.example.net:443"])
     assert cfg.advertised_wg_endpoint(bound_port=1) == "vpn.example.net:443"
 
