@@ -30,6 +30,7 @@ import urllib.request
 
 import pytest
 
+from nbgateway._proto import proxy_service_pb2 as pb
 from tests.interop.conftest import require_testbed
 from tests.interop.test_private_e2e import (
     APP,
@@ -95,7 +96,7 @@ LEGACY_PROXY = textwrap.dedent('''
     import grpc
     from nbgateway._proto import proxy_service_pb2 as pb
     from nbgateway._proto import proxy_service_pb2_grpc as rpc
-    token, address = sys.argv[1], sys.argv[2]
+    token, address, watch = sys.argv[1], sys.argv[2], sys.argv[3]
     outbox = queue.Queue()
     outbox.put(pb.SyncMappingsRequest(init=pb.SyncMappingsInit(
         proxy_id="legacy-proxy-1", version="0.0.1-test", address=address,
@@ -111,20 +112,26 @@ LEGACY_PROXY = textwrap.dedent('''
     channel = grpc.insecure_channel("127.0.0.1:33073")
     stub = rpc.ProxyServiceStub(channel)
     call = stub.SyncMappings(requests(), metadata=(("authorization", f"Bearer {token}"),),
-                             timeout=30)
-    seen = {}
+                             timeout=60)
+    seen, synced = {}, False
     for msg in call:
         for m in msg.mapping:
+            if synced:  # live updates after the snapshot, one JSON line each
+                print(json.dumps({"domain": m.domain, "type": m.type, "private": m.private}),
+                      flush=True)
             if m.type == pb.UPDATE_TYPE_REMOVED:
                 seen.pop(m.domain, None)
             else:
                 seen[m.domain] = m.private
         outbox.put(pb.SyncMappingsRequest(ack=pb.SyncMappingsAck()))
-        if msg.initial_sync_complete:
-            break
+        if msg.initial_sync_complete and not synced:
+            synced = True
+            print(json.dumps(seen), flush=True)  # the snapshot
+        if synced and watch not in seen:
+            break  # the watched public service went away (or was never there)
     outbox.put(None)
     call.cancel()
-    print(json.dumps(seen))
+    print("END", flush=True)
 ''')
 
 
@@ -320,20 +327,42 @@ def test_service_switched_public_private_removed_within_2s(world):
 
 
 def test_proxy_without_private_capability_never_gets_private_mapping(world):
-    world.rest("POST", "/reverse-proxies/services", world.cluster_service(
-        "pub", PUB, private=False))
+    body = world.cluster_service("pub", PUB, private=False)
+    pub = world.rest("POST", "/reverse-proxies/services", body)
     wait_for(_status_is(200, lambda: world.public_curl(PUB)), 30, "the public service")
     token = world.rest("POST", "/reverse-proxies/proxy-tokens",
                        {"name": "legacy"})["plain_token"]
     script = world.tb.write_file("legacy_proxy.py", LEGACY_PROXY)
-    r = world.g.run([sys.executable, script, token, DOMAIN], check=False, timeout=60)
-    assert r.returncode == 0, r.stderr[-2000:]
-    snapshot = json.loads(r.stdout.strip().splitlines()[-1])
-    assert snapshot.get(PUB) is False  # the public service is there
-    for private in (APP, MANY, ONPEER):
-        assert private not in snapshot, snapshot
-    assert not any(snapshot.values()), snapshot
-    # the gateway (private-capable) still serves its private service meanwhile
+    proc = world.g.popen([sys.executable, script, token, DOMAIN, PUB],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first, proc.stderr.read()[-2000:] if proc.poll() is not None else "no snapshot"
+        snapshot = json.loads(first)
+        assert snapshot.get(PUB) is False  # the public service is there
+        for private in (APP, MANY, ONPEER):
+            assert private not in snapshot, snapshot
+        assert not any(snapshot.values()), snapshot
+        # live: the public service turns private -> this proxy is told to drop
+        # it, and never sees it as a private mapping
+        world.rest("PUT", f"/reverse-proxies/services/{pub['id']}",
+                   dict(body, private=True, access_groups=[world.devs["id"]]))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = out.splitlines()
+    assert lines and lines[-1] == "END", (out, err[-2000:])
+    updates = [json.loads(line) for line in lines[:-1]]
+    removed = pb.UPDATE_TYPE_REMOVED
+    assert any(u["domain"] == PUB and u["type"] == removed for u in updates), updates
+    # nothing it received after the snapshot was a private mapping to serve
+    assert not any(u["private"] and u["type"] != removed for u in updates), updates
+    # the gateway (private-capable) serves it as private now, and its own
+    # private service meanwhile
+    wait_for(_status_is(403, lambda: world.public_curl(PUB)), 30, "pub private on the gateway")
+    assert world.peer_curl("alice", PUB)[0] == 200
     assert world.peer_curl("alice", APP)[0] == 200
 
 
