@@ -19,7 +19,8 @@ none.  Per request, in order:
    tunnel peer the gate validates (spec 4.2 step 9); the interactive schemes
    themselves are not implemented yet, so everyone else gets 401 (fail
    closed).
-6. One access-log entry when the response finishes (not for /__netbird__/).
+6. One access-log entry when the response finishes (not for /__netbird__/, nor for
+   hosts this gateway does not serve).
 
 Client-supplied ``X-NetBird-*`` headers never reach an upstream: the proxy's
 header preparation strips them on every path.
@@ -201,7 +202,9 @@ class GatewayResource(Resource):
             lambda _: stats.finished(request.code, self.clock.seconds() - started))
 
     def _start_log(self, request: Any, entry: ServiceEntry | None, host: str) -> None:
-        if self.access_log is None:
+        # Unknown hosts are not logged: management rejects entries without an
+        # account, so each would only cost a failed RPC (an amplification).
+        if self.access_log is None or entry is None:
             return
         path = request.uri.split(b"?", 1)[0].decode("latin-1")
         if not should_log(path):
@@ -217,8 +220,8 @@ class GatewayResource(Resource):
             self.access_log.log(build_entry(
                 now=self.clock.seconds(),
                 log_id=log_id,
-                account_id=entry.account_id if entry else "",
-                service_id=entry.service.service_id if entry else "",
+                account_id=entry.account_id,
+                service_id=entry.service.service_id,
                 host=host,
                 path=path,
                 method=request.method.decode("latin-1"),

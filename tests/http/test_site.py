@@ -200,6 +200,15 @@ class SiteOverTunnelTests(unittest.TestCase):
                          (403, "", False))
 
 
+    @defer.inlineCallbacks
+    def test_unknown_host_not_logged(self):
+        """No access log for hosts the gateway does not serve (management would
+        reject an entry without an account: a failed RPC per request)."""
+        yield self.get("nope.example")
+        yield self.get("app.example")
+        self.assertEqual([e.host for e in self.mgmt.logs], ["app.example"])
+
+
 class PublicListenerTests(unittest.TestCase):
     """The host-network listener never serves private mappings (b20)."""
 
