@@ -187,6 +187,10 @@ class GatewayService(MultiService):
         self.dns: dict[str, ZoneAuthority] = {}
         self.udp_port: Any = None
         self.public_port: Any = None
+        #: twistd mode only (``makeService``): SIGHUP reloads the certificates;
+        #: a library host keeps its own signal handlers
+        self.reload_on_sighup = False
+        self._previous_sighup: Any = None
         if config.health_addr is not None:
             health_service(reactor, config.health_addr.endpoint(), self.health,
                            self.metrics.registry).setServiceParent(self)
@@ -353,6 +357,11 @@ class GatewayService(MultiService):
         super().startService()
         self.certificates.start()
         _ = self.certificates.ca  # the local CA exists from the start (users trust its file)
+        if self.reload_on_sighup:
+            import signal
+
+            self._previous_sighup = signal.signal(
+                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         if self.mgmt is not None:
             self.mgmt.subscribe_mappings(self.store)
 
@@ -365,6 +374,11 @@ class GatewayService(MultiService):
         in-flight requests get up to ``--drain-timeout`` to finish (and their
         tunnel TCP send buffers to empty); then the tunnels close, the pools
         and the access log flush, the children stop and the UDP port closes."""
+        if self._previous_sighup is not None:
+            import signal
+
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         self.health.begin_shutdown()
         self.certificates.stop()
         self.proxy.upgrades.close_all()

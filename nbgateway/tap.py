@@ -77,16 +77,28 @@ def makeService(options: Options) -> Any:
     config = options.config
     PROCESS_LEVEL.set(log_level(config.effective_log_level))
     gateway = build_gateway(config)
-    _reload_on_sighup(gateway)
+    gateway.reload_on_sighup = True  # installed at start, restored at stop
+    if config.log_format == "json":
+        _json_logs_for_application(gateway, config)
     return gateway
 
 
-def _reload_on_sighup(gateway: Any) -> None:
-    import signal
+def _json_logs_for_application(gateway: Any, config: Any) -> None:
+    """``--log-format json``: twistd's AppLogger uses the Application's
+    ``ILogObserver`` component when no ``--logger`` is given; set it when
+    twistd attaches the service to its Application (JSON lines on stdout,
+    filtered by ``--log-level``)."""
+    from twisted.logger import ILogObserver
 
-    from twisted.internet import reactor
+    from nbgateway.observe.logging import make_observer
 
-    def install() -> None:
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))
+    attach = gateway.setServiceParent
 
-    reactor.callWhenRunning(install)
+    def set_service_parent(parent: Any) -> Any:
+        set_component = getattr(parent, "setComponent", None)
+        if set_component is not None:
+            set_component(ILogObserver, make_observer("json", config.effective_log_level))
+        return attach(parent)
+
+    gateway.setServiceParent = set_service_parent
+

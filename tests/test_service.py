@@ -247,3 +247,31 @@ class GatewayServiceTests(unittest.TestCase):
         self.assertEqual(resp.code, 200)
         self.assertEqual(json.loads(body)["x-netbird-user"], ["v6@example.com"])
         self.assertEqual(json.loads(body)["x-forwarded-for"], [CLIENT_IP6])
+
+
+class SighupTests(unittest.TestCase):
+    """twistd mode: SIGHUP reloads certificates while the gateway runs; the
+    previous handler is back after stop (library mode never touches it)."""
+
+    @defer.inlineCallbacks
+    def test_sighup_reloads_and_is_restored(self):
+        import os
+        import signal
+
+        before = signal.getsignal(signal.SIGHUP)
+        config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
+                       "datadir": self.mktemp(), "health_addr": "", "addr": "127.0.0.1:0"},
+                      {"NB_PROXY_TOKEN": "t"})
+        svc = GatewayService(config, reactor=reactor, management=FakeManagementClient())
+        svc.reload_on_sighup = True
+        svc.privilegedStartService()
+        svc.startService()
+        try:
+            self.assertIsNot(signal.getsignal(signal.SIGHUP), before)
+            reloads = svc.certificates.reloads
+            os.kill(os.getpid(), signal.SIGHUP)
+            yield deferLater(reactor, 0.05, lambda: None)
+            self.assertEqual(svc.certificates.reloads, reloads + 1)
+        finally:
+            yield svc.stopService()
+        self.assertIs(signal.getsignal(signal.SIGHUP), before)

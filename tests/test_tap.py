@@ -57,3 +57,22 @@ def test_reload_rereads_certificates(tmp_path):
     before = svc.certificates.reloads
     svc.reload()
     assert svc.certificates.reloads == before + 1
+
+
+def test_log_format_json_sets_the_application_observer(tmp_path):
+    from twisted.application.service import Application
+    from twisted.logger import ILogObserver
+
+    from nbgateway.tap import makeService
+
+    opts = parse(["--datadir", str(tmp_path), "--log-format", "json", "--log-level", "warn"])
+    svc = makeService(opts)
+    app = Application("nbgateway")
+    svc.setServiceParent(app)
+    observer = app.getComponent(ILogObserver, None)
+    assert observer is not None
+    text = parse(["--datadir", str(tmp_path)])
+    app2 = Application("nbgateway")
+    makeService(text).setServiceParent(app2)
+    assert app2.getComponent(ILogObserver, None) is None  # twistd's own (-l) logging
+
