@@ -312,6 +312,10 @@ class ProxySite(server.Site):
         self.requestFactory = StreamingRequest
         self.header_timeout = header_timeout
 
+    def log(self, request: Any) -> None:
+        """No combined-log line per request: the gateway emits its own
+        structured access log (``nbgateway.observe.accesslog``)."""
+
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         if isinstance(channel, StreamingHTTPChannel):
