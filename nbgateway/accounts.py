@@ -85,6 +85,8 @@ class AccountRuntime:
         self.listeners: list[Any] = []
         self.tunnel_ip = ""
         self.peer_channel: Any = None
+        #: the upstream dialer through this account's netstack (made once, on demand)
+        self.tunnel_dialer: Any = None
         self._registering: Deferred | None = None
 
     # ------------------------------------------------------------------ queries

@@ -216,6 +216,22 @@ def parse_positive_duration(text: str) -> float:
     return seconds
 
 
+def parse_cache_ttl(text: str) -> float:
+    """NB_PROXY_TUNNEL_CACHE_TTL as upstream reads it (spec proxy.md 4.6, b37):
+    whitespace trimmed; unparseable or <= 0 -> a warning and the 300 s default."""
+    try:
+        seconds = parse_go_duration(text)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        from twisted.logger import Logger
+
+        Logger().warn("NB_PROXY_TUNNEL_CACHE_TTL={value!r} is not a positive duration; "
+                      "using 300s", value=text)
+        return 300.0
+    return seconds
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -353,7 +369,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("allow_insecure", "NB_PROXY_ALLOW_INSECURE", "false",
        "allow plaintext gRPC to a non-loopback management", parse_bool, flag=None),
     _s("tunnel_cache_ttl", "NB_PROXY_TUNNEL_CACHE_TTL", "5m",
-       "ValidateTunnelPeer cache TTL, Go duration", parse_positive_duration, flag=None),
+       "ValidateTunnelPeer cache TTL, Go duration (invalid: warning, 5m)", parse_cache_ttl,
+       flag=None),
     _s("mapping_batch_watchdog", "NB_PROXY_MAPPING_BATCH_WATCHDOG", "2m",
        "longest time applying one mapping batch may take, Go duration",
        parse_positive_duration, flag=None),

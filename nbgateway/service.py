@@ -241,7 +241,9 @@ class GatewayService(MultiService):
         runtime = self.accounts.get(account_id)
         if runtime is None or runtime.stack is None:
             return None
-        return TunnelDialer(stack_endpoint_factory(runtime.stack))
+        if runtime.tunnel_dialer is None:  # once per account, not per request
+            runtime.tunnel_dialer = TunnelDialer(stack_endpoint_factory(runtime.stack))
+        return runtime.tunnel_dialer
 
     def account_key(self, account_id: str) -> bytes:
         """The account's WireGuard private key, kept in ``DATADIR/accounts/``

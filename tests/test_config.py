@@ -251,7 +251,6 @@ def test_secrets_not_in_repr_or_log_view():
          "invalid --tunnel-https-port value '8443': must differ from --tunnel-http-port"),
         (["--datadir", ""], {}, "invalid --datadir value ''"),
         (["--cert-dir", " "], {}, "invalid --cert-dir value ' '"),
-        ([], {"NB_PROXY_TUNNEL_CACHE_TTL": "0"}, "invalid NB_PROXY_TUNNEL_CACHE_TTL value '0'"),
         ([], {"NB_PROXY_ALLOW_INSECURE": "sure"}, "invalid NB_PROXY_ALLOW_INSECURE value"),
         ([], {"NB_PROXY_MAPPING_BATCH_WATCHDOG": "-1s"},
          "invalid NB_PROXY_MAPPING_BATCH_WATCHDOG value '-1s'"),
@@ -283,3 +282,12 @@ def test_load_without_options():
     assert cfg.token == "t" and not cfg.embedded
     with pytest.raises(ConfigError, match="unknown setting"):
         load({"bogus": "1"})
+
+
+def test_tunnel_cache_ttl_env_b37():
+    """Spec 4.6 / acceptance 37: 45s is 45 s; nonsense, 0s, -30s, '' -> 300 s."""
+    assert parse([], {"NB_PROXY_TUNNEL_CACHE_TTL": "45s"}).tunnel_cache_ttl == 45
+    assert parse([], {"NB_PROXY_TUNNEL_CACHE_TTL": " 1h30m "}).tunnel_cache_ttl == 5400
+    for bad in ("nonsense", "0s", "-30s", ""):
+        assert parse([], {"NB_PROXY_TUNNEL_CACHE_TTL": bad}).tunnel_cache_ttl == 300
+    assert parse([]).tunnel_cache_ttl == 300

@@ -20,7 +20,6 @@ ValidateTunnelPeer cache (spec proxy.md 4.5-4.7, with the hardening of 11.7,
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nbgateway.auth.policy import parse_ip, tunnel_like
-from nbgateway.durations import parse_go_duration
 from nbgateway.proxy.headers import Identity
 
 log = Logger()
@@ -38,23 +36,6 @@ log = Logger()
 DEFAULT_TTL = 300.0
 DEFAULT_MAX_PER_ACCOUNT = 1024
 DEFAULT_RPC_TIMEOUT = 10.0
-TTL_ENV = "NB_PROXY_TUNNEL_CACHE_TTL"
-
-
-def ttl_from_env(environ: dict[str, str] | None = None) -> float:
-    """The cache TTL from NB_PROXY_TUNNEL_CACHE_TTL; invalid or <= 0 -> 300 s."""
-    raw = (environ if environ is not None else os.environ).get(TTL_ENV)
-    if raw is None:
-        return DEFAULT_TTL
-    try:
-        ttl = parse_go_duration(raw)
-    except ValueError:
-        ttl = -1.0
-    if ttl <= 0:
-        log.warn("{env}={value!r} is not a positive duration; using {default}s",
-                 env=TTL_ENV, value=raw, default=DEFAULT_TTL)
-        return DEFAULT_TTL
-    return ttl
 
 
 @dataclass

@@ -13,9 +13,7 @@ from nbgateway.auth.tunnel import (
     PrivateGate,
     TunnelValidationCache,
     session_cookie,
-    ttl_from_env,
 )
-from nbgateway.durations import parse_go_duration
 from nbgateway.errors import ManagementError
 
 
@@ -177,15 +175,6 @@ def test_ttl_expiry_b36(env):
     clock.advance(1)
     check(gate)
     assert len(client.calls) == 2
-
-
-def test_ttl_env_b37():
-    assert ttl_from_env({"NB_PROXY_TUNNEL_CACHE_TTL": "45s"}) == 45
-    for bad in ("nonsense", "0s", "-30s", ""):
-        assert ttl_from_env({"NB_PROXY_TUNNEL_CACHE_TTL": bad}) == 300
-    assert ttl_from_env({}) == 300
-    assert parse_go_duration("1h30m") == 5400
-    assert parse_go_duration(" 300ms ") == 0.3
 
 
 def test_key_includes_domain_and_account_b38(env):
