@@ -51,8 +51,8 @@ def _run(args) -> int:
         textFileLogObserver,
     )
 
+    from nbgateway.netstack.stack import Stack
     from nbgateway.wireguard.device import WireGuardDevice
-    from nbgateway.wireguard.icmp import EchoResponder
     from nbgateway.wireguard.udp import listen
 
     level = LogLevel.levelWithName(args.log_level)
@@ -62,7 +62,9 @@ def _run(args) -> int:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     device = WireGuardDevice(cfg.private_key, reactor, mtu=cfg.mtu)
-    EchoResponder(device, [str(a) for a in cfg.addresses], reactor)
+    # the netstack answers ping (and ICMP/UDP errors) on the configured addresses
+    stack = Stack(device, reactor, [str(a.ip) for a in cfg.addresses], mtu=cfg.mtu)
+    device.sink = stack
     for p in cfg.peers:
         device.add_peer(
             p.public_key,
@@ -93,6 +95,7 @@ def _run(args) -> int:
                 device.initiate(p.public_key)
 
     def stop() -> None:
+        stack.close()
         device.close()
         log.info("stopped; counters {counters}", counters=dict(device.counters))
 

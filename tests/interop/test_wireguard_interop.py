@@ -2,7 +2,7 @@
 
 Topology per test: one namespace the test creates; wireguard-go (tunnel
 100.64.0.2 / fd00:64::2) and the in-process gateway device (tunnel 100.64.0.1 /
-fd00:64::1, answering ping through ``icmp.EchoResponder``) talk over 127.0.0.1
+fd00:64::1, answering ping through the netstack's ICMP echo) talk over 127.0.0.1
 inside it.  The gateway's UDP socket is created by the test's reactor while the
 thread is switched into the namespace (``inside_netns``), so it lives there.
 Kernel-side tools (ping, wg) run as subprocesses off the reactor thread.
@@ -25,7 +25,8 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from nbgateway.wireguard import icmp, udp
+from nbgateway.netstack.stack import Stack
+from nbgateway.wireguard import udp
 from nbgateway.wireguard.device import WireGuardDevice
 from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
 from nbgateway.wireguard.timers import TimerConfig
@@ -79,7 +80,8 @@ async def wg_call(fn, *args):
 
 
 class Gateway:
-    """The in-process device, its echo responder and UDP port inside the namespace."""
+    """The in-process device, the netstack answering (and sending) ping on its
+    tunnel addresses, and its UDP port inside the namespace."""
 
     def __init__(self, ns: Netns, timers: TimerConfig, **device_kw) -> None:
         self.private_key = generate_private_key()
@@ -96,7 +98,8 @@ class Gateway:
             real(data, addr)
 
         self.device.datagramReceived = capture
-        self.echo = icmp.EchoResponder(self.device, [GW_V4, GW_V6], reactor)
+        self.echo = Stack(self.device, reactor, [GW_V4, GW_V6], mtu=self.device.mtu)
+        self.device.sink = self.echo
         with inside_netns(ns.name):
             self.port = udp.listen(reactor, self.device, 0, interface="127.0.0.1")
         self.udp_port = self.port.getHost().port
@@ -109,6 +112,7 @@ class Gateway:
         return Counter(self.device.counters)
 
     def close(self) -> None:
+        self.echo.close()
         self.device.close()
         pytest_twisted.blockon(_maybe(self.port.stopListening()))
 
