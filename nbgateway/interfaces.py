@@ -18,6 +18,13 @@ class IDatagramLink(Interface):
         """Send one UDP datagram to ``addr`` (host, port).  Never raises."""
 
 
+class IDatagramBatchLink(IDatagramLink):
+    """A link that also sends several datagrams to one address in one call."""
+
+    def sendDatagrams(datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        """``sendDatagram`` for each, in order.  Never raises."""
+
+
 class IPacketSink(Interface):
     """Receives decrypted, source-checked IP packets from the WireGuard device."""
 
@@ -26,6 +33,15 @@ class IPacketSink(Interface):
         public key ``peer_key`` (32 raw bytes).  ``packet`` may be a
         memoryview-backed ``bytes``; the sink must not keep references to
         buffers it does not own beyond the call."""
+
+
+class IPacketBatchSink(IPacketSink):
+    """A sink that also takes a run of packets at once (the WireGuard device
+    hands over everything one socket read brought from one peer)."""
+
+    def packetsReceived(packets: list[bytes], peer_key: bytes) -> None:
+        """The packets, in arrival order, as ``packetReceived`` would get them
+        one by one; the list is the sink's to keep."""
 
 
 class IPacketSender(Interface):
@@ -37,6 +53,10 @@ class IPacketSender(Interface):
         """Route ``packet`` by its destination address (cryptokey routing) and
         send it.  Returns False if it was dropped (no route, oversized, ...);
         the drop is counted by the device."""
+
+    def sendPackets(packets: list[bytes]) -> int:
+        """``sendPacket`` for several packets in order (one flush of the layer
+        above); returns how many were not dropped."""
 
 
 class IManagementClient(Interface):

@@ -45,7 +45,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nbgateway.interfaces import IPacketSender, IPacketSink
+from nbgateway.interfaces import IPacketBatchSink, IPacketSender
 from nbgateway.netstack import wire
 from nbgateway.netstack.checksum import fold, ones_sum
 from nbgateway.netstack.filter import PacketFilter
@@ -79,7 +79,7 @@ def _default_tcp_factory(stack: Stack) -> Any:
     return TCPLayer(stack)
 
 
-@implementer(IPacketSink)
+@implementer(IPacketBatchSink)
 class Stack:
     """One user-space IP stack bound to a set of tunnel addresses.
 
@@ -141,12 +141,47 @@ class Stack:
         self._timer: Any = None
         self._timer_at: float | None = None
         self._closed = False
+        # output cork: while > 0, packets collect in _corked and leave in one
+        # sender.sendPackets call when the outermost uncork() runs
+        self._cork_depth = 0
+        self._corked: list[bytes] | None = None
         self.tcp: Any = (tcp_factory or _default_tcp_factory)(self)
 
     def __repr__(self) -> str:
         return f"<Stack {' '.join(map(str, self.addresses))} mtu={self.mtu}>"
 
+    # ------------------------------------------------------------ output batching
+
+    def cork(self) -> None:
+        """Hold outgoing packets until the matching :meth:`uncork` (nestable);
+        used around work that emits several packets at once (a TCP output run,
+        one read's worth of inbound packets) so the device gets them in one
+        ``sendPackets`` call."""
+        self._cork_depth += 1
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        self._cork_depth -= 1
+        if self._cork_depth > 0:
+            return
+        out, self._corked = self._corked, None
+        if out:
+            sent = self.sender.sendPackets(out)
+            if sent < len(out):
+                self.counters["tx_refused"] += len(out) - sent
+
     # ------------------------------------------------------------ inbound
+
+    def packetsReceived(self, packets: list[bytes], peer_key: bytes) -> None:
+        """IPacketBatchSink: a run of packets from one peer; replies leave
+        together once all are processed."""
+        self.cork()
+        try:
+            for packet in packets:
+                self.packetReceived(packet, peer_key)
+        finally:
+            self.uncork()
 
     def packetReceived(self, packet: bytes, peer_key: bytes) -> None:
         """IPacketSink: one decrypted IP packet from peer ``peer_key``."""
@@ -430,6 +465,10 @@ class Stack:
                 return False
             packet = _IP6_FIRST.pack(0x60000000, n, protocol, ttl) + s + d
         self.counters["tx_packets"] += 1
+        corked = self._corked
+        if corked is not None:
+            corked.append(packet + payload)
+            return True
         if not self.sender.sendPacket(packet + payload):
             self.counters["tx_refused"] += 1
             return False

@@ -119,7 +119,16 @@ class ConnectionOutput:
             self._send_ack(now)
 
     def _output(self, now: float) -> None:
-        """Send what the windows allow, the FIN when due, or a pending ACK."""
+        """Send what the windows allow, the FIN when due, or a pending ACK (as
+        one batch: the stack is corked meanwhile)."""
+        stack = self.layer.stack
+        stack.cork()
+        try:
+            self._output_run(now)
+        finally:
+            stack.uncork()
+
+    def _output_run(self, now: float) -> None:
         buf = self.sndbuf
         data_end = buf.end
         sent = False

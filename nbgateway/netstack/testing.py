@@ -45,6 +45,9 @@ class PacketRecorder:
         self.packets.append(bytes(packet))
         return self.accept
 
+    def sendPackets(self, packets: list[bytes]) -> int:
+        return sum(self.sendPacket(p) for p in packets)
+
     def take(self) -> list[bytes]:
         """Return and forget the recorded packets."""
         out, self.packets = self.packets, []
@@ -67,6 +70,9 @@ class LinkEnd:
 
     def sendPacket(self, packet: bytes) -> bool:
         return self.link._send(self, packet)
+
+    def sendPackets(self, packets: list[bytes]) -> int:
+        return sum(self.link._send(self, p) for p in packets)
 
 
 class MemoryLink:

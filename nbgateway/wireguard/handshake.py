@@ -68,7 +68,7 @@ class HandshakeMixin:
         if last is not None and now - last < cfg.rekey_timeout and not retry:
             return  # a handshake is already under way
         if peer.endpoint is None:
-            self.counters["drop_no_endpoint"] += 1
+            self.events["drop_no_endpoint"] += 1
             return
         self._drop_handshake(peer)
         state, msg = noise.create_initiation(
@@ -88,7 +88,7 @@ class HandshakeMixin:
         peer.last_initiation_sent = now
         data = peer.cookies.add_macs(msg.pack_without_macs(), now)
         if self._send(peer, data):
-            self.counters["handshake_initiation_tx"] += 1
+            self.events["handshake_initiation_tx"] += 1
             peer.timers.send_keepalive = None  # any authenticated packet sent
             self._authenticated_traversal(peer, now)
         jitter = self._rng.uniform(0, cfg.rekey_timeout_jitter)
@@ -98,13 +98,13 @@ class HandshakeMixin:
         self, data: bytes, mac1_off: int, mac2_off: int, sender: int, addr, now: float
     ) -> bool:
         if not self._checker.check_mac1(data, mac1_off):
-            self.counters["drop_bad_mac1"] += 1
+            self.events["drop_bad_mac1"] += 1
             return False
         if self._under_load(now) and not self._checker.check_mac2(data, mac2_off, addr, now):
             reply = self._checker.make_reply(data, mac1_off, sender, addr, now)
             if self.link is not None:
                 self.link.sendDatagram(reply, addr)
-            self.counters["cookie_reply_tx"] += 1
+            self.events["cookie_reply_tx"] += 1
             return False
         return True
 
@@ -124,21 +124,21 @@ class HandshakeMixin:
         try:
             consumed = noise.consume_initiation(self.identity, msg, lookup)
         except noise.HandshakeError as exc:
-            self.counters["drop_" + ("unknown_peer" if exc.reason == "unknown_peer"
+            self.events["drop_" + ("unknown_peer" if exc.reason == "unknown_peer"
                                      else "decrypt" if exc.reason == "decrypt"
                                      else "malformed")] += 1
             return
         peer = peers[consumed.remote_static]
         if consumed.timestamp <= peer.latest_timestamp:
-            self.counters["drop_stale_timestamp"] += 1
+            self.events["drop_stale_timestamp"] += 1
             return
         last = peer.last_initiation_consumed
         if last is not None and now - last < C.HANDSHAKE_INITIATION_RATE:
-            self.counters["drop_initiation_flood"] += 1
+            self.events["drop_initiation_flood"] += 1
             return
         peer.latest_timestamp = consumed.timestamp
         peer.last_initiation_consumed = now
-        self.counters["handshake_initiation_rx"] += 1
+        self.events["handshake_initiation_rx"] += 1
 
         local_index = self._new_index(peer, None)
         try:
@@ -147,10 +147,11 @@ class HandshakeMixin:
             )
         except noise.HandshakeError:
             self._release(local_index)
-            self.counters["drop_malformed"] += 1
+            self.events["drop_malformed"] += 1
             return
-        kp = Keypair(keys.send, keys.receive, local_index, consumed.remote_index, now, False)
-        self._indices[local_index] = (peer, kp)
+        kp = Keypair(keys.send, keys.receive, local_index, consumed.remote_index, now, False,
+                     self.timers)
+        self._indices[local_index] = self._sessions[local_index] = (peer, kp)
         # responder: the new session waits in `next` until the initiator uses it
         if peer.next is not None:
             self._release(peer.next.local_index)
@@ -161,7 +162,7 @@ class HandshakeMixin:
         peer.endpoint = addr
         out = peer.cookies.add_macs(resp.pack_without_macs(), now)
         self._send(peer, out)
-        self.counters["handshake_response_tx"] += 1
+        self.events["handshake_response_tx"] += 1
         peer.timers.new_handshake = None  # any authenticated packet received
         peer.timers.send_keepalive = None  # any authenticated packet sent
         self._authenticated_traversal(peer, now)
@@ -176,18 +177,18 @@ class HandshakeMixin:
             return
         entry = self._indices.get(msg.receiver)
         if entry is None or not isinstance(entry[1], noise.InitiatorState):
-            self.counters["drop_unknown_index"] += 1
+            self.events["drop_unknown_index"] += 1
             return
         peer, state = entry
         try:
             keys = noise.consume_response(self.identity, state, msg)
         except noise.HandshakeError:
-            self.counters["drop_decrypt"] += 1
+            self.events["drop_decrypt"] += 1
             return
-        self.counters["handshake_response_rx"] += 1
+        self.events["handshake_response_rx"] += 1
         peer.handshake = None
-        kp = Keypair(keys.send, keys.receive, state.local_index, msg.sender, now, True)
-        self._indices[state.local_index] = (peer, kp)
+        kp = Keypair(keys.send, keys.receive, state.local_index, msg.sender, now, True, self.timers)
+        self._indices[state.local_index] = self._sessions[state.local_index] = (peer, kp)
         # initiator: the new session is current at once
         if peer.next is not None:
             if peer.previous is not None:
@@ -217,16 +218,16 @@ class HandshakeMixin:
         t.new_handshake = None
         peer.last_handshake = now
         peer.last_initiation_sent = None
-        self.counters["handshake_completed"] += 1
+        self.events["handshake_completed"] += 1
 
     def _receive_cookie_reply(self, data: bytes) -> None:
         reply = CookieReply.parse(data)
         entry = self._indices.get(reply.receiver)
         if entry is None:
-            self.counters["drop_unknown_index"] += 1
+            self.events["drop_unknown_index"] += 1
             return
         peer = entry[0]
         if peer.cookies.consume_reply(reply, self._now()):
-            self.counters["cookie_reply_rx"] += 1
+            self.events["cookie_reply_rx"] += 1
         else:
-            self.counters["drop_bad_cookie"] += 1
+            self.events["drop_bad_cookie"] += 1

@@ -82,10 +82,34 @@ class DeviceMux:
             device.link = None
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        device = self._owner(data)
+        if device is not None:
+            device.datagramReceived(data, addr)
+
+    def datagramsReceived(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """A socket read's worth of datagrams: each run bound for one device is
+        handed over in one ``datagramsReceived`` call, in arrival order."""
+        run: list[tuple[bytes, tuple[str, int]]] = []
+        run_device: WireGuardDevice | None = None
+        for item in batch:
+            device = self._owner(item[0])
+            if device is None:
+                continue
+            if device is not run_device:
+                if run:
+                    run_device.datagramsReceived(run)
+                    run = []
+                run_device = device
+            run.append(item)
+        if run:
+            run_device.datagramsReceived(run)
+
+    def _owner(self, data: bytes) -> WireGuardDevice | None:
+        """The device a datagram belongs to, or None (counted)."""
         n = len(data)
         if n < 8:
             self.counters["mux_drop_malformed"] += 1
-            return
+            return None
         mtype, receiver = _HEAD.unpack_from(data)
         if mtype == MESSAGE_TRANSPORT and n >= MESSAGE_TRANSPORT_MIN_SIZE:
             device = self.registry.owners.get(receiver)
@@ -99,11 +123,10 @@ class DeviceMux:
             device = self.registry.owners.get(index)
         else:
             self.counters["mux_drop_malformed"] += 1
-            return
+            return None
         if device is None:
             self.counters["mux_drop_unroutable"] += 1
-            return
-        device.datagramReceived(data, addr)
+        return device
 
     def _by_mac1(self, data: bytes) -> WireGuardDevice | None:
         body = data[:INITIATION_MAC1_OFFSET]

@@ -15,19 +15,35 @@ from nbgateway.wireguard.constants import MAX_STAGED_PACKETS
 from nbgateway.wireguard.cookie import CookieGenerator
 from nbgateway.wireguard.noise import ZERO_PSK, InitiatorState, StaticIdentity, derive_public
 from nbgateway.wireguard.replay import ReplayFilter
-from nbgateway.wireguard.timers import PeerTimers
+from nbgateway.wireguard.timers import PeerTimers, TimerConfig
+
+_DEFAULT_TIMERS = TimerConfig()
 
 
 class Keypair:
-    """One session: directional AEAD keys, indices, send counter, replay filter."""
+    """One session: directional AEAD keys, indices, send counter, replay filter,
+    and the session's deadlines as absolute clock values (so the data path
+    compares one float instead of doing timer arithmetic per packet):
+
+    - ``reject_at``: REJECT_AFTER_TIME after creation; nothing is sent or
+      accepted with this session afterwards;
+    - ``rekey_at``: REKEY_AFTER_TIME after creation; sends leave the fast path
+      (the initiator starts a new handshake);
+    - ``rx_rekey_at``: initiator only, REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT -
+      REKEY_TIMEOUT after creation; a received packet past it starts a new
+      handshake (the whitepaper's receive-side rekey); infinite for responders.
+    """
 
     __slots__ = (
         "created",
         "is_initiator",
         "local_index",
         "receive",
+        "reject_at",
+        "rekey_at",
         "remote_index",
         "replay",
+        "rx_rekey_at",
         "send",
         "send_counter",
     )
@@ -40,7 +56,9 @@ class Keypair:
         remote_index: int,
         created: float,
         is_initiator: bool,
+        timers: TimerConfig | None = None,
     ) -> None:
+        cfg = timers or _DEFAULT_TIMERS
         self.send = ChaCha20Poly1305(send_key)
         self.receive = ChaCha20Poly1305(receive_key)
         self.local_index = local_index
@@ -49,6 +67,13 @@ class Keypair:
         self.is_initiator = is_initiator
         self.send_counter = 0
         self.replay = ReplayFilter()
+        self.reject_at = created + cfg.reject_after_time
+        self.rekey_at = created + cfg.rekey_after_time
+        self.rx_rekey_at = (
+            created + cfg.reject_after_time - cfg.keepalive_timeout - cfg.rekey_timeout
+            if is_initiator
+            else float("inf")
+        )
 
 
 class Peer:

@@ -83,7 +83,7 @@ class TimerScheduler:
             t.retransmit_handshake = None
             if t.handshake_attempts >= cfg.max_handshake_attempts:
                 # REKEY_ATTEMPT_TIME exhausted: give up and drop what was staged.
-                self.counters["handshake_gave_up"] += 1
+                self.events["handshake_gave_up"] += 1
                 peer.staged.clear()
                 self._drop_handshake(peer)
                 t.send_keepalive = None
@@ -100,7 +100,7 @@ class TimerScheduler:
                 t.send_keepalive = now + cfg.keepalive_timeout
         if t.new_handshake is not None and t.new_handshake <= now:
             t.new_handshake = None
-            self.counters["handshake_no_reply"] += 1
+            self.events["handshake_no_reply"] += 1
             self._initiate(peer, retry=False)
         if t.zero_key_material is not None and t.zero_key_material <= now:
             t.zero_key_material = None

@@ -1,21 +1,28 @@
-"""The only ``listenUDP`` user: a DatagramProtocol feeding a WireGuardDevice and
-implementing :class:`~nbgateway.interfaces.IDatagramLink` for its output."""
+"""The WireGuard UDP socket: a DatagramProtocol feeding a WireGuardDevice (or a
+DeviceMux) and implementing :class:`~nbgateway.interfaces.IDatagramLink` for its
+output, and :class:`BatchingPort`, a posix UDP port that hands the protocol
+everything one readiness event can read (up to :data:`READ_BATCH` datagrams) in
+one ``datagramsReceived`` call, so the device and the netstack above it work
+per batch rather than per datagram."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
+from twisted.internet import udp
 from twisted.internet.interfaces import IListeningPort, IReactorUDP
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nbgateway.interfaces import IDatagramLink
+from nbgateway.interfaces import IDatagramBatchLink
 
 log = Logger()
 
 
-@implementer(IDatagramLink)
+@implementer(IDatagramBatchLink)
 class WireGuardProtocol(DatagramProtocol):
     """Hands every datagram to the device; sends the device's datagrams."""
 
@@ -33,6 +40,10 @@ class WireGuardProtocol(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr) -> None:
         self.device.datagramReceived(datagram, (addr[0], addr[1]))
 
+    def datagramsReceived(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """From :class:`BatchingPort`: addresses are already (host, port)."""
+        self.device.datagramsReceived(batch)
+
     def sendDatagram(self, data: bytes, addr: tuple[str, int]) -> None:
         transport = self.transport
         if transport is None:
@@ -42,11 +53,25 @@ class WireGuardProtocol(DatagramProtocol):
             transport.write(data, addr)
         except OSError as exc:  # EMSGSIZE, unreachable, bad address family ...
             self.send_errors += 1
-            self.device.counters["udp_send_error"] += 1
+            self.device.events["udp_send_error"] += 1
             log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
 
+    def sendDatagrams(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        transport = self.transport
+        if transport is None:
+            self.send_errors += len(datagrams)
+            return
+        write = transport.write
+        for data in datagrams:
+            try:
+                write(data, addr)
+            except OSError as exc:
+                self.send_errors += 1
+                self.device.events["udp_send_error"] += 1
+                log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
+
     def connectionRefused(self) -> None:  # ICMP port unreachable on a connected socket
-        self.device.counters["udp_refused"] += 1
+        self.device.events["udp_refused"] += 1
 
 
 #: socket buffer size asked for (bursts of handshakes or a fast sender must
@@ -72,10 +97,61 @@ def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> tuple[int
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
 
 
+#: datagrams read per readiness event at most (level-triggered: the reactor
+#: comes back at once if more are queued)
+READ_BATCH = 64
+_READ_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EMSGSIZE,
+                         errno.ENOBUFS, errno.ENOMEM, errno.ENETDOWN, errno.ENETUNREACH})
+_READ_REFUSED = frozenset({errno.ECONNREFUSED})
+
+
+class BatchingPort(udp.Port):
+    """A ``twisted.internet.udp.Port`` whose ``doRead`` collects up to
+    :data:`READ_BATCH` datagrams and delivers them with one
+    ``protocol.datagramsReceived(batch)`` call (``(data, (host, port))`` pairs
+    in arrival order).  Errors behave as in the stock port: would-block ends
+    the read, ICMP refusal goes to ``connectionRefused``, anything else is
+    raised after the datagrams already read were delivered."""
+
+    def doRead(self) -> None:
+        batch: list = []
+        recvfrom = self.socket.recvfrom
+        size = self.maxPacketSize
+        v6 = self.addressFamily == socket.AF_INET6
+        failure: OSError | None = None
+        try:
+            while len(batch) < READ_BATCH:
+                item = recvfrom(size)
+                if v6:  # drop flow info and scope id, as the stock port does
+                    item = (item[0], item[1][:2])
+                batch.append(item)
+        except OSError as exc:
+            no = exc.args[0]
+            if no in _READ_REFUSED:
+                if self._connectedAddr:
+                    self.protocol.connectionRefused()
+            elif no not in _READ_AGAIN:
+                failure = exc
+        if batch:
+            try:
+                self.protocol.datagramsReceived(batch)
+            except BaseException:
+                log.failure("datagramsReceived failed")
+        if failure is not None:
+            raise failure
+
+
 def listen(reactor: IReactorUDP, device, port: int, interface: str = "") -> IListeningPort:
     """Bind the device's UDP socket (with enlarged buffers).  ``interface`` ''
-    binds all IPv4 addresses; '::' binds dual-stack."""
-    listening = reactor.listenUDP(port, WireGuardProtocol(device), interface=interface)
+    binds all IPv4 addresses; '::' binds dual-stack.  On a posix reactor the
+    socket is a :class:`BatchingPort`; elsewhere the reactor's own UDP port
+    delivers datagram by datagram."""
+    protocol = WireGuardProtocol(device)
+    if isinstance(reactor, PosixReactorBase):
+        listening = BatchingPort(port, protocol, interface, reactor=reactor)
+        listening.startListening()
+    else:
+        listening = reactor.listenUDP(port, protocol, interface=interface)
     sock = getattr(listening, "socket", None)
     if sock is not None:
         rcv, snd = enlarge_buffers(sock)

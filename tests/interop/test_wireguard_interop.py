@@ -87,17 +87,19 @@ class Gateway:
         self.private_key = generate_private_key()
         self.device = WireGuardDevice(self.private_key, reactor, timers=timers, **device_kw)
         # Capture datagrams as they arrive (for the replay test); installed before
-        # udp.listen so the adapter calls the wrapper whichever way it binds.
+        # udp.listen so the adapter calls the wrapper (the batching port and the
+        # single-datagram entry point both end in datagramsReceived).
         self.captured: list[tuple[bytes, tuple[str, int]]] = []
-        real = self.device.datagramReceived
+        real = self.device.datagramsReceived
 
-        def capture(data: bytes, addr: tuple[str, int]) -> None:
-            if len(self.captured) < 64 and data[:1] == bytes([MESSAGE_TRANSPORT]) \
-                    and len(data) > 32:
-                self.captured.append((bytes(data), addr))
-            real(data, addr)
+        def capture(batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+            for data, addr in batch:
+                if len(self.captured) < 64 and data[:1] == bytes([MESSAGE_TRANSPORT]) \
+                        and len(data) > 32:
+                    self.captured.append((bytes(data), addr))
+            real(batch)
 
-        self.device.datagramReceived = capture
+        self.device.datagramsReceived = capture
         self.echo = Stack(self.device, reactor, [GW_V4, GW_V6], mtu=self.device.mtu)
         self.device.sink = self.echo
         with inside_netns(ns.name):

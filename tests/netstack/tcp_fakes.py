@@ -28,6 +28,7 @@ class FakeStack:
         self.counters: Counter[str] = Counter()
         self.sent: list[tuple] = []
         self.wakeups = 0
+        self.corks = 0
         self.tcp = TCPLayer(self, secret=secret)
 
     def send_transport(self, src, dst, proto, segment) -> bool:
@@ -39,6 +40,13 @@ class FakeStack:
 
     def wakeup(self) -> None:
         self.wakeups += 1
+
+    # the TCP layer corks the stack around an output run; this fake sends at once
+    def cork(self) -> None:
+        self.corks += 1
+
+    def uncork(self) -> None:
+        self.corks -= 1
 
     def take(self) -> list[Segment]:
         """Parsed segments sent since the last call."""

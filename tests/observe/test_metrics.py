@@ -263,7 +263,7 @@ def test_device_mux_drops_and_udp_errors():
     mux.datagramReceived(b"\x04\x00", A_ADDR)  # too short
     mux.datagramReceived(b"\x04\x00\x00\x00" + b"\x99" * 28, A_ADDR)  # unknown receiver index
     mux.counters["udp_refused"] += 2
-    dev.counters["udp_refused"] += 1
+    dev.events["udp_refused"] += 1
     s = scrape(metrics)
     assert value(s, "nbgateway_wireguard_drops_total", reason="mux_malformed") == 1
     assert value(s, "nbgateway_wireguard_drops_total", reason="mux_unroutable") == 1
