@@ -321,14 +321,14 @@ class WireGuardDevice(HandshakeMixin, TimerScheduler):
                         events["drop_expired"] += 1
                         continue
                     run_peer, run_kp = peer, kp
+                    decrypt, replay = kp.receive.decrypt, kp.replay
                 try:
                     # a bytes slice: the AEAD binding reads bytes much faster than a
                     # memoryview
-                    packet = kp.receive.decrypt(_NONCE(counter), data[16:], None)
+                    packet = decrypt(_NONCE(counter), data[16:], None)
                 except InvalidTag:
                     events["drop_decrypt"] += 1
                     continue
-                replay = kp.replay
                 if counter == replay.last + 1 and counter < _REJECT_MSGS:
                     replay.last = counter  # in order (ReplayFilter.accept_next, inlined)
                 elif not replay.validate(counter):
@@ -516,6 +516,7 @@ class WireGuardDevice(HandshakeMixin, TimerScheduler):
         kp: Keypair | None = None
         counter = 0
         out: list[bytes] = []
+        append = out.append
         for packet in packets:
             n = len(packet)
             if n >= 20 and packet[0] >> 4 == 4:
@@ -538,6 +539,7 @@ class WireGuardDevice(HandshakeMixin, TimerScheduler):
                         self._flush_tx(run_peer, out)
                         accepted += len(out)
                         out = []
+                        append = out.append
                     run_peer = None
                 kp = peer.current
                 if (
@@ -556,13 +558,14 @@ class WireGuardDevice(HandshakeMixin, TimerScheduler):
                     continue
                 run_peer = peer
                 counter = kp.send_counter
+                encrypt, remote_index = kp.send.encrypt, kp.remote_index
             if n & 15:
                 pad = min(16 - (n & 15), mtu - n)
                 if pad > 0:
                     packet += _ZERO_PAD[:pad]
-            out.append(
-                _TRANSPORT_HDR(_TRANSPORT, kp.remote_index, counter)
-                + kp.send.encrypt(_NONCE(counter), packet, None)
+            append(
+                _TRANSPORT_HDR(_TRANSPORT, remote_index, counter)
+                + encrypt(_NONCE(counter), packet, None)
             )
             counter += 1
         if run_peer is not None:

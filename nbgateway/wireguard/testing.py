@@ -1,8 +1,10 @@
 """In-memory plumbing for testing WireGuard devices without sockets.
 
 :class:`MemoryNetwork` is a tiny UDP "internet": devices attach at an address and
-datagrams are queued until :meth:`MemoryNetwork.pump` delivers them.  Tests can
-intercept, drop, duplicate or rewrite datagrams through ``filter``.
+datagrams are queued until :meth:`MemoryNetwork.pump` delivers them, as a socket
+read would: consecutive datagrams for one device arrive in one
+``datagramsReceived`` call (``batch_reads=False``: one ``datagramReceived`` each).
+Tests can intercept, drop, duplicate or rewrite datagrams through ``filter``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class _Attachment:
 class MemoryNetwork:
     """Queues datagrams between attached devices; deliver with :meth:`pump`."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_reads: bool = True) -> None:
+        self.batch_reads = batch_reads
         self.devices: dict[Addr, object] = {}
         self.queue: deque[tuple[Addr, Addr, bytes]] = deque()
         self.delivered: list[tuple[Addr, Addr, bytes]] = []
@@ -50,16 +53,32 @@ class MemoryNetwork:
         self.attach(device, new_addr)
 
     def pump(self, limit: int = 10_000) -> int:
+        """Deliver queued datagrams (and those sent in reply, up to ``limit``);
+        returns how many were taken off the queue."""
         n = 0
         while self.queue and n < limit:
-            src, dst, data = self.queue.popleft()
-            datagrams = [data] if self.filter is None else self.filter(src, dst, data)
-            target = self.devices.get(dst)
-            for d in datagrams:
-                self.delivered.append((src, dst, d))
-                if target is not None:
-                    target.datagramReceived(d, src)
-            n += 1
+            # what is queued now is one "read"; replies queue for the next round
+            take = min(len(self.queue), limit - n)
+            reads: list[tuple[object, list[tuple[bytes, Addr]]]] = []
+            for _ in range(take):
+                src, dst, data = self.queue.popleft()
+                datagrams = [data] if self.filter is None else self.filter(src, dst, data)
+                target = self.devices.get(dst)
+                for d in datagrams:
+                    self.delivered.append((src, dst, d))
+                    if target is None:
+                        continue
+                    if reads and reads[-1][0] is target and self.batch_reads:
+                        reads[-1][1].append((d, src))
+                    else:
+                        reads.append((target, [(d, src)]))
+            n += take
+            for target, batch in reads:
+                if self.batch_reads:
+                    target.datagramsReceived(batch)
+                else:
+                    for d, src in batch:
+                        target.datagramReceived(d, src)
         return n
 
 

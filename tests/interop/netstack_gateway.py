@@ -119,6 +119,11 @@ class FaultySender:
         self.faults.apply(packet, self.sender.sendPacket)
         return True
 
+    def sendPackets(self, packets: list[bytes]) -> int:
+        for packet in packets:
+            self.sendPacket(packet)
+        return len(packets)
+
 
 @dataclass
 class Gateway:
