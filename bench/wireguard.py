@@ -9,7 +9,8 @@ Each figure is printed beside a comparison measured in the same run:
   * batched, as the gateway runs: the netstack hands A a flush of packets
     (``sendPackets``), the datagrams A emits reach B as one socket read
     (``datagramsReceived``, what ``udp.BatchingPort`` delivers) and B hands the
-    run to its sink (``packetsReceived``); ``--batch`` packets per flush;
+    run to its sink (``packetsReceived``); ``--batch`` packets per flush
+    (default ``udp.READ_BATCH``, the most the UDP adapter reads per event);
   * one at a time: ``sendPacket`` -> datagram -> ``datagramReceived`` ->
     ``packetReceived``.
   The clock is the production one (the reactor's ``seconds``; the reactor is
@@ -42,6 +43,7 @@ from nbgateway.interfaces import IDatagramBatchLink, IPacketBatchSink
 from nbgateway.wireguard.device import WireGuardDevice
 from nbgateway.wireguard.keys import generate_private_key, public_key
 from nbgateway.wireguard.testing import ipv4_packet
+from nbgateway.wireguard.udp import READ_BATCH
 
 
 def rate(fn, seconds: float) -> float:
@@ -202,7 +204,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--batch", type=int, default=32, help="packets per flush/read")
+    ap.add_argument("--batch", type=int, default=READ_BATCH,
+                    help="packets per flush/read (default: what the UDP adapter reads at most "
+                         "per event, udp.READ_BATCH)")
     args = ap.parse_args()
     hs, x = bench_handshakes(args.seconds)
     print(f"responder handshakes/s: {hs:,.0f}   bare X25519/s: {x:,.0f}   "

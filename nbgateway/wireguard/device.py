@@ -64,7 +64,9 @@ _TRANSPORT_MIN = C.MESSAGE_TRANSPORT_MIN_SIZE
 _ZERO_PAD = bytes(C.PADDING_MULTIPLE)
 
 _ROUTE_CACHE_MAX = 4096
-_NO_RUN = object()  # datagramsReceived: "no receive run open" (never a session)
+# inner header fields for the inbound source check: (total length, source)
+_IP4_LENGTH_SOURCE = struct.Struct("!2xH8x4s").unpack_from
+_IP6_LENGTH_SOURCE = struct.Struct("!4xH2x16s").unpack_from  # (payload length, source)
 _REJECT_MSGS = C.REJECT_AFTER_MESSAGES
 DEFAULT_UNDER_LOAD_THRESHOLD = 256  # handshake messages per second before cookies
 
@@ -290,42 +292,47 @@ class WireGuardDevice(HandshakeMixin, TimerScheduler):
         cache = self._route_cache
         events = self.events
         now = self._seconds()
-        # the current run: its session, and what it has authenticated so far
+        unpack, nonce, ip4, ip6 = _TRANSPORT_RX, _NONCE, _IP4_LENGTH_SOURCE, _IP6_LENGTH_SOURCE
+        # the current run: its session (receiver index), what it authenticated
+        run_receiver = -1
         run_peer: Peer | None = None
-        run_kp: Keypair | object = _NO_RUN
+        run_kp: Keypair | None = None
+        run_src = None  # inner source address already checked for this run
         authenticated = data_count = nbytes = 0
         packets: list[bytes] = []
         last_addr = None
         for data, addr in batch:
             try:
-                kp = None
                 if len(data) >= _TRANSPORT_MIN:
-                    mtype, receiver, counter = _TRANSPORT_RX(data)
-                    if mtype == _TRANSPORT:
-                        entry = sessions.get(receiver)
-                        if entry is None:
-                            events["drop_unknown_index"] += 1
-                            continue
-                        peer, kp = entry
-                if kp is not run_kp:
+                    mtype, receiver, counter = unpack(data)
+                else:
+                    mtype = receiver = -1
+                if mtype != _TRANSPORT or receiver != run_receiver:
+                    # not the current run's session: end the run, find the session
                     if authenticated:
                         self._settle_rx(run_peer, run_kp, now, authenticated, data_count,
                                         nbytes, packets, last_addr)
                         authenticated = data_count = nbytes = 0
                         packets = []
-                    run_kp = _NO_RUN
-                    if kp is None:
+                    run_receiver = -1
+                    if mtype != _TRANSPORT:
                         self._receive_control(data, addr)
                         continue
-                    if now >= kp.reject_at:
+                    entry = sessions.get(receiver)
+                    if entry is None:
+                        events["drop_unknown_index"] += 1
+                        continue
+                    run_peer, run_kp = entry
+                    if now >= run_kp.reject_at:
                         events["drop_expired"] += 1
                         continue
-                    run_peer, run_kp = peer, kp
-                    decrypt, replay = kp.receive.decrypt, kp.replay
+                    run_receiver = receiver
+                    run_src = None
+                    decrypt, replay = run_kp.receive.decrypt, run_kp.replay
                 try:
                     # a bytes slice: the AEAD binding reads bytes much faster than a
                     # memoryview
-                    packet = decrypt(_NONCE(counter), data[16:], None)
+                    packet = decrypt(nonce(counter), data[16:], None)
                 except InvalidTag:
                     events["drop_decrypt"] += 1
                     continue
@@ -342,25 +349,22 @@ class WireGuardDevice(HandshakeMixin, TimerScheduler):
                 data_count += 1
                 # cryptokey routing, inbound: the inner source must be the peer's
                 n = len(packet)
-                version = packet[0] >> 4
-                if version == 4 and n >= 20:
-                    length = (packet[2] << 8) | packet[3]
-                    src = packet[12:16]
-                elif version == 6 and n >= 40:
-                    length = ((packet[4] << 8) | packet[5]) + 40
-                    src = packet[8:24]
+                if n >= 20 and packet[0] >> 4 == 4:
+                    length, src = ip4(packet)
+                elif n >= 40 and packet[0] >> 4 == 6:
+                    length, src = ip6(packet)
+                    length += 40
                 else:
                     events["drop_malformed_inner"] += 1
                     continue
                 if length > n or length < 20:
                     events["drop_malformed_inner"] += 1
                     continue
-                owner = cache.get(src)
-                if owner is None:
-                    owner = self._route(src)
-                if owner is not run_peer:
-                    events["drop_disallowed_source"] += 1
-                    continue
+                if src != run_src:
+                    if (cache.get(src) or self._route(src)) is not run_peer:
+                        events["drop_disallowed_source"] += 1
+                        continue
+                    run_src = src
                 if length != n:
                     packet = packet[:length]  # WireGuard's padding
                 packets.append(packet)
@@ -510,6 +514,7 @@ class WireGuardDevice(HandshakeMixin, TimerScheduler):
         link = self._link
         mtu = self.mtu
         rekey_after_messages = self._rekey_after_messages
+        header, nonce = _TRANSPORT_HDR, _NONCE  # locals: the loop below is the hot path
         accepted = 0
         # the current run: its peer and session, the session's next counter
         run_peer: Peer | None = None
@@ -563,10 +568,8 @@ class WireGuardDevice(HandshakeMixin, TimerScheduler):
                 pad = min(16 - (n & 15), mtu - n)
                 if pad > 0:
                     packet += _ZERO_PAD[:pad]
-            append(
-                _TRANSPORT_HDR(_TRANSPORT, remote_index, counter)
-                + encrypt(_NONCE(counter), packet, None)
-            )
+            append(header(_TRANSPORT, remote_index, counter)
+                   + encrypt(nonce(counter), packet, None))
             counter += 1
         if run_peer is not None:
             kp.send_counter = counter
