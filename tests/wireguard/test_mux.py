@@ -83,3 +83,41 @@ def test_remove_releases_indices_and_requires_registry():
     assert not mux.registry.owners
     with pytest.raises(ValueError):
         mux.add(WireGuardDevice(generate_private_key(), clock))
+
+
+def test_one_read_with_both_accounts_interleaved_reaches_each_device_in_runs():
+    clock = Clock()
+    net = MemoryNetwork()
+    mux = DeviceMux()
+    net.attach(mux, GW)
+    devices, clients = [], []
+    for i in range(2):
+        dev = mux.add(WireGuardDevice(generate_private_key(), clock, sink=CollectingSink(),
+                                      index_registry=mux.registry))
+        client = WireGuardDevice(generate_private_key(), clock, sink=CollectingSink())
+        net.attach(client, (f"198.51.100.{i + 1}", 40000))
+        client.add_peer(dev.public_key, allowed_ips=["100.64.0.1/32"], endpoint=GW)
+        dev.add_peer(client.public_key, allowed_ips=["100.64.0.2/32"])
+        client.sendPacket(ipv4_packet("100.64.0.2", "100.64.0.1", b"hello"))
+        net.pump()
+        devices.append(dev)
+        clients.append(client)
+    # capture each client's next datagrams, then deliver them as one interleaved read
+    sealed = []
+    for i, client in enumerate(clients):
+        net.queue.clear()
+        client.sendPackets([ipv4_packet("100.64.0.2", "100.64.0.1", b"%d-%d" % (i, k))
+                            for k in range(3)])
+        sealed.append([(d, src) for src, _, d in net.queue])
+    net.queue.clear()
+    calls = []
+    for dev in devices:
+        real = dev.datagramsReceived
+        dev.datagramsReceived = lambda batch, real=real, dev=dev: (
+            calls.append((dev, len(batch))), real(batch))
+    a, b = sealed
+    mux.datagramsReceived([a[0], a[1], b[0], b[1], a[2], b[2], (b"\x04" * 3, a[0][1])])
+    assert calls == [(devices[0], 2), (devices[1], 2), (devices[0], 1), (devices[1], 1)]
+    for i, dev in enumerate(devices):
+        assert [p[20:] for p, _ in dev.sink.packets[1:]] == [b"%d-%d" % (i, k) for k in range(3)]
+    assert mux.counters["mux_drop_malformed"] == 1
