@@ -70,6 +70,25 @@ def test_garbage_never_raises_or_changes_state(datagrams):
     assert len(p.sink_a.packets) == delivered_a and len(p.sink_b.packets) == delivered_b
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(mutated(), min_size=1, max_size=40))
+def test_garbage_read_as_one_batch_never_raises_or_changes_state(datagrams):
+    """The same, delivered as socket reads (datagramsReceived): a run cut short
+    by garbage or a malformed control message neither raises nor leaks state."""
+    p = PAIR
+    before_a, before_b = snapshot(p.a), snapshot(p.b)
+    delivered_a, delivered_b = len(p.sink_a.packets), len(p.sink_b.packets)
+    batch = [(d, ("203.0.113.9", 4444)) for d in datagrams]
+    p.b.datagramsReceived(batch)
+    p.a.datagramsReceived(batch)
+    p.net.queue.clear()
+    assert p.a.counters["drop_internal_error"] == 0
+    assert p.b.counters["drop_internal_error"] == 0
+    assert snapshot(p.a) == before_a
+    assert snapshot(p.b) == before_b
+    assert len(p.sink_a.packets) == delivered_a and len(p.sink_b.packets) == delivered_b
+
+
 def test_memory_bounded_under_initiation_flood():
     """Thousands of distinct, valid-MAC1 initiations from an unknown key create no
     state: no indices, no peers, heap unchanged."""
