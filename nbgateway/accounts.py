@@ -39,6 +39,8 @@ from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public
 log = Logger()
 
 ACTIVE = pb.PROXY_STATUS_ACTIVE
+#: mapping modes that are L4 relays (spec proxy.md 3.1: anything else is HTTP)
+L4_MODES = ("tcp", "udp", "tls")
 ERROR = pb.PROXY_STATUS_ERROR
 TUNNEL_NOT_CREATED = pb.PROXY_STATUS_TUNNEL_NOT_CREATED
 
@@ -248,6 +250,11 @@ class AccountRuntime:
 
     def _report(self, service_id: str, status: int, *, error: str | None = None,
                 listener: bool = True) -> Deferred:
+        mapping = self.services.get(service_id)
+        if status == ACTIVE and mapping is not None and mapping.mode in L4_MODES:
+            # never claim to serve what this gateway does not serve
+            status, listener = ERROR, False
+            error = f"{mapping.mode.upper()} services are not supported by this gateway"
         d = maybeDeferred(
             self.mgmt.send_status_update, service_id, self.account_id, status,
             error_message=error,

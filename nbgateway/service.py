@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
+from nbgateway.accounts import L4_MODES, AccountRegistry, AccountRuntime, AccountSettings
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
 from nbgateway.dial.direct import DirectDialer
 from nbgateway.dial.pool import UpstreamPools
@@ -53,9 +53,6 @@ from nbgateway.wireguard.mux import DeviceMux
 
 log = Logger()
 
-HTTP_MODES = ("", "http")
-
-
 class ServiceTable(MappingObserver):
     """Host -> :class:`ServiceEntry` for the HTTP mappings (spec 3.2)."""
 
@@ -69,8 +66,8 @@ class ServiceTable(MappingObserver):
         return self.entries.get(domain)
 
     def _add(self, mapping: pb.ProxyMapping) -> Deferred | None:
-        if mapping.mode not in HTTP_MODES:
-            return None
+        if mapping.mode in L4_MODES:
+            return None  # not routed here; the account runtime reports it unsupported
         entry = entry_from_mapping(mapping)
         self.entries[mapping.domain] = entry
         if entry.route_errors and self.mgmt is not None:

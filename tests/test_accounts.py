@@ -134,6 +134,21 @@ def test_ready_brings_up_listeners_and_reports_active_with_listener_b13():
     assert p.key_bytes in runtime.device.peers
 
 
+def test_l4_mappings_are_reported_unsupported_never_active():
+    """This gateway relays no TCP/UDP/TLS yet: such a mapping gets ERROR with the
+    reason, while an HTTP mapping of the same account goes ACTIVE."""
+    mgmt = Mgmt()
+    store, registry, _, _ = make(mgmt)
+    tcp = mapping("s2")
+    tcp.mode, tcp.private = "tcp", False
+    store.apply_batch([mapping("s1"), tcp], False)
+    Channel.instances[0].on_map(network())
+    assert sorted(mgmt.status) == [
+        ("s1", pb.PROXY_STATUS_ACTIVE, None, ("100.64.0.99", 443, 80)),
+        ("s2", pb.PROXY_STATUS_ERROR, "TCP services are not supported by this gateway", None)]
+    assert registry.get("acct").state == "ready"
+
+
 def test_no_private_flag_no_inbound_listener_b14():
     mgmt = Mgmt()
     store, _, _, _ = make(mgmt, settings=AccountSettings(cluster="gw", private=False))
