@@ -344,9 +344,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("preshared_key", "NB_PROXY_PRESHARED_KEY", "",
        "WireGuard pre-shared key between proxy and peers (prefer the env var)",
        parse_preshared_key, secret=True),
-    _s("supports_custom_ports", "NB_PROXY_SUPPORTS_CUSTOM_PORTS", "false",
-       "capability: can bind arbitrary L4 ports (true/false); L4 relays are not built yet, "
-       "so the default is false", parse_bool),
+    _s("supports_custom_ports", "NB_PROXY_SUPPORTS_CUSTOM_PORTS", "true",
+       "capability: can bind arbitrary L4 ports (true/false)", parse_bool),
     _s("require_subdomain", "NB_PROXY_REQUIRE_SUBDOMAIN", "false",
        "capability: services must be subdomains of --domain", parse_bool, is_bool=True),
     _s("log_level", "NB_PROXY_LOG_LEVEL", "info",

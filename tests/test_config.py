@@ -50,8 +50,8 @@ def test_defaults():
     assert (cfg.tunnel_http_port, cfg.tunnel_https_port) == (80, 443)
     assert cfg.forwarded_proto == "auto"
     # the embedded default serves private services (its own management only sends
-    # them to a proxy with the private capability); no L4, so no custom ports
-    assert cfg.private is True and cfg.supports_custom_ports is False
+    # them to a proxy with the private capability); capabilities as acceptance b1
+    assert cfg.private is True and cfg.supports_custom_ports is True
     assert cfg.advertised_wg_endpoint() == "127.0.0.1:51820"
     assert cfg.max_dial_timeout == 0.0 and cfg.max_session_idle_timeout == 0.0
     assert cfg.drain_timeout == 30.0 and cfg.tunnel_cache_ttl == 300.0
