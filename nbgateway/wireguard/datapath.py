@@ -87,12 +87,14 @@ class TransportPath:
                     mtype = receiver = -1
                 if mtype != _TRANSPORT or receiver != run_receiver:
                     # not the current run's session: end the run, find the session
+                    run_receiver = -1
                     if authenticated:
-                        self._settle_rx(run_peer, run_kp, now, authenticated, data_count,
-                                        nbytes, packets, last_addr)
+                        # reset before settling: whatever the settling does, this
+                        # run is never settled twice
+                        done = (authenticated, data_count, nbytes, packets)
                         authenticated = data_count = nbytes = 0
                         packets = []
-                    run_receiver = -1
+                        self._settle_rx(run_peer, run_kp, now, *done, last_addr)
                     if mtype != _TRANSPORT:
                         self._receive_control(data, addr)
                         continue
@@ -160,27 +162,31 @@ class TransportPath:
         """End a receive run of ``authenticated`` datagrams on session ``kp``
         (``data`` of them carried a packet, the rest were keepalives): the
         protocol's reactions to "authenticated packet received", once for the
-        run, then the run's packets to the sink."""
-        peer.endpoint = addr  # roaming: the latest authenticated source address
-        if kp is not peer.current:
-            if kp is peer.next:
-                self._confirm_next(peer, kp, now)
-        elif now > kp.rx_rekey_at and peer.handshake is None:
-            self._initiate(peer, retry=False)
-        peer.rx_bytes += nbytes
-        t = peer.timers
-        t.new_handshake = None
-        if peer.persistent_keepalive:
-            self._authenticated_traversal(peer, now)
-        self._keepalive_rx += authenticated - data
-        if data:
-            self._data_rx += data
-            if t.send_keepalive is None:
-                self._arm(peer, "send_keepalive", now + self._keepalive_timeout)
-            else:
-                t.need_another_keepalive = True
-        if packets:
-            self._deliver(packets, peer)
+        run, then the run's packets to the sink.  Never raises."""
+        try:
+            peer.endpoint = addr  # roaming: the latest authenticated source address
+            if kp is not peer.current:
+                if kp is peer.next:
+                    self._confirm_next(peer, kp, now)
+            elif now > kp.rx_rekey_at and peer.handshake is None:
+                self._initiate(peer, retry=False)
+            peer.rx_bytes += nbytes
+            t = peer.timers
+            t.new_handshake = None
+            if peer.persistent_keepalive:
+                self._authenticated_traversal(peer, now)
+            self._keepalive_rx += authenticated - data
+            if data:
+                self._data_rx += data
+                if t.send_keepalive is None:
+                    self._arm(peer, "send_keepalive", now + self._keepalive_timeout)
+                else:
+                    t.need_another_keepalive = True
+            if packets:
+                self._deliver(packets, peer)
+        except Exception:  # never into the reactor, and the next run goes on
+            self.events["drop_internal_error"] += 1
+            log.failure("unexpected error finishing a receive run from {addr}", addr=addr)
 
     def _route(self, address: bytes) -> Peer | None:
         """Longest-prefix match of a packed address, remembered in the route cache."""

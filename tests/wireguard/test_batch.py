@@ -224,3 +224,19 @@ def test_batched_and_one_by_one_reads_agree(script):
         results.append(([p[20:] for p in g.sink.packets()],
                         {k: counters[k] for k in ("data_rx", "drop_replay", "drop_unknown_index")}))
     assert results[0] == results[1]
+
+
+def test_a_failing_settle_is_counted_and_never_redelivers_a_run():
+    _, _, g, a, b = _star()
+    a1, a2, a3 = _sealed(a, "10.0.0.1", [b"a1", b"a2", b"a3"])
+    (b1,) = _sealed(b, "10.0.0.2", [b"b1"])
+    g.peers[a.public_key].persistent_keepalive = 25
+
+    def broken(peer, now):
+        raise RuntimeError("boom")
+
+    g._authenticated_traversal = broken
+    g.datagramsReceived([(a1, A_ADDR), (a2, A_ADDR), (b1, B_ADDR), (a3, A_ADDR)])
+    delivered = [p[20:] for p in g.sink.packets()]
+    assert delivered == [b"b1"]  # a's runs failed before their hand-over, once each
+    assert g.counters["drop_internal_error"] == 2
