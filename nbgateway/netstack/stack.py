@@ -144,7 +144,7 @@ class Stack:
         # output cork: while > 0, packets collect in _corked and leave in one
         # sender.sendPackets call when the outermost uncork() runs
         self._cork_depth = 0
-        self._corked: list[bytes] | None = None
+        self._corked: list[bytes] = []
         self.tcp: Any = (tcp_factory or _default_tcp_factory)(self)
 
     def __repr__(self) -> str:
@@ -158,14 +158,12 @@ class Stack:
         one read's worth of inbound packets) so the device gets them in one
         ``sendPackets`` call."""
         self._cork_depth += 1
-        if self._corked is None:
-            self._corked = []
 
     def uncork(self) -> None:
         self._cork_depth -= 1
         if self._cork_depth > 0:
             return
-        out, self._corked = self._corked, None
+        out, self._corked = self._corked, []
         if out:
             sent = self.sender.sendPackets(out)
             if sent < len(out):
@@ -465,9 +463,8 @@ class Stack:
                 return False
             packet = _IP6_FIRST.pack(0x60000000, n, protocol, ttl) + s + d
         self.counters["tx_packets"] += 1
-        corked = self._corked
-        if corked is not None:
-            corked.append(packet + payload)
+        if self._cork_depth:
+            self._corked.append(packet + payload)
             return True
         if not self.sender.sendPacket(packet + payload):
             self.counters["tx_refused"] += 1

@@ -46,7 +46,7 @@ ROUTE_CACHE_MAX = 4096  # destination -> peer entries in front of the LPM table
 
 class TransportPath:
     """Transport data in and out; mixed into the device, whose state it uses
-    (``_sessions``, ``_route_cache``, ``allowed_ips``, ``events``, timers...)."""
+    (``_indices``, ``_route_cache``, ``allowed_ips``, ``events``, timers...)."""
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         """The UDP entry point for one datagram (see :meth:`datagramsReceived`)."""
@@ -66,7 +66,7 @@ class TransportPath:
         so the layer above answers a whole read at once.  Handshake messages
         end the current run and are handled in place, in order.
         """
-        sessions = self._sessions
+        indices = self._indices
         cache = self._route_cache
         events = self.events
         now = self._seconds()
@@ -89,17 +89,15 @@ class TransportPath:
                     # not the current run's session: end the run, find the session
                     run_receiver = -1
                     if authenticated:
-                        # reset before settling: whatever the settling does, this
-                        # run is never settled twice
-                        done = (authenticated, data_count, nbytes, packets)
+                        self._settle_rx(run_peer, run_kp, now, authenticated, data_count,
+                                        nbytes, packets, last_addr)
                         authenticated = data_count = nbytes = 0
                         packets = []
-                        self._settle_rx(run_peer, run_kp, now, *done, last_addr)
                     if mtype != _TRANSPORT:
                         self._receive_control(data, addr)
                         continue
-                    entry = sessions.get(receiver)
-                    if entry is None:
+                    entry = indices.get(receiver)
+                    if entry is None or entry[1].__class__ is not Keypair:  # or a handshake's
                         events["drop_unknown_index"] += 1
                         continue
                     run_peer, run_kp = entry
@@ -179,7 +177,7 @@ class TransportPath:
             if data:
                 self._data_rx += data
                 if t.send_keepalive is None:
-                    self._arm(peer, "send_keepalive", now + self._keepalive_timeout)
+                    self._arm(peer, "send_keepalive", now + self.timers.keepalive_timeout)
                 else:
                     t.need_another_keepalive = True
             if packets:

@@ -52,7 +52,7 @@ from nbgateway.wireguard.cookie import CookieChecker
 from nbgateway.wireguard.datapath import TransportPath
 from nbgateway.wireguard.handshake import HandshakeMixin
 from nbgateway.wireguard.indices import IndexRegistry  # re-exported for the mux
-from nbgateway.wireguard.peer import Keypair, Peer
+from nbgateway.wireguard.peer import Peer
 from nbgateway.wireguard.scheduler import TimerScheduler
 from nbgateway.wireguard.timers import TimerConfig
 
@@ -97,7 +97,6 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         self.sink = sink
         self.timers = timers or TimerConfig()
         self._rekey_after_messages = self.timers.rekey_after_messages
-        self._keepalive_timeout = self.timers.keepalive_timeout
         self.mtu = mtu
         self.under_load_threshold = under_load_threshold
         self._rng = rng or random.SystemRandom()
@@ -108,9 +107,8 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         # destination -> peer cache in front of the LPM table; cleared on any change
         self._route_cache: dict[bytes, Peer] = {}
+        # receiver index -> (peer, Keypair or the InitiatorState of a handshake)
         self._indices: dict[int, tuple[Peer, object]] = {}
-        # the data path's view of _indices: receiver index -> (peer, Keypair)
-        self._sessions: dict[int, tuple[Peer, Keypair]] = {}
         self.index_registry = index_registry
         #: named events (drops, handshakes, errors); see :attr:`counters`
         self.events: Counter[str] = Counter()
@@ -245,7 +243,6 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
             return index
 
     def _release(self, index: int) -> None:
-        self._sessions.pop(index, None)
         if self._indices.pop(index, None) is not None and self.index_registry is not None:
             self.index_registry.release(index)
 

@@ -151,7 +151,7 @@ class HandshakeMixin:
             return
         kp = Keypair(keys.send, keys.receive, local_index, consumed.remote_index, now, False,
                      self.timers)
-        self._indices[local_index] = self._sessions[local_index] = (peer, kp)
+        self._indices[local_index] = (peer, kp)
         # responder: the new session waits in `next` until the initiator uses it
         if peer.next is not None:
             self._release(peer.next.local_index)
@@ -188,7 +188,7 @@ class HandshakeMixin:
         self.events["handshake_response_rx"] += 1
         peer.handshake = None
         kp = Keypair(keys.send, keys.receive, state.local_index, msg.sender, now, True, self.timers)
-        self._indices[state.local_index] = self._sessions[state.local_index] = (peer, kp)
+        self._indices[state.local_index] = (peer, kp)
         # initiator: the new session is current at once
         if peer.next is not None:
             if peer.previous is not None:

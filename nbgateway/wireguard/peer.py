@@ -17,8 +17,6 @@ from nbgateway.wireguard.noise import ZERO_PSK, InitiatorState, StaticIdentity, 
 from nbgateway.wireguard.replay import ReplayFilter
 from nbgateway.wireguard.timers import PeerTimers, TimerConfig
 
-_DEFAULT_TIMERS = TimerConfig()
-
 
 class Keypair:
     """One session: directional AEAD keys, indices, send counter, replay filter,
@@ -35,7 +33,6 @@ class Keypair:
     """
 
     __slots__ = (
-        "created",
         "is_initiator",
         "local_index",
         "receive",
@@ -56,14 +53,12 @@ class Keypair:
         remote_index: int,
         created: float,
         is_initiator: bool,
-        timers: TimerConfig | None = None,
+        cfg: TimerConfig,
     ) -> None:
-        cfg = timers or _DEFAULT_TIMERS
         self.send = ChaCha20Poly1305(send_key)
         self.receive = ChaCha20Poly1305(receive_key)
         self.local_index = local_index
         self.remote_index = remote_index
-        self.created = created
         self.is_initiator = is_initiator
         self.send_counter = 0
         self.replay = ReplayFilter()

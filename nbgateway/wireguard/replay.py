@@ -91,8 +91,7 @@ class ReplayFilter:
         """Accept ``counter`` (and remember it) or reject it as replayed/too old."""
         if counter >= REJECT_AFTER_MESSAGES:
             return False
-        if counter == self.last + 1:
-            self.last = counter
+        if self.accept_next(counter):
             return True
         if self.synced != self.last:
             self._sync()

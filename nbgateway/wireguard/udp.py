@@ -45,16 +45,7 @@ class WireGuardProtocol(DatagramProtocol):
         self.device.datagramsReceived(batch)
 
     def sendDatagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        transport = self.transport
-        if transport is None:
-            self.send_errors += 1
-            return
-        try:
-            transport.write(data, addr)
-        except OSError as exc:  # EMSGSIZE, unreachable, bad address family ...
-            self.send_errors += 1
-            self.device.events["udp_send_error"] += 1
-            log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
+        self.sendDatagrams([data], addr)
 
     def sendDatagrams(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
         transport = self.transport
@@ -65,7 +56,7 @@ class WireGuardProtocol(DatagramProtocol):
         for data in datagrams:
             try:
                 write(data, addr)
-            except OSError as exc:
+            except OSError as exc:  # EMSGSIZE, unreachable, bad address family ...
                 self.send_errors += 1
                 self.device.events["udp_send_error"] += 1
                 log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
@@ -109,9 +100,11 @@ class BatchingPort(udp.Port):
     """A ``twisted.internet.udp.Port`` whose ``doRead`` collects up to
     :data:`READ_BATCH` datagrams and delivers them with one
     ``protocol.datagramsReceived(batch)`` call (``(data, (host, port))`` pairs
-    in arrival order).  Errors behave as in the stock port: would-block ends
-    the read, ICMP refusal goes to ``connectionRefused``, anything else is
-    raised after the datagrams already read were delivered."""
+    in arrival order).  Errors: would-block and transient conditions
+    (``_READ_AGAIN``: also EMSGSIZE, ENOBUFS, ENOMEM, ENETDOWN, ENETUNREACH,
+    which the stock port would raise and so close the socket) end the read;
+    ICMP refusal goes to ``connectionRefused``; anything else is raised after
+    the datagrams already read were delivered."""
 
     def doRead(self) -> None:
         batch: list = []
