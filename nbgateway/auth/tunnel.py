@@ -10,7 +10,15 @@ ValidateTunnelPeer cache (spec proxy.md 4.5-4.7, with the hardening of 11.7,
     (single-flight); each caller gets its own Deferred, so a caller that goes
     away (its Deferred is cancelled) never cancels the RPC the others wait on;
     the RPC is bounded by ``rpc_timeout`` instead.  :meth:`evict_account`
-    drops an account's entries when its roster or services change.
+    drops an account's entries (the gateway calls it whenever the account's
+    services change or management pushes a network map for its proxy peer,
+    which management does on every change that can alter a validation answer:
+    peer groups, peer deletion, user blocked, service access groups; the map
+    carries no group data, so the account is the finest grain the gateway
+    can tell).  An eviction also detaches the account's in-flight RPCs: their
+    answer still reaches the callers that were waiting, but is never stored,
+    and a caller arriving after the eviction starts a fresh RPC instead of
+    joining the stale one.
 
 :class:`PrivateGate`
     The ordered checks of spec 4.5: overlay origin (the listener's account is
@@ -48,6 +56,17 @@ class CacheStats:
     evictions: int = 0
 
 
+class _Flight:
+    """One in-flight ValidateTunnelPeer RPC and the callers waiting on it."""
+
+    __slots__ = ("stale", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[Deferred] = []
+        #: an eviction happened while the RPC ran: its answer must not be stored
+        self.stale = False
+
+
 class TunnelValidationCache:
     def __init__(
         self,
@@ -64,17 +83,22 @@ class TunnelValidationCache:
         self.max_per_account = max_per_account
         self.rpc_timeout = rpc_timeout
         self._buckets: dict[str, OrderedDict[tuple[str, str], tuple[float, object]]] = {}
-        self._inflight: dict[tuple[str, str, str], list[Deferred]] = {}
+        self._inflight: dict[tuple[str, str, str], _Flight] = {}
         self.stats = CacheStats()
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
 
-    def evict_account(self, account_id: str) -> None:
-        """Forget everything cached for ``account_id`` (roster/services changed)."""
+    def evict_account(self, account_id: str) -> int:
+        """Forget everything cached for ``account_id`` and detach its in-flight
+        RPCs (they started before the change: their answer must not be
+        stored or joined); returns how many entries were dropped."""
         bucket = self._buckets.pop(account_id, None)
-        if bucket:
-            self.stats.evictions += len(bucket)
+        dropped = len(bucket) if bucket else 0
+        for key in [k for k in self._inflight if k[0] == account_id]:
+            self._inflight.pop(key).stale = True
+        self.stats.evictions += dropped
+        return dropped
 
     def lookup(self, account_id: str, tunnel_ip: str, domain: str):
         """The cached response, or None (expired entries are dropped)."""
@@ -98,50 +122,56 @@ class TunnelValidationCache:
             self.stats.hits += 1
             return succeed(cached)
         key = (account_id, tunnel_ip, domain)
-        waiters = self._inflight.get(key)
-        mine: Deferred = Deferred(lambda d: self._forget_waiter(key, d))
-        if waiters is not None:
+        flight = self._inflight.get(key)
+        if flight is not None:
             self.stats.joins += 1
-            waiters.append(mine)
-            return mine
+            joined: Deferred = Deferred(lambda d: self._forget_waiter(flight, d))
+            flight.waiters.append(joined)
+            return joined
         self.stats.misses += 1
-        self._inflight[key] = [mine]
+        flight = self._inflight[key] = _Flight()
+        mine: Deferred = Deferred(lambda d: self._forget_waiter(flight, d))
+        flight.waiters.append(mine)
         try:
             rpc = self.client.validate_tunnel_peer(tunnel_ip, domain)
         except Exception as exc:  # a broken client must not break the gate
             rpc = Deferred()
             rpc.errback(exc)
         rpc.addTimeout(self.rpc_timeout, self.clock)
-        rpc.addCallbacks(self._rpc_done, self._rpc_failed, callbackArgs=(key,),
-                         errbackArgs=(key,))
+        rpc.addCallbacks(self._rpc_done, self._rpc_failed, callbackArgs=(key, flight),
+                         errbackArgs=(key, flight))
         return mine
 
-    def _forget_waiter(self, key, d: Deferred) -> None:
-        waiters = self._inflight.get(key)
-        if waiters is not None and d in waiters:
-            waiters.remove(d)
+    @staticmethod
+    def _forget_waiter(flight: _Flight, d: Deferred) -> None:
+        if d in flight.waiters:
+            flight.waiters.remove(d)
 
-    def _finish(self, key, result) -> None:
-        for d in self._inflight.pop(key, []):
+    def _finish(self, key, flight: _Flight, result) -> None:
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+        waiters, flight.waiters = flight.waiters, []
+        for d in waiters:
             if not d.called:
                 d.callback(result)
 
-    def _rpc_done(self, response, key) -> None:
+    def _rpc_done(self, response, key, flight: _Flight) -> None:
         account_id, tunnel_ip, domain = key
         if getattr(response, "valid", False) and getattr(response, "session_token", ""):
-            bucket = self._buckets.setdefault(account_id, OrderedDict())
-            bucket[(tunnel_ip, domain)] = (self.clock.seconds(), response)
-            while len(bucket) > self.max_per_account:
-                bucket.popitem(last=False)
+            if not flight.stale:
+                bucket = self._buckets.setdefault(account_id, OrderedDict())
+                bucket[(tunnel_ip, domain)] = (self.clock.seconds(), response)
+                while len(bucket) > self.max_per_account:
+                    bucket.popitem(last=False)
         else:
             self.stats.denials += 1
-        self._finish(key, response)
+        self._finish(key, flight, response)
 
-    def _rpc_failed(self, failure, key) -> None:
+    def _rpc_failed(self, failure, key, flight: _Flight) -> None:
         self.stats.errors += 1
         log.debug("ValidateTunnelPeer failed for {ip} {domain}: {err}",
                   ip=key[1], domain=key[2], err=failure.getErrorMessage())
-        self._finish(key, None)
+        self._finish(key, flight, None)
 
 
 @dataclass(frozen=True)
