@@ -18,6 +18,13 @@ peer and its remote peers) followed by the synthetic private-service zones.
 :func:`to_proto_network_map` / :func:`to_proto_peer_config` encode the result
 as upstream's ``ToSyncResponse`` does (legacy ``PeerIP`` plus
 ``sourcePrefixes`` for peers that announce ``PeerCapabilitySourcePrefixes``).
+
+IPv6 overlay: when the map's peer has an IPv6 tunnel address, the map carries
+it (``PeerConfig.address_v6``, address bytes + the account v6 prefix length),
+each remote peer's IPv6 ``/128`` next to its IPv4 ``/32`` in AllowedIPs, one
+more firewall rule per rule for the remote peer's IPv6 address, and AAAA
+records next to the A records in the peers zone.  A peer without an IPv6
+address gets exactly the IPv4-only map (nothing it could not route).
 """
 
 from __future__ import annotations
@@ -97,6 +104,8 @@ class NetworkMap:
     firewall_rules: tuple[FirewallRule, ...] = ()
     zones: tuple[CustomZone, ...] = ()
     policies: tuple[Policy, ...] = field(default=(), repr=False)
+    #: IPv6 tunnel address with the account v6 prefix length ("fd..::5/64"); "" for none
+    address_v6: str = ""
 
 
 def peer_fqdn(peer: Peer, dns_domain: str) -> str:
@@ -106,11 +115,31 @@ def peer_fqdn(peer: Peer, dns_domain: str) -> str:
     return f"{label}.{dns_domain}"
 
 
-def _prefix_len(network: str) -> int:
+def _prefix_len(network: str, default: int = 32) -> int:
     try:
         return ipaddress.ip_network(network, strict=False).prefixlen
     except ValueError:
-        return 32
+        return default
+
+
+def _ipv6_of(peer: Peer) -> str:
+    """The peer's IPv6 tunnel address, "" when it has none (or an unusable one)."""
+    try:
+        addr = ipaddress.ip_address(peer.ipv6 or "")
+    except ValueError:
+        return ""
+    return str(addr) if addr.version == 6 else ""
+
+
+def _host_prefix(ip: str) -> str:
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+def _tunnel_ips(peer: Peer, ipv6: bool) -> tuple[str, ...]:
+    """The peer's tunnel addresses a map's owner can use: IPv4, plus IPv6 when
+    ``ipv6`` (the owner has an IPv6 address itself) and the peer has one."""
+    v6 = _ipv6_of(peer) if ipv6 else ""
+    return (peer.ip, v6) if v6 else (peer.ip,)
 
 
 def _rule_peers(view: AccountView, rule: PolicyRule, source: bool) -> list[str]:
@@ -129,6 +158,7 @@ class _Collector:
     def __init__(self, view: AccountView, target: Peer) -> None:
         self.view = view
         self.target = target
+        self.ipv6 = bool(_ipv6_of(target))
         self.peer_ids: dict[str, None] = {}
         self.rules: list[FirewallRule] = []
         self._seen: set[tuple] = set()
@@ -141,29 +171,30 @@ class _Collector:
             if peer is None or not peer.ip:
                 continue
             self.peer_ids.setdefault(pid, None)
-            base = (rule.id, peer.ip, direction, rule.protocol, rule.action)
             if rule.ports:
                 expanded = [(p, None) for p in rule.ports]
             elif rule.port_ranges:
                 expanded = [("", pr) for pr in rule.port_ranges]
             else:
                 expanded = [("", None)]
-            for port, pr in expanded:
-                key = (*base, port, pr)
-                if key in self._seen:
-                    continue
-                self._seen.add(key)
-                self.rules.append(
-                    FirewallRule(
-                        policy_id=rule.policy_id or rule.id,
-                        peer_ip=peer.ip,
-                        direction=direction,
-                        action=rule.action,
-                        protocol=rule.protocol,
-                        port=port,
-                        port_range=pr,
+            for ip in _tunnel_ips(peer, self.ipv6):
+                base = (rule.id, ip, direction, rule.protocol, rule.action)
+                for port, pr in expanded:
+                    key = (*base, port, pr)
+                    if key in self._seen:
+                        continue
+                    self._seen.add(key)
+                    self.rules.append(
+                        FirewallRule(
+                            policy_id=rule.policy_id or rule.id,
+                            peer_ip=ip,
+                            direction=direction,
+                            action=rule.action,
+                            protocol=rule.protocol,
+                            port=port,
+                            port_range=pr,
+                        )
                     )
-                )
 
 
 def build_network_map(
@@ -204,7 +235,7 @@ def build_network_map(
             RemotePeer(
                 id=rp.id,
                 key=rp.key,
-                allowed_ips=(f"{rp.ip}/32",),
+                allowed_ips=tuple(_host_prefix(ip) for ip in _tunnel_ips(rp, col.ipv6)),
                 fqdn=peer_fqdn(rp, dns_domain),
                 endpoint=rp.endpoint or "",
             )
@@ -212,16 +243,20 @@ def build_network_map(
     zones: list[CustomZone] = []
     if dns_domain:
         records = [
-            SimpleRecord(fqdn(peer_fqdn(p, dns_domain)), 1, "IN", PEER_RECORD_TTL, p.ip)
+            SimpleRecord(fqdn(peer_fqdn(p, dns_domain)), 1 if ":" not in ip else 28, "IN",
+                         PEER_RECORD_TTL, ip)
             for p in [peer, *(view.peers[pid] for pid in col.peer_ids)]
             if peer_fqdn(p, dns_domain) and p.ip
+            for ip in _tunnel_ips(p, col.ipv6)
         ]
         if records:
             zones.append(CustomZone(domain=fqdn(dns_domain), records=tuple(records)))
     zones.extend(synthesize_private_service_zones(view, peer_id))
+    own_v6 = _ipv6_of(peer)
     return NetworkMap(
         peer=peer,
         address=f"{peer.ip}/{_prefix_len(view.account.network_v4)}",
+        address_v6=f"{own_v6}/{_prefix_len(view.account.network_v6, 64)}" if own_v6 else "",
         fqdn=peer_fqdn(peer, dns_domain),
         remote_peers=tuple(remotes),
         firewall_rules=tuple(col.rules),
@@ -235,6 +270,7 @@ def network_map_to_json(nm: NetworkMap) -> dict:
     return {
         "peer_id": nm.peer.id,
         "address": nm.address,
+        "address_v6": nm.address_v6 or None,
         "fqdn": nm.fqdn,
         "remote_peers": [
             {
@@ -293,14 +329,23 @@ def _encode_addr(ip: str) -> bytes:
     return addr.packed + bytes([addr.max_prefixlen])
 
 
+def _encode_interface(text: str) -> bytes:
+    """``netiputil.EncodePrefix`` of an interface address: address bytes + prefix length."""
+    iface = ipaddress.ip_interface(text)
+    return iface.ip.packed + bytes([iface.network.prefixlen])
+
+
 def to_proto_peer_config(nm: NetworkMap) -> pb.PeerConfig:
-    return pb.PeerConfig(
+    out = pb.PeerConfig(
         address=nm.address,
         fqdn=nm.fqdn,
         sshConfig=pb.SSHConfig(sshEnabled=False),
         # upstream forces this on for embedded proxy peers
         RoutingPeerDnsResolutionEnabled=nm.peer.proxy,
     )
+    if nm.address_v6:
+        out.address_v6 = _encode_interface(nm.address_v6)
+    return out
 
 
 def _proto_rule(r: FirewallRule, source_prefixes: bool) -> pb.FirewallRule:
