@@ -10,7 +10,10 @@ What it owns:
   <proxy token>``; failures are ``UNAUTHENTICATED`` with the upstream texts,
   failed attempts are rate limited per client IP (burst 5, one token per 12 s,
   ``RESOURCE_EXHAUSTED``); account-scoped (BYOP) tokens only reach their
-  account (``PERMISSION_DENIED``).
+  account (``PERMISSION_DENIED``).  The token is checked *before* the limiter
+  is consulted, and a valid token never consults it: the limiter only decides
+  how a failure is answered, so garbage sent from a gateway's address cannot
+  lock that gateway out (only failures spend a source's budget).
 * **Mapping streams** (2.1-2.4): ``GetMappingUpdate`` and ``SyncMappings``
   register the proxy (row upserted, superseding an older stream of the same
   proxy id), send the capability-filtered snapshot in batches (SyncMappings:
@@ -153,6 +156,10 @@ class AuthFailureLimiter:
             self._buckets.move_to_end(ip)
             while len(self._buckets) > AUTH_MAX_ENTRIES:
                 self._buckets.popitem(last=False)
+
+
+class _AuthFailedError(Exception):
+    """A caller presented no valid token (the message is the gRPC status text)."""
 
 
 # --- connections ----------------------------------------------------------------------------
@@ -353,23 +360,28 @@ class ProxyServiceServicer(UnaryRpcs):
     # -- caller identity (2.0) -----------------------------------------------------------------
 
     def _authenticate(self, context: grpc.ServicerContext) -> ProxyAccessToken:
-        ip = peer_ip(context)
-        if not self.limiter.allowed(ip):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed authentication attempts"
-            )
+        """The caller's token record, or an abort.  Valid tokens are accepted
+        whatever the limiter says; only failures consult (and spend) the
+        source's failure budget."""
+        try:
+            return self._verify_caller(context)
+        except _AuthFailedError as exc:
+            self._auth_fail(context, peer_ip(context), str(exc))
+            raise  # not reached: _auth_fail aborts
+
+    def _verify_caller(self, context: grpc.ServicerContext) -> ProxyAccessToken:
         md = context.invocation_metadata() or ()
         if not md:
-            self._auth_fail(context, ip, "missing metadata")
+            raise _AuthFailedError("missing metadata")
         values = [v for k, v in md if k.lower() == "authorization"]
         if not values:
-            self._auth_fail(context, ip, "missing authorization header")
+            raise _AuthFailedError("missing authorization header")
         value = values[0] if isinstance(values[0], str) else values[0].decode("latin-1")
         if not value.startswith("Bearer "):
-            self._auth_fail(context, ip, "invalid authorization format")
+            raise _AuthFailedError("invalid authorization format")
         plain = value[len("Bearer ") :].strip()
         if not _secrets.token_format_ok(plain, _secrets.PROXY_TOKEN_PREFIX):
-            self._auth_fail(context, ip, "invalid token format")
+            raise _AuthFailedError("invalid token format")
         key = _secrets.hash_token(plain)
         now = self._clock()
         with self._lock:
@@ -384,7 +396,7 @@ class ProxyServiceServicer(UnaryRpcs):
             token = self.store.verify_proxy_token(plain)
         except ManagementError as exc:
             if exc.grpc_code == "UNAUTHENTICATED":
-                self._auth_fail(context, ip, exc.message)
+                raise _AuthFailedError(exc.message) from None
             context.abort(status_code(exc), f"authenticate: {exc.message}")
         with self._lock:
             self._token_cache[key] = (token, now)
@@ -394,6 +406,12 @@ class ProxyServiceServicer(UnaryRpcs):
         return token
 
     def _auth_fail(self, context: grpc.ServicerContext, ip: str, message: str) -> None:
+        """A failed attempt: ``RESOURCE_EXHAUSTED`` while the source's failure
+        budget is empty, else counted and answered ``UNAUTHENTICATED``."""
+        if not self.limiter.allowed(ip):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed authentication attempts"
+            )
         self.limiter.failed(ip)
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 

@@ -461,9 +461,11 @@ def test_failed_auth_rate_limit(harness: Harness, fx: Fixture) -> None:
     for _ in range(5):
         err = rpc_error(harness.stub.ValidateTunnelPeer, req, metadata=())
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
-    err = rpc_error(harness.stub.ValidateTunnelPeer, req, metadata=md(fx.token))
+    err = rpc_error(harness.stub.ValidateTunnelPeer, req, metadata=())
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert err.details() == "too many failed authentication attempts"
+    # a valid token is checked first and never limited (issue 11.4)
+    assert harness.stub.ValidateTunnelPeer(req, metadata=md(fx.token)).valid
 
 
 def test_raw_bytes_garbage_unknown_fields_and_unknown_methods(
