@@ -3,8 +3,11 @@
 Constructing it only records configuration.  ``startService`` builds the
 :class:`~nbgateway.management.proxyservice.ProxyServiceServicer`, a
 ``grpc.server`` on its own thread pool, binds ``--grpc-addr`` (default
-``:33073``, all interfaces) with TLS when a certificate and key are given
-(plaintext otherwise, fine for loopback and tests) and starts it.
+``127.0.0.1:33073``, loopback) with TLS when a certificate and key are given
+and starts it.  Plaintext is accepted on loopback only: a plaintext bind to
+any other address (proxy tokens would cross the network in clear) is refused
+unless explicitly allowed (``insecure_bind_any``, the
+``--grpc-insecure-bind-any`` flag of ``twistd nbmanagement``).
 ``stopService`` stops the servicer (store listener, broadcast thread, live
 streams) and the server with a grace period; the returned Deferred fires
 once grpc has shut down.
@@ -15,6 +18,7 @@ never touched from those threads.
 
 from __future__ import annotations
 
+import ipaddress
 from concurrent import futures
 from typing import Any
 
@@ -27,7 +31,7 @@ from nbgateway.management.proxyservice import ProxyServiceServicer
 
 log = Logger()
 
-DEFAULT_GRPC_ADDR = ":33073"
+DEFAULT_GRPC_ADDR = "127.0.0.1:33073"
 #: Largest request accepted (access logs, status updates are tiny; bounded anyway).
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 #: Largest response (a snapshot batch of 500 mappings stays far below this).
@@ -53,6 +57,29 @@ def grpc_bind_address(addr: str) -> str:
     return f"{host}:{int(port)}"
 
 
+def is_loopback_bind(bind_address: str) -> bool:
+    """True when a :func:`grpc_bind_address` result listens on loopback only
+    (``127.0.0.0/8``, ``[::1]``, ``localhost``); a wildcard, another address or
+    another name is not (fail closed)."""
+    host = bind_address.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plaintext_bind(bind_address: str, *, tls: bool, insecure_bind_any: bool) -> None:
+    """ValueError for a plaintext listener on a non-loopback address unless allowed."""
+    if tls or insecure_bind_any or is_loopback_bind(bind_address):
+        return
+    raise ValueError(
+        f"refusing to serve gRPC in plaintext on {bind_address} (not loopback): proxy "
+        "tokens would cross the network in clear; give --grpc-cert and --grpc-key, or "
+        "--grpc-insecure-bind-any (NB_MANAGEMENT_GRPC_INSECURE_BIND_ANY=1) to allow it")
+
+
 class ProxyGrpcService(service.Service):
     """Hosts ProxyService on ``addr`` (see module docstring)."""
 
@@ -70,12 +97,15 @@ class ProxyGrpcService(service.Service):
         store_getter: Any = None,
         servicer_options: dict[str, Any] | None = None,
         peer_channel_key: str | None = None,
+        insecure_bind_any: bool = False,
     ) -> None:
         if (cert_path is None) != (key_path is None):
             raise ValueError("--grpc-cert and --grpc-key must be given together")
         if store is None and store_getter is None:
             raise ValueError("a store or a store_getter is required")
         self.bind_address = grpc_bind_address(addr)
+        check_plaintext_bind(self.bind_address, tls=cert_path is not None,
+                             insecure_bind_any=insecure_bind_any)
         self.cert_path = cert_path
         self.key_path = key_path
         self.max_workers = max_workers
@@ -134,6 +164,10 @@ class ProxyGrpcService(service.Service):
             self.peer_channel = peerchannel.add_to_server(server, store, self.peer_channel_key)
         server.start()
         self.servicer, self.server, self.port = servicer, server, port
+        if creds is None and not is_loopback_bind(self.bind_address):
+            log.warn("management gRPC serves plaintext on {address} (not loopback; allowed "
+                     "by --grpc-insecure-bind-any): proxy tokens cross the network in clear",
+                     address=self.bind_address)
         log.info(
             "management gRPC (ProxyService) listening on {address} port {port} ({security})",
             address=self.bind_address,

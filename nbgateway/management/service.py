@@ -33,6 +33,13 @@ log = Logger()
 DEFAULT_API_ADDR = "127.0.0.1:33071"
 DEFAULT_DATADIR = "nbgateway-data"
 ADMIN_TOKEN_FILE = "admin-token"
+#: allows a plaintext gRPC listener on a non-loopback address (``--grpc-insecure-bind-any``)
+INSECURE_BIND_ANY_ENV = "NB_MANAGEMENT_GRPC_INSECURE_BIND_ANY"
+
+
+def env_flag(value: str) -> bool:
+    """An environment flag: ``1``, ``true``, ``yes``, ``on`` (any case) are true."""
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def endpoint_description(addr: str) -> str:
@@ -86,7 +93,7 @@ class ManagementService(MultiService):
                  pool_size: int = 8, store: Any = None,
                  known_clusters: tuple[str, ...] = (),
                  grpc_addr: str | None = None, grpc_cert: str | None = None,
-                 grpc_key: str | None = None):
+                 grpc_key: str | None = None, grpc_insecure_bind_any: bool | None = None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -112,9 +119,12 @@ class ManagementService(MultiService):
             from nbgateway.management.grpcserver import ProxyGrpcService
             from nbgateway.management.peerchannel import SERVER_KEY_FILE
 
+            if grpc_insecure_bind_any is None:  # library/embedded use: the environment
+                grpc_insecure_bind_any = env_flag(os.environ.get(INSECURE_BIND_ANY_ENV, ""))
             self.grpc = ProxyGrpcService(
                 store_getter=lambda: self.store, addr=grpc_addr, cert_path=grpc_cert,
-                key_path=grpc_key, peer_channel_key=os.path.join(datadir, SERVER_KEY_FILE))
+                key_path=grpc_key, peer_channel_key=os.path.join(datadir, SERVER_KEY_FILE),
+                insecure_bind_any=grpc_insecure_bind_any)
             self.grpc.setServiceParent(self)
 
     # -- lifecycle ---------------------------------------------------------------

@@ -13,12 +13,18 @@ from collections.abc import Mapping
 
 from twisted.python import usage
 
-from nbgateway.management.grpcserver import DEFAULT_GRPC_ADDR, grpc_bind_address
+from nbgateway.management.grpcserver import (
+    DEFAULT_GRPC_ADDR,
+    check_plaintext_bind,
+    grpc_bind_address,
+)
 from nbgateway.management.service import (
     DEFAULT_API_ADDR,
     DEFAULT_DATADIR,
+    INSECURE_BIND_ANY_ENV,
     ManagementService,
     endpoint_description,
+    env_flag,
 )
 
 ENV_PREFIX = "NB_MANAGEMENT_"
@@ -30,7 +36,9 @@ SETTINGS = (
     ("store-dsn", None, "database DSN, e.g. postgresql://user:pw@host/db "
                         "(default: SQLite file in the data directory)"),
     ("grpc-addr", DEFAULT_GRPC_ADDR, "gRPC listen address HOST:PORT for proxies (ProxyService) "
-                                     "and peers (ManagementService); :PORT = all interfaces"),
+                                     "and peers (ManagementService); :PORT = all interfaces "
+                                     "(needs --grpc-cert/--grpc-key or "
+                                     "--grpc-insecure-bind-any)"),
     ("grpc-cert", None, "TLS certificate (PEM) for the gRPC listener (plaintext when unset)"),
     ("grpc-key", None, "TLS private key (PEM) for the gRPC listener"),
 )
@@ -42,12 +50,16 @@ def env_name(flag: str) -> str:
 
 class Options(usage.Options):
     synopsis = ("[--datadir DIR] [--api-addr HOST:PORT] [--store-dsn DSN] "
-                "[--grpc-addr HOST:PORT [--grpc-cert PEM --grpc-key PEM]]")
+                "[--grpc-addr HOST:PORT [--grpc-cert PEM --grpc-key PEM] "
+                "[--grpc-insecure-bind-any]]")
     longdesc = ("Run the nbgateway management service. Every option can also be set with "
                 "an environment variable: " + ", ".join(env_name(f) for f, _, _ in SETTINGS)
                 + " (flags win over the environment).")
     optParameters = [[flag, None, None, f"{text} [env {env_name(flag)}; default: {default}]"]
                      for flag, default, text in SETTINGS]
+    optFlags = [["grpc-insecure-bind-any", None,
+                 "allow a plaintext gRPC listener on a non-loopback address (proxy tokens "
+                 f"cross the network in clear) [env {INSECURE_BIND_ANY_ENV}=1]"]]
 
     def __init__(self, environ: Mapping[str, str] | None = None):
         super().__init__()
@@ -63,15 +75,23 @@ class Options(usage.Options):
             raise usage.UsageError(f"--api-addr: {exc}") from None
         if not self["datadir"]:
             raise usage.UsageError("--datadir must not be empty")
+        if not self["grpc-insecure-bind-any"]:
+            self["grpc-insecure-bind-any"] = env_flag(self._environ.get(INSECURE_BIND_ANY_ENV, ""))
         try:
-            grpc_bind_address(self["grpc-addr"])
+            bind = grpc_bind_address(self["grpc-addr"])
         except ValueError as exc:
             raise usage.UsageError(f"--grpc-addr: {exc}") from None
         if bool(self["grpc-cert"]) != bool(self["grpc-key"]):
             raise usage.UsageError("--grpc-cert and --grpc-key must be given together")
+        try:
+            check_plaintext_bind(bind, tls=bool(self["grpc-cert"]),
+                                 insecure_bind_any=bool(self["grpc-insecure-bind-any"]))
+        except ValueError as exc:
+            raise usage.UsageError(f"--grpc-addr: {exc}") from None
 
 
 def makeService(options: Options) -> ManagementService:
     return ManagementService(datadir=options["datadir"], api_addr=options["api-addr"],
                              store_dsn=options["store-dsn"], grpc_addr=options["grpc-addr"],
-                             grpc_cert=options["grpc-cert"], grpc_key=options["grpc-key"])
+                             grpc_cert=options["grpc-cert"], grpc_key=options["grpc-key"],
+                             grpc_insecure_bind_any=bool(options["grpc-insecure-bind-any"]))
