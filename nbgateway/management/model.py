@@ -237,6 +237,8 @@ class Account:
     #: per-account ULA /64 (generated at creation when empty)
     network_v6: str = ""
     created_at: datetime | None = None
+    #: display name given at creation through the API ("" for the bootstrap account)
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,9 @@ class User:
     #: upstream stores a pending user with both ``blocked`` and ``pending_approval``
     pending_approval: bool = False
     created_at: datetime | None = None
+    #: the operator: may create accounts and list every account's services
+    #: (set only for the bootstrap admin; never through the users API)
+    instance_admin: bool = False
 
     def __post_init__(self) -> None:
         _freeze_tuple(self, "auto_groups")
@@ -421,6 +426,9 @@ class ServiceMeta:
     certificate_issued_at: datetime | None = None
     status: str = ServiceStatus.PENDING
     last_renewed_at: datetime | None = None
+    #: ``error_message`` of the last gateway status update ("" when none) and when
+    status_message: str = ""
+    status_updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -390,7 +390,11 @@ class UnaryRpcs:
         status = _STATUS_NAMES[req.status] if 0 <= req.status < len(_STATUS_NAMES) else "error"
         try:
             self.store.set_service_status(
-                req.account_id, req.service_id, status, certificate_issued=req.certificate_issued
+                req.account_id,
+                req.service_id,
+                status,
+                certificate_issued=req.certificate_issued,
+                message=req.error_message if req.HasField("error_message") else "",
             )
         except NotFound:
             context.abort(grpc.StatusCode.NOT_FOUND, f"service {req.service_id} not found")

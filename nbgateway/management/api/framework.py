@@ -101,6 +101,8 @@ class Identity:
     account_id: str
     user_id: str
     role: str = "admin"
+    #: the operator (bootstrap admin): may create accounts and see every account
+    instance_admin: bool = False
 
 
 @dataclass

@@ -20,6 +20,7 @@ from nbgateway.management.errors import ValidationError
 from nbgateway.management.model import (
     AccessLogEntry,
     AccessRestrictions,
+    Account,
     AuthConfig,
     BearerAuth,
     Cluster,
@@ -222,7 +223,9 @@ def service_to_api(s: Service,
         "private": s.private,
         "meta": _prune({"created_at": ts(s.meta.created_at),
                         "certificate_issued_at": ts(s.meta.certificate_issued_at),
-                        "status": str(s.meta.status)}),
+                        "status": str(s.meta.status),
+                        "status_message": s.meta.status_message or None,
+                        "status_updated_at": ts(s.meta.status_updated_at)}),
         "targets": [target_to_api(t, terminated=s.terminated, resolve_host=resolve_host)
                     for t in s.targets],
     }
@@ -236,6 +239,21 @@ def service_to_api(s: Service,
     if restrictions:
         out["access_restrictions"] = restrictions
     return out
+
+
+def service_status_to_api(s: Service) -> dict[str, Any]:
+    """One row of the instance admin's status listing (no targets, no secrets)."""
+    return _prune({
+        "account_id": s.account_id, "id": s.id, "name": s.name, "domain": s.domain,
+        "proxy_cluster": s.proxy_cluster or None, "status": str(s.meta.status),
+        "status_message": s.meta.status_message or None,
+        "status_updated_at": ts(s.meta.status_updated_at)})
+
+
+def account_to_api(a: Account) -> dict[str, Any]:
+    return _prune({"id": a.id, "name": a.name or a.id, "domain": a.domain,
+                   "network_v4": a.network_v4, "network_v6": a.network_v6 or None,
+                   "created_at": ts(a.created_at) or ts(datetime.fromtimestamp(0, UTC))})
 
 
 # --- clusters, domains, tokens, logs ---------------------------------------------

@@ -46,6 +46,12 @@ def _require_admin(call: Call) -> None:
         raise ApiError(403, "user has no permission to perform this action")
 
 
+def _require_instance_admin(call: Call) -> None:
+    assert call.identity is not None
+    if not call.identity.instance_admin:
+        raise ApiError(403, "only an instance admin may perform this action")
+
+
 def _int_query(call: Call, name: str, default: int | None) -> int | None:
     raw = call.query.get(name)
     if raw is None or raw == "":
@@ -93,7 +99,58 @@ class Handlers:
 
     def authenticate(self, token: str) -> Identity:
         user, _pat = self.store.authenticate_personal_access_token(token)
-        return Identity(account_id=user.account_id, user_id=user.id, role=user.role)
+        return Identity(account_id=user.account_id, user_id=user.id, role=user.role,
+                        instance_admin=user.instance_admin and user.role in _ADMIN_ROLES)
+
+    # -- accounts (nbgateway extension) ---------------------------------------------
+
+    def list_accounts(self, call: Call) -> Result:
+        assert call.identity is not None
+        if call.identity.instance_admin:
+            found = self.store.list_accounts()
+        else:
+            found = [self.store.get_account(_acct(call))]
+        return Result(200, [m.account_to_api(a) for a in found])
+
+    def create_account(self, call: Call) -> Result:
+        _require_instance_admin(call)
+        name = call.body.get("name", "").strip()
+        if not name:
+            raise ValidationError("account name is required")
+        email = call.body.get("admin_email", "").strip()
+        boot = self.store.create_account_with_admin(name, admin_email=email)
+        assert boot.admin_token is not None
+        return Result(201, {**m.account_to_api(boot.account),
+                            "admin_user_id": boot.admin_user.id, "token": boot.admin_token})
+
+    def get_account(self, call: Call) -> Result:
+        assert call.identity is not None
+        aid = call.params["accountId"]
+        if aid != call.identity.account_id and not call.identity.instance_admin:
+            raise NotFound("account not found")  # other accounts do not exist for you
+        return Result(200, m.account_to_api(self.store.get_account(aid)))
+
+    def delete_account(self, call: Call) -> Result:
+        _require_instance_admin(call)
+        if call.params["accountId"] == _acct(call):
+            raise BadRequest("an instance admin cannot delete its own account")
+        self.store.delete_account(call.params["accountId"])
+        return Result(200, {})
+
+    def list_service_statuses(self, call: Call) -> Result:
+        """Every service's last gateway status and message: all accounts for an
+        instance admin, the caller's own account for an account admin."""
+        _require_admin(call)
+        assert call.identity is not None
+        if call.identity.instance_admin:
+            found = self.store.list_all_services()
+        else:
+            found = self.store.list_services(_acct(call))
+        wanted = call.query.get("status")
+        rows = [m.service_status_to_api(s) for s in found
+                if not wanted or str(s.meta.status) == wanted]
+        rows.sort(key=lambda r: (r["account_id"], r["domain"]))
+        return Result(200, rows)
 
     # -- services --------------------------------------------------------------
 
@@ -211,7 +268,11 @@ class Handlers:
                 expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
             except OverflowError:
                 raise ApiError(400, "expires_in is too large") from None
-        row, plain = self.store.create_proxy_token(name, account_id=_acct(call),
+        scope: str | None = _acct(call)
+        if call.body.get("global", False):
+            _require_instance_admin(call)
+            scope = None
+        row, plain = self.store.create_proxy_token(name, account_id=scope,
                                                    expires_at=expires_at,
                                                    created_by=call.identity.user_id)
         return Result(200, {**m.proxy_token_to_api(row), "plain_token": plain})
@@ -486,6 +547,25 @@ def build_routes(h: Handlers) -> list[Route]:
     w = (400, 403, 404, 409, 412, 413, 422)
     r = (404,)
     return [
+        Route("GET", "/accounts", h.list_accounts, "listAccounts",
+              "List accounts (every account for an instance admin, else the caller's own)",
+              "Accounts", response_schema=arr("Account")),
+        Route("POST", "/accounts", h.create_account, "createAccount",
+              "Create an account and its first admin (instance admins only; the admin's "
+              "personal access token is shown once)", "Accounts",
+              request_schema="AccountRequest", response_schema=ref("AccountCreated"),
+              response_status=201, errors=(400, 403, 413, 422)),
+        Route("GET", "/accounts/{accountId}", h.get_account, "getAccount", "Get an account",
+              "Accounts", response_schema=ref("Account"), errors=r),
+        Route("DELETE", "/accounts/{accountId}", h.delete_account, "deleteAccount",
+              "Delete an account and everything in it (instance admins only)", "Accounts",
+              response_schema=ref("Empty"), errors=(400, 403, 404)),
+        Route("GET", rp + "/service-status", h.list_service_statuses, "listServiceStatuses",
+              "Each service's last gateway status and message, e.g. why a gateway refused "
+              "it (every account for an instance admin)", "Services",
+              query=[_q("status", enum=["pending", "active", "tunnel_not_created",
+                                        "certificate_pending", "certificate_failed", "error"])],
+              response_schema=arr("ServiceStatus"), errors=(403,)),
         Route("GET", svc, h.list_services, "listServices", "List services", "Services",
               response_schema=arr("Service")),
         Route("POST", svc, h.create_service, "createService", "Create a service", "Services",

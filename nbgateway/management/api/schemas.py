@@ -124,8 +124,33 @@ SERVICE = _obj({
     "terminated": _bool(readOnly=True),
     "meta": _obj({"created_at": _TS, "certificate_issued_at": _TS, "status": _str(enum=[
         "pending", "active", "tunnel_not_created", "certificate_pending", "certificate_failed",
-        "error"])}, ("created_at", "status")),
+        "error"]),
+        "status_message": _str(description=(
+            "nbgateway extension: the message a gateway sent with its last status update "
+            "(why it refused the service); omitted when none")),
+        "status_updated_at": _TS}, ("created_at", "status")),
 }, ("id", "name", "domain", "targets", "enabled", "auth", "meta", "private"))
+
+SERVICE_STATUS = _obj({
+    "account_id": _str(), "id": _str(), "name": _str(), "domain": _str(),
+    "proxy_cluster": _str(), "status": _str(), "status_message": _str(),
+    "status_updated_at": _TS,
+}, ("account_id", "id", "name", "domain", "status"))
+
+ACCOUNT = _obj({
+    "id": _str(), "name": _str(), "domain": _str(), "network_v4": _str(),
+    "network_v6": _str(), "created_at": _TS,
+}, ("id", "name", "domain", "network_v4", "created_at"))
+
+ACCOUNT_REQUEST = _obj({
+    "name": _str(minLength=1, maxLength=255),
+    "admin_email": _str(description="email of the account's first admin (optional)"),
+}, ("name",))
+
+ACCOUNT_CREATED = {"allOf": [_ref("Account"), _obj({
+    "admin_user_id": _str(),
+    "token": _str(description="the first admin's personal access token, shown once"),
+}, ("admin_user_id", "token"))]}
 
 PROXY_CLUSTER = _obj({
     "id": _str(), "address": _str(), "type": _str(enum=["account", "shared"]),
@@ -153,6 +178,9 @@ PROXY_TOKEN_CREATED = {"allOf": [_ref("ProxyToken"), _obj({"plain_token": _str()
 PROXY_TOKEN_REQUEST = _obj({
     "name": _str(minLength=1, maxLength=255),
     "expires_in": _int(minimum=0, description="seconds; 0 or absent = never"),
+    "global": _bool(default=False, description=(
+        "nbgateway extension, instance admins only: a management-wide token for a "
+        "gateway that serves every account")),
 }, ("name",))
 
 PROXY_ACCESS_LOG = _obj({
@@ -257,6 +285,10 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "AccessRestrictions": ACCESS_RESTRICTIONS,
     "ServiceRequest": SERVICE_REQUEST,
     "Service": SERVICE,
+    "ServiceStatus": SERVICE_STATUS,
+    "Account": ACCOUNT,
+    "AccountRequest": ACCOUNT_REQUEST,
+    "AccountCreated": ACCOUNT_CREATED,
     "ProxyCluster": PROXY_CLUSTER,
     "ReverseProxyDomain": REVERSE_PROXY_DOMAIN,
     "ReverseProxyDomainRequest": DOMAIN_REQUEST,

@@ -34,11 +34,15 @@ from nbgateway.management.model import (
 from nbgateway.management.store import _secrets
 from nbgateway.management.store._base import StoreBase, Tx, dumps, loads
 from nbgateway.management.store.schema import (
+    access_log_entries,
     accounts,
+    domains,
     group_peers,
     groups,
     peers,
     personal_access_tokens,
+    proxy_access_tokens,
+    proxy_inbound_listeners,
     services,
     targets,
     users,
@@ -70,6 +74,7 @@ def row_account(r: sa.Row) -> Account:
         network_v4=r.network_v4,
         network_v6=r.network_v6 or "",
         created_at=r.created_at,
+        name=r.name or "",
     )
 
 
@@ -85,6 +90,7 @@ def row_user(r: sa.Row) -> User:
         blocked=bool(r.blocked),
         pending_approval=bool(r.pending_approval),
         created_at=r.created_at,
+        instance_admin=bool(r.instance_admin),
     )
 
 
@@ -242,6 +248,9 @@ class AccountsMixin(StoreBase):
         return removed | set(added)
 
     def _insert_account(self, tx: Tx, account: Account) -> Account:
+        _check_text("account name", account.name)
+        if len(account.name.encode()) > MAX_NAME:
+            raise ValidationError(f"account name exceeds maximum length of {MAX_NAME} characters")
         ipam.parse_network(account.network_v4, 4)
         account = dataclasses.replace(
             account,
@@ -259,6 +268,7 @@ class AccountsMixin(StoreBase):
                 network_v4=account.network_v4,
                 network_v6=account.network_v6,
                 created_at=account.created_at,
+                name=account.name or None,
             )
         )
         tx.conn.execute(
@@ -277,6 +287,78 @@ class AccountsMixin(StoreBase):
         return self._write(
             account.id or "new-account", lambda tx: self._insert_account(tx, account)
         )
+
+    def create_account_with_admin(
+        self, name: str, *, admin_email: str = "", domain: str = "netbird.selfhosted"
+    ) -> Bootstrap:
+        """Create an account (own ``All`` group, default overlay networks, so its
+        tunnel addresses may overlap other accounts'), its first admin (role
+        ``owner``, never an instance admin) and that admin's first personal access
+        token, in one transaction. The plain token is returned only here."""
+        _check_name("account", name)
+
+        def run(tx: Tx) -> Bootstrap:
+            account = self._insert_account(tx, Account(name=name.strip(), domain=domain))
+            admin = self._insert_user(
+                tx,
+                User(
+                    account_id=account.id,
+                    email=admin_email,
+                    name="admin",
+                    role="owner",
+                ),
+            )
+            _, plain = self._insert_pat(tx, account.id, admin.id, "first admin token", None, "")
+            return Bootstrap(account=account, admin_user=admin, admin_token=plain)
+
+        return self._write("new-account", run)
+
+    def delete_account(self, account_id: str) -> None:
+        """Delete an account with everything in it. The bootstrap account cannot be
+        deleted (BadRequest); NotFound ``account not found``."""
+        if account_id == DEFAULT_ACCOUNT_ID:
+            raise BadRequest("the bootstrap account cannot be deleted")
+
+        def run(tx: Tx) -> None:
+            conn = tx.conn
+            self._require_account(conn, account_id)
+            # rows without a foreign key to accounts go explicitly; the rest cascade,
+            # but SQLite enforces cascades only with foreign keys on, so be explicit
+            service_ids = list(
+                conn.execute(
+                    sa.select(services.c.id).where(services.c.account_id == account_id)
+                ).scalars()
+            )
+            if service_ids:
+                conn.execute(sa.delete(targets).where(targets.c.service_id.in_(service_ids)))
+            token_ids = list(
+                conn.execute(
+                    sa.select(proxy_access_tokens.c.id).where(
+                        proxy_access_tokens.c.account_id == account_id
+                    )
+                ).scalars()
+            )
+            for table in (
+                personal_access_tokens,
+                group_peers,
+                services,
+                peers,
+                groups,
+                users,
+                access_log_entries,
+                proxy_access_tokens,
+                proxy_inbound_listeners,
+                domains,
+            ):
+                conn.execute(sa.delete(table).where(table.c.account_id == account_id))
+            conn.execute(sa.delete(accounts).where(accounts.c.id == account_id))
+            for sid in service_ids:
+                tx.changed(ChangeKind.SERVICE_DELETED, account_id, sid)
+            if token_ids:  # connected gateways holding one of them are cut off
+                tx.changed(ChangeKind.PROXY_TOKEN, account_id, *token_ids)
+            tx.changed(ChangeKind.ACCOUNT, account_id, account_id)
+
+        self._write(account_id, run)
 
     def get_account(self, account_id: str) -> Account:
         """NotFound ``account not found``."""
@@ -322,6 +404,7 @@ class AccountsMixin(StoreBase):
                 name="admin",
                 role="owner",
                 created_at=utcnow(),
+                instance_admin=True,
             )
             self._insert_user(tx, admin)
             _, plain = self._insert_pat(tx, account.id, admin.id, "first admin token", None, "")
@@ -348,6 +431,7 @@ class AccountsMixin(StoreBase):
                 id=user.id,
                 account_id=user.account_id,
                 created_at=user.created_at,
+                instance_admin=user.instance_admin or None,
             )
         )
         tx.changed(ChangeKind.USER, user.account_id, user.id)

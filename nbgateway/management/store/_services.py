@@ -139,6 +139,17 @@ def row_target(r: sa.Row) -> Target:
     )
 
 
+#: longest gateway status message kept per service
+MAX_STATUS_MESSAGE = 1024
+
+
+def clean_status_message(message: str) -> str:
+    """A gateway-supplied message made safe to store and show: control characters
+    (and NUL, which PostgreSQL text cannot hold) become spaces, length is capped."""
+    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in message or "")
+    return text.strip()[:MAX_STATUS_MESSAGE]
+
+
 def row_service(r: sa.Row, tgts: list[Target]) -> Service:
     ag = loads(r.access_groups)
     return Service(
@@ -159,6 +170,8 @@ def row_service(r: sa.Row, tgts: list[Target]) -> Service:
             certificate_issued_at=r.meta_certificate_issued_at,
             status=r.meta_status,
             last_renewed_at=r.meta_last_renewed_at,
+            status_message=r.meta_status_message or "",
+            status_updated_at=r.meta_status_updated_at,
         ),
         session_private_key=r.session_private_key,
         session_public_key=r.session_public_key,
@@ -188,6 +201,8 @@ def _service_values(s: Service) -> dict:
         "meta_certificate_issued_at": s.meta.certificate_issued_at,
         "meta_status": s.meta.status,
         "meta_last_renewed_at": s.meta.last_renewed_at,
+        "meta_status_message": s.meta.status_message or None,
+        "meta_status_updated_at": s.meta.status_updated_at,
         "session_private_key": s.session_private_key,
         "session_public_key": s.session_public_key,
         "source": s.source,
@@ -544,15 +559,23 @@ class ServicesMixin(AccountsMixin):
         status: str,
         *,
         certificate_issued: bool = False,
+        message: str = "",
         now: datetime | None = None,
     ) -> Service:
-        """Set ``meta.status`` (and ``certificate_issued_at`` when issued). NotFound
-        ``service <id> not found``."""
+        """Set ``meta.status`` (and ``certificate_issued_at`` when issued) and the
+        gateway's ``message`` (kept at most :data:`MAX_STATUS_MESSAGE` characters,
+        control characters replaced; "" clears it). NotFound ``service <id> not
+        found``."""
         if status not in set(ServiceStatus):
             status = ServiceStatus.ERROR
+        message = clean_status_message(message)
 
         def run(tx: Tx) -> Service:
-            values: dict = {"meta_status": str(status)}
+            values: dict = {
+                "meta_status": str(status),
+                "meta_status_message": message or None,
+                "meta_status_updated_at": now or utcnow(),
+            }
             if certificate_issued:
                 values["meta_certificate_issued_at"] = now or utcnow()
             res = tx.conn.execute(

@@ -73,6 +73,8 @@ accounts = sa.Table(
     sa.Column("network_v4", BoundedString(64), nullable=False),
     sa.Column("network_v6", BoundedString(64), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=True),
+    # revision 0003 (account creation through the API)
+    sa.Column("name", sa.Text(), nullable=True),
 )
 
 users = sa.Table(
@@ -94,6 +96,8 @@ users = sa.Table(
     sa.Column("blocked", sa.Boolean(), nullable=False),
     sa.Column("pending_approval", sa.Boolean(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=True),
+    # revision 0003: the operator (may create accounts, sees every account's status)
+    sa.Column("instance_admin", sa.Boolean(), nullable=True),
 )
 
 groups = sa.Table(
@@ -189,6 +193,9 @@ services = sa.Table(
     # revision 0002 (private services)
     sa.Column("private", sa.Boolean(), nullable=True),
     sa.Column("access_groups", sa.Text(), nullable=True),
+    # revision 0003: the message of the last gateway status update (e.g. a refusal)
+    sa.Column("meta_status_message", sa.Text(), nullable=True),
+    sa.Column("meta_status_updated_at", UTCDateTime(), nullable=True),
 )
 
 targets = sa.Table(
