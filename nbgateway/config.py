@@ -363,6 +363,13 @@ SETTINGS: tuple[Setting, ...] = (
     _s("drain_timeout", "NB_PROXY_DRAIN_TIMEOUT", "30s",
        "graceful shutdown: how long in-flight requests may finish, Go duration",
        parse_duration),
+    _s("handshake_timeout", "NB_PROXY_HANDSHAKE_TIMEOUT", "10s",
+       "deadline for a client's TLS handshake on every listener, Go duration "
+       "(like the 10s public read-header deadline)", parse_positive_duration),
+    _s("allow_underscore_headers", "NB_PROXY_ALLOW_UNDERSCORE_HEADERS", "false",
+       "forward request header names containing '_' (dropped by default, as nginx; "
+       "identity and forwarding headers are stripped in any spelling either way)",
+       parse_bool, is_bool=True),
     # environment-only
     _s("token", TOKEN_ENV, "", "proxy access token (required with --mgmt)", parse_text,
        flag=None, secret=True),
@@ -408,6 +415,8 @@ class Config:
     tunnel_http_port: int
     tunnel_https_port: int
     drain_timeout: float
+    handshake_timeout: float
+    allow_underscore_headers: bool
     token: str
     allow_insecure: bool
     tunnel_cache_ttl: float

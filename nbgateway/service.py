@@ -43,9 +43,9 @@ from nbgateway.observe.metrics import GatewayMetrics, InstrumentedClient
 from nbgateway.proxy.headers import TrustedProxies
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
-from nbgateway.store.mappings import MappingObserver, MappingStore
+from nbgateway.store.mappings import MappingObserver, MappingStore, normalise_domain
 from nbgateway.tls.certstore import CertificateStore
-from nbgateway.tls.contexts import ClientTLSPolicy, SNIServerCreator
+from nbgateway.tls.contexts import ClientTLSPolicy, SNIServerCreator, sni_visibility
 from nbgateway.tls.dispatch import TLSOrPlainFactory
 from nbgateway.wireguard import udp
 from nbgateway.wireguard.keys import generate_private_key, key_from_base64, key_to_base64
@@ -63,13 +63,13 @@ class ServiceTable(MappingObserver):
         self.entries: dict[str, ServiceEntry] = {}
 
     def lookup(self, domain: str) -> ServiceEntry | None:
-        return self.entries.get(domain)
+        return self.entries.get(normalise_domain(domain))
 
     def _add(self, mapping: pb.ProxyMapping) -> Deferred | None:
         if mapping.mode in L4_MODES:
             return None  # not routed here; the account runtime reports it unsupported
         entry = entry_from_mapping(mapping)
-        self.entries[mapping.domain] = entry
+        self.entries[normalise_domain(mapping.domain)] = entry
         if entry.route_errors and self.mgmt is not None:
             return maybeDeferred(
                 self.mgmt.send_status_update, mapping.id, mapping.account_id,
@@ -78,9 +78,9 @@ class ServiceTable(MappingObserver):
         return None
 
     def _remove(self, mapping: pb.ProxyMapping) -> None:
-        entry = self.entries.get(mapping.domain)
+        entry = self.entries.get(normalise_domain(mapping.domain))
         if entry is not None and entry.service.service_id == mapping.id:
-            del self.entries[mapping.domain]
+            del self.entries[normalise_domain(mapping.domain)]
         if self.on_domain_gone is not None:
             self.on_domain_gone(mapping.domain)  # e.g. close upgraded connections
 
@@ -155,8 +155,9 @@ class GatewayService(MultiService):
             config.cert_dir or None, config.wildcard_cert_dir or None,
             data_dir=config.datadir, clock=reactor, default_name=config.domain or "localhost",
             serves=self._serves)
-        self.tls_creator = SNIServerCreator(self.certificates,
-                                            default_name=config.domain or "localhost")
+        self.tls_creator = SNIServerCreator(  # per listener: see web_factory
+            self.certificates, default_name=config.domain or "localhost",
+            visible=sni_visibility(lambda name: self.routes.lookup(name)))
         self.mux = DeviceMux()
         self.metrics.mux = self.mux
         self.store = MappingStore()
@@ -298,13 +299,15 @@ class GatewayService(MultiService):
             lookup=self.routes.lookup, proxy=self.proxy, gate=self.gate,
             listener_account=listener_account, access_log=self.access_log,
             clock=self.reactor, request_stats=self.metrics.requests,
+            allow_underscore_headers=self.config.allow_underscore_headers,
         ), **timeouts)
 
     def web_factory(self, listener_account: str | None) -> TLSOrPlainFactory:
         """HTTP and HTTPS on one port, decided per connection by the first byte
         (spec acceptance 54), TLS terminated with the SNI certificate."""
-        return TLSOrPlainFactory(self.tls_creator, self.site_for(listener_account),
-                                 clock=self.reactor)
+        return TLSOrPlainFactory(self.tls_creator.for_listener(listener_account),
+                                 self.site_for(listener_account), clock=self.reactor,
+                                 handshake_timeout=self.config.handshake_timeout)
 
     def serve_inbound(self, runtime: AccountRuntime) -> Deferred:
         """The account's listeners on its tunnel address: HTTP on the HTTP port,

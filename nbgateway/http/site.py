@@ -39,13 +39,23 @@ from twisted.web.resource import Resource
 
 from nbgateway.auth.policy import Restrictions, parse_ip
 from nbgateway.auth.tunnel import GateDecision, PrivateGate, session_cookie
-from nbgateway.http.routing import PathRouter, RouteError, host_without_port, parse_target
+from nbgateway.http.routing import (
+    PathRouter,
+    RouteError,
+    domain_key,
+    host_port,
+    host_without_port,
+    parse_target,
+    split_absolute_form,
+)
 from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id, should_log
+from nbgateway.proxy.headers import drop_underscore_headers
 from nbgateway.proxy.reverse import ProxyService, ReverseProxy
 
 log = Logger()
 
 FORBIDDEN_BODY = b"Forbidden\n"
+MISDIRECTED_BODY = b"Misdirected Request: the Host port is not this listener's port\n"
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class GatewayResource(Resource):
         access_log: AccessLogger | None = None,
         clock: Any = None,
         request_stats: Any = None,
+        allow_underscore_headers: bool = False,
     ) -> None:
         super().__init__()
         self.lookup = lookup
@@ -126,15 +137,25 @@ class GatewayResource(Resource):
         self.access_log = access_log
         self.clock = clock if clock is not None else proxy.clock
         self.request_stats = request_stats  # observe.metrics.RequestStats
+        #: forward header names containing "_" (nginx: underscores_in_headers)
+        self.allow_underscore_headers = allow_underscore_headers
+        self.underscore_dropped = 0
+        self.rejected: dict[int, int] = {}  # status -> requests refused at the front door
 
     # ------------------------------------------------------------------ request
 
     def render(self, request: Any) -> Any:
-        host = request.getHeader(b"host") or b""
-        host = host.decode("latin-1") if isinstance(host, bytes) else host
-        domain = host_without_port(host)
-        entry = self.lookup(domain)
         overlay = self.listener_account is not None
+        problem = self._front_door(request)
+        if problem is not None:
+            code, body = problem
+            self.rejected[code] = self.rejected.get(code, 0) + 1
+            request.setHeader(b"connection", b"close")
+            _plain(request, code, body)
+            return server.NOT_DONE_YET
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        domain = domain_key(host_without_port(host))
+        entry = self.lookup(domain)
         request.nbgw_overlay = overlay
         request.nbgw_identity = None
         self._start_log(request, entry, host)
@@ -142,6 +163,10 @@ class GatewayResource(Resource):
             self._count(request)
         if entry is None or (overlay and entry.account_id != self.listener_account):
             return self.proxy.render(request, None)
+        if overlay and not self._port_matches(request, host):
+            self.rejected[421] = self.rejected.get(421, 0) + 1
+            _plain(request, 421, MISDIRECTED_BODY)
+            return server.NOT_DONE_YET
         peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
         addr = parse_ip(peer_ip)
         if entry.restrictions is not None:
@@ -161,12 +186,44 @@ class GatewayResource(Resource):
         d: Deferred = self.gate.check(
             listener_account=self.listener_account,
             mapping_account=entry.account_id,
-            domain=domain,
+            domain=entry.service.domain,
             client_ip=peer_ip,
         )
         d.addCallback(self._decided, request, entry)
         d.addErrback(self._gate_failed, request)
         return server.NOT_DONE_YET
+
+    def _front_door(self, request: Any) -> tuple[int, bytes] | None:
+        """Request-target and header hygiene before routing; an error answer
+        or None.  Mutates the request: an absolute-form target becomes origin
+        form with its authority as the Host (RFC 9112 3.2.2), and header names
+        spelled with ``_`` are dropped (see :func:`drop_underscore_headers`)."""
+        headers = request.requestHeaders
+        if len(headers.getRawHeaders(b"host") or []) > 1:
+            return 400, b"Bad Request: duplicate Host header\n"
+        try:
+            absolute = split_absolute_form(request.uri)
+        except ValueError:
+            return 400, b"Bad Request: invalid request target\n"
+        if absolute is not None:
+            authority, origin = absolute
+            headers.setRawHeaders(b"host", [authority])
+            request.uri = origin
+            request.path = origin.split(b"?", 1)[0]
+        self.underscore_dropped += drop_underscore_headers(
+            headers, allow=self.allow_underscore_headers)
+        return None
+
+    @staticmethod
+    def _port_matches(request: Any, host: str) -> bool:
+        """Tunnel listeners only: an explicit Host port must be the port the
+        connection arrived on (peers reach the tunnel address directly, so a
+        different port means the request was meant for another server)."""
+        port = host_port(host)
+        if port is None:
+            return True
+        local = getattr(request.getHost(), "port", None)
+        return local is None or int(port) == local
 
     def _decided(self, decision: GateDecision, request: Any, entry: ServiceEntry) -> None:
         if getattr(request, "_disconnected", False) or request.finished:

@@ -3,8 +3,11 @@ the order of spec proxy.md 3.7, with the forwarding rules of 3.8 and the
 identity encoding of 3.9:
 
 0. hop-by-hop headers (and those named by ``Connection``) removed, inbound
-   ``Forwarded`` / ``X-Forwarded-For|Host|Proto`` removed;
-1. header-auth credential headers removed;
+   identity and forwarding headers (``X-NetBird-*``, ``Forwarded``,
+   ``X-Forwarded-*``, ``X-Real-IP``) removed in ANY spelling: names are
+   compared by :func:`header_key` (case-folded, ``_`` = ``-``), as a CGI/WSGI
+   upstream compares them (issue 11.3);
+1. header-auth credential headers removed (same comparison);
 2. custom headers set (overriding client values);
 3. ``X-NetBird-User`` / ``X-NetBird-Groups`` deleted, then stamped from the
    validated identity (anti-spoof: always deleted, even without identity);
@@ -37,6 +40,40 @@ HOP_BY_HOP = frozenset(
     )
 )
 _INBOUND_FORWARDING = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
+#: Header keys (see :func:`header_key`) the gateway owns towards upstreams: an
+#: inbound header with one of these keys, in any spelling, never passes.
+PROTECTED_KEYS = frozenset((
+    *_INBOUND_FORWARDING, "x-forwarded-port", "x-forwarded-server", "x-real-ip",
+))
+PROTECTED_PREFIX = "x-netbird-"
+
+
+def header_key(name: str | bytes) -> str:
+    """A header name as CGI/WSGI (``HTTP_X_NETBIRD_USER``), PHP and many
+    frameworks see it: case-folded, ``_`` and ``-`` equal.  Two names with one
+    key are one header to such an upstream, so identity checks compare keys."""
+    if isinstance(name, bytes):
+        name = name.decode("latin-1")
+    return name.lower().replace("_", "-")
+
+
+def is_protected(name: str | bytes) -> bool:
+    """True for identity and forwarding headers in any spelling."""
+    key = header_key(name)
+    return key in PROTECTED_KEYS or key.startswith(PROTECTED_PREFIX)
+
+
+def drop_underscore_headers(headers: Headers, *, allow: bool = False) -> int:
+    """Remove inbound header names containing ``_`` (as nginx does by default,
+    ``underscores_in_headers off``): a CGI-style upstream would merge
+    ``X_NetBird_User`` with the stamped ``X-NetBird-User``.  With ``allow``
+    only underscore spellings of protected headers are removed.  Returns how
+    many names were removed."""
+    doomed = [name for name, _values in headers.getAllRawHeaders()
+              if b"_" in name and (not allow or is_protected(name))]
+    for name in doomed:
+        headers.removeHeader(name)
+    return len(doomed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +191,7 @@ def prepare_upstream_headers(
     out = Headers()
     for name, values in inbound.getAllRawHeaders():
         lname = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
-        if lname in HOP_BY_HOP or lname in connection_named or lname in _INBOUND_FORWARDING:
+        if lname in HOP_BY_HOP or lname in connection_named or is_protected(lname):
             continue
         if lname in ("host", "cookie"):
             continue
@@ -166,9 +203,11 @@ def prepare_upstream_headers(
         out.setRawHeaders("Upgrade", [upgrade])
         out.setRawHeaders("Connection", ["Upgrade"])
 
-    # 1. header-auth credentials never reach the backend
-    for name in header_auth_names:
-        out.removeHeader(name)
+    # 1. header-auth credentials never reach the backend (in any spelling)
+    credential_keys = {header_key(name) for name in header_auth_names}
+    if credential_keys:
+        for name in [n for n, _v in out.getAllRawHeaders() if header_key(n) in credential_keys]:
+            out.removeHeader(name)
     # 2. custom headers
     for name, value in (custom_headers or {}).items():
         out.setRawHeaders(name, [value])

@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.http.routing import domain_key
 from nbgateway.interfaces import IMappingStore
 
 log = Logger()
@@ -130,8 +131,9 @@ class _LazyRedactedJSON:
     __repr__ = __str__
 
 
-def normalise_domain(domain: str) -> str:
-    return domain.strip().rstrip(".").lower()
+#: the domain index uses the router's normalisation, so a name the store finds
+#: is a name the router routes (one function, nbgateway.http.routing.domain_key)
+normalise_domain = domain_key
 
 
 def _same_content(a: pb.ProxyMapping, b: pb.ProxyMapping) -> bool:

@@ -43,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from nbgateway.http.routing import domain_key
 from nbgateway.tls import ICertificateSource
 
 log = Logger()
@@ -58,7 +59,7 @@ def normalize_name(name: str | bytes | None) -> str:
         return ""
     if isinstance(name, bytes):
         name = name.decode("ascii", "replace")
-    return name.strip().rstrip(".").lower()
+    return domain_key(name)
 
 
 def valid_hostname(name: str) -> bool:

@@ -7,7 +7,15 @@ netstack connections alike).  Every connection starts on a base context
 whose servername callback asks the :class:`~nbgateway.tls.ICertificateSource`
 for the ClientHello's SNI name and switches the connection to that
 certificate's context (built once per :class:`CertifiedKey` and cached on it).
-No SNI gets the certificate for ``default_name``.  TLS 1.2+ only; ALPN
+No SNI gets the certificate for ``default_name``.
+
+Each listener has its own creator (``listener_account``: None for the public
+listener, the account id for a tunnel listener) and an optional ``visible``
+predicate ``(name, listener_account) -> bool`` (:func:`sni_visibility`).  A
+name that is not visible on the listener -- a private service's name on the
+public listener, any name of another account on a tunnel listener -- is
+answered with the default certificate, which names no service: a probe with
+``-servername app.<cluster>`` learns nothing (issue 11.6).  TLS 1.2+ only; ALPN
 selects ``http/1.1`` (the listeners speak HTTP/1.1 only); a client offering
 only other protocols gets no ALPN answer and the handshake continues.
 
@@ -19,6 +27,7 @@ trust store or a given CA bundle) unless the mapping sets
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -31,7 +40,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from nbgateway.tls.certstore import CertifiedKey
+from nbgateway.tls.certstore import CertifiedKey, normalize_name
 
 log = Logger()
 
@@ -76,11 +85,21 @@ def build_context(ck: CertifiedKey, servername_callback: Any = None) -> SSL.Cont
 class SNIServerCreator:
     """Server connections choosing their certificate by SNI (see module doc)."""
 
-    def __init__(self, source: Any, default_name: str = "localhost") -> None:
+    def __init__(self, source: Any, default_name: str = "localhost", *,
+                 listener_account: str | None = None,
+                 visible: Callable[[str, str | None], bool] | None = None) -> None:
         self.source = source
         self.default_name = default_name
+        self.listener_account = listener_account
+        self.visible = visible
         self.sni_seen = 0
+        self.sni_hidden = 0  # names answered with the default certificate instead
         self._base: SSL.Context | None = None
+
+    def for_listener(self, listener_account: str | None) -> SNIServerCreator:
+        """A creator for another listener sharing source, default and predicate."""
+        return SNIServerCreator(self.source, self.default_name,
+                                listener_account=listener_account, visible=self.visible)
 
     def _base_context(self) -> SSL.Context:
         if self._base is None:
@@ -96,12 +115,34 @@ class SNIServerCreator:
             return
         self.sni_seen += 1
         try:
+            if self.visible is not None and not self.visible(
+                    normalize_name(name), self.listener_account):
+                self.sni_hidden += 1
+                return  # the base context presents the default certificate
             conn.set_context(context_for(self.source.certificate_for(name)))
         except Exception:  # keep the default certificate rather than abort
             log.failure("choosing a certificate for {name!r} failed", name=name)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self._base_context(), None)
+
+
+def sni_visibility(lookup: Callable[[str], Any]) -> Callable[[str, str | None], bool]:
+    """The ``visible`` predicate over a domain lookup returning entries with
+    ``private`` and ``account_id`` (``ServiceEntry``).  Names the gateway does
+    not route are visible (the certificate source decides about them); a
+    routed name is visible on the public listener unless it is private, and
+    on a tunnel listener only for its own account."""
+
+    def visible(name: str, listener_account: str | None) -> bool:
+        entry = lookup(name)
+        if entry is None:
+            return True
+        if listener_account is None:
+            return not entry.private
+        return entry.account_id == listener_account
+
+    return visible
 
 
 def server_tls_factory(source: Any, wrapped_factory: Any,

@@ -9,6 +9,16 @@ the plain protocol.  A client that sends nothing within ``peek_timeout``
 seconds is disconnected (one deadline per connection, on the injected
 clock).  Every connection is handled independently, so a silent client never
 delays others (hardening over upstream's serial :80 feeder, spec 11.12).
+
+TLS connections then get a handshake deadline (``handshake_timeout``, 10 s
+by default like the public read-header deadline, issue 11.5): a client that
+has not completed its handshake by then is aborted.  Before, one byte of a
+ClientHello held a connection until the HTTP idle timeout (120 s public,
+90 s tunnel).  :class:`DeadlineTLSProtocol` also never raises when the
+transport reports the loss of the connection synchronously from
+``abortConnection`` (netstack connections do): Twisted's ``loseConnection``
+mid-handshake aborts and then shuts TLS down on the already released
+OpenSSL connection (``'NoneType' object has no attribute 'shutdown'``).
 """
 
 from __future__ import annotations
@@ -17,12 +27,82 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 
 log = Logger()
 
 TLS_HANDSHAKE = 0x16
 DEFAULT_PEEK_TIMEOUT = 5.0
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+class DeadlineTLSProtocol(BufferingTLSTransport):
+    """Twisted's TLS protocol with a handshake deadline and an idempotent,
+    never-raising close (see the module docstring)."""
+
+    _handshake_call: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        timeout = getattr(self.factory, "handshake_timeout", None)
+        if timeout:
+            self._handshake_call = self.factory.clock.callLater(timeout, self._handshake_expired)
+        super().makeConnection(transport)
+        self._handshake_progress()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self._handshake_progress()
+
+    def _handshake_progress(self) -> None:
+        if self._handshake_call is not None and self._handshakeDone:
+            self._cancel_deadline()
+
+    def _cancel_deadline(self) -> None:
+        call, self._handshake_call = self._handshake_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _handshake_expired(self) -> None:
+        self._handshake_call = None
+        if self._handshakeDone:
+            return
+        self.factory.handshake_timeouts += 1
+        peer = getattr(self.transport, "getPeer", lambda: None)()
+        log.debug("TLS handshake not completed in {timeout}s; closing {peer}",
+                  timeout=self.factory.handshake_timeout, peer=str(peer))
+        self.abortConnection()
+
+    def loseConnection(self) -> None:
+        if self.getHandle() is None or self.disconnecting or not self.connected:
+            return  # already lost or closing
+        if not self._handshakeDone and not self._appSendBuffer:
+            # Twisted aborts here too, but then goes on to shut TLS down on a
+            # connection a synchronous transport has already released.
+            self.abortConnection()
+            return
+        super().loseConnection()
+
+    def abortConnection(self) -> None:
+        if self.getHandle() is None or self._aborted:
+            return  # already lost or aborted
+        super().abortConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+
+class DeadlineTLSFactory(TLSMemoryBIOFactory):
+    """``TLSMemoryBIOFactory`` building :class:`DeadlineTLSProtocol`."""
+
+    protocol = DeadlineTLSProtocol
+
+    def __init__(self, creator: Any, wrapped_factory: Any, *, clock: Any,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT) -> None:
+        super().__init__(creator, False, wrapped_factory)
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self.handshake_timeouts = 0
 
 
 class _Sniffer(Protocol):
@@ -77,16 +157,22 @@ class TLSOrPlainFactory(Factory):
     """Serves ``plain_factory`` over TLS or plain text, decided per connection."""
 
     def __init__(self, creator: Any, plain_factory: Any, *, clock: Any = None,
-                 peek_timeout: float = DEFAULT_PEEK_TIMEOUT) -> None:
+                 peek_timeout: float = DEFAULT_PEEK_TIMEOUT,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
         self.peek_timeout = peek_timeout
         self.plain_factory = plain_factory
-        self.tls_factory = TLSMemoryBIOFactory(creator, False, plain_factory)
+        self.tls_factory = DeadlineTLSFactory(creator, plain_factory, clock=clock,
+                                              handshake_timeout=handshake_timeout)
         self.tls_connections = 0
         self.plain_connections = 0
         self.peek_timeouts = 0
+
+    @property
+    def handshake_timeouts(self) -> int:
+        return self.tls_factory.handshake_timeouts
 
     def doStart(self) -> None:
         super().doStart()
