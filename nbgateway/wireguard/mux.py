@@ -11,7 +11,8 @@ UDP adapter and the devices:
   public key the initiator's MAC1 was computed for (one keyed BLAKE2s per
   device; the cost of an initiation grows with the number of accounts).
 
-Unroutable datagrams are counted in :attr:`DeviceMux.counters` and dropped.
+Unroutable datagrams are counted in :attr:`DeviceMux.counters` and dropped;
+the UDP adapter's socket errors land there too (:attr:`DeviceMux.events`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ class DeviceMux:
         self._link = value
         for device in self.devices:
             device.link = value
+
+    @property
+    def events(self) -> Counter[str]:
+        """Where the UDP adapter counts socket errors (``udp_send_error``,
+        ``udp_refused``): the mux's own :attr:`counters`, as a device's
+        ``events`` are its own."""
+        return self.counters
 
     @property
     def counters_total(self) -> Counter[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from twisted.internet import udp
+from twisted.internet import error, udp
 from twisted.internet.interfaces import IListeningPort, IReactorUDP
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
@@ -22,9 +22,20 @@ from nbgateway.interfaces import IDatagramBatchLink
 log = Logger()
 
 
+#: what a UDP send can raise: socket errors, and Twisted's own checks
+#: (``MessageLengthError`` for EMSGSIZE, ``InvalidAddressError`` for an address
+#: of the wrong family or not an IP literal)
+SEND_ERRORS = (OSError, error.MessageLengthError, error.InvalidAddressError)
+
+
 @implementer(IDatagramBatchLink)
 class WireGuardProtocol(DatagramProtocol):
-    """Hands every datagram to the device; sends the device's datagrams."""
+    """Hands every datagram to the device; sends the device's datagrams.
+
+    Socket errors are counted in the fed object's ``events`` counter
+    (``udp_send_error``, ``udp_refused``: a :class:`WireGuardDevice` and a
+    :class:`~nbgateway.wireguard.mux.DeviceMux` both have one) and never raise
+    into the device or the reactor."""
 
     def __init__(self, device) -> None:
         self.device = device
@@ -56,7 +67,7 @@ class WireGuardProtocol(DatagramProtocol):
         for data in datagrams:
             try:
                 write(data, addr)
-            except OSError as exc:  # EMSGSIZE, unreachable, bad address family ...
+            except SEND_ERRORS as exc:  # EMSGSIZE, unreachable, bad address family ...
                 self.send_errors += 1
                 self.device.events["udp_send_error"] += 1
                 log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)

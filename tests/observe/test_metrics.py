@@ -262,10 +262,22 @@ def test_device_mux_drops_and_udp_errors():
     metrics.add_account("acc1", devices=[dev])
     mux.datagramReceived(b"\x04\x00", A_ADDR)  # too short
     mux.datagramReceived(b"\x04\x00\x00\x00" + b"\x99" * 28, A_ADDR)  # unknown receiver index
-    mux.counters["udp_refused"] += 2
-    dev.events["udp_refused"] += 1
+    s = scrape(metrics)
+    assert value(s, "nbgateway_wireguard_udp_errors_total", kind="send_error") == 0
+    # real socket errors through the production UDP adapter, not counters set by hand
+    from twisted.internet import reactor
+
+    from nbgateway.wireguard import udp
+
+    port = udp.listen(reactor, mux, 0, interface="127.0.0.1")
+    try:
+        port.protocol.sendDatagram(b"x" * 70_000, ("127.0.0.1", port.getHost().port))  # EMSGSIZE
+        port.protocol.sendDatagram(b"x", ("127.0.0.1", 0))  # EINVAL
+        port.protocol.connectionRefused()  # as the port reports ECONNREFUSED
+    finally:
+        port.connectionLost()
     s = scrape(metrics)
     assert value(s, "nbgateway_wireguard_drops_total", reason="mux_malformed") == 1
     assert value(s, "nbgateway_wireguard_drops_total", reason="mux_unroutable") == 1
-    assert value(s, "nbgateway_wireguard_udp_errors_total", kind="refused") == 3
-    assert value(s, "nbgateway_wireguard_udp_errors_total", kind="send_error") == 0
+    assert value(s, "nbgateway_wireguard_udp_errors_total", kind="refused") == 1
+    assert value(s, "nbgateway_wireguard_udp_errors_total", kind="send_error") == 2
