@@ -25,14 +25,28 @@ slow reader never makes the server buffer more than one map), rebuilds its
 map from one shared per-account read (:class:`_ViewCache`), and sends it
 only if it differs from the last map it sent. Each open stream occupies one
 gRPC worker thread; the server's executor must be sized for ``max_streams``.
+
+Revocation: a proxy peer's map carries no peer groups, user states or service
+access groups, yet the gateway caches ValidateTunnelPeer answers that depend
+on them. So a proxy peer's stream compares, besides the map, an
+:func:`access_digest` of everything such an answer depends on (each peer's
+address, owner and groups; group names; users' email and blocked/pending
+state; each service's domain, private flag, access and bearer groups). When
+only the digest changed the same map is sent again with a new ``Serial``: the
+gateway evicts the account's cached validations on every map it receives.
+Removing a peer from a group, deleting a peer, blocking its user or changing a
+service's access groups thus reaches the gateway within one coalesced push,
+while connection-state churn (``connected``, ``last_seen``) changes neither
+and sends nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -50,7 +64,7 @@ from nbgateway.management.crypto_box import (
     seal_message,
 )
 from nbgateway.management.errors import NotFound
-from nbgateway.management.model import ChangeKind
+from nbgateway.management.model import ChangeKind, User
 from nbgateway.management.networkmap import (
     NetworkMap,
     build_network_map,
@@ -64,6 +78,7 @@ __all__ = [
     "SERVER_KEY_FILE",
     "ManagementServicer",
     "PeerUpdateHub",
+    "access_digest",
     "add_to_server",
 ]
 
@@ -222,6 +237,34 @@ class _SerialClock:
             return self._last
 
 
+def access_digest(view: AccountView, users: Iterable[User]) -> bytes:
+    """A digest of everything a ValidateTunnelPeer answer for the account
+    depends on (see the module docstring); connection state is left out."""
+    member_of: dict[str, set[str]] = {}  # one pass over the groups (not per peer)
+    for gid, g in view.groups.items():
+        for pid in g.peers:
+            member_of.setdefault(pid, set()).add(gid)
+    peers = sorted(
+        (p.id, p.ip, p.ipv6 or "", p.user_id or "", p.name, p.key,
+         tuple(sorted(member_of.get(p.id, set()).union(
+             g for g in p.groups if g in view.groups))))
+        for p in view.peers.values()
+    )
+    groups = sorted((g.id, g.name) for g in view.groups.values())
+    people = sorted((u.id, u.email, u.blocked, u.pending_approval) for u in users)
+    services = []
+    for svc in view.services:
+        bearer = svc.auth.bearer_auth
+        services.append((
+            svc.id, svc.domain, svc.private, svc.enabled,
+            tuple(svc.access_groups) if svc.access_groups is not None else None,
+            bool(bearer and bearer.enabled),
+            tuple(bearer.distribution_groups) if bearer else (),
+        ))
+    services.sort()
+    return hashlib.sha256(repr((peers, groups, people, services)).encode()).digest()
+
+
 def _zero_timestamp() -> Timestamp:
     """The explicit-zero ``sessionExpiresAt``: login expiry disabled."""
     return Timestamp()
@@ -374,6 +417,9 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         resp.remotePeers.extend(netmap.remotePeers)
         return resp
 
+    def _access_digest(self, account_id: str) -> bytes:
+        return access_digest(self._views.get(account_id), self.store.list_users(account_id))
+
     @staticmethod
     def _fingerprint(resp: pb.SyncResponse) -> bytes:
         probe = pb.SyncResponse()
@@ -396,6 +442,8 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
                 resp = self._sync_response(nm, source_prefixes)
                 fp = self._fingerprint(resp)
+                if nm.peer.proxy:  # the gateway caches validations: see the docstring
+                    fp += self._access_digest(sub.account_id)
                 if fp != last:
                     last = fp
                     yield self._seal(resp, peer_key)
