@@ -257,6 +257,13 @@ def parse_trusted_proxies(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def parse_direct_upstream_allow(text: str) -> str:
+    """The direct-dial allow-list (:mod:`nbgateway.dial.guard` syntax), normalised."""
+    from nbgateway.dial.guard import format_allow_list, parse_allow_list
+
+    return format_allow_list(parse_allow_list(text))
+
+
 def parse_preshared_key(text: str) -> str:
     """"" or a base64 WireGuard pre-shared key (32 bytes)."""
     text = text.strip()
@@ -324,15 +331,21 @@ SETTINGS: tuple[Setting, ...] = (
     _s("wg_port", "NB_PROXY_WG_PORT", str(DEFAULT_WG_PORT),
        "WireGuard UDP port shared by all accounts (0 = random)", parse_port_or_zero),
     _s("wg_endpoint", "NB_PROXY_WG_ENDPOINT", "",
-       "public WireGuard HOST:PORT advertised to peers (default <domain>:<wg-port>)",
+       "public WireGuard HOST:PORT advertised to peers (default: <domain>:<wg-port> with "
+       "--mgmt; embedded: 127.0.0.1:<wg-port>, set it for peers on other machines)",
        parse_endpoint),
     _s("private", "NB_PROXY_PRIVATE", "false",
-       "per-account inbound listeners and the 'private' capability", parse_bool,
-       is_bool=True, hidden=True),
+       "private services: per-account inbound listeners on each account's tunnel address "
+       "(reachable only from peers through WireGuard) and the 'private' capability",
+       parse_bool, is_bool=True),
     _s("health_addr", "NB_PROXY_HEALTH_ADDRESS", "localhost:8080",
        "health and /metrics listener HOST:PORT (empty disables)", parse_optional_listen),
     _s("trusted_proxies", "NB_PROXY_TRUSTED_PROXIES", "",
        "comma-separated trusted upstream proxy IPs/CIDRs", parse_trusted_proxies),
+    _s("direct_upstream_allow", "NB_PROXY_DIRECT_UPSTREAM_ALLOW", "",
+       "where direct_upstream targets may connect: comma-separated CIDR[@ACCOUNT[+ACCOUNT...]] "
+       "(empty: nowhere; the embedded default adds loopback for its own account; "
+       "never this gateway's own listeners)", parse_direct_upstream_allow),
     _s("forwarded_proto", "NB_PROXY_FORWARDED_PROTO", "auto",
        "X-Forwarded-Proto for backends: auto, http or https", _choice(FORWARDED_PROTOS)),
     _s("max_dial_timeout", "NB_PROXY_MAX_DIAL_TIMEOUT", "0",
@@ -401,6 +414,7 @@ class Config:
     private: bool
     health_addr: HostPort | None
     trusted_proxies: tuple[str, ...]
+    direct_upstream_allow: str
     forwarded_proto: str
     max_dial_timeout: float
     max_session_idle_timeout: float

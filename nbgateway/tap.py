@@ -41,6 +41,7 @@ def build_gateway(config: Any, reactor: Any = None, environ: Any = None) -> Any:
         supports_custom_ports=config.supports_custom_ports,
         require_subdomain=config.require_subdomain,
         allow_insecure=config.allow_insecure,
+        batch_watchdog=config.mapping_batch_watchdog,
     )
     if config.embedded:
         from nbgateway.embedded import EmbeddedManagement

@@ -1,5 +1,5 @@
 """The configuration model: precedence flags > env > defaults, validation errors
-(one line, naming the flag), the token rule, hidden --private (spec 9, 67, 68)."""
+(one line, naming the flag), the token rule, --private (spec 9, 67, 68)."""
 
 from __future__ import annotations
 
@@ -149,13 +149,15 @@ def test_endpoint_description():
     assert str(HostPort("::1", 80)) == "[::1]:80"
 
 
-# -- private: hidden but honoured (acceptance 67) --------------------------------------------
+# -- private: shown by --help and honoured (issue 11.9 / 12.6) ------------------------------
 
 
-def test_private_hidden_from_help_yet_honoured():
+def test_private_shown_in_help_and_honoured():
     opts = Options(environ={})
     text = str(opts)
-    assert "--private" not in text
+    assert "--private" in text and "NB_PROXY_PRIVATE" in text
+    flat = " ".join(text.split())
+    assert "embedded: 127.0.0.1:<wg-port>" in flat  # --wg-endpoint default as it really is
     assert "--wg-port" in text and "NB_PROXY_WG_PORT" in text
     assert parse(["--private"]).private is True
     assert parse([], {"NB_PROXY_PRIVATE": "true"}).private is True
