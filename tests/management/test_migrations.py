@@ -282,3 +282,44 @@ def test_migrations_are_package_resources():
     files = {p.name for p in resources.files("nbgateway.management.migrations.versions").iterdir()}
     assert {"0001_baseline.py", "0002_private_services.py"} <= files
     assert (resources.files("nbgateway.management.migrations") / "env.py").is_file()
+
+
+def test_revision_3_makes_the_bootstrap_admin_the_instance_admin(db_dsn):
+    """An existing install keeps its operator: after 0003 the bootstrap admin
+    (user ``admin`` of account ``default``) is the instance admin, nobody else."""
+    engine = engine_for(db_dsn)
+    try:
+        with engine.connect() as conn:
+            migrations.upgrade(conn, "0002")
+            for acct in ("default", "acct-2"):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO accounts (id, domain, network_v4, network_v6) "
+                        "VALUES (:a, 'd.test', '100.64.0.0/10', 'fd00::/64')"
+                    ),
+                    {"a": acct},
+                )
+            for uid, acct in (("admin", "default"), ("other", "default"), ("admin2", "acct-2")):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO users (id, account_id, email, name, role, "
+                        "is_service_user, blocked, pending_approval) "
+                        "VALUES (:u, :a, '', '', 'owner', false, false, false)"
+                    ),
+                    {"u": uid, "a": acct},
+                )
+            conn.commit()
+            migrations.upgrade(conn, "0003")
+            assert migrations.current_revision(conn) == "0003"
+    finally:
+        engine.dispose()
+    store = Store.open(db_dsn, known_clusters=[])
+    try:
+        assert store.get_user("default", "admin").instance_admin is True
+        assert store.get_user("default", "other").instance_admin is False
+        assert store.get_user("acct-2", "admin2").instance_admin is False
+        assert store.get_account("acct-2").name == ""
+        # the upgraded bootstrap is not redone, and keeps its flag
+        assert store.ensure_default_account().admin_user.instance_admin is True
+    finally:
+        store.close()
