@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from nbgateway.management.cli import DEFAULT_DATADIR, Client, CliError, _q
+from nbgateway.management.cli._client import DEFAULT_DATADIR, Client, CliError, _q
 
 QUICKSTART_POLL = 0.5
 
@@ -34,11 +35,11 @@ def _retrying(deadline: float, what: str, attempt: Callable[[], Any]) -> Any:
             if value:
                 return value
         except CliError as exc:
-            if exc.code != 2:  # only "cannot reach" is worth waiting for
+            if not exc.retryable:  # only "cannot reach" is worth waiting for
                 raise
             last = f" ({exc.message})"
         if time.monotonic() >= deadline:
-            raise CliError(f"timed out waiting for {what}{last}", 3)
+            raise CliError(f"timed out waiting for {what}{last}")
         time.sleep(QUICKSTART_POLL)
 
 
@@ -153,47 +154,102 @@ def _local_ca(datadir: str) -> str:
     return path
 
 
+#: wg-quick applies a config's DNS line with ``resolvconf``; sudo runs it with
+#: a PATH that has the sbin directories a normal user's PATH may lack
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def has_resolvconf(path: str | None = None) -> bool:
+    """True when ``wg-quick`` can apply a ``DNS`` line here: a ``resolvconf``
+    (openresolv, or systemd-resolved's compatibility link) is on ``path``
+    (default ``$PATH``) or in the usual sbin directories."""
+    search = os.pathsep.join([os.environ.get("PATH", "") if path is None else path,
+                              *SBIN_DIRS])
+    return shutil.which("resolvconf", path=search) is not None
+
+
+def without_dns(conf: str) -> str:
+    """``conf`` with its ``DNS`` line turned into a comment saying why."""
+    out = []
+    for line in conf.splitlines():
+        name, sep, _value = line.partition("=")
+        if sep and name.strip() == "DNS":
+            out += ["# " + line.strip(),
+                    "# ^ commented out by nbgateway-admin quickstart: wg-quick applies a DNS",
+                    "#   line with resolvconf, which this machine does not have (wg-quick up",
+                    "#   would fail). Reach services with curl --resolve NAME:443:<gateway",
+                    "#   address>, or install openresolv and run quickstart again."]
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _gateway_peer(client: Client, cluster: str) -> dict[str, Any] | None:
+    """The gateway's proxy peer for ``cluster`` once it has registered one."""
+    for peer in client.get("/peers") or ():
+        if peer.get("proxy_cluster") == cluster and peer.get("ip"):
+            return peer
+    return None
+
+
+def _display_path(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    """Create (or reuse) the demo and write ``<name>.conf``; see the module docstring."""
     deadline = time.monotonic() + args.wait
     cluster = _retrying(deadline, "a connected gateway (is `twistd -n nbgateway --private` "
                         "running?)", lambda: _pick_cluster(client, args.cluster))
     domain = args.domain or f"demo.{cluster}"
     target = upstream_target(args.upstream, cluster)
     group = _ensure_group(client, args.group)
-    peer = _ensure_peer(client, args.name, group)
     service, verb = _ensure_service(client, domain.split(".")[0], domain, group, target)
-    conf = _retrying(deadline, "the gateway's proxy peer in the peer config (the gateway "
-                     "must run with --private)", lambda: _config_with_peer(client, peer["id"]))
+    # the gateway registers its tunnel peer when it gets its first service; wait
+    # for it before creating our peer, so on a fresh data directory the gateway
+    # holds the account's first tunnel address
+    gateway = _retrying(deadline, "the gateway's tunnel peer (the gateway must run with "
+                        "--private)", lambda: _gateway_peer(client, cluster))
+    peer = _ensure_peer(client, args.name, group)
+    full = _retrying(deadline, "the gateway's proxy peer in the peer config",
+                     lambda: _config_with_peer(client, peer["id"]))
+    dns = args.dns == "keep" or (args.dns == "auto" and has_resolvconf())
+    conf = full if dns else without_dns(full)
     path = args.config_out or f"{args.name}.conf"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(conf)
     ca = _local_ca(args.datadir)
-    dns = [a for a in _config_value(conf, "DNS") if ":" not in a]
-    gateway_ip = dns[0] if dns else ""
+    gateway_ip = gateway["ip"]
+    curl = (f"curl --cacert {_display_path(ca)} --resolve {domain}:443:{gateway_ip} "
+            f"https://{domain}/")
     if args.json:
         out.write(json.dumps({"cluster": cluster, "group": group, "peer": peer,
                               "service": service, "service_action": verb, "config": conf,
                               "config_path": os.path.abspath(path), "ca": ca,
-                              "gateway_ip": gateway_ip}, indent=2) + "\n")
+                              "gateway_ip": gateway_ip, "dns_line": dns, "curl": curl},
+                             indent=2) + "\n")
         return
     out.write(f"group   {group['name']} ({group['id']})\n"
               f"peer    {peer['name']} ({peer['id']}), address {peer.get('ip', '-')}\n"
+              f"gateway {cluster}, tunnel address {gateway_ip}\n"
               f"service https://{domain}/ -> {args.upstream} ({verb}; private, "
               f"group {group['name']} only)\n\n"
               f"wg-quick config for {peer['name']} (written to {path}):\n\n{conf}\n")
     if not args.no_qr:
-        out.write("The same config as a QR code (WireGuard mobile apps: "
-                  "\"scan from QR code\"):\n\n" + qr_ascii(conf) + "\n")
+        out.write("The same config as a QR code for the WireGuard mobile apps (\"scan from "
+                  "QR code\"; they apply the DNS line themselves):\n\n" + qr_ascii(full)
+                  + "\n")
     out.write(f"Bring the tunnel up with a stock WireGuard client:\n\n"
               f"    sudo wg-quick up ./{path}\n\n"
-              f"then reach the private service (the config's DNS line makes "
-              f"{gateway_ip or 'the gateway'} resolve {domain}):\n\n"
-              f"    curl --cacert {ca} https://{domain}/\n\n")
-    if gateway_ip:
-        out.write(f"or, without the DNS line:\n\n"
-                  f"    curl --cacert {ca} --resolve {domain}:443:{gateway_ip} "
-                  f"https://{domain}/\n")
+              f"then reach the private service through it:\n\n    {curl}\n\n")
+    if dns:
+        out.write(f"(with the tunnel up, the config's DNS line also makes "
+                  f"`curl --cacert {_display_path(ca)} https://{domain}/` work)\n")
+    else:
+        out.write("(the config has no DNS line: this machine has no resolvconf, which "
+                  "wg-quick needs to apply one; --resolve above does not need it)\n")
 
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
@@ -213,3 +269,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--wait", type=float, default=60.0,
                     help="seconds to wait for management and the gateway (default: %(default)s)")
     sp.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    sp.add_argument("--dns", choices=["auto", "keep", "omit"], default="auto",
+                    help="the config's DNS line: keep it, omit it (as a comment), or "
+                         "auto: keep it only where wg-quick can apply it (resolvconf "
+                         "installed) (default: %(default)s)")

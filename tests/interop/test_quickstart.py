@@ -1,30 +1,29 @@
-"""README's quickstart, literally (issue 7 acceptance).
+"""README's quickstart, literally, on a newcomer's machine (issue 12 acceptance).
 
 ``test_readme_quickstart_in_a_namespace`` (root, wireguard-go): the commands
 of the fenced block after ``<!-- quickstart -->`` in README.md run, as written,
 in a fresh network namespace, in a fresh copy of the repository installed with
-README's install command (fresh ``.venv``, fresh data dir):
-the demo upstream, ``twistd -n nbgateway`` with embedded management,
-``nbgateway-admin quickstart``, then the final ``curl``.  The one step that
-cannot run as written is ``sudo wg-quick up ./laptop.conf`` (no sudo/resolvconf
-in a namespace): it is replaced by what wg-quick does with that same file --
-wireguard-go, ``wg-quick strip | wg setconf``, its Address and AllowedIPs
-routes, and its DNS line as the namespace's resolv.conf (``ip netns exec``
-bind-mounts ``/etc/netns/<ns>/resolv.conf``).  So curl resolves the service
-name through the gateway's DNS and reaches the private service over a stock
-wireguard-go peer.  The install step (README's command minus its final
-``nbgateway-wg run`` demo) takes ~20-30 s with a warm pip cache;
+README's install command (fresh ``.venv``, fresh data dir), with the PATH of a
+stock Debian/Ubuntu user where ``resolvconf`` does not exist (asserted):
+``nbgateway-admin demo-upstream``, ``twistd -n nbgateway`` with embedded
+management, ``nbgateway-admin quickstart``, the real ``wg-quick up
+./laptop.conf`` (``sudo`` is a shim that runs its arguments, the test is
+root; wg-quick falls back to wireguard-go without the kernel module) and the
+final ``curl``.  Then: the page shows the identity the gateway stamped, and
+nothing of the working or data directory (admin token, CA key, the config)
+is reachable through the tunnel (404).  The install step (README's command
+minus its final foreground run) takes ~20-30 s with a warm pip cache;
 ``NBGW_QUICKSTART_REUSE_VENV=1`` symlinks the running venv instead.
 
-``QuickstartCommandTests`` (no root): ``nbgateway-admin quickstart`` against a
-real in-process gateway with embedded management: what it creates, prints and
-writes, and that a re-run reuses everything.
+``QuickstartCommandTests`` (no root): the quickstart module against a real
+in-process gateway with embedded management: what it creates, prints and
+writes (with and without a DNS line), and that a re-run reuses everything.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
-import json
 import os
 import re
 import shlex
@@ -40,7 +39,8 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from nbgateway.config import load
-from nbgateway.management import cli
+from nbgateway.management import quickstart
+from nbgateway.management.cli._client import Client, CliError
 from nbgateway.tap import build_gateway
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,6 +99,28 @@ def test_readme_quickstart_block_shape():
 
 # --------------------------------------------------------------------- in process
 
+def run_quickstart(url: str, argv: list[str], out, err, token: str | None = None,
+                   token_file: str | None = None) -> int:
+    """``nbgateway-admin [--json] quickstart ARGV`` without the CLI's wiring:
+    the module's own options and ``run`` (the CLI only delegates to them)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--json", action="store_true")
+    quickstart.add_arguments(p)
+    args = p.parse_args(argv)
+    if token is None and token_file:
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(token_file) and _read(token_file).strip()):
+            assert time.monotonic() < deadline, "no admin token"
+            time.sleep(0.1)
+        token = _read(token_file).strip()
+    try:
+        quickstart.run(Client(url, token), args, out)
+    except CliError as exc:
+        err.write(f"error: {exc.message}\n")
+        return exc.code
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,8 +155,8 @@ class QuickstartCommandTests(unittest.TestCase):
             cwd = os.getcwd()
             os.chdir(self.workdir)  # the token file and laptop.conf are cwd-relative
             try:
-                rc = cli.main(["--url", self.url, "quickstart", "--wait", "60", *extra],
-                              out=out, err=err)
+                rc = run_quickstart(self.url, ["--wait", "60", *extra], out, err,
+                                    token_file=os.path.join(self.datadir, "admin-token"))
             finally:
                 os.chdir(cwd)
             return rc, out.getvalue(), err.getvalue()
@@ -143,7 +165,8 @@ class QuickstartCommandTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_creates_everything_prints_config_qr_and_curl_then_reuses(self):
-        rc, out, err = yield self.quickstart("--upstream", "http://127.0.0.1:8000")
+        rc, out, err = yield self.quickstart("--upstream", "http://127.0.0.1:8000",
+                                             "--dns", "keep")
         self.assertEqual(rc, 0, err)
         conf_path = os.path.join(self.workdir, "laptop.conf")
         with open(conf_path) as f:
@@ -154,11 +177,16 @@ class QuickstartCommandTests(unittest.TestCase):
         self.assertIn("Endpoint = 127.0.0.1:51999", conf)
         self.assertRegex(conf, r"PrivateKey = [A-Za-z0-9+/]{43}=")
         gateway_ip = re.search(r"^DNS = ([0-9.]+)", conf, re.M).group(1)
+        # the gateway registered its tunnel peer before ours: the first address
+        self.assertEqual(gateway_ip, "100.64.0.1")
+        self.assertIn("gateway nbgateway.internal, tunnel address 100.64.0.1", out)
         self.assertIn("█", out)  # the terminal QR code
         ca = os.path.join(self.datadir, "ca.crt")
         self.assertTrue(os.path.exists(ca))
-        self.assertIn(f"curl --cacert {ca} https://demo.nbgateway.internal/", out)
-        self.assertIn(f"--resolve demo.nbgateway.internal:443:{gateway_ip}", out)
+        # the curl form README uses: independent of the system resolver
+        self.assertIn("curl --cacert nbgateway-data/ca.crt --resolve "
+                      "demo.nbgateway.internal:443:100.64.0.1 https://demo.nbgateway.internal/",
+                      out)
         self.assertIn("sudo wg-quick up ./laptop.conf", out)
         # what management holds: a private service for the group, on the gateway
         services = yield self.api("services", "list")
@@ -177,12 +205,24 @@ class QuickstartCommandTests(unittest.TestCase):
         yield self.wait_for(lambda: self.svc.routes.lookup("demo.nbgateway.internal"))
 
         # idempotent: a re-run reuses the group, the peer and the service
-        rc, out2, err = yield self.quickstart("--upstream", "http://127.0.0.1:8000", "--no-qr")
+        rc, out2, err = yield self.quickstart("--upstream", "http://127.0.0.1:8000", "--no-qr",
+                                              "--dns", "keep")
         self.assertEqual(rc, 0, err)
         self.assertIn("(reused;", out2)
         self.assertNotIn("█", out2)
         with open(conf_path) as f:
             self.assertEqual(f.read(), conf)  # same peer, same key
+        # where wg-quick cannot apply a DNS line (no resolvconf) it is a comment
+        rc, out2, err = yield self.quickstart("--upstream", "http://127.0.0.1:8000", "--no-qr",
+                                              "--dns", "omit")
+        self.assertEqual(rc, 0, err)
+        with open(conf_path) as f:
+            omitted = f.read()
+        self.assertNotRegex(omitted, r"(?m)^\s*DNS\s*=")
+        self.assertIn("# DNS = 100.64.0.1", omitted)
+        self.assertIn("resolvconf", omitted)
+        self.assertEqual(quickstart.without_dns(conf), omitted)
+        self.assertIn("the config has no DNS line", out2)
         self.assertEqual(len((yield self.api("services", "list"))), 1)
         self.assertEqual(len([g for g in (yield self.api("groups", "list"))
                               if g["name"] == "quickstart"]), 1)
@@ -203,14 +243,13 @@ class QuickstartCommandTests(unittest.TestCase):
         self.assertEqual(rc, 1)
         self.assertIn("--upstream must be an http(s)://host[:port] URL", err)
 
-    def api(self, *args: str):
+    def api(self, what: str, _list: str = "list"):
+        path = {"services": "/reverse-proxies/services", "groups": "/groups",
+                "peers": "/peers"}[what]
+
         def call():
-            out = io.StringIO()
             token = _read(os.path.join(self.datadir, "admin-token")).strip()
-            rc = cli.main(["--url", self.url, "--token", token, "--json", *args], out=out,
-                          err=io.StringIO())
-            assert rc == 0
-            return json.loads(out.getvalue())
+            return Client(self.url, token).get(path)
 
         return threads.deferToThread(call)
 
@@ -225,11 +264,32 @@ class QuickstartCommandTests(unittest.TestCase):
 
 def test_quickstart_without_a_gateway_times_out_with_a_hint():
     err = io.StringIO()
-    rc = cli.main(["--url", f"http://127.0.0.1:{free_port()}", "--token", "t", "quickstart",
-                   "--wait", "0.5"], out=io.StringIO(), err=err)
-    assert rc == 3
+    rc = run_quickstart(f"http://127.0.0.1:{free_port()}", ["--wait", "0.5"], io.StringIO(),
+                        err, token="t")
+    assert rc == 1
     assert "timed out waiting for a connected gateway" in err.getvalue()
     assert "cannot reach" in err.getvalue()
+
+
+def test_resolvconf_detection(tmp_path, monkeypatch):
+    monkeypatch.setattr(quickstart, "SBIN_DIRS", ())
+    assert not quickstart.has_resolvconf(str(tmp_path))
+    exe = tmp_path / "resolvconf"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    assert quickstart.has_resolvconf(str(tmp_path))
+    # sudo's PATH has the sbin directories even when the user's has not
+    monkeypatch.setattr(quickstart, "SBIN_DIRS", (str(tmp_path),))
+    assert quickstart.has_resolvconf("/nonexistent")
+
+
+def test_without_dns_keeps_everything_else():
+    conf = ("[Interface]\nPrivateKey = k\nAddress = 100.64.0.2/32\nDNS = 100.64.0.1\n\n"
+            "[Peer]\nPublicKey = p\nAllowedIPs = 100.64.0.1/32\n")
+    out = quickstart.without_dns(conf)
+    assert "\nDNS" not in out
+    assert [x for x in out.splitlines() if not x.startswith("#")] == \
+        [x for x in conf.splitlines() if not x.startswith("DNS")]
 
 
 # --------------------------------------------------------------------- interop
@@ -245,27 +305,22 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
         time.sleep(interval)
 
 
-def _wg_quick_up(tb, ns, conf_path: str) -> None:
-    """What ``wg-quick up conf_path`` does, with wireguard-go, inside ``ns``."""
-    with open(conf_path) as f:
-        conf = f.read()
-    wg = tb.wireguard_go(ns)
-    stripped = ns.run(["wg-quick", "strip", conf_path]).stdout
-    ns.run(["wg", "setconf", wg.ifname, "/dev/stdin"], input=stripped)
-    values = {}
-    for line in conf.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values.setdefault(key.strip(), []).extend(
-                v.strip() for v in value.split(",") if v.strip())
-    for cidr in values.get("Address", []):
-        ns.add_address(wg.ifname, cidr)
-    for cidr in values.get("AllowedIPs", []):
-        ns.add_route(wg.ifname, cidr)
-    etc = f"/etc/netns/{ns.name}"
-    os.makedirs(etc, exist_ok=True)
-    with open(os.path.join(etc, "resolv.conf"), "w") as f:
-        f.write("".join(f"nameserver {ip}\n" for ip in values.get("DNS", [])))
+#: the newcomer's PATH (a sudo-capable user's, with the sbin directories sudo
+#: adds); the test asserts that no resolvconf is on it
+NEWCOMER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+#: paths that must never be reachable through the demo upstream
+SECRETS = ("/nbgateway-data/admin-token", "/admin-token", "/nbgateway-data/ca.key", "/ca.key",
+           "/laptop.conf", "/nbgateway-data/", "/nbgateway-data/management.db", "/README.md",
+           "/../nbgateway-data/admin-token", "/%2e%2e/nbgateway-data/admin-token")
+
+
+def _sudo_shim(bindir: str) -> None:
+    """``sudo CMD`` runs CMD: the test runs as root, a newcomer types sudo."""
+    os.makedirs(bindir, exist_ok=True)
+    path = os.path.join(bindir, "sudo")
+    with open(path, "w") as f:
+        f.write('#!/bin/sh\nexec "$@"\n')
+    os.chmod(path, 0o755)
 
 
 @pytest.mark.interop
@@ -276,10 +331,9 @@ def test_readme_quickstart_in_a_namespace():
     require_testbed("curl", "wg-quick", "python3")
     commands = quickstart_commands(_read(README))
     tb = Testbed()
-    etc = None
+    ns = None
     try:
         ns = tb.netns()
-        etc = f"/etc/netns/{ns.name}"
         # a fresh copy of the repository, installed with README's own install
         # command into a fresh .venv (outside the namespace: pip needs the index)
         work = os.path.join(tb.tmpdir, "work")
@@ -291,29 +345,51 @@ def test_readme_quickstart_in_a_namespace():
                 r = subprocess.run(["bash", "-c", step], cwd=work, capture_output=True,
                                    text=True, timeout=900, check=False)
                 assert r.returncode == 0, (step, r.stdout[-3000:], r.stderr[-3000:])
+        shim = os.path.join(tb.tmpdir, "bin")
+        _sudo_shim(shim)
+        path = f"{shim}:{NEWCOMER_PATH}"
+        # the machine state of a newcomer on stock Debian/Ubuntu: no resolvconf,
+        # so wg-quick fails on a DNS line (this is what must not regress)
+        if shutil.which("resolvconf", path=path) or quickstart.has_resolvconf(path):
+            pytest.skip("resolvconf is installed here: wg-quick would change this "
+                        "machine's resolver; the test needs a newcomer's machine without it")
+        env = f"export PATH={shlex.quote(path)} && cd {shlex.quote(work)} && "
+        probe = ns.run(["bash", "-c", env + "command -v resolvconf"], check=False)
+        assert probe.returncode != 0, probe.stdout
         log = open(os.path.join(tb.tmpdir, "background.log"), "ab")  # noqa: SIM115
         last = None
-        in_work = f"cd {shlex.quote(work)} && "
         for line in commands:
-            if line.startswith("sudo wg-quick up "):
-                _wg_quick_up(tb, ns, os.path.join(work, shlex.split(line)[-1]))
-            elif line.endswith("&"):
-                ns.popen(["bash", "-c", "exec " + line[:-1].strip()], cwd=work,
+            if line.endswith("&"):
+                ns.popen(["bash", "-c", env + "exec " + line[:-1].strip()], cwd=work,
                          stdout=log, stderr=subprocess.STDOUT)
             elif line is commands[-1]:
-                # the final curl: the tunnel's first handshake and DNS may take a moment
+                # the final curl: the tunnel's first handshake may take a moment
                 def attempt(line=line):
-                    r = ns.run(["bash", "-c", in_work + line], check=False, timeout=60)
+                    r = ns.run(["bash", "-c", env + line], check=False, timeout=60)
                     return r if r.returncode == 0 else None
                 last = _wait(attempt, 60, f"{line!r} to succeed", interval=1)
-            else:
-                r = ns.run(["bash", "-c", in_work + line], check=False, timeout=150)
+            else:  # literally, wg-quick included (wireguard-go when there is no kmod)
+                r = ns.run(["bash", "-c", env + line], check=False, timeout=150)
                 assert r.returncode == 0, (line, r.stdout[-3000:], r.stderr[-3000:])
         assert last is not None
-        # python3 -m http.server lists the working directory: served through the tunnel
-        assert "Directory listing for /" in last.stdout, last.stdout[-2000:]
-        assert "laptop.conf" in last.stdout
+        # the demo page, showing the identity the gateway stamped
+        assert "nbgateway demo upstream" in last.stdout, last.stdout[-2000:]
+        assert "X-NetBird-User" in last.stdout
+        assert "quickstart" in last.stdout  # the peer's group, from X-NetBird-Groups
+        # nothing of the working directory or the data directory is reachable
+        curl = shlex.split(commands[-1])
+        url = curl[-1].rstrip("/")
+        for secret in SECRETS:
+            r = ns.run(["bash", "-c", env + shlex.join(
+                [*curl[:-1], "--path-as-is", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                 url + secret])], check=False, timeout=30)
+            assert r.stdout.strip() == "404", (secret, r.stdout, r.stderr)
+        conf = _read(os.path.join(work, "laptop.conf"))
+        assert not re.search(r"(?m)^\s*DNS\s*=", conf), conf  # no resolvconf here
     finally:
+        if ns is not None:
+            ns.run(["bash", "-c", f"cd {shlex.quote(os.path.join(tb.tmpdir, 'work'))} && "
+                    "wg-quick down ./laptop.conf"], check=False, timeout=30)
         for name in ("background.log",):
             path = os.path.join(tb.tmpdir, name)
             if os.path.exists(path):
@@ -324,6 +400,4 @@ def test_readme_quickstart_in_a_namespace():
             print("--- nbgateway.log ---")
             print(_read(gw_log, "rb")[-6000:].decode(errors="replace"))
         left = tb.close()
-        if etc is not None:
-            shutil.rmtree(etc, ignore_errors=True)
     assert not left, left
