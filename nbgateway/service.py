@@ -12,7 +12,7 @@ WireGuard device -> netstack -> inbound listeners -> :class:`GatewayResource`
 The management client fills the :class:`MappingStore`; its observers
 (:class:`ServiceTable` for routing, :class:`AccountRegistry` for tunnels)
 react.  The validation cache is evicted per account whenever that account's
-services or roster change.
+services change or a network map for its proxy peer arrives.
 """
 
 from __future__ import annotations
@@ -221,8 +221,11 @@ class GatewayService(MultiService):
         authority.replace(account_zones(runtime.network, domains))
 
     def _account_network(self, runtime: AccountRuntime, network: Any) -> None:
-        """A network map was applied: (re)register the account's live objects
-        and replace its DNS zones."""
+        """A network map was applied: forget the account's cached validations
+        (management pushes one on every change that can revoke access: peer
+        groups, peer deletion, user blocked, service access groups),
+        (re)register the account's live objects and replace its DNS zones."""
+        self.cache.evict_account(runtime.account_id)
         self._refresh_dns(runtime.account_id)
         self.metrics.add_account(runtime.account_id, devices=[runtime.device],
                                  stacks=[runtime.stack])
