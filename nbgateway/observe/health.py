@@ -32,11 +32,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from nbgateway.observe.metrics import MetricsResource
+
+log = Logger()
 
 #: A peer whose last handshake is older than this counts as degraded (upstream: 5 min).
 HANDSHAKE_STALE = 300.0
@@ -246,9 +249,35 @@ def health_site(state: HealthState, registry: CollectorRegistry | None = None, *
     return site
 
 
+class HealthService(StreamServerEndpointService):
+    """The health/metrics listener; once bound it says so in one info line
+    naming what it serves and its address (Twisted's own line only names the
+    site class and the port)."""
+
+    def __init__(self, endpoint: Any, factory: Any, *, metrics: bool) -> None:
+        super().__init__(endpoint, factory)
+        self.paths = "/healthz and /metrics" if metrics else "/healthz"
+        #: the bound port, once listening
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self._waitingForPort is not None:
+            self._waitingForPort.addCallback(self._announce)
+
+    def _announce(self, port: Any) -> Any:
+        self.port = port
+        host = port.getHost()
+        log.info("health and metrics listener ({paths}) on {host}:{port}",
+                 paths=self.paths, host=getattr(host, "host", host),
+                 port=getattr(host, "port", ""))
+        return port
+
+
 def health_service(reactor: Any, endpoint: str, state: HealthState,
                    registry: CollectorRegistry | None = None) -> StreamServerEndpointService:
     """A service listening on ``endpoint`` (e.g. ``Config.health_addr.endpoint()``);
-    it binds in ``privilegedStartService``."""
-    return StreamServerEndpointService(serverFromString(reactor, endpoint),
-                                       health_site(state, registry, reactor=reactor))
+    it binds in ``privilegedStartService`` and announces its address."""
+    return HealthService(serverFromString(reactor, endpoint),
+                         health_site(state, registry, reactor=reactor),
+                         metrics=registry is not None)
