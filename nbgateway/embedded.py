@@ -6,6 +6,12 @@ loopback, and talks to it exactly as it would to a remote management: over
 gRPC, with a proxy access token.  A fresh management-wide token is created at
 every start (earlier embedded tokens are revoked) and handed to the gateway's
 management client before any RPC is made.
+
+The bootstrap account is the operator's own: :meth:`EmbeddedManagement.
+direct_upstream_rules` lets that account (only) reach loopback with
+``direct_upstream`` (the README quickstart's demo upstream), and
+:meth:`EmbeddedManagement.listeners` names the REST and gRPC ports, which the
+gateway's dial guard never lets any account reach.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class EmbeddedManagement(MultiService):
 
         self.config = config
         self.client = client
+        self.api_addr = api_addr
+        self.grpc_addr = grpc_addr
         self.management = ManagementService(
             datadir=config.datadir, api_addr=api_addr, grpc_addr=grpc_addr,
             known_clusters=(config.domain,), reactor=reactor)
@@ -76,3 +84,34 @@ class EmbeddedManagement(MultiService):
     @property
     def store(self) -> Any:
         return self.management.store
+
+    @property
+    def operator_account_id(self) -> str:
+        """The bootstrap account (created by the embedded management itself)."""
+        from nbgateway.management.store._accounts import DEFAULT_ACCOUNT_ID
+
+        return DEFAULT_ACCOUNT_ID
+
+    def direct_upstream_rules(self) -> tuple[Any, ...]:
+        """Loopback for the operator's account only (dial guard allow rules)."""
+        from nbgateway.dial.guard import loopback_rules
+
+        return loopback_rules(self.operator_account_id)
+
+    def listeners(self) -> list[tuple[str, int]]:
+        """(host, port) of the REST and gRPC listeners: configured and bound."""
+        out: list[tuple[str, int]] = []
+        for addr in (self.api_addr, self.grpc_addr):
+            host, _, port = str(addr or "").rpartition(":")
+            if port.isdigit() and int(port):
+                out.append((host.strip("[]"), int(port)))
+        rest = getattr(self.management, "port", None)
+        if rest is not None and hasattr(rest, "getHost"):
+            bound = rest.getHost()
+            out.append((getattr(bound, "host", ""), int(getattr(bound, "port", 0))))
+        grpc_service = getattr(self.management, "grpc", None)
+        grpc_port = getattr(grpc_service, "port", None)
+        if isinstance(grpc_port, int) and grpc_port:
+            grpc_host = str(getattr(grpc_service, "bind_address", "")).rpartition(":")[0]
+            out.append((grpc_host.strip("[]"), grpc_port))
+        return out

@@ -30,7 +30,8 @@ from twisted.logger import Logger
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.accounts import L4_MODES, AccountRegistry, AccountRuntime, AccountSettings
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
-from nbgateway.dial.direct import DirectDialer
+from nbgateway.dial.direct import DirectDialer, DirectDialStats, is_host_address
+from nbgateway.dial.guard import DialPolicy, Listener, parse_allow_list
 from nbgateway.dial.pool import UpstreamPools
 from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
 from nbgateway.dns.server import DNSResponderFactory, listen_dns
@@ -171,7 +172,15 @@ class GatewayService(MultiService):
         self.metrics.tunnel_cache = self.cache
         self.gate = PrivateGate(self.cache, self._in_roster)
         self.pools = UpstreamPools(reactor, tls_creator=ClientTLSPolicy())
-        self.direct = DirectDialer(reactor)
+        #: direct_upstream dials: the operator's allow-list (plus loopback for the
+        #: embedded default's own account), never this gateway's listeners
+        self.direct_stats = DirectDialStats()
+        self.metrics.registry.register(self.direct_stats)
+        rules = parse_allow_list(getattr(config, "direct_upstream_allow", "") or "")
+        if embedded is not None and hasattr(embedded, "direct_upstream_rules"):
+            rules += embedded.direct_upstream_rules()
+        self.direct = DirectDialer(reactor, stats=self.direct_stats, policy=DialPolicy(
+            rules, listeners=self._own_listeners, is_local=is_host_address))
         self.proxy = ReverseProxy(
             reactor, self.pools, self.dialer_for,
             max_dial_timeout=config.max_dial_timeout,
@@ -236,9 +245,39 @@ class GatewayService(MultiService):
         runtime = self.accounts.get(account_id)
         return runtime is not None and runtime.in_roster(ip)
 
+    def _own_listeners(self) -> list[Listener]:
+        """This gateway's TCP listeners on the host (the dial guard's deny set)."""
+        cfg = self.config
+        found: list[tuple[str, int]] = []
+        for addr in (cfg.addr, cfg.health_addr):
+            if addr is not None and addr.port:
+                found.append((addr.host, addr.port))
+        if self.public_port is not None:
+            bound = self.public_port.getHost()
+            found.append((getattr(bound, "host", ""), int(getattr(bound, "port", 0))))
+        if self.embedded is not None and hasattr(self.embedded, "listeners"):
+            found.extend(self.embedded.listeners())
+        if cfg.mgmt:  # a management on this host (loopback --mgmt)
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(cfg.mgmt if "://" in cfg.mgmt else f"https://{cfg.mgmt}")
+            try:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError:
+                port = 0
+            if parts.hostname and port:
+                found.append((parts.hostname, port))
+        out = []
+        for host, port in found:
+            try:
+                out.append(Listener.of(host, port))
+            except ValueError:
+                continue
+        return out
+
     def dialer_for(self, account_id: str, direct: bool) -> Any:
         if direct:
-            return self.direct
+            return self.direct.for_account(account_id)
         runtime = self.accounts.get(account_id)
         if runtime is None or runtime.stack is None:
             return None
@@ -345,7 +384,12 @@ class GatewayService(MultiService):
     # ------------------------------------------------------------------ lifecycle
 
     def privilegedStartService(self) -> None:
-        self.udp_port = udp.listen(self.reactor, self.mux, self.config.wg_port, interface="")
+        from nbgateway.startup import listen_failed
+
+        try:
+            self.udp_port = udp.listen(self.reactor, self.mux, self.config.wg_port, interface="")
+        except Exception as exc:  # CannotListenError: one line naming the port and flag
+            raise listen_failed(exc, "WireGuard UDP", "--wg-port / NB_PROXY_WG_PORT") from exc
         log.info("WireGuard listening on UDP {port}; endpoint advertised to peers: {endpoint}",
                  port=self.udp_port.getHost().port,
                  endpoint=self.config.advertised_wg_endpoint(self.wg_port))
@@ -353,8 +397,13 @@ class GatewayService(MultiService):
         if addr is not None:
             # the public listener: non-private services on the host network;
             # private mappings are refused there (no listener account)
-            self.public_port = self.reactor.listenTCP(addr.port, self.web_factory(None),
-                                                      interface=addr.host)
+            try:
+                self.public_port = self.reactor.listenTCP(addr.port, self.web_factory(None),
+                                                          interface=addr.host)
+            except Exception as exc:
+                self.udp_port.stopListening()
+                raise listen_failed(exc, "the public TCP listener",
+                                    "--addr / NB_PROXY_ADDRESS") from exc
             log.info("public listener on {addr}", addr=self.public_port.getHost())
         super().privilegedStartService()
 

@@ -67,7 +67,9 @@ class GatewayServiceTests(unittest.TestCase):
         self.upstream = reactor.listenTCP(0, server.Site(Echo()), interface="127.0.0.1")
         config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
                        "datadir": self.mktemp(),
-                       "private": True, "health_addr": "", "addr": "127.0.0.1:0"},
+                       "private": True, "health_addr": "", "addr": "127.0.0.1:0",
+                       # the test upstream is on loopback (direct_upstream)
+                       "direct_upstream_allow": "127.0.0.1/32@acct"},
                       {"NB_PROXY_TOKEN": "t"})
         self.mgmt = FakeManagementClient()
         self.svc = GatewayService(config, reactor=reactor, management=self.mgmt,

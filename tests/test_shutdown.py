@@ -92,6 +92,7 @@ class GracefulShutdownTests(unittest.TestCase):
         self.upstream = reactor.listenTCP(0, server.Site(self.held), interface="127.0.0.1")
         config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
                        "datadir": self.mktemp(), "private": True, "health_addr": "",
+                       "direct_upstream_allow": "127.0.0.1/32@acct",  # loopback upstream
                        "addr": "127.0.0.1:0", "drain_timeout": self.drain_timeout},
                       {"NB_PROXY_TOKEN": "t"})
         self.mgmt = FakeManagementClient()

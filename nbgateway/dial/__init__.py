@@ -3,7 +3,9 @@
 Two implementations of :class:`IUpstreamDialer`:
 
 - :class:`nbgateway.dial.direct.DirectDialer` -- the host network stack and
-  host DNS (``direct_upstream=true``, spec proxy.md 3.11);
+  host DNS (``direct_upstream=true``, spec proxy.md 3.11), guarded per
+  account by :class:`nbgateway.dial.guard.DialPolicy` (the operator's
+  ``--direct-upstream-allow`` list; never the gateway's own listeners);
 - :class:`nbgateway.dial.tunnel.TunnelDialer` -- through an account's
   WireGuard netstack (the default), via a pluggable endpoint factory.
 
@@ -38,3 +40,16 @@ class UpstreamError(NBGatewayError):
 
 class ProxyNotConnectedError(UpstreamError):
     """No embedded client (tunnel) for the account: spec 3.12 ``Proxy Not Connected``."""
+
+
+class DirectUpstreamDeniedError(UpstreamError):
+    """A direct dial refused by the operator's policy before any connection
+    (:mod:`nbgateway.dial.guard`): ``reason`` is one of its deny reasons."""
+
+    def __init__(self, reason: str, host: str, port: int, address: str = "") -> None:
+        self.reason = reason
+        self.host = host
+        self.port = port
+        self.address = address
+        where = f"{host}:{port}" + (f" ({address})" if address and address != host else "")
+        super().__init__(f"direct upstream {where} not allowed: {reason}")

@@ -27,7 +27,10 @@ validated :class:`~nbgateway.proxy.headers.Identity`, or None):
   deadline (SSE-friendly);
 - optional per-account in-flight limit on the tunnel path (503);
 - ``rewrite_redirects`` (spec 3.10); an unparseable ``Location`` is a 502;
-- error pages with spec 3.12 statuses (502/504/...);
+- error pages with spec 3.12 statuses (502/504/...); a ``direct_upstream``
+  dial refused by the gateway's dial guard (:mod:`nbgateway.dial.guard`) is a
+  502 ``Destination Not Allowed`` whose access-log entry carries the verdict
+  ``direct_upstream_denied``;
 - ``Upgrade`` requests (WebSocket) go to :mod:`nbgateway.proxy.upgrade`.
 
 Known gap: ``twisted.web.client`` hides the upstream response's
@@ -57,7 +60,8 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from nbgateway.dial import ProxyNotConnectedError
+from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
+from nbgateway.dial.guard import ACCESS_LOG_REASON
 from nbgateway.http.routing import (
     PATH_REWRITE_DEFAULT,
     PathRouter,
@@ -160,8 +164,22 @@ def _root_cause(failure: Failure) -> Any:
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 
 
+DIRECT_UPSTREAM_DENIED = pages.ErrorPage(
+    502, "Destination Not Allowed",
+    "This gateway does not connect to the service's upstream address "
+    "(direct_upstream target outside the operator's allow-list).")
+
+
+def note_dial_denial(request: Any, exc: BaseException) -> None:
+    """A refused direct dial: the verdict of the request's access-log entry."""
+    if isinstance(exc, DirectUpstreamDeniedError):
+        request.nbgw_auth_mechanism = ACCESS_LOG_REASON
+
+
 def classify_error(exc: BaseException, timed_out: bool = False) -> pages.ErrorPage:
     """Spec 3.12: which error page a failed upstream exchange gets."""
+    if isinstance(exc, DirectUpstreamDeniedError):
+        return DIRECT_UPSTREAM_DENIED
     if timed_out or isinstance(exc, error.TimeoutError | error.TCPTimedOutError
                                | defer.TimeoutError | TimeoutError):
         return pages.REQUEST_TIMEOUT
@@ -370,6 +388,7 @@ class _Exchange:
             target=self.route.target,
         )
         self.request.proxy_error = page.title
+        note_dial_denial(self.request, exc)
         self.done = True
         pages.send_page(self.request, page, destination=self.route.target)
 

@@ -269,9 +269,10 @@ class _Attempt:
         if self.finished:
             return
         self.finished = True
-        from nbgateway.proxy.reverse import classify_error
+        from nbgateway.proxy.reverse import classify_error, note_dial_denial
 
         page = classify_error(exc, self.timed_out)
+        note_dial_denial(self.request, exc)
         log.warn("upgrade proxy error {status} {title}: {error}", status=page.code,
                  title=page.title, error=repr(exc), target=self.route.target)
         pages.send_page(self.request, page, destination=self.route.target)
