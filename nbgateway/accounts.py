@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.mgmt.netmap import DEFAULT_ACTION, AccountNetwork, dns_rule
+from nbgateway.mgmt.netmap import DEFAULT_ACTION, AccountNetwork, dns_rule, echo_rule
 from nbgateway.netstack.filter import Rule
 from nbgateway.netstack.stack import Stack
 from nbgateway.store.mappings import MappingObserver
@@ -200,9 +200,9 @@ class AccountRuntime:
     def _apply_filter(self, network: AccountNetwork) -> None:
         assert self.stack is not None
         rules = [Rule.make(**r.rule_kwargs()) for r in network.inbound_rules]
-        dns = dns_rule(network.roster)
-        if dns is not None:
-            rules.append(Rule.make(**dns.rule_kwargs()))
+        for own in (dns_rule(network.roster), echo_rule(network.roster)):
+            if own is not None:
+                rules.append(Rule.make(**own.rule_kwargs()))
         self.stack.filter.set_rules(rules, default=DEFAULT_ACTION)
 
     def _bring_up(self) -> Deferred:

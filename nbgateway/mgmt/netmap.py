@@ -35,7 +35,8 @@ What comes out (:class:`AccountNetwork`):
 The filter's default action for a map is :data:`DEFAULT_ACTION` ("deny": the
 proxy peer accepts only what management allows, fail closed).  The runtime
 adds its own rules for what it serves to every roster peer, e.g.
-:func:`dns_rule` (UDP/TCP 53 from the roster's allowed IPs).
+:func:`dns_rule` (UDP/TCP 53 from the roster's allowed IPs) and
+:func:`echo_rule` (ping, ICMP and ICMPv6 echo, from the same sources).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ __all__ = [
     "RosterPeer",
     "convert",
     "dns_rule",
+    "echo_rule",
     "normalize_name",
 ]
 
@@ -447,6 +449,21 @@ def convert(nm: Any) -> AccountNetwork:
         zones=_convert_zones(nm, skipped),
         inbound_rules=tuple(dict.fromkeys(deny + allow)),
         skipped=dict(skipped),
+    )
+
+
+def echo_rule(roster: Iterable[RosterPeer]) -> InboundRule | None:
+    """Allow ICMP and ICMPv6 echo requests from every roster peer's allowed IPs
+    (ping to the gateway's tunnel addresses, IPv4 and IPv6; the filter only
+    consults rules for echo requests); None for an empty roster."""
+    sources = tuple(dict.fromkeys(net for p in roster for net in p.allowed_ips))
+    if not sources:
+        return None
+    return InboundRule(
+        action="allow",
+        sources=sources,
+        protocols=frozenset({PROTO_ICMP, PROTO_ICMPV6}),
+        policy_id="nbgateway-echo",
     )
 
 

@@ -27,7 +27,8 @@ from nbgateway.management.networkmap import (
     to_proto_network_map,
 )
 from nbgateway.management.synthetic import AccountView, load_account_view
-from nbgateway.mgmt.netmap import convert
+from nbgateway.mgmt.netmap import DEFAULT_ACTION, convert, dns_rule, echo_rule
+from nbgateway.netstack.filter import PacketFilter, Rule
 from tests.management.test_networkmap import private_service
 from tests.management.test_synthetic import _other_peer, _proxy_peer, _service, _user_peer, fixture
 
@@ -160,3 +161,27 @@ def test_from_store_peers_get_v6_addresses_and_maps(store, account):
     pm = build_network_map(view, proxy.id)
     assert pm.address_v6.startswith(proxy.ipv6 + "/")
     assert pm.remote_peers[0].allowed_ips == (f"{user.ip}/32", f"{user.ipv6}/128")
+
+
+def test_gateway_filter_admits_the_v6_source_for_services_dns_and_ping():
+    """The packet filter the gateway builds from the proxy peer's map (as
+    ``AccountRuntime._apply_filter`` does) admits the member peer's IPv6
+    address for HTTPS, DNS and ICMPv6 echo, and nothing from other sources."""
+    nm = build_network_map(v6_fixture(), "proxy-peer")
+    net = convert(pb.NetworkMap.FromString(
+        to_proto_network_map(nm, 1, source_prefixes=True).SerializeToString()))
+    own = [dns_rule(net.roster), echo_rule(net.roster)]
+    rules = [Rule.make(**r.rule_kwargs()) for r in (*net.inbound_rules, *own) if r is not None]
+    f = PacketFilter(rules, default=DEFAULT_ACTION)
+    user6 = ipaddress.ip_address(USER6).packed
+    stranger6 = ipaddress.ip_address("fd12:3456:789a::77").packed
+    assert f.allows(user6, 6, 443) and f.allows(user6, 6, 80)
+    assert f.allows(user6, 17, 53) and f.allows(user6, 6, 53)
+    assert f.allows(user6, 58) and f.allows(ipaddress.ip_address("100.64.0.10").packed, 1)
+    assert not f.allows(user6, 6, 22)
+    for proto, port in ((6, 443), (17, 53), (58, None)):
+        assert not f.allows(stranger6, proto, port)
+
+
+def test_echo_rule_empty_roster():
+    assert echo_rule(()) is None
