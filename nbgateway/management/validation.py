@@ -17,6 +17,11 @@ Documented deviations (spec section 7):
 * No field may contain a NUL character (PostgreSQL text cannot hold it).
 * The service domain must be a DNS hostname; it is lower-cased and a trailing
   dot is dropped, so uniqueness cannot be dodged by case.
+* A direct-upstream host must be an IP literal or a DNS hostname and never an
+  unspecified, multicast or broadcast address in any spelling (``0``,
+  ``0x0``, ``[::]``, ``::ffff:0.0.0.0``, ``224.1``...). Which addresses a
+  gateway may dial (loopback, private ranges) is the gateway's allow-list
+  decision, not management's.
 
 Account-dependent checks (group ids exist, peer targets exist, cluster
 derivation, domain uniqueness) are done by the store in the same transaction.
@@ -28,6 +33,7 @@ import dataclasses
 import ipaddress
 import json
 import re
+import socket
 
 from nbgateway.management.errors import ValidationError
 from nbgateway.management.model import (
@@ -42,6 +48,7 @@ from nbgateway.management.model import (
 __all__ = [
     "MAX_HEADER_VALUE_LEN",
     "canonical_header_key",
+    "direct_host_problem",
     "go_quote",
     "is_valid_header_name",
     "split_host_port_ok",
@@ -210,6 +217,59 @@ def _validate_private(service: Service) -> None:
             _fail(f"access_groups[{i}]: group id is required")
 
 
+_HOST_LABEL_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_NUMERIC_LABEL_RE = re.compile(r"^(?:0[xX][0-9A-Fa-f]*|[0-9]+)$")
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` spells, in any spelling a resolver accepts
+    (``127.1``, ``0x7f000001``, ``017700000001``, ``[::1]``), or None for a name."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        if ":" in host or not all(_NUMERIC_LABEL_RE.match(p) for p in host.split(".")):
+            return None
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def direct_host_problem(host: str) -> str | None:
+    """Why ``host`` can never be a direct upstream, or None when it may be one.
+
+    What management can know without the gateway's network: the host must be an
+    IP literal or a DNS hostname, and never an unspecified, multicast or
+    broadcast address in any spelling. Whether a (loopback, private...) address
+    may be dialed is the gateway's decision (its operator allow-list)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not bare:
+        return "is empty"
+    addr = _ip_literal(host)
+    if addr is None:
+        if ":" in bare or "[" in host or "]" in host:
+            return "is not a valid IP address"
+        name = bare[:-1] if bare.endswith(".") else bare
+        labels = name.split(".")
+        if len(name) > 253 or not all(_HOST_LABEL_RE.match(label) for label in labels):
+            return "is not a valid hostname or IP address"
+        if all(_NUMERIC_LABEL_RE.match(label) for label in labels):
+            return "is not a valid IP address"
+        return None
+    if addr.is_unspecified:
+        return "is an unspecified address"
+    if addr.is_multicast:
+        return "is a multicast address"
+    if addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "is the broadcast address"
+    return None
+
+
 def _validate_direct_host(i: int, host: str) -> None:
     if any(c in host for c in " \t/"):
         _fail(f"target {i}: host {go_quote(host)} contains invalid characters")
@@ -217,6 +277,9 @@ def _validate_direct_host(i: int, host: str) -> None:
         _fail(
             f"target {i}: host {go_quote(host)} must not include a port (set target.port instead)"
         )
+    problem = direct_host_problem(host.strip())
+    if problem is not None:
+        _fail(f"target {i}: direct upstream host {go_quote(host)} {problem}")
 
 
 def _validate_common_target(i: int, t: Target) -> None:
@@ -329,6 +392,7 @@ def _validate_l4_target(t: Target) -> None:
             _fail("target host is required for cluster targets")
         if not t.options.direct_upstream:
             _fail(f"cluster target {t.host} has direct upstream disabled")
+        _validate_direct_host(0, t.host)
     else:
         _fail(f"invalid target_type {go_quote(t.target_type)} for L4 service")
     if t.path not in (None, "", "/"):
