@@ -1,5 +1,8 @@
 """Generate the configuration reference table of README.md from
-:data:`nbgateway.config.SETTINGS` (the single definition of every setting).
+:func:`nbgateway.options.reference_rows` (built from
+:data:`nbgateway.config.SETTINGS`, the single definition of every setting).
+The same rows print the environment section of ``twistd nbgateway --help``
+and of ``nbgateway-admin env``.
 
     .venv/bin/python docs/config_reference.py            # print the table
     .venv/bin/python docs/config_reference.py --write    # replace it in README.md
@@ -18,18 +21,18 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def table() -> str:
-    from nbgateway.config import SETTINGS
+    from nbgateway.options import reference_rows
 
     rows = ["| Flag | Environment | Default | Meaning |", "|---|---|---|---|"]
-    for s in SETTINGS:
-        flag = f"`--{s.flag}`" if s.flag else "(env only)"
-        if s.hidden:
+    for r in reference_rows():
+        flag = f"`{r.flag}`" if r.flag else "(env only)"
+        if r.hidden:
             flag += " (hidden)"
-        default = f"`{s.default}`" if s.default else "empty"
-        meaning = s.help.replace("|", "\\|")
-        if s.secret:
+        default = f"`{r.default}`" if r.default else "empty"
+        meaning = r.meaning.replace("|", "\\|")
+        if r.secret:
             meaning += " (secret: never logged)"
-        rows.append(f"| {flag} | `{s.env}` | {default} | {meaning} |")
+        rows.append(f"| {flag} | `{r.env}` | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 

@@ -150,7 +150,10 @@ class ManagementService(MultiService):
             if self._owns_store:
                 store, self.store = self.store, None
                 store.close()
-            failures[0].raiseException()
+            from nbgateway.startup import listen_failed
+
+            raise listen_failed(failures[0].value, "the management REST API (TCP)",
+                                "--api-addr / NB_MANAGEMENT_API_ADDR")
         super().privilegedStartService()
 
     def _listening(self, port: Any) -> None:

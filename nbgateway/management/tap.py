@@ -26,6 +26,8 @@ from nbgateway.management.service import (
     endpoint_description,
     env_flag,
 )
+from nbgateway.options import ReferenceRow, environment_help
+from nbgateway.startup import OneLineUsage
 
 ENV_PREFIX = "NB_MANAGEMENT_"
 
@@ -48,7 +50,15 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.upper().replace("-", "_")
 
 
-class Options(usage.Options):
+def reference_rows() -> list[ReferenceRow]:
+    """The ``NB_MANAGEMENT_*`` variables (``--help``, ``nbgateway-admin env``)."""
+    return [*(ReferenceRow(env_name(flag), f"--{flag}", default or "", text)
+              for flag, default, text in SETTINGS),
+            ReferenceRow(INSECURE_BIND_ANY_ENV, "--grpc-insecure-bind-any", "",
+                         "1 allows a plaintext gRPC listener on a non-loopback address")]
+
+
+class Options(OneLineUsage, usage.Options):
     synopsis = ("[--datadir DIR] [--api-addr HOST:PORT] [--store-dsn DSN] "
                 "[--grpc-addr HOST:PORT [--grpc-cert PEM --grpc-key PEM] "
                 "[--grpc-insecure-bind-any]]")
@@ -64,6 +74,11 @@ class Options(usage.Options):
     def __init__(self, environ: Mapping[str, str] | None = None):
         super().__init__()
         self._environ = os.environ if environ is None else environ
+
+    def getUsage(self, width: int | None = None) -> str:
+        env = environment_help(reference_rows(), "Environment variables (flags win over the "
+                               "environment):", width or 79)
+        return f"{super().getUsage(width).rstrip()}\n\n{env}"
 
     def postOptions(self) -> None:
         for flag, default, _ in SETTINGS:

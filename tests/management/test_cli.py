@@ -67,10 +67,20 @@ def test_end_to_end_workflow(server, tmp_path):
                        "127.0.0.1:51820", "--proxy-cluster", CLUSTER))
     assert gw["proxy_embedded"] is True and gw["proxy_cluster"] == CLUSTER
     out = ok(server, "peers", "create", f"laptop-{tag}", "--group", f"admins-{tag}")
-    assert "private key (shown once" in out
+    # the generated private key is not printed: only `peers config` hands it out
+    assert f"nbgateway-admin peers config laptop-{tag} > wg0.conf" in out
+    created = json.loads(ok(server, "--json", "peers", "create", f"spare-{tag}"))
+    assert "private_key" not in created
+    ok(server, "peers", "delete", f"spare-{tag}")
     peers = json.loads(ok(server, "--json", "peers", "list"))
     laptop = next(p for p in peers if p["name"] == f"laptop-{tag}")
     assert [g["name"] for g in laptop["groups"] if g["name"] != "All"] == [f"admins-{tag}"]
+    # services
+    out = ok(server, "services", "create", "--name", f"app-{tag}", "--domain",
+             f"app-{tag}.apps.test", "--private", "--access-group", f"admins-{tag}",
+             "--target", f"type=cluster,id={CLUSTER},host=backend.lan,port=8080,direct")
+    assert f"app-{tag}.apps.test" in out
+    # the laptop's group may reach the service: its config lists the gateway
     conf = ok(server, "peer", "config", f"laptop-{tag}")
     assert conf.startswith("[Interface]\nPrivateKey = ")
     assert f"Address = {laptop['ip']}/32" in conf
@@ -78,11 +88,6 @@ def test_end_to_end_workflow(server, tmp_path):
     qr = tmp_path / "wg0.png"
     ok(server, "peer", "config", f"laptop-{tag}", "--qr", str(qr))
     assert qr.read_bytes().startswith(b"\x89PNG")
-    # services
-    out = ok(server, "services", "create", "--name", f"app-{tag}", "--domain",
-             f"app-{tag}.apps.test", "--private", "--access-group", f"admins-{tag}",
-             "--target", f"type=cluster,id={CLUSTER},host=backend.lan,port=8080,direct")
-    assert f"app-{tag}.apps.test" in out
     svc = json.loads(ok(server, "--json", "services", "get", f"app-{tag}.apps.test"))
     assert svc["private"] is True and svc["proxy_cluster"] == CLUSTER
     group_id = json.loads(ok(server, "--json", "groups", "list"))
@@ -144,7 +149,8 @@ def test_auth_and_connection_errors(server):
     out, errs = io.StringIO(), io.StringIO()
     code = cli_main(["--url", f"http://127.0.0.1:{free_port()}", "--token", "x", "groups",
                      "list"], out, errs)
-    assert code == 2 and "cannot reach" in errs.getvalue()
+    assert code == 1 and "cannot reach management at" in errs.getvalue()
+    assert errs.getvalue().count("\n") == 1
     code, _, err = run(server, "peers", "config", "no-such-peer")
     assert code == 1 and "not found" in err
 
@@ -154,7 +160,8 @@ def test_console_entry_reads_env_and_default_token_file(server, tmp_path):
     env.pop("NB_ADMIN_TOKEN", None)
     cmd = [sys.executable, "-m", "nbgateway.management.cli", "groups", "list"]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and "no token" in res.stderr
+    assert res.returncode == 2 and "no admin token" in res.stderr
+    assert str(tmp_path / "nbgateway-data" / "admin-token") in res.stderr
     (tmp_path / "nbgateway-data").mkdir()
     shutil.copy(os.path.join(server.datadir, "admin-token"), tmp_path / "nbgateway-data")
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)

@@ -1,11 +1,22 @@
 """twistd dropin: ``twistd -n nbgateway [options]`` (see ``twistd nbgateway --help``).
 
 Nothing but the ServiceMaker; the heavy imports happen in ``makeService``.
+A port that cannot be bound at start is one log line and exit status 1
+(:mod:`nbgateway.startup`), not a traceback.
 """
 
 from twisted.application.service import ServiceMaker
 
-nbgateway = ServiceMaker(
+
+class _ServiceMaker(ServiceMaker):
+    @property
+    def makeService(self):
+        from nbgateway.startup import exit_on_listen_failure
+
+        return exit_on_listen_failure(super().makeService)
+
+
+nbgateway = _ServiceMaker(
     "nbgateway",
     "nbgateway.tap",
     "Gateway for NetBird-style private services over userspace WireGuard",

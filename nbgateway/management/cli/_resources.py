@@ -1,0 +1,646 @@
+"""``nbgateway-admin`` commands over the REST resources: users, groups, peers,
+services, proxy tokens, access logs, clusters, domains and accounts.
+
+Each handler takes ``(client, args, out)``; :func:`register` adds the
+commands with their help texts and examples.  Secrets are printed only when
+the command's purpose is to hand one out (``peers config``, ``tokens
+create``, ``users token``, ``accounts create``); ``peers create`` never
+prints the generated private key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from nbgateway.management.cli._client import Client, CliError, UsageError, _q
+from nbgateway.management.cli._output import Progress, emit, table, write_json
+from nbgateway.management.cli._parsing import Commands
+
+USER_COLS = ("id", "email", "name", "role", "status", "auto_groups")
+GROUP_COLS = ("id", "name", "peers_count", "peers")
+PEER_COLS = ("id", "name", "ip", "ipv6", "groups", "user_id", "proxy_cluster")
+SERVICE_COLS = ("id", "name", "domain", "mode", "private", "access_groups", "enabled",
+                "proxy_cluster", "status")
+TOKEN_COLS = ("id", "name", "created_at", "expires_at", "last_used", "revoked")
+LOG_COLS = ("timestamp", "method", "host", "path", "status_code", "duration_ms", "source_ip",
+            "user_id", "user_groups", "reason")
+CLUSTER_COLS = ("address", "type", "online", "connected_proxies", "private")
+DOMAIN_COLS = ("id", "domain", "type", "target_cluster", "validated", "supports_private")
+ACCOUNT_COLS = ("id", "name", "admin_user_id", "created_at")
+
+Args = argparse.Namespace
+
+
+# --- name/id resolution --------------------------------------------------------------
+
+
+def resolve(client: Client, path: str, ref: str, what: str, key: str = "name") -> dict[str, Any]:
+    """Find an object by id, else by unique ``key`` (name / domain / email)."""
+    items = client.get(path)
+    for item in items:
+        if item.get("id") == ref:
+            return item
+    matches = [item for item in items if item.get(key) == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CliError(f"{what} {ref!r} not found (list them with "
+                       f"'nbgateway-admin {what}s list')")
+    raise CliError(f"{what} {key} {ref!r} is ambiguous; use the id")
+
+
+def group_ids(client: Client, refs: Sequence[str] | None) -> list[str]:
+    return [resolve(client, "/groups", r, "group")["id"] for r in refs or ()]
+
+
+# --- target spec -----------------------------------------------------------------
+
+TARGET_HELP = """\
+target SPEC: where the gateway forwards requests. Either a URL, reached
+directly from the gateway host:
+
+  --target http://10.0.0.5:8080/app
+
+or comma-separated fields:
+
+  type=cluster|peer|host|domain|subnet   default: cluster (the gateway that serves
+                                         the domain dials host:port itself)
+  id=ID        the peer/resource id (type=peer etc.); for type=cluster the cluster
+               address, default: the cluster whose address ends the --domain
+  host=HOST    upstream host or IP (required for type=cluster)
+  port=PORT    default 80, or 443 with protocol=https
+  protocol=http|https, path=/prefix, timeout=30s
+  direct       dial host:port from the gateway host (implied by type=cluster)"""
+
+
+def parse_target(spec: str) -> dict[str, Any]:
+    """``type=cluster,host=10.0.0.5,port=8080,protocol=http,path=/,direct``, or
+    ``http://10.0.0.5:8080/path`` (a cluster target dialled directly).  A
+    cluster target's ``target_id`` may be left for :func:`complete_targets`."""
+    if "://" in spec:
+        return _url_target(spec)
+    target: dict[str, Any] = {"protocol": "http", "enabled": True}
+    options: dict[str, Any] = {}
+    keys = {"type": "target_type", "id": "target_id", "host": "host", "port": "port",
+            "protocol": "protocol", "path": "path"}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        if name in ("direct", "direct_upstream") and not sep:
+            options["direct_upstream"] = True
+        elif name == "timeout" and sep:
+            options["request_timeout"] = value
+        elif name in keys and sep:
+            if name == "port":
+                try:
+                    target["port"] = int(value)
+                except ValueError:
+                    raise UsageError(f"--target: port must be a number, not {value!r}") \
+                        from None
+            else:
+                target[keys[name]] = value
+        else:
+            raise UsageError(f"--target: bad field {part!r}; use a URL or type=,id=,host=,"
+                             "port=,protocol=,path=,timeout=,direct (see 'nbgateway-admin "
+                             "services create --help')")
+    target.setdefault("target_type", "peer" if "target_id" in target else "cluster")
+    if target["target_type"] == "cluster":
+        options.setdefault("direct_upstream", True)
+        if not target.get("host"):
+            raise UsageError("--target: a cluster target needs host= (the upstream the "
+                             "gateway dials), e.g. host=10.0.0.5,port=8080")
+    if options:
+        target["options"] = options
+    target.setdefault("port", 443 if target["protocol"] == "https" else 80)
+    return target
+
+
+def _url_target(spec: str) -> dict[str, Any]:
+    parts = urllib.parse.urlsplit(spec)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--target: {spec!r} is not an http(s)://host[:port] URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UsageError(f"--target: invalid port in {spec!r}") from None
+    target: dict[str, Any] = {"target_type": "cluster", "protocol": parts.scheme,
+                              "host": parts.hostname, "port": port, "enabled": True,
+                              "options": {"direct_upstream": True}}
+    if parts.path not in ("", "/"):
+        target["path"] = parts.path
+    return target
+
+
+def complete_targets(client: Client, domain: str, targets: list[dict[str, Any]]) -> None:
+    """Fill a cluster target's missing id: the cluster serving ``domain``."""
+    if all(t.get("target_id") for t in targets):
+        return
+    clusters = [c["address"] for c in client.get("/reverse-proxies/clusters") or []]
+    owning = sorted((a for a in clusters if domain == a or domain.endswith("." + a)),
+                    key=len, reverse=True)
+    if not owning:
+        raise UsageError(f"no gateway cluster serves {domain!r} (known: "
+                         f"{', '.join(clusters) or 'none'}); pick a domain under one, or "
+                         "give id=CLUSTER in --target")
+    for t in targets:
+        t.setdefault("target_id", owning[0])
+
+
+# --- users -------------------------------------------------------------------------
+
+
+def users_list(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, client.get("/users"), USER_COLS)
+
+
+def users_show(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, resolve(client, "/users", args.ref, "user", key="email"), USER_COLS)
+
+
+def users_create(client: Client, args: Args, out: TextIO) -> None:
+    body = {"email": args.email or "", "name": args.name or "", "role": args.role,
+            "auto_groups": group_ids(client, args.auto_group), "is_service_user": False}
+    emit(args.json, out, client.post("/users", body), USER_COLS)
+
+
+def users_delete(client: Client, args: Args, out: TextIO) -> None:
+    user = resolve(client, "/users", args.ref, "user", key="email")
+    client.delete(f"/users/{_q(user['id'])}")
+    out.write(f"deleted user {user['id']}\n")
+
+
+def _users_block(client: Client, args: Args, out: TextIO, blocked: bool) -> None:
+    user = resolve(client, "/users", args.ref, "user", key="email")
+    body = {"role": user["role"], "auto_groups": user["auto_groups"], "is_blocked": blocked,
+            "pending_approval": False}
+    emit(args.json, out, client.put(f"/users/{_q(user['id'])}", body), USER_COLS)
+
+
+def users_block(client: Client, args: Args, out: TextIO) -> None:
+    _users_block(client, args, out, True)
+
+
+def users_unblock(client: Client, args: Args, out: TextIO) -> None:
+    _users_block(client, args, out, False)
+
+
+def users_token(client: Client, args: Args, out: TextIO) -> None:
+    user = resolve(client, "/users", args.ref, "user", key="email")
+    gen = client.post(f"/users/{_q(user['id'])}/tokens",
+                      {"name": args.name, "expires_in": args.days})
+    if args.json:
+        write_json(out, gen)
+        return
+    table([gen["personal_access_token"]], ("id", "name", "expiration_date"), out)
+    out.write(f"token (shown once): {gen['plain_token']}\n")
+
+
+# --- groups ------------------------------------------------------------------------
+
+
+def groups_list(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, client.get("/groups"), GROUP_COLS)
+
+
+def groups_show(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, resolve(client, "/groups", args.ref, "group"), GROUP_COLS)
+
+
+def groups_create(client: Client, args: Args, out: TextIO) -> None:
+    peers = [resolve(client, "/peers", p, "peer")["id"] for p in args.peer or ()]
+    progress = Progress(sys.stderr, len(args.name))
+    created = []
+    for name in args.name:
+        created.append(client.post("/groups", {"name": name, "peers": peers}))
+        progress.step(f"created group {name}")
+    emit(args.json, out, created if len(created) > 1 else created[0], GROUP_COLS)
+
+
+def groups_delete(client: Client, args: Args, out: TextIO) -> None:
+    group = resolve(client, "/groups", args.ref, "group")
+    client.delete(f"/groups/{_q(group['id'])}")
+    out.write(f"deleted group {group['id']}\n")
+
+
+def _groups_member(client: Client, args: Args, out: TextIO, add: bool) -> None:
+    group = resolve(client, "/groups", args.ref, "group")
+    peer = resolve(client, "/peers", args.peer_ref, "peer")["id"]
+    members = [p["id"] for p in group["peers"]]
+    if add and peer not in members:
+        members.append(peer)
+    elif not add:
+        members = [m for m in members if m != peer]
+    body = {"name": group["name"], "peers": members}
+    emit(args.json, out, client.put(f"/groups/{_q(group['id'])}", body), GROUP_COLS)
+
+
+def groups_add_peer(client: Client, args: Args, out: TextIO) -> None:
+    _groups_member(client, args, out, True)
+
+
+def groups_remove_peer(client: Client, args: Args, out: TextIO) -> None:
+    _groups_member(client, args, out, False)
+
+
+# --- peers -------------------------------------------------------------------------
+
+
+def peers_list(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, client.get("/peers"), PEER_COLS)
+
+
+def peers_show(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, resolve(client, "/peers", args.ref, "peer"), PEER_COLS)
+
+
+def peers_create(client: Client, args: Args, out: TextIO) -> None:
+    if args.public_key and len(args.name) > 1:
+        raise UsageError("peers create: --public-key names one key; create one peer at a time")
+    base: dict[str, Any] = {"groups": group_ids(client, args.group)}
+    if args.public_key:
+        base["public_key"] = args.public_key
+    if args.user:
+        base["user_id"] = resolve(client, "/users", args.user, "user", key="email")["id"]
+    if args.endpoint:
+        base["endpoint"] = args.endpoint
+    if args.proxy_cluster:
+        base["proxy_cluster"] = args.proxy_cluster
+    progress = Progress(sys.stderr, len(args.name))
+    created = []
+    for name in args.name:
+        peer = client.post("/peers", {**base, "name": name})
+        peer.pop("private_key", None)  # a secret: only `peers config` prints it
+        created.append(peer)
+        progress.step(f"created peer {name}")
+    if args.json:
+        write_json(out, created if len(created) > 1 else created[0])
+        return
+    table(created, PEER_COLS, out)
+    if not args.public_key:
+        out.write("its WireGuard config (with the private key): nbgateway-admin peers config "
+                  f"{created[0]['name'] if len(created) == 1 else 'NAME'} > wg0.conf\n")
+
+
+def peers_delete(client: Client, args: Args, out: TextIO) -> None:
+    peer = resolve(client, "/peers", args.ref, "peer")
+    client.delete(f"/peers/{_q(peer['id'])}")
+    out.write(f"deleted peer {peer['id']}\n")
+
+
+def peers_config(client: Client, args: Args, out: TextIO) -> None:
+    peer = resolve(client, "/peers", args.ref, "peer")
+    path = f"/peers/{_q(peer['id'])}/wireguard-config"
+    if args.qr:
+        png = client.request("GET", path, query={"format": "qr"}, raw=True)
+        with open(args.qr, "wb") as f:
+            f.write(png)
+        print(f"wrote QR code to {args.qr}", file=sys.stderr)
+        return
+    conf = client.request("GET", path, raw=True).decode()
+    if args.json:
+        write_json(out, {"peer": peer["id"], "name": peer["name"], "config": conf})
+    else:
+        out.write(conf)
+
+
+# --- services ----------------------------------------------------------------------
+
+
+def _with_status(svc: dict[str, Any]) -> dict[str, Any]:
+    meta = svc.get("meta") or {}
+    return {**svc, "status": meta.get("status")}
+
+
+def services_list(client: Client, args: Args, out: TextIO) -> None:
+    services = client.get("/reverse-proxies/services")
+    if args.json:
+        write_json(out, services)
+    else:
+        table([_with_status(s) for s in services], SERVICE_COLS, out)
+
+
+def services_show(client: Client, args: Args, out: TextIO) -> None:
+    svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
+    if args.json:
+        write_json(out, svc)
+        return
+    table([_with_status(svc)], SERVICE_COLS, out)
+    message = (svc.get("meta") or {}).get("status_message")
+    if message:
+        out.write(f"status message: {message}\n")
+    for t in svc.get("targets") or []:
+        out.write(f"target  {t.get('target_type')} {t.get('target_id')} -> "
+                  f"{t.get('protocol')}://{t.get('host')}:{t.get('port')}"
+                  f"{t.get('path') or ''}\n")
+
+
+def services_create(client: Client, args: Args, out: TextIO) -> None:
+    if not args.target:
+        raise UsageError("services create: at least one --target is required, e.g. "
+                         "--target http://10.0.0.5:8080")
+    targets = [parse_target(t) for t in args.target]
+    complete_targets(client, args.domain, targets)
+    body: dict[str, Any] = {"name": args.name or args.domain.split(".")[0],
+                            "domain": args.domain, "enabled": not args.disabled,
+                            "mode": args.mode, "targets": targets,
+                            "pass_host_header": args.pass_host_header}
+    if args.private:
+        body["private"] = True
+    if args.access_group:
+        body["access_groups"] = group_ids(client, args.access_group)
+    created = client.post("/reverse-proxies/services", body)
+    if args.json:
+        write_json(out, created)
+    else:
+        table([_with_status(created)], SERVICE_COLS, out)
+
+
+def services_delete(client: Client, args: Args, out: TextIO) -> None:
+    svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
+    client.delete(f"/reverse-proxies/services/{_q(svc['id'])}")
+    out.write(f"deleted service {svc['id']} ({svc['domain']})\n")
+
+
+# --- proxy tokens ------------------------------------------------------------------
+
+
+def tokens_list(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, client.get("/reverse-proxies/proxy-tokens"), TOKEN_COLS)
+
+
+def tokens_create(client: Client, args: Args, out: TextIO) -> None:
+    created = client.post("/reverse-proxies/proxy-tokens",
+                          {"name": args.name, "expires_in": args.expires_in})
+    if args.json:
+        write_json(out, created)
+        return
+    table([created], TOKEN_COLS, out)
+    out.write(f"token (shown once): {created['plain_token']}\n")
+
+
+def tokens_delete(client: Client, args: Args, out: TextIO) -> None:
+    token = resolve(client, "/reverse-proxies/proxy-tokens", args.ref, "token")
+    client.delete(f"/reverse-proxies/proxy-tokens/{_q(token['id'])}")
+    out.write(f"revoked token {token['id']}\n")
+
+
+# --- logs, clusters, domains -------------------------------------------------------
+
+LOG_FILTERS = ("page", "page_size", "sort_by", "sort_order", "search", "host", "path",
+               "user_id", "source_ip", "method", "status", "status_code", "start_date",
+               "end_date")
+
+
+def logs_list(client: Client, args: Args, out: TextIO) -> None:
+    page = client.request("GET", "/events/proxy",
+                          query={k: getattr(args, k) for k in LOG_FILTERS})
+    if args.json:
+        write_json(out, page)
+        return
+    table(page["data"], LOG_COLS, out)
+    out.write(f"page {page['page']}/{page['total_pages']}, {page['total_records']} entries\n")
+
+
+def clusters_list(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, client.get("/reverse-proxies/clusters"), CLUSTER_COLS)
+
+
+def domains_list(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, client.get("/reverse-proxies/domains"), DOMAIN_COLS)
+
+
+def domains_create(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, client.post("/reverse-proxies/domains", {
+        "domain": args.domain, "target_cluster": args.target_cluster}), DOMAIN_COLS)
+
+
+def domains_delete(client: Client, args: Args, out: TextIO) -> None:
+    dom = resolve(client, "/reverse-proxies/domains", args.ref, "domain", key="domain")
+    client.delete(f"/reverse-proxies/domains/{_q(dom['id'])}")
+    out.write(f"deleted domain {dom['domain']}\n")
+
+
+# --- accounts ----------------------------------------------------------------------
+
+
+def accounts_list(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, client.get("/accounts"), ACCOUNT_COLS)
+
+
+def accounts_show(client: Client, args: Args, out: TextIO) -> None:
+    emit(args.json, out, resolve(client, "/accounts", args.ref, "account"), ACCOUNT_COLS)
+
+
+def accounts_create(client: Client, args: Args, out: TextIO) -> None:
+    body: dict[str, Any] = {"name": args.name}
+    if args.admin_email:
+        body["admin_email"] = args.admin_email
+    created = client.post("/accounts", body)
+    if args.json:
+        write_json(out, created)
+        return
+    table([created], ACCOUNT_COLS, out)
+    out.write(f"first admin's token (shown once): {created.get('token')}\n"
+              f"use it: NB_ADMIN_TOKEN=<token> nbgateway-admin groups list\n")
+
+
+# --- registration ------------------------------------------------------------------
+
+
+def register(cmd: Commands) -> None:
+    g = cmd.group("users", "list, create, block or delete users; create their API tokens",
+                  aliases=["user"], example=[
+                      "nbgateway-admin users list",
+                      "nbgateway-admin users create --email eve@example.com --auto-group ops",
+                      "nbgateway-admin users token eve@example.com --days 7"])
+    g.add("list", "list the account's users", func=users_list,
+          example=["nbgateway-admin users list --json"])
+    g.add("show", "show one user", func=users_show,
+          example=["nbgateway-admin users show eve@example.com"]).add_argument(
+        "ref", metavar="USER", help="user id or email")
+    c = g.add("create", "create a user", func=users_create,
+              example=["nbgateway-admin users create --email eve@example.com --role admin"])
+    c.add_argument("--email", help="the user's email (how other commands find the user)")
+    c.add_argument("--name", help="display name")
+    c.add_argument("--role", default="user", choices=["owner", "admin", "user"],
+                   help="default: %(default)s")
+    c.add_argument("--auto-group", action="append", metavar="GROUP",
+                   help="group name or id the user's peers join (repeatable)")
+    for verb, func, text in (("delete", users_delete, "delete a user"),
+                             ("block", users_block, "block a user (their tokens stop working)"),
+                             ("unblock", users_unblock, "unblock a user")):
+        g.add(verb, text, func=func, example=[f"nbgateway-admin users {verb} eve@example.com"]
+              ).add_argument("ref", metavar="USER", help="user id or email")
+    c = g.add("token", "create a personal access token for the REST API (printed once)",
+              func=users_token,
+              example=["nbgateway-admin users token eve@example.com --name ci --days 7"])
+    c.add_argument("ref", metavar="USER", help="user id or email")
+    c.add_argument("--name", default="nbgateway-admin", help="token name (default: %(default)s)")
+    c.add_argument("--days", type=int, default=30, help="lifetime in days, 1..365 "
+                                                        "(default: %(default)s)")
+
+    g = cmd.group("groups", "list, create or delete groups; add or remove peers",
+                  aliases=["group"], example=[
+                      "nbgateway-admin groups create admins",
+                      "nbgateway-admin groups add-peer admins laptop"])
+    g.add("list", "list groups with their peers", func=groups_list,
+          example=["nbgateway-admin groups list"])
+    g.add("show", "show one group", func=groups_show,
+          example=["nbgateway-admin groups show admins"]).add_argument(
+        "ref", metavar="GROUP", help="group name or id")
+    c = g.add("create", "create one or more groups", func=groups_create,
+              example=["nbgateway-admin groups create admins",
+                       "nbgateway-admin groups create dev ops qa"])
+    c.add_argument("name", nargs="+", metavar="NAME", help="group name(s)")
+    c.add_argument("--peer", action="append", metavar="PEER",
+                   help="peer name or id to put in the group (repeatable)")
+    g.add("delete", "delete a group (refused while a service uses it)", func=groups_delete,
+          example=["nbgateway-admin groups delete admins"]).add_argument(
+        "ref", metavar="GROUP", help="group name or id")
+    for verb, func, text in (("add-peer", groups_add_peer, "put a peer in a group"),
+                             ("remove-peer", groups_remove_peer, "take a peer out of a group")):
+        c = g.add(verb, text, func=func, example=[f"nbgateway-admin groups {verb} admins laptop"])
+        c.add_argument("ref", metavar="GROUP", help="group name or id")
+        c.add_argument("peer_ref", metavar="PEER", help="peer name or id")
+
+    g = cmd.group("peers", "list, create or delete WireGuard peers; print their configs",
+                  aliases=["peer"], example=[
+                      "nbgateway-admin peers create laptop --group admins",
+                      "nbgateway-admin peers config laptop > wg0.conf"])
+    g.add("list", "list peers", func=peers_list, example=["nbgateway-admin peers list"])
+    g.add("show", "show one peer", func=peers_show,
+          example=["nbgateway-admin peers show laptop"]).add_argument(
+        "ref", metavar="PEER", help="peer name or id")
+    c = g.add("create", "create one or more peers (the private key is printed only by "
+                        "'peers config')", func=peers_create,
+              example=["nbgateway-admin peers create laptop --group admins",
+                       "nbgateway-admin peers create phone --public-key $(wg pubkey < key)",
+                       "nbgateway-admin peers create pc1 pc2 pc3 --group lab"])
+    c.add_argument("name", nargs="+", metavar="NAME", help="peer name(s)")
+    c.add_argument("--public-key", help="client-generated WireGuard public key (default: "
+                                        "management generates the key pair)")
+    c.add_argument("--group", action="append", metavar="GROUP",
+                   help="group name or id (repeatable)")
+    c.add_argument("--user", help="owning user id or email")
+    c.add_argument("--endpoint", metavar="HOST:PORT", help="static UDP endpoint")
+    c.add_argument("--proxy-cluster", metavar="CLUSTER",
+                   help="register a proxy peer (gateway) serving this cluster address; it "
+                        "appears as [Peer] in other peers' configs")
+    g.add("delete", "delete a peer", func=peers_delete,
+          example=["nbgateway-admin peers delete laptop"]).add_argument(
+        "ref", metavar="PEER", help="peer name or id")
+    c = g.add("config", "print the peer's wg-quick config, private key included",
+              func=peers_config,
+              example=["nbgateway-admin peers config laptop > wg0.conf",
+                       "nbgateway-admin peers config laptop --qr wg0.png"])
+    c.add_argument("ref", metavar="PEER", help="peer name or id")
+    c.add_argument("--qr", metavar="FILE", help="write a PNG QR code to FILE instead")
+
+    g = cmd.group("services", "list, create, show or delete reverse-proxy services",
+                  aliases=["service"], example=[
+                      "nbgateway-admin services create --domain app.nbgateway.internal "
+                      "--private --access-group admins --target http://127.0.0.1:8000",
+                      "nbgateway-admin services show app.nbgateway.internal"])
+    g.add("list", "list services with their status", func=services_list,
+          example=["nbgateway-admin services list"])
+    c = g.add("show", "show one service, its status and targets", func=services_show,
+              aliases=["get"], example=["nbgateway-admin services show app.example.com"])
+    c.add_argument("ref", metavar="SERVICE", help="service id or domain")
+    c = g.add("create", "create a service: a domain the gateway serves and where it "
+                        "forwards", func=services_create,
+              description="Create a service: a domain the gateway serves and the upstream "
+                          "it forwards to.\n\n" + TARGET_HELP,
+              example=["nbgateway-admin services create --domain app.nbgateway.internal \\",
+                       "    --private --access-group admins --target http://127.0.0.1:8000",
+                       "nbgateway-admin services create --name api --domain api.example.com \\",
+                       "    --target type=cluster,id=example.com,host=10.0.0.5,port=8443,"
+                       "protocol=https"])
+    c.add_argument("--domain", required=True, help="the service's FQDN (under a cluster "
+                                                   "address or a custom domain)")
+    c.add_argument("--name", help="service name (default: the domain's first label)")
+    c.add_argument("--mode", default="http", choices=["http", "tcp", "udp", "tls"],
+                   help="default: %(default)s")
+    c.add_argument("--private", action="store_true",
+                   help="reachable only through the WireGuard tunnel, by --access-group members")
+    c.add_argument("--access-group", action="append", metavar="GROUP",
+                   help="group name or id allowed in (repeatable; required with --private)")
+    c.add_argument("--target", action="append", metavar="SPEC",
+                   help="upstream URL or field list, see above (repeatable)")
+    c.add_argument("--pass-host-header", action="store_true",
+                   help="send the client's Host header upstream")
+    c.add_argument("--disabled", action="store_true", help="create it disabled")
+    g.add("delete", "delete a service", func=services_delete,
+          example=["nbgateway-admin services delete app.example.com"]).add_argument(
+        "ref", metavar="SERVICE", help="service id or domain")
+
+    g = cmd.group("tokens", "list, create or delete proxy access tokens (for gateways "
+                            "connecting with --mgmt)", aliases=["token", "proxy-tokens"],
+                  example=["nbgateway-admin tokens create eu-gateway",
+                           "nbgateway-admin tokens delete eu-gateway"])
+    g.add("list", "list proxy tokens", func=tokens_list, example=["nbgateway-admin tokens list"])
+    c = g.add("create", "create a proxy token (printed once)", func=tokens_create,
+              example=["nbgateway-admin tokens create eu-gateway --expires-in 86400"])
+    c.add_argument("name", metavar="NAME", help="token name")
+    c.add_argument("--expires-in", type=int, default=0, metavar="SECONDS",
+                   help="lifetime in seconds (default: 0 = never expires)")
+    g.add("delete", "revoke a proxy token", func=tokens_delete, aliases=["revoke"],
+          example=["nbgateway-admin tokens delete eu-gateway"]).add_argument(
+        "ref", metavar="TOKEN", help="token id or name")
+
+    c = cmd.add("logs", "list the gateways' access log entries", func=logs_list,
+                aliases=["access-logs"],
+                example=["nbgateway-admin logs list --status failed",
+                         "nbgateway-admin logs list --host app.example.com --page-size 20 --json"])
+    c.add_argument("action", nargs="?", choices=["list"], default="list",
+                   help="list (the default)")
+    c.add_argument("--page", type=int, help="page number, from 1")
+    c.add_argument("--page-size", type=int, help="entries per page")
+    for opt, text in (("sort-by", "field to sort by, e.g. timestamp"),
+                      ("search", "free-text search"), ("host", "request host"),
+                      ("path", "request path"), ("user-id", "authenticated user id"),
+                      ("source-ip", "client IP"), ("method", "HTTP method"),
+                      ("start-date", "from this time (RFC 3339)"),
+                      ("end-date", "until this time (RFC 3339)")):
+        c.add_argument(f"--{opt}", help=text)
+    c.add_argument("--sort-order", choices=["asc", "desc"])
+    c.add_argument("--status", choices=["success", "failed"], help="outcome")
+    c.add_argument("--status-code", type=int, help="HTTP status code")
+
+    c = cmd.add("clusters", "list gateway clusters and whether a gateway is connected",
+                func=clusters_list, aliases=["cluster"],
+                example=["nbgateway-admin clusters list"])
+    c.add_argument("action", nargs="?", choices=["list"], default="list",
+                   help="list (the default)")
+
+    g = cmd.group("domains", "list, create or delete custom domains", aliases=["domain"],
+                  example=["nbgateway-admin domains create apps.example.com eu.proxy.example"])
+    g.add("list", "list domains (cluster addresses and custom domains)", func=domains_list,
+          example=["nbgateway-admin domains list"])
+    c = g.add("create", "add a custom domain served by a cluster", func=domains_create,
+              example=["nbgateway-admin domains create apps.example.com eu.proxy.example"])
+    c.add_argument("domain", metavar="DOMAIN", help="the custom domain")
+    c.add_argument("target_cluster", metavar="CLUSTER", help="cluster address serving it")
+    g.add("delete", "delete a custom domain", func=domains_delete,
+          example=["nbgateway-admin domains delete apps.example.com"]).add_argument(
+        "ref", metavar="DOMAIN", help="domain id or name")
+
+    g = cmd.group("accounts", "list, create or show accounts (tenants); instance admin only",
+                  aliases=["account"],
+                  example=["nbgateway-admin accounts create acme --admin-email ops@acme.test",
+                           "nbgateway-admin accounts list"])
+    g.add("list", "list accounts (an account admin sees only their own)", func=accounts_list,
+          example=["nbgateway-admin accounts list --json"])
+    g.add("show", "show one account", func=accounts_show,
+          example=["nbgateway-admin accounts show acme"]).add_argument(
+        "ref", metavar="ACCOUNT", help="account id or name")
+    c = g.add("create", "create an account and its first admin; prints that admin's token "
+                        "once", func=accounts_create,
+              example=["nbgateway-admin accounts create acme --admin-email ops@acme.test",
+                       "nbgateway-admin accounts create acme --json | jq -r .token"])
+    c.add_argument("name", metavar="NAME", help="account name")
+    c.add_argument("--admin-email", metavar="EMAIL", help="the first admin's email")
+
+
