@@ -222,6 +222,37 @@ class Handlers:
         _require_admin(call)
         acct = _acct(call)
         domain = call.body.get("domain", "").strip().lower().rstrip(".")
+    def list_proxies(self, call: Call) -> Result:
+        """The gateways visible to the account: connection state, capabilities
+        and where each listens inside this account's tunnel (``nbgateway-admin
+        status``)."""
+        from nbgateway.management.store._proxies import ACTIVE_WINDOW
+
+        acct = _acct(call)
+        listeners: dict[str, list[dict[str, Any]]] = {}
+        for li in self.store.list_inbound_listeners(acct):
+            listeners.setdefault(li.proxy_id, []).append(
+                {"tunnel_ip": li.tunnel_ip, "https_port": li.https_port,
+                 "http_port": li.http_port})
+        now = datetime.now(UTC)
+        out = []
+        for p in self.store.list_proxies(acct):
+            seen = p.last_seen.replace(tzinfo=UTC) if p.last_seen and p.last_seen.tzinfo is None \
+                else p.last_seen
+            caps = p.capabilities
+            online = p.status == "connected" and seen is not None and seen > now - ACTIVE_WINDOW
+            out.append({
+                "id": p.id, "cluster_address": p.cluster_address, "ip_address": p.ip_address,
+                "status": p.status, "online": online,
+                **({"last_seen": m.ts(seen)} if seen is not None else {}),
+                "capabilities": {k: v for k, v in (
+                    ("supports_custom_ports", caps.supports_custom_ports),
+                    ("require_subdomain", caps.require_subdomain),
+                    ("supports_crowdsec", caps.supports_crowdsec),
+                    ("private", caps.private)) if v is not None},
+                "inbound_listeners": listeners.get(p.id, [])})
+        return Result(200, out)
+
         target = call.body.get("target_cluster", "").strip().lower().rstrip(".")
         if not domain:
             raise ValidationError("domain is required")
@@ -565,6 +596,21 @@ def build_routes(h: Handlers) -> list[Route]:
               "it (every account for an instance admin)", "Services",
               query=[_q("status", enum=["pending", "active", "tunnel_not_created",
                                         "certificate_pending", "certificate_failed", "error"])],
+_PROXIES_SCHEMA: dict[str, Any] = {"type": "array", "items": {
+    "type": "object",
+    "required": ["id", "cluster_address", "status", "online", "capabilities",
+                 "inbound_listeners"],
+    "properties": {
+        "id": {"type": "string"}, "cluster_address": {"type": "string"},
+        "ip_address": {"type": "string"}, "status": {"type": "string"},
+        "last_seen": {"type": "string", "format": "date-time"}, "online": {"type": "boolean"},
+        "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "inbound_listeners": {"type": "array", "items": {
+            "type": "object", "required": ["tunnel_ip", "https_port", "http_port"],
+            "properties": {"tunnel_ip": {"type": "string"}, "https_port": {"type": "integer"},
+                           "http_port": {"type": "integer"}}}}}}}
+
+
               response_schema=arr("ServiceStatus"), errors=(403,)),
         Route("GET", svc, h.list_services, "listServices", "List services", "Services",
               response_schema=arr("Service")),
@@ -610,6 +656,9 @@ def build_routes(h: Handlers) -> list[Route]:
               response_schema=arr("User")),
         Route("POST", "/users", h.create_user, "createUser", "Create a user", "Users",
               request_schema="UserCreateRequest", response_schema=ref("User"),
+        Route("GET", rp + "/proxies", h.list_proxies, "listProxies",
+              "List the gateways (proxies) with capabilities and inbound listeners",
+              "Services", response_schema=_PROXIES_SCHEMA),
               errors=(400, 403, 409, 413, 422)),
         Route("GET", "/users/{userId}", h.get_user, "getUser", "Get a user", "Users",
               response_schema=ref("User"), errors=r),
