@@ -205,23 +205,6 @@ class Handlers:
     def list_clusters(self, call: Call) -> Result:
         return Result(200, [m.cluster_to_api(c) for c in self.store.list_clusters(_acct(call))])
 
-    def delete_cluster(self, call: Call) -> Result:
-        _require_admin(call)
-        self.store.delete_cluster(_acct(call), call.params["clusterAddress"])
-        return Result(200, {})
-
-    def list_domains(self, call: Call) -> Result:
-        acct = _acct(call)
-        clusters = {c.address: c for c in self.store.list_clusters(acct)}
-        out = [m.free_domain_to_api(c) for c in clusters.values() if c.online]
-        out += [m.custom_domain_to_api(d, clusters.get(d.target_cluster))
-                for d in self.store.list_domains(acct)]
-        return Result(200, out)
-
-    def create_domain(self, call: Call) -> Result:
-        _require_admin(call)
-        acct = _acct(call)
-        domain = call.body.get("domain", "").strip().lower().rstrip(".")
     def list_proxies(self, call: Call) -> Result:
         """The gateways visible to the account: connection state, capabilities
         and where each listens inside this account's tunnel (``nbgateway-admin
@@ -253,6 +236,23 @@ class Handlers:
                 "inbound_listeners": listeners.get(p.id, [])})
         return Result(200, out)
 
+    def delete_cluster(self, call: Call) -> Result:
+        _require_admin(call)
+        self.store.delete_cluster(_acct(call), call.params["clusterAddress"])
+        return Result(200, {})
+
+    def list_domains(self, call: Call) -> Result:
+        acct = _acct(call)
+        clusters = {c.address: c for c in self.store.list_clusters(acct)}
+        out = [m.free_domain_to_api(c) for c in clusters.values() if c.online]
+        out += [m.custom_domain_to_api(d, clusters.get(d.target_cluster))
+                for d in self.store.list_domains(acct)]
+        return Result(200, out)
+
+    def create_domain(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        domain = call.body.get("domain", "").strip().lower().rstrip(".")
         target = call.body.get("target_cluster", "").strip().lower().rstrip(".")
         if not domain:
             raise ValidationError("domain is required")
@@ -565,6 +565,21 @@ _LOG_QUERY = [
 ]
 
 
+_PROXIES_SCHEMA: dict[str, Any] = {"type": "array", "items": {
+    "type": "object",
+    "required": ["id", "cluster_address", "status", "online", "capabilities",
+                 "inbound_listeners"],
+    "properties": {
+        "id": {"type": "string"}, "cluster_address": {"type": "string"},
+        "ip_address": {"type": "string"}, "status": {"type": "string"},
+        "last_seen": {"type": "string", "format": "date-time"}, "online": {"type": "boolean"},
+        "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "inbound_listeners": {"type": "array", "items": {
+            "type": "object", "required": ["tunnel_ip", "https_port", "http_port"],
+            "properties": {"tunnel_ip": {"type": "string"}, "https_port": {"type": "integer"},
+                           "http_port": {"type": "integer"}}}}}}}
+
+
 def build_routes(h: Handlers) -> list[Route]:
     """The route table: dispatch order and the OpenAPI document both come from it."""
 
@@ -596,21 +611,6 @@ def build_routes(h: Handlers) -> list[Route]:
               "it (every account for an instance admin)", "Services",
               query=[_q("status", enum=["pending", "active", "tunnel_not_created",
                                         "certificate_pending", "certificate_failed", "error"])],
-_PROXIES_SCHEMA: dict[str, Any] = {"type": "array", "items": {
-    "type": "object",
-    "required": ["id", "cluster_address", "status", "online", "capabilities",
-                 "inbound_listeners"],
-    "properties": {
-        "id": {"type": "string"}, "cluster_address": {"type": "string"},
-        "ip_address": {"type": "string"}, "status": {"type": "string"},
-        "last_seen": {"type": "string", "format": "date-time"}, "online": {"type": "boolean"},
-        "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
-        "inbound_listeners": {"type": "array", "items": {
-            "type": "object", "required": ["tunnel_ip", "https_port", "http_port"],
-            "properties": {"tunnel_ip": {"type": "string"}, "https_port": {"type": "integer"},
-                           "http_port": {"type": "integer"}}}}}}}
-
-
               response_schema=arr("ServiceStatus"), errors=(403,)),
         Route("GET", svc, h.list_services, "listServices", "List services", "Services",
               response_schema=arr("Service")),
@@ -625,6 +625,9 @@ _PROXIES_SCHEMA: dict[str, Any] = {"type": "array", "items": {
               "Delete a service", "Services", response_schema=ref("Empty"), errors=(403, 404)),
         Route("GET", rp + "/clusters", h.list_clusters, "listClusters", "List proxy clusters",
               "Clusters", response_schema=arr("ProxyCluster")),
+        Route("GET", rp + "/proxies", h.list_proxies, "listProxies",
+              "List the gateways (proxies) with capabilities and inbound listeners",
+              "Services", response_schema=_PROXIES_SCHEMA),
         Route("DELETE", rp + "/clusters/{clusterAddress}", h.delete_cluster, "deleteCluster",
               "Delete the account's own proxies of a cluster", "Clusters",
               response_schema=ref("Empty"), errors=(403, 404)),
@@ -656,9 +659,6 @@ _PROXIES_SCHEMA: dict[str, Any] = {"type": "array", "items": {
               response_schema=arr("User")),
         Route("POST", "/users", h.create_user, "createUser", "Create a user", "Users",
               request_schema="UserCreateRequest", response_schema=ref("User"),
-        Route("GET", rp + "/proxies", h.list_proxies, "listProxies",
-              "List the gateways (proxies) with capabilities and inbound listeners",
-              "Services", response_schema=_PROXIES_SCHEMA),
               errors=(400, 403, 409, 413, 422)),
         Route("GET", "/users/{userId}", h.get_user, "getUser", "Get a user", "Users",
               response_schema=ref("User"), errors=r),
