@@ -101,17 +101,48 @@ def _addresses(values: Iterable[str | None]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class WithheldPeer:
+    """A proxy peer left out of the config: this peer may reach none of its
+    services.  ``groups`` names the access groups that would let it in."""
+
+    cluster: str
+    groups: Sequence[str] = field(default_factory=tuple)
+
+
+def comment_text(text: str, limit: int = 200) -> str:
+    """``text`` made safe for one ``#`` comment line: printable ASCII only
+    (a stored name can never start a new line or directive), bounded."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in str(text))
+    return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
+def withheld_comment(peer: WithheldPeer) -> list[str]:
+    """The comment lines that say why a proxy peer is not a ``[Peer]``."""
+    groups = ", ".join(comment_text(g, 60) for g in list(peer.groups)[:10])
+    lines = [f"# The gateway {comment_text(peer.cluster, 100)} is left out of this config: "
+             "this peer is in", "# none of the access groups of its private services, so "
+             "the gateway would drop", "# its handshakes."]
+    if groups:
+        lines.append(f"# Add this peer to one of: {groups}; then fetch this config again.")
+    else:
+        lines.append("# It serves no private service with an access group yet.")
+    return lines
+
+
 def render_config(
     *,
     private_key: str | None,
     addresses: Iterable[str | None],
     proxy_peers: Iterable[WgPeer],
     keepalive: int = PERSISTENT_KEEPALIVE,
+    withheld: Iterable[WithheldPeer] = (),
 ) -> str:
     """Render the wg-quick file.
 
     ``DNS`` lists the proxy peers' tunnel addresses (they answer for the private
-    service names); it is left out when the account has no proxy peer.
+    service names); it is left out when the account has no proxy peer.  Each
+    ``withheld`` proxy peer becomes a comment saying why it is not listed.
     """
     own = _addresses(addresses)
     if not own:
@@ -126,6 +157,8 @@ def render_config(
         dns.extend(str(ipaddress.ip_interface(a).ip) for a in _addresses(peer.addresses))
     if dns:
         lines.append(f"DNS = {', '.join(dict.fromkeys(dns))}")
+    for gone in withheld:
+        lines += ["", *withheld_comment(gone)]
     for peer in peers:
         allowed = _addresses(peer.addresses)
         lines += ["", "[Peer]", f"PublicKey = {check_key(peer.public_key)}"]

@@ -170,12 +170,12 @@ class World:
         self.peers[name] = peer
         return peer
 
-    def connect_peer(self, name: str):
+    def connect_peer(self, name: str, conf: str | None = None):
         """A namespace with wireguard-go configured from the management's
-        wg-quick config for ``name`` (the stock-client path)."""
+        wg-quick config for ``name`` (the stock-client path), or from ``conf``."""
         peer = self.peers[name]
-        conf = wait_for(lambda: self._config_with_proxy(peer["id"]), 30,
-                        f"a [Peer] section in {name}'s wireguard-config")
+        conf = conf or wait_for(lambda: self._config_with_proxy(peer["id"]), 30,
+                                f"a [Peer] section in {name}'s wireguard-config")
         ns = self.tb.netns()
         self.n_links += 1
         self.tb.veth(self.g, f"198.18.{self.n_links}.1/30",
@@ -282,7 +282,24 @@ def test_peer_in_group_reaches_private_service_with_identity(world):
 
 
 def test_peer_outside_the_group_is_refused(world):
-    ns, gw_ip, _ = world.connect_peer("bob")
+    # management hands bob no gateway peer and says why, in the config (and so
+    # in `nbgateway-admin peer config`) and once in its log
+    bob = world.peers["bob"]
+    wait_for(lambda: any(p.get("proxy_cluster") == DOMAIN for p in world.rest("GET", "/peers")),
+             30, "the gateway's proxy peer")
+    for _ in range(3):
+        conf = world.rest("GET", f"/peers/{bob['id']}/wireguard-config")
+        assert "[Peer]" not in conf and "\nDNS" not in conf, conf
+        assert f"# The gateway {DOMAIN} is left out of this config" in conf, conf
+        assert "# Add this peer to one of: devs; then fetch this config again." in conf
+    with open(os.path.join(world.tmp, "management.log"), errors="replace") as f:
+        refusals = [line for line in f if "leaves out gateway" in line and bob["id"] in line]
+    assert len(refusals) == 1, refusals
+    assert "devs" in refusals[0]
+    # a config that lists the gateway anyway (say, written before bob left the
+    # group) gets nowhere: the gateway drops bob's handshakes
+    alice = world.rest("GET", f"/peers/{world.peers['alice']['id']}/wireguard-config")
+    ns, gw_ip, _ = world.connect_peer("bob", conf + "\n" + alice[alice.index("[Peer]"):])
     before = upstream_requests(world)
     code, body, err = world.curl(ns, f"https://{APP}/bob", "--connect-timeout", "3",
                                  gw_ip=gw_ip, timeout=20)

@@ -136,7 +136,17 @@ def test_config_served_by_rest_api_is_accepted_as_is(wg_iface, tmp_path):
         gw = server.ok("POST", "/api/peers", {"name": "gw", "public_key": _key(),
                                               "endpoint": "127.0.0.1:51820",
                                               "proxy_cluster": "eu.proxy.test"})
-        laptop = server.ok("POST", "/api/peers", {"name": "laptop"})
+        # the config lists the gateway only for a peer that may reach one of its services
+        server.ok("POST", "/api/reverse-proxies/domains",
+                  {"domain": "apps.test", "target_cluster": "eu.proxy.test"})
+        grp = server.ok("POST", "/api/groups", {"name": "staff"})
+        server.ok("POST", "/api/reverse-proxies/services", {
+            "name": "app", "domain": "app.apps.test", "enabled": True, "private": True,
+            "access_groups": [grp["id"]], "targets": [{
+                "target_id": "eu.proxy.test", "target_type": "cluster", "protocol": "http",
+                "host": "127.0.0.1", "port": 8080, "enabled": True,
+                "options": {"direct_upstream": True}}]})
+        laptop = server.ok("POST", "/api/peers", {"name": "laptop", "groups": [grp["id"]]})
         conf_text = server.ok("GET", f"/api/peers/{laptop['id']}/wireguard-config").decode()
     finally:
         server.stop()

@@ -472,7 +472,9 @@ def test_wireguard_config_lists_proxy_peers(server):
                                              "endpoint": "127.0.0.1:51820",
                                              "proxy_cluster": CLUSTER})
     assert proxy["proxy_embedded"] is True
-    p = server.ok("POST", "/api/peers", {"name": uniq("laptop")})
+    g = group(server)
+    server.ok("POST", SERVICES, private_body(g["id"]))
+    p = server.ok("POST", "/api/peers", {"name": uniq("laptop"), "groups": [g["id"]]})
     conf = server.ok("GET", f"/api/peers/{p['id']}/wireguard-config").decode()
     assert f"PrivateKey = {p['private_key']}" in conf
     assert f"Address = {p['ip']}/32" in conf
@@ -488,6 +490,31 @@ def test_wireguard_config_lists_proxy_peers(server):
     c = server.ok("POST", "/api/peers", {"name": uniq(), "public_key": wg_key()})
     conf = server.ok("GET", f"/api/peers/{c['id']}/wireguard-config").decode()
     assert "\nPrivateKey" not in conf and "# PrivateKey" in conf
+
+
+def test_wireguard_config_leaves_out_a_gateway_the_peer_may_not_reach(server):
+    """A peer in none of the gateway's access groups would have its handshakes
+    dropped: its config does not list the gateway and says which groups would."""
+    cluster = f"{uniq('c')}.proxy.test"
+    proxy = server.ok("POST", "/api/peers", {"name": uniq("gw"), "public_key": wg_key(),
+                                             "endpoint": "127.0.0.1:51820",
+                                             "proxy_cluster": cluster})
+    apex = f"{uniq('d')}.test"
+    server.ok("POST", "/api/reverse-proxies/domains", {"domain": apex, "target_cluster": cluster})
+    g = group(server, uniq("staff"))
+    server.ok("POST", SERVICES, private_body(
+        g["id"], domain=f"app.{apex}", targets=[cluster_target(target_id=cluster)]))
+    outsider = server.ok("POST", "/api/peers", {"name": uniq("outsider")})
+    conf = server.ok("GET", f"/api/peers/{outsider['id']}/wireguard-config").decode()
+    assert proxy["public_key"] not in conf
+    assert "DNS" not in conf
+    assert f"# The gateway {cluster} is left out of this config" in conf
+    assert f"# Add this peer to one of: {g['name']};" in conf
+    # in the group: the gateway is a [Peer] again
+    server.ok("PUT", f"/api/groups/{g['id']}", {"name": g["name"], "peers": [outsider["id"]]})
+    conf = server.ok("GET", f"/api/peers/{outsider['id']}/wireguard-config").decode()
+    assert f"PublicKey = {proxy['public_key']}" in conf
+    assert f"# The gateway {cluster} is left out" not in conf
 
 
 # --- clusters, domains, proxy tokens -----------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 from nacl.public import PrivateKey
 
-from nbgateway.management import wgconfig
+from nbgateway.management import peerconfig, wgconfig
 from nbgateway.management.errors import BadRequest, NotFound, ValidationError
 from nbgateway.management.model import (
     AccessLogQuery,
@@ -525,12 +525,8 @@ class Handlers:
         if fmt not in ("conf", "qr"):
             raise ValidationError('format must be "conf" or "qr"')
         peer = self.store.get_peer(acct, call.params["peerId"])
-        proxies = [p for p in self.store.list_proxy_peers(acct) if p.id != peer.id]
-        try:
-            text = wgconfig.render_config(
-                private_key=peer.wg_private_key, addresses=[peer.ip, peer.ipv6],
-                proxy_peers=[wgconfig.WgPeer(p.key, p.endpoint, [a for a in (p.ip, p.ipv6) if a])
-                             for p in proxies])
+        try:  # lists only the gateways this peer may reach; says why for the others
+            text = peerconfig.render_peer_config(self.store, acct, peer)
         except wgconfig.WgConfigError as exc:
             raise ApiError(409, f"cannot render wireguard config: {exc}") from None
         if fmt == "qr":
