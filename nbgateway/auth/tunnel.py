@@ -95,9 +95,14 @@ class TunnelValidationCache:
         stored or joined); returns how many entries were dropped."""
         bucket = self._buckets.pop(account_id, None)
         dropped = len(bucket) if bucket else 0
-        for key in [k for k in self._inflight if k[0] == account_id]:
+        detached = [k for k in self._inflight if k[0] == account_id]
+        for key in detached:
             self._inflight.pop(key).stale = True
         self.stats.evictions += dropped
+        if dropped or detached:
+            log.debug("account {account}: {dropped} cached validations evicted, "
+                      "{detached} in-flight RPCs detached", account=account_id,
+                      dropped=dropped, detached=len(detached))
         return dropped
 
     def lookup(self, account_id: str, tunnel_ip: str, domain: str):
