@@ -60,10 +60,14 @@ def describe(request: Request) -> dict[str, Any]:
     """What the page shows: path, host, identity and forwarding headers."""
     shown: dict[str, str] = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
-        key = _text(name)
-        low = key.lower()
-        if (low.startswith("x-netbird-") or low.startswith("x-forwarded-")) \
-                and len(shown) < MAX_HEADERS:
+        low = _text(name).lower()
+        if low.startswith("x-netbird-"):
+            key = "X-NetBird-" + low[len("x-netbird-"):].title()
+        elif low.startswith("x-forwarded-"):
+            key = "X-Forwarded-" + low[len("x-forwarded-"):].title()
+        else:
+            continue
+        if len(shown) < MAX_HEADERS:
             shown[key] = _text(b", ".join(values))
     return {
         "path": _text(request.uri),

@@ -50,6 +50,8 @@ class DemoUpstreamTests(unittest.TestCase):
         self.assertIn("quickstart,&lt;b&gt;ops&lt;/b&gt;", body)
         self.assertNotIn("<b>ops</b>", body)
         self.assertIn("X-Forwarded-For", body)
+        self.assertIn("X-NetBird-User", body)  # the gateway's spelling
+        self.assertIn("X-NetBird-Groups", body)
         self.assertIn("100.64.0.2", body)
 
     @defer.inlineCallbacks
