@@ -129,14 +129,21 @@ class World:
         self.mgmt_proc.send_signal(signal.SIGTERM)
         self.mgmt_proc.wait(timeout=20)
 
-    def start_gateway(self, token: str) -> None:
+    #: the harness upstream is on the gateway host's loopback (direct_upstream);
+    #: the gateway's dial guard allows only what NB_PROXY_DIRECT_UPSTREAM_ALLOW lists
+    direct_upstream_allow = "127.0.0.1/32"
+
+    def start_gateway(self, token: str, *extra_args: str) -> None:
+        """``extra_args`` are appended to the command line (a repeated flag wins)."""
         env = dict(os.environ, NB_PROXY_TOKEN=token)
+        env.setdefault("NB_PROXY_DIRECT_UPSTREAM_ALLOW", self.direct_upstream_allow)
         self.g.popen(
             [os.path.join(VENV_BIN, "twistd"), "-n", "--pidfile=", "-l", "-", "nbgateway",
              "--mgmt", "http://127.0.0.1:33073", "--domain", DOMAIN, "--private",
              "--wg-port", str(WG_PORT), "--wg-endpoint", f"{GW_HOST}:{WG_PORT}",
              "--addr", "127.0.0.1:8443", "--health-addr", "127.0.0.1:8080",
-             "--datadir", self.gw_dir, "--cert-dir", os.path.join(self.gw_dir, "certs")],
+             "--datadir", self.gw_dir, "--cert-dir", os.path.join(self.gw_dir, "certs"),
+             *extra_args],
             stdout=self.log("gateway"), stderr=subprocess.STDOUT, cwd=self.tmp, env=env)
 
     # -- REST inside G

@@ -1,0 +1,161 @@
+"""Cross-account reach through ``direct_upstream`` (issue 11 item 1), with
+real processes: management, one gateway serving every account, logging
+upstreams, curl -- all inside a namespace this test creates.
+
+    netns G: twistd nbmanagement (REST 127.0.0.1:33071, gRPC 127.0.0.1:33073)
+             twistd nbgateway --mgmt ... (public 127.0.0.1:8443, health 127.0.0.2:8080,
+                                          --direct-upstream-allow 127.0.0.2/32@<B>)
+             upstream of account A   127.0.0.1:8081 (logs every request)
+             upstream of account B   127.0.0.2:8082 (logs every request)
+
+Account B's admin (created through ``POST /api/accounts``) creates public
+services whose ``direct_upstream`` target is A's upstream, the management
+REST API, the management gRPC port, the gateway's health/metrics listener
+(which is inside B's allow-list entry: the gateway's own listeners are never
+dialed) and a few spellings of loopback.  Every one answers 502
+``Destination Not Allowed``, A's upstream logs no request, the refusals are
+in B's access log with the verdict ``direct_upstream_denied`` and in the
+gateway's metrics; B's service to its own allowed upstream works.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from tests.interop.conftest import require_testbed
+from tests.interop.multiaccount import create_account, global_proxy_token, rest_as, rest_status
+from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, World, counter, wait_for
+from tests.interop.testbed import Testbed, inside_netns
+
+pytestmark = pytest.mark.interop
+
+HEALTH = "127.0.0.2:8080"
+B_UPSTREAM = ("127.0.0.2", 8082)
+
+#: (service name, target host, target port): what B must not reach
+ATTACKS = [
+    ("steal-a", "127.0.0.1", 8081),        # account A's private upstream
+    ("steal-a-hex", "0x7f000001", 8081),   # the same, spelled as a number
+    ("steal-a-int", "2130706433", 8081),
+    ("steal-a-short", "127.1", 8081),
+    ("steal-a-v6", "::ffff:127.0.0.1", 8081),
+    ("steal-a-name", "localhost", 8081),
+    ("mgmt-rest", "127.0.0.1", 33071),     # management REST API
+    ("mgmt-grpc", "127.0.0.1", 33073),     # management gRPC
+    ("health", "127.0.0.2", 8080),         # the gateway's health/metrics (listed, still never)
+    ("health-any", "0.0.0.0", 8080),
+    ("public", "127.0.0.1", 8443),         # the gateway's own public listener
+]
+
+
+def _service(name: str, host: str, port: int) -> dict:
+    return {"name": name, "domain": f"{name}.{DOMAIN}", "enabled": True, "private": False,
+            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
+                         "host": host, "port": port, "enabled": True,
+                         "options": {"direct_upstream": True}}]}
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def world():
+    require_testbed("curl")
+    tb = Testbed()
+    try:
+        w = World(tb)
+        w.g.ip("addr", "add", "127.0.0.2/8", "dev", "lo")
+        w.start_upstream()  # A's upstream, 127.0.0.1:8081 -> w.upstream_log
+        script = os.path.join(w.tmp, "upstream-b.py")
+        with open(script, "w") as f:
+            f.write(UPSTREAM)
+        w.b_log = os.path.join(w.tmp, "upstream-b.log")
+        w.g.popen([sys.executable, script, str(B_UPSTREAM[1]), w.b_log, B_UPSTREAM[0]],
+                  stdout=w.log("upstream-b"), stderr=subprocess.STDOUT)
+        w.start_management()
+        w.b_id, w.b_token = create_account(w, "tenant-b")
+        w.start_gateway(global_proxy_token(w), "--health-addr", HEALTH,
+                        "--direct-upstream-allow", f"127.0.0.2/32@{w.b_id}")
+        wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
+                 "the gateway to connect to management")
+        yield w
+    finally:
+        for name in ("gateway", "management"):
+            path = os.path.join(tb.tmpdir, f"{name}.log")
+            if os.path.exists(path):
+                print(f"--- {name} log tail ---")
+                with open(path, "rb") as f:
+                    print(f.read()[-6000:].decode(errors="replace"))
+        left = tb.close()
+    assert not left, left
+
+
+def public_get(w: World, domain: str) -> tuple[int, str]:
+    r = w.g.run(["curl", "-sS", "-m", "10", "-o", "-", "-w", "\n%{http_code}",
+                 "-H", f"Host: {domain}", "http://127.0.0.1:8443/probe"], check=False, timeout=20)
+    body, _, code = r.stdout.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), body
+
+
+def metrics(w: World) -> str:
+    with inside_netns(w.g.name), urllib.request.urlopen(f"http://{HEALTH}/metrics",
+                                                        timeout=5) as r:
+        return r.read().decode()
+
+
+def test_tenant_cannot_direct_dial_other_accounts_or_the_gateway(world):
+    w = world
+    created, rejected = [], []
+    for name, host, port in ATTACKS:
+        status, body = rest_status(w, w.b_token, "POST", "/reverse-proxies/services",
+                                   _service(name, host, port))
+        if status in (200, 201):
+            created.append(name)
+        else:  # management may refuse a target it can tell is invalid: also no dial
+            assert 400 <= status < 500, (name, status, body)
+            rejected.append(name)
+    assert {"steal-a", "mgmt-rest", "mgmt-grpc", "health", "public"} <= set(created), rejected
+    rest_as(w, w.b_token, "POST", "/reverse-proxies/services", _service("own", *B_UPSTREAM))
+
+    # B's own, allowed upstream works (this also waits for B's mappings to arrive)
+    code, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+        public_get(w, f"own.{DOMAIN}")), 30, "B's service to its allowed upstream")
+    assert '"/probe"' in body
+    assert _lines(w.b_log) == ["/probe"]
+
+    a_before = _lines(w.upstream_log)
+    for name in created:
+        code, body = wait_for(lambda n=name: (lambda r: r if r[0] != 404 else None)(
+            public_get(w, f"{n}.{DOMAIN}")), 15, f"route {name}")
+        assert code == 502, (name, code, body)
+        assert "Destination Not Allowed" in body, (name, body)
+    # nothing reached A's upstream (nor, by the 502s, management or the gateway)
+    assert _lines(w.upstream_log) == a_before == []
+    assert _lines(w.b_log) == ["/probe"]
+
+    m = metrics(w)
+    assert counter(m, "nbgateway_direct_upstream_dials_total", result="denied",
+                   reason="gateway_listener") >= 2  # health (listed!) and the public listener
+    assert counter(m, "nbgateway_direct_upstream_dials_total", result="denied",
+                   reason="loopback") >= 3
+    assert counter(m, "nbgateway_direct_upstream_dials_total", result="allowed") >= 1
+
+    # B's access log says why; A sees none of it
+    def denied_entries():
+        logs = rest_as(w, w.b_token, "GET", "/events/proxy?page_size=100")["data"]
+        hits = [e for e in logs if e.get("auth_method_used") == "direct_upstream_denied"]
+        return hits if len(hits) >= len(created) else None
+
+    hits = wait_for(denied_entries, 15, "the refusals in B's access log")
+    assert all(e["status_code"] == 502 for e in hits)
+    assert {e["host"].split(".", 1)[0] for e in hits} == set(created)
