@@ -24,7 +24,10 @@ it (``PeerConfig.address_v6``, address bytes + the account v6 prefix length),
 each remote peer's IPv6 ``/128`` next to its IPv4 ``/32`` in AllowedIPs, one
 more firewall rule per rule for the remote peer's IPv6 address, and AAAA
 records next to the A records in the peers zone.  A peer without an IPv6
-address gets exactly the IPv4-only map (nothing it could not route).
+address gets exactly the IPv4-only map (nothing it could not route).  The
+proto encoding carries the v6 parts only with ``ipv6=True``: the peer channel
+sets it for clients that announce ``PeerCapabilityIPv6Overlay`` (as upstream
+does), so a legacy client never sees a v6 rule or AllowedIP it cannot apply.
 """
 
 from __future__ import annotations
@@ -335,7 +338,7 @@ def _encode_interface(text: str) -> bytes:
     return iface.ip.packed + bytes([iface.network.prefixlen])
 
 
-def to_proto_peer_config(nm: NetworkMap) -> pb.PeerConfig:
+def to_proto_peer_config(nm: NetworkMap, *, ipv6: bool = False) -> pb.PeerConfig:
     out = pb.PeerConfig(
         address=nm.address,
         fqdn=nm.fqdn,
@@ -343,7 +346,7 @@ def to_proto_peer_config(nm: NetworkMap) -> pb.PeerConfig:
         # upstream forces this on for embedded proxy peers
         RoutingPeerDnsResolutionEnabled=nm.peer.proxy,
     )
-    if nm.address_v6:
+    if ipv6 and nm.address_v6:
         out.address_v6 = _encode_interface(nm.address_v6)
     return out
 
@@ -366,11 +369,16 @@ def _proto_rule(r: FirewallRule, source_prefixes: bool) -> pb.FirewallRule:
 
 
 def to_proto_network_map(
-    nm: NetworkMap, serial: int, *, source_prefixes: bool = False
+    nm: NetworkMap, serial: int, *, source_prefixes: bool = False, ipv6: bool = False
 ) -> pb.NetworkMap:
-    out = pb.NetworkMap(Serial=serial, peerConfig=to_proto_peer_config(nm))
+    """The proto map; ``ipv6`` keeps the IPv6 overlay parts (see the module docstring)."""
+    def keep(ip: str) -> bool:
+        return ipv6 or ":" not in ip
+
+    out = pb.NetworkMap(Serial=serial, peerConfig=to_proto_peer_config(nm, ipv6=ipv6))
     for rp in nm.remote_peers:
-        rpc = out.remotePeers.add(wgPubKey=rp.key, allowedIps=list(rp.allowed_ips), fqdn=rp.fqdn)
+        allowed = [a for a in rp.allowed_ips if keep(a)]
+        rpc = out.remotePeers.add(wgPubKey=rp.key, allowedIps=allowed, fqdn=rp.fqdn)
         rpc.sshConfig.SetInParent()
         if _REMOTE_HAS_ENDPOINT and rp.endpoint:
             rpc.endpoint = rp.endpoint
@@ -383,9 +391,12 @@ def to_proto_network_map(
             NonAuthoritative=z.non_authoritative,
         )
         for r in z.records:
+            if not keep(r.rdata):
+                continue
             pz.Records.add(Name=r.name, Type=r.type, Class=r.klass, TTL=r.ttl, RData=r.rdata)
     for r in nm.firewall_rules:
-        out.FirewallRules.append(_proto_rule(r, source_prefixes))
-    out.firewallRulesIsEmpty = not nm.firewall_rules
+        if keep(r.peer_ip):
+            out.FirewallRules.append(_proto_rule(r, source_prefixes))
+    out.firewallRulesIsEmpty = not out.FirewallRules
     out.routesFirewallRulesIsEmpty = True
     return out

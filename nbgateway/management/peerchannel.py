@@ -371,7 +371,8 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         )
         resp = pb.LoginResponse(
             netbirdConfig=self.netbird_config,
-            peerConfig=to_proto_peer_config(nm),
+            peerConfig=to_proto_peer_config(
+                nm, ipv6=pb.PeerCapabilityIPv6Overlay in login.meta.capabilities),
             sessionExpiresAt=_zero_timestamp(),
         )
         return self._seal(resp, peer_key)
@@ -388,11 +389,12 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                 "too many concurrent sync requests, please try again later",
             )
         source_prefixes = pb.PeerCapabilitySourcePrefixes in sync.meta.capabilities
+        ipv6 = pb.PeerCapabilityIPv6Overlay in sync.meta.capabilities
         sub = _Subscription(peer.account_id, peer.id, peer.key)
         self.hub.subscribe(sub)
         context.add_callback(sub.close)
         try:
-            yield from self._stream(sub, peer_key, source_prefixes, context)
+            yield from self._stream(sub, peer_key, source_prefixes, context, ipv6=ipv6)
         finally:
             self._end(sub)
             self._slots.release()
@@ -405,8 +407,11 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
             return None
         return build_network_map(view, peer_id)
 
-    def _sync_response(self, nm: NetworkMap, source_prefixes: bool) -> pb.SyncResponse:
-        netmap = to_proto_network_map(nm, self._serials.next(), source_prefixes=source_prefixes)
+    def _sync_response(
+        self, nm: NetworkMap, source_prefixes: bool, ipv6: bool = False
+    ) -> pb.SyncResponse:
+        netmap = to_proto_network_map(
+            nm, self._serials.next(), source_prefixes=source_prefixes, ipv6=ipv6)
         resp = pb.SyncResponse(
             netbirdConfig=self.netbird_config,
             peerConfig=netmap.peerConfig,
@@ -427,7 +432,8 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         probe.NetworkMap.Serial = 0
         return probe.SerializeToString(deterministic=True)
 
-    def _stream(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool, context):
+    def _stream(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool, context,
+                ipv6: bool = False):
         try:
             self.store.set_peer_connected(sub.account_id, sub.peer_id, True)
         except NotFound:
@@ -440,7 +446,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                 if nm is None or nm.peer.key != sub.key:
                     log.info("sync stream of removed peer {peer_id} ends", peer_id=sub.peer_id)
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
-                resp = self._sync_response(nm, source_prefixes)
+                resp = self._sync_response(nm, source_prefixes, ipv6)
                 fp = self._fingerprint(resp)
                 if nm.peer.proxy:  # the gateway caches validations: see the docstring
                     fp += self._access_digest(sub.account_id)

@@ -97,7 +97,8 @@ def system_meta(hostname: str, version: str) -> pb.PeerSystemMeta:
         kernelVersion=uname.release,
         netbirdVersion=f"nbgateway-{version}",
         flags=pb.Flags(),
-        capabilities=[pb.PeerCapabilitySourcePrefixes],
+        # IPv6Overlay: the netstack serves the tunnel IPv6 address too (issue 11.7)
+        capabilities=[pb.PeerCapabilitySourcePrefixes, pb.PeerCapabilityIPv6Overlay],
     )
 
 

@@ -39,6 +39,11 @@ USER_KEY = "U" * 43 + "="
 PROXY_KEY = "P" * 43 + "="
 
 
+def v6_map(nm, serial: int = 1, **kw) -> pb.NetworkMap:
+    """The proto map as a client announcing the IPv6 overlay capability gets it."""
+    return to_proto_network_map(nm, serial, ipv6=True, **kw)
+
+
 def v6_fixture(*, user_v6: str | None = USER6, proxy_v6: str | None = PROXY6) -> AccountView:
     base = fixture()
     account = Account(id="acct-1", domain="netbird.test", network_v4="100.64.0.0/10",
@@ -100,7 +105,7 @@ def test_peer_without_v6_gets_the_v4_only_map():
     assert user.address_v6 == ""
     assert user.remote_peers[0].allowed_ips == ("100.64.0.99/32",)
     assert {r.peer_ip for r in user.firewall_rules} == {"100.64.0.99"}
-    assert not to_proto_network_map(user, 1).peerConfig.address_v6
+    assert not v6_map(user).peerConfig.address_v6
     # and the proxy only learns the user's v4 address
     proxy = build_network_map(view, "proxy-peer")
     assert proxy.remote_peers[0].allowed_ips == ("100.64.0.10/32",)
@@ -120,7 +125,7 @@ def test_non_member_still_gets_nothing():
 def test_proto_encoding_round_trips_through_the_gateway_conversion():
     nm = build_network_map(v6_fixture(), "proxy-peer")
     for source_prefixes in (False, True):
-        wire = to_proto_network_map(nm, 7, source_prefixes=source_prefixes).SerializeToString()
+        wire = v6_map(nm, 7, source_prefixes=source_prefixes).SerializeToString()
         msg = pb.NetworkMap.FromString(wire)
         assert msg.peerConfig.address_v6 == ipaddress.ip_address(PROXY6).packed + bytes([64])
         net = convert(msg)
@@ -137,7 +142,7 @@ def test_gateway_dns_answers_aaaa_for_a_served_domain():
     """The proxy peer's map gives the gateway its v6 address; its DNS authority
     then answers AAAA (and A) for the private service names it serves."""
     nm = build_network_map(v6_fixture(), "proxy-peer")
-    net = convert(pb.NetworkMap.FromString(to_proto_network_map(nm, 3).SerializeToString()))
+    net = convert(pb.NetworkMap.FromString(v6_map(nm, 3).SerializeToString()))
     auth = ZoneAuthority(account_zones(net, ["myapp.eu.proxy.netbird.io"]))
     aaaa = auth.lookup(b"myapp.eu.proxy.netbird.io", dns.AAAA)
     assert aaaa.rcode == dns.OK
@@ -169,7 +174,7 @@ def test_gateway_filter_admits_the_v6_source_for_services_dns_and_ping():
     address for HTTPS, DNS and ICMPv6 echo, and nothing from other sources."""
     nm = build_network_map(v6_fixture(), "proxy-peer")
     net = convert(pb.NetworkMap.FromString(
-        to_proto_network_map(nm, 1, source_prefixes=True).SerializeToString()))
+        v6_map(nm, 1, source_prefixes=True).SerializeToString()))
     own = [dns_rule(net.roster), echo_rule(net.roster)]
     rules = [Rule.make(**r.rule_kwargs()) for r in (*net.inbound_rules, *own) if r is not None]
     f = PacketFilter(rules, default=DEFAULT_ACTION)
@@ -185,3 +190,16 @@ def test_gateway_filter_admits_the_v6_source_for_services_dns_and_ping():
 
 def test_echo_rule_empty_roster():
     assert echo_rule(()) is None
+
+
+def test_encoding_without_the_capability_is_v4_only():
+    """A client that does not announce PeerCapabilityIPv6Overlay gets exactly
+    the IPv4 map: no address_v6, no /128, no v6 rule, no AAAA record."""
+    nm = build_network_map(v6_fixture(), "user-peer")
+    msg = to_proto_network_map(nm, 1, source_prefixes=True)
+    assert not msg.peerConfig.address_v6
+    assert [list(r.allowedIps) for r in msg.remotePeers] == [["100.64.0.99/32"]]
+    assert {r.PeerIP for r in msg.FirewallRules} == {"100.64.0.99"}
+    assert all(len(p) == 5 for r in msg.FirewallRules for p in r.sourcePrefixes)
+    assert {r.Type for z in msg.DNSConfig.CustomZones for r in z.Records} == {1}
+

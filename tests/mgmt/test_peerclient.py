@@ -122,12 +122,16 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
         assert c.connected and self.states == [True] and c.logins == 1
         assert self.logins[0].peerConfig.address == "100.64.0.99/10"
         net = netmap.convert(self.maps[0])
-        assert net.addresses == ("100.64.0.99",)
+        # the client announces the IPv6 overlay: it gets its v6 address too
+        assert net.addresses == ("100.64.0.99", self.proxy.ipv6)
         assert self.roster(self.maps[0]) == {self.user_keys[0]}
-        assert [(r.sources, r.ports) for r in net.inbound_rules] == [
+        user6 = ipaddress.ip_network(f"{self.user.ipv6}/128")
+        assert sorted(((r.sources, r.ports) for r in net.inbound_rules), key=str) == sorted([
             ((ipaddress.ip_network("100.64.0.10/32"),), ((80, 80),)),
             ((ipaddress.ip_network("100.64.0.10/32"),), ((443, 443),)),
-        ]
+            ((user6,), ((80, 80),)),
+            ((user6,), ((443, 443),)),
+        ], key=str)
         assert c.serial == self.maps[0].Serial > 0
         # the server saw our system info and marked the proxy peer connected
         peer = yield threaded(self.store.get_peer_by_key, c.public_key)
@@ -294,7 +298,8 @@ class RogueServerTests(unittest.TestCase):
         meta = rogue.logins[0].meta
         assert meta.hostname == "gw" and meta.goOS and meta.kernel and meta.OS
         assert meta.netbirdVersion == "nbgateway-9"
-        assert list(meta.capabilities) == [pb.PeerCapabilitySourcePrefixes]
+        assert list(meta.capabilities) == [pb.PeerCapabilitySourcePrefixes,
+                                           pb.PeerCapabilityIPv6Overlay]
         assert rogue.logins[0].peerKeys.wgPubKey == c.public_key.encode()
         assert rogue.syncs == 0 and c.running
 
