@@ -127,3 +127,12 @@ def test_storm_is_coalesced(store, world, stub):  # noqa: F811
     # at most one map per coalescing window (50 ms), never one per change
     assert 1 <= sent < 50
     assert sent <= elapsed / 0.05 + 2
+
+
+def test_unused_group_and_group_rename_notify(store, world):  # noqa: F811
+    """The proxy peer's map is the same (no service uses g4), but the groups a
+    validation answer reports (X-NetBird-Groups) changed."""
+    w = world
+    g4 = Group(id="grp-extra", account_id="acct-1", name="extra", peers=(w["user"].id,))
+    notified(w, lambda: store.create_group(g4))
+    notified(w, lambda: store.update_group(dataclasses.replace(g4, name="renamed")))
