@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakSet
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -194,6 +195,8 @@ class GatewayService(MultiService):
         self.dns: dict[str, ZoneAuthority] = {}
         self.udp_port: Any = None
         self.public_port: Any = None
+        #: protocols accepted on the public listener (reset at the drain deadline)
+        self._public_protocols: WeakSet[Any] = WeakSet()
         #: twistd mode only (``makeService``): SIGHUP reloads the certificates;
         #: a library host keeps its own signal handlers
         self.reload_on_sighup = False
@@ -398,8 +401,8 @@ class GatewayService(MultiService):
             # the public listener: non-private services on the host network;
             # private mappings are refused there (no listener account)
             try:
-                self.public_port = self.reactor.listenTCP(addr.port, self.web_factory(None),
-                                                          interface=addr.host)
+                self.public_port = self.reactor.listenTCP(
+                    addr.port, self._tracked(self.web_factory(None)), interface=addr.host)
             except Exception as exc:
                 self.udp_port.stopListening()
                 raise listen_failed(exc, "the public TCP listener",
@@ -445,6 +448,7 @@ class GatewayService(MultiService):
             stops.extend(maybeDeferred(p.stopListening) for p in listeners)
         d = DeferredList(stops, consumeErrors=True)
         d.addBoth(lambda _: self._drain(self.reactor.seconds() + self.config.drain_timeout))
+        d.addBoth(self._close_remaining)
         d.addBoth(lambda _: self.accounts.stop())
         d.addBoth(lambda _: self.pools.close())
         d.addBoth(lambda _: self.access_log.stop(timeout=self.config.drain_timeout))
@@ -468,18 +472,20 @@ class GatewayService(MultiService):
         return self.metrics.requests.active, queued
 
     def _drain(self, deadline: float) -> Deferred:
-        """Fires once nothing is in flight, or at ``deadline`` (polled every
-        :attr:`drain_poll` seconds; immediately when already idle)."""
+        """Fires once nothing is in flight (with False), or at ``deadline``
+        (with True; polled every :attr:`drain_poll` seconds; immediately when
+        already idle)."""
         done: Deferred = Deferred()
 
         def poll() -> None:
             requests, queued = self._in_flight()
             if not requests and not queued:
-                done.callback(None)
+                done.callback(False)
             elif self.reactor.seconds() >= deadline:
                 log.warn("drain timeout: {requests} request(s) still in flight, {queued} "
-                         "byte(s) unsent; closing", requests=requests, queued=queued)
-                done.callback(None)
+                         "byte(s) unsent; resetting their connections",
+                         requests=requests, queued=queued)
+                done.callback(True)
             else:
                 self.reactor.callLater(self.drain_poll, poll)
 
@@ -488,6 +494,58 @@ class GatewayService(MultiService):
             log.info("draining {requests} in-flight request(s)", requests=requests)
         poll()
         return done
+
+    def _tracked(self, factory: Any) -> Any:
+        """``factory`` remembering (weakly) every protocol it builds, so the
+        connections the public listener accepted can be closed at shutdown."""
+        build = factory.buildProtocol
+
+        def build_protocol(addr: Any) -> Any:
+            protocol = build(addr)
+            if protocol is not None:
+                self._public_protocols.add(protocol)
+            return protocol
+
+        factory.buildProtocol = build_protocol
+        return factory
+
+    def _close_remaining(self, timed_out: Any) -> None:
+        """After the drain: close every client connection still open before the
+        tunnels go away, so no client is left waiting on a silent socket.  At
+        the drain deadline (``timed_out`` True) they are reset: host sockets
+        with ``abortConnection`` (SO_LINGER 0: RST), tunnel TCP connections by
+        the netstack's RST; after a complete drain (only idle keep-alive
+        connections remain) they are closed normally (FIN).  Never raises."""
+        abort = timed_out is True
+        closed = 0
+        for protocol in list(self._public_protocols):
+            transport = getattr(protocol, "transport", None)
+            if transport is None or not getattr(transport, "connected", False):
+                continue
+            try:
+                transport.abortConnection() if abort else transport.loseConnection()
+                closed += 1
+            except Exception:
+                log.failure("closing a public connection at shutdown")
+        for runtime in list(self.accounts.runtimes.values()):
+            tcp = getattr(runtime.stack, "tcp", None)
+            conns = list(getattr(tcp, "conns", {}).values())
+            try:
+                if abort and conns:
+                    closed += len(conns)
+                    tcp.close()  # RST on every connection, users see ConnectionLost
+                    continue
+                for conn in conns:
+                    user = getattr(conn, "user", None)
+                    if user is not None and hasattr(user, "loseConnection"):
+                        user.loseConnection()
+                        closed += 1
+            except Exception:
+                log.failure("closing tunnel connections of {account} at shutdown",
+                            account=runtime.account_id)
+        if closed:
+            log.info("shutdown: {how} {count} remaining client connection(s)",
+                     how="reset" if abort else "closed", count=closed)
 
     def reload(self) -> None:
         """SIGHUP: re-read the certificate directories now."""

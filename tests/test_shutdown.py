@@ -13,7 +13,7 @@ import ipaddress
 import socket
 
 from twisted.internet import defer, reactor
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web import resource, server
@@ -216,8 +216,9 @@ class DrainTimeoutTests(GracefulShutdownTests):
 
     @defer.inlineCallbacks
     def test_request_still_running_at_the_drain_timeout_is_cut(self):
+        """Tunnel: at the deadline the connection is reset (issue 11.8), so the
+        client fails at once instead of waiting for its own timeout."""
         in_flight = self.get("/forever")
-        in_flight.addErrback(lambda f: f.trap(defer.CancelledError, ResponseNeverReceived) and None)
         yield defer.ensureDeferred(_wait(lambda: self.held.pending, "the upstream request"))
         runtime = self.svc.accounts.get("acct")
         self.stopping = self.svc.stopService()
@@ -225,7 +226,82 @@ class DrainTimeoutTests(GracefulShutdownTests):
         self.assertEqual(len(self.held.pending), 1)  # cut: the upstream never answered
         self.assertTrue(runtime.stack.closed)
         self.assertIsNone(self.svc.udp_port)
-        # the client either saw its connection go or would wait for its own timeout
-        in_flight.cancel()
-        response = yield in_flight
-        self.assertIsNone(response)
+        error = yield _outcome(in_flight, within=2.0)
+        self.assertIsNotNone(error, "the client was left waiting: no RST reached it")
+        self.assertIsInstance(error, ResponseNeverReceived)
+        reasons = [r.type for r in error.reasons]
+        self.assertTrue(set(reasons) & {ConnectionLost, ConnectionRefusedError}, reasons)
+
+    @defer.inlineCallbacks
+    def test_public_request_still_running_at_the_drain_timeout_is_reset(self):
+        """Public listener: the host socket is aborted (SO_LINGER 0: RST)."""
+        agent = Agent(reactor)
+        in_flight = agent.request(
+            b"GET", f"http://127.0.0.1:{self.public_port}/forever".encode(),
+            Headers({b"host": [b"pub.example"], b"connection": [b"close"]}))
+        yield defer.ensureDeferred(_wait(lambda: self.held.pending, "the upstream request"))
+        self.stopping = self.svc.stopService()
+        yield self.stopping
+        error = yield _outcome(in_flight, within=2.0)
+        self.assertIsNotNone(error, "the client was left waiting: no RST reached it")
+        self.assertIsInstance(error, ResponseNeverReceived)
+        # an RST, not an orderly close: the client sees the connection lost uncleanly
+        self.assertNotIn(ConnectionDone, [r.type for r in error.reasons])
+
+
+class IdleConnectionTests(GracefulShutdownTests):
+    """After a complete drain, idle keep-alive connections are closed (FIN), not
+    left dangling on a tunnel that is gone."""
+
+    drain_timeout = "5s"
+    test_request_in_flight_completes_and_new_ones_are_refused = None  # type: ignore
+    test_request_in_flight_on_the_public_listener_completes = None  # type: ignore
+
+    @defer.inlineCallbacks
+    def test_idle_public_keepalive_connection_is_closed(self):
+        sock = socket.create_connection(("127.0.0.1", self.public_port), timeout=5)
+        self.addCleanup(sock.close)
+        yield deferLater(reactor, 0.1, lambda: None)  # accepted
+        self.stopping = self.svc.stopService()
+        yield self.stopping
+        sock.setblocking(False)
+        closed = []
+
+        def check() -> bool:
+            try:
+                closed.append(sock.recv(1) == b"")
+            except BlockingIOError:
+                return False
+            except ConnectionResetError:
+                closed.append(False)
+            return True
+
+        yield defer.ensureDeferred(_wait(check, "the idle connection to close", timeout=2))
+        self.assertEqual(closed, [True])  # an orderly FIN
+
+
+def _outcome(d: defer.Deferred, within: float) -> defer.Deferred:
+    """Fires with the exception ``d`` fails with within ``within`` seconds; with
+    None when it is still pending then (the client would wait for its own
+    timeout)."""
+    result: defer.Deferred = defer.Deferred()
+
+    def settle(value) -> None:
+        if not result.called:
+            result.callback(value)
+
+    d.addCallbacks(lambda r: settle(AssertionError(f"unexpected success: {r}")),
+                   lambda f: settle([f]))
+    call = reactor.callLater(within, settle, None)
+
+    def done(value):
+        if call.active():
+            call.cancel()
+        if not d.called:
+            d.addErrback(lambda f: None)
+            d.cancel()
+        if isinstance(value, AssertionError):
+            raise value
+        return value[0].value if value else None
+
+    return result.addCallback(done)
