@@ -5,8 +5,9 @@ privilegedStartService, real store on SQLite or PostgreSQL) on a free
 127.0.0.1 port; tests talk to it over real HTTP with ``http.client``.
 
 PostgreSQL: ``NBGW_TEST_PG_DSN`` names a server where the role may create
-databases; every server gets a fresh database that is dropped afterwards.
-Without it the PostgreSQL variants skip (fail when ``NBGW_REQUIRE_POSTGRES=1``).
+databases, else the session's throwaway cluster (:mod:`tests.pgcluster`); every
+server gets a fresh database that is dropped afterwards.  Without either the
+PostgreSQL variants skip (fail when ``NBGW_REQUIRE_POSTGRES=1``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def free_port() -> int:
 
 
 def pg_dsn_or_skip() -> str:
-    dsn = os.environ.get("NBGW_TEST_PG_DSN")
+    from tests import pgcluster
+
+    dsn = pgcluster.dsn()  # NBGW_TEST_PG_DSN, else a throwaway cluster of this session
     if not dsn:
-        reason = "PostgreSQL not configured (set NBGW_TEST_PG_DSN)"
+        reason = pgcluster.unavailable_reason() or "PostgreSQL not available"
         if os.environ.get("NBGW_REQUIRE_POSTGRES") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -105,7 +108,9 @@ class ApiServer:
             self.pg = PgDatabase(pg_dsn_or_skip())
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", f"--logfile={self.log_path}", "nbmanagement",
-                "--datadir", self.datadir, "--api-addr", f"127.0.0.1:{self.port}"]
+                "--datadir", self.datadir, "--api-addr", f"127.0.0.1:{self.port}",
+                # gRPC listens by default on a fixed port: parallel servers need their own
+                "--grpc-addr", f"127.0.0.1:{free_port()}"]
         if self.pg:
             args += ["--store-dsn", self.pg.dsn]
         env = dict(os.environ, PYTHONPATH=REPO)

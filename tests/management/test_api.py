@@ -412,9 +412,10 @@ def test_personal_access_tokens_and_roles(server):
     assert plain.startswith("nbp_") and pat["name"] == "ci" and "expiration_date" in pat
     listed = server.ok("GET", f"/api/users/{u['id']}/tokens")
     assert [t["id"] for t in listed] == [pat["id"]]
-    # a plain user can read but not write
+    # a plain user reads its own things only, and writes nothing (issue 11 item 9)
     as_user = f"Token {plain}"
-    assert server.get(SERVICES, auth=as_user).status == 200
+    assert server.get("/api/peers", auth=as_user).status == 200
+    assert_error(server.get(SERVICES, auth=as_user), 403)
     assert_error(server.post("/api/groups", {"name": uniq()}, auth=as_user), 403)
     # blocking the user locks the token out
     server.ok("PUT", f"/api/users/{u['id']}", {"role": "user", "auto_groups": [],
@@ -422,7 +423,7 @@ def test_personal_access_tokens_and_roles(server):
     assert_error(server.get(SERVICES, auth=as_user), 401)
     server.ok("PUT", f"/api/users/{u['id']}", {"role": "user", "auto_groups": [],
                                                "is_blocked": False})
-    assert server.get(SERVICES, auth=as_user).status == 200
+    assert server.get("/api/peers", auth=as_user).status == 200
     assert server.ok("DELETE", f"/api/users/{u['id']}/tokens/{pat['id']}") == {}
     assert_error(server.get(SERVICES, auth=as_user), 401)
     assert_error(server.post(f"/api/users/{u['id']}/tokens", {"name": "x", "expires_in": 0}),

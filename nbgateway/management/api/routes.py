@@ -10,6 +10,7 @@ served.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +45,19 @@ def _require_admin(call: Call) -> None:
     assert call.identity is not None
     if call.identity.role not in _ADMIN_ROLES:
         raise ApiError(403, "user has no permission to perform this action")
+
+
+def _is_admin(call: Call) -> bool:
+    assert call.identity is not None
+    return call.identity.role in _ADMIN_ROLES
+
+
+def _own_peer(call: Call, peer: Peer) -> Peer:
+    """A regular user reaches only the peers it owns; others do not exist for it."""
+    assert call.identity is not None
+    if not _is_admin(call) and peer.user_id != call.identity.user_id:
+        raise NotFound("peer not found")
+    return peer
 
 
 def _require_instance_admin(call: Call) -> None:
@@ -171,6 +185,7 @@ class Handlers:
         return resolve
 
     def list_services(self, call: Call) -> Result:
+        _require_admin(call)
         acct = _acct(call)
         resolve = self._host_resolver(acct)
         return Result(200, [m.service_to_api(s, resolve) for s in self.store.list_services(acct)])
@@ -182,6 +197,7 @@ class Handlers:
         return Result(200, m.service_to_api(created, self._host_resolver(acct)))
 
     def get_service(self, call: Call) -> Result:
+        _require_admin(call)
         acct = _acct(call)
         s = self.store.get_service(acct, call.params["serviceId"])
         return Result(200, m.service_to_api(s, self._host_resolver(acct)))
@@ -203,6 +219,7 @@ class Handlers:
     # -- clusters and domains --------------------------------------------------
 
     def list_clusters(self, call: Call) -> Result:
+        _require_admin(call)
         return Result(200, [m.cluster_to_api(c) for c in self.store.list_clusters(_acct(call))])
 
     def list_proxies(self, call: Call) -> Result:
@@ -210,6 +227,8 @@ class Handlers:
         and where each listens inside this account's tunnel (``nbgateway-admin
         status``)."""
         from nbgateway.management.store._proxies import ACTIVE_WINDOW
+
+        _require_admin(call)
 
         acct = _acct(call)
         listeners: dict[str, list[dict[str, Any]]] = {}
@@ -242,6 +261,7 @@ class Handlers:
         return Result(200, {})
 
     def list_domains(self, call: Call) -> Result:
+        _require_admin(call)
         acct = _acct(call)
         clusters = {c.address: c for c in self.store.list_clusters(acct)}
         out = [m.free_domain_to_api(c) for c in clusters.values() if c.online]
@@ -281,6 +301,7 @@ class Handlers:
     # -- proxy tokens ------------------------------------------------------------
 
     def list_proxy_tokens(self, call: Call) -> Result:
+        _require_admin(call)
         return Result(200, [m.proxy_token_to_api(t)
                             for t in self.store.list_proxy_tokens(_acct(call))])
 
@@ -328,6 +349,9 @@ class Handlers:
             method=q.get("method") or None, status=q.get("status") or None,
             status_code=status_code, start_date=_date_query(call, "start_date"),
             end_date=_date_query(call, "end_date"))
+        assert call.identity is not None
+        if not _is_admin(call):  # a regular user reads its own requests only
+            query = dataclasses.replace(query, user_id=call.identity.user_id)
         if query.status not in (None, "success", "failed"):
             raise ValidationError(f"invalid status {query.status!r}: use success or failed")
         page = self.store.list_access_logs(_acct(call), query)
@@ -339,7 +363,11 @@ class Handlers:
     # -- users and their tokens ----------------------------------------------------
 
     def list_users(self, call: Call) -> Result:
-        return Result(200, [m.user_to_api(u) for u in self.store.list_users(_acct(call))])
+        assert call.identity is not None
+        found = self.store.list_users(_acct(call))
+        if not _is_admin(call):  # a regular user sees itself only
+            found = [u for u in found if u.id == call.identity.user_id]
+        return Result(200, [m.user_to_api(u) for u in found])
 
     def create_user(self, call: Call) -> Result:
         _require_admin(call)
@@ -351,6 +379,7 @@ class Handlers:
         return Result(200, m.user_to_api(user))
 
     def get_user(self, call: Call) -> Result:
+        self._own_or_admin(call)
         return Result(200, m.user_to_api(self.store.get_user(_acct(call), call.params["userId"])))
 
     def update_user(self, call: Call) -> Result:
@@ -411,6 +440,7 @@ class Handlers:
         return {p.id: p.name for p in self.store.list_peers(acct)}
 
     def list_groups(self, call: Call) -> Result:
+        _require_admin(call)
         acct = _acct(call)
         names = self._peer_names(acct)
         return Result(200, [m.group_to_api(g, names) for g in self.store.list_groups(acct)])
@@ -423,6 +453,7 @@ class Handlers:
         return Result(200, m.group_to_api(g, self._peer_names(acct)))
 
     def get_group(self, call: Call) -> Result:
+        _require_admin(call)
         acct = _acct(call)
         g = self.store.get_group(acct, call.params["groupId"])
         return Result(200, m.group_to_api(g, self._peer_names(acct)))
@@ -449,7 +480,11 @@ class Handlers:
     def list_peers(self, call: Call) -> Result:
         acct = _acct(call)
         groups = self._groups(acct)
-        return Result(200, [m.peer_to_api(p, groups) for p in self.store.list_peers(acct)])
+        found = self.store.list_peers(acct)
+        if not _is_admin(call):
+            assert call.identity is not None
+            found = [p for p in found if p.user_id == call.identity.user_id]
+        return Result(200, [m.peer_to_api(p, groups) for p in found])
 
     def create_peer(self, call: Call) -> Result:
         _require_admin(call)
@@ -483,17 +518,19 @@ class Handlers:
     def inspect_private_services(self, call: Call) -> Result:
         from nbgateway.management.synthetic import private_service_inspection
 
+        _require_admin(call)
         return Result(200, private_service_inspection(self.store, _acct(call)))
 
     def peer_network_map(self, call: Call) -> Result:
         from nbgateway.management.networkmap import inspect_peer_network_map
 
+        _own_peer(call, self.store.get_peer(_acct(call), call.params["peerId"]))
         return Result(200, inspect_peer_network_map(self.store, _acct(call),
                                                     call.params["peerId"]))
 
     def get_peer(self, call: Call) -> Result:
         acct = _acct(call)
-        peer = self.store.get_peer(acct, call.params["peerId"])
+        peer = _own_peer(call, self.store.get_peer(acct, call.params["peerId"]))
         return Result(200, m.peer_to_api(peer, self._groups(acct)))
 
     def update_peer(self, call: Call) -> Result:
