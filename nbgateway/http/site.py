@@ -5,7 +5,15 @@ One :class:`GatewayResource` serves one listener.  A tunnel (inbound)
 listener knows its account (``listener_account``); the public listener has
 none.  Per request, in order:
 
-1. Host (port stripped, exact) -> :class:`ServiceEntry`; unknown -> 404.
+0. Front door (issue 11.3, 11.9): a duplicate ``Host`` is 400; an
+   absolute-form target is routed by its authority and forwarded in origin
+   form (RFC 9112 3.2.2); header names containing ``_`` are dropped unless
+   ``allow_underscore_headers`` (nginx's default: a CGI/WSGI upstream would
+   merge ``X_NetBird_User`` into ``X-NetBird-User``).
+1. Host (port stripped, :func:`~nbgateway.http.routing.domain_key`) ->
+   :class:`ServiceEntry`; unknown -> 404.  On a tunnel listener an explicit
+   Host port other than the listener's is 421 (the public listener ignores
+   it: it may sit behind a port mapping).
 2. Hardening (proxy.md 11.7): on an inbound listener, a service of another
    account is 404 -- accounts never see each other's domains.
 3. Access restrictions (CIDR; on the public listener also geo/CrowdSec) ->
