@@ -38,10 +38,11 @@ DESCRIPTION = f"""\
 Administer nbgateway through the management REST API: users, groups, peers,
 services, tokens, accounts; check the deployment with 'status'.
 
-Connection: --url (env NB_ADMIN_URL, default {DEFAULT_URL}) and --token (env
-NB_ADMIN_TOKEN, else the file ./{DEFAULT_TOKEN_FILE} that the gateway writes on first
-start). Output is a table, or JSON with --json. Run any command with --help
-for its options and examples."""
+Connection: --url (env NB_ADMIN_URL, default {DEFAULT_URL})
+and --token (env NB_ADMIN_TOKEN, else the file ./{DEFAULT_TOKEN_FILE}
+that the gateway writes on first start). Output is a table, or JSON with
+--json. Run any command with --help for its options and examples; 'env'
+lists every environment variable."""
 
 EXAMPLES = (
     "nbgateway-admin status",

@@ -71,7 +71,7 @@ class Commands:
         parser = self.action.add_parser(
             name, help=summary, description=description or summary[:1].upper() + summary[1:]
             + ".", epilog=examples(*example) if example else None,
-            parents=[self.common] if leaf else [])
+            parents=[self.common] if leaf and not offline else [])
         for alias in aliases:  # accepted, not listed (argparse would show "name (alias)")
             self.action._name_parser_map[alias] = parser
         if func is not None:

@@ -111,7 +111,9 @@ def collect(client: Client, tls_addr: tuple[str, int] | None) -> dict[str, Any]:
     if tls_addr is not None:
         host, port = tls_addr
         for svc in services:
-            if (svc.get("mode") or "http") == "http" and svc.get("domain"):
+            # private services are served inside the tunnel only: not from here
+            if ((svc.get("mode") or "http") == "http" and svc.get("domain")
+                    and not svc.get("private")):
                 certs[svc["domain"]] = probe_certificate(host, port, svc["domain"])
     return {"management": {"url": client.base, "reachable": True},
             "clusters": clusters, "proxies": proxies, "proxies_error": proxies_error,
@@ -225,7 +227,7 @@ def render(report: dict[str, Any], out: TextIO, paint: Painter) -> None:
         (lambda t: paint(t, "yellow"))
     mgmt = report["management"]
     if not mgmt.get("reachable"):
-        out.write(f"management  {bad('UNREACHABLE')}  {mgmt['url']}: {mgmt.get('error')}\n")
+        out.write(f"management  {bad('UNREACHABLE')}  {mgmt.get('error')}\n")
         out.write(f"status: {bad('DOWN')}\n")
         return
     out.write(f"management  {ok('reachable')}  {mgmt['url']}\n\n")
@@ -273,6 +275,9 @@ def render(report: dict[str, Any], out: TextIO, paint: Painter) -> None:
                       f"until {cert['not_after']}\n")
         elif cert:
             out.write(f"    certificate: not checked ({cert['error']})\n")
+        elif s.get("private"):
+            out.write("    certificate: served inside the tunnel only (not checked from "
+                      "here)\n")
     for hint in report["hints"]:
         out.write(f"\n{warn('hint')}: {hint}")
     if report["hints"]:
