@@ -11,6 +11,9 @@
    plain synchronous test functions are called directly (pytest-twisted would
    otherwise start its reactor for every test function), and modules that use
    pytest-twisted run after everything else.
+
+3. The throwaway PostgreSQL cluster of ``tests/pgcluster.py`` (started on
+   first use when ``NBGW_TEST_PG_DSN`` is unset) is stopped at session end.
 """
 
 from __future__ import annotations
@@ -73,3 +76,11 @@ def pytest_pyfunc_call(pyfuncitem):
             f"{pyfuncitem.nodeid} returned a Deferred: decorate it with "
             "@pytest_twisted.ensureDeferred / inlineCallbacks or use a trial TestCase")
     return True
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the throwaway PostgreSQL cluster if this session started one
+    (tests/pgcluster.py starts it on first use)."""
+    from tests import pgcluster
+
+    pgcluster.stop()

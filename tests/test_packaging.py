@@ -9,7 +9,8 @@ The wheel is built from a copy of the working tree (so the repository gets no
 ``build/`` or egg-info changes) with ``python -m build --wheel
 --no-isolation`` (setuptools and build are in the test extras); the fresh
 venv's dependencies come from pip's configured index/cache.  Both happen once
-per module.
+per module.  The fresh-venv tests are marked ``index`` (they need the package
+index, or a pip cache or mirror holding every dependency).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def test_wheel_ships_the_dropins_without_a_plugins_package(wheel):
     assert "nbgateway-wg = nbgateway.wireguard.cli:main" in text
 
 
+@pytest.mark.index
 def test_twistd_lists_both_plugins_in_a_fresh_venv(venv, tmp_path):
     r = _run([os.path.join(venv, "twistd"), "--help"], cwd=tmp_path, env=_clean_env())
     assert r.returncode == 0, r.stderr
@@ -105,6 +107,7 @@ def test_twistd_lists_both_plugins_in_a_fresh_venv(venv, tmp_path):
     assert {"nbgateway", "nbmanagement"} <= commands, r.stdout
 
 
+@pytest.mark.index
 def test_twistd_nbgateway_help_shows_every_flag(venv, tmp_path):
     r = _run([os.path.join(venv, "twistd"), "-n", "nbgateway", "--help"], cwd=tmp_path,
              env=_clean_env())
@@ -115,6 +118,7 @@ def test_twistd_nbgateway_help_shows_every_flag(venv, tmp_path):
             assert s.env in r.stdout.replace("\n", " ").replace(" ", ""), s.env
 
 
+@pytest.mark.index
 def test_bad_flag_is_a_one_line_error_naming_it(venv, tmp_path):
     r = _run([os.path.join(venv, "twistd"), "-n", "nbgateway", "--wg-port", "nope"],
              cwd=tmp_path, env=_clean_env())
@@ -122,6 +126,7 @@ def test_bad_flag_is_a_one_line_error_naming_it(venv, tmp_path):
     assert "--wg-port" in r.stdout + r.stderr
 
 
+@pytest.mark.index
 def test_console_scripts_run_in_the_fresh_venv(venv, tmp_path):
     r = _run([os.path.join(venv, "nbgateway-admin"), "quickstart", "--help"], cwd=tmp_path,
              env=_clean_env())

@@ -314,6 +314,16 @@ SECRETS = ("/nbgateway-data/admin-token", "/admin-token", "/nbgateway-data/ca.ke
            "/../nbgateway-data/admin-token", "/%2e%2e/nbgateway-data/admin-token")
 
 
+WG_RUN = "/run/wireguard"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return _read(f"/proc/{pid}/comm").strip()
+    except OSError:
+        return ""
+
+
 def _sudo_shim(bindir: str) -> None:
     """``sudo CMD`` runs CMD: the test runs as root, a newcomer types sudo."""
     os.makedirs(bindir, exist_ok=True)
@@ -324,6 +334,7 @@ def _sudo_shim(bindir: str) -> None:
 
 
 @pytest.mark.interop
+@pytest.mark.index
 def test_readme_quickstart_in_a_namespace():
     from tests.interop.conftest import require_testbed
     from tests.interop.testbed import Testbed
@@ -353,6 +364,7 @@ def test_readme_quickstart_in_a_namespace():
         if shutil.which("resolvconf", path=path) or quickstart.has_resolvconf(path):
             pytest.skip("resolvconf is installed here: wg-quick would change this "
                         "machine's resolver; the test needs a newcomer's machine without it")
+        os.makedirs(WG_RUN, exist_ok=True)
         env = f"export PATH={shlex.quote(path)} && cd {shlex.quote(work)} && "
         probe = ns.run(["bash", "-c", env + "command -v resolvconf"], check=False)
         assert probe.returncode != 0, probe.stdout
@@ -369,6 +381,11 @@ def test_readme_quickstart_in_a_namespace():
                     return r if r.returncode == 0 else None
                 last = _wait(attempt, 60, f"{line!r} to succeed", interval=1)
             else:  # literally, wg-quick included (wireguard-go when there is no kmod)
+                if "wg-quick up" in line:
+                    # wireguard-go's control socket goes to a tmpfs private to this
+                    # `ip netns exec` mount namespace: another test's "laptop"
+                    # interface cannot collide with ours
+                    line = f"mount -t tmpfs nbgw-wg {WG_RUN} && {line}"
                 r = ns.run(["bash", "-c", env + line], check=False, timeout=150)
                 assert r.returncode == 0, (line, r.stdout[-3000:], r.stderr[-3000:])
         assert last is not None
@@ -387,9 +404,10 @@ def test_readme_quickstart_in_a_namespace():
         conf = _read(os.path.join(work, "laptop.conf"))
         assert not re.search(r"(?m)^\s*DNS\s*=", conf), conf  # no resolvconf here
     finally:
-        if ns is not None:
-            ns.run(["bash", "-c", f"cd {shlex.quote(os.path.join(tb.tmpdir, 'work'))} && "
-                    "wg-quick down ./laptop.conf"], check=False, timeout=30)
+        if ns is not None:  # what wg-quick down does to a userspace interface
+            ns.run(["ip", "link", "delete", "dev", "laptop"], check=False)
+            _wait(lambda: not [pid for pid in ns.pids() if _comm(pid) == "wireguard-go"], 10,
+                  "wireguard-go to exit", interval=0.1)
         for name in ("background.log",):
             path = os.path.join(tb.tmpdir, name)
             if os.path.exists(path):

@@ -1,10 +1,11 @@
 """Fixtures for the management tests: a ``store`` on SQLite and on PostgreSQL.
 
 PostgreSQL: ``NBGW_TEST_PG_DSN`` names a server/database where the test role
-may create schemas; every test gets its own fresh schema (dropped afterwards),
-so tests never see each other's rows. Without the DSN the postgres parameters
-skip with a reason, except with ``NBGW_REQUIRE_POSTGRES=1`` (set by CI), where
-they fail instead.
+may create schemas; without it the session starts a throwaway cluster when the
+server binaries are installed (:mod:`tests.pgcluster`). Every test gets its own
+fresh schema (dropped afterwards), so tests never see each other's rows. With
+neither, the postgres parameters skip with a reason, except with
+``NBGW_REQUIRE_POSTGRES=1`` (set by CI), where they fail instead.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pytest
 
 from nbgateway.management.model import Account
 from nbgateway.management.store import Store
+from tests import pgcluster
 
-PG_DSN = os.environ.get("NBGW_TEST_PG_DSN", "")
 REQUIRE_PG = os.environ.get("NBGW_REQUIRE_POSTGRES") == "1"
 CLUSTER = "eu.proxy.netbird.io"
 
@@ -30,11 +31,13 @@ BACKENDS = [
 
 
 def _require_pg_dsn() -> str:
-    if not PG_DSN:
+    dsn = pgcluster.dsn()
+    if not dsn:
+        reason = pgcluster.unavailable_reason() or "PostgreSQL not available"
         if REQUIRE_PG:
-            pytest.fail("NBGW_REQUIRE_POSTGRES=1 but NBGW_TEST_PG_DSN is not set")
-        pytest.skip("PostgreSQL store tests need NBGW_TEST_PG_DSN (postgresql://...)")
-    return PG_DSN
+            pytest.fail(f"NBGW_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    return dsn
 
 
 def _with_search_path(dsn: str, schema: str) -> str:
