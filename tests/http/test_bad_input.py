@@ -90,7 +90,8 @@ class BadInputTests(unittest.TestCase):
     def setUp(self):
         self.upstream = reactor.listenTCP(0, server.Site(Hello()), interface="127.0.0.1")
         config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
-                       "datadir": self.mktemp(), "health_addr": "", "addr": "127.0.0.1:0"},
+                       "datadir": self.mktemp(), "health_addr": "", "addr": "127.0.0.1:0",
+                       "direct_upstream_allow": "127.0.0.1/32@acct"},
                       {"NB_PROXY_TOKEN": "t"})
         self.mgmt = FakeManagementClient()
         self.svc = GatewayService(config, reactor=reactor, management=self.mgmt,
