@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.accounts import L4_MODES, AccountRegistry, AccountRuntime, AccountSettings
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
-from nbgateway.dial.direct import DirectDialer, DirectDialStats, is_host_address
+from nbgateway.dial.direct import DenialReports, DirectDialer, DirectDialStats, is_host_address
 from nbgateway.dial.guard import DialPolicy, Listener, parse_allow_list
 from nbgateway.dial.pool import UpstreamPools
 from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
@@ -182,6 +182,7 @@ class GatewayService(MultiService):
             rules += embedded.direct_upstream_rules()
         self.direct = DirectDialer(reactor, stats=self.direct_stats, policy=DialPolicy(
             rules, listeners=self._own_listeners, is_local=is_host_address))
+        self.denial_reports = DenialReports()
         self.proxy = ReverseProxy(
             reactor, self.pools, self.dialer_for,
             max_dial_timeout=config.max_dial_timeout,
@@ -189,6 +190,7 @@ class GatewayService(MultiService):
             trusted_proxies=TrustedProxies(config.trusted_proxies),
         )
         self.routes.on_domain_gone = self.proxy.upgrades.close_domain
+        self.proxy.on_dial_denied = self._report_dial_denied
         self.access_log = AccessLogger(management, reactor)
         self.metrics.access_log = self.access_log
         #: per-account synthetic DNS zones (served on each tunnel address, port 53)
@@ -247,6 +249,24 @@ class GatewayService(MultiService):
     def _in_roster(self, account_id: str, ip: str) -> bool:
         runtime = self.accounts.get(account_id)
         return runtime is not None and runtime.in_roster(ip)
+
+    def _report_dial_denied(self, service: Any, exc: Any) -> None:
+        """A refused direct dial becomes the service's status (ERROR with the
+        reason), at most once a minute per service."""
+        if not service.service_id \
+                or not self.denial_reports.due(service.service_id, self.reactor.seconds()):
+            return
+        log.warn("direct_upstream dial refused for account {account} service {service}: "
+                 "{host}:{port} ({address}) {reason}", account=service.account_id,
+                 service=service.service_id, host=exc.host, port=exc.port,
+                 address=exc.address, reason=exc.reason)
+        if self.mgmt is None:
+            return
+        maybeDeferred(
+            self.mgmt.send_status_update, service.service_id, service.account_id,
+            pb.PROXY_STATUS_ERROR, error_message=DenialReports.message(exc),
+        ).addErrback(lambda f: log.debug("status report failed: {err}",
+                                         err=f.getErrorMessage()))
 
     def _own_listeners(self) -> list[Listener]:
         """This gateway's TCP listeners on the host (the dial guard's deny set)."""

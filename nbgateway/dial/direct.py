@@ -92,6 +92,39 @@ class DirectDialStats:
         return []
 
 
+class DenialReports:
+    """Which refused direct dials to report to management as the service's
+    status (so an instance admin sees which services this gateway refused and
+    why): at most one report per service per ``interval`` seconds, at most
+    ``max_services`` services remembered (oldest forgotten first)."""
+
+    def __init__(self, interval: float = 60.0, max_services: int = 10_000) -> None:
+        self.interval = interval
+        self.max_services = max_services
+        self._last: dict[str, float] = {}
+
+    def due(self, service_id: str, now: float) -> bool:
+        last = self._last.get(service_id)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last.pop(service_id, None)
+        self._last[service_id] = now
+        while len(self._last) > self.max_services:
+            del self._last[next(iter(self._last))]
+        return True
+
+    @staticmethod
+    def message(exc: DirectUpstreamDeniedError) -> str:
+        where = f"{exc.host}:{exc.port}"
+        if exc.address and exc.address != exc.host:
+            where += f" ({exc.address})"
+        return (f"direct_upstream target {where} refused by this gateway: {exc.reason} "
+                "(the operator's --direct-upstream-allow does not cover it for this account)"
+                if exc.reason != "gateway_listener" else
+                f"direct_upstream target {where} refused by this gateway: it is one of the "
+                "gateway's own listeners")
+
+
 @implementer(IResolutionReceiver)
 class _Addresses:
     """Collects the TCP addresses one ``resolveHostName`` call produces."""

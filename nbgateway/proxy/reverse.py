@@ -170,10 +170,19 @@ DIRECT_UPSTREAM_DENIED = pages.ErrorPage(
     "(direct_upstream target outside the operator's allow-list).")
 
 
-def note_dial_denial(request: Any, exc: BaseException) -> None:
-    """A refused direct dial: the verdict of the request's access-log entry."""
-    if isinstance(exc, DirectUpstreamDeniedError):
-        request.nbgw_auth_mechanism = ACCESS_LOG_REASON
+def note_dial_denial(request: Any, exc: BaseException, proxy: Any = None,
+                     service: Any = None) -> None:
+    """A refused direct dial: the verdict of the request's access-log entry,
+    and the proxy's ``on_dial_denied(service, exc)`` hook (status report)."""
+    if not isinstance(exc, DirectUpstreamDeniedError):
+        return
+    request.nbgw_auth_mechanism = ACCESS_LOG_REASON
+    hook = getattr(proxy, "on_dial_denied", None)
+    if hook is not None and service is not None:
+        try:
+            hook(service, exc)
+        except Exception:
+            log.failure("dial denial report failed")
 
 
 def classify_error(exc: BaseException, timed_out: bool = False) -> pages.ErrorPage:
@@ -388,7 +397,7 @@ class _Exchange:
             target=self.route.target,
         )
         self.request.proxy_error = page.title
-        note_dial_denial(self.request, exc)
+        note_dial_denial(self.request, exc, self.proxy, self.service)
         self.done = True
         pages.send_page(self.request, page, destination=self.route.target)
 
@@ -432,6 +441,8 @@ class ReverseProxy:
         self.forwarded_proto = forwarded_proto
         self.trusted_proxies = trusted_proxies
         self.max_inflight = max_inflight  # per account, tunnel path only; 0 = unlimited
+        #: ``(service, DirectUpstreamDeniedError)`` after a refused direct dial
+        self.on_dial_denied: Callable[[ProxyService, Any], None] | None = None
         self.inflight: dict[str, int] = {}
         if upgrades is None:
             from nbgateway.proxy.upgrade import UpgradeRelay

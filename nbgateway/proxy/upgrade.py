@@ -272,7 +272,7 @@ class _Attempt:
         from nbgateway.proxy.reverse import classify_error, note_dial_denial
 
         page = classify_error(exc, self.timed_out)
-        note_dial_denial(self.request, exc)
+        note_dial_denial(self.request, exc, self.relay.proxy, self.service)
         log.warn("upgrade proxy error {status} {title}: {error}", status=page.code,
                  title=page.title, error=repr(exc), target=self.route.target)
         pages.send_page(self.request, page, destination=self.route.target)

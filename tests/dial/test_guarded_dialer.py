@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from nbgateway.dial import DirectUpstreamDeniedError
-from nbgateway.dial.direct import DirectDialer, DirectDialStats
+from nbgateway.dial.direct import DenialReports, DirectDialer, DirectDialStats
 from nbgateway.dial.guard import DialPolicy, Listener, parse_allow_list
 from nbgateway.proxy.reverse import TargetOptions
 
@@ -218,6 +218,9 @@ class ProxyRefusalTests(unittest.TestCase):
         policy = DialPolicy(parse_allow_list("127.0.0.1/32@friend"))
         guarded = DirectDialer(reactor, policy=policy, stats=self.stats)
         self.h.proxy.dialer_for = lambda acct, direct: guarded.for_account(acct)
+        self.reported: list[tuple[str, str]] = []
+        self.h.proxy.on_dial_denied = lambda svc, exc: self.reported.append(
+            (svc.domain, exc.reason))
         self.port = self.h.listen()
         self.addCleanup(self.h.close)
 
@@ -237,6 +240,7 @@ class ProxyRefusalTests(unittest.TestCase):
             self.assertEqual(self.h.requests[-1].nbgw_auth_mechanism, "direct_upstream_denied")
         self.assertEqual(self.upstream.seen, [])
         self.assertEqual(self.stats.denied["loopback"], 3)
+        self.assertEqual(self.reported, [(f"evil{n}.example", "loopback") for n in range(3)])
         # the account the entry is scoped to gets through
         self.h.add("ok.example", {"/": f"http://127.0.0.1:{self.up_pnum}/"}, opts=opts,
                    account_id="friend")
@@ -257,3 +261,26 @@ class ProxyRefusalTests(unittest.TestCase):
         self.assertEqual(self.h.requests[-1].nbgw_auth_mechanism, "direct_upstream_denied")
         self.assertEqual(self.upstream.seen, [])
         self.assertEqual(self.stats.denied["loopback"], 1)
+        self.assertEqual(self.reported, [("ws.example", "loopback")])
+
+
+class DenialReportTests(unittest.TestCase):
+    def test_one_report_per_service_per_interval_and_bounded(self):
+        r = DenialReports(interval=60, max_services=2)
+        self.assertTrue(r.due("s1", 0))
+        self.assertFalse(r.due("s1", 59))
+        self.assertTrue(r.due("s2", 10))
+        self.assertTrue(r.due("s1", 61))
+        self.assertTrue(r.due("s3", 62))  # s2 (oldest) is forgotten
+        self.assertEqual(len(r._last), 2)
+        self.assertTrue(r.due("s2", 63))
+
+    def test_message_names_target_and_reason(self):
+        msg = DenialReports.message(DirectUpstreamDeniedError("loopback", "localhost", 8081,
+                                                              "127.0.0.1"))
+        self.assertIn("localhost:8081 (127.0.0.1)", msg)
+        self.assertIn("loopback", msg)
+        self.assertIn("--direct-upstream-allow", msg)
+        msg = DenialReports.message(DirectUpstreamDeniedError("gateway_listener", "127.0.0.1",
+                                                              8080, "127.0.0.1"))
+        self.assertIn("own listeners", msg)

@@ -14,8 +14,9 @@ REST API, the management gRPC port, the gateway's health/metrics listener
 (which is inside B's allow-list entry: the gateway's own listeners are never
 dialed) and a few spellings of loopback.  Every one answers 502
 ``Destination Not Allowed``, A's upstream logs no request, the refusals are
-in B's access log with the verdict ``direct_upstream_denied`` and in the
-gateway's metrics; B's service to its own allowed upstream works.
+in B's access log with the verdict ``direct_upstream_denied``, in the
+gateway's metrics and, with the reason, in the services' status that the
+instance admin lists; B's service to its own allowed upstream works.
 """
 
 from __future__ import annotations
@@ -159,3 +160,16 @@ def test_tenant_cannot_direct_dial_other_accounts_or_the_gateway(world):
     hits = wait_for(denied_entries, 15, "the refusals in B's access log")
     assert all(e["status_code"] == 502 for e in hits)
     assert {e["host"].split(".", 1)[0] for e in hits} == set(created)
+
+    # the instance admin sees which services the gateway refused, and why
+    def refused():
+        rows = {r["name"]: r for r in w.rest("GET", "/reverse-proxies/service-status")
+                if r["account_id"] == w.b_id}
+        bad = {n for n, r in rows.items() if r["status"] == "error"
+               and "refused by this gateway" in (r.get("status_message") or "")}
+        return rows if bad == set(created) else None
+
+    rows = wait_for(refused, 15, "the refused services' status at management")
+    assert "loopback" in rows["steal-a"]["status_message"]
+    assert "own listeners" in rows["health"]["status_message"]
+    assert rows["own"]["status"] != "error"
