@@ -339,7 +339,7 @@ def test_readme_quickstart_in_a_namespace():
     from tests.interop.conftest import require_testbed
     from tests.interop.testbed import Testbed
 
-    require_testbed("curl", "wg-quick", "python3")
+    require_testbed("curl", "wg-quick", "python3", "ping")
     commands = quickstart_commands(_read(README))
     tb = Testbed()
     ns = None
@@ -401,6 +401,10 @@ def test_readme_quickstart_in_a_namespace():
                 [*curl[:-1], "--path-as-is", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                  url + secret])], check=False, timeout=30)
             assert r.stdout.strip() == "404", (secret, r.stdout, r.stderr)
+        # README: the gateway's tunnel address answers ping for this peer
+        gateway_ip = re.search(r"--resolve \S+:443:([0-9.]+)", commands[-1]).group(1)
+        r = ns.run(["ping", "-c", "1", "-W", "3", gateway_ip], check=False, timeout=15)
+        assert r.returncode == 0, r.stdout + r.stderr
         conf = _read(os.path.join(work, "laptop.conf"))
         assert not re.search(r"(?m)^\s*DNS\s*=", conf), conf  # no resolvconf here
     finally:
