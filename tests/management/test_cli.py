@@ -170,3 +170,48 @@ def test_console_entry_reads_env_and_default_token_file(server, tmp_path):
     res = subprocess.run(cmd, cwd=tmp_path, env=dict(env, NB_ADMIN_TOKEN=server.token),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "All" in res.stdout
+
+
+def test_accounts_create_list_show_delete(server):
+    tag = uuid.uuid4().hex[:6]
+    out = ok(server, "accounts", "create", f"acme-{tag}", "--admin-email", f"ops@{tag}.test")
+    assert f"acme-{tag}" in out and "ADMIN_USER_ID" in out.splitlines()[0]
+    token = out.split("first admin's token (shown once): ")[1].split()[0]
+    assert token.startswith("nbp_")
+    # the new admin works in the new account, and sees only that account
+    assert ok_as(server, token, "groups", "list").startswith("ID")
+    own = json.loads(ok_as(server, token, "--json", "accounts", "list"))
+    assert [a["name"] for a in own] == [f"acme-{tag}"]
+    code, _, err = run(server, "accounts", "create", "other", token=token)
+    assert code == 1 and "(HTTP 403)" in err and err.count("\n") == 1
+    # the instance admin sees it among all accounts
+    listed = json.loads(ok(server, "--json", "accounts", "list"))
+    account = next(a for a in listed if a["name"] == f"acme-{tag}")
+    shown = json.loads(ok(server, "accounts", "show", f"acme-{tag}", "--json"))
+    assert shown["id"] == account["id"]
+    created = json.loads(ok(server, "--json", "accounts", "create", f"json-{tag}"))
+    assert created["token"].startswith("nbp_") and created["admin_user_id"]
+    gone = json.loads(ok(server, "accounts", "delete", f"json-{tag}", "--json"))
+    assert gone == {"deleted": "account", "id": created["id"], "name": f"json-{tag}"}
+    assert "deleted account" in ok(server, "accounts", "delete", f"acme-{tag}")
+    names = [a["name"] for a in json.loads(ok(server, "--json", "accounts", "list"))]
+    assert f"acme-{tag}" not in names and f"json-{tag}" not in names
+
+
+def test_services_create_defaults_the_cluster_from_the_domain(server):
+    tag = uuid.uuid4().hex[:6]
+    ok(server, "domains", "create", f"d{tag}.test", CLUSTER)
+    out = ok(server, "--json", "services", "create", "--domain", f"app.d{tag}.test",
+             "--target", "http://10.0.0.5:8080/api")
+    svc = json.loads(out)
+    assert svc["name"] == "app"
+    [target] = svc["targets"]
+    assert (target["target_type"], target["target_id"], target["host"], target["port"],
+            target["path"]) == ("cluster", CLUSTER, "10.0.0.5", 8080, "/api")
+    assert target["options"]["direct_upstream"] is True
+    code, _, err = run(server, "services", "create", "--domain", "x.nowhere.test",
+                       "--target", "http://10.0.0.5")
+    assert code == 2 and "no gateway cluster serves 'x.nowhere.test'" in err
+    assert json.loads(ok(server, "--json", "services", "delete", f"app.d{tag}.test")) == {
+        "deleted": "service", "id": svc["id"], "name": f"app.d{tag}.test"}
+    ok(server, "domains", "delete", f"d{tag}.test")

@@ -30,7 +30,7 @@ LOG_COLS = ("timestamp", "method", "host", "path", "status_code", "duration_ms",
             "user_id", "user_groups", "reason")
 CLUSTER_COLS = ("address", "type", "online", "connected_proxies", "private")
 DOMAIN_COLS = ("id", "domain", "type", "target_cluster", "validated", "supports_private")
-ACCOUNT_COLS = ("id", "name", "admin_user_id", "created_at")
+ACCOUNT_COLS = ("id", "name", "network_v4", "network_v6", "created_at")
 
 Args = argparse.Namespace
 
@@ -135,18 +135,32 @@ def _url_target(spec: str) -> dict[str, Any]:
 
 
 def complete_targets(client: Client, domain: str, targets: list[dict[str, Any]]) -> None:
-    """Fill a cluster target's missing id: the cluster serving ``domain``."""
+    """Fill a cluster target's missing id: the cluster serving ``domain``
+    (a connected cluster's address, or a custom domain's target cluster)."""
     if all(t.get("target_id") for t in targets):
         return
-    clusters = [c["address"] for c in client.get("/reverse-proxies/clusters") or []]
-    owning = sorted((a for a in clusters if domain == a or domain.endswith("." + a)),
-                    key=len, reverse=True)
+    served: dict[str, str] = {}  # domain suffix -> cluster
+    for d in client.get("/reverse-proxies/domains") or []:
+        cluster = d.get("target_cluster") or (d.get("domain") if d.get("type") == "free" else "")
+        if d.get("domain") and cluster:
+            served[d["domain"]] = cluster
+    owning = sorted((suffix for suffix in served
+                     if domain == suffix or domain.endswith("." + suffix)), key=len, reverse=True)
     if not owning:
-        raise UsageError(f"no gateway cluster serves {domain!r} (known: "
-                         f"{', '.join(clusters) or 'none'}); pick a domain under one, or "
+        raise UsageError(f"no gateway cluster serves {domain!r} (domains: "
+                         f"{', '.join(sorted(served)) or 'none'}); pick a domain under one, or "
                          "give id=CLUSTER in --target")
     for t in targets:
-        t.setdefault("target_id", owning[0])
+        t.setdefault("target_id", served[owning[0]])
+
+
+def deleted(args: Args, out: TextIO, what: str, ident: str, label: str | None = None,
+            verb: str = "deleted") -> None:
+    """Report a deletion: a line, or ``{"deleted": ...}`` with --json."""
+    if args.json:
+        write_json(out, {verb: what, "id": ident, **({"name": label} if label else {})})
+    else:
+        out.write(f"{verb} {what} {ident}{f' ({label})' if label else ''}\n")
 
 
 # --- users -------------------------------------------------------------------------
@@ -169,7 +183,7 @@ def users_create(client: Client, args: Args, out: TextIO) -> None:
 def users_delete(client: Client, args: Args, out: TextIO) -> None:
     user = resolve(client, "/users", args.ref, "user", key="email")
     client.delete(f"/users/{_q(user['id'])}")
-    out.write(f"deleted user {user['id']}\n")
+    deleted(args, out, "user", user["id"], user.get("email"))
 
 
 def _users_block(client: Client, args: Args, out: TextIO, blocked: bool) -> None:
@@ -222,7 +236,7 @@ def groups_create(client: Client, args: Args, out: TextIO) -> None:
 def groups_delete(client: Client, args: Args, out: TextIO) -> None:
     group = resolve(client, "/groups", args.ref, "group")
     client.delete(f"/groups/{_q(group['id'])}")
-    out.write(f"deleted group {group['id']}\n")
+    deleted(args, out, "group", group["id"], group.get("name"))
 
 
 def _groups_member(client: Client, args: Args, out: TextIO, add: bool) -> None:
@@ -287,7 +301,7 @@ def peers_create(client: Client, args: Args, out: TextIO) -> None:
 def peers_delete(client: Client, args: Args, out: TextIO) -> None:
     peer = resolve(client, "/peers", args.ref, "peer")
     client.delete(f"/peers/{_q(peer['id'])}")
-    out.write(f"deleted peer {peer['id']}\n")
+    deleted(args, out, "peer", peer["id"], peer.get("name"))
 
 
 def peers_config(client: Client, args: Args, out: TextIO) -> None:
@@ -361,7 +375,7 @@ def services_create(client: Client, args: Args, out: TextIO) -> None:
 def services_delete(client: Client, args: Args, out: TextIO) -> None:
     svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
     client.delete(f"/reverse-proxies/services/{_q(svc['id'])}")
-    out.write(f"deleted service {svc['id']} ({svc['domain']})\n")
+    deleted(args, out, "service", svc["id"], svc["domain"])
 
 
 # --- proxy tokens ------------------------------------------------------------------
@@ -384,7 +398,7 @@ def tokens_create(client: Client, args: Args, out: TextIO) -> None:
 def tokens_delete(client: Client, args: Args, out: TextIO) -> None:
     token = resolve(client, "/reverse-proxies/proxy-tokens", args.ref, "token")
     client.delete(f"/reverse-proxies/proxy-tokens/{_q(token['id'])}")
-    out.write(f"revoked token {token['id']}\n")
+    deleted(args, out, "token", token["id"], token.get("name"), verb="revoked")
 
 
 # --- logs, clusters, domains -------------------------------------------------------
@@ -420,7 +434,7 @@ def domains_create(client: Client, args: Args, out: TextIO) -> None:
 def domains_delete(client: Client, args: Args, out: TextIO) -> None:
     dom = resolve(client, "/reverse-proxies/domains", args.ref, "domain", key="domain")
     client.delete(f"/reverse-proxies/domains/{_q(dom['id'])}")
-    out.write(f"deleted domain {dom['domain']}\n")
+    deleted(args, out, "domain", dom["id"], dom["domain"])
 
 
 # --- accounts ----------------------------------------------------------------------
@@ -442,9 +456,15 @@ def accounts_create(client: Client, args: Args, out: TextIO) -> None:
     if args.json:
         write_json(out, created)
         return
-    table([created], ACCOUNT_COLS, out)
+    table([created], (*ACCOUNT_COLS, "admin_user_id"), out)
     out.write(f"first admin's token (shown once): {created.get('token')}\n"
               f"use it: NB_ADMIN_TOKEN=<token> nbgateway-admin groups list\n")
+
+
+def accounts_delete(client: Client, args: Args, out: TextIO) -> None:
+    account = resolve(client, "/accounts", args.ref, "account")
+    client.delete(f"/accounts/{_q(account['id'])}")
+    deleted(args, out, "account", account["id"], account.get("name"))
 
 
 # --- registration ------------------------------------------------------------------
@@ -627,10 +647,14 @@ def register(cmd: Commands) -> None:
           example=["nbgateway-admin domains delete apps.example.com"]).add_argument(
         "ref", metavar="DOMAIN", help="domain id or name")
 
-    g = cmd.group("accounts", "list, create or show accounts (tenants); instance admin only",
+    g = cmd.group("accounts", "list, create, show or delete accounts (tenants); creating "
+                              "and deleting needs the instance admin's token",
                   aliases=["account"],
                   example=["nbgateway-admin accounts create acme --admin-email ops@acme.test",
                            "nbgateway-admin accounts list"])
+    g.add("delete", "delete an account and everything in it", func=accounts_delete,
+          example=["nbgateway-admin accounts delete acme"]).add_argument(
+        "ref", metavar="ACCOUNT", help="account id or name")
     g.add("list", "list accounts (an account admin sees only their own)", func=accounts_list,
           example=["nbgateway-admin accounts list --json"])
     g.add("show", "show one account", func=accounts_show,
