@@ -74,75 +74,12 @@ def makeService(options: Options) -> Any:
     text log, ``--log-format json``, and nbgateway's observer factories
     ``--logger=nbgateway.observe.logging.jsonObserverFactory`` or
     ``textObserverFactory``) and SIGHUP -> certificate reload."""
-    from nbgateway.observe.logging import PROCESS_LEVEL, log_level
+    from nbgateway.observe.logging import PROCESS_LEVEL, filter_twistd_logs, log_level
 
     config = options.config
     PROCESS_LEVEL.set(log_level(config.effective_log_level))
     gateway = build_gateway(config)
     gateway.reload_on_sighup = True  # installed at start, restored at stop
-    _logs_for_application(gateway, config, getattr(options, "parent", None))
+    filter_twistd_logs(gateway, config.log_format, getattr(options, "parent", None))
     return gateway
 
-
-def _logs_for_application(gateway: Any, config: Any, server_options: Any) -> None:
-    """twistd's AppLogger uses the Application's ``ILogObserver`` component when
-    no ``--logger`` is given; set it, behind the ``--log-level`` filter, when
-    twistd attaches the service to its Application (before logging starts).
-
-    * ``--log-format json``: JSON lines on twistd's log destination (``-l
-      FILE``, else stdout).
-    * text: the observer twistd itself would build (``-l FILE`` with SIGUSR1
-      rotation, stdout, ``--syslog``), filtered and redacted; only under twistd
-      (``server_options`` given), so a plain ``Options`` parse keeps twistd's
-      defaults untouched.
-    """
-    if server_options is not None and server_options.get("logger"):
-        return  # --logger factory: filtered by PROCESS_LEVEL already
-    if config.log_format != "json" and server_options is None:
-        return
-    from twisted.logger import ILogObserver
-
-    def hook(service: Any) -> None:
-        attach = service.setServiceParent
-
-        def set_service_parent(parent: Any) -> Any:
-            set_component = getattr(parent, "setComponent", None)
-            if set_component is not None:
-                set_component(ILogObserver, _level_filtered_observer(config, server_options))
-            else:  # a wrapping service (nbgateway.startup): it meets the Application later
-                hook(parent)
-            return attach(parent)
-
-        service.setServiceParent = set_service_parent
-
-    hook(gateway)
-
-
-def _level_filtered_observer(config: Any, server_options: Any) -> Any:
-    import sys
-
-    from twisted.logger import FilteringLogObserver, ILogObserver, LegacyLogObserverWrapper
-
-    from nbgateway.observe.logging import (
-        PROCESS_LEVEL,
-        JSONLinesObserver,
-        RedactingObserver,
-    )
-
-    logfilename = (server_options or {}).get("logfile") or ""
-    if config.log_format == "json":
-        if logfilename and logfilename != "-":
-            from twisted.python.logfile import LogFile
-
-            out: Any = LogFile.fromFullPath(logfilename)
-        else:
-            out = sys.stdout
-        return FilteringLogObserver(JSONLinesObserver(out), [PROCESS_LEVEL])
-    try:
-        from twisted.scripts._twistd_unix import UnixAppLogger as AppLogger
-    except ImportError:  # pragma: no cover - not posix
-        from twisted.application.app import AppLogger  # type: ignore[assignment]
-    base = AppLogger(server_options)._getLogObserver()
-    if not ILogObserver.providedBy(base):  # syslog: a legacy observer
-        base = LegacyLogObserverWrapper(base)
-    return FilteringLogObserver(RedactingObserver(base), [PROCESS_LEVEL])

@@ -14,6 +14,11 @@ Observers (nothing here touches global logging; callers install them):
   factories for ``twistd --logger=nbgateway.observe.logging.jsonObserverFactory``;
   their level comes from :data:`PROCESS_LEVEL`, which the application may
   change after parsing its flags (:meth:`LevelFilter.set`).
+* :func:`filter_twistd_logs` -- for a twistd plugin's ``makeService``: the
+  Application's log observer becomes the one twistd would have built (``-l
+  FILE``, stdout, ``--syslog``; JSON lines on the same destination for
+  ``json``), behind :data:`PROCESS_LEVEL` and redaction, so the level applies
+  to every destination.
 
 Redaction: :func:`redact_mapping` returns a deep copy of a ``ProxyMapping``
 with a non-empty ``auth_token``, every non-empty ``header_auths[].hashed_value``
@@ -36,6 +41,7 @@ from google.protobuf import json_format
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LegacyLogObserverWrapper,
     LogLevel,
     PredicateResult,
     formatEvent,
@@ -255,3 +261,59 @@ def textObserverFactory() -> ILogObserver:
     """Text lines on stdout, filtered by :data:`PROCESS_LEVEL`."""
     return FilteringLogObserver(RedactingObserver(textFileLogObserver(sys.stdout)),
                                 [PROCESS_LEVEL])
+
+
+def filter_twistd_logs(service: Any, fmt: str, server_options: Any) -> None:
+    """Make twistd log through :data:`PROCESS_LEVEL` whatever the destination.
+
+    twistd's AppLogger uses the Application's ``ILogObserver`` component when
+    no ``--logger`` is given; it is set when twistd attaches ``service`` (or
+    the service wrapping it) to its Application, before logging starts:
+
+    * ``json``: JSON lines on twistd's log destination (``-l FILE``, else stdout);
+    * ``text``: the observer twistd itself would build (``-l FILE`` with
+      SIGUSR1 rotation, stdout, ``--syslog``), redacted; only under twistd
+      (``server_options``, the parent ``ServerOptions``, given), so a plain
+      ``Options`` parse leaves twistd's defaults alone.
+
+    With ``--logger`` nothing is changed (the factories above filter already).
+    """
+    if server_options is not None and server_options.get("logger"):
+        return
+    if fmt != "json" and server_options is None:
+        return
+
+    def hook(svc: Any) -> None:
+        attach = svc.setServiceParent
+
+        def set_service_parent(parent: Any) -> Any:
+            set_component = getattr(parent, "setComponent", None)
+            if set_component is not None:
+                set_component(ILogObserver, _twistd_observer(fmt, server_options))
+            else:  # a wrapping service: it meets the Application later
+                hook(parent)
+            return attach(parent)
+
+        svc.setServiceParent = set_service_parent
+
+    hook(service)
+
+
+def _twistd_observer(fmt: str, server_options: Any) -> ILogObserver:
+    logfilename = (server_options or {}).get("logfile") or ""
+    if fmt == "json":
+        if logfilename and logfilename != "-":
+            from twisted.python.logfile import LogFile
+
+            out: Any = LogFile.fromFullPath(logfilename)
+        else:
+            out = sys.stdout
+        return FilteringLogObserver(JSONLinesObserver(out), [PROCESS_LEVEL])
+    try:
+        from twisted.scripts._twistd_unix import UnixAppLogger as AppLogger
+    except ImportError:  # pragma: no cover - not posix
+        from twisted.application.app import AppLogger  # type: ignore[assignment]
+    base = AppLogger(server_options)._getLogObserver()
+    if not ILogObserver.providedBy(base):  # syslog: a legacy observer
+        base = LegacyLogObserverWrapper(base)
+    return FilteringLogObserver(RedactingObserver(base), [PROCESS_LEVEL])
