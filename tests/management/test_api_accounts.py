@@ -145,3 +145,27 @@ def test_other_accounts_objects_are_invisible(server):
     assert server.put(f"/api/peers/{peer['id']}", {"name": "stolen"}, auth=tb).status == 404
     assert server.delete(f"/api/peers/{peer['id']}", auth=tb).status == 404
     assert server.get("/api/peers", auth=tb).json == []
+
+
+def test_instance_admin_cannot_be_granted_through_the_users_api(server):
+    # an unknown body field is ignored: the flag is never settable over REST
+    resp = server.post("/api/users", {"email": f"{uniq()}@example.com", "role": "owner",
+                                      "is_service_user": True, "instance_admin": True})
+    assert resp.status in (200, 400), resp
+    if resp.status == 200:
+        uid = resp.json["id"]
+        pat = server.ok("POST", f"/api/users/{uid}/tokens",
+                        {"name": "t", "expires_in": 1})["plain_token"]
+        assert_error(server.post(ACCOUNTS, {"name": "x"}, auth=as_(pat)), 403)
+    # updating the bootstrap admin keeps it the instance admin
+    me = server.ok("GET", "/api/users/admin")
+    server.ok("PUT", "/api/users/admin", {"role": me["role"], "auto_groups": [],
+                                          "is_blocked": False, "name": "operator"})
+    assert create_account(server)["token"]
+    # another account's owner updating itself stays an account admin
+    b = create_account(server)
+    resp = server.put(f"/api/users/{b['admin_user_id']}",
+                      {"role": "owner", "auto_groups": [], "is_blocked": False},
+                      auth=as_(b["token"]))
+    assert resp.status == 200, resp
+    assert_error(server.post(ACCOUNTS, {"name": "x"}, auth=as_(b["token"])), 403)
