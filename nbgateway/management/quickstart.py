@@ -14,12 +14,14 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from nbgateway.management.cli._client import DEFAULT_DATADIR, Client, CliError, _q
+from nbgateway.management.cli._output import Progress
 
 QUICKSTART_POLL = 0.5
 
@@ -29,6 +31,7 @@ def _retrying(deadline: float, what: str, attempt: Callable[[], Any]) -> Any:
     (management still starting) are retried too.  CliError when ``deadline``
     passes."""
     last = ""
+    progress = None  # "waiting for ..." once, on a terminal's stderr only
     while True:
         try:
             value = attempt()
@@ -40,6 +43,9 @@ def _retrying(deadline: float, what: str, attempt: Callable[[], Any]) -> Any:
             last = f" ({exc.message})"
         if time.monotonic() >= deadline:
             raise CliError(f"timed out waiting for {what}{last}")
+        if progress is None:
+            progress = Progress(sys.stderr)
+            progress.note(f"waiting for {what} (up to {deadline - time.monotonic():.0f} s)...")
         time.sleep(QUICKSTART_POLL)
 
 

@@ -262,3 +262,32 @@ def test_assess_management_down():
     ("8.8.8.8:51820", ""), ("vpn.example.com:51820", "")])
 def test_endpoint_hint(endpoint, kind):
     assert endpoint_hint(endpoint) == kind
+
+
+def test_quickstart_waiting_shows_progress_on_a_terminal_only(monkeypatch):
+    from nbgateway.management import quickstart
+    from nbgateway.management.cli import UnreachableError
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(quickstart, "QUICKSTART_POLL", 0.01)
+    for stream, shown in ((Tty(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        answers = iter([None, UnreachableError("cannot reach"), "ready"])
+
+        def attempt(answers=answers):
+            value = next(answers)
+            if isinstance(value, Exception):
+                raise value
+            return value
+
+        deadline = quickstart.time.monotonic() + 30
+        assert quickstart._retrying(deadline, "a connected gateway", attempt) == "ready"
+        text = stream.getvalue()
+        if shown:
+            assert text.startswith("waiting for a connected gateway (up to ")
+            assert text.count("\n") == 1  # once per wait, not per attempt
+        else:
+            assert text == ""
