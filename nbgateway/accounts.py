@@ -1,4 +1,4 @@
-"""Per-account runtime: one tunnel identity per account (spec proxy.md 2.9, 2.11, 5).
+"""Per-account runtime: one tunnel identity per account.
 
 :class:`AccountRuntime` owns, for one account: a WireGuard device in the
 gateway's shared :class:`~nbgateway.wireguard.mux.DeviceMux` (one UDP port for
@@ -39,7 +39,7 @@ from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public
 log = Logger()
 
 ACTIVE = pb.PROXY_STATUS_ACTIVE
-#: mapping modes that are L4 relays (spec proxy.md 3.1: anything else is HTTP)
+#: mapping modes that are L4 relays (any other mode, or none, is HTTP)
 L4_MODES = ("tcp", "udp", "tls")
 ERROR = pb.PROXY_STATUS_ERROR
 TUNNEL_NOT_CREATED = pb.PROXY_STATUS_TUNNEL_NOT_CREATED

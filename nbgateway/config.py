@@ -6,7 +6,7 @@ validation.  Pure: no sockets, no files, no DNS.
 ``twistd nbgateway`` options (:mod:`nbgateway.options`) and :func:`load` are
 both built from it, so help text and validation exist once.
 
-Precedence (spec proxy.md section 9): a flag given on the command line wins;
+Precedence: a flag given on the command line wins;
 otherwise its environment variable **when set** (even to the empty string, as
 upstream's ``os.LookupEnv``); otherwise the default.  Unlike upstream, which
 silently falls back to the default on an unparsable environment value, every
@@ -217,7 +217,7 @@ def parse_positive_duration(text: str) -> float:
 
 
 def parse_cache_ttl(text: str) -> float:
-    """NB_PROXY_TUNNEL_CACHE_TTL as upstream reads it (spec proxy.md 4.6, b37):
+    """NB_PROXY_TUNNEL_CACHE_TTL as upstream reads it:
     whitespace trimmed; unparseable or <= 0 -> a warning and the 300 s default."""
     try:
         seconds = parse_go_duration(text)

@@ -60,7 +60,7 @@ class IPacketSender(Interface):
 
 
 class IManagementClient(Interface):
-    """Deferred-returning view of management's ProxyService (spec proxy.md 1.2).
+    """Deferred-returning view of management's ProxyService.
 
     Messages are the generated protobuf classes of ``nbgateway._proto.
     proxy_service_pb2``.  Every Deferred fails with a
@@ -126,7 +126,7 @@ class IManagementClient(Interface):
 
 
 class IMappingStore(Interface):
-    """The gateway's last known set of ProxyMappings (spec proxy.md 2.5/2.6).
+    """The gateway's last known set of ProxyMappings.
 
     Fed by :class:`IManagementClient`; read by routing and auth.  Stored
     mappings are ``proxy_service_pb2.ProxyMapping`` objects owned by the store:

@@ -1,6 +1,6 @@
 """Private-mode ("NetBird-only") authentication: the tunnel-peer gate and its
-ValidateTunnelPeer cache (spec proxy.md 4.5-4.7, with the hardening of 11.7,
-11.10, 11.11 and issue 6).
+ValidateTunnelPeer cache, hardened: identities are per account, the tunnel
+source address comes from the socket, never from headers (issue 6).
 
 :class:`TunnelValidationCache`
     Key (listener account, tunnel IP, domain).  Only ``valid=true`` answers with

@@ -3,7 +3,7 @@
 Two implementations of :class:`IUpstreamDialer`:
 
 - :class:`nbgateway.dial.direct.DirectDialer` -- the host network stack and
-  host DNS (``direct_upstream=true``, spec proxy.md 3.11), guarded per
+  host DNS (``direct_upstream=true``), guarded per
   account by :class:`nbgateway.dial.guard.DialPolicy` (the operator's
   ``--direct-upstream-allow`` list; never the gateway's own listeners);
 - :class:`nbgateway.dial.tunnel.TunnelDialer` -- through an account's

@@ -1,5 +1,5 @@
 """Direct dialer: targets reached over the host network with host DNS
-(``direct_upstream=true``; spec proxy.md 3.11), and the guard around it.
+(``direct_upstream=true``), and the guard around it.
 
 With a :class:`~nbgateway.dial.guard.DialPolicy` (always, in the gateway;
 see :meth:`DirectDialer.for_account`) every connection goes through

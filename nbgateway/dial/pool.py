@@ -3,8 +3,8 @@
 One ``HTTPConnectionPool`` per (account, dial mode, TLS verification mode):
 connections to a given upstream (scheme, host, port) are reused across
 requests of that account only, never across accounts or between the
-verifying and the ``skip_tls_verify`` transport (spec proxy.md 3.11 keeps a
-separate insecure transport).  Defaults follow the upstream transport knobs:
+verifying and the ``skip_tls_verify`` transport (a separate insecure
+transport, as upstream keeps).  Defaults follow the upstream transport knobs:
 100 idle connections per host, 90 s idle timeout.
 
 ``tls_creator(hostname, skip_verify)`` returns an

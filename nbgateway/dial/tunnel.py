@@ -1,5 +1,5 @@
 """Tunnel dialer: targets on WireGuard peers, reached through the account's
-netstack (the default when ``direct_upstream`` is false; spec proxy.md 3.11).
+netstack (the default when ``direct_upstream`` is false).
 
 The dialer does not know about stacks or DNS.  The per-account runtime
 plugs in an ``endpoint_factory(host, port, timeout) -> IStreamClientEndpoint``

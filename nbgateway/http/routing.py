@@ -1,11 +1,11 @@
 """Request routing for HTTP services (pure): Host -> mapping, path -> target,
-and the outgoing path/query/redirect rewriting of spec proxy.md 3.2-3.5, 3.10.
+and the outgoing path/query/redirect rewriting.
 
 Owns the one domain normalisation (:func:`domain_key`) every domain-keyed
 table uses, and the request-target forms of RFC 9112 3.2
 (:func:`split_absolute_form`).
 
-Hardening over upstream (proxy.md 11.15 and issue 6): path prefixes match on
+Hardening over upstream (issue 6): path prefixes match on
 segment boundaries (``/api`` matches ``/api`` and ``/api/x`` but not
 ``/apiv2``), and equal-length prefixes are tried in lexical order so the
 choice is deterministic.

@@ -1,5 +1,5 @@
 """The gateway's front resource: everything between a parsed HTTP request and
-the reverse proxy (spec proxy.md 3.1, 4.2, 4.5, 7).
+the reverse proxy.
 
 One :class:`GatewayResource` serves one listener.  A tunnel (inbound)
 listener knows its account (``listener_account``); the public listener has
@@ -14,7 +14,7 @@ none.  Per request, in order:
    :class:`ServiceEntry`; unknown -> 404.  On a tunnel listener an explicit
    Host port other than the listener's is 421 (the public listener ignores
    it: it may sit behind a port mapping).
-2. Hardening (proxy.md 11.7): on an inbound listener, a service of another
+2. Hardening: on an inbound listener, a service of another
    account is 404 -- accounts never see each other's domains.
 3. Access restrictions (CIDR; on the public listener also geo/CrowdSec) ->
    403 ``Forbidden``.

@@ -1,4 +1,4 @@
-"""Domain types of the management service (spec management.md section 1).
+"""Domain types of the management service (accounts, users, peers, groups, services).
 
 All types are frozen dataclasses. Sequence fields are normalised to tuples and
 mapping fields to a private ``dict`` copy in ``__post_init__``, so an instance

@@ -1,6 +1,6 @@
 """Service -> ``ProxyMapping`` conversion, capability filtering, one-time tokens.
 
-Pure helpers of the ProxyService server (spec management.md 1.15, 2.3, 2.4):
+Pure helpers of the ProxyService server:
 
 * :func:`to_proto_mapping` is upstream ``ToProtoMapping(op)``;
 * :func:`proxy_accepts_mapping` / :func:`filter_mappings_for_proxy` are

@@ -1,4 +1,4 @@
-"""The unary ProxyService RPCs (spec management.md 2.6-2.8, 2.12-2.16).
+"""The unary ProxyService RPCs (everything but the mapping streams).
 
 A mixin of :class:`~nbgateway.management.proxyservice.ProxyServiceServicer`
 (which provides ``store``, ``tokens`` and ``connections()``); every method

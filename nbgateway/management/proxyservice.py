@@ -1,4 +1,4 @@
-"""The ProxyService gRPC servicer (management side; spec management.md section 2).
+"""The ProxyService gRPC servicer (management side).
 
 Runs in grpcio's own thread pool and calls the synchronous, thread-safe
 :class:`~nbgateway.management.store.Store` directly (no reactor involved).

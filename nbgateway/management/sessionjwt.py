@@ -1,4 +1,4 @@
-"""Session JWTs minted and verified by management (spec management.md 2.10).
+"""Session JWTs minted and verified by management.
 
 A session JWT is signed with the *service's own* Ed25519 key pair (EdDSA):
 

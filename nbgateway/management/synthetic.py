@@ -1,17 +1,17 @@
-"""Synthetic DNS zones and synthetic ACL policies for private services (spec management.md §3).
+"""Synthetic DNS zones and synthetic ACL policies for private services.
 
 Pure functions over an :class:`AccountView` (one consistent read of an
 account's peers, groups, services and custom domains). Nothing here is ever
 persisted; every network-map build recomputes it, so any roster change is
-reflected by the next build (§3.5).
+reflected by the next build.
 
 * :func:`synthesize_private_service_zones` -- upstream
-  ``SynthesizePrivateServiceZones`` with the [HEAD] zone-apex resolution
+  ``SynthesizePrivateServiceZones`` with upstream main's zone-apex resolution
   (#6348) and ``SearchDomainDisabled`` (#6727).
 * :func:`inject_private_service_policies` -- upstream
-  ``injectPrivateServicePolicies`` with the [HEAD] dangling-group filter (#7060).
+  ``injectPrivateServicePolicies`` with upstream main's dangling-group filter (#7060).
 * :func:`inject_proxy_policies` -- upstream ``InjectProxyPolicies``: per-target
-  proxy -> backend policies plus the private-service policies. [REC] §3.4:
+  proxy -> backend policies plus the private-service policies.
   ``cluster`` targets get no per-target policy (upstream's is inert anyway).
 * :func:`load_account_view` -- the one store read these functions need.
 
@@ -213,11 +213,11 @@ def _private_gate(svc: Service) -> bool:
     return bool(svc.private and svc.access_groups)
 
 
-# --- synthetic DNS (§3.2) --------------------------------------------------------------
+# --- synthetic DNS --------------------------------------------------------------------
 
 
 def private_service_zone_apex(svc: Service, domains: Sequence[CustomDomain]) -> str:
-    """[HEAD] zone apex: the cluster when the domain lies under it, else the longest
+    """Zone apex (upstream main): the cluster when the domain lies under it, else the longest
     registered custom domain targeting the service's cluster that covers the
     service domain (``validated`` is not checked); "" means skip the service."""
     if _domain_from_suffix(svc.domain, svc.proxy_cluster):
@@ -278,7 +278,7 @@ def synthesize_private_service_zones(view: AccountView, peer_id: str) -> list[Cu
     ]
 
 
-# --- synthetic ACL (§3.3, §3.4) ----------------------------------------------------------
+# --- synthetic ACL ----------------------------------------------------------------------
 
 
 def inject_private_service_policies(
@@ -328,7 +328,7 @@ def _target_policies(svc: Service, proxy_peers: Sequence[Peer]) -> list[Policy]:
     """Per-target proxy -> backend policies (upstream ``injectTargetProxyPolicies``)."""
     out = []
     for t in svc.targets:
-        if not t.enabled or t.target_type == "cluster":  # [REC] §3.4
+        if not t.enabled or t.target_type == "cluster":  # upstream's policy is inert
             continue
         port = _target_port(t)
         if port is None:

@@ -1,4 +1,4 @@
-"""Service validation (spec management.md section 1.14), pure and DB-free.
+"""Service validation, pure and DB-free.
 
 :func:`validate_service` runs the upstream ``Service.Validate()`` checks in the
 upstream order (first failure wins) and returns a *normalised copy* instead of

@@ -1,7 +1,7 @@
 """grpcio <-> reactor bridge: the only module in nbgateway that knows threads.
 
 grpcio's synchronous API runs its own I/O threads.  This bridge turns its calls
-into Twisted objects (spec style-and-ecosystem.md B.2, option A):
+into Twisted objects (grpcio's own threads, results handed to the reactor):
 
 * unary: ``multicallable.future(...)`` -> :class:`Deferred`.  The future's done
   callback only hops to the reactor with ``callFromThread``; the Deferred's

@@ -1,4 +1,4 @@
-"""GrpcManagementClient: the gateway's ProxyService client (spec proxy.md 1-2).
+"""GrpcManagementClient: the gateway's ProxyService client.
 
 A Twisted Service.  The constructor only records configuration; the gRPC
 channel, the bridge and the mapping worker start in :meth:`startService` and
@@ -313,7 +313,7 @@ class GrpcManagementClient(service.Service):
     # -- mapping worker -------------------------------------------------------
 
     def capabilities_message(self) -> pb.ProxyCapabilities:
-        """All five fields explicitly present (spec proxy.md 2.10)."""
+        """All five fields explicitly present (an absent optional field reads as false)."""
         return pb.ProxyCapabilities(**self.capabilities)
 
     def subscribe_mappings(self, store: IMappingStore) -> None:

@@ -1,6 +1,6 @@
 """Reconnect loop for management streams: jittered exponential backoff.
 
-Spec proxy.md 2.2: initial interval 800 ms, multiplier 1.7, maximum interval
+Upstream's schedule: initial interval 800 ms, multiplier 1.7, maximum interval
 10 s, randomisation factor 1.0 (each wait is uniform in
 ``[interval * (1 - r), interval * (1 + r)]``, i.e. ``[0, 2 * interval]``),
 unlimited retries until shutdown.  The backoff is reset only when the failed

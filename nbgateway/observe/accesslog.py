@@ -5,7 +5,7 @@ bounded queue (full -> the entry is dropped and counted).  A pump keeps at most
 ``max_inflight`` sends outstanding, each bounded by ``send_timeout``; failures
 are counted and dropped (no retries: a log entry is not worth a retry storm
 against a struggling management).  :meth:`AccessLogger.stop` flushes what it
-can within a bound.  Field rules follow spec proxy.md section 7.
+can within a bound.  Field rules follow upstream NetBird's access log.
 """
 
 from __future__ import annotations

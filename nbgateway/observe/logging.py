@@ -1,4 +1,4 @@
-"""Log observers, level filtering and secret redaction (spec proxy.md 8.1).
+"""Log observers, level filtering and secret redaction.
 
 Observers (nothing here touches global logging; callers install them):
 

@@ -1,6 +1,5 @@
 """Outgoing request header processing for the reverse proxy (pure), exactly in
-the order of spec proxy.md 3.7, with the forwarding rules of 3.8 and the
-identity encoding of 3.9:
+this order, with these forwarding rules and this identity encoding:
 
 0. hop-by-hop headers (and those named by ``Connection``) removed, inbound
    identity and forwarding headers (``X-NetBird-*``, ``Forwarded``,
@@ -14,7 +13,7 @@ identity encoding of 3.9:
 4. forwarding headers set (trusted-proxy aware);
 5. ``Cookie`` rebuilt from the inbound cookies minus ``nb_session``.
 
-Hardening (proxy.md 11.10): tunnel identity always comes from the socket peer,
+Hardening: tunnel identity always comes from the socket peer,
 never from ``X-Forwarded-For``; that is the caller's ``client_ip``.
 """
 

@@ -1,4 +1,4 @@
-"""HTML error pages of the reverse proxy (spec proxy.md 3.12).
+"""HTML error pages of the reverse proxy.
 
 Status/title parity with upstream; the page embeds a small JSON blob
 (``window.__DATA__`` with ``page:"error"`` and an ``error`` object) like the

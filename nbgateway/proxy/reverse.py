@@ -1,4 +1,4 @@
-"""The streaming HTTP reverse proxy (spec proxy.md 3.3-3.12).
+"""The streaming HTTP reverse proxy.
 
 :class:`ReverseProxy` forwards one twisted.web request for an already looked
 up :class:`ProxyService` (the auth layer decides first and passes the

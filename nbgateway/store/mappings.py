@@ -1,6 +1,6 @@
 """MappingStore: the gateway's last known ProxyMappings (pure, no I/O).
 
-Owns the mapping lifecycle rules of spec proxy.md 2.5 and 2.6:
+Owns the mapping lifecycle rules:
 
 * CREATED for a new id adds it; CREATED for a known id is treated as a
   modification (hardening over upstream 2.12, where a redelivered CREATED with
@@ -89,7 +89,7 @@ REDACTED = "[REDACTED]"
 
 
 def redacted(mapping: pb.ProxyMapping) -> pb.ProxyMapping:
-    """A copy safe for debug logs (spec proxy.md 8.1): non-empty ``auth_token``
+    """A copy safe for debug logs: non-empty ``auth_token``
     and ``header_auths[].hashed_value`` and every ``custom_headers`` value
     become ``[REDACTED]``; ``session_key`` (a public key) is kept; empty
     fields stay empty.  The original is not modified."""

@@ -1,5 +1,5 @@
-"""TLS-or-plain dispatch on one listening port (spec proxy.md 5: both inbound
-ports accept TLS and plain HTTP; acceptance 54).
+"""TLS-or-plain dispatch on one listening port (both inbound ports accept TLS
+and plain HTTP).
 
 :class:`TLSOrPlainFactory` wraps a plain (HTTP) server factory.  Each
 connection waits for its first byte: ``0x16`` (a TLS handshake record) gets a

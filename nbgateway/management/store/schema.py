@@ -2,7 +2,7 @@
 
 The DDL history lives in :mod:`nbgateway.management.migrations`; a test checks
 that a database migrated to head matches this metadata exactly. Column names
-follow upstream NetBird (spec management.md sections 1 and 5); JSON-valued
+follow upstream NetBird; JSON-valued
 columns (``access_groups``, ``auth``, ``restrictions``, ``custom_headers``,
 ``auto_groups``, ``metadata``, ``user_groups``) are TEXT holding JSON, with a
 None value stored as SQL NULL.
