@@ -26,6 +26,7 @@ from nbgateway.management.service import (
     endpoint_description,
     env_flag,
 )
+from nbgateway.observe.logging import PROCESS_LEVEL, filter_twistd_logs, log_level
 from nbgateway.options import ReferenceRow, environment_help
 from nbgateway.startup import OneLineUsage
 
@@ -43,6 +44,8 @@ SETTINGS = (
                                      "--grpc-insecure-bind-any)"),
     ("grpc-cert", None, "TLS certificate (PEM) for the gRPC listener (plaintext when unset)"),
     ("grpc-key", None, "TLS private key (PEM) for the gRPC listener"),
+    ("log-level", "info", "log level of every log destination (-l FILE, stdout, syslog): "
+                          "panic, fatal, error, warn, info, debug or trace"),
 )
 
 
@@ -99,6 +102,10 @@ class Options(OneLineUsage, usage.Options):
         if bool(self["grpc-cert"]) != bool(self["grpc-key"]):
             raise usage.UsageError("--grpc-cert and --grpc-key must be given together")
         try:
+            log_level(self["log-level"])
+        except ValueError as exc:
+            raise usage.UsageError(f"--log-level: {exc}") from None
+        try:
             check_plaintext_bind(bind, tls=bool(self["grpc-cert"]),
                                  insecure_bind_any=bool(self["grpc-insecure-bind-any"]))
         except ValueError as exc:
@@ -106,7 +113,11 @@ class Options(OneLineUsage, usage.Options):
 
 
 def makeService(options: Options) -> ManagementService:
-    return ManagementService(datadir=options["datadir"], api_addr=options["api-addr"],
-                             store_dsn=options["store-dsn"], grpc_addr=options["grpc-addr"],
-                             grpc_cert=options["grpc-cert"], grpc_key=options["grpc-key"],
-                             grpc_insecure_bind_any=bool(options["grpc-insecure-bind-any"]))
+    """twistd only: ``--log-level`` filters every log destination."""
+    PROCESS_LEVEL.set(log_level(options["log-level"]))
+    service = ManagementService(datadir=options["datadir"], api_addr=options["api-addr"],
+                                store_dsn=options["store-dsn"], grpc_addr=options["grpc-addr"],
+                                grpc_cert=options["grpc-cert"], grpc_key=options["grpc-key"],
+                                grpc_insecure_bind_any=bool(options["grpc-insecure-bind-any"]))
+    filter_twistd_logs(service, "text", getattr(options, "parent", None))
+    return service

@@ -75,3 +75,43 @@ def test_json_format_goes_to_the_file_filtered(tmp_path) -> None:
     records = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert any(r["msg"] == READY for r in records)
     assert {r["level"] for r in records} <= {"info", "warn", "error", "critical"}
+
+
+def run_management(tmp_path, *flags: str) -> str:
+    """``twistd nbmanagement -l FILE``: start, one REST request (logged at
+    debug), SIGTERM; the log text."""
+    api = free_port()
+    logfile = tmp_path / "mgmt.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NB_MANAGEMENT_")}
+    proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "-l", str(logfile), "nbmanagement",
+                             "--datadir", str(tmp_path / "data"), "--api-addr", f"127.0.0.1:{api}",
+                             "--grpc-addr", f"127.0.0.1:{free_port()}", *flags],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api}/api/openapi.json",
+                                            timeout=1) as r:
+                    assert r.status == 200
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                if time.monotonic() > deadline:
+                    pytest.fail("management did not start")
+                time.sleep(0.1)
+        time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0].decode()
+    assert out == "", out
+    return logfile.read_text()
+
+
+def test_management_default_level_writes_no_debug_lines(tmp_path) -> None:
+    (tmp_path / "i").mkdir()
+    (tmp_path / "d").mkdir()
+    text = run_management(tmp_path / "i")
+    assert "management REST API listening" in text and "#debug]" not in text
+    assert "#debug]" in run_management(tmp_path / "d", "--log-level", "debug")
