@@ -215,3 +215,21 @@ def test_services_create_defaults_the_cluster_from_the_domain(server):
     assert json.loads(ok(server, "--json", "services", "delete", f"app.d{tag}.test")) == {
         "deleted": "service", "id": svc["id"], "name": f"app.d{tag}.test"}
     ok(server, "domains", "delete", f"d{tag}.test")
+
+
+def test_bulk_create_and_status_errors(server):
+    tag = uuid.uuid4().hex[:6]
+    groups = json.loads(ok(server, "--json", "groups", "create", f"a-{tag}", f"b-{tag}"))
+    assert [g["name"] for g in groups] == [f"a-{tag}", f"b-{tag}"]
+    peers = json.loads(ok(server, "--json", "peers", "create", f"p1-{tag}", f"p2-{tag}",
+                          f"p3-{tag}", "--group", f"a-{tag}"))
+    assert [p["name"] for p in peers] == [f"p1-{tag}", f"p2-{tag}", f"p3-{tag}"]
+    assert all("private_key" not in p for p in peers)
+    for p in peers:
+        ok(server, "peers", "delete", p["id"])
+    for g in groups:
+        ok(server, "groups", "delete", g["id"])
+    # status with a rejected token: one line naming the token's source, not "unreachable"
+    code, out, err = run(server, "status", "--no-tls-check", token="nbp_bogus")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "management rejected the token from --token" in err

@@ -23,7 +23,7 @@ import urllib.parse
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from nbgateway.management.cli._client import Client, CliError, UsageError
+from nbgateway.management.cli._client import Client, CliError, UnreachableError, UsageError
 from nbgateway.management.cli._output import Painter, use_colour, write_json
 
 #: certificates expiring sooner than this are a hint
@@ -97,7 +97,7 @@ def collect(client: Client, tls_addr: tuple[str, int] | None) -> dict[str, Any]:
     when management does not answer."""
     try:
         clusters = client.get("/reverse-proxies/clusters") or []
-    except CliError as exc:
+    except UnreachableError as exc:  # anything else (401, 403) is an error of its own
         return {"management": {"url": client.base, "reachable": False, "error": exc.message}}
     try:
         proxies = client.get("/reverse-proxies/proxies") or []
