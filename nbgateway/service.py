@@ -56,7 +56,7 @@ from nbgateway.wireguard.mux import DeviceMux
 log = Logger()
 
 class ServiceTable(MappingObserver):
-    """Host -> :class:`ServiceEntry` for the HTTP mappings (spec 3.2)."""
+    """Host -> :class:`ServiceEntry` for the HTTP mappings."""
 
     def __init__(self, mgmt: Any = None,
                  on_domain_gone: Callable[[str], Any] | None = None) -> None:
@@ -108,7 +108,7 @@ class _Stoppable:
 
 
 class _SyncHealth(MappingObserver):
-    """Marks startup complete once a full snapshot was applied (spec 8.2)."""
+    """Marks startup complete once a full snapshot was applied."""
 
     def __init__(self, health: HealthState) -> None:
         self.health = health
@@ -358,7 +358,7 @@ class GatewayService(MultiService):
         return self.routes.lookup(name) is not None or name == (self.config.domain or "")
 
     def site_for(self, listener_account: str | None) -> ProxySite:
-        # spec 3.13: inbound servers read-header 30 s / idle 90 s, public 10 s / 120 s
+        # upstream's servers: inbound read-header 30 s / idle 90 s, public 10 s / 120 s
         timeouts = {} if listener_account is not None else {"timeout": 120, "header_timeout": 10}
         return ProxySite(GatewayResource(
             lookup=self.routes.lookup, proxy=self.proxy, gate=self.gate,
@@ -368,8 +368,8 @@ class GatewayService(MultiService):
         ), **timeouts)
 
     def web_factory(self, listener_account: str | None) -> TLSOrPlainFactory:
-        """HTTP and HTTPS on one port, decided per connection by the first byte
-        (spec acceptance 54), TLS terminated with the SNI certificate."""
+        """HTTP and HTTPS on one port, decided per connection by the first byte,
+        TLS terminated with the SNI certificate."""
         return TLSOrPlainFactory(self.tls_creator.for_listener(listener_account),
                                  self.site_for(listener_account), clock=self.reactor,
                                  handshake_timeout=self.config.handshake_timeout)
@@ -446,7 +446,7 @@ class GatewayService(MultiService):
     drain_poll = 0.05
 
     def stopService(self) -> Deferred:
-        """Graceful shutdown (spec 3.13): readiness fails first; every listener
+        """Graceful shutdown: readiness fails first; every listener
         stops accepting (public, per-account tunnel web and DNS listeners);
         in-flight requests get up to ``--drain-timeout`` to finish (and their
         tunnel TCP send buffers to empty); then the tunnels close, the pools

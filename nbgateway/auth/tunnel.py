@@ -21,7 +21,7 @@ source address comes from the socket, never from headers (issue 6).
     joining the stale one.
 
 :class:`PrivateGate`
-    The ordered checks of spec 4.5: overlay origin (the listener's account is
+    The ordered checks: overlay origin (the listener's account is
     known), listener account == mapping account, a valid tunnel-like source,
     the local roster, then the cache/RPC.  Every doubt is a denial.
 """
@@ -242,5 +242,5 @@ class PrivateGate:
 
 
 def session_cookie(token: str, max_age: int = 86400) -> str:
-    """The ``Set-Cookie`` value for a session token (spec 4.3)."""
+    """The ``Set-Cookie`` value for a session token."""
     return f"nb_session={token}; Path=/; Max-Age={max_age or 86400}; HttpOnly; Secure; SameSite=Lax"

@@ -39,7 +39,7 @@ class UpstreamError(NBGatewayError):
 
 
 class ProxyNotConnectedError(UpstreamError):
-    """No embedded client (tunnel) for the account: spec 3.12 ``Proxy Not Connected``."""
+    """No embedded client (tunnel) for the account: 502 ``Proxy Not Connected``."""
 
 
 class DirectUpstreamDeniedError(UpstreamError):

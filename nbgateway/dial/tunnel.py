@@ -8,7 +8,7 @@ after resolving ``host`` in the account's synthetic zone) with
 :meth:`TunnelDialer.attach` when the embedded client is up, and removes it
 with :meth:`TunnelDialer.detach` when the client stops.  Without a factory
 every dial fails with :class:`~nbgateway.dial.ProxyNotConnectedError`
-(502 ``Proxy Not Connected``, spec 3.12 / acceptance 62).
+(502 ``Proxy Not Connected``).
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ class PathRouter:
     def __init__(self, routes: list[Route]) -> None:
         by_path: dict[str, Route] = {}
         for r in routes:
-            by_path[r.path] = r  # duplicate paths: last wins (spec 3.3)
+            by_path[r.path] = r  # duplicate paths: last wins (as upstream)
         self.routes = sorted(by_path.values(), key=lambda r: (-len(r.path.rstrip("/")), r.path))
 
     def match(self, path: str) -> Route | None:
@@ -174,7 +174,7 @@ def _authority(scheme: str, netloc: str) -> str:
 def rewrite_location(
     location: str, route: Route, inbound_host: str, proto: str, mode: int
 ) -> str:
-    """rewrite_redirects (spec 3.10): absolute Locations pointing at the target
+    """rewrite_redirects: absolute Locations pointing at the target
     are rewritten to the inbound host and scheme, re-prefixed with the matched
     path.  Raises ValueError for an unparseable Location."""
     parts = urlsplit(location)

@@ -24,7 +24,7 @@ none.  Per request, in order:
    session cookie and hands the validated identity to the proxy.
 5. Public service without schemes: forwarded without identity.  A service
    with operator schemes (password/PIN/OIDC/header) is forwarded only for a
-   tunnel peer the gate validates (spec 4.2 step 9); the interactive schemes
+   tunnel peer the gate validates; the interactive schemes
    themselves are not implemented yet, so everyone else gets 401 (fail
    closed).
 6. One access-log entry when the response finishes (not for /__netbird__/, nor for

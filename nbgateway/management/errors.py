@@ -1,7 +1,7 @@
 """Typed errors raised by the management store and validation.
 
 Every error carries the exact message text (upstream casing; the REST layer
-lower-cases it for the ``{"message", "code"}`` envelope, spec section 4.1) and
+lower-cases it for the ``{"message", "code"}`` envelope) and
 the HTTP status and gRPC status-code name it maps to, so the REST API and the
 ProxyService gRPC server translate them without string matching.
 """

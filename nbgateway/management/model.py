@@ -4,7 +4,7 @@ All types are frozen dataclasses. Sequence fields are normalised to tuples and
 mapping fields to a private ``dict`` copy in ``__post_init__``, so an instance
 never shares mutable state with its caller or with another instance: "copy"
 is ``dataclasses.replace`` (or :meth:`Service.copy`), and mutating a copy can
-never leak into the original (acceptance 23).
+never leak into the original.
 
 Conventions:
 

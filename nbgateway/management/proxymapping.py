@@ -170,7 +170,7 @@ def removed_mapping(m: pb.ProxyMapping) -> pb.ProxyMapping:
 
 
 def proxy_accepts_mapping(caps: pb.ProxyCapabilities | None, m: pb.ProxyMapping) -> bool:
-    """Upstream ``proxyAcceptsMapping`` (spec 2.3)."""
+    """Upstream ``proxyAcceptsMapping``."""
     if m.type == REMOVED:
         return True
     if m.private:

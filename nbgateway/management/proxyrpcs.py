@@ -19,7 +19,7 @@ receives the decoded request, the grpc context and the authenticated caller
   (``UNIMPLEMENTED``).
 
 Every denial of the validation RPCs is gRPC OK with a ``denied_reason`` from
-the spec catalogue; transport-level problems use the status codes of 2.17.
+upstream's fixed set of reasons; transport-level problems use gRPC status codes.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def peer_ip(context: grpc.ServicerContext) -> str:
 
 
 def check_peer_group_access(svc: Service, peer_group_ids: list[str]) -> bool:
-    """Spec 2.9, fail closed: a private service with no access groups denies everyone."""
+    """Fail closed: a private service with no access groups denies everyone."""
     have = set(peer_group_ids)
     if svc.private:
         return bool(svc.access_groups) and bool(have & set(svc.access_groups or ()))

@@ -126,7 +126,7 @@ def batch_size_from_env(environ: dict[str, str] | None = None) -> int:
 
 
 class AuthFailureLimiter:
-    """Token bucket per client IP: burst 5, one token back every 12 s (spec 2.0)."""
+    """Token bucket per client IP: burst 5, one token back every 12 s."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -512,7 +512,7 @@ class ProxyServiceServicer(UnaryRpcs):
         return False
 
     def snapshot_mappings(self, conn: ProxyConnection) -> list[pb.ProxyMapping]:
-        """Spec 2.3: enabled services of the proxy's cluster, capability-filtered."""
+        """Enabled services of the proxy's cluster, capability-filtered."""
         found = self.store.list_services_for_cluster(conn.address, account_id=conn.account_id)
         live = [s for s in found if s.enabled and s.proxy_cluster == conn.address]
         mappings = [to_proto_mapping(s, CREATED) for s in self._resolve(live)]

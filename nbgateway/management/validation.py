@@ -7,7 +7,7 @@ upper-cased and L4 targets are forced enabled. Failures raise
 :class:`~nbgateway.management.errors.ValidationError` with the upstream text
 (upstream casing; the REST layer lower-cases it).
 
-Documented deviations (spec section 7):
+Documented deviations from upstream:
 
 * S7: a private service may not enable password, PIN or header auth either
   (upstream only rejects bearer auth), so a private mapping never carries a
@@ -430,7 +430,7 @@ def _normalise_domain(domain: str) -> str:
 
 
 def validate_service(service: Service) -> Service:
-    """Validate ``service`` and return its normalised copy (spec 1.14 order)."""
+    """Validate ``service`` and return its normalised copy (upstream's check order)."""
     if not service.name:
         _fail("service name is required")
     if len(service.name.encode()) > MAX_NAME_LEN:

@@ -10,7 +10,7 @@ stop in :meth:`stopService` (nothing live before fork).
   hosts unless ``allow_insecure`` is set.  Keepalive 20 s / 10 s, pings
   without calls allowed.
 * Every RPC carries metadata ``authorization: Bearer <token>``.
-* Unary RPCs return Deferreds (bridge), with the spec's timeouts.
+* Unary RPCs return Deferreds (bridge), with upstream's timeouts.
 * Mapping worker: SyncMappings with an init (all five capability fields
   explicitly present; ``supports_private_service`` always true) and one ack per
   message, sent only after the store applied the batch; on UNIMPLEMENTED it

@@ -1,4 +1,4 @@
-"""Health probes and ``/metrics`` on the admin listener (``--health-addr``; spec 8.2).
+"""Health probes and ``/metrics`` on the admin listener (``--health-addr``).
 
 :class:`HealthState` is the small mutable record the composition root updates
 (management stream connected, initial sync complete, shutting down, and one

@@ -99,7 +99,7 @@ def redact_mapping(mapping: pb.ProxyMapping) -> pb.ProxyMapping:
 
 
 def mapping_for_log(mapping: pb.ProxyMapping) -> str:
-    """Single-line protojson of the redacted copy (spec 8.1)."""
+    """Single-line protojson of the redacted copy."""
     return json_format.MessageToJson(
         redact_mapping(mapping),
         preserving_proto_field_name=True,

@@ -77,7 +77,7 @@ def drop_underscore_headers(headers: Headers, *, allow: bool = False) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who is calling, as validated by the auth layer (spec 4.9)."""
+    """Who is calling, as validated by the auth layer."""
 
     user_id: str
     email: str
@@ -110,7 +110,7 @@ def _printable(value: str) -> bool:
 
 
 def identity_headers(identity: Identity | None) -> dict[str, str]:
-    """The identity headers to stamp (possibly none); spec 3.9."""
+    """The identity headers to stamp (possibly none)."""
     out: dict[str, str] = {}
     if identity is None:
         return out

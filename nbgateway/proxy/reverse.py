@@ -8,7 +8,7 @@ validated :class:`~nbgateway.proxy.headers.Identity`, or None):
   (no match: 404 ``Service Not Found``), path rewrite, ``session_token``
   stripped from the query;
 - self-loop guard: an overlay request whose source IP equals the literal IP
-  host of the selected target gets 421 ``Loop Detected`` (spec 3.4);
+  host of the selected target gets 421 ``Loop Detected``;
 - outgoing headers from :func:`~nbgateway.proxy.headers.prepare_upstream_headers`
   (hop-by-hop, header-auth removal, custom headers, identity, X-Forwarded-*,
   Cookie minus ``nb_session``);
@@ -26,8 +26,8 @@ validated :class:`~nbgateway.proxy.headers.Identity`, or None):
   length of a large upload.  The response body itself is streamed without a
   deadline (SSE-friendly);
 - optional per-account in-flight limit on the tunnel path (503);
-- ``rewrite_redirects`` (spec 3.10); an unparseable ``Location`` is a 502;
-- error pages with spec 3.12 statuses (502/504/...); a ``direct_upstream``
+- ``rewrite_redirects``; an unparseable ``Location`` is a 502;
+- error pages with upstream's statuses (502/504/...); a ``direct_upstream``
   dial refused by the gateway's dial guard (:mod:`nbgateway.dial.guard`) is a
   502 ``Destination Not Allowed`` whose access-log entry carries the verdict
   ``direct_upstream_denied``;
@@ -80,13 +80,13 @@ from nbgateway.proxy.headers import (
 
 log = Logger()
 
-DEFAULT_REQUEST_TIMEOUT = 30.0  # host dialer timeout upstream (spec 3.11)
+DEFAULT_REQUEST_TIMEOUT = 30.0  # host dialer timeout upstream
 NO_BODY_CODES = (204, 304)
 
 
 @dataclass(frozen=True, slots=True)
 class TargetOptions:
-    """The per-path ``PathTargetOptions`` the proxy uses (spec 1.3)."""
+    """The per-path ``PathTargetOptions`` the proxy uses."""
 
     skip_tls_verify: bool = False
     request_timeout: float = 0.0  # seconds; 0 = default
@@ -143,7 +143,7 @@ def client_ip(request: Any) -> str:
 
 
 def is_self_loop(overlay: bool, source_ip: str, route: Route) -> bool:
-    """Spec 3.4: overlay request whose source IP is the target's literal IP."""
+    """Loop check: overlay request whose source IP is the target's literal IP."""
     if not overlay:
         return False
     target = _ip_literal(route.host)
@@ -186,7 +186,7 @@ def note_dial_denial(request: Any, exc: BaseException, proxy: Any = None,
 
 
 def classify_error(exc: BaseException, timed_out: bool = False) -> pages.ErrorPage:
-    """Spec 3.12: which error page a failed upstream exchange gets."""
+    """Which error page a failed upstream exchange gets."""
     if isinstance(exc, DirectUpstreamDeniedError):
         return DIRECT_UPSTREAM_DENIED
     if timed_out or isinstance(exc, error.TimeoutError | error.TCPTimedOutError
@@ -573,7 +573,7 @@ class ProxyResource(Resource):
     :class:`ReverseProxy`.
 
     ``lookup(domain)`` returns the :class:`ProxyService` for a Host without
-    port (spec 3.2, exact match) or None; ``identity_of(request)`` and
+    port (exact match) or None; ``identity_of(request)`` and
     ``overlay_of(request)`` default to the ``nbgw_identity`` and
     ``nbgw_overlay`` request attributes set by the auth layer.
     """

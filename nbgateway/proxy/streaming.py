@@ -34,7 +34,7 @@ log = Logger()
 STREAM_THRESHOLD = 64 * 1024  # larger (or chunked) bodies are streamed
 HIGH_WATER = 256 * 1024  # pause the client when this much body is waiting
 LOW_WATER = 64 * 1024
-DEFAULT_HEADER_TIMEOUT = 30.0  # spec 3.13, per-account inbound servers
+DEFAULT_HEADER_TIMEOUT = 30.0  # upstream's per-account inbound servers
 DEFAULT_IDLE_TIMEOUT = 90.0
 
 
@@ -212,7 +212,7 @@ class StreamingHTTPChannel(http.HTTPChannel):
     """``HTTPChannel`` that dispatches streaming requests at end of headers
     and supports handing the connection to another protocol.
 
-    Read-header deadline (spec 3.13): from the first byte of a request until
+    Read-header deadline: from the first byte of a request until
     the end of its headers at most ``header_timeout`` seconds may pass, or
     the client gets ``408`` and the connection is closed.  Twisted's own
     timeout is an idle timeout reset by every byte, which a slowloris client

@@ -19,7 +19,7 @@ response head:
 The request timeout covers the dial and the wait for the response head
 (504); no deadline applies once the connection is switched.  Spliced
 connections are tracked per domain so a modified or removed mapping can
-close them (:meth:`UpgradeRelay.close_domain`, spec 3.11 / acceptance 19).
+close them (:meth:`UpgradeRelay.close_domain`).
 """
 
 from __future__ import annotations

@@ -329,7 +329,7 @@ class CertificateStore:
 
     def covers(self, server_name: str) -> bool:
         """True when a static or wildcard certificate serves the name
-        (the "certificate ready" condition of spec 2.5/2.11)."""
+        (what "certificate ready" means for a mapping)."""
         return self.static_for(server_name) is not None
 
     def certificate_for(self, server_name: str | bytes | None) -> CertifiedKey:

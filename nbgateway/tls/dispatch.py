@@ -8,7 +8,7 @@ connection creator) around the plain protocol; anything else goes straight to
 the plain protocol.  A client that sends nothing within ``peek_timeout``
 seconds is disconnected (one deadline per connection, on the injected
 clock).  Every connection is handled independently, so a silent client never
-delays others (hardening over upstream's serial :80 feeder, spec 11.12).
+delays others (hardening over upstream's serial :80 feeder).
 
 TLS connections then get a handshake deadline (``handshake_timeout``, 10 s
 by default like the public read-header deadline, issue 11.5): a client that

@@ -56,7 +56,7 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-#: NetBird's status-type -> HTTP mapping (spec 4.1), keyed by error class name so the
+#: NetBird's status-type -> HTTP mapping, keyed by error class name so the
 #: store's typed errors map without this module importing them.
 _STATUS_BY_NAME = {
     "InvalidArgument": 422,

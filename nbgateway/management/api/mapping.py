@@ -2,8 +2,8 @@
 
 Request bodies reaching these functions have already passed the decode-level
 type check (:func:`.schemas.check_types`), so fields have the right JSON types;
-semantic validation happens in the store (spec 1.14). The mapping keeps the
-upstream quirks the spec pins: PUT is a full replace, an absent ``private`` is
+semantic validation happens in the store. The mapping keeps
+upstream's quirks: PUT is a full replace, an absent ``private`` is
 false, an absent ``access_groups`` is ``None``, ``private`` is always emitted,
 ``access_groups`` only when non-empty, secrets are always blanked, durations are
 Go duration strings, and ``enabled`` reads ``enabled && !terminated``.

@@ -7,7 +7,7 @@ int), and :mod:`.openapi` publishes them verbatim as ``components.schemas``.
 
 Semantic rules (required fields, enums, lengths, the private-service rules)
 are NOT checked here: they belong to :mod:`nbgateway.management.validation`
-and keep the spec's exact 422 messages.  The decode step additionally refuses
+and keep upstream's exact 422 messages.  The decode step additionally refuses
 strings containing NUL or unpaired surrogates and integers outside int64, so
 nothing a database would choke on gets past it.  Properties whose value is
 JSON ``null`` are dropped (Go decodes ``null`` as "absent").

@@ -75,7 +75,7 @@ def _unanimous(values: list[bool | None]) -> bool | None:
 
 
 def aggregate_clusters(rows: list[ProxyRecord], now: datetime) -> list[Cluster]:
-    """Spec 1.10 cluster view over proxy rows already filtered for visibility."""
+    """Cluster view over proxy rows already filtered for visibility."""
     by_addr: dict[str, list[ProxyRecord]] = {}
     for r in rows:
         by_addr.setdefault(r.cluster_address, []).append(r)
@@ -223,7 +223,7 @@ class ProxiesMixin(StoreBase):
         return self._write(PROXY_SCOPE, run)
 
     def list_clusters(self, account_id: str, *, now: datetime | None = None) -> list[Cluster]:
-        """Cluster view (spec 1.10): visible rows grouped by address, capability
+        """Cluster view: visible rows grouped by address, capability
         aggregates over active rows (connected and seen within 2 minutes)."""
         return aggregate_clusters(self.list_proxies(account_id), now or utcnow())
 

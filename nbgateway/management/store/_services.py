@@ -1,7 +1,7 @@
 """Store part: services and targets, custom domains, cluster derivation.
 
 Create/update run the pure validation first, then the account-level checks
-(spec 1.14 "manager-level"), all inside one serialised write transaction, so a
+(upstream's "manager-level" checks), all inside one serialised write transaction, so a
 rejected request stores nothing.
 """
 
@@ -469,7 +469,7 @@ class ServicesMixin(AccountsMixin):
     # --- writes -------------------------------------------------------------------------
 
     def create_service(self, service: Service) -> Service:
-        """Validate (spec 1.14) and create a service.
+        """Validate and create a service.
 
         Generates id, Ed25519 session key pair, ``meta.created_at`` and status
         ``pending``; derives ``proxy_cluster`` from the domain (PreconditionFailed

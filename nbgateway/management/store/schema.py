@@ -331,6 +331,6 @@ access_log_entries = sa.Table(
     sa.Column("protocol", BoundedString(8), nullable=False),
     sa.Column("metadata", sa.Text(), nullable=True),
     sa.Column("agent_network", sa.Boolean(), nullable=False),
-    # revision 0002: nbgateway extension (spec 1.13 [REC])
+    # revision 0002: nbgateway extension (not in upstream's schema)
     sa.Column("user_groups", sa.Text(), nullable=True),
 )

@@ -1,6 +1,6 @@
 """Private services (NetBird #6226) plus nbgateway extensions.
 
-Adds, as nullable columns so existing rows keep working (spec 5.3):
+Adds, as nullable columns so existing rows keep working:
 ``services.private`` (NULL reads as false), ``services.access_groups`` (JSON
 text, NULL reads as "none"), ``targets.direct_upstream`` and
 ``proxies.private`` (NULL = not reported). nbgateway extensions:
