@@ -299,7 +299,7 @@ class ProxySite(server.Site):
     """A ``Site`` whose channels stream request bodies (HTTP/1.1 only).
 
     ``timeout`` is the idle timeout (default 90 s, the per-account inbound
-    servers' value in spec 3.13; the public listener uses 120 s) and
+    servers' value upstream; the public listener uses 120 s) and
     ``header_timeout`` the read-header deadline (default 30 s; public 10 s)."""
 
     protocol = StreamingHTTPChannel
