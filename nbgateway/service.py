@@ -449,8 +449,10 @@ class GatewayService(MultiService):
         """Graceful shutdown: readiness fails first; every listener
         stops accepting (public, per-account tunnel web and DNS listeners);
         in-flight requests get up to ``--drain-timeout`` to finish (and their
-        tunnel TCP send buffers to empty); then the tunnels close, the pools
-        and the access log flush, the children stop and the UDP port closes."""
+        tunnel TCP send buffers to empty); client connections still open are
+        then reset (deadline) or closed (idle), see :meth:`_close_remaining`;
+        then the tunnels close, the pools and the access log flush, the
+        children stop and the UDP port closes."""
         if self._previous_sighup is not None:
             import signal
 
