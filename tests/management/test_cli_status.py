@@ -153,3 +153,69 @@ def test_wrong_token_names_where_it_came_from(gateway, tmp_path):
                          cwd=work, env=dict(env, NB_ADMIN_TOKEN="nbp_env"),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "the token from NB_ADMIN_TOKEN" in res.stderr
+
+
+def test_status_degraded_when_the_gateway_disconnects(tmp_path):
+    """A standalone ``twistd nbmanagement`` and a gateway connecting with
+    ``--mgmt`` and a proxy token: connected, then the gateway stops and
+    status says which gateway is gone (management still up)."""
+    api, grpc = free_port(), free_port()
+    env = gateway_env(tmp_path)
+    with open(tmp_path / "mgmt.log", "w") as mlog:
+        mgmt = subprocess.Popen([TWISTD, "-n", "--pidfile=", "nbmanagement", "--datadir",
+                                 str(tmp_path / "m"), "--api-addr", f"127.0.0.1:{api}",
+                                 "--grpc-addr", f"127.0.0.1:{grpc}"], cwd=tmp_path, env=env,
+                                stdout=mlog, stderr=subprocess.STDOUT)
+    gw = None
+    try:
+        url, token_file = f"http://127.0.0.1:{api}", tmp_path / "m" / "admin-token"
+
+        def cli(*argv: str) -> tuple[int, str, str]:
+            out, err = io.StringIO(), io.StringIO()
+            code = main(["--url", url, "--token", token_file.read_text().strip(), *argv],
+                        out, err)
+            return code, out.getvalue(), err.getvalue()
+
+        def wait(predicate, what: str) -> None:
+            deadline = time.monotonic() + 20
+            while not predicate():
+                assert mgmt.poll() is None, (tmp_path / "mgmt.log").read_text()
+                if time.monotonic() > deadline:
+                    pytest.fail(f"timed out waiting for {what}")
+                time.sleep(0.1)
+
+        wait(lambda: token_file.exists() and cli("clusters", "list")[0] == 0, "management")
+        code, out, _ = cli("--json", "tokens", "create", "eu-gateway")
+        assert code == 0
+        proxy_token = json.loads(out)["plain_token"]
+        gw_env = dict(env, NB_PROXY_MANAGEMENT_ADDRESS=f"http://127.0.0.1:{grpc}",
+                      NB_PROXY_DOMAIN="eu.gw.test", NB_PROXY_TOKEN=proxy_token)
+        with open(tmp_path / "gw.log", "w") as glog:
+            gw = subprocess.Popen([TWISTD, "-n", "--pidfile=", "nbgateway"], cwd=tmp_path,
+                                  env=gw_env, stdout=glog, stderr=subprocess.STDOUT)
+
+        def online() -> bool:
+            assert gw.poll() is None, (tmp_path / "gw.log").read_text()
+            code, out, _ = cli("--json", "clusters", "list")
+            return code == 0 and any(c.get("online") for c in json.loads(out))
+
+        wait(online, "the gateway to connect")
+        code, out, _ = cli("status", "--no-tls-check")
+        assert code == 0, out
+        assert "cluster eu.gw.test: connected, 1 gateway(s)" in out
+
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(timeout=20)
+        wait(lambda: cli("status", "--no-tls-check")[0] == 1, "status to see the gateway gone")
+        code, out, _ = cli("status", "--no-tls-check")
+        assert "cluster eu.gw.test: disconnected" in out
+        assert "problem: no gateway is connected to management" in out
+        assert "problem: gateway " in out and "(eu.gw.test) is disconnected" in out
+        assert "status: DEGRADED" in out
+        report = json.loads(cli("--json", "status", "--no-tls-check")[1])
+        assert report["healthy"] is False and report["management"]["reachable"] is True
+    finally:
+        for proc in (gw, mgmt):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=20)
