@@ -1,4 +1,4 @@
-"""Per-account runtime lifecycle and status matrix (proxy.md 2.9, 2.11; acceptance 10-17)."""
+"""Per-account runtime lifecycle and status matrix."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Field numbers of the wire contract, checked through the generated descriptors.
 
-Each number here is pinned by upstream NetBird's proto (spec proxy.md 1.3 and
-1.4); a wrong number silently drops data against a real management server.
+Each number here is pinned by upstream NetBird's proto; a wrong number silently drops data against a real management server.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The gateway's HTTP routing table and mapping modes (spec proxy.md 3.1:
+"""The gateway's HTTP routing table and mapping modes (
 ``tcp``/``udp``/``tls`` are L4, anything else, empty included, is HTTP)."""
 
 from __future__ import annotations

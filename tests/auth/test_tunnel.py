@@ -1,5 +1,4 @@
-"""Private gate and ValidateTunnelPeer cache: spec proxy.md acceptance 20-41
-(as adapted by issue 6's hardening)."""
+"""Private gate and ValidateTunnelPeer cache, with issue 6's hardening."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Routing, rewrite and redirect rules (proxy.md 3.2-3.5, 3.10; issue 6 hardening)."""
+"""Routing, rewrite and redirect rules (with issue 6's hardening)."""
 
 from __future__ import annotations
 

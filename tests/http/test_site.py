@@ -1,7 +1,7 @@
 """The front resource end to end over two in-memory netstacks: a client at
 tunnel IP 100.64.0.10 talks HTTP through the tunnel to the gateway's inbound
 listener, which applies the private gate and proxies to a real upstream on
-127.0.0.1 (direct_upstream).  Acceptance behaviours of proxy.md 10 noted per test."""
+127.0.0.1 (direct_upstream).  Each test names the behaviour it checks."""
 
 from __future__ import annotations
 

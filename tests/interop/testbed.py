@@ -1,7 +1,6 @@
 """Real-peer testbed: wireguard-go in network namespaces this process creates.
 
-Owns the harness every interop test and the WireGuard benchmarks use (recipe in
-``shared/spec/testbed.md``):
+Owns the harness every interop test and the WireGuard benchmarks use:
 
 * :class:`Testbed` -- a registry of everything created for one test (namespaces,
   wireguard-go processes, temporary files).  :meth:`Testbed.close` kills only

@@ -1,6 +1,5 @@
 """ValidateSession, Authenticate, CreateProxyPeer, SendStatusUpdate, SendAccessLog, GetOIDCURL
-and caller identity over real gRPC (management.md 2.0, 2.6, 2.7, 2.12-2.15, 2.17;
-acceptance 61-66, 79, 80)."""
+and caller identity over real gRPC."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Mapping streams over real gRPC: snapshots, ack back-pressure, capability filtering and
-incremental broadcasts (management.md 2.1-2.5; acceptance 27, 31-45)."""
+incremental broadcasts."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Shared harness for the ProxyService gRPC tests (no tests of its own).
 
 ``Harness`` starts a real :class:`ProxyGrpcService` on 127.0.0.1 (ephemeral
-port) over a SQLite store in a tmp dir, builds fixture F of management.md
-section 6, and hands out real grpcio stubs.  :class:`SyncClient` drives a
+port) over a SQLite store in a tmp dir, builds fixture F (:class:`Fixture`:
+one account with users, peers, groups and services), and hands out real grpcio stubs.  :class:`SyncClient` drives a
 SyncMappings bidi stream from a test thread: it collects responses and sends
 acks only when told to, so ack back-pressure can be observed.
 """
@@ -78,7 +78,7 @@ def make_service(
 
 
 class Fixture:
-    """Fixture F (management.md section 6) in a store."""
+    """Fixture F in a store."""
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -1,4 +1,4 @@
-"""ValidateTunnelPeer over real gRPC (management.md 2.8-2.10, 2.16; acceptance 46-60)."""
+"""ValidateTunnelPeer over real gRPC."""
 
 from __future__ import annotations
 

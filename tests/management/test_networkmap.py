@@ -1,4 +1,4 @@
-"""Network-map assembly and its proto encoding (spec management.md §3.3, acceptance 67, 68, 75).
+"""Network-map assembly and its proto encoding.
 
 Pure tests over the §3.6 fixture, plus one that reads the AccountView from a
 real SQLite/PostgreSQL store.

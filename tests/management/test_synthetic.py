@@ -1,4 +1,4 @@
-"""Synthetic DNS zones and ACL policies (spec management.md §3.6, acceptance 67-78).
+"""Synthetic DNS zones and ACL policies.
 
 Pure unit tests over an in-memory AccountView built from the spec fixture F:
 account ``acct-1`` (100.64.0.0/10), user peer U ``100.64.0.10`` in ``grp-admins``,

@@ -1,4 +1,4 @@
-"""Every rule of nbgateway.management.validation (spec management.md 1.14), one test each."""
+"""Every rule of nbgateway.management.validation, one test each."""
 
 from __future__ import annotations
 

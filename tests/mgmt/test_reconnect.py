@@ -1,4 +1,4 @@
-"""Backoff and reconnect loop (spec proxy.md 2.2), driven by task.Clock."""
+"""Backoff and reconnect loop, driven by task.Clock."""
 
 from __future__ import annotations
 

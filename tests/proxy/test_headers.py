@@ -1,4 +1,4 @@
-"""Outgoing header processing: spec proxy.md 3.7-3.9, acceptance 42-48, 53."""
+"""Outgoing header processing: order, forwarding headers, identity headers."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""MappingStore semantics, spec proxy.md 2.5 (CREATED/MODIFIED/REMOVED) and
-2.6 (initial sync and reconciliation), plus the 2.12 hardening."""
+"""MappingStore semantics: CREATED/MODIFIED/REMOVED, initial sync and
+reconciliation, plus hardening over upstream."""
 
 from __future__ import annotations
 
