@@ -1,7 +1,8 @@
 """Management ProxyService gRPC: ValidateTunnelPeer RPCs/s and a 10,000-service snapshot.
 
 Seeds a store (SQLite file; PostgreSQL too when ``NBGW_TEST_PG_DSN`` is set and
-``--backends`` asks for it) with fixture F (``Fixture`` in tests/management/test_grpc_support.py) plus
+``--backends`` asks for it) with fixture F (``Fixture`` in
+tests/management/test_grpc_support.py) plus
 ``--services`` private services on one cluster, starts a real ProxyGrpcService
 on 127.0.0.1 and measures:
 

@@ -1,6 +1,7 @@
 """Field numbers of the wire contract, checked through the generated descriptors.
 
-Each number here is pinned by upstream NetBird's proto; a wrong number silently drops data against a real management server.
+Each number here is pinned by upstream NetBird's proto; a wrong number silently
+drops data against a real management server.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``Harness`` starts a real :class:`ProxyGrpcService` on 127.0.0.1 (ephemeral
 port) over a SQLite store in a tmp dir, builds fixture F (:class:`Fixture`:
-one account with users, peers, groups and services), and hands out real grpcio stubs.  :class:`SyncClient` drives a
+one account with users, peers, groups and services), and hands out real
+grpcio stubs.  :class:`SyncClient` drives a
 SyncMappings bidi stream from a test thread: it collects responses and sends
 acks only when told to, so ack back-pressure can be observed.
 """
