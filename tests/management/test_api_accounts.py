@@ -169,3 +169,35 @@ def test_instance_admin_cannot_be_granted_through_the_users_api(server):
                       auth=as_(b["token"]))
     assert resp.status == 200, resp
     assert_error(server.post(ACCOUNTS, {"name": "x"}, auth=as_(b["token"])), 403)
+
+
+def test_writes_cannot_reference_another_accounts_objects(server):
+    a, b = create_account(server), create_account(server)
+    ta, tb = as_(a["token"]), as_(b["token"])
+    tag = uuid.uuid4().hex[:6]
+    grp_a = server.post("/api/groups", {"name": "devs"}, auth=ta).json
+    peer_a = server.post("/api/peers", {"name": "pa", "groups": [grp_a["id"]]}, auth=ta).json
+    assert server.post("/api/reverse-proxies/domains",
+                       {"domain": f"b{tag}.test", "target_cluster": "cl.test"},
+                       auth=tb).status == 200
+    target = {"target_id": "cl.test", "target_type": "cluster", "protocol": "http",
+              "host": "10.0.0.5", "port": 80, "enabled": True,
+              "options": {"direct_upstream": True}}
+    attempts = [
+        ("POST", "/api/groups", {"name": "mine", "peers": [peer_a["id"]]}),
+        ("POST", "/api/peers", {"name": "p", "groups": [grp_a["id"]]}),
+        ("POST", "/api/peers", {"name": "p", "user_id": a["admin_user_id"]}),
+        ("POST", "/api/users", {"email": "x@example.com", "role": "user",
+                                "is_service_user": True, "auto_groups": [grp_a["id"]]}),
+        ("POST", "/api/reverse-proxies/services",
+         {"name": "s", "domain": f"s.b{tag}.test", "enabled": True, "private": True,
+          "access_groups": [grp_a["id"]], "targets": [target]}),
+        ("POST", "/api/reverse-proxies/services",
+         {"name": "s", "domain": f"t.b{tag}.test", "enabled": True,
+          "targets": [{**target, "target_type": "peer", "target_id": peer_a["id"]}]}),
+    ]
+    for method, path, body in attempts:
+        resp = server.request(method, path, body, auth=tb)
+        assert resp.status in (404, 422), (path, body, resp)
+    # nothing of A changed
+    assert server.get(f"/api/groups/{grp_a['id']}", auth=ta).json["peers_count"] == 1
