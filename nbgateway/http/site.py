@@ -158,7 +158,14 @@ class GatewayResource(Resource):
         if problem is not None:
             code, body = problem
             self.rejected[code] = self.rejected.get(code, 0) + 1
+            log.debug("refused at the front door: {code} {reason}", code=code,
+                      reason=body.decode("latin-1").strip(),
+                      client=str(getattr(request.getClientAddress(), "host", "")))
+            # a request this malformed ends the connection: whatever follows
+            # on it was framed by a client we no longer trust
             request.setHeader(b"connection", b"close")
+            if getattr(request, "channel", None) is not None:
+                request.channel.persistent = False
             _plain(request, code, body)
             return server.NOT_DONE_YET
         host = (request.getHeader(b"host") or b"").decode("latin-1")

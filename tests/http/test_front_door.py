@@ -117,6 +117,18 @@ class PublicFrontDoorTests(FrontDoorTests):
         self.assertEqual(self.resource.rejected, {400: 1})
 
     @defer.inlineCallbacks
+    def test_duplicate_host_closes_the_connection(self):
+        # no "Connection: close" from the client: the pipelined second request
+        # is never answered, the server closes after the 400
+        proto = Collect(b"GET / HTTP/1.1\r\nHost: app.example\r\nHost: app.example\r\n\r\n"
+                        b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.gw_port), proto)
+        data = yield proto.done
+        self.assertTrue(data.startswith(b"HTTP/1.1 400"), data[:40])
+        self.assertEqual(data.count(b"HTTP/1.1 "), 1)
+        self.assertEqual(self.upstream.seen, [])
+
+    @defer.inlineCallbacks
     def test_absolute_form_is_routed_by_authority_and_sent_in_origin_form(self):
         # RFC 9112 3.2.2: the authority wins over the Host header
         code, body = yield self.raw(b"GET http://app.example/a/b?x=1 HTTP/1.1\r\n"
