@@ -48,6 +48,7 @@ def test_help_is_plain_text_with_summary_and_examples(path):
     assert code == 0 and err == ""
     assert out.startswith("usage: nbgateway-admin")
     assert not RST.search(out), out  # no reStructuredText markup
+    assert max(len(line) for line in out.splitlines()) <= 88, out  # fits a terminal
     examples = out.partition("\nexamples:\n  ")[2]
     assert "nbgateway-admin" in examples, out
     # a description beyond the usage line

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,8 +70,9 @@ class Commands:
             func: Callable[..., Any] | None = None, offline: bool = False,
             leaf: bool = True) -> Parser:
         parser = self.action.add_parser(
-            name, help=summary, description=description or summary[:1].upper() + summary[1:]
-            + ".", epilog=examples(*example) if example else None,
+            name, help=summary, description=description or textwrap.fill(
+                summary[:1].upper() + summary[1:] + ".", 79),
+            epilog=examples(*example) if example else None,
             parents=[self.common] if leaf and not offline else [])
         for alias in aliases:  # accepted, not listed (argparse would show "name (alias)")
             self.action._name_parser_map[alias] = parser

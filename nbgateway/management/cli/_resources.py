@@ -561,8 +561,8 @@ def register(cmd: Commands) -> None:
 
     g = cmd.group("services", "list, create, show or delete reverse-proxy services",
                   aliases=["service"], example=[
-                      "nbgateway-admin services create --domain app.nbgateway.internal "
-                      "--private --access-group admins --target http://127.0.0.1:8000",
+                      "nbgateway-admin services create --domain app.nbgateway.internal \\",
+                      "    --private --access-group admins --target http://127.0.0.1:8000",
                       "nbgateway-admin services show app.nbgateway.internal"])
     g.add("list", "list services with their status", func=services_list,
           example=["nbgateway-admin services list"])
