@@ -299,6 +299,10 @@ def test_peer_outside_the_group_is_refused(world):
         assert "[Peer]" not in conf and "\nDNS" not in conf, conf
         assert f"# The gateway {DOMAIN} is left out of this config" in conf, conf
         assert "# Add this peer to one of: devs; then fetch this config again." in conf
+    cli = world.g.run([os.path.join(VENV_BIN, "nbgateway-admin"), "--url", API[:-len("/api")],
+                       "--token", world.admin, "peer", "config", "bob"], check=False)
+    assert cli.returncode == 0, cli.stderr
+    assert f"# The gateway {DOMAIN} is left out of this config" in cli.stdout, cli.stdout
     with open(os.path.join(world.tmp, "management.log"), errors="replace") as f:
         refusals = [line for line in f if "leaves out gateway" in line and bob["id"] in line]
     assert len(refusals) == 1, refusals
