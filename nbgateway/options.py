@@ -74,8 +74,8 @@ class Options(OneLineUsage, usage.Options):
     longdesc = (
         "Run the nbgateway proxy. Without --mgmt the management service runs in-process. "
         "Every flag can also be set with the NB_PROXY_* environment variable shown next to "
-        "it; flags win over the environment, the environment over defaults. Environment-only: "
-        + "; ".join(f"{s.env} ({s.help})" for s in _ENV_ONLY) + "."
+        "it; flags win over the environment, the environment over defaults. The list below "
+        "also has the environment-only settings (" + ", ".join(s.env for s in _ENV_ONLY) + ")."
     )
     optFlags = [[s.flag, None, _help(s)] for s in _FLAGS if s.is_bool]
     optParameters = [[s.flag, None, None, _help(s)] for s in _FLAGS if not s.is_bool]
