@@ -13,12 +13,15 @@ Owns what an operator sees when a process cannot start:
   environment variable that set it, and the fix.
 * :func:`exit_on_listen_failure`, used by the twistd dropins: the service
   they build logs a :class:`ListenError` as one critical line and exits
-  with status 1 instead of a traceback.
+  with status 1 instead of a traceback; :func:`bind_failure` builds one for
+  listeners bound by libraries that report no errno (grpcio).
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -95,6 +98,24 @@ def listen_failed(exc: BaseException, what: str, setting: str) -> BaseException:
     return exc
 
 
+def bind_failure(address: str, what: str, setting: str) -> ListenError:
+    """A :class:`ListenError` for ``HOST:PORT`` bound by a library that
+    reports no errno (grpcio): bind it once more here to learn why."""
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    port = int(port_text) if port_text.isdigit() else 0
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    code = errno.EADDRINUSE
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+    except OSError as exc:
+        code = exc.errno or code
+    cause = CannotListenError(host, port, OSError(code, os.strerror(code)))
+    return ListenError(cause, what, setting)
+
+
 class _ExitOnListenFailure(MultiService):
     """Parent of the twistd-built service: a bind failure at start is one
     critical log line and exit status 1."""
@@ -107,6 +128,13 @@ class _ExitOnListenFailure(MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
+        except ListenError as exc:
+            log.critical("{message}", message=str(exc))
+            raise SystemExit(FAILURE_EXIT) from None
+
+    def startService(self) -> None:  # some listeners (gRPC) bind when started
+        try:
+            super().startService()
         except ListenError as exc:
             log.critical("{message}", message=str(exc))
             raise SystemExit(FAILURE_EXIT) from None

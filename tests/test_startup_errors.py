@@ -128,3 +128,16 @@ def test_help_has_an_environment_section(tmp_path):
     r = subprocess.run([TWISTD, "nbmanagement", "--help"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=60, env=gateway_env(tmp_path))
     assert "  NB_MANAGEMENT_API_ADDR (same as --api-addr; default 127.0.0.1:33071)" in r.stdout
+
+
+def test_busy_management_grpc_port(tmp_path):
+    # grpcio reports no errno: the message still says why (the address is probed)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = twistd(tmp_path, "nbmanagement", "--datadir", str(tmp_path / "m"), "--api-addr",
+                   "127.0.0.1:0", "--grpc-addr", f"127.0.0.1:{port}")
+    line = _one_failure_line(r, f"the management gRPC listener 127.0.0.1 port {port}: "
+                                "already in use")
+    assert "--grpc-addr / NB_MANAGEMENT_GRPC_ADDR" in line

@@ -151,12 +151,18 @@ class ProxyGrpcService(service.Service):
             ],
             maximum_concurrent_rpcs=self.max_workers * 4,
         )
-        if creds is None:
-            port = server.add_insecure_port(self.bind_address)
-        else:
-            port = server.add_secure_port(self.bind_address, creds)
+        try:
+            if creds is None:
+                port = server.add_insecure_port(self.bind_address)
+            else:
+                port = server.add_secure_port(self.bind_address, creds)
+        except RuntimeError:  # grpcio: "Failed to bind to address ..."
+            port = 0
         if not port:
-            raise RuntimeError(f"could not bind gRPC listener {self.bind_address}")
+            from nbgateway.startup import bind_failure
+
+            raise bind_failure(self.bind_address, "the management gRPC listener",
+                               "--grpc-addr / NB_MANAGEMENT_GRPC_ADDR")
         servicer.start()
         if self.peer_channel_key is not None:
             from nbgateway.management import peerchannel
