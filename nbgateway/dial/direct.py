@@ -47,6 +47,8 @@ log = Logger()
 
 #: at most this many resolved addresses are checked and tried per connection
 MAX_ADDRESSES = 16
+#: shortest connect attempt per address when several are left (seconds)
+MIN_ATTEMPT = 2.0
 
 
 def is_host_address(ip: IPAddress) -> bool:
@@ -265,6 +267,8 @@ class _Connect:
         ip, rest = left[0], left[1:]
         ep = self.ep
         remaining = max(self.deadline - ep.reactor.seconds(), 0.001)
+        if rest:  # leave time for the other addresses (a black-holed first one)
+            remaining = max(remaining / (len(rest) + 1), min(remaining, MIN_ATTEMPT))
         cls = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
         target = cls(ep.reactor, str(ip), ep.port, timeout=remaining,
                      bindAddress=ep.bind_address)

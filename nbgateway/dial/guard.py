@@ -163,6 +163,11 @@ def classify_host(host: str) -> HostKind:
     if ip is not None:
         return HostKind(ip=ip)
     name = host.strip().rstrip(".").lower()
+    if not name.isascii():  # an internationalised name: its IDNA (punycode) form
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return HostKind(invalid="not an IP address or DNS name")
     if not name or len(name) > 253 or ":" in name or "[" in name:
         return HostKind(invalid="not an IP address or DNS name")
     labels = name.split(".")

@@ -69,6 +69,7 @@ def test_inet_aton_rejects(text):
     ("foo bar", ("invalid", None)), ("[127.0.0.1", ("invalid", None)),
     ("-bad.example", ("invalid", None)), ("", ("invalid", None)), ("a..b", ("invalid", None)),
     ("[fe80::1", ("invalid", None)),
+    ("bücher.example", ("name", "xn--bcher-kva.example")), ("xn--.example", ("invalid", None)),
 ])
 def test_classify_host(host, kind):
     got = classify_host(host)

@@ -12,6 +12,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -184,6 +185,35 @@ class GuardedDialerTests(unittest.TestCase):
         clock.advance(3.1)
         self.failureResultOf(result, error.TimeoutError)
         self.assertEqual(self.reactor.connects, [])
+
+    def test_a_black_holed_address_leaves_time_for_the_next(self):
+        attempts: list[tuple[str, float, Any]] = []
+
+        class Connector:
+            def stopConnecting(self) -> None:
+                pass
+
+            def getDestination(self) -> Any:
+                return IPv4Address("TCP", "127.0.0.3", 1)
+
+        def connect_tcp(host, port, factory, timeout=30, bindAddress=None):
+            attempts.append((host, timeout, factory))
+            connector = Connector()
+            factory.startedConnecting(connector)
+            return connector
+
+        clock = Clock()
+        d = self.dialer("127.0.0.0/8", ["127.0.0.3", "127.0.0.4"], clock=clock)
+        d.reactor.connectTCP = connect_tcp
+        result = self.connect(d, "two.example", timeout=10)
+        self.assertEqual([(h, t) for h, t, _ in attempts], [("127.0.0.3", 5.0)])
+        clock.advance(5)
+        attempts[0][2].clientConnectionFailed(Connector(), Failure(error.TimeoutError()))
+        self.assertEqual([(h, t) for h, t, _ in attempts],
+                         [("127.0.0.3", 5.0), ("127.0.0.4", 5.0)])
+        self.assertNoResult(result)
+        clock.advance(5.1)  # the overall deadline
+        self.failureResultOf(result, error.TimeoutError)
 
     def test_cancel_during_resolution(self):
         clock = Clock()
