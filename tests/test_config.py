@@ -1,5 +1,5 @@
 """The configuration model: precedence flags > env > defaults, validation errors
-(one line, naming the flag), the token rule, --private (spec 9, 67, 68)."""
+(one line, naming the flag), the token rule, --private."""
 
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def test_every_visible_flag_documented_with_env_and_default():
             assert s.env in " ".join(text.split())  # help text wraps
 
 
-# -- token / management (acceptance 68) -------------------------------------------------------
+# -- token / management ----------------------------------------------------------------------
 
 
 def test_token_required_with_mgmt():
@@ -287,7 +287,7 @@ def test_load_without_options():
 
 
 def test_tunnel_cache_ttl_env_b37():
-    """Spec 4.6 / acceptance 37: 45s is 45 s; nonsense, 0s, -30s, '' -> 300 s."""
+    """45s is 45 s; nonsense, 0s, -30s, '' -> 300 s."""
     assert parse([], {"NB_PROXY_TUNNEL_CACHE_TTL": "45s"}).tunnel_cache_ttl == 45
     assert parse([], {"NB_PROXY_TUNNEL_CACHE_TTL": " 1h30m "}).tunnel_cache_ttl == 5400
     for bad in ("nonsense", "0s", "-30s", ""):

@@ -1,4 +1,4 @@
-"""Packaging (issue 7, spec B.1): the wheel built from this tree ships the
+"""Packaging (issue 7): the wheel built from this tree ships the
 twistd dropins (and no ``twisted/plugins/__init__.py``), installs into a fresh
 venv with a plain ``pip install <wheel>``, and there ``twistd --help`` lists
 both plugins and ``twistd -n nbgateway --help`` shows every flag.  Also: the

@@ -1,4 +1,4 @@
-"""Graceful shutdown of GatewayService (spec 3.13, issue 7): readiness fails
+"""Graceful shutdown of GatewayService (issue 7): readiness fails
 first, every listener stops accepting, in-flight requests finish (up to
 ``--drain-timeout``), and only then do the tunnels close.
 

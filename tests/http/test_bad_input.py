@@ -242,8 +242,8 @@ class BadInputTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_slowloris_clients_are_cut_at_the_header_deadline(self):
-        # short real read-header deadline for this listener (spec 3.13's
-        # knob; 10 s in production on the public listener)
+        # short real read-header deadline for this listener (the
+        # header_timeout knob; 10 s in production on the public listener)
         self.site.header_timeout = 0.5
         slow = []
         for _ in range(20):

@@ -1,7 +1,7 @@
 """REST API through real HTTP against a real ``twistd nbmanagement`` (SQLite and PostgreSQL).
 
-Covers every endpoint, the auth failures, the error envelope and the spec's
-acceptance items 1-30 that are visible over REST.
+Covers every endpoint, the auth failures, the error envelope and the
+service rules that are visible over REST.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_openapi_served_without_auth(server):
     assert "/api/reverse-proxies/services/{serviceId}" in doc["paths"]
 
 
-# --- services: validation (acceptance 1-14, 21, 22) -------------------------------------
+# --- services: validation ---------------------------------------------------------------
 
 
 def test_private_requires_access_group_nothing_stored(server):
@@ -148,12 +148,12 @@ def test_private_create_response_shape(server):
     gid = group(server)["id"]
     body = private_body(gid)
     created = server.ok("POST", SERVICES, body)
-    assert created["mode"] == "http"  # acceptance 6: mode omitted -> http
+    assert created["mode"] == "http"  # mode omitted -> http
     assert created["private"] is True
     assert created["access_groups"] == [gid]
     assert created["meta"]["status"] == "pending"
     assert created["proxy_cluster"] == CLUSTER
-    assert created["targets"][0]["host"] == "backend.lan"  # acceptance 12
+    assert created["targets"][0]["host"] == "backend.lan"  # a host target keeps its host
     assert created["targets"][0]["options"] == {"direct_upstream": True}
     assert created["auth"] == {}
     assert not any("session" in k for k in created)
@@ -166,8 +166,8 @@ def test_private_with_peer_target_accepted_and_host_resolved(server):
     target = {"target_id": peer["id"], "target_type": "peer", "protocol": "http",
               "host": "bad host", "port": 80, "enabled": True}
     created = server.ok("POST", SERVICES, private_body(gid, targets=[target]))
-    assert created["targets"][0]["host"] == peer["ip"]  # acceptance 13 (second half)
-    assert created["targets"][0]["options"] == {}  # acceptance 20: absent key
+    assert created["targets"][0]["host"] == peer["ip"]  # a peer target resolves to its tunnel IP
+    assert created["targets"][0]["options"] == {}  # absent key
 
 
 @pytest.mark.parametrize("target,fragment", [
@@ -221,7 +221,7 @@ def test_duplicate_domain_is_409(server):
     assert_error(server.post(SERVICES, dict(body, name=uniq())), 409, "domain already taken")
 
 
-# --- services: public, PUT, DELETE (acceptance 16-19) -------------------------------------
+# --- services: public, PUT, DELETE --------------------------------------------------------
 
 
 def test_public_service_has_private_false_and_no_access_groups(server):
@@ -551,7 +551,7 @@ def test_clusters_and_domains_reflect_proxy_private_flag(server):
     finally:
         store.close()
     clusters = {c["address"]: c for c in server.ok("GET", "/api/reverse-proxies/clusters")}
-    assert "private" not in clusters[unknown]  # only NULL rows: absent (acceptance 24)
+    assert "private" not in clusters[unknown]  # only NULL rows: absent
     assert clusters[unknown]["type"] == "shared"
     domains = {d["domain"]: d for d in server.ok("GET", "/api/reverse-proxies/domains")}
     assert "supports_private" not in domains[unknown]
@@ -597,7 +597,7 @@ def test_proxy_tokens(server):
     assert server.ok("DELETE", f"/api/reverse-proxies/proxy-tokens/{created['id']}") == {}
     listed = {t["id"]: t for t in server.ok("GET", "/api/reverse-proxies/proxy-tokens")}
     assert listed[created["id"]]["revoked"] is True
-    for row in (other_row, foreign_row):  # acceptance 30: global or other account's token
+    for row in (other_row, foreign_row):  # a global or another account's token
         assert_error(server.delete(f"/api/reverse-proxies/proxy-tokens/{row.id}"), 404,
                      "token not found")
     assert foreign_row.id not in listed

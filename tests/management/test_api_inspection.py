@@ -38,7 +38,7 @@ def test_private_service_zone_and_policy_visible_to_group_members_only(server):
     [policy] = [p for p in view["policies"] if p["name"] == "Private Access to app"]
     assert devs["id"] in json.dumps(policy)
     assert "443" in json.dumps(policy) and "80" in json.dumps(policy)
-    # zones carry A records only for *connected* proxy peers (spec 3.2); this
+    # zones carry A records only for *connected* proxy peers; this
     # proxy peer never connected, so every peer's synthetic zone list is empty
     assert set(view["zones"]) >= {alice["id"], bob["id"]}
     assert all(z == [] for z in view["zones"].values())

@@ -229,7 +229,7 @@ def test_populated_database_first_to_head(db_dsn):
     store = Store.open(db_dsn, known_clusters=["eu.proxy.netbird.io"])  # upgrades to head
     try:
         svc = store.get_service("acct-1", "svc-old")
-        # spec 5.3 / acceptance 28: NULL private/access_groups load as false/None
+        # NULL private/access_groups load as false/None
         assert svc.private is False and svc.access_groups is None
         assert svc.meta.status == "active" and svc.meta.created_at == T0.replace(tzinfo=UTC)
         assert svc.targets[0].options.direct_upstream is False

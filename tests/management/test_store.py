@@ -292,7 +292,7 @@ def test_peer_lookup_by_tunnel_ip(store, account):
     p = store.create_peer(Peer(account_id=account.id, name="u", key="k", ip="100.64.0.10"))
     assert store.get_peer_by_ip(account.id, "100.64.0.10") == p
     assert store.get_peer_by_ip(account.id, "::ffff:100.64.0.10") == p
-    assert store.get_peer_by_ip(account.id, p.ipv6) == p  # acceptance 59
+    assert store.get_peer_by_ip(account.id, p.ipv6) == p  # by its IPv6 address too
     assert store.get_peer_by_ip(account.id, "100.64.0.250") is None  # 52
     assert store.get_peer_by_ip(account.id, "not-an-ip") is None
 

@@ -1,6 +1,6 @@
 """Synthetic DNS zones and ACL policies.
 
-Pure unit tests over an in-memory AccountView built from the spec fixture F:
+Pure unit tests over an in-memory AccountView built from fixture F:
 account ``acct-1`` (100.64.0.0/10), user peer U ``100.64.0.10`` in ``grp-admins``,
 proxy peer P ``100.64.0.99`` (embedded, cluster ``eu.proxy.netbird.io``,
 connected), service ``svc-1`` "myapp" at ``myapp.eu.proxy.netbird.io``, private,

@@ -180,7 +180,7 @@ def test_restrictions_countries_upper_cased_in_copy():
     assert out.restrictions.blocked_countries == ("DE", "FR")
 
 
-# --- private services (acceptance 1-7) ----------------------------------------------------------
+# --- private services -------------------------------------------------------------------------
 
 
 def test_private_requires_access_groups_empty():

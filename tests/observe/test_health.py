@@ -1,4 +1,4 @@
-"""Health probe transitions and /metrics over real HTTP on 127.0.0.1 (spec 8.2).
+"""Health probe transitions and /metrics over real HTTP on 127.0.0.1.
 
 pytest-twisted drives the reactor here (the suite runs such modules last)."""
 

@@ -1,5 +1,4 @@
-"""JSON-lines / text observers, level filtering and mapping redaction (spec 8.1,
-acceptance 66)."""
+"""JSON-lines / text observers, level filtering and mapping redaction."""
 
 from __future__ import annotations
 

@@ -148,7 +148,7 @@ class ReverseProxyTests(unittest.TestCase):
         status, _, body = yield self.get("t.example")
         self.assertEqual(status, 502)
         self.assertIn(b"Proxy Not Connected", body)
-        # direct_upstream does not need the tunnel (acceptance 60)
+        # direct_upstream does not need the tunnel
         self.h.add("d.example", {"/": self.up + "/"}, opts=TargetOptions(direct_upstream=True))
         status, _, _ = yield self.get("d.example")
         self.assertEqual(status, 200)

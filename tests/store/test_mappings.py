@@ -81,7 +81,7 @@ def test_created_redelivery_with_same_content_only_refreshes_token() -> None:
 
 
 def test_created_for_known_id_with_new_domain_is_a_modification() -> None:
-    # Hardening of spec 2.12: upstream leaves the old domain routable.
+    # Hardening: upstream leaves the old domain routable.
     store, log = make()
     store.apply_batch([mp("s1", "old.example")], False)
     log.events.clear()

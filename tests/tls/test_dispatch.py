@@ -1,4 +1,4 @@
-"""TLS and plain HTTP on the same port (acceptance 54), peek timeout."""
+"""TLS and plain HTTP on the same port, peek timeout."""
 
 from __future__ import annotations
 
