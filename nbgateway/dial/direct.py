@@ -270,9 +270,13 @@ class _Connect:
         if rest:  # leave time for the other addresses (a black-holed first one)
             remaining = max(remaining / (len(rest) + 1), min(remaining, MIN_ATTEMPT))
         cls = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
-        target = cls(ep.reactor, str(ip), ep.port, timeout=remaining,
-                     bindAddress=ep.bind_address)
-        d = self.current = target.connect(self.factory)
+        try:
+            target = cls(ep.reactor, str(ip), ep.port, timeout=remaining,
+                         bindAddress=ep.bind_address)
+            d = self.current = target.connect(self.factory)
+        except Exception as exc:  # e.g. an address the socket layer rejects
+            self._try(rest, exc)
+            return
 
         def connected(proto: Any) -> None:
             self.current = None

@@ -215,6 +215,21 @@ class GuardedDialerTests(unittest.TestCase):
         clock.advance(5.1)  # the overall deadline
         self.failureResultOf(result, error.TimeoutError)
 
+    @defer.inlineCallbacks
+    def test_an_address_the_socket_layer_rejects_moves_on_to_the_next(self):
+        d = self.dialer("127.0.0.0/8", ["127.0.0.9", "127.0.0.1"])
+        real = d.reactor.connectTCP
+
+        def connect_tcp(host, *a, **kw):
+            if host == "127.0.0.9":
+                raise OSError("rejected")
+            return real(host, *a, **kw)
+
+        d.reactor.connectTCP = connect_tcp
+        proto = yield self.connect(d, "two.example")
+        proto.transport.loseConnection()
+        self.assertEqual(self.reactor.connects, ["127.0.0.1"])
+
     def test_cancel_during_resolution(self):
         clock = Clock()
         d = self.dialer("0.0.0.0/0", None, clock=clock)
