@@ -153,7 +153,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"error: {exc}\n")
         return 2
     except CannotListenError as exc:
-        err.write(f"error: cannot listen on {args.listen}: {exc.socketError}\n")
+        err.write(f"error: cannot listen on {args.listen}: {exc.socketError} (choose "
+                  "another address with --listen HOST:PORT)\n")
         return 1
     addr = port.getHost()
     out.write(f"demo upstream on {addr.host} port {addr.port} (shows the identity "

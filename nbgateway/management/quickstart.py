@@ -1,11 +1,17 @@
 """``nbgateway-admin quickstart``: a private demo service in one command.
 
 Owns the quickstart flow against a running gateway with management: pick the
-connected gateway (cluster), ensure a group, a peer in it and a private HTTP
-service for that group, then write the peer's wg-quick config and print how
-to bring the tunnel up and reach the service.  Every step is idempotent, so a
-re-run reuses what exists.  The CLI (``nbgateway.management.cli``) only
-registers the subcommand and delegates here.
+connected gateway (cluster), ensure a group and a private HTTP service for it,
+wait for the gateway's tunnel peer (so on a fresh data directory the gateway
+holds the account's first tunnel address), ensure a peer in the group, then
+write the peer's wg-quick config (mode 0600) and print how to bring the tunnel
+up and reach the service with a curl that does not need the system resolver
+(``--resolve NAME:443:<gateway address>``).  wg-quick applies a ``DNS`` line
+with ``resolvconf``; where that is missing (stock Debian/Ubuntu) the line is
+written as a comment saying why (``--dns auto``, the default).  Every step is
+idempotent, so a re-run reuses what exists.  The CLI
+(``nbgateway.management.cli``) only registers the subcommand
+(:func:`add_arguments`) and delegates here (:func:`run`).
 """
 
 from __future__ import annotations
@@ -247,8 +253,9 @@ def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         out.write("The same config as a QR code for the WireGuard mobile apps (\"scan from "
                   "QR code\"; they apply the DNS line themselves):\n\n" + qr_ascii(full)
                   + "\n")
+    wg_path = path if os.path.isabs(path) or path.startswith(".") else f"./{path}"
     out.write(f"Bring the tunnel up with a stock WireGuard client:\n\n"
-              f"    sudo wg-quick up ./{path}\n\n"
+              f"    sudo wg-quick up {wg_path}\n\n"
               f"then reach the private service through it:\n\n    {curl}\n\n")
     if dns:
         out.write(f"(with the tunnel up, the config's DNS line also makes "
