@@ -141,3 +141,15 @@ def test_busy_management_grpc_port(tmp_path):
     line = _one_failure_line(r, f"the management gRPC listener 127.0.0.1 port {port}: "
                                 "already in use")
     assert "--grpc-addr / NB_MANAGEMENT_GRPC_ADDR" in line
+
+
+def test_busy_health_port(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = twistd(tmp_path, "nbgateway",
+                   env=gateway_env(tmp_path, NB_PROXY_HEALTH_ADDRESS=f"127.0.0.1:{port}"))
+    line = _one_failure_line(r, f"the health and metrics listener 127.0.0.1 port {port}: "
+                                "already in use")
+    assert "--health-addr / NB_PROXY_HEALTH_ADDRESS" in line

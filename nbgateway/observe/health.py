@@ -260,8 +260,20 @@ class HealthService(StreamServerEndpointService):
         #: the bound port, once listening
         self.port: Any = None
 
+    #: a bind failure at start is raised (not logged as "Unhandled Error" while
+    #: the gateway runs on without its probes): one line under twistd
+    _raiseSynchronously = True
+
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        from twisted.internet.error import CannotListenError
+
+        from nbgateway.startup import listen_failed
+
+        try:
+            super().privilegedStartService()
+        except CannotListenError as exc:
+            raise listen_failed(exc, "the health and metrics listener",
+                                "--health-addr / NB_PROXY_HEALTH_ADDRESS") from None
         if self._waitingForPort is not None:
             self._waitingForPort.addCallback(self._announce)
 
