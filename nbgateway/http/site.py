@@ -225,6 +225,10 @@ class GatewayResource(Resource):
             headers.setRawHeaders(b"host", [authority])
             request.uri = origin
             request.path = origin.split(b"?", 1)[0]
+        elif not request.uri.startswith(b"/") and not (
+                request.uri == b"*" and request.method == b"OPTIONS"):
+            # authority form (CONNECT) or garbage: this is no forward proxy
+            return 400, b"Bad Request: invalid request target\n"
         self.underscore_dropped += drop_underscore_headers(
             headers, allow=self.allow_underscore_headers)
         return None

@@ -153,6 +153,17 @@ class PublicFrontDoorTests(FrontDoorTests):
         self.assertEqual(self.upstream.seen, [])
 
     @defer.inlineCallbacks
+    def test_authority_form_and_other_targets_are_400(self):
+        for target in (b"app.example:443", b"ftp://app.example/", b"x"):
+            code, _ = yield self.raw(b"CONNECT " + target + b" HTTP/1.1\r\nHost: app.example\r\n")
+            self.assertEqual(code, 400, target)
+        code, _ = yield self.raw(b"GET x HTTP/1.1\r\nHost: app.example\r\n")
+        self.assertEqual(code, 400)
+        self.assertEqual(self.upstream.seen, [])
+        code, _ = yield self.raw(b"OPTIONS * HTTP/1.1\r\nHost: app.example\r\n")
+        self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
     def test_case_and_trailing_dot_route_like_the_plain_name(self):
         for host in (b"APP.Example.", b"app.example.", b"App.Example:80"):
             code, _ = yield self.raw(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n")
