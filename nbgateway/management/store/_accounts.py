@@ -41,6 +41,7 @@ from nbgateway.management.store.schema import (
     groups,
     peers,
     personal_access_tokens,
+    proxies,
     proxy_access_tokens,
     proxy_inbound_listeners,
     services,
@@ -348,6 +349,7 @@ class AccountsMixin(StoreBase):
                 access_log_entries,
                 proxy_access_tokens,
                 proxy_inbound_listeners,
+                proxies,
                 domains,
             ):
                 conn.execute(sa.delete(table).where(table.c.account_id == account_id))
