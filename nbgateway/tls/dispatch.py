@@ -38,7 +38,12 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 class DeadlineTLSProtocol(BufferingTLSTransport):
     """Twisted's TLS protocol with a handshake deadline and an idempotent,
-    never-raising close (see the module docstring)."""
+    never-raising close (see the module docstring).
+
+    It reads three attributes of Twisted's ``TLSMemoryBIOProtocol`` that
+    have no public accessor (``_handshakeDone``, ``_appSendBuffer``,
+    ``_aborted``); tests/tls/test_handshake_deadline.py pins the behaviour
+    against the installed Twisted."""
 
     _handshake_call: Any = None
 
