@@ -171,12 +171,16 @@ class GatewayResource(Resource):
         host = (request.getHeader(b"host") or b"").decode("latin-1")
         domain = domain_key(host_without_port(host))
         entry = self.lookup(domain)
+        if entry is not None and overlay and entry.account_id != self.listener_account:
+            # another account's name on this account's tunnel: unknown here,
+            # and never logged into the other account's access log
+            entry = None
         request.nbgw_overlay = overlay
         request.nbgw_identity = None
         self._start_log(request, entry, host)
         if self.request_stats is not None:
             self._count(request)
-        if entry is None or (overlay and entry.account_id != self.listener_account):
+        if entry is None:
             return self.proxy.render(request, None)
         if overlay and not self._port_matches(request, host):
             self.rejected[421] = self.rejected.get(421, 0) + 1

@@ -288,10 +288,6 @@ def test_each_access_log_holds_its_own_account_only(world):
     assert not any(e["path"] in ("/from-bob", "/still-mine") for e in log_a), log_a
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "gateway: nbgateway/http/site.py render() starts the access-log entry (_start_log) "
-    "before the listener-account check, so a request on B's tunnel listener for A's "
-    "host is logged into A's account (with B's peer address, which overlaps A's)"))
 def test_b_requests_for_a_names_are_not_in_a_access_log(world):
     a = world.a
     wait_for(lambda: any(e["path"] == "/from-alice" for e in _entries(a)), 20, "A's entries")
