@@ -17,6 +17,11 @@ dialed) and a few spellings of loopback.  Every one answers 502
 in B's access log with the verdict ``direct_upstream_denied``, in the
 gateway's metrics and, with the reason, in the services' status that the
 instance admin lists; B's service to its own allowed upstream works.
+
+A second gateway with embedded management (the README quickstart's setup)
+shows that its bootstrap account -- the operator's -- reaches loopback, that
+another account does not, and that not even the operator's account reaches
+the embedded management's REST port.
 """
 
 from __future__ import annotations
@@ -108,6 +113,13 @@ def public_get(w: World, domain: str) -> tuple[int, str]:
     return (int(code) if code.isdigit() else 0), body
 
 
+def routed(w: World, domain: str) -> tuple[int, str] | None:
+    """The answer for ``domain`` once the gateway knows the service (its own
+    404 page is "Service Not Found"; an upstream's 404 is an answer)."""
+    code, body = public_get(w, domain)
+    return None if code == 404 and "Service Not Found" in body else (code, body)
+
+
 def metrics(w: World) -> str:
     with inside_netns(w.g.name), urllib.request.urlopen(f"http://{HEALTH}/metrics",
                                                         timeout=5) as r:
@@ -136,8 +148,7 @@ def test_tenant_cannot_direct_dial_other_accounts_or_the_gateway(world):
 
     a_before = _lines(w.upstream_log)
     for name in created:
-        code, body = wait_for(lambda n=name: (lambda r: r if r[0] != 404 else None)(
-            public_get(w, f"{n}.{DOMAIN}")), 15, f"route {name}")
+        code, body = wait_for(lambda n=name: routed(w, f"{n}.{DOMAIN}"), 15, f"route {name}")
         assert code == 502, (name, code, body)
         assert "Destination Not Allowed" in body, (name, body)
     # nothing reached A's upstream (nor, by the 502s, management or the gateway)
@@ -173,3 +184,69 @@ def test_tenant_cannot_direct_dial_other_accounts_or_the_gateway(world):
     assert "loopback" in rows["steal-a"]["status_message"]
     assert "own listeners" in rows["health"]["status_message"]
     assert rows["own"]["status"] != "error"
+
+
+EMBEDDED_DOMAIN = "nbgateway.internal"
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """``twistd nbgateway`` with embedded management (no --mgmt), as in the
+    README quickstart, plus a second account created by the operator."""
+    require_testbed("curl")
+    tb = Testbed()
+    try:
+        w = World(tb)
+        w.start_upstream()  # the operator's upstream, 127.0.0.1:8081
+        w.g.popen(
+            [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+             "-l", "-", "nbgateway", "--addr", "127.0.0.1:8443",
+             "--health-addr", "127.0.0.1:8080", "--datadir", w.gw_dir,
+             "--cert-dir", os.path.join(w.gw_dir, "certs")],
+            stdout=w.log("gateway"), stderr=subprocess.STDOUT, cwd=w.tmp,
+            env={k: v for k, v in os.environ.items()
+                 if not k.startswith(("NB_PROXY_", "NB_MANAGEMENT_"))})
+        wait_for(lambda: w._get_ok("/openapi.json"), 30, "the embedded management REST API")
+        with open(os.path.join(w.gw_dir, "admin-token")) as f:
+            w.admin = f.read().strip()
+        wait_for(lambda: EMBEDDED_DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")),
+                 30, "the gateway to connect to its embedded management")
+        w.b_id, w.b_token = create_account(w, "tenant-b")
+        yield w
+    finally:
+        path = os.path.join(tb.tmpdir, "gateway.log")
+        if os.path.exists(path):
+            print("--- gateway log tail ---")
+            with open(path, "rb") as f:
+                print(f.read()[-6000:].decode(errors="replace"))
+        left = tb.close()
+    assert not left, left
+
+
+def _embedded_service(name: str, host: str, port: int) -> dict:
+    svc = _service(name, host, port)
+    svc["domain"] = f"{name}.{EMBEDDED_DOMAIN}"
+    svc["targets"][0]["target_id"] = EMBEDDED_DOMAIN
+    return svc
+
+
+def test_embedded_default_loopback_for_the_operator_account_only(embedded):
+    w = embedded
+    w.rest("POST", "/reverse-proxies/services", _embedded_service("mine", "127.0.0.1", 8081))
+    w.rest("POST", "/reverse-proxies/services",
+           _embedded_service("mine-api", "127.0.0.1", 33071))
+    for name, host in (("theirs", "127.0.0.1"), ("theirs-name", "localhost")):
+        rest_as(w, w.b_token, "POST", "/reverse-proxies/services",
+                _embedded_service(name, host, 8081))
+
+    # the operator's (bootstrap) account reaches its loopback upstream
+    code, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+        public_get(w, f"mine.{EMBEDDED_DOMAIN}")), 30, "the operator's service")
+    assert _lines(w.upstream_log) == ["/probe"]
+    for name in ("mine-api", "theirs", "theirs-name"):
+        code, body = wait_for(lambda n=name: routed(w, f"{n}.{EMBEDDED_DOMAIN}"), 15,
+                              f"route {name}")
+        # the embedded management's own REST port: not even for the operator's account;
+        # loopback for another account: no
+        assert code == 502 and "Destination Not Allowed" in body, (name, code, body)
+    assert _lines(w.upstream_log) == ["/probe"]
