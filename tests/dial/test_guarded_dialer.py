@@ -115,6 +115,31 @@ class GuardedDialerTests(unittest.TestCase):
         self.assertEqual(self.stats.denied["loopback"], 1)
 
     @defer.inlineCallbacks
+    def test_through_twisteds_getaddrinfo_resolver(self):
+        # the reactor's real resolver machinery (thread pool), fed by a fake getaddrinfo
+        import socket
+
+        from twisted.internet._resolver import GAIResolver
+
+        asked: list[str] = []
+
+        def gai(host, port, family=0, socktype=0, proto=0, flags=0):
+            asked.append(host)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0))]
+
+        d = self.dialer("127.0.0.1/32@acct")
+        d.reactor.nameResolver = GAIResolver(reactor, getaddrinfo=gai)
+        proto = yield self.connect(d, "rebind.example")
+        proto.transport.loseConnection()
+        self.assertEqual(self.reactor.connects, ["127.0.0.1"])
+        other = DirectDialer(d.reactor, policy=d.policy, stats=self.stats).for_account("b")
+        exc = yield self.assertFailure(self.connect(other, "rebind.example"),
+                                       DirectUpstreamDeniedError)
+        self.assertEqual((exc.reason, exc.address), ("loopback", "127.0.0.1"))
+        self.assertEqual(asked, ["rebind.example", "rebind.example"])
+        self.assertEqual(self.reactor.connects, ["127.0.0.1"])
+
+    @defer.inlineCallbacks
     def test_resolved_once_then_only_the_checked_address_is_dialed(self):
         # the name resolves to a denied and an allowed address: one resolution,
         # the denied one is skipped, the connection goes to the checked literal
