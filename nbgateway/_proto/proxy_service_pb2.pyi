@@ -238,6 +238,18 @@ class SendAccessLogResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class NbgwSendAccessLogBatchRequest(_message.Message):
+    __slots__ = ("logs",)
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    logs: _containers.RepeatedCompositeFieldContainer[AccessLog]
+    def __init__(self, logs: _Optional[_Iterable[_Union[AccessLog, _Mapping]]] = ...) -> None: ...
+
+class NbgwSendAccessLogBatchResponse(_message.Message):
+    __slots__ = ("stored",)
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    def __init__(self, stored: _Optional[int] = ...) -> None: ...
+
 class AccessLog(_message.Message):
     __slots__ = ("timestamp", "log_id", "account_id", "service_id", "host", "path", "duration_ms", "method", "response_code", "source_ip", "auth_mechanism", "user_id", "auth_success", "bytes_upload", "bytes_download", "protocol", "metadata", "agent_network")
     class MetadataEntry(_message.Message):

@@ -89,6 +89,11 @@ class ProxyServiceStub:
                 request_serializer=proxy__service__pb2.RecordLLMUsageRequest.SerializeToString,
                 response_deserializer=proxy__service__pb2.RecordLLMUsageResponse.FromString,
                 _registered_method=True)
+        self.NbgwSendAccessLogBatch = channel.unary_unary(
+                '/management.ProxyService/NbgwSendAccessLogBatch',
+                request_serializer=proxy__service__pb2.NbgwSendAccessLogBatchRequest.SerializeToString,
+                response_deserializer=proxy__service__pb2.NbgwSendAccessLogBatchResponse.FromString,
+                _registered_method=True)
 
 
 class ProxyServiceServicer:
@@ -170,6 +175,17 @@ class ProxyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NbgwSendAccessLogBatch(self, request, context):
+        """nbgateway extension: many access-log entries in one call, stored in one
+        transaction.  Each entry's log_id is its idempotency key (a repeated
+        log_id is ignored), so a retried batch never duplicates.  A management
+        without this method answers UNIMPLEMENTED and the proxy falls back to one
+        SendAccessLog per entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProxyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +243,11 @@ def add_ProxyServiceServicer_to_server(servicer, server):
                     servicer.RecordLLMUsage,
                     request_deserializer=proxy__service__pb2.RecordLLMUsageRequest.FromString,
                     response_serializer=proxy__service__pb2.RecordLLMUsageResponse.SerializeToString,
+            ),
+            'NbgwSendAccessLogBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.NbgwSendAccessLogBatch,
+                    request_deserializer=proxy__service__pb2.NbgwSendAccessLogBatchRequest.FromString,
+                    response_serializer=proxy__service__pb2.NbgwSendAccessLogBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +547,33 @@ class ProxyService:
             '/management.ProxyService/RecordLLMUsage',
             proxy__service__pb2.RecordLLMUsageRequest.SerializeToString,
             proxy__service__pb2.RecordLLMUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NbgwSendAccessLogBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/management.ProxyService/NbgwSendAccessLogBatch',
+            proxy__service__pb2.NbgwSendAccessLogBatchRequest.SerializeToString,
+            proxy__service__pb2.NbgwSendAccessLogBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
