@@ -1,96 +1,20 @@
-"""EncryptedMessage bodies of the peer channel (NetBird ``encryption`` package, in Python).
+"""The management server's own WireGuard key pair (the key ``GetServerKey`` hands out).
 
-A Login/Sync body is a serialized protobuf message sealed with a NaCl box
-(Curve25519 + XSalsa20-Poly1305) between the sender's WireGuard private key
-and the receiver's WireGuard public key. The wire layout is upstream's
-``box.Seal(nonce[:], msg, nonce, peer, priv)``: a random 24-byte nonce
-followed by the box ciphertext (16-byte Poly1305 tag + encrypted message),
-which is exactly PyNaCl's combined ``EncryptedMessage`` format.
-
-This module also owns the management server's own WireGuard key pair (the
-key handed out by ``GetServerKey``), persisted as a base64 private key in a
-mode-0600 file so peers keep working across restarts.
+Persisted as a base64 private key in a mode-0600 file so peers keep working
+across restarts. The box envelope both ends of the peer channel share lives in
+the ground-floor module :mod:`nbgateway.peerbox`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import tempfile
 
-from google.protobuf.message import DecodeError, Message
-from nacl.exceptions import CryptoError
-from nacl.public import Box, PrivateKey, PublicKey
+from nacl.public import PrivateKey
 
-__all__ = [
-    "NONCE_SIZE",
-    "OVERHEAD",
-    "BoxError",
-    "ServerKey",
-    "decode_wg_key",
-    "encode_wg_key",
-    "open_message",
-    "open_raw",
-    "seal_message",
-    "seal_raw",
-]
+from nbgateway.peerbox import KEY_SIZE, decode_wg_key, encode_wg_key
 
-NONCE_SIZE = Box.NONCE_SIZE  # 24
-OVERHEAD = NONCE_SIZE + 16  # nonce + Poly1305 tag
-KEY_SIZE = 32
-
-
-class BoxError(ValueError):
-    """A body that does not open (bad length, wrong keys, tampered) or does not parse."""
-
-
-def decode_wg_key(text: str) -> bytes:
-    """Parse a base64 WireGuard key like ``wgtypes.ParseKey`` (std base64, 32 bytes)."""
-    if not isinstance(text, str) or len(text) != 44:
-        raise BoxError("invalid WireGuard key")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BoxError("invalid WireGuard key") from exc
-    if len(raw) != KEY_SIZE:
-        raise BoxError("invalid WireGuard key")
-    return raw
-
-
-def encode_wg_key(raw: bytes) -> str:
-    return base64.b64encode(bytes(raw)).decode("ascii")
-
-
-def seal_raw(plaintext: bytes, peer_public: bytes, our_private: bytes) -> bytes:
-    """``nonce || box(plaintext)`` with a fresh random nonce."""
-    box = Box(PrivateKey(our_private), PublicKey(peer_public))
-    return bytes(box.encrypt(plaintext))
-
-
-def open_raw(body: bytes, peer_public: bytes, our_private: bytes) -> bytes:
-    """Inverse of :func:`seal_raw`; raises :class:`BoxError` on any failure."""
-    if len(body) < OVERHEAD:
-        raise BoxError("invalid encrypted message length")
-    try:
-        box = Box(PrivateKey(our_private), PublicKey(peer_public))
-        return bytes(box.decrypt(body[NONCE_SIZE:], body[:NONCE_SIZE]))
-    except (CryptoError, ValueError, TypeError) as exc:
-        raise BoxError("failed to decrypt message") from exc
-
-
-def seal_message(message: Message, peer_public: bytes, our_private: bytes) -> bytes:
-    return seal_raw(message.SerializeToString(), peer_public, our_private)
-
-
-def open_message(body: bytes, into: Message, peer_public: bytes, our_private: bytes) -> Message:
-    """Open ``body`` and parse it into the (empty) protobuf message ``into``."""
-    plain = open_raw(body, peer_public, our_private)
-    try:
-        into.ParseFromString(plain)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise BoxError("invalid request message") from exc
-    return into
+__all__ = ["ServerKey"]
 
 
 class ServerKey:

@@ -3,7 +3,7 @@
 A WireGuard peer (a REST-created peer or a proxy peer registered by
 ``CreateProxyPeer``) proves possession of its key by sealing its
 LoginRequest/SyncRequest in a NaCl box to the server key
-(:mod:`nbgateway.management.crypto_box`). Error statuses follow upstream
+(:mod:`nbgateway.peerbox`). Error statuses follow upstream
 ``management/internals/shared/grpc/server.go``:
 
 * unparsable ``wgPubKey`` -> INVALID_ARGUMENT ``provided wgPubKey <k> is invalid``;
@@ -55,14 +55,7 @@ from twisted.logger import Logger
 
 from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
-from nbgateway.management.crypto_box import (
-    BoxError,
-    ServerKey,
-    decode_wg_key,
-    encode_wg_key,
-    open_message,
-    seal_message,
-)
+from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.errors import NotFound
 from nbgateway.management.model import ChangeKind, User
 from nbgateway.management.networkmap import (
@@ -72,6 +65,13 @@ from nbgateway.management.networkmap import (
     to_proto_peer_config,
 )
 from nbgateway.management.synthetic import AccountView, load_account_view
+from nbgateway.peerbox import (
+    BoxError,
+    decode_wg_key,
+    encode_wg_key,
+    open_message,
+    seal_message,
+)
 
 __all__ = [
     "MAX_BODY_BYTES",

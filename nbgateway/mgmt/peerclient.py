@@ -9,7 +9,7 @@ jittered exponential backoff):
    valid 32-byte base64 key, else the attempt fails with
    :class:`PeerChannelError` ``bad_server_key``);
 2. ``Login`` with an ``EncryptedMessage`` (NaCl box between our key and the
-   server key, :mod:`nbgateway.management.crypto_box`) holding a
+   server key, :mod:`nbgateway.peerbox`) holding a
    ``LoginRequest`` with ``meta`` (upstream refuses a login without the
    system info: hostname, goOS, kernel, platform, OS, versions, flags and
    the peer capabilities) and ``peerKeys.wgPubKey``; the decrypted
@@ -54,16 +54,16 @@ from twisted.python.failure import Failure
 from nbgateway import errors
 from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
-from nbgateway.management.crypto_box import (
+from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
+from nbgateway.mgmt.client import ManagementTarget
+from nbgateway.mgmt.reconnect import Backoff, Reconnector
+from nbgateway.peerbox import (
     BoxError,
     decode_wg_key,
     encode_wg_key,
     open_message,
     seal_message,
 )
-from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
-from nbgateway.mgmt.client import ManagementTarget
-from nbgateway.mgmt.reconnect import Backoff, Reconnector
 
 __all__ = ["MAX_RECEIVE_BYTES", "PeerChannelClient", "PeerChannelError", "system_meta"]
 

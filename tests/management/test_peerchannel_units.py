@@ -12,24 +12,24 @@ import pytest
 from nacl.public import Box, PrivateKey
 
 from nbgateway._proto import management_pb2 as pb
-from nbgateway.management.crypto_box import (
-    NONCE_SIZE,
-    OVERHEAD,
-    BoxError,
-    ServerKey,
-    decode_wg_key,
-    encode_wg_key,
-    open_message,
-    open_raw,
-    seal_message,
-    seal_raw,
-)
+from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.model import ChangeKind
 from nbgateway.management.peerchannel import (
     PeerUpdateHub,
     _SerialClock,
     _Subscription,
     _ViewCache,
+)
+from nbgateway.peerbox import (
+    NONCE_SIZE,
+    OVERHEAD,
+    BoxError,
+    decode_wg_key,
+    encode_wg_key,
+    open_message,
+    open_raw,
+    seal_message,
+    seal_raw,
 )
 
 # --- crypto_box ------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ class _Rogue:
         self.key_requests = 0
 
     def _seal(self, message, peer_b64: str) -> pb.EncryptedMessage:
-        from nbgateway.management.crypto_box import decode_wg_key, seal_message
+        from nbgateway.peerbox import decode_wg_key, seal_message
 
         return pb.EncryptedMessage(wgPubKey=self.key.public_b64, body=seal_message(
             message, decode_wg_key(peer_b64), self.key.private_bytes))
@@ -229,7 +229,7 @@ class _Rogue:
         return pb.Empty()
 
     def Login(self, request, context):
-        from nbgateway.management.crypto_box import decode_wg_key, open_message
+        from nbgateway.peerbox import decode_wg_key, open_message
 
         req = open_message(request.body, pb.LoginRequest(), decode_wg_key(request.wgPubKey),
                            self.key.private_bytes)
