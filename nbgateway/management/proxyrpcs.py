@@ -16,7 +16,8 @@ receives the decoded request, the grpc context and the authenticated caller
   extension (stored as the proxy peer's endpoint).
 * SendStatusUpdate (+ ``inbound_listener``, an nbgateway extension that is
   stored), SendAccessLog (user groups captured by the store), GetOIDCURL
-  (``UNIMPLEMENTED``).
+  (``UNIMPLEMENTED``), and the ``NbgwSendAccessLogBatch`` extension (one
+  transaction per batch; a repeated log_id is ignored).
 
 Every denial of the validation RPCs is gRPC OK with a ``denied_reason`` from
 upstream's fixed set of reasons; transport-level problems use gRPC status codes.
@@ -68,6 +69,48 @@ def valid_proxy_address(address: str) -> bool:
     return all(_DOMAIN_LABEL.match(label) for label in labels)
 
 
+def access_log_record(entry: pb.AccessLog) -> AccessLogEntry:
+    """The store record for a proxy's access-log entry; ValueError says what is
+    malformed (the RPC answers INVALID_ARGUMENT with it)."""
+    if not entry.account_id:
+        raise ValueError("log.account_id is required")
+    source_ip = ""
+    if entry.source_ip:
+        canon = canonical_tunnel_ip(entry.source_ip)
+        if canon is None:
+            raise ValueError("log.source_ip is not an IP")
+        source_ip = canon[1]
+    if entry.protocol not in ("", "http", "tcp", "udp"):
+        raise ValueError("log.protocol is invalid")
+    reason = ""
+    if entry.protocol in ("", "http"):
+        if not entry.auth_success:
+            reason = "Authentication failed"
+        elif entry.response_code >= 400:
+            reason = "Request failed"
+    ts = entry.timestamp.ToDatetime(tzinfo=UTC) if entry.HasField("timestamp") else utcnow()
+    return AccessLogEntry(
+        id=entry.log_id,
+        account_id=entry.account_id,
+        service_id=entry.service_id,
+        timestamp=ts,
+        source_ip=source_ip,
+        method=entry.method,
+        host=entry.host,
+        path=entry.path,
+        duration=entry.duration_ms * 1_000_000,
+        status_code=entry.response_code,
+        reason=reason,
+        user_id=entry.user_id,
+        auth_method_used=entry.auth_mechanism,
+        bytes_upload=entry.bytes_upload,
+        bytes_download=entry.bytes_download,
+        protocol=entry.protocol,
+        metadata=dict(entry.metadata),
+        agent_network=entry.agent_network,
+    )
+
+
 def peer_ip(context: grpc.ServicerContext) -> str:
     peer = context.peer() or ""
     kind, _, rest = peer.partition(":")
@@ -117,6 +160,8 @@ class UnaryRpcs:
 
     store: Any
     tokens: Any
+    #: malformed entries skipped from NbgwSendAccessLogBatch calls
+    access_log_rejected: int = 0
 
     def connections(self) -> list[Any]:  # provided by the servicer
         raise NotImplementedError
@@ -425,52 +470,45 @@ class UnaryRpcs:
     ) -> pb.SendAccessLogResponse:
         if not req.HasField("log"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log is required")
-        entry = req.log
-        self._enforce_scope(caller, entry.account_id, context)
-        if not entry.account_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log.account_id is required")
-        source_ip = ""
-        if entry.source_ip:
-            canon = canonical_tunnel_ip(entry.source_ip)
-            if canon is None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log.source_ip is not an IP")
-            source_ip = canon[1]
-        if entry.protocol not in ("", "http", "tcp", "udp"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log.protocol is invalid")
-        reason = ""
-        if entry.protocol in ("", "http"):
-            if not entry.auth_success:
-                reason = "Authentication failed"
-            elif entry.response_code >= 400:
-                reason = "Request failed"
-        ts = (
-            entry.timestamp.ToDatetime(tzinfo=UTC) if entry.HasField("timestamp") else utcnow()
-        )
-        record = AccessLogEntry(
-            id=entry.log_id,
-            account_id=entry.account_id,
-            service_id=entry.service_id,
-            timestamp=ts,
-            source_ip=source_ip,
-            method=entry.method,
-            host=entry.host,
-            path=entry.path,
-            duration=entry.duration_ms * 1_000_000,
-            status_code=entry.response_code,
-            reason=reason,
-            user_id=entry.user_id,
-            auth_method_used=entry.auth_mechanism,
-            bytes_upload=entry.bytes_upload,
-            bytes_download=entry.bytes_download,
-            protocol=entry.protocol,
-            metadata=dict(entry.metadata),
-            agent_network=entry.agent_network,
-        )
+        self._enforce_scope(caller, req.log.account_id, context)
         try:
-            self.store.append_access_log(record)
+            record = access_log_record(req.log)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            self.store.access_logs.append(record)
         except ManagementError as exc:
             context.abort(status_code(exc), f"save access log: {exc.message}")
         return pb.SendAccessLogResponse()
+
+    #: most entries accepted in one NbgwSendAccessLogBatch call
+    MAX_ACCESS_LOG_BATCH = 5000
+
+    def NbgwSendAccessLogBatch(
+        self, req: pb.NbgwSendAccessLogBatchRequest, context: grpc.ServicerContext, caller: Any
+    ) -> pb.NbgwSendAccessLogBatchResponse:
+        """nbgateway extension: a batch stored in one transaction.  Every entry
+        must be in the caller's scope (else the whole batch is refused);
+        malformed entries are skipped and counted, the rest stored; a log_id
+        already stored is ignored, so a retried batch never duplicates."""
+        if len(req.logs) > self.MAX_ACCESS_LOG_BATCH:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {self.MAX_ACCESS_LOG_BATCH} entries per batch",
+            )
+        for entry in req.logs:
+            self._enforce_scope(caller, entry.account_id, context)
+        records = []
+        for entry in req.logs:
+            try:
+                records.append(access_log_record(entry))
+            except ValueError:
+                self.access_log_rejected += 1
+        try:
+            stored = self.store.access_logs.append_many(records)
+        except ManagementError as exc:
+            context.abort(status_code(exc), f"save access log: {exc.message}")
+        return pb.NbgwSendAccessLogBatchResponse(stored=stored)
 
     # -- GetOIDCURL (2.15) ---------------------------------------------------------------------
 

@@ -318,6 +318,10 @@ class ProxyServiceServicer(UnaryRpcs):
         uu = grpc.unary_unary_rpc_method_handler
         unary = {
             "SendAccessLog": (pb.SendAccessLogRequest, pb.SendAccessLogResponse),
+            "NbgwSendAccessLogBatch": (
+                pb.NbgwSendAccessLogBatchRequest,
+                pb.NbgwSendAccessLogBatchResponse,
+            ),
             "Authenticate": (pb.AuthenticateRequest, pb.AuthenticateResponse),
             "SendStatusUpdate": (pb.SendStatusUpdateRequest, pb.SendStatusUpdateResponse),
             "CreateProxyPeer": (pb.CreateProxyPeerRequest, pb.CreateProxyPeerResponse),

@@ -622,7 +622,7 @@ def test_access_logs_paginated_filtered_with_user_groups(server):
         acct = store.list_accounts()[0].id
         base = datetime.now(UTC) - timedelta(hours=1)
         for i in range(7):
-            store.append_access_log(AccessLogEntry(
+            store.access_logs.append(AccessLogEntry(
                 account_id=acct, service_id="svc-x", timestamp=base + timedelta(seconds=i),
                 method="GET", host=host, path=f"/p{i}", duration=(i + 1) * 1_000_000,
                 status_code=200 if i % 2 == 0 else 403, user_id=u["id"],

@@ -118,7 +118,7 @@ class World:
             now = datetime.now(UTC)
             for i, name in enumerate(("alice", "bob", "alice", "bob", "")):
                 uid = self.users[name]["id"] if name else ""
-                store.append_access_log(AccessLogEntry(
+                store.access_logs.append(AccessLogEntry(
                     account_id=acct, service_id=self.service["id"],
                     timestamp=now - timedelta(seconds=10 - i), method="GET",
                     host=self.service["domain"], path=f"/{name or 'anon'}/{i}",

@@ -42,7 +42,7 @@ def test_random_request_bytes(harness: Harness, fx: Fixture, method: str, body: 
         response_deserializer=METHODS[method].FromString,
     )
     peers_before = len(fx.store.list_peers(ACCOUNT))
-    logs_before = fx.store.list_access_logs(ACCOUNT, AccessLogQuery()).total_records
+    logs_before = fx.store.access_logs.list(ACCOUNT, AccessLogQuery()).total_records
     status_before = fx.store.get_service(ACCOUNT, "svc-1").meta
     try:
         call(body, metadata=md(fx.token), timeout=10)
@@ -52,5 +52,5 @@ def test_random_request_bytes(harness: Harness, fx: Fixture, method: str, body: 
     assert code in ALLOWED, (method, body, code)
     if code != grpc.StatusCode.OK:  # a rejected request stores nothing
         assert len(fx.store.list_peers(ACCOUNT)) == peers_before
-        assert fx.store.list_access_logs(ACCOUNT, AccessLogQuery()).total_records == logs_before
+        assert fx.store.access_logs.list(ACCOUNT, AccessLogQuery()).total_records == logs_before
         assert fx.store.get_service(ACCOUNT, "svc-1").meta == status_before

@@ -345,7 +345,7 @@ def access_log(**kw) -> pb.AccessLog:
 
 
 def logs(fx: Fixture):
-    return fx.store.list_access_logs(ACCOUNT, AccessLogQuery()).data
+    return fx.store.access_logs.list(ACCOUNT, AccessLogQuery()).data
 
 
 def test_access_log_stored_with_user_groups(harness: Harness, fx: Fixture) -> None:

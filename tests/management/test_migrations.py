@@ -238,7 +238,7 @@ def test_populated_database_first_to_head(db_dsn):
         assert store.get_proxy("px-1").capabilities.supports_custom_ports is True
         peer = store.get_peer_by_ip("acct-1", "100.64.0.10")
         assert peer.id == "peer-1" and peer.groups == ("grp-admins",)
-        [entry] = store.list_access_logs("acct-1", AccessLogQuery()).data
+        [entry] = store.access_logs.list("acct-1", AccessLogQuery()).data
         assert entry.user_groups is None and entry.id == "log-1"
         # the migrated rows work with new features
         assert store.get_account("acct-1") == Account(

@@ -45,7 +45,7 @@ def _populate(store, account_id: str, tag: str) -> Service:
     store.set_inbound_listener(ProxyInboundListener(proxy_id=f"px-{tag}", account_id=account_id,
                                                     tunnel_ip="100.64.0.9", https_port=443,
                                                     http_port=80))
-    store.append_access_log(AccessLogEntry(account_id=account_id, service_id=svc.id,
+    store.access_logs.append(AccessLogEntry(account_id=account_id, service_id=svc.id,
                                            timestamp=utcnow(), method="GET", host=svc.domain,
                                            path="/", status_code=200, user_id=peer.user_id))
     return svc

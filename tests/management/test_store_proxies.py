@@ -253,7 +253,7 @@ def logs(store, account):
             ]
         )
     ]
-    return [store.append_access_log(e) for e in entries], peer
+    return [store.access_logs.append(e) for e in entries], peer
 
 
 def test_access_log_user_groups_captured_at_write(store, account, logs):
@@ -264,37 +264,37 @@ def test_access_log_user_groups_captured_at_write(store, account, logs):
     assert entries[0].source_ip == "10.0.0.1"  # v4-mapped unmapped
     # later group changes do not rewrite history
     store.update_group(Group(id="grp-ops", account_id=account.id, name="renamed"))
-    page = store.list_access_logs(account.id, AccessLogQuery(sort_order="asc"))
+    page = store.access_logs.list(account.id, AccessLogQuery(sort_order="asc"))
     assert page.data[0].user_groups == ("ops", "admins")
     assert page.data[0].metadata == {"k": "v"}
 
 
 def test_access_log_filters_and_paging(store, account, logs):
     q = AccessLogQuery
-    assert store.list_access_logs(account.id, q()).total_records == 5
-    page = store.list_access_logs(account.id, q(page=2, page_size=2, sort_order="asc"))
+    assert store.access_logs.list(account.id, q()).total_records == 5
+    page = store.access_logs.list(account.id, q(page=2, page_size=2, sort_order="asc"))
     assert [e.path for e in page.data] == ["/p2", "/p3"]
     assert (page.total_pages, page.total_records) == (3, 5)
-    assert [e.path for e in store.list_access_logs(account.id, q(page_size=1)).data] == ["/p4"]
-    assert store.list_access_logs(account.id, q(status="failed")).total_records == 2
-    assert store.list_access_logs(account.id, q(status="success")).total_records == 3
-    assert store.list_access_logs(account.id, q(user_id="alice")).total_records == 2
-    assert store.list_access_logs(account.id, q(user_email="ALICE@")).total_records == 2
-    assert store.list_access_logs(account.id, q(user_name="alic")).total_records == 2
-    assert store.list_access_logs(account.id, q(status_code=502)).data[0].path == "/p3"
-    assert store.list_access_logs(account.id, q(source_ip="10.0.0.1")).total_records == 1
-    assert store.list_access_logs(account.id, q(search="/P4")).total_records == 1
-    assert store.list_access_logs(account.id, q(search="%")).total_records == 0  # LIKE escaped
-    assert store.list_access_logs(account.id, q(search="_")).total_records == 0
-    assert store.list_access_logs(account.id, q(host="myapp")).total_records == 5
-    assert store.list_access_logs(account.id, q(method="get")).total_records == 5
-    assert store.list_access_logs(account.id, q(service_id="svc-2")).total_records == 0
+    assert [e.path for e in store.access_logs.list(account.id, q(page_size=1)).data] == ["/p4"]
+    assert store.access_logs.list(account.id, q(status="failed")).total_records == 2
+    assert store.access_logs.list(account.id, q(status="success")).total_records == 3
+    assert store.access_logs.list(account.id, q(user_id="alice")).total_records == 2
+    assert store.access_logs.list(account.id, q(user_email="ALICE@")).total_records == 2
+    assert store.access_logs.list(account.id, q(user_name="alic")).total_records == 2
+    assert store.access_logs.list(account.id, q(status_code=502)).data[0].path == "/p3"
+    assert store.access_logs.list(account.id, q(source_ip="10.0.0.1")).total_records == 1
+    assert store.access_logs.list(account.id, q(search="/P4")).total_records == 1
+    assert store.access_logs.list(account.id, q(search="%")).total_records == 0  # LIKE escaped
+    assert store.access_logs.list(account.id, q(search="_")).total_records == 0
+    assert store.access_logs.list(account.id, q(host="myapp")).total_records == 5
+    assert store.access_logs.list(account.id, q(method="get")).total_records == 5
+    assert store.access_logs.list(account.id, q(service_id="svc-2")).total_records == 0
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     window = q(start_date=t0 + timedelta(minutes=1), end_date=t0 + timedelta(minutes=3))
-    assert store.list_access_logs(account.id, window).total_records == 3
-    by_dur = store.list_access_logs(account.id, q(sort_by="duration", sort_order="desc"))
+    assert store.access_logs.list(account.id, window).total_records == 3
+    by_dur = store.access_logs.list(account.id, q(sort_by="duration", sort_order="desc"))
     assert [e.duration for e in by_dur.data] == [4000, 3000, 2000, 1000, 0]
-    empty = store.list_access_logs("acct-other", q())
+    empty = store.access_logs.list("acct-other", q())
     assert (empty.total_records, empty.total_pages, empty.data) == (0, 0, ())
 
 
@@ -311,28 +311,28 @@ def test_access_log_filters_and_paging(store, account, logs):
 )
 def test_access_log_bad_query(store, account, bad):
     with pytest.raises(ValidationError):
-        store.list_access_logs(account.id, bad)
+        store.access_logs.list(account.id, bad)
 
 
 def test_access_log_unknown_account(store):
     with pytest.raises(NotFound):
-        store.append_access_log(AccessLogEntry(account_id="nope", service_id="s"))
+        store.access_logs.append(AccessLogEntry(account_id="nope", service_id="s"))
 
 
 def test_access_log_nul_replaced_not_dropped(store, account):
-    e = store.append_access_log(
+    e = store.access_logs.append(
         AccessLogEntry(
             account_id=account.id, service_id="s", path="/a\x00b", metadata={"k": "\x00"}
         )
     )
     assert e.path == "/a\ufffdb" and e.metadata == {"k": "\ufffd"}
-    [got] = store.list_access_logs(account.id, AccessLogQuery()).data
+    [got] = store.access_logs.list(account.id, AccessLogQuery()).data
     assert got.path == "/a\ufffdb"
 
 
 def test_access_log_over_long_fields_truncated(store, account):
-    e = store.append_access_log(
+    e = store.access_logs.append(
         AccessLogEntry(account_id=account.id, service_id="s", method="M" * 100, protocol="http")
     )
     assert e.method == "M" * 32
-    assert store.list_access_logs(account.id, AccessLogQuery()).data[0].method == "M" * 32
+    assert store.access_logs.list(account.id, AccessLogQuery()).data[0].method == "M" * 32

@@ -354,7 +354,7 @@ class Handlers:
             query = dataclasses.replace(query, user_id=call.identity.user_id)
         if query.status not in (None, "success", "failed"):
             raise ValidationError(f"invalid status {query.status!r}: use success or failed")
-        page = self.store.list_access_logs(_acct(call), query)
+        page = self.store.access_logs.list(_acct(call), query)
         return Result(200, {"data": [m.access_log_to_api(e) for e in page.data],
                             "page": page.page, "page_size": page.page_size,
                             "total_records": page.total_records,

@@ -19,9 +19,10 @@ cluster derivation), ``_proxies`` (proxy rows, cluster view, proxy tokens),
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
-from nbgateway.management.store._accesslog import AccessLogMixin
+from nbgateway.management.store._accesslog import AccessLogRepository
 from nbgateway.management.store._base import ChangeListener, normalise_dsn
 from nbgateway.management.store._proxies import ProxiesMixin, aggregate_clusters
 from nbgateway.management.store._services import ServicesMixin
@@ -29,8 +30,13 @@ from nbgateway.management.store._services import ServicesMixin
 __all__ = ["ChangeListener", "Store", "aggregate_clusters", "normalise_dsn"]
 
 
-class Store(ServicesMixin, AccessLogMixin, ProxiesMixin):
+class Store(ServicesMixin, ProxiesMixin):
     """Management database (SQLite file or PostgreSQL) behind a synchronous API."""
+
+    @functools.cached_property
+    def access_logs(self) -> AccessLogRepository:
+        """The access-log entries (append, batch append, query, retention)."""
+        return AccessLogRepository(self)
 
     @classmethod
     def open(

@@ -1,10 +1,20 @@
-"""Store part: access-log entries (append with ``user_groups`` capture, paged query)."""
+"""Store part: the access-log repository (``store.access_logs``).
+
+Owns the ``access_log_entries`` table: single and batch appends (one
+transaction per batch, one ``executemany`` insert with ON CONFLICT DO NOTHING
+on the entry id, so a retried batch never duplicates), ``user_groups`` capture
+at write time, the paged/filtered query behind ``GET /api/events/proxy`` and
+retention (age and per-account row count) pruned in small transactions.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
 import math
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -18,10 +28,12 @@ from nbgateway.management.model import (
     new_id,
     utcnow,
 )
-from nbgateway.management.store._accounts import AccountsMixin
 from nbgateway.management.store._base import Tx, dumps, loads
 from nbgateway.management.store.schema import access_log_entries as ale
-from nbgateway.management.store.schema import groups, peers, users
+from nbgateway.management.store.schema import accounts, groups, peers, users
+
+if TYPE_CHECKING:
+    from nbgateway.management.store import Store
 
 MAX_PAGE_SIZE = 100
 
@@ -129,7 +141,65 @@ def row_access_log(r: sa.Row) -> AccessLogEntry:
     )
 
 
-class AccessLogMixin(AccountsMixin):
+
+def _prepare(entry: AccessLogEntry) -> AccessLogEntry:
+    e = _sanitise(entry)
+    return dataclasses.replace(
+        e,
+        id=e.id or new_id(),
+        timestamp=e.timestamp or utcnow(),
+        source_ip=_unmap(e.source_ip) if e.source_ip else "",
+    )
+
+
+def _row(e: AccessLogEntry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "account_id": e.account_id,
+        "service_id": e.service_id,
+        "timestamp": e.timestamp,
+        "location_connection_ip": e.source_ip,
+        "location_country_code": e.country_code,
+        "location_city_name": e.city_name,
+        "location_geo_name_id": e.geo_name_id,
+        "subdivision_code": e.subdivision_code,
+        "method": e.method,
+        "host": e.host,
+        "path": e.path,
+        "duration": e.duration,
+        "status_code": e.status_code,
+        "reason": e.reason,
+        "user_id": e.user_id,
+        "auth_method_used": e.auth_method_used,
+        "bytes_upload": e.bytes_upload,
+        "bytes_download": e.bytes_download,
+        "protocol": e.protocol,
+        "metadata": dumps(dict(e.metadata)) if e.metadata else None,
+        "agent_network": e.agent_network,
+        "user_groups": dumps(list(e.user_groups)) if e.user_groups is not None else None,
+    }
+
+
+def insert_ignoring_duplicates(dialect: str) -> Any:
+    """``INSERT INTO access_log_entries ... ON CONFLICT (id) DO NOTHING`` for the
+    store's dialect (SQLite or PostgreSQL); executed with a list of rows it is
+    one ``executemany``."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(ale).on_conflict_do_nothing(index_elements=[ale.c.id])
+
+
+class AccessLogRepository:
+    """Access-log entries of every account (reached as ``store.access_logs``).
+
+    Runs on the store's engine and transactions; every method is one blocking
+    call (Twisted callers use the store thread pool)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
     def _capture_user_groups(
         self, conn: Connection, account_id: str, user_id: str
     ) -> tuple[str, ...] | None:
@@ -145,7 +215,7 @@ class AccessLogMixin(AccountsMixin):
         elif conn.execute(
             sa.select(peers.c.id).where(peers.c.id == user_id, peers.c.account_id == account_id)
         ).first():
-            ids = self._peer_groups(conn, [user_id])[user_id]
+            ids = self._store._peer_groups(conn, [user_id])[user_id]
         else:
             return None
         names = dict(
@@ -157,63 +227,77 @@ class AccessLogMixin(AccountsMixin):
         )
         return tuple(names[i] for i in ids if i in names)
 
-    def append_access_log(self, entry: AccessLogEntry) -> AccessLogEntry:
+    def append(self, entry: AccessLogEntry) -> AccessLogEntry:
         """Insert an entry (id generated when empty). When ``user_groups`` is None
         it is filled at write time with the group names of the user's
-        auto_groups, or of the peer's groups when ``user_id`` is a peer id."""
+        auto_groups, or of the peer's groups when ``user_id`` is a peer id.
+        An id already stored is not written again (the stored entry is returned).
+        NotFound for an unknown account."""
 
         def run(tx: Tx) -> AccessLogEntry:
             conn = tx.conn
-            self._require_account(conn, entry.account_id)
-            e = _sanitise(entry)
-            e = dataclasses.replace(
-                e,
-                id=e.id or new_id(),
-                timestamp=e.timestamp or utcnow(),
-                source_ip=_unmap(e.source_ip) if e.source_ip else "",
-            )
+            self._store._require_account(conn, entry.account_id)
+            e = _prepare(entry)
             if e.user_groups is None:
                 e = dataclasses.replace(
                     e, user_groups=self._capture_user_groups(conn, e.account_id, e.user_id)
                 )
-            if conn.execute(sa.select(ale.c.id).where(ale.c.id == e.id)).first():
-                return row_access_log(conn.execute(sa.select(ale).where(ale.c.id == e.id)).one())
-            conn.execute(
-                sa.insert(ale).values(
-                    id=e.id,
-                    account_id=e.account_id,
-                    service_id=e.service_id,
-                    timestamp=e.timestamp,
-                    location_connection_ip=e.source_ip,
-                    location_country_code=e.country_code,
-                    location_city_name=e.city_name,
-                    location_geo_name_id=e.geo_name_id,
-                    subdivision_code=e.subdivision_code,
-                    method=e.method,
-                    host=e.host,
-                    path=e.path,
-                    duration=e.duration,
-                    status_code=e.status_code,
-                    reason=e.reason,
-                    user_id=e.user_id,
-                    auth_method_used=e.auth_method_used,
-                    bytes_upload=e.bytes_upload,
-                    bytes_download=e.bytes_download,
-                    protocol=e.protocol,
-                    metadata=dumps(dict(e.metadata)) if e.metadata else None,
-                    agent_network=e.agent_network,
-                    user_groups=dumps(list(e.user_groups)) if e.user_groups is not None else None,
-                )
-            )
+            existing = conn.execute(sa.select(ale).where(ale.c.id == e.id)).first()
+            if existing is not None:
+                return row_access_log(existing)
+            conn.execute(insert_ignoring_duplicates(self._store.dialect), [_row(e)])
             return e
 
         # access logs are append-only and never read-modify-write: no account lock needed,
         # but the account scope keeps the SQLite/Postgres paths uniform.
-        return self._write("accesslog:" + entry.account_id, run)
+        return self._store._write("accesslog:" + entry.account_id, run)
 
-    def get_access_log(self, account_id: str, entry_id: str) -> AccessLogEntry:
+    def append_many(self, entries: Sequence[AccessLogEntry]) -> int:
+        """Insert a batch in one transaction with one ``executemany``.
+
+        Entries whose id is already stored are ignored (the id is the
+        idempotency key); entries of accounts that do not exist (any more) are
+        skipped.  ``user_groups`` is captured as in :meth:`append`, looked up
+        once per (account, user) in the batch.  Returns how many rows were
+        new."""
+        if not entries:
+            return 0
+
+        def run(tx: Tx) -> int:
+            conn = tx.conn
+            wanted = {e.account_id for e in entries}
+            known = set(
+                conn.execute(sa.select(accounts.c.id).where(accounts.c.id.in_(wanted))).scalars()
+            )
+            groups_of: dict[tuple[str, str], tuple[str, ...] | None] = {}
+            rows: dict[str, dict[str, Any]] = {}
+            for entry in entries:
+                if entry.account_id not in known:
+                    continue
+                e = _prepare(entry)
+                if e.user_groups is None and e.user_id:
+                    key = (e.account_id, e.user_id)
+                    if key not in groups_of:
+                        groups_of[key] = self._capture_user_groups(conn, *key)
+                    e = dataclasses.replace(e, user_groups=groups_of[key])
+                rows.setdefault(e.id, _row(e))  # a duplicate inside the batch: first wins
+            # ids already stored (a retried batch) are left out up front, which also
+            # gives an exact count; ON CONFLICT covers a concurrent writer of the same id
+            ids = list(rows)
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                for stored in conn.execute(sa.select(ale.c.id).where(ale.c.id.in_(chunk))):
+                    rows.pop(stored.id, None)
+            if not rows:
+                return 0
+            conn.execute(insert_ignoring_duplicates(self._store.dialect), list(rows.values()))
+            return len(rows)
+
+        return self._store._write("accesslog", run)
+
+    def get(self, account_id: str, entry_id: str) -> AccessLogEntry:
         """One access-log entry of the account. NotFound ``access log entry not found``."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             row = conn.execute(
                 sa.select(ale).where(ale.c.id == entry_id, ale.c.account_id == account_id)
             ).first()
@@ -221,7 +305,69 @@ class AccessLogMixin(AccountsMixin):
             raise NotFound("access log entry not found")
         return row_access_log(row)
 
-    def list_access_logs(self, account_id: str, query: AccessLogQuery) -> AccessLogPage:
+    def count(self, account_id: str) -> int:
+        """Stored entries of the account."""
+        with self._store._read() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(ale).where(ale.c.account_id == account_id)
+            ).scalar_one()
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def account_ids(self) -> list[str]:
+        """Every account id (the accounts whose access log retention looks at)."""
+        with self._store._read() as conn:
+            return list(conn.execute(sa.select(accounts.c.id).order_by(accounts.c.id)).scalars())
+
+    def prune_step(
+        self,
+        account_id: str,
+        *,
+        older_than: datetime | None,
+        max_rows: int | None,
+        limit: int = 1000,
+    ) -> int:
+        """Delete at most ``limit`` of the account's entries, in one short
+        transaction: first entries with a timestamp before ``older_than``, then
+        the oldest entries beyond ``max_rows``.  Returns how many were deleted;
+        a caller repeats while it gets ``limit`` back."""
+        if limit < 1:
+            raise ValidationError("limit must be at least 1")
+
+        def oldest(conn: Connection, n: int, *extra: sa.ColumnElement[bool]) -> list[str]:
+            return list(
+                conn.execute(
+                    sa.select(ale.c.id)
+                    .where(ale.c.account_id == account_id, *extra)
+                    .order_by(ale.c.timestamp.asc(), ale.c.id.asc())
+                    .limit(n)
+                ).scalars()
+            )
+
+        def run(tx: Tx) -> int:
+            conn = tx.conn
+            ids: list[str] = []
+            if older_than is not None:
+                ids = oldest(conn, limit, ale.c.timestamp < older_than)
+            if len(ids) < limit and max_rows is not None:
+                total = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(ale)
+                    .where(ale.c.account_id == account_id)
+                ).scalar_one()
+                excess = total - len(ids) - max_rows
+                if excess > 0:
+                    extra = oldest(conn, len(ids) + min(excess, limit - len(ids)))
+                    seen = set(ids)
+                    ids.extend(i for i in extra if i not in seen)
+                    ids = ids[:limit]
+            if ids:
+                conn.execute(sa.delete(ale).where(ale.c.id.in_(ids)))
+            return len(ids)
+
+        return self._store._write("accesslog-prune:" + account_id, run)
+
+    def list(self, account_id: str, query: AccessLogQuery) -> AccessLogPage:
         """Filtered, sorted, paginated access log of the account. ValidationError
         for a bad page, page_size (1..100), sort_by or sort_order."""
         q = query
@@ -278,7 +424,7 @@ class AccessLogMixin(AccountsMixin):
             conds.append(ale.c.timestamp <= q.end_date)
         direction = sa.asc if q.sort_order == "asc" else sa.desc
         order = [direction(c) for c in _SORT_COLUMNS[q.sort_by]] + [direction(ale.c.id)]
-        with self._read() as conn:
+        with self._store._read() as conn:
             total = conn.execute(
                 sa.select(sa.func.count()).select_from(ale).where(*conds)
             ).scalar_one()

@@ -1,0 +1,120 @@
+"""store.access_logs: batch append (one transaction, idempotent on the entry id)
+and retention by age and by per-account row count, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nbgateway.management.model import Account, AccessLogEntry, AccessLogQuery, User
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _entries(account_id: str, n: int, *, start: int = 0, user_id: str = "") -> list[AccessLogEntry]:
+    return [
+        AccessLogEntry(
+            id=f"{account_id}-log-{i:06d}",
+            account_id=account_id,
+            service_id="svc-1",
+            timestamp=T0 + timedelta(seconds=i),
+            method="GET",
+            host="app.netbird.test",
+            path=f"/p{i}",
+            status_code=200,
+            protocol="http",
+            user_id=user_id,
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def _ids(store, account_id: str) -> list[str]:
+    out: list[str] = []
+    page = 1
+    while True:
+        got = store.access_logs.list(
+            account_id, AccessLogQuery(page=page, page_size=100, sort_order="asc")
+        )
+        out.extend(e.id for e in got.data)
+        if page >= got.total_pages:
+            return out
+        page += 1
+
+
+def test_batch_is_stored_once_even_when_retried(store, account):
+    batch = _entries(account.id, 250)
+    assert store.access_logs.append_many(batch) == 250
+    # the same batch again (a retry after a lost answer) and an overlapping one
+    assert store.access_logs.append_many(batch) == 0
+    assert store.access_logs.append_many(_entries(account.id, 100, start=200)) == 50
+    ids = _ids(store, account.id)
+    assert len(ids) == len(set(ids)) == 300
+    # a single append of a stored id does not duplicate either
+    store.access_logs.append(batch[0])
+    assert store.access_logs.count(account.id) == 300
+
+
+def test_batch_duplicate_inside_one_batch_and_unknown_account(store, account):
+    batch = _entries(account.id, 3)
+    batch.append(batch[1])
+    batch += _entries("no-such-account", 2)
+    assert store.access_logs.append_many(batch) == 3
+    assert store.access_logs.count(account.id) == 3
+    assert store.access_logs.count("no-such-account") == 0
+    assert store.access_logs.append_many([]) == 0
+
+
+def test_batch_captures_user_groups_and_sanitises(store, account):
+    store.create_user(User(id="alice", account_id=account.id, role="user"))
+    [e] = _entries(account.id, 1, user_id="alice")
+    bad = AccessLogEntry(
+        id="nul", account_id=account.id, service_id="s", path="/a\x00b",
+        method="M" * 40, source_ip="::ffff:10.0.0.9",
+    )
+    assert store.access_logs.append_many([e, bad]) == 2
+    got = store.access_logs.get(account.id, e.id)
+    assert got.user_groups == ()  # alice exists, without auto groups
+    nul = store.access_logs.get(account.id, "nul")
+    assert nul.path == "/a\ufffdb" and nul.method == "M" * 32 and nul.source_ip == "10.0.0.9"
+
+
+def _prune_all(store, account_id: str, **kw) -> int:
+    total = 0
+    while True:
+        n = store.access_logs.prune_step(account_id, limit=40, **kw)
+        assert n <= 40
+        total += n
+        if n < 40:
+            return total
+
+
+def test_prune_by_age_in_small_steps(store, account):
+    store.access_logs.append_many(_entries(account.id, 200))
+    cutoff = T0 + timedelta(seconds=130)
+    assert store.access_logs.prune_step(account.id, older_than=cutoff, max_rows=None,
+                                        limit=40) == 40
+    assert _prune_all(store, account.id, older_than=cutoff, max_rows=None) == 90
+    ids = _ids(store, account.id)
+    assert ids == [f"{account.id}-log-{i:06d}" for i in range(130, 200)]
+
+
+def test_prune_by_row_count_keeps_newest_per_account(store, account):
+    other = store.create_account(Account(id="acct-2", domain="other.test"))
+    store.access_logs.append_many(_entries(account.id, 150) + _entries(other.id, 30))
+    assert _prune_all(store, account.id, older_than=None, max_rows=100) == 50
+    assert _ids(store, account.id) == [f"{account.id}-log-{i:06d}" for i in range(50, 150)]
+    assert store.access_logs.count(other.id) == 30  # other accounts untouched
+    # age and count together: age first, then the rest beyond the count
+    cutoff = T0 + timedelta(seconds=60)
+    assert _prune_all(store, account.id, older_than=cutoff, max_rows=50) == 50
+    assert _ids(store, account.id) == [f"{account.id}-log-{i:06d}" for i in range(100, 150)]
+    assert {"acct-1", "acct-2"} <= set(store.access_logs.account_ids())
+
+
+def test_prune_limit_validated(store, account):
+    from nbgateway.management.errors import ValidationError
+
+    with pytest.raises(ValidationError):
+        store.access_logs.prune_step(account.id, older_than=None, max_rows=1, limit=0)
