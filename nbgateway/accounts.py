@@ -31,6 +31,7 @@ from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.mgmt.netmap import DEFAULT_ACTION, AccountNetwork, dns_rule, echo_rule
 from nbgateway.netstack.filter import Rule
 from nbgateway.netstack.stack import Stack
+from nbgateway.routes.service import L4_MODES
 from nbgateway.store.mappings import MappingObserver
 from nbgateway.wireguard.config import parse_endpoint
 from nbgateway.wireguard.device import WireGuardDevice
@@ -39,8 +40,6 @@ from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public
 log = Logger()
 
 ACTIVE = pb.PROXY_STATUS_ACTIVE
-#: mapping modes that are L4 relays (any other mode, or none, is HTTP)
-L4_MODES = ("tcp", "udp", "tls")
 ERROR = pb.PROXY_STATUS_ERROR
 TUNNEL_NOT_CREATED = pb.PROXY_STATUS_TUNNEL_NOT_CREATED
 

@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.accounts import L4_MODES, AccountRegistry, AccountRuntime, AccountSettings
+from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
 from nbgateway.dial.direct import DenialReports, DirectDialer, DirectDialStats, is_host_address
 from nbgateway.dial.guard import DialPolicy, Listener, parse_allow_list
@@ -37,7 +37,7 @@ from nbgateway.dial.pool import UpstreamPools
 from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
 from nbgateway.dns.server import DNSResponderFactory, listen_dns
 from nbgateway.dns.zone import ZoneAuthority, account_zones
-from nbgateway.http.site import GatewayResource, ServiceEntry, entry_from_mapping
+from nbgateway.http.site import GatewayResource
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
 from nbgateway.observe.health import HealthState, client_health_from_device, health_service
@@ -45,7 +45,8 @@ from nbgateway.observe.metrics import GatewayMetrics, InstrumentedClient
 from nbgateway.proxy.headers import TrustedProxies
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
-from nbgateway.store.mappings import MappingObserver, MappingStore, normalise_domain
+from nbgateway.routes.table import ServiceTable
+from nbgateway.store.mappings import MappingObserver, MappingStore
 from nbgateway.tls.certstore import CertificateStore
 from nbgateway.tls.contexts import ClientTLSPolicy, SNIServerCreator, sni_visibility
 from nbgateway.tls.dispatch import TLSOrPlainFactory
@@ -54,48 +55,6 @@ from nbgateway.wireguard.keys import generate_private_key, key_from_base64, key_
 from nbgateway.wireguard.mux import DeviceMux
 
 log = Logger()
-
-class ServiceTable(MappingObserver):
-    """Host -> :class:`ServiceEntry` for the HTTP mappings."""
-
-    def __init__(self, mgmt: Any = None,
-                 on_domain_gone: Callable[[str], Any] | None = None) -> None:
-        self.mgmt = mgmt
-        self.on_domain_gone = on_domain_gone
-        self.entries: dict[str, ServiceEntry] = {}
-
-    def lookup(self, domain: str) -> ServiceEntry | None:
-        return self.entries.get(normalise_domain(domain))
-
-    def _add(self, mapping: pb.ProxyMapping) -> Deferred | None:
-        if mapping.mode in L4_MODES:
-            return None  # not routed here; the account runtime reports it unsupported
-        entry = entry_from_mapping(mapping)
-        self.entries[normalise_domain(mapping.domain)] = entry
-        if entry.route_errors and self.mgmt is not None:
-            return maybeDeferred(
-                self.mgmt.send_status_update, mapping.id, mapping.account_id,
-                pb.PROXY_STATUS_ERROR, error_message="; ".join(entry.route_errors),
-            ).addErrback(lambda f: None)
-        return None
-
-    def _remove(self, mapping: pb.ProxyMapping) -> None:
-        entry = self.entries.get(normalise_domain(mapping.domain))
-        if entry is not None and entry.service.service_id == mapping.id:
-            del self.entries[normalise_domain(mapping.domain)]
-        if self.on_domain_gone is not None:
-            self.on_domain_gone(mapping.domain)  # e.g. close upgraded connections
-
-    def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred | None:
-        return self._add(mapping)
-
-    def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> Deferred | None:
-        self._remove(old)
-        return self._add(new)
-
-    def mapping_removed(self, mapping: pb.ProxyMapping) -> None:
-        self._remove(mapping)
-
 
 class _Stoppable:
     """Adapts an object with ``stop()`` to the ``stopListening()`` of ports."""

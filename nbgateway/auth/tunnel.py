@@ -36,8 +36,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nbgateway.auth.policy import parse_ip, tunnel_like
-from nbgateway.proxy.headers import Identity
+from nbgateway.routes.identity import Identity
+from nbgateway.routes.restrictions import parse_ip, tunnel_like
 
 log = Logger()
 

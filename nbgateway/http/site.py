@@ -10,7 +10,7 @@ none.  Per request, in order:
    form (RFC 9112 3.2.2); header names containing ``_`` are dropped unless
    ``allow_underscore_headers`` (nginx's default: a CGI/WSGI upstream would
    merge ``X_NetBird_User`` into ``X-NetBird-User``).
-1. Host (port stripped, :func:`~nbgateway.http.routing.domain_key`) ->
+1. Host (port stripped, :func:`~nbgateway.routes.hosts.domain_key`) ->
    :class:`ServiceEntry`; unknown -> 404.  On a tunnel listener an explicit
    Host port other than the listener's is 421 (the public listener ignores
    it: it may sit behind a port mapping).
@@ -37,7 +37,6 @@ header preparation strips them on every path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -45,72 +44,18 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from nbgateway.auth.policy import Restrictions, parse_ip
 from nbgateway.auth.tunnel import GateDecision, PrivateGate, session_cookie
-from nbgateway.http.routing import (
-    PathRouter,
-    RouteError,
-    domain_key,
-    host_port,
-    host_without_port,
-    parse_target,
-    split_absolute_form,
-)
 from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id, should_log
 from nbgateway.proxy.headers import drop_underscore_headers
-from nbgateway.proxy.reverse import ProxyService, ReverseProxy
+from nbgateway.proxy.reverse import ReverseProxy
+from nbgateway.routes.hosts import domain_key, host_port, host_without_port, split_absolute_form
+from nbgateway.routes.restrictions import parse_ip
+from nbgateway.routes.service import ServiceEntry
 
 log = Logger()
 
 FORBIDDEN_BODY = b"Forbidden\n"
 MISDIRECTED_BODY = b"Misdirected Request: the Host port is not this listener's port\n"
-
-
-@dataclass(frozen=True)
-class ServiceEntry:
-    """An HTTP mapping as the request path needs it."""
-
-    service: ProxyService
-    private: bool
-    restrictions: Restrictions | None
-    has_schemes: bool
-    session_max_age: int
-    route_errors: tuple[str, ...] = ()
-
-    @property
-    def account_id(self) -> str:
-        return self.service.account_id
-
-
-def entry_from_mapping(mapping) -> ServiceEntry:
-    """Build a :class:`ServiceEntry` from a ``pb.ProxyMapping`` (HTTP mode).
-    Unusable target URLs are skipped and reported in ``route_errors``."""
-    routes, errors = [], []
-    for pm in mapping.path:
-        try:
-            routes.append(parse_target(pm.path, pm.target, pm.options))
-        except RouteError as exc:
-            errors.append(str(exc))
-    auth = mapping.auth
-    header_names = tuple(h.header for h in auth.header_auths if h.header)
-    service = ProxyService(
-        account_id=mapping.account_id,
-        domain=mapping.domain,
-        router=PathRouter(routes),
-        pass_host_header=mapping.pass_host_header,
-        rewrite_redirects=mapping.rewrite_redirects,
-        header_auth_names=header_names,
-        service_id=mapping.id,
-    )
-    return ServiceEntry(
-        service=service,
-        private=mapping.private,
-        restrictions=Restrictions.from_proto(mapping.access_restrictions)
-        if mapping.HasField("access_restrictions") else None,
-        has_schemes=bool(auth.password or auth.pin or auth.oidc or header_names),
-        session_max_age=int(auth.max_session_age_seconds) or 86400,
-        route_errors=tuple(errors),
-    )
 
 
 def _plain(request: Any, code: int, body: bytes) -> None:

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.http.routing import host_without_port
+from nbgateway.routes.hosts import host_without_port
 
 log = Logger()
 

@@ -20,13 +20,11 @@ Observers (nothing here touches global logging; callers install them):
   ``json``), behind :data:`PROCESS_LEVEL` and redaction, so the level applies
   to every destination.
 
-Redaction: :func:`redact_mapping` returns a deep copy of a ``ProxyMapping``
-with a non-empty ``auth_token``, every non-empty ``header_auths[].hashed_value``
-and every ``custom_headers`` value replaced by ``[REDACTED]`` (header names and
-``session_key`` kept; the original is never mutated).  :func:`mapping_for_log`
-renders that copy as single-line protojson (proto field names, zero values
-included), and :class:`LoggedMapping` defers that work until an observer
-actually formats the event, so a filtered-out debug line costs nothing.
+Redaction: a ``ProxyMapping`` is rendered only through the one redaction of
+:mod:`nbgateway.routes.redaction` (:class:`~nbgateway.routes.redaction.LazyRedacted`
+defers it until an observer actually formats the event, so a filtered-out
+debug line costs nothing); :func:`redact_event` wraps raw mappings logged by
+mistake.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ import sys
 import time
 from typing import IO, Any
 
-from google.protobuf import json_format
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -50,8 +47,7 @@ from twisted.logger import (
 from zope.interface import implementer
 
 from nbgateway._proto import proxy_service_pb2 as pb
-
-REDACTED = "[REDACTED]"
+from nbgateway.routes.redaction import LazyRedacted, redacted_json
 
 #: Upstream (logrus) level names -> twisted.logger levels.
 LEVELS: dict[str, LogLevel] = {
@@ -80,56 +76,13 @@ def log_level(name: str) -> LogLevel:
 # -- redaction ----------------------------------------------------------------------------
 
 
-def redact_mapping(mapping: pb.ProxyMapping) -> pb.ProxyMapping:
-    """A redacted deep copy of ``mapping`` (the original is untouched)."""
-    copy = pb.ProxyMapping()
-    copy.CopyFrom(mapping)
-    if copy.auth_token:
-        copy.auth_token = REDACTED
-    if copy.HasField("auth"):
-        for header_auth in copy.auth.header_auths:
-            if header_auth.hashed_value:
-                header_auth.hashed_value = REDACTED
-    for path in copy.path:
-        if path.HasField("options"):
-            headers = path.options.custom_headers
-            for name in list(headers):
-                headers[name] = REDACTED
-    return copy
-
-
-def mapping_for_log(mapping: pb.ProxyMapping) -> str:
-    """Single-line protojson of the redacted copy."""
-    return json_format.MessageToJson(
-        redact_mapping(mapping),
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-        indent=None,
-    )
-
-
-class LoggedMapping:
-    """A log field value that renders a mapping redacted, and only when formatted:
-    ``log.debug("mapping {mapping}", mapping=LoggedMapping(m))``."""
-
-    __slots__ = ("_mapping",)
-
-    def __init__(self, mapping: pb.ProxyMapping) -> None:
-        self._mapping = mapping
-
-    def __str__(self) -> str:
-        return mapping_for_log(self._mapping)
-
-    __repr__ = __str__
-
-
 def redact_event(event: dict[str, Any]) -> dict[str, Any]:
     """``event``, or a shallow copy in which raw ``ProxyMapping`` field values are
-    wrapped in :class:`LoggedMapping` (so neither the message nor the fields can
+    wrapped in :class:`LazyRedacted` (so neither the message nor the fields can
     carry a mapping's secrets, even when one is logged by mistake)."""
     if not any(isinstance(v, pb.ProxyMapping) for v in event.values()):
         return event
-    return {k: LoggedMapping(v) if isinstance(v, pb.ProxyMapping) else v
+    return {k: LazyRedacted(v) if isinstance(v, pb.ProxyMapping) else v
             for k, v in event.items()}
 
 
@@ -149,8 +102,8 @@ class RedactingObserver:
 
 def _fallback(value: Any) -> Any:
     if isinstance(value, pb.ProxyMapping):
-        return json.loads(mapping_for_log(value))
-    if isinstance(value, LoggedMapping):
+        return json.loads(redacted_json(value))
+    if isinstance(value, LazyRedacted):
         return json.loads(str(value))
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)

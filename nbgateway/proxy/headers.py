@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from twisted.web.http_headers import Headers
 
-from nbgateway.http.routing import host_port
+from nbgateway.routes.hosts import host_port
+from nbgateway.routes.identity import Identity
 
 USER_HEADER = "X-NetBird-User"
 GROUPS_HEADER = "X-NetBird-Groups"
@@ -73,17 +73,6 @@ def drop_underscore_headers(headers: Headers, *, allow: bool = False) -> int:
     for name in doomed:
         headers.removeHeader(name)
     return len(doomed)
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who is calling, as validated by the auth layer."""
-
-    user_id: str
-    email: str
-    group_ids: tuple[str, ...] = ()
-    group_names: tuple[str, ...] = ()
-    method: str = ""
 
 
 class TrustedProxies:

@@ -2,9 +2,9 @@
 
 :class:`ReverseProxy` forwards one twisted.web request for an already looked
 up :class:`ProxyService` (the auth layer decides first and passes the
-validated :class:`~nbgateway.proxy.headers.Identity`, or None):
+validated :class:`~nbgateway.routes.identity.Identity`, or None):
 
-- path routing with the mapping's :class:`~nbgateway.http.routing.PathRouter`
+- path routing with the mapping's :class:`~nbgateway.routes.paths.PathRouter`
   (no match: 404 ``Service Not Found``), path rewrite, ``session_token``
   stripped from the query;
 - self-loop guard: an overlay request whose source IP equals the literal IP
@@ -43,8 +43,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, error
@@ -62,69 +61,21 @@ from zope.interface import implementer
 
 from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
 from nbgateway.dial.guard import ACCESS_LOG_REASON
-from nbgateway.http.routing import (
-    PATH_REWRITE_DEFAULT,
-    PathRouter,
-    Route,
-    host_without_port,
-    outgoing_path,
-    rewrite_location,
-)
 from nbgateway.proxy import pages
 from nbgateway.proxy.headers import (
-    Identity,
     TrustedProxies,
     filter_response_headers,
     prepare_upstream_headers,
 )
+from nbgateway.routes.hosts import host_without_port
+from nbgateway.routes.identity import Identity
+from nbgateway.routes.paths import Route, outgoing_path, rewrite_location
+from nbgateway.routes.service import ProxyService, TargetOptions
 
 log = Logger()
 
 DEFAULT_REQUEST_TIMEOUT = 30.0  # host dialer timeout upstream
 NO_BODY_CODES = (204, 304)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetOptions:
-    """The per-path ``PathTargetOptions`` the proxy uses."""
-
-    skip_tls_verify: bool = False
-    request_timeout: float = 0.0  # seconds; 0 = default
-    path_rewrite: int = PATH_REWRITE_DEFAULT
-    custom_headers: Mapping[str, str] = field(default_factory=dict)
-    direct_upstream: bool = False
-
-    @classmethod
-    def of(cls, options: Any) -> TargetOptions:
-        """From a ``TargetOptions``, a protobuf ``PathTargetOptions`` or None."""
-        if options is None:
-            return cls()
-        if isinstance(options, cls):
-            return options
-        timeout = 0.0
-        rt = getattr(options, "request_timeout", None)
-        if rt is not None and (getattr(rt, "seconds", 0) or getattr(rt, "nanos", 0)):
-            timeout = rt.seconds + rt.nanos / 1e9
-        return cls(
-            skip_tls_verify=bool(getattr(options, "skip_tls_verify", False)),
-            request_timeout=timeout,
-            path_rewrite=int(getattr(options, "path_rewrite", PATH_REWRITE_DEFAULT)),
-            custom_headers=dict(getattr(options, "custom_headers", {}) or {}),
-            direct_upstream=bool(getattr(options, "direct_upstream", False)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyService:
-    """What the reverse proxy needs to know about one HTTP mapping."""
-
-    account_id: str
-    domain: str
-    router: PathRouter
-    pass_host_header: bool = False
-    rewrite_redirects: bool = False
-    header_auth_names: tuple[str, ...] = ()
-    service_id: str = ""
 
 
 def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -1,9 +1,5 @@
-"""Request routing for HTTP services (pure): Host -> mapping, path -> target,
-and the outgoing path/query/redirect rewriting.
-
-Owns the one domain normalisation (:func:`domain_key`) every domain-keyed
-table uses, and the request-target forms of RFC 9112 3.2
-(:func:`split_absolute_form`).
+"""Path routes of an HTTP service (pure): path -> target, and the outgoing
+path/query/redirect (``Location``) rewriting.
 
 Hardening over upstream (issue 6): path prefixes match on
 segment boundaries (``/api`` matches ``/api`` and ``/api/x`` but not
@@ -19,64 +15,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 PATH_REWRITE_DEFAULT = 0
 PATH_REWRITE_PRESERVE = 1
 SESSION_TOKEN_PARAM = "session_token"
-
-
-def domain_key(name: str) -> str:
-    """THE normalisation of a served domain name, used by every table that is
-    keyed by domain (the mapping store, the service table, the router, the
-    certificate store): surrounding whitespace and a trailing root dot removed,
-    lower-cased.  ``APP.Example.``, ``app.example.`` and ``app.example`` are one
-    name (DNS names are case-insensitive and the root dot is implicit); upstream
-    matches exactly, which made those spellings 404 or bypass per-host rules."""
-    return name.strip().rstrip(".").lower()
-
-
-def host_without_port(host: str) -> str:
-    """The Host header without its port (IPv6 brackets handled), otherwise as
-    sent; :func:`domain_key` turns it into the routing key."""
-    host = host.strip()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[1:end] if end > 0 else host
-    if host.count(":") == 1:
-        return host.split(":", 1)[0]
-    return host
-
-
-def host_port(host: str) -> str | None:
-    """The explicit port of a Host header value, if any."""
-    host = host.strip()
-    if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1 :] if end > 0 else ""
-        return rest[1:] if rest.startswith(":") and rest[1:].isdigit() else None
-    if host.count(":") == 1:
-        port = host.split(":", 1)[1]
-        return port if port.isdigit() else None
-    return None
-
-
-def split_absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
-    """``(authority, origin-form)`` of an absolute-form request target
-    (``http://host[:port]/path?q``, RFC 9112 3.2.2), None for any other form.
-    The origin form keeps the query and is ``/`` when the path is empty.
-    Raises ValueError for an absolute form without a usable authority
-    (userinfo included: RFC 9110 4.2.4 forbids it in http(s) URIs)."""
-    scheme, sep, rest = target.partition(b"://")
-    if not sep or scheme.lower() not in (b"http", b"https") or target.startswith(b"/"):
-        return None
-    end = len(rest)
-    for stop in (b"/", b"?", b"#"):
-        i = rest.find(stop)
-        if i != -1:
-            end = min(end, i)
-    authority, tail = rest[:end], rest[end:]
-    if not authority or b"@" in authority or any(c <= 0x20 or c >= 0x7F for c in authority):
-        raise ValueError("absolute-form request target without a valid authority")
-    tail = tail.split(b"#", 1)[0]
-    if not tail.startswith(b"/"):
-        tail = b"/" + tail
-    return authority, tail
 
 
 def prefix_matches(prefix: str, path: str) -> bool:

@@ -1,4 +1,5 @@
-"""Access decisions that need no I/O (the private gate's checks before any RPC).
+"""A service's access restrictions and the tunnel-address test (pure; the
+private gate's checks before any RPC).
 
 - :func:`tunnel_like`: is a source address one a WireGuard peer could have
   (RFC 1918, IPv6 ULA, CGNAT 100.64.0.0/10; never loopback or link-local)?

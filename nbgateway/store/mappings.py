@@ -31,15 +31,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf import json_format
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.http.routing import domain_key
 from nbgateway.interfaces import IMappingStore
+from nbgateway.routes.hosts import domain_key
+from nbgateway.routes.redaction import LazyRedacted
 
 log = Logger()
 
@@ -85,54 +85,9 @@ class MappingObserver:
         return None
 
 
-REDACTED = "[REDACTED]"
-
-
-def redacted(mapping: pb.ProxyMapping) -> pb.ProxyMapping:
-    """A copy safe for debug logs: non-empty ``auth_token``
-    and ``header_auths[].hashed_value`` and every ``custom_headers`` value
-    become ``[REDACTED]``; ``session_key`` (a public key) is kept; empty
-    fields stay empty.  The original is not modified."""
-    copy = pb.ProxyMapping()
-    copy.CopyFrom(mapping)
-    if copy.auth_token:
-        copy.auth_token = REDACTED
-    for header_auth in copy.auth.header_auths:
-        if header_auth.hashed_value:
-            header_auth.hashed_value = REDACTED
-    for path in copy.path:
-        headers = path.options.custom_headers
-        for key in list(headers):
-            headers[key] = REDACTED
-    return copy
-
-
-def redacted_json(mapping: pb.ProxyMapping) -> str:
-    """Single-line JSON of :func:`redacted` (proto field names, zero values included)."""
-    return json_format.MessageToJson(
-        redacted(mapping),
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-        indent=None,
-    )
-
-
-class _LazyRedactedJSON:
-    """Formats to :func:`redacted_json` only if a debug observer renders it."""
-
-    __slots__ = ("mapping",)
-
-    def __init__(self, mapping: pb.ProxyMapping) -> None:
-        self.mapping = mapping
-
-    def __str__(self) -> str:
-        return redacted_json(self.mapping)
-
-    __repr__ = __str__
-
-
-#: the domain index uses the router's normalisation, so a name the store finds
-#: is a name the router routes (one function, nbgateway.http.routing.domain_key)
+#: the domain index uses the service model's normalisation, so a name the
+#: store finds is a name the router routes (one function,
+#: :func:`nbgateway.routes.hosts.domain_key`; this alias is that function)
 normalise_domain = domain_key
 
 
@@ -183,7 +138,7 @@ class MappingStore:
         return self._by_id.get(service_id)
 
     def lookup_domain(self, domain: str) -> pb.ProxyMapping | None:
-        ids = self._domains.get(normalise_domain(domain))
+        ids = self._domains.get(domain_key(domain))
         return self._by_id[ids[-1]] if ids else None
 
     def mappings_for_account(self, account_id: str) -> list[pb.ProxyMapping]:
@@ -247,7 +202,7 @@ class MappingStore:
             type=pb.ProxyMappingUpdateType.Name(kind),
             domain=mapping.domain,
             id=mapping.id,
-            mapping=_LazyRedactedJSON(mapping),
+            mapping=LazyRedacted(mapping),
         )
         if kind == REMOVED:
             if mapping.id in self._by_id:
@@ -272,12 +227,12 @@ class MappingStore:
 
     def _index(self, mapping: pb.ProxyMapping) -> None:
         if mapping.domain:
-            self._domains.setdefault(normalise_domain(mapping.domain), []).append(mapping.id)
+            self._domains.setdefault(domain_key(mapping.domain), []).append(mapping.id)
 
     def _unindex(self, mapping: pb.ProxyMapping) -> None:
         if not mapping.domain:
             return
-        key = normalise_domain(mapping.domain)
+        key = domain_key(mapping.domain)
         ids = self._domains.get(key)
         if ids and mapping.id in ids:
             ids.remove(mapping.id)

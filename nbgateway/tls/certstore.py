@@ -43,7 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nbgateway.http.routing import domain_key
+from nbgateway.routes.hosts import domain_key
 from nbgateway.tls import ICertificateSource
 
 log = Logger()

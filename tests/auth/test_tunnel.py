@@ -7,13 +7,13 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.auth.policy import Restrictions, parse_ip, tunnel_like
 from nbgateway.auth.tunnel import (
     PrivateGate,
     TunnelValidationCache,
     session_cookie,
 )
 from nbgateway.errors import ManagementError
+from nbgateway.routes.restrictions import Restrictions, parse_ip, tunnel_like
 
 
 class Client:

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from nbgateway.dial import DirectUpstreamDeniedError
 from nbgateway.dial.direct import DenialReports, DirectDialer, DirectDialStats
 from nbgateway.dial.guard import DialPolicy, Listener, parse_allow_list
-from nbgateway.proxy.reverse import TargetOptions
+from nbgateway.routes.service import TargetOptions
 
 from ..proxy._harness import EchoUpstream, ProxyHarness, curl, listen_site
 

@@ -19,12 +19,14 @@ from twisted.web import resource, server
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.dial.direct import DirectDialer
 from nbgateway.dial.pool import UpstreamPools
-from nbgateway.http.routing import domain_key, split_absolute_form
-from nbgateway.http.site import GatewayResource, entry_from_mapping
+from nbgateway.http.site import GatewayResource
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
-from nbgateway.service import ServiceTable
-from nbgateway.store.mappings import MappingStore, normalise_domain
+from nbgateway.routes.hosts import domain_key, split_absolute_form
+from nbgateway.routes.service import entry_from_mapping
+from nbgateway.routes.table import ServiceTable
+from nbgateway.store import mappings as store_mappings
+from nbgateway.store.mappings import MappingStore
 
 
 class CgiEcho(resource.Resource):
@@ -235,7 +237,8 @@ class TunnelFrontDoorTests(FrontDoorTests):
 
 class NormalisationTests(unittest.TestCase):
     def test_one_function(self):
-        self.assertIs(normalise_domain, domain_key)
+        self.assertIs(store_mappings.domain_key, domain_key)
+        self.assertIs(store_mappings.normalise_domain, domain_key)
         self.assertEqual(domain_key(" APP.Example. "), "app.example")
 
     def test_store_and_router_agree(self):

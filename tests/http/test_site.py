@@ -17,12 +17,13 @@ from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
 from nbgateway.dial.direct import DirectDialer
 from nbgateway.dial.pool import UpstreamPools
-from nbgateway.http.site import GatewayResource, entry_from_mapping
+from nbgateway.http.site import GatewayResource
 from nbgateway.netstack.endpoints import TunnelAgentEndpointFactory, TunnelServerEndpoint
 from nbgateway.netstack.testing import make_stack_pair
 from nbgateway.observe.accesslog import AccessLogger
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
+from nbgateway.routes.service import entry_from_mapping
 
 PEER_IP = "100.64.0.10"
 

@@ -11,15 +11,12 @@ from twisted.python.failure import Failure
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.observe.logging import (
-    REDACTED,
     JSONLinesObserver,
     LevelFilter,
-    LoggedMapping,
     log_level,
     make_observer,
-    mapping_for_log,
-    redact_mapping,
 )
+from nbgateway.routes.redaction import REDACTED, LazyRedacted
 
 
 def secret_mapping() -> pb.ProxyMapping:
@@ -49,38 +46,9 @@ def capture(fmt: str, level: str = "info"):
     return Logger(namespace="nbgateway.test", observer=pub), out
 
 
-def test_redaction_rules():
-    original = secret_mapping()
-    before = original.SerializeToString()
-    redacted = redact_mapping(original)
-    assert original.SerializeToString() == before  # never mutated
-    assert redacted.auth_token == REDACTED
-    assert redacted.auth.session_key == "public-session-key"
-    assert [(h.header, h.hashed_value) for h in redacted.auth.header_auths] == [
-        ("X-Api-Key", REDACTED), ("X-Empty", "")]
-    assert dict(redacted.path[0].options.custom_headers) == {
-        "Authorization": REDACTED, "X-Empty": REDACTED}
-    # empty fields stay empty, nothing gets added
-    plain = redact_mapping(pb.ProxyMapping(id="x"))
-    assert plain.auth_token == "" and not plain.HasField("auth") and not plain.path
-
-
-def test_mapping_for_log_is_single_line_protojson_with_zero_values():
-    line = mapping_for_log(secret_mapping())
-    assert "\n" not in line
-    doc = json.loads(line)
-    assert doc["auth_token"] == REDACTED
-    assert doc["auth"]["header_auths"][0] == {"header": "X-Api-Key", "hashed_value": REDACTED}
-    assert doc["auth"]["session_key"] == "public-session-key"
-    assert doc["path"][0]["options"]["custom_headers"]["Authorization"] == REDACTED
-    assert doc["pass_host_header"] is False  # zero values included, proto field names
-    for secret in ("super-secret-token", "$argon2id$secret", "upstream-secret"):
-        assert secret not in line
-
-
 def test_debug_json_log_of_a_mapping_redacts_acceptance_66():
     log, out = capture("json", "debug")
-    log.debug("applying mapping {mapping}", mapping=LoggedMapping(secret_mapping()))
+    log.debug("applying mapping {mapping}", mapping=LazyRedacted(secret_mapping()))
     log.info("raw object logged by mistake {m}", m=secret_mapping())
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
@@ -99,7 +67,7 @@ def test_debug_json_log_of_a_mapping_redacts_acceptance_66():
 def test_mapping_not_rendered_when_filtered_out():
     rendered = []
 
-    class Spy(LoggedMapping):
+    class Spy(LazyRedacted):
         def __str__(self):
             rendered.append(1)
             return super().__str__()

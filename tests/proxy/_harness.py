@@ -14,9 +14,10 @@ from twisted.web import resource, server
 from nbgateway.dial.direct import DirectDialer
 from nbgateway.dial.pool import UpstreamPools
 from nbgateway.dial.tunnel import TunnelDialer
-from nbgateway.http.routing import PathRouter, parse_target
-from nbgateway.proxy.reverse import ProxyResource, ProxyService, ReverseProxy, TargetOptions
+from nbgateway.proxy.reverse import ProxyResource, ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
+from nbgateway.routes.paths import PathRouter, parse_target
+from nbgateway.routes.service import ProxyService, TargetOptions
 
 
 class RecordingSite(server.Site):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from twisted.web.http_headers import Headers
 
 from nbgateway.proxy.headers import (
-    Identity,
     TrustedProxies,
     filter_response_headers,
     identity_headers,
     prepare_upstream_headers,
 )
+from nbgateway.routes.identity import Identity
 
 
 def prep(inbound: dict, **kw):

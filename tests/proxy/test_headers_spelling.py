@@ -6,12 +6,12 @@ from __future__ import annotations
 from twisted.web.http_headers import Headers
 
 from nbgateway.proxy.headers import (
-    Identity,
     drop_underscore_headers,
     header_key,
     is_protected,
     prepare_upstream_headers,
 )
+from nbgateway.routes.identity import Identity
 
 SPOOFS = {
     "X_NetBird_User": "mallory",

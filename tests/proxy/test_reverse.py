@@ -9,9 +9,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from nbgateway.dial.tunnel import TunnelDialer
-from nbgateway.http.routing import PATH_REWRITE_PRESERVE
-from nbgateway.proxy.headers import Identity
-from nbgateway.proxy.reverse import TargetOptions
+from nbgateway.routes.identity import Identity
+from nbgateway.routes.paths import PATH_REWRITE_PRESERVE
+from nbgateway.routes.service import TargetOptions
 
 from ._harness import EchoUpstream, ProxyHarness, SilentProtocol, curl, listen_protocol, listen_site
 

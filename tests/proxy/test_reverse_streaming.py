@@ -16,9 +16,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPushProducer
 from zope.interface import implementer
 
-from nbgateway.http.routing import PathRouter, parse_target
-from nbgateway.proxy.reverse import ProxyService, ReverseProxy, TargetOptions
+from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import HIGH_WATER
+from nbgateway.routes.paths import PathRouter, parse_target
+from nbgateway.routes.service import ProxyService, TargetOptions
 
 from ._harness import ProxyHarness, curl, listen_protocol, listen_site, wait_for
 

@@ -12,7 +12,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFrom
 from twisted.trial import unittest
 
 from nbgateway.dial.pool import UpstreamPools
-from nbgateway.proxy.reverse import TargetOptions
+from nbgateway.routes.service import TargetOptions
 from nbgateway.tls.certstore import CertificateStore
 from nbgateway.tls.contexts import ClientTLSPolicy, server_tls_factory
 

@@ -14,8 +14,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
-from nbgateway.proxy.headers import Identity
 from nbgateway.proxy.upgrade import parse_response_head
+from nbgateway.routes.identity import Identity
 
 from ._harness import ProxyHarness, listen_protocol, wait_for
 

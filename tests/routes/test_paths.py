@@ -6,13 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbgateway.http.routing import (
+from nbgateway.routes.hosts import host_port, host_without_port
+from nbgateway.routes.paths import (
     PATH_REWRITE_DEFAULT,
     PATH_REWRITE_PRESERVE,
     PathRouter,
     RouteError,
-    host_port,
-    host_without_port,
     outgoing_path,
     parse_target,
     prefix_matches,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.service import ServiceTable
+from nbgateway.routes.table import ServiceTable
 
 
 def _mapping(mode: str) -> pb.ProxyMapping:

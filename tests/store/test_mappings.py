@@ -309,32 +309,6 @@ def test_store_matches_a_dict_model_and_indexes_stay_consistent(ops) -> None:
             assert store.lookup_domain(f"{dom}.example") is None
 
 
-def test_redacted_copy_hides_secrets_and_keeps_the_original() -> None:
-    import json
-
-    from nbgateway.store.mappings import REDACTED, redacted_json
-
-    m = mp("s1", token="one-time-secret")
-    m.auth.session_key = "cHVibGljLWtleQ=="
-    m.auth.header_auths.add(header="X-Api-Key", hashed_value="$argon2id$v=19$secret")
-    m.auth.header_auths.add(header="X-Empty", hashed_value="")
-    m.path.add(path="/", target="http://10.0.0.1").options.custom_headers["X-Secret"] = "s3cr3t"
-    text = redacted_json(m)
-    assert "\n" not in text
-    for secret in ("one-time-secret", "$argon2id$", "s3cr3t"):
-        assert secret not in text
-    doc = json.loads(text)
-    assert doc["auth_token"] == REDACTED
-    assert doc["auth"]["session_key"] == "cHVibGljLWtleQ=="
-    assert [h["hashed_value"] for h in doc["auth"]["header_auths"]] == [REDACTED, ""]
-    assert doc["path"][0]["options"]["custom_headers"] == {"X-Secret": REDACTED}
-    assert doc["private"] is False  # zero values included
-    assert m.auth_token == "one-time-secret"  # original untouched
-    assert m.path[0].options.custom_headers["X-Secret"] == "s3cr3t"
-    empty = json.loads(redacted_json(mp("s2", token="")))
-    assert empty["auth_token"] == ""
-
-
 def test_debug_log_of_applied_mapping_is_redacted() -> None:
     from twisted.logger import formatEvent, globalLogPublisher
 

@@ -1,0 +1,126 @@
+"""The service entry: one ``ProxyMapping`` as the gateway serves it.
+
+:func:`entry_from_mapping` is the one place a management mapping becomes the
+gateway's model of a service, HTTP and L4 alike: :class:`ServiceEntry`
+(mode, listen port, private, access restrictions, operator schemes, session
+lifetime, unusable targets) around a :class:`ProxyService` (what the reverse
+proxy needs: account, domain, path router, Host/redirect options), whose
+routes carry :class:`TargetOptions`.  Pure data and functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.routes.paths import PATH_REWRITE_DEFAULT, PathRouter, RouteError, parse_target
+from nbgateway.routes.restrictions import Restrictions
+
+#: mapping modes that are L4 relays (any other mode, or none, is HTTP)
+L4_MODES = ("tcp", "udp", "tls")
+
+
+def is_l4(mode: str) -> bool:
+    """Is a mapping's ``mode`` an L4 relay (``tcp``/``udp``/``tls``)?"""
+    return mode in L4_MODES
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOptions:
+    """The per-path ``PathTargetOptions`` the proxy uses."""
+
+    skip_tls_verify: bool = False
+    request_timeout: float = 0.0  # seconds; 0 = default
+    path_rewrite: int = PATH_REWRITE_DEFAULT
+    custom_headers: Mapping[str, str] = field(default_factory=dict)
+    direct_upstream: bool = False
+
+    @classmethod
+    def of(cls, options: Any) -> TargetOptions:
+        """From a ``TargetOptions``, a protobuf ``PathTargetOptions`` or None."""
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        timeout = 0.0
+        rt = getattr(options, "request_timeout", None)
+        if rt is not None and (getattr(rt, "seconds", 0) or getattr(rt, "nanos", 0)):
+            timeout = rt.seconds + rt.nanos / 1e9
+        return cls(
+            skip_tls_verify=bool(getattr(options, "skip_tls_verify", False)),
+            request_timeout=timeout,
+            path_rewrite=int(getattr(options, "path_rewrite", PATH_REWRITE_DEFAULT)),
+            custom_headers=dict(getattr(options, "custom_headers", {}) or {}),
+            direct_upstream=bool(getattr(options, "direct_upstream", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyService:
+    """What the reverse proxy needs to know about one HTTP mapping."""
+
+    account_id: str
+    domain: str
+    router: PathRouter
+    pass_host_header: bool = False
+    rewrite_redirects: bool = False
+    header_auth_names: tuple[str, ...] = ()
+    service_id: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A mapping as the request path needs it (HTTP; L4 entries carry the
+    same record with ``mode`` and ``listen_port`` set)."""
+
+    service: ProxyService
+    private: bool
+    restrictions: Restrictions | None
+    has_schemes: bool
+    session_max_age: int
+    route_errors: tuple[str, ...] = ()
+    mode: str = ""
+    listen_port: int = 0
+
+    @property
+    def account_id(self) -> str:
+        return self.service.account_id
+
+    @property
+    def l4(self) -> bool:
+        return is_l4(self.mode)
+
+
+def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
+    """Build a :class:`ServiceEntry` from a ``pb.ProxyMapping``.
+    Unusable target URLs are skipped and reported in ``route_errors``."""
+    routes, errors = [], []
+    for pm in mapping.path:
+        try:
+            routes.append(parse_target(pm.path, pm.target, pm.options))
+        except RouteError as exc:
+            errors.append(str(exc))
+    auth = mapping.auth
+    header_names = tuple(h.header for h in auth.header_auths if h.header)
+    service = ProxyService(
+        account_id=mapping.account_id,
+        domain=mapping.domain,
+        router=PathRouter(routes),
+        pass_host_header=mapping.pass_host_header,
+        rewrite_redirects=mapping.rewrite_redirects,
+        header_auth_names=header_names,
+        service_id=mapping.id,
+    )
+    return ServiceEntry(
+        service=service,
+        private=mapping.private,
+        restrictions=Restrictions.from_proto(mapping.access_restrictions)
+        if mapping.HasField("access_restrictions") else None,
+        has_schemes=bool(auth.password or auth.pin or auth.oidc or header_names),
+        session_max_age=int(auth.max_session_age_seconds) or 86400,
+        route_errors=tuple(errors),
+        mode=mapping.mode,
+        listen_port=int(mapping.listen_port),
+    )

@@ -1,0 +1,90 @@
+"""The service table: which service serves this host, or this (account, port).
+
+:class:`ServiceTable` is a mapping-store observer (it implements the
+``MappingObserver`` methods of :mod:`nbgateway.store.mappings` without
+importing the store) that keeps one :class:`~nbgateway.routes.service.ServiceEntry`
+per HTTP domain, keyed by :func:`~nbgateway.routes.hosts.domain_key` (the same
+key the mapping store indexes by), and one per L4 ``(account, listen_port)``.
+HTTP entries with unusable targets are reported to management as ``ERROR``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.routes.hosts import domain_key
+from nbgateway.routes.service import ServiceEntry, entry_from_mapping, is_l4
+
+
+class ServiceTable:
+    """Host -> :class:`ServiceEntry` for HTTP mappings, ``(account, port)`` ->
+    :class:`ServiceEntry` for L4 mappings."""
+
+    def __init__(self, mgmt: Any = None,
+                 on_domain_gone: Callable[[str], Any] | None = None) -> None:
+        self.mgmt = mgmt
+        self.on_domain_gone = on_domain_gone
+        self.entries: dict[str, ServiceEntry] = {}
+        self.ports: dict[tuple[str, int], ServiceEntry] = {}
+
+    def lookup(self, domain: str) -> ServiceEntry | None:
+        """The HTTP service for a host name (any spelling :func:`domain_key` folds)."""
+        return self.entries.get(domain_key(domain))
+
+    def lookup_port(self, account_id: str, port: int) -> ServiceEntry | None:
+        """The L4 service listening on ``port`` in ``account_id``'s tunnel."""
+        return self.ports.get((account_id, port))
+
+    def _add(self, mapping: pb.ProxyMapping) -> Deferred[Any] | None:
+        if is_l4(mapping.mode):
+            # not routed over HTTP; the account runtime reports it unsupported
+            self.ports[(mapping.account_id, int(mapping.listen_port))] = entry_from_mapping(mapping)
+            return None
+        entry = entry_from_mapping(mapping)
+        self.entries[domain_key(mapping.domain)] = entry
+        if entry.route_errors and self.mgmt is not None:
+            return maybeDeferred(
+                self.mgmt.send_status_update, mapping.id, mapping.account_id,
+                pb.PROXY_STATUS_ERROR, error_message="; ".join(entry.route_errors),
+            ).addErrback(lambda f: None)
+        return None
+
+    def _remove(self, mapping: pb.ProxyMapping) -> None:
+        if is_l4(mapping.mode):
+            key = (mapping.account_id, int(mapping.listen_port))
+            l4 = self.ports.get(key)
+            if l4 is not None and l4.service.service_id == mapping.id:
+                del self.ports[key]
+        entry = self.entries.get(domain_key(mapping.domain))
+        if entry is not None and entry.service.service_id == mapping.id:
+            del self.entries[domain_key(mapping.domain)]
+        if self.on_domain_gone is not None:
+            self.on_domain_gone(mapping.domain)  # e.g. close upgraded connections
+
+    # -- MappingObserver ---------------------------------------------------
+
+    def account_added(self, account_id: str) -> None:
+        return None
+
+    def account_removed(self, account_id: str) -> None:
+        return None
+
+    def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred[Any] | None:
+        return self._add(mapping)
+
+    def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> Deferred[Any] | None:
+        self._remove(old)
+        return self._add(new)
+
+    def mapping_refreshed(self, mapping: pb.ProxyMapping) -> None:
+        return None
+
+    def mapping_removed(self, mapping: pb.ProxyMapping) -> None:
+        self._remove(mapping)
+
+    def snapshot_reconciled(self, removed_ids: frozenset[str]) -> None:
+        return None
