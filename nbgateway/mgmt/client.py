@@ -19,23 +19,25 @@ stop in :meth:`stopService` (nothing live before fork).
   jittered exponential backoff (:mod:`nbgateway.mgmt.reconnect`).  Each batch
   is applied under a watchdog; a stalled batch ends the stream to resync.
   The store keeps serving its last known mappings while disconnected.
+
+The channel, bridge, reconnect loop and current stream are one
+:class:`~nbgateway.mgmt.session.ManagedChannel` (``self.session``), shared in
+shape with the peer-channel client; other gateway code that needs a unary
+ProxyService call on the current channel uses ``_unary``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf import timestamp_pb2
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -45,7 +47,8 @@ from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway._proto import proxy_service_pb2_grpc as pb_grpc
 from nbgateway.interfaces import IManagementClient, IMappingStore
 from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
-from nbgateway.mgmt.reconnect import Backoff, Reconnector
+from nbgateway.mgmt.reconnect import Backoff
+from nbgateway.mgmt.session import ManagedChannel, ManagementTarget
 
 log = Logger()
 
@@ -58,40 +61,6 @@ DEFAULT_RPC_TIMEOUT = 10.0
 BATCH_WATCHDOG = 120.0
 #: Largest message accepted from management (snapshot batches of 500 mappings).
 MAX_RECEIVE_BYTES = 16 * 1024 * 1024
-
-
-class ManagementTarget:
-    """Parsed ``--mgmt`` URL: dial target and transport security."""
-
-    def __init__(self, url: str, *, allow_insecure: bool = False) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(f"management URL scheme must be http or https: {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"management URL has no host: {url!r}")
-        self.host = parts.hostname
-        self.tls = scheme == "https"
-        self.port = parts.port or (443 if self.tls else 80)
-        if not self.tls and not allow_insecure and not _is_loopback(self.host):
-            raise ValueError(
-                "refusing to send the proxy token over plaintext gRPC to "
-                f"{self.host}; use https:// or set NB_PROXY_ALLOW_INSECURE=true"
-            )
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -148,17 +117,21 @@ class GrpcManagementClient(service.Service):
         self.root_certificates = root_certificates
         self.rpc_timeout = rpc_timeout
         self.batch_watchdog = batch_watchdog
-        self._backoff = backoff
-        self._channel_factory = channel_factory
-        self._channel: grpc.Channel | None = None
-        self._stub: pb_grpc.ProxyServiceStub | None = None
-        self._bridge: GrpcBridge | None = None
+        #: channel, bridge, reconnect loop and current stream (mgmt.session)
+        self.session = ManagedChannel(
+            reactor,
+            self.target,
+            pb_grpc.ProxyServiceStub,
+            name="management",
+            root_certificates=root_certificates,
+            max_receive_bytes=MAX_RECEIVE_BYTES,
+            channel_factory=channel_factory,
+            backoff=backoff,
+            on_state=self._state_changed,
+        )
         self._store: IMappingStore | None = None
-        self._reconnector: Reconnector | None = None
-        self._stream: StreamCall | None = None
         #: False once SyncMappings answered UNIMPLEMENTED (sticky).
         self.sync_supported = True
-        self.connected = False
         #: Called with True/False when the mapping stream (dis)connects (health).
         self.on_connection_state: Callable[[bool], None] | None = None
 
@@ -169,52 +142,46 @@ class GrpcManagementClient(service.Service):
 
     # -- service -------------------------------------------------------------
 
-    def _make_channel(self) -> grpc.Channel:
-        if self._channel_factory is not None:
-            return self._channel_factory()
-        options = [
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-        ]
-        if self.target.tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
-            return grpc.secure_channel(self.target.address, creds, options=options)
-        return grpc.insecure_channel(self.target.address, options=options)
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    @property
+    def _channel(self) -> grpc.Channel | None:
+        return self.session.channel
+
+    @property
+    def _bridge(self) -> GrpcBridge | None:
+        return self.session.bridge
+
+    @property
+    def _stream(self) -> StreamCall | None:
+        return self.session.stream
+
+    def _state_changed(self, value: bool) -> None:
+        if self.on_connection_state is not None:
+            self.on_connection_state(value)
 
     def startService(self) -> None:
         super().startService()
-        self._channel = self._make_channel()
-        self._stub = pb_grpc.ProxyServiceStub(self._channel)
-        self._bridge = GrpcBridge(self.reactor)
+        self.session.open()
         if self._store is not None:
             self._start_worker()
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        if self._reconnector is not None:
-            self._reconnector.stop()
-            self._reconnector = None
-        if self._bridge is not None:
-            self._bridge.stop()
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        self._set_connected(False)
+        self.session.close()
         return None
 
     # -- unary RPCs ----------------------------------------------------------
 
     def _unary(self, method: str, request: Any, timeout: float | None) -> Deferred[Any]:
-        if self._bridge is None or self._stub is None or not self.running:
+        """Call ProxyService ``method`` on the current channel with the token."""
+        if not self.running or not self.session.is_open:
             d: Deferred[Any] = Deferred()
             d.errback(errors.ManagementUnavailableError("management client not running"))
             return d
-        return self._bridge.unary(
-            getattr(self._stub, method), request, timeout=timeout, metadata=self._metadata
-        )
+        return self.session.unary(method, request, timeout=timeout, metadata=self._metadata)
 
     def validate_tunnel_peer(self, tunnel_ip: str, domain: str) -> Deferred[Any]:
         req = pb.ValidateTunnelPeerRequest(tunnel_ip=tunnel_ip, domain=domain)
@@ -324,16 +291,10 @@ class GrpcManagementClient(service.Service):
             self._start_worker()
 
     def _start_worker(self) -> None:
-        clock: IReactorTime = self.reactor
-        self._reconnector = Reconnector(clock, self._attempt, self._backoff, name="management")
-        self._reconnector.start()
+        self.session.supervise(self._attempt)
 
     def _set_connected(self, value: bool) -> None:
-        if value == self.connected:
-            return
-        self.connected = value
-        if self.on_connection_state is not None:
-            self.on_connection_state(value)
+        self.session.set_connected(value)
 
     def _attempt(self) -> Deferred[object]:
         """One connection: SyncMappings (or GetMappingUpdate) until it ends."""
@@ -353,7 +314,8 @@ class GrpcManagementClient(service.Service):
         return self._run_stream(sync=False)
 
     def _run_stream(self, *, sync: bool) -> Deferred[object]:
-        assert self._bridge is not None and self._stub is not None and self._store is not None
+        bridge, stub = self.session.bridge, self.session.stub
+        assert bridge is not None and stub is not None and self._store is not None
         store = self._store
         state = {"connected": False}
         stream_holder: list[StreamCall] = []
@@ -380,8 +342,8 @@ class GrpcManagementClient(service.Service):
                 address=self.address,
                 capabilities=self.capabilities_message(),
             )
-            stream = self._bridge.bidi_stream(
-                self._stub.SyncMappings,
+            stream = bridge.bidi_stream(
+                stub.SyncMappings,
                 on_message,
                 metadata=self._metadata,
                 name=kind,
@@ -395,15 +357,12 @@ class GrpcManagementClient(service.Service):
                 address=self.address,
                 capabilities=self.capabilities_message(),
             )
-            stream = self._bridge.server_stream(
-                self._stub.GetMappingUpdate, req, on_message, metadata=self._metadata, name=kind
+            stream = bridge.server_stream(
+                stub.GetMappingUpdate, req, on_message, metadata=self._metadata, name=kind
             )
         stream_holder.append(stream)
-        self._stream = stream
 
         def ended(result: object) -> Failure:
-            if self._stream is stream:
-                self._stream = None
             store.stream_ended()
             self._set_connected(False)
             if isinstance(result, Failure):
@@ -419,9 +378,7 @@ class GrpcManagementClient(service.Service):
             err.connected = state["connected"]  # type: ignore[attr-defined]
             return Failure(err)
 
-        d: Deferred[object] = Deferred(lambda _d: stream.cancel())
-        stream.done.addBoth(ended).addBoth(_chain_to, d)
-        return d
+        return self.session.watch(stream, ended)
 
 
 _ACK = pb.SyncMappingsRequest(ack=pb.SyncMappingsAck())
@@ -436,15 +393,6 @@ def _stalled(reason: Failure, watchdog: float) -> Failure:
         msg = f"mapping batch processing stalled after {watchdog}s"
         return Failure(errors.ManagementStreamClosedError(msg))
     return reason
-
-
-def _chain_to(result: object, d: Deferred[object]) -> None:
-    if d.called:
-        return
-    if isinstance(result, Failure):
-        d.errback(result)
-    else:
-        d.callback(result)
 
 
 __all__ = ["GrpcManagementClient", "ManagementTarget"]

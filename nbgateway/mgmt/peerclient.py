@@ -34,7 +34,10 @@ is logged and counted without ending the stream.
 Nothing is live before :meth:`start`: the constructor only records
 configuration; :meth:`start` creates the channel and the thread bridge,
 :meth:`stop` cancels the cycle, stops the bridge (bounded thread joins) and
-closes the channel (unless it was supplied by the caller).
+closes the channel (unless it was supplied by the caller). Channel, bridge,
+reconnect loop and current stream are one
+:class:`~nbgateway.mgmt.session.ManagedChannel` (``self.session``), the same
+lifecycle the ProxyService client uses.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ from nbgateway import errors
 from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
 from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
-from nbgateway.mgmt.client import ManagementTarget
-from nbgateway.mgmt.reconnect import Backoff, Reconnector
+from nbgateway.mgmt.reconnect import Backoff
+from nbgateway.mgmt.session import ManagedChannel, ManagementTarget
 from nbgateway.peerbox import (
     BoxError,
     decode_wg_key,
@@ -139,15 +142,20 @@ class PeerChannelClient:
         self.root_certificates = root_certificates
         self.rpc_timeout = rpc_timeout
         self.name = name
-        self._backoff = backoff
-        self._given_channel = channel
-        self._channel: grpc.Channel | None = None
-        self._stub: pb_grpc.ManagementServiceStub | None = None
-        self._bridge: GrpcBridge | None = None
-        self._reconnector: Reconnector | None = None
-        self._stream: StreamCall | None = None
+        #: channel, bridge, reconnect loop and current stream (mgmt.session)
+        self.session = ManagedChannel(
+            reactor,
+            self.target,
+            pb_grpc.ManagementServiceStub,
+            name=name,
+            root_certificates=root_certificates,
+            max_receive_bytes=MAX_RECEIVE_BYTES,
+            channel_factory=(lambda: channel) if channel is not None else None,
+            owns_channel=channel is None,
+            backoff=backoff,
+            on_state=self._state_changed,
+        )
         self.server_key: bytes | None = None
-        self.connected = False
         self.running = False
         self.serial = 0
         self.maps_received = 0
@@ -157,47 +165,34 @@ class PeerChannelClient:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def _make_channel(self) -> grpc.Channel:
-        if self._given_channel is not None:
-            return self._given_channel
-        options = [
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-        ]
-        if self.target.tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
-            return grpc.secure_channel(self.target.address, creds, options=options)
-        return grpc.insecure_channel(self.target.address, options=options)
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    @property
+    def _bridge(self) -> GrpcBridge | None:
+        return self.session.bridge
+
+    @property
+    def _stream(self) -> StreamCall | None:
+        return self.session.stream
+
+    def _state_changed(self, value: bool) -> None:
+        if self.on_state is not None:
+            self.on_state(value)
 
     def start(self) -> None:
         if self.running:
             return
         self.running = True
-        self._channel = self._make_channel()
-        self._stub = pb_grpc.ManagementServiceStub(self._channel)
-        self._bridge = GrpcBridge(self.reactor)
-        self._reconnector = Reconnector(self.reactor, self._attempt, self._backoff,
-                                        name=self.name)
-        self._reconnector.start()
+        self.session.open()
+        self.session.supervise(self._attempt)
 
     def stop(self) -> Deferred[None]:
         if not self.running:
             return succeed(None)
         self.running = False
-        if self._reconnector is not None:
-            self._reconnector.stop()
-            self._reconnector = None
-        if self._bridge is not None:
-            self._bridge.stop()
-            self._bridge = None
-        if self._channel is not None and self._given_channel is None:
-            self._channel.close()
-        self._channel = None
-        self._stub = None
-        self._set_connected(False)
+        self.session.close()
         return succeed(None)
 
     # -- one connection cycle -----------------------------------------------------------
@@ -232,8 +227,7 @@ class PeerChannelClient:
         return reason
 
     def _get_server_key(self) -> Deferred[None]:
-        assert self._bridge is not None and self._stub is not None
-        d = self._bridge.unary(self._stub.GetServerKey, pb.Empty(), timeout=self.rpc_timeout)
+        d = self.session.unary("GetServerKey", pb.Empty(), timeout=self.rpc_timeout)
 
         def got(resp: pb.ServerKeyResponse) -> None:
             try:
@@ -263,12 +257,11 @@ class PeerChannelClient:
                 from None
 
     def _login(self) -> Deferred[None]:
-        assert self._bridge is not None and self._stub is not None
         req = pb.LoginRequest(
             meta=system_meta(self.hostname, self.version),
             peerKeys=pb.PeerKeys(wgPubKey=self.public_key.encode("ascii")),
         )
-        d = self._bridge.unary(self._stub.Login, self._seal(req), timeout=self.rpc_timeout)
+        d = self.session.unary("Login", self._seal(req), timeout=self.rpc_timeout)
 
         def got(enc: pb.EncryptedMessage) -> Deferred[Any] | None:
             resp = self._open(enc, pb.LoginResponse())
@@ -282,7 +275,8 @@ class PeerChannelClient:
         return d.addCallback(got)
 
     def _sync(self, state: dict[str, bool]) -> Deferred[object]:
-        assert self._bridge is not None and self._stub is not None
+        bridge, stub = self.session.bridge, self.session.stub
+        assert bridge is not None and stub is not None
         last = {"serial": -1}
         broken: list[PeerChannelError] = []
         holder: list[StreamCall] = []
@@ -311,43 +305,23 @@ class PeerChannelClient:
             d.addErrback(self._handler_failed)
             return d
 
-        stream = self._bridge.server_stream(self._stub.Sync, self._seal(req), on_message,
-                                            name=f"{self.name}-Sync")
+        stream = bridge.server_stream(stub.Sync, self._seal(req), on_message,
+                                      name=f"{self.name}-Sync")
         holder.append(stream)
-        self._stream = stream
 
         def ended(result: object) -> Failure:
-            if self._stream is stream:
-                self._stream = None
             if broken:
                 return Failure(broken[0])
             if isinstance(result, Failure):
                 return result
             return Failure(errors.ManagementStreamClosedError("Sync stream closed by server"))
 
-        d: Deferred[object] = Deferred(lambda _d: stream.cancel())
-        stream.done.addBoth(ended).addBoth(_chain_to, d)
-        return d
+        return self.session.watch(stream, ended)
 
     def _handler_failed(self, reason: Failure) -> None:
         self.errors["handler"] += 1
         log.failure("{name}: on_network_map failed", reason, name=self.name)
 
     def _set_connected(self, value: bool) -> None:
-        if value == self.connected:
-            return
-        self.connected = value
-        if self.on_state is not None:
-            try:
-                self.on_state(value)
-            except Exception:
-                log.failure("{name}: on_state raised", name=self.name)
+        self.session.set_connected(value)
 
-
-def _chain_to(result: object, d: Deferred[object]) -> None:
-    if d.called:
-        return
-    if isinstance(result, Failure):
-        d.errback(result)
-    else:
-        d.callback(result)

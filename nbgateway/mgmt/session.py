@@ -1,0 +1,235 @@
+"""ManagedChannel: the connection lifecycle both gateway-side management clients share.
+
+The ProxyService client (:mod:`nbgateway.mgmt.client`) and the per-account
+peer-channel client (:mod:`nbgateway.mgmt.peerclient`) each own one of these.
+It owns, and nothing else does:
+
+* the parsed ``--mgmt`` target (:class:`ManagementTarget`: scheme, host,
+  port, the plaintext-only-to-loopback rule) and the gRPC channel built from
+  it (keepalive 20 s / 10 s, pings without calls, receive limit), or one a
+  caller supplies (closed on stop only if the session made it);
+* the stub and the thread bridge (:class:`~nbgateway.mgmt._grpcbridge.GrpcBridge`);
+* the reconnect loop (:class:`~nbgateway.mgmt.reconnect.Reconnector`) that
+  runs the client's connection attempt with jittered exponential backoff;
+* the current long-lived stream and the "connected" flag with its change
+  callback (exceptions from the callback are logged, never raised).
+
+Nothing is live before :meth:`ManagedChannel.open`; :meth:`ManagedChannel.close`
+cancels the loop and every live call (bounded thread joins) and drops the
+channel. What an attempt does (which RPCs, what a message means) stays with
+the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nbgateway import errors
+from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
+from nbgateway.mgmt.reconnect import Backoff, Reconnector
+
+__all__ = ["DEFAULT_MAX_RECEIVE_BYTES", "ManagedChannel", "ManagementTarget"]
+
+log = Logger()
+
+#: Largest message accepted from management unless the client says otherwise.
+DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+
+
+class ManagementTarget:
+    """Parsed ``--mgmt`` URL: dial target and transport security."""
+
+    def __init__(self, url: str, *, allow_insecure: bool = False) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"management URL scheme must be http or https: {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"management URL has no host: {url!r}")
+        self.host = parts.hostname
+        self.tls = scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        if not self.tls and not allow_insecure and not _is_loopback(self.host):
+            raise ValueError(
+                "refusing to send the proxy token over plaintext gRPC to "
+                f"{self.host}; use https:// or set NB_PROXY_ALLOW_INSECURE=true"
+            )
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_channel(
+    target: ManagementTarget,
+    *,
+    root_certificates: bytes | None = None,
+    max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+) -> grpc.Channel:
+    """A channel to ``target`` with the gateway's keepalive settings."""
+    options = [
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", max_receive_bytes),
+    ]
+    if target.tls:
+        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return grpc.secure_channel(target.address, creds, options=options)
+    return grpc.insecure_channel(target.address, options=options)
+
+
+class ManagedChannel:
+    """One client's channel, bridge, reconnect loop and current stream."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        target: ManagementTarget,
+        stub_class: Callable[[grpc.Channel], Any],
+        *,
+        name: str,
+        root_certificates: bytes | None = None,
+        max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        channel_factory: Callable[[], grpc.Channel] | None = None,
+        owns_channel: bool = True,
+        backoff: Backoff | None = None,
+        on_state: Callable[[bool], Any] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.target = target
+        self.name = name
+        self.root_certificates = root_certificates
+        self.max_receive_bytes = max_receive_bytes
+        self._stub_class = stub_class
+        self._channel_factory = channel_factory
+        self._owns_channel = owns_channel
+        self.backoff = backoff
+        #: Called with True/False when :attr:`connected` changes.
+        self.on_state = on_state
+        self.channel: grpc.Channel | None = None
+        self.stub: Any = None
+        self.bridge: GrpcBridge | None = None
+        self.reconnector: Reconnector | None = None
+        #: The long-lived stream currently open (None between attempts).
+        self.stream: StreamCall | None = None
+        self.connected = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.bridge is not None and self.stub is not None
+
+    def open(self) -> None:
+        """Create the channel, stub and bridge (idempotent)."""
+        if self.is_open:
+            return
+        if self._channel_factory is not None:
+            self.channel = self._channel_factory()
+        else:
+            self.channel = make_channel(
+                self.target,
+                root_certificates=self.root_certificates,
+                max_receive_bytes=self.max_receive_bytes,
+            )
+        self.stub = self._stub_class(self.channel)
+        self.bridge = GrpcBridge(self.reactor)
+
+    def supervise(self, attempt: Callable[[], Deferred[object]]) -> None:
+        """Run ``attempt`` forever under the reconnect loop (after :meth:`open`)."""
+        if self.reconnector is not None:
+            raise RuntimeError(f"{self.name}: already supervising a connection attempt")
+        self.reconnector = Reconnector(self.reactor, attempt, self.backoff, name=self.name)
+        self.reconnector.start()
+
+    def close(self) -> None:
+        """Stop the loop, cancel every live call, drop the channel; idempotent."""
+        if self.reconnector is not None:
+            self.reconnector.stop()
+            self.reconnector = None
+        if self.bridge is not None:
+            self.bridge.stop()
+            self.bridge = None
+        if self.channel is not None and self._owns_channel:
+            self.channel.close()
+        self.channel = None
+        self.stub = None
+        self.stream = None
+        self.set_connected(False)
+
+    def unary(
+        self,
+        method: str,
+        request: Any,
+        *,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> Deferred[Any]:
+        """Call the stub's unary ``method`` on the current channel (a Deferred).
+
+        Fails with :class:`~nbgateway.errors.ManagementUnavailableError` when
+        the session is not open."""
+        if self.bridge is None or self.stub is None:
+            d: Deferred[Any] = Deferred()
+            d.errback(errors.ManagementUnavailableError(f"{self.name}: not running"))
+            return d
+        return self.bridge.unary(
+            getattr(self.stub, method), request, timeout=timeout, metadata=metadata
+        )
+
+    def watch(
+        self, stream: StreamCall, ended: Callable[[object], Failure]
+    ) -> Deferred[object]:
+        """Make ``stream`` the current one; the returned Deferred is its lifetime.
+
+        When the stream finishes, ``ended(result)`` turns its outcome into the
+        failure the attempt ends with (an attempt always ends in a failure:
+        even a clean close means "reconnect"). Cancelling the Deferred cancels
+        the stream."""
+        self.stream = stream
+
+        def finished(result: object) -> Failure:
+            if self.stream is stream:
+                self.stream = None
+            return ended(result)
+
+        d: Deferred[object] = Deferred(lambda _d: stream.cancel())
+        stream.done.addBoth(finished).addBoth(_chain_to, d)
+        return d
+
+    def set_connected(self, value: bool) -> None:
+        if value == self.connected:
+            return
+        self.connected = value
+        if self.on_state is not None:
+            try:
+                self.on_state(value)
+            except Exception:
+                log.failure("{name}: connection state callback raised", name=self.name)
+
+
+def _chain_to(result: object, d: Deferred[object]) -> None:
+    if d.called:
+        return
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
