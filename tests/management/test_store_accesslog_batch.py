@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from nbgateway.management.model import Account, AccessLogEntry, AccessLogQuery, User
+from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account, User
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
