@@ -108,6 +108,16 @@ class FrontDoorTests(unittest.TestCase):
         return int(status_line.split()[1]), body
 
 
+def use_store_fed_table(case: FrontDoorTests) -> ServiceTable:
+    """Point the listener at a ServiceTable fed by a MappingStore holding the
+    service as ``App.Example.`` (the spelling management might send)."""
+    store, table = MappingStore(), ServiceTable()
+    store.add_observer(table)
+    store.apply_batch([mapping(case.up_port.getHost().port, "App.Example.")], False)
+    case.resource.lookup = table.lookup
+    return table
+
+
 class PublicFrontDoorTests(FrontDoorTests):
     @defer.inlineCallbacks
     def test_duplicate_host_is_400_and_never_routed(self):
@@ -173,6 +183,15 @@ class PublicFrontDoorTests(FrontDoorTests):
         self.assertEqual(len(self.upstream.seen), 3)
 
     @defer.inlineCallbacks
+    def test_spellings_route_through_the_store_fed_table(self):
+        # the live lookup (MappingStore -> ServiceTable), not a hand-built dict
+        use_store_fed_table(self)
+        for host in (b"APP.Example.", b"app.example.:443"):
+            code, _ = yield self.raw(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n")
+            self.assertEqual(code, 200, host)
+        self.assertEqual(len(self.upstream.seen), 2)
+
+    @defer.inlineCallbacks
     def test_public_listener_ignores_the_host_port(self):
         # documented: the public listener may sit behind a port mapping
         code, _ = yield self.raw(b"GET / HTTP/1.1\r\nHost: app.example:8443\r\n")
@@ -227,6 +246,17 @@ class TunnelFrontDoorTests(FrontDoorTests):
             self.assertNotIn(b"Misdirected", body)
             self.assertIn(b"Loop Detected", body)
         self.assertEqual(self.resource.rejected, {421: 1})
+
+    @defer.inlineCallbacks
+    def test_spellings_route_through_the_store_fed_table(self):
+        use_store_fed_table(self)
+        # routed (the peer is the upstream's address, so loop detection answers)
+        for host in (b"APP.Example.", b"app.example.:%d" % self.gw_port):
+            code, body = yield self.raw(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n")
+            self.assertIn(b"Loop Detected", body, host)
+        # the same spelling with a port that is not this listener's is 421, not 404
+        code, _ = yield self.raw(b"GET / HTTP/1.1\r\nHost: app.example.:443\r\n")
+        self.assertEqual(code, 421)
 
     @defer.inlineCallbacks
     def test_unknown_host_with_wrong_port_is_still_404(self):
