@@ -273,6 +273,14 @@ class GrpcManagementClient(service.Service):
         req = pb.SendAccessLogRequest(log=entry)
         return self._unary("SendAccessLog", req, ACCESS_LOG_TIMEOUT).addCallback(lambda _: None)
 
+    def send_access_log_batch(self, entries: list[pb.AccessLog]) -> Deferred[int]:
+        """nbgateway extension: entries in one call (fires with how many were new);
+        ManagementUnimplementedError from a management without it (see
+        :mod:`nbgateway.mgmt.logship`)."""
+        req = pb.NbgwSendAccessLogBatchRequest(logs=entries)
+        d = self._unary("NbgwSendAccessLogBatch", req, ACCESS_LOG_TIMEOUT)
+        return d.addCallback(lambda r: r.stored)
+
     def get_oidc_url(self, service_id: str, account_id: str, redirect_url: str) -> Deferred[str]:
         req = pb.GetOIDCURLRequest(id=service_id, account_id=account_id, redirect_url=redirect_url)
         return self._unary("GetOIDCURL", req, self.rpc_timeout).addCallback(lambda r: r.url)

@@ -85,7 +85,7 @@ class SiteOverTunnelTests(unittest.TestCase):
         self.gate = PrivateGate(self.cache, lambda a, ip: (a, ip) in self.roster)
         self.pools = UpstreamPools(reactor)
         self.proxy = ReverseProxy(reactor, self.pools, lambda acct, direct: DirectDialer(reactor))
-        self.access = AccessLogger(self.mgmt, reactor)
+        self.access = AccessLogger(self.mgmt, reactor, linger=0)
         self.gw_stack, self.client_stack, self.link = make_stack_pair(
             reactor, ("100.64.0.1",), (PEER_IP,), latency=0.0, jitter=0.0)
         site = ProxySite(GatewayResource(lookup=self.entries.get, proxy=self.proxy,

@@ -56,49 +56,162 @@ def test_internal_paths_not_logged_b65():
     assert should_log("/api")
 
 
-def test_sends_asynchronously_and_counts():
+class BatchClient(Client):
+    """A client with the batch extension; ``mode`` "hang" holds each batch."""
+
+    def __init__(self, mode="ok"):
+        super().__init__(mode)
+        self.batches: list[list] = []
+
+    def send_access_log_batch(self, entries):
+        self.batches.append(list(entries))
+        if self.mode == "ok":
+            return succeed(len(entries))
+        if self.mode == "raise":
+            raise RuntimeError("broken")
+        d = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def test_entries_linger_and_go_out_as_one_batch():
+    clock = Clock()
+    client = BatchClient()
+    logger = AccessLogger(client, clock, linger=0.05)
+    for _ in range(10):
+        logger.log(entry())  # no call, no timer per entry
+    assert client.batches == [] and len(clock.getDelayedCalls()) == 1
+    clock.advance(0.05)
+    assert [len(b) for b in client.batches] == [10] and client.sent == []
+    assert logger.stats.sent == 10 and logger.pending == 0 and logger.stats.batches == 1
+
+
+def test_full_batch_goes_at_once_and_one_batch_is_in_flight():
+    clock = Clock()
+    client = BatchClient(mode="hang")
+    logger = AccessLogger(client, clock, max_batch=4, linger=10)
+    for _ in range(11):
+        logger.log(entry())
+    assert [len(b) for b in client.batches] == [4]  # the rest waits for the answer
+    client.pending.pop(0).callback(4)
+    assert [len(b) for b in client.batches] == [4, 4]
+    client.pending.pop(0).callback(4)
+    assert [len(b) for b in client.batches] == [4, 4]  # 3 left: they linger
+    clock.advance(10)
+    assert [len(b) for b in client.batches] == [4, 4, 3]
+    client.pending.pop(0).callback(3)
+    assert logger.stats.sent == 11 and logger.pending == 0
+
+
+def test_slow_management_never_blocks_and_queue_is_bounded():
+    clock = Clock()
+    client = BatchClient(mode="hang")
+    logger = AccessLogger(client, clock, max_queue=100, max_batch=10, linger=0,
+                          send_timeout=10)
+    for _ in range(1000):
+        logger.log(entry())  # returns immediately every time
+    assert len(client.pending) == 1  # one batch (the first entry) in flight
+    assert logger.pending == 101
+    assert logger.stats.dropped == 899 and logger.stats.queued == 101
+
+
+def test_failed_batch_is_retried_with_backoff_then_dropped():
+    clock = Clock()
+    client = BatchClient(mode="raise")
+    logger = AccessLogger(client, clock, linger=0, max_attempts=3, backoff_base=1.0)
+    logger.log(entry())
+    assert len(client.batches) == 1 and logger.stats.retries == 1
+    clock.advance(0.9)
+    assert len(client.batches) == 1
+    clock.advance(0.1)  # 1 s, then 2 s
+    assert len(client.batches) == 2
+    clock.advance(2)
+    assert len(client.batches) == 3
+    assert logger.stats.dropped == 1 and logger.pending == 0 and logger.stats.retries == 2
+    # the same entry (same log_id) every time: the idempotency key for management
+    assert {b[0].log_id for b in client.batches} == {client.batches[0][0].log_id}
+
+
+def test_permanent_refusal_is_not_retried():
+    from nbgateway import errors
+
+    clock = Clock()
+    client = BatchClient(mode="hang")
+    logger = AccessLogger(client, clock, linger=0)
+    logger.log(entry())
+    client.pending.pop().errback(errors.ManagementInvalidArgumentError("bad", code="X"))
+    clock.advance(100)
+    assert len(client.batches) == 1 and logger.stats.failed == 1 and logger.pending == 0
+
+
+def test_client_without_batch_call_sends_per_entry():
     client = Client()
-    logger = AccessLogger(client, Clock())
+    logger = AccessLogger(client, Clock(), linger=0)
     for _ in range(10):
         logger.log(entry())
     assert len(client.sent) == 10 and logger.stats.sent == 10 and logger.pending == 0
 
 
-def test_slow_management_never_blocks_and_queue_is_bounded():
+def test_unimplemented_switches_to_per_entry_and_retries_only_failures():
+    from nbgateway import errors
+
+    class NoBatch(BatchClient):
+        def send_access_log_batch(self, entries):
+            super().send_access_log_batch(entries)
+            d = Deferred()
+            d.errback(errors.ManagementUnimplementedError("", code="UNIMPLEMENTED"))
+            return d
+
     clock = Clock()
-    client = Client(mode="hang")
-    logger = AccessLogger(client, clock, max_queue=100, max_inflight=4, send_timeout=10)
-    for _ in range(1000):
-        logger.log(entry())  # returns immediately every time
-    assert len(client.pending) == 4  # only max_inflight outstanding
-    assert logger.pending == 104
-    assert logger.stats.dropped == 896
-    clock.advance(10.1)  # timeouts free the slots; the pump continues
-    assert logger.stats.failed == 4 and len(client.pending) == 8
+    client = NoBatch()
+    calls = {"n": 0}
+    real = client.send_access_log
 
+    def flaky(e):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            d = Deferred()
+            d.errback(errors.ManagementUnavailableError("down"))
+            return d
+        return real(e)
 
-def test_failing_management_counted():
-    client = Client(mode="raise")
-    logger = AccessLogger(client, Clock())
-    logger.log(entry())
-    logger.log(entry())
-    assert logger.stats.failed == 2 and logger.pending == 0
+    client.send_access_log = flaky
+    logger = AccessLogger(client, clock, linger=0, backoff_base=1.0)
+    a, b, c = entry(), entry(), entry()
+    logger.log(a)
+    assert not logger.batch_supported and len(client.sent) == 1
+    logger.log(b)  # its call fails: retried alone after the backoff
+    logger.log(c)
+    clock.advance(1)
+    assert [e.log_id for e in client.sent] == [a.log_id, b.log_id, c.log_id]
+    assert len(client.batches) == 1  # never asked again
+    assert logger.stats.sent == 3 and logger.pending == 0
 
 
 def test_stop_flushes_within_bound():
     clock = Clock()
-    client = Client(mode="hang")
-    logger = AccessLogger(client, clock, max_inflight=1)
+    client = BatchClient(mode="hang")
+    logger = AccessLogger(client, clock, max_batch=1, linger=0)
     for _ in range(3):
         logger.log(entry())
     done = []
     logger.stop(timeout=5).addCallback(done.append)
-    client.pending[0].callback(None)
+    client.pending[0].callback(1)
     assert done == []
     clock.advance(5)
     assert done == [None]
     logger.log(entry())  # after stop: dropped
-    assert logger.stats.dropped >= 2
+    assert logger.stats.dropped == 3  # one unanswered in flight, one queued, one late
+
+
+def test_stop_sends_lingering_entries_at_once():
+    clock = Clock()
+    client = BatchClient()
+    logger = AccessLogger(client, clock, linger=30)
+    logger.log(entry())
+    done = []
+    logger.stop(timeout=5).addCallback(done.append)
+    assert done == [None] and logger.stats.sent == 1
 
 
 def test_stop_when_idle():

@@ -216,7 +216,7 @@ def test_requests_access_log_and_health_gauges():
 
     fake = FakeManagementClient()
     fake.hold = True
-    logger = AccessLogger(fake, clock, max_queue=2, max_inflight=1)
+    logger = AccessLogger(fake, clock, max_queue=2)
     for _ in range(5):
         logger.log(pb.AccessLog(log_id="x"))
     metrics.access_log = logger

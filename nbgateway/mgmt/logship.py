@@ -1,0 +1,285 @@
+"""Access-log shipping: a bounded queue drained in batches, one call in flight.
+
+:class:`LogShipper` owns the path from "a request finished" to "management
+stored its entry".  Per request it only appends to a bounded deque (full: the
+entry is dropped and counted); no grpcio call object, thread or timer is made
+per request.  Entries linger up to ``linger`` seconds (or until ``max_batch``
+are queued) and then go out as ONE ``NbgwSendAccessLogBatch`` call (grpcio's
+future API through the client's bridge: grpcio's own threads do the I/O and
+serialisation waits, the reactor only builds the request).  At most one batch
+is in flight; entries arriving meanwhile form the next batch.
+
+* Retries never duplicate: each entry carries its ``log_id``, which our
+  management treats as an idempotency key, so a batch whose answer was lost is
+  simply sent again.
+* Retries never lose silently: a failed batch is retried with exponential
+  backoff up to ``max_attempts`` times, then dropped and counted
+  (``stats.dropped``).  A refusal that retrying cannot fix (invalid argument,
+  permission denied) drops the batch at once, counted as failed.
+* Fallback: a management without the extension answers UNIMPLEMENTED; the
+  shipper remembers that for the lifetime of its client connection and sends
+  the same batch (and all later ones) as one ``SendAccessLog`` per entry, at
+  most ``fallback_inflight`` at a time; only entries that failed are retried.
+
+The class is fed entries and a clock; the client is anything with
+``send_access_log(entry) -> Deferred`` and optionally
+``send_access_log_batch(entries) -> Deferred`` (the gRPC client, or a fake).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nbgateway import errors
+
+log = Logger()
+
+#: errors after which sending the same entries again cannot succeed
+_PERMANENT = (errors.ManagementInvalidArgumentError, errors.ManagementPermissionDeniedError)
+
+
+@dataclass
+class ShipperStats:
+    #: entries accepted into the queue
+    queued: int = 0
+    #: entries management acknowledged
+    sent: int = 0
+    #: entries management refused for good (invalid, not permitted)
+    failed: int = 0
+    #: entries dropped: queue full, retries exhausted, or unsent at shutdown
+    dropped: int = 0
+    #: batch calls made (entries per call = sent / batches)
+    batches: int = 0
+    #: failed attempts that were retried
+    retries: int = 0
+
+
+class LogShipper:
+    """Bounded queue + batching + one call in flight (see module docstring)."""
+
+    def __init__(
+        self,
+        client: Any,
+        clock: IReactorTime,
+        *,
+        max_queue: int = 20000,
+        max_batch: int = 1000,
+        linger: float = 0.05,
+        max_attempts: int = 6,
+        backoff_base: float = 0.5,
+        backoff_max: float = 10.0,
+        send_timeout: float = 10.0,
+        fallback_inflight: int = 16,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.linger = linger
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.send_timeout = send_timeout
+        self.fallback_inflight = fallback_inflight
+        self.stats = ShipperStats()
+        #: False once management answered UNIMPLEMENTED (or the client has no batch call)
+        self.batch_supported = callable(getattr(client, "send_access_log_batch", None))
+        self._queue: deque[Any] = deque()
+        self._batch: list[Any] = []  # the batch in flight or waiting for its retry
+        self._attempt = 0
+        self._inflight = False
+        self._timer: IDelayedCall | None = None
+        self._idle_waiters: list[Deferred[None]] = []
+        self._stopped = False
+
+    # -- reactor-thread API ----------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Entries queued or in the current batch."""
+        return len(self._queue) + len(self._batch)
+
+    def submit(self, entry: Any) -> None:
+        """Queue one entry; never blocks, never raises."""
+        if self._stopped or len(self._queue) >= self.max_queue:
+            self.stats.dropped += 1
+            return
+        self._queue.append(entry)
+        self.stats.queued += 1
+        if self._inflight or self._batch:
+            return  # the running batch (or its retry) picks the queue up afterwards
+        if len(self._queue) >= self.max_batch or self.linger <= 0:
+            self._cancel_timer()
+            self._next()
+        elif self._timer is None:
+            self._timer = self.clock.callLater(self.linger, self._linger_over)
+
+    def stop(self, timeout: float = 5.0) -> Deferred[None]:
+        """Accept no more entries; send what is queued now (a pending retry is
+        tried at once) and fire when all was attempted or after ``timeout``
+        seconds (what is left then is counted as dropped)."""
+        self._stopped = True
+        if self.pending == 0 and not self._inflight:
+            return succeed(None)
+        if not self._inflight:
+            self._cancel_timer()
+            self._next()
+            if self.pending == 0 and not self._inflight:
+                return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+
+        def give_up() -> None:
+            if d.called:
+                return
+            self.stats.dropped += self.pending
+            self._queue.clear()
+            self._batch = []
+            self._cancel_timer()
+            self._idle_waiters.remove(d)
+            d.callback(None)
+
+        call = self.clock.callLater(timeout, give_up)
+        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        if not self._inflight:
+            self._next()
+
+    def _next(self) -> None:
+        """Send the pending retry batch, or a new batch from the queue."""
+        if not self._batch:
+            if not self._queue:
+                self._wake_idle()
+                return
+            n = min(self.max_batch, len(self._queue))
+            self._batch = [self._queue.popleft() for _ in range(n)]
+            self._attempt = 0
+        self._inflight = True
+        batch = self._batch
+        try:
+            d = self._send_batch(batch) if self.batch_supported else self._send_each(batch)
+        except Exception as exc:  # a broken client must not break the reactor
+            d = Deferred()
+            d.errback(exc)
+        d.addCallbacks(self._done, self._failed)
+
+    def _send_batch(self, batch: Sequence[Any]) -> Deferred[list[Any]]:
+        self.stats.batches += 1
+        d = self.client.send_access_log_batch(list(batch))
+        d.addTimeout(self.send_timeout, self.clock)
+
+        def unimplemented(failure: Failure) -> Deferred[list[Any]] | Failure:
+            if failure.check(errors.ManagementUnimplementedError):
+                log.info("management has no NbgwSendAccessLogBatch; "
+                         "sending access-log entries one by one")
+                self.batch_supported = False
+                return self._send_each(batch)
+            return failure
+
+        d.addCallbacks(lambda _: [], unimplemented)
+        return d
+
+    def _send_each(self, batch: Sequence[Any]) -> Deferred[list[Any]]:
+        """One SendAccessLog per entry, ``fallback_inflight`` at a time; fires
+        with the entries that failed (retryable), after counting permanent
+        refusals as failed."""
+        sem = DeferredSemaphore(self.fallback_inflight)
+        self.stats.batches += 1
+
+        def one(entry: Any) -> Deferred[Any]:
+            d = self.client.send_access_log(entry)
+            d.addTimeout(self.send_timeout, self.clock)
+            return d
+
+        calls = [sem.run(one, e) for e in batch]
+        dl: Deferred[Any] = DeferredList(calls, consumeErrors=True)
+
+        def collect(results: list[tuple[bool, Any]]) -> list[Any]:
+            retry: list[Any] = []
+            for entry, (ok, value) in zip(batch, results, strict=True):
+                if ok:
+                    self.stats.sent += 1
+                elif value.check(*_PERMANENT):
+                    self.stats.failed += 1
+                else:
+                    retry.append(entry)
+            return retry
+
+        return dl.addCallback(collect)
+
+    def _done(self, retry: list[Any]) -> None:
+        """A batch attempt finished; ``retry`` are entries still to send."""
+        if not self.batch_supported:  # per-entry mode counted each success itself
+            if retry:
+                self._batch = retry
+                self._retry_later(f"{len(retry)} SendAccessLog calls failed")
+                return
+        else:  # a batch call succeeds or fails whole
+            self.stats.sent += len(self._batch)
+        self._batch = []
+        self._inflight = False
+        self._after()
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(*_PERMANENT):
+            self.stats.failed += len(self._batch)
+            log.warn("management refused {count} access-log entries: {err}",
+                     count=len(self._batch), err=failure.getErrorMessage())
+            self._batch = []
+            self._inflight = False
+            self._after()
+            return
+        self._retry_later(failure.getErrorMessage())
+
+    def _retry_later(self, why: str) -> None:
+        self._attempt += 1
+        self._inflight = False
+        if self._attempt >= self.max_attempts or (self._stopped and self._attempt >= 2):
+            self.stats.dropped += len(self._batch)
+            log.warn("dropping {count} access-log entries after {attempts} attempts: {err}",
+                     count=len(self._batch), attempts=self._attempt, err=why)
+            self._batch = []
+            self._after()
+            return
+        self.stats.retries += 1
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (self._attempt - 1))
+        log.debug("access-log batch failed ({err}); retry in {delay}s", err=why, delay=delay)
+        self._cancel_timer()
+        self._timer = self.clock.callLater(delay, self._linger_over)
+
+    def _after(self) -> None:
+        """Between batches: go on at once if a full batch (or shutdown) waits,
+        else linger for more."""
+        if not self._queue:
+            self._wake_idle()
+            return
+        if len(self._queue) >= self.max_batch or self._stopped or self.linger <= 0:
+            self._next()
+        elif self._timer is None:
+            self._timer = self.clock.callLater(self.linger, self._linger_over)
+
+    def _wake_idle(self) -> None:
+        if self.pending or self._inflight:
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for w in waiters:
+            w.callback(None)
