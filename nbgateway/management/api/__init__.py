@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.resource import Resource
+
 from .framework import MAX_BODY_SIZE, ApiError, ApiResource, ApiSite, Call, Result, Route
 from .openapi import build_document
 from .routes import Handlers, build_routes
@@ -49,9 +51,26 @@ def build_site(store: Any, threadpool: Any, reactor: Any) -> ApiSite:
     routes.append(Route("GET", "/openapi.json", openapi, "getOpenAPI",
                         "This OpenAPI document", "Meta", auth=False))
     resource = ApiResource(routes, COMPONENTS, handlers.authenticate, threadpool, reactor)
-    site = ApiSite(resource, timeout=IDLE_TIMEOUT)
+    from nbgateway.management.ui import build_ui  # the dashboard under /ui/
+
+    ui = build_ui(routes, COMPONENTS, handlers.authenticate, threadpool, reactor)
+    site = ApiSite(_Root(resource, ui), timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     return site
+
+
+class _Root(Resource):
+    """``/ui/...`` goes to the dashboard; every other path to the API (as before)."""
+
+    def __init__(self, api: Resource, ui: Resource):
+        super().__init__()
+        self._api, self._ui = api, ui
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return self._ui if path == b"ui" else self._api
+
+    def render(self, request: Any) -> Any:
+        return self._api.render(request)
 
 
 # re-exported for embedding callers

@@ -1,0 +1,27 @@
+"""The management's web UI (dashboard), served under ``/ui/`` on the REST listener.
+
+:func:`build_ui` returns the twisted.web resource.  The package owns the pages,
+their Jinja2 templates (autoescaped), the static CSS/JS it ships and the UI
+sessions; data comes only through the REST API's own handlers
+(:mod:`.bridge`), so authorisation and validation are the API's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from nbgateway.management.api.framework import Identity, Route
+
+from .bridge import ApiBridge
+from .resource import CSP, UiResource
+from .sessions import SessionStore
+
+__all__ = ["CSP", "SessionStore", "UiResource", "build_ui"]
+
+
+def build_ui(routes: list[Route], schemas: Mapping[str, dict[str, Any]],
+             authenticate: Callable[[str], Identity], threadpool: Any,
+             reactor: Any) -> UiResource:
+    """The ``/ui`` resource over the API's *routes*; pages run on *threadpool*."""
+    return UiResource(ApiBridge(routes, schemas, authenticate), threadpool, reactor)

@@ -1,0 +1,300 @@
+"""The dashboard's pages: one synchronous function per (method, path) under ``/ui``.
+
+Every read and write goes through :meth:`.resource.Ctx.api`, i.e. the REST
+API's route handlers by operation id, so a user-role token sees exactly what the
+REST API would show it and a form error is the API's 422/400 message, shown
+inline next to the form.  Runs in the store thread pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nbgateway.management.model import MODES, TARGET_PROTOCOLS, TARGET_TYPES
+
+from .resource import Ctx, Page, data_uri, qs
+
+PAGE_SIZE = 25
+
+
+def _lines(text: str) -> list[str]:
+    return [p.strip() for p in text.replace(",", "\n").splitlines() if p.strip()]
+
+
+def _int(text: str, default: int = 0) -> int | str:
+    text = text.strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return text  # the API's type check names the field
+
+
+# -- overview and live view ---------------------------------------------------------
+
+
+def _live_state(ctx: Ctx) -> dict[str, Any]:
+    proxies, proxies_error = ctx.listing("listProxies")
+    clusters, _ = ctx.listing("listClusters")
+    services, services_error = ctx.listing("listServices")
+    return {"proxies": proxies, "proxies_error": proxies_error, "clusters": clusters,
+            "services": services, "services_error": services_error}
+
+
+def overview(ctx: Ctx) -> Page:
+    state = _live_state(ctx)
+    peers, _ = ctx.listing("listPeers")
+    groups, _ = ctx.listing("listGroups")
+    denials = ctx.api("listProxyEvents", query={"status": "failed", "page_size": "10"})
+    return ctx.render("overview.html", **state, peers=peers, groups=groups,
+                      denials=denials.body["data"] if denials.ok else [],
+                      denials_error=denials.message)
+
+
+def live(ctx: Ctx) -> Page:
+    return ctx.render("live.html", **_live_state(ctx))
+
+
+def live_fragment(ctx: Ctx) -> Page:
+    return ctx.render("live_fragment.html", **_live_state(ctx))
+
+
+# -- services -------------------------------------------------------------------------
+
+
+def services(ctx: Ctx) -> Page:
+    rows, error = ctx.listing("listServices")
+    return ctx.render("services.html", services=rows, error=error)
+
+
+def _service_form(ctx: Ctx, values: dict[str, Any], error: str = "", status: int = 200,
+                  service_id: str = "") -> Page:
+    groups, _ = ctx.listing("listGroups")
+    return ctx.render("service_form.html", status, v=values, error=error, groups=groups,
+                      service_id=service_id, modes=MODES, target_types=TARGET_TYPES,
+                      protocols=TARGET_PROTOCOLS)
+
+
+def _service_values(svc: dict[str, Any]) -> dict[str, Any]:
+    t = (svc.get("targets") or [{}])[0]
+    r = svc.get("access_restrictions") or {}
+    return {
+        "name": svc.get("name", ""), "domain": svc.get("domain", ""),
+        "enabled": svc.get("enabled", True), "private": svc.get("private", False),
+        "access_groups": svc.get("access_groups") or [], "mode": svc.get("mode") or "http",
+        "listen_port": svc.get("listen_port") or "",
+        "pass_host_header": svc.get("pass_host_header", False),
+        "target_type": t.get("target_type", "cluster"), "target_id": t.get("target_id", ""),
+        "protocol": t.get("protocol", "http"), "host": t.get("host", ""),
+        "port": t.get("port") or "", "path": t.get("path") or "",
+        "direct_upstream": (t.get("options") or {}).get("direct_upstream", False),
+        "allowed_cidrs": "\n".join(r.get("allowed_cidrs") or []),
+        "blocked_cidrs": "\n".join(r.get("blocked_cidrs") or []),
+    }
+
+
+def _values_from_form(ctx: Ctx) -> dict[str, Any]:
+    return {
+        "name": ctx.field("name"), "domain": ctx.field("domain"),
+        "enabled": ctx.checked("enabled"), "private": ctx.checked("private"),
+        "access_groups": ctx.fields("access_groups"), "mode": ctx.field("mode", "http"),
+        "listen_port": ctx.field("listen_port"), "pass_host_header": ctx.checked(
+            "pass_host_header"),
+        "target_type": ctx.field("target_type"), "target_id": ctx.field("target_id"),
+        "protocol": ctx.field("protocol"), "host": ctx.field("host"), "port": ctx.field("port"),
+        "path": ctx.field("path"), "direct_upstream": ctx.checked("direct_upstream"),
+        "allowed_cidrs": ctx.field("allowed_cidrs"), "blocked_cidrs": ctx.field("blocked_cidrs"),
+    }
+
+
+def _service_body(v: dict[str, Any]) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "target_type": v["target_type"], "target_id": v["target_id"],
+        "protocol": v["protocol"], "host": v["host"], "port": _int(v["port"]),
+        "enabled": True, "options": {"direct_upstream": v["direct_upstream"]}}
+    if v["path"]:
+        target["path"] = v["path"]
+    body: dict[str, Any] = {
+        "name": v["name"], "domain": v["domain"], "enabled": v["enabled"],
+        "private": v["private"], "mode": v["mode"], "targets": [target],
+        "pass_host_header": v["pass_host_header"],
+        "access_restrictions": {"allowed_cidrs": _lines(v["allowed_cidrs"]),
+                                "blocked_cidrs": _lines(v["blocked_cidrs"])}}
+    if v["private"]:
+        body["access_groups"] = v["access_groups"]
+    if v["mode"] != "http":
+        body["listen_port"] = _int(v["listen_port"])
+    return body
+
+
+def service_new(ctx: Ctx) -> Page:
+    return _service_form(ctx, _service_values({"enabled": True}))
+
+
+def service_edit(ctx: Ctx, service_id: str) -> Page:
+    out = ctx.api("getService", {"serviceId": service_id})
+    if not out.ok:
+        return ctx.render("error.html", out.status, message=out.message)
+    return _service_form(ctx, _service_values(out.body), service_id=service_id)
+
+
+def service_save(ctx: Ctx, service_id: str = "") -> Page:
+    values = _values_from_form(ctx)
+    body = _service_body(values)
+    if service_id:
+        out = ctx.api("updateService", {"serviceId": service_id}, body=body)
+    else:
+        out = ctx.api("createService", body=body)
+    if not out.ok:
+        return _service_form(ctx, values, out.message, out.status, service_id)
+    return Page(redirect="/ui/services")
+
+
+def service_delete(ctx: Ctx, service_id: str) -> Page:
+    out = ctx.api("deleteService", {"serviceId": service_id})
+    if not out.ok:
+        return ctx.render("error.html", out.status, message=out.message)
+    return Page(redirect="/ui/services")
+
+
+# -- groups and peers -------------------------------------------------------------------
+
+
+def groups(ctx: Ctx, error: str = "", status: int = 200) -> Page:
+    rows, list_error = ctx.listing("listGroups")
+    return ctx.render("groups.html", status, groups=rows, error=error or list_error)
+
+
+def group_create(ctx: Ctx) -> Page:
+    out = ctx.api("createGroup", body={"name": ctx.field("name")})
+    if not out.ok:
+        return groups(ctx, out.message, out.status)
+    return Page(redirect="/ui/groups")
+
+
+def group_delete(ctx: Ctx, group_id: str) -> Page:
+    out = ctx.api("deleteGroup", {"groupId": group_id})
+    if not out.ok:
+        return groups(ctx, out.message, out.status)
+    return Page(redirect="/ui/groups")
+
+
+def peers(ctx: Ctx, error: str = "", status: int = 200, name: str = "") -> Page:
+    rows, list_error = ctx.listing("listPeers")
+    group_rows, _ = ctx.listing("listGroups")
+    return ctx.render("peers.html", status, peers=rows, groups=group_rows,
+                      error=error or list_error, name=name)
+
+
+def peer_create(ctx: Ctx) -> Page:
+    out = ctx.api("createPeer", body={"name": ctx.field("name"),
+                                      "groups": ctx.fields("groups")})
+    if not out.ok:
+        return peers(ctx, out.message, out.status, ctx.field("name"))
+    return Page(redirect=f"/ui/peers/{out.body['id']}")
+
+
+def peer_detail(ctx: Ctx, peer_id: str) -> Page:
+    peer = ctx.api("getPeer", {"peerId": peer_id})
+    if not peer.ok:
+        return ctx.render("error.html", peer.status, message=peer.message)
+    conf = ctx.api("getPeerWireguardConfig", {"peerId": peer_id})
+    qr = ctx.api("getPeerWireguardConfig", {"peerId": peer_id}, query={"format": "qr"})
+    return ctx.render("peer.html", peer=peer.body,
+                      config=conf.body.decode() if conf.ok else "",
+                      config_error=conf.message,
+                      qr=data_uri("image/png", qr.body) if qr.ok else "")
+
+
+def peer_config(ctx: Ctx, peer_id: str) -> Page:
+    conf = ctx.api("getPeerWireguardConfig", {"peerId": peer_id})
+    if not conf.ok:
+        return ctx.render("error.html", conf.status, message=conf.message)
+    peer = ctx.api("getPeer", {"peerId": peer_id})
+    name = "".join(c if c.isalnum() or c in "-_" else "-"
+                   for c in (peer.body or {}).get("name", "wg0"))[:15] or "wg0"
+    return Page(200, body=conf.body, content_type="text/plain; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="{name}.conf"'})
+
+
+def peer_delete(ctx: Ctx, peer_id: str) -> Page:
+    out = ctx.api("deletePeer", {"peerId": peer_id})
+    if not out.ok:
+        return peers(ctx, out.message, out.status)
+    return Page(redirect="/ui/peers")
+
+
+# -- proxy tokens -------------------------------------------------------------------------
+
+
+def tokens(ctx: Ctx, error: str = "", status: int = 200) -> Page:
+    rows, list_error = ctx.listing("listProxyTokens")
+    return ctx.render("tokens.html", status, tokens=rows, error=error or list_error)
+
+
+def token_create(ctx: Ctx) -> Page:
+    out = ctx.api("createProxyToken", body={"name": ctx.field("name")})
+    if not out.ok:
+        return tokens(ctx, out.message, out.status)
+    page = Page(redirect="/ui/tokens")
+    page.flash = {"token_name": out.body["name"], "plain_token": out.body["plain_token"]}
+    return page
+
+
+def token_revoke(ctx: Ctx, token_id: str) -> Page:
+    out = ctx.api("revokeProxyToken", {"tokenId": token_id})
+    if not out.ok:
+        return tokens(ctx, out.message, out.status)
+    return Page(redirect="/ui/tokens")
+
+
+# -- access log ---------------------------------------------------------------------------
+
+LOG_FILTERS = ("service_id", "user_id", "search", "status", "status_code", "start_date",
+               "end_date")
+
+
+def access_log(ctx: Ctx) -> Page:
+    filters = {k: ctx.query.get(k, "").strip() for k in LOG_FILTERS}
+    group = ctx.query.get("group", "").strip()
+    page_no = ctx.query.get("page", "1")
+    query = {**filters, "page": page_no, "page_size": str(PAGE_SIZE)}
+    out = ctx.api("listProxyEvents", query=query)
+    svc_rows, _ = ctx.listing("listServices")
+    rows = out.body["data"] if out.ok else []
+    if group:  # narrows the shown page to entries whose user is in that group
+        rows = [r for r in rows if group in (r.get("user_groups") or [])]
+    pages = out.body["total_pages"] if out.ok else 0
+    current = out.body["page"] if out.ok else 1
+    nav = {"prev": qs(**filters, group=group, page=current - 1) if current > 1 else "",
+           "next": qs(**filters, group=group, page=current + 1) if current < pages else ""}
+    return ctx.render("access_log.html", rows=rows, filters=filters, group=group,
+                      error=out.message, total=out.body["total_records"] if out.ok else 0,
+                      page=current, pages=pages, nav=nav, services=svc_rows,
+                      status=200 if out.ok else out.status)
+
+
+ROUTES: list[tuple[str, tuple[str, ...], Any]] = [
+    ("GET", (), overview),
+    ("GET", ("live",), live),
+    ("GET", ("live", "fragment"), live_fragment),
+    ("GET", ("services",), services),
+    ("GET", ("services", "new"), service_new),
+    ("POST", ("services",), service_save),
+    ("GET", ("services", "{service_id}"), service_edit),
+    ("POST", ("services", "{service_id}"), service_save),
+    ("POST", ("services", "{service_id}", "delete"), service_delete),
+    ("GET", ("groups",), groups),
+    ("POST", ("groups",), group_create),
+    ("POST", ("groups", "{group_id}", "delete"), group_delete),
+    ("GET", ("peers",), peers),
+    ("POST", ("peers",), peer_create),
+    ("GET", ("peers", "{peer_id}"), peer_detail),
+    ("GET", ("peers", "{peer_id}", "config"), peer_config),
+    ("POST", ("peers", "{peer_id}", "delete"), peer_delete),
+    ("GET", ("tokens",), tokens),
+    ("POST", ("tokens",), token_create),
+    ("POST", ("tokens", "{token_id}", "revoke"), token_revoke),
+    ("GET", ("access-log",), access_log),
+]
