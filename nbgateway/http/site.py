@@ -48,6 +48,7 @@ from nbgateway.auth.tunnel import GateDecision, PrivateGate, session_cookie
 from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id, should_log
 from nbgateway.proxy.headers import drop_underscore_headers
 from nbgateway.proxy.reverse import ReverseProxy
+from nbgateway.routes.context import RequestContext
 from nbgateway.routes.hosts import domain_key, host_port, host_without_port, split_absolute_form
 from nbgateway.routes.restrictions import parse_ip
 from nbgateway.routes.service import ServiceEntry
@@ -120,27 +121,29 @@ class GatewayResource(Resource):
             # another account's name on this account's tunnel: unknown here,
             # and never logged into the other account's access log
             entry = None
-        request.nbgw_overlay = overlay
-        request.nbgw_identity = None
-        self._start_log(request, entry, host)
+        peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
+        ctx = RequestContext(overlay=overlay, source_ip=peer_ip, host=host,
+                             listener_account=self.listener_account,
+                             started=self.clock.seconds())
+        ctx.serve(entry)
+        self._start_log(request, ctx)
         if self.request_stats is not None:
             self._count(request)
         if entry is None:
-            return self.proxy.render(request, None)
+            return self.proxy.render(request, ctx)
         if overlay and not self._port_matches(request, host):
             self.rejected[421] = self.rejected.get(421, 0) + 1
             _plain(request, 421, MISDIRECTED_BODY)
             return server.NOT_DONE_YET
-        peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
         addr = parse_ip(peer_ip)
         if entry.restrictions is not None:
             verdict = "ip_restricted" if addr is None else entry.restrictions.check(addr, overlay)
             if verdict is not None:
-                request.nbgw_auth_mechanism = verdict
+                ctx.auth_mechanism = verdict
                 _plain(request, 403, FORBIDDEN_BODY)
                 return server.NOT_DONE_YET
         if not entry.private and not entry.has_schemes:
-            return self.proxy.render(request, entry.service, overlay=overlay)
+            return self.proxy.render(request, ctx)
         if entry.private and not overlay:
             _plain(request, 403, FORBIDDEN_BODY)  # private services never on the public listener
             return server.NOT_DONE_YET
@@ -153,7 +156,7 @@ class GatewayResource(Resource):
             domain=entry.service.domain,
             client_ip=peer_ip,
         )
-        d.addCallback(self._decided, request, entry)
+        d.addCallback(self._decided, request, ctx, entry)
         d.addErrback(self._gate_failed, request)
         return server.NOT_DONE_YET
 
@@ -193,7 +196,8 @@ class GatewayResource(Resource):
         local = getattr(request.getHost(), "port", None)
         return local is None or int(port) == local
 
-    def _decided(self, decision: GateDecision, request: Any, entry: ServiceEntry) -> None:
+    def _decided(self, decision: GateDecision, request: Any, ctx: RequestContext,
+                 entry: ServiceEntry) -> None:
         if getattr(request, "_disconnected", False) or request.finished:
             return
         if not decision.allowed:
@@ -207,10 +211,8 @@ class GatewayResource(Resource):
         request.responseHeaders.addRawHeader(
             b"set-cookie", session_cookie(decision.session_token,
                                           entry.session_max_age).encode("latin-1"))
-        request.nbgw_identity = decision.identity
-        request.nbgw_auth_mechanism = "oidc"
-        request.nbgw_user_id = decision.identity.user_id if decision.identity else ""
-        self.proxy.render(request, entry.service, identity=decision.identity, overlay=True)
+        ctx.authenticated(decision.identity, "oidc")
+        self.proxy.render(request, ctx)
 
     def _gate_failed(self, failure, request: Any) -> None:
         log.failure("private gate failed; denying", failure)
@@ -226,17 +228,16 @@ class GatewayResource(Resource):
         request.notifyFinish().addBoth(
             lambda _: stats.finished(request.code, self.clock.seconds() - started))
 
-    def _start_log(self, request: Any, entry: ServiceEntry | None, host: str) -> None:
+    def _start_log(self, request: Any, ctx: RequestContext) -> None:
         # Unknown hosts are not logged: management rejects entries without an
         # account, so each would only cost a failed RPC (an amplification).
+        entry = ctx.entry
         if self.access_log is None or entry is None:
             return
         path = request.uri.split(b"?", 1)[0].decode("latin-1")
         if not should_log(path):
             return
-        started = self.clock.seconds()
-        log_id = new_log_id()
-        request.nbgw_request_id = log_id
+        log_id = ctx.request_id = new_log_id()
 
         def done(_result: Any) -> None:
             peer = request.getClientAddress()
@@ -247,14 +248,14 @@ class GatewayResource(Resource):
                 log_id=log_id,
                 account_id=entry.account_id,
                 service_id=entry.service.service_id,
-                host=host,
+                host=ctx.host,
                 path=path,
                 method=request.method.decode("latin-1"),
                 response_code=request.code,
-                duration_ms=int((self.clock.seconds() - started) * 1000),
+                duration_ms=int((self.clock.seconds() - ctx.started) * 1000),
                 source_ip=str(getattr(peer, "host", "") or ""),
-                auth_mechanism=getattr(request, "nbgw_auth_mechanism", ""),
-                user_id=getattr(request, "nbgw_user_id", ""),
+                auth_mechanism=ctx.auth_mechanism,
+                user_id=ctx.user_id,
                 bytes_upload=upload,
                 bytes_download=getattr(request, "sentLength", 0),
             ))

@@ -67,6 +67,7 @@ from nbgateway.proxy.headers import (
     filter_response_headers,
     prepare_upstream_headers,
 )
+from nbgateway.routes.context import RequestContext
 from nbgateway.routes.hosts import host_without_port
 from nbgateway.routes.identity import Identity
 from nbgateway.routes.paths import Route, outgoing_path, rewrite_location
@@ -121,13 +122,13 @@ DIRECT_UPSTREAM_DENIED = pages.ErrorPage(
     "(direct_upstream target outside the operator's allow-list).")
 
 
-def note_dial_denial(request: Any, exc: BaseException, proxy: Any = None,
+def note_dial_denial(ctx: RequestContext, exc: BaseException, proxy: Any = None,
                      service: Any = None) -> None:
     """A refused direct dial: the verdict of the request's access-log entry,
     and the proxy's ``on_dial_denied(service, exc)`` hook (status report)."""
     if not isinstance(exc, DirectUpstreamDeniedError):
         return
-    request.nbgw_auth_mechanism = ACCESS_LOG_REASON
+    ctx.auth_mechanism = ACCESS_LOG_REASON
     hook = getattr(proxy, "on_dial_denied", None)
     if hook is not None and service is not None:
         try:
@@ -223,14 +224,15 @@ class _ResponseRelay(Protocol):
 class _Exchange:
     """One proxied request: the upstream call, its deadline and the relay."""
 
-    def __init__(self, proxy: ReverseProxy, request: Any, service: ProxyService, route: Route,
-                 opts: TargetOptions, identity: Identity | None) -> None:
+    def __init__(self, proxy: ReverseProxy, request: Any, ctx: RequestContext,
+                 service: ProxyService, route: Route, opts: TargetOptions) -> None:
         self.proxy = proxy
         self.request = request
+        self.context = ctx
         self.service = service
         self.route = route
         self.opts = opts
-        self.identity = identity
+        self.identity = ctx.identity
         self.host = request.getHeader(b"host") or ""
         if isinstance(self.host, bytes):
             self.host = self.host.decode("latin-1")
@@ -348,7 +350,7 @@ class _Exchange:
             target=self.route.target,
         )
         self.request.proxy_error = page.title
-        note_dial_denial(self.request, exc, self.proxy, self.service)
+        note_dial_denial(self.context, exc, self.proxy, self.service)
         self.done = True
         pages.send_page(self.request, page, destination=self.route.target)
 
@@ -435,9 +437,11 @@ class ReverseProxy:
         headers.removeHeader(b"content-length")
         return headers
 
-    def render(self, request: Any, service: ProxyService | None, *,
-               identity: Identity | None = None, overlay: bool = False) -> Any:
-        """Handle ``request``; always returns ``NOT_DONE_YET``."""
+    def render(self, request: Any, ctx: RequestContext) -> Any:
+        """Handle ``request`` for ``ctx.service`` (None: 404) with ``ctx.identity``
+        (validated by the auth layer, or None); records the matched route and
+        the upstream start in ``ctx``.  Always returns ``NOT_DONE_YET``."""
+        service = ctx.service
         if service is None:
             pages.send_page(request, pages.SERVICE_NOT_FOUND)
             return server.NOT_DONE_YET
@@ -447,7 +451,8 @@ class ReverseProxy:
         if route is None:
             pages.send_page(request, pages.SERVICE_NOT_FOUND)
             return server.NOT_DONE_YET
-        if is_self_loop(overlay, client_ip(request), route):
+        ctx.route = route
+        if is_self_loop(ctx.overlay, client_ip(request), route):
             log.warn("self-loop request refused", client_ip=client_ip(request),
                      target=route.target)
             pages.send_page(request, pages.LOOP_DETECTED, destination=route.target)
@@ -460,8 +465,7 @@ class ReverseProxy:
         target_path = outgoing_path(route, path, query.decode("latin-1"), opts.path_rewrite)
         timeout = self.timeout_for(opts)
         if _is_upgrade(request):
-            self.upgrades.relay(request, service, route, opts, identity, dialer,
-                                target_path, timeout)
+            self.upgrades.relay(request, ctx, route, opts, dialer, target_path, timeout)
             return server.NOT_DONE_YET
         limited = not opts.direct_upstream and self.max_inflight > 0
         if limited:
@@ -469,11 +473,12 @@ class ReverseProxy:
                 pages.send_page(request, pages.SERVICE_OVERLOADED, destination=route.target)
                 return server.NOT_DONE_YET
             self._acquire(service.account_id, request)
-        headers = self.upstream_headers(request, service, route, opts, identity)
+        headers = self.upstream_headers(request, service, route, opts, ctx.identity)
         url = f"{route.scheme}://{route.netloc}{target_path}".encode("latin-1")
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
                                  skip_verify=opts.skip_tls_verify, timeout=timeout)
-        exchange = _Exchange(self, request, service, route, opts, identity)
+        ctx.upstream_started = self.clock.seconds()
+        exchange = _Exchange(self, request, ctx, service, route, opts)
         exchange.start(agent, request.method, url, headers, _request_body(request), timeout)
         return server.NOT_DONE_YET
 
@@ -524,25 +529,23 @@ class ProxyResource(Resource):
     :class:`ReverseProxy`.
 
     ``lookup(domain)`` returns the :class:`ProxyService` for a Host without
-    port (exact match) or None; ``identity_of(request)`` and
-    ``overlay_of(request)`` default to the ``nbgw_identity`` and
-    ``nbgw_overlay`` request attributes set by the auth layer.
+    port (exact match) or None.  ``context_of(request)`` makes the request's
+    :class:`~nbgateway.routes.context.RequestContext` (default: a public,
+    unauthenticated one); the looked-up service is recorded in it.
     """
 
     isLeaf = True
 
     def __init__(self, proxy: ReverseProxy, lookup: Callable[[str], ProxyService | None], *,
-                 identity_of: Callable[[Any], Identity | None] | None = None,
-                 overlay_of: Callable[[Any], bool] | None = None) -> None:
+                 context_of: Callable[[Any], RequestContext] | None = None) -> None:
         super().__init__()
         self.proxy = proxy
         self.lookup = lookup
-        self.identity_of = identity_of or (lambda r: getattr(r, "nbgw_identity", None))
-        self.overlay_of = overlay_of or (lambda r: bool(getattr(r, "nbgw_overlay", False)))
+        self.context_of = context_of or (lambda r: RequestContext())
 
     def render(self, request: Any) -> Any:
         host = request.getHeader(b"host") or b""
         domain = host_without_port(host.decode("latin-1") if isinstance(host, bytes) else host)
-        return self.proxy.render(request, self.lookup(domain),
-                                 identity=self.identity_of(request),
-                                 overlay=self.overlay_of(request))
+        ctx = self.context_of(request)
+        ctx.service = self.lookup(domain)
+        return self.proxy.render(request, ctx)

@@ -36,6 +36,7 @@ from twisted.web.http_headers import Headers
 
 from nbgateway.proxy import pages
 from nbgateway.proxy.headers import filter_response_headers
+from nbgateway.routes.context import RequestContext
 
 log = Logger()
 
@@ -207,11 +208,12 @@ class _UpstreamSide(Protocol):
 class _Attempt:
     """One upgrade request: dial, write head, await the response head."""
 
-    def __init__(self, relay: UpgradeRelay, request: Any, service: Any, route: Any,
+    def __init__(self, relay: UpgradeRelay, request: Any, ctx: RequestContext, route: Any,
                  head: bytes, timeout: float) -> None:
         self.relay = relay
         self.request = request
-        self.service = service
+        self.context = ctx
+        self.service = ctx.service
         self.route = route
         self.head = head
         self.timeout = timeout
@@ -272,7 +274,7 @@ class _Attempt:
         from nbgateway.proxy.reverse import classify_error, note_dial_denial
 
         page = classify_error(exc, self.timed_out)
-        note_dial_denial(self.request, exc, self.relay.proxy, self.service)
+        note_dial_denial(self.context, exc, self.relay.proxy, self.service)
         log.warn("upgrade proxy error {status} {title}: {error}", status=page.code,
                  title=page.title, error=repr(exc), target=self.route.target)
         pages.send_page(self.request, page, destination=self.route.target)
@@ -349,9 +351,12 @@ class UpgradeRelay:
         self.max_per_domain = max_per_domain
         self._active: dict[str, set[_Splice]] = {}
 
-    def relay(self, request: Any, service: Any, route: Any, opts: Any, identity: Any,
+    def relay(self, request: Any, ctx: RequestContext, route: Any, opts: Any,
               dialer: Any, target_path: str, timeout: float) -> None:
         from nbgateway.dial import ProxyNotConnectedError
+
+        service = ctx.service
+        assert service is not None  # the proxy routed it
 
         if not hasattr(request.channel, "take_over"):
             # only StreamingHTTPChannel (ProxySite) can hand its connection over
@@ -361,7 +366,7 @@ class UpgradeRelay:
         if len(self._active.get(service.domain, ())) >= self.max_per_domain:
             pages.send_page(request, pages.SERVICE_OVERLOADED)
             return
-        headers = self.proxy.upstream_headers(request, service, route, opts, identity,
+        headers = self.proxy.upstream_headers(request, service, route, opts, ctx.identity,
                                               keep_upgrade=True)
         body = b""
         if getattr(request, "content", None) is not None:
@@ -371,7 +376,7 @@ class UpgradeRelay:
             headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
         head = _head_bytes(request.method + b" " + target_path.encode("latin-1") + b" HTTP/1.1",
                            headers) + body
-        attempt = _Attempt(self, request, service, route, head, timeout)
+        attempt = _Attempt(self, request, ctx, route, head, timeout)
         try:
             factory = self.proxy.pools.endpoint_factory(
                 dialer, timeout=timeout, skip_verify=opts.skip_tls_verify)

@@ -16,6 +16,7 @@ from nbgateway.dial.pool import UpstreamPools
 from nbgateway.dial.tunnel import TunnelDialer
 from nbgateway.proxy.reverse import ProxyResource, ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
+from nbgateway.routes.context import RequestContext
 from nbgateway.routes.paths import PathRouter, parse_target
 from nbgateway.routes.service import ProxyService, TargetOptions
 
@@ -99,18 +100,20 @@ class ProxyHarness:
         self.proxy = ReverseProxy(reactor, self.pools, self.dialer_for, **proxy_kw)
         self.identity: Any = None
         self.requests: list[Any] = []
+        self.contexts: list[RequestContext] = []
         self.overlay = overlay
-        res = ProxyResource(self.proxy, self.services.get, identity_of=self._identity,
-                            overlay_of=lambda r: self.overlay)
+        res = ProxyResource(self.proxy, self.services.get, context_of=self._context)
         self.site = RecordingSite(res)
         if streaming:
             self.site.requestFactory = ProxySite.requestFactory
             self.site.protocol = ProxySite.protocol
         self.port: Any = None
 
-    def _identity(self, request: Any) -> Any:
+    def _context(self, request: Any) -> RequestContext:
         self.requests.append(request)
-        return self.identity
+        ctx = RequestContext(overlay=self.overlay, identity=self.identity)
+        self.contexts.append(ctx)
+        return ctx
 
     def dialer_for(self, account_id: str, direct: bool) -> Any:
         return self.direct if direct else self.tunnel

@@ -55,6 +55,21 @@ class ReverseProxyTests(unittest.TestCase):
         self.assertIn("x-upstream: yes", head.lower())
 
     @defer.inlineCallbacks
+    def test_request_context_records_route_and_upstream_start(self):
+        svc = self.h.add("app.example", {"/api": self.up + "/", "/": self.up + "/root"})
+        status, _, _ = yield self.get("app.example", "/api/x")
+        self.assertEqual(status, 200)
+        ctx = self.h.contexts[-1]
+        self.assertIs(ctx.service, svc)
+        self.assertEqual(ctx.route.path, "/api")
+        self.assertIsNotNone(ctx.upstream_started)
+        # state travels in the context, never as attributes on the request
+        self.assertEqual([a for a in vars(self.h.requests[-1]) if a.startswith("nbgw")], [])
+        status, _, _ = yield self.get("nope.example", "/")
+        self.assertEqual(status, 404)
+        self.assertIsNone(self.h.contexts[-1].route)
+
+    @defer.inlineCallbacks
     def test_spoofed_identity_removed_without_identity(self):
         self.h.add("app.example", {"/": self.up + "/"})
         status, _, body = yield self.get("app.example", "/", "-H", "X-NetBird-User: mallory")

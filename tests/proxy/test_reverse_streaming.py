@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import HIGH_WATER
+from nbgateway.routes.context import RequestContext
 from nbgateway.routes.paths import PathRouter, parse_target
 from nbgateway.routes.service import ProxyService, TargetOptions
 
@@ -279,7 +280,7 @@ class DeadlineTests(unittest.SynchronousTestCase):
 
         body = Body()
         request = _FakeRequest(body)
-        proxy.render(request, service)
+        proxy.render(request, RequestContext(service=service))
         for _ in range(20):  # 20 s of a slow but moving upload
             body.sent += 4096
             clock.advance(0.99)
