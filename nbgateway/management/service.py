@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import timedelta
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -27,6 +28,12 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from nbgateway.management.api import build_site
+from nbgateway.management.retention import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_ROWS,
+    AccessLogRetention,
+    parse_max_age,
+)
 
 log = Logger()
 
@@ -93,7 +100,9 @@ class ManagementService(MultiService):
                  pool_size: int = 8, store: Any = None,
                  known_clusters: tuple[str, ...] = (),
                  grpc_addr: str | None = None, grpc_cert: str | None = None,
-                 grpc_key: str | None = None, grpc_insecure_bind_any: bool | None = None):
+                 grpc_key: str | None = None, grpc_insecure_bind_any: bool | None = None,
+                 access_log_max_age: timedelta | str | None = DEFAULT_MAX_AGE,
+                 access_log_max_rows: int | None = DEFAULT_MAX_ROWS):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -111,6 +120,13 @@ class ManagementService(MultiService):
         self._owns_store = store is None
         self.threadpool = ThreadPool(minthreads=0, maxthreads=pool_size,
                                      name="nbmanagement-store")
+        #: background pruning of the access log (age / per-account row count)
+        if isinstance(access_log_max_age, str):
+            access_log_max_age = parse_max_age(access_log_max_age)
+        self.retention = AccessLogRetention(lambda: self.store, self.threadpool, reactor,
+                                            max_age=access_log_max_age,
+                                            max_rows=access_log_max_rows)
+        self.retention.setServiceParent(self)
         self.port: Any = None
         self.admin_token_path = os.path.join(datadir, ADMIN_TOKEN_FILE)
         #: the gRPC side (ProxyService + the peers' ManagementService), if enabled

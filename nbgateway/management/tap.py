@@ -18,6 +18,12 @@ from nbgateway.management.grpcserver import (
     check_plaintext_bind,
     grpc_bind_address,
 )
+from nbgateway.management.retention import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_ROWS,
+    parse_max_age,
+    parse_max_rows,
+)
 from nbgateway.management.service import (
     DEFAULT_API_ADDR,
     DEFAULT_DATADIR,
@@ -46,6 +52,10 @@ SETTINGS = (
     ("grpc-key", None, "TLS private key (PEM) for the gRPC listener"),
     ("log-level", "info", "log level of every log destination (-l FILE, stdout, syslog): "
                           "panic, fatal, error, warn, info, debug or trace"),
+    ("access-log-max-age", DEFAULT_MAX_AGE, "access-log entries older than this are deleted "
+                                            "in the background (30d, 12h, 90m; 0 = keep)"),
+    ("access-log-max-rows", str(DEFAULT_MAX_ROWS), "most access-log entries kept per account, "
+                                                   "newest first (0 = no limit)"),
 )
 
 
@@ -105,6 +115,12 @@ class Options(OneLineUsage, usage.Options):
             log_level(self["log-level"])
         except ValueError as exc:
             raise usage.UsageError(f"--log-level: {exc}") from None
+        for flag, parse in (("access-log-max-age", parse_max_age),
+                            ("access-log-max-rows", parse_max_rows)):
+            try:
+                parse(self[flag])
+            except ValueError as exc:
+                raise usage.UsageError(f"--{flag}: {exc}") from None
         try:
             check_plaintext_bind(bind, tls=bool(self["grpc-cert"]),
                                  insecure_bind_any=bool(self["grpc-insecure-bind-any"]))
@@ -118,6 +134,8 @@ def makeService(options: Options) -> ManagementService:
     service = ManagementService(datadir=options["datadir"], api_addr=options["api-addr"],
                                 store_dsn=options["store-dsn"], grpc_addr=options["grpc-addr"],
                                 grpc_cert=options["grpc-cert"], grpc_key=options["grpc-key"],
-                                grpc_insecure_bind_any=bool(options["grpc-insecure-bind-any"]))
+                                grpc_insecure_bind_any=bool(options["grpc-insecure-bind-any"]),
+                                access_log_max_age=parse_max_age(options["access-log-max-age"]),
+                                access_log_max_rows=parse_max_rows(options["access-log-max-rows"]))
     filter_twistd_logs(service, "text", getattr(options, "parent", None))
     return service
