@@ -19,16 +19,13 @@ from __future__ import annotations
 import ipaddress
 import random
 import struct
-from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
 from nbgateway.netstack import wire
 from nbgateway.netstack.checksum import pseudo_sum_packed
+from nbgateway.netstack.iplayer import IIPLayer
 from nbgateway.netstack.wire import WireError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from nbgateway.netstack.stack import Stack
 
 _V4_UNREACH = {0: "net_unreachable", 1: "host_unreachable", 2: "protocol_unreachable",
                3: "port_unreachable", 4: "frag_needed", 9: "admin_prohibited",
@@ -64,7 +61,8 @@ class TokenBucket:
 
 
 class ICMPLayer:
-    def __init__(self, stack: Stack, *, error_rate: float = 100.0, error_burst: int = 50) -> None:
+    def __init__(self, stack: IIPLayer, *, error_rate: float = 100.0,
+                 error_burst: int = 50) -> None:
         self.stack = stack
         self.counters = stack.counters
         self.errors = TokenBucket(error_rate, error_burst)
@@ -84,7 +82,7 @@ class ICMPLayer:
             if not self._filtered(src, wire.PROTO_ICMP, peer_key):
                 reply = wire.emit_icmpv4(wire.ICMP4_ECHO_REPLY, 0, rest, msg[8:])
                 self.counters["icmp_echo_reply_tx"] += 1
-                self.stack._send_ip(dst, src, wire.PROTO_ICMP, reply)
+                self.stack.send_ip(dst, src, wire.PROTO_ICMP, reply)
         elif t == wire.ICMP4_ECHO_REPLY:
             self._echo_reply(src, rest, now)
         elif t == wire.ICMP4_DEST_UNREACH or t in (wire.ICMP4_TIME_EXCEEDED,
@@ -113,7 +111,7 @@ class ICMPLayer:
             if not self._filtered(src, wire.PROTO_ICMPV6, peer_key):
                 reply = wire.emit_icmpv6(dst, src, wire.ICMP6_ECHO_REPLY, 0, rest, msg[8:])
                 self.counters["icmp_echo_reply_tx"] += 1
-                self.stack._send_ip(dst, src, wire.PROTO_ICMPV6, reply)
+                self.stack.send_ip(dst, src, wire.PROTO_ICMPV6, reply)
         elif t == wire.ICMP6_ECHO_REPLY:
             self._echo_reply(src, rest, now)
         elif t < 128:
@@ -167,14 +165,14 @@ class ICMPLayer:
         mtu: int | None, now: float,
     ) -> None:
         stack = self.stack
-        local_obj = stack._local.get(local)
+        local_obj = stack.local_address(local)
         if local_obj is None:
             self.counters["drop_icmp_not_ours"] += 1
             return
         if proto == wire.PROTO_TCP:
             handler = getattr(stack.tcp, "icmp_error", None)
             if handler is not None:
-                handler(local_obj, stack._cache.obj(remote), inner, kind, mtu, now)
+                handler(local_obj, stack.address_object(remote), inner, kind, mtu, now)
         elif proto == wire.PROTO_UDP:
             sport, dport = struct.unpack_from("!HH", inner)
             stack.udp.icmp_error(local, remote, sport, dport, kind)
@@ -202,7 +200,7 @@ class ICMPLayer:
             msg = wire.emit_icmpv6(src, dst, icmp_type, code, rest, quote[:limit])
             proto = wire.PROTO_ICMPV6
         self.counters["icmp_error_tx"] += 1
-        return self.stack._send_ip(src, dst, proto, msg)
+        return self.stack.send_ip(src, dst, proto, msg)
 
     # ------------------------------------------------------------- ping
 
@@ -214,7 +212,7 @@ class ICMPLayer:
         with ``defer.TimeoutError`` (or ``OSError`` if it could not be sent)."""
         stack = self.stack
         d_raw = ipaddress.ip_address(dst).packed
-        src = stack._source_for(d_raw)
+        src = stack.source_for(d_raw)
         if src is None:
             return defer.fail(OSError(f"no local address for {dst}"))
         if len(self.pending_pings) >= MAX_PENDING_PINGS:
@@ -231,7 +229,7 @@ class ICMPLayer:
         d: defer.Deferred = defer.Deferred()
         key = (d_raw, self._ping_seq)
         self.pending_pings[key] = (d, now, now + timeout)
-        if not stack._send_ip(src, d_raw, proto, msg):
+        if not stack.send_ip(src, d_raw, proto, msg):
             del self.pending_pings[key]
             return defer.fail(OSError(f"echo request to {dst} was not sent"))
         stack.wakeup()

@@ -51,6 +51,7 @@ from nbgateway.netstack.checksum import fold, ones_sum
 from nbgateway.netstack.filter import PacketFilter
 from nbgateway.netstack.icmp import ICMPLayer
 from nbgateway.netstack.ip import AddressCache, Reassembler
+from nbgateway.netstack.iplayer import IIPLayer
 from nbgateway.netstack.udp import UDPLayer
 from nbgateway.netstack.wire import WireError
 
@@ -79,7 +80,7 @@ def _default_tcp_factory(stack: Stack) -> Any:
     return TCPLayer(stack)
 
 
-@implementer(IPacketBatchSink)
+@implementer(IPacketBatchSink, IIPLayer)
 class Stack:
     """One user-space IP stack bound to a set of tunnel addresses.
 
@@ -87,7 +88,8 @@ class Stack:
     ``addresses`` (tuple of ipaddress objects), ``counters``
     (``collections.Counter``), ``filter`` (:class:`PacketFilter`),
     ``fragments`` (:class:`Reassembler`), ``tcp``, ``udp``
-    (:class:`UDPLayer`), ``icmp`` (:class:`ICMPLayer`).
+    (:class:`UDPLayer`), ``icmp`` (:class:`ICMPLayer`).  The layers use only
+    the :class:`~nbgateway.netstack.iplayer.IIPLayer` interface it provides.
     """
 
     def __init__(
@@ -354,7 +356,7 @@ class Stack:
                                          wire.ICMP6_CODE_UNRECOGNIZED_NH, quote, now,
                                          pointer.to_bytes(4, "big"))
 
-    def _port_unreachable(
+    def port_unreachable(
         self, src: bytes, dst: bytes, quote: memoryview | bytes, now: float,
     ) -> None:
         """Called by the UDP layer for a datagram to a closed port."""
@@ -424,7 +426,7 @@ class Stack:
             ck = fold(ones_sum(segment, addr_sum + _UDP + n)) or 0xFFFF
             segment[6] = ck >> 8
             segment[7] = ck & 0xFF
-        return self._send_ip(s, d, protocol, segment, addr_sum)
+        return self.send_ip(s, d, protocol, segment, addr_sum)
 
     def _addr_sum(self, raw: bytes) -> int:
         sums = self._addr_sums
@@ -433,7 +435,7 @@ class Stack:
         v = sums[raw] = ones_sum(raw)
         return v
 
-    def _send_ip(
+    def send_ip(
         self, s: bytes, d: bytes, protocol: int, payload: bytes | bytearray,
         addr_sum: int | None = None,
     ) -> bool:
@@ -504,9 +506,21 @@ class Stack:
             self.counters["tx_refused"] += 1
         return ok
 
-    def _source_for(self, dst: bytes) -> bytes | None:
+    def source_for(self, dst: bytes) -> bytes | None:
         """The local address used to reach ``dst`` (first of its family)."""
         return self._first[4 if len(dst) == 4 else 6]
+
+    def local_address(self, raw: bytes) -> IPAddress | None:
+        """The ipaddress object of one of the stack's own addresses, or None."""
+        return self._local.get(raw)
+
+    def address_object(self, raw: bytes) -> IPAddress:
+        """The (cached) ipaddress object of a raw address."""
+        return self._cache.obj(raw)
+
+    def address_text(self, raw: bytes) -> str:
+        """The (cached) text form of a raw address."""
+        return self._cache.text(raw)
 
     def source_address(self, dst: IPAddress) -> IPAddress | None:
         """The stack address used as source towards ``dst`` (None if the stack

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import address, defer, error
 from twisted.internet.interfaces import IListeningPort, IUDPTransport
@@ -30,10 +30,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nbgateway.netstack import wire
+from nbgateway.netstack.iplayer import IIPLayer
 from nbgateway.netstack.wire import WireError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from nbgateway.netstack.stack import Stack
 
 EPHEMERAL_LOW = 49152
 EPHEMERAL_HIGH = 65535
@@ -44,7 +42,7 @@ log = Logger()
 class UDPLayer:
     """The socket table of one stack."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: IIPLayer) -> None:
         self.stack = stack
         self.counters = stack.counters
         self.sockets: dict[tuple[bytes, int], UDPPort] = {}
@@ -69,7 +67,7 @@ class UDPLayer:
             return
         if sock is None:
             self.counters["udp_no_port"] += 1
-            self.stack._port_unreachable(src, dst, quote, now)
+            self.stack.port_unreachable(src, dst, quote, now)
             return
         if sock.remote is not None and sock.remote != (src, sport):
             self.counters["drop_udp_not_connected"] += 1
@@ -157,10 +155,10 @@ class UDPPort:
 
     def getHost(self) -> address.IPv4Address | address.IPv6Address:
         if self.local:
-            text = self.stack._cache.text(self.local)
+            text = self.stack.address_text(self.local)
             cls = address.IPv4Address if len(self.local) == 4 else address.IPv6Address
             return cls("UDP", text, self.port)
-        if self.stack._first.get(4) is None:
+        if self.stack.source_for(b"\0\0\0\0") is None:
             return address.IPv6Address("UDP", "::", self.port)
         return address.IPv4Address("UDP", "0.0.0.0", self.port)
 
@@ -185,7 +183,7 @@ class UDPPort:
                 raise error.InvalidAddressError(str(addr), "address family mismatch")
             s_raw = self.local
         else:
-            s_raw = stack._source_for(d_raw)
+            s_raw = stack.source_for(d_raw)
             if s_raw is None:
                 raise error.InvalidAddressError(str(addr), "no local address of that family")
         n = len(datagram)
@@ -226,7 +224,7 @@ class UDPPort:
     def _deliver(self, src: bytes, sport: int, payload: memoryview) -> None:
         try:
             self.protocol.datagramReceived(
-                bytes(payload), (self.stack._cache.text(src), sport)
+                bytes(payload), (self.stack.address_text(src), sport)
             )
         except Exception:
             self.layer.counters["udp_protocol_error"] += 1
@@ -242,7 +240,7 @@ class UDPPort:
 
 
 def listen_udp(
-    stack: Stack, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192,
+    stack: IIPLayer, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192,
 ) -> UDPPort:
     """Bind ``protocol`` (a ``DatagramProtocol``) to ``interface:port`` on the
     stack, like ``reactor.listenUDP``.  ``interface`` is one of the stack's
@@ -256,7 +254,7 @@ def listen_udp(
             local = ipaddress.ip_address(interface).packed
         except ValueError:
             raise error.CannotListenError(interface, port, ValueError("not an IP")) from None
-        if local not in stack._local:
+        if stack.local_address(local) is None:
             raise error.CannotListenError(
                 interface, port, OSError("address not on this stack")
             )
