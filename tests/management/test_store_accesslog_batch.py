@@ -118,3 +118,23 @@ def test_prune_limit_validated(store, account):
 
     with pytest.raises(ValidationError):
         store.access_logs.prune_step(account.id, older_than=None, max_rows=1, limit=0)
+
+
+def test_list_and_retention_queries_use_the_account_time_index(store, account):
+    """The default list order (account, newest first) and retention's oldest-first
+    scan are answered from ix_access_log_entries_account_time, without a sort."""
+    import sqlalchemy as sa
+
+    store.access_logs.append_many(_entries(account.id, 50))
+    sql = ("SELECT id FROM access_log_entries WHERE account_id = :a "
+           "ORDER BY timestamp DESC, id DESC LIMIT 10")
+    with store._engine.connect() as conn:
+        if store.dialect == "postgresql":
+            conn.execute(sa.text("SET enable_seqscan = off"))
+            plan = "\n".join(r[0] for r in conn.execute(sa.text("EXPLAIN " + sql),
+                                                         {"a": account.id}))
+        else:
+            plan = "\n".join(str(r[-1]) for r in conn.execute(
+                sa.text("EXPLAIN QUERY PLAN " + sql), {"a": account.id}))
+    assert "ix_access_log_entries_account_time" in plan, plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan

@@ -310,7 +310,8 @@ access_log_entries = sa.Table(
     "access_log_entries",
     metadata,
     sa.Column("id", ID, primary_key=True),
-    sa.Column("account_id", ID, nullable=False, index=True),
+    # indexed by ix_access_log_entries_account_time below (revision 0004)
+    sa.Column("account_id", ID, nullable=False),
     sa.Column("service_id", ID, nullable=False, index=True),
     sa.Column("timestamp", UTCDateTime(), nullable=False, index=True),
     sa.Column("location_connection_ip", BoundedString(64), nullable=False),
@@ -333,4 +334,11 @@ access_log_entries = sa.Table(
     sa.Column("agent_network", sa.Boolean(), nullable=False),
     # revision 0002: nbgateway extension (not in upstream's schema)
     sa.Column("user_groups", sa.Text(), nullable=True),
+)
+# revision 0004: the account's entries by time (list sort, retention)
+sa.Index(
+    "ix_access_log_entries_account_time",
+    access_log_entries.c.account_id,
+    access_log_entries.c.timestamp,
+    access_log_entries.c.id,
 )
