@@ -383,6 +383,26 @@ SETTINGS: tuple[Setting, ...] = (
        "forward request header names containing '_' (dropped by default, as nginx; "
        "identity and forwarding headers are stripped in any spelling either way)",
        parse_bool, is_bool=True),
+    _s("acme_certs", "NB_PROXY_ACME_CERTIFICATES", "false",
+       "obtain certificates for public domains from an ACME server (--acme-dir)",
+       parse_bool, is_bool=True),
+    _s("acme_addr", "NB_PROXY_ACME_ADDRESS", ":80",
+       "listener HOST:PORT answering ACME http-01 challenges (http-01 only)", parse_listen),
+    _s("acme_dir", "NB_PROXY_ACME_DIRECTORY", "https://acme-v02.api.letsencrypt.org/directory",
+       "ACME directory URL (any RFC 8555 server)", parse_nonempty),
+    _s("acme_challenge_type", "NB_PROXY_ACME_CHALLENGE_TYPE", "tls-alpn-01",
+       "ACME challenge: tls-alpn-01 (on --addr) or http-01 (on --acme-addr)",
+       _choice(("tls-alpn-01", "http-01"))),
+    _s("acme_eab_kid", "NB_PROXY_ACME_EAB_KID", "",
+       "ACME external account binding key id", parse_text),
+    _s("acme_eab_hmac_key", "NB_PROXY_ACME_EAB_HMAC_KEY", "",
+       "ACME external account binding HMAC key, base64url (prefer the env var)",
+       parse_text, secret=True),
+    _s("acme_email", "NB_PROXY_ACME_EMAIL", "",
+       "contact email of the ACME account (optional)", parse_text),
+    _s("acme_ca_bundle", "NB_PROXY_ACME_CA_BUNDLE", "",
+       "PEM file of CAs trusted for the ACME directory's own HTTPS (empty: system store)",
+       parse_text),
     # environment-only
     _s("token", TOKEN_ENV, "", "proxy access token (required with --mgmt)", parse_text,
        flag=None, secret=True),
@@ -435,6 +455,14 @@ class Config:
     allow_insecure: bool
     tunnel_cache_ttl: float
     mapping_batch_watchdog: float
+    acme_certs: bool = False
+    acme_addr: HostPort | None = None
+    acme_dir: str = ""
+    acme_challenge_type: str = "tls-alpn-01"
+    acme_eab_kid: str = ""
+    acme_eab_hmac_key: str = ""
+    acme_email: str = ""
+    acme_ca_bundle: str = ""
 
     @property
     def embedded(self) -> bool:

@@ -162,6 +162,12 @@ class GatewayService(MultiService):
         #: a library host keeps its own signal handlers
         self.reload_on_sighup = False
         self._previous_sighup: Any = None
+        #: --acme-certs: certificates for public domains from an ACME server
+        self.acme: Any = None
+        if getattr(config, "acme_certs", False):
+            from nbgateway.acme.service import attach_acme
+
+            self.acme = attach_acme(self)
         if config.health_addr is not None:
             health_service(reactor, config.health_addr.endpoint(), self.health,
                            self.metrics.registry).setServiceParent(self)

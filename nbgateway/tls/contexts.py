@@ -87,8 +87,11 @@ class SNIServerCreator:
 
     def __init__(self, source: Any, default_name: str = "localhost", *,
                  listener_account: str | None = None,
-                 visible: Callable[[str, str | None], bool] | None = None) -> None:
+                 visible: Callable[[str, str | None], bool] | None = None,
+                 challenges: Any = None) -> None:
         self.source = source
+        #: pending tls-alpn-01 answers (nbgateway.acme.challenges), public listener
+        self.challenges = challenges
         self.default_name = default_name
         self.listener_account = listener_account
         self.visible = visible
@@ -99,7 +102,8 @@ class SNIServerCreator:
     def for_listener(self, listener_account: str | None) -> SNIServerCreator:
         """A creator for another listener sharing source, default and predicate."""
         return SNIServerCreator(self.source, self.default_name,
-                                listener_account=listener_account, visible=self.visible)
+                                listener_account=listener_account, visible=self.visible,
+                                challenges=self.challenges if listener_account is None else None)
 
     def _base_context(self) -> SSL.Context:
         if self._base is None:
@@ -119,6 +123,12 @@ class SNIServerCreator:
                     normalize_name(name), self.listener_account):
                 self.sni_hidden += 1
                 return  # the base context presents the default certificate
+            if self.challenges is not None and self.challenges.has_tls_alpn01(name):
+                from nbgateway.acme.challenges import tls_alpn_context
+
+                conn.set_context(tls_alpn_context(self.challenges,
+                                                  self.source.certificate_for(name)))
+                return
             conn.set_context(context_for(self.source.certificate_for(name)))
         except Exception:  # keep the default certificate rather than abort
             log.failure("choosing a certificate for {name!r} failed", name=name)

@@ -1,0 +1,232 @@
+"""The blocking ACME conversation (``acme`` + ``josepy``), meant to run on a
+worker thread, never on the reactor thread.
+
+:class:`AcmeAccount` owns the account: an EC P-256 key created once as
+``<data dir>/acme/account.key`` (mode 0600) and the account URL in
+``account.json`` next to it, so a restart signs in with the stored account
+instead of registering a new one.  :meth:`AcmeAccount.issue` orders one
+certificate for one domain: it publishes each challenge answer through the
+given callbacks (which hop to the reactor thread), tells the server to
+validate, waits for the order, and returns the PEM chain and a fresh key.
+
+Errors are :class:`AcmeError` with ``retry_after`` (epoch seconds) when the
+server sent a Retry-After, e.g. with ``rateLimited``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import email.utils
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import josepy as jose
+from acme import challenges, client, crypto_util, errors, messages
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+TLS_ALPN_01 = "tls-alpn-01"
+HTTP_01 = "http-01"
+CHALLENGE_TYPES = (TLS_ALPN_01, HTTP_01)
+USER_AGENT = "nbgateway-acme"
+ORDER_TIMEOUT = 90.0
+
+
+class AcmeError(Exception):
+    """An order failed; ``retry_after`` is when the server allows the next."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Issued:
+    fullchain_pem: bytes
+    key_pem: bytes
+
+
+@challenges.ChallengeResponse.register
+class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+    """The (empty) response posted to a tls-alpn-01 challenge URL (RFC 8737);
+    ``acme`` no longer ships the tls-alpn-01 classes, and their wire form is
+    that of http-01."""
+
+    typ = TLS_ALPN_01
+
+
+@challenges.Challenge.register
+class TLSALPN01(challenges.KeyAuthorizationChallenge):
+    """The tls-alpn-01 challenge (answered with a certificate, see
+    :func:`nbgateway.acme.challenges.tls_alpn_certificate`)."""
+
+    response_cls = TLSALPN01Response
+    typ = response_cls.typ
+
+    def validation(self, account_key: jose.JWK, **unused: Any) -> None:
+        return None
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return datetime.datetime.now(datetime.UTC).timestamp() + float(int(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return parsed.timestamp() if parsed is not None else None
+
+
+class AcmeAccount:
+    """See the module docstring.  Every method blocks: worker threads only."""
+
+    def __init__(self, directory_url: str, state_dir: str, *, email: str = "",
+                 eab_kid: str = "", eab_hmac_key: str = "", ca_bundle: str = "",
+                 challenge_type: str = TLS_ALPN_01, timeout: int = 30) -> None:
+        if challenge_type not in CHALLENGE_TYPES:
+            raise ValueError(f"unknown challenge type {challenge_type!r}")
+        self.directory_url = directory_url
+        self.state_dir = state_dir
+        self.email = email
+        self.eab_kid = eab_kid
+        self.eab_hmac_key = eab_hmac_key
+        self.verify: bool | str = ca_bundle or True
+        self.challenge_type = challenge_type
+        self.timeout = timeout
+        self.key_path = os.path.join(state_dir, "account.key")
+        self.account_path = os.path.join(state_dir, "account.json")
+        self.jwk = self._load_or_create_key()
+        self._client: client.ClientV2 | None = None
+        self.registrations = 0  # new accounts registered by this process
+
+    # -- the account -------------------------------------------------------------
+    def _load_or_create_key(self) -> jose.JWKEC:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        if not os.path.exists(self.key_path):
+            key = ec.generate_private_key(ec.SECP256R1())
+            write_private(self.key_path, key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+        with open(self.key_path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+        return jose.JWKEC(key=key)
+
+    def thumbprint(self) -> str:
+        return jose.b64encode(self.jwk.thumbprint()).decode("ascii")
+
+    def key_authorization(self, token: str) -> str:
+        return f"{token}.{self.thumbprint()}"
+
+    def _stored_account(self) -> messages.RegistrationResource | None:
+        try:
+            with open(self.account_path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if data.get("directory") != self.directory_url or not data.get("uri"):
+            return None
+        return messages.RegistrationResource(uri=data["uri"], body=messages.Registration())
+
+    def client(self) -> client.ClientV2:
+        if self._client is not None:
+            return self._client
+        net = client.ClientNetwork(self.jwk, alg=jose.ES256, verify_ssl=self.verify,
+                                   user_agent=USER_AGENT, timeout=self.timeout)
+        directory = client.ClientV2.get_directory(self.directory_url, net)
+        acme_client = client.ClientV2(directory, net)
+        regr = self._stored_account()
+        if regr is None:
+            regr = self._register(acme_client, directory)
+        net.account = regr
+        self._client = acme_client
+        return acme_client
+
+    def _register(self, acme_client: client.ClientV2,
+                  directory: messages.Directory) -> messages.RegistrationResource:
+        eab = None
+        if self.eab_kid:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=self.jwk.public_key(), kid=self.eab_kid,
+                hmac_key=self.eab_hmac_key, directory=directory)
+        reg = messages.NewRegistration.from_data(
+            email=self.email or None, terms_of_service_agreed=True,
+            external_account_binding=eab)
+        try:
+            regr = acme_client.new_account(reg)
+        except errors.ConflictError as exc:  # the key already has an account
+            regr = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
+        self.registrations += 1
+        write_private(self.account_path, json.dumps(
+            {"directory": self.directory_url, "uri": regr.uri}).encode())
+        return regr
+
+    # -- orders ------------------------------------------------------------------
+    def issue(self, domain: str, publish: Callable[[str, str, str], Any],
+              unpublish: Callable[[str, str, str], Any]) -> Issued:
+        """Order a certificate for ``domain``.  ``publish(type, domain_or_token,
+        key_authorization)`` must make the answer servable before it returns."""
+        try:
+            return self._issue(domain, publish, unpublish)
+        except AcmeError:
+            self._client = None
+            raise
+        except (errors.Error, messages.Error, OSError, ValueError) as exc:
+            self._client = None  # fresh directory and nonces next time
+            raise AcmeError(f"{type(exc).__name__}: {exc}", _retry_after(exc)) from exc
+        except Exception as exc:  # requests' exceptions and the like
+            self._client = None
+            raise AcmeError(f"{type(exc).__name__}: {exc}", _retry_after(exc)) from exc
+
+    def _issue(self, domain: str, publish: Callable[[str, str, str], Any],
+               unpublish: Callable[[str, str, str], Any]) -> Issued:
+        acme_client = self.client()
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        csr = crypto_util.make_csr(key_pem, [domain])
+        order = acme_client.new_order(csr)
+        published: list[tuple[str, str, str]] = []
+        try:
+            for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue  # reused authorization
+                challb = next((c for c in authz.body.challenges
+                               if c.chall.typ == self.challenge_type), None)
+                if challb is None:
+                    raise AcmeError(f"the server offers no {self.challenge_type} challenge "
+                                    f"for {domain}")
+                token = challb.chall.encode("token")
+                response = challb.chall.response(self.jwk)
+                keyauth = response.key_authorization
+                handle = (self.challenge_type, domain if self.challenge_type == TLS_ALPN_01
+                          else token, keyauth)
+                publish(*handle)
+                published.append(handle)
+                acme_client.answer_challenge(challb, response)
+            deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
+            order = acme_client.poll_and_finalize(order, deadline)
+        finally:
+            for handle in published:
+                with contextlib.suppress(Exception):  # best effort; the responder is bounded
+                    unpublish(*handle)
+        if not order.fullchain_pem:
+            raise AcmeError(f"the order for {domain} returned no certificate")
+        return Issued(order.fullchain_pem.encode("ascii"), key_pem)

@@ -1,0 +1,127 @@
+"""The sans-IO renewal schedule: which domain needs an ACME order, and when.
+
+A domain is *wanted* while a public mapping names it.  It is due at once when
+it has no certificate, at two thirds of its certificate's lifetime otherwise
+(or at the renewal time the server's ARI offered, when given).  A failed
+attempt is retried after an exponential backoff (``base`` doubling per
+consecutive failure up to ``cap``) with +-``jitter`` spread, or later when the
+server asked for it (Retry-After).  At most ``concurrency`` orders run at once.
+Nothing here does I/O or reads a clock: every call is fed ``now`` (seconds).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DEFAULT_BACKOFF_BASE = 60.0
+DEFAULT_BACKOFF_CAP = 6 * 3600.0
+DEFAULT_JITTER = 0.2
+RENEW_FRACTION = 2.0 / 3.0
+
+
+@dataclass
+class DomainState:
+    """What the schedule knows about one domain."""
+
+    name: str
+    next_at: float = 0.0
+    not_before: float | None = None
+    not_after: float | None = None
+    failures: int = 0
+    last_error: str = ""
+    in_flight: bool = False
+    attempts: int = 0
+
+
+class RenewalSchedule:
+    """See the module docstring."""
+
+    def __init__(self, *, backoff_base: float = DEFAULT_BACKOFF_BASE,
+                 backoff_cap: float = DEFAULT_BACKOFF_CAP, jitter: float = DEFAULT_JITTER,
+                 concurrency: int = 1, max_domains: int = 10_000,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.jitter = jitter
+        self.concurrency = concurrency
+        self.max_domains = max_domains
+        self.rand = rand
+        self.domains: dict[str, DomainState] = {}
+
+    # -- what the mappings say ------------------------------------------------
+    def want(self, name: str, now: float) -> bool:
+        """Track ``name`` (due now unless already tracked); False when full."""
+        if name in self.domains:
+            return True
+        if len(self.domains) >= self.max_domains:
+            return False
+        self.domains[name] = DomainState(name, next_at=now)
+        return True
+
+    def drop(self, name: str) -> None:
+        self.domains.pop(name, None)
+
+    # -- what the certificate directory says -----------------------------------
+    def have_certificate(self, name: str, not_before: float, not_after: float,
+                         renew_at: float | None = None) -> None:
+        """A certificate for ``name`` exists: next attempt at its renewal time."""
+        st = self.domains.get(name)
+        if st is None:
+            return
+        st.not_before, st.not_after = not_before, not_after
+        st.next_at = renew_at if renew_at is not None else self.renewal_time(not_before,
+                                                                             not_after)
+
+    @staticmethod
+    def renewal_time(not_before: float, not_after: float) -> float:
+        return not_before + (not_after - not_before) * RENEW_FRACTION
+
+    # -- the orders ----------------------------------------------------------
+    def due(self, now: float) -> list[str]:
+        """Domains to order now (marked in flight), within the concurrency."""
+        free = self.concurrency - sum(1 for s in self.domains.values() if s.in_flight)
+        out: list[str] = []
+        for st in sorted(self.domains.values(), key=lambda s: (s.next_at, s.name)):
+            if free <= 0 or st.next_at > now:
+                break
+            if st.in_flight:
+                continue
+            st.in_flight = True
+            st.attempts += 1
+            out.append(st.name)
+            free -= 1
+        return out
+
+    def succeeded(self, name: str, not_before: float, not_after: float,
+                  renew_at: float | None = None) -> None:
+        st = self.domains.get(name)
+        if st is None:
+            return
+        st.in_flight = False
+        st.failures = 0
+        st.last_error = ""
+        self.have_certificate(name, not_before, not_after, renew_at)
+
+    def failed(self, name: str, now: float, error: str,
+               retry_after: float | None = None) -> float | None:
+        """Record a failed attempt; returns the time of the next one."""
+        st = self.domains.get(name)
+        if st is None:
+            return None
+        st.in_flight = False
+        st.failures += 1
+        st.last_error = error
+        delay = min(self.backoff_cap, self.backoff_base * 2 ** (st.failures - 1))
+        delay *= 1.0 + self.jitter * (2.0 * self.rand() - 1.0)
+        when = now + delay
+        if retry_after is not None:
+            when = max(when, retry_after)
+        st.next_at = when
+        return when
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`due` next has something (None: nothing waits)."""
+        times = [s.next_at for s in self.domains.values() if not s.in_flight]
+        return min(times) if times else None
