@@ -121,8 +121,8 @@ def withheld_comment(peer: WithheldPeer) -> list[str]:
     """The comment lines that say why a proxy peer is not a ``[Peer]``."""
     groups = ", ".join(comment_text(g, 60) for g in list(peer.groups)[:10])
     lines = [f"# The gateway {comment_text(peer.cluster, 100)} is left out of this config: "
-             "this peer is in", "# none of the access groups of its private services, so "
-             "the gateway would drop", "# its handshakes."]
+             "this peer is in", "# none of the access groups of its private services and no "
+             "service targets it,", "# so the gateway would drop its handshakes."]
     if groups:
         lines.append(f"# Add this peer to one of: {groups}; then fetch this config again.")
     else:
