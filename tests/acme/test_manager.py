@@ -1,0 +1,207 @@
+"""The ACME manager on a task.Clock with a fake account: orders per public
+mapping without blocking, atomic files picked up at once, the old certificate
+serving until a new one exists, backoff and Retry-After, status updates,
+metrics, restart without reorders, corrupt files skipped, an unreachable
+server failing cleanly."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from prometheus_client import CollectorRegistry, generate_latest
+from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, succeed
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.acme.challenges import ChallengeResponder
+from nbgateway.acme.client import AcmeAccount, AcmeError, Issued
+from nbgateway.acme.manager import AcmeManager
+from nbgateway.acme.schedule import RenewalSchedule
+from nbgateway.mgmt.fake import FakeManagementClient
+from nbgateway.tls.certstore import CertificateStore, LocalCA
+
+NAME = "pub.example.test"
+
+
+class FakeAccount:
+    """Issues from a throwaway CA (``days`` lifetime) or fails as told."""
+
+    def __init__(self, tmp: str) -> None:
+        self.ca = LocalCA(os.path.join(tmp, "issuer"), "fake ACME CA")
+        self.orders: list[str] = []
+        self.errors: list[Exception] = []
+        self.days = 90
+
+    def issue(self, domain, publish, unpublish) -> Issued:
+        self.orders.append(domain)
+        if self.errors:
+            raise self.errors.pop(0)
+        ck = self.ca.issue(domain, days=self.days)
+        key = ck.key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption())
+        return Issued(ck.cert_pem(), key)
+
+
+def _run_now(f, *a):
+    try:
+        return succeed(f(*a))
+    except Exception as exc:
+        return fail(exc)
+
+
+def _mapping(domain: str = NAME, *, private: bool = False, sid: str = "svc-1"):
+    return pb.ProxyMapping(id=sid, account_id="acct", domain=domain, private=private)
+
+
+@pytest.fixture
+def world(tmp_path):
+    clock = task.Clock()
+    clock.advance(time.time())
+    cert_dir = str(tmp_path / "certs")
+    store = CertificateStore(cert_dir, None, str(tmp_path / "data"), serves=lambda n: True)
+    account = FakeAccount(str(tmp_path))
+    mgmt = FakeManagementClient()
+    manager = AcmeManager(account, store, ChallengeResponder(), clock=clock, cert_dir=cert_dir,
+                          mgmt=mgmt, run_in_thread=_run_now,
+                          schedule=RenewalSchedule(backoff_base=60.0, rand=lambda: 0.5),
+                          call_from_thread=lambda f, *a: f(*a))
+    manager.start()
+    return clock, store, account, mgmt, manager, cert_dir
+
+
+def _issuer(store, name=NAME) -> str:
+    return store.certificate_for(name).cert.issuer.rfc4514_string()
+
+
+def test_order_per_public_mapping_written_and_served(world):
+    clock, store, account, mgmt, manager, cert_dir = world
+    assert manager.mapping_added(_mapping()) is None
+    manager.mapping_added(_mapping("private.example.test", private=True, sid="svc-2"))
+    assert account.orders == []  # nothing happens inside mapping application
+    clock.advance(0)
+    assert account.orders == [NAME]
+    assert "fake ACME CA" in _issuer(store)
+    for suffix in (".crt", ".key"):
+        path = os.path.join(cert_dir, f"acme_{NAME}{suffix}")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    issued = [c for c in mgmt.calls_to("send_status_update") if c.get("certificate_issued")]
+    assert issued and issued[0]["status"] == pb.PROXY_STATUS_ACTIVE
+    registry = CollectorRegistry()
+    registry.register(manager.stats)
+    text = generate_latest(registry).decode()
+    assert 'nbgateway_acme_orders_total{result="issued"} 1.0' in text
+
+
+def test_order_that_never_answers_blocks_nothing(world, tmp_path):
+    clock, store, account, mgmt, manager, cert_dir = world
+    manager.run_in_thread = lambda f, *a: Deferred()  # an ACME server that never answers
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    manager.mapping_added(_mapping("two.example.test", sid="svc-2"))
+    assert "local CA" in _issuer(store)  # the fallback serves meanwhile
+
+
+def test_failure_keeps_fallback_reports_and_backs_off(world):
+    clock, store, account, mgmt, manager, cert_dir = world
+    account.errors = [AcmeError("connection refused"), AcmeError("again")]
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    assert "local CA" in _issuer(store)
+    failed = [c for c in mgmt.calls_to("send_status_update")
+              if c["status"] == pb.PROXY_STATUS_CERTIFICATE_FAILED]
+    assert failed and "connection refused" in failed[0]["error_message"]
+    clock.advance(59)
+    assert len(account.orders) == 1
+    clock.advance(1)
+    assert len(account.orders) == 2  # after 60 s
+    clock.advance(119)
+    assert len(account.orders) == 2
+    clock.advance(1)
+    assert len(account.orders) == 3  # after another 120 s: success
+    assert "fake ACME CA" in _issuer(store)
+    assert manager.stats.orders == {"failed": 2, "issued": 1}
+
+
+def test_retry_after_respected(world):
+    clock, store, account, mgmt, manager, cert_dir = world
+    account.errors = [AcmeError("rateLimited", retry_after=clock.seconds() + 3600)]
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    clock.advance(3599)
+    assert len(account.orders) == 1
+    clock.advance(1)
+    assert len(account.orders) == 2
+
+
+def test_renewal_at_two_thirds_old_certificate_serves_until_new(world):
+    clock, store, account, mgmt, manager, cert_dir = world
+    account.days = 3
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    first = store.certificate_for(NAME).cert
+    # LocalCA backdates by 1 h: lifetime 3 d + 1 h, renewal at two thirds
+    lifetime = (first.not_valid_after_utc - first.not_valid_before_utc).total_seconds()
+    renew_at = first.not_valid_before_utc.timestamp() + lifetime * 2 / 3
+    held: list[Deferred] = []
+    manager.run_in_thread = lambda f, *a: held.append(Deferred()) or held[-1]
+    clock.advance(renew_at - clock.seconds() - 1)
+    assert held == []
+    clock.advance(1)
+    assert len(held) == 1
+    assert store.certificate_for(NAME).cert == first  # still the old one
+    account.orders.clear()
+    held[0].callback(account.issue(NAME, None, None))
+    assert store.certificate_for(NAME).cert != first
+
+
+def test_restart_reuses_stored_certificate(world, tmp_path):
+    clock, store, account, mgmt, manager, cert_dir = world
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    manager.stop()
+    store2 = CertificateStore(cert_dir, None, str(tmp_path / "data"), serves=lambda n: True)
+    again = AcmeManager(account, store2, ChallengeResponder(), clock=clock, cert_dir=cert_dir,
+                        run_in_thread=_run_now)
+    again.start()
+    again.mapping_added(_mapping())
+    clock.advance(3600)
+    assert account.orders == [NAME]
+
+
+def test_removed_mapping_stops_orders(world):
+    clock, store, account, mgmt, manager, cert_dir = world
+    account.errors = [AcmeError("x")]
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    manager.mapping_removed(_mapping())
+    clock.advance(3600)
+    assert account.orders == [NAME]
+
+
+def test_corrupt_certificate_file_skipped_others_serve(world):
+    clock, store, account, mgmt, manager, cert_dir = world
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    with open(os.path.join(cert_dir, "acme_broken.example.test.crt"), "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    with open(os.path.join(cert_dir, "acme_broken.example.test.key"), "w") as f:
+        f.write("garbage")
+    store.reload()
+    assert "fake ACME CA" in _issuer(store)
+    assert "local CA" in _issuer(store, "broken.example.test")
+
+
+def test_unreachable_server_is_a_clean_acme_error(tmp_path):
+    account = AcmeAccount("http://127.0.0.1:9/directory", str(tmp_path / "acme"), timeout=2)
+    assert stat.S_IMODE(os.stat(account.key_path).st_mode) == 0o600
+    with pytest.raises(AcmeError):
+        account.issue(NAME, lambda *a: None, lambda *a: None)
+    # the key is created once and kept
+    key = open(account.key_path, "rb").read()
+    assert open(AcmeAccount("http://127.0.0.1:9/d", str(tmp_path / "acme")).key_path,
+                "rb").read() == key
