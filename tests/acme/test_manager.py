@@ -98,7 +98,7 @@ def test_order_per_public_mapping_written_and_served(world):
 
 
 def test_order_that_never_answers_blocks_nothing(world, tmp_path):
-    clock, store, account, mgmt, manager, cert_dir = world
+    clock, store, _account, _mgmt, manager, _cert_dir = world
     manager.run_in_thread = lambda f, *a: Deferred()  # an ACME server that never answers
     manager.mapping_added(_mapping())
     clock.advance(0)
@@ -107,7 +107,7 @@ def test_order_that_never_answers_blocks_nothing(world, tmp_path):
 
 
 def test_failure_keeps_fallback_reports_and_backs_off(world):
-    clock, store, account, mgmt, manager, cert_dir = world
+    clock, store, account, mgmt, manager, _cert_dir = world
     account.errors = [AcmeError("connection refused"), AcmeError("again")]
     manager.mapping_added(_mapping())
     clock.advance(0)
@@ -128,7 +128,7 @@ def test_failure_keeps_fallback_reports_and_backs_off(world):
 
 
 def test_retry_after_respected(world):
-    clock, store, account, mgmt, manager, cert_dir = world
+    clock, _store, account, _mgmt, manager, _cert_dir = world
     account.errors = [AcmeError("rateLimited", retry_after=clock.seconds() + 3600)]
     manager.mapping_added(_mapping())
     clock.advance(0)
@@ -139,7 +139,7 @@ def test_retry_after_respected(world):
 
 
 def test_renewal_at_two_thirds_old_certificate_serves_until_new(world):
-    clock, store, account, mgmt, manager, cert_dir = world
+    clock, store, account, _mgmt, manager, _cert_dir = world
     account.days = 3
     manager.mapping_added(_mapping())
     clock.advance(0)
@@ -160,7 +160,7 @@ def test_renewal_at_two_thirds_old_certificate_serves_until_new(world):
 
 
 def test_restart_reuses_stored_certificate(world, tmp_path):
-    clock, store, account, mgmt, manager, cert_dir = world
+    clock, _store, account, _mgmt, manager, cert_dir = world
     manager.mapping_added(_mapping())
     clock.advance(0)
     manager.stop()
@@ -174,7 +174,7 @@ def test_restart_reuses_stored_certificate(world, tmp_path):
 
 
 def test_removed_mapping_stops_orders(world):
-    clock, store, account, mgmt, manager, cert_dir = world
+    clock, _store, account, _mgmt, manager, _cert_dir = world
     account.errors = [AcmeError("x")]
     manager.mapping_added(_mapping())
     clock.advance(0)
@@ -184,7 +184,7 @@ def test_removed_mapping_stops_orders(world):
 
 
 def test_corrupt_certificate_file_skipped_others_serve(world):
-    clock, store, account, mgmt, manager, cert_dir = world
+    clock, store, _account, _mgmt, manager, cert_dir = world
     manager.mapping_added(_mapping())
     clock.advance(0)
     with open(os.path.join(cert_dir, "acme_broken.example.test.crt"), "w") as f:
@@ -202,6 +202,7 @@ def test_unreachable_server_is_a_clean_acme_error(tmp_path):
     with pytest.raises(AcmeError):
         account.issue(NAME, lambda *a: None, lambda *a: None)
     # the key is created once and kept
-    key = open(account.key_path, "rb").read()
-    assert open(AcmeAccount("http://127.0.0.1:9/d", str(tmp_path / "acme")).key_path,
-                "rb").read() == key
+    with open(account.key_path, "rb") as f:
+        key = f.read()
+    with open(AcmeAccount("http://127.0.0.1:9/d", str(tmp_path / "acme")).key_path, "rb") as f:
+        assert f.read() == key
