@@ -59,6 +59,8 @@ class SessionStore:
         signed_in = session.token is not None
         table = self._table(signed_in)
         cap = self._caps[0] if signed_in else self._caps[1]
+        if len(table) >= cap:
+            self.sweep()  # expired sessions go before live ones are evicted
         while len(table) >= cap:
             table.popitem(last=False)  # least recently used goes first
             self.evicted += 1
