@@ -28,6 +28,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
+from nbgateway import tunnels
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
@@ -406,6 +407,13 @@ class GatewayService(MultiService):
                 signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         if self.mgmt is not None:
             self.mgmt.subscribe_mappings(self.store)
+        tunnels.registry.register(self, self.tunnel_stack)  # nbtunnel: endpoints
+
+    def tunnel_stack(self, account_id: str) -> Any:
+        """The netstack of ``account_id``'s tunnel, or None while the account
+        has no running tunnel here (what ``nbtunnel:`` endpoints use)."""
+        runtime = self.accounts.get(account_id)
+        return runtime.stack if runtime is not None else None
 
     #: how often a graceful shutdown re-checks for in-flight requests (seconds)
     drain_poll = 0.05
@@ -423,6 +431,7 @@ class GatewayService(MultiService):
 
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
+        tunnels.registry.unregister(self)
         self.health.begin_shutdown()
         self.certificates.stop()
         self.proxy.upgrades.close_all()

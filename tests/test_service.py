@@ -14,17 +14,21 @@ import ipaddress
 import json
 
 from twisted.internet import defer, reactor
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
+from nbgateway import tunnels
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.config import load
 from nbgateway.mgmt.fake import FakeManagementClient
 from nbgateway.mgmt.netmap import AccountNetwork, DnsRecord, DnsZone, InboundRule, RosterPeer
-from nbgateway.netstack.endpoints import TunnelAgentEndpointFactory
+from nbgateway.netstack.endpoints import TunnelAgentEndpointFactory, TunnelServerEndpoint
 from nbgateway.netstack.stack import Stack
 from nbgateway.service import GatewayService
 from nbgateway.wireguard import udp
@@ -140,6 +144,41 @@ class GatewayServiceTests(unittest.TestCase):
         statuses = self.mgmt.calls_to("send_status_update")
         self.assertEqual(statuses[-1]["inbound_listener"], (GATEWAY_IP, 443, 80))
         self.assertEqual(self.mgmt.calls_to("create_proxy_peer")[0]["cluster"], "gw.test")
+
+    @defer.inlineCallbacks
+    def test_nbtunnel_client_endpoint_dials_through_the_running_gateway(self):
+        # a host application's unchanged Agent, given only endpoint strings,
+        # reaches a peer through the account's tunnel of this gateway
+        runtime = self.svc.accounts.get("acct")
+        self.assertIs(tunnels.registry.stack_for("acct"), runtime.stack)
+        # the peer speaks first (the roster carries no endpoint; WireGuard
+        # learns it from the peer's handshake), as a NetBird peer would
+        yield self.get()
+        peer_port = yield TunnelServerEndpoint(self.client_stack, 9000).listen(
+            server.Site(Echo()))
+        self.addCleanup(peer_port.stopListening)
+
+        @implementer(IAgentEndpointFactory)
+        class Strings:
+            def endpointForURI(self, uri):
+                return clientFromString(
+                    reactor, f"nbtunnel:account=acct:host={uri.host.decode()}:port={uri.port}")
+
+        resp = yield Agent.usingEndpointFactory(reactor, Strings()).request(
+            b"GET", f"http://{CLIENT_IP}:9000/".encode(),
+            Headers({b"x-probe": [b"1"], b"connection": [b"close"]}))
+        body = yield readBody(resp)
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(json.loads(body)["x-probe"], ["1"])
+        with self.assertRaises(tunnels.NoTunnelError):
+            tunnels.registry.stack_for("other-account")
+
+    @defer.inlineCallbacks
+    def test_stopped_gateway_leaves_the_tunnel_registry(self):
+        yield self.svc.stopService()
+        with self.assertRaises(tunnels.NoTunnelError):
+            tunnels.registry.stack_for("acct")
+        self.svc.stopService = lambda: defer.succeed(None)  # tearDown: already stopped
 
     @defer.inlineCallbacks
     def test_unvalidated_peer_is_forbidden(self):
