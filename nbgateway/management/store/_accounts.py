@@ -1,4 +1,10 @@
-"""Store part: accounts, bootstrap, users, groups, peers, personal access tokens."""
+"""Store part: the account, user, group and peer repositories.
+
+:class:`AccountRepository` (``store.accounts``: accounts, bootstrap, deletion),
+:class:`UserRepository` (``store.users``: users and personal access tokens),
+:class:`GroupRepository` (``store.groups``) and :class:`PeerRepository`
+(``store.peers``: overlay addresses, keys, memberships, connection state).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from nbgateway.management.model import (
     utcnow,
 )
 from nbgateway.management.store import _secrets
-from nbgateway.management.store._base import StoreBase, Tx, dumps, loads
+from nbgateway.management.store._base import Repository, Tx, dumps, loads
 from nbgateway.management.store.schema import (
     access_log_entries,
     accounts,
@@ -110,14 +116,437 @@ def row_pat(r: sa.Row) -> PersonalAccessToken:
     )
 
 
-class AccountsMixin(StoreBase):
+class AccountRepository(Repository):
+    """Accounts: creation (with the first admin), bootstrap of the default
+    account, deletion of everything an account owns.
+
+    Reached as ``store.accounts``."""
+
     # --- helpers usable inside transactions -------------------------------------
 
-    def _require_account(self, conn: Connection, account_id: str) -> Account:
+    def require(self, conn: Connection, account_id: str) -> Account:
         row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
         if row is None:
             raise NotFound("account not found")
         return row_account(row)
+
+    def _insert_account(self, tx: Tx, account: Account) -> Account:
+        _check_text("account name", account.name)
+        if len(account.name.encode()) > MAX_NAME:
+            raise ValidationError(f"account name exceeds maximum length of {MAX_NAME} characters")
+        ipam.parse_network(account.network_v4, 4)
+        account = dataclasses.replace(
+            account,
+            id=account.id or new_id(),
+            network_v6=account.network_v6 or ipam.generate_ula_network(),
+            created_at=account.created_at or utcnow(),
+        )
+        ipam.parse_network(account.network_v6, 6)
+        if tx.conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account.id)).first():
+            raise Conflict("account already exists")
+        tx.conn.execute(
+            sa.insert(accounts).values(
+                id=account.id,
+                domain=account.domain,
+                network_v4=account.network_v4,
+                network_v6=account.network_v6,
+                created_at=account.created_at,
+                name=account.name or None,
+            )
+        )
+        tx.conn.execute(
+            sa.insert(groups).values(
+                id=new_id(), account_id=account.id, name=ALL_GROUP, issued="api"
+            )
+        )
+        tx.changed(ChangeKind.ACCOUNT, account.id, account.id)
+        return account
+
+    # --- accounts ---------------------------------------------------------------
+
+    def create(self, account: Account) -> Account:
+        """Create an account (id generated when empty; v6 ULA /64 generated when
+        ``network_v6`` is empty) together with its ``All`` group."""
+        return self._store._write(
+            account.id or "new-account", lambda tx: self._insert_account(tx, account)
+        )
+
+    def create_with_admin(
+        self, name: str, *, admin_email: str = "", domain: str = "netbird.selfhosted"
+    ) -> Bootstrap:
+        """Create an account (own ``All`` group, default overlay networks, so its
+        tunnel addresses may overlap other accounts'), its first admin (role
+        ``owner``, never an instance admin) and that admin's first personal access
+        token, in one transaction. The plain token is returned only here."""
+        _check_name("account", name)
+
+        def run(tx: Tx) -> Bootstrap:
+            account = self._insert_account(tx, Account(name=name.strip(), domain=domain))
+            admin = self._store.users._insert_user(
+                tx,
+                User(
+                    account_id=account.id,
+                    email=admin_email,
+                    name="admin",
+                    role="owner",
+                ),
+            )
+            _, plain = self._store.users._insert_pat(
+                tx, account.id, admin.id, "first admin token", None, ""
+            )
+            return Bootstrap(account=account, admin_user=admin, admin_token=plain)
+
+        return self._store._write("new-account", run)
+
+    def delete(self, account_id: str) -> None:
+        """Delete an account with everything in it. The bootstrap account cannot be
+        deleted (BadRequest); NotFound ``account not found``."""
+        if account_id == DEFAULT_ACCOUNT_ID:
+            raise BadRequest("the bootstrap account cannot be deleted")
+
+        def run(tx: Tx) -> None:
+            conn = tx.conn
+            self.require(conn, account_id)
+            # rows without a foreign key to accounts go explicitly; the rest cascade,
+            # but SQLite enforces cascades only with foreign keys on, so be explicit
+            service_ids = list(
+                conn.execute(
+                    sa.select(services.c.id).where(services.c.account_id == account_id)
+                ).scalars()
+            )
+            if service_ids:
+                conn.execute(sa.delete(targets).where(targets.c.service_id.in_(service_ids)))
+            token_ids = list(
+                conn.execute(
+                    sa.select(proxy_access_tokens.c.id).where(
+                        proxy_access_tokens.c.account_id == account_id
+                    )
+                ).scalars()
+            )
+            for table in (
+                personal_access_tokens,
+                group_peers,
+                services,
+                peers,
+                groups,
+                users,
+                access_log_entries,
+                proxy_access_tokens,
+                proxy_inbound_listeners,
+                proxies,
+                domains,
+            ):
+                conn.execute(sa.delete(table).where(table.c.account_id == account_id))
+            conn.execute(sa.delete(accounts).where(accounts.c.id == account_id))
+            for sid in service_ids:
+                tx.changed(ChangeKind.SERVICE_DELETED, account_id, sid)
+            if token_ids:  # connected gateways holding one of them are cut off
+                tx.changed(ChangeKind.PROXY_TOKEN, account_id, *token_ids)
+            tx.changed(ChangeKind.ACCOUNT, account_id, account_id)
+
+        self._store._write(account_id, run)
+
+    def get(self, account_id: str) -> Account:
+        """NotFound ``account not found``."""
+        with self._store._read() as conn:
+            return self.require(conn, account_id)
+
+    def list(self) -> list[Account]:
+        """All accounts, oldest first (the default account of a fresh install is first)."""
+        with self._store._read() as conn:
+            rows = conn.execute(
+                sa.select(accounts).order_by(accounts.c.created_at, accounts.c.id)
+            ).all()
+        return [row_account(r) for r in rows]
+
+    def ensure_default(
+        self, *, domain: str = "netbird.selfhosted", admin_email: str = "admin@localhost"
+    ) -> Bootstrap:
+        """Create, once, the default account with its ``All`` group, an admin user
+        and a first admin personal access token.
+
+        Returns the plain token only from the call that created it (``None`` later).
+        """
+
+        def run(tx: Tx) -> Bootstrap:
+            row = tx.conn.execute(
+                sa.select(accounts).where(accounts.c.id == DEFAULT_ACCOUNT_ID)
+            ).first()
+            if row is not None:
+                account = row_account(row)
+                admin = tx.conn.execute(
+                    sa.select(users)
+                    .where(users.c.account_id == account.id, users.c.role.in_(("owner", "admin")))
+                    .order_by(users.c.created_at, users.c.id)
+                ).first()
+                if admin is None:
+                    raise NotFound("default account has no admin user")
+                return Bootstrap(account=account, admin_user=row_user(admin), admin_token=None)
+            account = self._insert_account(tx, Account(id=DEFAULT_ACCOUNT_ID, domain=domain))
+            admin = User(
+                id="admin",
+                account_id=account.id,
+                email=admin_email,
+                name="admin",
+                role="owner",
+                created_at=utcnow(),
+                instance_admin=True,
+            )
+            self._store.users._insert_user(tx, admin)
+            _, plain = self._store.users._insert_pat(
+                tx, account.id, admin.id, "first admin token", None, ""
+            )
+            return Bootstrap(account=account, admin_user=admin, admin_token=plain)
+
+        return self._store._write(DEFAULT_ACCOUNT_ID, run)
+
+
+class UserRepository(Repository):
+    """Users of an account and their personal access tokens.
+
+    Reached as ``store.users``."""
+
+    # --- users ------------------------------------------------------------------
+
+    def _insert_user(self, tx: Tx, user: User) -> User:
+        conn = tx.conn
+        self._store.accounts.require(conn, user.account_id)
+        if user.role not in USER_ROLES:
+            raise ValidationError(f"invalid user role {user.role!r}")
+        self._store.groups._check_group_ids(conn, user.account_id, user.auto_groups, "auto group")
+        user = dataclasses.replace(
+            user, id=user.id or new_id(), created_at=user.created_at or utcnow()
+        )
+        if conn.execute(sa.select(users.c.id).where(users.c.id == user.id)).first():
+            raise Conflict("user already exists")
+        conn.execute(
+            sa.insert(users).values(
+                **self._user_values(user),
+                id=user.id,
+                account_id=user.account_id,
+                created_at=user.created_at,
+                instance_admin=user.instance_admin or None,
+            )
+        )
+        tx.changed(ChangeKind.USER, user.account_id, user.id)
+        return user
+
+    @staticmethod
+    def _user_values(user: User) -> dict:
+        for what, value in (("user id", user.id), ("email", user.email), ("user name", user.name)):
+            _check_text(what, value)
+        return {
+            "email": user.email,
+            "name": user.name,
+            "role": user.role,
+            "is_service_user": user.is_service_user,
+            "auto_groups": dumps(list(user.auto_groups)),
+            "blocked": user.blocked or user.pending_approval,
+            "pending_approval": user.pending_approval,
+        }
+
+    def create(self, user: User) -> User:
+        """Create a user. ValidationError for unknown ``auto_groups`` ids or a bad role."""
+        return self._store._write(user.account_id, lambda tx: self._insert_user(tx, user))
+
+    def get(self, account_id: str, user_id: str) -> User:
+        """NotFound ``user not found`` (also for a user of another account)."""
+        with self._store._read() as conn:
+            row = conn.execute(
+                sa.select(users).where(users.c.id == user_id, users.c.account_id == account_id)
+            ).first()
+        if row is None:
+            raise NotFound("user not found")
+        return row_user(row)
+
+    def find(self, user_id: str) -> User | None:
+        """Look a user up by id in any account (ValidateSession's ``sub`` lookup)."""
+        with self._store._read() as conn:
+            row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
+        return row_user(row) if row else None
+
+    def list(self, account_id: str) -> list[User]:
+        """All users of the account, by id."""
+        with self._store._read() as conn:
+            rows = conn.execute(
+                sa.select(users).where(users.c.account_id == account_id).order_by(users.c.id)
+            ).all()
+        return [row_user(r) for r in rows]
+
+    def update(self, user: User) -> User:
+        """Full replace of the mutable fields (email, name, role, is_service_user,
+        auto_groups, blocked, pending_approval)."""
+
+        def run(tx: Tx) -> User:
+            conn = tx.conn
+            row = conn.execute(
+                sa.select(users).where(users.c.id == user.id, users.c.account_id == user.account_id)
+            ).first()
+            if row is None:
+                raise NotFound("user not found")
+            if user.role not in USER_ROLES:
+                raise ValidationError(f"invalid user role {user.role!r}")
+            self._store.groups._check_group_ids(
+                conn, user.account_id, user.auto_groups, "auto group"
+            )
+            conn.execute(
+                sa.update(users).where(users.c.id == user.id).values(**self._user_values(user))
+            )
+            tx.changed(ChangeKind.USER, user.account_id, user.id)
+            return row_user(conn.execute(sa.select(users).where(users.c.id == user.id)).one())
+
+        return self._store._write(user.account_id, run)
+
+    def delete(self, account_id: str, user_id: str) -> None:
+        """Delete a user, its personal access tokens, and unset ``user_id`` on its peers."""
+
+        def run(tx: Tx) -> None:
+            conn = tx.conn
+            res = conn.execute(
+                sa.delete(users).where(users.c.id == user_id, users.c.account_id == account_id)
+            )
+            if res.rowcount == 0:
+                raise NotFound("user not found")
+            conn.execute(
+                sa.delete(personal_access_tokens).where(personal_access_tokens.c.user_id == user_id)
+            )
+            owned = sorted(
+                conn.execute(
+                    sa.select(peers.c.id).where(
+                        peers.c.account_id == account_id, peers.c.user_id == user_id
+                    )
+                ).scalars()
+            )
+            conn.execute(
+                sa.update(peers)
+                .where(peers.c.account_id == account_id, peers.c.user_id == user_id)
+                .values(user_id=None)
+            )
+            tx.changed(ChangeKind.USER, account_id, user_id)
+            if owned:
+                tx.changed(ChangeKind.PEER, account_id, *owned)
+
+        self._store._write(account_id, run)
+
+    # --- personal access tokens --------------------------------------------------
+
+    def _insert_pat(
+        self,
+        tx: Tx,
+        account_id: str,
+        user_id: str,
+        name: str,
+        expires_at: datetime | None,
+        created_by: str,
+    ) -> tuple[PersonalAccessToken, str]:
+        _check_name("token", name)
+        if not tx.conn.execute(
+            sa.select(users.c.id).where(users.c.id == user_id, users.c.account_id == account_id)
+        ).first():
+            raise NotFound("user not found")
+        plain = _secrets.generate_token(_secrets.PAT_PREFIX)
+        pat = PersonalAccessToken(
+            id=new_id(),
+            account_id=account_id,
+            user_id=user_id,
+            name=name,
+            hashed_token=_secrets.hash_token(plain),
+            expires_at=expires_at,
+            created_by=created_by or user_id,
+            created_at=utcnow(),
+        )
+        tx.conn.execute(sa.insert(personal_access_tokens).values(**dataclasses.asdict(pat)))
+        tx.changed(ChangeKind.PERSONAL_ACCESS_TOKEN, account_id, pat.id)
+        return pat, plain
+
+    def create_token(
+        self,
+        account_id: str,
+        user_id: str,
+        name: str,
+        *,
+        expires_at: datetime | None = None,
+        created_by: str = "",
+    ) -> tuple[PersonalAccessToken, str]:
+        """Create a PAT (``nbp_`` + 30 base62 + 6-char CRC32); returns row and plain."""
+        return self._store._write(
+            account_id,
+            lambda tx: self._insert_pat(tx, account_id, user_id, name, expires_at, created_by),
+        )
+
+    def list_tokens(
+        self, account_id: str, user_id: str
+    ) -> list[PersonalAccessToken]:
+        """The user's tokens (hashes only), oldest first."""
+        t = personal_access_tokens
+        with self._store._read() as conn:
+            rows = conn.execute(
+                sa.select(t)
+                .where(t.c.account_id == account_id, t.c.user_id == user_id)
+                .order_by(t.c.created_at, t.c.id)
+            ).all()
+        return [row_pat(r) for r in rows]
+
+    def delete_token(self, account_id: str, user_id: str, token_id: str) -> None:
+        """NotFound ``token not found``."""
+        t = personal_access_tokens
+
+        def run(tx: Tx) -> None:
+            res = tx.conn.execute(
+                sa.delete(t).where(
+                    t.c.id == token_id, t.c.account_id == account_id, t.c.user_id == user_id
+                )
+            )
+            if res.rowcount == 0:
+                raise NotFound("token not found")
+            tx.changed(ChangeKind.PERSONAL_ACCESS_TOKEN, account_id, token_id)
+
+        self._store._write(account_id, run)
+
+    def authenticate_token(
+        self, plain: str, *, now: datetime | None = None
+    ) -> tuple[User, PersonalAccessToken]:
+        """Resolve ``Authorization: Token <plain>``. Unauthenticated for a bad,
+        unknown, revoked or expired token, or a blocked/pending user."""
+        if not _secrets.token_format_ok(plain, _secrets.PAT_PREFIX):
+            raise Unauthenticated("invalid token format")
+        now = now or utcnow()
+        t = personal_access_tokens
+        with self._store._read() as conn:
+            row = conn.execute(
+                sa.select(t).where(t.c.hashed_token == _secrets.hash_token(plain))
+            ).first()
+            if row is None:
+                raise Unauthenticated("invalid token")
+            pat = row_pat(row)
+            if not pat.is_valid(now):
+                raise Unauthenticated("token expired or revoked")
+            urow = conn.execute(
+                sa.select(users).where(
+                    users.c.id == pat.user_id, users.c.account_id == pat.account_id
+                )
+            ).first()
+        if urow is None:
+            raise Unauthenticated("invalid token")
+        user = row_user(urow)
+        if user.blocked or user.pending_approval:
+            raise Unauthenticated("user is blocked")
+        if pat.last_used is None or (now - pat.last_used).total_seconds() >= 60:
+            self._touch(t, pat.id, pat.account_id, now)
+            pat = dataclasses.replace(pat, last_used=now)
+        return user, pat
+
+    def _touch(self, table: sa.Table, token_id: str, scope: str | None, now: datetime) -> None:
+        def run(tx: Tx) -> None:
+            tx.conn.execute(sa.update(table).where(table.c.id == token_id).values(last_used=now))
+
+        self._store._write(scope or "", run)
+
+
+class GroupRepository(Repository):
+    """Groups of an account and their peer memberships.
+
+    Reached as ``store.groups``."""
 
     def _group_members(self, conn: Connection, group_ids: Sequence[str]) -> dict[str, list[str]]:
         members: dict[str, list[str]] = {gid: [] for gid in group_ids}
@@ -145,6 +574,195 @@ class AccountsMixin(StoreBase):
             )
             for r in rows
         ]
+
+    def _check_group_ids(
+        self, conn: Connection, account_id: str, ids: Sequence[str], what: str
+    ) -> None:
+        wanted = list(ids)
+        if not wanted:
+            return
+        found = set(
+            conn.execute(
+                sa.select(groups.c.id).where(
+                    groups.c.account_id == account_id, groups.c.id.in_(set(wanted))
+                )
+            ).scalars()
+        )
+        for gid in wanted:
+            if gid not in found:
+                raise ValidationError(f"{what} {gid!r} not found in account")
+
+    # --- groups -----------------------------------------------------------------
+
+    def create(self, group: Group) -> Group:
+        """Create a group. ValidationError for an empty name or unknown peer ids;
+        Conflict ``group with name %q already exists``."""
+
+        def run(tx: Tx) -> Group:
+            conn = tx.conn
+            self._store.accounts.require(conn, group.account_id)
+            _check_name("group", group.name)
+            self._store.peers._check_peer_ids(conn, group.account_id, group.peers)
+            self._check_group_name_free(conn, group.account_id, group.name, None)
+            gid = group.id or new_id()
+            if conn.execute(sa.select(groups.c.id).where(groups.c.id == gid)).first():
+                raise Conflict("group already exists")
+            conn.execute(
+                sa.insert(groups).values(
+                    id=gid, account_id=group.account_id, name=group.name, issued=group.issued
+                )
+            )
+            self._replace_members(conn, group.account_id, gid, group.peers)
+            tx.changed(ChangeKind.GROUP, group.account_id, gid)
+            return self._load_groups(conn, groups.c.id == gid)[0]
+
+        return self._store._write(group.account_id, run)
+
+    def _check_group_name_free(
+        self, conn: Connection, account_id: str, name: str, own_id: str | None
+    ) -> None:
+        q = sa.select(groups.c.id).where(groups.c.account_id == account_id, groups.c.name == name)
+        for gid in conn.execute(q).scalars():
+            if gid != own_id:
+                raise Conflict(f"group with name {name!r} already exists")
+
+    def _replace_members(
+        self, conn: Connection, account_id: str, group_id: str, peer_ids: Sequence[str]
+    ) -> None:
+        conn.execute(sa.delete(group_peers).where(group_peers.c.group_id == group_id))
+        for pos, pid in enumerate(dict.fromkeys(peer_ids)):
+            conn.execute(
+                sa.insert(group_peers).values(
+                    group_id=group_id, peer_id=pid, account_id=account_id, position=pos
+                )
+            )
+
+    def _require_group(self, conn: Connection, account_id: str, group_id: str) -> sa.Row:
+        row = conn.execute(
+            sa.select(groups).where(groups.c.id == group_id, groups.c.account_id == account_id)
+        ).first()
+        if row is None:
+            raise NotFound("group not found")
+        return row
+
+    def get(self, account_id: str, group_id: str) -> Group:
+        """NotFound ``group not found``."""
+        with self._store._read() as conn:
+            self._require_group(conn, account_id, group_id)
+            return self._load_groups(conn, groups.c.id == group_id)[0]
+
+    def list(self, account_id: str) -> list[Group]:
+        """All groups of the account with their member peer ids, by group id."""
+        with self._store._read() as conn:
+            return self._load_groups(conn, groups.c.account_id == account_id)
+
+    def update(self, group: Group) -> Group:
+        """Full replace (name, issued, member peers)."""
+
+        def run(tx: Tx) -> Group:
+            conn = tx.conn
+            row = self._require_group(conn, group.account_id, group.id)
+            _check_name("group", group.name)
+            if row.name == ALL_GROUP and group.name != ALL_GROUP:
+                raise BadRequest("updating group ALL is not allowed")
+            self._check_group_name_free(conn, group.account_id, group.name, group.id)
+            self._store.peers._check_peer_ids(conn, group.account_id, group.peers)
+            conn.execute(
+                sa.update(groups)
+                .where(groups.c.id == group.id)
+                .values(name=group.name, issued=group.issued)
+            )
+            self._replace_members(conn, group.account_id, group.id, group.peers)
+            tx.changed(ChangeKind.GROUP, group.account_id, group.id)
+            return self._load_groups(conn, groups.c.id == group.id)[0]
+
+        return self._store._write(group.account_id, run)
+
+    def delete(self, account_id: str, group_id: str) -> None:
+        """Delete a group. GroupInUse ``group has been linked to reverse proxy
+        service: <domain>`` when a private service lists it in access_groups or an
+        enabled bearer config lists it in distribution_groups; BadRequest for the
+        ``All`` group. The id is removed from users' ``auto_groups``."""
+
+        def run(tx: Tx) -> None:
+            conn = tx.conn
+            row = self._require_group(conn, account_id, group_id)
+            if row.name == ALL_GROUP:
+                raise BadRequest("deleting group ALL is not allowed")
+            self._check_group_unused(conn, account_id, group_id)
+            conn.execute(sa.delete(groups).where(groups.c.id == group_id))
+            for u in conn.execute(sa.select(users).where(users.c.account_id == account_id)).all():
+                auto = loads(u.auto_groups) or []
+                if group_id in auto:
+                    conn.execute(
+                        sa.update(users)
+                        .where(users.c.id == u.id)
+                        .values(auto_groups=dumps([g for g in auto if g != group_id]))
+                    )
+                    tx.changed(ChangeKind.USER, account_id, u.id)
+            tx.changed(ChangeKind.GROUP, account_id, group_id)
+
+        self._store._write(account_id, run)
+
+    def _check_group_unused(self, conn: Connection, account_id: str, group_id: str) -> None:
+        q = sa.select(
+            services.c.domain, services.c.private, services.c.access_groups, services.c.auth
+        ).where(services.c.account_id == account_id)
+        for domain, private, access_groups, auth in conn.execute(q.order_by(services.c.domain)):
+            if private and group_id in (loads(access_groups) or ()):
+                raise GroupInUse(f"group has been linked to reverse proxy service: {domain}")
+            bearer = (loads(auth) or {}).get("bearer_auth") or {}
+            if bearer.get("enabled") and group_id in (bearer.get("distribution_groups") or ()):
+                raise GroupInUse(f"group has been linked to reverse proxy service: {domain}")
+
+    def _edit_members(
+        self, account_id: str, group_id: str, peer_ids: Sequence[str], add: bool
+    ) -> Group:
+        def run(tx: Tx) -> Group:
+            conn = tx.conn
+            self._require_group(conn, account_id, group_id)
+            current = self._group_members(conn, [group_id])[group_id]
+            if add:
+                self._store.peers._check_peer_ids(conn, account_id, peer_ids)
+                new = current + [p for p in dict.fromkeys(peer_ids) if p not in current]
+            else:
+                drop = set(peer_ids)
+                new = [p for p in current if p not in drop]
+            if new != current:
+                self._replace_members(conn, account_id, group_id, new)
+                tx.changed(ChangeKind.GROUP, account_id, group_id)
+            return self._load_groups(conn, groups.c.id == group_id)[0]
+
+        return self._store._write(account_id, run)
+
+    def add_peers(self, account_id: str, group_id: str, peer_ids: Sequence[str]) -> Group:
+        """Atomically add members (idempotent)."""
+        return self._edit_members(account_id, group_id, peer_ids, add=True)
+
+    def remove_peers(
+        self, account_id: str, group_id: str, peer_ids: Sequence[str]
+    ) -> Group:
+        """Atomically remove members (missing members ignored)."""
+        return self._edit_members(account_id, group_id, peer_ids, add=False)
+
+    def resolve(self, account_id: str, group_ids: Sequence[str]) -> list[Group]:
+        """Groups for ``group_ids`` in the given order, ids that do not resolve
+        skipped (pairs ids with names for tokens and ValidateSession)."""
+        with self._store._read() as conn:
+            found = {
+                g.id: g
+                for g in self._load_groups(
+                    conn,
+                    sa.and_(groups.c.account_id == account_id, groups.c.id.in_(set(group_ids))),
+                )
+            }
+        return [found[g] for g in group_ids if g in found]
+
+
+class PeerRepository(Repository):
+    """Peers of an account: overlay address allocation, keys, group membership, connection state.
+
+    Reached as ``store.peers``."""
 
     def _peer_groups(self, conn: Connection, peer_ids: Sequence[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {pid: [] for pid in peer_ids}
@@ -184,23 +802,6 @@ class AccountsMixin(StoreBase):
             )
             for r in rows
         ]
-
-    def _check_group_ids(
-        self, conn: Connection, account_id: str, ids: Sequence[str], what: str
-    ) -> None:
-        wanted = list(ids)
-        if not wanted:
-            return
-        found = set(
-            conn.execute(
-                sa.select(groups.c.id).where(
-                    groups.c.account_id == account_id, groups.c.id.in_(set(wanted))
-                )
-            ).scalars()
-        )
-        for gid in wanted:
-            if gid not in found:
-                raise ValidationError(f"{what} {gid!r} not found in account")
 
     def _check_peer_ids(self, conn: Connection, account_id: str, ids: Sequence[str]) -> None:
         if not ids:
@@ -248,461 +849,9 @@ class AccountsMixin(StoreBase):
             )
         return removed | set(added)
 
-    def _insert_account(self, tx: Tx, account: Account) -> Account:
-        _check_text("account name", account.name)
-        if len(account.name.encode()) > MAX_NAME:
-            raise ValidationError(f"account name exceeds maximum length of {MAX_NAME} characters")
-        ipam.parse_network(account.network_v4, 4)
-        account = dataclasses.replace(
-            account,
-            id=account.id or new_id(),
-            network_v6=account.network_v6 or ipam.generate_ula_network(),
-            created_at=account.created_at or utcnow(),
-        )
-        ipam.parse_network(account.network_v6, 6)
-        if tx.conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account.id)).first():
-            raise Conflict("account already exists")
-        tx.conn.execute(
-            sa.insert(accounts).values(
-                id=account.id,
-                domain=account.domain,
-                network_v4=account.network_v4,
-                network_v6=account.network_v6,
-                created_at=account.created_at,
-                name=account.name or None,
-            )
-        )
-        tx.conn.execute(
-            sa.insert(groups).values(
-                id=new_id(), account_id=account.id, name=ALL_GROUP, issued="api"
-            )
-        )
-        tx.changed(ChangeKind.ACCOUNT, account.id, account.id)
-        return account
-
-    # --- accounts ---------------------------------------------------------------
-
-    def create_account(self, account: Account) -> Account:
-        """Create an account (id generated when empty; v6 ULA /64 generated when
-        ``network_v6`` is empty) together with its ``All`` group."""
-        return self._write(
-            account.id or "new-account", lambda tx: self._insert_account(tx, account)
-        )
-
-    def create_account_with_admin(
-        self, name: str, *, admin_email: str = "", domain: str = "netbird.selfhosted"
-    ) -> Bootstrap:
-        """Create an account (own ``All`` group, default overlay networks, so its
-        tunnel addresses may overlap other accounts'), its first admin (role
-        ``owner``, never an instance admin) and that admin's first personal access
-        token, in one transaction. The plain token is returned only here."""
-        _check_name("account", name)
-
-        def run(tx: Tx) -> Bootstrap:
-            account = self._insert_account(tx, Account(name=name.strip(), domain=domain))
-            admin = self._insert_user(
-                tx,
-                User(
-                    account_id=account.id,
-                    email=admin_email,
-                    name="admin",
-                    role="owner",
-                ),
-            )
-            _, plain = self._insert_pat(tx, account.id, admin.id, "first admin token", None, "")
-            return Bootstrap(account=account, admin_user=admin, admin_token=plain)
-
-        return self._write("new-account", run)
-
-    def delete_account(self, account_id: str) -> None:
-        """Delete an account with everything in it. The bootstrap account cannot be
-        deleted (BadRequest); NotFound ``account not found``."""
-        if account_id == DEFAULT_ACCOUNT_ID:
-            raise BadRequest("the bootstrap account cannot be deleted")
-
-        def run(tx: Tx) -> None:
-            conn = tx.conn
-            self._require_account(conn, account_id)
-            # rows without a foreign key to accounts go explicitly; the rest cascade,
-            # but SQLite enforces cascades only with foreign keys on, so be explicit
-            service_ids = list(
-                conn.execute(
-                    sa.select(services.c.id).where(services.c.account_id == account_id)
-                ).scalars()
-            )
-            if service_ids:
-                conn.execute(sa.delete(targets).where(targets.c.service_id.in_(service_ids)))
-            token_ids = list(
-                conn.execute(
-                    sa.select(proxy_access_tokens.c.id).where(
-                        proxy_access_tokens.c.account_id == account_id
-                    )
-                ).scalars()
-            )
-            for table in (
-                personal_access_tokens,
-                group_peers,
-                services,
-                peers,
-                groups,
-                users,
-                access_log_entries,
-                proxy_access_tokens,
-                proxy_inbound_listeners,
-                proxies,
-                domains,
-            ):
-                conn.execute(sa.delete(table).where(table.c.account_id == account_id))
-            conn.execute(sa.delete(accounts).where(accounts.c.id == account_id))
-            for sid in service_ids:
-                tx.changed(ChangeKind.SERVICE_DELETED, account_id, sid)
-            if token_ids:  # connected gateways holding one of them are cut off
-                tx.changed(ChangeKind.PROXY_TOKEN, account_id, *token_ids)
-            tx.changed(ChangeKind.ACCOUNT, account_id, account_id)
-
-        self._write(account_id, run)
-
-    def get_account(self, account_id: str) -> Account:
-        """NotFound ``account not found``."""
-        with self._read() as conn:
-            return self._require_account(conn, account_id)
-
-    def list_accounts(self) -> list[Account]:
-        """All accounts, oldest first (the default account of a fresh install is first)."""
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(accounts).order_by(accounts.c.created_at, accounts.c.id)
-            ).all()
-        return [row_account(r) for r in rows]
-
-    def ensure_default_account(
-        self, *, domain: str = "netbird.selfhosted", admin_email: str = "admin@localhost"
-    ) -> Bootstrap:
-        """Create, once, the default account with its ``All`` group, an admin user
-        and a first admin personal access token.
-
-        Returns the plain token only from the call that created it (``None`` later).
-        """
-
-        def run(tx: Tx) -> Bootstrap:
-            row = tx.conn.execute(
-                sa.select(accounts).where(accounts.c.id == DEFAULT_ACCOUNT_ID)
-            ).first()
-            if row is not None:
-                account = row_account(row)
-                admin = tx.conn.execute(
-                    sa.select(users)
-                    .where(users.c.account_id == account.id, users.c.role.in_(("owner", "admin")))
-                    .order_by(users.c.created_at, users.c.id)
-                ).first()
-                if admin is None:
-                    raise NotFound("default account has no admin user")
-                return Bootstrap(account=account, admin_user=row_user(admin), admin_token=None)
-            account = self._insert_account(tx, Account(id=DEFAULT_ACCOUNT_ID, domain=domain))
-            admin = User(
-                id="admin",
-                account_id=account.id,
-                email=admin_email,
-                name="admin",
-                role="owner",
-                created_at=utcnow(),
-                instance_admin=True,
-            )
-            self._insert_user(tx, admin)
-            _, plain = self._insert_pat(tx, account.id, admin.id, "first admin token", None, "")
-            return Bootstrap(account=account, admin_user=admin, admin_token=plain)
-
-        return self._write(DEFAULT_ACCOUNT_ID, run)
-
-    # --- users ------------------------------------------------------------------
-
-    def _insert_user(self, tx: Tx, user: User) -> User:
-        conn = tx.conn
-        self._require_account(conn, user.account_id)
-        if user.role not in USER_ROLES:
-            raise ValidationError(f"invalid user role {user.role!r}")
-        self._check_group_ids(conn, user.account_id, user.auto_groups, "auto group")
-        user = dataclasses.replace(
-            user, id=user.id or new_id(), created_at=user.created_at or utcnow()
-        )
-        if conn.execute(sa.select(users.c.id).where(users.c.id == user.id)).first():
-            raise Conflict("user already exists")
-        conn.execute(
-            sa.insert(users).values(
-                **self._user_values(user),
-                id=user.id,
-                account_id=user.account_id,
-                created_at=user.created_at,
-                instance_admin=user.instance_admin or None,
-            )
-        )
-        tx.changed(ChangeKind.USER, user.account_id, user.id)
-        return user
-
-    @staticmethod
-    def _user_values(user: User) -> dict:
-        for what, value in (("user id", user.id), ("email", user.email), ("user name", user.name)):
-            _check_text(what, value)
-        return {
-            "email": user.email,
-            "name": user.name,
-            "role": user.role,
-            "is_service_user": user.is_service_user,
-            "auto_groups": dumps(list(user.auto_groups)),
-            "blocked": user.blocked or user.pending_approval,
-            "pending_approval": user.pending_approval,
-        }
-
-    def create_user(self, user: User) -> User:
-        """Create a user. ValidationError for unknown ``auto_groups`` ids or a bad role."""
-        return self._write(user.account_id, lambda tx: self._insert_user(tx, user))
-
-    def get_user(self, account_id: str, user_id: str) -> User:
-        """NotFound ``user not found`` (also for a user of another account)."""
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(users).where(users.c.id == user_id, users.c.account_id == account_id)
-            ).first()
-        if row is None:
-            raise NotFound("user not found")
-        return row_user(row)
-
-    def find_user(self, user_id: str) -> User | None:
-        """Look a user up by id in any account (ValidateSession's ``sub`` lookup)."""
-        with self._read() as conn:
-            row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
-        return row_user(row) if row else None
-
-    def list_users(self, account_id: str) -> list[User]:
-        """All users of the account, by id."""
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(users).where(users.c.account_id == account_id).order_by(users.c.id)
-            ).all()
-        return [row_user(r) for r in rows]
-
-    def update_user(self, user: User) -> User:
-        """Full replace of the mutable fields (email, name, role, is_service_user,
-        auto_groups, blocked, pending_approval)."""
-
-        def run(tx: Tx) -> User:
-            conn = tx.conn
-            row = conn.execute(
-                sa.select(users).where(users.c.id == user.id, users.c.account_id == user.account_id)
-            ).first()
-            if row is None:
-                raise NotFound("user not found")
-            if user.role not in USER_ROLES:
-                raise ValidationError(f"invalid user role {user.role!r}")
-            self._check_group_ids(conn, user.account_id, user.auto_groups, "auto group")
-            conn.execute(
-                sa.update(users).where(users.c.id == user.id).values(**self._user_values(user))
-            )
-            tx.changed(ChangeKind.USER, user.account_id, user.id)
-            return row_user(conn.execute(sa.select(users).where(users.c.id == user.id)).one())
-
-        return self._write(user.account_id, run)
-
-    def delete_user(self, account_id: str, user_id: str) -> None:
-        """Delete a user, its personal access tokens, and unset ``user_id`` on its peers."""
-
-        def run(tx: Tx) -> None:
-            conn = tx.conn
-            res = conn.execute(
-                sa.delete(users).where(users.c.id == user_id, users.c.account_id == account_id)
-            )
-            if res.rowcount == 0:
-                raise NotFound("user not found")
-            conn.execute(
-                sa.delete(personal_access_tokens).where(personal_access_tokens.c.user_id == user_id)
-            )
-            owned = sorted(
-                conn.execute(
-                    sa.select(peers.c.id).where(
-                        peers.c.account_id == account_id, peers.c.user_id == user_id
-                    )
-                ).scalars()
-            )
-            conn.execute(
-                sa.update(peers)
-                .where(peers.c.account_id == account_id, peers.c.user_id == user_id)
-                .values(user_id=None)
-            )
-            tx.changed(ChangeKind.USER, account_id, user_id)
-            if owned:
-                tx.changed(ChangeKind.PEER, account_id, *owned)
-
-        self._write(account_id, run)
-
-    # --- groups -----------------------------------------------------------------
-
-    def create_group(self, group: Group) -> Group:
-        """Create a group. ValidationError for an empty name or unknown peer ids;
-        Conflict ``group with name %q already exists``."""
-
-        def run(tx: Tx) -> Group:
-            conn = tx.conn
-            self._require_account(conn, group.account_id)
-            _check_name("group", group.name)
-            self._check_peer_ids(conn, group.account_id, group.peers)
-            self._check_group_name_free(conn, group.account_id, group.name, None)
-            gid = group.id or new_id()
-            if conn.execute(sa.select(groups.c.id).where(groups.c.id == gid)).first():
-                raise Conflict("group already exists")
-            conn.execute(
-                sa.insert(groups).values(
-                    id=gid, account_id=group.account_id, name=group.name, issued=group.issued
-                )
-            )
-            self._replace_members(conn, group.account_id, gid, group.peers)
-            tx.changed(ChangeKind.GROUP, group.account_id, gid)
-            return self._load_groups(conn, groups.c.id == gid)[0]
-
-        return self._write(group.account_id, run)
-
-    def _check_group_name_free(
-        self, conn: Connection, account_id: str, name: str, own_id: str | None
-    ) -> None:
-        q = sa.select(groups.c.id).where(groups.c.account_id == account_id, groups.c.name == name)
-        for gid in conn.execute(q).scalars():
-            if gid != own_id:
-                raise Conflict(f"group with name {name!r} already exists")
-
-    def _replace_members(
-        self, conn: Connection, account_id: str, group_id: str, peer_ids: Sequence[str]
-    ) -> None:
-        conn.execute(sa.delete(group_peers).where(group_peers.c.group_id == group_id))
-        for pos, pid in enumerate(dict.fromkeys(peer_ids)):
-            conn.execute(
-                sa.insert(group_peers).values(
-                    group_id=group_id, peer_id=pid, account_id=account_id, position=pos
-                )
-            )
-
-    def _require_group(self, conn: Connection, account_id: str, group_id: str) -> sa.Row:
-        row = conn.execute(
-            sa.select(groups).where(groups.c.id == group_id, groups.c.account_id == account_id)
-        ).first()
-        if row is None:
-            raise NotFound("group not found")
-        return row
-
-    def get_group(self, account_id: str, group_id: str) -> Group:
-        """NotFound ``group not found``."""
-        with self._read() as conn:
-            self._require_group(conn, account_id, group_id)
-            return self._load_groups(conn, groups.c.id == group_id)[0]
-
-    def list_groups(self, account_id: str) -> list[Group]:
-        """All groups of the account with their member peer ids, by group id."""
-        with self._read() as conn:
-            return self._load_groups(conn, groups.c.account_id == account_id)
-
-    def update_group(self, group: Group) -> Group:
-        """Full replace (name, issued, member peers)."""
-
-        def run(tx: Tx) -> Group:
-            conn = tx.conn
-            row = self._require_group(conn, group.account_id, group.id)
-            _check_name("group", group.name)
-            if row.name == ALL_GROUP and group.name != ALL_GROUP:
-                raise BadRequest("updating group ALL is not allowed")
-            self._check_group_name_free(conn, group.account_id, group.name, group.id)
-            self._check_peer_ids(conn, group.account_id, group.peers)
-            conn.execute(
-                sa.update(groups)
-                .where(groups.c.id == group.id)
-                .values(name=group.name, issued=group.issued)
-            )
-            self._replace_members(conn, group.account_id, group.id, group.peers)
-            tx.changed(ChangeKind.GROUP, group.account_id, group.id)
-            return self._load_groups(conn, groups.c.id == group.id)[0]
-
-        return self._write(group.account_id, run)
-
-    def delete_group(self, account_id: str, group_id: str) -> None:
-        """Delete a group. GroupInUse ``group has been linked to reverse proxy
-        service: <domain>`` when a private service lists it in access_groups or an
-        enabled bearer config lists it in distribution_groups; BadRequest for the
-        ``All`` group. The id is removed from users' ``auto_groups``."""
-
-        def run(tx: Tx) -> None:
-            conn = tx.conn
-            row = self._require_group(conn, account_id, group_id)
-            if row.name == ALL_GROUP:
-                raise BadRequest("deleting group ALL is not allowed")
-            self._check_group_unused(conn, account_id, group_id)
-            conn.execute(sa.delete(groups).where(groups.c.id == group_id))
-            for u in conn.execute(sa.select(users).where(users.c.account_id == account_id)).all():
-                auto = loads(u.auto_groups) or []
-                if group_id in auto:
-                    conn.execute(
-                        sa.update(users)
-                        .where(users.c.id == u.id)
-                        .values(auto_groups=dumps([g for g in auto if g != group_id]))
-                    )
-                    tx.changed(ChangeKind.USER, account_id, u.id)
-            tx.changed(ChangeKind.GROUP, account_id, group_id)
-
-        self._write(account_id, run)
-
-    def _check_group_unused(self, conn: Connection, account_id: str, group_id: str) -> None:
-        q = sa.select(
-            services.c.domain, services.c.private, services.c.access_groups, services.c.auth
-        ).where(services.c.account_id == account_id)
-        for domain, private, access_groups, auth in conn.execute(q.order_by(services.c.domain)):
-            if private and group_id in (loads(access_groups) or ()):
-                raise GroupInUse(f"group has been linked to reverse proxy service: {domain}")
-            bearer = (loads(auth) or {}).get("bearer_auth") or {}
-            if bearer.get("enabled") and group_id in (bearer.get("distribution_groups") or ()):
-                raise GroupInUse(f"group has been linked to reverse proxy service: {domain}")
-
-    def _edit_members(
-        self, account_id: str, group_id: str, peer_ids: Sequence[str], add: bool
-    ) -> Group:
-        def run(tx: Tx) -> Group:
-            conn = tx.conn
-            self._require_group(conn, account_id, group_id)
-            current = self._group_members(conn, [group_id])[group_id]
-            if add:
-                self._check_peer_ids(conn, account_id, peer_ids)
-                new = current + [p for p in dict.fromkeys(peer_ids) if p not in current]
-            else:
-                drop = set(peer_ids)
-                new = [p for p in current if p not in drop]
-            if new != current:
-                self._replace_members(conn, account_id, group_id, new)
-                tx.changed(ChangeKind.GROUP, account_id, group_id)
-            return self._load_groups(conn, groups.c.id == group_id)[0]
-
-        return self._write(account_id, run)
-
-    def add_peers_to_group(self, account_id: str, group_id: str, peer_ids: Sequence[str]) -> Group:
-        """Atomically add members (idempotent)."""
-        return self._edit_members(account_id, group_id, peer_ids, add=True)
-
-    def remove_peers_from_group(
-        self, account_id: str, group_id: str, peer_ids: Sequence[str]
-    ) -> Group:
-        """Atomically remove members (missing members ignored)."""
-        return self._edit_members(account_id, group_id, peer_ids, add=False)
-
-    def resolve_groups(self, account_id: str, group_ids: Sequence[str]) -> list[Group]:
-        """Groups for ``group_ids`` in the given order, ids that do not resolve
-        skipped (pairs ids with names for tokens and ValidateSession)."""
-        with self._read() as conn:
-            found = {
-                g.id: g
-                for g in self._load_groups(
-                    conn,
-                    sa.and_(groups.c.account_id == account_id, groups.c.id.in_(set(group_ids))),
-                )
-            }
-        return [found[g] for g in group_ids if g in found]
-
     # --- peers ------------------------------------------------------------------
 
-    def create_peer(self, peer: Peer) -> Peer:
+    def create(self, peer: Peer) -> Peer:
         """Create a peer, allocating ``ip`` (and ``ipv6``) from the account network
         when empty. ``groups`` become memberships; the peer is added to ``All``
         unless it is a proxy peer, and gets its owner's ``auto_groups``.
@@ -711,7 +860,7 @@ class AccountsMixin(StoreBase):
 
         def run(tx: Tx) -> Peer:
             conn = tx.conn
-            account = self._require_account(conn, peer.account_id)
+            account = self._store.accounts.require(conn, peer.account_id)
             _check_name("peer", peer.name)
             if not peer.key:
                 raise ValidationError("peer key is required")
@@ -735,7 +884,7 @@ class AccountsMixin(StoreBase):
                 if owner is None:
                     raise ValidationError(f"user {peer.user_id!r} not found in account")
                 owner_groups = row_user(owner).auto_groups
-            self._check_group_ids(conn, peer.account_id, peer.groups, "group")
+            self._store.groups._check_group_ids(conn, peer.account_id, peer.groups, "group")
             used = conn.execute(
                 sa.select(peers.c.ip, peers.c.ipv6).where(peers.c.account_id == peer.account_id)
             ).all()
@@ -782,7 +931,7 @@ class AccountsMixin(StoreBase):
                 tx.changed(ChangeKind.GROUP, peer.account_id, *sorted(changed_groups))
             return self._load_peers(conn, peers.c.id == pid)[0]
 
-        return self._write(peer.account_id, run)
+        return self._store._write(peer.account_id, run)
 
     @staticmethod
     def _claim_ip(requested: str, network: str, version: int, used: set[str | None]) -> str:
@@ -799,9 +948,9 @@ class AccountsMixin(StoreBase):
             raise Conflict(f"address {canon[1]} is already in use")
         return canon[1]
 
-    def get_peer(self, account_id: str, peer_id: str) -> Peer:
+    def get(self, account_id: str, peer_id: str) -> Peer:
         """NotFound ``peer not found``."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             found = self._load_peers(
                 conn, sa.and_(peers.c.id == peer_id, peers.c.account_id == account_id)
             )
@@ -809,31 +958,31 @@ class AccountsMixin(StoreBase):
             raise NotFound("peer not found")
         return found[0]
 
-    def get_peer_by_key(self, key: str) -> Peer | None:
+    def get_by_key(self, key: str) -> Peer | None:
         """Peer with this WireGuard public key in any account."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             found = self._load_peers(conn, peers.c.key == key)
         return found[0] if found else None
 
-    def get_peer_by_ip(self, account_id: str, ip: str) -> Peer | None:
+    def get_by_ip(self, account_id: str, ip: str) -> Peer | None:
         """Peer of ``account_id`` whose tunnel address is ``ip`` (IPv4, v4-mapped
         IPv6 or IPv6); None on a miss or an unparsable address."""
         canon = ipam.canonical_tunnel_ip(ip)
         if canon is None:
             return None
         column = peers.c.ip if canon[0] == 4 else peers.c.ipv6
-        with self._read() as conn:
+        with self._store._read() as conn:
             found = self._load_peers(
                 conn, sa.and_(peers.c.account_id == account_id, column == canon[1])
             )
         return found[0] if found else None
 
-    def list_peers(self, account_id: str, *, proxy: bool | None = None) -> list[Peer]:
+    def list(self, account_id: str, *, proxy: bool | None = None) -> list[Peer]:
         """All peers, or only proxy (``True``) / non-proxy (``False``) peers."""
         cond = peers.c.account_id == account_id
         if proxy is not None:
             cond = sa.and_(cond, peers.c.proxy_meta_embedded == proxy)
-        with self._read() as conn:
+        with self._store._read() as conn:
             return self._load_peers(conn, cond)
 
     def list_proxy_peers(self, account_id: str, cluster: str | None = None) -> list[Peer]:
@@ -841,10 +990,10 @@ class AccountsMixin(StoreBase):
         cond = sa.and_(peers.c.account_id == account_id, peers.c.proxy_meta_embedded.is_(True))
         if cluster is not None:
             cond = sa.and_(cond, peers.c.proxy_meta_cluster == cluster)
-        with self._read() as conn:
+        with self._store._read() as conn:
             return self._load_peers(conn, cond)
 
-    def update_peer(self, peer: Peer) -> Peer:
+    def update(self, peer: Peer) -> Peer:
         """Replace name, dns_label, user_id, endpoint, groups, connected, ephemeral.
         Key and tunnel addresses are immutable."""
 
@@ -865,7 +1014,7 @@ class AccountsMixin(StoreBase):
                 ).first()
             ):
                 raise ValidationError(f"user {peer.user_id!r} not found in account")
-            self._check_group_ids(conn, peer.account_id, peer.groups, "group")
+            self._store.groups._check_group_ids(conn, peer.account_id, peer.groups, "group")
             conn.execute(
                 sa.update(peers)
                 .where(peers.c.id == peer.id)
@@ -884,9 +1033,9 @@ class AccountsMixin(StoreBase):
                 tx.changed(ChangeKind.GROUP, peer.account_id, *sorted(changed_groups))
             return self._load_peers(conn, peers.c.id == peer.id)[0]
 
-        return self._write(peer.account_id, run)
+        return self._store._write(peer.account_id, run)
 
-    def set_peer_connected(
+    def set_connected(
         self, account_id: str, peer_id: str, connected: bool, *, now: datetime | None = None
     ) -> Peer:
         """Record a peer's connection state and ``last_seen``. NotFound ``peer not found``."""
@@ -902,9 +1051,9 @@ class AccountsMixin(StoreBase):
             tx.changed(ChangeKind.PEER, account_id, peer_id)
             return self._load_peers(tx.conn, peers.c.id == peer_id)[0]
 
-        return self._write(account_id, run)
+        return self._store._write(account_id, run)
 
-    def delete_peer(self, account_id: str, peer_id: str) -> None:
+    def delete(self, account_id: str, peer_id: str) -> None:
         """Delete a peer and its group memberships (frees its addresses)."""
 
         def run(tx: Tx) -> None:
@@ -936,17 +1085,17 @@ class AccountsMixin(StoreBase):
             if member_of:
                 tx.changed(ChangeKind.GROUP, account_id, *member_of)
 
-        self._write(account_id, run)
+        self._store._write(account_id, run)
 
-    def get_peer_groups(self, account_id: str, peer_id: str) -> list[Group]:
+    def groups_of(self, account_id: str, peer_id: str) -> list[Group]:
         """Groups containing the peer, ordered by group id."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             gids = self._peer_groups(conn, [peer_id])[peer_id]
-            return self._load_groups(
+            return self._store.groups._load_groups(
                 conn, sa.and_(groups.c.account_id == account_id, groups.c.id.in_(gids))
             )
 
-    def get_peer_group_refs(self, account_id: str, peer_id: str) -> list[tuple[str, str]]:
+    def group_refs_of(self, account_id: str, peer_id: str) -> list[tuple[str, str]]:
         """``[(group id, group name)]`` of the groups containing a peer, by group id.
 
         Lighter than :meth:`get_peer_groups` (no member lists are loaded).
@@ -957,12 +1106,12 @@ class AccountsMixin(StoreBase):
             .where(group_peers.c.peer_id == peer_id, groups.c.account_id == account_id)
             .order_by(groups.c.id)
         )
-        with self._read() as conn:
+        with self._store._read() as conn:
             return [(gid, name) for gid, name in conn.execute(q)]
 
-    def get_peer_owner(self, account_id: str, peer_id: str) -> User | None:
+    def owner_of(self, account_id: str, peer_id: str) -> User | None:
         """The owning user of a peer, or None for machine peers / dangling owners."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             row = conn.execute(
                 sa.select(users)
                 .join(peers, peers.c.user_id == users.c.id)
@@ -973,117 +1122,3 @@ class AccountsMixin(StoreBase):
                 )
             ).first()
         return row_user(row) if row else None
-
-    # --- personal access tokens --------------------------------------------------
-
-    def _insert_pat(
-        self,
-        tx: Tx,
-        account_id: str,
-        user_id: str,
-        name: str,
-        expires_at: datetime | None,
-        created_by: str,
-    ) -> tuple[PersonalAccessToken, str]:
-        _check_name("token", name)
-        if not tx.conn.execute(
-            sa.select(users.c.id).where(users.c.id == user_id, users.c.account_id == account_id)
-        ).first():
-            raise NotFound("user not found")
-        plain = _secrets.generate_token(_secrets.PAT_PREFIX)
-        pat = PersonalAccessToken(
-            id=new_id(),
-            account_id=account_id,
-            user_id=user_id,
-            name=name,
-            hashed_token=_secrets.hash_token(plain),
-            expires_at=expires_at,
-            created_by=created_by or user_id,
-            created_at=utcnow(),
-        )
-        tx.conn.execute(sa.insert(personal_access_tokens).values(**dataclasses.asdict(pat)))
-        tx.changed(ChangeKind.PERSONAL_ACCESS_TOKEN, account_id, pat.id)
-        return pat, plain
-
-    def create_personal_access_token(
-        self,
-        account_id: str,
-        user_id: str,
-        name: str,
-        *,
-        expires_at: datetime | None = None,
-        created_by: str = "",
-    ) -> tuple[PersonalAccessToken, str]:
-        """Create a PAT (``nbp_`` + 30 base62 + 6-char CRC32); returns row and plain."""
-        return self._write(
-            account_id,
-            lambda tx: self._insert_pat(tx, account_id, user_id, name, expires_at, created_by),
-        )
-
-    def list_personal_access_tokens(
-        self, account_id: str, user_id: str
-    ) -> list[PersonalAccessToken]:
-        """The user's tokens (hashes only), oldest first."""
-        t = personal_access_tokens
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(t)
-                .where(t.c.account_id == account_id, t.c.user_id == user_id)
-                .order_by(t.c.created_at, t.c.id)
-            ).all()
-        return [row_pat(r) for r in rows]
-
-    def delete_personal_access_token(self, account_id: str, user_id: str, token_id: str) -> None:
-        """NotFound ``token not found``."""
-        t = personal_access_tokens
-
-        def run(tx: Tx) -> None:
-            res = tx.conn.execute(
-                sa.delete(t).where(
-                    t.c.id == token_id, t.c.account_id == account_id, t.c.user_id == user_id
-                )
-            )
-            if res.rowcount == 0:
-                raise NotFound("token not found")
-            tx.changed(ChangeKind.PERSONAL_ACCESS_TOKEN, account_id, token_id)
-
-        self._write(account_id, run)
-
-    def authenticate_personal_access_token(
-        self, plain: str, *, now: datetime | None = None
-    ) -> tuple[User, PersonalAccessToken]:
-        """Resolve ``Authorization: Token <plain>``. Unauthenticated for a bad,
-        unknown, revoked or expired token, or a blocked/pending user."""
-        if not _secrets.token_format_ok(plain, _secrets.PAT_PREFIX):
-            raise Unauthenticated("invalid token format")
-        now = now or utcnow()
-        t = personal_access_tokens
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(t).where(t.c.hashed_token == _secrets.hash_token(plain))
-            ).first()
-            if row is None:
-                raise Unauthenticated("invalid token")
-            pat = row_pat(row)
-            if not pat.is_valid(now):
-                raise Unauthenticated("token expired or revoked")
-            urow = conn.execute(
-                sa.select(users).where(
-                    users.c.id == pat.user_id, users.c.account_id == pat.account_id
-                )
-            ).first()
-        if urow is None:
-            raise Unauthenticated("invalid token")
-        user = row_user(urow)
-        if user.blocked or user.pending_approval:
-            raise Unauthenticated("user is blocked")
-        if pat.last_used is None or (now - pat.last_used).total_seconds() >= 60:
-            self._touch(t, pat.id, pat.account_id, now)
-            pat = dataclasses.replace(pat, last_used=now)
-        return user, pat
-
-    def _touch(self, table: sa.Table, token_id: str, scope: str | None, now: datetime) -> None:
-        def run(tx: Tx) -> None:
-            tx.conn.execute(sa.update(table).where(table.c.id == token_id).values(last_used=now))
-
-        self._write(scope or "", run)

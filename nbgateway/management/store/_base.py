@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -42,6 +42,9 @@ from twisted.logger import Logger
 from nbgateway.management import migrations
 from nbgateway.management.errors import Conflict, StoreUnavailable, ValidationError
 from nbgateway.management.model import ChangeKind
+
+if TYPE_CHECKING:
+    from nbgateway.management.store import Store
 
 log = Logger()
 
@@ -109,8 +112,20 @@ class Tx:
         self.changes.append((kind, account_id, tuple(ids)))
 
 
+class Repository:
+    """One aggregate's tables, run on the store's engine, transactions and listeners.
+
+    A repository keeps no database state of its own: ``self._store`` (the
+    :class:`~nbgateway.management.store.Store`) owns the engine, the write
+    lock and the listeners; a repository reaches another aggregate through it
+    (``self._store.groups``) when one transaction spans both."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+
 class StoreBase:
-    """Connection handling shared by the entity mixins."""
+    """Engine, transactions, retries and change listeners of the store."""
 
     def __init__(self, engine: Engine, *, known_clusters: tuple[str, ...] = ()) -> None:
         self._engine = engine

@@ -1,4 +1,8 @@
-"""Store part: proxy records, the cluster view, inbound listeners, proxy tokens."""
+"""Store part: the proxy repository (``store.proxies``).
+
+:class:`ProxyRepository` owns proxy records and sessions, the cluster view,
+inbound listeners and proxy access tokens.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from nbgateway.management.model import (
     utcnow,
 )
 from nbgateway.management.store import _secrets
-from nbgateway.management.store._base import StoreBase, Tx
+from nbgateway.management.store._base import Repository, Tx
 from nbgateway.management.store.schema import proxies, proxy_access_tokens, proxy_inbound_listeners
 
 ACTIVE_WINDOW = timedelta(minutes=2)
@@ -106,10 +110,14 @@ def aggregate_clusters(rows: list[ProxyRecord], now: datetime) -> list[Cluster]:
     return out
 
 
-class ProxiesMixin(StoreBase):
+class ProxyRepository(Repository):
+    """Proxy rows and sessions, the cluster view, inbound listeners and proxy access tokens.
+
+    Reached as ``store.proxies``."""
+
     # --- proxy rows ------------------------------------------------------------------
 
-    def register_proxy(self, record: ProxyRecord, *, now: datetime | None = None) -> ProxyRecord:
+    def register(self, record: ProxyRecord, *, now: datetime | None = None) -> ProxyRecord:
         """Upsert a proxy row as connected (capabilities replaced)."""
         if not record.id:
             raise ValidationError("proxy_id is required")
@@ -145,7 +153,7 @@ class ProxiesMixin(StoreBase):
                 tx.conn.execute(sa.select(proxies).where(proxies.c.id == record.id)).one()
             )
 
-        return self._write(PROXY_SCOPE, run)
+        return self._store._write(PROXY_SCOPE, run)
 
     def _session_update(self, proxy_id: str, session_id: str, values: dict) -> bool:
         def run(tx: Tx) -> bool:
@@ -161,15 +169,15 @@ class ProxiesMixin(StoreBase):
                 tx.changed(ChangeKind.PROXY, account or "", proxy_id)
             return bool(res.rowcount)
 
-        return self._write(PROXY_SCOPE, run)
+        return self._store._write(PROXY_SCOPE, run)
 
-    def heartbeat_proxy(
+    def heartbeat(
         self, proxy_id: str, session_id: str, *, now: datetime | None = None
     ) -> bool:
         """Refresh ``last_seen`` if ``session_id`` is current; False otherwise."""
         return self._session_update(proxy_id, session_id, {"last_seen": now or utcnow()})
 
-    def disconnect_proxy(
+    def disconnect(
         self, proxy_id: str, session_id: str, *, now: datetime | None = None
     ) -> bool:
         """Mark disconnected only if ``session_id`` is still the current session."""
@@ -178,25 +186,25 @@ class ProxiesMixin(StoreBase):
             proxy_id, session_id, {"status": "disconnected", "disconnected_at": now}
         )
 
-    def get_proxy(self, proxy_id: str) -> ProxyRecord:
+    def get(self, proxy_id: str) -> ProxyRecord:
         """NotFound ``proxy not found``."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             row = conn.execute(sa.select(proxies).where(proxies.c.id == proxy_id)).first()
         if row is None:
             raise NotFound("proxy not found")
         return row_proxy(row)
 
-    def list_proxies(self, account_id: str | None = None) -> list[ProxyRecord]:
+    def list(self, account_id: str | None = None) -> list[ProxyRecord]:
         """Rows visible to the account (shared + its own); all rows for None."""
         q = sa.select(proxies).order_by(proxies.c.id)
         if account_id is not None:
             q = q.where(sa.or_(proxies.c.account_id.is_(None), proxies.c.account_id == account_id))
-        with self._read() as conn:
+        with self._store._read() as conn:
             return [row_proxy(r) for r in conn.execute(q)]
 
     def cluster_address_in_use(self, address: str, account_id: str) -> bool:
         """True if a shared proxy or another account's proxy uses ``address``."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             row = conn.execute(
                 sa.select(proxies.c.id).where(
                     proxies.c.cluster_address == address,
@@ -205,7 +213,7 @@ class ProxiesMixin(StoreBase):
             ).first()
         return row is not None
 
-    def delete_stale_proxies(self, older_than: datetime) -> int:
+    def delete_stale(self, older_than: datetime) -> int:
         """Delete proxy rows with ``last_seen`` before ``older_than``; count."""
 
         def run(tx: Tx) -> int:
@@ -220,12 +228,12 @@ class ProxiesMixin(StoreBase):
                     tx.changed(ChangeKind.PROXY, s.account_id or "", s.id)
             return len(stale)
 
-        return self._write(PROXY_SCOPE, run)
+        return self._store._write(PROXY_SCOPE, run)
 
     def list_clusters(self, account_id: str, *, now: datetime | None = None) -> list[Cluster]:
         """Cluster view: visible rows grouped by address, capability
         aggregates over active rows (connected and seen within 2 minutes)."""
-        return aggregate_clusters(self.list_proxies(account_id), now or utcnow())
+        return aggregate_clusters(self.list(account_id), now or utcnow())
 
     def delete_cluster(self, account_id: str, address: str) -> int:
         """Delete the account's BYOP proxy rows for ``address``. NotFound
@@ -245,7 +253,7 @@ class ProxiesMixin(StoreBase):
             tx.changed(ChangeKind.PROXY, account_id, *ids)
             return len(ids)
 
-        return self._write(PROXY_SCOPE, run)
+        return self._store._write(PROXY_SCOPE, run)
 
     # --- inbound listeners ----------------------------------------------------------------
 
@@ -275,12 +283,12 @@ class ProxiesMixin(StoreBase):
                 )
             tx.changed(ChangeKind.PROXY, listener.account_id, listener.proxy_id)
 
-        self._write(PROXY_SCOPE, run)
+        self._store._write(PROXY_SCOPE, run)
 
     def list_inbound_listeners(self, account_id: str) -> list[ProxyInboundListener]:
         """Inbound listeners of every proxy inside this account's tunnel."""
         t = proxy_inbound_listeners
-        with self._read() as conn:
+        with self._store._read() as conn:
             rows = conn.execute(
                 sa.select(t).where(t.c.account_id == account_id).order_by(t.c.proxy_id)
             ).all()
@@ -298,7 +306,7 @@ class ProxiesMixin(StoreBase):
 
     # --- proxy access tokens -------------------------------------------------------------
 
-    def create_proxy_token(
+    def create_token(
         self,
         name: str,
         *,
@@ -313,7 +321,7 @@ class ProxiesMixin(StoreBase):
 
         def run(tx: Tx) -> tuple[ProxyAccessToken, str]:
             if account_id is not None:
-                self._require_account(tx.conn, account_id)  # type: ignore[attr-defined]
+                self._store.accounts.require(tx.conn, account_id)  # type: ignore[attr-defined]
             plain = _secrets.generate_token(_secrets.PROXY_TOKEN_PREFIX)
             tok = ProxyAccessToken(
                 id=new_id(),
@@ -328,26 +336,26 @@ class ProxiesMixin(StoreBase):
             tx.changed(ChangeKind.PROXY_TOKEN, account_id or "", tok.id)
             return tok, plain
 
-        return self._write(TOKEN_SCOPE, run)
+        return self._store._write(TOKEN_SCOPE, run)
 
-    def list_proxy_tokens(self, account_id: str | None) -> list[ProxyAccessToken]:
+    def list_tokens(self, account_id: str | None) -> list[ProxyAccessToken]:
         """Tokens of the account (None: management-wide tokens)."""
         t = proxy_access_tokens
         cond = t.c.account_id.is_(None) if account_id is None else t.c.account_id == account_id
-        with self._read() as conn:
+        with self._store._read() as conn:
             rows = conn.execute(sa.select(t).where(cond).order_by(t.c.created_at, t.c.id)).all()
         return [row_proxy_token(r) for r in rows]
 
-    def get_proxy_token(self, token_id: str) -> ProxyAccessToken:
+    def get_token(self, token_id: str) -> ProxyAccessToken:
         """NotFound ``token not found`` (used by the heartbeat revocation check)."""
         t = proxy_access_tokens
-        with self._read() as conn:
+        with self._store._read() as conn:
             row = conn.execute(sa.select(t).where(t.c.id == token_id)).first()
         if row is None:
             raise NotFound("token not found")
         return row_proxy_token(row)
 
-    def revoke_proxy_token(self, account_id: str | None, token_id: str) -> ProxyAccessToken:
+    def revoke_token(self, account_id: str | None, token_id: str) -> ProxyAccessToken:
         """Set ``revoked``. NotFound ``token not found`` for foreign/global tokens."""
         t = proxy_access_tokens
 
@@ -359,9 +367,9 @@ class ProxiesMixin(StoreBase):
             tx.changed(ChangeKind.PROXY_TOKEN, account_id or "", token_id)
             return row_proxy_token(tx.conn.execute(sa.select(t).where(t.c.id == token_id)).one())
 
-        return self._write(TOKEN_SCOPE, run)
+        return self._store._write(TOKEN_SCOPE, run)
 
-    def verify_proxy_token(self, plain: str, *, now: datetime | None = None) -> ProxyAccessToken:
+    def verify_token(self, plain: str, *, now: datetime | None = None) -> ProxyAccessToken:
         """Check a presented token. Unauthenticated ``invalid token format`` /
         ``invalid token`` / ``token expired or revoked``. Refreshes ``last_used``
         at most once a minute."""
@@ -369,7 +377,7 @@ class ProxiesMixin(StoreBase):
             raise Unauthenticated("invalid token format")
         now = now or utcnow()
         t = proxy_access_tokens
-        with self._read() as conn:
+        with self._store._read() as conn:
             row = conn.execute(
                 sa.select(t).where(t.c.hashed_token == _secrets.hash_token(plain))
             ).first()
@@ -383,6 +391,6 @@ class ProxiesMixin(StoreBase):
             def run(tx: Tx) -> None:
                 tx.conn.execute(sa.update(t).where(t.c.id == tok.id).values(last_used=now))
 
-            self._write(TOKEN_SCOPE, run)
+            self._store._write(TOKEN_SCOPE, run)
             tok = dataclasses.replace(tok, last_used=now)
         return tok

@@ -1,4 +1,8 @@
-"""Store part: services and targets, custom domains, cluster derivation.
+"""Store part: the service and domain repositories.
+
+:class:`ServiceRepository` (``store.services``: services and targets, port
+assignment, cluster derivation) and :class:`DomainRepository`
+(``store.domains``: custom domains).
 
 Create/update run the pure validation first, then the account-level checks
 (upstream's "manager-level" checks), all inside one serialised write transaction, so a
@@ -39,8 +43,7 @@ from nbgateway.management.model import (
     utcnow,
 )
 from nbgateway.management.store import _secrets
-from nbgateway.management.store._accounts import AccountsMixin
-from nbgateway.management.store._base import Tx, dumps, loads
+from nbgateway.management.store._base import Repository, Tx, dumps, loads
 from nbgateway.management.store.schema import domains, peers, proxies, services, targets
 from nbgateway.management.validation import go_quote, validate_service
 
@@ -245,7 +248,11 @@ def _hash_new_secrets(new: AuthConfig, old: AuthConfig | None, creating: bool) -
     return dataclasses.replace(new, password_auth=pw, pin_auth=pin, header_auths=tuple(headers))
 
 
-class ServicesMixin(AccountsMixin):
+class ServiceRepository(Repository):
+    """Services of an account: targets, auth and restrictions, port assignment, cluster derivation.
+
+    Reached as ``store.services``."""
+
     # --- loading ------------------------------------------------------------------
 
     def _load_services(self, conn: Connection, where: sa.ColumnElement[bool]) -> list[Service]:
@@ -273,39 +280,39 @@ class ServicesMixin(AccountsMixin):
             raise NotFound("service not found")
         return found[0]
 
-    def get_service(self, account_id: str, service_id: str) -> Service:
+    def get(self, account_id: str, service_id: str) -> Service:
         """NotFound ``service not found``."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             return self._require_service(conn, account_id, service_id)
 
-    def list_services(self, account_id: str) -> list[Service]:
+    def list(self, account_id: str) -> list[Service]:
         """All services of the account with their targets, by id."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             return self._load_services(conn, services.c.account_id == account_id)
 
-    def list_all_services(self) -> list[Service]:
+    def list_all(self) -> list[Service]:
         """Every service of every account (snapshot source for shared proxies)."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             return self._load_services(conn, sa.true())
 
-    def get_service_by_domain(self, domain: str) -> Service | None:
+    def get_by_domain(self, domain: str) -> Service | None:
         """Installation-wide lookup; hostnames are case-insensitive, so the query is
         lower-cased with one trailing dot removed (stored domains are normalised)."""
         domain = domain.lower()
         if domain.endswith("."):
             domain = domain[:-1]
-        with self._read() as conn:
+        with self._store._read() as conn:
             found = self._load_services(conn, services.c.domain == domain)
         return found[0] if found else None
 
-    def list_services_for_cluster(
+    def list_for_cluster(
         self, cluster_address: str, *, account_id: str | None = None
     ) -> list[Service]:
         """Services whose ``proxy_cluster`` is the address (optionally one account)."""
         cond = services.c.proxy_cluster == cluster_address
         if account_id is not None:
             cond = sa.and_(cond, services.c.account_id == account_id)
-        with self._read() as conn:
+        with self._store._read() as conn:
             return self._load_services(conn, cond)
 
     def resolve_target_hosts(self, service: Service) -> Service:
@@ -323,7 +330,7 @@ class ServicesMixin(AccountsMixin):
         if not wanted:
             return list(services_)
         ips: dict[tuple[str, str], str] = {}
-        with self._read() as conn:
+        with self._store._read() as conn:
             for account_id, ids in wanted.items():
                 id_list = sorted(ids)
                 for i in range(0, len(id_list), 500):
@@ -355,7 +362,7 @@ class ServicesMixin(AccountsMixin):
             proxies.c.status == "connected",
             proxies.c.last_seen > now - ACTIVE_WINDOW,
         )
-        out: dict[str, bool] = {addr: False for addr in self.known_clusters}
+        out: dict[str, bool] = {addr: False for addr in self._store.known_clusters}
         for addr, req in conn.execute(q):
             out[addr] = out.get(addr, False) or bool(req)
         return out
@@ -391,16 +398,16 @@ class ServicesMixin(AccountsMixin):
         """Cluster serving ``domain``: an active/known cluster address equal to or a
         parent of it, else the longest registered custom domain's target.
         PreconditionFailed ``could not derive cluster from domain <d>: ...``."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             return self._derive_cluster(conn, account_id, domain, now or utcnow())
 
     # --- account-level checks ----------------------------------------------------------
 
     def _check_service_refs(self, conn: Connection, s: Service) -> None:
         if s.access_groups:
-            self._check_group_ids(conn, s.account_id, s.access_groups, "access group")
+            self._store.groups._check_group_ids(conn, s.account_id, s.access_groups, "access group")
         if s.auth.bearer_auth is not None:
-            self._check_group_ids(
+            self._store.groups._check_group_ids(
                 conn, s.account_id, s.auth.bearer_auth.distribution_groups, "distribution group"
             )
         for t in s.targets:
@@ -468,7 +475,7 @@ class ServicesMixin(AccountsMixin):
 
     # --- writes -------------------------------------------------------------------------
 
-    def create_service(self, service: Service) -> Service:
+    def create(self, service: Service) -> Service:
         """Validate and create a service.
 
         Generates id, Ed25519 session key pair, ``meta.created_at`` and status
@@ -481,7 +488,7 @@ class ServicesMixin(AccountsMixin):
 
         def run(tx: Tx) -> Service:
             conn = tx.conn
-            self._require_account(conn, s.account_id)
+            self._store.accounts.require(conn, s.account_id)
             now = utcnow()
             cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
             new = dataclasses.replace(s, proxy_cluster=cluster)
@@ -505,9 +512,9 @@ class ServicesMixin(AccountsMixin):
             tx.changed(ChangeKind.SERVICE_CREATED, new.account_id, new.id)
             return self._require_service(conn, new.account_id, new.id)
 
-        return self._write(s.account_id, run)
+        return self._store._write(s.account_id, run)
 
-    def update_service(self, service: Service) -> Service:
+    def update(self, service: Service) -> Service:
         """Full replace (PUT) of ``service.id``: keeps id, account, session keys and
         meta; an empty secret keeps the stored hash. NotFound, PermissionDenied
         ``service is terminated and cannot be updated``, ValidationError ``cannot
@@ -550,9 +557,9 @@ class ServicesMixin(AccountsMixin):
             tx.changed(ChangeKind.SERVICE_UPDATED, new.account_id, new.id)
             return self._require_service(conn, new.account_id, new.id)
 
-        return self._write(service.account_id, run)
+        return self._store._write(service.account_id, run)
 
-    def set_service_status(
+    def set_status(
         self,
         account_id: str,
         service_id: str,
@@ -588,9 +595,9 @@ class ServicesMixin(AccountsMixin):
             tx.changed(ChangeKind.SERVICE_UPDATED, account_id, service_id)
             return self._require_service(tx.conn, account_id, service_id)
 
-        return self._write(account_id, run)
+        return self._store._write(account_id, run)
 
-    def delete_service(self, account_id: str, service_id: str) -> Service:
+    def delete(self, account_id: str, service_id: str) -> Service:
         """Delete a service and its targets; returns what was deleted."""
 
         def run(tx: Tx) -> Service:
@@ -600,7 +607,13 @@ class ServicesMixin(AccountsMixin):
             tx.changed(ChangeKind.SERVICE_DELETED, account_id, service_id)
             return old
 
-        return self._write(account_id, run)
+        return self._store._write(account_id, run)
+
+
+class DomainRepository(Repository):
+    """Custom domains of an account and their validation state.
+
+    Reached as ``store.domains``."""
 
     # --- custom domains -------------------------------------------------------------------
 
@@ -614,12 +627,12 @@ class ServicesMixin(AccountsMixin):
             validated=bool(r.validated),
         )
 
-    def create_domain(self, domain: CustomDomain) -> CustomDomain:
+    def create(self, domain: CustomDomain) -> CustomDomain:
         """Register a custom domain. Conflict ``domain already exists``."""
 
         def run(tx: Tx) -> CustomDomain:
             conn = tx.conn
-            self._require_account(conn, domain.account_id)
+            self._store.accounts.require(conn, domain.account_id)
             name = domain.domain.strip().rstrip(".").lower()
             if not name or len(name) > 253 or any(c.isspace() or c == "/" for c in name):
                 raise ValidationError(f"invalid domain {go_quote(domain.domain)}")
@@ -632,11 +645,11 @@ class ServicesMixin(AccountsMixin):
             tx.changed(ChangeKind.DOMAIN, new.account_id, new.id)
             return new
 
-        return self._write(domain.account_id, run)
+        return self._store._write(domain.account_id, run)
 
-    def list_domains(self, account_id: str) -> list[CustomDomain]:
+    def list(self, account_id: str) -> list[CustomDomain]:
         """Registered custom domains of the account, by name."""
-        with self._read() as conn:
+        with self._store._read() as conn:
             rows = conn.execute(
                 sa.select(domains)
                 .where(domains.c.account_id == account_id)
@@ -644,7 +657,7 @@ class ServicesMixin(AccountsMixin):
             ).all()
         return [self._row_domain(r) for r in rows]
 
-    def set_domain_validated(
+    def set_validated(
         self, account_id: str, domain_id: str, validated: bool
     ) -> CustomDomain:
         """Set the ``validated`` flag. NotFound ``domain not found``."""
@@ -662,9 +675,9 @@ class ServicesMixin(AccountsMixin):
                 tx.conn.execute(sa.select(domains).where(domains.c.id == domain_id)).one()
             )
 
-        return self._write(account_id, run)
+        return self._store._write(account_id, run)
 
-    def delete_domain(self, account_id: str, domain_id: str) -> None:
+    def delete(self, account_id: str, domain_id: str) -> None:
         """NotFound ``domain not found``."""
 
         def run(tx: Tx) -> None:
@@ -677,4 +690,4 @@ class ServicesMixin(AccountsMixin):
                 raise NotFound("domain not found")
             tx.changed(ChangeKind.DOMAIN, account_id, domain_id)
 
-        self._write(account_id, run)
+        self._store._write(account_id, run)
