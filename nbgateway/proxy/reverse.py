@@ -41,17 +41,16 @@ set is removed.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web._newclient import ResponseDone, _WrapperException
+from twisted.web._newclient import ResponseDone
 from twisted.web.client import FileBodyProducer
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -59,9 +58,8 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
-from nbgateway.dial.guard import ACCESS_LOG_REASON
 from nbgateway.proxy import pages
+from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.headers import (
     TrustedProxies,
     filter_response_headers,
@@ -101,61 +99,6 @@ def is_self_loop(overlay: bool, source_ip: str, route: Route) -> bool:
     target = _ip_literal(route.host)
     source = _ip_literal(source_ip)
     return target is not None and source is not None and target == source
-
-
-def _root_cause(failure: Failure) -> Any:
-    exc = failure.value
-    seen = 0
-    while isinstance(exc, _WrapperException) and exc.reasons and seen < 8:
-        reason = exc.reasons[0]
-        exc = reason.value if isinstance(reason, Failure) else reason
-        seen += 1
-    return exc
-
-
-_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
-
-
-DIRECT_UPSTREAM_DENIED = pages.ErrorPage(
-    502, "Destination Not Allowed",
-    "This gateway does not connect to the service's upstream address "
-    "(direct_upstream target outside the operator's allow-list).")
-
-
-def note_dial_denial(ctx: RequestContext, exc: BaseException, proxy: Any = None,
-                     service: Any = None) -> None:
-    """A refused direct dial: the verdict of the request's access-log entry,
-    and the proxy's ``on_dial_denied(service, exc)`` hook (status report)."""
-    if not isinstance(exc, DirectUpstreamDeniedError):
-        return
-    ctx.auth_mechanism = ACCESS_LOG_REASON
-    hook = getattr(proxy, "on_dial_denied", None)
-    if hook is not None and service is not None:
-        try:
-            hook(service, exc)
-        except Exception:
-            log.failure("dial denial report failed")
-
-
-def classify_error(exc: BaseException, timed_out: bool = False) -> pages.ErrorPage:
-    """Which error page a failed upstream exchange gets."""
-    if isinstance(exc, DirectUpstreamDeniedError):
-        return DIRECT_UPSTREAM_DENIED
-    if timed_out or isinstance(exc, error.TimeoutError | error.TCPTimedOutError
-                               | defer.TimeoutError | TimeoutError):
-        return pages.REQUEST_TIMEOUT
-    if isinstance(exc, ProxyNotConnectedError):
-        return pages.PROXY_NOT_CONNECTED
-    if isinstance(exc, error.ConnectionRefusedError | ConnectionRefusedError):
-        return pages.SERVICE_UNAVAILABLE
-    if isinstance(exc, error.NoRouteError):
-        return pages.PEER_NOT_CONNECTED
-    os_errno = getattr(exc, "osError", None) or getattr(exc, "errno", None)
-    if isinstance(os_errno, int) and os_errno in _UNREACHABLE:
-        return pages.PEER_NOT_CONNECTED
-    if isinstance(exc, defer.CancelledError):
-        return pages.REQUEST_CANCELED
-    return pages.CONNECTION_ERROR
 
 
 @implementer(IBodyProducer)
@@ -339,7 +282,7 @@ class _Exchange:
         self._cancel_deadline()
         if self.client_gone:
             return
-        exc = _root_cause(failure)
+        exc = root_cause(failure)
         self._send_error(classify_error(exc, self.timed_out), exc)
 
     def _send_error(self, page: pages.ErrorPage, exc: Any) -> None:

@@ -35,6 +35,7 @@ from twisted.web import http
 from twisted.web.http_headers import Headers
 
 from nbgateway.proxy import pages
+from nbgateway.proxy.failures import classify_error, note_dial_denial
 from nbgateway.proxy.headers import filter_response_headers
 from nbgateway.routes.context import RequestContext
 
@@ -271,8 +272,6 @@ class _Attempt:
         if self.finished:
             return
         self.finished = True
-        from nbgateway.proxy.reverse import classify_error, note_dial_denial
-
         page = classify_error(exc, self.timed_out)
         note_dial_denial(self.context, exc, self.relay.proxy, self.service)
         log.warn("upgrade proxy error {status} {title}: {error}", status=page.code,

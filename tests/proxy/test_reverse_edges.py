@@ -15,7 +15,8 @@ from twisted.web._newclient import ResponseNeverReceived
 
 from nbgateway.dial import ProxyNotConnectedError
 from nbgateway.proxy import pages
-from nbgateway.proxy.reverse import _root_cause, classify_error
+from nbgateway.proxy.failures import classify_error
+from nbgateway.proxy.failures import root_cause as _root_cause
 from nbgateway.routes.service import TargetOptions
 
 from ._harness import EchoUpstream, ProxyHarness, curl, listen_protocol, listen_site, wait_for
