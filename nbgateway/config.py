@@ -414,6 +414,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("mapping_batch_watchdog", "NB_PROXY_MAPPING_BATCH_WATCHDOG", "2m",
        "longest time applying one mapping batch may take, Go duration",
        parse_positive_duration, flag=None),
+    _s("acme_retry_base", "NB_PROXY_ACME_RETRY_BASE", "1m",
+       "first retry delay after a failed ACME order, doubling per failure up to 6h, "
+       "Go duration", parse_positive_duration, flag=None),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -463,6 +466,7 @@ class Config:
     acme_eab_hmac_key: str = ""
     acme_email: str = ""
     acme_ca_bundle: str = ""
+    acme_retry_base: float = 60.0
 
     @property
     def embedded(self) -> bool:

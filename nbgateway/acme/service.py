@@ -19,6 +19,7 @@ from twisted.web.server import Site
 from nbgateway.acme.challenges import ChallengeResponder, HTTP01Resource
 from nbgateway.acme.client import HTTP_01, AcmeAccount
 from nbgateway.acme.manager import AcmeManager
+from nbgateway.acme.schedule import RenewalSchedule
 
 log = Logger()
 
@@ -68,7 +69,8 @@ def attach_acme(gateway: Any) -> AcmeManager:
         eab_kid=config.acme_eab_kid, eab_hmac_key=config.acme_eab_hmac_key,
         ca_bundle=config.acme_ca_bundle, challenge_type=config.acme_challenge_type)
     manager = AcmeManager(account, gateway.certificates, responder, clock=gateway.reactor,
-                          cert_dir=config.cert_dir, mgmt=gateway.mgmt)
+                          cert_dir=config.cert_dir, mgmt=gateway.mgmt,
+                          schedule=RenewalSchedule(backoff_base=config.acme_retry_base))
     if config.acme_challenge_type != HTTP_01:
         gateway.tls_creator.challenges = responder
     gateway.store.add_observer(manager)

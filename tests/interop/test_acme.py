@@ -26,6 +26,7 @@ import os
 import re
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -90,6 +91,43 @@ def _pebble_tls(tmp: str) -> tuple[str, str, str]:
     return paths
 
 
+def _start_pebble(w: World, ca: str, cert: str, key: str, *, env: dict,
+                  validity: int | None = None) -> str:
+    """pebble-challtestsrv (DNS: every name is 127.0.0.1) and pebble; returns
+    the path of pebble's root certificate (fetched from its management port)."""
+    config = os.path.join(w.tmp, "pebble.json")
+    settings = {
+        "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+        "certificate": cert, "privateKey": key, "httpPort": 5002, "tlsPort": 8443,
+        "ocspResponderURL": "", "externalAccountBindingRequired": False}
+    if validity is not None:
+        settings["certificateValidityPeriod"] = validity
+    with open(config, "w") as f:
+        json.dump({"pebble": settings}, f)
+    w.g.popen(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+               "-dns01", "127.0.0.1:8053", "-http01", "", "-https01", "", "-tlsalpn01", "",
+               "-management", "127.0.0.1:8055"],
+              stdout=w.log("challtestsrv"), stderr=subprocess.STDOUT)
+    w.g.popen(["pebble", "-config", config, "-dnsserver", "127.0.0.1:8053", "-strict"],
+              stdout=w.log("pebble"), stderr=subprocess.STDOUT,
+              env=dict(os.environ, PEBBLE_VA_NOSLEEP="1", **env))
+    https = ssl.create_default_context(cafile=ca)
+
+    def fetch(url: str) -> bytes | None:
+        try:
+            with inside_netns(w.g.name), urllib.request.urlopen(
+                    url, timeout=3, context=https) as r:
+                return r.read()
+        except OSError:
+            return None
+
+    root = wait_for(lambda: fetch("https://127.0.0.1:15000/roots/0"), 30, "pebble")
+    root_path = os.path.join(w.tmp, "pebble-root.pem")
+    with open(root_path, "wb") as f:
+        f.write(root)
+    return root_path
+
+
 class AcmeWorld(World):
     """World whose gateway process can be stopped and started again."""
 
@@ -115,9 +153,10 @@ class AcmeWorld(World):
         self.gateway_proc.wait(timeout=40)
 
 
-def _curl(w: World, domain: str, cacert: str) -> tuple[int, str]:
+def _curl(w: World, domain: str, cacert: str, insecure: bool = False) -> tuple[int, str]:
+    trust = ["-k"] if insecure else ["--cacert", cacert]
     r = w.g.run(["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
-                 "--cacert", cacert, "--resolve", f"{domain}:8443:127.0.0.1",
+                 *trust, "--resolve", f"{domain}:8443:127.0.0.1",
                  f"https://{domain}:8443/"], check=False, timeout=20)
     return (int(r.stdout) if r.stdout.strip().isdigit() else 0), r.stderr
 
@@ -147,33 +186,7 @@ def test_acme_against_pebble():
     try:
         w = AcmeWorld(tb)
         ca, cert, key = _pebble_tls(w.tmp)
-        config = os.path.join(w.tmp, "pebble.json")
-        with open(config, "w") as f:
-            json.dump({"pebble": {
-                "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
-                "certificate": cert, "privateKey": key, "httpPort": 5002, "tlsPort": 8443,
-                "ocspResponderURL": "", "externalAccountBindingRequired": False}}, f)
-        w.g.popen(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-                   "-dns01", "127.0.0.1:8053", "-http01", "", "-https01", "", "-tlsalpn01", "",
-                   "-management", "127.0.0.1:8055"],
-                  stdout=w.log("challtestsrv"), stderr=subprocess.STDOUT)
-        w.g.popen(["pebble", "-config", config, "-dnsserver", "127.0.0.1:8053", "-strict"],
-                  stdout=w.log("pebble"), stderr=subprocess.STDOUT,
-                  env=dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_AUTHZREUSE="0"))
-        https = ssl.create_default_context(cafile=ca)
-
-        def fetch(url: str) -> bytes | None:
-            try:
-                with inside_netns(w.g.name), urllib.request.urlopen(
-                        url, timeout=3, context=https) as r:
-                    return r.read()
-            except OSError:
-                return None
-
-        root = wait_for(lambda: fetch("https://127.0.0.1:15000/roots/0"), 30, "pebble")
-        root_path = os.path.join(w.tmp, "pebble-root.pem")
-        with open(root_path, "wb") as f:
-            f.write(root)
+        root_path = _start_pebble(w, ca, cert, key, env={"PEBBLE_AUTHZREUSE": "0"})
         w.start_upstream(8081)
         w.start_management()
         token = global_proxy_token(w)
@@ -216,6 +229,91 @@ def test_acme_against_pebble():
         assert "Traceback" not in log
     finally:
         for name in ("gateway", "pebble", "management"):
+            path = os.path.join(tb.tmpdir, f"{name}.log")
+            if os.path.exists(path):
+                print(f"--- {name} log tail ---")
+                with open(path, "rb") as f:
+                    print(f.read()[-5000:].decode(errors="replace"))
+        left = tb.close()
+    assert not left, left
+
+
+def _https_get(w: World, domain: str, context: ssl.SSLContext) -> int:
+    """One verified HTTPS GET on the public listener; the certificate's serial."""
+    import socket
+
+    with inside_netns(w.g.name):
+        raw = socket.create_connection(("127.0.0.1", 8443), timeout=5)
+    with context.wrap_socket(raw, server_hostname=domain) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n".encode())
+        head = tls.recv(64)
+        serial = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return serial
+
+
+def test_unreachable_server_retries_then_renewal_without_dropped_requests():
+    """The ACME server is down when the gateway starts and the mapping arrives:
+    the service answers at once with the fallback certificate, orders fail
+    with growing delays (CERTIFICATE_FAILED in management).  pebble comes up
+    (rejecting 20 % of nonces, reusing authorizations) with 24 s
+    certificates: the order succeeds, and a client looping verified requests
+    sees the certificate renewed with no request failing."""
+    require_testbed("curl", "pebble", "pebble-challtestsrv")
+    tb = Testbed()
+    domain = f"renew.{DOMAIN}"
+    try:
+        w = AcmeWorld(tb)
+        ca, cert, key = _pebble_tls(w.tmp)
+        w.start_upstream(8081)
+        w.start_management()
+        os.environ["NB_PROXY_ACME_RETRY_BASE"] = "1s"
+        try:
+            w.start_gateway(global_proxy_token(w), "--addr", PUBLIC, "--acme-certs",
+                            "--acme-dir", "https://127.0.0.1:14000/dir",
+                            "--acme-ca-bundle", ca)
+        finally:
+            del os.environ["NB_PROXY_ACME_RETRY_BASE"]
+        service = _create(w, _service("renew", domain))
+        # served at once, with the fallback certificate, while ACME is down
+        wait_for(lambda: _curl(w, domain, "", insecure=True)[0] == 200, 30,
+                 "the service over the fallback certificate")
+        delays = wait_for(lambda: (lambda d: d if len(d) >= 2 else None)(
+            [float(x) for x in re.findall(rf"order for {re.escape(domain)} failed: .*?"
+                                          r"next attempt in (\d+)s", _log(w))]),
+            30, "two failed orders")
+        assert delays[1] > delays[0] or delays[1] >= 1, delays
+        status = wait_for(lambda: (lambda s: s if s.get("meta", {}).get("status") ==
+                                   "certificate_failed" else None)(
+            w.rest("GET", f"/reverse-proxies/services/{service['id']}")), 15,
+            "certificate_failed in management")
+        assert status
+        root_path = _start_pebble(w, ca, cert, key, validity=24,
+                                  env={"PEBBLE_WFE_NONCEREJECT": "20",
+                                       "PEBBLE_AUTHZREUSE": "100"})
+        context = ssl.create_default_context(cafile=root_path)
+        context.check_hostname = True
+
+        def verified():
+            try:
+                return _https_get(w, domain, context)
+            except (OSError, AssertionError):
+                return None
+
+        first = wait_for(verified, 40, "the pebble certificate")
+        serials, failures = [first], []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(set(serials)) < 2:
+            try:
+                serials.append(_https_get(w, domain, context))
+            except (OSError, AssertionError) as exc:
+                failures.append(repr(exc))
+            time.sleep(0.2)
+        assert failures == [], failures
+        assert len(set(serials)) >= 2, "no renewal seen"
+        assert "Traceback" not in _log(w)
+    finally:
+        for name in ("gateway", "pebble"):
             path = os.path.join(tb.tmpdir, f"{name}.log")
             if os.path.exists(path):
                 print(f"--- {name} log tail ---")
