@@ -13,6 +13,7 @@ only if it points down.  Module-level cycles (runtime imports; imports under
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,6 +34,8 @@ FLOORS: dict[str, int] = {
     "dns": 4, "auth": 4, "proxy": 4, "observe": 4, "config": 4, "tls": 4,
     # the front resource, certificates, per-account runtimes, option parsing
     "http": 5, "acme": 5, "accounts": 5, "options": 5,
+    # L4 relays (TCP, TLS by SNI, UDP), beside the front resource
+    "l4": 5,
     # composition roots
     "management": 6, "service": 6, "embedded": 7, "tap": 8,
 }
@@ -54,10 +57,12 @@ ALLOWED: dict[str, set[str]] = {
     "tls": {"routes"},
     "http": {"auth", "observe", "proxy", "routes"},
     "acme": {"_proto", "startup", "store", "tls"},
+    "l4": {"_proto", "auth", "dial", "errors", "interfaces", "netstack", "observe", "proxy",
+           "routes"},
     "accounts": {"_proto", "mgmt", "netstack", "routes", "store", "wireguard"},
     "options": {"config", "startup"},
     "management": {"__version__", "_proto", "observe", "options", "peerbox", "startup", "tls"},
-    "service": {"_proto", "accounts", "acme", "auth", "dial", "dns", "http", "netstack",
+    "service": {"_proto", "accounts", "acme", "auth", "dial", "dns", "http", "l4", "netstack",
                 "observe", "proxy", "routes", "startup", "store", "tls", "tunnels",
                 "wireguard"},
     "embedded": {"dial", "management"},
@@ -113,6 +118,7 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
     return skip
 
 
+@functools.cache
 def imports(module: str) -> list[tuple[str, bool, bool]]:
     """``(imported nbgateway module or root name, lazy, type_only)`` for ``module``."""
     path, is_pkg = MODULES[module]
