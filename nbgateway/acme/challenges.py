@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import threading
 from typing import Any
 
 from cryptography import x509
@@ -58,9 +59,12 @@ def tls_alpn_certificate(domain: str, key_authorization: str) -> CertifiedKey:
 
 
 class ChallengeResponder:
-    """See the module docstring.  Reactor thread only."""
+    """See the module docstring.  Orders publish from their worker thread
+    while the listeners read on the reactor thread: every method holds a
+    lock (never across I/O), so no order ever waits for the reactor."""
 
     def __init__(self, max_pending: int = MAX_PENDING) -> None:
+        self._lock = threading.Lock()
         self.max_pending = max_pending
         self._http: dict[str, bytes] = {}
         self._alpn: dict[str, CertifiedKey] = {}
@@ -68,39 +72,44 @@ class ChallengeResponder:
         self.refused = {"http-01": 0, "tls-alpn-01": 0}
 
     def add_http01(self, token: str, key_authorization: str) -> bool:
-        if token not in self._http and len(self._http) >= self.max_pending:
-            return False
-        self._http[token] = key_authorization.encode("ascii")
-        return True
+        with self._lock:
+            if token not in self._http and len(self._http) >= self.max_pending:
+                return False
+            self._http[token] = key_authorization.encode("ascii")
+            return True
 
     def remove_http01(self, token: str) -> None:
-        self._http.pop(token, None)
+        with self._lock:
+            self._http.pop(token, None)
 
     def http01(self, token: str) -> bytes | None:
-        answer = self._http.get(token)
-        (self.answered if answer is not None else self.refused)["http-01"] += 1
-        return answer
+        with self._lock:
+            answer = self._http.get(token)
+            (self.answered if answer is not None else self.refused)["http-01"] += 1
+            return answer
 
     def add_tls_alpn01(self, domain: str, key_authorization: str) -> bool:
         name = normalize_name(domain)
-        if name not in self._alpn and len(self._alpn) >= self.max_pending:
-            return False
-        self._alpn[name] = tls_alpn_certificate(name, key_authorization)
-        return True
+        ck = tls_alpn_certificate(name, key_authorization)
+        with self._lock:
+            if name not in self._alpn and len(self._alpn) >= self.max_pending:
+                return False
+            self._alpn[name] = ck
+            return True
 
     def remove_tls_alpn01(self, domain: str) -> None:
-        self._alpn.pop(normalize_name(domain), None)
+        with self._lock:
+            self._alpn.pop(normalize_name(domain), None)
 
     def has_tls_alpn01(self, server_name: str | bytes | None) -> bool:
-        return normalize_name(server_name) in self._alpn
+        with self._lock:
+            return normalize_name(server_name) in self._alpn
 
     def tls_alpn01(self, server_name: str | bytes | None) -> CertifiedKey | None:
-        ck = self._alpn.get(normalize_name(server_name))
-        if ck is None:
-            self.refused["tls-alpn-01"] += 1
-        else:
-            self.answered["tls-alpn-01"] += 1
-        return ck
+        with self._lock:
+            ck = self._alpn.get(normalize_name(server_name))
+            (self.answered if ck is not None else self.refused)["tls-alpn-01"] += 1
+            return ck
 
 
 class HTTP01Resource(Resource):

@@ -5,7 +5,7 @@ what happens with the result.
 its domain wanted (a certificate already in the certificate directory counts,
 so a restart orders nothing new), a removed one drops it.  A timer on the
 injected clock wakes at the schedule's next due time; each due order runs
-:meth:`AcmeAccount.issue` on a worker thread (``deferToThread`` by default),
+:meth:`AcmeAccount.issue` on a worker thread (a daemon thread by default),
 so neither mapping application nor startup ever waits for the ACME server.
 Challenge answers are published on the reactor thread.
 
@@ -21,14 +21,15 @@ error, and ``nbgateway_acme_orders_total{result="failed"}`` counts it.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from cryptography import x509
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.acme.challenges import ChallengeResponder
@@ -86,11 +87,10 @@ class AcmeManager(MappingObserver):
         self.mgmt = mgmt
         self.schedule = schedule if schedule is not None else RenewalSchedule()
         self.stats = AcmeStats(self.schedule)
-        self.run_in_thread = run_in_thread or threads.deferToThread
-        if call_from_thread is None:
-            def call_from_thread(f: Callable[..., Any], *a: Any) -> Any:
-                return threads.blockingCallFromThread(clock, f, *a)
-        self.call_from_thread = call_from_thread
+        self.run_in_thread = run_in_thread or (lambda f, *a: in_daemon_thread(clock, f, *a))
+        #: the responder is thread-safe: orders publish directly, never
+        #: waiting for the reactor (which may be stopping)
+        self.call_from_thread = call_from_thread or (lambda f, *a: f(*a))
         #: domain -> {service id: account id}
         self.services: dict[str, dict[str, str]] = {}
         self._call: Any = None
@@ -225,6 +225,25 @@ class AcmeManager(MappingObserver):
         for service_id, account_id in list(self.services.get(domain, {}).items()):
             maybeDeferred(self.mgmt.send_status_update, service_id, account_id, status,
                           **kw).addErrback(lambda f: None)
+
+
+def in_daemon_thread(reactor: Any, f: Callable[..., Any], *args: Any) -> Deferred:
+    """Run ``f(*args)`` on a new daemon thread; the result arrives on the
+    reactor thread.  Unlike the reactor's thread pool, a slow ACME server
+    never holds up the process's shutdown (the thread is abandoned)."""
+    d: Deferred = Deferred()
+
+    def work() -> None:
+        try:
+            result = f(*args)
+        except BaseException as exc:
+            failure = Failure(exc)
+            reactor.callFromThread(d.errback, failure)
+        else:
+            reactor.callFromThread(d.callback, result)
+
+    threading.Thread(target=work, name="nbgateway-acme", daemon=True).start()
+    return d
 
 
 def _is_ip(name: str) -> bool:

@@ -68,8 +68,7 @@ def world(tmp_path):
     mgmt = FakeManagementClient()
     manager = AcmeManager(account, store, ChallengeResponder(), clock=clock, cert_dir=cert_dir,
                           mgmt=mgmt, run_in_thread=_run_now,
-                          schedule=RenewalSchedule(backoff_base=60.0, rand=lambda: 0.5),
-                          call_from_thread=lambda f, *a: f(*a))
+                          schedule=RenewalSchedule(backoff_base=60.0, rand=lambda: 0.5))
     manager.start()
     return clock, store, account, mgmt, manager, cert_dir
 
@@ -206,3 +205,55 @@ def test_unreachable_server_is_a_clean_acme_error(tmp_path):
         key = f.read()
     with open(AcmeAccount("http://127.0.0.1:9/d", str(tmp_path / "acme")).key_path, "rb") as f:
         assert f.read() == key
+
+
+class _RecordingReactor:
+    def __init__(self) -> None:
+        import threading
+
+        self.calls: list = []
+        self.done = threading.Event()
+
+    def callFromThread(self, f, *a):
+        self.calls.append((f, a))
+        self.done.set()
+
+
+def test_orders_run_on_daemon_threads_results_via_the_reactor():
+    import threading
+
+    from nbgateway.acme.manager import in_daemon_thread
+
+    seen = {}
+
+    def work(x):
+        seen["daemon"] = threading.current_thread().daemon
+        seen["thread"] = threading.current_thread() is not threading.main_thread()
+        if x == "boom":
+            raise AcmeError("boom")
+        return x * 2
+
+    for arg, expect_error in ((21, False), ("boom", True)):
+        reactor = _RecordingReactor()
+        d = in_daemon_thread(reactor, work, arg)
+        assert reactor.done.wait(5)
+        assert not d.called  # nothing fires off the reactor thread
+        f, a = reactor.calls[0]
+        f(*a)
+        results = []
+        d.addBoth(results.append)
+        if expect_error:
+            assert results[0].check(AcmeError)
+        else:
+            assert results == [42]
+        assert seen == {"daemon": True, "thread": True}
+
+
+def test_responder_publishes_without_the_reactor(world):
+    """publish/unpublish from an order are direct calls on the thread-safe
+    responder (a reactor that is stopping can never wedge an order)."""
+    _clock, _store, _account, _mgmt, manager, _cert_dir = world
+    manager._publish("tls-alpn-01", NAME, "t.k")
+    assert manager.responder.has_tls_alpn01(NAME)
+    manager._unpublish("tls-alpn-01", NAME, "t.k")
+    assert not manager.responder.has_tls_alpn01(NAME)
