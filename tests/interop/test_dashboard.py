@@ -33,19 +33,15 @@ def _by(kind: str):
     return getattr(By, kind)
 
 
-def click_and_wait(b: Browser, selector: str) -> None:
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    old = b.driver.find_element(_by("TAG_NAME"), "html")
-    b.driver.find_element(_by("CSS_SELECTOR"), selector).click()
-    WebDriverWait(b.driver, 15).until(ec.staleness_of(old))
-
-
 def page_until(b: Browser, url: str, predicate, timeout: float, what: str) -> None:
+    from selenium.common.exceptions import WebDriverException
+
     def check():
         b.driver.get(url)
-        return predicate(b.driver)
+        try:
+            return predicate(b.driver)
+        except WebDriverException:  # the live view replaced the element meanwhile
+            return None
     wait_for(check, timeout, what, interval=0.5)
 
 
@@ -78,10 +74,10 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
     with inside_netns(w.g.name):
         d.get(UI + "/login")
         d.find_element(_by("ID"), "token").send_keys(w.admin)
-        click_and_wait(b, "form.card button")
+        b.click_and_wait("form.card button")
         d.get(UI + "/tokens")
         d.find_element(_by("ID"), "token-name").send_keys("gw")
-        click_and_wait(b, "main form.card button[type=submit]")
+        b.click_and_wait("main form.card button[type=submit]")
         token = d.find_element(_by("ID"), "plain-token").text
     w.start_gateway(token)
     with inside_netns(w.g.name):
@@ -94,11 +90,11 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
         # group and peer
         d.get(UI + "/groups")
         d.find_element(_by("ID"), "group-name").send_keys("devs")
-        click_and_wait(b, "main form.card button[type=submit]")
+        b.click_and_wait("main form.card button[type=submit]")
         d.get(UI + "/peers")
         d.find_element(_by("ID"), "peer-name").send_keys("alice")
         Select(d.find_element(_by("ID"), "peer-groups")).select_by_visible_text("devs")
-        click_and_wait(b, "main form.card button[type=submit]")
+        b.click_and_wait("main form.card button[type=submit]")
         peer_url = d.current_url
         # a private service: first without a group (the API's 422), then with it
         d.get(UI + "/services/new")
@@ -108,14 +104,23 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
         Select(d.find_element(_by("ID"), "target_type")).select_by_visible_text("cluster")
         d.find_element(_by("ID"), "private").click()
         d.find_element(_by("ID"), "direct_upstream").click()
-        click_and_wait(b, "#service-form button[type=submit]")
+        b.click_and_wait("#service-form button[type=submit]")
         assert d.find_element(_by("ID"), "form-error").text == \
             "private services require at least one access group"
         Select(d.find_element(_by("ID"), "access_groups")).select_by_visible_text("devs")
-        click_and_wait(b, "#service-form button[type=submit]")
+        b.click_and_wait("#service-form button[type=submit]")
         assert d.current_url == UI + "/services", d.find_element(_by("TAG_NAME"), "main").text
         assert APP in d.find_element(_by("ID"), "services").text
         b.shoot("gw-services")
+        # the edit form reads the service back and saves it unchanged
+        b.click_and_wait("#services a[href^='/ui/services/']")
+        assert d.find_element(_by("ID"), "private").is_selected()
+        assert [o.text for o in Select(d.find_element(_by("ID"), "access_groups"))
+                .all_selected_options] == ["devs"]
+        assert d.find_element(_by("ID"), "domain").get_attribute("value") == APP
+        b.shoot("gw-service-edit")
+        b.click_and_wait("#service-form button[type=submit]")
+        assert d.current_url == UI + "/services", d.find_element(_by("TAG_NAME"), "main").text
         # with a private service the gateway reports its inbound listener
         page_until(b, UI + "/", lambda dr: re.search(
             r"\d+\.\d+\.\d+\.\d+ \(https 443, http 80\)",
@@ -145,15 +150,30 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
         page_until(b, UI + "/access-log?group=devs", logged, 30, "the request in the log")
         assert b.axe() == []
         b.shoot("gw-access-log")
+    for i in range(30):  # more than a page (25) of entries
+        assert w.curl(ns, f"https://{APP}/page-{i}", gw_ip=gw_ip)[0] == 200
+    with inside_netns(w.g.name):
+        page_until(b, UI + "/access-log", lambda dr: "page 1 of 2" in dr.find_element(
+            _by("TAG_NAME"), "main").text, 30, "two pages in the access log")
+        assert len(d.find_elements(_by("CSS_SELECTOR"), "#access-log tr.entry")) == 25
+        b.click_and_wait("a[rel=next]")
+        assert "page 2 of 2" in d.find_element(_by("TAG_NAME"), "main").text
+        assert len(d.find_elements(_by("CSS_SELECTOR"), "#access-log tr.entry")) == 6
+        d.get(UI + "/access-log?start_date=2099-01-01T00:00:00Z")
+        assert "0 entries" in d.find_element(_by("TAG_NAME"), "main").text
+        d.get(UI + "/access-log?status=failed")
+        assert not d.find_elements(_by("CSS_SELECTOR"), "#access-log tr.entry")
         # revoke the gateway's token: the live view shows it disconnected
         d.get(UI + "/tokens")
         d.execute_script("window.confirm = function () { return true; };")
-        click_and_wait(b, "#tokens button.danger")
+        b.click_and_wait("#tokens button.danger")
         d.get(UI + "/live")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the page's own script refreshes the table
-            rows = d.find_elements(_by("CSS_SELECTOR"), "#gateways tr.gateway")
-            if rows and rows[0].get_attribute("data-status") == "disconnected":
+            state = d.execute_script(
+                "var r = document.querySelector('#gateways tr.gateway');"
+                "return r && r.getAttribute('data-status');")
+            if state == "disconnected":
                 break
             time.sleep(0.5)
         else:

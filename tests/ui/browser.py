@@ -124,5 +124,26 @@ class Browser:
                  "nodes": [n.get("html", "")[:200] for n in v.get("nodes", [])][:3]}
                 for v in result if v.get("impact") in ("serious", "critical")]
 
+    def click_and_wait(self, selector: str, timeout: float = 15) -> None:
+        """Click *selector* and wait until a new document has loaded."""
+        import time
+
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.common.by import By
+
+        d = self.driver
+        d.execute_script("window.__nbgwOld = true;")
+        d.find_element(By.CSS_SELECTOR, selector).click()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if d.execute_script("return window.__nbgwOld !== true && "
+                                    "document.readyState === 'complete';"):
+                    return
+            except WebDriverException:  # between documents
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"clicking {selector} loaded no new page")
+
     def console(self) -> list[str]:
         return [e["message"] for e in self.driver.get_log("browser")]

@@ -49,22 +49,13 @@ def sign_in(m: Management, b: Browser) -> None:
     b.shoot("login")
     assert b.axe() == []
     d.find_element(_by("ID"), "token").send_keys(m.admin)
-    click_and_wait(b, "form.card button")
+    b.click_and_wait("form.card button")
     assert d.current_url == m.base + "/ui/"
 
 
 def submit(b: Browser, form_selector: str = "main form.card") -> None:
     """Submit a form and wait for the next page to replace this one."""
-    click_and_wait(b, form_selector + " button[type=submit]")
-
-
-def click_and_wait(b: Browser, selector: str) -> None:
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    old = b.driver.find_element(_by("TAG_NAME"), "html")
-    b.driver.find_element(_by("CSS_SELECTOR"), selector).click()
-    WebDriverWait(b.driver, 15).until(ec.staleness_of(old))
+    b.click_and_wait(form_selector + " button[type=submit]")
 
 
 def test_dashboard_in_a_browser(ui):
@@ -149,7 +140,7 @@ def test_dashboard_in_a_browser(ui):
     d.get(m.base + "/ui/tokens")
     assert plain not in d.page_source
     d.execute_script("window.confirm = function () { return true; };")
-    click_and_wait(b, "#tokens button.danger")
+    b.click_and_wait("#tokens button.danger")
     assert "revoked" in d.find_element(_by("ID"), "tokens").text
     b.shoot("tokens")
 
@@ -170,7 +161,7 @@ def test_dashboard_in_a_browser(ui):
     assert b.axe() == []
 
     # sign out: the pages need a session again
-    click_and_wait(b, "form.signout button")
+    b.click_and_wait("form.signout button")
     assert d.current_url.endswith("/ui/login")
     d.get(m.base + "/ui/peers")
     assert d.current_url.endswith("/ui/login")

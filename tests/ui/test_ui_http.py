@@ -140,6 +140,15 @@ def test_private_service_without_groups_shows_the_api_422_message(mgmt, admin):
     assert re.search(r'<p class="error" role="alert" id="form-error">[^<]+</p>', text)
 
 
+def test_access_log_filters_go_through_the_api_checks(mgmt, admin):
+    status, _h, text = admin.get("/ui/access-log?start_date=yesterday")
+    assert status == 422
+    assert "invalid start_date: expected an rfc 3339 timestamp" in text  # the API's text
+    status, _h, text = admin.get("/ui/access-log?status=maybe&user_id=%3Cscript%3E")
+    assert status == 422 and "invalid status" in text
+    assert 'value="&lt;script&gt;"' in text
+
+
 def test_group_peer_token_round_trip(mgmt, admin):
     csrf = admin.csrf("/ui/groups")
     assert admin.post("/ui/groups", {"csrf": csrf, "name": "ops"})[0] == 303
