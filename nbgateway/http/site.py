@@ -23,10 +23,13 @@ none.  Per request, in order:
    ``Forbidden``.  Operator schemes are never consulted.  Success installs the
    session cookie and hands the validated identity to the proxy.
 5. Public service without schemes: forwarded without identity.  A service
-   with operator schemes (password/PIN/OIDC/header) is forwarded only for a
-   tunnel peer the gate validates; the interactive schemes
-   themselves are not implemented yet, so everyone else gets 401 (fail
-   closed).
+   with operator schemes (password/PIN/OIDC/header) runs the sans-IO
+   :class:`~nbgateway.auth.policy.Protect` order (OAuth ``?error=``,
+   ``nb_session`` cookie verified locally, header schemes, tunnel-peer fast
+   path, OIDC-over-TLS, scheme loop); this adapter makes the RPCs it asks
+   for, reads the login form (urlencoded, at most :data:`MAX_FORM_BODY`
+   bytes, CSRF-checked by :mod:`nbgateway.auth.csrf`) and renders the
+   login/denied pages of :mod:`nbgateway.http.login`.
 6. One access-log entry when the response finishes (not for /__netbird__/, nor for
    hosts this gateway does not serve).
 
@@ -36,15 +39,31 @@ header preparation strips them on every path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from nbgateway.auth import csrf
+from nbgateway.auth.policy import (
+    CallAuthenticate,
+    CallOIDCURL,
+    CallTunnel,
+    CallValidateSession,
+    Forward,
+    Protect,
+    RequestFacts,
+    Respond,
+    safe_return_path,
+)
+from nbgateway.auth.session import COOKIE_NAME, SessionVerifier
 from nbgateway.auth.tunnel import GateDecision, PrivateGate, session_cookie
+from nbgateway.http.login import render_denied, render_login, send_html
 from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id, should_log
 from nbgateway.proxy.headers import drop_underscore_headers
 from nbgateway.proxy.reverse import ReverseProxy
@@ -57,6 +76,9 @@ log = Logger()
 
 FORBIDDEN_BODY = b"Forbidden\n"
 MISDIRECTED_BODY = b"Misdirected Request: the Host port is not this listener's port\n"
+#: a login form body larger than this (or streamed) is refused with 413
+MAX_FORM_BODY = 16 * 1024
+MAX_QUERY_FIELDS = 64
 
 
 def _plain(request: Any, code: int, body: bytes) -> None:
@@ -82,8 +104,16 @@ class GatewayResource(Resource):
         clock: Any = None,
         request_stats: Any = None,
         allow_underscore_headers: bool = False,
+        auth_client: Any = None,
+        verifier: SessionVerifier | None = None,
+        form_tokens: csrf.FormTokens | None = None,
     ) -> None:
         super().__init__()
+        #: Authenticate/GetOIDCURL/ValidateSession; defaults to the gate's client
+        self.auth_client = auth_client if auth_client is not None else (
+            getattr(getattr(gate, "cache", None), "client", None))
+        self.verifier = verifier if verifier is not None else SessionVerifier()
+        self.form_tokens = form_tokens if form_tokens is not None else csrf.FormTokens()
         self.lookup = lookup
         self.proxy = proxy
         self.gate = gate
@@ -144,11 +174,10 @@ class GatewayResource(Resource):
                 return server.NOT_DONE_YET
         if not entry.private and not entry.has_schemes:
             return self.proxy.render(request, ctx)
-        if entry.private and not overlay:
+        if not entry.private:
+            return self._protect(request, ctx, entry)
+        if not overlay or self.gate is None:
             _plain(request, 403, FORBIDDEN_BODY)  # private services never on the public listener
-            return server.NOT_DONE_YET
-        if self.gate is None or not overlay:
-            _plain(request, 401, b"Unauthorized\n")
             return server.NOT_DONE_YET
         d: Deferred = self.gate.check(
             listener_account=self.listener_account,
@@ -219,6 +248,203 @@ class GatewayResource(Resource):
         if not request.finished and not getattr(request, "_disconnected", False):
             _plain(request, 403, FORBIDDEN_BODY)
 
+    # ------------------------------------------------------------------ operator auth
+
+    def _protect(self, request: Any, ctx: RequestContext, entry: ServiceEntry) -> Any:
+        """A non-private service with operator schemes: run the policy."""
+        facts = self._facts(request, ctx, entry)
+        if facts is None:
+            _plain(request, 400, b"Bad Request: malformed query\n")
+            return server.NOT_DONE_YET
+        protect = Protect(facts, self.verifier)
+        self._run(request, ctx, entry, protect, protect.start())
+        return server.NOT_DONE_YET
+
+    def _facts(self, request: Any, ctx: RequestContext,
+               entry: ServiceEntry) -> RequestFacts | None:
+        """The request facts, None for a malformed query (a login form body
+        too large to read is only refused if the order reaches the scheme
+        loop: a cookie-authenticated upload is forwarded untouched)."""
+        uri = request.uri.decode("latin-1")
+        try:
+            pairs = parse_qsl(uri.partition("?")[2], keep_blank_values=True,
+                              max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            return None
+        query: dict[str, str] = {}
+        for k, v in pairs:
+            query.setdefault(k, v)
+        form = dict(query)
+        headers = request.requestHeaders
+        lower = {name.lower(): (headers.getRawHeaders(name.encode("latin-1")) or [""])[0]
+                 .decode("latin-1")
+                 for name in ("Origin", "Referer", "Sec-Fetch-Site")
+                 if headers.hasHeader(name.encode("latin-1"))}
+        for name in entry.service.header_auth_names:
+            raw = headers.getRawHeaders(name.encode("latin-1"))
+            if raw:
+                lower[name.lower()] = raw[0].decode("latin-1")
+        trusted, oversized = True, False
+        interactive = any(s in entry.schemes for s in ("password", "pin"))
+        ctype = (headers.getRawHeaders(b"content-type") or [b""])[0].split(b";")[0].strip()
+        if interactive and request.method == b"POST" and \
+                ctype.lower() == b"application/x-www-form-urlencoded":
+            body = self._form_body(request)
+            if body is None:
+                oversized, body = True, b""
+            try:
+                posted = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True,
+                                   max_num_fields=MAX_QUERY_FIELDS)
+            except ValueError:
+                return None
+            for k, v in posted:
+                form.setdefault(k, v)
+            if any(form.get(s) for s in ("password", "pin")):
+                host = ctx.service.domain if ctx.service is not None else ""
+                now = self.clock.seconds()
+                trusted = (self.form_tokens.check(form.get(csrf.FIELD, ""), host, now)
+                           and csrf.same_site(lower, host))
+        cookie = request.getCookie(COOKIE_NAME.encode()) or b""
+        secure = bool(request.isSecure())
+        return RequestFacts(
+            host=entry.service.domain, uri=uri, tls=secure, overlay=ctx.overlay,
+            now=self.clock.seconds(), account_id=entry.account_id,
+            service_id=entry.service.service_id, schemes=entry.schemes,
+            header_names=entry.service.header_auth_names, session_key=entry.session_key,
+            max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), headers=lower,
+            query=query, form=form, scheme="https" if secure else "http",
+            form_trusted=trusted, form_oversized=oversized)
+
+    @staticmethod
+    def _form_body(request: Any) -> bytes | None:
+        """A small buffered body, or None (streamed or over the limit)."""
+        if getattr(request, "body_stream", None) is not None:
+            return None
+        content = getattr(request, "content", None)
+        if content is None:
+            return b""
+        try:
+            content.seek(0)
+            data = content.read(MAX_FORM_BODY + 1)
+            content.seek(0)
+        except (OSError, ValueError):
+            return None
+        return None if len(data) > MAX_FORM_BODY else data
+
+    def _run(self, request: Any, ctx: RequestContext, entry: ServiceEntry,
+             protect: Protect, step: Any) -> None:
+        """Carry out one policy step; calls come back here with the next."""
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        again = functools.partial(self._run, request, ctx, entry, protect)
+        client = self.auth_client
+        if isinstance(step, Forward):
+            if step.set_cookie:
+                request.responseHeaders.addRawHeader(b"set-cookie", session_cookie(
+                    step.set_cookie, entry.session_max_age).encode("latin-1"))
+            if step.identity is not None:
+                ctx.authenticated(step.identity, step.mechanism)
+            self.proxy.render(request, ctx)
+            return
+        if isinstance(step, Respond):
+            self._respond(request, ctx, entry, step)
+            return
+        if client is None:
+            self._run_failed(request, ctx, entry, protect, step)
+            return
+        if isinstance(step, CallTunnel):
+            if self.gate is None:
+                again(protect.tunnel_done(False, None, ""))
+                return
+            d = self.gate.check(listener_account=self.listener_account,
+                                mapping_account=entry.account_id,
+                                domain=entry.service.domain, client_ip=ctx.source_ip)
+            d.addCallback(lambda dec: protect.tunnel_done(dec.allowed, dec.identity,
+                                                           dec.session_token))
+            d.addErrback(lambda _f: protect.tunnel_done(False, None, ""))
+        elif isinstance(step, CallAuthenticate):
+            kw = ({"header_value": step.value, "header_name": step.header_name}
+                  if step.scheme == "header" else {step.scheme: step.value})
+            d = _call(client.authenticate, entry.service.service_id, entry.account_id, **kw)
+            d.addCallbacks(lambda r: protect.authenticate_done(bool(r.success), r.session_token),
+                           lambda f: self._rpc_error(f, "Authenticate",
+                                                     protect.authenticate_done, None, ""))
+        elif isinstance(step, CallOIDCURL):
+            d = _call(client.get_oidc_url, entry.service.service_id, entry.account_id,
+                      step.redirect_url)
+            d.addCallbacks(lambda url: protect.oidc_url_done(str(url or "")),
+                           lambda f: self._rpc_error(f, "GetOIDCURL", protect.oidc_url_done, None))
+        elif isinstance(step, CallValidateSession):
+            d = _call(client.validate_session, entry.service.domain, step.token)
+            d.addCallbacks(lambda r: protect.validate_session_done(r, step.token),
+                           lambda f: self._rpc_error(f, "ValidateSession",
+                                                     protect.validate_session_done, None,
+                                                     step.token))
+        else:  # pragma: no cover - the policy returns only the steps above
+            raise TypeError(f"unknown policy step {step!r}")
+        d.addCallback(again)
+        d.addErrback(lambda f: log.failure("operator auth step failed", f))
+
+    def _run_failed(self, request: Any, ctx: RequestContext, entry: ServiceEntry,
+                    protect: Protect, step: Any) -> None:
+        """No management client: every call is an RPC failure (fail closed)."""
+        if isinstance(step, CallTunnel):
+            nxt = protect.tunnel_done(False, None, "")
+        elif isinstance(step, CallAuthenticate):
+            nxt = protect.authenticate_done(None, "")
+        elif isinstance(step, CallOIDCURL):
+            nxt = protect.oidc_url_done(None)
+        else:
+            nxt = protect.validate_session_done(None, "")
+        self._run(request, ctx, entry, protect, nxt)
+
+    @staticmethod
+    def _rpc_error(failure: Any, rpc: str, done: Callable[..., Any], *args: Any) -> Any:
+        log.info("{rpc} failed: {error}", rpc=rpc, error=failure.getErrorMessage())
+        return done(*args)
+
+    def _respond(self, request: Any, ctx: RequestContext, entry: ServiceEntry,
+                 step: Respond) -> None:
+        if step.mechanism:
+            if step.identity is not None:
+                ctx.authenticated(step.identity, step.mechanism)
+            else:
+                ctx.auth_mechanism = step.mechanism
+        if step.set_cookie:
+            request.responseHeaders.addRawHeader(b"set-cookie", session_cookie(
+                step.set_cookie, entry.session_max_age).encode("latin-1"))
+        if step.kind == "redirect":
+            request.setResponseCode(step.status)
+            request.setHeader(b"location", step.location.encode("utf-8"))
+            request.setHeader(b"cache-control", b"no-store")
+            request.setHeader(b"content-length", b"0")
+            request.finish()
+        elif step.kind == "denied":
+            send_html(request, step.status, render_denied(step.message))
+        elif step.kind == "login":
+            host = entry.service.domain
+            token = self.form_tokens.issue(host, self.clock.seconds())
+            send_html(request, step.status, render_login(
+                host=host, methods=step.methods, error=step.error,
+                action=safe_return_path(request.uri.decode("latin-1")), form_token=token))
+        elif step.status == 502 and self._wants_html(request, entry):
+            host = entry.service.domain
+            send_html(request, 502, render_login(
+                host=host, methods=tuple((s, "") for s in entry.schemes if s != "oidc"),
+                error="unavailable", action=safe_return_path(request.uri.decode("latin-1")),
+                form_token=self.form_tokens.issue(host, self.clock.seconds())))
+        else:
+            _plain(request, step.status, (step.body + "\n").encode("utf-8"))
+
+    @staticmethod
+    def _wants_html(request: Any, entry: ServiceEntry) -> bool:
+        """A browser's login-form post (not a header-auth client) gets the
+        login page's error state instead of plain text."""
+        if not any(s in entry.schemes for s in ("password", "pin")):
+            return False
+        accept = (request.getHeader(b"accept") or b"").lower()
+        return b"text/html" in accept
+
     # ------------------------------------------------------------------ observation
 
     def _count(self, request: Any) -> None:
@@ -261,6 +487,14 @@ class GatewayResource(Resource):
             ))
 
         request.notifyFinish().addBoth(done)
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Deferred:
+    """``fn(...)`` as a Deferred; a client that raises is an RPC failure."""
+    try:
+        return maybeDeferred(fn, *args, **kw)
+    except Exception as exc:  # pragma: no cover - maybeDeferred already catches
+        return fail(exc)
 
 
 def _content_length(request: Any) -> int:

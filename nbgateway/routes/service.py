@@ -83,6 +83,10 @@ class ServiceEntry:
     route_errors: tuple[str, ...] = ()
     mode: str = ""
     listen_port: int = 0
+    #: interactive operator schemes in their fixed order (password, pin, oidc)
+    schemes: tuple[str, ...] = ()
+    #: base64 Ed25519 public key that verifies this service's session JWTs
+    session_key: str = ""
 
     @property
     def account_id(self) -> str:
@@ -123,4 +127,7 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
         route_errors=tuple(errors),
         mode=mapping.mode,
         listen_port=int(mapping.listen_port),
+        schemes=tuple(name for name, on in (("password", auth.password), ("pin", auth.pin),
+                                            ("oidc", auth.oidc)) if on),
+        session_key=auth.session_key,
     )

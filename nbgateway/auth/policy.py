@@ -1,0 +1,296 @@
+"""The operator-auth policy of a non-private service (sans-IO).
+
+Owns the order of checks that follows the access restrictions and the
+private gate for a service with operator schemes (password, PIN, OIDC,
+header).  A :class:`Protect` is created per request from
+:class:`RequestFacts` and driven by the adapter
+(:class:`~nbgateway.http.site.GatewayResource`): every method returns a
+*step* -- :class:`Forward`, :class:`Respond`, or a call the adapter makes
+(:class:`CallAuthenticate`, :class:`CallTunnel`, :class:`CallOIDCURL`,
+:class:`CallValidateSession`) whose result it feeds back with the matching
+``*_done`` method.  No I/O, no reactor; ``now`` comes from the caller.
+
+Order (after restrictions and the private gate):
+
+1. no schemes -> forward without identity;
+2. ``?error=`` (an OAuth callback error) -> access-denied page 403 with the
+   (escaped by the page) ``error_description``;
+3. a valid ``nb_session`` cookie -> forward with the token's identity (no
+   RPC; invalid cookies are ignored);
+4. header schemes in order: the first configured header present decides
+   (Authenticate: not successful 401 ``Unauthorized``, RPC error 502
+   ``authentication service unavailable``, token not valid locally 400
+   ``invalid session token``, else cookie + forward);
+5. tunnel-peer fast path (inbound listener only) -> cookie + forward, a
+   failure falls through;
+6. OIDC configured and not over TLS -> 400 ``OIDC requires TLS — use port 443``;
+7. the scheme loop (password, PIN, OIDC): the first scheme producing a token
+   wins -> cookie + 303 to the original URI without ``session_token``; no
+   token -> 302 to the IdP when OIDC is the only method, else the login
+   page with 401.
+
+Post-login redirects are relative to the request's own host: the target is
+the request's path and query with leading slashes collapsed, so ``//evil``
+can never become a protocol-relative redirect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode
+
+from nbgateway.routes.identity import Identity
+
+from .session import SessionVerifier
+
+__all__ = [
+    "CallAuthenticate",
+    "CallOIDCURL",
+    "CallTunnel",
+    "CallValidateSession",
+    "Forward",
+    "Protect",
+    "RequestFacts",
+    "Respond",
+    "safe_return_path",
+]
+
+UNAVAILABLE = "authentication service unavailable"
+OIDC_TLS = "OIDC requires TLS — use port 443"
+DENIED_DEFAULT = "An error occurred during authentication"
+NOT_AUTHORIZED = "You are not authorized to access this service"
+MAX_SECRET_LENGTH = 1024  # longer form values are refused without an RPC
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the policy needs to know about one request."""
+
+    host: str  # domain key (port stripped, normalised)
+    uri: str  # the request target as received (origin form)
+    tls: bool
+    overlay: bool
+    now: float
+    account_id: str
+    service_id: str
+    schemes: tuple[str, ...]  # interactive schemes: password, pin, oidc (in that order)
+    header_names: tuple[str, ...]
+    session_key: str
+    max_age: int
+    cookie: str = ""  # the nb_session value, if any
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case name -> value
+    query: Mapping[str, str] = field(default_factory=dict)  # first value per query key
+    form: Mapping[str, str] = field(default_factory=dict)  # query + urlencoded body
+    scheme: str = "https"  # for GetOIDCURL's redirect_url
+    #: the login form was posted with a valid form token and a same-site origin
+    form_trusted: bool = True
+    #: a login form body was posted but was too large (or streamed) to read
+    form_oversized: bool = False
+
+
+@dataclass(frozen=True)
+class Forward:
+    identity: Identity | None
+    mechanism: str = ""
+    set_cookie: str = ""  # session token to install, if any
+
+
+@dataclass(frozen=True)
+class Respond:
+    """An answer made here.  ``kind``: ``plain`` (``body`` text), ``login``
+    (the login page, ``methods`` and ``error``), ``denied`` (the
+    access-denied page with ``message``), ``redirect`` (``location``)."""
+
+    status: int
+    kind: str
+    body: str = ""
+    message: str = ""
+    location: str = ""
+    methods: tuple[tuple[str, str], ...] = ()
+    error: str = ""
+    set_cookie: str = ""
+    mechanism: str = ""
+    identity: Identity | None = None
+
+
+@dataclass(frozen=True)
+class CallAuthenticate:
+    scheme: str  # password | pin | header
+    value: str
+    header_name: str = ""
+
+
+@dataclass(frozen=True)
+class CallTunnel:
+    pass
+
+
+@dataclass(frozen=True)
+class CallOIDCURL:
+    redirect_url: str
+
+
+@dataclass(frozen=True)
+class CallValidateSession:
+    token: str
+
+
+Step = Forward | Respond | CallAuthenticate | CallTunnel | CallOIDCURL | CallValidateSession
+
+
+def safe_return_path(uri: str) -> str:
+    """The same-host redirect target for ``uri``: its path (leading slashes
+    collapsed, so never ``//host``; backslashes refused) and its query
+    without ``session_token`` or submitted credentials."""
+    path, _, query = uri.partition("?")
+    path = path.replace("\\", "/")
+    if not path.startswith("/"):
+        path = "/" + path
+    path = "/" + path.lstrip("/")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
+        path = "/"
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+             if k not in ("session_token", "password", "pin")]
+    return path + ("?" + urlencode(pairs) if pairs else "")
+
+
+class Protect:
+    """One request through the operator-auth order of checks."""
+
+    def __init__(self, facts: RequestFacts, verifier: SessionVerifier) -> None:
+        self.facts = facts
+        self.verifier = verifier
+        self._loop = 0  # next scheme index in the scheme loop
+        self._prompts: list[tuple[str, str]] = []
+        self._failed = ""  # the scheme whose submitted credentials failed
+        self._pending = ""  # scheme whose Authenticate is in flight
+
+    # -- entry ---------------------------------------------------------------
+    def start(self) -> Step:
+        f = self.facts
+        if not f.schemes and not f.header_names:
+            return Forward(None)
+        if "error" in f.query:
+            desc = f.query.get("error_description", "") or DENIED_DEFAULT
+            return Respond(403, "denied", message=desc, mechanism="oidc")
+        if f.cookie:
+            ident = self.verifier.verify(f.cookie, f.session_key, f.host, f.now)
+            if ident is not None:
+                return Forward(ident, ident.method)
+        for name in f.header_names:
+            value = f.headers.get(name.lower())
+            if value is not None:
+                self._pending = "header"
+                return CallAuthenticate("header", value, name)
+        return self._after_headers()
+
+    def _after_headers(self) -> Step:
+        if self.facts.overlay:
+            return CallTunnel()
+        return self._after_tunnel()
+
+    # -- results fed back ----------------------------------------------------
+    def tunnel_done(self, allowed: bool, identity: Identity | None, token: str) -> Step:
+        if allowed and identity is not None and token:
+            return Forward(identity, "oidc", token)
+        return self._after_tunnel()
+
+    def authenticate_done(self, success: bool | None, token: str) -> Step:
+        """``success`` is None when the RPC failed."""
+        scheme, self._pending = self._pending, ""
+        if success is None:
+            return Respond(502, "plain", body=UNAVAILABLE, mechanism=scheme)
+        if scheme == "header":
+            if not success:
+                return Respond(401, "plain", body="Unauthorized", mechanism="header")
+            ident = self._local(token)
+            if ident is None:
+                return Respond(400, "plain", body="invalid session token", mechanism="header")
+            return Forward(ident, "header", token)
+        if not success or not token:
+            self._failed = scheme
+            self._prompts.append((scheme, scheme))
+            return self._scheme_loop()
+        return self._token_won(scheme, token)
+
+    def oidc_url_done(self, url: str | None) -> Step:
+        if url is None:
+            return Respond(502, "plain", body=UNAVAILABLE, mechanism="oidc")
+        self._prompts.append(("oidc", url))
+        return self._scheme_loop()
+
+    def validate_session_done(self, response: object | None, token: str) -> Step:
+        if response is None:
+            return Respond(502, "plain", body=UNAVAILABLE, mechanism="oidc")
+        if not getattr(response, "valid", False):
+            return Respond(403, "denied", message=NOT_AUTHORIZED, mechanism="oidc")
+        ident = Identity(
+            user_id=getattr(response, "user_id", ""),
+            email=getattr(response, "user_email", ""),
+            group_ids=tuple(getattr(response, "peer_group_ids", ()) or ()),
+            group_names=tuple(getattr(response, "peer_group_names", ()) or ()),
+            method="oidc",
+        )
+        return self._redirect(token, ident, "oidc")
+
+    # -- the rest of the order -----------------------------------------------
+    def _after_tunnel(self) -> Step:
+        f = self.facts
+        if "oidc" in f.schemes and not f.tls:
+            return Respond(400, "plain", body=OIDC_TLS)
+        return self._scheme_loop()
+
+    def _scheme_loop(self) -> Step:
+        f = self.facts
+        if f.form_oversized:
+            return Respond(413, "plain", body="Request Entity Too Large")
+        while self._loop < len(f.schemes):
+            scheme = f.schemes[self._loop]
+            self._loop += 1
+            if scheme in ("password", "pin"):
+                value = f.form.get(scheme, "")
+                if not value:
+                    self._prompts.append((scheme, scheme))
+                    continue
+                if not f.form_trusted:
+                    return Respond(403, "plain", body="Forbidden: cross-site form post refused",
+                                   mechanism=scheme)
+                if len(value) > MAX_SECRET_LENGTH:
+                    self._failed = scheme
+                    self._prompts.append((scheme, scheme))
+                    continue
+                self._pending = scheme
+                return CallAuthenticate(scheme, value)
+            if scheme == "oidc":
+                token = f.query.get("session_token", "")
+                if token:
+                    return CallValidateSession(token)
+                path = f.uri.partition("?")[0]
+                return CallOIDCURL(f"{f.scheme}://{f.host}{path}")
+        return self._no_token()
+
+    def _no_token(self) -> Step:
+        f = self.facts
+        prompts = dict(self._prompts)
+        if f.header_names:
+            prompts.setdefault("header", "")
+        if list(prompts) == ["oidc"] and prompts["oidc"]:
+            return Respond(302, "redirect", location=prompts["oidc"], mechanism="")
+        order = [m for m in ("password", "pin", "oidc", "header") if m in prompts]
+        return Respond(401, "login", methods=tuple((m, prompts[m]) for m in order),
+                       error=self._failed, mechanism=self._failed)
+
+    def _local(self, token: str) -> Identity | None:
+        f = self.facts
+        return self.verifier.verify(token, f.session_key, f.host, f.now)
+
+    def _token_won(self, scheme: str, token: str) -> Step:
+        ident = self._local(token)
+        if ident is None:
+            return Respond(400, "plain", body="invalid session token", mechanism=scheme)
+        return self._redirect(token, ident, scheme)
+
+    def _redirect(self, token: str, ident: Identity, scheme: str) -> Step:
+        return Respond(303, "redirect", location=safe_return_path(self.facts.uri),
+                       set_cookie=token, mechanism=scheme, identity=ident)
