@@ -157,7 +157,8 @@ class ManagementService(MultiService):
             self.store = Store.open(self.store_dsn, datadir=self.datadir,
                                     known_clusters=self.known_clusters)
         self._bootstrap()
-        site = build_site(self.store, self.threadpool, self.reactor)
+        site = build_site(self.store, self.threadpool, self.reactor,
+                          ca_cert_path=os.path.join(self.datadir, "ca.crt"))
         endpoint = serverFromString(self.reactor, self.api_endpoint)
         failures: list[Any] = []
         d = endpoint.listen(site)

@@ -39,8 +39,12 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
                           version=_version())
 
 
-def build_site(store: Any, threadpool: Any, reactor: Any) -> ApiSite:
-    """An HTTP site serving the API over *store*; handlers run on *threadpool*."""
+def build_site(store: Any, threadpool: Any, reactor: Any,
+               ca_cert_path: str | None = None) -> ApiSite:
+    """An HTTP site serving the API over *store*; handlers run on *threadpool*.
+
+    *ca_cert_path*: where a co-located gateway keeps its CA certificate (the
+    dashboard offers it to peers when the file exists)."""
     handlers = Handlers(store)
     routes = build_routes(handlers)
     document = build_openapi(routes)
@@ -53,7 +57,8 @@ def build_site(store: Any, threadpool: Any, reactor: Any) -> ApiSite:
     resource = ApiResource(routes, COMPONENTS, handlers.authenticate, threadpool, reactor)
     from nbgateway.management.ui import build_ui  # the dashboard under /ui/
 
-    ui = build_ui(routes, COMPONENTS, handlers.authenticate, threadpool, reactor)
+    ui = build_ui(routes, COMPONENTS, handlers.authenticate, threadpool, reactor,
+                  ca_cert_path=ca_cert_path)
     site = ApiSite(_Root(resource, ui), timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     return site

@@ -22,6 +22,8 @@ __all__ = ["CSP", "SessionStore", "UiResource", "build_ui"]
 
 def build_ui(routes: list[Route], schemas: Mapping[str, dict[str, Any]],
              authenticate: Callable[[str], Identity], threadpool: Any,
-             reactor: Any) -> UiResource:
-    """The ``/ui`` resource over the API's *routes*; pages run on *threadpool*."""
-    return UiResource(ApiBridge(routes, schemas, authenticate), threadpool, reactor)
+             reactor: Any, ca_cert_path: str | None = None) -> UiResource:
+    """The ``/ui`` resource over the API's *routes*; pages run on *threadpool*.
+    *ca_cert_path* is a gateway CA certificate offered to peers if it exists."""
+    return UiResource(ApiBridge(routes, schemas, authenticate), threadpool, reactor,
+                      ca_cert_path=ca_cert_path)

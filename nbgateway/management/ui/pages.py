@@ -12,7 +12,7 @@ from typing import Any
 
 from nbgateway.management.model import MODES, TARGET_PROTOCOLS, TARGET_TYPES
 
-from .resource import Ctx, Page, data_uri, qs
+from .resource import Ctx, Page, data_uri, qs, read_ca_certificate
 
 PAGE_SIZE = 25
 
@@ -202,6 +202,7 @@ def peer_detail(ctx: Ctx, peer_id: str) -> Page:
     conf = ctx.api("getPeerWireguardConfig", {"peerId": peer_id})
     qr = ctx.api("getPeerWireguardConfig", {"peerId": peer_id}, query={"format": "qr"})
     return ctx.render("peer.html", peer=peer.body,
+                      ca_cert=read_ca_certificate(ctx.ui.ca_cert_path),
                       config=conf.body.decode() if conf.ok else "",
                       config_error=conf.message,
                       qr=data_uri("image/png", qr.body) if qr.ok else "")
@@ -216,6 +217,14 @@ def peer_config(ctx: Ctx, peer_id: str) -> Page:
                    for c in (peer.body or {}).get("name", "wg0"))[:15] or "wg0"
     return Page(200, body=conf.body, content_type="text/plain; charset=utf-8",
                 headers={"Content-Disposition": f'attachment; filename="{name}.conf"'})
+
+
+def ca_certificate(ctx: Ctx) -> Page:
+    pem = read_ca_certificate(ctx.ui.ca_cert_path)
+    if not pem:
+        return ctx.render("error.html", 404, message="no gateway CA certificate here")
+    return Page(200, body=pem.encode(), content_type="application/x-pem-file",
+                headers={"Content-Disposition": 'attachment; filename="nbgateway-ca.crt"'})
 
 
 def peer_delete(ctx: Ctx, peer_id: str) -> Page:
@@ -293,6 +302,7 @@ ROUTES: list[tuple[str, tuple[str, ...], Any]] = [
     ("GET", ("peers", "{peer_id}"), peer_detail),
     ("GET", ("peers", "{peer_id}", "config"), peer_config),
     ("POST", ("peers", "{peer_id}", "delete"), peer_delete),
+    ("GET", ("ca.crt",), ca_certificate),
     ("GET", ("tokens",), tokens),
     ("POST", ("tokens",), token_create),
     ("POST", ("tokens", "{token_id}", "revoke"), token_revoke),

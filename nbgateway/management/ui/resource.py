@@ -107,8 +107,9 @@ class UiResource(Resource):
     isLeaf = True
 
     def __init__(self, bridge: ApiBridge, threadpool: Any, reactor: Any,
-                 sessions: SessionStore | None = None):
+                 sessions: SessionStore | None = None, ca_cert_path: str | None = None):
         super().__init__()
+        self.ca_cert_path = ca_cert_path
         from . import pages
 
         self.bridge = bridge
@@ -322,6 +323,31 @@ def _match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str
         elif want != got:
             return None
     return params
+
+
+#: a CA certificate file larger than this is not offered
+MAX_CA_CERT = 64 * 1024
+
+
+def read_ca_certificate(path: str | None) -> str:
+    """The PEM certificate(s) at *path*, or "" when absent, too large, or not
+    certificates only (a file holding any key is never offered)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CA_CERT + 1)
+    except OSError:
+        return ""
+    if len(raw) > MAX_CA_CERT:
+        return ""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    if "-----BEGIN CERTIFICATE-----" not in text or "KEY-----" in text:
+        return ""
+    return text
 
 
 def data_uri(mime: str, data: bytes) -> str:
