@@ -1,35 +1,46 @@
-"""Gateway benchmark (issue 6): a private service over the tunnel vs. the same
-upstream reached directly over wireguard-go, measured in the same run.
+"""Gateway benchmark (issue 20): a private service through the gateway vs. nginx
+as a reverse proxy behind wireguard-go, all paths measured in one run.
 
 Topology (everything inside namespaces this script creates, torn down after):
 
-* **gateway path** -- netns G runs ``twistd nbmanagement`` and ``twistd
-  nbgateway --private`` (as in ``tests/interop/test_private_e2e.py``, whose
-  ``World`` is reused) and the upstream HTTP server on 127.0.0.1:8081 (a
+* **gateway path** -- netns G runs ``twistd nbmanagement``, ``twistd nbgateway
+  --private`` (``World`` from ``tests/interop/test_private_e2e.py``) and the
+  upstream: nginx from Debian on 127.0.0.1:8081 returning 512 bytes (a
   ``direct_upstream`` target).  Peer "alice" (in the service's access group)
-  runs stock wireguard-go configured from the management's wireguard-config;
-  the load generator runs in her namespace: kernel TCP -> wireguard-go ->
-  the gateway's WireGuard + netstack -> private gate (validation cached) ->
-  reverse proxy -> upstream.
-* **baseline path** -- two fresh namespaces joined by plain wireguard-go <->
-  wireguard-go (``tunnel_pair``); the same upstream server program listens on
-  the far side's tunnel address and the same load generator runs on the near
-  side.
+  runs stock wireguard-go configured from the management's wireguard-config; the
+  load generator runs in her namespace: kernel TCP -> wireguard-go -> the
+  gateway's WireGuard + netstack -> private gate (validation cached) -> reverse
+  proxy (identity headers stamped, access-log entry shipped) -> nginx upstream.
+* **nginx baseline** -- two fresh namespaces A and B joined by wireguard-go <->
+  wireguard-go (``tunnel_pair``).  B runs the same nginx upstream configuration
+  (127.0.0.1:8081 and 100.64.0.2:8081) and a second nginx as the reverse proxy on
+  100.64.0.2:80 (and :443 with TLS): one worker, ``keepalive`` upstream
+  connections, one header stamped (``X-NetBird-User``), like the gateway's
+  identity header.  The load generator runs in A.
+* **upstream alone** -- the load generator in A straight to the upstream nginx on
+  100.64.0.2:8081 over wireguard-go (the ceiling of the tunnel + nginx).
 
-Load generator: ``--clients`` (16) threads, each with one keep-alive
-``http.client`` connection, GET in a loop for ``--seconds``; requests/s and
-p50/p99 latency of completed 200s.  Plain HTTP (the tunnel listener's port 80)
-so that TLS cost is not part of the ratio.
+Load generator: wrk from Debian (``-t1``), ``--connections`` (16) keep-alive
+connections, plus a one-connection round for latency; a Lua ``done`` hook prints
+requests, errors and latency percentiles as JSON.  Rounds are interleaved
+(upstream, nginx, gateway, ... repeated ``--rounds`` times) so drift on a shared
+box shows in every path alike; medians are reported.
 
-Cache hit vs. miss: ``--domains`` extra private services; for each, on one
-keep-alive connection, the first request is a ValidateTunnelPeer miss (an RPC
-to the management) and the following ones are cache hits; medians of both.
+HTTPS: TLS on the gateway's tunnel listener (port 443, SNI = the service name,
+keep-alive) vs. nginx terminating TLS on 100.64.0.2:443 with the same key type
+(ECDSA P-256), then new TLS handshakes/s (``Connection: close``: one handshake
+per request, no session resumption by wrk) on both.
 
-``--tls`` adds a gateway round over HTTPS (keep-alive TLS to port 443, the
-gateway's local CA verified, SNI = the service name); it is printed but not
-part of the ratio (the baseline has no TLS).
+Checked in every round: zero wrk errors (connect/read/write/timeout/non-2xx), and
+for the gateway rounds exactly one access-log entry per request: wrk's completed
+requests <= the requests the upstream nginx logged <= the management's new
+access-log rows <= completed + one per connection (a request in flight when wrk
+stops is logged by the gateway as 499 and may or may not have reached the
+upstream; a lost or duplicated entry breaks the chain).
 
-Run as root:  .venv/bin/python bench/gateway.py [--seconds 8] [--clients 16] [--domains 20] [--tls]
+Run as root:  .venv/bin/python bench/gateway.py [--seconds 5] [--rounds 3] [--json out.json]
+              [--py-spy profile.txt]   (py-spy in the venv: records the gateway
+                                        during the first 16-connection round)
 """
 
 from __future__ import annotations
@@ -37,104 +48,156 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
+import subprocess
 import sys
 import textwrap
 import time
 
 try:
-    from bench._testbed import Testbed, tunnel_pair, unavailable_reason
+    from bench._testbed import Testbed, run, tunnel_pair, unavailable_reason
 except ImportError:  # run as a script: bench/ is sys.path[0]
-    from _testbed import Testbed, tunnel_pair, unavailable_reason
+    from _testbed import Testbed, run, tunnel_pair, unavailable_reason
 
 from tests.interop.test_private_e2e import (  # repo root put on sys.path by _testbed
     APP,
     DOMAIN,
-    UPSTREAM,
     World,
-    counter,
     wait_for,
 )
 
-LOADGEN = textwrap.dedent('''
-    import http.client, json, socket, ssl, sys, threading, time
-    host, port, vhost, clients, seconds = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
-                                           int(sys.argv[4]), float(sys.argv[5]))
-    cafile = sys.argv[6] if len(sys.argv) > 6 else None
-    class TLSConn(http.client.HTTPConnection):
-        """HTTPS to an IP with SNI/verification for the virtual host."""
-        def connect(self):
-            raw = socket.create_connection((self.host, self.port), self.timeout)
-            ctx = ssl.create_default_context(cafile=cafile)
-            self.sock = ctx.wrap_socket(raw, server_hostname=vhost)
-    Conn = TLSConn if cafile else http.client.HTTPConnection
-    lat, errors, lock, first_error = [], [0], threading.Lock(), []
-    start = time.monotonic()
-    stop_at = start + seconds
-    def worker(n):
-        conn = Conn(host, port, timeout=10)
-        mine, bad = [], 0
-        while True:
-            t0 = time.monotonic()
-            if t0 >= stop_at:
-                break
-            try:
-                conn.request("GET", f"/bench/{n}", headers={"Host": vhost})
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status == 200:
-                    mine.append(time.monotonic() - t0)
-                else:
-                    bad += 1
-            except OSError as exc:
-                bad += 1
-                if not first_error:
-                    first_error.append(repr(exc))
-                conn.close()
-                conn = Conn(host, port, timeout=10)
-        conn.close()
-        with lock:
-            lat.extend(mine)
-            errors[0] += bad
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - start
-    lat.sort()
-    def pct(p):
-        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
-    print(json.dumps({"ok": len(lat), "errors": errors[0], "first_error": first_error[:1],
-                      "seconds": elapsed,
-                      "rps": len(lat) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}))
+BODY = "x" * 511 + "\n"  # 512 bytes
+
+WRK_LUA = textwrap.dedent('''
+    done = function(summary, latency, requests)
+      local e = summary.errors
+      io.write(string.format(
+        '{"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,'
+        .. '"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\\n',
+        summary.requests, summary.duration, summary.bytes, e.connect, e.read,
+        e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(99)))
+    end
 ''')
 
-HIT_MISS = textwrap.dedent('''
-    import http.client, json, statistics, sys, time
-    host, port, hits_per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    domains = sys.argv[4:]
-    miss, hit, codes = [], [], []
-    for d in domains:
-        conn = http.client.HTTPConnection(host, port, timeout=10)
-        for i in range(1 + hits_per):
-            t0 = time.monotonic()
-            conn.request("GET", "/hm", headers={"Host": d})
-            resp = conn.getresponse()
-            resp.read()
-            dt = time.monotonic() - t0
-            codes.append(resp.status)
-            (miss if i == 0 else hit).append(dt)
-        conn.close()
-    print(json.dumps({"miss_ms": statistics.median(miss) * 1000,
-                      "hit_ms": statistics.median(hit) * 1000,
-                      "codes": sorted(set(codes)), "n_miss": len(miss), "n_hit": len(hit)}))
+NGINX_MAIN = textwrap.dedent('''
+    daemon off;
+    master_process on;
+    user root;
+    worker_processes 1;
+    pid {dir}/nginx.pid;
+    error_log {dir}/error.log warn;
+    events {{ worker_connections 4096; }}
+    http {{
+      client_body_temp_path {dir}/body;
+      proxy_temp_path {dir}/proxy;
+      fastcgi_temp_path {dir}/fastcgi;
+      uwsgi_temp_path {dir}/uwsgi;
+      scgi_temp_path {dir}/scgi;
+      keepalive_requests 1000000;
+      keepalive_timeout 120s;
+      default_type text/plain;
+      {body}
+    }}
+''')
+
+UPSTREAM_HTTP = textwrap.dedent('''
+      access_log {dir}/access.log combined buffer=64k flush=100ms;
+      server {{
+        {listen}
+        location / {{ return 200 "{payload}"; }}
+      }}
+''')
+
+PROXY_HTTP = textwrap.dedent('''
+      access_log off;
+      upstream up {{ server 127.0.0.1:8081; keepalive 32; }}
+      server {{
+        listen 100.64.0.2:80;
+        listen 100.64.0.2:443 ssl;
+        ssl_certificate {dir}/proxy.crt;
+        ssl_certificate_key {dir}/proxy.key;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {{
+          proxy_pass http://up;
+          proxy_http_version 1.1;
+          proxy_set_header Connection "";
+          proxy_set_header X-NetBird-User "alice";
+        }}
+      }}
 ''')
 
 
-def _json_out(res) -> dict:
-    if res.returncode != 0:
-        raise RuntimeError(f"load generator failed: {res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def start_nginx(tb: Testbed, ns, name: str, body: str) -> str:
+    """nginx from Debian in ``ns`` (one worker, owned by the testbed); returns its dir."""
+    d = os.path.join(tb.tmpdir, name)
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_MAIN.format(dir=d, body=body.replace("{dir}", d)))
+    ns.run(["nginx", "-t", "-c", conf, "-p", d])
+    with open(os.path.join(d, "stderr"), "ab") as err:
+        ns.popen(["nginx", "-c", conf, "-p", d], stderr=err)
+    return d
+
+
+def upstream_body(listen: list[str]) -> str:
+    return UPSTREAM_HTTP.format(dir="{dir}", payload=BODY.replace("\n", "\\n"),
+                                listen=" ".join(f"listen {a};" for a in listen))
+
+
+def log_lines(d: str) -> int:
+    try:
+        with open(os.path.join(d, "access.log"), "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+class Wrk:
+    """One wrk invocation in a namespace, parsed."""
+
+    def __init__(self, tb: Testbed, seconds: float) -> None:
+        self.lua = tb.write_file("report.lua", WRK_LUA)
+        self.seconds = seconds
+
+    def __call__(self, ns, url: str, conns: int, *headers: str) -> dict:
+        args = ["wrk", "-t1", f"-c{conns}", f"-d{self.seconds:g}s", "--timeout", "5s",
+                "-s", self.lua]
+        for h in headers:
+            args += ["-H", h]
+        res = ns.run([*args, url], check=False, timeout=self.seconds + 60)
+        if res.returncode != 0:
+            raise RuntimeError(f"wrk failed: {res.stderr[-2000:]}")
+        line = [x for x in res.stdout.splitlines() if x.startswith("{")][-1]
+        r = json.loads(line)
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+        r["errors"] = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
+        return r
+
+
+def access_log_total(w: World) -> int:
+    return int(w.rest("GET", f"/events/proxy?host={APP}&page_size=1")["total_records"])
+
+
+def settled(fn, *, timeout: float = 30.0, quiet: float = 1.0) -> int:
+    """``fn()`` once it stopped changing for ``quiet`` seconds."""
+    last, since, deadline = fn(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = fn()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def make_cert(tb: Testbed, d: str) -> None:
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", "/CN=proxy.bench", "-keyout",
+         os.path.join(d, "proxy.key"), "-out", os.path.join(d, "proxy.crt")])
 
 
 def private_service(name: str, domain: str, group: str) -> dict:
@@ -145,134 +208,204 @@ def private_service(name: str, domain: str, group: str) -> dict:
                          "options": {"direct_upstream": True}}]}
 
 
-def public_listener_code(world: World, host: str) -> int:
-    r = world.g.run(["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
-                     "--resolve", f"{host}:8443:127.0.0.1", f"http://{host}:8443/"],
-                    check=False, timeout=10)
-    return int(r.stdout) if r.stdout.strip().isdigit() else 0
+def find_gateway_pid(w: World) -> int | None:
+    for pid in w.g.pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"twistd") for a in argv) and b"nbgateway" in argv:
+            return pid
+    return None
 
 
-def run_bench(seconds: float, clients: int, n_domains: int, hits_per: int,
-              tls: bool = False) -> dict:
-    reason = unavailable_reason(need=("curl", "wg-quick"))
+def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> dict:
+    reason = unavailable_reason(need=("curl", "wg-quick", "wrk", "nginx", "openssl"))
     if reason is not None:
         raise RuntimeError(f"gateway benchmark unavailable: {reason}")
-    out: dict = {}
+    out: dict = {"rounds": [], "access_log": []}
+    hosts_dirs: list[str] = []
     with Testbed() as tb:
-        w = World(tb)
-        w.start_upstream()
-        w.start_management()
-        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-        w.start_gateway(token)
-        wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-                 30, "the gateway to connect to management")
-        devs = w.rest("POST", "/groups", {"name": "devs"})
-        w.add_peer("alice", [devs["id"]])
-        w.rest("POST", "/reverse-proxies/services", private_service("app", APP, devs["id"]))
-        ns, gw_ip, _conf = w.connect_peer("alice")
-        loadgen = tb.write_file("loadgen.py", LOADGEN)
-        # warm up: handshake, mapping applied, validation cached
-        wait_for(lambda: w.curl(ns, f"http://{APP}/warm", gw_ip=gw_ip)[0] == 200, 30,
-                 "the private service over the tunnel")
-
-        # --- baseline: the same upstream behind plain wireguard-go <-> wireguard-go
-        ns_a, _wg_a, ns_b, _wg_b = tunnel_pair(tb)
-        script = tb.write_file("upstream_b.py", UPSTREAM)
-        ns_b.popen([sys.executable, script, "8081", os.devnull, "100.64.0.2"])
-        wait_for(lambda: ns_a.run(["curl", "-sS", "-m", "3", "-o", "/dev/null",
-                                   "http://100.64.0.2:8081/"], check=False).returncode == 0,
-                 20, "the baseline upstream")
-
-        def gateway_round() -> dict:
-            return _json_out(ns.run([sys.executable, loadgen, gw_ip, "80", APP, str(clients),
-                                     str(seconds)], check=False, timeout=seconds + 60))
-
-        def direct_round() -> dict:
-            return _json_out(ns_a.run([sys.executable, loadgen, "100.64.0.2", "8081",
-                                       "100.64.0.2", str(clients), str(seconds)],
-                                      check=False, timeout=seconds + 60))
-
-        misses0 = counter(w.metrics(), "nbgateway_tunnel_validation_lookups_total",
-                          result="miss")
-        # interleaved (direct, gateway, direct) so drift on a shared box shows
-        out["direct_1"] = direct_round()
-        out["gateway"] = gateway_round()
-        out["direct_2"] = direct_round()
-        if tls:
+        try:
+            w = World(tb)
+            up_g = start_nginx(tb, w.g, "upstream-g", upstream_body(["127.0.0.1:8081"]))
+            w.start_management()
+            token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
+            w.start_gateway(token)
+            wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
+                     30, "the gateway to connect to management")
+            devs = w.rest("POST", "/groups", {"name": "devs"})
+            w.add_peer("alice", [devs["id"]])
+            w.rest("POST", "/reverse-proxies/services", private_service("app", APP, devs["id"]))
+            ns, gw_ip, _conf = w.connect_peer("alice")
+            # wrk connects to the name it is given and sends it as SNI: the
+            # namespace's own /etc/hosts (ip netns exec bind-mounts it)
+            hosts_dir = f"/etc/netns/{ns.name}"
+            os.makedirs(hosts_dir, exist_ok=True)
+            hosts_dirs.append(hosts_dir)
+            with open(os.path.join(hosts_dir, "hosts"), "w") as f:
+                f.write(f"127.0.0.1 localhost\n{gw_ip} {APP}\n")
+            wait_for(lambda: w.curl(ns, f"http://{APP}/warm", gw_ip=gw_ip)[0] == 200, 30,
+                     "the private service over the tunnel")
             # the local CA and the name's certificate are made on first use
-            ca = os.path.join(w.gw_dir, "ca.crt")
-            ns.run(["curl", "-sk", "-m", "10", "-o", "/dev/null", "--resolve",
-                    f"{APP}:443:{gw_ip}", f"https://{APP}/warm"], check=False, timeout=20)
-            wait_for(lambda: os.path.exists(ca), 20, "the gateway's local CA certificate")
-            out["gateway_tls"] = _json_out(ns.run(
-                [sys.executable, loadgen, gw_ip, "443", APP, str(clients), str(seconds),
-                 ca], check=False, timeout=seconds + 60))
-        out["gateway_misses_during_load"] = counter(
-            w.metrics(), "nbgateway_tunnel_validation_lookups_total", result="miss") - misses0
+            wait_for(lambda: w.curl(ns, f"https://{APP}/warm", "-k", gw_ip=gw_ip)[0] == 200,
+                     30, "the private service over HTTPS")
 
-        # --- cache hit vs miss: one miss per fresh domain, then hits
-        domains = [f"hm{i}.{DOMAIN}" for i in range(n_domains)]
-        for i, d in enumerate(domains):
-            w.rest("POST", "/reverse-proxies/services", private_service(f"hm{i}", d, devs["id"]))
-        for d in domains:
-            wait_for(lambda d=d: public_listener_code(w, d) == 403, 30, f"{d} on the gateway")
-        misses1 = counter(w.metrics(), "nbgateway_tunnel_validation_lookups_total",
-                          result="miss")
-        hm = tb.write_file("hitmiss.py", HIT_MISS)
-        out["hit_miss"] = _json_out(ns.run([sys.executable, hm, gw_ip, "80", str(hits_per),
-                                            *domains], check=False, timeout=120))
-        out["hit_miss"]["gateway_misses"] = counter(
-            w.metrics(), "nbgateway_tunnel_validation_lookups_total", result="miss") - misses1
+            ns_a, _wg_a, ns_b, _wg_b = tunnel_pair(tb)
+            start_nginx(tb, ns_b, "upstream-b",
+                        upstream_body(["127.0.0.1:8081", "100.64.0.2:8081"]))
+            proxy_dir = os.path.join(tb.tmpdir, "proxy-b")
+            os.makedirs(proxy_dir)
+            make_cert(tb, proxy_dir)
+            start_nginx(tb, ns_b, "proxy-b", PROXY_HTTP.format(dir="{dir}"))
+            for url in ("http://100.64.0.2:8081/", "http://100.64.0.2/"):
+                wait_for(lambda url=url: ns_a.run(
+                    ["curl", "-sS", "-m", "3", "-o", "/dev/null", url],
+                    check=False).returncode == 0, 20, f"the baseline at {url}")
+
+            wrk = Wrk(tb, seconds)
+            gw_host = ("Host: " + APP,)
+            paths = {
+                "upstream": lambda c, *h: wrk(ns_a, "http://100.64.0.2:8081/", c, *h),
+                "nginx": lambda c, *h: wrk(ns_a, "http://100.64.0.2/", c, *h),
+                "gateway": lambda c, *h: wrk(ns, f"http://{gw_ip}/", c, *gw_host, *h),
+                "nginx_tls": lambda c, *h: wrk(ns_a, "https://100.64.0.2/", c, *h),
+                "gateway_tls": lambda c, *h: wrk(ns, f"https://{APP}/", c, *h),
+            }
+            close = "Connection: close"
+            gw_pid = find_gateway_pid(w)
+            for i in range(rounds):
+                rnd: dict = {}
+                for name in ("upstream", "nginx", "gateway"):
+                    before = (log_lines(up_g), access_log_total(w)) if name == "gateway" else None
+                    spy = None
+                    if py_spy and i == 0 and name == "gateway" and gw_pid:
+                        spy = subprocess.Popen(
+                            [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record",
+                             "-p", str(gw_pid), "-d", str(int(seconds)), "-f", "raw",
+                             "-o", py_spy, "-r", "200", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    rnd[f"{name}_c{conns}"] = paths[name](conns)
+                    if spy is not None:
+                        spy.wait(timeout=60)
+                    rnd[f"{name}_c1"] = paths[name](1)
+                    if before is not None:
+                        wrk_done = sum(rnd[f"{name}_{k}"]["requests"] for k in (f"c{conns}", "c1"))
+                        out["access_log"].append(check_access_log(w, up_g, before, wrk_done,
+                                                                  conns + 1))
+                for name in ("nginx_tls", "gateway_tls"):
+                    before = ((log_lines(up_g), access_log_total(w))
+                              if name == "gateway_tls" else None)
+                    rnd[f"{name}_c{conns}"] = paths[name](conns)
+                    rnd[f"{name}_c1"] = paths[name](1)
+                    rnd[f"{name}_hs"] = paths[name](conns, close)
+                    if before is not None:
+                        wrk_done = sum(rnd[f"{name}_{k}"]["requests"]
+                                       for k in (f"c{conns}", "c1", "hs"))
+                        out["access_log"].append(check_access_log(w, up_g, before, wrk_done,
+                                                                  2 * conns + 1))
+                out["rounds"].append(rnd)
+                print(f"round {i + 1}/{rounds}: " + ", ".join(
+                    f"{k} {v['rps']:.0f}" for k, v in rnd.items()), file=sys.stderr)
+        finally:
+            for d in hosts_dirs:
+                shutil.rmtree(d, ignore_errors=True)
     return out
 
 
-def report(r: dict, seconds: float, clients: int) -> None:
-    g, d1, d2 = r["gateway"], r["direct_1"], r["direct_2"]
-    direct_rps = (d1["rps"] + d2["rps"]) / 2
-    print(f"private service, {clients} keep-alive clients, {seconds:g} s per round, plain HTTP:")
-    for name, x in (("direct over wireguard-go (1)", d1), ("through the gateway", g),
-                    ("direct over wireguard-go (2)", d2)):
-        print(f"  {name:30s} {x['rps']:8.1f} req/s  p50 {x['p50_ms']:7.2f} ms  "
-              f"p99 {x['p99_ms']:7.2f} ms  ({x['ok']} ok, {x['errors']} errors)")
-    if "gateway_tls" in r:
-        x = r["gateway_tls"]
-        print(f"  {'through the gateway, HTTPS':30s} {x['rps']:8.1f} req/s  "
-              f"p50 {x['p50_ms']:7.2f} ms  p99 {x['p99_ms']:7.2f} ms  "
-              f"({x['ok']} ok, {x['errors']} errors; not in the ratio)")
-    print(f"  ratio gateway/direct req/s: {g['rps'] / direct_rps:.3f}; "
-          f"p50 x{g['p50_ms'] / ((d1['p50_ms'] + d2['p50_ms']) / 2):.2f}, "
-          f"p99 x{g['p99_ms'] / ((d1['p99_ms'] + d2['p99_ms']) / 2):.2f}")
-    print(f"  validation misses during the gateway round: {r['gateway_misses_during_load']:g}"
-          " (0 = every request a cache hit)")
-    hm = r["hit_miss"]
-    print(f"ValidateTunnelPeer cache, {hm['n_miss']} fresh domains, one keep-alive connection "
-          "each, sequential:")
-    print(f"  miss (RPC to management): median {hm['miss_ms']:7.2f} ms per request")
-    print(f"  hit                     : median {hm['hit_ms']:7.2f} ms per request "
-          f"({hm['n_hit']} requests)")
-    print(f"  cost of a miss over a hit: {hm['miss_ms'] - hm['hit_ms']:.2f} ms "
-          f"(x{hm['miss_ms'] / hm['hit_ms']:.2f}); gateway-counted misses {hm['gateway_misses']:g}"
-          f"; statuses {hm['codes']}")
+def check_access_log(w: World, up_dir: str, before: tuple[int, int], wrk_done: int,
+                     slack: int) -> dict:
+    upstream = settled(lambda: log_lines(up_dir)) - before[0]
+    entries = settled(lambda: access_log_total(w), timeout=60.0, quiet=2.0) - before[1]
+    # requests still in flight when wrk stops are logged (499) by the gateway and
+    # may or may not have reached the upstream: at most one per connection
+    ok = wrk_done <= upstream <= entries <= wrk_done + slack
+    return {"wrk_completed": wrk_done, "upstream_requests": upstream,
+            "access_log_entries": entries, "ok": ok}
+
+
+def summarize(out: dict, conns: int) -> dict:
+    keys = out["rounds"][0].keys()
+    med = {}
+    for k in keys:
+        xs = [r[k] for r in out["rounds"]]
+        med[k] = {"rps": statistics.median(x["rps"] for x in xs),
+                  "p50_ms": statistics.median(x["p50_us"] for x in xs) / 1000,
+                  "p99_ms": statistics.median(x["p99_us"] for x in xs) / 1000,
+                  "errors": sum(x["errors"] for x in xs),
+                  "requests": sum(x["requests"] for x in xs)}
+    c = f"c{conns}"
+    ratios = {
+        "gateway/nginx req/s": med[f"gateway_{c}"]["rps"] / med[f"nginx_{c}"]["rps"],
+        "gateway/upstream req/s": med[f"gateway_{c}"]["rps"] / med[f"upstream_{c}"]["rps"],
+        "nginx/upstream req/s": med[f"nginx_{c}"]["rps"] / med[f"upstream_{c}"]["rps"],
+        "gateway added p50 over nginx at 1 connection (ms)":
+            med["gateway_c1"]["p50_ms"] - med["nginx_c1"]["p50_ms"],
+        "HTTPS gateway/nginx req/s": med[f"gateway_tls_{c}"]["rps"] / med[f"nginx_tls_{c}"]["rps"],
+        "HTTPS gateway added p50 at 1 connection (ms)":
+            med["gateway_tls_c1"]["p50_ms"] - med["nginx_tls_c1"]["p50_ms"],
+        "new TLS handshakes/s gateway/nginx":
+            med["gateway_tls_hs"]["rps"] / med["nginx_tls_hs"]["rps"],
+    }
+    return {"median": med, "ratios": ratios}
+
+
+LABELS = {
+    "upstream": "upstream alone over wireguard-go",
+    "nginx": "nginx reverse proxy behind wireguard-go",
+    "gateway": "nbgateway private service",
+    "nginx_tls": "nginx HTTPS behind wireguard-go",
+    "gateway_tls": "nbgateway HTTPS (tunnel listener)",
+}
+
+
+def report(out: dict, seconds: float, conns: int) -> bool:
+    s = summarize(out, conns)
+    med = s["median"]
+    print(f"wrk -t1, {seconds:g} s per round, {len(out['rounds'])} interleaved rounds, "
+          f"medians; nginx upstream returning {len(BODY)} B")
+    print(f"  {'path':42s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+          f"{'errors':>6s}")
+    for k, v in med.items():
+        name, _, c = k.rpartition("_")
+        conn_label = {"c1": "1", "hs": f"{conns} new TLS"}.get(c, c[1:])
+        print(f"  {LABELS[name]:42s} {conn_label:>5s} {v['rps']:9.0f} {v['p50_ms']:8.3f} "
+              f"{v['p99_ms']:8.3f} {v['errors']:6d}")
+    print("ratios:")
+    for k, v in s["ratios"].items():
+        print(f"  {k:52s} {v:7.3f}")
+    all_ok = all(v["errors"] == 0 for v in med.values())
+    for a in out["access_log"]:
+        all_ok = all_ok and a["ok"]
+        print(f"  access log: {a['access_log_entries']} entries for {a['upstream_requests']} "
+              f"upstream requests, wrk completed {a['wrk_completed']}: "
+              f"{'ok' if a['ok'] else 'MISMATCH'}")
+    print("zero errors and one access-log entry per request:", "yes" if all_ok else "NO")
+    return all_ok
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each load round")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent keep-alive clients")
-    parser.add_argument("--domains", type=int, default=20, help="fresh domains for hit/miss")
-    parser.add_argument("--hits", type=int, default=5, help="cache hits timed per domain")
-    parser.add_argument("--tls", action="store_true",
-                        help="also a gateway round over HTTPS (port 443, local CA verified)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="keep-alive connections of the throughput runs")
+    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--py-spy", help="record the gateway with py-spy (raw format) here")
     args = parser.parse_args(argv)
     t0 = time.monotonic()
     try:
-        r = run_bench(args.seconds, args.clients, args.domains, args.hits, args.tls)
+        out = run_bench(args.seconds, args.rounds, args.connections, args.py_spy)
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 2
-    report(r, args.seconds, args.clients)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"raw": out, "summary": summarize(out, args.connections)}, f, indent=1)
+    ok = report(out, args.seconds, args.connections)
     print(f"(total wall time {time.monotonic() - t0:.0f} s)")
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
