@@ -1,0 +1,324 @@
+"""Which L4 ports this gateway binds, for which services, and their status.
+
+:class:`L4Manager` is a mapping-store observer.  For every ``tcp``/``tls``
+mapping it builds an :class:`~nbgateway.l4.target.L4Target` and puts it on
+the :class:`~nbgateway.l4.router.PortRouter` of its port:
+
+- public mappings: a host TCP listener on ``listen_port`` (``--addr``'s host,
+  all interfaces when that is empty), bound on the first route of the port
+  and closed with its last one;
+- private mappings: a listener on the account's tunnel netstack at
+  ``listen_port`` (never a host port), bound once the account's tunnel is up
+  (:meth:`account_ready`); each connection passes the private gate.
+
+Conflicts and bind failures are recorded per service and reported ERROR with
+upstream's messages; :meth:`status` is what the account runtime reports
+(``ACTIVE`` only once the listener is bound).  Removing or changing a
+mapping closes its live relays.  ``udp`` mappings go to
+:mod:`nbgateway.l4.udp`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.l4.router import PortRouter
+from nbgateway.l4.stats import L4Stats
+from nbgateway.l4.target import L4ConfigError, L4Target, target_from_mapping
+from nbgateway.observe.accesslog import build_entry, new_log_id
+from nbgateway.routes.service import is_l4
+
+log = Logger()
+
+ACTIVE = pb.PROXY_STATUS_ACTIVE
+ERROR = pb.PROXY_STATUS_ERROR
+
+
+class L4Manager:
+    """Mapping observer for L4 services (see the module docstring)."""
+
+    def __init__(self, reactor: Any, *, dial: Callable[[L4Target], Any],
+                 bind_host: str = "", wg_port: Callable[[], int] | int = 0,
+                 main_port: int = 0, tunnel_ports: tuple[int, ...] = (),
+                 max_dial_timeout: float = 0.0, max_idle_timeout: float = 0.0,
+                 proxy_protocol: bool = False, trusted: Callable[[str], bool] | None = None,
+                 mgmt: Any = None, access_log: Any = None,
+                 gate: Callable[[L4Target, str], Deferred] | None = None,
+                 tunnel_listen: Callable[[str, int, Any], Any] | None = None) -> None:
+        self.reactor = reactor
+        self.dial = dial
+        self.bind_host = bind_host
+        self._wg_port = wg_port
+        self.main_port = main_port
+        self.tunnel_ports = tunnel_ports
+        self.max_dial_timeout = max_dial_timeout
+        self.max_idle_timeout = max_idle_timeout
+        self.proxy_protocol = proxy_protocol
+        self.trusted = trusted
+        self.mgmt = mgmt
+        self.access_log = access_log
+        self.gate = gate
+        #: (account, port, factory) -> Deferred[IListeningPort] on the account's tunnel
+        self.tunnel_listen = tunnel_listen
+        self.stats = L4Stats(active=self.active_relays)
+        #: public routers by host port; private routers by (account, port)
+        self.public: dict[int, PortRouter] = {}
+        self.private: dict[tuple[str, int], PortRouter] = {}
+        self.targets: dict[str, L4Target] = {}
+        self.errors: dict[str, str] = {}
+        self.udp: Any = None  # nbgateway.l4.udp.UDPRelays, attached by the wiring
+
+    @property
+    def wg_port(self) -> int:
+        return self._wg_port() if callable(self._wg_port) else self._wg_port
+
+    def active_relays(self) -> int:
+        return sum(len(r.connections) for r in [*self.public.values(), *self.private.values()])
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, mapping: Any) -> tuple[int, str | None]:
+        """(status, error) for an L4 mapping the account runtime reports."""
+        if mapping.mode == "udp" and self.udp is not None:
+            return self.udp.status(mapping)
+        error = self.errors.get(mapping.id)
+        if error is not None:
+            return ERROR, error
+        target = self.targets.get(mapping.id)
+        if target is None:
+            return ERROR, f"{mapping.mode.upper()} service {mapping.id} is not served"
+        router = self._router_of(target)
+        if router is None or router.listening is None:
+            return ERROR, f"port {target.listen_port} is not bound yet"
+        return ACTIVE, None
+
+    def _report(self, mapping: Any) -> None:
+        if self.mgmt is None:
+            return
+        status, error = self.status(mapping)
+        if status == ACTIVE:
+            return  # the account runtime reports ACTIVE with its tunnel state
+        maybeDeferred(self.mgmt.send_status_update, mapping.id, mapping.account_id, status,
+                      error_message=error).addErrback(lambda f: None)
+
+    def _router_of(self, target: L4Target) -> PortRouter | None:
+        if target.private:
+            return self.private.get((target.account_id, target.listen_port))
+        return self.public.get(target.listen_port)
+
+    # ------------------------------------------------------------------ add / remove
+
+    def _conflict(self, target: L4Target, router: PortRouter | None) -> str | None:
+        port = target.listen_port
+        if not target.private and port == self.wg_port:
+            return f"port {port} conflicts with tunnel port"
+        if not target.private and port == self.main_port:
+            return (f"port {port} is the public HTTPS listener's port; "
+                    "L4 services on it are not supported by this gateway yet")
+        if target.private and port in self.tunnel_ports:
+            return f"port {port} conflicts with the tunnel HTTP/HTTPS listener port"
+        if router is None:
+            return None
+        if target.mode == "tls":
+            other = router.sni_routes.get(target.domain)
+            if other is not None and other.service_id != target.service_id:
+                return (f"port {port}: server name {target.domain} is already used by "
+                        f"service {other.service_id}")
+        elif router.fallback is not None and router.fallback.service_id != target.service_id:
+            return f"port {port} is already used by service {router.fallback.service_id}"
+        return None
+
+    def add(self, mapping: Any) -> None:
+        try:
+            target = target_from_mapping(mapping, max_dial_timeout=self.max_dial_timeout,
+                                         max_idle_timeout=self.max_idle_timeout)
+        except L4ConfigError as exc:
+            self.errors[mapping.id] = str(exc)
+            log.warn("L4 service {service}: {err}", service=mapping.id, err=str(exc))
+            self._report(mapping)
+            return
+        key = (target.account_id, target.listen_port)
+        router = self.private.get(key) if target.private else self.public.get(target.listen_port)
+        conflict = self._conflict(target, router)
+        if conflict is not None:
+            self.errors[mapping.id] = conflict
+            log.warn("L4 service {service}: {err}", service=mapping.id, err=conflict)
+            self._report(mapping)
+            return
+        self.targets[mapping.id] = target
+        self.errors.pop(mapping.id, None)
+        if router is None:
+            router = self._new_router(target)
+            if target.private:
+                self.private[key] = router
+            else:
+                self.public[target.listen_port] = router
+        router.set_route(target)
+        if target.private:
+            self._bind_private(target.account_id)
+        elif router.listening is None:
+            self._bind_public(router, mapping)
+
+    def _new_router(self, target: L4Target) -> PortRouter:
+        return PortRouter(
+            target.listen_port, clock=self.reactor, dial=self.dial, stats=self.stats,
+            gate=self.gate if target.private else None, on_relay_end=self._relay_ended,
+            proxy_protocol=self.proxy_protocol and not target.private,
+            trusted=self.trusted, account_id=target.account_id if target.private else None)
+
+    def _bind_public(self, router: PortRouter, mapping: Any) -> None:
+        try:
+            router.listening = self.reactor.listenTCP(router.port, router,
+                                                      interface=self.bind_host)
+        except Exception as exc:  # CannotListenError: the OS reason goes to management
+            reason = getattr(exc, "socketError", None) or exc
+            message = f"listen on port {router.port}: {reason}"
+            log.warn("L4 service {service}: {err}", service=mapping.id, err=message)
+            for t in router.targets():
+                self.errors[t.service_id] = message
+                self.targets.pop(t.service_id, None)
+            self.public.pop(router.port, None)
+            self._report(mapping)
+            return
+        log.info("L4 listener on TCP {addr} for service {service}",
+                 addr=router.listening.getHost(), service=mapping.id)
+
+    def _bind_private(self, account_id: str) -> None:
+        """Bind the account's private L4 routers that are not bound yet (the
+        tunnel may not be up: :meth:`account_ready` calls this again)."""
+        if self.tunnel_listen is None:
+            return
+        for (acct, port), router in list(self.private.items()):
+            if acct != account_id or router.listening is not None or router.empty:
+                continue
+            d = self.tunnel_listen(account_id, port, router)
+            if d is None:
+                continue  # no tunnel yet
+
+            def bound(lp: Any, router: PortRouter = router) -> None:
+                if router.empty:
+                    lp.stopListening()
+                    return
+                router.listening = lp
+                log.info("private L4 listener on tunnel port {port} of account {account}",
+                         port=router.port, account=account_id)
+
+            def failed(f: Any, router: PortRouter = router) -> None:
+                message = f"listen on tunnel port {router.port}: {f.getErrorMessage()}"
+                for t in router.targets():
+                    self.errors[t.service_id] = message
+
+            d.addCallbacks(bound, failed)
+
+    def account_ready(self, account_id: str) -> None:
+        self._bind_private(account_id)
+
+    def remove(self, mapping: Any) -> None:
+        self.errors.pop(mapping.id, None)
+        target = self.targets.pop(mapping.id, None)
+        if target is None:
+            return
+        router = self._router_of(target)
+        if router is None:
+            return
+        closed = router.remove_service(mapping.id)
+        if closed:
+            log.info("L4 service {service} removed: closed {n} live connection(s)",
+                     service=mapping.id, n=closed)
+        if router.empty:
+            if target.private:
+                self.private.pop((target.account_id, target.listen_port), None)
+            else:
+                self.public.pop(target.listen_port, None)
+            if router.listening is not None:
+                lp, router.listening = router.listening, None
+                maybeDeferred(lp.stopListening)
+
+    def close_all(self) -> Deferred:
+        from twisted.internet.defer import DeferredList
+
+        ds = []
+        for router in [*self.public.values(), *self.private.values()]:
+            router.close_all()
+            if router.listening is not None:
+                lp, router.listening = router.listening, None
+                ds.append(maybeDeferred(lp.stopListening))
+        if self.udp is not None:
+            ds.append(maybeDeferred(self.udp.close_all))
+        return DeferredList(ds, consumeErrors=True)
+
+    # ------------------------------------------------------------------ access log
+
+    def _relay_ended(self, conn: Any) -> None:
+        if self.access_log is None or conn.target is None:
+            return
+        target = conn.target
+        relay = conn.relay
+        reason = relay.close_reason if relay is not None else conn.close_reason
+        if relay is None:
+            code = 403
+        elif reason == "dial_failed":
+            code = 502
+        else:
+            code = 200
+        meta = {"close_reason": reason, "listen_port": str(target.listen_port)}
+        if conn.groups:
+            meta["groups"] = ",".join(conn.groups)
+        now = self.reactor.seconds()
+        try:
+            self.access_log.log(build_entry(
+                now=now, log_id=new_log_id(), account_id=target.account_id,
+                service_id=target.service_id, host=target.domain, path="", method="",
+                response_code=code, duration_ms=int((now - conn.started) * 1000),
+                source_ip=conn.source[0], auth_mechanism="oidc" if conn.user_id else "",
+                user_id=conn.user_id, bytes_upload=relay.bytes_up if relay else 0,
+                bytes_download=relay.bytes_down if relay else 0, protocol=target.mode,
+                metadata=meta))
+        except Exception:
+            log.failure("L4 access log entry")
+
+    # ------------------------------------------------------------------ MappingObserver
+
+    def account_added(self, account_id: str) -> None:
+        return None
+
+    def account_removed(self, account_id: str) -> None:
+        return None
+
+    def _is_mine(self, mapping: Any) -> bool:
+        return is_l4(mapping.mode)
+
+    def mapping_added(self, mapping: Any) -> None:
+        if not self._is_mine(mapping):
+            return
+        if mapping.mode == "udp":
+            if self.udp is not None:
+                self.udp.add(mapping)
+            return
+        self.add(mapping)
+
+    def mapping_changed(self, old: Any, new: Any) -> None:
+        self.mapping_removed(old)
+        self.mapping_added(new)
+        if self._is_mine(new):
+            self._report(new)
+
+    def mapping_refreshed(self, mapping: Any) -> None:
+        return None
+
+    def mapping_removed(self, mapping: Any) -> None:
+        if not self._is_mine(mapping):
+            return
+        if mapping.mode == "udp":
+            if self.udp is not None:
+                self.udp.remove(mapping)
+            return
+        self.remove(mapping)
+
+    def snapshot_reconciled(self, removed_ids: frozenset[str]) -> None:
+        return None

@@ -1,0 +1,360 @@
+"""A port router: what happens to one accepted L4 connection.
+
+:class:`PortRouter` is the ``ServerFactory`` of one listening port (a host
+port for public L4, a tunnel port for private L4).  It holds the port's
+routes: TLS routes by server name and at most one fallback (a TCP service).
+Per accepted connection (:class:`L4ServerProtocol`):
+
+1. with ``--proxy-protocol`` (public listeners), read an inbound PROXY v1/v2
+   header: sources in the trusted list must send one (else closed), others'
+   headers are read and their addresses ignored; no trusted list = any source
+   may (the operator was warned at start);
+2. when the port has TLS routes, peek the ClientHello's server name; a
+   fallback-only port skips the peek;
+3. pick the route (SNI route, else the fallback, else close), check its
+   access restrictions and, for a private service, the private gate;
+4. dial the target (through the account's tunnel, or the host network for
+   ``direct_upstream``) and splice (:class:`~nbgateway.l4.relay.TCPRelay`);
+   the bytes read so far are replayed, after a PROXY v2 header when the
+   target asks for one.
+
+Steps 1-2 share one deadline (``HEADER_TIMEOUT``, 5 s): a slow sender is cut.
+At most :data:`MAX_RELAYS` connections are live per router; beyond that a new
+connection is closed at once (log line, ``limit_hits`` counter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nbgateway.l4.proxyproto import NOT_PROXY, ProxyHeaderReader, ProxyProtocolError, encode_v2
+from nbgateway.l4.relay import TCPRelay, UpstreamFactory
+from nbgateway.l4.sni import MAX_PEEK, PEEK_TIMEOUT, SNIPeeker
+from nbgateway.l4.stats import L4Stats
+from nbgateway.l4.target import L4Target
+from nbgateway.routes.restrictions import parse_ip
+
+log = Logger()
+
+#: live relays per router
+MAX_RELAYS = 4096
+HEADER_TIMEOUT = PEEK_TIMEOUT
+
+#: (target, client ip) -> Deferred[(allowed, reason, user_id, groups)] for private targets
+Gate = Callable[[L4Target, str], Deferred]
+#: (target) -> IStreamClientEndpoint or raises
+Dial = Callable[[L4Target], Any]
+
+
+class PortRouter(Factory):
+    """Routes of one listening port and the relays they carry."""
+
+    def __init__(self, port: int, *, clock: Any, dial: Dial, stats: L4Stats,
+                 gate: Gate | None = None, on_relay_end: Callable[[Any], None] | None = None,
+                 proxy_protocol: bool = False,
+                 trusted: Callable[[str], bool] | None = None,
+                 max_relays: int = MAX_RELAYS, account_id: str | None = None) -> None:
+        self.port = port
+        self.clock = clock
+        self.dial = dial
+        self.stats = stats
+        self.gate = gate
+        self.on_relay_end = on_relay_end
+        self.proxy_protocol = proxy_protocol
+        self.trusted = trusted
+        self.max_relays = max_relays
+        self.account_id = account_id  # the tunnel listener's account (private), else None
+        self.sni_routes: dict[str, L4Target] = {}
+        self.fallback: L4Target | None = None
+        self.connections: set[L4ServerProtocol] = set()
+        self.listening: Any = None  # the IListeningPort once bound
+
+    # ------------------------------------------------------------------ routes
+
+    def targets(self) -> list[L4Target]:
+        out = list(self.sni_routes.values())
+        if self.fallback is not None:
+            out.append(self.fallback)
+        return out
+
+    @property
+    def empty(self) -> bool:
+        return not self.sni_routes and self.fallback is None
+
+    def set_route(self, target: L4Target) -> None:
+        if target.mode == "tls":
+            self.sni_routes[target.domain] = target
+        else:
+            self.fallback = target
+
+    def remove_service(self, service_id: str) -> int:
+        """Drop ``service_id``'s routes and close its live connections."""
+        for name, t in list(self.sni_routes.items()):
+            if t.service_id == service_id:
+                del self.sni_routes[name]
+        if self.fallback is not None and self.fallback.service_id == service_id:
+            self.fallback = None
+        closed = 0
+        for conn in list(self.connections):
+            if conn.target is not None and conn.target.service_id == service_id:
+                conn.abort("route_removed")
+                closed += 1
+        return closed
+
+    def choose(self, server_name: str) -> L4Target | None:
+        if server_name:
+            hit = self.sni_routes.get(server_name)
+            if hit is not None:
+                return hit
+        return self.fallback
+
+    # ------------------------------------------------------------------ Factory
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        if len(self.connections) >= self.max_relays:
+            self.stats.limit_hits += 1
+            if self.stats.limit_hits == 1 or self.stats.limit_hits % 1000 == 0:
+                log.warn("TCP relay connection limit reached on port {port} ({limit} live); "
+                         "refusing new connections ({hits} so far)", port=self.port,
+                         limit=self.max_relays, hits=self.stats.limit_hits)
+            return None  # Twisted closes the accepted socket
+        proto = L4ServerProtocol(self)
+        self.connections.add(proto)
+        return proto
+
+    def close_all(self, reason: str = "shutdown") -> None:
+        for conn in list(self.connections):
+            conn.abort(reason)
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class L4ServerProtocol(Protocol):
+    """One accepted connection: header/peek phase, then the relay."""
+
+    def __init__(self, router: PortRouter) -> None:
+        self.router = router
+        self.state = "new"
+        self.target: L4Target | None = None
+        self.relay: TCPRelay | None = None
+        self.source: tuple[str, int] = ("", 0)
+        self.buffer = b""
+        self._proxy: ProxyHeaderReader | None = None
+        self._peeker: SNIPeeker | None = None
+        self._deadline: Any = None
+        self._eof = False
+        self.user_id = ""
+        self.groups: tuple[str, ...] = ()
+        self.close_reason = ""
+        self.started = router.clock.seconds()
+
+    # ------------------------------------------------------------------ phases
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.source = (str(getattr(peer, "host", "")), int(getattr(peer, "port", 0) or 0))
+        self.router.stats.accepted += 1
+        needs_header = self.router.proxy_protocol
+        if needs_header:
+            self._proxy = ProxyHeaderReader()
+            self.state = "proxy"
+        elif self.router.sni_routes:
+            self.state = "peek"
+            self._peeker = SNIPeeker()
+        else:
+            self.state = "route"
+        if self.state in ("proxy", "peek"):
+            self._deadline = self.router.clock.callLater(HEADER_TIMEOUT, self._timed_out)
+        else:
+            self._route("")
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        self.router.stats.header_timeouts += 1
+        self._close("header_timeout")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.client_data(data)
+            return
+        if self.state == "proxy":
+            self._feed_proxy(data)
+        elif self.state == "peek":
+            self._feed_peek(data)
+        elif self.state in ("gate", "dialing"):
+            self.buffer += data
+            if len(self.buffer) > MAX_PEEK + 65536:
+                self._close("buffer_overflow")
+
+    def _feed_proxy(self, data: bytes) -> None:
+        assert self._proxy is not None
+        trusted = self.router.trusted
+        try:
+            out = self._proxy.feed(data)
+        except ProxyProtocolError as exc:
+            self.router.stats.bad_input += 1
+            log.debug("bad PROXY header from {src}: {err}", src=self.source[0], err=str(exc))
+            self._close("bad_proxy_header")
+            return
+        if out is None:
+            return
+        header, rest = out
+        is_trusted = trusted is None or trusted(self.source[0])
+        if header is NOT_PROXY:
+            if trusted is not None and is_trusted:
+                self.router.stats.bad_input += 1
+                self._close("proxy_header_required")
+                return
+        elif is_trusted and header.source is not None:  # type: ignore[union-attr]
+            self.source = header.source  # type: ignore[union-attr]
+        self._proxy = None
+        if self.router.sni_routes:
+            self.state = "peek"
+            self._peeker = SNIPeeker()
+            if rest:
+                self._feed_peek(rest)
+        else:
+            self.buffer = rest
+            self._route("")
+
+    def _feed_peek(self, data: bytes) -> None:
+        assert self._peeker is not None
+        result = self._peeker.feed(data)
+        if result is None:
+            if len(self._peeker.buffered) > MAX_PEEK:  # cannot happen: the peeker stops there
+                self._close("bad_client_hello")
+            return
+        self.buffer = self._peeker.buffered
+        self._peeker = None
+        self._route(result.server_name)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _route(self, server_name: str) -> None:
+        self._cancel_deadline()
+        target = self.router.choose(server_name)
+        if target is None:
+            self.router.stats.no_route += 1
+            self._close("no_route")
+            return
+        self.target = target
+        addr = parse_ip(self.source[0])
+        if target.restrictions is not None:
+            verdict = target.restrictions.check(addr, overlay=target.private) \
+                if addr is not None else "ip_restricted"
+            if verdict is not None:
+                self.router.stats.denied += 1
+                self._close(verdict, log_it=True)
+                return
+        self.transport.pauseProducing()
+        if target.private:
+            if self.router.gate is None or self.router.account_id != target.account_id:
+                self._close("not_overlay", log_it=True)
+                return
+            self.state = "gate"
+            d = maybeDeferred(self.router.gate, target, self.source[0])
+            d.addCallbacks(self._gated, lambda f: self._gated((False, "gate_error", "", ())))
+        else:
+            self._dial()
+
+    def _gated(self, verdict: tuple[bool, str, str, tuple[str, ...]]) -> None:
+        allowed, reason, user_id, groups = verdict
+        self.user_id, self.groups = user_id, tuple(groups)
+        if self.state != "gate":
+            return
+        if not allowed:
+            self.router.stats.denied += 1
+            self._close(reason or "denied", log_it=True)
+            return
+        self._dial()
+
+    def _dial(self) -> None:
+        target = self.target
+        assert target is not None
+        self.state = "dialing"
+        preamble = b""
+        if target.proxy_protocol:
+            host = self.transport.getHost()
+            try:
+                preamble = encode_v2(self.source, (str(host.host), int(host.port)))
+            except (ValueError, AttributeError):
+                preamble = b""
+        relay = TCPRelay(self.transport, clock=self.router.clock,
+                         idle_timeout=target.idle_timeout, on_end=self._relay_ended,
+                         preamble=preamble, pending=self.buffer, service_id=target.service_id)
+        self.buffer = b""
+        self.relay = relay
+        self.router.stats.relays_started += 1
+        try:
+            endpoint = self.router.dial(target)
+            d = endpoint.connect(UpstreamFactory(relay))
+        except Exception as exc:
+            self._dial_failed(exc)
+            return
+        d.addErrback(lambda f: self._dial_failed(f.value))
+        if self._eof:
+            relay.client_eof()
+
+    def _dial_failed(self, exc: Any) -> None:
+        self.router.stats.dial_failures += 1
+        log.info("L4 dial to {target} for service {service} failed: {err}",
+                 target=self.target.address if self.target else "?",
+                 service=self.target.service_id if self.target else "?", err=str(exc))
+        if self.relay is not None and not self.relay.ended:
+            self.relay.close_reason = "dial_failed"
+            self.relay.abort("dial_failed")
+
+    def _relay_ended(self, relay: TCPRelay) -> None:
+        stats = self.router.stats
+        stats.bytes_up += relay.bytes_up
+        stats.bytes_down += relay.bytes_down
+        if self.router.on_relay_end is not None:
+            self.router.on_relay_end(self)
+
+    # ------------------------------------------------------------------ teardown
+
+    def readConnectionLost(self) -> None:
+        self._eof = True
+        if self.relay is not None:
+            self.relay.client_eof()
+        elif self.state in ("proxy", "peek"):
+            # EOF before the header/peek finished: what was read is all there is
+            if self._peeker is not None and self._peeker.buffered:
+                self.buffer = self._peeker.buffered
+                self._peeker = None
+                self._route("")
+            else:
+                self._close("client_closed")
+
+    def writeConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.write_done("client")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel_deadline()
+        self.router.connections.discard(self)
+        if self.relay is not None:
+            self.relay.client_lost(reason)
+
+    def abort(self, reason: str) -> None:
+        if self.relay is not None:
+            self.relay.abort(reason)
+        else:
+            self._close(reason)
+
+    def _close(self, reason: str, log_it: bool = False) -> None:
+        self._cancel_deadline()
+        self.state = "closed"
+        self.close_reason = reason
+        if log_it and self.router.on_relay_end is not None:
+            self.router.on_relay_end(self)
+        self.transport.abortConnection()
