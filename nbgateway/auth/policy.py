@@ -42,6 +42,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from nbgateway.routes.identity import Identity
 
+from .ratelimit import AttemptLimiter
 from .session import SessionVerifier
 
 __all__ = [
@@ -87,6 +88,7 @@ class RequestFacts:
     form_trusted: bool = True
     #: a login form body was posted but was too large (or streamed) to read
     form_oversized: bool = False
+    client_ip: str = ""  # the socket peer (rate limiting of secret guesses)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class Respond:
     set_cookie: str = ""
     mechanism: str = ""
     identity: Identity | None = None
+    retry_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,9 +161,11 @@ def safe_return_path(uri: str) -> str:
 class Protect:
     """One request through the operator-auth order of checks."""
 
-    def __init__(self, facts: RequestFacts, verifier: SessionVerifier) -> None:
+    def __init__(self, facts: RequestFacts, verifier: SessionVerifier,
+                 limiter: AttemptLimiter | None = None) -> None:
         self.facts = facts
         self.verifier = verifier
+        self.limiter = limiter
         self._loop = 0  # next scheme index in the scheme loop
         self._prompts: list[tuple[str, str]] = []
         self._failed = ""  # the scheme whose submitted credentials failed
@@ -181,6 +186,10 @@ class Protect:
         for name in f.header_names:
             value = f.headers.get(name.lower())
             if value is not None:
+                wait = self._locked()
+                if wait:
+                    return Respond(429, "plain", body="Too Many Requests", mechanism="header",
+                                   retry_after=wait)
                 self._pending = "header"
                 return CallAuthenticate("header", value, name)
         return self._after_headers()
@@ -201,6 +210,12 @@ class Protect:
         scheme, self._pending = self._pending, ""
         if success is None:
             return Respond(502, "plain", body=UNAVAILABLE, mechanism=scheme)
+        if self.limiter is not None:
+            f = self.facts
+            if success:
+                self.limiter.succeeded(f.service_id, f.client_ip)
+            else:
+                self.limiter.failed(f.service_id, f.client_ip, f.now)
         if scheme == "header":
             if not success:
                 return Respond(401, "plain", body="Unauthorized", mechanism="header")
@@ -260,6 +275,10 @@ class Protect:
                     self._failed = scheme
                     self._prompts.append((scheme, scheme))
                     continue
+                wait = self._locked()
+                if wait:
+                    return Respond(429, "login", methods=self._login_methods(), error="locked",
+                                   mechanism=scheme, retry_after=wait)
                 self._pending = scheme
                 return CallAuthenticate(scheme, value)
             if scheme == "oidc":
@@ -280,6 +299,19 @@ class Protect:
         order = [m for m in ("password", "pin", "oidc", "header") if m in prompts]
         return Respond(401, "login", methods=tuple((m, prompts[m]) for m in order),
                        error=self._failed, mechanism=self._failed)
+
+    def _locked(self) -> int:
+        """Seconds this client must wait before guessing again (0: go)."""
+        if self.limiter is None:
+            return 0
+        f = self.facts
+        wait = self.limiter.retry_after(f.service_id, f.client_ip, f.now)
+        return int(wait) + 1 if wait > 0 else 0
+
+    def _login_methods(self) -> tuple[tuple[str, str], ...]:
+        f = self.facts
+        names = [s for s in f.schemes if s != "oidc"] + (["header"] if f.header_names else [])
+        return tuple((n, "") for n in names)
 
     def _local(self, token: str) -> Identity | None:
         f = self.facts

@@ -41,6 +41,7 @@ _ERRORS = {
     "password": "Wrong password. Please try again.",
     "pin": "Wrong PIN. Please try again.",
     "unavailable": "The sign-in service is unavailable right now. Please try again later.",
+    "locked": "Too many failed attempts from your address. Please wait and try again.",
 }
 
 _DOC = """<!DOCTYPE html>

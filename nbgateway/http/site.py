@@ -61,6 +61,7 @@ from nbgateway.auth.policy import (
     Respond,
     safe_return_path,
 )
+from nbgateway.auth.ratelimit import AttemptLimiter
 from nbgateway.auth.session import COOKIE_NAME, SessionVerifier
 from nbgateway.auth.tunnel import GateDecision, PrivateGate, session_cookie
 from nbgateway.http.login import render_denied, render_login, send_html
@@ -107,6 +108,7 @@ class GatewayResource(Resource):
         auth_client: Any = None,
         verifier: SessionVerifier | None = None,
         form_tokens: csrf.FormTokens | None = None,
+        limiter: AttemptLimiter | None = None,
     ) -> None:
         super().__init__()
         #: Authenticate/GetOIDCURL/ValidateSession; defaults to the gate's client
@@ -114,6 +116,8 @@ class GatewayResource(Resource):
             getattr(getattr(gate, "cache", None), "client", None))
         self.verifier = verifier if verifier is not None else SessionVerifier()
         self.form_tokens = form_tokens if form_tokens is not None else csrf.FormTokens()
+        #: secret guesses per (service, client IP); share one across listeners
+        self.limiter = limiter if limiter is not None else AttemptLimiter()
         self.lookup = lookup
         self.proxy = proxy
         self.gate = gate
@@ -256,7 +260,7 @@ class GatewayResource(Resource):
         if facts is None:
             _plain(request, 400, b"Bad Request: malformed query\n")
             return server.NOT_DONE_YET
-        protect = Protect(facts, self.verifier)
+        protect = Protect(facts, self.verifier, self.limiter)
         self._run(request, ctx, entry, protect, protect.start())
         return server.NOT_DONE_YET
 
@@ -313,7 +317,7 @@ class GatewayResource(Resource):
             header_names=entry.service.header_auth_names, session_key=entry.session_key,
             max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), headers=lower,
             query=query, form=form, scheme="https" if secure else "http",
-            form_trusted=trusted, form_oversized=oversized)
+            form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip)
 
     @staticmethod
     def _form_body(request: Any) -> bytes | None:
@@ -413,6 +417,8 @@ class GatewayResource(Resource):
         if step.set_cookie:
             request.responseHeaders.addRawHeader(b"set-cookie", session_cookie(
                 step.set_cookie, entry.session_max_age).encode("latin-1"))
+        if step.retry_after:
+            request.setHeader(b"retry-after", b"%d" % step.retry_after)
         if step.kind == "redirect":
             request.setResponseCode(step.status)
             request.setHeader(b"location", step.location.encode("utf-8"))

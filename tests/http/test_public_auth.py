@@ -340,3 +340,44 @@ def _hs256(claims, secret: bytes) -> str:
     body = b64(json.dumps(claims).encode())
     sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
     return f"{head}.{body}.{b64(sig)}"
+
+
+class BruteForceTests(PublicAuthTests):
+    """PIN guessing from one address locks that address out (429, no RPC);
+    the legitimate user at another address still signs in (only the two
+    tests below run here, not the inherited ones)."""
+
+    @defer.inlineCallbacks
+    def test_pin_brute_force_locks_one_address_only(self):
+        tok = self.tokens.issue("pw.example", time.time())
+        headers, _ = self.form()
+        for guess in range(5):
+            body = urlencode({"pin": f"{guess:04d}0", "nb_csrf": tok}).encode()
+            resp, _ = yield self.req("pw.example", "/", headers, b"POST", body)
+            self.assertEqual(resp.code, 401)
+        body = urlencode({"pin": "99999", "nb_csrf": tok}).encode()
+        resp, _ = yield self.req("pw.example", "/", headers, b"POST", body)
+        self.assertEqual(resp.code, 401)  # the sixth failure locks
+        rpcs = len(self.mgmt.calls)
+        body = urlencode({"pin": "1234", "nb_csrf": tok}).encode()
+        resp, page = yield self.req("pw.example", "/", headers, b"POST", body)
+        self.assertEqual(resp.code, 429)
+        self.assertIn(b"Too many failed attempts", page)
+        self.assertTrue(int(resp.headers.getRawHeaders(b"retry-after")[0]) > 0)
+        self.assertEqual(len(self.mgmt.calls), rpcs)  # refused without an RPC
+        # the legitimate user from another address is unaffected
+        self.agent = Agent(reactor, bindAddress=("127.0.0.2", 0))
+        resp, _ = yield self.req("pw.example", "/", headers, b"POST", body)
+        self.assertEqual(resp.code, 303)
+
+    @defer.inlineCallbacks
+    def test_header_guessing_is_limited_too(self):
+        for _ in range(6):
+            resp, _ = yield self.req("hdr.example", "/", {"X-Api-Key": "guess"})
+            self.assertEqual(resp.code, 401)
+        resp, body = yield self.req("hdr.example", "/", {"X-Api-Key": "s3cret"})
+        self.assertEqual((resp.code, body), (429, b"Too Many Requests\n"))
+
+
+for _name in [n for n in dir(PublicAuthTests) if n.startswith("test_")]:
+    setattr(BruteForceTests, _name, None)
