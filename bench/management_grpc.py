@@ -14,16 +14,29 @@ on 127.0.0.1 and measures:
   ``initial_sync_complete`` for one capable proxy; comparison: building the
   same snapshot (store query + mapping conversion + one-time tokens) in-process.
 
+* access-log ingestion: ``--log-entries`` entries sent as
+  NbgwSendAccessLogBatch calls of ``--log-batch`` entries, one call in flight
+  (as a gateway ships them), printing entries/s and entries per CPU-second of
+  this process (server and client together, so the per-core figure is a lower
+  bound for the management alone); comparison: a raw SQLAlchemy
+  ``executemany`` of the same rows (one transaction per batch, no gRPC, no
+  validation), and the old path of one SendAccessLog per entry.
+
 Ratios are gRPC / in-process, so the transport cost shows up independently of
 how busy the machine is.
 
+PostgreSQL: ``NBGW_TEST_PG_DSN``, else the throwaway cluster of
+tests/pgcluster.py when the server binaries are installed (fsync off).
+
 Run:  .venv/bin/python bench/management_grpc.py [--services 10000] [--clients 8]
-      [--seconds 5] [--backends sqlite,postgres]
+      [--seconds 5] [--backends sqlite,postgres] [--parts validate,snapshot,accesslog]
+      [--log-entries 100000] [--log-batch 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -44,6 +57,7 @@ from nbgateway.management.grpcserver import ProxyGrpcService  # noqa: E402
 from nbgateway.management.proxymapping import per_proxy_mapping  # noqa: E402
 from nbgateway.management.store import Store  # noqa: E402
 from tests.management.test_grpc_support import (  # noqa: E402
+    ACCOUNT,
     CLUSTER,
     DOMAIN,
     U_IP,
@@ -91,14 +105,18 @@ def _run_threads(n: int, seconds: float, work: Callable[[], None]) -> float:
 
 def bench(store: Store, args: argparse.Namespace, label: str) -> None:
     fx = Fixture(store)
+    parts = set(args.parts.split(","))
+    if "validate" not in parts and "snapshot" not in parts:
+        args.services = 0
     t0 = time.perf_counter()
     for i in range(args.services):
         store.create_service(
             make_service(f"b{i}", private=True, access_groups=("grp-admins",))
         )
     seed = time.perf_counter() - t0
-    print(f"[{label}] seeded {args.services} services in {seed:.1f}s "
-          f"({args.services / seed:.0f}/s direct store)")
+    if args.services:
+        print(f"[{label}] seeded {args.services} services in {seed:.1f}s "
+              f"({args.services / seed:.0f}/s direct store)")
 
     t0 = time.perf_counter()
     svc = ProxyGrpcService(store, addr="127.0.0.1:0")
@@ -125,6 +143,10 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
             caller = servicer._authenticate(ctx)
             assert servicer.ValidateTunnelPeer(req, ctx, caller).valid
 
+        if "accesslog" in parts:
+            bench_access_log(store, svc, fx, args, label)
+        if "validate" not in parts:
+            return
         grpc_call(), direct_call()  # warm up
         direct_rate = _run_threads(args.clients, args.seconds, direct_call)
         grpc_rate = _run_threads(args.clients, args.seconds, grpc_call)
@@ -133,6 +155,8 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
               f"ratio {grpc_rate / direct_rate:.2f}")
 
         # --- snapshot ------------------------------------------------------------------------
+        if "snapshot" not in parts:
+            return
         conn = types.SimpleNamespace(address=CLUSTER, account_id=None,
                                      caps=pb.ProxyCapabilities(supports_private_service=True))
         direct_snap = float("inf")
@@ -185,21 +209,103 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
         svc.server.stop(0).wait(5)
 
 
+def _log_entry(account_id: str, i: int, run: str) -> pb.AccessLog:
+    e = pb.AccessLog(log_id=f"{run}-{i:08d}", account_id=account_id, service_id="svc-bench",
+                     host=DOMAIN, path=f"/bench/{i}", duration_ms=3, method="GET",
+                     response_code=200, source_ip="100.64.0.10", auth_mechanism="oidc",
+                     user_id="alice", auth_success=True, protocol="http",
+                     bytes_download=512)
+    e.timestamp.GetCurrentTime()
+    return e
+
+
+def bench_access_log(store: Store, svc: ProxyGrpcService, fx: Fixture,
+                     args: argparse.Namespace, label: str) -> None:
+    """Batch ingestion over gRPC vs a raw executemany of the same rows."""
+    from nbgateway.management.proxyrpcs import access_log_record
+    from nbgateway.management.store._accesslog import (
+        _row,
+        executemany_rows,
+        insert_ignoring_duplicates,
+    )
+
+    account = ACCOUNT
+    n, size = args.log_entries, args.log_batch
+    md = (("authorization", f"Bearer {fx.token}"),)
+    stub = pb_grpc.ProxyServiceStub(grpc.insecure_channel(f"127.0.0.1:{svc.port}"))
+    batches = [pb.NbgwSendAccessLogBatchRequest(
+        logs=[_log_entry(account, i, "grpc") for i in range(j, min(n, j + size))])
+        for j in range(0, n, size)]
+    stub.NbgwSendAccessLogBatch(pb.NbgwSendAccessLogBatchRequest(
+        logs=[_log_entry(account, 0, "warm")]), metadata=md)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    stored = sum(stub.NbgwSendAccessLogBatch(b, metadata=md).stored for b in batches)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    assert stored == n, (stored, n)
+    # a retried batch stores nothing new
+    assert stub.NbgwSendAccessLogBatch(batches[0], metadata=md).stored == 0
+
+    # raw executemany of the same rows (user groups as the store captured them):
+    # SQLAlchemy core (per-row parameter processing) and the driver path the
+    # store uses (statement compiled once, parameters handed to the driver)
+    groups = store.access_logs.get(account, "grpc-00000000").user_groups
+
+    def fresh_rows(prefix: str) -> list[list[dict]]:
+        return [[_row(dataclasses.replace(access_log_record(e), id=prefix + e.log_id),
+                      groups) for e in b.logs] for b in batches]
+
+    stmt = insert_ignoring_duplicates(store.dialect)
+    rates = {}
+    for name in ("core", "driver"):
+        rows = fresh_rows(name)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for chunk in rows:
+            with store._engine.begin() as conn:
+                if name == "core":
+                    conn.execute(stmt, chunk)
+                else:
+                    executemany_rows(conn, chunk)
+        rates[name] = (n / (time.perf_counter() - t0), n / (time.process_time() - cpu0))
+
+    # the old path: one SendAccessLog (one transaction) per entry
+    single_n = min(n, 2000)
+    singles = [pb.SendAccessLogRequest(log=_log_entry(account, i, "single"))
+               for i in range(single_n)]
+    t0 = time.perf_counter()
+    for r in singles:
+        stub.SendAccessLog(r, metadata=md)
+    single_rate = single_n / (time.perf_counter() - t0)
+
+    rate = n / wall
+    core, driver = rates["core"], rates["driver"]
+    print(f"[{label}] access-log batches of {size}, {n:,} entries: {rate:,.0f} entries/s over "
+          f"gRPC ({n / cpu:,.0f} per CPU-second, client included); raw SQLAlchemy core "
+          f"executemany of the same rows {core[0]:,.0f}/s ({core[1]:,.0f} per CPU-second), "
+          f"ratio {rate / core[0]:.2f}; driver executemany {driver[0]:,.0f}/s "
+          f"({driver[1]:,.0f} per CPU-second), ratio {rate / driver[0]:.2f}; "
+          f"one SendAccessLog per entry {single_rate:,.0f}/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--services", type=int, default=10_000)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--backends", default="sqlite")
+    p.add_argument("--parts", default="validate,snapshot,accesslog")
+    p.add_argument("--log-entries", type=int, default=100_000)
+    p.add_argument("--log-batch", type=int, default=1000)
     args = p.parse_args(argv)
     for backend in args.backends.split(","):
         if backend == "sqlite":
             workdir = tempfile.mkdtemp(prefix="nbgw-bench-grpc-")
             store = Store.open(f"sqlite:///{workdir}/store.db", known_clusters=[CLUSTER])
         elif backend == "postgres":
-            dsn = os.environ.get("NBGW_TEST_PG_DSN")
+            from tests import pgcluster
+
+            dsn = pgcluster.dsn()
             if not dsn:
-                print("[postgres] skipped: NBGW_TEST_PG_DSN is not set")
+                print(f"[postgres] skipped: {pgcluster.unavailable_reason()}")
                 continue
             import uuid
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import ipaddress
 import re
 from datetime import UTC
@@ -69,6 +70,12 @@ def valid_proxy_address(address: str) -> bool:
     return all(_DOMAIN_LABEL.match(label) for label in labels)
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip_cached(text: str) -> tuple[int, str] | None:
+    """canonical_tunnel_ip, memoised: a gateway's entries repeat few addresses."""
+    return canonical_tunnel_ip(text)
+
+
 def access_log_record(entry: pb.AccessLog) -> AccessLogEntry:
     """The store record for a proxy's access-log entry; ValueError says what is
     malformed (the RPC answers INVALID_ARGUMENT with it)."""
@@ -76,7 +83,7 @@ def access_log_record(entry: pb.AccessLog) -> AccessLogEntry:
         raise ValueError("log.account_id is required")
     source_ip = ""
     if entry.source_ip:
-        canon = canonical_tunnel_ip(entry.source_ip)
+        canon = _canonical_ip_cached(entry.source_ip)
         if canon is None:
             raise ValueError("log.source_ip is not an IP")
         source_ip = canon[1]

@@ -67,7 +67,7 @@ def test_batch_duplicate_inside_one_batch_and_unknown_account(store, account):
 
 
 def test_batch_captures_user_groups_and_sanitises(store, account):
-    store.create_user(User(id="alice", account_id=account.id, role="user"))
+    store.users.create(User(id="alice", account_id=account.id, role="user"))
     [e] = _entries(account.id, 1, user_id="alice")
     bad = AccessLogEntry(
         id="nul", account_id=account.id, service_id="s", path="/a\x00b",
@@ -101,7 +101,7 @@ def test_prune_by_age_in_small_steps(store, account):
 
 
 def test_prune_by_row_count_keeps_newest_per_account(store, account):
-    other = store.create_account(Account(id="acct-2", domain="other.test"))
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
     store.access_logs.append_many(_entries(account.id, 150) + _entries(other.id, 30))
     assert _prune_all(store, account.id, older_than=None, max_rows=100) == 50
     assert _ids(store, account.id) == [f"{account.id}-log-{i:06d}" for i in range(50, 150)]
@@ -138,3 +138,22 @@ def test_list_and_retention_queries_use_the_account_time_index(store, account):
                 sa.text("EXPLAIN QUERY PLAN " + sql), {"a": account.id}))
     assert "ix_access_log_entries_account_time" in plan, plan
     assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_batch_stores_the_same_instant_as_a_single_append(store, account):
+    """The batch path hands rows to the driver itself: an aware timestamp in
+    another zone is stored as the same instant, and both paths sort together."""
+    from datetime import timezone
+
+    plus2 = timezone(timedelta(hours=2))
+    single = AccessLogEntry(id="single", account_id=account.id, service_id="s",
+                            timestamp=T0 + timedelta(microseconds=5))
+    batch = AccessLogEntry(id="batch", account_id=account.id, service_id="s",
+                           timestamp=(T0 + timedelta(seconds=1)).astimezone(plus2))
+    store.access_logs.append(single)
+    store.access_logs.append_many([batch])
+    assert store.access_logs.get(account.id, "batch").timestamp == T0 + timedelta(seconds=1)
+    assert store.access_logs.get(account.id, "single").timestamp == single.timestamp
+    assert _ids(store, account.id) == ["single", "batch"]
+    window = AccessLogQuery(start_date=T0 + timedelta(seconds=1))
+    assert [e.id for e in store.access_logs.list(account.id, window).data] == ["batch"]
