@@ -67,8 +67,11 @@ class AccountRuntime:
         serve_inbound: Callable[[AccountRuntime], Deferred] | None = None,
         on_network: Callable[[AccountRuntime, AccountNetwork], None] | None = None,
         key_factory: Callable[[], bytes] = generate_private_key,
+        l4_status: Callable[[pb.ProxyMapping], tuple[int, str | None]] | None = None,
     ) -> None:
         self.account_id = account_id
+        #: (status, error) of an L4 mapping (nbgateway.l4); None: L4 is not served
+        self.l4_status = l4_status
         self.reactor = reactor
         self.mux = mux
         self.mgmt = mgmt
@@ -251,9 +254,13 @@ class AccountRuntime:
                 listener: bool = True) -> Deferred:
         mapping = self.services.get(service_id)
         if status == ACTIVE and mapping is not None and mapping.mode in L4_MODES:
-            # never claim to serve what this gateway does not serve
-            status, listener = ERROR, False
-            error = f"{mapping.mode.upper()} services are not supported by this gateway"
+            if self.l4_status is None:
+                # never claim to serve what this gateway does not serve
+                status, listener = ERROR, False
+                error = f"{mapping.mode.upper()} services are not supported by this gateway"
+            else:  # ACTIVE only once its listener is bound
+                status, error = self.l4_status(mapping)
+                listener = listener and mapping.private and status == ACTIVE
         d = maybeDeferred(
             self.mgmt.send_status_update, service_id, self.account_id, status,
             error_message=error,

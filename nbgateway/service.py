@@ -39,6 +39,7 @@ from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
 from nbgateway.dns.server import DNSResponderFactory, listen_dns
 from nbgateway.dns.zone import ZoneAuthority, account_zones
 from nbgateway.http.site import GatewayResource
+from nbgateway.l4.wiring import attach_l4
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
 from nbgateway.observe.health import HealthState, client_health_from_device, health_service
@@ -128,6 +129,9 @@ class GatewayService(MultiService):
         self.accounts = AccountRegistry(self._make_runtime, on_change=self._account_changed,
                                         on_removed=self._account_gone)
         self.store.add_observer(self.routes)
+        #: L4 relays (tcp/tls/udp): binds before the account runtime reports ACTIVE
+        self.l4 = attach_l4(self)
+        self.store.add_observer(self.l4)
         self.store.add_observer(self.accounts)
         self.store.add_observer(_SyncHealth(self.health))
         self.metrics.tunnel_cache = self.cache
@@ -137,6 +141,7 @@ class GatewayService(MultiService):
         #: embedded default's own account), never this gateway's listeners
         self.direct_stats = DirectDialStats()
         self.metrics.registry.register(self.direct_stats)
+        self.metrics.registry.register(self.l4.stats)
         rules = parse_allow_list(getattr(config, "direct_upstream_allow", "") or "")
         if embedded is not None and hasattr(embedded, "direct_upstream_rules"):
             rules += embedded.direct_upstream_rules()
@@ -209,6 +214,7 @@ class GatewayService(MultiService):
         self._refresh_dns(runtime.account_id)
         self.metrics.add_account(runtime.account_id, devices=[runtime.device],
                                  stacks=[runtime.stack])
+        self.l4.account_ready(runtime.account_id)  # private L4 on the tunnel address
         self.health.set_client(runtime.account_id, client_health_from_device(
             runtime.device, self.reactor.seconds(), management_connected=True))
 
@@ -244,6 +250,7 @@ class GatewayService(MultiService):
         if self.public_port is not None:
             bound = self.public_port.getHost()
             found.append((getattr(bound, "host", ""), int(getattr(bound, "port", 0))))
+        found.extend((self.l4.bind_host, port) for port in self.l4.public)  # L4 host ports
         if self.embedded is not None and hasattr(self.embedded, "listeners"):
             found.extend(self.embedded.listeners())
         if cfg.mgmt:  # a management on this host (loopback --mgmt)
@@ -316,6 +323,7 @@ class GatewayService(MultiService):
             serve_inbound=self.serve_inbound,
             on_network=self._account_network,
             key_factory=lambda: self.account_key(account_id),
+            l4_status=self.l4.status,
         )
 
     def _serves(self, name: str) -> bool:
@@ -435,7 +443,7 @@ class GatewayService(MultiService):
         self.health.begin_shutdown()
         self.certificates.stop()
         self.proxy.upgrades.close_all()
-        stops = []
+        stops = [self.l4.close_all()]
         if self.public_port is not None:
             port, self.public_port = self.public_port, None
             stops.append(maybeDeferred(port.stopListening))

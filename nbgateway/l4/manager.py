@@ -216,7 +216,10 @@ class L4Manager:
             d.addCallbacks(bound, failed)
 
     def account_ready(self, account_id: str) -> None:
+        """The account's tunnel is up: bind its private L4 listeners."""
         self._bind_private(account_id)
+        if self.udp is not None:
+            self.udp.account_ready(account_id)
 
     def remove(self, mapping: Any) -> None:
         self.errors.pop(mapping.id, None)
