@@ -159,7 +159,11 @@ class _ResponseRelay(Protocol):
         # response, not a well-formed short one.
         log.warn("upstream response body failed: {error}", error=str(reason.value),
                  host=ex.host, path=ex.path)
-        transport = request.channel.transport if request.channel is not None else None
+        channel = request.channel
+        # HTTP/1.1: the connection; HTTP/2: the stream (RST_STREAM)
+        transport = channel.transport if channel is not None else None
+        if transport is None and channel is not None and hasattr(channel, "abortConnection"):
+            transport = channel
         if transport is not None:
             transport.abortConnection()
 

@@ -14,7 +14,9 @@ working.
 
 The channel can also hand its transport to another protocol after a
 protocol switch (:meth:`StreamingHTTPChannel.take_over`, used for WebSocket
-and other ``Upgrade`` pass-through).
+and other ``Upgrade`` pass-through).  On a TLS connection whose ALPN chose
+``h2`` it hands itself to Twisted's ``H2Connection`` (the ``h2`` package) at
+the first byte; HTTP/2 streams use the same request class and resources.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, server
+from twisted.web.http import H2_ENABLED
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -142,7 +145,7 @@ class RequestBodyStream:
         if want_pause:
             # Re-pause even if we think we are paused: the HTTP channel
             # resumes its transport when the response side drains.
-            transport = self.request.transport
+            transport = _flow(self.request)
             if transport is not None:
                 if not self._net_paused:
                     self.pauses += 1
@@ -154,9 +157,18 @@ class RequestBodyStream:
     def _resume_network(self) -> None:
         if self._net_paused:
             self._net_paused = False
-            transport = self.request.transport
+            transport = _flow(self.request)
             if transport is not None and not getattr(transport, "disconnecting", False):
                 transport.resumeProducing()
+
+
+def _flow(request: Any) -> Any:
+    """What to pause to stop a client's request body: the connection's
+    transport (HTTP/1.1) or the HTTP/2 stream (its flow-control window)."""
+    if request.transport is not None:
+        return request.transport
+    channel = request.channel
+    return channel if channel is not None and hasattr(channel, "pauseProducing") else None
 
 
 class StreamingRequest(server.Request):
@@ -174,6 +186,9 @@ class StreamingRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_stream is not None:
+            if not self._dispatched and not isinstance(self.channel, http.HTTPChannel):
+                # HTTP/2: the stream's headers are complete once DATA arrives
+                self.dispatch_early(self.channel.command, self.channel.path, b"HTTP/2")
             self.body_stream.feed(data)
         else:
             super().handleContentChunk(data)
@@ -183,6 +198,8 @@ class StreamingRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._dispatched and self.body_stream is not None:
+            self.dispatch_early(command, path, version)  # HTTP/2: an empty streamed body
         if self._dispatched:
             if self.body_stream is not None:
                 self.body_stream.finish()
@@ -219,6 +236,9 @@ class StreamingHTTPChannel(http.HTTPChannel):
     dribbling one header byte at a time would never trigger."""
 
     upgraded: Any = None
+    #: the HTTP/2 connection that took over after ALPN ``h2`` (else None)
+    h2: Any = None
+    _protocol_checked = False
     header_timeout: float | None = DEFAULT_HEADER_TIMEOUT
     _head_deadline: Any = None
     _in_body = False
@@ -265,6 +285,26 @@ class StreamingHTTPChannel(http.HTTPChannel):
             return
         super().requestDone(request)
 
+    def _switch_to_h2(self) -> None:
+        """ALPN chose ``h2``: Twisted's ``H2Connection`` takes this connection.
+
+        Its streams build requests with this site's ``requestFactory``
+        (:class:`StreamingRequest`), so the resources, auth, identity stamping
+        and access log are the same as on HTTP/1.1.  The HTTP/1.1 read-header
+        deadline does not apply (HTTP/2 has the idle timeout only)."""
+        from twisted.web._http2 import H2Connection
+
+        conn = H2Connection(getattr(self.site, "reactor", None))
+        conn.requestFactory = self.requestFactory
+        conn.site = self.site
+        conn.factory = self.factory
+        conn.timeOut = self.timeOut
+        conn.callLater = self.callLater
+        self.h2 = conn
+        self.take_over(conn)
+        # the H2 connection applies backpressure to the transport itself
+        self._networkProducer.registerProducer(conn, True)
+
     def take_over(self, protocol: Any) -> None:
         """Give this connection's byte stream (and any bytes already
         buffered after the request head) to ``protocol``."""
@@ -283,6 +323,13 @@ class StreamingHTTPChannel(http.HTTPChannel):
         if self.upgraded is not None:
             self.upgraded.dataReceived(data)
             return
+        if not self._protocol_checked:
+            self._protocol_checked = True
+            if (H2_ENABLED and data
+                    and getattr(self.transport, "negotiatedProtocol", None) == b"h2"):
+                self._switch_to_h2()
+                self.upgraded.dataReceived(data)
+                return
         if data and not self._in_body and not self._handlingRequest:
             self._arm_head_deadline()  # a new request head starts
         super().dataReceived(data)
@@ -296,7 +343,8 @@ class StreamingHTTPChannel(http.HTTPChannel):
 
 
 class ProxySite(server.Site):
-    """A ``Site`` whose channels stream request bodies (HTTP/1.1 only).
+    """A ``Site`` whose channels stream request bodies (HTTP/1.1; HTTP/2
+    after ALPN ``h2`` on TLS).
 
     ``timeout`` is the idle timeout (default 90 s, the per-account inbound
     servers' value upstream; the public listener uses 120 s) and

@@ -16,8 +16,10 @@ name that is not visible on the listener -- a private service's name on the
 public listener, any name of another account on a tunnel listener -- is
 answered with the default certificate, which names no service: a probe with
 ``-servername app.<cluster>`` learns nothing (issue 11.6).  TLS 1.2+ only; ALPN
-selects ``http/1.1`` (the listeners speak HTTP/1.1 only); a client offering
-only other protocols gets no ALPN answer and the handshake continues.
+selects ``h2`` when the client offers it (the listeners' channels hand the
+connection to Twisted's HTTP/2 support, see :mod:`nbgateway.proxy.streaming`),
+else ``http/1.1``; a client offering only other protocols gets no ALPN answer
+and the handshake continues.
 
 Client: :class:`ClientTLSPolicy` verifies upstream certificates with
 ``optionsForClientTLS`` (service_identity host name checks, the platform
@@ -44,13 +46,24 @@ from nbgateway.tls.certstore import CertifiedKey, normalize_name
 
 log = Logger()
 
+#: what we offer upstream targets as a client (the upstream client speaks HTTP/1.1)
 ALPN_PROTOCOLS = (b"http/1.1",)
+
+
+def _server_alpn() -> tuple[bytes, ...]:
+    from twisted.web.http import H2_ENABLED  # the h2 package is installed
+
+    return (b"h2", b"http/1.1") if H2_ENABLED else (b"http/1.1",)
+
+
+#: what the listeners accept, in server preference order (h2 first)
+SERVER_ALPN_PROTOCOLS = _server_alpn()
 _OPTIONS = (SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3 | SSL.OP_NO_COMPRESSION
             | SSL.OP_CIPHER_SERVER_PREFERENCE)
 
 
 def _alpn_select(conn: Any, offered: list[bytes]) -> Any:
-    for proto in ALPN_PROTOCOLS:
+    for proto in SERVER_ALPN_PROTOCOLS:
         if proto in offered:
             return proto
     return SSL.NO_OVERLAPPING_PROTOCOLS
@@ -65,7 +78,7 @@ def context_for(ck: CertifiedKey) -> SSL.Context:
 
 
 def build_context(ck: CertifiedKey, servername_callback: Any = None) -> SSL.Context:
-    """A new server context presenting ``ck`` (TLS 1.2+, ALPN http/1.1)."""
+    """A new server context presenting ``ck`` (TLS 1.2+, ALPN h2/http/1.1)."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(_OPTIONS)

@@ -58,10 +58,12 @@ class TLSListenerTests(unittest.TestCase):
         self.assertIn("CN = gw.example", out)
 
     @defer.inlineCallbacks
-    def test_alpn_http11_and_tls12_minimum(self):
+    def test_alpn_h2_http11_and_tls12_minimum(self):
         out = yield s_client(self.port, "-servername", "svc.example", "-alpn", "h2,http/1.1")
+        self.assertIn("ALPN protocol: h2", out)
+        out = yield s_client(self.port, "-servername", "svc.example", "-alpn", "http/1.1")
         self.assertIn("ALPN protocol: http/1.1", out)
-        out = yield s_client(self.port, "-servername", "svc.example", "-alpn", "h2")
+        out = yield s_client(self.port, "-servername", "svc.example", "-alpn", "spdy/3")
         self.assertIn("No ALPN negotiated", out)
         # TLS 1.1 offered by a client that allows it: the server refuses it
         out = yield s_client(self.port, "-servername", "svc.example", "-tls1_1",
