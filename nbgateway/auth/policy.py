@@ -170,6 +170,7 @@ class Protect:
         self._prompts: list[tuple[str, str]] = []
         self._failed = ""  # the scheme whose submitted credentials failed
         self._pending = ""  # scheme whose Authenticate is in flight
+        self._now = facts.now  # advanced by answers that arrive later
 
     # -- entry ---------------------------------------------------------------
     def start(self) -> Step:
@@ -205,8 +206,13 @@ class Protect:
             return Forward(identity, "oidc", token)
         return self._after_tunnel()
 
-    def authenticate_done(self, success: bool | None, token: str) -> Step:
-        """``success`` is None when the RPC failed."""
+    def authenticate_done(self, success: bool | None, token: str,
+                          now: float | None = None) -> Step:
+        """``success`` is None when the RPC failed; ``now`` is the time the
+        answer arrived (a token minted during the RPC has ``nbf`` after the
+        request's own arrival time)."""
+        if now is not None:
+            self._now = now
         scheme, self._pending = self._pending, ""
         if success is None:
             return Respond(502, "plain", body=UNAVAILABLE, mechanism=scheme)
@@ -315,7 +321,7 @@ class Protect:
 
     def _local(self, token: str) -> Identity | None:
         f = self.facts
-        return self.verifier.verify(token, f.session_key, f.host, f.now)
+        return self.verifier.verify(token, f.session_key, f.host, self._now)
 
     def _token_won(self, scheme: str, token: str) -> Step:
         ident = self._local(token)

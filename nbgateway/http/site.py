@@ -370,7 +370,8 @@ class GatewayResource(Resource):
             kw = ({"header_value": step.value, "header_name": step.header_name}
                   if step.scheme == "header" else {step.scheme: step.value})
             d = _call(client.authenticate, entry.service.service_id, entry.account_id, **kw)
-            d.addCallbacks(lambda r: protect.authenticate_done(bool(r.success), r.session_token),
+            d.addCallbacks(lambda r: protect.authenticate_done(
+                bool(r.success), r.session_token, self.clock.seconds()),
                            lambda f: self._rpc_error(f, "Authenticate",
                                                      protect.authenticate_done, None, ""))
         elif isinstance(step, CallOIDCURL):

@@ -155,3 +155,18 @@ def test_form_tokens_and_same_site():
     assert not same_site({"origin": "https://evil.example"}, "h.example")
     assert not same_site({"sec-fetch-site": "cross-site"}, "h.example")
     assert same_site({}, "h.example")
+
+
+def test_token_minted_during_the_rpc_verifies_at_answer_time():
+    # the request arrived at NOW - 0.5; management minted at NOW (nbf = NOW)
+    tok = sessionjwt.sign_session(PRIV, subject="header-user", domain="app.example",
+                                  method="header", now=NOW)
+    p = run(facts(now=NOW - 0.5, schemes=(), header_names=("X-Key",),
+                  headers={"x-key": "v"}))
+    p.start()
+    step = p.authenticate_done(True, tok, NOW + 0.01)
+    assert isinstance(step, Forward) and step.identity.user_id == "header-user"
+    p = run(facts(now=NOW - 0.5, schemes=(), header_names=("X-Key",),
+                  headers={"x-key": "v"}))
+    p.start()
+    assert p.authenticate_done(True, tok).status == 400  # the old clock would refuse it
