@@ -203,6 +203,8 @@ class GatewayService(MultiService):
         if authority is None:
             authority = self.dns[account_id] = ZoneAuthority()
         domains = [d for d, e in self.routes.entries.items() if e.account_id == account_id]
+        domains += [e.service.domain for (acct, _p), e in self.routes.ports.items()
+                    if acct == account_id and e.private and e.service.domain]  # private L4
         authority.replace(account_zones(runtime.network, domains))
 
     def _account_network(self, runtime: AccountRuntime, network: Any) -> None:

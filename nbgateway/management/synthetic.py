@@ -284,7 +284,8 @@ def synthesize_private_service_zones(view: AccountView, peer_id: str) -> list[Cu
 def inject_private_service_policies(
     view: AccountView, svc: Service, proxy_peers: Sequence[Peer]
 ) -> list[Policy]:
-    """One policy per proxy peer: access groups -> that proxy peer on TCP 80 and 443.
+    """One policy per proxy peer: access groups -> that proxy peer on TCP 80 and 443
+    (a private TCP/TLS/UDP service: its ``listen_port`` over TCP/UDP).
 
     Gated on ``private`` and non-empty ``access_groups`` and >= 1 proxy peer;
     group ids that no longer exist are dropped (nothing when none remain).
@@ -296,6 +297,10 @@ def inject_private_service_policies(
     if not sources:
         return []
     out = []
+    mode = svc.mode or "http"
+    # HTTP: the gateway's tunnel HTTP/HTTPS ports; L4: the service's listen_port
+    ranges = tuple(PortRange(a, b) for a, b in PRIVATE_SERVICE_PORTS) if mode == "http" \
+        else (PortRange(svc.listen_port, svc.listen_port),)
     for p in proxy_peers:
         pid = f"private-access-{svc.id}-{p.id}"
         rule = PolicyRule(
@@ -306,9 +311,9 @@ def inject_private_service_policies(
             sources=sources,
             destination_resource=Resource(id=p.id, type="peer"),
             bidirectional=False,
-            protocol="tcp",
+            protocol="udp" if mode == "udp" else "tcp",
             action="accept",
-            port_ranges=tuple(PortRange(a, b) for a, b in PRIVATE_SERVICE_PORTS),
+            port_ranges=ranges,
         )
         out.append(Policy(id=pid, name=f"Private Access to {svc.name}", rules=(rule,)))
     return out

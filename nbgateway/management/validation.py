@@ -192,8 +192,12 @@ def _validate_restrictions(r: AccessRestrictions) -> AccessRestrictions:
 def _validate_private(service: Service) -> None:
     if not service.private:
         return
-    if service.mode != "http":
-        _fail(f"private services only support HTTP mode, got {go_quote(service.mode)}")
+    if service.mode not in ("http", "tcp", "udp", "tls"):
+        _fail(f"private services only support HTTP, TCP, UDP and TLS modes, "
+              f"got {go_quote(service.mode)}")
+    if service.mode != "http" and service.listen_port == 0:
+        # private L4 is served on the gateway's tunnel address at this port
+        _fail("listen_port is required for private TCP/UDP/TLS services")
     if not service.access_groups:
         _fail("private services require at least one access group")
     if service.auth.bearer_enabled:

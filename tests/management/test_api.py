@@ -138,10 +138,10 @@ def test_private_with_bearer_disabled_accepted(server):
     assert resp.status == 200, resp
 
 
-def test_private_rejects_tcp_mode(server):
+def test_private_tcp_needs_listen_port(server):
     gid = group(server)["id"]
     assert_error(server.post(SERVICES, private_body(gid, mode="tcp")), 422,
-                 'private services only support http mode, got "tcp"')
+                 "listen_port is required for private tcp/udp/tls services")
 
 
 def test_private_create_response_shape(server):

@@ -209,9 +209,16 @@ def test_private_accepts_disabled_bearer_auth():
     validate_service(private_svc(auth=AuthConfig(bearer_auth=BearerAuth(enabled=False))))
 
 
-def test_private_rejects_non_http_mode():
-    msg = rejects(private_svc(mode="tcp"), "HTTP")
-    assert msg.lower() == 'private services only support http mode, got "tcp"'
+def test_private_l4_needs_a_listen_port():
+    msg = rejects(private_svc(mode="tcp"), "listen_port")
+    assert msg == "listen_port is required for private TCP/UDP/TLS services"
+
+
+def test_private_l4_accepted_with_listen_port():
+    target = cluster_target(protocol="tcp", port=22, target_id="eu.proxy.netbird.io")
+    for mode in ("tcp", "udp", "tls"):
+        out = validate_service(private_svc(mode=mode, listen_port=2222, targets=(target,)))
+        assert out.private and out.mode == mode and out.listen_port == 2222
 
 
 def test_private_mode_omitted_becomes_http():
