@@ -48,6 +48,8 @@ class AcmeError(Exception):
 class Issued:
     fullchain_pem: bytes
     key_pem: bytes
+    #: when the server's renewal information (ARI) suggests renewing (epoch s)
+    renew_at: float | None = None
 
 
 @challenges.ChallengeResponse.register
@@ -229,4 +231,19 @@ class AcmeAccount:
                     unpublish(*handle)
         if not order.fullchain_pem:
             raise AcmeError(f"the order for {domain} returned no certificate")
-        return Issued(order.fullchain_pem.encode("ascii"), key_pem)
+        chain = order.fullchain_pem.encode("ascii")
+        return Issued(chain, key_pem, self._ari_renewal(acme_client, chain))
+
+    @staticmethod
+    def _ari_renewal(acme_client: client.ClientV2, chain: bytes) -> float | None:
+        """The renewal time the server's ARI window suggests, if it offers
+        one (optional: any failure means the two-thirds rule)."""
+        try:
+            when, _next_check = acme_client.renewal_time(chain)
+        except Exception:  # ARI is advisory
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        return when.timestamp()

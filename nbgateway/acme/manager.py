@@ -7,14 +7,16 @@ so a restart orders nothing new), a removed one drops it.  A timer on the
 injected clock wakes at the schedule's next due time; each due order runs
 :meth:`AcmeAccount.issue` on a worker thread (a daemon thread by default),
 so neither mapping application nor startup ever waits for the ACME server.
-Challenge answers are published on the reactor thread.
+Challenge answers go straight into the thread-safe responder.
 
-On success the chain and key are written atomically (key first, both 0600 /
-0644) as ``acme_<domain>.crt``/``.key`` into the certificate directory and the
+On success the chain and key are written atomically (mode 0600, key first) as
+``acme_<domain>.crt``/``.key`` into the certificate directory and the
 certificate store reloads at once; until then the previous certificate (or
-the local CA's fallback) keeps serving.  The mapping's services get an ACTIVE
-status update with ``certificate_issued``.  On failure the schedule backs off
-(respecting Retry-After), the services get ``CERTIFICATE_FAILED`` with the
+the local CA's fallback) keeps serving.  The next renewal is due at two
+thirds of the lifetime, or at the time the server's ARI window suggests when
+it offers one.  The mapping's services get an ACTIVE status update with
+``certificate_issued``.  On failure the schedule backs off (respecting
+Retry-After), the services get ``CERTIFICATE_FAILED`` with the
 error, and ``nbgateway_acme_orders_total{result="failed"}`` counts it.
 """
 
@@ -42,6 +44,8 @@ from nbgateway.tls.certstore import valid_hostname
 log = Logger()
 
 FILE_PREFIX = "acme_"
+#: an ARI renewal time sooner than this after issuance is ignored (no loops)
+MIN_ARI_DELAY = 60.0
 L4_MODES = ("tcp", "udp", "tls")
 
 
@@ -197,7 +201,10 @@ class AcmeManager(MappingObserver):
             self._failed_with(domain, f"storing the certificate: {exc}", None)
             return
         nb, na = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
-        self.schedule.succeeded(domain, nb, na)
+        renew_at = issued.renew_at
+        if renew_at is not None and not (self.clock.seconds() + MIN_ARI_DELAY < renew_at < na):
+            renew_at = None  # an ARI time already past or after expiry: two thirds
+        self.schedule.succeeded(domain, nb, na, renew_at, now=self.clock.seconds())
         self.stats.orders["issued"] += 1
         log.info("acme: certificate for {domain} issued, valid until {not_after}",
                  domain=domain, not_after=cert.not_valid_after_utc.isoformat())

@@ -19,6 +19,7 @@ DEFAULT_BACKOFF_BASE = 60.0
 DEFAULT_BACKOFF_CAP = 6 * 3600.0
 DEFAULT_JITTER = 0.2
 RENEW_FRACTION = 2.0 / 3.0
+DEFAULT_MIN_INTERVAL = 10.0
 
 
 @dataclass
@@ -41,11 +42,13 @@ class RenewalSchedule:
     def __init__(self, *, backoff_base: float = DEFAULT_BACKOFF_BASE,
                  backoff_cap: float = DEFAULT_BACKOFF_CAP, jitter: float = DEFAULT_JITTER,
                  concurrency: int = 1, max_domains: int = 10_000,
+                 min_interval: float = DEFAULT_MIN_INTERVAL,
                  rand: Callable[[], float] = random.random) -> None:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.jitter = jitter
         self.concurrency = concurrency
+        self.min_interval = min_interval
         self.max_domains = max_domains
         self.rand = rand
         self.domains: dict[str, DomainState] = {}
@@ -95,7 +98,10 @@ class RenewalSchedule:
         return out
 
     def succeeded(self, name: str, not_before: float, not_after: float,
-                  renew_at: float | None = None) -> None:
+                  renew_at: float | None = None, now: float | None = None) -> None:
+        """A new certificate: next attempt at its renewal time, but never
+        sooner than ``min_interval`` after ``now`` (a certificate whose
+        renewal time has already passed must not make orders back to back)."""
         st = self.domains.get(name)
         if st is None:
             return
@@ -103,6 +109,8 @@ class RenewalSchedule:
         st.failures = 0
         st.last_error = ""
         self.have_certificate(name, not_before, not_after, renew_at)
+        if now is not None:
+            st.next_at = max(st.next_at, now + self.min_interval)
 
     def failed(self, name: str, now: float, error: str,
                retry_after: float | None = None) -> float | None:

@@ -35,6 +35,7 @@ class FakeAccount:
         self.orders: list[str] = []
         self.errors: list[Exception] = []
         self.days = 90
+        self.renew_at = None
 
     def issue(self, domain, publish, unpublish) -> Issued:
         self.orders.append(domain)
@@ -44,7 +45,7 @@ class FakeAccount:
         key = ck.key.private_bytes(serialization.Encoding.PEM,
                                    serialization.PrivateFormat.PKCS8,
                                    serialization.NoEncryption())
-        return Issued(ck.cert_pem(), key)
+        return Issued(ck.cert_pem(), key, self.renew_at)
 
 
 def _run_now(f, *a):
@@ -257,3 +258,25 @@ def test_responder_publishes_without_the_reactor(world):
     assert manager.responder.has_tls_alpn01(NAME)
     manager._unpublish("tls-alpn-01", NAME, "t.k")
     assert not manager.responder.has_tls_alpn01(NAME)
+
+
+def test_ari_renewal_time_used_when_offered(world):
+    clock, _store, account, _mgmt, manager, _cert_dir = world
+    account.renew_at = clock.seconds() + 7200  # well before two thirds of 90 days
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    assert manager.schedule.next_wakeup() == account.renew_at
+    account.renew_at = clock.seconds()  # a time already due: ignored, no order loop
+    clock.advance(7200)
+    assert account.orders == [NAME, NAME]
+    st = manager.schedule.domains[NAME]
+    assert st.next_at == manager.schedule.renewal_time(st.not_before, st.not_after)
+
+
+def test_ari_time_after_expiry_ignored(world):
+    clock, _store, account, _mgmt, manager, _cert_dir = world
+    account.renew_at = clock.seconds() + 200 * 86400
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    st = manager.schedule.domains[NAME]
+    assert st.next_at == manager.schedule.renewal_time(st.not_before, st.not_after)

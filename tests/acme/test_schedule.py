@@ -111,3 +111,11 @@ def test_bounded():
     assert s.want("a", 0.0) and s.want("b", 0.0)
     assert not s.want("c", 0.0)
     assert set(s.domains) == {"a", "b"}
+
+
+def test_certificate_already_due_is_not_reordered_back_to_back():
+    s = _schedule(min_interval=10.0)
+    s.want("a", 0.0)
+    s.due(0.0)
+    s.succeeded("a", not_before=-300.0, not_after=3.0, now=0.0)  # two thirds already past
+    assert s.next_wakeup() == 10.0
