@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -575,6 +576,11 @@ def _cross_check(cfg: Config) -> Config:
         raise ConfigError(
             f"invalid --tunnel-https-port value '{cfg.tunnel_https_port}': "
             "must differ from --tunnel-http-port")
+    if bool(cfg.acme_eab_kid) != bool(cfg.acme_eab_hmac_key):
+        raise ConfigError("--acme-eab-kid and --acme-eab-hmac-key go together: set both or "
+                          "neither")
+    if cfg.acme_certs and cfg.acme_ca_bundle and not os.path.isfile(cfg.acme_ca_bundle):
+        raise ConfigError(f"invalid --acme-ca-bundle value {cfg.acme_ca_bundle!r}: no such file")
     return cfg
 
 
