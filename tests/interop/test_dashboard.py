@@ -85,7 +85,7 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
         page_until(b, UI + "/", lambda dr: [r.get_attribute("data-status") for r in
                                             dr.find_elements(_by("CSS_SELECTOR"),
                                                              "#gateways tr.gateway")]
-                   == ["connected"], 30, "the gateway on the overview")
+                   == ["connected"], 45, "the gateway on the overview")
         assert DOMAIN in d.find_element(_by("ID"), "clusters").text
         # group and peer
         d.get(UI + "/groups")
@@ -125,12 +125,12 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
         page_until(b, UI + "/", lambda dr: re.search(
             r"\d+\.\d+\.\d+\.\d+ \(https 443, http 80\)",
             dr.find_element(_by("CSS_SELECTOR"), "#gateways td.listeners").text),
-            30, "the gateway's inbound listener on the overview")
+            45, "the gateway's inbound listener on the overview")
         assert b.axe() == []
         b.shoot("gw-overview")
         # the peer's config once it lists the gateway (the UI's download)
         page_until(b, peer_url, lambda dr: "[Peer]" in dr.find_element(
-            _by("ID"), "config").text, 30, "a [Peer] section in alice's config")
+            _by("ID"), "config").text, 45, "a [Peer] section in alice's config")
         conf = d.find_element(_by("ID"), "config").text + "\n"
         b.shoot("gw-peer")
     peer = next(p for p in w.rest("GET", "/peers") if p["name"] == "alice")
@@ -147,14 +147,14 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
             rows = dr.find_elements(_by("CSS_SELECTOR"), "#access-log tr.entry")
             return any("/through-the-ui" in r.text and "devs" in r.find_element(
                 _by("CSS_SELECTOR"), "td.groups").text for r in rows)
-        page_until(b, UI + "/access-log?group=devs", logged, 30, "the request in the log")
+        page_until(b, UI + "/access-log?group=devs", logged, 45, "the request in the log")
         assert b.axe() == []
         b.shoot("gw-access-log")
     for i in range(30):  # more than a page (25) of entries
         assert w.curl(ns, f"https://{APP}/page-{i}", gw_ip=gw_ip)[0] == 200
     with inside_netns(w.g.name):
         page_until(b, UI + "/access-log", lambda dr: "page 1 of 2" in dr.find_element(
-            _by("TAG_NAME"), "main").text, 30, "two pages in the access log")
+            _by("TAG_NAME"), "main").text, 45, "two pages in the access log")
         assert len(d.find_elements(_by("CSS_SELECTOR"), "#access-log tr.entry")) == 25
         b.click_and_wait("a[rel=next]")
         assert "page 2 of 2" in d.find_element(_by("TAG_NAME"), "main").text
@@ -168,7 +168,7 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
         d.execute_script("window.confirm = function () { return true; };")
         b.click_and_wait("#tokens button.danger")
         d.get(UI + "/live")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 45
         while time.monotonic() < deadline:  # the page's own script refreshes the table
             state = d.execute_script(
                 "var r = document.querySelector('#gateways tr.gateway');"
