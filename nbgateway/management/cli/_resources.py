@@ -372,6 +372,74 @@ def services_create(client: Client, args: Args, out: TextIO) -> None:
         table([_with_status(created)], SERVICE_COLS, out)
 
 
+_REQUEST_FIELDS = ("name", "domain", "mode", "listen_port", "targets", "enabled",
+                   "pass_host_header", "rewrite_redirects", "auth", "access_restrictions",
+                   "private", "access_groups")
+
+
+def _secret(value: str | None, stdin: TextIO | None = None) -> str | None:
+    """A secret from the command line; ``-`` reads one line from stdin (keeps it
+    out of the process list)."""
+    if value != "-":
+        return value
+    line = (stdin or sys.stdin).readline().rstrip("\r\n")
+    if not line:
+        raise UsageError("services auth: an empty secret on stdin")
+    return line
+
+
+def services_auth(client: Client, args: Args, out: TextIO) -> None:
+    """Set or clear password / PIN / header auth on a service.  Management
+    stores argon2id hashes; responses never carry the secrets (an unchanged
+    secret is sent back empty, which keeps the stored hash)."""
+    svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
+    body = {k: svc[k] for k in _REQUEST_FIELDS if k in svc}
+    auth = dict(body.get("auth") or {})
+    password, pin = _secret(args.password), _secret(args.pin)
+    if args.password is not None and args.clear_password:
+        raise UsageError("services auth: --password and --clear-password together")
+    if args.pin is not None and args.clear_pin:
+        raise UsageError("services auth: --pin and --clear-pin together")
+    if password is not None:
+        auth["password_auth"] = {"enabled": True, "password": password}
+    elif args.clear_password:
+        auth.pop("password_auth", None)
+    if pin is not None:
+        if not pin.isdigit():
+            raise UsageError("services auth: --pin must be digits")
+        auth["pin_auth"] = {"enabled": True, "pin": pin}
+    elif args.clear_pin:
+        auth.pop("pin_auth", None)
+    headers = [dict(h) for h in auth.get("header_auths") or []]
+    for name in args.clear_header or []:
+        headers = [h for h in headers if h.get("header", "").lower() != name.lower()]
+    for spec in args.header or []:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip():
+            raise UsageError("services auth: --header takes NAME=VALUE (VALUE - reads stdin)")
+        value = _secret(value) or ""
+        headers = [h for h in headers if h.get("header", "").lower() != name.strip().lower()]
+        headers.append({"enabled": True, "header": name.strip(), "value": value})
+    if headers:
+        auth["header_auths"] = headers
+    else:
+        auth.pop("header_auths", None)
+    if args.sso is not None:
+        bearer = dict(auth.get("bearer_auth") or {})
+        bearer["enabled"] = args.sso
+        auth["bearer_auth"] = bearer
+    body["auth"] = auth
+    updated = client.put(f"/reverse-proxies/services/{_q(svc['id'])}", body)
+    if args.json:
+        write_json(out, updated)
+        return
+    a = updated.get("auth") or {}
+    methods = [m for m, key in (("password", "password_auth"), ("pin", "pin_auth"),
+                                ("sso", "bearer_auth")) if (a.get(key) or {}).get("enabled")]
+    methods += [f"header {h['header']}" for h in a.get("header_auths") or [] if h.get("enabled")]
+    out.write(f"{updated['domain']}: {', '.join(methods) or 'no operator auth'}\n")
+
+
 def services_delete(client: Client, args: Args, out: TextIO) -> None:
     svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
     client.delete(f"/reverse-proxies/services/{_q(svc['id'])}")
@@ -595,6 +663,28 @@ def register(cmd: Commands) -> None:
     g.add("delete", "delete a service", func=services_delete,
           example=["nbgateway-admin services delete app.example.com"]).add_argument(
         "ref", metavar="SERVICE", help="service id or domain")
+    c = g.add("auth", "set or clear password, PIN, header or SSO auth on a public service",
+              func=services_auth,
+              description="Set or clear the operator auth of a (non-private) service.\n"
+                          "Secrets are stored as argon2id hashes and never shown again;\n"
+                          "a secret given as - is read from stdin (keeps it out of the\n"
+                          "process list).",
+              example=["echo 'correct horse' | nbgateway-admin services auth app.example.com "
+                       "--password -",
+                       "nbgateway-admin services auth app.example.com --clear-password \\",
+                       "    --header X-Api-Key=-"])
+    c.add_argument("ref", metavar="SERVICE", help="service id or domain")
+    c.add_argument("--password", metavar="SECRET", help="set the password (- reads stdin)")
+    c.add_argument("--clear-password", action="store_true", help="remove password auth")
+    c.add_argument("--pin", metavar="DIGITS", help="set the PIN (- reads stdin)")
+    c.add_argument("--clear-pin", action="store_true", help="remove PIN auth")
+    c.add_argument("--header", action="append", metavar="NAME=VALUE",
+                   help="require header NAME with VALUE (- reads stdin; repeatable)")
+    c.add_argument("--clear-header", action="append", metavar="NAME",
+                   help="remove the header auth for NAME (repeatable)")
+    c.add_argument("--sso", dest="sso", action="store_true", default=None,
+                   help="turn SSO (OIDC bearer auth) on")
+    c.add_argument("--no-sso", dest="sso", action="store_false", help="turn SSO off")
 
     g = cmd.group("tokens", "list, create or delete proxy access tokens (for gateways "
                             "connecting with --mgmt)", aliases=["token", "proxy-tokens"],
