@@ -13,7 +13,8 @@ trailing dot ignored):
 3. Fallback: a certificate for the requested name issued on the fly by the
    gateway's local CA (:class:`LocalCA`, persisted as ``ca.crt``/``ca.key`` in
    the data directory so users and tests can trust one CA).  Issued
-   certificates are cached in memory (bounded, least recently used evicted).
+   certificates live 7 days and are reissued once two thirds of that have
+   passed; they are cached in memory (bounded, least recently used evicted).
    Names that are not valid host names -- and, when a ``serves`` predicate
    is given, names the gateway does not serve -- get the certificate of
    ``default_name``.
@@ -50,7 +51,10 @@ log = Logger()
 
 DEFAULT_POLL_INTERVAL = 5.0
 FALLBACK_CACHE_SIZE = 1024
-RENEW_BEFORE = datetime.timedelta(days=30)
+#: fallback leaves are short-lived and reissued once two thirds of their
+#: lifetime have passed (clients trust the CA, never a leaf)
+LEAF_LIFETIME_DAYS = 7
+RENEW_FRACTION = 2.0 / 3.0
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 
@@ -154,6 +158,12 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _due(cert: x509.Certificate) -> bool:
+    """True once two thirds of ``cert``'s lifetime have passed."""
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return _now() >= start + (end - start) * RENEW_FRACTION
+
+
 class LocalCA:
     """The gateway's own CA for fallback certificates (EC P-256), created on
     first use and persisted in ``data_dir`` as ``ca.crt`` / ``ca.key``."""
@@ -201,7 +211,7 @@ class LocalCA:
             f.write(cert.public_bytes(serialization.Encoding.PEM))
         return cert, key
 
-    def issue(self, name: str, days: int = 365) -> CertifiedKey:
+    def issue(self, name: str, days: int = LEAF_LIFETIME_DAYS) -> CertifiedKey:
         key = ec.generate_private_key(ec.SECP256R1())
         try:
             san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
@@ -340,8 +350,8 @@ class CertificateStore:
         if not valid_hostname(name) or (self.serves is not None and not self.serves(name)):
             name = self.default_name
         ck = self._fallback.get(name)
-        if ck is not None and ck.cert.not_valid_after_utc - _now() < RENEW_BEFORE:
-            ck = None  # close to expiry: issue a fresh one
+        if ck is not None and _due(ck.cert):
+            ck = None  # two thirds of its lifetime gone: issue a fresh one
         if ck is None:
             ck = self.ca.issue(name)
             self._fallback[name] = ck

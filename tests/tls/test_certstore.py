@@ -147,3 +147,20 @@ def test_any_server_name_gets_a_certificate(tmp_path_factory, name):
             None, None, str(tmp_path_factory.mktemp("fuzz")), fallback_cache_size=16)
     ck = store.certificate_for(name)
     assert ck.names and len(store._fallback) <= 16
+
+
+def test_fallback_leaves_are_short_lived_and_reissued_at_two_thirds(tmp_path, monkeypatch):
+    import datetime
+
+    from nbgateway.tls import certstore
+
+    store, _ = make(tmp_path)
+    first = store.certificate_for("short.example")
+    lifetime = first.cert.not_valid_after_utc - first.cert.not_valid_before_utc
+    assert lifetime <= datetime.timedelta(days=7, hours=1)
+    start = first.cert.not_valid_before_utc
+    monkeypatch.setattr(certstore, "_now", lambda: start + lifetime * 0.6)
+    assert store.certificate_for("short.example") is first
+    monkeypatch.setattr(certstore, "_now", lambda: start + lifetime * 0.7)
+    second = store.certificate_for("short.example")
+    assert second is not first and second.cert.not_valid_after_utc > first.cert.not_valid_after_utc
