@@ -1,0 +1,105 @@
+"""UDP relay sessions with task.Clock and fake sockets."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from nbgateway.l4.stats import L4Stats
+from nbgateway.l4.target import target_from_mapping
+from nbgateway.l4.udp import TokenBucket, UDPService
+from tests.l4.fakes import mapping
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+        self.stopped = False
+
+    def write(self, data, addr=None):
+        self.sent.append((data, addr))
+
+    def stopListening(self):
+        self.stopped = True
+
+
+def make(private=False, gate=None, **kw):
+    clock = Clock()
+    opened = []
+
+    def open_upstream(target, protocol):
+        sock = FakeSocket()
+        sock.protocol = protocol
+        opened.append(sock)
+        return sock
+
+    ended = []
+    svc = UDPService(target_from_mapping(mapping(mode="udp", private=private)), clock=clock,
+                     stats=L4Stats(), open_upstream=open_upstream, gate=gate,
+                     on_session_end=ended.append, **kw)
+    svc.transport = FakeSocket()
+    return svc, clock, opened, ended
+
+
+def test_token_bucket():
+    b = TokenBucket(50, 100, 0.0)
+    assert sum(b.take(0.0) for _ in range(150)) == 100
+    assert sum(b.take(1.0) for _ in range(100)) == 50
+
+
+def test_sessions_keyed_by_client_and_replies_go_back():
+    svc, _clock, opened, _ = make()
+    svc.datagramReceived(b"q1", ("192.0.2.1", 1000))
+    svc.datagramReceived(b"q2", ("192.0.2.1", 1000))
+    svc.datagramReceived(b"q3", ("192.0.2.2", 1000))
+    assert len(opened) == 2
+    assert [d for d, _ in opened[0].sent] == [b"q1", b"q2"]
+    opened[1].protocol.datagramReceived(b"r3", ("127.0.0.1", 9000))
+    assert svc.transport.sent == [(b"r3", ("192.0.2.2", 1000))]
+
+
+def test_session_bound_and_rate():
+    svc, _clock, _opened, _ = make(max_sessions=3)
+    for port in range(10):
+        svc.datagramReceived(b"x", ("192.0.2.1", port))
+    assert len(svc.sessions) == 3 and svc.stats.udp_session_limit_hits == 7
+    svc2, clock2, _opened2, _ = make(max_sessions=1000)
+    for port in range(150):
+        svc2.datagramReceived(b"x", ("192.0.2.1", port))
+    assert len(svc2.sessions) == 100 and svc2.stats.udp_rate_limit_hits == 50
+    clock2.advance(1.0)
+    for port in range(150, 250):
+        svc2.datagramReceived(b"x", ("192.0.2.1", port))
+    assert len(svc2.sessions) == 150
+
+
+def test_idle_sweep_ends_sessions_with_an_entry():
+    svc, clock, opened, ended = make()
+    svc.listening = FakeSocket()
+    svc.start_sweeping()
+    svc.datagramReceived(b"x", ("192.0.2.1", 1))
+    clock.pump([1.0] * 20)
+    svc.datagramReceived(b"x", ("192.0.2.2", 1))
+    clock.pump([1.0] * 26)  # sweeps every 15 s: at 30 s the first is 30 s idle, the second 10 s
+    assert [s.client for s in ended] == [("192.0.2.1", 1)]
+    assert ended[0].close_reason == "idle_timeout" and opened[0].stopped
+    assert list(svc.sessions) == [("192.0.2.2", 1)]
+
+
+def test_private_session_waits_for_the_gate_and_fails_closed():
+    pending: dict[str, Deferred] = {}
+
+    def gate(target, ip):
+        d = pending[ip] = Deferred()
+        return d
+
+    svc, _clock, opened, ended = make(private=True, gate=gate)
+    svc.datagramReceived(b"a1", ("100.64.0.2", 1))
+    svc.datagramReceived(b"a2", ("100.64.0.2", 1))
+    svc.datagramReceived(b"b1", ("100.64.0.3", 1))
+    assert not opened
+    pending["100.64.0.2"].callback((True, "", "u1", ("devs",)))
+    assert [d for d, _ in opened[0].sent] == [b"a1", b"a2"]  # queued datagrams flushed
+    pending["100.64.0.3"].errback(RuntimeError("rpc down"))
+    assert len(opened) == 1 and ended[-1].close_reason == "gate_error"
+    assert svc.stats.denied == 1
