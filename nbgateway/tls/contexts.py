@@ -111,6 +111,7 @@ class SNIServerCreator:
         self.sni_seen = 0
         self.sni_hidden = 0  # names answered with the default certificate instead
         self._base: SSL.Context | None = None
+        self._base_ck: CertifiedKey | None = None
 
     def for_listener(self, listener_account: str | None) -> SNIServerCreator:
         """A creator for another listener sharing source, default and predicate."""
@@ -119,11 +120,13 @@ class SNIServerCreator:
                                 challenges=self.challenges if listener_account is None else None)
 
     def _base_context(self) -> SSL.Context:
-        if self._base is None:
-            # The base context presents the default certificate (no SNI)
-            # and carries the servername callback; it is this creator's own.
-            self._base = build_context(self.source.certificate_for(self.default_name),
-                                       self._servername)
+        # The base context presents the default certificate (no SNI) and
+        # carries the servername callback; it is this creator's own, rebuilt
+        # when the source replaces the default certificate (renewal, reload).
+        default = self.source.certificate_for(self.default_name)
+        if self._base is None or default is not self._base_ck:
+            self._base = build_context(default, self._servername)
+            self._base_ck = default
         return self._base
 
     def _servername(self, conn: SSL.Connection) -> None:

@@ -164,3 +164,21 @@ def test_fallback_leaves_are_short_lived_and_reissued_at_two_thirds(tmp_path, mo
     monkeypatch.setattr(certstore, "_now", lambda: start + lifetime * 0.7)
     second = store.certificate_for("short.example")
     assert second is not first and second.cert.not_valid_after_utc > first.cert.not_valid_after_utc
+
+
+def test_default_certificate_of_a_listener_follows_renewal(tmp_path, monkeypatch):
+    from OpenSSL import SSL
+
+    from nbgateway.tls import certstore
+    from nbgateway.tls.contexts import SNIServerCreator
+
+    store, _ = make(tmp_path, default_name="gw.example")
+    creator = SNIServerCreator(store, "gw.example")
+    first = creator.serverConnectionForTLS(None).get_context()
+    assert creator.serverConnectionForTLS(None).get_context() is first
+    ck = store.certificate_for("gw.example")
+    later = ck.cert.not_valid_before_utc + (ck.cert.not_valid_after_utc
+                                            - ck.cert.not_valid_before_utc) * 0.9
+    monkeypatch.setattr(certstore, "_now", lambda: later)
+    assert isinstance(first, SSL.Context)
+    assert creator.serverConnectionForTLS(None).get_context() is not first
