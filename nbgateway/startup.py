@@ -31,6 +31,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from nbgateway.errors import ConfigurationError
+
 log = Logger()
 
 #: exit status of a usage error (bad flag) and of a failure to start
@@ -144,6 +146,13 @@ def exit_on_listen_failure(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Wrap a tap module's ``makeService`` for twistd."""
 
     def makeService(options: Any) -> Any:
-        return _ExitOnListenFailure(make(options))
+        try:
+            built = make(options)
+        except ConfigurationError as exc:
+            parent = getattr(options, "parent", None)
+            name = f"twistd {getattr(parent, 'subCommand', None) or ''}".strip()
+            sys.stderr.write(f"{name}: error: {' '.join(str(exc).split())}\n")
+            raise SystemExit(USAGE_EXIT) from None
+        return _ExitOnListenFailure(built)
 
     return makeService

@@ -153,3 +153,16 @@ def test_busy_health_port(tmp_path):
     line = _one_failure_line(r, f"the health and metrics listener 127.0.0.1 port {port}: "
                                 "already in use")
     assert "--health-addr / NB_PROXY_HEALTH_ADDRESS" in line
+
+
+def test_embedded_plaintext_grpc_on_all_interfaces_is_one_line(tmp_path):
+    # the embedded management refuses a non-loopback plaintext gRPC bind like
+    # `twistd nbmanagement` does: one line naming the fix, usage status, no traceback
+    env = dict(gateway_env(tmp_path), NB_MANAGEMENT_GRPC_ADDR=f"0.0.0.0:{free_port()}")
+    r = twistd(tmp_path, "nbgateway", env=env)
+    text = r.stdout + r.stderr
+    assert r.returncode == 2, text
+    assert "Traceback" not in text, text
+    assert r.stderr.startswith("twistd nbgateway: error: refusing to serve gRPC in plaintext"), text
+    assert "NB_MANAGEMENT_GRPC_INSECURE_BIND_ANY=1" in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr

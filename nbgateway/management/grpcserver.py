@@ -27,6 +27,7 @@ from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from nbgateway.errors import ConfigurationError
 from nbgateway.management.proxyservice import ProxyServiceServicer
 
 log = Logger()
@@ -71,10 +72,11 @@ def is_loopback_bind(bind_address: str) -> bool:
 
 
 def check_plaintext_bind(bind_address: str, *, tls: bool, insecure_bind_any: bool) -> None:
-    """ValueError for a plaintext listener on a non-loopback address unless allowed."""
+    """ConfigurationError (a ValueError) for a plaintext listener on a
+    non-loopback address unless allowed."""
     if tls or insecure_bind_any or is_loopback_bind(bind_address):
         return
-    raise ValueError(
+    raise ConfigurationError(
         f"refusing to serve gRPC in plaintext on {bind_address} (not loopback): proxy "
         "tokens would cross the network in clear; give --grpc-cert and --grpc-key, or "
         "--grpc-insecure-bind-any (NB_MANAGEMENT_GRPC_INSECURE_BIND_ANY=1) to allow it")
