@@ -353,7 +353,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"peer system meta has to be provided to log in. Peer {request.wgPubKey}",
             )
-        peer = self.store.get_peer_by_key(encode_wg_key(peer_key))
+        peer = self.store.peers.get_by_key(encode_wg_key(peer_key))
         if peer is None:
             if login.setupKey:
                 context.abort(grpc.StatusCode.NOT_FOUND, "couldn't add peer: setup key is invalid")
@@ -380,7 +380,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
     def Sync(self, request: pb.EncryptedMessage, context: grpc.ServicerContext) -> Iterator:
         sync = pb.SyncRequest()
         peer_key = self._parse(request, sync, context)
-        peer = self.store.get_peer_by_key(encode_wg_key(peer_key))
+        peer = self.store.peers.get_by_key(encode_wg_key(peer_key))
         if peer is None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
         if not self._slots.acquire(blocking=False):
@@ -423,7 +423,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         return resp
 
     def _access_digest(self, account_id: str) -> bytes:
-        return access_digest(self._views.get(account_id), self.store.list_users(account_id))
+        return access_digest(self._views.get(account_id), self.store.users.list(account_id))
 
     @staticmethod
     def _fingerprint(resp: pb.SyncResponse) -> bytes:
@@ -435,7 +435,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
     def _stream(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool, context,
                 ipv6: bool = False):
         try:
-            self.store.set_peer_connected(sub.account_id, sub.peer_id, True)
+            self.store.peers.set_connected(sub.account_id, sub.peer_id, True)
         except NotFound:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
         last = b""
@@ -465,7 +465,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         sub.close()
         if self.hub.unsubscribe(sub):
             try:
-                self.store.set_peer_connected(sub.account_id, sub.peer_id, False)
+                self.store.peers.set_connected(sub.account_id, sub.peer_id, False)
             except NotFound:
                 pass
             except Exception:

@@ -84,7 +84,7 @@ def split_proxies(view: AccountView, peer: Peer,
 def render_peer_config(store: Any, account_id: str, peer: Peer,
                        refusals: RefusalLog = REFUSALS) -> str:
     """The peer's wg-quick config (``wgconfig.WgConfigError`` for bad stored values)."""
-    proxies = [p for p in store.list_proxy_peers(account_id) if p.id != peer.id]
+    proxies = [p for p in store.peers.list_proxy_peers(account_id) if p.id != peer.id]
     listed: list[Peer] = []
     withheld: list[Peer] = []
     groups: dict[str, list[str]] = {}

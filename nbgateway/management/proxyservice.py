@@ -284,7 +284,7 @@ class ProxyServiceServicer(UnaryRpcs):
 
     def start(self) -> None:
         """Load the broadcast cache, hook the store listener, start the dispatcher."""
-        for s in self.store.list_all_services():
+        for s in self.store.services.list_all():
             self._remember(self._resolve([s])[0])
         self.store.add_listener(self._on_store_change)
         self._stopping.clear()
@@ -397,7 +397,7 @@ class ProxyServiceServicer(UnaryRpcs):
         ):
             return cached[0]
         try:
-            token = self.store.verify_proxy_token(plain)
+            token = self.store.proxies.verify_token(plain)
         except ManagementError as exc:
             if exc.grpc_code == "UNAUTHENTICATED":
                 raise _AuthFailedError(exc.message) from None
@@ -451,7 +451,7 @@ class ProxyServiceServicer(UnaryRpcs):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proxy address is invalid")
         if caller.account_id is not None:
             try:
-                in_use = self.store.cluster_address_in_use(init.address, caller.account_id)
+                in_use = self.store.proxies.cluster_address_in_use(init.address, caller.account_id)
             except Exception as exc:
                 context.abort(grpc.StatusCode.INTERNAL, f"check cluster address: {exc}")
             if in_use:
@@ -496,7 +496,7 @@ class ProxyServiceServicer(UnaryRpcs):
             ),
         )
         try:
-            self.store.register_proxy(record)
+            self.store.proxies.register(record)
         except Exception as exc:
             self._unregister(conn)
             what = "failed to register BYOP proxy" if caller.account_id else "register proxy"
@@ -517,7 +517,7 @@ class ProxyServiceServicer(UnaryRpcs):
 
     def snapshot_mappings(self, conn: ProxyConnection) -> list[pb.ProxyMapping]:
         """Enabled services of the proxy's cluster, capability-filtered."""
-        found = self.store.list_services_for_cluster(conn.address, account_id=conn.account_id)
+        found = self.store.services.list_for_cluster(conn.address, account_id=conn.account_id)
         live = [s for s in found if s.enabled and s.proxy_cluster == conn.address]
         mappings = [to_proto_mapping(s, CREATED) for s in self._resolve(live)]
         return [m for m in mappings if proxy_accepts_mapping(conn.caps, m)]
@@ -558,7 +558,7 @@ class ProxyServiceServicer(UnaryRpcs):
             conn.close()
             try:
                 # only touches the row while this session is still the current one
-                self.store.disconnect_proxy(conn.proxy_id, conn.session_id)
+                self.store.proxies.disconnect(conn.proxy_id, conn.session_id)
             except Exception:
                 log.failure("marking proxy {proxy_id} disconnected", proxy_id=conn.proxy_id)
             log.info("proxy {proxy_id} mapping stream ended", proxy_id=conn.proxy_id)
@@ -612,8 +612,8 @@ class ProxyServiceServicer(UnaryRpcs):
 
     def _heartbeat(self, conn: ProxyConnection) -> bool:
         try:
-            self.store.heartbeat_proxy(conn.proxy_id, conn.session_id)
-            token = self.store.get_proxy_token(conn.token_id)
+            self.store.proxies.heartbeat(conn.proxy_id, conn.session_id)
+            token = self.store.proxies.get_token(conn.token_id)
         except NotFound:
             conn.cancel("token expired or revoked")
             return False
@@ -663,7 +663,7 @@ class ProxyServiceServicer(UnaryRpcs):
             if self._clock() >= next_cleanup:
                 next_cleanup = self._clock() + STALE_CLEANUP_INTERVAL
                 try:
-                    self.store.delete_stale_proxies(utcnow() - STALE_AFTER)
+                    self.store.proxies.delete_stale(utcnow() - STALE_AFTER)
                 except Exception:
                     log.failure("stale proxy cleanup failed")
 
@@ -685,7 +685,7 @@ class ProxyServiceServicer(UnaryRpcs):
             for conn in self.connections():
                 if conn.token_id in revoked:
                     try:
-                        valid = self.store.get_proxy_token(conn.token_id).is_valid(utcnow())
+                        valid = self.store.proxies.get_token(conn.token_id).is_valid(utcnow())
                     except NotFound:
                         valid = False
                     if not valid:
@@ -700,7 +700,7 @@ class ProxyServiceServicer(UnaryRpcs):
     def _diff(self, sid: str, account_id: str) -> list[tuple[str, pb.ProxyMapping, bool]]:
         old = self._known.get(sid)
         try:
-            svc: Service | None = self.store.get_service(account_id, sid)
+            svc: Service | None = self.store.services.get(account_id, sid)
         except NotFound:
             svc = None
         if svc is None:
@@ -769,4 +769,4 @@ class ProxyServiceServicer(UnaryRpcs):
 
     def _resolve(self, services: list[Service]) -> list[Service]:
         """Replace ``peer`` target hosts with the peer IP (``unknown`` when gone), batched."""
-        return self.store.resolve_services_target_hosts(services)
+        return self.store.services.resolve_services_target_hosts(services)

@@ -178,7 +178,7 @@ class ManagementService(MultiService):
         log.info("management REST API listening on {address}", address=port.getHost())
 
     def _bootstrap(self) -> None:
-        boot = self.store.ensure_default_account()
+        boot = self.store.accounts.ensure_default()
         if boot.admin_token is not None:
             write_secret_file(self.admin_token_path, boot.admin_token)
             log.info("first admin token written to {path} (mode 0600)",

@@ -169,11 +169,11 @@ class AccountView:
 def load_account_view(store: Any, account_id: str) -> AccountView:
     """Read the account's peers, groups, services and domains from a ``Store``."""
     return AccountView.of(
-        store.get_account(account_id),
-        store.list_peers(account_id),
-        store.list_groups(account_id),
-        store.list_services(account_id),
-        store.list_domains(account_id),
+        store.accounts.get(account_id),
+        store.peers.list(account_id),
+        store.groups.list(account_id),
+        store.services.list(account_id),
+        store.domains.list(account_id),
     )
 
 

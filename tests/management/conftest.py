@@ -93,4 +93,4 @@ def store(store_factory: Callable[..., Store]) -> Store:
 
 @pytest.fixture
 def account(store: Store) -> Account:
-    return store.create_account(Account(id="acct-1", domain="netbird.test"))
+    return store.accounts.create(Account(id="acct-1", domain="netbird.test"))

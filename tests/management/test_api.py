@@ -255,11 +255,11 @@ def test_put_keeps_session_keys(server):
     created = server.ok("POST", SERVICES, private_body(gid))
     store = server.open_store()
     try:
-        acct = store.list_accounts()[0].id
-        before = store.get_service(acct, created["id"])
+        acct = store.accounts.list()[0].id
+        before = store.services.get(acct, created["id"])
         body = private_body(gid, name="renamed", domain=created["domain"])
         server.ok("PUT", f"{SERVICES}/{created['id']}", body)
-        after = store.get_service(acct, created["id"])
+        after = store.services.get(acct, created["id"])
     finally:
         store.close()
     assert after.name == "renamed"
@@ -525,11 +525,11 @@ def test_clusters_and_domains_reflect_proxy_private_flag(server):
     store = server.open_store()
     addr = f"{uniq('c')}.proxy.test"
     try:
-        acct = store.list_accounts()[0].id
-        store.register_proxy(ProxyRecord(id=uniq("px"), session_id=str(uuid.uuid4()),
+        acct = store.accounts.list()[0].id
+        store.proxies.register(ProxyRecord(id=uniq("px"), session_id=str(uuid.uuid4()),
                                          cluster_address=addr, ip_address="127.0.0.1",
                                          capabilities=ProxyCapabilities(private=True)))
-        store.register_proxy(ProxyRecord(id=uniq("py"), session_id=str(uuid.uuid4()),
+        store.proxies.register(ProxyRecord(id=uniq("py"), session_id=str(uuid.uuid4()),
                                          cluster_address=addr, ip_address="127.0.0.1",
                                          account_id=acct,
                                          capabilities=ProxyCapabilities(private=False)))
@@ -546,7 +546,7 @@ def test_clusters_and_domains_reflect_proxy_private_flag(server):
     unknown = f"{uniq('n')}.proxy.test"
     store = server.open_store()
     try:
-        store.register_proxy(ProxyRecord(id=uniq("pz"), session_id=str(uuid.uuid4()),
+        store.proxies.register(ProxyRecord(id=uniq("pz"), session_id=str(uuid.uuid4()),
                                          cluster_address=unknown, ip_address="127.0.0.1"))
     finally:
         store.close()
@@ -586,12 +586,12 @@ def test_proxy_tokens(server):
     assert all("plain_token" not in t and "hashed_token" not in t for t in listed)
     store = server.open_store()
     try:
-        acct = store.list_accounts()[0].id
-        row = store.verify_proxy_token(plain)
+        acct = store.accounts.list()[0].id
+        row = store.proxies.verify_token(plain)
         assert row.account_id == acct and row.hashed_token != plain
-        other_row, _ = store.create_proxy_token("global", account_id=None)
-        acct_b = store.create_account(Account(domain="b.test"))
-        foreign_row, _ = store.create_proxy_token("foreign", account_id=acct_b.id)
+        other_row, _ = store.proxies.create_token("global", account_id=None)
+        acct_b = store.accounts.create(Account(domain="b.test"))
+        foreign_row, _ = store.proxies.create_token("foreign", account_id=acct_b.id)
     finally:
         store.close()
     assert server.ok("DELETE", f"/api/reverse-proxies/proxy-tokens/{created['id']}") == {}
@@ -619,7 +619,7 @@ def test_access_logs_paginated_filtered_with_user_groups(server):
     host = f"{uniq()}.apps.test"
     store = server.open_store()
     try:
-        acct = store.list_accounts()[0].id
+        acct = store.accounts.list()[0].id
         base = datetime.now(UTC) - timedelta(hours=1)
         for i in range(7):
             store.access_logs.append(AccessLogEntry(

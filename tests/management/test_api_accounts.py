@@ -123,7 +123,7 @@ def test_global_proxy_token_is_instance_admin_only(server):
                         {"name": "gw", "global": True})
     store = server.open_store()
     try:
-        assert store.verify_proxy_token(created["plain_token"]).account_id is None
+        assert store.proxies.verify_token(created["plain_token"]).account_id is None
     finally:
         store.close()
     # a global token is not one of the account's tokens

@@ -114,7 +114,7 @@ class World:
         self.machine = ok("POST", "/api/peers", {"name": uniq("machine")})
         store = server.open_store()
         try:
-            acct = store.list_accounts()[0].id
+            acct = store.accounts.list()[0].id
             now = datetime.now(UTC)
             for i, name in enumerate(("alice", "bob", "alice", "bob", "")):
                 uid = self.users[name]["id"] if name else ""

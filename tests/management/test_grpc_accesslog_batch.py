@@ -48,8 +48,8 @@ def test_batch_skips_malformed_entries(harness: Harness, fx: Fixture) -> None:
 
 
 def test_batch_with_foreign_account_is_refused_whole(harness: Harness, fx: Fixture) -> None:
-    fx.store.create_account(Account(id="acct-b"))
-    _, token_b = fx.store.create_proxy_token("b", account_id="acct-b")
+    fx.store.accounts.create(Account(id="acct-b"))
+    _, token_b = fx.store.proxies.create_token("b", account_id="acct-b")
     batch = pb.NbgwSendAccessLogBatchRequest(logs=[
         access_log(log_id="x-1", account_id="acct-b"), access_log(log_id="x-2"),
     ])

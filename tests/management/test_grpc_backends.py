@@ -37,7 +37,7 @@ def test_grpc_end_to_end_on_backend(store: Store) -> None:
         c = SyncClient(h.stub, fx.token, "proxy-x", capabilities=caps(**X_CAPS))
         snap = {m.id: m for m in c.snapshot()}
         assert snap["svc-1"].private
-        assert store.get_proxy("proxy-x").status == "connected"
+        assert store.proxies.get("proxy-x").status == "connected"
 
         assert h.stub.CreateProxyPeer(
             pb.CreateProxyPeerRequest(service_id="svc-1", account_id=ACCOUNT,
@@ -46,15 +46,15 @@ def test_grpc_end_to_end_on_backend(store: Store) -> None:
                                       wireguard_endpoint="gw.example:51820"),
             metadata=md(fx.token),
         ).success
-        assert [p.endpoint for p in store.list_proxy_peers(ACCOUNT) if p.endpoint] == [
+        assert [p.endpoint for p in store.peers.list_proxy_peers(ACCOUNT) if p.endpoint] == [
             "gw.example:51820"]
 
-        s2 = store.create_service(make_service("s2", private=True,
+        s2 = store.services.create(make_service("s2", private=True,
                                                access_groups=("grp-admins",)))
         (m,) = c.next().mapping
         c.ack()
         assert (m.id, m.type, m.private) == (s2.id, pb.UPDATE_TYPE_CREATED, True)
-        store.update_service(dataclasses.replace(s2, private=False, access_groups=None))
+        store.services.update(dataclasses.replace(s2, private=False, access_groups=None))
         (m,) = c.next().mapping
         assert (m.type, m.private) == (pb.UPDATE_TYPE_MODIFIED, False)
         c.close()

@@ -41,9 +41,9 @@ def test_random_request_bytes(harness: Harness, fx: Fixture, method: str, body: 
         request_serializer=lambda b: b,
         response_deserializer=METHODS[method].FromString,
     )
-    peers_before = len(fx.store.list_peers(ACCOUNT))
+    peers_before = len(fx.store.peers.list(ACCOUNT))
     logs_before = fx.store.access_logs.list(ACCOUNT, AccessLogQuery()).total_records
-    status_before = fx.store.get_service(ACCOUNT, "svc-1").meta
+    status_before = fx.store.services.get(ACCOUNT, "svc-1").meta
     try:
         call(body, metadata=md(fx.token), timeout=10)
         code = grpc.StatusCode.OK
@@ -51,6 +51,6 @@ def test_random_request_bytes(harness: Harness, fx: Fixture, method: str, body: 
         code = exc.code()
     assert code in ALLOWED, (method, body, code)
     if code != grpc.StatusCode.OK:  # a rejected request stores nothing
-        assert len(fx.store.list_peers(ACCOUNT)) == peers_before
+        assert len(fx.store.peers.list(ACCOUNT)) == peers_before
         assert fx.store.access_logs.list(ACCOUNT, AccessLogQuery()).total_records == logs_before
-        assert fx.store.get_service(ACCOUNT, "svc-1").meta == status_before
+        assert fx.store.services.get(ACCOUNT, "svc-1").meta == status_before

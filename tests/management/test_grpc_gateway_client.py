@@ -49,7 +49,7 @@ async def test_gateway_client_against_management_server(harness: Harness, fx: Fi
         await wait_for(lambda: mappings.get("svc-1") is not None, "snapshot")
         m = mappings.get("svc-1")
         assert m.private and m.domain == DOMAIN and m.auth_token
-        row = fx.store.get_proxy("gw-1")
+        row = fx.store.proxies.get("gw-1")
         assert row.status == "connected" and row.capabilities.private is True
 
         r = await client.validate_tunnel_peer(U_IP, DOMAIN)
@@ -58,17 +58,17 @@ async def test_gateway_client_against_management_server(harness: Harness, fx: Fi
         key = wg_key()
         await client.create_proxy_peer("svc-1", ACCOUNT, m.auth_token, key, CLUSTER,
                                        wireguard_endpoint="gw.example:51820")
-        (peer,) = [p for p in fx.store.list_proxy_peers(ACCOUNT) if p.key == key]
+        (peer,) = [p for p in fx.store.peers.list_proxy_peers(ACCOUNT) if p.key == key]
         assert peer.endpoint == "gw.example:51820"
 
         # live updates reach the gateway's store (acked by the client per message)
-        s2 = fx.store.create_service(make_service("live", private=True,
+        s2 = fx.store.services.create(make_service("live", private=True,
                                                   access_groups=("grp-admins",)))
         await wait_for(lambda: mappings.get(s2.id) is not None, "CREATED broadcast")
         assert mappings.get(s2.id).private
-        fx.store.update_service(dataclasses.replace(s2, private=False, access_groups=None))
+        fx.store.services.update(dataclasses.replace(s2, private=False, access_groups=None))
         await wait_for(lambda: not mappings.get(s2.id).private, "MODIFIED broadcast")
-        fx.store.delete_service(ACCOUNT, s2.id)
+        fx.store.services.delete(ACCOUNT, s2.id)
         await wait_for(lambda: mappings.get(s2.id) is None, "REMOVED broadcast")
     finally:
         await maybeDeferred(client.stopService)

@@ -77,7 +77,7 @@ def test_61_session_of_alice_is_valid(harness: Harness, fx: Fixture) -> None:
 
 
 def test_62_token_for_other_domain_or_key_is_invalid(harness: Harness, fx: Fixture) -> None:
-    other = fx.store.create_service(make_service("other"))
+    other = fx.store.services.create(make_service("other"))
     token = alice_token(harness, fx)
     assert vs(harness, fx, token, other.domain).denied_reason == "invalid_token"
     forged = sessionjwt.sign_session(
@@ -102,8 +102,8 @@ def test_63_unknown_subject_foreign_user_and_missing_fields(
         )
 
     assert vs(harness, fx, mint("nobody")).denied_reason == "user_not_found"
-    fx.store.create_account(Account(id="acct-b"))
-    fx.store.create_user(User(id="bob", account_id="acct-b", email="bob@b.example"))
+    fx.store.accounts.create(Account(id="acct-b"))
+    fx.store.users.create(User(id="bob", account_id="acct-b", email="bob@b.example"))
     r = vs(harness, fx, mint("bob"))
     assert r.denied_reason == "account_mismatch" and r.user_id == "" and r.user_email == ""
     assert "missing" in vs(harness, fx, "").denied_reason
@@ -114,8 +114,8 @@ def test_63_unknown_subject_foreign_user_and_missing_fields(
 def test_64_bearer_service_user_not_in_distribution_groups(
     harness: Harness, fx: Fixture
 ) -> None:
-    fx.store.create_group(Group(id="grp-x", account_id=ACCOUNT, name="x"))
-    svc = fx.store.create_service(
+    fx.store.groups.create(Group(id="grp-x", account_id=ACCOUNT, name="x"))
+    svc = fx.store.services.create(
         make_service("bearer", auth=AuthConfig(bearer_auth=BearerAuth(True, ("grp-x",))))
     )
     token = sessionjwt.sign_session(
@@ -148,7 +148,7 @@ def test_validate_session_pending_or_blocked(
     harness: Harness, fx: Fixture, change: dict, reason: str
 ) -> None:
     token = alice_token(harness, fx)
-    fx.store.update_user(dataclasses.replace(fx.alice, **change))
+    fx.store.users.update(dataclasses.replace(fx.alice, **change))
     r = vs(harness, fx, token)
     assert not r.valid and r.denied_reason == reason and r.user_id == "alice"
 
@@ -158,7 +158,7 @@ def test_validate_session_pending_or_blocked(
 
 @pytest.fixture
 def secured(fx: Fixture):
-    return fx.store.create_service(
+    return fx.store.services.create(
         make_service(
             "secured",
             auth=AuthConfig(
@@ -178,7 +178,7 @@ def authn(h: Harness, fx: Fixture, svc, **oneof) -> pb.AuthenticateResponse:
 
 
 def test_66_pin_authentication(harness: Harness, fx: Fixture, secured) -> None:
-    assert fx.store.get_service(ACCOUNT, secured.id).auth.pin_auth.pin.startswith("$argon2id$")
+    assert fx.store.services.get(ACCOUNT, secured.id).auth.pin_auth.pin.startswith("$argon2id$")
     r = authn(harness, fx, secured, pin=pb.PinRequest(pin="123456"))
     assert r.success and r.session_token
     claims = jwt.decode(
@@ -214,8 +214,8 @@ def test_authenticate_unknown_service_and_scope(harness: Harness, fx: Fixture) -
                     pb.AuthenticateRequest(id="nope", account_id=ACCOUNT), metadata=md(fx.token))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.details().startswith("get service from store:")
-    fx.store.create_account(Account(id="acct-b"))
-    _, token_b = fx.store.create_proxy_token("b", account_id="acct-b")
+    fx.store.accounts.create(Account(id="acct-b"))
+    _, token_b = fx.store.proxies.create_token("b", account_id="acct-b")
     err = rpc_error(harness.stub.Authenticate,
                     pb.AuthenticateRequest(id="svc-1", account_id=ACCOUNT), metadata=md(token_b))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -245,14 +245,14 @@ def cpp(h: Harness, fx: Fixture, token: str, key: str, **kw) -> pb.CreateProxyPe
 
 def test_79_create_proxy_peer(harness: Harness, fx: Fixture) -> None:
     token, key = one_time_token(harness, fx), wg_key()
-    before = {p.id for p in fx.store.list_peers(ACCOUNT)}
+    before = {p.id for p in fx.store.peers.list(ACCOUNT)}
     r = cpp(harness, fx, token, key, wireguard_endpoint="gw.example.com:51820")
     assert r.success
-    (new,) = [p for p in fx.store.list_peers(ACCOUNT) if p.id not in before]
+    (new,) = [p for p in fx.store.peers.list(ACCOUNT) if p.id not in before]
     assert new.key == key and new.proxy and new.proxy_cluster == CLUSTER and new.ephemeral
     assert new.name.startswith("proxy-") and len(new.name) == len("proxy-") + 20
     assert new.endpoint == "gw.example.com:51820" and new.ip and new.user_id is None
-    all_group = next(g for g in fx.store.list_groups(ACCOUNT) if g.name == "All")
+    all_group = next(g for g in fx.store.groups.list(ACCOUNT) if g.name == "All")
     assert new.id not in all_group.peers
     # reusing the token: Unauthenticated
     err = rpc_error(cpp, harness, fx, token, wg_key())
@@ -260,12 +260,12 @@ def test_79_create_proxy_peer(harness: Harness, fx: Fixture) -> None:
     assert err.details() == "token validation: invalid token"
     # same key with a fresh token: success, no new peer
     assert cpp(harness, fx, one_time_token(harness, fx), key).success
-    assert len(fx.store.list_peers(ACCOUNT)) == len(before) + 1
+    assert len(fx.store.peers.list(ACCOUNT)) == len(before) + 1
 
 
 def test_create_proxy_peer_bad_input_stores_nothing(harness: Harness, fx: Fixture) -> None:
     token = one_time_token(harness, fx)
-    peers = len(fx.store.list_peers(ACCOUNT))
+    peers = len(fx.store.peers.list(ACCOUNT))
     r = cpp(harness, fx, "", wg_key())
     assert not r.success and r.error_message.startswith("missing required fields")
     for bad_key in ("", "not base64!", "AAAA"):
@@ -277,7 +277,7 @@ def test_create_proxy_peer_bad_input_stores_nothing(harness: Harness, fx: Fixtur
     err = rpc_error(cpp, harness, fx, token, wg_key(), service_id="other")
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert err.details() == "token validation: service ID mismatch"
-    assert len(fx.store.list_peers(ACCOUNT)) == peers
+    assert len(fx.store.peers.list(ACCOUNT)) == peers
     # rejected input did not consume a fresh token
     token2 = one_time_token(harness, fx)
     rpc_error(cpp, harness, fx, token2, "AAAA")
@@ -300,16 +300,16 @@ def test_80_status_update_and_inbound_listener(harness: Harness, fx: Fixture) ->
         certificate_issued=True,
         inbound_listener=pb.ProxyInboundListener(tunnel_ip=P_IP,
                                                  https_port=443, http_port=80))
-    s = fx.store.get_service(ACCOUNT, "svc-1")
+    s = fx.store.services.get(ACCOUNT, "svc-1")
     assert s.meta.status == "active" and s.meta.certificate_issued_at is not None
     # nbgateway extension (the issue asks for it; upstream ignores the field)
-    (li,) = fx.store.list_inbound_listeners(ACCOUNT)
+    (li,) = fx.store.proxies.list_inbound_listeners(ACCOUNT)
     assert (li.proxy_id, li.tunnel_ip, li.https_port, li.http_port) == (
         "proxy-x", "100.64.0.99", 443, 80)
     x.cancel()
     # unknown status numbers become "error"
     ssu(harness, fx, service_id="svc-1", account_id=ACCOUNT, status=42)
-    assert fx.store.get_service(ACCOUNT, "svc-1").meta.status == "error"
+    assert fx.store.services.get(ACCOUNT, "svc-1").meta.status == "error"
 
 
 def test_status_update_bad_input(harness: Harness, fx: Fixture) -> None:
@@ -326,8 +326,8 @@ def test_status_update_bad_input(harness: Harness, fx: Fixture) -> None:
     err = rpc_error(ssu, harness, fx, service_id="svc-1", account_id=ACCOUNT,
                     inbound_listener=pb.ProxyInboundListener(tunnel_ip=U_IP, https_port=70000))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert fx.store.get_service(ACCOUNT, "svc-1").meta.status == "pending"
-    assert fx.store.list_inbound_listeners(ACCOUNT) == []
+    assert fx.store.services.get(ACCOUNT, "svc-1").meta.status == "pending"
+    assert fx.store.proxies.list_inbound_listeners(ACCOUNT) == []
 
 
 # --- SendAccessLog -------------------------------------------------------------------------
@@ -373,8 +373,8 @@ def test_access_log_bad_input_stores_nothing(harness: Harness, fx: Fixture) -> N
     ):
         err = rpc_error(send, req, metadata=md(fx.token))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    fx.store.create_account(Account(id="acct-b"))
-    _, token_b = fx.store.create_proxy_token("b", account_id="acct-b")
+    fx.store.accounts.create(Account(id="acct-b"))
+    _, token_b = fx.store.proxies.create_token("b", account_id="acct-b")
     err = rpc_error(send, pb.SendAccessLogRequest(log=access_log()), metadata=md(token_b))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     # oversized message: refused by the transport limit
@@ -418,13 +418,13 @@ def test_unknown_expired_and_revoked_tokens(harness: Harness, fx: Fixture) -> No
     unknown = _secrets.generate_token("nbx_")
     err = rpc_error(harness.stub.ValidateTunnelPeer, req, metadata=md(unknown))
     assert (err.code(), err.details()) == (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
-    _, expired = fx.store.create_proxy_token("old", account_id=None,
+    _, expired = fx.store.proxies.create_token("old", account_id=None,
                                              expires_at=utcnow() - timedelta(minutes=1))
     err = rpc_error(harness.stub.ValidateTunnelPeer, req, metadata=md(expired))
     assert err.details() == "token expired or revoked"
-    rec, revoked = fx.store.create_proxy_token("rev", account_id=None)
+    rec, revoked = fx.store.proxies.create_token("rev", account_id=None)
     assert harness.stub.ValidateTunnelPeer(req, metadata=md(revoked)).valid
-    fx.store.revoke_proxy_token(None, rec.id)
+    fx.store.proxies.revoke_token(None, rec.id)
     err = rpc_error(harness.stub.ValidateTunnelPeer, req, metadata=md(revoked))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 
@@ -515,4 +515,4 @@ def test_mapping_stream_init_validation(
     )
     err = rpc_error(lambda: next(call))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details() == details
-    assert fx.store.list_proxies() == []
+    assert fx.store.proxies.list() == []

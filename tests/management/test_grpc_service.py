@@ -263,7 +263,7 @@ async def test_wiring_as_child_of_management_service(tmp_path) -> None:
     ms.privilegedStartService()
     ms.startService()
     try:
-        _, token = ms.store.create_proxy_token("wiring", account_id=None)
+        _, token = ms.store.proxies.create_token("wiring", account_id=None)
         stub = pb_grpc.ProxyServiceStub(grpc.insecure_channel(f"127.0.0.1:{grpc_svc.port}"))
         r = stub.ValidateTunnelPeer(
             pb.ValidateTunnelPeerRequest(tunnel_ip=U_IP, domain=DOMAIN), metadata=md(token))

@@ -99,7 +99,7 @@ def connect_x(h: Harness, fx: Fixture, proxy_id: str = "proxy-x") -> GmuClient:
 
 
 def public(fx: Fixture, name: str, **kw):
-    return fx.store.create_service(make_service(name, **kw))
+    return fx.store.services.create(make_service(name, **kw))
 
 
 # --- snapshots ---------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_34_disabled_or_foreign_cluster_service_absent(harness: Harness, fx: Fix
                       capabilities=caps(**X_CAPS))
     assert other.snapshot() == []
     other.close()
-    fx.store.update_service(dataclasses.replace(fx.s, enabled=False))
+    fx.store.services.update(dataclasses.replace(fx.s, enabled=False))
     x = connect_x(harness, fx)
     assert "svc-1" not in by_id(x.snapshot())
     x.close()
@@ -208,14 +208,14 @@ def test_37_init_instead_of_ack_fails_and_marks_disconnected(
 ) -> None:
     c = SyncClient(harness.stub, fx.token, "proxy-r", capabilities=caps(**X_CAPS))
     c.next()
-    assert fx.store.get_proxy("proxy-r").status == "connected"
+    assert fx.store.proxies.get("proxy-r").status == "connected"
     c.send(pb.SyncMappingsRequest(init=pb.SyncMappingsInit(proxy_id="proxy-r",
                                                             address=CLUSTER)))
     err = c.end()
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details().startswith("expected ack")
     deadline = time.monotonic() + WAIT
-    while fx.store.get_proxy("proxy-r").status != "disconnected":
+    while fx.store.proxies.get("proxy-r").status != "disconnected":
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
@@ -227,23 +227,23 @@ def test_27_connection_recorded_without_supports_private_service(
                   capabilities=caps(supports_private_service=True, private=False,
                                     supports_custom_ports=True))
     x.snapshot()
-    row = fx.store.get_proxy("proxy-x")
+    row = fx.store.proxies.get("proxy-x")
     assert row.status == "connected" and row.cluster_address == CLUSTER
     assert row.capabilities.private is False
     assert row.capabilities.supports_custom_ports is True
     assert row.capabilities.require_subdomain is None
     assert not hasattr(row.capabilities, "supports_private_service")
-    clusters = {c.address: c for c in fx.store.list_clusters(ACCOUNT)}
+    clusters = {c.address: c for c in fx.store.proxies.list_clusters(ACCOUNT)}
     assert clusters[CLUSTER].online and clusters[CLUSTER].connected_proxies == 1
     # heartbeats refresh last_seen
     first_seen = row.last_seen
     deadline = time.monotonic() + WAIT
-    while fx.store.get_proxy("proxy-x").last_seen == first_seen:
+    while fx.store.proxies.get("proxy-x").last_seen == first_seen:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     x.close()
     deadline = time.monotonic() + WAIT
-    while fx.store.get_proxy("proxy-x").status != "disconnected":
+    while fx.store.proxies.get("proxy-x").status != "disconnected":
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
@@ -255,7 +255,7 @@ def test_38_private_create_reaches_only_capable_proxy(harness: Harness, fx: Fixt
     x = connect_x(harness, fx)
     y = GmuClient(harness, fx.token, "proxy-y")
     x.snapshot(), y.snapshot()
-    s2 = fx.store.create_service(
+    s2 = fx.store.services.create(
         make_service("s2", private=True, access_groups=("grp-admins",))
     )
     m = x.next().mapping
@@ -272,7 +272,7 @@ def test_39_delete_sends_removed_to_every_proxy(harness: Harness, fx: Fixture) -
     x = connect_x(harness, fx)
     y = GmuClient(harness, fx.token, "proxy-y")
     x.snapshot(), y.snapshot()
-    fx.store.delete_service(ACCOUNT, "svc-1")
+    fx.store.services.delete(ACCOUNT, "svc-1")
     for c in (x, y):
         (m,) = c.next().mapping
         assert m.type == pb.UPDATE_TYPE_REMOVED and m.id == "svc-1" and m.auth_token == ""
@@ -309,7 +309,7 @@ def test_private_flag_survives_incremental_updates(harness: Harness, fx: Fixture
     """Upstream baseline bug S1: shallowCloneMapping dropped ``private``."""
     x = connect_x(harness, fx)
     x.snapshot()
-    fx.store.update_service(dataclasses.replace(fx.s, pass_host_header=True))
+    fx.store.services.update(dataclasses.replace(fx.s, pass_host_header=True))
     (m,) = x.next().mapping
     assert m.type == pb.UPDATE_TYPE_MODIFIED and m.private is True and m.pass_host_header
     assert m.auth_token and m.auth.session_key == fx.s.session_public_key
@@ -324,8 +324,8 @@ def test_private_public_private_transitions(harness: Harness, fx: Fixture) -> No
     assert svc.id in by_id(x.snapshot()) and svc.id in by_id(y.snapshot())
 
     def flip(private: bool) -> None:
-        cur = fx.store.get_service(ACCOUNT, svc.id)
-        fx.store.update_service(dataclasses.replace(
+        cur = fx.store.services.get(ACCOUNT, svc.id)
+        fx.store.services.update(dataclasses.replace(
             cur, private=private, access_groups=("grp-admins",) if private else None))
 
     flip(True)
@@ -347,26 +347,26 @@ def test_private_public_private_transitions(harness: Harness, fx: Fixture) -> No
 def test_disable_enable_and_status_updates(harness: Harness, fx: Fixture) -> None:
     x = connect_x(harness, fx)
     x.snapshot()
-    fx.store.update_service(dataclasses.replace(fx.s, enabled=False))
+    fx.store.services.update(dataclasses.replace(fx.s, enabled=False))
     assert x.next().mapping[0].type == pb.UPDATE_TYPE_REMOVED
-    fx.store.update_service(dataclasses.replace(fx.s, enabled=True))
+    fx.store.services.update(dataclasses.replace(fx.s, enabled=True))
     assert x.next().mapping[0].type == pb.UPDATE_TYPE_CREATED
     # a status change does not change the mapping: nothing is broadcast
-    fx.store.set_service_status(ACCOUNT, "svc-1", "active")
+    fx.store.services.set_status(ACCOUNT, "svc-1", "active")
     pub = public(fx, "after-status")
     assert [m.id for m in x.next().mapping] == [pub.id]
     x.close()
 
 
 def test_41_byop_proxy_sees_only_its_account(harness: Harness, fx: Fixture) -> None:
-    fx.store.create_account(Account(id="acct-b"))
-    _, token_b = fx.store.create_proxy_token("b", account_id="acct-b")
-    b_svc = fx.store.create_service(make_service("bapp", account_id="acct-b"))
+    fx.store.accounts.create(Account(id="acct-b"))
+    _, token_b = fx.store.proxies.create_token("b", account_id="acct-b")
+    b_svc = fx.store.services.create(make_service("bapp", account_id="acct-b"))
     harness.settle()
     b = GmuClient(harness, token_b, "proxy-b", capabilities=caps(**X_CAPS))
     assert [m.id for m in b.snapshot()] == [b_svc.id]
     public(fx, "a-change")  # account A: must not reach B
-    fx.store.update_service(dataclasses.replace(b_svc, pass_host_header=True))
+    fx.store.services.update(dataclasses.replace(b_svc, pass_host_header=True))
     (m,) = b.next().mapping
     assert m.id == b_svc.id and m.account_id == "acct-b"
     b.close()
@@ -375,8 +375,8 @@ def test_41_byop_proxy_sees_only_its_account(harness: Harness, fx: Fixture) -> N
 def test_42_byop_cluster_address_in_use(harness: Harness, fx: Fixture) -> None:
     x = connect_x(harness, fx)
     x.snapshot()
-    fx.store.create_account(Account(id="acct-b"))
-    _, token_b = fx.store.create_proxy_token("b", account_id="acct-b")
+    fx.store.accounts.create(Account(id="acct-b"))
+    _, token_b = fx.store.proxies.create_token("b", account_id="acct-b")
     b = GmuClient(harness, token_b, "proxy-b")
     err = b.end()
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -387,24 +387,24 @@ def test_42_byop_cluster_address_in_use(harness: Harness, fx: Fixture) -> None:
 def test_43_second_connection_supersedes_first(harness: Harness, fx: Fixture) -> None:
     first = connect_x(harness, fx)
     first.snapshot()
-    old_session = fx.store.get_proxy("proxy-x").session_id
+    old_session = fx.store.proxies.get("proxy-x").session_id
     second = connect_x(harness, fx)
     second.snapshot()
     err = first.end()
     assert err is not None and err.code() == grpc.StatusCode.CANCELLED
-    row = fx.store.get_proxy("proxy-x")
+    row = fx.store.proxies.get("proxy-x")
     assert row.session_id != old_session and row.status == "connected"
     # the new stream still receives updates
     pub = public(fx, "after")
     assert [m.id for m in second.next().mapping] == [pub.id]
-    assert fx.store.get_proxy("proxy-x").status == "connected"
+    assert fx.store.proxies.get("proxy-x").status == "connected"
     second.close()
 
 
 def test_44_revoked_token_closes_stream(harness: Harness, fx: Fixture) -> None:
     x = connect_x(harness, fx)
     x.snapshot()
-    fx.store.revoke_proxy_token(None, fx.token_record.id)
+    fx.store.proxies.revoke_token(None, fx.token_record.id)
     err = x.end()
     assert err is not None and err.code() == grpc.StatusCode.CANCELLED
     with pytest.raises(grpc.RpcError) as exc:
@@ -438,7 +438,7 @@ def test_sync_client_half_close_ends_stream_cleanly(harness: Harness, fx: Fixtur
     c._out.put(None)  # client EOF after the snapshot: the RPC ends with OK
     assert c.end() is None
     deadline = time.monotonic() + WAIT
-    while fx.store.get_proxy("proxy-eof").status != "disconnected":
+    while fx.store.proxies.get("proxy-eof").status != "disconnected":
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
@@ -446,7 +446,7 @@ def test_sync_client_half_close_ends_stream_cleanly(harness: Harness, fx: Fixtur
 def test_domain_change_is_removed_then_created(harness: Harness, fx: Fixture) -> None:
     x = connect_x(harness, fx)
     x.snapshot()
-    fx.store.update_service(dataclasses.replace(fx.s, domain=f"renamed.{CLUSTER}"))
+    fx.store.services.update(dataclasses.replace(fx.s, domain=f"renamed.{CLUSTER}"))
     got = [(m.id, m.type, m.domain) for m in x.next().mapping]
     assert got == [
         ("svc-1", pb.UPDATE_TYPE_REMOVED, DOMAIN),

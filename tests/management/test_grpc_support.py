@@ -83,10 +83,10 @@ class Fixture:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.create_account(Account(id=ACCOUNT, domain="netbird.test"))
-        store.create_group(Group(id="grp-admins", account_id=ACCOUNT, name="admins"))
-        store.create_group(Group(id="grp-other", account_id=ACCOUNT, name="other"))
-        self.alice = store.create_user(
+        store.accounts.create(Account(id=ACCOUNT, domain="netbird.test"))
+        store.groups.create(Group(id="grp-admins", account_id=ACCOUNT, name="admins"))
+        store.groups.create(Group(id="grp-other", account_id=ACCOUNT, name="other"))
+        self.alice = store.users.create(
             User(
                 id="alice",
                 account_id=ACCOUNT,
@@ -94,12 +94,12 @@ class Fixture:
                 auto_groups=("grp-admins",),
             )
         )
-        u = store.create_peer(
+        u = store.peers.create(
             Peer(account_id=ACCOUNT, name="alice-laptop", key=wg_key(), ip=U_IP, user_id="alice")
         )
         # exactly G (the store also puts user peers into "All")
-        self.u = store.update_peer(_with_groups(u, ("grp-admins",)))
-        self.p = store.create_peer(
+        self.u = store.peers.update(_with_groups(u, ("grp-admins",)))
+        self.p = store.peers.create(
             Peer(
                 account_id=ACCOUNT,
                 name="proxy-p",
@@ -110,10 +110,10 @@ class Fixture:
                 connected=True,
             )
         )
-        self.s = store.create_service(
+        self.s = store.services.create(
             make_service("myapp", sid="svc-1", private=True, access_groups=("grp-admins",))
         )
-        self.token_record, self.token = store.create_proxy_token("shared", account_id=None)
+        self.token_record, self.token = store.proxies.create_token("shared", account_id=None)
 
 
 def _with_groups(peer: Peer, groups: tuple[str, ...]) -> Peer:

@@ -69,13 +69,13 @@ def test_47_session_jwt_claims_verify_with_service_key(harness: Harness, fx: Fix
         "iss", "sub", "aud", "exp", "nbf", "iat", "method", "email", "groups", "group_names",
     ]
     # and another service's key does not verify it
-    other = fx.store.create_service(make_service("other"))
+    other = fx.store.services.create(make_service("other"))
     with pytest.raises(jwt.InvalidSignatureError):
         decode(r.session_token, other.session_public_key)
 
 
 def test_48_peer_removed_from_group_is_denied(harness: Harness, fx: Fixture) -> None:
-    fx.store.update_peer(dataclasses.replace(fx.u, groups=("grp-other",)))
+    fx.store.peers.update(dataclasses.replace(fx.u, groups=("grp-other",)))
     r = vtp(harness, fx.token, U_IP)
     assert not r.valid and r.denied_reason == "not_in_group"
     assert r.user_id == "alice" and r.user_email == "alice@example.com"
@@ -85,7 +85,7 @@ def test_48_peer_removed_from_group_is_denied(harness: Harness, fx: Fixture) -> 
 
 
 def test_49_empty_access_groups_in_storage_fail_closed(harness: Harness, fx: Fixture) -> None:
-    fx.store.update_peer(dataclasses.replace(fx.u, groups=("grp-admins", "grp-other")))
+    fx.store.peers.update(dataclasses.replace(fx.u, groups=("grp-admins", "grp-other")))
     for raw in ("[]", None):
         with fx.store._engine.begin() as conn:
             conn.execute(
@@ -99,14 +99,14 @@ def test_49_empty_access_groups_in_storage_fail_closed(harness: Harness, fx: Fix
 
 def test_50_user_auto_groups_do_not_count(harness: Harness, fx: Fixture) -> None:
     # alice's AutoGroups contain grp-admins, but the peer itself is only in grp-other
-    fx.store.update_peer(dataclasses.replace(fx.u, groups=("grp-other",)))
-    assert fx.store.get_user(ACCOUNT, "alice").auto_groups == ("grp-admins",)
+    fx.store.peers.update(dataclasses.replace(fx.u, groups=("grp-other",)))
+    assert fx.store.users.get(ACCOUNT, "alice").auto_groups == ("grp-admins",)
     r = vtp(harness, fx.token, U_IP)
     assert not r.valid and r.denied_reason == "not_in_group"
 
 
 def test_51_machine_peer_identity_is_the_peer(harness: Harness, fx: Fixture) -> None:
-    m = fx.store.create_peer(
+    m = fx.store.peers.create(
         Peer(account_id=ACCOUNT, name="agent-1", key=wg_key(), ip="100.64.0.20",
              groups=("grp-admins",))
     )
@@ -122,8 +122,8 @@ def test_52_unknown_tunnel_ip_is_peer_not_found(harness: Harness, fx: Fixture) -
 
 
 def test_53_lookup_is_scoped_to_the_service_account(harness: Harness, fx: Fixture) -> None:
-    fx.store.create_account(Account(id="acct-b"))
-    fx.store.create_peer(Peer(account_id="acct-b", name="b-peer", key=wg_key(), ip="100.64.0.11"))
+    fx.store.accounts.create(Account(id="acct-b"))
+    fx.store.peers.create(Peer(account_id="acct-b", name="b-peer", key=wg_key(), ip="100.64.0.11"))
     r = vtp(harness, fx.token, "100.64.0.11")
     assert not r.valid and r.denied_reason == "peer_not_found"
 
@@ -152,14 +152,14 @@ def test_55_unknown_domain(harness: Harness, fx: Fixture) -> None:
 def test_56_byop_token_of_other_account_is_permission_denied(
     harness: Harness, fx: Fixture
 ) -> None:
-    fx.store.create_account(Account(id="acct-b"))
-    _, token_b = fx.store.create_proxy_token("b", account_id="acct-b")
+    fx.store.accounts.create(Account(id="acct-b"))
+    _, token_b = fx.store.proxies.create_token("b", account_id="acct-b")
     with pytest.raises(grpc.RpcError) as exc:
         vtp(harness, token_b, U_IP)
     assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert exc.value.details() == "account-scoped token cannot access account acct-1"
     # the account's own BYOP token works
-    _, token_a = fx.store.create_proxy_token("a", account_id=ACCOUNT)
+    _, token_a = fx.store.proxies.create_token("a", account_id=ACCOUNT)
     assert vtp(harness, token_a, U_IP).valid
 
 
@@ -175,11 +175,11 @@ def test_57_group_lookup_failure_is_peer_not_found(harness: Harness, fx: Fixture
 def test_58_non_private_bearer_service_gates_on_peer_groups(
     harness: Harness, fx: Fixture
 ) -> None:
-    bearer = fx.store.create_service(
+    bearer = fx.store.services.create(
         make_service("bearer", auth=AuthConfig(bearer_auth=BearerAuth(True, ("grp-admins",))))
     )
-    open_ = fx.store.create_service(make_service("open"))
-    outsider = fx.store.create_peer(
+    open_ = fx.store.services.create(make_service("open"))
+    outsider = fx.store.peers.create(
         Peer(account_id=ACCOUNT, name="outsider", key=wg_key(), ip="100.64.0.30",
              groups=("grp-other",))
     )
@@ -188,15 +188,15 @@ def test_58_non_private_bearer_service_gates_on_peer_groups(
     assert not r.valid and r.denied_reason == "not_in_group"
     # non-private, non-bearer: any peer of the account
     assert vtp(harness, fx.token, outsider.ip, open_.domain).valid
-    machine = fx.store.create_peer(
+    machine = fx.store.peers.create(
         Peer(account_id=ACCOUNT, name="nogroups", key=wg_key(), ip="100.64.0.31")
     )
-    fx.store.update_peer(dataclasses.replace(machine, groups=()))
+    fx.store.peers.update(dataclasses.replace(machine, groups=()))
     assert vtp(harness, fx.token, machine.ip, open_.domain).valid
 
 
 def test_59_ipv6_tunnel_address(harness: Harness, fx: Fixture) -> None:
-    u = fx.store.get_peer(ACCOUNT, fx.u.id)
+    u = fx.store.peers.get(ACCOUNT, fx.u.id)
     assert u.ipv6
     r = vtp(harness, fx.token, u.ipv6)
     assert r.valid and r.user_id == "alice"
@@ -214,17 +214,17 @@ def test_59_ipv6_tunnel_address(harness: Harness, fx: Fixture) -> None:
 def test_60_pending_or_blocked_owner_is_denied_before_group_check(
     harness: Harness, fx: Fixture, change: dict, reason: str
 ) -> None:
-    fx.store.update_user(dataclasses.replace(fx.alice, **change))
+    fx.store.users.update(dataclasses.replace(fx.alice, **change))
     # even outside the groups, the status check wins
-    fx.store.update_peer(dataclasses.replace(fx.u, groups=("grp-other",)))
+    fx.store.peers.update(dataclasses.replace(fx.u, groups=("grp-other",)))
     r = vtp(harness, fx.token, U_IP)
     assert not r.valid and r.denied_reason == reason and r.session_token == ""
     assert r.user_id == "alice" and list(r.peer_group_ids) == ["grp-other"]
 
 
 def test_60_unresolvable_owner_is_user_not_found(harness: Harness, fx: Fixture) -> None:
-    fx.store.create_account(Account(id="acct-b"))
-    fx.store.create_user(User(id="bob", account_id="acct-b", email="bob@b.example"))
+    fx.store.accounts.create(Account(id="acct-b"))
+    fx.store.users.create(User(id="bob", account_id="acct-b", email="bob@b.example"))
     for owner in ("ghost", "bob"):  # missing, and a user of another account
         with fx.store._engine.begin() as conn:
             conn.execute(
@@ -246,7 +246,7 @@ def test_denied_reason_matrix_values_are_from_the_catalogue(
     seen = set()
     for ip, dom in [("", DOMAIN), ("x", DOMAIN), (U_IP, "nope.test"), ("100.64.0.77", DOMAIN)]:
         seen.add(vtp(harness, fx.token, ip, dom).denied_reason)
-    fx.store.update_peer(dataclasses.replace(fx.u, groups=()))
+    fx.store.peers.update(dataclasses.replace(fx.u, groups=()))
     seen.add(vtp(harness, fx.token, U_IP).denied_reason)
     assert seen <= catalogue and len(seen) == 5
 
@@ -263,5 +263,5 @@ def test_missing_private_key_is_invalid_service_config(harness: Harness, fx: Fix
 
 
 def test_disabled_service_is_still_validated(harness: Harness, fx: Fixture) -> None:
-    fx.store.update_service(dataclasses.replace(fx.s, enabled=False))
+    fx.store.services.update(dataclasses.replace(fx.s, enabled=False))
     assert vtp(harness, fx.token, U_IP).valid

@@ -228,27 +228,27 @@ def test_populated_database_first_to_head(db_dsn):
         engine.dispose()
     store = Store.open(db_dsn, known_clusters=["eu.proxy.netbird.io"])  # upgrades to head
     try:
-        svc = store.get_service("acct-1", "svc-old")
+        svc = store.services.get("acct-1", "svc-old")
         # NULL private/access_groups load as false/None
         assert svc.private is False and svc.access_groups is None
         assert svc.meta.status == "active" and svc.meta.created_at == T0.replace(tzinfo=UTC)
         assert svc.targets[0].options.direct_upstream is False
         assert svc.targets[0].options.request_timeout == 30_000_000_000
-        assert store.get_proxy("px-1").capabilities.private is None
-        assert store.get_proxy("px-1").capabilities.supports_custom_ports is True
-        peer = store.get_peer_by_ip("acct-1", "100.64.0.10")
+        assert store.proxies.get("px-1").capabilities.private is None
+        assert store.proxies.get("px-1").capabilities.supports_custom_ports is True
+        peer = store.peers.get_by_ip("acct-1", "100.64.0.10")
         assert peer.id == "peer-1" and peer.groups == ("grp-admins",)
         [entry] = store.access_logs.list("acct-1", AccessLogQuery()).data
         assert entry.user_groups is None and entry.id == "log-1"
         # the migrated rows work with new features
-        assert store.get_account("acct-1") == Account(
+        assert store.accounts.get("acct-1") == Account(
             id="acct-1",
             domain="old.test",
             network_v4="100.64.0.0/10",
             network_v6="fd00:1:2::/64",
             created_at=T0.replace(tzinfo=UTC),
         )
-        new = store.create_service(
+        new = store.services.create(
             Service(
                 account_id="acct-1",
                 name="new",
@@ -266,11 +266,11 @@ def test_populated_database_first_to_head(db_dsn):
                 ),
             )
         )
-        assert store.get_service("acct-1", new.id).private is True
-        assert store.create_group(Group(account_id="acct-1", name="ops")).name == "ops"
-        assert store.get_peer_by_ip("acct-1", "100.64.0.10") == store.get_peer("acct-1", "peer-1")
+        assert store.services.get("acct-1", new.id).private is True
+        assert store.groups.create(Group(account_id="acct-1", name="ops")).name == "ops"
+        assert store.peers.get_by_ip("acct-1", "100.64.0.10") == store.peers.get("acct-1", "peer-1")
         assert (
-            store.create_peer(Peer(account_id="acct-1", name="n", key="key-2")).ip == "100.64.0.1"
+            store.peers.create(Peer(account_id="acct-1", name="n", key="key-2")).ip == "100.64.0.1"
         )
     finally:
         store.close()
@@ -315,11 +315,11 @@ def test_revision_3_makes_the_bootstrap_admin_the_instance_admin(db_dsn):
         engine.dispose()
     store = Store.open(db_dsn, known_clusters=[])
     try:
-        assert store.get_user("default", "admin").instance_admin is True
-        assert store.get_user("default", "other").instance_admin is False
-        assert store.get_user("acct-2", "admin2").instance_admin is False
-        assert store.get_account("acct-2").name == ""
+        assert store.users.get("default", "admin").instance_admin is True
+        assert store.users.get("default", "other").instance_admin is False
+        assert store.users.get("acct-2", "admin2").instance_admin is False
+        assert store.accounts.get("acct-2").name == ""
         # the upgraded bootstrap is not redone, and keeps its flag
-        assert store.ensure_default_account().admin_user.instance_admin is True
+        assert store.accounts.ensure_default().admin_user.instance_admin is True
     finally:
         store.close()

@@ -164,14 +164,14 @@ def test_NetworkMap_ToProto_EmptyMap():
 
 def test_NetworkMap_FromStore(store, account):
     """The same F built through the real store (SQLite and PostgreSQL)."""
-    user = store.create_peer(Peer(account_id=account.id, name="laptop", key="k-user",
+    user = store.peers.create(Peer(account_id=account.id, name="laptop", key="k-user",
                                   ip="100.64.0.10"))
-    proxy = store.create_peer(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
+    proxy = store.peers.create(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
                                    ip="100.64.0.99", proxy=True, proxy_cluster=CLUSTER,
                                    connected=True, ephemeral=True))
-    store.create_group(Group(id="grp-admins", account_id=account.id, name="admins",
+    store.groups.create(Group(id="grp-admins", account_id=account.id, name="admins",
                              peers=(user.id,)))
-    svc = store.create_service(private_service(account.id, ("grp-admins",)))
+    svc = store.services.create(private_service(account.id, ("grp-admins",)))
     view = load_account_view(store, account.id)
     nm = build_network_map(view, user.id)
     assert [p.id for p in nm.remote_peers] == [proxy.id]
@@ -191,13 +191,13 @@ def test_inspection_json(store, account):
     from nbgateway.management.errors import NotFound
     from nbgateway.management.networkmap import inspect_peer_network_map
     from nbgateway.management.synthetic import private_service_inspection
-    user = store.create_peer(Peer(account_id=account.id, name="laptop", key="k-user"))
-    proxy = store.create_peer(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
+    user = store.peers.create(Peer(account_id=account.id, name="laptop", key="k-user"))
+    proxy = store.peers.create(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
                                    proxy=True, proxy_cluster=CLUSTER, connected=True,
                                    endpoint="127.0.0.1:51820"))
-    store.create_group(Group(id="grp-admins", account_id=account.id, name="admins",
+    store.groups.create(Group(id="grp-admins", account_id=account.id, name="admins",
                              peers=(user.id,)))
-    svc = store.create_service(private_service(account.id, ("grp-admins",)))
+    svc = store.services.create(private_service(account.id, ("grp-admins",)))
     got = inspect_peer_network_map(store, account.id, user.id)
     json.dumps(got)
     assert [(p["id"], p["endpoint"]) for p in got["remote_peers"]] == [

@@ -154,14 +154,14 @@ def test_gateway_dns_answers_aaaa_for_a_served_domain():
 def test_from_store_peers_get_v6_addresses_and_maps(store, account):
     """Through the real store: peers are allocated IPv6 addresses from the
     account's ULA /64 and the map carries them."""
-    user = store.create_peer(Peer(account_id=account.id, name="laptop", key="k-user"))
-    proxy = store.create_peer(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
+    user = store.peers.create(Peer(account_id=account.id, name="laptop", key="k-user"))
+    proxy = store.peers.create(Peer(account_id=account.id, name="proxy-1", key="k-proxy",
                                    proxy=True, proxy_cluster="eu.proxy.netbird.io",
                                    connected=True, ephemeral=True))
     assert user.ipv6 and proxy.ipv6
-    store.create_group(Group(id="grp-admins", account_id=account.id, name="admins",
+    store.groups.create(Group(id="grp-admins", account_id=account.id, name="admins",
                              peers=(user.id,)))
-    store.create_service(private_service(account.id, ("grp-admins",)))
+    store.services.create(private_service(account.id, ("grp-admins",)))
     view = load_account_view(store, account.id)
     pm = build_network_map(view, proxy.id)
     assert pm.address_v6.startswith(proxy.ipv6 + "/")

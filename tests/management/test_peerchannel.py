@@ -155,7 +155,7 @@ def stub(server):
 
 
 def add_peer(store, client: PeerClient, name: str, **kw) -> Peer:
-    return store.create_peer(Peer(account_id="acct-1", name=name, key=client.key, **kw))
+    return store.peers.create(Peer(account_id="acct-1", name=name, key=client.key, **kw))
 
 
 def private_service(groups) -> Service:
@@ -175,9 +175,9 @@ def scenario(store, stub):
     user = add_peer(store, u, "laptop", ip="100.64.0.10", dns_label="laptop")
     proxy = add_peer(store, p, "proxy-1", ip="100.64.0.99", proxy=True, proxy_cluster=CLUSTER,
                      connected=True, ephemeral=True, endpoint="127.0.0.1:51820")
-    group = store.create_group(Group(id="grp-admins", account_id="acct-1", name="admins",
+    group = store.groups.create(Group(id="grp-admins", account_id="acct-1", name="admins",
                                      peers=(user.id,)))
-    svc = store.create_service(private_service([group.id]))
+    svc = store.services.create(private_service([group.id]))
     return dict(u=u, p=p, user=user, proxy=proxy, group=group, svc=svc)
 
 
@@ -217,15 +217,15 @@ def test_login_unknown_peer_permission_denied_nothing_stored(store, stub):
     with pytest.raises(grpc.RpcError) as ei:
         c.login()
     assert _code(ei) == grpc.StatusCode.PERMISSION_DENIED
-    assert store.get_peer_by_key(c.key) is None
+    assert store.peers.get_by_key(c.key) is None
     with pytest.raises(grpc.RpcError) as ei:
         c.login(setupKey="A2C8E62B-38F5-4553-B31E-DD66C696CEBB")
     assert _code(ei) == grpc.StatusCode.NOT_FOUND
-    assert store.list_peers("acct-1") == []
+    assert store.peers.list("acct-1") == []
 
 
 def test_login_garbage_body_invalid_argument_nothing_stored(store, stub, scenario):
-    before = store.get_peer("acct-1", scenario["user"].id)
+    before = store.peers.get("acct-1", scenario["user"].id)
     for body in (b"", b"x" * 10, b"\x00" * 24 + b"garbage-garbage-garbage"):
         msg = pb.EncryptedMessage(wgPubKey=scenario["u"].key, body=body)
         with pytest.raises(grpc.RpcError) as ei:
@@ -238,8 +238,8 @@ def test_login_garbage_body_invalid_argument_nothing_stored(store, stub, scenari
     with pytest.raises(grpc.RpcError) as ei:
         stub.Login(bad, timeout=WAIT)
     assert _code(ei) == grpc.StatusCode.INVALID_ARGUMENT
-    assert store.get_peer("acct-1", scenario["user"].id) == before
-    assert len(store.list_peers("acct-1")) == 2
+    assert store.peers.get("acct-1", scenario["user"].id) == before
+    assert len(store.peers.list("acct-1")) == 2
 
 
 def test_login_oversized_body_invalid_argument(stub, scenario):
@@ -317,10 +317,10 @@ def test_sync_user_peer_receives_map(store, stub, scenario):
         assert rules == [(pb.OUT, pb.TCP, "100.64.0.99", 80), (pb.OUT, pb.TCP, "100.64.0.99", 443)]
         assert nm.Serial > 0
         # the stream marks the peer connected while it is open
-        assert store.get_peer("acct-1", scenario["user"].id).connected
+        assert store.peers.get("acct-1", scenario["user"].id).connected
     finally:
         s.cancel()
-    assert _eventually(lambda: not store.get_peer("acct-1", scenario["user"].id).connected)
+    assert _eventually(lambda: not store.peers.get("acct-1", scenario["user"].id).connected)
 
 
 def test_sync_proxy_peer_sees_member_with_inbound_rules(stub, scenario):
@@ -344,11 +344,11 @@ def test_sync_group_change_pushes_updated_map_within_1s(store, stub, scenario):
     try:
         first = s.next()
         assert remote_keys(first) == set() and synth_records(first) == []
-        store.add_peers_to_group("acct-1", scenario["group"].id, [o.id])
+        store.groups.add_peers("acct-1", scenario["group"].id, [o.id])
         m = s.wait_for(lambda m: remote_keys(m) == {scenario["p"].key}, timeout=PUSH_DEADLINE)
         assert synth_records(m) == [("myapp.eu.proxy.netbird.io.", "100.64.0.99")]
         assert m.NetworkMap.Serial > first.NetworkMap.Serial
-        store.remove_peers_from_group("acct-1", scenario["group"].id, [o.id])
+        store.groups.remove_peers("acct-1", scenario["group"].id, [o.id])
         s.wait_for(lambda m: remote_keys(m) == set() and not synth_records(m),
                    timeout=PUSH_DEADLINE)
     finally:
@@ -363,7 +363,7 @@ def test_sync_peer_added_and_removed_reaches_proxy(store, stub, scenario):
         n = add_peer(store, newcomer, "tablet", ip="100.64.0.12",
                      groups=(scenario["group"].id,))
         s.wait_for(lambda m: remote_keys(m) == {scenario["u"].key, newcomer.key})
-        store.delete_peer("acct-1", n.id)
+        store.peers.delete("acct-1", n.id)
         s.wait_for(lambda m: remote_keys(m) == {scenario["u"].key})
     finally:
         s.cancel()
@@ -373,12 +373,12 @@ def test_sync_service_change_pushes_map(store, stub, scenario):
     s = scenario["u"].sync()
     try:
         assert synth_records(s.next())
-        svc = store.get_service("acct-1", scenario["svc"].id)
-        store.update_service(dataclasses.replace(svc, enabled=False))
+        svc = store.services.get("acct-1", scenario["svc"].id)
+        store.services.update(dataclasses.replace(svc, enabled=False))
         s.wait_for(lambda m: not synth_records(m) and remote_keys(m) == set())
-        store.update_service(svc)
+        store.services.update(svc)
         s.wait_for(lambda m: synth_records(m) and remote_keys(m) == {scenario["p"].key})
-        store.delete_service("acct-1", svc.id)
+        store.services.delete("acct-1", svc.id)
         s.wait_for(lambda m: not synth_records(m) and remote_keys(m) == set())
     finally:
         s.cancel()
@@ -386,7 +386,7 @@ def test_sync_service_change_pushes_map(store, stub, scenario):
 
 def test_sync_proxy_peer_connecting_adds_dns_record(store, stub, scenario):
     """Acceptance 72: the proxy peer's connection state drives the A record."""
-    store.set_peer_connected("acct-1", scenario["proxy"].id, False)
+    store.peers.set_connected("acct-1", scenario["proxy"].id, False)
     s = scenario["u"].sync()
     proxy_stream = None
     try:
@@ -408,7 +408,7 @@ def test_sync_deleted_peer_stream_ends(store, stub, scenario):
     o = add_peer(store, other, "desktop", ip="100.64.0.11")
     s = other.sync()
     s.next()
-    store.delete_peer("acct-1", o.id)
+    store.peers.delete("acct-1", o.id)
     assert s.done.wait(WAIT)
     assert s.error is not None and s.error.code() == grpc.StatusCode.PERMISSION_DENIED
 
@@ -420,7 +420,7 @@ def test_sync_second_stream_supersedes_first(store, stub, scenario):
     try:
         second.next()
         assert first.done.wait(WAIT)  # the older stream is ended by the server
-        assert store.get_peer("acct-1", scenario["user"].id).connected  # still connected
+        assert store.peers.get("acct-1", scenario["user"].id).connected  # still connected
     finally:
         second.cancel()
         first.cancel()

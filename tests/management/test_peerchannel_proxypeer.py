@@ -51,10 +51,10 @@ def test_proxy_peer_from_CreateProxyPeer_logs_in_and_syncs(store, both):  # noqa
     proxy_stub, mgmt_stub, proxy_servicer = both
     user_client = PeerClient(mgmt_stub)
     user = add_peer(store, user_client, "laptop", ip="100.64.0.10")
-    group = store.create_group(Group(id="grp-admins", account_id="acct-1", name="admins",
+    group = store.groups.create(Group(id="grp-admins", account_id="acct-1", name="admins",
                                      peers=(user.id,)))
-    svc = store.create_service(private_service([group.id]))
-    _, bearer = store.create_proxy_token("shared", account_id=None)
+    svc = store.services.create(private_service([group.id]))
+    _, bearer = store.proxies.create_token("shared", account_id=None)
 
     proxy_client = PeerClient(mgmt_stub)
     resp = proxy_stub.CreateProxyPeer(
@@ -66,7 +66,7 @@ def test_proxy_peer_from_CreateProxyPeer_logs_in_and_syncs(store, both):  # noqa
         metadata=(("authorization", f"Bearer {bearer}"),), timeout=WAIT,
     )
     assert resp.success, resp.error_message
-    proxy_peer = store.get_peer_by_key(proxy_client.key)
+    proxy_peer = store.peers.get_by_key(proxy_client.key)
     assert proxy_peer is not None and proxy_peer.proxy
 
     login = proxy_client.login()

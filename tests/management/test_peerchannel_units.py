@@ -157,20 +157,32 @@ def test_hub_new_stream_supersedes_old_one_for_same_key():
     assert hub.active() == 0
 
 
-class _CountingStore:
+class _EmptyRepository:
+    def list(self, account_id):
+        return []
+
+
+class _CountingAccounts:
     def __init__(self) -> None:
         self.loads = 0
 
-    def get_account(self, account_id):
+    def get(self, account_id):
         from nbgateway.management.model import Account
 
         self.loads += 1
         return Account(id=account_id)
 
-    def list_peers(self, account_id):
-        return []
 
-    list_groups = list_services = list_domains = list_peers
+class _CountingStore:
+    """The repositories an account view reads; counts account loads."""
+
+    def __init__(self) -> None:
+        self.accounts = _CountingAccounts()
+        self.peers = self.groups = self.services = self.domains = _EmptyRepository()
+
+    @property
+    def loads(self) -> int:
+        return self.accounts.loads
 
 
 def test_view_cache_shares_one_read_per_generation():

@@ -85,7 +85,7 @@ def _fill(store, account_id: str, n: int, *, age_step: timedelta) -> None:
 
 
 def test_background_pass_prunes_by_age_and_rows_in_small_steps(store, account):
-    other = store.create_account(Account(id="acct-2", domain="other.test"))
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
     _fill(store, account.id, 300, age_step=timedelta(hours=1))  # 0 h .. 299 h old
     _fill(store, other.id, 50, age_step=timedelta(minutes=1))
     clock, pool = ThreadClock(), InlinePool()

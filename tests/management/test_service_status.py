@@ -93,15 +93,15 @@ def test_status_update_message_is_stored_cleaned_and_cleared(harness: Harness,
                                                              fx: Fixture) -> None:
     ssu(harness, fx, service_id="svc-1", account_id=ACCOUNT, status=pb.PROXY_STATUS_ERROR,
         error_message="direct upstream 127.0.0.1:22 refused:\x00 not\nin allow-list")
-    meta = fx.store.get_service(ACCOUNT, "svc-1").meta
+    meta = fx.store.services.get(ACCOUNT, "svc-1").meta
     assert meta.status == "error"
     assert meta.status_message == "direct upstream 127.0.0.1:22 refused:  not in allow-list"
     assert meta.status_updated_at is not None
     ssu(harness, fx, service_id="svc-1", account_id=ACCOUNT, status=pb.PROXY_STATUS_ERROR,
         error_message="x" * 5000)
-    assert len(fx.store.get_service(ACCOUNT, "svc-1").meta.status_message) == MAX_STATUS_MESSAGE
+    assert len(fx.store.services.get(ACCOUNT, "svc-1").meta.status_message) == MAX_STATUS_MESSAGE
     ssu(harness, fx, service_id="svc-1", account_id=ACCOUNT, status=pb.PROXY_STATUS_ACTIVE)
-    meta = fx.store.get_service(ACCOUNT, "svc-1").meta
+    meta = fx.store.services.get(ACCOUNT, "svc-1").meta
     assert meta.status == "active" and meta.status_message == ""
 
 
@@ -150,7 +150,7 @@ def test_refusal_shown_on_the_service_and_in_the_instance_listing(server):
     assert "status_message" not in svc_b["meta"]
     store = server.open_store()
     try:  # what the gateway's SendStatusUpdate does (the RPC is tested above)
-        store.set_service_status(b["id"], svc_b["id"], "error",
+        store.services.set_status(b["id"], svc_b["id"], "error",
                                  message="direct upstream 127.0.0.1:8080 denied: loopback "
                                          "is not in the allow-list of this account")
     finally:

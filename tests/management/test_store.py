@@ -57,163 +57,163 @@ def private_service(account_id: str, groups: tuple[str, ...], **kw) -> Service:
 
 
 def test_bootstrap_returns_admin_token_exactly_once(store):
-    first = store.ensure_default_account()
+    first = store.accounts.ensure_default()
     assert first.admin_token and first.admin_token.startswith("nbp_")
     assert len(first.admin_token) == 40
     assert first.admin_user.role == "owner"
-    second = store.ensure_default_account()
+    second = store.accounts.ensure_default()
     assert second.admin_token is None
     assert second.account == first.account and second.admin_user.id == first.admin_user.id
-    user, pat = store.authenticate_personal_access_token(first.admin_token)
+    user, pat = store.users.authenticate_token(first.admin_token)
     assert user.id == first.admin_user.id and pat.account_id == first.account.id
     # only the hash is stored
     assert pat.hashed_token != first.admin_token
-    assert [g.name for g in store.list_groups(first.account.id)] == ["All"]
+    assert [g.name for g in store.groups.list(first.account.id)] == ["All"]
 
 
 def test_account_crud(store):
-    a = store.create_account(Account(domain="example.test"))
+    a = store.accounts.create(Account(domain="example.test"))
     assert len(a.id) == 20 and a.network_v4 == "100.64.0.0/10"
     net6 = ipaddress.IPv6Network(a.network_v6)
     assert net6.prefixlen == 64 and net6.network_address.packed[0] == 0xFD
-    assert store.get_account(a.id) == a
-    assert a in store.list_accounts()
-    first = store.ensure_default_account().account
-    assert store.list_accounts()[-1] == first  # creation order, not id order
+    assert store.accounts.get(a.id) == a
+    assert a in store.accounts.list()
+    first = store.accounts.ensure_default().account
+    assert store.accounts.list()[-1] == first  # creation order, not id order
     with pytest.raises(Conflict):
-        store.create_account(Account(id=a.id))
+        store.accounts.create(Account(id=a.id))
     with pytest.raises(NotFound, match="account not found"):
-        store.get_account("nope")
+        store.accounts.get("nope")
     with pytest.raises(ValidationError):
-        store.create_account(Account(network_v4="10.0.0.1/8"))
+        store.accounts.create(Account(network_v4="10.0.0.1/8"))
 
 
 # --- users --------------------------------------------------------------------------------
 
 
 def test_user_crud(store, account):
-    g = store.create_group(Group(account_id=account.id, name="admins"))
-    u = store.create_user(
+    g = store.groups.create(Group(account_id=account.id, name="admins"))
+    u = store.users.create(
         User(id="alice", account_id=account.id, email="alice@example.com", auto_groups=[g.id])
     )
-    assert store.get_user(account.id, "alice") == u
-    assert store.find_user("alice") == u
-    assert store.list_users(account.id) == [u]
-    u2 = store.update_user(dataclasses.replace(u, name="Alice", blocked=True))
+    assert store.users.get(account.id, "alice") == u
+    assert store.users.find("alice") == u
+    assert store.users.list(account.id) == [u]
+    u2 = store.users.update(dataclasses.replace(u, name="Alice", blocked=True))
     assert u2.name == "Alice" and u2.status == "blocked" and u2.created_at == u.created_at
-    pending = store.update_user(dataclasses.replace(u2, pending_approval=True))
+    pending = store.users.update(dataclasses.replace(u2, pending_approval=True))
     assert pending.blocked and pending.pending_approval and pending.status == "pending"
     with pytest.raises(Conflict):
-        store.create_user(User(id="alice", account_id=account.id))
-    other = store.create_account(Account(id="acct-2"))
+        store.users.create(User(id="alice", account_id=account.id))
+    other = store.accounts.create(Account(id="acct-2"))
     with pytest.raises(NotFound, match="user not found"):
-        store.get_user(other.id, "alice")
-    store.delete_user(account.id, "alice")
+        store.users.get(other.id, "alice")
+    store.users.delete(account.id, "alice")
     with pytest.raises(NotFound):
-        store.get_user(account.id, "alice")
+        store.users.get(account.id, "alice")
     with pytest.raises(NotFound):
-        store.delete_user(account.id, "alice")
+        store.users.delete(account.id, "alice")
 
 
 def test_user_unknown_auto_group_rejected_and_nothing_stored(store, account):
     with pytest.raises(ValidationError, match="auto group 'ghost' not found"):
-        store.create_user(User(id="bob", account_id=account.id, auto_groups=["ghost"]))
-    assert store.list_users(account.id) == []
+        store.users.create(User(id="bob", account_id=account.id, auto_groups=["ghost"]))
+    assert store.users.list(account.id) == []
 
 
 def test_user_bad_role(store, account):
     with pytest.raises(ValidationError, match="invalid user role"):
-        store.create_user(User(account_id=account.id, role="god"))
+        store.users.create(User(account_id=account.id, role="god"))
 
 
 def test_delete_user_removes_tokens_and_unowns_peers(store, account):
-    store.create_user(User(id="carol", account_id=account.id, role="admin"))
-    _, plain = store.create_personal_access_token(account.id, "carol", "cli")
-    p = store.create_peer(
+    store.users.create(User(id="carol", account_id=account.id, role="admin"))
+    _, plain = store.users.create_token(account.id, "carol", "cli")
+    p = store.peers.create(
         Peer(account_id=account.id, name="laptop", key="k-carol", user_id="carol")
     )
-    store.delete_user(account.id, "carol")
+    store.users.delete(account.id, "carol")
     with pytest.raises(Unauthenticated):
-        store.authenticate_personal_access_token(plain)
-    assert store.get_peer(account.id, p.id).user_id is None
+        store.users.authenticate_token(plain)
+    assert store.peers.get(account.id, p.id).user_id is None
 
 
 # --- groups -------------------------------------------------------------------------------
 
 
 def test_group_crud_and_membership(store, account):
-    p1 = store.create_peer(Peer(account_id=account.id, name="p1", key="k1"))
-    p2 = store.create_peer(Peer(account_id=account.id, name="p2", key="k2"))
-    g = store.create_group(Group(account_id=account.id, name="ops", peers=[p2.id, p1.id]))
+    p1 = store.peers.create(Peer(account_id=account.id, name="p1", key="k1"))
+    p2 = store.peers.create(Peer(account_id=account.id, name="p2", key="k2"))
+    g = store.groups.create(Group(account_id=account.id, name="ops", peers=[p2.id, p1.id]))
     assert g.peers == (p2.id, p1.id)
-    assert store.get_group(account.id, g.id) == g
-    g = store.remove_peers_from_group(account.id, g.id, [p2.id, "not-a-member"])
+    assert store.groups.get(account.id, g.id) == g
+    g = store.groups.remove_peers(account.id, g.id, [p2.id, "not-a-member"])
     assert g.peers == (p1.id,)
-    g = store.add_peers_to_group(account.id, g.id, [p2.id, p1.id])
+    g = store.groups.add_peers(account.id, g.id, [p2.id, p1.id])
     assert g.peers == (p1.id, p2.id)
-    g = store.update_group(dataclasses.replace(g, name="operators", peers=[p2.id]))
+    g = store.groups.update(dataclasses.replace(g, name="operators", peers=[p2.id]))
     assert (g.name, g.peers) == ("operators", (p2.id,))
-    assert g.id in store.get_peer(account.id, p2.id).groups
-    assert g.id not in store.get_peer(account.id, p1.id).groups
-    assert {x.name for x in store.list_groups(account.id)} == {"All", "operators"}
-    store.delete_group(account.id, g.id)
+    assert g.id in store.peers.get(account.id, p2.id).groups
+    assert g.id not in store.peers.get(account.id, p1.id).groups
+    assert {x.name for x in store.groups.list(account.id)} == {"All", "operators"}
+    store.groups.delete(account.id, g.id)
     with pytest.raises(NotFound, match="group not found"):
-        store.get_group(account.id, g.id)
+        store.groups.get(account.id, g.id)
 
 
 def test_group_name_conflict_and_validation(store, account):
-    store.create_group(Group(account_id=account.id, name="ops"))
+    store.groups.create(Group(account_id=account.id, name="ops"))
     with pytest.raises(Conflict, match="already exists"):
-        store.create_group(Group(account_id=account.id, name="ops"))
+        store.groups.create(Group(account_id=account.id, name="ops"))
     with pytest.raises(ValidationError, match="group name is required"):
-        store.create_group(Group(account_id=account.id, name=" "))
+        store.groups.create(Group(account_id=account.id, name=" "))
     with pytest.raises(ValidationError, match="peer 'ghost' not found"):
-        store.create_group(Group(account_id=account.id, name="x", peers=["ghost"]))
-    assert {g.name for g in store.list_groups(account.id)} == {"All", "ops"}
+        store.groups.create(Group(account_id=account.id, name="x", peers=["ghost"]))
+    assert {g.name for g in store.groups.list(account.id)} == {"All", "ops"}
 
 
 def test_group_of_other_account_is_not_found(store, account):
-    other = store.create_account(Account(id="acct-2"))
-    g = store.create_group(Group(account_id=other.id, name="theirs"))
+    other = store.accounts.create(Account(id="acct-2"))
+    g = store.groups.create(Group(account_id=other.id, name="theirs"))
     with pytest.raises(NotFound):
-        store.get_group(account.id, g.id)
+        store.groups.get(account.id, g.id)
     with pytest.raises(NotFound):
-        store.delete_group(account.id, g.id)
-    assert store.resolve_groups(account.id, [g.id]) == []
+        store.groups.delete(account.id, g.id)
+    assert store.groups.resolve(account.id, [g.id]) == []
 
 
 def test_resolve_groups_keeps_order_and_skips_unknown(store, account):
-    a = store.create_group(Group(id="grp-a", account_id=account.id, name="a"))
-    b = store.create_group(Group(id="grp-b", account_id=account.id, name="b"))
-    out = store.resolve_groups(account.id, ["grp-b", "ghost", "grp-a"])
+    a = store.groups.create(Group(id="grp-a", account_id=account.id, name="a"))
+    b = store.groups.create(Group(id="grp-b", account_id=account.id, name="b"))
+    out = store.groups.resolve(account.id, ["grp-b", "ghost", "grp-a"])
     assert [g.id for g in out] == [b.id, a.id]
     assert [g.name for g in out] == ["b", "a"]
 
 
 def test_all_group_cannot_be_deleted_or_renamed(store, account):
-    all_group = store.list_groups(account.id)[0]
+    all_group = store.groups.list(account.id)[0]
     with pytest.raises(BadRequest):
-        store.delete_group(account.id, all_group.id)
+        store.groups.delete(account.id, all_group.id)
     with pytest.raises(BadRequest):
-        store.update_group(dataclasses.replace(all_group, name="Everyone"))
+        store.groups.update(dataclasses.replace(all_group, name="Everyone"))
 
 
 def test_group_used_by_private_service_cannot_be_deleted_acceptance_78(store, account):
-    g = store.create_group(Group(id="grp-admins", account_id=account.id, name="admins"))
-    store.create_service(private_service(account.id, (g.id,)))
+    g = store.groups.create(Group(id="grp-admins", account_id=account.id, name="admins"))
+    store.services.create(private_service(account.id, (g.id,)))
     with pytest.raises(GroupInUse) as info:
-        store.delete_group(account.id, g.id)
+        store.groups.delete(account.id, g.id)
     assert info.value.message == (
         "group has been linked to reverse proxy service: myapp.eu.proxy.netbird.io"
     )
     assert info.value.http_status == 400
-    assert store.get_group(account.id, g.id) == g
+    assert store.groups.get(account.id, g.id) == g
 
 
 def test_group_used_by_enabled_bearer_auth_cannot_be_deleted(store, account):
-    g = store.create_group(Group(account_id=account.id, name="sso"))
-    p = store.create_peer(Peer(account_id=account.id, name="srv", key="k-srv"))
-    store.create_service(
+    g = store.groups.create(Group(account_id=account.id, name="sso"))
+    p = store.peers.create(Peer(account_id=account.id, name="srv", key="k-srv"))
+    store.services.create(
         Service(
             account_id=account.id,
             name="web",
@@ -223,34 +223,34 @@ def test_group_used_by_enabled_bearer_auth_cannot_be_deleted(store, account):
         )
     )
     with pytest.raises(GroupInUse):
-        store.delete_group(account.id, g.id)
+        store.groups.delete(account.id, g.id)
 
 
 def test_stale_access_groups_on_public_service_do_not_block_delete(store, account):
-    g = store.create_group(Group(account_id=account.id, name="old"))
-    svc = store.create_service(private_service(account.id, (g.id,)))
-    store.update_service(dataclasses.replace(svc, private=False))
-    store.delete_group(account.id, g.id)
-    assert store.get_service(account.id, svc.id).access_groups == (g.id,)
+    g = store.groups.create(Group(account_id=account.id, name="old"))
+    svc = store.services.create(private_service(account.id, (g.id,)))
+    store.services.update(dataclasses.replace(svc, private=False))
+    store.groups.delete(account.id, g.id)
+    assert store.services.get(account.id, svc.id).access_groups == (g.id,)
 
 
 def test_group_delete_strips_user_auto_groups(store, account):
-    g = store.create_group(Group(account_id=account.id, name="tmp"))
-    keep = store.create_group(Group(account_id=account.id, name="keep"))
-    store.create_user(User(id="dave", account_id=account.id, auto_groups=[g.id, keep.id]))
-    store.delete_group(account.id, g.id)
-    assert store.get_user(account.id, "dave").auto_groups == (keep.id,)
+    g = store.groups.create(Group(account_id=account.id, name="tmp"))
+    keep = store.groups.create(Group(account_id=account.id, name="keep"))
+    store.users.create(User(id="dave", account_id=account.id, auto_groups=[g.id, keep.id]))
+    store.groups.delete(account.id, g.id)
+    assert store.users.get(account.id, "dave").auto_groups == (keep.id,)
 
 
 def test_sql_metacharacters_stored_verbatim(store, account):
-    g = store.create_group(Group(account_id=account.id, name=EVIL))
-    u = store.create_user(User(id=EVIL, account_id=account.id, name=EVIL, email=EVIL))
-    p = store.create_peer(Peer(account_id=account.id, name=EVIL, key=EVIL))
-    assert store.get_group(account.id, g.id).name == EVIL
-    assert store.get_user(account.id, EVIL) == u
-    assert store.get_peer(account.id, p.id).name == EVIL
-    assert store.get_peer_by_key(EVIL) == store.get_peer(account.id, p.id)
-    assert len(store.list_groups(account.id)) == 2
+    g = store.groups.create(Group(account_id=account.id, name=EVIL))
+    u = store.users.create(User(id=EVIL, account_id=account.id, name=EVIL, email=EVIL))
+    p = store.peers.create(Peer(account_id=account.id, name=EVIL, key=EVIL))
+    assert store.groups.get(account.id, g.id).name == EVIL
+    assert store.users.get(account.id, EVIL) == u
+    assert store.peers.get(account.id, p.id).name == EVIL
+    assert store.peers.get_by_key(EVIL) == store.peers.get(account.id, p.id)
+    assert len(store.groups.list(account.id)) == 2
 
 
 # --- peers --------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_sql_metacharacters_stored_verbatim(store, account):
 
 def test_peer_ip_allocation_unique_v4_and_v6(store, account):
     got = [
-        store.create_peer(Peer(account_id=account.id, name=f"p{i}", key=f"k{i}")) for i in range(5)
+        store.peers.create(Peer(account_id=account.id, name=f"p{i}", key=f"k{i}")) for i in range(5)
     ]
     assert [p.ip for p in got] == [f"100.64.0.{i}" for i in range(1, 6)]
     v6 = [p.ipv6 for p in got]
@@ -267,58 +267,58 @@ def test_peer_ip_allocation_unique_v4_and_v6(store, account):
 
 
 def test_peer_without_ipv6(store, account):
-    p = store.create_peer(Peer(account_id=account.id, name="v4only", key="k", ipv6=None))
+    p = store.peers.create(Peer(account_id=account.id, name="v4only", key="k", ipv6=None))
     assert p.ipv6 is None
 
 
 def test_peer_requested_ip(store, account):
-    p = store.create_peer(Peer(account_id=account.id, name="fixed", key="k1", ip="100.64.0.10"))
+    p = store.peers.create(Peer(account_id=account.id, name="fixed", key="k1", ip="100.64.0.10"))
     assert p.ip == "100.64.0.10"
     with pytest.raises(Conflict, match="already in use"):
-        store.create_peer(Peer(account_id=account.id, name="dup", key="k2", ip="100.64.0.10"))
+        store.peers.create(Peer(account_id=account.id, name="dup", key="k2", ip="100.64.0.10"))
     with pytest.raises(ValidationError, match="outside"):
-        store.create_peer(Peer(account_id=account.id, name="out", key="k3", ip="10.0.0.1"))
+        store.peers.create(Peer(account_id=account.id, name="out", key="k3", ip="10.0.0.1"))
 
 
 def test_peer_duplicate_key_is_global_conflict(store, account):
-    other = store.create_account(Account(id="acct-2"))
-    store.create_peer(Peer(account_id=account.id, name="a", key="same"))
+    other = store.accounts.create(Account(id="acct-2"))
+    store.peers.create(Peer(account_id=account.id, name="a", key="same"))
     with pytest.raises(Conflict, match="peer with this key already exists"):
-        store.create_peer(Peer(account_id=other.id, name="b", key="same"))
-    assert store.list_peers(other.id) == []
+        store.peers.create(Peer(account_id=other.id, name="b", key="same"))
+    assert store.peers.list(other.id) == []
 
 
 def test_peer_lookup_by_tunnel_ip(store, account):
-    p = store.create_peer(Peer(account_id=account.id, name="u", key="k", ip="100.64.0.10"))
-    assert store.get_peer_by_ip(account.id, "100.64.0.10") == p
-    assert store.get_peer_by_ip(account.id, "::ffff:100.64.0.10") == p
-    assert store.get_peer_by_ip(account.id, p.ipv6) == p  # by its IPv6 address too
-    assert store.get_peer_by_ip(account.id, "100.64.0.250") is None  # 52
-    assert store.get_peer_by_ip(account.id, "not-an-ip") is None
+    p = store.peers.create(Peer(account_id=account.id, name="u", key="k", ip="100.64.0.10"))
+    assert store.peers.get_by_ip(account.id, "100.64.0.10") == p
+    assert store.peers.get_by_ip(account.id, "::ffff:100.64.0.10") == p
+    assert store.peers.get_by_ip(account.id, p.ipv6) == p  # by its IPv6 address too
+    assert store.peers.get_by_ip(account.id, "100.64.0.250") is None  # 52
+    assert store.peers.get_by_ip(account.id, "not-an-ip") is None
 
 
 def test_peer_lookup_is_scoped_to_account_acceptance_53(store, account):
-    other = store.create_account(Account(id="acct-b"))
-    store.create_peer(Peer(account_id=other.id, name="b", key="kb", ip="100.64.0.10"))
-    assert store.get_peer_by_ip(account.id, "100.64.0.10") is None
-    mine = store.create_peer(Peer(account_id=account.id, name="a", key="ka", ip="100.64.0.10"))
-    assert store.get_peer_by_ip(account.id, "100.64.0.10").id == mine.id
+    other = store.accounts.create(Account(id="acct-b"))
+    store.peers.create(Peer(account_id=other.id, name="b", key="kb", ip="100.64.0.10"))
+    assert store.peers.get_by_ip(account.id, "100.64.0.10") is None
+    mine = store.peers.create(Peer(account_id=account.id, name="a", key="ka", ip="100.64.0.10"))
+    assert store.peers.get_by_ip(account.id, "100.64.0.10").id == mine.id
 
 
 def test_peer_gets_all_group_and_owner_auto_groups(store, account):
-    g = store.create_group(Group(id="grp-admins", account_id=account.id, name="admins"))
-    store.create_user(User(id="alice", account_id=account.id, auto_groups=[g.id]))
-    p = store.create_peer(Peer(account_id=account.id, name="u", key="k", user_id="alice"))
-    names = {x.name for x in store.get_peer_groups(account.id, p.id)}
+    g = store.groups.create(Group(id="grp-admins", account_id=account.id, name="admins"))
+    store.users.create(User(id="alice", account_id=account.id, auto_groups=[g.id]))
+    p = store.peers.create(Peer(account_id=account.id, name="u", key="k", user_id="alice"))
+    names = {x.name for x in store.peers.groups_of(account.id, p.id)}
     assert names == {"All", "admins"}
-    refs = store.get_peer_group_refs(account.id, p.id)
+    refs = store.peers.group_refs_of(account.id, p.id)
     assert sorted(refs) == refs and {name for _, name in refs} == {"All", "admins"}
     assert ("grp-admins", "admins") in refs
-    assert store.get_peer_owner(account.id, p.id).id == "alice"
+    assert store.peers.owner_of(account.id, p.id).id == "alice"
 
 
 def test_proxy_peer_not_in_all_group(store, account):
-    p = store.create_peer(
+    p = store.peers.create(
         Peer(
             account_id=account.id,
             name="proxy-1",
@@ -329,43 +329,43 @@ def test_proxy_peer_not_in_all_group(store, account):
         )
     )
     assert p.groups == () and p.proxy and p.proxy_cluster == "eu.proxy.netbird.io"
-    store.create_peer(Peer(account_id=account.id, name="user", key="ku"))
-    assert [x.id for x in store.list_proxy_peers(account.id)] == [p.id]
-    assert store.list_proxy_peers(account.id, "other.cluster") == []
-    assert [x.id for x in store.list_peers(account.id, proxy=True)] == [p.id]
-    assert len(store.list_peers(account.id, proxy=False)) == 1
-    assert store.get_peer_owner(account.id, p.id) is None
+    store.peers.create(Peer(account_id=account.id, name="user", key="ku"))
+    assert [x.id for x in store.peers.list_proxy_peers(account.id)] == [p.id]
+    assert store.peers.list_proxy_peers(account.id, "other.cluster") == []
+    assert [x.id for x in store.peers.list(account.id, proxy=True)] == [p.id]
+    assert len(store.peers.list(account.id, proxy=False)) == 1
+    assert store.peers.owner_of(account.id, p.id) is None
 
 
 def test_peer_unknown_owner_or_group_rejected(store, account):
     with pytest.raises(ValidationError, match="user 'ghost' not found"):
-        store.create_peer(Peer(account_id=account.id, name="x", key="k", user_id="ghost"))
+        store.peers.create(Peer(account_id=account.id, name="x", key="k", user_id="ghost"))
     with pytest.raises(ValidationError, match="group 'ghost' not found"):
-        store.create_peer(Peer(account_id=account.id, name="x", key="k", groups=["ghost"]))
-    assert store.list_peers(account.id) == []
+        store.peers.create(Peer(account_id=account.id, name="x", key="k", groups=["ghost"]))
+    assert store.peers.list(account.id) == []
 
 
 def test_peer_update_connected_delete(store, account):
-    g = store.create_group(Group(account_id=account.id, name="g"))
-    p = store.create_peer(
+    g = store.groups.create(Group(account_id=account.id, name="g"))
+    p = store.peers.create(
         Peer(account_id=account.id, name="srv", key="k", endpoint="1.2.3.4:51820")
     )
     assert p.endpoint == "1.2.3.4:51820"
-    p2 = store.update_peer(dataclasses.replace(p, name="srv2", groups=[g.id], ip="100.64.9.9"))
+    p2 = store.peers.update(dataclasses.replace(p, name="srv2", groups=[g.id], ip="100.64.9.9"))
     assert p2.name == "srv2" and p2.groups == (g.id,) and p2.ip == p.ip
-    p3 = store.set_peer_connected(account.id, p.id, True)
+    p3 = store.peers.set_connected(account.id, p.id, True)
     assert p3.connected and p3.last_seen is not None
-    store.delete_peer(account.id, p.id)
+    store.peers.delete(account.id, p.id)
     with pytest.raises(NotFound, match="peer not found"):
-        store.get_peer(account.id, p.id)
-    assert store.get_group(account.id, g.id).peers == ()
+        store.peers.get(account.id, p.id)
+    assert store.groups.get(account.id, g.id).peers == ()
     # the freed address is reused
-    assert store.create_peer(Peer(account_id=account.id, name="n", key="k2")).ip == p.ip
+    assert store.peers.create(Peer(account_id=account.id, name="n", key="k2")).ip == p.ip
 
 
 def test_peer_linked_to_service_cannot_be_deleted(store, account):
-    p = store.create_peer(Peer(account_id=account.id, name="srv", key="k"))
-    store.create_service(
+    p = store.peers.create(Peer(account_id=account.id, name="srv", key="k"))
+    store.services.create(
         Service(
             account_id=account.id,
             name="web",
@@ -374,56 +374,56 @@ def test_peer_linked_to_service_cannot_be_deleted(store, account):
         )
     )
     with pytest.raises(BadRequest, match="linked to reverse proxy service"):
-        store.delete_peer(account.id, p.id)
-    assert store.get_peer(account.id, p.id) == p
+        store.peers.delete(account.id, p.id)
+    assert store.peers.get(account.id, p.id) == p
 
 
 def test_address_exhaustion_stores_nothing(store):
-    small = store.create_account(Account(id="tiny", network_v4="10.9.0.0/30"))
-    a = store.create_peer(Peer(account_id=small.id, name="a", key="ka"))
-    b = store.create_peer(Peer(account_id=small.id, name="b", key="kb"))
+    small = store.accounts.create(Account(id="tiny", network_v4="10.9.0.0/30"))
+    a = store.peers.create(Peer(account_id=small.id, name="a", key="ka"))
+    b = store.peers.create(Peer(account_id=small.id, name="b", key="kb"))
     assert {a.ip, b.ip} == {"10.9.0.1", "10.9.0.2"}
     with pytest.raises(AddressExhausted):
-        store.create_peer(Peer(account_id=small.id, name="c", key="kc"))
-    assert len(store.list_peers(small.id)) == 2
-    assert store.get_peer_by_key("kc") is None
+        store.peers.create(Peer(account_id=small.id, name="c", key="kc"))
+    assert len(store.peers.list(small.id)) == 2
+    assert store.peers.get_by_key("kc") is None
 
 
 # --- personal access tokens -----------------------------------------------------------------
 
 
 def test_personal_access_tokens(store, account):
-    store.create_user(User(id="erin", account_id=account.id, role="admin"))
-    pat, plain = store.create_personal_access_token(account.id, "erin", "laptop")
+    store.users.create(User(id="erin", account_id=account.id, role="admin"))
+    pat, plain = store.users.create_token(account.id, "erin", "laptop")
     assert plain.startswith("nbp_") and len(plain) == 40 and plain not in repr(pat)
-    user, got = store.authenticate_personal_access_token(plain)
+    user, got = store.users.authenticate_token(plain)
     assert user.id == "erin" and got.id == pat.id and got.last_used is not None
-    assert [t.id for t in store.list_personal_access_tokens(account.id, "erin")] == [pat.id]
+    assert [t.id for t in store.users.list_tokens(account.id, "erin")] == [pat.id]
     with pytest.raises(Unauthenticated, match="invalid token format"):
-        store.authenticate_personal_access_token(plain[:-1] + ("A" if plain[-1] != "A" else "B"))
+        store.users.authenticate_token(plain[:-1] + ("A" if plain[-1] != "A" else "B"))
     with pytest.raises(Unauthenticated, match="invalid token format"):
-        store.authenticate_personal_access_token("garbage")
-    store.delete_personal_access_token(account.id, "erin", pat.id)
+        store.users.authenticate_token("garbage")
+    store.users.delete_token(account.id, "erin", pat.id)
     with pytest.raises(Unauthenticated, match="invalid token"):
-        store.authenticate_personal_access_token(plain)
+        store.users.authenticate_token(plain)
     with pytest.raises(NotFound, match="token not found"):
-        store.delete_personal_access_token(account.id, "erin", pat.id)
+        store.users.delete_token(account.id, "erin", pat.id)
 
 
 def test_personal_access_token_blocked_user_and_expiry(store, account):
     from datetime import UTC, datetime, timedelta
 
-    u = store.create_user(User(id="frank", account_id=account.id))
-    _, plain = store.create_personal_access_token(account.id, "frank", "t")
-    store.update_user(dataclasses.replace(u, blocked=True))
+    u = store.users.create(User(id="frank", account_id=account.id))
+    _, plain = store.users.create_token(account.id, "frank", "t")
+    store.users.update(dataclasses.replace(u, blocked=True))
     with pytest.raises(Unauthenticated):
-        store.authenticate_personal_access_token(plain)
-    store.update_user(dataclasses.replace(u, blocked=False))
+        store.users.authenticate_token(plain)
+    store.users.update(dataclasses.replace(u, blocked=False))
     past = datetime.now(UTC) - timedelta(seconds=1)
-    _, expired = store.create_personal_access_token(account.id, "frank", "old", expires_at=past)
+    _, expired = store.users.create_token(account.id, "frank", "old", expires_at=past)
     with pytest.raises(Unauthenticated, match="token expired or revoked"):
-        store.authenticate_personal_access_token(expired)
-    assert store.authenticate_personal_access_token(plain)[0].id == "frank"
+        store.users.authenticate_token(expired)
+    assert store.users.authenticate_token(plain)[0].id == "frank"
 
 
 # --- listeners -------------------------------------------------------------------------------
@@ -437,14 +437,14 @@ def test_listeners_called_after_commit_only(store, account):
         raise RuntimeError("listener bug")
 
     store.add_listener(broken)
-    g = store.create_group(Group(account_id=account.id, name="g"))
+    g = store.groups.create(Group(account_id=account.id, name="g"))
     assert seen == [(ChangeKind.GROUP, account.id, (g.id,))]
     with pytest.raises(Conflict):
-        store.create_group(Group(account_id=account.id, name="g"))
+        store.groups.create(Group(account_id=account.id, name="g"))
     assert len(seen) == 1  # failed write: no notification
-    svc = store.create_service(private_service(account.id, (g.id,)))
-    store.update_service(dataclasses.replace(svc, name="renamed"))
-    store.delete_service(account.id, svc.id)
+    svc = store.services.create(private_service(account.id, (g.id,)))
+    store.services.update(dataclasses.replace(svc, name="renamed"))
+    store.services.delete(account.id, svc.id)
     kinds = [k for k, _, _ in seen[1:]]
     assert kinds == [
         ChangeKind.SERVICE_CREATED,
@@ -457,20 +457,20 @@ def test_listeners_called_after_commit_only(store, account):
 
 def test_nul_characters_refused_uniformly(store, account):
     with pytest.raises(ValidationError, match="must not contain NUL"):
-        store.create_group(Group(account_id=account.id, name="a\x00b"))
+        store.groups.create(Group(account_id=account.id, name="a\x00b"))
     with pytest.raises(ValidationError, match="must not contain NUL"):
-        store.create_user(User(account_id=account.id, email="a\x00@b"))
+        store.users.create(User(account_id=account.id, email="a\x00@b"))
     with pytest.raises(ValidationError, match="must not contain NUL"):
-        store.create_peer(Peer(account_id=account.id, name="p", key="k\x00"))
-    assert [g.name for g in store.list_groups(account.id)] == ["All"]
-    assert store.list_users(account.id) == [] and store.list_peers(account.id) == []
+        store.peers.create(Peer(account_id=account.id, name="p", key="k\x00"))
+    assert [g.name for g in store.groups.list(account.id)] == ["All"]
+    assert store.users.list(account.id) == [] and store.peers.list(account.id) == []
 
 
 def test_lookup_with_unstorable_input_is_a_clean_error_or_miss(store, account):
     for call in (
-        lambda: store.get_user(account.id, "x\x00"),
-        lambda: store.get_service_by_domain("x\x00.example"),
-        lambda: store.get_peer_by_key("k\x00"),
+        lambda: store.users.get(account.id, "x\x00"),
+        lambda: store.services.get_by_domain("x\x00.example"),
+        lambda: store.peers.get_by_key("k\x00"),
     ):
         try:
             result = call()
@@ -494,13 +494,13 @@ TRICKY_NAMES = [
 
 def test_arbitrary_names_round_trip_verbatim(store, account):
     for i, name in enumerate(TRICKY_NAMES):
-        g = store.create_group(Group(account_id=account.id, name=name))
-        assert store.get_group(account.id, g.id).name == name
+        g = store.groups.create(Group(account_id=account.id, name=name))
+        assert store.groups.get(account.id, g.id).name == name
         uid = f"user-{i}:{name}"[:255]
-        u = store.create_user(User(id=uid, account_id=account.id, name=name))
-        assert store.get_user(account.id, u.id) == u
-        assert store.find_user(u.id) == u
-    assert len(store.list_groups(account.id)) == len(TRICKY_NAMES) + 1
+        u = store.users.create(User(id=uid, account_id=account.id, name=name))
+        assert store.users.get(account.id, u.id) == u
+        assert store.users.find(u.id) == u
+    assert len(store.groups.list(account.id)) == len(TRICKY_NAMES) + 1
 
 
 def test_normalise_dsn(tmp_path):
@@ -518,36 +518,36 @@ def test_normalise_dsn(tmp_path):
 
 def test_over_long_bounded_values_refused_on_every_backend(store, account):
     with pytest.raises(ValidationError, match="exceeds maximum length of 255"):
-        store.create_user(User(id="u" * 256, account_id=account.id))
+        store.users.create(User(id="u" * 256, account_id=account.id))
     with pytest.raises(ValidationError, match="exceeds maximum length of 255"):
-        store.create_peer(Peer(account_id=account.id, name="p", key="k" * 256))
-    assert store.list_users(account.id) == [] and store.list_peers(account.id) == []
+        store.peers.create(Peer(account_id=account.id, name="p", key="k" * 256))
+    assert store.users.list(account.id) == [] and store.peers.list(account.id) == []
     with pytest.raises(ValidationError):  # a lookup with an unstorable key: 422, never a 500
-        store.find_user("u" * 256)
+        store.users.find("u" * 256)
 
 
 def test_listeners_see_membership_side_effects(store, account):
-    g = store.create_group(Group(account_id=account.id, name="g"))
-    store.create_user(User(id="owner", account_id=account.id, auto_groups=[g.id]))
+    g = store.groups.create(Group(account_id=account.id, name="g"))
+    store.users.create(User(id="owner", account_id=account.id, auto_groups=[g.id]))
     seen = []
     store.add_listener(lambda kind, acct, ids: seen.append((kind, ids)))
-    p = store.create_peer(Peer(account_id=account.id, name="p", key="k", user_id="owner"))
-    all_id = next(x.id for x in store.list_groups(account.id) if x.name == "All")
+    p = store.peers.create(Peer(account_id=account.id, name="p", key="k", user_id="owner"))
+    all_id = next(x.id for x in store.groups.list(account.id) if x.name == "All")
     assert seen == [(ChangeKind.PEER, (p.id,)), (ChangeKind.GROUP, tuple(sorted((g.id, all_id))))]
     seen.clear()
-    store.update_peer(dataclasses.replace(p, groups=[all_id]))  # leaves g, keeps All
+    store.peers.update(dataclasses.replace(p, groups=[all_id]))  # leaves g, keeps All
     assert seen == [(ChangeKind.PEER, (p.id,)), (ChangeKind.GROUP, (g.id,))]
     seen.clear()
-    store.delete_user(account.id, "owner")
+    store.users.delete(account.id, "owner")
     assert seen == [(ChangeKind.USER, ("owner",)), (ChangeKind.PEER, (p.id,))]
     seen.clear()
-    store.delete_peer(account.id, p.id)
+    store.peers.delete(account.id, p.id)
     assert seen == [(ChangeKind.PEER, (p.id,)), (ChangeKind.GROUP, (all_id,))]
 
 
 def test_membership_order_kept_when_peer_updated(store, account):
-    p1 = store.create_peer(Peer(account_id=account.id, name="p1", key="k1"))
-    p2 = store.create_peer(Peer(account_id=account.id, name="p2", key="k2"))
-    g = store.create_group(Group(account_id=account.id, name="g", peers=[p1.id, p2.id]))
-    store.update_peer(dataclasses.replace(store.get_peer(account.id, p1.id), name="renamed"))
-    assert store.get_group(account.id, g.id).peers == (p1.id, p2.id)
+    p1 = store.peers.create(Peer(account_id=account.id, name="p1", key="k1"))
+    p2 = store.peers.create(Peer(account_id=account.id, name="p2", key="k2"))
+    g = store.groups.create(Group(account_id=account.id, name="g", peers=[p1.id, p2.id]))
+    store.peers.update(dataclasses.replace(store.peers.get(account.id, p1.id), name="renamed"))
+    assert store.groups.get(account.id, g.id).peers == (p1.id, p2.id)

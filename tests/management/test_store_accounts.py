@@ -27,22 +27,23 @@ from .conftest import CLUSTER
 
 
 def _populate(store, account_id: str, tag: str) -> Service:
-    grp = store.create_group(Group(account_id=account_id, name="devs"))
-    user = store.create_user(User(account_id=account_id, email=f"{tag}@x.test", role="user"))
-    store.create_personal_access_token(account_id, user.id, "t")
-    peer = store.create_peer(Peer(account_id=account_id, name="p", key=f"key-{tag}",
+    grp = store.groups.create(Group(account_id=account_id, name="devs"))
+    user = store.users.create(User(account_id=account_id, email=f"{tag}@x.test", role="user"))
+    store.users.create_token(account_id, user.id, "t")
+    peer = store.peers.create(Peer(account_id=account_id, name="p", key=f"key-{tag}",
                                   user_id=user.id, groups=(grp.id,)))
-    store.create_domain(CustomDomain(account_id=account_id, domain=f"{tag}.test",
+    store.domains.create(CustomDomain(account_id=account_id, domain=f"{tag}.test",
                                      target_cluster=CLUSTER))
-    svc = store.create_service(Service(
+    svc = store.services.create(Service(
         account_id=account_id, name="s", domain=f"s.{tag}.test", private=True,
         access_groups=(grp.id,),
         targets=(Target(target_type="cluster", target_id=CLUSTER, host="10.0.0.5", port=80,
                         options=TargetOptions(direct_upstream=True)),)))
-    store.create_proxy_token("gw", account_id=account_id)
-    store.register_proxy(ProxyRecord(id=f"px-{tag}", session_id="s", cluster_address=CLUSTER,
+    store.proxies.create_token("gw", account_id=account_id)
+    store.proxies.register(ProxyRecord(id=f"px-{tag}", session_id="s", cluster_address=CLUSTER,
                                      ip_address="127.0.0.1", account_id=account_id))
-    store.set_inbound_listener(ProxyInboundListener(proxy_id=f"px-{tag}", account_id=account_id,
+    store.proxies.set_inbound_listener(ProxyInboundListener(proxy_id=f"px-{tag}",
+                                                            account_id=account_id,
                                                     tunnel_ip="100.64.0.9", https_port=443,
                                                     http_port=80))
     store.access_logs.append(AccessLogEntry(account_id=account_id, service_id=svc.id,
@@ -65,33 +66,33 @@ def _rows(store, account_id: str) -> dict[str, int]:
 
 
 def test_create_account_with_admin(store):
-    boot = store.create_account_with_admin("Tenant", admin_email="ops@tenant.test")
+    boot = store.accounts.create_with_admin("Tenant", admin_email="ops@tenant.test")
     assert boot.account.name == "Tenant" and boot.admin_token
     assert boot.admin_user.role == "owner" and not boot.admin_user.instance_admin
-    user, _ = store.authenticate_personal_access_token(boot.admin_token)
+    user, _ = store.users.authenticate_token(boot.admin_token)
     assert user.id == boot.admin_user.id and user.account_id == boot.account.id
-    assert [g.name for g in store.list_groups(boot.account.id)] == ["All"]
-    assert store.get_account(boot.account.id).name == "Tenant"
+    assert [g.name for g in store.groups.list(boot.account.id)] == ["All"]
+    assert store.accounts.get(boot.account.id).name == "Tenant"
     for bad in ("", "  ", "x" * 256, "a\x00b"):
         with pytest.raises(ValidationError):
-            store.create_account_with_admin(bad)
+            store.accounts.create_with_admin(bad)
 
 
 def test_delete_account_removes_every_row_of_the_account_only(store):
-    a = store.create_account_with_admin("a").account
-    b = store.create_account_with_admin("b").account
+    a = store.accounts.create_with_admin("a").account
+    b = store.accounts.create_with_admin("b").account
     _populate(store, a.id, "a")
     _populate(store, b.id, "b")
     before_b = _rows(store, b.id)
     assert all(n > 0 for n in _rows(store, a.id).values()), _rows(store, a.id)
     seen = []
     store.add_listener(lambda kind, acct, ids: seen.append((kind, acct)))
-    store.delete_account(a.id)
+    store.accounts.delete(a.id)
     assert _rows(store, a.id) == dict.fromkeys(before_b, 0)
     assert _rows(store, b.id) == before_b
     assert (ChangeKind.SERVICE_DELETED, a.id) in seen
     assert (ChangeKind.PROXY_TOKEN, a.id) in seen
     with pytest.raises(NotFound):
-        store.delete_account(a.id)
+        store.accounts.delete(a.id)
     with pytest.raises(BadRequest):
-        store.delete_account("default")
+        store.accounts.delete("default")

@@ -42,8 +42,8 @@ def test_50_concurrent_writers_create_groups_and_services(store_factory, account
         results = list(pool.map(work, range(WRITERS)))
 
     store = stores[0]
-    groups = {g.name: g for g in store.list_groups(account.id)}
-    services = {s.name: s for s in store.list_services(account.id)}
+    groups = {g.name: g for g in store.groups.list(account.id)}
+    services = {s.name: s for s in store.services.list(account.id)}
     assert len(groups) == WRITERS + 1  # plus "All"
     assert len(services) == WRITERS
     for i, (gid, sid) in enumerate(results):
@@ -142,8 +142,8 @@ def _process_writer(dsn: str, account_id: str, prefix: str, count: int) -> None:
     store = Store.open(dsn)
     try:
         for i in range(count):
-            store.create_group(Group(account_id=account_id, name=f"{prefix}-{i}"))
-            store.create_peer(
+            store.groups.create(Group(account_id=account_id, name=f"{prefix}-{i}"))
+            store.peers.create(
                 Peer(account_id=account_id, name=f"{prefix}-{i}", key=f"{prefix}-{i}")
             )
     finally:
@@ -161,7 +161,7 @@ def test_sqlite_two_processes_write_the_same_file(tmp_path):
     dsn = f"sqlite:///{tmp_path / 'shared.db'}"
     store = Store.open(dsn)
     try:
-        acct = store.create_account(Account(id="acct-mp"))
+        acct = store.accounts.create(Account(id="acct-mp"))
         ctx = multiprocessing.get_context("spawn")
         procs = [
             ctx.Process(target=_process_writer, args=(dsn, acct.id, f"w{n}", 15)) for n in range(2)
@@ -171,9 +171,9 @@ def test_sqlite_two_processes_write_the_same_file(tmp_path):
         for p in procs:
             p.join(120)
         assert [p.exitcode for p in procs] == [0, 0]
-        names = {g.name for g in store.list_groups(acct.id)}
+        names = {g.name for g in store.groups.list(acct.id)}
         assert names == {"All"} | {f"w{n}-{i}" for n in range(2) for i in range(15)}
-        peers = store.list_peers(acct.id)
+        peers = store.peers.list(acct.id)
         assert len(peers) == 30 and len({p.ip for p in peers}) == 30
     finally:
         store.close()

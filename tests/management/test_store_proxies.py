@@ -35,35 +35,35 @@ def now() -> datetime:
 
 
 def test_register_heartbeat_disconnect_sessions_acceptance_43(store):
-    rec = store.register_proxy(
+    rec = store.proxies.register(
         ProxyRecord(id="px", session_id="s1", cluster_address=C, ip_address="127.0.0.1")
     )
     assert rec.status == "connected" and rec.last_seen and rec.account_id is None
     # a second connection supersedes the first
-    store.register_proxy(ProxyRecord(id="px", session_id="s2", cluster_address=C))
-    assert store.heartbeat_proxy("px", "s1") is False
-    assert store.disconnect_proxy("px", "s1") is False  # stale session: row untouched
-    assert store.get_proxy("px").status == "connected"
-    assert store.heartbeat_proxy("px", "s2") is True
-    assert store.disconnect_proxy("px", "s2") is True
-    got = store.get_proxy("px")
+    store.proxies.register(ProxyRecord(id="px", session_id="s2", cluster_address=C))
+    assert store.proxies.heartbeat("px", "s1") is False
+    assert store.proxies.disconnect("px", "s1") is False  # stale session: row untouched
+    assert store.proxies.get("px").status == "connected"
+    assert store.proxies.heartbeat("px", "s2") is True
+    assert store.proxies.disconnect("px", "s2") is True
+    got = store.proxies.get("px")
     assert got.status == "disconnected" and got.disconnected_at is not None
     with pytest.raises(NotFound, match="proxy not found"):
-        store.get_proxy("nope")
+        store.proxies.get("nope")
     with pytest.raises(ValidationError):
-        store.register_proxy(ProxyRecord(id=""))
+        store.proxies.register(ProxyRecord(id=""))
 
 
 def test_cluster_private_any_true_acceptance_24(store, account):
     caps_t = ProxyCapabilities(private=True)
     caps_f = ProxyCapabilities(private=False)
-    store.register_proxy(
+    store.proxies.register(
         ProxyRecord(id="a", session_id="s", cluster_address=C, capabilities=caps_t)
     )
-    store.register_proxy(
+    store.proxies.register(
         ProxyRecord(id="b", session_id="s", cluster_address=C, capabilities=caps_f)
     )
-    [cluster] = store.list_clusters(account.id)
+    [cluster] = store.proxies.list_clusters(account.id)
     assert cluster.private is True
     assert (cluster.id, cluster.type, cluster.online, cluster.connected_proxies) == (
         "a",
@@ -71,34 +71,36 @@ def test_cluster_private_any_true_acceptance_24(store, account):
         True,
         2,
     )
-    store.register_proxy(ProxyRecord(id="c", session_id="s", cluster_address="other.example"))
-    other = next(c for c in store.list_clusters(account.id) if c.address == "other.example")
+    store.proxies.register(ProxyRecord(id="c", session_id="s", cluster_address="other.example"))
+    other = next(c for c in store.proxies.list_clusters(account.id) if c.address == "other.example")
     assert other.private is None and other.supports_crowdsec is None
 
 
 def test_cluster_stale_rows_ignored_acceptance_25(store, account):
     caps = ProxyCapabilities(private=True, supports_crowdsec=True)
-    store.register_proxy(ProxyRecord(id="a", session_id="s", cluster_address=C, capabilities=caps))
+    store.proxies.register(
+        ProxyRecord(id="a", session_id="s", cluster_address=C, capabilities=caps)
+    )
     later = now() + timedelta(minutes=3)
-    [cluster] = store.list_clusters(account.id, now=later)
+    [cluster] = store.proxies.list_clusters(account.id, now=later)
     assert cluster.private is None and not cluster.online and cluster.connected_proxies == 0
-    store.register_proxy(
+    store.proxies.register(
         ProxyRecord(id="b", session_id="s", cluster_address=C), now=later - timedelta(seconds=5)
     )
-    [cluster] = store.list_clusters(account.id, now=later)
+    [cluster] = store.proxies.list_clusters(account.id, now=later)
     assert cluster.private is None and cluster.online
     # supports_crowdsec is unanimous: an active row that did not report it makes it false
-    store.register_proxy(
+    store.proxies.register(
         ProxyRecord(id="a", session_id="s2", cluster_address=C, capabilities=caps),
         now=later - timedelta(seconds=5),
     )
-    [cluster] = store.list_clusters(account.id, now=later)
+    [cluster] = store.proxies.list_clusters(account.id, now=later)
     assert cluster.private is True and cluster.supports_crowdsec is False
 
 
 def test_supports_private_service_not_persisted_acceptance_27(store):
     assert "supports_private_service" not in proxies.c
-    rec = store.register_proxy(
+    rec = store.proxies.register(
         ProxyRecord(
             id="x", session_id="s", cluster_address=C, capabilities=ProxyCapabilities(private=False)
         )
@@ -107,33 +109,34 @@ def test_supports_private_service_not_persisted_acceptance_27(store):
 
 
 def test_byop_visibility_and_address_in_use(store, account):
-    other = store.create_account(Account(id="acct-2"))
-    store.register_proxy(
+    other = store.accounts.create(Account(id="acct-2"))
+    store.proxies.register(
         ProxyRecord(id="mine", session_id="s", cluster_address="byop.a", account_id=account.id)
     )
-    store.register_proxy(
+    store.proxies.register(
         ProxyRecord(id="theirs", session_id="s", cluster_address="byop.b", account_id=other.id)
     )
-    store.register_proxy(ProxyRecord(id="shared", session_id="s", cluster_address=C))
-    assert {c.address for c in store.list_clusters(account.id)} == {"byop.a", C}
-    assert [c.type for c in store.list_clusters(account.id) if c.address == "byop.a"] == ["account"]
-    assert store.cluster_address_in_use(C, account.id)  # shared proxy uses it
-    assert store.cluster_address_in_use("byop.b", account.id)  # foreign account
-    assert not store.cluster_address_in_use("byop.a", account.id)  # own
+    store.proxies.register(ProxyRecord(id="shared", session_id="s", cluster_address=C))
+    assert {c.address for c in store.proxies.list_clusters(account.id)} == {"byop.a", C}
+    clusters = store.proxies.list_clusters(account.id)
+    assert [c.type for c in clusters if c.address == "byop.a"] == ["account"]
+    assert store.proxies.cluster_address_in_use(C, account.id)  # shared proxy uses it
+    assert store.proxies.cluster_address_in_use("byop.b", account.id)  # foreign account
+    assert not store.proxies.cluster_address_in_use("byop.a", account.id)  # own
     with pytest.raises(NotFound, match="cluster not found"):
-        store.delete_cluster(account.id, C)  # shared rows are not the account's
-    assert store.delete_cluster(account.id, "byop.a") == 1
-    assert {p.id for p in store.list_proxies()} == {"theirs", "shared"}
+        store.proxies.delete_cluster(account.id, C)  # shared rows are not the account's
+    assert store.proxies.delete_cluster(account.id, "byop.a") == 1
+    assert {p.id for p in store.proxies.list()} == {"theirs", "shared"}
 
 
 def test_delete_stale_proxies(store):
     old = now() - timedelta(hours=2)
-    store.register_proxy(ProxyRecord(id="old", session_id="s", cluster_address=C), now=old)
-    store.register_proxy(ProxyRecord(id="new", session_id="s", cluster_address=C))
+    store.proxies.register(ProxyRecord(id="old", session_id="s", cluster_address=C), now=old)
+    store.proxies.register(ProxyRecord(id="new", session_id="s", cluster_address=C))
     seen = []
     store.add_listener(lambda k, a, ids: seen.append((k, ids)))
-    assert store.delete_stale_proxies(now() - timedelta(hours=1)) == 1
-    assert [p.id for p in store.list_proxies()] == ["new"]
+    assert store.proxies.delete_stale(now() - timedelta(hours=1)) == 1
+    assert [p.id for p in store.proxies.list()] == ["new"]
     assert seen == [(ChangeKind.PROXY, ("old",))]
 
 
@@ -141,8 +144,8 @@ def test_inbound_listeners(store, account):
     lst = ProxyInboundListener(
         proxy_id="px", account_id=account.id, tunnel_ip="100.64.0.99", https_port=443, http_port=80
     )
-    store.set_inbound_listener(lst)
-    store.set_inbound_listener(
+    store.proxies.set_inbound_listener(lst)
+    store.proxies.set_inbound_listener(
         ProxyInboundListener(
             proxy_id="px",
             account_id=account.id,
@@ -151,61 +154,63 @@ def test_inbound_listeners(store, account):
             http_port=0,
         )
     )
-    [got] = store.list_inbound_listeners(account.id)
+    [got] = store.proxies.list_inbound_listeners(account.id)
     assert (got.tunnel_ip, got.https_port, got.http_port) == ("100.64.0.98", 8443, 0)
-    assert store.list_inbound_listeners("acct-other") == []
+    assert store.proxies.list_inbound_listeners("acct-other") == []
 
 
 # --- proxy access tokens ----------------------------------------------------------------------
 
 
 def test_proxy_token_format_and_hash_acceptance_29(store, account):
-    tok, plain = store.create_proxy_token("t", account_id=account.id, created_by="admin")
+    tok, plain = store.proxies.create_token("t", account_id=account.id, created_by="admin")
     assert plain.startswith("nbx_") and len(plain) == 40
     with store._engine.connect() as conn:
         row = conn.execute(sa.select(proxy_access_tokens)).one()
     assert row.hashed_token == base64.b64encode(hashlib.sha256(plain.encode()).digest()).decode()
     assert plain not in str(tuple(row))
     assert row.account_id == account.id
-    got = store.verify_proxy_token(plain)
+    got = store.proxies.verify_token(plain)
     assert got.id == tok.id and got.last_used is not None
-    assert [t.id for t in store.list_proxy_tokens(account.id)] == [tok.id]
-    assert store.list_proxy_tokens(None) == []
+    assert [t.id for t in store.proxies.list_tokens(account.id)] == [tok.id]
+    assert store.proxies.list_tokens(None) == []
 
 
 def test_proxy_token_foreign_revoke_is_not_found_acceptance_30(store, account):
-    other = store.create_account(Account(id="acct-b"))
-    tok_b, _ = store.create_proxy_token("b", account_id=other.id)
-    glob, _ = store.create_proxy_token("global", account_id=None)
+    other = store.accounts.create(Account(id="acct-b"))
+    tok_b, _ = store.proxies.create_token("b", account_id=other.id)
+    glob, _ = store.proxies.create_token("global", account_id=None)
     with pytest.raises(NotFound, match="token not found"):
-        store.revoke_proxy_token(account.id, tok_b.id)
+        store.proxies.revoke_token(account.id, tok_b.id)
     with pytest.raises(NotFound, match="token not found"):
-        store.revoke_proxy_token(account.id, glob.id)
-    assert not store.get_proxy_token(tok_b.id).revoked
-    assert store.revoke_proxy_token(other.id, tok_b.id).revoked
+        store.proxies.revoke_token(account.id, glob.id)
+    assert not store.proxies.get_token(tok_b.id).revoked
+    assert store.proxies.revoke_token(other.id, tok_b.id).revoked
 
 
 def test_proxy_token_verification_errors(store):
-    tok, plain = store.create_proxy_token("t", account_id=None)
+    tok, plain = store.proxies.create_token("t", account_id=None)
     with pytest.raises(Unauthenticated, match="invalid token format"):
-        store.verify_proxy_token("nbx_short")
+        store.proxies.verify_token("nbx_short")
     with pytest.raises(Unauthenticated, match="invalid token format"):
-        store.verify_proxy_token("nbp_" + plain[4:])
+        store.proxies.verify_token("nbp_" + plain[4:])
     from nbgateway.management.store._secrets import PROXY_TOKEN_PREFIX, generate_token
 
     with pytest.raises(Unauthenticated, match=r"^invalid token$"):
-        store.verify_proxy_token(generate_token(PROXY_TOKEN_PREFIX))
-    store.revoke_proxy_token(None, tok.id)
+        store.proxies.verify_token(generate_token(PROXY_TOKEN_PREFIX))
+    store.proxies.revoke_token(None, tok.id)
     with pytest.raises(Unauthenticated, match="token expired or revoked"):
-        store.verify_proxy_token(plain)
-    _, soon = store.create_proxy_token("e", account_id=None, expires_at=now() + timedelta(hours=1))
-    store.verify_proxy_token(soon)
+        store.proxies.verify_token(plain)
+    _, soon = store.proxies.create_token(
+        "e", account_id=None, expires_at=now() + timedelta(hours=1)
+    )
+    store.proxies.verify_token(soon)
     with pytest.raises(Unauthenticated, match="token expired or revoked"):
-        store.verify_proxy_token(soon, now=now() + timedelta(hours=2))
+        store.proxies.verify_token(soon, now=now() + timedelta(hours=2))
     with pytest.raises(ValidationError):
-        store.create_proxy_token("", account_id=None)
+        store.proxies.create_token("", account_id=None)
     with pytest.raises(NotFound):
-        store.create_proxy_token("x", account_id="no-such-account")
+        store.proxies.create_token("x", account_id="no-such-account")
 
 
 # --- access logs ---------------------------------------------------------------------------------
@@ -213,9 +218,9 @@ def test_proxy_token_verification_errors(store):
 
 @pytest.fixture
 def logs(store, account):
-    g1 = store.create_group(Group(id="grp-admins", account_id=account.id, name="admins"))
-    g2 = store.create_group(Group(id="grp-ops", account_id=account.id, name="ops"))
-    store.create_user(
+    g1 = store.groups.create(Group(id="grp-admins", account_id=account.id, name="admins"))
+    g2 = store.groups.create(Group(id="grp-ops", account_id=account.id, name="ops"))
+    store.users.create(
         User(
             id="alice",
             account_id=account.id,
@@ -224,7 +229,7 @@ def logs(store, account):
             auto_groups=[g2.id, g1.id],
         )
     )
-    peer = store.create_peer(Peer(account_id=account.id, name="agent-1", key="k", groups=[g1.id]))
+    peer = store.peers.create(Peer(account_id=account.id, name="agent-1", key="k", groups=[g1.id]))
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     entries = [
         AccessLogEntry(
@@ -263,7 +268,7 @@ def test_access_log_user_groups_captured_at_write(store, account, logs):
     assert entries[3].user_groups is None and entries[4].user_groups is None
     assert entries[0].source_ip == "10.0.0.1"  # v4-mapped unmapped
     # later group changes do not rewrite history
-    store.update_group(Group(id="grp-ops", account_id=account.id, name="renamed"))
+    store.groups.update(Group(id="grp-ops", account_id=account.id, name="renamed"))
     page = store.access_logs.list(account.id, AccessLogQuery(sort_order="asc"))
     assert page.data[0].user_groups == ("ops", "admins")
     assert page.data[0].metadata == {"k": "v"}

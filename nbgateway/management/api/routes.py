@@ -112,7 +112,7 @@ class Handlers:
     # -- auth ------------------------------------------------------------------
 
     def authenticate(self, token: str) -> Identity:
-        user, _pat = self.store.authenticate_personal_access_token(token)
+        user, _pat = self.store.users.authenticate_token(token)
         return Identity(account_id=user.account_id, user_id=user.id, role=user.role,
                         instance_admin=user.instance_admin and user.role in _ADMIN_ROLES)
 
@@ -121,9 +121,9 @@ class Handlers:
     def list_accounts(self, call: Call) -> Result:
         assert call.identity is not None
         if call.identity.instance_admin:
-            found = self.store.list_accounts()
+            found = self.store.accounts.list()
         else:
-            found = [self.store.get_account(_acct(call))]
+            found = [self.store.accounts.get(_acct(call))]
         return Result(200, [m.account_to_api(a) for a in found])
 
     def create_account(self, call: Call) -> Result:
@@ -132,7 +132,7 @@ class Handlers:
         if not name:
             raise ValidationError("account name is required")
         email = call.body.get("admin_email", "").strip()
-        boot = self.store.create_account_with_admin(name, admin_email=email)
+        boot = self.store.accounts.create_with_admin(name, admin_email=email)
         assert boot.admin_token is not None
         return Result(201, {**m.account_to_api(boot.account),
                             "admin_user_id": boot.admin_user.id, "token": boot.admin_token})
@@ -142,13 +142,13 @@ class Handlers:
         aid = call.params["accountId"]
         if aid != call.identity.account_id and not call.identity.instance_admin:
             raise NotFound("account not found")  # other accounts do not exist for you
-        return Result(200, m.account_to_api(self.store.get_account(aid)))
+        return Result(200, m.account_to_api(self.store.accounts.get(aid)))
 
     def delete_account(self, call: Call) -> Result:
         _require_instance_admin(call)
         if call.params["accountId"] == _acct(call):
             raise BadRequest("an instance admin cannot delete its own account")
-        self.store.delete_account(call.params["accountId"])
+        self.store.accounts.delete(call.params["accountId"])
         return Result(200, {})
 
     def list_service_statuses(self, call: Call) -> Result:
@@ -157,9 +157,9 @@ class Handlers:
         _require_admin(call)
         assert call.identity is not None
         if call.identity.instance_admin:
-            found = self.store.list_all_services()
+            found = self.store.services.list_all()
         else:
-            found = self.store.list_services(_acct(call))
+            found = self.store.services.list(_acct(call))
         wanted = call.query.get("status")
         rows = [m.service_status_to_api(s) for s in found
                 if not wanted or str(s.meta.status) == wanted]
@@ -177,7 +177,7 @@ class Handlers:
                 return t.host
             if t.target_id not in cache:
                 try:
-                    cache[t.target_id] = self.store.get_peer(account_id, t.target_id).ip
+                    cache[t.target_id] = self.store.peers.get(account_id, t.target_id).ip
                 except NotFound:
                     cache[t.target_id] = "unknown"
             return cache[t.target_id]
@@ -188,39 +188,40 @@ class Handlers:
         _require_admin(call)
         acct = _acct(call)
         resolve = self._host_resolver(acct)
-        return Result(200, [m.service_to_api(s, resolve) for s in self.store.list_services(acct)])
+        return Result(200, [m.service_to_api(s, resolve) for s in self.store.services.list(acct)])
 
     def create_service(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
-        created = self.store.create_service(m.service_from_api(call.body, account_id=acct))
+        created = self.store.services.create(m.service_from_api(call.body, account_id=acct))
         return Result(200, m.service_to_api(created, self._host_resolver(acct)))
 
     def get_service(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
-        s = self.store.get_service(acct, call.params["serviceId"])
+        s = self.store.services.get(acct, call.params["serviceId"])
         return Result(200, m.service_to_api(s, self._host_resolver(acct)))
 
     def update_service(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
         sid = call.params["serviceId"]
-        self.store.get_service(acct, sid)  # 404 before validation, like upstream
-        updated = self.store.update_service(
+        self.store.services.get(acct, sid)  # 404 before validation, like upstream
+        updated = self.store.services.update(
             m.service_from_api(call.body, account_id=acct, service_id=sid))
         return Result(200, m.service_to_api(updated, self._host_resolver(acct)))
 
     def delete_service(self, call: Call) -> Result:
         _require_admin(call)
-        self.store.delete_service(_acct(call), call.params["serviceId"])
+        self.store.services.delete(_acct(call), call.params["serviceId"])
         return Result(200, {})
 
     # -- clusters and domains --------------------------------------------------
 
     def list_clusters(self, call: Call) -> Result:
         _require_admin(call)
-        return Result(200, [m.cluster_to_api(c) for c in self.store.list_clusters(_acct(call))])
+        clusters = self.store.proxies.list_clusters(_acct(call))
+        return Result(200, [m.cluster_to_api(c) for c in clusters])
 
     def list_proxies(self, call: Call) -> Result:
         """The gateways visible to the account: connection state, capabilities
@@ -232,13 +233,13 @@ class Handlers:
 
         acct = _acct(call)
         listeners: dict[str, list[dict[str, Any]]] = {}
-        for li in self.store.list_inbound_listeners(acct):
+        for li in self.store.proxies.list_inbound_listeners(acct):
             listeners.setdefault(li.proxy_id, []).append(
                 {"tunnel_ip": li.tunnel_ip, "https_port": li.https_port,
                  "http_port": li.http_port})
         now = datetime.now(UTC)
         out = []
-        for p in self.store.list_proxies(acct):
+        for p in self.store.proxies.list(acct):
             seen = p.last_seen.replace(tzinfo=UTC) if p.last_seen and p.last_seen.tzinfo is None \
                 else p.last_seen
             caps = p.capabilities
@@ -257,16 +258,16 @@ class Handlers:
 
     def delete_cluster(self, call: Call) -> Result:
         _require_admin(call)
-        self.store.delete_cluster(_acct(call), call.params["clusterAddress"])
+        self.store.proxies.delete_cluster(_acct(call), call.params["clusterAddress"])
         return Result(200, {})
 
     def list_domains(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
-        clusters = {c.address: c for c in self.store.list_clusters(acct)}
+        clusters = {c.address: c for c in self.store.proxies.list_clusters(acct)}
         out = [m.free_domain_to_api(c) for c in clusters.values() if c.online]
         out += [m.custom_domain_to_api(d, clusters.get(d.target_cluster))
-                for d in self.store.list_domains(acct)]
+                for d in self.store.domains.list(acct)]
         return Result(200, out)
 
     def create_domain(self, call: Call) -> Result:
@@ -280,21 +281,21 @@ class Handlers:
             raise ValidationError("target_cluster is required")
         if len(domain) > 255 or len(target) > 255:
             raise ValidationError("domain exceeds maximum length of 255 characters")
-        created = self.store.create_domain(CustomDomain(account_id=acct, domain=domain,
+        created = self.store.domains.create(CustomDomain(account_id=acct, domain=domain,
                                                         target_cluster=target))
-        clusters = {c.address: c for c in self.store.list_clusters(acct)}
+        clusters = {c.address: c for c in self.store.proxies.list_clusters(acct)}
         return Result(200, m.custom_domain_to_api(created, clusters.get(created.target_cluster)))
 
     def delete_domain(self, call: Call) -> Result:
         _require_admin(call)
-        self.store.delete_domain(_acct(call), call.params["domainId"])
+        self.store.domains.delete(_acct(call), call.params["domainId"])
         return Result(200, {})
 
     def validate_domain(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
         did = call.params["domainId"]
-        if not any(d.id == did for d in self.store.list_domains(acct)):
+        if not any(d.id == did for d in self.store.domains.list(acct)):
             raise NotFound("domain not found")
         return Result(202, {})
 
@@ -303,7 +304,7 @@ class Handlers:
     def list_proxy_tokens(self, call: Call) -> Result:
         _require_admin(call)
         return Result(200, [m.proxy_token_to_api(t)
-                            for t in self.store.list_proxy_tokens(_acct(call))])
+                            for t in self.store.proxies.list_tokens(_acct(call))])
 
     def create_proxy_token(self, call: Call) -> Result:
         _require_admin(call)
@@ -324,14 +325,14 @@ class Handlers:
         if call.body.get("global", False):
             _require_instance_admin(call)
             scope = None
-        row, plain = self.store.create_proxy_token(name, account_id=scope,
+        row, plain = self.store.proxies.create_token(name, account_id=scope,
                                                    expires_at=expires_at,
                                                    created_by=call.identity.user_id)
         return Result(200, {**m.proxy_token_to_api(row), "plain_token": plain})
 
     def revoke_proxy_token(self, call: Call) -> Result:
         _require_admin(call)
-        self.store.revoke_proxy_token(_acct(call), call.params["tokenId"])
+        self.store.proxies.revoke_token(_acct(call), call.params["tokenId"])
         return Result(200, {})
 
     # -- access logs -------------------------------------------------------------
@@ -364,7 +365,7 @@ class Handlers:
 
     def list_users(self, call: Call) -> Result:
         assert call.identity is not None
-        found = self.store.list_users(_acct(call))
+        found = self.store.users.list(_acct(call))
         if not _is_admin(call):  # a regular user sees itself only
             found = [u for u in found if u.id == call.identity.user_id]
         return Result(200, [m.user_to_api(u) for u in found])
@@ -372,7 +373,7 @@ class Handlers:
     def create_user(self, call: Call) -> Result:
         _require_admin(call)
         b = call.body
-        user = self.store.create_user(User(
+        user = self.store.users.create(User(
             account_id=_acct(call), email=b.get("email", ""), name=b.get("name", ""),
             role=b.get("role", "user"), is_service_user=b.get("is_service_user", False),
             auto_groups=tuple(b.get("auto_groups") or ())))
@@ -380,13 +381,13 @@ class Handlers:
 
     def get_user(self, call: Call) -> Result:
         self._own_or_admin(call)
-        return Result(200, m.user_to_api(self.store.get_user(_acct(call), call.params["userId"])))
+        return Result(200, m.user_to_api(self.store.users.get(_acct(call), call.params["userId"])))
 
     def update_user(self, call: Call) -> Result:
         _require_admin(call)
         b = call.body
-        cur = self.store.get_user(_acct(call), call.params["userId"])
-        user = self.store.update_user(User(
+        cur = self.store.users.get(_acct(call), call.params["userId"])
+        user = self.store.users.update(User(
             id=cur.id, account_id=cur.account_id, email=b.get("email", cur.email),
             name=b.get("name", cur.name), role=b.get("role", cur.role),
             is_service_user=cur.is_service_user,
@@ -400,7 +401,7 @@ class Handlers:
         assert call.identity is not None
         if call.params["userId"] == call.identity.user_id:
             raise BadRequest("a user cannot delete itself")
-        self.store.delete_user(_acct(call), call.params["userId"])
+        self.store.users.delete(_acct(call), call.params["userId"])
         return Result(200, {})
 
     def _own_or_admin(self, call: Call) -> tuple[str, str]:
@@ -408,13 +409,13 @@ class Handlers:
         uid = call.params["userId"]
         if uid != call.identity.user_id:
             _require_admin(call)
-        self.store.get_user(_acct(call), uid)
+        self.store.users.get(_acct(call), uid)
         return _acct(call), uid
 
     def list_user_tokens(self, call: Call) -> Result:
         acct, uid = self._own_or_admin(call)
         return Result(200, [m.pat_to_api(t)
-                            for t in self.store.list_personal_access_tokens(acct, uid)])
+                            for t in self.store.users.list_tokens(acct, uid)])
 
     def create_user_token(self, call: Call) -> Result:
         acct, uid = self._own_or_admin(call)
@@ -424,63 +425,63 @@ class Handlers:
             raise ValidationError("token name must be 1..255 characters")
         if not 1 <= days <= 365:
             raise ValidationError("expiration has to be between 1 and 365")
-        row, plain = self.store.create_personal_access_token(
+        row, plain = self.store.users.create_token(
             acct, uid, name, expires_at=datetime.now(UTC) + timedelta(days=days),
             created_by=call.identity.user_id)
         return Result(200, {"plain_token": plain, "personal_access_token": m.pat_to_api(row)})
 
     def delete_user_token(self, call: Call) -> Result:
         acct, uid = self._own_or_admin(call)
-        self.store.delete_personal_access_token(acct, uid, call.params["tokenId"])
+        self.store.users.delete_token(acct, uid, call.params["tokenId"])
         return Result(200, {})
 
     # -- groups ------------------------------------------------------------------
 
     def _peer_names(self, acct: str) -> dict[str, str]:
-        return {p.id: p.name for p in self.store.list_peers(acct)}
+        return {p.id: p.name for p in self.store.peers.list(acct)}
 
     def list_groups(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
         names = self._peer_names(acct)
-        return Result(200, [m.group_to_api(g, names) for g in self.store.list_groups(acct)])
+        return Result(200, [m.group_to_api(g, names) for g in self.store.groups.list(acct)])
 
     def create_group(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
-        g = self.store.create_group(Group(account_id=acct, name=call.body.get("name", ""),
+        g = self.store.groups.create(Group(account_id=acct, name=call.body.get("name", ""),
                                           peers=tuple(call.body.get("peers") or ())))
         return Result(200, m.group_to_api(g, self._peer_names(acct)))
 
     def get_group(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
-        g = self.store.get_group(acct, call.params["groupId"])
+        g = self.store.groups.get(acct, call.params["groupId"])
         return Result(200, m.group_to_api(g, self._peer_names(acct)))
 
     def update_group(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
-        cur = self.store.get_group(acct, call.params["groupId"])
+        cur = self.store.groups.get(acct, call.params["groupId"])
         peers = tuple(call.body["peers"]) if "peers" in call.body else cur.peers
-        g = self.store.update_group(Group(id=cur.id, account_id=acct, issued=cur.issued,
+        g = self.store.groups.update(Group(id=cur.id, account_id=acct, issued=cur.issued,
                                           name=call.body.get("name", ""), peers=peers))
         return Result(200, m.group_to_api(g, self._peer_names(acct)))
 
     def delete_group(self, call: Call) -> Result:
         _require_admin(call)
-        self.store.delete_group(_acct(call), call.params["groupId"])
+        self.store.groups.delete(_acct(call), call.params["groupId"])
         return Result(200, {})
 
     # -- peers -------------------------------------------------------------------
 
     def _groups(self, acct: str) -> dict[str, Group]:
-        return {g.id: g for g in self.store.list_groups(acct)}
+        return {g.id: g for g in self.store.groups.list(acct)}
 
     def list_peers(self, call: Call) -> Result:
         acct = _acct(call)
         groups = self._groups(acct)
-        found = self.store.list_peers(acct)
+        found = self.store.peers.list(acct)
         if not _is_admin(call):
             assert call.identity is not None
             found = [p for p in found if p.user_id == call.identity.user_id]
@@ -506,7 +507,7 @@ class Handlers:
             private_key = base64.b64encode(bytes(sk)).decode()
             public_key = base64.b64encode(bytes(sk.public_key)).decode()
         cluster = b.get("proxy_cluster", "").strip().lower().rstrip(".")
-        peer = self.store.create_peer(Peer(
+        peer = self.store.peers.create(Peer(
             account_id=acct, name=name, key=public_key, user_id=b.get("user_id") or None,
             endpoint=_check_endpoint(b.get("endpoint")), groups=tuple(b.get("groups") or ()),
             proxy=bool(cluster), proxy_cluster=cluster, wg_private_key=private_key))
@@ -524,20 +525,20 @@ class Handlers:
     def peer_network_map(self, call: Call) -> Result:
         from nbgateway.management.networkmap import inspect_peer_network_map
 
-        _own_peer(call, self.store.get_peer(_acct(call), call.params["peerId"]))
+        _own_peer(call, self.store.peers.get(_acct(call), call.params["peerId"]))
         return Result(200, inspect_peer_network_map(self.store, _acct(call),
                                                     call.params["peerId"]))
 
     def get_peer(self, call: Call) -> Result:
         acct = _acct(call)
-        peer = _own_peer(call, self.store.get_peer(acct, call.params["peerId"]))
+        peer = _own_peer(call, self.store.peers.get(acct, call.params["peerId"]))
         return Result(200, m.peer_to_api(peer, self._groups(acct)))
 
     def update_peer(self, call: Call) -> Result:
         _require_admin(call)
         acct = _acct(call)
         b = call.body
-        cur = self.store.get_peer(acct, call.params["peerId"])
+        cur = self.store.peers.get(acct, call.params["peerId"])
         name = b.get("name", "").strip()
         if not name:
             raise ValidationError("peer name is required")
@@ -547,12 +548,12 @@ class Handlers:
                           "user_id": b.get("user_id", cur.user_id) or None,
                           "endpoint": _check_endpoint(b.get("endpoint", cur.endpoint)),
                           "groups": tuple(b["groups"]) if "groups" in b else cur.groups})
-        peer = self.store.update_peer(updated)
+        peer = self.store.peers.update(updated)
         return Result(200, m.peer_to_api(peer, self._groups(acct)))
 
     def delete_peer(self, call: Call) -> Result:
         _require_admin(call)
-        self.store.delete_peer(_acct(call), call.params["peerId"])
+        self.store.peers.delete(_acct(call), call.params["peerId"])
         return Result(200, {})
 
     def peer_wireguard_config(self, call: Call) -> Result:
@@ -561,7 +562,7 @@ class Handlers:
         fmt = call.query.get("format") or "conf"
         if fmt not in ("conf", "qr"):
             raise ValidationError('format must be "conf" or "qr"')
-        peer = self.store.get_peer(acct, call.params["peerId"])
+        peer = self.store.peers.get(acct, call.params["peerId"])
         try:  # lists only the gateways this peer may reach; says why for the others
             text = peerconfig.render_peer_config(self.store, acct, peer)
         except wgconfig.WgConfigError as exc:
