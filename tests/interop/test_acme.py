@@ -9,8 +9,9 @@ network namespace on loopback:
         public listener, httpPort 5002 = the gateway's --acme-addr
     twistd nbmanagement + twistd nbgateway --acme-certs (World)
 
-* tls-alpn-01: the gateway obtains certificates for two public domains;
-  curl verifies both against pebble's root;
+* tls-alpn-01: the gateway registers with external account binding (pebble
+  requires it) and obtains certificates for two public domains; curl
+  verifies both against pebble's root;
 * restart with http-01: the stored account and both certificates are reused
   (no new account, no new order for them), the third domain is issued over
   http-01 and curl verifies it;
@@ -91,8 +92,12 @@ def _pebble_tls(tmp: str) -> tuple[str, str, str]:
     return paths
 
 
+EAB_KID = "kid-1"
+EAB_HMAC = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+
+
 def _start_pebble(w: World, ca: str, cert: str, key: str, *, env: dict,
-                  validity: int | None = None) -> str:
+                  validity: int | None = None, eab: bool = False) -> str:
     """pebble-challtestsrv (DNS: every name is 127.0.0.1) and pebble; returns
     the path of pebble's root certificate (fetched from its management port)."""
     config = os.path.join(w.tmp, "pebble.json")
@@ -102,6 +107,9 @@ def _start_pebble(w: World, ca: str, cert: str, key: str, *, env: dict,
         "ocspResponderURL": "", "externalAccountBindingRequired": False}
     if validity is not None:
         settings["certificateValidityPeriod"] = validity
+    if eab:
+        settings["externalAccountBindingRequired"] = True
+        settings["externalAccountMACKeys"] = {EAB_KID: EAB_HMAC}
     with open(config, "w") as f:
         json.dump({"pebble": settings}, f)
     w.g.popen(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
@@ -186,12 +194,13 @@ def test_acme_against_pebble():
     try:
         w = AcmeWorld(tb)
         ca, cert, key = _pebble_tls(w.tmp)
-        root_path = _start_pebble(w, ca, cert, key, env={"PEBBLE_AUTHZREUSE": "0"})
+        root_path = _start_pebble(w, ca, cert, key, env={"PEBBLE_AUTHZREUSE": "0"}, eab=True)
         w.start_upstream(8081)
         w.start_management()
         token = global_proxy_token(w)
         acme = ["--addr", PUBLIC, "--acme-certs", "--acme-dir", "https://127.0.0.1:14000/dir",
-                "--acme-ca-bundle", ca, "--acme-email", "ops@example.org"]
+                "--acme-ca-bundle", ca, "--acme-email", "ops@example.org",
+                "--acme-eab-kid", EAB_KID, "--acme-eab-hmac-key", EAB_HMAC]
         w.start_gateway(token, *acme, "--acme-challenge-type", "tls-alpn-01")
         wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
                  "the gateway to connect to management")
