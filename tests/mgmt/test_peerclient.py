@@ -76,24 +76,24 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
         self.key_path = os.path.join(tmp, "wg-server.key")
         self.store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
         self.addCleanup(self.store.close)
-        self.store.create_account(Account(id="acct-1", domain="netbird.test"))
+        self.store.accounts.create(Account(id="acct-1", domain="netbird.test"))
         self.mgmt = ManagementServer(self.store, self.key_path)
         self.addCleanup(lambda: self.mgmt.stop())
         # the proxy peer, as CreateProxyPeer registers it
         self.private = generate_private_key()
-        self.proxy = self.store.create_peer(Peer(
+        self.proxy = self.store.peers.create(Peer(
             account_id="acct-1", name="proxy-1", key=b64(public_key(self.private)),
             ip="100.64.0.99", proxy=True, proxy_cluster=CLUSTER, ephemeral=True,
             endpoint="127.0.0.1:51820"))
         self.user_keys = [b64(public_key(generate_private_key())) for _ in range(2)]
-        self.user = self.store.create_peer(Peer(account_id="acct-1", name="laptop",
+        self.user = self.store.peers.create(Peer(account_id="acct-1", name="laptop",
                                                 key=self.user_keys[0], ip="100.64.0.10",
                                                 dns_label="laptop"))
-        self.other = self.store.create_peer(Peer(account_id="acct-1", name="desktop",
+        self.other = self.store.peers.create(Peer(account_id="acct-1", name="desktop",
                                                  key=self.user_keys[1], ip="100.64.0.11"))
-        self.group = self.store.create_group(Group(id="grp-admins", account_id="acct-1",
+        self.group = self.store.groups.create(Group(id="grp-admins", account_id="acct-1",
                                                    name="admins", peers=(self.user.id,)))
-        self.store.create_service(Service(
+        self.store.services.create(Service(
             account_id="acct-1", name="myapp", domain="myapp.eu.proxy.netbird.io",
             private=True, access_groups=(self.group.id,),
             targets=(Target(target_type="cluster", target_id=CLUSTER, host="backend.lan",
@@ -134,7 +134,7 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
         ], key=str)
         assert c.serial == self.maps[0].Serial > 0
         # the server saw our system info and marked the proxy peer connected
-        peer = yield threaded(self.store.get_peer_by_key, c.public_key)
+        peer = yield threaded(self.store.peers.get_by_key, c.public_key)
         assert peer.connected
         assert not c.errors
 
@@ -143,12 +143,12 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
         c = self.client()
         c.start()
         yield wait_for(lambda: self.maps, "first network map")
-        yield threaded(self.store.update_group,
+        yield threaded(self.store.groups.update,
                        dataclasses.replace(self.group, peers=(self.user.id, self.other.id)))
         yield wait_for(lambda: self.roster(self.maps[-1]) == set(self.user_keys),
                        "map with the new group member")
         assert self.maps[-1].Serial > self.maps[0].Serial
-        yield threaded(self.store.update_group, dataclasses.replace(self.group, peers=()))
+        yield threaded(self.store.groups.update, dataclasses.replace(self.group, peers=()))
         yield wait_for(lambda: self.roster(self.maps[-1]) == set(), "map without members")
         assert netmap.convert(self.maps[-1]).inbound_rules == ()
 
@@ -163,7 +163,7 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
         assert c.errors  # the stream end is surfaced
         n = len(self.maps)
         # a change while management is down is seen after the restart (same key file)
-        yield threaded(self.store.update_group,
+        yield threaded(self.store.groups.update,
                        dataclasses.replace(self.group, peers=(self.user.id, self.other.id)))
         self.mgmt = yield threaded(ManagementServer, self.store, self.key_path, port)
         yield wait_for(lambda: len(self.maps) > n and c.connected, "map after the restart")
@@ -191,7 +191,7 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
         assert not c.running and not c.connected and self.states == [True, False]
 
         def disconnected():
-            return not self.store.get_peer_by_key(c.public_key).connected
+            return not self.store.peers.get_by_key(c.public_key).connected
 
         ok = []
         for _ in range(int(SAFETY / 0.05)):

@@ -37,17 +37,17 @@ NOTIFY_DEADLINE = 1.0
 def world(store, stub):  # noqa: F811
     """U (owned by user alice) in grp-admins and grp-ops; private service S1
     for grp-admins and S2 for grp-ops; a connected proxy peer P syncing."""
-    store.create_user(User(id="alice", account_id="acct-1", email="alice@example.test"))
+    store.users.create(User(id="alice", account_id="acct-1", email="alice@example.test"))
     u, p = PeerClient(stub), PeerClient(stub)
     user = add_peer(store, u, "laptop", ip="100.64.0.10", user_id="alice")
     proxy = add_peer(store, p, "proxy-1", ip="100.64.0.99", proxy=True, proxy_cluster=CLUSTER,
                      connected=True, ephemeral=True, endpoint="127.0.0.1:51820")
-    admins = store.create_group(Group(id="grp-admins", account_id="acct-1", name="admins",
+    admins = store.groups.create(Group(id="grp-admins", account_id="acct-1", name="admins",
                                       peers=(user.id,)))
-    ops = store.create_group(Group(id="grp-ops", account_id="acct-1", name="ops",
+    ops = store.groups.create(Group(id="grp-ops", account_id="acct-1", name="ops",
                                    peers=(user.id,)))
-    s1 = store.create_service(private_service([admins.id]))
-    s2 = store.create_service(dataclasses.replace(
+    s1 = store.services.create(private_service([admins.id]))
+    s2 = store.services.create(dataclasses.replace(
         private_service([ops.id]), name="other", domain="other.eu.proxy.netbird.io"))
     stream = p.sync()
     first = stream.next()
@@ -79,33 +79,33 @@ def notified(w, change):
 
 def test_group_membership_change_notifies_though_roster_is_unchanged(store, world):  # noqa: F811
     w = world
-    m = notified(w, lambda: store.remove_peers_from_group("acct-1", "grp-admins",
+    m = notified(w, lambda: store.groups.remove_peers("acct-1", "grp-admins",
                                                           [w["user"].id]))
     assert remote_keys(m) == {w["u"].key}  # U still reaches S2: the same roster
 
 
 def test_peer_deletion_notifies(store, world):  # noqa: F811
     w = world
-    notified(w, lambda: store.delete_peer("acct-1", w["user"].id))
+    notified(w, lambda: store.peers.delete("acct-1", w["user"].id))
 
 
 def test_user_blocked_notifies(store, world):  # noqa: F811
     w = world
-    alice = store.get_user("acct-1", "alice")
-    notified(w, lambda: store.update_user(dataclasses.replace(alice, blocked=True)))
+    alice = store.users.get("acct-1", "alice")
+    notified(w, lambda: store.users.update(dataclasses.replace(alice, blocked=True)))
 
 
 def test_service_access_groups_change_notifies(store, world):  # noqa: F811
     w = world
-    svc: Service = store.get_service("acct-1", w["s1"].id)
-    notified(w, lambda: store.update_service(
+    svc: Service = store.services.get("acct-1", w["s1"].id)
+    notified(w, lambda: store.services.update(
         dataclasses.replace(svc, access_groups=("grp-admins", "grp-ops"))))
 
 
 def test_connection_churn_sends_nothing(store, world):  # noqa: F811
     w = world
     for state in (True, False, True):
-        store.set_peer_connected("acct-1", w["user"].id, state)
+        store.peers.set_connected("acct-1", w["user"].id, state)
     with pytest.raises(queue.Empty):
         w["stream"].next(timeout=0.5)
 
@@ -118,10 +118,10 @@ def test_storm_is_coalesced(store, world, stub):  # noqa: F811
     start = time.monotonic()
     for _ in range(10):  # 100 group changes as fast as the store takes them
         for p in extra:
-            store.add_peers_to_group("acct-1", "grp-admins", [p.id])
+            store.groups.add_peers("acct-1", "grp-admins", [p.id])
         for p in extra:
-            store.remove_peers_from_group("acct-1", "grp-admins", [p.id])
-    store.add_peers_to_group("acct-1", "grp-admins", [extra[0].id])  # a net change
+            store.groups.remove_peers("acct-1", "grp-admins", [p.id])
+    store.groups.add_peers("acct-1", "grp-admins", [extra[0].id])  # a net change
     elapsed = time.monotonic() - start
     sent = settle(w["stream"])
     # at most one map per coalescing window (50 ms), never one per change
@@ -134,5 +134,5 @@ def test_unused_group_and_group_rename_notify(store, world):  # noqa: F811
     validation answer reports (X-NetBird-Groups) changed."""
     w = world
     g4 = Group(id="grp-extra", account_id="acct-1", name="extra", peers=(w["user"].id,))
-    notified(w, lambda: store.create_group(g4))
-    notified(w, lambda: store.update_group(dataclasses.replace(g4, name="renamed")))
+    notified(w, lambda: store.groups.create(g4))
+    notified(w, lambda: store.groups.update(dataclasses.replace(g4, name="renamed")))
