@@ -10,7 +10,8 @@ given callbacks (which hop to the reactor thread), tells the server to
 validate, waits for the order, and returns the PEM chain and a fresh key.
 
 Errors are :class:`AcmeError` with ``retry_after`` (epoch seconds) when the
-server sent a Retry-After, e.g. with ``rateLimited``.
+server sent a Retry-After with its error (``rateLimited`` without one: an
+hour).
 """
 
 from __future__ import annotations
@@ -84,16 +85,42 @@ def write_private(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
+#: how long to wait after ``rateLimited`` when the server gives no Retry-After
+RATE_LIMITED_DEFAULT = 3600.0
+
+
+class _Network(client.ClientNetwork):
+    """``ClientNetwork`` remembering the Retry-After of the last error
+    response (``acme`` raises the problem document without the response)."""
+
+    retry_after_header: str | None = None
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        response = super()._send_request(method, url, *args, **kwargs)
+        if response.status_code >= 400:
+            self.retry_after_header = response.headers.get("Retry-After")
+        return response
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After (delay seconds or an HTTP date) as epoch seconds."""
     if not value:
         return None
+    value = value.strip()
+    if value.isdigit():
+        return now + float(value)
     try:
-        return datetime.datetime.now(datetime.UTC).timestamp() + float(int(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return parsed.timestamp() if parsed is not None else None
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _retry_after(exc: BaseException, header: str | None) -> float | None:
+    now = datetime.datetime.now(datetime.UTC).timestamp()
+    when = parse_retry_after(header, now)
+    if when is None and isinstance(exc, messages.Error) and exc.code == "rateLimited":
+        when = now + RATE_LIMITED_DEFAULT
+    return when
 
 
 class AcmeAccount:
@@ -116,6 +143,7 @@ class AcmeAccount:
         self.account_path = os.path.join(state_dir, "account.json")
         self.jwk = self._load_or_create_key()
         self._client: client.ClientV2 | None = None
+        self._net: _Network | None = None
         self.registrations = 0  # new accounts registered by this process
 
     # -- the account -------------------------------------------------------------
@@ -149,7 +177,7 @@ class AcmeAccount:
     def client(self) -> client.ClientV2:
         if self._client is not None:
             return self._client
-        net = client.ClientNetwork(self.jwk, alg=jose.ES256, verify_ssl=self.verify,
+        net = self._net = _Network(self.jwk, alg=jose.ES256, verify_ssl=self.verify,
                                    user_agent=USER_AGENT, timeout=self.timeout)
         directory = client.ClientV2.get_directory(self.directory_url, net)
         acme_client = client.ClientV2(directory, net)
@@ -184,17 +212,17 @@ class AcmeAccount:
               unpublish: Callable[[str, str, str], Any]) -> Issued:
         """Order a certificate for ``domain``.  ``publish(type, domain_or_token,
         key_authorization)`` must make the answer servable before it returns."""
+        if self._net is not None:
+            self._net.retry_after_header = None
         try:
             return self._issue(domain, publish, unpublish)
         except AcmeError:
             self._client = None
             raise
-        except (errors.Error, messages.Error, OSError, ValueError) as exc:
+        except Exception as exc:  # acme's errors, requests' exceptions and the like
+            header = self._net.retry_after_header if self._net is not None else None
             self._client = None  # fresh directory and nonces next time
-            raise AcmeError(f"{type(exc).__name__}: {exc}", _retry_after(exc)) from exc
-        except Exception as exc:  # requests' exceptions and the like
-            self._client = None
-            raise AcmeError(f"{type(exc).__name__}: {exc}", _retry_after(exc)) from exc
+            raise AcmeError(f"{type(exc).__name__}: {exc}", _retry_after(exc, header)) from exc
 
     def _issue(self, domain: str, publish: Callable[[str, str, str], Any],
                unpublish: Callable[[str, str, str], Any]) -> Issued:

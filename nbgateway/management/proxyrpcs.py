@@ -16,7 +16,8 @@ receives the decoded request, the grpc context and the authenticated caller
   extension (stored as the proxy peer's endpoint).
 * SendStatusUpdate (+ ``inbound_listener``, an nbgateway extension that is
   stored), SendAccessLog (user groups captured by the store), GetOIDCURL
-  (``UNIMPLEMENTED``), and the ``NbgwSendAccessLogBatch`` extension (one
+  (the SSO service's authorization URL; ``UNIMPLEMENTED`` without one), and
+  the ``NbgwSendAccessLogBatch`` extension (one
   transaction per batch; a repeated log_id is ignored).
 
 Every denial of the validation RPCs is gRPC OK with a ``denied_reason`` from
@@ -50,6 +51,7 @@ from nbgateway.management.model import (
     new_id,
     utcnow,
 )
+from nbgateway.management.oidc import OIDCError
 from nbgateway.management.proxymapping import TokenError
 from nbgateway.management.store import _secrets
 
@@ -523,8 +525,18 @@ class UnaryRpcs:
         self, req: pb.GetOIDCURLRequest, context: grpc.ServicerContext, caller: Any
     ) -> pb.GetOIDCURLResponse:
         self._enforce_scope(caller, req.account_id, context)
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "GetOIDCURL is not implemented by nbgateway management: OIDC/SSO login is not "
-            "supported; private services authenticate tunnel peers with ValidateTunnelPeer",
-        )
+        sso = getattr(self, "sso", None)
+        if sso is None:
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "GetOIDCURL: SSO is not configured on this management (--oidc-issuer, "
+                "--oidc-client-id)",
+            )
+        try:
+            url = sso.oidc_url(req.account_id, req.redirect_url)
+        except OIDCError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except (OSError, ValueError) as exc:  # discovery: the provider did not answer
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"identity provider unavailable: {type(exc).__name__}")
+        return pb.GetOIDCURLResponse(url=url)

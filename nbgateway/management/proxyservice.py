@@ -256,8 +256,11 @@ class ProxyServiceServicer(UnaryRpcs):
         one_time_tokens: OneTimeTokenStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[..., None] | None = None,
+        sso: Any = None,
     ) -> None:
         self.store = store
+        #: SSO for public services (management.sso.SSO); None: GetOIDCURL is UNIMPLEMENTED
+        self.sso = sso
         self.batch_size = batch_size or batch_size_from_env()
         self.queue_size = queue_size
         self.heartbeat_interval = heartbeat_interval

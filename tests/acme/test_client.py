@@ -1,0 +1,57 @@
+"""The blocking ACME client against a loopback HTTP server answering every
+request with a rate-limit problem: the order fails as an AcmeError carrying
+the server's Retry-After (which acme's own exception drops)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from nbgateway.acme.client import RATE_LIMITED_DEFAULT, AcmeAccount, AcmeError, parse_retry_after
+
+
+def _server(retry_after: str | None):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"type": "urn:ietf:params:acme:error:rateLimited",
+                               "detail": "slow down"}).encode()
+            self.send_response(429)
+            self.send_header("Content-Type", "application/problem+json")
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(("header", "delay"), [("120", 120.0), (None, RATE_LIMITED_DEFAULT)])
+def test_rate_limited_carries_retry_after(tmp_path, header, delay):
+    server = _server(header)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dir"
+        account = AcmeAccount(url, str(tmp_path / "acme"), timeout=5)
+        before = time.time()
+        with pytest.raises(AcmeError) as info:
+            account.issue("a.example.test", lambda *a: None, lambda *a: None)
+        assert "slow down" in str(info.value)
+        assert before + delay - 1 <= info.value.retry_after <= time.time() + delay + 1
+    finally:
+        server.shutdown()
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("30", 100.0) == 130.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 0.0) == 1445412480.0
+    assert parse_retry_after("soon", 0.0) is None
+    assert parse_retry_after(None, 0.0) is None
