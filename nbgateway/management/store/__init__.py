@@ -1,6 +1,6 @@
 """The management store: a synchronous API over SQLite or PostgreSQL.
 
-Every public method of :class:`Store` is a plain blocking call that runs one
+Every public method of a repository is a plain blocking call that runs one
 database transaction (Twisted callers run it in a dedicated thread pool).
 Errors are the typed exceptions of :mod:`nbgateway.management.errors`; objects
 going in and out are the frozen dataclasses of :mod:`nbgateway.management.model`,
@@ -19,10 +19,10 @@ inbound listeners, proxy tokens; ``_proxies``) and ``store.access_logs``
 (``_accesslog``). The store itself (``_base``) owns only the engine,
 transactions, retries and change listeners the repositories run on.
 
-The flat names of the earlier single-class store (``store.create_peer`` ...)
-remain as attributes bound to the repository methods
-(``store.create_peer is``-equivalent to ``store.peers.create``) for the
-callers not yet moved; new code uses the repositories.
+The flat names of the earlier single-class store remain as instance attributes
+bound to the repository methods (``store.create_peer`` calls
+``store.peers.create``; see :meth:`Store._bind_flat_names`) for the callers
+outside the management package not yet moved; new code uses the repositories.
 """
 
 from __future__ import annotations
