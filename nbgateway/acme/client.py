@@ -222,6 +222,10 @@ class AcmeAccount:
         except Exception as exc:  # acme's errors, requests' exceptions and the like
             header = self._net.retry_after_header if self._net is not None else None
             self._client = None  # fresh directory and nonces next time
+            if isinstance(exc, messages.Error) and exc.code == "accountDoesNotExist":
+                # the server forgot the stored account: register anew next time
+                with contextlib.suppress(OSError):
+                    os.unlink(self.account_path)
             raise AcmeError(f"{type(exc).__name__}: {exc}", _retry_after(exc, header)) from exc
 
     def _issue(self, domain: str, publish: Callable[[str, str, str], Any],

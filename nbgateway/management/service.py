@@ -102,7 +102,8 @@ class ManagementService(MultiService):
                  grpc_addr: str | None = None, grpc_cert: str | None = None,
                  grpc_key: str | None = None, grpc_insecure_bind_any: bool | None = None,
                  access_log_max_age: timedelta | str | None = DEFAULT_MAX_AGE,
-                 access_log_max_rows: int | None = DEFAULT_MAX_ROWS):
+                 access_log_max_rows: int | None = DEFAULT_MAX_ROWS,
+                 sso_settings: Any = None, sso_auto_groups: tuple[str, ...] = ()):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -128,6 +129,12 @@ class ManagementService(MultiService):
                                             max_rows=access_log_max_rows)
         self.retention.setServiceParent(self)
         self.port: Any = None
+        #: SSO for public services (GetOIDCURL + /reverse-proxy/callback), when an IdP is set
+        self.sso: Any = None
+        if sso_settings is not None:
+            from nbgateway.management.sso import SSO
+
+            self.sso = SSO.from_settings(lambda: self.store, sso_settings, sso_auto_groups)
         self.admin_token_path = os.path.join(datadir, ADMIN_TOKEN_FILE)
         #: the gRPC side (ProxyService + the peers' ManagementService), if enabled
         self.grpc: Any = None
@@ -140,7 +147,8 @@ class ManagementService(MultiService):
             self.grpc = ProxyGrpcService(
                 store_getter=lambda: self.store, addr=grpc_addr, cert_path=grpc_cert,
                 key_path=grpc_key, peer_channel_key=os.path.join(datadir, SERVER_KEY_FILE),
-                insecure_bind_any=grpc_insecure_bind_any)
+                insecure_bind_any=grpc_insecure_bind_any,
+                servicer_options={"sso": self.sso} if self.sso is not None else None)
             self.grpc.setServiceParent(self)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -158,7 +166,7 @@ class ManagementService(MultiService):
                                     known_clusters=self.known_clusters)
         self._bootstrap()
         site = build_site(self.store, self.threadpool, self.reactor,
-                          ca_cert_path=os.path.join(self.datadir, "ca.crt"))
+                          ca_cert_path=os.path.join(self.datadir, "ca.crt"), sso=self.sso)
         endpoint = serverFromString(self.reactor, self.api_endpoint)
         failures: list[Any] = []
         d = endpoint.listen(site)

@@ -14,10 +14,10 @@ import pytest
 from nbgateway.acme.client import RATE_LIMITED_DEFAULT, AcmeAccount, AcmeError, parse_retry_after
 
 
-def _server(retry_after: str | None):
+def _server(retry_after: str | None, problem: str = "rateLimited"):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"type": "urn:ietf:params:acme:error:rateLimited",
+            body = json.dumps({"type": f"urn:ietf:params:acme:error:{problem}",
                                "detail": "slow down"}).encode()
             self.send_response(429)
             self.send_header("Content-Type", "application/problem+json")
@@ -55,3 +55,18 @@ def test_parse_retry_after():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 0.0) == 1445412480.0
     assert parse_retry_after("soon", 0.0) is None
     assert parse_retry_after(None, 0.0) is None
+
+
+def test_forgotten_account_is_registered_anew_next_time(tmp_path):
+    server = _server(None, problem="accountDoesNotExist")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dir"
+        account = AcmeAccount(url, str(tmp_path / "acme"), timeout=5)
+        with open(account.account_path, "w") as f:
+            json.dump({"directory": url, "uri": "http://127.0.0.1:1/acct/1"}, f)
+        with pytest.raises(AcmeError):
+            account.issue("a.example.test", lambda *a: None, lambda *a: None)
+        assert not (tmp_path / "acme" / "account.json").exists()
+        assert (tmp_path / "acme" / "account.key").exists()  # the key stays
+    finally:
+        server.shutdown()

@@ -40,11 +40,12 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
 
 
 def build_site(store: Any, threadpool: Any, reactor: Any,
-               ca_cert_path: str | None = None) -> ApiSite:
+               ca_cert_path: str | None = None, sso: Any = None) -> ApiSite:
     """An HTTP site serving the API over *store*; handlers run on *threadpool*.
 
     *ca_cert_path*: where a co-located gateway keeps its CA certificate (the
-    dashboard offers it to peers when the file exists)."""
+    dashboard offers it to peers when the file exists).  *sso*: a
+    :class:`~nbgateway.management.sso.SSO` serves ``GET /reverse-proxy/callback``."""
     handlers = Handlers(store)
     routes = build_routes(handlers)
     document = build_openapi(routes)
@@ -59,7 +60,12 @@ def build_site(store: Any, threadpool: Any, reactor: Any,
 
     ui = build_ui(routes, COMPONENTS, handlers.authenticate, threadpool, reactor,
                   ca_cert_path=ca_cert_path)
-    site = ApiSite(_Root(resource, ui), timeout=IDLE_TIMEOUT)
+    callback = None
+    if sso is not None:
+        from nbgateway.management.sso import CallbackResource
+
+        callback = CallbackResource(sso, threadpool, reactor)
+    site = ApiSite(_Root(resource, ui, callback), timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     return site
 
@@ -67,11 +73,13 @@ def build_site(store: Any, threadpool: Any, reactor: Any,
 class _Root(Resource):
     """``/ui/...`` goes to the dashboard; every other path to the API (as before)."""
 
-    def __init__(self, api: Resource, ui: Resource):
+    def __init__(self, api: Resource, ui: Resource, callback: Resource | None = None):
         super().__init__()
-        self._api, self._ui = api, ui
+        self._api, self._ui, self._callback = api, ui, callback
 
     def getChild(self, path: bytes, request: Any) -> Resource:
+        if path == b"reverse-proxy" and self._callback is not None:
+            return self._callback  # the OIDC callback (not under /api)
         return self._ui if path == b"ui" else self._api
 
     def render(self, request: Any) -> Any:
