@@ -5,7 +5,10 @@ connections to a given upstream (scheme, host, port) are reused across
 requests of that account only, never across accounts or between the
 verifying and the ``skip_tls_verify`` transport (a separate insecure
 transport, as upstream keeps).  Defaults follow the upstream transport knobs:
-100 idle connections per host, 90 s idle timeout.
+100 idle connections per host, 90 s idle timeout.  Agents are cached per
+(account, mode, verification, dialer, timeout) and hand the Agent lazy
+endpoints, so a request on a pooled keep-alive connection constructs no
+Agent and no endpoint; a new connection builds its endpoint at connect time.
 
 ``tls_creator(hostname, skip_verify)`` returns an
 ``IOpenSSLClientConnectionCreator`` for https targets; it is injected (see
@@ -18,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import fail
 from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -27,6 +32,34 @@ DEFAULT_MAX_IDLE_PER_HOST = 100
 DEFAULT_IDLE_TIMEOUT = 90.0
 
 TLSCreator = Callable[[str, bool], Any]
+
+
+#: bound on the cached Agents and lazy endpoints (cleared when exceeded)
+MAX_CACHED = 1024
+
+
+@implementer(IStreamClientEndpoint)
+class _LazyEndpoint:
+    """Builds the dialer's endpoint only when a NEW connection is needed.
+
+    The Agent asks for an endpoint on every request, even when the pool then
+    hands it an idle connection; the real endpoint (a guarded or tunnel
+    endpoint, whose construction resolves names and checks policy) is made
+    per connect, so nothing a dial decides is cached."""
+
+    def __init__(self, factory: _DialerEndpointFactory, host: str, port: int,
+                 tls: bool) -> None:
+        self.factory = factory
+        self.host = host
+        self.port = port
+        self.tls = tls
+
+    def connect(self, protocolFactory: Any) -> Any:
+        try:
+            ep = self.factory.endpoint(self.host, self.port, self.tls)
+        except Exception:
+            return fail()
+        return ep.connect(protocolFactory)
 
 
 @implementer(IAgentEndpointFactory)
@@ -39,10 +72,19 @@ class _DialerEndpointFactory:
         self.timeout = timeout
         self.skip_verify = skip_verify
         self.tls_creator = tls_creator
+        self._lazy: dict[tuple[bytes, int, bool], _LazyEndpoint] = {}
 
     def endpointForURI(self, uri: Any) -> Any:
-        host = uri.host.decode("idna") if isinstance(uri.host, bytes) else uri.host
-        return self.endpoint(host, uri.port, uri.scheme in (b"https", "https"))
+        key = (uri.host, uri.port, uri.scheme in (b"https", "https"))
+        if key[2] and self.tls_creator is None:
+            raise ValueError("https target but no client TLS policy configured")
+        ep = self._lazy.get(key)
+        if ep is None:
+            if len(self._lazy) >= MAX_CACHED:
+                self._lazy.clear()
+            host = uri.host.decode("idna") if isinstance(uri.host, bytes) else uri.host
+            ep = self._lazy[key] = _LazyEndpoint(self, host, uri.port, key[2])
+        return ep
 
     def endpoint(self, host: str, port: int, tls: bool) -> Any:
         host = host.strip("[]")
@@ -65,6 +107,9 @@ class UpstreamPools:
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
         self._pools: dict[tuple[str, bool, bool], HTTPConnectionPool] = {}
+        #: one Agent per (account, mode, verification, dialer, timeout): built
+        #: once, not per request; the dialer itself is kept to compare identity
+        self._agents: dict[tuple[Any, ...], tuple[Any, Agent]] = {}
 
     def pool(self, account_id: str, direct: bool, skip_verify: bool) -> HTTPConnectionPool:
         key = (account_id, direct, skip_verify)
@@ -83,11 +128,20 @@ class UpstreamPools:
     def agent(self, account_id: str, dialer: Any, *, direct: bool, skip_verify: bool,
               timeout: float) -> Agent:
         """An Agent dialing with ``dialer`` (dial timeout ``timeout``) that
-        reuses the pooled connections of this account/mode."""
-        return Agent.usingEndpointFactory(
+        reuses the pooled connections of this account/mode (cached: the same
+        arguments give the same Agent)."""
+        key = (account_id, direct, skip_verify, id(dialer), timeout)
+        cached = self._agents.get(key)
+        if cached is not None and cached[0] is dialer:
+            return cached[1]
+        if len(self._agents) >= MAX_CACHED:
+            self._agents.clear()
+        agent = Agent.usingEndpointFactory(
             self.reactor, self.endpoint_factory(dialer, timeout=timeout, skip_verify=skip_verify),
             pool=self.pool(account_id, direct, skip_verify),
         )
+        self._agents[key] = (dialer, agent)
+        return agent
 
     def idle_connections(self, account_id: str | None = None) -> int:
         """Cached (idle) connections, for tests and metrics."""
@@ -102,10 +156,13 @@ class UpstreamPools:
         from twisted.internet.defer import gatherResults
 
         keys = [k for k in self._pools if k[0] == account_id]
+        for k in [k for k in self._agents if k[0] == account_id]:
+            del self._agents[k]
         return gatherResults([self._pools.pop(k).closeCachedConnections() for k in keys])
 
     def close(self) -> Any:
         from twisted.internet.defer import gatherResults
 
         pools, self._pools = list(self._pools.values()), {}
+        self._agents.clear()
         return gatherResults([p.closeCachedConnections() for p in pools])

@@ -206,6 +206,20 @@ class StreamingRequest(server.Request):
             return
         super().requestReceived(command, path, version)
 
+    def write(self, data: bytes) -> None:
+        channel = getattr(self, "channel", None)  # gone once the request finished
+        if self.startedWriting or not isinstance(channel, StreamingHTTPChannel):
+            super().write(data)
+            return
+        # The first write sends the status line and headers: hold them and send
+        # them with the first body bytes in ONE transport write (one TCP segment
+        # and one WireGuard packet for a small response instead of two).
+        channel.hold_writes()
+        try:
+            super().write(data)
+        finally:
+            channel.release_writes()
+
     @property
     def body_complete(self) -> bool:
         return self.body_stream is None or self.body_stream.complete
@@ -243,6 +257,41 @@ class StreamingHTTPChannel(http.HTTPChannel):
     _head_deadline: Any = None
     _in_body = False
     header_timeouts = 0
+
+    _held: list[bytes] | None = None
+
+    def hold_writes(self) -> None:
+        """Collect what the request writes until :meth:`release_writes`."""
+        self._held = []
+
+    def release_writes(self) -> None:
+        held, self._held = self._held, None
+        if held and self.transport is not None:
+            self.transport.write(b"".join(held))
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            super().write(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        if self._held is not None:
+            self._held.extend(iovec)
+        else:
+            super().writeSequence(iovec)
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self._held is None or not hasattr(headers, "getAllRawHeaders"):
+            self.release_writes()
+            super().writeHeaders(version, code, reason, headers)
+            return
+        held = self._held
+        held += (version, b" ", code, b" ", reason, b"\r\n")
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                held += (name, b": ", value, b"\r\n")
+        held.append(b"\r\n")
 
     def _arm_head_deadline(self) -> None:
         if self.header_timeout and self._head_deadline is None:
