@@ -396,9 +396,12 @@ class GatewayService(MultiService):
         if addr is not None:
             # the public listener: non-private services on the host network;
             # private mappings are refused there (no listener account)
+            web = self.web_factory(None)
+            # L4 on the main port (TLS passthrough by SNI, fallback relay, inbound PROXY)
+            self.l4.attach_main(web, lambda name: self.routes.lookup(name) is not None)
             try:
                 self.public_port = self.reactor.listenTCP(
-                    addr.port, self._tracked(self.web_factory(None)), interface=addr.host)
+                    addr.port, self._tracked(web), interface=addr.host)
             except Exception as exc:
                 self.udp_port.stopListening()
                 raise listen_failed(exc, "the public TCP listener",

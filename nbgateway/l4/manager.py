@@ -39,6 +39,16 @@ ACTIVE = pb.PROXY_STATUS_ACTIVE
 ERROR = pb.PROXY_STATUS_ERROR
 
 
+class _BoundByGateway:
+    """The main router's "listening port": the gateway binds and closes it."""
+
+    def getHost(self) -> str:
+        return "the public listener"
+
+    def stopListening(self) -> None:
+        return None
+
+
 class L4Manager:
     """Mapping observer for L4 services (see the module docstring)."""
 
@@ -72,6 +82,23 @@ class L4Manager:
         self.targets: dict[str, L4Target] = {}
         self.errors: dict[str, str] = {}
         self.udp: Any = None  # nbgateway.l4.udp.UDPRelays, attached by the wiring
+        #: the main port's router (HTTP channel + L4 routes), see :meth:`main_factory`
+        self.main: PortRouter | None = None
+
+    def attach_main(self, http_factory: Any, http_lookup: Callable[[str], bool]) -> PortRouter:
+        """Put a router in front of the public listener's ``TLSOrPlainFactory``
+        (bound by the gateway; its ``front`` hook): TLS-by-SNI and fallback
+        relays of L4 services whose ``listen_port`` is the main port, and
+        inbound PROXY with ``--proxy-protocol``; everything else stays HTTP."""
+        router = PortRouter(
+            self.main_port, clock=self.reactor, dial=self.dial, stats=self.stats,
+            on_relay_end=self._relay_ended, proxy_protocol=self.proxy_protocol,
+            trusted=self.trusted, http_factory=http_factory, http_lookup=http_lookup)
+        router.listening = _BoundByGateway()
+        self.main = router
+        self.public[self.main_port] = router
+        http_factory.front = router.front
+        return router
 
     @property
     def wg_port(self) -> int:
@@ -117,9 +144,8 @@ class L4Manager:
         port = target.listen_port
         if not target.private and port == self.wg_port:
             return f"port {port} conflicts with tunnel port"
-        if not target.private and port == self.main_port:
-            return (f"port {port} is the public HTTPS listener's port; "
-                    "L4 services on it are not supported by this gateway yet")
+        if not target.private and port == self.main_port and self.main is None:
+            return f"port {port} is the public listener's port, which is not served here"
         if target.private and port in self.tunnel_ports:
             return f"port {port} conflicts with the tunnel HTTP/HTTPS listener port"
         if router is None:
@@ -233,7 +259,7 @@ class L4Manager:
         if closed:
             log.info("L4 service {service} removed: closed {n} live connection(s)",
                      service=mapping.id, n=closed)
-        if router.empty:
+        if router.empty and router is not self.main:
             if target.private:
                 self.private.pop((target.account_id, target.listen_port), None)
             else:
@@ -248,7 +274,7 @@ class L4Manager:
         ds = []
         for router in [*self.public.values(), *self.private.values()]:
             router.close_all()
-            if router.listening is not None:
+            if router.listening is not None and router is not self.main:
                 lp, router.listening = router.listening, None
                 ds.append(maybeDeferred(lp.stopListening))
         if self.udp is not None:

@@ -21,6 +21,17 @@ Per accepted connection (:class:`L4ServerProtocol`):
 Steps 1-2 share one deadline (``HEADER_TIMEOUT``, 5 s): a slow sender is cut.
 At most :data:`MAX_RELAYS` connections are live per router; beyond that a new
 connection is closed at once (log line, ``limit_hits`` counter).
+
+The main port (the public HTTP/HTTPS listener) has a router too, with an
+``http_factory`` (the port's ``TLSOrPlainFactory``, the HTTP channel) whose
+``front`` hook asks :meth:`PortRouter.front` first: with no L4 route (and no
+``--proxy-protocol``) every connection takes the usual TLS-or-plain path;
+otherwise the ClientHello is peeked and a
+server name served by an HTTP route goes to the HTTP channel (HTTP routes
+beat TCP routes), a TLS route's name to its relay, anything else to the
+fallback relay if there is one, else to the HTTP channel.  Bytes read so far
+are replayed to whichever side takes the connection, and a client address
+from a trusted PROXY header is what the HTTP channel sees as the peer.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from nbgateway.l4.proxyproto import NOT_PROXY, ProxyHeaderReader, ProxyProtocolError, encode_v2
 from nbgateway.l4.relay import TCPRelay, UpstreamFactory
@@ -60,8 +71,13 @@ class PortRouter(Factory):
                  gate: Gate | None = None, on_relay_end: Callable[[Any], None] | None = None,
                  proxy_protocol: bool = False,
                  trusted: Callable[[str], bool] | None = None,
-                 max_relays: int = MAX_RELAYS, account_id: str | None = None) -> None:
+                 max_relays: int = MAX_RELAYS, account_id: str | None = None,
+                 http_factory: Any = None,
+                 http_lookup: Callable[[str], bool] | None = None) -> None:
         self.port = port
+        #: the main port's HTTP channel (None on an L4-only port)
+        self.http_factory = http_factory
+        self.http_lookup = http_lookup
         self.clock = clock
         self.dial = dial
         self.stats = stats
@@ -117,15 +133,32 @@ class PortRouter(Factory):
 
     # ------------------------------------------------------------------ Factory
 
+    def at_limit(self) -> bool:
+        """Refuse one more relay?  (Logs and counts when so.)"""
+        live = len(self.connections) if self.http_factory is None else \
+            sum(1 for c in self.connections if c.relay is not None)
+        if live < self.max_relays:
+            return False
+        self.stats.limit_hits += 1
+        if self.stats.limit_hits == 1 or self.stats.limit_hits % 1000 == 0:
+            log.warn("TCP relay connection limit reached on port {port} ({limit} live); "
+                     "refusing new connections ({hits} so far)", port=self.port,
+                     limit=self.max_relays, hits=self.stats.limit_hits)
+        return True
+
+    def front(self, addr: Any) -> Protocol | None:
+        """The main port's hook (``TLSOrPlainFactory.front``): this router's
+        protocol when it has L4 routes or reads PROXY headers, else None (the
+        usual TLS-or-plain dispatch, untouched)."""
+        if self.empty and not self.proxy_protocol:
+            return None
+        return self.buildProtocol(addr)
+
     def buildProtocol(self, addr: Any) -> Protocol | None:
-        if len(self.connections) >= self.max_relays:
-            self.stats.limit_hits += 1
-            if self.stats.limit_hits == 1 or self.stats.limit_hits % 1000 == 0:
-                log.warn("TCP relay connection limit reached on port {port} ({limit} live); "
-                         "refusing new connections ({hits} so far)", port=self.port,
-                         limit=self.max_relays, hits=self.stats.limit_hits)
+        if self.http_factory is None and self.at_limit():
             return None  # Twisted closes the accepted socket
         proto = L4ServerProtocol(self)
+        proto.addr = addr
         self.connections.add(proto)
         return proto
 
@@ -153,6 +186,9 @@ class L4ServerProtocol(Protocol):
         self.groups: tuple[str, ...] = ()
         self.close_reason = ""
         self.started = router.clock.seconds()
+        self.addr: Any = None
+        self.http: Any = None  # the HTTP channel's protocol once handed over
+        self._proxied_peer = False
 
     # ------------------------------------------------------------------ phases
 
@@ -164,7 +200,7 @@ class L4ServerProtocol(Protocol):
         if needs_header:
             self._proxy = ProxyHeaderReader()
             self.state = "proxy"
-        elif self.router.sni_routes:
+        elif self.router.sni_routes or self.router.http_factory is not None:
             self.state = "peek"
             self._peeker = SNIPeeker()
         else:
@@ -180,6 +216,9 @@ class L4ServerProtocol(Protocol):
         self._close("header_timeout")
 
     def dataReceived(self, data: bytes) -> None:
+        if self.http is not None:
+            self.http.dataReceived(data)
+            return
         if self.relay is not None:
             self.relay.client_data(data)
             return
@@ -213,8 +252,13 @@ class L4ServerProtocol(Protocol):
                 return
         elif is_trusted and header.source is not None:  # type: ignore[union-attr]
             self.source = header.source  # type: ignore[union-attr]
+            self._proxied_peer = True
         self._proxy = None
-        if self.router.sni_routes:
+        if self.router.http_factory is not None and self.router.empty:
+            self.buffer = rest
+            self._to_http()
+            return
+        if self.router.sni_routes or self.router.http_factory is not None:
             self.state = "peek"
             self._peeker = SNIPeeker()
             if rest:
@@ -242,6 +286,11 @@ class L4ServerProtocol(Protocol):
     def _route(self, server_name: str) -> None:
         self._cancel_deadline()
         target = self.router.choose(server_name)
+        lookup = self.router.http_lookup
+        if self.router.http_factory is not None and (
+                target is None or (server_name and lookup is not None and lookup(server_name))):
+            self._to_http()  # HTTP routes beat TCP routes; unmatched: the HTTP channel
+            return
         if target is None:
             self.router.stats.no_route += 1
             self._close("no_route")
@@ -277,9 +326,30 @@ class L4ServerProtocol(Protocol):
             return
         self._dial()
 
+    def _to_http(self) -> None:
+        """Hand the connection (and the bytes read so far) to the HTTP channel."""
+        self._cancel_deadline()
+        self.router.connections.discard(self)
+        transport = self.transport
+        if self._proxied_peer:
+            transport = _PeerOverride(transport, self.source)
+        inner = self.router.http_factory.sniffer(self.addr)
+        if inner is None:
+            self.transport.loseConnection()
+            return
+        self.state = "http"
+        self.http = inner
+        data, self.buffer = self.buffer, b""
+        inner.makeConnection(transport)
+        if data:
+            inner.dataReceived(data)
+
     def _dial(self) -> None:
         target = self.target
         assert target is not None
+        if self.router.http_factory is not None and self.router.at_limit():
+            self._close("relay_limit")
+            return
         self.state = "dialing"
         preamble = b""
         if target.proxy_protocol:
@@ -324,6 +394,13 @@ class L4ServerProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         self._eof = True
+        if self.http is not None:
+            half = interfaces.IHalfCloseableProtocol(self.http, None)
+            if half is not None:
+                half.readConnectionLost()
+            else:
+                self.transport.loseConnection()
+            return
         if self.relay is not None:
             self.relay.client_eof()
         elif self.state in ("proxy", "peek"):
@@ -336,12 +413,20 @@ class L4ServerProtocol(Protocol):
                 self._close("client_closed")
 
     def writeConnectionLost(self) -> None:
+        if self.http is not None:
+            half = interfaces.IHalfCloseableProtocol(self.http, None)
+            if half is not None:
+                half.writeConnectionLost()
+            return
         if self.relay is not None:
             self.relay.write_done("client")
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
         self.router.connections.discard(self)
+        if self.http is not None:
+            self.http.connectionLost(reason)
+            return
         if self.relay is not None:
             self.relay.client_lost(reason)
 
@@ -358,3 +443,23 @@ class L4ServerProtocol(Protocol):
         if log_it and self.router.on_relay_end is not None:
             self.router.on_relay_end(self)
         self.transport.abortConnection()
+
+
+class _PeerOverride:
+    """A transport whose ``getPeer`` is the client a trusted PROXY header
+    named (what the HTTP channel logs, restricts and forwards); everything
+    else is the real transport."""
+
+    def __init__(self, transport: Any, source: tuple[str, int]) -> None:
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        self._transport = transport
+        cls = IPv6Address if ":" in source[0] else IPv4Address
+        self._peer = cls("TCP", source[0], source[1])
+        directlyProvides(self, providedBy(transport))
+
+    def getPeer(self) -> Any:
+        return self._peer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

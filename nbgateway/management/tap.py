@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.python import usage
 
@@ -18,6 +19,7 @@ from nbgateway.management.grpcserver import (
     check_plaintext_bind,
     grpc_bind_address,
 )
+from nbgateway.management.oidc import OIDCError, OIDCSettings, load_client_secret
 from nbgateway.management.retention import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_ROWS,
@@ -37,6 +39,8 @@ from nbgateway.options import ReferenceRow, environment_help
 from nbgateway.startup import OneLineUsage
 
 ENV_PREFIX = "NB_MANAGEMENT_"
+#: the OIDC client secret (environment only, never a flag: argv is public)
+OIDC_SECRET_ENV = "NB_MANAGEMENT_OIDC_CLIENT_SECRET"
 
 #: (flag, default, help); the environment variable is NB_MANAGEMENT_<FLAG upper, - -> _>.
 SETTINGS = (
@@ -56,6 +60,16 @@ SETTINGS = (
                                             "in the background (30d, 12h, 90m; 0 = keep)"),
     ("access-log-max-rows", str(DEFAULT_MAX_ROWS), "most access-log entries kept per account, "
                                                    "newest first (0 = no limit)"),
+    ("oidc-issuer", None, "SSO for public services: the OpenID Provider's issuer URL "
+                          "(SSO is off when unset)"),
+    ("oidc-client-id", None, "SSO: the client id registered at the provider"),
+    ("oidc-client-secret-file", None, "SSO: file whose first line is the client secret "
+                                      f"(else the environment's {OIDC_SECRET_ENV})"),
+    ("oidc-scopes", "openid email profile", "SSO: scopes requested (space separated)"),
+    ("oidc-groups-claim", "groups", "SSO: ID-token claim listing the user's groups"),
+    ("oidc-callback-url", None, "SSO: the URL the provider sends browsers back to (default: "
+                                "http://<api-addr>/reverse-proxy/callback)"),
+    ("oidc-auto-groups", None, "SSO: comma-separated group names every SSO user joins"),
 )
 
 
@@ -68,7 +82,9 @@ def reference_rows() -> list[ReferenceRow]:
     return [*(ReferenceRow(env_name(flag), f"--{flag}", default or "", text)
               for flag, default, text in SETTINGS),
             ReferenceRow(INSECURE_BIND_ANY_ENV, "--grpc-insecure-bind-any", "",
-                         "1 allows a plaintext gRPC listener on a non-loopback address")]
+                         "1 allows a plaintext gRPC listener on a non-loopback address"),
+            ReferenceRow(OIDC_SECRET_ENV, "(environment only)", "",
+                         "SSO: the OIDC client secret (or --oidc-client-secret-file)")]
 
 
 class Options(OneLineUsage, usage.Options):
@@ -126,6 +142,26 @@ class Options(OneLineUsage, usage.Options):
                                  insecure_bind_any=bool(self["grpc-insecure-bind-any"]))
         except ValueError as exc:
             raise usage.UsageError(f"--grpc-addr: {exc}") from None
+        if bool(self["oidc-issuer"]) != bool(self["oidc-client-id"]):
+            raise usage.UsageError("--oidc-issuer and --oidc-client-id must be given together")
+        if self["oidc-issuer"]:
+            try:
+                self.sso_settings = sso_settings(self, self._environ)
+            except (OIDCError, OSError) as exc:
+                raise usage.UsageError(f"--oidc-*: {exc}") from None
+
+
+def sso_settings(options: Mapping[str, Any], environ: Mapping[str, str]) -> OIDCSettings:
+    """The IdP settings from the flags (the client secret from its file or the
+    environment; never from argv)."""
+    secret = (load_client_secret(options["oidc-client-secret-file"])
+              if options["oidc-client-secret-file"] else environ.get(OIDC_SECRET_ENV, "").strip())
+    api = options["api-addr"]
+    callback = options["oidc-callback-url"] or f"http://{api}/reverse-proxy/callback"
+    return OIDCSettings(issuer=options["oidc-issuer"], client_id=options["oidc-client-id"],
+                        client_secret=secret, callback_url=callback,
+                        scopes=tuple(options["oidc-scopes"].split()),
+                        groups_claim=options["oidc-groups-claim"] or "groups")
 
 
 def makeService(options: Options) -> ManagementService:
@@ -136,6 +172,10 @@ def makeService(options: Options) -> ManagementService:
                                 grpc_cert=options["grpc-cert"], grpc_key=options["grpc-key"],
                                 grpc_insecure_bind_any=bool(options["grpc-insecure-bind-any"]),
                                 access_log_max_age=parse_max_age(options["access-log-max-age"]),
-                                access_log_max_rows=parse_max_rows(options["access-log-max-rows"]))
+                                access_log_max_rows=parse_max_rows(options["access-log-max-rows"]),
+                                sso_settings=getattr(options, "sso_settings", None),
+                                sso_auto_groups=tuple(
+                                    g.strip() for g in (options["oidc-auto-groups"] or "")
+                                    .split(",") if g.strip()))
     filter_twistd_logs(service, "text", getattr(options, "parent", None))
     return service

@@ -187,5 +187,18 @@ class TLSOrPlainFactory(Factory):
         self.plain_factory.doStop()
         super().doStop()
 
-    def buildProtocol(self, addr: Any) -> _Sniffer:
+    #: a hook before the TLS-or-plain dispatch (the main port's L4 router,
+    #: nbgateway.l4): ``front(addr)`` returns the protocol of a new connection,
+    #: or None for the usual dispatch; it hands HTTP back through :meth:`sniffer`
+    front: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.front is not None:
+            protocol = self.front(addr)
+            if protocol is not None:
+                return protocol
+        return self.sniffer(addr)
+
+    def sniffer(self, addr: Any) -> _Sniffer:
+        """The TLS-or-plain protocol of one connection."""
         return _Sniffer(self, addr)
