@@ -529,8 +529,9 @@ class UnaryRpcs:
         if sso is None:
             context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
-                "GetOIDCURL: SSO is not configured on this management (--oidc-issuer, "
-                "--oidc-client-id)",
+                "GetOIDCURL is not implemented without SSO: configure --oidc-issuer and "
+                "--oidc-client-id (private services authenticate tunnel peers with "
+                "ValidateTunnelPeer)",
             )
         try:
             url = sso.oidc_url(req.account_id, req.redirect_url)

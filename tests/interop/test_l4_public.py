@@ -56,7 +56,7 @@ def make_certs(tmp: str) -> str:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca_key, "-out", ca,
                     "-days", "2", "-subj", "/CN=l4 test CA"], check=True, capture_output=True)
-    for name in ("a.gw.test", "b.gw.test"):
+    for name in ("a.gw.test", "b.gw.test", "p.gw.test"):
         key, csr, crt = (os.path.join(tmp, f"{name}.{x}") for x in ("key", "csr", "crt"))
         ext = os.path.join(tmp, f"{name}.ext")
         with open(ext, "w") as f:
@@ -114,7 +114,7 @@ def world():
         g.popen([py, SERVERS, "tcp-echo", "127.0.0.1", "9100"], stdout=logf, stderr=logf)
         g.popen([py, SERVERS, "udp-echo", "127.0.0.1", "9053"], stdout=logf, stderr=logf)
         g.popen([py, SERVERS, "udp-echo", "127.0.0.1", "9054"], stdout=logf, stderr=logf)
-        for name, port in (("a.gw.test", 9443), ("b.gw.test", 9444)):
+        for name, port in (("a.gw.test", 9443), ("b.gw.test", 9444), ("p.gw.test", 9445)):
             g.popen([py, SERVERS, "tls-name", "127.0.0.1", str(port),
                      os.path.join(w.tmp, f"{name}.crt"), os.path.join(w.tmp, f"{name}.key"),
                      name], stdout=logf, stderr=logf)
@@ -140,6 +140,14 @@ def world():
         w.udp = l4_service(w, "dns", "udp", UDP_PORT, 9053)
         w.udp_rate = l4_service(w, "flood", "udp", RATE_PORT, 9054)
         w.pp = l4_service(w, "pp", "tcp", PP_PORT, 9200, proxy_protocol=True)
+        # the main port (8443): an HTTP service and a TLS passthrough service by SNI
+        w.start_upstream()
+        w.web = w.rest("POST", "/reverse-proxies/services", {
+            "name": "web", "domain": f"web.{DOMAIN}", "enabled": True,
+            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
+                         "host": "127.0.0.1", "port": 8081, "enabled": True,
+                         "options": {"direct_upstream": True}}]})
+        w.passthrough = l4_service(w, "p", "tls", 8443, 9445, domain="p.gw.test")
         for port in (TCP_PORT, TLS_PORT, PP_PORT):
             wait_for(lambda port=port: can_connect(g.name, "127.0.0.1", port), 30,
                      f"the L4 listener on {port}")
@@ -274,8 +282,10 @@ def test_udp_new_session_rate_limit(world):
             socks.append(s)
     for s in socks:
         s.sendto(b"hello", ("127.0.0.1", RATE_PORT))
+    time.sleep(1.0)  # replies to admitted sessions arrive well within this on loopback
     answered = 0
     for s in socks:
+        s.setblocking(False)
         try:
             s.recv(100)
             answered += 1
@@ -378,3 +388,24 @@ def test_port_conflict_with_tunnel_port_is_error(world):
 
     meta = wait_for(status, 30, "the ERROR status of a service on the WireGuard port")
     assert meta["status_message"] == "port 51820 conflicts with tunnel port"
+
+
+def test_http_service_and_tls_passthrough_share_the_main_port(world):
+    web = f"web.{DOMAIN}"
+
+    def get(name, cacert, path="/"):
+        return world.c.run(["curl", "-sS", "-m", "10", "--cacert", cacert, "--resolve",
+                            f"{name}:8443:{G_VETH}", f"https://{name}:8443{path}"],
+                           check=False)
+
+    gw_ca = os.path.join(world.gw_dir, "ca.crt")
+    r = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(
+        get(web, gw_ca, "/shared")), 30, "the HTTP service on the main port")
+    assert '"path": "/shared"' in r.stdout  # terminated by the gateway (its CA), proxied
+    r = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(
+        get("p.gw.test", world.l4_ca)), 30, "the passthrough service on the main port")
+    assert r.stdout == "p.gw.test"  # the upstream's own certificate, verified by the client
+    r = world.c.run(["openssl", "s_client", "-connect", f"{G_VETH}:8443", "-servername",
+                     "p.gw.test", "-verify_return_error", "-CAfile", world.l4_ca, "-brief"],
+                    input="", check=False, timeout=20)
+    assert "Verification: OK" in r.stdout + r.stderr
