@@ -19,6 +19,7 @@ never from ``X-Forwarded-For``; that is the caller's ``client_ip``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -94,15 +95,26 @@ class TrustedProxies:
         return any(addr in n for n in self.networks)
 
 
+_NO_TRUSTED_PROXIES = TrustedProxies()
+
+
 def _printable(value: str) -> bool:
     return all(c == "\t" or " " <= c <= "~" for c in value)
 
 
 def identity_headers(identity: Identity | None) -> dict[str, str]:
-    """The identity headers to stamp (possibly none)."""
-    out: dict[str, str] = {}
+    """The identity headers to stamp (possibly none).  The result is shared:
+    callers must not modify it."""
     if identity is None:
-        return out
+        return {}
+    try:
+        return _cached_identity_headers(identity)
+    except TypeError:  # an Identity built with lists is not hashable
+        return _identity_headers(identity)
+
+
+def _identity_headers(identity: Identity) -> dict[str, str]:
+    out: dict[str, str] = {}
     if identity.email and _printable(identity.email):
         out[USER_HEADER] = identity.email
     labels = []
@@ -114,6 +126,11 @@ def identity_headers(identity: Identity | None) -> dict[str, str]:
     if labels:
         out[GROUPS_HEADER] = ",".join(labels)
     return out
+
+
+#: Identity is a frozen value and the same few callers repeat: the labels are
+#: validated and joined once per identity, not once per request
+_cached_identity_headers = functools.lru_cache(maxsize=1024)(_identity_headers)
 
 
 def _get(headers: Headers, name: str) -> str | None:
@@ -160,7 +177,7 @@ def prepare_upstream_headers(
     keep_upgrade: bool = False,
 ) -> Headers:
     """A NEW Headers for the upstream request (including ``Host``)."""
-    trusted = trusted_proxies or TrustedProxies()
+    trusted = trusted_proxies or _NO_TRUSTED_PROXIES
     peer_trusted = bool(trusted) and trusted.contains(client_ip)
     inbound_xff = _get(inbound, "X-Forwarded-For")
     inbound_fwd = {

@@ -41,6 +41,7 @@ set is removed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -77,7 +78,9 @@ DEFAULT_REQUEST_TIMEOUT = 30.0  # host dialer timeout upstream
 NO_BODY_CODES = (204, 304)
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # pure and called twice per request (target host, client address)
     try:
         addr = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:

@@ -120,3 +120,17 @@ class AgentCacheTests(unittest.TestCase):
         pools.close_account("acc")
         self.assertIsNot(a1, pools.agent("acc", dialer, direct=True, skip_verify=False,
                                          timeout=5))
+
+
+class IdentityHeaderCacheTests(unittest.TestCase):
+    def test_cached_per_identity_value_and_unhashable_identities_work(self):
+        from nbgateway.proxy.headers import identity_headers
+        from nbgateway.routes.identity import Identity
+
+        a = identity_headers(Identity("u1", "alice@x", ("g1", "g2"), ("eng", ""), "oidc"))
+        b = identity_headers(Identity("u1", "alice@x", ("g1", "g2"), ("eng", ""), "oidc"))
+        self.assertIs(a, b)  # computed once for equal identities
+        self.assertEqual(a, {"X-NetBird-User": "alice@x", "X-NetBird-Groups": "eng,g2"})
+        c = identity_headers(Identity("u2", "bob@x", ["g1"], ["ops"], "oidc"))  # lists
+        self.assertEqual(c, {"X-NetBird-User": "bob@x", "X-NetBird-Groups": "ops"})
+        self.assertEqual(identity_headers(None), {})
