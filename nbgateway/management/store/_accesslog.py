@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import ipaddress
 import math
+import operator
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,8 @@ _LIMITS = {
     for column in ale.columns
     if isinstance(getattr(column.type, "max_length", None), int)
 }
+_STR_NAMES = tuple(column for column, _ in _STR_COLUMNS)
+_STR_LIMITS = tuple((c, _LIMITS[c]) for c in _STR_NAMES if c in _LIMITS)
 
 
 def _fit(name: str, value: str) -> str:
@@ -207,8 +210,13 @@ def _row(e: AccessLogEntry, user_groups: tuple[str, ...] | None = None) -> dict[
         "agent_network": e.agent_network,
         "user_groups": None,
     }
-    for column, attr in _STR_COLUMNS:
-        row[column] = _fit(column, getattr(e, attr))
+    values = [getattr(e, attr) for _, attr in _STR_COLUMNS]
+    if "\x00" in "".join(values):  # rare: one scan of all text fields
+        values = [_clean(v) for v in values]
+    row.update(zip(_STR_NAMES, values, strict=True))
+    for column, limit in _STR_LIMITS:
+        if len(row[column]) > limit:
+            row[column] = row[column][:limit]
     if e.metadata:
         meta = dict(e.metadata)
         if any("\x00" in k or "\x00" in v for k, v in meta.items()):
@@ -277,11 +285,13 @@ def executemany_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.exec_driver_sql(_unnest_insert(conn.dialect), params)
         return
     sql, names, positional, processors = _compiled_insert(conn.dialect)
+    procs = tuple(processors.items())
     for row in rows:
-        for name, proc in processors.items():
+        for name, proc in procs:
             row[name] = proc(row[name])
     if positional:
-        params_list: list[Any] = [tuple(row[n] for n in names) for row in rows]
+        getter = operator.itemgetter(*names)
+        params_list: list[Any] = [getter(row) for row in rows]
     else:
         params_list = rows
     conn.exec_driver_sql(sql, params_list)
