@@ -223,6 +223,8 @@ class CallbackResource(Resource):
         self.limits = _Buckets(CALLBACK_RATE, CALLBACK_BURST, reactor.seconds)
 
     def render_GET(self, request: Any) -> Any:
+        if [p for p in request.postpath if p] != [b"callback"]:
+            return self._plain(request, 404, "not found\n")
         client = str(getattr(request.getClientAddress(), "host", ""))
         if not self.limits.take(client):
             return self._plain(request, 429, "too many sign-in attempts\n")
