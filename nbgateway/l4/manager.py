@@ -36,6 +36,8 @@ from nbgateway.routes.service import is_l4
 log = Logger()
 
 ACTIVE = pb.PROXY_STATUS_ACTIVE
+#: accept queue of an L4 host port (bursts of new connections; the kernel caps it)
+LISTEN_BACKLOG = 4096
 ERROR = pb.PROXY_STATUS_ERROR
 
 
@@ -199,7 +201,7 @@ class L4Manager:
 
     def _bind_public(self, router: PortRouter, mapping: Any) -> None:
         try:
-            router.listening = self.reactor.listenTCP(router.port, router,
+            router.listening = self.reactor.listenTCP(router.port, router, backlog=LISTEN_BACKLOG,
                                                       interface=self.bind_host)
         except Exception as exc:  # CannotListenError: the OS reason goes to management
             reason = getattr(exc, "socketError", None) or exc

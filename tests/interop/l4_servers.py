@@ -5,6 +5,7 @@
     python l4_servers.py tls-name HOST PORT CERT KEY NAME
                                                   HTTPS: every request answered with NAME
     python l4_servers.py conn-count HOST PORT FILE  TCP echo that appends a line to FILE per accept
+    python l4_servers.py hold HOST PORT            accept and keep every connection (one thread)
 """
 
 from __future__ import annotations
@@ -41,6 +42,31 @@ def tcp_echo(host: str, port: int, count_file: str | None = None) -> None:
         threading.Thread(target=_echo, args=(conn,), daemon=True).start()
 
 
+def hold(host: str, port: int) -> None:
+    import selectors
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(4096)
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is s:
+                conn, _ = s.accept()
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ)
+            else:
+                try:
+                    data = key.fileobj.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+
+
 def udp_echo(host: str, port: int) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
@@ -75,6 +101,8 @@ if __name__ == "__main__":
         tcp_echo(host, port)
     elif kind == "conn-count":
         tcp_echo(host, port, sys.argv[4])
+    elif kind == "hold":
+        hold(host, port)
     elif kind == "udp-echo":
         udp_echo(host, port)
     elif kind == "tls-name":

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.interop
 SERVERS = os.path.join(os.path.dirname(__file__), "l4_servers.py")
 G_VETH, C_VETH = "198.18.60.1", "198.18.60.2"
 TCP_PORT, TLS_PORT, UDP_PORT, PP_PORT, RATE_PORT = 7100, 7443, 7053, 7200, 7054
+HOLD_PORT = 7300
 
 
 def l4_service(world, name: str, mode: str, listen_port: int, port: int, *,
@@ -113,6 +114,7 @@ def world():
         logf = w.log("l4-upstreams")
         g.popen([py, SERVERS, "tcp-echo", "127.0.0.1", "9100"], stdout=logf, stderr=logf)
         g.popen([py, SERVERS, "udp-echo", "127.0.0.1", "9053"], stdout=logf, stderr=logf)
+        g.popen([py, SERVERS, "hold", "127.0.0.1", "9300"], stdout=logf, stderr=logf)
         g.popen([py, SERVERS, "udp-echo", "127.0.0.1", "9054"], stdout=logf, stderr=logf)
         for name, port in (("a.gw.test", 9443), ("b.gw.test", 9444), ("p.gw.test", 9445)):
             g.popen([py, SERVERS, "tls-name", "127.0.0.1", str(port),
@@ -140,6 +142,7 @@ def world():
         w.udp = l4_service(w, "dns", "udp", UDP_PORT, 9053)
         w.udp_rate = l4_service(w, "flood", "udp", RATE_PORT, 9054)
         w.pp = l4_service(w, "pp", "tcp", PP_PORT, 9200, proxy_protocol=True)
+        w.hold = l4_service(w, "hold", "tcp", HOLD_PORT, 9300)
         # the main port (8443): an HTTP service and a TLS passthrough service by SNI
         w.start_upstream()
         w.web = w.rest("POST", "/reverse-proxies/services", {
@@ -148,7 +151,7 @@ def world():
                          "host": "127.0.0.1", "port": 8081, "enabled": True,
                          "options": {"direct_upstream": True}}]})
         w.passthrough = l4_service(w, "p", "tls", 8443, 9445, domain="p.gw.test")
-        for port in (TCP_PORT, TLS_PORT, PP_PORT):
+        for port in (TCP_PORT, TLS_PORT, PP_PORT, HOLD_PORT):
             wait_for(lambda port=port: can_connect(g.name, "127.0.0.1", port), 30,
                      f"the L4 listener on {port}")
         yield w
@@ -409,3 +412,75 @@ def test_http_service_and_tls_passthrough_share_the_main_port(world):
                      "p.gw.test", "-verify_return_error", "-CAfile", world.l4_ca, "-brief"],
                     input="", check=False, timeout=20)
     assert "Verification: OK" in r.stdout + r.stderr
+
+
+def test_ten_thousand_connections_at_once_limit_holds(world):
+    """10,000 connections to one relay port: at most 4,096 are relayed, the
+    rest are closed at once and counted; other ports keep serving, and the
+    port serves again once the flood is gone."""
+    import selectors
+
+    socks = []
+    sel = selectors.DefaultSelector()
+    with inside_netns(world.g.name):
+        for _ in range(10_000):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", HOLD_PORT))
+            socks.append(s)
+    try:
+        def limited():
+            m = world.metrics()
+            hits = counter(m, "nbgateway_l4_limit_hits")
+            active = counter(m, "nbgateway_l4_active_relays")
+            return (hits, active) if hits >= 10_000 - 4096 - 50 else None
+
+        _hits, active = wait_for(limited, 20, "the relay limit to refuse the excess", 0.5)
+        assert active <= 4096 + 1  # + the echo below may be in flight
+        # another router is unaffected
+        with inside_netns(world.c.name):
+            c = socket.create_connection((G_VETH, TCP_PORT), timeout=10)
+        c.sendall(b"legit")
+        c.shutdown(socket.SHUT_WR)
+        assert b"".join(iter(lambda: c.recv(100), b"")) == b"legitBYE\n"
+        c.close()
+    finally:
+        for s in socks:
+            s.close()
+        sel.close()
+
+    def drained():
+        return counter(world.metrics(), "nbgateway_l4_active_relays") == 0
+
+    wait_for(drained, 20, "the flood's relays to close", 0.5)
+    with inside_netns(world.g.name):
+        s = socket.create_connection(("127.0.0.1", HOLD_PORT), timeout=5)
+    s.sendall(b"x")  # accepted and relayed again: the hold upstream keeps it open
+    s.settimeout(0.5)
+    try:
+        assert s.recv(1) == b""
+        raise AssertionError("closed by the gateway after the flood")
+    except TimeoutError:
+        pass
+    s.close()
+
+
+def test_udp_flood_from_many_ports_session_bound_holds(world):
+    """3,000 source ports at once: sessions stay bounded (the new-session
+    rate admits the first ~100), an established session keeps working."""
+    with inside_netns(world.g.name):
+        known = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        flood = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3000)]
+    known.settimeout(5)
+    time.sleep(2.5)  # the bucket refills after earlier tests
+    known.sendto(b"before", ("127.0.0.1", UDP_PORT))
+    assert known.recv(100) == b"before"
+    for s in flood:
+        s.sendto(b"flood", ("127.0.0.1", UDP_PORT))
+    sessions = counter(world.metrics(), "nbgateway_l4_udp_sessions")
+    assert sessions <= 1024
+    known.sendto(b"during", ("127.0.0.1", UDP_PORT))
+    assert known.recv(100) == b"during"
+    for s in flood:
+        s.close()
+    known.close()
