@@ -1,0 +1,363 @@
+"""One gateway, many accounts: the issue-18 scale figures beside their targets.
+
+Builds the world in the management's own SQLite store before management
+starts (the fast path: ``Store.open`` in this process, the same repositories
+REST uses), then runs real processes in a network namespace of the interop
+testbed (:class:`tests.interop.test_private_e2e.World`):
+
+    twistd nbmanagement (REST 33071, gRPC 33073) + twistd nbgateway --private,
+    one global proxy token, every account served by the one gateway.
+
+World per account: ``--peers-per-account`` peers in one group and
+``--services-per-account`` services cycling through private HTTP, public HTTP,
+private TCP (tunnel port) and public TCP (a host port each), about a third of
+them private.  ``--accounts 1000`` with 10/10 is the 1,000 / 10,000 / 10,000
+world; ``--small`` is 50 accounts.
+
+Figures (each printed beside its target):
+
+* ready: gateway start -> every service ``active`` in the management store
+  (the gateway reports ACTIVE once the account's proxy peer exists and its
+  tunnel listeners are bound) and every account runtime running;
+* memory per account: (RSS - RSS of a one-account baseline run) / extra
+  accounts (their peers and services included);
+* idle CPU: gateway process CPU over ``--idle-seconds`` once ready;
+* threads: ``Threads:`` of the gateway process;
+* change latency: ``--changes`` private services created one by one through
+  REST in one account, each timed until its status is ``active`` (the mapping
+  reached the gateway, was registered and reported back: an upper bound of
+  "reaches the routing table"); p50/p99;
+* peer storm (``--storm N``, its own one-account world): N peers created one by
+  one through REST; creation rate; time from the last create until the
+  gateway's ``nbgateway_wireguard_peers`` holds them all; memory per added
+  (never-handshaken) peer; ``/healthz/live`` polled every 100 ms throughout:
+  its worst latency and failures.
+
+Run as root:  .venv/bin/python bench/scale.py [--small] [--storm 2000]
+              [--accounts N] [--skip-world]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import sqlalchemy as sa  # noqa: E402
+
+from bench._testbed import Testbed, inside_netns, unavailable_reason  # noqa: E402
+from nbgateway.management.model import (  # noqa: E402
+    Account,
+    Group,
+    Peer,
+    Service,
+    Target,
+    TargetOptions,
+)
+from nbgateway.management.store import Store  # noqa: E402
+from nbgateway.management.store.schema import services as services_table  # noqa: E402
+from tests.interop.test_private_e2e import DOMAIN, World, wait_for  # noqa: E402
+
+HEALTH = "http://127.0.0.1:8080"
+
+
+def _key() -> str:
+    import base64
+
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def _target(mode: str, port: int) -> Target:
+    return Target(host="127.0.0.1", port=port, protocol=mode, target_id=DOMAIN,
+                  target_type="cluster", options=TargetOptions(direct_upstream=True))
+
+
+def seed(store: Store, accounts: int, peers: int, services: int) -> tuple[dict[str, str], str]:
+    """Create the world; returns ({account id: group id}, the admin token)."""
+    boot = store.accounts.ensure_default()
+    assert boot.admin_token, "seed wants a fresh store"
+    ids = [boot.account.id] + [f"acct-{i:05d}" for i in range(1, accounts)]
+    groups: dict[str, str] = {}
+    public_port, tunnel_port = 20000, 30000  # unique per cluster, like the store wants
+    for a, account_id in enumerate(ids):
+        if a:
+            store.accounts.create(Account(id=account_id, domain=f"a{a}.netbird.test"))
+        group = store.groups.create(Group(account_id=account_id, name="devs"))
+        groups[account_id] = group.id
+        created = [store.peers.create(Peer(account_id=account_id, name=f"p{p}", key=_key()))
+                   for p in range(peers)]
+        store.groups.add_peers(account_id, group.id, [p.id for p in created])
+        for s in range(services):
+            kind = s % 4
+            name = f"s{s}-a{a}"
+            kw: dict = {}
+            if kind == 0:    # private HTTP
+                kw = dict(private=True, access_groups=(group.id,), targets=(_target("http", 8081),))
+            elif kind == 1:  # public HTTP
+                kw = dict(targets=(_target("http", 8081),))
+            elif kind == 2:  # private TCP on a tunnel port (a third of the rest)
+                if s % 3 == 2:
+                    tunnel_port += 1
+                    kw = dict(private=True, access_groups=(group.id,), mode="tcp",
+                              listen_port=tunnel_port, targets=(_target("tcp", 7),))
+                else:
+                    kw = dict(targets=(_target("http", 8081),))
+            else:            # public TCP on a host port of its own
+                public_port += 1
+                kw = dict(mode="tcp", listen_port=public_port, targets=(_target("tcp", 7),))
+            store.services.create(Service(account_id=account_id, name=name,
+                                          domain=f"{name}.{DOMAIN}", **kw))
+    return groups, boot.admin_token
+
+
+class Scaled(World):
+    """The interop World with a pre-seeded store and process introspection."""
+
+    def __init__(self, tb: Testbed, accounts: int, peers: int, services: int) -> None:
+        super().__init__(tb)
+        os.makedirs(self.mgmt_dir, mode=0o700, exist_ok=True)
+        t0 = time.monotonic()
+        self.store = Store.open(datadir=self.mgmt_dir, known_clusters=(DOMAIN,))
+        self.groups, token = seed(self.store, accounts, peers, services)
+        self.accounts, self.n_services = accounts, accounts * services
+        boot = self.store.accounts.ensure_default()
+        self.default_account = boot.account.id
+        with open(os.path.join(self.mgmt_dir, "admin-token"), "w") as f:
+            f.write(token)
+        _, self.proxy_token = self.store.proxies.create_token("scale", account_id=None)
+        self.seed_seconds = time.monotonic() - t0
+
+    def active_services(self) -> int:
+        with self.store._engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(services_table)
+                                .where(services_table.c.meta_status == "active")).scalar_one()
+
+    def gateway_pid(self) -> int:
+        for pid in self.g.pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"nbgateway" in argv and any(a.endswith(b"twistd") for a in argv):
+                return pid
+        raise RuntimeError("no gateway process")
+
+    def health(self, path: str, timeout: float = 5.0) -> str:
+        with inside_netns(self.g.name), urllib.request.urlopen(HEALTH + path,
+                                                               timeout=timeout) as r:
+            return r.read().decode()
+
+    def metric(self, name: str) -> float:
+        """A gauge from ``/metrics``; -1 when the gateway does not answer within 5 s."""
+        try:
+            text = self.metrics()
+        except OSError:
+            return -1.0
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return -1.0
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def line(what: str, value: str, target: str, ok: bool | None) -> None:
+    mark = "" if ok is None else ("  ok" if ok else "  MISSED")
+    print(f"  {what:<34} {value:>16}   target {target}{mark}", flush=True)
+
+
+def run_world(accounts: int, peers: int, services: int, args: argparse.Namespace,
+              baseline_kib: int | None) -> int:
+    """Build, start and measure one world; returns the gateway's RSS (KiB) when ready."""
+    tb = Testbed()
+    try:
+        w = Scaled(tb, accounts, peers, services)
+        print(f"[{accounts} accounts] seeded {accounts} accounts, {accounts * peers} peers, "
+              f"{accounts * services} services in {w.seed_seconds:.1f} s", flush=True)
+        w.start_upstream()
+        w.start_management()
+        t0 = time.monotonic()
+        w.start_gateway(w.proxy_token)
+        ready = wait_for(lambda: w.active_services() >= w.n_services
+                         and w.metric("nbgateway_accounts") >= accounts,
+                         args.ready_timeout, "every service active", interval=0.5)
+        ready_s = time.monotonic() - t0
+        del ready
+        pid = w.gateway_pid()
+        time.sleep(3)
+        rss = rss_kib(pid)
+        c0, m0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(args.idle_seconds)
+        idle = 100 * (cpu_seconds(pid) - c0) / (time.monotonic() - m0)
+        n_threads = threads(pid)
+        print(f"[{accounts} accounts] gateway pid {pid}", flush=True)
+        line("ready (all services active)", f"{ready_s:.1f} s", "< 60 s (1,000 accounts)",
+             ready_s < 60 if accounts >= 1000 else None)
+        line("gateway RSS", f"{rss / 1024:.1f} MiB", "-", None)
+        if baseline_kib is not None and accounts > 1:
+            per = (rss - baseline_kib) / (accounts - 1)
+            line("memory per extra account", f"{per:.1f} KiB", "<= 64 KiB (idle account)",
+                 per <= 64)
+        line("idle CPU", f"{idle:.1f} %", "< 3 % of one core", idle < 3)
+        line("threads", f"{n_threads}", "fixed, independent of accounts", None)
+        line("WireGuard peers in roster", f"{w.metric('nbgateway_wireguard_peers'):.0f}", "-",
+             None)
+        if args.changes and accounts > 1:
+            lat = change_latency(w, args.changes)
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            line(f"mapping change p50 ({len(lat)})", f"{statistics.median(lat) * 1000:.0f} ms",
+                 "-", None)
+            line(f"mapping change p99 ({len(lat)})", f"{p99 * 1000:.0f} ms", "< 1 s", p99 < 1)
+        return rss
+    finally:
+        tb.close()
+
+
+def change_latency(w: Scaled, n: int) -> list[float]:
+    group = w.groups[w.default_account]
+    out = []
+    for i in range(n):
+        t0 = time.monotonic()
+        svc = w.rest("POST", "/reverse-proxies/services", {
+            "name": f"chg{i}", "domain": f"chg{i}.{DOMAIN}", "enabled": True, "private": True,
+            "access_groups": [group],
+            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
+                         "host": "127.0.0.1", "port": 8081, "enabled": True,
+                         "options": {"direct_upstream": True}}]})
+
+        def active(sid: str = svc["id"]) -> bool:
+            with w.store._engine.connect() as conn:
+                return conn.execute(sa.select(services_table.c.meta_status)
+                                    .where(services_table.c.id == sid)).scalar_one() == "active"
+
+        wait_for(active, 30, f"service chg{i} active", interval=0.005)
+        out.append(time.monotonic() - t0)
+    return sorted(out)
+
+
+def run_storm(n: int, args: argparse.Namespace) -> None:
+    tb = Testbed()
+    try:
+        w = Scaled(tb, 1, 1, 1)
+        w.start_upstream()
+        w.start_management()
+        w.start_gateway(w.proxy_token)
+        wait_for(lambda: w.active_services() >= 1, 60, "the service active", interval=0.2)
+        pid = w.gateway_pid()
+        base_peers = w.metric("nbgateway_wireguard_peers")
+        time.sleep(2)
+        rss0 = rss_kib(pid)
+        stop = threading.Event()
+        probes: list[float] = []
+        failures = [0]
+
+        def probe() -> None:
+            while not stop.is_set():
+                t = time.monotonic()
+                try:
+                    w.health("/healthz/live", timeout=10)
+                    probes.append(time.monotonic() - t)
+                except OSError:
+                    failures[0] += 1
+                stop.wait(0.1)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        group = w.groups[w.default_account]
+        t0 = time.monotonic()
+        for i in range(n):
+            w.rest("POST", "/peers", {"name": f"storm{i}", "groups": [group]})
+        last = time.monotonic()
+        create_rate = n / (last - t0)
+        want = base_peers + n
+        try:
+            wait_for(lambda: w.metric("nbgateway_wireguard_peers") >= want, args.storm_timeout,
+                     "the storm's peers in the roster", interval=0.1)
+            lag = f"{time.monotonic() - last:.1f} s"
+            ok = time.monotonic() - last <= 5
+        except AssertionError:
+            lag = f"> {args.storm_timeout:.0f} s ({w.metric('nbgateway_wireguard_peers'):.0f}" \
+                  f"/{want:.0f})"
+            ok = False
+        time.sleep(2)
+        stop.set()
+        prober.join(15)
+        rss1 = rss_kib(pid)
+        print(f"[storm] {n} peers through REST, one account, gateway pid {pid}", flush=True)
+        line("REST peer creation", f"{create_rate:.0f} /s", ">= 500 /s (scale-mgmt)",
+             create_rate >= 500)
+        line("roster complete after last create", lag, "<= 5 s", ok)
+        line("memory per added peer", f"{(rss1 - rss0) * 1024 / n:.0f} B", "<= 2 KiB",
+             (rss1 - rss0) * 1024 / n <= 2048)
+        worst = max(probes) if probes else float("nan")
+        line("health worst latency", f"{worst * 1000:.0f} ms", "answers throughout", None)
+        line("health failures", f"{failures[0]}/{len(probes) + failures[0]}", "0",
+             failures[0] == 0)
+        line("threads", f"{threads(pid)}", "-", None)
+    finally:
+        tb.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--small", action="store_true", help="50 accounts")
+    parser.add_argument("--peers-per-account", type=int, default=10)
+    parser.add_argument("--services-per-account", type=int, default=10)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--storm", type=int, default=2000, help="0 skips the peer storm")
+    parser.add_argument("--storm-timeout", type=float, default=120.0)
+    parser.add_argument("--skip-world", action="store_true", help="only the peer storm")
+    args = parser.parse_args()
+    reason = unavailable_reason()
+    if reason:
+        sys.exit(f"testbed unavailable: {reason}")
+    accounts = 50 if args.small else args.accounts
+    if not args.skip_world:
+        base = run_world(1, args.peers_per_account, args.services_per_account,
+                         _no_changes(args), None)
+        run_world(accounts, args.peers_per_account, args.services_per_account, args, base)
+    if args.storm:
+        run_storm(args.storm, args)
+
+
+def _no_changes(args: argparse.Namespace) -> argparse.Namespace:
+    copy = argparse.Namespace(**vars(args))
+    copy.changes = 0
+    copy.idle_seconds = 3.0
+    return copy
+
+
+if __name__ == "__main__":
+    main()
