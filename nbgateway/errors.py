@@ -12,12 +12,6 @@ class NBGatewayError(Exception):
     """Root of every nbgateway-specific error."""
 
 
-class ConfigurationError(NBGatewayError, ValueError):
-    """A setting that cannot work, found while building services (before
-    anything listens).  The twistd dropins print its message as one line and
-    exit with the usage status instead of a traceback."""
-
-
 # ---------------------------------------------------------------------------
 # Management client (nbgateway.mgmt).  Raised by IManagementClient Deferreds.
 # ``code`` is the gRPC status name ("UNAVAILABLE", ...) or "" when the error did

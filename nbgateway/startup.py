@@ -31,8 +31,6 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from nbgateway.errors import ConfigurationError
-
 log = Logger()
 
 #: exit status of a usage error (bad flag) and of a failure to start
@@ -65,6 +63,12 @@ class OneLineUsage:
             name = f"twistd {getattr(parent, 'subCommand', None) or ''}".strip()
             sys.stderr.write(f"{name}: error: {usage_message(exc)}; see '{name} --help'\n")
             raise SystemExit(USAGE_EXIT) from None
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot work, found while building services (before
+    anything listens): under twistd its message is one line on stderr and the
+    usage exit status, not a traceback (:func:`exit_on_listen_failure`)."""
 
 
 class ListenError(CannotListenError):

@@ -27,8 +27,8 @@ from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from nbgateway.errors import ConfigurationError
 from nbgateway.management.proxyservice import ProxyServiceServicer
+from nbgateway.startup import ConfigurationError
 
 log = Logger()
 
