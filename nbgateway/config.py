@@ -354,7 +354,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_session_idle_timeout", "NB_PROXY_MAX_SESSION_IDLE_TIMEOUT", "0",
        "cap on L4 session idle timeouts, Go duration (0 = no cap)", parse_duration),
     _s("proxy_protocol", "NB_PROXY_PROXY_PROTOCOL", "false",
-       "accept PROXY protocol on the public TCP listener", parse_bool, is_bool=True),
+       "accept PROXY protocol v1/v2 on the public listener and public L4 ports "
+       "(--trusted-proxies must send it, others' headers are ignored)", parse_bool, is_bool=True),
     _s("preshared_key", "NB_PROXY_PRESHARED_KEY", "",
        "WireGuard pre-shared key between proxy and peers (prefer the env var)",
        parse_preshared_key, secret=True),
