@@ -89,6 +89,7 @@ class RequestFacts:
     #: a login form body was posted but was too large (or streamed) to read
     form_oversized: bool = False
     client_ip: str = ""  # the socket peer (rate limiting of secret guesses)
+    port: str = ""  # the Host header's explicit port (kept in the OIDC return URL)
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,8 @@ class Protect:
                 if token:
                     return CallValidateSession(token)
                 path = f.uri.partition("?")[0]
-                return CallOIDCURL(f"{f.scheme}://{f.host}{path}")
+                authority = f"{f.host}:{f.port}" if f.port.isdigit() else f.host
+                return CallOIDCURL(f"{f.scheme}://{authority}{path}")
         return self._no_token()
 
     def _no_token(self) -> Step:

@@ -317,7 +317,8 @@ class GatewayResource(Resource):
             header_names=entry.service.header_auth_names, session_key=entry.session_key,
             max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), headers=lower,
             query=query, form=form, scheme="https" if secure else "http",
-            form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip)
+            form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip,
+            port=host_port(ctx.host) or "")
 
     @staticmethod
     def _form_body(request: Any) -> bytes | None:

@@ -170,3 +170,10 @@ def test_token_minted_during_the_rpc_verifies_at_answer_time():
                   headers={"x-key": "v"}))
     p.start()
     assert p.authenticate_done(True, tok).status == 400  # the old clock would refuse it
+
+
+def test_oidc_return_url_keeps_the_host_port():
+    p = run(facts(schemes=("oidc",), port="8443"))
+    assert p.start() == CallOIDCURL("https://app.example:8443/p")
+    p = run(facts(schemes=("oidc",), port="x"))
+    assert p.start() == CallOIDCURL("https://app.example/p")
