@@ -1,0 +1,204 @@
+"""L4 relay benchmark (issue 13): the gateway's TCP relays vs. their baselines,
+all measured in one run on this machine.
+
+* **private TCP**: iperf3 from stock wireguard-go peer "alice" to a private
+  ``tcp`` service on the gateway's tunnel address (kernel TCP -> wireguard-go
+  -> the gateway's WireGuard + netstack -> private gate -> relay -> iperf3
+  server on the gateway host's loopback, ``direct_upstream``), vs. iperf3
+  straight over wireguard-go <-> wireguard-go (``bench/wg_baseline.py``).
+  Goal: >= 0.7 of the baseline.
+* **public TCP relay on loopback**: iperf3 through a public ``tcp`` service's
+  host port, vs. HAProxy (Debian package) as a plain TCP relay on the same
+  loopback, vs. iperf3 without any relay (the ceiling).  HAProxy's row is
+  skipped with a note when it is not installed.
+* **connections/s** through the public relay (connect, one byte echoed, close;
+  one client, sequential) vs. straight to the upstream.
+* **memory per idle relayed connection**: the gateway's RSS before and after
+  opening ``--idle`` (2,000) relayed connections that stay idle.  Goal:
+  <= 16 KiB each.
+
+Run as root:  .venv/bin/python bench/l4.py [--seconds 5] [--idle 2000]
+Everything runs inside namespaces this script creates and is torn down after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+
+try:
+    from bench._testbed import Testbed, iperf3, start_iperf3_server, unavailable_reason
+    from bench.wg_baseline import measure_wg_go_baseline
+except ImportError:  # run as a script: bench/ is sys.path[0]
+    from _testbed import Testbed, iperf3, start_iperf3_server, unavailable_reason
+    from wg_baseline import measure_wg_go_baseline
+
+from tests.interop.test_private_e2e import DOMAIN, World, wait_for
+from tests.interop.testbed import inside_netns
+
+SERVERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "tests", "interop", "l4_servers.py")
+PUBLIC_PORT, PRIVATE_PORT, HAPROXY_PORT, ECHO_PORT = 7100, 2222, 7200, 9100
+
+
+def gateway_pid(w: World) -> int | None:
+    for pid in w.g.pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"twistd") for a in argv) and b"nbgateway" in argv:
+            return pid
+    return None
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def service(w: World, name: str, port: int, target_port: int, *, private: bool) -> dict:
+    body = {"name": name, "domain": f"{name}.{DOMAIN}", "enabled": True, "mode": "tcp",
+            "listen_port": port,
+            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "tcp",
+                         "host": "127.0.0.1", "port": target_port, "enabled": True,
+                         "options": {"direct_upstream": True}}]}
+    if private:
+        body.update(private=True, access_groups=[w.devs["id"]])
+    return w.rest("POST", "/reverse-proxies/services", body)
+
+
+def conns_per_second(ns_name: str, host: str, port: int, seconds: float) -> float:
+    n = 0
+    end = time.monotonic() + seconds
+    with inside_netns(ns_name):
+        while time.monotonic() < end:
+            s = socket.create_connection((host, port), timeout=5)
+            s.sendall(b"x")
+            s.recv(1)
+            s.close()
+            n += 1
+    return n / seconds
+
+
+def start_haproxy(w: World) -> bool:
+    if shutil.which("haproxy") is None:
+        return False
+    conf = os.path.join(w.tmp, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""global
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend relay
+    bind 127.0.0.1:{HAPROXY_PORT}
+    default_backend up
+backend up
+    server iperf 127.0.0.1:5201
+""")
+    w.g.popen(["haproxy", "-f", conf, "-db"], stdout=w.log("haproxy"), stderr=w.log("haproxy"))
+    wait_for(lambda: w.g.run(["ss", "-Htln", f"sport = :{HAPROXY_PORT}"],
+                             check=False).stdout.strip(), 10, "haproxy")
+    return True
+
+
+def run(seconds: int, idle: int) -> dict:
+    reason = unavailable_reason(need=("iperf3", "ss", "wg-quick"))
+    if reason is not None:
+        raise RuntimeError(f"L4 benchmark unavailable: {reason}")
+    out: dict = {}
+    base = measure_wg_go_baseline(seconds)
+    out["wg_go_mbps"] = base["forward"]
+    with Testbed() as tb:
+        w = World(tb)
+        start_iperf3_server(w.g, "127.0.0.1")
+        w.g.popen([sys.executable, SERVERS, "tcp-echo", "127.0.0.1", str(ECHO_PORT)])
+        w.start_management()
+        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
+        w.start_gateway(token)
+        wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
+                 30, "the gateway")
+        w.devs = w.rest("POST", "/groups", {"name": "devs"})
+        w.add_peer("alice", [w.devs["id"]])
+        service(w, "pub", PUBLIC_PORT, 5201, private=False)
+        service(w, "echo", PUBLIC_PORT + 1, ECHO_PORT, private=False)
+        service(w, "priv", PRIVATE_PORT, 5201, private=True)
+        ns, gw_ip, _ = w.connect_peer("alice")
+        service(w, "probe", PRIVATE_PORT + 1, ECHO_PORT, private=True)
+        wait_for(lambda: ns.run(["bash", "-c", f"exec 3<>/dev/tcp/{gw_ip}/{PRIVATE_PORT + 1}"],
+                                check=False).returncode == 0, 30, "the private services")
+        out["private_mbps"] = iperf3(ns, gw_ip, seconds=seconds, port=PRIVATE_PORT)
+        out["private_reverse_mbps"] = iperf3(ns, gw_ip, seconds=seconds, port=PRIVATE_PORT,
+                                             reverse=True)
+        out["loopback_direct_mbps"] = iperf3(w.g, "127.0.0.1", seconds=seconds)
+        out["public_relay_mbps"] = iperf3(w.g, "127.0.0.1", seconds=seconds, port=PUBLIC_PORT)
+        if start_haproxy(w):
+            out["haproxy_mbps"] = iperf3(w.g, "127.0.0.1", seconds=seconds, port=HAPROXY_PORT)
+        out["conns_per_s_relay"] = conns_per_second(w.g.name, "127.0.0.1", PUBLIC_PORT + 1, 3)
+        out["conns_per_s_direct"] = conns_per_second(w.g.name, "127.0.0.1", ECHO_PORT, 3)
+        pid = gateway_pid(w)
+        if pid is not None:
+            socks = []
+            before = rss_kib(pid)
+            with inside_netns(w.g.name):
+                for _ in range(idle):
+                    socks.append(socket.create_connection(("127.0.0.1", PUBLIC_PORT + 1)))
+            time.sleep(2.0)
+            after = rss_kib(pid)
+            out["idle_relays"] = idle
+            out["kib_per_idle_relay"] = (after - before) / idle
+            for s in socks:
+                s.close()
+    return out
+
+
+def report(out: dict) -> None:
+    def ratio(a: str, b: str) -> str:
+        return f"{out[a] / out[b]:.2f}" if out.get(a) and out.get(b) else "n/a"
+
+    print(f"private TCP (peer -> wireguard-go -> gateway -> upstream): "
+          f"{out['private_mbps'] / 1000:.2f} Gbit/s, "
+          f"reverse {out['private_reverse_mbps'] / 1000:.2f}")
+    print(f"wireguard-go <-> wireguard-go baseline: {out['wg_go_mbps'] / 1000:.2f} Gbit/s  "
+          f"ratio {ratio('private_mbps', 'wg_go_mbps')} (goal >= 0.7)")
+    print(f"public relay on loopback: {out['public_relay_mbps'] / 1000:.2f} Gbit/s; "
+          f"no relay {out['loopback_direct_mbps'] / 1000:.2f} Gbit/s")
+    if "haproxy_mbps" in out:
+        print(f"HAProxy TCP relay on loopback: {out['haproxy_mbps'] / 1000:.2f} Gbit/s  "
+              f"ratio gateway/haproxy {ratio('public_relay_mbps', 'haproxy_mbps')}")
+    else:
+        print("HAProxy: not installed (apt-get install haproxy), row skipped")
+    print(f"connections/s through the relay: {out['conns_per_s_relay']:.0f} "
+          f"(direct {out['conns_per_s_direct']:.0f})")
+    if "kib_per_idle_relay" in out:
+        print(f"memory per idle relayed connection: {out['kib_per_idle_relay']:.1f} KiB "
+              f"over {out['idle_relays']} (goal <= 16 KiB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--idle", type=int, default=2000)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    out = run(args.seconds, args.idle)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    report(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
