@@ -8,6 +8,13 @@ peers can never get the same address; a unique index backs this up.
   address is handed out, skipping the network and broadcast addresses.
 * IPv6: a per-account ULA ``/64`` (RFC 4193: ``fd`` + 40 random bits + subnet
   0), lowest free address from ``::1``.
+
+Peer storms: the store does not re-read and re-parse every address in use for
+each new peer. :func:`window` names a small run of candidate addresses from a
+hint (where this process's last allocation ended); the store asks the database
+which of them are taken (one indexed query) and :func:`first_free` picks the
+lowest free one. Without a hint (first allocation of a process, after a delete)
+the full scan of :func:`allocate_ipv4` / :func:`allocate_ipv6` runs.
 """
 
 from __future__ import annotations
@@ -22,8 +29,12 @@ __all__ = [
     "allocate_ipv4",
     "allocate_ipv6",
     "canonical_tunnel_ip",
+    "first_free",
     "generate_ula_network",
+    "host_range",
     "parse_network",
+    "to_int",
+    "window",
 ]
 
 # Upper bound on how far a single allocation scans (bounded work per request).
@@ -81,6 +92,41 @@ def allocate_ipv6(network: str, used: Iterable[str]) -> str:
     if found is None:
         raise AddressExhausted(f"no free IPv6 address left in {network}")
     return str(ipaddress.IPv6Address(found))
+
+
+# Candidates the store checks per query when allocating from a hint.
+WINDOW = 16
+
+
+def host_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+    """First and last allocatable host address of an account network (as integers)."""
+    first = int(net.network_address) + 1
+    last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
+    return first, last
+
+
+def window(network: str, version: int, start: int, size: int = WINDOW) -> list[str]:
+    """Up to ``size`` candidate addresses (canonical text) from integer ``start``;
+    empty when ``start`` is past the end of the network."""
+    net = parse_network(network, version)
+    first, last = host_range(net)
+    start = max(start, first)
+    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    return [str(cls(n)) for n in range(start, min(last, start + size - 1) + 1)]
+
+
+def first_free(candidates: list[str], taken: Iterable[str]) -> str | None:
+    """The first of ``candidates`` (ascending) not in ``taken``."""
+    busy = set(taken)
+    for c in candidates:
+        if c not in busy:
+            return c
+    return None
+
+
+def to_int(text: str) -> int:
+    """Integer value of a canonical address."""
+    return int(ipaddress.ip_address(text))
 
 
 def canonical_tunnel_ip(text: str) -> tuple[int, str] | None:

@@ -818,15 +818,24 @@ class PeerRepository(Repository):
                 raise ValidationError(f"peer {pid!r} not found in account")
 
     def _set_peer_memberships(
-        self, conn: Connection, account_id: str, peer_id: str, group_ids: Sequence[str]
+        self,
+        conn: Connection,
+        account_id: str,
+        peer_id: str,
+        group_ids: Sequence[str],
+        *,
+        new: bool = False,
     ) -> set[str]:
         """Make the peer a member of exactly ``group_ids``; existing memberships keep
-        their position, new ones are appended. Returns the groups that changed."""
-        current = set(
-            conn.execute(
-                sa.select(group_peers.c.group_id).where(group_peers.c.peer_id == peer_id)
-            ).scalars()
-        )
+        their position, new ones are appended. Returns the groups that changed.
+        ``new``: the peer was inserted in this transaction (no memberships yet)."""
+        current: set[str] = set()
+        if not new:
+            current = set(
+                conn.execute(
+                    sa.select(group_peers.c.group_id).where(group_peers.c.peer_id == peer_id)
+                ).scalars()
+            )
         wanted = list(dict.fromkeys(group_ids))
         removed = current - set(wanted)
         if removed:
@@ -885,15 +894,12 @@ class PeerRepository(Repository):
                     raise ValidationError(f"user {peer.user_id!r} not found in account")
                 owner_groups = row_user(owner).auto_groups
             self._store.groups._check_group_ids(conn, peer.account_id, peer.groups, "group")
-            used = conn.execute(
-                sa.select(peers.c.ip, peers.c.ipv6).where(peers.c.account_id == peer.account_id)
-            ).all()
-            ip = self._claim_ip(peer.ip, account.network_v4, 4, {u.ip for u in used})
+            ip = self._claim_ip(conn, peer.account_id, peer.ip, account.network_v4, 4)
             ipv6 = None
             if peer.ipv6 is not None:
-                ipv6 = self._claim_ip(peer.ipv6, account.network_v6, 6, {u.ipv6 for u in used})
+                ipv6 = self._claim_ip(conn, peer.account_id, peer.ipv6, account.network_v6, 6)
             pid = peer.id or new_id()
-            if conn.execute(sa.select(peers.c.id).where(peers.c.id == pid)).first():
+            if peer.id and conn.execute(sa.select(peers.c.id).where(peers.c.id == pid)).first():
                 raise Conflict("peer already exists")
             now = utcnow()
             conn.execute(
@@ -925,28 +931,95 @@ class PeerRepository(Repository):
                 ).scalar()
                 if all_id:
                     wanted.append(all_id)
-            changed_groups = self._set_peer_memberships(conn, peer.account_id, pid, wanted)
+            changed_groups = self._set_peer_memberships(
+                conn, peer.account_id, pid, wanted, new=True
+            )
             tx.changed(ChangeKind.PEER, peer.account_id, pid)
             if changed_groups:
                 tx.changed(ChangeKind.GROUP, peer.account_id, *sorted(changed_groups))
-            return self._load_peers(conn, peers.c.id == pid)[0]
+            # the row as written (no read-back: one statement less per peer in a storm)
+            return dataclasses.replace(
+                peer,
+                id=pid,
+                ip=ip,
+                ipv6=ipv6,
+                groups=tuple(sorted(dict.fromkeys(wanted))),
+                created_at=peer.created_at or now,
+            )
 
         return self._store._write(peer.account_id, run)
 
-    @staticmethod
-    def _claim_ip(requested: str, network: str, version: int, used: set[str | None]) -> str:
-        if not requested:
+    # Where this process's last allocation ended, per (account, version, network):
+    # the next allocation checks a small window from there instead of reading and
+    # parsing every address in use (peer storms). Every address below a hint was
+    # in use when the hint was set; a delete in this process drops the account's
+    # hints so the freed address is handed out again first. Uniqueness never
+    # depends on a hint: the write is serialised per account and the unique index
+    # backs it up; a stale hint (delete through another replica) only means the
+    # freed address is not the next one handed out here.
+    _HINTS_MAX = 100_000
+
+    def _hints(self) -> dict[tuple[str, int, str], int]:
+        hints: dict[tuple[str, int, str], int] | None = getattr(self, "_ip_hints", None)
+        if hints is None:
+            hints = self._ip_hints = {}
+        return hints
+
+    def _forget_hints(self, account_id: str) -> None:
+        hints = self._hints()
+        for key in [k for k in hints if k[0] == account_id]:
+            hints.pop(key, None)
+
+    def _claim_ip(
+        self, conn: Connection, account_id: str, requested: str, network: str, version: int
+    ) -> str:
+        column = peers.c.ip if version == 4 else peers.c.ipv6
+        if requested:
+            canon = ipam.canonical_tunnel_ip(requested)
+            net = ipam.parse_network(network, version)
+            if canon is None or canon[0] != version:
+                raise ValidationError(f"invalid IPv{version} address {requested!r}")
+            if ipaddress.ip_address(canon[1]) not in net:
+                raise ValidationError(
+                    f"address {requested} is outside the account network {network}"
+                )
+            if conn.execute(
+                sa.select(peers.c.id).where(peers.c.account_id == account_id, column == canon[1])
+            ).first():
+                raise Conflict(f"address {canon[1]} is already in use")
+            return canon[1]
+        hints = self._hints()
+        key = (account_id, version, network)
+        start = hints.get(key)
+        found: str | None = None
+        if start is not None:
+            for _ in range(16):
+                candidates = ipam.window(network, version, start)
+                if not candidates:
+                    break
+                taken = conn.execute(
+                    sa.select(column).where(
+                        peers.c.account_id == account_id, column.in_(candidates)
+                    )
+                ).scalars()
+                found = ipam.first_free(candidates, [t for t in taken if t])
+                if found is not None:
+                    break
+                start = ipam.to_int(candidates[-1]) + 1
+        if found is None:
+            used = [
+                u
+                for u in conn.execute(
+                    sa.select(column).where(peers.c.account_id == account_id)
+                ).scalars()
+                if u
+            ]
             alloc = ipam.allocate_ipv4 if version == 4 else ipam.allocate_ipv6
-            return alloc(network, [u for u in used if u])
-        canon = ipam.canonical_tunnel_ip(requested)
-        net = ipam.parse_network(network, version)
-        if canon is None or canon[0] != version:
-            raise ValidationError(f"invalid IPv{version} address {requested!r}")
-        if ipaddress.ip_address(canon[1]) not in net:
-            raise ValidationError(f"address {requested} is outside the account network {network}")
-        if canon[1] in used:
-            raise Conflict(f"address {canon[1]} is already in use")
-        return canon[1]
+            found = alloc(network, used)
+        if len(hints) >= self._HINTS_MAX:
+            hints.clear()
+        hints[key] = ipam.to_int(found) + 1
+        return found
 
     def get(self, account_id: str, peer_id: str) -> Peer:
         """NotFound ``peer not found``."""
@@ -1058,6 +1131,7 @@ class PeerRepository(Repository):
 
         def run(tx: Tx) -> None:
             conn = tx.conn
+            self._forget_hints(account_id)
             if not conn.execute(
                 sa.select(peers.c.id).where(peers.c.id == peer_id, peers.c.account_id == account_id)
             ).first():

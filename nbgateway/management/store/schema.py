@@ -342,3 +342,5 @@ sa.Index(
     access_log_entries.c.timestamp,
     access_log_entries.c.id,
 )
+# revision 0005: max(position) of a group's members (appending a member)
+sa.Index("ix_group_peers_group_position", group_peers.c.group_id, group_peers.c.position)
