@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from nbgateway import tunnels
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
+from nbgateway.auth.assertion import AssertionSigner
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
 from nbgateway.dial.direct import DenialReports, DirectDialer, DirectDialStats, is_host_address
 from nbgateway.dial.guard import DialPolicy, Listener, parse_allow_list
@@ -156,6 +157,8 @@ class GatewayService(MultiService):
         )
         self.routes.on_domain_gone = self.proxy.upgrades.close_domain
         self.proxy.on_dial_denied = self._report_dial_denied
+        #: X-NetBird-Jwt-Assertion for services that ask for it (issue 16)
+        self.proxy.assertions = AssertionSigner(reactor)
         self.access_log = AccessLogger(management, reactor)
         self.metrics.access_log = self.access_log
         #: per-account synthetic DNS zones (served on each tunnel address, port 53)

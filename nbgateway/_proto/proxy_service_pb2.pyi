@@ -199,7 +199,7 @@ class AccessRestrictions(_message.Message):
     def __init__(self, allowed_cidrs: _Optional[_Iterable[str]] = ..., blocked_cidrs: _Optional[_Iterable[str]] = ..., allowed_countries: _Optional[_Iterable[str]] = ..., blocked_countries: _Optional[_Iterable[str]] = ..., crowdsec_mode: _Optional[str] = ...) -> None: ...
 
 class ProxyMapping(_message.Message):
-    __slots__ = ("type", "id", "account_id", "domain", "path", "auth_token", "auth", "pass_host_header", "rewrite_redirects", "mode", "listen_port", "access_restrictions", "private")
+    __slots__ = ("type", "id", "account_id", "domain", "path", "auth_token", "auth", "pass_host_header", "rewrite_redirects", "mode", "listen_port", "access_restrictions", "private", "nbgw_assertion")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class ProxyMapping(_message.Message):
     LISTEN_PORT_FIELD_NUMBER: _ClassVar[int]
     ACCESS_RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    NBGW_ASSERTION_FIELD_NUMBER: _ClassVar[int]
     type: ProxyMappingUpdateType
     id: str
     account_id: str
@@ -226,7 +227,32 @@ class ProxyMapping(_message.Message):
     listen_port: int
     access_restrictions: AccessRestrictions
     private: bool
-    def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ...) -> None: ...
+    nbgw_assertion: NbgwIdentityAssertion
+    def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ..., nbgw_assertion: _Optional[_Union[NbgwIdentityAssertion, _Mapping]] = ...) -> None: ...
+
+class NbgwIdentityAssertion(_message.Message):
+    __slots__ = ("mode", "kid", "private_key", "keys", "issuer", "lifetime_seconds")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    KID_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    kid: str
+    private_key: str
+    keys: _containers.RepeatedCompositeFieldContainer[NbgwAssertionKey]
+    issuer: str
+    lifetime_seconds: int
+    def __init__(self, mode: _Optional[str] = ..., kid: _Optional[str] = ..., private_key: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[NbgwAssertionKey, _Mapping]]] = ..., issuer: _Optional[str] = ..., lifetime_seconds: _Optional[int] = ...) -> None: ...
+
+class NbgwAssertionKey(_message.Message):
+    __slots__ = ("kid", "x")
+    KID_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    kid: str
+    x: str
+    def __init__(self, kid: _Optional[str] = ..., x: _Optional[str] = ...) -> None: ...
 
 class SendAccessLogRequest(_message.Message):
     __slots__ = ("log",)

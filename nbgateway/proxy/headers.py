@@ -8,8 +8,9 @@ this order, with these forwarding rules and this identity encoding:
    upstream compares them (issue 11.3);
 1. header-auth credential headers removed (same comparison);
 2. custom headers set (overriding client values);
-3. ``X-NetBird-User`` / ``X-NetBird-Groups`` deleted, then stamped from the
-   validated identity (anti-spoof: always deleted, even without identity);
+3. ``X-NetBird-User`` / ``X-NetBird-Groups`` / ``X-NetBird-Jwt-Assertion``
+   deleted, then stamped from the validated identity and the signed assertion
+   the caller minted for it (anti-spoof: always deleted, even without identity);
 4. forwarding headers set (trusted-proxy aware);
 5. ``Cookie`` rebuilt from the inbound cookies minus ``nb_session``.
 
@@ -30,6 +31,7 @@ from nbgateway.routes.identity import Identity
 
 USER_HEADER = "X-NetBird-User"
 GROUPS_HEADER = "X-NetBird-Groups"
+ASSERTION_HEADER = "X-NetBird-Jwt-Assertion"
 SESSION_COOKIE = "nb_session"
 
 HOP_BY_HOP = frozenset(
@@ -175,8 +177,10 @@ def prepare_upstream_headers(
     forwarded_proto: str = "auto",
     trusted_proxies: TrustedProxies | None = None,
     keep_upgrade: bool = False,
+    assertion: str | None = None,
 ) -> Headers:
-    """A NEW Headers for the upstream request (including ``Host``)."""
+    """A NEW Headers for the upstream request (including ``Host``);
+    ``assertion`` is the signed identity assertion JWT to stamp, if any."""
     trusted = trusted_proxies or _NO_TRUSTED_PROXIES
     peer_trusted = bool(trusted) and trusted.contains(client_ip)
     inbound_xff = _get(inbound, "X-Forwarded-For")
@@ -219,8 +223,11 @@ def prepare_upstream_headers(
     # 3. identity: strip then stamp
     out.removeHeader(USER_HEADER)
     out.removeHeader(GROUPS_HEADER)
+    out.removeHeader(ASSERTION_HEADER)
     for name, value in identity_headers(identity).items():
         out.setRawHeaders(name, [value])
+    if assertion:
+        out.setRawHeaders(ASSERTION_HEADER, [assertion])
     # 4. forwarding headers
     if forwarded_proto in ("http", "https"):
         proto = forwarded_proto

@@ -40,6 +40,9 @@ PEER_NOT_CONNECTED = ErrorPage(502, "Peer Not Connected",
 CONNECTION_ERROR = ErrorPage(502, "Connection Error",
                              "The gateway could not talk to the upstream service.")
 FORBIDDEN = ErrorPage(403, "Forbidden", "You are not allowed to access this service.")
+ASSERTION_UNAVAILABLE = ErrorPage(503, "Identity Assertion Unavailable",
+                                  "The service requires a signed identity the gateway "
+                                  "cannot issue right now.")
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

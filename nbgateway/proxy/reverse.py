@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +71,7 @@ from nbgateway.routes.context import RequestContext
 from nbgateway.routes.hosts import host_without_port
 from nbgateway.routes.identity import Identity
 from nbgateway.routes.paths import Route, outgoing_path, rewrite_location
-from nbgateway.routes.service import ProxyService, TargetOptions
+from nbgateway.routes.service import JWKS_PATH, ProxyService, TargetOptions
 
 log = Logger()
 
@@ -347,6 +348,10 @@ class ReverseProxy:
         #: ``(service, DirectUpstreamDeniedError)`` after a refused direct dial
         self.on_dial_denied: Callable[[ProxyService, Any], None] | None = None
         self.inflight: dict[str, int] = {}
+        #: the identity assertion signer (``token(settings, identity, peer_ip,
+        #: audience)``, nbgateway.auth.assertion), set by the service; without
+        #: one a ``required`` service answers 503
+        self.assertions: Any = None
         if upgrades is None:
             from nbgateway.proxy.upgrade import UpgradeRelay
 
@@ -380,12 +385,21 @@ class ReverseProxy:
             forwarded_proto=self.forwarded_proto,
             trusted_proxies=self.trusted_proxies,
             keep_upgrade=keep_upgrade,
+            assertion=self.assertion_for(request, service, identity),
         )
         # twisted.web already answered "Expect: 100-continue" to the client;
         # the body framing is set by the client side from the body producer.
         headers.removeHeader(b"expect")
         headers.removeHeader(b"content-length")
         return headers
+
+    def assertion_for(self, request: Any, service: ProxyService,
+                      identity: Identity | None) -> str | None:
+        """The signed identity assertion to stamp (None: none to stamp)."""
+        if service.assertion is None or identity is None or self.assertions is None:
+            return None
+        return self.assertions.token(service.assertion, identity, client_ip(request),
+                                     service.domain)
 
     def render(self, request: Any, ctx: RequestContext) -> Any:
         """Handle ``request`` for ``ctx.service`` (None: 404) with ``ctx.identity``
@@ -397,6 +411,9 @@ class ReverseProxy:
             return server.NOT_DONE_YET
         raw_path, _, query = request.uri.partition(b"?")
         path = raw_path.decode("latin-1")
+        if path == JWKS_PATH and service.assertion is not None:
+            _send_json(request, service.assertion.jwks())
+            return server.NOT_DONE_YET
         route = service.router.match(path)
         if route is None:
             pages.send_page(request, pages.SERVICE_NOT_FOUND)
@@ -411,6 +428,12 @@ class ReverseProxy:
         dialer = self.dialer_for(service.account_id, opts.direct_upstream)
         if dialer is None:
             pages.send_page(request, pages.PROXY_NOT_CONNECTED, destination=route.target)
+            return server.NOT_DONE_YET
+        if (service.assertion is not None and service.assertion.required
+                and self.assertion_for(request, service, ctx.identity) is None):
+            # required by the upstream: never forwarded unsigned
+            log.warn("identity assertion unavailable", domain=service.domain)
+            pages.send_page(request, pages.ASSERTION_UNAVAILABLE, destination=route.target)
             return server.NOT_DONE_YET
         target_path = outgoing_path(route, path, query.decode("latin-1"), opts.path_rewrite)
         timeout = self.timeout_for(opts)
@@ -431,6 +454,16 @@ class ReverseProxy:
         exchange = _Exchange(self, request, ctx, service, route, opts)
         exchange.start(agent, request.method, url, headers, _request_body(request), timeout)
         return server.NOT_DONE_YET
+
+
+def _send_json(request: Any, document: Any) -> None:
+    body = json.dumps(document, separators=(",", ":")).encode()
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"max-age=60")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
 
 
 def _release_on_finish(proxy: ReverseProxy, account_id: str, request: Any) -> None:

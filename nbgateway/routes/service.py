@@ -4,7 +4,8 @@
 gateway's model of a service, HTTP and L4 alike: :class:`ServiceEntry`
 (mode, listen port, private, access restrictions, operator schemes, session
 lifetime, unusable targets) around a :class:`ProxyService` (what the reverse
-proxy needs: account, domain, path router, Host/redirect options), whose
+proxy needs: account, domain, path router, Host/redirect options, identity
+assertion settings :class:`AssertionSettings`), whose
 routes carry :class:`TargetOptions`.  Pure data and functions.
 """
 
@@ -57,6 +58,53 @@ class TargetOptions:
         )
 
 
+#: where a service's public assertion keys are served (management and gateway)
+JWKS_PATH = "/.well-known/nbgateway/jwks.json"
+#: assertion modes: off (none stamped), on (stamped when a key is available),
+#: required (never forwarded unsigned: no key -> 503)
+ASSERTION_MODES = ("off", "on", "required")
+MAX_ASSERTION_LIFETIME = 300
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionSettings:
+    """A mapping's ``nbgw_assertion``: how ``X-NetBird-Jwt-Assertion`` is
+    signed for the service.  ``private_key`` (base64 Ed25519 seed) is secret
+    and never in the repr; ``keys`` are the published ``(kid, x)`` pairs."""
+
+    mode: str = "off"
+    kid: str = ""
+    private_key: str = field(default="", repr=False)
+    keys: tuple[tuple[str, str], ...] = ()
+    issuer: str = ""
+    lifetime: int = MAX_ASSERTION_LIFETIME
+
+    @property
+    def required(self) -> bool:
+        return self.mode == "required"
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys as a JWKS document (RFC 7517, OKP/Ed25519)."""
+        return {"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+                          "kid": kid, "x": x} for kid, x in self.keys]}
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> AssertionSettings | None:
+        """From a ``pb.NbgwIdentityAssertion`` (None when off/unknown mode:
+        an unknown mode is read as ``required``, failing closed)."""
+        mode = msg.mode or "off"
+        if mode == "off":
+            return None
+        if mode not in ASSERTION_MODES:
+            mode = "required"
+        lifetime = int(msg.lifetime_seconds)
+        if lifetime <= 0 or lifetime > MAX_ASSERTION_LIFETIME:
+            lifetime = MAX_ASSERTION_LIFETIME
+        return cls(mode=mode, kid=msg.kid, private_key=msg.private_key,
+                   keys=tuple((k.kid, k.x) for k in msg.keys if k.kid and k.x),
+                   issuer=msg.issuer, lifetime=lifetime)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyService:
     """What the reverse proxy needs to know about one HTTP mapping."""
@@ -68,6 +116,8 @@ class ProxyService:
     rewrite_redirects: bool = False
     header_auth_names: tuple[str, ...] = ()
     service_id: str = ""
+    #: signed identity assertion settings (None: off)
+    assertion: AssertionSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +166,8 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
         rewrite_redirects=mapping.rewrite_redirects,
         header_auth_names=header_names,
         service_id=mapping.id,
+        assertion=AssertionSettings.from_proto(mapping.nbgw_assertion)
+        if mapping.HasField("nbgw_assertion") else None,
     )
     return ServiceEntry(
         service=service,
