@@ -249,7 +249,11 @@ class L4Manager:
         if self.udp is not None:
             self.udp.account_ready(account_id)
 
-    def remove(self, mapping: Any) -> None:
+    def remove(self, mapping: Any, *, keep_listener: bool = False) -> None:
+        """Drop the mapping's route and reset its live relays; the port's
+        listener closes with its last route unless ``keep_listener`` (a
+        changed mapping: a closed port cannot be bound again at once, its
+        socket closes on the next reactor turn)."""
         self.errors.pop(mapping.id, None)
         target = self.targets.pop(mapping.id, None)
         if target is None:
@@ -261,6 +265,10 @@ class L4Manager:
         if closed:
             log.info("L4 service {service} removed: closed {n} live connection(s)",
                      service=mapping.id, n=closed)
+        if not keep_listener:
+            self._drop_if_empty(router, target)
+
+    def _drop_if_empty(self, router: PortRouter, target: L4Target) -> None:
         if router.empty and router is not self.main:
             if target.private:
                 self.private.pop((target.account_id, target.listen_port), None)
@@ -334,8 +342,22 @@ class L4Manager:
         self.add(mapping)
 
     def mapping_changed(self, old: Any, new: Any) -> None:
-        self.mapping_removed(old)
-        self.mapping_added(new)
+        if old.mode in ("tcp", "tls"):
+            target = self.targets.get(old.id)
+            self.remove(old, keep_listener=True)  # a same-port change keeps the socket
+            self.mapping_added(new)
+            if target is not None:
+                router = self._router_of(target)
+                if router is not None:
+                    self._drop_if_empty(router, target)
+        elif old.mode == "udp" and self.udp is not None:
+            if new.mode == "udp":
+                self.udp.change(old, new)
+            else:
+                self.udp.remove(old)
+                self.mapping_added(new)
+        else:
+            self.mapping_added(new)
         if self._is_mine(new):
             self._report(new)
 

@@ -345,6 +345,31 @@ class UDPRelays:
             if svc.target.private and svc.target.account_id == account_id:
                 self._bind(svc)
 
+    def change(self, old: Any, new: Any) -> None:
+        """A changed ``udp`` mapping: its sessions end; on the same port the
+        socket is kept (a closed port cannot be bound again at once)."""
+        svc = self.services.get(old.id)
+        same_port = (svc is not None and svc.listening is not None
+                     and int(new.listen_port) == svc.target.listen_port
+                     and bool(new.private) == svc.target.private)
+        if not same_port:
+            self.remove(old)
+            self.add(new)
+            return
+        assert svc is not None
+        m = self.manager
+        try:
+            target = target_from_mapping(new, max_dial_timeout=m.max_dial_timeout,
+                                         max_idle_timeout=m.max_idle_timeout)
+        except L4ConfigError as exc:
+            self.remove(old)
+            self.errors[new.id] = str(exc)
+            m._report(new)
+            return
+        svc.close("route_removed")
+        svc.target = target
+        svc.start_sweeping()
+
     def remove(self, mapping: Any) -> None:
         self.errors.pop(mapping.id, None)
         svc = self.services.pop(mapping.id, None)
