@@ -1,7 +1,17 @@
 """grpcio <-> reactor bridge: the only module in nbgateway that knows threads.
 
-grpcio's synchronous API runs its own I/O threads.  This bridge turns its calls
-into Twisted objects (grpcio's own threads, results handed to the reactor):
+Two kinds of multicallable are accepted, told apart by type:
+
+* **grpcio's asyncio API** (``grpc.aio`` channels: what
+  :func:`nbgateway.mgmt.session.make_channel` builds for the gateway).  Every
+  call of every bridge runs as a coroutine on ONE process-wide event loop
+  thread (:func:`aio_loop`, thread ``nbgw-grpc-aio``), next to grpcio's one
+  completion-queue poller thread: no thread per stream, per account or per
+  RPC, so a gateway serving a thousand accounts (a peer-channel stream each)
+  has the same threads as one serving one account.  Results hop to the
+  reactor with ``callFromThread``; credit (the one-message-in-flight rule
+  below) and requests hop to the loop with ``call_soon_threadsafe``.
+* grpcio's synchronous API (a caller-supplied ``grpc.Channel``, tests' fakes):
 
 * unary: ``multicallable.future(...)`` -> :class:`Deferred`.  The future's done
   callback only hops to the reactor with ``callFromThread``; the Deferred's
@@ -14,16 +24,18 @@ into Twisted objects (grpcio's own threads, results handed to the reactor):
   through a :class:`queue.Queue` that grpcio's request iterator drains.
 * :class:`grpc.RpcError` codes become :mod:`nbgateway.errors` types.
 * :meth:`GrpcBridge.stop` cancels every live call and joins the stream threads
-  with a bound.
+  (synchronous API) with a bound; asyncio calls are cancelled on the loop.
 
 Nothing here touches a Twisted object from a non-reactor thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -66,6 +78,60 @@ def map_rpc_error(exc: BaseException) -> errors.ManagementError:
 
 _CLOSE = object()  # sentinel ending a bidi request iterator
 
+_AIO_TYPES = (
+    grpc.aio.UnaryUnaryMultiCallable,
+    grpc.aio.UnaryStreamMultiCallable,
+    grpc.aio.StreamStreamMultiCallable,
+)
+
+
+def is_aio(method: Any) -> bool:
+    """True for a multicallable of a ``grpc.aio`` channel."""
+    return isinstance(method, _AIO_TYPES)
+
+
+class AioLoop:
+    """One asyncio event loop on one daemon thread, shared by every bridge."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="nbgw-grpc-aio", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Awaitable[Any]) -> concurrent.futures.Future[Any]:
+        """Run ``coro`` on the loop (from any thread); a concurrent future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread soon (from any thread)."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def run(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn()`` on the loop thread and wait for its result (setup only:
+        channel creation, which grpc.aio binds to the running loop)."""
+
+        async def call() -> Any:
+            return fn()
+
+        return self.submit(call()).result(timeout)
+
+
+_aio_loop: AioLoop | None = None
+_aio_lock = threading.Lock()
+
+
+def aio_loop() -> AioLoop:
+    """The process-wide loop thread, started on first use."""
+    global _aio_loop
+    with _aio_lock:
+        if _aio_loop is None:
+            _aio_loop = AioLoop()
+        return _aio_loop
+
 #: Bound on concurrent unary calls (memory and management load); past it calls
 #: fail fast with ManagementUnavailableError, which callers treat as "deny".
 MAX_INFLIGHT_UNARY = 4096
@@ -98,6 +164,12 @@ class StreamCall:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: Failure | None = None
+        #: asyncio mode: the loop, the coroutine's future, its credit event and
+        #: its request queue (touched on the loop thread only)
+        self._aio: AioLoop | None = None
+        self._task: concurrent.futures.Future[Any] | None = None
+        self._aio_credit: asyncio.Event | None = None
+        self._aio_requests: asyncio.Queue[Any] | None = None
         self.messages_received = 0
         self.done: Deferred[None] = Deferred(lambda _d: self.cancel())
 
@@ -105,6 +177,12 @@ class StreamCall:
 
     def send(self, request: Any) -> None:
         """Queue one request on a bidi stream (non-blocking)."""
+        if self._aio is not None:
+            if self._aio_requests is None:
+                raise TypeError(f"{self._name} is not a client-streaming call")
+            if not self._stopping.is_set():
+                self._aio.call(self._aio_requests.put_nowait, request)
+            return
         if self._requests is None:
             raise TypeError(f"{self._name} is not a client-streaming call")
         if not self._stopping.is_set():
@@ -115,12 +193,25 @@ class StreamCall:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self._abort()
+        self._finish(Failure(errors.ManagementCancelledError(f"{self._name} cancelled")))
+
+    def _abort(self) -> None:
+        """Stop the call and wake its reader (after ``_stopping`` is set)."""
+        if self._aio is not None:
+            self._aio.call(self._aio_abort)
+            return
         if self._requests is not None:
             self._requests.put(_CLOSE)
         if self._call is not None:
             self._call.cancel()
         self._credit.release()
-        self._finish(Failure(errors.ManagementCancelledError(f"{self._name} cancelled")))
+
+    def _release_credit(self) -> None:
+        if self._aio is not None:
+            self._aio.call(self._aio_grant)
+        else:
+            self._credit.release()
 
     @property
     def active(self) -> bool:
@@ -134,22 +225,18 @@ class StreamCall:
 
     def _deliver(self, message: Any) -> None:
         if self.done.called:
-            self._credit.release()
+            self._release_credit()
             return
         self.messages_received += 1
         d = maybeDeferred(self._on_message, message)
 
         def handled(_: object) -> None:
-            self._credit.release()
+            self._release_credit()
 
         def failed(reason: Failure) -> None:
             log.failure("{name}: message handler failed; closing stream", reason, name=self._name)
             self._stopping.set()
-            if self._requests is not None:
-                self._requests.put(_CLOSE)
-            if self._call is not None:
-                self._call.cancel()
-            self._credit.release()
+            self._abort()
             self._finish(reason)
 
         d.addCallbacks(handled, failed)
@@ -186,6 +273,57 @@ class StreamCall:
             reactor.callFromThread(self._finish, outcome)
 
 
+    # -- asyncio loop thread (asyncio mode) ------------------------------------------
+
+    def _aio_grant(self) -> None:
+        if self._aio_credit is not None:
+            self._aio_credit.set()
+
+    def _aio_abort(self) -> None:
+        if self._aio_requests is not None:
+            self._aio_requests.put_nowait(_CLOSE)
+        if self._call is not None:
+            self._call.cancel()
+        if self._aio_credit is not None:
+            self._aio_credit.set()
+
+    async def _aio_request_iterator(self) -> AsyncIterator[Any]:
+        assert self._aio_requests is not None
+        while True:
+            item = await self._aio_requests.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    async def _run_aio(self, start: Callable[[], Any]) -> None:
+        reactor = self._bridge.reactor
+        outcome: Failure | None = None
+        self._aio_credit = asyncio.Event()
+        try:
+            if self._stopping.is_set():
+                return
+            self._call = start()
+            async for message in self._call:
+                if self._stopping.is_set():
+                    break
+                self._aio_credit.clear()
+                reactor.callFromThread(self._deliver, message)
+                await self._aio_credit.wait()
+                if self._stopping.is_set():
+                    break
+        except asyncio.CancelledError:
+            outcome = Failure(errors.ManagementCancelledError(f"{self._name} cancelled"))
+        except grpc.RpcError as exc:
+            outcome = Failure(map_rpc_error(exc))
+        except Exception as exc:  # grpcio internals; never let the task die silently
+            outcome = Failure(map_rpc_error(exc))
+        finally:
+            if self._aio_requests is not None:
+                self._aio_requests.put_nowait(_CLOSE)
+        if not self._stopping.is_set():
+            reactor.callFromThread(self._finish, outcome)
+
+
 class GrpcBridge:
     """Starts grpcio calls and routes their results to the reactor."""
 
@@ -200,7 +338,7 @@ class GrpcBridge:
         self.max_inflight = max_inflight
         #: Unary calls refused because ``max_inflight`` were already running.
         self.refused = 0
-        self._unary: set[grpc.Future] = set()
+        self._unary: set[Any] = set()  # grpc.Future or concurrent.futures.Future
         self._streams: set[StreamCall] = set()
         self._stopped = False
 
@@ -218,11 +356,19 @@ class GrpcBridge:
         if len(self._unary) >= self.max_inflight:
             self.refused += 1
             return _failed(errors.ManagementUnavailableError("too many in-flight management calls"))
-        future = method.future(request, timeout=timeout, metadata=metadata)
+        future: Any
+        if is_aio(method):
+
+            async def call() -> Any:
+                return await method(request, timeout=timeout, metadata=metadata)
+
+            future = aio_loop().submit(call())
+        else:
+            future = method.future(request, timeout=timeout, metadata=metadata)
         self._unary.add(future)
         d: Deferred[Any] = Deferred(lambda _d: future.cancel())
 
-        def settle(fut: grpc.Future) -> None:  # reactor thread
+        def settle(fut: Any) -> None:  # reactor thread
             self._unary.discard(fut)
             if d.called:  # cancelled by the caller: already failed
                 return
@@ -253,6 +399,9 @@ class GrpcBridge:
         if self._stopped:
             stream._finish(Failure(errors.ManagementUnavailableError("management client stopped")))
             return stream
+        if is_aio(method):
+            self._start_aio(stream, lambda: method(request, metadata=metadata))
+            return stream
         stream._call = method(request, metadata=metadata)
         self._start(stream)
         return stream
@@ -272,12 +421,24 @@ class GrpcBridge:
         if self._stopped:
             stream._finish(Failure(errors.ManagementUnavailableError("management client stopped")))
             return stream
+        if is_aio(method):
+            stream._aio_requests = asyncio.Queue()
+            if first is not None:
+                stream._aio_requests.put_nowait(first)  # the loop has not seen it yet
+            self._start_aio(
+                stream, lambda: method(stream._aio_request_iterator(), metadata=metadata))
+            return stream
         stream._requests = queue.Queue()
         if first is not None:
             stream._requests.put(first)
         stream._call = method(stream._request_iterator(), metadata=metadata)
         self._start(stream)
         return stream
+
+    def _start_aio(self, stream: StreamCall, start: Callable[[], Any]) -> None:
+        self._streams.add(stream)
+        stream._aio = aio_loop()
+        stream._task = stream._aio.submit(stream._run_aio(start))
 
     def _start(self, stream: StreamCall) -> None:
         self._streams.add(stream)

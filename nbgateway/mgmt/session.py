@@ -6,8 +6,10 @@ It owns, and nothing else does:
 
 * the parsed ``--mgmt`` target (:class:`ManagementTarget`: scheme, host,
   port, the plaintext-only-to-loopback rule) and the gRPC channel built from
-  it (keepalive 20 s / 10 s, pings without calls, receive limit), or one a
-  caller supplies (closed on stop only if the session made it);
+  it (keepalive 20 s / 10 s, pings without calls, receive limit): a
+  ``grpc.aio`` channel bound to the bridge's one process-wide loop thread, so
+  any number of sessions adds no thread; or one a caller supplies (closed on
+  stop only if the session made it);
 * the stub and the thread bridge (:class:`~nbgateway.mgmt._grpcbridge.GrpcBridge`);
 * the reconnect loop (:class:`~nbgateway.mgmt.reconnect.Reconnector`) that
   runs the client's connection attempt with jittered exponential backoff;
@@ -33,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nbgateway import errors
-from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
+from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall, aio_loop
 from nbgateway.mgmt.reconnect import Backoff, Reconnector
 
 __all__ = ["DEFAULT_MAX_RECEIVE_BYTES", "ManagedChannel", "ManagementTarget"]
@@ -83,8 +85,12 @@ def make_channel(
     *,
     root_certificates: bytes | None = None,
     max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
-) -> grpc.Channel:
-    """A channel to ``target`` with the gateway's keepalive settings."""
+    aio: bool = False,
+) -> Any:
+    """A channel to ``target`` with the gateway's keepalive settings.
+
+    ``aio``: a ``grpc.aio`` channel; call it on the loop that will run its
+    calls (:meth:`~nbgateway.mgmt._grpcbridge.AioLoop.run`)."""
     options = [
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
@@ -92,10 +98,11 @@ def make_channel(
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", max_receive_bytes),
     ]
+    module: Any = grpc.aio if aio else grpc
     if target.tls:
         creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-        return grpc.secure_channel(target.address, creds, options=options)
-    return grpc.insecure_channel(target.address, options=options)
+        return module.secure_channel(target.address, creds, options=options)
+    return module.insecure_channel(target.address, options=options)
 
 
 class ManagedChannel:
@@ -145,11 +152,12 @@ class ManagedChannel:
         if self._channel_factory is not None:
             self.channel = self._channel_factory()
         else:
-            self.channel = make_channel(
+            self.channel = aio_loop().run(lambda: make_channel(
                 self.target,
                 root_certificates=self.root_certificates,
                 max_receive_bytes=self.max_receive_bytes,
-            )
+                aio=True,
+            ))
         self.stub = self._stub_class(self.channel)
         self.bridge = GrpcBridge(self.reactor)
 
@@ -169,7 +177,10 @@ class ManagedChannel:
             self.bridge.stop()
             self.bridge = None
         if self.channel is not None and self._owns_channel:
-            self.channel.close()
+            if isinstance(self.channel, grpc.aio.Channel):
+                aio_loop().submit(self.channel.close())
+            else:
+                self.channel.close()
         self.channel = None
         self.stub = None
         self.stream = None
