@@ -170,3 +170,27 @@ def test_out_of_group_peer_refused_without_upstream_connection(world):
             reply = b""
         assert reply == b""
     assert accepted(world) == before  # no upstream connection was ever made for bob
+
+
+def test_access_log_entry_per_connection_with_user(world):
+    """Each private L4 connection is one access-log entry: protocol tcp, the
+    peer's tunnel address, bytes each way, the close reason, the user."""
+    ns, gw_ip, _ = world.alice
+    assert echo_once(ns.name, gw_ip, TCP_PORT, b"logged-bytes") == b"logged-bytesBYE\n"
+
+    def entry():
+        raw = world.rest("GET", "/events/proxy")
+        rows = raw.get("data", raw) if isinstance(raw, dict) else raw
+        for e in rows:
+            if (e.get("service_id") == world.tcp["id"] and e.get("protocol") == "tcp"
+                    and e.get("bytes_upload") == len(b"logged-bytes")):
+                return e
+        return None
+
+    e = wait_for(entry, 30, "the L4 access-log entry")
+    assert e["bytes_download"] == len(b"logged-bytesBYE\n")
+    assert e["status_code"] == 200
+    assert e["metadata"]["close_reason"] in ("client_closed", "upstream_closed")
+    assert "devs" in e["metadata"]["groups"].split(",")
+    assert e["source_ip"].startswith("100.")
+    assert e.get("user_id")
