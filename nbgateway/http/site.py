@@ -370,6 +370,7 @@ class GatewayResource(Resource):
         elif isinstance(step, CallAuthenticate):
             kw = ({"header_value": step.value, "header_name": step.header_name}
                   if step.scheme == "header" else {step.scheme: step.value})
+            kw["client_ip"] = ctx.source_ip
             d = _call(client.authenticate, entry.service.service_id, entry.account_id, **kw)
             d.addCallbacks(lambda r: protect.authenticate_done(
                 bool(r.success), r.session_token, self.clock.seconds()),

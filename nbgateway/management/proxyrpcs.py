@@ -39,6 +39,7 @@ import grpc
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management import sessionjwt
+from nbgateway.management.authlimit import CLIENT_IP_METADATA
 from nbgateway.management.errors import ManagementError, NotFound
 from nbgateway.management.ipam import canonical_tunnel_ip
 from nbgateway.management.model import (
@@ -57,6 +58,14 @@ from nbgateway.management.store import _secrets
 
 _STATUS_NAMES = list(ServiceStatus)  # ProxyStatus 0..5 in order
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _client_ip(context: grpc.ServicerContext) -> str:
+    """The end user's address a gateway named in the call's metadata."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_IP_METADATA and isinstance(value, str):
+            return value[:64]
+    return ""
 
 
 def valid_proxy_address(address: str) -> bool:
@@ -323,6 +332,10 @@ class UnaryRpcs:
         a = svc.auth
         which = req.WhichOneof("request")
         principal = method = ""
+        guesses = getattr(self, "guesses", None)
+        who = _client_ip(context) or f"proxy:{getattr(caller, 'id', '')}"
+        if guesses is not None and guesses.locked(svc.id, who):
+            return pb.AuthenticateResponse(success=False)  # locked: no argon2 work
         if which == "pin" and a.pin_auth is not None and a.pin_auth.enabled:
             if a.pin_auth.pin and _secrets.verify_secret(a.pin_auth.pin, req.pin.pin):
                 principal, method = "pin-user", "pin"
@@ -340,6 +353,8 @@ class UnaryRpcs:
                 if _secrets.verify_secret(h.value, req.header_auth.header_value):
                     principal, method = "header-user", "header"
                     break
+        if guesses is not None and which in ("pin", "password", "header_auth"):
+            guesses.record(svc.id, who, bool(principal))
         if not principal:
             return pb.AuthenticateResponse(success=False)
         token = ""

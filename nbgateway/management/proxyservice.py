@@ -52,6 +52,7 @@ from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.management.authlimit import GuessLimiter
 from nbgateway.management.errors import ManagementError, NotFound
 from nbgateway.management.model import (
     ChangeKind,
@@ -261,6 +262,8 @@ class ProxyServiceServicer(UnaryRpcs):
         self.store = store
         #: SSO for public services (management.sso.SSO); None: GetOIDCURL is UNIMPLEMENTED
         self.sso = sso
+        #: Authenticate's per-(service, end-user address) bound on secret guesses
+        self.guesses = GuessLimiter(clock)
         self.batch_size = batch_size or batch_size_from_env()
         self.queue_size = queue_size
         self.heartbeat_interval = heartbeat_interval

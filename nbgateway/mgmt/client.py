@@ -175,13 +175,15 @@ class GrpcManagementClient(service.Service):
 
     # -- unary RPCs ----------------------------------------------------------
 
-    def _unary(self, method: str, request: Any, timeout: float | None) -> Deferred[Any]:
+    def _unary(self, method: str, request: Any, timeout: float | None,
+               extra_metadata: tuple[tuple[str, str], ...] = ()) -> Deferred[Any]:
         """Call ProxyService ``method`` on the current channel with the token."""
         if not self.running or not self.session.is_open:
             d: Deferred[Any] = Deferred()
             d.errback(errors.ManagementUnavailableError("management client not running"))
             return d
-        return self.session.unary(method, request, timeout=timeout, metadata=self._metadata)
+        return self.session.unary(method, request, timeout=timeout,
+                                  metadata=self._metadata + extra_metadata)
 
     def validate_tunnel_peer(self, tunnel_ip: str, domain: str) -> Deferred[Any]:
         req = pb.ValidateTunnelPeerRequest(tunnel_ip=tunnel_ip, domain=domain)
@@ -200,7 +202,10 @@ class GrpcManagementClient(service.Service):
         pin: str | None = None,
         header_value: str | None = None,
         header_name: str | None = None,
+        client_ip: str = "",
     ) -> Deferred[Any]:
+        """``client_ip``: the end user's address, sent as ``x-nbgw-client-ip``
+        metadata so management can bound guesses per address."""
         req = pb.AuthenticateRequest(id=service_id, account_id=account_id)
         chosen = [x is not None for x in (password, pin, header_value)]
         if sum(chosen) != 1:
@@ -214,7 +219,8 @@ class GrpcManagementClient(service.Service):
         else:
             req.header_auth.header_value = header_value or ""
             req.header_auth.header_name = header_name or ""
-        return self._unary("Authenticate", req, self.rpc_timeout)
+        extra = (("x-nbgw-client-ip", client_ip),) if client_ip else ()
+        return self._unary("Authenticate", req, self.rpc_timeout, extra)
 
     def create_proxy_peer(
         self,

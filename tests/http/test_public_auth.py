@@ -61,6 +61,7 @@ class Mgmt:
         self.bad_token = False
 
     def authenticate(self, service_id, account_id, **kw):
+        self.ip = kw.pop("client_ip", None)
         self.calls.append(("authenticate", service_id, kw))
         if self.down:
             return defer.fail(ManagementUnavailableError("down"))
@@ -224,6 +225,7 @@ class PublicAuthTests(unittest.TestCase):
         resp, _ = yield self.req("pw.example", "/", headers, b"POST", body)
         self.assertEqual(resp.code, 303)
         self.assertEqual(self.mgmt.calls[-1][2], {"pin": "1234"})
+        self.assertEqual(self.mgmt.ip, "127.0.0.1")  # the end user's address, for management
 
     @defer.inlineCallbacks
     def test_cross_site_post_refused_without_rpc(self):

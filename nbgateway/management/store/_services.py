@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from nbgateway.management import assertionkeys
 from nbgateway.management.errors import (
     Conflict,
     NotFound,
@@ -185,6 +186,9 @@ def row_service(r: sa.Row, tgts: list[Target]) -> Service:
         port_auto_assigned=bool(r.port_auto_assigned),
         private=bool(r.private),
         access_groups=tuple(ag) if ag is not None else None,
+        assertion_mode=r.assertion_mode or "off",
+        assertion_keys=assertionkeys.from_json(loads(r.assertion_keys)),
+        max_session_age_seconds=r.max_session_age_seconds or 0,
     )
 
 
@@ -215,6 +219,10 @@ def _service_values(s: Service) -> dict:
         "port_auto_assigned": s.port_auto_assigned,
         "private": s.private,
         "access_groups": dumps(list(s.access_groups)) if s.access_groups is not None else None,
+        "assertion_mode": s.assertion_mode if s.assertion_mode != "off" else None,
+        "assertion_keys": dumps(assertionkeys.to_json(s.assertion_keys))
+        if s.assertion_keys else None,
+        "max_session_age_seconds": s.max_session_age_seconds or None,
     }
 
 
@@ -503,6 +511,7 @@ class ServiceRepository(Repository):
                 meta=ServiceMeta(created_at=now, status=ServiceStatus.PENDING),
                 session_private_key=priv,
                 session_public_key=pub,
+                assertion_keys=assertionkeys.ensure((), now.timestamp()),
                 terminated=False,
             )
             if conn.execute(sa.select(services.c.id).where(services.c.id == new.id)).first():
@@ -545,6 +554,7 @@ class ServiceRepository(Repository):
                 meta=old.meta,
                 session_private_key=old.session_private_key,
                 session_public_key=old.session_public_key,
+                assertion_keys=assertionkeys.ensure(old.assertion_keys, now.timestamp()),
                 source=old.source,
                 source_peer=old.source_peer,
                 terminated=old.terminated,
@@ -558,6 +568,22 @@ class ServiceRepository(Repository):
             return self._require_service(conn, new.account_id, new.id)
 
         return self._store._write(service.account_id, run)
+
+    def rotate_assertion_key(self, account_id: str, service_id: str,
+                             now: datetime | None = None) -> Service:
+        """A new signing key for the service's identity assertions; the old one
+        stays published until its last token expired (assertionkeys.rotate).
+        NotFound ``service <id> not found``."""
+
+        def run(tx: Tx) -> Service:
+            old = self._require_service(tx.conn, account_id, service_id)
+            keys = assertionkeys.rotate(old.assertion_keys, (now or utcnow()).timestamp())
+            tx.conn.execute(sa.update(services).where(services.c.id == old.id).values(
+                assertion_keys=dumps(assertionkeys.to_json(keys))))
+            tx.changed(ChangeKind.SERVICE_UPDATED, account_id, old.id)
+            return self._require_service(tx.conn, account_id, old.id)
+
+        return self._store._write(account_id, run)
 
     def set_status(
         self,

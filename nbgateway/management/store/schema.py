@@ -196,6 +196,10 @@ services = sa.Table(
     # revision 0003: the message of the last gateway status update (e.g. a refusal)
     sa.Column("meta_status_message", sa.Text(), nullable=True),
     sa.Column("meta_status_updated_at", UTCDateTime(), nullable=True),
+    # revision 0006: identity assertion and session length (issue 16)
+    sa.Column("assertion_mode", BoundedString(16), nullable=True),
+    sa.Column("assertion_keys", sa.Text(), nullable=True),
+    sa.Column("max_session_age_seconds", sa.Integer(), nullable=True),
 )
 
 targets = sa.Table(
