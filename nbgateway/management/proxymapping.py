@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2
 
 from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.management import assertionkeys
 from nbgateway.management.model import (
     DEFAULT_SESSION_MAX_AGE_SECONDS,
     Service,
@@ -125,7 +126,11 @@ def to_proto_mapping(s: Service, op: int) -> pb.ProxyMapping:
     )
     a = s.auth
     m.auth.session_key = s.session_public_key
-    m.auth.max_session_age_seconds = DEFAULT_SESSION_MAX_AGE_SECONDS
+    m.auth.max_session_age_seconds = s.max_session_age_seconds or DEFAULT_SESSION_MAX_AGE_SECONDS
+    if s.assertion_mode != "off" and mode == "http":
+        # the signing seed travels only to this service's gateways (redacted in logs)
+        assertionkeys.fill_mapping(m.nbgw_assertion, s.assertion_mode, s.assertion_keys,
+                                   time.time())
     m.auth.password = bool(a.password_auth and a.password_auth.enabled)
     m.auth.pin = bool(a.pin_auth and a.pin_auth.enabled)
     m.auth.oidc = a.bearer_enabled

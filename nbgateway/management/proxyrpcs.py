@@ -258,6 +258,7 @@ class UnaryRpcs:
                 email=display,
                 groups=gids,
                 group_names=names,
+                expiry=svc.max_session_age_seconds or sessionjwt.DEFAULT_SESSION_EXPIRY,
             )
         except (sessionjwt.InvalidServiceKeyError, ValueError) as exc:
             context.abort(grpc.StatusCode.INTERNAL, f"sign session token: {exc}")
@@ -361,7 +362,8 @@ class UnaryRpcs:
         if svc.session_private_key:
             try:
                 token = sessionjwt.sign_session(
-                    svc.session_private_key, subject=principal, domain=svc.domain, method=method
+                    svc.session_private_key, subject=principal, domain=svc.domain, method=method,
+                    expiry=svc.max_session_age_seconds or sessionjwt.DEFAULT_SESSION_EXPIRY,
                 )
             except (sessionjwt.InvalidServiceKeyError, ValueError) as exc:
                 context.abort(grpc.StatusCode.INTERNAL, f"sign session token: {exc}")

@@ -150,7 +150,8 @@ class SSO:
         groups = self._store().resolve_groups(svc.account_id, list(user.auto_groups))
         token = sessionjwt.sign_session(
             svc.session_private_key, subject=user.id, domain=svc.domain, method="oidc",
-            email=user.email, groups=[g.id for g in groups], group_names=[g.name for g in groups])
+            email=user.email, groups=[g.id for g in groups], group_names=[g.name for g in groups],
+            expiry=svc.max_session_age_seconds or sessionjwt.DEFAULT_SESSION_EXPIRY)
         log.info("SSO sign-in of {user} for {domain}", user=user.id, domain=svc.domain)
         return _with_query(redirect, {"session_token": token})
 

@@ -65,7 +65,11 @@ def build_site(store: Any, threadpool: Any, reactor: Any,
         from nbgateway.management.sso import CallbackResource
 
         callback = CallbackResource(sso, threadpool, reactor)
-    site = ApiSite(_Root(resource, ui, callback), timeout=IDLE_TIMEOUT)
+    from nbgateway.management.assertionkeys import jwks_route
+
+    wellknown = ApiResource([jwks_route(store)], COMPONENTS, handlers.authenticate, threadpool,
+                            reactor, prefix="/.well-known/nbgateway")
+    site = ApiSite(_Root(resource, ui, callback, wellknown), timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     return site
 
@@ -73,13 +77,17 @@ def build_site(store: Any, threadpool: Any, reactor: Any,
 class _Root(Resource):
     """``/ui/...`` goes to the dashboard; every other path to the API (as before)."""
 
-    def __init__(self, api: Resource, ui: Resource, callback: Resource | None = None):
+    def __init__(self, api: Resource, ui: Resource, callback: Resource | None = None,
+                 wellknown: Resource | None = None):
         super().__init__()
         self._api, self._ui, self._callback = api, ui, callback
+        self._wellknown = wellknown
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         if path == b"reverse-proxy" and self._callback is not None:
             return self._callback  # the OIDC callback (not under /api)
+        if path == b".well-known" and self._wellknown is not None:
+            return self._wellknown  # /.well-known/nbgateway/jwks.json (no auth)
         return self._ui if path == b"ui" else self._api
 
     def render(self, request: Any) -> Any:

@@ -135,6 +135,8 @@ def service_from_api(body: Mapping[str, Any], *, account_id: str, service_id: st
         "listen_port": body.get("listen_port", 0),
         "pass_host_header": body.get("pass_host_header", False),
         "rewrite_redirects": body.get("rewrite_redirects", False),
+        "assertion_mode": body.get("assertion", "off"),
+        "max_session_age_seconds": body.get("max_session_age_seconds", 0),
     }
     if "auth" in body:
         fields["auth"] = auth_from_api(body["auth"])
@@ -221,6 +223,8 @@ def service_to_api(s: Service,
         "rewrite_redirects": s.rewrite_redirects,
         "auth": auth_to_api(s.auth),
         "private": s.private,
+        "assertion": s.assertion_mode,
+        "max_session_age_seconds": s.max_session_age_seconds,
         "meta": _prune({"created_at": ts(s.meta.created_at),
                         "certificate_issued_at": ts(s.meta.certificate_issued_at),
                         "status": str(s.meta.status),

@@ -211,6 +211,12 @@ class Handlers:
             m.service_from_api(call.body, account_id=acct, service_id=sid))
         return Result(200, m.service_to_api(updated, self._host_resolver(acct)))
 
+    def rotate_assertion_key(self, call: Call) -> Result:
+        _require_admin(call)
+        acct = _acct(call)
+        s = self.store.services.rotate_assertion_key(acct, call.params["serviceId"])
+        return Result(200, m.service_to_api(s, self._host_resolver(acct)))
+
     def delete_service(self, call: Call) -> Result:
         _require_admin(call)
         self.store.services.delete(_acct(call), call.params["serviceId"])
@@ -657,6 +663,10 @@ def build_routes(h: Handlers) -> list[Route]:
               response_schema=ref("Service"), errors=w),
         Route("DELETE", svc + "/{serviceId}", h.delete_service, "deleteService",
               "Delete a service", "Services", response_schema=ref("Empty"), errors=(403, 404)),
+        Route("POST", svc + "/{serviceId}/assertion-key/rotate", h.rotate_assertion_key,
+              "rotateAssertionKey", "New identity assertion signing key (the old one stays "
+              "in the JWKS until its tokens expired)", "Services",
+              response_schema=ref("Service"), errors=(403, 404)),
         Route("GET", rp + "/clusters", h.list_clusters, "listClusters", "List proxy clusters",
               "Clusters", response_schema=arr("ProxyCluster")),
         Route("GET", rp + "/proxies", h.list_proxies, "listProxies",

@@ -112,6 +112,12 @@ _SERVICE_COMMON = {
     "access_groups": _arr(_str(), description=(
         "group ids allowed to reach a private service; required (>= 1) when private, "
         "inert otherwise; mutually exclusive with bearer auth")),
+    "assertion": _str(enum=["off", "on", "required"], default="off", description=(
+        "nbgateway extension: stamp a signed X-NetBird-Jwt-Assertion (EdDSA JWT, keys at "
+        "/.well-known/nbgateway/jwks.json?domain=<domain>) on requests forwarded for an "
+        "authenticated identity; required: never forward without one (503)")),
+    "max_session_age_seconds": _int(minimum=0, maximum=30 * 86400, description=(
+        "session cookie lifetime in seconds (0: 24 h; else 60 to 30 days)")),
 }
 
 SERVICE_REQUEST = _obj(dict(_SERVICE_COMMON), ("name", "domain", "enabled"))

@@ -493,6 +493,7 @@ class ServiceRepository(Repository):
         (ValidationError); Conflict ``domain already taken``.
         """
         s = validate_service(service)
+        assertionkeys.validate(s.assertion_mode, s.max_session_age_seconds)
 
         def run(tx: Tx) -> Service:
             conn = tx.conn
@@ -540,6 +541,7 @@ class ServiceRepository(Repository):
                     f"cannot change mode from {go_quote(old.mode)} to {go_quote(service.mode)}"
                 )
             s = validate_service(service)
+            assertionkeys.validate(s.assertion_mode, s.max_session_age_seconds)
             now = utcnow()
             cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
             new = dataclasses.replace(s, proxy_cluster=cluster)
