@@ -31,6 +31,10 @@ keep-alive) vs. nginx terminating TLS on 100.64.0.2:443 with the same key type
 (ECDSA P-256), then new TLS handshakes/s (``Connection: close``: one handshake
 per request, no session resumption by wrk) on both.
 
+CPU per request: the user+system CPU time of the gateway process, and of the
+nginx reverse proxy's worker, during the 16-connection (and handshake) runs
+divided by the requests served -- steadier than req/s on a shared machine.
+
 Checked in every round: zero wrk errors (connect/read/write/timeout/non-2xx), and
 for the gateway rounds exactly one access-log entry per request: wrk's completed
 requests <= the requests the upstream nginx logged <= the management's new
@@ -64,8 +68,31 @@ from tests.interop.test_private_e2e import (  # repo root put on sys.path by _te
     APP,
     DOMAIN,
     World,
+    counter,
     wait_for,
 )
+
+#: gateway counters whose growth during a round is reported (loss shows as
+#: retransmissions: p99 near the 200 ms minimum RTO)
+LOSS_COUNTERS = ("nbgateway_tcp_retransmits_total", "nbgateway_netstack_drops_total",
+                 "nbgateway_wireguard_drops_total")
+
+
+def loss_counters(w: World) -> dict[str, float]:
+    text = w.metrics()
+    return {name: counter(text, name) for name in LOSS_COUNTERS}
+
+
+def snmp(ns, proto: str, field: str) -> int:
+    """A kernel counter of a namespace from /proc/net/snmp."""
+    lines = ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+    rows = [ln.split() for ln in lines if ln.startswith(proto + ":")]
+    return int(rows[1][rows[0].index(field)])
+
+
+def client_retransmits(ns) -> int:
+    """The kernel TCP RetransSegs of a namespace (the wrk side)."""
+    return snmp(ns, "Tcp", "RetransSegs")
 
 BODY = "x" * 511 + "\n"  # 512 bytes
 
@@ -208,6 +235,26 @@ def private_service(name: str, domain: str, group: str) -> dict:
                          "options": {"direct_upstream": True}}]}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far (from /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def nginx_workers(d: str) -> list[int]:
+    with open(os.path.join(d, "nginx.pid")) as f:
+        master = int(f.read().strip())
+    with open(f"/proc/{master}/task/{master}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
 def find_gateway_pid(w: World) -> int | None:
     for pid in w.g.pids():
         try:
@@ -259,6 +306,8 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
             os.makedirs(proxy_dir)
             make_cert(tb, proxy_dir)
             start_nginx(tb, ns_b, "proxy-b", PROXY_HTTP.format(dir="{dir}"))
+            wait_for(lambda: os.path.exists(os.path.join(proxy_dir, "nginx.pid")), 10,
+                     "the nginx proxy's pid file")
             for url in ("http://100.64.0.2:8081/", "http://100.64.0.2/"):
                 wait_for(lambda url=url: ns_a.run(
                     ["curl", "-sS", "-m", "3", "-o", "/dev/null", url],
@@ -275,6 +324,12 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
             }
             close = "Connection: close"
             gw_pid = find_gateway_pid(w)
+            # CPU per request of the proxying process (robust on a shared box
+            # where req/s moves with the neighbours' load): the gateway, and
+            # the nginx reverse proxy's worker
+            cpu_of = {"gateway": [gw_pid] if gw_pid else [], "gateway_tls": [gw_pid] if gw_pid
+                      else [], "nginx": nginx_workers(proxy_dir),
+                      "nginx_tls": nginx_workers(proxy_dir)}
             for i in range(rounds):
                 rnd: dict = {}
                 for name in ("upstream", "nginx", "gateway"):
@@ -286,7 +341,18 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
                              "-p", str(gw_pid), "-d", str(int(seconds)), "-f", "raw",
                              "-o", py_spy, "-r", "200", "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    c0 = cpu_seconds(cpu_of.get(name, []))
+                    if name == "gateway":
+                        loss0, rtx0 = loss_counters(w), client_retransmits(ns)
+                        udp0 = snmp(w.g, "Udp", "RcvbufErrors")
                     rnd[f"{name}_c{conns}"] = paths[name](conns)
+                    _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of.get(name, []))
+                    if name == "gateway":
+                        loss1 = loss_counters(w)
+                        out.setdefault("loss", []).append(
+                            {**{k: loss1[k] - loss0[k] for k in loss1},
+                             "client_retransmits": client_retransmits(ns) - rtx0,
+                             "gateway_udp_rcvbuf_errors": snmp(w.g, "Udp", "RcvbufErrors") - udp0})
                     if spy is not None:
                         spy.wait(timeout=60)
                     rnd[f"{name}_c1"] = paths[name](1)
@@ -297,9 +363,13 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
                 for name in ("nginx_tls", "gateway_tls"):
                     before = ((log_lines(up_g), access_log_total(w))
                               if name == "gateway_tls" else None)
+                    c0 = cpu_seconds(cpu_of[name])
                     rnd[f"{name}_c{conns}"] = paths[name](conns)
+                    _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of[name])
                     rnd[f"{name}_c1"] = paths[name](1)
+                    c0 = cpu_seconds(cpu_of[name])
                     rnd[f"{name}_hs"] = paths[name](conns, close)
+                    _cpu_per_request(rnd[f"{name}_hs"], c0, cpu_of[name])
                     if before is not None:
                         wrk_done = sum(rnd[f"{name}_{k}"]["requests"]
                                        for k in (f"c{conns}", "c1", "hs"))
@@ -312,6 +382,11 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
             for d in hosts_dirs:
                 shutil.rmtree(d, ignore_errors=True)
     return out
+
+
+def _cpu_per_request(result: dict, c0: float, pids: list[int]) -> None:
+    if pids and result["requests"]:
+        result["cpu_ms_per_req"] = (cpu_seconds(pids) - c0) * 1000 / result["requests"]
 
 
 def check_access_log(w: World, up_dir: str, before: tuple[int, int], wrk_done: int,
@@ -334,6 +409,8 @@ def summarize(out: dict, conns: int) -> dict:
                   "p50_ms": statistics.median(x["p50_us"] for x in xs) / 1000,
                   "p99_ms": statistics.median(x["p99_us"] for x in xs) / 1000,
                   "errors": sum(x["errors"] for x in xs),
+                  "cpu_ms": (statistics.median(x["cpu_ms_per_req"] for x in xs)
+                             if all("cpu_ms_per_req" in x for x in xs) else None),
                   "requests": sum(x["requests"] for x in xs)}
     c = f"c{conns}"
     ratios = {
@@ -348,6 +425,10 @@ def summarize(out: dict, conns: int) -> dict:
         "new TLS handshakes/s gateway/nginx":
             med["gateway_tls_hs"]["rps"] / med["nginx_tls_hs"]["rps"],
     }
+    for name in ("", "tls_"):
+        g, n = med[f"gateway_{name}{c}"]["cpu_ms"], med[f"nginx_{name}{c}"]["cpu_ms"]
+        if g and n:
+            ratios[f"{'HTTPS ' if name else ''}CPU per request gateway/nginx worker"] = g / n
     return {"median": med, "ratios": ratios}
 
 
@@ -366,12 +447,13 @@ def report(out: dict, seconds: float, conns: int) -> bool:
     print(f"wrk -t1, {seconds:g} s per round, {len(out['rounds'])} interleaved rounds, "
           f"medians; nginx upstream returning {len(BODY)} B")
     print(f"  {'path':42s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'errors':>6s}")
+          f"{'errors':>6s} {'CPU ms/req':>10s}")
     for k, v in med.items():
         name, _, c = k.rpartition("_")
         conn_label = {"c1": "1", "hs": f"{conns} new TLS"}.get(c, c[1:])
+        cpu = f"{v['cpu_ms']:10.3f}" if v["cpu_ms"] else f"{'':10s}"
         print(f"  {LABELS[name]:42s} {conn_label:>5s} {v['rps']:9.0f} {v['p50_ms']:8.3f} "
-              f"{v['p99_ms']:8.3f} {v['errors']:6d}")
+              f"{v['p99_ms']:8.3f} {v['errors']:6d} {cpu}")
     print("ratios:")
     for k, v in s["ratios"].items():
         print(f"  {k:52s} {v:7.3f}")
@@ -381,6 +463,9 @@ def report(out: dict, seconds: float, conns: int) -> bool:
         print(f"  access log: {a['access_log_entries']} entries for {a['upstream_requests']} "
               f"upstream requests, wrk completed {a['wrk_completed']}: "
               f"{'ok' if a['ok'] else 'MISMATCH'}")
+    for x in out.get("loss", []):
+        print("  during a 16-connection gateway run: " + ", ".join(
+            f"{k.replace('nbgateway_', '').replace('_total', '')} {v:g}" for k, v in x.items()))
     print("zero errors and one access-log entry per request:", "yes" if all_ok else "NO")
     return all_ok
 
