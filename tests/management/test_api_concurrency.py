@@ -60,3 +60,28 @@ def test_concurrent_writers_lose_nothing(server):
         assert stored["access_groups"] == [g["id"]]
         assert stored["targets"][0]["host"] == f"backend-{i}.lan"
         assert stored["targets"][0]["port"] == 8000 + i
+
+
+def test_concurrent_peer_writers_lose_and_duplicate_nothing(server):
+    """50 writers POST /api/peers at once: 50 peers, unique ids, keys and addresses."""
+    run = uuid.uuid4().hex[:6]
+    barrier = threading.Barrier(WRITERS)
+
+    def writer(i: int) -> dict:
+        barrier.wait(timeout=60)
+        r = server.request("POST", "/api/peers", {"name": f"peer-{run}-{i}"}, timeout=120)
+        assert r.status == 200, r
+        return r.json
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        created = list(pool.map(writer, range(WRITERS)))
+
+    listed = [p for p in server.ok("GET", "/api/peers") if p["name"].startswith(f"peer-{run}-")]
+    assert len(listed) == WRITERS
+    by_id = {p["id"]: p for p in listed}
+    assert set(by_id) == {p["id"] for p in created}
+    for field in ("id", "public_key", "ip", "ipv6"):
+        assert len({p[field] for p in listed}) == WRITERS, field
+    assert len({p["private_key"] for p in created}) == WRITERS
+    for p in created:
+        assert by_id[p["id"]]["ip"] == p["ip"] and by_id[p["id"]]["name"] == p["name"]

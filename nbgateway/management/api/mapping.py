@@ -336,13 +336,14 @@ def group_to_api(g: Group, peer_names: Mapping[str, str]) -> dict[str, Any]:
             "peers": [{"id": p, "name": peer_names.get(p, "")} for p in g.peers]}
 
 
-def peer_to_api(p: Peer, groups: Mapping[str, Group]) -> dict[str, Any]:
+def peer_to_api(p: Peer, groups: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
+    """``groups``: ``{group id: (name, member count)}`` (``store.groups.summaries``)."""
     return _prune({
         "id": p.id, "name": p.name, "ip": p.ip, "ipv6": p.ipv6 or None,
         "dns_label": p.dns_label, "public_key": p.key, "user_id": p.user_id,
         "endpoint": p.endpoint, "connected": p.connected, "last_seen": ts(p.last_seen),
-        "groups": [{"id": gid, "name": groups[gid].name if gid in groups else "",
-                    "peers_count": len(groups[gid].peers) if gid in groups else 0}
+        "groups": [{"id": gid, "name": groups.get(gid, ("", 0))[0],
+                    "peers_count": groups.get(gid, ("", 0))[1]}
                    for gid in p.groups],
         "proxy_embedded": p.proxy, "proxy_cluster": p.proxy_cluster or None,
         "ephemeral": p.ephemeral,

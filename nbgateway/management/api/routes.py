@@ -52,6 +52,57 @@ def _is_admin(call: Call) -> bool:
     return call.identity.role in _ADMIN_ROLES
 
 
+#: largest page a client may ask for with ``limit``
+PAGE_MAX = 1000
+_CURSOR_PREFIX = "c1."
+
+
+def encode_cursor(last_id: str) -> str:
+    """Opaque cursor naming the last row of a page (keyset pagination by id)."""
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The id a cursor names; 422 for anything :func:`encode_cursor` did not make."""
+    if not cursor.startswith(_CURSOR_PREFIX) or len(cursor) > 200:
+        raise ValidationError("invalid cursor")
+    body = cursor[len(_CURSOR_PREFIX):]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        last_id = raw.decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("invalid cursor") from None
+    if not last_id or not all(c.isalnum() or c in "-_" for c in last_id):
+        raise ValidationError("invalid cursor")
+    return last_id
+
+
+def _page(call: Call) -> tuple[int | None, str | None]:
+    """``(limit, after id)`` of a list call; ``(None, None)`` without ``limit`` and
+    ``cursor`` (the whole list, the original response). ``cursor`` alone pages by
+    100."""
+    raw, cursor = call.query.get("limit"), call.query.get("cursor")
+    if raw is None and cursor is None:
+        return None, None
+    limit = 100
+    if raw is not None:
+        if not raw.isdigit() or not 1 <= int(raw) <= PAGE_MAX:
+            raise ValidationError(f"limit must be an integer from 1 to {PAGE_MAX}")
+        limit = int(raw)
+    return limit, decode_cursor(cursor) if cursor else None
+
+
+def _paged(call: Call, rows: list[Any], limit: int | None, body: list[Any],
+           path: str) -> Result:
+    """Result of a page fetched with ``limit + 1``: the first ``limit`` rows, and
+    ``X-Next-Cursor`` plus a ``Link: rel="next"`` when more follow."""
+    if limit is None or len(rows) <= limit:
+        return Result(200, body)
+    nxt = encode_cursor(rows[limit - 1].id)
+    return Result(200, body[:limit], headers={
+        "X-Next-Cursor": nxt, "Link": f'</api{path}?limit={limit}&cursor={nxt}>; rel="next"'})
+
+
 def _own_peer(call: Call, peer: Peer) -> Peer:
     """A regular user reaches only the peers it owns; others do not exist for it."""
     assert call.identity is not None
@@ -188,7 +239,12 @@ class Handlers:
         _require_admin(call)
         acct = _acct(call)
         resolve = self._host_resolver(acct)
-        return Result(200, [m.service_to_api(s, resolve) for s in self.store.services.list(acct)])
+        limit, after = _page(call)
+        found = self.store.services.list(acct, after=after,
+                                         limit=None if limit is None else limit + 1)
+        return _paged(call, found, limit,
+                      [m.service_to_api(s, resolve) for s in found[:limit]],
+                      "/reverse-proxies/services")
 
     def create_service(self, call: Call) -> Result:
         _require_admin(call)
@@ -481,17 +537,22 @@ class Handlers:
 
     # -- peers -------------------------------------------------------------------
 
-    def _groups(self, acct: str) -> dict[str, Group]:
-        return {g.id: g for g in self.store.groups.list(acct)}
+    def _groups(self, acct: str, peers: list[Peer] | None = None) -> dict[str, tuple[str, int]]:
+        """Name and member count of the groups of ``peers`` (all groups: None)."""
+        if peers is None:
+            return self.store.groups.summaries(acct)
+        return self.store.groups.summaries(acct, sorted({g for p in peers for g in p.groups}))
 
     def list_peers(self, call: Call) -> Result:
         acct = _acct(call)
-        groups = self._groups(acct)
-        found = self.store.peers.list(acct)
-        if not _is_admin(call):
-            assert call.identity is not None
-            found = [p for p in found if p.user_id == call.identity.user_id]
-        return Result(200, [m.peer_to_api(p, groups) for p in found])
+        limit, after = _page(call)
+        assert call.identity is not None
+        found = self.store.peers.list(
+            acct, user_id=None if _is_admin(call) else call.identity.user_id, after=after,
+            limit=None if limit is None else limit + 1)
+        page = found[:limit]
+        groups = self._groups(acct, page)
+        return _paged(call, found, limit, [m.peer_to_api(p, groups) for p in page], "/peers")
 
     def create_peer(self, call: Call) -> Result:
         _require_admin(call)
@@ -517,7 +578,7 @@ class Handlers:
             account_id=acct, name=name, key=public_key, user_id=b.get("user_id") or None,
             endpoint=_check_endpoint(b.get("endpoint")), groups=tuple(b.get("groups") or ()),
             proxy=bool(cluster), proxy_cluster=cluster, wg_private_key=private_key))
-        out = m.peer_to_api(peer, self._groups(acct))
+        out = m.peer_to_api(peer, self._groups(acct, [peer]))
         if private_key is not None:
             out["private_key"] = private_key
         return Result(200, out)
@@ -538,7 +599,7 @@ class Handlers:
     def get_peer(self, call: Call) -> Result:
         acct = _acct(call)
         peer = _own_peer(call, self.store.peers.get(acct, call.params["peerId"]))
-        return Result(200, m.peer_to_api(peer, self._groups(acct)))
+        return Result(200, m.peer_to_api(peer, self._groups(acct, [peer])))
 
     def update_peer(self, call: Call) -> Result:
         _require_admin(call)
@@ -555,7 +616,7 @@ class Handlers:
                           "endpoint": _check_endpoint(b.get("endpoint", cur.endpoint)),
                           "groups": tuple(b["groups"]) if "groups" in b else cur.groups})
         peer = self.store.peers.update(updated)
-        return Result(200, m.peer_to_api(peer, self._groups(acct)))
+        return Result(200, m.peer_to_api(peer, self._groups(acct, [peer])))
 
     def delete_peer(self, call: Call) -> Result:
         _require_admin(call)
@@ -588,6 +649,17 @@ def _conf_name(name: str) -> str:
 def _q(name: str, kind: str = "string", description: str = "", **extra: Any) -> QueryParam:
     return QueryParam(name, {"type": kind, **extra}, description)
 
+
+_PAGE_QUERY = [
+    _q("limit", "integer", "page size; without it (and without cursor) the whole list",
+       minimum=1, maximum=PAGE_MAX),
+    _q("cursor", description="opaque cursor from the previous page's X-Next-Cursor header"),
+]
+_PAGE_DESCRIPTION = (
+    "Keyset pagination: with `limit` the body is the first page (same element shape) and, "
+    "when more follow, the `X-Next-Cursor` header (and a `Link` rel=\"next\") names the "
+    "cursor for the next page. Pages are ordered by id, so rows created meanwhile are "
+    "neither skipped nor repeated before the cursor.")
 
 _LOG_QUERY = [
     _q("page", "integer", "page number (>= 1)", minimum=1, default=1),
@@ -653,7 +725,8 @@ def build_routes(h: Handlers) -> list[Route]:
                                         "certificate_pending", "certificate_failed", "error"])],
               response_schema=arr("ServiceStatus"), errors=(403,)),
         Route("GET", svc, h.list_services, "listServices", "List services", "Services",
-              response_schema=arr("Service")),
+              response_schema=arr("Service"), query=_PAGE_QUERY, errors=(422,),
+              description=_PAGE_DESCRIPTION),
         Route("POST", svc, h.create_service, "createService", "Create a service", "Services",
               request_schema="ServiceRequest", response_schema=ref("Service"), errors=w),
         Route("GET", svc + "/{serviceId}", h.get_service, "getService", "Get a service",
@@ -735,7 +808,8 @@ def build_routes(h: Handlers) -> list[Route]:
         Route("DELETE", "/groups/{groupId}", h.delete_group, "deleteGroup", "Delete a group",
               "Groups", response_schema=ref("Empty"), errors=(400, 403, 404)),
         Route("GET", "/peers", h.list_peers, "listPeers", "List peers", "Peers",
-              response_schema=arr("Peer")),
+              response_schema=arr("Peer"), query=_PAGE_QUERY, errors=(422,),
+              description=_PAGE_DESCRIPTION),
         Route("POST", "/peers", h.create_peer, "createPeer",
               "Create a stock WireGuard peer (server-generated or client-supplied key)", "Peers",
               request_schema="PeerCreateRequest", response_schema=ref("PeerCreated"),

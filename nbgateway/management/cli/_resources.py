@@ -374,7 +374,7 @@ def services_create(client: Client, args: Args, out: TextIO) -> None:
 
 _REQUEST_FIELDS = ("name", "domain", "mode", "listen_port", "targets", "enabled",
                    "pass_host_header", "rewrite_redirects", "auth", "access_restrictions",
-                   "private", "access_groups")
+                   "private", "access_groups", "assertion", "max_session_age_seconds")
 
 
 def _secret(value: str | None, stdin: TextIO | None = None) -> str | None:
@@ -386,6 +386,31 @@ def _secret(value: str | None, stdin: TextIO | None = None) -> str | None:
     if not line:
         raise UsageError("services auth: an empty secret on stdin")
     return line
+
+
+def services_identity(client: Client, args: Args, out: TextIO) -> None:
+    """Set the signed identity assertion mode and the session length of a
+    service, or rotate its assertion signing key (the old key stays in the
+    JWKS until its last token expired)."""
+    svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
+    updated = svc
+    if args.assertion is not None or args.max_session_age is not None:
+        body = {k: svc[k] for k in _REQUEST_FIELDS if k in svc}
+        if args.assertion is not None:
+            body["assertion"] = args.assertion
+        if args.max_session_age is not None:
+            body["max_session_age_seconds"] = args.max_session_age
+        updated = client.put(f"/reverse-proxies/services/{_q(svc['id'])}", body)
+    if args.rotate_key:
+        updated = client.post(
+            f"/reverse-proxies/services/{_q(svc['id'])}/assertion-key/rotate", {})
+    if args.json:
+        write_json(out, updated)
+        return
+    age = updated.get("max_session_age_seconds") or 0
+    out.write(f"{updated['domain']}: assertion {updated.get('assertion', 'off')}, session "
+              f"{f'{age} s' if age else 'default (86400 s)'}"
+              f"{', signing key rotated' if args.rotate_key else ''}\n")
 
 
 def services_auth(client: Client, args: Args, out: TextIO) -> None:
@@ -685,6 +710,22 @@ def register(cmd: Commands) -> None:
     c.add_argument("--sso", dest="sso", action="store_true", default=None,
                    help="turn SSO (OIDC bearer auth) on")
     c.add_argument("--no-sso", dest="sso", action="store_false", help="turn SSO off")
+    c = g.add("identity", "signed identity assertion and session length of a service",
+              func=services_identity,
+              description="Set whether the gateway stamps a signed X-NetBird-Jwt-Assertion\n"
+                          "(off, on, required: never forward unsigned), the session length,\n"
+                          "or rotate the assertion signing key.  Upstreams verify against\n"
+                          "/.well-known/nbgateway/jwks.json?domain=SERVICE on the REST API.",
+              example=["nbgateway-admin services identity app.example.com --assertion on",
+                       "nbgateway-admin services identity app.example.com --max-session-age 3600",
+                       "nbgateway-admin services identity app.example.com --rotate-key"])
+    c.add_argument("ref", metavar="SERVICE", help="service id or domain")
+    c.add_argument("--assertion", choices=("off", "on", "required"),
+                   help="X-NetBird-Jwt-Assertion mode")
+    c.add_argument("--max-session-age", type=int, metavar="SECONDS",
+                   help="session cookie lifetime (0 = 24 h default; 60 to 2592000)")
+    c.add_argument("--rotate-key", action="store_true",
+                   help="new assertion signing key (the old one stays published 10 min)")
 
     g = cmd.group("tokens", "list, create or delete proxy access tokens (for gateways "
                             "connecting with --mgmt)", aliases=["token", "proxy-tokens"],

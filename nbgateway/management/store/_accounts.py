@@ -651,6 +651,25 @@ class GroupRepository(Repository):
             self._require_group(conn, account_id, group_id)
             return self._load_groups(conn, groups.c.id == group_id)[0]
 
+    def summaries(
+        self, account_id: str, ids: Sequence[str] | None = None
+    ) -> dict[str, tuple[str, int]]:
+        """``{group id: (name, member count)}`` of the account's groups (or of
+        ``ids``), counted in the database without loading the members."""
+        cond = groups.c.account_id == account_id
+        if ids is not None:
+            if not ids:
+                return {}
+            cond = sa.and_(cond, groups.c.id.in_(set(ids)))
+        q = (
+            sa.select(groups.c.id, groups.c.name, sa.func.count(group_peers.c.peer_id))
+            .select_from(groups.outerjoin(group_peers, group_peers.c.group_id == groups.c.id))
+            .where(cond)
+            .group_by(groups.c.id, groups.c.name)
+        )
+        with self._store._read() as conn:
+            return {gid: (name, int(n)) for gid, name, n in conn.execute(q)}
+
     def list(self, account_id: str) -> list[Group]:
         """All groups of the account with their member peer ids, by group id."""
         with self._store._read() as conn:
@@ -777,8 +796,13 @@ class PeerRepository(Repository):
             out[pid].append(gid)
         return out
 
-    def _load_peers(self, conn: Connection, where: sa.ColumnElement[bool]) -> list[Peer]:
-        rows = conn.execute(sa.select(peers).where(where).order_by(peers.c.id)).all()
+    def _load_peers(
+        self, conn: Connection, where: sa.ColumnElement[bool], limit: int | None = None
+    ) -> list[Peer]:
+        q = sa.select(peers).where(where).order_by(peers.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        rows = conn.execute(q).all()
         pg = self._peer_groups(conn, [r.id for r in rows])
         return [
             Peer(
@@ -1050,13 +1074,27 @@ class PeerRepository(Repository):
             )
         return found[0] if found else None
 
-    def list(self, account_id: str, *, proxy: bool | None = None) -> list[Peer]:
-        """All peers, or only proxy (``True``) / non-proxy (``False``) peers."""
+    def list(
+        self,
+        account_id: str,
+        *,
+        proxy: bool | None = None,
+        user_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Peer]:
+        """All peers by id, or only proxy (``True``) / non-proxy (``False``) peers,
+        or only those of ``user_id``; ``after``/``limit``: the page of at most
+        ``limit`` peers whose id sorts after ``after`` (keyset pagination)."""
         cond = peers.c.account_id == account_id
         if proxy is not None:
             cond = sa.and_(cond, peers.c.proxy_meta_embedded == proxy)
+        if user_id is not None:
+            cond = sa.and_(cond, peers.c.user_id == user_id)
+        if after is not None:
+            cond = sa.and_(cond, peers.c.id > after)
         with self._store._read() as conn:
-            return self._load_peers(conn, cond)
+            return self._load_peers(conn, cond, limit)
 
     def list_proxy_peers(self, account_id: str, cluster: str | None = None) -> list[Peer]:
         """Embedded proxy peers of the account, optionally of one cluster."""

@@ -263,8 +263,13 @@ class ServiceRepository(Repository):
 
     # --- loading ------------------------------------------------------------------
 
-    def _load_services(self, conn: Connection, where: sa.ColumnElement[bool]) -> list[Service]:
-        rows = conn.execute(sa.select(services).where(where).order_by(services.c.id)).all()
+    def _load_services(
+        self, conn: Connection, where: sa.ColumnElement[bool], limit: int | None = None
+    ) -> list[Service]:
+        q = sa.select(services).where(where).order_by(services.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        rows = conn.execute(q).all()
         if not rows:
             return []
         by_service: dict[str, list[Target]] = {r.id: [] for r in rows}
@@ -293,10 +298,16 @@ class ServiceRepository(Repository):
         with self._store._read() as conn:
             return self._require_service(conn, account_id, service_id)
 
-    def list(self, account_id: str) -> list[Service]:
-        """All services of the account with their targets, by id."""
+    def list(
+        self, account_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[Service]:
+        """All services of the account with their targets, by id; ``after``/``limit``:
+        the page of at most ``limit`` services whose id sorts after ``after``."""
+        cond = services.c.account_id == account_id
+        if after is not None:
+            cond = sa.and_(cond, services.c.id > after)
         with self._store._read() as conn:
-            return self._load_services(conn, services.c.account_id == account_id)
+            return self._load_services(conn, cond, limit)
 
     def list_all(self) -> list[Service]:
         """Every service of every account (snapshot source for shared proxies)."""
