@@ -79,6 +79,21 @@ class _SyncHealth(MappingObserver):
         self.health.mark_initial_sync_complete()
 
 
+class _CAConstraints(MappingObserver):
+    """Widens the local CA's name constraints to a mapped domain when the
+    mapping arrives, before any status report or handshake (nbgateway.tls.ca)."""
+
+    def __init__(self, certificates: Any) -> None:
+        self.certificates = certificates
+
+    def mapping_added(self, mapping: pb.ProxyMapping) -> None:
+        if mapping.domain and hasattr(self.certificates, "permit"):
+            self.certificates.permit([mapping.domain])
+
+    def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> None:
+        self.mapping_added(new)
+
+
 class GatewayService(MultiService):
     """The gateway: build with a :class:`nbgateway.config.Config`."""
 
@@ -130,6 +145,7 @@ class GatewayService(MultiService):
         self.accounts = AccountRegistry(self._make_runtime, on_change=self._account_changed,
                                         on_removed=self._account_gone)
         self.store.add_observer(self.routes)
+        self.store.add_observer(_CAConstraints(self.certificates))
         #: L4 relays (tcp/tls/udp): binds before the account runtime reports ACTIVE
         self.l4 = attach_l4(self)
         self.store.add_observer(self.l4)

@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nbgateway.routes.hosts import domain_key
 from nbgateway.tls import ICertificateSource
+from nbgateway.tls.ca import NameNotPermittedError, PrivateCA
 
 log = Logger()
 
@@ -164,76 +164,13 @@ def _due(cert: x509.Certificate) -> bool:
     return _now() >= start + (end - start) * RENEW_FRACTION
 
 
-class LocalCA:
-    """The gateway's own CA for fallback certificates (EC P-256), created on
-    first use and persisted in ``data_dir`` as ``ca.crt`` / ``ca.key``."""
+class LocalCA(PrivateCA):
+    """The gateway's own CA for fallback certificates (:class:`PrivateCA`,
+    persisted in ``data_dir`` as ``ca.crt`` / ``ca.key``), handing out
+    :class:`CertifiedKey` leaves."""
 
-    def __init__(self, data_dir: str, common_name: str = "nbgateway local CA") -> None:
-        self.data_dir = data_dir
-        self.cert_path = os.path.join(data_dir, "ca.crt")
-        self.key_path = os.path.join(data_dir, "ca.key")
-        if os.path.exists(self.cert_path) and os.path.exists(self.key_path):
-            with open(self.cert_path, "rb") as f:
-                self.cert = x509.load_pem_x509_certificate(f.read())
-            with open(self.key_path, "rb") as f:
-                self.key = serialization.load_pem_private_key(f.read(), password=None)
-        else:
-            self.cert, self.key = self._create(common_name)
-
-    def _create(self, common_name: str) -> tuple[x509.Certificate, Any]:
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_pem)
-        with open(self.cert_path, "wb") as f:
-            f.write(cert.public_bytes(serialization.Encoding.PEM))
-        return cert, key
-
-    def issue(self, name: str, days: int = LEAF_LIFETIME_DAYS) -> CertifiedKey:
-        key = ec.generate_private_key(ec.SECP256R1())
-        try:
-            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
-        except ValueError:
-            san = x509.DNSName(name)
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
+    def issue(self, name: str, days: float = LEAF_LIFETIME_DAYS) -> CertifiedKey:
+        cert, key = self.sign_leaf(name, days, _now())
         return CertifiedKey(cert, key, [self.cert], (name,), source="local-ca")
 
 
@@ -268,8 +205,13 @@ class CertificateStore:
 
     @property
     def ca(self) -> LocalCA:
+        """The local CA.  With a ``serves`` predicate (the gateway) it is
+        name-constrained to ``default_name`` (the cluster domain) plus every name
+        served (see nbgateway.tls.ca and :meth:`permit`); without one the store
+        cannot tell its names and the CA is unconstrained (tests, embeddings)."""
         if self._ca is None:
-            self._ca = LocalCA(self.data_dir)
+            self._ca = LocalCA(self.data_dir, permitted=(
+                None if self.serves is None else [self.default_name]))
         return self._ca
 
     # -- loading -----------------------------------------------------------
@@ -353,10 +295,29 @@ class CertificateStore:
         if ck is not None and _due(ck.cert):
             ck = None  # two thirds of its lifetime gone: issue a fresh one
         if ck is None:
-            ck = self.ca.issue(name)
+            ck = self._issue(name)
             self._fallback[name] = ck
             while len(self._fallback) > self.fallback_cache_size:
                 self._fallback.popitem(last=False)
         else:
             self._fallback.move_to_end(name)
         return ck
+
+    def _issue(self, name: str) -> CertifiedKey:
+        """A fallback leaf from the local CA.  A served name (any valid name when
+        there is no ``serves`` predicate) widens the CA's name constraints; a name
+        the CA refuses (an address, a full constraint set) gets the default
+        name's certificate."""
+        self.ca.permit([name])
+        try:
+            return self.ca.issue(name)
+        except NameNotPermittedError:
+            if name != self.default_name:
+                return self.certificate_for(self.default_name)
+            self.ca.permit(["localhost"])  # an address as --domain: serve "localhost"
+            return self.ca.issue("localhost")
+
+    def permit(self, names: list[str]) -> bool:
+        """Widen the local CA's name constraints to ``names`` ahead of the first
+        handshake (a mapping arrived); True if the CA certificate was re-issued."""
+        return self.ca.permit([normalize_name(n) for n in names])
