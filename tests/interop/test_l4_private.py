@@ -22,6 +22,7 @@ import sys
 import pytest
 
 from tests.interop.conftest import require_testbed
+from tests.interop.test_l4_public import make_certs
 from tests.interop.test_private_e2e import DNS_QUERY, DOMAIN, World, counter, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.interop
 
 SERVERS = os.path.join(os.path.dirname(__file__), "l4_servers.py")
 SSH_NAME = f"ssh.{DOMAIN}"
-TCP_PORT, UDP_PORT = 2222, 5300
+TCP_PORT, UDP_PORT, TLS_PORT = 2222, 5300, 8444
 
 
 def accepted(world) -> int:
@@ -61,7 +62,8 @@ def private_l4(world, name: str, mode: str, listen_port: int, port: int) -> dict
     return world.rest("POST", "/reverse-proxies/services", {
         "name": name, "domain": f"{name}.{DOMAIN}", "enabled": True, "private": True,
         "access_groups": [world.devs["id"]], "mode": mode, "listen_port": listen_port,
-        "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": mode,
+        "targets": [{"target_id": DOMAIN, "target_type": "cluster",
+                     "protocol": "udp" if mode == "udp" else "tcp",
                      "host": "127.0.0.1", "port": port, "enabled": True,
                      "options": {"direct_upstream": True}}]})
 
@@ -78,6 +80,10 @@ def world():
                   stdout=logf, stderr=logf)
         w.g.popen([sys.executable, SERVERS, "udp-echo", "127.0.0.1", "9053"],
                   stdout=logf, stderr=logf)
+        w.l4_ca = make_certs(w.tmp)
+        w.g.popen([sys.executable, SERVERS, "tls-name", "127.0.0.1", "9445",
+                   os.path.join(w.tmp, "p.gw.test.crt"), os.path.join(w.tmp, "p.gw.test.key"),
+                   "p.gw.test"], stdout=logf, stderr=logf)
         w.start_management()
         token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
         w.start_gateway(token)
@@ -88,6 +94,7 @@ def world():
         w.add_peer("bob", [])
         w.tcp = private_l4(w, "ssh", "tcp", TCP_PORT, 9100)
         w.udp = private_l4(w, "dnsrelay", "udp", UDP_PORT, 9053)
+        w.tls = private_l4(w, "p", "tls", TLS_PORT, 9445)
         ns, gw_ip, conf = w.connect_peer("alice")
         w.alice = (ns, gw_ip, conf)
         yield w
@@ -154,6 +161,18 @@ def test_private_udp_session(world):
             assert s.recv(2048) == b"d%d" % i
     finally:
         s.close()
+
+
+def test_private_tls_passthrough_verifies_the_upstream(world):
+    ns, gw_ip, _ = world.alice
+
+    def get():
+        r = ns.run(["curl", "-sS", "-m", "10", "--cacert", world.l4_ca, "--resolve",
+                    f"p.gw.test:{TLS_PORT}:{gw_ip}", f"https://p.gw.test:{TLS_PORT}/"],
+                   check=False)
+        return r.stdout if r.returncode == 0 else None
+
+    assert wait_for(get, 30, "the private TLS passthrough service") == "p.gw.test"
 
 
 def test_out_of_group_peer_refused_without_upstream_connection(world):
