@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.interop
 SERVERS = os.path.join(os.path.dirname(__file__), "l4_servers.py")
 G_VETH, C_VETH = "198.18.60.1", "198.18.60.2"
 TCP_PORT, TLS_PORT, UDP_PORT, PP_PORT, RATE_PORT = 7100, 7443, 7053, 7200, 7054
-HOLD_PORT = 7300
+HOLD_PORT, DNS_PORT = 7300, 7055
 
 
 def l4_service(world, name: str, mode: str, listen_port: int, port: int, *,
@@ -115,6 +116,12 @@ def world():
         g.popen([py, SERVERS, "tcp-echo", "127.0.0.1", "9100"], stdout=logf, stderr=logf)
         g.popen([py, SERVERS, "udp-echo", "127.0.0.1", "9053"], stdout=logf, stderr=logf)
         g.popen([py, SERVERS, "hold", "127.0.0.1", "9300"], stdout=logf, stderr=logf)
+        hosts = os.path.join(w.tmp, "dns-hosts")
+        with open(hosts, "w") as f:
+            f.write("198.18.99.7 host1.example\n198.18.99.8 host2.example\n")
+        g.popen([os.path.join(os.path.dirname(py), "twistd"), "-n", "--pidfile=", "-l",
+                 os.path.join(w.tmp, "dns.log"), "dns", "--hosts-file", hosts, "-p", "9153",
+                 "-i", "127.0.0.1"], stdout=logf, stderr=logf, cwd=w.tmp)
         g.popen([py, SERVERS, "udp-echo", "127.0.0.1", "9054"], stdout=logf, stderr=logf)
         for name, port in (("a.gw.test", 9443), ("b.gw.test", 9444), ("p.gw.test", 9445)):
             g.popen([py, SERVERS, "tls-name", "127.0.0.1", str(port),
@@ -143,6 +150,7 @@ def world():
         w.udp_rate = l4_service(w, "flood", "udp", RATE_PORT, 9054)
         w.pp = l4_service(w, "pp", "tcp", PP_PORT, 9200, proxy_protocol=True)
         w.hold = l4_service(w, "hold", "tcp", HOLD_PORT, 9300)
+        w.dns = l4_service(w, "realdns", "udp", DNS_PORT, 9153)
         # the main port (8443): an HTTP service and a TLS passthrough service by SNI
         w.start_upstream()
         w.web = w.rest("POST", "/reverse-proxies/services", {
@@ -484,3 +492,35 @@ def test_udp_flood_from_many_ports_session_bound_holds(world):
     for s in flood:
         s.close()
     known.close()
+
+
+def _dns_query(name: str, qid: int) -> bytes:
+    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return q + struct.pack("!HH", 1, 1)
+
+
+def test_dns_queries_through_a_udp_service_to_a_real_dns_server(world):
+    """A Python DNS client from another namespace, through the gateway's UDP
+    relay, to Twisted Names (``twistd dns --hosts-file``) on the host."""
+    with inside_netns(world.c.name):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        def ask(name: str, qid: int):
+            s.sendto(_dns_query(name, qid), (G_VETH, DNS_PORT))
+            try:
+                return s.recv(4096)
+            except OSError:
+                return None
+
+        r = wait_for(lambda: ask("host1.example", 1), 20, "a DNS answer through the relay")
+        for i, (name, ip) in enumerate([("host1.example", "198.18.99.7"),
+                                        ("host2.example", "198.18.99.8")] * 50):
+            r = ask(name, 100 + i)
+            assert r is not None
+            qid, flags, _qd, an = struct.unpack("!HHHH", r[:8])
+            assert qid == 100 + i and flags & 0x000F == 0 and an == 1
+            assert socket.inet_ntoa(r[-4:]) == ip
+    finally:
+        s.close()
