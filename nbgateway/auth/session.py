@@ -11,7 +11,9 @@ password/PIN/header token has no email; its principal (``password-user``,
 ``pin-user``, ``header-user``) stands in for it, so the upstream's
 ``X-NetBird-User`` says which operator scheme admitted the request.
 Loaded public keys are kept in a small bounded cache keyed by the base64
-text, so a cookie-authenticated request costs one signature check.
+text, and tokens that verified in a bounded FIFO keyed by (token, key, host),
+so a repeat cookie costs a lookup plus the ``exp``/``nbf`` checks against
+``now`` (an expired token is refused from the cache as well).
 """
 
 from __future__ import annotations
@@ -51,10 +53,16 @@ def _strings(value: object) -> tuple[str, ...]:
 class SessionVerifier:
     """Verifies session tokens locally; counts what it refused."""
 
-    def __init__(self, max_keys: int = 4096) -> None:
+    def __init__(self, max_keys: int = 4096, max_verified: int = 10_000) -> None:
         self._keys: OrderedDict[str, Ed25519PublicKey | None] = OrderedDict()
         self.max_keys = max_keys
+        #: (token, key, host) -> (identity, exp, nbf) of tokens whose signature
+        #: and claims verified: a repeat costs a dict lookup and the time checks
+        self._verified: OrderedDict[tuple[str, str, str],
+                                    tuple[Identity, float | None, float | None]] = OrderedDict()
+        self.max_verified = max_verified
         self.rejected = 0
+        self.cache_hits = 0
 
     def public_key(self, session_key: str) -> Ed25519PublicKey | None:
         """The key for a mapping's ``session_key`` (None when it is not a
@@ -76,6 +84,14 @@ class SessionVerifier:
 
     def verify(self, token: str, session_key: str, host: str, now: float) -> Identity | None:
         """The identity a valid token carries for ``host``, else None."""
+        cached = self._verified.get((token, session_key, host))
+        if cached is not None:
+            ident, exp, nbf = cached
+            if (exp is not None and now >= exp) or (nbf is not None and now < nbf):
+                self.rejected += 1
+                return None
+            self.cache_hits += 1
+            return ident
         key = self.public_key(session_key) if session_key else None
         if key is None or not token or len(token) > MAX_TOKEN_LENGTH:
             self.rejected += 1
@@ -103,10 +119,14 @@ class SessionVerifier:
             # password/PIN/header tokens carry no email; the principal
             # (``password-user``...) becomes X-NetBird-User instead
             email = sub
-        return Identity(
+        ident = Identity(
             user_id=sub,
             email=email,
             group_ids=_strings(payload.get("groups")),
             group_names=_strings(payload.get("group_names")),
             method=method if method in _METHODS else "",
         )
+        self._verified[(token, session_key, host)] = (ident, exp, nbf)
+        while len(self._verified) > self.max_verified:
+            self._verified.popitem(last=False)
+        return ident

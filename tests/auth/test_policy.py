@@ -177,3 +177,16 @@ def test_oidc_return_url_keeps_the_host_port():
     assert p.start() == CallOIDCURL("https://app.example:8443/p")
     p = run(facts(schemes=("oidc",), port="x"))
     assert p.start() == CallOIDCURL("https://app.example/p")
+
+
+def test_verified_tokens_are_cached_but_time_checks_still_apply():
+    v = SessionVerifier()
+    tok = sessionjwt.sign_session(PRIV, subject="u", domain="app.example", method="pin",
+                                  now=NOW)
+    assert v.verify(tok, PUB, "app.example", NOW).user_id == "u"
+    assert v.verify(tok, PUB, "app.example", NOW + 1).user_id == "u"
+    assert v.cache_hits == 1
+    assert v.verify(tok, PUB, "app.example", NOW + 86400) is None  # expired, from the cache
+    assert v.verify(tok, PUB, "other.example", NOW) is None  # another host is verified anew
+    _, other_pub = generate_session_keys()
+    assert v.verify(tok, other_pub, "app.example", NOW) is None
