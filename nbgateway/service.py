@@ -41,6 +41,7 @@ from nbgateway.dns.server import DNSResponderFactory, listen_dns
 from nbgateway.dns.zone import ZoneAuthority, account_zones
 from nbgateway.http.site import GatewayResource
 from nbgateway.l4.wiring import attach_l4
+from nbgateway.mgmt.certreport import CertificateReporting
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
 from nbgateway.observe.health import HealthState, client_health_from_device, health_service
@@ -127,6 +128,8 @@ class GatewayService(MultiService):
             if hasattr(management, "on_connection_state"):
                 management.on_connection_state = self.health.set_management_connected
             management = InstrumentedClient(management, self.metrics.rpc, reactor.seconds)
+            # every status update carries the served certificate and the local CA
+            management = CertificateReporting(management, self._certificate_status)
         self.mgmt = management
         self.peer_channel_factory = peer_channel_factory
         #: SNI certificates for every TLS listener (cert dir, wildcard dir, local CA)
@@ -346,6 +349,15 @@ class GatewayService(MultiService):
             key_factory=lambda: self.account_key(account_id),
             l4_status=self.l4.status,
         )
+
+    def _certificate_status(self, service_id: str) -> dict[str, Any] | None:
+        """The certificate served for a service's domain (see
+        nbgateway.mgmt.certreport); None for TCP/UDP/TLS-passthrough services."""
+        mapping = self.store.get(service_id)
+        if mapping is None or not mapping.domain or mapping.mode in ("tcp", "udp", "tls") \
+                or not hasattr(self.certificates, "describe"):
+            return None
+        return self.certificates.describe(mapping.domain)
 
     def _serves(self, name: str) -> bool:
         """Only names this gateway serves get a fallback certificate (random

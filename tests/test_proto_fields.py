@@ -44,6 +44,8 @@ def _field(message, name: str):
         (pb.ProxyCapabilities, "supports_private_service", 5),
         (pb.SendStatusUpdateRequest, "error_message", 5),
         (pb.SendStatusUpdateRequest, "inbound_listener", 50),
+        (pb.SendStatusUpdateRequest, "nbgw_certificate", 100),
+        (pb.NbgwCertificateStatus, "ca_certificate_pem", 5),
         (pb.ProxyInboundListener, "tunnel_ip", 1),
         (pb.ProxyInboundListener, "https_port", 2),
         (pb.ProxyInboundListener, "http_port", 3),

@@ -366,20 +366,36 @@ class AuthenticateResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class SendStatusUpdateRequest(_message.Message):
-    __slots__ = ("service_id", "account_id", "status", "certificate_issued", "error_message", "inbound_listener")
+    __slots__ = ("service_id", "account_id", "status", "certificate_issued", "error_message", "inbound_listener", "nbgw_certificate")
     SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_ISSUED_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     INBOUND_LISTENER_FIELD_NUMBER: _ClassVar[int]
+    NBGW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     service_id: str
     account_id: str
     status: ProxyStatus
     certificate_issued: bool
     error_message: str
     inbound_listener: ProxyInboundListener
-    def __init__(self, service_id: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[ProxyStatus, str]] = ..., certificate_issued: _Optional[bool] = ..., error_message: _Optional[str] = ..., inbound_listener: _Optional[_Union[ProxyInboundListener, _Mapping]] = ...) -> None: ...
+    nbgw_certificate: NbgwCertificateStatus
+    def __init__(self, service_id: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[ProxyStatus, str]] = ..., certificate_issued: _Optional[bool] = ..., error_message: _Optional[str] = ..., inbound_listener: _Optional[_Union[ProxyInboundListener, _Mapping]] = ..., nbgw_certificate: _Optional[_Union[NbgwCertificateStatus, _Mapping]] = ...) -> None: ...
+
+class NbgwCertificateStatus(_message.Message):
+    __slots__ = ("issuer", "not_after", "source", "last_error", "ca_certificate_pem")
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    issuer: str
+    not_after: _timestamp_pb2.Timestamp
+    source: str
+    last_error: str
+    ca_certificate_pem: str
+    def __init__(self, issuer: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., last_error: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ...) -> None: ...
 
 class ProxyInboundListener(_message.Message):
     __slots__ = ("tunnel_ip", "https_port", "http_port")

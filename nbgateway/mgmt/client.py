@@ -259,6 +259,7 @@ class GrpcManagementClient(service.Service):
         certificate_issued: bool = False,
         error_message: str | None = None,
         inbound_listener: tuple[str, int, int] | None = None,
+        certificate: pb.NbgwCertificateStatus | None = None,
     ) -> Deferred[None]:
         req = pb.SendStatusUpdateRequest(
             service_id=service_id,
@@ -273,6 +274,8 @@ class GrpcManagementClient(service.Service):
             req.inbound_listener.tunnel_ip = tunnel_ip
             req.inbound_listener.https_port = https_port
             req.inbound_listener.http_port = http_port
+        if certificate is not None:  # nbgateway extension (field 100)
+            req.nbgw_certificate.CopyFrom(certificate)
         return self._unary("SendStatusUpdate", req, self.rpc_timeout).addCallback(lambda _: None)
 
     def send_access_log(self, entry: pb.AccessLog) -> Deferred[None]:

@@ -170,6 +170,7 @@ class FakeManagementClient:
         certificate_issued: bool = False,
         error_message: str | None = None,
         inbound_listener: tuple[str, int, int] | None = None,
+        certificate: pb.NbgwCertificateStatus | None = None,
     ) -> Deferred[None]:
         return self._call(
             "send_status_update",
@@ -180,6 +181,7 @@ class FakeManagementClient:
             certificate_issued=certificate_issued,
             error_message=error_message,
             inbound_listener=inbound_listener,
+            certificate=certificate,
         )
 
     def send_access_log(self, entry: pb.AccessLog) -> Deferred[None]:

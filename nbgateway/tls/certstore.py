@@ -303,6 +303,21 @@ class CertificateStore:
             self._fallback.move_to_end(name)
         return ck
 
+    def describe(self, server_name: str) -> dict[str, Any]:
+        """What the store serves for a name, for status reports: issuer
+        (RFC 4514), not_after, source ("acme", "file" or "local-ca") and the
+        local CA's certificate PEM (``ca_certificate_pem``)."""
+        ck = self.certificate_for(server_name)
+        if ck.source == "local-ca":
+            source = "local-ca"
+        elif os.path.basename(ck.source).startswith("acme_"):
+            source = "acme"
+        else:
+            source = "file"
+        return {"issuer": ck.cert.issuer.rfc4514_string(),
+                "not_after": ck.cert.not_valid_after_utc, "source": source,
+                "ca_certificate_pem": self.ca.cert_pem()}
+
     def _issue(self, name: str) -> CertifiedKey:
         """A fallback leaf from the local CA.  A served name (any valid name when
         there is no ``serves`` predicate) widens the CA's name constraints; a name

@@ -1,0 +1,68 @@
+"""Certificate status on status updates: CertificateStore.describe and the
+CertificateReporting wrapper (nbgateway.mgmt.certreport)."""
+
+from __future__ import annotations
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.mgmt.certreport import CertificateReporting
+from nbgateway.tls.ca import constraints_of
+from nbgateway.tls.certstore import CertificateStore, LocalCA
+
+from ._certs import write_pair
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def send_status_update(self, service_id, account_id, status, **kw):
+        self.calls.append((service_id, account_id, status, kw))
+
+    other = "passed through"
+
+
+def test_describe_local_ca_and_file(tmp_path):
+    (tmp_path / "certs").mkdir()
+    external = LocalCA(str(tmp_path / "ext"), "external test CA")
+    write_pair(external, str(tmp_path / "certs"), "acme_pub.example", "pub.example")
+    write_pair(external, str(tmp_path / "certs"), "static", "static.example")
+    store = CertificateStore(str(tmp_path / "certs"), None, str(tmp_path / "data"),
+                             default_name="proxy.example", serves=lambda n: True)
+    store.permit(["app.proxy.example"])
+    info = store.describe("app.proxy.example")
+    assert info["source"] == "local-ca"
+    assert info["issuer"] == "CN=nbgateway local CA"
+    assert info["ca_certificate_pem"] == store.ca.cert_pem()
+    assert constraints_of(store.ca.cert) == {"proxy.example"}
+    assert store.describe("pub.example")["source"] == "acme"
+    static = store.describe("static.example")
+    assert static["source"] == "file" and static["issuer"] == "CN=external test CA"
+    assert static["not_after"] == store.static_for("static.example").cert.not_valid_after_utc
+
+
+def test_reporting_adds_certificate_and_last_error():
+    inner = Recorder()
+    infos = {"svc-1": {"issuer": "CN=x", "source": "local-ca",
+                       "ca_certificate_pem": b"-----BEGIN CERTIFICATE-----\n"}}
+    client = CertificateReporting(inner, infos.get)
+    client.send_status_update("svc-1", "acct", pb.PROXY_STATUS_ACTIVE, error_message=None)
+    client.send_status_update("svc-1", "acct", pb.PROXY_STATUS_CERTIFICATE_FAILED,
+                              error_message="certificate: rateLimited")
+    client.send_status_update("svc-2", "acct", pb.PROXY_STATUS_ACTIVE)  # no certificate
+    first, failed, none = (c[3] for c in inner.calls)
+    assert first["certificate"].issuer == "CN=x"
+    assert first["certificate"].ca_certificate_pem.startswith("-----BEGIN")
+    assert first["certificate"].last_error == ""
+    assert failed["certificate"].last_error == "certificate: rateLimited"
+    assert "certificate" not in none
+    assert client.other == "passed through"
+
+
+def test_a_failing_describe_never_blocks_the_report():
+    inner = Recorder()
+
+    def broken(_sid):
+        raise RuntimeError("boom")
+
+    CertificateReporting(inner, broken).send_status_update("s", "a", pb.PROXY_STATUS_ACTIVE)
+    assert inner.calls == [("s", "a", pb.PROXY_STATUS_ACTIVE, {})]
