@@ -86,6 +86,8 @@ class AccountRuntime:
         self.device: WireGuardDevice | None = None
         self.stack: Stack | None = None
         self.network: AccountNetwork | None = None
+        #: the roster entries last applied to the device (diffed by _apply_roster)
+        self.applied_roster: tuple[Any, ...] = ()
         self.listeners: list[Any] = []
         self.tunnel_ip = ""
         self.peer_channel: Any = None
@@ -182,12 +184,19 @@ class AccountRuntime:
         return None
 
     def _apply_roster(self, network: AccountNetwork) -> None:
+        """Apply the roster as a diff against the previous map: peers gone are
+        removed, new ones added, and only peers whose entry changed are
+        updated (a peer storm costs the change, not the roster, per map)."""
         device = self.device
         assert device is not None
+        previous = {p.key_bytes: p for p in self.applied_roster}
         wanted = {p.key_bytes: p for p in network.roster if p.key_bytes != device.public_key}
         for key in [k for k in device.peers if k not in wanted]:
             device.remove_peer(key)
+        self.applied_roster = tuple(wanted.values())
         for key, p in wanted.items():
+            if key in device.peers and previous.get(key) == p:
+                continue  # unchanged since the last map
             endpoint = None
             if p.endpoint:
                 try:

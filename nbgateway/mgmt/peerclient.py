@@ -20,7 +20,11 @@ jittered exponential backoff):
    (the bridge reads the next message only when the callback returned or
    its Deferred fired: bounded memory, gRPC flow control pushes back).
    A map whose ``Serial`` is lower than the last one applied on the same
-   stream is skipped (upstream's "outdated NetworkMap" rule).
+   stream is skipped (upstream's "outdated NetworkMap" rule).  Maps are
+   coalesced: a map is applied ``coalesce_delay`` (50 ms) after it arrives,
+   and one superseded before then (or while the previous application's
+   Deferred is pending) is never applied, since each map is the whole
+   network: a peer storm costs one application per interval, not per peer.
 
 Any error (transport, status, a body that does not open or parse, a server
 key that changed under us, a clean end of the stream) ends the cycle and the
@@ -73,6 +77,8 @@ __all__ = ["MAX_RECEIVE_BYTES", "PeerChannelClient", "PeerChannelError", "system
 log = Logger()
 
 DEFAULT_RPC_TIMEOUT = 10.0
+#: a received map waits this long for a newer one before it is applied
+DEFAULT_COALESCE_DELAY = 0.05
 #: largest network map accepted from management
 MAX_RECEIVE_BYTES = 16 * 1024 * 1024
 
@@ -126,6 +132,7 @@ class PeerChannelClient:
         backoff: Backoff | None = None,
         channel: grpc.Channel | None = None,
         name: str = "peer-channel",
+        coalesce_delay: float = DEFAULT_COALESCE_DELAY,
     ) -> None:
         if len(private_key) != 32:
             raise ValueError("private key must be 32 bytes")
@@ -159,6 +166,14 @@ class PeerChannelClient:
         self.running = False
         self.serial = 0
         self.maps_received = 0
+        #: maps handed to on_network_map, and maps skipped because a newer one
+        #: arrived before their turn
+        self.maps_applied = 0
+        self.maps_coalesced = 0
+        self.coalesce_delay = coalesce_delay
+        self._pending_map: pb.NetworkMap | None = None
+        self._apply_call: Any = None
+        self._applying = False
         self.logins = 0
         self.errors: Counter[str] = Counter()
         self.last_error: Failure | None = None
@@ -192,6 +207,10 @@ class PeerChannelClient:
         if not self.running:
             return succeed(None)
         self.running = False
+        if self._apply_call is not None and self._apply_call.active():
+            self._apply_call.cancel()
+        self._apply_call = None
+        self._pending_map = None
         self.session.close()
         return succeed(None)
 
@@ -301,9 +320,8 @@ class PeerChannelClient:
             last["serial"] = nm.Serial
             self.serial = nm.Serial
             self.maps_received += 1
-            d = maybeDeferred(self.on_network_map, nm)
-            d.addErrback(self._handler_failed)
-            return d
+            self._offer_map(nm)
+            return None
 
         stream = bridge.server_stream(stub.Sync, self._seal(req), on_message,
                                       name=f"{self.name}-Sync")
@@ -317,6 +335,41 @@ class PeerChannelClient:
             return Failure(errors.ManagementStreamClosedError("Sync stream closed by server"))
 
         return self.session.watch(stream, ended)
+
+    # -- coalescing: only the latest map is applied ---------------------------------------
+
+    def _offer_map(self, nm: pb.NetworkMap) -> None:
+        """Keep ``nm`` as the map to apply next, replacing one not yet applied.
+
+        Each map is the account's whole network, so a map superseded before
+        its turn is skipped: a peer storm (a map per created peer) costs one
+        application per ``coalesce_delay`` (and per application still
+        running), not one per change. Memory: one pending map."""
+        if self._pending_map is not None:
+            self.maps_coalesced += 1
+        self._pending_map = nm
+        self._schedule_apply()
+
+    def _schedule_apply(self) -> None:
+        if self._apply_call is not None or self._applying or self._pending_map is None:
+            return
+        self._apply_call = self.reactor.callLater(self.coalesce_delay, self._apply_pending)
+
+    def _apply_pending(self) -> None:
+        self._apply_call = None
+        nm, self._pending_map = self._pending_map, None
+        if nm is None or not self.running:
+            return
+        self._applying = True
+        self.maps_applied += 1
+        d = maybeDeferred(self.on_network_map, nm)
+        d.addErrback(self._handler_failed)
+
+        def done(_: object) -> None:
+            self._applying = False
+            self._schedule_apply()
+
+        d.addBoth(done)
 
     def _handler_failed(self, reason: Failure) -> None:
         self.errors["handler"] += 1

@@ -4,6 +4,9 @@ Each prefix belongs to exactly one value (peer); inserting a prefix already owne
 by another value moves it.  Lookups take the raw packed address (4 or 16 bytes,
 as sliced from a packet header) and probe one dict per distinct prefix length,
 longest first: O(number of distinct prefix lengths), with no objects created.
+A reverse index (value -> its networks) makes ``networks_of`` and
+``remove_value`` cost the value's own networks, not the table's size, so
+rewriting one peer's allowed IPs in a roster of thousands stays O(1)-ish.
 """
 
 from __future__ import annotations
@@ -58,25 +61,47 @@ class AllowedIPs(Generic[V]):
         self._v4: _Family[V] = _Family(32)
         self._v6: _Family[V] = _Family(128)
         self._owned: dict[Network, V] = {}
+        #: id(value) -> that value's networks (insertion order)
+        self._by_value: dict[int, dict[Network, None]] = {}
 
-    def insert(self, network: Network | str, value: V) -> None:
+    def insert(self, network: Network | str, value: V) -> V | None:
+        """Give ``network`` to ``value``; returns the value that owned it before
+        (``None`` if none), which has lost it."""
         net = ipaddress.ip_network(network, strict=False)
         fam = self._v4 if net.version == 4 else self._v6
         fam.insert(int(net.network_address), net.prefixlen, value)
+        previous = self._owned.get(net)
+        if previous is not None and previous is not value:
+            self._drop_reverse(previous, net)
         self._owned[net] = value
+        self._by_value.setdefault(id(value), {})[net] = None
+        return previous if previous is not value else None
+
+    def _drop_reverse(self, value: V, net: Network) -> None:
+        nets = self._by_value.get(id(value))
+        if nets is not None:
+            nets.pop(net, None)
+            if not nets:
+                del self._by_value[id(value)]
 
     def remove(self, network: Network | str) -> None:
         net = ipaddress.ip_network(network, strict=False)
         fam = self._v4 if net.version == 4 else self._v6
         fam.remove(int(net.network_address), net.prefixlen)
-        self._owned.pop(net, None)
+        value = self._owned.pop(net, None)
+        if value is not None:
+            self._drop_reverse(value, net)
+
+    def owner(self, network: Network) -> V | None:
+        """The value owning exactly ``network`` (no longest-prefix match)."""
+        return self._owned.get(network)
 
     def remove_value(self, value: V) -> None:
-        for net in [n for n, v in self._owned.items() if v is value]:
+        for net in self.networks_of(value):
             self.remove(net)
 
     def networks_of(self, value: V) -> list[Network]:
-        return [n for n, v in self._owned.items() if v is value]
+        return list(self._by_value.get(id(value), ()))
 
     def lookup_packed(self, packed: bytes) -> V | None:
         """Lookup by a packed 4- or 16-byte address (the per-packet hot path)."""

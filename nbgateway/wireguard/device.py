@@ -208,12 +208,21 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         peer.removed = True
 
     def _set_allowed(self, peer: Peer, nets: list) -> None:
+        """Give ``peer`` exactly ``nets``; costs the peer's own networks, not the
+        roster's size (an unchanged set is a no-op that keeps the route cache)."""
+        if peer.allowed_ips == nets and all(self.allowed_ips.owner(n) is peer
+                                            for n in nets):
+            return
         self._route_cache.clear()
         self.allowed_ips.remove_value(peer)
+        displaced = {}
         for net in nets:
-            self.allowed_ips.insert(net, peer)
-        # an allowed IP belongs to one peer only: refresh everyone's view
-        for p in self.peers.values():
+            previous = self.allowed_ips.insert(net, peer)
+            if previous is not None:
+                displaced[id(previous)] = previous
+        # an allowed IP belongs to one peer only: refresh the views that changed
+        peer.allowed_ips = self.allowed_ips.networks_of(peer)
+        for p in displaced.values():
             p.allowed_ips = self.allowed_ips.networks_of(p)
 
     def close(self) -> None:
