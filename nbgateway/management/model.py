@@ -463,6 +463,12 @@ class Service:
     private: bool = False
     #: allow-list of group ids; None = not set (stored as SQL NULL)
     access_groups: tuple[str, ...] | None = None
+    #: X-NetBird-Jwt-Assertion: "off", "on" or "required" (issue 16)
+    assertion_mode: str = "off"
+    #: the service's assertion key pairs (assertionkeys.AssertionKey; secret seeds)
+    assertion_keys: tuple[Any, ...] = field(default=(), repr=False)
+    #: session cookie/JWT lifetime in seconds; 0 = DEFAULT_SESSION_MAX_AGE_SECONDS
+    max_session_age_seconds: int = 0
 
     def __post_init__(self) -> None:
         _freeze_tuple(self, "targets")

@@ -1,0 +1,112 @@
+"""Identity assertion keys and session length against a live ``twistd
+nbmanagement``: the service fields through REST and ``nbgateway-admin services
+identity``, the unauthenticated per-service JWKS, rotation keeping the old key
+published, the mapping a gateway receives (seed present, redacted in logs),
+the session JWT lifetime, validation."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import jwt
+import pytest
+
+from nbgateway.management import assertionkeys, sessionjwt
+from nbgateway.management.proxymapping import to_proto_mapping
+from nbgateway.routes.redaction import redacted_json
+
+from .apiserver import ApiServer
+from .test_cli import CLUSTER, ok, run
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ApiServer(str(tmp_path_factory.mktemp("nbmgmt-assert"))).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _service(server) -> dict:
+    zone = f"id-{uuid.uuid4().hex[:6]}.test"
+    ok(server, "domains", "create", zone, CLUSTER)
+    return json.loads(ok(server, "--json", "services", "create", "--domain", f"app.{zone}",
+                         "--target", f"type=cluster,id={CLUSTER},host=10.0.0.5,port=8080"))
+
+
+def test_fields_jwks_rotation_and_mapping(server):
+    svc = _service(server)
+    domain = svc["domain"]
+    assert svc["assertion"] == "off" and svc["max_session_age_seconds"] == 0
+    jwks_url = f"/.well-known/nbgateway/jwks.json?domain={domain}"
+    assert server.get(jwks_url, auth=False).status == 404  # off: nothing published
+
+    out = ok(server, "services", "identity", domain, "--assertion", "on",
+             "--max-session-age", "3600")
+    assert out == f"{domain}: assertion on, session 3600 s\n"
+    shown = server.ok("GET", f"/api/reverse-proxies/services/{svc['id']}")
+    assert shown["assertion"] == "on" and shown["max_session_age_seconds"] == 3600
+    assert "assertion_keys" not in shown
+
+    resp = server.get(jwks_url, auth=False)
+    assert resp.status == 200
+    keys = resp.json["keys"]
+    assert len(keys) == 1 and keys[0]["kty"] == "OKP" and keys[0]["crv"] == "Ed25519"
+    assert "d" not in keys[0]
+    assert server.get("/.well-known/nbgateway/jwks.json", auth=False).status == 400
+    assert server.get("/.well-known/nbgateway/jwks.json?domain=nope.test",
+                      auth=False).status == 404
+
+    # the gateway's mapping carries the signing seed of the published key
+    store = server.open_store()
+    try:
+        model = store.services.get_by_domain(domain)
+        mapping = to_proto_mapping(model, 1)
+        assert mapping.auth.max_session_age_seconds == 3600
+        a = mapping.nbgw_assertion
+        assert a.mode == "on" and a.kid == keys[0]["kid"] and a.lifetime_seconds == 300
+        assert a.private_key and a.private_key not in redacted_json(mapping)
+        assert a.private_key not in json.dumps(shown)  # never through REST
+        # the session JWT lives max_session_age_seconds
+        token = sessionjwt.sign_session(model.session_private_key, subject="u", domain=domain,
+                                        method="pin", expiry=model.max_session_age_seconds
+                                        or sessionjwt.DEFAULT_SESSION_EXPIRY)
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] == 3600
+    finally:
+        store.close()
+
+    out = ok(server, "services", "identity", domain, "--rotate-key")
+    assert out.endswith("signing key rotated\n")
+    rotated = server.get(jwks_url, auth=False).json["keys"]
+    assert len(rotated) == 2 and rotated[1]["kid"] == keys[0]["kid"]
+    assert rotated[0]["kid"] != keys[0]["kid"]
+    # another PUT (services auth) keeps the mode and the keys
+    ok(server, "services", "auth", domain, "--pin", "2468")
+    again = server.get(jwks_url, auth=False).json["keys"]
+    assert [k["kid"] for k in again] == [k["kid"] for k in rotated]
+
+
+def test_validation(server):
+    domain = _service(server)["domain"]
+    code, _, err = run(server, "services", "identity", domain, "--max-session-age", "5")
+    assert code != 0 and "max_session_age_seconds" in err
+    svc = server.ok("GET", "/api/reverse-proxies/services")[0]
+    body = {k: svc[k] for k in ("name", "domain", "targets", "enabled") if k in svc}
+    resp = server.put(f"/api/reverse-proxies/services/{svc['id']}",
+                      dict(body, assertion="sometimes"))
+    assert resp.status in (400, 422)
+
+
+def test_retired_key_leaves_the_jwks_after_its_grace():
+    now = time.time()
+    keys = assertionkeys.ensure((), now)
+    keys = assertionkeys.rotate(keys, now)
+    assert len(assertionkeys.published(keys, now + assertionkeys.RETIRED_GRACE - 1)) == 2
+    assert len(assertionkeys.published(keys, now + assertionkeys.RETIRED_GRACE)) == 1
+    assert assertionkeys.current(keys) is keys[0]
+    assert assertionkeys.from_json(json.loads(json.dumps(assertionkeys.to_json(keys)))) == keys
+    assert assertionkeys.from_json([{"kid": 1}, "x", None]) == ()
