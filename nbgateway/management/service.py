@@ -195,10 +195,15 @@ class ManagementService(MultiService):
     def startService(self) -> None:
         self.threadpool.start()
         super().startService()
+        # replicas on one PostgreSQL database hear each other's changes (LISTEN/NOTIFY)
+        if self.store is not None and getattr(self.store, "dialect", "") == "postgresql":
+            self.store.start_change_feed()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         yield defer.maybeDeferred(super().stopService)
+        if self.store is not None and getattr(self.store, "change_feed", None) is not None:
+            self.store.stop_change_feed()
         if self.port is not None:
             port, self.port = self.port, None
             yield defer.maybeDeferred(port.stopListening)

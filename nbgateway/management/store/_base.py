@@ -13,6 +13,11 @@ Concurrency model:
 
 Listeners run after commit, in the writing thread, with
 ``(kind, account_id, ids)``; a failing listener is logged and skipped.
+
+Replicas (several processes on one PostgreSQL database): every write
+transaction also sends its changes with ``pg_notify`` (delivered at commit);
+:meth:`StoreBase.start_change_feed` listens for the other processes' changes
+and runs this process's listeners for them (:mod:`._changefeed`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -134,6 +140,9 @@ class StoreBase:
         self._listeners: list[ChangeListener] = []
         self._listeners_lock = threading.Lock()
         self._write_lock = _sqlite_lock(engine.url) if self.dialect == "sqlite" else None
+        #: this process's name in change notifications (its own are not re-applied)
+        self.origin = uuid.uuid4().hex
+        self.change_feed: Any = None
 
     # --- construction ---------------------------------------------------------
 
@@ -189,8 +198,47 @@ class StoreBase:
                     conn.commit()
 
     def close(self) -> None:
-        """Dispose of the connection pool."""
+        """Stop the change feed, dispose of the connection pool."""
+        self.stop_change_feed()
         self._engine.dispose()
+
+    # --- replicas ---------------------------------------------------------------
+
+    def start_change_feed(self) -> Any:
+        """PostgreSQL: listen for changes other processes commit and run this
+        process's listeners for them (one connection, one thread). None on SQLite."""
+        if self.dialect != "postgresql" or self.change_feed is not None:
+            return self.change_feed
+        from nbgateway.management.store._changefeed import ChangeFeed
+
+        conninfo = self._engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        self.change_feed = ChangeFeed(conninfo, self.origin, self._notify, self._resync)
+        self.change_feed.start()
+        return self.change_feed
+
+    def stop_change_feed(self) -> None:
+        feed, self.change_feed = self.change_feed, None
+        if feed is not None:
+            feed.stop()
+
+    def _resync(self) -> None:
+        """After notifications may have been missed: every service of every account
+        updated, every account changed (listeners re-read what they serve)."""
+        from nbgateway.management.store.schema import accounts, services
+
+        with self._read() as conn:
+            account_ids = list(conn.execute(sa.select(accounts.c.id)).scalars())
+            rows = conn.execute(sa.select(services.c.account_id, services.c.id)).all()
+        by_account: dict[str, list[str]] = {}
+        for account_id, sid in rows:
+            by_account.setdefault(account_id, []).append(sid)
+        changes: list[tuple[ChangeKind, str, tuple[str, ...]]] = [
+            (ChangeKind.SERVICE_UPDATED, a, tuple(ids)) for a, ids in by_account.items()
+        ]
+        changes += [(ChangeKind.ACCOUNT, a, ()) for a in account_ids]
+        self._notify(changes)
 
     # --- listeners --------------------------------------------------------------
 
@@ -300,4 +348,9 @@ class StoreBase:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("acct:" + scope))))
             tx = Tx(conn)
             result = fn(tx)
+            if tx.changes:
+                from nbgateway.management.store._changefeed import CHANNEL, payloads
+
+                for payload in payloads(self.origin, tx.changes):
+                    conn.execute(sa.select(sa.func.pg_notify(CHANNEL, payload)))
         return result, tx.changes
