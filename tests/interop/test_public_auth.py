@@ -185,6 +185,23 @@ def _upstream_count(world) -> int:
         return f.read().count("/app/page?x=1\n")
 
 
+def test_access_log_names_the_auth_mechanism(world):
+    def mechanisms():
+        page = world.rest("GET", "/events/proxy?page_size=100")
+        seen = {(e.get("host"), e.get("auth_method_used"), e.get("status_code"))
+                for e in page["data"]}
+        want = {(HDR, "header", 200), (HDR, "header", 401), (PW, "password", 401)}
+        return seen if want <= seen else None
+
+    seen = wait_for(mechanisms, 30, "access-log entries with their auth mechanism")
+    assert (PW, "password", 200) in seen or (PW, "password", 303) in seen, seen
+    cli = world.g.run([os.path.join(os.path.dirname(sys.executable), "nbgateway-admin"),
+                       "--url", "http://127.0.0.1:33071", "--token", world.admin,
+                       "logs", "list", "--host", HDR], check=False)
+    assert cli.returncode == 0, cli.stderr
+    assert "AUTH_METHOD_USED" in cli.stdout and " header " in cli.stdout, cli.stdout
+
+
 def test_management_down_is_502_and_cookie_still_works(world):
     code, headers, body = curl(world, HDR, "/h", "-H", "X-Api-Key: s3cret-key")
     assert code == 200, (code, headers, body)

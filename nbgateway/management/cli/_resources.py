@@ -27,7 +27,7 @@ SERVICE_COLS = ("id", "name", "domain", "mode", "private", "access_groups", "ena
                 "proxy_cluster", "status")
 TOKEN_COLS = ("id", "name", "created_at", "expires_at", "last_used", "revoked")
 LOG_COLS = ("timestamp", "method", "host", "path", "status_code", "duration_ms", "source_ip",
-            "user_id", "user_groups", "reason")
+            "user_id", "user_groups", "auth_method_used", "reason")
 CLUSTER_COLS = ("address", "type", "online", "connected_proxies", "private")
 DOMAIN_COLS = ("id", "domain", "type", "target_cluster", "validated", "supports_private")
 ACCOUNT_COLS = ("id", "name", "network_v4", "network_v6", "created_at")
