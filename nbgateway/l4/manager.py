@@ -6,14 +6,15 @@ the :class:`~nbgateway.l4.router.PortRouter` of its port:
 
 - public mappings: a host TCP listener on ``listen_port`` (``--addr``'s host,
   all interfaces when that is empty), bound on the first route of the port
-  and closed with its last one;
+  and closed 30 s after its last one went (a service re-created on it in
+  the meantime reuses the socket);
 - private mappings: a listener on the account's tunnel netstack at
   ``listen_port`` (never a host port), bound once the account's tunnel is up
   (:meth:`account_ready`); each connection passes the private gate.
 
-Conflicts and bind failures are recorded per service and reported ERROR with
-upstream's messages; :meth:`status` is what the account runtime reports
-(``ACTIVE`` only once the listener is bound).  Removing or changing a
+Conflicts and bind failures are recorded per service and reported ERROR
+with upstream's messages; :meth:`status` is what the account runtime
+reports (``ACTIVE`` only once the listener is bound).  Removing or changing a
 mapping closes its live relays.  ``udp`` mappings go to
 :mod:`nbgateway.l4.udp`.
 """
@@ -36,6 +37,8 @@ from nbgateway.routes.service import is_l4
 log = Logger()
 
 ACTIVE = pb.PROXY_STATUS_ACTIVE
+#: how long a port without routes keeps its listener (upstream drains 30 s)
+LISTENER_LINGER = 30.0
 #: accept queue of an L4 host port (bursts of new connections; the kernel caps it)
 LISTEN_BACKLOG = 4096
 ERROR = pb.PROXY_STATUS_ERROR
@@ -186,6 +189,9 @@ class L4Manager:
                 self.private[key] = router
             else:
                 self.public[target.listen_port] = router
+        if router.linger is not None:  # the port was lingering without routes
+            router.linger.cancel()
+            router.linger = None
         router.set_route(target)
         if target.private:
             self._bind_private(target.account_id)
@@ -269,20 +275,36 @@ class L4Manager:
             self._drop_if_empty(router, target)
 
     def _drop_if_empty(self, router: PortRouter, target: L4Target) -> None:
-        if router.empty and router is not self.main:
-            if target.private:
-                self.private.pop((target.account_id, target.listen_port), None)
-            else:
-                self.public.pop(target.listen_port, None)
+        """A port without routes keeps its listener for :data:`LISTENER_LINGER`
+        seconds (a service re-created on it reuses the socket; connections
+        meanwhile find no route), then closes it."""
+        if not router.empty or router is self.main or router.linger is not None:
+            return
+        key = (target.account_id, target.listen_port) if target.private else None
+
+        def close() -> None:
+            router.linger = None
+            if not router.empty:
+                return
+            if key is not None:
+                if self.private.get(key) is router:
+                    del self.private[key]
+            elif self.public.get(router.port) is router:
+                del self.public[router.port]
             if router.listening is not None:
                 lp, router.listening = router.listening, None
                 maybeDeferred(lp.stopListening)
+
+        router.linger = self.reactor.callLater(LISTENER_LINGER, close)
 
     def close_all(self) -> Deferred:
         from twisted.internet.defer import DeferredList
 
         ds = []
         for router in [*self.public.values(), *self.private.values()]:
+            if router.linger is not None:
+                router.linger.cancel()
+                router.linger = None
             router.close_all()
             if router.listening is not None and router is not self.main:
                 lp, router.listening = router.listening, None

@@ -91,6 +91,7 @@ class PortRouter(Factory):
         self.fallback: L4Target | None = None
         self.connections: set[L4ServerProtocol] = set()
         self.listening: Any = None  # the IListeningPort once bound
+        self.linger: Any = None  # the delayed close of a port without routes
 
     # ------------------------------------------------------------------ routes
 

@@ -53,6 +53,14 @@ def test_bind_then_active_and_unbind_on_last_route():
     assert [p[0] for p in reactor.tcpServers] == [7000]
     assert m.status(svc) == (pb.PROXY_STATUS_ACTIVE, None)
     m.mapping_removed(svc)
+    port = m.public[7000].listening
+    reactor.advance(29)  # the listener lingers 30 s without routes
+    assert m.public[7000].listening is port and not mgmt.reports
+    m.mapping_added(mapping(port=7000, sid="again"))  # re-created: the socket is reused
+    assert len(reactor.tcpServers) == 1
+    assert m.status(mapping(port=7000, sid="again")) == (pb.PROXY_STATUS_ACTIVE, None)
+    m.mapping_removed(mapping(port=7000, sid="again"))
+    reactor.advance(30)
     assert 7000 not in m.public and not mgmt.reports
 
 
