@@ -25,7 +25,7 @@ FLOORS: dict[str, int] = {
     "_proto": 0,
     # ground: shared vocabulary and the service model
     "__version__": 1, "errors": 1, "durations": 1, "interfaces": 1, "peerbox": 1,
-    "startup": 1, "routes": 1,
+    "startup": 1, "routes": 1, "attempts": 1,
     # packets and stored state
     "netstack": 2, "store": 2,
     # tunnels, dialers, the management client
@@ -50,7 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     "mgmt": {"_proto", "errors", "interfaces", "peerbox"},
     "tunnels": {"netstack"},
     "dns": {"mgmt", "netstack"},
-    "auth": {"routes"},
+    "auth": {"attempts", "routes"},
     "proxy": {"dial", "routes"},
     "observe": {"_proto", "mgmt", "routes", "startup"},
     "config": {"dial", "durations"},
@@ -61,7 +61,7 @@ ALLOWED: dict[str, set[str]] = {
            "routes"},
     "accounts": {"_proto", "mgmt", "netstack", "routes", "store", "wireguard"},
     "options": {"config", "startup"},
-    "management": {"__version__", "_proto", "auth", "observe", "options", "peerbox",
+    "management": {"__version__", "_proto", "attempts", "observe", "options", "peerbox",
                    "startup", "tls"},
     "service": {"_proto", "accounts", "acme", "auth", "dial", "dns", "http", "l4", "mgmt",
                 "netstack",

@@ -1,7 +1,7 @@
 """Management's own bound on secret guesses (password, PIN, header value).
 
-Owns a thread-safe wrapper around the gateway's
-:class:`~nbgateway.auth.ratelimit.AttemptLimiter` for the ``Authenticate``
+Owns a thread-safe wrapper around the ground-floor
+:class:`~nbgateway.attempts.AttemptLimiter` for the ``Authenticate``
 RPC, which gRPC runs on many threads.  The key is (service, end-user
 address): a gateway names the address it saw in the ``x-nbgw-client-ip``
 metadata; without it the calling proxy's token id stands in.  A locked key
@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from nbgateway.auth.ratelimit import AttemptLimiter
+from nbgateway.attempts import AttemptLimiter
 
 __all__ = ["CLIENT_IP_METADATA", "GuessLimiter"]
 
