@@ -165,9 +165,10 @@ class RequestBodyStream:
 def _flow(request: Any) -> Any:
     """What to pause to stop a client's request body: the connection's
     transport (HTTP/1.1) or the HTTP/2 stream (its flow-control window)."""
-    if request.transport is not None:
-        return request.transport
-    channel = request.channel
+    transport = getattr(request, "transport", None)
+    if transport is not None:
+        return transport
+    channel = getattr(request, "channel", None)  # gone once the request finished
     return channel if channel is not None and hasattr(channel, "pauseProducing") else None
 
 
