@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from nbgateway.l4.proxyproto import encode_v2
 from tests.interop.conftest import require_testbed
 from tests.interop.test_private_e2e import DOMAIN, World, counter, wait_for
 from tests.interop.testbed import Testbed, inside_netns
@@ -322,6 +323,14 @@ def test_proxy_v2_to_nginx_and_inbound_proxy(world):
     reply = b"".join(iter(lambda: s.recv(4096), b""))
     s.close()
     assert b"pp=203.0.113.9" in reply
+    # ... and its PROXY v2 header too
+    with inside_netns(world.t.name):
+        s = socket.create_connection(("198.18.61.1", PP_PORT), timeout=10)
+    s.sendall(encode_v2(("203.0.113.10", 6666), ("198.18.61.1", PP_PORT))
+              + b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+    reply = b"".join(iter(lambda: s.recv(4096), b""))
+    s.close()
+    assert b"pp=203.0.113.10" in reply
     # from an untrusted client: its header is read and ignored
     with inside_netns(world.c.name):
         s = socket.create_connection((G_VETH, PP_PORT), timeout=10)
