@@ -15,7 +15,8 @@ receives the decoded request, the grpc context and the authenticated caller
 * CreateProxyPeer: one-time token, WireGuard key and the ``wireguard_endpoint``
   extension (stored as the proxy peer's endpoint).
 * SendStatusUpdate (+ ``inbound_listener``, an nbgateway extension that is
-  stored), SendAccessLog (user groups captured by the store), GetOIDCURL
+  stored, and ``nbgw_certificate``: certificate status and private CA, kept by
+  ``store.certificates``), SendAccessLog (user groups captured by the store), GetOIDCURL
   (the SSO service's authorization URL; ``UNIMPLEMENTED`` without one), and
   the ``NbgwSendAccessLogBatch`` extension (one
   transaction per batch; a repeated log_id is ignored).
@@ -40,7 +41,7 @@ import grpc
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management import sessionjwt
 from nbgateway.management.authlimit import CLIENT_IP_METADATA
-from nbgateway.management.errors import ManagementError, NotFound
+from nbgateway.management.errors import ManagementError, NotFound, ValidationError
 from nbgateway.management.ipam import canonical_tunnel_ip
 from nbgateway.management.model import (
     AccessLogEntry,
@@ -476,7 +477,27 @@ class UnaryRpcs:
                 self.store.set_inbound_listener(listener)
             except ManagementError as exc:
                 context.abort(status_code(exc), f"store inbound listener: {exc.message}")
+        if req.HasField("nbgw_certificate"):  # nbgateway extension: certificate status
+            self._record_certificate(req, context)
         return pb.SendStatusUpdateResponse()
+
+    def _record_certificate(
+        self, req: pb.SendStatusUpdateRequest, context: grpc.ServicerContext
+    ) -> None:
+        c = req.nbgw_certificate
+        not_after = (
+            c.not_after.ToDatetime(tzinfo=UTC) if c.HasField("not_after") else None
+        )
+        try:
+            self.store.certificates.record(
+                req.account_id, req.service_id, issuer=c.issuer, not_after=not_after,
+                source=c.source, last_error=c.last_error,
+                clear_error=req.certificate_issued, ca_pem=c.ca_certificate_pem,
+            )
+        except ValidationError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nbgw_certificate: {exc.message}")
+        except ManagementError as exc:
+            context.abort(status_code(exc), f"store certificate status: {exc.message}")
 
     def _caller_proxy_id(self, caller: ProxyAccessToken, context: grpc.ServicerContext) -> str:
         """The proxy id of the caller: its mapping stream with the same token (and IP)."""

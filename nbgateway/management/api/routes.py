@@ -29,6 +29,7 @@ from nbgateway.management.model import (
 )
 
 from . import mapping as m
+from .certificates import certificate_routes
 from .framework import ApiError, Call, Identity, QueryParam, Result, Route
 
 _ADMIN_ROLES = ("owner", "admin")
@@ -835,4 +836,5 @@ def build_routes(h: Handlers) -> list[Route]:
               query=[_q("format", enum=["conf", "qr"], default="conf",
                         description="qr returns a PNG QR code of the config")],
               errors=(403, 404, 409, 422)),
+        *certificate_routes(h.store, _require_admin),
     ]

@@ -40,6 +40,7 @@ from nbgateway.management.store._accounts import (
     UserRepository,
 )
 from nbgateway.management.store._base import ChangeListener, StoreBase, normalise_dsn
+from nbgateway.management.store._certificates import CertificateRepository
 from nbgateway.management.store._proxies import ProxyRepository, aggregate_clusters
 from nbgateway.management.store._services import DomainRepository, ServiceRepository
 
@@ -138,6 +139,11 @@ class Store(StoreBase):
     def access_logs(self) -> AccessLogRepository:
         """The access-log entries (append, batch append, query, retention)."""
         return AccessLogRepository(self)
+
+    @functools.cached_property
+    def certificates(self) -> CertificateRepository:
+        """Certificate status per service and the gateways' private CAs."""
+        return CertificateRepository(self)
 
     @classmethod
     def open(

@@ -348,3 +348,32 @@ sa.Index(
 )
 # revision 0005: max(position) of a group's members (appending a member)
 sa.Index("ix_group_peers_group_position", group_peers.c.group_id, group_peers.c.position)
+
+# revision 0007: certificate status per service as the gateway last reported it
+# (nbgateway extension SendStatusUpdateRequest.nbgw_certificate)
+service_certificates = sa.Table(
+    "service_certificates",
+    metadata,
+    sa.Column("service_id", ID, sa.ForeignKey("services.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("account_id", ID, nullable=False, index=True),
+    sa.Column("issuer", sa.Text(), nullable=False),
+    sa.Column("not_after", UTCDateTime(), nullable=True),
+    sa.Column("source", BoundedString(32), nullable=False),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("ca_key_id", BoundedString(64), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=True),
+)
+
+# revision 0007: the gateways' private CA certificates, per account and CA key
+# (SHA-256 of the public key; a re-issued CA with the same key replaces its row)
+private_ca_certificates = sa.Table(
+    "private_ca_certificates",
+    metadata,
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("key_id", BoundedString(64), primary_key=True),
+    sa.Column("pem", sa.Text(), nullable=False),
+    sa.Column("fingerprint", BoundedString(64), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=True),
+)
