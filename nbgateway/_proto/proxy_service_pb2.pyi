@@ -231,20 +231,26 @@ class ProxyMapping(_message.Message):
     def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ..., nbgw_assertion: _Optional[_Union[NbgwIdentityAssertion, _Mapping]] = ...) -> None: ...
 
 class NbgwIdentityAssertion(_message.Message):
-    __slots__ = ("mode", "kid", "private_key", "keys", "issuer", "lifetime_seconds")
+    __slots__ = ("mode", "kid", "private_key", "keys", "issuer", "lifetime_seconds", "next_kid", "next_private_key", "next_from")
     MODE_FIELD_NUMBER: _ClassVar[int]
     KID_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     ISSUER_FIELD_NUMBER: _ClassVar[int]
     LIFETIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_KID_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FROM_FIELD_NUMBER: _ClassVar[int]
     mode: str
     kid: str
     private_key: str
     keys: _containers.RepeatedCompositeFieldContainer[NbgwAssertionKey]
     issuer: str
     lifetime_seconds: int
-    def __init__(self, mode: _Optional[str] = ..., kid: _Optional[str] = ..., private_key: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[NbgwAssertionKey, _Mapping]]] = ..., issuer: _Optional[str] = ..., lifetime_seconds: _Optional[int] = ...) -> None: ...
+    next_kid: str
+    next_private_key: str
+    next_from: int
+    def __init__(self, mode: _Optional[str] = ..., kid: _Optional[str] = ..., private_key: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[NbgwAssertionKey, _Mapping]]] = ..., issuer: _Optional[str] = ..., lifetime_seconds: _Optional[int] = ..., next_kid: _Optional[str] = ..., next_private_key: _Optional[str] = ..., next_from: _Optional[int] = ...) -> None: ...
 
 class NbgwAssertionKey(_message.Message):
     __slots__ = ("kid", "x")

@@ -69,14 +69,14 @@ class AssertionSigner:
         self.minted = 0
         self.unusable_keys = 0
 
-    def _key(self, settings: AssertionSettings) -> Ed25519PrivateKey | None:
-        ref = (settings.kid, settings.private_key)
+    def _key(self, kid: str, private_key: str) -> Ed25519PrivateKey | None:
+        ref = (kid, private_key)
         if ref in self._keys:
             return self._keys[ref]
-        key = load_seed(settings.private_key) if settings.private_key and settings.kid else None
+        key = load_seed(private_key) if private_key and kid else None
         if key is None:
             self.unusable_keys += 1
-            log.warn("identity assertion key unusable", kid=settings.kid)
+            log.warn("identity assertion key unusable", kid=kid)
         self._keys[ref] = key
         while len(self._keys) > _MAX_KEYS:
             self._keys.popitem(last=False)
@@ -89,11 +89,12 @@ class AssertionSigner:
         usable key (the caller refuses a ``required`` service then)."""
         if settings is None or identity is None or settings.mode == "off":
             return None
-        key = self._key(settings)
+        now = int(self.clock.seconds())
+        kid, private_key = settings.signing_key(now)
+        key = self._key(kid, private_key)
         if key is None:
             return None
-        now = int(self.clock.seconds())
-        cache_key: Any = (settings.kid, audience, identity, peer_ip)
+        cache_key: Any = (kid, audience, identity, peer_ip)
         try:
             hit = self._tokens.get(cache_key)
         except TypeError:  # an Identity built with lists: not cached
@@ -117,7 +118,7 @@ class AssertionSigner:
             "jti": self.new_id(),
         }
         token = jwt.encode(claims, key, algorithm="EdDSA",
-                           headers={"kid": settings.kid, "typ": "JWT"})
+                           headers={"kid": kid, "typ": "JWT"})
         self.minted += 1
         if cache_key is not None:
             self._tokens[cache_key] = (token, exp)

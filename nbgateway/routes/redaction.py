@@ -2,14 +2,15 @@
 
 :func:`redacted` returns a deep copy with a non-empty ``auth_token``, every
 non-empty ``header_auths[].hashed_value`` and every ``custom_headers`` value
-replaced by ``[REDACTED]``, as is the identity assertion signing key
-``nbgw_assertion.private_key`` (header names and ``session_key``, a public key,
-kept; empty fields stay empty; unset sub-messages stay unset; the original is
-never mutated).  :func:`redacted_json` renders that copy as single-line
-protojson (proto field names, zero values included) and :class:`LazyRedacted`
-defers that work until a log observer actually formats it, so a filtered-out
-debug line costs nothing.  The mapping store and the log observers both use
-these; nothing else redacts mappings.
+replaced by ``[REDACTED]``, as are the identity assertion signing keys
+``nbgw_assertion.private_key`` and ``next_private_key`` (header names and
+``session_key``, a public key, kept; empty fields stay empty; unset
+sub-messages stay unset; the original is never mutated).
+:func:`redacted_json` renders that copy as single-line protojson (proto
+field names, zero values included) and :class:`LazyRedacted` defers that
+work until a log observer actually formats it, so a filtered-out debug line
+costs nothing.  The mapping store and the log observers both use these;
+nothing else redacts mappings.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def redacted(mapping: pb.ProxyMapping) -> pb.ProxyMapping:
         for header_auth in copy.auth.header_auths:
             if header_auth.hashed_value:
                 header_auth.hashed_value = REDACTED
-    if copy.HasField("nbgw_assertion") and copy.nbgw_assertion.private_key:
-        copy.nbgw_assertion.private_key = REDACTED
+    if copy.HasField("nbgw_assertion"):
+        if copy.nbgw_assertion.private_key:
+            copy.nbgw_assertion.private_key = REDACTED
+        if copy.nbgw_assertion.next_private_key:
+            copy.nbgw_assertion.next_private_key = REDACTED
     for path in copy.path:
         if path.HasField("options"):
             headers = path.options.custom_headers

@@ -78,10 +78,21 @@ class AssertionSettings:
     keys: tuple[tuple[str, str], ...] = ()
     issuer: str = ""
     lifetime: int = MAX_ASSERTION_LIFETIME
+    #: after a rotation: the next key (published already), signing from ``next_from``
+    next_kid: str = ""
+    next_private_key: str = field(default="", repr=False)
+    next_from: int = 0
 
     @property
     def required(self) -> bool:
         return self.mode == "required"
+
+    def signing_key(self, now: float) -> tuple[str, str]:
+        """``(kid, private_key)`` to sign with at ``now``: the next key once
+        its time has come, else the current one."""
+        if self.next_kid and self.next_private_key and now >= self.next_from:
+            return self.next_kid, self.next_private_key
+        return self.kid, self.private_key
 
     def jwks(self) -> dict[str, Any]:
         """The public keys as a JWKS document (RFC 7517, OKP/Ed25519)."""
@@ -102,7 +113,8 @@ class AssertionSettings:
             lifetime = MAX_ASSERTION_LIFETIME
         return cls(mode=mode, kid=msg.kid, private_key=msg.private_key,
                    keys=tuple((k.kid, k.x) for k in msg.keys if k.kid and k.x),
-                   issuer=msg.issuer, lifetime=lifetime)
+                   issuer=msg.issuer, lifetime=lifetime, next_kid=msg.next_kid,
+                   next_private_key=msg.next_private_key, next_from=int(msg.next_from))
 
 
 @dataclass(frozen=True, slots=True)

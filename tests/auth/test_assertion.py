@@ -95,12 +95,34 @@ def test_headers_strip_client_copies_in_any_spelling_and_stamp() -> None:
     assert names == [b"X-Netbird-Jwt-Assertion"]
 
 
+def test_next_key_takes_over_at_its_time() -> None:
+    old, old_jwk = _keypair("old")
+    new, new_jwk = _keypair("new")
+    settings = AssertionSettings(mode="on", kid="old", private_key=old.private_key,
+                                 keys=(*new.keys, *old.keys), next_kid="new",
+                                 next_private_key=new.private_key, next_from=1000)
+    clock = Clock()
+    clock.advance(990)
+    signer = AssertionSigner(clock)
+    before = signer.token(settings, ALICE, "100.64.0.7", "app.example")
+    assert jwt.get_unverified_header(before)["kid"] == "old"
+    clock.advance(10)  # the cached token of the old key is not reused past the switch
+    after = signer.token(settings, ALICE, "100.64.0.7", "app.example")
+    assert jwt.get_unverified_header(after)["kid"] == "new"
+    opts = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}
+    jwt.decode(after, new_jwk, algorithms=["EdDSA"], audience="app.example", options=opts)
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(after, old_jwk, algorithms=["EdDSA"], audience="app.example", options=opts)
+    assert "next_private_key" not in repr(settings)
+
+
 def _mapping() -> pb.ProxyMapping:
     m = pb.ProxyMapping(id="s1", account_id="a1", domain="app.example")
     m.path.add(path="/", target="http://10.0.0.1:80")
     a = m.nbgw_assertion
     a.mode, a.kid, a.private_key = "required", "k1", "c2VjcmV0"
     a.issuer, a.lifetime_seconds = "i", 9999
+    a.next_kid, a.next_private_key, a.next_from = "k2", "bmV4dHNlY3JldA==", 77
     a.keys.add(kid="k1", x="AAAA")
     a.keys.add(kid="k0", x="BBBB")
     return m
@@ -111,6 +133,7 @@ def test_mapping_fields_reach_the_service_entry() -> None:
     s = entry.service.assertion
     assert s is not None and s.required and s.kid == "k1" and s.lifetime == 300
     assert [k["kid"] for k in s.jwks()["keys"]] == ["k1", "k0"]
+    assert s.signing_key(76) == ("k1", "c2VjcmV0") and s.signing_key(77)[0] == "k2"
     m = _mapping()
     m.nbgw_assertion.mode = "off"
     assert entry_from_mapping(m).service.assertion is None
@@ -124,6 +147,8 @@ def test_redaction_hides_the_signing_key() -> None:
     m = _mapping()
     r = redacted(m)
     assert r.nbgw_assertion.private_key == REDACTED
+    assert r.nbgw_assertion.next_private_key == REDACTED
+    assert "bmV4dHNlY3JldA==" not in redacted_json(m)
     assert "c2VjcmV0" not in redacted_json(m)
     assert m.nbgw_assertion.private_key == "c2VjcmV0"
     assert r.nbgw_assertion.keys[0].x == "AAAA"

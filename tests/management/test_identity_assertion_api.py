@@ -13,6 +13,7 @@ import uuid
 import jwt
 import pytest
 
+from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management import assertionkeys, sessionjwt
 from nbgateway.management.proxymapping import to_proto_mapping
 from nbgateway.routes.redaction import redacted_json
@@ -101,12 +102,36 @@ def test_validation(server):
     assert resp.status in (400, 422)
 
 
-def test_retired_key_leaves_the_jwks_after_its_grace():
+def test_rotation_publishes_first_then_signs_then_retires():
     now = time.time()
     keys = assertionkeys.ensure((), now)
-    keys = assertionkeys.rotate(keys, now)
-    assert len(assertionkeys.published(keys, now + assertionkeys.RETIRED_GRACE - 1)) == 2
-    assert len(assertionkeys.published(keys, now + assertionkeys.RETIRED_GRACE)) == 1
-    assert assertionkeys.current(keys) is keys[0]
+    old = assertionkeys.current(keys, now)
+    assert old is keys[0] and assertionkeys.ensure(keys, now) == keys
+    keys = assertionkeys.rotate(keys, now, ahead=60)
+    new = keys[0]
+    # published at once, signing only from now + 60; the old key signs until then
+    assert [k.kid for k in assertionkeys.published(keys, now)] == [new.kid, old.kid]
+    assert assertionkeys.current(keys, now).kid == old.kid
+    assert assertionkeys.upcoming(keys, now) is new
+    assert assertionkeys.current(keys, now + 60) is new
+    assert assertionkeys.upcoming(keys, now + 60) is None
+    grace = assertionkeys.RETIRED_GRACE
+    assert len(assertionkeys.published(keys, now + 60 + grace - 1)) == 2
+    assert len(assertionkeys.published(keys, now + 60 + grace)) == 1
+    # the mapping names both keys and the switch time
+    msg = pb.ProxyMapping().nbgw_assertion
+    assertionkeys.fill_mapping(msg, "on", keys, now)
+    assert (msg.kid, msg.next_kid, msg.next_from) == (old.kid, new.kid, new.activates)
+    assert msg.private_key == old.private and msg.next_private_key == new.private
+    assert [k.kid for k in msg.keys] == [new.kid, old.kid]
     assert assertionkeys.from_json(json.loads(json.dumps(assertionkeys.to_json(keys)))) == keys
     assert assertionkeys.from_json([{"kid": 1}, "x", None]) == ()
+
+
+def test_lifetime_and_publish_ahead_settings():
+    assert assertionkeys.lifetime({}) == 300
+    assert assertionkeys.lifetime({"NB_MANAGEMENT_ASSERTION_LIFETIME": "10"}) == 10
+    for bad in ("0", "301", "-5", "ten"):
+        assert assertionkeys.lifetime({"NB_MANAGEMENT_ASSERTION_LIFETIME": bad}) == 300
+    assert assertionkeys.publish_ahead({}) == 60
+    assert assertionkeys.publish_ahead({"NB_MANAGEMENT_ASSERTION_PUBLISH_AHEAD": "5"}) == 5
