@@ -115,14 +115,17 @@ def test_status_connected_degraded_and_management_down(gateway):
     [pub] = [s for s in report["services"] if s["domain"] == "pub.nbgateway.internal"]
     assert pub["certificate"]["matches"] is True
 
-    # degraded: the gateway refuses a TCP service and says why
+    # degraded: the gateway refuses a TCP service whose port is its own
+    # WireGuard port, and says why
     assert gateway.cli("services", "create", "--domain", "tcp.nbgateway.internal", "--mode",
-                       "tcp", "--target", "http://127.0.0.1:9000")[0] == 0
+                       "tcp", "--listen-port", str(gateway.wg),
+                       "--target", "tcp://127.0.0.1:9000")[0] == 0
     gateway._wait(lambda: gateway.service_status("tcp.nbgateway.internal") == "error",
                   "the TCP service to be reported ERROR")
     code, out, _ = gateway.cli("status", "--no-tls-check")
     assert code == 1
-    assert "tcp.nbgateway.internal  ERROR: TCP services are not supported" in out
+    assert (f"tcp.nbgateway.internal  ERROR: port {gateway.wg} conflicts with tunnel port"
+            in out), out
     assert "problem: service tcp.nbgateway.internal is ERROR" in out
     assert out.rstrip().endswith("status: DEGRADED (1 problem(s))")
 

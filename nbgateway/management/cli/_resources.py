@@ -63,7 +63,8 @@ TARGET_HELP = """\
 target SPEC: where the gateway forwards requests. Either a URL, reached
 directly from the gateway host:
 
-  --target http://10.0.0.5:8080/app
+  --target http://10.0.0.5:8080/app     (tcp://10.0.0.5:5432 for --mode tcp/tls,
+                                         udp://10.0.0.5:53 for --mode udp)
 
 or comma-separated fields:
 
@@ -120,12 +121,15 @@ def parse_target(spec: str) -> dict[str, Any]:
 
 def _url_target(spec: str) -> dict[str, Any]:
     parts = urllib.parse.urlsplit(spec)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--target: {spec!r} is not an http(s)://host[:port] URL")
+    if parts.scheme not in ("http", "https", "tcp", "udp") or not parts.hostname:
+        raise UsageError(f"--target: {spec!r} is not an http(s)://host[:port] or "
+                         "tcp|udp://host:port URL")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
     except ValueError:
         raise UsageError(f"--target: invalid port in {spec!r}") from None
+    if port is None:
+        raise UsageError(f"--target: {spec!r} needs a port (tcp://host:port)")
     target: dict[str, Any] = {"target_type": "cluster", "protocol": parts.scheme,
                               "host": parts.hostname, "port": port, "enabled": True,
                               "options": {"direct_upstream": True}}
@@ -361,6 +365,8 @@ def services_create(client: Client, args: Args, out: TextIO) -> None:
                             "domain": args.domain, "enabled": not args.disabled,
                             "mode": args.mode, "targets": targets,
                             "pass_host_header": args.pass_host_header}
+    if args.listen_port is not None:
+        body["listen_port"] = args.listen_port
     if args.private:
         body["private"] = True
     if args.access_group:
@@ -668,6 +674,8 @@ def register(cmd: Commands) -> None:
                           "it forwards to.\n\n" + TARGET_HELP,
               example=["nbgateway-admin services create --domain app.nbgateway.internal \\",
                        "    --private --access-group admins --target http://127.0.0.1:8000",
+                       "nbgateway-admin services create --domain db.example.com --mode tcp \\",
+                       "    --listen-port 5432 --target tcp://10.0.0.5:5432",
                        "nbgateway-admin services create --name api --domain api.example.com \\",
                        "    --target type=cluster,id=example.com,host=10.0.0.5,port=8443,"
                        "protocol=https"])
@@ -676,6 +684,9 @@ def register(cmd: Commands) -> None:
     c.add_argument("--name", help="service name (default: the domain's first label)")
     c.add_argument("--mode", default="http", choices=["http", "tcp", "udp", "tls"],
                    help="default: %(default)s")
+    c.add_argument("--listen-port", type=int, metavar="PORT",
+                   help="tcp/udp/tls: the port the gateway relays (a host port, or the "
+                        "tunnel port of a --private service)")
     c.add_argument("--private", action="store_true",
                    help="reachable only through the WireGuard tunnel, by --access-group members")
     c.add_argument("--access-group", action="append", metavar="GROUP",
