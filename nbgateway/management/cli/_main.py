@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from nbgateway.management.cli import _completion, _resources, _status
+from nbgateway.management.cli import _certificates, _completion, _resources, _status
 from nbgateway.management.cli._client import (
     DEFAULT_TOKEN_FILE,
     DEFAULT_URL,
@@ -119,6 +119,7 @@ def build_parser() -> Parser:
     cmd = Commands(parser, "command", common_parent())
     _status.register(cmd)
     _resources.register(cmd)
+    _certificates.register(cmd)
     c = cmd.add("quickstart", "a private demo service in one command: a group, a peer in it "
                 "and a service on the connected gateway; prints the wg-quick config, a QR "
                 "code and the curl to try (idempotent)", func=cmd_quickstart,
