@@ -204,7 +204,7 @@ class TransportPath:
         peer.current = kp
         peer.next = None
         self._handshake_complete(peer, now)
-        if peer.staged:
+        if peer.has_staged:
             self._flush_staged(peer)
 
     # ------------------------------------------------------------------ packets out
@@ -265,7 +265,7 @@ class TransportPath:
                 if (
                     kp is None
                     or n > mtu
-                    or peer.staged
+                    or peer.has_staged
                     or kp.send_counter >= rekey_after_messages
                     or now >= kp.rekey_at
                     or peer.timers.new_handshake is None

@@ -206,7 +206,7 @@ class HandshakeMixin:
         self._handshake_complete(peer, now)
         self._arm(peer, "zero_key_material", now + self.timers.reject_after_time * 3)
         self._authenticated_traversal(peer, now)
-        if peer.staged:
+        if peer.has_staged:
             self._flush_staged(peer)
         else:
             self._send_keepalive(peer)  # confirms the session to the responder

@@ -17,6 +17,8 @@ from nbgateway.wireguard.noise import ZERO_PSK, InitiatorState, StaticIdentity, 
 from nbgateway.wireguard.replay import ReplayFilter
 from nbgateway.wireguard.timers import PeerTimers, TimerConfig
 
+_ZERO_TIMESTAMP = bytes(12)
+
 
 class Keypair:
     """One session: directional AEAD keys, indices, send counter, replay filter,
@@ -72,7 +74,39 @@ class Keypair:
 
 
 class Peer:
-    """A remote WireGuard peer known to the device."""
+    """A remote WireGuard peer known to the device.
+
+    Idle peers are cheap (``__slots__``; a never-handshaken peer holds its
+    key, endpoint, allowed IPs and a timer record): the static-static DH
+    result, the handshake hash prefix, the cookie state and the staging queue
+    are computed or created on first use."""
+
+    __slots__ = (
+        "_cookies",
+        "_hash0",
+        "_local",
+        "_staged",
+        "_static_static",
+        "allowed_ips",
+        "current",
+        "endpoint",
+        "handshake",
+        "heap_at",
+        "heap_generation",
+        "last_handshake",
+        "last_initiation_consumed",
+        "last_initiation_sent",
+        "latest_timestamp",
+        "next",
+        "persistent_keepalive",
+        "preshared_key",
+        "previous",
+        "public_key",
+        "removed",
+        "rx_bytes",
+        "timers",
+        "tx_bytes",
+    )
 
     def __init__(
         self,
@@ -86,9 +120,10 @@ class Peer:
         if len(public_key) != 32:
             raise ValueError("public key must be 32 bytes")
         self.public_key = public_key
-        self.static_static = dh(local.private, public_key)
-        self.hash0, _, _ = derive_public(public_key)
-        self.cookies = CookieGenerator(public_key)
+        self._local: StaticIdentity | None = local
+        self._static_static: bytes | None = None
+        self._hash0: bytes | None = None
+        self._cookies: CookieGenerator | None = None
         self.preshared_key = preshared_key or ZERO_PSK
         self.endpoint = endpoint
         self.persistent_keepalive = persistent_keepalive or None
@@ -96,14 +131,14 @@ class Peer:
 
         self.handshake: InitiatorState | None = None
         self.last_initiation_sent: float | None = None
-        self.latest_timestamp = bytes(12)
+        self.latest_timestamp = _ZERO_TIMESTAMP
         self.last_initiation_consumed: float | None = None
 
         self.previous: Keypair | None = None
         self.current: Keypair | None = None
         self.next: Keypair | None = None
 
-        self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
+        self._staged: deque[bytes] | None = None
         self.timers = PeerTimers()
         self.heap_generation = 0
         self.heap_at: float | None = None
@@ -112,6 +147,40 @@ class Peer:
         self.tx_bytes = 0
         self.last_handshake: float | None = None
         self.removed = False
+
+    @property
+    def static_static(self) -> bytes:
+        """DH(our static private, the peer's static public), on first handshake."""
+        if self._static_static is None:
+            assert self._local is not None
+            self._static_static = dh(self._local.private, self.public_key)
+            self._local = None
+        return self._static_static
+
+    @property
+    def hash0(self) -> bytes:
+        """HASH(INITIAL_HASH || S_r) of the peer's key, on first use."""
+        if self._hash0 is None:
+            self._hash0 = derive_public(self.public_key)[0]
+        return self._hash0
+
+    @property
+    def cookies(self) -> CookieGenerator:
+        """The sending side's MAC/cookie state for this peer, on first use."""
+        if self._cookies is None:
+            self._cookies = CookieGenerator(self.public_key)
+        return self._cookies
+
+    @property
+    def staged(self) -> deque[bytes]:
+        """Packets waiting for a session (the queue exists once one was staged)."""
+        if self._staged is None:
+            self._staged = deque(maxlen=MAX_STAGED_PACKETS)
+        return self._staged
+
+    @property
+    def has_staged(self) -> bool:
+        return bool(self._staged)
 
     def keypairs(self) -> list[Keypair]:
         return [kp for kp in (self.previous, self.current, self.next) if kp is not None]

@@ -1,0 +1,66 @@
+"""Idle peers cost nothing per second and little memory.
+
+Timers are lazy: a roster of never-handshaken peers arms no delayed call and
+no timer runs for them however long the clock advances.  A never-handshaken
+peer's per-peer state (Peer with its key, endpoint, one allowed IP, routing
+entries) stays under 2 KiB: the static-static DH, handshake hash, cookie state
+and staging queue are created on first use."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+from twisted.internet.task import Clock
+
+from nbgateway.wireguard.device import WireGuardDevice
+from nbgateway.wireguard.keys import generate_private_key, public_key
+
+N = 1000
+
+
+def _device(clock: Clock) -> tuple[WireGuardDevice, list[bytes]]:
+    keys = [public_key(generate_private_key()) for _ in range(N)]
+    return WireGuardDevice(generate_private_key(), clock), keys
+
+
+def test_idle_peers_arm_no_timer_and_nothing_runs_per_second():
+    clock = Clock()
+    device, keys = _device(clock)
+    expired = []
+    original = device._expire
+    device._expire = lambda peer, now: (expired.append(peer), original(peer, now))
+    for i, key in enumerate(keys):
+        device.add_peer(key, allowed_ips=[f"100.64.{i // 250}.{i % 250 + 1}/32"],
+                        endpoint=("198.18.0.2", 51820))
+    assert device.next_deadline() is None
+    calls_before = len(clock.getDelayedCalls())
+    for _ in range(600):  # ten idle minutes, a second at a time
+        clock.advance(1)
+    assert expired == []
+    assert len(clock.getDelayedCalls()) == calls_before
+    # a peer that asks for keepalives is the exception, and only that one runs
+    device.update_peer(keys[0], persistent_keepalive=25)
+    clock.advance(25)
+    assert [p.public_key for p in expired] == [keys[0]]
+
+
+def test_never_handshaken_peer_is_under_two_kib():
+    device, keys = _device(Clock())
+    ips = [f"100.64.{i // 250}.{i % 250 + 1}/32" for i in range(N)]
+    device.add_peer(public_key(generate_private_key()), allowed_ips=["100.127.0.1/32"])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for key, ip in zip(keys, ips, strict=True):
+            device.add_peer(key, allowed_ips=[ip], endpoint=("198.18.0.2", 51820))
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    per_peer = grown / N
+    assert per_peer <= 2048, per_peer
+    peer = device.peers[keys[0]]
+    assert peer._static_static is None and peer._staged is None and peer._cookies is None
