@@ -199,7 +199,7 @@ class AccessRestrictions(_message.Message):
     def __init__(self, allowed_cidrs: _Optional[_Iterable[str]] = ..., blocked_cidrs: _Optional[_Iterable[str]] = ..., allowed_countries: _Optional[_Iterable[str]] = ..., blocked_countries: _Optional[_Iterable[str]] = ..., crowdsec_mode: _Optional[str] = ...) -> None: ...
 
 class ProxyMapping(_message.Message):
-    __slots__ = ("type", "id", "account_id", "domain", "path", "auth_token", "auth", "pass_host_header", "rewrite_redirects", "mode", "listen_port", "access_restrictions", "private", "nbgw_assertion")
+    __slots__ = ("type", "id", "account_id", "domain", "path", "auth_token", "auth", "pass_host_header", "rewrite_redirects", "mode", "listen_port", "access_restrictions", "private", "nbgw_assertion", "nbgw_tokens")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,7 @@ class ProxyMapping(_message.Message):
     ACCESS_RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
     NBGW_ASSERTION_FIELD_NUMBER: _ClassVar[int]
+    NBGW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     type: ProxyMappingUpdateType
     id: str
     account_id: str
@@ -228,7 +229,20 @@ class ProxyMapping(_message.Message):
     access_restrictions: AccessRestrictions
     private: bool
     nbgw_assertion: NbgwIdentityAssertion
-    def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ..., nbgw_assertion: _Optional[_Union[NbgwIdentityAssertion, _Mapping]] = ...) -> None: ...
+    nbgw_tokens: _containers.RepeatedCompositeFieldContainer[NbgwServiceToken]
+    def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ..., nbgw_assertion: _Optional[_Union[NbgwIdentityAssertion, _Mapping]] = ..., nbgw_tokens: _Optional[_Iterable[_Union[NbgwServiceToken, _Mapping]]] = ...) -> None: ...
+
+class NbgwServiceToken(_message.Message):
+    __slots__ = ("id", "name", "secret_sha256", "expires_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    secret_sha256: str
+    expires_at: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., secret_sha256: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class NbgwIdentityAssertion(_message.Message):
     __slots__ = ("mode", "kid", "private_key", "keys", "issuer", "lifetime_seconds", "next_kid", "next_private_key", "next_from")
