@@ -14,6 +14,10 @@ in the access group curling the service over the tunnel.
 * rotation with requests in flight: a curl loop over the tunnel sees only 200s
   while the key rotates, later tokens name the new key, the JWKS lists both;
 * the gateway serves the same JWKS at ``https://<service>/.well-known/...``.
+* a public service with header auth (operator auth) and
+  ``max_session_age_seconds: 120``: the upstream verifies an assertion with
+  ``method: header``; the session cookie has ``Max-Age=120`` and its JWT
+  lives 120 s; the cookie alone is asserted as the same identity.
 
 Management runs with ``NB_MANAGEMENT_ASSERTION_LIFETIME=10`` so expiry is
 seconds away, not five minutes, and publishes a rotated-in key 6 s (not 60 s)
@@ -46,6 +50,10 @@ pytestmark = pytest.mark.interop
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UPSTREAM_PORT = 8082
 JWKS = f"http://127.0.0.1:33071/.well-known/nbgateway/jwks.json?domain={APP}"
+#: a public service with header auth (operator auth) and a 2-minute session
+HDR = f"hdr.{DOMAIN}"
+HDR_PORT = 8083
+SESSION_AGE = 120
 LIFETIME = 10
 PUBLISH_AHEAD = 6
 
@@ -64,9 +72,10 @@ class AssertionWorld(World):
         with open(os.path.join(self.mgmt_dir, "admin-token")) as f:
             self.admin = f.read().strip()
 
-    def start_verifying_upstream(self) -> None:
+    def start_verifying_upstream(self, domain: str = APP, port: int = UPSTREAM_PORT) -> None:
+        jwks = f"http://127.0.0.1:33071/.well-known/nbgateway/jwks.json?domain={domain}"
         self.g.popen([sys.executable, os.path.join(REPO, "examples", "assertion_upstream.py"),
-                      "--jwks-url", JWKS, "--audience", APP, "--port", str(UPSTREAM_PORT),
+                      "--jwks-url", jwks, "--audience", domain, "--port", str(port),
                       "--echo-token", "--refresh-cooldown", "3"],
                      stdout=self.log("upstream"), stderr=subprocess.STDOUT)
 
@@ -94,6 +103,7 @@ def world():
         w = AssertionWorld(tb)
         w.start_management()
         w.start_verifying_upstream()
+        w.start_verifying_upstream(HDR, HDR_PORT)
         token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
         w.start_gateway(token)
         wait_for(lambda: any(DOMAIN in json.dumps(c)
@@ -109,6 +119,14 @@ def world():
                          "host": "127.0.0.1", "port": UPSTREAM_PORT, "enabled": True,
                          "options": {"direct_upstream": True}}]})
         assert w.service["assertion"] == "required"
+        w.hdr = w.rest("POST", "/reverse-proxies/services", {
+            "name": "hdr", "domain": HDR, "enabled": True, "assertion": "on",
+            "max_session_age_seconds": SESSION_AGE,
+            "auth": {"header_auths": [{"enabled": True, "header": "X-Api-Key",
+                                       "value": "s3cret-key"}]},
+            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
+                         "host": "127.0.0.1", "port": HDR_PORT, "enabled": True,
+                         "options": {"direct_upstream": True}}]})
         w.alice = w.connect_peer("alice")
         yield w
     finally:
@@ -204,3 +222,35 @@ def test_rotation_with_requests_in_flight(world):
     kids = [k["kid"] for k in world.jwks()["keys"]]
     assert kids == [new_kid, old_kid]
     assert results[-1][1] == new_kid
+
+
+def _public(world, *extra: str) -> tuple[int, str, str]:
+    """(status, response head, body) from the public listener over HTTPS."""
+    r = world.g.run(["curl", "-sS", "-m", "10", "--resolve", f"{HDR}:8443:127.0.0.1",
+                     "--cacert", os.path.join(world.gw_dir, "ca.crt"), "-D", "/dev/stderr",
+                     "-o", "-", *extra, f"https://{HDR}:8443/whoami"], check=False, timeout=20)
+    head = r.stderr.replace("\r", "")
+    status = [int(ln.split()[1]) for ln in head.splitlines() if ln.startswith("HTTP/")]
+    return (status[-1] if status else 0), head, r.stdout
+
+
+def test_operator_auth_identity_is_asserted_and_session_length_applies(world):
+    wait_for(lambda: _public(world)[0] == 401, 30, "the public service on the gateway")
+    code, head, body = _public(world, "-H", "X-Api-Key: s3cret-key",
+                               "-H", "X-NetBird-Jwt-Assertion: forged")
+    assert code == 200, (head, body)
+    seen = json.loads(body)
+    assert seen["method"] == "header" and seen["sub"]
+    claims = jwt.decode(seen["token"], options={"verify_signature": False})
+    assert claims["aud"] == HDR
+    # the session cookie lives max_session_age_seconds, and so does its JWT
+    cookie = next(ln for ln in head.splitlines()
+                  if ln.lower().startswith("set-cookie: nb_session="))
+    assert f"max-age={SESSION_AGE}" in cookie.lower(), cookie
+    session = cookie.split("=", 1)[1].split(";", 1)[0]
+    s_claims = jwt.decode(session, options={"verify_signature": False})
+    assert s_claims["exp"] - s_claims["iat"] == SESSION_AGE
+    # the cookie alone: the same identity, asserted again
+    code, _head, body = _public(world, "-H", f"Cookie: nb_session={session}")
+    assert code == 200 and json.loads(body)["sub"] == seen["sub"]
+    assert _public(world, "-H", "X-Api-Key: wrong")[0] == 401
