@@ -109,6 +109,12 @@ def parse_port_or_zero(text: str) -> int:
     return _port(text, allow_zero=True)
 
 
+def parse_positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError("must be a positive integer")
+    return int(text)
+
+
 def _split_hostport(text: str) -> tuple[str, str]:
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
@@ -184,22 +190,32 @@ def _single_label(host: str) -> None:
 
 
 def parse_management_url(text: str) -> str:
-    """"" (embedded management) or an ``http(s)://host[:port]`` URL."""
+    """"" (embedded management) or an ``http(s)://host[:port]`` URL; several
+    comma-separated ones name management replicas (failover in that order)."""
     url = text.strip()
     if not url:
         return ""
-    parts = urlsplit(url if "://" in url else f"https://{url}")
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError("scheme must be http or https")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("invalid port") from None
-    if not parts.hostname:
-        raise ValueError("URL has no host")
-    if port == 0:
-        raise ValueError("invalid port")
+    for one in _management_urls(url):
+        parts = urlsplit(one)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ValueError("scheme must be http or https")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("invalid port") from None
+        if not parts.hostname:
+            raise ValueError("URL has no host")
+        if port == 0:
+            raise ValueError("invalid port")
     return url
+
+
+def _management_urls(url: str) -> list[str]:
+    """Each element of a comma-separated ``--mgmt`` as a URL (an element without
+    a scheme takes the first one's; the first defaults to https)."""
+    items = [u.strip() for u in url.split(",") if u.strip()] or [url]
+    scheme = items[0].split("://", 1)[0] if "://" in items[0] else "https"
+    return [u if "://" in u else f"{scheme}://{u}" for u in items]
 
 
 def parse_duration(text: str) -> float:
@@ -353,6 +369,9 @@ SETTINGS: tuple[Setting, ...] = (
        "cap on upstream dial timeouts, Go duration (0 = no cap)", parse_duration),
     _s("max_session_idle_timeout", "NB_PROXY_MAX_SESSION_IDLE_TIMEOUT", "0",
        "cap on L4 session idle timeouts, Go duration (0 = no cap)", parse_duration),
+    _s("max_relays", "NB_PROXY_MAX_RELAYS", "4096",
+       "most live L4 TCP relays per port router (beyond it new connections are closed)",
+       parse_positive_int),
     _s("proxy_protocol", "NB_PROXY_PROXY_PROTOCOL", "false",
        "accept PROXY protocol v1/v2 on the public listener and public L4 ports "
        "(--trusted-proxies must send it, others' headers are ignored)", parse_bool, is_bool=True),
@@ -469,6 +488,7 @@ class Config:
     acme_email: str = ""
     acme_ca_bundle: str = ""
     acme_retry_base: float = 60.0
+    max_relays: int = 4096
 
     @property
     def embedded(self) -> bool:
@@ -566,9 +586,10 @@ def _cross_check(cfg: Config) -> Config:
             raise ConfigError(TOKEN_REQUIRED)
         if not cfg.domain:
             raise ConfigError("invalid --domain value '': a domain is required with --mgmt")
-        parts = urlsplit(cfg.mgmt if "://" in cfg.mgmt else f"https://{cfg.mgmt}")
-        if parts.scheme.lower() == "http" and not cfg.allow_insecure \
-                and not _loopback(parts.hostname or ""):
+        if not cfg.allow_insecure and any(
+                urlsplit(one).scheme.lower() == "http" and not _loopback(urlsplit(one).hostname
+                                                                         or "")
+                for one in _management_urls(cfg.mgmt)):
             raise ConfigError(
                 f"invalid --mgmt value {cfg.mgmt!r}: plaintext gRPC to a non-loopback "
                 "management would expose the proxy token; use https:// or set "

@@ -5,7 +5,10 @@ peer-channel client (:mod:`nbgateway.mgmt.peerclient`) each own one of these.
 It owns, and nothing else does:
 
 * the parsed ``--mgmt`` target (:class:`ManagementTarget`: scheme, host,
-  port, the plaintext-only-to-loopback rule) and the gRPC channel built from
+  port, the plaintext-only-to-loopback rule; several comma-separated
+  addresses of management replicas, or one DNS name with several records:
+  the channel's pick-first policy connects to the first that answers and
+  moves to the next when it dies) and the gRPC channel built from
   it (keepalive 20 s / 10 s, pings without calls, receive limit): a
   ``grpc.aio`` channel bound to the bridge's one process-wide loop thread, so
   any number of sessions adds no thread; or one a caller supplies (closed on
@@ -38,7 +41,12 @@ from nbgateway import errors
 from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall, aio_loop
 from nbgateway.mgmt.reconnect import Backoff, Reconnector
 
-__all__ = ["DEFAULT_MAX_RECEIVE_BYTES", "ManagedChannel", "ManagementTarget"]
+__all__ = [
+    "DEFAULT_MAX_RECEIVE_BYTES",
+    "ManagedChannel",
+    "ManagementTarget",
+    "split_management_url",
+]
 
 log = Logger()
 
@@ -46,29 +54,74 @@ log = Logger()
 DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024
 
 
+def split_management_url(url: str, default_scheme: str = "http") -> list[str]:
+    """One URL per address of a comma-separated ``--mgmt`` value
+    (``https://10.0.0.1:443,10.0.0.2:443``); an element without a scheme takes
+    the first element's."""
+    items = [u.strip() for u in url.split(",") if u.strip()]
+    if not items:
+        return []
+    scheme = items[0].split("://", 1)[0] if "://" in items[0] else default_scheme
+    return [u if "://" in u else f"{scheme}://{u}" for u in items]
+
+
 class ManagementTarget:
-    """Parsed ``--mgmt`` URL: dial target and transport security."""
+    """Parsed ``--mgmt`` URL: dial target and transport security.
+
+    Several comma-separated addresses (management replicas) must be IP
+    literals of one family and share the scheme; the channel then dials them
+    in order and fails over (gRPC pick-first). One DNS name with several
+    records behaves the same through gRPC's resolver."""
 
     def __init__(self, url: str, *, allow_insecure: bool = False) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(f"management URL scheme must be http or https: {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"management URL has no host: {url!r}")
-        self.host = parts.hostname
-        self.tls = scheme == "https"
-        self.port = parts.port or (443 if self.tls else 80)
-        if not self.tls and not allow_insecure and not _is_loopback(self.host):
-            raise ValueError(
-                "refusing to send the proxy token over plaintext gRPC to "
-                f"{self.host}; use https:// or set NB_PROXY_ALLOW_INSECURE=true"
-            )
+        self.endpoints: list[tuple[str, int]] = []
+        schemes = set()
+        for one in split_management_url(url) or [url]:
+            parts = urlsplit(one if "://" in one else f"http://{one}")
+            scheme = parts.scheme.lower()
+            if scheme not in ("http", "https"):
+                raise ValueError(f"management URL scheme must be http or https: {url!r}")
+            if not parts.hostname:
+                raise ValueError(f"management URL has no host: {url!r}")
+            schemes.add(scheme)
+            tls = scheme == "https"
+            host = parts.hostname
+            if not tls and not allow_insecure and not _is_loopback(host):
+                raise ValueError(
+                    "refusing to send the proxy token over plaintext gRPC to "
+                    f"{host}; use https:// or set NB_PROXY_ALLOW_INSECURE=true"
+                )
+            self.endpoints.append((host, parts.port or (443 if tls else 80)))
+        if len(schemes) > 1:
+            raise ValueError(f"management addresses mix http and https: {url!r}")
+        self.host, self.port = self.endpoints[0]
+        self.tls = schemes == {"https"}
+        if len(self.endpoints) > 1:
+            families = {_ip_family(h) for h, _ in self.endpoints}
+            if len(families) != 1 or None in families:
+                raise ValueError(
+                    "several management addresses must be IP addresses of one family "
+                    f"(or give one DNS name with several records): {url!r}"
+                )
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        """The gRPC dial target: ``host:port``, or ``ipv4:``/``ipv6:`` with every
+        replica's address (pick-first fails over in this order)."""
+        def one(host: str, port: int) -> str:
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+        if len(self.endpoints) == 1:
+            return one(self.host, self.port)
+        family = _ip_family(self.host)
+        return f"{family}:" + ",".join(one(h, p) for h, p in self.endpoints)
+
+
+def _ip_family(host: str) -> str | None:
+    try:
+        return f"ipv{ipaddress.ip_address(host).version}"
+    except ValueError:
+        return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -98,6 +151,8 @@ def make_channel(
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", max_receive_bytes),
     ]
+    if len(target.endpoints) > 1:  # replicas: name the first for TLS and :authority
+        options.append(("grpc.default_authority", f"{target.host}:{target.port}"))
     module: Any = grpc.aio if aio else grpc
     if target.tls:
         creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
