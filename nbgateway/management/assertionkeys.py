@@ -114,8 +114,12 @@ def published(keys: Iterable[AssertionKey], now: float) -> list[AssertionKey]:
 
 def rotate(keys: Sequence[AssertionKey], now: float,
            ahead: float | None = None) -> tuple[AssertionKey, ...]:
-    """A new key first, signing from now + ``ahead``; the keys that would
-    still sign then retire at that instant; keys past their grace dropped."""
+    """A new key first, signing from now + ``ahead`` (at once when no key
+    signs now: nobody can hold a token of a key that never signed); the keys
+    that would still sign then retire at that instant; keys past their grace
+    dropped."""
+    if current(keys, now) is None and upcoming(keys, now) is None:
+        ahead = 0
     switch = int(now + (publish_ahead() if ahead is None else ahead))
     kept = [replace(k, retired=switch) if k.retired is None or k.retired > switch else k
             for k in published(keys, now)]

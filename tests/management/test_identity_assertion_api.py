@@ -128,6 +128,12 @@ def test_rotation_publishes_first_then_signs_then_retires():
     assert assertionkeys.from_json([{"kid": 1}, "x", None]) == ()
 
 
+def test_rotating_a_service_without_keys_signs_at_once():
+    now = time.time()
+    keys = assertionkeys.rotate((), now, ahead=60)
+    assert len(keys) == 1 and assertionkeys.current(keys, now) is keys[0]
+
+
 def test_lifetime_and_publish_ahead_settings():
     assert assertionkeys.lifetime({}) == 300
     assert assertionkeys.lifetime({"NB_MANAGEMENT_ASSERTION_LIFETIME": "10"}) == 10
