@@ -469,6 +469,9 @@ class Service:
     assertion_keys: tuple[Any, ...] = field(default=(), repr=False)
     #: session cookie/JWT lifetime in seconds; 0 = DEFAULT_SESSION_MAX_AGE_SECONDS
     max_session_age_seconds: int = 0
+    #: machine-client tokens (servicetokens.ServiceToken; digests only), written
+    #: only by store.services.create_token/revoke_token
+    service_tokens: tuple[Any, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         _freeze_tuple(self, "targets")
@@ -677,6 +680,8 @@ class AccessLogQuery:
     status_code: int | None = None
     start_date: datetime | None = None
     end_date: datetime | None = None
+    #: entries whose captured ``user_groups`` name this group of the account
+    group_id: str | None = None
 
 
 @dataclass(frozen=True)

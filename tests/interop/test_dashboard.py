@@ -141,20 +141,23 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
         lambda: (lambda r: r if r[0] == 200 else None)(
             w.curl(ns, f"https://{APP}/through-the-ui", gw_ip=gw_ip)),
         30, "a 200 through the tunnel")
+    devs = next(g["id"] for g in w.rest("GET", "/groups") if g["name"] == "devs")
     with inside_netns(w.g.name):
-        # the request, with alice's groups, in the access log
+        # the request, with alice's groups, in the access log (filtered by the API)
         def logged(dr):
             rows = dr.find_elements(_by("CSS_SELECTOR"), "#access-log tr.entry")
             return any("/through-the-ui" in r.text and "devs" in r.find_element(
                 _by("CSS_SELECTOR"), "td.groups").text for r in rows)
-        page_until(b, UI + "/access-log?group=devs", logged, 45, "the request in the log")
+        page_until(b, UI + f"/access-log?group_id={devs}", logged, 45,
+                   "the request in the log")
         assert b.axe() == []
         b.shoot("gw-access-log")
     for i in range(30):  # more than a page (25) of entries
         assert w.curl(ns, f"https://{APP}/page-{i}", gw_ip=gw_ip)[0] == 200
     with inside_netns(w.g.name):
-        page_until(b, UI + "/access-log", lambda dr: "page 1 of 2" in dr.find_element(
-            _by("TAG_NAME"), "main").text, 45, "two pages in the access log")
+        page_until(b, UI + f"/access-log?group_id={devs}", lambda dr: "page 1 of 2" in
+                   dr.find_element(_by("TAG_NAME"), "main").text, 45,
+                   "two full pages of the group's entries in the access log")
         assert len(d.find_elements(_by("CSS_SELECTOR"), "#access-log tr.entry")) == 25
         b.click_and_wait("a[rel=next]")
         assert "page 2 of 2" in d.find_element(_by("TAG_NAME"), "main").text

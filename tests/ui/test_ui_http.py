@@ -5,6 +5,7 @@ response, role-limited views, and validation messages taken from the REST API.""
 from __future__ import annotations
 
 import re
+import urllib.error
 
 import pytest
 
@@ -120,6 +121,8 @@ def test_stored_strings_are_escaped_everywhere(mgmt, admin):
     peers = admin.get("/ui/peers")[2]
     assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in peers
     assert "&lt;b&gt;gw&lt;/b&gt;" in admin.get("/ui/tokens")[2]
+    # the access log's group picker lists the group by its (escaped) name
+    assert ">&lt;script&gt;alert(1)&lt;/script&gt;</option>" in admin.get("/ui/access-log")[2]
 
 
 def test_private_service_without_groups_shows_the_api_422_message(mgmt, admin):
@@ -147,6 +150,12 @@ def test_access_log_filters_go_through_the_api_checks(mgmt, admin):
     status, _h, text = admin.get("/ui/access-log?status=maybe&user_id=%3Cscript%3E")
     assert status == 422 and "invalid status" in text
     assert 'value="&lt;script&gt;"' in text
+    # the group filter is the API's: an unknown group is its 422, here and over REST
+    status, _h, text = admin.get("/ui/access-log?group_id=no-such-group")
+    assert status == 422 and "unknown group_id" in text
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        mgmt.rest("GET", "/events/proxy?group_id=no-such-group")
+    assert refused.value.code == 422
 
 
 def test_group_peer_token_round_trip(mgmt, admin):

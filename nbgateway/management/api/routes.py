@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nacl.public import PrivateKey
 
-from nbgateway.management import peerconfig, wgconfig
+from nbgateway.management import peerconfig, servicetokens, wgconfig
 from nbgateway.management.errors import BadRequest, NotFound, ValidationError
 from nbgateway.management.model import (
     AccessLogQuery,
@@ -274,6 +275,31 @@ class Handlers:
         s = self.store.services.rotate_assertion_key(acct, call.params["serviceId"])
         return Result(200, m.service_to_api(s, self._host_resolver(acct)))
 
+    # -- machine-client service tokens (servicetokens) ------------------------
+
+    def list_service_tokens(self, call: Call) -> Result:
+        _require_admin(call)
+        s = self.store.services.get(_acct(call), call.params["serviceId"])
+        now = time.time()
+        return Result(200, [t.public(now) for t in s.service_tokens])
+
+    def create_service_token(self, call: Call) -> Result:
+        """The secret is in this answer only (``secret`` and ``bearer``)."""
+        _require_admin(call)
+        name, expires_in = servicetokens.validate_request(call.body.get("name"),
+                                                          call.body.get("expires_in_seconds"))
+        _s, rec, secret = self.store.services.create_token(
+            _acct(call), call.params["serviceId"], name, expires_in)
+        out = rec.public(time.time())
+        out.update(secret=secret, bearer=f"{rec.id}.{secret}")
+        return Result(201, out)
+
+    def revoke_service_token(self, call: Call) -> Result:
+        _require_admin(call)
+        rec = self.store.services.revoke_token(_acct(call), call.params["serviceId"],
+                                               call.params["tokenId"])
+        return Result(200, rec.public(time.time()))
+
     def delete_service(self, call: Call) -> Result:
         _require_admin(call)
         self.store.services.delete(_acct(call), call.params["serviceId"])
@@ -412,7 +438,7 @@ class Handlers:
             user_email=q.get("user_email") or None, user_name=q.get("user_name") or None,
             method=q.get("method") or None, status=q.get("status") or None,
             status_code=status_code, start_date=_date_query(call, "start_date"),
-            end_date=_date_query(call, "end_date"))
+            end_date=_date_query(call, "end_date"), group_id=q.get("group_id") or None)
         assert call.identity is not None
         if not _is_admin(call):  # a regular user reads its own requests only
             query = dataclasses.replace(query, user_id=call.identity.user_id)
@@ -632,7 +658,8 @@ class Handlers:
             raise ValidationError('format must be "conf" or "qr"')
         peer = self.store.peers.get(acct, call.params["peerId"])
         try:  # lists only the gateways this peer may reach; says why for the others
-            text = peerconfig.render_peer_config(self.store, acct, peer)
+            text = peerconfig.render_peer_config(self.store, acct, peer,
+                                                 with_ca=fmt == "conf")  # small QR
         except wgconfig.WgConfigError as exc:
             raise ApiError(409, f"cannot render wireguard config: {exc}") from None
         if fmt == "qr":
@@ -675,6 +702,7 @@ _LOG_QUERY = [
     _q("status", enum=["success", "failed"]),
     _q("status_code", "integer", minimum=100, maximum=599),
     _q("start_date", format="date-time"), _q("end_date", format="date-time"),
+    _q("group_id", description="entries whose user was in this group when logged"),
 ]
 
 
@@ -741,6 +769,17 @@ def build_routes(h: Handlers) -> list[Route]:
               "rotateAssertionKey", "New identity assertion signing key (the old one stays "
               "in the JWKS until its tokens expired)", "Services",
               response_schema=ref("Service"), errors=(403, 404)),
+        Route("GET", svc + "/{serviceId}/tokens", h.list_service_tokens, "listServiceTokens",
+              "List a service's machine-client tokens (never the secrets)", "Services",
+              response_schema=arr("Empty"), errors=(403, 404)),
+        Route("POST", svc + "/{serviceId}/tokens", h.create_service_token,
+              "createServiceToken", "Create a machine-client token; the secret is shown "
+              "once, in this answer", "Services", request_schema="ServiceTokenRequest",
+              response_schema=ref("Empty"), response_status=201, errors=w),
+        Route("DELETE", svc + "/{serviceId}/tokens/{tokenId}", h.revoke_service_token,
+              "revokeServiceToken", "Revoke a machine-client token (gateways drop it "
+              "with the next mapping update)", "Services", response_schema=ref("Empty"),
+              errors=(403, 404)),
         Route("GET", rp + "/clusters", h.list_clusters, "listClusters", "List proxy clusters",
               "Clusters", response_schema=arr("ProxyCluster")),
         Route("GET", rp + "/proxies", h.list_proxies, "listProxies",

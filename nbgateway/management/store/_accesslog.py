@@ -474,6 +474,28 @@ class AccessLogRepository:
 
         return self._store._write("accesslog-prune:" + account_id, run)
 
+    def _in_group(self, account_id: str, group_id: str) -> sa.ColumnElement[bool]:
+        """Entries whose captured ``user_groups`` hold the name of *group_id*.
+
+        ``user_groups`` is the compact JSON array written by :func:`_row`, so an
+        element is exactly ``["name"`` or ``,"name"`` (a quote inside a name is
+        escaped, so neither can occur inside another element).  The match is on
+        the name the group has now; the account's other filters (account id,
+        time range) still use their indexes.  ValidationError for a group id
+        that is not the account's."""
+        with self._store._read() as conn:
+            name = conn.execute(
+                sa.select(groups.c.name).where(
+                    groups.c.account_id == account_id, groups.c.id == group_id)
+            ).scalar_one_or_none()
+        if name is None:
+            raise ValidationError(f"unknown group_id {group_id!r}")
+        element = (dumps([_clean(name)]) or "[]")[1:-1]
+        # exact, case-sensitive substring positions (SQLite's LIKE ignores case)
+        find = sa.func.strpos if self._store.dialect == "postgresql" else sa.func.instr
+        return sa.or_(find(ale.c.user_groups, "[" + element) == 1,
+                      find(ale.c.user_groups, "," + element) > 0)
+
     def list(self, account_id: str, query: AccessLogQuery) -> AccessLogPage:
         """Filtered, sorted, paginated access log of the account. ValidationError
         for a bad page, page_size (1..100), sort_by or sort_order."""
@@ -525,6 +547,8 @@ class AccessLogRepository:
             conds.append(sa.not_(failed))
         if q.status_code is not None:
             conds.append(ale.c.status_code == q.status_code)
+        if q.group_id:
+            conds.append(self._in_group(account_id, q.group_id))
         if q.start_date is not None:
             conds.append(ale.c.timestamp >= q.start_date)
         if q.end_date is not None:

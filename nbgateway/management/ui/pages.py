@@ -260,25 +260,24 @@ def token_revoke(ctx: Ctx, token_id: str) -> Page:
 
 # -- access log ---------------------------------------------------------------------------
 
-LOG_FILTERS = ("service_id", "user_id", "search", "status", "status_code", "start_date",
-               "end_date")
+LOG_FILTERS = ("service_id", "user_id", "group_id", "search", "status", "status_code",
+               "start_date", "end_date")
 
 
 def access_log(ctx: Ctx) -> Page:
     filters = {k: ctx.query.get(k, "").strip() for k in LOG_FILTERS}
-    group = ctx.query.get("group", "").strip()
     page_no = ctx.query.get("page", "1")
+    # the API filters by group, so every page is a full page of matching entries
     query = {**filters, "page": page_no, "page_size": str(PAGE_SIZE)}
     out = ctx.api("listProxyEvents", query=query)
     svc_rows, _ = ctx.listing("listServices")
+    group_rows, _ = ctx.listing("listGroups")
     rows = out.body["data"] if out.ok else []
-    if group:  # narrows the shown page to entries whose user is in that group
-        rows = [r for r in rows if group in (r.get("user_groups") or [])]
     pages = out.body["total_pages"] if out.ok else 0
     current = out.body["page"] if out.ok else 1
-    nav = {"prev": qs(**filters, group=group, page=current - 1) if current > 1 else "",
-           "next": qs(**filters, group=group, page=current + 1) if current < pages else ""}
-    return ctx.render("access_log.html", rows=rows, filters=filters, group=group,
+    nav = {"prev": qs(**filters, page=current - 1) if current > 1 else "",
+           "next": qs(**filters, page=current + 1) if current < pages else ""}
+    return ctx.render("access_log.html", rows=rows, filters=filters, groups=group_rows,
                       error=out.message, total=out.body["total_records"] if out.ok else 0,
                       page=current, pages=pages, nav=nav, services=svc_rows,
                       status=200 if out.ok else out.status)
