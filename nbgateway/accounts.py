@@ -88,6 +88,8 @@ class AccountRuntime:
         self.network: AccountNetwork | None = None
         #: the roster entries last applied to the device (diffed by _apply_roster)
         self.applied_roster: tuple[Any, ...] = ()
+        #: the last map's inbound rules, compiled (reused by _apply_filter)
+        self._compiled_rules: dict[Any, Rule] = {}
         self.listeners: list[Any] = []
         self.tunnel_ip = ""
         self.peer_channel: Any = None
@@ -209,11 +211,16 @@ class AccountRuntime:
                 device.add_peer(key, allowed_ips=p.allowed_ips, endpoint=endpoint)
 
     def _apply_filter(self, network: AccountNetwork) -> None:
+        """Install the map's rules; a rule already compiled for the previous map
+        is reused (a peer storm changes a few rules, not all of them)."""
         assert self.stack is not None
-        rules = [Rule.make(**r.rule_kwargs()) for r in network.inbound_rules]
+        wanted = list(network.inbound_rules)
         for own in (dns_rule(network.roster), echo_rule(network.roster)):
             if own is not None:
-                rules.append(Rule.make(**own.rule_kwargs()))
+                wanted.append(own)
+        compiled = self._compiled_rules
+        rules = [compiled.get(r) or Rule.make(**r.rule_kwargs()) for r in wanted]
+        self._compiled_rules = dict(zip(wanted, rules, strict=True))
         self.stack.filter.set_rules(rules, default=DEFAULT_ACTION)
 
     def _bring_up(self) -> Deferred:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
@@ -220,6 +221,7 @@ def _interface_v6(raw: bytes) -> Interface | None:
         return None
 
 
+@functools.lru_cache(maxsize=65536)  # the same prefixes arrive in every map
 def _decode_prefix(raw: bytes) -> Network | None:
     """``netiputil.EncodePrefix``: address bytes + prefix length byte."""
     if len(raw) not in (5, 17):
@@ -230,6 +232,7 @@ def _decode_prefix(raw: bytes) -> Network | None:
         return None
 
 
+@functools.lru_cache(maxsize=65536)
 def _peer_ip_source(text: str) -> Network | None:
     try:
         addr = ipaddress.ip_address(text)
