@@ -1,6 +1,7 @@
-"""Persistent upstream connection pools and the Agents that use them.
+"""Persistent upstream connection pools and the agents that use them.
 
-One ``HTTPConnectionPool`` per (account, dial mode, TLS verification mode):
+One :class:`~nbgateway.dial.http11.ConnectionPool` (the lean HTTP/1.1
+client) per (account, dial mode, TLS verification mode):
 connections to a given upstream (scheme, host, port) are reused across
 requests of that account only, never across accounts or between the
 verifying and the ``skip_tls_verify`` transport (a separate insecure
@@ -24,9 +25,10 @@ from typing import Any
 from twisted.internet.defer import fail
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
+
+from nbgateway.dial.http11 import ConnectionPool, LeanAgent
 
 DEFAULT_MAX_IDLE_PER_HOST = 100
 DEFAULT_IDLE_TIMEOUT = 90.0
@@ -106,18 +108,16 @@ class UpstreamPools:
         self.tls_creator = tls_creator
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
-        self._pools: dict[tuple[str, bool, bool], HTTPConnectionPool] = {}
+        self._pools: dict[tuple[str, bool, bool], ConnectionPool] = {}
         #: one Agent per (account, mode, verification, dialer, timeout): built
         #: once, not per request; the dialer itself is kept to compare identity
-        self._agents: dict[tuple[Any, ...], tuple[Any, Agent]] = {}
+        self._agents: dict[tuple[Any, ...], tuple[Any, LeanAgent]] = {}
 
-    def pool(self, account_id: str, direct: bool, skip_verify: bool) -> HTTPConnectionPool:
+    def pool(self, account_id: str, direct: bool, skip_verify: bool) -> ConnectionPool:
         key = (account_id, direct, skip_verify)
         pool = self._pools.get(key)
         if pool is None:
-            pool = HTTPConnectionPool(self.reactor, persistent=True)
-            pool.maxPersistentPerHost = self.max_idle_per_host
-            pool.cachedConnectionTimeout = self.idle_timeout
+            pool = ConnectionPool(self.reactor, self.max_idle_per_host, self.idle_timeout)
             self._pools[key] = pool
         return pool
 
@@ -126,8 +126,8 @@ class UpstreamPools:
         return _DialerEndpointFactory(dialer, timeout, skip_verify, self.tls_creator)
 
     def agent(self, account_id: str, dialer: Any, *, direct: bool, skip_verify: bool,
-              timeout: float) -> Agent:
-        """An Agent dialing with ``dialer`` (dial timeout ``timeout``) that
+              timeout: float) -> LeanAgent:
+        """An agent dialing with ``dialer`` (dial timeout ``timeout``) that
         reuses the pooled connections of this account/mode (cached: the same
         arguments give the same Agent)."""
         key = (account_id, direct, skip_verify, id(dialer), timeout)
@@ -136,10 +136,8 @@ class UpstreamPools:
             return cached[1]
         if len(self._agents) >= MAX_CACHED:
             self._agents.clear()
-        agent = Agent.usingEndpointFactory(
-            self.reactor, self.endpoint_factory(dialer, timeout=timeout, skip_verify=skip_verify),
-            pool=self.pool(account_id, direct, skip_verify),
-        )
+        factory = self.endpoint_factory(dialer, timeout=timeout, skip_verify=skip_verify)
+        agent = LeanAgent(self.pool(account_id, direct, skip_verify), factory.endpoint)
         self._agents[key] = (dialer, agent)
         return agent
 

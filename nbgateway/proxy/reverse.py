@@ -12,9 +12,11 @@ validated :class:`~nbgateway.routes.identity.Identity`, or None):
 - outgoing headers from :func:`~nbgateway.proxy.headers.prepare_upstream_headers`
   (hop-by-hop, header-auth removal, custom headers, identity, X-Forwarded-*,
   Cookie minus ``nb_session``);
-- upstream via ``twisted.web.client.Agent`` over the account's dialer
-  (tunnel, or the host network for ``direct_upstream``) and a persistent
-  per-account pool (:mod:`nbgateway.dial.pool`);
+- upstream via the lean pooled HTTP/1.1 client (:mod:`nbgateway.dial.http11`,
+  httptools/llhttp parser, request head built once as bytes) over the
+  account's dialer (tunnel, or the host network for ``direct_upstream``) and
+  a persistent per-account pool (:mod:`nbgateway.dial.pool`); every new
+  connection is dialed through the dialer (guard or tunnel);
 - bodies streamed both ways with backpressure: the request body through
   :class:`~nbgateway.proxy.streaming.RequestBodyStream`, the response body
   with the upstream transport registered as the producer of the client
@@ -33,10 +35,8 @@ validated :class:`~nbgateway.routes.identity.Identity`, or None):
   ``direct_upstream_denied``;
 - ``Upgrade`` requests (WebSocket) go to :mod:`nbgateway.proxy.upgrade`.
 
-Known gap: ``twisted.web.client`` hides the upstream response's
-``Connection`` header, so response headers *named* by it (a rare, legacy
-form of hop-by-hop declaration) are passed through; the standard hop-by-hop
-set is removed.
+The upstream response's ``Connection`` header is visible to the proxy, so
+response headers named by it are removed with the standard hop-by-hop set.
 """
 
 from __future__ import annotations

@@ -1,0 +1,594 @@
+"""A lean pooled HTTP/1.1 upstream client (the reverse proxy's hot path).
+
+Owns the upstream side of a proxied request: one keep-alive connection pool
+per (account, dial mode, verification) with idle connections per target
+(scheme, host, port), the request head serialised once as bytes, the
+response parsed with ``httptools`` (llhttp), and the response body handed to
+an ``IProtocol`` with the connection as its streaming producer.  It is
+interface-compatible with the part of ``twisted.web.client.Agent`` the
+proxy uses (``request(method, url, headers, body)`` -> a response with
+``code``, ``phrase``, ``headers``, ``length`` and ``deliverBody``), so the
+proxy's deadline, cancellation and relay logic are unchanged.
+
+Rules:
+- every NEW connection is dialed through the injected endpoint factory (the
+  account's dialer, so the direct-dial guard or the tunnel decides each one);
+- a connection goes back to the pool only after a complete response that
+  llhttp says may be kept alive (no ``Connection: close``, not HTTP/1.0
+  without keep-alive), a fully sent request body, and not after HEAD (llhttp
+  cannot be told a body is absent); a half-read, cancelled, failed or
+  stopped exchange closes its connection;
+- bounded: at most ``maxPersistentPerHost`` idle connections per target,
+  each closed after ``cachedConnectionTimeout`` on the injected clock;
+- a request that fails on a *reused* connection before any response byte
+  (the upstream closed it while idle) is retried once on a new connection
+  when its body can be replayed (none, or already buffered bytes);
+- bodies: ``Content-Length`` when the producer knows its length, else
+  chunked; 204/304 and 1xx have no body; close-delimited bodies end with
+  ``PotentialDataLoss``; a short body fails with ``ResponseFailed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+log = Logger()
+
+_REPLAYABLE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"PUT", b"TRACE"))
+_BODYLESS_STATUSES = (204, 304)
+#: bound on response head size (the parser itself is unbounded)
+MAX_HEAD_BYTES = 64 * 1024
+#: bytes of early response body kept while the consumer is not attached yet
+_EARLY_BODY_LIMIT = 256 * 1024
+_DONE = Failure(ConnectionDone())
+
+
+def split_url(url: bytes) -> tuple[bytes, bytes, int, bytes, bytes]:
+    """``(scheme, host, port, netloc, path)`` of an absolute http(s) URL."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme not in (b"http", b"https"):
+        raise ValueError(f"unsupported upstream URL {url[:80]!r}")
+    netloc, slash, path = rest.partition(b"/")
+    path = slash + path if slash else b"/"
+    if netloc.startswith(b"["):
+        close = netloc.find(b"]")
+        if close < 0:
+            raise ValueError("bad IPv6 literal")
+        host, tail = netloc[:close + 1], netloc[close + 1:]
+        port_s = tail[1:] if tail.startswith(b":") else b""
+    else:
+        host, _, port_s = netloc.partition(b":")
+    port = int(port_s) if port_s else (443 if scheme == b"https" else 80)
+    if not host or not 0 < port < 65536:
+        raise ValueError("bad upstream host or port")
+    return scheme, host, port, netloc, path
+
+
+def request_head(method: bytes, path: bytes, headers: Headers, netloc: bytes,
+                 length: int | None) -> bytes:
+    """The request line and header block, one bytes object.  ``length``:
+    None = chunked, -1 = no body."""
+    lines = [method, b" ", path, b" HTTP/1.1\r\n"]
+    has_host = False
+    for name, values in headers.getAllRawHeaders():
+        lname = name.lower()
+        if lname == b"host":
+            has_host = True
+        elif lname in (b"content-length", b"transfer-encoding", b"connection"):
+            continue  # framing is ours
+        for v in values:
+            lines += (name, b": ", v, b"\r\n")
+    if not has_host:
+        lines += (b"Host: ", netloc, b"\r\n")
+    if length is None:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif length >= 0:
+        lines.append(b"Content-Length: %d\r\n" % length)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class _BodyProducer:
+    """The response body's producer as seen by the relay (``transport``)."""
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def pauseProducing(self) -> None:
+        if self.conn.transport is not None:
+            self.conn.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.conn.transport is not None:
+            self.conn.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.conn.abandon()
+
+    abortConnection = stopProducing
+
+
+class LeanResponse:
+    """The parts of ``IResponse`` the reverse proxy reads."""
+
+    version = (b"HTTP", 1, 1)
+
+    def __init__(self, conn: UpstreamConnection, code: int, phrase: bytes,
+                 headers: Headers, length: Any) -> None:
+        self._conn = conn
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.length = length
+
+    def deliverBody(self, protocol: Any) -> None:
+        self._conn.deliver(protocol)
+
+
+class _ChunkedWriter:
+    """Consumer for a streamed request body of unknown length."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+
+class UpstreamConnection(Protocol):
+    """One upstream HTTP/1.1 connection; one exchange at a time."""
+
+    def __init__(self, pool: ConnectionPool, key: tuple[bytes, bytes, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.reused = False
+        self._reset()
+        self._idle_call: Any = None
+        self._lost = False
+        self._close_waiters: list[defer.Deferred[None]] = []
+
+    def _reset(self) -> None:
+        self._parser: Any = httptools.HttpResponseParser(self)
+        self._d: defer.Deferred[Any] | None = None
+        self._head_method = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._status = 0
+        self._phrase = b""
+        self._head_done = False
+        self._complete = False
+        self._framing_eof = False
+        self._protocol: Any = None
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._body_sent = True
+        self._body_producer: Any = None
+        self._got_bytes = False
+        self._reusable = True
+        self._active = False
+
+    # -- pool side ------------------------------------------------------------
+    def connectionMade(self) -> None:
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:
+            with contextlib.suppress(Exception):  # not every transport is a socket
+                nodelay(True)
+
+    def send(self, method: bytes, head: bytes, body: Any, d: defer.Deferred[Any]) -> None:
+        self._reset()
+        self._active = True
+        self._d = d
+        self._head_method = method == b"HEAD"
+        if self._idle_call is not None:
+            if self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+        inline = getattr(body, "body", None) if body is not None else None
+        if body is None:
+            self.transport.write(head)
+        elif isinstance(inline, bytes):
+            self.transport.write(head + inline)
+        else:
+            self._body_sent = False
+            self._body_producer = body
+            self.transport.write(head)
+            consumer = (self.transport if isinstance(body.length, int)
+                        else _ChunkedWriter(self.transport))
+            self.transport.registerProducer(body, True)
+            bd = body.startProducing(consumer)
+            bd.addCallbacks(self._body_done, self._body_failed)
+
+    def _body_done(self, _: Any) -> None:
+        if self._lost or not self._active:
+            return
+        self.transport.unregisterProducer()
+        if not isinstance(self._body_producer.length, int):
+            self.transport.write(b"0\r\n\r\n")
+        self._body_sent = True
+        self._body_producer = None
+        if self._complete:
+            self._finished()
+
+    def _body_failed(self, reason: Failure) -> None:
+        self._body_producer = None
+        if self._active:
+            self._fail(reason)
+
+    def cancel(self) -> None:
+        """The caller cancelled the exchange before the response head."""
+        self._reusable = False
+        self._d = None
+        self._stop_body()
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def abandon(self) -> None:
+        """The relay stopped reading the body: never reused."""
+        self._reusable = False
+        self._protocol = None
+        self._stop_body()
+        if self.transport is not None and not self._lost:
+            self.transport.abortConnection()
+
+    def _stop_body(self) -> None:
+        producer, self._body_producer = self._body_producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):  # a finished producer may object
+                producer.stopProducing()
+
+    # -- httptools callbacks -------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self._phrase += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value)
+        if self._head_size > MAX_HEAD_BYTES:
+            raise ValueError("upstream response head too large")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # interim response: wait for the real one
+            self._headers = []
+            self._phrase = b""
+            self._head_size = 0
+            return
+        self._status = status
+        self._head_done = True
+        headers = Headers()
+        length: Any = UNKNOWN_LENGTH
+        chunked = False
+        for name, value in self._headers:
+            headers.addRawHeader(name, value)
+            lname = name.lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"transfer-encoding":
+                chunked = True
+        if self._head_method or status in _BODYLESS_STATUSES:
+            length = 0
+        elif chunked:
+            length = UNKNOWN_LENGTH
+        self._framing_eof = (not chunked and length is UNKNOWN_LENGTH)
+        d, self._d = self._d, None
+        response = LeanResponse(self, status, self._phrase, headers, length)
+        if self._head_method:
+            # llhttp would wait for a body HEAD never gets: end here, no reuse
+            self._reusable = False
+            self._complete = True
+        if d is not None:
+            d.callback(response)
+
+    def on_body(self, data: bytes) -> None:
+        if self._protocol is not None:
+            self._protocol.dataReceived(data)
+        elif self._active:
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size > _EARLY_BODY_LIMIT and self.transport is not None:
+                self.transport.pauseProducing()
+
+    def on_message_complete(self) -> None:
+        if not self._head_done:
+            return  # the end of an interim (1xx) response
+        self._complete = True
+        if not self._parser.should_keep_alive():
+            self._reusable = False
+        if self._body_sent:
+            self._finished()
+        else:
+            # early response: the rest of the body will not be sent on it
+            self._reusable = False
+            self._stop_body()
+            self._finished()
+
+    # -- transport -----------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if not self._active:
+            # bytes on an idle connection: protocol error, never reuse
+            self._reusable = False
+            self.transport.abortConnection()
+            return
+        self._got_bytes = True
+        if self._head_method and self._head_done:
+            return
+        try:
+            self._parser.feed_data(data)
+        except Exception as exc:  # malformed upstream response
+            self._fail(Failure(ResponseFailed([Failure(exc)])))
+            return
+        if self._head_method and self._head_done and self._active:
+            self._finished()
+
+    def deliver(self, protocol: Any) -> None:
+        self._protocol = protocol
+        protocol.makeConnection(_BodyProducer(self))
+        early, self._early = self._early, []
+        if self._early_size > _EARLY_BODY_LIMIT and self.transport is not None:
+            self.transport.resumeProducing()
+        self._early_size = 0
+        for chunk in early:
+            if self._protocol is None:
+                return
+            self._protocol.dataReceived(chunk)
+        if self._complete and self._active and self._protocol is not None:
+            self._finished()
+
+    def _finished(self) -> None:
+        if self._protocol is None:
+            return  # delivered when deliverBody is called
+        protocol, self._protocol = self._protocol, None
+        self._active = False
+        reuse = self._reusable and not self._lost
+        protocol.connectionLost(Failure(ResponseDone()))
+        if reuse:
+            self.reused = True
+            self.pool.release(self)
+        elif self.transport is not None and not self._lost:
+            self.transport.loseConnection()
+
+    def _fail(self, reason: Failure) -> None:
+        self._active = False
+        self._reusable = False
+        self._stop_body()
+        d, self._d = self._d, None
+        protocol, self._protocol = self._protocol, None
+        if d is not None:
+            d.errback(reason)
+        elif protocol is not None:
+            protocol.connectionLost(reason)
+        if self.transport is not None and not self._lost:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        self._lost = True
+        self.pool.forget(self)
+        waiters, self._close_waiters = self._close_waiters, []
+        for w in waiters:
+            w.callback(None)
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        if not self._active:
+            return
+        if self._head_done and self._framing_eof and not self._complete:
+            # close-delimited body: its end is the connection's end
+            self._active = False
+            protocol, self._protocol = self._protocol, None
+            if protocol is not None:
+                protocol.connectionLost(Failure(PotentialDataLoss()))
+            else:
+                self._active = True  # deliver() finishes it
+                self._complete = True
+                self._reusable = False
+            return
+        if self._complete:
+            return
+        if not self._head_done and self.reused and not self._got_bytes and self._d is not None:
+            d, self._d = self._d, None
+            self._active = False
+            d.errback(Failure(_RetryableLossError(reason)))
+            return
+        self._fail(Failure(ResponseFailed([reason])))
+
+
+class _RetryableLossError(Exception):
+    """A reused idle connection closed before any response byte."""
+
+    def __init__(self, reason: Failure) -> None:
+        super().__init__(str(reason.value))
+        self.reason = reason
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per (scheme, host, port); bounded."""
+
+    def __init__(self, clock: Any, max_per_host: int, idle_timeout: float) -> None:
+        self.clock = clock
+        self.maxPersistentPerHost = max_per_host
+        self.cachedConnectionTimeout = idle_timeout
+        self._connections: dict[tuple[bytes, bytes, int], list[UpstreamConnection]] = {}
+
+    def take(self, key: tuple[bytes, bytes, int]) -> UpstreamConnection | None:
+        conns = self._connections.get(key)
+        while conns:
+            conn = conns.pop()
+            if not conns:
+                del self._connections[key]
+            if not conn._lost and conn.transport is not None:
+                if conn._idle_call is not None and conn._idle_call.active():
+                    conn._idle_call.cancel()
+                conn._idle_call = None
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conns = self._connections.setdefault(conn.key, [])
+        if len(conns) >= self.maxPersistentPerHost:
+            if not conns:
+                del self._connections[conn.key]
+            conn.transport.loseConnection()
+            return
+        conns.append(conn)
+        if self.cachedConnectionTimeout > 0:
+            conn._idle_call = self.clock.callLater(self.cachedConnectionTimeout,
+                                                   self._expire, conn)
+
+    def _expire(self, conn: UpstreamConnection) -> None:
+        conn._idle_call = None
+        self.forget(conn)
+        if conn.transport is not None and not conn._lost:
+            conn.transport.loseConnection()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        conns = self._connections.get(conn.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._connections[conn.key]
+
+    def idle(self) -> int:
+        return sum(len(c) for c in self._connections.values())
+
+    def closeCachedConnections(self) -> defer.Deferred[Any]:
+        conns = [c for cs in self._connections.values() for c in cs]
+        self._connections = {}
+        waits = []
+        for c in conns:
+            if c._idle_call is not None and c._idle_call.active():
+                c._idle_call.cancel()
+            c._idle_call = None
+            if c.transport is not None and not c._lost:
+                w: defer.Deferred[None] = defer.Deferred()
+                c._close_waiters.append(w)
+                waits.append(w)
+                c.transport.loseConnection()
+        return defer.gatherResults(waits)
+
+
+EndpointFor = Callable[[str, int, bool], Any]
+
+
+class LeanAgent:
+    """``request(method, url, headers, body)`` over a :class:`ConnectionPool`,
+    dialing new connections with ``endpoint_for(host, port, tls)``."""
+
+    def __init__(self, pool: ConnectionPool, endpoint_for: EndpointFor) -> None:
+        self.pool = pool
+        self.endpoint_for = endpoint_for
+
+    def request(self, method: bytes, url: bytes, headers: Headers | None = None,
+                bodyProducer: Any = None) -> defer.Deferred[Any]:
+        try:
+            scheme, host, port, netloc, path = split_url(url)
+        except ValueError:
+            return defer.fail()
+        body = bodyProducer
+        if body is None:
+            length: int | None = 0 if method in (b"POST", b"PUT", b"PATCH") else -1
+        else:
+            length = body.length if isinstance(body.length, int) else None
+        head = request_head(method, path, headers or Headers(), netloc, length)
+        key = (scheme, host, port)
+        replayable = body is None or isinstance(getattr(body, "body", None), bytes)
+        return _Attempt(self, key, method, head, body, replayable).start()
+
+
+class _Attempt:
+    """One request: an idle connection or a new dial, one retry on a reused
+    connection the upstream had closed."""
+
+    def __init__(self, agent: LeanAgent, key: tuple[bytes, bytes, int], method: bytes,
+                 head: bytes, body: Any, replayable: bool) -> None:
+        self.agent = agent
+        self.key = key
+        self.method = method
+        self.head = head
+        self.body = body
+        self.replayable = replayable and method in _REPLAYABLE_METHODS
+        self.result: defer.Deferred[Any] = defer.Deferred(self._cancel)
+        self.conn: UpstreamConnection | None = None
+        self.connecting: defer.Deferred[Any] | None = None
+        self.cancelled = False
+
+    def start(self) -> defer.Deferred[Any]:
+        conn = self.agent.pool.take(self.key)
+        if conn is not None:
+            self._send(conn)
+        else:
+            self._dial()
+        return self.result
+
+    def _dial(self) -> None:
+        scheme, host, port = self.key
+        try:
+            endpoint = self.agent.endpoint_for(host.decode("idna").strip("[]"), port,
+                                               scheme == b"https")
+            factory = Factory.forProtocol(lambda: UpstreamConnection(self.agent.pool, self.key))
+            d = self.connecting = endpoint.connect(factory)
+        except Exception:  # a refused or invalid dial is the result
+            self.result.errback(Failure())
+            return
+        d.addCallbacks(self._connected, self._dial_failed)
+
+    def _connected(self, conn: UpstreamConnection) -> None:
+        self.connecting = None
+        if self.cancelled:
+            conn.transport.abortConnection()
+            return
+        self._send(conn)
+
+    def _dial_failed(self, reason: Failure) -> None:
+        self.connecting = None
+        if not self.cancelled:
+            self.result.errback(reason)
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        inner: defer.Deferred[Any] = defer.Deferred()
+        inner.addCallbacks(self._response, self._failed)
+        conn.send(self.method, self.head, self.body, inner)
+
+    def _response(self, response: Any) -> None:
+        self.conn = None
+        if not self.cancelled:
+            self.result.callback(response)
+
+    def _failed(self, reason: Failure) -> None:
+        self.conn = None
+        if self.cancelled:
+            return
+        if reason.check(_RetryableLossError):
+            if self.replayable:
+                self._dial()
+                return
+            reason = Failure(ResponseFailed([reason.value.reason]))
+        self.result.errback(reason)
+
+    def _cancel(self, _: Any) -> None:
+        self.cancelled = True
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.conn is not None:
+            self.conn.cancel()
+        # the result Deferred errbacks with CancelledError by itself
