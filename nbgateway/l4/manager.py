@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.l4.router import PortRouter
+from nbgateway.l4.router import MAX_RELAYS, PortRouter
 from nbgateway.l4.stats import L4Stats
 from nbgateway.l4.target import L4ConfigError, L4Target, target_from_mapping
 from nbgateway.observe.accesslog import build_entry, new_log_id
@@ -64,7 +64,9 @@ class L4Manager:
                  proxy_protocol: bool = False, trusted: Callable[[str], bool] | None = None,
                  mgmt: Any = None, access_log: Any = None,
                  gate: Callable[[L4Target, str], Deferred] | None = None,
-                 tunnel_listen: Callable[[str, int, Any], Any] | None = None) -> None:
+                 tunnel_listen: Callable[[str, int, Any], Any] | None = None,
+                 tunnel_of: Callable[[str], Any] | None = None,
+                 max_relays: int = MAX_RELAYS) -> None:
         self.reactor = reactor
         self.dial = dial
         self.bind_host = bind_host
@@ -80,6 +82,11 @@ class L4Manager:
         self.gate = gate
         #: (account, port, factory) -> Deferred[IListeningPort] on the account's tunnel
         self.tunnel_listen = tunnel_listen
+        #: account -> its current tunnel (netstack) object, or None: a private
+        #: listener bound on another object belongs to a re-created tunnel
+        self.tunnel_of = tunnel_of
+        #: live relays per port router (``--max-relays``)
+        self.max_relays = max_relays
         self.stats = L4Stats(active=self.active_relays)
         #: public routers by host port; private routers by (account, port)
         self.public: dict[int, PortRouter] = {}
@@ -98,7 +105,8 @@ class L4Manager:
         router = PortRouter(
             self.main_port, clock=self.reactor, dial=self.dial, stats=self.stats,
             on_relay_end=self._relay_ended, proxy_protocol=self.proxy_protocol,
-            trusted=self.trusted, http_factory=http_factory, http_lookup=http_lookup)
+            trusted=self.trusted, http_factory=http_factory, http_lookup=http_lookup,
+            max_relays=self.max_relays)
         router.listening = _BoundByGateway()
         self.main = router
         self.public[self.main_port] = router
@@ -203,7 +211,8 @@ class L4Manager:
             target.listen_port, clock=self.reactor, dial=self.dial, stats=self.stats,
             gate=self.gate if target.private else None, on_relay_end=self._relay_ended,
             proxy_protocol=self.proxy_protocol and not target.private,
-            trusted=self.trusted, account_id=target.account_id if target.private else None)
+            trusted=self.trusted, account_id=target.account_id if target.private else None,
+            max_relays=self.max_relays)
 
     def _bind_public(self, router: PortRouter, mapping: Any) -> None:
         try:
@@ -222,23 +231,40 @@ class L4Manager:
         log.info("L4 listener on TCP {addr} for service {service}",
                  addr=router.listening.getHost(), service=mapping.id)
 
+    def current_tunnel(self, account_id: str) -> Any:
+        """The account's tunnel object now (None when unknown or down)."""
+        return self.tunnel_of(account_id) if self.tunnel_of is not None else None
+
     def _bind_private(self, account_id: str) -> None:
         """Bind the account's private L4 routers that are not bound yet (the
-        tunnel may not be up: :meth:`account_ready` calls this again)."""
+        tunnel may not be up: :meth:`account_ready` calls this again), and
+        re-bind those whose listener is on a tunnel that was since re-created
+        (the account went and came back while its routes stayed or lingered;
+        the old netstack, its listener and relays are gone with it)."""
         if self.tunnel_listen is None:
             return
+        tunnel = self.current_tunnel(account_id)
         for (acct, port), router in list(self.private.items()):
-            if acct != account_id or router.listening is not None or router.empty:
+            if acct != account_id or router.empty:
                 continue
+            if router.listening is not None:
+                if tunnel is None or router.tunnel is tunnel:
+                    continue
+                log.info("account {account}'s tunnel was re-created: re-binding private L4 "
+                         "port {port}", account=account_id, port=port)
+                router.close_all("tunnel_recreated")
+                lp, router.listening, router.tunnel = router.listening, None, None
+                maybeDeferred(lp.stopListening).addErrback(lambda f: None)
             d = self.tunnel_listen(account_id, port, router)
             if d is None:
                 continue  # no tunnel yet
 
-            def bound(lp: Any, router: PortRouter = router) -> None:
+            def bound(lp: Any, router: PortRouter = router, tunnel: Any = tunnel) -> None:
                 if router.empty:
                     lp.stopListening()
                     return
                 router.listening = lp
+                router.tunnel = tunnel
                 log.info("private L4 listener on tunnel port {port} of account {account}",
                          port=router.port, account=account_id)
 

@@ -91,6 +91,9 @@ class PortRouter(Factory):
         self.fallback: L4Target | None = None
         self.connections: set[L4ServerProtocol] = set()
         self.listening: Any = None  # the IListeningPort once bound
+        #: the tunnel (netstack) a private router's listener is bound on; a
+        #: re-created tunnel is a different object and needs a new listener
+        self.tunnel: Any = None
         self.linger: Any = None  # the delayed close of a port without routes
 
     # ------------------------------------------------------------------ routes

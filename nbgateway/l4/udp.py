@@ -138,6 +138,8 @@ class UDPService(DatagramProtocol):
         self.bucket = TokenBucket(rate, burst, clock.seconds())
         self.sessions: dict[tuple[str, int], UDPSession] = {}
         self.listening: Any = None
+        #: the tunnel a private service's socket is bound on (see L4Manager.tunnel_of)
+        self.tunnel: Any = None
         self._sweep: Any = None
         self.limit_logged = False
 
@@ -336,14 +338,28 @@ class UDPRelays:
         if port is None:
             return  # private: no tunnel yet (account_ready binds it)
         svc.listening = port
+        svc.tunnel = self.manager.current_tunnel(svc.target.account_id) \
+            if svc.target.private else None
         svc.start_sweeping()
         log.info("UDP relay on {addr} for service {service}", addr=port.getHost(),
                  service=svc.target.service_id)
 
     def account_ready(self, account_id: str) -> None:
+        """The account's tunnel is up: bind its private services, re-binding
+        those whose socket belongs to a tunnel that was since re-created (its
+        sessions went with the old tunnel)."""
+        tunnel = self.manager.current_tunnel(account_id)
         for svc in list(self.services.values()):
-            if svc.target.private and svc.target.account_id == account_id:
-                self._bind(svc)
+            if not svc.target.private or svc.target.account_id != account_id:
+                continue
+            if svc.listening is not None and tunnel is not None and svc.tunnel is not tunnel:
+                log.info("UDP service {service}: account {account}'s tunnel was re-created, "
+                         "re-binding port {port}", service=svc.target.service_id,
+                         account=account_id, port=svc.target.listen_port)
+                svc.close("tunnel_recreated")
+                port, svc.listening, svc.tunnel = svc.listening, None, None
+                maybeDeferred(port.stopListening).addErrback(lambda f: None)
+            self._bind(svc)
 
     def change(self, old: Any, new: Any) -> None:
         """A changed ``udp`` mapping: its sessions end; on the same port the

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
 from nbgateway.dial.guard import INVALID_HOST, parse_ip_literal
 from nbgateway.l4.manager import L4Manager
+from nbgateway.l4.router import MAX_RELAYS
 from nbgateway.l4.target import L4Target
 from nbgateway.l4.udp import MAX_DATAGRAM, UDPRelays
 from nbgateway.proxy.headers import TrustedProxies
@@ -86,7 +87,8 @@ def attach_l4(gateway: Any) -> L4Manager:
         proxy_protocol=proxy_protocol,
         trusted=trusted.contains if trusted_list else None,
         mgmt=gateway.mgmt, access_log=_LateAccessLog(gateway), gate=gate,
-        tunnel_listen=tunnel_listen)
+        tunnel_listen=tunnel_listen, tunnel_of=gateway.tunnel_stack,
+        max_relays=int(getattr(cfg, "max_relays", 0) or MAX_RELAYS))
     def udp_listen(target: L4Target, protocol: Any) -> Any:
         if target.private:
             from nbgateway.netstack.udp import listen_udp
