@@ -285,3 +285,33 @@ class FramingTests(Base):
         for url in (b"ftp://x/", b"http://:80/", b"http://h:0/", b"http://[::1/"):
             self.failureResultOf(self.agent.request(b"GET", url, Headers(), None), ValueError)
         self.assertEqual(split_url(b"https://[fd00::1]/x")[1:3], (b"[fd00::1]", 443))
+
+
+class ThroughTheProxyTests(unittest.TestCase):
+    """The lean client behind the real ReverseProxy, over loopback sockets."""
+
+    @defer.inlineCallbacks
+    def test_connection_named_response_headers_are_dropped_and_bodies_relayed(self):
+        from ._harness import ProxyHarness, curl, listen_protocol
+
+        class Upstream(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    self.transport.write(
+                        b"HTTP/1.1 200 OK\r\nConnection: X-Secret, close\r\n"
+                        b"X-Secret: leak\r\nX-Kept: yes\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"4\r\nbody\r\n0\r\n\r\n")
+                    self.transport.loseConnection()
+
+        up = listen_protocol(Upstream)
+        self.addCleanup(up.stopListening)
+        h = ProxyHarness()
+        port = h.listen()
+        self.addCleanup(h.close)
+        h.add("app.example", {"/": f"http://127.0.0.1:{up.getHost().port}/"})
+        status, head, body = yield curl("-H", "Host: app.example",
+                                        f"http://127.0.0.1:{port}/x")
+        self.assertEqual((status, body), (200, b"body"))
+        self.assertIn("x-kept: yes", head.lower())
+        self.assertNotIn("x-secret", head.lower())
+        self.assertEqual(h.pools.idle_connections(), 0)  # Connection: close
