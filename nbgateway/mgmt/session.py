@@ -11,8 +11,10 @@ It owns, and nothing else does:
   moves to the next when it dies) and the gRPC channel built from
   it (keepalive 20 s / 10 s, pings without calls, receive limit): a
   ``grpc.aio`` channel bound to the bridge's one process-wide loop thread, so
-  any number of sessions adds no thread; or one a caller supplies (closed on
-  stop only if the session made it);
+  any number of sessions adds no thread, and shared (reference-counted) by
+  every session with the same target, so a thousand accounts' peer channels
+  are streams on one connection; or one a caller supplies (closed on stop
+  only if the session made it);
 * the stub and the thread bridge (:class:`~nbgateway.mgmt._grpcbridge.GrpcBridge`);
 * the reconnect loop (:class:`~nbgateway.mgmt.reconnect.Reconnector`) that
   runs the client's connection attempt with jittered exponential backoff;
@@ -160,6 +162,39 @@ def make_channel(
     return module.insecure_channel(target.address, options=options)
 
 
+class _SharedChannels:
+    """Process-wide ``grpc.aio`` channels, one per (target, TLS roots, receive
+    limit), reference-counted: every account's peer channel (and the
+    ProxyService client) multiplexes its streams over one HTTP/2 connection
+    instead of holding a channel and connection each."""
+
+    def __init__(self) -> None:
+        self._channels: dict[tuple[Any, ...], list[Any]] = {}
+
+    def acquire(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        entry = self._channels.get(key)
+        if entry is None:
+            entry = self._channels[key] = [aio_loop().run(make), 0]
+        entry[1] += 1
+        return entry[0]
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        entry = self._channels.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._channels[key]
+            aio_loop().submit(entry[0].close())
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+
+#: the shared channels of this process (reactor thread only)
+shared_channels = _SharedChannels()
+
+
 class ManagedChannel:
     """One client's channel, bridge, reconnect loop and current stream."""
 
@@ -189,6 +224,8 @@ class ManagedChannel:
         #: Called with True/False when :attr:`connected` changes.
         self.on_state = on_state
         self.channel: grpc.Channel | None = None
+        #: key of the process-wide shared channel in use (None: a supplied one)
+        self._shared_key: tuple[Any, ...] | None = None
         self.stub: Any = None
         self.bridge: GrpcBridge | None = None
         self.reconnector: Reconnector | None = None
@@ -207,7 +244,9 @@ class ManagedChannel:
         if self._channel_factory is not None:
             self.channel = self._channel_factory()
         else:
-            self.channel = aio_loop().run(lambda: make_channel(
+            self._shared_key = (self.target.address, self.target.tls,
+                                self.root_certificates, self.max_receive_bytes)
+            self.channel = shared_channels.acquire(self._shared_key, lambda: make_channel(
                 self.target,
                 root_certificates=self.root_certificates,
                 max_receive_bytes=self.max_receive_bytes,
@@ -231,11 +270,11 @@ class ManagedChannel:
         if self.bridge is not None:
             self.bridge.stop()
             self.bridge = None
-        if self.channel is not None and self._owns_channel:
-            if isinstance(self.channel, grpc.aio.Channel):
-                aio_loop().submit(self.channel.close())
-            else:
-                self.channel.close()
+        if self._shared_key is not None:
+            shared_channels.release(self._shared_key)
+            self._shared_key = None
+        elif self.channel is not None and self._owns_channel:
+            self.channel.close()
         self.channel = None
         self.stub = None
         self.stream = None
