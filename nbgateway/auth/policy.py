@@ -17,6 +17,9 @@ Order (after restrictions and the private gate):
    (escaped by the page) ``error_description``;
 3. a valid ``nb_session`` cookie -> forward with the token's identity (no
    RPC; invalid cookies are ignored);
+3a. a presented service token (``X-NetBird-Token-Id``/``-Secret`` or
+   ``Authorization: Bearer nbt_...``, see :mod:`.tokens`) decides: valid ->
+   forward with the token's identity (no cookie, no RPC), else 401;
 4. header schemes in order: the first configured header present decides
    (Authenticate: not successful 401 ``Unauthorized``, RPC error 502
    ``authentication service unavailable``, token not valid locally 400
@@ -44,6 +47,9 @@ from nbgateway.routes.identity import Identity
 
 from .ratelimit import AttemptLimiter
 from .session import SessionVerifier
+from .tokens import MECHANISM as TOKEN_MECHANISM
+from .tokens import check as check_token
+from .tokens import presented as presented_token
 
 __all__ = [
     "CallAuthenticate",
@@ -90,6 +96,8 @@ class RequestFacts:
     form_oversized: bool = False
     client_ip: str = ""  # the socket peer (rate limiting of secret guesses)
     port: str = ""  # the Host header's explicit port (kept in the OIDC return URL)
+    #: the service's tokens: (id, name, secret SHA-256 hex, expires_at)
+    tokens: tuple[tuple[str, str, str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,7 +184,7 @@ class Protect:
     # -- entry ---------------------------------------------------------------
     def start(self) -> Step:
         f = self.facts
-        if not f.schemes and not f.header_names:
+        if not f.schemes and not f.header_names and not f.tokens:
             return Forward(None)
         if "error" in f.query:
             desc = f.query.get("error_description", "") or DENIED_DEFAULT
@@ -185,6 +193,14 @@ class Protect:
             ident = self.verifier.verify(f.cookie, f.session_key, f.host, f.now)
             if ident is not None:
                 return Forward(ident, ident.method)
+        if f.tokens:
+            creds = presented_token(f.headers)
+            if creds is not None:
+                ident = check_token(f.tokens, creds[0], creds[1], f.now)
+                if ident is None:
+                    return Respond(401, "plain", body="Unauthorized: invalid service token",
+                                   mechanism=TOKEN_MECHANISM)
+                return Forward(ident, TOKEN_MECHANISM)
         for name in f.header_names:
             value = f.headers.get(name.lower())
             if value is not None:

@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from nbgateway.auth import csrf
+from nbgateway.auth import csrf, tokens
 from nbgateway.auth.policy import (
     CallAuthenticate,
     CallOIDCURL,
@@ -288,6 +288,11 @@ class GatewayResource(Resource):
             raw = headers.getRawHeaders(name.encode("latin-1"))
             if raw:
                 lower[name.lower()] = raw[0].decode("latin-1")
+        if entry.tokens:
+            for name in (*tokens.TOKEN_HEADERS, "authorization"):
+                raw = headers.getRawHeaders(name.encode("latin-1"))
+                if raw:
+                    lower[name] = raw[0].decode("latin-1")
         trusted, oversized = True, False
         interactive = any(s in entry.schemes for s in ("password", "pin"))
         ctype = (headers.getRawHeaders(b"content-type") or [b""])[0].split(b";")[0].strip()
@@ -318,7 +323,7 @@ class GatewayResource(Resource):
             max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), headers=lower,
             query=query, form=form, scheme="https" if secure else "http",
             form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip,
-            port=host_port(ctx.host) or "")
+            port=host_port(ctx.host) or "", tokens=entry.tokens)
 
     @staticmethod
     def _form_body(request: Any) -> bytes | None:
@@ -349,6 +354,8 @@ class GatewayResource(Resource):
                     step.set_cookie, entry.session_max_age).encode("latin-1"))
             if step.identity is not None:
                 ctx.authenticated(step.identity, step.mechanism)
+            if step.mechanism == tokens.MECHANISM:
+                tokens.strip_credentials(request.requestHeaders)  # the secret stays here
             self.proxy.render(request, ctx)
             return
         if isinstance(step, Respond):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.management import assertionkeys
+from nbgateway.management import assertionkeys, servicetokens
 from nbgateway.management.model import (
     DEFAULT_SESSION_MAX_AGE_SECONDS,
     Service,
@@ -131,6 +131,8 @@ def to_proto_mapping(s: Service, op: int) -> pb.ProxyMapping:
         # the signing seed travels only to this service's gateways (redacted in logs)
         assertionkeys.fill_mapping(m.nbgw_assertion, s.assertion_mode, s.assertion_keys,
                                    time.time())
+    if mode == "http" and s.service_tokens:
+        servicetokens.fill_mapping(m, s.service_tokens, time.time())
     m.auth.password = bool(a.password_auth and a.password_auth.enabled)
     m.auth.pin = bool(a.pin_auth and a.pin_auth.enabled)
     m.auth.oidc = a.bearer_enabled

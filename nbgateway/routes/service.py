@@ -149,6 +149,8 @@ class ServiceEntry:
     schemes: tuple[str, ...] = ()
     #: base64 Ed25519 public key that verifies this service's session JWTs
     session_key: str = ""
+    #: machine-client service tokens: (id, name, secret SHA-256 hex, expires_at)
+    tokens: tuple[tuple[str, str, str, int], ...] = ()
 
     @property
     def account_id(self) -> str:
@@ -170,6 +172,8 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
             errors.append(str(exc))
     auth = mapping.auth
     header_names = tuple(h.header for h in auth.header_auths if h.header)
+    tokens = tuple((t.id, t.name, t.secret_sha256.lower(), int(t.expires_at))
+                   for t in mapping.nbgw_tokens if t.id and t.secret_sha256)
     service = ProxyService(
         account_id=mapping.account_id,
         domain=mapping.domain,
@@ -186,7 +190,7 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
         private=mapping.private,
         restrictions=Restrictions.from_proto(mapping.access_restrictions)
         if mapping.HasField("access_restrictions") else None,
-        has_schemes=bool(auth.password or auth.pin or auth.oidc or header_names),
+        has_schemes=bool(auth.password or auth.pin or auth.oidc or header_names or tokens),
         session_max_age=int(auth.max_session_age_seconds) or 86400,
         route_errors=tuple(errors),
         mode=mapping.mode,
@@ -194,4 +198,5 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
         schemes=tuple(name for name, on in (("password", auth.password), ("pin", auth.pin),
                                             ("oidc", auth.oidc)) if on),
         session_key=auth.session_key,
+        tokens=tokens,
     )

@@ -290,6 +290,8 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "ServiceAuthConfig": AUTH_CONFIG,
     "AccessRestrictions": ACCESS_RESTRICTIONS,
     "ServiceRequest": SERVICE_REQUEST,
+    # machine-client service token (issue 16); expires_in_seconds 0/absent = never
+    "ServiceTokenRequest": _obj({"name": _str(), "expires_in_seconds": _int()}, ("name",)),
     "Service": SERVICE,
     "ServiceStatus": SERVICE_STATUS,
     "Account": ACCOUNT,

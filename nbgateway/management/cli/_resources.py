@@ -419,6 +419,43 @@ def services_identity(client: Client, args: Args, out: TextIO) -> None:
               f"{', signing key rotated' if args.rotate_key else ''}\n")
 
 
+def services_token(client: Client, args: Args, out: TextIO) -> None:
+    """A service's machine-client tokens: list, create (the secret is printed
+    once) or revoke."""
+    svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
+    base = f"/reverse-proxies/services/{_q(svc['id'])}/tokens"
+    if args.action == "list":
+        rows = client.get(base)
+        if args.json:
+            write_json(out, rows)
+            return
+        for t in rows:
+            exp = t.get("expires_at") or "never"
+            out.write(f"{t['id']}  {t['state']:<8} {t['name']}  expires {exp}\n")
+        return
+    if not args.arg:
+        raise UsageError(f"services token {args.action}: "
+                         f"{'NAME' if args.action == 'create' else 'TOKEN_ID'} is required")
+    if args.action == "create":
+        body: dict = {"name": args.arg}
+        if args.expires_in is not None:
+            body["expires_in_seconds"] = args.expires_in
+        made = client.post(base, body)
+        if args.json:
+            write_json(out, made)
+            return
+        out.write(f"token {made['id']} ({made['name']}) created; the secret is shown only "
+                  f"now:\n  X-NetBird-Token-Id: {made['id']}\n"
+                  f"  X-NetBird-Token-Secret: {made['secret']}\n"
+                  f"  Authorization: Bearer {made['bearer']}\n")
+        return
+    gone = client.delete(f"{base}/{_q(args.arg)}")
+    if args.json:
+        write_json(out, gone)
+        return
+    out.write(f"token {gone['id']} revoked\n")
+
+
 def services_auth(client: Client, args: Args, out: TextIO) -> None:
     """Set or clear password / PIN / header auth on a service.  Management
     stores argon2id hashes; responses never carry the secrets (an unchanged
@@ -737,6 +774,22 @@ def register(cmd: Commands) -> None:
                    help="session cookie lifetime (0 = 24 h default; 60 to 2592000)")
     c.add_argument("--rotate-key", action="store_true",
                    help="new assertion signing key (the old one stays published 10 min)")
+
+    c = g.add("token", "machine-client tokens of a service (list, create, revoke)",
+              func=services_token,
+              description="Service tokens let machine clients (CI, mobile apps) call a\n"
+                          "protected service with X-NetBird-Token-Id/X-NetBird-Token-Secret\n"
+                          "or Authorization: Bearer ID.SECRET.  The secret is shown once;\n"
+                          "a revoked token is refused as soon as the gateways get the update.",
+              example=["nbgateway-admin services token app.example.com create ci",
+                       "nbgateway-admin services token app.example.com list",
+                       "nbgateway-admin services token app.example.com revoke nbt_0123"])
+    c.add_argument("ref", metavar="SERVICE", help="service id or domain")
+    c.add_argument("action", choices=("list", "create", "revoke"))
+    c.add_argument("arg", nargs="?", metavar="NAME|TOKEN_ID",
+                   help="the new token's name (create) or the token id (revoke)")
+    c.add_argument("--expires-in", type=int, metavar="SECONDS",
+                   help="create: the token expires after this many seconds (default never)")
 
     g = cmd.group("tokens", "list, create or delete proxy access tokens (for gateways "
                             "connecting with --mgmt)", aliases=["token", "proxy-tokens"],

@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from nbgateway.management import assertionkeys
+from nbgateway.management import assertionkeys, servicetokens
 from nbgateway.management.errors import (
     Conflict,
     NotFound,
@@ -189,6 +190,7 @@ def row_service(r: sa.Row, tgts: list[Target]) -> Service:
         assertion_mode=r.assertion_mode or "off",
         assertion_keys=assertionkeys.from_json(loads(r.assertion_keys)),
         max_session_age_seconds=r.max_session_age_seconds or 0,
+        service_tokens=servicetokens.from_json(loads(r.service_tokens)),
     )
 
 
@@ -597,6 +599,42 @@ class ServiceRepository(Repository):
             return self._require_service(tx.conn, account_id, old.id)
 
         return self._store._write(account_id, run)
+
+    def create_token(self, account_id: str, service_id: str, name: str, expires_in: int,
+                     now: datetime | None = None) -> tuple[Service, Any, str]:
+        """A new machine-client token: (service, record, secret shown once).
+        NotFound ``service <id> not found``; Conflict (too many, name taken)."""
+        ts = (now or utcnow()).timestamp()
+
+        def run(tx: Tx) -> tuple[Service, Any, str]:
+            old = self._require_service(tx.conn, account_id, service_id)
+            if old.terminated:
+                raise PermissionDenied("service is terminated and cannot be updated")
+            kept, rec, secret = servicetokens.create(old.service_tokens, name, expires_in, ts)
+            self._write_tokens(tx, old, kept)
+            return self._require_service(tx.conn, account_id, old.id), rec, secret
+
+        return self._store._write(account_id, run)
+
+    def revoke_token(self, account_id: str, service_id: str, token_id: str,
+                     now: datetime | None = None) -> Any:
+        """Revoke a token (its gateways drop it with the next mapping update).
+        NotFound for the service or the token."""
+        ts = (now or utcnow()).timestamp()
+
+        def run(tx: Tx) -> Any:
+            old = self._require_service(tx.conn, account_id, service_id)
+            kept, rec = servicetokens.revoke(old.service_tokens, token_id, ts)
+            self._write_tokens(tx, old, kept)
+            return rec
+
+        return self._store._write(account_id, run)
+
+    @staticmethod
+    def _write_tokens(tx: Tx, old: Service, kept: Sequence[Any]) -> None:
+        tx.conn.execute(sa.update(services).where(services.c.id == old.id).values(
+            service_tokens=dumps(servicetokens.to_json(kept)) if kept else None))
+        tx.changed(ChangeKind.SERVICE_UPDATED, old.account_id, old.id)
 
     def set_status(
         self,

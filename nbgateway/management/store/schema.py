@@ -200,6 +200,8 @@ services = sa.Table(
     sa.Column("assertion_mode", BoundedString(16), nullable=True),
     sa.Column("assertion_keys", sa.Text(), nullable=True),
     sa.Column("max_session_age_seconds", sa.Integer(), nullable=True),
+    # revision 0008: machine-client service tokens (JSON, digests only)
+    sa.Column("service_tokens", sa.Text(), nullable=True),
 )
 
 targets = sa.Table(
