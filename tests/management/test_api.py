@@ -156,7 +156,9 @@ def test_private_create_response_shape(server):
     assert created["targets"][0]["host"] == "backend.lan"  # a host target keeps its host
     assert created["targets"][0]["options"] == {"direct_upstream": True}
     assert created["auth"] == {}
-    assert not any("session" in k for k in created)
+    # no session key material; the session length is a setting, not a secret
+    assert not any("session" in k for k in created if k != "max_session_age_seconds")
+    assert created["max_session_age_seconds"] == 0 and created["assertion"] == "off"
     assert server.ok("GET", f"{SERVICES}/{created['id']}") == created
 
 
