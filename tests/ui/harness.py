@@ -29,16 +29,16 @@ def free_port() -> int:
 class Management:
     """A standalone management process (REST + UI) in a temporary directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: list[str] | None = None, port: int | None = None) -> None:
         self.tmp = tempfile.mkdtemp(prefix="nbgw-ui-")
-        self.port = free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         args = [os.path.join(VENV_BIN, "twistd"), "-n", "--pidfile=", "-l",
                 os.path.join(self.tmp, "management.log"), "nbmanagement",
                 "--datadir", os.path.join(self.tmp, "data"),
                 "--api-addr", f"127.0.0.1:{self.port}"]
         self.grpc_port = free_port()  # the default port may be another test's
-        args += ["--grpc-addr", f"127.0.0.1:{self.grpc_port}"]
+        args += ["--grpc-addr", f"127.0.0.1:{self.grpc_port}", *(extra_args or [])]
         self.proc = subprocess.Popen(args, cwd=self.tmp, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30

@@ -58,8 +58,18 @@ def build_site(store: Any, threadpool: Any, reactor: Any,
     resource = ApiResource(routes, COMPONENTS, handlers.authenticate, threadpool, reactor)
     from nbgateway.management.ui import build_ui  # the dashboard under /ui/
 
+    dashboard_sso = None
+    if sso is not None:  # the dashboard signs in through the same provider
+        import time
+
+        from nbgateway.management.sso import http_fetch_json, http_post_form
+        from nbgateway.management.ui.sso import DashboardSSO
+
+        dashboard_sso = DashboardSSO.from_settings(
+            sso.flow.settings, lambda: store, fetch_json=http_fetch_json,
+            post_form=http_post_form, clock=time.time)
     ui = build_ui(routes, COMPONENTS, handlers.authenticate, threadpool, reactor,
-                  ca_cert_path=ca_cert_path)
+                  ca_cert_path=ca_cert_path, sso=dashboard_sso)
     callback = None
     if sso is not None:
         from nbgateway.management.sso import CallbackResource

@@ -16,14 +16,17 @@ from nbgateway.management.api.framework import Identity, Route
 from .bridge import ApiBridge
 from .resource import CSP, UiResource
 from .sessions import SessionStore
+from .sso import DashboardSSO
 
-__all__ = ["CSP", "SessionStore", "UiResource", "build_ui"]
+__all__ = ["CSP", "DashboardSSO", "SessionStore", "UiResource", "build_ui"]
 
 
 def build_ui(routes: list[Route], schemas: Mapping[str, dict[str, Any]],
              authenticate: Callable[[str], Identity], threadpool: Any,
-             reactor: Any, ca_cert_path: str | None = None) -> UiResource:
+             reactor: Any, ca_cert_path: str | None = None,
+             sso: DashboardSSO | None = None) -> UiResource:
     """The ``/ui`` resource over the API's *routes*; pages run on *threadpool*.
-    *ca_cert_path* is a gateway CA certificate offered to peers if it exists."""
+    *ca_cert_path* is a gateway CA certificate offered to peers if it exists;
+    *sso* offers sign-in through the management's OIDC provider."""
     return UiResource(ApiBridge(routes, schemas, authenticate), threadpool, reactor,
-                      ca_cert_path=ca_cert_path)
+                      ca_cert_path=ca_cert_path, sso=sso)

@@ -12,8 +12,11 @@ with autoescaping on, so stored strings are always escaped.
 from __future__ import annotations
 
 import base64
+import hmac
 import importlib.resources
 import json
+import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +30,11 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from nbgateway.management.api.framework import Identity
+from nbgateway.management.oidc import OIDCError
 
 from .bridge import ApiBridge, Outcome
 from .sessions import Session, SessionStore
+from .sso import SESSION_PREFIX, DashboardSSO, SignInRefusedError
 
 log = Logger()
 
@@ -43,6 +48,10 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 COOKIE = "nbgw_ui"
+#: binds an SSO sign-in to the browser that started it; SameSite=Lax so the
+#: provider's redirect back (a cross-site navigation) carries it
+SSO_COOKIE = "nbgw_ui_sso"
+MAX_PENDING_SSO = 1000
 STATIC = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
 MAX_FIELD = 8192
 
@@ -107,9 +116,13 @@ class UiResource(Resource):
     isLeaf = True
 
     def __init__(self, bridge: ApiBridge, threadpool: Any, reactor: Any,
-                 sessions: SessionStore | None = None, ca_cert_path: str | None = None):
+                 sessions: SessionStore | None = None, ca_cert_path: str | None = None,
+                 sso: DashboardSSO | None = None):
         super().__init__()
         self.ca_cert_path = ca_cert_path
+        self.sso = sso
+        #: SSO binding cookie value -> the flow's state (bounded, oldest first out)
+        self._sso_pending: OrderedDict[str, str] = OrderedDict()
         from . import pages
 
         self.bridge = bridge
@@ -156,6 +169,8 @@ class UiResource(Resource):
             return self._text(request, 403, "CSRF token missing or wrong; reload the page")
         if segments == ("login",):
             return self._login(request, method, session, form)
+        if segments[:1] == ("sso",) and method == "GET":
+            return self._sso(request, segments[1:])
         if session is None or session.token is None:
             if method == "GET":
                 request.setResponseCode(303)
@@ -195,7 +210,7 @@ class UiResource(Resource):
                 session = self.sessions.create_anonymous()
                 self._set_cookie(request, session.sid)
             return self._html(request, 200, self.env.get_template("login.html").render(
-                csrf=session.csrf, error="", me=None, flash=None))
+                csrf=session.csrf, error="", me=None, flash=None, sso=self.sso is not None))
         if method != "POST":
             return self._text(request, 405, "method not allowed")
         token = _one(form, "token") or ""
@@ -208,7 +223,8 @@ class UiResource(Resource):
                 log.info("UI sign-in refused")
                 request.write(self._html(request, 401, self.env.get_template(
                     "login.html").render(csrf=session.csrf if session else "", me=None,
-                                         flash=None, error="That token was not accepted.")))
+                                         flash=None, error="That token was not accepted.",
+                                         sso=self.sso is not None)))
                 request.finish()
                 return
             fresh = self.sessions.sign_in(session, token)
@@ -222,12 +238,96 @@ class UiResource(Resource):
         d.addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
+    def _sso(self, request: server.Request, rest: tuple[str, ...]) -> bytes | int:
+        """``/ui/sso/start`` (to the provider) and ``/ui/sso/callback`` (back)."""
+        if self.sso is None:
+            return self._text(request, 404, "SSO is not configured")
+        if rest == ("start",):
+            d = deferToThreadPool(self._reactor, self._pool, self.sso.start)
+
+            def go(started: tuple[str, str]) -> None:
+                url, state = started
+                binding = secrets.token_urlsafe(32)
+                self._sso_pending[binding] = state
+                while len(self._sso_pending) > MAX_PENDING_SSO:
+                    self._sso_pending.popitem(last=False)
+                self._sso_cookie(request, binding)
+                request.setResponseCode(303)
+                request.setHeader("Location", url)
+                request.finish()
+
+            d.addCallbacks(go, self._sso_refused, errbackArgs=(request,))
+            return server.NOT_DONE_YET
+        if rest != ("callback",):
+            return self._text(request, 404, "not found")
+        query = {k.decode("latin-1"): v[-1].decode("latin-1")[:MAX_FIELD]
+                 for k, v in request.args.items() if v}
+        raw = request.getCookie(SSO_COOKIE.encode())
+        binding = raw.decode("latin-1") if raw else ""
+        expected = self._sso_pending.pop(binding, None) if binding else None
+        self._sso_cookie(request, "", expire=True)
+        state = query.get("state", "")
+        if expected is None or not hmac.compare_digest(expected.encode(), state.encode()):
+            log.info("dashboard SSO callback refused: not started in this browser")
+            return self._login_page(request, 403, "That sign-in was not started here; "
+                                    "sign in again.")
+        if query.get("error"):
+            log.info("dashboard SSO refused by the provider", error=query["error"][:64])
+            return self._login_page(request, 403, "The identity provider refused the sign-in.")
+        d = deferToThreadPool(self._reactor, self._pool, self.sso.finish,
+                              query.get("code", ""), state)
+
+        def signed_in(token: str) -> None:
+            if request._disconnected or request.finished:
+                return
+            old = self.sessions.get(_cookie(request))
+            fresh = self.sessions.sign_in(old, token)
+            self._set_cookie(request, fresh.sid)
+            # a page, not a redirect: the navigation to /ui/ then starts on this
+            # site, so the SameSite=Strict session cookie is sent with it
+            request.write(self._html(request, 200, self.env.get_template(
+                "signed_in.html").render(me=None, flash=None, csrf="")))
+            request.finish()
+
+        d.addCallbacks(signed_in, self._sso_refused, errbackArgs=(request,))
+        return server.NOT_DONE_YET
+
+    def _sso_refused(self, failure: Failure, request: server.Request) -> None:
+        if failure.check(SignInRefusedError, OIDCError):
+            log.info("dashboard SSO sign-in refused: {why}", why=str(failure.value)[:200])
+            message = f"Single sign-on was refused: {failure.value}"
+        else:
+            log.failure("dashboard SSO failed", failure)
+            message = "Single sign-on failed; try again later."
+        if request._disconnected or request.finished:
+            return
+        request.write(self._login_page(request, 403, message))
+        request.finish()
+
+    def _login_page(self, request: server.Request, status: int, error: str) -> bytes:
+        session = self.sessions.create_anonymous()
+        self._set_cookie(request, session.sid)
+        return self._html(request, status, self.env.get_template("login.html").render(
+            csrf=session.csrf, error=error, me=None, flash=None, sso=self.sso is not None))
+
+    def _sso_cookie(self, request: server.Request, value: str, expire: bool = False) -> None:
+        parts = [f"{SSO_COOKIE}={value}", "Path=/ui/sso/", "HttpOnly", "SameSite=Lax",
+                 "Max-Age=0" if expire else "Max-Age=600"]
+        if request.isSecure():
+            parts.append("Secure")
+        request.responseHeaders.addRawHeader("Set-Cookie", "; ".join(parts))
+
+    def _identify(self, token: str) -> Identity | None:
+        if self.sso is not None and token.startswith(SESSION_PREFIX):
+            return self.sso.identity(token)
+        return self.bridge.identity(token)
+
     # -- thread pool ------------------------------------------------------------
 
     def _page(self, handler: Handler, token: str, session: Session,
               form: dict[str, list[str]], query: dict[str, str],
               flash: dict[str, str] | None, params: dict[str, str]) -> Page | None:
-        identity = self.bridge.identity(token)
+        identity = self._identify(token)
         if identity is None:
             return None  # the token was revoked or its user blocked: sign out
         return handler(Ctx(self, identity, session, form, query, flash), **params)
