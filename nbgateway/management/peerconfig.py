@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from nbgateway.management import wgconfig
+from nbgateway.management import privateca, wgconfig
 from nbgateway.management.model import Peer
 from nbgateway.management.networkmap import build_network_map
 from nbgateway.management.synthetic import AccountView, load_account_view
@@ -82,7 +82,7 @@ def split_proxies(view: AccountView, peer: Peer,
 
 
 def render_peer_config(store: Any, account_id: str, peer: Peer,
-                       refusals: RefusalLog = REFUSALS) -> str:
+                       refusals: RefusalLog = REFUSALS, *, with_ca: bool = True) -> str:
     """The peer's wg-quick config (``wgconfig.WgConfigError`` for bad stored values)."""
     proxies = [p for p in store.peers.list_proxy_peers(account_id) if p.id != peer.id]
     listed: list[Peer] = []
@@ -103,4 +103,6 @@ def render_peer_config(store: Any, account_id: str, peer: Peer,
                   for p in withheld])
     if withheld:
         refusals.refused(account_id, peer, withheld, groups)
+    if with_ca:  # the private CA to trust, as a comment block (nbgateway.management.privateca)
+        text += privateca.config_block(store, account_id)
     return text

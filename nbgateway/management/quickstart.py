@@ -6,12 +6,13 @@ wait for the gateway's tunnel peer (so on a fresh data directory the gateway
 holds the account's first tunnel address), ensure a peer in the group, then
 write the peer's wg-quick config (mode 0600) and print how to bring the tunnel
 up and reach the service with a curl that does not need the system resolver
-(``--resolve NAME:443:<gateway address>``).  wg-quick applies a ``DNS`` line
-with ``resolvconf``; where that is missing (stock Debian/Ubuntu) the line is
-written as a comment saying why (``--dns auto``, the default).  Every step is
-idempotent, so a re-run reuses what exists.  The CLI
-(``nbgateway.management.cli``) only registers the subcommand
-(:func:`add_arguments`) and delegates here (:func:`run`).
+(``--resolve NAME:443:<gateway address>``).  The private CA management got
+from the gateway is written as ``nbgateway-ca.crt`` beside the config.
+wg-quick applies a ``DNS`` line with ``resolvconf``; where that is missing
+(stock Debian/Ubuntu) the line is written as a comment saying why
+(``--dns auto``, the default).  Every step is idempotent, so a re-run reuses
+what exists.  The CLI (``nbgateway.management.cli``) only registers the
+subcommand (:func:`add_arguments`) and delegates here (:func:`run`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from nbgateway.management import privateca
 from nbgateway.management.cli._client import DEFAULT_DATADIR, Client, CliError, _q
 from nbgateway.management.cli._output import Progress
 
@@ -153,6 +155,30 @@ def qr_ascii(text: str) -> str:
     return buf.getvalue()
 
 
+#: seconds quickstart waits for a gateway to report its private CA to management
+PEER_CA_WAIT = 15.0
+
+
+def _write_peer_ca(client: Client, config_path: str, deadline: float) -> str | None:
+    """Download the account's private CA from management and write it as
+    ``nbgateway-ca.crt`` beside the peer config; None if no gateway reported
+    one before ``deadline`` (older gateways)."""
+    while True:
+        try:
+            pem = client.request("GET", "/reverse-proxies/ca-certificate", raw=True)
+            break
+        except CliError:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
+    path = os.path.join(os.path.dirname(os.path.abspath(config_path)), "nbgateway-ca.crt")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(pem)
+    os.replace(tmp, path)
+    return path
+
+
 def _local_ca(datadir: str) -> str:
     """The path of the gateway's local CA certificate.  The gateway creates
     its CA on the first TLS handshake; on the gateway host (``datadir``
@@ -226,6 +252,9 @@ def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     peer = _ensure_peer(client, args.name, group)
     full = _retrying(deadline, "the gateway's proxy peer in the peer config",
                      lambda: _config_with_peer(client, peer["id"]))
+    # the CA goes to its own file beside the config (below): the config stays the
+    # same whether or not the gateway had reported its CA yet
+    full = privateca.strip_block(full)
     dns = args.dns == "keep" or (args.dns == "auto" and has_resolvconf())
     conf = full if dns else without_dns(full)
     path = args.config_out or f"{args.name}.conf"
@@ -233,6 +262,7 @@ def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(conf)
     ca = _local_ca(args.datadir)
+    peer_ca = _write_peer_ca(client, path, min(deadline, time.monotonic() + PEER_CA_WAIT))
     gateway_ip = gateway["ip"]
     curl = (f"curl --cacert {_display_path(ca)} --resolve {domain}:443:{gateway_ip} "
             f"https://{domain}/")
@@ -240,6 +270,7 @@ def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         out.write(json.dumps({"cluster": cluster, "group": group, "peer": peer,
                               "service": service, "service_action": verb, "config": conf,
                               "config_path": os.path.abspath(path), "ca": ca,
+                              "peer_ca": peer_ca,
                               "gateway_ip": gateway_ip, "dns_line": dns, "curl": curl},
                              indent=2) + "\n")
         return
@@ -249,6 +280,9 @@ def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
               f"service https://{domain}/ -> {args.upstream} ({verb}; private, "
               f"group {group['name']} only)\n\n"
               f"wg-quick config for {peer['name']} (written to {path}):\n\n{conf}\n")
+    if peer_ca:
+        out.write(f"The private CA from management (trust it once on the peer) is written "
+                  f"to {_display_path(peer_ca)} beside the config.\n\n")
     if not args.no_qr:
         out.write("The same config as a QR code for the WireGuard mobile apps (\"scan from "
                   "QR code\"; they apply the DNS line themselves):\n\n" + qr_ascii(full)

@@ -118,6 +118,17 @@ def test_peer_trusts_ca_from_management_once_and_reaches_two_private_services(wo
     assert sorted(g.value for g in nc.value.permitted_subtrees) == [DOMAIN, WIKI]
     key_mode = os.stat(os.path.join(world.gw_dir, "ca.key")).st_mode & 0o777
     assert key_mode == 0o600, oct(key_mode)
+    # the peer's wg-quick config carries the same CA as a comment block, which
+    # the stock tools accept (wg-quick strip, then wg setconf on the live device)
+    conf = world.rest("GET", f"/peers/{world.peers['alice']['id']}/wireguard-config")
+    block = [line[2:] for line in conf.splitlines() if line.startswith("# ")]
+    assert "\n".join(block[block.index("-----BEGIN CERTIFICATE-----"):]).startswith(
+        pem.decode().strip())
+    stripped = ns.run(["wg-quick", "strip", world.tb.write_file("alice2.conf", conf)]).stdout
+    links = {line.split(":")[1].strip().split("@")[0]
+             for line in ns.run(["ip", "-o", "link"]).stdout.splitlines()}
+    [ifname] = [i for i in ns.run(["wg", "show", "interfaces"]).stdout.split() if i in links]
+    ns.run(["wg", "setconf", ifname, "/dev/stdin"], input=stripped)
     ca_file = world.tb.write_file("peer-ca.crt", pem.decode())  # the one download
 
     def verified_get(host: str):

@@ -183,6 +183,11 @@ class QuickstartCommandTests(unittest.TestCase):
         self.assertIn("█", out)  # the terminal QR code
         ca = os.path.join(self.datadir, "ca.crt")
         self.assertTrue(os.path.exists(ca))
+        # the private CA, as management got it from the gateway, beside the config
+        with open(os.path.join(self.workdir, "nbgateway-ca.crt"), "rb") as f1, \
+                open(ca, "rb") as f2:
+            self.assertEqual(f1.read(), f2.read())
+        self.assertIn("nbgateway-ca.crt beside the config", out)
         # the curl form README uses: independent of the system resolver
         self.assertIn("curl --cacert nbgateway-data/ca.crt --resolve "
                       "demo.nbgateway.internal:443:100.64.0.1 https://demo.nbgateway.internal/",

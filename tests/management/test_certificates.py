@@ -165,3 +165,36 @@ def test_rest_certificates_and_ca_download(server, tmp_path):
                       auth=f"Token {pat}").status == 403
     # another account (the default one, no CA reported) does not get this account's CA
     assert server.get("/api/reverse-proxies/ca-certificate").status == 404
+
+
+def test_peer_config_carries_the_ca_block_and_quickstart_can_strip_it(server, tmp_path):
+    from nbgateway.management import privateca
+
+    tag = uuid.uuid4().hex[:6]
+    b = server.post("/api/accounts", {"name": f"p-{tag}"}).json
+    auth_b = f"Token {b['token']}"
+    peer = server.post("/api/peers", {"name": "laptop"}, auth=auth_b).json
+    path = f"/api/peers/{peer['id']}/wireguard-config"
+    before = server.get(path, auth=auth_b).data.decode()
+    assert privateca.BEGIN not in before  # no gateway reported a CA yet
+    store = server.open_store()
+    try:  # a CA as a gateway would report it (no service needed for this row)
+        ca = LocalCA(str(tmp_path / "ca"), permitted=["proxy.example"])
+        key_id, fingerprint, _ = parse_ca(ca.cert_pem().decode())
+        from nbgateway.management.store._certificates import cas as table
+
+        with store._engine.begin() as conn:
+            conn.execute(table.insert().values(account_id=b["id"], key_id=key_id,
+                                               pem=ca.cert_pem().decode(),
+                                               fingerprint=fingerprint))
+    finally:
+        store.close()
+    conf = server.get(path, auth=auth_b).data.decode()
+    assert conf.startswith(before)
+    assert privateca.BEGIN in conf and conf.rstrip().endswith(privateca.END)
+    pem_lines = [line[2:] for line in conf.splitlines()
+                 if line.startswith("# ") and not line.startswith("# --- ")]
+    assert "\n".join(pem_lines).endswith(ca.cert_pem().decode().strip())
+    assert privateca.strip_block(conf) == before
+    qr = server.get(path + "?format=qr", auth=auth_b)
+    assert qr.status == 200 and qr.data.startswith(b"\x89PNG")
