@@ -20,11 +20,20 @@ import pathlib
 import re
 import signal
 import subprocess
+import sys
 
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import APP, DOMAIN, GW_HOST, VENV_BIN, World, wait_for
+from tests.interop.test_private_e2e import (
+    APP,
+    DNS_QUERY,
+    DOMAIN,
+    GW_HOST,
+    VENV_BIN,
+    World,
+    wait_for,
+)
 from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
@@ -98,9 +107,15 @@ def test_one_gateway_stopped_the_other_serves(pair):
     assert sorted(endpoints) == [f"{GW_HOST}:51820", f"{GW_HOST}:51821"], conf
     tunnel_ips = re.findall(r"^AllowedIPs\s*=\s*([0-9.]+)/32", conf, re.M)
     assert len(set(tunnel_ips)) == 2, conf
+    # both gateways are the peer's name servers (a stock resolver tries the next)
+    dns = re.search(r"^DNS\s*=\s*(.+)$", conf, re.M)
+    assert dns and sorted(x.strip() for x in dns.group(1).split(",")
+                          if "." in x) == sorted(tunnel_ips), conf
     ns, first_ip, _ = w.connect_peer("alice", conf)
     other_ip = next(ip for ip in tunnel_ips if ip != first_ip)
-    wg_if = ns.run(["wg", "show", "interfaces"]).stdout.split()[0]
+    # the tunnel device is the one routing to the first gateway (wireguard-go's
+    # control sockets are shared between namespaces, so `wg show` lists others too)
+    wg_if = re.search(r"\bdev (\S+)", ns.run(["ip", "route", "get", first_ip]).stdout).group(1)
     ns.add_route(wg_if, f"{other_ip}/32")
     bundle = w.tb.write_file("cas.pem", "".join(
         pathlib.Path(d, "ca.crt").read_text() for d in (w.gw_dir, w.gw2_dir)))
@@ -126,3 +141,7 @@ def test_one_gateway_stopped_the_other_serves(pair):
     survivor = next(ip for ip in tunnel_ips if ip != ip_51820)
     code, err = curl([ip_51820, survivor])
     assert code == 200, err
+    # the surviving gateway still answers the private name (with its own address)
+    script = w.tb.write_file("dnsq.py", DNS_QUERY)
+    answer = ns.run([sys.executable, script, APP, survivor], check=False).stdout.strip()
+    assert answer == survivor
