@@ -379,3 +379,6 @@ private_ca_certificates = sa.Table(
     sa.Column("fingerprint", BoundedString(64), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=True),
 )
+# revision 0009: keyset pagination of an account's peers and services (by id)
+sa.Index("ix_peers_account_id_id", peers.c.account_id, peers.c.id)
+sa.Index("ix_services_account_id_id", services.c.account_id, services.c.id)
