@@ -93,10 +93,15 @@ class Browser:
             shutil.rmtree(self.profile, ignore_errors=True)
 
     def shoot(self, name: str) -> None:
-        """Screenshots of the current page at desktop and phone width."""
+        """Full-page screenshots of the current page at desktop and phone width
+        (the window is made as tall as the page, up to 10000 px)."""
         d = self.driver
         for label, (w, h) in (("desktop", DESKTOP), ("phone", PHONE)):
             d.set_window_size(w, h)
+            inner = d.execute_script("return window.innerHeight") or h
+            full = d.execute_script("return document.documentElement.scrollHeight") or h
+            if full > inner:  # the outer window also holds the (headless) chrome
+                d.set_window_size(w, min(10000, h + full - inner))
             d.save_screenshot(os.path.join(screenshot_dir(), f"{name}-{label}.png"))
         d.set_window_size(*DESKTOP)
 

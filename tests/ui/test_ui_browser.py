@@ -149,7 +149,8 @@ def test_dashboard_in_a_browser(ui):
     for name, path in (("overview", "/ui/"), ("live", "/ui/live"),
                        ("services", "/ui/services"), ("service-new", "/ui/services/new"),
                        ("groups", "/ui/groups"), ("peers", "/ui/peers"),
-                       ("tokens", "/ui/tokens"), ("access-log", "/ui/access-log")):
+                       ("tokens", "/ui/tokens"), ("access-log", "/ui/access-log"),
+                       ("accounts", "/ui/accounts")):
         d.get(m.base + path)
         assert d.execute_script("return window.__xss === undefined"), path
         assert b.axe() == [], path

@@ -283,7 +283,56 @@ def access_log(ctx: Ctx) -> Page:
                       status=200 if out.ok else out.status)
 
 
+# -- accounts (instance admin) ---------------------------------------------------------
+
+#: service statuses counted as failing on the accounts page
+FAILING = ("error", "certificate_failed", "tunnel_not_created")
+
+
+def _account_counts(statuses: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for row in statuses:
+        c = counts.setdefault(row.get("account_id", ""),
+                              {"services": 0, "active": 0, "pending": 0, "failing": 0})
+        c["services"] += 1
+        status = row.get("status", "")
+        if status == "active":
+            c["active"] += 1
+        elif status in FAILING:
+            c["failing"] += 1
+        else:
+            c["pending"] += 1
+    return counts
+
+
+def accounts(ctx: Ctx) -> Page:
+    """Every account for an instance admin (the API's listing), with counts from
+    the service-status listing; others see their own account only."""
+    rows, error = ctx.listing("listAccounts")
+    statuses, _ = ctx.listing("listServiceStatuses")
+    empty = {"services": 0, "active": 0, "pending": 0, "failing": 0}
+    counts = _account_counts(statuses)
+    return ctx.render("accounts.html", accounts=rows, error=error,
+                      counts={a["id"]: counts.get(a["id"], empty) for a in rows},
+                      failing=[r for r in statuses if r.get("status") in FAILING])
+
+
+def account_detail(ctx: Ctx, account_id: str) -> Page:
+    """One account's context: the account and its services' statuses, read
+    through the same REST operations (writes stay in the signed-in account)."""
+    out = ctx.api("getAccount", {"accountId": account_id})
+    if not out.ok:
+        return ctx.render("account.html", out.status, account=None, error=out.message,
+                          services=[])
+    statuses, error = ctx.listing("listServiceStatuses")
+    return ctx.render("account.html", account=out.body, error=error,
+                      services=[r for r in statuses if r.get("account_id") == account_id],
+                      own=account_id == ctx.identity.account_id)
+
+
 ROUTES: list[tuple[str, tuple[str, ...], Any]] = [
+    ("GET", ("accounts",), accounts),
+    ("GET", ("accounts", "{account_id}"), account_detail),
     ("GET", (), overview),
     ("GET", ("live",), live),
     ("GET", ("live", "fragment"), live_fragment),
