@@ -217,6 +217,12 @@ def run_world(accounts: int, peers: int, services: int, args: argparse.Namespace
             print(f"[{accounts} accounts] NOT READY after {args.ready_timeout:.0f} s: "
                   f"{w.active_services()}/{w.n_services} services active, "
                   f"{w.metric('nbgateway_accounts'):.0f} account runtimes", flush=True)
+            t = services_table
+            with w.store._engine.connect() as conn:
+                for row in conn.execute(sa.select(t.c.mode, t.c.private, t.c.meta_status,
+                                                  sa.func.count()).group_by(
+                        t.c.mode, t.c.private, t.c.meta_status)):
+                    print(f"    mode={row[0]} private={row[1]} status={row[2]}: {row[3]}")
         pid = w.gateway_pid()
         time.sleep(3)
         rss = rss_kib(pid)
