@@ -91,7 +91,52 @@ def _service_values(svc: dict[str, Any]) -> dict[str, Any]:
         "direct_upstream": (t.get("options") or {}).get("direct_upstream", False),
         "allowed_cidrs": "\n".join(r.get("allowed_cidrs") or []),
         "blocked_cidrs": "\n".join(r.get("blocked_cidrs") or []),
+        "auth_state": _auth_state(svc.get("auth") or {}),
     }
+
+
+def _auth_state(auth: dict[str, Any]) -> dict[str, Any]:
+    """What the form shows of a service's auth: which methods are on, header
+    names; never a secret (the API returns none)."""
+    return {
+        "password": bool((auth.get("password_auth") or {}).get("enabled")),
+        "pin": bool((auth.get("pin_auth") or {}).get("enabled")),
+        "sso": bool((auth.get("bearer_auth") or {}).get("enabled")),
+        "headers": [h.get("header", "") for h in auth.get("header_auths") or []
+                    if h.get("header")],
+    }
+
+
+def _auth_from_form(ctx: Ctx, auth: dict[str, Any]) -> dict[str, Any]:
+    """The ``auth`` object to send: the service's current one (secrets come back
+    empty from the API, which keeps the stored hashes) with the form's changes,
+    exactly as ``nbgateway-admin services auth`` builds it."""
+    auth = dict(auth)
+    password, pin = ctx.field("auth_password"), ctx.field("auth_pin")
+    if password:
+        auth["password_auth"] = {"enabled": True, "password": password}
+    elif ctx.checked("auth_clear_password"):
+        auth.pop("password_auth", None)
+    if pin:
+        auth["pin_auth"] = {"enabled": True, "pin": pin}
+    elif ctx.checked("auth_clear_pin"):
+        auth.pop("pin_auth", None)
+    drop = {n.lower() for n in ctx.fields("auth_clear_header")}
+    headers = [dict(h) for h in auth.get("header_auths") or []
+               if h.get("header", "").lower() not in drop]
+    name, value = ctx.field("auth_header_name"), ctx.field("auth_header_value")
+    if name:
+        headers = [h for h in headers if h.get("header", "").lower() != name.lower()]
+        headers.append({"enabled": True, "header": name, "value": value})
+    if headers:
+        auth["header_auths"] = headers
+    else:
+        auth.pop("header_auths", None)
+    bearer = dict(auth.get("bearer_auth") or {})
+    if ctx.checked("auth_sso") or bearer:
+        bearer["enabled"] = ctx.checked("auth_sso")
+        auth["bearer_auth"] = bearer
+    return auth
 
 
 def _values_from_form(ctx: Ctx) -> dict[str, Any]:
@@ -106,6 +151,10 @@ def _values_from_form(ctx: Ctx) -> dict[str, Any]:
         "path": ctx.field("path"), "direct_upstream": ctx.checked("direct_upstream"),
         "allowed_cidrs": ctx.field("allowed_cidrs"), "blocked_cidrs": ctx.field("blocked_cidrs"),
     }
+
+
+#: fields of a stored service that the form does not edit but an update keeps
+_KEPT_FIELDS = ("rewrite_redirects", "assertion", "max_session_age_seconds")
 
 
 def _service_body(v: dict[str, Any]) -> dict[str, Any]:
@@ -142,11 +191,22 @@ def service_edit(ctx: Ctx, service_id: str) -> Page:
 def service_save(ctx: Ctx, service_id: str = "") -> Page:
     values = _values_from_form(ctx)
     body = _service_body(values)
+    current: dict[str, Any] = {}
+    if service_id:
+        got = ctx.api("getService", {"serviceId": service_id})
+        if not got.ok:
+            return ctx.render("error.html", got.status, message=got.message)
+        current = got.body
+        body.update({k: current[k] for k in _KEPT_FIELDS if k in current})
+    auth = _auth_from_form(ctx, current.get("auth") or {})
+    if auth:
+        body["auth"] = auth
+    values["auth_state"] = _auth_state(current.get("auth") or {})
     if service_id:
         out = ctx.api("updateService", {"serviceId": service_id}, body=body)
     else:
         out = ctx.api("createService", body=body)
-    if not out.ok:
+    if not out.ok:  # typed secrets are not shown again
         return _service_form(ctx, values, out.message, out.status, service_id)
     return Page(redirect="/ui/services")
 
