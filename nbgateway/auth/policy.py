@@ -98,6 +98,8 @@ class RequestFacts:
     port: str = ""  # the Host header's explicit port (kept in the OIDC return URL)
     #: the service's tokens: (id, name, secret SHA-256 hex, expires_at)
     tokens: tuple[tuple[str, str, str, int], ...] = ()
+    #: the service is token-protected (closed even when no token is live)
+    token_auth: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ class Protect:
     # -- entry ---------------------------------------------------------------
     def start(self) -> Step:
         f = self.facts
-        if not f.schemes and not f.header_names and not f.tokens:
+        if not f.schemes and not f.header_names and not (f.token_auth or f.tokens):
             return Forward(None)
         if "error" in f.query:
             desc = f.query.get("error_description", "") or DENIED_DEFAULT
@@ -193,7 +195,7 @@ class Protect:
             ident = self.verifier.verify(f.cookie, f.session_key, f.host, f.now)
             if ident is not None:
                 return Forward(ident, ident.method)
-        if f.tokens:
+        if f.token_auth or f.tokens:
             creds = presented_token(f.headers)
             if creds is not None:
                 ident = check_token(f.tokens, creds[0], creds[1], f.now)

@@ -108,8 +108,9 @@ def check(tokens: tuple[tuple[str, str, str, int], ...], token_id: str, secret: 
         if expires_at and now >= expires_at:
             return None
         if hmac.compare_digest(secret_sha256, want):
-            # the access log and X-NetBird-User name the token by its id
-            return Identity(user_id=f"token:{tid}", email="", method=MECHANISM)
+            # the access log (user_id) and X-NetBird-User (stamped from email)
+            # name the token by its id
+            return Identity(user_id=f"token:{tid}", email=f"token:{tid}", method=MECHANISM)
         return None
     return None
 

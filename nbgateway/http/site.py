@@ -288,7 +288,7 @@ class GatewayResource(Resource):
             raw = headers.getRawHeaders(name.encode("latin-1"))
             if raw:
                 lower[name.lower()] = raw[0].decode("latin-1")
-        if entry.tokens:
+        if entry.token_auth:
             for name in (*tokens.TOKEN_HEADERS, "authorization"):
                 raw = headers.getRawHeaders(name.encode("latin-1"))
                 if raw:
@@ -323,7 +323,7 @@ class GatewayResource(Resource):
             max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), headers=lower,
             query=query, form=form, scheme="https" if secure else "http",
             form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip,
-            port=host_port(ctx.host) or "", tokens=entry.tokens)
+            port=host_port(ctx.host) or "", tokens=entry.tokens, token_auth=entry.token_auth)
 
     @staticmethod
     def _form_body(request: Any) -> bytes | None:

@@ -138,7 +138,10 @@ def from_json(data: Any) -> tuple[ServiceToken, ...]:
 
 
 def fill_mapping(mapping: pb.ProxyMapping, tokens: Iterable[ServiceToken], now: float) -> None:
-    """Add the live tokens' digests to ``mapping.nbgw_tokens``."""
+    """Add the live tokens' digests to ``mapping.nbgw_tokens`` and mark the
+    service token-protected (also when none is live: revoking the last token
+    must close the service, never open it)."""
+    mapping.nbgw_token_auth = True
     for t in tokens:
         if t.live(now):
             mapping.nbgw_tokens.add(id=t.id, name=t.name, secret_sha256=t.secret_sha256,

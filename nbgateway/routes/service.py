@@ -151,6 +151,8 @@ class ServiceEntry:
     session_key: str = ""
     #: machine-client service tokens: (id, name, secret SHA-256 hex, expires_at)
     tokens: tuple[tuple[str, str, str, int], ...] = ()
+    #: token-protected (stays closed when no token is live)
+    token_auth: bool = False
 
     @property
     def account_id(self) -> str:
@@ -190,7 +192,8 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
         private=mapping.private,
         restrictions=Restrictions.from_proto(mapping.access_restrictions)
         if mapping.HasField("access_restrictions") else None,
-        has_schemes=bool(auth.password or auth.pin or auth.oidc or header_names or tokens),
+        has_schemes=bool(auth.password or auth.pin or auth.oidc or header_names or tokens
+                         or mapping.nbgw_token_auth),
         session_max_age=int(auth.max_session_age_seconds) or 86400,
         route_errors=tuple(errors),
         mode=mapping.mode,
@@ -199,4 +202,5 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
                                             ("oidc", auth.oidc)) if on),
         session_key=auth.session_key,
         tokens=tokens,
+        token_auth=bool(mapping.nbgw_token_auth or tokens),
     )

@@ -58,6 +58,13 @@ def test_tokens_only_service_without_a_token_is_401():
     assert isinstance(step, Respond) and step.status == 401
 
 
+def test_no_live_token_left_keeps_the_service_closed():
+    # every token revoked: the mapping still says token_auth, never fail open
+    for h in ({}, {tokens.ID_HEADER: TID, tokens.SECRET_HEADER: SECRET}):
+        step = protect(h, tokens=(), token_auth=True)
+        assert isinstance(step, Respond) and step.status == 401, h
+
+
 def test_other_bearer_values_go_to_the_header_scheme():
     step = protect({"authorization": "Bearer eyJhbGciOi.x.y"},
                    header_names=("Authorization",))
@@ -78,3 +85,13 @@ def test_strip_credentials():
     h = Headers({b"authorization": [b"Basic dTpw"]})
     tokens.strip_credentials(h)
     assert h.hasHeader(b"authorization")  # not a service token: the upstream's business
+
+
+def test_access_log_entry_names_the_token():
+    from nbgateway.observe.accesslog import build_entry
+
+    common = dict(now=NOW, log_id="l", account_id="a", service_id="s", host="h", path="/",
+                  method="GET", duration_ms=1, source_ip="1.2.3.4", user_id=f"token:{TID}")
+    ok = build_entry(response_code=200, auth_mechanism="token", **common)
+    assert ok.user_id == f"token:{TID}" and ok.auth_mechanism == "token"
+    assert build_entry(response_code=200, auth_mechanism="pin", **common).user_id == ""

@@ -81,7 +81,9 @@ def test_create_list_revoke_and_mapping(server):
     assert [t.id for t in _mapping(server, domain).nbgw_tokens] == [made["id"]]
     revoked = server.ok("DELETE", f"{base}/{made['id']}")
     assert revoked["state"] == "revoked" and revoked["revoked_at"]
-    assert list(_mapping(server, domain).nbgw_tokens) == []
+    last = _mapping(server, domain)
+    assert list(last.nbgw_tokens) == [] and last.nbgw_token_auth
+    assert entry_from_mapping(last).has_schemes  # every token revoked: still closed
     states = {t["id"]: t["state"] for t in server.ok("GET", base)}
     assert states == {made["id"]: "revoked", cli_id: "revoked"}
     assert server.request("DELETE", f"{base}/nbt_000000000000000000000000").status == 404
