@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -156,6 +157,12 @@ def test_dashboard_in_a_browser(ui):
         assert b.axe() == [], path
         assert b.phone_fits(), path
         b.shoot(name)
+    # the live view listens to server-sent events (allowed by the CSP)
+    d.get(m.base + "/ui/live")
+    deadline = time.monotonic() + 10
+    while d.find_element(_by("ID"), "live").get_attribute("data-mode") != "events":
+        assert time.monotonic() < deadline, "the live view did not open its event stream"
+        time.sleep(0.1)
     d.get(m.base + "/ui/peers")
     d.find_element(_by("PARTIAL_LINK_TEXT"), "onerror").click()
     assert d.execute_script("return window.__xss === undefined")

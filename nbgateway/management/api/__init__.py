@@ -69,7 +69,8 @@ def build_site(store: Any, threadpool: Any, reactor: Any,
             sso.flow.settings, lambda: store, fetch_json=http_fetch_json,
             post_form=http_post_form, clock=time.time)
     ui = build_ui(routes, COMPONENTS, handlers.authenticate, threadpool, reactor,
-                  ca_cert_path=ca_cert_path, sso=dashboard_sso)
+                  ca_cert_path=ca_cert_path, sso=dashboard_sso,
+                  add_store_listener=getattr(store, "add_listener", None))
     callback = None
     if sso is not None:
         from nbgateway.management.sso import CallbackResource

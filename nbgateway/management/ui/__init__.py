@@ -14,6 +14,7 @@ from typing import Any
 from nbgateway.management.api.framework import Identity, Route
 
 from .bridge import ApiBridge
+from .live import LiveHub, LiveStreams
 from .resource import CSP, UiResource
 from .sessions import SessionStore
 from .sso import DashboardSSO
@@ -24,9 +25,16 @@ __all__ = ["CSP", "DashboardSSO", "SessionStore", "UiResource", "build_ui"]
 def build_ui(routes: list[Route], schemas: Mapping[str, dict[str, Any]],
              authenticate: Callable[[str], Identity], threadpool: Any,
              reactor: Any, ca_cert_path: str | None = None,
-             sso: DashboardSSO | None = None) -> UiResource:
+             sso: DashboardSSO | None = None,
+             add_store_listener: Callable[[Any], None] | None = None) -> UiResource:
     """The ``/ui`` resource over the API's *routes*; pages run on *threadpool*.
     *ca_cert_path* is a gateway CA certificate offered to peers if it exists;
-    *sso* offers sign-in through the management's OIDC provider."""
+    *sso* offers sign-in through the management's OIDC provider;
+    *add_store_listener* (the store's ``add_listener``) feeds the live view's
+    server-sent events (without it the live view polls)."""
+    live = None
+    if add_store_listener is not None:
+        live = LiveStreams(LiveHub(reactor.seconds), reactor)
+        add_store_listener(live.store_listener)
     return UiResource(ApiBridge(routes, schemas, authenticate), threadpool, reactor,
-                      ca_cert_path=ca_cert_path, sso=sso)
+                      ca_cert_path=ca_cert_path, sso=sso, live=live)

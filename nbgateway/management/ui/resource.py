@@ -33,6 +33,7 @@ from nbgateway.management.api.framework import Identity
 from nbgateway.management.oidc import OIDCError
 
 from .bridge import ApiBridge, Outcome
+from .live import LiveStreams
 from .sessions import Session, SessionStore
 from .sso import SESSION_PREFIX, DashboardSSO, SignInRefusedError
 
@@ -117,8 +118,10 @@ class UiResource(Resource):
 
     def __init__(self, bridge: ApiBridge, threadpool: Any, reactor: Any,
                  sessions: SessionStore | None = None, ca_cert_path: str | None = None,
-                 sso: DashboardSSO | None = None):
+                 sso: DashboardSSO | None = None, live: LiveStreams | None = None):
         super().__init__()
+        #: server-sent events for the live view (None: the page polls)
+        self.live = live
         self.ca_cert_path = ca_cert_path
         self.sso = sso
         #: SSO binding cookie value -> the flow's state (bounded, oldest first out)
@@ -183,6 +186,8 @@ class UiResource(Resource):
             request.setResponseCode(303)
             request.setHeader("Location", "/ui/login")
             return b""
+        if segments == ("live", "events") and method == "GET":
+            return self._events(request, session)
         found = next(((h, p) for m, pat, h in self._routes if m == method
                       for p in (_match(pat, segments),) if p is not None), None)
         if found is None:
@@ -316,6 +321,31 @@ class UiResource(Resource):
         if request.isSecure():
             parts.append("Secure")
         request.responseHeaders.addRawHeader("Set-Cookie", "; ".join(parts))
+
+    def _events(self, request: server.Request, session: Session) -> bytes | int:
+        """``/ui/live/events``: a server-sent event stream of "re-fetch" signals."""
+        if self.live is None:
+            return self._text(request, 404, "not found")
+        assert session.token is not None
+        d = deferToThreadPool(self._reactor, self._pool, self._identify, session.token)
+
+        def go(identity: Identity | None) -> None:
+            if request._disconnected or request.finished:
+                return
+            if identity is None:
+                self.sessions.drop(session.sid)
+                request.write(self._text(request, 403, "sign in first"))
+                request.finish()
+                return
+            assert self.live is not None
+            if not self.live.start(request, session.sid, identity.account_id,
+                                   identity.instance_admin):
+                request.setHeader("Retry-After", "30")
+                request.write(self._text(request, 503, "too many live streams; polling"))
+                request.finish()
+
+        d.addCallbacks(go, self._failed, errbackArgs=(request,))
+        return server.NOT_DONE_YET
 
     def _identify(self, token: str) -> Identity | None:
         if self.sso is not None and token.startswith(SESSION_PREFIX):

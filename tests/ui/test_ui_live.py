@@ -1,0 +1,136 @@
+"""The live view's server-sent events: the sans-IO hub (bounds, coalescing,
+heartbeats, lifetime, which account sees which change) and a real management
+process whose store changes reach an open ``/ui/live/events`` stream."""
+
+from __future__ import annotations
+
+import http.client
+import time
+
+import pytest
+
+from nbgateway.management.model import ChangeKind
+from nbgateway.management.ui.live import LiveHub
+from tests.ui.harness import Management, UiClient
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _frames(stream) -> list[bytes]:
+    out, stream.out = stream.out, []
+    return out
+
+
+def test_hub_bounds_streams_in_total_and_per_session():
+    hub = LiveHub(Clock(), max_streams=3, max_per_session=2)
+    a1, a2 = hub.open("a", "acct"), hub.open("a", "acct")
+    assert a1 and a2 and hub.open("a", "acct") is None  # per session
+    assert hub.open("b", "acct") is not None and hub.open("c", "acct") is None  # in total
+    assert hub.refused == 2
+    hub.close(a1)
+    assert hub.open("c", "acct") is not None
+
+
+def test_hub_coalesces_changes_and_filters_by_account():
+    clock = Clock()
+    hub = LiveHub(clock, min_gap=0.5)
+    mine, other, admin = hub.open("s1", "acct"), hub.open("s2", "other"), hub.open(
+        "s3", "x", everything=True)
+    for s in (mine, other, admin):
+        assert _frames(s)[0].startswith(b"retry: ")
+    clock.now += 1
+    for _ in range(50):  # a burst is one event
+        hub.changed(ChangeKind.SERVICE_UPDATED, "acct")
+    hub.changed(ChangeKind.GROUP, "other")  # not shown by the live view
+    hub.tick()
+    assert _frames(mine) == [b"event: change\ndata: live\n\n"]
+    assert _frames(other) == []
+    assert _frames(admin) == [b"event: change\ndata: live\n\n"]
+    hub.changed(ChangeKind.PROXY, "")  # a management-wide gateway: everyone
+    clock.now += 0.1
+    hub.tick()
+    assert _frames(mine) == []  # too soon after the last event: held, not lost
+    clock.now += 0.5
+    hub.tick()
+    assert _frames(mine) == _frames(other) == [b"event: change\ndata: live\n\n"]
+
+
+def test_hub_heartbeat_and_lifetime():
+    clock = Clock()
+    hub = LiveHub(clock, heartbeat=15, lifetime=300)
+    s = hub.open("s", "acct")
+    _frames(s)
+    clock.now += 14
+    hub.tick()
+    assert _frames(s) == []
+    clock.now += 1
+    hub.tick()
+    assert _frames(s) == [b": heartbeat\n\n"]
+    clock.now += 300
+    assert hub.tick() == [s] and hub.streams == []
+
+
+@pytest.fixture(scope="module")
+def mgmt():
+    m = Management()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def _open_stream(mgmt, client: UiClient):
+    cookie = next(c for c in client.jar if c.name == "nbgw_ui")
+    conn = http.client.HTTPConnection("127.0.0.1", mgmt.port, timeout=10)
+    conn.request("GET", "/ui/live/events", headers={"Cookie": f"nbgw_ui={cookie.value}",
+                                                    "Accept": "text/event-stream"})
+    return conn, conn.getresponse()
+
+
+def _read_until(resp, needle: bytes, timeout: float) -> bytes:
+    got = b""
+    deadline = time.monotonic() + timeout
+    resp.fp.raw._sock.settimeout(0.5)
+    while needle not in got and time.monotonic() < deadline:
+        try:
+            chunk = resp.read1(4096)
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_store_changes_reach_an_open_stream(mgmt):
+    c = UiClient(mgmt.base)
+    c.sign_in(mgmt.admin)
+    status, _h, text = c.get("/ui/live")
+    assert status == 200 and 'data-events="/ui/live/events"' in text
+    conn, resp = _open_stream(mgmt, c)
+    try:
+        assert resp.status == 200
+        assert resp.getheader("Content-Type").startswith("text/event-stream")
+        assert resp.getheader("Content-Security-Policy")
+        assert b"retry: 3000" in _read_until(resp, b"connected", 5)
+        mgmt.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "live-test"})
+        assert b"event: change" in _read_until(resp, b"event: change", 5)
+        # a fourth stream of the same session is refused; the page then polls
+        extra = [_open_stream(mgmt, c) for _ in range(2)]
+        conn4, resp4 = _open_stream(mgmt, c)
+        assert resp4.status == 503 and resp4.getheader("Retry-After") == "30"
+        for cn, _r in [*extra, (conn4, resp4)]:
+            cn.close()
+    finally:
+        conn.close()
+
+
+def test_events_need_a_session(mgmt):
+    status, headers, _ = UiClient(mgmt.base).get("/ui/live/events")
+    assert status == 303 and headers["Location"] == "/ui/login"
