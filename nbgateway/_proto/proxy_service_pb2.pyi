@@ -199,7 +199,7 @@ class AccessRestrictions(_message.Message):
     def __init__(self, allowed_cidrs: _Optional[_Iterable[str]] = ..., blocked_cidrs: _Optional[_Iterable[str]] = ..., allowed_countries: _Optional[_Iterable[str]] = ..., blocked_countries: _Optional[_Iterable[str]] = ..., crowdsec_mode: _Optional[str] = ...) -> None: ...
 
 class ProxyMapping(_message.Message):
-    __slots__ = ("type", "id", "account_id", "domain", "path", "auth_token", "auth", "pass_host_header", "rewrite_redirects", "mode", "listen_port", "access_restrictions", "private", "nbgw_assertion", "nbgw_tokens", "nbgw_token_auth")
+    __slots__ = ("type", "id", "account_id", "domain", "path", "auth_token", "auth", "pass_host_header", "rewrite_redirects", "mode", "listen_port", "access_restrictions", "private", "nbgw_assertion", "nbgw_tokens", "nbgw_token_auth", "nbgw_sessions_not_before")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +216,7 @@ class ProxyMapping(_message.Message):
     NBGW_ASSERTION_FIELD_NUMBER: _ClassVar[int]
     NBGW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NBGW_TOKEN_AUTH_FIELD_NUMBER: _ClassVar[int]
+    NBGW_SESSIONS_NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     type: ProxyMappingUpdateType
     id: str
     account_id: str
@@ -232,7 +233,8 @@ class ProxyMapping(_message.Message):
     nbgw_assertion: NbgwIdentityAssertion
     nbgw_tokens: _containers.RepeatedCompositeFieldContainer[NbgwServiceToken]
     nbgw_token_auth: bool
-    def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ..., nbgw_assertion: _Optional[_Union[NbgwIdentityAssertion, _Mapping]] = ..., nbgw_tokens: _Optional[_Iterable[_Union[NbgwServiceToken, _Mapping]]] = ..., nbgw_token_auth: _Optional[bool] = ...) -> None: ...
+    nbgw_sessions_not_before: int
+    def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ..., nbgw_assertion: _Optional[_Union[NbgwIdentityAssertion, _Mapping]] = ..., nbgw_tokens: _Optional[_Iterable[_Union[NbgwServiceToken, _Mapping]]] = ..., nbgw_token_auth: _Optional[bool] = ..., nbgw_sessions_not_before: _Optional[int] = ...) -> None: ...
 
 class NbgwServiceToken(_message.Message):
     __slots__ = ("id", "name", "secret_sha256", "expires_at")

@@ -15,7 +15,8 @@ Order (after restrictions and the private gate):
 1. no schemes -> forward without identity;
 2. ``?error=`` (an OAuth callback error) -> access-denied page 403 with the
    (escaped by the page) ``error_description``;
-3. a valid ``nb_session`` cookie -> forward with the token's identity (no
+3. a valid ``nb_session`` cookie not issued before the mapping's
+   ``sessions_not_before`` (session revocation) -> forward with the token's identity (no
    RPC; invalid cookies are ignored);
 3a. a presented service token (``X-NetBird-Token-Id``/``-Secret`` or
    ``Authorization: Bearer nbt_...``, see :mod:`.tokens`) decides: valid ->
@@ -39,6 +40,8 @@ can never become a protocol-relative redirect.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
@@ -60,6 +63,7 @@ __all__ = [
     "Protect",
     "RequestFacts",
     "Respond",
+    "revoked_session",
     "safe_return_path",
 ]
 
@@ -100,6 +104,8 @@ class RequestFacts:
     tokens: tuple[tuple[str, str, str, int], ...] = ()
     #: the service is token-protected (closed even when no token is live)
     token_auth: bool = False
+    #: session revocation: a cookie issued (iat) before this is refused
+    sessions_not_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,21 @@ class CallValidateSession:
 Step = Forward | Respond | CallAuthenticate | CallTunnel | CallOIDCURL | CallValidateSession
 
 
+def revoked_session(token: str, not_before: int) -> bool:
+    """Was this (already verified) session JWT issued before ``not_before``?
+    Management sets that time when a user is blocked or leaves a group; a
+    token whose ``iat`` cannot be read counts as revoked (fail closed)."""
+    if not not_before:
+        return False
+    try:
+        part = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        iat = claims["iat"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return True
+    return not isinstance(iat, int | float) or iat < not_before
+
+
 def safe_return_path(uri: str) -> str:
     """The same-host redirect target for ``uri``: its path (leading slashes
     collapsed, so never ``//host``; backslashes refused) and its query
@@ -193,7 +214,7 @@ class Protect:
             return Respond(403, "denied", message=desc, mechanism="oidc")
         if f.cookie:
             ident = self.verifier.verify(f.cookie, f.session_key, f.host, f.now)
-            if ident is not None:
+            if ident is not None and not revoked_session(f.cookie, f.sessions_not_before):
                 return Forward(ident, ident.method)
         if f.token_auth or f.tokens:
             creds = presented_token(f.headers)

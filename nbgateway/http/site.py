@@ -323,7 +323,8 @@ class GatewayResource(Resource):
             max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), headers=lower,
             query=query, form=form, scheme="https" if secure else "http",
             form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip,
-            port=host_port(ctx.host) or "", tokens=entry.tokens, token_auth=entry.token_auth)
+            port=host_port(ctx.host) or "", tokens=entry.tokens, token_auth=entry.token_auth,
+            sessions_not_before=entry.sessions_not_before)
 
     @staticmethod
     def _form_body(request: Any) -> bytes | None:

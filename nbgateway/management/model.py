@@ -472,6 +472,9 @@ class Service:
     #: machine-client tokens (servicetokens.ServiceToken; digests only), written
     #: only by store.services.create_token/revoke_token
     service_tokens: tuple[Any, ...] = field(default=(), repr=False)
+    #: unix seconds; nb_session cookies issued before are refused (0 = never);
+    #: written only by store.services.revoke_sessions
+    sessions_not_before: int = 0
 
     def __post_init__(self) -> None:
         _freeze_tuple(self, "targets")

@@ -131,6 +131,7 @@ def to_proto_mapping(s: Service, op: int) -> pb.ProxyMapping:
         # the signing seed travels only to this service's gateways (redacted in logs)
         assertionkeys.fill_mapping(m.nbgw_assertion, s.assertion_mode, s.assertion_keys,
                                    time.time())
+    m.nbgw_sessions_not_before = s.sessions_not_before
     if mode == "http" and s.service_tokens:
         servicetokens.fill_mapping(m, s.service_tokens, time.time())
     m.auth.password = bool(a.password_auth and a.password_auth.enabled)

@@ -153,6 +153,8 @@ class ServiceEntry:
     tokens: tuple[tuple[str, str, str, int], ...] = ()
     #: token-protected (stays closed when no token is live)
     token_auth: bool = False
+    #: session revocation: nb_session cookies issued before (unix s) are refused
+    sessions_not_before: int = 0
 
     @property
     def account_id(self) -> str:
@@ -203,4 +205,5 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
         session_key=auth.session_key,
         tokens=tokens,
         token_auth=bool(mapping.nbgw_token_auth or tokens),
+        sessions_not_before=int(mapping.nbgw_sessions_not_before),
     )

@@ -95,3 +95,19 @@ def test_access_log_entry_names_the_token():
     ok = build_entry(response_code=200, auth_mechanism="token", **common)
     assert ok.user_id == f"token:{TID}" and ok.auth_mechanism == "token"
     assert build_entry(response_code=200, auth_mechanism="pin", **common).user_id == ""
+
+
+def test_session_issued_before_revocation_is_refused():
+    from nbgateway.auth.policy import revoked_session
+    from nbgateway.management import sessionjwt
+    from nbgateway.management.store._secrets import generate_session_keys
+
+    priv, pub = generate_session_keys()
+    tok = sessionjwt.sign_session(priv, subject="u1", domain="app.example", method="pin",
+                                  now=NOW)
+    kw = dict(schemes=("pin",), session_key=pub, cookie=tok, tokens=())
+    assert isinstance(protect({}, **kw), Forward)
+    assert isinstance(protect({}, sessions_not_before=int(NOW), **kw), Forward)
+    step = protect({}, sessions_not_before=int(NOW) + 1, **kw)
+    assert isinstance(step, Respond) and step.status == 401 and step.kind == "login"
+    assert revoked_session("not.a-jwt", 1) and not revoked_session("x", 0)

@@ -393,6 +393,10 @@ class UserRepository(Repository):
                 sa.update(users).where(users.c.id == user.id).values(**self._user_values(user))
             )
             tx.changed(ChangeKind.USER, user.account_id, user.id)
+            if (user.blocked and not row.blocked) or \
+                    set(loads(row.auto_groups) or []) - set(user.auto_groups):
+                # blocked, or out of a group: existing session cookies stop working
+                self._store.services.revoke_sessions_in(tx, user.account_id)
             return row_user(conn.execute(sa.select(users).where(users.c.id == user.id)).one())
 
         return self._store._write(user.account_id, run)
@@ -423,6 +427,7 @@ class UserRepository(Repository):
                 .values(user_id=None)
             )
             tx.changed(ChangeKind.USER, account_id, user_id)
+            self._store.services.revoke_sessions_in(tx, account_id)  # its cookies too
             if owned:
                 tx.changed(ChangeKind.PEER, account_id, *owned)
 
@@ -686,6 +691,9 @@ class GroupRepository(Repository):
                 raise BadRequest("updating group ALL is not allowed")
             self._check_group_name_free(conn, group.account_id, group.name, group.id)
             self._store.peers._check_peer_ids(conn, group.account_id, group.peers)
+            before = set(self._group_members(conn, [group.id]).get(group.id, []))
+            if before - set(group.peers):  # members removed: their sessions end
+                self._store.services.revoke_sessions_in(tx, group.account_id)
             conn.execute(
                 sa.update(groups)
                 .where(groups.c.id == group.id)
@@ -720,6 +728,7 @@ class GroupRepository(Repository):
                     )
                     tx.changed(ChangeKind.USER, account_id, u.id)
             tx.changed(ChangeKind.GROUP, account_id, group_id)
+            self._store.services.revoke_sessions_in(tx, account_id)
 
         self._store._write(account_id, run)
 

@@ -12,6 +12,7 @@ rejected request stores nothing.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -191,6 +192,7 @@ def row_service(r: sa.Row, tgts: list[Target]) -> Service:
         assertion_keys=assertionkeys.from_json(loads(r.assertion_keys)),
         max_session_age_seconds=r.max_session_age_seconds or 0,
         service_tokens=servicetokens.from_json(loads(r.service_tokens)),
+        sessions_not_before=r.sessions_not_before or 0,
     )
 
 
@@ -629,6 +631,22 @@ class ServiceRepository(Repository):
             return rec
 
         return self._store._write(account_id, run)
+
+    @staticmethod
+    def revoke_sessions_in(tx: Tx, account_id: str, now: float | None = None) -> None:
+        """Inside a write: every ``nb_session`` cookie of the account's services
+        issued up to now is refused from the next mapping update on (a user
+        blocked or deleted, a group deleted or its members changed).  Coarse
+        on purpose: the cookie carries the groups it was minted with, so every
+        session of the account re-authenticates rather than one surviving."""
+        cutoff = int(time.time() if now is None else now) + 1
+        ids = sorted(tx.conn.execute(sa.select(services.c.id).where(
+            services.c.account_id == account_id)).scalars())
+        if not ids:
+            return
+        tx.conn.execute(sa.update(services).where(services.c.account_id == account_id)
+                        .values(sessions_not_before=cutoff))
+        tx.changed(ChangeKind.SERVICE_UPDATED, account_id, *ids)
 
     @staticmethod
     def _write_tokens(tx: Tx, old: Service, kept: Sequence[Any]) -> None:

@@ -202,6 +202,8 @@ services = sa.Table(
     sa.Column("max_session_age_seconds", sa.Integer(), nullable=True),
     # revision 0008: machine-client service tokens (JSON, digests only)
     sa.Column("service_tokens", sa.Text(), nullable=True),
+    # revision 0010: session revocation (cookies issued before are refused)
+    sa.Column("sessions_not_before", sa.BigInteger(), nullable=True),
 )
 
 targets = sa.Table(
