@@ -9,12 +9,19 @@ through the REST API (secret shown once); curl with the two headers and with
 token:<id>`` and never the secret; a wrong secret is 401; after the token is
 revoked through ``nbgateway-admin services token ... revoke`` the gateway
 answers 401 within 2 s; the access log names the token and the mechanism.
+
+Session revocation: a PIN service's ``nb_session`` cookie works until a user
+of the account is blocked through the REST API, then the gateway refuses it
+within 2 s (management revokes every session of the account's services;
+logging in again works).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +36,7 @@ from tests.interop.testbed import Testbed
 pytestmark = pytest.mark.interop
 
 MACHINE = f"machine.{DOMAIN}"
+PIN = f"pin.{DOMAIN}"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +56,8 @@ def world():
         wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
                  "the gateway to connect to management")
         w.svc = w.rest("POST", "/reverse-proxies/services", _service("machine", MACHINE, {}))
+        w.rest("POST", "/reverse-proxies/services", _service("pin", PIN, {
+            "pin_auth": {"enabled": True, "pin": "135790"}}))
         yield w
     finally:
         for name in ("gateway", "management"):
@@ -113,3 +123,33 @@ def test_service_token_with_curl_and_revocation(world):
     wait_for(logged, 30, "access-log entries naming the token")
     # the last token revoked: the service stays closed
     assert curl(world, MACHINE, "/open")[0] == 401
+
+
+def _pin_login(world) -> str:
+    """The login page's form token, then the PIN form posted same-origin."""
+    page = curl(world, PIN)[2]
+    form_token = re.search(r'name="nb_csrf" value="([^"]+)"', page).group(1)
+    code, headers, body = curl(world, PIN, "/", "-H", f"Origin: https://{PIN}:8443",
+                               "--data-urlencode", "pin=135790",
+                               "--data-urlencode", f"nb_csrf={html.unescape(form_token)}")
+    assert code == 303, (code, body)
+    return headers["set-cookie"][0].split(";", 1)[0]
+
+
+def test_blocked_user_ends_existing_sessions_within_2s(world):
+    wait_for(lambda: curl(world, PIN)[0] == 401, 30, "pin service on the gateway")
+    cookie = _pin_login(world)
+    assert curl(world, PIN, "/c", "-H", f"Cookie: {cookie}")[0] == 200
+    user = world.rest("POST", "/users", {"email": "mallory@example.test", "name": "m",
+                                         "role": "user", "auto_groups": []})
+    assert curl(world, PIN, "/c", "-H", f"Cookie: {cookie}")[0] == 200  # nothing revoked yet
+    world.rest("PUT", f"/users/{user['id']}", {"role": "user", "auto_groups": [],
+                                               "is_blocked": True})
+    blocked_at = time.monotonic()
+    while curl(world, PIN, "/c", "-H", f"Cookie: {cookie}")[0] == 200:
+        assert time.monotonic() - blocked_at < 2.0, "revoked session still accepted after 2 s"
+        time.sleep(0.05)
+    assert curl(world, PIN, "/c", "-H", f"Cookie: {cookie}")[0] == 401
+    time.sleep(1.1)  # a new login (issued after the cut-off second) works again
+    fresh = _pin_login(world)
+    assert curl(world, PIN, "/c", "-H", f"Cookie: {fresh}")[0] == 200
