@@ -166,11 +166,20 @@ def test_dashboard_with_gateway_and_tunnel_peer(world_and_browser):
         assert "0 entries" in d.find_element(_by("TAG_NAME"), "main").text
         d.get(UI + "/access-log?status=failed")
         assert not d.find_elements(_by("CSS_SELECTOR"), "#access-log tr.entry")
-        # revoke the gateway's token: the live view shows it disconnected
+        # the instance admin's accounts page counts the active service
+        d.get(UI + "/accounts")
+        row = d.find_element(_by("CSS_SELECTOR"), "#accounts tr.account")
+        assert row.find_element(_by("CSS_SELECTOR"), "td.services").text == "1", row.text
+        assert b.axe() == []
+        b.shoot("gw-accounts")
+        # revoke the gateway's token: the live view (server-sent events) shows
+        # it disconnected
         d.get(UI + "/tokens")
         d.execute_script("window.confirm = function () { return true; };")
         b.click_and_wait("#tokens button.danger")
         d.get(UI + "/live")
+        wait_for(lambda: d.find_element(_by("ID"), "live").get_attribute(
+            "data-mode") == "events", 10, "the live view's event stream")
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline:  # the page's own script refreshes the table
             state = d.execute_script(
