@@ -17,7 +17,7 @@ FORMS = ["/ui/logout", "/ui/services", "/ui/services/{sid}", "/ui/services/{sid}
          "/ui/tokens", "/ui/tokens/{tid}/revoke", "/ui/login"]
 PAGES = ["/ui/", "/ui/live", "/ui/live/fragment", "/ui/services", "/ui/services/new",
          "/ui/services/{sid}", "/ui/groups", "/ui/peers", "/ui/peers/{pid}",
-         "/ui/peers/{pid}/config", "/ui/tokens", "/ui/access-log"]
+         "/ui/peers/{pid}/config", "/ui/tokens", "/ui/access-log", "/ui/accounts"]
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'")
 
