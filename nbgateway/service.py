@@ -88,7 +88,9 @@ class _CAConstraints(MappingObserver):
         self.certificates = certificates
 
     def mapping_added(self, mapping: pb.ProxyMapping) -> None:
-        if mapping.domain and hasattr(self.certificates, "permit"):
+        # TCP/UDP relays and TLS passthrough never get a certificate from us
+        if mapping.domain and mapping.mode not in ("tcp", "udp", "tls") \
+                and hasattr(self.certificates, "permit"):
             self.certificates.permit([mapping.domain])
 
     def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> None:

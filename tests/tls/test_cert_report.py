@@ -66,3 +66,20 @@ def test_a_failing_describe_never_blocks_the_report():
 
     CertificateReporting(inner, broken).send_status_update("s", "a", pb.PROXY_STATUS_ACTIVE)
     assert inner.calls == [("s", "a", pb.PROXY_STATUS_ACTIVE, {})]
+
+
+def test_gateway_widens_the_ca_when_a_mapping_arrives_not_for_l4(tmp_path):
+    from nbgateway.service import _CAConstraints
+
+    store = CertificateStore(None, None, str(tmp_path), default_name="gw.test",
+                             serves=lambda n: True)
+    observer = _CAConstraints(store)
+    observer.mapping_added(pb.ProxyMapping(domain="app.gw.test"))  # inside already
+    observer.mapping_added(pb.ProxyMapping(domain="wiki.corp.test"))
+    observer.mapping_added(pb.ProxyMapping(domain="relay.other.test", mode="tcp"))
+    observer.mapping_added(pb.ProxyMapping(domain="pass.other.test", mode="tls"))
+    observer.mapping_changed(pb.ProxyMapping(domain="wiki.corp.test"),
+                             pb.ProxyMapping(domain="docs.corp2.test"))
+    assert constraints_of(store.ca.cert) == {"gw.test", "wiki.corp.test", "docs.corp2.test"}
+    with open(store.ca.cert_path, "rb") as f:  # on disk before any handshake
+        assert f.read() == store.ca.cert_pem()
