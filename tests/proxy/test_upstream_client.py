@@ -315,3 +315,39 @@ class ThroughTheProxyTests(unittest.TestCase):
         self.assertIn("x-kept: yes", head.lower())
         self.assertNotIn("x-secret", head.lower())
         self.assertEqual(h.pools.idle_connections(), 0)  # Connection: close
+
+
+class ProxyDeadlineTests(unittest.SynchronousTestCase):
+    def test_request_timeout_on_the_clock_gives_504_and_drops_the_connection(self):
+        """The proxy's request timeout (task.Clock) cancels a lean-client
+        request whose upstream never answers: 504, the connection is aborted
+        and never pooled, no timer is left behind."""
+        from nbgateway.proxy.reverse import ReverseProxy
+        from nbgateway.routes.context import RequestContext
+        from nbgateway.routes.paths import PathRouter, parse_target
+        from nbgateway.routes.service import ProxyService, TargetOptions
+
+        from .test_reverse_streaming import _FakeRequest
+
+        clock = task.Clock()
+        eps = FakeEndpoints()
+
+        class Dialer:
+            def endpoint(self, host, port, timeout):
+                return eps.endpoint_for(host, port, False)
+
+        pools = UpstreamPools(clock)
+        proxy = ReverseProxy(clock, pools, lambda account, direct: Dialer(), clock=clock)
+        route = parse_target("/", "http://100.64.0.9:8080/", TargetOptions(request_timeout=2.0))
+        request = _FakeRequest(None)
+        proxy.render(request, RequestContext(service=ProxyService(
+            "acc", "u.example", PathRouter([route]))))
+        t, _ = eps.conns[-1]
+        self.assertTrue(t.value().startswith(b"POST /up HTTP/1.1\r\n"), t.value())
+        clock.advance(1.9)
+        self.assertIsNone(request.code)
+        clock.advance(0.2)
+        self.assertEqual(request.code, 504)
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(pools.idle_connections(), 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
