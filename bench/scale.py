@@ -291,20 +291,26 @@ def run_storm(n: int, args: argparse.Namespace) -> None:
         probes: list[float] = []
         failures = [0]
 
+        slow: list[tuple[float, float]] = []  # (seconds into the storm, latency)
+
         def probe() -> None:
             while not stop.is_set():
                 t = time.monotonic()
                 try:
                     w.health("/healthz/live", timeout=10)
                     probes.append(time.monotonic() - t)
+                    if probes[-1] > 1:
+                        slow.append((t - t0, probes[-1]))
                 except OSError:
                     failures[0] += 1
+                    slow.append((t - t0, float("inf")))
                 stop.wait(0.1)
 
+        group = w.groups[w.default_account]
+        print(f"[storm] gateway pid {pid}: {n} peers through REST", flush=True)
+        t0 = time.monotonic()
         prober = threading.Thread(target=probe, daemon=True)
         prober.start()
-        group = w.groups[w.default_account]
-        t0 = time.monotonic()
         for i in range(n):
             w.rest("POST", "/peers", {"name": f"storm{i}", "groups": [group]})
         last = time.monotonic()
@@ -334,6 +340,9 @@ def run_storm(n: int, args: argparse.Namespace) -> None:
         line("health failures", f"{failures[0]}/{len(probes) + failures[0]}", "0",
              failures[0] == 0)
         line("threads", f"{threads(pid)}", "-", None)
+        if slow:
+            print("  health probes over 1 s (s into the storm, latency s): "
+                  + ", ".join(f"{at:.0f}:{lat:.1f}" for at, lat in slow[:20]), flush=True)
     finally:
         tb.close()
 
