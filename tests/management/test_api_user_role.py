@@ -46,6 +46,15 @@ CLASSES: dict[tuple[str, str], str] = {
     ("POST", "/reverse-proxies/proxy-tokens"): "admin",
     ("DELETE", "/reverse-proxies/proxy-tokens/{tokenId}"): "admin",
     ("GET", "/reverse-proxies/private-services"): "admin",
+    ("GET", "/reverse-proxies/services/{serviceId}/tokens"): "admin",
+    ("POST", "/reverse-proxies/services/{serviceId}/tokens"): "admin",
+    ("DELETE", "/reverse-proxies/services/{serviceId}/tokens/{tokenId}"): "admin",
+    ("POST", "/reverse-proxies/services/{serviceId}/assertion-key/rotate"): "admin",
+    ("GET", "/reverse-proxies/certificates"): "admin",
+    ("GET", "/reverse-proxies/services/{serviceId}/certificate"): "admin",
+    # the account's private CA certificate is what every peer must trust:
+    # any user of the account may fetch it (nothing secret in it)
+    ("GET", "/reverse-proxies/ca-certificate"): "own",
     ("GET", "/events/proxy"): "own",
     ("GET", "/users"): "own",
     ("POST", "/users"): "admin",
