@@ -166,6 +166,9 @@ class UpstreamConnection(Protocol):
         self._idle_call: Any = None
         self._lost = False
         self._close_waiters: list[defer.Deferred[None]] = []
+        self._feeding = False
+        self._release_pending = False
+        self._stray = False
 
     def _reset(self) -> None:
         self._parser: Any = httptools.HttpResponseParser(self)
@@ -257,16 +260,29 @@ class UpstreamConnection(Protocol):
                 producer.stopProducing()
 
     # -- httptools callbacks -------------------------------------------------
+    def _idle_callback(self) -> bool:
+        # bytes after the end of the response: the connection is unusable
+        if not self._active or self._complete:
+            self._stray = True
+            return True
+        return False
+
     def on_status(self, status: bytes) -> None:
+        if self._idle_callback():
+            return
         self._phrase += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._idle_callback():
+            return
         self._head_size += len(name) + len(value)
         if self._head_size > MAX_HEAD_BYTES:
             raise ValueError("upstream response head too large")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._idle_callback():
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # interim response: wait for the real one
             self._headers = []
@@ -300,6 +316,8 @@ class UpstreamConnection(Protocol):
             d.callback(response)
 
     def on_body(self, data: bytes) -> None:
+        if self._idle_callback():
+            return
         if self._protocol is not None:
             self._protocol.dataReceived(data)
         elif self._active:
@@ -309,6 +327,8 @@ class UpstreamConnection(Protocol):
                 self.transport.pauseProducing()
 
     def on_message_complete(self) -> None:
+        if self._idle_callback():
+            return
         if not self._head_done:
             return  # the end of an interim (1xx) response
         self._complete = True
@@ -332,10 +352,24 @@ class UpstreamConnection(Protocol):
         self._got_bytes = True
         if self._head_method and self._head_done:
             return
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except Exception as exc:  # malformed upstream response
-            self._fail(Failure(ResponseFailed([Failure(exc)])))
+            self._feeding = False
+            self._release_pending = False
+            if self._active:
+                self._fail(Failure(ResponseFailed([Failure(exc)])))
+            elif self.transport is not None and not self._lost:
+                self.transport.abortConnection()
+            return
+        self._feeding = False
+        if self._release_pending:
+            self._release_pending = False
+            if self._stray:
+                self.transport.abortConnection()
+            elif not self._lost:
+                self.pool.release(self)
             return
         if self._head_method and self._head_done and self._active:
             self._finished()
@@ -359,11 +393,14 @@ class UpstreamConnection(Protocol):
             return  # delivered when deliverBody is called
         protocol, self._protocol = self._protocol, None
         self._active = False
-        reuse = self._reusable and not self._lost
+        reuse = self._reusable and not self._lost and not self._stray
         protocol.connectionLost(Failure(ResponseDone()))
         if reuse:
             self.reused = True
-            self.pool.release(self)
+            if self._feeding:  # decided after the rest of this read is parsed
+                self._release_pending = True
+            else:
+                self.pool.release(self)
         elif self.transport is not None and not self._lost:
             self.transport.loseConnection()
 

@@ -351,3 +351,20 @@ class ProxyDeadlineTests(unittest.SynchronousTestCase):
         self.assertTrue(t.disconnecting)
         self.assertEqual(pools.idle_connections(), 0)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class StrayBytesTests(Base):
+    def test_bytes_after_the_response_in_the_same_read_prevent_reuse(self):
+        _, sink, t, _ = self.fetch(response=OK + b"HTTP/1.1 200 OK\r\nX-Junk: 1\r\n\r\n")
+        self.assertEqual(sink.data, b"hello")
+        sink.reason.trap(ResponseDone)
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(self.pool.idle(), 0)
+
+    def test_bytes_on_an_idle_connection_close_it(self):
+        _, _, t, proto = self.fetch()
+        self.assertEqual(self.pool.idle(), 1)
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        self.assertTrue(t.disconnecting)
+        proto.connectionLost(Failure(ConnectionError()))
+        self.assertEqual(self.pool.idle(), 0)
