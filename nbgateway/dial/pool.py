@@ -6,10 +6,12 @@ connections to a given upstream (scheme, host, port) are reused across
 requests of that account only, never across accounts or between the
 verifying and the ``skip_tls_verify`` transport (a separate insecure
 transport, as upstream keeps).  Defaults follow the upstream transport knobs:
-100 idle connections per host, 90 s idle timeout.  Agents are cached per
-(account, mode, verification, dialer, timeout) and hand the Agent lazy
-endpoints, so a request on a pooled keep-alive connection constructs no
-Agent and no endpoint; a new connection builds its endpoint at connect time.
+100 idle connections per host, 90 s idle timeout.  Agents
+(:class:`~nbgateway.dial.http11.LeanAgent`) are cached per (account, mode,
+verification, dialer, timeout), so a request on a pooled keep-alive
+connection constructs no agent and no endpoint; a new connection builds its
+(guarded or tunnel) endpoint when it dials.  The lazy endpoint factory below
+is kept for the ``Upgrade`` splice and callers that want an ``Agent``.
 
 ``tls_creator(hostname, skip_verify)`` returns an
 ``IOpenSSLClientConnectionCreator`` for https targets; it is injected (see
