@@ -201,6 +201,8 @@ class UpstreamConnection(Protocol):
         self._reset()
         self._active = True
         self._d = d
+        # the previous relay may have left the socket paused (slow client)
+        self.transport.resumeProducing()
         self._head_method = method == b"HEAD"
         if self._idle_call is not None:
             if self._idle_call.active():

@@ -368,3 +368,13 @@ class StrayBytesTests(Base):
         self.assertTrue(t.disconnecting)
         proto.connectionLost(Failure(ConnectionError()))
         self.assertEqual(self.pool.idle(), 0)
+
+    def test_a_connection_paused_by_a_slow_client_reads_again_when_reused(self):
+        _, sink, t, proto = self.fetch(
+            response=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        sink.transport.pauseProducing()
+        proto.dataReceived(b"ok")
+        sink.reason.trap(ResponseDone)
+        self.assertEqual(self.pool.idle(), 1)
+        self.agent.request(b"GET", URL, Headers(), None)
+        self.assertEqual(t.producerState, "producing")
