@@ -3,7 +3,8 @@
 :func:`redacted` returns a deep copy with a non-empty ``auth_token``, every
 non-empty ``header_auths[].hashed_value`` and every ``custom_headers`` value
 replaced by ``[REDACTED]``, as are the identity assertion signing keys
-``nbgw_assertion.private_key`` and ``next_private_key`` (header names and
+``nbgw_assertion.private_key`` and ``next_private_key`` and every service
+token's ``secret_sha256`` (header names, token ids and
 ``session_key``, a public key, kept; empty fields stay empty; unset
 sub-messages stay unset; the original is never mutated).
 :func:`redacted_json` renders that copy as single-line protojson (proto
@@ -37,6 +38,9 @@ def redacted(mapping: pb.ProxyMapping) -> pb.ProxyMapping:
             copy.nbgw_assertion.private_key = REDACTED
         if copy.nbgw_assertion.next_private_key:
             copy.nbgw_assertion.next_private_key = REDACTED
+    for token in copy.nbgw_tokens:
+        if token.secret_sha256:
+            token.secret_sha256 = REDACTED
     for path in copy.path:
         if path.HasField("options"):
             headers = path.options.custom_headers

@@ -27,10 +27,14 @@ def secret_mapping() -> pb.ProxyMapping:
                                  custom_headers={"Authorization": "Bearer upstream-secret",
                                                  "X-Empty": ""}))],
         private=True,
+        nbgw_assertion=pb.NbgwIdentityAssertion(private_key="assertion-private-key",
+                                                next_private_key="next-private-key"),
+        nbgw_tokens=[pb.NbgwServiceToken(id="nbt_1", name="ci", secret_sha256="ab" * 32)],
     )
 
 
-SECRETS = ("super-secret-token", "$argon2id$secret", "upstream-secret")
+SECRETS = ("super-secret-token", "$argon2id$secret", "upstream-secret",
+           "assertion-private-key", "next-private-key", "ab" * 32)
 
 # (field as a function of the redacted copy, expected value)
 TABLE = [
@@ -42,6 +46,12 @@ TABLE = [
     ("every custom header value, names kept",
      lambda m: dict(m.path[0].options.custom_headers),
      {"Authorization": REDACTED, "X-Empty": REDACTED}),
+    ("assertion signing keys", lambda m: (m.nbgw_assertion.private_key,
+                                          m.nbgw_assertion.next_private_key),
+     (REDACTED, REDACTED)),
+    ("service token digests, ids and names kept",
+     lambda m: [(t.id, t.name, t.secret_sha256) for t in m.nbgw_tokens],
+     [("nbt_1", "ci", REDACTED)]),
     ("non-secret fields untouched", lambda m: (m.id, m.domain, m.private, m.auth.pin),
      ("svc-1", "app.example.com", True, True)),
 ]
