@@ -22,11 +22,12 @@ from nbgateway.management.model import (
     utcnow,
 )
 from nbgateway.management.store import schema
+from nbgateway.tls.certstore import LocalCA
 
 from .conftest import CLUSTER
 
 
-def _populate(store, account_id: str, tag: str) -> Service:
+def _populate(store, account_id: str, tag: str, tmp_path) -> Service:
     grp = store.groups.create(Group(account_id=account_id, name="devs"))
     user = store.users.create(User(account_id=account_id, email=f"{tag}@x.test", role="user"))
     store.users.create_token(account_id, user.id, "t")
@@ -49,6 +50,9 @@ def _populate(store, account_id: str, tag: str) -> Service:
     store.access_logs.append(AccessLogEntry(account_id=account_id, service_id=svc.id,
                                            timestamp=utcnow(), method="GET", host=svc.domain,
                                            path="/", status_code=200, user_id=peer.user_id))
+    ca = LocalCA(str(tmp_path / f"ca-{tag}"), permitted=[f"{tag}.test"])
+    store.certificates.record(account_id, svc.id, issuer="CN=nbgateway local CA",
+                              not_after=None, source="local-ca", ca_pem=ca.cert_pem().decode())
     return svc
 
 
@@ -78,11 +82,11 @@ def test_create_account_with_admin(store):
             store.accounts.create_with_admin(bad)
 
 
-def test_delete_account_removes_every_row_of_the_account_only(store):
+def test_delete_account_removes_every_row_of_the_account_only(store, tmp_path):
     a = store.accounts.create_with_admin("a").account
     b = store.accounts.create_with_admin("b").account
-    _populate(store, a.id, "a")
-    _populate(store, b.id, "b")
+    _populate(store, a.id, "a", tmp_path)
+    _populate(store, b.id, "b", tmp_path)
     before_b = _rows(store, b.id)
     assert all(n > 0 for n in _rows(store, a.id).values()), _rows(store, a.id)
     seen = []
