@@ -109,10 +109,12 @@ class _BodyProducer:
 
     def pauseProducing(self) -> None:
         if self.conn.transport is not None:
+            self.conn.paused = True
             self.conn.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self.conn.transport is not None:
+            self.conn.paused = False
             self.conn.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -162,6 +164,8 @@ class UpstreamConnection(Protocol):
         self.pool = pool
         self.key = key
         self.reused = False
+        #: the relay paused the socket (slow client)
+        self.paused = False
         self._reset()
         self._idle_call: Any = None
         self._lost = False
@@ -201,8 +205,9 @@ class UpstreamConnection(Protocol):
         self._reset()
         self._active = True
         self._d = d
-        # the previous relay may have left the socket paused (slow client)
-        self.transport.resumeProducing()
+        if self.paused:  # the previous relay left the socket paused
+            self.paused = False
+            self.transport.resumeProducing()
         self._head_method = method == b"HEAD"
         if self._idle_call is not None:
             if self._idle_call.active():
