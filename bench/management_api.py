@@ -58,12 +58,12 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, float]:
                   {"domain": "apps.bench", "target_cluster": CLUSTER})
         gid = server.ok("POST", "/api/groups", {"name": "bench"})["id"]
         store = server.open_store()
-        acct = store.list_accounts()[0].id
+        acct = store.accounts.list()[0].id
         run = uuid.uuid4().hex[:6]
 
         t0 = time.perf_counter()
         for i in range(args.services):
-            store.create_service(Service(
+            store.services.create(Service(
                 account_id=acct, name=f"seed-{i}", domain=f"seed-{run}-{i}.apps.bench",
                 enabled=True, private=True, access_groups=(gid,), mode="http",
                 targets=(target(i),)))
@@ -71,7 +71,7 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, float]:
 
         t0 = time.perf_counter()
         for _ in range(args.lists):
-            n_store = len(store.list_services(acct))
+            n_store = len(store.services.list(acct))
         store_list = args.lists / (time.perf_counter() - t0)
 
         def create(i: int) -> None:

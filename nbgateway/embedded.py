@@ -71,10 +71,10 @@ class EmbeddedManagement(MultiService):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()  # opens the store, binds the REST API
         store = self.management.store
-        for token in store.list_proxy_tokens(None):
+        for token in store.proxies.list_tokens(None):
             if token.name == TOKEN_NAME and not token.revoked:
-                store.revoke_proxy_token(None, token.id)
-        _row, token = store.create_proxy_token(TOKEN_NAME, account_id=None,
+                store.proxies.revoke_token(None, token.id)
+        _row, token = store.proxies.create_token(TOKEN_NAME, account_id=None,
                                                created_by="nbgateway")
         self.client.set_token(token)
         log.info("embedded management: REST API {api}, admin token in {path}",

@@ -101,7 +101,7 @@ class EmbeddedTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_restart_revokes_the_previous_embedded_token(self):
         store = self.svc.embedded.store
-        first = [t for t in store.list_proxy_tokens(None) if not t.revoked]
+        first = [t for t in store.proxies.list_tokens(None) if not t.revoked]
         self.assertEqual(len(first), 1)
         yield self.svc.stopService()
         again = build_gateway(self.config, reactor, environ={
@@ -110,7 +110,7 @@ class EmbeddedTests(unittest.TestCase):
         again.privilegedStartService()
         again.startService()
         self.svc = again
-        live = [t for t in again.embedded.store.list_proxy_tokens(None) if not t.revoked]
+        live = [t for t in again.embedded.store.proxies.list_tokens(None) if not t.revoked]
         self.assertEqual(len(live), 1)
         self.assertNotEqual(live[0].id, first[0].id)
 
@@ -139,7 +139,7 @@ class EmbeddedTests(unittest.TestCase):
         runtime = next(iter(again.accounts.runtimes.values()))
         self.assertEqual(runtime.device.public_key, key)
         self.assertEqual(runtime.tunnel_ip, ip)
-        proxies = [p for p in again.embedded.store.list_peers(runtime.account_id, proxy=True)]
+        proxies = [p for p in again.embedded.store.peers.list(runtime.account_id, proxy=True)]
         self.assertEqual(len(proxies), 1)
         key_dir = os.path.join(self.datadir, "accounts")
         [key_file] = os.listdir(key_dir)

@@ -108,7 +108,7 @@ class SSO:
         return cls(store_getter, flow, auto_groups)
 
     def _sso_service(self, host: str) -> Any:
-        svc = self._store().get_service_by_domain(host)
+        svc = self._store().services.get_by_domain(host)
         if svc is None:
             return None
         bearer = svc.auth.bearer_auth
@@ -147,7 +147,7 @@ class SSO:
             user = self._provision(svc.account_id, claims)
         if user.pending_approval or user.blocked:
             raise SSOError(f"user {user.id} is {user.status}", denied)
-        groups = self._store().resolve_groups(svc.account_id, list(user.auto_groups))
+        groups = self._store().groups.resolve(svc.account_id, list(user.auto_groups))
         token = sessionjwt.sign_session(
             svc.session_private_key, subject=user.id, domain=svc.domain, method="oidc",
             email=user.email, groups=[g.id for g in groups], group_names=[g.name for g in groups],
@@ -175,7 +175,7 @@ class SSO:
             gid = by_name.get(ref) or (ref if ref in ids else None)
             if gid is not None and gid not in wanted:
                 wanted.append(gid)
-        user = store.find_user(uid)
+        user = store.users.find(uid)
         if user is None:
             return store.users.create(User(
                 id=uid, account_id=account_id, email=claims.email,

@@ -31,22 +31,22 @@ class ChainTests(unittest.TestCase):
         os.makedirs(tmp)
         self.store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
         self.addCleanup(self.store.close)
-        self.store.create_account(Account(id="acct-1", domain="netbird.test"))
+        self.store.accounts.create(Account(id="acct-1", domain="netbird.test"))
         self.mgmt = ManagementServer(self.store, os.path.join(tmp, "wg-server.key"))
         self.addCleanup(lambda: self.mgmt.stop())
         self.private = generate_private_key()
-        self.store.create_peer(Peer(
+        self.store.peers.create(Peer(
             account_id="acct-1", name="proxy-1", key=b64(public_key(self.private)),
             ip="100.64.0.99", dns_label="proxy-1", proxy=True, proxy_cluster=CLUSTER))
-        self.laptop = self.store.create_peer(Peer(
+        self.laptop = self.store.peers.create(Peer(
             account_id="acct-1", name="laptop", key=b64(public_key(generate_private_key())),
             ip="100.64.0.10", dns_label="laptop"))
-        self.desktop = self.store.create_peer(Peer(
+        self.desktop = self.store.peers.create(Peer(
             account_id="acct-1", name="desktop", key=b64(public_key(generate_private_key())),
             ip="100.64.0.11", dns_label="desktop"))
-        self.group = self.store.create_group(Group(id="grp-admins", account_id="acct-1",
+        self.group = self.store.groups.create(Group(id="grp-admins", account_id="acct-1",
                                                    name="admins", peers=(self.laptop.id,)))
-        self.store.create_service(Service(
+        self.store.services.create(Service(
             account_id="acct-1", name="myapp", domain="myapp.eu.proxy.netbird.io",
             private=True, access_groups=(self.group.id,),
             targets=(Target(target_type="cluster", target_id=CLUSTER, host="backend.lan",
@@ -81,7 +81,7 @@ class ChainTests(unittest.TestCase):
             yield self.resolver.lookupAddress("desktop.netbird.test")
         with self.assertRaises(error.DNSQueryRefusedError):
             yield self.resolver.lookupAddress("www.example.com")
-        yield deferToThread(self.store.update_group, dataclasses.replace(
+        yield deferToThread(self.store.groups.update, dataclasses.replace(
             self.group, peers=(self.laptop.id, self.desktop.id)))
         yield wait_for(lambda: len(self.applied[-1].roster) == 2, "map with the new member")
         answers, _, _ = yield self.resolver.lookupAddress("desktop.netbird.test")

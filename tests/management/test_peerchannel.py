@@ -126,7 +126,7 @@ def synth_records(m: pb.SyncResponse) -> list[tuple[str, str]]:
 @pytest.fixture
 def store(tmp_path):
     s = Store.open(f"sqlite:///{tmp_path / 'store.db'}", known_clusters=[CLUSTER])
-    s.create_account(Account(id="acct-1", domain="netbird.test"))
+    s.accounts.create(Account(id="acct-1", domain="netbird.test"))
     yield s
     s.close()
 

@@ -70,7 +70,7 @@ def test_sign_in_provisions_the_user_and_mints_a_service_token(world):
     claims = sessionjwt.verify_session(q["session_token"][0], svc.session_public_key, APP)
     assert claims.method == "oidc" and claims.email == "alice@example.com"
     assert claims.subject.startswith("oidc-")
-    user = store.find_user(claims.subject)
+    user = store.users.find(claims.subject)
     assert user.account_id == "acct-1" and user.role == "user"
     # auto-groups plus the IdP's groups that exist in the account, in that order
     assert user.auto_groups == ("g-staff", "g-eng", "g-ops")
@@ -78,7 +78,7 @@ def test_sign_in_provisions_the_user_and_mints_a_service_token(world):
     # the next sign-in follows the IdP's groups (eng dropped)
     idp.claims = {"groups": ["ops"]}
     _sign_in(idp, sso)
-    assert store.find_user(claims.subject).auto_groups == ("g-staff", "g-ops")
+    assert store.users.find(claims.subject).auto_groups == ("g-staff", "g-ops")
 
 
 def test_oidc_url_only_for_sso_services_of_the_account(world):
@@ -100,7 +100,7 @@ def test_blocked_or_pending_user_gets_access_denied(world, status):
     location = _sign_in(idp, sso)
     sub = sessionjwt.verify_session(parse_qs(urlsplit(location).query)["session_token"][0],
                                     svc.session_public_key, APP).subject
-    user = store.find_user(sub)
+    user = store.users.find(sub)
     store.users.update(dataclasses.replace(user, **{status: True}))
     with pytest.raises(SSOError) as err:
         _sign_in(idp, sso)

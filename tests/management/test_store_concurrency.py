@@ -34,8 +34,8 @@ def test_50_concurrent_writers_create_groups_and_services(store_factory, account
 
     def work(i: int) -> tuple[str, str]:
         s = stores[i % 2]
-        g = s.create_group(Group(account_id=account.id, name=f"group-{i}"))
-        svc = s.create_service(_service(account.id, i, g.id))
+        g = s.groups.create(Group(account_id=account.id, name=f"group-{i}"))
+        svc = s.services.create(_service(account.id, i, g.id))
         return g.id, svc.id
 
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
@@ -57,19 +57,19 @@ def test_50_concurrent_writers_create_groups_and_services(store_factory, account
 
 def test_concurrent_read_modify_write_loses_no_update(store_factory, account):
     stores = [store_factory(), store_factory()]
-    shared = stores[0].create_group(Group(account_id=account.id, name="shared"))
+    shared = stores[0].groups.create(Group(account_id=account.id, name="shared"))
     peers = [
-        stores[0].create_peer(Peer(account_id=account.id, name=f"p{i}", key=f"key-{i}"))
+        stores[0].peers.create(Peer(account_id=account.id, name=f"p{i}", key=f"key-{i}"))
         for i in range(WRITERS)
     ]
 
     def add(i: int) -> None:
-        stores[i % 2].add_peers_to_group(account.id, shared.id, [peers[i].id])
+        stores[i % 2].groups.add_peers(account.id, shared.id, [peers[i].id])
 
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
         list(pool.map(add, range(WRITERS)))
 
-    members = stores[1].get_group(account.id, shared.id).peers
+    members = stores[1].groups.get(account.id, shared.id).peers
     assert sorted(members) == sorted(p.id for p in peers)
     assert len(members) == WRITERS
 
@@ -78,7 +78,7 @@ def test_concurrent_peer_creation_allocates_unique_addresses(store_factory, acco
     stores = [store_factory(), store_factory()]
 
     def create(i: int) -> Peer:
-        return stores[i % 2].create_peer(Peer(account_id=account.id, name=f"p{i}", key=f"k{i}"))
+        return stores[i % 2].peers.create(Peer(account_id=account.id, name=f"p{i}", key=f"k{i}"))
 
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
         created = list(pool.map(create, range(WRITERS)))
@@ -89,18 +89,18 @@ def test_concurrent_peer_creation_allocates_unique_addresses(store_factory, acco
     assert sorted(ips, key=lambda a: tuple(map(int, a.split(".")))) == [
         f"100.64.0.{i}" for i in range(1, WRITERS + 1)
     ]
-    assert len(stores[0].list_peers(account.id)) == WRITERS
+    assert len(stores[0].peers.list(account.id)) == WRITERS
 
 
 def test_concurrent_duplicate_domain_only_one_wins(store_factory, account):
     stores = [store_factory(), store_factory()]
-    g = stores[0].create_group(Group(account_id=account.id, name="g"))
+    g = stores[0].groups.create(Group(account_id=account.id, name="g"))
     from nbgateway.management.errors import Conflict
 
     def attempt(i: int) -> str:
         svc = _service(account.id, 0, g.id)
         try:
-            stores[i % 2].create_service(svc)
+            stores[i % 2].services.create(svc)
         except Conflict as exc:
             return exc.message
         return "created"
@@ -109,7 +109,7 @@ def test_concurrent_duplicate_domain_only_one_wins(store_factory, account):
         outcomes = list(pool.map(attempt, range(20)))
     assert outcomes.count("created") == 1
     assert set(outcomes) == {"created", "domain already taken"}
-    assert len(stores[1].list_services(account.id)) == 1
+    assert len(stores[1].services.list(account.id)) == 1
 
 
 def test_concurrent_duplicate_domain_across_accounts(store_factory):
@@ -119,12 +119,12 @@ def test_concurrent_duplicate_domain_across_accounts(store_factory):
     from nbgateway.management.model import Account
 
     stores = [store_factory(), store_factory()]
-    accounts = [stores[0].create_account(Account(id=f"acct-{i}")) for i in range(12)]
-    gids = [stores[0].create_group(Group(account_id=a.id, name="g")).id for a in accounts]
+    accounts = [stores[0].accounts.create(Account(id=f"acct-{i}")) for i in range(12)]
+    gids = [stores[0].groups.create(Group(account_id=a.id, name="g")).id for a in accounts]
 
     def attempt(i: int) -> str:
         try:
-            stores[i % 2].create_service(_service(accounts[i].id, 0, gids[i]))
+            stores[i % 2].services.create(_service(accounts[i].id, 0, gids[i]))
         except Conflict as exc:
             return exc.message
         return "created"
@@ -133,7 +133,7 @@ def test_concurrent_duplicate_domain_across_accounts(store_factory):
         outcomes = list(pool.map(attempt, range(12)))
     assert outcomes.count("created") == 1
     assert set(outcomes) == {"created", "domain already taken"}
-    assert len(stores[1].list_all_services()) == 1
+    assert len(stores[1].services.list_all()) == 1
 
 
 def _process_writer(dsn: str, account_id: str, prefix: str, count: int) -> None:
@@ -183,13 +183,13 @@ def test_concurrent_bootstrap_hands_out_one_admin_token(store_factory):
     stores = [store_factory(), store_factory()]
 
     def boot(i: int) -> str | None:
-        return stores[i % 2].ensure_default_account().admin_token
+        return stores[i % 2].accounts.ensure_default().admin_token
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         tokens = list(pool.map(boot, range(10)))
     issued = [t for t in tokens if t is not None]
     assert len(issued) == 1
-    user, _ = stores[1].authenticate_personal_access_token(issued[0])
+    user, _ = stores[1].users.authenticate_token(issued[0])
     assert user.role == "owner"
-    assert len(stores[0].list_accounts()) == 1
-    assert len(stores[0].list_users("default")) == 1
+    assert len(stores[0].accounts.list()) == 1
+    assert len(stores[0].users.list("default")) == 1

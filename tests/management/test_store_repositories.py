@@ -2,7 +2,7 @@
 
 The store is no longer a stack of mixins: its state (engine, transactions,
 listeners) is the store's, each aggregate's operations are a repository's,
-and the earlier flat names are bound to those repository methods.
+and the earlier flat names are gone (callers name the repository).
 """
 
 from __future__ import annotations
@@ -58,18 +58,15 @@ def test_each_repository_is_an_attribute_on_this_store(store: Store) -> None:
         assert repo._store is store
 
 
-def test_every_flat_name_is_bound_to_a_repository_method(store: Store) -> None:
-    own = {n for n, _ in inspect.getmembers(Store)} | {"access_logs"}
-    flat = {n: v for n, v in vars(store).items() if callable(v) and not n.startswith("_")}
-    assert len(flat) == 68
-    repos = {id(getattr(store, a)) for a in REPOSITORIES}
-    for name, bound in flat.items():
-        assert name not in own, name
-        assert id(bound.__self__) in repos, name
-    assert store.create_peer == store.peers.create
-    assert store.get_peer_by_key == store.peers.get_by_key
-    assert store.verify_proxy_token == store.proxies.verify_token
-    assert store.create_personal_access_token == store.users.create_token
+def test_the_store_has_no_flat_names_only_repositories(store: Store) -> None:
+    own = {n for n, _ in inspect.getmembers(Store)}
+    extra = {n for n, v in vars(store).items() if callable(v) and n not in own}
+    assert extra == set()
+    public = {n for n in dir(store) if not n.startswith("_")}
+    for gone in ("create_peer", "get_peer_by_key", "verify_proxy_token",
+                 "create_personal_access_token", "list_services", "ensure_default_account"):
+        assert gone not in public, gone
+    assert set(REPOSITORIES) | {"access_logs"} <= public
 
 
 def test_repositories_share_one_database_and_one_set_of_listeners(store: Store) -> None:
@@ -83,7 +80,7 @@ def test_repositories_share_one_database_and_one_set_of_listeners(store: Store) 
     )
     # one aggregate's write is visible through the others and the flat names
     assert store.peers.get_by_key("key-r") == peer
-    assert store.get_peer(account.id, peer.id) == peer
+    assert store.peers.get(account.id, peer.id) == peer
     assert store.groups.get(account.id, grp.id).peers == (peer.id,)
     store.domains.create(
         CustomDomain(account_id=account.id, domain="r.test", target_cluster=CLUSTER)
@@ -97,10 +94,10 @@ def test_repositories_share_one_database_and_one_set_of_listeners(store: Store) 
         )
     )
     assert store.services.get_by_domain("s.r.test") == svc
-    assert [s.id for s in store.list_services(account.id)] == [svc.id]
+    assert [s.id for s in store.services.list(account.id)] == [svc.id]
     store.proxies.register(ProxyRecord(id="px-r", session_id="s", cluster_address=CLUSTER,
                                        ip_address="127.0.0.1"))
-    assert store.get_proxy("px-r") is not None
+    assert store.proxies.get("px-r") is not None
     assert ChangeKind.PEER in {k for k, _ in seen}
     # deleting the account (accounts repository) removes what the others stored
     store.accounts.delete(account.id)

@@ -19,10 +19,8 @@ inbound listeners, proxy tokens; ``_proxies``) and ``store.access_logs``
 (``_accesslog``). The store itself (``_base``) owns only the engine,
 transactions, retries and change listeners the repositories run on.
 
-The flat names of the earlier single-class store remain as instance attributes
-bound to the repository methods (``store.create_peer`` calls
-``store.peers.create``; see :meth:`Store._bind_flat_names`) for the callers
-outside the management package not yet moved; new code uses the repositories.
+There are no flat names on the store itself: every caller names the
+repository (``store.peers.create``, ``store.proxies.verify_token``).
 """
 
 from __future__ import annotations
@@ -59,81 +57,6 @@ class Store(StoreBase):
         self.services = ServiceRepository(self)
         self.domains = DomainRepository(self)
         self.proxies = ProxyRepository(self)
-        self._bind_flat_names()
-
-    def _bind_flat_names(self) -> None:
-        """The earlier flat API, bound to the repository methods (see module docstring)."""
-        self.create_account = self.accounts.create
-        self.create_account_with_admin = self.accounts.create_with_admin
-        self.delete_account = self.accounts.delete
-        self.get_account = self.accounts.get
-        self.list_accounts = self.accounts.list
-        self.ensure_default_account = self.accounts.ensure_default
-        self.create_user = self.users.create
-        self.get_user = self.users.get
-        self.find_user = self.users.find
-        self.list_users = self.users.list
-        self.update_user = self.users.update
-        self.delete_user = self.users.delete
-        self.create_personal_access_token = self.users.create_token
-        self.list_personal_access_tokens = self.users.list_tokens
-        self.delete_personal_access_token = self.users.delete_token
-        self.authenticate_personal_access_token = self.users.authenticate_token
-        self.create_group = self.groups.create
-        self.get_group = self.groups.get
-        self.list_groups = self.groups.list
-        self.update_group = self.groups.update
-        self.delete_group = self.groups.delete
-        self.add_peers_to_group = self.groups.add_peers
-        self.remove_peers_from_group = self.groups.remove_peers
-        self.resolve_groups = self.groups.resolve
-        self.create_peer = self.peers.create
-        self.get_peer = self.peers.get
-        self.get_peer_by_key = self.peers.get_by_key
-        self.get_peer_by_ip = self.peers.get_by_ip
-        self.list_peers = self.peers.list
-        self.list_proxy_peers = self.peers.list_proxy_peers
-        self.update_peer = self.peers.update
-        self.set_peer_connected = self.peers.set_connected
-        self.delete_peer = self.peers.delete
-        self.get_peer_groups = self.peers.groups_of
-        self.get_peer_group_refs = self.peers.group_refs_of
-        self.get_peer_owner = self.peers.owner_of
-        self.get_service = self.services.get
-        self.list_services = self.services.list
-        self.list_all_services = self.services.list_all
-        self.get_service_by_domain = self.services.get_by_domain
-        self.list_services_for_cluster = self.services.list_for_cluster
-        self.resolve_target_hosts = self.services.resolve_target_hosts
-        self.resolve_services_target_hosts = self.services.resolve_services_target_hosts
-        self.derive_cluster = self.services.derive_cluster
-        self.create_service = self.services.create
-        self.update_service = self.services.update
-        self.set_service_status = self.services.set_status
-        self.delete_service = self.services.delete
-        self.create_domain = self.domains.create
-        self.list_domains = self.domains.list
-        self.set_domain_validated = self.domains.set_validated
-        self.delete_domain = self.domains.delete
-        self.register_proxy = self.proxies.register
-        self.heartbeat_proxy = self.proxies.heartbeat
-        self.disconnect_proxy = self.proxies.disconnect
-        self.get_proxy = self.proxies.get
-        self.list_proxies = self.proxies.list
-        self.cluster_address_in_use = self.proxies.cluster_address_in_use
-        self.list_clusters = self.proxies.list_clusters
-        self.delete_cluster = self.proxies.delete_cluster
-        self.set_inbound_listener = self.proxies.set_inbound_listener
-        self.list_inbound_listeners = self.proxies.list_inbound_listeners
-        self.delete_stale_proxies = self.proxies.delete_stale
-        self.create_proxy_token = self.proxies.create_token
-        self.list_proxy_tokens = self.proxies.list_tokens
-        self.get_proxy_token = self.proxies.get_token
-        self.revoke_proxy_token = self.proxies.revoke_token
-        self.verify_proxy_token = self.proxies.verify_token
-        # used by the access-log repository
-        self._require_account = self.accounts.require
-        self._peer_groups = self.peers._peer_groups
 
     @functools.cached_property
     def access_logs(self) -> AccessLogRepository:

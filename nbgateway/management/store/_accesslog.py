@@ -321,7 +321,7 @@ class AccessLogRepository:
         elif conn.execute(
             sa.select(peers.c.id).where(peers.c.id == user_id, peers.c.account_id == account_id)
         ).first():
-            ids = self._store._peer_groups(conn, [user_id])[user_id]
+            ids = self._store.peers._peer_groups(conn, [user_id])[user_id]
         else:
             return None
         names = dict(
@@ -342,7 +342,7 @@ class AccessLogRepository:
 
         def run(tx: Tx) -> AccessLogEntry:
             conn = tx.conn
-            self._store._require_account(conn, entry.account_id)
+            self._store.accounts.require(conn, entry.account_id)
             e = _prepare(entry)
             if e.user_groups is None:
                 e = dataclasses.replace(
