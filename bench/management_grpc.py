@@ -110,7 +110,7 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
         args.services = 0
     t0 = time.perf_counter()
     for i in range(args.services):
-        store.create_service(
+        store.services.create(
             make_service(f"b{i}", private=True, access_groups=("grp-admins",))
         )
     seed = time.perf_counter() - t0
@@ -141,7 +141,7 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
 
         def direct_call() -> None:
             caller = servicer._authenticate(ctx)
-            assert servicer.ValidateTunnelPeer(req, ctx, caller).valid
+            assert servicer.tunnel_peers.ValidateTunnelPeer(req, ctx, caller).valid
 
         if "accesslog" in parts:
             bench_access_log(store, svc, fx, args, label)

@@ -1,9 +1,12 @@
 """The unary ProxyService RPCs (everything but the mapping streams).
 
-A mixin of :class:`~nbgateway.management.proxyservice.ProxyServiceServicer`
-(which provides ``store``, ``tokens`` and ``connections()``); every method
-receives the decoded request, the grpc context and the authenticated caller
-(a :class:`~nbgateway.management.model.ProxyAccessToken`).
+One handler object per RPC family, each holding only what it uses (the
+store, and its own state): :class:`TunnelPeerRpcs`, :class:`SessionRpcs`,
+:class:`StatusRpcs` and :class:`AccessLogRpcs`. The servicer
+(:class:`~nbgateway.management.proxyservice.ProxyServiceServicer`) builds them
+and routes each gRPC method to one; every method receives the decoded
+request, the grpc context and the authenticated caller (a
+:class:`~nbgateway.management.model.ProxyAccessToken`).
 
 * ValidateTunnelPeer: peer by tunnel IP inside the service's account, its
   *peer* groups against ``access_groups`` (fail closed when empty), owner
@@ -33,6 +36,7 @@ import dataclasses
 import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
@@ -174,30 +178,34 @@ def status_code(exc: ManagementError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL)
 
 
-class UnaryRpcs:
-    """Unary ProxyService methods (mixin; see module docstring)."""
+def enforce_scope(caller: ProxyAccessToken, account_id: str, context: grpc.ServicerContext) -> None:
+    """Abort PERMISSION_DENIED when an account-scoped token names another account."""
+    if caller.account_id is not None and account_id != caller.account_id:
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"account-scoped token cannot access account {account_id}",
+        )
 
-    store: Any
-    tokens: Any
-    #: malformed entries skipped from NbgwSendAccessLogBatch calls
-    access_log_rejected: int = 0
 
-    def connections(self) -> list[Any]:  # provided by the servicer
-        raise NotImplementedError
+def service_by_domain(store: Any, domain: str, context: grpc.ServicerContext) -> Service | None:
+    """The service serving ``domain`` (None when there is none); a store error aborts."""
+    try:
+        return store.services.get_by_domain(domain)
+    except ManagementError as exc:
+        context.abort(status_code(exc), f"get service by domain: {exc.message}")
 
-    @staticmethod
-    def _enforce_scope(
-        caller: ProxyAccessToken, account_id: str, context: grpc.ServicerContext
-    ) -> None:
-        if caller.account_id is not None and account_id != caller.account_id:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"account-scoped token cannot access account {account_id}",
-            )
+
+class TunnelPeerRpcs:
+    """ValidateTunnelPeer and CreateProxyPeer: tunnel peers of an account's services."""
+
+    def __init__(self, store: Any, tokens: Any) -> None:
+        self.store = store
+        #: the one-time proxy-peer tokens (``OneTimeTokenStore``) CreateProxyPeer consumes
+        self.tokens = tokens
 
     def peer_group_refs(self, account_id: str, peer_id: str) -> list[tuple[str, str]]:
         """``[(group id, group name)]`` of a peer, by group id (no member lists loaded)."""
-        return self.store.get_peer_group_refs(account_id, peer_id)
+        return self.store.peers.group_refs_of(account_id, peer_id)
 
     # -- ValidateTunnelPeer (2.8, 2.9) ---------------------------------------------------------
 
@@ -209,12 +217,12 @@ class UnaryRpcs:
             return deny(denied_reason="missing domain or tunnel_ip")
         if canonical_tunnel_ip(req.tunnel_ip) is None:
             return deny(denied_reason="invalid_tunnel_ip")
-        svc = self._service_by_domain(req.domain, context)
+        svc = service_by_domain(self.store, req.domain, context)
         if svc is None:
             return deny(denied_reason="service_not_found")
-        self._enforce_scope(caller, svc.account_id, context)
+        enforce_scope(caller, svc.account_id, context)
         try:
-            peer: Peer | None = self.store.get_peer_by_ip(svc.account_id, req.tunnel_ip)
+            peer: Peer | None = self.store.peers.get_by_ip(svc.account_id, req.tunnel_ip)
         except Exception:
             peer = None
         if peer is None:
@@ -230,7 +238,7 @@ class UnaryRpcs:
         if peer.user_id:
             principal = peer.user_id
             try:
-                user = self.store.get_user(svc.account_id, peer.user_id)
+                user = self.store.users.get(svc.account_id, peer.user_id)
             except NotFound:
                 user = None
             except ManagementError as exc:
@@ -267,11 +275,78 @@ class UnaryRpcs:
             valid=True, user_id=principal, user_email=display, session_token=token, **identity
         )
 
-    def _service_by_domain(self, domain: str, context: grpc.ServicerContext) -> Service | None:
+    # -- CreateProxyPeer (2.13) ----------------------------------------------------------------
+
+    def CreateProxyPeer(
+        self, req: pb.CreateProxyPeerRequest, context: grpc.ServicerContext, caller: Any
+    ) -> pb.CreateProxyPeerResponse:
+        enforce_scope(caller, req.account_id, context)
+        if not req.service_id or not req.account_id or not req.token:
+            return pb.CreateProxyPeerResponse(
+                success=False,
+                error_message="missing required fields: service_id, account_id, "
+                "and token are required",
+            )
         try:
-            return self.store.get_service_by_domain(domain)
+            raw_key = base64.b64decode(req.wireguard_public_key, validate=True)
+        except (binascii.Error, ValueError):
+            raw_key = b""
+        if len(raw_key) != 32:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "wireguard_public_key must be a base64 32-byte key",
+            )
+        endpoint = req.wireguard_endpoint.strip() or None
+        if endpoint is not None and not valid_endpoint(endpoint):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"wireguard_endpoint {req.wireguard_endpoint!r} is not HOST:PORT",
+            )
+        if req.cluster and not valid_proxy_address(req.cluster):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cluster address is invalid")
+        try:
+            self.tokens.validate_and_consume(req.token, req.account_id, req.service_id)
+        except TokenError as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token validation: {exc}")
+        key = base64.b64encode(raw_key).decode()
+        try:
+            existing = self.store.peers.get_by_key(key)
+            if existing is not None:
+                if (
+                    endpoint is not None
+                    and existing.proxy
+                    and existing.account_id == req.account_id
+                    and existing.endpoint != endpoint
+                ):
+                    self.store.peers.update(dataclasses.replace(existing, endpoint=endpoint))
+                return pb.CreateProxyPeerResponse(success=True)
+            self.store.peers.create(
+                Peer(
+                    account_id=req.account_id,
+                    name=f"proxy-{new_id()}",
+                    key=key,
+                    endpoint=endpoint,
+                    proxy=True,
+                    proxy_cluster=req.cluster,
+                    ephemeral=True,
+                )
+            )
         except ManagementError as exc:
-            context.abort(status_code(exc), f"get service by domain: {exc.message}")
+            if exc.grpc_code == "ALREADY_EXISTS" and self.store.peers.get_by_key(key) is not None:
+                return pb.CreateProxyPeerResponse(success=True)
+            context.abort(grpc.StatusCode.INTERNAL, f"create proxy peer: {exc.message}")
+        return pb.CreateProxyPeerResponse(success=True)
+
+
+class SessionRpcs:
+    """ValidateSession, Authenticate and GetOIDCURL: end-user sessions of a service."""
+
+    def __init__(self, store: Any, *, guesses: Any = None, sso: Any = None) -> None:
+        self.store = store
+        #: Authenticate's per-(service, end-user address) bound on secret guesses (or None)
+        self.guesses = guesses
+        #: SSO for public services (management.sso.SSO); None: GetOIDCURL is UNIMPLEMENTED
+        self.sso = sso
 
     # -- ValidateSession (2.7) -----------------------------------------------------------------
 
@@ -281,10 +356,10 @@ class UnaryRpcs:
         deny = pb.ValidateSessionResponse
         if not req.domain or not req.session_token:
             return deny(denied_reason="missing domain or session_token")
-        svc = self._service_by_domain(req.domain, context)
+        svc = service_by_domain(self.store, req.domain, context)
         if svc is None:
             return deny(denied_reason="service_not_found")
-        self._enforce_scope(caller, svc.account_id, context)
+        enforce_scope(caller, svc.account_id, context)
         try:
             claims = sessionjwt.verify_session(
                 req.session_token, svc.session_public_key, svc.domain
@@ -294,7 +369,7 @@ class UnaryRpcs:
         except sessionjwt.InvalidSessionTokenError:
             return deny(denied_reason="invalid_token")
         try:
-            user = self.store.find_user(claims.subject)
+            user = self.store.users.find(claims.subject)
         except ManagementError as exc:
             context.abort(status_code(exc), f"get user: {exc.message}")
         if user is None:
@@ -306,7 +381,7 @@ class UnaryRpcs:
             return deny(denied_reason="pending_approval", **ident)
         if user.blocked:
             return deny(denied_reason="user_blocked", **ident)
-        resolved = self.store.resolve_groups(svc.account_id, list(user.auto_groups))
+        resolved = self.store.groups.resolve(svc.account_id, list(user.auto_groups))
         groups_ = {"peer_group_ids": [g.id for g in resolved],
                    "peer_group_names": [g.name for g in resolved]}
         bearer = svc.auth.bearer_auth
@@ -324,9 +399,9 @@ class UnaryRpcs:
     def Authenticate(
         self, req: pb.AuthenticateRequest, context: grpc.ServicerContext, caller: Any
     ) -> pb.AuthenticateResponse:
-        self._enforce_scope(caller, req.account_id, context)
+        enforce_scope(caller, req.account_id, context)
         try:
-            svc = self.store.get_service(req.account_id, req.id)
+            svc = self.store.services.get(req.account_id, req.id)
         except ManagementError as exc:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"get service from store: {exc.message}"
@@ -334,7 +409,7 @@ class UnaryRpcs:
         a = svc.auth
         which = req.WhichOneof("request")
         principal = method = ""
-        guesses = getattr(self, "guesses", None)
+        guesses = self.guesses
         who = _client_ip(context) or f"proxy:{getattr(caller, 'id', '')}"
         if guesses is not None and guesses.locked(svc.id, who):
             return pb.AuthenticateResponse(success=False)  # locked: no argon2 work
@@ -370,74 +445,44 @@ class UnaryRpcs:
                 context.abort(grpc.StatusCode.INTERNAL, f"sign session token: {exc}")
         return pb.AuthenticateResponse(success=True, session_token=token)
 
-    # -- CreateProxyPeer (2.13) ----------------------------------------------------------------
+    # -- GetOIDCURL (2.15) ---------------------------------------------------------------------
 
-    def CreateProxyPeer(
-        self, req: pb.CreateProxyPeerRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.CreateProxyPeerResponse:
-        self._enforce_scope(caller, req.account_id, context)
-        if not req.service_id or not req.account_id or not req.token:
-            return pb.CreateProxyPeerResponse(
-                success=False,
-                error_message="missing required fields: service_id, account_id, "
-                "and token are required",
-            )
-        try:
-            raw_key = base64.b64decode(req.wireguard_public_key, validate=True)
-        except (binascii.Error, ValueError):
-            raw_key = b""
-        if len(raw_key) != 32:
+    def GetOIDCURL(
+        self, req: pb.GetOIDCURLRequest, context: grpc.ServicerContext, caller: Any
+    ) -> pb.GetOIDCURLResponse:
+        enforce_scope(caller, req.account_id, context)
+        sso = self.sso
+        if sso is None:
             context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "wireguard_public_key must be a base64 32-byte key",
+                grpc.StatusCode.UNIMPLEMENTED,
+                "GetOIDCURL is not implemented without SSO: configure --oidc-issuer and "
+                "--oidc-client-id (private services authenticate tunnel peers with "
+                "ValidateTunnelPeer)",
             )
-        endpoint = req.wireguard_endpoint.strip() or None
-        if endpoint is not None and not valid_endpoint(endpoint):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"wireguard_endpoint {req.wireguard_endpoint!r} is not HOST:PORT",
-            )
-        if req.cluster and not valid_proxy_address(req.cluster):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cluster address is invalid")
         try:
-            self.tokens.validate_and_consume(req.token, req.account_id, req.service_id)
-        except TokenError as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token validation: {exc}")
-        key = base64.b64encode(raw_key).decode()
-        try:
-            existing = self.store.get_peer_by_key(key)
-            if existing is not None:
-                if (
-                    endpoint is not None
-                    and existing.proxy
-                    and existing.account_id == req.account_id
-                    and existing.endpoint != endpoint
-                ):
-                    self.store.update_peer(dataclasses.replace(existing, endpoint=endpoint))
-                return pb.CreateProxyPeerResponse(success=True)
-            self.store.create_peer(
-                Peer(
-                    account_id=req.account_id,
-                    name=f"proxy-{new_id()}",
-                    key=key,
-                    endpoint=endpoint,
-                    proxy=True,
-                    proxy_cluster=req.cluster,
-                    ephemeral=True,
-                )
-            )
-        except ManagementError as exc:
-            if exc.grpc_code == "ALREADY_EXISTS" and self.store.get_peer_by_key(key) is not None:
-                return pb.CreateProxyPeerResponse(success=True)
-            context.abort(grpc.StatusCode.INTERNAL, f"create proxy peer: {exc.message}")
-        return pb.CreateProxyPeerResponse(success=True)
+            url = sso.oidc_url(req.account_id, req.redirect_url)
+        except OIDCError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except (OSError, ValueError) as exc:  # discovery: the provider did not answer
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"identity provider unavailable: {type(exc).__name__}")
+        return pb.GetOIDCURLResponse(url=url)
+
+
+class StatusRpcs:
+    """SendStatusUpdate: service status, inbound listeners and certificate status."""
+
+    def __init__(self, store: Any, connections: Callable[[], list[Any]]) -> None:
+        self.store = store
+        #: the live mapping streams (to name the calling proxy of an inbound listener)
+        self.connections = connections
 
     # -- SendStatusUpdate (2.12) ---------------------------------------------------------------
 
     def SendStatusUpdate(
         self, req: pb.SendStatusUpdateRequest, context: grpc.ServicerContext, caller: Any
     ) -> pb.SendStatusUpdateResponse:
-        self._enforce_scope(caller, req.account_id, context)
+        enforce_scope(caller, req.account_id, context)
         if not req.service_id or not req.account_id:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "service_id and account_id are required"
@@ -461,7 +506,7 @@ class UnaryRpcs:
             )
         status = _STATUS_NAMES[req.status] if 0 <= req.status < len(_STATUS_NAMES) else "error"
         try:
-            self.store.set_service_status(
+            self.store.services.set_status(
                 req.account_id,
                 req.service_id,
                 status,
@@ -474,7 +519,7 @@ class UnaryRpcs:
             context.abort(grpc.StatusCode.INTERNAL, f"update service status: {exc.message}")
         if listener is not None:
             try:
-                self.store.set_inbound_listener(listener)
+                self.store.proxies.set_inbound_listener(listener)
             except ManagementError as exc:
                 context.abort(status_code(exc), f"store inbound listener: {exc.message}")
         if req.HasField("nbgw_certificate"):  # nbgateway extension: certificate status
@@ -510,6 +555,18 @@ class UnaryRpcs:
             return same_token[0].proxy_id
         return f"token-{caller.id}"
 
+
+class AccessLogRpcs:
+    """SendAccessLog and the NbgwSendAccessLogBatch extension."""
+
+    #: most entries accepted in one NbgwSendAccessLogBatch call
+    MAX_ACCESS_LOG_BATCH = 5000
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        #: malformed entries skipped from NbgwSendAccessLogBatch calls
+        self.rejected = 0
+
     # -- SendAccessLog (2.14) ------------------------------------------------------------------
 
     def SendAccessLog(
@@ -517,7 +574,7 @@ class UnaryRpcs:
     ) -> pb.SendAccessLogResponse:
         if not req.HasField("log"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log is required")
-        self._enforce_scope(caller, req.log.account_id, context)
+        enforce_scope(caller, req.log.account_id, context)
         try:
             record = access_log_record(req.log)
         except ValueError as exc:
@@ -527,9 +584,6 @@ class UnaryRpcs:
         except ManagementError as exc:
             context.abort(status_code(exc), f"save access log: {exc.message}")
         return pb.SendAccessLogResponse()
-
-    #: most entries accepted in one NbgwSendAccessLogBatch call
-    MAX_ACCESS_LOG_BATCH = 5000
 
     def NbgwSendAccessLogBatch(
         self, req: pb.NbgwSendAccessLogBatchRequest, context: grpc.ServicerContext, caller: Any
@@ -544,38 +598,16 @@ class UnaryRpcs:
                 f"at most {self.MAX_ACCESS_LOG_BATCH} entries per batch",
             )
         for entry in req.logs:
-            self._enforce_scope(caller, entry.account_id, context)
+            enforce_scope(caller, entry.account_id, context)
         records = []
         for entry in req.logs:
             try:
                 records.append(access_log_record(entry))
             except ValueError:
-                self.access_log_rejected += 1
+                self.rejected += 1
         try:
             stored = self.store.access_logs.append_many(records)
         except ManagementError as exc:
             context.abort(status_code(exc), f"save access log: {exc.message}")
         return pb.NbgwSendAccessLogBatchResponse(stored=stored)
 
-    # -- GetOIDCURL (2.15) ---------------------------------------------------------------------
-
-    def GetOIDCURL(
-        self, req: pb.GetOIDCURLRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.GetOIDCURLResponse:
-        self._enforce_scope(caller, req.account_id, context)
-        sso = getattr(self, "sso", None)
-        if sso is None:
-            context.abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "GetOIDCURL is not implemented without SSO: configure --oidc-issuer and "
-                "--oidc-client-id (private services authenticate tunnel peers with "
-                "ValidateTunnelPeer)",
-            )
-        try:
-            url = sso.oidc_url(req.account_id, req.redirect_url)
-        except OIDCError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except (OSError, ValueError) as exc:  # discovery: the provider did not answer
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"identity provider unavailable: {type(exc).__name__}")
-        return pb.GetOIDCURLResponse(url=url)

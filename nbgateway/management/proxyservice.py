@@ -25,9 +25,11 @@ What it owns:
   mapping (``private`` included) is copied per proxy; a service that turns
   private is REMOVED for proxies lacking ``supports_private_service`` and
   CREATED again when it turns public.
-* **Unary RPCs** come from the :class:`~nbgateway.management.proxyrpcs.UnaryRpcs`
-  mixin (ValidateTunnelPeer, ValidateSession, Authenticate, CreateProxyPeer,
-  SendStatusUpdate, SendAccessLog, GetOIDCURL).
+* **Unary RPCs** are answered by handler objects of
+  :mod:`~nbgateway.management.proxyrpcs` the servicer holds and routes to:
+  ``tunnel_peers`` (ValidateTunnelPeer, CreateProxyPeer), ``sessions``
+  (ValidateSession, Authenticate, GetOIDCURL), ``status`` (SendStatusUpdate)
+  and ``access_logs`` (SendAccessLog, NbgwSendAccessLogBatch).
 
 Requests are decoded here (not by grpcio) so an undecodable message is
 answered ``INVALID_ARGUMENT``; unknown fields are ignored as proto3 requires.
@@ -72,7 +74,10 @@ from nbgateway.management.proxymapping import (
     to_proto_mapping,
 )
 from nbgateway.management.proxyrpcs import (
-    UnaryRpcs,
+    AccessLogRpcs,
+    SessionRpcs,
+    StatusRpcs,
+    TunnelPeerRpcs,
     check_peer_group_access,
     peer_ip,
     status_code,
@@ -244,7 +249,7 @@ class _Known:
 # --- the servicer ---------------------------------------------------------------------------
 
 
-class ProxyServiceServicer(UnaryRpcs):
+class ProxyServiceServicer:
     """ProxyService over a synchronous store (see module docstring)."""
 
     def __init__(
@@ -260,8 +265,6 @@ class ProxyServiceServicer(UnaryRpcs):
         sso: Any = None,
     ) -> None:
         self.store = store
-        #: SSO for public services (management.sso.SSO); None: GetOIDCURL is UNIMPLEMENTED
-        self.sso = sso
         #: Authenticate's per-(service, end-user address) bound on secret guesses
         self.guesses = GuessLimiter(clock)
         self.batch_size = batch_size or batch_size_from_env()
@@ -285,6 +288,42 @@ class ProxyServiceServicer(UnaryRpcs):
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
+        # the unary RPC families, each an object with its own state
+        self.tunnel_peers = TunnelPeerRpcs(store, self.tokens)
+        self.sessions = SessionRpcs(store, guesses=self.guesses, sso=sso)
+        self.status = StatusRpcs(store, self.connections)
+        self.access_logs = AccessLogRpcs(store)
+
+    @property
+    def sso(self) -> Any:
+        """SSO for public services (management.sso.SSO); None: GetOIDCURL is UNIMPLEMENTED."""
+        return self.sessions.sso
+
+    @property
+    def access_log_rejected(self) -> int:
+        """Malformed entries skipped from NbgwSendAccessLogBatch calls."""
+        return self.access_logs.rejected
+
+    def unary_methods(self) -> dict[str, tuple[Callable[..., Any], type, type]]:
+        """``{gRPC method: (handler, request class, response class)}`` of the unary RPCs."""
+        tp, se, st, al = self.tunnel_peers, self.sessions, self.status, self.access_logs
+        return {
+            "SendAccessLog": (al.SendAccessLog, pb.SendAccessLogRequest,
+                              pb.SendAccessLogResponse),
+            "NbgwSendAccessLogBatch": (al.NbgwSendAccessLogBatch,
+                                       pb.NbgwSendAccessLogBatchRequest,
+                                       pb.NbgwSendAccessLogBatchResponse),
+            "Authenticate": (se.Authenticate, pb.AuthenticateRequest, pb.AuthenticateResponse),
+            "SendStatusUpdate": (st.SendStatusUpdate, pb.SendStatusUpdateRequest,
+                                 pb.SendStatusUpdateResponse),
+            "CreateProxyPeer": (tp.CreateProxyPeer, pb.CreateProxyPeerRequest,
+                                pb.CreateProxyPeerResponse),
+            "GetOIDCURL": (se.GetOIDCURL, pb.GetOIDCURLRequest, pb.GetOIDCURLResponse),
+            "ValidateSession": (se.ValidateSession, pb.ValidateSessionRequest,
+                                pb.ValidateSessionResponse),
+            "ValidateTunnelPeer": (tp.ValidateTunnelPeer, pb.ValidateTunnelPeerRequest,
+                                   pb.ValidateTunnelPeerResponse),
+        }
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -322,23 +361,10 @@ class ProxyServiceServicer(UnaryRpcs):
     def generic_handler(self) -> grpc.GenericRpcHandler:
         """Method handlers with raw request bytes (decoded by :meth:`_decode`)."""
         uu = grpc.unary_unary_rpc_method_handler
-        unary = {
-            "SendAccessLog": (pb.SendAccessLogRequest, pb.SendAccessLogResponse),
-            "NbgwSendAccessLogBatch": (
-                pb.NbgwSendAccessLogBatchRequest,
-                pb.NbgwSendAccessLogBatchResponse,
-            ),
-            "Authenticate": (pb.AuthenticateRequest, pb.AuthenticateResponse),
-            "SendStatusUpdate": (pb.SendStatusUpdateRequest, pb.SendStatusUpdateResponse),
-            "CreateProxyPeer": (pb.CreateProxyPeerRequest, pb.CreateProxyPeerResponse),
-            "GetOIDCURL": (pb.GetOIDCURLRequest, pb.GetOIDCURLResponse),
-            "ValidateSession": (pb.ValidateSessionRequest, pb.ValidateSessionResponse),
-            "ValidateTunnelPeer": (pb.ValidateTunnelPeerRequest, pb.ValidateTunnelPeerResponse),
-        }
         handlers: dict[str, grpc.RpcMethodHandler] = {}
-        for name, (req_cls, resp_cls) in unary.items():
+        for name, (fn, req_cls, resp_cls) in self.unary_methods().items():
             handlers[name] = uu(
-                self._unary(getattr(self, name), req_cls),
+                self._unary(fn, req_cls),
                 response_serializer=resp_cls.SerializeToString,
             )
         handlers["GetMappingUpdate"] = grpc.unary_stream_rpc_method_handler(

@@ -58,12 +58,12 @@ COUNTING_MANAGEMENT = textwrap.dedent('''
     import sys
     from nbgateway.management import proxyrpcs
     count_file = sys.argv[1]
-    served = proxyrpcs.UnaryRpcs.ValidateTunnelPeer
+    served = proxyrpcs.TunnelPeerRpcs.ValidateTunnelPeer
     def counted(self, req, context, caller):
         with open(count_file, "a") as f:
             f.write(f"{req.tunnel_ip} {req.domain}\\n")
         return served(self, req, context, caller)
-    proxyrpcs.UnaryRpcs.ValidateTunnelPeer = counted
+    proxyrpcs.TunnelPeerRpcs.ValidateTunnelPeer = counted
     sys.argv = ["twistd", *sys.argv[2:]]
     from twisted.scripts.twistd import run
     run()

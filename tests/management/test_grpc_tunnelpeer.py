@@ -167,7 +167,7 @@ def test_57_group_lookup_failure_is_peer_not_found(harness: Harness, fx: Fixture
     def broken(account_id: str, peer_id: str):
         raise RuntimeError("database went away")
 
-    harness.servicer.peer_group_refs = broken
+    harness.servicer.tunnel_peers.peer_group_refs = broken
     r = vtp(harness, fx.token, U_IP)
     assert not r.valid and r.denied_reason == "peer_not_found"
 
