@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -40,8 +41,16 @@ TCP_PORT, TLS_PORT, UDP_PORT, PP_PORT, RATE_PORT = 7100, 7443, 7053, 7200, 7054
 HOLD_PORT, DNS_PORT = 7300, 7055
 
 
+def wait_for_cluster(world) -> None:
+    """Services name the gateway's cluster, which management knows only once
+    the gateway has connected (a listening port comes earlier): 412 before."""
+    wait_for(lambda: DOMAIN in json.dumps(world.rest("GET", "/reverse-proxies/clusters")),
+             30, "the gateway's cluster at management")
+
+
 def l4_service(world, name: str, mode: str, listen_port: int, port: int, *,
                domain: str | None = None, proxy_protocol: bool = False) -> dict:
+    wait_for_cluster(world)
     options = {"direct_upstream": True}
     if proxy_protocol:
         options["proxy_protocol"] = True
