@@ -11,6 +11,7 @@ routes carry :class:`TargetOptions`.  Pure data and functions.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,24 @@ L4_MODES = ("tcp", "udp", "tls")
 def is_l4(mode: str) -> bool:
     """Is a mapping's ``mode`` an L4 relay (``tcp``/``udp``/``tls``)?"""
     return mode in L4_MODES
+
+
+def session_key_error(mapping: pb.ProxyMapping) -> str | None:
+    """Why a mapping with operator schemes (password, PIN, OIDC, header auth)
+    cannot be installed: its ``auth.session_key`` must be standard padded
+    base64 of exactly 32 bytes (an Ed25519 public key), else no cookie could
+    ever be verified.  None when it is usable or no scheme needs it."""
+    auth = mapping.auth
+    if not (auth.password or auth.pin or auth.oidc or len(auth.header_auths)):
+        return None
+    try:
+        raw = base64.b64decode(auth.session_key.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        return f"decode session public key for domain {mapping.domain}: {exc}"
+    if len(raw) != 32:
+        return (f"invalid session public key size for domain {mapping.domain}: "
+                f"got {len(raw)}, want 32")
+    return None
 
 
 @dataclass(frozen=True, slots=True)

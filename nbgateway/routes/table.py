@@ -14,10 +14,18 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.routes.hosts import domain_key
-from nbgateway.routes.service import ServiceEntry, entry_from_mapping, is_l4
+from nbgateway.routes.service import (
+    ServiceEntry,
+    entry_from_mapping,
+    is_l4,
+    session_key_error,
+)
+
+log = Logger()
 
 
 class ServiceTable:
@@ -46,12 +54,17 @@ class ServiceTable:
             return None
         entry = entry_from_mapping(mapping)
         self.entries[domain_key(mapping.domain)] = entry
-        if entry.route_errors and self.mgmt is not None:
-            return maybeDeferred(
-                self.mgmt.send_status_update, mapping.id, mapping.account_id,
-                pb.PROXY_STATUS_ERROR, error_message="; ".join(entry.route_errors),
-            ).addErrback(lambda f: None)
+        if entry.route_errors:
+            return self._report(mapping, "; ".join(entry.route_errors))
         return None
+
+    def _report(self, mapping: pb.ProxyMapping, error: str) -> Deferred[Any] | None:
+        if self.mgmt is None:
+            return None
+        return maybeDeferred(
+            self.mgmt.send_status_update, mapping.id, mapping.account_id,
+            pb.PROXY_STATUS_ERROR, error_message=error,
+        ).addErrback(lambda f: None)
 
     def _remove(self, mapping: pb.ProxyMapping) -> None:
         if is_l4(mapping.mode):
@@ -74,9 +87,18 @@ class ServiceTable:
         return None
 
     def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred[Any] | None:
+        error = None if is_l4(mapping.mode) else session_key_error(mapping)
+        if error is not None:  # not installed: its cookies could never verify
+            log.warn("mapping {service} not installed: {error}", service=mapping.id, error=error)
+            return self._report(mapping, error)
         return self._add(mapping)
 
     def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> Deferred[Any] | None:
+        error = None if is_l4(new.mode) else session_key_error(new)
+        if error is not None:  # a failed update leaves the previous config intact
+            log.warn("mapping {service} update not applied: {error}", service=new.id,
+                     error=error)
+            return self._report(new, error)
         self._remove(old)
         return self._add(new)
 

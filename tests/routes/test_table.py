@@ -69,3 +69,59 @@ def test_table_is_a_complete_store_observer():
     m = _mapping("")
     store.apply_batch([m], True)  # snapshot: every hook path runs without error
     assert table.lookup(m.domain) is not None
+
+
+class _Mgmt:
+    def __init__(self) -> None:
+        self.updates: list[tuple] = []
+
+    def send_status_update(self, service_id, account_id, status, error_message=""):
+        self.updates.append((service_id, status, error_message))
+
+
+GOOD_KEY = "A" * 43 + "="  # 32 bytes
+
+
+@pytest.mark.parametrize(("key", "why"), [
+    ("", "got 0, want 32"),
+    ("A" * 44, "got 33, want 32"),
+    ("not base64!", "decode session public key for domain empty.example"),
+    ("A" * 43, "decode session public key for domain empty.example"),  # unpadded
+])
+def test_a_mapping_with_schemes_and_an_unusable_session_key_is_not_installed(key, why):
+    mgmt = _Mgmt()
+    table = ServiceTable(mgmt)
+    m = _mapping("")
+    m.auth.password = True
+    m.auth.session_key = key
+    table.mapping_added(m)
+    assert table.lookup(m.domain) is None
+    [(service_id, status, message)] = mgmt.updates
+    assert (service_id, status) == (m.id, pb.PROXY_STATUS_ERROR) and why in message
+
+
+def test_a_failed_update_leaves_the_previous_config_intact():
+    mgmt = _Mgmt()
+    table = ServiceTable(mgmt)
+    old = _mapping("")
+    old.auth.pin = True
+    old.auth.session_key = GOOD_KEY
+    table.mapping_added(old)
+    assert table.lookup(old.domain).schemes == ("pin",)
+    new = pb.ProxyMapping()
+    new.CopyFrom(old)
+    new.auth.header_auths.add(header="X-Key", hashed_value="h")
+    new.auth.session_key = "short"
+    table.mapping_changed(old, new)
+    entry = table.lookup(old.domain)
+    assert entry is not None and entry.session_key == GOOD_KEY  # the old entry serves on
+    assert mgmt.updates[-1][1] == pb.PROXY_STATUS_ERROR
+
+
+def test_no_schemes_need_no_session_key():
+    # a private mapping without schemes and an empty session_key installs
+    table = ServiceTable(_Mgmt())
+    m = _mapping("")
+    m.private = True
+    table.mapping_added(m)
+    assert table.lookup(m.domain) is not None
