@@ -64,6 +64,7 @@ from nbgateway.management.networkmap import (
     to_proto_network_map,
     to_proto_peer_config,
 )
+from nbgateway.management.streamslots import StreamSlots
 from nbgateway.management.synthetic import AccountView, load_account_view
 from nbgateway.peerbox import (
     BoxError,
@@ -293,7 +294,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         self.hub = PeerUpdateHub()
         self._views = _ViewCache(store, self.hub)
         self._serials = _SerialClock()
-        self._slots = threading.BoundedSemaphore(max_streams)
+        self._slots = StreamSlots(max_streams)
         self._listening = False
 
     # -- lifecycle --------------------------------------------------------------------
@@ -383,7 +384,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         peer = self.store.peers.get_by_key(encode_wg_key(peer_key))
         if peer is None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(peer.account_id, peer.proxy):
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many concurrent sync requests, please try again later",
@@ -397,7 +398,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
             yield from self._stream(sub, peer_key, source_prefixes, context, ipv6=ipv6)
         finally:
             self._end(sub)
-            self._slots.release()
+            self._slots.release(peer.account_id, peer.proxy)
 
     # -- Sync internals ---------------------------------------------------------------------
 
