@@ -68,8 +68,15 @@ class AccountRuntime:
         on_network: Callable[[AccountRuntime, AccountNetwork], None] | None = None,
         key_factory: Callable[[], bytes] = generate_private_key,
         l4_status: Callable[[pb.ProxyMapping], tuple[int, str | None]] | None = None,
+        status_note: Callable[[str], str | None] | None = None,
+        forget_note: Callable[[str], None] | None = None,
     ) -> None:
         self.account_id = account_id
+        #: a refusal the gateway found while serving a service (a denied
+        #: direct dial): reported as ERROR instead of ACTIVE until the
+        #: service's mapping changes (``forget_note``)
+        self.status_note = status_note
+        self.forget_note = forget_note
         #: (status, error) of an L4 mapping (nbgateway.l4); None: L4 is not served
         self.l4_status = l4_status
         self.reactor = reactor
@@ -113,15 +120,28 @@ class AccountRuntime:
 
     def add_service(self, mapping: pb.ProxyMapping) -> Deferred | None:
         self.services[mapping.id] = mapping
+        if self.forget_note is not None:
+            self.forget_note(mapping.id)
         if self.state == "ready":
             return self._report(mapping.id, ACTIVE)
         if self.state in ("new", "failed"):
             return self._register(mapping)
         return self._registering
 
+    def service_changed(self, mapping: pb.ProxyMapping) -> Deferred | None:
+        """A changed mapping clears a refusal noted for the service (its
+        target may be allowed now) and, once ready, reports it afresh."""
+        if self.status_note is None or self.status_note(mapping.id) is None:
+            return None
+        if self.forget_note is not None:
+            self.forget_note(mapping.id)
+        return self._report(mapping.id, ACTIVE) if self.state == "ready" else None
+
     def remove_service(self, mapping: pb.ProxyMapping) -> Deferred | None:
         if self.services.pop(mapping.id, None) is None:
             return None
+        if self.forget_note is not None:
+            self.forget_note(mapping.id)
         return self._report(mapping.id, TUNNEL_NOT_CREATED, listener=False)
 
     # ------------------------------------------------------------------ lifecycle
@@ -277,6 +297,10 @@ class AccountRuntime:
             else:  # ACTIVE only once its listener is bound
                 status, error = self.l4_status(mapping)
                 listener = listener and mapping.private and status == ACTIVE
+        if status == ACTIVE and self.status_note is not None:
+            note = self.status_note(service_id)
+            if note is not None:
+                status, error, listener = ERROR, note, False
         d = maybeDeferred(
             self.mgmt.send_status_update, service_id, self.account_id, status,
             error_message=error,
@@ -331,6 +355,7 @@ class AccountRegistry(MappingObserver):
             runtime.services[new.id] = new
             if runtime.state == "failed":
                 return runtime.add_service(new)  # a fresh token: retry registration
+            return runtime.service_changed(new)
         return None
 
     def mapping_refreshed(self, mapping: pb.ProxyMapping) -> Deferred | None:

@@ -251,8 +251,10 @@ class GatewayService(MultiService):
     def _report_dial_denied(self, service: Any, exc: Any) -> None:
         """A refused direct dial becomes the service's status (ERROR with the
         reason), at most once a minute per service."""
-        if not service.service_id \
-                or not self.denial_reports.due(service.service_id, self.reactor.seconds()):
+        if not service.service_id:
+            return
+        self.denial_reports.record(service.service_id, DenialReports.message(exc))
+        if not self.denial_reports.due(service.service_id, self.reactor.seconds()):
             return
         log.warn("direct_upstream dial refused for account {account} service {service}: "
                  "{host}:{port} ({address}) {reason}", account=service.account_id,
@@ -350,6 +352,8 @@ class GatewayService(MultiService):
             on_network=self._account_network,
             key_factory=lambda: self.account_key(account_id),
             l4_status=self.l4.status,
+            status_note=self.denial_reports.note,
+            forget_note=self.denial_reports.forget,
         )
 
     def _certificate_status(self, service_id: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
+from nbgateway.dial.direct import DenialReports
 from nbgateway.errors import ManagementRejectedError
 from nbgateway.mgmt.netmap import AccountNetwork, InboundRule, RosterPeer
 from nbgateway.store.mappings import MappingStore
@@ -73,7 +74,7 @@ def mapping(sid="s1", account="acct", token="tok"):
                            domain=f"{sid}.example", auth_token=token, private=True)
 
 
-def make(mgmt, *, serve=None, settings=None):
+def make(mgmt, *, serve=None, settings=None, **runtime_kw):
     Channel.instances = []
     mux = DeviceMux()
     ports = []
@@ -85,7 +86,7 @@ def make(mgmt, *, serve=None, settings=None):
     registry = AccountRegistry(lambda account: AccountRuntime(
         account, reactor=Clock(), mux=mux, mgmt=mgmt,
         settings=settings or AccountSettings(cluster="gw.example", wg_endpoint="gw.example:51820"),
-        peer_channel_factory=Channel, serve_inbound=serve_inbound))
+        peer_channel_factory=Channel, serve_inbound=serve_inbound, **runtime_kw))
     store = MappingStore()
     store.add_observer(registry)
     return store, registry, mux, ports
@@ -232,3 +233,27 @@ def test_batch_ack_waits_for_registration():
     assert done == []
     pending.callback(None)
     assert len(done) == 1
+
+
+def test_a_refused_direct_dial_is_not_overwritten_by_a_later_active_report():
+    """A public service can be served (and its direct dial refused) before the
+    account's tunnel is up; bringing the tunnel up reports every service, and
+    a refused one must stay ERROR with its reason until its mapping changes."""
+    mgmt = Mgmt()
+    denials = DenialReports()
+    store, _, _, _ = make(mgmt, status_note=denials.note, forget_note=denials.forget)
+    store.apply_batch([mapping("s1"), mapping("s2")], False)
+    denials.record("s1", "direct_upstream target 127.0.0.1:80 refused by this gateway: loopback")
+    Channel.instances[0].on_map(network())
+    assert sorted(mgmt.status) == [
+        ("s1", pb.PROXY_STATUS_ERROR,
+         "direct_upstream target 127.0.0.1:80 refused by this gateway: loopback", None),
+        ("s2", pb.PROXY_STATUS_ACTIVE, None, ("100.64.0.99", 443, 80))]
+    # the operator fixes the target: the changed mapping is ACTIVE again
+    mgmt.status.clear()
+    fixed = mapping("s1")
+    fixed.type = pb.UPDATE_TYPE_MODIFIED
+    fixed.domain = "s1-fixed.example"
+    store.apply_batch([fixed], False)
+    assert mgmt.status[-1] == ("s1", pb.PROXY_STATUS_ACTIVE, None, ("100.64.0.99", 443, 80))
+    assert denials.note("s1") is None

@@ -104,6 +104,26 @@ class DenialReports:
         self.interval = interval
         self.max_services = max_services
         self._last: dict[str, float] = {}
+        #: the last refusal per service, until its mapping changes: a later
+        #: "ACTIVE" report for the service must say this instead
+        self._notes: dict[str, str] = {}
+
+    def note(self, service_id: str) -> str | None:
+        """The refusal to report for ``service_id`` (None: none since its
+        mapping last changed)."""
+        return self._notes.get(service_id)
+
+    def record(self, service_id: str, message: str) -> None:
+        self._notes.pop(service_id, None)
+        self._notes[service_id] = message
+        while len(self._notes) > self.max_services:
+            del self._notes[next(iter(self._notes))]
+
+    def forget(self, service_id: str) -> None:
+        """The service's mapping changed or went away: its target may be
+        allowed now, and the next refusal is reported at once."""
+        self._notes.pop(service_id, None)
+        self._last.pop(service_id, None)
 
     def due(self, service_id: str, now: float) -> bool:
         last = self._last.get(service_id)
