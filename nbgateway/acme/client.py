@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import josepy as jose
 from acme import challenges, client, crypto_util, errors, messages
@@ -35,6 +35,8 @@ HTTP_01 = "http-01"
 CHALLENGE_TYPES = (TLS_ALPN_01, HTTP_01)
 USER_AGENT = "nbgateway-acme"
 ORDER_TIMEOUT = 90.0
+#: orders tried again at once when the server rejects a nonce (RFC 8555 6.5)
+BAD_NONCE_RETRIES = 3
 
 
 class AcmeError(Exception):
@@ -212,21 +214,37 @@ class AcmeAccount:
               unpublish: Callable[[str, str, str], Any]) -> Issued:
         """Order a certificate for ``domain``.  ``publish(type, domain_or_token,
         key_authorization)`` must make the answer servable before it returns."""
-        if self._net is not None:
-            self._net.retry_after_header = None
-        try:
-            return self._issue(domain, publish, unpublish)
-        except AcmeError:
-            self._client = None
-            raise
-        except Exception as exc:  # acme's errors, requests' exceptions and the like
-            header = self._net.retry_after_header if self._net is not None else None
-            self._client = None  # fresh directory and nonces next time
-            if isinstance(exc, messages.Error) and exc.code == "accountDoesNotExist":
-                # the server forgot the stored account: register anew next time
-                with contextlib.suppress(OSError):
-                    os.unlink(self.account_path)
-            raise AcmeError(f"{type(exc).__name__}: {exc}", _retry_after(exc, header)) from exc
+        for _attempt in range(BAD_NONCE_RETRIES):
+            if self._net is not None:
+                self._net.retry_after_header = None
+            try:
+                return self._issue(domain, publish, unpublish)
+            except messages.Error as exc:
+                if exc.code != "badNonce":
+                    self._failed(exc)
+                # RFC 8555 6.5: a rejected nonce is retried with a fresh one,
+                # not a reason to back off for minutes
+                self._client = None
+            except AcmeError:
+                self._client = None
+                raise
+            except Exception as exc:  # acme's errors, requests' exceptions and the like
+                self._failed(exc)
+        self._failed(AcmeError(f"the server rejected the nonce {BAD_NONCE_RETRIES} times "
+                               "in a row"))
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        """Raise the AcmeError for a failed order: a fresh directory and nonces
+        next time, the server's Retry-After kept, a forgotten account dropped."""
+        self._client = None
+        if isinstance(exc, AcmeError):
+            raise exc
+        header = self._net.retry_after_header if self._net is not None else None
+        if isinstance(exc, messages.Error) and exc.code == "accountDoesNotExist":
+            # the server forgot the stored account: register anew next time
+            with contextlib.suppress(OSError):
+                os.unlink(self.account_path)
+        raise AcmeError(f"{type(exc).__name__}: {exc}", _retry_after(exc, header)) from exc
 
     def _issue(self, domain: str, publish: Callable[[str, str, str], Any],
                unpublish: Callable[[str, str, str], Any]) -> Issued:

@@ -70,3 +70,37 @@ def test_forgotten_account_is_registered_anew_next_time(tmp_path):
         assert (tmp_path / "acme" / "account.key").exists()  # the key stays
     finally:
         server.shutdown()
+
+
+def _bad_nonce():
+    from acme import messages
+    return messages.Error(typ="urn:ietf:params:acme:error:badNonce", detail="stale nonce")
+
+
+def test_a_rejected_nonce_is_retried_at_once_not_backed_off(tmp_path, monkeypatch):
+    account = AcmeAccount("https://127.0.0.1:1/dir", str(tmp_path / "acme"), timeout=5)
+    outcomes = [_bad_nonce(), _bad_nonce(), "issued"]
+
+    def issue_once(domain, publish, unpublish):
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(account, "_issue", issue_once)
+    assert account.issue("a.example", print, print) == "issued"
+    assert outcomes == []
+
+
+def test_nonces_rejected_every_time_fail_the_order(tmp_path, monkeypatch):
+    account = AcmeAccount("https://127.0.0.1:1/dir", str(tmp_path / "acme"), timeout=5)
+    calls = []
+
+    def issue_once(domain, publish, unpublish):
+        calls.append(domain)
+        raise _bad_nonce()
+
+    monkeypatch.setattr(account, "_issue", issue_once)
+    with pytest.raises(AcmeError, match="rejected the nonce 3 times"):
+        account.issue("a.example", print, print)
+    assert len(calls) == 3
