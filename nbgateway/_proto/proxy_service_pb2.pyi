@@ -90,7 +90,7 @@ class GetMappingUpdateResponse(_message.Message):
     def __init__(self, mapping: _Optional[_Iterable[_Union[ProxyMapping, _Mapping]]] = ..., initial_sync_complete: _Optional[bool] = ...) -> None: ...
 
 class PathTargetOptions(_message.Message):
-    __slots__ = ("skip_tls_verify", "request_timeout", "path_rewrite", "custom_headers", "proxy_protocol", "session_idle_timeout", "direct_upstream", "capture_max_request_bytes", "capture_max_response_bytes", "capture_content_types", "middlewares", "agent_network", "disable_access_log")
+    __slots__ = ("skip_tls_verify", "request_timeout", "path_rewrite", "custom_headers", "proxy_protocol", "session_idle_timeout", "direct_upstream", "capture_max_request_bytes", "capture_max_response_bytes", "capture_content_types", "middlewares", "agent_network", "disable_access_log", "nbgw_balancing")
     class CustomHeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class PathTargetOptions(_message.Message):
     MIDDLEWARES_FIELD_NUMBER: _ClassVar[int]
     AGENT_NETWORK_FIELD_NUMBER: _ClassVar[int]
     DISABLE_ACCESS_LOG_FIELD_NUMBER: _ClassVar[int]
+    NBGW_BALANCING_FIELD_NUMBER: _ClassVar[int]
     skip_tls_verify: bool
     request_timeout: _duration_pb2.Duration
     path_rewrite: PathRewriteMode
@@ -124,7 +125,28 @@ class PathTargetOptions(_message.Message):
     middlewares: _containers.RepeatedCompositeFieldContainer[MiddlewareConfig]
     agent_network: bool
     disable_access_log: bool
-    def __init__(self, skip_tls_verify: _Optional[bool] = ..., request_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., path_rewrite: _Optional[_Union[PathRewriteMode, str]] = ..., custom_headers: _Optional[_Mapping[str, str]] = ..., proxy_protocol: _Optional[bool] = ..., session_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., direct_upstream: _Optional[bool] = ..., capture_max_request_bytes: _Optional[int] = ..., capture_max_response_bytes: _Optional[int] = ..., capture_content_types: _Optional[_Iterable[str]] = ..., middlewares: _Optional[_Iterable[_Union[MiddlewareConfig, _Mapping]]] = ..., agent_network: _Optional[bool] = ..., disable_access_log: _Optional[bool] = ...) -> None: ...
+    nbgw_balancing: NbgwBalancing
+    def __init__(self, skip_tls_verify: _Optional[bool] = ..., request_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., path_rewrite: _Optional[_Union[PathRewriteMode, str]] = ..., custom_headers: _Optional[_Mapping[str, str]] = ..., proxy_protocol: _Optional[bool] = ..., session_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., direct_upstream: _Optional[bool] = ..., capture_max_request_bytes: _Optional[int] = ..., capture_max_response_bytes: _Optional[int] = ..., capture_content_types: _Optional[_Iterable[str]] = ..., middlewares: _Optional[_Iterable[_Union[MiddlewareConfig, _Mapping]]] = ..., agent_network: _Optional[bool] = ..., disable_access_log: _Optional[bool] = ..., nbgw_balancing: _Optional[_Union[NbgwBalancing, _Mapping]] = ...) -> None: ...
+
+class NbgwBalancing(_message.Message):
+    __slots__ = ("policy", "max_failures", "backoff", "max_backoff", "health_path", "health_interval", "health_timeout", "health_status")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    MAX_BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_PATH_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_STATUS_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    max_failures: int
+    backoff: _duration_pb2.Duration
+    max_backoff: _duration_pb2.Duration
+    health_path: str
+    health_interval: _duration_pb2.Duration
+    health_timeout: _duration_pb2.Duration
+    health_status: int
+    def __init__(self, policy: _Optional[str] = ..., max_failures: _Optional[int] = ..., backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., health_path: _Optional[str] = ..., health_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., health_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., health_status: _Optional[int] = ...) -> None: ...
 
 class MiddlewareConfig(_message.Message):
     __slots__ = ("id", "enabled", "slot", "config_json", "fail_mode", "timeout", "can_mutate")
@@ -199,7 +221,7 @@ class AccessRestrictions(_message.Message):
     def __init__(self, allowed_cidrs: _Optional[_Iterable[str]] = ..., blocked_cidrs: _Optional[_Iterable[str]] = ..., allowed_countries: _Optional[_Iterable[str]] = ..., blocked_countries: _Optional[_Iterable[str]] = ..., crowdsec_mode: _Optional[str] = ...) -> None: ...
 
 class ProxyMapping(_message.Message):
-    __slots__ = ("type", "id", "account_id", "domain", "path", "auth_token", "auth", "pass_host_header", "rewrite_redirects", "mode", "listen_port", "access_restrictions", "private", "nbgw_assertion", "nbgw_tokens", "nbgw_token_auth", "nbgw_sessions_not_before")
+    __slots__ = ("type", "id", "account_id", "domain", "path", "auth_token", "auth", "pass_host_header", "rewrite_redirects", "mode", "listen_port", "access_restrictions", "private", "nbgw_assertion", "nbgw_tokens", "nbgw_token_auth", "nbgw_sessions_not_before", "nbgw_client_ca_pem", "nbgw_client_cert_users")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +239,8 @@ class ProxyMapping(_message.Message):
     NBGW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NBGW_TOKEN_AUTH_FIELD_NUMBER: _ClassVar[int]
     NBGW_SESSIONS_NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NBGW_CLIENT_CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    NBGW_CLIENT_CERT_USERS_FIELD_NUMBER: _ClassVar[int]
     type: ProxyMappingUpdateType
     id: str
     account_id: str
@@ -234,7 +258,23 @@ class ProxyMapping(_message.Message):
     nbgw_tokens: _containers.RepeatedCompositeFieldContainer[NbgwServiceToken]
     nbgw_token_auth: bool
     nbgw_sessions_not_before: int
-    def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ..., nbgw_assertion: _Optional[_Union[NbgwIdentityAssertion, _Mapping]] = ..., nbgw_tokens: _Optional[_Iterable[_Union[NbgwServiceToken, _Mapping]]] = ..., nbgw_token_auth: _Optional[bool] = ..., nbgw_sessions_not_before: _Optional[int] = ...) -> None: ...
+    nbgw_client_ca_pem: str
+    nbgw_client_cert_users: _containers.RepeatedCompositeFieldContainer[NbgwClientCertUser]
+    def __init__(self, type: _Optional[_Union[ProxyMappingUpdateType, str]] = ..., id: _Optional[str] = ..., account_id: _Optional[str] = ..., domain: _Optional[str] = ..., path: _Optional[_Iterable[_Union[PathMapping, _Mapping]]] = ..., auth_token: _Optional[str] = ..., auth: _Optional[_Union[Authentication, _Mapping]] = ..., pass_host_header: _Optional[bool] = ..., rewrite_redirects: _Optional[bool] = ..., mode: _Optional[str] = ..., listen_port: _Optional[int] = ..., access_restrictions: _Optional[_Union[AccessRestrictions, _Mapping]] = ..., private: _Optional[bool] = ..., nbgw_assertion: _Optional[_Union[NbgwIdentityAssertion, _Mapping]] = ..., nbgw_tokens: _Optional[_Iterable[_Union[NbgwServiceToken, _Mapping]]] = ..., nbgw_token_auth: _Optional[bool] = ..., nbgw_sessions_not_before: _Optional[int] = ..., nbgw_client_ca_pem: _Optional[str] = ..., nbgw_client_cert_users: _Optional[_Iterable[_Union[NbgwClientCertUser, _Mapping]]] = ...) -> None: ...
+
+class NbgwClientCertUser(_message.Message):
+    __slots__ = ("match", "user_id", "email", "group_ids", "group_names")
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_NAMES_FIELD_NUMBER: _ClassVar[int]
+    match: str
+    user_id: str
+    email: str
+    group_ids: _containers.RepeatedScalarFieldContainer[str]
+    group_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, match: _Optional[str] = ..., user_id: _Optional[str] = ..., email: _Optional[str] = ..., group_ids: _Optional[_Iterable[str]] = ..., group_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NbgwServiceToken(_message.Message):
     __slots__ = ("id", "name", "secret_sha256", "expires_at")
@@ -301,7 +341,7 @@ class NbgwSendAccessLogBatchResponse(_message.Message):
     def __init__(self, stored: _Optional[int] = ...) -> None: ...
 
 class AccessLog(_message.Message):
-    __slots__ = ("timestamp", "log_id", "account_id", "service_id", "host", "path", "duration_ms", "method", "response_code", "source_ip", "auth_mechanism", "user_id", "auth_success", "bytes_upload", "bytes_download", "protocol", "metadata", "agent_network")
+    __slots__ = ("timestamp", "log_id", "account_id", "service_id", "host", "path", "duration_ms", "method", "response_code", "source_ip", "auth_mechanism", "user_id", "auth_success", "bytes_upload", "bytes_download", "protocol", "metadata", "agent_network", "nbgw_target")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +367,7 @@ class AccessLog(_message.Message):
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     AGENT_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    NBGW_TARGET_FIELD_NUMBER: _ClassVar[int]
     timestamp: _timestamp_pb2.Timestamp
     log_id: str
     account_id: str
@@ -345,7 +386,8 @@ class AccessLog(_message.Message):
     protocol: str
     metadata: _containers.ScalarMap[str, str]
     agent_network: bool
-    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., log_id: _Optional[str] = ..., account_id: _Optional[str] = ..., service_id: _Optional[str] = ..., host: _Optional[str] = ..., path: _Optional[str] = ..., duration_ms: _Optional[int] = ..., method: _Optional[str] = ..., response_code: _Optional[int] = ..., source_ip: _Optional[str] = ..., auth_mechanism: _Optional[str] = ..., user_id: _Optional[str] = ..., auth_success: _Optional[bool] = ..., bytes_upload: _Optional[int] = ..., bytes_download: _Optional[int] = ..., protocol: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., agent_network: _Optional[bool] = ...) -> None: ...
+    nbgw_target: str
+    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., log_id: _Optional[str] = ..., account_id: _Optional[str] = ..., service_id: _Optional[str] = ..., host: _Optional[str] = ..., path: _Optional[str] = ..., duration_ms: _Optional[int] = ..., method: _Optional[str] = ..., response_code: _Optional[int] = ..., source_ip: _Optional[str] = ..., auth_mechanism: _Optional[str] = ..., user_id: _Optional[str] = ..., auth_success: _Optional[bool] = ..., bytes_upload: _Optional[int] = ..., bytes_download: _Optional[int] = ..., protocol: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., agent_network: _Optional[bool] = ..., nbgw_target: _Optional[str] = ...) -> None: ...
 
 class AuthenticateRequest(_message.Message):
     __slots__ = ("id", "account_id", "password", "pin", "header_auth")
