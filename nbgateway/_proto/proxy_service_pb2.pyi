@@ -90,7 +90,7 @@ class GetMappingUpdateResponse(_message.Message):
     def __init__(self, mapping: _Optional[_Iterable[_Union[ProxyMapping, _Mapping]]] = ..., initial_sync_complete: _Optional[bool] = ...) -> None: ...
 
 class PathTargetOptions(_message.Message):
-    __slots__ = ("skip_tls_verify", "request_timeout", "path_rewrite", "custom_headers", "proxy_protocol", "session_idle_timeout", "direct_upstream", "capture_max_request_bytes", "capture_max_response_bytes", "capture_content_types", "middlewares", "agent_network", "disable_access_log", "nbgw_balancing")
+    __slots__ = ("skip_tls_verify", "request_timeout", "path_rewrite", "custom_headers", "proxy_protocol", "session_idle_timeout", "direct_upstream", "capture_max_request_bytes", "capture_max_response_bytes", "capture_content_types", "middlewares", "agent_network", "disable_access_log", "nbgw_balancing", "nbgw_upstream_protocol")
     class CustomHeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class PathTargetOptions(_message.Message):
     AGENT_NETWORK_FIELD_NUMBER: _ClassVar[int]
     DISABLE_ACCESS_LOG_FIELD_NUMBER: _ClassVar[int]
     NBGW_BALANCING_FIELD_NUMBER: _ClassVar[int]
+    NBGW_UPSTREAM_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     skip_tls_verify: bool
     request_timeout: _duration_pb2.Duration
     path_rewrite: PathRewriteMode
@@ -126,7 +127,8 @@ class PathTargetOptions(_message.Message):
     agent_network: bool
     disable_access_log: bool
     nbgw_balancing: NbgwBalancing
-    def __init__(self, skip_tls_verify: _Optional[bool] = ..., request_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., path_rewrite: _Optional[_Union[PathRewriteMode, str]] = ..., custom_headers: _Optional[_Mapping[str, str]] = ..., proxy_protocol: _Optional[bool] = ..., session_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., direct_upstream: _Optional[bool] = ..., capture_max_request_bytes: _Optional[int] = ..., capture_max_response_bytes: _Optional[int] = ..., capture_content_types: _Optional[_Iterable[str]] = ..., middlewares: _Optional[_Iterable[_Union[MiddlewareConfig, _Mapping]]] = ..., agent_network: _Optional[bool] = ..., disable_access_log: _Optional[bool] = ..., nbgw_balancing: _Optional[_Union[NbgwBalancing, _Mapping]] = ...) -> None: ...
+    nbgw_upstream_protocol: str
+    def __init__(self, skip_tls_verify: _Optional[bool] = ..., request_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., path_rewrite: _Optional[_Union[PathRewriteMode, str]] = ..., custom_headers: _Optional[_Mapping[str, str]] = ..., proxy_protocol: _Optional[bool] = ..., session_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., direct_upstream: _Optional[bool] = ..., capture_max_request_bytes: _Optional[int] = ..., capture_max_response_bytes: _Optional[int] = ..., capture_content_types: _Optional[_Iterable[str]] = ..., middlewares: _Optional[_Iterable[_Union[MiddlewareConfig, _Mapping]]] = ..., agent_network: _Optional[bool] = ..., disable_access_log: _Optional[bool] = ..., nbgw_balancing: _Optional[_Union[NbgwBalancing, _Mapping]] = ..., nbgw_upstream_protocol: _Optional[str] = ...) -> None: ...
 
 class NbgwBalancing(_message.Message):
     __slots__ = ("policy", "max_failures", "backoff", "max_backoff", "health_path", "health_interval", "health_timeout", "health_status")
