@@ -68,26 +68,32 @@ class ProxyCapabilities(_message.Message):
     def __init__(self, supports_custom_ports: _Optional[bool] = ..., require_subdomain: _Optional[bool] = ..., supports_crowdsec: _Optional[bool] = ..., private: _Optional[bool] = ..., supports_private_service: _Optional[bool] = ...) -> None: ...
 
 class GetMappingUpdateRequest(_message.Message):
-    __slots__ = ("proxy_id", "version", "started_at", "address", "capabilities")
+    __slots__ = ("proxy_id", "version", "started_at", "address", "capabilities", "nbgw_resume_revision")
     PROXY_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    NBGW_RESUME_REVISION_FIELD_NUMBER: _ClassVar[int]
     proxy_id: str
     version: str
     started_at: _timestamp_pb2.Timestamp
     address: str
     capabilities: ProxyCapabilities
-    def __init__(self, proxy_id: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., address: _Optional[str] = ..., capabilities: _Optional[_Union[ProxyCapabilities, _Mapping]] = ...) -> None: ...
+    nbgw_resume_revision: int
+    def __init__(self, proxy_id: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., address: _Optional[str] = ..., capabilities: _Optional[_Union[ProxyCapabilities, _Mapping]] = ..., nbgw_resume_revision: _Optional[int] = ...) -> None: ...
 
 class GetMappingUpdateResponse(_message.Message):
-    __slots__ = ("mapping", "initial_sync_complete")
+    __slots__ = ("mapping", "initial_sync_complete", "nbgw_revision", "nbgw_resumed")
     MAPPING_FIELD_NUMBER: _ClassVar[int]
     INITIAL_SYNC_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    NBGW_REVISION_FIELD_NUMBER: _ClassVar[int]
+    NBGW_RESUMED_FIELD_NUMBER: _ClassVar[int]
     mapping: _containers.RepeatedCompositeFieldContainer[ProxyMapping]
     initial_sync_complete: bool
-    def __init__(self, mapping: _Optional[_Iterable[_Union[ProxyMapping, _Mapping]]] = ..., initial_sync_complete: _Optional[bool] = ...) -> None: ...
+    nbgw_revision: int
+    nbgw_resumed: bool
+    def __init__(self, mapping: _Optional[_Iterable[_Union[ProxyMapping, _Mapping]]] = ..., initial_sync_complete: _Optional[bool] = ..., nbgw_revision: _Optional[int] = ..., nbgw_resumed: _Optional[bool] = ...) -> None: ...
 
 class PathTargetOptions(_message.Message):
     __slots__ = ("skip_tls_verify", "request_timeout", "path_rewrite", "custom_headers", "proxy_protocol", "session_idle_timeout", "direct_upstream", "capture_max_request_bytes", "capture_max_response_bytes", "capture_content_types", "middlewares", "agent_network", "disable_access_log", "nbgw_balancing", "nbgw_upstream_protocol")
@@ -578,30 +584,36 @@ class SyncMappingsRequest(_message.Message):
     def __init__(self, init: _Optional[_Union[SyncMappingsInit, _Mapping]] = ..., ack: _Optional[_Union[SyncMappingsAck, _Mapping]] = ...) -> None: ...
 
 class SyncMappingsInit(_message.Message):
-    __slots__ = ("proxy_id", "version", "started_at", "address", "capabilities")
+    __slots__ = ("proxy_id", "version", "started_at", "address", "capabilities", "nbgw_resume_revision")
     PROXY_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    NBGW_RESUME_REVISION_FIELD_NUMBER: _ClassVar[int]
     proxy_id: str
     version: str
     started_at: _timestamp_pb2.Timestamp
     address: str
     capabilities: ProxyCapabilities
-    def __init__(self, proxy_id: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., address: _Optional[str] = ..., capabilities: _Optional[_Union[ProxyCapabilities, _Mapping]] = ...) -> None: ...
+    nbgw_resume_revision: int
+    def __init__(self, proxy_id: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., address: _Optional[str] = ..., capabilities: _Optional[_Union[ProxyCapabilities, _Mapping]] = ..., nbgw_resume_revision: _Optional[int] = ...) -> None: ...
 
 class SyncMappingsAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class SyncMappingsResponse(_message.Message):
-    __slots__ = ("mapping", "initial_sync_complete")
+    __slots__ = ("mapping", "initial_sync_complete", "nbgw_revision", "nbgw_resumed")
     MAPPING_FIELD_NUMBER: _ClassVar[int]
     INITIAL_SYNC_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    NBGW_REVISION_FIELD_NUMBER: _ClassVar[int]
+    NBGW_RESUMED_FIELD_NUMBER: _ClassVar[int]
     mapping: _containers.RepeatedCompositeFieldContainer[ProxyMapping]
     initial_sync_complete: bool
-    def __init__(self, mapping: _Optional[_Iterable[_Union[ProxyMapping, _Mapping]]] = ..., initial_sync_complete: _Optional[bool] = ...) -> None: ...
+    nbgw_revision: int
+    nbgw_resumed: bool
+    def __init__(self, mapping: _Optional[_Iterable[_Union[ProxyMapping, _Mapping]]] = ..., initial_sync_complete: _Optional[bool] = ..., nbgw_revision: _Optional[int] = ..., nbgw_resumed: _Optional[bool] = ...) -> None: ...
 
 class CheckLLMPolicyLimitsRequest(_message.Message):
     __slots__ = ("account_id", "user_id", "group_ids", "provider_id", "model")
