@@ -38,6 +38,8 @@ class RequestContext:
     entry: ServiceEntry | None = None
     service: ProxyService | None = None
     route: Route | None = None
+    #: the upstream target used (``scheme://host:port``; "" before one is chosen)
+    target: str = ""
     identity: Identity | None = None
     request_id: str = ""
     auth_mechanism: str = ""

@@ -1,5 +1,11 @@
-"""Path routes of an HTTP service (pure): path -> target, and the outgoing
+"""Path routes of an HTTP service (pure): path -> target(s), and the outgoing
 path/query/redirect (``Location``) rewriting.
+
+Several ``PathMapping`` entries with the same path (upstream sends one per
+target) are one route with several targets: the first entry is the route,
+``Route.targets`` lists every distinct target in mapping order and
+``Route.balancing`` says how the proxy chooses among them
+(:mod:`nbgateway.routes.balancing`).
 
 Hardening over upstream (issue 6): path prefixes match on
 segment boundaries (``/api`` matches ``/api`` and ``/api/x`` but not
@@ -9,8 +15,10 @@ choice is deterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from nbgateway.routes.balancing import DEFAULT_BALANCING, Balancing, balancing_of
 
 PATH_REWRITE_DEFAULT = 0
 PATH_REWRITE_PRESERVE = 1
@@ -40,6 +48,21 @@ class Route:
     target_path: str
     target_query: str
     options: object | None = None  # PathTargetOptions, passed through untouched
+    #: every target of this path in mapping order (this one first); () = this one only
+    group: tuple[Route, ...] = ()
+    balancing: Balancing = DEFAULT_BALANCING
+
+    @property
+    def targets(self) -> tuple[Route, ...]:
+        """The path's targets (each a :class:`Route` of the same path)."""
+        return self.group or (self,)
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host:port`` of the target: how logs and metrics name it
+        (no user info, path or query)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 class RouteError(ValueError):
@@ -60,19 +83,35 @@ def parse_target(path: str, target: str, options: object | None = None) -> Route
 
 
 class PathRouter:
-    """Longest segment-aware prefix wins; ties broken lexically."""
+    """Longest segment-aware prefix wins; ties broken lexically.  Entries with
+    the same path are one route with several targets (a repeated target URL
+    is kept once)."""
 
     def __init__(self, routes: list[Route]) -> None:
-        by_path: dict[str, Route] = {}
+        by_path: dict[str, list[Route]] = {}
         for r in routes:
-            by_path[r.path] = r  # duplicate paths: last wins (as upstream)
-        self.routes = sorted(by_path.values(), key=lambda r: (-len(r.path.rstrip("/")), r.path))
+            same = by_path.setdefault(r.path, [])
+            if all(o.target != r.target for o in same):
+                same.append(r)
+        grouped = [_group(same) for same in by_path.values()]
+        self.routes = sorted(grouped, key=lambda r: (-len(r.path.rstrip("/")), r.path))
 
     def match(self, path: str) -> Route | None:
         for route in self.routes:
             if prefix_matches(route.path, path):
                 return route
         return None
+
+
+def _group(same: list[Route]) -> Route:
+    """One route for the entries of one path: the first entry's settings,
+    every target, the first ``nbgw_balancing`` found."""
+    balancing = next((b for b in (balancing_of(r.options) for r in same) if b is not None),
+                     DEFAULT_BALANCING)
+    members = tuple(replace(r, balancing=balancing) for r in same)
+    if len(members) == 1:
+        return members[0]
+    return replace(members[0], group=members)
 
 
 def _join(base: str, rest: str) -> str:

@@ -47,10 +47,18 @@ def test_no_catch_all_means_no_match():
     assert r.match("/other") is None
 
 
-def test_equal_length_ties_are_lexical_and_duplicates_last_wins():
-    r = router(("/a/", "http://x:1/"), ("/a", "http://y:1/"), ("/a", "http://z:1/"))
+def test_equal_length_ties_are_lexical_and_duplicates_are_one_route_with_targets():
+    r = router(("/a/", "http://x:1/"), ("/a", "http://y:1/"), ("/a", "http://z:1/"),
+               ("/a", "http://y:1/"))
     assert [x.path for x in r.routes] == ["/a", "/a/"]
-    assert r.match("/a/b").host == "z"
+    route = r.match("/a/b")
+    # upstream sends one PathMapping per target: same path = one route, several
+    # targets in mapping order (a repeated target once)
+    assert route.host == "y"
+    assert [t.host for t in route.targets] == ["y", "z"]
+    assert all(t.path == "/a" and t.group == () for t in route.targets)
+    single = r.routes[1]
+    assert single.path == "/a/" and single.targets == (single,)
 
 
 def test_invalid_target_rejected():
