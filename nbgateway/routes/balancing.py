@@ -64,8 +64,8 @@ class Balancing:
     def from_proto(cls, msg: Any) -> Balancing:
         """From a ``pb.NbgwBalancing``; an unknown policy is round robin."""
         policy = msg.policy if msg.policy in POLICIES else "round_robin"
-        failures = int(msg.max_failures) or DEFAULT_MAX_FAILURES
-        failures = max(1, min(failures, MAX_FAILURES_LIMIT))
+        failures = int(msg.max_failures)
+        failures = min(failures, MAX_FAILURES_LIMIT) if failures > 0 else DEFAULT_MAX_FAILURES
         backoff = min(_seconds(msg.backoff, DEFAULT_BACKOFF), MAX_BACKOFF_LIMIT)
         max_backoff = min(_seconds(msg.max_backoff, DEFAULT_MAX_BACKOFF), MAX_BACKOFF_LIMIT)
         path = msg.health_path if msg.health_path.startswith("/") else ""
