@@ -33,6 +33,8 @@ validated :class:`~nbgateway.routes.identity.Identity`, or None):
   dial refused by the gateway's dial guard (:mod:`nbgateway.dial.guard`) is a
   502 ``Destination Not Allowed`` whose access-log entry carries the verdict
   ``direct_upstream_denied``;
+- targets with ``upstream_protocol: h2`` (gRPC) go to
+  :mod:`nbgateway.proxy.h2relay` (HTTP/2 upstream, trailers relayed);
 - ``Upgrade`` requests (WebSocket) go to :mod:`nbgateway.proxy.upgrade`.
 
 The upstream response's ``Connection`` header is visible to the proxy, so
@@ -357,6 +359,9 @@ class ReverseProxy:
 
             upgrades = UpgradeRelay(self)
         self.upgrades = upgrades
+        #: the HTTP/2 relay for ``upstream_protocol: h2`` targets
+        #: (:mod:`nbgateway.proxy.h2relay`), made on first use
+        self.h2: Any = None
 
     def _acquire(self, account_id: str, request: Any) -> None:
         self.inflight[account_id] = self.inflight.get(account_id, 0) + 1
@@ -400,6 +405,21 @@ class ReverseProxy:
             return None
         return self.assertions.token(service.assertion, identity, client_ip(request),
                                      service.domain)
+
+    def _relay_h2(self, request: Any, ctx: RequestContext, service: ProxyService,
+                  route: Route, opts: TargetOptions, dialer: Any, timeout: float) -> None:
+        """Send the request to an HTTP/2 target (gRPC): :mod:`nbgateway.proxy.h2relay`."""
+        if self.h2 is None:
+            from nbgateway.proxy.h2relay import H2Relay
+
+            self.h2 = H2Relay(self)
+        raw_path, _, query = request.uri.partition(b"?")
+        target_path = outgoing_path(route, raw_path.decode("latin-1"), query.decode("latin-1"),
+                                    opts.path_rewrite)
+        headers = self.upstream_headers(request, service, route, opts, ctx.identity)
+        ctx.upstream_started = self.clock.seconds()
+        self.h2.relay(request, ctx, service, route, opts, dialer, target_path, timeout,
+                      headers, _request_body(request))
 
     def render(self, request: Any, ctx: RequestContext) -> Any:
         """Handle ``request`` for ``ctx.service`` (None: 404) with ``ctx.identity``
@@ -446,6 +466,9 @@ class ReverseProxy:
                 pages.send_page(request, pages.SERVICE_OVERLOADED, destination=route.target)
                 return server.NOT_DONE_YET
             self._acquire(service.account_id, request)
+        if opts.upstream_protocol == "h2":
+            self._relay_h2(request, ctx, service, route, opts, dialer, timeout)
+            return server.NOT_DONE_YET
         headers = self.upstream_headers(request, service, route, opts, ctx.identity)
         url = f"{route.scheme}://{route.netloc}{target_path}".encode("latin-1")
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,

@@ -342,9 +342,10 @@ class StreamingHTTPChannel(http.HTTPChannel):
         (:class:`StreamingRequest`), so the resources, auth, identity stamping
         and access log are the same as on HTTP/1.1.  The HTTP/1.1 read-header
         deadline does not apply (HTTP/2 has the idle timeout only)."""
-        from twisted.web._http2 import H2Connection
+        from nbgateway.proxy.h2trailers import TrailersH2Connection
 
-        conn = H2Connection(getattr(self.site, "reactor", None))
+        # Twisted's H2Connection plus response trailers (gRPC), see h2trailers
+        conn = TrailersH2Connection(getattr(self.site, "reactor", None))
         conn.requestFactory = self.requestFactory
         conn.site = self.site
         conn.factory = self.factory

@@ -56,6 +56,8 @@ class TargetOptions:
     path_rewrite: int = PATH_REWRITE_DEFAULT
     custom_headers: Mapping[str, str] = field(default_factory=dict)
     direct_upstream: bool = False
+    #: "" (HTTP/1.1) or "h2" (HTTP/2: h2c or ALPN h2; gRPC), see UPSTREAM_PROTOCOLS
+    upstream_protocol: str = ""
 
     @classmethod
     def of(cls, options: Any) -> TargetOptions:
@@ -74,7 +76,20 @@ class TargetOptions:
             path_rewrite=int(getattr(options, "path_rewrite", PATH_REWRITE_DEFAULT)),
             custom_headers=dict(getattr(options, "custom_headers", {}) or {}),
             direct_upstream=bool(getattr(options, "direct_upstream", False)),
+            upstream_protocol=upstream_protocol(options),
         )
+
+
+#: ``nbgw_upstream_protocol`` values: "" and "http1" are HTTP/1.1, "h2" HTTP/2
+UPSTREAM_PROTOCOLS = ("", "http1", "h2")
+
+
+def upstream_protocol(options: Any) -> str:
+    """The normalised upstream protocol of a ``PathTargetOptions``: "" or
+    "h2" (``http1`` is ""); an unknown value is returned as is, so
+    :func:`entry_from_mapping` can refuse the path."""
+    value = str(getattr(options, "nbgw_upstream_protocol", "") or "")
+    return "" if value == "http1" else value
 
 
 #: where a service's public assertion keys are served (management and gateway)
@@ -190,6 +205,9 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
     routes, errors = [], []
     for pm in mapping.path:
         try:
+            if upstream_protocol(pm.options) not in UPSTREAM_PROTOCOLS:
+                raise RouteError(f'unknown upstream protocol '
+                                 f'"{pm.options.nbgw_upstream_protocol}" for path "{pm.path}"')
             routes.append(parse_target(pm.path, pm.target, pm.options))
         except RouteError as exc:
             errors.append(str(exc))

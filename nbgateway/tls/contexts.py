@@ -181,12 +181,12 @@ def server_tls_factory(source: Any, wrapped_factory: Any,
 class _InsecureClientCreator:
     """``skip_tls_verify``: encrypt, send SNI, accept any certificate."""
 
-    def __init__(self, hostname: str) -> None:
+    def __init__(self, hostname: str, alpn: tuple[bytes, ...] = ALPN_PROTOCOLS) -> None:
         self.hostname = hostname
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
-        ctx.set_alpn_protos(list(ALPN_PROTOCOLS))
+        ctx.set_alpn_protos(list(alpn))
         self.ctx = ctx
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
@@ -219,11 +219,13 @@ class ClientTLSPolicy:
             certs = [ssl.Certificate.loadPEM(block) for block in _pem_blocks(ca_pem)]
             self.trust_root = ssl.trustRootFromCertificates(certs)
 
-    def creator(self, hostname: str, skip_verify: bool) -> Any:
+    def creator(self, hostname: str, skip_verify: bool,
+                alpn: tuple[bytes, ...] = ALPN_PROTOCOLS) -> Any:
+        """``alpn``: the protocols offered (``(b"h2",)`` for HTTP/2 targets)."""
         if skip_verify:
-            return _InsecureClientCreator(hostname)
+            return _InsecureClientCreator(hostname, alpn)
         return ssl.optionsForClientTLS(hostname, trustRoot=self.trust_root,
-                                       acceptableProtocols=list(ALPN_PROTOCOLS))
+                                       acceptableProtocols=list(alpn))
 
     __call__ = creator
 

@@ -1,0 +1,196 @@
+"""gRPC through the gateway: a grpcio client -> the gateway's TLS listener
+(ALPN h2, trusting the gateway's local CA) -> the reverse proxy with
+``upstream_protocol: h2`` -> a grpcio server (h2c, and TLS with ALPN h2).
+Unary and server-streaming calls; request metadata (and the gateway's
+identity headers) reach the upstream; response metadata, trailing metadata,
+error statuses with details (trailers-only and after headers) reach the
+client; a cancelled stream is reset upstream; a large client-streaming
+upload goes through flow control."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import grpc
+from twisted.internet import defer, reactor, threads
+from twisted.trial import unittest
+
+from nbgateway.dial.pool import UpstreamPools
+from nbgateway.routes.identity import Identity
+from nbgateway.routes.service import TargetOptions
+from nbgateway.tls.certstore import CertificateStore
+from nbgateway.tls.contexts import ClientTLSPolicy, server_tls_factory
+
+from ._grpc import EchoGrpc, leaf_pems, method, tls_channel
+from ._harness import ProxyHarness, wait_for
+
+H2_DIRECT = TargetOptions(direct_upstream=True, upstream_protocol="h2")
+
+
+class GatewayGrpcTests(unittest.TestCase):
+    upstream_tls = False
+
+    def setUp(self) -> None:
+        tmp = self.mktemp()
+        self.store = CertificateStore(None, None, tmp + "/data")
+        self.store.reload()
+        with open(self.store.ca.cert_path, "rb") as f:
+            self.ca_pem = f.read()
+        tls = leaf_pems(self.store.ca, "localhost") if self.upstream_tls else None
+        self.grpc = EchoGrpc(tls=tls)
+        self.addCleanup(self.grpc.stop)
+        self.h = ProxyHarness()
+        self.h.pools = UpstreamPools(reactor, tls_creator=ClientTLSPolicy(self.ca_pem))
+        self.h.proxy.pools = self.h.pools
+        self.port = reactor.listenTCP(0, server_tls_factory(self.store, self.h.site),
+                                      interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.addCleanup(self.h.close)
+        self.addCleanup(lambda: self.h.proxy.h2 and self.h.proxy.h2.close())
+        scheme, host = ("https", "localhost") if self.upstream_tls else ("http", "127.0.0.1")
+        self.h.add("app.example", {"/": f"{scheme}://{host}:{self.grpc.port}/"}, opts=H2_DIRECT)
+        self.channel = tls_channel(self.port.getHost().port, self.ca_pem, "app.example")
+        self.addCleanup(self.channel.close)
+
+    def in_thread(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        return threads.deferToThread(fn, *args)
+
+    @defer.inlineCallbacks
+    def test_unary_metadata_and_trailers(self):
+        self.h.identity = Identity("u1", "alice@x", ("g1",), ("eng",), "oidc")
+        call = method(self.channel, "Unary")
+
+        def run() -> Any:
+            return call.with_call(b"ping", metadata=(("x-req", "r1"),
+                                                     ("x-netbird-user", "mallory")), timeout=10)
+
+        reply, info = yield self.in_thread(run)
+        self.assertEqual(reply, b"echo:ping")
+        self.assertEqual(info.code(), grpc.StatusCode.OK)
+        self.assertIn(("x-initial", "hello"), info.initial_metadata())
+        trailing = dict(info.trailing_metadata())
+        self.assertEqual(trailing["x-trailing"], "bye")
+        self.assertEqual(trailing["x-trail-bin"], b"\x00\x01\xff")
+        seen = self.grpc.metadata[-1]
+        self.assertEqual(seen["x-req"], "r1")
+        self.assertEqual(seen["x-netbird-user"], "alice@x")  # stamped, spoof removed
+        self.assertEqual(seen["x-forwarded-proto"], "https")
+        self.assertEqual(self.h.requests[-1].clientproto, b"HTTP/2")
+
+    @defer.inlineCallbacks
+    def test_error_status_trailers_only(self):
+        call = method(self.channel, "Fail")
+
+        def run() -> Any:
+            try:
+                call(b"x", timeout=10)
+            except grpc.RpcError as exc:
+                return exc
+            return None
+
+        exc = yield self.in_thread(run)
+        self.assertIsNotNone(exc)
+        self.assertEqual(exc.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(exc.details(), "nope: denied")
+        self.assertEqual(dict(exc.trailing_metadata())["x-why"], "because")
+
+    @defer.inlineCallbacks
+    def test_error_status_after_headers(self):
+        call = method(self.channel, "FailLate")
+
+        def run() -> Any:
+            try:
+                call(b"x", timeout=10)
+            except grpc.RpcError as exc:
+                return exc
+            return None
+
+        exc = yield self.in_thread(run)
+        self.assertEqual(exc.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertEqual(exc.details(), "too much")
+        self.assertIn(("x-initial", "late"), exc.initial_metadata())
+        self.assertEqual(dict(exc.trailing_metadata())["x-why"], "late")
+
+    @defer.inlineCallbacks
+    def test_server_streaming_delivered_as_produced(self):
+        call = method(self.channel, "Stream", "unary_stream")
+        first_before_release = threading.Event()
+
+        def run() -> Any:
+            it = call(b"4", metadata=(("x-req", "s1"),), timeout=15)
+            got = []
+            for msg in it:
+                if not got and not self.grpc.release.is_set():
+                    first_before_release.set()
+                    self.grpc.release.set()
+                got.append(msg)
+            return got, it.trailing_metadata(), it.code()
+
+        got, trailing, code = yield self.in_thread(run)
+        self.assertTrue(first_before_release.is_set())  # msg0 came before msg1 was made
+        self.assertEqual(got, [b"msg0", b"msg1", b"msg2", b"msg3"])
+        self.assertEqual(code, grpc.StatusCode.OK)
+        self.assertEqual(dict(trailing)["x-count"], "4")
+        self.assertEqual(self.grpc.metadata[-1]["x-req"], "s1")
+
+    @defer.inlineCallbacks
+    def test_client_cancel_resets_the_upstream_stream(self):
+        call = method(self.channel, "Stream", "unary_stream")
+
+        def run() -> Any:
+            it = call(b"3", timeout=15)
+            first = next(it)
+            it.cancel()
+            return first
+
+        first = yield self.in_thread(run)
+        self.assertEqual(first, b"msg0")
+        yield wait_for(self.grpc.cancelled.is_set, timeout=10)
+        relay = self.h.proxy.h2
+        yield wait_for(lambda: all(not c.streams for e in relay.pools._hosts.values()
+                                   for c in e.conns), timeout=10)
+
+    @defer.inlineCallbacks
+    def test_large_client_stream_upload(self):
+        call = method(self.channel, "Upload", "stream_unary")
+        chunk = b"y" * (256 * 1024)
+
+        def run() -> Any:
+            return call(iter([chunk] * 12), timeout=20)
+
+        reply = yield self.in_thread(run)
+        self.assertEqual(reply, str(12 * len(chunk)).encode())
+
+    @defer.inlineCallbacks
+    def test_calls_share_one_upstream_connection(self):
+        call = method(self.channel, "Unary")
+
+        def run() -> Any:
+            return [call(b"n%d" % i, timeout=10) for i in range(5)]
+
+        replies = yield self.in_thread(run)
+        self.assertEqual(replies, [b"echo:n%d" % i for i in range(5)])
+        self.assertEqual(self.h.proxy.h2.pools.dials, 1)
+
+    @defer.inlineCallbacks
+    def test_unreachable_upstream_is_unavailable(self):
+        self.grpc.stop()
+        call = method(self.channel, "Unary")
+
+        def run() -> Any:
+            try:
+                call(b"x", timeout=10)
+            except grpc.RpcError as exc:
+                return exc
+            return None
+
+        exc = yield self.in_thread(run)
+        self.assertEqual(exc.code(), grpc.StatusCode.UNAVAILABLE)
+
+
+class GatewayGrpcTLSUpstreamTests(GatewayGrpcTests):
+    """The same calls with the upstream on TLS (ALPN h2, verified against the
+    CA the client TLS policy trusts)."""
+
+    upstream_tls = True
