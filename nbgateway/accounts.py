@@ -28,8 +28,15 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.mgmt.netmap import DEFAULT_ACTION, AccountNetwork, dns_rule, echo_rule
-from nbgateway.netstack.filter import Rule
+from nbgateway.mgmt.netmap import (
+    DEFAULT_ACTION,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    AccountNetwork,
+)
+from nbgateway.netstack.filter import ALLOW, RuleCompiler
 from nbgateway.netstack.stack import Stack
 from nbgateway.routes.service import L4_MODES
 from nbgateway.store.mappings import MappingObserver
@@ -95,8 +102,9 @@ class AccountRuntime:
         self.network: AccountNetwork | None = None
         #: the roster entries last applied to the device (diffed by _apply_roster)
         self.applied_roster: tuple[Any, ...] = ()
-        #: the last map's inbound rules, compiled (reused by _apply_filter)
-        self._compiled_rules: dict[Any, Rule] = {}
+        #: merges and compiles each map's inbound rules, reusing what the
+        #: previous map compiled (_apply_filter)
+        self.rule_compiler = RuleCompiler()
         self.listeners: list[Any] = []
         self.tunnel_ip = ""
         self.peer_channel: Any = None
@@ -192,7 +200,8 @@ class AccountRuntime:
                 log.warn("account {account}: network map without an address",
                          account=self.account_id)
                 return None
-            self.stack = Stack(self.device, self.reactor, network.addresses, mtu=self.settings.mtu)
+            self.stack = Stack(self.device, self.reactor, network.addresses, mtu=self.settings.mtu,
+                               verify_checksums=False)  # WireGuard authenticated them
             self.device.sink = self.stack
             self.tunnel_ip = str(network.address.ip) if network.address else network.addresses[0]
         elif set(network.addresses) != {str(a) for a in self.stack.addresses}:
@@ -230,18 +239,29 @@ class AccountRuntime:
             else:
                 device.add_peer(key, allowed_ips=p.allowed_ips, endpoint=endpoint)
 
+    #: what the runtime serves to every roster peer on its tunnel addresses:
+    #: DNS (UDP and TCP 53) and ping (ICMP/ICMPv6 echo); as netmap's
+    #: dns_rule/echo_rule, one entry per peer so each peer's compiled sources
+    #: are reused while the peer is unchanged
+    OWN_RULES = (
+        (frozenset({PROTO_UDP, PROTO_TCP}), ((53, 53),)),
+        (frozenset({PROTO_ICMP, PROTO_ICMPV6}), ()),
+    )
+
     def _apply_filter(self, network: AccountNetwork) -> None:
-        """Install the map's rules; a rule already compiled for the previous map
-        is reused (a peer storm changes a few rules, not all of them)."""
+        """Install the map's rules, merged (one rule per action, protocols and
+        ports) and compiled incrementally: a peer storm compiles the new
+        peers' sources, not the roster's."""
         assert self.stack is not None
-        wanted = list(network.inbound_rules)
-        for own in (dns_rule(network.roster), echo_rule(network.roster)):
-            if own is not None:
-                wanted.append(own)
-        compiled = self._compiled_rules
-        rules = [compiled.get(r) or Rule.make(**r.rule_kwargs()) for r in wanted]
-        self._compiled_rules = dict(zip(wanted, rules, strict=True))
-        self.stack.filter.set_rules(rules, default=DEFAULT_ACTION)
+        compiler = self.rule_compiler
+        compiler.begin()
+        for r in network.inbound_rules:
+            compiler.add(r.action, r.protocols, r.ports, r, r.sources)
+        for protocols, ports in self.OWN_RULES:
+            for p in network.roster:
+                if p.allowed_ips:
+                    compiler.add(ALLOW, protocols, ports, p, p.allowed_ips)
+        self.stack.filter.set_rules(compiler.finish(), default=DEFAULT_ACTION)
 
     def _bring_up(self) -> Deferred:
         if self.serve_inbound is None:

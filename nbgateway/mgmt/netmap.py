@@ -32,6 +32,12 @@ What comes out (:class:`AccountNetwork`):
   "any").  Protocols: ALL -> any (ports ignored), TCP 6, UDP 17, ICMP 1 and
   58, NETBIRD_SSH -> TCP 22, CUSTOM -> ``customProtocol``.
 
+Maps repeat: every map is the whole network, so a peer storm sends the same
+peers, rules and records again and again.  Each entry's conversion (result
+and skip reasons) is memoized by its serialized bytes (:class:`_Memo`,
+bounded, oldest out first), so a map costs one serialization and one lookup
+per unchanged entry; :class:`InboundRule` caches its hash.
+
 The filter's default action for a map is :data:`DEFAULT_ACTION` ("deny": the
 proxy peer accepts only what management allows, fail closed).  The runtime
 adds its own rules for what it serves to every roster peer, e.g.
@@ -46,7 +52,7 @@ import binascii
 import functools
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +149,15 @@ class InboundRule:
     protocols: frozenset[int] = frozenset()
     ports: tuple[tuple[int, int], ...] = ()
     policy_id: str = ""
+
+    def __hash__(self) -> int:
+        # cached: a rule naming every roster peer is looked up on every map
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.action, self.sources, self.protocols, self.ports,
+                           self.policy_id))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     def rule_kwargs(self) -> dict[str, Any]:
         return {
@@ -243,6 +258,14 @@ def _peer_ip_source(text: str) -> Network | None:
     return ipaddress.ip_network(addr)
 
 
+@functools.lru_cache(maxsize=65536)  # a roster's allowed IPs repeat in every map
+def _allowed_ip(text: str) -> Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
 def _ports(rule: Any) -> tuple[tuple[int, int], ...] | None:
     """Port selection of a rule; () for any; None when unusable."""
     if rule.Port:
@@ -285,6 +308,36 @@ def _protocols(rule: Any) -> tuple[frozenset[int], bool] | None:
     if p == _P_CUSTOM and 0 < rule.customProtocol < 256:
         return frozenset({rule.customProtocol}), False
     return None
+
+
+class _Memo:
+    """Bounded memo of entry conversions keyed by the entry's serialized bytes:
+    value = (converted or None, skip reasons).  Oldest entries go first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries: dict[Any, tuple[Any, tuple[str, ...]]] = {}
+
+    def convert(self, key: Any, make: Callable[[Counter[str]], Any],
+                skipped: Counter[str]) -> Any:
+        hit = self.entries.get(key)
+        if hit is None:
+            reasons: Counter[str] = Counter()
+            hit = (make(reasons), tuple(reasons.elements()))
+            if len(self.entries) >= self.limit:
+                del self.entries[next(iter(self.entries))]
+            self.entries[key] = hit
+        for reason in hit[1]:
+            skipped[reason] += 1
+        return hit[0]
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+_RULES = _Memo(MAX_RULES)
+_PEERS = _Memo(MAX_REMOTE_PEERS)
+_RECORDS = _Memo(MAX_RECORDS)
 
 
 def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
@@ -330,30 +383,38 @@ def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
     )
 
 
+def _convert_peer(rp: Any, skipped: Counter[str]) -> RosterPeer | None:
+    raw = _decode_key(rp.wgPubKey)
+    if raw is None:
+        skipped["peer_key"] += 1
+        return None
+    nets: list[Network] = []
+    for text in rp.allowedIps[:MAX_ALLOWED_IPS_PER_PEER]:
+        net = _allowed_ip(text)
+        if net is None:
+            skipped["peer_allowed_ip"] += 1
+        else:
+            nets.append(net)
+    endpoint = getattr(rp, "endpoint", "") or ""
+    return RosterPeer(
+        public_key=rp.wgPubKey,
+        key_bytes=raw,
+        allowed_ips=tuple(dict.fromkeys(nets)),
+        endpoint=endpoint,
+        fqdn=normalize_name(rp.fqdn) or "",
+    )
+
+
 def _convert_roster(nm: Any, skipped: Counter[str]) -> tuple[RosterPeer, ...]:
     roster: dict[str, RosterPeer] = {}
     for i, rp in enumerate(nm.remotePeers):
         if i >= MAX_REMOTE_PEERS:
             skipped["peer_limit"] += len(nm.remotePeers) - i
             break
-        raw = _decode_key(rp.wgPubKey)
-        if raw is None:
-            skipped["peer_key"] += 1
-            continue
-        nets: list[Network] = []
-        for text in rp.allowedIps[:MAX_ALLOWED_IPS_PER_PEER]:
-            try:
-                nets.append(ipaddress.ip_network(text, strict=False))
-            except ValueError:
-                skipped["peer_allowed_ip"] += 1
-        endpoint = getattr(rp, "endpoint", "") or ""
-        roster[rp.wgPubKey] = RosterPeer(
-            public_key=rp.wgPubKey,
-            key_bytes=raw,
-            allowed_ips=tuple(dict.fromkeys(nets)),
-            endpoint=endpoint,
-            fqdn=normalize_name(rp.fqdn) or "",
-        )
+        peer = _PEERS.convert(rp.SerializeToString(),
+                              lambda why, rp=rp: _convert_peer(rp, why), skipped)
+        if peer is not None:
+            roster[peer.public_key] = peer
     return tuple(roster.values())
 
 
@@ -373,7 +434,9 @@ def _convert_zones(nm: Any, skipped: Counter[str]) -> tuple[DnsZone, ...]:
             if budget <= 0:
                 skipped["record_limit"] += 1
                 continue
-            rec = _convert_record(r, apex, skipped)
+            rec = _RECORDS.convert((apex, r.SerializeToString()),
+                                   lambda why, r=r, apex=apex: _convert_record(r, apex, why),
+                                   skipped)
             if rec is not None:
                 records.append(rec)
                 budget -= 1
@@ -440,7 +503,8 @@ def convert(nm: Any) -> AccountNetwork:
             break
         if rule.Direction != _DIR_IN:
             continue
-        converted = _convert_rule(rule, skipped)
+        converted = _RULES.convert(rule.SerializeToString(),
+                                   lambda why, rule=rule: _convert_rule(rule, why), skipped)
         if converted is not None:
             (deny if converted.action == "deny" else allow).append(converted)
     return AccountNetwork(

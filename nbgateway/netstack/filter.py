@@ -19,18 +19,65 @@ only, like "ESTABLISHED accepted, NEW checked" in a conntrack firewall):
 * ICMP/ICMPv6 echo requests.
 
 Denied packets are dropped silently and counted as ``drop_filtered``.
+
+Compilation: :meth:`Rule.make` takes network objects as they are (text is
+parsed once and memoized), and splits sources into a set of host addresses
+(``/32``, ``/128``: one hash probe per packet, whatever the number of peers)
+and a short list of wider prefixes.  A network map whose rule names every
+roster peer therefore costs a few integer operations per source to compile
+and O(1) per packet to match.
+
+:class:`RuleCompiler` turns a map's rule list (often one rule per peer and
+port) into a few merged rules: within a run of rules with the same action,
+rules with the same protocols and ports are one rule with the union of their
+sources (first match wins and they all decide alike, so the result is the
+same), and each source owner's compiled form is remembered by identity from
+one compilation to the next (the converter hands out the same objects for
+unchanged entries), so an unchanged rule costs one dictionary probe.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 ALLOW = "allow"
 DENY = "deny"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NETWORK_TYPES = (ipaddress.IPv4Network, ipaddress.IPv6Network)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _as_network(source: str | Network) -> Network:
+    """A network object as it is; text parsed once (memoized)."""
+    if isinstance(source, _NETWORK_TYPES):
+        return source
+    return _parse(source)
+
+
+def compile_sources(
+    nets: Iterable[Network],
+) -> tuple[frozenset[tuple[int, int]], tuple[tuple[int, int, int], ...]]:
+    """(host addresses as (version, int), wider prefixes as (version,
+    network int, mask int)).  No parsing and no string forms."""
+    hosts: set[tuple[int, int]] = set()
+    wide: list[tuple[int, int, int]] = []
+    for n in nets:
+        addr = int(n.network_address)
+        if n.prefixlen == n.max_prefixlen:
+            hosts.add((n.version, addr))
+        else:
+            wide.append((n.version, addr, int(n.netmask)))
+    return frozenset(hosts), tuple(wide)
 
 
 @dataclass(frozen=True)
@@ -46,6 +93,7 @@ class Rule:
     ports: tuple[tuple[int, int], ...] = ()
     peer_keys: frozenset[bytes] = frozenset()
     _nets: tuple[tuple[int, int, int], ...] = field(default=(), repr=False, compare=False)
+    _hosts: frozenset[tuple[int, int]] = field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
     def make(
@@ -55,17 +103,16 @@ class Rule:
     ) -> Rule:
         if action not in (ALLOW, DENY):
             raise ValueError(f"action must be {ALLOW!r} or {DENY!r}")
-        nets = tuple(ipaddress.ip_network(s, strict=False) for s in sources)
+        nets = tuple(_as_network(s) for s in sources)
         prs = []
         for p in ports:
             lo, hi = (p, p) if isinstance(p, int) else p
             if not 0 <= lo <= hi <= 0xFFFF:
                 raise ValueError(f"bad port range {p!r}")
             prs.append((lo, hi))
-        masks = tuple(
-            (n.version, int(n.network_address), int(n.netmask)) for n in nets
-        )
-        return cls(action, nets, frozenset(protocols), tuple(prs), frozenset(peer_keys), masks)
+        hosts, wide = compile_sources(nets)
+        return cls(action, nets, frozenset(protocols), tuple(prs), frozenset(peer_keys), wide,
+                   hosts)
 
     def matches(
         self, version: int, src: int, protocol: int, port: int | None, peer_key: bytes | None,
@@ -76,7 +123,9 @@ class Rule:
             return False
         if self.peer_keys and peer_key not in self.peer_keys:
             return False
-        if self._nets:
+        if self._hosts or self._nets:
+            if (version, src) in self._hosts:
+                return True
             return any(v == version and src & m == n for v, n, m in self._nets)
         return True
 
@@ -110,3 +159,90 @@ class PacketFilter:
             if rule.matches(version, s, protocol, port, peer_key):
                 return rule.action == ALLOW
         return self.default == ALLOW
+
+
+_Part = tuple[frozenset[tuple[int, int]], tuple[tuple[int, int, int], ...]]
+
+
+class _Group:
+    __slots__ = ("action", "any_source", "hosts", "ports", "protocols", "sources", "wide")
+
+    def __init__(self, action: str, protocols: frozenset[int],
+                 ports: tuple[tuple[int, int], ...]) -> None:
+        self.action = action
+        self.protocols = protocols
+        self.ports = ports
+        self.sources: list[Iterable[Network]] = []
+        self.hosts: list[frozenset[tuple[int, int]]] = []
+        self.wide: dict[tuple[int, int, int], None] = {}
+        self.any_source = False
+
+    def rule(self) -> Rule:
+        if self.any_source:
+            return Rule(self.action, (), self.protocols, self.ports)
+        sources = tuple(itertools.chain.from_iterable(self.sources))  # no hashing
+        hosts = frozenset().union(*self.hosts)
+        return Rule(self.action, sources, self.protocols, self.ports, frozenset(),
+                    tuple(self.wide), hosts)
+
+
+class RuleCompiler:
+    """Merging compiler for one filter (see the module docstring).
+
+    ``begin()``, then ``add()`` each rule in order, then ``finish()`` returns
+    the merged rules.  ``owner`` is the immutable object the sources belong
+    to (a converted map rule, a roster peer): its compiled sources are reused
+    while the same object comes back.  Empty ``sources`` match any source.
+    Memory: the memo holds only the owners of the last compilation."""
+
+    def __init__(self) -> None:
+        self._memo: dict[int, tuple[object, _Part]] = {}
+        self._next: dict[int, tuple[object, _Part]] = {}
+        self._runs: list[dict[tuple[Any, ...], _Group]] = []
+        self._run_action = ""
+        #: sources compiled (not found in the memo) by the last compilation
+        self.compiled_sources = 0
+
+    def begin(self) -> None:
+        self._next = {}
+        self._runs = []
+        self._run_action = ""
+        self.compiled_sources = 0
+
+    def add(self, action: str, protocols: Iterable[int], ports: Iterable[tuple[int, int]],
+            owner: object, sources: Iterable[Network]) -> None:
+        if action != self._run_action:
+            if action not in (ALLOW, DENY):
+                raise ValueError(f"action must be {ALLOW!r} or {DENY!r}")
+            self._runs.append({})
+            self._run_action = action
+        protos = protocols if type(protocols) is frozenset else frozenset(protocols)
+        prs = ports if type(ports) is tuple else tuple(ports)
+        run = self._runs[-1]
+        key = (protos, prs)
+        group = run.get(key)
+        if group is None:
+            for lo, hi in prs:
+                if not 0 <= lo <= hi <= 0xFFFF:
+                    raise ValueError(f"bad port range {(lo, hi)!r}")
+            group = run[key] = _Group(action, protos, prs)
+        oid = id(owner)
+        hit = self._next.get(oid) or self._memo.get(oid)
+        if hit is None or hit[0] is not owner:
+            nets = tuple(sources)
+            hit = (owner, compile_sources(nets))
+            self.compiled_sources += len(nets)
+        self._next[oid] = hit
+        hosts, wide = hit[1]
+        if not hosts and not wide:
+            group.any_source = True
+            return
+        group.sources.append(sources)
+        group.hosts.append(hosts)
+        for w in wide:
+            group.wide[w] = None
+
+    def finish(self) -> list[Rule]:
+        rules = [g.rule() for run in self._runs for g in run.values()]
+        self._memo, self._next, self._runs, self._run_action = self._next, {}, [], ""
+        return rules
