@@ -21,6 +21,7 @@ the first byte; HTTP/2 streams use the same request class and resources.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from io import BytesIO
 from typing import Any
@@ -399,23 +400,37 @@ class ProxySite(server.Site):
 
     ``timeout`` is the idle timeout (default 90 s, the per-account inbound
     servers' value upstream; the public listener uses 120 s) and
-    ``header_timeout`` the read-header deadline (default 30 s; public 10 s)."""
+    ``header_timeout`` the read-header deadline (default 30 s; public 10 s).
+
+    ``fast``: serve HTTP/1.1 through the fast path of
+    :mod:`nbgateway.proxy.fast` when the resource names its channel class
+    (``fast_protocol``, with ``fast_route``)
+    (default on; ``NBGW_HTTP_FAST=0`` in the environment turns it off)."""
 
     protocol = StreamingHTTPChannel
     requestFactory = StreamingRequest
     displayTracebacks = False
 
     def __init__(self, resource: Any, *args: Any, timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-                 header_timeout: float | None = DEFAULT_HEADER_TIMEOUT, **kwargs: Any) -> None:
+                 header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
+                 fast: bool | None = None, **kwargs: Any) -> None:
         super().__init__(resource, *args, timeout=timeout, **kwargs)
         self.requestFactory = StreamingRequest
         self.header_timeout = header_timeout
+        if fast is None:
+            fast = os.environ.get("NBGW_HTTP_FAST", "1") not in ("0", "no", "off", "false")
+        self.fast = fast
 
     def log(self, request: Any) -> None:
         """No combined-log line per request: the gateway emits its own
         structured access log (``nbgateway.observe.accesslog``)."""
 
     def buildProtocol(self, addr: Any) -> Any:
+        fast_protocol = getattr(self.resource, "fast_protocol", None)
+        if self.fast and fast_protocol is not None:
+            self.protocol = fast_protocol
+        else:
+            self.protocol = StreamingHTTPChannel
         channel = super().buildProtocol(addr)
         if isinstance(channel, StreamingHTTPChannel):
             channel.header_timeout = self.header_timeout

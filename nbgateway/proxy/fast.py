@@ -1,0 +1,496 @@
+"""The HTTP/1.1 fast path of the gateway's listeners.
+
+:class:`FastHTTPChannel` is a :class:`~nbgateway.proxy.streaming.StreamingHTTPChannel`
+that serves the common request itself instead of through twisted.web's
+line-by-line ``HTTPChannel`` parser and ``server.Request``:
+
+- the request head is found with one ``find(b"\\r\\n\\r\\n")`` and parsed by
+  ``httptools`` (llhttp, strict) in one call;
+- a :class:`FastRequest` (the subset of ``twisted.web.server.Request`` the
+  gateway's resource, reverse proxy, error pages and access log use) is given
+  to the site's resource directly: no resource traversal, no
+  ``Request.process``; the status line, headers and first body bytes go out
+  in one transport write, with the same default headers (``Server``, a
+  ``Date`` formatted once per second), the same chunked framing and the same
+  persistence rules as twisted.web;
+- bodies: ``Content-Length`` bodies up to
+  :data:`~nbgateway.proxy.streaming.STREAM_THRESHOLD` are buffered and
+  dispatched complete (as twisted.web does), larger ones are streamed through
+  a :class:`~nbgateway.proxy.streaming.RequestBodyStream` with backpressure;
+- pipelined requests are served one at a time, in order; reading pauses when
+  more than :data:`MAX_PIPELINED` bytes wait behind the current request;
+- the read-header deadline and the idle timeout are the channel's (no timer
+  per request: the idle timer is reset, never re-created, while a request is
+  in flight).
+
+Anything else is handed to the unchanged twisted.web path of the same
+channel at a request boundary, replaying the bytes the fast path buffered:
+a resource that does not offer ``fast_route(host)`` (and name this class as
+its ``fast_protocol``) or declines the host
+(operator login flows), HTTP/1.0, ``Upgrade``/``CONNECT``, ``Expect``,
+``Transfer-Encoding`` bodies, a target not in origin form, a head llhttp
+rejects or larger than :data:`MAX_FAST_HEAD`, HTTP/2 after ALPN.  Once
+handed over, the connection stays on the twisted.web path.  ``ProxySite(...,
+fast=False)`` (or ``NBGW_HTTP_FAST=0`` in the environment) disables the fast
+path for A/B comparisons.
+"""
+
+from __future__ import annotations
+
+import time
+from io import BytesIO
+from typing import Any
+
+import httptools
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.http_headers import Headers
+
+from nbgateway.proxy.streaming import STREAM_THRESHOLD, RequestBodyStream, StreamingHTTPChannel
+
+log = Logger()
+
+#: a head larger than this goes to twisted.web (which enforces its own limits)
+MAX_FAST_HEAD = 8 * 1024
+#: a fast request with more header lines goes to twisted.web
+MAX_FAST_HEADERS = 100
+#: bytes of pipelined requests buffered behind the current one before reading pauses
+MAX_PIPELINED = 64 * 1024
+
+_SERVER = server.version
+_NO_BODY_CODES = http.NO_BODY_CODES
+_RESPONSES = http.RESPONSES
+_PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body>"
+                      b"<b>Processing Failed</b></body></html>")
+
+_date_cache: list[Any] = [0, b""]
+
+
+def http_date() -> bytes:
+    """``Date`` as twisted.web formats it, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = http.datetimeToString(now)
+    return _date_cache[1]
+
+
+class _DeclineError(Exception):
+    """The head is valid HTTP the fast path does not serve itself."""
+
+
+class _Head:
+    """httptools callbacks for one request head (a fresh parser per head)."""
+
+    __slots__ = ("close", "count", "decline", "headers", "host", "length", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers = Headers()
+        self.count = 0
+        self.host: bytes | None = None
+        self.length: int | None = None
+        self.close = False
+        self.decline = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count += 1
+        lower = name.lower()
+        if lower == b"host":
+            self.host = value
+        elif lower == b"content-length":
+            if self.length is not None or not value.isdigit():
+                self.decline = True
+            else:
+                self.length = int(value)
+        elif lower == b"connection":
+            if not self.headers.hasHeader(b"connection"):
+                # twisted.web's rule: the first Connection header, split on spaces
+                self.close = b"close" in [t.lower() for t in value.split(b" ")]
+        elif lower in (b"transfer-encoding", b"upgrade", b"expect"):
+            self.decline = True
+        self.headers.addRawHeader(name, value)
+
+
+class FastRequest:
+    """One request served by the fast path: the part of
+    ``twisted.web.server.Request`` the gateway's code uses, with the same
+    response framing (default ``Content-Type``, chunked without a
+    ``Content-Length``, no body for HEAD/204/304)."""
+
+    defaultContentType: bytes | None = b"text/html"
+    clientproto = b"HTTP/1.1"
+    body_stream: RequestBodyStream | None = None
+    upstream_status: int | None = None
+    proxy_error: str | None = None
+    producer: Any = None
+    chunked = False
+    startedWriting = False
+    finished = False
+    _disconnected = False
+
+    def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
+                 headers: Headers, close: bool) -> None:
+        self.channel: FastHTTPChannel | None = channel
+        self.transport = channel.transport
+        self.method = method
+        self.uri = uri
+        self.path = uri.split(b"?", 1)[0]
+        self.requestHeaders = headers
+        self.responseHeaders = Headers()
+        if close:
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        self.responseHeaders.setRawHeaders(b"server", [_SERVER])
+        self.responseHeaders.setRawHeaders(b"date", [http_date()])
+        self.code = 200
+        self.code_message = b"OK"
+        self.sentLength = 0
+        self.content: Any = None
+        self.notifications: list[defer.Deferred[None]] = []
+
+    # -- what resources read -------------------------------------------------
+    def getHeader(self, key: bytes) -> bytes | None:
+        values = self.requestHeaders.getRawHeaders(key)
+        return values[-1] if values else None
+
+    def getClientAddress(self) -> Any:
+        return self.channel_peer
+
+    def getHost(self) -> Any:
+        return self.channel_host
+
+    def isSecure(self) -> bool:
+        return self.secure
+
+    def getCookie(self, key: bytes) -> bytes | None:  # login flows go to twisted.web
+        return None
+
+    def notifyFinish(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.notifications.append(d)
+        return d
+
+    # -- the response --------------------------------------------------------
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+        self.code_message = message if message is not None else _RESPONSES.get(
+            code, b"Unknown Status")
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer:
+            raise ValueError("a producer is already registered")
+        self.producer = producer
+        if self.channel is not None:
+            self.channel.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self.channel is not None:
+            self.channel.unregisterProducer()
+        self.producer = None
+
+    def _head(self) -> bytes:
+        headers = self.responseHeaders
+        code = self.code
+        if (code not in (304, 204) and self.defaultContentType is not None
+                and not headers.hasHeader(b"content-type")):
+            length = headers.getRawHeaders(b"content-length")
+            if not (length and length[0] == b"0"):
+                headers.setRawHeaders(b"content-type", [self.defaultContentType])
+        if (not headers.hasHeader(b"content-length") and self.method != b"HEAD"
+                and code not in _NO_BODY_CODES):
+            headers.setRawHeaders(b"transfer-encoding", [b"chunked"])
+            self.chunked = True
+        parts = [b"HTTP/1.1 %d %s\r\n" % (code, self.code_message)]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts.append(b"%s: %s\r\n" % (name, value))
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            raise RuntimeError("Request.write called on a request after Request.finish")
+        if self._disconnected:
+            return
+        transport = self.transport
+        if not self.startedWriting:
+            self.startedWriting = True
+            head = self._head()
+            if self.method == b"HEAD" or self.code in _NO_BODY_CODES:
+                transport.write(head)
+                self.write = _ignore  # type: ignore[method-assign]
+                return
+            self.sentLength += len(data)
+            if not data:
+                transport.write(head)
+            elif self.chunked:
+                transport.write(b"%s%x\r\n%s\r\n" % (head, len(data), data))
+            else:
+                transport.write(head + data)
+            return
+        if not data:
+            return
+        self.sentLength += len(data)
+        if self.chunked:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def finish(self) -> None:
+        if self._disconnected:
+            raise RuntimeError("Request.finish called on a request after its "
+                               "connection was lost")
+        if self.finished:
+            return
+        if not self.startedWriting:
+            self.write(b"")
+        if self.chunked:
+            self.transport.write(b"0\r\n\r\n")
+        self.finished = True
+        channel = self.channel
+        if self.body_stream is not None and not self.body_stream.complete:
+            # The response ended before the streamed body did: the rest is unread.
+            self.body_stream.stopProducing()
+            if channel is not None:
+                channel.persistent = False
+        if self.producer is not None:
+            self.unregisterProducer()
+        self.channel = None
+        notifications, self.notifications = self.notifications, []
+        for d in notifications:
+            d.callback(None)
+        if channel is not None:
+            channel.fast_done(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._disconnected = True
+        self.channel = None
+        if self.body_stream is not None:
+            self.body_stream.abort(reason)
+        notifications, self.notifications = self.notifications, []
+        for d in notifications:
+            d.errback(reason)
+
+    def processing_failed(self, reason: Failure) -> None:
+        """An exception out of the resource: twisted.web's 500 page."""
+        log.failure("fast path: processing failed", failure=reason)
+        if self.finished or self._disconnected or self.startedWriting:
+            if not self._disconnected and self.channel is not None:
+                self.channel.transport.abortConnection()
+            return
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"text/html")
+        self.setHeader(b"content-length", b"%d" % len(_PROCESSING_FAILED))
+        self.write(_PROCESSING_FAILED)
+        self.finish()
+
+
+def _ignore(_data: bytes) -> None:
+    pass
+
+
+class FastHTTPChannel(StreamingHTTPChannel):
+    """See the module docstring.  ``fast`` is True until the connection is
+    handed to the twisted.web path."""
+
+    fast = True
+    fast_requests = 0
+    _buf = b""
+    _current: FastRequest | None = None
+    #: a parsed request waiting for the rest of its buffered body
+    _waiting: tuple[FastRequest, int] | None = None
+    _body_left = 0
+    _pumping = False
+    _closing = False
+    _read_paused = False
+    _peer: Any = None
+    _host: Any = None
+    _secure: bool | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._peer = self.transport.getPeer()
+        self._host = self.transport.getHost()
+        self._secure = ISSLTransport(self.transport, None) is not None
+
+    # -- bytes in --------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if not self.fast:
+            super().dataReceived(data)
+            return
+        if self._closing:
+            return
+        if not self._protocol_checked:
+            self._protocol_checked = True
+            if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+                self.fast = False
+                self._protocol_checked = False
+                super().dataReceived(data)
+                return
+        self.resetTimeout()
+        if self._body_left:
+            data = self._feed_body(data)
+            if not data:
+                return
+        self._buf += data
+        if self._current is not None or self._pumping:
+            if len(self._buf) > MAX_PIPELINED and not self._read_paused:
+                self._read_paused = True
+                self.transport.pauseProducing()
+            return
+        self._pump()
+
+    def _feed_body(self, data: bytes) -> bytes:
+        """Give the streamed body its bytes; returns what follows it."""
+        left = self._body_left
+        req = self._current
+        chunk, rest = (data, b"") if len(data) <= left else (data[:left], data[left:])
+        self._body_left = left - len(chunk)
+        if req is not None and req.body_stream is not None:
+            req.body_stream.feed(chunk)
+            if not self._body_left:
+                req.body_stream.finish()
+        return rest
+
+    def _pump(self) -> None:
+        """Serve complete requests from the buffer, one at a time."""
+        self._pumping = True
+        try:
+            while self.fast and not self._closing and self._current is None and self._buf:
+                if self._waiting is not None:
+                    req, need = self._waiting
+                    if len(self._buf) < need:
+                        return
+                    self._waiting = None
+                    req.content = BytesIO(self._buf[:need])
+                    self._buf = self._buf[need:]
+                    self._dispatch(req)
+                    continue
+                if not self._next_request():
+                    return
+        finally:
+            self._pumping = False
+            if (self.fast and not self._closing and self._buf and self._current is None
+                    and self._waiting is None):
+                self._arm_head_deadline()  # a partial head is waiting
+
+    def _next_request(self) -> bool:
+        """Parse the head at the start of the buffer; False when it is not
+        complete yet (or the connection went to twisted.web)."""
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_FAST_HEAD or buf[:1] in (b"\r", b"\n"):
+                self._hand_over()
+            return False
+        end += 4
+        if end > MAX_FAST_HEAD or buf[:1] in (b"\r", b"\n"):
+            self._hand_over()
+            return False
+        head = _Head()
+        parser = httptools.HttpRequestParser(head)
+        try:
+            parser.feed_data(buf[:end])
+            method = parser.get_method()
+            if (head.decline or parser.get_http_version() != "1.1"
+                    or head.count > MAX_FAST_HEADERS or not head.url.startswith(b"/")
+                    or method == b"CONNECT"):
+                raise _DeclineError()
+            fast_route = getattr(self.site.resource, "fast_route", None)
+            if fast_route is None or not fast_route(head.host or b""):
+                raise _DeclineError()
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, _DeclineError):
+            self._hand_over()
+            return False
+        self._cancel_head_deadline()
+        req = FastRequest(self, method, head.url, head.headers, head.close)
+        req.channel_peer = self._peer  # type: ignore[attr-defined]
+        req.channel_host = self._host  # type: ignore[attr-defined]
+        req.secure = self._secure  # type: ignore[attr-defined]
+        self.persistent = not head.close
+        length = head.length
+        self._buf = buf[end:]
+        if not length:
+            if length == 0:
+                req.content = BytesIO()
+            self._dispatch(req)
+        elif length <= STREAM_THRESHOLD:
+            # buffered and dispatched complete, as twisted.web does
+            self._waiting = (req, length)
+        else:
+            req.content = BytesIO()
+            req.body_stream = RequestBodyStream(req, length)  # type: ignore[arg-type]
+            self._body_left = length
+            self._dispatch(req)
+            if self._current is req and self._buf:
+                rest, self._buf = self._buf, b""
+                rest = self._feed_body(rest)
+                self._buf = rest + self._buf
+        return True
+
+    def _dispatch(self, req: FastRequest) -> None:
+        self._current = req
+        self._handlingRequest = True
+        self.fast_requests += 1
+        try:
+            body = self.site.resource.render(req)
+        except Exception:
+            req.processing_failed(Failure())
+            return
+        if isinstance(body, bytes) and not req.finished and not req._disconnected:
+            req.setHeader(b"content-length", b"%d" % len(body))
+            req.write(body)
+            req.finish()
+
+    def fast_done(self, req: FastRequest) -> None:
+        """``req`` finished its response: the next request, or close."""
+        if req is not self._current:
+            return
+        self._current = None
+        self._handlingRequest = False
+        if not self.persistent or self._body_left:
+            self._closing = True
+            self._buf = b""
+            self.loseConnection()
+            return
+        self.resetTimeout()
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resumeProducing()
+        if self._buf and not self._pumping:
+            self._pump()
+
+    def _hand_over(self) -> None:
+        """Give this connection to the twisted.web path, replaying what the
+        fast path buffered (at a request boundary: nothing is in flight)."""
+        self.fast = False
+        data, self._buf = self._buf, b""
+        self._cancel_head_deadline()
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resumeProducing()
+        self._protocol_checked = True
+        if data:
+            StreamingHTTPChannel.dataReceived(self, data)
+
+    def timeoutConnection(self) -> None:
+        if self._current is not None:
+            self.setTimeout(self.timeOut)  # idle time does not run while a request does
+            return
+        super().timeoutConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        current, self._current = self._current, None
+        self._waiting = None
+        if current is not None:
+            current.connectionLost(reason)
+        super().connectionLost(reason)

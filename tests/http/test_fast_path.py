@@ -1,0 +1,353 @@
+"""The listeners' HTTP/1.1 fast path (nbgateway.proxy.fast) against the
+twisted.web path it stands in for.
+
+Each parity test sends the same raw bytes to two gateway sites on real
+127.0.0.1 sockets, one with the fast path and one without
+(``ProxySite(fast=False)``), both proxying to the same real upstream, and
+compares the complete response bytes (only the ``Date`` value masked); it
+also checks which path served (``fast_requests`` of the channel).  The
+deadline tests drive a channel over an in-memory transport on task.Clock."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+from twisted.web import resource, server
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.dial.direct import DirectDialer
+from nbgateway.dial.pool import UpstreamPools
+from nbgateway.http.site import GatewayResource
+from nbgateway.observe.accesslog import AccessLogger
+from nbgateway.proxy.fast import FastHTTPChannel
+from nbgateway.proxy.reverse import ReverseProxy
+from nbgateway.proxy.streaming import ProxySite, StreamingHTTPChannel
+from nbgateway.routes.service import entry_from_mapping
+
+BIG = 200 * 1024
+
+
+class Upstream(resource.Resource):
+    """Answers with what it saw: method, target, body length, identity and
+    forwarding headers (the values that do not change between runs)."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        body = request.content.read()
+        if request.path == b"/nocontent":
+            request.setResponseCode(204)
+            return b""
+        if request.path == b"/slow":
+            d = task.deferLater(reactor, 0.05, lambda: None)
+            d.addCallback(lambda _: (request.write(b"late"), request.finish()))
+            return server.NOT_DONE_YET
+        seen = [request.method, request.uri, b"%d" % len(body)]
+        for name in (b"x-netbird-user", b"x-forwarded-host", b"x-forwarded-proto", b"cookie",
+                     b"x-custom", b"x-forwarded-for"):
+            seen.append(name + b"=" + b",".join(request.requestHeaders.getRawHeaders(name)
+                                                  or []))
+        request.setHeader(b"content-type", b"text/plain")
+        request.setHeader(b"set-cookie", b"up=1; Path=/")
+        return b"\n".join(seen) + b"\n"
+
+
+def mapping(port: int, domain: str, *, private: bool = False, **kw: Any) -> pb.ProxyMapping:
+    kw.setdefault("path", [pb.PathMapping(path="/", target=f"http://127.0.0.1:{port}/",
+                                          options=pb.PathTargetOptions(direct_upstream=True))])
+    return pb.ProxyMapping(id=f"svc-{domain}", account_id="acct", domain=domain,
+                           private=private, **kw)
+
+
+class Collect(Protocol):
+    def __init__(self, payload: bytes, done: defer.Deferred) -> None:
+        self.payload = payload
+        self.done = done
+        self.data = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.done.callback(self.data)
+
+
+class _Factory(ClientFactory):
+    def __init__(self, payload: bytes) -> None:
+        self.done: defer.Deferred = defer.Deferred()
+        self.payload = payload
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return Collect(self.payload, self.done)
+
+
+class Logs:
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+
+    def send_access_log(self, entry: Any) -> defer.Deferred:
+        self.entries.append(entry)
+        return defer.succeed(None)
+
+
+class RecordingSite(ProxySite):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.channels: list[Any] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        ch = super().buildProtocol(addr)
+        self.channels.append(ch)
+        return ch
+
+
+def masked(raw: bytes) -> bytes:
+    return re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: -\r\n", raw)
+
+
+class FastPathParityTests(unittest.TestCase):
+    timeout = 15
+
+    def setUp(self) -> None:
+        self.up_port = reactor.listenTCP(0, server.Site(Upstream()), interface="127.0.0.1")
+        port = self.up_port.getHost().port
+        entries = {m.domain: entry_from_mapping(m) for m in (
+            mapping(port, "app.example"),
+            mapping(port, "private.example", private=True),
+            mapping(port, "narrow.example", access_restrictions=pb.AccessRestrictions(
+                allowed_cidrs=["10.9.9.0/24"])),
+            mapping(port, "custom.example", path=[pb.PathMapping(
+                path="/", target=f"http://127.0.0.1:{port}/",
+                options=pb.PathTargetOptions(direct_upstream=True,
+                                             custom_headers={"X-Custom": "yes"}))]),
+        )}
+        self.pools = UpstreamPools(reactor)
+        self.proxy = ReverseProxy(reactor, self.pools, lambda a, d: DirectDialer(reactor))
+        self.sites: dict[bool, RecordingSite] = {}
+        self.logs: dict[bool, Logs] = {}
+        self.ports: dict[bool, Any] = {}
+        for fast in (True, False):
+            self.logs[fast] = Logs()
+            res = GatewayResource(lookup=entries.get, proxy=self.proxy, gate=None,
+                                  access_log=AccessLogger(self.logs[fast], reactor, linger=0))
+            self.sites[fast] = RecordingSite(res, fast=fast)
+            self.ports[fast] = reactor.listenTCP(0, self.sites[fast], interface="127.0.0.1")
+
+    @defer.inlineCallbacks
+    def tearDown(self) -> Any:
+        yield self.pools.close()
+        for p in self.ports.values():
+            yield p.stopListening()
+        yield self.up_port.stopListening()
+        for site in self.sites.values():
+            for ch in site.channels:
+                if ch.transport is not None and not ch.transport.disconnected:
+                    ch.transport.abortConnection()
+
+    @defer.inlineCallbacks
+    def exchange(self, fast: bool, payload: bytes) -> Any:
+        f = _Factory(payload)
+        reactor.connectTCP("127.0.0.1", self.ports[fast].getHost().port, f)
+        raw = yield f.done
+        return raw
+
+    @defer.inlineCallbacks
+    def both(self, payload: bytes, *, fast_served: int) -> Any:
+        """The fast and the twisted.web answer to ``payload``: identical."""
+        fast = yield self.exchange(True, payload)
+        slow = yield self.exchange(False, payload)
+        self.assertEqual(masked(fast), masked(slow))
+        ch = self.sites[True].channels[-1]
+        self.assertIsInstance(ch, FastHTTPChannel)
+        self.assertEqual(ch.fast_requests, fast_served)
+        self.assertEqual(type(self.sites[False].channels[-1]), StreamingHTTPChannel)
+        return fast
+
+    @defer.inlineCallbacks
+    def test_proxied_get_head_and_headers(self):
+        raw = yield self.both(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: app.example\r\nX-NetBird-User: spoof\r\n"
+            b"Cookie: nb_session=x; keep=1\r\nConnection: close\r\n\r\n", fast_served=1)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 200 OK\r\n"), raw)
+        self.assertIn(b"\r\nConnection: close\r\n", raw)
+        self.assertIn(b"x-netbird-user=\n", raw)  # the spoofed identity never passes
+        self.assertIn(b"cookie=keep=1\n", raw)
+        raw = yield self.both(b"HEAD / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+                              fast_served=1)
+        self.assertTrue(raw.endswith(b"\r\n\r\n"), raw)
+        raw = yield self.both(b"GET / HTTP/1.1\r\nHost: custom.example:80\r\n"
+                              b"Connection: close\r\n\r\n", fast_served=1)
+        self.assertIn(b"x-custom=yes\n", raw)
+
+    @defer.inlineCallbacks
+    def test_errors_rendered_by_the_fast_path(self):
+        raw = yield self.both(b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n"
+                              b"Connection: close\r\n\r\n", fast_served=1)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw)
+        raw = yield self.both(b"GET / HTTP/1.1\r\nHost: private.example\r\n"
+                              b"Connection: close\r\n\r\n", fast_served=1)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 403 "), raw)
+        raw = yield self.both(b"GET / HTTP/1.1\r\nHost: narrow.example\r\n"
+                              b"Connection: close\r\n\r\n", fast_served=1)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 403 "), raw)
+        # the front door's 400 for a duplicate Host closes the connection
+        raw = yield self.both(b"GET / HTTP/1.1\r\nHost: app.example\r\nHost: x\r\n\r\n"
+                              b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n", fast_served=1)
+        self.assertEqual(raw.count(b"HTTP/1.1 "), 1, raw)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 400 "), raw)
+
+    @defer.inlineCallbacks
+    def test_keep_alive_and_pipelining_in_order(self):
+        payload = b"".join(
+            b"GET /%d HTTP/1.1\r\nHost: app.example\r\n\r\n" % i for i in range(5))
+        payload += b"GET /nocontent HTTP/1.1\r\nHost: app.example\r\n\r\n"
+        payload += b"GET /slow HTTP/1.1\r\nHost: app.example\r\n\r\n"
+        payload += b"GET /last HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"
+        raw = yield self.both(payload, fast_served=8)
+        targets = re.findall(rb"\nGET\n(/[^\n]*)\n", raw)
+        self.assertEqual(targets, [b"/%d" % i for i in range(5)] + [b"/last"])
+        self.assertIn(b"HTTP/1.1 204 No Content\r\n", raw)
+        self.assertIn(b"\r\n\r\n4\r\nlate\r\n0\r\n\r\n", raw)  # chunked, in its place
+        # one access-log entry per request on both paths
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.logs[True].entries), 8)
+        self.assertEqual([e.path for e in self.logs[True].entries],
+                         [e.path for e in self.logs[False].entries])
+
+    @defer.inlineCallbacks
+    def test_request_bodies_buffered_and_streamed(self):
+        small = b"x" * 1000
+        raw = yield self.both(
+            b"POST /s HTTP/1.1\r\nHost: app.example\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(small), small)
+            + b"POST /e HTTP/1.1\r\nHost: app.example\r\nContent-Length: 0\r\n"
+              b"Connection: close\r\n\r\n", fast_served=2)
+        self.assertIn(b"POST\n/s\n1000\n", raw)
+        self.assertIn(b"POST\n/e\n0\n", raw)
+        big = b"y" * BIG
+        raw = yield self.both(
+            b"PUT /big HTTP/1.1\r\nHost: app.example\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(big), big)
+            + b"GET /after HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+            fast_served=2)
+        self.assertIn(b"PUT\n/big\n%d\n" % BIG, raw)
+        self.assertIn(b"GET\n/after\n0\n", raw)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        uploads = {e.path: e.bytes_upload for e in self.logs[True].entries}
+        self.assertEqual(uploads["/big"], BIG)
+        self.assertEqual(uploads["/s"], 1000)
+
+    @defer.inlineCallbacks
+    def test_handed_to_twisted_web(self):
+        """Requests the fast path does not serve get twisted.web's answer;
+        the requests before them on the connection stay on the fast path."""
+        cases = [
+            b"GET http://app.example/abs HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: app.example\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade, close\r\n\r\n",
+            b"GET /\x01 HTTP/1.1\r\nHost: app.example\r\n\r\n",
+            b"BREW / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: app.example\r\nContent-Length: 1\r\n"
+            b"Content-Length: 2\r\n\r\nab",
+        ]
+        for case in cases:
+            yield self.both(b"GET /first HTTP/1.1\r\nHost: app.example\r\n\r\n" + case,
+                            fast_served=1)
+            self.assertFalse(self.sites[True].channels[-1].fast)
+
+
+class _Never(resource.Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.requests.append(request)
+        return server.NOT_DONE_YET
+
+
+class _FastNever(_Never):
+    fast_protocol = FastHTTPChannel
+
+    @staticmethod
+    def fast_route(host: bytes) -> bool:
+        return True
+
+
+class FastPathDeadlineTests(unittest.TestCase):
+    def make(self, **kw: Any) -> tuple[task.Clock, Any, StringTransport, _FastNever]:
+        clock = task.Clock()
+        res = _FastNever()
+        site = ProxySite(res, reactor=clock, **kw)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        self.assertIsInstance(channel, FastHTTPChannel)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
+        channel.makeConnection(transport)
+        return clock, channel, transport, res
+
+    def test_slow_head_gets_408(self):
+        clock, channel, transport, _res = self.make(header_timeout=5, timeout=100)
+        for byte in b"GET / HTTP/1.1\r\nHost: a\r\n":
+            channel.dataReceived(bytes([byte]))
+            clock.advance(0.25)
+        self.assertIn(b"408 Request Timeout", transport.value())
+        self.assertEqual(channel.header_timeouts, 1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_idle_timeout_waits_for_the_request_in_flight(self):
+        clock, channel, transport, res = self.make(header_timeout=5, timeout=10)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(res.requests), 1)
+        clock.advance(25)  # the response is slow: not an idle connection
+        self.assertFalse(transport.disconnecting)
+        request = res.requests[0]
+        request.setHeader(b"content-length", b"2")
+        request.write(b"ok")
+        request.finish()
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nok"))
+        clock.advance(11)  # now idle
+        self.assertTrue(transport.disconnecting)
+
+    def test_client_gone_errbacks_the_request(self):
+        _clock, channel, transport, res = self.make()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n")
+        request = res.requests[0]
+        lost: list[Any] = []
+        request.notifyFinish().addErrback(lost.append)
+        channel.connectionLost(Exception("gone"))
+        self.assertEqual(len(lost), 1)
+        request.write(b"ignored")  # writing to a gone client is a no-op, as in twisted.web
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(len(res.requests), 1)
+
+    def test_pipelined_bytes_are_bounded(self):
+        _clock, channel, transport, res = self.make()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        for _ in range(40):
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"z" * 4000 + b"\r\n\r\n")
+        self.assertEqual(transport.producerState, "paused")
+        request = res.requests[0]
+        request.setHeader(b"content-length", b"0")
+        request.finish()
+        self.assertEqual(len(res.requests), 2)  # served one at a time
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_disabled_is_twisted_web(self):
+        clock = task.Clock()
+        site = ProxySite(_FastNever(), reactor=clock, fast=False)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        self.assertIs(type(channel), StreamingHTTPChannel)
