@@ -66,6 +66,7 @@ from nbgateway.auth.session import COOKIE_NAME, SessionVerifier
 from nbgateway.auth.tunnel import GateDecision, PrivateGate, session_cookie
 from nbgateway.http.login import render_denied, render_login, send_html
 from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id, should_log
+from nbgateway.proxy.fast import FastHTTPChannel
 from nbgateway.proxy.headers import drop_underscore_headers
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.routes.context import RequestContext
@@ -93,6 +94,8 @@ def _plain(request: Any, code: int, body: bytes) -> None:
 
 class GatewayResource(Resource):
     isLeaf = True
+    #: the channel a ProxySite serves this resource with (its HTTP/1.1 fast path)
+    fast_protocol = FastHTTPChannel
 
     def __init__(
         self,
@@ -131,6 +134,13 @@ class GatewayResource(Resource):
         self.rejected: dict[int, int] = {}  # status -> requests refused at the front door
 
     # ------------------------------------------------------------------ request
+
+    def fast_route(self, host: bytes) -> bool:
+        """May the listener's HTTP/1.1 fast path (:mod:`nbgateway.proxy.fast`)
+        serve a request for ``host``?  Everything but a public service with
+        operator schemes (login pages, forms, cookies: twisted.web's path)."""
+        entry = self.lookup(domain_key(host_without_port(host.decode("latin-1"))))
+        return entry is None or entry.private or not entry.has_schemes
 
     def render(self, request: Any) -> Any:
         overlay = self.listener_account is not None
