@@ -154,8 +154,16 @@ def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
         service(w, "priv", PRIVATE_PORT, 5201, private=True)
         ns, gw_ip, _ = w.connect_peer("alice")
         service(w, "probe", PRIVATE_PORT + 1, ECHO_PORT, private=True)
-        wait_for(lambda: ns.run(["bash", "-c", f"exec 3<>/dev/tcp/{gw_ip}/{PRIVATE_PORT + 1}"],
-                                check=False).returncode == 0, 30, "the private services")
+        try:
+            wait_for(lambda: ns.run(["timeout", "3", "bash", "-c",
+                                     f"exec 3<>/dev/tcp/{gw_ip}/{PRIVATE_PORT + 1}"],
+                                    check=False).returncode == 0, 60, "the private services")
+        except AssertionError:
+            for name in ("gateway", "management"):
+                with open(os.path.join(w.tmp, f"{name}.log"), errors="replace") as f:
+                    print(f"--- {name}.log (tail)", *f.readlines()[-40:], sep="",
+                          file=sys.stderr)
+            raise
         pid = gateway_pid(w)
         for i in range(rounds):
             base = measure_wg_go_baseline(seconds)["forward"]

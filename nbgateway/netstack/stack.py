@@ -4,8 +4,12 @@ Inbound (:meth:`Stack.packetReceived`): validate the IPv4/IPv6 header
 (``wire.py``), accept only packets addressed to one of the stack's addresses
 (others are dropped and counted ``drop_not_local``; unicast ones get a
 rate-limited ICMP host unreachable; there is no forwarding), reassemble
-fragments (``ip.Reassembler``), verify the TCP/UDP checksum, apply the
-packet filter (``filter.py``) and dispatch: 6 -> ``tcp.segment_received``,
+fragments (``ip.Reassembler``), verify the TCP/UDP checksum (unless
+``verify_checksums=False``: the link below authenticated every packet, see
+:class:`Stack`), apply the packet filter (``filter.py``) and dispatch: 6 ->
+``tcp.segment_received`` (or, for consecutive in-order segments of one
+connection within one batch, ``tcp.segments_received`` once for the run: see
+``coalesce.py``),
 17 -> UDP sockets, 1/58 -> ICMP, anything else -> ICMP protocol unreachable.
 Nothing raises out of ``packetReceived``: malformed input is counted under
 its ``drop_*`` reason in :attr:`Stack.counters`; an unexpected exception is
@@ -48,6 +52,7 @@ from zope.interface import implementer
 from nbgateway.interfaces import IPacketBatchSink, IPacketSender
 from nbgateway.netstack import wire
 from nbgateway.netstack.checksum import fold, ones_sum
+from nbgateway.netstack.coalesce import TCPCoalescer
 from nbgateway.netstack.filter import PacketFilter
 from nbgateway.netstack.icmp import ICMPLayer
 from nbgateway.netstack.ip import AddressCache, Reassembler
@@ -90,6 +95,12 @@ class Stack:
     ``fragments`` (:class:`Reassembler`), ``tcp``, ``udp``
     (:class:`UDPLayer`), ``icmp`` (:class:`ICMPLayer`).  The layers use only
     the :class:`~nbgateway.netstack.iplayer.IIPLayer` interface it provides.
+
+    ``verify_checksums=False`` is for a stack fed by WireGuard: every packet
+    it receives was authenticated by the AEAD, so the TCP/UDP checksums of
+    inbound packets are not verified (Linux marks decrypted WireGuard packets
+    CHECKSUM_UNNECESSARY; gVisor under wireguard-go skips them likewise).
+    Output checksums are always computed.
     """
 
     def __init__(
@@ -108,6 +119,7 @@ class Stack:
         reassembly_timeout: float = 30.0,
         max_reassembly_datagrams: int = 64,
         max_reassembly_bytes: int = 256 * 1024,
+        verify_checksums: bool = True,
     ) -> None:
         addrs = tuple(ipaddress.ip_address(a) for a in addresses)
         if not addrs:
@@ -122,6 +134,9 @@ class Stack:
         self.ttl = ttl
         self.addresses = addrs
         self.icmp_host_unreachable = icmp_host_unreachable
+        self.verify_checksums = verify_checksums
+        self.coalescer = TCPCoalescer(self._tcp_one, self._tcp_run)
+        self._coalescing = False  # inside packetsReceived: TCP segments go to the coalescer
         self._local: dict[bytes, IPAddress] = {a.packed: a for a in addrs}
         self._first: dict[int, bytes | None] = {
             v: next((a.packed for a in addrs if a.version == v), None) for v in (4, 6)
@@ -174,13 +189,22 @@ class Stack:
     # ------------------------------------------------------------ inbound
 
     def packetsReceived(self, packets: list[bytes], peer_key: bytes) -> None:
-        """IPacketBatchSink: a run of packets from one peer; replies leave
-        together once all are processed."""
+        """IPacketBatchSink: a run of packets from one peer; consecutive
+        in-order TCP segments of one connection reach the TCP layer as one
+        (``coalesce.py``); replies leave together once all are processed."""
         self.cork()
+        self._coalescing = len(packets) > 1
         try:
             for packet in packets:
                 self.packetReceived(packet, peer_key)
+            if self._coalescing:
+                self._coalescing = False
+                self.coalescer.flush()
+        except Exception:
+            self.counters["error_internal"] += 1
+            log.failure("netstack: unexpected error handling an inbound batch")
         finally:
+            self._coalescing = False
             self.uncork()
 
     def packetReceived(self, packet: bytes, peer_key: bytes) -> None:
@@ -241,10 +265,16 @@ class Stack:
         if proto == _TCP and hl == 20:
             # fast path: addresses and segment are contiguous, one checksum pass
             n = total - 20
-            if n >= 20 and fold(ones_sum(mv[12:total]) + _TCP + n):
+            if n < 20:
+                c["drop_tcp_truncated"] += 1
+                return
+            if self.verify_checksums and fold(ones_sum(mv[12:total]) + _TCP + n):
                 c["drop_tcp_bad_checksum"] += 1
                 return
-            self._transport(src, dst, local, proto, mv[20:total], mv, peer_key, now, 20, True)
+            if self._coalescing:
+                self.coalescer.add(src, local, mv[20:total], peer_key, now)
+            else:
+                self._tcp_one(src, local, mv[20:total], peer_key, now)
             return
         self._transport(src, dst, local, proto, mv[hl:total], mv[:total], peer_key, now)
 
@@ -292,10 +322,16 @@ class Stack:
             return
         if proto == _TCP and off == 40:
             n = end - 40
-            if n >= 20 and fold(ones_sum(mv[8:end]) + _TCP + n):
+            if n < 20:
+                c["drop_tcp_truncated"] += 1
+                return
+            if self.verify_checksums and fold(ones_sum(mv[8:end]) + _TCP + n):
                 c["drop_tcp_bad_checksum"] += 1
                 return
-            self._transport(src, dst, local, proto, mv[40:end], mv, peer_key, now, 40, True)
+            if self._coalescing:
+                self.coalescer.add(src, local, mv[40:end], peer_key, now)
+            else:
+                self._tcp_one(src, local, mv[40:end], peer_key, now)
             return
         self._transport(src, dst, local, proto, mv[off:end], mv[:end], peer_key, now, off)
 
@@ -317,7 +353,6 @@ class Stack:
     def _transport(
         self, src: bytes, dst: bytes, local: IPAddress, proto: int, seg: memoryview,
         quote: memoryview | bytes, peer_key: bytes, now: float, hdr_off: int = 20,
-        verified: bool = False,
     ) -> None:
         c = self.counters
         if proto == _TCP:
@@ -325,19 +360,14 @@ class Stack:
             if n < 20:
                 c["drop_tcp_truncated"] += 1
                 return
-            if not verified and fold(ones_sum(seg, ones_sum(src) + ones_sum(dst) + _TCP + n)):
+            if self.verify_checksums and fold(
+                ones_sum(seg, ones_sum(src) + ones_sum(dst) + _TCP + n)
+            ):
                 c["drop_tcp_bad_checksum"] += 1
                 return
-            f = self.filter
-            if f.active and seg[13] & 0x12 == 0x02 and not f.allows(
-                src, _TCP, (seg[2] << 8) | seg[3], peer_key
-            ):
-                c["drop_filtered"] += 1
-                return
-            self.tcp.segment_received(self._cache.obj(src), local, seg, now)
-            self.wakeup()
+            self._tcp_one(src, local, seg, peer_key, now)
         elif proto == _UDP:
-            self.udp.input(src, dst, seg, quote, peer_key, now)
+            self.udp.input(src, dst, seg, quote, peer_key, now, self.verify_checksums)
         elif proto == wire.PROTO_ICMP and len(src) == 4:
             self.icmp.input4(src, dst, seg, peer_key, now)
         elif proto == wire.PROTO_ICMPV6 and len(src) == 16:
@@ -355,6 +385,30 @@ class Stack:
                     self.icmp.send_error(dst, src, wire.ICMP6_PARAM_PROBLEM,
                                          wire.ICMP6_CODE_UNRECOGNIZED_NH, quote, now,
                                          pointer.to_bytes(4, "big"))
+
+    def _tcp_one(self, src: bytes, local: IPAddress, seg: memoryview, peer_key: bytes,
+                 now: float) -> None:
+        """One accepted TCP segment: the filter (new connections), then TCP."""
+        f = self.filter
+        if f.active and seg[13] & 0x12 == 0x02 and not f.allows(
+            src, _TCP, (seg[2] << 8) | seg[3], peer_key
+        ):
+            self.counters["drop_filtered"] += 1
+            return
+        self.tcp.segment_received(self._cache.obj(src), local, seg, now)
+        self.wakeup()
+
+    def _tcp_run(self, src: bytes, local: IPAddress, header: memoryview, payload: bytes,
+                 count: int, now: float) -> None:
+        """``count`` coalesced in-order segments (never a SYN, so the filter
+        has nothing to say): one call to the TCP layer when it takes runs."""
+        run = getattr(self.tcp, "segments_received", None)
+        if run is None:  # a TCP layer without the run entry point
+            self.tcp.segment_received(self._cache.obj(src), local,
+                                      memoryview(bytes(header) + payload), now)
+        else:
+            run(self._cache.obj(src), local, header, payload, count, now)
+        self.wakeup()
 
     def port_unreachable(
         self, src: bytes, dst: bytes, quote: memoryview | bytes, now: float,

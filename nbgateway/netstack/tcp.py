@@ -2,7 +2,8 @@
 defence, TIME-WAIT bound and the deadline heap.
 
 The :class:`~nbgateway.netstack.stack.Stack` builds ``TCPLayer(stack)`` and
-feeds it checksum-verified, filtered segments (:meth:`TCPLayer.segment_received`);
+feeds it checksum-verified, filtered segments (:meth:`TCPLayer.segment_received`,
+or :meth:`TCPLayer.segments_received` for a run of coalesced in-order ones);
 it owns one re-armed ``IDelayedCall`` driven by :meth:`next_deadline` /
 :meth:`on_deadline`.  Connections (:mod:`nbgateway.netstack.tcp_conn`) emit
 through :meth:`TCPLayer.output` -> ``stack.send_transport``.
@@ -336,6 +337,24 @@ class TCPLayer:
             self.counters["tcp_bad_header"] += 1
             return
         self.counters["tcp_segments_in"] += 1
+        self._dispatch(src, dst, seg, now)
+
+    def segments_received(self, src: IPAddress, dst: IPAddress, header: Any, payload: bytes,
+                          count: int, now: float) -> None:
+        """``count`` consecutive in-order segments of one connection coalesced
+        by the stack (``coalesce.py``): the first one's ``header`` (ACK only,
+        no SACK) and all their payloads; handled as one segment that counts
+        as ``count`` toward the ACK policy."""
+        seg = parse_segment(header)
+        if seg is None:
+            self.counters["tcp_bad_header"] += 1
+            return
+        seg.payload = payload
+        seg.segs = count
+        self.counters["tcp_segments_in"] += count
+        self._dispatch(src, dst, seg, now)
+
+    def _dispatch(self, src: IPAddress, dst: IPAddress, seg: Segment, now: float) -> None:
         key = (dst, seg.dport, src, seg.sport)
         self._in_input = True
         try:

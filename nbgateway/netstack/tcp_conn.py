@@ -450,7 +450,7 @@ class Connection(ConnectionOutput):
         if ack > una:
             self._new_ack(seg, ack, now)  # may call the user, who may abort
         if plen and self.state != CLOSED:
-            self._receive_text(rcv_nxt, payload, now)
+            self._receive_text(rcv_nxt, payload, now, seg.segs)
         if self.state != CLOSED:
             self._output(now)
             self._update_timer()
@@ -607,7 +607,7 @@ class Connection(ConnectionOutput):
                 self.layer.counters["tcp_data_after_close"] += 1
                 self.abort(now)
                 return
-            self._receive_text(seq, payload, now)
+            self._receive_text(seq, payload, now, seg.segs)
             if self.state == CLOSED:
                 return
         # 8. FIN
@@ -743,7 +743,10 @@ class Connection(ConnectionOutput):
             self.want_writable = False
             self.user.tcp_writable()
 
-    def _receive_text(self, seq: int, payload: memoryview, now: float) -> None:
+    def _receive_text(self, seq: int, payload: memoryview | bytes, now: float,
+                      segs: int = 1) -> None:
+        """Accept ``payload`` at ``seq`` (inside the window); ``segs``: how many
+        segments it stands for (coalesced runs), counted toward the ACK policy."""
         rcv_nxt = self.rcv_nxt
         if seq == rcv_nxt:
             rcv_nxt += len(payload)
@@ -763,7 +766,7 @@ class Connection(ConnectionOutput):
                     self.ooo = None
             if now - self.rcv_mark_time >= self._tune_interval():
                 self._tune_window(now)
-            self.ack_pending += 1
+            self.ack_pending += segs
             if self.ack_pending >= ACK_EVERY:
                 self.ack_now = True
             elif self.ack_pending >= 2:

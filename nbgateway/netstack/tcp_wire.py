@@ -39,7 +39,8 @@ _TS_PACK = struct.Struct("!4sII")
 
 class Segment:
     """One parsed TCP segment.  ``payload`` is a memoryview into the caller's
-    buffer: copy it before keeping it past the call."""
+    buffer (copy it before keeping it past the call), or bytes for a run of
+    coalesced segments, whose number is ``segs`` (1 for a segment as sent)."""
 
     __slots__ = (
         "ack",
@@ -49,6 +50,7 @@ class Segment:
         "payload",
         "sack_blocks",
         "sack_perm",
+        "segs",
         "seq",
         "sport",
         "ts_ecr",
@@ -58,7 +60,7 @@ class Segment:
     )
 
     def __init__(self, sport: int, dport: int, seq: int, ack: int, flags: int, wnd: int,
-                 payload: memoryview) -> None:
+                 payload: memoryview | bytes) -> None:
         self.sport = sport
         self.dport = dport
         self.seq = seq
@@ -72,6 +74,7 @@ class Segment:
         self.ts_val: int | None = None
         self.ts_ecr: int | None = None
         self.sack_blocks: tuple[tuple[int, int], ...] = ()
+        self.segs = 1
 
     @property
     def seg_len(self) -> int:

@@ -50,10 +50,12 @@ class UDPLayer:
 
     def input(
         self, src: bytes, dst: bytes, seg: memoryview, quote: memoryview | bytes,
-        peer_key: bytes, now: float,
+        peer_key: bytes, now: float, verify: bool = True,
     ) -> None:
+        """One inbound datagram; ``verify`` False skips the checksum check (the
+        stack's link authenticated the packet)."""
         try:
-            sport, dport, length = wire.udp_parse(seg, src, dst)
+            sport, dport, length = wire.udp_parse(seg, src, dst, verify)
         except WireError as e:
             self.counters[e.reason] += 1
             return

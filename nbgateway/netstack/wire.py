@@ -279,12 +279,13 @@ def emit_icmpv6(
 
 
 def udp_parse(
-    buf: memoryview | bytes, src: bytes, dst: bytes,
+    buf: memoryview | bytes, src: bytes, dst: bytes, verify: bool = True,
 ) -> tuple[int, int, int]:
     """Validate a UDP datagram (RFC 768; over IPv6 a zero checksum is invalid,
     RFC 8200 8.1).  ``buf`` is the IP payload; bytes past the UDP length are
     ignored.  Returns ``(src_port, dst_port, length)``; the payload is
-    ``buf[8:length]``."""
+    ``buf[8:length]``.  ``verify`` False skips the checksum check (a packet the
+    link below authenticated), never the length checks."""
     n = len(buf)
     if n < UDP_HEADER_LEN:
         raise WireError("drop_udp_truncated")
@@ -295,7 +296,7 @@ def udp_parse(
         if len(src) == 16:
             raise WireError("drop_udp_bad_checksum")
         return sport, dport, length
-    if fold(ones_sum(buf[:length], pseudo_sum_packed(src, dst, PROTO_UDP, length))):
+    if verify and fold(ones_sum(buf[:length], pseudo_sum_packed(src, dst, PROTO_UDP, length))):
         raise WireError("drop_udp_bad_checksum")
     return sport, dport, length
 

@@ -1,0 +1,223 @@
+"""Receive coalescing of in-order TCP segments within one batch, and the
+``verify_checksums=False`` stack option (packets WireGuard authenticated)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+
+from nbgateway.netstack.stack import Stack
+from nbgateway.netstack.tcp_const import ESTABLISHED
+from nbgateway.netstack.tcp_wire import ACK, FIN, PSH, SYN, parse_segment
+from nbgateway.netstack.testing import PacketRecorder, StubTCP, build_tcp, build_udp
+from nbgateway.netstack.udp import listen_udp
+
+KEY = b"\x01" * 32
+PORT, CPORT = 8080, 40000
+TS = b"\x01\x01\x08\x0a"
+
+
+class User:
+    """A recording TCPUser."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.eof = False
+
+    def tcp_established(self) -> None:
+        pass
+
+    def tcp_data(self, data: bytes) -> None:
+        self.data.append(bytes(data))
+
+    def tcp_eof(self) -> None:
+        self.eof = True
+
+    def tcp_fin_acked(self) -> None:
+        pass
+
+    def tcp_writable(self) -> None:
+        pass
+
+    def tcp_closed(self, reason) -> None:
+        pass
+
+
+class Peer:
+    """The remote end, scripted: builds packets to the stack, reads its output."""
+
+    def __init__(self, me: str, peer: str, **stack_kw) -> None:
+        self.me, self.peer = me, peer
+        self.clock = Clock()
+        self.rec = PacketRecorder()
+        self.stack = Stack(self.rec, self.clock, [me], **stack_kw)
+        self.user = User()
+        self.conns: list = []
+
+        def accept(conn):
+            self.conns.append(conn)
+            return self.user
+
+        self.stack.tcp.listen(PORT, accept)
+        self.seq = 1000
+
+    def segments_out(self) -> list:
+        out = []
+        for pkt in self.rec.take():
+            hl = (pkt[0] & 0x0F) * 4 if pkt[0] >> 4 == 4 else 40
+            out.append(parse_segment(memoryview(pkt)[hl:]))
+        return out
+
+    def handshake(self, ts: bool = False) -> None:
+        opts = TS + struct.pack("!II", 1, 0) if ts else b""
+        self.stack.packetReceived(build_tcp(self.peer, self.me, CPORT, PORT, seq=self.seq - 1,
+                                            flags=SYN, options=opts), KEY)
+        [synack] = self.segments_out()
+        self.ack = synack.seq + 1
+        self.ts = ts
+        self.stack.packetReceived(self.segment(b""), KEY)
+        assert self.conns and self.conns[0].state == ESTABLISHED
+
+    def segment(self, payload: bytes, *, seq: int | None = None, flags: int = ACK,
+                tsval: int = 2, window: int = 65535) -> bytes:
+        opts = TS + struct.pack("!II", tsval, 1) if self.ts else b""
+        return build_tcp(self.peer, self.me, CPORT, PORT,
+                         seq=self.seq if seq is None else seq, ack=self.ack, flags=flags,
+                         options=opts, payload=payload, window=window)
+
+    def data(self, chunks: list[bytes], **kw) -> list[bytes]:
+        out = []
+        for c in chunks:
+            out.append(self.segment(c, **kw))
+            self.seq += len(c)
+        return out
+
+
+@pytest.mark.parametrize(("me", "peer"), [("100.64.0.1", "100.64.0.2"), ("fd00::1", "fd00::2")])
+@pytest.mark.parametrize("ts", [False, True])
+def test_a_batch_of_in_order_segments_reaches_tcp_as_one(me, peer, ts):
+    p = Peer(me, peer)
+    p.handshake(ts=ts)
+    chunks = [bytes([i]) * 1000 for i in range(20)]
+    p.stack.packetsReceived(p.data(chunks), KEY)
+    assert p.user.data == [b"".join(chunks)]  # one delivery, intact and in order
+    assert p.stack.coalescer.runs == 1 and p.stack.coalescer.merged == 20
+    assert p.stack.counters["tcp_segments_in"] == 2 + 20  # SYN, ACK, then the 20
+    # 20 segments count as 20 toward the ACK policy: ACKed at once, not after 40 ms
+    acks = p.segments_out()
+    assert acks and acks[-1].ack == (p.seq & 0xFFFFFFFF)
+    assert p.conns[0].rcv_nxt == p.seq
+
+
+def test_two_segment_run_is_acked_at_the_end_of_the_turn_not_delayed():
+    p = Peer("100.64.0.1", "100.64.0.2")
+    p.handshake()
+    p.stack.packetsReceived(p.data([b"a" * 500, b"b" * 500]), KEY)
+    assert p.user.data == [b"a" * 500 + b"b" * 500]
+    p.clock.advance(0)  # the end of the reactor turn
+    [ack] = p.segments_out()
+    assert ack.ack == p.seq & 0xFFFFFFFF
+
+
+def test_a_gap_splits_runs_and_the_receiver_still_reassembles():
+    p = Peer("100.64.0.1", "100.64.0.2")
+    p.handshake()
+    start = p.seq
+    pkts = p.data([b"0" * 100, b"1" * 100, b"2" * 100, b"3" * 100, b"4" * 100])
+    # segment 2 is lost: 0,1 form one run, 3,4 another (out of order, queued)
+    p.stack.packetsReceived(pkts[:2] + pkts[3:], KEY)
+    assert p.user.data == [b"0" * 100 + b"1" * 100]
+    assert p.stack.coalescer.runs == 2
+    assert p.conns[0].rcv_nxt == start + 200
+    dup = p.segments_out()[-1]
+    assert dup.ack == (start + 200) & 0xFFFFFFFF  # immediate duplicate ACK
+    p.stack.packetsReceived([pkts[2]], KEY)  # the retransmission fills the hole
+    assert b"".join(p.user.data) == b"".join(bytes([48 + i]) * 100 for i in range(5))
+
+
+def test_ineligible_segments_flush_the_run_first_and_keep_the_order():
+    p = Peer("100.64.0.1", "100.64.0.2")
+    p.handshake()
+    a = p.data([b"a" * 10, b"b" * 10])
+    fin = p.segment(b"c" * 10, flags=ACK | FIN)
+    p.seq += 10
+    p.stack.packetsReceived([*a, fin], KEY)
+    assert p.user.data == [b"a" * 10 + b"b" * 10, b"c" * 10]
+    assert p.user.eof
+    assert p.conns[0].rcv_nxt == p.seq + 1
+
+
+def test_psh_is_merged_a_window_change_is_not():
+    p = Peer("100.64.0.1", "100.64.0.2")
+    p.handshake()
+    first = p.data([b"x" * 10])
+    psh = p.data([b"y" * 10], flags=ACK | PSH)
+    other_window = p.data([b"z" * 10], window=30000)
+    p.stack.packetsReceived(first + psh + other_window, KEY)
+    assert p.user.data == [b"x" * 10 + b"y" * 10, b"z" * 10]
+    assert p.stack.coalescer.runs == 1
+
+
+def test_runs_are_bounded_in_bytes():
+    p = Peer("100.64.0.1", "100.64.0.2")
+    p.handshake()
+    conn = p.conns[0]
+    conn.rcv_adv = conn.rcv_nxt + (1 << 20)  # a window wide enough for the test
+    chunks = [b"q" * 1200] * 120  # 144,000 bytes: three runs of at most 64 KiB
+    p.stack.packetsReceived(p.data(chunks), KEY)
+    assert b"".join(p.user.data) == b"".join(chunks)
+    assert all(len(d) <= 64 * 1024 for d in p.user.data)
+    assert p.stack.coalescer.runs == 3
+
+
+def test_single_packets_are_not_coalesced():
+    p = Peer("100.64.0.1", "100.64.0.2")
+    p.handshake()
+    for pkt in p.data([b"1" * 10, b"2" * 10]):
+        p.stack.packetsReceived([pkt], KEY)
+    assert p.user.data == [b"1" * 10, b"2" * 10]
+    assert p.stack.coalescer.runs == 0
+
+
+def _corrupt_checksum(pkt: bytes, offset: int) -> bytes:
+    b = bytearray(pkt)
+    b[offset] ^= 0xFF
+    return bytes(b)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_tcp_checksum_verified_only_when_asked(verify):
+    clock = Clock()
+    stack = Stack(PacketRecorder(), clock, ["100.64.0.1"], tcp_factory=StubTCP,
+                  verify_checksums=verify)
+    pkt = _corrupt_checksum(build_tcp("100.64.0.2", "100.64.0.1", 1234, 80, payload=b"x"),
+                            20 + 16)
+    stack.packetReceived(pkt, KEY)
+    if verify:
+        assert stack.counters["drop_tcp_bad_checksum"] == 1
+        assert stack.tcp.segments == []
+    else:
+        assert stack.counters["drop_tcp_bad_checksum"] == 0
+        assert len(stack.tcp.segments) == 1
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_udp_checksum_verified_only_when_asked(verify):
+    clock = Clock()
+    stack = Stack(PacketRecorder(), clock, ["100.64.0.1"], verify_checksums=verify)
+    got = []
+
+    class Rec(DatagramProtocol):
+        def datagramReceived(self, data, addr):
+            got.append(data)
+
+    listen_udp(stack, 5353, Rec())
+    pkt = _corrupt_checksum(build_udp("100.64.0.2", "100.64.0.1", 1000, 5353, b"hello"), 20 + 6)
+    stack.packetReceived(pkt, KEY)
+    if verify:
+        assert stack.counters["drop_udp_bad_checksum"] == 1 and got == []
+    else:
+        assert got == [b"hello"]
