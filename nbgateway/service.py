@@ -32,6 +32,8 @@ from nbgateway import tunnels
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
 from nbgateway.auth.assertion import AssertionSigner
+from nbgateway.auth.mtls import MtlsVerifier
+from nbgateway.auth.mtls import tls_lookup as mtls_tls_lookup
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
 from nbgateway.dial.direct import DenialReports, DirectDialer, DirectDialStats, is_host_address
 from nbgateway.dial.guard import DialPolicy, Listener, parse_allow_list
@@ -139,9 +141,12 @@ class GatewayService(MultiService):
             config.cert_dir or None, config.wildcard_cert_dir or None,
             data_dir=config.datadir, clock=reactor, default_name=config.domain or "localhost",
             serves=self._serves)
+        #: mTLS client certificates: CA bundles and verified chains, all listeners
+        self.mtls = MtlsVerifier()
         self.tls_creator = SNIServerCreator(  # per listener: see web_factory
             self.certificates, default_name=config.domain or "localhost",
-            visible=sni_visibility(lambda name: self.routes.lookup(name)))
+            visible=sni_visibility(lambda name: self.routes.lookup(name)),
+            client_auth=mtls_tls_lookup(lambda name: self.routes.lookup(name), self.mtls))
         self.mux = DeviceMux()
         self.metrics.mux = self.mux
         self.store = MappingStore()
@@ -377,7 +382,7 @@ class GatewayService(MultiService):
             lookup=self.routes.lookup, proxy=self.proxy, gate=self.gate,
             listener_account=listener_account, access_log=self.access_log,
             clock=self.reactor, request_stats=self.metrics.requests,
-            allow_underscore_headers=self.config.allow_underscore_headers,
+            allow_underscore_headers=self.config.allow_underscore_headers, mtls=self.mtls,
         ), **timeouts)
 
     def web_factory(self, listener_account: str | None) -> TLSOrPlainFactory:

@@ -21,6 +21,11 @@ Order (after restrictions and the private gate):
 3a. a presented service token (``X-NetBird-Token-Id``/``-Secret`` or
    ``Authorization: Bearer nbt_...``, see :mod:`.tokens`) decides: valid ->
    forward with the token's identity (no cookie, no RPC), else 401;
+3b. mTLS: a client certificate verified against the service's
+   CA and mapped to a user (:mod:`.mtls`, decided by the adapter before the
+   order starts) -> forward with that identity (no cookie, no RPC); without
+   one, a service whose only scheme is mTLS answers 401 with the
+   client-certificate page (never a login form), else the order goes on;
 4. header schemes in order: the first configured header present decides
    (Authenticate: not successful 401 ``Unauthorized``, RPC error 502
    ``authentication service unavailable``, token not valid locally 400
@@ -48,6 +53,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from nbgateway.routes.identity import Identity
 
+from .mtls import MECHANISM as MTLS_MECHANISM
 from .ratelimit import AttemptLimiter
 from .session import SessionVerifier
 from .tokens import MECHANISM as TOKEN_MECHANISM
@@ -71,6 +77,7 @@ UNAVAILABLE = "authentication service unavailable"
 OIDC_TLS = "OIDC requires TLS — use port 443"
 DENIED_DEFAULT = "An error occurred during authentication"
 NOT_AUTHORIZED = "You are not authorized to access this service"
+NO_CERTIFICATE = "no client certificate was presented"
 MAX_SECRET_LENGTH = 1024  # longer form values are refused without an RPC
 
 
@@ -106,6 +113,12 @@ class RequestFacts:
     token_auth: bool = False
     #: session revocation: a cookie issued (iat) before this is refused
     sessions_not_before: int = 0
+    #: the service accepts mTLS client certificates
+    mtls: bool = False
+    #: the identity of the verified, mapped client certificate (None: none)
+    mtls_identity: Identity | None = None
+    #: why the connection's certificate does not authenticate (for the 401 page)
+    mtls_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,8 @@ class Forward:
 class Respond:
     """An answer made here.  ``kind``: ``plain`` (``body`` text), ``login``
     (the login page, ``methods`` and ``error``), ``denied`` (the
-    access-denied page with ``message``), ``redirect`` (``location``)."""
+    access-denied page with ``message``), ``certificate`` (the mTLS
+    client-certificate page with ``message``), ``redirect`` (``location``)."""
 
     status: int
     kind: str
@@ -207,7 +221,8 @@ class Protect:
     # -- entry ---------------------------------------------------------------
     def start(self) -> Step:
         f = self.facts
-        if not f.schemes and not f.header_names and not (f.token_auth or f.tokens):
+        if not f.schemes and not f.header_names and not (f.token_auth or f.tokens) \
+                and not f.mtls:
             return Forward(None)
         if "error" in f.query:
             desc = f.query.get("error_description", "") or DENIED_DEFAULT
@@ -224,6 +239,12 @@ class Protect:
                     return Respond(401, "plain", body="Unauthorized: invalid service token",
                                    mechanism=TOKEN_MECHANISM)
                 return Forward(ident, TOKEN_MECHANISM)
+        if f.mtls:
+            if f.mtls_identity is not None:
+                return Forward(f.mtls_identity, MTLS_MECHANISM)
+            if not f.schemes and not f.header_names and not (f.token_auth or f.tokens):
+                return Respond(401, "certificate", message=f.mtls_error or NO_CERTIFICATE,
+                               mechanism=MTLS_MECHANISM)
         for name in f.header_names:
             value = f.headers.get(name.lower())
             if value is not None:

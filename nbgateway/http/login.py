@@ -1,5 +1,5 @@
-"""The gateway's own pages for operator auth: the login page and the
-access-denied page.
+"""The gateway's own pages for operator auth: the login page, the
+access-denied page and the mTLS client-certificate page.
 
 One small self-contained HTML document each: no external assets, no
 JavaScript, one inline stylesheet allowed by its hash in a strict
@@ -18,7 +18,8 @@ import hashlib
 import html
 from typing import Any
 
-__all__ = ["CSP", "render_denied", "render_login", "send_html"]
+__all__ = ["CSP", "render_certificate_required", "render_denied", "render_login",
+           "send_html"]
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;background:#f4f5f7;color:#1b1d21;margin:0}"
@@ -106,6 +107,18 @@ def render_denied(message: str) -> bytes:
     """The access-denied page (``message`` is escaped here)."""
     return _doc("Access Denied", '<h1>Access Denied</h1>'
                 f'<p id="nb-denied" role="alert">{html.escape(message)}</p>')
+
+
+def render_certificate_required(host: str, reason: str) -> bytes:
+    """The mTLS page (401): this service admits only a client certificate
+    issued by its CA; ``reason`` says what was wrong (escaped here)."""
+    return _doc("Client certificate required",
+                f"<h1>Client certificate required</h1>"
+                f'<p id="nb-cert" role="alert">{html.escape(host)} accepts only a client '
+                "certificate issued by its certificate authority and registered for a user.</p>"
+                f'<p class="err" id="nb-cert-reason">{html.escape(reason)}</p>'
+                '<p class="note">Install the certificate your administrator issued for you '
+                "in your browser or client and try again.</p>")
 
 
 def send_html(request: Any, status: int, body: bytes) -> None:

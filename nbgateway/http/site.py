@@ -29,7 +29,9 @@ none.  Per request, in order:
    path, OIDC-over-TLS, scheme loop); this adapter makes the RPCs it asks
    for, reads the login form (urlencoded, at most :data:`MAX_FORM_BODY`
    bytes, CSRF-checked by :mod:`nbgateway.auth.csrf`) and renders the
-   login/denied pages of :mod:`nbgateway.http.login`.
+   login/denied pages of :mod:`nbgateway.http.login`.  For a service with a
+   client CA it first judges the connection's client certificate
+   (:mod:`nbgateway.http.clientcert`, mTLS).
 6. One access-log entry when the response finishes (not for /__netbird__/, nor for
    hosts this gateway does not serve).
 
@@ -50,6 +52,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from nbgateway.auth import csrf, tokens
+from nbgateway.auth.mtls import MtlsVerifier
 from nbgateway.auth.policy import (
     CallAuthenticate,
     CallOIDCURL,
@@ -64,7 +67,13 @@ from nbgateway.auth.policy import (
 from nbgateway.auth.ratelimit import AttemptLimiter
 from nbgateway.auth.session import COOKIE_NAME, SessionVerifier
 from nbgateway.auth.tunnel import GateDecision, PrivateGate, session_cookie
-from nbgateway.http.login import render_denied, render_login, send_html
+from nbgateway.http import clientcert
+from nbgateway.http.login import (
+    render_certificate_required,
+    render_denied,
+    render_login,
+    send_html,
+)
 from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id, should_log
 from nbgateway.proxy.fast import FastHTTPChannel
 from nbgateway.proxy.headers import drop_underscore_headers
@@ -112,8 +121,11 @@ class GatewayResource(Resource):
         verifier: SessionVerifier | None = None,
         form_tokens: csrf.FormTokens | None = None,
         limiter: AttemptLimiter | None = None,
+        mtls: MtlsVerifier | None = None,
     ) -> None:
         super().__init__()
+        #: mTLS client certificates (share one across listeners)
+        self.mtls = mtls if mtls is not None else MtlsVerifier()
         #: Authenticate/GetOIDCURL/ValidateSession; defaults to the gate's client
         self.auth_client = auth_client if auth_client is not None else (
             getattr(getattr(gate, "cache", None), "client", None))
@@ -325,6 +337,9 @@ class GatewayResource(Resource):
                            and csrf.same_site(lower, host))
         cookie = request.getCookie(COOKIE_NAME.encode()) or b""
         secure = bool(request.isSecure())
+        mtls_identity, mtls_error = (clientcert.judge(self.mtls, entry, request,
+                                                      self.clock.seconds())
+                                     if entry.client_ca_pem else (None, ""))
         return RequestFacts(
             host=entry.service.domain, uri=uri, tls=secure, overlay=ctx.overlay,
             now=self.clock.seconds(), account_id=entry.account_id,
@@ -334,7 +349,8 @@ class GatewayResource(Resource):
             query=query, form=form, scheme="https" if secure else "http",
             form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip,
             port=host_port(ctx.host) or "", tokens=entry.tokens, token_auth=entry.token_auth,
-            sessions_not_before=entry.sessions_not_before)
+            sessions_not_before=entry.sessions_not_before, mtls=bool(entry.client_ca_pem),
+            mtls_identity=mtls_identity, mtls_error=mtls_error)
 
     @staticmethod
     def _form_body(request: Any) -> bytes | None:
@@ -448,6 +464,9 @@ class GatewayResource(Resource):
             request.finish()
         elif step.kind == "denied":
             send_html(request, step.status, render_denied(step.message))
+        elif step.kind == "certificate":
+            send_html(request, step.status,
+                      render_certificate_required(entry.service.domain, step.message))
         elif step.kind == "login":
             host = entry.service.domain
             token = self.form_tokens.issue(host, self.clock.seconds())

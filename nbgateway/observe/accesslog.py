@@ -68,8 +68,8 @@ def build_entry(
         response_code=code,
         source_ip=source_ip,
         auth_mechanism=auth_mechanism,
-        # users (OIDC) and service tokens ("token:<id>") are named
-        user_id=user_id if auth_mechanism in ("oidc", "token") else "",
+        # users (OIDC, mTLS client certificates) and service tokens ("token:<id>") are named
+        user_id=user_id if auth_mechanism in ("oidc", "token", "mtls") else "",
         auth_success=code not in (401, 403) if protocol == "http" else False,
         bytes_upload=bytes_upload,
         bytes_download=bytes_download,

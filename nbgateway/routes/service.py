@@ -3,7 +3,8 @@
 :func:`entry_from_mapping` is the one place a management mapping becomes the
 gateway's model of a service, HTTP and L4 alike: :class:`ServiceEntry`
 (mode, listen port, private, access restrictions, operator schemes, session
-lifetime, unusable targets) around a :class:`ProxyService` (what the reverse
+lifetime, mTLS client CA and certificate users, unusable targets)
+around a :class:`ProxyService` (what the reverse
 proxy needs: account, domain, path router, Host/redirect options, identity
 assertion settings :class:`AssertionSettings`), whose
 routes carry :class:`TargetOptions`.  Pure data and functions.
@@ -189,6 +190,12 @@ class ServiceEntry:
     token_auth: bool = False
     #: session revocation: nb_session cookies issued before (unix s) are refused
     sessions_not_before: int = 0
+    #: mTLS: the service's client CA bundle (PEM; "" = no mTLS), verified by
+    #: nbgateway.auth.mtls, and the certificate-name -> user table:
+    #: (match, user_id, email, group_ids, group_names)
+    client_ca_pem: str = field(default="", repr=False)
+    client_cert_users: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = \
+        field(default=(), repr=False)
 
     @property
     def account_id(self) -> str:
@@ -215,6 +222,10 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
     header_names = tuple(h.header for h in auth.header_auths if h.header)
     tokens = tuple((t.id, t.name, t.secret_sha256.lower(), int(t.expires_at))
                    for t in mapping.nbgw_tokens if t.id and t.secret_sha256)
+    http = not is_l4(mapping.mode)
+    client_ca = mapping.nbgw_client_ca_pem if http else ""
+    cert_users = tuple((u.match, u.user_id, u.email, tuple(u.group_ids), tuple(u.group_names))
+                       for u in mapping.nbgw_client_cert_users) if client_ca else ()
     service = ProxyService(
         account_id=mapping.account_id,
         domain=mapping.domain,
@@ -232,7 +243,7 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
         restrictions=Restrictions.from_proto(mapping.access_restrictions)
         if mapping.HasField("access_restrictions") else None,
         has_schemes=bool(auth.password or auth.pin or auth.oidc or header_names or tokens
-                         or mapping.nbgw_token_auth),
+                         or mapping.nbgw_token_auth or client_ca),
         session_max_age=int(auth.max_session_age_seconds) or 86400,
         route_errors=tuple(errors),
         mode=mapping.mode,
@@ -243,4 +254,6 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
         tokens=tokens,
         token_auth=bool(mapping.nbgw_token_auth or tokens),
         sessions_not_before=int(mapping.nbgw_sessions_not_before),
+        client_ca_pem=client_ca,
+        client_cert_users=cert_users,
     )

@@ -21,6 +21,23 @@ connection to Twisted's HTTP/2 support, see :mod:`nbgateway.proxy.streaming`),
 else ``http/1.1``; a client offering only other protocols gets no ALPN answer
 and the handshake continues.
 
+mTLS (issue 16): an optional ``client_auth`` lookup ``name -> ClientCA``
+(:class:`nbgateway.auth.mtls.ClientCA`, duck-typed here: ``cas``,
+``openssl_cas``, ``key``, ``tls_contexts``) names the services whose CA asks
+for client certificates.  For such a (visible) name the connection switches
+to a context presenting the same certificate that *requests* (never
+requires) a client certificate, lists the service's CA subjects in the
+CertificateRequest and builds the chain against a store holding only the
+service's CAs (no system store; every uploaded CA is an anchor).  The
+OpenSSL verify callback counts the verdict and lets the handshake finish
+either way: the HTTP layer re-verifies the presented chain against the
+service's current CAs per request (:class:`nbgateway.auth.mtls.MtlsVerifier`)
+and answers a missing or foreign certificate with a 401 page, or falls
+through to the service's other schemes.  SSL_set_SSL_CTX does not carry
+the verify mode over, so the servername callback sets it on the connection,
+and such contexts issue no session tickets and carry a session id context
+of their own, so a session never resumes across services.
+
 Client: :class:`ClientTLSPolicy` verifies upstream certificates with
 ``optionsForClientTLS`` (service_identity host name checks, the platform
 trust store or a given CA bundle) unless the mapping sets
@@ -29,10 +46,11 @@ trust store or a given CA bundle) unless the mapping sets
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -94,6 +112,51 @@ def build_context(ck: CertifiedKey, servername_callback: Any = None) -> SSL.Cont
     return ctx
 
 
+class ClientCertStats:
+    """What the mTLS verify callback saw (all listeners share one)."""
+
+    def __init__(self) -> None:
+        self.requested = 0  # handshakes on a name that asks for a certificate
+        self.chain_ok = 0  # certificates (chain elements) OpenSSL accepted
+        self.chain_refused = 0  # refused ones (the HTTP layer answers 401)
+
+
+def client_auth_context(ck: CertifiedKey, ca: Any) -> SSL.Context:
+    """The (cached on ``ca``) context presenting ``ck`` that requests a
+    client certificate issued by one of ``ca``'s CAs."""
+    cache = ca.tls_contexts
+    hit = cache.get(id(ck))
+    if hit is not None and hit[0] is ck:
+        return hit[1]
+    ctx = build_context(ck)
+    store = ctx.get_cert_store()
+    for cert in ca.openssl_cas:
+        store.add_cert(cert)
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    for ccert in ca.cas:
+        ctx.add_client_ca(ccert)  # named in the CertificateRequest
+    ctx.set_verify(SSL.VERIFY_PEER, _accept_and_count)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.set_session_id(hashlib.sha256(b"nbgw-mtls|" + ca.key.encode()).digest()[:32])
+    if len(cache) >= 4:  # renewals: keep only recent certificates
+        cache.clear()
+    cache[id(ck)] = (ck, ctx)
+    return ctx
+
+
+CLIENT_CERT_STATS = ClientCertStats()
+
+
+def _accept_and_count(conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
+    if ok:
+        CLIENT_CERT_STATS.chain_ok += 1
+    else:
+        CLIENT_CERT_STATS.chain_refused += 1
+        log.debug("client certificate refused by the service CA (depth {depth}, error {errno})",
+                  depth=depth, errno=errno)
+    return True  # decided per request at the HTTP layer (401 page or fall through)
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class SNIServerCreator:
     """Server connections choosing their certificate by SNI (see module doc)."""
@@ -101,8 +164,11 @@ class SNIServerCreator:
     def __init__(self, source: Any, default_name: str = "localhost", *,
                  listener_account: str | None = None,
                  visible: Callable[[str, str | None], bool] | None = None,
-                 challenges: Any = None) -> None:
+                 challenges: Any = None,
+                 client_auth: Callable[[str, str | None], Any] | None = None) -> None:
         self.source = source
+        #: mTLS: (name, listener_account) -> the service's ClientCA or None
+        self.client_auth = client_auth
         #: pending tls-alpn-01 answers (nbgateway.acme.challenges), public listener
         self.challenges = challenges
         self.default_name = default_name
@@ -117,7 +183,8 @@ class SNIServerCreator:
         """A creator for another listener sharing source, default and predicate."""
         return SNIServerCreator(self.source, self.default_name,
                                 listener_account=listener_account, visible=self.visible,
-                                challenges=self.challenges if listener_account is None else None)
+                                challenges=self.challenges if listener_account is None else None,
+                                client_auth=self.client_auth)
 
     def _base_context(self) -> SSL.Context:
         # The base context presents the default certificate (no SNI) and
@@ -144,6 +211,14 @@ class SNIServerCreator:
 
                 conn.set_context(tls_alpn_context(self.challenges,
                                                   self.source.certificate_for(name)))
+                return
+            ca = (self.client_auth(normalize_name(name), self.listener_account)
+                  if self.client_auth is not None else None)
+            if ca is not None:
+                CLIENT_CERT_STATS.requested += 1
+                conn.set_context(client_auth_context(self.source.certificate_for(name), ca))
+                conn.set_verify(SSL.VERIFY_PEER, _accept_and_count)
+                conn.set_options(SSL.OP_NO_TICKET)
                 return
             conn.set_context(context_for(self.source.certificate_for(name)))
         except Exception:  # keep the default certificate rather than abort

@@ -1,0 +1,80 @@
+"""The request side of mTLS: the client certificate a request's TLS
+connection presented, judged for one service.
+
+:func:`peer_chain` finds the pyOpenSSL connection under a Twisted request
+(HTTP/1.1: the channel's transport; HTTP/2: the stream's connection's
+transport) and returns the presented leaf and chain, also on a resumed
+session (OpenSSL keeps the peer's certificates in the session).
+:func:`judge` verifies them against the service's current CA bundle with
+:class:`~nbgateway.auth.mtls.MtlsVerifier` and maps them to a user: the
+``(identity, error)`` pair :class:`~nbgateway.auth.policy.RequestFacts`
+carries.  Nothing here trusts what the handshake's verify callback decided.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import ISSLTransport
+
+from nbgateway.auth.mtls import MtlsVerifier, identify
+from nbgateway.routes.identity import Identity
+from nbgateway.routes.service import ServiceEntry
+
+__all__ = ["judge", "peer_chain"]
+
+NO_CERTIFICATE = "no client certificate was presented"
+BAD_BUNDLE = "this service's client CA is not usable"
+
+
+def _tls_connection(request: Any) -> Any:
+    channel = getattr(request, "channel", None)
+    conn = getattr(channel, "_conn", None)  # an HTTP/2 stream's connection
+    transport = getattr(conn if conn is not None else channel, "transport", None)
+    for _ in range(4):  # a wrapper or two may sit above the TLS protocol
+        if transport is None:
+            return None
+        if ISSLTransport.providedBy(transport) and hasattr(transport, "getHandle"):
+            try:
+                return transport.getHandle()
+            except Exception:
+                return None
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def peer_chain(request: Any) -> tuple[Any, list[Any]] | None:
+    """``(leaf, chain)`` the client presented (pyOpenSSL ``X509``), or None."""
+    conn = _tls_connection(request)
+    if conn is None or not hasattr(conn, "get_peer_certificate"):
+        return None
+    try:
+        leaf = conn.get_peer_certificate()
+        chain = conn.get_peer_cert_chain() or []
+    except Exception:
+        return None
+    if leaf is None:
+        return None
+    return leaf, list(chain)
+
+
+def judge(verifier: MtlsVerifier, entry: ServiceEntry, request: Any,
+          now: float) -> tuple[Identity | None, str]:
+    """The identity the request's client certificate proves for ``entry``
+    (verified against the service's CA at ``now`` and mapped to a user), or
+    None and why not."""
+    ca = verifier.ca_for(entry.client_ca_pem)
+    if ca is None:
+        return None, BAD_BUNDLE
+    presented = peer_chain(request)
+    if presented is None:
+        return None, NO_CERTIFICATE
+    leaf, chain = presented
+    verdict = verifier.verify(ca, leaf, chain, now)
+    if verdict.names is None:
+        return None, verdict.reason
+    ident = identify(entry.client_cert_users, verdict.names)
+    if ident is None:
+        return None, (f"the certificate for {verdict.names.describe()!r} is not "
+                      "mapped to a user of this service")
+    return ident, ""
