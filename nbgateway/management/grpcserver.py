@@ -2,24 +2,29 @@
 
 Constructing it only records configuration.  ``startService`` builds the
 :class:`~nbgateway.management.proxyservice.ProxyServiceServicer`, a
-``grpc.server`` on its own thread pool, binds ``--grpc-addr`` (default
+``grpc.aio`` server on one asyncio loop thread with a small fixed thread pool
+(:class:`~nbgateway.management.grpcloop.LoopServer`: ``workers`` threads,
+default 8, whatever the number of streams; nothing runs before
+``startService``, so nothing is live before ``twistd`` forks), binds
+``--grpc-addr`` (default
 ``127.0.0.1:33073``, loopback) with TLS when a certificate and key are given
 and starts it.  Plaintext is accepted on loopback only: a plaintext bind to
 any other address (proxy tokens would cross the network in clear) is refused
 unless explicitly allowed (``insecure_bind_any``, the
 ``--grpc-insecure-bind-any`` flag of ``twistd nbmanagement``).
 ``stopService`` stops the servicer (store listener, broadcast thread, live
-streams) and the server with a grace period; the returned Deferred fires
+streams cancelled) and the peer channel (its Sync streams end), then the
+server with a grace period and the loop thread; the returned Deferred fires
 once grpc has shut down.
 
-The servicer calls the synchronous store from grpc's threads; the reactor is
-never touched from those threads.
+Long-lived streams (mapping streams, each account's peer-channel ``Sync``)
+are coroutines on the loop; unary RPCs and all store work run in the pool.
+The reactor is never touched from those threads.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -27,6 +32,7 @@ from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from nbgateway.management.grpcloop import DEFAULT_WORKERS, LoopServer
 from nbgateway.management.proxyservice import ProxyServiceServicer
 from nbgateway.startup import ConfigurationError
 
@@ -37,6 +43,8 @@ DEFAULT_GRPC_ADDR = "127.0.0.1:33073"
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 #: Largest response (a snapshot batch of 500 mappings stays far below this).
 MAX_SEND_BYTES = 16 * 1024 * 1024
+#: concurrent RPCs (streams included) before grpc answers RESOURCE_EXHAUSTED
+MAX_CONCURRENT_RPCS = 10_000
 
 
 def grpc_bind_address(addr: str) -> str:
@@ -94,7 +102,7 @@ class ProxyGrpcService(service.Service):
         addr: str = DEFAULT_GRPC_ADDR,
         cert_path: str | None = None,
         key_path: str | None = None,
-        max_workers: int = 64,
+        max_workers: int = DEFAULT_WORKERS,
         grace: float = 5.0,
         store_getter: Any = None,
         servicer_options: dict[str, Any] | None = None,
@@ -110,6 +118,7 @@ class ProxyGrpcService(service.Service):
                              insecure_bind_any=insecure_bind_any)
         self.cert_path = cert_path
         self.key_path = key_path
+        #: threads of the fixed pool (unary RPCs, store work of the streams)
         self.max_workers = max_workers
         self.grace = grace
         self._store = store
@@ -119,7 +128,7 @@ class ProxyGrpcService(service.Service):
         self.peer_channel_key = peer_channel_key
         self.peer_channel: Any = None
         self.servicer: ProxyServiceServicer | None = None
-        self.server: grpc.Server | None = None
+        self.server: LoopServer | None = None
         #: the bound port (useful with port 0)
         self.port: int | None = None
 
@@ -136,10 +145,8 @@ class ProxyGrpcService(service.Service):
         store = self._store if self._store is not None else self._store_getter()
         creds = self._credentials()
         servicer = ProxyServiceServicer(store, **self._servicer_options)
-        server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=self.max_workers, thread_name_prefix="nbmanagement-grpc"
-            ),
+        server = LoopServer(
+            workers=self.max_workers,
             handlers=[servicer.generic_handler()],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
@@ -151,7 +158,7 @@ class ProxyGrpcService(service.Service):
                 ("grpc.keepalive_timeout_ms", 20_000),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=self.max_workers * 4,
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         try:
             if creds is None:
@@ -161,6 +168,7 @@ class ProxyGrpcService(service.Service):
         except RuntimeError:  # grpcio: "Failed to bind to address ..."
             port = 0
         if not port:
+            server.stop(None).wait(5.0)
             from nbgateway.startup import bind_failure
 
             raise bind_failure(self.bind_address, "the management gRPC listener",

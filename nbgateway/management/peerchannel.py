@@ -23,8 +23,15 @@ the touched account dirty (:class:`PeerUpdateHub`). Each stream holds at
 most one pending "rebuild" flag (its bounded queue: bursts coalesce, and a
 slow reader never makes the server buffer more than one map), rebuilds its
 map from one shared per-account read (:class:`_ViewCache`), and sends it
-only if it differs from the last map it sent. Each open stream occupies one
-gRPC worker thread; the server's executor must be sized for ``max_streams``.
+only if it differs from the last map it sent.
+
+Threads: ``Sync`` is a coroutine on the gRPC server's asyncio loop
+(:mod:`~nbgateway.management.grpcloop`); it waits on an ``asyncio.Event``
+and holds no thread.  Its blocking work (store reads, building and sealing a
+map) runs in the loop's small fixed executor; the store listener wakes
+streams with ``loop.call_soon_threadsafe``.  Streams are admitted by
+:class:`~nbgateway.management.streamslots.StreamSlots` (``max_streams``,
+default 4,096, at most a quarter per account and kind).
 
 Revocation: a proxy peer's map carries no peer groups, user states or service
 access groups, yet the gateway caches ValidateTunnelPeer answers that depend
@@ -42,11 +49,12 @@ and sends nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -57,6 +65,7 @@ from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
 from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.errors import NotFound
+from nbgateway.management.grpcloop import RpcAbortError, wake_threadsafe, write_or_stop
 from nbgateway.management.model import ChangeKind, User
 from nbgateway.management.networkmap import (
     NetworkMap,
@@ -88,8 +97,8 @@ log = Logger()
 MAX_BODY_BYTES = 1 << 20
 #: file name of the server's WireGuard private key inside the data directory
 SERVER_KEY_FILE = "wg-server.key"
-#: each stream holds a grpc worker thread: size the executor above this
-DEFAULT_MAX_STREAMS = 32
+#: concurrent Sync streams per process (a stream is a coroutine, not a thread)
+DEFAULT_MAX_STREAMS = 4096
 SERVER_KEY_VALIDITY_S = 24 * 3600
 #: changes that can alter a network map (proxy rows, tokens, logs cannot)
 MAP_CHANGES = frozenset(
@@ -107,35 +116,57 @@ MAP_CHANGES = frozenset(
 
 
 class _Subscription:
-    """One Sync stream: a coalescing one-slot "rebuild" flag plus a closed flag."""
+    """One Sync stream: a coalescing one-slot "rebuild" flag plus a closed flag.
 
-    def __init__(self, account_id: str, peer_id: str, key: str) -> None:
+    Thread-safe: :meth:`mark` and :meth:`close` run in any thread (the store's
+    writer, the stopping service) and wake the stream's coroutine on its loop
+    through ``event``.
+    """
+
+    def __init__(self, account_id: str, peer_id: str, key: str,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.account_id = account_id
         self.peer_id = peer_id
         self.key = key
-        self.cond = threading.Condition()
+        self.loop = loop
+        #: set (on ``loop``) on every mark and on close
+        self.event = asyncio.Event()
+        #: set (on ``loop``) on close only: interrupts a blocked write
+        self.closed_event = asyncio.Event()
+        self._lock = threading.Lock()
         self.dirty = False
         self.closed = False
 
     def mark(self) -> None:
-        with self.cond:
+        with self._lock:
             self.dirty = True
-            self.cond.notify_all()
+        wake_threadsafe(self.loop, self.event)
 
     def close(self) -> None:
-        with self.cond:
+        with self._lock:
             self.closed = True
-            self.cond.notify_all()
+        wake_threadsafe(self.loop, self.event)
+        wake_threadsafe(self.loop, self.closed_event)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait for a change; True if one is pending (and consume it)."""
-        with self.cond:
-            if not self.dirty and not self.closed:
-                self.cond.wait(timeout)
+    def take(self) -> bool:
+        """Consume a pending change; True if there was one (never once closed)."""
+        with self._lock:
             if self.dirty and not self.closed:
                 self.dirty = False
                 return True
             return False
+
+    async def next_change(self) -> bool:
+        """Wait (on the loop) for a change; True when one is pending, False once closed."""
+        while True:
+            if self.take():
+                return True
+            if self.closed:
+                return False
+            self.event.clear()
+            if self.dirty or self.closed:  # marked between take() and clear()
+                continue
+            await self.event.wait()
 
 
 class PeerUpdateHub:
@@ -290,6 +321,8 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         self.server_key = server_key
         self.max_streams = max_streams
         self.coalesce_delay = coalesce_delay
+        #: unused since streams are coroutines (a closed or cancelled stream is woken
+        #: at once, nothing polls); accepted so existing callers keep working
         self.poll_interval = poll_interval
         self.hub = PeerUpdateHub()
         self._views = _ViewCache(store, self.hub)
@@ -313,21 +346,23 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
 
     # -- request decoding -------------------------------------------------------------
 
-    def _parse(self, request: pb.EncryptedMessage, into: Any, context: grpc.ServicerContext):
+    def _parse(self, request: pb.EncryptedMessage, into: Any) -> bytes:
+        """Open ``request`` into ``into``; the peer's key, or :class:`RpcAbortError`."""
         try:
             peer_key = decode_wg_key(request.wgPubKey)
         except BoxError:
-            context.abort(
+            raise RpcAbortError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"provided wgPubKey {request.wgPubKey[:64]} is invalid",
-            )
+            ) from None
         if len(request.body) > MAX_BODY_BYTES:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid request message")
+            raise RpcAbortError(grpc.StatusCode.INVALID_ARGUMENT, "invalid request message")
         try:
             open_message(request.body, into, peer_key, self.server_key.private_bytes)
         except BoxError:
             log.debug("undecryptable peer-channel message from {key}", key=request.wgPubKey)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid request message")
+            raise RpcAbortError(grpc.StatusCode.INVALID_ARGUMENT,
+                                "invalid request message") from None
         return peer_key
 
     def _seal(self, message: Any, peer_key: bytes) -> pb.EncryptedMessage:
@@ -336,7 +371,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
             body=seal_message(message, peer_key, self.server_key.private_bytes),
         )
 
-    # -- RPCs ---------------------------------------------------------------------------
+    # -- RPCs (unary ones run in the server's small thread pool) -----------------------
 
     def GetServerKey(self, request: pb.Empty, context: grpc.ServicerContext):
         expires = Timestamp()
@@ -347,24 +382,31 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         return pb.Empty()
 
     def Login(self, request: pb.EncryptedMessage, context: grpc.ServicerContext):
+        try:
+            return self._login(request)
+        except RpcAbortError as exc:
+            context.abort(exc.code, exc.details)
+
+    def _login(self, request: pb.EncryptedMessage) -> pb.EncryptedMessage:
         login = pb.LoginRequest()
-        peer_key = self._parse(request, login, context)
+        peer_key = self._parse(request, login)
         if not login.HasField("meta"):
-            context.abort(
+            raise RpcAbortError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"peer system meta has to be provided to log in. Peer {request.wgPubKey}",
             )
         peer = self.store.peers.get_by_key(encode_wg_key(peer_key))
         if peer is None:
             if login.setupKey:
-                context.abort(grpc.StatusCode.NOT_FOUND, "couldn't add peer: setup key is invalid")
-            context.abort(
+                raise RpcAbortError(grpc.StatusCode.NOT_FOUND,
+                                    "couldn't add peer: setup key is invalid")
+            raise RpcAbortError(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "no peer auth method provided, please use a setup key or interactive SSO login",
             )
         nm = self._build(peer.account_id, peer.id, refresh=True)
         if nm is None:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
+            raise RpcAbortError(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
         log.info(
             "peer {peer_id} logged in (account {account_id})",
             peer_id=peer.id,
@@ -378,27 +420,35 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         )
         return self._seal(resp, peer_key)
 
-    def Sync(self, request: pb.EncryptedMessage, context: grpc.ServicerContext) -> Iterator:
-        sync = pb.SyncRequest()
-        peer_key = self._parse(request, sync, context)
-        peer = self.store.peers.get_by_key(encode_wg_key(peer_key))
-        if peer is None:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
+    async def Sync(self, request: pb.EncryptedMessage, context: Any) -> None:
+        """A coroutine on the server's loop: it holds no thread while it waits."""
+        loop = asyncio.get_running_loop()
+        try:
+            peer_key, peer, sync = await loop.run_in_executor(None, self._sync_open, request)
+        except RpcAbortError as exc:
+            await context.abort(exc.code, exc.details)
         if not self._slots.acquire(peer.account_id, peer.proxy):
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many concurrent sync requests, please try again later",
             )
         source_prefixes = pb.PeerCapabilitySourcePrefixes in sync.meta.capabilities
         ipv6 = pb.PeerCapabilityIPv6Overlay in sync.meta.capabilities
-        sub = _Subscription(peer.account_id, peer.id, peer.key)
+        sub = _Subscription(peer.account_id, peer.id, peer.key, loop)
         self.hub.subscribe(sub)
-        context.add_callback(sub.close)
         try:
-            yield from self._stream(sub, peer_key, source_prefixes, context, ipv6=ipv6)
+            await self._stream(sub, peer_key, source_prefixes, context, ipv6=ipv6)
         finally:
-            self._end(sub)
+            self._end(sub, loop)
             self._slots.release(peer.account_id, peer.proxy)
+
+    def _sync_open(self, request: pb.EncryptedMessage) -> tuple[bytes, Any, pb.SyncRequest]:
+        sync = pb.SyncRequest()
+        peer_key = self._parse(request, sync)
+        peer = self.store.peers.get_by_key(encode_wg_key(peer_key))
+        if peer is None:
+            raise RpcAbortError(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
+        return peer_key, peer, sync
 
     # -- Sync internals ---------------------------------------------------------------------
 
@@ -433,48 +483,69 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         probe.NetworkMap.Serial = 0
         return probe.SerializeToString(deterministic=True)
 
-    def _stream(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool, context,
-                ipv6: bool = False):
+    def _render(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool,
+                ipv6: bool, last: bytes) -> tuple[bytes, pb.EncryptedMessage | None] | None:
+        """Build the peer's map (executor thread): ``None`` when the peer is gone,
+        else ``(fingerprint, sealed response or None when unchanged)``."""
+        nm = self._build(sub.account_id, sub.peer_id)
+        if nm is None or nm.peer.key != sub.key:
+            return None
+        resp = self._sync_response(nm, source_prefixes, ipv6)
+        fp = self._fingerprint(resp)
+        if nm.peer.proxy:  # the gateway caches validations: see the docstring
+            fp += self._access_digest(sub.account_id)
+        if fp == last:
+            return fp, None
+        return fp, self._seal(resp, peer_key)
+
+    async def _stream(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool,
+                      context: Any, ipv6: bool = False) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            self.store.peers.set_connected(sub.account_id, sub.peer_id, True)
+            await loop.run_in_executor(
+                None, self.store.peers.set_connected, sub.account_id, sub.peer_id, True)
         except NotFound:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
         last = b""
         pending = True  # the initial map
         while True:
             if pending:
-                nm = self._build(sub.account_id, sub.peer_id)
-                if nm is None or nm.peer.key != sub.key:
+                out = await loop.run_in_executor(
+                    None, self._render, sub, peer_key, source_prefixes, ipv6, last)
+                if out is None:
                     log.info("sync stream of removed peer {peer_id} ends", peer_id=sub.peer_id)
-                    context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
-                resp = self._sync_response(nm, source_prefixes, ipv6)
-                fp = self._fingerprint(resp)
-                if nm.peer.proxy:  # the gateway caches validations: see the docstring
-                    fp += self._access_digest(sub.account_id)
-                if fp != last:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                        "peer is not registered")
+                    return
+                fp, sealed = out
+                if sealed is not None:
                     last = fp
-                    yield self._seal(resp, peer_key)
-            if sub.closed or not context.is_active():
-                return
-            pending = sub.wait(self.poll_interval)
-            if pending and self.coalesce_delay > 0:
+                    if not await write_or_stop(context, sealed, sub.closed_event):
+                        return
+            pending = await sub.next_change()
+            if not pending:
+                return  # closed: superseded, or the service is stopping
+            if self.coalesce_delay > 0:
                 # let the rest of a burst land; the one-slot flag absorbs it
-                time.sleep(self.coalesce_delay)
-                sub.wait(0)
+                await asyncio.sleep(self.coalesce_delay)
+                sub.take()
 
-    def _end(self, sub: _Subscription) -> None:
+    def _end(self, sub: _Subscription, loop: asyncio.AbstractEventLoop) -> None:
         sub.close()
         if self.hub.unsubscribe(sub):
-            try:
-                self.store.peers.set_connected(sub.account_id, sub.peer_id, False)
-            except NotFound:
-                pass
-            except Exception:
-                log.failure("marking peer {peer_id} disconnected failed", peer_id=sub.peer_id)
+            loop.run_in_executor(None, self._mark_disconnected, sub)
+
+    def _mark_disconnected(self, sub: _Subscription) -> None:
+        try:
+            self.store.peers.set_connected(sub.account_id, sub.peer_id, False)
+        except NotFound:
+            pass
+        except Exception:
+            log.failure("marking peer {peer_id} disconnected failed", peer_id=sub.peer_id)
 
 
 def add_to_server(
-    server: grpc.Server,
+    server: Any,
     store: Any,
     server_key: ServerKey | str,
     **kwargs: Any,
@@ -483,6 +554,9 @@ def add_to_server(
 
     ``server_key`` is a :class:`ServerKey` or the path of its key file (created
     0600 on first use; by convention ``DATADIR/`` + :data:`SERVER_KEY_FILE`).
+    ``server`` is a ``grpc.aio`` server or a
+    :class:`~nbgateway.management.grpcloop.LoopServer` (``Sync`` is a
+    coroutine: a threaded ``grpc.server`` cannot host it).
     Call before ``server.start()``; returns the servicer, whose ``close()``
     must be called when stopping the server (it ends the open Sync streams).
     """

@@ -132,7 +132,7 @@ class Harness:
         self._events_cond = threading.Condition(self._events_lock)
         servicer_options.setdefault("on_event", self._on_event)
         self.service = ProxyGrpcService(
-            store, addr="127.0.0.1:0", max_workers=32, servicer_options=servicer_options
+            store, addr="127.0.0.1:0", servicer_options=servicer_options
         )
         self.service.startService()
         self.servicer = self.service.servicer

@@ -14,7 +14,6 @@ import dataclasses
 import queue
 import threading
 import time
-from concurrent import futures
 
 import grpc
 import pytest
@@ -23,6 +22,7 @@ from nacl.public import Box, PrivateKey, PublicKey
 from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
 from nbgateway.management.crypto_box import ServerKey
+from nbgateway.management.grpcloop import LoopServer
 from nbgateway.management.model import Account, Group, Peer, Service, Target, TargetOptions
 from nbgateway.management.peerchannel import add_to_server
 from nbgateway.management.store import Store
@@ -138,7 +138,7 @@ def server_key(tmp_path) -> ServerKey:
 
 @pytest.fixture
 def server(store, server_key):
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    srv = LoopServer()
     servicer = add_to_server(srv, store, server_key)
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
@@ -437,7 +437,7 @@ def test_sync_source_prefixes_capability(stub, scenario):
 
 
 def test_sync_too_many_streams_resource_exhausted(store, server_key, tmp_path):
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    srv = LoopServer()
     servicer = add_to_server(srv, store, server_key, max_streams=1)
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()

@@ -1,11 +1,11 @@
-"""End to end on one grpc.server: a proxy registers its peer with ProxyService.CreateProxyPeer,
-then logs in and syncs on the peer channel with the same WireGuard key; a user peer of the
-access group sees it (ACL at once, DNS once the proxy peer's stream is up)."""
+"""End to end on one gRPC server (grpc.aio on a loop thread): a proxy registers its peer
+with ProxyService.CreateProxyPeer, then logs in and syncs on the peer channel with the same
+WireGuard key; a user peer of the access group sees it (ACL at once, DNS once the proxy
+peer's stream is up)."""
 
 from __future__ import annotations
 
 import base64
-from concurrent import futures
 
 import grpc
 import pytest
@@ -14,6 +14,7 @@ from nbgateway._proto import management_pb2 as mpb
 from nbgateway._proto import management_pb2_grpc as mpb_grpc
 from nbgateway._proto import proxy_service_pb2 as ppb
 from nbgateway._proto import proxy_service_pb2_grpc as ppb_grpc
+from nbgateway.management.grpcloop import LoopServer
 from nbgateway.management.model import Group
 from nbgateway.management.peerchannel import add_to_server
 from nbgateway.management.proxyservice import ProxyServiceServicer
@@ -32,8 +33,7 @@ from tests.management.test_peerchannel import (
 @pytest.fixture
 def both(store, tmp_path):  # noqa: F811
     proxy_servicer = ProxyServiceServicer(store)
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                      handlers=[proxy_servicer.generic_handler()])
+    srv = LoopServer(handlers=[proxy_servicer.generic_handler()])
     peer_channel = add_to_server(srv, store, str(tmp_path / "k"))  # path form
     port = srv.add_insecure_port("127.0.0.1:0")
     proxy_servicer.start()

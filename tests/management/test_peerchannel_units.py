@@ -121,11 +121,11 @@ def test_subscription_coalesces_bursts_into_one_pending_flag():
     s = _Subscription("acct", "peer", "key")
     for _ in range(1000):
         s.mark()
-    assert s.wait(0) is True
-    assert s.wait(0) is False  # one slot: the burst became a single rebuild
+    assert s.take() is True
+    assert s.take() is False  # one slot: the burst became a single rebuild
     s.mark()
     s.close()
-    assert s.wait(0) is False  # closed streams stop rebuilding
+    assert s.take() is False  # closed streams stop rebuilding
 
 
 def test_hub_routes_by_account_and_kind():
@@ -135,13 +135,13 @@ def test_hub_routes_by_account_and_kind():
     hub.subscribe(a)
     hub.subscribe(b)
     hub.on_change(ChangeKind.GROUP, "acct-a", ("g",))
-    assert a.wait(0) and not b.wait(0)
+    assert a.take() and not b.take()
     hub.on_change(ChangeKind.PROXY, "acct-a", ("x",))  # proxy rows never change a map
     hub.on_change(ChangeKind.SERVICE_UPDATED, "", ("x",))
-    assert not a.wait(0) and not b.wait(0)
+    assert not a.take() and not b.take()
     gen = hub.generation("acct-b")
     hub.on_change(ChangeKind.SERVICE_DELETED, "acct-b", ("s",))
-    assert b.wait(0) and hub.generation("acct-b") == gen + 1
+    assert b.take() and hub.generation("acct-b") == gen + 1
     assert hub.active() == 2
 
 

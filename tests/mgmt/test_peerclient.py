@@ -17,6 +17,7 @@ from twisted.trial import unittest
 
 from nbgateway._proto import management_pb2 as pb
 from nbgateway.management.crypto_box import ServerKey
+from nbgateway.management.grpcloop import LoopServer
 from nbgateway.management.model import Account, Group, Peer, Service, Target, TargetOptions
 from nbgateway.management.peerchannel import add_to_server
 from nbgateway.management.store import Store
@@ -54,10 +55,11 @@ def threaded(fn, *args):
 
 
 class ManagementServer:
-    """grpc.server + the real peer channel servicer on a fixed loopback port."""
+    """The management's gRPC server (LoopServer) + the real peer channel servicer on
+    a fixed loopback port."""
 
     def __init__(self, store, key_path: str, port: int = 0) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self.server = LoopServer()
         self.servicer = add_to_server(self.server, store, key_path, poll_interval=0.2,
                                       coalesce_delay=0.01)
         self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")

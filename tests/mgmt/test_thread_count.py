@@ -30,12 +30,11 @@ CLUSTER = "eu.proxy.netbird.io"
 
 SERVER = textwrap.dedent("""
     import sys, time
-    from concurrent import futures
-    import grpc
+    from nbgateway.management.grpcloop import LoopServer
     from nbgateway.management.peerchannel import add_to_server
     from nbgateway.management.store import Store
     store = Store.open(sys.argv[1], known_clusters=[sys.argv[3]])
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=128))
+    server = LoopServer()
     add_to_server(server, store, sys.argv[2], poll_interval=0.2, coalesce_delay=0.01)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
