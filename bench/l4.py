@@ -130,7 +130,7 @@ def profile_during(pid: int | None, path: str, seconds: int) -> Any:
 
 
 def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
-        profile: str = "") -> dict:
+        profile: str = "", profile_reverse: str = "") -> dict:
     """All figures; with ``rounds`` > 1 the private iperf3 and the
     wireguard-go baseline alternate that many times (medians reported, the
     box is shared and noisy)."""
@@ -171,7 +171,11 @@ def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
             fwd = iperf3(ns, gw_ip, seconds=seconds, port=PRIVATE_PORT)
             if spy is not None:
                 spy.wait(timeout=seconds + 30)
+            spy = (profile_during(pid, profile_reverse, seconds)
+                   if profile_reverse and i == 0 else None)
             rev = iperf3(ns, gw_ip, seconds=seconds, port=PRIVATE_PORT, reverse=True)
+            if spy is not None:
+                spy.wait(timeout=seconds + 30)
             out["rounds"].append({"wg_go_mbps": base, "private_mbps": fwd,
                                   "private_reverse_mbps": rev, "ratio": fwd / base})
             print(f"round {i + 1}: private {fwd / 1000:.3f} Gbit/s (reverse {rev / 1000:.3f}), "
@@ -240,10 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="",
                    help="py-spy record the gateway during the first private run "
                         "into this file (.svg flame graph, .json speedscope)")
+    p.add_argument("--profile-reverse", default="",
+                   help="the same for the first reverse (-R) private run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     out = run(args.seconds, args.idle, rounds=max(1, args.rounds),
-              private_only=args.private_only, profile=args.profile)
+              private_only=args.private_only, profile=args.profile,
+              profile_reverse=args.profile_reverse)
     if args.json:
         print(json.dumps(out, indent=2))
     report(out)

@@ -256,7 +256,7 @@ class TransportPath:
                 if run_peer is not None:
                     kp.send_counter = counter
                     if out:
-                        self._flush_tx(run_peer, out)
+                        self._flush_tx(run_peer, out, now)
                         accepted += len(out)
                         out = []
                         append = out.append
@@ -269,7 +269,6 @@ class TransportPath:
                     or kp.send_counter >= rekey_after_messages
                     or now >= kp.rekey_at
                     or peer.timers.new_handshake is None
-                    or peer.persistent_keepalive
                     or peer.endpoint is None
                     or link is None
                 ):
@@ -289,17 +288,19 @@ class TransportPath:
         if run_peer is not None:
             kp.send_counter = counter
             if out:
-                self._flush_tx(run_peer, out)
+                self._flush_tx(run_peer, out, now)
                 accepted += len(out)
         return accepted
 
-    def _flush_tx(self, peer: Peer, datagrams: list[bytes]) -> None:
+    def _flush_tx(self, peer: Peer, datagrams: list[bytes], now: float) -> None:
         """Send a run of data datagrams to ``peer``; the "data packet sent"
-        timer event once for the run."""
+        and "authenticated packet traversal" timer events once for the run."""
         self._link_run(datagrams, peer.endpoint)
         peer.tx_bytes += sum(map(len, datagrams))
         peer.timers.send_keepalive = None
         self._data_tx += len(datagrams)
+        if peer.persistent_keepalive:
+            self._authenticated_traversal(peer, now)
 
     def _send_data(self, peer: Peer, packet: bytes) -> bool:
         kp = peer.current

@@ -162,6 +162,22 @@ def test_send_packets_runs_per_peer_and_counts():
                                 for d in run)
 
 
+def test_persistent_keepalive_peer_sends_in_runs_and_rearms_the_keepalive():
+    clock, net, g, a, _b = _star()
+    g.update_peer(a.public_key, persistent_keepalive=25)
+    to = lambda p: ipv4_packet("10.0.0.10", "10.0.0.1", p)  # noqa: E731
+    g.sendPackets([to(b"x0")])  # arms the new-handshake timer (slow path)
+    net.pump()
+    clock.advance(10)
+    cap = g.link = Capture()
+    assert g.sendPackets([to(b"x1"), to(b"x2"), to(b"x3")]) == 3
+    assert [(addr, len(run)) for addr, run in cap.calls] == [(A_ADDR, 3)]  # one run
+    # "authenticated packet traversal": the persistent keepalive moved 25 s past now
+    assert g.peers[a.public_key].timers.persistent_keepalive == clock.seconds() + 25
+    a.datagramsReceived([(d, G_ADDR) for _, run in cap.calls for d in run])
+    assert [p[20:] for p in a.sink.packets()][-3:] == [b"x1", b"x2", b"x3"]
+
+
 def test_send_packets_stages_until_the_handshake_then_flushes_in_order():
     clock = Clock()
     net = MemoryNetwork()
