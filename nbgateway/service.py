@@ -213,6 +213,8 @@ class GatewayService(MultiService):
         self.metrics.remove_account(account_id)
         self.health.remove_client(account_id)
         self.dns.pop(account_id, None)
+        if self.proxy.h2 is not None:  # HTTP/2 (gRPC) upstream connections
+            self.proxy.h2.close_account(account_id)
         return self.pools.close_account(account_id)
 
     def _account_changed(self, account_id: str) -> None:
@@ -490,6 +492,8 @@ class GatewayService(MultiService):
         self.health.begin_shutdown()
         self.certificates.stop()
         self.proxy.upgrades.close_all()
+        if self.proxy.h2 is not None:
+            self.proxy.h2.close()
         stops = [self.l4.close_all()]
         if self.public_port is not None:
             port, self.public_port = self.public_port, None

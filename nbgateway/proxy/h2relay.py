@@ -105,6 +105,7 @@ class _H2Exchange:
         self._deadline: Any = None
         self._progress_mark = 0
         self._producing = False
+        self.upstream_names: set[bytes] = set()
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, pools: H2Pools, dialer: Any, headers: list[tuple[bytes, bytes]],
@@ -182,8 +183,10 @@ class _H2Exchange:
         request.setResponseCode(status)
         request.defaultContentType = None
         request.responseHeaders.removeHeader(b"server")
+        self.upstream_names = set()
         for name, values in headers.getAllRawHeaders():
             request.responseHeaders.setRawHeaders(name, values)
+            self.upstream_names.add(name.lower())
         request.upstream_status = status
         self._producing = True
         request.registerProducer(self, True)
@@ -225,8 +228,9 @@ class _H2Exchange:
         request.finish()
 
     def _trailers_only(self) -> list[tuple[bytes, bytes]]:
-        """A gRPC trailers-only answer: its metadata moves to trailers (only
-        when the client is on an HTTP/2 stream that can carry them)."""
+        """A gRPC trailers-only answer: the upstream's metadata moves to
+        trailers (only when the client is on an HTTP/2 stream that can carry
+        them); what the gateway adds (a session cookie) stays in the head."""
         request = self.request
         if not request.responseHeaders.hasHeader(b"grpc-status"):
             return []
@@ -235,7 +239,7 @@ class _H2Exchange:
         moved = []
         for name, values in list(request.responseHeaders.getAllRawHeaders()):
             lname = name.lower()
-            if lname in _HEAD_ONLY:
+            if lname in _HEAD_ONLY or lname not in self.upstream_names:
                 continue
             moved.extend((lname, v) for v in values)
             request.responseHeaders.removeHeader(name)
