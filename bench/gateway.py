@@ -45,6 +45,8 @@ upstream; a lost or duplicated entry breaks the chain).
 Run as root:  .venv/bin/python bench/gateway.py [--seconds 5] [--rounds 3] [--json out.json]
               [--py-spy profile.txt]   (py-spy in the venv: records the gateway
                                         during the first 16-connection round)
+              [--fast-path on|off]    (off: the gateway runs with NBGW_HTTP_FAST=0,
+                                        i.e. twisted.web's server path)
 """
 
 from __future__ import annotations
@@ -478,7 +480,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep-alive connections of the throughput runs")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--py-spy", help="record the gateway with py-spy (raw format) here")
+    parser.add_argument("--fast-path", choices=("on", "off"), default="on",
+                        help="the gateway's HTTP/1.1 fast path (off: NBGW_HTTP_FAST=0, the "
+                             "twisted.web server path, for A/B runs against the same nginx)")
     args = parser.parse_args(argv)
+    os.environ["NBGW_HTTP_FAST"] = "1" if args.fast_path == "on" else "0"
+    print(f"gateway HTTP/1.1 fast path: {args.fast_path}")
     t0 = time.monotonic()
     try:
         out = run_bench(args.seconds, args.rounds, args.connections, args.py_spy)
