@@ -25,7 +25,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
 from nbgateway.proxy.balance import TargetPool, TargetState
 from nbgateway.proxy.failures import root_cause
@@ -117,7 +116,7 @@ class HealthChecks:
         self.clock = clock
         self.checks: dict[str, list[_PathChecks]] = {}
 
-    def _start(self, mapping: pb.ProxyMapping) -> None:
+    def _start(self, mapping: Any) -> None:
         if is_l4(mapping.mode):
             return
         service = entry_from_mapping(mapping).service
@@ -134,7 +133,7 @@ class HealthChecks:
         if loops:
             self.checks[key] = loops
 
-    def _stop(self, mapping: pb.ProxyMapping, forget: bool) -> None:
+    def _stop(self, mapping: Any, forget: bool) -> None:
         key = mapping.id or mapping.domain
         for checks in self.checks.pop(key, []):
             checks.stop()
@@ -156,17 +155,17 @@ class HealthChecks:
     def account_removed(self, account_id: str) -> None:
         return None
 
-    def mapping_added(self, mapping: pb.ProxyMapping) -> None:
+    def mapping_added(self, mapping: Any) -> None:
         self._start(mapping)
 
-    def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> None:
+    def mapping_changed(self, old: Any, new: Any) -> None:
         self._stop(old, forget=old.id != new.id)
         self._start(new)
 
-    def mapping_refreshed(self, mapping: pb.ProxyMapping) -> None:
+    def mapping_refreshed(self, mapping: Any) -> None:
         return None
 
-    def mapping_removed(self, mapping: pb.ProxyMapping) -> None:
+    def mapping_removed(self, mapping: Any) -> None:
         self._stop(mapping, forget=True)
 
     def snapshot_reconciled(self, removed_ids: frozenset[str]) -> None:

@@ -35,7 +35,14 @@ validated :class:`~nbgateway.routes.identity.Identity`, or None):
   ``direct_upstream_denied``;
 - targets with ``upstream_protocol: h2`` (gRPC) go to
   :mod:`nbgateway.proxy.h2relay` (HTTP/2 upstream, trailers relayed);
-- ``Upgrade`` requests (WebSocket) go to :mod:`nbgateway.proxy.upgrade`.
+- ``Upgrade`` requests (WebSocket) go to :mod:`nbgateway.proxy.upgrade`;
+- several targets per path (:mod:`nbgateway.proxy.balance`): the path's
+  policy picks the target among those in rotation; a transport failure before
+  any response byte counts against the target (passive ejection), a response
+  for it; a failed *dial* (the request never reached an upstream) of an
+  idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose body was
+  not consumed is retried on another target within the same deadline; POST
+  and PATCH never are.  ``ctx.target`` names the target used.
 
 The upstream response's ``Connection`` header is visible to the proxy, so
 response headers named by it are removed with the standard hop-by-hop set.
@@ -49,7 +56,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,7 +69,9 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
 from nbgateway.proxy import pages
+from nbgateway.proxy.balance import IDEMPOTENT_METHODS, Balancers, TargetPool, TargetState
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.headers import (
     TrustedProxies,
@@ -178,7 +187,9 @@ class _Exchange:
     """One proxied request: the upstream call, its deadline and the relay."""
 
     def __init__(self, proxy: ReverseProxy, request: Any, ctx: RequestContext,
-                 service: ProxyService, route: Route, opts: TargetOptions) -> None:
+                 service: ProxyService, route: Route, opts: TargetOptions,
+                 pool: TargetPool | None = None, state: TargetState | None = None,
+                 path_query: tuple[str, str] = ("", "")) -> None:
         self.proxy = proxy
         self.request = request
         self.context = ctx
@@ -201,17 +212,41 @@ class _Exchange:
         self.timeout = 0.0
         self.body: Any = None
         self._progress_mark = 0
+        #: load-balanced path: its pool, the target in use, the targets tried
+        self.pool = pool
+        self.state = state
+        self.tried: list[str] = []
+        self._busy = False
+        self.path_query = path_query
+        self.method = b""
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
               body: Any, timeout: float) -> None:
         self.request.notifyFinish().addErrback(self._client_lost)
+        if self.state is not None:
+            self.request.notifyFinish().addBoth(self._end_attempt)
         self.timeout = timeout
         self.body = body
+        self.method = method
         self._deadline = self.proxy.clock.callLater(timeout, self._on_timeout)
-        d = self._pending = defer.maybeDeferred(agent.request, method, url, headers, body)
+        self._send(agent, url, headers)
+
+    def _send(self, agent: Any, url: bytes, headers: Headers) -> None:
+        if self.state is not None and self.pool is not None:
+            self.tried.append(self.state.key)
+            self.pool.started(self.state)
+            self._busy = True
+        d = self._pending = defer.maybeDeferred(agent.request, self.method, url, headers,
+                                                self.body)
         d.addCallbacks(self._on_response, self._on_error)
         d.addErrback(self._internal_error)
+
+    def _end_attempt(self, _: Any = None) -> None:
+        """The target in use is no longer busy with this request."""
+        if self._busy and self.state is not None and self.pool is not None:
+            self._busy = False
+            self.pool.ended(self.state)
 
     def _client_lost(self, _reason: Failure) -> None:
         self.client_gone = True
@@ -250,6 +285,8 @@ class _Exchange:
     def _on_response(self, response: Any) -> None:
         self._pending = None
         self._cancel_deadline()
+        if self.state is not None and self.pool is not None:
+            self.pool.succeeded(self.state)
         if self.client_gone:
             response.deliverBody(_Discard())
             return
@@ -289,11 +326,48 @@ class _Exchange:
     # -- errors ------------------------------------------------------------
     def _on_error(self, failure: Failure) -> None:
         self._pending = None
-        self._cancel_deadline()
         if self.client_gone:
+            self._cancel_deadline()
             return
         exc = root_cause(failure)
+        if self.state is not None and self.pool is not None:
+            if counts_against_target(exc, self.timed_out):
+                now = self.proxy.clock.seconds()
+                if self.pool.failed(self.state, now):
+                    log.warn("upstream target ejected: {target}", target=self.state.route.origin,
+                             domain=self.service.domain, path=self.route.path,
+                             error=repr(exc))
+            if self._retry(exc):
+                return
+        self._cancel_deadline()
         self._send_error(classify_error(exc, self.timed_out), exc)
+
+    def _retry(self, exc: BaseException) -> bool:
+        """Send the request to another target of the path if it never reached
+        an upstream (failed dial), is idempotent and its body is untouched."""
+        pool = self.pool
+        if (pool is None or self.timed_out or self.method not in IDEMPOTENT_METHODS
+                or not never_reached_upstream(exc) or not _body_untouched(self.body)):
+            return False
+        nxt = pool.pick(self.proxy.clock.seconds(), exclude=self.tried)
+        if nxt is None:
+            return False
+        prepared = self.proxy.prepare(self.request, self.context, self.service, nxt.route,
+                                      *self.path_query)
+        if not isinstance(prepared, tuple):
+            return False
+        agent, url, headers, opts, _timeout = prepared
+        self._end_attempt()
+        log.info("retrying {method} on another target: {target}",
+                 method=self.method.decode("latin-1"), target=nxt.route.origin,
+                 failed=repr(exc), domain=self.service.domain)
+        self.state = nxt
+        self.route = nxt.route
+        self.opts = opts
+        self.context.route = nxt.route
+        self.context.target = nxt.route.origin
+        self._send(agent, url, headers)
+        return True
 
     def _send_error(self, page: pages.ErrorPage, exc: Any) -> None:
         log.warn(
@@ -303,6 +377,7 @@ class _Exchange:
             target=self.route.target,
         )
         self.request.proxy_error = page.title
+        self._end_attempt()
         note_dial_denial(self.context, exc, self.proxy, self.service)
         self.done = True
         pages.send_page(self.request, page, destination=self.route.target)
@@ -350,6 +425,8 @@ class ReverseProxy:
         #: ``(service, DirectUpstreamDeniedError)`` after a refused direct dial
         self.on_dial_denied: Callable[[ProxyService, Any], None] | None = None
         self.inflight: dict[str, int] = {}
+        #: the load-balancing and health state of every multi-target path
+        self.balancers = Balancers(self.clock)
         #: the identity assertion signer (``token(settings, identity, peer_ip,
         #: audience)``, nbgateway.auth.assertion), set by the service; without
         #: one a ``required`` service answers 503
@@ -438,26 +515,20 @@ class ReverseProxy:
         if route is None:
             pages.send_page(request, pages.SERVICE_NOT_FOUND)
             return server.NOT_DONE_YET
+        pool, state = self._balance(service, route)
+        if state is not None:
+            route = state.route
         ctx.route = route
-        if is_self_loop(ctx.overlay, client_ip(request), route):
-            log.warn("self-loop request refused", client_ip=client_ip(request),
-                     target=route.target)
-            pages.send_page(request, pages.LOOP_DETECTED, destination=route.target)
+        ctx.target = route.origin
+        checked = self._check(request, ctx, service, route)
+        if isinstance(checked, pages.ErrorPage):
+            pages.send_page(request, checked, destination=route.target)
             return server.NOT_DONE_YET
-        opts = TargetOptions.of(route.options)
-        dialer = self.dialer_for(service.account_id, opts.direct_upstream)
-        if dialer is None:
-            pages.send_page(request, pages.PROXY_NOT_CONNECTED, destination=route.target)
-            return server.NOT_DONE_YET
-        if (service.assertion is not None and service.assertion.required
-                and self.assertion_for(request, service, ctx.identity) is None):
-            # required by the upstream: never forwarded unsigned
-            log.warn("identity assertion unavailable", domain=service.domain)
-            pages.send_page(request, pages.ASSERTION_UNAVAILABLE, destination=route.target)
-            return server.NOT_DONE_YET
-        target_path = outgoing_path(route, path, query.decode("latin-1"), opts.path_rewrite)
+        opts, dialer = checked
+        query_s = query.decode("latin-1")
         timeout = self.timeout_for(opts)
         if _is_upgrade(request):
+            target_path = outgoing_path(route, path, query_s, opts.path_rewrite)
             self.upgrades.relay(request, ctx, route, opts, dialer, target_path, timeout)
             return server.NOT_DONE_YET
         limited = not opts.direct_upstream and self.max_inflight > 0
@@ -469,14 +540,92 @@ class ReverseProxy:
         if opts.upstream_protocol == "h2":
             self._relay_h2(request, ctx, service, route, opts, dialer, timeout)
             return server.NOT_DONE_YET
+        agent, url, headers = self._build(request, ctx, service, route, opts, dialer,
+                                          path, query_s, timeout)
+        ctx.upstream_started = self.clock.seconds()
+        exchange = _Exchange(self, request, ctx, service, route, opts, pool, state,
+                             (path, query_s))
+        exchange.start(agent, request.method, url, headers, _request_body(request), timeout)
+        return server.NOT_DONE_YET
+
+    def _balance(self, service: ProxyService,
+                 route: Route) -> tuple[TargetPool | None, TargetState | None]:
+        """The pool and chosen target of a path with several targets (or
+        active health checks); ``(None, None)`` for a plain single target."""
+        if route.group == () and not route.balancing.active:
+            return None, None
+        pool = self.balancers.pool(service.service_id or service.domain, route)
+        return pool, pool.pick(self.clock.seconds())
+
+    def _check(self, request: Any, ctx: RequestContext, service: ProxyService,
+               route: Route) -> Any:
+        """Can the request go to ``route``'s target (loop guard, dialer,
+        identity assertion)?  An :class:`~nbgateway.proxy.pages.ErrorPage`
+        if not, else ``(opts, dialer)``."""
+        if is_self_loop(ctx.overlay, client_ip(request), route):
+            log.warn("self-loop request refused", client_ip=client_ip(request),
+                     target=route.target)
+            return pages.LOOP_DETECTED
+        opts = TargetOptions.of(route.options)
+        dialer = self.dialer_for(service.account_id, opts.direct_upstream)
+        if dialer is None:
+            return pages.PROXY_NOT_CONNECTED
+        if (service.assertion is not None and service.assertion.required
+                and self.assertion_for(request, service, ctx.identity) is None):
+            # required by the upstream: never forwarded unsigned
+            log.warn("identity assertion unavailable", domain=service.domain)
+            return pages.ASSERTION_UNAVAILABLE
+        return opts, dialer
+
+    def _build(self, request: Any, ctx: RequestContext, service: ProxyService, route: Route,
+               opts: TargetOptions, dialer: Any, path: str, query: str,
+               timeout: float) -> tuple[Any, bytes, Headers]:
+        """``(agent, url, headers)`` to send the request to ``route``'s target."""
+        target_path = outgoing_path(route, path, query, opts.path_rewrite)
         headers = self.upstream_headers(request, service, route, opts, ctx.identity)
         url = f"{route.scheme}://{route.netloc}{target_path}".encode("latin-1")
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
                                  skip_verify=opts.skip_tls_verify, timeout=timeout)
-        ctx.upstream_started = self.clock.seconds()
-        exchange = _Exchange(self, request, ctx, service, route, opts)
-        exchange.start(agent, request.method, url, headers, _request_body(request), timeout)
-        return server.NOT_DONE_YET
+        return agent, url, headers
+
+    def prepare(self, request: Any, ctx: RequestContext, service: ProxyService, route: Route,
+                path: str, query: str) -> Any:
+        """For a retry on another target: an ErrorPage if ``route`` cannot be
+        used, else ``(agent, url, headers, opts, timeout)``."""
+        checked = self._check(request, ctx, service, route)
+        if isinstance(checked, pages.ErrorPage):
+            return checked
+        opts, dialer = checked
+        timeout = self.timeout_for(opts)
+        agent, url, headers = self._build(request, ctx, service, route, opts, dialer,
+                                          path, query, timeout)
+        return agent, url, headers, opts, timeout
+
+
+def counts_against_target(exc: BaseException, timed_out: bool) -> bool:
+    """Is a failed exchange a failure of the target (passive health)?  Every
+    transport failure before a response: refused, reset, unreachable,
+    timeout; not the gateway's own refusals (dial guard, no tunnel) nor a
+    cancellation without timeout."""
+    if timed_out:
+        return True
+    return not isinstance(exc, DirectUpstreamDeniedError | ProxyNotConnectedError
+                          | defer.CancelledError | ValueError)
+
+
+def never_reached_upstream(exc: BaseException) -> bool:
+    """Did the failure happen while dialing, so no byte of the request reached
+    any upstream?  (A failure on an established connection comes wrapped by
+    the client as a response failure and is not one of these.)"""
+    return isinstance(exc, error.ConnectError | ConnectionRefusedError) and not isinstance(
+        exc, DirectUpstreamDeniedError)
+
+
+def _body_untouched(body: Any) -> bool:
+    """Can the request body still be sent to another target?"""
+    if body is None or isinstance(body, _BytesProducer):
+        return True
+    return getattr(body, "sent", 1) == 0 and getattr(body, "_consumer", None) is None
 
 
 def _send_json(request: Any, document: Any) -> None:
