@@ -8,6 +8,7 @@ per batch rather than per datagram."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
 from twisted.internet import error, udp
@@ -40,6 +41,9 @@ class WireGuardProtocol(DatagramProtocol):
     def __init__(self, device) -> None:
         self.device = device
         self.send_errors = 0
+        # host -> usable as a sendto() address on this socket (family checked
+        # once per host instead of Twisted's per-datagram isIPAddress tests)
+        self._families: dict[str, bool] = {}
 
     def startProtocol(self) -> None:
         self.device.link = self
@@ -63,11 +67,54 @@ class WireGuardProtocol(DatagramProtocol):
         if transport is None:
             self.send_errors += len(datagrams)
             return
+        sock = getattr(transport, "socket", None)
+        if (sock is not None and not getattr(transport, "_connectedAddr", None)
+                and self._sendable(addr[0], transport)):
+            self._send_raw(sock.sendto, datagrams, addr)
+            return
         write = transport.write
         for data in datagrams:
             try:
                 write(data, addr)
             except SEND_ERRORS as exc:  # EMSGSIZE, unreachable, bad address family ...
+                self.send_errors += 1
+                self.device.events["udp_send_error"] += 1
+                log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
+
+    def _sendable(self, host: str, transport) -> bool:
+        """Is ``host`` an IP literal of the socket's family?  (What Twisted's
+        ``Port.write`` checks per datagram; anything else takes that path and
+        gets its ``InvalidAddressError``.)"""
+        ok = self._families.get(host)
+        if ok is None:
+            try:
+                version = ipaddress.ip_address(host).version
+            except ValueError:
+                version = 0
+            fam = getattr(transport, "addressFamily", socket.AF_INET)
+            ok = version == (6 if fam == socket.AF_INET6 else 4)
+            if len(self._families) >= 1024:
+                self._families.clear()
+            self._families[host] = ok
+        return ok
+
+    def _send_raw(self, sendto, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        """``sendto`` each datagram with Twisted's error semantics: EINTR is
+        retried, ECONNREFUSED (an earlier ICMP error on an unconnected socket)
+        ignored, anything else (EMSGSIZE, a full buffer, ...) counted."""
+        for data in datagrams:
+            try:
+                sendto(data, addr)
+            except OSError as exc:
+                no = exc.errno
+                if no == errno.EINTR:
+                    try:
+                        sendto(data, addr)
+                        continue
+                    except OSError as again:
+                        exc, no = again, again.errno
+                if no == errno.ECONNREFUSED:
+                    continue
                 self.send_errors += 1
                 self.device.events["udp_send_error"] += 1
                 log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
