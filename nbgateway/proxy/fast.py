@@ -49,7 +49,12 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 
-from nbgateway.proxy.streaming import STREAM_THRESHOLD, RequestBodyStream, StreamingHTTPChannel
+from nbgateway.proxy.streaming import (
+    H2C_PREFACE,
+    STREAM_THRESHOLD,
+    RequestBodyStream,
+    StreamingHTTPChannel,
+)
 
 log = Logger()
 
@@ -331,7 +336,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
             return
         if not self._protocol_checked:
             self._protocol_checked = True
-            if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+            if (getattr(self.transport, "negotiatedProtocol", None) == b"h2"
+                    or data.startswith(H2C_PREFACE)):  # ALPN h2, or h2c prior knowledge
                 self.fast = False
                 self._protocol_checked = False
                 super().dataReceived(data)

@@ -16,7 +16,9 @@ The channel can also hand its transport to another protocol after a
 protocol switch (:meth:`StreamingHTTPChannel.take_over`, used for WebSocket
 and other ``Upgrade`` pass-through).  On a TLS connection whose ALPN chose
 ``h2`` it hands itself to Twisted's ``H2Connection`` (the ``h2`` package) at
-the first byte; HTTP/2 streams use the same request class and resources.
+the first byte, and so does a plain connection that opens with the HTTP/2
+preface (h2c with prior knowledge, as gRPC clients send it); HTTP/2 streams
+use the same request class and resources.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from zope.interface import implementer
 log = Logger()
 
 STREAM_THRESHOLD = 64 * 1024  # larger (or chunked) bodies are streamed
+#: the HTTP/2 client preface's first line: cleartext HTTP/2 with prior
+#: knowledge (h2c, RFC 9113 3.3; gRPC over a plain listener)
+H2C_PREFACE = b"PRI * HTTP/2.0\r\n"
 HIGH_WATER = 256 * 1024  # pause the client when this much body is waiting
 LOW_WATER = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 30.0  # upstream's per-account inbound servers
@@ -377,8 +382,9 @@ class StreamingHTTPChannel(http.HTTPChannel):
             return
         if not self._protocol_checked:
             self._protocol_checked = True
-            if (H2_ENABLED and data
-                    and getattr(self.transport, "negotiatedProtocol", None) == b"h2"):
+            if H2_ENABLED and data and (
+                    getattr(self.transport, "negotiatedProtocol", None) == b"h2"
+                    or data.startswith(H2C_PREFACE)):
                 self._switch_to_h2()
                 self.upgraded.dataReceived(data)
                 return

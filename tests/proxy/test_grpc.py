@@ -194,3 +194,53 @@ class GatewayGrpcTLSUpstreamTests(GatewayGrpcTests):
     CA the client TLS policy trusts)."""
 
     upstream_tls = True
+
+
+class GatewayH2CTests(unittest.TestCase):
+    """gRPC over a plain listener: h2c with prior knowledge from the client
+    (the connection opens with the HTTP/2 preface)."""
+
+    def setUp(self) -> None:
+        self.grpc = EchoGrpc()
+        self.addCleanup(self.grpc.stop)
+        self.h = ProxyHarness()
+        self.addCleanup(self.h.close)
+        self.addCleanup(lambda: self.h.proxy.h2 and self.h.proxy.h2.close())
+        self.h.add("app.example", {"/": f"http://127.0.0.1:{self.grpc.port}/"}, opts=H2_DIRECT)
+        self.port = self.h.listen()
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{self.port}", options=[("grpc.default_authority", "app.example")])
+        self.addCleanup(self.channel.close)
+
+    @defer.inlineCallbacks
+    def test_unary_and_stream_over_h2c(self):
+        self.grpc.release.set()
+
+        def run() -> Any:
+            reply, info = method(self.channel, "Unary").with_call(
+                b"plain", metadata=(("x-req", "c1"),), timeout=10)
+            it = method(self.channel, "Stream", "unary_stream")(b"2", timeout=10)
+            return reply, dict(info.trailing_metadata()), list(it), it.code()
+
+        reply, trailing, streamed, code = yield threads.deferToThread(run)
+        self.assertEqual(reply, b"echo:plain")
+        self.assertEqual(trailing["x-trailing"], "bye")
+        self.assertEqual(streamed, [b"msg0", b"msg1"])
+        self.assertEqual(code, grpc.StatusCode.OK)
+        self.assertEqual(self.grpc.metadata[0]["x-req"], "c1")
+        self.assertEqual(self.grpc.metadata[0]["x-forwarded-proto"], "http")
+        self.assertEqual(self.h.requests[-1].clientproto, b"HTTP/2")
+
+    @defer.inlineCallbacks
+    def test_http11_still_served_on_the_same_listener(self):
+        from ._harness import curl
+
+        # an HTTP/1.1 client on the plain listener: not mistaken for h2c; the
+        # h2 upstream answers over HTTP/2 and the client gets HTTP/1.1
+        status, head, _body = yield curl(
+            "--http1.1", "-X", "POST", "-H", "content-type: application/grpc",
+            "--data-binary", "@/dev/null", "-H", "Host: app.example",
+            f"http://127.0.0.1:{self.port}/nbgw.test.Echo/Unary")
+        self.assertEqual(status, 200)
+        self.assertTrue(head.startswith("HTTP/1.1 200"), head)
+        self.assertIn("grpc-status", head.lower())
