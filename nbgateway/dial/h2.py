@@ -267,6 +267,10 @@ class H2ClientProtocol(Protocol):
 
     # -- connection lifecycle ----------------------------------------------
     def connectionMade(self) -> None:
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:  # HEADERS, DATA, trailers are small separate writes
+            with contextlib.suppress(Exception):
+                nodelay(True)
         if self.tls:
             self._handshake_timer = self.clock.callLater(self.handshake_timeout,
                                                          self._handshake_timed_out)
