@@ -109,8 +109,10 @@ class GrpcLoop:
             loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout)
-        if thread is None or not thread.is_alive():
-            loop.close()
+        # The loop is stopped but deliberately not closed: grpc's process-wide
+        # completion-queue poller may still hand a late event of this loop's
+        # calls to it (call_soon_threadsafe) from another aio loop of the
+        # process; on a closed loop that raises there.
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 

@@ -40,8 +40,9 @@ class GmuClient:
     """A GetMappingUpdate stream read by a background thread."""
 
     def __init__(self, h: Harness, token: str, proxy_id: str, *, address: str = CLUSTER,
-                 capabilities: pb.ProxyCapabilities | None = None) -> None:
-        req = pb.GetMappingUpdateRequest(proxy_id=proxy_id, address=address, version="t")
+                 capabilities: pb.ProxyCapabilities | None = None, resume: int = 0) -> None:
+        req = pb.GetMappingUpdateRequest(proxy_id=proxy_id, address=address, version="t",
+                                         nbgw_resume_revision=resume)
         if capabilities is not None:
             req.capabilities.CopyFrom(capabilities)
         self.call = h.stub.GetMappingUpdate(req, metadata=md(token))
@@ -93,8 +94,8 @@ def by_id(mappings) -> dict[str, pb.ProxyMapping]:
     return {m.id: m for m in mappings}
 
 
-def connect_x(h: Harness, fx: Fixture, proxy_id: str = "proxy-x") -> GmuClient:
-    c = GmuClient(h, fx.token, proxy_id, capabilities=caps(**X_CAPS))
+def connect_x(h: Harness, fx: Fixture, proxy_id: str = "proxy-x", resume: int = 0) -> GmuClient:
+    c = GmuClient(h, fx.token, proxy_id, capabilities=caps(**X_CAPS), resume=resume)
     return c
 
 
