@@ -46,6 +46,7 @@ __all__ = [
     "CustomDomain",
     "Group",
     "HeaderAuth",
+    "LoadBalancing",
     "PasswordAuth",
     "Peer",
     "PersonalAccessToken",
@@ -360,6 +361,32 @@ class Target:
     options: TargetOptions = field(default_factory=TargetOptions)
 
 
+LB_POLICIES = ("round_robin", "least_conn")
+
+
+@dataclass(frozen=True)
+class LoadBalancing:
+    """How gateways spread an HTTP service's requests over the targets of a
+    path and judge their health (nbgateway extension, issue 16); every path
+    of the service uses the same settings.  0 / "" means the gateway default
+    (round robin, eject after 3 consecutive failures, 10 s back-off doubling
+    up to 300 s, no active checks; checks every 10 s with a 5 s timeout,
+    any 2xx/3xx healthy)."""
+
+    policy: str = "round_robin"
+    max_failures: int = 0
+    backoff_seconds: int = 0
+    max_backoff_seconds: int = 0
+    #: active HTTP health check path ("" = none)
+    health_path: str = ""
+    health_interval_seconds: int = 0
+    health_timeout_seconds: int = 0
+    health_status: int = 0
+
+    def is_default(self) -> bool:
+        return self == LoadBalancing()
+
+
 @dataclass(frozen=True)
 class PasswordAuth:
     enabled: bool = False
@@ -475,6 +502,8 @@ class Service:
     #: unix seconds; nb_session cookies issued before are refused (0 = never);
     #: written only by store.services.revoke_sessions
     sessions_not_before: int = 0
+    #: several targets per path: policy and health checks (HTTP only)
+    load_balancing: LoadBalancing = field(default_factory=LoadBalancing)
 
     def __post_init__(self) -> None:
         _freeze_tuple(self, "targets")
@@ -639,6 +668,9 @@ class AccessLogEntry:
     agent_network: bool = False
     #: nbgateway extension: group names captured at write time; None = not resolved
     user_groups: tuple[str, ...] | None = None
+    #: nbgateway extension: the upstream target that served the request
+    #: (``scheme://host:port``, "" when none was dialed)
+    upstream_target: str = ""
 
     def __post_init__(self) -> None:
         _freeze_dict(self, "metadata")

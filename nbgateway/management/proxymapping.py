@@ -35,6 +35,7 @@ from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management import assertionkeys, servicetokens
 from nbgateway.management.model import (
     DEFAULT_SESSION_MAX_AGE_SECONDS,
+    LoadBalancing,
     Service,
     Target,
     TargetOptions,
@@ -107,6 +108,22 @@ def _l4_options(t: Target) -> pb.PathTargetOptions | None:
     return out
 
 
+def _balancing(lb: LoadBalancing) -> pb.NbgwBalancing | None:
+    """The ``nbgw_balancing`` extension every target of an HTTP service
+    carries (None: defaults, nothing sent)."""
+    if lb.is_default():
+        return None
+    out = pb.NbgwBalancing(policy=lb.policy, max_failures=lb.max_failures,
+                           health_path=lb.health_path, health_status=lb.health_status)
+    for name, seconds in (("backoff", lb.backoff_seconds),
+                          ("max_backoff", lb.max_backoff_seconds),
+                          ("health_interval", lb.health_interval_seconds),
+                          ("health_timeout", lb.health_timeout_seconds)):
+        if seconds:
+            getattr(out, name).CopyFrom(duration_pb2.Duration(seconds=seconds))
+    return out
+
+
 def to_proto_mapping(s: Service, op: int) -> pb.ProxyMapping:
     """Upstream ``ToProtoMapping``; ``auth_token`` is left empty (filled per proxy).
 
@@ -140,12 +157,17 @@ def to_proto_mapping(s: Service, op: int) -> pb.ProxyMapping:
     for h in a.header_auths:
         if h.enabled:
             m.auth.header_auths.add(header=h.header, hashed_value=h.value)
+    balancing = _balancing(s.load_balancing) if mode == "http" else None
     for t in s.targets:
         if not t.enabled:
             continue
         if mode == "http":
             pm = m.path.add(path=t.path or "/", target=target_url(t))
             opts = _http_options(t.options)
+            if balancing is not None:
+                # one PathMapping per target (as upstream); same settings on each
+                opts = opts if opts is not None else pb.PathTargetOptions()
+                opts.nbgw_balancing.CopyFrom(balancing)
         else:
             pm = m.path.add(target=f"{_host_for_url(t.host)}:{t.port}")
             opts = _l4_options(t)

@@ -131,6 +131,7 @@ def access_log_record(entry: pb.AccessLog) -> AccessLogEntry:
         protocol=entry.protocol,
         metadata=dict(entry.metadata),
         agent_network=entry.agent_network,
+        upstream_target=entry.nbgw_target,
     )
 
 

@@ -37,6 +37,7 @@ import socket
 
 from nbgateway.management.errors import ValidationError
 from nbgateway.management.model import (
+    LB_POLICIES,
     MODES,
     TARGET_PROTOCOLS,
     AccessRestrictions,
@@ -433,6 +434,39 @@ def _normalise_domain(domain: str) -> str:
     return name
 
 
+def _validate_load_balancing(service: Service) -> None:
+    """The ``load_balancing`` settings (nbgateway extension)."""
+    lb = service.load_balancing
+    if lb.is_default():
+        return
+    if (service.mode or "http") != "http":
+        _fail("load_balancing is only supported for HTTP services")
+    if lb.policy not in LB_POLICIES:
+        _fail(f"invalid load_balancing policy {go_quote(lb.policy)}: "
+              "want round_robin or least_conn")
+    if not 0 <= lb.max_failures <= 100:
+        _fail("load_balancing max_failures must be between 0 and 100")
+    for name in ("backoff_seconds", "max_backoff_seconds", "health_interval_seconds",
+                 "health_timeout_seconds"):
+        if not 0 <= getattr(lb, name) <= 3600:
+            _fail(f"load_balancing {name} must be between 0 and 3600")
+    if lb.max_backoff_seconds and lb.max_backoff_seconds < lb.backoff_seconds:
+        _fail("load_balancing max_backoff_seconds must not be below backoff_seconds")
+    if lb.health_status and not 100 <= lb.health_status <= 599:
+        _fail("load_balancing health_check expected_status must be 0 or from 100 to 599")
+    path = lb.health_path
+    if path:
+        if (not path.startswith("/") or len(path) > 1024
+                or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in path)):
+            _fail(f"invalid load_balancing health_check path {go_quote(path)}: "
+                  "want an absolute path without spaces")
+        if lb.health_timeout_seconds and lb.health_interval_seconds and (
+                lb.health_timeout_seconds > lb.health_interval_seconds):
+            _fail("load_balancing health_check timeout_seconds must not exceed interval_seconds")
+    elif lb.health_interval_seconds or lb.health_timeout_seconds or lb.health_status:
+        _fail("load_balancing health_check needs a path")
+
+
 def validate_service(service: Service) -> Service:
     """Validate ``service`` and return its normalised copy (upstream's check order)."""
     if not service.name:
@@ -447,6 +481,7 @@ def validate_service(service: Service) -> Service:
     restrictions = _validate_restrictions(service.restrictions)
     service = dataclasses.replace(service, restrictions=restrictions)
     _validate_private(service)
+    _validate_load_balancing(service)
     if mode == "http":
         if not service.domain:
             _fail("service domain is required")

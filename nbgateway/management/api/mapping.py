@@ -27,6 +27,7 @@ from nbgateway.management.model import (
     CustomDomain,
     Group,
     HeaderAuth,
+    LoadBalancing,
     PasswordAuth,
     Peer,
     PersonalAccessToken,
@@ -120,6 +121,37 @@ def restrictions_from_api(body: Mapping[str, Any]) -> AccessRestrictions:
     )
 
 
+def load_balancing_from_api(body: Mapping[str, Any]) -> LoadBalancing:
+    """The ``load_balancing`` object (ranges are checked by validation)."""
+    check = body.get("health_check") or {}
+    return LoadBalancing(
+        policy=body.get("policy") or "round_robin",
+        max_failures=body.get("max_failures", 0),
+        backoff_seconds=body.get("backoff_seconds", 0),
+        max_backoff_seconds=body.get("max_backoff_seconds", 0),
+        health_path=check.get("path", ""),
+        health_interval_seconds=check.get("interval_seconds", 0),
+        health_timeout_seconds=check.get("timeout_seconds", 0),
+        health_status=check.get("expected_status", 0),
+    )
+
+
+def load_balancing_to_api(lb: LoadBalancing) -> dict[str, Any]:
+    out: dict[str, Any] = {"policy": lb.policy}
+    for name in ("max_failures", "backoff_seconds", "max_backoff_seconds"):
+        if getattr(lb, name):
+            out[name] = getattr(lb, name)
+    if lb.health_path:
+        check: dict[str, Any] = {"path": lb.health_path}
+        for name, attr in (("interval_seconds", "health_interval_seconds"),
+                           ("timeout_seconds", "health_timeout_seconds"),
+                           ("expected_status", "health_status")):
+            if getattr(lb, attr):
+                check[name] = getattr(lb, attr)
+        out["health_check"] = check
+    return out
+
+
 def service_from_api(body: Mapping[str, Any], *, account_id: str, service_id: str = "") -> Service:
     """FromAPIRequest: used for POST and for PUT (a full replace)."""
     fields: dict[str, Any] = {
@@ -142,6 +174,8 @@ def service_from_api(body: Mapping[str, Any], *, account_id: str, service_id: st
         fields["auth"] = auth_from_api(body["auth"])
     if "access_restrictions" in body:
         fields["restrictions"] = restrictions_from_api(body["access_restrictions"])
+    if "load_balancing" in body:
+        fields["load_balancing"] = load_balancing_from_api(body["load_balancing"])
     return Service(**fields)
 
 
@@ -225,6 +259,7 @@ def service_to_api(s: Service,
         "private": s.private,
         "assertion": s.assertion_mode,
         "max_session_age_seconds": s.max_session_age_seconds,
+        "load_balancing": load_balancing_to_api(s.load_balancing),
         "meta": _prune({"created_at": ts(s.meta.created_at),
                         "certificate_issued_at": ts(s.meta.certificate_issued_at),
                         "status": str(s.meta.status),
@@ -306,7 +341,7 @@ def access_log_to_api(e: AccessLogEntry) -> dict[str, Any]:
         "bytes_upload": e.bytes_upload, "bytes_download": e.bytes_download,
     }
     for name in ("source_ip", "reason", "user_id", "auth_method_used", "country_code",
-                 "city_name", "subdivision_code", "protocol"):
+                 "city_name", "subdivision_code", "protocol", "upstream_target"):
         if getattr(e, name):
             out[name] = getattr(e, name)
     if e.metadata:

@@ -79,6 +79,25 @@ SERVICE_TARGET = _obj({
     "options": _ref("ServiceTargetOptions"),
 }, ("target_id", "target_type", "protocol", "port", "enabled"))
 
+LOAD_BALANCING = _obj({
+    "policy": _str(enum=["round_robin", "least_conn"], default="round_robin"),
+    "max_failures": _int(minimum=0, maximum=100, description=(
+        "consecutive transport failures (refused, reset, timeout before any response byte) "
+        "that take a target out of rotation (0: 3)")),
+    "backoff_seconds": _int(minimum=0, maximum=3600, description=(
+        "first ejection's back-off, doubled per consecutive ejection (0: 10)")),
+    "max_backoff_seconds": _int(minimum=0, maximum=3600, description="back-off cap (0: 300)"),
+    "health_check": _obj({
+        "path": _str(description="GET this path on every target; must start with /"),
+        "interval_seconds": _int(minimum=0, maximum=3600, description="0: 10"),
+        "timeout_seconds": _int(minimum=0, maximum=3600, description="0: 5 (at most the "
+                                                                      "interval)"),
+        "expected_status": _int(minimum=0, maximum=599, description="0: any 2xx or 3xx"),
+    }, ("path",)),
+}, description=(
+    "nbgateway extension (HTTP services): how gateways choose among the targets of one path "
+    "(several targets with the same path) and check their health"))
+
 AUTH_CONFIG = _obj({
     "password_auth": _obj({"enabled": _bool(), "password": _str()}, ("enabled", "password")),
     "pin_auth": _obj({"enabled": _bool(), "pin": _str()}, ("enabled", "pin")),
@@ -118,6 +137,7 @@ _SERVICE_COMMON = {
         "authenticated identity; required: never forward without one (503)")),
     "max_session_age_seconds": _int(minimum=0, maximum=30 * 86400, description=(
         "session cookie lifetime in seconds (0: 24 h; else 60 to 30 days)")),
+    "load_balancing": _ref("ServiceLoadBalancing"),
 }
 
 SERVICE_REQUEST = _obj(dict(_SERVICE_COMMON), ("name", "domain", "enabled"))
@@ -196,6 +216,8 @@ PROXY_ACCESS_LOG = _obj({
     "city_name": _str(), "subdivision_code": _str(), "bytes_upload": _int(),
     "bytes_download": _int(), "protocol": _str(),
     "metadata": {"type": "object", "additionalProperties": _str()},
+    "upstream_target": _str(description=(
+        "nbgateway extension: the target that served the request (scheme://host:port)")),
     "user_groups": _arr(_str(), description=(
         "nbgateway extension (not upstream): names of the user's (or peer's) groups "
         "captured when the entry was written")),
@@ -288,6 +310,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "ServiceTargetOptions": TARGET_OPTIONS,
     "ServiceTarget": SERVICE_TARGET,
     "ServiceAuthConfig": AUTH_CONFIG,
+    "ServiceLoadBalancing": LOAD_BALANCING,
     "AccessRestrictions": ACCESS_RESTRICTIONS,
     "ServiceRequest": SERVICE_REQUEST,
     # machine-client service token (issue 16); expires_in_seconds 0/absent = never

@@ -380,7 +380,8 @@ def services_create(client: Client, args: Args, out: TextIO) -> None:
 
 _REQUEST_FIELDS = ("name", "domain", "mode", "listen_port", "targets", "enabled",
                    "pass_host_header", "rewrite_redirects", "auth", "access_restrictions",
-                   "private", "access_groups", "assertion", "max_session_age_seconds")
+                   "private", "access_groups", "assertion", "max_session_age_seconds",
+                   "load_balancing")
 
 
 def _secret(value: str | None, stdin: TextIO | None = None) -> str | None:
@@ -417,6 +418,48 @@ def services_identity(client: Client, args: Args, out: TextIO) -> None:
     out.write(f"{updated['domain']}: assertion {updated.get('assertion', 'off')}, session "
               f"{f'{age} s' if age else 'default (86400 s)'}"
               f"{', signing key rotated' if args.rotate_key else ''}\n")
+
+
+def services_balance(client: Client, args: Args, out: TextIO) -> None:
+    """Set how gateways balance the targets of each path of a service
+    (several --target with the same path) and check their health."""
+    svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
+    lb = {} if args.reset else dict(svc.get("load_balancing") or {})
+    for flag, key in (("policy", "policy"), ("max_failures", "max_failures"),
+                      ("backoff", "backoff_seconds"), ("max_backoff", "max_backoff_seconds")):
+        value = getattr(args, flag)
+        if value is not None:
+            lb[key] = value
+    check = dict(lb.get("health_check") or {})
+    for flag, key in (("health_path", "path"), ("health_interval", "interval_seconds"),
+                      ("health_timeout", "timeout_seconds"), ("health_status", "expected_status")):
+        value = getattr(args, flag)
+        if value is not None:
+            check[key] = value
+    if args.no_health_check:
+        check = {}
+    if check:
+        lb["health_check"] = check
+    else:
+        lb.pop("health_check", None)
+    body = {k: svc[k] for k in _REQUEST_FIELDS if k in svc}
+    body["load_balancing"] = lb
+    updated = client.put(f"/reverse-proxies/services/{_q(svc['id'])}", body)
+    if args.json:
+        write_json(out, updated)
+        return
+    got = updated.get("load_balancing") or {}
+    hc = got.get("health_check")
+    paths: dict[str, int] = {}
+    for t in updated.get("targets") or ():
+        paths[t.get("path") or "/"] = paths.get(t.get("path") or "/", 0) + 1
+    spread = ", ".join(f"{p} x{n}" for p, n in sorted(paths.items()))
+    out.write(f"{updated['domain']}: {got.get('policy', 'round_robin')}, eject after "
+              f"{got.get('max_failures') or 3} failures, back-off "
+              f"{got.get('backoff_seconds') or 10}-{got.get('max_backoff_seconds') or 300} s, "
+              + (f"health check GET {hc['path']} every {hc.get('interval_seconds') or 10} s"
+                 if hc else "no health check")
+              + f"; targets per path: {spread}\n")
 
 
 def services_token(client: Client, args: Args, out: TextIO) -> None:
@@ -774,6 +817,32 @@ def register(cmd: Commands) -> None:
                    help="session cookie lifetime (0 = 24 h default; 60 to 2592000)")
     c.add_argument("--rotate-key", action="store_true",
                    help="new assertion signing key (the old one stays published 10 min)")
+
+    c = g.add("balance", "load balancing and health checks of a service's targets",
+              func=services_balance,
+              description="Targets with the same path (repeat --target on create) share\n"
+                          "that path's requests: round_robin or least_conn.  A target that\n"
+                          "fails MAX_FAILURES times in a row (refused, reset, timeout) is\n"
+                          "out of rotation for a back-off that doubles per ejection; an\n"
+                          "optional active check GETs a path on every target.  Idempotent\n"
+                          "requests that never reached a target are retried on another.",
+              example=["nbgateway-admin services balance app.example.com --policy least_conn",
+                       "nbgateway-admin services balance app.example.com --health-path /healthz",
+                       "nbgateway-admin services balance app.example.com --reset"])
+    c.add_argument("ref", metavar="SERVICE", help="service id or domain")
+    c.add_argument("--policy", choices=("round_robin", "least_conn"))
+    c.add_argument("--max-failures", type=int, metavar="N",
+                   help="consecutive failures that eject a target (0 = 3)")
+    c.add_argument("--backoff", type=int, metavar="SECONDS",
+                   help="first ejection's back-off (0 = 10), doubled per ejection")
+    c.add_argument("--max-backoff", type=int, metavar="SECONDS", help="back-off cap (0 = 300)")
+    c.add_argument("--health-path", metavar="PATH", help="active check: GET PATH on each target")
+    c.add_argument("--health-interval", type=int, metavar="SECONDS", help="0 = 10")
+    c.add_argument("--health-timeout", type=int, metavar="SECONDS", help="0 = 5")
+    c.add_argument("--health-status", type=int, metavar="CODE",
+                   help="healthy status (0 = any 2xx/3xx)")
+    c.add_argument("--no-health-check", action="store_true", help="remove the active check")
+    c.add_argument("--reset", action="store_true", help="back to the defaults first")
 
     c = g.add("token", "machine-client tokens of a service (list, create, revoke)",
               func=services_token,

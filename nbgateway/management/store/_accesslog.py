@@ -140,6 +140,7 @@ def row_access_log(r: sa.Row) -> AccessLogEntry:
         metadata=loads(r.metadata) or {},
         agent_network=bool(r.agent_network),
         user_groups=tuple(ug) if ug is not None else None,
+        upstream_target=r.upstream_target or "",
     )
 
 
@@ -209,6 +210,8 @@ def _row(e: AccessLogEntry, user_groups: tuple[str, ...] | None = None) -> dict[
         "metadata": None,
         "agent_network": e.agent_network,
         "user_groups": None,
+        "upstream_target": _fit("upstream_target", e.upstream_target)
+        if e.upstream_target else None,
     }
     values = [getattr(e, attr) for _, attr in _STR_COLUMNS]
     if "\x00" in "".join(values):  # rare: one scan of all text fields

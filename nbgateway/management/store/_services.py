@@ -35,6 +35,7 @@ from nbgateway.management.model import (
     ChangeKind,
     CustomDomain,
     HeaderAuth,
+    LoadBalancing,
     PasswordAuth,
     PinAuth,
     Service,
@@ -193,7 +194,19 @@ def row_service(r: sa.Row, tgts: list[Target]) -> Service:
         max_session_age_seconds=r.max_session_age_seconds or 0,
         service_tokens=servicetokens.from_json(loads(r.service_tokens)),
         sessions_not_before=r.sessions_not_before or 0,
+        load_balancing=_lb_from_json(loads(r.load_balancing)),
     )
+
+
+def _lb_from_json(data: Any) -> LoadBalancing:
+    if not isinstance(data, dict):
+        return LoadBalancing()
+    known = {f.name for f in dataclasses.fields(LoadBalancing)}
+    return LoadBalancing(**{k: v for k, v in data.items() if k in known})
+
+
+def _lb_to_json(lb: LoadBalancing) -> str | None:
+    return None if lb.is_default() else dumps(dataclasses.asdict(lb))
 
 
 def _service_values(s: Service) -> dict:
@@ -227,6 +240,7 @@ def _service_values(s: Service) -> dict:
         "assertion_keys": dumps(assertionkeys.to_json(s.assertion_keys))
         if s.assertion_keys else None,
         "max_session_age_seconds": s.max_session_age_seconds or None,
+        "load_balancing": _lb_to_json(s.load_balancing),
     }
 
 

@@ -204,6 +204,8 @@ services = sa.Table(
     sa.Column("service_tokens", sa.Text(), nullable=True),
     # revision 0010: session revocation (cookies issued before are refused)
     sa.Column("sessions_not_before", sa.BigInteger(), nullable=True),
+    # revision 0011: several targets per path (JSON; NULL = gateway defaults)
+    sa.Column("load_balancing", sa.Text(), nullable=True),
 )
 
 targets = sa.Table(
@@ -342,6 +344,8 @@ access_log_entries = sa.Table(
     sa.Column("agent_network", sa.Boolean(), nullable=False),
     # revision 0002: nbgateway extension (not in upstream's schema)
     sa.Column("user_groups", sa.Text(), nullable=True),
+    # revision 0011: the upstream target that served the request
+    sa.Column("upstream_target", BoundedString(255), nullable=True),
 )
 # revision 0004: the account's entries by time (list sort, retention)
 sa.Index(

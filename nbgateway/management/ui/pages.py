@@ -154,7 +154,7 @@ def _values_from_form(ctx: Ctx) -> dict[str, Any]:
 
 
 #: fields of a stored service that the form does not edit but an update keeps
-_KEPT_FIELDS = ("rewrite_redirects", "assertion", "max_session_age_seconds")
+_KEPT_FIELDS = ("rewrite_redirects", "assertion", "max_session_age_seconds", "load_balancing")
 
 
 def _service_body(v: dict[str, Any]) -> dict[str, Any]:
