@@ -49,6 +49,7 @@ from nbgateway.observe.accesslog import AccessLogger
 from nbgateway.observe.health import HealthState, client_health_from_device, health_service
 from nbgateway.observe.metrics import GatewayMetrics, InstrumentedClient
 from nbgateway.proxy.headers import TrustedProxies
+from nbgateway.proxy.healthcheck import HealthChecks
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
 from nbgateway.routes.table import ServiceTable
@@ -182,6 +183,10 @@ class GatewayService(MultiService):
             trusted_proxies=TrustedProxies(config.trusted_proxies),
         )
         self.routes.on_domain_gone = self.proxy.upgrades.close_domain
+        #: several targets per path: active health checks, per-target metrics
+        self.healthchecks = HealthChecks(self.proxy, reactor)
+        self.store.add_observer(self.healthchecks)
+        self.metrics.registry.register(self.proxy.balancers)
         self.proxy.on_dial_denied = self._report_dial_denied
         #: X-NetBird-Jwt-Assertion for services that ask for it (issue 16)
         self.proxy.assertions = AssertionSigner(reactor)
@@ -494,6 +499,7 @@ class GatewayService(MultiService):
         self.proxy.upgrades.close_all()
         if self.proxy.h2 is not None:
             self.proxy.h2.close()
+        self.healthchecks.stop()
         stops = [self.l4.close_all()]
         if self.public_port is not None:
             port, self.public_port = self.public_port, None

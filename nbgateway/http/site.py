@@ -530,6 +530,7 @@ class GatewayResource(Resource):
                 user_id=ctx.user_id,
                 bytes_upload=upload,
                 bytes_download=getattr(request, "sentLength", 0),
+                target=ctx.target,
             ))
 
         request.notifyFinish().addBoth(done)

@@ -52,6 +52,7 @@ def build_entry(
     bytes_download: int = 0,
     protocol: str = "http",
     metadata: dict[str, str] | None = None,
+    target: str = "",
 ) -> pb.AccessLog:
     ts = Timestamp()
     ts.FromNanoseconds(int(now * 1e9))
@@ -75,6 +76,8 @@ def build_entry(
         bytes_download=bytes_download,
         protocol=protocol,
         metadata=metadata or {},
+        # the upstream target used (scheme://host:port), nbgateway extension
+        nbgw_target=target,
     )
 
 

@@ -199,6 +199,9 @@ class SiteOverTunnelTests(unittest.TestCase):
                          ("/a", 200, "oidc", "u1", True, PEER_IP, "app.example"))
         self.assertEqual((denied.response_code, denied.user_id, denied.auth_success),
                          (403, "", False))
+        # the entry names the upstream target used; none for a request never proxied
+        self.assertEqual(ok.nbgw_target, f"http://127.0.0.1:{self.up_port.getHost().port}")
+        self.assertEqual(denied.nbgw_target, "")
 
 
     @defer.inlineCallbacks

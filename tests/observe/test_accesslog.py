@@ -40,6 +40,11 @@ def test_private_success_fields_b63():
     assert e.timestamp.seconds == 1000 and len(e.log_id) == 20
 
 
+def test_target_used_is_named():
+    assert entry(target="http://10.0.0.6:8080").nbgw_target == "http://10.0.0.6:8080"
+    assert entry().nbgw_target == ""
+
+
 def test_private_denial_fields_b64():
     e = entry(response_code=403, user_id="u1")
     assert not e.auth_success and e.user_id == "" and e.auth_mechanism == ""
