@@ -11,7 +11,9 @@ proxies, h2c to the upstream directly) measures, sequentially on one channel:
 * unary calls per second (8-byte request and answer) and the mean latency;
 * server-streaming throughput: one call of ``--messages`` 16 KiB messages.
 
-Prints one row per path and the gateway/nginx and gateway/direct ratios.
+Prints one row per path (wall-clock rates, and the proxy process's CPU per
+call and per MB, which hold up on a busy machine where the rates do not) and
+the gateway/nginx and gateway/direct ratios.
 nginx's row is skipped with a note when nginx is not installed.
 
 Run:  .venv/bin/python bench/grpc_proxy.py [--calls 2000] [--messages 4000]
@@ -146,23 +148,53 @@ def start_nginx(tmp: str, upstream_port: int, ca: Any) -> tuple[subprocess.Popen
     return proc, port
 
 
-def measure(channel: Any, calls: int, messages: int) -> dict[str, float]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` and their children processes."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    seen = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return total
+
+
+def measure(channel: Any, calls: int, messages: int, pids: list[int]) -> dict[str, float]:
+    """Wall-clock rates and the proxy processes' CPU (``pids``; none for
+    the direct path) per call and per MB: the CPU figures hold up on a busy
+    machine, the rates do not."""
     from tests.proxy._grpc import SERVICE, method
 
     unary = method(channel, "Unary")
     for _ in range(50):  # warm up: connection, TLS, pools
         unary(b"warmup!!", timeout=10)
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(pids), time.perf_counter()
     for _ in range(calls):
         unary(b"12345678", timeout=10)
     unary_s = time.perf_counter() - t0
+    cpu1 = cpu_seconds(pids)
     stream = channel.unary_stream(f"/{SERVICE}B/BigStream")
     t0 = time.perf_counter()
     n = sum(len(m) for m in stream(str(messages).encode(), timeout=120))
     stream_s = time.perf_counter() - t0
+    cpu2 = cpu_seconds(pids)
     assert n == messages * CHUNK
     return {"calls_per_s": calls / unary_s, "latency_ms": 1000 * unary_s / calls,
-            "stream_mb_s": n / stream_s / 1e6}
+            "stream_mb_s": n / stream_s / 1e6,
+            "cpu_ms_per_call": 1000 * (cpu1 - cpu0) / calls,
+            "cpu_ms_per_mb": 1000 * (cpu2 - cpu1) / (n / 1e6)}
 
 
 def main() -> None:
@@ -205,24 +237,29 @@ def main() -> None:
             time.sleep(0.5)
         rows: dict[str, dict[str, float]] = {}
         rows["direct (h2c, no proxy)"] = measure(
-            grpc.insecure_channel(f"127.0.0.1:{up}"), a.calls, a.messages)
+            grpc.insecure_channel(f"127.0.0.1:{up}"), a.calls, a.messages, [])
         if nginx is not None:
             rows["nginx grpc_pass (TLS in, h2c out)"] = measure(
-                tls_channel(nginx_port, ca_pem, "app.example"), a.calls, a.messages)
+                tls_channel(nginx_port, ca_pem, "app.example"), a.calls, a.messages,
+                [nginx.pid])
         rows["gateway (TLS in, h2c out)"] = measure(
-            tls_channel(gw, ca_pem, "app.example"), a.calls, a.messages)
-        print(f"{'path':38} {'unary calls/s':>14} {'mean ms':>8} {'stream MB/s':>12}")
+            tls_channel(gw, ca_pem, "app.example"), a.calls, a.messages, [procs[1].pid])
+        print(f"{'path':36} {'calls/s':>8} {'mean ms':>8} {'MB/s':>7} "
+              f"{'proxy CPU ms/call':>18} {'proxy CPU ms/MB':>16}")
         for name, r in rows.items():
-            print(f"{name:38} {r['calls_per_s']:14.0f} {r['latency_ms']:8.3f} "
-                  f"{r['stream_mb_s']:12.1f}")
+            print(f"{name:36} {r['calls_per_s']:8.0f} {r['latency_ms']:8.3f} "
+                  f"{r['stream_mb_s']:7.1f} {r['cpu_ms_per_call']:18.3f} "
+                  f"{r['cpu_ms_per_mb']:16.2f}")
         g = rows["gateway (TLS in, h2c out)"]
         d = rows["direct (h2c, no proxy)"]
-        print(f"gateway/direct: unary {g['calls_per_s'] / d['calls_per_s']:.2f}, "
-              f"stream {g['stream_mb_s'] / d['stream_mb_s']:.2f}")
+        print(f"gateway/direct: unary calls/s {g['calls_per_s'] / d['calls_per_s']:.2f}, "
+              f"stream MB/s {g['stream_mb_s'] / d['stream_mb_s']:.2f}")
         if nginx is not None:
             n = rows["nginx grpc_pass (TLS in, h2c out)"]
-            print(f"gateway/nginx:  unary {g['calls_per_s'] / n['calls_per_s']:.2f}, "
-                  f"stream {g['stream_mb_s'] / n['stream_mb_s']:.2f}")
+            print(f"gateway/nginx:  unary calls/s {g['calls_per_s'] / n['calls_per_s']:.2f}, "
+                  f"stream MB/s {g['stream_mb_s'] / n['stream_mb_s']:.2f}, "
+                  f"CPU per call {g['cpu_ms_per_call'] / n['cpu_ms_per_call']:.1f}x, "
+                  f"CPU per MB {g['cpu_ms_per_mb'] / n['cpu_ms_per_mb']:.1f}x")
         else:
             print("nginx not installed: no nginx row")
     finally:

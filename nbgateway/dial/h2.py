@@ -340,9 +340,14 @@ class H2ClientProtocol(Protocol):
         self.streams[stream_id] = st
         if body is None:
             st._body_done = st._end_sent = True
+        elif not self.lost:
+            # HEADERS and what the body has ready (often all of it) in one write
+            self._corked = True
+            try:
+                st.send_body(body)
+            finally:
+                self._corked = False
         self._send()
-        if body is not None:
-            st.send_body(body)
         return st
 
     def flush_stream(self, st: H2Stream) -> None:
@@ -397,7 +402,11 @@ class H2ClientProtocol(Protocol):
         if self.on_stream_closed is not None:
             self.on_stream_closed(self)
 
+    _corked = False
+
     def _send(self) -> None:
+        if self._corked:
+            return
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.lost:
             self.transport.write(data)

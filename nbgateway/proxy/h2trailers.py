@@ -18,6 +18,13 @@ frame instead.  This module owns the smallest hook for that:
 
 Pending trailers are forgotten when their stream is done or reset, so they
 are bounded by the open streams.
+
+The same subclass keeps a count of each stream's queued response bytes, so
+``remainingOutboundWindow`` is O(1) (Twisted sums the whole send queue on
+every frame, quadratic for a long server stream) and a stream's producer is
+paused once :data:`STREAM_QUEUE_HIGH` bytes wait even when the client's
+window is larger (bounded memory), and resumed when the queue has drained
+to a quarter of that, without waiting for the client's next WINDOW_UPDATE.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from twisted.web._http2 import H2Connection
 
 Header = tuple[bytes, bytes]
 
+#: response bytes queued on one stream before its producer is paused
+STREAM_QUEUE_HIGH = 256 * 1024
+
 
 class _TrailingH2State(h2.connection.H2Connection):
     """``h2`` server state machine that ends a stream with trailers when some
@@ -39,6 +49,18 @@ class _TrailingH2State(h2.connection.H2Connection):
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
         self.pending_trailers: dict[int, list[Header]] = {}
+        #: response bytes queued per stream, not yet handed to ``send_data``
+        self.queued: dict[int, int] = {}
+        self.on_drained: Any = None
+
+    def send_data(self, stream_id: int, data: Any, end_stream: bool = False,
+                  pad_length: Any = None) -> None:
+        super().send_data(stream_id, data, end_stream=end_stream, pad_length=pad_length)
+        before = self.queued.get(stream_id, 0)
+        left = max(0, before - len(data))
+        self.queued[stream_id] = left
+        if left <= STREAM_QUEUE_HIGH // 4 < before and self.on_drained is not None:
+            self.on_drained(stream_id)
 
     def end_stream(self, stream_id: int) -> None:
         trailers = self.pending_trailers.pop(stream_id, None)
@@ -54,13 +76,30 @@ class TrailersH2Connection(H2Connection):
     def __init__(self, reactor: Any = None) -> None:
         super().__init__(reactor)
         self.conn = _TrailingH2State(self.conn.config)
+        self.conn.on_drained = self._drained
+
+    def writeDataToStream(self, streamID: int, data: bytes) -> None:
+        queued = self.conn.queued
+        queued[streamID] = queued.get(streamID, 0) + len(data)
+        super().writeDataToStream(streamID, data)
+
+    def remainingOutboundWindow(self, streamID: int) -> int:
+        window = min(self.conn.local_flow_control_window(streamID), STREAM_QUEUE_HIGH)
+        return window - self.conn.queued.get(streamID, 0)
+
+    def _drained(self, streamID: int) -> None:
+        stream = self.streams.get(streamID)
+        if stream is not None:
+            stream.windowUpdated()  # resumes a paused producer if there is room
 
     def _requestDone(self, streamID: int) -> None:
         self.conn.pending_trailers.pop(streamID, None)
+        self.conn.queued.pop(streamID, None)
         super()._requestDone(streamID)
 
     def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
         self.conn.pending_trailers.clear()
+        self.conn.queued.clear()
         super().connectionLost(reason, _cancelTimeouts)
 
 
