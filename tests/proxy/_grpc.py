@@ -14,7 +14,8 @@ The service ``nbgw.test.Echo`` uses grpc's generic handlers with raw bytes
   metadata ``x-why: because`` before anything else (a trailers-only answer);
 - ``FailLate``: sends initial metadata first, then aborts with
   ``RESOURCE_EXHAUSTED`` (status in real trailers);
-- ``Upload`` (client streaming): answers the total byte count.
+- ``Upload`` (client streaming): answers the total byte count;
+- ``Big`` (server streaming): ``<n>`` messages of 16 KiB.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class EchoGrpc:
             "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
             "FailLate": grpc.unary_unary_rpc_method_handler(self._fail_late),
             "Upload": grpc.stream_unary_rpc_method_handler(self._upload),
+            "Big": grpc.unary_stream_rpc_method_handler(self._big),
         }
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         self.server.add_generic_rpc_handlers(
@@ -86,6 +88,11 @@ class EchoGrpc:
         context.set_trailing_metadata((("x-why", "late"),))
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too much")
         return b""
+
+    def _big(self, request: bytes, context: Any):
+        chunk = b"b" * 16384
+        for _ in range(int(request)):
+            yield chunk
 
     def _upload(self, requests: Any, context: Any) -> bytes:
         total = sum(len(r) for r in requests)

@@ -152,6 +152,43 @@ class GatewayGrpcTests(unittest.TestCase):
                                    for c in e.conns), timeout=10)
 
     @defer.inlineCallbacks
+    def test_slow_reader_bounds_what_waits_in_the_gateway(self):
+        """A 16 MiB server stream to a client reading slowly: the response
+        bytes queued on the client's stream stay within the 256 KiB mark plus
+        one upstream stream window (what the upstream may still send after
+        the gateway stopped acknowledging), although the client's own window
+        is larger; everything arrives."""
+        import time
+
+        from nbgateway.proxy import h2trailers
+
+        peak = [0]
+        original = h2trailers.TrailersH2Connection.writeDataToStream
+
+        def recording(conn: Any, stream_id: int, data: bytes) -> None:
+            original(conn, stream_id, data)
+            peak[0] = max(peak[0], conn.conn.queued.get(stream_id, 0))
+
+        self.patch(h2trailers.TrailersH2Connection, "writeDataToStream", recording)
+        call = method(self.channel, "Big", "unary_stream")
+
+        def run() -> Any:
+            total = 0
+            for i, msg in enumerate(call(b"1024", timeout=60)):
+                total += len(msg)
+                if i % 64 == 0:
+                    time.sleep(0.02)
+            return total
+
+        total = yield self.in_thread(run)
+        self.assertEqual(total, 1024 * 16384)
+        self.assertGreater(peak[0], 0)
+        # paused at the high mark; what the upstream had window for still comes
+        from nbgateway.dial.h2 import STREAM_WINDOW
+
+        self.assertLessEqual(peak[0], h2trailers.STREAM_QUEUE_HIGH + STREAM_WINDOW + 2 * 16384)
+
+    @defer.inlineCallbacks
     def test_large_client_stream_upload(self):
         call = method(self.channel, "Upload", "stream_unary")
         chunk = b"y" * (256 * 1024)
