@@ -11,15 +11,18 @@ certificates on the next connection and on an already open one."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 
+import jwt
 from OpenSSL import SSL
 from twisted.internet import defer, reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
 from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.auth.assertion import AssertionSigner
 from nbgateway.auth.mtls import MtlsVerifier, tls_lookup
 from nbgateway.dial.direct import DirectDialer
 from nbgateway.dial.pool import UpstreamPools
@@ -30,6 +33,7 @@ from nbgateway.proxy.streaming import ProxySite
 from nbgateway.routes.service import entry_from_mapping
 from nbgateway.tls.certstore import CertificateStore
 from nbgateway.tls.contexts import SNIServerCreator, sni_visibility
+from tests.auth.test_assertion import _keypair
 from tests.proxy._harness import EchoUpstream, curl, listen_site
 from tests.tls._clientcerts import NOW, IssuingCA
 
@@ -150,6 +154,20 @@ class MtlsGatewayTests(unittest.TestCase):
         self.assertEqual([(e.auth_mechanism, e.user_id, e.response_code)
                           for e in self.log.entries],
                          [("mtls", "u-alice", 200)] * 2)
+
+    @defer.inlineCallbacks
+    def test_identity_in_the_signed_assertion(self):
+        settings, jwk = _keypair()
+        entry = self.entries["mtls.example"]
+        self.entries["mtls.example"] = dataclasses.replace(
+            entry, service=dataclasses.replace(entry.service, assertion=settings))
+        self.proxy.assertions = AssertionSigner(reactor)
+        status, _, body = yield self.https("mtls.example", cert=self.alice)
+        self.assertEqual(status, 200)
+        [token] = json.loads(body)["headers"]["x-netbird-jwt-assertion"]
+        claims = jwt.decode(token, jwk, algorithms=["EdDSA"], audience="mtls.example")
+        self.assertEqual((claims["sub"], claims["email"], claims["method"], claims["groups"]),
+                         ("u-alice", "alice@example.com", "mtls", ["g1"]))
 
     @defer.inlineCallbacks
     def test_common_name_maps_too(self):
