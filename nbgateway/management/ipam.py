@@ -19,6 +19,7 @@ the full scan of :func:`allocate_ipv4` / :func:`allocate_ipv6` runs.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -41,6 +42,7 @@ __all__ = [
 MAX_SCAN = 1 << 22
 
 
+@functools.lru_cache(maxsize=4096)  # every allocation parses its account's network
 def parse_network(text: str, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """Parse an account network, rejecting host bits and tiny prefixes."""
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -37,6 +39,7 @@ from nbgateway.management.model import (
     new_id,
     utcnow,
 )
+from nbgateway.management.store import _peerstatements as ps
 from nbgateway.management.store import _secrets
 from nbgateway.management.store._base import Repository, Tx, dumps, loads
 from nbgateway.management.store.schema import (
@@ -329,6 +332,8 @@ class UserRepository(Repository):
             )
         )
         tx.changed(ChangeKind.USER, user.account_id, user.id)
+        # mTLS: a new user may be a certificate's user (client_cert_auth)
+        self._store.services.client_cert_users_changed_in(tx, user.account_id)
         return user
 
     @staticmethod
@@ -393,6 +398,8 @@ class UserRepository(Repository):
                 sa.update(users).where(users.c.id == user.id).values(**self._user_values(user))
             )
             tx.changed(ChangeKind.USER, user.account_id, user.id)
+            # mTLS: the certificate -> user table follows emails, groups, status
+            self._store.services.client_cert_users_changed_in(tx, user.account_id)
             if (user.blocked and not row.blocked) or \
                     set(loads(row.auto_groups) or []) - set(user.auto_groups):
                 # blocked, or out of a group: existing session cookies stop working
@@ -508,6 +515,42 @@ class UserRepository(Repository):
 
         self._store._write(account_id, run)
 
+    # Resolved tokens, kept briefly (peer storms authenticate every request):
+    # hashed token -> (user, token, monotonic expiry).  Emptied after every
+    # committed user, token or account change this process learns of (its own
+    # writes; other replicas' through the PostgreSQL change feed); an entry
+    # lives at most AUTH_CACHE_SECONDS, which bounds what a write no listener
+    # reports (another process on the same SQLite file) can be late by.  A
+    # generation number keeps a lookup that raced a change out of the cache.
+    AUTH_CACHE_SECONDS = 2.0
+    AUTH_CACHE_MAX = 10_000
+
+    def _auth_cache(self) -> dict[str, tuple[User, PersonalAccessToken, float]]:
+        cache: dict[str, tuple[User, PersonalAccessToken, float]] | None = getattr(
+            self, "_auth_entries", None)
+        if cache is None:
+            self._auth_lock = threading.Lock()
+            self._auth_generation = 0
+            cache = self._auth_entries = {}
+            self._store.add_listener(self._auth_changed)
+        return cache
+
+    def _auth_changed(self, kind: ChangeKind, _account_id: str, _ids: tuple[str, ...]) -> None:
+        if kind in (ChangeKind.USER, ChangeKind.PERSONAL_ACCESS_TOKEN, ChangeKind.ACCOUNT):
+            with self._auth_lock:
+                self._auth_generation += 1
+                self._auth_entries.clear()
+
+    def _auth_keep(self, hashed: str, generation: int, user: User, pat: PersonalAccessToken,
+                   expires: float) -> None:
+        """Cache a lookup unless a change was announced since it started."""
+        with self._auth_lock:
+            if generation != self._auth_generation:
+                return
+            if len(self._auth_entries) >= self.AUTH_CACHE_MAX:
+                self._auth_entries.clear()
+            self._auth_entries[hashed] = (user, pat, expires)
+
     def authenticate_token(
         self, plain: str, *, now: datetime | None = None
     ) -> tuple[User, PersonalAccessToken]:
@@ -516,11 +559,30 @@ class UserRepository(Repository):
         if not _secrets.token_format_ok(plain, _secrets.PAT_PREFIX):
             raise Unauthenticated("invalid token format")
         now = now or utcnow()
+        hashed = _secrets.hash_token(plain)
+        cache = self._auth_cache()
+        hit = cache.get(hashed)
+        generation = self._auth_generation
+        if hit is not None and hit[2] > time.monotonic() and hit[1].is_valid(now):
+            user, pat, expires = hit
+        else:
+            user, pat = self._authenticate_uncached(hashed, now)
+            expires = time.monotonic() + self.AUTH_CACHE_SECONDS
+            hit = None
+        if pat.last_used is None or (now - pat.last_used).total_seconds() >= 60:
+            self._touch(personal_access_tokens, pat.id, pat.account_id, now)
+            pat = dataclasses.replace(pat, last_used=now)
+            hit = None
+        if hit is None:
+            self._auth_keep(hashed, generation, user, pat, expires)
+        return user, pat
+
+    def _authenticate_uncached(
+        self, hashed: str, now: datetime
+    ) -> tuple[User, PersonalAccessToken]:
         t = personal_access_tokens
         with self._store._read() as conn:
-            row = conn.execute(
-                sa.select(t).where(t.c.hashed_token == _secrets.hash_token(plain))
-            ).first()
+            row = conn.execute(sa.select(t).where(t.c.hashed_token == hashed)).first()
             if row is None:
                 raise Unauthenticated("invalid token")
             pat = row_pat(row)
@@ -536,9 +598,6 @@ class UserRepository(Repository):
         user = row_user(urow)
         if user.blocked or user.pending_approval:
             raise Unauthenticated("user is blocked")
-        if pat.last_used is None or (now - pat.last_used).total_seconds() >= 60:
-            self._touch(t, pat.id, pat.account_id, now)
-            pat = dataclasses.replace(pat, last_used=now)
         return user, pat
 
     def _touch(self, table: sa.Table, token_id: str, scope: str | None, now: datetime) -> None:
@@ -899,10 +958,23 @@ class PeerRepository(Repository):
         unless it is a proxy peer, and gets its owner's ``auto_groups``.
         Conflict ``peer with this key already exists`` for a duplicate key;
         AddressExhausted when the network is full."""
+        return self._create(peer, False)[0]
 
-        def run(tx: Tx) -> Peer:
+    def create_with_groups(self, peer: Peer) -> tuple[Peer, dict[str, tuple[str, int]]]:
+        """:meth:`create`, also returning ``{group id: (name, member count)}`` of
+        the new peer's groups as of the same transaction (the REST answer)."""
+        return self._create(peer, True)
+
+    def _create(
+        self, peer: Peer, summaries: bool
+    ) -> tuple[Peer, dict[str, tuple[str, int]]]:
+        def run(tx: Tx) -> tuple[Peer, dict[str, tuple[str, int]]]:
             conn = tx.conn
-            account = self._store.accounts.require(conn, peer.account_id)
+            # prepared statements throughout (ps): a peer storm is mostly this
+            found = ps.ACCOUNT_NETWORKS.run(conn, account_id=peer.account_id).first()
+            if found is None:
+                raise NotFound("account not found")
+            network_v4, network_v6, all_id = found
             _check_name("peer", peer.name)
             if not peer.key:
                 raise ValidationError("peer key is required")
@@ -914,7 +986,7 @@ class PeerRepository(Repository):
                 ("peer id", peer.id),
             ):
                 _check_text(what, value)
-            if conn.execute(sa.select(peers.c.id).where(peers.c.key == peer.key)).first():
+            if ps.KEY_TAKEN.run(conn, key=peer.key).first():
                 raise Conflict("peer with this key already exists")
             owner_groups: tuple[str, ...] = ()
             if peer.user_id is not None:
@@ -926,59 +998,62 @@ class PeerRepository(Repository):
                 if owner is None:
                     raise ValidationError(f"user {peer.user_id!r} not found in account")
                 owner_groups = row_user(owner).auto_groups
-            self._store.groups._check_group_ids(conn, peer.account_id, peer.groups, "group")
-            ip = self._claim_ip(conn, peer.account_id, peer.ip, account.network_v4, 4)
+            for gid in dict.fromkeys(peer.groups):
+                if not ps.GROUP_OF_ACCOUNT.run(conn, account_id=peer.account_id,
+                                               group_id=gid).first():
+                    raise ValidationError(f"group {gid!r} not found in account")
+            ip = self._claim_ip(conn, peer.account_id, peer.ip, network_v4, 4)
             ipv6 = None
             if peer.ipv6 is not None:
-                ipv6 = self._claim_ip(conn, peer.account_id, peer.ipv6, account.network_v6, 6)
+                ipv6 = self._claim_ip(conn, peer.account_id, peer.ipv6, network_v6, 6)
             pid = peer.id or new_id()
             if peer.id and conn.execute(sa.select(peers.c.id).where(peers.c.id == pid)).first():
                 raise Conflict("peer already exists")
             now = utcnow()
-            conn.execute(
-                sa.insert(peers).values(
-                    id=pid,
-                    account_id=peer.account_id,
-                    name=peer.name,
-                    key=peer.key,
-                    ip=ip,
-                    ipv6=ipv6,
-                    dns_label=peer.dns_label,
-                    user_id=peer.user_id,
-                    endpoint=peer.endpoint,
-                    proxy_meta_embedded=peer.proxy,
-                    proxy_meta_cluster=peer.proxy_cluster,
-                    peer_status_connected=peer.connected,
-                    ephemeral=peer.ephemeral,
-                    wg_private_key=peer.wg_private_key,
-                    last_seen=peer.last_seen,
-                    created_at=peer.created_at or now,
-                )
+            ps.INSERT_PEER.run(
+                conn,
+                id=pid,
+                account_id=peer.account_id,
+                name=peer.name,
+                key=peer.key,
+                ip=ip,
+                ipv6=ipv6,
+                dns_label=peer.dns_label,
+                user_id=peer.user_id,
+                endpoint=peer.endpoint,
+                proxy_meta_embedded=peer.proxy,
+                proxy_meta_cluster=peer.proxy_cluster,
+                peer_status_connected=peer.connected,
+                ephemeral=peer.ephemeral,
+                wg_private_key=peer.wg_private_key,
+                last_seen=peer.last_seen,
+                created_at=peer.created_at or now,
             )
             wanted = list(peer.groups) + list(owner_groups)
-            if not peer.proxy:
-                all_id = conn.execute(
-                    sa.select(groups.c.id).where(
-                        groups.c.account_id == peer.account_id, groups.c.name == ALL_GROUP
-                    )
-                ).scalar()
-                if all_id:
-                    wanted.append(all_id)
-            changed_groups = self._set_peer_memberships(
-                conn, peer.account_id, pid, wanted, new=True
-            )
+            if not peer.proxy and all_id:
+                wanted.append(all_id)
+            added = list(dict.fromkeys(wanted))
+            for gid in added:
+                ps.ADD_MEMBER.run(conn, group_id=gid, peer_id=pid, account_id=peer.account_id)
             tx.changed(ChangeKind.PEER, peer.account_id, pid)
-            if changed_groups:
-                tx.changed(ChangeKind.GROUP, peer.account_id, *sorted(changed_groups))
+            if added:
+                tx.changed(ChangeKind.GROUP, peer.account_id, *sorted(added))
+            found_groups: dict[str, tuple[str, int]] = {}
+            if summaries:
+                for gid in sorted(added):
+                    row = ps.GROUP_SUMMARY.run(conn, account_id=peer.account_id,
+                                               group_id=gid).first()
+                    if row is not None:
+                        found_groups[gid] = (row[0], int(row[1]))
             # the row as written (no read-back: one statement less per peer in a storm)
             return dataclasses.replace(
                 peer,
                 id=pid,
                 ip=ip,
                 ipv6=ipv6,
-                groups=tuple(sorted(dict.fromkeys(wanted))),
+                groups=tuple(sorted(added)),
                 created_at=peer.created_at or now,
-            )
+            ), found_groups
 
         return self._store._write(peer.account_id, run)
 
@@ -1026,6 +1101,12 @@ class PeerRepository(Repository):
         start = hints.get(key)
         found: str | None = None
         if start is not None:
+            # the usual case: the hinted address itself is free (one indexed probe)
+            first = ipam.window(network, version, start, 1)
+            probe = ps.IPV4_TAKEN if version == 4 else ps.IPV6_TAKEN
+            if first and not probe.run(conn, account_id=account_id, ip=first[0]).first():
+                found = first[0]
+        if start is not None and found is None:
             for _ in range(16):
                 candidates = ipam.window(network, version, start)
                 if not candidates:

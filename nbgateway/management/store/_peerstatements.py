@@ -1,0 +1,92 @@
+"""The prepared statements of a peer creation (see :mod:`._prepared`).
+
+A REST peer creation is one write transaction of these statements: the
+account's networks and ``All`` group in one read, the duplicate-key probe,
+one probe per hinted tunnel address, the insert, one insert per group
+membership that computes its own position, and (for the REST answer) each
+group's name and member count in the same transaction.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from nbgateway.management.store._prepared import Prepared
+from nbgateway.management.store.schema import accounts, group_peers, groups, peers
+
+#: (network_v4, network_v6, id of the ``All`` group or None) of an account
+ACCOUNT_NETWORKS = Prepared(
+    sa.select(
+        accounts.c.network_v4,
+        accounts.c.network_v6,
+        sa.select(sa.func.min(groups.c.id))
+        .where(groups.c.account_id == accounts.c.id, groups.c.name == sa.literal_column("'All'"))
+        .scalar_subquery(),
+    ).where(accounts.c.id == sa.bindparam("account_id", type_=accounts.c.id.type))
+)
+
+KEY_TAKEN = Prepared(
+    sa.select(peers.c.id).where(peers.c.key == sa.bindparam("key", type_=peers.c.key.type))
+)
+
+IPV4_TAKEN = Prepared(
+    sa.select(peers.c.id).where(
+        peers.c.account_id == sa.bindparam("account_id", type_=peers.c.account_id.type),
+        peers.c.ip == sa.bindparam("ip", type_=peers.c.ip.type),
+    )
+)
+
+IPV6_TAKEN = Prepared(
+    sa.select(peers.c.id).where(
+        peers.c.account_id == sa.bindparam("account_id", type_=peers.c.account_id.type),
+        peers.c.ipv6 == sa.bindparam("ip", type_=peers.c.ipv6.type),
+    )
+)
+
+GROUP_OF_ACCOUNT = Prepared(
+    sa.select(groups.c.id).where(
+        groups.c.account_id == sa.bindparam("account_id", type_=groups.c.account_id.type),
+        groups.c.id == sa.bindparam("group_id", type_=groups.c.id.type),
+    )
+)
+
+PEER_COLUMNS = (
+    "id", "account_id", "name", "key", "ip", "ipv6", "dns_label", "user_id", "endpoint",
+    "proxy_meta_embedded", "proxy_meta_cluster", "peer_status_connected", "ephemeral",
+    "wg_private_key", "last_seen", "created_at",
+)
+
+INSERT_PEER = Prepared(
+    sa.insert(peers).values(
+        {c: sa.bindparam(c, type_=peers.c[c].type) for c in PEER_COLUMNS}
+    )
+)
+
+#: a membership appended at the end of the group (position = max + 1)
+ADD_MEMBER = Prepared(
+    sa.insert(group_peers).from_select(
+        ["group_id", "peer_id", "account_id", "position"],
+        sa.select(
+            sa.bindparam("group_id", type_=group_peers.c.group_id.type),
+            sa.bindparam("peer_id", type_=group_peers.c.peer_id.type),
+            sa.bindparam("account_id", type_=group_peers.c.account_id.type),
+            sa.func.coalesce(sa.func.max(group_peers.c.position), sa.literal_column("-1"))
+            + sa.literal_column("1"),
+        ).where(group_peers.c.group_id == sa.bindparam("group_id",
+                                                       type_=group_peers.c.group_id.type)),
+    )
+)
+
+#: (name, member count) of one group of an account
+GROUP_SUMMARY = Prepared(
+    sa.select(
+        groups.c.name,
+        sa.select(sa.func.count())
+        .select_from(group_peers)
+        .where(group_peers.c.group_id == groups.c.id)
+        .scalar_subquery(),
+    ).where(
+        groups.c.account_id == sa.bindparam("account_id", type_=groups.c.account_id.type),
+        groups.c.id == sa.bindparam("group_id", type_=groups.c.id.type),
+    )
+)
