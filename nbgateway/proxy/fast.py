@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 
+from nbgateway.proxy.headers import canonical_name, headers_from_raw
 from nbgateway.proxy.streaming import (
     H2C_PREFACE,
     STREAM_THRESHOLD,
@@ -72,6 +73,19 @@ _PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body
                       b"<b>Processing Failed</b></body></html>")
 
 _date_cache: list[Any] = [0, b""]
+_CONNECTION, _SERVER_NAME, _DATE = map(canonical_name, ("Connection", "Server", "Date"))
+#: request header names as received -> as ``Headers`` keeps them (bounded)
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_MAX = 4096
+
+
+def _name(raw: bytes) -> bytes:
+    name = _NAMES.get(raw)
+    if name is None:
+        name = canonical_name(raw.decode("latin-1"))
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[raw] = name
+    return name
 
 
 def http_date() -> bytes:
@@ -94,7 +108,7 @@ class _Head:
 
     def __init__(self) -> None:
         self.url = b""
-        self.headers = Headers()
+        self.headers: dict[bytes, list[bytes]] = {}
         self.count = 0
         self.host: bytes | None = None
         self.length: int | None = None
@@ -115,12 +129,14 @@ class _Head:
             else:
                 self.length = int(value)
         elif lower == b"connection":
-            if not self.headers.hasHeader(b"connection"):
+            if _CONNECTION not in self.headers:
                 # twisted.web's rule: the first Connection header, split on spaces
                 self.close = b"close" in [t.lower() for t in value.split(b" ")]
         elif lower in (b"transfer-encoding", b"upgrade", b"expect"):
             self.decline = True
-        self.headers.addRawHeader(name, value)
+        if b"\r" in value or b"\n" in value:
+            self.decline = True  # llhttp refuses these; twisted.web would sanitise them
+        self.headers.setdefault(_name(name), []).append(value)
 
 
 class FastRequest:
@@ -148,11 +164,11 @@ class FastRequest:
         self.uri = uri
         self.path = uri.split(b"?", 1)[0]
         self.requestHeaders = headers
-        self.responseHeaders = Headers()
-        if close:
-            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
-        self.responseHeaders.setRawHeaders(b"server", [_SERVER])
-        self.responseHeaders.setRawHeaders(b"date", [http_date()])
+        # the defaults twisted.web sets, in its order
+        raw = {_CONNECTION: [b"close"]} if close else {}
+        raw[_SERVER_NAME] = [_SERVER]
+        raw[_DATE] = [http_date()]
+        self.responseHeaders = headers_from_raw(raw)
         self.code = 200
         self.code_message = b"OK"
         self.sentLength = 0
@@ -418,7 +434,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
             self._hand_over()
             return False
         self._cancel_head_deadline()
-        req = FastRequest(self, method, head.url, head.headers, head.close)
+        req = FastRequest(self, method, head.url, headers_from_raw(head.headers), head.close)
         req.channel_peer = self._peer  # type: ignore[attr-defined]
         req.channel_host = self._host  # type: ignore[attr-defined]
         req.secure = self._secure  # type: ignore[attr-defined]

@@ -135,22 +135,70 @@ def _identity_headers(identity: Identity) -> dict[str, str]:
 _cached_identity_headers = functools.lru_cache(maxsize=1024)(_identity_headers)
 
 
-def _get(headers: Headers, name: str) -> str | None:
-    values = headers.getRawHeaders(name)
-    return ",".join(values) if values else None
+def canonical_name(name: str) -> bytes:
+    """``name`` as twisted's ``Headers`` stores it (found through its public API)."""
+    h = Headers()
+    h.setRawHeaders(name, [b""])
+    return next(iter(h.getAllRawHeaders()))[0]
 
 
-def _without_session_cookie(values: list[str]) -> str | None:
+def headers_from_raw(raw: dict[bytes, list[bytes]]) -> Headers:
+    """A ``Headers`` holding ``raw`` as is: names already canonical (taken
+    from another ``Headers`` or from :func:`canonical_name`), values already
+    sanitised (taken from another ``Headers``, or made of clean parts).
+    Building one through ``setRawHeaders`` re-encodes and re-sanitises every
+    name and value, the largest header cost per proxied request; the
+    equivalence with the public API is a test (tests/proxy/test_headers.py)."""
+    out = Headers()
+    out._rawHeaders = raw
+    return out
+
+
+_HOST, _COOKIE, _TE, _UPGRADE, _CONNECTION = map(
+    canonical_name, ("Host", "Cookie", "TE", "Upgrade", "Connection"))
+_XFF, _XRI, _XFH, _XFP, _XFPORT = map(canonical_name, (
+    "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port"))
+_IDENTITY_NAMES = tuple(map(canonical_name, (USER_HEADER, GROUPS_HEADER, ASSERTION_HEADER)))
+_HOP_BY_HOP_B = frozenset(h.encode("latin-1") for h in HOP_BY_HOP)
+_PROTECTED_B = frozenset(k.encode("latin-1") for k in PROTECTED_KEYS)
+_PROTECTED_PREFIX_B = PROTECTED_PREFIX.encode("latin-1")
+_SESSION_COOKIE_B = SESSION_COOKIE.encode("latin-1")
+#: inbound names (canonical bytes) -> never forwarded as they are; bounded
+_DROPPED: dict[bytes, bool] = {}
+_DROPPED_MAX = 4096
+
+
+def _always_dropped(name: bytes) -> bool:
+    """Hop-by-hop, identity/forwarding in any spelling, Host and Cookie."""
+    verdict = _DROPPED.get(name)
+    if verdict is None:
+        lname = name.lower()
+        key = lname.replace(b"_", b"-")
+        verdict = (lname in _HOP_BY_HOP_B or key in _PROTECTED_B
+                   or key.startswith(_PROTECTED_PREFIX_B) or lname in (b"host", b"cookie"))
+        if len(_DROPPED) < _DROPPED_MAX:
+            _DROPPED[name] = verdict
+    return verdict
+
+
+def _tokens(values: list[bytes] | None) -> set[bytes]:
+    out: set[bytes] = set()
+    for value in values or ():
+        out.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return out
+
+
+def _without_session_cookie(values: list[bytes]) -> bytes | None:
     kept = []
     for value in values:
-        for part in value.split(";"):
+        for part in value.split(b";"):
             part = part.strip()
             if not part:
                 continue
-            if part.split("=", 1)[0].strip() == SESSION_COOKIE:
+            if part.split(b"=", 1)[0].strip() == _SESSION_COOKIE_B:
                 continue
             kept.append(part)
-    return "; ".join(kept) if kept else None
+    return b"; ".join(kept) if kept else None
 
 
 def _real_client(xff: str | None, peer_ip: str, trusted: TrustedProxies) -> str:
@@ -161,6 +209,16 @@ def _real_client(xff: str | None, peer_ip: str, trusted: TrustedProxies) -> str:
         if not trusted.contains(hop):
             return hop
     return hops[0] if hops else peer_ip
+
+
+def _joined(raw: dict[bytes, list[bytes]], name: bytes) -> str | None:
+    values = raw.get(name)
+    return b",".join(values).decode("utf-8") if values else None
+
+
+def _clean(value: str) -> bytes:
+    # what Headers.setRawHeaders does to a str value
+    return b" ".join(value.encode("utf-8").splitlines())
 
 
 def prepare_upstream_headers(
@@ -180,50 +238,42 @@ def prepare_upstream_headers(
     assertion: str | None = None,
 ) -> Headers:
     """A NEW Headers for the upstream request (including ``Host``);
-    ``assertion`` is the signed identity assertion JWT to stamp, if any."""
+    ``assertion`` is the signed identity assertion JWT to stamp, if any.
+
+    One pass over the inbound headers in bytes (names as ``Headers`` keeps
+    them); the result is the same as building it header by header through
+    ``Headers.setRawHeaders`` in the order of the module docstring."""
     trusted = trusted_proxies or _NO_TRUSTED_PROXIES
     peer_trusted = bool(trusted) and trusted.contains(client_ip)
-    inbound_xff = _get(inbound, "X-Forwarded-For")
-    inbound_fwd = {
-        "host": _get(inbound, "X-Forwarded-Host"),
-        "proto": _get(inbound, "X-Forwarded-Proto"),
-        "port": _get(inbound, "X-Forwarded-Port"),
-        "real": _get(inbound, "X-Real-IP"),
-    }
-    cookies = inbound.getRawHeaders("Cookie") or []
-    upgrade = _get(inbound, "Upgrade") if keep_upgrade else None
+    inbound_raw: dict[bytes, list[bytes]] = dict(inbound.getAllRawHeaders())  # type: ignore[arg-type]
 
     # 0. hop-by-hop and inbound forwarding headers
-    connection_named = set()
-    for value in inbound.getRawHeaders("Connection") or []:
-        connection_named.update(t.strip().lower() for t in value.split(",") if t.strip())
-    out = Headers()
-    for name, values in inbound.getAllRawHeaders():
-        lname = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
-        if lname in HOP_BY_HOP or lname in connection_named or is_protected(lname):
+    connection_named = _tokens(inbound_raw.get(_CONNECTION))
+    raw: dict[bytes, list[bytes]] = {}
+    for name, values in inbound_raw.items():
+        if _always_dropped(name) or (connection_named and name.lower() in connection_named):
             continue
-        if lname in ("host", "cookie"):
-            continue
-        out.setRawHeaders(name, list(values))
-    te = _get(inbound, "TE")
-    if te and "trailers" in [t.strip().lower() for t in te.split(",")]:
-        out.setRawHeaders("TE", ["trailers"])
-    if upgrade:
-        out.setRawHeaders("Upgrade", [upgrade])
-        out.setRawHeaders("Connection", ["Upgrade"])
+        raw[name] = list(values)
+    te = inbound_raw.get(_TE)
+    if te and b"trailers" in _tokens([b",".join(te)]):
+        raw[_TE] = [b"trailers"]
+    if keep_upgrade and inbound_raw.get(_UPGRADE):
+        raw[_UPGRADE] = [b",".join(inbound_raw[_UPGRADE])]
+        raw[_CONNECTION] = [b"Upgrade"]
 
     # 1. header-auth credentials never reach the backend (in any spelling)
-    credential_keys = {header_key(name) for name in header_auth_names}
-    if credential_keys:
-        for name in [n for n, _v in out.getAllRawHeaders() if header_key(n) in credential_keys]:
-            out.removeHeader(name)
-    # 2. custom headers
+    if header_auth_names:
+        credential_keys = {header_key(name) for name in header_auth_names}
+        if credential_keys:
+            for name in [n for n in raw if header_key(n) in credential_keys]:
+                del raw[name]
+    out = headers_from_raw(raw)
+    # 2. custom headers (operator input: through the public API)
     for name, value in (custom_headers or {}).items():
         out.setRawHeaders(name, [value])
     # 3. identity: strip then stamp
-    out.removeHeader(USER_HEADER)
-    out.removeHeader(GROUPS_HEADER)
-    out.removeHeader(ASSERTION_HEADER)
+    for name in _IDENTITY_NAMES:
+        raw.pop(name, None)
     for name, value in identity_headers(identity).items():
         out.setRawHeaders(name, [value])
     if assertion:
@@ -235,36 +285,36 @@ def prepare_upstream_headers(
         proto = "https" if over_tls else "http"
     port = host_port(host_header) or ("443" if proto == "https" else "80")
     if peer_trusted:
+        inbound_xff = _joined(inbound_raw, _XFF)
         xff = f"{inbound_xff}, {client_ip}" if inbound_xff else client_ip
-        real = inbound_fwd["real"] or _real_client(inbound_xff, client_ip, trusted)
-        fwd_host = inbound_fwd["host"] or host_header
-        fwd_proto = inbound_fwd["proto"] or proto
-        fwd_port = inbound_fwd["port"] or port
+        real = _joined(inbound_raw, _XRI) or _real_client(inbound_xff, client_ip, trusted)
+        fwd_host = _joined(inbound_raw, _XFH) or host_header
+        fwd_proto = _joined(inbound_raw, _XFP) or proto
+        fwd_port = _joined(inbound_raw, _XFPORT) or port
     else:
         xff, real, fwd_host, fwd_proto, fwd_port = client_ip, client_ip, host_header, proto, port
-    out.setRawHeaders("X-Forwarded-For", [xff])
-    out.setRawHeaders("X-Real-IP", [real])
-    out.setRawHeaders("X-Forwarded-Host", [fwd_host])
-    out.setRawHeaders("X-Forwarded-Proto", [fwd_proto])
-    out.setRawHeaders("X-Forwarded-Port", [fwd_port])
+    # assignments: a custom header of the same name is replaced in its place
+    raw[_XFF] = [_clean(xff)]
+    raw[_XRI] = [_clean(real)]
+    raw[_XFH] = [_clean(fwd_host)]
+    raw[_XFP] = [_clean(fwd_proto)]
+    raw[_XFPORT] = [_clean(fwd_port)]
     # 5. cookies minus the session cookie (a custom Cookie header is discarded)
-    out.removeHeader("Cookie")
-    cookie = _without_session_cookie(cookies)
+    raw.pop(_COOKIE, None)
+    cookie = _without_session_cookie(inbound_raw.get(_COOKIE) or [])
     if cookie:
-        out.setRawHeaders("Cookie", [cookie])
-    out.setRawHeaders("Host", [host_header if pass_host_header else target_netloc])
+        raw[_COOKIE] = [cookie]
+    raw[_HOST] = [_clean(host_header if pass_host_header else target_netloc)]
     return out
 
 
 def filter_response_headers(headers: Headers) -> Headers:
     """Response headers minus hop-by-hop ones (and those named by Connection)."""
-    named = set()
-    for value in headers.getRawHeaders("Connection") or []:
-        named.update(t.strip().lower() for t in value.split(",") if t.strip())
-    out = Headers()
+    named = _tokens(headers.getRawHeaders(b"connection"))
+    raw: dict[bytes, list[bytes]] = {}
     for name, values in headers.getAllRawHeaders():
-        lname = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
-        if lname in HOP_BY_HOP or lname in named:
+        lname = name.lower()
+        if lname in _HOP_BY_HOP_B or lname in named:
             continue
-        out.setRawHeaders(name, list(values))
-    return out
+        raw[name] = list(values)
+    return headers_from_raw(raw)

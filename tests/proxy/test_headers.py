@@ -128,3 +128,124 @@ def test_response_filter():
                  "Transfer-Encoding": ["chunked"]})
     out = filter_response_headers(h)
     assert [k for k, _ in out.getAllRawHeaders()] == [b"Content-Type"]
+
+
+def _reference(inbound: Headers, **kw):
+    """The header preparation as it was built before the one-pass rewrite:
+    header by header through the public ``Headers`` API (the oracle)."""
+    from nbgateway.proxy import headers as hm
+
+    trusted = kw.get("trusted_proxies") or hm._NO_TRUSTED_PROXIES
+    client_ip = kw["client_ip"]
+    peer_trusted = bool(trusted) and trusted.contains(client_ip)
+
+    def get(name):
+        values = inbound.getRawHeaders(name)
+        return ",".join(values) if values else None
+
+    inbound_xff = get("X-Forwarded-For")
+    fwd = {k: get(n) for k, n in (("host", "X-Forwarded-Host"), ("proto", "X-Forwarded-Proto"),
+                                  ("port", "X-Forwarded-Port"), ("real", "X-Real-IP"))}
+    cookies = inbound.getRawHeaders("Cookie") or []
+    upgrade = get("Upgrade") if kw.get("keep_upgrade") else None
+    named = set()
+    for value in inbound.getRawHeaders("Connection") or []:
+        named.update(t.strip().lower() for t in value.split(",") if t.strip())
+    out = Headers()
+    for name, values in inbound.getAllRawHeaders():
+        lname = name.decode("latin-1").lower()
+        if lname in hm.HOP_BY_HOP or lname in named or hm.is_protected(lname):
+            continue
+        if lname in ("host", "cookie"):
+            continue
+        out.setRawHeaders(name, list(values))
+    te = get("TE")
+    if te and "trailers" in [t.strip().lower() for t in te.split(",")]:
+        out.setRawHeaders("TE", ["trailers"])
+    if upgrade:
+        out.setRawHeaders("Upgrade", [upgrade])
+        out.setRawHeaders("Connection", ["Upgrade"])
+    keys = {hm.header_key(n) for n in kw.get("header_auth_names", ())}
+    for name in [n for n, _v in out.getAllRawHeaders() if hm.header_key(n) in keys]:
+        out.removeHeader(name)
+    for name, value in (kw.get("custom_headers") or {}).items():
+        out.setRawHeaders(name, [value])
+    for name in (hm.USER_HEADER, hm.GROUPS_HEADER, hm.ASSERTION_HEADER):
+        out.removeHeader(name)
+    for name, value in hm.identity_headers(kw.get("identity")).items():
+        out.setRawHeaders(name, [value])
+    if kw.get("assertion"):
+        out.setRawHeaders(hm.ASSERTION_HEADER, [kw["assertion"]])
+    fp = kw.get("forwarded_proto", "auto")
+    proto = fp if fp in ("http", "https") else ("https" if kw["over_tls"] else "http")
+    host_header = kw["host_header"]
+    port = hm.host_port(host_header) or ("443" if proto == "https" else "80")
+    if peer_trusted:
+        xff = f"{inbound_xff}, {client_ip}" if inbound_xff else client_ip
+        real = fwd["real"] or hm._real_client(inbound_xff, client_ip, trusted)
+        values = (xff, real, fwd["host"] or host_header, fwd["proto"] or proto,
+                  fwd["port"] or port)
+    else:
+        values = (client_ip, client_ip, host_header, proto, port)
+    for name, value in zip(("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host",
+                            "X-Forwarded-Proto", "X-Forwarded-Port"), values, strict=True):
+        out.setRawHeaders(name, [value])
+    out.removeHeader("Cookie")
+    kept = [p.strip() for v in cookies for p in v.split(";")
+            if p.strip() and p.strip().split("=", 1)[0].strip() != hm.SESSION_COOKIE]
+    if kept:
+        out.setRawHeaders("Cookie", ["; ".join(kept)])
+    out.setRawHeaders("Host", [host_header if kw["pass_host_header"] else kw["target_netloc"]])
+    return out
+
+
+def test_one_pass_preparation_equals_the_header_by_header_build():
+    """Same names, values AND order as building through Headers.setRawHeaders,
+    over a mix of spellings, duplicates, hop-by-hop, spoofed identity and
+    forwarding headers, cookies, custom headers and trusted proxies."""
+    import random
+
+    rng = random.Random(20)
+    names = ["Accept", "accept-encoding", "X-NetBird-User", "x_netbird_groups", "Forwarded",
+             "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Connection", "Keep-Alive",
+             "TE", "Upgrade", "Cookie", "Host", "X-Token", "x_token", "Transfer-Encoding",
+             "X-Custom", "Etag", "Dnt", "X-Forwarded-Proto", "Proxy-Authorization"]
+    values = ["a", "b, c", "close, X-Custom", "trailers, gzip", "nb_session=s; a=1",
+              "a=1;nb_session=2; b=3", "10.0.0.1, 100.64.0.9", "websocket", "héllo", "keep-alive"]
+    ident = Identity("u1", "alice@x", ("g1",), ("eng",), "oidc")
+    for _ in range(400):
+        inbound = Headers()
+        for _ in range(rng.randrange(0, 9)):
+            inbound.addRawHeader(rng.choice(names), rng.choice(values))
+        kw = dict(host_header=rng.choice(["app.example", "app.example:8443"]),
+                  target_netloc="backend:8080", pass_host_header=rng.random() < 0.5,
+                  client_ip=rng.choice(["100.64.0.10", "10.0.0.2"]),
+                  over_tls=rng.random() < 0.5,
+                  forwarded_proto=rng.choice(["auto", "http", "https"]),
+                  trusted_proxies=rng.choice([None, TrustedProxies(["10.0.0.0/8"])]),
+                  keep_upgrade=rng.random() < 0.3,
+                  header_auth_names=rng.choice([(), ("X-Token",)]),
+                  custom_headers=rng.choice([{}, {"X-Custom": "yes", "Host": "h"},
+                                             {"X-Forwarded-For": "custom"}]),
+                  identity=rng.choice([None, ident]),
+                  assertion=rng.choice([None, "jwt"]))
+        got = prepare_upstream_headers(inbound, **kw)
+        want = _reference(inbound, **kw)
+        assert list(got.getAllRawHeaders()) == list(want.getAllRawHeaders()), (inbound, kw)
+        # and it is an ordinary Headers: lookups by any spelling work
+        assert got.getRawHeaders(b"host") == want.getRawHeaders(b"HOST")
+
+
+def test_filtered_response_headers_equal_the_public_api_build():
+    h = Headers()
+    for name, value in (("Content-Type", "text/plain"), ("Connection", "close, X-Drop"),
+                        ("x-drop", "1"), ("Set-Cookie", "a=1"), ("set-cookie", "b=2"),
+                        ("Keep-Alive", "timeout=5"), ("ETag", "x"), ("Content-Length", "3")):
+        h.addRawHeader(name, value)
+    out = filter_response_headers(h)
+    want = Headers()
+    for name in ("Content-Type", "Set-Cookie", "ETag", "Content-Length"):
+        want.setRawHeaders(name, h.getRawHeaders(name))
+    assert list(out.getAllRawHeaders()) == list(want.getAllRawHeaders())
+    out.addRawHeader("x-more", "1")  # still an ordinary Headers
+    assert out.getRawHeaders(b"X-More") == [b"1"]

@@ -1,0 +1,198 @@
+"""Benchmark: the gateway's HTTP/1.1 server path alone, fast path vs. the
+twisted.web path, alternated in one run (no network, no root needed).
+
+One keep-alive connection on an in-memory transport carries requests for a
+private service to a :class:`~nbgateway.http.site.GatewayResource` on a
+tunnel listener: the real front door, private gate (a cached
+ValidateTunnelPeer answer), access restrictions, reverse proxy (path routing,
+header preparation with identity stamping, deadline, response relay) and the
+access-log entry (built and handed to a counting sink).  Only the upstream
+is replaced: an agent that answers every request at once with a 512-byte
+response (so the figure is the server side's own cost, not the netstack's,
+WireGuard's or the upstream client's).
+
+For each variant (``ProxySite(fast=True)`` and ``fast=False``) the script
+measures the process CPU time per request over ``--requests`` requests,
+``--rounds`` times alternately, and prints the medians and their ratio.
+Every response is checked (status 200, identity stamped upstream, one
+access-log entry per request).
+
+Run:  .venv/bin/python bench/http_path.py [--requests 20000] [--rounds 5]
+      [--pipeline 1]   (requests per client write: 1 = request/response)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseDone
+from twisted.web.http_headers import Headers
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
+from nbgateway.http.site import GatewayResource
+from nbgateway.proxy.reverse import ReverseProxy
+from nbgateway.proxy.streaming import ProxySite
+from nbgateway.routes.service import entry_from_mapping
+
+BODY = b"x" * 512
+PEER = "100.64.0.10"
+REQUEST = (b"GET /index.html?q=1 HTTP/1.1\r\nHost: app.example\r\nUser-Agent: bench\r\n"
+           b"Accept: */*\r\n\r\n")
+
+
+class Mgmt:
+    def __init__(self) -> None:
+        self.answer = pb.ValidateTunnelPeerResponse(
+            valid=True, user_id="u1", user_email="alice@example.com", session_token="TOKEN",
+            peer_group_ids=["g1"], peer_group_names=["devs"])
+
+    def validate_tunnel_peer(self, tunnel_ip: str, domain: str) -> defer.Deferred:
+        return defer.succeed(self.answer)
+
+
+class Sink:
+    """The access log: counts entries."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+
+    def log(self, entry: Any) -> None:
+        self.entries += 1
+
+
+class _UpstreamTransport:
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Response:
+    code = 200
+    phrase = b"OK"
+    length = len(BODY)
+
+    def __init__(self) -> None:
+        self.headers = Headers({b"content-type": [b"text/html"],
+                                b"content-length": [b"%d" % len(BODY)],
+                                b"server": [b"nginx"], b"date": [b"Sun, 06 Dec 2026 08:00:00 GMT"]})
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(_UpstreamTransport())
+        protocol.dataReceived(BODY)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class Agent:
+    """Answers at once; records the identity header of the last request."""
+
+    def __init__(self) -> None:
+        self.user: list[bytes] | None = None
+
+    def request(self, method: bytes, url: bytes, headers: Headers, body: Any) -> Any:
+        self.user = headers.getRawHeaders(b"x-netbird-user")
+        return defer.succeed(Response())
+
+
+class Pools:
+    def __init__(self) -> None:
+        self.the_agent = Agent()
+
+    def agent(self, *_a: Any, **_kw: Any) -> Agent:
+        return self.the_agent
+
+
+class Sent(StringTransport):
+    """Counts response bytes and responses instead of keeping them."""
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", PEER, 40000),
+                         hostAddress=IPv4Address("TCP", "100.64.0.1", 80))
+        self.bytes = 0
+        self.ok = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes += len(data)
+        if data.startswith(b"HTTP/1.1 200 OK\r\n"):
+            self.ok += 1
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
+
+
+def build(fast: bool) -> tuple[Any, Sent, Sink, Pools]:
+    clock = task.Clock()
+    m = pb.ProxyMapping(
+        id="svc-app", account_id="acct", domain="app.example", private=True,
+        path=[pb.PathMapping(path="/", target="http://127.0.0.1:8081/",
+                             options=pb.PathTargetOptions(direct_upstream=True))])
+    entries = {m.domain: entry_from_mapping(m)}
+    gate = PrivateGate(TunnelValidationCache(Mgmt(), clock), lambda a, ip: True)
+    pools = Pools()
+    proxy = ReverseProxy(clock, pools, lambda a, d: object(), clock=clock)
+    sink = Sink()
+    res = GatewayResource(lookup=entries.get, proxy=proxy, gate=gate,
+                          listener_account="acct", access_log=sink, clock=clock)
+    site = ProxySite(res, reactor=clock, fast=fast)
+    channel = site.buildProtocol(IPv4Address("TCP", PEER, 40000))
+    transport = Sent()
+    channel.makeConnection(transport)
+    return channel, transport, sink, pools
+
+
+def run(fast: bool, requests: int, pipeline: int) -> float:
+    channel, transport, sink, pools = build(fast)
+    data = REQUEST * pipeline
+    writes = requests // pipeline
+    channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes
+    t0 = time.process_time()
+    for _ in range(writes):
+        channel.dataReceived(data)
+    cpu = time.process_time() - t0
+    served = writes * pipeline + 1
+    if transport.ok != served or sink.entries != served or pools.the_agent.user != [
+            b"alice@example.com"]:
+        raise SystemExit(f"check failed: {transport.ok} responses, {sink.entries} log entries "
+                         f"for {served} requests; identity {pools.the_agent.user}")
+    if fast and channel.fast_requests != served:
+        raise SystemExit(f"the fast path served {channel.fast_requests} of {served}")
+    channel.connectionLost(Failure(Exception("done")))
+    return cpu * 1e6 / (writes * pipeline)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pipeline", type=int, default=1)
+    args = parser.parse_args(argv)
+    results: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(args.rounds):
+        for fast in ((True, False) if i % 2 == 0 else (False, True)):
+            results[fast].append(run(fast, args.requests, args.pipeline))
+    fast, slow = statistics.median(results[True]), statistics.median(results[False])
+    print(f"{args.requests} requests x {args.rounds} alternated rounds, "
+          f"{args.pipeline} request(s) per write, CPU microseconds per request (median):")
+    print(f"  fast path     {fast:8.1f}   rounds: "
+          + " ".join(f"{x:.1f}" for x in results[True]))
+    print(f"  twisted.web   {slow:8.1f}   rounds: "
+          + " ".join(f"{x:.1f}" for x in results[False]))
+    print(f"  fast / twisted.web: {fast / slow:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
