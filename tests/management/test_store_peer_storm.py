@@ -144,3 +144,18 @@ def test_a_lookup_that_races_a_change_is_not_cached(store, account, monkeypatch)
     monkeypatch.setattr(repo, "_authenticate_uncached", original)
     with pytest.raises(Unauthenticated, match="invalid token"):
         repo.authenticate_token(plain)
+
+
+def test_summaries_of_a_few_groups_match_the_general_query(store, account):
+    made = [store.groups.create(Group(account_id=account.id, name=f"g{i}")) for i in range(6)]
+    for i in range(8):
+        store.peers.create(Peer(account_id=account.id, name=f"p{i}", key=key(100 + i),
+                                groups=tuple(g.id for g in made[: i % 6 + 1])))
+    ids = [g.id for g in made]
+    everything = store.groups.summaries(account.id, [*ids, "missing"])  # > 4: one query
+    assert len(everything) == 6 and everything[made[0].id] == ("g0", 8)
+    for few in (ids[:1], ids[2:4], [ids[5], "missing", ids[5]]):
+        assert store.groups.summaries(account.id, few) == {
+            gid: everything[gid] for gid in few if gid in everything}
+    other = store.accounts.create(dataclasses.replace(account, id="acct-2", network_v6=""))
+    assert store.groups.summaries(other.id, ids[:2]) == {}  # another account's groups
