@@ -191,8 +191,8 @@ class GatewayResource(Resource):
             self.rejected[421] = self.rejected.get(421, 0) + 1
             _plain(request, 421, MISDIRECTED_BODY)
             return server.NOT_DONE_YET
-        addr = parse_ip(peer_ip)
         if entry.restrictions is not None:
+            addr = parse_ip(peer_ip)
             verdict = "ip_restricted" if addr is None else entry.restrictions.check(addr, overlay)
             if verdict is not None:
                 ctx.auth_mechanism = verdict
@@ -497,8 +497,8 @@ class GatewayResource(Resource):
         stats = self.request_stats
         started = self.clock.seconds()
         stats.started()
-        request.notifyFinish().addBoth(
-            lambda _: stats.finished(request.code, self.clock.seconds() - started))
+        _when_finished(request,
+                       lambda _: stats.finished(request.code, self.clock.seconds() - started))
 
     def _start_log(self, request: Any, ctx: RequestContext) -> None:
         # Unknown hosts are not logged: management rejects entries without an
@@ -533,7 +533,18 @@ class GatewayResource(Resource):
                 target=ctx.target,
             ))
 
-        request.notifyFinish().addBoth(done)
+        _when_finished(request, done)
+
+
+def _when_finished(request: Any, fn: Callable[[Any], Any]) -> None:
+    """Call ``fn`` when the response ends (None) or the client is gone (a
+    Failure): a plain callback on the HTTP/1.1 fast path's request
+    (``on_finish``), else through ``notifyFinish``."""
+    hook = getattr(request, "on_finish", None)
+    if hook is not None:
+        hook(fn)
+    else:
+        request.notifyFinish().addBoth(fn)
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Deferred:

@@ -174,6 +174,7 @@ class FastRequest:
         self.sentLength = 0
         self.content: Any = None
         self.notifications: list[defer.Deferred[None]] = []
+        self.finish_hooks: list[Any] = []
 
     # -- what resources read -------------------------------------------------
     def getHeader(self, key: bytes) -> bytes | None:
@@ -191,6 +192,11 @@ class FastRequest:
 
     def getCookie(self, key: bytes) -> bytes | None:  # login flows go to twisted.web
         return None
+
+    def on_finish(self, fn: Any) -> None:
+        """``fn(None)`` when the response ends, ``fn(failure)`` when the client
+        is gone first: ``notifyFinish`` without a Deferred per observer."""
+        self.finish_hooks.append(fn)
 
     def notifyFinish(self) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
@@ -286,6 +292,7 @@ class FastRequest:
         if self.producer is not None:
             self.unregisterProducer()
         self.channel = None
+        self._run_hooks(None)
         notifications, self.notifications = self.notifications, []
         for d in notifications:
             d.callback(None)
@@ -297,9 +304,18 @@ class FastRequest:
         self.channel = None
         if self.body_stream is not None:
             self.body_stream.abort(reason)
+        self._run_hooks(reason)
         notifications, self.notifications = self.notifications, []
         for d in notifications:
             d.errback(reason)
+
+    def _run_hooks(self, result: Any) -> None:
+        hooks, self.finish_hooks = self.finish_hooks, []
+        for fn in hooks:
+            try:
+                fn(result)
+            except Exception:
+                log.failure("fast path: a finish observer failed")
 
     def processing_failed(self, reason: Failure) -> None:
         """An exception out of the resource: twisted.web's 500 page."""
