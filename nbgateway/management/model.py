@@ -73,6 +73,9 @@ DEFAULT_SESSION_MAX_AGE_SECONDS = 86400
 MODES = ("http", "tcp", "udp", "tls")
 TARGET_TYPES = ("peer", "host", "domain", "subnet", "cluster")
 TARGET_PROTOCOLS = ("http", "https", "tcp", "udp")
+#: a target's ``upstream_protocol`` (nbgateway extension): "" / "http1" is
+#: HTTP/1.1, "h2" HTTP/2 (h2c for http targets, ALPN h2 for https; gRPC)
+UPSTREAM_PROTOCOLS = ("", "http1", "h2")
 USER_ROLES = ("owner", "admin", "user")
 
 
@@ -335,6 +338,8 @@ class TargetOptions:
     custom_headers: Mapping[str, str] = field(default_factory=dict)
     #: dial the target through the host network stack, not the tunnel
     direct_upstream: bool = False
+    #: "" (HTTP/1.1), "http1" or "h2" (see UPSTREAM_PROTOCOLS)
+    upstream_protocol: str = ""
 
     def __post_init__(self) -> None:
         _freeze_dict(self, "custom_headers")

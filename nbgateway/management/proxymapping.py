@@ -84,6 +84,7 @@ def _http_options(o: TargetOptions) -> pb.PathTargetOptions | None:
         skip_tls_verify=o.skip_tls_verify,
         direct_upstream=o.direct_upstream,
         custom_headers=dict(o.custom_headers),
+        nbgw_upstream_protocol=o.upstream_protocol,
     )
     if o.path_rewrite == "preserve":
         out.path_rewrite = pb.PATH_REWRITE_PRESERVE

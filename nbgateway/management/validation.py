@@ -40,6 +40,7 @@ from nbgateway.management.model import (
     LB_POLICIES,
     MODES,
     TARGET_PROTOCOLS,
+    UPSTREAM_PROTOCOLS,
     AccessRestrictions,
     Service,
     Target,
@@ -380,6 +381,9 @@ def _validate_http_targets(service: Service) -> None:
             _fail(f"target {i}: proxy_protocol is not supported for HTTP services")
         _validate_common_target(i, t)
         _validate_target_options(i, t)
+        if t.options.upstream_protocol not in UPSTREAM_PROTOCOLS:
+            _fail(f"target {i}: invalid upstream_protocol "
+                  f"{go_quote(t.options.upstream_protocol)}: want http1 or h2")
 
 
 def _validate_l4_target(t: Target) -> None:
@@ -402,6 +406,8 @@ def _validate_l4_target(t: Target) -> None:
         _fail(f"invalid target_type {go_quote(t.target_type)} for L4 service")
     if t.path not in (None, "", "/"):
         _fail("path is not supported for L4 services")
+    if t.options.upstream_protocol:
+        _fail("upstream_protocol is not supported for L4 services")
     _validate_common_target(0, t)
     if t.options.request_timeout < 0:
         _fail("target 0: request_timeout must be positive")

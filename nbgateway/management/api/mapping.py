@@ -88,6 +88,7 @@ def target_from_api(index: int, body: Mapping[str, Any]) -> Target:
             path_rewrite=opts.get("path_rewrite", ""),
             custom_headers=dict(opts.get("custom_headers") or {}),
             direct_upstream=opts.get("direct_upstream", False),
+            upstream_protocol=opts.get("upstream_protocol", "") or "",
         ),
     )
 
@@ -200,6 +201,8 @@ def target_to_api(t: Target, *, terminated: bool,
         options["session_idle_timeout"] = format_go_duration(o.session_idle_timeout)
     if o.direct_upstream:
         options["direct_upstream"] = True
+    if o.upstream_protocol:
+        options["upstream_protocol"] = o.upstream_protocol
     out: dict[str, Any] = {
         "target_id": t.target_id,
         "target_type": t.target_type,

@@ -66,6 +66,10 @@ TARGET_OPTIONS = _obj({
     "session_idle_timeout": _str(description="Go duration string"),
     "direct_upstream": _bool(default=False, description=(
         "dial the target through the proxy host's network stack instead of the tunnel")),
+    "upstream_protocol": _str(enum=["", "http1", "h2"], default="", description=(
+        "nbgateway extension: the protocol towards an http(s) target; h2 is HTTP/2 "
+        "(cleartext prior knowledge for http, ALPN h2 for https) with trailers relayed, "
+        "for gRPC services; empty or http1 is HTTP/1.1")),
 })
 
 SERVICE_TARGET = _obj({

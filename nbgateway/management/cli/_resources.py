@@ -75,7 +75,9 @@ or comma-separated fields:
   host=HOST    upstream host or IP (required for type=cluster)
   port=PORT    default 80, or 443 with protocol=https
   protocol=http|https, path=/prefix, timeout=30s
-  direct       dial host:port from the gateway host (implied by type=cluster)"""
+  direct       dial host:port from the gateway host (implied by type=cluster)
+  upstream=h2  HTTP/2 to the target (h2c for http, ALPN h2 for https), with
+               trailers relayed: for gRPC services (default: HTTP/1.1)"""
 
 
 def parse_target(spec: str) -> dict[str, Any]:
@@ -94,6 +96,10 @@ def parse_target(spec: str) -> dict[str, Any]:
             options["direct_upstream"] = True
         elif name == "timeout" and sep:
             options["request_timeout"] = value
+        elif name == "upstream" and sep:
+            if value not in ("h2", "http1"):
+                raise UsageError(f"--target: upstream must be h2 or http1, not {value!r}")
+            options["upstream_protocol"] = value
         elif name in keys and sep:
             if name == "port":
                 try:
@@ -105,8 +111,8 @@ def parse_target(spec: str) -> dict[str, Any]:
                 target[keys[name]] = value
         else:
             raise UsageError(f"--target: bad field {part!r}; use a URL or type=,id=,host=,"
-                             "port=,protocol=,path=,timeout=,direct (see 'nbgateway-admin "
-                             "services create --help')")
+                             "port=,protocol=,path=,timeout=,upstream=,direct (see "
+                             "'nbgateway-admin services create --help')")
     target.setdefault("target_type", "peer" if "target_id" in target else "cluster")
     if target["target_type"] == "cluster":
         options.setdefault("direct_upstream", True)

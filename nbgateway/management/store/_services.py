@@ -142,6 +142,7 @@ def row_target(r: sa.Row) -> Target:
             path_rewrite=r.path_rewrite,
             custom_headers=loads(r.custom_headers) or {},
             direct_upstream=bool(r.direct_upstream),
+            upstream_protocol=r.upstream_protocol or "",
         ),
     )
 
@@ -507,6 +508,7 @@ class ServiceRepository(Repository):
                     path_rewrite=o.path_rewrite,
                     custom_headers=dumps(dict(o.custom_headers)) if o.custom_headers else None,
                     direct_upstream=o.direct_upstream,
+                    upstream_protocol=o.upstream_protocol or None,
                 )
             )
 

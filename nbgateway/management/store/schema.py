@@ -236,6 +236,8 @@ targets = sa.Table(
     sa.Column("custom_headers", sa.Text(), nullable=True),
     # revision 0002 (private services)
     sa.Column("direct_upstream", sa.Boolean(), nullable=True),
+    # revision 0012 (gRPC / HTTP/2 upstreams): "h2", or NULL = HTTP/1.1
+    sa.Column("upstream_protocol", BoundedString(16), nullable=True),
 )
 
 proxies = sa.Table(
