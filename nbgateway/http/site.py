@@ -556,8 +556,10 @@ def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Deferred:
 
 
 def _content_length(request: Any) -> int:
+    content = getattr(request, "content", None)
+    if content is None:  # the fast path's bodiless request
+        return 0
     try:
-        content = request.content
         pos = content.tell()
         content.seek(0, 2)
         size = content.tell()
