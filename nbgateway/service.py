@@ -55,7 +55,12 @@ from nbgateway.proxy.streaming import ProxySite
 from nbgateway.routes.table import ServiceTable
 from nbgateway.store.mappings import MappingObserver, MappingStore
 from nbgateway.tls.certstore import CertificateStore
-from nbgateway.tls.contexts import ClientTLSPolicy, SNIServerCreator, sni_visibility
+from nbgateway.tls.contexts import (
+    CLIENT_CERT_STATS,
+    ClientTLSPolicy,
+    SNIServerCreator,
+    sni_visibility,
+)
 from nbgateway.tls.dispatch import TLSOrPlainFactory
 from nbgateway.wireguard import udp
 from nbgateway.wireguard.keys import generate_private_key, key_from_base64, key_to_base64
@@ -144,6 +149,7 @@ class GatewayService(MultiService):
             serves=self._serves)
         #: mTLS client certificates: CA bundles and verified chains, all listeners
         self.mtls = MtlsVerifier()
+        self.metrics.registry.register(CLIENT_CERT_STATS)  # mTLS handshakes
         self.tls_creator = SNIServerCreator(  # per listener: see web_factory
             self.certificates, default_name=config.domain or "localhost",
             visible=sni_visibility(lambda name: self.routes.lookup(name)),

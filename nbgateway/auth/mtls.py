@@ -246,6 +246,7 @@ class MtlsVerifier:
     def __init__(self, max_bundles: int = 256, max_chains: int = 4096) -> None:
         self.max_bundles = max_bundles
         self.max_chains = max_chains
+        #: hex SHA-256 of the bundle text -> parsed bundle (None: unusable)
         self._bundles: OrderedDict[str, ClientCA | None] = OrderedDict()
         self._chains: OrderedDict[tuple[str, bytes], Verdict] = OrderedDict()
         self.verified = 0  # chains verified (not answered from memory)
@@ -254,15 +255,15 @@ class MtlsVerifier:
         """The parsed bundle, None when empty or unusable (fail closed)."""
         if not pem:
             return None
-        hit = self._bundles.get(pem)
-        if hit is not None or pem in self._bundles:
-            self._bundles.move_to_end(pem)
-            return hit
+        key = hashlib.sha256(pem.encode("utf-8", "replace")).hexdigest()
+        if key in self._bundles:
+            self._bundles.move_to_end(key)
+            return self._bundles[key]
         try:
             ca: ClientCA | None = ClientCA.from_pem(pem)
         except BundleError:
             ca = None
-        self._bundles[pem] = ca
+        self._bundles[key] = ca
         while len(self._bundles) > self.max_bundles:
             self._bundles.popitem(last=False)
         return ca

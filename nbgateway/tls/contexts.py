@@ -120,6 +120,28 @@ class ClientCertStats:
         self.chain_ok = 0  # certificates (chain elements) OpenSSL accepted
         self.chain_refused = 0  # refused ones (the HTTP layer answers 401)
 
+    def collect(self) -> Any:
+        """A prometheus_client custom-collector ``collect``."""
+        from prometheus_client.core import CounterMetricFamily
+
+        asked = CounterMetricFamily(
+            "nbgateway_mtls_certificate_requests",
+            "TLS handshakes on a name whose service has a client CA (a client "
+            "certificate was requested)")
+        asked.add_metric([], self.requested)
+        yield asked
+        checks = CounterMetricFamily(
+            "nbgateway_mtls_handshake_chain_checks",
+            "client certificate chain elements OpenSSL checked against the service CA "
+            "during handshakes, by result (the request layer decides: 401 or fall through)",
+            labels=["result"])
+        checks.add_metric(["ok"], self.chain_ok)
+        checks.add_metric(["refused"], self.chain_refused)
+        yield checks
+
+    def describe(self) -> list[Any]:
+        return []
+
 
 def client_auth_context(ck: CertifiedKey, ca: Any) -> SSL.Context:
     """The (cached on ``ca``) context presenting ``ck`` that requests a
