@@ -29,7 +29,7 @@ the reverse proxy and the active health checker; no reactor, no I/O.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,8 @@ class TargetPool:
     path: str
     balancing: Balancing = DEFAULT_BALANCING
     states: list[TargetState] = field(default_factory=list)
+    #: the route the states were last taken from
+    route: Route | None = None
     _next: int = 0
 
     @classmethod
@@ -102,6 +104,7 @@ class TargetPool:
             states.append(st)
         self.states = states
         self.balancing = route.balancing
+        self.route = route
         self._next %= max(1, len(states))
 
     def state(self, target: Route) -> TargetState | None:
@@ -112,24 +115,32 @@ class TargetPool:
 
     # -- choosing --------------------------------------------------------------------
 
-    def pick(self, now: float, exclude: Iterable[str] = ()) -> TargetState | None:
+    def pick(self, now: float, exclude: Collection[str] = ()) -> TargetState | None:
         """The target for the next attempt (None: every target is excluded)."""
-        skip = set(exclude)
+        skip = exclude
         states = self.states
         n = len(states)
-        order = [states[(self._next + i) % n] for i in range(n)]
-        candidates = [s for s in order if s.key not in skip and s.in_rotation(now)]
-        if not candidates:
-            rest = [s for s in order if s.key not in skip]
+        least = self.balancing.policy == "least_conn"
+        chosen: TargetState | None = None
+        at = 0
+        for i in range(n):  # rotation order from _next; ties keep the first
+            j = (self._next + i) % n
+            s = states[j]
+            if s.check_down or s.ejected_until > now or (skip and s.key in skip):
+                continue
+            if chosen is None or s.inflight < chosen.inflight:
+                chosen, at = s, j
+                if not least:
+                    break
+        if chosen is None:
+            # nothing healthy: the one back soonest (active-down ones last)
+            rest = [(s.check_down, s.ejected_until, j) for j, s in enumerate(states)
+                    if not (skip and s.key in skip)]
             if not rest:
                 return None
-            # nothing healthy: the one back soonest (active-down ones last)
-            chosen = min(rest, key=lambda s: (s.check_down, s.ejected_until))
-        elif self.balancing.policy == "least_conn":
-            chosen = min(candidates, key=lambda s: s.inflight)  # ties: rotation order
-        else:
-            chosen = candidates[0]
-        self._next = (states.index(chosen) + 1) % n
+            at = min(rest)[2]
+            chosen = states[at]
+        self._next = (at + 1) % n
         return chosen
 
     # -- passive health ----------------------------------------------------------------
@@ -204,13 +215,13 @@ class Balancers:
         """The pool of ``route`` (created, or updated if its targets changed)."""
         key = (service, route.path)
         pool = self._pools.get(key)
+        if pool is not None and pool.route is route:
+            return pool
         if pool is None:
             pool = self._pools[key] = TargetPool.of(service, route)
             while len(self._pools) > self.max_pools:
                 self._pools.popitem(last=False)
-        elif (len(pool.states) != len(route.targets)
-              or pool.balancing != route.balancing
-              or any(s.route is not t for s, t in zip(pool.states, route.targets, strict=True))):
+        else:
             pool.update(route)
         return pool
 

@@ -223,9 +223,9 @@ class _Exchange:
     # -- lifecycle ---------------------------------------------------------
     def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
               body: Any, timeout: float) -> None:
-        self.request.notifyFinish().addErrback(self._client_lost)
+        finished = self.request.notifyFinish().addErrback(self._client_lost)
         if self.state is not None:
-            self.request.notifyFinish().addBoth(self._end_attempt)
+            finished.addBoth(self._end_attempt)
         self.timeout = timeout
         self.body = body
         self.method = method

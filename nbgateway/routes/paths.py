@@ -51,18 +51,14 @@ class Route:
     #: every target of this path in mapping order (this one first); () = this one only
     group: tuple[Route, ...] = ()
     balancing: Balancing = DEFAULT_BALANCING
+    #: ``scheme://host:port`` of the target: how logs and metrics name it (no
+    #: user info, path or query)
+    origin: str = ""
 
     @property
     def targets(self) -> tuple[Route, ...]:
         """The path's targets (each a :class:`Route` of the same path)."""
         return self.group or (self,)
-
-    @property
-    def origin(self) -> str:
-        """``scheme://host:port`` of the target: how logs and metrics name it
-        (no user info, path or query)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
 
 
 class RouteError(ValueError):
@@ -78,8 +74,10 @@ def parse_target(path: str, target: str, options: object | None = None) -> Route
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise RouteError(f'invalid target URL "{target}" for path "{path}": {exc}') from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return Route(path, target, parts.scheme, parts.netloc, parts.hostname, port,
-                 parts.path or "/", parts.query, options)
+                 parts.path or "/", parts.query, options,
+                 origin=f"{parts.scheme}://{host}:{port}")
 
 
 class PathRouter:
