@@ -19,6 +19,11 @@ frame instead.  This module owns the smallest hook for that:
 Pending trailers are forgotten when their stream is done or reset, so they
 are bounded by the open streams.
 
+A gRPC request (``content-type: application/grpc``) with a body to come is
+dispatched when its headers arrive, not at its first DATA frame (Twisted
+has no "headers complete" hook for HTTP/2 streams), so a bidirectional call
+whose server speaks first works.
+
 The same subclass keeps a count of each stream's queued response bytes, so
 ``remainingOutboundWindow`` is O(1) (Twisted sums the whole send queue on
 every frame, quadratic for a long server stream) and a stream's producer is
@@ -77,6 +82,23 @@ class TrailersH2Connection(H2Connection):
         super().__init__(reactor)
         self.conn = _TrailingH2State(self.conn.config)
         self.conn.on_drained = self._drained
+
+    def _requestReceived(self, event: Any) -> None:
+        super()._requestReceived(event)
+        if event.stream_ended is not None:
+            return
+        # A gRPC call whose body follows is dispatched at its headers, as an
+        # HTTP/1.1 streamed body is (not at its first DATA frame): in a
+        # bidirectional call the server may speak first.
+        stream = self.streams.get(event.stream_id)
+        request = getattr(stream, "_request", None)
+        dispatch = getattr(request, "dispatch_early", None)
+        if (dispatch is None or getattr(request, "body_stream", None) is None
+                or getattr(request, "_dispatched", True)):
+            return
+        ctype = request.requestHeaders.getRawHeaders(b"content-type") or [b""]
+        if ctype[0].lower().startswith(b"application/grpc"):
+            dispatch(stream.command, stream.path, b"HTTP/2")
 
     def writeDataToStream(self, streamID: int, data: bytes) -> None:
         queued = self.conn.queued

@@ -15,7 +15,9 @@ The service ``nbgw.test.Echo`` uses grpc's generic handlers with raw bytes
 - ``FailLate``: sends initial metadata first, then aborts with
   ``RESOURCE_EXHAUSTED`` (status in real trailers);
 - ``Upload`` (client streaming): answers the total byte count;
-- ``Big`` (server streaming): ``<n>`` messages of 16 KiB.
+- ``Big`` (server streaming): ``<n>`` messages of 16 KiB;
+- ``Chat`` (bidirectional): says ``hello`` before reading, then answers
+  ``re:<message>`` to each message.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class EchoGrpc:
             "FailLate": grpc.unary_unary_rpc_method_handler(self._fail_late),
             "Upload": grpc.stream_unary_rpc_method_handler(self._upload),
             "Big": grpc.unary_stream_rpc_method_handler(self._big),
+            "Chat": grpc.stream_stream_rpc_method_handler(self._chat),
         }
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         self.server.add_generic_rpc_handlers(
@@ -93,6 +96,11 @@ class EchoGrpc:
         chunk = b"b" * 16384
         for _ in range(int(request)):
             yield chunk
+
+    def _chat(self, requests: Any, context: Any):
+        yield b"hello"  # before reading anything
+        for r in requests:
+            yield b"re:" + r
 
     def _upload(self, requests: Any, context: Any) -> bytes:
         total = sum(len(r) for r in requests)

@@ -189,6 +189,28 @@ class GatewayGrpcTests(unittest.TestCase):
         self.assertLessEqual(peak[0], h2trailers.STREAM_QUEUE_HIGH + STREAM_WINDOW + 2 * 16384)
 
     @defer.inlineCallbacks
+    def test_bidirectional_call_where_the_server_speaks_first(self):
+        call = method(self.channel, "Chat", "stream_stream")
+        heard = threading.Event()
+
+        def requests() -> Any:
+            # nothing is sent until the server's greeting came through
+            if not heard.wait(10):
+                return
+            yield b"a"
+            yield b"b"
+
+        def run() -> Any:
+            got = []
+            for msg in call(requests(), timeout=15):
+                got.append(msg)
+                heard.set()
+            return got
+
+        got = yield self.in_thread(run)
+        self.assertEqual(got, [b"hello", b"re:a", b"re:b"])
+
+    @defer.inlineCallbacks
     def test_large_client_stream_upload(self):
         call = method(self.channel, "Upload", "stream_unary")
         chunk = b"y" * (256 * 1024)
