@@ -220,9 +220,11 @@ class RpcAbortError(Exception):
         self.details = details
 
 
-async def race(awaitable: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:
+async def race(awaitable: Awaitable[T], stop: asyncio.Event, *,
+               grace: float = 0.0) -> tuple[bool, T | None]:
     """Await ``awaitable`` unless ``stop`` is set first: ``(True, result)``, or
-    ``(False, None)`` with ``awaitable`` cancelled.  Its exceptions propagate."""
+    ``(False, None)`` with ``awaitable`` cancelled.  When ``stop`` wins, the work
+    still gets ``grace`` seconds to complete.  Its exceptions propagate."""
     if stop.is_set():
         if asyncio.iscoroutine(awaitable):
             awaitable.close()
@@ -230,18 +232,30 @@ async def race(awaitable: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | 
     work = asyncio.ensure_future(awaitable)
     stopped = asyncio.ensure_future(stop.wait())
     try:
-        done, _ = await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done() and grace > 0:
+            await asyncio.wait({work}, timeout=grace)
     finally:
         stopped.cancel()
         if not work.done():
             work.cancel()
-    if work in done:
+    if work.done() and not work.cancelled():
         return True, work.result()
     return False, None
 
 
+#: how long a write in flight may still complete once its stream is stopped
+WRITE_GRACE = 2.0
+
+
 async def write_or_stop(context: Any, message: Any, stop: asyncio.Event) -> bool:
     """``await context.write(message)`` unless ``stop`` is set first (also
-    while the write waits for a slow reader's flow control); True if written."""
-    written, _ = await race(context.write(message), stop)
+    while the write waits for a slow reader's flow control); True if written.
+
+    A write in flight when ``stop`` is set gets :data:`WRITE_GRACE` to finish
+    (usually it is only a loop turn away): grpc must not be asked for the
+    call's status while the batch carrying its first message (and initial
+    metadata) is still outstanding.  Only a reader blocking flow control for
+    longer has its write abandoned."""
+    written, _ = await race(context.write(message), stop, grace=WRITE_GRACE)
     return written

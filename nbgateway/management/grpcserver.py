@@ -25,6 +25,7 @@ The reactor is never touched from those threads.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from typing import Any
 
 import grpc
@@ -131,6 +132,8 @@ class ProxyGrpcService(service.Service):
         self.server: LoopServer | None = None
         #: the bound port (useful with port 0)
         self.port: int | None = None
+        #: set once grpc and the loop thread have shut down (after stopService)
+        self.server_stopped: threading.Event | None = None
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         if self.cert_path is None or self.key_path is None:
@@ -203,5 +206,5 @@ class ProxyGrpcService(service.Service):
             peer_channel.close()
         if server is None:
             return None
-        done = server.stop(self.grace)
+        done = self.server_stopped = server.stop(self.grace)
         return threads.deferToThread(done.wait, self.grace + 5.0).addCallback(lambda _: None)
