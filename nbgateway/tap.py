@@ -25,8 +25,9 @@ HEAP_FREEZE_AFTER = (10.0, 60.0)
 
 class HeapFreezer(Service):
     """Moves the objects alive after start-up out of the cyclic garbage
-    collector's view (``gc.collect()`` then ``gc.freeze()``, at each of
-    :data:`HEAP_FREEZE_AFTER`).
+    collector's view: ``gc.freeze()`` at each of :data:`HEAP_FREEZE_AFTER`,
+    the first one preceded by a ``gc.collect()`` (a full collection is itself
+    such a pause, so only the first, normally before any traffic, pays it).
 
     Why: a full (generation 2) collection walks every tracked object; with the
     gateway's start-up heap (modules, the management client, each account's
@@ -35,9 +36,10 @@ class HeapFreezer(Service):
     a peer's kernel sends tail-loss probes after ~200 ms without an ACK, and
     the p99 latency was that pause (issue 20: 20-50 client retransmissions in
     5 s, p99 150-430 ms, no drops anywhere).  Frozen objects are never
-    collected, so a cycle among them that dies later is leaked: bounded by
-    the start-up heap, and each freeze is preceded by a collection.  twistd
-    only (``makeService``); a library host keeps its own GC policy."""
+    collected, so a cycle among them that dies later (or cyclic garbage
+    present at the later freeze) is leaked: bounded by the heap of those two
+    moments.  twistd only (``makeService``); a library host keeps its own GC
+    policy."""
 
     def __init__(self, reactor: Any, delays: tuple[float, ...] = HEAP_FREEZE_AFTER,
                  collect: Callable[[], Any] = gc.collect,
@@ -47,6 +49,7 @@ class HeapFreezer(Service):
         self._collect = collect
         self._freeze = freeze
         self._calls: list[Any] = []
+        self.freezes = 0
 
     def startService(self) -> None:
         super().startService()
@@ -60,8 +63,10 @@ class HeapFreezer(Service):
         return super().stopService()
 
     def freeze_now(self) -> None:
-        self._collect()
+        if not self.freezes:
+            self._collect()
         self._freeze()
+        self.freezes += 1
 
 
 def build_gateway(config: Any, reactor: Any = None, environ: Any = None) -> Any:
