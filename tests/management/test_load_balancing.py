@@ -3,7 +3,7 @@ nbmanagement``: the service's ``load_balancing`` through REST and
 ``nbgateway-admin services balance``, validation, the mapping a gateway
 receives (one PathMapping per target, the same nbgw_balancing on each, which
 the gateway reads as one route with three targets), and the access log's
-``upstream_target``."""
+``upstream_target``.  SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from nbgateway.management.proxymapping import to_proto_mapping
 from nbgateway.management.proxyrpcs import access_log_record
 from nbgateway.routes.service import entry_from_mapping
 
-from .apiserver import ApiServer
+from .apiserver import BACKENDS, start_server
 from .test_cli import CLUSTER, ok, run
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ApiServer(str(tmp_path_factory.mktemp("nbmgmt-lb"))).start()
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
+    srv = start_server(tmp_path_factory, request.param)
     try:
         yield srv
     finally:
