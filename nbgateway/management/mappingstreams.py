@@ -639,4 +639,6 @@ class MappingStreams:
 
     def _resolve(self, services: list[Service]) -> list[Service]:
         """Replace ``peer`` target hosts with the peer IP (``unknown`` when gone), batched."""
-        return self.store.services.resolve_services_target_hosts(services)
+        resolved = self.store.services.resolve_services_target_hosts(services)
+        # mTLS: the certificate -> user table the mappings carry (client_cert_rows)
+        return self.store.services.resolve_client_cert_rows(resolved)

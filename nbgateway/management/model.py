@@ -509,6 +509,12 @@ class Service:
     sessions_not_before: int = 0
     #: several targets per path: policy and health checks (HTTP only)
     load_balancing: LoadBalancing = field(default_factory=LoadBalancing)
+    #: mTLS client certificates (clientcerts.ClientCertAuth; None = off), written
+    #: only by store.services.set_client_cert_auth
+    client_cert_auth: Any = field(default=None, repr=False)
+    #: the client_cert_auth rule resolved against the account's users for a
+    #: mapping (clientcerts.resolve_rows; never stored)
+    client_cert_rows: tuple[Any, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         _freeze_tuple(self, "targets")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.management import assertionkeys, servicetokens
+from nbgateway.management import assertionkeys, clientcerts, servicetokens
 from nbgateway.management.model import (
     DEFAULT_SESSION_MAX_AGE_SECONDS,
     LoadBalancing,
@@ -152,6 +152,8 @@ def to_proto_mapping(s: Service, op: int) -> pb.ProxyMapping:
     m.nbgw_sessions_not_before = s.sessions_not_before
     if mode == "http" and s.service_tokens:
         servicetokens.fill_mapping(m, s.service_tokens, time.time())
+    if mode == "http" and s.client_cert_auth is not None and not s.private:
+        clientcerts.fill_mapping(m, s.client_cert_auth, s.client_cert_rows)
     m.auth.password = bool(a.password_auth and a.password_auth.enabled)
     m.auth.pin = bool(a.pin_auth and a.pin_auth.enabled)
     m.auth.oidc = a.bearer_enabled

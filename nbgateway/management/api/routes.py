@@ -18,7 +18,7 @@ from typing import Any
 
 from nacl.public import PrivateKey
 
-from nbgateway.management import peerconfig, servicetokens, wgconfig
+from nbgateway.management import clientcerts, peerconfig, servicetokens, wgconfig
 from nbgateway.management.errors import BadRequest, NotFound, ValidationError
 from nbgateway.management.model import (
     AccessLogQuery,
@@ -274,6 +274,28 @@ class Handlers:
         acct = _acct(call)
         s = self.store.services.rotate_assertion_key(acct, call.params["serviceId"])
         return Result(200, m.service_to_api(s, self._host_resolver(acct)))
+
+    # -- mTLS client certificates (clientcerts) -------------------------------
+
+    def get_client_cert_auth(self, call: Call) -> Result:
+        _require_admin(call)
+        s = self.store.services.get(_acct(call), call.params["serviceId"])
+        auth = s.client_cert_auth
+        return Result(200, auth.public() if auth is not None else {"enabled": False})
+
+    def set_client_cert_auth(self, call: Call) -> Result:
+        """Upload the client CA bundle and the certificate -> user rule."""
+        _require_admin(call)
+        acct = _acct(call)
+        users = [u.id for u in self.store.users.list(acct)]
+        auth = clientcerts.validate(call.body, users, time.time())
+        s = self.store.services.set_client_cert_auth(acct, call.params["serviceId"], auth)
+        return Result(200, s.client_cert_auth.public())
+
+    def clear_client_cert_auth(self, call: Call) -> Result:
+        _require_admin(call)
+        self.store.services.set_client_cert_auth(_acct(call), call.params["serviceId"], None)
+        return Result(200, {"enabled": False})
 
     # -- machine-client service tokens (servicetokens) ------------------------
 
@@ -769,6 +791,19 @@ def build_routes(h: Handlers) -> list[Route]:
               "rotateAssertionKey", "New identity assertion signing key (the old one stays "
               "in the JWKS until its tokens expired)", "Services",
               response_schema=ref("Service"), errors=(403, 404)),
+        Route("GET", svc + "/{serviceId}/client-ca", h.get_client_cert_auth,
+              "getClientCertAuth", "A service's mTLS client CA (subjects, expiry, "
+              "fingerprints) and certificate -> user rule", "Services",
+              response_schema=ref("Empty"), errors=(403, 404)),
+        Route("PUT", svc + "/{serviceId}/client-ca", h.set_client_cert_auth,
+              "setClientCertAuth", "Set a service's mTLS client CA bundle (PEM, CA "
+              "certificates only) and how a certificate maps to a user (email or list)",
+              "Services", request_schema="ClientCertAuthRequest",
+              response_schema=ref("Empty"), errors=w),
+        Route("DELETE", svc + "/{serviceId}/client-ca", h.clear_client_cert_auth,
+              "clearClientCertAuth", "Remove a service's mTLS client CA (its certificates "
+              "stop working with the next mapping update)", "Services",
+              response_schema=ref("Empty"), errors=(403, 404)),
         Route("GET", svc + "/{serviceId}/tokens", h.list_service_tokens, "listServiceTokens",
               "List a service's machine-client tokens (never the secrets)", "Services",
               response_schema=arr("Empty"), errors=(403, 404)),

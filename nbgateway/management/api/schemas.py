@@ -319,6 +319,11 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "ServiceRequest": SERVICE_REQUEST,
     # machine-client service token (issue 16); expires_in_seconds 0/absent = never
     "ServiceTokenRequest": _obj({"name": _str(), "expires_in_seconds": _int()}, ("name",)),
+    # mTLS client certificates (issue 16): CA bundle and certificate -> user rule
+    "ClientCertAuthRequest": _obj({
+        "ca_pem": _str(), "mapping": {"type": "string", "enum": ["email", "list"]},
+        "users": _arr(_obj({"match": _str(), "user_id": _str()}, ("match", "user_id")))},
+        ("ca_pem",)),
     "Service": SERVICE,
     "ServiceStatus": SERVICE_STATUS,
     "Account": ACCOUNT,

@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from nbgateway.management.cli import _clientca
 from nbgateway.management.cli._client import Client, CliError, UsageError, _q
 from nbgateway.management.cli._output import Progress, emit, table, write_json
 from nbgateway.management.cli._parsing import Commands
@@ -865,6 +866,7 @@ def register(cmd: Commands) -> None:
                    help="the new token's name (create) or the token id (revoke)")
     c.add_argument("--expires-in", type=int, metavar="SECONDS",
                    help="create: the token expires after this many seconds (default never)")
+    _clientca.register(g)  # mTLS client CA (its own module)
 
     g = cmd.group("tokens", "list, create or delete proxy access tokens (for gateways "
                             "connecting with --mgmt)", aliases=["token", "proxy-tokens"],

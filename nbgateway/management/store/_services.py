@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from nbgateway.management import assertionkeys, servicetokens
+from nbgateway.management import assertionkeys, clientcerts, servicetokens
 from nbgateway.management.errors import (
     Conflict,
     NotFound,
@@ -196,6 +196,7 @@ def row_service(r: sa.Row, tgts: list[Target]) -> Service:
         service_tokens=servicetokens.from_json(loads(r.service_tokens)),
         sessions_not_before=r.sessions_not_before or 0,
         load_balancing=_lb_from_json(loads(r.load_balancing)),
+        client_cert_auth=clientcerts.ClientCertAuth.from_json(loads(r.client_cert_auth)),
     )
 
 
@@ -663,6 +664,54 @@ class ServiceRepository(Repository):
         tx.conn.execute(sa.update(services).where(services.c.account_id == account_id)
                         .values(sessions_not_before=cutoff))
         tx.changed(ChangeKind.SERVICE_UPDATED, account_id, *ids)
+
+    def set_client_cert_auth(self, account_id: str, service_id: str,
+                             auth: clientcerts.ClientCertAuth | None) -> Service:
+        """Set (or clear, None) the service's mTLS client CA and user
+        mapping; its gateways get it with the next mapping update.  NotFound
+        ``service <id> not found``; PermissionDenied for a terminated one."""
+
+        def run(tx: Tx) -> Service:
+            old = self._require_service(tx.conn, account_id, service_id)
+            if old.terminated:
+                raise PermissionDenied("service is terminated and cannot be updated")
+            if auth is not None and (old.mode or "http") != "http":
+                raise ValidationError("client certificates apply to HTTP services only")
+            if auth is not None and old.private:
+                raise ValidationError("client certificates apply to non-private services "
+                                      "(a private service's credential is the tunnel)")
+            tx.conn.execute(sa.update(services).where(services.c.id == old.id).values(
+                client_cert_auth=dumps(auth.to_json()) if auth is not None else None))
+            tx.changed(ChangeKind.SERVICE_UPDATED, account_id, old.id)
+            return self._require_service(tx.conn, account_id, old.id)
+
+        return self._store._write(account_id, run)
+
+    def resolve_client_cert_rows(self, services_: Sequence[Service]) -> list[Service]:
+        """Services with ``client_cert_rows`` filled from their accounts'
+        users and groups (only those with client certificates are touched)."""
+        accounts = sorted({s.account_id for s in services_ if s.client_cert_auth is not None})
+        if not accounts:
+            return list(services_)
+        data = {}
+        for account_id in accounts:
+            users = self._store.users.list(account_id)
+            names = {g.id: g.name for g in self._store.groups.list(account_id)}
+            data[account_id] = (users, names)
+        return [dataclasses.replace(s, client_cert_rows=clientcerts.resolve_rows(
+                    s.client_cert_auth, *data[s.account_id]))
+                if s.client_cert_auth is not None else s for s in services_]
+
+    @staticmethod
+    def client_cert_users_changed_in(tx: Tx, account_id: str) -> None:
+        """Inside a write: a user of the account was created or changed, so
+        the services with client certificates re-resolve their certificate
+        -> user table (mapping streams send it only if it changed)."""
+        ids = sorted(tx.conn.execute(sa.select(services.c.id).where(
+            services.c.account_id == account_id,
+            services.c.client_cert_auth.is_not(None))).scalars())
+        if ids:
+            tx.changed(ChangeKind.SERVICE_UPDATED, account_id, *ids)
 
     @staticmethod
     def _write_tokens(tx: Tx, old: Service, kept: Sequence[Any]) -> None:

@@ -206,6 +206,8 @@ services = sa.Table(
     sa.Column("sessions_not_before", sa.BigInteger(), nullable=True),
     # revision 0011: several targets per path (JSON; NULL = gateway defaults)
     sa.Column("load_balancing", sa.Text(), nullable=True),
+    # revision 0013: mTLS client certificates (JSON: CA bundle and user mapping)
+    sa.Column("client_cert_auth", sa.Text(), nullable=True),
 )
 
 targets = sa.Table(
