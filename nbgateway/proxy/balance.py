@@ -207,6 +207,8 @@ class Balancers:
         self.max_pools = max_pools
         self.max_series = max_series
         self._pools: OrderedDict[tuple[str, str], TargetPool] = OrderedDict()
+        #: service -> its paths with a pool (so forgetting a service is cheap)
+        self._paths: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._pools)
@@ -219,8 +221,10 @@ class Balancers:
             return pool
         if pool is None:
             pool = self._pools[key] = TargetPool.of(service, route)
+            self._paths.setdefault(service, set()).add(route.path)
             while len(self._pools) > self.max_pools:
-                self._pools.popitem(last=False)
+                (old_service, old_path), _ = self._pools.popitem(last=False)
+                self._drop_path(old_service, old_path)
         else:
             pool.update(route)
         return pool
@@ -230,9 +234,20 @@ class Balancers:
 
     def forget(self, service: str, keep_paths: Iterable[str] = ()) -> None:
         """Drop a service's pools (except those of ``keep_paths``)."""
+        paths = self._paths.get(service)
+        if not paths:
+            return
         keep = set(keep_paths)
-        for key in [k for k in self._pools if k[0] == service and k[1] not in keep]:
-            del self._pools[key]
+        for path in [p for p in paths if p not in keep]:
+            self._pools.pop((service, path), None)
+            self._drop_path(service, path)
+
+    def _drop_path(self, service: str, path: str) -> None:
+        paths = self._paths.get(service)
+        if paths is not None:
+            paths.discard(path)
+            if not paths:
+                del self._paths[service]
 
     def pools(self) -> list[TargetPool]:
         return list(self._pools.values())

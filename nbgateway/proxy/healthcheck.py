@@ -119,9 +119,12 @@ class HealthChecks:
     def _start(self, mapping: Any) -> None:
         if is_l4(mapping.mode):
             return
+        key = mapping.id or mapping.domain
+        if len(self.proxy.balancers):
+            self.proxy.balancers.forget(key, keep_paths={pm.path for pm in mapping.path})
+        if not any(pm.options.nbgw_balancing.health_path for pm in mapping.path):
+            return  # no active checks: nothing to parse (a mapping storm stays cheap)
         service = entry_from_mapping(mapping).service
-        key = service.service_id or service.domain
-        self.proxy.balancers.forget(key, keep_paths=[r.path for r in service.router.routes])
         loops = []
         for route in service.router.routes:
             if not route.balancing.active:

@@ -140,6 +140,22 @@ def test_registry_is_bounded():
         balancers.pool(f"svc{i}", three())
     assert len(balancers) == 3
     assert balancers.get("svc0", "/") is None and balancers.get("svc4", "/") is not None
+    assert set(balancers._paths) == {"svc2", "svc3", "svc4"}  # the index follows evictions
+
+
+def test_forget_keeps_the_paths_still_mapped():
+    balancers = Balancers()
+    api = PathRouter([parse_target("/api", t, pb.PathTargetOptions())
+                      for t in ("http://a:1/", "http://b:1/")]).match("/api")
+    balancers.pool("svc", three())
+    balancers.pool("svc", api)
+    balancers.pool("other", three())
+    balancers.forget("svc", keep_paths={"/api"})
+    assert balancers.get("svc", "/") is None and balancers.get("svc", "/api") is not None
+    balancers.forget("svc")
+    balancers.forget("nobody")
+    assert [p.service for p in balancers.pools()] == ["other"]
+    assert set(balancers._paths) == {"other"}
 
 
 def test_metrics_labels_and_series_bound():

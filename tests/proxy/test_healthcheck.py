@@ -102,3 +102,16 @@ class HealthCheckTests(unittest.TestCase):
         l4.path.add(target="127.0.0.1:1")
         self.checks.mapping_added(l4)
         self.assertEqual(self.checks.checks, {})
+
+    def test_changed_mapping_forgets_the_pools_of_paths_gone(self):
+        m = mapping(self.ports)
+        self.h.proxy.balancers.pool("svc1", entry_from_mapping(m).service.router.match("/api"))
+        moved = pb.ProxyMapping()
+        moved.CopyFrom(m)
+        for pm in moved.path:
+            pm.path = "/v2"
+        self.checks.mapping_changed(m, m)  # same paths: the pool (and its health) stays
+        self.assertIsNotNone(self.h.proxy.balancers.get("svc1", "/api"))
+        self.checks.mapping_changed(m, moved)
+        self.assertIsNone(self.h.proxy.balancers.get("svc1", "/api"))
+        self.assertEqual(self.checks.checks, {})
