@@ -54,6 +54,7 @@ __all__ = [
     "CertNames",
     "ClientCA",
     "MtlsVerifier",
+    "Presented",
     "Verdict",
     "cert_names",
     "identify",
@@ -238,6 +239,31 @@ def _as_crypto(cert: Any) -> x509.Certificate:
     return cert.to_cryptography() if isinstance(cert, crypto.X509) else cert
 
 
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """What a client presented in its handshake: the leaf, the other
+    certificates it sent (at most :data:`MAX_CLIENT_CHAIN`) and a digest of
+    them all (the memo key)."""
+
+    leaf: x509.Certificate
+    extra: tuple[x509.Certificate, ...]
+    digest: bytes
+
+    @classmethod
+    def of(cls, leaf: Any, chain: Sequence[Any]) -> Presented:
+        cleaf = _as_crypto(leaf)
+        leaf_der = _der(cleaf)
+        extra, ders = [], []
+        for c in chain[:MAX_CLIENT_CHAIN + 1]:
+            cc = _as_crypto(c)
+            der = _der(cc)
+            if der != leaf_der:
+                extra.append(cc)
+                ders.append(der)
+        return cls(cleaf, tuple(extra[:MAX_CLIENT_CHAIN]),
+                   hashlib.sha256(leaf_der + b"".join(ders)).digest())
+
+
 class MtlsVerifier:
     """Parses bundles (memoised by text) and verifies presented chains
     (memoised per chain and bundle; the time window is re-checked against
@@ -272,9 +298,12 @@ class MtlsVerifier:
         """Verify ``leaf`` (with the client's ``chain``, leaf excluded or
         not) against ``ca`` at ``now``.  Certificates may be pyOpenSSL or
         cryptography objects."""
-        leaf_der = _der(leaf)
-        extra = [c for c in chain[:MAX_CLIENT_CHAIN + 1] if _der(c) != leaf_der]
-        digest = hashlib.sha256(leaf_der + b"".join(_der(c) for c in extra)).digest()
+        return self.verify_presented(ca, Presented.of(leaf, chain), now)
+
+    def verify_presented(self, ca: ClientCA, p: Presented, now: float) -> Verdict:
+        """:meth:`verify` for an already digested :class:`Presented` chain
+        (what a connection keeps, so a request costs two lookups)."""
+        leaf, extra, digest = p.leaf, p.extra, p.digest
         key = (ca.key, digest)
         hit = self._chains.get(key)
         if hit is None:

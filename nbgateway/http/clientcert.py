@@ -3,8 +3,9 @@ connection presented, judged for one service.
 
 :func:`peer_chain` finds the pyOpenSSL connection under a Twisted request
 (HTTP/1.1: the channel's transport; HTTP/2: the stream's connection's
-transport) and returns the presented leaf and chain, also on a resumed
-session (OpenSSL keeps the peer's certificates in the session).
+transport) and returns what its client presented (:class:`~nbgateway.auth.mtls.Presented`,
+digested once per connection), also on a resumed session (OpenSSL keeps the
+peer's certificates in the session).
 :func:`judge` verifies them against the service's current CA bundle with
 :class:`~nbgateway.auth.mtls.MtlsVerifier` and maps them to a user: the
 ``(identity, error)`` pair :class:`~nbgateway.auth.policy.RequestFacts`
@@ -13,11 +14,13 @@ carries.  Nothing here trusts what the handshake's verify callback decided.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from typing import Any
 
 from twisted.internet.interfaces import ISSLTransport
 
-from nbgateway.auth.mtls import MtlsVerifier, identify
+from nbgateway.auth.mtls import MtlsVerifier, Presented, identify
 from nbgateway.routes.identity import Identity
 from nbgateway.routes.service import ServiceEntry
 
@@ -25,6 +28,7 @@ __all__ = ["judge", "peer_chain"]
 
 NO_CERTIFICATE = "no client certificate was presented"
 BAD_BUNDLE = "this service's client CA is not usable"
+NEEDS_TLS = "client certificates need HTTPS"
 
 
 def _tls_connection(request: Any) -> Any:
@@ -43,19 +47,29 @@ def _tls_connection(request: Any) -> Any:
     return None
 
 
-def peer_chain(request: Any) -> tuple[Any, list[Any]] | None:
-    """``(leaf, chain)`` the client presented (pyOpenSSL ``X509``), or None."""
+#: per TLS connection: what its client presented (a server never lets a
+#: client renegotiate, so it cannot change); entries go with their connection
+_PRESENTED: weakref.WeakKeyDictionary[Any, Presented | None] = weakref.WeakKeyDictionary()
+
+
+def peer_chain(request: Any) -> Presented | None:
+    """What the client of the request's TLS connection presented, or None."""
     conn = _tls_connection(request)
     if conn is None or not hasattr(conn, "get_peer_certificate"):
         return None
     try:
-        leaf = conn.get_peer_certificate()
-        chain = conn.get_peer_cert_chain() or []
+        return _PRESENTED[conn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        leaf = conn.get_peer_certificate(as_cryptography=True)
+        chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        presented = Presented.of(leaf, chain) if leaf is not None else None
     except Exception:
         return None
-    if leaf is None:
-        return None
-    return leaf, list(chain)
+    with contextlib.suppress(TypeError):
+        _PRESENTED[conn] = presented
+    return presented
 
 
 def judge(verifier: MtlsVerifier, entry: ServiceEntry, request: Any,
@@ -68,9 +82,11 @@ def judge(verifier: MtlsVerifier, entry: ServiceEntry, request: Any,
         return None, BAD_BUNDLE
     presented = peer_chain(request)
     if presented is None:
+        secure = getattr(request, "isSecure", None)
+        if secure is not None and not secure():
+            return None, NEEDS_TLS
         return None, NO_CERTIFICATE
-    leaf, chain = presented
-    verdict = verifier.verify(ca, leaf, chain, now)
+    verdict = verifier.verify_presented(ca, presented, now)
     if verdict.names is None:
         return None, verdict.reason
     ident = identify(entry.client_cert_users, verdict.names)

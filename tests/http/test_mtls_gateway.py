@@ -18,14 +18,17 @@ import json
 import jwt
 from OpenSSL import SSL
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import ISSLTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.auth.assertion import AssertionSigner
 from nbgateway.auth.mtls import MtlsVerifier, tls_lookup
 from nbgateway.dial.direct import DirectDialer
 from nbgateway.dial.pool import UpstreamPools
+from nbgateway.http import clientcert
 from nbgateway.http.site import GatewayResource
 from nbgateway.management.store._secrets import generate_session_keys
 from nbgateway.proxy.reverse import ReverseProxy
@@ -42,6 +45,17 @@ ALICE = pb.NbgwClientCertUser(match="alice@example.com", user_id="u-alice",
                               email="alice@example.com", group_ids=["g1"],
                               group_names=["eng"])
 BOT = pb.NbgwClientCertUser(match="build-bot", user_id="u-bot", email="bot@example.com")
+
+
+@implementer(ISSLTransport)
+class _Handle:
+    """The TLS transport surface clientcert reads (``getHandle``)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def getHandle(self):
+        return self.conn
 
 
 class Log:
@@ -138,6 +152,29 @@ class MtlsGatewayTests(unittest.TestCase):
         names, server = self.handshake("mtls.example")
         self.assertEqual(names, ["Service Client CA"])
         self.assertIsNone(server.get_peer_certificate())
+
+    def test_plain_http_and_per_connection_memo(self):
+        entry = self.entries["mtls.example"]
+
+        class Plain:
+            channel = None
+
+            def isSecure(self):
+                return False
+
+        self.assertEqual(clientcert.judge(self.verifier, entry, Plain(), NOW.timestamp()),
+                         (None, "client certificates need HTTPS"))
+        # what a TLS connection's client presented is digested once per connection
+        _names, server = self.handshake("mtls.example", self.alice)
+
+        class OverTLS:
+            def __init__(self, conn):
+                self.channel = type("C", (), {"transport": _Handle(conn)})()
+
+        first = clientcert.peer_chain(OverTLS(server))
+        self.assertIs(clientcert.peer_chain(OverTLS(server)), first)
+        ident, err = clientcert.judge(self.verifier, entry, OverTLS(server), NOW.timestamp())
+        self.assertEqual((ident.user_id, err), ("u-alice", ""))
 
     # -- through the gateway ----------------------------------------------------
 
