@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
 from nbgateway.dial.h2 import H2Pools, H2Stream
 from nbgateway.proxy import pages
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
@@ -73,6 +74,17 @@ def h2_request_headers(method: bytes, scheme: str, path: str, headers: Headers,
     return out
 
 
+def counts_against_target(exc: BaseException, timed_out: bool) -> bool:
+    """Is a failure before the response head the target's (passive health)?
+    Transport failures and timeouts are; the gateway's own refusals (dial
+    guard, no tunnel), a cancellation and a configuration error are not (the
+    rule of the HTTP/1.1 path, :func:`nbgateway.proxy.reverse.counts_against_target`)."""
+    if timed_out:
+        return True
+    return not isinstance(exc, DirectUpstreamDeniedError | ProxyNotConnectedError
+                          | defer.CancelledError | ValueError)
+
+
 def _wants_trailers(request: Any) -> bool:
     for value in request.requestHeaders.getRawHeaders(b"te") or []:
         if b"trailers" in (t.strip().split(b";")[0].lower() for t in value.split(b",")):
@@ -85,8 +97,12 @@ class _H2Exchange:
     """One request relayed to an HTTP/2 upstream."""
 
     def __init__(self, proxy: Any, request: Any, ctx: RequestContext, service: ProxyService,
-                 route: Route, opts: TargetOptions, timeout: float) -> None:
+                 route: Route, opts: TargetOptions, timeout: float,
+                 pool: Any = None, state: Any = None) -> None:
         self.proxy = proxy
+        #: a load-balanced path: its target pool and the target used (passive health)
+        self.pool = pool
+        self.state = state
         self.request = request
         self.context = ctx
         self.service = service
@@ -111,6 +127,9 @@ class _H2Exchange:
     def start(self, pools: H2Pools, dialer: Any, headers: list[tuple[bytes, bytes]],
               body: Any) -> None:
         self.request.notifyFinish().addErrback(self._client_lost)
+        if self.pool is not None and self.state is not None:
+            self.pool.started(self.state)
+            self.request.notifyFinish().addBoth(lambda _: self.pool.ended(self.state))
         self._deadline = self.proxy.clock.callLater(self.timeout, self._on_timeout)
         route = self.route
         d = self._pending = pools.connection(
@@ -155,6 +174,8 @@ class _H2Exchange:
     def _on_response(self, head: tuple[int, list[tuple[bytes, bytes]]]) -> None:
         self._pending = None
         self._cancel_deadline()
+        if self.pool is not None and self.state is not None:
+            self.pool.succeeded(self.state)
         stream = self.stream
         assert stream is not None
         if self.client_gone:
@@ -270,6 +291,9 @@ class _H2Exchange:
         if self.client_gone:
             return
         exc = root_cause(failure)
+        if (self.pool is not None and self.state is not None
+                and counts_against_target(exc, self.timed_out)):
+            self.pool.failed(self.state, self.proxy.clock.seconds())
         self._send_error(classify_error(exc, self.timed_out), exc)
 
     def _send_error(self, page: pages.ErrorPage, exc: Any) -> None:
@@ -303,10 +327,14 @@ class H2Relay:
 
     def relay(self, request: Any, ctx: RequestContext, service: ProxyService, route: Route,
               opts: TargetOptions, dialer: Any, target_path: str, timeout: float,
-              headers: Headers, body: Any) -> None:
+              headers: Headers, body: Any, pool: Any = None, state: Any = None) -> None:
+        """``pool``/``state``: the path's target pool and the picked target
+        when the path is load-balanced (no retry on another target: a gRPC
+        call is a POST)."""
         block = h2_request_headers(request.method, route.scheme, target_path, headers,
                                    _wants_trailers(request))
-        exchange = _H2Exchange(self.proxy, request, ctx, service, route, opts, timeout)
+        exchange = _H2Exchange(self.proxy, request, ctx, service, route, opts, timeout,
+                               pool, state)
         exchange.start(self.pools, dialer, block, body)
 
     def close_account(self, account_id: str) -> None:

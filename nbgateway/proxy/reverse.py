@@ -484,7 +484,8 @@ class ReverseProxy:
                                      service.domain)
 
     def _relay_h2(self, request: Any, ctx: RequestContext, service: ProxyService,
-                  route: Route, opts: TargetOptions, dialer: Any, timeout: float) -> None:
+                  route: Route, opts: TargetOptions, dialer: Any, timeout: float,
+                  pool: Any = None, state: Any = None) -> None:
         """Send the request to an HTTP/2 target (gRPC): :mod:`nbgateway.proxy.h2relay`."""
         if self.h2 is None:
             from nbgateway.proxy.h2relay import H2Relay
@@ -496,7 +497,7 @@ class ReverseProxy:
         headers = self.upstream_headers(request, service, route, opts, ctx.identity)
         ctx.upstream_started = self.clock.seconds()
         self.h2.relay(request, ctx, service, route, opts, dialer, target_path, timeout,
-                      headers, _request_body(request))
+                      headers, _request_body(request), pool, state)
 
     def render(self, request: Any, ctx: RequestContext) -> Any:
         """Handle ``request`` for ``ctx.service`` (None: 404) with ``ctx.identity``
@@ -538,7 +539,7 @@ class ReverseProxy:
                 return server.NOT_DONE_YET
             self._acquire(service.account_id, request)
         if opts.upstream_protocol == "h2":
-            self._relay_h2(request, ctx, service, route, opts, dialer, timeout)
+            self._relay_h2(request, ctx, service, route, opts, dialer, timeout, pool, state)
             return server.NOT_DONE_YET
         agent, url, headers = self._build(request, ctx, service, route, opts, dialer,
                                           path, query_s, timeout)

@@ -303,3 +303,57 @@ class GatewayH2CTests(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertTrue(head.startswith("HTTP/1.1 200"), head)
         self.assertIn("grpc-status", head.lower())
+
+
+class GatewayGrpcBalancedTests(unittest.TestCase):
+    """A gRPC path with two targets, one down: the failed call counts against
+    its target (passive ejection), later calls go to the live one."""
+
+    def setUp(self) -> None:
+        from google.protobuf import duration_pb2
+        from twisted.internet import task
+
+        from nbgateway._proto import proxy_service_pb2 as pb
+        from nbgateway.routes.service import entry_from_mapping
+
+        self.grpc = EchoGrpc()
+        self.addCleanup(self.grpc.stop)
+        self.grpc.release.set()
+        from twisted.internet.protocol import Factory
+
+        dead = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.dead_port = dead.getHost().port
+        dead.stopListening()  # nothing listens there any more: refused
+        self.clock = task.Clock()
+        self.h = ProxyHarness(clock=self.clock)
+        self.addCleanup(self.h.close)
+        self.addCleanup(lambda: self.h.proxy.h2 and self.h.proxy.h2.close())
+        m = pb.ProxyMapping(id="svc1", account_id="acc1", domain="app.example")
+        for port in (self.dead_port, self.grpc.port):
+            pm = m.path.add(path="/", target=f"http://127.0.0.1:{port}/")
+            pm.options.nbgw_upstream_protocol = "h2"
+            pm.options.nbgw_balancing.CopyFrom(pb.NbgwBalancing(
+                max_failures=1, backoff=duration_pb2.Duration(seconds=60)))
+        self.h.services["app.example"] = entry_from_mapping(m).service
+        self.port = self.h.listen()
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{self.port}", options=[("grpc.default_authority", "app.example")])
+        self.addCleanup(self.channel.close)
+
+    @defer.inlineCallbacks
+    def test_dead_target_ejected_after_a_failed_call(self):
+        call = method(self.channel, "Unary")
+
+        def run() -> Any:
+            out = []
+            for i in range(6):
+                try:
+                    out.append(call(b"n%d" % i, timeout=10))
+                except grpc.RpcError as exc:
+                    out.append(exc.code())
+            return out
+
+        out = yield threads.deferToThread(run)
+        self.assertEqual(out[0], grpc.StatusCode.UNAVAILABLE)  # round robin: dead first
+        self.assertEqual(out[1:], [b"echo:n%d" % i for i in range(1, 6)])
+        self.assertEqual(len(self.grpc.metadata), 5)
