@@ -33,11 +33,35 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer, error
+
+from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
 from nbgateway.routes.balancing import DEFAULT_BALANCING, Balancing
 from nbgateway.routes.paths import Route
 
 #: methods a failed dial may be retried on another target (RFC 9110 9.2.2)
 IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+
+
+def counts_against_target(exc: BaseException, timed_out: bool) -> bool:
+    """Is a failed exchange a failure of the target (passive health)?  Every
+    transport failure before a response: refused, reset, unreachable,
+    timeout; not the gateway's own refusals (dial guard, no tunnel) nor a
+    cancellation without timeout."""
+    if timed_out:
+        return True
+    return not isinstance(exc, DirectUpstreamDeniedError | ProxyNotConnectedError
+                          | defer.CancelledError | ValueError)
+
+
+def never_reached_upstream(exc: BaseException) -> bool:
+    """Did the failure happen while dialing, so no byte of the request reached
+    any upstream?  (A failure on an established connection comes wrapped by
+    the client as a response failure and is not one of these.)"""
+    return isinstance(exc, error.ConnectError | ConnectionRefusedError) and not isinstance(
+        exc, DirectUpstreamDeniedError)
+
+
 #: bound on the (service, path) pools kept
 MAX_POOLS = 50_000
 #: bound on the target series exported as metrics

@@ -56,7 +56,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -69,9 +69,15 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
 from nbgateway.proxy import pages
-from nbgateway.proxy.balance import IDEMPOTENT_METHODS, Balancers, TargetPool, TargetState
+from nbgateway.proxy.balance import (
+    IDEMPOTENT_METHODS,
+    Balancers,
+    TargetPool,
+    TargetState,
+    counts_against_target,
+    never_reached_upstream,
+)
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.headers import (
     TrustedProxies,
@@ -529,8 +535,7 @@ class ReverseProxy:
         query_s = query.decode("latin-1")
         timeout = self.timeout_for(opts)
         if _is_upgrade(request):
-            target_path = outgoing_path(route, path, query_s, opts.path_rewrite)
-            self.upgrades.relay(request, ctx, route, opts, dialer, target_path, timeout)
+            self._relay_upgrade(request, ctx, route, opts, dialer, path, query_s, pool, state)
             return server.NOT_DONE_YET
         limited = not opts.direct_upstream and self.max_inflight > 0
         if limited:
@@ -548,6 +553,41 @@ class ReverseProxy:
                              (path, query_s))
         exchange.start(agent, request.method, url, headers, _request_body(request), timeout)
         return server.NOT_DONE_YET
+
+    def _relay_upgrade(self, request: Any, ctx: RequestContext, route: Route,
+                       opts: TargetOptions, dialer: Any, path: str, query: str,
+                       pool: TargetPool | None, state: TargetState | None) -> None:
+        """``Upgrade`` (WebSocket) to ``route``'s target; on a balanced path a
+        failed dial of an idempotent upgrade without a body goes to another
+        target of the path (each at most once)."""
+        retry = None
+        if (pool is not None and state is not None and request.method in IDEMPOTENT_METHODS
+                and not _has_body(request)):
+            tried = [state.key]
+
+            def retry(exc: BaseException) -> bool:
+                nxt = pool.pick(self.clock.seconds(), exclude=tried)
+                if nxt is None:
+                    return False
+                checked = self._check(request, ctx, ctx.service, nxt.route)
+                if isinstance(checked, pages.ErrorPage):
+                    return False
+                tried.append(nxt.key)
+                log.info("retrying upgrade on another target: {target}",
+                         target=nxt.route.origin, failed=repr(exc))
+                ctx.route, ctx.target = nxt.route, nxt.route.origin
+                self._send_upgrade(request, ctx, nxt.route, *checked, path, query, pool, nxt,
+                                   retry)
+                return True
+
+        self._send_upgrade(request, ctx, route, opts, dialer, path, query, pool, state, retry)
+
+    def _send_upgrade(self, request: Any, ctx: RequestContext, route: Route,
+                      opts: TargetOptions, dialer: Any, path: str, query: str,
+                      pool: TargetPool | None, state: TargetState | None, retry: Any) -> None:
+        target_path = outgoing_path(route, path, query, opts.path_rewrite)
+        self.upgrades.relay(request, ctx, route, opts, dialer, target_path,
+                            self.timeout_for(opts), pool=pool, state=state, retry=retry)
 
     def _balance(self, service: ProxyService,
                  route: Route) -> tuple[TargetPool | None, TargetState | None]:
@@ -603,25 +643,6 @@ class ReverseProxy:
         return agent, url, headers, opts, timeout
 
 
-def counts_against_target(exc: BaseException, timed_out: bool) -> bool:
-    """Is a failed exchange a failure of the target (passive health)?  Every
-    transport failure before a response: refused, reset, unreachable,
-    timeout; not the gateway's own refusals (dial guard, no tunnel) nor a
-    cancellation without timeout."""
-    if timed_out:
-        return True
-    return not isinstance(exc, DirectUpstreamDeniedError | ProxyNotConnectedError
-                          | defer.CancelledError | ValueError)
-
-
-def never_reached_upstream(exc: BaseException) -> bool:
-    """Did the failure happen while dialing, so no byte of the request reached
-    any upstream?  (A failure on an established connection comes wrapped by
-    the client as a response failure and is not one of these.)"""
-    return isinstance(exc, error.ConnectError | ConnectionRefusedError) and not isinstance(
-        exc, DirectUpstreamDeniedError)
-
-
 def _body_untouched(body: Any) -> bool:
     """Can the request body still be sent to another target?"""
     if body is None or isinstance(body, _BytesProducer):
@@ -657,6 +678,12 @@ def _is_upgrade(request: Any) -> bool:
     for value in request.requestHeaders.getRawHeaders(b"connection") or []:
         tokens.update(t.strip().lower() for t in value.split(b","))
     return b"upgrade" in tokens
+
+
+def _has_body(request: Any) -> bool:
+    headers = request.requestHeaders
+    return (headers.hasHeader(b"content-length") and headers.getRawHeaders(
+        b"content-length") != [b"0"]) or headers.hasHeader(b"transfer-encoding")
 
 
 def _request_body(request: Any) -> Any:

@@ -35,6 +35,7 @@ from twisted.web import http
 from twisted.web.http_headers import Headers
 
 from nbgateway.proxy import pages
+from nbgateway.proxy.balance import counts_against_target, never_reached_upstream
 from nbgateway.proxy.failures import classify_error, note_dial_denial
 from nbgateway.proxy.headers import filter_response_headers
 from nbgateway.routes.context import RequestContext
@@ -210,8 +211,15 @@ class _Attempt:
     """One upgrade request: dial, write head, await the response head."""
 
     def __init__(self, relay: UpgradeRelay, request: Any, ctx: RequestContext, route: Any,
-                 head: bytes, timeout: float) -> None:
+                 head: bytes, timeout: float, pool: Any = None, state: Any = None,
+                 retry: Any = None) -> None:
         self.relay = relay
+        #: several targets per path (nbgateway.proxy.balance): the pool, the
+        #: target of this attempt, and ``retry(exc) -> bool`` (another target)
+        self.pool = pool
+        self.state = state
+        self.retry = retry
+        self._busy = False
         self.request = request
         self.context = ctx
         self.service = ctx.service
@@ -225,6 +233,9 @@ class _Attempt:
         self._deadline: Any = None
 
     def start(self, endpoint: Any) -> None:
+        if self.pool is not None:
+            self.pool.started(self.state)
+            self._busy = True
         self._deadline = self.relay.proxy.clock.callLater(self.timeout, self._on_timeout)
         self.request.notifyFinish().addErrback(self._client_lost)
         d = self._connecting = endpoint.connect(Factory.forProtocol(lambda: _UpstreamSide(self)))
@@ -242,6 +253,7 @@ class _Attempt:
 
     def _client_lost(self, _reason: Failure) -> None:
         self.finished = True
+        self._release()
         self._stop_deadline()
         if self._connecting is not None:
             self._connecting.cancel()
@@ -256,7 +268,31 @@ class _Attempt:
 
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = None
-        self.failed(failure.value)
+        exc = failure.value
+        if not self.finished and self._account(exc) and self.retry is not None \
+                and not self.timed_out and never_reached_upstream(exc) and self.retry(exc):
+            # another target of the path took the request over
+            self.finished = True
+            self._stop_deadline()
+            return
+        self.failed(exc)
+
+    def _release(self) -> None:
+        if self._busy:
+            self._busy = False
+            self.pool.ended(self.state)
+
+    def _account(self, exc: BaseException | None) -> bool:
+        """Passive health of a balanced path: a response head (``exc`` None)
+        or a failure of this attempt's target; True once accounted."""
+        if not self._busy:
+            return False
+        self._release()
+        if exc is None:
+            self.pool.succeeded(self.state)
+        elif counts_against_target(exc, self.timed_out):
+            self.pool.failed(self.state, self.relay.proxy.clock.seconds())
+        return True
 
     def connected(self, side: _UpstreamSide) -> None:
         self._connecting = None
@@ -271,6 +307,7 @@ class _Attempt:
         self._stop_deadline()
         if self.finished:
             return
+        self._account(exc)
         self.finished = True
         page = classify_error(exc, self.timed_out)
         note_dial_denial(self.context, exc, self.relay.proxy, self.service)
@@ -280,6 +317,7 @@ class _Attempt:
 
     def head_received(self, side: _UpstreamSide, head: bytes, rest: bytes) -> None:
         self._stop_deadline()
+        self._account(None)
         if self.finished:
             side.state = "done"
             side.transport.abortConnection()
@@ -351,7 +389,11 @@ class UpgradeRelay:
         self._active: dict[str, set[_Splice]] = {}
 
     def relay(self, request: Any, ctx: RequestContext, route: Any, opts: Any,
-              dialer: Any, target_path: str, timeout: float) -> None:
+              dialer: Any, target_path: str, timeout: float, *, pool: Any = None,
+              state: Any = None, retry: Any = None) -> None:
+        """Relay ``request`` to ``route``'s target.  On a balanced path
+        ``pool``/``state`` get the passive-health verdict and ``retry(exc)``
+        may hand a failed dial to another target (True: it did)."""
         from nbgateway.dial import ProxyNotConnectedError
 
         service = ctx.service
@@ -375,7 +417,7 @@ class UpgradeRelay:
             headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
         head = _head_bytes(request.method + b" " + target_path.encode("latin-1") + b" HTTP/1.1",
                            headers) + body
-        attempt = _Attempt(self, request, ctx, route, head, timeout)
+        attempt = _Attempt(self, request, ctx, route, head, timeout, pool, state, retry)
         try:
             factory = self.proxy.pools.endpoint_factory(
                 dialer, timeout=timeout, skip_verify=opts.skip_tls_verify)

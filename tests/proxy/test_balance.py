@@ -5,8 +5,12 @@ from __future__ import annotations
 from google.protobuf import duration_pb2
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.proxy.balance import Balancers, TargetPool
-from nbgateway.proxy.reverse import counts_against_target, never_reached_upstream
+from nbgateway.proxy.balance import (
+    Balancers,
+    TargetPool,
+    counts_against_target,
+    never_reached_upstream,
+)
 from nbgateway.routes.balancing import Balancing, balancing_of
 from nbgateway.routes.paths import PathRouter, parse_target
 
