@@ -35,8 +35,9 @@ service's current CAs per request (:class:`nbgateway.auth.mtls.MtlsVerifier`)
 and answers a missing or foreign certificate with a 401 page, or falls
 through to the service's other schemes.  SSL_set_SSL_CTX does not carry
 the verify mode over, so the servername callback sets it on the connection,
-and such contexts issue no session tickets and carry a session id context
-of their own, so a session never resumes across services.
+and such contexts issue no session tickets, refuse renegotiation (the
+request layer reads the presented chain once per connection) and carry a
+session id context of their own, so a session never resumes across services.
 
 Client: :class:`ClientTLSPolicy` verifies upstream certificates with
 ``optionsForClientTLS`` (service_identity host name checks, the platform
@@ -158,7 +159,7 @@ def client_auth_context(ck: CertifiedKey, ca: Any) -> SSL.Context:
     for ccert in ca.cas:
         ctx.add_client_ca(ccert)  # named in the CertificateRequest
     ctx.set_verify(SSL.VERIFY_PEER, _accept_and_count)
-    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
     ctx.set_session_id(hashlib.sha256(b"nbgw-mtls|" + ca.key.encode()).digest()[:32])
     if len(cache) >= 4:  # renewals: keep only recent certificates
         cache.clear()
@@ -240,7 +241,8 @@ class SNIServerCreator:
                 CLIENT_CERT_STATS.requested += 1
                 conn.set_context(client_auth_context(self.source.certificate_for(name), ca))
                 conn.set_verify(SSL.VERIFY_PEER, _accept_and_count)
-                conn.set_options(SSL.OP_NO_TICKET)
+                # the presented chain is read once per connection: no renegotiation
+                conn.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
                 return
             conn.set_context(context_for(self.source.certificate_for(name)))
         except Exception:  # keep the default certificate rather than abort

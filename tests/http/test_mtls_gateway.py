@@ -153,6 +153,40 @@ class MtlsGatewayTests(unittest.TestCase):
         self.assertEqual(names, ["Service Client CA"])
         self.assertIsNone(server.get_peer_certificate())
 
+    def test_renegotiation_is_refused(self):
+        # the request layer reads the presented chain once per connection
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.use_certificate_file(self.alice[0])
+        ctx.use_privatekey_file(self.alice[1])
+        client = SSL.Connection(ctx, None)
+        client.set_tlsext_host_name(b"mtls.example")
+        client.set_connect_state()
+        server = self.creator.serverConnectionForTLS(None)
+        server.set_accept_state()
+
+        def pump():
+            for a, b in ((client, server), (server, client)):
+                with contextlib.suppress(SSL.WantReadError):
+                    a.do_handshake()
+                with contextlib.suppress(SSL.WantReadError):
+                    b.bio_write(a.bio_read(65536))
+            with contextlib.suppress(SSL.WantReadError):
+                server.recv(10)
+            with contextlib.suppress(SSL.WantReadError):
+                client.bio_write(server.bio_read(65536))
+            with contextlib.suppress(SSL.WantReadError):
+                client.recv(10)
+
+        for _ in range(10):
+            pump()
+        self.assertEqual(server.get_protocol_version_name(), "TLSv1.2")
+        self.assertIsNotNone(server.get_peer_certificate())
+        self.assertTrue(client.renegotiate())
+        with self.assertRaisesRegex(SSL.Error, "no renegotiation"):
+            for _ in range(10):
+                pump()
+
     def test_plain_http_and_per_connection_memo(self):
         entry = self.entries["mtls.example"]
 
