@@ -53,7 +53,8 @@ SERVER = textwrap.dedent('''
                                     if isinstance(v, str)}) + "\\n")
             return out
 
-    server = Logged()
+    server = Logged(host=sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1",
+                    port=int(sys.argv[5]) if len(sys.argv) > 5 else 0)
     server.release.set()  # no pause between streamed messages here
     with open(sys.argv[2] + ".tmp", "w") as f:
         f.write(str(server.port))
@@ -135,7 +136,13 @@ def world():
         w.rest("POST", "/reverse-proxies/services", {
             "name": "grpcpub", "domain": PUBLIC_APP, "enabled": True, "private": False,
             "targets": [target]})
+        w.add_peer("berta", [])
         w.alice = w.connect_peer("alice")
+        # berta is in no group: her config lists no gateway until a service
+        # targets her; she gets the gateway's section as a later config would
+        berta = w.rest("GET", f"/peers/{w.peers['berta']['id']}/wireguard-config")
+        alice_conf = w.alice[2]
+        w.berta = w.connect_peer("berta", berta + "\n" + alice_conf[alice_conf.index("[Peer]"):])
         yield w
     finally:
         left = tb.close()
@@ -162,6 +169,36 @@ def _check(result: dict) -> None:
     code, details, trailing = result["fail"]
     assert (code, details, trailing["x-why"]) == ("PERMISSION_DENIED", "nope: denied", "because")
     assert "set-cookie" not in trailing  # the gateway's own headers stay in the head
+
+
+def test_private_service_whose_grpc_server_is_on_a_peer(world):
+    """The upstream on berta's tunnel address: the gateway dials it through
+    its netstack and WireGuard (no direct_upstream), h2c over the tunnel."""
+    berta = world.peers["berta"]
+    ns_b = world.berta[0]
+    log = os.path.join(world.tmp, "grpc-berta.log")
+    port_file = os.path.join(world.tmp, "grpc-berta.port")
+    ns_b.popen([sys.executable, os.path.join(world.tb.tmpdir, "grpc_server.py"), REPO,
+                port_file, log, berta["ip"], "50051"],
+               stdout=world.log("grpc-berta"), stderr=subprocess.STDOUT)
+    wait_for(lambda: _read(port_file), 30, "the grpcio server on berta")
+    devs = next(g for g in world.rest("GET", "/groups") if g["name"] == "devs")
+    onpeer = f"onpeer.{DOMAIN}"
+    svc = world.rest("POST", "/reverse-proxies/services", {
+        "name": "onpeer", "domain": onpeer, "enabled": True, "private": True,
+        "access_groups": [devs["id"]],
+        "targets": [{"target_id": berta["id"], "target_type": "peer", "protocol": "http",
+                     "port": 50051, "enabled": True,
+                     "options": {"upstream_protocol": "h2"}}]})
+    assert svc["targets"][0]["host"] == berta["ip"]
+    ns, gw_ip, _conf = world.alice
+    result = wait_for(lambda: _call(world, ns, gw_ip, 443, onpeer), 60,
+                      "a gRPC call to the server on berta")
+    _check(result)
+    with open(log) as f:
+        seen = [json.loads(line) for line in f if line.strip()][-1]
+    assert seen["x-req"] == "r1"
+    assert "devs" in seen["x-netbird-groups"].split(",")
 
 
 def _upstream_metadata(world: World) -> list[dict]:

@@ -33,7 +33,8 @@ SERVICE = "nbgw.test.Echo"
 
 
 class EchoGrpc:
-    def __init__(self, *, tls: tuple[bytes, bytes] | None = None) -> None:
+    def __init__(self, *, tls: tuple[bytes, bytes] | None = None, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
         self.metadata: list[dict[str, Any]] = []
         self.release = threading.Event()
         self.cancelled = threading.Event()
@@ -52,11 +53,11 @@ class EchoGrpc:
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),))
         if tls is None:
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
         else:
             key, cert = tls
             creds = grpc.ssl_server_credentials([(key, cert)])
-            self.port = self.server.add_secure_port("127.0.0.1:0", creds)
+            self.port = self.server.add_secure_port(f"{host}:{port}", creds)
         self.server.start()
 
     def stop(self) -> None:
