@@ -2,8 +2,8 @@
 
 Three processes besides this client: a grpcio server (``tests/proxy/_grpc.py``,
 h2c on 127.0.0.1), the gateway's HTTP stack (``ProxySite`` TLS listener with
-ALPN h2 -> reverse proxy -> ``upstream_protocol: h2`` relay; the real
-request path minus auth, which a public service without schemes skips) and
+ALPN h2 -> reverse proxy -> ``upstream_protocol: h2`` relay; without the
+``GatewayResource`` front door and auth) and
 nginx (Debian package) with ``listen ... ssl http2; grpc_pass``, both
 with a certificate of the same local CA.  The client (grpcio, TLS to the
 proxies, h2c to the upstream directly) measures, sequentially on one channel:
