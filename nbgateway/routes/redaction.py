@@ -4,8 +4,9 @@
 non-empty ``header_auths[].hashed_value`` and every ``custom_headers`` value
 replaced by ``[REDACTED]``, as are the identity assertion signing keys
 ``nbgw_assertion.private_key`` and ``next_private_key`` and every service
-token's ``secret_sha256`` (header names, token ids and
-``session_key``, a public key, kept; empty fields stay empty; unset
+token's ``secret_sha256`` and the certificate names and emails of the mTLS
+user table (header names, token ids, user ids, the client CA bundle and
+``session_key``, public keys, kept; empty fields stay empty; unset
 sub-messages stay unset; the original is never mutated).
 :func:`redacted_json` renders that copy as single-line protojson (proto
 field names, zero values included) and :class:`LazyRedacted` defers that
@@ -41,6 +42,11 @@ def redacted(mapping: pb.ProxyMapping) -> pb.ProxyMapping:
     for token in copy.nbgw_tokens:
         if token.secret_sha256:
             token.secret_sha256 = REDACTED
+    for user in copy.nbgw_client_cert_users:  # mTLS: emails/names are personal data
+        if user.match:
+            user.match = REDACTED
+        if user.email:
+            user.email = REDACTED
     for path in copy.path:
         if path.HasField("options"):
             headers = path.options.custom_headers

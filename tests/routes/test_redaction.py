@@ -30,6 +30,10 @@ def secret_mapping() -> pb.ProxyMapping:
         nbgw_assertion=pb.NbgwIdentityAssertion(private_key="assertion-private-key",
                                                 next_private_key="next-private-key"),
         nbgw_tokens=[pb.NbgwServiceToken(id="nbt_1", name="ci", secret_sha256="ab" * 32)],
+        nbgw_client_ca_pem="-----BEGIN CERTIFICATE-----\n",
+        nbgw_client_cert_users=[pb.NbgwClientCertUser(
+            match="alice@example.com", user_id="u-1", email="alice@example.com",
+            group_names=["eng"])],
     )
 
 
@@ -52,6 +56,10 @@ TABLE = [
     ("service token digests, ids and names kept",
      lambda m: [(t.id, t.name, t.secret_sha256) for t in m.nbgw_tokens],
      [("nbt_1", "ci", REDACTED)]),
+    ("mTLS user table: names and emails, user ids and the CA kept",
+     lambda m: ([(u.match, u.user_id, u.email) for u in m.nbgw_client_cert_users],
+                m.nbgw_client_ca_pem),
+     ([(REDACTED, "u-1", REDACTED)], "-----BEGIN CERTIFICATE-----\n")),
     ("non-secret fields untouched", lambda m: (m.id, m.domain, m.private, m.auth.pin),
      ("svc-1", "app.example.com", True, True)),
 ]
