@@ -45,8 +45,10 @@ upstream; a lost or duplicated entry breaks the chain).
 Run as root:  .venv/bin/python bench/gateway.py [--seconds 5] [--rounds 3] [--json out.json]
               [--py-spy profile.txt]   (py-spy in the venv: records the gateway
                                         during the first 16-connection round)
-              [--fast-path on|off]    (off: the gateway runs with NBGW_HTTP_FAST=0,
-                                        i.e. twisted.web's server path)
+              [--fast-path on|off|ab] (off: the gateway runs with NBGW_HTTP_FAST=0,
+                                        i.e. twisted.web's server path; ab: every
+                                        round measures both, restarting the gateway
+                                        with the other setting in between)
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -269,7 +272,35 @@ def find_gateway_pid(w: World) -> int | None:
     return None
 
 
-def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> dict:
+def restart_gateway(w: World, token: str, fast: bool, ns, gw_ip: str,
+                    up_dir: str) -> int | None:
+    """Stop the gateway and start it again with the fast path on or off (same
+    datadir: same keys, same tunnel address); returns its new pid once the
+    private service answers over HTTP and HTTPS again."""
+    pid = find_gateway_pid(w)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[-1].startswith("Z"):
+                    break
+            time.sleep(0.2)
+    os.environ["NBGW_HTTP_FAST"] = "1" if fast else "0"
+    w.start_gateway(token)
+    wait_for(lambda: w.curl(ns, f"http://{APP}/warm", gw_ip=gw_ip)[0] == 200, 60,
+             "the private service after the gateway restart")
+    wait_for(lambda: w.curl(ns, f"https://{APP}/warm", "-k", gw_ip=gw_ip)[0] == 200, 60,
+             "the private service over HTTPS after the gateway restart")
+    # the warm-up requests' upstream log lines and access-log entries land
+    # before the next round counts them
+    settled(lambda: log_lines(up_dir))
+    settled(lambda: access_log_total(w), timeout=60.0, quiet=2.0)
+    return find_gateway_pid(w)
+
+
+def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
+              ab: bool = False) -> dict:
     reason = unavailable_reason(need=("curl", "wg-quick", "wrk", "nginx", "openssl"))
     if reason is not None:
         raise RuntimeError(f"gateway benchmark unavailable: {reason}")
@@ -326,16 +357,24 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
             }
             close = "Connection: close"
             gw_pid = find_gateway_pid(w)
+            fast_now = os.environ.get("NBGW_HTTP_FAST", "1") != "0"
+            # --fast-path ab: each round measures the gateway with the fast
+            # path ("gateway*") and, after a restart, without ("slowpath*")
+            if ab:
+                paths["slowpath"] = paths["gateway"]
+                paths["slowpath_tls"] = paths["gateway_tls"]
             # CPU per request of the proxying process (robust on a shared box
             # where req/s moves with the neighbours' load): the gateway, and
             # the nginx reverse proxy's worker
             cpu_of = {"gateway": [gw_pid] if gw_pid else [], "gateway_tls": [gw_pid] if gw_pid
                       else [], "nginx": nginx_workers(proxy_dir),
                       "nginx_tls": nginx_workers(proxy_dir)}
-            for i in range(rounds):
-                rnd: dict = {}
-                for name in ("upstream", "nginx", "gateway"):
-                    before = (log_lines(up_g), access_log_total(w)) if name == "gateway" else None
+            gw_plain, gw_tls = ("gateway", "slowpath"), ("gateway_tls", "slowpath_tls")
+
+            def measure(rnd: dict, i: int, plain: tuple, tls: tuple) -> None:
+                for name in plain:
+                    is_gw = name in gw_plain
+                    before = (log_lines(up_g), access_log_total(w)) if is_gw else None
                     spy = None
                     if py_spy and i == 0 and name == "gateway" and gw_pid:
                         spy = subprocess.Popen(
@@ -344,12 +383,12 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
                              "-o", py_spy, "-r", "200", "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     c0 = cpu_seconds(cpu_of.get(name, []))
-                    if name == "gateway":
+                    if is_gw:
                         loss0, rtx0 = loss_counters(w), client_retransmits(ns)
                         udp0 = snmp(w.g, "Udp", "RcvbufErrors")
                     rnd[f"{name}_c{conns}"] = paths[name](conns)
                     _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of.get(name, []))
-                    if name == "gateway":
+                    if is_gw:
                         loss1 = loss_counters(w)
                         out.setdefault("loss", []).append(
                             {**{k: loss1[k] - loss0[k] for k in loss1},
@@ -362,9 +401,9 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
                         wrk_done = sum(rnd[f"{name}_{k}"]["requests"] for k in (f"c{conns}", "c1"))
                         out["access_log"].append(check_access_log(w, up_g, before, wrk_done,
                                                                   conns + 1))
-                for name in ("nginx_tls", "gateway_tls"):
+                for name in tls:
                     before = ((log_lines(up_g), access_log_total(w))
-                              if name == "gateway_tls" else None)
+                              if name in gw_tls else None)
                     c0 = cpu_seconds(cpu_of[name])
                     rnd[f"{name}_c{conns}"] = paths[name](conns)
                     _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of[name])
@@ -377,6 +416,21 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None) -> di
                                        for k in (f"c{conns}", "c1", "hs"))
                         out["access_log"].append(check_access_log(w, up_g, before, wrk_done,
                                                                   2 * conns + 1))
+
+            for i in range(rounds):
+                rnd: dict = {}
+                if ab and not fast_now:
+                    gw_pid = restart_gateway(w, token, True, ns, gw_ip, up_g)
+                    fast_now = True
+                for key in (*gw_plain, *gw_tls):
+                    cpu_of[key] = [gw_pid] if gw_pid else []
+                measure(rnd, i, ("upstream", "nginx", "gateway"), ("nginx_tls", "gateway_tls"))
+                if ab:
+                    gw_pid = restart_gateway(w, token, False, ns, gw_ip, up_g)
+                    fast_now = False
+                    for key in ("slowpath", "slowpath_tls"):
+                        cpu_of[key] = [gw_pid] if gw_pid else []
+                    measure(rnd, i, ("slowpath",), ("slowpath_tls",))
                 out["rounds"].append(rnd)
                 print(f"round {i + 1}/{rounds}: " + ", ".join(
                     f"{k} {v['rps']:.0f}" for k, v in rnd.items()), file=sys.stderr)
@@ -431,6 +485,18 @@ def summarize(out: dict, conns: int) -> dict:
         g, n = med[f"gateway_{name}{c}"]["cpu_ms"], med[f"nginx_{name}{c}"]["cpu_ms"]
         if g and n:
             ratios[f"{'HTTPS ' if name else ''}CPU per request gateway/nginx worker"] = g / n
+    if f"slowpath_{c}" in med:  # --fast-path ab
+        for name in ("", "tls_"):
+            label = "HTTPS " if name else ""
+            fast, slow = med[f"gateway_{name}{c}"], med[f"slowpath_{name}{c}"]
+            ratios[f"{label}req/s fast path / twisted.web path"] = fast["rps"] / slow["rps"]
+            ratios[f"{label}twisted.web path / nginx req/s"] = (
+                slow["rps"] / med[f"nginx_{name}{c}"]["rps"])
+            if fast["cpu_ms"] and slow["cpu_ms"]:
+                ratios[f"{label}CPU per request fast path / twisted.web path"] = (
+                    fast["cpu_ms"] / slow["cpu_ms"])
+        ratios["added p50 at 1 connection, twisted.web path (ms)"] = (
+            med["slowpath_c1"]["p50_ms"] - med["nginx_c1"]["p50_ms"])
     return {"median": med, "ratios": ratios}
 
 
@@ -440,6 +506,8 @@ LABELS = {
     "gateway": "nbgateway private service",
     "nginx_tls": "nginx HTTPS behind wireguard-go",
     "gateway_tls": "nbgateway HTTPS (tunnel listener)",
+    "slowpath": "nbgateway, fast path off (twisted.web)",
+    "slowpath_tls": "nbgateway HTTPS, fast path off",
 }
 
 
@@ -480,15 +548,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep-alive connections of the throughput runs")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--py-spy", help="record the gateway with py-spy (raw format) here")
-    parser.add_argument("--fast-path", choices=("on", "off"), default="on",
+    parser.add_argument("--fast-path", choices=("on", "off", "ab"), default="on",
                         help="the gateway's HTTP/1.1 fast path (off: NBGW_HTTP_FAST=0, the "
-                             "twisted.web server path, for A/B runs against the same nginx)")
+                             "twisted.web server path; ab: both in every round, the gateway "
+                             "restarted between them)")
     args = parser.parse_args(argv)
-    os.environ["NBGW_HTTP_FAST"] = "1" if args.fast_path == "on" else "0"
+    os.environ["NBGW_HTTP_FAST"] = "0" if args.fast_path == "off" else "1"
     print(f"gateway HTTP/1.1 fast path: {args.fast_path}")
     t0 = time.monotonic()
     try:
-        out = run_bench(args.seconds, args.rounds, args.connections, args.py_spy)
+        out = run_bench(args.seconds, args.rounds, args.connections, args.py_spy,
+                        ab=args.fast_path == "ab")
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 2
