@@ -219,5 +219,22 @@ def service_zones(
 def account_zones(network: AccountNetwork, served_domains: Iterable[str]) -> tuple[DnsZone, ...]:
     """The zones the account's responder serves: the served domains pointing at
     the gateway's own tunnel addresses (:func:`service_zones`) plus the
-    network map's zones (the account peers zone and any synthetic zones)."""
-    return (*service_zones(served_domains, network.addresses), *network.zones)
+    network map's zones (the account peers zone and any synthetic zones).
+
+    Gateway pairs: when the map names other addresses for a served domain
+    (management sends a gateway the records of every connected gateway of its
+    cluster), the served domain answers with all of them, its own first, so a
+    stock client whose first address fails tries the next gateway."""
+    named: dict[str, list[str]] = {}
+    for zone in network.zones:
+        for rec in zone.records:
+            named.setdefault(rec.name, []).append(rec.address)
+    own = network.addresses
+    zones: dict[str, DnsZone] = {}
+    for domain in served_domains:
+        apex = normalize_name(domain)
+        if apex is None or apex in zones:
+            continue
+        for zone in service_zones([apex], dict.fromkeys((*own, *named.get(apex, ())))):
+            zones[zone.domain] = zone
+    return (*zones.values(), *network.zones)

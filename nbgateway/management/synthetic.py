@@ -234,18 +234,26 @@ def private_service_zone_apex(svc: Service, domains: Sequence[CustomDomain]) -> 
 def synthesize_private_service_zones(view: AccountView, peer_id: str) -> list[CustomZone]:
     """Synthetic DNS zones for ``peer_id``: one match-only zone per apex, holding an A
     record (TTL 5) per **connected** proxy peer of each private service the peer may
-    reach. Zones are returned sorted by domain; empty zones are dropped."""
+    reach. A proxy peer (a gateway) gets them for every private service of its own
+    cluster, so its DNS responder can answer with all of the cluster's gateways
+    (nbgateway extension; upstream sends proxy peers none). Zones are returned
+    sorted by domain; empty zones are dropped."""
     if peer_id not in view.peers or not view.services:
         return []
     by_cluster = proxy_peers_by_cluster(view.peers.values())
     if not by_cluster:
         return []
+    me = view.peers[peer_id]
     peer_groups = view.peer_group_ids(peer_id)
     zones: dict[str, list[SimpleRecord]] = {}
     for svc in sorted(view.services, key=lambda s: s.id):
         if not svc.enabled or not _private_gate(svc):
             continue
-        if not peer_groups.intersection(svc.access_groups or ()):
+        # a proxy peer gets the records of the services its cluster serves (it
+        # answers DNS for them: with every gateway of the cluster, a stock
+        # client fails over to the next address); other peers need access
+        serves = me.proxy and me.proxy_cluster == svc.proxy_cluster
+        if not serves and not peer_groups.intersection(svc.access_groups or ()):
             continue
         proxies = by_cluster.get(svc.proxy_cluster)
         if not proxies:

@@ -21,13 +21,13 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 from tests.interop.conftest import require_testbed
 from tests.interop.test_private_e2e import (
     APP,
-    DNS_QUERY,
     DOMAIN,
     GW_HOST,
     VENV_BIN,
@@ -37,6 +37,37 @@ from tests.interop.test_private_e2e import (
 from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
+
+#: every A answer of a query, in order (one line each); exit 1 on an error
+DNS_QUERY_ALL = textwrap.dedent('''
+    import socket, struct, sys
+    name, server = sys.argv[1], sys.argv[2]
+    q = struct.pack("!HHHHHH", 0x4321, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0"
+    q += struct.pack("!HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+    s.sendto(q, (server, 53)); r = s.recv(4096)
+    rcode = r[3] & 15; qd, an = struct.unpack("!HH", r[4:8])
+    if rcode or not an:
+        print("RCODE", rcode); sys.exit(1)
+    def skip_name(i):
+        while True:
+            n = r[i]
+            if n >= 0xC0:
+                return i + 2
+            if n == 0:
+                return i + 1
+            i += n + 1
+    i = 12
+    for _ in range(qd):
+        i = skip_name(i) + 4
+    for _ in range(an):
+        i = skip_name(i)
+        rtype, _cls, _ttl, rdlen = struct.unpack("!HHIH", r[i:i + 10]); i += 10
+        if rtype == 1:
+            print(socket.inet_ntoa(r[i:i + rdlen]))
+        i += rdlen
+''')
 
 
 class Pair(World):
@@ -129,6 +160,16 @@ def test_one_gateway_stopped_the_other_serves(pair):
 
     for ip in tunnel_ips:  # each gateway serves on its own tunnel address
         wait_for(lambda ip=ip: curl([ip])[0] == 200, 45, f"the service through {ip}")
+    script = w.tb.write_file("dnsq.py", DNS_QUERY_ALL)
+
+    def resolve(server: str) -> list[str]:
+        return ns.run([sys.executable, script, APP, server], check=False).stdout.split()
+
+    # each gateway answers the private name with both gateways, its own first
+    for ip in tunnel_ips:
+        answer = wait_for(lambda ip=ip: (lambda a: a if len(a) == 2 else None)(resolve(ip)),
+                          45, f"both gateways in {ip}'s answer")
+        assert answer[0] == ip and sorted(answer) == sorted(tunnel_ips), answer
     # which gateway owns which tunnel address: the first [Peer] block is 51820's
     blocks = conf.split("[Peer]")[1:]
     ip_51820 = next(re.search(r"AllowedIPs\s*=\s*([0-9.]+)/32", b).group(1)
@@ -141,7 +182,7 @@ def test_one_gateway_stopped_the_other_serves(pair):
     survivor = next(ip for ip in tunnel_ips if ip != ip_51820)
     code, err = curl([ip_51820, survivor])
     assert code == 200, err
-    # the surviving gateway still answers the private name (with its own address)
-    script = w.tb.write_file("dnsq.py", DNS_QUERY)
-    answer = ns.run([sys.executable, script, APP, survivor], check=False).stdout.strip()
-    assert answer == survivor
+    # the surviving gateway still answers the private name, its own address
+    # first, and drops the stopped one once management sees it gone
+    assert resolve(survivor)[0] == survivor
+    wait_for(lambda: resolve(survivor) == [survivor], 45, "the stopped gateway dropped")

@@ -93,8 +93,10 @@ def test_SynthesizePrivateServiceZones_PeerInGroup_GetsRecord():
 def test_SynthesizePrivateServiceZones_PeerNotInGroup_NoRecord():
     view = fixture(peers=[_user_peer(), _proxy_peer(), _other_peer()])
     assert synthesize_private_service_zones(view, "other-peer") == []
-    # the proxy peer itself is in no access group either
-    assert synthesize_private_service_zones(view, "proxy-peer") == []
+    # the proxy peer is in no access group, but it serves the service (its
+    # cluster): it gets the records to answer with (nbgateway extension)
+    assert [z.records for z in synthesize_private_service_zones(view, "proxy-peer")] == [
+        (_record("myapp.eu.proxy.netbird.io.", "100.64.0.99"),)]
 
 
 def test_SynthesizePrivateServiceZones_UnknownPeer_NoRecord():
@@ -338,3 +340,25 @@ def test_synthesis_does_not_mutate_view():
     inject_proxy_policies(view)
     synthesize_private_service_zones(view, "user-peer")
     assert view == before
+
+
+def test_SynthesizePrivateServiceZones_GatewayPair_BothAddressesForEveryone():
+    """Two gateways of one cluster: the member peer and each gateway get one
+    record per connected gateway; a disconnected gateway or one of another
+    cluster is not named."""
+    second = _proxy_peer(id="proxy-peer-2", key="k-proxy-2", ip="100.64.0.98")
+    other_cluster = _proxy_peer(id="proxy-peer-3", key="k-proxy-3", ip="100.64.0.97",
+                                proxy_cluster="us.proxy.netbird.io")
+    view = fixture(peers=[_user_peer(), _proxy_peer(), second, other_cluster, _other_peer()])
+    both = (_record("myapp.eu.proxy.netbird.io.", "100.64.0.99"),
+            _record("myapp.eu.proxy.netbird.io.", "100.64.0.98"))
+    for peer_id in ("user-peer", "proxy-peer", "proxy-peer-2"):
+        zones = synthesize_private_service_zones(view, peer_id)
+        assert [(z.domain, set(z.records)) for z in zones] == [
+            ("eu.proxy.netbird.io.", set(both))], peer_id
+    assert synthesize_private_service_zones(view, "proxy-peer-3") == []
+    assert synthesize_private_service_zones(view, "other-peer") == []
+    view = fixture(peers=[_user_peer(), _proxy_peer(), dataclasses.replace(second,
+                                                                          connected=False)])
+    assert [z.records for z in synthesize_private_service_zones(view, "proxy-peer-2")] == [
+        (_record("myapp.eu.proxy.netbird.io.", "100.64.0.99"),)]
