@@ -569,8 +569,9 @@ class H2Pools:
             conn.on_lost = lambda c: self._lost(key, entry, c)
             if not conn.lost:
                 entry.conns.append(conn)
-            self._serve(entry)
-            self._maybe_dial(key, entry)
+            # serves the waiters, dials again if needed, and arms the idle
+            # close when nobody used it (its waiter gave up meanwhile)
+            self._stream_closed(key, entry, conn)
 
         def failed(f: Failure) -> None:
             entry.dialing -= 1

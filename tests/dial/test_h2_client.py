@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
@@ -194,6 +194,48 @@ class H2ClientTests(unittest.TestCase):
         yield self.assertFailure(d, DirectUpstreamDeniedError)
         conn = yield self.conn(dialer=guarded.for_account("friend"), direct=True)
         self.assertTrue(conn.available)
+
+
+class H2PoolIdleTests(unittest.TestCase):
+    """Idle connections close after ``idle_timeout`` on the pool's clock,
+    also one whose only waiter gave up before it was ready."""
+
+    def setUp(self) -> None:
+        self.grpc = EchoGrpc()
+        self.addCleanup(self.grpc.stop)
+        self.clock = task.Clock()
+        self.pools = H2Pools(reactor, clock=self.clock, idle_timeout=30.0)
+        self.addCleanup(self.pools.close)
+
+    def conn(self) -> defer.Deferred[Any]:
+        return self.pools.connection("acc1", PlainDialer(), direct=False, skip_verify=False,
+                                     tls=False, host="127.0.0.1", port=self.grpc.port,
+                                     timeout=5.0)
+
+    @defer.inlineCallbacks
+    def test_unused_connection_of_a_cancelled_wait_closes_when_idle(self):
+        d = self.conn()
+        d.cancel()  # the request gave up while the connection was being made
+        yield self.assertFailure(d, defer.CancelledError)
+        yield wait_for(lambda: self.pools.open_connections() == 1, timeout=10)
+        self.clock.advance(29)
+        self.assertEqual(self.pools.open_connections(), 1)
+        self.clock.advance(2)
+        yield wait_for(lambda: self.pools.open_connections() == 0, timeout=10)
+
+    @defer.inlineCallbacks
+    def test_connection_idle_after_its_last_stream(self):
+        conn = yield self.conn()
+        st = conn.request(_head("Unary", "svc.example"), _Bytes(grpc_frame(b"x")))
+        yield st.response
+        sink = Sink()
+        st.read(sink)
+        yield sink.done
+        yield wait_for(lambda: len(self.clock.getDelayedCalls()) == 1, timeout=10)
+        # reused before the idle close: the timer is cancelled
+        again = yield self.conn()
+        self.assertIs(again, conn)
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
 
 
 class H2TLSTests(unittest.TestCase):
