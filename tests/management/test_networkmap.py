@@ -213,7 +213,8 @@ def test_inspection_json(store, account):
         {"start": 80, "end": 80}, {"start": 443, "end": 443}
     ]
     assert [z["domain"] for z in insp["zones"][user.id]] == ["eu.proxy.netbird.io."]
-    assert insp["zones"][proxy.id] == []
+    # the proxy peer gets its cluster's records (it answers DNS for the service)
+    assert [z["domain"] for z in insp["zones"][proxy.id]] == ["eu.proxy.netbird.io."]
     assert list(private_service_inspection(store, account.id, user.id)["zones"]) == [user.id]
     with pytest.raises(NotFound):
         inspect_peer_network_map(store, account.id, "nope")
