@@ -41,7 +41,7 @@ except ImportError:  # run as a script: bench/ is sys.path[0]
     from _testbed import Testbed, iperf3, start_iperf3_server, unavailable_reason
     from wg_baseline import measure_wg_go_baseline
 
-from tests.interop.test_private_e2e import DOMAIN, World, wait_for
+from tests.interop.test_private_e2e import DOMAIN, World, counter, wait_for
 from tests.interop.testbed import inside_netns
 
 SERVERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -59,6 +59,33 @@ def gateway_pid(w: World) -> int | None:
         if any(a.endswith(b"twistd") for a in argv) and b"nbgateway" in argv:
             return pid
     return None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: gateway counters summed over the private runs (loss shows here first)
+LOSS = (("tcp_rto", "nbgateway_tcp_retransmits_total", {"kind": "timeout"}),
+        ("tcp_fast_retransmits", "nbgateway_tcp_retransmits_total", {"kind": "fast"}),
+        ("udp_send_errors", "nbgateway_wireguard_udp_errors_total", {"kind": "send_error"}),
+        ("netstack_drops", "nbgateway_netstack_drops_total", {}),
+        ("wireguard_drops", "nbgateway_wireguard_drops_total", {}),
+        ("netstack_rx_packets", "nbgateway_netstack_packets_total", {"direction": "rx"}),
+        ("netstack_tx_packets", "nbgateway_netstack_packets_total", {"direction": "tx"}))
+
+
+def loss_counters(w: World) -> dict[str, float]:
+    try:
+        text = w.metrics()
+    except OSError:
+        return {}
+    return {key: counter(text, name, **labels) for key, name, labels in LOSS}
 
 
 def rss_kib(pid: int) -> int:
@@ -165,24 +192,36 @@ def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
                           file=sys.stderr)
             raise
         pid = gateway_pid(w)
+        loss0 = loss_counters(w)
         for i in range(rounds):
             base = measure_wg_go_baseline(seconds)["forward"]
             spy = profile_during(pid, profile, seconds) if profile and i == 0 else None
+            cpu0 = cpu_seconds(pid)
             fwd = iperf3(ns, gw_ip, seconds=seconds, port=PRIVATE_PORT)
+            cpu1 = cpu_seconds(pid)
             if spy is not None:
                 spy.wait(timeout=seconds + 30)
             spy = (profile_during(pid, profile_reverse, seconds)
                    if profile_reverse and i == 0 else None)
+            cpu2 = cpu_seconds(pid)
             rev = iperf3(ns, gw_ip, seconds=seconds, port=PRIVATE_PORT, reverse=True)
+            cpu3 = cpu_seconds(pid)
             if spy is not None:
                 spy.wait(timeout=seconds + 30)
+            # gateway CPU per MB relayed: steadier than Mbit/s on a shared box
+            fwd_cpu = 1000 * (cpu1 - cpu0) / max(fwd * seconds / 8, 1e-9)
+            rev_cpu = 1000 * (cpu3 - cpu2) / max(rev * seconds / 8, 1e-9)
             out["rounds"].append({"wg_go_mbps": base, "private_mbps": fwd,
-                                  "private_reverse_mbps": rev, "ratio": fwd / base})
+                                  "private_reverse_mbps": rev, "ratio": fwd / base,
+                                  "cpu_ms_per_mb": fwd_cpu, "reverse_cpu_ms_per_mb": rev_cpu})
             print(f"round {i + 1}: private {fwd / 1000:.3f} Gbit/s (reverse {rev / 1000:.3f}), "
-                  f"wireguard-go {base / 1000:.3f} Gbit/s, ratio {fwd / base:.2f}",
-                  file=sys.stderr, flush=True)
-        for key in ("wg_go_mbps", "private_mbps", "private_reverse_mbps", "ratio"):
+                  f"wireguard-go {base / 1000:.3f} Gbit/s, ratio {fwd / base:.2f}; gateway CPU "
+                  f"{fwd_cpu:.2f} ms/MB (reverse {rev_cpu:.2f})", file=sys.stderr, flush=True)
+        for key in ("wg_go_mbps", "private_mbps", "private_reverse_mbps", "ratio",
+                    "cpu_ms_per_mb", "reverse_cpu_ms_per_mb"):
             out[key] = statistics.median(r[key] for r in out["rounds"])
+        loss1 = loss_counters(w)
+        out["loss"] = {k: loss1[k] - loss0.get(k, 0.0) for k in loss1}
         if private_only:
             return out
         out["loopback_direct_mbps"] = iperf3(w.g, "127.0.0.1", seconds=seconds)
@@ -217,6 +256,11 @@ def report(out: dict) -> None:
           f"ratio {ratio('private_mbps', 'wg_go_mbps')} (goal >= 0.7; median of "
           f"{len(out['rounds'])} interleaved round(s), median per-round ratio "
           f"{out['ratio']:.2f})")
+    print(f"gateway CPU per MB relayed (private): {out['cpu_ms_per_mb']:.2f} ms, "
+          f"reverse {out['reverse_cpu_ms_per_mb']:.2f} ms")
+    if out.get("loss"):
+        print("gateway counters over the private runs: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in out["loss"].items()))
     if "public_relay_mbps" not in out:
         return
     print(f"public relay on loopback: {out['public_relay_mbps'] / 1000:.2f} Gbit/s; "
