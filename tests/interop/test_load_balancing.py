@@ -9,7 +9,9 @@ second).  Under wrk load plus a client that records every GET (start time,
 status, which nginx answered), one nginx is killed (SIGKILL) mid-run: no GET
 started after the kill fails (a refused dial is retried on another target;
 only requests in flight on the killed server may fail, at most one per
-connection), the target is ejected (metrics), then the nginx is started again
+connection), every failed request, wrk's included,
+started before the kill (management's access log: finish - duration), the
+target is ejected (metrics), then the nginx is started again
 and serves GETs again.  A second service (no ejection) shows that a POST to a
 dead target is a 502 and is never retried: no nginx saw it.  The access log
 at management names the target that served each request.
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -231,6 +234,20 @@ def test_killed_target_under_load_no_failed_get_and_it_comes_back(world):
     print(wrk_out)
     assert total > 500, wrk_out
     assert non2xx + socket_errors <= 16, wrk_out
+    # every failed request (wrk's included) was in flight on b when it was
+    # killed: management's access log has its start (finish - duration)
+    def failures_logged():
+        got = world.rest("GET", f"/events/proxy?service_id={world.lb['id']}&status=failed"
+                                "&page_size=100")
+        return got if got["total_records"] >= non2xx else None
+
+    failures = wait_for(failures_logged, 30, "the failed requests in the access log")
+    assert failures["total_records"] <= 20, failures["total_records"]
+    for e in failures["data"]:
+        finished = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+        started = finished - e["duration_ms"] / 1000
+        assert started < killed_at + 0.05, (e, killed_at)
+        assert e.get("upstream_target") == f"http://127.0.0.1:{PORTS['b']}", e
     metrics = world.metrics()
     assert counter(metrics, "nbgateway_upstream_target_ejections_total", service=world.lb["id"],
                    target=f"http://127.0.0.1:{PORTS['b']}") >= 1
