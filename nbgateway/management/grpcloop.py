@@ -220,6 +220,12 @@ class RpcAbortError(Exception):
         self.details = details
 
 
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome (no "exception never retrieved" noise)."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def race(awaitable: Awaitable[T], stop: asyncio.Event, *,
                grace: float = 0.0) -> tuple[bool, T | None]:
     """Await ``awaitable`` unless ``stop`` is set first: ``(True, result)``, or
@@ -230,6 +236,9 @@ async def race(awaitable: Awaitable[T], stop: asyncio.Event, *,
             awaitable.close()
         return False, None
     work = asyncio.ensure_future(awaitable)
+    # if this coroutine is cancelled (client gone) or gives up, the work may still
+    # end with its own exception: retrieve it (no "never retrieved" noise)
+    work.add_done_callback(_consume)
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
