@@ -460,8 +460,13 @@ class H2ClientProtocol(Protocol):
                 self.transport.loseConnection()
             if self.on_stream_closed is not None:
                 self.on_stream_closed(self)
-        elif isinstance(ev, E.RemoteSettingsChanged) and self.on_stream_closed is not None:
-            self.on_stream_closed(self)  # more streams may be allowed now
+        elif isinstance(ev, E.RemoteSettingsChanged):
+            # a larger INITIAL_WINDOW_SIZE opens every stream's window
+            for s in list(self.streams.values()):
+                if s._out:
+                    self.flush_stream(s)
+            if self.on_stream_closed is not None:
+                self.on_stream_closed(self)  # more streams may be allowed now
 
 
 def _split_status(headers: list[Header]) -> tuple[int, list[Header]]:

@@ -266,6 +266,22 @@ class H2TLSTests(unittest.TestCase):
         self.assertEqual(dict(sink.trailer_list)[b"grpc-status"], b"0")
 
     @defer.inlineCallbacks
+    def test_skip_tls_verify_still_offers_h2(self):
+        pools = H2Pools(reactor, tls_creator=ClientTLSPolicy(None))  # CA not trusted
+        self.addCleanup(pools.close)
+        conn = yield pools.connection("acc1", PlainDialer(), direct=False, skip_verify=True,
+                                      tls=True, host="localhost", port=self.grpc.port,
+                                      timeout=5.0)
+        self.assertEqual(conn.transport.negotiatedProtocol, b"h2")
+        st = conn.request(_head("Unary", "localhost", "https"), _Bytes(grpc_frame(b"k")))
+        status, _ = yield st.response
+        self.assertEqual(status, 200)
+        sink = Sink()
+        st.read(sink)
+        yield sink.done
+        self.assertEqual(grpc_messages(b"".join(sink.chunks)), [b"echo:k"])
+
+    @defer.inlineCallbacks
     def test_untrusted_certificate_fails(self):
         pools = H2Pools(reactor, tls_creator=ClientTLSPolicy(None))
         self.addCleanup(pools.close)

@@ -13,6 +13,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
@@ -31,8 +32,11 @@ class ScriptedH2(Protocol):
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.conn.initiate_connection()
+        if self.factory.mode == "zero-window":  # the client may send no DATA yet
+            self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
         self.transport.write(self.conn.data_to_send())
         self.factory.connections += 1
+        self.body = b""
 
     closed = False
 
@@ -42,16 +46,34 @@ class ScriptedH2(Protocol):
         for ev in self.conn.receive_data(data):
             self.factory.events.append(ev)
             if isinstance(ev, h2.events.RequestReceived):
-                self.answer(ev.stream_id)
+                self.answer(ev.stream_id, ev.stream_ended is not None)
+            elif isinstance(ev, h2.events.DataReceived):
+                self.body += ev.data
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif (isinstance(ev, h2.events.StreamEnded) and self.factory.mode == "zero-window"
+                  and self.body):
+                self.conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                self.conn.send_data(ev.stream_id, b"got %d" % len(self.body), end_stream=True)
             if self.closed:
                 break
         self.transport.write(self.conn.data_to_send())
         if self.closed:
             self.transport.loseConnection()
 
-    def answer(self, sid: int) -> None:
+    def answer(self, sid: int, no_body: bool = False) -> None:
         mode = self.factory.mode
         if mode == "silent":
+            return
+        if mode == "zero-window" and no_body:
+            self.conn.send_headers(sid, [(b":status", b"200")])
+            self.conn.send_data(sid, b"warm", end_stream=True)
+            return
+        if mode == "zero-window":  # open the window a moment later, by SETTINGS only
+            def widen() -> None:
+                self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+                self.transport.write(self.conn.data_to_send())
+
+            reactor.callLater(0.05, widen)
             return
         if mode == "goaway":
             self.conn.close_connection(last_stream_id=0)
@@ -126,6 +148,21 @@ class H2EdgeTests(unittest.TestCase):
         status, _head, body = yield d
         self.assertEqual((status, body), (200, b"first;second"))
         self.assertEqual(self.factory.connections, 2)
+
+    @defer.inlineCallbacks
+    def test_request_body_waits_for_a_window_opened_by_settings(self):
+        self.factory.mode = "zero-window"
+        # first a request without a body: the upstream's SETTINGS (initial
+        # window 0) have arrived when the next one starts
+        status, _head, answer = yield self.get("/warm")
+        self.assertEqual((status, answer), (200, b"warm"))
+        body = self.mktemp()
+        with open(body, "wb") as f:
+            f.write(b"q" * 20000)
+        status, _head, answer = yield curl("-H", "Host: app.example", "--data-binary",
+                                           f"@{body}", f"http://127.0.0.1:{self.port}/up")
+        self.assertEqual((status, answer), (200, b"got 20000"))
+        self.assertEqual(self.factory.connections, 1)
 
     @defer.inlineCallbacks
     def test_upstream_reset_after_head_is_not_a_short_answer(self):
