@@ -120,6 +120,7 @@ class Stack:
         max_reassembly_datagrams: int = 64,
         max_reassembly_bytes: int = 256 * 1024,
         verify_checksums: bool = True,
+        coalesce: bool = True,
     ) -> None:
         addrs = tuple(ipaddress.ip_address(a) for a in addresses)
         if not addrs:
@@ -136,6 +137,7 @@ class Stack:
         self.icmp_host_unreachable = icmp_host_unreachable
         self.verify_checksums = verify_checksums
         self.coalescer = TCPCoalescer(self._tcp_one, self._tcp_run)
+        self.coalesce = coalesce  # False: every segment reaches TCP on its own (A/B benches)
         self._coalescing = False  # inside packetsReceived: TCP segments go to the coalescer
         self._local: dict[bytes, IPAddress] = {a.packed: a for a in addrs}
         self._first: dict[int, bytes | None] = {
@@ -193,7 +195,7 @@ class Stack:
         in-order TCP segments of one connection reach the TCP layer as one
         (``coalesce.py``); replies leave together once all are processed."""
         self.cork()
-        self._coalescing = len(packets) > 1
+        self._coalescing = self.coalesce and len(packets) > 1
         try:
             for packet in packets:
                 self.packetReceived(packet, peer_key)

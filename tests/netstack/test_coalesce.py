@@ -221,3 +221,11 @@ def test_udp_checksum_verified_only_when_asked(verify):
         assert stack.counters["drop_udp_bad_checksum"] == 1 and got == []
     else:
         assert got == [b"hello"]
+
+
+def test_coalescing_can_be_switched_off():
+    p = Peer("100.64.0.1", "100.64.0.2", coalesce=False)
+    p.handshake()
+    p.stack.packetsReceived(p.data([b"1" * 10, b"2" * 10]), KEY)
+    assert p.user.data == [b"1" * 10, b"2" * 10]
+    assert p.stack.coalescer.runs == 0
