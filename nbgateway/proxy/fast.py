@@ -521,8 +521,10 @@ class FastHTTPChannel(StreamingHTTPChannel):
             StreamingHTTPChannel.dataReceived(self, data)
 
     def timeoutConnection(self) -> None:
-        if self._current is not None:
-            self.setTimeout(self.timeOut)  # idle time does not run while a request does
+        if self._current is not None and not self._body_left:
+            # idle time does not run while a request is served (a client
+            # stalling its request body is idle, as on twisted.web)
+            self.setTimeout(self.timeOut)
             return
         super().timeoutConnection()
 

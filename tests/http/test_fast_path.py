@@ -15,10 +15,12 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web import resource, server
+from zope.interface import implementer
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.dial.direct import DirectDialer
@@ -288,6 +290,12 @@ class _FastNever(_Never):
         return True
 
 
+@implementer(ISSLTransport)
+class _TLSLike(StringTransport):
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
 class FastPathDeadlineTests(unittest.TestCase):
     def make(self, **kw: Any) -> tuple[task.Clock, Any, StringTransport, _FastNever]:
         clock = task.Clock()
@@ -345,6 +353,27 @@ class FastPathDeadlineTests(unittest.TestCase):
         request.finish()
         self.assertEqual(len(res.requests), 2)  # served one at a time
         self.assertEqual(transport.producerState, "producing")
+
+    def test_secure_follows_the_transport(self):
+        _clock, channel, _transport, res = self.make()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertFalse(res.requests[0].isSecure())
+        clock = task.Clock()
+        site = ProxySite(res, reactor=clock)
+        tls_channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        tls_transport = _TLSLike()
+        tls_channel.makeConnection(tls_transport)
+        tls_channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(tls_channel.fast_requests, 1)
+        self.assertTrue(res.requests[1].isSecure())
+
+    def test_a_stalled_streamed_body_times_out(self):
+        clock, channel, transport, res = self.make(header_timeout=5, timeout=10)
+        channel.dataReceived(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n"
+                             + b"x" * 1000)
+        self.assertEqual(len(res.requests), 1)  # streamed: dispatched at the head
+        clock.advance(11)
+        self.assertTrue(transport.disconnecting)
 
     def test_disabled_is_twisted_web(self):
         clock = task.Clock()
