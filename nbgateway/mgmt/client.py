@@ -134,6 +134,10 @@ class GrpcManagementClient(service.Service):
         self.sync_supported = True
         #: Called with True/False when the mapping stream (dis)connects (health).
         self.on_connection_state: Callable[[bool], None] | None = None
+        #: nbgw_revision of the last message applied after a complete snapshot (or
+        #: resume): presented on reconnect so the management may send only the
+        #: changes since (nbgw_resumed); 0 = none, take the snapshot
+        self.revision = 0
 
     def set_token(self, token: str) -> None:
         """Replace the proxy access token (the embedded management creates one
@@ -338,14 +342,28 @@ class GrpcManagementClient(service.Service):
         stream_holder: list[StreamCall] = []
         store.stream_started()
 
+        # kept until this stream brings a newer one: the log entries after it carry
+        # whole mapping states in order, so they also repair a half-applied snapshot
+        resume_from = self.revision
+
         def on_message(msg: Any) -> Deferred[None]:
             if not state["connected"]:
                 state["connected"] = True
                 self._set_connected(True)
-            d = maybeDeferred(store.apply_batch, list(msg.mapping), msg.initial_sync_complete)
+            # a resumed stream's first messages are changes, not a snapshot to reconcile
+            snapshot_end = msg.initial_sync_complete and not msg.nbgw_resumed
+            d = maybeDeferred(store.apply_batch, list(msg.mapping), snapshot_end)
             if self.batch_watchdog > 0:
                 d.addTimeout(self.batch_watchdog, self.reactor)
             d.addErrback(_stalled, self.batch_watchdog)
+
+            def applied(_: object) -> None:
+                if msg.initial_sync_complete:
+                    state["synced"] = True
+                if state.get("synced") and msg.nbgw_revision:
+                    self.revision = msg.nbgw_revision
+
+            d.addCallback(applied)
             if sync:
                 d.addCallback(lambda _: stream_holder[0].send(_ACK))
             return d
@@ -358,6 +376,7 @@ class GrpcManagementClient(service.Service):
                 started_at=_timestamp(self.started_at),
                 address=self.address,
                 capabilities=self.capabilities_message(),
+                nbgw_resume_revision=resume_from,
             )
             stream = bridge.bidi_stream(
                 stub.SyncMappings,
@@ -373,6 +392,7 @@ class GrpcManagementClient(service.Service):
                 started_at=_timestamp(self.started_at),
                 address=self.address,
                 capabilities=self.capabilities_message(),
+                nbgw_resume_revision=resume_from,
             )
             stream = bridge.server_stream(
                 stub.GetMappingUpdate, req, on_message, metadata=self._metadata, name=kind

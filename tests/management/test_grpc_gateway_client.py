@@ -72,3 +72,45 @@ async def test_gateway_client_against_management_server(harness: Harness, fx: Fi
         await wait_for(lambda: mappings.get(s2.id) is None, "REMOVED broadcast")
     finally:
         await maybeDeferred(client.stopService)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gateway_client_resumes_by_revision(harness: Harness, fx: Fixture) -> None:
+    """After its stream drops, the gateway presents the last revision it applied and
+    the management sends only the changes since; nothing it had is dropped."""
+    streams = harness.servicer.streams
+    opened: list[bool] = []  # per stream: resumed?
+    original_open = streams.open
+
+    def spy(*args, **kwargs):
+        conn = original_open(*args, **kwargs)
+        opened.append(conn.resume is not None)
+        return conn
+
+    streams.open = spy  # type: ignore[method-assign]
+    client = GrpcManagementClient(
+        reactor, f"http://{harness.address}", fx.token, address=CLUSTER, proxy_id="gw-r",
+        private=True,
+    )
+    mappings = MappingStore()
+    client.subscribe_mappings(mappings)
+    client.startService()
+    try:
+        await wait_for(lambda: mappings.get("svc-1") is not None and client.revision,
+                       "snapshot and its revision")
+        assert opened == [False]  # first stream: no revision to present, full snapshot
+        first_revision = client.revision
+        for conn in harness.servicer.connections():
+            conn.cancel("test: drop the stream")
+        s3 = fx.store.services.create(make_service("while-away", private=True,
+                                                  access_groups=("grp-admins",)))
+        await wait_for(lambda: mappings.get(s3.id) is not None, "the change after reconnect")
+        await wait_for(lambda: len(opened) == 2, "the second stream")
+        assert opened == [False, True]  # the second stream resumed
+        assert mappings.get("svc-1") is not None  # a resume never reconciles it away
+        await wait_for(lambda: client.revision > first_revision, "the newer revision")
+        # and the stream lives on: later changes still arrive
+        fx.store.services.delete(ACCOUNT, s3.id)
+        await wait_for(lambda: mappings.get(s3.id) is None, "REMOVED after the resume")
+    finally:
+        await maybeDeferred(client.stopService)
