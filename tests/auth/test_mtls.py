@@ -189,3 +189,35 @@ def test_policy_with_other_schemes_falls_through_to_the_login():
     step = Protect(_facts(schemes=("password",), mtls_error="x"), SessionVerifier()).start()
     assert isinstance(step, Respond) and step.kind == "login"
     assert step.methods == (("password", "password"),)
+
+
+def test_policy_oidc_with_mtls_falls_through_to_the_idp():
+    from nbgateway.auth.policy import CallOIDCURL
+
+    step = Protect(_facts(schemes=("oidc",), mtls_error="x"), SessionVerifier()).start()
+    assert step == CallOIDCURL("https://app.example/x")
+
+
+def test_policy_invalid_service_token_still_401_before_mtls():
+    ident = Identity("u-alice", "alice@example.com", method="mtls")
+    step = Protect(_facts(mtls_identity=ident, token_auth=True,
+                          headers={"x-netbird-token-id": "nbt_x",
+                                   "x-netbird-token-secret": "y"}), SessionVerifier()).start()
+    assert isinstance(step, Respond) and step.status == 401 and step.mechanism == "token"
+
+
+def test_tls_lookup_only_for_public_http_services_with_a_usable_bundle(ca):
+    from types import SimpleNamespace
+
+    def entry(**kw):
+        base = dict(private=False, l4=False, client_ca_pem=ca.pem)
+        base.update(kw)
+        return SimpleNamespace(**base)
+
+    entries = {"a": entry(), "private": entry(private=True), "tcp": entry(l4=True),
+               "none": entry(client_ca_pem=""), "bad": entry(client_ca_pem="junk")}
+    lookup = mtls.tls_lookup(entries.get, mtls.MtlsVerifier())
+    assert lookup("a", None).cas[0].subject.rfc4514_string() == "CN=Service CA"
+    assert lookup("a", None) is lookup("a", "acct")  # one parsed bundle
+    for name in ("private", "tcp", "none", "bad", "unknown"):
+        assert lookup(name, None) is None, name
