@@ -5,8 +5,10 @@ Owns what "a service" is on the gateway, and nothing else:
 * :mod:`~nbgateway.routes.hosts` -- host-name normalisation
   (:func:`~nbgateway.routes.hosts.domain_key`, the one key every domain table
   uses), Host header port split, absolute-form request targets;
-* :mod:`~nbgateway.routes.paths` -- path routes, path rewrite, ``Location``
-  rewrite;
+* :mod:`~nbgateway.routes.paths` -- path routes (several targets per path),
+  path rewrite, ``Location`` rewrite;
+* :mod:`~nbgateway.routes.balancing` -- a path's load-balancing and
+  health-check settings (``nbgw_balancing``);
 * :mod:`~nbgateway.routes.restrictions` -- a service's access restrictions
   (CIDR / country / CrowdSec) and the tunnel-address test;
 * :mod:`~nbgateway.routes.identity` -- the validated caller;
