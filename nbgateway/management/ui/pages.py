@@ -89,6 +89,7 @@ def _service_values(svc: dict[str, Any]) -> dict[str, Any]:
         "protocol": t.get("protocol", "http"), "host": t.get("host", ""),
         "port": t.get("port") or "", "path": t.get("path") or "",
         "direct_upstream": (t.get("options") or {}).get("direct_upstream", False),
+        "upstream_h2": (t.get("options") or {}).get("upstream_protocol") == "h2",
         "allowed_cidrs": "\n".join(r.get("allowed_cidrs") or []),
         "blocked_cidrs": "\n".join(r.get("blocked_cidrs") or []),
         "auth_state": _auth_state(svc.get("auth") or {}),
@@ -149,6 +150,7 @@ def _values_from_form(ctx: Ctx) -> dict[str, Any]:
         "target_type": ctx.field("target_type"), "target_id": ctx.field("target_id"),
         "protocol": ctx.field("protocol"), "host": ctx.field("host"), "port": ctx.field("port"),
         "path": ctx.field("path"), "direct_upstream": ctx.checked("direct_upstream"),
+        "upstream_h2": ctx.checked("upstream_h2"),
         "allowed_cidrs": ctx.field("allowed_cidrs"), "blocked_cidrs": ctx.field("blocked_cidrs"),
     }
 
@@ -162,6 +164,8 @@ def _service_body(v: dict[str, Any]) -> dict[str, Any]:
         "target_type": v["target_type"], "target_id": v["target_id"],
         "protocol": v["protocol"], "host": v["host"], "port": _int(v["port"]),
         "enabled": True, "options": {"direct_upstream": v["direct_upstream"]}}
+    if v.get("upstream_h2"):  # HTTP/2 to the target (gRPC); kept across edits
+        target["options"]["upstream_protocol"] = "h2"
     if v["path"]:
         target["path"] = v["path"]
     body: dict[str, Any] = {
