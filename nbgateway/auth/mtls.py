@@ -50,6 +50,7 @@ __all__ = [
     "MAX_BUNDLE_BYTES",
     "MAX_CAS",
     "MECHANISM",
+    "MISDIRECTED",
     "BundleError",
     "CertNames",
     "ClientCA",
@@ -62,6 +63,11 @@ __all__ = [
 ]
 
 MECHANISM = "mtls"
+#: the reason when a request names an mTLS service on a TLS connection whose
+#: SNI was another name (no certificate was requested for it: an HTTP/2
+#: connection a browser reused, say); answered 421 so the client retries on
+#: a connection of its own (RFC 9110 15.5.20)
+MISDIRECTED = "this connection was not opened for this service's name"
 MAX_BUNDLE_BYTES = 64 * 1024
 MAX_CAS = 16
 #: at most this many intermediates from the client are considered

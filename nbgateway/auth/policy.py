@@ -23,8 +23,10 @@ Order (after restrictions and the private gate):
    forward with the token's identity (no cookie, no RPC), else 401;
 3b. mTLS: a client certificate verified against the service's
    CA and mapped to a user (:mod:`.mtls`, decided by the adapter before the
-   order starts) -> forward with that identity (no cookie, no RPC); without
-   one, a service whose only scheme is mTLS answers 401 with the
+   order starts) -> forward with that identity (no cookie, no RPC); no
+   certificate on a TLS connection opened for another name (SNI) -> 421 so
+   the client reconnects; without one, a service whose only scheme is mTLS
+   answers 401 with the
    client-certificate page (never a login form), else the order goes on;
 4. header schemes in order: the first configured header present decides
    (Authenticate: not successful 401 ``Unauthorized``, RPC error 502
@@ -54,6 +56,7 @@ from urllib.parse import parse_qsl, urlencode
 from nbgateway.routes.identity import Identity
 
 from .mtls import MECHANISM as MTLS_MECHANISM
+from .mtls import MISDIRECTED as MTLS_MISDIRECTED
 from .ratelimit import AttemptLimiter
 from .session import SessionVerifier
 from .tokens import MECHANISM as TOKEN_MECHANISM
@@ -242,6 +245,9 @@ class Protect:
         if f.mtls:
             if f.mtls_identity is not None:
                 return Forward(f.mtls_identity, MTLS_MECHANISM)
+            if f.mtls_error == MTLS_MISDIRECTED:  # a reused connection: retry on a new one
+                return Respond(421, "plain", body="Misdirected Request: " + MTLS_MISDIRECTED,
+                               mechanism=MTLS_MECHANISM)
             if not f.schemes and not f.header_names and not (f.token_auth or f.tokens):
                 return Respond(401, "certificate", message=f.mtls_error or NO_CERTIFICATE,
                                mechanism=MTLS_MECHANISM)

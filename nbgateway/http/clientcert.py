@@ -20,7 +20,8 @@ from typing import Any
 
 from twisted.internet.interfaces import ISSLTransport
 
-from nbgateway.auth.mtls import MtlsVerifier, Presented, identify
+from nbgateway.auth.mtls import MISDIRECTED, MtlsVerifier, Presented, identify
+from nbgateway.routes.hosts import domain_key
 from nbgateway.routes.identity import Identity
 from nbgateway.routes.service import ServiceEntry
 
@@ -72,6 +73,16 @@ def peer_chain(request: Any) -> Presented | None:
     return presented
 
 
+def _sni_is(request: Any, domain: str) -> bool:
+    """Did the request's TLS connection name ``domain`` in its SNI?"""
+    conn = _tls_connection(request)
+    try:
+        sni = conn.get_servername() if conn is not None else None
+    except Exception:
+        sni = None
+    return bool(sni) and domain_key(sni.decode("ascii", "replace")) == domain_key(domain)
+
+
 def judge(verifier: MtlsVerifier, entry: ServiceEntry, request: Any,
           now: float) -> tuple[Identity | None, str]:
     """The identity the request's client certificate proves for ``entry``
@@ -85,6 +96,8 @@ def judge(verifier: MtlsVerifier, entry: ServiceEntry, request: Any,
         secure = getattr(request, "isSecure", None)
         if secure is not None and not secure():
             return None, NEEDS_TLS
+        if not _sni_is(request, entry.service.domain):
+            return None, MISDIRECTED
         return None, NO_CERTIFICATE
     verdict = verifier.verify_presented(ca, presented, now)
     if verdict.names is None:

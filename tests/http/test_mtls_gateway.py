@@ -241,6 +241,26 @@ class MtlsGatewayTests(unittest.TestCase):
                          ("u-alice", "alice@example.com", "mtls", ["g1"]))
 
     @defer.inlineCallbacks
+    def test_connection_opened_for_another_name_is_421(self):
+        # e.g. a browser reusing an HTTP/2 connection of another name under
+        # a wildcard certificate: no certificate was requested on it
+        port = self.port.getHost().port
+        for proto in ("--http1.1", "--http2"):
+            status, head, body = yield curl(
+                "--cacert", self.store.ca.cert_path,
+                "--resolve", f"plain.example:{port}:127.0.0.1", proto,
+                "-H", "Host: mtls.example", f"https://plain.example:{port}/x")
+            self.assertEqual(status, 421, head)
+            self.assertIn(b"not opened for this service's name", body)
+        # with a certificate on such a connection: none was requested, same answer
+        status, _, _ = yield curl(
+            "--cacert", self.store.ca.cert_path, "--cert", self.alice[0], "--key",
+            self.alice[1], "--resolve", f"plain.example:{port}:127.0.0.1",
+            "-H", "Host: mtls.example", f"https://plain.example:{port}/x")
+        self.assertEqual(status, 421)
+        self.assertEqual(self.upstream.seen, [])
+
+    @defer.inlineCallbacks
     def test_common_name_maps_too(self):
         bot = self.ca.issue("build-bot").write(self.dir, "bot")
         status, _, body = yield self.https("mtls.example", cert=bot)
