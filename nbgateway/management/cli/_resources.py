@@ -357,9 +357,10 @@ def services_show(client: Client, args: Args, out: TextIO) -> None:
     if message:
         out.write(f"status message: {message}\n")
     for t in svc.get("targets") or []:
+        h2 = " (HTTP/2)" if (t.get("options") or {}).get("upstream_protocol") == "h2" else ""
         out.write(f"target  {t.get('target_type')} {t.get('target_id')} -> "
                   f"{t.get('protocol')}://{t.get('host')}:{t.get('port')}"
-                  f"{t.get('path') or ''}\n")
+                  f"{t.get('path') or ''}{h2}\n")
 
 
 def services_create(client: Client, args: Args, out: TextIO) -> None:
