@@ -51,6 +51,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RosterPeer:
     """One WireGuard peer of the account's roster."""
 
@@ -117,7 +118,7 @@ class RosterPeer:
     fqdn: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DnsRecord:
     """An A or AAAA record; ``name`` is lower-case with a trailing dot."""
 
@@ -140,7 +141,7 @@ class DnsZone:
     search_domain_disabled: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InboundRule:
     """One inbound packet-filter rule, ready for ``Rule.make(**rule_kwargs())``."""
 
@@ -149,10 +150,11 @@ class InboundRule:
     protocols: frozenset[int] = frozenset()
     ports: tuple[tuple[int, int], ...] = ()
     policy_id: str = ""
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __hash__(self) -> int:
         # cached: a rule naming every roster peer is looked up on every map
-        cached = self.__dict__.get("_hash")
+        cached = self._hash
         if cached is None:
             cached = hash((self.action, self.sources, self.protocols, self.ports,
                            self.policy_id))
@@ -289,47 +291,82 @@ def _ports(rule: Any) -> tuple[tuple[int, int], ...] | None:
         return ()
     if not 0 < lo <= hi <= 0xFFFF:
         return None
+    return _shared_ports(lo, hi)
+
+
+@functools.lru_cache(maxsize=4096)  # every rule of a port shares one tuple
+def _shared_ports(lo: int, hi: int) -> tuple[tuple[int, int], ...]:
     return ((lo, hi),)
+
+
+_NO_PROTOCOL: frozenset[int] = frozenset()
+_TCP = frozenset({PROTO_TCP})
+_UDP = frozenset({PROTO_UDP})
+_ICMP = frozenset({PROTO_ICMP, PROTO_ICMPV6})
+
+
+@functools.lru_cache(maxsize=256)
+def _custom_protocol(number: int) -> frozenset[int]:
+    return frozenset({number})
 
 
 def _protocols(rule: Any) -> tuple[frozenset[int], bool] | None:
     """(protocol numbers, ports apply) or None for an unusable protocol."""
+    # shared values: a map holds one rule per peer address and port
     p = rule.Protocol
     if p == _P_ALL:
-        return frozenset(), False
+        return _NO_PROTOCOL, False
     if p == _P_TCP:
-        return frozenset({PROTO_TCP}), True
+        return _TCP, True
     if p == _P_UDP:
-        return frozenset({PROTO_UDP}), True
+        return _UDP, True
     if p == _P_ICMP:
-        return frozenset({PROTO_ICMP, PROTO_ICMPV6}), False
+        return _ICMP, False
     if p == _P_SSH:
-        return frozenset({PROTO_TCP}), True
+        return _TCP, True
     if p == _P_CUSTOM and 0 < rule.customProtocol < 256:
-        return frozenset({rule.customProtocol}), False
+        return _custom_protocol(rule.customProtocol), False
     return None
 
 
+_MISS = object()
+
+
+class _Skipped:
+    """A memoized conversion that skipped (parts of) its entry, and why."""
+
+    __slots__ = ("reasons", "value")
+
+    def __init__(self, value: Any, reasons: tuple[str, ...]) -> None:
+        self.value = value
+        self.reasons = reasons
+
+
 class _Memo:
-    """Bounded memo of entry conversions keyed by the entry's serialized bytes:
-    value = (converted or None, skip reasons).  Oldest entries go first."""
+    """Bounded memo of entry conversions keyed by the entry's serialized bytes
+    (the converted value, with its skip reasons when there were any).  Oldest
+    entries go first."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.entries: dict[Any, tuple[Any, tuple[str, ...]]] = {}
+        #: key -> converted value, or _Skipped when the conversion skipped parts
+        self.entries: dict[Any, Any] = {}
 
     def convert(self, key: Any, make: Callable[[Counter[str]], Any],
                 skipped: Counter[str]) -> Any:
-        hit = self.entries.get(key)
-        if hit is None:
+        hit = self.entries.get(key, _MISS)
+        if hit is _MISS:
             reasons: Counter[str] = Counter()
-            hit = (make(reasons), tuple(reasons.elements()))
+            value = make(reasons)
+            hit = _Skipped(value, tuple(reasons.elements())) if reasons else value
             if len(self.entries) >= self.limit:
                 del self.entries[next(iter(self.entries))]
             self.entries[key] = hit
-        for reason in hit[1]:
-            skipped[reason] += 1
-        return hit[0]
+        if type(hit) is _Skipped:
+            for reason in hit.reasons:
+                skipped[reason] += 1
+            return hit.value
+        return hit
 
     def clear(self) -> None:
         self.entries.clear()
@@ -348,7 +385,7 @@ def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
     protocols, ports_apply = protos
     ports: tuple[tuple[int, int], ...] = ()
     if rule.Protocol == _P_SSH:
-        ports = ((22, 22),)
+        ports = _shared_ports(22, 22)
     elif ports_apply:
         got = _ports(rule)
         if got is None:
@@ -379,7 +416,7 @@ def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
         sources=tuple(dict.fromkeys(sources)),
         protocols=protocols,
         ports=ports,
-        policy_id=bytes(rule.PolicyID).decode("utf-8", "replace"),
+        policy_id=sys.intern(bytes(rule.PolicyID).decode("utf-8", "replace")),
     )
 
 

@@ -64,20 +64,30 @@ def _as_network(source: str | Network) -> Network:
     return _parse(source)
 
 
-def compile_sources(
-    nets: Iterable[Network],
-) -> tuple[frozenset[tuple[int, int]], tuple[tuple[int, int, int], ...]]:
-    """(host addresses as (version, int), wider prefixes as (version,
-    network int, mask int)).  No parsing and no string forms."""
-    hosts: set[tuple[int, int]] = set()
+#: host keys: an IPv4 address is its integer, an IPv6 address its integer
+#: with this bit set (one int per host, no tuple)
+_V6 = 1 << 128
+
+
+def _compile(nets: Iterable[Network]) -> tuple[tuple[int, ...], tuple[tuple[int, int, int], ...]]:
+    hosts: list[int] = []
     wide: list[tuple[int, int, int]] = []
     for n in nets:
         addr = int(n.network_address)
         if n.prefixlen == n.max_prefixlen:
-            hosts.add((n.version, addr))
+            hosts.append(addr if n.version == 4 else addr | _V6)
         else:
             wide.append((n.version, addr, int(n.netmask)))
-    return frozenset(hosts), tuple(wide)
+    return tuple(hosts), tuple(wide)
+
+
+def compile_sources(
+    nets: Iterable[Network],
+) -> tuple[frozenset[int], tuple[tuple[int, int, int], ...]]:
+    """(host address keys, wider prefixes as (version, network int, mask
+    int)).  No parsing and no string forms."""
+    hosts, wide = _compile(nets)
+    return frozenset(hosts), wide
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ class Rule:
     ports: tuple[tuple[int, int], ...] = ()
     peer_keys: frozenset[bytes] = frozenset()
     _nets: tuple[tuple[int, int, int], ...] = field(default=(), repr=False, compare=False)
-    _hosts: frozenset[tuple[int, int]] = field(default=frozenset(), repr=False, compare=False)
+    _hosts: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
     def make(
@@ -124,7 +134,7 @@ class Rule:
         if self.peer_keys and peer_key not in self.peer_keys:
             return False
         if self._hosts or self._nets:
-            if (version, src) in self._hosts:
+            if (src if version == 4 else src | _V6) in self._hosts:
                 return True
             return any(v == version and src & m == n for v, n, m in self._nets)
         return True
@@ -161,7 +171,8 @@ class PacketFilter:
         return self.default == ALLOW
 
 
-_Part = tuple[frozenset[tuple[int, int]], tuple[tuple[int, int, int], ...]]
+#: an owner and its compiled sources (hosts, wide prefixes)
+_Part = tuple[object, tuple[int, ...], tuple[tuple[int, int, int], ...]]
 
 
 class _Group:
@@ -173,15 +184,17 @@ class _Group:
         self.protocols = protocols
         self.ports = ports
         self.sources: list[Iterable[Network]] = []
-        self.hosts: list[frozenset[tuple[int, int]]] = []
+        self.hosts: list[tuple[int, ...]] = []
         self.wide: dict[tuple[int, int, int], None] = {}
         self.any_source = False
 
-    def rule(self) -> Rule:
+    def rule(self, shared: dict[frozenset[int], frozenset[int]]) -> Rule:
         if self.any_source:
             return Rule(self.action, (), self.protocols, self.ports)
         sources = tuple(itertools.chain.from_iterable(self.sources))  # no hashing
-        hosts = frozenset().union(*self.hosts)
+        hosts = frozenset(itertools.chain.from_iterable(self.hosts))
+        # rules naming the same peers (one per port, DNS, ping) share one set
+        hosts = shared.setdefault(hosts, hosts)
         return Rule(self.action, sources, self.protocols, self.ports, frozenset(),
                     tuple(self.wide), hosts)
 
@@ -196,8 +209,8 @@ class RuleCompiler:
     Memory: the memo holds only the owners of the last compilation."""
 
     def __init__(self) -> None:
-        self._memo: dict[int, tuple[object, _Part]] = {}
-        self._next: dict[int, tuple[object, _Part]] = {}
+        self._memo: dict[int, _Part] = {}
+        self._next: dict[int, _Part] = {}
         self._runs: list[dict[tuple[Any, ...], _Group]] = []
         self._run_action = ""
         #: sources compiled (not found in the memo) by the last compilation
@@ -230,10 +243,10 @@ class RuleCompiler:
         hit = self._next.get(oid) or self._memo.get(oid)
         if hit is None or hit[0] is not owner:
             nets = tuple(sources)
-            hit = (owner, compile_sources(nets))
+            hit = (owner, *_compile(nets))
             self.compiled_sources += len(nets)
         self._next[oid] = hit
-        hosts, wide = hit[1]
+        _, hosts, wide = hit
         if not hosts and not wide:
             group.any_source = True
             return
@@ -243,6 +256,7 @@ class RuleCompiler:
             group.wide[w] = None
 
     def finish(self) -> list[Rule]:
-        rules = [g.rule() for run in self._runs for g in run.values()]
+        shared: dict[frozenset[int], frozenset[int]] = {}
+        rules = [g.rule(shared) for run in self._runs for g in run.values()]
         self._memo, self._next, self._runs, self._run_action = self._next, {}, [], ""
         return rules
