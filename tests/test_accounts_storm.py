@@ -49,6 +49,8 @@ def test_each_map_of_a_storm_compiles_only_the_new_peers():
     # 4,000 map rules and two own rules per peer, merged: one rule per port,
     # one for DNS, one for ping
     assert len(f.rules) == 4
+    # every rule names every peer: one host set, shared (memory per account)
+    assert len({id(r._hosts) for r in f.rules}) == 1 and len(f.rules[0]._hosts) == 2 * N
     # (a peer's own-rule sources are compiled once for both own rules)
     assert compiler.compiled_sources == 4 * N + 2 * N
     for i in (1, 2):
