@@ -28,6 +28,7 @@ source address comes from the socket, never from headers (issue 6).
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,6 +199,18 @@ def identity_from_response(response) -> Identity:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _tunnel_ip(client_ip: str) -> tuple[str, str]:
+    """(refusal reason or "", normalised IP) of a client address: pure, and
+    asked on every private request (cached, bounded)."""
+    addr = parse_ip(client_ip)
+    if addr is None:
+        return "invalid_ip", ""
+    if not tunnel_like(addr):
+        return "not_tunnel_ip", ""
+    return "", str(addr)
+
+
 class PrivateGate:
     """Decides whether a request may reach a private service."""
 
@@ -217,12 +230,9 @@ class PrivateGate:
             return succeed(GateDecision(False, "not_overlay"))
         if listener_account != mapping_account:
             return succeed(GateDecision(False, "wrong_account"))
-        addr = parse_ip(client_ip)
-        if addr is None:
-            return succeed(GateDecision(False, "invalid_ip"))
-        if not tunnel_like(addr):
-            return succeed(GateDecision(False, "not_tunnel_ip"))
-        ip = str(addr)
+        refused, ip = _tunnel_ip(client_ip)
+        if refused:
+            return succeed(GateDecision(False, refused))
         if not self.in_roster(listener_account, ip):
             return succeed(GateDecision(False, "not_in_roster"))
         d = self.cache.validate(listener_account, ip, domain)
