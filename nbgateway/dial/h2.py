@@ -122,6 +122,8 @@ class H2Stream:
         early, self._early = self._early, []
         for kind, arg in early:
             self._emit(kind, arg)
+        if not self._paused:
+            self._give_back()
 
     def _emit(self, kind: str, arg: Any = None) -> None:
         if self._sink is None:
@@ -213,7 +215,7 @@ class H2Stream:
 
     def _on_data(self, data: bytes, flow_len: int) -> None:
         self.received += len(data)
-        if self._paused:
+        if self._paused or self._sink is None:  # held until a reader takes it
             self._unacked += flow_len
         elif flow_len:
             self.conn.acknowledge(self.stream_id, flow_len)
@@ -247,12 +249,10 @@ class H2Stream:
 class H2ClientProtocol(Protocol):
     """One client HTTP/2 connection (see the module docstring)."""
 
-    def __init__(self, clock: Any, *, tls: bool, handshake_timeout: float = 30.0,
-                 on_idle: Callable[[H2ClientProtocol], None] | None = None) -> None:
+    def __init__(self, clock: Any, *, tls: bool, handshake_timeout: float = 30.0) -> None:
         self.clock = clock
         self.tls = tls
         self.handshake_timeout = handshake_timeout
-        self.on_idle = on_idle
         self.on_stream_closed: Callable[[H2ClientProtocol], None] | None = None
         self.on_lost: Callable[[H2ClientProtocol], None] | None = None
         config = h2.config.H2Configuration(client_side=True, header_encoding=None,
@@ -393,6 +393,13 @@ class H2ClientProtocol(Protocol):
         st = self.streams.pop(stream_id, None)
         if st is None:
             return
+        if exc is None and not st._end_sent and not self.lost:
+            # the answer is complete before the request body: close our half
+            # too (RFC 9113 8.1), or the stream would count as open forever
+            st._end_sent = True
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            self._send()
         if exc is None:
             st._on_end()
         else:

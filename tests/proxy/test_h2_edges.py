@@ -64,6 +64,10 @@ class ScriptedH2(Protocol):
         mode = self.factory.mode
         if mode == "silent":
             return
+        if mode == "early-answer":  # the whole answer before reading the body
+            self.conn.send_headers(sid, [(b":status", b"413")])
+            self.conn.send_data(sid, b"too big", end_stream=True)
+            return
         if mode == "zero-window" and no_body:
             self.conn.send_headers(sid, [(b":status", b"200")])
             self.conn.send_data(sid, b"warm", end_stream=True)
@@ -163,6 +167,23 @@ class H2EdgeTests(unittest.TestCase):
                                            f"@{body}", f"http://127.0.0.1:{self.port}/up")
         self.assertEqual((status, answer), (200, b"got 20000"))
         self.assertEqual(self.factory.connections, 1)
+
+    @defer.inlineCallbacks
+    def test_answer_before_the_request_body_closes_the_stream(self):
+        self.factory.mode = "early-answer"
+        body = self.mktemp()
+        with open(body, "wb") as f:
+            f.write(b"q" * 300_000)
+        status, _head, answer = yield curl("-H", "Host: app.example", "--data-binary",
+                                           f"@{body}", f"http://127.0.0.1:{self.port}/up")
+        self.assertEqual((status, answer), (413, b"too big"))
+        # our half is closed too (RST_STREAM NO_ERROR): no stream stays open
+        yield wait_for(lambda: self.events(h2.events.StreamReset), timeout=10)
+        self.assertEqual(self.events(h2.events.StreamReset)[0].error_code,
+                         h2.errors.ErrorCodes.NO_ERROR)
+        (conn,) = [c for e in self.h.proxy.h2.pools._hosts.values() for c in e.conns]
+        self.assertEqual(conn.h2.open_outbound_streams, 0)
+        self.assertEqual(conn.streams, {})
 
     @defer.inlineCallbacks
     def test_upstream_reset_after_head_is_not_a_short_answer(self):
