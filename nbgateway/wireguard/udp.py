@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
+import sys
 
 from twisted.internet import error, udp
 from twisted.internet.interfaces import IListeningPort, IReactorUDP
@@ -44,6 +46,10 @@ class WireGuardProtocol(DatagramProtocol):
         # host -> usable as a sendto() address on this socket (family checked
         # once per host instead of Twisted's per-datagram isIPAddress tests)
         self._families: dict[str, bool] = {}
+        #: UDP segmentation offload for runs of equal-size datagrams (Linux);
+        #: switched off for good at the first send the kernel refuses
+        self.gso = GSO_AVAILABLE
+        self.gso_sends = 0  # sendmsg calls that carried several datagrams
 
     def startProtocol(self) -> None:
         self.device.link = self
@@ -70,7 +76,10 @@ class WireGuardProtocol(DatagramProtocol):
         sock = getattr(transport, "socket", None)
         if (sock is not None and not getattr(transport, "_connectedAddr", None)
                 and self._sendable(addr[0], transport)):
-            self._send_raw(sock.sendto, datagrams, addr)
+            if self.gso and len(datagrams) > 1:
+                self._send_gso(sock, datagrams, addr)
+            else:
+                self._send_raw(sock.sendto, datagrams, addr)
             return
         write = transport.write
         for data in datagrams:
@@ -98,6 +107,46 @@ class WireGuardProtocol(DatagramProtocol):
             self._families[host] = ok
         return ok
 
+    def _send_gso(self, sock: socket.socket, datagrams: list[bytes],
+                  addr: tuple[str, int]) -> None:
+        """Send runs of equal-size datagrams (the last of a run may be shorter)
+        with one ``sendmsg`` each, the kernel splitting them (UDP_SEGMENT, as
+        wireguard-go does); what cannot be grouped goes one by one.  A kernel
+        that refuses the option turns GSO off for this socket."""
+        i, n = 0, len(datagrams)
+        sendmsg, sendto = sock.sendmsg, sock.sendto
+        while i < n:
+            size = len(datagrams[i])
+            j, total = i + 1, size
+            limit = min(n, i + GSO_MAX_SEGMENTS)
+            while j < limit and len(datagrams[j]) == size and total + size <= GSO_MAX_BYTES:
+                total += size
+                j += 1
+            if j < limit and len(datagrams[j]) < size and total + len(datagrams[j]) <= \
+                    GSO_MAX_BYTES:
+                j += 1  # a shorter last segment closes the run
+            if j - i < 2 or not self.gso:
+                self._send_raw(sendto, datagrams[i:j], addr)
+                i = j
+                continue
+            try:
+                sendmsg([b"".join(datagrams[i:j])],
+                        [(socket.IPPROTO_UDP, UDP_SEGMENT, _GSO_SIZE(size))], 0, addr)
+                self.gso_sends += 1
+            except OSError as exc:
+                if exc.errno in _GSO_UNSUPPORTED:
+                    self.gso = False
+                    log.info("UDP segmentation offload refused ({err}); sending datagrams "
+                             "one by one", err=exc)
+                    self._send_raw(sendto, datagrams[i:j], addr)
+                elif exc.errno in (errno.EINTR, errno.EMSGSIZE):
+                    self._send_raw(sendto, datagrams[i:j], addr)
+                else:  # a full buffer, unreachable...: the whole run is lost, counted
+                    self.send_errors += j - i
+                    self.device.events["udp_send_error"] += j - i
+                    log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
+            i = j
+
     def _send_raw(self, sendto, datagrams: list[bytes], addr: tuple[str, int]) -> None:
         """``sendto`` each datagram with Twisted's error semantics: EINTR is
         retried, ECONNREFUSED (an earlier ICMP error on an unconnected socket)
@@ -122,6 +171,15 @@ class WireGuardProtocol(DatagramProtocol):
     def connectionRefused(self) -> None:  # ICMP port unreachable on a connected socket
         self.device.events["udp_refused"] += 1
 
+
+#: UDP generic segmentation offload (Linux >= 4.18): ``UDP_SEGMENT`` socket
+#: option level SOL_UDP, at most 64 segments and 64 KiB per send
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+GSO_AVAILABLE = sys.platform.startswith("linux")
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+_GSO_SIZE = struct.Struct("=H").pack
+_GSO_UNSUPPORTED = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 
 #: socket buffer size asked for (bursts of handshakes or a fast sender must
 #: not overflow the 208 KiB Linux default; wireguard-go asks for 7 MiB)
