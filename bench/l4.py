@@ -88,6 +88,15 @@ def loss_counters(w: World) -> dict[str, float]:
     return {key: counter(text, name, **labels) for key, name, labels in LOSS}
 
 
+def snmp(ns, proto: str, field: str) -> int:
+    """A kernel counter of a namespace from /proc/net/snmp (0 when absent)."""
+    lines = ns.run(["cat", "/proc/net/snmp"], check=False).stdout.splitlines()
+    rows = [ln.split() for ln in lines if ln.startswith(proto + ":")]
+    if len(rows) < 2 or field not in rows[0]:
+        return 0
+    return int(rows[1][rows[0].index(field)])
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -193,6 +202,8 @@ def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
             raise
         pid = gateway_pid(w)
         loss0 = loss_counters(w)
+        peer0 = (snmp(ns, "Udp", "RcvbufErrors"), snmp(ns, "Tcp", "RetransSegs"),
+                 snmp(w.g, "Udp", "RcvbufErrors"))
         for i in range(rounds):
             base = measure_wg_go_baseline(seconds)["forward"]
             spy = profile_during(pid, profile, seconds) if profile and i == 0 else None
@@ -222,6 +233,12 @@ def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
             out[key] = statistics.median(r[key] for r in out["rounds"])
         loss1 = loss_counters(w)
         out["loss"] = {k: loss1[k] - loss0.get(k, 0.0) for k in loss1}
+        # the peer's side: its wireguard-go socket's receive-buffer overflows
+        # (loss of what the gateway sent) and its kernel TCP's retransmissions
+        out["loss"]["peer_udp_rcvbuf_errors"] = snmp(ns, "Udp", "RcvbufErrors") - peer0[0]
+        out["loss"]["peer_tcp_retransmits"] = snmp(ns, "Tcp", "RetransSegs") - peer0[1]
+        # the gateway's own UDP socket (loss of what the peer sent)
+        out["loss"]["gateway_udp_rcvbuf_errors"] = snmp(w.g, "Udp", "RcvbufErrors") - peer0[2]
         if private_only:
             return out
         out["loopback_direct_mbps"] = iperf3(w.g, "127.0.0.1", seconds=seconds)
