@@ -623,11 +623,12 @@ class Handlers:
             private_key = base64.b64encode(bytes(sk)).decode()
             public_key = base64.b64encode(bytes(sk.public_key)).decode()
         cluster = b.get("proxy_cluster", "").strip().lower().rstrip(".")
-        peer = self.store.peers.create(Peer(
+        # the groups' names and member counts come from the creating transaction
+        peer, groups = self.store.peers.create_with_groups(Peer(
             account_id=acct, name=name, key=public_key, user_id=b.get("user_id") or None,
             endpoint=_check_endpoint(b.get("endpoint")), groups=tuple(b.get("groups") or ()),
             proxy=bool(cluster), proxy_cluster=cluster, wg_private_key=private_key))
-        out = m.peer_to_api(peer, self._groups(acct, [peer]))
+        out = m.peer_to_api(peer, groups)
         if private_key is not None:
             out["private_key"] = private_key
         return Result(200, out)
