@@ -100,7 +100,8 @@ class GrpcLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop thread and the pool (after the servers have stopped)."""
+        """Stop the loop thread, then the pool once its queued work is done (call
+        after the servers have stopped; not from the loop thread)."""
         loop, thread, executor = self.loop, self._thread, self.executor
         self.loop = self._thread = self.executor = None
         if loop is None:
@@ -114,7 +115,9 @@ class GrpcLoop:
         # calls to it (call_soon_threadsafe) from another aio loop of the
         # process; on a closed loop that raises there.
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            # queued store work (ended streams marking their peer or proxy
+            # disconnected) still runs: the streams ended before the loop stopped
+            executor.shutdown(wait=True)
 
 
 class LoopServer:

@@ -454,3 +454,30 @@ def test_domain_change_is_removed_then_created(harness: Harness, fx: Fixture) ->
         ("svc-1", pb.UPDATE_TYPE_CREATED, f"renamed.{CLUSTER}"),
     ]
     x.close()
+
+
+def test_stop_service_cancels_live_mapping_streams(fx: Fixture) -> None:
+    """stopService ends both kinds of mapping stream at once (CANCELLED with the
+    reason), marks the proxies disconnected, and stops the server's threads."""
+    h = Harness(fx.store, heartbeat_interval=0.2)
+    try:
+        gmu = connect_x(h, fx, "proxy-gmu")
+        gmu.snapshot()
+        sync = SyncClient(h.stub, fx.token, "proxy-sync", capabilities=caps(**X_CAPS))
+        sync.snapshot()
+        assert {c.proxy_id for c in h.servicer.connections()} == {"proxy-gmu", "proxy-sync"}
+        ours = [t for t in threading.enumerate() if t.name.startswith("nbmanagement-grpc")]
+        service = h.service
+        service.stopService()
+        for client in (gmu, sync):
+            err = client.end()
+            assert err is not None and err.code() == grpc.StatusCode.CANCELLED
+            assert err.details() == "management shutting down"
+        assert service.server_stopped is not None and service.server_stopped.wait(WAIT)
+        # the pool finished its queued work (marking both proxies disconnected) first
+        assert fx.store.proxies.get("proxy-sync").status != "connected"
+        assert fx.store.proxies.get("proxy-gmu").status != "connected"
+        left = [t.name for t in ours if t.is_alive()]
+        assert not left, left
+    finally:
+        h.channel.close()
