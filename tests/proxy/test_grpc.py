@@ -211,6 +211,20 @@ class GatewayGrpcTests(unittest.TestCase):
         self.assertEqual(got, [b"hello", b"re:a", b"re:b"])
 
     @defer.inlineCallbacks
+    def test_concurrent_large_streams_on_one_connection_arrive_whole(self):
+        """Three 4 MiB server streams at once on the client's one HTTP/2
+        connection (frames of several streams batched per reactor turn)."""
+        call = method(self.channel, "Big", "unary_stream")
+
+        def run() -> Any:
+            msgs = list(call(b"256", timeout=60))
+            return len(msgs), sum(len(m) for m in msgs), all(m == b"b" * 16384 for m in msgs)
+
+        results = yield defer.gatherResults([self.in_thread(run) for _ in range(3)])
+        self.assertEqual(results, [(256, 256 * 16384, True)] * 3)
+        self.assertEqual(len(self.h.site.channels), 1)
+
+    @defer.inlineCallbacks
     def test_large_client_stream_upload(self):
         call = method(self.channel, "Upload", "stream_unary")
         chunk = b"y" * (256 * 1024)
