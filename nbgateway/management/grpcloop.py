@@ -50,6 +50,11 @@ def wake_threadsafe(loop: asyncio.AbstractEventLoop | None, event: asyncio.Event
         loop.call_soon_threadsafe(event.set)
 
 
+def _meet(barrier: threading.Barrier) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(10.0)
+
+
 class GrpcLoop:
     """See the module docstring."""
 
@@ -73,6 +78,11 @@ class GrpcLoop:
         executor = futures.ThreadPoolExecutor(max_workers=self.workers,
                                               thread_name_prefix=f"{self.name}-work")
         loop.set_default_executor(executor)
+        # start every pool thread now (the executor would add them lazily, one per
+        # busy moment): the thread count is fixed from the start
+        barrier = threading.Barrier(self.workers)
+        for _ in range(self.workers):
+            executor.submit(_meet, barrier)
         ready = threading.Event()
 
         def run() -> None:
