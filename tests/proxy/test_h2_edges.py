@@ -34,6 +34,9 @@ class ScriptedH2(Protocol):
         self.conn.initiate_connection()
         if self.factory.mode == "zero-window":  # the client may send no DATA yet
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        if self.factory.max_streams:
+            self.conn.update_settings(
+                {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.factory.max_streams})
         self.transport.write(self.conn.data_to_send())
         self.factory.connections += 1
         self.body = b""
@@ -102,6 +105,7 @@ class H2EdgeTests(unittest.TestCase):
         self.factory.events = []
         self.factory.connections = 0
         self.factory.pending = []
+        self.factory.max_streams = 0
         self.up = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(self.up.stopListening)
         self.clock = task.Clock()
@@ -184,6 +188,32 @@ class H2EdgeTests(unittest.TestCase):
         (conn,) = [c for e in self.h.proxy.h2.pools._hosts.values() for c in e.conns]
         self.assertEqual(conn.h2.open_outbound_streams, 0)
         self.assertEqual(conn.streams, {})
+
+    @defer.inlineCallbacks
+    def test_requests_wait_for_a_free_stream_at_the_upstreams_limit(self):
+        from nbgateway.dial.h2 import H2Pools
+        from nbgateway.proxy.h2relay import H2Relay
+
+        # one connection allowed, the upstream allows one stream at a time
+        self.h.proxy.h2 = H2Relay(self.h.proxy, H2Pools(reactor, clock=self.clock,
+                                                        max_connections=1))
+        self.factory.mode = "slow-body"
+        self.factory.max_streams = 1
+        # the first request learns the limit (SETTINGS) and holds the stream
+        first = self.get("/one")
+        yield wait_for(lambda: len(self.factory.pending) == 1, timeout=10)
+        second = self.get("/two")
+        yield wait_for(lambda: sum(len(e.waiters) for e in
+                                   self.h.proxy.h2.pools._hosts.values()) == 1, timeout=10)
+        self.assertEqual(len(self.events(h2.events.RequestReceived)), 1)  # not sent yet
+        proto, sid = self.factory.pending[0]
+        proto.finish_slow(sid)
+        self.assertEqual((yield first)[::2], (200, b"first;second"))
+        yield wait_for(lambda: len(self.factory.pending) == 2, timeout=10)
+        proto, sid = self.factory.pending[1]
+        proto.finish_slow(sid)
+        self.assertEqual((yield second)[::2], (200, b"first;second"))
+        self.assertEqual(self.factory.connections, 1)
 
     @defer.inlineCallbacks
     def test_upstream_reset_after_head_is_not_a_short_answer(self):
