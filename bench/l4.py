@@ -166,7 +166,7 @@ def profile_during(pid: int | None, path: str, seconds: int) -> Any:
 
 
 def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
-        profile: str = "", profile_reverse: str = "") -> dict:
+        profile: str = "", profile_reverse: str = "", public_rounds: int = 1) -> dict:
     """All figures; with ``rounds`` > 1 the private iperf3 and the
     wireguard-go baseline alternate that many times (medians reported, the
     box is shared and noisy)."""
@@ -230,7 +230,8 @@ def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
                   f"{fwd_cpu:.2f} ms/MB (reverse {rev_cpu:.2f})", file=sys.stderr, flush=True)
         for key in ("wg_go_mbps", "private_mbps", "private_reverse_mbps", "ratio",
                     "cpu_ms_per_mb", "reverse_cpu_ms_per_mb"):
-            out[key] = statistics.median(r[key] for r in out["rounds"])
+            if out["rounds"]:  # --rounds 0: the public figures only
+                out[key] = statistics.median(r[key] for r in out["rounds"])
         loss1 = loss_counters(w)
         out["loss"] = {k: loss1[k] - loss0.get(k, 0.0) for k in loss1}
         # the peer's side: its wireguard-go socket's receive-buffer overflows
@@ -242,9 +243,19 @@ def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
         if private_only:
             return out
         out["loopback_direct_mbps"] = iperf3(w.g, "127.0.0.1", seconds=seconds)
-        out["public_relay_mbps"] = iperf3(w.g, "127.0.0.1", seconds=seconds, port=PUBLIC_PORT)
-        if start_haproxy(w):
-            out["haproxy_mbps"] = iperf3(w.g, "127.0.0.1", seconds=seconds, port=HAPROXY_PORT)
+        haproxy = start_haproxy(w)
+        relay, hap, cpu = [], [], []
+        for _ in range(max(1, public_rounds)):  # interleaved: relay, HAProxy, ...
+            c0 = cpu_seconds(pid)
+            relay.append(iperf3(w.g, "127.0.0.1", seconds=seconds, port=PUBLIC_PORT))
+            cpu.append(1000 * (cpu_seconds(pid) - c0) / max(relay[-1] * seconds / 8, 1e-9))
+            if haproxy:
+                hap.append(iperf3(w.g, "127.0.0.1", seconds=seconds, port=HAPROXY_PORT))
+        out["public_relay_mbps"] = statistics.median(relay)
+        out["public_cpu_ms_per_mb"] = statistics.median(cpu)
+        if hap:
+            out["haproxy_mbps"] = statistics.median(hap)
+            out["public_ratio"] = statistics.median(r / h for r, h in zip(relay, hap, strict=True))
         out["conns_per_s_relay"] = conns_per_second(w.g.name, "127.0.0.1", PUBLIC_PORT + 1, 3)
         out["conns_per_s_direct"] = conns_per_second(w.g.name, "127.0.0.1", ECHO_PORT, 3)
         if pid is not None:
@@ -266,6 +277,14 @@ def report(out: dict) -> None:
     def ratio(a: str, b: str) -> str:
         return f"{out[a] / out[b]:.2f}" if out.get(a) and out.get(b) else "n/a"
 
+    if "private_mbps" not in out:
+        print("private TCP: not measured (--rounds 0)")
+    else:
+        report_private(out, ratio)
+    report_public(out, ratio)
+
+
+def report_private(out: dict, ratio: Any) -> None:
     print(f"private TCP (peer -> wireguard-go -> gateway -> upstream): "
           f"{out['private_mbps'] / 1000:.2f} Gbit/s, "
           f"reverse {out['private_reverse_mbps'] / 1000:.2f}")
@@ -278,13 +297,18 @@ def report(out: dict) -> None:
     if out.get("loss"):
         print("gateway counters over the private runs: "
               + ", ".join(f"{k} {v:.0f}" for k, v in out["loss"].items()))
+
+
+def report_public(out: dict, ratio: Any) -> None:
     if "public_relay_mbps" not in out:
         return
-    print(f"public relay on loopback: {out['public_relay_mbps'] / 1000:.2f} Gbit/s; "
+    print(f"public relay on loopback: {out['public_relay_mbps'] / 1000:.2f} Gbit/s "
+          f"(gateway CPU {out['public_cpu_ms_per_mb']:.2f} ms/MB); "
           f"no relay {out['loopback_direct_mbps'] / 1000:.2f} Gbit/s")
     if "haproxy_mbps" in out:
         print(f"HAProxy TCP relay on loopback: {out['haproxy_mbps'] / 1000:.2f} Gbit/s  "
-              f"ratio gateway/haproxy {ratio('public_relay_mbps', 'haproxy_mbps')}")
+              f"ratio gateway/haproxy {ratio('public_relay_mbps', 'haproxy_mbps')} "
+              f"(median per-round ratio {out['public_ratio']:.2f})")
     else:
         print("HAProxy: not installed (apt-get install haproxy), row skipped")
     print(f"connections/s through the relay: {out['conns_per_s_relay']:.0f} "
@@ -299,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--idle", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=1,
-                   help="interleaved private/baseline rounds (medians reported)")
+                   help="interleaved private/baseline rounds (medians reported; 0: none)")
     p.add_argument("--private-only", action="store_true",
                    help="only the private TCP vs wireguard-go rounds")
     p.add_argument("--profile", default="",
@@ -307,11 +331,13 @@ def main(argv: list[str] | None = None) -> int:
                         "into this file (.svg flame graph, .json speedscope)")
     p.add_argument("--profile-reverse", default="",
                    help="the same for the first reverse (-R) private run")
+    p.add_argument("--public-rounds", type=int, default=1,
+                   help="interleaved public relay / HAProxy rounds (medians)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    out = run(args.seconds, args.idle, rounds=max(1, args.rounds),
+    out = run(args.seconds, args.idle, rounds=max(0, args.rounds),
               private_only=args.private_only, profile=args.profile,
-              profile_reverse=args.profile_reverse)
+              profile_reverse=args.profile_reverse, public_rounds=args.public_rounds)
     if args.json:
         print(json.dumps(out, indent=2))
     report(out)
