@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from nbgateway.management import migrations
 from nbgateway.management.errors import Conflict, StoreUnavailable, ValidationError
 from nbgateway.management.model import ChangeKind
+from nbgateway.management.store._prepared import Prepared
 
 if TYPE_CHECKING:
     from nbgateway.management.store import Store
@@ -94,6 +95,16 @@ def _sqlite_lock(url: sa.URL) -> threading.RLock:
     key = os.path.abspath(url.database or ":memory:")
     with _SQLITE_LOCKS_GUARD:
         return _SQLITE_LOCKS.setdefault(key, threading.RLock())
+
+
+#: every PostgreSQL write transaction runs these (prepared: see _prepared.py)
+_XACT_LOCK = Prepared(
+    sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger())))
+)
+_NOTIFY = Prepared(
+    sa.select(sa.func.pg_notify(sa.bindparam("channel", type_=sa.Text()),
+                                sa.bindparam("payload", type_=sa.Text())))
+)
 
 
 def _lock_key(scope: str) -> int:
@@ -345,12 +356,12 @@ class StoreBase:
                     result = fn(tx)
                 return result, tx.changes
         with self._engine.connect() as conn, conn.begin():
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("acct:" + scope))))
+            _XACT_LOCK.run(conn, key=_lock_key("acct:" + scope))
             tx = Tx(conn)
             result = fn(tx)
             if tx.changes:
                 from nbgateway.management.store._changefeed import CHANNEL, payloads
 
                 for payload in payloads(self.origin, tx.changes):
-                    conn.execute(sa.select(sa.func.pg_notify(CHANNEL, payload)))
+                    _NOTIFY.run(conn, channel=CHANNEL, payload=payload)
         return result, tx.changes
