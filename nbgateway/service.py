@@ -48,6 +48,7 @@ from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
 from nbgateway.observe.health import HealthState, client_health_from_device, health_service
 from nbgateway.observe.metrics import GatewayMetrics, InstrumentedClient
+from nbgateway.proxy.h2relay import H2RelayMetrics
 from nbgateway.proxy.headers import TrustedProxies
 from nbgateway.proxy.healthcheck import HealthChecks
 from nbgateway.proxy.reverse import ReverseProxy
@@ -193,6 +194,7 @@ class GatewayService(MultiService):
         self.healthchecks = HealthChecks(self.proxy, reactor)
         self.store.add_observer(self.healthchecks)
         self.metrics.registry.register(self.proxy.balancers)
+        self.metrics.registry.register(H2RelayMetrics(self.proxy))  # gRPC / h2 upstreams
         self.proxy.on_dial_denied = self._report_dial_denied
         #: X-NetBird-Jwt-Assertion for services that ask for it (issue 16)
         self.proxy.assertions = AssertionSigner(reactor)

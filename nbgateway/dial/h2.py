@@ -524,6 +524,8 @@ class H2Pools:
         self.max_connections = max_connections
         self._hosts: dict[tuple[Any, ...], _Host] = {}
         self.dials = 0  # connections made (tests, metrics)
+        self.dial_failures = 0
+        self.streams = 0  # streams opened through connection() (metrics)
 
     def connection(self, account_id: str, dialer: Any, *, direct: bool, skip_verify: bool,
                    tls: bool, host: str, port: int,
@@ -537,6 +539,7 @@ class H2Pools:
         for conn in entry.conns:
             if conn.available:
                 self._not_idle(entry, conn)
+                self.streams += 1
                 return defer.succeed(conn)
         if len(entry.waiters) >= MAX_WAITERS:
             return defer.fail(H2UpstreamError("too many requests waiting for the upstream"))
@@ -587,6 +590,7 @@ class H2Pools:
 
         def failed(f: Failure) -> None:
             entry.dialing -= 1
+            self.dial_failures += 1
             waiters, entry.waiters = list(entry.waiters), deque()
             for w in waiters:
                 w.errback(f)
@@ -601,6 +605,7 @@ class H2Pools:
             if conn is None:
                 return
             self._not_idle(entry, conn)
+            self.streams += 1
             entry.waiters.popleft().callback(conn)
             # the waiter opened its stream synchronously (or gave up)
 
@@ -633,6 +638,13 @@ class H2Pools:
         if (not entry.conns and not entry.dialing and not entry.waiters
                 and self._hosts.get(key) is entry):
             del self._hosts[key]
+
+    def waiting(self) -> int:
+        """Requests waiting for a connection or a free stream."""
+        return sum(len(e.waiters) for e in self._hosts.values())
+
+    def active_streams(self) -> int:
+        return sum(len(c.streams) for e in self._hosts.values() for c in e.conns)
 
     def open_connections(self, account_id: str | None = None) -> int:
         return sum(len(e.conns) for k, e in self._hosts.items()

@@ -312,6 +312,48 @@ class _H2Exchange:
             pages.send_page(self.request, pages.CONNECTION_ERROR)
 
 
+class H2RelayMetrics:
+    """Prometheus collector of the HTTP/2 upstream pools of ``proxy.h2``
+    (zeros until the first ``h2`` target is used)."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> Any:
+        """A prometheus_client custom-collector ``collect``."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        relay = self.proxy.h2
+        pools = relay.pools if relay is not None else None
+
+        def value(fn: Any) -> float:
+            return float(fn()) if pools is not None else 0.0
+
+        conns = GaugeMetricFamily("nbgateway_upstream_h2_connections",
+                                  "Open HTTP/2 connections to upstreams (gRPC targets)")
+        conns.add_metric([], value(lambda: pools.open_connections()))
+        yield conns
+        streams = GaugeMetricFamily("nbgateway_upstream_h2_streams",
+                                    "Requests in flight on HTTP/2 upstream connections")
+        streams.add_metric([], value(lambda: pools.active_streams()))
+        yield streams
+        waiting = GaugeMetricFamily("nbgateway_upstream_h2_waiting",
+                                    "Requests waiting for an HTTP/2 upstream connection or "
+                                    "a free stream")
+        waiting.add_metric([], value(lambda: pools.waiting()))
+        yield waiting
+        dials = CounterMetricFamily("nbgateway_upstream_h2_dials",
+                                    "HTTP/2 upstream connections dialed, by result",
+                                    labels=["result"])
+        failures = value(lambda: pools.dial_failures)
+        dials.add_metric(["ok"], value(lambda: pools.dials) - failures)
+        dials.add_metric(["failed"], failures)
+        yield dials
+
+    def describe(self) -> list[Any]:
+        return []
+
+
 class H2Relay:
     """Relays requests for ``h2`` targets; owns the HTTP/2 pools.
 

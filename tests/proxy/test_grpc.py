@@ -225,6 +225,25 @@ class GatewayGrpcTests(unittest.TestCase):
         self.assertEqual(len(self.h.site.channels), 1)
 
     @defer.inlineCallbacks
+    def test_metrics_of_the_h2_pools(self):
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from nbgateway.proxy.h2relay import H2RelayMetrics
+
+        registry = CollectorRegistry()
+        registry.register(H2RelayMetrics(self.h.proxy))
+        before = generate_latest(registry).decode()
+        self.assertIn("nbgateway_upstream_h2_connections 0.0", before)  # no relay yet
+        call = method(self.channel, "Unary")
+        yield self.in_thread(lambda: [call(b"m", timeout=10) for _ in range(3)])
+        text = generate_latest(registry).decode()
+        self.assertIn("nbgateway_upstream_h2_connections 1.0", text)
+        self.assertIn('nbgateway_upstream_h2_dials_total{result="ok"} 1.0', text)
+        self.assertIn('nbgateway_upstream_h2_dials_total{result="failed"} 0.0', text)
+        self.assertIn("nbgateway_upstream_h2_streams 0.0", text)
+        self.assertIn("nbgateway_upstream_h2_waiting 0.0", text)
+
+    @defer.inlineCallbacks
     def test_large_client_stream_upload(self):
         call = method(self.channel, "Upload", "stream_unary")
         chunk = b"y" * (256 * 1024)
