@@ -24,17 +24,16 @@ hands over):
   cancels that proxy's stream (it resyncs).  Store work (snapshot, register,
   heartbeat) runs in the loop's small fixed executor.  No thread per stream.
 * **Resume by revision** (issue 18): every broadcast gets the next revision
-  and is kept in a bounded change log (``log_size`` broadcasts, at most
-  ``log_mappings`` mappings).  Every message carries ``nbgw_revision``; a
-  proxy reconnecting with ``nbgw_resume_revision`` R receives only the
-  changes after R (``nbgw_resumed``) when R is one this process issued and
-  the log still holds everything after it, else the full snapshot.
-  Revisions start at the process start time in microseconds, so a revision
-  from an earlier management process is never mistaken for one of this
-  process.  The log is filtered per proxy by cluster address and account like
-  a broadcast; a proxy that reconnects with other capabilities or another
-  address must not present a revision (the gateway sends it only for the
-  same cluster).
+  and is kept in a bounded :class:`~nbgateway.management.changelog.ChangeLog`
+  (``log_size`` broadcasts, at most ``log_mappings`` mappings).  Every
+  message carries ``nbgw_revision``; a proxy reconnecting with
+  ``nbgw_resume_revision`` R receives only the changes after R
+  (``nbgw_resumed``) when R is one this process issued and the log still
+  holds everything after it, else the full snapshot (see the changelog
+  module for why another process's revision is never taken for this one's).
+  The log is filtered per proxy by cluster address, account and
+  capabilities like a broadcast; a proxy that reconnects with another
+  address or other capabilities must not present a revision.
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ import grpc
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.management.changelog import LOG_ITEMS, LOG_SIZE, ChangeLog
 from nbgateway.management.errors import NotFound
 from nbgateway.management.grpcloop import RpcAbortError, race, wake_threadsafe, write_or_stop
 from nbgateway.management.model import (
@@ -81,10 +81,6 @@ QUEUE_SIZE = 100
 HEARTBEAT_INTERVAL = 60.0
 STALE_CLEANUP_INTERVAL = 300.0
 STALE_AFTER = timedelta(hours=1)
-#: broadcasts kept for resuming proxies
-LOG_SIZE = 1024
-#: mappings kept in the change log at most (memory bound)
-LOG_MAPPINGS = 20_000
 
 _SERVICE_KINDS = (
     ChangeKind.SERVICE_CREATED,
@@ -201,7 +197,7 @@ class MappingStreams:
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[..., None] | None = None,
         log_size: int = LOG_SIZE,
-        log_mappings: int = LOG_MAPPINGS,
+        log_mappings: int = LOG_ITEMS,
     ) -> None:
         self.store = store
         self.tokens = tokens
@@ -210,15 +206,10 @@ class MappingStreams:
         self.heartbeat_interval = heartbeat_interval
         self._clock = clock
         self._on_event = on_event
-        self.log_size = log_size
-        self.log_mappings = log_mappings
         self._lock = threading.Lock()
         self._conns: dict[str, ProxyConnection] = {}
-        #: revisions of this process start above any earlier process's (µs since epoch)
-        self._base = time.time_ns() // 1000
-        self.revision = self._base
-        self._log: deque[tuple[int, list[Update]]] = deque()
-        self._log_count = 0
+        #: broadcasts by revision, for resuming proxies (guarded by ``_lock``)
+        self.changes: ChangeLog[Update] = ChangeLog(size=log_size, items=log_mappings)
         self._known: dict[str, _Known] = {}
         self._pending: dict[str, str] = {}
         self._pending_tokens: set[str] = set()
@@ -260,6 +251,12 @@ class MappingStreams:
         with self._lock:
             return list(self._conns.values())
 
+    @property
+    def revision(self) -> int:
+        """The revision of the last broadcast."""
+        with self._lock:
+            return self.changes.revision
+
     def _event(self, name: str, **fields: Any) -> None:
         if self._on_event is not None:
             self._on_event(name, **fields)
@@ -295,9 +292,9 @@ class MappingStreams:
         with self._lock:
             old = self._conns.get(conn.proxy_id)
             self._conns[conn.proxy_id] = conn
-            conn.start_revision = self.revision
+            conn.start_revision = self.changes.revision
             if resume_from:
-                conn.resume = self._changes_since(resume_from)
+                conn.resume = self.changes.since(resume_from)
         if old is not None:
             old.cancel("superseded by a newer connection of the same proxy")
 
@@ -328,16 +325,6 @@ class MappingStreams:
                  proxy_id=conn.proxy_id, address=conn.address,
                  resumed=" (resuming)" if conn.resume is not None else "")
         return conn
-
-    def _changes_since(self, revision: int) -> list[tuple[int, list[Update]]] | None:
-        """Logged broadcasts after ``revision`` (under ``_lock``); None if the log
-        cannot tell (another process's revision, or trimmed past it)."""
-        if revision < self._base or revision > self.revision:
-            return None
-        first = self._log[0][0] if self._log else self.revision + 1
-        if revision < first - 1:
-            return None
-        return [(rev, ups) for rev, ups in self._log if rev > revision]
 
     def _unregister(self, conn: ProxyConnection) -> bool:
         with self._lock:
@@ -598,13 +585,7 @@ class MappingStreams:
         """Log ``updates`` under the next revision and queue them, filtered, to every
         proxy (``SendServiceUpdateToCluster`` for each update); the revision."""
         with self._lock:
-            self.revision += 1
-            revision = self.revision
-            self._log.append((revision, list(updates)))
-            self._log_count += len(updates)
-            while self._log and (len(self._log) > self.log_size
-                                 or self._log_count > self.log_mappings):
-                self._log_count -= len(self._log.popleft()[1])
+            revision = self.changes.append(updates)
             conns = list(self._conns.values())
         for conn in conns:
             out = self._for_conn(conn, updates)

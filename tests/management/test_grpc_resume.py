@@ -93,7 +93,7 @@ def test_unknown_revision_gets_the_full_snapshot(harness: Harness, fx: Fixture) 
 def test_revision_trimmed_from_the_log_gets_the_full_snapshot(
         harness: Harness, fx: Fixture) -> None:
     rev = _first_stream(harness, fx)
-    harness.servicer.streams.log_size = 2
+    harness.servicer.streams.changes.size = 2
     for i in range(3):
         public(fx, f"s{i}")
         harness.settle()  # one broadcast each
