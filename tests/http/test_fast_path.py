@@ -249,6 +249,33 @@ class FastPathParityTests(unittest.TestCase):
         self.assertEqual(uploads["/s"], 1000)
 
     @defer.inlineCallbacks
+    def test_early_answer_to_a_streamed_upload_closes(self):
+        """A 403 before a large body arrived: the rest is unread, the
+        connection closes after the answer (on both paths)."""
+        big = b"z" * BIG
+        raw = yield self.both(
+            b"PUT /up HTTP/1.1\r\nHost: private.example\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(big), big)
+            + b"GET /never HTTP/1.1\r\nHost: app.example\r\n\r\n", fast_served=1)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 403 "), raw[:200])
+        self.assertEqual(raw.count(b"HTTP/1.1 "), 1)
+
+    def test_fast_route_declines_operator_schemes(self):
+        port = self.up_port.getHost().port
+        entries = {m.domain: entry_from_mapping(m) for m in (
+            mapping(port, "app.example"), mapping(port, "private.example", private=True),
+            mapping(port, "login.example", auth=pb.Authentication(
+                session_key="A" * 43 + "=", password=True)),
+        )}
+        res = GatewayResource(lookup=entries.get, proxy=self.proxy, gate=None)
+        self.assertTrue(entries["login.example"].has_schemes)
+        self.assertFalse(res.fast_route(b"login.example"))
+        self.assertFalse(res.fast_route(b"Login.Example:80"))
+        self.assertTrue(res.fast_route(b"app.example"))
+        self.assertTrue(res.fast_route(b"private.example"))
+        self.assertTrue(res.fast_route(b"unknown.example"))
+
+    @defer.inlineCallbacks
     def test_handed_to_twisted_web(self):
         """Requests the fast path does not serve get twisted.web's answer;
         the requests before them on the connection stay on the fast path."""
