@@ -244,9 +244,10 @@ def _decode_prefix(raw: bytes) -> Network | None:
     if len(raw) not in (5, 17):
         return None
     try:
-        return ipaddress.ip_network((raw[:-1], raw[-1]), strict=False)
+        net = ipaddress.ip_network((raw[:-1], raw[-1]), strict=False)
     except ValueError:
         return None
+    return _allowed_ip(str(net)) or net  # the roster's object for the same prefix
 
 
 @functools.lru_cache(maxsize=65536)
@@ -257,7 +258,8 @@ def _peer_ip_source(text: str) -> Network | None:
         return None
     if addr.is_unspecified:
         return _ANY_V4 if addr.version == 4 else _ANY_V6
-    return ipaddress.ip_network(addr)
+    # the roster's object for the same host (allowed IPs are "ip/32", "ip/128")
+    return _allowed_ip(f"{addr}/{addr.max_prefixlen}")
 
 
 @functools.lru_cache(maxsize=65536)  # a roster's allowed IPs repeat in every map

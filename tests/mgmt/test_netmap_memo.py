@@ -64,3 +64,17 @@ def test_the_memo_is_bounded():
     memo.convert("bad", bad, skipped)
     memo.convert("bad", bad, skipped)
     assert skipped == {"x": 2}
+
+
+def test_rule_sources_are_the_roster_s_network_objects():
+    keys = [key_to_base64(public_key(generate_private_key())) for _ in range(3)]
+    nm = build(3, 1, keys)
+    nm.FirewallRules.append(pb.FirewallRule(PolicyID=b"p", Direction=pb.IN, Action=pb.ACCEPT,
+                                            Protocol=pb.TCP, Port="80",
+                                            sourcePrefixes=[bytes([100, 64, 1, 3, 32])]))
+    net = netmap.convert(nm)
+    by_text = {str(n): n for p in net.roster for n in p.allowed_ips}
+    sources = [s for r in net.inbound_rules for s in r.sources]
+    assert len(sources) == 4
+    for s in sources:
+        assert s is by_text[str(s)]
