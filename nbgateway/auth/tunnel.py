@@ -20,6 +20,13 @@ source address comes from the socket, never from headers (issue 6).
     and a caller arriving after the eviction starts a fresh RPC instead of
     joining the stale one.
 
+    A hit can also return a value derived once from the cached answer
+    (:meth:`TunnelValidationCache.validate` with ``derive``): the gate keeps
+    its allowing :class:`GateDecision` (and so the
+    :class:`~nbgateway.routes.identity.Identity`) in the entry itself, so
+    the derived value lives exactly as long as the cached answer (TTL, FIFO
+    bound, account eviction) and a request on a hit builds nothing.
+
 :class:`PrivateGate`
     The ordered checks: overlay origin (the listener's account is
     known), listener account == mapping account, a valid tunnel-like source,
@@ -68,6 +75,18 @@ class _Flight:
         self.stale = False
 
 
+class _Entry:
+    """A cached valid answer, when it was stored, and what was derived from it."""
+
+    __slots__ = ("derived", "response", "stored")
+
+    def __init__(self, stored: float, response: object) -> None:
+        self.stored = stored
+        self.response = response
+        #: ``(derive function, its value)`` for the latest ``derive`` asked
+        self.derived: tuple[Callable[[object], object], object] | None = None
+
+
 class TunnelValidationCache:
     def __init__(
         self,
@@ -83,7 +102,7 @@ class TunnelValidationCache:
         self.ttl = ttl
         self.max_per_account = max_per_account
         self.rpc_timeout = rpc_timeout
-        self._buckets: dict[str, OrderedDict[tuple[str, str], tuple[float, object]]] = {}
+        self._buckets: dict[str, OrderedDict[tuple[str, str], _Entry]] = {}
         self._inflight: dict[tuple[str, str, str], _Flight] = {}
         self.stats = CacheStats()
 
@@ -106,27 +125,40 @@ class TunnelValidationCache:
                       dropped=dropped, detached=len(detached))
         return dropped
 
-    def lookup(self, account_id: str, tunnel_ip: str, domain: str):
-        """The cached response, or None (expired entries are dropped)."""
+    def _entry(self, account_id: str, tunnel_ip: str, domain: str) -> _Entry | None:
         bucket = self._buckets.get(account_id)
         if not bucket:
             return None
         entry = bucket.get((tunnel_ip, domain))
         if entry is None:
             return None
-        stored, response = entry
-        if self.clock.seconds() - stored > self.ttl:
+        if self.clock.seconds() - entry.stored > self.ttl:
             del bucket[(tunnel_ip, domain)]
             return None
-        return response
+        return entry
 
-    def validate(self, account_id: str, tunnel_ip: str, domain: str) -> Deferred:
+    def lookup(self, account_id: str, tunnel_ip: str, domain: str):
+        """The cached response, or None (expired entries are dropped)."""
+        entry = self._entry(account_id, tunnel_ip, domain)
+        return entry.response if entry is not None else None
+
+    def validate(self, account_id: str, tunnel_ip: str, domain: str,
+                 derive: Callable[[object], object] | None = None) -> Deferred:
         """Deferred firing with the ValidateTunnelPeerResponse, or None when the
-        RPC failed (error or timeout).  Never errbacks."""
-        cached = self.lookup(account_id, tunnel_ip, domain)
-        if cached is not None:
+        RPC failed (error or timeout).  Never errbacks.
+
+        With ``derive``, a *hit* fires with ``derive(response)`` instead,
+        computed on the entry's first hit and kept in the entry (it dies with
+        it); a miss still fires with the response (or None)."""
+        entry = self._entry(account_id, tunnel_ip, domain)
+        if entry is not None:
             self.stats.hits += 1
-            return succeed(cached)
+            if derive is None:
+                return succeed(entry.response)
+            derived = entry.derived
+            if derived is None or derived[0] is not derive:
+                derived = entry.derived = (derive, derive(entry.response))
+            return succeed(derived[1])
         key = (account_id, tunnel_ip, domain)
         flight = self._inflight.get(key)
         if flight is not None:
@@ -166,7 +198,7 @@ class TunnelValidationCache:
         if getattr(response, "valid", False) and getattr(response, "session_token", ""):
             if not flight.stale:
                 bucket = self._buckets.setdefault(account_id, OrderedDict())
-                bucket[(tunnel_ip, domain)] = (self.clock.seconds(), response)
+                bucket[(tunnel_ip, domain)] = _Entry(self.clock.seconds(), response)
                 while len(bucket) > self.max_per_account:
                     bucket.popitem(last=False)
         else:
@@ -235,20 +267,26 @@ class PrivateGate:
             return succeed(GateDecision(False, refused))
         if not self.in_roster(listener_account, ip):
             return succeed(GateDecision(False, "not_in_roster"))
-        d = self.cache.validate(listener_account, ip, domain)
-        d.addCallback(self._decide)
+        # a hit fires with the entry's decision (passed through), a miss
+        # with the RPC's answer or None
+        d = self.cache.validate(listener_account, ip, domain, _decide)
+        d.addCallback(_decide)
         return d
 
-    @staticmethod
-    def _decide(response) -> GateDecision:
-        if response is None:
-            return GateDecision(False, "rpc_error", rpc=True)
-        if not response.valid:
-            return GateDecision(False, response.denied_reason or "denied", rpc=True)
-        if not response.session_token:
-            return GateDecision(False, "empty_session_token", rpc=True)
-        return GateDecision(True, "", identity_from_response(response), response.session_token,
-                            rpc=True)
+
+def _decide(response) -> GateDecision:
+    """The decision for a ValidateTunnelPeer answer (None: the RPC failed).
+    Frozen, so the allowing decision of a cached answer is shared by its hits."""
+    if isinstance(response, GateDecision):
+        return response
+    if response is None:
+        return GateDecision(False, "rpc_error", rpc=True)
+    if not response.valid:
+        return GateDecision(False, response.denied_reason or "denied", rpc=True)
+    if not response.session_token:
+        return GateDecision(False, "empty_session_token", rpc=True)
+    return GateDecision(True, "", identity_from_response(response), response.session_token,
+                        rpc=True)
 
 
 def session_cookie(token: str, max_age: int = 86400) -> str:
