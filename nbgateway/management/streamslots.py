@@ -1,7 +1,9 @@
 """Admission of peer-channel Sync streams, fair between accounts.
 
-Each Sync stream holds a gRPC worker thread for as long as the peer stays
-connected, so the number of streams is bounded (``total``).  One bound alone
+A Sync stream is a coroutine on the management's gRPC loop (no thread of
+its own), but it still holds memory and a share of the map rebuilds for as
+long as the peer stays connected, so the number of streams is bounded
+(``total``; the peer channel uses 4,096).  One bound alone
 would let one account's peers take every slot and starve every other
 account, including the gateways' proxy peers, which is how gateways learn
 their network maps.  :class:`StreamSlots` therefore also bounds:
@@ -13,7 +15,7 @@ their network maps.  :class:`StreamSlots` therefore also bounds:
   (default half) are for proxy peers only, so a crowd of ordinary peers
   never locks gateways out.
 
-Plain data and a lock: safe to call from the gRPC worker threads.
+Plain data and a lock: safe to call from any thread.
 """
 
 from __future__ import annotations
