@@ -10,10 +10,8 @@ fallback to one ``SendAccessLog`` per entry (:mod:`nbgateway.mgmt.logship`).
 
 from __future__ import annotations
 
-import base64
 import os
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
@@ -25,9 +23,17 @@ log = Logger()
 INTERNAL_PREFIX = "/__netbird__/"
 
 
+#: byte -> one base32hex digit (``0-9a-v``) of its low five bits
+_B32HEX = bytes.maketrans(bytes(range(256)),
+                          bytes(b"0123456789abcdefghijklmnopqrstuv"[i & 31] for i in range(256)))
+
+
 def new_log_id() -> str:
-    """A 20-character, URL-safe, random request id (xid-sized)."""
-    return base64.b32hexencode(os.urandom(15)).decode("ascii").lower()[:20]
+    """A 20-character, URL-safe, random request id (xid-sized): 20 random
+    bytes, each mapped to a base32hex digit by its low five bits (100 random
+    bits, the alphabet of ``base64.b32hexencode`` in lower case), in one
+    ``bytes.translate`` instead of the pure-Python base32 encoder."""
+    return os.urandom(20).translate(_B32HEX).decode("ascii")
 
 
 #: the counters behind ``nbgateway_access_log_entries_total``
@@ -54,31 +60,41 @@ def build_entry(
     metadata: dict[str, str] | None = None,
     target: str = "",
 ) -> pb.AccessLog:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(now * 1e9))
+    # Fields are set one by one and defaults skipped: about a fifth of the
+    # cost of the keyword constructor with a Timestamp built from nanoseconds
+    # (this runs once per request).
+    entry = pb.AccessLog()
+    ts = entry.timestamp
+    ns = int(now * 1e9)
+    ts.seconds, ts.nanos = divmod(ns, 1_000_000_000)
     code = response_code or 200
-    return pb.AccessLog(
-        timestamp=ts,
-        log_id=log_id,
-        account_id=account_id,
-        service_id=service_id,
-        host=host_without_port(host),
-        path=path,
-        duration_ms=duration_ms,
-        method=method,
-        response_code=code,
-        source_ip=source_ip,
-        auth_mechanism=auth_mechanism,
+    entry.log_id = log_id
+    entry.account_id = account_id
+    if service_id:
+        entry.service_id = service_id
+    entry.host = host_without_port(host)
+    entry.path = path
+    entry.duration_ms = duration_ms
+    entry.method = method
+    entry.response_code = code
+    entry.source_ip = source_ip
+    if auth_mechanism:
+        entry.auth_mechanism = auth_mechanism
         # users (OIDC, mTLS client certificates) and service tokens ("token:<id>") are named
-        user_id=user_id if auth_mechanism in ("oidc", "token", "mtls") else "",
-        auth_success=code not in (401, 403) if protocol == "http" else False,
-        bytes_upload=bytes_upload,
-        bytes_download=bytes_download,
-        protocol=protocol,
-        metadata=metadata or {},
+        if user_id and auth_mechanism in ("oidc", "token", "mtls"):
+            entry.user_id = user_id
+    entry.auth_success = code not in (401, 403) if protocol == "http" else False
+    if bytes_upload:
+        entry.bytes_upload = bytes_upload
+    if bytes_download:
+        entry.bytes_download = bytes_download
+    entry.protocol = protocol
+    if metadata:
+        entry.metadata.update(metadata)
+    if target:
         # the upstream target used (scheme://host:port), nbgateway extension
-        nbgw_target=target,
-    )
+        entry.nbgw_target = target
+    return entry
 
 
 def should_log(path: str) -> bool:

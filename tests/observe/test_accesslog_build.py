@@ -1,0 +1,71 @@
+"""The access-log entry built field by field is the entry of the keyword
+construction it replaced (same serialized bytes over random field mixes), and
+the request id keeps its shape."""
+
+from __future__ import annotations
+
+import random
+import re
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.observe.accesslog import build_entry, new_log_id
+from nbgateway.routes.hosts import host_without_port
+
+
+def keyword_entry(*, now, log_id, account_id, service_id, host, path, method, response_code,
+                  duration_ms, source_ip, auth_mechanism="", user_id="", bytes_upload=0,
+                  bytes_download=0, protocol="http", metadata=None, target=""):
+    """The previous construction, written out as the reference."""
+    ts = Timestamp()
+    ts.FromNanoseconds(int(now * 1e9))
+    code = response_code or 200
+    return pb.AccessLog(
+        timestamp=ts, log_id=log_id, account_id=account_id, service_id=service_id,
+        host=host_without_port(host), path=path, duration_ms=duration_ms, method=method,
+        response_code=code, source_ip=source_ip, auth_mechanism=auth_mechanism,
+        user_id=user_id if auth_mechanism in ("oidc", "token", "mtls") else "",
+        auth_success=code not in (401, 403) if protocol == "http" else False,
+        bytes_upload=bytes_upload, bytes_download=bytes_download, protocol=protocol,
+        metadata=metadata or {}, nbgw_target=target)
+
+
+def test_field_by_field_entry_serializes_like_the_keyword_construction():
+    rnd = random.Random(20)
+    for _ in range(2000):
+        kw = dict(
+            now=rnd.choice([0.0, 1.5, 1765000000.123456, rnd.random() * 2e9]),
+            log_id=new_log_id(), account_id=rnd.choice(["", "acct"]),
+            service_id=rnd.choice(["", "svc"]),
+            host=rnd.choice(["h.example", "h.example:8443", "[fd00::1]:80", "a:b:c", " x "]),
+            path=rnd.choice(["/", "/p/q"]), method=rnd.choice(["GET", "POST"]),
+            response_code=rnd.choice([0, 200, 401, 403, 502]), duration_ms=rnd.randint(0, 9),
+            source_ip=rnd.choice(["100.64.0.10", ""]),
+            auth_mechanism=rnd.choice(["", "oidc", "token", "mtls", "password", "tunnel"]),
+            user_id=rnd.choice(["", "u1"]), bytes_upload=rnd.choice([0, 5]),
+            bytes_download=rnd.choice([0, 700]), protocol=rnd.choice(["http", "tcp", "udp"]),
+            metadata=rnd.choice([None, {}, {"verdict": "direct_upstream_denied"}]),
+            target=rnd.choice(["", "http://10.0.0.1:80"]))
+        new, ref = build_entry(**kw), keyword_entry(**kw)
+        assert new == ref, kw
+        assert (new.SerializeToString(deterministic=True)
+                == ref.SerializeToString(deterministic=True)), kw
+
+
+def test_timestamp_keeps_the_sub_second_part():
+    entry = build_entry(now=1765000000.25, log_id="x", account_id="a", service_id="s",
+                        host="h", path="/", method="GET", response_code=200, duration_ms=0,
+                        source_ip="100.64.0.1")
+    # (float nanoseconds, as before: within a microsecond)
+    assert entry.timestamp.seconds == 1765000000
+    assert abs(entry.timestamp.nanos - 250_000_000) < 1000
+
+
+def test_log_ids_are_20_base32hex_characters_and_random():
+    ids = {new_log_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    assert all(re.fullmatch(r"[0-9a-v]{20}", i) for i in ids)
+    # every digit of the alphabet shows up at every position
+    for pos in range(20):
+        assert len({i[pos] for i in ids}) == 32
