@@ -26,7 +26,8 @@ validated :class:`~nbgateway.routes.identity.Identity`, or None):
   deadline per request, re-armed only while a streamed request body is still
   moving upstream, so it bounds the time without progress rather than the
   length of a large upload.  The response body itself is streamed without a
-  deadline (SSE-friendly);
+  deadline (SSE-friendly).  The deadlines of all requests share one reactor
+  timer (:mod:`nbgateway.proxy.deadlines`) instead of a ``callLater`` each;
 - optional per-account in-flight limit on the tunnel path (503);
 - ``rewrite_redirects``; an unparseable ``Location`` is a 502;
 - error pages with upstream's statuses (502/504/...); a ``direct_upstream``
@@ -78,6 +79,7 @@ from nbgateway.proxy.balance import (
     counts_against_target,
     never_reached_upstream,
 )
+from nbgateway.proxy.deadlines import Deadlines
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.headers import (
     TrustedProxies,
@@ -229,22 +231,39 @@ class _Exchange:
     # -- lifecycle ---------------------------------------------------------
     def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
               body: Any, timeout: float) -> None:
-        finished = self.request.notifyFinish().addErrback(self._client_lost)
-        if self.state is not None:
-            finished.addBoth(self._end_attempt)
+        hook = getattr(self.request, "on_finish", None)
+        if hook is not None:  # the HTTP/1.1 fast path: a plain callback
+            hook(self._request_ended)
+        else:
+            finished = self.request.notifyFinish().addErrback(self._client_lost)
+            if self.state is not None:
+                finished.addBoth(self._end_attempt)
         self.timeout = timeout
         self.body = body
         self.method = method
-        self._deadline = self.proxy.clock.callLater(timeout, self._on_timeout)
+        self._deadline = self.proxy.deadlines.add(timeout, self._on_timeout)
         self._send(agent, url, headers)
+
+    def _request_ended(self, result: Failure | None) -> None:
+        """The response ended (None) or the client went away (a Failure)."""
+        if result is not None:
+            self._client_lost(result)
+        if self.state is not None:
+            self._end_attempt()
 
     def _send(self, agent: Any, url: bytes, headers: Headers) -> None:
         if self.state is not None and self.pool is not None:
             self.tried.append(self.state.key)
             self.pool.started(self.state)
             self._busy = True
-        d = self._pending = defer.maybeDeferred(agent.request, self.method, url, headers,
-                                                self.body)
+        try:
+            d = agent.request(self.method, url, headers, self.body)
+        except Exception:
+            d = defer.fail()
+        else:
+            if not isinstance(d, defer.Deferred):
+                d = defer.succeed(d)
+        self._pending = d
         d.addCallbacks(self._on_response, self._on_error)
         d.addErrback(self._internal_error)
 
@@ -270,16 +289,16 @@ class _Exchange:
             # The request body is still moving: the deadline bounds the
             # wait without progress, not the duration of a large upload.
             self._progress_mark = sent
-            self._deadline = self.proxy.clock.callLater(self.timeout, self._on_timeout)
+            self._deadline = self.proxy.deadlines.add(self.timeout, self._on_timeout)
             return
         self.timed_out = True
         if self._pending is not None:  # cancel() also reaches a chained Deferred
             self._pending.cancel()
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
+        if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = None
+            self._deadline = None
 
     def finish(self) -> None:
         if self.done or self.client_gone:
@@ -433,6 +452,8 @@ class ReverseProxy:
         self.inflight: dict[str, int] = {}
         #: the load-balancing and health state of every multi-target path
         self.balancers = Balancers(self.clock)
+        #: the request deadlines (dial + wait for the response head), one timer
+        self.deadlines = Deadlines(self.clock)
         #: the identity assertion signer (``token(settings, identity, peer_ip,
         #: audience)``, nbgateway.auth.assertion), set by the service; without
         #: one a ``required`` service answers 503

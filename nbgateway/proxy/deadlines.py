@@ -1,0 +1,170 @@
+"""Shared request deadlines: one reactor timer for all in-flight requests.
+
+:class:`Deadlines` replaces a ``callLater`` (and its cancellation, which
+Twisted pays for in its timer heap) per proxied request.  Deadlines are kept
+in one FIFO per delay: requests of the same target timeout are added in time
+order, so each FIFO is sorted by construction and its head is its earliest
+deadline.  A single ``DelayedCall`` is armed for the earliest head of all
+FIFOs; when it fires, every expired deadline runs (in deadline order per
+FIFO) and the timer is armed again for the next head, if any.
+
+Cancelling marks the entry dead and drops dead entries from its FIFO's head
+at once, so a FIFO holds at most the dead entries behind its oldest live
+one; a FIFO whose dead entries outnumber its live ones (and more than
+``COMPACT_AT``) is rebuilt without them, which bounds memory by the live
+requests.  When the last pending deadline is cancelled the FIFOs are
+dropped and the timer is cancelled (nothing is left behind in the
+reactor), so the saving is under concurrency: while any request is in
+flight, requests add and cancel deadlines without a timer call.
+
+Deadlines fire at their exact time (not rounded to a tick).  A deadline of
+a delay whose FIFO's tail is later (the clock went backwards) is placed at
+the tail's time.  The module is fed a clock (``seconds``/``callLater``),
+``task.Clock`` in tests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger()
+
+#: rebuild a FIFO without its dead entries past this many (and past half)
+COMPACT_AT = 256
+
+
+class Deadline:
+    """One pending deadline; :meth:`cancel` it when the request no longer needs it."""
+
+    __slots__ = ("fifo", "fn", "when")
+
+    def __init__(self, when: float, fn: Callable[[], Any], fifo: _Fifo) -> None:
+        self.when = when
+        self.fn: Callable[[], Any] | None = fn
+        self.fifo: _Fifo | None = fifo
+
+    def active(self) -> bool:
+        return self.fn is not None
+
+    def cancel(self) -> None:
+        if self.fn is None:
+            return
+        self.fn = None
+        if self.fifo is not None:  # None: already taken out by a firing timer
+            self.fifo.cancelled(self)
+
+
+class _Fifo:
+    __slots__ = ("dead", "entries", "owner")
+
+    def __init__(self, owner: Deadlines) -> None:
+        self.entries: deque[Deadline] = deque()
+        self.dead = 0
+        self.owner = owner
+
+    def cancelled(self, entry: Deadline) -> None:
+        owner = self.owner
+        owner.live -= 1
+        if owner.live == 0:
+            owner.idle()
+            return
+        entries = self.entries
+        if entries[0] is entry:
+            entries.popleft()
+            while entries and entries[0].fn is None:
+                entries.popleft()
+                self.dead -= 1
+        else:
+            self.dead += 1
+            if self.dead > COMPACT_AT and self.dead * 2 > len(entries):
+                self.entries = deque(e for e in entries if e.fn is not None)
+                self.dead = 0
+
+
+class Deadlines:
+    """Deadlines of in-flight requests on one shared timer of ``clock``."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._fifos: dict[float, _Fifo] = {}
+        self._call: Any = None
+        self._armed_at = 0.0
+        #: deadlines added and neither fired nor cancelled
+        self.live = 0
+        #: timer calls made (arming), for tests and benchmarks
+        self.armed = 0
+
+    def __len__(self) -> int:
+        return self.live
+
+    def add(self, delay: float, fn: Callable[[], Any]) -> Deadline:
+        """Call ``fn()`` ``delay`` seconds from now unless cancelled first."""
+        when = self.clock.seconds() + delay
+        fifo = self._fifos.get(delay)
+        if fifo is None:
+            fifo = self._fifos[delay] = _Fifo(self)
+        elif fifo.entries and fifo.entries[-1].when > when:
+            when = fifo.entries[-1].when
+        entry = Deadline(when, fn, fifo)
+        fifo.entries.append(entry)
+        self.live += 1
+        if self._call is None or when < self._armed_at:
+            self._arm(when)
+        return entry
+
+    def idle(self) -> None:
+        """No deadline is pending: forget the FIFOs and disarm the timer (a
+        pending timer would keep the reactor busy, e.g. at shutdown)."""
+        self._fifos.clear()
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _arm(self, when: float) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._armed_at = when
+        self.armed += 1
+        self._call = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        expired: list[Deadline] = []
+        for delay, fifo in list(self._fifos.items()):
+            entries = fifo.entries
+            while entries and entries[0].when <= now:
+                entry = entries.popleft()
+                if entry.fn is None:
+                    fifo.dead -= 1
+                else:
+                    entry.fifo = None
+                    expired.append(entry)
+            if not entries:
+                del self._fifos[delay]
+        self.live -= len(expired)
+        if len(expired) > 1:  # several FIFOs' entries: deadline order (stable)
+            expired.sort(key=lambda e: e.when)
+        for entry in expired:
+            fn = entry.fn
+            if fn is None:  # cancelled by an earlier deadline's function
+                continue
+            entry.fn = None
+            try:
+                fn()
+            except Exception:
+                log.failure("a request deadline's function failed")
+        self._arm_next()
+
+    def _arm_next(self) -> None:
+        """Arm the timer for the earliest head unless it is armed earlier."""
+        heads = [f.entries[0].when for f in self._fifos.values() if f.entries]
+        if heads:
+            first = min(heads)
+            if self._call is None or first < self._armed_at:
+                self._arm(first)
