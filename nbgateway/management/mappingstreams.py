@@ -19,7 +19,9 @@ hands over):
   loop (:mod:`~nbgateway.management.grpcloop`).  It sends the initial
   messages in batches (SyncMappings: the next only after the ack of the
   previous one), then waits on the connection's ``asyncio.Event`` for queued
-  updates; the dispatcher thread wakes it with ``call_soon_threadsafe``.  Each
+  updates; the dispatcher thread wakes it with ``call_soon_threadsafe``.  A
+  companion task heartbeats the proxy row for the stream's whole life (the
+  snapshot included) and ends the stream when its token is revoked.  Each
   connection queue is bounded (``queue_size`` broadcasts); a full queue
   cancels that proxy's stream (it resyncs).  Store work (snapshot, register,
   heartbeat) runs in the loop's small fixed executor.  No thread per stream.
@@ -39,7 +41,6 @@ hands over):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import threading
 import time
@@ -359,6 +360,7 @@ class MappingStreams:
         """Initial messages, then queued updates and heartbeats, until the stream ends."""
         loop = asyncio.get_running_loop()
         acks: asyncio.Future[None] | None = None
+        beats = asyncio.ensure_future(self._heartbeats(conn))
         try:
             try:
                 mappings = await loop.run_in_executor(None, self._initial, conn)
@@ -384,6 +386,7 @@ class MappingStreams:
             if conn.cancel_reason is not None:
                 await context.abort(grpc.StatusCode.CANCELLED, conn.cancel_reason)
         finally:
+            beats.cancel()
             if acks is not None:
                 acks.cancel()
             self._unregister(conn)
@@ -430,8 +433,6 @@ class MappingStreams:
         conn.close()
 
     async def _send_updates(self, conn: ProxyConnection, context: Any, resp_cls: type) -> None:
-        loop = asyncio.get_running_loop()
-        next_beat = self._clock() + self.heartbeat_interval
         while not conn.closed.is_set():
             for revision, mappings in conn.drain():
                 if conn.closed.is_set():
@@ -439,17 +440,22 @@ class MappingStreams:
                 msg = resp_cls(mapping=mappings, nbgw_revision=revision)
                 if not await write_or_stop(context, msg, conn.stop_event):
                     return
-            now = self._clock()
-            if now >= next_beat:
-                next_beat = now + self.heartbeat_interval
-                if not await loop.run_in_executor(None, self._heartbeat, conn):
-                    return
-                continue
             conn.event.clear()
             if conn.pending() or conn.closed.is_set():
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(conn.event.wait(), max(0.01, next_beat - now))
+            await conn.event.wait()
+
+    async def _heartbeats(self, conn: ProxyConnection) -> None:
+        """Refresh the proxy row every ``heartbeat_interval`` for the stream's whole
+        life, the initial snapshot included (a gateway busy applying a large snapshot
+        must not look inactive), and end the stream once its token is revoked."""
+        loop = asyncio.get_running_loop()
+        while not conn.closed.is_set():
+            await race(asyncio.sleep(self.heartbeat_interval), conn.stop_event)
+            if conn.closed.is_set():
+                return
+            if not await loop.run_in_executor(None, self._heartbeat, conn):
+                return
 
     def _heartbeat(self, conn: ProxyConnection) -> bool:
         try:

@@ -481,3 +481,18 @@ def test_stop_service_cancels_live_mapping_streams(fx: Fixture) -> None:
         assert not left, left
     finally:
         h.channel.close()
+
+
+def test_heartbeats_continue_while_the_snapshot_awaits_its_ack(
+        harness: Harness, fx: Fixture) -> None:
+    """A gateway slow to apply (and ack) a large snapshot stays an active proxy:
+    its row's last_seen keeps moving (heartbeat_interval 0.2 s here)."""
+    c = SyncClient(harness.stub, fx.token, "proxy-slow", capabilities=caps(**X_CAPS))
+    c.next()  # the (only) snapshot batch, deliberately not acked
+    first = fx.store.proxies.get("proxy-slow").last_seen
+    deadline = time.monotonic() + WAIT
+    while fx.store.proxies.get("proxy-slow").last_seen <= first:
+        assert time.monotonic() < deadline, "no heartbeat while the snapshot awaited its ack"
+        time.sleep(0.05)
+    assert fx.store.proxies.get("proxy-slow").status == "connected"
+    c.close()
