@@ -35,6 +35,8 @@ log = Logger()
 
 #: rebuild a FIFO without its dead entries past this many (and past half)
 COMPACT_AT = 256
+#: empty FIFOs (one per delay) kept when idle; more are dropped
+MAX_IDLE_FIFOS = 16
 
 
 class Deadline:
@@ -117,9 +119,15 @@ class Deadlines:
         return entry
 
     def idle(self) -> None:
-        """No deadline is pending: forget the FIFOs and disarm the timer (a
-        pending timer would keep the reactor busy, e.g. at shutdown)."""
-        self._fifos.clear()
+        """No deadline is pending: empty the FIFOs (kept for reuse while there
+        are few delays) and disarm the timer (a pending timer would keep the
+        reactor busy, e.g. at shutdown)."""
+        if len(self._fifos) > MAX_IDLE_FIFOS:
+            self._fifos.clear()
+        else:
+            for fifo in self._fifos.values():
+                fifo.entries.clear()
+                fifo.dead = 0
         if self._call is not None:
             if self._call.active():
                 self._call.cancel()
@@ -145,7 +153,7 @@ class Deadlines:
                 else:
                     entry.fifo = None
                     expired.append(entry)
-            if not entries:
+            if not entries and len(self._fifos) > MAX_IDLE_FIFOS:
                 del self._fifos[delay]
         self.live -= len(expired)
         if len(expired) > 1:  # several FIFOs' entries: deadline order (stable)

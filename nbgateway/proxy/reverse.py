@@ -95,6 +95,7 @@ from nbgateway.routes.service import JWKS_PATH, ProxyService, TargetOptions
 log = Logger()
 
 DEFAULT_REQUEST_TIMEOUT = 30.0  # host dialer timeout upstream
+_MAX_ROUTE_OPTIONS = 4096  # routes whose converted options are kept
 NO_BODY_CODES = (204, 304)
 
 
@@ -175,7 +176,7 @@ class _ResponseRelay(Protocol):
             return
         request = ex.request
         request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if type(reason.value) is ResponseDone or reason.check(ResponseDone, PotentialDataLoss):
             ex.finish()
             return
         # Truncated upstream body: the client must see an incomplete
@@ -454,6 +455,7 @@ class ReverseProxy:
         self.balancers = Balancers(self.clock)
         #: the request deadlines (dial + wait for the response head), one timer
         self.deadlines = Deadlines(self.clock)
+        self._route_options: dict[int, tuple[Route, TargetOptions]] = {}
         #: the identity assertion signer (``token(settings, identity, peer_ip,
         #: audience)``, nbgateway.auth.assertion), set by the service; without
         #: one a ``required`` service answers 503
@@ -628,7 +630,7 @@ class ReverseProxy:
             log.warn("self-loop request refused", client_ip=client_ip(request),
                      target=route.target)
             return pages.LOOP_DETECTED
-        opts = TargetOptions.of(route.options)
+        opts = self._options(route)
         dialer = self.dialer_for(service.account_id, opts.direct_upstream)
         if dialer is None:
             return pages.PROXY_NOT_CONNECTED
@@ -638,6 +640,18 @@ class ReverseProxy:
             log.warn("identity assertion unavailable", domain=service.domain)
             return pages.ASSERTION_UNAVAILABLE
         return opts, dialer
+
+    def _options(self, route: Route) -> TargetOptions:
+        """``TargetOptions.of(route.options)``, converted once per route (the
+        cache holds the route, so its id is not reused while cached)."""
+        cached = self._route_options.get(id(route))
+        if cached is not None and cached[0] is route:
+            return cached[1]
+        opts = TargetOptions.of(route.options)
+        if len(self._route_options) >= _MAX_ROUTE_OPTIONS:
+            self._route_options.clear()
+        self._route_options[id(route)] = (route, opts)
+        return opts
 
     def _build(self, request: Any, ctx: RequestContext, service: ProxyService, route: Route,
                opts: TargetOptions, dialer: Any, path: str, query: str,
