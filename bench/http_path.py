@@ -17,14 +17,27 @@ measures the process CPU time per request over ``--requests`` requests,
 Every response is checked (status 200, identity stamped upstream, one
 access-log entry per request).
 
+``--inflight N`` keeps N requests in flight at once (N keep-alive
+connections each send a request, then the upstream answers all N), which is
+where per-request timers and their cancellation cost most.
+
+``--against DIR`` compares this tree with another checkout of the project
+(e.g. ``git worktree add /tmp/base <commit>``): each round runs this script
+once with DIR's package and once with this tree's, alternating the order,
+in subprocesses, and prints both medians and current / baseline per variant.
+
 Run:  .venv/bin/python bench/http_path.py [--requests 20000] [--rounds 5]
       [--pipeline 1]   (requests per client write: 1 = request/response)
+      [--inflight 1] [--against DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -97,14 +110,26 @@ class Response:
 
 
 class Agent:
-    """Answers at once; records the identity header of the last request."""
+    """Answers at once (or, holding, when :meth:`release` is called); records
+    the identity header of the last request."""
 
     def __init__(self) -> None:
         self.user: list[bytes] | None = None
+        self.hold = False
+        self.held: list[defer.Deferred[Any]] = []
 
     def request(self, method: bytes, url: bytes, headers: Headers, body: Any) -> Any:
         self.user = headers.getRawHeaders(b"x-netbird-user")
+        if self.hold:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.held.append(d)
+            return d
         return defer.succeed(Response())
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d in held:
+            d.callback(Response())
 
 
 class Pools:
@@ -133,7 +158,7 @@ class Sent(StringTransport):
         self.write(b"".join(seq))
 
 
-def build(fast: bool) -> tuple[Any, Sent, Sink, Pools]:
+def build(fast: bool, inflight: int = 1) -> tuple[list[Any], list[Sent], Sink, Pools]:
     clock = task.Clock()
     m = pb.ProxyMapping(
         id="svc-app", account_id="acct", domain="app.example", private=True,
@@ -147,30 +172,79 @@ def build(fast: bool) -> tuple[Any, Sent, Sink, Pools]:
     res = GatewayResource(lookup=entries.get, proxy=proxy, gate=gate,
                           listener_account="acct", access_log=sink, clock=clock)
     site = ProxySite(res, reactor=clock, fast=fast)
-    channel = site.buildProtocol(IPv4Address("TCP", PEER, 40000))
-    transport = Sent()
-    channel.makeConnection(transport)
-    return channel, transport, sink, pools
+    channels, transports = [], []
+    for _ in range(inflight):
+        channel = site.buildProtocol(IPv4Address("TCP", PEER, 40000))
+        transport = Sent()
+        channel.makeConnection(transport)
+        channels.append(channel)
+        transports.append(transport)
+    return channels, transports, sink, pools
 
 
-def run(fast: bool, requests: int, pipeline: int) -> float:
-    channel, transport, sink, pools = build(fast)
+def run(fast: bool, requests: int, pipeline: int, inflight: int = 1) -> float:
+    channels, transports, sink, pools = build(fast, inflight)
+    agent = pools.the_agent
     data = REQUEST * pipeline
-    writes = requests // pipeline
-    channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes
+    for channel in channels:
+        channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes
+    agent.hold = inflight > 1
+    writes = max(1, requests // (pipeline * inflight))
     t0 = time.process_time()
-    for _ in range(writes):
-        channel.dataReceived(data)
+    if inflight > 1:
+        for _ in range(writes):
+            for channel in channels:
+                channel.dataReceived(data)
+            agent.release()
+    else:
+        channel = channels[0]
+        for _ in range(writes):
+            channel.dataReceived(data)
     cpu = time.process_time() - t0
     served = writes * pipeline + 1
-    if transport.ok != served or sink.entries != served or pools.the_agent.user != [
-            b"alice@example.com"]:
-        raise SystemExit(f"check failed: {transport.ok} responses, {sink.entries} log entries "
-                         f"for {served} requests; identity {pools.the_agent.user}")
-    if fast and channel.fast_requests != served:
-        raise SystemExit(f"the fast path served {channel.fast_requests} of {served}")
-    channel.connectionLost(Failure(Exception("done")))
-    return cpu * 1e6 / (writes * pipeline)
+    for channel, transport in zip(channels, transports, strict=True):
+        if transport.ok != served or agent.user != [b"alice@example.com"]:
+            raise SystemExit(f"check failed: {transport.ok} responses for {served} requests; "
+                             f"identity {agent.user}")
+        if fast and channel.fast_requests != served:
+            raise SystemExit(f"the fast path served {channel.fast_requests} of {served}")
+        channel.connectionLost(Failure(Exception("done")))
+    if sink.entries != served * inflight:
+        raise SystemExit(f"{sink.entries} log entries for {served * inflight} requests")
+    return cpu * 1e6 / (writes * pipeline * inflight)
+
+
+def against(args: argparse.Namespace) -> int:
+    """Alternate rounds of this tree and ``args.against`` in subprocesses."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"baseline": os.path.abspath(args.against), "current": here}
+    results: dict[str, dict[str, list[float]]] = {t: {"fast": [], "twisted.web": []}
+                                                   for t in trees}
+    for i in range(args.rounds):
+        for name in (("baseline", "current") if i % 2 == 0 else ("current", "baseline")):
+            env = dict(os.environ, PYTHONPATH=trees[name])
+            out = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--json", "--rounds", "1",
+                 "--requests", str(args.requests), "--pipeline", str(args.pipeline),
+                 "--inflight", str(args.inflight)],
+                env=env, cwd="/", check=True, capture_output=True, text=True).stdout
+            one = json.loads(out.strip().splitlines()[-1])
+            if one["tree"] != os.path.join(trees[name], "nbgateway"):
+                raise SystemExit(f"round ran {one['tree']}, not {trees[name]}")
+            for variant in ("fast", "twisted.web"):
+                results[name][variant].append(one[variant])
+    print(f"{args.requests} requests x {args.rounds} alternated rounds, {args.pipeline} "
+          f"request(s) per write, {args.inflight} in flight, CPU microseconds per request "
+          f"(median), baseline = {trees['baseline']}:")
+    for variant in ("fast", "twisted.web"):
+        base = statistics.median(results["baseline"][variant])
+        cur = statistics.median(results["current"][variant])
+        print(f"  {variant:12s} baseline {base:7.1f}  current {cur:7.1f}  current / baseline "
+              f"{cur / base:.3f}")
+        for name in trees:
+            print(f"      {name:9s} rounds: " + " ".join(f"{x:.1f}"
+                                                       for x in results[name][variant]))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,14 +252,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pipeline", type=int, default=1)
+    parser.add_argument("--inflight", type=int, default=1)
+    parser.add_argument("--against", metavar="DIR", default="")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.against:
+        return against(args)
     results: dict[bool, list[float]] = {True: [], False: []}
     for i in range(args.rounds):
         for fast in ((True, False) if i % 2 == 0 else (False, True)):
-            results[fast].append(run(fast, args.requests, args.pipeline))
+            results[fast].append(run(fast, args.requests, args.pipeline, args.inflight))
     fast, slow = statistics.median(results[True]), statistics.median(results[False])
+    if args.json:
+        import nbgateway
+
+        print(json.dumps({"fast": fast, "twisted.web": slow,
+                          "tree": os.path.dirname(os.path.abspath(nbgateway.__file__))}))
+        return 0
     print(f"{args.requests} requests x {args.rounds} alternated rounds, "
-          f"{args.pipeline} request(s) per write, CPU microseconds per request (median):")
+          f"{args.pipeline} request(s) per write, {args.inflight} in flight, "
+          f"CPU microseconds per request (median):")
     print(f"  fast path     {fast:8.1f}   rounds: "
           + " ".join(f"{x:.1f}" for x in results[True]))
     print(f"  twisted.web   {slow:8.1f}   rounds: "
