@@ -174,9 +174,12 @@ class UpstreamConnection(Protocol):
         self._release_pending = False
         self._stray = False
 
-    def _reset(self) -> None:
-        self._parser: Any = httptools.HttpResponseParser(self)
-        self._d: defer.Deferred[Any] | None = None
+    def _reset(self, new_parser: bool = True) -> None:
+        if new_parser:
+            self._parser: Any = httptools.HttpResponseParser(self)
+        #: who gets the response head (``callback``) or the failure (``errback``):
+        #: a Deferred, or the request's :class:`_Attempt` itself
+        self._d: Any = None
         self._head_method = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
@@ -201,8 +204,11 @@ class UpstreamConnection(Protocol):
             with contextlib.suppress(Exception):  # not every transport is a socket
                 nodelay(True)
 
-    def send(self, method: bytes, head: bytes, body: Any, d: defer.Deferred[Any]) -> None:
-        self._reset()
+    def send(self, method: bytes, head: bytes, body: Any, d: Any) -> None:
+        # The parser is kept: a fresh connection's is unused, and a pooled one
+        # only ever ended a complete keep-alive response (llhttp is back at
+        # the start of a message; anything else is never pooled).
+        self._reset(new_parser=False)
         self._active = True
         self._d = d
         if self.paused:  # the previous relay left the socket paused
@@ -609,9 +615,17 @@ class _Attempt:
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        inner: defer.Deferred[Any] = defer.Deferred()
-        inner.addCallbacks(self._response, self._failed)
-        conn.send(self.method, self.head, self.body, inner)
+        # the connection reports to this attempt directly (callback/errback),
+        # without a Deferred of its own per exchange
+        conn.send(self.method, self.head, self.body, self)
+
+    def callback(self, response: Any) -> None:
+        """The connection's response head."""
+        self._response(response)
+
+    def errback(self, reason: Failure) -> None:
+        """The connection's failure before the response head."""
+        self._failed(reason)
 
     def _response(self, response: Any) -> None:
         self.conn = None
