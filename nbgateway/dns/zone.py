@@ -32,6 +32,7 @@ index (extra ones are dropped and counted in :attr:`ZoneAuthority.dropped`).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -70,37 +71,56 @@ REFUSED = Answer(dns.EREFUSED)
 
 
 class _Zone:
-    __slots__ = ("apex", "authoritative", "names", "soa")
+    """One zone's index.  Records are kept as compact ``(ttl, address)``
+    pairs (strings shared with the network map's values) and the SOA as its
+    serial: the ``twisted.names`` record objects are built per answer, so an
+    idle account's zones cost a few small tuples per record (an account's
+    peer and service records were ~1 KiB each as prebuilt RRHeaders)."""
+
+    __slots__ = ("apex", "authoritative", "names", "serial")
 
     def __init__(self, apex: str, authoritative: bool, serial: int) -> None:
         self.apex = apex
         self.authoritative = authoritative
-        self.names: dict[str, dict[int, list[dns.RRHeader]]] = {apex: {}}
-        bare = apex[:-1]
+        self.serial = serial & 0xFFFFFFFF
+        #: name -> type -> [(ttl, address text)], in insertion order
+        self.names: dict[str, dict[int, list[tuple[int, str]]]] = {apex: {}}
+
+    @property
+    def soa(self) -> dns.RRHeader:
+        bare = self.apex[:-1]
         payload = dns.Record_SOA(
-            mname=f"ns.{bare}", rname=f"hostmaster.{bare}", serial=serial & 0xFFFFFFFF,
+            mname=f"ns.{bare}", rname=f"hostmaster.{bare}", serial=self.serial,
             refresh=300, retry=60, expire=3600, minimum=NEGATIVE_TTL, ttl=NEGATIVE_TTL,
         )
-        self.soa = dns.RRHeader(name=bare, type=dns.SOA, cls=dns.IN, ttl=NEGATIVE_TTL,
-                                payload=payload, auth=True)
+        return dns.RRHeader(name=bare, type=dns.SOA, cls=dns.IN, ttl=NEGATIVE_TTL,
+                            payload=payload, auth=True)
 
     def add(self, rec: DnsRecord) -> None:
-        name = rec.name[:-1]
-        if rec.type == dns.A:
-            payload: dns.IEncodableRecord = dns.Record_A(rec.address, rec.ttl)
-        else:
-            payload = dns.Record_AAAA(rec.address, rec.ttl)
-        rr = dns.RRHeader(name=name, type=rec.type, cls=dns.IN, ttl=rec.ttl, payload=payload,
-                          auth=True)
+        # the same address in another spelling is the same record (as the
+        # Record_A/AAAA equality this replaces: they compare packed addresses)
+        family = socket.AF_INET if rec.type == dns.A else socket.AF_INET6
+        try:
+            packed = socket.inet_pton(family, rec.address)
+        except OSError:
+            return  # netmap only yields valid addresses of the record's type
         by_type = self.names.setdefault(rec.name, {})
         rrs = by_type.setdefault(rec.type, [])
-        if all(r.payload != payload for r in rrs):
-            rrs.append(rr)
+        if all(ttl != rec.ttl or socket.inet_pton(family, a) != packed for ttl, a in rrs):
+            rrs.append((rec.ttl, rec.address))
         # ancestors up to the apex exist too (empty non-terminals answer NODATA)
         parent = rec.name
         while parent != self.apex:
             parent = parent.split(".", 1)[1]
             self.names.setdefault(parent, {})
+
+    def answers(self, name: str, rtype: int) -> list[dns.RRHeader]:
+        """The records of ``name`` and ``rtype`` as ``twisted.names`` objects."""
+        rrs = self.names.get(name, {}).get(rtype, ())
+        make = dns.Record_A if rtype == dns.A else dns.Record_AAAA
+        bare = name[:-1]
+        return [dns.RRHeader(name=bare, type=rtype, cls=dns.IN, ttl=ttl,
+                             payload=make(address, ttl), auth=True) for ttl, address in rrs]
 
 
 class ZoneAuthority:
@@ -182,7 +202,8 @@ class ZoneAuthority:
             return Answer(dns.ENAME, authority=(zone.soa,), authoritative=True)
         answers: list[dns.RRHeader] = []
         for t in _QTYPES.get(qtype, ()):
-            answers.extend(by_type.get(t, ()))
+            if t in by_type:
+                answers.extend(zone.answers(name, t))
         if name == zone.apex and qtype in (dns.SOA, dns.ALL_RECORDS):
             answers.append(zone.soa)
         if answers:
