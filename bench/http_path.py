@@ -17,6 +17,12 @@ measures the process CPU time per request over ``--requests`` requests,
 Every response is checked (status 200, identity stamped upstream, one
 access-log entry per request).
 
+``--upstream lean`` replaces the answering agent with the gateway's own
+upstream HTTP/1.1 client (:mod:`nbgateway.dial.http11`: request head, pooled
+keep-alive connection, llhttp parser, response relay) over in-memory
+connections; the upstream's answers arrive after the client's write (as in a
+later reactor turn).
+
 ``--inflight N`` keeps N requests in flight at once (N keep-alive
 connections each send a request, then the upstream answers all N), which is
 where per-request timers and their cancellation cost most.
@@ -140,6 +146,63 @@ class Pools:
         return self.the_agent
 
 
+UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+                     b"Server: nginx\r\nDate: Sun, 06 Dec 2026 08:00:00 GMT\r\n\r\n"
+                     % len(BODY)) + BODY
+
+
+class _UpstreamWire(StringTransport):
+    """The client side of an in-memory upstream connection: each complete
+    request head queues one response for :meth:`LeanPools.flush`."""
+
+    def __init__(self, pools: LeanPools) -> None:
+        super().__init__()
+        self.pools = pools
+        self.protocol: Any = None
+        self.pending = b""
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+        while b"\r\n\r\n" in self.pending:
+            head, _, self.pending = self.pending.partition(b"\r\n\r\n")
+            if b"\r\nx-netbird-user: alice@example.com" not in head.lower():
+                raise SystemExit("identity not stamped upstream")
+            self.pools.queue.append(self.protocol)
+
+
+class LeanPools:
+    """The gateway's upstream client over in-memory connections."""
+
+    def __init__(self, clock: Any) -> None:
+        from nbgateway.dial.http11 import ConnectionPool, LeanAgent
+
+        self.queue: list[Any] = []
+        self.dials = 0
+        self.the_agent = LeanAgent(ConnectionPool(clock, 64, 90.0), self._endpoint)
+
+    def _endpoint(self, host: str, port: int, tls: bool) -> Any:
+        outer = self
+
+        class Endpoint:
+            def connect(self, factory: Any) -> defer.Deferred[Any]:
+                outer.dials += 1
+                proto = factory.buildProtocol(None)
+                wire = _UpstreamWire(outer)
+                wire.protocol = proto
+                proto.makeConnection(wire)
+                return defer.succeed(proto)
+
+        return Endpoint()
+
+    def agent(self, *_a: Any, **_kw: Any) -> Any:
+        return self.the_agent
+
+    def flush(self) -> None:
+        queue, self.queue = self.queue, []
+        for proto in queue:
+            proto.dataReceived(UPSTREAM_RESPONSE)
+
+
 class Sent(StringTransport):
     """Counts response bytes and responses instead of keeping them."""
 
@@ -158,7 +221,8 @@ class Sent(StringTransport):
         self.write(b"".join(seq))
 
 
-def build(fast: bool, inflight: int = 1) -> tuple[list[Any], list[Sent], Sink, Pools]:
+def build(fast: bool, inflight: int = 1, lean: bool = False) -> tuple[list[Any], list[Sent],
+                                                                      Sink, Any]:
     clock = task.Clock()
     m = pb.ProxyMapping(
         id="svc-app", account_id="acct", domain="app.example", private=True,
@@ -166,7 +230,7 @@ def build(fast: bool, inflight: int = 1) -> tuple[list[Any], list[Sent], Sink, P
                              options=pb.PathTargetOptions(direct_upstream=True))])
     entries = {m.domain: entry_from_mapping(m)}
     gate = PrivateGate(TunnelValidationCache(Mgmt(), clock), lambda a, ip: True)
-    pools = Pools()
+    pools: Any = LeanPools(clock) if lean else Pools()
     proxy = ReverseProxy(clock, pools, lambda a, d: object(), clock=clock)
     sink = Sink()
     res = GatewayResource(lookup=entries.get, proxy=proxy, gate=gate,
@@ -182,10 +246,13 @@ def build(fast: bool, inflight: int = 1) -> tuple[list[Any], list[Sent], Sink, P
     return channels, transports, sink, pools
 
 
-def run(fast: bool, requests: int, pipeline: int, inflight: int = 1) -> float:
-    channels, transports, sink, pools = build(fast, inflight)
+def run(fast: bool, requests: int, pipeline: int, inflight: int = 1,
+        lean: bool = False) -> float:
+    channels, transports, sink, pools = build(fast, inflight, lean)
     agent = pools.the_agent
     data = REQUEST * pipeline
+    if lean:
+        return _run_lean(channels, transports, sink, pools, requests, inflight)
     for channel in channels:
         channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes
     agent.hold = inflight > 1
@@ -214,6 +281,30 @@ def run(fast: bool, requests: int, pipeline: int, inflight: int = 1) -> float:
     return cpu * 1e6 / (writes * pipeline * inflight)
 
 
+def _run_lean(channels: list[Any], transports: list[Sent], sink: Sink, pools: LeanPools,
+              requests: int, inflight: int) -> float:
+    """Requests through the real upstream client (one request per write)."""
+    for channel in channels:
+        channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes, the pool
+    pools.flush()
+    writes = max(1, requests // inflight)
+    t0 = time.process_time()
+    for _ in range(writes):
+        for channel in channels:
+            channel.dataReceived(REQUEST)
+        pools.flush()
+    cpu = time.process_time() - t0
+    served = writes + 1
+    for channel, transport in zip(channels, transports, strict=True):
+        if transport.ok != served:
+            raise SystemExit(f"check failed: {transport.ok} responses for {served} requests")
+        channel.connectionLost(Failure(Exception("done")))
+    if sink.entries != served * inflight or pools.dials != inflight:
+        raise SystemExit(f"{sink.entries} log entries for {served * inflight} requests, "
+                         f"{pools.dials} upstream dials")
+    return cpu * 1e6 / (writes * inflight)
+
+
 def against(args: argparse.Namespace) -> int:
     """Alternate rounds of this tree and ``args.against`` in subprocesses."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,7 +317,7 @@ def against(args: argparse.Namespace) -> int:
             out = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), "--json", "--rounds", "1",
                  "--requests", str(args.requests), "--pipeline", str(args.pipeline),
-                 "--inflight", str(args.inflight)],
+                 "--inflight", str(args.inflight), "--upstream", args.upstream],
                 env=env, cwd="/", check=True, capture_output=True, text=True).stdout
             one = json.loads(out.strip().splitlines()[-1])
             if one["tree"] != os.path.join(trees[name], "nbgateway"):
@@ -234,8 +325,8 @@ def against(args: argparse.Namespace) -> int:
             for variant in ("fast", "twisted.web"):
                 results[name][variant].append(one[variant])
     print(f"{args.requests} requests x {args.rounds} alternated rounds, {args.pipeline} "
-          f"request(s) per write, {args.inflight} in flight, CPU microseconds per request "
-          f"(median), baseline = {trees['baseline']}:")
+          f"request(s) per write, {args.inflight} in flight, upstream {args.upstream}, CPU "
+          f"microseconds per request (median), baseline = {trees['baseline']}:")
     for variant in ("fast", "twisted.web"):
         base = statistics.median(results["baseline"][variant])
         cur = statistics.median(results["current"][variant])
@@ -254,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", type=int, default=1)
     parser.add_argument("--inflight", type=int, default=1)
     parser.add_argument("--against", metavar="DIR", default="")
+    parser.add_argument("--upstream", choices=("answer", "lean"), default="answer")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.against:
@@ -261,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[bool, list[float]] = {True: [], False: []}
     for i in range(args.rounds):
         for fast in ((True, False) if i % 2 == 0 else (False, True)):
-            results[fast].append(run(fast, args.requests, args.pipeline, args.inflight))
+            results[fast].append(run(fast, args.requests, args.pipeline, args.inflight,
+                                     args.upstream == "lean"))
     fast, slow = statistics.median(results[True]), statistics.median(results[False])
     if args.json:
         import nbgateway
@@ -271,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{args.requests} requests x {args.rounds} alternated rounds, "
           f"{args.pipeline} request(s) per write, {args.inflight} in flight, "
-          f"CPU microseconds per request (median):")
+          f"upstream {args.upstream}, CPU microseconds per request (median):")
     print(f"  fast path     {fast:8.1f}   rounds: "
           + " ".join(f"{x:.1f}" for x in results[True]))
     print(f"  twisted.web   {slow:8.1f}   rounds: "
