@@ -56,6 +56,11 @@ from nbgateway.wireguard.peer import Peer
 from nbgateway.wireguard.scheduler import TimerScheduler
 from nbgateway.wireguard.timers import TimerConfig
 
+#: one OS-randomness source for every instance: SystemRandom draws from
+#: os.urandom and keeps no state, but each instance allocates an unused
+#: Mersenne Twister state (~2.5 KiB per idle account)
+_SYSTEM_RANDOM = random.SystemRandom()
+
 log = Logger()
 
 _U32 = struct.Struct("<I")
@@ -99,7 +104,7 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         self._rekey_after_messages = self.timers.rekey_after_messages
         self.mtu = mtu
         self.under_load_threshold = under_load_threshold
-        self._rng = rng or random.SystemRandom()
+        self._rng = rng or _SYSTEM_RANDOM
         self._urandom = urandom
         self._walltime = walltime
         self._checker = CookieChecker(self.public_key, urandom)
