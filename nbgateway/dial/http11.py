@@ -19,7 +19,8 @@ Rules:
   cannot be told a body is absent); a half-read, cancelled, failed or
   stopped exchange closes its connection;
 - bounded: at most ``maxPersistentPerHost`` idle connections per target,
-  each closed after ``cachedConnectionTimeout`` on the injected clock;
+  each closed after ``cachedConnectionTimeout`` on the injected clock (the
+  idle timeouts share one timer, :mod:`nbgateway.dial.deadlines`);
 - a request that fails on a *reused* connection before any response byte
   (the upstream closed it while idle) is retried once on a new connection
   when its body can be replayed (none, or already buffered bytes);
@@ -31,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +46,8 @@ from twisted.web._newclient import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
+
+from nbgateway.dial.deadlines import Deadlines
 
 log = Logger()
 
@@ -477,6 +481,8 @@ class ConnectionPool:
         self.clock = clock
         self.maxPersistentPerHost = max_per_host
         self.cachedConnectionTimeout = idle_timeout
+        #: the idle timeouts of pooled connections, on one shared timer
+        self.idle_deadlines = Deadlines(clock)
         self._connections: dict[tuple[bytes, bytes, int], list[UpstreamConnection]] = {}
 
     def take(self, key: tuple[bytes, bytes, int]) -> UpstreamConnection | None:
@@ -501,8 +507,8 @@ class ConnectionPool:
             return
         conns.append(conn)
         if self.cachedConnectionTimeout > 0:
-            conn._idle_call = self.clock.callLater(self.cachedConnectionTimeout,
-                                                   self._expire, conn)
+            conn._idle_call = self.idle_deadlines.add(self.cachedConnectionTimeout,
+                                                      functools.partial(self._expire, conn))
 
     def _expire(self, conn: UpstreamConnection) -> None:
         conn._idle_call = None

@@ -27,7 +27,7 @@ validated :class:`~nbgateway.routes.identity.Identity`, or None):
   moving upstream, so it bounds the time without progress rather than the
   length of a large upload.  The response body itself is streamed without a
   deadline (SSE-friendly).  The deadlines of all requests share one reactor
-  timer (:mod:`nbgateway.proxy.deadlines`) instead of a ``callLater`` each;
+  timer (:mod:`nbgateway.dial.deadlines`) instead of a ``callLater`` each;
 - optional per-account in-flight limit on the tunnel path (503);
 - ``rewrite_redirects``; an unparseable ``Location`` is a 502;
 - error pages with upstream's statuses (502/504/...); a ``direct_upstream``
@@ -70,6 +70,7 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from nbgateway.dial.deadlines import Deadlines
 from nbgateway.proxy import pages
 from nbgateway.proxy.balance import (
     IDEMPOTENT_METHODS,
@@ -79,7 +80,6 @@ from nbgateway.proxy.balance import (
     counts_against_target,
     never_reached_upstream,
 )
-from nbgateway.proxy.deadlines import Deadlines
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.headers import (
     TrustedProxies,

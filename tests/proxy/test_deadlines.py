@@ -1,4 +1,4 @@
-"""The shared request deadlines (nbgateway.proxy.deadlines) on task.Clock:
+"""The shared request deadlines (nbgateway.dial.deadlines) on task.Clock:
 exact firing, order, cancellation, several delays, re-entrancy, bounded
 memory, one timer for many requests, nothing left in the reactor when idle;
 and through the reverse proxy: 504 at request_timeout for requests in flight
@@ -10,7 +10,7 @@ import random
 
 from twisted.internet import defer, task
 
-from nbgateway.proxy.deadlines import COMPACT_AT, Deadlines
+from nbgateway.dial.deadlines import COMPACT_AT, Deadlines
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.routes.context import RequestContext
 from nbgateway.routes.paths import PathRouter, parse_target

@@ -1,7 +1,9 @@
-"""Shared request deadlines: one reactor timer for all in-flight requests.
+"""Shared deadlines: one reactor timer for many short-lived deadlines.
 
 :class:`Deadlines` replaces a ``callLater`` (and its cancellation, which
-Twisted pays for in its timer heap) per proxied request.  Deadlines are kept
+Twisted pays for in its timer heap) per proxied request (the reverse
+proxy's request deadline) and per pooled upstream connection going idle
+(:mod:`nbgateway.dial.http11`'s idle timeout).  Deadlines are kept
 in one FIFO per delay: requests of the same target timeout are added in time
 order, so each FIFO is sorted by construction and its head is its earliest
 deadline.  A single ``DelayedCall`` is armed for the earliest head of all
