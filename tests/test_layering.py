@@ -24,7 +24,7 @@ FLOORS: dict[str, int] = {
     # generated protocol code
     "_proto": 0,
     # ground: shared vocabulary and the service model
-    "__version__": 1, "errors": 1, "durations": 1, "interfaces": 1, "peerbox": 1,
+    "__version__": 1, "errors": 1, "durations": 1, "interfaces": 1, "peerbox": 1, "cabundle": 1,
     "startup": 1, "routes": 1, "attempts": 1,
     # packets and stored state
     "netstack": 2, "store": 2,
@@ -50,7 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     "mgmt": {"_proto", "errors", "interfaces", "peerbox"},
     "tunnels": {"netstack"},
     "dns": {"mgmt", "netstack"},
-    "auth": {"attempts", "routes"},
+    "auth": {"attempts", "cabundle", "routes"},
     "proxy": {"dial", "routes"},
     "observe": {"_proto", "mgmt", "routes", "startup"},
     "config": {"dial", "durations"},
@@ -61,7 +61,7 @@ ALLOWED: dict[str, set[str]] = {
            "routes"},
     "accounts": {"_proto", "mgmt", "netstack", "routes", "store", "wireguard"},
     "options": {"config", "startup"},
-    "management": {"__version__", "_proto", "attempts", "auth", "observe", "options",
+    "management": {"__version__", "_proto", "attempts", "cabundle", "observe", "options",
                    "peerbox", "startup", "tls"},
     "service": {"_proto", "accounts", "acme", "auth", "dial", "dns", "http", "l4", "mgmt",
                 "netstack",

@@ -1,7 +1,7 @@
 """mTLS client certificates of a service, management side (issue 16).
 
 Owns a service's client-certificate settings (:class:`ClientCertAuth`): the
-client CA bundle (PEM, validated by :func:`nbgateway.auth.mtls.parse_ca_bundle`:
+client CA bundle (PEM, validated by :func:`nbgateway.cabundle.parse_ca_bundle`:
 CA certificates only, bounded) and the rule mapping a certificate to a user:
 
 * ``email``: the certificate's SAN email (or a subject CN holding an email)
@@ -28,7 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.auth.mtls import BundleError, parse_ca_bundle
+from nbgateway.cabundle import BundleError, parse_ca_bundle
 from nbgateway.management.errors import ValidationError
 
 MAPPINGS = ("email", "list")
