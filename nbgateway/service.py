@@ -411,9 +411,11 @@ class GatewayService(MultiService):
         """The account's listeners on its tunnel address: HTTP on the HTTP port,
         HTTPS on the HTTPS port (each also accepting the other protocol), DNS."""
         cfg = runtime.settings
-        # every address of the account's stack (its tunnel IPv4 and, if any, IPv6)
+        # every address of the account's stack (its tunnel IPv4 and, if any, IPv6);
+        # one factory (site, resource, TLS creator) serves both ports
+        web = self.web_factory(runtime.account_id)
         listens = [
-            TunnelServerEndpoint(runtime.stack, port).listen(self.web_factory(runtime.account_id))
+            TunnelServerEndpoint(runtime.stack, port).listen(web)
             for port in dict.fromkeys((cfg.http_port, cfg.https_port))
         ]
         d = DeferredList(listens, fireOnOneErrback=True, consumeErrors=True)
