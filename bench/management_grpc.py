@@ -145,14 +145,13 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
 
         if "accesslog" in parts:
             bench_access_log(store, svc, fx, args, label)
-        if "validate" not in parts:
-            return
-        grpc_call(), direct_call()  # warm up
-        direct_rate = _run_threads(args.clients, args.seconds, direct_call)
-        grpc_rate = _run_threads(args.clients, args.seconds, grpc_call)
-        print(f"[{label}] ValidateTunnelPeer, {args.clients} clients: "
-              f"{grpc_rate:,.0f} RPC/s over gRPC; in-process {direct_rate:,.0f}/s; "
-              f"ratio {grpc_rate / direct_rate:.2f}")
+        if "validate" in parts:
+            grpc_call(), direct_call()  # warm up
+            direct_rate = _run_threads(args.clients, args.seconds, direct_call)
+            grpc_rate = _run_threads(args.clients, args.seconds, grpc_call)
+            print(f"[{label}] ValidateTunnelPeer, {args.clients} clients: "
+                  f"{grpc_rate:,.0f} RPC/s over gRPC; in-process {direct_rate:,.0f}/s; "
+                  f"ratio {grpc_rate / direct_rate:.2f}")
 
         # --- snapshot ------------------------------------------------------------------------
         if "snapshot" not in parts:

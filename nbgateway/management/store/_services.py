@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -158,8 +158,36 @@ def clean_status_message(message: str) -> str:
     return text.strip()[:MAX_STATUS_MESSAGE]
 
 
-def row_service(r: sa.Row, tgts: list[Target]) -> Service:
-    ag = loads(r.access_groups)
+#: column -> decoder of its stored JSON into an immutable model value
+_JSON_COLUMNS: dict[str, Callable[[Any], Any]] = {
+    "auth": auth_from_json,
+    "restrictions": restrictions_from_json,
+    "access_groups": lambda ag: tuple(ag) if ag is not None else None,
+    "assertion_keys": assertionkeys.from_json,
+    "service_tokens": servicetokens.from_json,
+    "load_balancing": lambda d: _lb_from_json(d),
+    "client_cert_auth": clientcerts.ClientCertAuth.from_json,
+}
+
+
+def _decoded(memo: dict[tuple[str, str | None], Any] | None, column: str,
+             text: str | None) -> Any:
+    """The model value of one JSON column. ``memo`` (one per bulk load) maps
+    (column, stored text) to the decoded value: the values are immutable, so
+    services sharing a configuration (same auth, restrictions, groups...)
+    share one decoded object instead of parsing the same text again."""
+    if memo is None:
+        return _JSON_COLUMNS[column](loads(text))
+    key = (column, text)
+    try:
+        return memo[key]
+    except KeyError:
+        value = memo[key] = _JSON_COLUMNS[column](loads(text))
+        return value
+
+
+def row_service(r: sa.Row, tgts: list[Target],
+                memo: dict[tuple[str, str | None], Any] | None = None) -> Service:
     return Service(
         id=r.id,
         account_id=r.account_id,
@@ -171,8 +199,8 @@ def row_service(r: sa.Row, tgts: list[Target]) -> Service:
         terminated=bool(r.terminated),
         pass_host_header=bool(r.pass_host_header),
         rewrite_redirects=bool(r.rewrite_redirects),
-        auth=auth_from_json(loads(r.auth)),
-        restrictions=restrictions_from_json(loads(r.restrictions)),
+        auth=_decoded(memo, "auth", r.auth),
+        restrictions=_decoded(memo, "restrictions", r.restrictions),
         meta=ServiceMeta(
             created_at=r.meta_created_at,
             certificate_issued_at=r.meta_certificate_issued_at,
@@ -189,14 +217,14 @@ def row_service(r: sa.Row, tgts: list[Target]) -> Service:
         listen_port=r.listen_port,
         port_auto_assigned=bool(r.port_auto_assigned),
         private=bool(r.private),
-        access_groups=tuple(ag) if ag is not None else None,
+        access_groups=_decoded(memo, "access_groups", r.access_groups),
         assertion_mode=r.assertion_mode or "off",
-        assertion_keys=assertionkeys.from_json(loads(r.assertion_keys)),
+        assertion_keys=_decoded(memo, "assertion_keys", r.assertion_keys),
         max_session_age_seconds=r.max_session_age_seconds or 0,
-        service_tokens=servicetokens.from_json(loads(r.service_tokens)),
+        service_tokens=_decoded(memo, "service_tokens", r.service_tokens),
         sessions_not_before=r.sessions_not_before or 0,
-        load_balancing=_lb_from_json(loads(r.load_balancing)),
-        client_cert_auth=clientcerts.ClientCertAuth.from_json(loads(r.client_cert_auth)),
+        load_balancing=_decoded(memo, "load_balancing", r.load_balancing),
+        client_cert_auth=_decoded(memo, "client_cert_auth", r.client_cert_auth),
     )
 
 
@@ -303,7 +331,8 @@ class ServiceRepository(Repository):
             )
             for t in conn.execute(q):
                 by_service[t.service_id].append(row_target(t))
-        return [row_service(r, by_service[r.id]) for r in rows]
+        memo: dict[tuple[str, str | None], Any] = {}
+        return [row_service(r, by_service[r.id], memo) for r in rows]
 
     def _require_service(self, conn: Connection, account_id: str, service_id: str) -> Service:
         found = self._load_services(
