@@ -538,25 +538,23 @@ class MappingStreams:
                     if not valid:
                         conn.cancel("token expired or revoked")
         updates: list[Update] = []
-        # one batched read for every pending service (and one for peer target
-        # hosts), not a query per service: a burst of status reports marks
-        # thousands of services pending at once
-        found = self.store.services.get_many(list(pending.items())) if pending else {}
-        resolved = {s.id: s for s in self._resolve(list(found.values()))} if found else {}
-        for sid in pending:
-            updates.extend(self._diff(sid, resolved.get(sid)))
+        for sid, account_id in pending.items():
+            updates.extend(self._diff(sid, account_id))
         if updates:
             self.broadcast(updates)
 
-    def _diff(self, sid: str, svc: Service | None) -> list[Update]:
-        """Updates for one pending service; ``svc`` is its current row with
-        target hosts resolved, None when it is gone."""
+    def _diff(self, sid: str, account_id: str) -> list[Update]:
         old = self._known.get(sid)
+        try:
+            svc: Service | None = self.store.services.get(account_id, sid)
+        except NotFound:
+            svc = None
         if svc is None:
             self._known.pop(sid, None)
             if old is not None and old.live:
                 return [(old.cluster, old.removed, old.private)]
             return []
+        svc = self._resolve([svc])[0]
         new = self._remember(svc)
         mapping = to_proto_mapping(svc, MODIFIED)
         was_live = old is not None and old.live

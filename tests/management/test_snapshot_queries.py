@@ -74,33 +74,3 @@ def test_shared_and_distinct_configurations_decode_per_service(store: Store) -> 
                 .snapshot_mappings(_conn())}
     assert [h.header for h in mappings["other-c"].auth.header_auths] == ["X-Key"]
     assert not mappings["same-a"].auth.header_auths
-
-
-def test_dispatcher_reads_pending_services_in_batches(store: Store) -> None:
-    """A burst of changed services (e.g. status reports) is diffed with a fixed
-    number of queries, and deleted or unchanged services are handled as before."""
-    from nbgateway.management.mappingstreams import ChangeKind
-
-    Fixture(store)
-    streams = MappingStreams(store, OneTimeTokenStore(), batch_size=100)
-    created = [store.services.create(make_service(f"d{i}", private=True,
-                                                  access_groups=("grp-admins",)))
-               for i in range(80)]
-
-    def burst(services) -> int:
-        for s in services:
-            streams._on_store_change(ChangeKind.SERVICE_UPDATED, s.account_id, (s.id,))
-        return _count_statements(store, streams.flush)[0]
-
-    small = burst(created[:2])   # first sight: CREATED for both
-    large = burst(created)       # 78 new, 2 unchanged
-    assert small == large, (small, large)
-    assert large <= 4, large
-    known = streams._known
-    assert all(s.id in known and known[s.id].live for s in created)
-    # a deleted service becomes a REMOVED update, the others stay known
-    store.services.delete(created[0].account_id, created[0].id)
-    streams._on_store_change(ChangeKind.SERVICE_DELETED, created[0].account_id,
-                             (created[0].id, created[1].id))
-    streams.flush()
-    assert created[0].id not in known and created[1].id in known

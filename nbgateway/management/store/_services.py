@@ -347,20 +347,6 @@ class ServiceRepository(Repository):
         with self._store._read() as conn:
             return self._require_service(conn, account_id, service_id)
 
-    def get_many(self, keys: Sequence[tuple[str, str]]) -> dict[str, Service]:
-        """Services by (service id, account id), in one read transaction and one
-        query per 500 ids (targets included); ids that are gone or belong to
-        another account are left out of the result."""
-        wanted = dict(keys)
-        ids = sorted(wanted)
-        out: dict[str, Service] = {}
-        with self._store._read() as conn:
-            for i in range(0, len(ids), 500):
-                for s in self._load_services(conn, services.c.id.in_(ids[i : i + 500])):
-                    if wanted.get(s.id) == s.account_id:
-                        out[s.id] = s
-        return out
-
     def list(
         self, account_id: str, *, after: str | None = None, limit: int | None = None
     ) -> list[Service]:
