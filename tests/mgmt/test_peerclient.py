@@ -316,9 +316,12 @@ class RogueServerTests(unittest.TestCase):
         rogue = self.serve("garbage_sync")
         serials = []
         c = self.client(lambda m: serials.append(m.Serial))
-        yield wait_for(lambda: rogue.syncs >= 2 and c.errors["undecryptable"] >= 2,
-                       "two broken streams")
-        # per stream: serial 10 applied, the outdated 9 skipped, the empty response ignored
+        # maps are applied coalesce_delay (50 ms) after they arrive, and a fast
+        # reconnect can break the second stream before that: wait for both
+        yield wait_for(lambda: rogue.syncs >= 2 and c.errors["undecryptable"] >= 2
+                       and serials, "two broken streams and the map applied")
+        # per stream: serial 10 received, the outdated 9 skipped, the empty response
+        # ignored; only serial 10 is ever applied
         assert set(serials) == {10} and c.errors["outdated_map"] >= 2
 
     @defer.inlineCallbacks
