@@ -42,9 +42,9 @@ from nbgateway.dial.h2 import H2Pools, H2Stream
 from nbgateway.proxy import pages
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.h2trailers import set_trailers
-from nbgateway.proxy.headers import filter_response_headers
+from nbgateway.proxy.headers import filter_response_headers, rewrite_locations
 from nbgateway.routes.context import RequestContext
-from nbgateway.routes.paths import Route, rewrite_location
+from nbgateway.routes.paths import Route
 from nbgateway.routes.service import ProxyService, TargetOptions
 
 log = Logger()
@@ -188,19 +188,13 @@ class _H2Exchange:
         headers = filter_response_headers(upstream)
         request = self.request
         if self.service.rewrite_redirects:
-            locations = headers.getRawHeaders("Location")
-            if locations:
-                try:
-                    proto = "https" if request.isSecure() else "http"
-                    if self.proxy.forwarded_proto in ("http", "https"):
-                        proto = self.proxy.forwarded_proto
-                    headers.setRawHeaders("Location", [
-                        rewrite_location(loc, self.route, self.host, proto,
-                                         self.opts.path_rewrite) for loc in locations])
-                except ValueError as exc:
-                    stream.cancel()
-                    self._send_error(pages.CONNECTION_ERROR, exc)
-                    return
+            try:
+                rewrite_locations(headers, self.route, self.host, request.isSecure(),
+                                  self.proxy.forwarded_proto, self.opts.path_rewrite)
+            except ValueError as exc:
+                stream.cancel()
+                self._send_error(pages.CONNECTION_ERROR, exc)
+                return
         request.setResponseCode(status)
         request.defaultContentType = None
         request.responseHeaders.removeHeader(b"server")

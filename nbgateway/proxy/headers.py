@@ -28,6 +28,7 @@ from twisted.web.http_headers import Headers
 
 from nbgateway.routes.hosts import host_port
 from nbgateway.routes.identity import Identity
+from nbgateway.routes.paths import Route, rewrite_location
 
 USER_HEADER = "X-NetBird-User"
 GROUPS_HEADER = "X-NetBird-Groups"
@@ -318,3 +319,20 @@ def filter_response_headers(headers: Headers) -> Headers:
             continue
         raw[name] = list(values)
     return headers_from_raw(raw)
+
+
+def rewrite_locations(headers: Headers, route: Route, host: str, secure: bool,
+                      forwarded_proto: str | None, path_rewrite: int) -> None:
+    """Rewrite the upstream's ``Location`` headers to the client's view of the
+    service (``rewrite_redirects``), in place: scheme from the forwarded
+    proto when set, else the client connection.  ``ValueError`` for a
+    Location that cannot be rewritten."""
+    locations = headers.getRawHeaders("Location")
+    if not locations:
+        return
+    proto = "https" if secure else "http"
+    if forwarded_proto in ("http", "https"):
+        proto = forwarded_proto
+    headers.setRawHeaders("Location", [
+        rewrite_location(loc, route, host, proto, path_rewrite)
+        for loc in locations])

@@ -85,11 +85,12 @@ from nbgateway.proxy.headers import (
     TrustedProxies,
     filter_response_headers,
     prepare_upstream_headers,
+    rewrite_locations,
 )
 from nbgateway.routes.context import RequestContext
 from nbgateway.routes.hosts import host_without_port
 from nbgateway.routes.identity import Identity
-from nbgateway.routes.paths import Route, outgoing_path, rewrite_location
+from nbgateway.routes.paths import Route, outgoing_path
 from nbgateway.routes.service import JWKS_PATH, ProxyService, TargetOptions
 
 log = Logger()
@@ -319,21 +320,13 @@ class _Exchange:
         request = self.request
         headers = filter_response_headers(response.headers)
         if self.service.rewrite_redirects:
-            locations = headers.getRawHeaders("Location")
-            if locations:
-                try:
-                    proto = "https" if request.isSecure() else "http"
-                    if self.proxy.forwarded_proto in ("http", "https"):
-                        proto = self.proxy.forwarded_proto
-                    headers.setRawHeaders("Location", [
-                        rewrite_location(loc, self.route, self.host, proto,
-                                         self.opts.path_rewrite)
-                        for loc in locations
-                    ])
-                except ValueError as exc:
-                    response.deliverBody(_Discard())
-                    self._send_error(pages.CONNECTION_ERROR, exc)
-                    return
+            try:
+                rewrite_locations(headers, self.route, self.host, request.isSecure(),
+                                  self.proxy.forwarded_proto, self.opts.path_rewrite)
+            except ValueError as exc:
+                response.deliverBody(_Discard())
+                self._send_error(pages.CONNECTION_ERROR, exc)
+                return
         request.setResponseCode(response.code, response.phrase or None)
         request.defaultContentType = None
         request.responseHeaders.removeHeader(b"server")
