@@ -237,13 +237,7 @@ def test_acme_against_pebble():
             assert f.read() == account  # the stored account, not a new one
         assert "Traceback" not in log
     finally:
-        for name in ("gateway", "pebble", "management"):
-            path = os.path.join(tb.tmpdir, f"{name}.log")
-            if os.path.exists(path):
-                print(f"--- {name} log tail ---")
-                with open(path, "rb") as f:
-                    print(f.read()[-5000:].decode(errors="replace"))
-        left = tb.close()
+        left = tb.close_with_log_tails("gateway", "pebble", "management", tail=5000)
     assert not left, left
 
 
@@ -322,11 +316,5 @@ def test_unreachable_server_retries_then_renewal_without_dropped_requests():
         assert len(set(serials)) >= 2, "no renewal seen"
         assert "Traceback" not in _log(w)
     finally:
-        for name in ("gateway", "pebble"):
-            path = os.path.join(tb.tmpdir, f"{name}.log")
-            if os.path.exists(path):
-                print(f"--- {name} log tail ---")
-                with open(path, "rb") as f:
-                    print(f.read()[-5000:].decode(errors="replace"))
-        left = tb.close()
+        left = tb.close_with_log_tails("gateway", "pebble", tail=5000)
     assert not left, left

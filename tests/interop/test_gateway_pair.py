@@ -108,13 +108,7 @@ def pair():
                  45, "the gateways to connect to management")
         yield w
     finally:
-        for name in ("gateway1", "gateway2", "management"):
-            path = os.path.join(tb.tmpdir, f"{name}.log")
-            if os.path.exists(path):
-                print(f"--- {name} log tail ---")
-                with open(path, "rb") as f:
-                    print(f.read()[-4000:].decode(errors="replace"))
-        left = tb.close()
+        left = tb.close_with_log_tails("gateway1", "gateway2", "management", tail=4000)
     assert not left, left
 
 

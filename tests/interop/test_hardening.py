@@ -118,13 +118,7 @@ def world():
         w.alice = w.connect_peer("alice")[:2]
         yield w
     finally:
-        for name in ("gateway", "management"):
-            path = os.path.join(tb.tmpdir, f"{name}.log")
-            if os.path.exists(path):
-                print(f"--- {name} log tail ---")
-                with open(path, "rb") as f:
-                    print(f.read()[-5000:].decode(errors="replace"))
-        left = tb.close()
+        left = tb.close_with_log_tails("gateway", "management", tail=5000)
     assert not left, left
 
 

@@ -78,13 +78,7 @@ def world():
         assert "CA CN=Corp Client CA" in out, out
         yield w
     finally:
-        for name in ("gateway", "management"):
-            path = os.path.join(tb.tmpdir, f"{name}.log")
-            if os.path.exists(path):
-                print(f"--- {name} log tail ---")
-                with open(path, "rb") as f:
-                    print(f.read()[-4000:].decode(errors="replace"))
-        left = tb.close()
+        left = tb.close_with_log_tails("gateway", "management", tail=4000)
     assert not left, left
 
 

@@ -124,13 +124,7 @@ def world():
                          "options": {"direct_upstream": True}}]})
         yield w
     finally:
-        for name in ("gateway", "management", "idp"):
-            path = os.path.join(tb.tmpdir, f"{name}.log")
-            if os.path.exists(path):
-                print(f"--- {name} log tail ---")
-                with open(path, "rb") as f:
-                    print(f.read()[-5000:].decode(errors="replace"))
-        left = tb.close()
+        left = tb.close_with_log_tails("gateway", "management", "idp", tail=5000)
     assert not left, left
 
 

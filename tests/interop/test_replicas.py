@@ -135,13 +135,8 @@ def replicas():
                  45, "the gateway to connect to management")
         yield w
     finally:
-        for name in ("gateway", "management-a", "management-b", "upstream"):
-            path = os.path.join(tb.tmpdir, f"{name}.log")
-            if os.path.exists(path):
-                print(f"--- {name} log tail ---")
-                with open(path, "rb") as f:
-                    print(f.read()[-5000:].decode(errors="replace"))
-        left = tb.close()
+        left = tb.close_with_log_tails("gateway", "management-a", "management-b", "upstream",
+                                       tail=5000)
         import psycopg
 
         with psycopg.connect(base, autocommit=True) as conn:

@@ -472,6 +472,17 @@ class Testbed:
             left.append(f"directory {self.tmpdir}")
         return left
 
+    def close_with_log_tails(self, *names: str, tail: int = 4000) -> list[str]:
+        """Print the last ``tail`` bytes of each ``<name>.log`` in the testbed's
+        directory (what a failed fixture needs to be read), then :meth:`close`."""
+        for name in names:
+            path = os.path.join(self.tmpdir, f"{name}.log")
+            if os.path.exists(path):
+                print(f"--- {name} log tail ---")
+                with open(path, "rb") as f:
+                    print(f.read()[-tail:].decode(errors="replace"))
+        return self.close()
+
     def close(self) -> list[str]:
         """Kill our PIDs, delete our namespaces and sockets; return what is left."""
         if self.closed:
