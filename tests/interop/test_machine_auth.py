@@ -65,11 +65,7 @@ def world():
 
 
 def _admin(world, *argv: str) -> str:
-    r = world.g.run([os.path.join(os.path.dirname(sys.executable), "nbgateway-admin"),
-                     "--url", "http://127.0.0.1:33071", "--token", world.admin, *argv],
-                    check=False)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
+    return world.admin_cli(*argv).stdout
 
 
 def test_service_token_with_curl_and_revocation(world):

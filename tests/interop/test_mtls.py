@@ -83,11 +83,7 @@ def world():
 
 
 def _admin(world, *argv: str) -> str:
-    r = world.g.run([os.path.join(os.path.dirname(sys.executable), "nbgateway-admin"),
-                     "--url", "http://127.0.0.1:33071", "--token", world.admin, *argv],
-                    check=False)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
+    return world.admin_cli(*argv).stdout
 
 
 def _curl(world, ns, addr: str, path: str, cert=None, *extra: str) -> tuple[int, str]:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import API, DOMAIN, VENV_BIN, World, wait_for
+from tests.interop.test_private_e2e import API, DOMAIN, World, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -60,8 +60,7 @@ def rest_raw(world: World, path: str) -> tuple[int, bytes]:
 
 
 def admin_cli(world: World, *args: str):
-    return world.g.run([os.path.join(VENV_BIN, "nbgateway-admin"), "--url", API[:-len("/api")],
-                        "--token", world.admin, *args], check=False)
+    return world.admin_cli(*args, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -155,6 +155,15 @@ class World:
         except OSError:
             return False
 
+    def admin_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``nbgateway-admin`` (this venv's) against the management as the
+        instance admin; with ``check``, a non-zero exit fails the test."""
+        r = self.g.run([os.path.join(VENV_BIN, "nbgateway-admin"),
+                        "--url", API[:-len("/api")], "--token", self.admin, *args], check=False)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
     def rest(self, method: str, path: str, body=None):
         req = urllib.request.Request(
             API + path, method=method, data=None if body is None else json.dumps(body).encode(),
