@@ -115,3 +115,50 @@ class HealthCheckTests(unittest.TestCase):
         self.checks.mapping_changed(m, moved)
         self.assertIsNone(self.h.proxy.balancers.get("svc1", "/api"))
         self.assertEqual(self.checks.checks, {})
+
+
+class HealthCheckGuardTests(unittest.TestCase):
+    """An active health check is a dial like any other: a ``direct_upstream``
+    target is checked only through the operator's allow-list, for the
+    mapping's own account (a tenant cannot probe the gateway host with it)."""
+
+    def setUp(self) -> None:
+        from nbgateway.dial.direct import DirectDialer
+        from nbgateway.dial.guard import DialPolicy, parse_allow_list
+
+        self.clock = task.Clock()
+        self.h = ProxyHarness(clock=self.clock)
+        self.addCleanup(self.h.close)
+        guarded = DirectDialer(self.h.direct.reactor,
+                               policy=DialPolicy(parse_allow_list("127.0.0.0/8@acc-ok")))
+        self.h.dialer_for = lambda account, direct: (  # type: ignore[method-assign]
+            guarded.for_account(account) if direct else self.h.tunnel)
+        self.h.proxy.dialer_for = self.h.dialer_for
+        self.res = Health()
+        port, _site = listen_site(self.res)
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+        self.checks = HealthChecks(self.h.proxy, self.clock)
+        self.addCleanup(self.checks.stop)
+
+    def direct_mapping(self, sid: str, account: str) -> pb.ProxyMapping:
+        m = pb.ProxyMapping(id=sid, account_id=account, domain=f"{sid}.example")
+        pm = m.path.add(path="/", target=f"http://127.0.0.1:{self.port}/")
+        pm.options.direct_upstream = True
+        pm.options.nbgw_balancing.CopyFrom(pb.NbgwBalancing(
+            health_path="/probe", max_failures=1,
+            health_interval=duration_pb2.Duration(seconds=5)))
+        return m
+
+    @defer.inlineCallbacks
+    def test_direct_checks_go_through_the_guard_of_the_mappings_account(self):
+        self.checks.mapping_added(self.direct_mapping("other", "acc-other"))
+        other = self.h.proxy.balancers.get("other", "/").states[0]
+        yield wait_for(lambda: not self.checks.checks["other"][0].busy)
+        self.assertEqual(self.res.paths, [])  # refused before any connection
+        # the gateway's own refusal is no verdict on the target
+        self.assertEqual(other.check_failures, 0)
+        self.checks.mapping_added(self.direct_mapping("ok", "acc-ok"))
+        yield wait_for(lambda: self.res.paths == [b"/probe"])
+        ok = self.h.proxy.balancers.get("ok", "/").states[0]
+        self.assertEqual(ok.check_failures, 0)
