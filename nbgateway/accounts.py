@@ -145,6 +145,14 @@ class AccountRuntime:
             self.forget_note(mapping.id)
         return self._report(mapping.id, ACTIVE) if self.state == "ready" else None
 
+    def report_again(self, service_id: str) -> Deferred | None:
+        """Report a served service's status afresh (e.g. its certificate was
+        just issued on demand, so management learns its expiry); nothing
+        before the runtime is ready or for a service it does not serve."""
+        if self.state != "ready" or service_id not in self.services:
+            return None
+        return self._report(service_id, ACTIVE)
+
     def remove_service(self, mapping: pb.ProxyMapping) -> Deferred | None:
         if self.services.pop(mapping.id, None) is None:
             return None

@@ -148,6 +148,8 @@ class GatewayService(MultiService):
             config.cert_dir or None, config.wildcard_cert_dir or None,
             data_dir=config.datadir, clock=reactor, default_name=config.domain or "localhost",
             serves=self._serves)
+        if hasattr(self.certificates, "on_issued"):  # leaves are issued on demand
+            self.certificates.on_issued = self._certificate_issued
         #: mTLS client certificates: CA bundles and verified chains, all listeners
         self.mtls = MtlsVerifier()
         self.metrics.registry.register(CLIENT_CERT_STATS)  # mTLS handshakes
@@ -384,6 +386,18 @@ class GatewayService(MultiService):
                 or not hasattr(self.certificates, "describe"):
             return None
         return self.certificates.describe(mapping.domain)
+
+    def _certificate_issued(self, name: str) -> None:
+        """A local-CA leaf was issued for ``name`` (its first handshake, or a
+        renewal): re-report the service so management records its expiry
+        (status reports describe certificates without issuing them).  Called
+        inside a TLS handshake: the report goes out on the next reactor turn."""
+        entry = self.routes.lookup(name)
+        if entry is None or not entry.service.service_id:
+            return
+        runtime = self.accounts.get(entry.account_id)
+        if runtime is not None:
+            self.reactor.callLater(0, runtime.report_again, entry.service.service_id)
 
     def _serves(self, name: str) -> bool:
         """Only names this gateway serves get a fallback certificate (random

@@ -257,6 +257,12 @@ class GatewayServiceTests(unittest.TestCase):
         from twisted.web.client import BrowserLikePolicyForHTTPS
 
         self.mgmt.allow_tunnel_peer(CLIENT_IP, "app.example")
+        # certificates on demand: the ACTIVE report described the local CA
+        # without issuing the service's leaf (no expiry yet)
+        reports = self.mgmt.calls_to("send_status_update")
+        self.assertEqual([r["certificate"].source for r in reports], ["local-ca"])
+        self.assertFalse(reports[0]["certificate"].HasField("not_after"))
+        self.assertIsNone(self.svc.certificates.issued_for("app.example"))
         ca = Certificate.loadPEM(self.svc.certificates.ca.cert.public_bytes(
             serialization.Encoding.PEM))
         agent = Agent.usingEndpointFactory(reactor, TunnelAgentEndpointFactory(
@@ -267,6 +273,14 @@ class GatewayServiceTests(unittest.TestCase):
         body = yield readBody(resp)
         self.assertEqual(resp.code, 200)
         self.assertEqual(json.loads(body)["x-forwarded-proto"], ["https"])
+        # the handshake issued the leaf; the service was reported again with its expiry
+        leaf = self.svc.certificates.issued_for("app.example")
+        self.assertEqual(leaf.names, ("app.example",))
+        reports = self.mgmt.calls_to("send_status_update")
+        self.assertEqual(len(reports), 2)
+        self.assertEqual(reports[1]["status"], pb.PROXY_STATUS_ACTIVE)
+        self.assertEqual(reports[1]["certificate"].not_after.ToDatetime(),
+                         leaf.cert.not_valid_after_utc.replace(tzinfo=None))
 
     @defer.inlineCallbacks
     def test_public_listener_refuses_private_service(self):

@@ -17,7 +17,12 @@ trailing dot ignored):
    passed; they are cached in memory (bounded, least recently used evicted).
    Names that are not valid host names -- and, when a ``serves`` predicate
    is given, names the gateway does not serve -- get the certificate of
-   ``default_name``.
+   ``default_name``.  Leaves are issued on demand only: at the first TLS
+   handshake for the name (the SNI callback).  :meth:`CertificateStore.describe`
+   (status reports) never issues one; it reports the leaf that exists, or the
+   local CA as issuer with no ``not_after`` ("issued on demand") while none
+   does, and :attr:`CertificateStore.on_issued` tells the gateway when a leaf
+   was issued so it can report the real expiry.
 
 Reload: :meth:`CertificateStore.poll` compares (name, mtime, size) of both
 directories and reloads on any change; :meth:`CertificateStore.start` re-arms
@@ -202,6 +207,9 @@ class CertificateStore:
         self._call: Any = None
         self.reloads = 0
         self.listeners: list[Any] = []  # callables notified after a reload
+        #: called with the name after a local-CA leaf was issued for it (first
+        #: handshake, or a renewal): the gateway re-reports the service's status
+        self.on_issued: Any = None
 
     @property
     def ca(self) -> LocalCA:
@@ -299,15 +307,40 @@ class CertificateStore:
             self._fallback[name] = ck
             while len(self._fallback) > self.fallback_cache_size:
                 self._fallback.popitem(last=False)
+            if self.on_issued is not None:
+                try:
+                    self.on_issued(name)
+                except Exception:  # a report hook must never fail a handshake
+                    log.failure("on_issued hook failed for {name}", name=name)
         else:
             self._fallback.move_to_end(name)
         return ck
 
+    def issued_for(self, server_name: str | bytes | None) -> CertifiedKey | None:
+        """The certificate a handshake for the name would get *without issuing
+        one*: static/wildcard, or a cached local-CA leaf still fresh; None
+        while the local CA has not issued it yet (or it is due for renewal)."""
+        ck = self.static_for(server_name)
+        if ck is not None:
+            return ck
+        name = normalize_name(server_name)
+        if not valid_hostname(name) or (self.serves is not None and not self.serves(name)):
+            name = self.default_name
+        ck = self._fallback.get(name)
+        return None if ck is None or _due(ck.cert) else ck
+
     def describe(self, server_name: str) -> dict[str, Any]:
         """What the store serves for a name, for status reports: issuer
         (RFC 4514), not_after, source ("acme", "file" or "local-ca") and the
-        local CA's certificate PEM (``ca_certificate_pem``)."""
-        ck = self.certificate_for(server_name)
+        local CA's certificate PEM (``ca_certificate_pem``).  Issues nothing:
+        a name whose local-CA leaf does not exist yet is described as the
+        local CA's, ``not_after`` None and ``on_demand`` True (the leaf is
+        issued at the first handshake; ``on_issued`` fires then)."""
+        ck = self.issued_for(server_name)
+        if ck is None:
+            return {"issuer": self.ca.cert.subject.rfc4514_string(), "not_after": None,
+                    "source": "local-ca", "on_demand": True,
+                    "ca_certificate_pem": self.ca.cert_pem()}
         if ck.source == "local-ca":
             source = "local-ca"
         elif os.path.basename(ck.source).startswith("acme_"):

@@ -29,15 +29,46 @@ def test_describe_local_ca_and_file(tmp_path):
     store = CertificateStore(str(tmp_path / "certs"), None, str(tmp_path / "data"),
                              default_name="proxy.example", serves=lambda n: True)
     store.permit(["app.proxy.example"])
+    issued: list[str] = []
+    store.on_issued = issued.append
     info = store.describe("app.proxy.example")
-    assert info["source"] == "local-ca"
+    # describing issues nothing: the local CA is the issuer, no leaf (no expiry) yet
+    assert info["source"] == "local-ca" and info["on_demand"] is True
     assert info["issuer"] == "CN=nbgateway local CA"
+    assert info["not_after"] is None
     assert info["ca_certificate_pem"] == store.ca.cert_pem()
+    assert store.issued_for("app.proxy.example") is None and issued == []
     assert constraints_of(store.ca.cert) == {"proxy.example"}
+    leaf = store.certificate_for("app.proxy.example")  # the first handshake's SNI
+    assert issued == ["app.proxy.example"]
+    info = store.describe("app.proxy.example")
+    assert info["not_after"] == leaf.cert.not_valid_after_utc and "on_demand" not in info
+    assert store.certificate_for("APP.proxy.example.") is leaf and len(issued) == 1
     assert store.describe("pub.example")["source"] == "acme"
     static = store.describe("static.example")
     assert static["source"] == "file" and static["issuer"] == "CN=external test CA"
     assert static["not_after"] == store.static_for("static.example").cert.not_valid_after_utc
+
+
+def test_on_demand_status_has_no_expiry_on_the_wire():
+    inner = Recorder()
+    client = CertificateReporting(inner, lambda _sid: {
+        "issuer": "CN=nbgateway local CA", "not_after": None, "source": "local-ca",
+        "on_demand": True, "ca_certificate_pem": b"pem"})
+    client.send_status_update("svc-1", "acct", pb.PROXY_STATUS_ACTIVE)
+    cert = inner.calls[0][3]["certificate"]
+    assert cert.source == "local-ca" and not cert.HasField("not_after")
+
+
+def test_a_failing_issued_hook_never_fails_the_handshake(tmp_path):
+    store = CertificateStore(None, None, str(tmp_path), default_name="gw.test",
+                             serves=lambda n: True)
+
+    def broken(_name):
+        raise RuntimeError("boom")
+
+    store.on_issued = broken
+    assert store.certificate_for("app.gw.test").names == ("app.gw.test",)
 
 
 def test_reporting_adds_certificate_and_last_error():
