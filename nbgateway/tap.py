@@ -9,7 +9,8 @@ it daemonized (nothing live before fork).
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -67,6 +68,59 @@ class HeapFreezer(Service):
             self._collect()
         self._freeze()
         self.freezes += 1
+
+
+#: glibc's mallopt parameter for the number of malloc arenas
+M_ARENA_MAX = -8
+#: arenas for the gateway process: the reactor thread plus gRPC's few threads
+#: (glibc's default is 8 per core; each thread's arena keeps its own slack)
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(environ: Mapping[str, str] = os.environ,
+                        arenas: int = MALLOC_ARENAS, libc: Any = None) -> bool:
+    """``mallopt(M_ARENA_MAX, arenas)`` early in start-up, before gRPC starts
+    its threads; an operator's ``MALLOC_ARENA_MAX`` wins (glibc read it at
+    exec).  False when it was not applied (not glibc, or the variable set)."""
+    if "MALLOC_ARENA_MAX" in environ:
+        return False
+    if libc is None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        if not name:
+            return False
+        try:
+            libc = ctypes.CDLL(name)
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):
+            return False  # not glibc (musl has no mallopt)
+    else:
+        mallopt = libc.mallopt
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
+def heap_snapshots_on_signal(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Diagnostics: with ``NBGW_HEAP_SNAPSHOT=PATH`` tracemalloc traces every
+    allocation from now on and SIGUSR2 writes a snapshot (after a full
+    collection) to PATH (bench/scale_heap.py diffs two runs by file and
+    line).  Costs memory and CPU: never set it in production."""
+    path = environ.get("NBGW_HEAP_SNAPSHOT")
+    if not path:
+        return None
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(1)
+
+    def dump(_signum: int, _frame: Any) -> None:
+        gc.collect()
+        tracemalloc.take_snapshot().dump(path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR2, dump)
+    return path
 
 
 def build_gateway(config: Any, reactor: Any = None, environ: Any = None) -> Any:
@@ -131,6 +185,8 @@ def makeService(options: Options) -> Any:
     from nbgateway.observe.logging import PROCESS_LEVEL, filter_twistd_logs, log_level
 
     config = options.config
+    limit_malloc_arenas()  # before any gRPC thread: less per-thread allocator slack
+    heap_snapshots_on_signal()
     PROCESS_LEVEL.set(log_level(config.effective_log_level))
     gateway = build_gateway(config)
     gateway.reload_on_sighup = True  # installed at start, restored at stop

@@ -76,3 +76,43 @@ def test_log_format_json_sets_the_application_observer(tmp_path):
     makeService(text).setServiceParent(app2)
     assert app2.getComponent(ILogObserver, None) is None  # twistd's own (-l) logging
 
+
+
+def test_malloc_arenas_limited_unless_the_operator_chose():
+    from nbgateway.tap import M_ARENA_MAX, MALLOC_ARENAS, limit_malloc_arenas
+
+    class Libc:
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, int]] = []
+
+        def mallopt(self, param: int, value: int) -> int:
+            self.calls.append((param, value))
+            return 1
+
+    libc = Libc()
+    assert limit_malloc_arenas({"MALLOC_ARENA_MAX": "8"}, libc=libc) is False
+    assert libc.calls == []  # glibc already read the operator's variable at exec
+    assert limit_malloc_arenas({}, libc=libc) is True
+    assert libc.calls == [(M_ARENA_MAX, MALLOC_ARENAS)]
+
+
+def test_heap_snapshot_on_sigusr2(tmp_path):
+    import os
+    import signal
+    import tracemalloc
+
+    from nbgateway.tap import heap_snapshots_on_signal
+
+    assert heap_snapshots_on_signal({}) is None
+    path = str(tmp_path / "heap.snap")
+    previous = signal.getsignal(signal.SIGUSR2)
+    try:
+        assert heap_snapshots_on_signal({"NBGW_HEAP_SNAPSHOT": path}) == path
+        kept = [bytearray(1000) for _ in range(10)]
+        os.kill(os.getpid(), signal.SIGUSR2)
+        snap = tracemalloc.Snapshot.load(path)
+        assert sum(s.size for s in snap.statistics("filename")) >= 10_000
+        assert kept
+    finally:
+        tracemalloc.stop()
+        signal.signal(signal.SIGUSR2, previous)

@@ -1,0 +1,104 @@
+"""Where the scale world's per-account memory goes, in the real gateway process.
+
+Runs bench/scale.py's world twice (1 account, then ``--accounts`` N: real
+management, real peer channels over gRPC, the world's service mix of public
+and private HTTP, public TCP on host ports and private TCP on tunnel ports),
+the gateway started with ``NBGW_HEAP_SNAPSHOT`` (nbgateway/tap.py:
+tracemalloc on, SIGUSR2 writes a snapshot).  Once every service is active it
+takes the RSS and a heap snapshot of each gateway and prints the difference
+per extra account: RSS, the Python heap (tracemalloc) by file and, with
+``--lines``, by line.  RSS minus heap is what Python does not see (C
+allocations of gRPC, OpenSSL, glibc arena slack) plus tracemalloc's own
+bookkeeping, so compare RSS figures with bench/scale.py, not this one.
+
+Run as root:  .venv/bin/python bench/scale_heap.py --accounts 50 [--lines 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+import tracemalloc
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from bench._testbed import Testbed, unavailable_reason  # noqa: E402
+from bench.scale import Scaled, rss_kib  # noqa: E402
+from tests.interop.test_private_e2e import wait_for  # noqa: E402
+
+
+def measure(accounts: int, args: argparse.Namespace, folder: str
+            ) -> tuple[int, tracemalloc.Snapshot]:
+    """(RSS KiB, heap snapshot) of a ready gateway serving ``accounts``."""
+    path = os.path.join(folder, f"heap-{accounts}.snap")
+    os.environ["NBGW_HEAP_SNAPSHOT"] = path
+    tb = Testbed()
+    try:
+        w = Scaled(tb, accounts, args.peers_per_account, args.services_per_account)
+        w.start_upstream()
+        w.start_management()
+        t0 = time.monotonic()
+        w.start_gateway(w.proxy_token)
+        wait_for(lambda: w.active_services() >= w.n_services
+                 and w.metric("nbgateway_accounts") >= accounts,
+                 args.ready_timeout, "every service active", interval=0.5)
+        print(f"[{accounts} accounts] ready in {time.monotonic() - t0:.1f} s", flush=True)
+        pid = w.gateway_pid()
+        time.sleep(args.settle)
+        rss = rss_kib(pid)
+        os.kill(pid, signal.SIGUSR2)
+        wait_for(lambda: os.path.exists(path), 120, "the heap snapshot", interval=0.5)
+        return rss, tracemalloc.Snapshot.load(path)
+    finally:
+        os.environ.pop("NBGW_HEAP_SNAPSHOT", None)
+        tb.close()
+
+
+def _name(filename: str) -> str:
+    for marker in ("/site-packages/", "/lib/python3"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename.replace(_ROOT + "/", "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--peers-per-account", type=int, default=10)
+    parser.add_argument("--services-per-account", type=int, default=10)
+    parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds after ready")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--lines", type=int, default=0)
+    args = parser.parse_args()
+    reason = unavailable_reason()
+    if reason:
+        sys.exit(f"testbed unavailable: {reason}")
+    folder = tempfile.mkdtemp(prefix="nbgw-scale-heap-")
+    rss0, base = measure(1, args, folder)
+    rss1, world = measure(args.accounts, args, folder)
+    n = args.accounts - 1
+    stats = world.compare_to(base, "filename")
+    heap = sum(s.size_diff for s in stats) / n / 1024
+    print(f"RSS per extra account: {(rss1 - rss0) / n:.1f} KiB (tracemalloc on); "
+          f"Python heap per extra account: {heap:.1f} KiB", flush=True)
+    for s in stats[:args.top]:
+        if s.size_diff:
+            print(f"  {s.size_diff / n / 1024:7.2f} KiB  {s.count_diff / n:7.1f} blocks  "
+                  f"{_name(s.traceback[0].filename)}")
+    if args.lines:
+        print("by line:")
+        for s in world.compare_to(base, "lineno")[:args.lines]:
+            fr = s.traceback[0]
+            print(f"  {s.size_diff / n / 1024:7.2f} KiB  {s.count_diff / n:7.1f} blocks  "
+                  f"{_name(fr.filename)}:{fr.lineno}")
+
+
+if __name__ == "__main__":
+    main()
