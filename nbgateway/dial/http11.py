@@ -58,6 +58,22 @@ MAX_HEAD_BYTES = 64 * 1024
 #: bytes of early response body kept while the consumer is not attached yet
 _EARLY_BODY_LIMIT = 256 * 1024
 _DONE = Failure(ConnectionDone())
+#: response header names as received -> as ``Headers`` keeps them (bounded)
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_MAX = 4096
+
+
+def _canonical(name: bytes) -> bytes:
+    """``name`` as ``Headers`` stores it (twisted's own encoder, cached here:
+    the encoder's cache is keyed by the name, so this is one lookup less)."""
+    canonical = _NAMES.get(name)
+    if canonical is None:
+        probe = Headers()
+        probe.addRawHeader(name, b"")
+        canonical = next(iter(probe.getAllRawHeaders()))[0]
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[name] = canonical
+    return canonical
 
 
 def split_url(url: bytes) -> tuple[bytes, bytes, int, bytes, bytes]:
@@ -309,10 +325,22 @@ class UpstreamConnection(Protocol):
         self._status = status
         self._head_done = True
         headers = Headers()
+        # names made canonical once (cached), values as llhttp gave them:
+        # it refuses CR/LF in them; a value with one still goes through
+        # addRawHeader (which sanitises it)
+        raw = headers._rawHeaders
         length: Any = UNKNOWN_LENGTH
         chunked = False
         for name, value in self._headers:
-            headers.addRawHeader(name, value)
+            if b"\r" in value or b"\n" in value:
+                headers.addRawHeader(name, value)
+            else:
+                key = _canonical(name)
+                values = raw.get(key)
+                if values is None:
+                    raw[key] = [value]
+                else:
+                    values.append(value)
             lname = name.lower()
             if lname == b"content-length":
                 length = int(value)

@@ -48,6 +48,7 @@ from urllib.parse import parse_qsl
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
@@ -74,7 +75,12 @@ from nbgateway.http.login import (
     render_login,
     send_html,
 )
-from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id, should_log
+from nbgateway.observe.accesslog import (
+    AccessLogger,
+    entry_from_fields,
+    new_log_id,
+    should_log,
+)
 from nbgateway.proxy.fast import FastHTTPChannel
 from nbgateway.proxy.headers import drop_underscore_headers
 from nbgateway.proxy.reverse import ReverseProxy
@@ -138,6 +144,8 @@ class GatewayResource(Resource):
         self.gate = gate
         self.listener_account = listener_account
         self.access_log = access_log
+        #: the access log's tuple intake (AccessLogger.record), else entries go to .log
+        self._record = getattr(access_log, "record", None)
         self.clock = clock if clock is not None else proxy.clock
         self.request_stats = request_stats  # observe.metrics.RequestStats
         #: forward header names containing "_" (nginx: underscores_in_headers)
@@ -182,9 +190,7 @@ class GatewayResource(Resource):
                              listener_account=self.listener_account,
                              started=self.clock.seconds())
         ctx.serve(entry)
-        self._start_log(request, ctx)
-        if self.request_stats is not None:
-            self._count(request)
+        self._observe(request, ctx)
         if entry is None:
             return self.proxy.render(request, ctx)
         if overlay and not self._port_matches(request, host):
@@ -205,6 +211,19 @@ class GatewayResource(Resource):
         if not overlay or self.gate is None:
             _plain(request, 403, FORBIDDEN_BODY)  # private services never on the public listener
             return server.NOT_DONE_YET
+        decide_now = getattr(self.gate, "decide_now", None)
+        if decide_now is not None:
+            # the common case (a cached validation, or a local refusal) is
+            # decided here and now: no Deferred and callback chain per request
+            decision = decide_now(listener_account=self.listener_account,
+                                  mapping_account=entry.account_id,
+                                  domain=entry.service.domain, client_ip=peer_ip)
+            if decision is not None:
+                try:
+                    self._decided(decision, request, ctx, entry)
+                except Exception:
+                    self._gate_failed(Failure(), request)
+                return server.NOT_DONE_YET
         d: Deferred = self.gate.check(
             listener_account=self.listener_account,
             mapping_account=entry.account_id,
@@ -493,47 +512,50 @@ class GatewayResource(Resource):
 
     # ------------------------------------------------------------------ observation
 
-    def _count(self, request: Any) -> None:
+    def _observe(self, request: Any, ctx: RequestContext) -> None:
+        """The request's one finish observer: request stats and the access-log
+        entry (unknown hosts and ``/__netbird__/`` are not logged: management
+        rejects entries without an account, so each would only cost a failed
+        RPC, an amplification)."""
         stats = self.request_stats
-        started = self.clock.seconds()
-        stats.started()
-        _when_finished(request,
-                       lambda _: stats.finished(request.code, self.clock.seconds() - started))
+        path: str | None = None
+        if self.access_log is not None and ctx.entry is not None:
+            path = request.uri.split(b"?", 1)[0].decode("latin-1")
+            if should_log(path):
+                ctx.request_id = new_log_id()
+            else:
+                path = None
+        if stats is not None:
+            stats.started()
+        elif path is None:
+            return
+        _when_finished(request, functools.partial(self._finished, request, ctx, path))
 
-    def _start_log(self, request: Any, ctx: RequestContext) -> None:
-        # Unknown hosts are not logged: management rejects entries without an
-        # account, so each would only cost a failed RPC (an amplification).
+    def _finished(self, request: Any, ctx: RequestContext, path: str | None,
+                  _result: Any) -> None:
+        """The response ended (or the client went away): count it, and hand
+        the access log one tuple of the entry's fields (the shipper builds
+        the ``AccessLog`` message when it forms a batch, see
+        :meth:`~nbgateway.observe.accesslog.AccessLogger.record`)."""
+        now = self.clock.seconds()
+        stats = self.request_stats
+        if stats is not None:
+            stats.finished(request.code, now - ctx.started)
+        if path is None:
+            return
         entry = ctx.entry
-        if self.access_log is None or entry is None:
-            return
-        path = request.uri.split(b"?", 1)[0].decode("latin-1")
-        if not should_log(path):
-            return
-        log_id = ctx.request_id = new_log_id()
-
-        def done(_result: Any) -> None:
-            peer = request.getClientAddress()
-            body = getattr(request, "body_stream", None)
-            upload = body.received if body is not None else _content_length(request)
-            self.access_log.log(build_entry(
-                now=self.clock.seconds(),
-                log_id=log_id,
-                account_id=entry.account_id,
-                service_id=entry.service.service_id,
-                host=ctx.host,
-                path=path,
-                method=request.method.decode("latin-1"),
-                response_code=request.code,
-                duration_ms=int((self.clock.seconds() - ctx.started) * 1000),
-                source_ip=str(getattr(peer, "host", "") or ""),
-                auth_mechanism=ctx.auth_mechanism,
-                user_id=ctx.user_id,
-                bytes_upload=upload,
-                bytes_download=getattr(request, "sentLength", 0),
-                target=ctx.target,
-            ))
-
-        _when_finished(request, done)
+        body = getattr(request, "body_stream", None)
+        fields = (
+            now, ctx.request_id, entry.account_id, entry.service.service_id, ctx.host, path,
+            request.method.decode("latin-1"), request.code, int((now - ctx.started) * 1000),
+            ctx.source_ip, ctx.auth_mechanism, ctx.user_id,
+            body.received if body is not None else _content_length(request),
+            getattr(request, "sentLength", 0), ctx.target,
+        )
+        if self._record is not None:
+            self._record(fields)
+        else:
+            self.access_log.log(entry_from_fields(fields))  # type: ignore[union-attr]
 
 
 def _when_finished(request: Any, fn: Callable[[Any], Any]) -> None:

@@ -151,6 +151,12 @@ class LogShipper:
         d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return d
 
+    def prepare(self, item: Any) -> Any:
+        """A queued item as the entry to send, when its batch is formed
+        (subclasses queue something cheaper than the entry; an exception
+        drops the item, counted)."""
+        return item
+
     # -- internals -------------------------------------------------------------------------------
 
     def _cancel_timer(self) -> None:
@@ -171,7 +177,18 @@ class LogShipper:
                 self._wake_idle()
                 return
             n = min(self.max_batch, len(self._queue))
-            self._batch = [self._queue.popleft() for _ in range(n)]
+            queue, prepare, batch = self._queue, self.prepare, []
+            for _ in range(n):
+                item = queue.popleft()
+                try:
+                    batch.append(prepare(item))
+                except Exception:  # one bad item must not stop the shipping
+                    self.stats.dropped += 1
+                    log.failure("access log: an entry could not be built; dropped")
+            if not batch:
+                self._next()
+                return
+            self._batch = batch
             self._attempt = 0
         self._inflight = True
         batch = self._batch

@@ -1,16 +1,19 @@
 """Access log entries: building them (field rules follow upstream NetBird's
 access log) and handing them to the shipper.
 
-Requests never wait for management: :meth:`AccessLogger.log` only appends to a
-bounded queue (full -> the entry is dropped and counted); entries are shipped
-in batches with one call in flight, retried without duplicates and with a
-fallback to one ``SendAccessLog`` per entry (:mod:`nbgateway.mgmt.logship`).
+Requests never wait for management: :meth:`AccessLogger.log` (a built entry)
+and :meth:`AccessLogger.record` (an HTTP request's fields as one tuple, built
+into an entry when its batch is formed) only append to a bounded queue
+(full -> the entry is dropped and counted); entries are shipped in batches
+with one call in flight, retried without duplicates and with a fallback
+to one ``SendAccessLog`` per entry (:mod:`nbgateway.mgmt.logship`).
 :meth:`AccessLogger.stop` flushes what it can within a bound.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -97,6 +100,24 @@ def build_entry(
     return entry
 
 
+#: the order of an HTTP request's fields in the tuple :meth:`AccessLogger.record` takes
+HTTP_FIELDS = ("now", "log_id", "account_id", "service_id", "host", "path", "method",
+               "response_code", "duration_ms", "source_ip", "auth_mechanism", "user_id",
+               "bytes_upload", "bytes_download", "target")
+
+
+def entry_from_fields(fields: tuple[Any, ...]) -> pb.AccessLog:
+    """The ``AccessLog`` of one HTTP request's fields (:data:`HTTP_FIELDS` order)."""
+    (now, log_id, account_id, service_id, host, path, method, response_code, duration_ms,
+     source_ip, auth_mechanism, user_id, bytes_upload, bytes_download, target) = fields
+    return build_entry(now=now, log_id=log_id, account_id=account_id, service_id=service_id,
+                       host=host, path=path, method=method, response_code=response_code,
+                       duration_ms=duration_ms, source_ip=source_ip,
+                       auth_mechanism=auth_mechanism, user_id=user_id,
+                       bytes_upload=bytes_upload, bytes_download=bytes_download,
+                       target=target)
+
+
 def should_log(path: str) -> bool:
     return not path.startswith(INTERNAL_PREFIX)
 
@@ -109,3 +130,15 @@ class AccessLogger(LogShipper):
     def log(self, entry: pb.AccessLog) -> None:
         """Enqueue one entry; never blocks, never raises."""
         self.submit(entry)
+
+    def record(self, fields: tuple[Any, ...]) -> None:
+        """Enqueue one HTTP request's fields (:data:`HTTP_FIELDS` order) as
+        the tuple itself: the request path appends one tuple, and the
+        ``AccessLog`` message is built when its batch is formed
+        (:meth:`prepare`), so an entry dropped on a full queue costs
+        nothing and a queued one holds a tuple, not a message."""
+        self.submit(fields)
+
+    def prepare(self, item: Any) -> Any:
+        """A queued item as the entry to send (tuples from :meth:`record`)."""
+        return entry_from_fields(item) if type(item) is tuple else item

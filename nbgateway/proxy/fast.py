@@ -74,6 +74,8 @@ _PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body
 
 _date_cache: list[Any] = [0, b""]
 _CONNECTION, _SERVER_NAME, _DATE = map(canonical_name, ("Connection", "Server", "Date"))
+_CONTENT_TYPE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
+    canonical_name, ("Content-Type", "Content-Length", "Transfer-Encoding"))
 #: request header names as received -> as ``Headers`` keeps them (bounded)
 _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 4096
@@ -225,21 +227,23 @@ class FastRequest:
         self.producer = None
 
     def _head(self) -> bytes:
-        headers = self.responseHeaders
+        # the Headers' own dict (names canonical, values sanitised on entry):
+        # no name encoding per lookup, one join for the whole block
+        raw = self.responseHeaders._rawHeaders
         code = self.code
         if (code not in (304, 204) and self.defaultContentType is not None
-                and not headers.hasHeader(b"content-type")):
-            length = headers.getRawHeaders(b"content-length")
+                and _CONTENT_TYPE not in raw):
+            length = raw.get(_CONTENT_LENGTH)
             if not (length and length[0] == b"0"):
-                headers.setRawHeaders(b"content-type", [self.defaultContentType])
-        if (not headers.hasHeader(b"content-length") and self.method != b"HEAD"
+                self.responseHeaders.setRawHeaders(b"content-type", [self.defaultContentType])
+        if (_CONTENT_LENGTH not in raw and self.method != b"HEAD"
                 and code not in _NO_BODY_CODES):
-            headers.setRawHeaders(b"transfer-encoding", [b"chunked"])
+            raw[_TRANSFER_ENCODING] = [b"chunked"]
             self.chunked = True
         parts = [b"HTTP/1.1 %d %s\r\n" % (code, self.code_message)]
-        for name, values in headers.getAllRawHeaders():
+        for name, values in raw.items():
             for value in values:
-                parts.append(b"%s: %s\r\n" % (name, value))
+                parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 

@@ -85,6 +85,7 @@ from nbgateway.proxy.headers import (
     TrustedProxies,
     filter_response_headers,
     prepare_upstream_headers,
+    relay_response_headers,
     rewrite_locations,
 )
 from nbgateway.routes.context import RequestContext
@@ -318,8 +319,9 @@ class _Exchange:
             response.deliverBody(_Discard())
             return
         request = self.request
-        headers = filter_response_headers(response.headers)
-        if self.service.rewrite_redirects:
+        headers = response.headers
+        if self.service.rewrite_redirects and headers.hasHeader(b"location"):
+            headers = filter_response_headers(headers)
             try:
                 rewrite_locations(headers, self.route, self.host, request.isSecure(),
                                   self.proxy.forwarded_proto, self.opts.path_rewrite)
@@ -329,16 +331,12 @@ class _Exchange:
                 return
         request.setResponseCode(response.code, response.phrase or None)
         request.defaultContentType = None
-        request.responseHeaders.removeHeader(b"server")
-        for name, values in headers.getAllRawHeaders():
-            if name.lower() == b"set-cookie":
-                for v in values:
-                    request.responseHeaders.addRawHeader(name, v)
-            else:
-                request.responseHeaders.setRawHeaders(name, values)
-        if (isinstance(response.length, int) and request.method != b"HEAD"
-                and response.code not in NO_BODY_CODES):
-            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
+        length = response.length
+        # one pass into the client response's headers (no intermediate copy)
+        relay_response_headers(
+            request.responseHeaders, headers,
+            length if (isinstance(length, int) and request.method != b"HEAD"
+                       and response.code not in NO_BODY_CODES) else None)
         request.upstream_status = response.code
         response.deliverBody(_ResponseRelay(self))
 

@@ -250,3 +250,49 @@ def test_restrictions_b49_b50_b51():
     r = Restrictions(blocked_cidrs=["100.64.0.0/24", "bogus"])
     assert r.check(parse_ip("100.64.0.9"), overlay=True) == "ip_restricted"
     assert Restrictions.from_proto(pb.AccessRestrictions()) is None
+
+
+def now(gate, ip="100.64.0.10", listener="acct", mapping="acct", domain="app.example"):
+    return gate.decide_now(listener_account=listener, mapping_account=mapping, domain=domain,
+                           client_ip=ip)
+
+
+def test_decide_now_without_rpc_local_refusals_and_cached_hits(env):
+    """The synchronous half of check(): the same local refusals, the cached
+    answer's decision (the very object check() fires with, counted as a
+    hit), and None (no RPC started) when only the RPC can decide."""
+    clock, client, cache, gate, roster = env
+    assert now(gate, listener=None).reason == "not_overlay"
+    assert now(gate, mapping="other").reason == "wrong_account"
+    assert now(gate, ip="8.8.8.8").reason == "not_tunnel_ip"
+    assert now(gate, ip="nope").reason == "invalid_ip"
+    assert now(gate, ip="100.64.0.99").reason == "not_in_roster"
+    assert now(gate) is None  # a miss: decide_now never makes the RPC
+    assert client.calls == [] and cache.stats.hits == 0 and cache.stats.misses == 0
+    first = check(gate)  # the RPC's answer, stored
+    assert first.allowed and len(client.calls) == 1
+    hit = now(gate)
+    assert hit is not None and hit.allowed and hit.identity.email == "alice@x"
+    assert hit.session_token == "T" and cache.stats.hits == 1
+    assert check(gate) is hit and now(gate) is hit  # one decision per cached entry
+    assert len(client.calls) == 1
+    # a roster change, an eviction and the TTL all reach the synchronous path
+    roster.discard(("acct", "100.64.0.10"))
+    assert now(gate).reason == "not_in_roster"
+    roster.add(("acct", "100.64.0.10"))
+    cache.evict_account("acct")
+    assert now(gate) is None
+    check(gate)
+    assert now(gate).allowed
+    clock.advance(cache.ttl + 1)
+    assert now(gate) is None and len(client.calls) == 2
+
+
+def test_decide_now_never_allows_a_denial_or_error(env):
+    _, client, cache, gate, _ = env
+    client.auto = lambda ip, domain: denied()
+    assert not check(gate).allowed
+    assert now(gate) is None
+    client.auto = lambda ip, domain: ManagementError("down")
+    assert check(gate).reason == "rpc_error"
+    assert now(gate) is None and len(cache) == 0

@@ -224,3 +224,42 @@ def test_stop_when_idle():
     done = []
     logger.stop().addCallback(done.append)
     assert done == [None]
+
+
+def test_recorded_fields_become_the_same_entries_when_the_batch_forms():
+    """record() queues one tuple per request; the AccessLog message is built
+    when the batch is formed and equals build_entry of the same fields."""
+    from nbgateway.observe.accesslog import HTTP_FIELDS
+
+    clock = Clock()
+    client = BatchClient()
+    logger = AccessLogger(client, clock, linger=0.05)
+    rows = []
+    for i in range(5):
+        fields = (1000.25 + i, new_log_id(), "a", "s", "app.example:8443", f"/p{i}", "GET",
+                  [200, 403, 0, 502, 200][i], i, "100.64.0.10", ["", "oidc"][i % 2],
+                  "u1", i * 10, i * 100, ["", "http://10.0.0.6:8080"][i % 2])
+        assert len(fields) == len(HTTP_FIELDS)
+        rows.append(fields)
+        logger.record(fields)
+    assert all(type(x) is tuple for x in logger._queue)  # nothing built yet
+    logger.log(entry(path="/built"))  # built entries still pass as they are
+    clock.advance(0.05)
+    [batch] = client.batches
+    want = [build_entry(**dict(zip(HTTP_FIELDS, f, strict=True))) for f in rows]
+    assert batch[:5] == want and batch[5].path == "/built"
+    assert batch[1].auth_mechanism == "oidc" and batch[1].user_id == "u1"
+    assert not batch[1].auth_success and batch[2].response_code == 200
+    assert logger.stats.sent == 6 and logger.stats.dropped == 0
+
+
+def test_a_record_that_cannot_be_built_is_dropped_and_counted_not_the_batch():
+    clock = Clock()
+    client = BatchClient()
+    logger = AccessLogger(client, clock, linger=0)
+    logger.record(("not", "enough", "fields"))
+    assert client.batches == [] and logger.stats.dropped == 1 and logger.pending == 0
+    good = (1.0, new_log_id(), "a", "s", "h", "/", "GET", 200, 1, "100.64.0.10", "", "",
+            0, 5, "")
+    logger.record(good)
+    assert [len(b) for b in client.batches] == [1] and logger.stats.sent == 1

@@ -249,3 +249,58 @@ def test_filtered_response_headers_equal_the_public_api_build():
     assert list(out.getAllRawHeaders()) == list(want.getAllRawHeaders())
     out.addRawHeader("x-more", "1")  # still an ordinary Headers
     assert out.getRawHeaders(b"X-More") == [b"1"]
+
+
+def _relayed_the_old_way(target: Headers, upstream: Headers, length):
+    """The reverse proxy's response-header copy before relay_response_headers
+    (the oracle): filter, remove Server, setRawHeaders / addRawHeader per name."""
+    filtered = filter_response_headers(upstream)
+    target.removeHeader(b"server")
+    for name, values in filtered.getAllRawHeaders():
+        if name.lower() == b"set-cookie":
+            for v in values:
+                target.addRawHeader(name, v)
+        else:
+            target.setRawHeaders(name, values)
+    if length is not None:
+        target.setRawHeaders(b"content-length", [b"%d" % length])
+
+
+def test_relay_response_headers_equals_the_header_by_header_copy():
+    import random
+
+    from nbgateway.proxy.headers import relay_response_headers
+
+    rng = random.Random(20)
+    names = ["Content-Type", "content-length", "Server", "Date", "Set-Cookie", "set-cookie",
+             "Connection", "Keep-Alive", "Transfer-Encoding", "X-Drop", "ETag", "WWW-Authenticate",
+             "Location", "Cache-Control", "Upgrade", "Trailer", "x-custom", "Vary"]
+    for _ in range(500):
+        upstream = Headers()
+        for _ in range(rng.randrange(0, 12)):
+            name = rng.choice(names)
+            if name.lower() == "connection":
+                value = rng.choice(["close", "keep-alive", "close, X-Drop", "x-custom, etag"])
+            else:
+                value = rng.choice(["1", "a=b; Path=/", "text/html", "nginx", "v v"])
+            upstream.addRawHeader(name, value)
+        def client() -> Headers:
+            h = Headers()
+            if rng.random() < 0.3:
+                h.setRawHeaders(b"connection", [b"close"])
+            h.setRawHeaders(b"server", [b"TwistedWeb"])
+            h.setRawHeaders(b"date", [b"Sun, 06 Dec 2026 08:00:00 GMT"])
+            if rng.random() < 0.5:
+                h.addRawHeader(b"set-cookie", b"nb_session=T; Path=/")
+            return h
+        state = rng.getstate()
+        got = client()
+        rng.setstate(state)
+        want = client()
+        length = rng.choice([None, 0, 512])
+        relay_response_headers(got, upstream, length)
+        _relayed_the_old_way(want, upstream, length)
+        assert list(got.getAllRawHeaders()) == list(want.getAllRawHeaders()), upstream
+        # the upstream Headers is left as it was, and the copies are not shared
+        for _name, values in got.getAllRawHeaders():
+            assert all(values is not v for _, v in upstream.getAllRawHeaders())
