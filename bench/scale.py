@@ -151,6 +151,17 @@ class Scaled(World):
                 return pid
         raise RuntimeError("no gateway process")
 
+    def management_pid(self) -> int:
+        for pid in self.g.pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"nbmanagement" in argv and any(a.endswith(b"twistd") for a in argv):
+                return pid
+        raise RuntimeError("no management process")
+
     def health(self, path: str, timeout: float = 5.0) -> str:
         with inside_netns(self.g.name), urllib.request.urlopen(HEALTH + path,
                                                                timeout=timeout) as r:
@@ -205,6 +216,8 @@ def run_world(accounts: int, peers: int, services: int, args: argparse.Namespace
               f"{accounts * services} services in {w.seed_seconds:.1f} s", flush=True)
         w.start_upstream()
         w.start_management()
+        mgmt_pid = w.management_pid()
+        mgmt_cpu0 = cpu_seconds(mgmt_pid)
         t0 = time.monotonic()
         w.start_gateway(w.proxy_token)
         try:
@@ -224,6 +237,7 @@ def run_world(accounts: int, peers: int, services: int, args: argparse.Namespace
                         t.c.mode, t.c.private, t.c.meta_status)):
                     print(f"    mode={row[0]} private={row[1]} status={row[2]}: {row[3]}")
         pid = w.gateway_pid()
+        mgmt_cpu, gw_cpu = cpu_seconds(mgmt_pid) - mgmt_cpu0, cpu_seconds(pid)
         time.sleep(3)
         rss = rss_kib(pid)
         c0, m0 = cpu_seconds(pid), time.monotonic()
@@ -233,6 +247,8 @@ def run_world(accounts: int, peers: int, services: int, args: argparse.Namespace
         print(f"[{accounts} accounts] gateway pid {pid}", flush=True)
         line("ready (all services active)", f"{ready_s:.1f} s", "< 60 s (1,000 accounts)",
              ready_s < 60 if accounts >= 1000 else None)
+        line("CPU until ready: management", f"{mgmt_cpu:.1f} s", "-", None)
+        line("CPU until ready: gateway", f"{gw_cpu:.1f} s", "-", None)
         line("gateway RSS", f"{rss / 1024:.1f} MiB", "-", None)
         if baseline_kib is not None and accounts > 1:
             per = (rss - baseline_kib) / (accounts - 1)

@@ -39,7 +39,7 @@ from typing import Any
 
 from nbgateway._proto import management_pb2 as pb
 from nbgateway.management.errors import NotFound
-from nbgateway.management.model import Peer
+from nbgateway.management.model import Account, Peer
 from nbgateway.management.synthetic import (
     AccountView,
     CustomZone,
@@ -65,6 +65,7 @@ __all__ = [
     "build_network_map",
     "inspect_peer_network_map",
     "network_map_to_json",
+    "own_network_map",
     "peer_fqdn",
     "to_proto_network_map",
     "to_proto_peer_config",
@@ -200,6 +201,19 @@ class _Collector:
                     )
 
 
+def own_network_map(peer: Peer, account: Account) -> NetworkMap:
+    """The peer's own part of its map (address, IPv6 address, FQDN) and nothing
+    else: all that a Login answer (:func:`to_proto_peer_config`) carries, without
+    reading the rest of the account or evaluating its policies."""
+    own_v6 = _ipv6_of(peer)
+    return NetworkMap(
+        peer=peer,
+        address=f"{peer.ip}/{_prefix_len(account.network_v4)}",
+        address_v6=f"{own_v6}/{_prefix_len(account.network_v6, 64)}" if own_v6 else "",
+        fqdn=peer_fqdn(peer, account.domain),
+    )
+
+
 def build_network_map(
     view: AccountView,
     peer_id: str,
@@ -255,12 +269,12 @@ def build_network_map(
         if records:
             zones.append(CustomZone(domain=fqdn(dns_domain), records=tuple(records)))
     zones.extend(synthesize_private_service_zones(view, peer_id))
-    own_v6 = _ipv6_of(peer)
+    own = own_network_map(peer, view.account)
     return NetworkMap(
         peer=peer,
-        address=f"{peer.ip}/{_prefix_len(view.account.network_v4)}",
-        address_v6=f"{own_v6}/{_prefix_len(view.account.network_v6, 64)}" if own_v6 else "",
-        fqdn=peer_fqdn(peer, dns_domain),
+        address=own.address,
+        address_v6=own.address_v6,
+        fqdn=own.fqdn,
         remote_peers=tuple(remotes),
         firewall_rules=tuple(col.rules),
         zones=tuple(zones),

@@ -21,9 +21,15 @@ key ends the older one) and disconnected when it ends.
 Push model: the store's after-commit change listener marks every stream of
 the touched account dirty (:class:`PeerUpdateHub`). Each stream holds at
 most one pending "rebuild" flag (its bounded queue: bursts coalesce, and a
-slow reader never makes the server buffer more than one map), rebuilds its
-map from one shared per-account read (:class:`_ViewCache`), and sends it
-only if it differs from the last map it sent.
+slow reader never makes the server buffer more than one map), gets its map
+from the account's memo (:class:`~nbgateway.management.mapcache.MapCache`:
+one read per account revision, each peer's map, encoded response and the
+access digest built once per revision; a change of connection state or
+service status keeps the revision), and sends it only if it differs from
+the last map it sent.
+
+Login reads only the peer and its account (one transaction): its answer is
+the peer's own address, IPv6 address and FQDN, no policy evaluation.
 
 Threads: ``Sync`` is a coroutine on the gRPC server's asyncio loop
 (:mod:`~nbgateway.management.grpcloop`); it waits on an ``asyncio.Event``
@@ -53,8 +59,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -66,15 +71,17 @@ from nbgateway._proto import management_pb2_grpc as pb_grpc
 from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.errors import NotFound
 from nbgateway.management.grpcloop import RpcAbortError, wake_threadsafe, write_or_stop
+from nbgateway.management.mapcache import AccountEntry, MapCache
 from nbgateway.management.model import ChangeKind, User
 from nbgateway.management.networkmap import (
     NetworkMap,
     build_network_map,
+    own_network_map,
     to_proto_network_map,
     to_proto_peer_config,
 )
 from nbgateway.management.streamslots import StreamSlots
-from nbgateway.management.synthetic import AccountView, load_account_view
+from nbgateway.management.synthetic import AccountView
 from nbgateway.peerbox import (
     BoxError,
     decode_wg_key,
@@ -173,10 +180,14 @@ class PeerUpdateHub:
     """Routes store changes to the Sync streams of the affected account.
 
     Also tracks the current stream per peer key (a new stream supersedes the
-    old one) and a per-account generation used by :class:`_ViewCache`.
+    old one) and a per-account generation (a count of map changes).
+    ``before_mark`` (the map cache's invalidation) sees each map change before
+    any stream is woken.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, before_mark: Callable[[ChangeKind, str, tuple[str, ...]], None]
+                 | None = None) -> None:
+        self._before_mark = before_mark
         self._lock = threading.Lock()
         self._by_account: dict[str, set[_Subscription]] = {}
         self._current: dict[str, _Subscription] = {}
@@ -190,6 +201,8 @@ class PeerUpdateHub:
         """Store change listener (runs after commit in the writing thread; cheap)."""
         if kind not in MAP_CHANGES or not account_id:
             return
+        if self._before_mark is not None:
+            self._before_mark(kind, account_id, ids)
         with self._lock:
             self._generation[account_id] = self._generation.get(account_id, 0) + 1
             subs = list(self._by_account.get(account_id, ()))
@@ -228,32 +241,6 @@ class PeerUpdateHub:
             subs = [s for group in self._by_account.values() for s in group]
         for s in subs:
             s.close()
-
-
-class _ViewCache:
-    """Per-account :class:`AccountView`, shared by all streams of one generation."""
-
-    def __init__(self, store: Any, hub: PeerUpdateHub, size: int = 256) -> None:
-        self._store = store
-        self._hub = hub
-        self._size = size
-        self._lock = threading.Lock()
-        self._views: OrderedDict[str, tuple[int, AccountView]] = OrderedDict()
-
-    def get(self, account_id: str) -> AccountView:
-        gen = self._hub.generation(account_id)
-        with self._lock:
-            hit = self._views.get(account_id)
-            if hit is not None and hit[0] == gen:
-                self._views.move_to_end(account_id)
-                return hit[1]
-        view = load_account_view(self._store, account_id)
-        with self._lock:
-            self._views[account_id] = (gen, view)
-            self._views.move_to_end(account_id)
-            while len(self._views) > self._size:
-                self._views.popitem(last=False)
-        return view
 
 
 class _SerialClock:
@@ -324,8 +311,9 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         #: unused since streams are coroutines (a closed or cancelled stream is woken
         #: at once, nothing polls); accepted so existing callers keep working
         self.poll_interval = poll_interval
-        self.hub = PeerUpdateHub()
-        self._views = _ViewCache(store, self.hub)
+        #: the per-account memo of views and built maps (mapcache.MapCache)
+        self.maps = MapCache(store)
+        self.hub = PeerUpdateHub(self.maps.changed)
         self._serials = _SerialClock()
         self._slots = StreamSlots(max_streams)
         self._listening = False
@@ -395,8 +383,8 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"peer system meta has to be provided to log in. Peer {request.wgPubKey}",
             )
-        peer = self.store.peers.get_by_key(encode_wg_key(peer_key))
-        if peer is None:
+        found = self.store.peers.get_by_key_with_account(encode_wg_key(peer_key))
+        if found is None:
             if login.setupKey:
                 raise RpcAbortError(grpc.StatusCode.NOT_FOUND,
                                     "couldn't add peer: setup key is invalid")
@@ -404,10 +392,11 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 "no peer auth method provided, please use a setup key or interactive SSO login",
             )
-        nm = self._build(peer.account_id, peer.id, refresh=True)
-        if nm is None:
-            raise RpcAbortError(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
-        log.info(
+        peer, account = found
+        nm = own_network_map(peer, account)
+        # a gateway logs its proxy peers in once per account at every start:
+        # one info line each would be thousands per gateway start
+        (log.debug if peer.proxy else log.info)(
             "peer {peer_id} logged in (account {account_id})",
             peer_id=peer.id,
             account_id=peer.account_id,
@@ -452,11 +441,14 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
 
     # -- Sync internals ---------------------------------------------------------------------
 
-    def _build(self, account_id: str, peer_id: str, *, refresh: bool = False) -> NetworkMap | None:
-        view = load_account_view(self.store, account_id) if refresh else self._views.get(account_id)
-        if peer_id not in view.peers:
+    def _build(self, account_id: str, peer_id: str) -> NetworkMap | None:
+        return self._entry_map(self.maps.get(account_id), peer_id)
+
+    @staticmethod
+    def _entry_map(entry: AccountEntry, peer_id: str) -> NetworkMap | None:
+        if peer_id not in entry.view.peers:
             return None
-        return build_network_map(view, peer_id)
+        return entry.memo(("map", peer_id), lambda: build_network_map(entry.view, peer_id))
 
     def _sync_response(
         self, nm: NetworkMap, source_prefixes: bool, ipv6: bool = False
@@ -473,29 +465,34 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         resp.remotePeers.extend(netmap.remotePeers)
         return resp
 
-    def _access_digest(self, account_id: str) -> bytes:
-        return access_digest(self._views.get(account_id), self.store.users.list(account_id))
-
     @staticmethod
-    def _fingerprint(resp: pb.SyncResponse) -> bytes:
-        probe = pb.SyncResponse()
-        probe.CopyFrom(resp)
-        probe.NetworkMap.Serial = 0
-        return probe.SerializeToString(deterministic=True)
+    def _access_digest(entry: AccountEntry) -> bytes:
+        return entry.memo("access-digest", lambda: access_digest(entry.view, entry.users))
+
+    def _template(self, nm: NetworkMap, source_prefixes: bool,
+                  ipv6: bool) -> tuple[pb.SyncResponse, bytes]:
+        """The response with serial 0 (never mutated once built) and its fingerprint."""
+        resp = self._sync_response(nm, source_prefixes, ipv6)
+        resp.NetworkMap.Serial = 0
+        return resp, resp.SerializeToString(deterministic=True)
 
     def _render(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool,
                 ipv6: bool, last: bytes) -> tuple[bytes, pb.EncryptedMessage | None] | None:
         """Build the peer's map (executor thread): ``None`` when the peer is gone,
         else ``(fingerprint, sealed response or None when unchanged)``."""
-        nm = self._build(sub.account_id, sub.peer_id)
+        entry = self.maps.get(sub.account_id)
+        nm = self._entry_map(entry, sub.peer_id)
         if nm is None or nm.peer.key != sub.key:
             return None
-        resp = self._sync_response(nm, source_prefixes, ipv6)
-        fp = self._fingerprint(resp)
+        template, fp = entry.memo(("sync", sub.peer_id, source_prefixes, ipv6),
+                                  lambda: self._template(nm, source_prefixes, ipv6))
         if nm.peer.proxy:  # the gateway caches validations: see the docstring
-            fp += self._access_digest(sub.account_id)
+            fp += self._access_digest(entry)
         if fp == last:
             return fp, None
+        resp = pb.SyncResponse()
+        resp.CopyFrom(template)
+        resp.NetworkMap.Serial = self._serials.next()
         return fp, self._seal(resp, peer_key)
 
     async def _stream(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool,

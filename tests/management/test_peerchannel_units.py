@@ -1,5 +1,5 @@
 """Unit tests for the peer-channel building blocks: NaCl-box framing, the server key
-file, the coalescing update hub, the per-account view cache and map serials."""
+file, the coalescing update hub and map serials (the per-account memo: test_mapcache.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from nbgateway.management.peerchannel import (
     PeerUpdateHub,
     _SerialClock,
     _Subscription,
-    _ViewCache,
 )
 from nbgateway.peerbox import (
     NONCE_SIZE,
@@ -155,47 +154,6 @@ def test_hub_new_stream_supersedes_old_one_for_same_key():
     assert hub.unsubscribe(old) is False  # not current: must not mark the peer offline
     assert hub.unsubscribe(new) is True
     assert hub.active() == 0
-
-
-class _EmptyRepository:
-    def list(self, account_id):
-        return []
-
-
-class _CountingAccounts:
-    def __init__(self) -> None:
-        self.loads = 0
-
-    def get(self, account_id):
-        from nbgateway.management.model import Account
-
-        self.loads += 1
-        return Account(id=account_id)
-
-
-class _CountingStore:
-    """The repositories an account view reads; counts account loads."""
-
-    def __init__(self) -> None:
-        self.accounts = _CountingAccounts()
-        self.peers = self.groups = self.services = self.domains = _EmptyRepository()
-
-    @property
-    def loads(self) -> int:
-        return self.accounts.loads
-
-
-def test_view_cache_shares_one_read_per_generation():
-    store, hub = _CountingStore(), PeerUpdateHub()
-    cache = _ViewCache(store, hub, size=2)
-    v1 = cache.get("a")
-    assert cache.get("a") is v1 and store.loads == 1
-    hub.on_change(ChangeKind.PEER, "a", ("p",))
-    assert cache.get("a") is not v1 and store.loads == 2
-    cache.get("b")
-    cache.get("c")  # evicts "a" (bounded)
-    cache.get("a")
-    assert store.loads == 5
 
 
 def test_serials_strictly_increase():

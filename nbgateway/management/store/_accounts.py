@@ -4,6 +4,9 @@
 :class:`UserRepository` (``store.users``: users and personal access tokens),
 :class:`GroupRepository` (``store.groups``) and :class:`PeerRepository`
 (``store.peers``: overlay addresses, keys, memberships, connection state).
+:meth:`AccountRepository.read_view` / :meth:`AccountRepository.read_rows` are
+the peer channel's reads: everything an account's network maps are built from
+in one read transaction.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from nbgateway.management.model import (
     Account,
     Bootstrap,
     ChangeKind,
+    CustomDomain,
     Group,
     Peer,
     PersonalAccessToken,
+    Service,
     User,
     new_id,
     utcnow,
@@ -117,6 +122,18 @@ def row_pat(r: sa.Row) -> PersonalAccessToken:
         last_used=r.last_used,
         revoked=bool(r.revoked),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountRows:
+    """One read of an account: what its network maps and access digest come from."""
+
+    account: Account
+    peers: tuple[Peer, ...]
+    groups: tuple[Group, ...]
+    services: tuple[Service, ...]
+    domains: tuple[CustomDomain, ...]
+    users: tuple[User, ...]
 
 
 class AccountRepository(Repository):
@@ -253,6 +270,44 @@ class AccountRepository(Repository):
         """NotFound ``account not found``."""
         with self._store._read() as conn:
             return self.require(conn, account_id)
+
+    def read_view(self, account_id: str) -> AccountRows:
+        """The account with its peers, groups, services, custom domains and users,
+        each ordered as its repository's ``list`` orders it, read in one
+        transaction (one snapshot, one BEGIN) instead of one per table.
+        NotFound ``account not found``."""
+        store = self._store
+        with store._read() as conn:
+            account = self.require(conn, account_id)
+            return AccountRows(
+                account=account,
+                peers=tuple(store.peers._load_peers(conn, peers.c.account_id == account_id)),
+                groups=tuple(store.groups._load_groups(conn, groups.c.account_id == account_id)),
+                services=tuple(
+                    store.services._load_services(conn, services.c.account_id == account_id)),
+                domains=tuple(
+                    store.domains._row_domain(r) for r in conn.execute(
+                        sa.select(domains).where(domains.c.account_id == account_id)
+                        .order_by(domains.c.domain))),
+                users=tuple(row_user(r) for r in conn.execute(
+                    sa.select(users).where(users.c.account_id == account_id)
+                    .order_by(users.c.id))),
+            )
+
+    def read_rows(
+        self, account_id: str, peer_ids: Sequence[str], service_ids: Sequence[str]
+    ) -> tuple[list[Peer], list[Service]]:
+        """The named peers and services of the account (those still there), by id,
+        in one read transaction."""
+        store = self._store
+        with store._read() as conn:
+            found_peers = store.peers._load_peers(conn, sa.and_(
+                peers.c.account_id == account_id, peers.c.id.in_(list(peer_ids)))
+            ) if peer_ids else []
+            found_services = store.services._load_services(conn, sa.and_(
+                services.c.account_id == account_id, services.c.id.in_(list(service_ids)))
+            ) if service_ids else []
+        return found_peers, found_services
 
     def list(self) -> list[Account]:
         """All accounts, oldest first (the default account of a fresh install is first)."""
@@ -1169,6 +1224,17 @@ class PeerRepository(Repository):
         with self._store._read() as conn:
             found = self._load_peers(conn, peers.c.key == key)
         return found[0] if found else None
+
+    def get_by_key_with_account(self, key: str) -> tuple[Peer, Account] | None:
+        """The peer with this key and its account, in one read transaction (a
+        peer Login needs nothing else); None when either is missing."""
+        with self._store._read() as conn:
+            found = self._load_peers(conn, peers.c.key == key)
+            if not found:
+                return None
+            row = conn.execute(
+                sa.select(accounts).where(accounts.c.id == found[0].account_id)).first()
+        return (found[0], row_account(row)) if row is not None else None
 
     def get_by_ip(self, account_id: str, ip: str) -> Peer | None:
         """Peer of ``account_id`` whose tunnel address is ``ip`` (IPv4, v4-mapped
