@@ -7,7 +7,8 @@ the gateway started with ``NBGW_HEAP_SNAPSHOT`` (nbgateway/tap.py:
 tracemalloc on, SIGUSR2 writes a snapshot).  Once every service is active it
 takes the RSS and a heap snapshot of each gateway and prints the difference
 per extra account: RSS, the Python heap (tracemalloc) by file and, with
-``--lines``, by line.  RSS minus heap is what Python does not see (C
+``--lines``, by line; and glibc's malloc figures (in use, free = arena
+slack) per extra account.  RSS minus heap is what Python does not see (C
 allocations of gRPC, OpenSSL, glibc arena slack) plus tracemalloc's own
 bookkeeping, so compare RSS figures with bench/scale.py, not this one.
 
@@ -17,6 +18,7 @@ Run as root:  .venv/bin/python bench/scale_heap.py --accounts 50 [--lines 30]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -34,8 +36,9 @@ from tests.interop.test_private_e2e import wait_for  # noqa: E402
 
 
 def measure(accounts: int, args: argparse.Namespace, folder: str
-            ) -> tuple[int, tracemalloc.Snapshot]:
-    """(RSS KiB, heap snapshot) of a ready gateway serving ``accounts``."""
+            ) -> tuple[int, tracemalloc.Snapshot, dict[str, int]]:
+    """(RSS KiB, heap snapshot, glibc malloc figures) of a ready gateway
+    serving ``accounts``."""
     path = os.path.join(folder, f"heap-{accounts}.snap")
     os.environ["NBGW_HEAP_SNAPSHOT"] = path
     tb = Testbed()
@@ -54,7 +57,9 @@ def measure(accounts: int, args: argparse.Namespace, folder: str
         rss = rss_kib(pid)
         os.kill(pid, signal.SIGUSR2)
         wait_for(lambda: os.path.exists(path), 120, "the heap snapshot", interval=0.5)
-        return rss, tracemalloc.Snapshot.load(path)
+        with open(path + ".malloc") as f:
+            malloc = json.load(f)
+        return rss, tracemalloc.Snapshot.load(path), malloc
     finally:
         os.environ.pop("NBGW_HEAP_SNAPSHOT", None)
         tb.close()
@@ -81,13 +86,17 @@ def main() -> None:
     if reason:
         sys.exit(f"testbed unavailable: {reason}")
     folder = tempfile.mkdtemp(prefix="nbgw-scale-heap-")
-    rss0, base = measure(1, args, folder)
-    rss1, world = measure(args.accounts, args, folder)
+    rss0, base, m0 = measure(1, args, folder)
+    rss1, world, m1 = measure(args.accounts, args, folder)
     n = args.accounts - 1
     stats = world.compare_to(base, "filename")
     heap = sum(s.size_diff for s in stats) / n / 1024
     print(f"RSS per extra account: {(rss1 - rss0) / n:.1f} KiB (tracemalloc on); "
           f"Python heap per extra account: {heap:.1f} KiB", flush=True)
+    for key in ("in_use", "free", "arena", "mmapped", "tracemalloc_overhead"):
+        if key in m0 and key in m1:
+            print(f"  glibc malloc {key:<21} {(m1[key] - m0[key]) / n / 1024:7.1f} KiB "
+                  "per extra account")
     for s in stats[:args.top]:
         if s.size_diff:
             print(f"  {s.size_diff / n / 1024:7.2f} KiB  {s.count_diff / n:7.1f} blocks  "

@@ -9,6 +9,7 @@ it daemonized (nothing live before fork).
 from __future__ import annotations
 
 import gc
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -101,11 +102,35 @@ def limit_malloc_arenas(environ: Mapping[str, str] = os.environ,
     return bool(mallopt(M_ARENA_MAX, arenas))
 
 
+def malloc_stats() -> dict[str, int]:
+    """glibc's ``mallinfo2()`` in bytes: ``in_use`` (malloc'd chunks, mmapped
+    ones included), ``free`` (held by the allocator, not returned to the
+    system: arena slack), ``arena`` (sbrk heap + arenas) and ``mmapped``;
+    empty when not glibc >= 2.33."""
+    import ctypes
+    import ctypes.util
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = _MallInfo2
+    m = fn()
+    return {"in_use": m.uordblks + m.hblkhd, "free": m.fordblks, "arena": m.arena,
+            "mmapped": m.hblkhd}
+
+
 def heap_snapshots_on_signal(environ: Mapping[str, str] = os.environ) -> str | None:
     """Diagnostics: with ``NBGW_HEAP_SNAPSHOT=PATH`` tracemalloc traces every
     allocation from now on and SIGUSR2 writes a snapshot (after a full
-    collection) to PATH (bench/scale_heap.py diffs two runs by file and
-    line).  Costs memory and CPU: never set it in production."""
+    collection) to PATH, and glibc's allocator figures (:func:`malloc_stats`)
+    to PATH.malloc (bench/scale_heap.py diffs two runs by file and line).
+    Costs memory and CPU: never set it in production."""
     path = environ.get("NBGW_HEAP_SNAPSHOT")
     if not path:
         return None
@@ -116,6 +141,10 @@ def heap_snapshots_on_signal(environ: Mapping[str, str] = os.environ) -> str | N
 
     def dump(_signum: int, _frame: Any) -> None:
         gc.collect()
+        with open(path + ".malloc.tmp", "w") as f:
+            json.dump({**malloc_stats(), "tracemalloc_overhead":
+                       tracemalloc.get_tracemalloc_memory()}, f)
+        os.replace(path + ".malloc.tmp", path + ".malloc")
         tracemalloc.take_snapshot().dump(path + ".tmp")
         os.replace(path + ".tmp", path)
 

@@ -97,7 +97,7 @@ def test_malloc_arenas_limited_unless_the_operator_chose():
 
 
 def test_heap_snapshot_on_sigusr2(tmp_path):
-    import os
+    import json
     import signal
     import tracemalloc
 
@@ -112,6 +112,10 @@ def test_heap_snapshot_on_sigusr2(tmp_path):
         os.kill(os.getpid(), signal.SIGUSR2)
         snap = tracemalloc.Snapshot.load(path)
         assert sum(s.size for s in snap.statistics("filename")) >= 10_000
+        with open(path + ".malloc") as f:
+            figures = json.load(f)
+        assert figures["tracemalloc_overhead"] > 0
+        assert not figures.get("in_use", 1) <= 0  # glibc: the allocator's bytes in use
         assert kept
     finally:
         tracemalloc.stop()

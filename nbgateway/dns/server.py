@@ -41,7 +41,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.names import dns, server
+from twisted.names import dns, resolve, server
 from twisted.protocols.policies import TimeoutMixin
 
 from nbgateway.dns.zone import ZoneAuthority
@@ -67,6 +67,10 @@ DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_IDLE_TIMEOUT = 30.0
 _RCODE_NAMES = {dns.OK: "noerror", dns.ENAME: "nxdomain", dns.EREFUSED: "refused",
                 dns.EFORMAT: "formerr"}
+
+
+#: the (never consulted) resolver of every responder, see DNSResponderFactory
+_NO_RESOLVER = resolve.ResolverChain([])
 
 
 class _TCPProtocol(dns.DNSProtocol, TimeoutMixin):
@@ -118,7 +122,14 @@ class DNSResponderFactory(server.DNSServerFactory):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
-        super().__init__(authorities=[], caches=None, clients=None)
+        # DNSServerFactory.__init__ without its resolver chain: handleQuery
+        # answers from the authority and never consults ``resolver``, so every
+        # account shares one empty chain (twisted.names binds ~25 lookup
+        # methods per resolver instance: ~2.5 KiB an account)
+        self.canRecurse = False
+        self.resolver = _NO_RESOLVER
+        self.verbose = 0
+        self.connections: list[Any] = []
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.clock = clock

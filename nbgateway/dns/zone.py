@@ -75,7 +75,9 @@ class _Zone:
     pairs (strings shared with the network map's values) and the SOA as its
     serial: the ``twisted.names`` record objects are built per answer, so an
     idle account's zones cost a few small tuples per record (an account's
-    peer and service records were ~1 KiB each as prebuilt RRHeaders)."""
+    peer and service records were ~1 KiB each as prebuilt RRHeaders).  A
+    name maps to one flat tuple of ``(type, ttl, address)`` (no per-name
+    dict and list: most names have one or two records)."""
 
     __slots__ = ("apex", "authoritative", "names", "serial")
 
@@ -83,8 +85,9 @@ class _Zone:
         self.apex = apex
         self.authoritative = authoritative
         self.serial = serial & 0xFFFFFFFF
-        #: name -> type -> [(ttl, address text)], in insertion order
-        self.names: dict[str, dict[int, list[tuple[int, str]]]] = {apex: {}}
+        #: name -> ((type, ttl, address text), ...) in insertion order; ()
+        #: for a name without records (the apex, empty non-terminals)
+        self.names: dict[str, tuple[tuple[int, int, str], ...]] = {apex: ()}
 
     @property
     def soa(self) -> dns.RRHeader:
@@ -104,23 +107,23 @@ class _Zone:
             packed = socket.inet_pton(family, rec.address)
         except OSError:
             return  # netmap only yields valid addresses of the record's type
-        by_type = self.names.setdefault(rec.name, {})
-        rrs = by_type.setdefault(rec.type, [])
-        if all(ttl != rec.ttl or socket.inet_pton(family, a) != packed for ttl, a in rrs):
-            rrs.append((rec.ttl, rec.address))
+        rrs = self.names.get(rec.name, ())
+        if all(t != rec.type or ttl != rec.ttl or socket.inet_pton(family, a) != packed
+               for t, ttl, a in rrs):
+            self.names[rec.name] = (*rrs, (rec.type, rec.ttl, rec.address))
         # ancestors up to the apex exist too (empty non-terminals answer NODATA)
         parent = rec.name
         while parent != self.apex:
             parent = parent.split(".", 1)[1]
-            self.names.setdefault(parent, {})
+            self.names.setdefault(parent, ())
 
     def answers(self, name: str, rtype: int) -> list[dns.RRHeader]:
         """The records of ``name`` and ``rtype`` as ``twisted.names`` objects."""
-        rrs = self.names.get(name, {}).get(rtype, ())
         make = dns.Record_A if rtype == dns.A else dns.Record_AAAA
         bare = name[:-1]
         return [dns.RRHeader(name=bare, type=rtype, cls=dns.IN, ttl=ttl,
-                             payload=make(address, ttl), auth=True) for ttl, address in rrs]
+                             payload=make(address, ttl), auth=True)
+                for t, ttl, address in self.names.get(name, ()) if t == rtype]
 
 
 class ZoneAuthority:
@@ -195,14 +198,14 @@ class ZoneAuthority:
         zone = self.find_zone(name)
         if zone is None or qclass not in (dns.IN, dns.ANY):
             return REFUSED
-        by_type = zone.names.get(name)
-        if by_type is None:
+        rrs = zone.names.get(name)
+        if rrs is None:
             if not zone.authoritative:
                 return REFUSED
             return Answer(dns.ENAME, authority=(zone.soa,), authoritative=True)
         answers: list[dns.RRHeader] = []
         for t in _QTYPES.get(qtype, ()):
-            if t in by_type:
+            if any(rr[0] == t for rr in rrs):
                 answers.extend(zone.answers(name, t))
         if name == zone.apex and qtype in (dns.SOA, dns.ALL_RECORDS):
             answers.append(zone.soa)

@@ -55,7 +55,7 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class L4Target:
     service_id: str
     account_id: str

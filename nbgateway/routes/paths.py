@@ -85,6 +85,8 @@ class PathRouter:
     the same path are one route with several targets (a repeated target URL
     is kept once)."""
 
+    __slots__ = ("routes",)
+
     def __init__(self, routes: list[Route]) -> None:
         by_path: dict[str, list[Route]] = {}
         for r in routes:

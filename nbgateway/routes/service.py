@@ -167,7 +167,7 @@ class ProxyService:
     assertion: AssertionSettings | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceEntry:
     """A mapping as the request path needs it (HTTP; L4 entries carry the
     same record with ``mode`` and ``listen_port`` set)."""

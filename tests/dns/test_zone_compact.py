@@ -22,9 +22,11 @@ def authority() -> ZoneAuthority:
 def test_idle_zone_keeps_no_record_objects():
     auth = authority()
     (zone,) = auth._zones.values()
-    held = [v for by_type in zone.names.values() for rrs in by_type.values() for v in rrs]
-    assert held == [(60, "100.64.0.7"), (60, "100.64.0.8"), (60, "fd00::7")]
-    assert all(type(t) is int and type(a) is str for t, a in held)
+    held = [v for rrs in zone.names.values() for v in rrs]
+    assert held == [(dns.A, 60, "100.64.0.7"), (dns.A, 60, "100.64.0.8"),
+                    (dns.AAAA, 60, "fd00::7")]
+    assert all(type(t) is int and type(ttl) is int and type(a) is str for t, ttl, a in held)
+    assert zone.names["peers.test."] == ()  # the apex: no records, answers NODATA
 
 
 def test_answers_are_the_records():
