@@ -246,7 +246,8 @@ def prepare_upstream_headers(
     ``Headers.setRawHeaders`` in the order of the module docstring."""
     trusted = trusted_proxies or _NO_TRUSTED_PROXIES
     peer_trusted = bool(trusted) and trusted.contains(client_ip)
-    inbound_raw: dict[bytes, list[bytes]] = dict(inbound.getAllRawHeaders())  # type: ignore[arg-type]
+    # the inbound Headers' own dict, read only (names canonical already)
+    inbound_raw: dict[bytes, list[bytes]] = inbound._rawHeaders
 
     # 0. hop-by-hop and inbound forwarding headers
     connection_named = _tokens(inbound_raw.get(_CONNECTION))
@@ -275,8 +276,9 @@ def prepare_upstream_headers(
     # 3. identity: strip then stamp
     for name in _IDENTITY_NAMES:
         raw.pop(name, None)
-    for name, value in identity_headers(identity).items():
-        out.setRawHeaders(name, [value])
+    if identity is not None:
+        for name, value in _identity_raw(identity):
+            raw[name] = [value]
     if assertion:
         out.setRawHeaders(ASSERTION_HEADER, [assertion])
     # 4. forwarding headers
@@ -284,29 +286,85 @@ def prepare_upstream_headers(
         proto = forwarded_proto
     else:
         proto = "https" if over_tls else "http"
-    port = host_port(host_header) or ("443" if proto == "https" else "80")
-    if peer_trusted:
-        inbound_xff = _joined(inbound_raw, _XFF)
-        xff = f"{inbound_xff}, {client_ip}" if inbound_xff else client_ip
-        real = _joined(inbound_raw, _XRI) or _real_client(inbound_xff, client_ip, trusted)
-        fwd_host = _joined(inbound_raw, _XFH) or host_header
-        fwd_proto = _joined(inbound_raw, _XFP) or proto
-        fwd_port = _joined(inbound_raw, _XFPORT) or port
+    if not peer_trusted:
+        # assignments: a custom header of the same name is replaced in its place
+        xff_b, real_b, host_b, proto_b, port_b = _forwarding(client_ip, host_header, proto)
+        raw[_XFF] = [xff_b]
+        raw[_XRI] = [real_b]
+        raw[_XFH] = [host_b]
+        raw[_XFP] = [proto_b]
+        raw[_XFPORT] = [port_b]
     else:
-        xff, real, fwd_host, fwd_proto, fwd_port = client_ip, client_ip, host_header, proto, port
-    # assignments: a custom header of the same name is replaced in its place
+        _trusted_forwarding(raw, inbound_raw, client_ip, host_header, proto, trusted)
+    # 5. cookies minus the session cookie (a custom Cookie header is discarded)
+    raw.pop(_COOKIE, None)
+    cookie_in = inbound_raw.get(_COOKIE)
+    if cookie_in:
+        cookie = _without_session_cookie(cookie_in)
+        if cookie:
+            raw[_COOKIE] = [cookie]
+    raw[_HOST] = [_clean_cached(host_header if pass_host_header else target_netloc)]
+    return out
+
+
+def _port_of(host_header: str, proto: str) -> str:
+    return host_port(host_header) or ("443" if proto == "https" else "80")
+
+
+@functools.lru_cache(maxsize=4096)
+def _forwarding(client_ip: str, host_header: str, proto: str) -> tuple[bytes, ...]:
+    """The forwarding header values for a peer that is no trusted proxy
+    (X-Forwarded-For, X-Real-IP, X-Forwarded-Host, -Proto, -Port): a pure
+    function of its arguments, asked per request (cached, bounded)."""
+    return (_clean(client_ip), _clean(client_ip), _clean(host_header), _clean(proto),
+            _clean(_port_of(host_header, proto)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _clean_cached(value: str) -> bytes:
+    return _clean(value)
+
+
+#: id(identity) -> (identity, its header names and values as Headers keeps
+#: them); the identity is held, so its id is not reused while cached
+_IDENTITY_RAW: dict[int, tuple[Identity, tuple[tuple[bytes, bytes], ...]]] = {}
+_IDENTITY_RAW_MAX = 1024
+
+
+def _identity_raw(identity: Identity) -> tuple[tuple[bytes, bytes], ...]:
+    """:func:`identity_headers` as canonical names and the values
+    ``setRawHeaders`` would store, once per identity object (the gate hands
+    out one Identity per cached validation)."""
+    hit = _IDENTITY_RAW.get(id(identity))
+    if hit is not None and hit[0] is identity:
+        return hit[1]
+    pairs = tuple((canonical_name(name), _clean(value))
+                  for name, value in identity_headers(identity).items())
+    if type(identity.group_ids) is not tuple or type(identity.group_names) is not tuple:
+        return pairs  # built with lists (mutable): never cached
+    if len(_IDENTITY_RAW) >= _IDENTITY_RAW_MAX:
+        _IDENTITY_RAW.clear()
+    _IDENTITY_RAW[id(identity)] = (identity, pairs)
+    return pairs
+
+
+def _trusted_forwarding(raw: dict[bytes, list[bytes]], inbound_raw: dict[bytes, list[bytes]],
+                        client_ip: str, host_header: str, proto: str,
+                        trusted: TrustedProxies) -> None:
+    """The forwarding headers for a peer that is a trusted proxy: its own
+    X-Forwarded-* values are kept (and the client address appended)."""
+    port = _port_of(host_header, proto)
+    inbound_xff = _joined(inbound_raw, _XFF)
+    xff = f"{inbound_xff}, {client_ip}" if inbound_xff else client_ip
+    real = _joined(inbound_raw, _XRI) or _real_client(inbound_xff, client_ip, trusted)
+    fwd_host = _joined(inbound_raw, _XFH) or host_header
+    fwd_proto = _joined(inbound_raw, _XFP) or proto
+    fwd_port = _joined(inbound_raw, _XFPORT) or port
     raw[_XFF] = [_clean(xff)]
     raw[_XRI] = [_clean(real)]
     raw[_XFH] = [_clean(fwd_host)]
     raw[_XFP] = [_clean(fwd_proto)]
     raw[_XFPORT] = [_clean(fwd_port)]
-    # 5. cookies minus the session cookie (a custom Cookie header is discarded)
-    raw.pop(_COOKIE, None)
-    cookie = _without_session_cookie(inbound_raw.get(_COOKIE) or [])
-    if cookie:
-        raw[_COOKIE] = [cookie]
-    raw[_HOST] = [_clean(host_header if pass_host_header else target_netloc)]
-    return out
 
 
 def filter_response_headers(headers: Headers) -> Headers:

@@ -83,6 +83,7 @@ from nbgateway.proxy.balance import (
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.headers import (
     TrustedProxies,
+    canonical_name,
     filter_response_headers,
     prepare_upstream_headers,
     relay_response_headers,
@@ -99,6 +100,7 @@ log = Logger()
 DEFAULT_REQUEST_TIMEOUT = 30.0  # host dialer timeout upstream
 _MAX_ROUTE_OPTIONS = 4096  # routes whose converted options are kept
 NO_BODY_CODES = (204, 304)
+_EXPECT, _CONTENT_LENGTH = map(canonical_name, ("Expect", "Content-Length"))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -479,7 +481,7 @@ class ReverseProxy:
             host_header=host.decode("latin-1") if isinstance(host, bytes) else host,
             target_netloc=route.netloc,
             pass_host_header=service.pass_host_header,
-            custom_headers=dict(opts.custom_headers),
+            custom_headers=opts.custom_headers,  # read only
             header_auth_names=service.header_auth_names,
             identity=identity,
             client_ip=client_ip(request),
@@ -491,8 +493,9 @@ class ReverseProxy:
         )
         # twisted.web already answered "Expect: 100-continue" to the client;
         # the body framing is set by the client side from the body producer.
-        headers.removeHeader(b"expect")
-        headers.removeHeader(b"content-length")
+        raw = headers._rawHeaders  # names as Headers keeps them
+        raw.pop(_EXPECT, None)
+        raw.pop(_CONTENT_LENGTH, None)
         return headers
 
     def assertion_for(self, request: Any, service: ProxyService,

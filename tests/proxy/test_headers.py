@@ -212,7 +212,9 @@ def test_one_pass_preparation_equals_the_header_by_header_build():
              "X-Custom", "Etag", "Dnt", "X-Forwarded-Proto", "Proxy-Authorization"]
     values = ["a", "b, c", "close, X-Custom", "trailers, gzip", "nb_session=s; a=1",
               "a=1;nb_session=2; b=3", "10.0.0.1, 100.64.0.9", "websocket", "héllo", "keep-alive"]
-    ident = Identity("u1", "alice@x", ("g1",), ("eng",), "oidc")
+    idents = [Identity("u1", "alice@x", ("g1",), ("eng",), "oidc"),
+              Identity("u2", "bob@x", ("g1", "g2"), ("eng", ""), "oidc"),
+              Identity("u3", "carol@x", ["g3"], ["ops"], "oidc")]  # lists: never cached
     for _ in range(400):
         inbound = Headers()
         for _ in range(rng.randrange(0, 9)):
@@ -227,11 +229,15 @@ def test_one_pass_preparation_equals_the_header_by_header_build():
                   header_auth_names=rng.choice([(), ("X-Token",)]),
                   custom_headers=rng.choice([{}, {"X-Custom": "yes", "Host": "h"},
                                              {"X-Forwarded-For": "custom"}]),
-                  identity=rng.choice([None, ident]),
+                  identity=rng.choice([None, *idents]),
                   assertion=rng.choice([None, "jwt"]))
+        before = [(n, list(v)) for n, v in inbound.getAllRawHeaders()]
         got = prepare_upstream_headers(inbound, **kw)
+        assert [(n, list(v)) for n, v in inbound.getAllRawHeaders()] == before  # read only
         want = _reference(inbound, **kw)
         assert list(got.getAllRawHeaders()) == list(want.getAllRawHeaders()), (inbound, kw)
+        for _n, values in got.getAllRawHeaders():  # no list shared with the inbound side
+            assert all(values is not v for _m, v in inbound.getAllRawHeaders())
         # and it is an ordinary Headers: lookups by any spelling work
         assert got.getRawHeaders(b"host") == want.getRawHeaders(b"HOST")
 
