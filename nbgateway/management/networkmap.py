@@ -32,6 +32,7 @@ does), so a legacy client never sees a v6 rule or AllowedIP it cannot apply.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,12 @@ def peer_fqdn(peer: Peer, dns_domain: str) -> str:
     return f"{label}.{dns_domain}"
 
 
+#: the address parsers below are pure functions of their text, called per peer
+#: and rule of every map built: their results are memoised (bounded)
+_TEXT_MEMO = 16384
+
+
+@functools.lru_cache(maxsize=1024)
 def _prefix_len(network: str, default: int = 32) -> int:
     try:
         return ipaddress.ip_network(network, strict=False).prefixlen
@@ -126,13 +133,18 @@ def _prefix_len(network: str, default: int = 32) -> int:
         return default
 
 
-def _ipv6_of(peer: Peer) -> str:
-    """The peer's IPv6 tunnel address, "" when it has none (or an unusable one)."""
+@functools.lru_cache(maxsize=_TEXT_MEMO)
+def _ipv6_text(text: str) -> str:
     try:
-        addr = ipaddress.ip_address(peer.ipv6 or "")
+        addr = ipaddress.ip_address(text)
     except ValueError:
         return ""
     return str(addr) if addr.version == 6 else ""
+
+
+def _ipv6_of(peer: Peer) -> str:
+    """The peer's IPv6 tunnel address, "" when it has none (or an unusable one)."""
+    return _ipv6_text(peer.ipv6 or "")
 
 
 def _host_prefix(ip: str) -> str:
@@ -340,6 +352,7 @@ _PROTOCOLS = {
 }
 
 
+@functools.lru_cache(maxsize=_TEXT_MEMO)
 def _encode_addr(ip: str) -> bytes:
     """``netiputil.EncodeAddr``: address bytes followed by the full prefix length."""
     addr = ipaddress.ip_address(ip)
