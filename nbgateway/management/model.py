@@ -224,6 +224,9 @@ class ChangeKind(enum.StrEnum):
     SERVICE_CREATED = "service.created"
     SERVICE_UPDATED = "service.updated"
     SERVICE_DELETED = "service.deleted"
+    #: only ``meta.status`` (and its message / certificate time) changed: the
+    #: mapping and network maps cannot differ, so their listeners skip it
+    SERVICE_STATUS = "service.status"
     PROXY = "proxy"
     DOMAIN = "domain"
     PROXY_TOKEN = "proxy_token"

@@ -30,6 +30,7 @@ upstream's fixed set of reasons; transport-level problems use gRPC status codes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -46,6 +47,7 @@ from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management import sessionjwt
 from nbgateway.management.authlimit import CLIENT_IP_METADATA
 from nbgateway.management.errors import ManagementError, NotFound, ValidationError
+from nbgateway.management.grpcloop import RpcAbortError
 from nbgateway.management.ipam import canonical_tunnel_ip
 from nbgateway.management.model import (
     AccessLogEntry,
@@ -59,7 +61,9 @@ from nbgateway.management.model import (
 )
 from nbgateway.management.oidc import OIDCError
 from nbgateway.management.proxymapping import TokenError
+from nbgateway.management.statuswriter import StatusWriter
 from nbgateway.management.store import _secrets
+from nbgateway.management.store._statusreports import CertificateReport, StatusReport
 
 _STATUS_NAMES = list(ServiceStatus)  # ProxyStatus 0..5 in order
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -471,33 +475,48 @@ class SessionRpcs:
 
 
 class StatusRpcs:
-    """SendStatusUpdate: service status, inbound listeners and certificate status."""
+    """SendStatusUpdate: service status, inbound listeners and certificate status.
+
+    Reports are group-committed (:mod:`~nbgateway.management.statuswriter`):
+    the server's handler is the coroutine :meth:`send_status_update_async`,
+    which validates the request, queues it on ``writer`` and answers once the
+    batch holding it has committed; :meth:`SendStatusUpdate` is the same for
+    a synchronous caller (it blocks on the batch)."""
+
+    #: longest a synchronous caller waits for its batch
+    SYNC_WAIT = 60.0
 
     def __init__(self, store: Any, connections: Callable[[], list[Any]]) -> None:
         self.store = store
         #: the live mapping streams (to name the calling proxy of an inbound listener)
         self.connections = connections
+        self.writer = StatusWriter(store.services.apply_status_reports)
 
     # -- SendStatusUpdate (2.12) ---------------------------------------------------------------
 
-    def SendStatusUpdate(
-        self, req: pb.SendStatusUpdateRequest, context: grpc.ServicerContext, caller: Any
-    ) -> pb.SendStatusUpdateResponse:
-        enforce_scope(caller, req.account_id, context)
+    def report(self, req: pb.SendStatusUpdateRequest, caller: Any,
+               context: grpc.ServicerContext) -> StatusReport:
+        """The validated report of ``req``; :class:`RpcAbortError` when it is refused."""
+        if caller.account_id is not None and req.account_id != caller.account_id:
+            raise RpcAbortError(grpc.StatusCode.PERMISSION_DENIED,
+                                f"account-scoped token cannot access account {req.account_id}")
         if not req.service_id or not req.account_id:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "service_id and account_id are required"
-            )
+            raise RpcAbortError(grpc.StatusCode.INVALID_ARGUMENT,
+                                "service_id and account_id are required")
+        if "\x00" in req.service_id or "\x00" in req.account_id:
+            # refused before it joins a batch (PostgreSQL would fail the whole batch)
+            raise RpcAbortError(grpc.StatusCode.INVALID_ARGUMENT,
+                                "invalid input: NUL in service_id or account_id")
         listener = None
         if req.HasField("inbound_listener"):
             il = req.inbound_listener
-            canon = canonical_tunnel_ip(il.tunnel_ip)
+            canon = _canonical_ip_cached(il.tunnel_ip)
             if canon is None:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "inbound_listener: invalid tunnel_ip"
-                )
+                raise RpcAbortError(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "inbound_listener: invalid tunnel_ip")
             if il.https_port > 65535 or il.http_port > 65535:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "inbound_listener: invalid port")
+                raise RpcAbortError(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "inbound_listener: invalid port")
             listener = ProxyInboundListener(
                 proxy_id=self._caller_proxy_id(caller, context),
                 account_id=req.account_id,
@@ -505,45 +524,60 @@ class StatusRpcs:
                 https_port=il.https_port,
                 http_port=il.http_port,
             )
-        status = _STATUS_NAMES[req.status] if 0 <= req.status < len(_STATUS_NAMES) else "error"
-        try:
-            self.store.services.set_status(
-                req.account_id,
-                req.service_id,
-                status,
-                certificate_issued=req.certificate_issued,
-                message=req.error_message if req.HasField("error_message") else "",
-            )
-        except NotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"service {req.service_id} not found")
-        except ManagementError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, f"update service status: {exc.message}")
-        if listener is not None:
-            try:
-                self.store.proxies.set_inbound_listener(listener)
-            except ManagementError as exc:
-                context.abort(status_code(exc), f"store inbound listener: {exc.message}")
+        certificate = None
         if req.HasField("nbgw_certificate"):  # nbgateway extension: certificate status
-            self._record_certificate(req, context)
+            c = req.nbgw_certificate
+            certificate = CertificateReport(
+                issuer=c.issuer,
+                not_after=c.not_after.ToDatetime(tzinfo=UTC) if c.HasField("not_after") else None,
+                source=c.source, last_error=c.last_error, clear_error=req.certificate_issued,
+                ca_pem=c.ca_certificate_pem,
+            )
+        status = _STATUS_NAMES[req.status] if 0 <= req.status < len(_STATUS_NAMES) else "error"
+        return StatusReport(
+            account_id=req.account_id, service_id=req.service_id, status=status,
+            message=req.error_message if req.HasField("error_message") else "",
+            certificate_issued=req.certificate_issued, listener=listener,
+            certificate=certificate,
+        )
+
+    @staticmethod
+    def _failure(req: pb.SendStatusUpdateRequest, exc: BaseException) -> RpcAbortError:
+        """The RPC error for a report the store refused (upstream's texts)."""
+        if isinstance(exc, NotFound):
+            return RpcAbortError(grpc.StatusCode.NOT_FOUND, f"service {req.service_id} not found")
+        if isinstance(exc, ValidationError):
+            return RpcAbortError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"nbgw_certificate: {exc.message}")
+        if isinstance(exc, ManagementError):
+            return RpcAbortError(status_code(exc), f"update service status: {exc.message}")
+        return RpcAbortError(grpc.StatusCode.INTERNAL,
+                             f"update service status: {type(exc).__name__}")
+
+    async def send_status_update_async(
+        self, req: pb.SendStatusUpdateRequest, context: Any, caller: Any
+    ) -> pb.SendStatusUpdateResponse:
+        """The server's handler (on the gRPC loop): no thread is held while the
+        report waits for its batch.  Raises :class:`RpcAbortError`."""
+        report = self.report(req, caller, context)
+        try:
+            await asyncio.wrap_future(self.writer.submit(report))
+        except Exception as exc:
+            raise self._failure(req, exc) from None
         return pb.SendStatusUpdateResponse()
 
-    def _record_certificate(
-        self, req: pb.SendStatusUpdateRequest, context: grpc.ServicerContext
-    ) -> None:
-        c = req.nbgw_certificate
-        not_after = (
-            c.not_after.ToDatetime(tzinfo=UTC) if c.HasField("not_after") else None
-        )
+    def SendStatusUpdate(
+        self, req: pb.SendStatusUpdateRequest, context: grpc.ServicerContext, caller: Any
+    ) -> pb.SendStatusUpdateResponse:
         try:
-            self.store.certificates.record(
-                req.account_id, req.service_id, issuer=c.issuer, not_after=not_after,
-                source=c.source, last_error=c.last_error,
-                clear_error=req.certificate_issued, ca_pem=c.ca_certificate_pem,
-            )
-        except ValidationError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nbgw_certificate: {exc.message}")
-        except ManagementError as exc:
-            context.abort(status_code(exc), f"store certificate status: {exc.message}")
+            report = self.report(req, caller, context)
+            try:
+                self.writer.submit(report).result(self.SYNC_WAIT)
+            except Exception as exc:
+                raise self._failure(req, exc) from None
+        except RpcAbortError as exc:
+            context.abort(exc.code, exc.details)
+        return pb.SendStatusUpdateResponse()
 
     def _caller_proxy_id(self, caller: ProxyAccessToken, context: grpc.ServicerContext) -> str:
         """The proxy id of the caller: its mapping stream with the same token (and IP)."""

@@ -222,12 +222,16 @@ class ProxyServiceServicer:
     # -- lifecycle and the mapping streams' surface ---------------------------------------------
 
     def start(self) -> None:
-        """Load the broadcast cache, hook the store listener, start the dispatcher."""
+        """Load the broadcast cache, hook the store listener, start the dispatcher
+        and the status writer."""
         self.streams.start()
+        self.status.writer.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Detach from the store and cancel every live mapping stream."""
+        """Detach from the store, cancel every live mapping stream, write the
+        queued status reports."""
         self.streams.stop(timeout)
+        self.status.writer.stop(timeout)
 
     def connections(self) -> list[ProxyConnection]:
         return self.streams.connections()
@@ -260,6 +264,11 @@ class ProxyServiceServicer:
                 self._unary(fn, req_cls),
                 response_serializer=resp_cls.SerializeToString,
             )
+        # group-committed status reports: a coroutine, waiting without a thread
+        handlers["SendStatusUpdate"] = uu(
+            self._unary_async(self.status.send_status_update_async, pb.SendStatusUpdateRequest),
+            response_serializer=pb.SendStatusUpdateResponse.SerializeToString,
+        )
         handlers["GetMappingUpdate"] = grpc.unary_stream_rpc_method_handler(
             self._get_mapping_update,
             response_serializer=pb.GetMappingUpdateResponse.SerializeToString,
@@ -290,6 +299,19 @@ class ProxyServiceServicer:
             caller = self._authenticate(context)
             request = self._decode(raw, req_cls, context)
             return fn(request, context, caller)
+
+        handler.__name__ = fn.__name__
+        return handler
+
+    def _unary_async(self, fn: Callable[..., Any], req_cls: type) -> Callable[..., Any]:
+        """A coroutine handler: authenticate, decode, ``await fn`` (which raises
+        :class:`RpcAbortError` to refuse)."""
+        async def handler(raw: bytes, context: Any) -> Any:
+            caller = await self._authenticate_async(context)
+            try:
+                return await fn(self._parse(raw, req_cls), context, caller)
+            except RpcAbortError as exc:
+                await context.abort(exc.code, exc.details)
 
         handler.__name__ = fn.__name__
         return handler

@@ -20,7 +20,7 @@ import pytest
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management.errors import ValidationError
 from nbgateway.management.model import Service, Target, TargetOptions
-from nbgateway.management.store._services import MAX_STATUS_MESSAGE
+from nbgateway.management.store._statusreports import MAX_STATUS_MESSAGE
 from nbgateway.management.validation import direct_host_problem, validate_service
 from tests.management import test_grpc_support as support
 from tests.management.test_grpc_support import ACCOUNT, Fixture, Harness, md

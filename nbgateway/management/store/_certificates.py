@@ -92,12 +92,7 @@ class CertificateRepository(Repository):
         stored error when not empty; ``clear_error`` (a certificate was issued)
         clears it; otherwise the previous error stays.  NotFound for a service
         not in the account; ValidationError for a bad CA PEM."""
-        if source not in SOURCES:
-            source = "file"
-        issuer = _clean(issuer, MAX_ISSUER)
-        last_error = _clean(last_error, MAX_ERROR).strip()
         ca = parse_ca(ca_pem) if ca_pem else None
-        now = now or utcnow()
 
         def run(tx: Tx) -> CertificateStatus:
             conn = tx.conn
@@ -105,21 +100,38 @@ class CertificateRepository(Repository):
                     services.c.id == service_id,
                     services.c.account_id == account_id)).first() is None:
                 raise NotFound(f"service {service_id} not found")
-            old = conn.execute(sa.select(certs).where(certs.c.service_id == service_id)).first()
-            error = last_error or ("" if clear_error or old is None else old.last_error or "")
-            values = {"account_id": account_id, "issuer": issuer, "not_after": not_after,
-                      "source": source, "last_error": error or None,
-                      "ca_key_id": ca[0] if ca else None, "updated_at": now}
-            if old is None:
-                conn.execute(sa.insert(certs).values(service_id=service_id, **values))
-            else:
-                conn.execute(sa.update(certs).where(certs.c.service_id == service_id)
-                             .values(**values))
-            if ca is not None:
-                self._store_ca(conn, account_id, ca_pem, ca, now)
+            self.record_in(conn, account_id, service_id, issuer=issuer, not_after=not_after,
+                           source=source, last_error=last_error, clear_error=clear_error,
+                           ca_pem=ca_pem, ca=ca, now=now)
             return self._get(conn, account_id, service_id)
 
         return self._store._write(account_id, run)
+
+    def record_in(self, conn: sa.Connection, account_id: str, service_id: str, *,
+                  issuer: str, not_after: datetime | None, source: str, last_error: str,
+                  clear_error: bool, ca_pem: str, ca: tuple[str, str, x509.Certificate] | None,
+                  now: datetime | None = None) -> None:
+        """:meth:`record` inside a write transaction, for a service known to be
+        in the account and a CA already parsed (:func:`parse_ca`) when given
+        (the batched status reports of ``_statusreports``)."""
+        if source not in SOURCES:
+            source = "file"
+        issuer = _clean(issuer, MAX_ISSUER)
+        last_error = _clean(last_error, MAX_ERROR).strip()
+        now = now or utcnow()
+        old = conn.execute(sa.select(certs.c.last_error)
+                           .where(certs.c.service_id == service_id)).first()
+        error = last_error or ("" if clear_error or old is None else old.last_error or "")
+        values = {"account_id": account_id, "issuer": issuer, "not_after": not_after,
+                  "source": source, "last_error": error or None,
+                  "ca_key_id": ca[0] if ca else None, "updated_at": now}
+        if old is None:
+            conn.execute(sa.insert(certs).values(service_id=service_id, **values))
+        else:
+            conn.execute(sa.update(certs).where(certs.c.service_id == service_id)
+                         .values(**values))
+        if ca is not None:
+            self._store_ca(conn, account_id, ca_pem, ca, now)
 
     def _store_ca(self, conn: sa.Connection, account_id: str, pem: str,
                   ca: tuple[str, str, x509.Certificate], now: datetime) -> None:

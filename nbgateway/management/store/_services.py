@@ -48,6 +48,11 @@ from nbgateway.management.model import (
 )
 from nbgateway.management.store import _secrets
 from nbgateway.management.store._base import Repository, Tx, dumps, loads
+from nbgateway.management.store._statusreports import (
+    StatusReport,
+    apply_status_reports,
+    clean_status_message,
+)
 from nbgateway.management.store.schema import domains, peers, proxies, services, targets
 from nbgateway.management.validation import go_quote, validate_service
 
@@ -145,17 +150,6 @@ def row_target(r: sa.Row) -> Target:
             upstream_protocol=r.upstream_protocol or "",
         ),
     )
-
-
-#: longest gateway status message kept per service
-MAX_STATUS_MESSAGE = 1024
-
-
-def clean_status_message(message: str) -> str:
-    """A gateway-supplied message made safe to store and show: control characters
-    (and NUL, which PostgreSQL text cannot hold) become spaces, length is capped."""
-    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in message or "")
-    return text.strip()[:MAX_STATUS_MESSAGE]
 
 
 #: column -> decoder of its stored JSON into an immutable model value
@@ -781,10 +775,17 @@ class ServiceRepository(Repository):
             )
             if res.rowcount == 0:
                 raise NotFound(f"service {service_id} not found")
-            tx.changed(ChangeKind.SERVICE_UPDATED, account_id, service_id)
+            tx.changed(ChangeKind.SERVICE_STATUS, account_id, service_id)
             return self._require_service(tx.conn, account_id, service_id)
 
         return self._store._write(account_id, run)
+
+    def apply_status_reports(self, reports: Sequence[StatusReport],
+                             now: datetime | None = None) -> list[Exception | None]:
+        """Many gateway status reports in one write transaction, latest per
+        service winning, unchanged statuses not written; one result per report
+        (None or its error). See :mod:`._statusreports`."""
+        return apply_status_reports(self._store, reports, now)
 
     def delete(self, account_id: str, service_id: str) -> Service:
         """Delete a service and its targets; returns what was deleted."""

@@ -36,6 +36,7 @@ RETRY_MS = 3000
 #: changes that alter what the live view shows
 LIVE_KINDS = frozenset({ChangeKind.PROXY, ChangeKind.PROXY_TOKEN, ChangeKind.SERVICE_CREATED,
                         ChangeKind.SERVICE_UPDATED, ChangeKind.SERVICE_DELETED,
+                        ChangeKind.SERVICE_STATUS,
                         ChangeKind.DOMAIN, ChangeKind.ACCOUNT})
 
 
