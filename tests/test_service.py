@@ -135,8 +135,19 @@ class GatewayServiceTests(unittest.TestCase):
     def test_private_service_through_real_udp_and_both_netstacks(self):
         self.mgmt.allow_tunnel_peer(CLIENT_IP, "app.example", user_email="alice@example.com",
                                     groups=[("g1", "eng")])
+        # an idle account's HTTP and HTTPS ports hold one placeholder factory;
+        # the site and TLS dispatcher are built at the first connection
+        runtime = self.svc.accounts.get("acct")
+        web_ports = [p for p in runtime.listeners if hasattr(p, "factory")]
+        self.assertEqual(len(web_ports), 2)
+        self.assertIs(web_ports[0].factory, web_ports[1].factory)
+        self.assertIsNone(web_ports[0].factory.built)
         resp, body = yield self.get()
         self.assertEqual(resp.code, 200)
+        built = web_ports[0].factory.built
+        self.assertEqual(type(built).__name__, "TLSOrPlainFactory")
+        yield self.get()
+        self.assertIs(web_ports[0].factory.built, built)  # built once
         headers = json.loads(body)
         self.assertEqual(headers["x-netbird-user"], ["alice@example.com"])
         self.assertEqual(headers["x-netbird-groups"], ["eng"])
