@@ -56,6 +56,7 @@ and sends nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import threading
 import time
@@ -499,8 +500,9 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                       context: Any, ipv6: bool = False) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(
-                None, self.store.peers.set_connected, sub.account_id, sub.peer_id, True)
+            await loop.run_in_executor(None, functools.partial(
+                self.store.peers.set_connected, sub.account_id, sub.peer_id, True,
+                reload=False))
         except NotFound:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
         last = b""
@@ -534,7 +536,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
 
     def _mark_disconnected(self, sub: _Subscription) -> None:
         try:
-            self.store.peers.set_connected(sub.account_id, sub.peer_id, False)
+            self.store.peers.set_connected(sub.account_id, sub.peer_id, False, reload=False)
         except NotFound:
             pass
         except Exception:

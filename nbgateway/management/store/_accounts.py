@@ -1322,11 +1322,14 @@ class PeerRepository(Repository):
         return self._store._write(peer.account_id, run)
 
     def set_connected(
-        self, account_id: str, peer_id: str, connected: bool, *, now: datetime | None = None
-    ) -> Peer:
-        """Record a peer's connection state and ``last_seen``. NotFound ``peer not found``."""
+        self, account_id: str, peer_id: str, connected: bool, *, now: datetime | None = None,
+        reload: bool = True,
+    ) -> Peer | None:
+        """Record a peer's connection state and ``last_seen``; the updated peer, or
+        None with ``reload=False`` (the peer channel: a shorter write transaction).
+        NotFound ``peer not found``."""
 
-        def run(tx: Tx) -> Peer:
+        def run(tx: Tx) -> Peer | None:
             res = tx.conn.execute(
                 sa.update(peers)
                 .where(peers.c.id == peer_id, peers.c.account_id == account_id)
@@ -1335,7 +1338,7 @@ class PeerRepository(Repository):
             if res.rowcount == 0:
                 raise NotFound("peer not found")
             tx.changed(ChangeKind.PEER, account_id, peer_id)
-            return self._load_peers(tx.conn, peers.c.id == peer_id)[0]
+            return self._load_peers(tx.conn, peers.c.id == peer_id)[0] if reload else None
 
         return self._store._write(account_id, run)
 
