@@ -584,9 +584,26 @@ class LeanAgent:
     def request(self, method: bytes, url: bytes, headers: Headers | None = None,
                 bodyProducer: Any = None) -> defer.Deferred[Any]:
         try:
-            scheme, host, port, netloc, path = split_url(url)
+            attempt = self._attempt(method, url, headers, bodyProducer, None)
         except ValueError:
             return defer.fail()
+        attempt.start()
+        return attempt.result
+
+    def request_into(self, method: bytes, url: bytes, headers: Headers | None,
+                     bodyProducer: Any, sink: Any) -> _Attempt:
+        """:meth:`request` without a Deferred: ``sink.upstream_response(response)``
+        or ``sink.upstream_failed(failure)`` is called exactly once (possibly
+        before this returns); the returned attempt's ``cancel()`` ends it with
+        ``CancelledError`` unless it was answered already (as cancelling the
+        Deferred of :meth:`request` does)."""
+        attempt = self._attempt(method, url, headers, bodyProducer, sink)
+        attempt.start()
+        return attempt
+
+    def _attempt(self, method: bytes, url: bytes, headers: Headers | None,
+                 bodyProducer: Any, sink: Any) -> _Attempt:
+        scheme, host, port, netloc, path = split_url(url)  # ValueError: a bad URL
         body = bodyProducer
         if body is None:
             length: int | None = 0 if method in (b"POST", b"PUT", b"PATCH") else -1
@@ -595,7 +612,29 @@ class LeanAgent:
         head = request_head(method, path, headers or Headers(), netloc, length)
         key = (scheme, host, port)
         replayable = body is None or isinstance(getattr(body, "body", None), bytes)
-        return _Attempt(self, key, method, head, body, replayable).start()
+        return _Attempt(self, key, method, head, body, replayable, sink)
+
+
+class _SinkResult:
+    """The outcome of a :meth:`LeanAgent.request_into` attempt, delivered
+    once to its sink (what the Deferred of :meth:`LeanAgent.request` does,
+    without the Deferred and its callback chain)."""
+
+    __slots__ = ("called", "sink")
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.called = False
+
+    def callback(self, response: Any) -> None:
+        if not self.called:
+            self.called = True
+            self.sink.upstream_response(response)
+
+    def errback(self, reason: Failure) -> None:
+        if not self.called:
+            self.called = True
+            self.sink.upstream_failed(reason)
 
 
 class _Attempt:
@@ -603,25 +642,32 @@ class _Attempt:
     connection the upstream had closed."""
 
     def __init__(self, agent: LeanAgent, key: tuple[bytes, bytes, int], method: bytes,
-                 head: bytes, body: Any, replayable: bool) -> None:
+                 head: bytes, body: Any, replayable: bool, sink: Any = None) -> None:
         self.agent = agent
         self.key = key
         self.method = method
         self.head = head
         self.body = body
         self.replayable = replayable and method in _REPLAYABLE_METHODS
-        self.result: defer.Deferred[Any] = defer.Deferred(self._cancel)
+        #: who gets the outcome: a Deferred (``request``), else the sink itself
+        self.result: Any = defer.Deferred(self._cancel) if sink is None else _SinkResult(sink)
         self.conn: UpstreamConnection | None = None
         self.connecting: defer.Deferred[Any] | None = None
         self.cancelled = False
 
-    def start(self) -> defer.Deferred[Any]:
+    def start(self) -> None:
         conn = self.agent.pool.take(self.key)
         if conn is not None:
             self._send(conn)
         else:
             self._dial()
-        return self.result
+
+    def cancel(self) -> None:
+        """End the request (the sink path; a Deferred is cancelled instead)."""
+        result = self.result
+        if type(result) is _SinkResult and not result.called:
+            self._cancel(None)
+            result.errback(Failure(defer.CancelledError()))
 
     def _dial(self) -> None:
         scheme, host, port = self.key

@@ -220,7 +220,7 @@ class _Exchange:
         self.done = False
         self.response_bytes = 0
         self._deadline: Any = None
-        self._pending: defer.Deferred[Any] | None = None
+        self._pending: Any = None  # a Deferred, or the lean client's attempt
         self.relay: _ResponseRelay | None = None
         self.timeout = 0.0
         self.body: Any = None
@@ -232,6 +232,7 @@ class _Exchange:
         self._busy = False
         self.path_query = path_query
         self.method = b""
+        self._answered = False
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
@@ -261,6 +262,19 @@ class _Exchange:
             self.tried.append(self.state.key)
             self.pool.started(self.state)
             self._busy = True
+        request_into = getattr(agent, "request_into", None)
+        if request_into is not None:
+            # the lean client reports to this exchange directly: no Deferred
+            # and callback chain per request (upstream_response/_failed)
+            self._answered = False
+            try:
+                attempt = request_into(self.method, url, headers, self.body, self)
+            except Exception:
+                self.upstream_failed(Failure())
+                return
+            if not self._answered:
+                self._pending = attempt  # cancel() reaches the attempt
+            return
         try:
             d = agent.request(self.method, url, headers, self.body)
         except Exception:
@@ -271,6 +285,22 @@ class _Exchange:
         self._pending = d
         d.addCallbacks(self._on_response, self._on_error)
         d.addErrback(self._internal_error)
+
+    def upstream_response(self, response: Any) -> None:
+        """The lean client's response head (see ``LeanAgent.request_into``)."""
+        self._answered = True
+        try:
+            self._on_response(response)
+        except Exception:
+            self._internal_error(Failure())
+
+    def upstream_failed(self, reason: Failure) -> None:
+        """The lean client's failure before the response head."""
+        self._answered = True
+        try:
+            self._on_error(reason)
+        except Exception:
+            self._internal_error(Failure())
 
     def _end_attempt(self, _: Any = None) -> None:
         """The target in use is no longer busy with this request."""

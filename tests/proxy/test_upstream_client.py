@@ -378,3 +378,83 @@ class StrayBytesTests(Base):
         self.assertEqual(self.pool.idle(), 1)
         self.agent.request(b"GET", URL, Headers(), None)
         self.assertEqual(t.producerState, "producing")
+
+
+class Sink:
+    """A request_into sink: records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def upstream_response(self, response) -> None:
+        self.calls.append(("response", response))
+
+    def upstream_failed(self, reason: Failure) -> None:
+        self.calls.append(("failed", reason))
+
+
+class RequestIntoTests(Base):
+    """The Deferred-free entry the reverse proxy uses: the same outcomes as
+    request() (response, failure, cancel), each delivered exactly once."""
+
+    def test_response_once_and_the_connection_is_pooled(self):
+        sink = Sink()
+        attempt = self.agent.request_into(b"GET", URL, Headers({b"X-A": [b"1"]}), None, sink)
+        t, proto = self.eps.conns[-1]
+        self.assertEqual(sink.calls, [])
+        proto.dataReceived(OK[:20])
+        self.assertEqual(sink.calls, [])
+        proto.dataReceived(OK[20:])
+        [(kind, resp)] = sink.calls
+        self.assertEqual((kind, resp.code, resp.headers.getRawHeaders(b"x-up")),
+                         ("response", 200, [b"1"]))
+        body = Collect()
+        resp.deliverBody(body)
+        self.assertEqual(body.data, b"hello")
+        attempt.cancel()  # answered already: nothing happens
+        self.assertEqual(len(sink.calls), 1)
+        self.assertEqual(self.pool.idle(), 1)
+        self.assertEqual(t.value(),
+                         b"GET /a/b?q=1 HTTP/1.1\r\nX-A: 1\r\nHost: 10.0.0.5:8080\r\n\r\n")
+
+    def test_cancel_before_the_head_fails_with_cancelled_and_closes(self):
+        sink = Sink()
+        attempt = self.agent.request_into(b"GET", URL, Headers(), None, sink)
+        t, proto = self.eps.conns[-1]
+        attempt.cancel()
+        attempt.cancel()
+        [(kind, reason)] = sink.calls
+        self.assertEqual(kind, "failed")
+        reason.trap(defer.CancelledError)
+        self.assertTrue(t.disconnected)  # aborted: the connection is not reused
+        proto.dataReceived(OK)  # a late answer reaches nobody
+        self.assertEqual(len(sink.calls), 1)
+        self.assertEqual(self.pool.idle(), 0)
+
+    def test_a_refused_dial_fails_before_request_into_returns(self):
+        def refuse(host, port, tls):
+            raise ConnectionRefusedError("guard says no")
+
+        agent = LeanAgent(self.pool, refuse)
+        sink = Sink()
+        attempt = agent.request_into(b"GET", URL, Headers(), None, sink)
+        [(kind, reason)] = sink.calls
+        self.assertEqual(kind, "failed")
+        reason.trap(ConnectionRefusedError)
+        attempt.cancel()
+        self.assertEqual(len(sink.calls), 1)
+
+    def test_a_bad_url_raises(self):
+        self.assertRaises(ValueError, self.agent.request_into, b"GET", b"nope", Headers(),
+                          None, Sink())
+
+    def test_stale_pooled_connection_is_retried_on_a_new_one(self):
+        self.fetch()
+        sink = Sink()
+        self.agent.request_into(b"GET", URL, Headers(), None, sink)
+        _t, proto = self.eps.conns[-1]
+        proto.connectionLost(Failure(ResponseDone()))  # closed while idle, no byte
+        self.assertEqual(sink.calls, [])
+        self.assertEqual(len(self.eps.conns), 2)
+        self.eps.conns[-1][1].dataReceived(OK)
+        self.assertEqual([k for k, _ in sink.calls], ["response"])
