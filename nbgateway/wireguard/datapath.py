@@ -19,6 +19,7 @@ per-packet counters are plain ints.
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Iterable
 
@@ -41,6 +42,8 @@ _REJECT_MSGS = C.REJECT_AFTER_MESSAGES
 # inner header fields for the inbound source check: (total length, source)
 _IP4_LENGTH_SOURCE = struct.Struct("!2xH8x4s").unpack_from
 _IP6_LENGTH_SOURCE = struct.Struct("!4xH2x16s").unpack_from  # (payload length, source)
+#: the new-handshake timer's jitter source (see ``_arm_new_handshake``)
+_JITTER_RANDOM = random.Random()
 ROUTE_CACHE_MAX = 4096  # destination -> peer entries in front of the LPM table
 
 
@@ -219,10 +222,12 @@ class TransportPath:
         (cryptokey routing, outbound) and send them; returns how many were sent
         or staged for a handshake.  Drops are counted.
 
-        Packets to a peer with a fresh current session (nothing staged, the
-        new-handshake timer armed) are encrypted inline and leave per run of one
-        peer's packets (``link.sendDatagrams``); everything else goes through
-        :meth:`_send_data`.  Per-peer order is kept.
+        Packets to a peer with a fresh current session (nothing staged) are
+        encrypted inline and leave per run of one peer's packets
+        (``link.sendDatagrams``), arming the new-handshake timer for the run
+        when it is not armed (the first packet sent after a packet received:
+        once per exchange of a request/response connection); everything else
+        goes through :meth:`_send_data`.  Per-peer order is kept.
         """
         cache = self._route_cache
         now = self._seconds()
@@ -268,13 +273,14 @@ class TransportPath:
                     or peer.has_staged
                     or kp.send_counter >= rekey_after_messages
                     or now >= kp.rekey_at
-                    or peer.timers.new_handshake is None
                     or peer.endpoint is None
                     or link is None
                 ):
                     if self._send_data(peer, packet):
                         accepted += 1
                     continue
+                if peer.timers.new_handshake is None:
+                    self._arm_new_handshake(peer, now)
                 run_peer = peer
                 counter = kp.send_counter
                 encrypt, remote_index = kp.send.encrypt, kp.remote_index
@@ -319,18 +325,26 @@ class TransportPath:
             if pad > 0:
                 packet = packet + _ZERO_PAD[:pad]
         self._encrypt_and_send(peer, kp, packet, now)
-        t = peer.timers
-        if t.new_handshake is None:
-            self._arm(
-                peer,
-                "new_handshake",
-                now + cfg.keepalive_timeout + cfg.rekey_timeout
-                + self._rng.uniform(0, cfg.rekey_timeout_jitter),
-            )
+        if peer.timers.new_handshake is None:
+            self._arm_new_handshake(peer, now)
         # keep the key fresh (initiator side)
         if kp.is_initiator and (kp.send_counter >= cfg.rekey_after_messages or now >= kp.rekey_at):
             self._initiate(peer, retry=False)
         return True
+
+    def _arm_new_handshake(self, peer: Peer, now: float) -> None:
+        """Data sent and nothing received since: a new handshake if nothing
+        arrives within keepalive + rekey timeout (+ jitter).  Armed once per
+        exchange on a request/response peer, so the jitter does not come from
+        the device's default ``SystemRandom`` (a getrandom() syscall per draw)
+        but from a shared seeded generator: it spreads retries and needs no
+        secrecy.  An injected generator (tests) is used as is."""
+        cfg = self.timers
+        rng = self._rng
+        if rng.__class__ is random.SystemRandom:
+            rng = _JITTER_RANDOM
+        self._arm(peer, "new_handshake", now + cfg.keepalive_timeout + cfg.rekey_timeout
+                  + rng.uniform(0, cfg.rekey_timeout_jitter))
 
     def _encrypt_and_send(self, peer: Peer, kp: Keypair, packet: bytes, now: float) -> None:
         counter = kp.send_counter
