@@ -3,12 +3,22 @@ DeviceMux) and implementing :class:`~nbgateway.interfaces.IDatagramLink` for its
 output, and :class:`BatchingPort`, a posix UDP port that hands the protocol
 everything one readiness event can read (up to :data:`READ_BATCH` datagrams) in
 one ``datagramsReceived`` call, so the device and the netstack above it work
-per batch rather than per datagram."""
+per batch rather than per datagram.
+
+Output can be held to the end of the reactor turn (``batch_sends``, on for the
+gateway's port unless ``NBGW_WG_TX_BATCH=0``): what the devices send during one
+turn (the responses of every upstream socket that became readable, the
+replies to one read's batch) is queued per destination address and leaves
+in one flush from a ``callLater(0)``, which Twisted runs before it polls
+again; runs of equal-size datagrams to one address then go out in one
+``sendmsg`` with UDP GSO instead of one ``sendto`` each.  Per-address order
+is kept; at most :data:`HOLD_MAX` datagrams are held (more flush at once)."""
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import struct
 import sys
@@ -40,8 +50,14 @@ class WireGuardProtocol(DatagramProtocol):
     :class:`~nbgateway.wireguard.mux.DeviceMux` both have one) and never raise
     into the device or the reactor."""
 
-    def __init__(self, device) -> None:
+    def __init__(self, device, batch_sends: bool = False) -> None:
         self.device = device
+        #: hold datagrams until the end of the reactor turn (see the module doc)
+        self.batch_sends = batch_sends
+        self._held: dict[tuple[str, int], list[bytes]] = {}
+        self._held_count = 0
+        self._flush_call = None
+        self.held_flushes = 0  # end-of-turn flushes that sent something
         self.send_errors = 0
         # host -> usable as a sendto() address on this socket (family checked
         # once per host instead of Twisted's per-datagram isIPAddress tests)
@@ -55,6 +71,10 @@ class WireGuardProtocol(DatagramProtocol):
         self.device.link = self
 
     def stopProtocol(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self.flush()
         if self.device.link is self:
             self.device.link = None
 
@@ -69,6 +89,37 @@ class WireGuardProtocol(DatagramProtocol):
         self.sendDatagrams([data], addr)
 
     def sendDatagrams(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        if self.batch_sends:
+            reactor = getattr(self.transport, "reactor", None)
+            if reactor is not None:
+                held = self._held.get(addr)
+                if held is None:
+                    self._held[addr] = list(datagrams)
+                else:
+                    held.extend(datagrams)
+                self._held_count += len(datagrams)
+                if self._held_count >= HOLD_MAX:
+                    self.flush()
+                elif self._flush_call is None:
+                    self._flush_call = reactor.callLater(0, self._end_of_turn)
+                return
+        self._send_now(datagrams, addr)
+
+    def _end_of_turn(self) -> None:
+        self._flush_call = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Send everything held (per address, in order)."""
+        if not self._held:
+            return
+        held, self._held = self._held, {}
+        self._held_count = 0
+        self.held_flushes += 1
+        for addr, datagrams in held.items():
+            self._send_now(datagrams, addr)
+
+    def _send_now(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
         transport = self.transport
         if transport is None:
             self.send_errors += len(datagrams)
@@ -172,6 +223,9 @@ class WireGuardProtocol(DatagramProtocol):
         self.device.events["udp_refused"] += 1
 
 
+#: datagrams held for the end-of-turn flush at most (more: flushed at once)
+HOLD_MAX = 256
+
 #: UDP generic segmentation offload (Linux >= 4.18): ``UDP_SEGMENT`` socket
 #: option level SOL_UDP, at most 64 segments and 64 KiB per send
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
@@ -250,12 +304,17 @@ class BatchingPort(udp.Port):
             raise failure
 
 
-def listen(reactor: IReactorUDP, device, port: int, interface: str = "") -> IListeningPort:
+def listen(reactor: IReactorUDP, device, port: int, interface: str = "",
+           batch_sends: bool | None = None) -> IListeningPort:
     """Bind the device's UDP socket (with enlarged buffers).  ``interface`` ''
     binds all IPv4 addresses; '::' binds dual-stack.  On a posix reactor the
     socket is a :class:`BatchingPort`; elsewhere the reactor's own UDP port
-    delivers datagram by datagram."""
-    protocol = WireGuardProtocol(device)
+    delivers datagram by datagram.  ``batch_sends`` (None: on unless the
+    environment says ``NBGW_WG_TX_BATCH=0``) holds output to the end of the
+    reactor turn (module doc)."""
+    if batch_sends is None:
+        batch_sends = os.environ.get("NBGW_WG_TX_BATCH", "1") != "0"
+    protocol = WireGuardProtocol(device, batch_sends=batch_sends)
     if isinstance(reactor, PosixReactorBase):
         listening = BatchingPort(port, protocol, interface, reactor=reactor)
         listening.startListening()

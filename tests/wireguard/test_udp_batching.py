@@ -71,6 +71,8 @@ class BatchingPortTests(unittest.TestCase):
         self.assertIs(device.link, protocol)
         replies = [b"reply %d" % i for i in range(10)]
         protocol.sendDatagrams(replies, client_addr)
+        # (held until the end of the reactor turn: batch_sends is on by default)
+        yield task.deferLater(reactor, 0, lambda: None)
         client.settimeout(5)
         self.assertEqual([client.recv(100) for _ in replies], replies)
 

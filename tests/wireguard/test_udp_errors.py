@@ -36,6 +36,7 @@ def produce_send_errors(protocol: udp.WireGuardProtocol, port: int) -> int:
     protocol.sendDatagrams([b"x" * 70_000], ("127.0.0.1", port))  # EMSGSIZE: MessageLengthError
     protocol.sendDatagram(b"x", ("::1", port))  # IPv6 on an IPv4 port: InvalidAddressError
     protocol.sendDatagram(b"x", ("127.0.0.1", 0))  # EINVAL from the kernel: OSError
+    protocol.flush()  # (held until the end of the reactor turn otherwise)
     return 3
 
 

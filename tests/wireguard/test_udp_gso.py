@@ -37,6 +37,7 @@ def test_runs_arrive_as_the_same_datagrams_in_order():
             + [b"u" * 1312]
         proto = port.protocol
         proto.sendDatagrams(sent, rx.getsockname())
+        proto.flush()  # (held until the end of the reactor turn otherwise)
         got = [rx.recv(2000) for _ in sent]
         assert got == sent
         if proto.gso:  # the kernel took it: 100 full ones need two sends of <= 64 (+ short)
