@@ -29,7 +29,8 @@ its TTL (RFC 1122 3.2.1.7); only forwarders do and we never forward.
 Timers: one ``IDelayedCall`` per stack, re-armed by :meth:`Stack.wakeup` at
 the earliest of ``tcp.next_deadline()``, the fragment expiry and ping
 timeouts.  The stack calls ``wakeup()`` itself after every
-``tcp.segment_received`` and after every ``tcp.on_deadline``; the TCP layer
+``tcp.segment_received`` (once per inbound batch of ``packetsReceived``) and
+after every ``tcp.on_deadline``; the TCP layer
 only needs to call it for changes made outside those calls (user writes,
 connect, close) and only when its deadline may have moved *earlier*: a later
 deadline needs no call (the timer fires early and re-arms).  ``_timer`` is
@@ -139,6 +140,7 @@ class Stack:
         self.coalescer = TCPCoalescer(self._tcp_one, self._tcp_run)
         self.coalesce = coalesce  # False: every segment reaches TCP on its own (A/B benches)
         self._coalescing = False  # inside packetsReceived: TCP segments go to the coalescer
+        self._batch_wakeup = False  # inside packetsReceived: one timer re-arm at its end
         self._local: dict[bytes, IPAddress] = {a.packed: a for a in addrs}
         self._first: dict[int, bytes | None] = {
             v: next((a.packed for a in addrs if a.version == v), None) for v in (4, 6)
@@ -196,6 +198,8 @@ class Stack:
         (``coalesce.py``); replies leave together once all are processed."""
         self.cork()
         self._coalescing = self.coalesce and len(packets) > 1
+        outer = not self._batch_wakeup
+        self._batch_wakeup = True
         try:
             for packet in packets:
                 self.packetReceived(packet, peer_key)
@@ -207,6 +211,9 @@ class Stack:
             log.failure("netstack: unexpected error handling an inbound batch")
         finally:
             self._coalescing = False
+            if outer:
+                self._batch_wakeup = False
+                self.wakeup()
             self.uncork()
 
     def packetReceived(self, packet: bytes, peer_key: bytes) -> None:
@@ -398,7 +405,8 @@ class Stack:
             self.counters["drop_filtered"] += 1
             return
         self.tcp.segment_received(self._cache.obj(src), local, seg, now)
-        self.wakeup()
+        if not self._batch_wakeup:
+            self.wakeup()
 
     def _tcp_run(self, src: bytes, local: IPAddress, header: memoryview, payload: bytes,
                  count: int, now: float) -> None:
@@ -410,7 +418,8 @@ class Stack:
                                       memoryview(bytes(header) + payload), now)
         else:
             run(self._cache.obj(src), local, header, payload, count, now)
-        self.wakeup()
+        if not self._batch_wakeup:
+            self.wakeup()
 
     def port_unreachable(
         self, src: bytes, dst: bytes, quote: memoryview | bytes, now: float,

@@ -452,7 +452,12 @@ class Connection(ConnectionOutput):
         if plen and self.state != CLOSED:
             self._receive_text(rcv_nxt, payload, now, seg.segs)
         if self.state != CLOSED:
-            self._output(now)
+            # an output run only when it has something to do: an ACK due now,
+            # data the new ACK lets out, or a FIN (a request on a keep-alive
+            # connection usually has none: its ACK waits for the response)
+            end = self.sndbuf.end
+            if self.ack_now or end > self.snd_nxt or (self.fin_queued and self.snd_nxt == end):
+                self._output(now)
             self._update_timer()
         return True
 

@@ -261,9 +261,18 @@ class ConnectionOutput:
 
     def _update_timer(self) -> None:
         t = self.rtx_at
-        for x in (self.persist_at, self.delack_at, self.keep_at, self.linger_at):
-            if x is not None and (t is None or x < t):
-                t = x
+        x = self.delack_at
+        if x is not None and (t is None or x < t):
+            t = x
+        x = self.persist_at
+        if x is not None and (t is None or x < t):
+            t = x
+        x = self.keep_at
+        if x is not None and (t is None or x < t):
+            t = x
+        x = self.linger_at
+        if x is not None and (t is None or x < t):
+            t = x
         self.timer_at = t
         if t is not None and (self.heap_at is None or t < self.heap_at):
             self.layer.schedule(self)
