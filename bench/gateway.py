@@ -83,9 +83,18 @@ LOSS_COUNTERS = ("nbgateway_tcp_retransmits_total", "nbgateway_netstack_drops_to
                  "nbgateway_wireguard_drops_total")
 
 
+#: the variable --fast-path ab switches (--ab-env)
+AB_VAR = "NBGW_HTTP_FAST"
+
+
 def loss_counters(w: World) -> dict[str, float]:
     text = w.metrics()
-    return {name: counter(text, name) for name in LOSS_COUNTERS}
+    out = {name: counter(text, name) for name in LOSS_COUNTERS}
+    # WireGuard data packets in each direction (packets per request: pure ACKs
+    # and split writes show here)
+    for d in ("rx", "tx"):
+        out[f"wg_{d}"] = counter(text, "nbgateway_wireguard_packets_total", direction=d)
+    return out
 
 
 def snmp(ns, proto: str, field: str) -> int:
@@ -298,13 +307,13 @@ def restart_gateway(w: World, token: str, fast: bool, ns, gw_ip: str,
         if not _exited(pid, 20.0):
             os.kill(pid, signal.SIGKILL)
             _exited(pid, 10.0)
-    os.environ["NBGW_HTTP_FAST"] = "1" if fast else "0"
+    os.environ[AB_VAR] = "1" if fast else "0"
     w.start_gateway(token)
     wait_for(lambda: w.curl(ns, f"http://{APP}/warm", gw_ip=gw_ip)[0] == 200, 150,
              "the private service after the gateway restart")
     wait_for(lambda: w.curl(ns, f"https://{APP}/warm", "-k", gw_ip=gw_ip)[0] == 200, 60,
              "the private service over HTTPS after the gateway restart")
-    print(f"gateway restarted with the fast path {'on' if fast else 'off'} "
+    print(f"gateway restarted with {AB_VAR}={int(fast)} "
           f"in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     # the warm-up requests' upstream log lines and access-log entries land
     # before the next round counts them
@@ -371,7 +380,7 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
             }
             close = "Connection: close"
             gw_pid = find_gateway_pid(w)
-            fast_now = os.environ.get("NBGW_HTTP_FAST", "1") != "0"
+            fast_now = os.environ.get(AB_VAR, "1") != "0"
             # --fast-path ab: each round measures the gateway with the fast
             # path ("gateway*") and, after a restart, without ("slowpath*")
             if ab:
@@ -404,13 +413,27 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
                     _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of.get(name, []))
                     if is_gw:
                         loss1 = loss_counters(w)
+                        done = max(1, rnd[f"{name}_c{conns}"]["requests"])
+                        for d in ("rx", "tx"):
+                            k = f"wg_{d}"
+                            loss1[f"{k}_per_req"] = (loss1.pop(k) - loss0.pop(k)) / done
+                            loss0[f"{k}_per_req"] = 0.0
                         out.setdefault("loss", []).append(
-                            {**{k: loss1[k] - loss0[k] for k in loss1},
+                            {"path": name, **{k: loss1[k] - loss0[k] for k in loss1},
                              "client_retransmits": client_retransmits(ns) - rtx0,
                              "gateway_udp_rcvbuf_errors": snmp(w.g, "Udp", "RcvbufErrors") - udp0})
                     if spy is not None:
                         spy.wait(timeout=60)
+                    if is_gw:
+                        p0 = loss_counters(w)
                     rnd[f"{name}_c1"] = paths[name](1)
+                    if is_gw:
+                        p1 = loss_counters(w)
+                        done = max(1, rnd[f"{name}_c1"]["requests"])
+                        out.setdefault("loss", []).append(
+                            {"path": name + " 1 conn",
+                             **{f"wg_{d}_per_req": (p1[f"wg_{d}"] - p0[f"wg_{d}"]) / done
+                                for d in ("rx", "tx")}})
                     if before is not None:
                         wrk_done = sum(rnd[f"{name}_{k}"]["requests"] for k in (f"c{conns}", "c1"))
                         out["access_log"].append(check_access_log(w, up_g, before, wrk_done,
@@ -500,16 +523,18 @@ def summarize(out: dict, conns: int) -> dict:
         if g and n:
             ratios[f"{'HTTPS ' if name else ''}CPU per request gateway/nginx worker"] = g / n
     if f"slowpath_{c}" in med:  # --fast-path ab
+        on, off = (("fast path", "twisted.web path") if AB_VAR == "NBGW_HTTP_FAST"
+                   else (f"{AB_VAR}=1", f"{AB_VAR}=0"))
         for name in ("", "tls_"):
             label = "HTTPS " if name else ""
             fast, slow = med[f"gateway_{name}{c}"], med[f"slowpath_{name}{c}"]
-            ratios[f"{label}req/s fast path / twisted.web path"] = fast["rps"] / slow["rps"]
-            ratios[f"{label}twisted.web path / nginx req/s"] = (
+            ratios[f"{label}req/s {on} / {off}"] = fast["rps"] / slow["rps"]
+            ratios[f"{label}{off} / nginx req/s"] = (
                 slow["rps"] / med[f"nginx_{name}{c}"]["rps"])
             if fast["cpu_ms"] and slow["cpu_ms"]:
-                ratios[f"{label}CPU per request fast path / twisted.web path"] = (
+                ratios[f"{label}CPU per request {on} / {off}"] = (
                     fast["cpu_ms"] / slow["cpu_ms"])
-        ratios["added p50 at 1 connection, twisted.web path (ms)"] = (
+        ratios[f"added p50 at 1 connection, {off} (ms)"] = (
             med["slowpath_c1"]["p50_ms"] - med["nginx_c1"]["p50_ms"])
     return {"median": med, "ratios": ratios}
 
@@ -548,8 +573,9 @@ def report(out: dict, seconds: float, conns: int) -> bool:
               f"upstream requests, wrk completed {a['wrk_completed']}: "
               f"{'ok' if a['ok'] else 'MISMATCH'}")
     for x in out.get("loss", []):
-        print("  during a 16-connection gateway run: " + ", ".join(
-            f"{k.replace('nbgateway_', '').replace('_total', '')} {v:g}" for k, v in x.items()))
+        x = dict(x)
+        print(f"  during a {x.pop('path', 'gateway')} run: " + ", ".join(
+            f"{k.replace('nbgateway_', '').replace('_total', '')} {v:.3g}" for k, v in x.items()))
     print("zero errors and one access-log entry per request:", "yes" if all_ok else "NO")
     return all_ok
 
@@ -560,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--connections", type=int, default=16,
                         help="keep-alive connections of the throughput runs")
+    parser.add_argument("--ab-env", default="NBGW_HTTP_FAST", metavar="VAR",
+                        help="with --fast-path ab: the environment variable switched "
+                             "between 1 (the 'gateway' rows) and 0 (the second rows) "
+                             "instead of NBGW_HTTP_FAST")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--py-spy", help="record the gateway with py-spy (raw format) here")
     parser.add_argument("--fast-path", choices=("on", "off", "ab"), default="on",
@@ -567,7 +597,13 @@ def main(argv: list[str] | None = None) -> int:
                              "twisted.web server path; ab: both in every round, the gateway "
                              "restarted between them)")
     args = parser.parse_args(argv)
+    global AB_VAR
+    AB_VAR = args.ab_env
     os.environ["NBGW_HTTP_FAST"] = "0" if args.fast_path == "off" else "1"
+    os.environ[AB_VAR] = "0" if args.fast_path == "off" else "1"
+    if AB_VAR != "NBGW_HTTP_FAST":
+        LABELS["slowpath"] = f"nbgateway, {AB_VAR}=0"
+        LABELS["slowpath_tls"] = f"nbgateway HTTPS, {AB_VAR}=0"
     print(f"gateway HTTP/1.1 fast path: {args.fast_path}")
     t0 = time.monotonic()
     try:

@@ -1,0 +1,267 @@
+"""The WireGuard + netstack data path of a keep-alive HTTP exchange, in process:
+what one request/response costs the gateway below the HTTP layer.
+
+A stock peer's keep-alive connection (kernel TCP through a 1280-MTU tunnel:
+MSS 1228, timestamps, SACK, window scaling) sends ``--conns`` requests of
+``--request`` bytes per round; each request carries the cumulative ACK of
+the previous response (as a Linux client with delayed ACKs does), so the
+gateway sees one datagram in and sends one out per exchange.  The requests
+are encrypted beforehand by a peer ``WireGuardDevice`` (with the right
+sequence, acknowledgment and timestamp numbers); the bench times only the
+gateway side:
+
+* one UDP read of ``--conns`` request datagrams -> ``datagramsReceived`` ->
+  decrypt -> ``Stack`` -> TCP -> ``TunnelTCPTransport`` -> a protocol that
+  keeps the bytes (what the HTTP server gets);
+* then, as the upstream's responses arrive in later reactor turns, one
+  ``transport.write`` of ``--response`` bytes per connection -> TCP ->
+  ``Stack`` -> encrypt -> the UDP link (a ``WireGuardProtocol`` on a fake
+  socket whose ``sendto``/``sendmsg`` only count, so no syscall is timed;
+  with ``--hold`` the protocol holds output to the end of the "turn" and
+  flushes once per round, as ``batch_sends`` does in the gateway).
+
+The clock is a ``task.Clock`` advanced by 50 us per round (so the stack's
+timer machinery runs as it does under load, but no timer fires).  Printed:
+microseconds of CPU (``time.process_time``) per exchange, median of
+``--rounds`` slices, and with ``--against DIR`` the same bench run with
+another checkout's package in alternating subprocesses (same run, ratios of
+the medians).  Counters at the end check that nothing was retransmitted,
+dropped or sent twice: exactly one datagram out per exchange.
+
+Usage: python bench/exchange_path.py [--exchanges 20000] [--conns 16] [--rounds 5]
+                                     [--against /tmp/old-tree] [--hold]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+GW, PEER = "10.0.0.1", "10.0.0.2"
+GW_ADDR, PEER_ADDR = ("127.0.0.1", 51820), ("127.0.0.1", 40000)
+MSS = 1280 - 40 - 12
+TS = b"\x01\x01\x08\x0a"
+
+
+def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
+           profiler=None) -> dict:
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.task import Clock
+
+    from nbgateway.netstack.stack import Stack
+    from nbgateway.netstack.tcp_wire import ACK, PSH, SYN, parse_segment
+    from nbgateway.netstack.testing import build_tcp
+    from nbgateway.netstack.transport import TunnelTCPTransport
+    from nbgateway.wireguard import udp
+    from nbgateway.wireguard.device import WireGuardDevice
+    from nbgateway.wireguard.keys import generate_private_key
+
+    clock = Clock()
+    clock.advance(1000)
+
+    class Collect:
+        def __init__(self) -> None:
+            self.out: list = []
+
+        def sendDatagram(self, data, addr):
+            self.out.append((data, PEER_ADDR))
+
+        def sendDatagrams(self, datagrams, addr):
+            self.out.extend((d, PEER_ADDR) for d in datagrams)
+
+    class Sink:
+        def __init__(self) -> None:
+            self.packets: list[bytes] = []
+
+        def packetReceived(self, packet, key):
+            self.packets.append(packet)
+
+        def packetsReceived(self, packets, key):
+            self.packets.extend(packets)
+
+    class CountingSocket:
+        def __init__(self) -> None:
+            self.datagrams = self.calls = 0
+
+        def sendto(self, data, addr):
+            self.datagrams += 1
+            self.calls += 1
+
+        def sendmsg(self, buffers, ancdata, flags, addr):
+            self.calls += 1
+            size = struct.unpack("=H", ancdata[0][2])[0]
+            self.datagrams += -(-sum(map(len, buffers)) // size)
+
+    class FakePort:
+        import socket as _s
+        addressFamily = _s.AF_INET
+        _connectedAddr = None
+
+        def __init__(self, sock) -> None:
+            self.socket = sock
+            self.reactor = clock
+
+    class App(Protocol):
+        def __init__(self) -> None:
+            self.got = 0
+
+        def dataReceived(self, data):
+            self.got += len(data)
+
+    gw = WireGuardDevice(generate_private_key(), clock)
+    peer = WireGuardDevice(generate_private_key(), clock)
+    stack = Stack(gw, clock, [GW], verify_checksums=False)
+    gw.sink = stack
+    transports: list = []
+
+    def accept(conn):
+        app = App()
+        t = TunnelTCPTransport(conn, app)
+        t.makeConnection(app)
+        transports.append(t)
+        return t
+
+    stack.tcp.listen(80, accept)
+    peer.sink = sink = Sink()
+    gw.add_peer(peer.public_key, allowed_ips=[f"{PEER}/32"], endpoint=PEER_ADDR)
+    peer.add_peer(gw.public_key, allowed_ips=[f"{GW}/32"], endpoint=GW_ADDR)
+    to_gw, to_peer = Collect(), Collect()
+    peer.link, gw.link = to_gw, to_peer
+
+    def exchange():
+        while to_gw.out or to_peer.out:
+            a, to_gw.out = to_gw.out, []
+            gw.datagramsReceived(a)
+            b, to_peer.out = to_peer.out, []
+            peer.datagramsReceived(b)
+
+    syn_opts = struct.pack("!BBH", 2, 4, MSS) + b"\x04\x02" + b"\x01\x03\x03\x07" + TS + \
+        struct.pack("!II", 1, 0)
+    state = []  # per connection: [seq, ack, tsecr, port]
+    for i in range(conns):
+        port = 40000 + i
+        seq = 5000 + i * 1_000_000
+        peer.sendPacket(build_tcp(PEER, GW, port, 80, seq=seq - 1, flags=SYN,
+                                  options=syn_opts))
+        exchange()
+        synack = parse_segment(memoryview(sink.packets[-1])[20:])
+        ack = synack.seq + 1
+        opts = TS + struct.pack("!II", 2, synack.ts_val)
+        peer.sendPacket(build_tcp(PEER, GW, port, 80, seq=seq, ack=ack, flags=ACK,
+                                  options=opts, window=1024))
+        exchange()
+        state.append([seq, ack, synack.ts_val, port])
+    assert len(transports) == conns, stack.counters
+    request = b"G" * req_len
+    response = b"R" * resp_len
+    rounds = exchanges // conns
+    # the requests, encrypted beforehand in arrival order: round r carries one
+    # request per connection, acknowledging the previous round's response
+    reads = []
+    for r in range(rounds):
+        pkts = []
+        for st in state:
+            seq, ack, tsecr, port = st
+            opts = TS + struct.pack("!II", 3 + r, tsecr)
+            pkts.append(build_tcp(PEER, GW, port, 80, seq=seq, ack=ack, flags=ACK | PSH,
+                                  options=opts, payload=request, window=1024))
+            st[0] = seq + req_len
+            st[1] = ack + resp_len
+        peer.sendPackets(pkts)
+        reads.append(to_gw.out)
+        to_gw.out = []
+    sock = CountingSocket()
+    link = udp.WireGuardProtocol(gw, batch_sends=True) if hold else udp.WireGuardProtocol(gw)
+    link.transport = FakePort(sock)
+    link.gso = True
+    gw.link = link
+    receive = gw.datagramsReceived
+    advance = clock.advance
+    writes = [t.write for t in transports]
+    c0 = stack.counters.copy()
+    if profiler is not None:
+        profiler.enable()
+    t0 = time.process_time()
+    for read in reads:
+        advance(0.00005)
+        receive(read)
+        for w in writes:
+            w(response)
+        if hold:
+            link.flush()
+    dt = time.process_time() - t0
+    if profiler is not None:
+        profiler.disable()
+    got = sum(t.protocol.got for t in transports)
+    assert got == rounds * conns * req_len, (got, stack.counters)
+    n = rounds * conns
+    c = stack.counters - c0
+    return {"us_per_exchange": dt / n * 1e6, "datagrams_out_per_exchange": sock.datagrams / n,
+            "send_calls_per_exchange": sock.calls / n,
+            "retransmits": c["tcp_retransmitted_segments"] + c["tcp_rto"],
+            "drops": sum(v for k, v in c.items() if k.startswith("drop_"))}
+
+
+def _child(args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--exchanges",
+           str(args.exchanges), "--conns", str(args.conns), "--request", str(args.request),
+           "--response", str(args.response)] + (["--hold"] if args.hold else [])
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--exchanges", type=int, default=20000, help="exchanges per slice")
+    p.add_argument("--conns", type=int, default=16, help="connections (requests per read)")
+    p.add_argument("--request", type=int, default=110, help="request bytes")
+    p.add_argument("--response", type=int, default=700, help="response bytes")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--hold", action="store_true",
+                   help="hold output to the end of the round (WireGuardProtocol batch_sends)")
+    p.add_argument("--against", metavar="DIR",
+                   help="another checkout: alternate subprocesses with its package")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    if args.child:
+        sys.path.insert(0, os.environ.get("EXCHANGE_TREE", here))
+        print(json.dumps(_slice(args.exchanges, args.conns, args.request, args.response,
+                                args.hold)))
+        return 0
+    trees = {"this tree": here}
+    if args.against:
+        trees = {"against": args.against, "this tree": here}
+    results: dict[str, list[dict]] = {k: [] for k in trees}
+    for r in range(args.rounds):
+        order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
+        for name, tree in order:
+            out = subprocess.run(_child(args), env={**os.environ, "EXCHANGE_TREE": tree,
+                                                   "PYTHONPATH": tree},
+                                 capture_output=True, text=True, check=True)
+            results[name].append(json.loads(out.stdout))
+    print(f"keep-alive exchanges through WireGuard + netstack, {args.conns} connections, "
+          f"{args.request} B request / {args.response} B response, {args.exchanges} "
+          f"exchanges per slice, medians of {args.rounds} alternated slices"
+          f"{' (output held per round)' if args.hold else ''}:")
+    med = {}
+    for name, rs in results.items():
+        med[name] = statistics.median(x["us_per_exchange"] for x in rs)
+        last = rs[-1]
+        print(f"  {name:10s} {med[name]:7.1f} us CPU per exchange   (slices: "
+              + ", ".join(f"{x['us_per_exchange']:.1f}" for x in rs)
+              + f"; datagrams out per exchange {last['datagrams_out_per_exchange']:.2f}, "
+              f"send calls {last['send_calls_per_exchange']:.3f}, retransmits "
+              f"{last['retransmits']}, drops {last['drops']})")
+    if args.against:
+        print(f"  this tree / against: {med['this tree'] / med['against']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
