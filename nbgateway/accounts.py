@@ -95,7 +95,9 @@ class AccountRuntime:
         self.on_network = on_network
         self.key_factory = key_factory
         self.state = "new"
-        self.services: dict[str, pb.ProxyMapping] = {}
+        #: the account's mappings by service id, serialized (a parsed
+        #: ProxyMapping holds a ~1.4 KiB upb arena; reports parse it back)
+        self.services: dict[str, bytes] = {}
         self.private_key: bytes | None = None
         self.device: WireGuardDevice | None = None
         self.stack: Stack | None = None
@@ -127,7 +129,7 @@ class AccountRuntime:
     # ------------------------------------------------------------------ services
 
     def add_service(self, mapping: pb.ProxyMapping) -> Deferred | None:
-        self.services[mapping.id] = mapping
+        self.services[mapping.id] = mapping.SerializeToString()
         if self.forget_note is not None:
             self.forget_note(mapping.id)
         if self.state == "ready":
@@ -316,7 +318,8 @@ class AccountRuntime:
 
     def _report(self, service_id: str, status: int, *, error: str | None = None,
                 listener: bool = True) -> Deferred:
-        mapping = self.services.get(service_id)
+        raw = self.services.get(service_id)
+        mapping = None if raw is None else pb.ProxyMapping.FromString(raw)
         if status == ACTIVE and mapping is not None and mapping.mode in L4_MODES:
             if self.l4_status is None:
                 # never claim to serve what this gateway does not serve
@@ -380,7 +383,7 @@ class AccountRegistry(MappingObserver):
         self._changed(new.account_id)
         runtime = self.runtimes.get(new.account_id)
         if runtime is not None:
-            runtime.services[new.id] = new
+            runtime.services[new.id] = new.SerializeToString()
             if runtime.state == "failed":
                 return runtime.add_service(new)  # a fresh token: retry registration
             return runtime.service_changed(new)

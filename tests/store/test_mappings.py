@@ -323,3 +323,26 @@ def test_debug_log_of_applied_mapping_is_redacted() -> None:
     assert "s1.example" in text
     assert "one-time-secret" not in text
     assert "[REDACTED]" in text
+
+
+def test_kept_serialized_and_read_as_fresh_copies():
+    """Memory: the store holds each mapping as bytes, not a parsed message
+    (a upb arena each); reads parse a copy equal to what was applied."""
+    store = MappingStore()
+    m = mp("s1", path=[pb.PathMapping(path="/", target="http://10.0.0.1:80/")])
+    store.apply_batch([m], False)
+    assert all(type(v) is bytes for v in store._by_id.values())
+    got = store.get("s1")
+    assert got == m and got is not store.get("s1")
+    got.domain = "changed.example"  # a caller's copy cannot change the store
+    assert store.get("s1").domain == "s1.example"
+    assert store.lookup_domain("S1.example.") == m
+    assert store.mappings_for_account("acc1") == [m] and store.all() == [m]
+    # a redelivery with only a new token is still a refresh, a change a change
+    log = Log()
+    store.add_observer(log)
+    store.apply_batch([mp("s1", token="fresh", path=list(m.path))], False)
+    store.apply_batch([mp("s1", domain="other.example", kind=M)], False)
+    assert [e[0] for e in log.events] == ["refresh", "change"]
+    assert store.lookup_domain("other.example").id == "s1"
+    assert store.lookup_domain("s1.example") is None
