@@ -144,11 +144,10 @@ class StatusWriter:
                 continue
             if self.linger > 0 and not self._stopping.is_set():
                 self._sleep(self.linger)
-            while True:
-                batch = self._take()
-                if not batch:
-                    break
-                self._write(batch)
+            try:
+                self._drain_all()
+            except Exception:  # never lose the writer thread
+                log.failure("status writer")
         self._drain_all()
 
     def _drain_all(self) -> None:
@@ -159,6 +158,9 @@ class StatusWriter:
             self._write(batch)
 
     def _write(self, batch: list[tuple[Any, futures.Future[None]]]) -> None:
+        # a report whose caller went away (its RPC cancelled: deadline) is still
+        # written -- it is the gateway's latest word -- but gets no answer
+        live = [fut.set_running_or_notify_cancel() for _, fut in batch]
         try:
             results = self._apply([r for r, _ in batch])
             if len(results) != len(batch):
@@ -166,12 +168,15 @@ class StatusWriter:
         except Exception as exc:
             log.warn("status batch of {n} reports failed: {error}", n=len(batch),
                      error=type(exc).__name__)
-            for _, fut in batch:
-                fut.set_exception(exc)
+            for (_, fut), ok in zip(batch, live, strict=True):
+                if ok:
+                    fut.set_exception(exc)
             return
         self.batches += 1
         self.reports += len(batch)
-        for (_, fut), error in zip(batch, results, strict=True):
+        for (_, fut), ok, error in zip(batch, live, results, strict=True):
+            if not ok:
+                continue
             if error is None:
                 fut.set_result(None)
             else:

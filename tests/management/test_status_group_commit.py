@@ -185,6 +185,33 @@ def test_writer_failed_batch_fails_each_of_its_reports() -> None:
         f3.result(1)
 
 
+def test_writer_cancelled_caller_still_written_and_writer_survives(store: Store) -> None:
+    """A report whose RPC was cancelled (deadline) while queued is still written
+    (the gateway's latest word) and the writer keeps serving the next ones."""
+    ids = world(store, 2)
+    gate = threading.Event()
+    inner = store.services.apply_status_reports
+
+    def apply(batch: Any) -> list[Exception | None]:
+        gate.wait(5)
+        return inner(batch)
+
+    w = StatusWriter(apply, linger=0)
+    w.start()
+    try:
+        hold = w.submit(StatusReport(ACCOUNT, ids[1], "error"))
+        while w.pending():
+            threading.Event().wait(0.001)
+        gone = w.submit(StatusReport(ACCOUNT, ids[0], "active"))
+        assert gone.cancel()
+        gate.set()
+        assert hold.result(5) is None
+        assert w.submit(StatusReport(ACCOUNT, ids[1], "active")).result(5) is None
+    finally:
+        w.stop()
+    assert statuses(store, ACCOUNT, ids) == ["active", "active"]
+
+
 def test_writer_queue_is_bounded() -> None:
     gate = threading.Event()
     w = StatusWriter(lambda b: (gate.wait(5), [None] * len(b))[1], linger=0, max_queue=2)
