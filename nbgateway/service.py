@@ -45,6 +45,7 @@ from nbgateway.dns.zone import ZoneAuthority, account_zones
 from nbgateway.http.site import GatewayResource
 from nbgateway.l4.wiring import attach_l4
 from nbgateway.mgmt.certreport import CertificateReporting
+from nbgateway.mgmt.statusreport import StatusReporting
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
 from nbgateway.observe.health import HealthState, client_health_from_device, health_service
@@ -169,6 +170,10 @@ class GatewayService(MultiService):
             management = InstrumentedClient(management, self.metrics.rpc, reactor.seconds)
             # every status update carries the served certificate and the local CA
             management = CertificateReporting(management, self._certificate_status)
+            # status reports: one per service at a time, latest wins, bounded in
+            # flight, transient failures retried (a lost report left a service
+            # pending for good)
+            management = StatusReporting(management, reactor)
         self.mgmt = management
         self.peer_channel_factory = peer_channel_factory
         #: SNI certificates for every TLS listener (cert dir, wildcard dir, local CA)
@@ -565,6 +570,8 @@ class GatewayService(MultiService):
         d.addBoth(lambda _: self._drain(self.reactor.seconds() + self.config.drain_timeout))
         d.addBoth(self._close_remaining)
         d.addBoth(lambda _: self.accounts.stop())
+        if isinstance(self.mgmt, StatusReporting):
+            d.addBoth(lambda _: self.mgmt.cancel_retries())
         d.addBoth(lambda _: self.pools.close())
         d.addBoth(lambda _: self.access_log.stop(timeout=self.config.drain_timeout))
         d.addBoth(lambda _: super(GatewayService, self).stopService())
