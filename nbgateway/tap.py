@@ -102,6 +102,77 @@ def limit_malloc_arenas(environ: Mapping[str, str] = os.environ,
     return bool(mallopt(M_ARENA_MAX, arenas))
 
 
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+#: seconds between two malloc_trim(0) calls (:class:`MallocTrimmer`)
+MALLOC_TRIM_INTERVAL = 60.0
+
+
+class MallocTrimmer(Service):
+    """Gives the allocator's free pages back to the system: glibc's
+    ``malloc_trim(0)`` every :data:`MALLOC_TRIM_INTERVAL` seconds (the first
+    one one interval after start, when the accounts are normally up).
+
+    Why: bringing accounts up allocates and frees a lot (every network map
+    and mapping batch is parsed, converted and dropped; status reports,
+    gRPC buffers), and glibc keeps the freed chunks inside its heap and
+    arenas; only the top of the main heap is trimmed by itself.
+    ``malloc_trim(0)`` also releases whole free pages in the middle of every
+    arena (MADV_DONTNEED).  It walks the free chunks (see :attr:`last_seconds`
+    for its cost); ``NBGW_MALLOC_TRIM=0`` turns it off.  twistd only; no-op
+    where there is no ``malloc_trim`` (not glibc)."""
+
+    def __init__(self, reactor: Any, interval: float = MALLOC_TRIM_INTERVAL,
+                 trim: Callable[[int], int] | None = None,
+                 timer: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.reactor = reactor
+        self.interval = interval
+        if trim is None:
+            libc = _libc()
+            trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+        self._trim = trim
+        self._timer = timer or time.perf_counter
+        self._call: Any = None
+        self.trims = 0
+        self.released = 0  # trims that gave memory back
+        self.last_seconds = 0.0
+
+    def startService(self) -> None:
+        super().startService()
+        if self._trim is not None:
+            self._call = self.reactor.callLater(self.interval, self._tick)
+
+    def stopService(self) -> Any:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return super().stopService()
+
+    def _tick(self) -> None:
+        self._call = self.reactor.callLater(self.interval, self._tick)
+        self.trim_now()
+
+    def trim_now(self) -> bool:
+        if self._trim is None:
+            return False
+        t0 = self._timer()
+        released = bool(self._trim(0))
+        self.last_seconds = self._timer() - t0
+        self.trims += 1
+        self.released += released
+        return released
+
+
 def malloc_stats() -> dict[str, int]:
     """glibc's ``mallinfo2()`` in bytes: ``in_use`` (malloc'd chunks, mmapped
     ones included), ``free`` (held by the allocator, not returned to the
@@ -220,6 +291,8 @@ def makeService(options: Options) -> Any:
     gateway = build_gateway(config)
     gateway.reload_on_sighup = True  # installed at start, restored at stop
     HeapFreezer(gateway.reactor).setServiceParent(gateway)  # issue 20: GC pauses
+    if os.environ.get("NBGW_MALLOC_TRIM", "1") != "0":  # issue 18: allocator slack
+        MallocTrimmer(gateway.reactor).setServiceParent(gateway)
     filter_twistd_logs(gateway, config.log_format, getattr(options, "parent", None))
     return gateway
 

@@ -120,3 +120,65 @@ def test_heap_snapshot_on_sigusr2(tmp_path):
     finally:
         tracemalloc.stop()
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_malloc_trimmer_trims_every_interval_until_stopped():
+    from twisted.internet.task import Clock
+
+    from nbgateway.tap import MallocTrimmer
+
+    clock = Clock()
+    calls: list[int] = []
+    ticks = iter([0.0, 0.004, 1.0, 1.001])
+    trimmer = MallocTrimmer(clock, interval=60.0, trim=lambda pad: calls.append(pad) or 1,
+                            timer=lambda: next(ticks))
+    trimmer.startService()
+    clock.advance(59)
+    assert calls == []  # the first one an interval after start
+    clock.advance(1)
+    assert calls == [0] and trimmer.released == 1
+    assert abs(trimmer.last_seconds - 0.004) < 1e-9
+    clock.advance(60)
+    assert calls == [0, 0] and trimmer.trims == 2
+    trimmer.stopService()
+    clock.advance(600)
+    assert calls == [0, 0] and not clock.getDelayedCalls()
+
+
+def test_malloc_trimmer_without_malloc_trim_does_nothing():
+    from twisted.internet.task import Clock
+
+    from nbgateway.tap import MallocTrimmer
+
+    clock = Clock()
+    trimmer = MallocTrimmer(clock, trim=None)
+    trimmer._trim = None  # as on a libc without malloc_trim
+    trimmer.startService()
+    assert not clock.getDelayedCalls() and trimmer.trim_now() is False
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_malloc_trim_of_this_glibc_returns_freed_memory():
+    import ctypes.util
+
+    import pytest
+
+    from nbgateway.tap import MallocTrimmer, malloc_stats
+
+    if not ctypes.util.find_library("c") or not malloc_stats():
+        pytest.skip("not glibc >= 2.33")
+    trimmer = MallocTrimmer(None)
+    freed = [bytearray(3000) for _ in range(20000)]  # ~60 MB of malloc'd chunks
+    kept = [bytearray(3000) for _ in range(100)]  # above them: not the heap's top
+    for b in freed:
+        b[:] = b"x" * 3000  # touched: resident
+    del freed  # free chunks in the middle of the heap: glibc keeps them resident
+    rss = _rss_kib()
+    trimmer.trim_now()
+    assert trimmer.trims == 1 and trimmer.last_seconds > 0
+    assert rss - _rss_kib() > 20_000, "malloc_trim gave back less than 20 MB"
+    assert kept
