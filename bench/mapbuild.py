@@ -118,9 +118,9 @@ def old_render(store: Store, account_id: str, peer_id: str) -> bytes:
 
 
 def new_render(cache: MapCache, account_id: str, peer_id: str) -> bytes:
-    entry = cache.get(account_id)
-    nm = entry.memo(("map", peer_id), lambda: build_network_map(entry.view, peer_id))
-    _, fp = entry.memo(("sync", peer_id), lambda: _response(nm))
+    entry = cache.get(account_id)  # as ManagementServicer._render: the encoded map is kept
+    fp = entry.memo(("sync", peer_id),
+                    lambda: _response(build_network_map(entry.view, peer_id))[1])
     return fp + entry.memo("digest", lambda: access_digest(entry.view, entry.users))
 
 

@@ -443,13 +443,8 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
     # -- Sync internals ---------------------------------------------------------------------
 
     def _build(self, account_id: str, peer_id: str) -> NetworkMap | None:
-        return self._entry_map(self.maps.get(account_id), peer_id)
-
-    @staticmethod
-    def _entry_map(entry: AccountEntry, peer_id: str) -> NetworkMap | None:
-        if peer_id not in entry.view.peers:
-            return None
-        return entry.memo(("map", peer_id), lambda: build_network_map(entry.view, peer_id))
+        view = self.maps.get(account_id).view
+        return build_network_map(view, peer_id) if peer_id in view.peers else None
 
     def _sync_response(
         self, nm: NetworkMap, source_prefixes: bool, ipv6: bool = False
@@ -470,29 +465,31 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
     def _access_digest(entry: AccountEntry) -> bytes:
         return entry.memo("access-digest", lambda: access_digest(entry.view, entry.users))
 
-    def _template(self, nm: NetworkMap, source_prefixes: bool,
-                  ipv6: bool) -> tuple[pb.SyncResponse, bytes]:
-        """The response with serial 0 (never mutated once built) and its fingerprint."""
-        resp = self._sync_response(nm, source_prefixes, ipv6)
+    def _encoded(self, view: AccountView, peer_id: str, source_prefixes: bool,
+                 ipv6: bool) -> bytes:
+        """The peer's response with serial 0, serialized: its fingerprint, and
+        what is parsed back to send it (kept instead of the built map: smaller)."""
+        resp = self._sync_response(build_network_map(view, peer_id), source_prefixes, ipv6)
         resp.NetworkMap.Serial = 0
-        return resp, resp.SerializeToString(deterministic=True)
+        return resp.SerializeToString(deterministic=True)
 
     def _render(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool,
                 ipv6: bool, last: bytes) -> tuple[bytes, pb.EncryptedMessage | None] | None:
         """Build the peer's map (executor thread): ``None`` when the peer is gone,
         else ``(fingerprint, sealed response or None when unchanged)``."""
         entry = self.maps.get(sub.account_id)
-        nm = self._entry_map(entry, sub.peer_id)
-        if nm is None or nm.peer.key != sub.key:
+        peer = entry.view.peers.get(sub.peer_id)
+        if peer is None or peer.key != sub.key:
             return None
-        template, fp = entry.memo(("sync", sub.peer_id, source_prefixes, ipv6),
-                                  lambda: self._template(nm, source_prefixes, ipv6))
-        if nm.peer.proxy:  # the gateway caches validations: see the docstring
+        encoded = entry.memo(
+            ("sync", sub.peer_id, source_prefixes, ipv6),
+            lambda: self._encoded(entry.view, sub.peer_id, source_prefixes, ipv6))
+        fp = encoded
+        if peer.proxy:  # the gateway caches validations: see the docstring
             fp += self._access_digest(entry)
         if fp == last:
             return fp, None
-        resp = pb.SyncResponse()
-        resp.CopyFrom(template)
+        resp = pb.SyncResponse.FromString(encoded)
         resp.NetworkMap.Serial = self._serials.next()
         return fp, self._seal(resp, peer_key)
 
