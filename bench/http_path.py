@@ -28,6 +28,11 @@ later reactor turn).
 connections each send a request, then the upstream answers all N), which is
 where per-request timers and their cancellation cost most.
 
+``--tls`` serves the requests over one TLS connection through the tunnel
+listener's TLS-or-plain factory (the gateway's TLS protocol on pyOpenSSL
+memory BIOs, a self-signed P-256 certificate) with the lean upstream client;
+only the server side's CPU time is counted.
+
 ``--against DIR`` compares this tree with another checkout of the project
 (e.g. ``git worktree add /tmp/base <commit>``): each round runs this script
 once with DIR's package and once with this tree's, alternating the order,
@@ -35,7 +40,7 @@ in subprocesses, and prints both medians and current / baseline per variant.
 
 Run:  .venv/bin/python bench/http_path.py [--requests 20000] [--rounds 5]
       [--pipeline 1]   (requests per client write: 1 = request/response)
-      [--inflight 1] [--against DIR]
+      [--inflight 1] [--upstream answer|lean] [--tls] [--against DIR]
 """
 
 from __future__ import annotations
@@ -233,6 +238,19 @@ class Sent(StringTransport):
 
 def build(fast: bool, inflight: int = 1, lean: bool = False) -> tuple[list[Any], list[Sent],
                                                                       Sink, Any]:
+    site, sink, pools, _clock = build_site(fast, lean)
+    channels, transports = [], []
+    for _ in range(inflight):
+        channel = site.buildProtocol(IPv4Address("TCP", PEER, 40000))
+        transport = Sent()
+        channel.makeConnection(transport)
+        channels.append(channel)
+        transports.append(transport)
+    return channels, transports, sink, pools
+
+
+def build_site(fast: bool, lean: bool) -> tuple[Any, Sink, Any, Any]:
+    """The tunnel listener's site, its access-log sink, upstream and clock."""
     clock = task.Clock()
     m = pb.ProxyMapping(
         id="svc-app", account_id="acct", domain="app.example", private=True,
@@ -247,14 +265,118 @@ def build(fast: bool, inflight: int = 1, lean: bool = False) -> tuple[list[Any],
                           listener_account="acct", access_log=sink, clock=clock,
                           request_stats=RequestStats())
     site = ProxySite(res, reactor=clock, fast=fast)
-    channels, transports = [], []
-    for _ in range(inflight):
-        channel = site.buildProtocol(IPv4Address("TCP", PEER, 40000))
-        transport = Sent()
-        channel.makeConnection(transport)
-        channels.append(channel)
-        transports.append(transport)
-    return channels, transports, sink, pools
+    return site, sink, pools, clock
+
+
+class _Wire(StringTransport):
+    """The TLS listener's connection: keeps the ciphertext it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", PEER, 40000),
+                         hostAddress=IPv4Address("TCP", "100.64.0.1", 443))
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+def run_tls(fast: bool, requests: int) -> tuple[float, float]:
+    """HTTPS: one keep-alive TLS connection to the tunnel listener's
+    TLS-or-plain factory (the gateway's own TLS protocol, pyOpenSSL memory
+    BIOs) in front of the same site and the lean upstream client; the client
+    side is a pyOpenSSL connection in memory.  Returns the server side's CPU
+    microseconds per request (the client's encryption and decryption are
+    not counted) and its transport writes per response."""
+    from OpenSSL import SSL
+    from twisted.internet import ssl
+
+    from nbgateway.tls.dispatch import TLSOrPlainFactory
+
+    site, sink, pools, clock = build_site(fast, True)
+    cert = ssl.PrivateCertificate.loadPEM(_self_signed())
+    factory = TLSOrPlainFactory(cert.options(), site, clock=clock)
+    factory.tls_factory._clock = clock  # the write aggregator's flush timer
+    wire = _Wire()
+    proto = factory.buildProtocol(IPv4Address("TCP", PEER, 40000))
+    proto.makeConnection(wire)
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_alpn_protos([b"http/1.1"])
+    client = SSL.Connection(ctx, None)
+    client.set_connect_state()
+    server_cpu = 0.0
+
+    def pump() -> None:
+        """Move ciphertext both ways until neither side has more."""
+        nonlocal server_cpu
+        for _ in range(20):
+            try:
+                out = client.bio_read(1 << 20)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                t0 = time.process_time()
+                proto.dataReceived(out)
+                pools.flush()
+                clock.advance(0)
+                server_cpu += time.process_time() - t0
+            back = wire.value()
+            wire.clear()
+            if back:
+                client.bio_write(back)
+            if not out and not back:
+                return
+
+    def exchange() -> bytes:
+        client.send(REQUEST)
+        pump()
+        got = b""
+        while True:
+            try:
+                got += client.recv(1 << 20)
+            except SSL.WantReadError:
+                return got
+
+    for _ in range(10):  # the handshake
+        try:
+            client.do_handshake()
+            break
+        except SSL.WantReadError:
+            pump()
+    if not exchange().startswith(b"HTTP/1.1 200 OK\r\n"):  # warm
+        raise SystemExit("no 200 over TLS")
+    server_cpu, writes0 = 0.0, wire.writes
+    for _ in range(requests):
+        if not exchange().startswith(b"HTTP/1.1 200 OK\r\n"):
+            raise SystemExit("no 200 over TLS")
+    if sink.entries != requests + 1:
+        raise SystemExit(f"{sink.entries} log entries for {requests + 1} requests")
+    return server_cpu * 1e6 / requests, (wire.writes - writes0) / requests
+
+
+def _self_signed() -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "app.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM)
+            + key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()))
 
 
 def run(fast: bool, requests: int, pipeline: int, inflight: int = 1,
@@ -328,7 +450,8 @@ def against(args: argparse.Namespace) -> int:
             out = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), "--json", "--rounds", "1",
                  "--requests", str(args.requests), "--pipeline", str(args.pipeline),
-                 "--inflight", str(args.inflight), "--upstream", args.upstream],
+                 "--inflight", str(args.inflight), "--upstream", args.upstream]
+                + (["--tls"] if args.tls else []),
                 env=env, cwd="/", check=True, capture_output=True, text=True).stdout
             one = json.loads(out.strip().splitlines()[-1])
             if one["tree"] != os.path.join(trees[name], "nbgateway"):
@@ -336,7 +459,8 @@ def against(args: argparse.Namespace) -> int:
             for variant in ("fast", "twisted.web"):
                 results[name][variant].append(one[variant])
     print(f"{args.requests} requests x {args.rounds} alternated rounds, {args.pipeline} "
-          f"request(s) per write, {args.inflight} in flight, upstream {args.upstream}, CPU "
+          f"request(s) per write, {args.inflight} in flight, upstream {args.upstream}"
+          f"{', HTTPS' if args.tls else ''}, CPU "
           f"microseconds per request (median), baseline = {trees['baseline']}:")
     for variant in ("fast", "twisted.web"):
         base = statistics.median(results["baseline"][variant])
@@ -357,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=1)
     parser.add_argument("--against", metavar="DIR", default="")
     parser.add_argument("--upstream", choices=("answer", "lean"), default="answer")
+    parser.add_argument("--tls", action="store_true",
+                        help="HTTPS: one TLS connection through the listener's TLS protocol, "
+                             "lean upstream client (server-side CPU only)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.against:
@@ -364,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[bool, list[float]] = {True: [], False: []}
     for i in range(args.rounds):
         for fast in ((True, False) if i % 2 == 0 else (False, True)):
+            if args.tls:
+                cpu, writes = run_tls(fast, args.requests)
+                if not args.json:
+                    print(f"  {'fast' if fast else 'twisted.web'}: {cpu:.1f} us, "
+                          f"{writes:.2f} TLS transport writes per response", file=sys.stderr)
+                results[fast].append(cpu)
+                continue
             results[fast].append(run(fast, args.requests, args.pipeline, args.inflight,
                                      args.upstream == "lean"))
     fast, slow = statistics.median(results[True]), statistics.median(results[False])

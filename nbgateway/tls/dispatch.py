@@ -27,7 +27,11 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
 
 log = Logger()
 
@@ -46,6 +50,28 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     against the installed Twisted."""
 
     _handshake_call: Any = None
+    #: HTTP/1.1 after the handshake: writes go to TLS at once (see :meth:`_tls_write`)
+    _write_through = False
+    _handshake_pending = True
+
+    def __init__(self, factory: Any, wrappedProtocol: Any, _connectWrapped: bool = True) -> None:
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        # Twisted's BufferingTLSTransport puts every write in an aggregator
+        # flushed by a callLater(0): a timer and a reactor turn of delay per
+        # response.  The HTTP/1.1 fast path writes a small response in one
+        # call already, so on such a connection a write becomes its TLS
+        # record at once; HTTP/2 (many small frames) keeps the aggregator.
+        self.write = self._tls_write  # type: ignore[method-assign]
+
+    def _tls_write(self, data: bytes) -> None:
+        aggregator = self._aggregator
+        if self._write_through and not aggregator._buffer:
+            TLSMemoryBIOProtocol.write(self, data)
+        else:  # HTTP/2, before the handshake, or behind bytes already buffered
+            aggregator.write(data)
+
+    def writeSequence(self, sequence: Any) -> None:
+        self.write(b"".join(sequence))
 
     def makeConnection(self, transport: Any) -> None:
         timeout = getattr(self.factory, "handshake_timeout", None)
@@ -59,8 +85,10 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         self._handshake_progress()
 
     def _handshake_progress(self) -> None:
-        if self._handshake_call is not None and self._handshakeDone:
+        if self._handshake_pending and self._handshakeDone:
+            self._handshake_pending = False
             self._cancel_deadline()
+            self._write_through = self.negotiatedProtocol != b"h2"
 
     def _cancel_deadline(self) -> None:
         call, self._handshake_call = self._handshake_call, None

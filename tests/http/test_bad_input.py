@@ -362,7 +362,14 @@ class BadInputOverTunnelTests(unittest.TestCase):
         self.mgmt.allow_tunnel_peer(CLIENT_IP, "app.example")
         runtime = self.svc.accounts.get("acct")
         listener = next(p for p in runtime.listeners if getattr(p, "port", None) == 80)
-        self.factory = listener.factory
+        factory = listener.factory
+        if hasattr(factory, "built"):  # the web factory is built on the first connection
+            if factory.built is None:
+                from twisted.internet.address import IPv4Address
+
+                factory.buildProtocol(IPv4Address("TCP", CLIENT_IP, 40000))
+            factory = factory.built
+        self.factory = factory
         self.site = self.factory.plain_factory
         self.open: set[Any] = set()
         self.peak_buffer = 0

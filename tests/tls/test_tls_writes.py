@@ -1,0 +1,136 @@
+"""The TLS listener's write path (nbgateway.tls.dispatch.DeadlineTLSProtocol):
+on an HTTP/1.1 (or no-ALPN) connection a write becomes TLS records at once,
+with no flush timer; on HTTP/2 writes are still aggregated and flushed on the
+next reactor turn (Twisted's BufferingTLSTransport).  In memory: pyOpenSSL
+client on memory BIOs, the server's transport a StringTransport, task.Clock."""
+
+from __future__ import annotations
+
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet import ssl, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from nbgateway.tls.dispatch import TLSOrPlainFactory
+
+
+def _options() -> ssl.CertificateOptions:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    pc = ssl.PrivateCertificate.loadPEM(pem)
+    return ssl.CertificateOptions(privateKey=pc.privateKey.original,
+                                  certificate=pc.original,
+                                  acceptableProtocols=[b"h2", b"http/1.1"])
+
+
+class TwoWrites(Protocol):
+    """Answers every read with two writes and a writeSequence."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"one:" + data)
+        self.transport.write(b"|two")
+        self.transport.writeSequence([b"|th", b"ree"])
+
+
+class Wire(StringTransport):
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "100.64.0.10", 40000))
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+class TLSWriteTests(unittest.SynchronousTestCase):
+    def connect(self, alpn: bytes):
+        self.clock = task.Clock()
+        factory = TLSOrPlainFactory(_options(), Factory.forProtocol(TwoWrites),
+                                    clock=self.clock)
+        factory.tls_factory._clock = self.clock  # Twisted's aggregator timer
+        self.wire = Wire()
+        self.server = factory.buildProtocol(IPv4Address("TCP", "100.64.0.10", 40000))
+        self.server.makeConnection(self.wire)
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_alpn_protos([alpn])
+        self.client = SSL.Connection(ctx, None)
+        self.client.set_connect_state()
+        for _ in range(10):
+            try:
+                self.client.do_handshake()
+                break
+            except SSL.WantReadError:
+                self.pump()
+        self.assertEqual(self.client.get_alpn_proto_negotiated(), alpn)
+        self.pump()
+
+    def pump(self) -> None:
+        for _ in range(10):
+            try:
+                out = self.client.bio_read(1 << 16)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                self.server.dataReceived(out)
+            back = self.wire.value()
+            self.wire.clear()
+            if back:
+                self.client.bio_write(back)
+            if not out and not back:
+                return
+
+    def read(self) -> bytes:
+        got = b""
+        while True:
+            try:
+                got += self.client.recv(1 << 16)
+            except SSL.WantReadError:
+                return got
+
+    def test_http11_writes_reach_the_transport_at_once_without_a_timer(self):
+        self.connect(b"http/1.1")
+        self.read()
+        before = self.wire.writes
+        self.client.send(b"req")
+        self.pump()  # no clock.advance: nothing may wait for a reactor turn
+        self.assertEqual(self.read(), b"one:req|two|three")
+        self.assertEqual(self.wire.writes - before, 3)  # one TLS write per app write
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_h2_writes_are_still_aggregated_into_one_flush_next_turn(self):
+        self.connect(b"h2")
+        self.read()
+        before = self.wire.writes
+        self.client.send(b"req")
+        self.pump()
+        self.assertEqual(self.read(), b"")  # held by the aggregator
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.pump()
+        self.assertEqual(self.read(), b"one:req|two|three")
+        self.assertEqual(self.wire.writes - before, 1)
+
+    def test_loss_then_writes_are_dropped(self):
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.connect(b"http/1.1")
+        self.server.connectionLost(Failure(ConnectionDone()))
+        self.server.inner.write(b"late")  # after loss: dropped, no error
+        self.assertEqual(self.clock.getDelayedCalls(), [])
