@@ -47,7 +47,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"_proto", "interfaces", "routes"},
     "wireguard": {"interfaces", "netstack"},
     "dial": {"errors", "netstack"},
-    "mgmt": {"_proto", "errors", "interfaces", "peerbox"},
+    "mgmt": {"_proto", "errors", "interfaces", "netstack", "peerbox"},
     "tunnels": {"netstack"},
     "dns": {"mgmt", "netstack"},
     "auth": {"attempts", "cabundle", "routes"},

@@ -57,6 +57,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbgateway.netstack.prefix import Prefix
+
 __all__ = [
     "DEFAULT_ACTION",
     "MAX_RECORDS",
@@ -100,10 +102,9 @@ _P_UNKNOWN, _P_ALL, _P_TCP, _P_UDP, _P_ICMP, _P_CUSTOM, _P_SSH = range(7)
 _DIR_IN = 0
 _ACT_ACCEPT, _ACT_DROP = 0, 1
 
-_ANY_V4 = ipaddress.ip_network("0.0.0.0/0")
-_ANY_V6 = ipaddress.ip_network("::/0")
+_ANY_V4 = Prefix.of(4, 0, 0)
+_ANY_V6 = Prefix.of(6, 0, 0)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
@@ -113,7 +114,7 @@ class RosterPeer:
 
     public_key: str
     key_bytes: bytes
-    allowed_ips: tuple[Network, ...]
+    allowed_ips: tuple[Prefix, ...]
     endpoint: str = ""
     fqdn: str = ""
 
@@ -146,20 +147,10 @@ class InboundRule:
     """One inbound packet-filter rule, ready for ``Rule.make(**rule_kwargs())``."""
 
     action: str
-    sources: tuple[Network, ...] = ()
+    sources: tuple[Prefix, ...] = ()
     protocols: frozenset[int] = frozenset()
     ports: tuple[tuple[int, int], ...] = ()
     policy_id: str = ""
-    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __hash__(self) -> int:
-        # cached: a rule naming every roster peer is looked up on every map
-        cached = self._hash
-        if cached is None:
-            cached = hash((self.action, self.sources, self.protocols, self.ports,
-                           self.policy_id))
-            object.__setattr__(self, "_hash", cached)
-        return cached
 
     def rule_kwargs(self) -> dict[str, Any]:
         return {
@@ -238,34 +229,32 @@ def _interface_v6(raw: bytes) -> Interface | None:
         return None
 
 
-@functools.lru_cache(maxsize=65536)  # the same prefixes arrive in every map
-def _decode_prefix(raw: bytes) -> Network | None:
+# No caches here: these run only for entries the memo has not seen (a new or
+# changed peer or rule), and a prefix is one small int (Prefix).
+
+def _decode_prefix(raw: bytes) -> Prefix | None:
     """``netiputil.EncodePrefix``: address bytes + prefix length byte."""
     if len(raw) not in (5, 17):
         return None
     try:
-        net = ipaddress.ip_network((raw[:-1], raw[-1]), strict=False)
+        return Prefix.from_packed(raw[:-1], raw[-1])
     except ValueError:
         return None
-    return _allowed_ip(str(net)) or net  # the roster's object for the same prefix
 
 
-@functools.lru_cache(maxsize=65536)
-def _peer_ip_source(text: str) -> Network | None:
+def _peer_ip_source(text: str) -> Prefix | None:
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
         return None
     if addr.is_unspecified:
         return _ANY_V4 if addr.version == 4 else _ANY_V6
-    # the roster's object for the same host (allowed IPs are "ip/32", "ip/128")
-    return _allowed_ip(f"{addr}/{addr.max_prefixlen}")
+    return Prefix.of(addr.version, int(addr), addr.max_prefixlen)
 
 
-@functools.lru_cache(maxsize=65536)  # a roster's allowed IPs repeat in every map
-def _allowed_ip(text: str) -> Network | None:
+def _allowed_ip(text: str) -> Prefix | None:
     try:
-        return ipaddress.ip_network(text, strict=False)
+        return Prefix.parse(text)
     except ValueError:
         return None
 
@@ -378,6 +367,15 @@ _RULES = _Memo(MAX_RULES)
 _PEERS = _Memo(MAX_REMOTE_PEERS)
 _RECORDS = _Memo(MAX_RECORDS)
 
+#: the allowed IPs of the peers converted (memo misses) by the running
+#: ``convert``, so that a new rule naming a new peer shares its prefix object
+#: (filled by _convert_peer, emptied when ``convert`` returns)
+_FRESH: dict[Prefix, Prefix] = {}
+
+
+def _shared(net: Prefix) -> Prefix:
+    return _FRESH.get(net, net)
+
 
 def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
     protos = _protocols(rule)
@@ -394,18 +392,18 @@ def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
             skipped["rule_port"] += 1
             return None
         ports = got
-    sources: list[Network] = []
+    sources: list[Prefix] = []
     if len(rule.sourcePrefixes):
         for raw in rule.sourcePrefixes[:MAX_SOURCES_PER_RULE]:
             net = _decode_prefix(bytes(raw))
             if net is None:
                 skipped["rule_source"] += 1
                 continue
-            sources.append(net)
+            sources.append(_shared(net))
     elif rule.PeerIP:
         net = _peer_ip_source(rule.PeerIP)
         if net is not None:
-            sources.append(net)
+            sources.append(_shared(net))
         else:
             skipped["rule_source"] += 1
     if not sources:
@@ -427,13 +425,13 @@ def _convert_peer(rp: Any, skipped: Counter[str]) -> RosterPeer | None:
     if raw is None:
         skipped["peer_key"] += 1
         return None
-    nets: list[Network] = []
+    nets: list[Prefix] = []
     for text in rp.allowedIps[:MAX_ALLOWED_IPS_PER_PEER]:
         net = _allowed_ip(text)
         if net is None:
             skipped["peer_allowed_ip"] += 1
         else:
-            nets.append(net)
+            nets.append(_FRESH.setdefault(net, net))
     endpoint = getattr(rp, "endpoint", "") or ""
     return RosterPeer(
         public_key=rp.wgPubKey,
@@ -534,26 +532,32 @@ def convert(nm: Any) -> AccountNetwork:
         address_v6 = _interface_v6(bytes(pc.address_v6))
         if address_v6 is None:
             skipped["own_address_v6"] += 1
-    deny: list[InboundRule] = []
-    allow: list[InboundRule] = []
-    for i, rule in enumerate(nm.FirewallRules):
-        if i >= MAX_RULES:
-            skipped["rule_limit"] += len(nm.FirewallRules) - i
-            break
-        if rule.Direction != _DIR_IN:
-            continue
-        converted = _RULES.convert(rule.SerializeToString(),
-                                   lambda why, rule=rule: _convert_rule(rule, why), skipped)
-        if converted is not None:
-            (deny if converted.action == "deny" else allow).append(converted)
+    try:
+        roster = _convert_roster(nm, skipped)  # first: new rules share new peers' prefixes
+        deny: list[InboundRule] = []
+        allow: list[InboundRule] = []
+        for i, rule in enumerate(nm.FirewallRules):
+            if i >= MAX_RULES:
+                skipped["rule_limit"] += len(nm.FirewallRules) - i
+                break
+            if rule.Direction != _DIR_IN:
+                continue
+            converted = _RULES.convert(rule.SerializeToString(),
+                                       lambda why, rule=rule: _convert_rule(rule, why), skipped)
+            if converted is not None:
+                (deny if converted.action == "deny" else allow).append(converted)
+    finally:
+        _FRESH.clear()
     return AccountNetwork(
         serial=int(nm.Serial),
         address=address,
         address_v6=address_v6,
         fqdn=normalize_name(pc.fqdn) or "",
-        roster=_convert_roster(nm, skipped),
+        roster=roster,
         zones=_convert_zones(nm, skipped),
-        inbound_rules=tuple(dict.fromkeys(deny + allow)),
+        # the same entry twice is one rule (the memo hands out one object per
+        # entry: deduplicated by identity, no hashing of every rule per map)
+        inbound_rules=tuple({id(r): r for r in deny + allow}.values()),
         skipped=dict(skipped),
     )
 

@@ -20,90 +20,92 @@ only, like "ESTABLISHED accepted, NEW checked" in a conntrack firewall):
 
 Denied packets are dropped silently and counted as ``drop_filtered``.
 
-Compilation: :meth:`Rule.make` takes network objects as they are (text is
-parsed once and memoized), and splits sources into a set of host addresses
-(``/32``, ``/128``: one hash probe per packet, whatever the number of peers)
-and a short list of wider prefixes.  A network map whose rule names every
-roster peer therefore costs a few integer operations per source to compile
-and O(1) per packet to match.
+Compilation: sources are :class:`~nbgateway.netstack.prefix.Prefix` ints
+(text and :mod:`ipaddress` networks are converted on the way in).  A rule
+splits them into a set of host prefixes (``/32``, ``/128``: one hash probe
+per packet, whatever the number of peers; the set holds the prefixes
+themselves, no per-host object) and a short list of wider prefixes.  A
+packet's probe key is built from its source with one shift and one or.
+Small port selections are matched by one set probe.
 
 :class:`RuleCompiler` turns a map's rule list (often one rule per peer and
 port) into a few merged rules: within a run of rules with the same action,
 rules with the same protocols and ports are one rule with the union of their
 sources (first match wins and they all decide alike, so the result is the
-same), and each source owner's compiled form is remembered by identity from
-one compilation to the next (the converter hands out the same objects for
-unchanged entries), so an unchanged rule costs one dictionary probe.
+same).  A converted map's sources are host prefixes already, so compiling
+one costs a type and length check; nothing is kept per owner between
+compilations.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbgateway.netstack.prefix import HOST_V4, HOST_V6, Prefix, as_prefix
+
 ALLOW = "allow"
 DENY = "deny"
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_NETWORK_TYPES = (ipaddress.IPv4Network, ipaddress.IPv6Network)
+Network = Prefix | ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: port sets up to this many ports are matched by one set probe
+_PORTSET_MAX = 256
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse(text: str) -> Network:
-    return ipaddress.ip_network(text, strict=False)
-
-
-def _as_network(source: str | Network) -> Network:
-    """A network object as it is; text parsed once (memoized)."""
-    if isinstance(source, _NETWORK_TYPES):
-        return source
-    return _parse(source)
-
-
-#: host keys: an IPv4 address is its integer, an IPv6 address its integer
-#: with this bit set (one int per host, no tuple)
-_V6 = 1 << 128
-
-
-def _compile(nets: Iterable[Network]) -> tuple[tuple[int, ...], tuple[tuple[int, int, int], ...]]:
-    hosts: list[int] = []
+def _compile(nets: Iterable[Prefix]) -> tuple[tuple[Prefix, ...], tuple[tuple[int, int, int], ...]]:
+    """(host prefixes, wider prefixes as (version, network int, mask int)).
+    A host prefix is its own key: nothing is allocated for it."""
+    hosts: list[Prefix] = []
     wide: list[tuple[int, int, int]] = []
     for n in nets:
-        addr = int(n.network_address)
-        if n.prefixlen == n.max_prefixlen:
-            hosts.append(addr if n.version == 4 else addr | _V6)
+        if n.is_host:
+            hosts.append(n)
         else:
-            wide.append((n.version, addr, int(n.netmask)))
+            wide.append((n.version, n.address, n.mask))
     return tuple(hosts), tuple(wide)
 
 
 def compile_sources(
-    nets: Iterable[Network],
+    nets: Iterable[Network | str],
 ) -> tuple[frozenset[int], tuple[tuple[int, int, int], ...]]:
-    """(host address keys, wider prefixes as (version, network int, mask
-    int)).  No parsing and no string forms."""
-    hosts, wide = _compile(nets)
+    """(host keys: the host prefixes themselves, wider prefixes as (version,
+    network int, mask int)).  A packet's key is ``(src << 8) | HOST_V4`` or
+    ``(src << 8) | HOST_V6`` (see :mod:`nbgateway.netstack.prefix`)."""
+    hosts, wide = _compile(as_prefix(n) for n in nets)
     return frozenset(hosts), wide
 
 
-@dataclass(frozen=True)
+def _portset(ports: tuple[tuple[int, int], ...]) -> frozenset[int] | None:
+    if not ports or sum(hi - lo + 1 for lo, hi in ports) > _PORTSET_MAX:
+        return None
+    return frozenset(p for lo, hi in ports for p in range(lo, hi + 1))
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
-    """One filter rule.  ``sources``: prefixes (str or networks); ``ports``:
-    ints or inclusive ``(low, high)`` ranges; ``protocols``: IP protocol
-    numbers (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6); ``peer_keys``: raw 32-byte
-    WireGuard public keys."""
+    """One filter rule.  ``sources``: prefixes (:class:`Prefix`, text or
+    :mod:`ipaddress` networks; kept as :class:`Prefix`); ``ports``: ints or
+    inclusive ``(low, high)`` ranges; ``protocols``: IP protocol numbers (6
+    TCP, 17 UDP, 1 ICMP, 58 ICMPv6); ``peer_keys``: raw 32-byte WireGuard
+    public keys."""
 
     action: str
-    sources: tuple[Network, ...] = ()
+    sources: tuple[Prefix, ...] = ()
     protocols: frozenset[int] = frozenset()
     ports: tuple[tuple[int, int], ...] = ()
     peer_keys: frozenset[bytes] = frozenset()
     _nets: tuple[tuple[int, int, int], ...] = field(default=(), repr=False, compare=False)
     _hosts: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
+    #: ``ports`` as a set when small (one probe per packet), else None
+    _portset: frozenset[int] | None = field(default=None, init=False, repr=False,
+                                            compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_portset", _portset(self.ports))
 
     @classmethod
     def make(
@@ -113,31 +115,43 @@ class Rule:
     ) -> Rule:
         if action not in (ALLOW, DENY):
             raise ValueError(f"action must be {ALLOW!r} or {DENY!r}")
-        nets = tuple(_as_network(s) for s in sources)
+        nets = tuple(as_prefix(s) for s in sources)
         prs = []
         for p in ports:
             lo, hi = (p, p) if isinstance(p, int) else p
             if not 0 <= lo <= hi <= 0xFFFF:
                 raise ValueError(f"bad port range {p!r}")
             prs.append((lo, hi))
-        hosts, wide = compile_sources(nets)
+        hosts, wide = _compile(nets)
         return cls(action, nets, frozenset(protocols), tuple(prs), frozenset(peer_keys), wide,
-                   hosts)
+                   frozenset(hosts))
 
     def matches(
         self, version: int, src: int, protocol: int, port: int | None, peer_key: bytes | None,
     ) -> bool:
-        if self.protocols and protocol not in self.protocols:
+        return _matches(self, version, src,
+                        (src << 8) | (HOST_V4 if version == 4 else HOST_V6),
+                        protocol, port, peer_key)
+
+
+def _matches(rule: Rule, version: int, src: int, key: int, protocol: int, port: int | None,
+             peer_key: bytes | None) -> bool:
+    if rule.protocols and protocol not in rule.protocols:
+        return False
+    portset = rule._portset
+    if portset is not None:
+        if port not in portset:
             return False
-        if self.ports and (port is None or not any(lo <= port <= hi for lo, hi in self.ports)):
-            return False
-        if self.peer_keys and peer_key not in self.peer_keys:
-            return False
-        if self._hosts or self._nets:
-            if (src if version == 4 else src | _V6) in self._hosts:
-                return True
-            return any(v == version and src & m == n for v, n, m in self._nets)
-        return True
+    elif rule.ports and (port is None or not any(lo <= port <= hi for lo, hi in rule.ports)):
+        return False
+    if rule.peer_keys and peer_key not in rule.peer_keys:
+        return False
+    hosts, nets = rule._hosts, rule._nets
+    if hosts or nets:
+        if key in hosts:
+            return True
+        return any(v == version and src & m == n for v, n, m in nets)
+    return True
 
 
 class PacketFilter:
@@ -163,16 +177,15 @@ class PacketFilter:
     ) -> bool:
         """Decide for a packet from raw source address ``src`` to destination
         ``port`` (None for ICMP)."""
-        version = 4 if len(src) == 4 else 6
         s = int.from_bytes(src, "big")
+        if len(src) == 4:
+            version, key = 4, (s << 8) | HOST_V4
+        else:
+            version, key = 6, (s << 8) | HOST_V6
         for rule in self.rules:
-            if rule.matches(version, s, protocol, port, peer_key):
+            if _matches(rule, version, s, key, protocol, port, peer_key):
                 return rule.action == ALLOW
         return self.default == ALLOW
-
-
-#: an owner and its compiled sources (hosts, wide prefixes)
-_Part = tuple[object, tuple[int, ...], tuple[tuple[int, int, int], ...]]
 
 
 class _Group:
@@ -183,47 +196,56 @@ class _Group:
         self.action = action
         self.protocols = protocols
         self.ports = ports
-        self.sources: list[Iterable[Network]] = []
-        self.hosts: list[tuple[int, ...]] = []
+        self.sources: list[tuple[Prefix, ...]] = []
+        self.hosts: list[tuple[Prefix, ...]] = []
         self.wide: dict[tuple[int, int, int], None] = {}
         self.any_source = False
 
-    def rule(self, shared: dict[frozenset[int], frozenset[int]]) -> Rule:
+    def rule(self, shared: dict[Any, Any]) -> Rule:
         if self.any_source:
             return Rule(self.action, (), self.protocols, self.ports)
-        sources = tuple(itertools.chain.from_iterable(self.sources))  # no hashing
-        hosts = frozenset(itertools.chain.from_iterable(self.hosts))
+        sources = tuple(itertools.chain.from_iterable(self.sources))
+        hosts: frozenset[int] = frozenset(itertools.chain.from_iterable(self.hosts))
         # rules naming the same peers (one per port, DNS, ping) share one set
+        # and one source tuple
         hosts = shared.setdefault(hosts, hosts)
+        sources = shared.setdefault(sources, sources)
         return Rule(self.action, sources, self.protocols, self.ports, frozenset(),
                     tuple(self.wide), hosts)
+
+
+def _all_hosts(sources: tuple[Any, ...]) -> bool:
+    """True when every source is a host :class:`Prefix` (its own filter key)."""
+    return all(type(n) is Prefix and n & 0xFF == (128 if n >> 136 else 32) for n in sources)
 
 
 class RuleCompiler:
     """Merging compiler for one filter (see the module docstring).
 
     ``begin()``, then ``add()`` each rule in order, then ``finish()`` returns
-    the merged rules.  ``owner`` is the immutable object the sources belong
-    to (a converted map rule, a roster peer): its compiled sources are reused
-    while the same object comes back.  Empty ``sources`` match any source.
-    Memory: the memo holds only the owners of the last compilation."""
+    the merged rules.  ``owner`` is the object the sources belong to (a
+    converted map rule, a roster peer).  Sources that are host
+    :class:`Prefix` values (every source of a peer storm's rules) go into the
+    host set as they are: nothing is converted or allocated per source, and
+    nothing is remembered between compilations (no per-owner memo).  Other
+    sources (text, :mod:`ipaddress` networks, wider prefixes) are converted
+    on each compilation and counted in :attr:`compiled_sources`.  Empty
+    ``sources`` match any source."""
 
     def __init__(self) -> None:
-        self._memo: dict[int, _Part] = {}
-        self._next: dict[int, _Part] = {}
         self._runs: list[dict[tuple[Any, ...], _Group]] = []
         self._run_action = ""
-        #: sources compiled (not found in the memo) by the last compilation
+        #: sources the last compilation had to convert (not host prefixes)
         self.compiled_sources = 0
 
     def begin(self) -> None:
-        self._next = {}
         self._runs = []
         self._run_action = ""
         self.compiled_sources = 0
 
     def add(self, action: str, protocols: Iterable[int], ports: Iterable[tuple[int, int]],
-            owner: object, sources: Iterable[Network]) -> None:
+            owner: object, sources: Iterable[Network | str]) -> None:
+        del owner  # sources are compiled without a memo (see the class docstring)
         if action != self._run_action:
             if action not in (ALLOW, DENY):
                 raise ValueError(f"action must be {ALLOW!r} or {DENY!r}")
@@ -239,24 +261,24 @@ class RuleCompiler:
                 if not 0 <= lo <= hi <= 0xFFFF:
                     raise ValueError(f"bad port range {(lo, hi)!r}")
             group = run[key] = _Group(action, protos, prs)
-        oid = id(owner)
-        hit = self._next.get(oid) or self._memo.get(oid)
-        if hit is None or hit[0] is not owner:
-            nets = tuple(sources)
-            hit = (owner, *_compile(nets))
-            self.compiled_sources += len(nets)
-        self._next[oid] = hit
-        _, hosts, wide = hit
-        if not hosts and not wide:
+        srcs = sources if type(sources) is tuple else tuple(sources)
+        if not srcs:
             group.any_source = True
             return
-        group.sources.append(sources)
+        if _all_hosts(srcs):
+            group.sources.append(srcs)
+            group.hosts.append(srcs)
+            return
+        nets = tuple(as_prefix(n) for n in srcs)
+        self.compiled_sources += len(nets)
+        hosts, wide = _compile(nets)
+        group.sources.append(nets)
         group.hosts.append(hosts)
         for w in wide:
             group.wide[w] = None
 
     def finish(self) -> list[Rule]:
-        shared: dict[frozenset[int], frozenset[int]] = {}
+        shared: dict[Any, Any] = {}
         rules = [g.rule(shared) for run in self._runs for g in run.values()]
-        self._memo, self._next, self._runs, self._run_action = self._next, {}, [], ""
+        self._runs, self._run_action = [], ""
         return rules

@@ -7,6 +7,11 @@ longest first: O(number of distinct prefix lengths), with no objects created.
 A reverse index (value -> its networks) makes ``networks_of`` and
 ``remove_value`` cost the value's own networks, not the table's size, so
 rewriting one peer's allowed IPs in a roster of thousands stays O(1)-ish.
+
+Memory per network: one entry in its length's dict (key: the address's
+prefix bits as an int) and its :class:`~nbgateway.netstack.prefix.Prefix`
+in the owner's reverse-index tuple (shared with whoever handed it in, e.g.
+the converted network map); no :mod:`ipaddress` objects are kept.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
+from nbgateway.netstack.prefix import Prefix, as_prefix
+
 V = TypeVar("V")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+NetworkLike = Prefix | str | ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Family(Generic[V]):
@@ -33,6 +40,10 @@ class _Family(Generic[V]):
             table = self.tables[length] = {}
             self.lengths = sorted(self.tables, reverse=True)
         table[prefix >> (self.bits - length)] = value
+
+    def get(self, prefix: int, length: int) -> V | None:
+        table = self.tables.get(length)
+        return None if table is None else table.get(prefix >> (self.bits - length))
 
     def remove(self, prefix: int, length: int) -> V | None:
         table = self.tables.get(length)
@@ -55,53 +66,70 @@ class _Family(Generic[V]):
 
 
 class AllowedIPs(Generic[V]):
-    """Longest-prefix-match table mapping IPv4/IPv6 networks to values."""
+    """Longest-prefix-match table mapping IPv4/IPv6 networks to values.
+
+    Networks are kept as :class:`~nbgateway.netstack.prefix.Prefix` ints (text
+    and :mod:`ipaddress` networks are converted on the way in); the family
+    tables are the only owner map, and the reverse index holds one tuple of
+    prefixes per value."""
 
     def __init__(self) -> None:
         self._v4: _Family[V] = _Family(32)
         self._v6: _Family[V] = _Family(128)
-        self._owned: dict[Network, V] = {}
-        #: id(value) -> that value's networks (insertion order)
-        self._by_value: dict[int, dict[Network, None]] = {}
+        self._count = 0
+        #: id(value) -> that value's prefixes (insertion order)
+        self._by_value: dict[int, tuple[Prefix, ...]] = {}
 
-    def insert(self, network: Network | str, value: V) -> V | None:
+    def _family(self, net: Prefix) -> _Family[V]:
+        return self._v6 if net >> 136 else self._v4
+
+    def insert(self, network: NetworkLike, value: V) -> V | None:
         """Give ``network`` to ``value``; returns the value that owned it before
         (``None`` if none), which has lost it."""
-        net = ipaddress.ip_network(network, strict=False)
-        fam = self._v4 if net.version == 4 else self._v6
-        fam.insert(int(net.network_address), net.prefixlen, value)
-        previous = self._owned.get(net)
-        if previous is not None and previous is not value:
+        net = as_prefix(network)
+        fam = self._family(net)
+        length = net & 0xFF
+        previous = fam.get(net.address, length)
+        fam.insert(net.address, length, value)
+        if previous is value:
+            return None
+        if previous is not None:
             self._drop_reverse(previous, net)
-        self._owned[net] = value
-        self._by_value.setdefault(id(value), {})[net] = None
-        return previous if previous is not value else None
+        else:
+            self._count += 1
+        key = id(value)
+        self._by_value[key] = (*self._by_value.get(key, ()), net)
+        return previous
 
-    def _drop_reverse(self, value: V, net: Network) -> None:
-        nets = self._by_value.get(id(value))
+    def _drop_reverse(self, value: V, net: Prefix) -> None:
+        key = id(value)
+        nets = self._by_value.get(key)
         if nets is not None:
-            nets.pop(net, None)
-            if not nets:
-                del self._by_value[id(value)]
+            rest = tuple(n for n in nets if n != net)
+            if rest:
+                self._by_value[key] = rest
+            else:
+                del self._by_value[key]
 
-    def remove(self, network: Network | str) -> None:
-        net = ipaddress.ip_network(network, strict=False)
-        fam = self._v4 if net.version == 4 else self._v6
-        fam.remove(int(net.network_address), net.prefixlen)
-        value = self._owned.pop(net, None)
+    def remove(self, network: NetworkLike) -> None:
+        net = as_prefix(network)
+        value = self._family(net).remove(net.address, net & 0xFF)
         if value is not None:
+            self._count -= 1
             self._drop_reverse(value, net)
 
-    def owner(self, network: Network) -> V | None:
+    def owner(self, network: NetworkLike) -> V | None:
         """The value owning exactly ``network`` (no longest-prefix match)."""
-        return self._owned.get(network)
+        net = as_prefix(network)
+        return self._family(net).get(net.address, net & 0xFF)
 
     def remove_value(self, value: V) -> None:
         for net in self.networks_of(value):
             self.remove(net)
 
-    def networks_of(self, value: V) -> list[Network]:
-        return list(self._by_value.get(id(value), ()))
+    def networks_of(self, value: V) -> tuple[Prefix, ...]:
+        """The value's networks, in insertion order (the index's own tuple)."""
+        return self._by_value.get(id(value), ())
 
     def lookup_packed(self, packed: bytes) -> V | None:
         """Lookup by a packed 4- or 16-byte address (the per-packet hot path)."""
@@ -124,12 +152,18 @@ class AllowedIPs(Generic[V]):
     def lookup(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> V | None:
         return self.lookup_packed(ipaddress.ip_address(address).packed)
 
-    def __iter__(self) -> Iterator[tuple[Network, V]]:
-        return iter(list(self._owned.items()))
+    def __iter__(self) -> Iterator[tuple[Prefix, V]]:
+        items: list[tuple[Prefix, V]] = []
+        for nets in self._by_value.values():
+            for net in nets:
+                value = self._family(net).get(net.address, net & 0xFF)
+                if value is not None:
+                    items.append((net, value))
+        return iter(items)
 
     def __len__(self) -> int:
-        return len(self._owned)
+        return self._count
 
-    def update(self, items: Iterable[tuple[Network | str, V]]) -> None:
+    def update(self, items: Iterable[tuple[NetworkLike, V]]) -> None:
         for net, value in items:
             self.insert(net, value)

@@ -25,7 +25,6 @@ per-packet counts); nothing raised by bad input escapes.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import os
 import random
@@ -45,6 +44,7 @@ from nbgateway.interfaces import (
     IPacketSender,
     IPacketSink,
 )
+from nbgateway.netstack.prefix import Prefix, as_prefix
 from nbgateway.wireguard import constants as C
 from nbgateway.wireguard import noise
 from nbgateway.wireguard.allowedips import AllowedIPs
@@ -68,8 +68,9 @@ _U32 = struct.Struct("<I")
 DEFAULT_UNDER_LOAD_THRESHOLD = 256  # handshake messages per second before cookies
 
 
-def _parse_allowed(allowed_ips: Iterable) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(a, strict=False) for a in allowed_ips]
+def _parse_allowed(allowed_ips: Iterable) -> tuple[Prefix, ...]:
+    # compact ints (a converted map's prefixes are taken as they are)
+    return tuple(as_prefix(a) for a in allowed_ips)
 
 
 @implementer(IPacketSender)
@@ -212,7 +213,7 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         peer.timers.clear()
         peer.removed = True
 
-    def _set_allowed(self, peer: Peer, nets: list) -> None:
+    def _set_allowed(self, peer: Peer, nets: tuple[Prefix, ...]) -> None:
         """Give ``peer`` exactly ``nets``; costs the peer's own networks, not the
         roster's size (an unchanged set is a no-op that keeps the route cache)."""
         if peer.allowed_ips == nets and all(self.allowed_ips.owner(n) is peer

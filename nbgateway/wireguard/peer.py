@@ -5,11 +5,11 @@ holds state and the small helpers that only touch one peer."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from nbgateway.netstack.prefix import Prefix
 from nbgateway.wireguard._crypto import dh
 from nbgateway.wireguard.constants import MAX_STAGED_PACKETS
 from nbgateway.wireguard.cookie import CookieGenerator
@@ -127,7 +127,7 @@ class Peer:
         self.preshared_key = preshared_key or ZERO_PSK
         self.endpoint = endpoint
         self.persistent_keepalive = persistent_keepalive or None
-        self.allowed_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.allowed_ips: tuple[Prefix, ...] = ()
 
         self.handshake: InitiatorState | None = None
         self.last_initiation_sent: float | None = None

@@ -33,7 +33,7 @@ def test_peer_channel_sync_with_the_ipv6_capability(store, stub, scenario):  # n
     assert net.address_v6 is not None and str(net.address_v6.ip) == proxy.ipv6
     assert net.addresses == ("100.64.0.99", proxy.ipv6)
     (peer,) = net.roster
-    assert ipaddress.ip_network(f"{user.ipv6}/128") in peer.allowed_ips
+    assert str(ipaddress.ip_network(f"{user.ipv6}/128")) in map(str, peer.allowed_ips)
     assert {str(src) for r in net.inbound_rules for src in r.sources} == {
         "100.64.0.10/32", f"{user.ipv6}/128"}
 
@@ -46,7 +46,7 @@ def test_peer_channel_sync_and_login_without_the_capability(store, stub, scenari
         s.cancel()
     net = convert(m.NetworkMap)
     assert net.address_v6 is None
-    assert [p.allowed_ips for p in net.roster] == [(ipaddress.ip_network("100.64.0.10/32"),)]
+    assert [tuple(map(str, p.allowed_ips)) for p in net.roster] == [("100.64.0.10/32",)]
     login = scenario["p"].login()
     assert login.peerConfig.address == "100.64.0.99/10" and not login.peerConfig.address_v6
     meta = pb.PeerSystemMeta(hostname="t", goOS="linux",

@@ -21,6 +21,7 @@ from nbgateway.management.networkmap import (
 from nbgateway.management.synthetic import CustomZone, PortRange, SimpleRecord
 from nbgateway.mgmt import netmap
 from nbgateway.netstack.filter import DENY, PacketFilter, Rule
+from nbgateway.netstack.prefix import Prefix
 
 
 def key() -> str:
@@ -67,7 +68,7 @@ def test_real_management_encoding_converts():
     assert out.fqdn == "proxy.netbird.test."
     assert out.roster == (netmap.RosterPeer(
         public_key=user, key_bytes=base64.b64decode(user),
-        allowed_ips=(ipaddress.ip_network("100.64.0.10/32"),),
+        allowed_ips=(Prefix.parse("100.64.0.10/32"),),
         fqdn="laptop.netbird.test."),)
     assert out.peer(user) is out.roster[0] and out.peer(key()) is None
     zones = {z.domain: z for z in out.zones}
@@ -77,8 +78,8 @@ def test_real_management_encoding_converts():
     assert synth.records == (netmap.DnsRecord("myapp.eu.proxy.netbird.io.", 1, 5, "100.64.0.99"),)
     assert zones["netbird.test."].authoritative
     assert [(r.sources, r.protocols, r.ports, r.action) for r in out.inbound_rules] == [
-        ((ipaddress.ip_network("100.64.0.10/32"),), frozenset({6}), ((80, 80),), "allow"),
-        ((ipaddress.ip_network("100.64.0.10/32"),), frozenset({6}), ((443, 443),), "allow"),
+        ((Prefix.parse("100.64.0.10/32"),), frozenset({6}), ((80, 80),), "allow"),
+        ((Prefix.parse("100.64.0.10/32"),), frozenset({6}), ((443, 443),), "allow"),
     ]
     assert out.inbound_rules[0].policy_id == "private-access-svc-1-proxy"
     assert out.skipped == {}
@@ -89,7 +90,7 @@ def test_source_prefixes_preferred_over_peer_ip():
     for r in m.FirewallRules:
         r.PeerIP = "100.64.0.77"  # legacy field disagrees: sourcePrefixes wins
     out = netmap.convert(m)
-    assert {r.sources for r in out.inbound_rules} == {(ipaddress.ip_network("100.64.0.10/32"),)}
+    assert {r.sources for r in out.inbound_rules} == {(Prefix.parse("100.64.0.10/32"),)}
 
 
 def test_rules_drive_the_netstack_filter():
@@ -122,7 +123,7 @@ def test_outbound_rules_ignored_and_drop_rules_first():
     m.FirewallRules.add(PeerIP="100.64.0.9", Direction=pb.IN, Action=pb.ACCEPT, Protocol=pb.ICMP)
     out = netmap.convert(m)
     got = [(r.action, r.sources, r.protocols, r.ports) for r in out.inbound_rules]
-    net = ipaddress.ip_network
+    net = Prefix.parse
     assert got == [
         ("deny", (net("100.64.0.6/32"),), frozenset({6}), ((1000, 2000),)),
         ("allow", (net("0.0.0.0/0"),), frozenset(), ()),  # ALL: ports do not apply
@@ -158,8 +159,8 @@ def test_malformed_entries_are_skipped_and_counted():
     out = netmap.convert(m)
     assert out.address is None and out.address_v6 is None and out.addresses == ()
     assert [p.public_key for p in out.roster] == [good]
-    assert out.roster[0].allowed_ips == (ipaddress.ip_network("100.64.0.2/32"),
-                                         ipaddress.ip_network("fd00::2/128"))
+    assert out.roster[0].allowed_ips == (Prefix.parse("100.64.0.2/32"),
+                                         Prefix.parse("fd00::2/128"))
     assert out.inbound_rules == ()
     assert out.zones == (netmap.DnsZone("example.com.", (
         netmap.DnsRecord("a.example.com.", 1, 0, "100.64.0.2"),

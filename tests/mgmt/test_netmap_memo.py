@@ -66,7 +66,12 @@ def test_the_memo_is_bounded():
     assert skipped == {"x": 2}
 
 
-def test_rule_sources_are_the_roster_s_network_objects():
+def test_new_rules_share_the_new_peers_prefix_objects():
+    """A rule converted in the same map as its peer shares the peer's prefix
+    (one small int per address, not one per rule); a rule the memo already
+    holds keeps its own (equal) prefix."""
+    for memo in (netmap._RULES, netmap._PEERS, netmap._RECORDS):
+        memo.clear()
     keys = [key_to_base64(public_key(generate_private_key())) for _ in range(3)]
     nm = build(3, 1, keys)
     nm.FirewallRules.append(pb.FirewallRule(PolicyID=b"p", Direction=pb.IN, Action=pb.ACCEPT,
@@ -78,3 +83,9 @@ def test_rule_sources_are_the_roster_s_network_objects():
     assert len(sources) == 4
     for s in sources:
         assert s is by_text[str(s)]
+    assert not netmap._FRESH  # nothing kept past the conversion
+    # the same addresses under new keys: the rules are memo hits, equal values
+    keys = [key_to_base64(public_key(generate_private_key())) for _ in range(3)]
+    again = netmap.convert(build(3, 2, keys))
+    assert [r.sources for r in again.inbound_rules] == [
+        r.sources for r in net.inbound_rules[:3]]

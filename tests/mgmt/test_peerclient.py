@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import ipaddress
 import os
 import time
 from concurrent import futures
@@ -24,6 +23,7 @@ from nbgateway.management.store import Store
 from nbgateway.mgmt import netmap
 from nbgateway.mgmt.peerclient import PeerChannelClient
 from nbgateway.mgmt.reconnect import Backoff
+from nbgateway.netstack.prefix import Prefix
 from nbgateway.wireguard.keys import generate_private_key, public_key
 
 CLUSTER = "eu.proxy.netbird.io"
@@ -128,10 +128,10 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
         # the client announces the IPv6 overlay: it gets its v6 address too
         assert net.addresses == ("100.64.0.99", self.proxy.ipv6)
         assert self.roster(self.maps[0]) == {self.user_keys[0]}
-        user6 = ipaddress.ip_network(f"{self.user.ipv6}/128")
+        user6 = Prefix.parse(f"{self.user.ipv6}/128")
         assert sorted(((r.sources, r.ports) for r in net.inbound_rules), key=str) == sorted([
-            ((ipaddress.ip_network("100.64.0.10/32"),), ((80, 80),)),
-            ((ipaddress.ip_network("100.64.0.10/32"),), ((443, 443),)),
+            ((Prefix.parse("100.64.0.10/32"),), ((80, 80),)),
+            ((Prefix.parse("100.64.0.10/32"),), ((443, 443),)),
             ((user6,), ((80, 80),)),
             ((user6,), ((443, 443),)),
         ], key=str)

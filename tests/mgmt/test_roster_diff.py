@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from nbgateway.mgmt.netmap import RosterPeer
+from nbgateway.netstack.prefix import Prefix
 from nbgateway.wireguard.allowedips import AllowedIPs
 from tests.test_accounts import Mgmt, make, mapping, network, peer
 
@@ -64,7 +65,7 @@ def test_setting_one_peers_networks_does_not_scan_the_roster():
     device.update_peer(second.public_key,
                        allowed_ips=[str(first.allowed_ips[0]), str(second.allowed_ips[0])])
     assert len(scanned) <= 3
-    assert first.allowed_ips == []
+    assert first.allowed_ips == ()
     assert len(second.allowed_ips) == 2
     assert device.allowed_ips.lookup(str(second.allowed_ips[0].network_address)) is second
 
@@ -76,9 +77,9 @@ def test_allowed_ips_reverse_index_follows_moves_and_removals():
     assert t.insert("10.0.1.0/24", a) is None
     assert t.insert("10.0.0.0/24", a) is None  # re-inserting one's own network
     assert t.insert("10.0.0.0/24", b) is a     # moved: the old owner is named
-    assert t.networks_of(a) == [ipaddress.ip_network("10.0.1.0/24")]
-    assert t.networks_of(b) == [ipaddress.ip_network("10.0.0.0/24")]
+    assert t.networks_of(a) == (Prefix.parse("10.0.1.0/24"),)
+    assert t.networks_of(b) == (Prefix.parse("10.0.0.0/24"),)
     t.remove("10.0.1.0/24")
-    assert t.networks_of(a) == []
+    assert t.networks_of(a) == ()
     t.remove_value(b)
-    assert t.networks_of(b) == [] and len(t) == 0 and t.lookup("10.0.0.1") is None
+    assert t.networks_of(b) == () and len(t) == 0 and t.lookup("10.0.0.1") is None

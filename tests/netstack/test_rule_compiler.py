@@ -1,5 +1,6 @@
 """The filter's rule compiler: merged rules decide exactly like the rule list
-they come from, sources are compiled once per owner, and no text is parsed."""
+they come from, host prefixes are taken as they are (no copy, no memo), and
+no text is parsed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from nbgateway.netstack import filter as pf
 from nbgateway.netstack.filter import ALLOW, DENY, PacketFilter, Rule, RuleCompiler
+from nbgateway.netstack.prefix import Prefix
 
 
 def net(text):
@@ -17,10 +19,11 @@ def net(text):
 
 
 class Spec:
-    """An immutable rule entry, as the map converter hands them out."""
+    """An immutable rule entry, as the map converter hands them out
+    (``Prefix`` sources; ``ipaddress`` networks with ``parse=net``)."""
 
-    def __init__(self, action, sources, protocols=(), ports=()):
-        self.action, self.sources = action, tuple(net(s) for s in sources)
+    def __init__(self, action, sources, protocols=(), ports=(), parse=Prefix.parse):
+        self.action, self.sources = action, tuple(parse(s) for s in sources)
         self.protocols, self.ports = frozenset(protocols), tuple(ports)
 
 
@@ -69,25 +72,39 @@ def test_merged_rules_decide_like_the_rule_list():
                 (src, proto, port)
 
 
-def test_an_unchanged_owner_is_not_compiled_again():
+def test_host_prefixes_are_taken_as_they_are():
     compiler = RuleCompiler()
     peers = [Spec(ALLOW, [f"100.64.{i // 250}.{i % 250 + 1}/32", f"fd00::{i + 1:x}/128"], (6,),
                   ((443, 443),)) for i in range(2000)]
     rules = compile_all(compiler, peers)
-    assert compiler.compiled_sources == 4000 and len(rules) == 1
+    assert compiler.compiled_sources == 0 and len(rules) == 1
+    # the host set holds the owners' own prefix objects (nothing allocated per host)
+    mine = {id(p) for s in peers for p in s.sources}
+    assert len(rules[0]._hosts) == 4000 and {id(h) for h in rules[0]._hosts} == mine
     newcomer = Spec(ALLOW, ["100.64.99.1/32", "fd00::ffff/128"], (6,), ((443, 443),))
     rules = compile_all(compiler, [*peers, newcomer])
-    assert compiler.compiled_sources == 2  # the newcomer alone
+    assert compiler.compiled_sources == 0
     f = PacketFilter(rules, default=DENY)
     assert f.allows(ipaddress.ip_address("100.64.99.1").packed, 6, 443)
     assert f.allows(ipaddress.ip_address("fd00::5").packed, 6, 443)
     assert not f.allows(ipaddress.ip_address("100.64.99.2").packed, 6, 443)
-    # a peer gone is forgotten: it is neither matched nor remembered
+    # a peer gone is forgotten: nothing is remembered between compilations
     rules = compile_all(compiler, peers[1:])
-    assert compiler.compiled_sources == 0
     assert not PacketFilter(rules, default=DENY).allows(
         ipaddress.ip_address("100.64.0.1").packed, 6, 443)
-    assert len(compiler._memo) == 1999
+    assert not hasattr(compiler, "_memo")
+
+
+def test_other_sources_are_converted_and_counted():
+    compiler = RuleCompiler()
+    specs = [Spec(ALLOW, ["100.64.0.1/32", "fd00::1/128"], (6,), parse=net),
+             Spec(ALLOW, ["100.64.1.0/24"], (6,))]
+    rules = compile_all(compiler, specs)
+    assert compiler.compiled_sources == 3
+    f = PacketFilter(rules, default=DENY)
+    for ip, want in [("100.64.0.1", True), ("fd00::1", True), ("100.64.1.200", True),
+                     ("100.64.0.2", False), ("fd00::2", False)]:
+        assert f.allows(ipaddress.ip_address(ip).packed, 6, 80) is want, ip
 
 
 def test_an_entry_without_sources_matches_any_source():
@@ -115,7 +132,7 @@ def test_bad_input_is_refused():
         c.add(ALLOW, (6,), ((10, 5),), object(), ())
 
 
-def test_rule_make_takes_networks_as_they_are(monkeypatch):
+def test_rule_make_converts_networks_without_parsing_text(monkeypatch):
     nets = [net("100.64.0.1/32"), net("100.64.1.0/24"), net("fd00::1/128")]
 
     def no_parsing(*_a, **_kw):
@@ -123,7 +140,9 @@ def test_rule_make_takes_networks_as_they_are(monkeypatch):
 
     monkeypatch.setattr(pf.ipaddress, "ip_network", no_parsing)
     rule = Rule.make(ALLOW, sources=nets)
-    assert rule.sources == tuple(nets)
+    assert [str(p) for p in rule.sources] == [str(n) for n in nets]
+    prefixes = tuple(Prefix.from_network(n) for n in nets)
+    assert Rule.make(ALLOW, sources=prefixes).sources == prefixes
     f = PacketFilter([rule], default=DENY)
     assert f.allows(ipaddress.ip_address("100.64.0.1").packed, 6, 1)
     assert f.allows(ipaddress.ip_address("100.64.1.77").packed, 6, 1)

@@ -60,7 +60,7 @@ def test_prefix_moves_between_values():
     t.insert("10.0.0.0/24", "a")
     t.insert("10.0.0.0/24", "b")
     assert t.lookup("10.0.0.9") == "b"
-    assert t.networks_of("a") == []
+    assert t.networks_of("a") == ()
     t.remove_value("b")
     assert t.lookup("10.0.0.9") is None and len(t) == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from nbgateway.netstack.prefix import Prefix
 from nbgateway.wireguard.keys import generate_private_key, public_key
 from nbgateway.wireguard.testing import ipv4_packet, ipv6_packet
 
@@ -160,8 +161,8 @@ def test_runtime_roster_changes(pair):
     # move b's allowed IP on a to a brand-new peer: routing follows
     other = public_key(generate_private_key())
     pair.a.add_peer(other, allowed_ips=["10.0.0.2/32"], endpoint=("192.0.2.99", 1))
-    assert pair.a.peers[pair.b.public_key].allowed_ips == [
-        __import__("ipaddress").ip_network("fd00::2/128")]
+    assert pair.a.peers[pair.b.public_key].allowed_ips == (
+        Prefix.parse("fd00::2/128"),)
     pair.a.remove_peer(other)
     assert not pair.a.sendPacket(ipv4_packet("10.0.0.1", "10.0.0.2"))
     pair.a.update_peer(pair.b.public_key, allowed_ips=["10.0.0.0/24"])

@@ -1,0 +1,221 @@
+"""Memory per roster peer in one account, and the per-packet hot path beside it.
+
+One :class:`~nbgateway.accounts.AccountRuntime` (the fake management and peer
+channel of ``tests/test_accounts.py``) is fed a peer storm as the proxy peer
+sees it: maps of 10, 20, ... N peers (each peer by its IPv4 and IPv6 tunnel
+address, one inbound rule per address and service port, one DNS A record
+per peer), every map serialized, parsed and converted by
+``mgmt/netmap.convert`` as the peer channel does.  Printed per peer, between
+the first map and the last (``gc`` run first):
+
+* ``heap``: the Python heap kept (tracemalloc), and the top files;
+* ``peak``: tracemalloc's peak over the storm (the transients);
+* ``rss``: the process's RSS growth (a separate run without tracemalloc);
+* ``lookup`` and ``filter``: ns per allowed-IPs lookup (``lookup_packed``) and
+  per filter decision (``PacketFilter.allows``), over the roster's addresses
+  and as many misses, IPv4 and IPv6.
+
+``--before PATH`` runs every measurement alternately (``--rounds``) on the
+tree at PATH (a ``git worktree`` of an older commit, imported first through
+``sys.path``) and on this tree, in fresh child processes, and prints both
+with their ratio::
+
+    git worktree add /tmp/h4-before 55279f6
+    .venv/bin/python bench/peer_memory.py --peers 2000 --before /tmp/h4-before
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import ipaddress
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tree() -> str:
+    return os.environ.get("NBGW_BENCH_TREE") or _HERE
+
+
+def v4(i: int) -> str:
+    return f"100.64.{(i + 2) // 250}.{(i + 2) % 250 + 1}"
+
+
+def v6(i: int) -> str:
+    return f"fd00::{i + 2:x}"
+
+
+def storm_map(pb: Any, n: int, serial: int, keys: list[str]) -> Any:
+    nm = pb.NetworkMap(Serial=serial)
+    nm.peerConfig.address = "100.64.0.1/10"
+    zone = nm.DNSConfig.CustomZones.add(Domain="peers.test")
+    for i in range(n):
+        ips = (v4(i), v6(i))
+        nm.remotePeers.add(wgPubKey=keys[i], allowedIps=[ips[0] + "/32", ips[1] + "/128"],
+                           fqdn=f"p{i}.peers.test")
+        zone.Records.add(Name=f"p{i}.peers.test", Type=1, Class="IN", TTL=300, RData=ips[0])
+        for ip in ips:
+            for port in ("80", "443"):
+                nm.FirewallRules.append(pb.FirewallRule(
+                    PolicyID=b"private-access", PeerIP=ip, Direction=pb.IN, Action=pb.ACCEPT,
+                    Protocol=pb.TCP, Port=port))
+    return nm
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def child(peers: int, step: int, trace: bool, lines: int, group: str) -> dict[str, Any]:
+    sys.path.insert(0, _tree())
+    from nbgateway._proto import management_pb2 as pb
+    from nbgateway.mgmt.netmap import convert
+    from nbgateway.wireguard.keys import key_to_base64
+    from tests.test_accounts import Channel, Mgmt, make, mapping
+
+    keys = [key_to_base64(hashlib.sha256(b"peer%d" % i).digest()) for i in range(peers)]
+    store, registry, _, _ = make(Mgmt())
+    store.apply_batch([mapping("s1")], False)
+    channel = Channel.instances[0]
+    runtime = registry.get("acct")
+
+    def feed(n: int, serial: int) -> None:
+        wire = storm_map(pb, n, serial, keys).SerializeToString()
+        channel.on_map(convert(pb.NetworkMap.FromString(wire)))
+
+    feed(step, 1)
+    gc.collect()
+    if trace:
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+    rss0 = rss_kib()
+    t0 = time.perf_counter()
+    serial = 1
+    for n in range(2 * step, peers + 1, step):
+        serial += 1
+        feed(n, serial)
+    storm_s = time.perf_counter() - t0
+    gc.collect()
+    added = peers - step
+    out: dict[str, Any] = {"storm_s": storm_s, "rss": (rss_kib() - rss0) * 1024 / added}
+    assert len(runtime.device.peers) == peers, len(runtime.device.peers)
+    if trace:
+        after = tracemalloc.take_snapshot()
+        out["peak"] = tracemalloc.get_traced_memory()[1] / added
+        tracemalloc.stop()
+        stats = after.compare_to(before, group)
+        out["heap"] = sum(s.size_diff for s in stats) / added
+        out["files"] = [(s.traceback[0].filename.replace(_tree() + "/", "")
+                         .rsplit("/lib/python3", 1)[-1]
+                         + (f":{s.traceback[0].lineno}" if group == "lineno" else ""),
+                         s.size_diff / added)
+                        for s in stats[:lines]]
+    # the hot path: allowed-IPs longest-prefix match and the filter
+    rng = random.Random(7)
+    hits = [ipaddress.ip_address(f(i)).packed for i in range(peers) for f in (v4, v6)]
+    misses = [ipaddress.ip_address(a).packed for a in
+              [f"100.65.{rng.randrange(256)}.{rng.randrange(256)}" for _ in range(peers)]
+              + [f"fd01::{rng.randrange(1 << 16):x}" for _ in range(peers)]]
+    probe = hits + misses
+    rng.shuffle(probe)
+    table, filt = runtime.device.allowed_ips, runtime.stack.filter
+    lookup = table.lookup_packed
+    allows = filt.allows
+    best_l = best_f = float("inf")
+    for _ in range(7):
+        t = time.perf_counter()
+        for a in probe:
+            lookup(a)
+        best_l = min(best_l, time.perf_counter() - t)
+        t = time.perf_counter()
+        for a in probe:
+            allows(a, 6, 443)
+        best_f = min(best_f, time.perf_counter() - t)
+    out["lookup_ns"] = best_l / len(probe) * 1e9
+    out["filter_ns"] = best_f / len(probe) * 1e9
+    # same decisions on both trees: a digest of every answer
+    digest = hashlib.sha256()
+    for a in probe:
+        p = lookup(a)
+        digest.update(p.public_key if p is not None else b"-")
+        for proto, port in ((6, 443), (6, 22), (17, 53), (1, None)):
+            digest.update(b"1" if allows(a, proto, port) else b"0")
+    out["answers"] = digest.hexdigest()[:16]
+    return out
+
+
+def run_child(tree: str | None, args: argparse.Namespace, trace: bool) -> dict[str, Any]:
+    env = dict(os.environ)
+    if tree:
+        env["NBGW_BENCH_TREE"] = tree
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--peers", str(args.peers),
+           "--step", str(args.step), "--lines", str(args.lines), "--group", args.group]
+    if trace:
+        cmd.append("--trace")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        sys.exit(f"child failed ({tree or 'this tree'}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--peers", type=int, default=2000)
+    ap.add_argument("--step", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--lines", type=int, default=8)
+    ap.add_argument("--group", choices=("filename", "lineno"), default="filename",
+                    help="heap breakdown by file or by line")
+    ap.add_argument("--before", help="tree of the comparison (a git worktree)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.peers, args.step, args.trace, args.lines, args.group)))
+        return
+    trees: list[tuple[str, str | None]] = [("now", None)]
+    if args.before:
+        trees.insert(0, ("before", os.path.abspath(args.before)))
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
+    for r in range(args.rounds):
+        for name, tree in trees:
+            traced = run_child(tree, args, True)
+            plain = run_child(tree, args, False)
+            traced["rss"], traced["storm_s"] = plain["rss"], plain["storm_s"]
+            results[name].append(traced)
+            print(f"round {r + 1} {name:6}: heap {traced['heap']:7.0f} B/peer  "
+                  f"peak {traced['peak']:7.0f} B/peer  rss {traced['rss']:7.0f} B/peer  "
+                  f"storm {traced['storm_s']:5.2f} s  lookup {traced['lookup_ns']:5.0f} ns  "
+                  f"filter {traced['filter_ns']:5.0f} ns  answers {traced['answers']}",
+                  flush=True)
+    for name, _ in trees:
+        print(f"\n{name}: heap kept per peer by file (last round)")
+        for filename, size in results[name][-1]["files"]:
+            print(f"  {size:8.0f} B  {filename}")
+    if args.before:
+        print("\nmedians (before -> now, ratio now/before):")
+        for k in ("heap", "peak", "rss", "storm_s", "lookup_ns", "filter_ns"):
+            b = statistics.median(x[k] for x in results["before"])
+            n = statistics.median(x[k] for x in results["now"])
+            print(f"  {k:10} {b:9.1f} -> {n:9.1f}  ({n / b:.2f})")
+        same = {x["answers"] for x in results["before"] + results["now"]}
+        print(f"  lookup and filter answers identical: {len(same) == 1}")
+
+
+if __name__ == "__main__":
+    main()
