@@ -160,7 +160,8 @@ class TCPLayer:
 
     def output(self, conn: Connection, segment: bytearray) -> None:
         self.counters["tcp_segments_out"] += 1
-        self.stack.send_transport(conn.local, conn.remote, PROTO_TCP, segment)
+        src, dst = conn.raw_addrs
+        self.stack.send_transport(src, dst, PROTO_TCP, segment)
 
     def send_rst_for(self, local: IPAddress, remote: IPAddress, seg: Segment) -> None:
         """RFC 9293 3.10.7.1 reset generation for an unacceptable segment."""

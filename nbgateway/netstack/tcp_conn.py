@@ -130,6 +130,7 @@ class Connection(ConnectionOutput):
         "orphan",
         "persist_at",
         "persist_backoff",
+        "raw_addrs",
         "rcv_adv",
         "rcv_buf",
         "rcv_calm",
@@ -173,6 +174,7 @@ class Connection(ConnectionOutput):
                  rport: int, iss: int, now: float) -> None:
         self.layer = layer
         self.local, self.lport, self.remote, self.rport = local, lport, remote, rport
+        self.raw_addrs = (local.packed, remote.packed)  # for the IP layer, per segment
         self.state = CLOSED
         self.user: TCPUser | None = None
         self.listener: Listener | None = None

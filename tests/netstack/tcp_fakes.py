@@ -35,6 +35,8 @@ class FakeStack:
         assert proto == 6
         assert isinstance(segment, bytearray)
         assert segment[16:18] == b"\x00\x00"
+        if type(src) is bytes:  # raw addresses (the IIPLayer form) -> objects for the wire
+            src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         self.sent.append((src, dst, bytes(segment)))
         return True
 
