@@ -343,12 +343,14 @@ class _Memo:
         #: key -> converted value, or _Skipped when the conversion skipped parts
         self.entries: dict[Any, Any] = {}
 
-    def convert(self, key: Any, make: Callable[[Counter[str]], Any],
-                skipped: Counter[str]) -> Any:
+    def convert(self, key: Any, make: Callable[..., Any], skipped: Counter[str],
+                *args: Any) -> Any:
+        """The memoized ``make(*args, reasons)`` for ``key`` (no closure per
+        entry: ``args`` are passed through)."""
         hit = self.entries.get(key, _MISS)
         if hit is _MISS:
             reasons: Counter[str] = Counter()
-            value = make(reasons)
+            value = make(*args, reasons)
             hit = _Skipped(value, tuple(reasons.elements())) if reasons else value
             if len(self.entries) >= self.limit:
                 del self.entries[next(iter(self.entries))]
@@ -367,14 +369,22 @@ _RULES = _Memo(MAX_RULES)
 _PEERS = _Memo(MAX_REMOTE_PEERS)
 _RECORDS = _Memo(MAX_RECORDS)
 
-#: the allowed IPs of the peers converted (memo misses) by the running
-#: ``convert``, so that a new rule naming a new peer shares its prefix object
-#: (filled by _convert_peer, emptied when ``convert`` returns)
+#: values of the entries converted (memo misses) by the running ``convert``,
+#: so that new entries naming the same thing share one object: a new peer's
+#: prefixes (with its new rules), a one-source tuple (the rules of one address,
+#: one per port), a new peer's name (with its new DNS record).  Emptied when
+#: ``convert`` returns.
 _FRESH: dict[Prefix, Prefix] = {}
+_FRESH_SOURCES: dict[Prefix, tuple[Prefix]] = {}
+_FRESH_NAMES: dict[str, str] = {}
 
 
 def _shared(net: Prefix) -> Prefix:
     return _FRESH.get(net, net)
+
+
+def _fresh_name(name: str | None) -> str | None:
+    return name if not name else _FRESH_NAMES.setdefault(name, name)
 
 
 def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
@@ -413,7 +423,8 @@ def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
     action = "deny" if rule.Action == _ACT_DROP else "allow"
     return InboundRule(
         action=action,
-        sources=tuple(dict.fromkeys(sources)),
+        sources=(_FRESH_SOURCES.setdefault(sources[0], (sources[0],)) if len(sources) == 1
+                 else tuple(dict.fromkeys(sources))),
         protocols=protocols,
         ports=ports,
         policy_id=sys.intern(bytes(rule.PolicyID).decode("utf-8", "replace")),
@@ -438,7 +449,7 @@ def _convert_peer(rp: Any, skipped: Counter[str]) -> RosterPeer | None:
         key_bytes=raw,
         allowed_ips=tuple(dict.fromkeys(nets)),
         endpoint=endpoint,
-        fqdn=normalize_name(rp.fqdn) or "",
+        fqdn=_fresh_name(normalize_name(rp.fqdn) or ""),
     )
 
 
@@ -449,7 +460,7 @@ def _convert_roster(nm: Any, skipped: Counter[str]) -> tuple[RosterPeer, ...]:
             skipped["peer_limit"] += len(nm.remotePeers) - i
             break
         peer = _PEERS.convert(rp.SerializeToString(),
-                              lambda why, rp=rp: _convert_peer(rp, why), skipped)
+                              _convert_peer, skipped, rp)
         if peer is not None:
             roster[peer.public_key] = peer
     return tuple(roster.values())
@@ -467,13 +478,14 @@ def _convert_zones(nm: Any, skipped: Counter[str]) -> tuple[DnsZone, ...]:
             skipped["zone_name"] += 1
             continue
         records: list[DnsRecord] = []
+        # memo key: the apex (length-prefixed, <= 254 bytes) then the record
+        apex_key = bytes((len(apex),)) + apex.encode("ascii")
         for r in z.Records:
             if budget <= 0:
                 skipped["record_limit"] += 1
                 continue
-            rec = _RECORDS.convert((apex, r.SerializeToString()),
-                                   lambda why, r=r, apex=apex: _convert_record(r, apex, why),
-                                   skipped)
+            rec = _RECORDS.convert(apex_key + r.SerializeToString(),
+                                   _convert_record, skipped, r, apex)
             if rec is not None:
                 records.append(rec)
                 budget -= 1
@@ -497,7 +509,7 @@ def _convert_record(r: Any, apex: str, skipped: Counter[str]) -> DnsRecord | Non
     if r.Class not in ("IN", ""):
         skipped["record_class"] += 1
         return None
-    name = normalize_name(r.Name)
+    name = _fresh_name(normalize_name(r.Name))
     if name is None or not _in_zone(name, apex):
         skipped["record_name"] += 1
         return None
@@ -543,18 +555,21 @@ def convert(nm: Any) -> AccountNetwork:
             if rule.Direction != _DIR_IN:
                 continue
             converted = _RULES.convert(rule.SerializeToString(),
-                                       lambda why, rule=rule: _convert_rule(rule, why), skipped)
+                                       _convert_rule, skipped, rule)
             if converted is not None:
                 (deny if converted.action == "deny" else allow).append(converted)
+        zones = _convert_zones(nm, skipped)
     finally:
         _FRESH.clear()
+        _FRESH_SOURCES.clear()
+        _FRESH_NAMES.clear()
     return AccountNetwork(
         serial=int(nm.Serial),
         address=address,
         address_v6=address_v6,
         fqdn=normalize_name(pc.fqdn) or "",
         roster=roster,
-        zones=_convert_zones(nm, skipped),
+        zones=zones,
         # the same entry twice is one rule (the memo hands out one object per
         # entry: deduplicated by identity, no hashing of every rule per map)
         inbound_rules=tuple({id(r): r for r in deny + allow}.values()),

@@ -84,6 +84,18 @@ def test_new_rules_share_the_new_peers_prefix_objects():
     for s in sources:
         assert s is by_text[str(s)]
     assert not netmap._FRESH  # nothing kept past the conversion
+    # a new peer's DNS record shares its name with the peer's fqdn
+    names = {p.fqdn: p.fqdn for p in net.roster}
+    for rec in net.zones[0].records:
+        assert rec.name is names[rec.name]
+    # rules naming one address share one source tuple
+    nm = build(3, 3, [key_to_base64(public_key(generate_private_key())) for _ in range(3)])
+    nm.FirewallRules.append(pb.FirewallRule(PolicyID=b"q", PeerIP="100.64.7.7", Direction=pb.IN,
+                                            Action=pb.ACCEPT, Protocol=pb.TCP, Port="80"))
+    nm.FirewallRules.append(pb.FirewallRule(PolicyID=b"q", PeerIP="100.64.7.7", Direction=pb.IN,
+                                            Action=pb.ACCEPT, Protocol=pb.TCP, Port="443"))
+    a, b = netmap.convert(nm).inbound_rules[-2:]
+    assert a.ports != b.ports and a.sources is b.sources
     # the same addresses under new keys: the rules are memo hits, equal values
     keys = [key_to_base64(public_key(generate_private_key())) for _ in range(3)]
     again = netmap.convert(build(3, 2, keys))
