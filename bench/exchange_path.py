@@ -28,8 +28,13 @@ another checkout's package in alternating subprocesses (same run, ratios of
 the medians).  Counters at the end check that nothing was retransmitted,
 dropped or sent twice: exactly one datagram out per exchange.
 
+``--real-socket`` sends through a real UDP socket to a local receiver as well
+(the send syscalls are timed, the receiver is drained outside the timing);
+``--compare-hold`` alternates this tree without and with ``--hold``.
+
 Usage: python bench/exchange_path.py [--exchanges 20000] [--conns 16] [--rounds 5]
                                      [--against /tmp/old-tree] [--hold]
+                                     [--real-socket] [--compare-hold]
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import struct
 import subprocess
@@ -50,7 +56,7 @@ TS = b"\x01\x01\x08\x0a"
 
 
 def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
-           profiler=None) -> dict:
+           profiler=None, real_socket: bool = False) -> dict:
     from twisted.internet.protocol import Protocol
     from twisted.internet.task import Clock
 
@@ -86,17 +92,42 @@ def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
             self.packets.extend(packets)
 
     class CountingSocket:
-        def __init__(self) -> None:
+        """Counts sends; with ``real`` they also go out of a real UDP socket to
+        a local receiver (drained between rounds, outside the timed part)."""
+
+        def __init__(self, real: bool) -> None:
             self.datagrams = self.calls = 0
+            self.real = self.rx = None
+            if real:
+                self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+                self.rx.bind(("127.0.0.1", 0))
+                self.rx.setblocking(False)
+                self.real = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self.dst = self.rx.getsockname()
 
         def sendto(self, data, addr):
             self.datagrams += 1
             self.calls += 1
+            if self.real is not None:
+                self.real.sendto(data, self.dst)
 
         def sendmsg(self, buffers, ancdata, flags, addr):
             self.calls += 1
             size = struct.unpack("=H", ancdata[0][2])[0]
             self.datagrams += -(-sum(map(len, buffers)) // size)
+            if self.real is not None:
+                self.real.sendmsg(buffers, ancdata, flags, self.dst)
+
+        def drain(self) -> int:
+            n = 0
+            while self.rx is not None:
+                try:
+                    self.rx.recv(70000)
+                except BlockingIOError:
+                    break
+                n += 1
+            return n
 
     class FakePort:
         import socket as _s
@@ -176,7 +207,7 @@ def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
         peer.sendPackets(pkts)
         reads.append(to_gw.out)
         to_gw.out = []
-    sock = CountingSocket()
+    sock = CountingSocket(real_socket)
     link = udp.WireGuardProtocol(gw, batch_sends=True) if hold else udp.WireGuardProtocol(gw)
     link.transport = FakePort(sock)
     link.gso = True
@@ -187,15 +218,20 @@ def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
     c0 = stack.counters.copy()
     if profiler is not None:
         profiler.enable()
-    t0 = time.process_time()
+    clock_cpu = time.process_time
+    dt = 0.0
+    received = 0
     for read in reads:
+        t0 = clock_cpu()
         advance(0.00005)
         receive(read)
         for w in writes:
             w(response)
         if hold:
             link.flush()
-    dt = time.process_time() - t0
+        dt += clock_cpu() - t0
+        if real_socket:
+            received += sock.drain()
     if profiler is not None:
         profiler.disable()
     got = sum(t.protocol.got for t in transports)
@@ -204,6 +240,7 @@ def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
     c = stack.counters - c0
     return {"us_per_exchange": dt / n * 1e6, "datagrams_out_per_exchange": sock.datagrams / n,
             "send_calls_per_exchange": sock.calls / n,
+            "received_per_exchange": received / n if real_socket else None,
             "retransmits": c["tcp_retransmitted_segments"] + c["tcp_rto"],
             "drops": sum(v for k, v in c.items() if k.startswith("drop_"))}
 
@@ -211,7 +248,8 @@ def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
 def _child(args: argparse.Namespace) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--exchanges",
            str(args.exchanges), "--conns", str(args.conns), "--request", str(args.request),
-           "--response", str(args.response)] + (["--hold"] if args.hold else [])
+           "--response", str(args.response)] + (["--hold"] if args.hold else []) + (
+               ["--real-socket"] if args.real_socket else [])
     return cmd
 
 
@@ -224,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--hold", action="store_true",
                    help="hold output to the end of the round (WireGuardProtocol batch_sends)")
+    p.add_argument("--real-socket", action="store_true",
+                   help="the link's sends also leave through a real UDP socket to a local "
+                        "receiver (syscalls timed; the receiver is drained outside the timing)")
+    p.add_argument("--compare-hold", action="store_true",
+                   help="alternate this tree without and with --hold (instead of --against)")
     p.add_argument("--against", metavar="DIR",
                    help="another checkout: alternate subprocesses with its package")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -232,15 +275,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         sys.path.insert(0, os.environ.get("EXCHANGE_TREE", here))
         print(json.dumps(_slice(args.exchanges, args.conns, args.request, args.response,
-                                args.hold)))
+                                args.hold, real_socket=args.real_socket)))
         return 0
     trees = {"this tree": here}
     if args.against:
         trees = {"against": args.against, "this tree": here}
+    if args.compare_hold:
+        trees = {"no hold": here, "hold": here}
     results: dict[str, list[dict]] = {k: [] for k in trees}
+    hold_arg = args.hold
     for r in range(args.rounds):
         order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
         for name, tree in order:
+            args.hold = name == "hold" or (hold_arg and name != "no hold")
             out = subprocess.run(_child(args), env={**os.environ, "EXCHANGE_TREE": tree,
                                                    "PYTHONPATH": tree},
                                  capture_output=True, text=True, check=True)
@@ -248,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"keep-alive exchanges through WireGuard + netstack, {args.conns} connections, "
           f"{args.request} B request / {args.response} B response, {args.exchanges} "
           f"exchanges per slice, medians of {args.rounds} alternated slices"
-          f"{' (output held per round)' if args.hold else ''}:")
+          f"{' (output held per round)' if hold_arg else ''}"
+          f"{', sends through a real UDP socket' if args.real_socket else ''}:")
     med = {}
     for name, rs in results.items():
         med[name] = statistics.median(x["us_per_exchange"] for x in rs)
@@ -260,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{last['retransmits']}, drops {last['drops']})")
     if args.against:
         print(f"  this tree / against: {med['this tree'] / med['against']:.3f}")
+    if args.compare_hold:
+        print(f"  hold / no hold: {med['hold'] / med['no hold']:.3f}")
     return 0
 
 
