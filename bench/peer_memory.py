@@ -22,6 +22,17 @@ with their ratio::
 
     git worktree add /tmp/h4-before 55279f6
     .venv/bin/python bench/peer_memory.py --peers 2000 --before /tmp/h4-before
+
+``--real`` (root: network namespace) runs bench/scale.py's peer storm
+instead: real management and gateway processes, N peers created one by one
+through REST in one account; per tree (the gateway process imports the tree
+through ``PYTHONPATH``; management and this process are this tree) it prints
+the time from the last create until the gateway's roster holds them all and
+the gateway's RSS growth per peer 2 s after that and again after
+``--settle`` seconds (past the gateway's 60-s ``malloc_trim``: what an idle
+peer keeps)::
+
+    .venv/bin/python bench/peer_memory.py --real --before /tmp/h4-before
 """
 
 from __future__ import annotations
@@ -158,6 +169,70 @@ def child(peers: int, step: int, trace: bool, lines: int, group: str) -> dict[st
     return out
 
 
+def real_storm(tree: str | None, peers: int, settle: float) -> dict[str, Any]:
+    """One storm against real processes (see the module docstring)."""
+    sys.path.insert(0, _HERE)
+    from bench._testbed import Testbed
+    from bench.scale import Scaled, rss_kib
+    from tests.interop.test_private_e2e import wait_for
+
+    saved = os.environ.get("PYTHONPATH")
+    tb = Testbed()
+    try:
+        w = Scaled(tb, 1, 1, 1)
+        w.start_upstream()
+        w.start_management()
+        if tree:
+            os.environ["PYTHONPATH"] = tree
+        try:
+            w.start_gateway(w.proxy_token)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
+        wait_for(lambda: w.active_services() >= 1, 60, "the service active", interval=0.2)
+        pid = w.gateway_pid()
+        base = w.metric("nbgateway_wireguard_peers")
+        time.sleep(2)
+        rss0 = rss_kib(pid)
+        group = w.groups[w.default_account]
+        for i in range(peers):
+            w.rest("POST", "/peers", {"name": f"storm{i}", "groups": [group]})
+        last = time.monotonic()
+        wait_for(lambda: w.metric("nbgateway_wireguard_peers") >= base + peers, 120,
+                 "the storm's peers in the roster", interval=0.1)
+        lag = time.monotonic() - last
+        time.sleep(2)
+        rss1 = rss_kib(pid)
+        time.sleep(max(0.0, settle - 2))
+        rss2 = rss_kib(pid)
+        return {"roster_s": lag, "rss": (rss1 - rss0) * 1024 / peers,
+                "rss_settled": (rss2 - rss0) * 1024 / peers}
+    finally:
+        tb.close()
+
+
+def main_real(args: argparse.Namespace) -> None:
+    trees: list[tuple[str, str | None]] = [("now", None)]
+    if args.before:
+        trees.insert(0, ("before", os.path.abspath(args.before)))
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
+    for r in range(args.rounds):
+        for name, tree in trees:
+            got = real_storm(tree, args.peers, args.settle)
+            results[name].append(got)
+            print(f"round {r + 1} {name:6}: roster complete {got['roster_s']:4.1f} s after the "
+                  f"last create; RSS per peer {got['rss']:6.0f} B (+2 s), "
+                  f"{got['rss_settled']:6.0f} B (+{args.settle:.0f} s)", flush=True)
+    if args.before:
+        print("\nmedians (before -> now, ratio now/before):")
+        for k in ("roster_s", "rss", "rss_settled"):
+            b = statistics.median(x[k] for x in results["before"])
+            n = statistics.median(x[k] for x in results["now"])
+            print(f"  {k:12} {b:9.1f} -> {n:9.1f}  ({n / b:.2f})")
+
+
 def run_child(tree: str | None, args: argparse.Namespace, trace: bool) -> dict[str, Any]:
     env = dict(os.environ)
     if tree:
@@ -182,11 +257,18 @@ def main() -> None:
     ap.add_argument("--group", choices=("filename", "lineno"), default="filename",
                     help="heap breakdown by file or by line")
     ap.add_argument("--before", help="tree of the comparison (a git worktree)")
+    ap.add_argument("--real", action="store_true",
+                    help="real management and gateway processes (root, netns)")
+    ap.add_argument("--settle", type=float, default=65.0,
+                    help="--real: seconds after the roster is complete for the second RSS")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.peers, args.step, args.trace, args.lines, args.group)))
+        return
+    if args.real:
+        main_real(args)
         return
     trees: list[tuple[str, str | None]] = [("now", None)]
     if args.before:
