@@ -148,6 +148,13 @@ def main(reactor, args):
           f"{PEERS} peers and {SERVICES} services each)")
     print(f"RSS per extra account: {(rss1 - rss0) / n:.1f} KiB (no grpc: fake peer channel"
           f"{'' if after is None else '; tracemalloc on: --rss-only for RSS without it'})")
+    if after is None:  # --rss-only: what the twistd gateway's MallocTrimmer gives back
+        from nbgateway.tap import MallocTrimmer
+
+        trimmer = MallocTrimmer(None)
+        if trimmer.trim_now():
+            print(f"after malloc_trim(0) ({trimmer.last_seconds * 1000:.1f} ms): RSS per extra "
+                  f"account {(rss_kib() - rss0) / n:.1f} KiB")
     if before is None or after is None:
         yield svc.stopService()
         return
