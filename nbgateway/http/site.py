@@ -255,8 +255,9 @@ class GatewayResource(Resource):
                 request.uri == b"*" and request.method == b"OPTIONS"):
             # authority form (CONNECT) or garbage: this is no forward proxy
             return 400, b"Bad Request: invalid request target\n"
-        self.underscore_dropped += drop_underscore_headers(
-            headers, allow=self.allow_underscore_headers)
+        if getattr(request, "underscore_names", True):  # the fast path knows from its parse
+            self.underscore_dropped += drop_underscore_headers(
+                headers, allow=self.allow_underscore_headers)
         return None
 
     @staticmethod

@@ -106,7 +106,7 @@ class _DeclineError(Exception):
 class _Head:
     """httptools callbacks for one request head (a fresh parser per head)."""
 
-    __slots__ = ("close", "count", "decline", "headers", "host", "length", "url")
+    __slots__ = ("close", "count", "decline", "headers", "host", "length", "underscore", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -116,6 +116,8 @@ class _Head:
         self.length: int | None = None
         self.close = False
         self.decline = False
+        #: a header name with "_" (the front door drops those)
+        self.underscore = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -138,6 +140,8 @@ class _Head:
             self.decline = True
         if b"\r" in value or b"\n" in value:
             self.decline = True  # llhttp refuses these; twisted.web would sanitise them
+        if b"_" in name:
+            self.underscore = True
         self.headers.setdefault(_name(name), []).append(value)
 
 
@@ -152,6 +156,8 @@ class FastRequest:
     body_stream: RequestBodyStream | None = None
     upstream_status: int | None = None
     proxy_error: str | None = None
+    #: any request header name with "_" (set from the parse; True: unknown)
+    underscore_names = True
     producer: Any = None
     chunked = False
     startedWriting = False
@@ -455,6 +461,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
             return False
         self._cancel_head_deadline()
         req = FastRequest(self, method, head.url, headers_from_raw(head.headers), head.close)
+        req.underscore_names = head.underscore
         req.channel_peer = self._peer  # type: ignore[attr-defined]
         req.channel_host = self._host  # type: ignore[attr-defined]
         req.secure = self._secure  # type: ignore[attr-defined]
