@@ -14,7 +14,10 @@ import random
 import threading
 
 import pytest
+from nacl.public import PrivateKey
 
+from nbgateway._proto import management_pb2 as pb
+from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.mapcache import MapCache, same_peer_for_maps, same_service_for_maps
 from nbgateway.management.model import (
     Account,
@@ -35,8 +38,14 @@ from nbgateway.management.networkmap import (
     to_proto_network_map,
     to_proto_peer_config,
 )
-from nbgateway.management.peerchannel import PeerUpdateHub, access_digest
+from nbgateway.management.peerchannel import (
+    ManagementServicer,
+    PeerUpdateHub,
+    _Subscription,
+    access_digest,
+)
 from nbgateway.management.synthetic import load_account_view
+from nbgateway.peerbox import encode_wg_key, open_message
 
 CLUSTER = "eu.proxy.netbird.io"
 ACCT = "acct-r"
@@ -272,3 +281,49 @@ def test_relevance_rules():
     assert same_service_for_maps(svc, Service(id="s", domain="a.b",
                                               meta=ServiceMeta(status=ServiceStatus.ACTIVE)))
     assert not same_service_for_maps(svc, Service(id="s", domain="a.b", enabled=False))
+
+
+def test_render_builds_each_map_once_per_revision(store, monkeypatch):
+    """The servicer's render: a burst of triggers that cannot change the map
+    (status reports, a client's connect) builds and sends nothing; the map
+    that is sent is the fresh build; a user change (access digest) is sent."""
+    _seed(store, random.Random(11))
+    server_key = ServerKey.generate()
+    servicer = ManagementServicer(store, server_key)
+    servicer.start()
+    try:
+        gw_key = PrivateKey.generate()
+        proxy = store.peers.create(Peer(
+            account_id=ACCT, name="gw-x", key=encode_wg_key(bytes(gw_key.public_key)),
+            proxy=True, proxy_cluster=CLUSTER, connected=True))
+        builds: list[str] = []
+        real = servicer._encoded
+        monkeypatch.setattr(servicer, "_encoded",
+                            lambda view, pid, sp, v6: builds.append(pid) or real(view, pid, sp, v6))
+        sub = _Subscription(ACCT, proxy.id, proxy.key)
+        fp, sealed = servicer._render(sub, bytes(gw_key.public_key), True, False, b"")
+        assert sealed is not None and builds == [proxy.id]
+        got = open_message(sealed.body, pb.SyncResponse(), server_key.public_bytes,
+                           bytes(gw_key))
+        assert got.NetworkMap.Serial > 0
+        got.NetworkMap.Serial = 0
+        want = servicer._sync_response(
+            build_network_map(load_account_view(store, ACCT), proxy.id), True, False)
+        want.NetworkMap.Serial = 0
+        assert got.SerializeToString(deterministic=True) == want.SerializeToString(
+            deterministic=True)
+
+        view = load_account_view(store, ACCT)
+        client = next(p for p in view.peers.values() if not p.proxy)
+        for svc in view.services:
+            store.services.set_status(ACCT, svc.id, ServiceStatus.ACTIVE)
+        store.peers.set_connected(ACCT, client.id, True)
+        assert servicer._render(sub, bytes(gw_key.public_key), True, False, fp) == (fp, None)
+        assert builds == [proxy.id]
+
+        store.users.create(User(account_id=ACCT, id="u-new", email="new@x.test", blocked=True))
+        fp2, sealed2 = servicer._render(sub, bytes(gw_key.public_key), True, False, fp)
+        assert fp2 != fp and sealed2 is not None  # same map, new access digest: sent again
+        assert builds == [proxy.id, proxy.id]  # a new revision (the account read again)
+    finally:
+        servicer.close()
