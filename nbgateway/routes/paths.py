@@ -103,10 +103,18 @@ class PathRouter:
         return None
 
 
+def _balancing(route: Route) -> Balancing | None:
+    """A route's own ``nbgw_balancing``: set on the route (the service model
+    converts it, see routes/service.py) or in protobuf options; None: none."""
+    if route.balancing is not DEFAULT_BALANCING:
+        return route.balancing
+    return balancing_of(route.options)
+
+
 def _group(same: list[Route]) -> Route:
     """One route for the entries of one path: the first entry's settings,
     every target, the first ``nbgw_balancing`` found."""
-    balancing = next((b for b in (balancing_of(r.options) for r in same) if b is not None),
+    balancing = next((b for b in (_balancing(r) for r in same) if b is not None),
                      DEFAULT_BALANCING)
     members = tuple(replace(r, balancing=balancing) for r in same)
     if len(members) == 1:

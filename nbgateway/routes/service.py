@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.routes.balancing import balancing_of
 from nbgateway.routes.paths import PATH_REWRITE_DEFAULT, PathRouter, RouteError, parse_target
 from nbgateway.routes.restrictions import Restrictions
 
@@ -215,7 +216,11 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
             if upstream_protocol(pm.options) not in UPSTREAM_PROTOCOLS:
                 raise RouteError(f'unknown upstream protocol '
                                  f'"{pm.options.nbgw_upstream_protocol}" for path "{pm.path}"')
-            routes.append(parse_target(pm.path, pm.target, pm.options))
+            # the route keeps plain values, never a protobuf sub-message: one
+            # would keep the whole mapping's upb arena (~1.4 KiB) alive
+            route = parse_target(pm.path, pm.target, TargetOptions.of(pm.options))
+            balancing = balancing_of(pm.options)
+            routes.append(route if balancing is None else replace(route, balancing=balancing))
         except RouteError as exc:
             errors.append(str(exc))
     auth = mapping.auth

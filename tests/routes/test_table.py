@@ -125,3 +125,34 @@ def test_no_schemes_need_no_session_key():
     m.private = True
     table.mapping_added(m)
     assert table.lookup(m.domain) is not None
+
+
+def test_entries_hold_no_protobuf_sub_messages():
+    """A route keeps plain option values: a protobuf sub-message would keep the
+    whole mapping's upb arena alive for as long as the route (memory per
+    service), and the store keeps mappings serialized."""
+    from google.protobuf.message import Message
+
+    from nbgateway.routes.balancing import DEFAULT_BALANCING
+    from nbgateway.routes.service import TargetOptions, entry_from_mapping
+
+    opts = pb.PathTargetOptions(
+        skip_tls_verify=True, custom_headers={"X-A": "1"}, nbgw_upstream_protocol="h2",
+        nbgw_balancing=pb.NbgwBalancing(policy="least_conn", health_path="/hz"))
+    mapping = pb.ProxyMapping(id="s", account_id="a", domain="app.example", path=[
+        pb.PathMapping(path="/", target="http://10.0.0.1:80/", options=opts),
+        pb.PathMapping(path="/", target="http://10.0.0.2:80/"),
+        pb.PathMapping(path="/plain", target="http://10.0.0.3:80/")])
+    entry = entry_from_mapping(mapping)
+    routes = {r.path: r for r in entry.service.router.routes}
+    both = routes["/"]
+    assert [t.host for t in both.targets] == ["10.0.0.1", "10.0.0.2"]
+    assert both.options == TargetOptions(skip_tls_verify=True, custom_headers={"X-A": "1"},
+                                         upstream_protocol="h2")
+    # the first target's nbgw_balancing applies to the path's every target
+    assert all(t.balancing.policy == "least_conn" and t.balancing.health_path == "/hz"
+               for t in both.targets)
+    assert routes["/plain"].balancing is DEFAULT_BALANCING
+    held = [getattr(r, f) for route in routes.values() for r in route.targets
+            for f in r.__slots__]
+    assert not any(isinstance(v, Message) for v in held)
