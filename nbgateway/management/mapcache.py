@@ -6,9 +6,10 @@ and users read in one transaction (``store.accounts.read_view``), a revision
 number, and a memo of whatever is derived from them (the peer channel keeps a
 peer's encoded ``SyncResponse``, which is also its fingerprint, and the
 account's access digest; not the built map objects, which are larger).
-Every stream of the account, a reconnect and a second gateway's proxy peer
-get the memoised values until the revision changes; a burst of triggers for
-one account builds each map once.
+Every stream of the account and a reconnecting peer get the memoised values
+until the revision changes; a burst of triggers for one account builds each
+map once.  A new peer (e.g. a second gateway's proxy peer) starts a new
+revision: the account is read once for all of its streams.
 
 Invalidation: the store's after-commit change listener calls :meth:`MapCache.changed`
 for the kinds that can alter a map.  ``PEER`` and ``SERVICE_UPDATED`` changes
