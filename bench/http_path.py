@@ -459,7 +459,8 @@ def against(args: argparse.Namespace) -> int:
             for variant in ("fast", "twisted.web"):
                 results[name][variant].append(one[variant])
     print(f"{args.requests} requests x {args.rounds} alternated rounds, {args.pipeline} "
-          f"request(s) per write, {args.inflight} in flight, upstream {args.upstream}"
+          f"request(s) per write, {args.inflight} in flight, upstream "
+          f"{'lean' if args.tls else args.upstream}"
           f"{', HTTPS' if args.tls else ''}, CPU "
           f"microseconds per request (median), baseline = {trees['baseline']}:")
     for variant in ("fast", "twisted.web"):
