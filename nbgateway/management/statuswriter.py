@@ -21,9 +21,11 @@ SQLite's ``BEGIN`` and the status write the management's largest costs.
 * the queue is bounded (``max_queue``): beyond it ``submit`` fails at once
   with :class:`StatusQueueFull` (the RPC answers ``UNAVAILABLE``; gateways
   retry);
-* before :meth:`start` and after :meth:`stop`, ``submit`` applies the report
-  in the calling thread (a batch of one), so a servicer used without its
-  lifecycle (tests) still stores what it is sent.
+* before :meth:`start`, ``submit`` applies the report in the calling thread
+  (a batch of one), so a servicer used without its lifecycle (tests) still
+  stores what it is sent; after :meth:`stop` (the management is shutting
+  down) it refuses with :class:`StatusWriterStopped` (``UNAVAILABLE``: the
+  gateway retries) rather than block the gRPC loop with a write.
 
 The RPC handler awaits the future on the gRPC loop
 (:mod:`~nbgateway.management.proxyservice`), so a waiting report holds no
@@ -60,6 +62,10 @@ class StatusQueueFull(StoreUnavailable):
     """Too many status reports waiting (``UNAVAILABLE``)."""
 
 
+class StatusWriterStopped(StoreUnavailable):
+    """The management is shutting down (``UNAVAILABLE``)."""
+
+
 class StatusWriter:
     """See the module docstring."""
 
@@ -76,6 +82,7 @@ class StatusWriter:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stopped = False
         #: batches written, reports written, reports refused as overflow (counters)
         self.batches = 0
         self.reports = 0
@@ -87,14 +94,16 @@ class StatusWriter:
         if self._thread is not None:
             return
         self._stopping.clear()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="nbmanagement-status-writer",
                                         daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop the thread (later reports are written inline)."""
-        with self._lock:  # from here on submit writes inline
+        with self._lock:  # from here on submit refuses
             thread, self._thread = self._thread, None
+            self._stopped = thread is not None or self._stopped
         if thread is None:
             return
         self._stopping.set()
@@ -112,6 +121,9 @@ class StatusWriter:
         """Queue ``report``; the future completes once it is committed (or failed)."""
         fut: futures.Future[None] = futures.Future()
         with self._lock:
+            if self._stopped:
+                fut.set_exception(StatusWriterStopped("management shutting down"))
+                return fut
             queued = self._thread is not None
             if queued and len(self._queue) >= self.max_queue:
                 self.refused += 1

@@ -23,7 +23,7 @@ import pytest
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management.errors import NotFound, StoreUnavailable, ValidationError
 from nbgateway.management.model import Account, ChangeKind, ProxyInboundListener
-from nbgateway.management.statuswriter import StatusQueueFull, StatusWriter
+from nbgateway.management.statuswriter import StatusQueueFull, StatusWriter, StatusWriterStopped
 from nbgateway.management.store import Store
 from nbgateway.management.store._statusreports import CertificateReport, StatusReport
 from tests.management import test_grpc_support as support
@@ -210,6 +210,18 @@ def test_writer_cancelled_caller_still_written_and_writer_survives(store: Store)
     finally:
         w.stop()
     assert statuses(store, ACCOUNT, ids) == ["active", "active"]
+
+
+def test_writer_refuses_after_stop_and_writes_what_was_queued() -> None:
+    applied: list[Any] = []
+    w = StatusWriter(lambda b: (applied.extend(b), [None] * len(b))[1], linger=0.05)
+    w.start()
+    queued = w.submit("queued")
+    w.stop()
+    assert queued.result(5) is None and applied == ["queued"]
+    with pytest.raises(StatusWriterStopped):
+        w.submit("late").result(1)
+    assert applied == ["queued"]
 
 
 def test_writer_queue_is_bounded() -> None:
