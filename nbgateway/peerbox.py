@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 
 from google.protobuf.message import DecodeError, Message
 from nacl.exceptions import CryptoError
@@ -64,10 +65,16 @@ def encode_wg_key(raw: bytes) -> str:
     return base64.b64encode(bytes(raw)).decode("ascii")
 
 
+@functools.lru_cache(maxsize=4096)
+def _box(peer_public: bytes, our_private: bytes) -> Box:
+    """The box of a key pair (its shared key: two scalar multiplications, ~0.17 ms),
+    kept for the pair's next message (a peer's Login, Sync and every map)."""
+    return Box(PrivateKey(our_private), PublicKey(peer_public))
+
+
 def seal_raw(plaintext: bytes, peer_public: bytes, our_private: bytes) -> bytes:
     """``nonce || box(plaintext)`` with a fresh random nonce."""
-    box = Box(PrivateKey(our_private), PublicKey(peer_public))
-    return bytes(box.encrypt(plaintext))
+    return bytes(_box(bytes(peer_public), bytes(our_private)).encrypt(plaintext))
 
 
 def open_raw(body: bytes, peer_public: bytes, our_private: bytes) -> bytes:
@@ -75,7 +82,7 @@ def open_raw(body: bytes, peer_public: bytes, our_private: bytes) -> bytes:
     if len(body) < OVERHEAD:
         raise BoxError("invalid encrypted message length")
     try:
-        box = Box(PrivateKey(our_private), PublicKey(peer_public))
+        box = _box(bytes(peer_public), bytes(our_private))
         return bytes(box.decrypt(body[NONCE_SIZE:], body[:NONCE_SIZE]))
     except (CryptoError, ValueError, TypeError) as exc:
         raise BoxError("failed to decrypt message") from exc

@@ -74,6 +74,21 @@ def test_open_roundtrip_and_failures():
         open_message(junk, pb.LoginRequest(), bytes(a.public_key), bytes(b))
 
 
+def test_kept_boxes_stay_per_key_pair():
+    """peerbox keeps each key pair's box: later messages of the pair still open,
+    another pair's key still fails, a bad key is refused every time."""
+    a, b, c = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    for i in range(3):
+        body = seal_raw(b"m%d" % i, bytes(b.public_key), bytes(a))
+        assert open_raw(body, bytes(a.public_key), bytes(b)) == b"m%d" % i
+        with pytest.raises(BoxError):
+            open_raw(body, bytes(c.public_key), bytes(b))
+        with pytest.raises(BoxError):
+            open_raw(body, b"short", bytes(b))
+        other = seal_raw(b"n", bytes(c.public_key), bytes(a))
+        assert Box(c, a.public_key).decrypt(other[NONCE_SIZE:], other[:NONCE_SIZE]) == b"n"
+
+
 def test_decode_wg_key():
     raw = os.urandom(32)
     assert decode_wg_key(encode_wg_key(raw)) == raw
