@@ -307,7 +307,11 @@ class ProxyServiceServicer:
         """A coroutine handler: authenticate, decode, ``await fn`` (which raises
         :class:`RpcAbortError` to refuse)."""
         async def handler(raw: bytes, context: Any) -> Any:
-            caller = await self._authenticate_async(context)
+            # a token checked within TOKEN_CACHE_SECONDS is accepted on the loop;
+            # anything else (a miss, a failure) takes the pool path with its limiter
+            caller = self._cached_caller(context.invocation_metadata() or ())
+            if caller is None:
+                caller = await self._authenticate_async(context)
             try:
                 return await fn(self._parse(raw, req_cls), context, caller)
             except RpcAbortError as exc:
@@ -350,7 +354,9 @@ class ProxyServiceServicer:
             self.limiter.failed(ip)
             raise RpcAbortError(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
 
-    def _verify_caller(self, md: Any) -> ProxyAccessToken:
+    @staticmethod
+    def _bearer(md: Any) -> str:
+        """The proxy token of the call's metadata, or :class:`_AuthFailedError`."""
         if not md:
             raise _AuthFailedError("missing metadata")
         values = [v for k, v in md if k.lower() == "authorization"]
@@ -362,8 +368,9 @@ class ProxyServiceServicer:
         plain = value[len("Bearer ") :].strip()
         if not _secrets.token_format_ok(plain, _secrets.PROXY_TOKEN_PREFIX):
             raise _AuthFailedError("invalid token format")
-        key = _secrets.hash_token(plain)
-        now = self._clock()
+        return plain
+
+    def _cached(self, key: str, now: float) -> ProxyAccessToken | None:
         with self._lock:
             cached = self._token_cache.get(key)
         if (
@@ -372,6 +379,24 @@ class ProxyServiceServicer:
             and cached[0].is_valid(utcnow())
         ):
             return cached[0]
+        return None
+
+    def _cached_caller(self, md: Any) -> ProxyAccessToken | None:
+        """The caller's token when its check is cached and still valid (no store
+        access: safe on the loop), else None."""
+        try:
+            plain = self._bearer(md)
+        except _AuthFailedError:
+            return None
+        return self._cached(_secrets.hash_token(plain), self._clock())
+
+    def _verify_caller(self, md: Any) -> ProxyAccessToken:
+        plain = self._bearer(md)
+        key = _secrets.hash_token(plain)
+        now = self._clock()
+        cached = self._cached(key, now)
+        if cached is not None:
+            return cached
         try:
             token = self.store.proxies.verify_token(plain)
         except ManagementError as exc:

@@ -395,3 +395,17 @@ def test_sync_handler_without_lifecycle_writes_inline(fx: Fixture) -> None:
         rpcs.SendStatusUpdate(pb.SendStatusUpdateRequest(
             service_id="nope", account_id=ACCOUNT, status=pb.PROXY_STATUS_ERROR), Ctx(), caller)
     assert exc.value.args[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_cached_token_path_still_refuses_a_revoked_token(harness: Harness, fx: Fixture) -> None:
+    """The status handler accepts a recently checked token on the loop (no pool
+    hop); a revocation clears that cache, so the next report is refused."""
+    req = pb.SendStatusUpdateRequest(service_id="svc-1", account_id=ACCOUNT,
+                                     status=pb.PROXY_STATUS_ACTIVE)
+    harness.stub.SendStatusUpdate(req, metadata=md(fx.token))
+    assert harness.servicer._cached_caller(md(fx.token)) is not None
+    fx.store.proxies.revoke_token(None, fx.token_record.id)
+    assert harness.servicer._cached_caller(md(fx.token)) is None
+    with pytest.raises(grpc.RpcError) as err:
+        harness.stub.SendStatusUpdate(req, metadata=md(fx.token))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
