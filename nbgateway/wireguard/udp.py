@@ -70,11 +70,17 @@ class WireGuardProtocol(DatagramProtocol):
     def startProtocol(self) -> None:
         self.device.link = self
 
-    def stopProtocol(self) -> None:
+    def doStop(self) -> None:
+        # the held datagrams leave while the port's socket is still open
+        # (the port closes it after this; ``transport`` is already gone in
+        # stopProtocol)
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
         self.flush()
+        super().doStop()
+
+    def stopProtocol(self) -> None:
         if self.device.link is self:
             self.device.link = None
 

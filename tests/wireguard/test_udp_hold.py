@@ -6,6 +6,7 @@ address; the hold is bounded, flushed on stop, and can be switched off."""
 from __future__ import annotations
 
 import socket
+from collections import Counter
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
@@ -17,7 +18,7 @@ from nbgateway.wireguard import udp
 class Recorder:
     def __init__(self) -> None:
         self.link = None
-        self.events: dict[str, int] = {}
+        self.events: Counter[str] = Counter()
 
     def datagramsReceived(self, batch) -> None:
         pass
@@ -109,7 +110,11 @@ class HoldTests(unittest.TestCase):
         proto = self._port()
         rx, addr = self._rx()
         proto.sendDatagrams([b"last words"], addr)
-        yield proto.transport.stopListening()
+        proto.sendDatagrams([b"x" * 70_000], addr)  # EMSGSIZE when it leaves: counted
+        proto.transport.connectionLost()  # the port closes now, before the turn ends
+        self.assertEqual(proto.send_errors, 1)
+        self.assertEqual(proto.device.events["udp_send_error"], 1)
+        self.assertIsNone(proto._flush_call)
         got = []
         for _ in range(50):
             got += _drain(rx)
