@@ -104,7 +104,7 @@ class _DeclineError(Exception):
 
 
 class _Head:
-    """httptools callbacks for one request head (a fresh parser per head)."""
+    """httptools callbacks for one request head (fields reset per head)."""
 
     __slots__ = ("close", "count", "decline", "headers", "host", "length", "underscore", "url")
 
@@ -362,6 +362,10 @@ class FastHTTPChannel(StreamingHTTPChannel):
     _peer: Any = None
     _host: Any = None
     _secure: bool | None = None
+    #: the request parser, kept across bodiless keep-alive requests (llhttp
+    #: is back at the start of a message after one), and its callbacks
+    _parser: Any = None
+    _parse_head: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -444,8 +448,13 @@ class FastHTTPChannel(StreamingHTTPChannel):
         if end > MAX_FAST_HEAD or buf[:1] in (b"\r", b"\n"):
             self._hand_over()
             return False
-        head = _Head()
-        parser = httptools.HttpRequestParser(head)
+        parser = self._parser
+        if parser is None:
+            head = self._parse_head = _Head()
+            parser = self._parser = httptools.HttpRequestParser(head)
+        else:  # llhttp is at the start of a message again: new fields, same parser
+            head = self._parse_head
+            head.__init__()  # type: ignore[misc]
         try:
             parser.feed_data(buf[:end])
             method = parser.get_method()
@@ -457,8 +466,13 @@ class FastHTTPChannel(StreamingHTTPChannel):
             if fast_route is None or not fast_route(head.host or b""):
                 raise _DeclineError()
         except (httptools.HttpParserError, httptools.HttpParserUpgrade, _DeclineError):
+            self._parser = None
             self._hand_over()
             return False
+        if head.length or head.close:
+            # llhttp now waits for a body it is never fed (or the connection
+            # ends): the next head gets a fresh parser
+            self._parser = None
         self._cancel_head_deadline()
         req = FastRequest(self, method, head.url, headers_from_raw(head.headers), head.close)
         req.underscore_names = head.underscore

@@ -381,6 +381,41 @@ class FastPathDeadlineTests(unittest.TestCase):
         self.assertEqual(len(res.requests), 2)  # served one at a time
         self.assertEqual(transport.producerState, "producing")
 
+    def test_one_parser_across_bodiless_requests_a_fresh_one_after_a_body(self):
+        """The request parser is kept while llhttp is back at the start of a
+        message (bodiless requests) and replaced after a head whose body it
+        was not fed; every request is parsed on its own (no field leaks)."""
+        _clock, channel, _transport, res = self.make()
+
+        def answer() -> None:
+            request = res.requests[-1]
+            request.setHeader(b"content-length", b"0")
+            request.finish()
+
+        channel.dataReceived(b"GET /1 HTTP/1.1\r\nHost: a\r\nX_U: 1\r\nX-A: 1\r\n\r\n")
+        parser = channel._parser
+        self.assertIsNotNone(parser)
+        answer()
+        channel.dataReceived(b"GET /2?q HTTP/1.1\r\nHost: b\r\n\r\n")
+        self.assertIs(channel._parser, parser)
+        second = res.requests[-1]
+        self.assertEqual((second.uri, second.getHeader(b"host")), (b"/2?q", b"b"))
+        self.assertIsNone(second.requestHeaders.getRawHeaders(b"x-a"))
+        self.assertFalse(second.underscore_names)
+        self.assertTrue(res.requests[0].underscore_names)
+        answer()
+        channel.dataReceived(b"POST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+        self.assertIsNone(channel._parser)  # llhttp would wait for the body
+        self.assertEqual(res.requests[-1].content.getvalue(), b"abc")
+        answer()
+        channel.dataReceived(b"GET /4 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((res.requests[-1].method, res.requests[-1].uri), (b"GET", b"/4"))
+        self.assertIsNotNone(channel._parser)
+        answer()
+        channel.dataReceived(b"DELETE /5 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(res.requests[-1].method, b"DELETE")
+        self.assertEqual(channel.fast_requests, 5)
+
     def test_secure_follows_the_transport(self):
         _clock, channel, _transport, res = self.make()
         channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
