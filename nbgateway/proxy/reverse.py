@@ -233,6 +233,7 @@ class _Exchange:
         self.path_query = path_query
         self.method = b""
         self._answered = False
+        self._sends = 0
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
@@ -267,12 +268,16 @@ class _Exchange:
             # the lean client reports to this exchange directly: no Deferred
             # and callback chain per request (upstream_response/_failed)
             self._answered = False
+            self._sends += 1
+            send = self._sends
             try:
                 attempt = request_into(self.method, url, headers, self.body, self)
             except Exception:
                 self.upstream_failed(Failure())
                 return
-            if not self._answered:
+            # unless it was answered already, or failed and was retried on
+            # another target (a nested _send holds that attempt)
+            if not self._answered and self._sends == send:
                 self._pending = attempt  # cancel() reaches the attempt
             return
         try:

@@ -353,6 +353,48 @@ class ProxyDeadlineTests(unittest.SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
+class ProxyRetryDeadlineTests(unittest.SynchronousTestCase):
+    def test_a_dial_refused_at_once_and_retried_keeps_the_deadline_on_the_retry(self):
+        """A GET whose first target's dial fails synchronously is retried on
+        the path's other target (inside request_into); the request timeout
+        must then cancel the retry's attempt: 504, its connection aborted."""
+        from nbgateway.proxy.reverse import ReverseProxy
+        from nbgateway.routes.context import RequestContext
+        from nbgateway.routes.paths import PathRouter, parse_target
+        from nbgateway.routes.service import ProxyService, TargetOptions
+
+        from .test_reverse_streaming import _FakeRequest
+
+        clock = task.Clock()
+        eps = FakeEndpoints()
+        refused: list[str] = []
+
+        class Dialer:
+            def endpoint(self, host, port, timeout):
+                if host == "100.64.0.9":
+                    refused.append(host)
+                    raise ConnectionRefusedError("refused at once")
+                return eps.endpoint_for(host, port, False)
+
+        proxy = ReverseProxy(clock, UpstreamPools(clock), lambda a, d: Dialer(), clock=clock)
+        opts = TargetOptions(request_timeout=2.0)
+        service = ProxyService("acc", "u.example", PathRouter([
+            parse_target("/", "http://100.64.0.9:8080/", opts),
+            parse_target("/", "http://100.64.0.8:8080/", opts)]))
+        requests = []
+        for _ in range(2):  # one of the two starts on the refusing target
+            request = _FakeRequest(None)
+            request.method = b"GET"
+            proxy.render(request, RequestContext(service=service))
+            requests.append(request)
+        self.assertTrue(refused)  # at least one request was retried on .8
+        self.assertEqual(len(eps.conns), 2)  # both requests now wait on .8
+        clock.advance(2.1)
+        self.assertEqual([r.code for r in requests], [504, 504])
+        self.assertTrue(all(t.disconnecting for t, _ in eps.conns))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class StrayBytesTests(Base):
     def test_bytes_after_the_response_in_the_same_read_prevent_reuse(self):
         _, sink, t, _ = self.fetch(response=OK + b"HTTP/1.1 200 OK\r\nX-Junk: 1\r\n\r\n")
