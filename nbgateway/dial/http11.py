@@ -61,6 +61,8 @@ _DONE = Failure(ConnectionDone())
 #: response header names as received -> as ``Headers`` keeps them (bounded)
 _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 4096
+#: longer (upstream-chosen) names are not cached: the cache stays small
+_NAME_CACHED_MAX_LEN = 64
 
 
 def _canonical(name: bytes) -> bytes:
@@ -71,7 +73,7 @@ def _canonical(name: bytes) -> bytes:
         probe = Headers()
         probe.addRawHeader(name, b"")
         canonical = next(iter(probe.getAllRawHeaders()))[0]
-        if len(_NAMES) < _NAMES_MAX:
+        if len(_NAMES) < _NAMES_MAX and len(name) <= _NAME_CACHED_MAX_LEN:
             _NAMES[name] = canonical
     return canonical
 

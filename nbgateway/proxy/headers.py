@@ -288,7 +288,9 @@ def prepare_upstream_headers(
         proto = "https" if over_tls else "http"
     if not peer_trusted:
         # assignments: a custom header of the same name is replaced in its place
-        xff_b, real_b, host_b, proto_b, port_b = _forwarding(client_ip, host_header, proto)
+        xff_b, real_b, host_b, proto_b, port_b = (
+            _forwarding(client_ip, host_header, proto) if len(host_header) <= _CACHED_MAX_LEN
+            else _forwarding.__wrapped__(client_ip, host_header, proto))
         raw[_XFF] = [xff_b]
         raw[_XRI] = [real_b]
         raw[_XFH] = [host_b]
@@ -303,8 +305,15 @@ def prepare_upstream_headers(
         cookie = _without_session_cookie(cookie_in)
         if cookie:
             raw[_COOKIE] = [cookie]
-    raw[_HOST] = [_clean_cached(host_header if pass_host_header else target_netloc)]
+    host_value = host_header if pass_host_header else target_netloc
+    raw[_HOST] = [_clean_cached(host_value) if len(host_value) <= _CACHED_MAX_LEN
+                  else _clean(host_value)]
     return out
+
+
+#: longer values (client-chosen Host headers) are never cached: the caches
+#: stay small whatever the clients send
+_CACHED_MAX_LEN = 255
 
 
 def _port_of(host_header: str, proto: str) -> str:

@@ -310,3 +310,18 @@ def test_relay_response_headers_equals_the_header_by_header_copy():
         # the upstream Headers is left as it was, and the copies are not shared
         for _name, values in got.getAllRawHeaders():
             assert all(values is not v for _, v in upstream.getAllRawHeaders())
+
+
+def test_long_client_host_values_are_prepared_but_never_cached():
+    from nbgateway.proxy import headers as hm
+
+    host = "app.example:" + "1" * 400
+    kw = dict(host_header=host, target_netloc="backend:8080", pass_host_header=True,
+              client_ip="100.64.0.10", over_tls=False)
+    before = (hm._forwarding.cache_info().currsize, hm._clean_cached.cache_info().currsize)
+    got = prepare_upstream_headers(Headers({b"Accept": [b"*/*"]}), **kw)
+    assert list(got.getAllRawHeaders()) == list(_reference(Headers({b"Accept": [b"*/*"]}),
+                                                           **kw).getAllRawHeaders())
+    assert got.getRawHeaders(b"host") == [host.encode()]
+    assert (hm._forwarding.cache_info().currsize,
+            hm._clean_cached.cache_info().currsize) == before

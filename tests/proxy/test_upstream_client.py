@@ -500,3 +500,21 @@ class RequestIntoTests(Base):
         self.assertEqual(len(self.eps.conns), 2)
         self.eps.conns[-1][1].dataReceived(OK)
         self.assertEqual([k for k, _ in sink.calls], ["response"])
+
+
+class ResponseHeaderNameTests(Base):
+    def test_names_canonical_as_twisted_keeps_them_and_long_names_not_cached(self):
+        from nbgateway.dial import http11
+
+        long_name = b"X-" + b"a" * 200
+        resp, _, _, _ = self.fetch(response=(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-UP: 1\r\netag: e\r\n"
+            b"www-authenticate: b\r\n" + long_name + b": v\r\n\r\nok"))
+        want = Headers()
+        for name, value in ((b"content-length", b"2"), (b"x-UP", b"1"), (b"etag", b"e"),
+                            (b"www-authenticate", b"b"), (long_name, b"v")):
+            want.addRawHeader(name, value)
+        self.assertEqual(list(resp.headers.getAllRawHeaders()),
+                         list(want.getAllRawHeaders()))
+        self.assertNotIn(long_name, http11._NAMES)
+        self.assertEqual(http11._NAMES[b"etag"], b"ETag")
