@@ -47,7 +47,10 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     It reads three attributes of Twisted's ``TLSMemoryBIOProtocol`` that
     have no public accessor (``_handshakeDone``, ``_appSendBuffer``,
     ``_aborted``); tests/tls/test_handshake_deadline.py pins the behaviour
-    against the installed Twisted."""
+    against the installed Twisted.  Its write path (HTTP/1.1 writes go to
+    TLS at once, HTTP/2 keeps Twisted's aggregator) reads
+    ``BufferingTLSTransport._aggregator`` and the aggregator's ``_buffer``;
+    tests/tls/test_tls_writes.py pins that."""
 
     _handshake_call: Any = None
     #: HTTP/1.1 after the handshake: writes go to TLS at once (see :meth:`_tls_write`)
