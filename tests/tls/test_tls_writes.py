@@ -59,7 +59,7 @@ class Wire(StringTransport):
 
 
 class TLSWriteTests(unittest.SynchronousTestCase):
-    def connect(self, alpn: bytes):
+    def connect(self, alpn: bytes, early: bytes = b""):
         self.clock = task.Clock()
         factory = TLSOrPlainFactory(_options(), Factory.forProtocol(TwoWrites),
                                     clock=self.clock)
@@ -78,6 +78,8 @@ class TLSWriteTests(unittest.SynchronousTestCase):
             except SSL.WantReadError:
                 self.pump()
         self.assertEqual(self.client.get_alpn_proto_negotiated(), alpn)
+        if early:  # app data in the same flight as the client's Finished
+            self.client.send(early)
         self.pump()
 
     def pump(self) -> None:
@@ -133,4 +135,20 @@ class TLSWriteTests(unittest.SynchronousTestCase):
         self.connect(b"http/1.1")
         self.server.connectionLost(Failure(ConnectionDone()))
         self.server.inner.write(b"late")  # after loss: dropped, no error
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_writes_in_the_handshake_turn_are_aggregated_and_stay_in_order(self):
+        """Data arriving with the client's Finished is answered before the
+        write path knows the handshake is done: those writes go to the
+        aggregator, and a write while it holds bytes goes behind them."""
+        self.connect(b"http/1.1", early=b"first")
+        self.assertEqual(self.read(), b"")  # held until the next turn
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.server.inner.write(b"|behind")  # bytes are buffered: goes behind them
+        self.clock.advance(0)
+        self.pump()
+        self.assertEqual(self.read(), b"one:first|two|three|behind")
+        self.client.send(b"next")  # now HTTP/1.1 writes go through at once
+        self.pump()
+        self.assertEqual(self.read(), b"one:next|two|three")
         self.assertEqual(self.clock.getDelayedCalls(), [])
