@@ -409,3 +409,30 @@ def test_cached_token_path_still_refuses_a_revoked_token(harness: Harness, fx: F
     with pytest.raises(grpc.RpcError) as err:
         harness.stub.SendStatusUpdate(req, metadata=md(fx.token))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.postgres
+def test_status_batch_reaches_another_replica_as_a_status_change(pg_schema_dsn: str) -> None:
+    """Replicas: a batch written through one process is announced to the other
+    through the change feed as SERVICE_STATUS (so its dispatcher skips it too)."""
+    a = Store.open(pg_schema_dsn, known_clusters=[support.CLUSTER])
+    b = Store.open(pg_schema_dsn, known_clusters=[support.CLUSTER])
+    try:
+        feed_b = b.start_change_feed()
+        assert feed_b.listening.wait(10)
+        ids = world(a, 2)
+        got = threading.Event()
+        seen: list[tuple[ChangeKind, str, tuple[str, ...]]] = []
+
+        def listener(kind: ChangeKind, account: str, sids: tuple[str, ...]) -> None:
+            if kind == ChangeKind.SERVICE_STATUS:
+                seen.append((kind, account, sids))
+                got.set()
+
+        b.add_listener(listener)
+        a.services.apply_status_reports([StatusReport(ACCOUNT, sid, "active") for sid in ids])
+        assert got.wait(10)
+        assert seen == [(ChangeKind.SERVICE_STATUS, ACCOUNT, tuple(ids))]
+    finally:
+        a.close()
+        b.close()
