@@ -167,6 +167,8 @@ class Stack:
         self._cork_depth = 0
         self._corked: list[bytes] = []
         self.tcp: Any = (tcp_factory or _default_tcp_factory)(self)
+        # the TCP layer's fused input for the predicted segment (tcp_fast.py), if it has one
+        self._tcp_fast: Any = getattr(self.tcp, "fast", None)
 
     def __repr__(self) -> str:
         return f"<Stack {' '.join(map(str, self.addresses))} mtu={self.mtu}>"
@@ -397,7 +399,14 @@ class Stack:
 
     def _tcp_one(self, src: bytes, local: IPAddress, seg: memoryview, peer_key: bytes,
                  now: float) -> None:
-        """One accepted TCP segment: the filter (new connections), then TCP."""
+        """One accepted TCP segment: the fused fast path (``tcp_fast.py``) for
+        the predicted segment of an established connection, else the filter
+        (new connections), then TCP."""
+        fast = self._tcp_fast
+        if fast is not None and fast.input(src, local, seg, now):
+            if not self._batch_wakeup:
+                self.wakeup()
+            return
         f = self.filter
         if f.active and seg[13] & 0x12 == 0x02 and not f.allows(
             src, _TCP, (seg[2] << 8) | seg[3], peer_key

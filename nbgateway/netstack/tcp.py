@@ -46,6 +46,7 @@ from nbgateway.netstack.tcp_const import (
     RCV_WSCALE,
     TIME_WAIT,
 )
+from nbgateway.netstack.tcp_fast import FastPath
 from nbgateway.netstack.tcp_wire import (
     ACK,
     FIN,
@@ -142,6 +143,7 @@ class TCPLayer:
         self.counters = stack.counters
         self.secrets = SequenceSecrets(secret)
         self.conns: dict[ConnKey, Connection] = {}
+        self.fast = FastPath(self)  # the stack's fused input; same connections as conns
         self.listeners: dict[tuple[IPAddress | None, int], Listener] = {}
         self.time_wait: OrderedDict[ConnKey, Connection] = OrderedDict()
         self.max_time_wait = max_time_wait
@@ -232,6 +234,7 @@ class TCPLayer:
                           self.secrets.isn(local, lport, remote, rport, now), now)
         conn.user = user
         self.conns[key] = conn
+        self.fast.add(conn)
         conn.open_active(now)
         return conn
 
@@ -247,6 +250,7 @@ class TCPLayer:
             if user is not None:
                 user.tcp_closed(error.ConnectionLost("netstack closed"))
         self.conns.clear()
+        self.fast.table.clear()
         self.time_wait.clear()
         self._heap = []
 
@@ -256,6 +260,7 @@ class TCPLayer:
         key = (conn.local, conn.lport, conn.remote, conn.rport)
         if self.conns.get(key) is conn:
             del self.conns[key]
+        self.fast.discard(conn)
         self.time_wait.pop(key, None)
         if conn.listener is not None:
             conn.listener.half_open.discard(conn)
@@ -432,6 +437,7 @@ class TCPLayer:
             iss = self.secrets.isn(dst, seg.dport, src, seg.sport, now)
             conn = Connection(self, dst, seg.dport, src, seg.sport, iss, now)
             self.conns[(dst, seg.dport, src, seg.sport)] = conn
+            self.fast.add(conn)
             listener.half_open.add(conn)
             self._guarded(conn, conn.open_passive, listener, seg, now)
             return
@@ -472,6 +478,7 @@ class TCPLayer:
             ts_ok = True
         conn = Connection(self, dst, seg.dport, src, seg.sport, cookie, now)
         self.conns[(dst, seg.dport, src, seg.sport)] = conn
+        self.fast.add(conn)
         conn.open_from_cookie(listener, seg, mss, wscale, sack_ok, ts_ok, now)
         self.passive_established(conn)
         if conn.state != CLOSED and (seg.payload or seg.flags & FIN):

@@ -425,17 +425,26 @@ class Connection(ConnectionOutput):
         RFC 9293 path; the outcome is the same either way."""
         if seg.flags & 0x27 or not seg.flags & ACK or seg.sack_blocks:
             return False  # SYN FIN RST URG, or no ACK
+        return self.predicted(seg.seq, seg.ack, seg.wnd, seg.ts_val, seg.ts_ecr, seg.payload,
+                              seg.segs, now)
+
+    def predicted(self, seq: int, wire_ack: int, wnd: int, ts_val: int | None,
+                  ts_ecr: int | None, payload: memoryview | bytes, segs: int,
+                  now: float) -> bool:
+        """The predicted-segment body of :meth:`_fast_path`, fed the header
+        fields (wire values) of an ESTABLISHED connection's segment that
+        carries ACK and no SYN/FIN/RST/URG/SACK (the caller checked the
+        flags and options; the stack's fused path ``tcp_fast.py`` calls it
+        without building a :class:`Segment`).  False: nothing was touched."""
         rcv_nxt = self.rcv_nxt
-        if (seg.seq != rcv_nxt & MASK or self.ooo is not None or self.sacked is not None
+        if (seq != rcv_nxt & MASK or self.ooo is not None or self.sacked is not None
                 or self.persist_at is not None or self.cc.in_recovery
-                or seg.wnd << self.snd_wscale != self.snd_wnd):
+                or wnd << self.snd_wscale != self.snd_wnd):
             return False
-        ts_val = seg.ts_val
         if self.ts_ok and (ts_val is None or (ts_val - self.ts_recent) & HALF):
             return False
         una = self.snd_una
-        ack = _unwrap(seg.ack, una)
-        payload = seg.payload
+        ack = _unwrap(wire_ack, una)
         plen = len(payload)
         if ack < una or ack > self.snd_max:
             return False
@@ -448,11 +457,11 @@ class Connection(ConnectionOutput):
         self.keep_probes = 0
         if self.ts_ok and self.last_ack_sent == rcv_nxt:
             self.ts_recent = ts_val  # RFC 7323 4.3
-        self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+        self.snd_wl1, self.snd_wl2 = seq, wire_ack
         if ack > una:
-            self._new_ack(seg, ack, now)  # may call the user, who may abort
+            self._new_ack(ts_ecr, ack, now)  # may call the user, who may abort
         if plen and self.state != CLOSED:
-            self._receive_text(rcv_nxt, payload, now, seg.segs)
+            self._receive_text(rcv_nxt, payload, now, segs)
         if self.state != CLOSED:
             # an output run only when it has something to do: an ACK due now,
             # data the new ACK lets out, or a FIN (a request on a keep-alive
@@ -662,7 +671,7 @@ class Connection(ConnectionOutput):
         if seg.sack_blocks and self.sack_ok:
             new_sack = self._update_sacked(seg, ack)
         if ack > una:
-            self._new_ack(seg, ack, now)
+            self._new_ack(seg.ts_ecr, ack, now)
         elif (ack == una and self.snd_max > una and self.persist_at is None and (
                 new_sack or (plen == 0 and not flags & FIN and wnd == self.snd_wnd
                              and not seg.sack_blocks))):
@@ -719,12 +728,15 @@ class Connection(ConnectionOutput):
             return False
         return True
 
-    def _new_ack(self, seg: Segment, ack: int, now: float) -> None:
+    def _new_ack(self, ts_ecr: int | None, ack: int, now: float) -> None:
         una = self.snd_una
         acked = ack - una
         flight = self.snd_max - una
         if self.ts_ok:
-            self._rtt_from_ts(seg, now)
+            if ts_ecr:  # as _rtt_from_ts
+                d = (self.ts_now(now) - ts_ecr) & MASK
+                if d < 60_000:
+                    self.rto.sample(d / 1000.0)
         elif self.rtt_seq is not None and ack >= self.rtt_seq:
             self.rto.sample(now - self.rtt_time)
             self.rtt_seq = None

@@ -1,0 +1,298 @@
+"""The fused receive fast path (``tcp_fast.py``) against the general path.
+
+Two stacks with the same secret, clock and IP ident are fed the same packet
+sequences, one with the fused path enabled and one with it disabled; after
+every step every emitted packet (byte for byte), every field of the
+connection's TCB (with its congestion, RTO, send-buffer and out-of-order
+state), the counters and what the application received must be equal.  The
+scripts include the segments that must fall back (out of order, window full,
+FIN, RST, retransmission, SACK blocks, a stale or missing timestamp, a
+window change, a duplicate ACK) and check that they did (``fast.hits``).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from twisted.internet.task import Clock
+
+from nbgateway.netstack.stack import Stack
+from nbgateway.netstack.tcp import TCPLayer
+from nbgateway.netstack.tcp_conn import Connection
+from nbgateway.netstack.tcp_const import ESTABLISHED
+from nbgateway.netstack.tcp_wire import ACK, FIN, PSH, RST, SYN, parse_segment
+from nbgateway.netstack.testing import PacketRecorder, build_tcp
+
+KEY = b"\x02" * 32
+PORT, CPORT = 8080, 41000
+TS = b"\x01\x01\x08\x0a"
+_SKIP = {"layer", "user", "listener", "local", "remote", "raw_addrs"}
+
+
+class User:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def tcp_established(self) -> None:
+        self.events.append(("est",))
+
+    def tcp_data(self, data: bytes) -> None:
+        self.events.append(("data", bytes(data)))
+
+    def tcp_eof(self) -> None:
+        self.events.append(("eof",))
+
+    def tcp_fin_acked(self) -> None:
+        self.events.append(("fin_acked",))
+
+    def tcp_writable(self) -> None:
+        self.events.append(("writable",))
+
+    def tcp_closed(self, reason) -> None:
+        self.events.append(("closed", type(reason).__name__))
+
+
+def snapshot(conn: Connection) -> dict:
+    out = {}
+    for name in Connection.__slots__:
+        if name in _SKIP:
+            continue
+        v = getattr(conn, name)
+        if name in ("cc", "rto"):
+            v = tuple(getattr(v, a) for a in type(v).__slots__)
+        elif name == "sndbuf":
+            v = (v.start, v.end, bytes(v.view(v.start, len(v))) if len(v) else b"")
+        elif name == "ooo" and v is not None:
+            v = (repr(v._blocks), v.bytes)
+        elif name == "rcv_queue" and v is not None:
+            v = [bytes(x) for x in v]
+        out[name] = v
+    return out
+
+
+class Twin:
+    """The same scripted peer against a fused-path stack and a general-path one."""
+
+    def __init__(self, me: str, peer: str, ts: bool, sack: bool = True) -> None:
+        self.me, self.peer, self.ts = me, peer, ts
+        self.stacks, self.users, self.conns, self.clocks = [], [], [], []
+        for fast in (True, False):
+            clock = Clock()
+            clock.advance(1000)
+            stack = Stack(PacketRecorder(), clock, [me],
+                          tcp_factory=lambda s: TCPLayer(s, secret=b"s" * 32))
+            stack._ident = 7
+            stack.tcp.fast.enabled = fast
+            user = User()
+            conns = []
+
+            def accept(conn, conns=conns, user=user):
+                conns.append(conn)
+                return user
+
+            stack.tcp.listen(PORT, accept)
+            self.stacks.append(stack)
+            self.users.append(user)
+            self.conns.append(conns)
+            self.clocks.append(clock)
+        self.seq = 5000
+        self.tsval = 100
+        self.tsecr = 0
+        opts = b"\x02\x04\x04\xcc" + (b"\x01\x01\x04\x02" if sack else b"")
+        if ts:
+            opts += TS + struct.pack("!II", self.tsval, 0)
+        opts += b"\x01\x03\x03\x07"
+        [synack] = self.feed([build_tcp(peer, me, CPORT, PORT, seq=self.seq - 1, flags=SYN,
+                                        options=opts)])
+        self.ack = synack.seq + 1
+        self.tsecr = synack.ts_val or 0
+        self.feed([self.segment(b"")])
+        assert self.conns[0][0].state == ESTABLISHED
+
+    @property
+    def hits(self) -> int:
+        return self.stacks[0].tcp.fast.hits
+
+    def segment(self, payload: bytes = b"", *, seq: int | None = None, ack: int | None = None,
+                flags: int = ACK | PSH, tsval: int | None = None, window: int = 1024,
+                ts: bool | None = None, extra: bytes = b"") -> bytes:
+        opts = extra
+        if self.ts if ts is None else ts:
+            opts = TS + struct.pack("!II", self.tsval if tsval is None else tsval,
+                                    self.tsecr) + extra
+        return build_tcp(self.peer, self.me, CPORT, PORT, seq=self.seq if seq is None else seq,
+                         ack=self.ack if ack is None else ack, flags=flags, options=opts,
+                         payload=payload, window=window)
+
+    def send(self, payload: bytes, **kw) -> bytes:
+        """The next in-order segment (advances the peer's sequence number)."""
+        self.tsval += 1
+        pkt = self.segment(payload, **kw)
+        self.seq += len(payload)
+        return pkt
+
+    def feed(self, packets: list[bytes]) -> list:
+        """Both stacks get ``packets`` (one batch); returns the fused one's
+        output segments after checking it equals the general one's."""
+        for stack in self.stacks:
+            if len(packets) == 1:
+                stack.packetReceived(packets[0], KEY)
+            else:
+                stack.packetsReceived(packets, KEY)
+        return self.compare()
+
+    def write(self, data: bytes) -> list:
+        for conns, clock in zip(self.conns, self.clocks, strict=True):
+            conns[0].send(data, clock.seconds())
+        return self.compare()
+
+    def advance(self, dt: float) -> list:
+        for clock in self.clocks:
+            clock.advance(dt)
+        return self.compare()
+
+    def compare(self) -> list:
+        a, b = (s.sender.take() for s in self.stacks)
+        assert a == b
+        ca, cb = (s.counters for s in self.stacks)
+        assert ca == cb
+        assert self.users[0].events == self.users[1].events
+        if self.conns[0]:
+            assert snapshot(self.conns[0][0]) == snapshot(self.conns[1][0])
+        assert [c.timer_at for c in self.stacks[0].tcp.conns.values()] == \
+            [c.timer_at for c in self.stacks[1].tcp.conns.values()]
+        out = []
+        for pkt in a:
+            hl = (pkt[0] & 0x0F) * 4 if pkt[0] >> 4 == 4 else 40
+            out.append(parse_segment(memoryview(pkt)[hl:]))
+        if out:
+            last = out[-1]
+            self.tsecr = last.ts_val or self.tsecr
+        return out
+
+    def ack_all(self) -> None:
+        self.ack = self.conns[0][0].snd_max & 0xFFFFFFFF
+
+
+ADDRS = [("100.64.0.1", "100.64.0.2"), ("fd00::1", "fd00::2")]
+
+
+@pytest.fixture(params=[(a, ts) for a in ADDRS for ts in (True, False)],
+                ids=["v4-ts", "v4", "v6-ts", "v6"])
+def twin(request) -> Twin:
+    (me, peer), ts = request.param
+    return Twin(me, peer, ts)
+
+
+def test_keepalive_exchanges_take_the_fused_path_with_identical_results(twin):
+    for i in range(20):
+        before = twin.hits
+        twin.feed([twin.send(b"GET /%d HTTP/1.1\r\n\r\n" % i)])
+        assert twin.hits == before + 1
+        twin.advance(0.0001)
+        twin.write(b"R" * (300 + i))
+        twin.ack_all()
+    # a pure ACK of the last response is predicted too
+    before = twin.hits
+    twin.feed([twin.send(b"")])
+    assert twin.hits == before + 1
+    # then the delayed ACK timer and a batch of requests
+    twin.advance(0.05)
+    twin.feed([twin.send(b"x" * 100), twin.send(b"y" * 100), twin.send(b"z" * 100)])
+    twin.advance(0.001)
+    assert twin.users[0].events[-1] == ("data", b"x" * 100 + b"y" * 100 + b"z" * 100)
+
+
+def test_out_of_order_and_the_fill_fall_back(twin):
+    twin.feed([twin.send(b"a" * 100)])
+    first = twin.seq
+    late = twin.send(b"b" * 100)
+    later = twin.send(b"c" * 100)
+    before = twin.hits
+    dup = twin.feed([later])  # out of order: immediate duplicate ACK
+    assert dup and dup[0].ack == (first - 0) & 0xFFFFFFFF
+    twin.feed([late])  # fills the hole
+    assert twin.hits == before
+    twin.feed([twin.send(b"d" * 100)])  # in order again, reassembly queue empty
+    assert twin.hits == before + 1
+
+
+def test_window_full_and_paused_reader(twin):
+    for conn in (twin.conns[0][0], twin.conns[1][0]):
+        conn.pause_reading()
+    chunk = b"w" * 1000
+    sent = 0
+    while sent < 400_000:
+        twin.feed([twin.send(chunk)])
+        sent += len(chunk)
+        if twin.conns[0][0].rcv_adv - twin.conns[0][0].rcv_nxt < 1000:
+            break
+    assert twin.conns[0][0].rcv_adv - twin.conns[0][0].rcv_nxt < 1000
+    # beyond the right edge: falls back and is trimmed or dropped the same way
+    before = twin.hits
+    twin.feed([twin.send(chunk)])
+    twin.feed([twin.send(chunk)])
+    assert twin.hits == before
+    now = twin.clocks[0].seconds()
+    twin.conns[0][0].resume_reading(now)
+    twin.conns[1][0].resume_reading(twin.clocks[1].seconds())
+    twin.compare()
+
+
+def test_fin_rst_and_syn_fall_back(twin):
+    twin.feed([twin.send(b"q" * 50)])
+    before = twin.hits
+    twin.feed([twin.segment(b"", flags=SYN, seq=twin.seq - 1)])  # challenge ACK
+    twin.feed([twin.send(b"", flags=ACK | FIN)])
+    assert twin.hits == before
+    assert ("eof",) in twin.users[0].events
+    twin.seq += 1
+    twin.feed([twin.segment(b"", flags=RST)])
+    assert twin.hits == before
+    assert twin.users[0].events[-1][0] == "closed"
+    assert not twin.stacks[0].tcp.fast.table
+
+
+def test_retransmission_and_duplicate_ack_fall_back(twin):
+    pkt = twin.send(b"r" * 200)
+    twin.feed([pkt])
+    before = twin.hits
+    twin.feed([pkt])  # the same segment again: old data, answered with an ACK
+    assert twin.hits == before
+    twin.write(b"S" * 2000)  # two segments out
+    twin.feed([twin.send(b"")])  # a duplicate ACK (nothing new acknowledged)
+    assert twin.hits == before
+    twin.advance(1.5)  # RTO: retransmission of our data
+    twin.ack_all()
+    twin.feed([twin.send(b"")])
+    twin.feed([twin.send(b"n" * 10)])
+    assert twin.hits == before + 2
+
+
+def test_sack_blocks_stale_timestamps_and_window_changes_fall_back(twin):
+    twin.write(b"S" * 3000)
+    una = twin.conns[0][0].snd_una
+    sack = b"\x01\x01\x05\x0a" + struct.pack("!II", (una + 1216) & 0xFFFFFFFF,
+                                               (una + 2000) & 0xFFFFFFFF)
+    before = twin.hits
+    twin.feed([twin.send(b"", extra=sack)])  # SACK information
+    assert twin.hits == before
+    twin.ack_all()
+    twin.feed([twin.send(b"k" * 10, window=2048)])  # a window change
+    assert twin.hits == before
+    if twin.ts:
+        twin.feed([twin.segment(b"t" * 10, tsval=1, window=2048)])  # PAWS: an old timestamp
+        twin.feed([twin.send(b"u" * 10, ts=False, window=2048)])  # no timestamp on a TS connection
+        assert twin.hits == before
+    else:
+        twin.feed([twin.send(b"v" * 10, ts=True, window=2048)])  # a timestamp nobody negotiated
+        assert twin.hits == before
+    twin.feed([twin.send(b"e" * 10, window=2048)])
+    assert twin.hits == before + 1
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("NBGW_NETSTACK_FASTPATH", "0")
+    stack = Stack(PacketRecorder(), Clock(), ["100.64.0.1"])
+    assert stack.tcp.fast.enabled is False
