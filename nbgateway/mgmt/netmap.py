@@ -33,10 +33,14 @@ What comes out (:class:`AccountNetwork`):
   58, NETBIRD_SSH -> TCP 22, CUSTOM -> ``customProtocol``.
 
 Maps repeat: every map is the whole network, so a peer storm sends the same
-peers, rules and records again and again.  Each entry's conversion (result
-and skip reasons) is memoized by its serialized bytes (:class:`_Memo`,
-bounded, oldest out first), so a map costs one serialization and one lookup
-per unchanged entry; :class:`InboundRule` caches its hash.
+peers, rules and records again and again.  Each peer's and record's
+conversion (result and skip reasons) is memoized by its serialized bytes
+(:class:`_Memo`, bounded, oldest out first), so a map costs one
+serialization and one lookup per unchanged peer or record.  Rules are not
+memoized: a map holds one rule per peer address and port, so they are merged
+instead (:func:`_convert_rules`: one :class:`InboundRule` per action,
+protocols, ports and policy, its sources the roster's own prefix objects),
+with each distinct port text, policy ID and source parsed once per map.
 
 The filter's default action for a map is :data:`DEFAULT_ACTION` ("deny": the
 proxy peer accepts only what management allows, fail closed).  The runtime
@@ -51,6 +55,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import socket
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -243,6 +248,21 @@ def _decode_prefix(raw: bytes) -> Prefix | None:
 
 
 def _peer_ip_source(text: str) -> Prefix | None:
+    # fast path: text in its canonical form (what management writes) reads
+    # the same through inet_pton as through ipaddress; anything else (leading
+    # zeros, upper case, a scope, garbage) goes through ipaddress
+    family, version, bits = ((socket.AF_INET6, 6, 128) if ":" in text
+                             else (socket.AF_INET, 4, 32))
+    try:
+        packed = socket.inet_pton(family, text)
+        canonical = socket.inet_ntop(family, packed) == text
+    except (OSError, ValueError):
+        canonical = False
+    if canonical:
+        value = int.from_bytes(packed, "big")
+        if not value:
+            return _ANY_V4 if version == 4 else _ANY_V6
+        return Prefix.of(version, value, bits)
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
@@ -365,7 +385,6 @@ class _Memo:
         self.entries.clear()
 
 
-_RULES = _Memo(MAX_RULES)
 _PEERS = _Memo(MAX_REMOTE_PEERS)
 _RECORDS = _Memo(MAX_RECORDS)
 
@@ -375,60 +394,142 @@ _RECORDS = _Memo(MAX_RECORDS)
 #: one per port), a new peer's name (with its new DNS record).  Emptied when
 #: ``convert`` returns.
 _FRESH: dict[Prefix, Prefix] = {}
-_FRESH_SOURCES: dict[Prefix, tuple[Prefix]] = {}
 _FRESH_NAMES: dict[str, str] = {}
-
-
-def _shared(net: Prefix) -> Prefix:
-    return _FRESH.get(net, net)
 
 
 def _fresh_name(name: str | None) -> str | None:
     return name if not name else _FRESH_NAMES.setdefault(name, name)
 
 
-def _convert_rule(rule: Any, skipped: Counter[str]) -> InboundRule | None:
+class _RuleParts:
+    """Per-``convert`` tables of the rule fields a map repeats (port texts,
+    policy IDs, source texts and bytes): each distinct value is parsed once
+    per map, and a source that is a roster address is the roster's own
+    :class:`Prefix` object.  Nothing outlives the map."""
+
+    __slots__ = ("known", "peer_ips", "policies", "ports", "raw_sources")
+
+    def __init__(self, roster: tuple[RosterPeer, ...]) -> None:
+        self.known: dict[Prefix, Prefix] = {net: net for p in roster for net in p.allowed_ips}
+        self.ports: dict[str, tuple[tuple[int, int], ...] | None] = {}
+        self.policies: dict[bytes, str] = {}
+        self.peer_ips: dict[str, Prefix | None] = {}
+        self.raw_sources: dict[bytes, Prefix | None] = {}
+
+    def peer_ip(self, text: str) -> Prefix | None:
+        try:
+            return self.peer_ips[text]
+        except KeyError:
+            net = _peer_ip_source(text)
+            if net is not None:
+                net = self.known.get(net, net)
+            self.peer_ips[text] = net
+            return net
+
+    def raw_source(self, raw: bytes) -> Prefix | None:
+        try:
+            return self.raw_sources[raw]
+        except KeyError:
+            net = _decode_prefix(raw)
+            if net is not None:
+                net = self.known.get(net, net)
+            self.raw_sources[raw] = net
+            return net
+
+    def policy(self, raw: bytes) -> str:
+        got = self.policies.get(raw)
+        if got is None:
+            got = self.policies[raw] = sys.intern(raw.decode("utf-8", "replace"))
+        return got
+
+
+_RuleKey = tuple[str, frozenset[int], tuple[tuple[int, int], ...], str]
+
+
+def _rule_key(rule: Any, parts: _RuleParts, skipped: Counter[str]) -> _RuleKey | None:
+    """(action, protocols, ports, policy ID) of a rule; None when skipped."""
     protos = _protocols(rule)
     if protos is None:
         skipped["rule_protocol"] += 1
         return None
     protocols, ports_apply = protos
-    ports: tuple[tuple[int, int], ...] = ()
+    ports: tuple[tuple[int, int], ...] | None = ()
     if rule.Protocol == _P_SSH:
         ports = _shared_ports(22, 22)
     elif ports_apply:
-        got = _ports(rule)
-        if got is None:
+        text = rule.Port
+        if text:
+            ports = parts.ports.get(text, _MISS)  # type: ignore[arg-type]
+            if ports is _MISS:
+                ports = parts.ports[text] = _ports(rule)
+        else:
+            ports = _ports(rule)
+        if ports is None:
             skipped["rule_port"] += 1
             return None
-        ports = got
+    action = "deny" if rule.Action == _ACT_DROP else "allow"
+    return action, protocols, ports, parts.policy(rule.PolicyID)
+
+
+def _rule_sources(rule: Any, parts: _RuleParts, skipped: Counter[str]) -> list[Prefix]:
     sources: list[Prefix] = []
     if len(rule.sourcePrefixes):
         for raw in rule.sourcePrefixes[:MAX_SOURCES_PER_RULE]:
-            net = _decode_prefix(bytes(raw))
+            net = parts.raw_source(raw)
             if net is None:
                 skipped["rule_source"] += 1
-                continue
-            sources.append(_shared(net))
+            else:
+                sources.append(net)
     elif rule.PeerIP:
-        net = _peer_ip_source(rule.PeerIP)
+        net = parts.peer_ip(rule.PeerIP)
         if net is not None:
-            sources.append(_shared(net))
+            sources.append(net)
         else:
             skipped["rule_source"] += 1
-    if not sources:
-        # an empty source list would match everyone: never widen on bad input
-        skipped["rule_no_source"] += 1
-        return None
-    action = "deny" if rule.Action == _ACT_DROP else "allow"
-    return InboundRule(
-        action=action,
-        sources=(_FRESH_SOURCES.setdefault(sources[0], (sources[0],)) if len(sources) == 1
-                 else tuple(dict.fromkeys(sources))),
-        protocols=protocols,
-        ports=ports,
-        policy_id=sys.intern(bytes(rule.PolicyID).decode("utf-8", "replace")),
-    )
+    return sources
+
+
+def _convert_rules(nm: Any, roster: tuple[RosterPeer, ...],
+                   skipped: Counter[str]) -> tuple[InboundRule, ...]:
+    """The map's inbound rules, merged: one :class:`InboundRule` per (action,
+    protocols, ports, policy ID) with the union of its rules' sources, in
+    order of first appearance, DROP before ACCEPT.  The same decisions as one
+    rule per entry: every DROP rule comes before every ACCEPT rule, so a
+    packet is denied when any DROP rule matches, else allowed when any ACCEPT
+    rule matches, whatever the order within each group.  No memo: a map of
+    N rules keeps a few rules and N source references (8 bytes each), and
+    each distinct field value is parsed once per map (:class:`_RuleParts`)."""
+    parts = _RuleParts(roster)
+    groups: dict[_RuleKey, dict[Prefix, None]] = {}
+    for i, rule in enumerate(nm.FirewallRules):
+        if i >= MAX_RULES:
+            skipped["rule_limit"] += len(nm.FirewallRules) - i
+            break
+        if rule.Direction != _DIR_IN:
+            continue
+        key = _rule_key(rule, parts, skipped)
+        if key is None:
+            continue
+        sources = _rule_sources(rule, parts, skipped)
+        if not sources:
+            # an empty source list would match everyone: never widen on bad input
+            skipped["rule_no_source"] += 1
+            continue
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {}
+        for net in sources:
+            group[net] = None
+    shared: dict[tuple[Prefix, ...], tuple[Prefix, ...]] = {}
+    out: list[InboundRule] = []
+    for wanted in ("deny", "allow"):
+        for (action, protocols, ports, policy), nets in groups.items():
+            if action == wanted:
+                srcs = tuple(nets)
+                # rules naming the same peers (one per port) share one tuple
+                out.append(InboundRule(action, shared.setdefault(srcs, srcs), protocols,
+                                       ports, policy))
+    return tuple(out)
 
 
 def _convert_peer(rp: Any, skipped: Counter[str]) -> RosterPeer | None:
@@ -546,22 +647,10 @@ def convert(nm: Any) -> AccountNetwork:
             skipped["own_address_v6"] += 1
     try:
         roster = _convert_roster(nm, skipped)  # first: new rules share new peers' prefixes
-        deny: list[InboundRule] = []
-        allow: list[InboundRule] = []
-        for i, rule in enumerate(nm.FirewallRules):
-            if i >= MAX_RULES:
-                skipped["rule_limit"] += len(nm.FirewallRules) - i
-                break
-            if rule.Direction != _DIR_IN:
-                continue
-            converted = _RULES.convert(rule.SerializeToString(),
-                                       _convert_rule, skipped, rule)
-            if converted is not None:
-                (deny if converted.action == "deny" else allow).append(converted)
+        rules = _convert_rules(nm, roster, skipped)
         zones = _convert_zones(nm, skipped)
     finally:
         _FRESH.clear()
-        _FRESH_SOURCES.clear()
         _FRESH_NAMES.clear()
     return AccountNetwork(
         serial=int(nm.Serial),
@@ -570,9 +659,7 @@ def convert(nm: Any) -> AccountNetwork:
         fqdn=normalize_name(pc.fqdn) or "",
         roster=roster,
         zones=zones,
-        # the same entry twice is one rule (the memo hands out one object per
-        # entry: deduplicated by identity, no hashing of every rule per map)
-        inbound_rules=tuple({id(r): r for r in deny + allow}.values()),
+        inbound_rules=rules,
         skipped=dict(skipped),
     )
 

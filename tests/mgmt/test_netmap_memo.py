@@ -1,13 +1,21 @@
-"""The converter memoizes each entry by its serialized bytes: a map that comes
-again hands out the same roster peers, rules and records (so the runtime's
-identity caches hit), and skip counts stay what a fresh conversion gives."""
+"""The converter memoizes each peer and record by its serialized bytes: a map
+that comes again hands out the same roster peers and records (so the
+runtime's identity caches hit), and skip counts stay what a fresh conversion
+gives.  Rules are merged instead (one per action, protocols, ports and
+policy), their sources the roster's own prefix objects, and decide every
+packet as one rule per entry would (random maps against an ipaddress
+reference)."""
 
 from __future__ import annotations
 
+import ipaddress
+import random
 from collections import Counter
 
 from nbgateway._proto import management_pb2 as pb
 from nbgateway.mgmt import netmap
+from nbgateway.netstack.filter import PacketFilter, Rule
+from nbgateway.netstack.prefix import Prefix
 from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
 
 
@@ -33,18 +41,20 @@ def test_a_repeated_map_reuses_every_converted_entry():
     keys = [key_to_base64(public_key(generate_private_key())) for _ in range(50)]
     first = netmap.convert(build(49, 1, keys))
     second = netmap.convert(build(50, 2, keys))
-    assert len(second.roster) == 50 and len(second.inbound_rules) == 50
+    assert len(second.roster) == 50
     for a, b in zip(first.roster, second.roster[:49], strict=True):
         assert a is b
-    for a, b in zip(first.inbound_rules, second.inbound_rules[:49], strict=True):
-        assert a is b
+    # 50 rules of one port and policy: one merged rule naming the 50 peers,
+    # by the roster's own prefix objects
+    (rule,) = second.inbound_rules
+    assert rule.ports == ((443, 443),) and rule.policy_id == "p"
+    assert [id(s) for s in rule.sources] == [id(p.allowed_ips[0]) for p in second.roster]
     for a, b in zip(first.zones[0].records, second.zones[0].records[:49], strict=True):
         assert a is b
     want = {"peer_key": 1, "rule_port": 1, "record_name": 1}
     assert first.skipped == want and second.skipped == want  # counted on hits too
-    assert hash(second.inbound_rules[0]) == hash(first.inbound_rules[0])
     # the memo changes nothing but speed: a cleared memo converts to equal values
-    for memo in (netmap._RULES, netmap._PEERS, netmap._RECORDS):
+    for memo in (netmap._PEERS, netmap._RECORDS):
         memo.clear()
     again = netmap.convert(build(50, 2, keys))
     assert again == second and again.skipped == second.skipped
@@ -66,11 +76,11 @@ def test_the_memo_is_bounded():
     assert skipped == {"x": 2}
 
 
-def test_new_rules_share_the_new_peers_prefix_objects():
-    """A rule converted in the same map as its peer shares the peer's prefix
-    (one small int per address, not one per rule); a rule the memo already
-    holds keeps its own (equal) prefix."""
-    for memo in (netmap._RULES, netmap._PEERS, netmap._RECORDS):
+def test_rules_share_the_roster_prefix_objects():
+    """A rule's source that is a roster address is the roster's prefix object
+    (one small int per address, not one per rule), whether the rule names it
+    by PeerIP or sourcePrefixes."""
+    for memo in (netmap._PEERS, netmap._RECORDS):
         memo.clear()
     keys = [key_to_base64(public_key(generate_private_key())) for _ in range(3)]
     nm = build(3, 1, keys)
@@ -80,7 +90,7 @@ def test_new_rules_share_the_new_peers_prefix_objects():
     net = netmap.convert(nm)
     by_text = {str(n): n for p in net.roster for n in p.allowed_ips}
     sources = [s for r in net.inbound_rules for s in r.sources]
-    assert len(sources) == 4
+    assert len(sources) == 4  # port 443 (three peers), port 80 (one)
     for s in sources:
         assert s is by_text[str(s)]
     assert not netmap._FRESH  # nothing kept past the conversion
@@ -88,7 +98,7 @@ def test_new_rules_share_the_new_peers_prefix_objects():
     names = {p.fqdn: p.fqdn for p in net.roster}
     for rec in net.zones[0].records:
         assert rec.name is names[rec.name]
-    # rules naming one address share one source tuple
+    # merged rules naming the same addresses share one source tuple
     nm = build(3, 3, [key_to_base64(public_key(generate_private_key())) for _ in range(3)])
     nm.FirewallRules.append(pb.FirewallRule(PolicyID=b"q", PeerIP="100.64.7.7", Direction=pb.IN,
                                             Action=pb.ACCEPT, Protocol=pb.TCP, Port="80"))
@@ -96,8 +106,82 @@ def test_new_rules_share_the_new_peers_prefix_objects():
                                             Action=pb.ACCEPT, Protocol=pb.TCP, Port="443"))
     a, b = netmap.convert(nm).inbound_rules[-2:]
     assert a.ports != b.ports and a.sources is b.sources
-    # the same addresses under new keys: the rules are memo hits, equal values
+    # the same addresses under new keys: equal rules, the new peers' prefixes
     keys = [key_to_base64(public_key(generate_private_key())) for _ in range(3)]
     again = netmap.convert(build(3, 2, keys))
-    assert [r.sources for r in again.inbound_rules] == [
-        r.sources for r in net.inbound_rules[:3]]
+    assert again.inbound_rules == net.inbound_rules[:1]
+    assert again.inbound_rules[0].sources[0] is again.roster[0].allowed_ips[0]
+
+
+def _reference_allows(nm: pb.NetworkMap, src: str, proto: int, port: int | None) -> bool:
+    """One rule per IN entry, DROP entries first, first match wins, default
+    deny: the per-entry reading of the map, with ipaddress."""
+    addr = ipaddress.ip_address(src)
+    protos = {pb.ALL: set(), pb.TCP: {6}, pb.UDP: {17}, pb.ICMP: {1, 58}}
+    entries = [r for r in nm.FirewallRules if r.Direction == pb.IN]
+    for want in (pb.DROP, pb.ACCEPT):
+        for r in entries:
+            if r.Action != want:
+                continue
+            if r.sourcePrefixes:
+                nets = [ipaddress.ip_network((bytes(raw[:-1]), raw[-1]), strict=False)
+                        for raw in r.sourcePrefixes]
+            else:
+                peer = ipaddress.ip_address(r.PeerIP)
+                nets = [ipaddress.ip_network("0.0.0.0/0" if peer.version == 4 else "::/0")
+                        if peer.is_unspecified else ipaddress.ip_network(peer)]
+            if not any(addr.version == n.version and addr in n for n in nets):
+                continue
+            if protos[r.Protocol] and proto not in protos[r.Protocol]:
+                continue
+            if r.Protocol in (pb.TCP, pb.UDP) and r.Port and port != int(r.Port):
+                continue
+            return want == pb.ACCEPT
+    return False
+
+
+def test_merged_rules_decide_as_one_rule_per_entry():
+    rng = random.Random(18)
+    for _ in range(30):
+        nm = pb.NetworkMap(Serial=1)
+        addrs = [f"100.64.{rng.randrange(4)}.{rng.randrange(1, 8)}" for _ in range(6)]
+        addrs += [f"fd00::{rng.randrange(1, 8):x}" for _ in range(3)]
+        for _ in range(rng.randrange(1, 25)):
+            rule = pb.FirewallRule(
+                PolicyID=rng.choice([b"a", b"b"]),
+                Direction=rng.choice([pb.IN, pb.IN, pb.OUT]),
+                Action=rng.choice([pb.ACCEPT, pb.ACCEPT, pb.DROP]),
+                Protocol=rng.choice([pb.TCP, pb.UDP, pb.ICMP, pb.ALL]),
+                Port=rng.choice(["", "80", "443"]))
+            src = rng.choice([*addrs, "0.0.0.0"])
+            if rng.random() < 0.3:
+                net = ipaddress.ip_network(f"{src}/{rng.choice([16, 24, 32])}"
+                                           if ":" not in src else f"{src}/{rng.choice([64, 128])}",
+                                           strict=False)
+                rule.sourcePrefixes.append(net.network_address.packed + bytes([net.prefixlen]))
+            else:
+                rule.PeerIP = src
+            nm.FirewallRules.append(rule)
+        out = netmap.convert(nm)
+        f = PacketFilter([Rule.make(**r.rule_kwargs()) for r in out.inbound_rules],
+                         default=netmap.DEFAULT_ACTION)
+        probes = [*addrs, "100.64.9.9", "fd00::99", "100.64.0.200"]
+        for src in probes:
+            packed = ipaddress.ip_address(src).packed
+            for proto, port in ((6, 80), (6, 443), (17, 80), (6, 22), (1, None), (58, None)):
+                assert f.allows(packed, proto, port) == _reference_allows(nm, src, proto, port), (
+                    src, proto, port)
+
+
+def test_peer_ip_fast_path_reads_as_ipaddress_does():
+    for text in ("100.64.0.1", "0.0.0.0", "::", "fd00::1", "::ffff:1.2.3.4", "FD00::1",
+                 "fd00:0::1", "100.064.0.1", "1.2.3", "fe80::1%eth0", "", "x", "1.2.3.4/32",
+                 "2001:db8::", "255.255.255.255"):
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            assert netmap._peer_ip_source(text) is None, text
+            continue
+        want = (Prefix.parse("0.0.0.0/0" if addr.version == 4 else "::/0") if addr.is_unspecified
+                else Prefix.of(addr.version, int(addr), addr.max_prefixlen))
+        assert netmap._peer_ip_source(text) == want, text
