@@ -62,7 +62,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbgateway.netstack.prefix import Prefix
+from nbgateway.netstack.prefix import V6_FLAG, Prefix
 
 __all__ = [
     "DEFAULT_ACTION",
@@ -248,21 +248,22 @@ def _decode_prefix(raw: bytes) -> Prefix | None:
 
 
 def _peer_ip_source(text: str) -> Prefix | None:
-    # fast path: text in its canonical form (what management writes) reads
-    # the same through inet_pton as through ipaddress; anything else (leading
-    # zeros, upper case, a scope, garbage) goes through ipaddress
-    family, version, bits = ((socket.AF_INET6, 6, 128) if ":" in text
-                             else (socket.AF_INET, 4, 32))
+    # fast path: IPv4 dotted quads read the same through inet_pton (glibc:
+    # four decimal parts, no leading zeros, nothing else) as through
+    # ipaddress; IPv6 text in its canonical form (what management writes)
+    # too.  Anything else (a scope, upper case, garbage) goes through
+    # ipaddress.
     try:
-        packed = socket.inet_pton(family, text)
-        canonical = socket.inet_ntop(family, packed) == text
+        if ":" not in text:
+            value = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+            return Prefix(value << 8 | 32) if value else _ANY_V4
+        packed = socket.inet_pton(socket.AF_INET6, text)
+        if socket.inet_ntop(socket.AF_INET6, packed) == text:
+            value = int.from_bytes(packed, "big")
+            return Prefix(V6_FLAG | value << 8 | 128) if value else _ANY_V6
     except (OSError, ValueError):
-        canonical = False
-    if canonical:
-        value = int.from_bytes(packed, "big")
-        if not value:
-            return _ANY_V4 if version == 4 else _ANY_V6
-        return Prefix.of(version, value, bits)
+        if ":" not in text:
+            return None
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
@@ -501,30 +502,66 @@ def _convert_rules(nm: Any, roster: tuple[RosterPeer, ...],
     each distinct field value is parsed once per map (:class:`_RuleParts`)."""
     parts = _RuleParts(roster)
     groups: dict[_RuleKey, dict[Prefix, None]] = {}
-    for i, rule in enumerate(nm.FirewallRules):
-        if i >= MAX_RULES:
-            skipped["rule_limit"] += len(nm.FirewallRules) - i
-            break
+    # (protocol, action, port text, policy bytes, custom protocol) -> the
+    # group's source set, or the skip reason: a map repeats a few shapes
+    shapes: dict[tuple[Any, ...], dict[Prefix, None] | str] = {}
+    peer_ips = parts.peer_ips
+    all_rules = nm.FirewallRules
+    if len(all_rules) > MAX_RULES:
+        skipped["rule_limit"] += len(all_rules) - MAX_RULES
+        all_rules = all_rules[:MAX_RULES]
+    for rule in all_rules:
         if rule.Direction != _DIR_IN:
             continue
-        key = _rule_key(rule, parts, skipped)
-        if key is None:
+        proto = rule.Protocol
+        port = rule.Port
+        if not port and proto in (_P_TCP, _P_UDP) and rule.HasField("PortInfo"):
+            shape: tuple[Any, ...] | None = None  # ports in a sub-message: no shape
+            group: dict[Prefix, None] | str | None = None
+        else:
+            shape = (proto, rule.Action, port, rule.PolicyID,
+                     rule.customProtocol if proto == _P_CUSTOM else 0)
+            group = shapes.get(shape)
+        if group is None:
+            reasons: Counter[str] = Counter()
+            key = _rule_key(rule, parts, reasons)
+            if key is None:
+                group = next(iter(reasons))
+            else:
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = {}
+            if shape is not None:
+                shapes[shape] = group
+        if type(group) is str:
+            skipped[group] += 1
             continue
-        sources = _rule_sources(rule, parts, skipped)
-        if not sources:
-            # an empty source list would match everyone: never widen on bad input
+        if len(rule.sourcePrefixes):
+            sources = _rule_sources(rule, parts, skipped)
+            if not sources:
+                # an empty source list would match everyone: never widen on bad input
+                skipped["rule_no_source"] += 1
+                continue
+            for net in sources:
+                group[net] = None  # type: ignore[index]
+            continue
+        text = rule.PeerIP
+        net = peer_ips.get(text, _MISS)  # type: ignore[arg-type]
+        if net is _MISS:
+            net = parts.peer_ip(text) if text else None
+        if net is None:
+            if text:
+                skipped["rule_source"] += 1
             skipped["rule_no_source"] += 1
             continue
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = {}
-        for net in sources:
-            group[net] = None
+        group[net] = None  # type: ignore[index]
     shared: dict[tuple[Prefix, ...], tuple[Prefix, ...]] = {}
     out: list[InboundRule] = []
     for wanted in ("deny", "allow"):
         for (action, protocols, ports, policy), nets in groups.items():
-            if action == wanted:
+            # a group whose every rule was skipped for its sources has none:
+            # left out (an empty source list would match everyone)
+            if action == wanted and nets:
                 srcs = tuple(nets)
                 # rules naming the same peers (one per port) share one tuple
                 out.append(InboundRule(action, shared.setdefault(srcs, srcs), protocols,

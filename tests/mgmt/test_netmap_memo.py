@@ -127,7 +127,10 @@ def _reference_allows(nm: pb.NetworkMap, src: str, proto: int, port: int | None)
                 nets = [ipaddress.ip_network((bytes(raw[:-1]), raw[-1]), strict=False)
                         for raw in r.sourcePrefixes]
             else:
-                peer = ipaddress.ip_address(r.PeerIP)
+                try:
+                    peer = ipaddress.ip_address(r.PeerIP)
+                except ValueError:  # a rule without a usable source is no rule
+                    continue
                 nets = [ipaddress.ip_network("0.0.0.0/0" if peer.version == 4 else "::/0")
                         if peer.is_unspecified else ipaddress.ip_network(peer)]
             if not any(addr.version == n.version and addr in n for n in nets):
@@ -153,8 +156,8 @@ def test_merged_rules_decide_as_one_rule_per_entry():
                 Action=rng.choice([pb.ACCEPT, pb.ACCEPT, pb.DROP]),
                 Protocol=rng.choice([pb.TCP, pb.UDP, pb.ICMP, pb.ALL]),
                 Port=rng.choice(["", "80", "443"]))
-            src = rng.choice([*addrs, "0.0.0.0"])
-            if rng.random() < 0.3:
+            src = rng.choice([*addrs, "0.0.0.0", "bogus"])
+            if rng.random() < 0.3 and src != "bogus":
                 net = ipaddress.ip_network(f"{src}/{rng.choice([16, 24, 32])}"
                                            if ":" not in src else f"{src}/{rng.choice([64, 128])}",
                                            strict=False)
@@ -176,7 +179,9 @@ def test_merged_rules_decide_as_one_rule_per_entry():
 def test_peer_ip_fast_path_reads_as_ipaddress_does():
     for text in ("100.64.0.1", "0.0.0.0", "::", "fd00::1", "::ffff:1.2.3.4", "FD00::1",
                  "fd00:0::1", "100.064.0.1", "1.2.3", "fe80::1%eth0", "", "x", "1.2.3.4/32",
-                 "2001:db8::", "255.255.255.255"):
+                 "2001:db8::", "255.255.255.255", "256.1.1.1", " 1.2.3.4", "1.2.3.4 ", "0x1.2.3.4",
+                 "1.2.3.4.5", "01.2.3.4", "1..2.3", "\u0661.2.3.4", "1.2.3.-4", "1.2.3.+4",
+                 "::1.2.3.4", "1.2.3.4\x00"):
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
