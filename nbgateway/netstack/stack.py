@@ -104,6 +104,11 @@ class Stack:
     Output checksums are always computed.
     """
 
+    #: tcp_fast.emit may build this stack's IPv4/IPv6 + TCP packets itself
+    #: (it uses ``ttl``, ``mtu``, ``_ident``, the cork, ``sender`` and
+    #: ``counters`` exactly as :meth:`send_transport`/:meth:`send_ip` do)
+    fused_tcp_output = True
+
     def __init__(
         self,
         sender: IPacketSender,

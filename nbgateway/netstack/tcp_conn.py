@@ -107,6 +107,7 @@ class Connection(ConnectionOutput):
         "cc",
         "delack_at",
         "eof_pending",
+        "fast_out",
         "fin_queued",
         "heap_at",
         "irs",
@@ -175,6 +176,7 @@ class Connection(ConnectionOutput):
         self.layer = layer
         self.local, self.lport, self.remote, self.rport = local, lport, remote, rport
         self.raw_addrs = (local.packed, remote.packed)  # for the IP layer, per segment
+        self.fast_out: tuple[int, int, bool] | None = None  # tcp_fast.emit's constants
         self.state = CLOSED
         self.user: TCPUser | None = None
         self.listener: Listener | None = None

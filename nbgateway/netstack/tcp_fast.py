@@ -32,6 +32,7 @@ import os
 import struct
 from typing import TYPE_CHECKING, Any
 
+from nbgateway.netstack.checksum import fold, ones_sum
 from nbgateway.netstack.tcp_const import ESTABLISHED
 
 if TYPE_CHECKING:
@@ -45,6 +46,15 @@ _TS_WORD = 0x0101080A  # NOP NOP kind 8 length 10
 _ACK = 0x10
 _OFF20 = 5 << 4
 _OFF32 = 8 << 4
+_MASK = 0xFFFFFFFF
+_PROTO_TCP = 6
+_IP4_DF = 0x4000
+#: IPv4 header (no options), then the TCP header (20 bytes) with or without
+#: the aligned timestamp option; IPv6 likewise (version/class/flow word first)
+_O4 = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
+_O4TS = struct.Struct("!BBHHHBBH4s4sHHIIBBHHHIII")
+_O6 = struct.Struct("!IHBB16s16sHHIIBBHHH")
+_O6TS = struct.Struct("!IHBB16s16sHHIIBBHHHIII")
 
 FastKey = tuple[bytes, int]
 
@@ -62,14 +72,19 @@ def fast_key(remote_raw: bytes, rport: int, lport: int) -> FastKey:
 class FastPath:
     """Connection table by raw address bytes plus the fused input."""
 
-    __slots__ = ("counters", "enabled", "hits", "layer", "table")
+    __slots__ = ("counters", "emits", "enabled", "hits", "layer", "stack", "table")
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.counters = layer.counters
+        # the fused output writes the IP header itself: only for the real IP
+        # layer (Stack.fused_tcp_output), whose ident, cork and counters it uses
+        self.stack: Any = layer.stack if getattr(layer.stack, "fused_tcp_output", False) \
+            else None
         self.table: dict[FastKey, Connection] = {}
         self.enabled = default_enabled()
         self.hits = 0
+        self.emits = 0
 
     def add(self, conn: Connection) -> None:
         self.table[fast_key(conn.raw_addrs[1], conn.rport, conn.lport)] = conn
@@ -126,3 +141,77 @@ class FastPath:
 
 def _raise(e: Exception) -> None:
     raise e
+
+
+def _out_sums(conn: Connection) -> tuple[int, int, bool]:
+    """Per-connection constants of the fused output: the TCP checksum's
+    pseudo-header address sum plus protocol and ports, the IP header's
+    address sum, and the address family."""
+    local, remote = conn.raw_addrs
+    addr = ones_sum(local) + ones_sum(remote)
+    consts = (addr + _PROTO_TCP + conn.lport + conn.rport, addr, len(local) == 4)
+    conn.fast_out = consts
+    return consts
+
+
+def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
+         payload: bytes | memoryview, ts_val: int | None, ts_ecr: int) -> bool:
+    """Emit one TCP segment of ``conn`` with no option other than the aligned
+    timestamp (``ts_val`` None: none) as one packed IP + TCP header plus the
+    payload: the bytes ``build_segment`` -> ``TCPLayer.output`` ->
+    ``Stack.send_transport`` -> ``Stack.send_ip`` would produce (same
+    checksums, same IP ident sequence, same counters, same cork).  Returns
+    False, having done nothing, when that path must run instead (disabled,
+    not a real :class:`Stack`, a closed stack or a packet over the MTU, whose
+    drop the general path counts)."""
+    stack = fast.stack
+    if stack is None or not fast.enabled or stack._closed:
+        return False
+    n = len(payload)
+    tcp_len = n + (20 if ts_val is None else 32)
+    consts = conn.fast_out or _out_sums(conn)
+    tcp_sum, addr_sum, v4 = consts
+    if (tcp_len + 20 if v4 else tcp_len + 40) > stack.mtu:
+        return False
+    seq &= _MASK
+    ack = conn.rcv_nxt & _MASK
+    total = tcp_sum + tcp_len + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) \
+        + flags + wnd
+    if n:
+        total = ones_sum(payload, total)
+    local, remote = conn.raw_addrs
+    ttl = stack.ttl
+    if v4:
+        ident = stack._ident = (stack._ident + 1) & 0xFFFF
+        hck = fold(addr_sum + 0x8500 + 20 + tcp_len + ident + ((ttl << 8) | _PROTO_TCP))
+        if ts_val is None:
+            ck = fold(total + 0x5000)
+            hdr = _O4.pack(0x45, 0, 20 + tcp_len, ident, _IP4_DF, ttl, _PROTO_TCP, hck,
+                           local, remote, conn.lport, conn.rport, seq, ack, 0x50, flags, wnd,
+                           ck, 0)
+        else:
+            ck = fold(total + 0x8000 + 0x0101 + 0x080A + (ts_val >> 16) + (ts_val & 0xFFFF)
+                      + (ts_ecr >> 16) + (ts_ecr & 0xFFFF))
+            hdr = _O4TS.pack(0x45, 0, 20 + tcp_len, ident, _IP4_DF, ttl, _PROTO_TCP, hck,
+                             local, remote, conn.lport, conn.rport, seq, ack, 0x80, flags, wnd,
+                             ck, 0, _TS_WORD, ts_val, ts_ecr)
+    elif ts_val is None:
+        ck = fold(total + 0x5000)
+        hdr = _O6.pack(0x60000000, tcp_len, _PROTO_TCP, ttl, local, remote, conn.lport,
+                       conn.rport, seq, ack, 0x50, flags, wnd, ck, 0)
+    else:
+        ck = fold(total + 0x8000 + 0x0101 + 0x080A + (ts_val >> 16) + (ts_val & 0xFFFF)
+                  + (ts_ecr >> 16) + (ts_ecr & 0xFFFF))
+        hdr = _O6TS.pack(0x60000000, tcp_len, _PROTO_TCP, ttl, local, remote, conn.lport,
+                         conn.rport, seq, ack, 0x80, flags, wnd, ck, 0, _TS_WORD, ts_val,
+                         ts_ecr)
+    counters = fast.counters
+    counters["tcp_segments_out"] += 1
+    counters["tx_packets"] += 1
+    fast.emits += 1
+    packet = hdr + payload if n else hdr
+    if stack._cork_depth:
+        stack._corked.append(packet)
+    elif not stack.sender.sendPacket(packet):
+        counters["tx_refused"] += 1
+    return True

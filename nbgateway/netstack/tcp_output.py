@@ -27,6 +27,7 @@ from nbgateway.netstack.tcp_const import (
     SYN_SENT,
     _unwrap,
 )
+from nbgateway.netstack.tcp_fast import emit
 from nbgateway.netstack.tcp_wire import (
     ACK,
     FIN,
@@ -67,18 +68,16 @@ class ConnectionOutput:
         return field
 
     def _emit(self, seq: int, flags: int, payload: bytes | memoryview, now: float) -> None:
-        opts = b""
-        if self.ts_ok:
-            opts = ts_option(self.ts_now(now), self.ts_recent)
+        ts_ok = self.ts_ok
+        sack = b""
         if flags & ACK:
             ooo = self.ooo
             if ooo and self.sack_ok:
                 # SACK blocks must not push a data segment past the MSS budget
-                room = (self.mss + (TS_OPTION_LEN if self.ts_ok else 0) - len(opts)
-                        - len(payload) - 4) // 8
-                n = min(room, 3 if self.ts_ok else 4)
+                room = (self.mss - len(payload) - 4) // 8
+                n = min(room, 3 if ts_ok else 4)
                 if n > 0:
-                    opts += sack_option(ooo.sack_blocks(n))
+                    sack = sack_option(ooo.sack_blocks(n))
             wnd = self._adv_window()
             self.last_ack_sent = self.rcv_nxt
             self.ack_pending = 0
@@ -86,8 +85,13 @@ class ConnectionOutput:
             self.delack_at = None
         else:
             wnd = 0 if flags & RST else self._adv_window()
+        ts_val = self.ts_now(now) if ts_ok else None
+        if not sack and emit(self.layer.fast, self, seq, flags, wnd, payload, ts_val,
+                             self.ts_recent):
+            return  # the fused output (tcp_fast.py): the same packet in one pack
+        opts = ts_option(ts_val, self.ts_recent) if ts_val is not None else b""
         self.layer.output(self, build_segment(self.lport, self.rport, seq, self.rcv_nxt, flags,
-                                              wnd, opts, payload))
+                                              wnd, opts + sack, payload))
 
     def _send_syn(self, now: float, with_ack: bool) -> None:
         if with_ack:
