@@ -53,6 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from nacl.public import PrivateKey
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -69,10 +70,12 @@ from nbgateway.peerbox import (
     decode_wg_key,
     encode_wg_key,
     open_message,
+    open_raw,
     seal_message,
 )
 
-__all__ = ["MAX_RECEIVE_BYTES", "PeerChannelClient", "PeerChannelError", "system_meta"]
+__all__ = ["MAX_RECEIVE_BYTES", "PeerChannelClient", "PeerChannelError", "peek_sync_map",
+           "system_meta"]
 
 log = Logger()
 
@@ -90,6 +93,71 @@ class PeerChannelError(errors.ManagementError):
     def __init__(self, reason: str, details: str = "") -> None:
         super().__init__(details or reason)
         self.reason = reason
+
+
+#: SyncResponse.NetworkMap and NetworkMap.Serial field numbers
+_SYNC_NETWORK_MAP = 5
+_MAP_SERIAL = 1
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]  # IndexError past the end
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def peek_sync_map(plain: bytes) -> tuple[bool, int] | None:
+    """(has a NetworkMap, its Serial) of a serialized ``SyncResponse``, read
+    from the wire format without parsing it; None when the peek cannot say
+    (malformed, groups, the map field twice, or a map whose first field is
+    not ``Serial``: the caller parses the message).
+
+    Encoders write fields in number order (Go, C++, upb), so ``Serial``
+    (field 1, absent only when 0) is the map's first field: the peek reads
+    the response's few top-level fields and the map's first one, whatever the
+    map's size."""
+    try:
+        pos, end = 0, len(plain)
+        found: tuple[int, int] | None = None
+        while pos < end:
+            tag, pos = _varint(plain, pos)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, pos = _varint(plain, pos)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                size, pos = _varint(plain, pos)
+                if number == _SYNC_NETWORK_MAP:
+                    if found is not None:
+                        return None  # repeated: the parser merges them
+                    found = (pos, pos + size)
+                pos += size
+            else:
+                return None
+            if number == 0 or pos > end:
+                return None
+        if found is None:
+            return False, 0
+        start, stop = found
+        if start == stop:
+            return True, 0  # an empty map: Serial 0
+        tag, pos = _varint(plain, start)
+        if tag != _MAP_SERIAL << 3:  # Serial as a varint, first
+            return None
+        serial, pos = _varint(plain, pos)
+        return (True, serial) if pos <= stop else None
+    except (IndexError, ValueError):
+        return None
 
 
 def system_meta(hostname: str, version: str) -> pb.PeerSystemMeta:
@@ -170,8 +238,12 @@ class PeerChannelClient:
         #: arrived before their turn
         self.maps_applied = 0
         self.maps_coalesced = 0
+        #: SyncResponses parsed (a map skipped before its turn is not)
+        self.maps_parsed = 0
         self.coalesce_delay = coalesce_delay
-        self._pending_map: pb.NetworkMap | None = None
+        #: the map to apply next: the opened SyncResponse bytes (parsed at its
+        #: turn), or a NetworkMap the peek could not read
+        self._pending_map: pb.NetworkMap | bytes | None = None
         self._apply_call: Any = None
         self._applying = False
         self.logins = 0
@@ -275,6 +347,23 @@ class PeerChannelClient:
             raise PeerChannelError("undecryptable", f"cannot open management message: {exc}") \
                 from None
 
+    def _open_plain(self, enc: pb.EncryptedMessage) -> bytes:
+        assert self.server_key is not None
+        if enc.wgPubKey and enc.wgPubKey != encode_wg_key(self.server_key):
+            raise PeerChannelError("server_key_changed", "message sealed by another server key")
+        try:
+            return open_raw(enc.body, self.server_key, self._private)
+        except BoxError as exc:
+            raise PeerChannelError("undecryptable", f"cannot open management message: {exc}") \
+                from None
+
+    def _parse_sync(self, plain: bytes) -> pb.SyncResponse:
+        self.maps_parsed += 1
+        try:
+            return pb.SyncResponse.FromString(plain)
+        except (DecodeError, RuntimeError, ValueError):
+            raise PeerChannelError("undecryptable", "invalid sync message") from None
+
     def _login(self) -> Deferred[None]:
         req = pb.LoginRequest(
             meta=system_meta(self.hostname, self.version),
@@ -303,7 +392,14 @@ class PeerChannelClient:
 
         def on_message(enc: pb.EncryptedMessage) -> Deferred[Any] | None:
             try:
-                resp = self._open(enc, pb.SyncResponse())
+                plain = self._open_plain(enc)
+                peeked = peek_sync_map(plain)
+                item: bytes | pb.NetworkMap = plain
+                if peeked is None:  # not what the peek reads: parse it now
+                    resp = self._parse_sync(plain)
+                    has_map = resp.HasField("NetworkMap")
+                    item = resp.NetworkMap
+                    peeked = (has_map, item.Serial if has_map else 0)
             except PeerChannelError as exc:  # end the stream; the cycle fails with exc
                 broken.append(exc)
                 holder[0].cancel()
@@ -311,16 +407,16 @@ class PeerChannelClient:
             if not state["connected"]:
                 state["connected"] = True
                 self._set_connected(True)
-            if not resp.HasField("NetworkMap"):
+            has_map, serial = peeked
+            if not has_map:
                 return None
-            nm = resp.NetworkMap
-            if nm.Serial < last["serial"]:
+            if serial < last["serial"]:
                 self.errors["outdated_map"] += 1
                 return None
-            last["serial"] = nm.Serial
-            self.serial = nm.Serial
+            last["serial"] = serial
+            self.serial = serial
             self.maps_received += 1
-            self._offer_map(nm)
+            self._offer_map(item)
             return None
 
         stream = bridge.server_stream(stub.Sync, self._seal(req), on_message,
@@ -338,13 +434,16 @@ class PeerChannelClient:
 
     # -- coalescing: only the latest map is applied ---------------------------------------
 
-    def _offer_map(self, nm: pb.NetworkMap) -> None:
+    def _offer_map(self, nm: pb.NetworkMap | bytes) -> None:
         """Keep ``nm`` as the map to apply next, replacing one not yet applied.
 
         Each map is the account's whole network, so a map superseded before
         its turn is skipped: a peer storm (a map per created peer) costs one
         application per ``coalesce_delay`` (and per application still
-        running), not one per change. Memory: one pending map."""
+        running), not one per change. ``nm`` is normally the opened
+        ``SyncResponse`` bytes, parsed only when its turn comes (a skipped
+        map is never parsed: no protobuf arena per received map). Memory:
+        one pending map."""
         if self._pending_map is not None:
             self.maps_coalesced += 1
         self._pending_map = nm
@@ -357,9 +456,22 @@ class PeerChannelClient:
 
     def _apply_pending(self) -> None:
         self._apply_call = None
-        nm, self._pending_map = self._pending_map, None
-        if nm is None or not self.running:
+        item, self._pending_map = self._pending_map, None
+        if item is None or not self.running:
             return
+        if isinstance(item, bytes):
+            try:
+                nm = self._parse_sync(item).NetworkMap
+            except PeerChannelError:
+                # the top level read well but the map does not parse: dropped,
+                # the map applied before stays (fail closed)
+                self.errors["bad_map"] += 1
+                log.warn("{name}: a network map from management does not parse",
+                         name=self.name)
+                self._schedule_apply()
+                return
+        else:
+            nm = item
         self._applying = True
         self.maps_applied += 1
         d = maybeDeferred(self.on_network_map, nm)

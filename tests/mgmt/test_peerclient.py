@@ -363,6 +363,8 @@ class RogueServerTests(unittest.TestCase):
         assert first == sorted(first)  # never an older map after a newer one
         assert len(seen) == c.maps_applied < c.maps_received / 4, seen  # not one per map
         assert c.maps_coalesced >= c.maps_received - len(seen) - 1
+        # a map skipped before its turn was never parsed
+        assert c.maps_parsed == c.maps_applied
 
     @defer.inlineCallbacks
     def test_https_verifies_the_management_certificate(self):
@@ -387,3 +389,41 @@ class RogueServerTests(unittest.TestCase):
         yield wait_for(lambda: bad.errors["UNAVAILABLE"] >= 2, "untrusted server refused")
         # it never completed GetServerKey: the handshake failed before any RPC
         assert bad.maps_received == 0 and bad.server_key is None and bad.logins == 0
+
+
+def test_peek_reads_the_map_and_serial_as_the_parser_does():
+    import random
+
+    from nbgateway.mgmt.peerclient import peek_sync_map
+
+    rng = random.Random(18)
+    cases = [pb.SyncResponse(), pb.SyncResponse(NetworkMap=pb.NetworkMap()),
+             pb.SyncResponse(NetworkMap=pb.NetworkMap(Serial=2**64 - 1)),
+             pb.SyncResponse(netbirdConfig=pb.NetbirdConfig(), Version=3)]
+    for _ in range(50):
+        nm = pb.NetworkMap(Serial=rng.choice([0, 1, 300, rng.randrange(2**40)]))
+        for i in range(rng.randrange(4)):
+            nm.remotePeers.add(wgPubKey=f"k{i}", allowedIps=[f"100.64.0.{i}/32"])
+        if rng.random() < 0.5:
+            nm.peerConfig.address = "100.64.0.1/10"
+        resp = pb.SyncResponse(Version=rng.randrange(3))
+        if rng.random() < 0.8:
+            resp.NetworkMap.CopyFrom(nm)
+        cases.append(resp)
+    for resp in cases:
+        wire = resp.SerializeToString()
+        got = peek_sync_map(wire)
+        has = resp.HasField("NetworkMap")
+        if got is None:  # only when the map's first field is not Serial
+            assert has and resp.NetworkMap.Serial == 0
+            continue
+        assert got == (has, resp.NetworkMap.Serial if has else 0)
+    # what the peek leaves to the parser: a map twice (merged), groups,
+    # truncated input, Serial after another field
+    one = pb.SyncResponse(NetworkMap=pb.NetworkMap(Serial=5)).SerializeToString()
+    assert peek_sync_map(one + one) is None
+    assert peek_sync_map(one[:-1]) is None
+    assert peek_sync_map(b"\x0b\x0c") is None  # a group
+    late = pb.NetworkMap(peerConfig=pb.PeerConfig(address="a")).SerializeToString() + b"\x08\x07"
+    assert peek_sync_map(b"\x2a" + bytes([len(late)]) + late) is None
+    assert pb.SyncResponse.FromString(b"\x2a" + bytes([len(late)]) + late).NetworkMap.Serial == 7
