@@ -14,8 +14,10 @@ jittered exponential backoff):
    system info: hostname, goOS, kernel, platform, OS, versions, flags and
    the peer capabilities) and ``peerKeys.wgPubKey``; the decrypted
    ``LoginResponse`` goes to ``on_login`` (optional);
-3. ``Sync`` (server stream): every message is opened and parsed as a
-   ``SyncResponse``; its ``NetworkMap`` is handed to
+3. ``Sync`` (server stream): every message is opened; whether it holds a
+   ``NetworkMap`` and the map's ``Serial`` are read from the wire
+   (:func:`peek_sync_map`), and the message is parsed as a ``SyncResponse``
+   only when its map's turn comes; the ``NetworkMap`` is handed to
    ``on_network_map(network_map_pb)`` on the reactor thread, one at a time
    (the bridge reads the next message only when the callback returned or
    its Deferred fired: bounded memory, gRPC flow control pushes back).
