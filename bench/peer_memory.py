@@ -214,7 +214,9 @@ def real_storm(tree: str | None, peers: int, settle: float) -> dict[str, Any]:
 
 
 def main_real(args: argparse.Namespace) -> None:
-    trees: list[tuple[str, str | None]] = [("now", None)]
+    # "now" is this script's tree through PYTHONPATH too, so a run from a
+    # worktree measures that worktree's gateway (not the editable install)
+    trees: list[tuple[str, str | None]] = [("now", _HERE)]
     if args.before:
         trees.insert(0, ("before", os.path.abspath(args.before)))
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
