@@ -4,7 +4,11 @@ runs with sendDatagrams."""
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
+import time
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
@@ -83,3 +87,84 @@ class BatchingPortTests(unittest.TestCase):
         if not _has_ipv6():
             raise unittest.SkipTest("no IPv6 loopback here")
         return self._burst(socket.AF_INET6, "::1")
+
+
+class _CountingSocket:
+    """The port's socket with its ``recvfrom`` calls counted (and failures)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.calls = 0
+        self.failed = 0
+
+    def recvfrom(self, size: int):
+        self.calls += 1
+        try:
+            return self._sock.recvfrom(size)
+        except OSError:
+            self.failed += 1
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class QueuePeekTests(unittest.TestCase):
+    """The read after a lone datagram ends on a FIONREAD, not on EAGAIN."""
+
+    def _port(self, peek: bool = True):
+        device = Recorder()
+        port = udp.listen(reactor, device, 0, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        port.stopReading()  # this test calls doRead itself
+        counting = _CountingSocket(port.socket)
+        port.socket = counting
+        port.peek_queue = peek
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(client.close)
+        client.bind(("127.0.0.1", 0))
+        target = ("127.0.0.1", port.getHost().port)
+        return device, port, counting, client, target
+
+    def _wait_queued(self, port, n: int) -> None:
+        for _ in range(200):
+            if n == 0 or struct.unpack("i", fcntl.ioctl(port.socket.fileno(), termios.FIONREAD,
+                                                        b"\0\0\0\0"))[0]:
+                return
+            time.sleep(0.005)
+
+    def test_a_lone_datagram_is_read_with_one_recvfrom(self):
+        device, port, counting, client, target = self._port()
+        client.sendto(b"one", target)
+        self._wait_queued(port, 1)
+        port.doRead()
+        self.assertEqual(device.batches, [[(b"one", client.getsockname())]])
+        self.assertEqual((counting.calls, counting.failed), (1, 0))
+
+    def test_without_the_peek_the_read_ends_on_eagain(self):
+        device, port, counting, client, target = self._port(peek=False)
+        client.sendto(b"one", target)
+        self._wait_queued(port, 1)
+        port.doRead()
+        self.assertEqual(len(device.received()), 1)
+        self.assertEqual((counting.calls, counting.failed), (2, 1))
+
+    def test_queued_datagrams_still_come_in_one_batch(self):
+        device, port, counting, client, target = self._port()
+        sent = [b"a", b"bb", b"ccc", b"dddd"]
+        for d in sent:
+            client.sendto(d, target)
+        time.sleep(0.05)
+        port.doRead()
+        self.assertEqual([[d for d, _ in b] for b in device.batches], [sent])
+        self.assertEqual((counting.calls, counting.failed), (5, 1))
+
+    def test_a_queued_empty_datagram_is_taken_by_the_next_read(self):
+        device, port, _counting, client, target = self._port()
+        for d in (b"first", b"", b"last"):
+            client.sendto(d, target)
+        time.sleep(0.05)
+        port.doRead()  # stops after "first": the next datagram's length reads as 0
+        self.assertEqual(device.received()[0][0], b"first")
+        port.doRead()
+        self.assertEqual([d for d, _ in device.received()], [b"first", b"", b"last"])
