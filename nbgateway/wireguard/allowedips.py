@@ -77,8 +77,10 @@ class AllowedIPs(Generic[V]):
         self._v4: _Family[V] = _Family(32)
         self._v6: _Family[V] = _Family(128)
         self._count = 0
-        #: id(value) -> that value's prefixes (insertion order)
-        self._by_value: dict[int, tuple[Prefix, ...]] = {}
+        #: value -> that value's prefixes (insertion order); values are keys,
+        #: so two values must not be equal unless they are the same object
+        #: (device peers compare by identity; no id() int per value)
+        self._by_value: dict[V, tuple[Prefix, ...]] = {}
 
     def _family(self, net: Prefix) -> _Family[V]:
         return self._v6 if net >> 136 else self._v4
@@ -97,19 +99,17 @@ class AllowedIPs(Generic[V]):
             self._drop_reverse(previous, net)
         else:
             self._count += 1
-        key = id(value)
-        self._by_value[key] = (*self._by_value.get(key, ()), net)
+        self._by_value[value] = (*self._by_value.get(value, ()), net)
         return previous
 
     def _drop_reverse(self, value: V, net: Prefix) -> None:
-        key = id(value)
-        nets = self._by_value.get(key)
+        nets = self._by_value.get(value)
         if nets is not None:
             rest = tuple(n for n in nets if n != net)
             if rest:
-                self._by_value[key] = rest
+                self._by_value[value] = rest
             else:
-                del self._by_value[key]
+                del self._by_value[value]
 
     def remove(self, network: NetworkLike) -> None:
         net = as_prefix(network)
@@ -129,7 +129,7 @@ class AllowedIPs(Generic[V]):
 
     def networks_of(self, value: V) -> tuple[Prefix, ...]:
         """The value's networks, in insertion order (the index's own tuple)."""
-        return self._by_value.get(id(value), ())
+        return self._by_value.get(value, ())
 
     def lookup_packed(self, packed: bytes) -> V | None:
         """Lookup by a packed 4- or 16-byte address (the per-packet hot path)."""
