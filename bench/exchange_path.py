@@ -30,7 +30,9 @@ dropped or sent twice: exactly one datagram out per exchange.
 
 ``--real-socket`` sends through a real UDP socket to a local receiver as well
 (the send syscalls are timed, the receiver is drained outside the timing);
-``--compare-hold`` alternates this tree without and with ``--hold``.
+``--compare-hold`` alternates this tree without and with ``--hold``;
+``--compare-fast`` alternates it with the netstack's fused TCP path
+(``tcp_fast.py``) off and on (``NBGW_NETSTACK_FASTPATH``).
 
 Usage: python bench/exchange_path.py [--exchanges 20000] [--conns 16] [--rounds 5]
                                      [--against /tmp/old-tree] [--hold]
@@ -267,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                         "receiver (syscalls timed; the receiver is drained outside the timing)")
     p.add_argument("--compare-hold", action="store_true",
                    help="alternate this tree without and with --hold (instead of --against)")
+    p.add_argument("--compare-fast", action="store_true",
+                   help="alternate this tree with the netstack's fused TCP path off and on "
+                        "(NBGW_NETSTACK_FASTPATH=0/1, tcp_fast.py) instead of --against")
     p.add_argument("--against", metavar="DIR",
                    help="another checkout: alternate subprocesses with its package")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -282,14 +287,18 @@ def main(argv: list[str] | None = None) -> int:
         trees = {"against": args.against, "this tree": here}
     if args.compare_hold:
         trees = {"no hold": here, "hold": here}
+    if args.compare_fast:
+        trees = {"fused off": here, "fused on": here}
     results: dict[str, list[dict]] = {k: [] for k in trees}
     hold_arg = args.hold
     for r in range(args.rounds):
         order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
         for name, tree in order:
             args.hold = name == "hold" or (hold_arg and name != "no hold")
-            out = subprocess.run(_child(args), env={**os.environ, "EXCHANGE_TREE": tree,
-                                                   "PYTHONPATH": tree},
+            env = {**os.environ, "EXCHANGE_TREE": tree, "PYTHONPATH": tree}
+            if args.compare_fast:
+                env["NBGW_NETSTACK_FASTPATH"] = "1" if name == "fused on" else "0"
+            out = subprocess.run(_child(args), env=env,
                                  capture_output=True, text=True, check=True)
             results[name].append(json.loads(out.stdout))
     print(f"keep-alive exchanges through WireGuard + netstack, {args.conns} connections, "
@@ -310,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  this tree / against: {med['this tree'] / med['against']:.3f}")
     if args.compare_hold:
         print(f"  hold / no hold: {med['hold'] / med['no hold']:.3f}")
+    if args.compare_fast:
+        print(f"  fused on / fused off: {med['fused on'] / med['fused off']:.3f}")
     return 0
 
 
