@@ -10,7 +10,25 @@ Lifecycle::
 
     new --add_service--> registering --CreateProxyPeer ok--> connecting
         --first network map--> ready --last service removed--> stopped
-    registering --CreateProxyPeer failed--> failed (the next mapping retries)
+    registering --transient failure--> retrying --back-off--> registering
+    registering --permanent failure--> failed (the next mapping retries)
+
+``CreateProxyPeer`` failures that say nothing about the request (UNAVAILABLE,
+DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED, ABORTED, a lost
+connection) are retried by the runtime itself after a jittered exponential
+back-off (``retry_initial`` doubling to ``retry_max``; one attempt in flight
+at most, the timer cancelled by :meth:`AccountRuntime.stop`); meanwhile every
+service of the account is reported ERROR "proxy peer registration failed,
+retrying in N s: ...".  Each attempt uses the newest one-time token a mapping
+brought, and one WireGuard key per runtime.  The token is consumed by the
+management before it registers the key, so an attempt whose answer was lost
+(a deadline, a dropped connection) may have spent it: when the retry with
+that token is refused as an invalid token, the runtime goes ``failed`` and
+says it waits for the next mapping's fresh token (the management cannot tell
+"spent by us" from "never valid"); as the key is kept, that registration then
+finds the peer the lost attempt created, if any.  Other failures
+(authentication failed, a refused token, ``success=false``) are permanent:
+``failed`` until the next mapping, as before.
 
 :class:`AccountRegistry` is the mapping-store observer that creates runtimes on
 the first mapping of an account and tears them down with its last one.
@@ -20,11 +38,14 @@ generation), so this module is tested with fakes and ``task.Clock``.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
@@ -49,6 +70,44 @@ log = Logger()
 ACTIVE = pb.PROXY_STATUS_ACTIVE
 ERROR = pb.PROXY_STATUS_ERROR
 TUNNEL_NOT_CREATED = pb.PROXY_STATUS_TUNNEL_NOT_CREATED
+
+#: CreateProxyPeer back-off: first delay, cap (seconds) and jitter (a delay is
+#: the doubled delay, capped, times a factor drawn from [1 - JITTER, 1 + JITTER],
+#: capped again: runtimes at the cap still retry spread over [0.8, 1] x cap)
+RETRY_INITIAL = 1.0
+RETRY_MAX = 60.0
+RETRY_JITTER = 0.2
+
+#: failures that say nothing about the request: retried after a back-off.  The
+#: management client raises nbgateway.errors.ManagementError subclasses whose
+#: ``code`` is the gRPC status name (read here by name: accounts does not
+#: import the errors module, tests/test_layering.py)
+_TRANSIENT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED",
+                              "RESOURCE_EXHAUSTED", "ABORTED"})
+_TRANSIENT_TYPES = (DeferredTimeoutError, neterror.ConnectionLost, neterror.ConnectionDone,
+                    neterror.ConnectError)
+
+
+def _code(failure: Any) -> str:
+    code = getattr(failure.value, "code", "")
+    return code if isinstance(code, str) else ""
+
+
+def _transient(failure: Any) -> bool:
+    return _code(failure) in _TRANSIENT_CODES or failure.check(*_TRANSIENT_TYPES) is not None
+
+
+def _may_have_reached(failure: Any) -> bool:
+    """Could the management have consumed the token of a transiently failed
+    attempt? Everything but a rate-limit refusal (refused before the token
+    is looked at) or a client that never sent the call."""
+    if _code(failure) == "RESOURCE_EXHAUSTED":
+        return False
+    return "management client not running" not in failure.getErrorMessage()
+
+
+def _token_refused(failure: Any) -> bool:
+    return _code(failure) == "UNAUTHENTICATED" and "invalid token" in failure.getErrorMessage()
 
 
 @dataclass(frozen=True)
@@ -77,8 +136,14 @@ class AccountRuntime:
         l4_status: Callable[[pb.ProxyMapping], tuple[int, str | None]] | None = None,
         status_note: Callable[[str], str | None] | None = None,
         forget_note: Callable[[str], None] | None = None,
+        retry_initial: float = RETRY_INITIAL,
+        retry_max: float = RETRY_MAX,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.account_id = account_id
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.rand = rand
         #: a refusal the gateway found while serving a service (a denied
         #: direct dial): reported as ERROR instead of ACTIVE until the
         #: service's mapping changes (``forget_note``)
@@ -113,6 +178,15 @@ class AccountRuntime:
         #: the upstream dialer through this account's netstack (made once, on demand)
         self.tunnel_dialer: Any = None
         self._registering: Deferred | None = None
+        #: (service id, one-time token) the next CreateProxyPeer sends: the newest
+        self._token: tuple[str, str] | None = None
+        #: a token an attempt may have spent although its answer was lost
+        self._maybe_spent: str | None = None
+        #: transient failures in a row (the back-off exponent)
+        self.retries = 0
+        self._retry_call: Any = None
+        #: the ERROR text reported while retrying
+        self._retry_error = ""
 
     # ------------------------------------------------------------------ queries
 
@@ -135,8 +209,20 @@ class AccountRuntime:
         if self.state == "ready":
             return self._report(mapping.id, ACTIVE)
         if self.state in ("new", "failed"):
-            return self._register(mapping)
+            self.offer_token(mapping)
+            return self._register()
+        if self.state == "retrying":
+            self.offer_token(mapping)
+            return self._report(mapping.id, ERROR, error=self._retry_error, listener=False)
+        if self.state == "registering":
+            self.offer_token(mapping)
         return self._registering
+
+    def offer_token(self, mapping: pb.ProxyMapping) -> None:
+        """Keep the mapping's one-time token for the next CreateProxyPeer
+        attempt (a mapping delivered again brings a fresh one)."""
+        if mapping.auth_token or self._token is None:
+            self._token = (mapping.id, mapping.auth_token)
 
     def service_changed(self, mapping: pb.ProxyMapping) -> Deferred | None:
         """A changed mapping clears a refusal noted for the service (its
@@ -164,15 +250,21 @@ class AccountRuntime:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _register(self, mapping: pb.ProxyMapping) -> Deferred:
+    def _register(self) -> Deferred:
+        """One CreateProxyPeer attempt with the newest token (never two in flight)."""
+        assert self._token is not None
         self.state = "registering"
-        self.private_key = self.key_factory()
+        self._retry_call = None
+        if self.private_key is None:  # one key per runtime, kept across attempts
+            self.private_key = self.key_factory()
         pub = key_to_base64(public_key(self.private_key))
+        service_id, token = self._token
         d = maybeDeferred(
-            self.mgmt.create_proxy_peer, mapping.id, self.account_id, mapping.auth_token, pub,
+            self.mgmt.create_proxy_peer, service_id, self.account_id, token, pub,
             self.settings.cluster, self.settings.wg_endpoint,
         )
-        d.addCallbacks(self._registered, self._register_failed, errbackArgs=(mapping,))
+        d.addCallbacks(self._registered, self._register_failed,
+                       errbackArgs=(service_id, token))
         self._registering = d
         return d
 
@@ -180,6 +272,8 @@ class AccountRuntime:
         if self.state != "registering":
             return
         self.state = "connecting"
+        self.retries = 0
+        self._maybe_spent = None
         assert self.private_key is not None
         self.device = WireGuardDevice(self.private_key, self.reactor,
                                       index_registry=self.mux.registry)
@@ -188,15 +282,52 @@ class AccountRuntime:
             self.account_id, self.private_key, self.apply_network)
         self.peer_channel.start()
 
-    def _register_failed(self, failure: Any, mapping: pb.ProxyMapping) -> Deferred:
-        if self.state == "registering":
-            self.state = "failed"
+    def _register_failed(self, failure: Any, service_id: str, token: str) -> Deferred | None:
+        if self.state != "registering":
+            return None  # stopped meanwhile: nothing to retry or report
         message = failure.getErrorMessage()
+        if _transient(failure):
+            if _may_have_reached(failure):
+                self._maybe_spent = token
+            delay = self._next_delay()
+            self.state = "retrying"
+            self._retry_error = (f"proxy peer registration failed, retrying in "
+                                 f"{max(1, round(delay))} s: {message}")
+            log.warn("account {account}: CreateProxyPeer failed ({err}); "
+                     "retry {n} in {delay:.1f} s", account=self.account_id, err=message,
+                     n=self.retries, delay=delay)
+            self._retry_call = self.reactor.callLater(delay, self._retry)
+            return DeferredList(
+                [self._report(sid, ERROR, error=self._retry_error, listener=False)
+                 for sid in list(self.services)], consumeErrors=True)
+        if self._token is not None and self._token[1] != token:
+            # a mapping brought a fresh token while this attempt was in flight
+            log.info("account {account}: CreateProxyPeer failed ({err}); trying the fresh token",
+                     account=self.account_id, err=message)
+            return self._register()
+        self.state = "failed"
+        self.retries = 0
         log.warn("account {account}: CreateProxyPeer failed: {err}", account=self.account_id,
                  err=message)
-        if "proxy peer authentication failed" not in message:
+        if self._maybe_spent == token and _token_refused(failure):
+            message = ("proxy peer registration: the one-time token was refused after an "
+                       "earlier attempt with it got no answer (it may have been spent); "
+                       f"waiting for a fresh token with the next mapping update: {message}")
+        elif "proxy peer authentication failed" not in message:
             message = f"proxy peer authentication failed: {message}"
-        return self._report(mapping.id, ERROR, error=message, listener=False)
+        self._maybe_spent = None
+        return self._report(service_id, ERROR, error=message, listener=False)
+
+    def _next_delay(self) -> float:
+        self.retries += 1
+        base = min(self.retry_max, self.retry_initial * 2.0 ** min(self.retries - 1, 62))
+        jitter = 1.0 + RETRY_JITTER * (2.0 * self.rand() - 1.0)
+        return float(min(self.retry_max, base * jitter))  # spread below the cap too
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        if self.state == "retrying":
+            self._register()
 
     def apply_network(self, network: AccountNetwork) -> Deferred | None:
         """Apply one network map from the peer channel (reactor thread)."""
@@ -294,8 +425,12 @@ class AccountRuntime:
         return d.addCallbacks(up, failed)
 
     def stop(self) -> Deferred:
-        """Tear everything down (listeners first, then the tunnel)."""
+        """Tear everything down (listeners first, then the tunnel); a pending
+        CreateProxyPeer retry is cancelled."""
         self.state = "stopped"
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
         ds = [maybeDeferred(p.stopListening) for p in self.listeners]
         self.listeners = []
         if self.peer_channel is not None:
@@ -386,6 +521,8 @@ class AccountRegistry(MappingObserver):
             runtime.services[new.id] = new.SerializeToString()
             if runtime.state == "failed":
                 return runtime.add_service(new)  # a fresh token: retry registration
+            if runtime.state in ("registering", "retrying"):
+                runtime.offer_token(new)  # the next attempt sends the fresh token
             return runtime.service_changed(new)
         return None
 
@@ -393,6 +530,8 @@ class AccountRegistry(MappingObserver):
         runtime = self.runtimes.get(mapping.account_id)
         if runtime is not None and runtime.state == "failed":
             return runtime.add_service(mapping)
+        if runtime is not None and runtime.state in ("registering", "retrying"):
+            runtime.offer_token(mapping)
         return None
 
     def mapping_removed(self, mapping: pb.ProxyMapping) -> Deferred | None:
