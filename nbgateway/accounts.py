@@ -12,6 +12,8 @@ Lifecycle::
         --first network map--> ready --last service removed--> stopped
     registering --transient failure--> retrying --back-off--> registering
     registering --permanent failure--> failed (the next mapping retries)
+    registering --token refused after a lost answer--> connecting (probe: peer
+        login) --first network map--> ready / --login refused--> failed
 
 ``CreateProxyPeer`` failures that say nothing about the request (UNAVAILABLE,
 DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED, ABORTED, a lost
@@ -23,10 +25,14 @@ retrying in N s: ...".  Each attempt uses the newest one-time token a mapping
 brought, and one WireGuard key per runtime.  The token is consumed by the
 management before it registers the key, so an attempt whose answer was lost
 (a deadline, a dropped connection) may have spent it: when the retry with
-that token is refused as an invalid token, the runtime goes ``failed`` and
-says it waits for the next mapping's fresh token (the management cannot tell
-"spent by us" from "never valid"); as the key is kept, that registration then
-finds the peer the lost attempt created, if any.  Other failures
+that token is refused as an invalid token (the management cannot tell "spent
+by us" from "never valid"), the runtime logs in with its key anyway
+(``connecting``, services reported ERROR "checking with a peer login"): a
+network map proves the lost attempt registered the key (-> ``ready``); a
+login refused as unknown (PERMISSION_DENIED) tears the tunnel down and goes
+``failed``, waiting for the next mapping's fresh token (tried at once if one
+came meanwhile).  As the key is kept, a later registration finds the peer a
+lost attempt created instead of adding a second one.  Other failures
 (authentication failed, a refused token, ``success=false``) are permanent:
 ``failed`` until the next mapping, as before.
 
@@ -187,6 +193,9 @@ class AccountRuntime:
         self._retry_call: Any = None
         #: the ERROR text reported while retrying
         self._retry_error = ""
+        #: connecting with a key whose registration is unconfirmed (_probe)
+        self._probing = False
+        self._probe_error = ""
 
     # ------------------------------------------------------------------ queries
 
@@ -273,7 +282,8 @@ class AccountRuntime:
             return
         self.state = "connecting"
         self.retries = 0
-        self._maybe_spent = None
+        if not self._probing:
+            self._maybe_spent = None
         assert self.private_key is not None
         self.device = WireGuardDevice(self.private_key, self.reactor,
                                       index_registry=self.mux.registry)
@@ -305,18 +315,76 @@ class AccountRuntime:
             log.info("account {account}: CreateProxyPeer failed ({err}); trying the fresh token",
                      account=self.account_id, err=message)
             return self._register()
+        if self._maybe_spent == token and _token_refused(failure):
+            return self._probe(message)
         self.state = "failed"
         self.retries = 0
         log.warn("account {account}: CreateProxyPeer failed: {err}", account=self.account_id,
                  err=message)
-        if self._maybe_spent == token and _token_refused(failure):
-            message = ("proxy peer registration: the one-time token was refused after an "
-                       "earlier attempt with it got no answer (it may have been spent); "
-                       f"waiting for a fresh token with the next mapping update: {message}")
-        elif "proxy peer authentication failed" not in message:
+        if "proxy peer authentication failed" not in message:
             message = f"proxy peer authentication failed: {message}"
         self._maybe_spent = None
         return self._report(service_id, ERROR, error=message, listener=False)
+
+    def _probe(self, message: str) -> Deferred:
+        """The token was refused after an attempt whose answer was lost: that
+        attempt may have registered our key (the management consumes the
+        token first).  Log in with the key: a first network map proves the
+        registration (-> ready); a login refused as unknown
+        (:meth:`_peer_channel_error`) means there was none (-> failed, waiting
+        for the next mapping's fresh token)."""
+        self._probing = True
+        self._probe_error = message
+        log.warn("account {account}: CreateProxyPeer token refused after a lost answer "
+                 "({err}); checking with a peer login", account=self.account_id, err=message)
+        self._registered(None)
+        if self.peer_channel is not None:  # PeerChannelClient reads it per error
+            self.peer_channel.on_error = self._peer_channel_error
+        error = ("proxy peer registration: the one-time token was refused after an earlier "
+                 "attempt with it got no answer; checking with a peer login whether that "
+                 f"attempt registered the peer: {message}")
+        return DeferredList([self._report(sid, ERROR, error=error, listener=False)
+                             for sid in list(self.services)], consumeErrors=True)
+
+    def _peer_channel_error(self, failure: Any) -> None:
+        """While probing: a login refused as unknown (PERMISSION_DENIED, as
+        upstream answers a key without a setup key, NOT_FOUND or
+        UNAUTHENTICATED) ends the probe; other errors leave the channel to
+        its own reconnect back-off."""
+        if not self._probing or self.state != "connecting":
+            return
+        if _code(failure) not in ("PERMISSION_DENIED", "NOT_FOUND", "UNAUTHENTICATED"):
+            return
+        if self._retry_call is None:  # not from inside the channel's own errback
+            self._retry_call = self.reactor.callLater(0, self._probe_failed,
+                                                      failure.getErrorMessage())
+
+    def _probe_failed(self, login_error: str) -> Deferred | None:
+        self._retry_call = None
+        if not self._probing or self.state != "connecting":
+            return None
+        self._probing = False
+        channel, self.peer_channel = self.peer_channel, None
+        if channel is not None:
+            maybeDeferred(channel.stop).addErrback(
+                lambda f: log.debug("peer channel stop failed: {err}", err=f.getErrorMessage()))
+        if self.device is not None:
+            self.mux.remove(self.device)
+            self.device = None
+        spent = self._maybe_spent
+        self._maybe_spent = None
+        if self._token is not None and self._token[1] != spent:
+            return self._register()  # a mapping brought a fresh token meanwhile
+        self.state = "failed"
+        self.retries = 0
+        log.warn("account {account}: the lost CreateProxyPeer did not register the peer "
+                 "({err}); waiting for a fresh token", account=self.account_id, err=login_error)
+        error = ("proxy peer registration: the one-time token was spent by an attempt whose "
+                 "answer was lost, and the peer is not registered (login: "
+                 f"{login_error}); waiting for a fresh token with the next mapping update: "
+                 f"{self._probe_error}")
+        return DeferredList([self._report(sid, ERROR, error=error, listener=False)
+                             for sid in list(self.services)], consumeErrors=True)
 
     def _next_delay(self) -> float:
         self.retries += 1
@@ -351,6 +419,8 @@ class AccountRuntime:
         self._apply_filter(network)
         if self.on_network is not None:
             self.on_network(self, network)
+        self._probing = False  # a map: the key is registered
+        self._maybe_spent = None
         if first:
             return self._bring_up()
         return None
@@ -521,7 +591,7 @@ class AccountRegistry(MappingObserver):
             runtime.services[new.id] = new.SerializeToString()
             if runtime.state == "failed":
                 return runtime.add_service(new)  # a fresh token: retry registration
-            if runtime.state in ("registering", "retrying"):
+            if runtime.state in ("registering", "retrying", "connecting"):
                 runtime.offer_token(new)  # the next attempt sends the fresh token
             return runtime.service_changed(new)
         return None
@@ -530,7 +600,7 @@ class AccountRegistry(MappingObserver):
         runtime = self.runtimes.get(mapping.account_id)
         if runtime is not None and runtime.state == "failed":
             return runtime.add_service(mapping)
-        if runtime is not None and runtime.state in ("registering", "retrying"):
+        if runtime is not None and runtime.state in ("registering", "retrying", "connecting"):
             runtime.offer_token(mapping)
         return None
 

@@ -2,36 +2,43 @@
 failures are retried after a jittered exponential back-off on an injected
 clock, permanent ones wait for the next mapping, a possibly spent one-time
 token is handled, and the retry timer never outlives the runtime.  The last
-test runs against the real management over gRPC."""
+test runs end to end against the real management (ProxyService and
+ManagementService over gRPC, the real peer-channel client)."""
 
 from __future__ import annotations
 
-import dataclasses
-
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
 from nbgateway.errors import (
     ManagementError,
+    ManagementPermissionDeniedError,
     ManagementRateLimitedError,
     ManagementRejectedError,
     ManagementTimeoutError,
     ManagementUnauthenticatedError,
     ManagementUnavailableError,
 )
+from nbgateway.management.grpcloop import LoopServer
+from nbgateway.management.model import Account, Group
+from nbgateway.management.peerchannel import add_to_server
+from nbgateway.management.proxyservice import ProxyServiceServicer
+from nbgateway.management.store import Store
 from nbgateway.mgmt.client import GrpcManagementClient
+from nbgateway.mgmt.netmap import convert
+from nbgateway.mgmt.peerclient import PeerChannelClient
 from nbgateway.store.mappings import MappingStore
 from nbgateway.wireguard.keys import key_to_base64, public_key
 from nbgateway.wireguard.mux import DeviceMux
-from tests.management import test_grpc_support as support
-from tests.management.test_grpc_support import ACCOUNT, CLUSTER
+from tests.management.test_peerchannel import CLUSTER as PC_CLUSTER
+from tests.management.test_peerchannel import WAIT, private_service
 from tests.test_accounts import Channel, mapping, network
-
-grpc_store, fx, harness = support.grpc_store, support.fx, support.harness
 
 ERROR, ACTIVE = pb.PROXY_STATUS_ERROR, pb.PROXY_STATUS_ACTIVE
 
@@ -187,20 +194,72 @@ def test_new_mapping_during_backoff_makes_no_second_attempt_and_uses_fresh_token
     assert runtime.state == "connecting" and len(mgmt.created) == 2
 
 
-def test_spent_token_waits_for_the_next_mapping_and_keeps_the_key():
+def spent(mgmt_results=()):
+    """A runtime whose first attempt's answer was lost and whose retry with
+    the same token was refused: it is probing with a peer login."""
     mgmt = Mgmt(ManagementTimeoutError("deadline"),
-                ManagementUnauthenticatedError("token validation: invalid token"))
+                ManagementUnauthenticatedError("token validation: invalid token"),
+                *mgmt_results)
     store, registry, clock = make(mgmt)
     store.apply_batch([mapping("s1", token="t1")], False)
     clock.advance(1.0)
     runtime = registry.get("acct")
-    assert runtime.state == "failed" and not clock.getDelayedCalls()
-    assert mgmt.status[-1][1] == ERROR
-    assert "may have been spent" in mgmt.status[-1][2]
+    assert [t for _, t, _ in mgmt.created] == ["t1", "t1"]
+    assert runtime.state == "connecting" and runtime.device is not None
+    assert mgmt.status[-1][:2] == ("s1", ERROR)
+    assert "checking with a peer login" in mgmt.status[-1][2]
+    channel = Channel.instances[-1]
+    assert channel.started and channel.key == runtime.private_key
+    return mgmt, store, registry, clock, runtime, channel
+
+
+def test_spent_token_probe_succeeds_when_the_lost_attempt_registered():
+    mgmt, _, _, clock, runtime, channel = spent()
+    channel.on_map(network())  # the login worked: the key is registered
+    assert runtime.state == "ready" and mgmt.status[-1] == ("s1", ACTIVE, None)
+    # a later login error is the channel's business, not a failed registration
+    channel.on_error(Failure(ManagementPermissionDeniedError("no peer auth method")))
+    clock.advance(0)
+    assert runtime.state == "ready" and not clock.getDelayedCalls()
+
+
+def test_spent_token_probe_refused_waits_for_the_next_mapping_and_keeps_the_key():
+    mgmt, store, registry, clock, runtime, channel = spent()
+    # a transient login error: the channel keeps trying on its own
+    channel.on_error(Failure(ManagementUnavailableError("down")))
+    assert not clock.getDelayedCalls() and runtime.state == "connecting"
+    device = runtime.device
+    channel.on_error(Failure(ManagementPermissionDeniedError(
+        "no peer auth method provided, please use a setup key or interactive SSO login")))
+    clock.advance(0)
+    assert runtime.state == "failed" and runtime.device is None and runtime.peer_channel is None
+    assert channel.stopped and device not in registry.get("acct").mux.devices
+    assert "peer is not registered" in mgmt.status[-1][2]
     assert "waiting for a fresh token with the next mapping update" in mgmt.status[-1][2]
+    assert not clock.getDelayedCalls()
     store.apply_batch([mapping("s1", token="t2")], False)  # redelivered: fresh token
     assert mgmt.created[-1][1] == "t2" and runtime.state == "connecting"
     assert len({key for _, _, key in mgmt.created}) == 1
+    Channel.instances[-1].on_map(network())
+    assert runtime.state == "ready"
+
+
+def test_spent_token_probe_refused_uses_a_token_that_came_meanwhile():
+    mgmt, store, _, clock, runtime, channel = spent()
+    store.apply_batch([mapping("s1", token="t2")], False)  # during the probe
+    assert len(mgmt.created) == 2
+    channel.on_error(Failure(ManagementPermissionDeniedError("unknown peer")))
+    clock.advance(0)
+    assert mgmt.created[-1][1] == "t2" and runtime.state == "connecting"
+    assert Channel.instances[-1] is not channel and Channel.instances[-1].started
+
+
+def test_stop_during_probe_cancels_the_pending_teardown():
+    _, _, registry, clock, runtime, channel = spent()
+    channel.on_error(Failure(ManagementPermissionDeniedError("unknown peer")))
+    assert len(clock.getDelayedCalls()) == 1
+    registry.account_removed("acct")
+    assert not clock.getDelayedCalls() and runtime.state == "stopped" and channel.stopped
 
 
 def test_permanent_failure_with_a_fresher_token_tries_it_at_once():
@@ -219,13 +278,13 @@ class LostAnswer:
 
     def __init__(self, client):
         self.client = client
-        self.lost = 0
+        self.calls = []
 
     def create_proxy_peer(self, *args, **kw):
+        self.calls.append(args)
         d = self.client.create_proxy_peer(*args, **kw)
-        if self.lost:
+        if len(self.calls) > 1:
             return d
-        self.lost += 1
 
         def lose(_):
             raise ManagementTimeoutError("Deadline Exceeded")
@@ -246,44 +305,68 @@ async def wait_for(predicate, what, timeout=10.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture
+def mstore(tmp_path):
+    s = Store.open(f"sqlite:///{tmp_path / 'store.db'}", known_clusters=[PC_CLUSTER])
+    s.accounts.create(Account(id="acct-1", domain="netbird.test"))
+    yield s
+    s.close()
+
+
 @pytest_twisted.ensureDeferred
-async def test_lost_answer_against_real_management(harness, fx):
-    """Against the real management: the retry with the spent token is refused
-    (UNAUTHENTICATED invalid token), the runtime says it waits for a fresh
-    token, and the next mapping's token registers the same key (one peer)."""
-    client = GrpcManagementClient(reactor, f"http://{harness.address}", fx.token,
-                                  address=CLUSTER, proxy_id="gw-1", private=True)
+async def test_lost_answer_end_to_end_against_real_management(mstore, tmp_path):
+    """One gRPC server with the real ProxyService and ManagementService, the
+    gateway's real management client and peer-channel client: the first
+    CreateProxyPeer registers the key but its answer is lost; the retry with
+    the same token is refused by the management (UNAUTHENTICATED invalid
+    token); the runtime logs in with its key, gets a network map, is ready,
+    and the service is active in the management's store, with one proxy peer."""
+    proxy_servicer = ProxyServiceServicer(mstore)
+    srv = LoopServer(handlers=[proxy_servicer.generic_handler()])
+    peer_service = add_to_server(srv, mstore, str(tmp_path / "k"))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    proxy_servicer.start()
+    srv.start()
+    group = mstore.groups.create(Group(id="grp-admins", account_id="acct-1", name="admins"))
+    svc = mstore.services.create(private_service([group.id]))
+    _, bearer = mstore.proxies.create_token("shared", account_id=None)
+    url = f"http://127.0.0.1:{port}"
+    client = GrpcManagementClient(reactor, url, bearer, address=PC_CLUSTER, proxy_id="gw-1",
+                                  private=True)
     mgmt = LostAnswer(client)
+
+    def channel(account_id, key, on_network):
+        return PeerChannelClient(reactor, url, key, lambda nm: on_network(convert(nm)),
+                                 hostname=f"nbgateway-{account_id}", version="test",
+                                 allow_insecure=True)
+
     clock = Clock()
-    mux = DeviceMux()
-    Channel.instances = []
     registry = AccountRegistry(lambda account: AccountRuntime(
-        account, reactor=clock, mux=mux, mgmt=mgmt, settings=AccountSettings(cluster=CLUSTER),
-        peer_channel_factory=Channel, rand=lambda: 0.5))
+        account, reactor=clock, mux=DeviceMux(), mgmt=mgmt,
+        settings=AccountSettings(cluster=PC_CLUSTER), peer_channel_factory=channel,
+        rand=lambda: 0.5))
     mappings = MappingStore()
     mappings.add_observer(registry)
     client.subscribe_mappings(mappings)
     client.startService()
     try:
-        await wait_for(lambda: registry.get(ACCOUNT) is not None
-                       and registry.get(ACCOUNT).state == "retrying", "first attempt")
-        runtime = registry.get(ACCOUNT)
+        await wait_for(lambda: registry.get("acct-1") is not None
+                       and registry.get("acct-1").state == "retrying", "first attempt")
+        runtime = registry.get("acct-1")
         key = key_to_base64(public_key(runtime.private_key))
-        # the lost attempt did register the key on the server
-        assert [p for p in fx.store.peers.list_proxy_peers(ACCOUNT) if p.key == key]
-        clock.advance(1.0)
-        await wait_for(lambda: runtime.state != "registering", "retry")
-        assert runtime.state == "failed"
-        await wait_for(lambda: (fx.store.services.get(ACCOUNT, "svc-1").meta.status == "error"
-                       and "may have been spent" in fx.store.services.get(
-                           ACCOUNT, "svc-1").meta.status_message),
-                       "error status")
-        svc = fx.store.services.get(ACCOUNT, "svc-1")
-        flipped = not svc.pass_host_header  # a real change: a MODIFIED mapping, fresh token
-        fx.store.services.update(dataclasses.replace(svc, pass_host_header=flipped))
-        await wait_for(lambda: runtime.state == "connecting", "registration with fresh token")
-        assert len([p for p in fx.store.peers.list_proxy_peers(ACCOUNT) if p.key == key]) == 1
-        assert not clock.getDelayedCalls()
+        assert mstore.peers.get_by_key(key) is not None  # the lost attempt registered it
+        clock.advance(1.0)  # the retry, same token
+        await wait_for(lambda: runtime.state != "registering", "retry answered")
+        assert runtime.state == "connecting"  # refused: probing with a peer login
+        await wait_for(lambda: runtime.state == "ready", "network map over the peer channel")
+        assert runtime.tunnel_ip == mstore.peers.get_by_key(key).ip
+        await wait_for(lambda: mstore.services.get("acct-1", svc.id).meta.status == "active",
+                       "service active in the management")
+        assert len([p for p in mstore.peers.list_proxy_peers("acct-1") if p.key == key]) == 1
+        assert len(mgmt.calls) == 2 and not clock.getDelayedCalls()
     finally:
         await registry.stop()
         await maybeDeferred(client.stopService)
+        peer_service.close()
+        proxy_servicer.stop()
+        srv.stop(grace=None).wait(WAIT)
