@@ -7,6 +7,8 @@ ManagementService over gRPC, the real peer-channel client)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -34,7 +36,7 @@ from nbgateway.mgmt.client import GrpcManagementClient
 from nbgateway.mgmt.netmap import convert
 from nbgateway.mgmt.peerclient import PeerChannelClient
 from nbgateway.store.mappings import MappingStore
-from nbgateway.wireguard.keys import key_to_base64, public_key
+from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
 from nbgateway.wireguard.mux import DeviceMux
 from tests.management.test_peerchannel import CLUSTER as PC_CLUSTER
 from tests.management.test_peerchannel import WAIT, private_service
@@ -274,14 +276,19 @@ def test_permanent_failure_with_a_fresher_token_tries_it_at_once():
 
 class LostAnswer:
     """The real management client, except that the first CreateProxyPeer's
-    answer is lost after the server handled it (a deadline at bring-up)."""
+    answer is lost after the server handled it (a deadline at bring-up).
+    ``spent_elsewhere``: that first call spends the token on another key (a
+    lost attempt that consumed the token without registering our key)."""
 
-    def __init__(self, client):
+    def __init__(self, client, spent_elsewhere=False):
         self.client = client
         self.calls = []
+        self.spent_elsewhere = spent_elsewhere
 
     def create_proxy_peer(self, *args, **kw):
         self.calls.append(args)
+        if len(self.calls) == 1 and self.spent_elsewhere:
+            args = (*args[:3], key_to_base64(public_key(generate_private_key())), *args[4:])
         d = self.client.create_proxy_peer(*args, **kw)
         if len(self.calls) > 1:
             return d
@@ -313,14 +320,19 @@ def mstore(tmp_path):
     s.close()
 
 
+@pytest.mark.parametrize("registered", [True, False], ids=["registered", "not-registered"])
 @pytest_twisted.ensureDeferred
-async def test_lost_answer_end_to_end_against_real_management(mstore, tmp_path):
+async def test_lost_answer_end_to_end_against_real_management(mstore, tmp_path, registered):
     """One gRPC server with the real ProxyService and ManagementService, the
     gateway's real management client and peer-channel client: the first
-    CreateProxyPeer registers the key but its answer is lost; the retry with
+    CreateProxyPeer spends the token but its answer is lost; the retry with
     the same token is refused by the management (UNAUTHENTICATED invalid
-    token); the runtime logs in with its key, gets a network map, is ready,
-    and the service is active in the management's store, with one proxy peer."""
+    token); the runtime logs in with its key.  ``registered``: the lost call
+    registered the key, the login gets a network map and the runtime is
+    ready.  Otherwise the management refuses the login (PERMISSION_DENIED),
+    the runtime goes failed and says so, and a service change (a mapping with
+    a fresh token) registers it.  Either way the service ends active in the
+    management's store with one proxy peer for the key."""
     proxy_servicer = ProxyServiceServicer(mstore)
     srv = LoopServer(handlers=[proxy_servicer.generic_handler()])
     peer_service = add_to_server(srv, mstore, str(tmp_path / "k"))
@@ -333,7 +345,7 @@ async def test_lost_answer_end_to_end_against_real_management(mstore, tmp_path):
     url = f"http://127.0.0.1:{port}"
     client = GrpcManagementClient(reactor, url, bearer, address=PC_CLUSTER, proxy_id="gw-1",
                                   private=True)
-    mgmt = LostAnswer(client)
+    mgmt = LostAnswer(client, spent_elsewhere=not registered)
 
     def channel(account_id, key, on_network):
         return PeerChannelClient(reactor, url, key, lambda nm: on_network(convert(nm)),
@@ -354,16 +366,31 @@ async def test_lost_answer_end_to_end_against_real_management(mstore, tmp_path):
                        and registry.get("acct-1").state == "retrying", "first attempt")
         runtime = registry.get("acct-1")
         key = key_to_base64(public_key(runtime.private_key))
-        assert mstore.peers.get_by_key(key) is not None  # the lost attempt registered it
+        # did the lost attempt register our key?
+        assert (mstore.peers.get_by_key(key) is not None) is registered
         clock.advance(1.0)  # the retry, same token
         await wait_for(lambda: runtime.state != "registering", "retry answered")
         assert runtime.state == "connecting"  # refused: probing with a peer login
+        assert mgmt.calls[1][2] == mgmt.calls[0][2]
+        if not registered:
+            # the real Login refuses the unknown key; the teardown runs on the runtime's clock
+            await wait_for(lambda: clock.getDelayedCalls(), "login refused")
+            clock.advance(0)
+            assert runtime.state == "failed" and runtime.peer_channel is None
+            await wait_for(lambda: "peer is not registered" in mstore.services.get(
+                "acct-1", svc.id).meta.status_message, "error status in the management")
+            assert mstore.services.get("acct-1", svc.id).meta.status == "error"
+            current = mstore.services.get("acct-1", svc.id)
+            mstore.services.update(dataclasses.replace(  # a MODIFIED mapping, fresh token
+                current, pass_host_header=not current.pass_host_header))
+            await wait_for(lambda: len(mgmt.calls) == 3, "registration with the fresh token")
+            assert mgmt.calls[2][2] != mgmt.calls[0][2]
         await wait_for(lambda: runtime.state == "ready", "network map over the peer channel")
         assert runtime.tunnel_ip == mstore.peers.get_by_key(key).ip
         await wait_for(lambda: mstore.services.get("acct-1", svc.id).meta.status == "active",
                        "service active in the management")
         assert len([p for p in mstore.peers.list_proxy_peers("acct-1") if p.key == key]) == 1
-        assert len(mgmt.calls) == 2 and not clock.getDelayedCalls()
+        assert len(mgmt.calls) == (2 if registered else 3) and not clock.getDelayedCalls()
     finally:
         await registry.stop()
         await maybeDeferred(client.stopService)
