@@ -324,7 +324,10 @@ class AccountRuntime:
         if "proxy peer authentication failed" not in message:
             message = f"proxy peer authentication failed: {message}"
         self._maybe_spent = None
-        return self._report(service_id, ERROR, error=message, listener=False)
+        # every service: none has a tunnel (and none may keep a "retrying" text)
+        sids = list(self.services) or [service_id]
+        return DeferredList([self._report(sid, ERROR, error=message, listener=False)
+                             for sid in sids], consumeErrors=True)
 
     def _probe(self, message: str) -> Deferred:
         """The token was refused after an attempt whose answer was lost: that

@@ -152,6 +152,18 @@ def test_permanent_failure_is_not_retried():
         assert mgmt.created[-1][1] == "fresh" and registry.get("acct").state == "connecting"
 
 
+def test_permanent_failure_after_retries_replaces_every_retrying_status():
+    mgmt = Mgmt(ManagementUnavailableError("down"),
+                ManagementRejectedError("proxy peer authentication failed: revoked"))
+    store, registry, clock = make(mgmt)
+    store.apply_batch([mapping("s1", token="t1"), mapping("s2", token="t1b")], False)
+    clock.advance(1.0)
+    assert registry.get("acct").state == "failed" and not clock.getDelayedCalls()
+    assert sorted(mgmt.status[-2:]) == [
+        ("s1", ERROR, "proxy peer authentication failed: revoked"),
+        ("s2", ERROR, "proxy peer authentication failed: revoked")]
+
+
 def test_stop_during_backoff_cancels_the_timer():
     mgmt = Mgmt(ManagementUnavailableError("down"))
     store, registry, clock = make(mgmt)
