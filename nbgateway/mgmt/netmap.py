@@ -396,6 +396,8 @@ _RECORDS = _Memo(MAX_RECORDS)
 #: ``convert`` returns.
 _FRESH: dict[Prefix, Prefix] = {}
 _FRESH_NAMES: dict[str, str] = {}
+#: TTL values shared by every record (bounded: the first 256 distinct)
+_TTLS: dict[int, int] = {}
 
 
 def _fresh_name(name: str | None) -> str | None:
@@ -664,6 +666,8 @@ def _convert_record(r: Any, apex: str, skipped: Counter[str]) -> DnsRecord | Non
         skipped["record_type"] += 1
         return None
     ttl = min(max(int(r.TTL), 0), MAX_TTL)
+    # records share their TTL int (an int past 256 is an object per record)
+    ttl = _TTLS.setdefault(ttl, ttl) if len(_TTLS) < 256 or ttl in _TTLS else ttl
     return DnsRecord(name=name, type=rtype, ttl=ttl, address=str(addr))
 
 

@@ -190,3 +190,15 @@ def test_peer_ip_fast_path_reads_as_ipaddress_does():
         want = (Prefix.parse("0.0.0.0/0" if addr.version == 4 else "::/0") if addr.is_unspecified
                 else Prefix.of(addr.version, int(addr), addr.max_prefixlen))
         assert netmap._peer_ip_source(text) == want, text
+
+
+def test_records_share_their_ttl():
+    for memo in (netmap._PEERS, netmap._RECORDS):
+        memo.clear()
+    keys = [key_to_base64(public_key(generate_private_key())) for _ in range(4)]
+    nm = build(4, 1, keys)
+    for r in nm.DNSConfig.CustomZones[0].Records:
+        r.TTL = 3600
+    records = netmap.convert(nm).zones[0].records
+    assert len(records) == 4 and {r.ttl for r in records} == {3600}
+    assert len({id(r.ttl) for r in records}) == 1
