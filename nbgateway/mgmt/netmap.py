@@ -420,24 +420,34 @@ class _RuleParts:
         self.raw_sources: dict[bytes, Prefix | None] = {}
 
     def peer_ip(self, text: str) -> Prefix | None:
-        try:
-            return self.peer_ips[text]
-        except KeyError:
+        """``PeerIP`` text's source (remembered for the map); the caller has
+        looked in :attr:`peer_ips` first."""
+        net: Prefix | None
+        if ":" not in text:
+            # an IPv4 host's key, as a plain int: the roster's prefix when it
+            # is a roster address (no Prefix made), see _peer_ip_source
+            try:
+                value = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+            except (OSError, ValueError):
+                net = None
+            else:
+                key = value << 8 | 32
+                net = (self.known.get(key) or Prefix(key)) if value else _ANY_V4
+        else:
             net = _peer_ip_source(text)
             if net is not None:
                 net = self.known.get(net, net)
-            self.peer_ips[text] = net
-            return net
+        self.peer_ips[text] = net
+        return net
 
     def raw_source(self, raw: bytes) -> Prefix | None:
-        try:
-            return self.raw_sources[raw]
-        except KeyError:
+        net = self.raw_sources.get(raw, _MISS)  # type: ignore[arg-type]
+        if net is _MISS:
             net = _decode_prefix(raw)
             if net is not None:
                 net = self.known.get(net, net)
             self.raw_sources[raw] = net
-            return net
+        return net
 
     def policy(self, raw: bytes) -> str:
         got = self.policies.get(raw)
