@@ -427,3 +427,35 @@ def test_peek_reads_the_map_and_serial_as_the_parser_does():
     late = pb.NetworkMap(peerConfig=pb.PeerConfig(address="a")).SerializeToString() + b"\x08\x07"
     assert peek_sync_map(b"\x2a" + bytes([len(late)]) + late) is None
     assert pb.SyncResponse.FromString(b"\x2a" + bytes([len(late)]) + late).NetworkMap.Serial == 7
+
+
+def test_pending_maps_are_parsed_at_their_turn_and_a_bad_one_is_dropped():
+    """The coalescing queue holds opened SyncResponse bytes; only the map
+    whose turn comes is parsed; bytes that do not parse count ``bad_map``
+    and the next map is still applied (task.Clock, nothing on the network)."""
+    clock = task.Clock()
+    seen: list[int] = []
+    c = PeerChannelClient(clock, "127.0.0.1:1", generate_private_key(),
+                          lambda nm: seen.append(nm.Serial), hostname="gw")
+    c.running = True  # the queue only, without a connection cycle
+
+    def wire(serial: int) -> bytes:
+        return pb.SyncResponse(NetworkMap=pb.NetworkMap(Serial=serial)).SerializeToString()
+
+    for serial in (1, 2, 3):
+        c._offer_map(wire(serial))
+    clock.advance(c.coalesce_delay)
+    assert seen == [3] and c.maps_parsed == 1 and c.maps_coalesced == 2
+    # a parsed map (what the peek could not read) is applied as it is
+    c._offer_map(pb.NetworkMap(Serial=4))
+    clock.advance(c.coalesce_delay)
+    assert seen == [3, 4] and c.maps_parsed == 1
+    # the top level of a truncated message can look fine; the parse at its
+    # turn fails: dropped and counted, the next map applied
+    c._offer_map(wire(5)[:-1] + b"\xff")
+    clock.advance(c.coalesce_delay)
+    assert seen == [3, 4] and c.errors["bad_map"] == 1
+    c._offer_map(wire(6))
+    clock.advance(c.coalesce_delay)
+    assert seen == [3, 4, 6]
+    c.running = False
