@@ -75,6 +75,7 @@ from nbgateway.netstack.tcp_output import ConnectionOutput
 from nbgateway.netstack.tcp_wire import (
     ACK,
     FIN,
+    PSH,
     RST,
     SYN,
     TS_OPTION_LEN,
@@ -256,7 +257,38 @@ class Connection(ConnectionOutput):
         """SEND call: queue ``data``; it goes out as window allows."""
         if self.fin_queued or self.state in (CLOSED, TIME_WAIT):
             return
-        self.sndbuf.append(data)
+        buf = self.sndbuf
+        nxt = self.snd_nxt
+        n = len(data)
+        if (self.state == ESTABLISHED and 0 < n <= self.mss and buf.end == nxt
+                and self.persist_at is None and self.layer.fast.enabled):
+            # one segment that fits the windows with nothing else unsent: what
+            # _output_run does for it, without the run's loop (tcp_fast.py)
+            cc = self.cc
+            cwnd = cc.cwnd
+            if 0 < cc.dupacks < 3 and not cc.in_recovery:
+                cwnd += cc.dupacks * self.mss  # RFC 3042 limited transmit
+            una = self.snd_una
+            if n <= una + min(self.snd_wnd, cwnd) - nxt and (
+                    self.nodelay or nxt <= una or n == self.mss):
+                buf.append(data)
+                stack = self.layer.stack
+                stack.cork()
+                try:
+                    self._emit(nxt, ACK | PSH, buf.view(nxt, n), now)
+                finally:
+                    stack.uncork()
+                if nxt == self.snd_max and self.rtt_seq is None:
+                    self.rtt_seq, self.rtt_time = nxt + n, now
+                nxt += n
+                self.snd_nxt = nxt
+                if nxt > self.snd_max:
+                    self.snd_max = nxt
+                if self.rtx_at is None:
+                    self.rtx_at = now + self.rto.current()
+                self._update_timer()
+                return
+        buf.append(data)
         if self.state in _SEND_STATES:
             self._output(now)
         self._update_timer()

@@ -300,3 +300,35 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("NBGW_NETSTACK_FASTPATH", "0")
     stack = Stack(PacketRecorder(), Clock(), ["100.64.0.1"])
     assert stack.tcp.fast.enabled is False
+
+
+def test_writes_nagle_small_windows_and_large_writes(twin):
+    before = twin.stacks[0].tcp.fast.emits
+    twin.write(b"a" * 100)  # one segment: the fused send
+    assert twin.stacks[0].tcp.fast.emits == before + 1
+    twin.write(b"b" * 3000)  # larger than the MSS: the output run
+    for conn in (twin.conns[0][0], twin.conns[1][0]):
+        conn.nodelay = False
+    twin.write(b"c" * 10)  # Nagle: held while data is in flight
+    twin.ack_all()
+    twin.feed([twin.send(b"", window=1)])  # acknowledges all, shrinks the window
+    for conn in (twin.conns[0][0], twin.conns[1][0]):
+        conn.nodelay = True
+    twin.write(b"d" * 10)
+    twin.write(b"e" * 500)  # beyond the peer's window: partial, then a probe
+    twin.advance(0.5)
+    twin.advance(1.5)
+    twin.ack_all()
+    twin.feed([twin.send(b"", window=1024)])
+    twin.advance(0.01)
+    twin.ack_all()
+    twin.feed([twin.send(b"", window=1024)])
+    for conn in (twin.conns[0][0], twin.conns[1][0]):
+        conn.nodelay = False
+    before = twin.stacks[0].tcp.fast.emits
+    twin.write(b"f" * 20)  # nothing in flight: not held by Nagle
+    twin.write(b"g" * 20)  # held by Nagle
+    assert twin.stacks[0].tcp.fast.emits == before + 1
+    twin.ack_all()
+    twin.feed([twin.send(b"")])
+    twin.advance(0.05)
