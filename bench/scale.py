@@ -128,6 +128,8 @@ class Scaled(World):
         self.store = Store.open(datadir=self.mgmt_dir, known_clusters=(DOMAIN,))
         self.groups, token = seed(self.store, accounts, peers, services)
         self.accounts, self.n_services = accounts, accounts * services
+        #: (unix time at the REST create, latency s, name) per timed change
+        self.change_log: list[tuple[float, float, str]] = []
         boot = self.store.accounts.ensure_default()
         self.default_account = boot.account.id
         with open(os.path.join(self.mgmt_dir, "admin-token"), "w") as f:
@@ -264,6 +266,9 @@ def run_world(accounts: int, peers: int, services: int, args: argparse.Namespace
             line(f"mapping change p50 ({len(lat)})", f"{statistics.median(lat) * 1000:.0f} ms",
                  "-", None)
             line(f"mapping change p99 ({len(lat)})", f"{p99 * 1000:.0f} ms", "< 1 s", p99 < 1)
+            line(f"mapping change max ({len(lat)})", f"{lat[-1] * 1000:.0f} ms", "-", None)
+            if args.trace:
+                attribute_slow_changes(w)
         return rss
     finally:
         tb.close()
@@ -288,7 +293,37 @@ def change_latency(w: Scaled, n: int) -> list[float]:
 
         wait_for(active, 30, f"service chg{i} active", interval=0.005)
         out.append(time.monotonic() - t0)
+        w.change_log.append((time.time() - out[-1], out[-1], f"chg{i}"))
     return sorted(out)
+
+
+def attribute_slow_changes(w: Scaled, threshold: float = 0.2, show: int = 8) -> None:
+    """Print the slowest changes with the NBTRACE events (bench/_trace) of both
+    processes that overlap them: GC collections, main-thread stalls, late wakeups."""
+    events: list[tuple[float, str]] = []
+    for name in ("management", "gateway"):
+        try:
+            with open(os.path.join(w.tmp, f"{name}.log"), errors="replace") as f:
+                for ln in f:
+                    if ln.startswith("NBTRACE "):
+                        parts = ln.split(" ", 3)
+                        events.append((float(parts[2]), f"{parts[1]} {parts[3].strip()}"))
+        except OSError:
+            continue
+    slow = sorted((c for c in w.change_log if c[1] >= threshold), key=lambda c: -c[1])
+    print(f"  changes over {threshold * 1000:.0f} ms: {len(slow)}/{len(w.change_log)}; "
+          f"trace events {len(events)}", flush=True)
+    gen2 = [e for e in events if " gc gen=2 " in f" {e[1]} "]
+    for at, lat, name in slow[:show]:
+        print(f"  {name}: {lat * 1000:.0f} ms", flush=True)
+        for t, what in events:
+            if at - 0.05 <= t <= at + lat + 0.05:
+                print(f"      +{(t - at) * 1000:6.0f} ms  {what[:220]}", flush=True)
+    for prog in ("nbmanagement", "nbgateway"):
+        ms = [float(e[1].split(" ms=")[1].split()[0]) for e in gen2 if e[1].startswith(prog)]
+        if ms:
+            print(f"  {prog} full (gen-2) collections: {len(ms)}, slowest {max(ms):.0f} ms, "
+                  f"median {statistics.median(ms):.0f} ms", flush=True)
 
 
 def run_storm(n: int, args: argparse.Namespace) -> None:
@@ -375,7 +410,17 @@ def main() -> None:
     parser.add_argument("--storm", type=int, default=2000, help="0 skips the peer storm")
     parser.add_argument("--storm-timeout", type=float, default=120.0)
     parser.add_argument("--skip-world", action="store_true", help="only the peer storm")
+    parser.add_argument("--trace", action="store_true",
+                        help="run the processes with bench/_trace (GC and stall events) and "
+                             "attribute the slow mapping changes")
+    parser.add_argument("--ab-mgmt-freeze", action="store_true",
+                        help="run the world twice: management heap freezer off, then on")
     args = parser.parse_args()
+    if args.trace:
+        os.environ["NBTRACE"] = "1"
+        trace_dir = os.path.join(_ROOT, "bench", "_trace")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (trace_dir, os.environ.get("PYTHONPATH", "")) if p)
     reason = unavailable_reason()
     if reason:
         sys.exit(f"testbed unavailable: {reason}")
@@ -383,7 +428,15 @@ def main() -> None:
     if not args.skip_world:
         base = run_world(1, args.peers_per_account, args.services_per_account,
                          _no_changes(args), None)
-        run_world(accounts, args.peers_per_account, args.services_per_account, args, base)
+        if args.ab_mgmt_freeze:  # the same world without, then with, the management's freezer
+            for setting in ("0", "1"):
+                os.environ["NBGW_MGMT_HEAP_FREEZE"] = setting
+                print(f"== NBGW_MGMT_HEAP_FREEZE={setting}", flush=True)
+                run_world(accounts, args.peers_per_account, args.services_per_account, args,
+                          base)
+            os.environ.pop("NBGW_MGMT_HEAP_FREEZE")
+        else:
+            run_world(accounts, args.peers_per_account, args.services_per_account, args, base)
     if args.storm:
         run_storm(args.storm, args)
 

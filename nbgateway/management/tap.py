@@ -178,4 +178,10 @@ def makeService(options: Options) -> ManagementService:
                                     g.strip() for g in (options["oidc-auto-groups"] or "")
                                     .split(",") if g.strip()))
     filter_twistd_logs(service, "text", getattr(options, "parent", None))
+    from twisted.internet import reactor
+
+    from nbgateway.management.heapfreeze import HeapFreezer
+
+    if os.environ.get("NBGW_MGMT_HEAP_FREEZE", "1") != "0":  # "0": off (bench A/B)
+        HeapFreezer(reactor).setServiceParent(service)  # issue 18: full-GC pauses
     return service
