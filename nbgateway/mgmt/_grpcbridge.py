@@ -147,7 +147,31 @@ class StreamCall:
     ``None`` when the server closed the stream cleanly, otherwise with a
     :class:`~nbgateway.errors.ManagementError` failure.  Cancelling
     :attr:`done` cancels the call.
+
+    Memory (issue 18: one of these per account's ``Sync`` stream): slots, a
+    plain ``_stopping`` flag (set on the reactor, read by the reader; a bool
+    store is atomic), the reader thread's semaphore only in thread mode, and
+    in asyncio mode no per-stream lock or event: the task waits for credit
+    on a loop future that exists only while a message is being handled.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_aio",
+        "_aio_requests",
+        "_aio_waiter",
+        "_bridge",
+        "_call",
+        "_credit",
+        "_name",
+        "_on_message",
+        "_requests",
+        "_stopping",
+        "_task",
+        "_thread",
+        "done",
+        "messages_received",
+    )
 
     def __init__(
         self,
@@ -160,18 +184,22 @@ class StreamCall:
         self._on_message = on_message
         self._call: Any = None
         self._requests: queue.Queue[Any] | None = None
-        self._credit = threading.Semaphore(0)
-        self._stopping = threading.Event()
+        #: thread mode only: the reader waits here for the reactor's credit
+        self._credit: threading.Semaphore | None = None
+        #: set once (reactor thread, or the reader on a handler failure)
+        self._stopping = False
         self._thread: threading.Thread | None = None
-        self._failure: Failure | None = None
-        #: asyncio mode: the loop, the coroutine's future, its credit event and
-        #: its request queue (touched on the loop thread only)
+        #: asyncio mode: the loop, the task, the credit future while a message
+        #: is out, the request queue (bidi only; touched on the loop thread only)
         self._aio: AioLoop | None = None
-        self._task: concurrent.futures.Future[Any] | None = None
-        self._aio_credit: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._aio_waiter: asyncio.Future[None] | None = None
         self._aio_requests: asyncio.Queue[Any] | None = None
         self.messages_received = 0
-        self.done: Deferred[None] = Deferred(lambda _d: self.cancel())
+        self.done: Deferred[None] = Deferred(self._cancelled)
+
+    def _cancelled(self, _d: Deferred[None]) -> None:
+        self.cancel()
 
     # -- reactor side -------------------------------------------------------
 
@@ -180,19 +208,19 @@ class StreamCall:
         if self._aio is not None:
             if self._aio_requests is None:
                 raise TypeError(f"{self._name} is not a client-streaming call")
-            if not self._stopping.is_set():
+            if not self._stopping:
                 self._aio.call(self._aio_requests.put_nowait, request)
             return
         if self._requests is None:
             raise TypeError(f"{self._name} is not a client-streaming call")
-        if not self._stopping.is_set():
+        if not self._stopping:
             self._requests.put(request)
 
     def cancel(self) -> None:
         """Cancel the call; :attr:`done` fails with a cancellation error."""
-        if self._stopping.is_set():
+        if self._stopping:
             return
-        self._stopping.set()
+        self._stopping = True
         self._abort()
         self._finish(Failure(errors.ManagementCancelledError(f"{self._name} cancelled")))
 
@@ -205,12 +233,13 @@ class StreamCall:
             self._requests.put(_CLOSE)
         if self._call is not None:
             self._call.cancel()
-        self._credit.release()
+        if self._credit is not None:
+            self._credit.release()
 
     def _release_credit(self) -> None:
         if self._aio is not None:
             self._aio.call(self._aio_grant)
-        else:
+        elif self._credit is not None:
             self._credit.release()
 
     @property
@@ -235,7 +264,7 @@ class StreamCall:
 
         def failed(reason: Failure) -> None:
             log.failure("{name}: message handler failed; closing stream", reason, name=self._name)
-            self._stopping.set()
+            self._stopping = True
             self._abort()
             self._finish(reason)
 
@@ -254,13 +283,15 @@ class StreamCall:
     def _run(self) -> None:
         reactor = self._bridge.reactor
         outcome: Failure | None = None
+        credit = self._credit
+        assert credit is not None
         try:
             for message in self._call:
-                if self._stopping.is_set():
+                if self._stopping:
                     break
                 reactor.callFromThread(self._deliver, message)
-                self._credit.acquire()
-                if self._stopping.is_set():
+                credit.acquire()
+                if self._stopping:
                     break
         except grpc.RpcError as exc:
             outcome = Failure(map_rpc_error(exc))
@@ -269,23 +300,22 @@ class StreamCall:
         finally:
             if self._requests is not None:
                 self._requests.put(_CLOSE)
-        if not self._stopping.is_set():
+        if not self._stopping:
             reactor.callFromThread(self._finish, outcome)
-
 
     # -- asyncio loop thread (asyncio mode) ------------------------------------------
 
     def _aio_grant(self) -> None:
-        if self._aio_credit is not None:
-            self._aio_credit.set()
+        waiter, self._aio_waiter = self._aio_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _aio_abort(self) -> None:
         if self._aio_requests is not None:
             self._aio_requests.put_nowait(_CLOSE)
         if self._call is not None:
             self._call.cancel()
-        if self._aio_credit is not None:
-            self._aio_credit.set()
+        self._aio_grant()
 
     async def _aio_request_iterator(self) -> AsyncIterator[Any]:
         assert self._aio_requests is not None
@@ -295,21 +325,28 @@ class StreamCall:
                 return
             yield item
 
+    def _aio_spawn(self, start: Callable[[], Any]) -> None:
+        """Start the reading task (on the loop thread): no concurrent future
+        (its Condition) per stream, as ``run_coroutine_threadsafe`` would add."""
+        assert self._aio is not None
+        self._task = self._aio.loop.create_task(self._run_aio(start))
+
     async def _run_aio(self, start: Callable[[], Any]) -> None:
         reactor = self._bridge.reactor
         outcome: Failure | None = None
-        self._aio_credit = asyncio.Event()
+        loop = asyncio.get_running_loop()
         try:
-            if self._stopping.is_set():
+            if self._stopping:
                 return
-            self._call = start()
-            async for message in self._call:
-                if self._stopping.is_set():
+            self._call = call = start()
+            # read() rather than ``async for``: no async generator per stream
+            while (message := await call.read()) is not grpc.aio.EOF:
+                if self._stopping:
                     break
-                self._aio_credit.clear()
+                self._aio_waiter = waiter = loop.create_future()
                 reactor.callFromThread(self._deliver, message)
-                await self._aio_credit.wait()
-                if self._stopping.is_set():
+                await waiter
+                if self._stopping:
                     break
         except asyncio.CancelledError:
             outcome = Failure(errors.ManagementCancelledError(f"{self._name} cancelled"))
@@ -318,9 +355,11 @@ class StreamCall:
         except Exception as exc:  # grpcio internals; never let the task die silently
             outcome = Failure(map_rpc_error(exc))
         finally:
+            self._aio_waiter = None
+            self._task = None
             if self._aio_requests is not None:
                 self._aio_requests.put_nowait(_CLOSE)
-        if not self._stopping.is_set():
+        if not self._stopping:
             reactor.callFromThread(self._finish, outcome)
 
 
@@ -437,11 +476,12 @@ class GrpcBridge:
 
     def _start_aio(self, stream: StreamCall, start: Callable[[], Any]) -> None:
         self._streams.add(stream)
-        stream._aio = aio_loop()
-        stream._task = stream._aio.submit(stream._run_aio(start))
+        stream._aio = loop = aio_loop()
+        loop.call(stream._aio_spawn, start)
 
     def _start(self, stream: StreamCall) -> None:
         self._streams.add(stream)
+        stream._credit = threading.Semaphore(0)
         thread = threading.Thread(target=stream._run, name=f"nbgw-grpc-{stream._name}")
         thread.daemon = True
         stream._thread = thread

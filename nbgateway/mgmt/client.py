@@ -128,6 +128,9 @@ class GrpcManagementClient(service.Service):
             channel_factory=channel_factory,
             backoff=backoff,
             on_state=self._state_changed,
+            # one client per gateway: its unary calls (auth checks among
+            # them) keep gRPC's transparent retry; the peer channels do not
+            transparent_retries=True,
         )
         self._store: IMappingStore | None = None
         #: False once SyncMappings answered UNIMPLEMENTED (sticky).

@@ -14,7 +14,11 @@ It owns, and nothing else does:
   any number of sessions adds no thread, and shared (reference-counted) by
   every session with the same target, so a thousand accounts' peer channels
   are streams on one connection; or one a caller supplies (closed on stop
-  only if the session made it);
+  only if the session made it). gRPC's retry machinery (transparent retries
+  of a call that never reached the server) is off unless the session asks
+  for it (``transparent_retries``: the ProxyService client does): it costs
+  ~6 KiB of C memory per open call, i.e. per account's ``Sync`` stream, and
+  the peer channel's reconnect loop already retries a failed cycle;
 * the stub and the thread bridge (:class:`~nbgateway.mgmt._grpcbridge.GrpcBridge`);
 * the reconnect loop (:class:`~nbgateway.mgmt.reconnect.Reconnector`) that
   runs the client's connection attempt with jittered exponential backoff;
@@ -141,11 +145,20 @@ def make_channel(
     root_certificates: bytes | None = None,
     max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
     aio: bool = False,
+    retries: bool = True,
 ) -> Any:
     """A channel to ``target`` with the gateway's keepalive settings.
 
     ``aio``: a ``grpc.aio`` channel; call it on the loop that will run its
-    calls (:meth:`~nbgateway.mgmt._grpcbridge.AioLoop.run`)."""
+    calls (:meth:`~nbgateway.mgmt._grpcbridge.AioLoop.run`). ``retries``
+    False sets ``grpc.enable_retries`` 0: no retry state per call (~6 KiB of
+    C memory per open stream, measured with grpcio 1.85), and no transparent
+    retry either: a call caught by a connection failure fails UNAVAILABLE at
+    once. (Flow-control and buffer options such as ``grpc.http2.bdp_probe``,
+    ``lookahead_bytes``, ``initial_window_size``, ``max_frame_size``,
+    ``write_buffer_size`` or the receive limit change nothing per idle
+    stream; ``grpc.minimal_stack`` would save more but drops the receive
+    limit: not used.)"""
     options = [
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
@@ -153,6 +166,8 @@ def make_channel(
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", max_receive_bytes),
     ]
+    if not retries:
+        options.append(("grpc.enable_retries", 0))
     if len(target.endpoints) > 1:  # replicas: name the first for TLS and :authority
         options.append(("grpc.default_authority", f"{target.host}:{target.port}"))
     module: Any = grpc.aio if aio else grpc
@@ -164,7 +179,7 @@ def make_channel(
 
 class _SharedChannels:
     """Process-wide ``grpc.aio`` channels, one per (target, TLS roots, receive
-    limit), reference-counted: every account's peer channel (and the
+    limit, retries), reference-counted: every account's peer channel (and the
     ProxyService client) multiplexes its streams over one HTTP/2 connection
     instead of holding a channel and connection each."""
 
@@ -211,12 +226,15 @@ class ManagedChannel:
         owns_channel: bool = True,
         backoff: Backoff | None = None,
         on_state: Callable[[bool], Any] | None = None,
+        transparent_retries: bool = False,
     ) -> None:
         self.reactor = reactor
         self.target = target
         self.name = name
         self.root_certificates = root_certificates
         self.max_receive_bytes = max_receive_bytes
+        #: gRPC retries on the channel this session makes (see make_channel)
+        self.transparent_retries = transparent_retries
         self._stub_class = stub_class
         self._channel_factory = channel_factory
         self._owns_channel = owns_channel
@@ -244,13 +262,14 @@ class ManagedChannel:
         if self._channel_factory is not None:
             self.channel = self._channel_factory()
         else:
-            self._shared_key = (self.target.address, self.target.tls,
-                                self.root_certificates, self.max_receive_bytes)
+            self._shared_key = (self.target.address, self.target.tls, self.root_certificates,
+                                self.max_receive_bytes, self.transparent_retries)
             self.channel = shared_channels.acquire(self._shared_key, lambda: make_channel(
                 self.target,
                 root_certificates=self.root_certificates,
                 max_receive_bytes=self.max_receive_bytes,
                 aio=True,
+                retries=self.transparent_retries,
             ))
         self.stub = self._stub_class(self.channel)
         self.bridge = GrpcBridge(self.reactor)
