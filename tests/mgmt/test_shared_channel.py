@@ -34,3 +34,23 @@ def test_sessions_to_one_target_share_a_channel_until_the_last_closes():
         for s in (a, b, other):
             s.close()
     assert len(shared_channels) == before
+
+
+def test_retries_on_and_off_are_separate_channels():
+    """Peer-channel sessions run with gRPC retries off (no retry state per
+    Sync stream); a session asking for transparent retries (the ProxyService
+    client) gets its own channel, never one built without them."""
+    before = len(shared_channels)
+    peer = _session("http://127.0.0.1:3", "peer")
+    proxy = ManagedChannel(reactor, ManagementTarget("http://127.0.0.1:3"),
+                           pb_grpc.ManagementServiceStub, name="proxy",
+                           transparent_retries=True)
+    try:
+        peer.open()
+        proxy.open()
+        assert peer.channel is not proxy.channel
+        assert len(shared_channels) == before + 2
+    finally:
+        peer.close()
+        proxy.close()
+    assert len(shared_channels) == before
