@@ -24,6 +24,9 @@ Rules:
 - a request that fails on a *reused* connection before any response byte
   (the upstream closed it while idle) is retried once on a new connection
   when its body can be replayed (none, or already buffered bytes);
+- the request head (and a buffered body) is sent straight to the socket
+  when Twisted has nothing queued for the connection
+  (:mod:`nbgateway.dial.sockwrite`, ``NBGW_UPSTREAM_DIRECT_WRITE=0`` off);
 - bodies: ``Content-Length`` when the producer knows its length, else
   chunked; 204/304 and 1xx have no body; close-delimited bodies end with
   ``PotentialDataLoss``; a short body fails with ``ResponseFailed``.
@@ -47,6 +50,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from nbgateway.dial import sockwrite
 from nbgateway.dial.deadlines import Deadlines
 
 log = Logger()
@@ -242,14 +246,16 @@ class UpstreamConnection(Protocol):
                 self._idle_call.cancel()
             self._idle_call = None
         inline = getattr(body, "body", None) if body is not None else None
+        # the head (and a buffered body) straight to the socket when Twisted
+        # has nothing queued for it: no writability watch, no extra turn
         if body is None:
-            self.transport.write(head)
+            sockwrite.write(self.transport, head)
         elif isinstance(inline, bytes):
-            self.transport.write(head + inline)
+            sockwrite.write(self.transport, head + inline)
         else:
             self._body_sent = False
             self._body_producer = body
-            self.transport.write(head)
+            sockwrite.write(self.transport, head)
             consumer = (self.transport if isinstance(body.length, int)
                         else _ChunkedWriter(self.transport))
             self.transport.registerProducer(body, True)
