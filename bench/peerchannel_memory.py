@@ -110,10 +110,13 @@ def main(reactor, args):
         print(f"{n} peer channels (Login + Sync stream, empty map) over 1: "
               f"RSS {(rss1 - rss0) / n:.1f} KiB per account")
         if snap0 is not None:
-            stats = tracemalloc.take_snapshot().compare_to(snap0, "filename")
+            stats = tracemalloc.take_snapshot().compare_to(snap0, args.group)
             print(f"Python heap {sum(s.size_diff for s in stats) / n / 1024:.1f} KiB per account")
             for s in stats[:args.top]:
-                print(f"  {s.size_diff / n / 1024:7.2f} KiB  {s.traceback[0].filename}")
+                frame = s.traceback[0]
+                where = frame.filename if args.group == "filename" else \
+                    f"{frame.filename}:{frame.lineno}"
+                print(f"  {s.size_diff / n / 1024:7.2f} KiB  {where}")
     finally:
         yield defer.DeferredList([defer.maybeDeferred(c.stop) for c in clients])
         server.stdin.close()
@@ -126,4 +129,6 @@ if __name__ == "__main__":
     p.add_argument("--accounts", type=int, default=100)
     p.add_argument("--trace", action="store_true", help="also the Python heap (tracemalloc)")
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--group", choices=("filename", "lineno"), default="filename",
+                   help="tracemalloc grouping of the heap lines")
     task.react(main, (p.parse_args(),))

@@ -377,8 +377,10 @@ class GrpcBridge:
         self.max_inflight = max_inflight
         #: Unary calls refused because ``max_inflight`` were already running.
         self.refused = 0
-        self._unary: set[Any] = set()  # grpc.Future or concurrent.futures.Future
-        self._streams: set[StreamCall] = set()
+        # live calls as dict keys (an empty dict is a third of an empty set:
+        # one bridge per account)
+        self._unary: dict[Any, None] = {}  # grpc.Future or concurrent.futures.Future
+        self._streams: dict[StreamCall, None] = {}
         self._stopped = False
 
     def unary(
@@ -404,11 +406,11 @@ class GrpcBridge:
             future = aio_loop().submit(call())
         else:
             future = method.future(request, timeout=timeout, metadata=metadata)
-        self._unary.add(future)
+        self._unary[future] = None
         d: Deferred[Any] = Deferred(lambda _d: future.cancel())
 
         def settle(fut: Any) -> None:  # reactor thread
-            self._unary.discard(fut)
+            self._unary.pop(fut, None)
             if d.called:  # cancelled by the caller: already failed
                 return
             if fut.cancelled():
@@ -475,12 +477,12 @@ class GrpcBridge:
         return stream
 
     def _start_aio(self, stream: StreamCall, start: Callable[[], Any]) -> None:
-        self._streams.add(stream)
+        self._streams[stream] = None
         stream._aio = loop = aio_loop()
         loop.call(stream._aio_spawn, start)
 
     def _start(self, stream: StreamCall) -> None:
-        self._streams.add(stream)
+        self._streams[stream] = None
         stream._credit = threading.Semaphore(0)
         thread = threading.Thread(target=stream._run, name=f"nbgw-grpc-{stream._name}")
         thread.daemon = True
@@ -488,7 +490,7 @@ class GrpcBridge:
         thread.start()
 
     def _forget(self, stream: StreamCall) -> None:
-        self._streams.discard(stream)
+        self._streams.pop(stream, None)
 
     @property
     def live_calls(self) -> int:

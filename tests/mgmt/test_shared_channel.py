@@ -24,6 +24,8 @@ def test_sessions_to_one_target_share_a_channel_until_the_last_closes():
     try:
         assert a.channel is b.channel
         assert other.channel is not a.channel
+        assert a.stub is b.stub  # one stub per shared channel, not per account
+        assert other.stub is not a.stub
         assert len(shared_channels) == before + 2
         a.close()
         assert len(shared_channels) == before + 2  # b still uses it
