@@ -319,11 +319,16 @@ def attribute_slow_changes(w: Scaled, threshold: float = 0.2, show: int = 8) -> 
         for t, what in events:
             if at - 0.05 <= t <= at + lat + 0.05:
                 print(f"      +{(t - at) * 1000:6.0f} ms  {what[:220]}", flush=True)
+    first = min((c[0] for c in w.change_log), default=0.0)
+    last = max((c[0] + c[1] for c in w.change_log), default=0.0)
     for prog in ("nbmanagement", "nbgateway"):
         ms = [float(e[1].split(" ms=")[1].split()[0]) for e in gen2 if e[1].startswith(prog)]
+        during = [float(e[1].split(" ms=")[1].split()[0]) for e in gen2
+                  if e[1].startswith(prog) and first <= e[0] <= last]
         if ms:
             print(f"  {prog} full (gen-2) collections: {len(ms)}, slowest {max(ms):.0f} ms, "
-                  f"median {statistics.median(ms):.0f} ms", flush=True)
+                  f"median {statistics.median(ms):.0f} ms; during the changes: "
+                  f"{', '.join(f'{x:.0f}' for x in during) or 'none'} ms", flush=True)
 
 
 def run_storm(n: int, args: argparse.Namespace) -> None:

@@ -23,6 +23,10 @@ __all__ = ["HeapFreezer", "Options", "build_gateway", "makeService"]
 #: seconds after start at which the long-lived heap is frozen (accounts are
 #: normally up by the first; the second catches a slow first sync)
 HEAP_FREEZE_AFTER = (10.0, 60.0)
+#: after the first freeze, a full collection at least this long (s) freezes its
+#: survivors, at most once per HEAP_FREEZE_MIN_INTERVAL s
+HEAP_FREEZE_SLOW = 0.05
+HEAP_FREEZE_MIN_INTERVAL = 30.0
 
 
 class HeapFreezer(Service):
@@ -40,28 +44,50 @@ class HeapFreezer(Service):
     5 s, p99 150-430 ms, no drops anywhere).  Frozen objects are never
     collected, so a cycle among them that dies later (or cyclic garbage
     present at the later freeze) is leaked: bounded by the heap of those two
-    moments.  twistd only (``makeService``); a library host keeps its own GC
-    policy."""
+    moments.  After the first freeze, a full collection taking at least
+    :data:`HEAP_FREEZE_SLOW` freezes its survivors too (at most once per
+    :data:`HEAP_FREEZE_MIN_INTERVAL`; issue 18: a heap grown after the fixed
+    freezes, e.g. 1,000 accounts still coming up at 60 s, made every later
+    full collection a long pause).  twistd only (``makeService``); a library
+    host keeps its own GC policy."""
 
     def __init__(self, reactor: Any, delays: tuple[float, ...] = HEAP_FREEZE_AFTER,
                  collect: Callable[[], Any] = gc.collect,
-                 freeze: Callable[[], Any] = gc.freeze) -> None:
+                 freeze: Callable[[], Any] = gc.freeze, *,
+                 slow: float = HEAP_FREEZE_SLOW, min_interval: float = HEAP_FREEZE_MIN_INTERVAL,
+                 callbacks: list[Any] | None = None,
+                 timer: Callable[[], float] | None = None) -> None:
+        import time
+
         self.reactor = reactor
         self.delays = delays
         self._collect = collect
         self._freeze = freeze
+        self.slow = slow
+        self.min_interval = min_interval
+        self._callbacks = gc.callbacks if callbacks is None else callbacks
+        self._timer = timer or time.perf_counter
         self._calls: list[Any] = []
+        self._gc_started: float | None = None
+        self._scheduled = False
+        self._last_freeze: float | None = None
         self.freezes = 0
+        #: full collections seen since start and the slowest (s)
+        self.full_collections = 0
+        self.slowest = 0.0
 
     def startService(self) -> None:
         super().startService()
         self._calls = [self.reactor.callLater(d, self.freeze_now) for d in self.delays]
+        self._callbacks.append(self._on_gc)
 
     def stopService(self) -> Any:
         for call in self._calls:
             if call.active():
                 call.cancel()
         self._calls = []
+        if self._on_gc in self._callbacks:
+            self._callbacks.remove(self._on_gc)
         return super().stopService()
 
     def freeze_now(self) -> None:
@@ -69,6 +95,37 @@ class HeapFreezer(Service):
             self._collect()
         self._freeze()
         self.freezes += 1
+        self._last_freeze = self._timer()
+
+    def _freeze_survivors(self) -> None:
+        self._scheduled = False
+        self._freeze()  # the collection that triggered this just ran: no collect
+        self.freezes += 1
+        self._last_freeze = self._timer()
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """``gc.callbacks`` hook (any thread): a full collection of at least
+        ``slow`` s freezes its survivors (once per ``min_interval``), so a heap
+        that grew after the fixed freezes (accounts added later, a slow first
+        sync) is not walked again by every later full collection (issue 18:
+        the mapping-change tail)."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = self._timer()
+            return
+        if self._gc_started is None:
+            return
+        now = self._timer()
+        took, self._gc_started = now - self._gc_started, None
+        self.full_collections += 1
+        self.slowest = max(self.slowest, took)
+        if took < self.slow or self._scheduled or not self.freezes:
+            return  # before the first fixed freeze: that one collects and freezes anyway
+        if self._last_freeze is not None and now - self._last_freeze < self.min_interval:
+            return
+        self._scheduled = True
+        self.reactor.callFromThread(self._freeze_survivors)
 
 
 #: glibc's mallopt parameter for the number of malloc arenas

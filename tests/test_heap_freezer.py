@@ -46,3 +46,73 @@ def test_make_service_attaches_one_freezer_and_build_gateway_none(tmp_path):
     assert len([c for c in svc if isinstance(c, HeapFreezer)]) == 1
     lib = build_gateway(parse(["--datadir", str(tmp_path)]).config)  # a library host: none
     assert not [c for c in lib if isinstance(c, HeapFreezer)]
+
+
+class _ThreadReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list = []
+
+    def callFromThread(self, f, *a) -> None:
+        self.queued.append((f, a))
+
+    def run_queued(self) -> int:
+        todo, self.queued = self.queued, []
+        for f, a in todo:
+            f(*a)
+        return len(todo)
+
+
+def test_slow_full_collection_after_the_first_freeze_freezes_its_survivors():
+    reactor, calls, cbs = _ThreadReactor(), [], []
+    now = [0.0]
+    f = HeapFreezer(reactor, delays=(10.0,), collect=lambda: calls.append("c"),
+                    freeze=lambda: calls.append("f"), slow=0.05, min_interval=30.0,
+                    callbacks=cbs, timer=lambda: now[0])
+    f.startService()
+    assert cbs == [f._on_gc]
+
+    def full(took: float) -> None:
+        f._on_gc("start", {"generation": 2})
+        now[0] += took
+        f._on_gc("stop", {"generation": 2})
+
+    full(0.5)  # before the first fixed freeze: left to it
+    assert reactor.run_queued() == 0
+    reactor.advance(10)
+    assert calls == ["c", "f"]
+    now[0] += 31
+    full(0.01)  # fast: nothing
+    f._on_gc("start", {"generation": 1})
+    now[0] += 0.5
+    f._on_gc("stop", {"generation": 1})  # not a full collection
+    assert reactor.run_queued() == 0
+    full(0.3)
+    full(0.3)  # one freeze scheduled at a time
+    assert reactor.run_queued() == 1
+    assert calls == ["c", "f", "f"]  # no collect: the collection just ran
+    full(0.3)  # within min_interval of that freeze
+    assert reactor.run_queued() == 0
+    assert f.full_collections == 5 and f.slowest == 0.5
+    f.stopService()
+    assert cbs == []
+
+
+def test_real_gc_hook_from_another_thread():
+    import gc
+    import threading
+
+    reactor, calls = _ThreadReactor(), []
+    f = HeapFreezer(reactor, delays=(), collect=lambda: None,
+                    freeze=lambda: calls.append("f"), slow=0.0, min_interval=0.0)
+    f.freezes = 1  # as after the first fixed freeze
+    f.startService()
+    try:
+        t = threading.Thread(target=gc.collect)
+        t.start()
+        t.join(10)
+        assert f.full_collections >= 1
+        assert reactor.run_queued() == 1 and calls == ["f"]
+    finally:
+        f.stopService()
+    assert f._on_gc not in gc.callbacks
