@@ -419,7 +419,8 @@ def main() -> None:
                         help="run the processes with bench/_trace (GC and stall events) and "
                              "attribute the slow mapping changes")
     parser.add_argument("--ab-mgmt-freeze", action="store_true",
-                        help="run the world twice: management heap freezer off, then on")
+                        help="run the world twice: the management's heap freezer and the "
+                             "gateway's adaptive freezes off, then on")
     args = parser.parse_args()
     if args.trace:
         os.environ["NBTRACE"] = "1"
@@ -433,13 +434,16 @@ def main() -> None:
     if not args.skip_world:
         base = run_world(1, args.peers_per_account, args.services_per_account,
                          _no_changes(args), None)
-        if args.ab_mgmt_freeze:  # the same world without, then with, the management's freezer
+        if args.ab_mgmt_freeze:  # the same world without, then with, the issue-18 freezes
             for setting in ("0", "1"):
                 os.environ["NBGW_MGMT_HEAP_FREEZE"] = setting
-                print(f"== NBGW_MGMT_HEAP_FREEZE={setting}", flush=True)
+                os.environ["NBGW_HEAP_FREEZE_ADAPTIVE"] = setting
+                print(f"== NBGW_MGMT_HEAP_FREEZE={setting} NBGW_HEAP_FREEZE_ADAPTIVE={setting}",
+                      flush=True)
                 run_world(accounts, args.peers_per_account, args.services_per_account, args,
                           base)
             os.environ.pop("NBGW_MGMT_HEAP_FREEZE")
+            os.environ.pop("NBGW_HEAP_FREEZE_ADAPTIVE")
         else:
             run_world(accounts, args.peers_per_account, args.services_per_account, args, base)
     if args.storm:

@@ -347,7 +347,10 @@ def makeService(options: Options) -> Any:
     PROCESS_LEVEL.set(log_level(config.effective_log_level))
     gateway = build_gateway(config)
     gateway.reload_on_sighup = True  # installed at start, restored at stop
-    HeapFreezer(gateway.reactor).setServiceParent(gateway)  # issue 20: GC pauses
+    # issue 20: GC pauses; NBGW_HEAP_FREEZE_ADAPTIVE=0: fixed freezes only (bench A/B)
+    adaptive = os.environ.get("NBGW_HEAP_FREEZE_ADAPTIVE", "1") != "0"
+    HeapFreezer(gateway.reactor, slow=HEAP_FREEZE_SLOW if adaptive else float("inf")
+                ).setServiceParent(gateway)
     if os.environ.get("NBGW_MALLOC_TRIM", "1") != "0":  # issue 18: allocator slack
         MallocTrimmer(gateway.reactor).setServiceParent(gateway)
     filter_twistd_logs(gateway, config.log_format, getattr(options, "parent", None))

@@ -116,3 +116,14 @@ def test_real_gc_hook_from_another_thread():
     finally:
         f.stopService()
     assert f._on_gc not in gc.callbacks
+
+
+def test_make_service_adaptive_freezes_can_be_turned_off(tmp_path, monkeypatch):
+    from nbgateway.tap import HEAP_FREEZE_SLOW, makeService
+    from tests.test_tap import parse
+
+    svc = makeService(parse(["--datadir", str(tmp_path)]))
+    assert [c.slow for c in svc if isinstance(c, HeapFreezer)] == [HEAP_FREEZE_SLOW]
+    monkeypatch.setenv("NBGW_HEAP_FREEZE_ADAPTIVE", "0")
+    svc = makeService(parse(["--datadir", str(tmp_path)]))
+    assert [c.slow for c in svc if isinstance(c, HeapFreezer)] == [float("inf")]
