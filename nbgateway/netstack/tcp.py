@@ -220,6 +220,8 @@ class TCPLayer:
                     break
             else:
                 raise error.ConnectError(string=f"no IPv{remote.version} address on the stack")
+        else:  # the stack's own object for an equal address: the fused input compares identity
+            local = next((a for a in self.stack.addresses if a == local), local)
         lo, hi = EPHEMERAL_PORTS
         for _ in range(64):
             lport = self._rng.randint(lo, hi)

@@ -332,3 +332,27 @@ def test_writes_nagle_small_windows_and_large_writes(twin):
     twin.ack_all()
     twin.feed([twin.send(b"")])
     twin.advance(0.05)
+
+
+def test_an_active_open_with_an_equal_local_address_object_is_fused():
+    import ipaddress
+
+    clock = Clock()
+    clock.advance(1000)
+    stack = Stack(PacketRecorder(), clock, ["100.64.0.1"])
+    user = User()
+    conn = stack.tcp.connect(ipaddress.ip_address("100.64.0.2"), 80, user,
+                             local=ipaddress.ip_address("100.64.0.1"))
+    assert conn.local is stack.addresses[0]
+    [syn] = stack.sender.take()
+    s = parse_segment(memoryview(syn)[20:])
+    stack.packetReceived(build_tcp("100.64.0.2", "100.64.0.1", 80, conn.lport, seq=900,
+                                   ack=s.seq + 1, flags=SYN | ACK, window=1024,
+                                   options=b"\x02\x04\x04\xcc"), KEY)
+    assert conn.state == ESTABLISHED
+    stack.sender.take()
+    stack.packetReceived(build_tcp("100.64.0.2", "100.64.0.1", 80, conn.lport, seq=901,
+                                   ack=s.seq + 1, flags=ACK | PSH, window=1024,
+                                   payload=b"hello"), KEY)
+    assert stack.tcp.fast.hits == 1
+    assert ("data", b"hello") in user.events
