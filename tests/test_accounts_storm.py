@@ -66,6 +66,9 @@ def test_each_map_of_a_storm_compiles_only_the_new_peers():
     assert {id(h) for h in f.rules[0]._hosts} == set(roster)
     assert {id(n) for p in runtime.device.peers.values() for n in p.allowed_ips} == set(roster)
     assert {id(s) for r in runtime.network.inbound_rules for s in r.sources} == set(roster)
+    # the map's 4 rules per peer are 2 merged rules (one per port): no
+    # object per map rule is kept
+    assert sorted(r.ports for r in runtime.network.inbound_rules) == [((80, 80),), ((443, 443),)]
     newcomer, first = v4(N + 1), v4(0)
     assert f.allows(packed(newcomer), 6, 443) and f.allows(packed(f"fd00::{N + 3:x}"), 6, 80)
     assert f.allows(packed(newcomer), 17, 53) and f.allows(packed(newcomer), 1, None)
