@@ -25,7 +25,7 @@ FLOORS: dict[str, int] = {
     "_proto": 0,
     # ground: shared vocabulary and the service model
     "__version__": 1, "errors": 1, "durations": 1, "interfaces": 1, "peerbox": 1, "cabundle": 1,
-    "startup": 1, "routes": 1, "attempts": 1,
+    "startup": 1, "routes": 1, "attempts": 1, "heapfreeze": 1,
     # packets and stored state
     "netstack": 2, "store": 2,
     # tunnels, dialers, the management client
@@ -61,14 +61,14 @@ ALLOWED: dict[str, set[str]] = {
            "routes"},
     "accounts": {"_proto", "mgmt", "netstack", "routes", "store", "wireguard"},
     "options": {"config", "startup"},
-    "management": {"__version__", "_proto", "attempts", "cabundle", "observe", "options",
-                   "peerbox", "startup", "tls"},
+    "management": {"__version__", "_proto", "attempts", "cabundle", "heapfreeze", "observe",
+                   "options", "peerbox", "startup", "tls"},
     "service": {"_proto", "accounts", "acme", "auth", "dial", "dns", "http", "l4", "mgmt",
                 "netstack",
                 "observe", "proxy", "routes", "startup", "store", "tls", "tunnels",
                 "wireguard"},
     "embedded": {"dial", "management"},
-    "tap": {"__version__", "embedded", "mgmt", "observe", "options", "service"},
+    "tap": {"__version__", "embedded", "heapfreeze", "mgmt", "observe", "options", "service"},
 }
 
 #: back edges that exist today and are NOT allowed to spread: (from, to) ->

@@ -39,6 +39,9 @@ from nbgateway.options import ReferenceRow, environment_help
 from nbgateway.startup import OneLineUsage
 
 ENV_PREFIX = "NB_MANAGEMENT_"
+#: seconds after start of the management's fixed heap freeze (the start-up
+#: heap: modules, the store, the REST tree); later growth is frozen adaptively
+MGMT_HEAP_FREEZE_AFTER = (10.0,)
 #: the OIDC client secret (environment only, never a flag: argv is public)
 OIDC_SECRET_ENV = "NB_MANAGEMENT_OIDC_CLIENT_SECRET"
 
@@ -180,8 +183,11 @@ def makeService(options: Options) -> ManagementService:
     filter_twistd_logs(service, "text", getattr(options, "parent", None))
     from twisted.internet import reactor
 
-    from nbgateway.management.heapfreeze import HeapFreezer
+    from nbgateway.heapfreeze import HeapFreezer
 
     if os.environ.get("NBGW_MGMT_HEAP_FREEZE", "1") != "0":  # "0": off (bench A/B)
-        HeapFreezer(reactor).setServiceParent(service)  # issue 18: full-GC pauses
+        # issue 18: full-GC pauses; the heap grows when gateways connect, so
+        # one fixed freeze (no collect first) and the adaptive ones
+        HeapFreezer(reactor, delays=MGMT_HEAP_FREEZE_AFTER, collect=None
+                    ).setServiceParent(service)
     return service

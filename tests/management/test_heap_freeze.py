@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from nbgateway.management.heapfreeze import HeapFreezer
+from nbgateway.heapfreeze import HeapFreezer
 
 
 class _Reactor(Clock):
@@ -74,8 +74,8 @@ def test_slow_full_collection_freezes_once_then_rate_limited():
 
 def test_fixed_delays_freeze_and_stop_cancels():
     reactor, calls = _Reactor(), []
-    f = HeapFreezer(reactor, delays=(10.0, 60.0), freeze=lambda: calls.append("f"),
-                    callbacks=[])
+    f = HeapFreezer(reactor, delays=(10.0, 60.0), collect=None,
+                    freeze=lambda: calls.append("f"), callbacks=[])
     f.startService()
     reactor.advance(10)
     assert calls == ["f"]
@@ -129,3 +129,27 @@ def test_make_service_attaches_one_freezer_unless_disabled(tmp_path, monkeypatch
     monkeypatch.setenv("NBGW_MGMT_HEAP_FREEZE", "0")
     svc = makeService(parse(args))
     assert not [c for c in svc if isinstance(c, HeapFreezer)]
+
+
+def test_adaptive_freezes_are_capped_per_process():
+    # each adaptive freeze may leak the cycles alive at that moment: bounded
+    reactor, timer, calls = _Reactor(), _Timer(), []
+    f = HeapFreezer(reactor, delays=(), slow=0.05, min_interval=30.0, max_adaptive=3,
+                    freeze=lambda: calls.append("freeze"), callbacks=[], timer=timer)
+    f.startService()
+    for _ in range(6):
+        _collection(f, timer, 0.4)
+        reactor.run_queued()
+        timer.now += 31
+    assert calls == ["freeze"] * 3 and f.adaptive_freezes == 3
+    assert f.full_collections == 6
+    f.stopService()
+
+
+def test_management_freezer_has_one_fixed_freeze_without_collect(tmp_path):
+    from nbgateway.management.tap import MGMT_HEAP_FREEZE_AFTER, makeService
+    from tests.management.test_tap import parse
+
+    svc = makeService(parse(["--datadir", str(tmp_path), "--api-addr", "127.0.0.1:0"]))
+    [f] = [c for c in svc if isinstance(c, HeapFreezer)]
+    assert f.delays == MGMT_HEAP_FREEZE_AFTER and f._collect is None
