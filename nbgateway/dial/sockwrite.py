@@ -18,7 +18,8 @@ Only plain (non-TLS) Twisted TCP transports qualify; a TLS upstream (whose
 transport is a TLS protocol), a netstack (tunnel) connection -- whose write
 is in-process and costs no syscall -- or any other transport keeps its own
 ``write``.  Reading Twisted's transport state (``dataBuffer``, ``offset``,
-``_tempDataBuffer``, ``TLS``, ``disconnecting``) is confined to
+``_tempDataBuffer``, ``TLS``, ``disconnecting``, ``disconnected``,
+``_aborting``, ``_writeDisconnected``, ``_writeDisconnecting``) is confined to
 :func:`idle_socket`; ``tests/dial/test_sockwrite.py`` fails if Twisted
 changes it.  ``NBGW_UPSTREAM_DIRECT_WRITE=0`` turns the direct write off
 (read at import).
@@ -49,14 +50,15 @@ class DirectWriteStats:
 
 def idle_socket(transport: Any) -> socket.socket | None:
     """The socket of a plain Twisted TCP ``transport`` that is connected,
-    not closing and has nothing queued in Twisted's write buffers; else
+    not closing, aborted or half-closed and has nothing queued in Twisted's write buffers; else
     None.  The one place that reads Twisted's ``FileDescriptor`` state."""
     if not isinstance(transport, tcp.Connection):
         return None
     if transport.TLS or not transport.connected or transport.disconnecting:
         return None
-    if getattr(transport, "_writeDisconnecting", False):
-        return None
+    if (transport.disconnected or transport._aborting or transport._writeDisconnected
+            or transport._writeDisconnecting):
+        return None  # closing, aborted (Twisted drops what is written) or half-closed
     if transport._tempDataBuffer or len(transport.dataBuffer) > transport.offset:
         return None
     return transport.socket

@@ -155,6 +155,15 @@ class DirectWriteTests(unittest.SynchronousTestCase):
         why = t.doWrite()
         self.assertIsInstance(why, Exception)  # the reactor calls connectionLost with it
 
+    def test_aborted_connection_sends_nothing(self) -> None:
+        t, _fake, peer = self.pair()
+        t.reactor.callLater = lambda *a, **kw: None  # connectionLost would follow
+        t.abortConnection()
+        self.assertIsNone(sockwrite.idle_socket(t))
+        sockwrite.write(t, b"late")
+        peer.setblocking(False)
+        self.assertRaises(BlockingIOError, peer.recv, 100)
+
     def test_switch_off_uses_twisteds_write(self) -> None:
         t, fake, peer = self.pair()
         self.patch(sockwrite, "ENABLED", False)
@@ -182,6 +191,10 @@ class DirectWriteTests(unittest.SynchronousTestCase):
         t.disconnecting = True
         self.assertIsNone(sockwrite.idle_socket(t))
         t.disconnecting = False
+        for flag in ("_writeDisconnecting", "_writeDisconnected"):  # half-closed
+            setattr(t, flag, True)
+            self.assertIsNone(sockwrite.idle_socket(t))
+            setattr(t, flag, False)
         big = b"x" * (sockwrite.MAX_DIRECT + 1)  # large writes: Twisted's own chunking
         sockwrite.write(t, big)
         self.assertEqual(t._tempDataBuffer, [big])
@@ -192,7 +205,8 @@ class DirectWriteTests(unittest.SynchronousTestCase):
         ``idle_socket`` (then fix it or run with the switch off)."""
         t, _fake, peer = self.pair()
         for name in ("dataBuffer", "offset", "_tempDataBuffer", "TLS", "connected",
-                     "disconnecting", "socket"):
+                     "disconnecting", "disconnected", "_aborting", "_writeDisconnected",
+                     "_writeDisconnecting", "socket"):
             self.assertTrue(hasattr(t, name), name)
         self.assertEqual((t.dataBuffer, t.offset, t._tempDataBuffer), (b"", 0, []))
         t.write(b"x")
