@@ -172,7 +172,7 @@ class TransportPath:
             elif now > kp.rx_rekey_at and peer.handshake is None:
                 self._initiate(peer, retry=False)
             peer.rx_bytes += nbytes
-            t = peer.timers
+            t = peer._timers or peer.timers
             t.new_handshake = None
             if peer.persistent_keepalive:
                 self._authenticated_traversal(peer, now)
@@ -279,7 +279,7 @@ class TransportPath:
                     if self._send_data(peer, packet):
                         accepted += 1
                     continue
-                if peer.timers.new_handshake is None:
+                if (peer._timers or peer.timers).new_handshake is None:
                     self._arm_new_handshake(peer, now)
                 run_peer = peer
                 counter = kp.send_counter
@@ -303,7 +303,7 @@ class TransportPath:
         and "authenticated packet traversal" timer events once for the run."""
         self._link_run(datagrams, peer.endpoint)
         peer.tx_bytes += sum(map(len, datagrams))
-        peer.timers.send_keepalive = None
+        (peer._timers or peer.timers).send_keepalive = None
         self._data_tx += len(datagrams)
         if peer.persistent_keepalive:
             self._authenticated_traversal(peer, now)
@@ -325,7 +325,7 @@ class TransportPath:
             if pad > 0:
                 packet = packet + _ZERO_PAD[:pad]
         self._encrypt_and_send(peer, kp, packet, now)
-        if peer.timers.new_handshake is None:
+        if (peer._timers or peer.timers).new_handshake is None:
             self._arm_new_handshake(peer, now)
         # keep the key fresh (initiator side)
         if kp.is_initiator and (kp.send_counter >= cfg.rekey_after_messages or now >= kp.rekey_at):
@@ -363,7 +363,7 @@ class TransportPath:
                 self._data_tx += 1
             else:
                 self._keepalive_tx += 1
-        peer.timers.send_keepalive = None
+        (peer._timers or peer.timers).send_keepalive = None
         if peer.persistent_keepalive:
             self._authenticated_traversal(peer, now)
 

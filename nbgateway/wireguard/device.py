@@ -194,7 +194,8 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
             peer.preshared_key = changes["preshared_key"]
         if "persistent_keepalive" in changes and changes["persistent_keepalive"] is not None:
             peer.persistent_keepalive = changes["persistent_keepalive"] or None
-            peer.timers.persistent_keepalive = None
+            if peer._timers is not None:
+                peer._timers.persistent_keepalive = None
             if peer.persistent_keepalive:
                 self._arm(peer, "persistent_keepalive", self._now() + peer.persistent_keepalive)
         return peer
@@ -209,8 +210,10 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         for kp in peer.keypairs():
             self._release(kp.local_index)
         peer.previous = peer.current = peer.next = None
-        peer.staged.clear()
-        peer.timers.clear()
+        if peer._staged is not None:
+            peer._staged.clear()
+        if peer._timers is not None:
+            peer._timers.clear()
         peer.removed = True
 
     def _set_allowed(self, peer: Peer, nets: tuple[Prefix, ...]) -> None:

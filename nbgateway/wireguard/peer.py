@@ -77,9 +77,11 @@ class Peer:
     """A remote WireGuard peer known to the device.
 
     Idle peers are cheap (``__slots__``; a never-handshaken peer holds its
-    key, endpoint, allowed IPs and a timer record): the static-static DH
-    result, the handshake hash prefix, the cookie state and the staging queue
-    are computed or created on first use."""
+    key, endpoint and allowed IPs): the static-static DH result, the
+    handshake hash prefix, the cookie state, the staging queue and the timer
+    record are computed or created on first use.  Hot paths that run only
+    after a handshake (which creates the timers) read ``peer._timers or
+    peer.timers``: one slot read when the record exists."""
 
     __slots__ = (
         "_cookies",
@@ -87,6 +89,7 @@ class Peer:
         "_local",
         "_staged",
         "_static_static",
+        "_timers",
         "allowed_ips",
         "current",
         "endpoint",
@@ -104,7 +107,6 @@ class Peer:
         "public_key",
         "removed",
         "rx_bytes",
-        "timers",
         "tx_bytes",
     )
 
@@ -139,7 +141,7 @@ class Peer:
         self.next: Keypair | None = None
 
         self._staged: deque[bytes] | None = None
-        self.timers = PeerTimers()
+        self._timers: PeerTimers | None = None
         self.heap_generation = 0
         self.heap_at: float | None = None
 
@@ -170,6 +172,19 @@ class Peer:
         if self._cookies is None:
             self._cookies = CookieGenerator(self.public_key)
         return self._cookies
+
+    @property
+    def timers(self) -> PeerTimers:
+        """The peer's timer deadlines, created on first use (first handshake,
+        first packet, a keepalive setting): an idle peer has none."""
+        t = self._timers
+        if t is None:
+            t = self._timers = PeerTimers()
+        return t
+
+    @property
+    def has_timers(self) -> bool:
+        return self._timers is not None
 
     @property
     def staged(self) -> deque[bytes]:

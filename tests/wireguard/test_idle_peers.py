@@ -64,3 +64,36 @@ def test_never_handshaken_peer_is_under_two_kib():
     assert per_peer <= 2048, per_peer
     peer = device.peers[keys[0]]
     assert peer._static_static is None and peer._staged is None and peer._cookies is None
+
+
+def test_timer_record_is_created_by_the_first_handshake_not_by_add_or_remove():
+    from nbgateway.wireguard.testing import ipv4_packet
+
+    from .conftest import make_pair
+
+    p = make_pair()
+    b_on_a = p.a.peers[p.b.public_key]
+    a_on_b = p.b.peers[p.a.public_key]
+    assert not b_on_a.has_timers and not a_on_b.has_timers
+    p.run(30)  # idle time creates nothing either
+    assert not b_on_a.has_timers and not a_on_b.has_timers
+    p.a.sendPacket(ipv4_packet("10.0.0.1", "10.0.0.2", b"hello"))
+    p.net.pump()
+    assert b_on_a.has_timers and a_on_b.has_timers
+    assert [pkt[20:] for pkt, _ in p.sink_b.packets] == [b"hello"]
+    assert b_on_a.timers.new_handshake is not None  # data sent, nothing back yet
+    assert a_on_b.timers.send_keepalive is not None  # data received: keepalive due
+    # the protocol's timers still work from the lazily created record
+    p.run(15)
+    assert b_on_a.timers.send_keepalive is None and a_on_b.timers.send_keepalive is None
+    # removing idle peers creates neither a timer record nor a staging queue
+    p.a.add_peer(public_key(generate_private_key()), allowed_ips=["10.9.0.1/32"])
+    idle = next(peer for key, peer in p.a.peers.items() if key != p.b.public_key)
+    p.a.remove_peer(idle.public_key)
+    assert idle.removed and not idle.has_timers and idle._staged is None
+    # a persistent-keepalive setting arms (and so creates) the record
+    p.a.add_peer(public_key(generate_private_key()), allowed_ips=["10.9.0.2/32"],
+                 endpoint=("192.0.2.9", 51820))
+    ka = next(peer for key, peer in p.a.peers.items() if key != p.b.public_key)
+    p.a.update_peer(ka.public_key, persistent_keepalive=25)
+    assert ka.has_timers and ka.timers.persistent_keepalive is not None
