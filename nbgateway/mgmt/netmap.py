@@ -12,8 +12,8 @@ What comes out (:class:`AccountNetwork`):
 * own addresses: the tunnel IPv4 interface (``peerConfig.address``, e.g.
   ``100.64.0.99/10``) and, when present, the IPv6 one (``address_v6``:
   address bytes + prefix length, upstream ``netiputil`` encoding);
-* the WireGuard roster: one :class:`RosterPeer` per remote peer (base64 key,
-  raw key, normalised allowed-IP prefixes, endpoint when the proto carries
+* the WireGuard roster: one :class:`RosterPeer` per remote peer (raw key,
+  its base64 text on demand, normalised allowed-IP prefixes, endpoint when the proto carries
   one).  ``offlinePeers`` are not part of the roster (upstream does not
   configure them either).  An empty ``remotePeers`` list is an empty roster
   whatever ``remotePeersIsEmpty`` says (upstream's legacy "no change" reading
@@ -113,15 +113,56 @@ _ANY_V6 = Prefix.of(6, 0, 0)
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
-@dataclass(frozen=True, slots=True)
 class RosterPeer:
-    """One WireGuard peer of the account's roster."""
+    """One WireGuard peer of the account's roster: an immutable value.
 
-    public_key: str
+    Only the raw key is kept (``key_bytes``); ``public_key``, the base64
+    text, is derived on demand (a roster of thousands of idle peers does not
+    hold every key twice).  The constructor keeps the upstream field order
+    ``(public_key, key_bytes, allowed_ips, endpoint, fqdn)``; the text
+    argument is not stored, ``key_bytes`` is the identity."""
+
+    __slots__ = ("allowed_ips", "endpoint", "fqdn", "key_bytes")
+
     key_bytes: bytes
     allowed_ips: tuple[Prefix, ...]
-    endpoint: str = ""
-    fqdn: str = ""
+    endpoint: str
+    fqdn: str
+
+    def __init__(self, public_key: str | None, key_bytes: bytes,
+                 allowed_ips: tuple[Prefix, ...], endpoint: str = "", fqdn: str = "") -> None:
+        del public_key  # derived from key_bytes on demand
+        _set = object.__setattr__
+        _set(self, "key_bytes", key_bytes)
+        _set(self, "allowed_ips", allowed_ips)
+        _set(self, "endpoint", endpoint)
+        _set(self, "fqdn", fqdn)
+
+    @property
+    def public_key(self) -> str:
+        """The key as base64 text (what the proto and ``wg`` print)."""
+        return base64.b64encode(self.key_bytes).decode("ascii")
+
+    def _fields(self) -> tuple[bytes, tuple[Prefix, ...], str, str]:
+        return (self.key_bytes, self.allowed_ips, self.endpoint, self.fqdn)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"RosterPeer is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"RosterPeer is immutable (cannot delete {name!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not RosterPeer:
+            return NotImplemented
+        return self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"RosterPeer(public_key={self.public_key!r}, allowed_ips={self.allowed_ips!r}, "
+                f"endpoint={self.endpoint!r}, fqdn={self.fqdn!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +227,11 @@ class AccountNetwork:
         return tuple(str(a.ip) for a in (self.address, self.address_v6) if a is not None)
 
     def peer(self, public_key: str) -> RosterPeer | None:
+        raw = _decode_key(public_key)
+        if raw is None:
+            return None
         for p in self.roster:
-            if p.public_key == public_key:
+            if p.key_bytes == raw:
                 return p
         return None
 
@@ -595,7 +639,7 @@ def _convert_peer(rp: Any, skipped: Counter[str]) -> RosterPeer | None:
             nets.append(_FRESH.setdefault(net, net))
     endpoint = getattr(rp, "endpoint", "") or ""
     return RosterPeer(
-        public_key=rp.wgPubKey,
+        None,
         key_bytes=raw,
         allowed_ips=tuple(dict.fromkeys(nets)),
         endpoint=endpoint,
@@ -604,7 +648,7 @@ def _convert_peer(rp: Any, skipped: Counter[str]) -> RosterPeer | None:
 
 
 def _convert_roster(nm: Any, skipped: Counter[str]) -> tuple[RosterPeer, ...]:
-    roster: dict[str, RosterPeer] = {}
+    roster: dict[bytes, RosterPeer] = {}
     for i, rp in enumerate(nm.remotePeers):
         if i >= MAX_REMOTE_PEERS:
             skipped["peer_limit"] += len(nm.remotePeers) - i
@@ -612,7 +656,7 @@ def _convert_roster(nm: Any, skipped: Counter[str]) -> tuple[RosterPeer, ...]:
         peer = _PEERS.convert(rp.SerializeToString(),
                               _convert_peer, skipped, rp)
         if peer is not None:
-            roster[peer.public_key] = peer
+            roster[peer.key_bytes] = peer
     return tuple(roster.values())
 
 
