@@ -40,6 +40,7 @@ Run as root:  .venv/bin/python bench/scale.py [--small] [--storm 2000]
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import statistics
 import sys
@@ -64,15 +65,17 @@ from nbgateway.management.model import (  # noqa: E402
 )
 from nbgateway.management.store import Store  # noqa: E402
 from nbgateway.management.store.schema import services as services_table  # noqa: E402
+from nbgateway.wireguard.keys import generate_private_key, public_key  # noqa: E402
 from tests.interop.test_private_e2e import DOMAIN, World, wait_for  # noqa: E402
 
 HEALTH = "http://127.0.0.1:8080"
 
 
-def _key() -> str:
-    import base64
-
-    return base64.b64encode(os.urandom(32)).decode()
+def _keypair() -> tuple[bytes, str]:
+    """A real X25519 key pair: (private, base64 public); the bench keeps the private
+    half so ``--real-peers`` and ``--handshake-burst`` can handshake as the peer."""
+    private = generate_private_key()
+    return private, base64.b64encode(public_key(private)).decode()
 
 
 def _target(mode: str, port: int) -> Target:
@@ -80,8 +83,11 @@ def _target(mode: str, port: int) -> Target:
                   target_type="cluster", options=TargetOptions(direct_upstream=True))
 
 
-def seed(store: Store, accounts: int, peers: int, services: int) -> tuple[dict[str, str], str]:
-    """Create the world; returns ({account id: group id}, the admin token)."""
+def seed(store: Store, accounts: int, peers: int, services: int,
+         privates: dict[str, list[tuple[str, bytes]]] | None = None
+         ) -> tuple[dict[str, str], str]:
+    """Create the world; returns ({account id: group id}, the admin token).  With
+    ``privates``, records {account id: [(peer id, private key)]} in account order."""
     boot = store.accounts.ensure_default()
     assert boot.admin_token, "seed wants a fresh store"
     ids = [boot.account.id] + [f"acct-{i:05d}" for i in range(1, accounts)]
@@ -92,8 +98,11 @@ def seed(store: Store, accounts: int, peers: int, services: int) -> tuple[dict[s
             store.accounts.create(Account(id=account_id, domain=f"a{a}.netbird.test"))
         group = store.groups.create(Group(account_id=account_id, name="devs"))
         groups[account_id] = group.id
-        created = [store.peers.create(Peer(account_id=account_id, name=f"p{p}", key=_key()))
-                   for p in range(peers)]
+        keys = [_keypair() for _ in range(peers)]
+        created = [store.peers.create(Peer(account_id=account_id, name=f"p{p}", key=pub))
+                   for p, (_, pub) in enumerate(keys)]
+        if privates is not None:
+            privates[account_id] = [(c.id, k[0]) for c, k in zip(created, keys, strict=True)]
         store.groups.add_peers(account_id, group.id, [p.id for p in created])
         for s in range(services):
             kind = s % 4
@@ -126,7 +135,9 @@ class Scaled(World):
         os.makedirs(self.mgmt_dir, mode=0o700, exist_ok=True)
         t0 = time.monotonic()
         self.store = Store.open(datadir=self.mgmt_dir, known_clusters=(DOMAIN,))
-        self.groups, token = seed(self.store, accounts, peers, services)
+        #: {account id: [(peer id, private key)]}, accounts in seeding order
+        self.privates: dict[str, list[tuple[str, bytes]]] = {}
+        self.groups, token = seed(self.store, accounts, peers, services, self.privates)
         self.accounts, self.n_services = accounts, accounts * services
         #: (unix time at the REST create, latency s, name) per timed change
         self.change_log: list[tuple[float, float, str]] = []
@@ -269,9 +280,61 @@ def run_world(accounts: int, peers: int, services: int, args: argparse.Namespace
             line(f"mapping change max ({len(lat)})", f"{lat[-1] * 1000:.0f} ms", "-", None)
             if args.trace:
                 attribute_slow_changes(w)
+        if accounts > 1 and (args.real_peers or args.handshake_burst):
+            real_wireguard(w, args)
         return rss
     finally:
         tb.close()
+
+
+def real_wireguard(w: Scaled, args: argparse.Namespace) -> None:
+    """``--real-peers`` (stock wireguard-go) and ``--handshake-burst`` (the project's
+    own initiator) against the running world; see bench/_scale_wg.py."""
+    from bench import _scale_wg as rw
+
+    connected: list[rw.Connected] = []
+    if args.real_peers:
+        rp = rw.real_peers(w, args.real_peers, n_connected=min(3, args.real_peers))
+        connected = rp["connected"]
+        print(f"[real peers] {rp['n']} wireguard-go interfaces configured in "
+              f"{rp['start_seconds']:.1f} s (wg-quick configs rendered by the management)",
+              flush=True)
+        line("real peers handshaken (wg show)", f"{rp['handshaken']}/{rp['n']}", "all",
+             rp["handshaken"] == rp["n"])
+        line("time until all handshaken", f"{rp['handshake_seconds']:.1f} s", "-", None)
+        for c in connected:
+            code, err = rw.curl_private(w, c)
+            line(f"curl private s0-a{c.account_index} via wg-go", f"HTTP {code}", "200",
+                 code == 200)
+            if code != 200:
+                print(f"    curl: {err}", flush=True)
+    if args.handshake_burst:
+        est = connected[0] if connected else None
+        b = rw.handshake_burst(w, args.handshake_burst, est, skip=args.real_peers)
+        r = b["result"]
+        print(f"[burst] {r.total} distinct peers over {len({c for c in w.privates})} accounts, "
+              f"one UDP socket in a namespace; {r.initiations_sent} initiations sent, "
+              f"at most {r.max_attempts} per peer", flush=True)
+        line("burst handshakes completed", f"{r.completed}/{r.total}", "all",
+             r.completed == r.total)
+        line("time until all completed",
+             f"{r.seconds_to_all:.2f} s" if r.seconds_to_all is not None else
+             f"> {r.last_completion:.1f} s", "-", None)
+        line("cookie replies received", f"{r.cookie_replies}", "allowed", None)
+        if est is not None:
+            before = [mbit for _, mbit in b["before"][1:]]  # the first interval is slow start
+            lo, hi = b["burst_window"]
+            during = [mbit for end, mbit in b["during"] if lo <= end and end - 0.5 <= hi]
+            base = statistics.median(before) if before else float("nan")
+            if during:
+                avg = statistics.mean(during)
+                line("established peer iperf3 before", f"{base:.0f} Mbit/s", "-", None)
+                line("... during the burst (mean)", f"{avg:.0f} Mbit/s", "-", None)
+                line("... during / before", f"{avg / base:.2f} x", "keeps its throughput",
+                     avg / base >= 0.5)
+                line("... worst 0.5 s during / before", f"{min(during) / base:.2f} x", "-", None)
+            else:
+                print("  (no iperf3 interval overlapped the burst)", flush=True)
 
 
 def change_latency(w: Scaled, n: int) -> list[float]:
@@ -415,6 +478,12 @@ def main() -> None:
     parser.add_argument("--storm", type=int, default=2000, help="0 skips the peer storm")
     parser.add_argument("--storm-timeout", type=float, default=120.0)
     parser.add_argument("--skip-world", action="store_true", help="only the peer storm")
+    parser.add_argument("--real-peers", type=int, default=0,
+                        help="N seeded peers handshake through stock wireguard-go from a "
+                             "namespace (the first 3 also curl a private service)")
+    parser.add_argument("--handshake-burst", type=int, default=0,
+                        help="N other seeded peers handshake at once (the project's own "
+                             "initiator); iperf3 through a real peer before vs during")
     parser.add_argument("--trace", action="store_true",
                         help="run the processes with bench/_trace (GC and stall events) and "
                              "attribute the slow mapping changes")
