@@ -55,11 +55,13 @@ import base64
 import binascii
 import functools
 import ipaddress
+import os
 import socket
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from hashlib import blake2b as _blake2b
 from typing import Any
 
 from nbgateway.netstack.prefix import V6_FLAG, Prefix
@@ -399,9 +401,9 @@ class _Skipped:
 
 
 class _Memo:
-    """Bounded memo of entry conversions keyed by the entry's serialized bytes
-    (the converted value, with its skip reasons when there were any).  Oldest
-    entries go first."""
+    """Bounded memo of entry conversions keyed by a digest of the entry's
+    serialized bytes (:func:`_memo_key`; the converted value, with its skip
+    reasons when there were any).  Oldest entries go first."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -432,6 +434,18 @@ class _Memo:
 
 _PEERS = _Memo(MAX_REMOTE_PEERS)
 _RECORDS = _Memo(MAX_RECORDS)
+
+#: a per-process secret: the memo keys are keyed BLAKE2b digests, so nobody
+#: who does not know it can make two entries collide
+_MEMO_SECRET = os.urandom(32)
+
+
+def _memo_key(data: bytes) -> bytes:
+    """The memo key of an entry's serialized bytes: its keyed 128-bit BLAKE2b
+    digest (49 bytes kept per entry instead of the whole serialization, e.g.
+    ~130 bytes for a peer; an accidental collision among the memo's at most
+    16,384 entries has probability ~2**-100, a chosen one needs the secret)."""
+    return _blake2b(data, digest_size=16, key=_MEMO_SECRET).digest()
 
 #: values of the entries converted (memo misses) by the running ``convert``,
 #: so that new entries naming the same thing share one object: a new peer's
@@ -653,7 +667,7 @@ def _convert_roster(nm: Any, skipped: Counter[str]) -> tuple[RosterPeer, ...]:
         if i >= MAX_REMOTE_PEERS:
             skipped["peer_limit"] += len(nm.remotePeers) - i
             break
-        peer = _PEERS.convert(rp.SerializeToString(),
+        peer = _PEERS.convert(_memo_key(rp.SerializeToString()),
                               _convert_peer, skipped, rp)
         if peer is not None:
             roster[peer.key_bytes] = peer
@@ -678,7 +692,7 @@ def _convert_zones(nm: Any, skipped: Counter[str]) -> tuple[DnsZone, ...]:
             if budget <= 0:
                 skipped["record_limit"] += 1
                 continue
-            rec = _RECORDS.convert(apex_key + r.SerializeToString(),
+            rec = _RECORDS.convert(_memo_key(apex_key + r.SerializeToString()),
                                    _convert_record, skipped, r, apex)
             if rec is not None:
                 records.append(rec)

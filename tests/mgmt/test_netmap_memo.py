@@ -202,3 +202,18 @@ def test_records_share_their_ttl():
     records = netmap.convert(nm).zones[0].records
     assert len(records) == 4 and {r.ttl for r in records} == {3600}
     assert len({id(r.ttl) for r in records}) == 1
+
+
+def test_memo_keys_are_keyed_digests_not_serializations():
+    for memo in (netmap._PEERS, netmap._RECORDS):
+        memo.clear()
+    keys = [key_to_base64(public_key(generate_private_key())) for _ in range(5)]
+    first = netmap.convert(build(5, 1, keys))
+    assert netmap._PEERS.entries and netmap._RECORDS.entries
+    for memo in (netmap._PEERS, netmap._RECORDS):
+        assert all(type(k) is bytes and len(k) == 16 for k in memo.entries)
+    # same entry -> same key; any change in the bytes -> another key
+    assert netmap._memo_key(b"peer entry") == netmap._memo_key(b"peer entry")
+    assert netmap._memo_key(b"peer entry") != netmap._memo_key(b"peer entrz")
+    second = netmap.convert(build(5, 1, keys))
+    assert [a is b for a, b in zip(first.roster, second.roster, strict=True)] == [True] * 5
