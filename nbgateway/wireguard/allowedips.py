@@ -7,6 +7,8 @@ longest first: O(number of distinct prefix lengths), with no objects created.
 A reverse index (value -> its networks) makes ``networks_of`` and
 ``remove_value`` cost the value's own networks, not the table's size, so
 rewriting one peer's allowed IPs in a roster of thousands stays O(1)-ish.
+The index is a dict, or, with ``reverse_attr``, an attribute of each value
+(the device keeps it in ``Peer.allowed_ips``: no dict entry per peer).
 
 Memory per network: one entry in its length's dict (key: the address's
 prefix bits as an int) and its :class:`~nbgateway.netstack.prefix.Prefix`
@@ -71,16 +73,35 @@ class AllowedIPs(Generic[V]):
     Networks are kept as :class:`~nbgateway.netstack.prefix.Prefix` ints (text
     and :mod:`ipaddress` networks are converted on the way in); the family
     tables are the only owner map, and the reverse index holds one tuple of
-    prefixes per value."""
+    prefixes per value.
 
-    def __init__(self) -> None:
+    With ``reverse_attr`` the reverse index is that attribute of each value
+    (which must start as ``()`` and be written by this table only); without
+    it, a dict keyed by the values."""
+
+    def __init__(self, reverse_attr: str | None = None) -> None:
         self._v4: _Family[V] = _Family(32)
         self._v6: _Family[V] = _Family(128)
         self._count = 0
+        self._attr = reverse_attr
         #: value -> that value's prefixes (insertion order); values are keys,
         #: so two values must not be equal unless they are the same object
-        #: (device peers compare by identity; no id() int per value)
+        #: (device peers compare by identity; no id() int per value).
+        #: Unused with ``reverse_attr``.
         self._by_value: dict[V, tuple[Prefix, ...]] = {}
+
+    def _nets(self, value: V) -> tuple[Prefix, ...]:
+        if self._attr is None:
+            return self._by_value.get(value, ())
+        return getattr(value, self._attr)
+
+    def _set_nets(self, value: V, nets: tuple[Prefix, ...]) -> None:
+        if self._attr is not None:
+            setattr(value, self._attr, nets)
+        elif nets:
+            self._by_value[value] = nets
+        else:
+            self._by_value.pop(value, None)
 
     def _family(self, net: Prefix) -> _Family[V]:
         return self._v6 if net >> 136 else self._v4
@@ -99,17 +120,13 @@ class AllowedIPs(Generic[V]):
             self._drop_reverse(previous, net)
         else:
             self._count += 1
-        self._by_value[value] = (*self._by_value.get(value, ()), net)
+        self._set_nets(value, (*self._nets(value), net))
         return previous
 
     def _drop_reverse(self, value: V, net: Prefix) -> None:
-        nets = self._by_value.get(value)
-        if nets is not None:
-            rest = tuple(n for n in nets if n != net)
-            if rest:
-                self._by_value[value] = rest
-            else:
-                del self._by_value[value]
+        nets = self._nets(value)
+        if nets:
+            self._set_nets(value, tuple(n for n in nets if n != net))
 
     def remove(self, network: NetworkLike) -> None:
         net = as_prefix(network)
@@ -129,7 +146,7 @@ class AllowedIPs(Generic[V]):
 
     def networks_of(self, value: V) -> tuple[Prefix, ...]:
         """The value's networks, in insertion order (the index's own tuple)."""
-        return self._by_value.get(value, ())
+        return self._nets(value)
 
     def lookup_packed(self, packed: bytes) -> V | None:
         """Lookup by a packed 4- or 16-byte address (the per-packet hot path)."""
@@ -154,6 +171,13 @@ class AllowedIPs(Generic[V]):
 
     def __iter__(self) -> Iterator[tuple[Prefix, V]]:
         items: list[tuple[Prefix, V]] = []
+        if self._attr is not None:  # no list of values: walk the tables
+            for version, fam in ((4, self._v4), (6, self._v6)):
+                for length, table in fam.tables.items():
+                    shift = fam.bits - length
+                    items.extend((Prefix.of(version, key << shift, length), value)
+                                 for key, value in table.items())
+            return iter(items)
         for nets in self._by_value.values():
             for net in nets:
                 value = self._family(net).get(net.address, net & 0xFF)

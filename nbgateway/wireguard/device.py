@@ -110,7 +110,8 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         self._walltime = walltime
         self._checker = CookieChecker(self.public_key, urandom)
         self.peers: dict[bytes, Peer] = {}
-        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        #: the reverse index is each peer's ``allowed_ips`` (no dict per peer)
+        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs(reverse_attr="allowed_ips")
         # destination -> peer cache in front of the LPM table; cleared on any change
         self._route_cache: dict[bytes, Peer] = {}
         # receiver index -> (peer, Keypair or the InitiatorState of a handshake)
@@ -224,15 +225,10 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
             return
         self._route_cache.clear()
         self.allowed_ips.remove_value(peer)
-        displaced = {}
+        # an allowed IP belongs to one peer only: the table moves it, and keeps
+        # ``allowed_ips`` of this peer and of any peer it took one from
         for net in nets:
-            previous = self.allowed_ips.insert(net, peer)
-            if previous is not None:
-                displaced[id(previous)] = previous
-        # an allowed IP belongs to one peer only: refresh the views that changed
-        peer.allowed_ips = self.allowed_ips.networks_of(peer)
-        for p in displaced.values():
-            p.allowed_ips = self.allowed_ips.networks_of(p)
+            self.allowed_ips.insert(net, peer)
 
     def close(self) -> None:
         """Cancel the device deadline and release its indices; the device ignores

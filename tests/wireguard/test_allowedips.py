@@ -67,3 +67,69 @@ def test_prefix_moves_between_values():
 
 def test_bad_packed_length():
     assert AllowedIPs().lookup_packed(b"\x01\x02\x03") is None
+
+
+class _Owner:
+    """A value carrying its own reverse index (as a device Peer does)."""
+
+    __slots__ = ("allowed_ips", "name")
+
+    def __init__(self, name: int) -> None:
+        self.name = name
+        self.allowed_ips: tuple = ()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.one_of(v4_networks(), v6_networks()), st.integers(0, 5)), max_size=40),
+    st.data(),
+)
+def test_reverse_index_on_the_value_matches_the_dict_index(inserts, data):
+    """``reverse_attr`` keeps each value's networks on the value itself; every
+    answer (lookups, moves, networks_of, removal, iteration) is the dict
+    index's."""
+    owners = {i: _Owner(i) for i in range(6)}
+    by_dict: AllowedIPs[int] = AllowedIPs()
+    by_attr: AllowedIPs[_Owner] = AllowedIPs(reverse_attr="allowed_ips")
+    for net, value in inserts:
+        prev_d = by_dict.insert(net, value)
+        prev_a = by_attr.insert(net, owners[value])
+        assert (prev_a.name if prev_a is not None else None) == prev_d
+    for net, _ in inserts:
+        if data.draw(st.booleans()):
+            by_dict.remove(net)
+            by_attr.remove(net)
+    for i in range(6):
+        if data.draw(st.integers(0, 5)) == 0:
+            by_dict.remove_value(i)
+            by_attr.remove_value(owners[i])
+    assert len(by_dict) == len(by_attr)
+    for i, owner in owners.items():
+        assert owner.allowed_ips == by_dict.networks_of(i) == by_attr.networks_of(owner)
+    assert sorted((str(n), v) for n, v in by_dict) == sorted(
+        (str(n), v.name) for n, v in by_attr)
+    for net, _ in inserts:
+        addr = net.network_address
+        hit_d, hit_a = by_dict.lookup(addr), by_attr.lookup(addr)
+        assert (hit_a.name if hit_a is not None else None) == hit_d
+
+
+def test_device_peers_allowed_ips_follow_moves():
+    from twisted.internet.task import Clock
+
+    from nbgateway.wireguard.device import WireGuardDevice
+    from nbgateway.wireguard.keys import generate_private_key, public_key
+
+    dev = WireGuardDevice(generate_private_key(), Clock())
+    ka, kb = (public_key(generate_private_key()) for _ in range(2))
+    a = dev.add_peer(ka, allowed_ips=["10.0.0.1/32", "fd00::1/128"])
+    b = dev.add_peer(kb, allowed_ips=["10.0.0.2/32"])
+    assert [str(n) for n in a.allowed_ips] == ["10.0.0.1/32", "fd00::1/128"]
+    dev.update_peer(kb, allowed_ips=["10.0.0.2/32", "10.0.0.1/32"])  # b takes a's IPv4
+    assert [str(n) for n in a.allowed_ips] == ["fd00::1/128"]
+    assert [str(n) for n in b.allowed_ips] == ["10.0.0.2/32", "10.0.0.1/32"]
+    assert dev.allowed_ips.lookup("10.0.0.1") is b
+    dev.remove_peer(kb)
+    assert b.allowed_ips == () and dev.allowed_ips.lookup("10.0.0.1") is None
+    assert dev.allowed_ips.lookup("fd00::1") is a and len(dev.allowed_ips) == 1
+    assert not dev.allowed_ips._by_value  # the index lives on the peers
