@@ -94,8 +94,6 @@ class Peer:
         "current",
         "endpoint",
         "handshake",
-        "heap_at",
-        "heap_generation",
         "last_handshake",
         "last_initiation_consumed",
         "last_initiation_sent",
@@ -142,8 +140,6 @@ class Peer:
 
         self._staged: deque[bytes] | None = None
         self._timers: PeerTimers | None = None
-        self.heap_generation = 0
-        self.heap_at: float | None = None
 
         self.rx_bytes = 0
         self.tx_bytes = 0

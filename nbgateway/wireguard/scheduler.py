@@ -22,13 +22,14 @@ class TimerScheduler:
     """Timer deadlines of all peers behind one delayed call."""
 
     def _arm(self, peer: Peer, name: str, when: float | None) -> None:
-        setattr(peer.timers, name, when)
+        t = peer.timers
+        setattr(t, name, when)
         if when is None or peer.removed:
             return
-        if peer.heap_at is None or when < peer.heap_at:
-            peer.heap_generation += 1
-            peer.heap_at = when
-            heapq.heappush(self._heap, (when, next(self._seq), peer, peer.heap_generation))
+        if t.heap_at is None or when < t.heap_at:
+            t.heap_generation += 1
+            t.heap_at = when
+            heapq.heappush(self._heap, (when, next(self._seq), peer, t.heap_generation))
             if not self._closed and (self._call_at is None or when < self._call_at):
                 self._rearm(when)
 
@@ -52,26 +53,29 @@ class TimerScheduler:
         due: list[Peer] = []
         while heap and heap[0][0] <= now:
             _, _, peer, gen = heapq.heappop(heap)
-            if peer.removed or gen != peer.heap_generation:
+            t = peer.timers  # exists: the peer was armed
+            if peer.removed or gen != t.heap_generation:
                 continue
-            peer.heap_at = None
+            t.heap_at = None
             due.append(peer)
         for peer in due:
             try:
                 self._expire(peer, now)
             except Exception:
                 log.failure("timer handling failed for {peer!r}", peer=peer)
-            nxt = peer.timers.next_deadline()
+            t = peer.timers
+            nxt = t.next_deadline()
             if (
                 nxt is not None
                 and not peer.removed
-                and (peer.heap_at is None or nxt < peer.heap_at)
+                and (t.heap_at is None or nxt < t.heap_at)
             ):
-                peer.heap_generation += 1
-                peer.heap_at = nxt
-                heapq.heappush(heap, (nxt, next(self._seq), peer, peer.heap_generation))
+                t.heap_generation += 1
+                t.heap_at = nxt
+                heapq.heappush(heap, (nxt, next(self._seq), peer, t.heap_generation))
         # discard stale heads so the heap stays small
-        while heap and (heap[0][2].removed or heap[0][3] != heap[0][2].heap_generation):
+        while heap and (heap[0][2].removed
+                        or heap[0][3] != heap[0][2].timers.heap_generation):
             heapq.heappop(heap)
         if heap and not self._closed:
             self._rearm(heap[0][0])

@@ -44,10 +44,16 @@ class TimerConfig:
 
 
 class PeerTimers:
-    """Absolute deadlines for one peer.  ``None`` means not armed."""
+    """Absolute deadlines for one peer.  ``None`` means not armed.
+
+    ``heap_at``/``heap_generation`` place the peer in the device's timer heap
+    (the scheduler's bookkeeping; :meth:`clear` leaves them, so stale heap
+    entries stay recognisable)."""
 
     __slots__ = (
         "handshake_attempts",
+        "heap_at",
+        "heap_generation",
         "need_another_keepalive",
         "new_handshake",
         "persistent_keepalive",
@@ -64,6 +70,8 @@ class PeerTimers:
         self.persistent_keepalive: float | None = None
         self.handshake_attempts = 0
         self.need_another_keepalive = False
+        self.heap_at: float | None = None
+        self.heap_generation = 0
 
     def next_deadline(self) -> float | None:
         best = None
