@@ -151,7 +151,7 @@ def iperf_intervals(c: Connected, seconds: float) -> tuple[float, list[tuple[flo
     port = 30001 + c.account_index
     t0 = time.monotonic()
     r = c.ns.run(["iperf3", "-c", c.gw_ip, "-p", str(port), "-t", f"{seconds:g}",
-                  "-i", "0.5", "-J"], check=False, timeout=seconds + 30)
+                  "-i", "0.1", "-J"], check=False, timeout=seconds + 30)
     try:
         report = json.loads(r.stdout)
         ivs = [(t0 + iv["sum"]["end"], iv["sum"]["bits_per_second"] / 1e6)
