@@ -69,7 +69,10 @@ DEFAULT_UNDER_LOAD_THRESHOLD = 256  # handshake messages per second before cooki
 
 
 def _parse_allowed(allowed_ips: Iterable) -> tuple[Prefix, ...]:
-    # compact ints (a converted map's prefixes are taken as they are)
+    # compact ints (a converted map's prefixes are taken as they are, and its
+    # tuple too: the peer then shares it with the roster)
+    if type(allowed_ips) is tuple and all(type(a) is Prefix for a in allowed_ips):
+        return allowed_ips
     return tuple(as_prefix(a) for a in allowed_ips)
 
 
@@ -229,6 +232,8 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         # ``allowed_ips`` of this peer and of any peer it took one from
         for net in nets:
             self.allowed_ips.insert(net, peer)
+        if peer.allowed_ips == nets:
+            peer.allowed_ips = nets  # the caller's equal tuple: one object, not two
 
     def close(self) -> None:
         """Cancel the device deadline and release its indices; the device ignores

@@ -133,3 +133,21 @@ def test_device_peers_allowed_ips_follow_moves():
     assert b.allowed_ips == () and dev.allowed_ips.lookup("10.0.0.1") is None
     assert dev.allowed_ips.lookup("fd00::1") is a and len(dev.allowed_ips) == 1
     assert not dev.allowed_ips._by_value  # the index lives on the peers
+
+
+def test_device_peer_shares_the_callers_prefix_tuple():
+    from twisted.internet.task import Clock
+
+    from nbgateway.netstack.prefix import Prefix
+    from nbgateway.wireguard.device import WireGuardDevice
+    from nbgateway.wireguard.keys import generate_private_key, public_key
+
+    dev = WireGuardDevice(generate_private_key(), Clock())
+    nets = (Prefix.parse("100.64.0.7/32"), Prefix.parse("fd00::7/128"))
+    peer = dev.add_peer(public_key(generate_private_key()), allowed_ips=nets)
+    assert peer.allowed_ips is nets
+    assert dev.allowed_ips.lookup("100.64.0.7") is peer
+    # a tuple naming a prefix twice is not shared, the table's own tuple is kept
+    twice = (nets[0], nets[0])
+    other = dev.add_peer(public_key(generate_private_key()), allowed_ips=twice)
+    assert other.allowed_ips == (nets[0],) and peer.allowed_ips == (nets[1],)
