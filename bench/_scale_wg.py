@@ -88,8 +88,39 @@ def _wg_go(w, ns: Netns, private: bytes, conf: str, keepalive: bool):
     return wg
 
 
+def inotify_headroom() -> int:
+    """Free inotify instances for root: each wireguard-go holds one (its UAPI socket
+    watch) and fails with "too many open files" past ``fs.inotify.max_user_instances``
+    (128 by default, shared by every root process on the machine)."""
+    with open("/proc/sys/fs/inotify/max_user_instances") as f:
+        limit = int(f.read())
+    used = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != 0:
+                continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                    used += 1
+            except OSError:
+                continue
+    return limit - used
+
+
 def real_peers(w, n: int, n_connected: int = 3, timeout: float = 60.0) -> dict:
     """Start ``n`` wireguard-go peers; returns figures and the connected peers."""
+    free = inotify_headroom()
+    if n > free - 2:
+        print(f"[real peers] --real-peers {n} lowered to {max(free - 2, 1)}: only {free} "
+              "inotify instances free for root (each wireguard-go needs one; raise "
+              "fs.inotify.max_user_instances for more)", flush=True)
+        n = max(free - 2, 1)
     chosen = pick(w, n)
     shared, _ = _link(w)
     connected: list[Connected] = []
