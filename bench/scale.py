@@ -33,8 +33,15 @@ Figures (each printed beside its target):
   (never-handshaken) peer; ``/healthz/live`` polled every 100 ms throughout:
   its worst latency and failures.
 
+* real WireGuard (``--real-peers N``, ``--handshake-burst M``; bench/_scale_wg.py):
+  N seeded peers as stock wireguard-go interfaces configured from the
+  management's wg-quick configs (handshakes counted, curl to a private service
+  through three of them); M other seeded peers handshaking at once through the
+  project's own initiator (completed, time, cookie replies) while a real peer's
+  iperf3 through a private TCP service is compared before vs during the burst.
+
 Run as root:  .venv/bin/python bench/scale.py [--small] [--storm 2000]
-              [--accounts N] [--skip-world]
+              [--accounts N] [--skip-world] [--real-peers 50 --handshake-burst 1000]
 """
 
 from __future__ import annotations
