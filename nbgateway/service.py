@@ -190,7 +190,7 @@ class GatewayService(MultiService):
             self.certificates, default_name=config.domain or "localhost",
             visible=sni_visibility(lambda name: self.routes.lookup(name)),
             client_auth=mtls_tls_lookup(lambda name: self.routes.lookup(name), self.mtls))
-        self.mux = DeviceMux()
+        self.mux = DeviceMux(reactor)  # handshake queue drained per reactor turn
         self.metrics.mux = self.mux
         self.store = MappingStore()
         self.cache = TunnelValidationCache(management, reactor, ttl=config.tunnel_cache_ttl)

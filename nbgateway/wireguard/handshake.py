@@ -10,6 +10,7 @@ Noise computations live in :mod:`nbgateway.wireguard.noise`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from nbgateway.wireguard import constants as C
 from nbgateway.wireguard import noise
@@ -29,6 +30,11 @@ from nbgateway.wireguard.peer import Keypair, Peer
 class HandshakeMixin:
     """Noise_IKpsk2 handshakes of a device (both roles) and cookies."""
 
+    #: a global under-load signal (``now -> bool``), set by a
+    #: :class:`~nbgateway.wireguard.mux.DeviceMux` with a handshake queue; the
+    #: device is under load when it says so or its own rate says so
+    load_probe: Callable[[float], bool] | None = None
+
     def _timestamp(self) -> bytes:
         ts = tai64n(self._walltime())
         if ts <= self._last_timestamp:
@@ -47,6 +53,9 @@ class HandshakeMixin:
         self._hs_window_count += 1
         if self._hs_window_count > self.under_load_threshold:
             self._under_load_until = now + C.UNDER_LOAD_AFTER_TIME
+        probe = self.load_probe
+        if probe is not None and probe(now):
+            return True
         return now < self._under_load_until
 
     def initiate(self, public_key: bytes) -> None:

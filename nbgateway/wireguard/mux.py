@@ -11,6 +11,19 @@ UDP adapter and the devices:
   public key the initiator's MAC1 was computed for (one keyed BLAKE2s per
   device; the cost of an initiation grows with the number of accounts).
 
+Given a clock, the mux keeps handshake initiations (the expensive messages:
+four X25519 operations each) off the data path, like wireguard-go's separate
+handshake queue: a socket read's transport data is handled at once, its
+initiations go to a bounded FIFO (:data:`HANDSHAKE_QUEUE_MAX`; a full queue
+drops and counts ``mux_drop_handshake_queue_full``, the initiator retries per
+the protocol) that is drained at most :attr:`DeviceMux.handshake_budget`
+initiations per reactor turn (``callLater(0)`` between turns).  The queue
+depth is the global "under load" signal of whitepaper 5.3: at
+:attr:`DeviceMux.under_load_depth` or more queued initiations (and for
+UNDER_LOAD_AFTER_TIME after), every device answers initiations without a
+valid MAC2 with a cookie reply instead of doing the DH work.  Without a clock
+initiations are handled inline, in arrival order.
+
 Unroutable datagrams are counted in :attr:`DeviceMux.counters` and dropped;
 the UDP adapter's socket errors land there too (:attr:`DeviceMux.events`).
 """
@@ -19,7 +32,9 @@ from __future__ import annotations
 
 import hmac as _hmac
 import struct
-from collections import Counter
+from collections import Counter, deque
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from nbgateway.interfaces import IDatagramLink
 from nbgateway.wireguard._crypto import mac
@@ -32,21 +47,58 @@ from nbgateway.wireguard.constants import (
     MESSAGE_RESPONSE_SIZE,
     MESSAGE_TRANSPORT,
     MESSAGE_TRANSPORT_MIN_SIZE,
+    UNDER_LOAD_AFTER_TIME,
 )
 from nbgateway.wireguard.device import IndexRegistry, WireGuardDevice
 from nbgateway.wireguard.messages import INITIATION_MAC1_OFFSET
 
 _HEAD = struct.Struct("<II")
+_INITIATION_HEAD = struct.pack("<I", MESSAGE_INITIATION)
+
+#: queued handshake initiations at most (wireguard-go's QueueHandshakeSize)
+HANDSHAKE_QUEUE_MAX = 1024
+#: queue depth from which the devices are under load (wireguard-go: size / 8)
+HANDSHAKE_UNDER_LOAD_DEPTH = HANDSHAKE_QUEUE_MAX // 8
+#: initiations processed per reactor turn (~0.15-1 ms each)
+HANDSHAKE_BUDGET = 8
 
 
 class DeviceMux:
     """Routes datagrams from one UDP socket to the device they belong to."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime | None = None,
+        *,
+        queue_max: int = HANDSHAKE_QUEUE_MAX,
+        under_load_depth: int = HANDSHAKE_UNDER_LOAD_DEPTH,
+        handshake_budget: int = HANDSHAKE_BUDGET,
+    ) -> None:
         self.registry = IndexRegistry()
         self.devices: list[WireGuardDevice] = []
         self.counters: Counter[str] = Counter()
         self._link: IDatagramLink | None = None
+        #: None: initiations are handled inline (no queue)
+        self.clock = clock
+        self.queue_max = queue_max
+        self.under_load_depth = under_load_depth
+        self.handshake_budget = max(1, handshake_budget)
+        self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._drain_call: IDelayedCall | None = None
+        self._under_load_until = float("-inf")
+
+    @property
+    def handshake_queue_depth(self) -> int:
+        return len(self._queue)
+
+    def under_load(self, now: float) -> bool:
+        """The global under-load signal the devices consult (whitepaper 5.3):
+        the handshake queue holds ``under_load_depth`` initiations or more, or
+        did within the last UNDER_LOAD_AFTER_TIME."""
+        if len(self._queue) >= self.under_load_depth:
+            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
+            return True
+        return now < self._under_load_until
 
     # The UDP adapter sets ``link`` on whatever it feeds; pass it to every device.
     @property
@@ -81,6 +133,8 @@ class DeviceMux:
             raise ValueError("a device with this public key is already attached")
         self.devices.append(device)
         device.link = self._link
+        if self.clock is not None:
+            device.load_probe = self.under_load
         return device
 
     def remove(self, device: WireGuardDevice) -> None:
@@ -88,19 +142,38 @@ class DeviceMux:
             self.devices.remove(device)
             device.close()  # releases its indices from the shared registry
             device.link = None
+            device.load_probe = None
+
+    def close(self) -> None:
+        """Cancel the pending drain and forget the queued initiations."""
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
+        self._queue.clear()
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        device = self._owner(data)
-        if device is not None:
-            device.datagramReceived(data, addr)
+        self.datagramsReceived([(data, addr)])
 
     def datagramsReceived(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
         """A socket read's worth of datagrams: each run bound for one device is
-        handed over in one ``datagramsReceived`` call, in arrival order."""
+        handed over in one ``datagramsReceived`` call, in arrival order; with a
+        clock, initiations are queued and drained after the read's other
+        datagrams, within the per-turn budget."""
         run: list[tuple[bytes, tuple[str, int]]] = []
         run_device: WireGuardDevice | None = None
+        queue = self._queue if self.clock is not None else None
+        queued = False
         for item in batch:
-            device = self._owner(item[0])
+            data = item[0]
+            if (queue is not None and len(data) == MESSAGE_INITIATION_SIZE
+                    and data[:4] == _INITIATION_HEAD):
+                if len(queue) >= self.queue_max:
+                    self.counters["mux_drop_handshake_queue_full"] += 1
+                else:
+                    queue.append(item)
+                    queued = True
+                continue
+            device = self._owner(data)
             if device is None:
                 continue
             if device is not run_device:
@@ -111,6 +184,22 @@ class DeviceMux:
             run.append(item)
         if run:
             run_device.datagramsReceived(run)
+        if queued and self._drain_call is None:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Hand at most ``handshake_budget`` queued initiations to their devices;
+        schedule the rest for the next reactor turn."""
+        self._drain_call = None
+        queue = self._queue
+        for _ in range(min(self.handshake_budget, len(queue))):
+            data, addr = queue.popleft()
+            device = self._owner(data)
+            if device is not None:
+                device.datagramsReceived(((data, addr),))
+            self.counters["handshake_queue_processed"] += 1
+        if queue and self.clock is not None:
+            self._drain_call = self.clock.callLater(0, self._drain)
 
     def _owner(self, data: bytes) -> WireGuardDevice | None:
         """The device a datagram belongs to, or None (counted)."""
