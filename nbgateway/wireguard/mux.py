@@ -9,7 +9,8 @@ UDP adapter and the devices:
   maps to exactly one device (indices are unique across devices);
 - handshake initiations carry no index, so the mux finds the device whose
   public key the initiator's MAC1 was computed for (one keyed BLAKE2s per
-  device; the cost of an initiation grows with the number of accounts).
+  device, from a copy of a hasher already keyed with the device's MAC1 key;
+  the cost of an initiation grows with the number of accounts).
 
 Given a clock, the mux keeps handshake initiations (the expensive messages:
 four X25519 operations each) off the data path, like wireguard-go's separate
@@ -30,14 +31,13 @@ the UDP adapter's socket errors land there too (:attr:`DeviceMux.events`).
 
 from __future__ import annotations
 
-import hmac as _hmac
+import hashlib
 import struct
 from collections import Counter, deque
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from nbgateway.interfaces import IDatagramLink
-from nbgateway.wireguard._crypto import mac
 from nbgateway.wireguard.constants import (
     MESSAGE_COOKIE_REPLY,
     MESSAGE_COOKIE_REPLY_SIZE,
@@ -86,6 +86,8 @@ class DeviceMux:
         self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._drain_call: IDelayedCall | None = None
         self._under_load_until = float("-inf")
+        # (BLAKE2s keyed with a device's MAC1 key, the device), in ``devices`` order
+        self._mac1_hashers: list[tuple[object, WireGuardDevice]] = []
 
     @property
     def handshake_queue_depth(self) -> int:
@@ -132,6 +134,8 @@ class DeviceMux:
         if any(d.public_key == device.public_key for d in self.devices):
             raise ValueError("a device with this public key is already attached")
         self.devices.append(device)
+        self._mac1_hashers.append(
+            (hashlib.blake2s(key=device.identity_mac1_key, digest_size=16), device))
         device.link = self._link
         if self.clock is not None:
             device.load_probe = self.under_load
@@ -140,6 +144,7 @@ class DeviceMux:
     def remove(self, device: WireGuardDevice) -> None:
         if device in self.devices:
             self.devices.remove(device)
+            self._mac1_hashers = [e for e in self._mac1_hashers if e[1] is not device]
             device.close()  # releases its indices from the shared registry
             device.link = None
             device.load_probe = None
@@ -228,7 +233,11 @@ class DeviceMux:
     def _by_mac1(self, data: bytes) -> WireGuardDevice | None:
         body = data[:INITIATION_MAC1_OFFSET]
         mac1 = data[INITIATION_MAC1_OFFSET : INITIATION_MAC1_OFFSET + 16]
-        for device in self.devices:
-            if _hmac.compare_digest(mac(device.identity_mac1_key, body), mac1):
+        # a plain compare: MAC1 is keyed by a public key, anyone can compute it
+        # (the device checks it again in constant time)
+        for hasher, device in self._mac1_hashers:
+            h = hasher.copy()
+            h.update(body)
+            if h.digest() == mac1:
                 return device
         return None
