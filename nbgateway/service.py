@@ -577,6 +577,7 @@ class GatewayService(MultiService):
         d.addBoth(lambda _: super(GatewayService, self).stopService())
 
         def close_udp(result: Any) -> Any:
+            self.mux.close()  # the queued initiations and their pending drain turn
             if self.udp_port is not None:
                 port, self.udp_port = self.udp_port, None
                 return maybeDeferred(port.stopListening).addBoth(lambda _: result)

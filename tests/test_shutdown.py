@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
@@ -154,6 +155,20 @@ class GracefulShutdownTests(unittest.TestCase):
         with socket.socket() as s:
             s.settimeout(2)
             return s.connect_ex(("127.0.0.1", self.public_port)) != 0
+
+    @defer.inlineCallbacks
+    def test_queued_handshake_initiations_do_not_outlive_the_stop(self):
+        # a burst of initiations queued in the mux (drained 8 per reactor
+        # turn): stopping the gateway drops the queue and its pending turn
+        from nbgateway.wireguard.constants import MESSAGE_INITIATION, MESSAGE_INITIATION_SIZE
+
+        junk = struct.pack("<I", MESSAGE_INITIATION).ljust(MESSAGE_INITIATION_SIZE, b"\x01")
+        self.svc.mux.datagramsReceived([(junk, ("127.0.0.1", 9))] * 40)
+        self.assertGreater(self.svc.mux.handshake_queue_depth, 0)
+        self.stopping = self.svc.stopService()
+        yield self.stopping
+        self.assertEqual(self.svc.mux.handshake_queue_depth, 0)
+        self.assertIsNone(self.svc.mux._drain_call)
 
     @defer.inlineCallbacks
     def test_request_in_flight_completes_and_new_ones_are_refused(self):
