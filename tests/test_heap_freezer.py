@@ -98,26 +98,6 @@ def test_slow_full_collection_after_the_first_freeze_freezes_its_survivors():
     assert cbs == []
 
 
-def test_real_gc_hook_from_another_thread():
-    import gc
-    import threading
-
-    reactor, calls = _ThreadReactor(), []
-    f = HeapFreezer(reactor, delays=(), collect=lambda: None,
-                    freeze=lambda: calls.append("f"), slow=0.0, min_interval=0.0)
-    f.freezes = 1  # as after the first fixed freeze
-    f.startService()
-    try:
-        t = threading.Thread(target=gc.collect)
-        t.start()
-        t.join(10)
-        assert f.full_collections >= 1
-        assert reactor.run_queued() == 1 and calls == ["f"]
-    finally:
-        f.stopService()
-    assert f._on_gc not in gc.callbacks
-
-
 def test_make_service_adaptive_freezes_can_be_turned_off(tmp_path, monkeypatch):
     from nbgateway.tap import HEAP_FREEZE_SLOW, makeService
     from tests.test_tap import parse

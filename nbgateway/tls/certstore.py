@@ -292,13 +292,19 @@ class CertificateStore:
         (what "certificate ready" means for a mapping)."""
         return self.static_for(server_name) is not None
 
+    def _fallback_name(self, server_name: str | bytes | None) -> str:
+        """The name a local-CA leaf is issued under for a handshake's SNI: the
+        name itself when valid and served, else the default name."""
+        name = normalize_name(server_name)
+        if not valid_hostname(name) or (self.serves is not None and not self.serves(name)):
+            return self.default_name
+        return name
+
     def certificate_for(self, server_name: str | bytes | None) -> CertifiedKey:
         ck = self.static_for(server_name)
         if ck is not None:
             return ck
-        name = normalize_name(server_name)
-        if not valid_hostname(name) or (self.serves is not None and not self.serves(name)):
-            name = self.default_name
+        name = self._fallback_name(server_name)
         ck = self._fallback.get(name)
         if ck is not None and _due(ck.cert):
             ck = None  # two thirds of its lifetime gone: issue a fresh one
@@ -323,10 +329,7 @@ class CertificateStore:
         ck = self.static_for(server_name)
         if ck is not None:
             return ck
-        name = normalize_name(server_name)
-        if not valid_hostname(name) or (self.serves is not None and not self.serves(name)):
-            name = self.default_name
-        ck = self._fallback.get(name)
+        ck = self._fallback.get(self._fallback_name(server_name))
         return None if ck is None or _due(ck.cert) else ck
 
     def describe(self, server_name: str) -> dict[str, Any]:
