@@ -386,7 +386,15 @@ async def test_lost_answer_end_to_end_against_real_management(mstore, tmp_path, 
         assert mgmt.calls[1][2] == mgmt.calls[0][2]
         if not registered:
             # the real Login refuses the unknown key; the teardown runs on the runtime's clock
-            await wait_for(lambda: clock.getDelayedCalls(), "login refused")
+            # (the peer channel may first meet a transient error and back off
+            # on the real reactor before its Login is refused: a longer wait,
+            # and the channel's error counts in the message if it never comes)
+            channel = runtime.peer_channel
+            try:
+                await wait_for(lambda: clock.getDelayedCalls(), "login refused", timeout=30.0)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; peer channel errors: "
+                                     f"{dict(channel.errors) if channel else None}") from None
             clock.advance(0)
             assert runtime.state == "failed" and runtime.peer_channel is None
             await wait_for(lambda: "peer is not registered" in mstore.services.get(
