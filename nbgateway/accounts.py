@@ -63,6 +63,7 @@ from nbgateway.mgmt.netmap import (
     PROTO_UDP,
     AccountNetwork,
 )
+from nbgateway.mgmt.reconnect import Backoff
 from nbgateway.netstack.filter import ALLOW, RuleCompiler
 from nbgateway.netstack.stack import Stack
 from nbgateway.routes.service import L4_MODES
@@ -147,9 +148,9 @@ class AccountRuntime:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.account_id = account_id
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
-        self.rand = rand
+        #: CreateProxyPeer back-off: doubling, jittered, capped after the jitter
+        self._backoff = Backoff(initial=retry_initial, multiplier=2.0, max_interval=retry_max,
+                                randomization=RETRY_JITTER, random=rand, max_delay=retry_max)
         #: a refusal the gateway found while serving a service (a denied
         #: direct dial): reported as ERROR instead of ACTIVE until the
         #: service's mapping changes (``forget_note``)
@@ -390,10 +391,10 @@ class AccountRuntime:
                              for sid in list(self.services)], consumeErrors=True)
 
     def _next_delay(self) -> float:
+        if not self.retries:  # the first failure of a series starts from retry_initial
+            self._backoff.reset()
         self.retries += 1
-        base = min(self.retry_max, self.retry_initial * 2.0 ** min(self.retries - 1, 62))
-        jitter = 1.0 + RETRY_JITTER * (2.0 * self.rand() - 1.0)
-        return float(min(self.retry_max, base * jitter))  # spread below the cap too
+        return self._backoff.next_delay()
 
     def _retry(self) -> None:
         self._retry_call = None

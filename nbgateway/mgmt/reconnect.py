@@ -39,6 +39,9 @@ class Backoff:
     max_interval: float = MAX_INTERVAL
     randomization: float = RANDOMIZATION
     random: Callable[[], float] = field(default=_random.random, repr=False)
+    #: cap on a returned delay after the jitter (None: up to
+    #: ``max_interval * (1 + randomization)``)
+    max_delay: float | None = None
     interval: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,6 +56,8 @@ class Backoff:
         low = self.interval - delta
         delay = low + self.random() * (2 * delta)
         self.interval = min(self.interval * self.multiplier, self.max_interval)
+        if self.max_delay is not None:
+            delay = min(delay, self.max_delay)
         return max(0.0, delay)
 
 

@@ -35,6 +35,14 @@ def test_backoff_jitter_spans_zero_to_twice_the_interval() -> None:
     assert Backoff(random=lambda: 0.999999).next_delay() == pytest.approx(1.6, rel=1e-5)
 
 
+def test_backoff_max_delay_caps_after_the_jitter() -> None:
+    b = Backoff(initial=60.0, max_interval=60.0, randomization=0.2, random=lambda: 1.0,
+                max_delay=60.0)
+    assert b.next_delay() == 60.0  # 72 without the cap
+    assert Backoff(initial=60.0, max_interval=60.0, randomization=0.2,
+                   random=lambda: 1.0).next_delay() == pytest.approx(72.0)
+
+
 def test_backoff_reset_returns_to_initial() -> None:
     b = Backoff(random=lambda: 0.5)
     for _ in range(5):
