@@ -12,7 +12,7 @@ def test_collects_then_freezes_at_each_delay_and_stop_cancels():
     clock = Clock()
     calls: list[str] = []
     f = HeapFreezer(clock, delays=(10.0, 60.0), collect=lambda: calls.append("collect"),
-                    freeze=lambda: calls.append("freeze"))
+                    freeze=lambda: calls.append("freeze"), callbacks=[])
     f.startService()
     clock.advance(9.9)
     assert calls == []
@@ -29,11 +29,13 @@ def test_only_the_first_freeze_collects_first():
     # in the middle of a benchmark round at the 60 s freeze)
     clock = Clock()
     calls: list[str] = []
-    f = HeapFreezer(clock, collect=lambda: calls.append("c"), freeze=lambda: calls.append("f"))
+    f = HeapFreezer(clock, collect=lambda: calls.append("c"), freeze=lambda: calls.append("f"),
+                    callbacks=[])
     f.startService()
     clock.advance(max(HEAP_FREEZE_AFTER))
     assert calls == ["c"] + ["f"] * len(HEAP_FREEZE_AFTER)
     assert f.freezes == len(HEAP_FREEZE_AFTER)
+    f.stopService()
 
 
 def test_make_service_attaches_one_freezer_and_build_gateway_none(tmp_path):
