@@ -73,34 +73,59 @@ class Keypair:
         )
 
 
+class HandshakeState:
+    """What a peer needs only once it handshakes (created on first use, see
+    :class:`Peer`): the static-static DH result, the handshake hash prefix,
+    the cookie state, a non-zero preshared key, the pending initiation and
+    the replay/flood state of received initiations."""
+
+    __slots__ = (
+        "cookies",
+        "handshake",
+        "hash0",
+        "last_initiation_consumed",
+        "last_initiation_sent",
+        "latest_timestamp",
+        "local",
+        "preshared_key",
+        "static_static",
+    )
+
+    def __init__(self, local: StaticIdentity | None) -> None:
+        self.local = local
+        self.static_static: bytes | None = None
+        self.hash0: bytes | None = None
+        self.cookies: CookieGenerator | None = None
+        self.preshared_key = ZERO_PSK
+        self.handshake: InitiatorState | None = None
+        self.last_initiation_sent: float | None = None
+        self.latest_timestamp = _ZERO_TIMESTAMP
+        self.last_initiation_consumed: float | None = None
+
+
 class Peer:
     """A remote WireGuard peer known to the device.
 
     Idle peers are cheap (``__slots__``; a never-handshaken peer holds its
-    key, endpoint and allowed IPs): the static-static DH result, the
-    handshake hash prefix, the cookie state, the staging queue and the timer
-    record are computed or created on first use.  Hot paths that run only
+    key, endpoint and allowed IPs): the handshake-only state
+    (:class:`HandshakeState`: static-static DH result, handshake hash prefix,
+    cookie state, preshared key, initiation bookkeeping), the staging queue
+    and the timer record are created on first use; until then ``_hs`` holds
+    the device's :class:`StaticIdentity` (what the DH needs) and the
+    handshake attributes read as their defaults.  Hot paths that run only
     after a handshake (which creates the timers) read ``peer._timers or
     peer.timers``: one slot read when the record exists."""
 
     __slots__ = (
-        "_cookies",
-        "_hash0",
-        "_local",
+        "_hs",
         "_staged",
-        "_static_static",
         "_timers",
         "allowed_ips",
         "current",
         "endpoint",
-        "handshake",
         "last_handshake",
-        "last_initiation_consumed",
-        "last_initiation_sent",
-        "latest_timestamp",
         "next",
         "persistent_keepalive",
-        "preshared_key",
         "previous",
         "public_key",
         "removed",
@@ -120,19 +145,12 @@ class Peer:
         if len(public_key) != 32:
             raise ValueError("public key must be 32 bytes")
         self.public_key = public_key
-        self._local: StaticIdentity | None = local
-        self._static_static: bytes | None = None
-        self._hash0: bytes | None = None
-        self._cookies: CookieGenerator | None = None
-        self.preshared_key = preshared_key or ZERO_PSK
+        self._hs: StaticIdentity | HandshakeState = local
+        if preshared_key:
+            self.preshared_key = preshared_key
         self.endpoint = endpoint
         self.persistent_keepalive = persistent_keepalive or None
         self.allowed_ips: tuple[Prefix, ...] = ()
-
-        self.handshake: InitiatorState | None = None
-        self.last_initiation_sent: float | None = None
-        self.latest_timestamp = _ZERO_TIMESTAMP
-        self.last_initiation_consumed: float | None = None
 
         self.previous: Keypair | None = None
         self.current: Keypair | None = None
@@ -146,28 +164,98 @@ class Peer:
         self.last_handshake: float | None = None
         self.removed = False
 
+    # ---------------------------------------------------------- handshake state
+
+    @property
+    def hs(self) -> HandshakeState:
+        """The handshake-only state, created on first use."""
+        hs = self._hs
+        if type(hs) is not HandshakeState:
+            hs = self._hs = HandshakeState(hs)  # type: ignore[arg-type]
+        return hs  # type: ignore[return-value]
+
+    @property
+    def has_handshake_state(self) -> bool:
+        return type(self._hs) is HandshakeState
+
     @property
     def static_static(self) -> bytes:
         """DH(our static private, the peer's static public), on first handshake."""
-        if self._static_static is None:
-            assert self._local is not None
-            self._static_static = dh(self._local.private, self.public_key)
-            self._local = None
-        return self._static_static
+        hs = self.hs
+        if hs.static_static is None:
+            assert hs.local is not None
+            hs.static_static = dh(hs.local.private, self.public_key)
+            hs.local = None
+        return hs.static_static
 
     @property
     def hash0(self) -> bytes:
         """HASH(INITIAL_HASH || S_r) of the peer's key, on first use."""
-        if self._hash0 is None:
-            self._hash0 = derive_public(self.public_key)[0]
-        return self._hash0
+        hs = self.hs
+        if hs.hash0 is None:
+            hs.hash0 = derive_public(self.public_key)[0]
+        return hs.hash0
 
     @property
     def cookies(self) -> CookieGenerator:
         """The sending side's MAC/cookie state for this peer, on first use."""
-        if self._cookies is None:
-            self._cookies = CookieGenerator(self.public_key)
-        return self._cookies
+        hs = self.hs
+        if hs.cookies is None:
+            hs.cookies = CookieGenerator(self.public_key)
+        return hs.cookies
+
+    @property
+    def preshared_key(self) -> bytes:
+        hs = self._hs
+        return hs.preshared_key if type(hs) is HandshakeState else ZERO_PSK  # type: ignore[union-attr]
+
+    @preshared_key.setter
+    def preshared_key(self, value: bytes | None) -> None:
+        value = value or ZERO_PSK
+        if value != ZERO_PSK or self.has_handshake_state:
+            self.hs.preshared_key = value
+
+    @property
+    def handshake(self) -> InitiatorState | None:
+        """The initiation this peer sent and awaits a response to."""
+        hs = self._hs
+        return hs.handshake if type(hs) is HandshakeState else None  # type: ignore[union-attr]
+
+    @handshake.setter
+    def handshake(self, value: InitiatorState | None) -> None:
+        if value is not None or self.has_handshake_state:
+            self.hs.handshake = value
+
+    @property
+    def last_initiation_sent(self) -> float | None:
+        hs = self._hs
+        return hs.last_initiation_sent if type(hs) is HandshakeState else None  # type: ignore[union-attr]
+
+    @last_initiation_sent.setter
+    def last_initiation_sent(self, value: float | None) -> None:
+        if value is not None or self.has_handshake_state:
+            self.hs.last_initiation_sent = value
+
+    @property
+    def last_initiation_consumed(self) -> float | None:
+        hs = self._hs
+        return (hs.last_initiation_consumed  # type: ignore[union-attr]
+                if type(hs) is HandshakeState else None)
+
+    @last_initiation_consumed.setter
+    def last_initiation_consumed(self, value: float | None) -> None:
+        if value is not None or self.has_handshake_state:
+            self.hs.last_initiation_consumed = value
+
+    @property
+    def latest_timestamp(self) -> bytes:
+        """The newest TAI64N timestamp of an initiation consumed from this peer."""
+        hs = self._hs
+        return hs.latest_timestamp if type(hs) is HandshakeState else _ZERO_TIMESTAMP  # type: ignore[union-attr]
+
+    @latest_timestamp.setter
+    def latest_timestamp(self, value: bytes) -> None:
+        self.hs.latest_timestamp = value
 
     @property
     def timers(self) -> PeerTimers:

@@ -63,7 +63,11 @@ def test_never_handshaken_peer_is_under_two_kib():
     per_peer = grown / N
     assert per_peer <= 2048, per_peer
     peer = device.peers[keys[0]]
-    assert peer._static_static is None and peer._staged is None and peer._cookies is None
+    assert not peer.has_handshake_state and peer._staged is None
+    # the defaults read without creating the state
+    assert peer.handshake is None and peer.last_initiation_sent is None
+    assert peer.latest_timestamp == bytes(12) and peer.preshared_key == bytes(32)
+    assert not peer.has_handshake_state
 
 
 def test_timer_record_is_created_by_the_first_handshake_not_by_add_or_remove():
@@ -77,9 +81,14 @@ def test_timer_record_is_created_by_the_first_handshake_not_by_add_or_remove():
     assert not b_on_a.has_timers and not a_on_b.has_timers
     p.run(30)  # idle time creates nothing either
     assert not b_on_a.has_timers and not a_on_b.has_timers
+    assert not b_on_a.has_handshake_state and not a_on_b.has_handshake_state
     p.a.sendPacket(ipv4_packet("10.0.0.1", "10.0.0.2", b"hello"))
     p.net.pump()
     assert b_on_a.has_timers and a_on_b.has_timers
+    # the handshake created (and used) the handshake-only state on both sides
+    assert b_on_a.has_handshake_state and a_on_b.has_handshake_state
+    assert b_on_a.hs.static_static == a_on_b.hs.static_static and b_on_a.hs.local is None
+    assert a_on_b.latest_timestamp != bytes(12)
     assert [pkt[20:] for pkt, _ in p.sink_b.packets] == [b"hello"]
     assert b_on_a.timers.new_handshake is not None  # data sent, nothing back yet
     assert a_on_b.timers.send_keepalive is not None  # data received: keepalive due
@@ -91,6 +100,7 @@ def test_timer_record_is_created_by_the_first_handshake_not_by_add_or_remove():
     idle = next(peer for key, peer in p.a.peers.items() if key != p.b.public_key)
     p.a.remove_peer(idle.public_key)
     assert idle.removed and not idle.has_timers and idle._staged is None
+    assert not idle.has_handshake_state
     # a persistent-keepalive setting arms (and so creates) the record
     p.a.add_peer(public_key(generate_private_key()), allowed_ips=["10.9.0.2/32"],
                  endpoint=("192.0.2.9", 51820))
