@@ -19,25 +19,71 @@ transport reports the loss of the connection synchronously from
 ``abortConnection`` (netstack connections do): Twisted's ``loseConnection``
 mid-handshake aborts and then shuts TLS down on the already released
 OpenSSL connection (``'NoneType' object has no attribute 'shutdown'``).
+
+Once a connection's TLS 1.3 handshake is done, its records are read and
+written through :mod:`nbgateway.tls.records` (OpenSSL called directly with
+reused buffers, no exception per read loop; ``NBGW_TLS_RECORDS=0`` switches
+it off), and a write on an HTTP/1.1 connection becomes its TLS record and
+one transport write at once.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from OpenSSL.SSL import Error as SSLError
+from OpenSSL.SSL import ZeroReturnError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import (
     BufferingTLSTransport,
     TLSMemoryBIOFactory,
     TLSMemoryBIOProtocol,
 )
+from twisted.python.failure import Failure
+from zope.interface import providedBy
+from zope.interface.declarations import Provides
+
+from nbgateway.tls import records
 
 log = Logger()
 
 TLS_HANDSHAKE = 0x16
 DEFAULT_PEEK_TIMEOUT = 5.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: ``NBGW_TLS_RECORDS=0`` keeps every connection on Twisted's record path
+#: (pyOpenSSL ``Connection`` calls) instead of :mod:`nbgateway.tls.records`
+RECORDS_DEFAULT = os.environ.get("NBGW_TLS_RECORDS", "1") != "0"
+
+#: transport declaration -> the instance declaration Twisted's makeConnection
+#: leaves on the TLS protocol (see :func:`_provide_like`); bounded
+_PROVIDES: dict[Any, Any] = {}
+_PROVIDES_MAX = 64
+
+
+def _provide_like(proto: Any, transport: Any) -> None:
+    """What ``TLSMemoryBIOProtocol.makeConnection`` does with the transport's
+    interfaces -- ``directlyProvides(proto, i)`` for each ``i`` provided by
+    the transport, each call replacing the last, so the protocol ends up
+    directly providing the last one -- with one cached declaration per
+    (protocol class, transport declaration) instead of a fresh zope
+    declaration per interface per connection (about 30 us a connection)."""
+    spec = providedBy(transport)
+    key = (type(proto), spec)
+    provides = _PROVIDES.get(key)
+    if provides is None:
+        last = None
+        for last in spec:  # noqa: B007 - the last one is what Twisted leaves
+            pass
+        if last is None:
+            return
+        if len(_PROVIDES) >= _PROVIDES_MAX:
+            _PROVIDES.clear()
+        # Provides() caches weakly; the entry here keeps it alive
+        provides = _PROVIDES[key] = Provides(type(proto), last)
+    proto.__provides__ = provides
 
 
 class DeadlineTLSProtocol(BufferingTLSTransport):
@@ -50,12 +96,25 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     against the installed Twisted.  Its write path (HTTP/1.1 writes go to
     TLS at once, HTTP/2 keeps Twisted's aggregator) reads
     ``BufferingTLSTransport._aggregator`` and the aggregator's ``_buffer``;
-    tests/tls/test_tls_writes.py pins that."""
+    tests/tls/test_tls_writes.py pins that.  ``makeConnection`` is
+    Twisted's with the interface declaration cached, and the record path
+    after a TLS 1.3 handshake repeats Twisted's read/flush/write steps with
+    :mod:`nbgateway.tls.records` (it reads ``_lostTLSConnection``,
+    ``_aborted``, ``_producer``, ``_appSendBuffer`` and calls
+    ``_shutdownTLS``, ``_tlsShutdownFinished``, ``_unbufferPendingWrites``);
+    tests/tls/test_tls_records.py pins that."""
 
     _handshake_call: Any = None
     #: HTTP/1.1 after the handshake: writes go to TLS at once (see :meth:`_tls_write`)
     _write_through = False
     _handshake_pending = True
+    #: after a TLS 1.3 handshake: reads and writes through nbgateway.tls.records
+    _records = False
+    #: zope's adapter lookup (``IPushProducer(transport, default)`` in
+    #: twisted.web's connectionMade) asks for ``__conform__``; answering here
+    #: spares ProtocolWrapper.__getattr__ and an AttributeError from the
+    #: transport, which has none
+    __conform__ = None
 
     def __init__(self, factory: Any, wrappedProtocol: Any, _connectWrapped: bool = True) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
@@ -69,7 +128,10 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     def _tls_write(self, data: bytes) -> None:
         aggregator = self._aggregator
         if self._write_through and not aggregator._buffer:
-            TLSMemoryBIOProtocol.write(self, data)
+            if self._records:
+                self._records_write(data)
+            else:
+                TLSMemoryBIOProtocol.write(self, data)
         else:  # HTTP/2, before the handshake, or behind bytes already buffered
             aggregator.write(data)
 
@@ -80,10 +142,22 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         timeout = getattr(self.factory, "handshake_timeout", None)
         if timeout:
             self._handshake_call = self.factory.clock.callLater(timeout, self._handshake_expired)
-        super().makeConnection(transport)
+        # TLSMemoryBIOProtocol.makeConnection, with the transport's interfaces
+        # declared through one cached declaration (_provide_like)
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        _provide_like(self, transport)
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
         self._handshake_progress()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._records:
+            self._records_received(data)
+            return
         super().dataReceived(data)
         self._handshake_progress()
 
@@ -92,6 +166,67 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
             self._handshake_pending = False
             self._cancel_deadline()
             self._write_through = self.negotiatedProtocol != b"h2"
+            self._records = (getattr(self.factory, "records", False)
+                             and records.eligible(self._tlsConnection))
+
+    # -- the record path after a TLS 1.3 handshake (nbgateway.tls.records):
+    # the same steps as TLSMemoryBIOProtocol.dataReceived/_flushReceiveBIO/
+    # _flushSendBIO/_write, without pyOpenSSL's per-call buffers and the
+    # WantReadError at the end of every read loop and flush
+
+    def _records_received(self, data: bytes) -> None:
+        conn = self._tlsConnection
+        if conn is None:  # after the loss: as Twisted (which raises)
+            super().dataReceived(data)
+            return
+        result = records.feed(conn, data)
+        if result <= 0:
+            conn._handle_bio_errors(conn._into_ssl, result)  # raises as bio_write does
+        if self._appSendBuffer:
+            self._unbufferPendingWrites()
+        while not self._lostTLSConnection:
+            got = records.read_plaintext(conn)
+            if type(got) is bytes:
+                if not got:
+                    break
+                if not self._aborted:
+                    self.wrappedProtocol.dataReceived(got)
+                continue
+            try:  # pyOpenSSL's own mapping of the failed SSL_read
+                conn._raise_ssl_error(conn._ssl, got)
+            except ZeroReturnError:
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSLError:
+                self._tlsShutdownFinished(Failure())
+            else:
+                break
+        self._flush_records()
+
+    def _flush_records(self) -> None:
+        conn = self._tlsConnection
+        if conn is not None:
+            out = records.drain(conn)
+            if out:
+                self.transport.write(out)
+
+    def _records_write(self, data: bytes) -> None:
+        if (self.disconnecting and self._producer is None) or self._lostTLSConnection:
+            return  # as TLSMemoryBIOProtocol.write / _write
+        conn = self._tlsConnection
+        if self._appSendBuffer or conn is None:
+            TLSMemoryBIOProtocol._write(self, data)
+            return
+        offset, total = 0, len(data)
+        while offset < total:
+            took, result = records.seal(conn, data, offset)
+            offset += took
+            out = records.drain(conn)
+            if out:
+                self.transport.write(out)
+            if result <= 0:  # refused: Twisted's path raises or buffers the rest
+                TLSMemoryBIOProtocol._write(self, data[offset:])
+                return
 
     def _cancel_deadline(self) -> None:
         call, self._handshake_call = self._handshake_call, None
@@ -139,6 +274,8 @@ class DeadlineTLSFactory(TLSMemoryBIOFactory):
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.handshake_timeouts = 0
+        #: established TLS 1.3 connections use nbgateway.tls.records
+        self.records = RECORDS_DEFAULT
 
 
 class _Sniffer(Protocol):

@@ -1,0 +1,140 @@
+"""The TLS record path of an established listener connection: OpenSSL's
+``SSL_read``/``SSL_write`` and the memory BIOs called directly, for the
+listeners' TLS protocol (:class:`nbgateway.tls.dispatch.DeadlineTLSProtocol`).
+
+Twisted's ``TLSMemoryBIOProtocol`` goes through pyOpenSSL's ``Connection``
+for every record: a 32 KiB buffer allocated per ``recv`` and per
+``bio_read``, a ``WantReadError`` raised and caught at the end of every read
+loop and of every send-BIO flush (two exceptions per keep-alive request),
+and its error mapping run after every successful call.  This module does the
+same OpenSSL calls with two reused buffers and plain return values:
+
+* :func:`read_plaintext` returns what ``SSL_read`` gives (bytes), ``b""``
+  when OpenSSL wants more ciphertext, or the failing return value (an int)
+  for the caller to raise through pyOpenSSL's own mapping
+  (``Connection._raise_ssl_error``), so close_notify, alerts and errors end
+  the connection exactly as before;
+* :func:`seal` hands plaintext to ``SSL_write`` in slices of at most
+  :data:`SEAL_SLICE` bytes and returns the ciphertext of each slice with how
+  much was consumed (a short count means ``SSL_write`` refused: the caller
+  gives the rest to Twisted's path, which raises or buffers as before);
+* :func:`drain` reads everything OpenSSL queued in the send BIO in one bytes
+  object.
+
+It reads pyOpenSSL's private ``_ssl``, ``_into_ssl`` and ``_from_ssl`` and
+``OpenSSL._util``'s ``ffi``/``lib``; :func:`eligible` checks they exist and
+that the connection negotiated TLS 1.3 (no renegotiation, so no Python
+callback can run inside ``SSL_read`` and need pyOpenSSL's after-call
+checks).  Anything else keeps Twisted's path.  tests/tls/test_tls_records.py
+pins the behaviour against the installed pyOpenSSL.
+
+The two buffers are module-level and reused: the gateway runs TLS on the
+reactor thread only, and every result is copied out (``ffi.buffer(...)[:]``)
+before any other code runs, so a re-entrant write cannot clobber them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from OpenSSL import SSL as _SSL
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+
+    _NEEDED = ("SSL_read", "SSL_write", "BIO_read", "BIO_write", "SSL_get_error",
+               "SSL_version", "SSL_ERROR_WANT_READ")
+    AVAILABLE = all(hasattr(_lib, name) for name in _NEEDED)
+except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
+    AVAILABLE = False
+
+#: the largest plaintext one ``SSL_read`` returns here (Twisted reads 2**15)
+READ_SIZE = 1 << 15
+#: the send BIO is read in pieces of this size (one piece per small response)
+DRAIN_SIZE = 1 << 16
+#: at most this much plaintext goes to ``SSL_write`` before the send BIO is
+#: drained (bounds the ciphertext held in memory for one large write)
+SEAL_SLICE = 1 << 16
+
+if AVAILABLE:
+    _READ_BUF = _ffi.new("char[]", READ_SIZE)
+    _DRAIN_BUF = _ffi.new("char[]", DRAIN_SIZE)
+    _WANT_READ = _lib.SSL_ERROR_WANT_READ
+    _TLS1_3 = _SSL.TLS1_3_VERSION
+    _ssl_read = _lib.SSL_read
+    _ssl_write = _lib.SSL_write
+    _bio_read = _lib.BIO_read
+    _bio_write = _lib.BIO_write
+    _get_error = _lib.SSL_get_error
+    _buffer = _ffi.buffer
+
+
+def eligible(conn: Any) -> bool:
+    """True when ``conn`` (a pyOpenSSL memory-BIO ``Connection`` whose
+    handshake is done) can use this module: the internals exist and TLS 1.3
+    was negotiated."""
+    if not AVAILABLE:
+        return False
+    ssl = getattr(conn, "_ssl", None)
+    if ssl is None or getattr(conn, "_into_ssl", None) is None \
+            or getattr(conn, "_from_ssl", None) is None:
+        return False
+    return _lib.SSL_version(ssl) == _TLS1_3
+
+
+def feed(conn: Any, data: bytes) -> int:
+    """Put received ciphertext into the connection's read BIO; returns
+    ``BIO_write``'s result (``len(data)`` on success; a memory BIO only
+    fails when out of memory)."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    return _bio_write(conn._into_ssl, data, len(data))
+
+
+def read_plaintext(conn: Any) -> bytes | int:
+    """One ``SSL_read``: the plaintext (bytes), ``b""`` when OpenSSL needs
+    more ciphertext (WANT_READ), or the failing return value (an int) for
+    ``conn._raise_ssl_error(conn._ssl, result)``."""
+    ssl = conn._ssl
+    n = _ssl_read(ssl, _READ_BUF, READ_SIZE)
+    if n > 0:
+        return _buffer(_READ_BUF, n)[:]
+    if _get_error(ssl, n) == _WANT_READ:
+        return b""
+    return n
+
+
+def drain(conn: Any) -> bytes:
+    """Everything OpenSSL queued in the send BIO (``b""`` if nothing)."""
+    bio = conn._from_ssl
+    n = _bio_read(bio, _DRAIN_BUF, DRAIN_SIZE)
+    if n <= 0:
+        return b""
+    first = _buffer(_DRAIN_BUF, n)[:]
+    if n < DRAIN_SIZE:
+        return first
+    parts = [first]
+    while (n := _bio_read(bio, _DRAIN_BUF, DRAIN_SIZE)) > 0:
+        parts.append(_buffer(_DRAIN_BUF, n)[:])
+    return b"".join(parts)
+
+
+def seal(conn: Any, data: bytes, offset: int = 0) -> tuple[int, int]:
+    """``SSL_write`` of ``data[offset:offset + SEAL_SLICE]``.  Returns
+    ``(consumed, result)``: the bytes OpenSSL took and the last
+    ``SSL_write`` result (<= 0: it refused, the caller hands the rest to
+    pyOpenSSL/Twisted, which raise or buffer as before).  The ciphertext is
+    in the send BIO: :func:`drain` it."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    end = min(len(data), offset + SEAL_SLICE)
+    ssl = conn._ssl
+    done = offset
+    result = 1
+    while done < end:
+        piece = data if (done == 0 and end == len(data)) else data[done:end]
+        result = _ssl_write(ssl, piece, len(piece))
+        if result <= 0:
+            break
+        done += result
+    return done - offset, result

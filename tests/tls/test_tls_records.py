@@ -1,0 +1,288 @@
+"""The listeners' TLS record path (nbgateway.tls.records, used by
+nbgateway.tls.dispatch.DeadlineTLSProtocol after a TLS 1.3 handshake):
+the same bytes, the same endings and the same interface declarations as
+Twisted's TLSMemoryBIOProtocol path it replaces.  Every behaviour test runs
+with the record path on and off (``factory.records``).  In memory: a
+pyOpenSSL client on memory BIOs, the server's transport a StringTransport
+that reports loss only when told (as a netstack connection after a FIN)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet import ssl, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol as T
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from zope.interface import directlyProvides, providedBy
+
+from nbgateway.tls import records
+from nbgateway.tls.dispatch import DeadlineTLSProtocol, TLSOrPlainFactory, _provide_like
+
+ADDR = IPv4Address("TCP", "100.64.0.10", 40000)
+
+
+def _options() -> ssl.CertificateOptions:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    pc = ssl.PrivateCertificate.loadPEM(pem)
+    return ssl.CertificateOptions(privateKey=pc.privateKey.original,
+                                  certificate=pc.original,
+                                  acceptableProtocols=[b"h2", b"http/1.1"])
+
+
+OPTIONS = _options()
+
+
+class Echo(Protocol):
+    """Answers each read with ``<n>:`` and the bytes read; ``close`` in the
+    data closes the connection after the answer; records what it saw."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got.append(data)
+        self.transport.write(b"%d:" % len(data) + data)
+        if b"close" in data:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+
+
+class Wire(StringTransport):
+    def __init__(self) -> None:
+        super().__init__(peerAddress=ADDR)
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+class Harness:
+    def __init__(self, test: unittest.TestCase, records_on: bool, *,
+                 max_version: int | None = None) -> None:
+        self.clock = task.Clock()
+        self.app = Echo()
+        factory = TLSOrPlainFactory(OPTIONS, Factory.forProtocol(lambda: self.app),
+                                    clock=self.clock)
+        factory.tls_factory._clock = self.clock
+        factory.tls_factory.records = records_on
+        self.wire = Wire()
+        self.sniffer = factory.buildProtocol(ADDR)
+        self.sniffer.makeConnection(self.wire)
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_alpn_protos([b"http/1.1"])
+        if max_version is not None:
+            ctx.set_max_proto_version(max_version)
+        self.client = SSL.Connection(ctx, None)
+        self.client.set_connect_state()
+        for _ in range(10):
+            try:
+                self.client.do_handshake()
+                break
+            except SSL.WantReadError:
+                self.pump()
+        self.pump()
+        self.clock.advance(0)
+        self.pump()
+        self.read()  # session tickets
+        self.server: DeadlineTLSProtocol = self.sniffer.inner
+
+    def pump(self, tamper: bool = False) -> None:
+        for _ in range(20):
+            try:
+                out = self.client.bio_read(1 << 20)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                if tamper:
+                    out = out[:-1] + bytes([out[-1] ^ 1])
+                    tamper = False
+                self.sniffer.dataReceived(out)
+            back = self.wire.value()
+            self.wire.clear()
+            if back:
+                self.client.bio_write(back)
+            if not out and not back:
+                return
+
+    def read(self) -> bytes:
+        got = b""
+        while True:
+            try:
+                got += self.client.recv(1 << 20)
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                return got
+
+    def received(self) -> bytes:
+        self.pump()
+        return self.read()
+
+    def exchange(self, data: bytes) -> bytes:
+        self.client.sendall(data)
+        self.pump()
+        return self.read()
+
+
+class RecordPathTests(unittest.SynchronousTestCase):
+    def both(self):
+        return [Harness(self, True), Harness(self, False)]
+
+    def test_taken_after_a_tls13_handshake_only_when_switched_on(self):
+        on, off = self.both()
+        self.assertTrue(on.server._records)
+        self.assertFalse(off.server._records)
+        tls12 = Harness(self, True, max_version=SSL.TLS1_2_VERSION)
+        self.assertEqual(tls12.client.get_protocol_version_name(), "TLSv1.2")
+        self.assertFalse(tls12.server._records)  # Twisted's path
+        self.assertEqual(tls12.exchange(b"ping"), b"4:ping")
+
+    def test_same_bytes_both_ways_small_large_and_several_records_per_read(self):
+        for h in self.both():
+            self.assertEqual(h.exchange(b"GET / HTTP/1.1\r\n\r\n"), b"18:GET / HTTP/1.1\r\n\r\n")
+            # three records reach the server in one dataReceived: three reads
+            for part in (b"a", b"bb", b"ccc"):
+                h.client.send(part)
+            h.pump()
+            self.assertEqual(h.read(), b"1:a2:bb3:ccc")
+            # a 200 KB write: OpenSSL splits it into records, the server reads
+            # them (at most READ_SIZE each) and answers each read
+            big = bytes(range(256)) * 800
+            h.client.sendall(big)
+            h.pump()
+            echoed = h.read()
+            self.assertEqual(b"".join(h.app.got[4:]), big)
+            self.assertTrue(all(len(g) <= records.READ_SIZE for g in h.app.got))
+            self.assertEqual(len(echoed), len(big) + sum(len(b"%d:" % len(g))
+                                                         for g in h.app.got[4:]))
+
+    def test_one_transport_write_per_small_write_and_slices_for_a_large_one(self):
+        for h in self.both():
+            before = h.wire.writes
+            h.server.write(b"x" * 500)
+            self.assertEqual(h.wire.writes - before, 1)
+            self.assertEqual(h.received(), b"x" * 500)
+            payload = b"y" * (3 * records.SEAL_SLICE + 10)
+            before = h.wire.writes
+            h.server.write(payload)
+            self.assertEqual(h.received(), payload)
+            if h.server._records:  # one flush per SEAL_SLICE of plaintext
+                self.assertEqual(h.wire.writes - before, 4)
+            h.server.writeSequence([b"a", b"b", b"c"])
+            self.assertEqual(h.received(), b"abc")
+            self.assertEqual(self_delayed(h), [])
+
+    def test_client_close_notify_is_answered_and_the_transport_closed(self):
+        for h in self.both():
+            h.client.shutdown()
+            h.pump()
+            self.assertTrue(h.wire.disconnecting)  # close_notify both ways, then the FIN
+            self.assertEqual(h.read(), b"")
+            self.assertEqual(h.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN,
+                             SSL.RECEIVED_SHUTDOWN)
+            h.server.connectionLost(Failure(ConnectionDone()))
+            self.assertIsNotNone(h.app.lost)
+
+    def test_a_corrupted_record_ends_the_connection_with_the_ssl_error(self):
+        for h in self.both():
+            h.client.send(b"hello")
+            h.pump(tamper=True)
+            self.assertEqual(h.app.got, [])  # nothing delivered from a bad record
+            self.assertTrue(h.wire.disconnecting)
+            h.server.connectionLost(Failure(ConnectionDone()))
+            self.assertIsNotNone(h.app.lost)
+            self.assertTrue(h.app.lost.check(SSL.Error), h.app.lost)
+
+    def test_server_close_then_writes_are_dropped(self):
+        for h in self.both():
+            self.assertEqual(h.exchange(b"close"), b"5:close")
+            h.server.write(b"late")  # after loseConnection: dropped
+            self.assertEqual(h.received(), b"")
+            self.assertEqual(h.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN,
+                             SSL.RECEIVED_SHUTDOWN)
+            h.server.connectionLost(Failure(ConnectionDone()))
+            h.server.write(b"later")  # after the loss: dropped, no error
+            self.assertIsNotNone(h.app.lost)
+
+    def test_data_after_the_loss_is_not_delivered(self):
+        h = Harness(self, True)
+        h.client.send(b"after")
+        late = h.client.bio_read(1 << 16)
+        h.server.connectionLost(Failure(ConnectionDone()))
+        seen = list(h.app.got)
+        with contextlib.suppress(AttributeError):  # as Twisted's: the connection is released
+            h.sniffer.dataReceived(late)
+        self.assertEqual(h.app.got, seen)
+
+
+class DeclarationTests(unittest.SynchronousTestCase):
+    def test_interfaces_as_twisteds_make_connection_leaves_them(self):
+        """The cached declaration equals what TLSMemoryBIOProtocol's
+        per-interface directlyProvides loop leaves (the transport's last
+        interface), and adaptation to IPushProducer answers the same."""
+        from nbgateway.netstack.transport import TunnelTCPTransport
+
+        clock = task.Clock()
+        for transport in (StringTransport(), _netstack_like(TunnelTCPTransport)):
+            ours = TLSOrPlainFactory(OPTIONS, Factory.forProtocol(Protocol),
+                                     clock=clock).tls_factory.buildProtocol(ADDR)
+            theirs = TLSMemoryBIOFactory(OPTIONS, False, Factory.forProtocol(Protocol),
+                                         clock).buildProtocol(ADDR)
+            # only the declaration step of makeConnection is compared
+            for interface in providedBy(transport):
+                directlyProvides(theirs, interface)
+            _provide_like(ours, transport)
+            _provide_like(ours, transport)  # cached: the same again
+            self.assertEqual(list(ours.__provides__), list(theirs.__provides__))
+            self.assertEqual(set(providedBy(ours)) - set(providedBy(T.__new__(T))),
+                             set(providedBy(theirs)) - set(providedBy(T.__new__(T))))
+            self.assertEqual(IPushProducer(ours, None) is ours,
+                             IPushProducer(theirs, None) is theirs)
+            self.assertEqual(IPushProducer(ours, None) is None,
+                             IPushProducer(theirs, None) is None)
+
+    def test_real_make_connection_declares_like_twisted(self):
+        clock = task.Clock()
+        wire = Wire()
+        ours = TLSOrPlainFactory(OPTIONS, Factory.forProtocol(Protocol),
+                                 clock=clock).tls_factory.buildProtocol(ADDR)
+        ours.makeConnection(wire)
+        theirs = TLSMemoryBIOFactory(OPTIONS, False, Factory.forProtocol(Protocol),
+                                     clock).buildProtocol(ADDR)
+        theirs.makeConnection(Wire())
+        self.assertEqual(list(ours.__provides__), list(theirs.__provides__))
+        self.assertIsNotNone(ours.getHandle())
+        self.assertEqual(wire.value(), b"")  # a server sends nothing before the ClientHello
+        ours._cancel_deadline()
+
+
+def _netstack_like(cls):
+    return cls.__new__(cls)
+
+
+def self_delayed(h: Harness) -> list:
+    return h.clock.getDelayedCalls()
