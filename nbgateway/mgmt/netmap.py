@@ -440,12 +440,13 @@ _RECORDS = _Memo(MAX_RECORDS)
 _MEMO_SECRET = os.urandom(32)
 
 
-def _memo_key(data: bytes) -> bytes:
+def _memo_key(data: bytes) -> int:
     """The memo key of an entry's serialized bytes: its keyed 128-bit BLAKE2b
-    digest (49 bytes kept per entry instead of the whole serialization, e.g.
-    ~130 bytes for a peer; an accidental collision among the memo's at most
-    16,384 entries has probability ~2**-100, a chosen one needs the secret)."""
-    return _blake2b(data, digest_size=16, key=_MEMO_SECRET).digest()
+    digest as an int (a 48-byte block kept per entry, where the digest's
+    bytes object takes 64 and the whole serialization ~150 for a peer; an
+    accidental collision among the memo's at most 16,384 entries has
+    probability ~2**-100, a chosen one needs the secret)."""
+    return int.from_bytes(_blake2b(data, digest_size=16, key=_MEMO_SECRET).digest(), "little")
 
 #: values of the entries converted (memo misses) by the running ``convert``,
 #: so that new entries naming the same thing share one object: a new peer's
