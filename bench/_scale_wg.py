@@ -8,13 +8,15 @@
   namespace with the tunnel address and a route so curl and iperf3 reach the
   account's private services through them.
 * :func:`handshake_burst` -- M other seeded peers handshake at once from a
-  namespace through :mod:`bench._handshakes` (the project's own Noise core),
+  namespace (one UDP socket each, or one for all) through
+  :mod:`bench._handshakes` (the project's own Noise core),
   while an established wireguard-go peer runs iperf3 through the gateway's L4
   relay (a private TCP service) before and during the burst.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import json
@@ -113,13 +115,59 @@ def inotify_headroom() -> int:
     return limit - used
 
 
-def real_peers(w, n: int, n_connected: int = 3, timeout: float = 60.0) -> dict:
-    """Start ``n`` wireguard-go peers; returns figures and the connected peers."""
+INOTIFY_SYSCTL = "/proc/sys/fs/inotify/max_user_instances"
+#: inotify instances left free for the rest of the machine when the limit is raised
+INOTIFY_SPARE = 64
+_inotify_restore: list[int] = []  # the value to put back, set while raised
+
+
+def restore_inotify_limit() -> None:
+    """Put ``fs.inotify.max_user_instances`` back to the value before
+    :func:`raise_inotify_limit` (idempotent; also registered with atexit)."""
+    while _inotify_restore:
+        old = _inotify_restore.pop()
+        try:
+            with open(INOTIFY_SYSCTL, "w") as f:
+                f.write(str(old))
+            print(f"[real peers] fs.inotify.max_user_instances restored to {old}", flush=True)
+        except OSError as e:
+            print(f"[real peers] could not restore fs.inotify.max_user_instances to {old}: "
+                  f"{e}", flush=True)
+
+
+def raise_inotify_limit(n: int) -> int:
+    """Make room for ``n`` more inotify instances (one per wireguard-go) by raising
+    ``fs.inotify.max_user_instances`` for the run (root only); the previous value
+    is put back by :func:`restore_inotify_limit` (the caller's ``finally`` and an
+    atexit hook).  Returns the free instances after."""
     free = inotify_headroom()
+    if n + 2 <= free:
+        return free
+    with open(INOTIFY_SYSCTL) as f:
+        old = int(f.read())
+    new = old + (n + 2 - free) + INOTIFY_SPARE
+    try:
+        with open(INOTIFY_SYSCTL, "w") as f:
+            f.write(str(new))
+    except OSError as e:
+        print(f"[real peers] could not raise fs.inotify.max_user_instances ({e})", flush=True)
+        return free
+    if not _inotify_restore:
+        _inotify_restore.append(old)
+        atexit.register(restore_inotify_limit)
+    print(f"[real peers] fs.inotify.max_user_instances raised {old} -> {new} for this run "
+          f"({free} free, {n} wireguard-go need one each); restored on exit", flush=True)
+    return inotify_headroom()
+
+
+def real_peers(w, n: int, n_connected: int = 3, timeout: float = 60.0) -> dict:
+    """Start ``n`` wireguard-go peers; returns figures and the connected peers.
+    Raises ``fs.inotify.max_user_instances`` when needed (see
+    :func:`raise_inotify_limit`; the caller restores it)."""
+    free = raise_inotify_limit(n)
     if n > free - 2:
         print(f"[real peers] --real-peers {n} lowered to {max(free - 2, 1)}: only {free} "
-              "inotify instances free for root (each wireguard-go needs one; raise "
-              "fs.inotify.max_user_instances for more)", flush=True)
+              "inotify instances free for root (each wireguard-go needs one)", flush=True)
         n = max(free - 2, 1)
     chosen = pick(w, n)
     shared, _ = _link(w)
@@ -201,8 +249,9 @@ def _proxy_key(w, account_id: str) -> bytes:
 
 
 def handshake_burst(w, n: int, established: Connected | None, skip: int,
-                    iperf_seconds: float = 10.0) -> dict:
-    """``n`` seeded peers (not among the first ``skip`` picked) handshake at once."""
+                    iperf_seconds: float = 10.0, one_socket: bool = False) -> dict:
+    """``n`` seeded peers (not among the first ``skip`` picked) handshake at once,
+    each from its own UDP socket (source port) unless ``one_socket``."""
     chosen = pick(w, n, from_end=True)
     taken = {(acct, pid) for _, acct, pid, _ in pick(w, skip)} if skip else set()
     if any((acct, pid) in taken for _, acct, pid, _ in chosen):
@@ -210,11 +259,16 @@ def handshake_burst(w, n: int, established: Connected | None, skip: int,
     keys = {acct: _proxy_key(w, acct) for acct in {c[1] for c in chosen}}
     inis = [(Initiator(priv, keys[acct], index=0x1000 + i), (GW_HOST, WG_PORT))
             for i, (_, acct, _, priv) in enumerate(chosen)]
+    for ini, _ in inis:  # the first initiation and the (MAC2) retry: key work done now
+        ini.prepare(2)
     ns, _ = _link(w)
     with inside_netns(ns.name):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind(("0.0.0.0", 0))
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                 for _ in range(1 if one_socket else n)]
+    for s in socks:
+        if one_socket:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.bind(("0.0.0.0", 0))
     out: dict = {"n": n}
     if established is not None:
         start_iperf_sink(w)
@@ -226,8 +280,11 @@ def handshake_burst(w, n: int, established: Connected | None, skip: int,
         th.start()
         time.sleep(2.0)  # iperf3 at steady state first
     t_burst = time.monotonic()
-    result: BurstResult = burst(sock, inis)
-    sock.close()
+    try:
+        result: BurstResult = burst(socks[0] if one_socket else socks, inis)
+    finally:
+        for s in socks:
+            s.close()
     out["result"] = result
     out["burst_window"] = (t_burst, t_burst + max(result.last_completion, 0.5))
     if established is not None:

@@ -292,6 +292,9 @@ def run_world(accounts: int, peers: int, services: int, args: argparse.Namespace
         return rss
     finally:
         tb.close()
+        if args.real_peers:
+            from bench._scale_wg import restore_inotify_limit
+            restore_inotify_limit()
 
 
 def real_wireguard(w: Scaled, args: argparse.Namespace) -> None:
@@ -318,10 +321,12 @@ def real_wireguard(w: Scaled, args: argparse.Namespace) -> None:
                 print(f"    curl: {err}", flush=True)
     if args.handshake_burst:
         est = connected[0] if connected else None
-        b = rw.handshake_burst(w, args.handshake_burst, est, skip=args.real_peers)
+        b = rw.handshake_burst(w, args.handshake_burst, est, skip=args.real_peers,
+                               one_socket=args.burst_one_socket)
         r = b["result"]
+        where = "one UDP socket" if args.burst_one_socket else "one UDP socket each"
         print(f"[burst] {r.total} distinct peers over {len({c for c in w.privates})} accounts, "
-              f"one UDP socket in a namespace; {r.initiations_sent} initiations sent, "
+              f"{where} in a namespace; {r.initiations_sent} initiations sent, "
               f"at most {r.max_attempts} per peer", flush=True)
         line("burst handshakes completed", f"{r.completed}/{r.total}", "all",
              r.completed == r.total)
@@ -348,6 +353,11 @@ def real_wireguard(w: Scaled, args: argparse.Namespace) -> None:
                     line("... first 1 s of the burst / before",
                          f"{statistics.mean(first) / base:.2f} x", "-", None)
                 line("... worst 0.1 s during / before", f"{min(during) / base:.2f} x", "-", None)
+                low = sum(1 for x in during if x / base < 0.5)
+                line("... 0.1-s intervals under 0.5 x", f"{low}/{len(during)}", "-", None)
+                print("  0.1-s intervals / before, from 0.3 s before the burst: " + " ".join(
+                    f"{mbit / base:.2f}" for end, mbit in b["during"]
+                    if lo - 0.3 < end and end - 0.1 <= hi + 0.3), flush=True)
                 if after:
                     line("... 0.5-2.5 s after / before",
                          f"{statistics.mean(after) / base:.2f} x", "-", None)
@@ -498,10 +508,16 @@ def main() -> None:
     parser.add_argument("--skip-world", action="store_true", help="only the peer storm")
     parser.add_argument("--real-peers", type=int, default=0,
                         help="N seeded peers handshake through stock wireguard-go from a "
-                             "namespace (the first 3 also curl a private service)")
+                             "namespace (the first 3 also curl a private service); "
+                             "raises fs.inotify.max_user_instances for the run when N "
+                             "needs more instances than free (one per wireguard-go), "
+                             "restored on exit")
     parser.add_argument("--handshake-burst", type=int, default=0,
                         help="N other seeded peers handshake at once (the project's own "
                              "initiator); iperf3 through a real peer before vs during")
+    parser.add_argument("--burst-one-socket", action="store_true",
+                        help="the burst's peers share one UDP socket (one source port) "
+                             "instead of one each")
     parser.add_argument("--trace", action="store_true",
                         help="run the processes with bench/_trace (GC and stall events) and "
                              "attribute the slow mapping changes")

@@ -77,3 +77,24 @@ def test_wrong_responder_key_never_completes() -> None:
     ini = Initiator(privates[0], public_key(generate_private_key()), index=7)
     assert _deliver(dev, link, ini.initiation(clock.seconds()), {7: ini}, clock.seconds()) == []
     assert not ini.done and dev.events["drop_bad_mac1"] == 1
+
+
+def test_prepared_initiations_complete_and_the_retry_carries_mac2() -> None:
+    clock, dev, link, privates = _responder(4, threshold=1)
+    inis = [Initiator(p, dev.identity.public, index=200 + i) for i, p in enumerate(privates)]
+    by_index = {i.index: i for i in inis}
+    for ini in inis:
+        ini.prepare(2, walltime=1000.0)  # the same wall time: timestamps still increase
+    first = [_deliver(dev, link, i.initiation(clock.seconds()), by_index, clock.seconds())
+             for i in inis]
+    assert ["cookie"] in first
+    waiting = [i for i in inis if not i.done]
+    clock.advance(5.4)
+    for ini in waiting:
+        # the second prepared message, MAC2 from the cookie added when sent
+        assert len(ini._prepared) == 1
+        assert _deliver(dev, link, ini.initiation(clock.seconds()), by_index,
+                        clock.seconds()) == ["done"]
+        assert not ini._prepared
+    assert all(i.done for i in inis)
+    assert dev.events["drop_stale_timestamp"] == 0
