@@ -45,6 +45,7 @@ generation), so this module is tested with fakes and ``task.Clock``.
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +129,17 @@ class AccountSettings:
 
 
 class AccountRuntime:
+    # a runtime has more attributes than CPython 3.11 shares dict keys for
+    # (30): without slots each instance carried its own ~1.6 KiB dict
+    __slots__ = (
+        "_backoff", "_backoff_args", "_maybe_spent", "_probe_error", "_probing", "_registering",
+        "_retry_call", "_retry_error", "_token", "account_id", "applied_roster", "device",
+        "forget_note", "key_factory", "l4_status", "listeners", "mgmt", "mux", "network",
+        "on_network", "peer_channel", "peer_channel_factory", "private_key", "reactor",
+        "retries", "rule_compiler", "serve_inbound", "services", "settings", "stack", "state",
+        "status_note", "tunnel_dialer", "tunnel_ip",
+    )
+
     def __init__(
         self,
         account_id: str,
@@ -148,9 +160,10 @@ class AccountRuntime:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.account_id = account_id
-        #: CreateProxyPeer back-off: doubling, jittered, capped after the jitter
-        self._backoff = Backoff(initial=retry_initial, multiplier=2.0, max_interval=retry_max,
-                                randomization=RETRY_JITTER, random=rand, max_delay=retry_max)
+        #: CreateProxyPeer back-off: doubling, jittered, capped after the jitter;
+        #: made at the first transient failure (most runtimes never have one)
+        self._backoff: Backoff | None = None
+        self._backoff_args = (retry_initial, retry_max, rand)
         #: a refusal the gateway found while serving a service (a denied
         #: direct dial): reported as ERROR instead of ACTIVE until the
         #: service's mapping changes (``forget_note``)
@@ -168,7 +181,8 @@ class AccountRuntime:
         self.key_factory = key_factory
         self.state = "new"
         #: the account's mappings by service id, serialized (a parsed
-        #: ProxyMapping holds a ~1.4 KiB upb arena; reports parse it back)
+        #: ProxyMapping holds a ~1.4 KiB upb arena; reports parse it back):
+        #: the mapping store's own bytes when the registry has them (``raw``)
         self.services: dict[str, bytes] = {}
         self.private_key: bytes | None = None
         self.device: WireGuardDevice | None = None
@@ -184,6 +198,7 @@ class AccountRuntime:
         self.peer_channel: Any = None
         #: the upstream dialer through this account's netstack (made once, on demand)
         self.tunnel_dialer: Any = None
+        #: the CreateProxyPeer attempt in flight (None once it fired)
         self._registering: Deferred | None = None
         #: (service id, one-time token) the next CreateProxyPeer sends: the newest
         self._token: tuple[str, str] | None = None
@@ -212,8 +227,11 @@ class AccountRuntime:
 
     # ------------------------------------------------------------------ services
 
-    def add_service(self, mapping: pb.ProxyMapping) -> Deferred | None:
-        self.services[mapping.id] = mapping.SerializeToString()
+    def add_service(self, mapping: pb.ProxyMapping, raw: bytes | None = None) -> Deferred | None:
+        """``raw``: ``mapping`` serialized, if the caller has it (shared, not copied)."""
+        # the id interned: one string shared with the store and the service table
+        self.services[sys.intern(mapping.id)] = \
+            mapping.SerializeToString() if raw is None else raw
         if self.forget_note is not None:
             self.forget_note(mapping.id)
         if self.state == "ready":
@@ -275,10 +293,12 @@ class AccountRuntime:
         )
         d.addCallbacks(self._registered, self._register_failed,
                        errbackArgs=(service_id, token))
-        self._registering = d
+        # only while in flight: a fired attempt is not kept (nor its result)
+        self._registering = None if d.called else d
         return d
 
     def _registered(self, _result: Any) -> None:
+        self._registering = None
         if self.state != "registering":
             return
         self.state = "connecting"
@@ -294,6 +314,7 @@ class AccountRuntime:
         self.peer_channel.start()
 
     def _register_failed(self, failure: Any, service_id: str, token: str) -> Deferred | None:
+        self._registering = None
         if self.state != "registering":
             return None  # stopped meanwhile: nothing to retry or report
         message = failure.getErrorMessage()
@@ -391,10 +412,16 @@ class AccountRuntime:
                              for sid in list(self.services)], consumeErrors=True)
 
     def _next_delay(self) -> float:
+        backoff = self._backoff
+        if backoff is None:
+            initial, cap, rand = self._backoff_args
+            backoff = self._backoff = Backoff(initial=initial, multiplier=2.0, max_interval=cap,
+                                              randomization=RETRY_JITTER, random=rand,
+                                              max_delay=cap)
         if not self.retries:  # the first failure of a series starts from retry_initial
-            self._backoff.reset()
+            backoff.reset()
         self.retries += 1
-        return self._backoff.next_delay()
+        return backoff.next_delay()
 
     def _retry(self) -> None:
         self._retry_call = None
@@ -557,11 +584,19 @@ class AccountRegistry(MappingObserver):
 
     def __init__(self, make_runtime: Callable[[str], AccountRuntime],
                  on_change: Callable[[str], None] | None = None,
-                 on_removed: Callable[[str], Any] | None = None) -> None:
+                 on_removed: Callable[[str], Any] | None = None,
+                 raw_of: Callable[[str], bytes | None] | None = None) -> None:
         self.make_runtime = make_runtime
         self.on_change = on_change  # e.g. evict the account's validation cache
         self.on_removed = on_removed  # e.g. close the account's upstream pools
+        #: a service id -> the mapping store's serialized mapping (MappingStore.raw):
+        #: runtimes keep that bytes object instead of serializing their own copy
+        self.raw_of = raw_of
         self.runtimes: dict[str, AccountRuntime] = {}
+
+    def _raw(self, mapping: pb.ProxyMapping) -> bytes:
+        raw = None if self.raw_of is None else self.raw_of(mapping.id)
+        return mapping.SerializeToString() if raw is None else raw
 
     def get(self, account_id: str) -> AccountRuntime | None:
         return self.runtimes.get(account_id)
@@ -586,15 +621,15 @@ class AccountRegistry(MappingObserver):
     def mapping_added(self, mapping: pb.ProxyMapping) -> Deferred | None:
         self._changed(mapping.account_id)
         runtime = self.runtimes.get(mapping.account_id)
-        return None if runtime is None else runtime.add_service(mapping)
+        return None if runtime is None else runtime.add_service(mapping, self._raw(mapping))
 
     def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> Deferred | None:
         self._changed(new.account_id)
         runtime = self.runtimes.get(new.account_id)
         if runtime is not None:
-            runtime.services[new.id] = new.SerializeToString()
+            runtime.services[new.id] = raw = self._raw(new)
             if runtime.state == "failed":
-                return runtime.add_service(new)  # a fresh token: retry registration
+                return runtime.add_service(new, raw)  # a fresh token: retry registration
             if runtime.state in ("registering", "retrying", "connecting"):
                 runtime.offer_token(new)  # the next attempt sends the fresh token
             return runtime.service_changed(new)
@@ -602,8 +637,11 @@ class AccountRegistry(MappingObserver):
 
     def mapping_refreshed(self, mapping: pb.ProxyMapping) -> Deferred | None:
         runtime = self.runtimes.get(mapping.account_id)
+        if runtime is not None and mapping.id in runtime.services:
+            # the store replaced its bytes (same content): share the new ones
+            runtime.services[mapping.id] = self._raw(mapping)
         if runtime is not None and runtime.state == "failed":
-            return runtime.add_service(mapping)
+            return runtime.add_service(mapping, self._raw(mapping))
         if runtime is not None and runtime.state in ("registering", "retrying", "connecting"):
             runtime.offer_token(mapping)
         return None

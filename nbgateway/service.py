@@ -196,7 +196,7 @@ class GatewayService(MultiService):
         self.cache = TunnelValidationCache(management, reactor, ttl=config.tunnel_cache_ttl)
         self.routes = ServiceTable(management)
         self.accounts = AccountRegistry(self._make_runtime, on_change=self._account_changed,
-                                        on_removed=self._account_gone)
+                                        on_removed=self._account_gone, raw_of=self.store.raw)
         self.store.add_observer(self.routes)
         self.store.add_observer(_CAConstraints(self.certificates))
         #: L4 relays (tcp/tls/udp): binds before the account runtime reports ACTIVE

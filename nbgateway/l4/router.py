@@ -89,7 +89,8 @@ class PortRouter(Factory):
         self.account_id = account_id  # the tunnel listener's account (private), else None
         self.sni_routes: dict[str, L4Target] = {}
         self.fallback: L4Target | None = None
-        self.connections: set[L4ServerProtocol] = set()
+        #: live connections (a dict as an ordered set: 64 B empty, a set 216 B)
+        self.connections: dict[L4ServerProtocol, None] = {}
         self.listening: Any = None  # the IListeningPort once bound
         #: the tunnel (netstack) a private router's listener is bound on; a
         #: re-created tunnel is a different object and needs a new listener
@@ -163,7 +164,7 @@ class PortRouter(Factory):
             return None  # Twisted closes the accepted socket
         proto = L4ServerProtocol(self)
         proto.addr = addr
-        self.connections.add(proto)
+        self.connections[proto] = None
         return proto
 
     def close_all(self, reason: str = "shutdown") -> None:
@@ -333,7 +334,7 @@ class L4ServerProtocol(Protocol):
     def _to_http(self) -> None:
         """Hand the connection (and the bytes read so far) to the HTTP channel."""
         self._cancel_deadline()
-        self.router.connections.discard(self)
+        self.router.connections.pop(self, None)
         transport = self.transport
         if self._proxied_peer:
             transport = _PeerOverride(transport, self.source)
@@ -427,7 +428,7 @@ class L4ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
-        self.router.connections.discard(self)
+        self.router.connections.pop(self, None)
         if self.http is not None:
             self.http.connectionLost(reason)
             return

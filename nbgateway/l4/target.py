@@ -11,6 +11,7 @@ larger (0 is not replaced by the cap), else TCP 5 min / UDP 30 s.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,10 +96,11 @@ def target_from_mapping(mapping: Any, *, max_dial_timeout: float = 0.0,
     restrictions = Restrictions.from_proto(mapping.access_restrictions) \
         if mapping.HasField("access_restrictions") else None
     return L4Target(
-        service_id=mapping.id,
-        account_id=mapping.account_id,
+        # interned: shared with the store, the service table and the runtime
+        service_id=sys.intern(mapping.id),
+        account_id=sys.intern(mapping.account_id),
         mode=mode,
-        domain=domain_key(mapping.domain) if mapping.domain else "",
+        domain=domain_key(sys.intern(mapping.domain)) if mapping.domain else "",
         listen_port=port,
         host=host,
         port=tport,

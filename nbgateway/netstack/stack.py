@@ -104,6 +104,16 @@ class Stack:
     Output checksums are always computed.
     """
 
+    # 31 attributes: more than CPython 3.11 shares dict keys for (30), so
+    # without slots every account's stack carried its own ~1.6 KiB dict
+    __slots__ = (
+        "_addr_sums", "_batch_wakeup", "_cache", "_closed", "_coalescing", "_cork_depth",
+        "_corked", "_first", "_ident", "_ident6", "_local", "_peer_keys", "_tcp_fast", "_timer",
+        "_timer_at", "addresses", "clock", "coalesce", "coalescer", "counters", "filter",
+        "fragment_output", "fragments", "icmp", "icmp_host_unreachable", "mtu", "sender", "tcp",
+        "ttl", "udp", "verify_checksums",
+    )
+
     #: tcp_fast.emit may build this stack's IPv4/IPv6 + TCP packets itself
     #: (it uses ``ttl``, ``mtu``, ``_ident``, the cork, ``sender`` and
     #: ``counters`` exactly as :meth:`send_transport`/:meth:`send_ip` do)

@@ -23,7 +23,7 @@ import heapq
 import itertools
 import random
 import struct
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -89,7 +89,9 @@ class Listener:
         self.backlog = max(1, backlog)
         self.max_half_open = max(1, max_half_open)
         self.half_open: set[Connection] = set()
-        self.accept_queue: deque[Connection] = deque()
+        # a list (56 B), not a deque (760 B even empty): every idle account has
+        # several listeners; at most ``backlog`` entries, so pop(0) is cheap
+        self.accept_queue: list[Connection] = []
         self.paused = False
         self.closed = False
         self.last_overflow: float | None = None
@@ -107,7 +109,7 @@ class Listener:
 
     def drain(self) -> None:
         while self.accept_queue and not self.paused and not self.closed:
-            conn = self.accept_queue.popleft()
+            conn = self.accept_queue.pop(0)
             if conn.state == CLOSED:
                 continue
             user = self.accept(conn)

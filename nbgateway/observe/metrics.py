@@ -165,7 +165,7 @@ class InstrumentedClient:
         return call
 
 
-@dataclass
+@dataclass(slots=True)
 class _AccountSources:
     devices: list[Any] = field(default_factory=list)
     stacks: list[Any] = field(default_factory=list)
@@ -234,7 +234,9 @@ class GatewayMetrics:
                 else:
                     self._bytes["rx"] += rx
                     self._bytes["tx"] += tx
-                if fresh is not None:
+                if fresh is not None and (rx or tx):
+                    # a peer that never moved a byte needs no entry: unseen,
+                    # its next scrape adds its whole count, as from (0, 0)
                     fresh[id(peer)] = (peer, rx, tx)
 
     def wireguard_bytes(self) -> dict[str, int]:

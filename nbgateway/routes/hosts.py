@@ -15,8 +15,11 @@ def domain_key(name: str) -> str:
     certificate store): surrounding whitespace and a trailing root dot removed,
     lower-cased.  ``APP.Example.``, ``app.example.`` and ``app.example`` are one
     name (DNS names are case-insensitive and the root dot is implicit); upstream
-    matches exactly, which made those spellings 404 or bypass per-host rules."""
-    return name.strip().rstrip(".").lower()
+    matches exactly, which made those spellings 404 or bypass per-host rules.
+    A name already in that form is returned as is (the same object), so a
+    table keyed by it shares the service's domain string instead of a copy."""
+    key = name.strip().rstrip(".").lower()
+    return name if key == name else key
 
 
 def host_without_port(host: str) -> str:

@@ -74,10 +74,12 @@ def parse_target(path: str, target: str, options: object | None = None) -> Route
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise RouteError(f'invalid target URL "{target}" for path "{path}": {exc}') from None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return Route(path, target, parts.scheme, parts.netloc, parts.hostname, port,
+    hostname = parts.hostname  # a property computing a fresh string per read
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    scheme = "https" if parts.scheme == "https" else "http"  # shared, not a copy per route
+    return Route(path, target, scheme, parts.netloc, hostname, port,
                  parts.path or "/", parts.query, options,
-                 origin=f"{parts.scheme}://{host}:{port}")
+                 origin=f"{scheme}://{host}:{port}")
 
 
 class PathRouter:
@@ -94,7 +96,8 @@ class PathRouter:
             if all(o.target != r.target for o in same):
                 same.append(r)
         grouped = [_group(same) for same in by_path.values()]
-        self.routes = sorted(grouped, key=lambda r: (-len(r.path.rstrip("/")), r.path))
+        # a tuple: one block (a list is two, the object and its item array)
+        self.routes = tuple(sorted(grouped, key=lambda r: (-len(r.path.rstrip("/")), r.path)))
 
     def match(self, path: str) -> Route | None:
         for route in self.routes:

@@ -13,8 +13,10 @@ routes carry :class:`TargetOptions`.  Pure data and functions.
 from __future__ import annotations
 
 import base64
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from nbgateway._proto import proxy_service_pb2 as pb
@@ -64,22 +66,30 @@ class TargetOptions:
     @classmethod
     def of(cls, options: Any) -> TargetOptions:
         """From a ``TargetOptions``, a protobuf ``PathTargetOptions`` or None."""
-        if options is None:
-            return cls()
         if isinstance(options, cls):
             return options
+        if options is None:
+            return _DEFAULT_OPTIONS
         timeout = 0.0
         rt = getattr(options, "request_timeout", None)
         if rt is not None and (getattr(rt, "seconds", 0) or getattr(rt, "nanos", 0)):
             timeout = rt.seconds + rt.nanos / 1e9
-        return cls(
+        made = cls(
             skip_tls_verify=bool(getattr(options, "skip_tls_verify", False)),
             request_timeout=timeout,
             path_rewrite=int(getattr(options, "path_rewrite", PATH_REWRITE_DEFAULT)),
-            custom_headers=dict(getattr(options, "custom_headers", {}) or {}),
+            custom_headers=dict(getattr(options, "custom_headers", {}) or {}) or _NO_HEADERS,
             direct_upstream=bool(getattr(options, "direct_upstream", False)),
             upstream_protocol=upstream_protocol(options),
         )
+        # the common all-default options are one shared (immutable) object,
+        # not a copy (with its own empty headers dict) per path
+        return _DEFAULT_OPTIONS if made == _DEFAULT_OPTIONS else made
+
+
+#: empty custom headers, shared read-only (the proxy only reads them)
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_DEFAULT_OPTIONS = TargetOptions(custom_headers=_NO_HEADERS)
 
 
 #: ``nbgw_upstream_protocol`` values: "" and "http1" are HTTP/1.1, "h2" HTTP/2
@@ -232,13 +242,18 @@ def entry_from_mapping(mapping: pb.ProxyMapping) -> ServiceEntry:
     cert_users = tuple((u.match, u.user_id, u.email, tuple(u.group_ids), tuple(u.group_names))
                        for u in mapping.nbgw_client_cert_users) if client_ca else ()
     service = ProxyService(
-        account_id=mapping.account_id,
-        domain=mapping.domain,
+        # one string per account, not a copy per service (bounded: the
+        # accounts and services this gateway serves; interned strings are
+        # freed with their last reference)
+        # ids and names interned: one string shared with the mapping store,
+        # the account runtime, L4 and the CA instead of a copy in each
+        account_id=sys.intern(mapping.account_id),
+        domain=sys.intern(mapping.domain),
         router=PathRouter(routes),
         pass_host_header=mapping.pass_host_header,
         rewrite_redirects=mapping.rewrite_redirects,
         header_auth_names=header_names,
-        service_id=mapping.id,
+        service_id=sys.intern(mapping.id),
         assertion=AssertionSettings.from_proto(mapping.nbgw_assertion)
         if mapping.HasField("nbgw_assertion") else None,
     )

@@ -50,10 +50,13 @@ class ServiceTable:
     def _add(self, mapping: pb.ProxyMapping) -> Deferred[Any] | None:
         if is_l4(mapping.mode):
             # not routed over HTTP; the account runtime reports it unsupported
-            self.ports[(mapping.account_id, int(mapping.listen_port))] = entry_from_mapping(mapping)
+            entry = entry_from_mapping(mapping)
+            self.ports[(entry.service.account_id, entry.listen_port)] = entry
             return None
         entry = entry_from_mapping(mapping)
-        self.entries[domain_key(mapping.domain)] = entry
+        # keyed by the entry's own domain string (domain_key returns a
+        # normalised name as is): no second copy per service
+        self.entries[domain_key(entry.service.domain)] = entry
         if entry.route_errors:
             return self._report(mapping, "; ".join(entry.route_errors))
         return None

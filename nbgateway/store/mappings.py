@@ -34,6 +34,7 @@ keeps that cost.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -149,6 +150,11 @@ class MappingStore:
         raw = self._by_id.get(service_id)
         return None if raw is None else _load(raw)
 
+    def raw(self, service_id: str) -> bytes | None:
+        """The stored mapping serialized: the store's own bytes object, so an
+        observer keeping it (the account runtime) holds no second copy."""
+        return self._by_id.get(service_id)
+
     def lookup_domain(self, domain: str) -> pb.ProxyMapping | None:
         ids = self._domains.get(domain_key(domain))
         return _load(self._by_id[ids[-1]]) if ids else None
@@ -242,7 +248,9 @@ class MappingStore:
 
     def _index(self, mapping: pb.ProxyMapping) -> None:
         if mapping.domain:
-            self._domains.setdefault(domain_key(mapping.domain), []).append(mapping.id)
+            # interned (as the service table and runtimes do): one string each
+            self._domains.setdefault(domain_key(sys.intern(mapping.domain)), []).append(
+                sys.intern(mapping.id))
 
     def _unindex(self, mapping: pb.ProxyMapping) -> None:
         if not mapping.domain:
@@ -256,10 +264,11 @@ class MappingStore:
 
     def _insert(self, mapping: pb.ProxyMapping, raw: bytes,
                 pending: list[Deferred[Any]]) -> None:
-        account = mapping.account_id
+        account = sys.intern(mapping.account_id)
         new_account = account not in self._accounts
-        self._by_id[mapping.id] = raw
-        self._accounts.setdefault(account, set()).add(mapping.id)
+        sid = sys.intern(mapping.id)
+        self._by_id[sid] = raw
+        self._accounts.setdefault(account, set()).add(sid)
         self._index(mapping)
         if new_account:
             self._notify(pending, "account_added", account)

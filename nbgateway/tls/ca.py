@@ -30,6 +30,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,7 +57,9 @@ def _now() -> datetime.datetime:
 
 
 def normalise(name: str) -> str:
-    return name.strip().rstrip(".").lower()
+    """As routes.hosts.domain_key: a name already normalised is returned as is."""
+    key = name.strip().rstrip(".").lower()
+    return name if key == name else key
 
 
 def within(name: str, subtree: str) -> bool:
@@ -185,7 +188,7 @@ class PrivateCA:
             return False
         new = set()
         for raw in names:
-            name = normalise(raw)
+            name = sys.intern(normalise(raw))  # shared with the service table's key
             if not name or name.startswith("*.") or self.covers(name):
                 continue
             try:
