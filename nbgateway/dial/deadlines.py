@@ -14,10 +14,19 @@ Cancelling marks the entry dead and drops dead entries from its FIFO's head
 at once, so a FIFO holds at most the dead entries behind its oldest live
 one; a FIFO whose dead entries outnumber its live ones (and more than
 ``COMPACT_AT``) is rebuilt without them, which bounds memory by the live
-requests.  When the last pending deadline is cancelled the FIFOs are
-dropped and the timer is cancelled (nothing is left behind in the
-reactor), so the saving is under concurrency: while any request is in
-flight, requests add and cancel deadlines without a timer call.
+requests.
+
+When the last pending deadline is cancelled the FIFOs are emptied but the
+timer is left armed ("lingering"): the next deadline, later than the armed
+time, needs no timer call, so a request alone on the gateway (one
+connection) adds and cancels its deadline without a ``callLater`` and a
+``cancel`` each.  A lingering timer that fires finds nothing due, arms
+itself for the earliest pending deadline if there is one, and otherwise
+stays off; so at most one ``callLater`` per delay period while requests
+come one at a time, and none left behind once the longest delay has passed
+after the last request.  :meth:`Deadlines.disarm_idle` (closing pools)
+cancels a lingering timer at once, :meth:`Deadlines.stop_lingering`
+(shutdown) also turns lingering off.
 
 Deadlines fire at their exact time (not rounded to a tick).  A deadline of
 a delay whose FIFO's tail is later (the clock went backwards) is placed at
@@ -27,6 +36,7 @@ the tail's time.  The module is fed a clock (``seconds``/``callLater``),
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +49,9 @@ log = Logger()
 COMPACT_AT = 256
 #: empty FIFOs (one per delay) kept when idle; more are dropped
 MAX_IDLE_FIFOS = 16
+#: the default of ``Deadlines(linger=...)``; ``NBGW_DEADLINE_LINGER=0`` in the
+#: environment turns lingering off (for A/B benchmarks)
+LINGER = os.environ.get("NBGW_DEADLINE_LINGER", "1") != "0"
 
 
 class Deadline:
@@ -92,8 +105,10 @@ class _Fifo:
 class Deadlines:
     """Deadlines of in-flight requests on one shared timer of ``clock``."""
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: Any, *, linger: bool | None = None) -> None:
         self.clock = clock
+        #: leave the timer armed when nothing is pending (see the module docstring)
+        self.linger = LINGER if linger is None else linger
         self._fifos: dict[float, _Fifo] = {}
         self._call: Any = None
         self._armed_at = 0.0
@@ -122,18 +137,39 @@ class Deadlines:
 
     def idle(self) -> None:
         """No deadline is pending: empty the FIFOs (kept for reuse while there
-        are few delays) and disarm the timer (a pending timer would keep the
-        reactor busy, e.g. at shutdown)."""
+        are few delays).  The timer stays armed while lingering (see the
+        module docstring), else it is cancelled."""
         if len(self._fifos) > MAX_IDLE_FIFOS:
             self._fifos.clear()
         else:
             for fifo in self._fifos.values():
                 fifo.entries.clear()
                 fifo.dead = 0
+        if not self.linger:
+            self._disarm()
+
+    def stop_lingering(self) -> None:
+        """From now on cancel the timer when the last pending deadline goes
+        (no lingering), and cancel a lingering one now (shutdown)."""
+        self.linger = False
+        self.disarm_idle()
+
+    def disarm_idle(self) -> None:
+        """Cancel a lingering timer now (closing pools: nothing of this object
+        is left in the reactor while nothing is pending).  Pending deadlines
+        are kept and still fire."""
+        if self.live == 0:
+            self._disarm()
+
+    def _disarm(self) -> None:
         if self._call is not None:
             if self._call.active():
                 self._call.cancel()
             self._call = None
+
+    def lingering(self) -> bool:
+        """The timer is armed while no deadline is pending."""
+        return self.live == 0 and self._call is not None
 
     def _arm(self, when: float) -> None:
         if self._call is not None and self._call.active():

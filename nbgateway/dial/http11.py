@@ -20,7 +20,9 @@ Rules:
   stopped exchange closes its connection;
 - bounded: at most ``maxPersistentPerHost`` idle connections per target,
   each closed after ``cachedConnectionTimeout`` on the injected clock (the
-  idle timeouts share one timer, :mod:`nbgateway.dial.deadlines`);
+  idle timeouts share one timer, :mod:`nbgateway.dial.deadlines`, with the
+  reverse proxy's request deadlines when the pools are
+  :class:`~nbgateway.dial.pool.UpstreamPools`);
 - a request that fails on a *reused* connection before any response byte
   (the upstream closed it while idle) is retried once on a new connection
   when its body can be replayed (none, or already buffered bytes);
@@ -513,12 +515,16 @@ class _RetryableLossError(Exception):
 class ConnectionPool:
     """Idle keep-alive connections per (scheme, host, port); bounded."""
 
-    def __init__(self, clock: Any, max_per_host: int, idle_timeout: float) -> None:
+    def __init__(self, clock: Any, max_per_host: int, idle_timeout: float,
+                 deadlines: Deadlines | None = None) -> None:
         self.clock = clock
         self.maxPersistentPerHost = max_per_host
         self.cachedConnectionTimeout = idle_timeout
-        #: the idle timeouts of pooled connections, on one shared timer
-        self.idle_deadlines = Deadlines(clock)
+        #: the idle timeouts of pooled connections, on one shared timer (the
+        #: caller's, e.g. :class:`~nbgateway.dial.pool.UpstreamPools`', or
+        #: this pool's own, whose lingering timer is cancelled when it closes)
+        self._own_deadlines = deadlines is None
+        self.idle_deadlines = Deadlines(clock) if deadlines is None else deadlines
         self._connections: dict[tuple[bytes, bytes, int], list[UpstreamConnection]] = {}
 
     def take(self, key: tuple[bytes, bytes, int]) -> UpstreamConnection | None:
@@ -575,6 +581,8 @@ class ConnectionPool:
                 c._close_waiters.append(w)
                 waits.append(w)
                 c.transport.loseConnection()
+        if self._own_deadlines:
+            self.idle_deadlines.disarm_idle()
         return defer.gatherResults(waits)
 
 

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from nbgateway.dial.deadlines import Deadlines
 from nbgateway.dial.http11 import ConnectionPool, LeanAgent
 
 DEFAULT_MAX_IDLE_PER_HOST = 100
@@ -111,6 +112,10 @@ class UpstreamPools:
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
         self._pools: dict[tuple[str, bool, bool], ConnectionPool] = {}
+        #: one shared timer for the idle timeouts of every pool here and the
+        #: request deadlines of a proxy on the same clock (ReverseProxy uses
+        #: it); a lingering timer is cancelled when the last pool closes
+        self.deadlines = Deadlines(reactor)
         #: one Agent per (account, mode, verification, dialer, timeout): built
         #: once, not per request; the dialer itself is kept to compare identity
         self._agents: dict[tuple[Any, ...], tuple[Any, LeanAgent]] = {}
@@ -119,7 +124,8 @@ class UpstreamPools:
         key = (account_id, direct, skip_verify)
         pool = self._pools.get(key)
         if pool is None:
-            pool = ConnectionPool(self.reactor, self.max_idle_per_host, self.idle_timeout)
+            pool = ConnectionPool(self.reactor, self.max_idle_per_host, self.idle_timeout,
+                                  self.deadlines)
             self._pools[key] = pool
         return pool
 
@@ -158,11 +164,16 @@ class UpstreamPools:
         keys = [k for k in self._pools if k[0] == account_id]
         for k in [k for k in self._agents if k[0] == account_id]:
             del self._agents[k]
-        return gatherResults([self._pools.pop(k).closeCachedConnections() for k in keys])
+        closed = gatherResults([self._pools.pop(k).closeCachedConnections() for k in keys])
+        if not self._pools:
+            self.deadlines.disarm_idle()  # the last pool: no lingering timer left
+        return closed
 
     def close(self) -> Any:
         from twisted.internet.defer import gatherResults
 
         pools, self._pools = list(self._pools.values()), {}
         self._agents.clear()
-        return gatherResults([p.closeCachedConnections() for p in pools])
+        closed = gatherResults([p.closeCachedConnections() for p in pools])
+        self.deadlines.stop_lingering()  # shutting down: nothing left in the reactor
+        return closed

@@ -27,7 +27,10 @@ validated :class:`~nbgateway.routes.identity.Identity`, or None):
   moving upstream, so it bounds the time without progress rather than the
   length of a large upload.  The response body itself is streamed without a
   deadline (SSE-friendly).  The deadlines of all requests share one reactor
-  timer (:mod:`nbgateway.dial.deadlines`) instead of a ``callLater`` each;
+  timer (:mod:`nbgateway.dial.deadlines`, the pools' when they have one: the
+  upstream idle timeouts are on it too) instead of a ``callLater`` each, and
+  that timer lingers when nothing is pending, so a request alone makes no
+  timer call either;
 - optional per-account in-flight limit on the tunnel path (503);
 - ``rewrite_redirects``; an unparseable ``Location`` is a 502;
 - error pages with upstream's statuses (502/504/...); a ``direct_upstream``
@@ -481,8 +484,13 @@ class ReverseProxy:
         self.inflight: dict[str, int] = {}
         #: the load-balancing and health state of every multi-target path
         self.balancers = Balancers(self.clock)
-        #: the request deadlines (dial + wait for the response head), one timer
-        self.deadlines = Deadlines(self.clock)
+        #: the request deadlines (dial + wait for the response head), one
+        #: timer: the pools' (shared with their idle timeouts, stopped when
+        #: they close) when they run on the same clock
+        shared = getattr(pools, "deadlines", None)
+        self.deadlines: Deadlines = (
+            shared if isinstance(shared, Deadlines) and shared.clock is self.clock
+            else Deadlines(self.clock))
         self._route_options: dict[int, tuple[Route, TargetOptions]] = {}
         #: the identity assertion signer (``token(settings, identity, peer_ip,
         #: audience)``, nbgateway.auth.assertion), set by the service; without

@@ -133,6 +133,9 @@ class ProxyHarness:
     @defer.inlineCallbacks
     def close(self) -> Any:
         yield self.pools.close()
+        # the proxy's request deadlines (a test may have replaced the pools
+        # it shares them with): no lingering timer left in the reactor
+        self.proxy.deadlines.disarm_idle()
         if self.port is not None:
             yield self.port.stopListening()
         for ch in self.site.channels:

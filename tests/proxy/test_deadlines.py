@@ -1,6 +1,8 @@
 """The shared request deadlines (nbgateway.dial.deadlines) on task.Clock:
 exact firing, order, cancellation, several delays, re-entrancy, bounded
-memory, one timer for many requests, nothing left in the reactor when idle;
+memory, one timer for many requests, the lingering timer (no timer call per
+request when requests come one at a time, nothing left in the reactor once it
+has fired or after stop_lingering());
 and through the reverse proxy: 504 at request_timeout for requests in flight
 together, on one timer."""
 
@@ -73,7 +75,7 @@ def test_several_delays_fire_in_deadline_order():
     assert fired[-2:] == ["a", "b"]
 
 
-def test_last_cancel_leaves_nothing_in_the_reactor():
+def test_last_cancel_leaves_the_timer_lingering_until_it_fires_then_nothing():
     clock = task.Clock()
     dl = Deadlines(clock)
     a = dl.add(1.0, lambda: None)
@@ -82,8 +84,68 @@ def test_last_cancel_leaves_nothing_in_the_reactor():
     assert len(clock.getDelayedCalls()) == 1
     b.cancel()
     b.cancel()  # twice is harmless
+    assert len(dl) == 0 and not a.active() and not b.active()
+    # the timer lingers (armed for a's old deadline) instead of being cancelled
+    assert dl.lingering() and len(clock.getDelayedCalls()) == 1
+    clock.advance(1.0)  # it fires, finds nothing pending and stays off
+    assert clock.getDelayedCalls() == [] and not dl.lingering() and len(dl) == 0
+
+
+def test_one_request_at_a_time_makes_no_timer_call_per_request():
+    """A request alone (one connection): its deadline is added and cancelled
+    on the lingering timer, without a callLater/cancel pair each."""
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list[int] = []
+    for i in range(1000):  # 1000 requests of 1 ms each, one at a time: 1 s
+        h = dl.add(30.0, lambda i=i: fired.append(i))
+        clock.advance(0.001)
+        h.cancel()
+    assert dl.armed == 1 and len(clock.getDelayedCalls()) == 1
+    # a request in flight when the lingering timer fires: re-armed for it,
+    # and it fires at its own exact deadline
+    clock.advance(28.0)  # t = 29.0; the lingering timer is armed for 30.0
+    last = dl.add(30.0, lambda: fired.append(-1))  # due at 59.0
+    assert dl.armed == 1
+    clock.advance(1.0)  # the lingering timer fires: nothing due, re-armed for 59.0
+    assert fired == [] and dl.armed == 2 and len(clock.getDelayedCalls()) == 1
+    clock.advance(28.9)
+    assert fired == []
+    clock.advance(0.2)
+    assert fired == [-1] and not last.active()
     assert clock.getDelayedCalls() == [] and len(dl) == 0
-    assert not a.active() and not b.active()
+
+
+def test_an_earlier_deadline_than_the_lingering_timer_rearms_it():
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    dl.add(30.0, lambda: None).cancel()  # lingers, armed for 30.0
+    fired: list[float] = []
+    dl.add(2.0, lambda: fired.append(clock.seconds()))
+    assert len(clock.getDelayedCalls()) == 1  # the lingering timer was replaced
+    clock.advance(2.0)
+    assert fired == [2.0]
+    assert clock.getDelayedCalls() == []  # nothing pending: no timer either
+
+
+def test_stop_lingering_cancels_the_idle_timer_and_keeps_pending_deadlines():
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    dl.add(5.0, lambda: None).cancel()
+    assert dl.lingering()
+    dl.stop_lingering()
+    assert clock.getDelayedCalls() == [] and not dl.lingering()
+    # pending deadlines still fire at their time; the last one gone, no timer
+    fired: list[float] = []
+    dl.add(1.0, lambda: fired.append(clock.seconds()))
+    other = dl.add(2.0, lambda: fired.append(-1.0))
+    dl.stop_lingering()  # with a deadline pending: the timer stays
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(1.0)
+    assert fired == [1.0]
+    other.cancel()
+    assert clock.getDelayedCalls() == [] and len(dl) == 0
+    assert Deadlines(clock, linger=False).linger is False
 
 
 def test_functions_may_add_and_cancel_deadlines_while_firing():
@@ -192,3 +254,25 @@ def test_proxy_requests_in_flight_get_504_at_their_timeout_on_one_timer():
     assert all(r.finished for r in requests)
     assert pools.agent_obj.cancelled == 20
     assert clock.getDelayedCalls() == []
+
+
+def test_the_proxy_shares_the_pools_timer_and_closing_the_pools_leaves_none():
+    from nbgateway.dial.pool import UpstreamPools
+
+    clock = task.Clock()
+    pools = UpstreamPools(clock)
+    proxy = ReverseProxy(clock, pools, lambda account, direct: object(), clock=clock)
+    assert proxy.deadlines is pools.deadlines
+    assert pools.pool("acc", False, False).idle_deadlines is pools.deadlines
+    proxy.deadlines.add(30.0, lambda: None).cancel()
+    assert proxy.deadlines.lingering() and len(clock.getDelayedCalls()) == 1
+    pools.close_account("acc")  # the last pool: the lingering timer goes
+    assert clock.getDelayedCalls() == []
+    proxy.deadlines.add(30.0, lambda: None).cancel()
+    pools.close()  # shutdown: no lingering from now on
+    assert clock.getDelayedCalls() == []
+    proxy.deadlines.add(30.0, lambda: None).cancel()
+    assert clock.getDelayedCalls() == []
+    # a proxy on another clock than its pools keeps its own deadlines
+    other = ReverseProxy(clock, UpstreamPools(task.Clock()), lambda a, d: object(), clock=clock)
+    assert other.deadlines is not pools.deadlines and other.deadlines.clock is clock

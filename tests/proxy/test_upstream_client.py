@@ -153,6 +153,35 @@ class PoolTests(Base):
         proto.connectionLost(Failure(ConnectionError()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_pooled_idle_deadline_makes_no_timer_call_per_request(self):
+        """Requests one at a time on a pooled connection: its idle deadline is
+        added and cancelled on the lingering timer (one timer call in all),
+        and it still closes exactly 90 s after the last response."""
+        for _ in range(50):
+            self.fetch()
+            self.clock.advance(0.01)
+        _, _, t, proto = self.fetch()  # released at t = 0.5: due at 90.5
+        self.assertEqual(len(self.eps.dials), 1)
+        self.assertEqual(self.pool.idle_deadlines.armed, 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(89.9)  # the lingering timer (90.0) fired and re-armed
+        self.assertFalse(t.disconnecting)
+        self.assertEqual(self.pool.idle(), 1)
+        self.clock.advance(0.2)
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(self.pool.idle(), 0)
+        proto.connectionLost(Failure(ConnectionError()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closing_the_pool_leaves_no_timer(self):
+        _, _, t, proto = self.fetch()
+        _, _, _, _ = self.fetch()  # the first idle deadline's timer lingers
+        d = self.pool.closeCachedConnections()
+        self.assertTrue(t.disconnecting)
+        proto.connectionLost(Failure(ConnectionError()))
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_bounded_idle_per_target(self):
         pool = ConnectionPool(self.clock, 1, 90.0)
         agent = LeanAgent(pool, self.eps.endpoint_for)
