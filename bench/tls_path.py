@@ -23,14 +23,17 @@ Runs:
 * ``plain``: the keep-alive run without TLS (the same responder through the
   factory's plain branch): the TLS layer's share is keepalive - plain;
 * ``handshake``: ``--connections`` new connections, each a full handshake,
-  one request and a close by the server (as ``Connection: close``); server
-  CPU microseconds per connection.  ``--no-tickets`` sets
+  one request answered in a later reactor turn (as the upstream's answer
+  arrives) and a close by the server (as ``Connection: close``; the client
+  answers the close_notify); server CPU microseconds and transport writes
+  (TCP segments at least) per connection.  ``--no-tickets`` sets
   ``SSL_OP_NO_TICKET`` on the server contexts (nginx's ``ssl_session_tickets
   off`` in ``bench/gateway.py``).
 
 Variants, alternated in every round: ``records`` (this tree's record path,
-:mod:`nbgateway.tls.records`) and ``twisted`` (``records`` switched off on
-the factory: Twisted's ``TLSMemoryBIOProtocol`` calls).  ``--against DIR``
+:mod:`nbgateway.tls.records`, and TLS 1.3 session tickets sent with the
+first write) and ``twisted`` (both switched off on the factory, as
+``NBGW_TLS_RECORDS=0`` does: Twisted's ``TLSMemoryBIOProtocol`` calls).  ``--against DIR``
 also runs DIR's package (e.g. a ``git worktree`` of an earlier commit) in
 alternate subprocesses, so a change that has no switch (the cached
 interface declaration) is measured too.  Medians over ``--rounds``.
@@ -113,19 +116,26 @@ def build(records_on: bool, no_tickets: bool, responder: str) -> Any:
             self.buf += data
             while b"\r\n\r\n" in self.buf:
                 head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-                if responder == "chunked":
-                    self.transport.write(b"%s%x\r\n%s\r\n" % (CHUNKED_HEAD, len(BODY), BODY))
-                    self.transport.write(b"0\r\n\r\n")
+                if responder == "later":  # as the upstream's answer: a later turn
+                    clock.callLater(0, self.answer, head)
                 else:
-                    self.transport.write(HEAD + BODY)
-                if b"Connection: close" in head:
-                    self.transport.loseConnection()
+                    self.answer(head)
+
+        def answer(self, head: bytes) -> None:
+            if responder == "chunked":
+                self.transport.write(b"%s%x\r\n%s\r\n" % (CHUNKED_HEAD, len(BODY), BODY))
+                self.transport.write(b"0\r\n\r\n")
+            else:
+                self.transport.write(HEAD + BODY)
+            if b"Connection: close" in head:
+                self.transport.loseConnection()
 
     clock = task.Clock()
     factory = TLSOrPlainFactory(creator, Factory.forProtocol(Responder), clock=clock)
     factory.tls_factory._clock = clock
     if hasattr(factory.tls_factory, "records"):
         factory.tls_factory.records = records_on
+        factory.tls_factory.coalesce_tickets = records_on
     elif records_on:
         raise SystemExit("this tree has no TLS record path")
     cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
@@ -281,7 +291,7 @@ def run_keepalive(records_on: bool, requests: int, responder: str, tls: bool) ->
 
 
 def run_handshakes(records_on: bool, connections: int, no_tickets: bool) -> dict:
-    factory, clock, cctx = build(records_on, no_tickets, "length")
+    factory, clock, cctx = build(records_on, no_tickets, "later")
     close = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
     total, writes = 0.0, 0
     for i in range(connections + 20):
@@ -345,7 +355,8 @@ def main() -> None:
             ("chunked response, TLS writes per response", "chunked", "writes_per_resp"),
             ("same without TLS, CPU us/request", "plain", "us_per_req"),
             ("new connection (handshake, 1 request, close), CPU us", "handshake",
-             "us_per_conn")]
+             "us_per_conn"),
+            ("new connection, transport writes", "handshake", "writes_per_conn")]
     labels = [v[0] for v in variants]
     print(f"{'medians of ' + str(args.rounds) + ' alternated rounds':58}"
           + "".join(f"{x:>11}" for x in labels))

@@ -50,11 +50,26 @@ from nbgateway.tls import records
 
 log = Logger()
 
+_TLS1_3 = 0x0304  # OpenSSL.SSL.TLS1_3_VERSION
+
+
+def _bio_drain(conn: Any) -> bytes:
+    """The send BIO's bytes through pyOpenSSL (when records is unavailable)."""
+    from OpenSSL.SSL import WantReadError
+
+    parts = []
+    while True:
+        try:
+            parts.append(conn.bio_read(1 << 16))
+        except WantReadError:
+            return b"".join(parts)
+
 TLS_HANDSHAKE = 0x16
 DEFAULT_PEEK_TIMEOUT = 5.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: ``NBGW_TLS_RECORDS=0`` keeps every connection on Twisted's record path
-#: (pyOpenSSL ``Connection`` calls) instead of :mod:`nbgateway.tls.records`
+#: (pyOpenSSL ``Connection`` calls) instead of :mod:`nbgateway.tls.records`,
+#: and sends TLS 1.3 session tickets alone as Twisted does
 RECORDS_DEFAULT = os.environ.get("NBGW_TLS_RECORDS", "1") != "0"
 
 #: transport declaration -> the instance declaration Twisted's makeConnection
@@ -110,6 +125,9 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     _handshake_pending = True
     #: after a TLS 1.3 handshake: reads and writes through nbgateway.tls.records
     _records = False
+    #: ciphertext held back to go out with the next write (the session
+    #: tickets OpenSSL writes when a TLS 1.3 handshake completes)
+    _held = b""
     #: zope's adapter lookup (``IPushProducer(transport, default)`` in
     #: twisted.web's connectionMade) asks for ``__conform__``; answering here
     #: spares ProtocolWrapper.__getattr__ and an AttributeError from the
@@ -168,6 +186,42 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
             self._write_through = self.negotiatedProtocol != b"h2"
             self._records = (getattr(self.factory, "records", False)
                              and records.eligible(self._tlsConnection))
+            if self._held and (self.disconnecting or not self.connected):
+                self._emit(b"", force=True)  # closing: the tickets go out now
+
+    # -- ciphertext to the transport.  TLS 1.3 servers send their session
+    # tickets (NewSessionTicket records) once the client's Finished arrives,
+    # which Twisted flushes at the end of that read as a transport write of
+    # its own: one more TCP segment (and WireGuard packet) per connection
+    # ahead of the response.  A client may send application data right
+    # after its Finished and never waits for tickets, so on a TLS 1.3
+    # connection the flushes of the turn that completes the handshake are
+    # held and go out in front of the next write (the response, the HTTP/2
+    # preface, the close_notify); records keep their order.
+
+    def _flushSendBIO(self) -> None:
+        conn = self._tlsConnection
+        if conn is None:
+            return  # released (Twisted's would raise AttributeError)
+        out = records.drain(conn) if records.AVAILABLE else _bio_drain(conn)
+        if (self._handshake_pending and self._handshakeDone
+                and getattr(self.factory, "coalesce_tickets", False)
+                and conn.get_protocol_version() == _TLS1_3):
+            self._held += out
+            return
+        self._emit(out)
+
+    def _emit(self, out: bytes, force: bool = False) -> None:
+        """Write ``out`` behind any held ciphertext (held bytes alone only
+        when ``force``d)."""
+        if not out and not force:
+            return
+        held = self._held
+        if held:
+            self._held = b""
+            out = held + out
+        if out:
+            self.transport.write(out)
 
     # -- the record path after a TLS 1.3 handshake (nbgateway.tls.records):
     # the same steps as TLSMemoryBIOProtocol.dataReceived/_flushReceiveBIO/
@@ -206,9 +260,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     def _flush_records(self) -> None:
         conn = self._tlsConnection
         if conn is not None:
-            out = records.drain(conn)
-            if out:
-                self.transport.write(out)
+            self._emit(records.drain(conn))
 
     def _records_write(self, data: bytes) -> None:
         if (self.disconnecting and self._producer is None) or self._lostTLSConnection:
@@ -221,9 +273,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         while offset < total:
             took, result = records.seal(conn, data, offset)
             offset += took
-            out = records.drain(conn)
-            if out:
-                self.transport.write(out)
+            self._emit(records.drain(conn))
             if result <= 0:  # refused: Twisted's path raises or buffers the rest
                 TLSMemoryBIOProtocol._write(self, data[offset:])
                 return
@@ -260,6 +310,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
+        self._held = b""
         super().connectionLost(reason)
 
 
@@ -276,6 +327,8 @@ class DeadlineTLSFactory(TLSMemoryBIOFactory):
         self.handshake_timeouts = 0
         #: established TLS 1.3 connections use nbgateway.tls.records
         self.records = RECORDS_DEFAULT
+        #: TLS 1.3 session tickets go out with the next write, not alone
+        self.coalesce_tickets = RECORDS_DEFAULT
 
 
 class _Sniffer(Protocol):

@@ -22,7 +22,8 @@ same OpenSSL calls with two reused buffers and plain return values:
   object.
 
 It reads pyOpenSSL's private ``_ssl``, ``_into_ssl`` and ``_from_ssl`` and
-``OpenSSL._util``'s ``ffi``/``lib``; :func:`eligible` checks they exist and
+``OpenSSL._util``'s ``ffi``/``lib`` (:data:`AVAILABLE`: all present, checked
+once on a probe connection); :func:`eligible` checks a connection has them and
 that the connection negotiated TLS 1.3 (no renegotiation, so no Python
 callback can run inside ``SSL_read`` and need pyOpenSSL's after-call
 checks).  Anything else keeps Twisted's path.  tests/tls/test_tls_records.py
@@ -44,7 +45,11 @@ try:
 
     _NEEDED = ("SSL_read", "SSL_write", "BIO_read", "BIO_write", "SSL_get_error",
                "SSL_version", "SSL_ERROR_WANT_READ")
-    AVAILABLE = all(hasattr(_lib, name) for name in _NEEDED)
+    _probe = _SSL.Connection(_SSL.Context(_SSL.TLS_SERVER_METHOD), None)
+    AVAILABLE = (all(hasattr(_lib, name) for name in _NEEDED)
+                 and all(getattr(_probe, attr, None) is not None
+                         for attr in ("_ssl", "_into_ssl", "_from_ssl")))
+    del _probe
 except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
     AVAILABLE = False
 
@@ -78,7 +83,7 @@ def eligible(conn: Any) -> bool:
     ssl = getattr(conn, "_ssl", None)
     if ssl is None or getattr(conn, "_into_ssl", None) is None \
             or getattr(conn, "_from_ssl", None) is None:
-        return False
+        return False  # not a memory-BIO connection
     return _lib.SSL_version(ssl) == _TLS1_3
 
 

@@ -34,7 +34,7 @@ from nbgateway.tls.dispatch import DeadlineTLSProtocol, TLSOrPlainFactory, _prov
 ADDR = IPv4Address("TCP", "100.64.0.10", 40000)
 
 
-def _options() -> ssl.CertificateOptions:
+def _options(**kw) -> ssl.CertificateOptions:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc.example")])
     now = datetime.datetime.now(datetime.UTC)
@@ -48,10 +48,12 @@ def _options() -> ssl.CertificateOptions:
     pc = ssl.PrivateCertificate.loadPEM(pem)
     return ssl.CertificateOptions(privateKey=pc.privateKey.original,
                                   certificate=pc.original,
-                                  acceptableProtocols=[b"h2", b"http/1.1"])
+                                  acceptableProtocols=[b"h2", b"http/1.1"], **kw)
 
 
 OPTIONS = _options()
+#: stateless session tickets, as the listeners' contexts (nbgateway.tls.contexts)
+TICKETS = _options(enableSessionTickets=True)
 
 
 class Echo(Protocol):
@@ -84,13 +86,15 @@ class Wire(StringTransport):
 
 class Harness:
     def __init__(self, test: unittest.TestCase, records_on: bool, *,
-                 max_version: int | None = None) -> None:
+                 max_version: int | None = None, client: SSL.Connection | None = None,
+                 options: ssl.CertificateOptions = OPTIONS) -> None:
         self.clock = task.Clock()
         self.app = Echo()
-        factory = TLSOrPlainFactory(OPTIONS, Factory.forProtocol(lambda: self.app),
+        factory = TLSOrPlainFactory(options, Factory.forProtocol(lambda: self.app),
                                     clock=self.clock)
         factory.tls_factory._clock = self.clock
         factory.tls_factory.records = records_on
+        factory.tls_factory.coalesce_tickets = records_on
         self.wire = Wire()
         self.sniffer = factory.buildProtocol(ADDR)
         self.sniffer.makeConnection(self.wire)
@@ -98,7 +102,7 @@ class Harness:
         ctx.set_alpn_protos([b"http/1.1"])
         if max_version is not None:
             ctx.set_max_proto_version(max_version)
-        self.client = SSL.Connection(ctx, None)
+        self.client = client if client is not None else SSL.Connection(ctx, None)
         self.client.set_connect_state()
         for _ in range(10):
             try:
@@ -286,3 +290,62 @@ def _netstack_like(cls):
 
 def self_delayed(h: Harness) -> list:
     return h.clock.getDelayedCalls()
+
+
+class TicketTests(unittest.SynchronousTestCase):
+    """TLS 1.3 session tickets (written by OpenSSL when the client's
+    Finished arrives) go out in front of the next write instead of in a
+    transport write (a TCP segment) of their own."""
+
+    def test_held_after_the_handshake_and_sent_with_the_first_write(self):
+        on, off = Harness(self, True), Harness(self, False)
+        self.assertTrue(on.server._held)  # nothing wrote since the Finished
+        self.assertEqual(off.server._held, b"")
+        sizes = {}
+        for h in (on, off):
+            before = h.wire.writes
+            h.server.write(b"response")
+            self.assertEqual(h.wire.writes - before, 1)
+            sizes[h is on] = len(h.wire.value())
+            self.assertEqual(h.received(), b"response")  # records in order: decrypts
+        self.assertEqual(on.server._held, b"")
+        self.assertGreater(sizes[True], sizes[False] + 100)  # the tickets rode along
+
+    def test_the_held_tickets_resume_a_session(self):
+        from OpenSSL._util import lib
+
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_alpn_protos([b"http/1.1"])
+        for records_on in (True, False):
+            first = Harness(self, records_on, client=SSL.Connection(ctx, None),
+                            options=TICKETS)
+            self.assertEqual(first.exchange(b"x"), b"1:x")  # the tickets arrive with it
+            again = SSL.Connection(ctx, None)
+            again.set_session(first.client.get_session())
+            second = Harness(self, records_on, client=again, options=TICKETS)
+            self.assertEqual(lib.SSL_session_reused(second.client._ssl), 1)
+            self.assertEqual(second.exchange(b"y"), b"1:y")
+
+    def test_held_bytes_go_out_before_the_close_notify(self):
+        h = Harness(self, True)
+        self.assertTrue(h.server._held)
+        h.server.loseConnection()
+        h.pump()
+        self.assertEqual(h.read(), b"")  # the close_notify decrypted behind the tickets
+        self.assertEqual(h.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN, SSL.RECEIVED_SHUTDOWN)
+        self.assertEqual(h.server._held, b"")
+
+    def test_a_read_that_writes_nothing_keeps_them_held(self):
+        h = Harness(self, True)
+        h.app.dataReceived = h.app.got.append  # answers nothing
+        h.client.send(b"quiet")
+        before = h.wire.writes
+        h.pump()
+        self.assertEqual(h.wire.writes, before)
+        self.assertTrue(h.server._held)
+
+    def test_tls12_final_flight_is_never_held(self):
+        h = Harness(self, True, max_version=SSL.TLS1_2_VERSION)
+        self.assertEqual(h.server._held, b"")  # the client needs the server's Finished
+        self.assertEqual(h.exchange(b"ping"), b"4:ping")
+
