@@ -11,9 +11,11 @@ The index is a dict, or, with ``reverse_attr``, an attribute of each value
 (the device keeps it in ``Peer.allowed_ips``: no dict entry per peer).
 
 Memory per network: one entry in its length's dict (key: the address's
-prefix bits as an int) and its :class:`~nbgateway.netstack.prefix.Prefix`
-in the owner's reverse-index tuple (shared with whoever handed it in, e.g.
-the converted network map); no :mod:`ipaddress` objects are kept.
+prefix bits as an int; for a host, ``/32`` or ``/128``, the prefix object
+itself, so a roster of hosts keeps no key int of its own) and its
+:class:`~nbgateway.netstack.prefix.Prefix` in the owner's reverse-index tuple
+(shared with whoever handed it in, e.g. the converted network map); no
+:mod:`ipaddress` objects are kept.
 """
 
 from __future__ import annotations
@@ -22,42 +24,70 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
-from nbgateway.netstack.prefix import Prefix, as_prefix
+from nbgateway.netstack.prefix import HOST_V4, HOST_V6, Prefix, as_prefix
 
 V = TypeVar("V")
 NetworkLike = Prefix | str | ipaddress.IPv4Network | ipaddress.IPv6Network
+_MASK128 = (1 << 128) - 1
 
 
 class _Family(Generic[V]):
-    __slots__ = ("bits", "lengths", "tables")
+    """One address family's tables: one dict per prefix length.  The
+    full-length table (``/32`` or ``/128``: every roster peer's address) is
+    keyed by the :class:`Prefix` objects themselves (an encoded host prefix is
+    ``address << 8 | tag``, so a lookup builds that int; no key int is kept
+    per host), the shorter ones by the address's prefix bits."""
 
-    def __init__(self, bits: int) -> None:
+    __slots__ = ("bits", "host", "lengths", "tables", "tag")
+
+    def __init__(self, bits: int, tag: int) -> None:
         self.bits = bits
+        self.tag = tag  # a host prefix is address << 8 | tag
         self.tables: dict[int, dict[int, V]] = {}
-        self.lengths: list[int] = []  # distinct prefix lengths, longest first
+        #: the full-length table (None while it is empty)
+        self.host: dict[int, V] | None = None
+        #: distinct prefix lengths shorter than ``bits``, longest first
+        self.lengths: list[int] = []
 
-    def insert(self, prefix: int, length: int, value: V) -> None:
+    def _key(self, net: Prefix, length: int) -> int:
+        if length == self.bits:
+            return net
+        return ((net >> 8) & _MASK128) >> (self.bits - length)
+
+    def _reindex(self) -> None:
+        self.host = self.tables.get(self.bits)
+        self.lengths = sorted((n for n in self.tables if n != self.bits), reverse=True)
+
+    def insert(self, net: Prefix, value: V) -> None:
+        length = net & 0xFF
         table = self.tables.get(length)
         if table is None:
             table = self.tables[length] = {}
-            self.lengths = sorted(self.tables, reverse=True)
-        table[prefix >> (self.bits - length)] = value
+            self._reindex()
+        table[self._key(net, length)] = value
 
-    def get(self, prefix: int, length: int) -> V | None:
+    def get(self, net: Prefix) -> V | None:
+        length = net & 0xFF
         table = self.tables.get(length)
-        return None if table is None else table.get(prefix >> (self.bits - length))
+        return None if table is None else table.get(self._key(net, length))
 
-    def remove(self, prefix: int, length: int) -> V | None:
+    def remove(self, net: Prefix) -> V | None:
+        length = net & 0xFF
         table = self.tables.get(length)
         if table is None:
             return None
-        value = table.pop(prefix >> (self.bits - length), None)
+        value = table.pop(self._key(net, length), None)
         if not table:
             del self.tables[length]
-            self.lengths = sorted(self.tables, reverse=True)
+            self._reindex()
         return value
 
     def lookup(self, addr: int) -> V | None:
+        host = self.host
+        if host is not None:
+            value = host.get(addr << 8 | self.tag)
+            if value is not None:
+                return value
         bits = self.bits
         tables = self.tables
         for length in self.lengths:
@@ -80,8 +110,8 @@ class AllowedIPs(Generic[V]):
     it, a dict keyed by the values."""
 
     def __init__(self, reverse_attr: str | None = None) -> None:
-        self._v4: _Family[V] = _Family(32)
-        self._v6: _Family[V] = _Family(128)
+        self._v4: _Family[V] = _Family(32, HOST_V4)
+        self._v6: _Family[V] = _Family(128, HOST_V6)
         self._count = 0
         self._attr = reverse_attr
         #: value -> that value's prefixes (insertion order); values are keys,
@@ -111,9 +141,8 @@ class AllowedIPs(Generic[V]):
         (``None`` if none), which has lost it."""
         net = as_prefix(network)
         fam = self._family(net)
-        length = net & 0xFF
-        previous = fam.get(net.address, length)
-        fam.insert(net.address, length, value)
+        previous = fam.get(net)
+        fam.insert(net, value)
         if previous is value:
             return None
         if previous is not None:
@@ -130,7 +159,7 @@ class AllowedIPs(Generic[V]):
 
     def remove(self, network: NetworkLike) -> None:
         net = as_prefix(network)
-        value = self._family(net).remove(net.address, net & 0xFF)
+        value = self._family(net).remove(net)
         if value is not None:
             self._count -= 1
             self._drop_reverse(value, net)
@@ -138,7 +167,7 @@ class AllowedIPs(Generic[V]):
     def owner(self, network: NetworkLike) -> V | None:
         """The value owning exactly ``network`` (no longest-prefix match)."""
         net = as_prefix(network)
-        return self._family(net).get(net.address, net & 0xFF)
+        return self._family(net).get(net)
 
     def remove_value(self, value: V) -> None:
         for net in self.networks_of(value):
@@ -158,6 +187,11 @@ class AllowedIPs(Generic[V]):
         else:
             return None
         addr = int.from_bytes(packed, "big")
+        host = fam.host
+        if host is not None:
+            value = host.get(addr << 8 | fam.tag)
+            if value is not None:
+                return value
         bits = fam.bits
         tables = fam.tables
         for length in fam.lengths:
@@ -174,13 +208,16 @@ class AllowedIPs(Generic[V]):
         if self._attr is not None:  # no list of values: walk the tables
             for version, fam in ((4, self._v4), (6, self._v6)):
                 for length, table in fam.tables.items():
+                    if length == fam.bits:  # keyed by the prefixes themselves
+                        items.extend(table.items())  # type: ignore[arg-type]
+                        continue
                     shift = fam.bits - length
                     items.extend((Prefix.of(version, key << shift, length), value)
                                  for key, value in table.items())
             return iter(items)
         for nets in self._by_value.values():
             for net in nets:
-                value = self._family(net).get(net.address, net & 0xFF)
+                value = self._family(net).get(net)
                 if value is not None:
                     items.append((net, value))
         return iter(items)

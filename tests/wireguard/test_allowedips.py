@@ -151,3 +151,48 @@ def test_device_peer_shares_the_callers_prefix_tuple():
     twice = (nets[0], nets[0])
     other = dev.add_peer(public_key(generate_private_key()), allowed_ips=twice)
     assert other.allowed_ips == (nets[0],) and peer.allowed_ips == (nets[1],)
+
+
+def _near_hosts():
+    """Host prefixes (/32, /128) and wider prefixes over a small address range,
+    so that hosts, their covering networks, moves and removals collide."""
+    v4 = st.builds(lambda a, p: ipaddress.ip_network((0x64400000 + a, p), strict=False),
+                   st.integers(0, 63), st.sampled_from([32, 32, 32, 31, 30, 26, 24, 10]))
+    v6 = st.builds(lambda a, p: ipaddress.ip_network(((0xFD << 120) + a, p), strict=False),
+                   st.integers(0, 63), st.sampled_from([128, 128, 128, 127, 126, 120, 64, 8]))
+    return st.one_of(v4, v6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_near_hosts(), st.integers(0, 5)), max_size=60), st.data())
+def test_host_table_keyed_by_prefix_objects_matches_brute_force(inserts, data):
+    """The /32 and /128 tables are keyed by the prefix objects themselves: the
+    same answers as a brute-force scan, through moves and removals; the keys
+    are the objects handed in (no key int per host) and iteration yields
+    them as they are."""
+    from nbgateway.netstack.prefix import Prefix
+
+    table: AllowedIPs[int] = AllowedIPs()
+    model: dict = {}
+    handed: dict[Prefix, Prefix] = {}
+    for net, value in inserts:
+        p = Prefix.from_network(net)
+        table.insert(p, value)
+        model[net] = value
+        handed.setdefault(p, p)
+    for net in list(model):
+        if data.draw(st.booleans()):
+            table.remove(net)  # text/ipaddress form: converted, found by value
+            del model[net]
+    base4, base6 = 0x64400000, 0xFD << 120
+    probes = ([ipaddress.IPv4Address(base4 + i) for i in range(-2, 70)]
+              + [ipaddress.IPv6Address(base6 + i) for i in range(-2, 70)])
+    for addr in probes:
+        assert table.lookup(addr) == brute(model, addr)
+        assert table.lookup_packed(addr.packed) == brute(model, addr)
+    for fam in (table._v4, table._v6):
+        if fam.host is not None:
+            assert all(type(k) is Prefix and k is handed[k] for k in fam.host)
+    got = dict(table)
+    assert {str(k) for k in got} == {str(n) for n in model}
+    assert all(got[Prefix.from_network(n)] == v for n, v in model.items())
