@@ -105,18 +105,40 @@ def split_url(url: bytes) -> tuple[bytes, bytes, int, bytes, bytes]:
     return scheme, host, port, netloc, path
 
 
+_FRAMING = 2
+#: header name as sent -> 0 (copied), 1 (Host) or _FRAMING (dropped: the
+#: client's framing headers are replaced by ours); bounded, cleared when full
+_HEAD_KINDS: dict[bytes, int] = {}
+_HEAD_KINDS_MAX = 1024
+
+
+def _head_kind(name: bytes) -> int:
+    lname = name.lower()
+    kind = (1 if lname == b"host" else
+            _FRAMING if lname in (b"content-length", b"transfer-encoding", b"connection")
+            else 0)
+    if len(name) <= 64:
+        if len(_HEAD_KINDS) >= _HEAD_KINDS_MAX:
+            _HEAD_KINDS.clear()
+        _HEAD_KINDS[name] = kind
+    return kind
+
+
 def request_head(method: bytes, path: bytes, headers: Headers, netloc: bytes,
                  length: int | None) -> bytes:
     """The request line and header block, one bytes object.  ``length``:
     None = chunked, -1 = no body."""
     lines = [method, b" ", path, b" HTTP/1.1\r\n"]
     has_host = False
+    kinds = _HEAD_KINDS
     for name, values in headers.getAllRawHeaders():
-        lname = name.lower()
-        if lname == b"host":
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _head_kind(name)
+        if kind:
+            if kind == _FRAMING:
+                continue  # framing is ours
             has_host = True
-        elif lname in (b"content-length", b"transfer-encoding", b"connection"):
-            continue  # framing is ours
         for v in values:
             lines += (name, b": ", v, b"\r\n")
     if not has_host:

@@ -91,6 +91,29 @@ from nbgateway.routes.service import ServiceEntry
 
 log = Logger()
 
+#: Host header value -> (host, routing key): both asked for per request (the
+#: fast path's ``fast_route``, then ``render``); bounded (entries, and values
+#: up to ``_HOST_CACHED_LEN`` bytes), cleared when full
+_HOSTS: dict[bytes, tuple[str, str]] = {}
+_HOSTS_MAX = 4096
+_HOST_CACHED_LEN = 256
+
+
+def _host_and_domain(raw: Any) -> tuple[str, str]:
+    """``(host, domain_key(host_without_port(host)))`` of a Host value."""
+    if type(raw) is not bytes:
+        host = raw if isinstance(raw, str) else ""
+        return host, domain_key(host_without_port(host))
+    hit = _HOSTS.get(raw)
+    if hit is None:
+        host = raw.decode("latin-1")
+        hit = (host, domain_key(host_without_port(host)))
+        if len(raw) <= _HOST_CACHED_LEN:
+            if len(_HOSTS) >= _HOSTS_MAX:
+                _HOSTS.clear()
+            _HOSTS[raw] = hit
+    return hit
+
 FORBIDDEN_BODY = b"Forbidden\n"
 MISDIRECTED_BODY = b"Misdirected Request: the Host port is not this listener's port\n"
 #: a login form body larger than this (or streamed) is refused with 413
@@ -159,7 +182,7 @@ class GatewayResource(Resource):
         """May the listener's HTTP/1.1 fast path (:mod:`nbgateway.proxy.fast`)
         serve a request for ``host``?  Everything but a public service with
         operator schemes (login pages, forms, cookies: twisted.web's path)."""
-        entry = self.lookup(domain_key(host_without_port(host.decode("latin-1"))))
+        entry = self.lookup(_host_and_domain(host)[1])
         return entry is None or entry.private or not entry.has_schemes
 
     def render(self, request: Any) -> Any:
@@ -178,8 +201,7 @@ class GatewayResource(Resource):
                 request.channel.persistent = False
             _plain(request, code, body)
             return server.NOT_DONE_YET
-        host = (request.getHeader(b"host") or b"").decode("latin-1")
-        domain = domain_key(host_without_port(host))
+        host, domain = _host_and_domain(request.getHeader(b"host") or b"")
         entry = self.lookup(domain)
         if entry is not None and overlay and entry.account_id != self.listener_account:
             # another account's name on this account's tunnel: unknown here,

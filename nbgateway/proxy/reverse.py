@@ -213,11 +213,6 @@ class _Exchange:
         self.route = route
         self.opts = opts
         self.identity = ctx.identity
-        self.host = request.getHeader(b"host") or ""
-        if isinstance(self.host, bytes):
-            self.host = self.host.decode("latin-1")
-        # logged: never the query (it may carry session_token)
-        self.path = request.uri.split(b"?", 1)[0].decode("latin-1")
         self.client_gone = False
         self.timed_out = False
         self.done = False
@@ -237,6 +232,18 @@ class _Exchange:
         self.method = b""
         self._answered = False
         self._sends = 0
+
+    @property
+    def host(self) -> str:
+        """The request's Host (for redirect rewriting and logs; read when
+        needed, not per request)."""
+        host = self.request.getHeader(b"host") or ""
+        return host.decode("latin-1") if isinstance(host, bytes) else host
+
+    @property
+    def path(self) -> str:
+        """The logged path: never the query (it may carry session_token)."""
+        return self.request.uri.split(b"?", 1)[0].decode("latin-1")
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
