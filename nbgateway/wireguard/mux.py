@@ -10,7 +10,13 @@ UDP adapter and the devices:
 - handshake initiations carry no index, so the mux finds the device whose
   public key the initiator's MAC1 was computed for (one keyed BLAKE2s per
   device, from a copy of a hasher already keyed with the device's MAC1 key;
-  the cost of an initiation grows with the number of accounts).
+  the cost of an initiation grows with the number of accounts: ~5 ms for a
+  full scan of 1,000 on the shared bench machine).  The device an
+  initiation from a source address was last routed to is tried first (a
+  bounded hint, :data:`ADDR_HINTS_MAX` addresses, oldest forgotten first), so
+  a peer's retries and rekeys from its endpoint cost one hash; a wrong hint
+  costs one hash more than the scan.  The hint is only an ordering: MAC1 is
+  still what decides (and anyone can compute MAC1, so nothing is trusted).
 
 Given a clock, the mux keeps handshake initiations (the expensive messages:
 four X25519 operations each) off the data path, like wireguard-go's separate
@@ -18,7 +24,11 @@ handshake queue: a socket read's transport data is handled at once, its
 initiations go to a bounded FIFO (:data:`HANDSHAKE_QUEUE_MAX`; a full queue
 drops and counts ``mux_drop_handshake_queue_full``, the initiator retries per
 the protocol) that is drained at most :attr:`DeviceMux.handshake_budget`
-initiations per reactor turn (``callLater(0)`` between turns).  The queue
+initiations and :attr:`DeviceMux.handshake_time_budget` seconds of work (the
+clock's ``seconds()``; at least one initiation) per reactor turn
+(``callLater(0)`` between turns), so a wave of initiations that each need the
+DH work (a few ms apiece with the MAC1 routing at 1,000 accounts) leaves the
+turns in between to transport data.  The queue
 depth is the global "under load" signal of whitepaper 5.3: at
 :attr:`DeviceMux.under_load_depth` or more queued initiations (and for
 UNDER_LOAD_AFTER_TIME after), every device answers initiations without a
@@ -59,8 +69,14 @@ _INITIATION_HEAD = struct.pack("<I", MESSAGE_INITIATION)
 HANDSHAKE_QUEUE_MAX = 1024
 #: queue depth from which the devices are under load (wireguard-go: size / 8)
 HANDSHAKE_UNDER_LOAD_DEPTH = HANDSHAKE_QUEUE_MAX // 8
-#: initiations processed per reactor turn (~0.15-1 ms each)
+#: initiations processed per reactor turn at most (~0.15-1 ms each, plus the MAC1
+#: routing: ~5 us per account device tried)
 HANDSHAKE_BUDGET = 8
+#: source addresses whose last routed device is remembered (~200 B each)
+ADDR_HINTS_MAX = 16384
+#: seconds of initiation work per reactor turn: the drain stops after the
+#: initiation that reaches it (so at least one is handled per turn)
+HANDSHAKE_TIME_BUDGET = 0.002
 
 
 class DeviceMux:
@@ -73,6 +89,7 @@ class DeviceMux:
         queue_max: int = HANDSHAKE_QUEUE_MAX,
         under_load_depth: int = HANDSHAKE_UNDER_LOAD_DEPTH,
         handshake_budget: int = HANDSHAKE_BUDGET,
+        handshake_time_budget: float = HANDSHAKE_TIME_BUDGET,
     ) -> None:
         self.registry = IndexRegistry()
         self.devices: list[WireGuardDevice] = []
@@ -83,11 +100,14 @@ class DeviceMux:
         self.queue_max = queue_max
         self.under_load_depth = under_load_depth
         self.handshake_budget = max(1, handshake_budget)
+        self.handshake_time_budget = handshake_time_budget
         self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._drain_call: IDelayedCall | None = None
         self._under_load_until = float("-inf")
         # (BLAKE2s keyed with a device's MAC1 key, the device), in ``devices`` order
         self._mac1_hashers: list[tuple[object, WireGuardDevice]] = []
+        # source address -> (hasher, device) an initiation from it was last routed to
+        self._addr_hints: dict[tuple[str, int], tuple[object, WireGuardDevice]] = {}
 
     @property
     def handshake_queue_depth(self) -> int:
@@ -145,6 +165,8 @@ class DeviceMux:
         if device in self.devices:
             self.devices.remove(device)
             self._mac1_hashers = [e for e in self._mac1_hashers if e[1] is not device]
+            self._addr_hints = {a: e for a, e in self._addr_hints.items()
+                                if e[1] is not device}
             device.close()  # releases its indices from the shared registry
             device.link = None
             device.load_probe = None
@@ -178,7 +200,7 @@ class DeviceMux:
                     queue.append(item)
                     queued = True
                 continue
-            device = self._owner(data)
+            device = self._owner(data, item[1])
             if device is None:
                 continue
             if device is not run_device:
@@ -193,20 +215,29 @@ class DeviceMux:
             self._drain()
 
     def _drain(self) -> None:
-        """Hand at most ``handshake_budget`` queued initiations to their devices;
-        schedule the rest for the next reactor turn."""
+        """Hand queued initiations to their devices until ``handshake_budget`` of
+        them or ``handshake_time_budget`` seconds of work (at least one); schedule
+        the rest for the next reactor turn."""
         self._drain_call = None
         queue = self._queue
+        clock = self.clock
+        seconds = clock.seconds if clock is not None else None
+        deadline = seconds() + self.handshake_time_budget if seconds is not None else None
         for _ in range(min(self.handshake_budget, len(queue))):
             data, addr = queue.popleft()
-            device = self._owner(data)
+            device = self._owner(data, addr)
             if device is not None:
                 device.datagramsReceived(((data, addr),))
             self.counters["handshake_queue_processed"] += 1
+            if deadline is not None and seconds() >= deadline:
+                if queue:
+                    self.counters["handshake_queue_time_budget_spent"] += 1
+                break
         if queue and self.clock is not None:
             self._drain_call = self.clock.callLater(0, self._drain)
 
-    def _owner(self, data: bytes) -> WireGuardDevice | None:
+    def _owner(self, data: bytes, addr: tuple[str, int] | None = None
+               ) -> WireGuardDevice | None:
         """The device a datagram belongs to, or None (counted)."""
         n = len(data)
         if n < 8:
@@ -216,7 +247,7 @@ class DeviceMux:
         if mtype == MESSAGE_TRANSPORT and n >= MESSAGE_TRANSPORT_MIN_SIZE:
             device = self.registry.owners.get(receiver)
         elif mtype == MESSAGE_INITIATION and n == MESSAGE_INITIATION_SIZE:
-            device = self._by_mac1(data)
+            device = self._by_mac1(data, addr)
         elif (mtype == MESSAGE_RESPONSE and n == MESSAGE_RESPONSE_SIZE) or (
             mtype == MESSAGE_COOKIE_REPLY and n == MESSAGE_COOKIE_REPLY_SIZE
         ):
@@ -230,14 +261,30 @@ class DeviceMux:
             self.counters["mux_drop_unroutable"] += 1
         return device
 
-    def _by_mac1(self, data: bytes) -> WireGuardDevice | None:
+    def _by_mac1(self, data: bytes, addr: tuple[str, int] | None = None
+                 ) -> WireGuardDevice | None:
         body = data[:INITIATION_MAC1_OFFSET]
         mac1 = data[INITIATION_MAC1_OFFSET : INITIATION_MAC1_OFFSET + 16]
         # a plain compare: MAC1 is keyed by a public key, anyone can compute it
         # (the device checks it again in constant time)
-        for hasher, device in self._mac1_hashers:
-            h = hasher.copy()
+        hints = self._addr_hints
+        hint = hints.get(addr) if addr is not None else None
+        if hint is not None:
+            h = hint[0].copy()
             h.update(body)
             if h.digest() == mac1:
-                return device
+                self.counters["mux_mac1_hint_hit"] += 1
+                return hint[1]
+        for entry in self._mac1_hashers:
+            if entry is hint:
+                continue
+            h = entry[0].copy()
+            h.update(body)
+            if h.digest() == mac1:
+                if addr is not None:
+                    hints.pop(addr, None)  # re-inserted last: the newest
+                    if len(hints) >= ADDR_HINTS_MAX:
+                        del hints[next(iter(hints))]
+                    hints[addr] = entry
+                return entry[1]
         return None

@@ -4,6 +4,7 @@ signal (cookie replies, then the initiators' MAC2 retries complete)."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from twisted.internet.task import Clock
@@ -183,3 +184,71 @@ def test_without_a_clock_initiations_are_handled_inline():
     net.pump()
     assert client.events["handshake_completed"] == 1
     assert clock.getDelayedCalls() == [] or mux.handshake_queue_depth == 0
+
+
+def _costly(clock: TurnClock, dev: WireGuardDevice, cost: float) -> list[float]:
+    """Make each datagram the device handles take ``cost`` seconds of the clock
+    (without running the calls that become due meanwhile, as real work does not);
+    returns the clock time at which each handling started."""
+    started: list[float] = []
+    real = dev.datagramsReceived
+
+    def slow(batch) -> None:
+        started.append(clock.seconds())
+        real(batch)
+        clock.rightNow += cost
+
+    dev.datagramsReceived = slow  # type: ignore[method-assign]
+    return started
+
+
+def test_drain_stops_when_the_turns_time_budget_is_spent():
+    clock, net, mux, dev, _sink, clients = _world(12, handshake_budget=8,
+                                                  handshake_time_budget=0.002,
+                                                  under_load_depth=1000)
+    _costly(clock, dev, 0.0015)
+    mux.datagramsReceived(_initiations(net, clients))
+    # 1.5 ms each: the second initiation crosses the 2 ms budget, the turn ends
+    assert mux.counters["handshake_queue_processed"] == 2
+    assert mux.counters["handshake_queue_time_budget_spent"] == 1
+    per_turn = []
+    while mux.handshake_queue_depth:
+        before = mux.counters["handshake_queue_processed"]
+        clock.turn()
+        per_turn.append(mux.counters["handshake_queue_processed"] - before)
+    assert per_turn == [2, 2, 2, 2, 2]
+    net.pump()
+    assert _completed(clients) == 12  # nothing dropped, every handshake still completes
+    assert mux.counters["mux_drop_handshake_queue_full"] == 0
+
+
+def test_one_initiation_per_turn_even_when_one_exceeds_the_budget():
+    clock, net, mux, dev, _sink, clients = _world(4, handshake_time_budget=0.002,
+                                                  under_load_depth=1000)
+    started = _costly(clock, dev, 0.010)
+    mux.datagramsReceived(_initiations(net, clients))
+    assert mux.counters["handshake_queue_processed"] == 1
+    turns = 0
+    while mux.handshake_queue_depth:
+        clock.turn()
+        turns += 1
+    assert turns == 3
+    assert mux.counters["handshake_queue_processed"] == 4
+    # each started in its own turn, after the previous one's work
+    assert [round(b - a, 6) for a, b in itertools.pairwise(started)] == [0.01] * 3
+    net.pump()
+    assert _completed(clients) == 4
+
+
+def test_cheap_initiations_are_limited_by_the_count_budget_only():
+    clock, net, mux, dev, _sink, clients = _world(10, handshake_budget=4,
+                                                  handshake_time_budget=0.002,
+                                                  under_load_depth=1000)
+    _costly(clock, dev, 0.0001)
+    mux.datagramsReceived(_initiations(net, clients))
+    assert mux.counters["handshake_queue_processed"] == 4
+    assert mux.counters["handshake_queue_time_budget_spent"] == 0
+    clock.turn()
+    clock.turn()
+    assert mux.counters["handshake_queue_processed"] == 10
+    assert mux.handshake_queue_depth == 0
