@@ -76,18 +76,25 @@ _date_cache: list[Any] = [0, b""]
 _CONNECTION, _SERVER_NAME, _DATE = map(canonical_name, ("Connection", "Server", "Date"))
 _CONTENT_TYPE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
     canonical_name, ("Content-Type", "Content-Length", "Transfer-Encoding"))
-#: request header names as received -> as ``Headers`` keeps them (bounded)
-_NAMES: dict[bytes, bytes] = {}
+#: request header names as received -> (as ``Headers`` keeps them, what the
+#: head parse does with it (``_KIND_*``), whether the name has an "_");
+#: bounded (the first ``_NAMES_MAX`` names are kept)
+_NAMES: dict[bytes, tuple[bytes, int, bool]] = {}
 _NAMES_MAX = 4096
+_KIND_OTHER, _KIND_HOST, _KIND_LENGTH, _KIND_CONNECTION, _KIND_DECLINE = range(5)
+_KINDS = {b"host": _KIND_HOST, b"content-length": _KIND_LENGTH,
+          b"connection": _KIND_CONNECTION, b"transfer-encoding": _KIND_DECLINE,
+          b"upgrade": _KIND_DECLINE, b"expect": _KIND_DECLINE}
 
 
-def _name(raw: bytes) -> bytes:
-    name = _NAMES.get(raw)
-    if name is None:
-        name = canonical_name(raw.decode("latin-1"))
+def _name(raw: bytes) -> tuple[bytes, int, bool]:
+    known = _NAMES.get(raw)
+    if known is None:
+        known = (canonical_name(raw.decode("latin-1")), _KINDS.get(raw.lower(), _KIND_OTHER),
+                 b"_" in raw)
         if len(_NAMES) < _NAMES_MAX:
-            _NAMES[raw] = name
-    return name
+            _NAMES[raw] = known
+    return known
 
 
 def http_date() -> bytes:
@@ -124,25 +131,33 @@ class _Head:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.count += 1
-        lower = name.lower()
-        if lower == b"host":
-            self.host = value
-        elif lower == b"content-length":
-            if self.length is not None or not value.isdigit():
+        known = _NAMES.get(name)
+        if known is None:
+            known = _name(name)
+        canonical, kind, underscore = known
+        if kind:
+            if kind == _KIND_HOST:
+                self.host = value
+            elif kind == _KIND_LENGTH:
+                if self.length is not None or not value.isdigit():
+                    self.decline = True
+                else:
+                    self.length = int(value)
+            elif kind == _KIND_CONNECTION:
+                if _CONNECTION not in self.headers:
+                    # twisted.web's rule: the first Connection header, split on spaces
+                    self.close = b"close" in [t.lower() for t in value.split(b" ")]
+            else:  # Transfer-Encoding, Upgrade, Expect
                 self.decline = True
-            else:
-                self.length = int(value)
-        elif lower == b"connection":
-            if _CONNECTION not in self.headers:
-                # twisted.web's rule: the first Connection header, split on spaces
-                self.close = b"close" in [t.lower() for t in value.split(b" ")]
-        elif lower in (b"transfer-encoding", b"upgrade", b"expect"):
-            self.decline = True
         if b"\r" in value or b"\n" in value:
             self.decline = True  # llhttp refuses these; twisted.web would sanitise them
-        if b"_" in name:
+        if underscore:
             self.underscore = True
-        self.headers.setdefault(_name(name), []).append(value)
+        values = self.headers.get(canonical)
+        if values is None:
+            self.headers[canonical] = [value]
+        else:
+            values.append(value)
 
 
 class FastRequest:
