@@ -465,18 +465,19 @@ def _fresh_name(name: str | None) -> str | None:
 
 class _RuleParts:
     """Per-``convert`` tables of the rule fields a map repeats (port texts,
-    policy IDs, source texts and bytes): each distinct value is parsed once
-    per map, and a source that is a roster address is the roster's own
-    :class:`Prefix` object.  Nothing outlives the map."""
+    policy IDs, ``PeerIP`` texts): each distinct value is parsed once per
+    map, and a source that is a roster address is the roster's own
+    :class:`Prefix` object (``sourcePrefixes`` entries are looked up in the
+    roster's prefixes as they are: :meth:`raw_source`).  Nothing outlives
+    the map."""
 
-    __slots__ = ("known", "peer_ips", "policies", "ports", "raw_sources")
+    __slots__ = ("known", "peer_ips", "policies", "ports")
 
     def __init__(self, roster: tuple[RosterPeer, ...]) -> None:
         self.known: dict[Prefix, Prefix] = {net: net for p in roster for net in p.allowed_ips}
         self.ports: dict[str, tuple[tuple[int, int], ...] | None] = {}
         self.policies: dict[bytes, str] = {}
         self.peer_ips: dict[str, Prefix | None] = {}
-        self.raw_sources: dict[bytes, Prefix | None] = {}
 
     def peer_ip(self, text: str) -> Prefix | None:
         """``PeerIP`` text's source (remembered for the map); the caller has
@@ -500,12 +501,21 @@ class _RuleParts:
         return net
 
     def raw_source(self, raw: bytes) -> Prefix | None:
-        net = self.raw_sources.get(raw, _MISS)  # type: ignore[arg-type]
-        if net is _MISS:
+        """A ``sourcePrefixes`` entry's source: the roster's own prefix object
+        when it is a roster address (the encoding read as one int is the
+        :class:`Prefix` value when the host bits are clear, so no bytes key
+        is kept per map and nothing is made), else decoded."""
+        n = len(raw)
+        if n == 5:
+            net = self.known.get(int.from_bytes(raw, "big"))
+        elif n == 17:
+            net = self.known.get(V6_FLAG | int.from_bytes(raw, "big"))
+        else:
+            return None
+        if net is None:
             net = _decode_prefix(raw)
             if net is not None:
                 net = self.known.get(net, net)
-            self.raw_sources[raw] = net
         return net
 
     def policy(self, raw: bytes) -> str:

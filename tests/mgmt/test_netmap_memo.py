@@ -219,3 +219,37 @@ def test_memo_keys_are_keyed_digests_not_serializations():
     assert netmap._memo_key(b"peer entry") != netmap._memo_key(b"peer entrz")
     second = netmap.convert(build(5, 1, keys))
     assert [a is b for a, b in zip(first.roster, second.roster, strict=True)] == [True] * 5
+
+
+def test_raw_source_reads_as_the_decoder_and_shares_roster_prefixes():
+    """``sourcePrefixes`` entries are looked up in the roster's prefixes by
+    their encoding read as one int: the same source as decoding them (host
+    bits cleared, bad lengths and sizes refused), and the roster's own object
+    when it is a roster address."""
+    roster = tuple(
+        netmap.RosterPeer(None, bytes([i]) * 32, (Prefix.parse(f"100.64.0.{i}/32"),
+                                                  Prefix.parse(f"fd00::{i:x}/128")))
+        for i in range(1, 6))
+    known = {n: n for p in roster for n in p.allowed_ips}
+    rng = random.Random(5)
+    raws = []
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            addr = bytes([100, 64, 0, rng.randrange(0, 8)]) if rng.random() < 0.7 else \
+                rng.randbytes(4)
+            length = rng.choice([32, 32, 31, 24, 8, 0, 33, 255])
+        else:
+            addr = bytes.fromhex("fd00" + "00" * 13) + bytes([rng.randrange(0, 8)]) \
+                if rng.random() < 0.7 else rng.randbytes(16)
+            length = rng.choice([128, 128, 127, 64, 0, 129, 255])
+        raw = addr + bytes([length])
+        if rng.random() < 0.05:
+            raw = raw[:rng.choice([0, 3, 4, 6, 16, 18])] if rng.random() < 0.5 else raw + b"\0"
+        raws.append(raw)
+    for raw in raws:
+        parts = netmap._RuleParts(roster)
+        want = netmap._decode_prefix(raw)
+        got = parts.raw_source(raw)
+        assert got == want, raw.hex()
+        if want is not None and want in known:
+            assert got is known[want], raw.hex()
