@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from weakref import WeakSet
 
@@ -239,6 +240,8 @@ class GatewayService(MultiService):
         self.dns: dict[str, ZoneAuthority] = {}
         self.udp_port: Any = None
         self.public_port: Any = None
+        #: the account runtimes' shared settings (_account_settings)
+        self._settings: AccountSettings | None = None
         #: protocols accepted on the public listener (reset at the drain deadline)
         self._public_protocols: WeakSet[Any] = WeakSet()
         #: twistd mode only (``makeService``): SIGHUP reloads the certificates;
@@ -388,24 +391,33 @@ class GatewayService(MultiService):
         os.replace(tmp, path)
         return key
 
-    def _make_runtime(self, account_id: str) -> AccountRuntime:
+    def _account_settings(self) -> AccountSettings:
+        """The runtimes' settings: one shared (frozen) object while the WireGuard
+        port stays the same, not a copy per account."""
         cfg = self.config
+        wanted = cfg.advertised_wg_endpoint(self.wg_port or None)
+        settings = self._settings
+        if settings is None or settings.wg_endpoint != wanted:
+            settings = self._settings = AccountSettings(
+                cluster=cfg.domain,
+                wg_endpoint=wanted,
+                private=cfg.private,
+                http_port=cfg.tunnel_http_port,
+                https_port=cfg.tunnel_https_port,
+            )
+        return settings
+
+    def _make_runtime(self, account_id: str) -> AccountRuntime:
         return AccountRuntime(
             account_id,
             reactor=self.reactor,
             mux=self.mux,
             mgmt=self.mgmt,
-            settings=AccountSettings(
-                cluster=cfg.domain,
-                wg_endpoint=cfg.advertised_wg_endpoint(self.wg_port or None),
-                private=cfg.private,
-                http_port=cfg.tunnel_http_port,
-                https_port=cfg.tunnel_https_port,
-            ),
+            settings=self._account_settings(),
             peer_channel_factory=self.peer_channel_factory,
             serve_inbound=self.serve_inbound,
             on_network=self._account_network,
-            key_factory=lambda: self.account_key(account_id),
+            key_factory=partial(self.account_key, account_id),  # smaller than a closure
             l4_status=self.l4.status,
             status_note=self.denial_reports.note,
             forget_note=self.denial_reports.forget,
@@ -462,7 +474,7 @@ class GatewayService(MultiService):
         # one factory (site, resource, TLS creator) serves both ports, built
         # on the account's first connection
         account_id = runtime.account_id
-        web = _BuiltOnFirstConnection(lambda: self.web_factory(account_id))
+        web = _BuiltOnFirstConnection(partial(self.web_factory, account_id))
         listens = [
             TunnelServerEndpoint(runtime.stack, port).listen(web)
             for port in dict.fromkeys((cfg.http_port, cfg.https_port))

@@ -169,3 +169,19 @@ def test_stack_and_runtime_have_no_instance_dict():
                              settings=AccountSettings(cluster="gw.example"),
                              peer_channel_factory=_Channel)
     assert not hasattr(stack, "__dict__") and not hasattr(runtime, "__dict__")
+
+
+def test_gateway_runtimes_share_one_settings_object(tmp_path):
+    from nbgateway.config import load
+    from nbgateway.service import GatewayService
+
+    config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "51820",
+                   "datadir": str(tmp_path), "private": True, "health_addr": ""},
+                  {"NB_PROXY_TOKEN": "t"})
+    svc = GatewayService(config, reactor=Clock())
+    a, b = svc._make_runtime("acct-a"), svc._make_runtime("acct-b")
+    assert a.settings is b.settings
+    assert a.settings == AccountSettings(cluster="gw.test", wg_endpoint="gw.test:51820",
+                                         private=True, http_port=config.tunnel_http_port,
+                                         https_port=config.tunnel_https_port)
+    assert a.key_factory() == svc.account_key("acct-a") != b.key_factory()
