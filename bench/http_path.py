@@ -485,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls", action="store_true",
                         help="HTTPS: one TLS connection through the listener's TLS protocol, "
                              "lean upstream client (server-side CPU only)")
+    parser.add_argument("--variant", choices=("both", "fast", "twisted.web"), default="both",
+                        help="run only one server path (e.g. under perf stat)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.against:
@@ -492,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[bool, list[float]] = {True: [], False: []}
     for i in range(args.rounds):
         for fast in ((True, False) if i % 2 == 0 else (False, True)):
+            if args.variant != "both" and fast != (args.variant == "fast"):
+                results[fast].append(float("nan"))
+                continue
             if args.tls:
                 cpu, writes = run_tls(fast, args.requests)
                 if not args.json:
