@@ -50,6 +50,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from nbgateway.auth import csrf, tokens
@@ -82,7 +83,7 @@ from nbgateway.observe.accesslog import (
     should_log,
 )
 from nbgateway.proxy.fast import FastHTTPChannel
-from nbgateway.proxy.headers import drop_underscore_headers
+from nbgateway.proxy.headers import canonical_name, drop_underscore_headers
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.routes.context import RequestContext
 from nbgateway.routes.hosts import domain_key, host_port, host_without_port, split_absolute_form
@@ -97,6 +98,28 @@ log = Logger()
 _HOSTS: dict[bytes, tuple[str, str]] = {}
 _HOSTS_MAX = 4096
 _HOST_CACHED_LEN = 256
+
+
+#: (session token, max age) -> the sanitised ``Set-Cookie`` value the
+#: private gate's answer sets on every response (bounded, cleared when full)
+_COOKIES: dict[tuple[str, int], bytes] = {}
+_COOKIES_MAX = 4096
+_SET_COOKIE = canonical_name("Set-Cookie")
+
+
+def _session_cookie(token: str, max_age: int) -> bytes:
+    key = (token, max_age)
+    value = _COOKIES.get(key)
+    if value is None:
+        # through the public API once: sanitised as addRawHeader does
+        h = Headers()
+        h.addRawHeader(b"set-cookie", session_cookie(token, max_age).encode("latin-1"))
+        value = h.getRawHeaders(b"set-cookie")[0]
+        if isinstance(token, str) and len(token) <= 1024:
+            if len(_COOKIES) >= _COOKIES_MAX:
+                _COOKIES.clear()
+            _COOKIES[key] = value
+    return value
 
 
 def _host_and_domain(raw: Any) -> tuple[str, str]:
@@ -305,9 +328,13 @@ class GatewayResource(Resource):
             else:
                 _plain(request, 401, b"Unauthorized\n")
             return
-        request.responseHeaders.addRawHeader(
-            b"set-cookie", session_cookie(decision.session_token,
-                                          entry.session_max_age).encode("latin-1"))
+        cookie = _session_cookie(decision.session_token, entry.session_max_age)
+        raw = request.responseHeaders._rawHeaders
+        values = raw.get(_SET_COOKIE)
+        if values is None:
+            raw[_SET_COOKIE] = [cookie]
+        else:
+            values.append(cookie)
         ctx.authenticated(decision.identity, "oidc")
         self.proxy.render(request, ctx)
 

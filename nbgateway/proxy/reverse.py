@@ -750,8 +750,13 @@ def _release_on_finish(proxy: ReverseProxy, account_id: str, request: Any) -> No
     request.notifyFinish().addBoth(release)
 
 
+_UPGRADE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
+    canonical_name, ("Upgrade", "Content-Length", "Transfer-Encoding"))
+
+
 def _is_upgrade(request: Any) -> bool:
-    if not request.requestHeaders.hasHeader(b"upgrade"):
+    # the names as ``Headers`` keeps them: no name encoding per request
+    if _UPGRADE not in request.requestHeaders._rawHeaders:
         return False
     tokens = set()
     for value in request.requestHeaders.getRawHeaders(b"connection") or []:
@@ -769,9 +774,8 @@ def _request_body(request: Any) -> Any:
     stream = getattr(request, "body_stream", None)
     if stream is not None:
         return stream
-    has_body = (request.requestHeaders.hasHeader(b"content-length")
-                or request.requestHeaders.hasHeader(b"transfer-encoding"))
-    if not has_body:
+    raw = request.requestHeaders._rawHeaders
+    if _CONTENT_LENGTH not in raw and _TRANSFER_ENCODING not in raw:
         return None
     content = request.content
     content.seek(0, 2)

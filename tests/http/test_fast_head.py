@@ -79,3 +79,21 @@ def test_the_name_cache_is_bounded():
         head.on_header(b"X-N%d" % i, b"1")
         assert head.headers == {b"X-N%d" % i: [b"1"]}
     assert len(fast._NAMES) == fast._NAMES_MAX
+
+
+def test_get_header_reads_as_twisted_headers_would():
+    from twisted.web.http_headers import Headers
+
+    from nbgateway.proxy.fast import FastRequest
+
+    class _Channel:
+        transport = None
+
+    headers = Headers()
+    headers.addRawHeader(b"host", b"a.example")
+    headers.addRawHeader(b"X-Two", b"1")
+    headers.addRawHeader(b"x-two", b"2")
+    req = FastRequest(_Channel(), b"GET", b"/", headers, False)  # type: ignore[arg-type]
+    for key in (b"host", b"Host", b"HOST", b"x-two", b"X-Two", b"absent", b"content-length"):
+        values = headers.getRawHeaders(key)
+        assert req.getHeader(key) == (values[-1] if values else None)

@@ -28,3 +28,23 @@ def test_bounded():
     long_host = b"x" * (site._HOST_CACHED_LEN + 1)
     assert site._host_and_domain(long_host)[1] == long_host.decode()
     assert long_host not in site._HOSTS
+
+
+def test_session_cookie_memo_is_what_addRawHeader_sets_and_bounded():
+    from twisted.web.http_headers import Headers
+
+    from nbgateway.auth.tunnel import session_cookie
+
+    site._COOKIES.clear()
+    for token, age in (("tok", 0), ("tok", 3600), ("t\r\nX-Evil: 1", 60), ("", 0)):
+        h = Headers()
+        h.addRawHeader(b"set-cookie", session_cookie(token, age).encode("latin-1"))
+        expected = h.getRawHeaders(b"set-cookie")[0]
+        assert site._session_cookie(token, age) == expected  # computed
+        assert site._session_cookie(token, age) == expected  # memo
+        assert b"\r" not in expected and b"\n" not in expected
+    for i in range(site._COOKIES_MAX + 10):
+        site._session_cookie(f"t{i}", 60)
+        assert len(site._COOKIES) <= site._COOKIES_MAX
+    site._session_cookie("x" * 2000, 60)
+    assert ("x" * 2000, 60) not in site._COOKIES
