@@ -84,6 +84,9 @@ def _canonical(name: bytes) -> bytes:
     return canonical
 
 
+_CONTENT_LENGTH, _TRANSFER_ENCODING = map(_canonical, (b"Content-Length", b"Transfer-Encoding"))
+
+
 def split_url(url: bytes) -> tuple[bytes, bytes, int, bytes, bytes]:
     """``(scheme, host, port, netloc, path)`` of an absolute http(s) URL."""
     scheme, sep, rest = url.partition(b"://")
@@ -325,20 +328,18 @@ class UpstreamConnection(Protocol):
                 producer.stopProducing()
 
     # -- httptools callbacks -------------------------------------------------
-    def _idle_callback(self) -> bool:
-        # bytes after the end of the response: the connection is unusable
-        if not self._active or self._complete:
-            self._stray = True
-            return True
-        return False
+    # Every callback first checks for bytes after the end of the response
+    # (not active, or complete): the connection is then unusable (_stray).
 
     def on_status(self, status: bytes) -> None:
-        if self._idle_callback():
+        if not self._active or self._complete:  # stray bytes
+            self._stray = True
             return
         self._phrase += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._idle_callback():
+        if not self._active or self._complete:  # stray bytes
+            self._stray = True
             return
         self._head_size += len(name) + len(value)
         if self._head_size > MAX_HEAD_BYTES:
@@ -346,7 +347,8 @@ class UpstreamConnection(Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self._idle_callback():
+        if not self._active or self._complete:  # stray bytes
+            self._stray = True
             return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # interim response: wait for the real one
@@ -364,19 +366,20 @@ class UpstreamConnection(Protocol):
         length: Any = UNKNOWN_LENGTH
         chunked = False
         for name, value in self._headers:
+            key = _NAMES.get(name)
+            if key is None:
+                key = _canonical(name)
             if b"\r" in value or b"\n" in value:
                 headers.addRawHeader(name, value)
             else:
-                key = _canonical(name)
                 values = raw.get(key)
                 if values is None:
                     raw[key] = [value]
                 else:
                     values.append(value)
-            lname = name.lower()
-            if lname == b"content-length":
+            if key == _CONTENT_LENGTH:
                 length = int(value)
-            elif lname == b"transfer-encoding":
+            elif key == _TRANSFER_ENCODING:
                 chunked = True
         if self._head_method or status in _BODYLESS_STATUSES:
             length = 0
@@ -393,7 +396,8 @@ class UpstreamConnection(Protocol):
             d.callback(response)
 
     def on_body(self, data: bytes) -> None:
-        if self._idle_callback():
+        if not self._active or self._complete:  # stray bytes
+            self._stray = True
             return
         if self._protocol is not None:
             self._protocol.dataReceived(data)
@@ -404,7 +408,8 @@ class UpstreamConnection(Protocol):
                 self.transport.pauseProducing()
 
     def on_message_complete(self) -> None:
-        if self._idle_callback():
+        if not self._active or self._complete:  # stray bytes
+            self._stray = True
             return
         if not self._head_done:
             return  # the end of an interim (1xx) response

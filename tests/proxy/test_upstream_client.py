@@ -243,6 +243,19 @@ class FramingTests(Base):
         sink.reason.trap(ResponseDone)
         self.assertEqual(self.pool.idle(), 1)
 
+    def test_framing_header_names_in_any_case(self):
+        resp, sink, _, _ = self.fetch(response=(
+            b"HTTP/1.1 200 OK\r\ntransfer-ENCODING: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n"))
+        self.assertIs(resp.length, UNKNOWN_LENGTH)
+        self.assertEqual(sink.data, b"abc")
+        resp, sink, _, _ = self.fetch(response=(
+            b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 4\r\nx-up: 1\r\n\r\nabcd"))
+        self.assertEqual(resp.length, 4)
+        self.assertEqual(resp.headers.getRawHeaders(b"Content-Length"), [b"4"])
+        self.assertEqual(sink.data, b"abcd")
+        self.assertEqual(self.pool.idle(), 1)
+
     def test_chunked_request_body_and_reuse_after_it_is_sent(self):
         body = Producer()
         d = self.agent.request(b"POST", URL, Headers(), body)
