@@ -5,9 +5,15 @@ on the asyncio gRPC server) in a separate process over a SQLite store with
 one proxy peer per account, then runs one ``PeerChannelClient`` per account in
 this process, as the gateway does (Login, then a ``Sync`` stream held open on
 the shared channel): RSS and Python heap (tracemalloc) per extra account
-between 1 and 1 + N connected clients, each having received its map::
+between 1 and 1 + N connected clients, each having received its map.
+
+The clients carry the gateway's ProxyService token, so their Syncs share one
+``NbgwSyncMany`` stream (mgmt/peermux.py) unless ``NBGW_PEER_CHANNEL_MUX=0``
+(one ``Sync`` stream per account, as before). ``--ab R`` runs R rounds of
+both, interleaved, each in a fresh child process::
 
     .venv/bin/python bench/peerchannel_memory.py --accounts 100
+    .venv/bin/python bench/peerchannel_memory.py --accounts 1000 --ab 2
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ SERVER = """
 import sys
 from nbgateway.management.grpcloop import LoopServer
 from nbgateway.management.peerchannel import add_to_server
+from nbgateway.management.proxyservice import ProxyServiceServicer
 from nbgateway.management.store import Store
 store = Store.open(sys.argv[1], known_clusters=[sys.argv[3]])
+_, token = store.proxies.create_token("bench", account_id=None)
 server = LoopServer()
-add_to_server(server, store, sys.argv[2], poll_interval=0.2, coalesce_delay=0.01)
-print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+add_to_server(server, store, sys.argv[2], poll_interval=0.2, coalesce_delay=0.01,
+              authenticate=ProxyServiceServicer(store)._authenticate_async)
+print(server.add_insecure_port("127.0.0.1:0"), token, flush=True)
 server.start()
 sys.stdin.read()
 """
@@ -81,14 +90,17 @@ def main(reactor, args):
     store.close()
     server = subprocess.Popen([sys.executable, "-c", SERVER, dsn, f"{tmp}/wg.key", CLUSTER],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    port = int(server.stdout.readline())
+    port_text, token = server.stdout.readline().split()
+    port = int(port_text)
+    metadata = (("authorization", f"Bearer {token}"),)
     maps: dict[int, int] = {}
     clients = []
 
     def start(i: int) -> None:
         c = PeerChannelClient(reactor, f"http://127.0.0.1:{port}", keys[i],
                               lambda _nm, i=i: maps.__setitem__(i, 1),
-                              hostname="gw-bench", name=f"acct-{i}")
+                              hostname="gw-bench", name=f"acct-{i}",
+                              mux_metadata=metadata)
         c.start()
         clients.append(c)
 
@@ -107,7 +119,10 @@ def main(reactor, args):
         yield task.deferLater(reactor, 2.0, lambda: None)
         gc.collect()
         rss1 = rss_kib()
-        print(f"{n} peer channels (Login + Sync stream, empty map) over 1: "
+        muxed = sum(c.syncs_muxed for c in clients)
+        own = sum(c.syncs_own for c in clients)
+        print(f"{n} peer channels (Login + Sync, empty map; {muxed} on the shared "
+              f"stream, {own} own Sync streams) over 1: "
               f"RSS {(rss1 - rss0) / n:.1f} KiB per account")
         if snap0 is not None:
             stats = tracemalloc.take_snapshot().compare_to(snap0, args.group)
@@ -131,4 +146,17 @@ if __name__ == "__main__":
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--group", choices=("filename", "lineno"), default="filename",
                    help="tracemalloc grouping of the heap lines")
-    task.react(main, (p.parse_args(),))
+    p.add_argument("--ab", type=int, default=0, metavar="ROUNDS",
+                   help="interleave ROUNDS runs with NBGW_PEER_CHANNEL_MUX=1 and =0")
+    args = p.parse_args()
+    if args.ab:
+        for r in range(args.ab):
+            for mux in ("1", "0"):
+                cmd = [sys.executable, os.path.abspath(__file__),
+                       "--accounts", str(args.accounts)]
+                env = dict(os.environ, NBGW_PEER_CHANNEL_MUX=mux)
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                for line in out.stdout.splitlines():
+                    print(f"round {r + 1} NBGW_PEER_CHANNEL_MUX={mux}: {line}", flush=True)
+    else:
+        task.react(main, (args,))

@@ -208,12 +208,15 @@ def build_gateway(config: Any, reactor: Any = None, environ: Any = None) -> Any:
         embedded = EmbeddedManagement(config, client, reactor=reactor, api_addr=api_addr,
                                       grpc_addr=grpc_addr)
     return GatewayService(config, reactor=reactor, management=client, embedded=embedded,
-                          peer_channel_factory=_peer_channel_factory(config, mgmt_url, reactor))
+                          peer_channel_factory=_peer_channel_factory(config, mgmt_url, reactor,
+                                                                      client))
 
 
-def _peer_channel_factory(config: Any, mgmt_url: str, reactor: Any) -> Any:
+def _peer_channel_factory(config: Any, mgmt_url: str, reactor: Any, client: Any = None) -> Any:
     """Per-account peer-channel sessions: log in with the account's WireGuard
-    key and hand every network map, converted, to the account runtime."""
+    key and hand every network map, converted, to the account runtime. With
+    ``client`` (the ProxyService client) their Syncs share one NbgwSyncMany
+    stream carrying its token (mgmt/peermux.py)."""
     from nbgateway import __version__
     from nbgateway.mgmt.netmap import convert
     from nbgateway.mgmt.peerclient import PeerChannelClient
@@ -222,7 +225,8 @@ def _peer_channel_factory(config: Any, mgmt_url: str, reactor: Any) -> Any:
         return PeerChannelClient(
             reactor, mgmt_url, private_key, lambda nm: on_network(convert(nm)),
             hostname=f"nbgateway-{account_id}", version=__version__,
-            allow_insecure=config.allow_insecure)
+            allow_insecure=config.allow_insecure,
+            mux_metadata=(lambda: client._metadata) if client is not None else None)
 
     return factory
 

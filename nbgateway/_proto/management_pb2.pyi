@@ -53,6 +53,20 @@ OUT: RuleDirection
 ACCEPT: RuleAction
 DROP: RuleAction
 
+class NbgwPeerSyncFrame(_message.Message):
+    __slots__ = ("nbgw_peer", "nbgw_message", "nbgw_code", "nbgw_details", "nbgw_leave")
+    NBGW_PEER_FIELD_NUMBER: _ClassVar[int]
+    NBGW_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NBGW_CODE_FIELD_NUMBER: _ClassVar[int]
+    NBGW_DETAILS_FIELD_NUMBER: _ClassVar[int]
+    NBGW_LEAVE_FIELD_NUMBER: _ClassVar[int]
+    nbgw_peer: str
+    nbgw_message: EncryptedMessage
+    nbgw_code: int
+    nbgw_details: str
+    nbgw_leave: bool
+    def __init__(self, nbgw_peer: _Optional[str] = ..., nbgw_message: _Optional[_Union[EncryptedMessage, _Mapping]] = ..., nbgw_code: _Optional[int] = ..., nbgw_details: _Optional[str] = ..., nbgw_leave: _Optional[bool] = ...) -> None: ...
+
 class EncryptedMessage(_message.Message):
     __slots__ = ("wgPubKey", "body", "version")
     WGPUBKEY_FIELD_NUMBER: _ClassVar[int]

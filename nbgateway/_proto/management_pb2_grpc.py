@@ -54,6 +54,11 @@ class ManagementServiceStub:
                 request_serializer=management__pb2.Empty.SerializeToString,
                 response_deserializer=management__pb2.Empty.FromString,
                 _registered_method=True)
+        self.NbgwSyncMany = channel.stream_stream(
+                '/management.ManagementService/NbgwSyncMany',
+                request_serializer=management__pb2.NbgwPeerSyncFrame.SerializeToString,
+                response_deserializer=management__pb2.NbgwPeerSyncFrame.FromString,
+                _registered_method=True)
 
 
 class ManagementServiceServicer:
@@ -86,6 +91,18 @@ class ManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NbgwSyncMany(self, request_iterator, context):
+        """nbgateway extension (not upstream): many proxy peers' Sync on one stream
+        per gateway<->management session. Each frame names one peer; its
+        EncryptedMessage is sealed exactly as Sync's (SyncRequest in, SyncResponse
+        out). Needs the gateway's ProxyService token (authorization metadata).
+        A management without it answers UNIMPLEMENTED: the gateway then opens one
+        Sync per peer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +125,11 @@ def add_ManagementServiceServicer_to_server(servicer, server):
                     servicer.isHealthy,
                     request_deserializer=management__pb2.Empty.FromString,
                     response_serializer=management__pb2.Empty.SerializeToString,
+            ),
+            'NbgwSyncMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.NbgwSyncMany,
+                    request_deserializer=management__pb2.NbgwPeerSyncFrame.FromString,
+                    response_serializer=management__pb2.NbgwPeerSyncFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +240,33 @@ class ManagementService:
             '/management.ManagementService/isHealthy',
             management__pb2.Empty.SerializeToString,
             management__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NbgwSyncMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/management.ManagementService/NbgwSyncMany',
+            management__pb2.NbgwPeerSyncFrame.SerializeToString,
+            management__pb2.NbgwPeerSyncFrame.FromString,
             options,
             channel_credentials,
             insecure,

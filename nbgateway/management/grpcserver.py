@@ -180,7 +180,11 @@ class ProxyGrpcService(service.Service):
         if self.peer_channel_key is not None:
             from nbgateway.management import peerchannel
 
-            self.peer_channel = peerchannel.add_to_server(server, store, self.peer_channel_key)
+            # NbgwSyncMany (many proxy peers on one stream) takes the same
+            # token check as ProxyService
+            self.peer_channel = peerchannel.add_to_server(
+                server, store, self.peer_channel_key,
+                authenticate=servicer._authenticate_async)
         server.start()
         self.servicer, self.server, self.port = servicer, server, port
         if creds is None and not is_loopback_bind(self.bind_address):

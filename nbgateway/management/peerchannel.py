@@ -39,6 +39,24 @@ streams with ``loop.call_soon_threadsafe``.  Streams are admitted by
 :class:`~nbgateway.management.streamslots.StreamSlots` (``max_streams``,
 default 4,096, at most a quarter per account and kind).
 
+One stream for many proxy peers (``NbgwSyncMany``, an nbgateway extension,
+field numbers >= 1001): a gateway carries every account's proxy-peer Sync on
+one bidi stream (:class:`_SyncMany`) instead of one ``Sync`` per account.
+Each frame names a peer and holds an ``EncryptedMessage`` sealed exactly as
+Sync's, so each peer authenticates by its seal as on ``Sync``; on top of that
+the stream needs the gateway's ProxyService token (``authenticate``: the
+ProxyService's own check; without one the method answers UNIMPLEMENTED and
+the gateway falls back to ``Sync``), only proxy peers may be carried, and an
+account-scoped token only its account's peers. A peer that cannot be
+authorized (bad seal, unknown key, wrong account, no slot, removed later)
+gets a frame with its status code and leaves; the other peers are not
+touched. Each carried peer takes a stream slot as a ``Sync`` would; the
+stream's queues are bounded: one pending render per peer (a dict), frames
+to write bounded by ``MUX_OUTBOX`` plus the work in flight (the reader stops
+reading requests while it is full; new renders wait for it to drain), at most
+``MUX_CONCURRENCY`` attaches and renders in flight, one write at a time (gRPC
+flow control pushes back).
+
 Revocation: a proxy peer's map carries no peer groups, user states or service
 access groups, yet the gateway caches ValidateTunnelPeer answers that depend
 on them. So a proxy peer's stream compares, besides the map, an
@@ -56,16 +74,19 @@ and sends nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
@@ -73,7 +94,7 @@ from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.errors import NotFound
 from nbgateway.management.grpcloop import RpcAbortError, wake_threadsafe, write_or_stop
 from nbgateway.management.mapcache import AccountEntry, MapCache
-from nbgateway.management.model import ChangeKind, User
+from nbgateway.management.model import ChangeKind, ProxyAccessToken, User, utcnow
 from nbgateway.management.networkmap import (
     NetworkMap,
     build_network_map,
@@ -93,6 +114,7 @@ from nbgateway.peerbox import (
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "MUX_OUTBOX",
     "SERVER_KEY_FILE",
     "ManagementServicer",
     "PeerUpdateHub",
@@ -103,6 +125,12 @@ __all__ = [
 log = Logger()
 
 MAX_BODY_BYTES = 1 << 20
+#: refusal/end frames queued on one NbgwSyncMany stream before it stops reading requests
+MUX_OUTBOX = 64
+#: attaches (seal, store read, connected write) and map renders in flight per
+#: NbgwSyncMany stream: a stream of a thousand peers uses the executor as a
+#: thousand Sync streams would, within a bound
+MUX_CONCURRENCY = 8
 #: file name of the server's WireGuard private key inside the data directory
 SERVER_KEY_FILE = "wg-server.key"
 #: concurrent Sync streams per process (a stream is a coroutine, not a thread)
@@ -302,8 +330,12 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         coalesce_delay: float = 0.05,
         poll_interval: float = 1.0,
         netbird_config: pb.NetbirdConfig | None = None,
+        authenticate: Callable[[Any], Awaitable[ProxyAccessToken]] | None = None,
     ) -> None:
         self.store = store
+        #: the ProxyService token check of NbgwSyncMany (a coroutine taking the
+        #: call's context: the caller's token, or it aborts); None: UNIMPLEMENTED
+        self.authenticate = authenticate
         #: STUN/TURN/signal/relay hints handed to peers (empty: peers use endpoints)
         self.netbird_config = netbird_config or pb.NetbirdConfig()
         self.server_key = server_key
@@ -318,20 +350,46 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         self._serials = _SerialClock()
         self._slots = StreamSlots(max_streams)
         self._listening = False
+        #: open NbgwSyncMany streams (added and removed on the loop; read by the
+        #: store listener and close(): under _muxes_lock)
+        self._muxes: set[_SyncMany] = set()
+        self._muxes_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
         if not self._listening:
             self.store.add_listener(self.hub.on_change)
+            self.store.add_listener(self._token_changed)
             self._listening = True
 
     def close(self) -> None:
         """Detach from the store and end every open Sync stream."""
         if self._listening:
             self.store.remove_listener(self.hub.on_change)
+            self.store.remove_listener(self._token_changed)
             self._listening = False
         self.hub.close_all()
+        with self._muxes_lock:
+            muxes = list(self._muxes)
+        for mux in muxes:
+            mux.stop_threadsafe()
+
+    def _token_changed(self, kind: ChangeKind, account_id: str, ids: tuple[str, ...]) -> None:
+        """Store listener: an NbgwSyncMany stream whose token changed (revoked,
+        deleted) checks it again and ends UNAUTHENTICATED if it is no longer valid."""
+        if kind != ChangeKind.PROXY_TOKEN:
+            return
+        with self._muxes_lock:
+            muxes = [m for m in self._muxes if m.caller.id in ids]
+        for mux in muxes:
+            mux.recheck_threadsafe()
+
+    def _token_valid(self, token_id: str) -> bool:
+        try:
+            return self.store.proxies.get_token(token_id).is_valid(utcnow())
+        except NotFound:
+            return False
 
     # -- request decoding -------------------------------------------------------------
 
@@ -440,6 +498,29 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
             raise RpcAbortError(grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
         return peer_key, peer, sync
 
+    async def NbgwSyncMany(self, request_iterator: AsyncIterator[pb.NbgwPeerSyncFrame],
+                           context: Any) -> None:
+        """Many proxy peers' Sync on one stream (see the module docstring)."""
+        if self.authenticate is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "NbgwSyncMany needs the ProxyService token check")
+        assert self.authenticate is not None
+        caller = await self.authenticate(context)
+        mux = _SyncMany(self, caller, context, asyncio.get_running_loop())
+        with self._muxes_lock:
+            self._muxes.add(mux)
+        reader = asyncio.ensure_future(mux.read(request_iterator))
+        reader.add_done_callback(mux.reader_done)
+        try:
+            await mux.write_loop()
+        finally:
+            reader.cancel()
+            with self._muxes_lock:
+                self._muxes.discard(mux)
+            mux.drop_all()
+        if mux.revoked:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token expired or revoked")
+
     # -- Sync internals ---------------------------------------------------------------------
 
     def _build(self, account_id: str, peer_id: str) -> NetworkMap | None:
@@ -538,6 +619,296 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
             pass
         except Exception:
             log.failure("marking peer {peer_id} disconnected failed", peer_id=sub.peer_id)
+
+
+class _MuxSubscription(_Subscription):
+    """A peer carried by a :class:`_SyncMany`: marks and closes wake the
+    stream's writer (no events of its own)."""
+
+    def __init__(self, account_id: str, peer_id: str, key: str, mux: _SyncMany) -> None:
+        self.account_id = account_id
+        self.peer_id = peer_id
+        self.key = key
+        self.mux = mux
+        self._lock = threading.Lock()
+        self.dirty = False
+        self.closed = False
+
+    def mark(self) -> None:
+        self.mux.wake_threadsafe(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+        self.mux.wake_threadsafe(self)
+
+
+class _MuxPeer:
+    __slots__ = ("ipv6", "last", "peer_key", "source_prefixes", "sub")
+
+    def __init__(self, sub: _MuxSubscription, peer_key: bytes, source_prefixes: bool,
+                 ipv6: bool) -> None:
+        self.sub = sub
+        self.peer_key = peer_key
+        self.source_prefixes = source_prefixes
+        self.ipv6 = ipv6
+        #: fingerprint of the last map sent to the peer
+        self.last = b""
+
+
+def _frame_status(key: str, code: grpc.StatusCode, details: str) -> pb.NbgwPeerSyncFrame:
+    return pb.NbgwPeerSyncFrame(nbgw_peer=key, nbgw_code=code.value[0], nbgw_details=details,
+                                nbgw_leave=True)
+
+
+class _SyncMany:
+    """One ``NbgwSyncMany`` stream: the peers it carries, its pending renders
+    (one per peer at most) and its bounded outbox. Everything here runs on
+    the server's loop thread except :meth:`wake_threadsafe` and
+    :meth:`stop_threadsafe`."""
+
+    def __init__(self, servicer: ManagementServicer, caller: ProxyAccessToken, context: Any,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.servicer = servicer
+        self.caller = caller
+        self.context = context
+        self.loop = loop
+        self.peers: dict[str, _MuxPeer] = {}
+        #: keys whose map is to be rendered (an ordered set: each key once)
+        self.ready: dict[str, None] = {}
+        self.outbox: deque[pb.NbgwPeerSyncFrame] = deque()
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.stop = asyncio.Event()
+        #: attach tasks in flight by key (a key's frames are handled in order)
+        self.attaching: dict[str, asyncio.Task[None]] = {}
+        self.attach_slots = asyncio.Semaphore(MUX_CONCURRENCY)
+        #: keys being rendered, and those marked again meanwhile
+        self.rendering: set[str] = set()
+        self.again: set[str] = set()
+        #: keys with a change waiting for coalesce_delay
+        self.delayed: set[str] = set()
+        #: the stream's token was revoked (it ends UNAUTHENTICATED)
+        self.revoked = False
+
+    # -- any thread ---------------------------------------------------------------------
+
+    def wake_threadsafe(self, sub: _MuxSubscription) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed: the stream is gone
+            self.loop.call_soon_threadsafe(self._woken, sub)
+
+    def stop_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._stop)
+
+    def recheck_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._recheck()))
+
+    async def _recheck(self) -> None:
+        valid = await self.loop.run_in_executor(None, self.servicer._token_valid,
+                                                self.caller.id)
+        if not valid:
+            self.revoked = True
+            self._stop()
+
+    # -- loop thread -------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
+        self.room.set()
+
+    def _woken(self, sub: _MuxSubscription) -> None:
+        st = self.peers.get(sub.key)
+        if st is None or st.sub is not sub:
+            return
+        key = sub.key
+        if sub.closed:  # superseded by a newer stream of the key, or the service stops
+            self._drop(key, pb.NbgwPeerSyncFrame(nbgw_peer=key, nbgw_leave=True))
+        elif key not in self.delayed:
+            # let the rest of a burst land: one render per peer per coalesce_delay
+            delay = self.servicer.coalesce_delay
+            if delay > 0:
+                self.delayed.add(key)
+                self.loop.call_later(delay, self._due, key)
+            else:
+                self._due(key)
+
+    def _due(self, key: str) -> None:
+        self.delayed.discard(key)
+        if key not in self.peers:
+            return
+        if key in self.rendering:
+            self.again.add(key)  # rendered again once the render in flight is done
+        else:
+            self.ready[key] = None
+            self.wake.set()
+
+    def reader_done(self, task: asyncio.Future[None]) -> None:
+        # a clean end of the requests (half-close) keeps the maps flowing; an
+        # error or cancellation of the call ends the stream
+        if task.cancelled() or task.exception() is not None:
+            self._stop()
+
+    def _refuse(self, key: str, code: grpc.StatusCode, details: str) -> None:
+        self.outbox.append(_frame_status(key, code, details))
+        self.wake.set()
+
+    def _drop(self, key: str, frame: pb.NbgwPeerSyncFrame | None = None) -> None:
+        """Stop carrying ``key`` (and queue ``frame`` for it, if given)."""
+        st = self.peers.pop(key, None)
+        self.ready.pop(key, None)
+        self.again.discard(key)
+        if st is not None:
+            sub = st.sub
+            sub.closed = True
+            servicer = self.servicer
+            if servicer.hub.unsubscribe(sub):
+                self.loop.run_in_executor(None, servicer._mark_disconnected, sub)
+            servicer._slots.release(sub.account_id, True)
+        if frame is not None:
+            self.outbox.append(frame)
+            self.wake.set()
+
+    def drop_all(self) -> None:
+        for task in list(self.attaching.values()):
+            task.cancel()
+        for key in list(self.peers):
+            self._drop(key)
+
+    async def read(self, requests: AsyncIterator[pb.NbgwPeerSyncFrame]) -> None:
+        async for frame in requests:
+            while len(self.outbox) >= MUX_OUTBOX and not self.stop.is_set():
+                self.room.clear()
+                await self.room.wait()  # backpressure: the writer drains first
+            if self.stop.is_set():
+                return
+            key = frame.nbgw_peer
+            previous = self.attaching.get(key)
+            if previous is not None:  # this key's frames in order
+                await asyncio.wait({previous})
+            await self.attach_slots.acquire()
+            if self.stop.is_set():
+                self.attach_slots.release()
+                return
+            task = asyncio.ensure_future(self._attach(frame))
+            self.attaching[key] = task
+            task.add_done_callback(functools.partial(self._attached, key))
+
+    def _attached(self, key: str, task: asyncio.Task[None]) -> None:
+        self.attach_slots.release()
+        if self.attaching.get(key) is task:
+            del self.attaching[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.failure("attaching peer {key} failed", Failure(task.exception()), key=key)
+            self._refuse(key, grpc.StatusCode.INTERNAL, "attach failed")
+
+    async def _attach(self, frame: pb.NbgwPeerSyncFrame) -> None:
+        key = frame.nbgw_peer
+        self._drop(key)
+        if frame.nbgw_leave:
+            return
+        servicer, loop = self.servicer, self.loop
+        if len(self.peers) >= servicer.max_streams:
+            self._refuse(key, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many peers on one stream")
+            return
+        message = frame.nbgw_message
+        if message.wgPubKey != key:
+            self._refuse(key, grpc.StatusCode.INVALID_ARGUMENT,
+                         "frame and message name different peers")
+            return
+        try:
+            peer_key, peer, sync = await loop.run_in_executor(None, servicer._sync_open, message)
+        except RpcAbortError as exc:
+            self._refuse(key, exc.code, exc.details)
+            return
+        if not peer.proxy:
+            self._refuse(key, grpc.StatusCode.PERMISSION_DENIED,
+                         "only proxy peers may share a stream; use Sync")
+            return
+        if self.caller.account_id is not None and peer.account_id != self.caller.account_id:
+            self._refuse(key, grpc.StatusCode.PERMISSION_DENIED,
+                         f"account-scoped token cannot access account {peer.account_id}")
+            return
+        if not servicer._slots.acquire(peer.account_id, True):
+            self._refuse(key, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         "too many concurrent sync requests, please try again later")
+            return
+        if self.stop.is_set():
+            servicer._slots.release(peer.account_id, True)
+            return
+        # carried from here on: _drop (a refusal, the stream's end, a
+        # cancellation) gives back the slot and marks the peer disconnected
+        sub = _MuxSubscription(peer.account_id, peer.id, peer.key, self)
+        st = self.peers[key] = _MuxPeer(
+            sub, peer_key, pb.PeerCapabilitySourcePrefixes in sync.meta.capabilities,
+            pb.PeerCapabilityIPv6Overlay in sync.meta.capabilities)
+        servicer.hub.subscribe(sub)
+        try:
+            await loop.run_in_executor(None, functools.partial(
+                servicer.store.peers.set_connected, peer.account_id, peer.id, True,
+                reload=False))
+        except NotFound:
+            if self.peers.get(key) is st:
+                self._drop(key, _frame_status(key, grpc.StatusCode.PERMISSION_DENIED,
+                                              "peer is not registered"))
+            return
+        if self.peers.get(key) is st:
+            self._due(key)  # the initial map
+
+    async def write_loop(self) -> None:
+        context = self.context
+        while not self.stop.is_set():
+            if self.outbox:
+                frame = self.outbox.popleft()
+                self.room.set()
+                if not await write_or_stop(context, frame, self.stop):
+                    return
+                continue
+            if self.ready and len(self.rendering) < MUX_CONCURRENCY:
+                key = next(iter(self.ready))
+                del self.ready[key]
+                self.rendering.add(key)
+                task = asyncio.ensure_future(self._render(key, self.peers[key]))
+                task.add_done_callback(functools.partial(self._rendered, key))
+                continue
+            self.wake.clear()
+            await self.wake.wait()
+
+    def _rendered(self, key: str, task: asyncio.Task[None]) -> None:
+        self.rendering.discard(key)
+        if key in self.again:
+            self.again.discard(key)
+            if key in self.peers:
+                self.ready[key] = None
+        self.wake.set()
+
+    async def _render(self, key: str, st: _MuxPeer) -> None:
+        """Render ``key``'s map (executor) and queue it, or its end."""
+        try:
+            out = await self.loop.run_in_executor(
+                None, self.servicer._render, st.sub, st.peer_key, st.source_prefixes,
+                st.ipv6, st.last)
+        except NotFound:  # the account went away
+            out = None
+        except Exception:
+            log.failure("rendering the map of peer {peer_id} failed", peer_id=st.sub.peer_id)
+            if self.peers.get(key) is st:
+                self._drop(key, _frame_status(key, grpc.StatusCode.INTERNAL,
+                                              "network map failed"))
+            return
+        if self.peers.get(key) is not st:
+            return  # left or replaced meanwhile
+        if out is None:
+            log.info("sync of removed peer {peer_id} ends", peer_id=st.sub.peer_id)
+            self._drop(key, _frame_status(key, grpc.StatusCode.PERMISSION_DENIED,
+                                          "peer is not registered"))
+            return
+        fp, sealed = out
+        if sealed is not None:
+            st.last = fp
+            self.outbox.append(pb.NbgwPeerSyncFrame(nbgw_peer=key, nbgw_message=sealed))
 
 
 def add_to_server(

@@ -76,6 +76,16 @@ def map_rpc_error(exc: BaseException) -> errors.ManagementError:
     return errors.ManagementError(f"{type(exc).__name__}: {exc}")
 
 
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_error(number: int, details: str = "") -> errors.ManagementError:
+    """The nbgateway error for a gRPC status code given as its number (a
+    status carried inside a message, e.g. one peer's end on a shared stream)."""
+    code = _CODES_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+    return _ERRORS_BY_CODE.get(code, errors.ManagementError)(details, code=code.name)
+
+
 _CLOSE = object()  # sentinel ending a bidi request iterator
 
 _AIO_TYPES = (

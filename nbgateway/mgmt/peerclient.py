@@ -28,6 +28,15 @@ jittered exponential backoff):
    Deferred is pending) is never applied, since each map is the whole
    network: a peer storm costs one application per interval, not per peer.
 
+With ``mux_metadata`` (the gateway's ProxyService token metadata, or a
+callable giving it) and ``NBGW_PEER_CHANNEL_MUX`` not ``0``, step 3 goes
+through the process's one ``NbgwSyncMany`` stream for this management and
+token (:mod:`nbgateway.mgmt.peermux`) instead of a ``Sync`` stream of its
+own: the same sealed request and responses, the same handling of each map;
+an error for this peer only (or the shared stream's end) ends the cycle as
+the stream's end would. When the management does not implement it (or
+refuses the token) the cycle opens its own ``Sync`` at once.
+
 Any error (transport, status, a body that does not open or parse, a server
 key that changed under us, a clean end of the stream) ends the cycle and the
 next one starts after a backoff delay, from ``GetServerKey`` again; the
@@ -64,6 +73,7 @@ from twisted.python.failure import Failure
 from nbgateway import errors
 from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
+from nbgateway.mgmt import peermux
 from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
 from nbgateway.mgmt.reconnect import Backoff
 from nbgateway.mgmt.session import ManagedChannel, ManagementTarget
@@ -203,6 +213,8 @@ class PeerChannelClient:
         channel: grpc.Channel | None = None,
         name: str = "peer-channel",
         coalesce_delay: float = DEFAULT_COALESCE_DELAY,
+        mux_metadata: tuple[tuple[str, str], ...] | Callable[[], tuple[tuple[str, str], ...]]
+        | None = None,
     ) -> None:
         if len(private_key) != 32:
             raise ValueError("private key must be 32 bytes")
@@ -219,6 +231,13 @@ class PeerChannelClient:
         self.root_certificates = root_certificates
         self.rpc_timeout = rpc_timeout
         self.name = name
+        #: the ProxyService token metadata for NbgwSyncMany (None: own Sync stream)
+        self.mux_metadata = mux_metadata
+        #: the shared NbgwSyncMany stream while started (None: own Sync stream)
+        self.mux: peermux.PeerSyncMux | None = None
+        #: Sync cycles carried by the shared stream / by a Sync of their own
+        self.syncs_muxed = 0
+        self.syncs_own = 0
         #: channel, bridge, reconnect loop and current stream (mgmt.session)
         self.session = ManagedChannel(
             reactor,
@@ -275,6 +294,10 @@ class PeerChannelClient:
             return
         self.running = True
         self.session.open()
+        metadata = self.mux_metadata() if callable(self.mux_metadata) else self.mux_metadata
+        key = self.session.shared_key
+        if metadata and key is not None and peermux.enabled():
+            self.mux = peermux.acquire(self.reactor, key, self.session.stub, metadata)
         self.session.supervise(self._attempt)
 
     def stop(self) -> Deferred[None]:
@@ -285,7 +308,10 @@ class PeerChannelClient:
             self._apply_call.cancel()
         self._apply_call = None
         self._pending_map = None
-        self.session.close()
+        self.session.close()  # cancels the cycle: a shared-stream share leaves
+        mux, self.mux = self.mux, None
+        if mux is not None:
+            peermux.release(mux)
         return succeed(None)
 
     # -- one connection cycle -----------------------------------------------------------
@@ -385,12 +411,37 @@ class PeerChannelClient:
         return d.addCallback(got)
 
     def _sync(self, state: dict[str, bool]) -> Deferred[object]:
-        bridge, stub = self.session.bridge, self.session.stub
-        assert bridge is not None and stub is not None
-        last = {"serial": -1}
+        mux = self.mux
+        if mux is None or not mux.usable():
+            return self._sync_own(state)
         broken: list[PeerChannelError] = []
-        holder: list[StreamCall] = []
-        req = pb.SyncRequest(meta=system_meta(self.hostname, self.version))
+        holder: list[Deferred[object]] = []
+        on_message = self._sync_handler(state, broken, lambda: holder[0].cancel())
+        self.syncs_muxed += 1
+        lifetime = mux.attach(self.public_key, self._seal(self._sync_request()), on_message)
+        holder.append(lifetime)
+
+        def ended(reason: Failure) -> Deferred[object] | Failure:
+            if broken:
+                return Failure(broken[0])
+            if self.running and not state["connected"] and not mux.usable():
+                # the management has no NbgwSyncMany (or refused the token):
+                # this cycle opens a Sync of its own right away
+                return self._sync_own(state)
+            return reason
+
+        d: Deferred[object] = Deferred(lambda _d: lifetime.cancel())
+        lifetime.addErrback(ended).addBoth(_chain_to, d)
+        return d
+
+    def _sync_request(self) -> pb.SyncRequest:
+        return pb.SyncRequest(meta=system_meta(self.hostname, self.version))
+
+    def _sync_handler(
+        self, state: dict[str, bool], broken: list[PeerChannelError], cancel: Callable[[], None]
+    ) -> Callable[[pb.EncryptedMessage], Deferred[Any] | None]:
+        """The handler of one cycle's sealed SyncResponses (own stream or shared)."""
+        last = {"serial": -1}
 
         def on_message(enc: pb.EncryptedMessage) -> Deferred[Any] | None:
             try:
@@ -404,7 +455,7 @@ class PeerChannelClient:
                     peeked = (has_map, item.Serial if has_map else 0)
             except PeerChannelError as exc:  # end the stream; the cycle fails with exc
                 broken.append(exc)
-                holder[0].cancel()
+                cancel()
                 return None
             if not state["connected"]:
                 state["connected"] = True
@@ -421,7 +472,17 @@ class PeerChannelClient:
             self._offer_map(item)
             return None
 
-        stream = bridge.server_stream(stub.Sync, self._seal(req), on_message,
+        return on_message
+
+    def _sync_own(self, state: dict[str, bool]) -> Deferred[object]:
+        bridge, stub = self.session.bridge, self.session.stub
+        if bridge is None or stub is None:
+            return _failed(errors.ManagementUnavailableError(f"{self.name}: not running"))
+        broken: list[PeerChannelError] = []
+        holder: list[StreamCall] = []
+        on_message = self._sync_handler(state, broken, lambda: holder[0].cancel())
+        self.syncs_own += 1
+        stream = bridge.server_stream(stub.Sync, self._seal(self._sync_request()), on_message,
                                       name=f"{self.name}-Sync")
         holder.append(stream)
 
@@ -492,3 +553,17 @@ class PeerChannelClient:
     def _set_connected(self, value: bool) -> None:
         self.session.set_connected(value)
 
+
+def _chain_to(result: object, d: Deferred[object]) -> None:
+    if d.called:
+        return
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
+def _failed(exc: Exception) -> Deferred[object]:
+    d: Deferred[object] = Deferred()
+    d.errback(exc)
+    return d

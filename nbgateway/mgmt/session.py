@@ -263,6 +263,11 @@ class ManagedChannel:
         self.connected = False
 
     @property
+    def shared_key(self) -> tuple[Any, ...] | None:
+        """The key of the process-wide shared channel in use (None: a supplied one)."""
+        return self._shared_key
+
+    @property
     def is_open(self) -> bool:
         return self.bridge is not None and self.stub is not None
 

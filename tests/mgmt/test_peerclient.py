@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from nbgateway._proto import management_pb2 as pb
+from nbgateway._proto import management_pb2_grpc as pb_grpc
 from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.grpcloop import LoopServer
 from nbgateway.management.model import Account, Group, Peer, Service, Target, TargetOptions
@@ -205,7 +206,7 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
         assert not c.errors  # a requested stop is not an error
 
 
-class _Rogue:
+class _Rogue(pb_grpc.ManagementServiceServicer):
     """A ManagementService with a real key pair that misbehaves in one chosen way."""
 
     def __init__(self, mode: str) -> None:
@@ -269,8 +270,6 @@ class RogueServerTests(unittest.TestCase):
     timeout = 60
 
     def serve(self, mode: str, tls: tuple[bytes, bytes] | None = None) -> _Rogue:
-        from nbgateway._proto import management_pb2_grpc as pb_grpc
-
         rogue = _Rogue(mode)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_ManagementServiceServicer_to_server(rogue, server)
