@@ -306,6 +306,31 @@ class RawFrameTests(unittest.TestCase):
         assert all(f.nbgw_leave for f in got if f.nbgw_code)
 
     @defer.inlineCallbacks
+    def test_a_newer_stream_of_the_key_supersedes_the_older(self):
+        result: dict[str, object] = {}
+
+        def run():
+            md = (("authorization", f"Bearer {self.token}"),)
+            with grpc.insecure_channel(f"127.0.0.1:{self.mgmt.port}") as ch:
+                stub = pb_grpc.ManagementServiceStub(ch)
+                self.server_key = stub.GetServerKey(pb.Empty(), timeout=SAFETY).key
+                older = iter(stub.NbgwSyncMany(iter([self.frame(self.good)]),
+                                               timeout=SAFETY, metadata=md))
+                result["older_first"] = next(older)
+                newer = stub.NbgwSyncMany(iter([self.frame(self.good)]), timeout=SAFETY,
+                                          metadata=md)
+                result["newer_first"] = next(iter(newer))
+                result["older_end"] = next(older)
+                newer.cancel()
+
+        yield threaded(run)
+        key = b64(public_key(self.good))
+        assert result["older_first"].nbgw_message.body
+        assert result["newer_first"].nbgw_message.body
+        end = result["older_end"]
+        assert (end.nbgw_peer, end.nbgw_leave, end.nbgw_code) == (key, True, 0)
+
+    @defer.inlineCallbacks
     def test_a_revoked_token_ends_the_stream(self):
         record, plain = self.store.proxies.create_token("short", account_id=None)
         result: dict[str, object] = {}
