@@ -71,13 +71,14 @@ REFUSED = Answer(dns.EREFUSED)
 
 
 class _Zone:
-    """One zone's index.  Records are kept as compact ``(ttl, address)``
-    pairs (strings shared with the network map's values) and the SOA as its
-    serial: the ``twisted.names`` record objects are built per answer, so an
-    idle account's zones cost a few small tuples per record (an account's
-    peer and service records were ~1 KiB each as prebuilt RRHeaders).  A
-    name maps to one flat tuple of ``(type, ttl, address)`` (no per-name
-    dict and list: most names have one or two records)."""
+    """One zone's index.  Records are kept as the network map's own
+    :class:`DnsRecord` values (shared with the map and its memo) and the SOA
+    as its serial: the ``twisted.names`` record objects are built per answer
+    (an account's peer and service records were ~1 KiB each as prebuilt
+    RRHeaders).  A name maps to its one record, or to a tuple of its records
+    (none: the apex and empty non-terminals; several), so indexing a map of
+    one record per peer allocates nothing per record (the index is rebuilt
+    for every map)."""
 
     __slots__ = ("apex", "authoritative", "names", "serial")
 
@@ -85,9 +86,14 @@ class _Zone:
         self.apex = apex
         self.authoritative = authoritative
         self.serial = serial & 0xFFFFFFFF
-        #: name -> ((type, ttl, address text), ...) in insertion order; ()
-        #: for a name without records (the apex, empty non-terminals)
-        self.names: dict[str, tuple[tuple[int, int, str], ...]] = {apex: ()}
+        #: name -> its record, or its records in insertion order; () for a
+        #: name without records (the apex, empty non-terminals)
+        self.names: dict[str, DnsRecord | tuple[DnsRecord, ...]] = {apex: ()}
+
+    def records(self, name: str) -> tuple[DnsRecord, ...] | None:
+        """The records of ``name`` (None when the name does not exist)."""
+        got = self.names.get(name)
+        return (got,) if type(got) is DnsRecord else got  # type: ignore[return-value]
 
     @property
     def soa(self) -> dns.RRHeader:
@@ -107,10 +113,12 @@ class _Zone:
             packed = socket.inet_pton(family, rec.address)
         except OSError:
             return  # netmap only yields valid addresses of the record's type
-        rrs = self.names.get(rec.name, ())
-        if all(t != rec.type or ttl != rec.ttl or socket.inet_pton(family, a) != packed
-               for t, ttl, a in rrs):
-            self.names[rec.name] = (*rrs, (rec.type, rec.ttl, rec.address))
+        rrs = self.records(rec.name)
+        if not rrs:
+            self.names[rec.name] = rec
+        elif all(r.type != rec.type or r.ttl != rec.ttl
+                 or socket.inet_pton(family, r.address) != packed for r in rrs):
+            self.names[rec.name] = (*rrs, rec)
         # ancestors up to the apex exist too (empty non-terminals answer NODATA)
         parent = rec.name
         while parent != self.apex:
@@ -121,9 +129,9 @@ class _Zone:
         """The records of ``name`` and ``rtype`` as ``twisted.names`` objects."""
         make = dns.Record_A if rtype == dns.A else dns.Record_AAAA
         bare = name[:-1]
-        return [dns.RRHeader(name=bare, type=rtype, cls=dns.IN, ttl=ttl,
-                             payload=make(address, ttl), auth=True)
-                for t, ttl, address in self.names.get(name, ()) if t == rtype]
+        return [dns.RRHeader(name=bare, type=rtype, cls=dns.IN, ttl=r.ttl,
+                             payload=make(r.address, r.ttl), auth=True)
+                for r in self.records(name) or () if r.type == rtype]
 
 
 class ZoneAuthority:
@@ -198,14 +206,14 @@ class ZoneAuthority:
         zone = self.find_zone(name)
         if zone is None or qclass not in (dns.IN, dns.ANY):
             return REFUSED
-        rrs = zone.names.get(name)
+        rrs = zone.records(name)
         if rrs is None:
             if not zone.authoritative:
                 return REFUSED
             return Answer(dns.ENAME, authority=(zone.soa,), authoritative=True)
         answers: list[dns.RRHeader] = []
         for t in _QTYPES.get(qtype, ()):
-            if any(rr[0] == t for rr in rrs):
+            if any(rr.type == t for rr in rrs):
                 answers.extend(zone.answers(name, t))
         if name == zone.apex and qtype in (dns.SOA, dns.ALL_RECORDS):
             answers.append(zone.soa)
@@ -249,15 +257,19 @@ def account_zones(network: AccountNetwork, served_domains: Iterable[str]) -> tup
     (management sends a gateway the records of every connected gateway of its
     cluster), the served domain answers with all of them, its own first, so a
     stock client whose first address fails tries the next gateway."""
+    apexes = [a for a in (normalize_name(d) for d in served_domains) if a is not None]
+    # only the served names' addresses: no list per record of the map
+    wanted = set(apexes)
     named: dict[str, list[str]] = {}
-    for zone in network.zones:
-        for rec in zone.records:
-            named.setdefault(rec.name, []).append(rec.address)
+    if wanted:
+        for zone in network.zones:
+            for rec in zone.records:
+                if rec.name in wanted:
+                    named.setdefault(rec.name, []).append(rec.address)
     own = network.addresses
     zones: dict[str, DnsZone] = {}
-    for domain in served_domains:
-        apex = normalize_name(domain)
-        if apex is None or apex in zones:
+    for apex in apexes:
+        if apex in zones:
             continue
         for zone in service_zones([apex], dict.fromkeys((*own, *named.get(apex, ())))):
             zones[zone.domain] = zone

@@ -22,11 +22,24 @@ def authority() -> ZoneAuthority:
 def test_idle_zone_keeps_no_record_objects():
     auth = authority()
     (zone,) = auth._zones.values()
-    held = [v for rrs in zone.names.values() for v in rrs]
-    assert held == [(dns.A, 60, "100.64.0.7"), (dns.A, 60, "100.64.0.8"),
-                    (dns.AAAA, 60, "fd00::7")]
-    assert all(type(t) is int and type(ttl) is int and type(a) is str for t, ttl, a in held)
+    held = zone.names["db.peers.test."]
+    assert [(r.type, r.ttl, r.address) for r in held] == [
+        (dns.A, 60, "100.64.0.7"), (dns.A, 60, "100.64.0.8"), (dns.AAAA, 60, "fd00::7")]
+    assert all(type(r) is DnsRecord for r in held)  # the map's values, no twisted records
     assert zone.names["peers.test."] == ()  # the apex: no records, answers NODATA
+
+
+def test_a_one_record_name_holds_the_maps_record_itself():
+    """Indexing a map of one record per name allocates nothing per record:
+    the name maps to the map's own DnsRecord (rebuilt for every map)."""
+    recs = tuple(DnsRecord(f"p{i}.peers.test.", dns.A, 300, f"100.64.0.{i}") for i in range(1, 9))
+    auth = ZoneAuthority([DnsZone("peers.test.", recs)])
+    (zone,) = auth._zones.values()
+    assert all(zone.names[r.name] is r for r in recs)
+    a = auth.lookup("p3.peers.test", dns.A)
+    assert [rr.payload for rr in a.answers] == [dns.Record_A("100.64.0.3", 300)]
+    assert auth.lookup("p3.peers.test", dns.AAAA).answers == ()  # NODATA
+    assert auth.lookup("p9.peers.test", dns.A).rcode == dns.ENAME
 
 
 def test_answers_are_the_records():
