@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -525,6 +526,9 @@ def main() -> None:
                         help="run the world twice: the management's heap freezer and the "
                              "gateway's adaptive freezes off, then on")
     args = parser.parse_args()
+    # SIGTERM (timeout(1), kill) unwinds like an exception: the testbed's
+    # namespaces and processes are torn down and the inotify sysctl restored
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.trace:
         os.environ["NBTRACE"] = "1"
         trace_dir = os.path.join(_ROOT, "bench", "_trace")
