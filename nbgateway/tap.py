@@ -8,6 +8,7 @@ it daemonized (nothing live before fork).
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -221,12 +222,17 @@ def _peer_channel_factory(config: Any, mgmt_url: str, reactor: Any, client: Any 
     from nbgateway.mgmt.netmap import convert
     from nbgateway.mgmt.peerclient import PeerChannelClient
 
+    # one metadata callable for every account, a partial (no closure) per account
+    metadata = (lambda: client._metadata) if client is not None else None
+
+    def _apply_converted(on_network: Any, nm: Any) -> Any:
+        return on_network(convert(nm))
+
     def factory(account_id: str, private_key: bytes, on_network: Any) -> Any:
         return PeerChannelClient(
-            reactor, mgmt_url, private_key, lambda nm: on_network(convert(nm)),
+            reactor, mgmt_url, private_key, functools.partial(_apply_converted, on_network),
             hostname=f"nbgateway-{account_id}", version=__version__,
-            allow_insecure=config.allow_insecure,
-            mux_metadata=(lambda: client._metadata) if client is not None else None)
+            allow_insecure=config.allow_insecure, mux_metadata=metadata)
 
     return factory
 

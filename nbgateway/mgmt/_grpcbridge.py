@@ -374,7 +374,11 @@ class StreamCall:
 
 
 class GrpcBridge:
-    """Starts grpcio calls and routes their results to the reactor."""
+    """Starts grpcio calls and routes their results to the reactor (slotted:
+    one per account's peer channel)."""
+
+    __slots__ = ("_stopped", "_streams", "_unary", "join_timeout", "max_inflight", "reactor",
+                 "refused")
 
     def __init__(
         self,
@@ -421,6 +425,10 @@ class GrpcBridge:
 
         def settle(fut: Any) -> None:  # reactor thread
             self._unary.pop(fut, None)
+            if not self._unary:
+                # an emptied dict keeps its table (~0.2 KiB); clear() drops it:
+                # an idle account's bridge has no call in flight
+                self._unary.clear()
             if d.called:  # cancelled by the caller: already failed
                 return
             if fut.cancelled():

@@ -191,8 +191,97 @@ def system_meta(hostname: str, version: str) -> pb.PeerSystemMeta:
     )
 
 
+#: parsed ``--mgmt`` targets by (URL, allow_insecure): every account's client
+#: shares one (a parse keeps a list, tuples and strings per account otherwise);
+#: bounded, cleared when full
+_targets: dict[tuple[str, bool], ManagementTarget] = {}
+_MAX_TARGETS = 16
+
+
+def _shared_target(url: str, allow_insecure: bool) -> ManagementTarget:
+    key = (url, allow_insecure)
+    target = _targets.get(key)
+    if target is None:
+        target = ManagementTarget(url, allow_insecure=allow_insecure)  # ValueError: refused
+        if len(_targets) >= _MAX_TARGETS:
+            _targets.clear()
+        _targets[key] = target
+    return target
+
+
+class _Cycle:
+    """One connection cycle's state while it runs (most of an idle account's
+    life: its Sync share is open). One small slotted object with bound
+    methods, not a dict, two lists and three closures per account."""
+
+    __slots__ = ("broken", "client", "connected", "last_serial", "lifetime")
+
+    def __init__(self, client: PeerChannelClient) -> None:
+        self.client = client
+        #: True once a message arrived on this cycle's stream (resets the backoff)
+        self.connected = False
+        #: the error a message raised: the stream is cancelled, the cycle fails with it
+        self.broken: PeerChannelError | None = None
+        #: Serial of the last map taken on the current stream
+        self.last_serial = -1
+        #: the current stream's lifetime (mux share) or call (own Sync)
+        self.lifetime: Deferred[object] | StreamCall | None = None
+
+    def new_stream(self, lifetime: Deferred[object] | StreamCall | None) -> None:
+        self.broken = None
+        self.last_serial = -1
+        self.lifetime = lifetime
+
+    def cancel(self, _d: object = None) -> None:
+        if self.lifetime is not None:
+            self.lifetime.cancel()
+
+    def on_message(self, enc: pb.EncryptedMessage) -> Deferred[Any] | None:
+        """One sealed SyncResponse of this cycle (own stream or shared)."""
+        client = self.client
+        try:
+            plain = client._open_plain(enc)
+            peeked = peek_sync_map(plain)
+            item: bytes | pb.NetworkMap = plain
+            if peeked is None:  # not what the peek reads: parse it now
+                resp = client._parse_sync(plain)
+                has_map = resp.HasField("NetworkMap")
+                item = resp.NetworkMap
+                peeked = (has_map, item.Serial if has_map else 0)
+        except PeerChannelError as exc:  # end the stream; the cycle fails with exc
+            self.broken = exc
+            self.cancel()
+            return None
+        if not self.connected:
+            self.connected = True
+            client._set_connected(True)
+        has_map, serial = peeked
+        if not has_map:
+            return None
+        if serial < self.last_serial:
+            client.errors["outdated_map"] += 1
+            return None
+        self.last_serial = serial
+        client.serial = serial
+        client.maps_received += 1
+        client._offer_map(item)
+        return None
+
+
 class PeerChannelClient:
-    """The peer channel of one proxy peer; see the module docstring."""
+    """The peer channel of one proxy peer; see the module docstring.
+
+    Slotted (32 attributes: past the 30 for which CPython shares a class's
+    instance-dict keys, a private ~1.6 KiB dict per account)."""
+
+    __slots__ = (
+        "_apply_call", "_applying", "_pending_map", "_private", "coalesce_delay", "errors",
+        "hostname", "last_error", "logins", "maps_applied", "maps_coalesced", "maps_parsed",
+        "maps_received", "mux", "mux_metadata", "name", "on_error", "on_login",
+        "on_network_map", "on_state", "public_key", "reactor", "root_certificates",
+        "rpc_timeout", "running", "serial", "server_key", "session", "syncs_muxed",
+        "syncs_own", "target", "version",
+    )
 
     def __init__(
         self,
@@ -219,7 +308,7 @@ class PeerChannelClient:
         if len(private_key) != 32:
             raise ValueError("private key must be 32 bytes")
         self.reactor = reactor
-        self.target = ManagementTarget(target, allow_insecure=allow_insecure)
+        self.target = _shared_target(target, allow_insecure)
         self._private = bytes(private_key)
         self.public_key = encode_wg_key(bytes(PrivateKey(self._private).public_key))
         self.on_network_map = on_network_map
@@ -317,14 +406,14 @@ class PeerChannelClient:
     # -- one connection cycle -----------------------------------------------------------
 
     def _attempt(self) -> Deferred[object]:
-        state = {"connected": False}
+        cycle = _Cycle(self)
         d = self._get_server_key()
-        d.addCallback(lambda _: self._login())
-        d.addCallback(lambda _: self._sync(state))
-        d.addErrback(self._cycle_failed, state)
+        d.addCallback(self._login)
+        d.addCallback(self._sync, cycle)
+        d.addErrback(self._cycle_failed, cycle)
         return d
 
-    def _cycle_failed(self, reason: Failure, state: dict[str, bool]) -> Failure:
+    def _cycle_failed(self, reason: Failure, cycle: _Cycle) -> Failure:
         self._set_connected(False)
         exc = reason.value
         if isinstance(exc, PeerChannelError):
@@ -342,7 +431,7 @@ class PeerChannelClient:
                 except Exception:
                     log.failure("{name}: on_error raised", name=self.name)
         if isinstance(exc, BaseException):
-            exc.connected = state["connected"]  # type: ignore[attr-defined]
+            exc.connected = cycle.connected  # type: ignore[attr-defined]
         return reason
 
     def _get_server_key(self) -> Deferred[None]:
@@ -392,7 +481,7 @@ class PeerChannelClient:
         except (DecodeError, RuntimeError, ValueError):
             raise PeerChannelError("undecryptable", "invalid sync message") from None
 
-    def _login(self) -> Deferred[None]:
+    def _login(self, _: object = None) -> Deferred[None]:
         req = pb.LoginRequest(
             meta=system_meta(self.hostname, self.version),
             peerKeys=pb.PeerKeys(wgPubKey=self.public_key.encode("ascii")),
@@ -410,85 +499,45 @@ class PeerChannelClient:
 
         return d.addCallback(got)
 
-    def _sync(self, state: dict[str, bool]) -> Deferred[object]:
+    def _sync(self, _: object, cycle: _Cycle) -> Deferred[object]:
         mux = self.mux
         if mux is None or not mux.usable():
-            return self._sync_own(state)
-        broken: list[PeerChannelError] = []
-        holder: list[Deferred[object]] = []
-        on_message = self._sync_handler(state, broken, lambda: holder[0].cancel())
+            return self._sync_own(cycle)
         self.syncs_muxed += 1
-        lifetime = mux.attach(self.public_key, self._seal(self._sync_request()), on_message)
-        holder.append(lifetime)
-
-        def ended(reason: Failure) -> Deferred[object] | Failure:
-            if broken:
-                return Failure(broken[0])
-            if self.running and not state["connected"] and not mux.usable():
-                # the management has no NbgwSyncMany (or refused the token):
-                # this cycle opens a Sync of its own right away
-                return self._sync_own(state)
-            return reason
-
-        d: Deferred[object] = Deferred(lambda _d: lifetime.cancel())
-        lifetime.addErrback(ended).addBoth(_chain_to, d)
+        cycle.new_stream(None)
+        lifetime = mux.attach(self.public_key, self._seal(self._sync_request()),
+                              cycle.on_message)
+        cycle.lifetime = lifetime
+        d: Deferred[object] = Deferred(cycle.cancel)
+        lifetime.addErrback(self._share_ended, cycle, mux).addBoth(_chain_to, d)
         return d
+
+    def _share_ended(self, reason: Failure, cycle: _Cycle,
+                     mux: peermux.PeerSyncMux) -> Deferred[object] | Failure:
+        if cycle.broken is not None:
+            return Failure(cycle.broken)
+        if self.running and not cycle.connected and not mux.usable():
+            # the management has no NbgwSyncMany (or refused the token):
+            # this cycle opens a Sync of its own right away
+            return self._sync_own(cycle)
+        return reason
 
     def _sync_request(self) -> pb.SyncRequest:
         return pb.SyncRequest(meta=system_meta(self.hostname, self.version))
 
-    def _sync_handler(
-        self, state: dict[str, bool], broken: list[PeerChannelError], cancel: Callable[[], None]
-    ) -> Callable[[pb.EncryptedMessage], Deferred[Any] | None]:
-        """The handler of one cycle's sealed SyncResponses (own stream or shared)."""
-        last = {"serial": -1}
-
-        def on_message(enc: pb.EncryptedMessage) -> Deferred[Any] | None:
-            try:
-                plain = self._open_plain(enc)
-                peeked = peek_sync_map(plain)
-                item: bytes | pb.NetworkMap = plain
-                if peeked is None:  # not what the peek reads: parse it now
-                    resp = self._parse_sync(plain)
-                    has_map = resp.HasField("NetworkMap")
-                    item = resp.NetworkMap
-                    peeked = (has_map, item.Serial if has_map else 0)
-            except PeerChannelError as exc:  # end the stream; the cycle fails with exc
-                broken.append(exc)
-                cancel()
-                return None
-            if not state["connected"]:
-                state["connected"] = True
-                self._set_connected(True)
-            has_map, serial = peeked
-            if not has_map:
-                return None
-            if serial < last["serial"]:
-                self.errors["outdated_map"] += 1
-                return None
-            last["serial"] = serial
-            self.serial = serial
-            self.maps_received += 1
-            self._offer_map(item)
-            return None
-
-        return on_message
-
-    def _sync_own(self, state: dict[str, bool]) -> Deferred[object]:
+    def _sync_own(self, cycle: _Cycle) -> Deferred[object]:
         bridge, stub = self.session.bridge, self.session.stub
         if bridge is None or stub is None:
             return _failed(errors.ManagementUnavailableError(f"{self.name}: not running"))
-        broken: list[PeerChannelError] = []
-        holder: list[StreamCall] = []
-        on_message = self._sync_handler(state, broken, lambda: holder[0].cancel())
         self.syncs_own += 1
-        stream = bridge.server_stream(stub.Sync, self._seal(self._sync_request()), on_message,
-                                      name=f"{self.name}-Sync")
-        holder.append(stream)
+        cycle.new_stream(None)
+        stream = bridge.server_stream(stub.Sync, self._seal(self._sync_request()),
+                                      cycle.on_message, name=f"{self.name}-Sync")
+        cycle.lifetime = stream
 
         def ended(result: object) -> Failure:
-            if broken:
-                return Failure(broken[0])
+            if cycle.broken is not None:
+                return Failure(cycle.broken)
             if isinstance(result, Failure):
                 return result
             return Failure(errors.ManagementStreamClosedError("Sync stream closed by server"))

@@ -63,12 +63,20 @@ def enabled(environ: Any = os.environ) -> bool:
 
 
 class _Attached:
-    __slots__ = ("lifetime", "on_message")
+    """One attached peer: its handler and the lifetime of its share (whose
+    canceller is :meth:`cancelled`, a bound method: no closure per peer)."""
 
-    def __init__(self, on_message: Callable[[pb.EncryptedMessage], Any],
-                 lifetime: Deferred[object]) -> None:
+    __slots__ = ("key", "lifetime", "mux", "on_message")
+
+    def __init__(self, mux: PeerSyncMux, key: str,
+                 on_message: Callable[[pb.EncryptedMessage], Any]) -> None:
+        self.mux = mux
+        self.key = key
         self.on_message = on_message
-        self.lifetime = lifetime
+        self.lifetime: Deferred[object] = Deferred(self.cancelled)
+
+    def cancelled(self, _d: Deferred[object]) -> None:
+        self.mux._detach(self.key, self)
 
 
 class PeerSyncMux:
@@ -110,12 +118,7 @@ class PeerSyncMux:
         old = self._peers.pop(key, None)
         if old is not None:
             _fail(old.lifetime, errors.ManagementCancelledError("replaced by a new sync"))
-
-        def cancelled(_d: Deferred[object]) -> None:
-            self._detach(key, attached)
-
-        lifetime: Deferred[object] = Deferred(cancelled)
-        attached = _Attached(on_message, lifetime)
+        attached = _Attached(self, key, on_message)
         self._peers[key] = attached
         frame = pb.NbgwPeerSyncFrame(nbgw_peer=key, nbgw_message=request)
         stream = self._stream
@@ -123,7 +126,7 @@ class PeerSyncMux:
             stream.send(frame)
         else:
             self._open(frame)
-        return lifetime
+        return attached.lifetime
 
     def _detach(self, key: str, attached: _Attached) -> None:
         if self._peers.get(key) is not attached:

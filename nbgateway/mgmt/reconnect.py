@@ -30,7 +30,7 @@ MAX_INTERVAL = 10.0
 RANDOMIZATION = 1.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Backoff:
     """Exponential backoff with full jitter around the current interval."""
 
@@ -78,8 +78,11 @@ class Reconnector:
 
     ``attempt`` returns a Deferred that fires when the connection it made has
     ended (a long-lived stream's lifetime).  ``stop()`` cancels the pending
-    retry and the running attempt.
+    retry and the running attempt.  Slotted: one per account's peer channel.
     """
+
+    __slots__ = ("_current", "_pending", "attempt", "attempts", "backoff", "clock",
+                 "last_delay", "name", "running")
 
     def __init__(
         self,

@@ -222,7 +222,14 @@ shared_channels = _SharedChannels()
 
 
 class ManagedChannel:
-    """One client's channel, bridge, reconnect loop and current stream."""
+    """One client's channel, bridge, reconnect loop and current stream
+    (slotted: one per account)."""
+
+    __slots__ = (
+        "_channel_factory", "_owns_channel", "_shared_key", "_stub_class", "backoff", "bridge",
+        "channel", "connected", "max_receive_bytes", "name", "on_state", "reactor",
+        "reconnector", "root_certificates", "stream", "stub", "target", "transparent_retries",
+    )
 
     def __init__(
         self,
