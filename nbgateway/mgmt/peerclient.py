@@ -415,6 +415,8 @@ class PeerChannelClient:
 
     def _cycle_failed(self, reason: Failure, cycle: _Cycle) -> Failure:
         self._set_connected(False)
+        if self.mux is not None:  # the next cycle asks for the server key again
+            self.mux.forget_server_key()
         exc = reason.value
         if isinstance(exc, PeerChannelError):
             key = exc.reason
@@ -435,17 +437,21 @@ class PeerChannelClient:
         return reason
 
     def _get_server_key(self) -> Deferred[None]:
+        """GetServerKey: the mux's one call for every client sharing it (see
+        :meth:`~nbgateway.mgmt.peermux.PeerSyncMux.server_key`), else our own."""
+        if self.mux is not None:
+            return self.mux.server_key(self.rpc_timeout).addCallback(self._got_server_key)
         d = self.session.unary("GetServerKey", pb.Empty(), timeout=self.rpc_timeout)
+        return d.addCallback(_key_of).addCallback(self._got_server_key)
 
-        def got(resp: pb.ServerKeyResponse) -> None:
-            try:
-                key = decode_wg_key(resp.key)
-            except BoxError:
-                raise PeerChannelError("bad_server_key",
-                                       "management sent an invalid server key") from None
-            self.server_key = key
-
-        return d.addCallback(got)
+    def _got_server_key(self, text: str) -> None:
+        try:
+            key = decode_wg_key(text)
+        except BoxError:
+            raise PeerChannelError("bad_server_key",
+                                   "management sent an invalid server key") from None
+        # the same bytes as the last cycle's when unchanged (one object kept)
+        self.server_key = self.server_key if key == self.server_key else key
 
     def _seal(self, message: Any) -> pb.EncryptedMessage:
         assert self.server_key is not None
@@ -601,6 +607,10 @@ class PeerChannelClient:
 
     def _set_connected(self, value: bool) -> None:
         self.session.set_connected(value)
+
+
+def _key_of(resp: pb.ServerKeyResponse) -> str:
+    return resp.key
 
 
 def _chain_to(result: object, d: Deferred[object]) -> None:

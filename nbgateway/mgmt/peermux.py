@@ -27,6 +27,14 @@ Fallback: a management without the extension answers UNIMPLEMENTED (sticky:
 :meth:`PeerSyncMux.usable` False for :data:`REFUSED_RETRY` seconds; the
 clients then open one ``Sync`` per peer as before.
 
+Server key: :meth:`PeerSyncMux.server_key` answers the cycles of every
+client sharing the mux with one ``GetServerKey`` call (concurrent cycles wait
+for the call in flight; a key fetched less than :data:`SERVER_KEY_TTL`
+seconds ago is reused), so a bring-up or a reconnect wave of N accounts makes
+one call, not N. A client forgets it (:meth:`PeerSyncMux.forget_server_key`)
+when a cycle fails, so never more calls are made than one per cycle, and a
+management that changed its key is asked again after the first failure.
+
 Memory and flow: the bridge delivers one frame at a time and reads the next
 only once the peer's handler returned (or its Deferred fired), so gRPC flow
 control pushes back on the management; requests are one attach per peer
@@ -39,7 +47,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -47,12 +55,14 @@ from nbgateway import errors
 from nbgateway._proto import management_pb2 as pb
 from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall, status_error
 
-__all__ = ["REFUSED_RETRY", "PeerSyncMux", "acquire", "enabled", "release"]
+__all__ = ["REFUSED_RETRY", "SERVER_KEY_TTL", "PeerSyncMux", "acquire", "enabled", "release"]
 
 log = Logger()
 
 #: seconds the clients use one Sync per peer after the management refused the token
 REFUSED_RETRY = 300.0
+#: seconds a fetched server key answers later cycles (unless a cycle failed since)
+SERVER_KEY_TTL = 30.0
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -98,6 +108,13 @@ class PeerSyncMux:
         #: streams opened (one per bring-up or reconnect, not per peer)
         self.streams_opened = 0
         self.users = 0
+        #: the last ServerKeyResponse.key (as sent) and the reactor time it came
+        self._server_key: str | None = None
+        self._server_key_at = 0.0
+        #: cycles waiting for the GetServerKey in flight (None: none in flight)
+        self._key_waiters: list[Deferred[str]] | None = None
+        #: GetServerKey calls made for the clients of this mux
+        self.server_key_fetches = 0
 
     @property
     def attached(self) -> int:
@@ -109,6 +126,49 @@ class PeerSyncMux:
             return False
         return self.refused_at is None or \
             self.reactor.seconds() - self.refused_at >= REFUSED_RETRY
+
+    def server_key(self, timeout: float | None) -> Deferred[str]:
+        """The management's ``ServerKeyResponse.key`` for a starting cycle: the
+        one fetched less than :data:`SERVER_KEY_TTL` ago, else the answer of
+        the one ``GetServerKey`` in flight (started now if none is). Fails as
+        the call failed. Cancelling the Deferred only stops waiting."""
+        key = self._server_key
+        if key is not None and self.reactor.seconds() - self._server_key_at < SERVER_KEY_TTL:
+            return succeed(key)
+        waiter: Deferred[str] = Deferred(self._drop_key_waiter)
+        if self._key_waiters is not None:
+            self._key_waiters.append(waiter)
+            return waiter
+        self._key_waiters = [waiter]
+        if self._bridge is None:
+            self._bridge = GrpcBridge(self.reactor)
+        self.server_key_fetches += 1
+        self._bridge.unary(self._stub.GetServerKey, pb.Empty(), timeout=timeout
+                           ).addBoth(self._key_fetched)
+        return waiter
+
+    def forget_server_key(self) -> None:
+        """The next cycle asks the management again (a cycle failed: the key
+        may have changed)."""
+        self._server_key = None
+
+    def _drop_key_waiter(self, waiter: Deferred[str]) -> None:
+        if self._key_waiters is not None and waiter in self._key_waiters:
+            self._key_waiters.remove(waiter)
+
+    def _key_fetched(self, result: object) -> None:
+        waiters, self._key_waiters = self._key_waiters or [], None
+        if isinstance(result, Failure):
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.errback(Failure(result.value))
+            return None
+        key: str = result.key  # type: ignore[attr-defined]
+        self._server_key, self._server_key_at = key, self.reactor.seconds()
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(key)
+        return None
 
     def attach(self, key: str, request: pb.EncryptedMessage,
                on_message: Callable[[pb.EncryptedMessage], Any]) -> Deferred[object]:
