@@ -50,7 +50,8 @@ from nbgateway.management.networkmap import (  # noqa: E402
     to_proto_network_map,
     to_proto_peer_config,
 )
-from nbgateway.management.peerchannel import PeerUpdateHub, access_digest  # noqa: E402
+from nbgateway.management.peerchannel import access_digest  # noqa: E402
+from nbgateway.management.peerhub import PeerUpdateHub  # noqa: E402
 from nbgateway.management.store import Store  # noqa: E402
 from nbgateway.management.synthetic import load_account_view  # noqa: E402
 

@@ -39,23 +39,11 @@ streams with ``loop.call_soon_threadsafe``.  Streams are admitted by
 :class:`~nbgateway.management.streamslots.StreamSlots` (``max_streams``,
 default 4,096, at most a quarter per account and kind).
 
-One stream for many proxy peers (``NbgwSyncMany``, an nbgateway extension,
-field numbers >= 1001): a gateway carries every account's proxy-peer Sync on
-one bidi stream (:class:`_SyncMany`) instead of one ``Sync`` per account.
-Each frame names a peer and holds an ``EncryptedMessage`` sealed exactly as
-Sync's, so each peer authenticates by its seal as on ``Sync``; on top of that
-the stream needs the gateway's ProxyService token (``authenticate``: the
-ProxyService's own check; without one the method answers UNIMPLEMENTED and
-the gateway falls back to ``Sync``), only proxy peers may be carried, and an
-account-scoped token only its account's peers. A peer that cannot be
-authorized (bad seal, unknown key, wrong account, no slot, removed later)
-gets a frame with its status code and leaves; the other peers are not
-touched. Each carried peer takes a stream slot as a ``Sync`` would; the
-stream's queues are bounded: one pending render per peer (a dict), frames
-to write bounded by ``MUX_OUTBOX`` plus the work in flight (the reader stops
-reading requests while it is full; new renders wait for it to drain), at most
-``MUX_CONCURRENCY`` attaches and renders in flight, one write at a time (gRPC
-flow control pushes back).
+One stream for many proxy peers (``NbgwSyncMany``, an nbgateway extension):
+:mod:`nbgateway.management.syncmany`; the servicer checks the gateway's
+ProxyService token (``authenticate``; without one the method answers
+UNIMPLEMENTED and the gateway falls back to ``Sync``) and hands the stream to
+:class:`~nbgateway.management.syncmany.SyncMany`.
 
 Revocation: a proxy peer's map carries no peer groups, user states or service
 access groups, yet the gateway caches ValidateTunnelPeer answers that depend
@@ -74,25 +62,22 @@ and sends nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
 from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.errors import NotFound
-from nbgateway.management.grpcloop import RpcAbortError, wake_threadsafe, write_or_stop
+from nbgateway.management.grpcloop import RpcAbortError, write_or_stop
 from nbgateway.management.mapcache import AccountEntry, MapCache
 from nbgateway.management.model import ChangeKind, ProxyAccessToken, User, utcnow
 from nbgateway.management.networkmap import (
@@ -102,7 +87,9 @@ from nbgateway.management.networkmap import (
     to_proto_network_map,
     to_proto_peer_config,
 )
+from nbgateway.management.peerhub import PeerUpdateHub, Subscription
 from nbgateway.management.streamslots import StreamSlots
+from nbgateway.management.syncmany import SyncMany
 from nbgateway.management.synthetic import AccountView
 from nbgateway.peerbox import (
     BoxError,
@@ -114,10 +101,8 @@ from nbgateway.peerbox import (
 
 __all__ = [
     "MAX_BODY_BYTES",
-    "MUX_OUTBOX",
     "SERVER_KEY_FILE",
     "ManagementServicer",
-    "PeerUpdateHub",
     "access_digest",
     "add_to_server",
 ]
@@ -125,151 +110,11 @@ __all__ = [
 log = Logger()
 
 MAX_BODY_BYTES = 1 << 20
-#: refusal/end frames queued on one NbgwSyncMany stream before it stops reading requests
-MUX_OUTBOX = 64
-#: attaches (seal, store read, connected write) and map renders in flight per
-#: NbgwSyncMany stream: a stream of a thousand peers uses the executor as a
-#: thousand Sync streams would, within a bound
-MUX_CONCURRENCY = 8
 #: file name of the server's WireGuard private key inside the data directory
 SERVER_KEY_FILE = "wg-server.key"
 #: concurrent Sync streams per process (a stream is a coroutine, not a thread)
 DEFAULT_MAX_STREAMS = 4096
 SERVER_KEY_VALIDITY_S = 24 * 3600
-#: changes that can alter a network map (proxy rows, tokens, logs cannot)
-MAP_CHANGES = frozenset(
-    {
-        ChangeKind.ACCOUNT,
-        ChangeKind.GROUP,
-        ChangeKind.PEER,
-        ChangeKind.USER,
-        ChangeKind.SERVICE_CREATED,
-        ChangeKind.SERVICE_UPDATED,
-        ChangeKind.SERVICE_DELETED,
-        ChangeKind.DOMAIN,
-    }
-)
-
-
-class _Subscription:
-    """One Sync stream: a coalescing one-slot "rebuild" flag plus a closed flag.
-
-    Thread-safe: :meth:`mark` and :meth:`close` run in any thread (the store's
-    writer, the stopping service) and wake the stream's coroutine on its loop
-    through ``event``.
-    """
-
-    def __init__(self, account_id: str, peer_id: str, key: str,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.account_id = account_id
-        self.peer_id = peer_id
-        self.key = key
-        self.loop = loop
-        #: set (on ``loop``) on every mark and on close
-        self.event = asyncio.Event()
-        #: set (on ``loop``) on close only: interrupts a blocked write
-        self.closed_event = asyncio.Event()
-        self._lock = threading.Lock()
-        self.dirty = False
-        self.closed = False
-
-    def mark(self) -> None:
-        with self._lock:
-            self.dirty = True
-        wake_threadsafe(self.loop, self.event)
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-        wake_threadsafe(self.loop, self.event)
-        wake_threadsafe(self.loop, self.closed_event)
-
-    def take(self) -> bool:
-        """Consume a pending change; True if there was one (never once closed)."""
-        with self._lock:
-            if self.dirty and not self.closed:
-                self.dirty = False
-                return True
-            return False
-
-    async def next_change(self) -> bool:
-        """Wait (on the loop) for a change; True when one is pending, False once closed."""
-        while True:
-            if self.take():
-                return True
-            if self.closed:
-                return False
-            self.event.clear()
-            if self.dirty or self.closed:  # marked between take() and clear()
-                continue
-            await self.event.wait()
-
-
-class PeerUpdateHub:
-    """Routes store changes to the Sync streams of the affected account.
-
-    Also tracks the current stream per peer key (a new stream supersedes the
-    old one) and a per-account generation (a count of map changes).
-    ``before_mark`` (the map cache's invalidation) sees each map change before
-    any stream is woken.
-    """
-
-    def __init__(self, before_mark: Callable[[ChangeKind, str, tuple[str, ...]], None]
-                 | None = None) -> None:
-        self._before_mark = before_mark
-        self._lock = threading.Lock()
-        self._by_account: dict[str, set[_Subscription]] = {}
-        self._current: dict[str, _Subscription] = {}
-        self._generation: dict[str, int] = {}
-
-    def generation(self, account_id: str) -> int:
-        with self._lock:
-            return self._generation.get(account_id, 0)
-
-    def on_change(self, kind: ChangeKind, account_id: str, ids: tuple[str, ...]) -> None:
-        """Store change listener (runs after commit in the writing thread; cheap)."""
-        if kind not in MAP_CHANGES or not account_id:
-            return
-        if self._before_mark is not None:
-            self._before_mark(kind, account_id, ids)
-        with self._lock:
-            self._generation[account_id] = self._generation.get(account_id, 0) + 1
-            subs = list(self._by_account.get(account_id, ()))
-        for s in subs:
-            s.mark()
-
-    def subscribe(self, sub: _Subscription) -> _Subscription | None:
-        """Register ``sub``; returns the superseded stream of the same key, if any."""
-        with self._lock:
-            self._by_account.setdefault(sub.account_id, set()).add(sub)
-            old = self._current.get(sub.key)
-            self._current[sub.key] = sub
-        if old is not None:
-            old.close()
-        return old
-
-    def unsubscribe(self, sub: _Subscription) -> bool:
-        """Remove ``sub``; True if it was still the peer's current stream."""
-        with self._lock:
-            subs = self._by_account.get(sub.account_id)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._by_account[sub.account_id]
-            current = self._current.get(sub.key) is sub
-            if current:
-                del self._current[sub.key]
-        return current
-
-    def active(self) -> int:
-        with self._lock:
-            return sum(len(s) for s in self._by_account.values())
-
-    def close_all(self) -> None:
-        with self._lock:
-            subs = [s for group in self._by_account.values() for s in group]
-        for s in subs:
-            s.close()
 
 
 class _SerialClock:
@@ -352,7 +197,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         self._listening = False
         #: open NbgwSyncMany streams (added and removed on the loop; read by the
         #: store listener and close(): under _muxes_lock)
-        self._muxes: set[_SyncMany] = set()
+        self._muxes: set[SyncMany] = set()
         self._muxes_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -482,7 +327,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
             )
         source_prefixes = pb.PeerCapabilitySourcePrefixes in sync.meta.capabilities
         ipv6 = pb.PeerCapabilityIPv6Overlay in sync.meta.capabilities
-        sub = _Subscription(peer.account_id, peer.id, peer.key, loop)
+        sub = Subscription(peer.account_id, peer.id, peer.key, loop)
         self.hub.subscribe(sub)
         try:
             await self._stream(sub, peer_key, source_prefixes, context, ipv6=ipv6)
@@ -506,7 +351,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                                 "NbgwSyncMany needs the ProxyService token check")
         assert self.authenticate is not None
         caller = await self.authenticate(context)
-        mux = _SyncMany(self, caller, context, asyncio.get_running_loop())
+        mux = SyncMany(self, caller, context, asyncio.get_running_loop())
         with self._muxes_lock:
             self._muxes.add(mux)
         reader = asyncio.ensure_future(mux.read(request_iterator))
@@ -554,7 +399,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         resp.NetworkMap.Serial = 0
         return resp.SerializeToString(deterministic=True)
 
-    def _render(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool,
+    def _render(self, sub: Subscription, peer_key: bytes, source_prefixes: bool,
                 ipv6: bool, last: bytes) -> tuple[bytes, pb.EncryptedMessage | None] | None:
         """Build the peer's map (executor thread): ``None`` when the peer is gone,
         else ``(fingerprint, sealed response or None when unchanged)``."""
@@ -574,7 +419,7 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         resp.NetworkMap.Serial = self._serials.next()
         return fp, self._seal(resp, peer_key)
 
-    async def _stream(self, sub: _Subscription, peer_key: bytes, source_prefixes: bool,
+    async def _stream(self, sub: Subscription, peer_key: bytes, source_prefixes: bool,
                       context: Any, ipv6: bool = False) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -607,308 +452,18 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
                 await asyncio.sleep(self.coalesce_delay)
                 sub.take()
 
-    def _end(self, sub: _Subscription, loop: asyncio.AbstractEventLoop) -> None:
+    def _end(self, sub: Subscription, loop: asyncio.AbstractEventLoop) -> None:
         sub.close()
         if self.hub.unsubscribe(sub):
             loop.run_in_executor(None, self._mark_disconnected, sub)
 
-    def _mark_disconnected(self, sub: _Subscription) -> None:
+    def _mark_disconnected(self, sub: Subscription) -> None:
         try:
             self.store.peers.set_connected(sub.account_id, sub.peer_id, False, reload=False)
         except NotFound:
             pass
         except Exception:
             log.failure("marking peer {peer_id} disconnected failed", peer_id=sub.peer_id)
-
-
-class _MuxSubscription(_Subscription):
-    """A peer carried by a :class:`_SyncMany`: marks and closes wake the
-    stream's writer (no events of its own)."""
-
-    def __init__(self, account_id: str, peer_id: str, key: str, mux: _SyncMany) -> None:
-        self.account_id = account_id
-        self.peer_id = peer_id
-        self.key = key
-        self.mux = mux
-        self._lock = threading.Lock()
-        self.dirty = False
-        self.closed = False
-
-    def mark(self) -> None:
-        self.mux.wake_threadsafe(self)
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-        self.mux.wake_threadsafe(self)
-
-
-class _MuxPeer:
-    __slots__ = ("ipv6", "last", "peer_key", "source_prefixes", "sub")
-
-    def __init__(self, sub: _MuxSubscription, peer_key: bytes, source_prefixes: bool,
-                 ipv6: bool) -> None:
-        self.sub = sub
-        self.peer_key = peer_key
-        self.source_prefixes = source_prefixes
-        self.ipv6 = ipv6
-        #: fingerprint of the last map sent to the peer
-        self.last = b""
-
-
-def _frame_status(key: str, code: grpc.StatusCode, details: str) -> pb.NbgwPeerSyncFrame:
-    return pb.NbgwPeerSyncFrame(nbgw_peer=key, nbgw_code=code.value[0], nbgw_details=details,
-                                nbgw_leave=True)
-
-
-class _SyncMany:
-    """One ``NbgwSyncMany`` stream: the peers it carries, its pending renders
-    (one per peer at most) and its bounded outbox. Everything here runs on
-    the server's loop thread except :meth:`wake_threadsafe` and
-    :meth:`stop_threadsafe`."""
-
-    def __init__(self, servicer: ManagementServicer, caller: ProxyAccessToken, context: Any,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.servicer = servicer
-        self.caller = caller
-        self.context = context
-        self.loop = loop
-        self.peers: dict[str, _MuxPeer] = {}
-        #: keys whose map is to be rendered (an ordered set: each key once)
-        self.ready: dict[str, None] = {}
-        self.outbox: deque[pb.NbgwPeerSyncFrame] = deque()
-        self.wake = asyncio.Event()
-        self.room = asyncio.Event()
-        self.stop = asyncio.Event()
-        #: attach tasks in flight by key (a key's frames are handled in order)
-        self.attaching: dict[str, asyncio.Task[None]] = {}
-        self.attach_slots = asyncio.Semaphore(MUX_CONCURRENCY)
-        #: keys being rendered, and those marked again meanwhile
-        self.rendering: set[str] = set()
-        self.again: set[str] = set()
-        #: keys with a change waiting for coalesce_delay
-        self.delayed: set[str] = set()
-        #: the stream's token was revoked (it ends UNAUTHENTICATED)
-        self.revoked = False
-
-    # -- any thread ---------------------------------------------------------------------
-
-    def wake_threadsafe(self, sub: _MuxSubscription) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: the stream is gone
-            self.loop.call_soon_threadsafe(self._woken, sub)
-
-    def stop_threadsafe(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._stop)
-
-    def recheck_threadsafe(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._recheck()))
-
-    async def _recheck(self) -> None:
-        valid = await self.loop.run_in_executor(None, self.servicer._token_valid,
-                                                self.caller.id)
-        if not valid:
-            self.revoked = True
-            self._stop()
-
-    # -- loop thread -------------------------------------------------------------------
-
-    def _stop(self) -> None:
-        self.stop.set()
-        self.wake.set()
-        self.room.set()
-
-    def _woken(self, sub: _MuxSubscription) -> None:
-        st = self.peers.get(sub.key)
-        if st is None or st.sub is not sub:
-            return
-        key = sub.key
-        if sub.closed:  # superseded by a newer stream of the key, or the service stops
-            self._drop(key, pb.NbgwPeerSyncFrame(nbgw_peer=key, nbgw_leave=True))
-        elif key not in self.delayed:
-            # let the rest of a burst land: one render per peer per coalesce_delay
-            delay = self.servicer.coalesce_delay
-            if delay > 0:
-                self.delayed.add(key)
-                self.loop.call_later(delay, self._due, key)
-            else:
-                self._due(key)
-
-    def _due(self, key: str) -> None:
-        self.delayed.discard(key)
-        if key not in self.peers:
-            return
-        if key in self.rendering:
-            self.again.add(key)  # rendered again once the render in flight is done
-        else:
-            self.ready[key] = None
-            self.wake.set()
-
-    def reader_done(self, task: asyncio.Future[None]) -> None:
-        # a clean end of the requests (half-close) keeps the maps flowing; an
-        # error or cancellation of the call ends the stream
-        if task.cancelled() or task.exception() is not None:
-            self._stop()
-
-    def _refuse(self, key: str, code: grpc.StatusCode, details: str) -> None:
-        self.outbox.append(_frame_status(key, code, details))
-        self.wake.set()
-
-    def _drop(self, key: str, frame: pb.NbgwPeerSyncFrame | None = None) -> None:
-        """Stop carrying ``key`` (and queue ``frame`` for it, if given)."""
-        st = self.peers.pop(key, None)
-        self.ready.pop(key, None)
-        self.again.discard(key)
-        if st is not None:
-            sub = st.sub
-            sub.closed = True
-            servicer = self.servicer
-            if servicer.hub.unsubscribe(sub):
-                self.loop.run_in_executor(None, servicer._mark_disconnected, sub)
-            servicer._slots.release(sub.account_id, True)
-        if frame is not None:
-            self.outbox.append(frame)
-            self.wake.set()
-
-    def drop_all(self) -> None:
-        for task in list(self.attaching.values()):
-            task.cancel()
-        for key in list(self.peers):
-            self._drop(key)
-
-    async def read(self, requests: AsyncIterator[pb.NbgwPeerSyncFrame]) -> None:
-        async for frame in requests:
-            while len(self.outbox) >= MUX_OUTBOX and not self.stop.is_set():
-                self.room.clear()
-                await self.room.wait()  # backpressure: the writer drains first
-            if self.stop.is_set():
-                return
-            key = frame.nbgw_peer
-            previous = self.attaching.get(key)
-            if previous is not None:  # this key's frames in order
-                await asyncio.wait({previous})
-            await self.attach_slots.acquire()
-            if self.stop.is_set():
-                self.attach_slots.release()
-                return
-            task = asyncio.ensure_future(self._attach(frame))
-            self.attaching[key] = task
-            task.add_done_callback(functools.partial(self._attached, key))
-
-    def _attached(self, key: str, task: asyncio.Task[None]) -> None:
-        self.attach_slots.release()
-        if self.attaching.get(key) is task:
-            del self.attaching[key]
-        if not task.cancelled() and task.exception() is not None:
-            log.failure("attaching peer {key} failed", Failure(task.exception()), key=key)
-            self._refuse(key, grpc.StatusCode.INTERNAL, "attach failed")
-
-    async def _attach(self, frame: pb.NbgwPeerSyncFrame) -> None:
-        key = frame.nbgw_peer
-        self._drop(key)
-        if frame.nbgw_leave:
-            return
-        servicer, loop = self.servicer, self.loop
-        if len(self.peers) >= servicer.max_streams:
-            self._refuse(key, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many peers on one stream")
-            return
-        message = frame.nbgw_message
-        if message.wgPubKey != key:
-            self._refuse(key, grpc.StatusCode.INVALID_ARGUMENT,
-                         "frame and message name different peers")
-            return
-        try:
-            peer_key, peer, sync = await loop.run_in_executor(None, servicer._sync_open, message)
-        except RpcAbortError as exc:
-            self._refuse(key, exc.code, exc.details)
-            return
-        if not peer.proxy:
-            self._refuse(key, grpc.StatusCode.PERMISSION_DENIED,
-                         "only proxy peers may share a stream; use Sync")
-            return
-        if self.caller.account_id is not None and peer.account_id != self.caller.account_id:
-            self._refuse(key, grpc.StatusCode.PERMISSION_DENIED,
-                         f"account-scoped token cannot access account {peer.account_id}")
-            return
-        if not servicer._slots.acquire(peer.account_id, True):
-            self._refuse(key, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         "too many concurrent sync requests, please try again later")
-            return
-        if self.stop.is_set():
-            servicer._slots.release(peer.account_id, True)
-            return
-        # carried from here on: _drop (a refusal, the stream's end, a
-        # cancellation) gives back the slot and marks the peer disconnected
-        sub = _MuxSubscription(peer.account_id, peer.id, peer.key, self)
-        st = self.peers[key] = _MuxPeer(
-            sub, peer_key, pb.PeerCapabilitySourcePrefixes in sync.meta.capabilities,
-            pb.PeerCapabilityIPv6Overlay in sync.meta.capabilities)
-        servicer.hub.subscribe(sub)
-        try:
-            await loop.run_in_executor(None, functools.partial(
-                servicer.store.peers.set_connected, peer.account_id, peer.id, True,
-                reload=False))
-        except NotFound:
-            if self.peers.get(key) is st:
-                self._drop(key, _frame_status(key, grpc.StatusCode.PERMISSION_DENIED,
-                                              "peer is not registered"))
-            return
-        if self.peers.get(key) is st:
-            self._due(key)  # the initial map
-
-    async def write_loop(self) -> None:
-        context = self.context
-        while not self.stop.is_set():
-            if self.outbox:
-                frame = self.outbox.popleft()
-                self.room.set()
-                if not await write_or_stop(context, frame, self.stop):
-                    return
-                continue
-            if self.ready and len(self.rendering) < MUX_CONCURRENCY:
-                key = next(iter(self.ready))
-                del self.ready[key]
-                self.rendering.add(key)
-                task = asyncio.ensure_future(self._render(key, self.peers[key]))
-                task.add_done_callback(functools.partial(self._rendered, key))
-                continue
-            self.wake.clear()
-            await self.wake.wait()
-
-    def _rendered(self, key: str, task: asyncio.Task[None]) -> None:
-        self.rendering.discard(key)
-        if key in self.again:
-            self.again.discard(key)
-            if key in self.peers:
-                self.ready[key] = None
-        self.wake.set()
-
-    async def _render(self, key: str, st: _MuxPeer) -> None:
-        """Render ``key``'s map (executor) and queue it, or its end."""
-        try:
-            out = await self.loop.run_in_executor(
-                None, self.servicer._render, st.sub, st.peer_key, st.source_prefixes,
-                st.ipv6, st.last)
-        except NotFound:  # the account went away
-            out = None
-        except Exception:
-            log.failure("rendering the map of peer {peer_id} failed", peer_id=st.sub.peer_id)
-            if self.peers.get(key) is st:
-                self._drop(key, _frame_status(key, grpc.StatusCode.INTERNAL,
-                                              "network map failed"))
-            return
-        if self.peers.get(key) is not st:
-            return  # left or replaced meanwhile
-        if out is None:
-            log.info("sync of removed peer {peer_id} ends", peer_id=st.sub.peer_id)
-            self._drop(key, _frame_status(key, grpc.StatusCode.PERMISSION_DENIED,
-                                          "peer is not registered"))
-            return
-        fp, sealed = out
-        if sealed is not None:
-            st.last = fp
-            self.outbox.append(pb.NbgwPeerSyncFrame(nbgw_peer=key, nbgw_message=sealed))
 
 
 def add_to_server(

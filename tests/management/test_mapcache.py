@@ -38,12 +38,8 @@ from nbgateway.management.networkmap import (
     to_proto_network_map,
     to_proto_peer_config,
 )
-from nbgateway.management.peerchannel import (
-    ManagementServicer,
-    PeerUpdateHub,
-    _Subscription,
-    access_digest,
-)
+from nbgateway.management.peerchannel import ManagementServicer, access_digest
+from nbgateway.management.peerhub import PeerUpdateHub, Subscription
 from nbgateway.management.synthetic import load_account_view
 from nbgateway.peerbox import encode_wg_key, open_message
 
@@ -300,7 +296,7 @@ def test_render_builds_each_map_once_per_revision(store, monkeypatch):
         real = servicer._encoded
         monkeypatch.setattr(servicer, "_encoded",
                             lambda view, pid, sp, v6: builds.append(pid) or real(view, pid, sp, v6))
-        sub = _Subscription(ACCT, proxy.id, proxy.key)
+        sub = Subscription(ACCT, proxy.id, proxy.key)
         fp, sealed = servicer._render(sub, bytes(gw_key.public_key), True, False, b"")
         assert sealed is not None and builds == [proxy.id]
         got = open_message(sealed.body, pb.SyncResponse(), server_key.public_bytes,

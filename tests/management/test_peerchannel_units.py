@@ -14,11 +14,8 @@ from nacl.public import Box, PrivateKey
 from nbgateway._proto import management_pb2 as pb
 from nbgateway.management.crypto_box import ServerKey
 from nbgateway.management.model import ChangeKind
-from nbgateway.management.peerchannel import (
-    PeerUpdateHub,
-    _SerialClock,
-    _Subscription,
-)
+from nbgateway.management.peerchannel import _SerialClock
+from nbgateway.management.peerhub import PeerUpdateHub, Subscription
 from nbgateway.peerbox import (
     NONCE_SIZE,
     OVERHEAD,
@@ -132,7 +129,7 @@ def test_server_key_corrupt_file_is_an_error(tmp_path):
 
 
 def test_subscription_coalesces_bursts_into_one_pending_flag():
-    s = _Subscription("acct", "peer", "key")
+    s = Subscription("acct", "peer", "key")
     for _ in range(1000):
         s.mark()
     assert s.take() is True
@@ -144,8 +141,8 @@ def test_subscription_coalesces_bursts_into_one_pending_flag():
 
 def test_hub_routes_by_account_and_kind():
     hub = PeerUpdateHub()
-    a = _Subscription("acct-a", "p1", "k1")
-    b = _Subscription("acct-b", "p2", "k2")
+    a = Subscription("acct-a", "p1", "k1")
+    b = Subscription("acct-b", "p2", "k2")
     hub.subscribe(a)
     hub.subscribe(b)
     hub.on_change(ChangeKind.GROUP, "acct-a", ("g",))
@@ -161,8 +158,8 @@ def test_hub_routes_by_account_and_kind():
 
 def test_hub_new_stream_supersedes_old_one_for_same_key():
     hub = PeerUpdateHub()
-    old = _Subscription("acct", "p1", "k1")
-    new = _Subscription("acct", "p1", "k1")
+    old = Subscription("acct", "p1", "k1")
+    new = Subscription("acct", "p1", "k1")
     hub.subscribe(old)
     assert hub.subscribe(new) is old
     assert old.closed and not new.closed

@@ -389,7 +389,7 @@ def test_refusals_are_bounded_and_stop_the_reader(tmp_path) -> None:
     import asyncio
 
     from nbgateway.management.model import ProxyAccessToken
-    from nbgateway.management.peerchannel import MUX_CONCURRENCY, MUX_OUTBOX, _SyncMany
+    from nbgateway.management.syncmany import MUX_CONCURRENCY, MUX_OUTBOX, SyncMany
 
     store = Store.open(f"sqlite:///{tmp_path}/s.db", known_clusters=[CLUSTER])
     servicer = ManagementServicer(store, ServerKey.generate())
@@ -412,7 +412,7 @@ def test_refusals_are_bounded_and_stop_the_reader(tmp_path) -> None:
 
     async def run() -> tuple[int, int, int]:
         context = Blocked()
-        mux = _SyncMany(servicer, ProxyAccessToken(id="t"), context,
+        mux = SyncMany(servicer, ProxyAccessToken(id="t"), context,
                         asyncio.get_running_loop())
         reader = asyncio.ensure_future(mux.read(requests()))
         writer = asyncio.ensure_future(mux.write_loop())
