@@ -9,12 +9,7 @@ that reports loss only when told (as a netstack connection after a FIN)."""
 from __future__ import annotations
 
 import contextlib
-import datetime
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl, task
 from twisted.internet.address import IPv4Address
@@ -30,30 +25,16 @@ from zope.interface import directlyProvides, providedBy
 
 from nbgateway.tls import records
 from nbgateway.tls.dispatch import DeadlineTLSProtocol, TLSOrPlainFactory, _provide_like
+from tests.tls._certs import self_signed_options
 
 ADDR = IPv4Address("TCP", "100.64.0.10", 40000)
 
 
-def _options(**kw) -> ssl.CertificateOptions:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc.example")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
-    pc = ssl.PrivateCertificate.loadPEM(pem)
-    return ssl.CertificateOptions(privateKey=pc.privateKey.original,
-                                  certificate=pc.original,
-                                  acceptableProtocols=[b"h2", b"http/1.1"], **kw)
 
 
-OPTIONS = _options()
+OPTIONS = self_signed_options()
 #: stateless session tickets, as the listeners' contexts (nbgateway.tls.contexts)
-TICKETS = _options(enableSessionTickets=True)
+TICKETS = self_signed_options(enableSessionTickets=True)
 
 
 class Echo(Protocol):

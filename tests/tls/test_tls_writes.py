@@ -6,37 +6,15 @@ client on memory BIOs, the server's transport a StringTransport, task.Clock."""
 
 from __future__ import annotations
 
-import datetime
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from twisted.internet import ssl, task
+from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from nbgateway.tls.dispatch import TLSOrPlainFactory
-
-
-def _options() -> ssl.CertificateOptions:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc.example")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
-    pc = ssl.PrivateCertificate.loadPEM(pem)
-    return ssl.CertificateOptions(privateKey=pc.privateKey.original,
-                                  certificate=pc.original,
-                                  acceptableProtocols=[b"h2", b"http/1.1"])
+from tests.tls._certs import self_signed_options
 
 
 class TwoWrites(Protocol):
@@ -61,7 +39,7 @@ class Wire(StringTransport):
 class TLSWriteTests(unittest.SynchronousTestCase):
     def connect(self, alpn: bytes, early: bytes = b""):
         self.clock = task.Clock()
-        factory = TLSOrPlainFactory(_options(), Factory.forProtocol(TwoWrites),
+        factory = TLSOrPlainFactory(self_signed_options(), Factory.forProtocol(TwoWrites),
                                     clock=self.clock)
         factory.tls_factory._clock = self.clock  # Twisted's aggregator timer
         self.wire = Wire()
