@@ -33,6 +33,11 @@ listener's TLS-or-plain factory (the gateway's TLS protocol on pyOpenSSL
 memory BIOs, a self-signed P-256 certificate) with the lean upstream client;
 only the server side's CPU time is counted.
 
+``--chunked`` (with the lean upstream client) makes the upstream answer
+with ``Transfer-Encoding: chunked`` (the 512 bytes as one chunk, then the
+``0\r\n\r\n`` terminator, in one read); the client transport writes per
+response are printed too (HTTPS: TLS records).
+
 ``--against DIR`` compares this tree with another checkout of the project
 (e.g. ``git worktree add /tmp/base <commit>``): each round runs this script
 once with DIR's package and once with this tree's, alternating the order,
@@ -40,7 +45,7 @@ in subprocesses, and prints both medians and current / baseline per variant.
 
 Run:  .venv/bin/python bench/http_path.py [--requests 20000] [--rounds 5]
       [--pipeline 1]   (requests per client write: 1 = request/response)
-      [--inflight 1] [--upstream answer|lean] [--tls] [--against DIR]
+      [--inflight 1] [--upstream answer|lean] [--tls] [--chunked] [--against DIR]
 """
 
 from __future__ import annotations
@@ -164,6 +169,13 @@ class Pools:
 UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
                      b"Server: nginx\r\nDate: Sun, 06 Dec 2026 08:00:00 GMT\r\n\r\n"
                      % len(BODY)) + BODY
+UPSTREAM_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n"
+                    b"Server: nginx\r\nDate: Sun, 06 Dec 2026 08:00:00 GMT\r\n\r\n"
+                    b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY))
+#: what the in-memory upstream answers (``--chunked``: UPSTREAM_CHUNKED)
+ANSWER = [UPSTREAM_RESPONSE]
+#: client transport writes per response of the last lean/TLS run, per variant
+WRITES: dict[bool, float] = {}
 
 
 class _UpstreamWire(StringTransport):
@@ -215,7 +227,7 @@ class LeanPools:
     def flush(self) -> None:
         queue, self.queue = self.queue, []
         for proto in queue:
-            proto.dataReceived(UPSTREAM_RESPONSE)
+            proto.dataReceived(ANSWER[0])
 
 
 class Sent(StringTransport):
@@ -226,9 +238,11 @@ class Sent(StringTransport):
                          hostAddress=IPv4Address("TCP", "100.64.0.1", 80))
         self.bytes = 0
         self.ok = 0
+        self.writes = 0
 
     def write(self, data: bytes) -> None:
         self.bytes += len(data)
+        self.writes += 1
         if data.startswith(b"HTTP/1.1 200 OK\r\n"):
             self.ok += 1
 
@@ -421,6 +435,7 @@ def _run_lean(channels: list[Any], transports: list[Sent], sink: Sink, pools: Le
         channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes, the pool
     pools.flush()
     writes = max(1, requests // inflight)
+    writes0 = sum(t.writes for t in transports)
     t0 = time.process_time()
     for _ in range(writes):
         for channel in channels:
@@ -428,6 +443,8 @@ def _run_lean(channels: list[Any], transports: list[Sent], sink: Sink, pools: Le
         pools.flush()
     cpu = time.process_time() - t0
     served = writes + 1
+    sent = sum(t.writes for t in transports) - writes0
+    WRITES[getattr(channels[0], "fast", False)] = sent / (writes * inflight)
     for channel, transport in zip(channels, transports, strict=True):
         if transport.ok != served:
             raise SystemExit(f"check failed: {transport.ok} responses for {served} requests")
@@ -444,6 +461,7 @@ def against(args: argparse.Namespace) -> int:
     trees = {"baseline": os.path.abspath(args.against), "current": here}
     results: dict[str, dict[str, list[float]]] = {t: {"fast": [], "twisted.web": []}
                                                    for t in trees}
+    writes: dict[str, dict[str, float]] = {t: {} for t in trees}
     for i in range(args.rounds):
         for name in (("baseline", "current") if i % 2 == 0 else ("current", "baseline")):
             env = dict(os.environ, PYTHONPATH=trees[name])
@@ -451,13 +469,15 @@ def against(args: argparse.Namespace) -> int:
                 [sys.executable, os.path.abspath(__file__), "--json", "--rounds", "1",
                  "--requests", str(args.requests), "--pipeline", str(args.pipeline),
                  "--inflight", str(args.inflight), "--upstream", args.upstream]
-                + (["--tls"] if args.tls else []),
+                + (["--tls"] if args.tls else []) + (["--chunked"] if args.chunked else []),
                 env=env, cwd="/", check=True, capture_output=True, text=True).stdout
             one = json.loads(out.strip().splitlines()[-1])
             if one["tree"] != os.path.join(trees[name], "nbgateway"):
                 raise SystemExit(f"round ran {one['tree']}, not {trees[name]}")
             for variant in ("fast", "twisted.web"):
                 results[name][variant].append(one[variant])
+                if variant in one.get("writes", {}):
+                    writes[name][variant] = one["writes"][variant]
     print(f"{args.requests} requests x {args.rounds} alternated rounds, {args.pipeline} "
           f"request(s) per write, {args.inflight} in flight, upstream "
           f"{'lean' if args.tls else args.upstream}"
@@ -471,6 +491,10 @@ def against(args: argparse.Namespace) -> int:
         for name in trees:
             print(f"      {name:9s} rounds: " + " ".join(f"{x:.1f}"
                                                        for x in results[name][variant]))
+        if variant in writes["current"]:
+            print(f"      client transport writes per response: baseline "
+                  f"{writes['baseline'].get(variant, float('nan')):.2f}  current "
+                  f"{writes['current'][variant]:.2f}")
     return 0
 
 
@@ -485,10 +509,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls", action="store_true",
                         help="HTTPS: one TLS connection through the listener's TLS protocol, "
                              "lean upstream client (server-side CPU only)")
+    parser.add_argument("--chunked", action="store_true",
+                        help="the lean upstream answers chunked (one read, one chunk)")
     parser.add_argument("--variant", choices=("both", "fast", "twisted.web"), default="both",
                         help="run only one server path (e.g. under perf stat)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.chunked:
+        ANSWER[0] = UPSTREAM_CHUNKED
     if args.against:
         return against(args)
     results: dict[bool, list[float]] = {True: [], False: []}
@@ -499,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if args.tls:
                 cpu, writes = run_tls(fast, args.requests)
+                WRITES[fast] = writes
                 if not args.json:
                     print(f"  {'fast' if fast else 'twisted.web'}: {cpu:.1f} us, "
                           f"{writes:.2f} TLS transport writes per response", file=sys.stderr)
@@ -511,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         import nbgateway
 
         print(json.dumps({"fast": fast, "twisted.web": slow,
+                          "writes": {("fast" if k else "twisted.web"): v
+                                     for k, v in WRITES.items()},
                           "tree": os.path.dirname(os.path.abspath(nbgateway.__file__))}))
         return 0
     print(f"{args.requests} requests x {args.rounds} alternated rounds, "
@@ -521,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  twisted.web   {slow:8.1f}   rounds: "
           + " ".join(f"{x:.1f}" for x in results[False]))
     print(f"  fast / twisted.web: {fast / slow:.3f}")
+    for k, v in WRITES.items():
+        print(f"  {'fast path' if k else 'twisted.web'} client transport writes per response: "
+              f"{v:.2f}")
     return 0
 
 

@@ -17,9 +17,11 @@ Runs:
 * ``keepalive``: one connection, ``--requests`` request/response exchanges;
   server CPU microseconds per request, and the transport writes (TLS
   flushes) per response;
-* ``chunked``: the same with a chunked response written as the fast path
-  writes one (head + first chunk, then the ``0\\r\\n\\r\\n`` terminator in a
-  second write): transport writes per response;
+* ``chunked``: the same with a chunked response in two writes (head + first
+  chunk, then the ``0\\r\\n\\r\\n`` terminator: what the fast path does when
+  the upstream's terminator arrives in a later read; in the same read it is
+  one write, ``bench/http_path.py --tls --chunked``): transport writes per
+  response;
 * ``plain``: the keep-alive run without TLS (the same responder through the
   factory's plain branch): the TLS layer's share is keepalive - plain;
 * ``handshake``: ``--connections`` new connections, each a full handshake,

@@ -175,6 +175,14 @@ class _BodyProducer:
 
     abortConnection = stopProducing
 
+    def hold_until_read_end(self, flush: Any) -> bool:
+        """While a read is being parsed: ``flush()`` once it is (the relay's
+        writes of that read can go out as one); False otherwise."""
+        if not self.conn._feeding:
+            return False
+        self.conn._read_end = flush
+        return True
+
 
 class LeanResponse:
     """The parts of ``IResponse`` the reverse proxy reads."""
@@ -212,6 +220,9 @@ class _ChunkedWriter:
 
 class UpstreamConnection(Protocol):
     """One upstream HTTP/1.1 connection; one exchange at a time."""
+
+    #: called once the read being parsed is (``_BodyProducer.hold_until_read_end``)
+    _read_end: Any = None
 
     def __init__(self, pool: ConnectionPool, key: tuple[bytes, bytes, int]) -> None:
         self.pool = pool
@@ -439,6 +450,7 @@ class UpstreamConnection(Protocol):
             self._parser.feed_data(data)
         except Exception as exc:  # malformed upstream response
             self._feeding = False
+            self._end_read()
             self._release_pending = False
             if self._active:
                 self._fail(Failure(ResponseFailed([Failure(exc)])))
@@ -446,6 +458,8 @@ class UpstreamConnection(Protocol):
                 self.transport.abortConnection()
             return
         self._feeding = False
+        if self._read_end is not None:
+            self._end_read()
         if self._release_pending:
             self._release_pending = False
             if self._stray:
@@ -455,6 +469,11 @@ class UpstreamConnection(Protocol):
             return
         if self._head_method and self._head_done and self._active:
             self._finished()
+
+    def _end_read(self) -> None:
+        flush, self._read_end = self._read_end, None
+        if flush is not None:
+            flush()
 
     def deliver(self, protocol: Any) -> None:
         self._protocol = protocol

@@ -12,7 +12,9 @@ line-by-line ``HTTPChannel`` parser and ``server.Request``:
   ``Request.process``; the status line, headers and first body bytes go out
   in one transport write, with the same default headers (``Server``, a
   ``Date`` formatted once per second), the same chunked framing and the same
-  persistence rules as twisted.web;
+  persistence rules as twisted.web; a chunked response relayed from the lean
+  upstream client leaves in one write per upstream read, the terminator
+  with the last chunk when the message ends in that read;
 - bodies: ``Content-Length`` bodies up to
   :data:`~nbgateway.proxy.streaming.STREAM_THRESHOLD` are buffered and
   dispatched complete (as twisted.web does), larger ones are streamed through
@@ -189,6 +191,9 @@ class FastRequest:
     startedWriting = False
     finished = False
     _disconnected = False
+    #: chunked response bytes held to the end of the upstream's read (or
+    #: the response's end): see ``_send``
+    _held: list[bytes] | None = None
 
     def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
                  headers: Headers, close: bool) -> None:
@@ -296,10 +301,10 @@ class FastRequest:
                 self.write = _ignore  # type: ignore[method-assign]
                 return
             self.sentLength += len(data)
-            if not data:
+            if self.chunked:
+                self._send(b"%s%x\r\n%s\r\n" % (head, len(data), data) if data else head)
+            elif not data:
                 transport.write(head)
-            elif self.chunked:
-                transport.write(b"%s%x\r\n%s\r\n" % (head, len(data), data))
             else:
                 transport.write(head + data)
             return
@@ -307,9 +312,30 @@ class FastRequest:
             return
         self.sentLength += len(data)
         if self.chunked:
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._send(b"%x\r\n%s\r\n" % (len(data), data))
         else:
             transport.write(data)
+
+    def _send(self, piece: bytes) -> None:
+        """Chunked bytes out.  While the upstream client is parsing a read
+        (its producer's ``hold_until_read_end``) they are held and go out at
+        the end of that read, or with the ``0\\r\\n\\r\\n`` terminator when
+        the message ended in it: one transport write (one TLS record, one
+        segment) per upstream read.  Held bytes are bounded by one read."""
+        held = self._held
+        if held is not None:
+            held.append(piece)
+            return
+        hold = getattr(self.producer, "hold_until_read_end", None)
+        if hold is not None and hold(self._flush_held):
+            self._held = [piece]
+            return
+        self.transport.write(piece)
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, None
+        if held and not self._disconnected:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def finish(self) -> None:
         if self._disconnected:
@@ -318,9 +344,18 @@ class FastRequest:
         if self.finished:
             return
         if not self.startedWriting:
+            if self._held is None:
+                self._held = []  # the head goes out with the terminator
             self.write(b"")
         if self.chunked:
-            self.transport.write(b"0\r\n\r\n")
+            held, self._held = self._held, None
+            if held:
+                held.append(b"0\r\n\r\n")
+                self.transport.write(b"".join(held))
+            else:
+                self.transport.write(b"0\r\n\r\n")
+        else:
+            self._held = None
         self.finished = True
         channel = self.channel
         if self.body_stream is not None and not self.body_stream.complete:
@@ -340,6 +375,7 @@ class FastRequest:
 
     def connectionLost(self, reason: Failure) -> None:
         self._disconnected = True
+        self._held = None
         self.channel = None
         if self.body_stream is not None:
             self.body_stream.abort(reason)
