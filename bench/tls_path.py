@@ -40,8 +40,16 @@ also runs DIR's package (e.g. a ``git worktree`` of an earlier commit) in
 alternate subprocesses, so a change that has no switch (the cached
 interface declaration) is measured too.  Medians over ``--rounds``.
 
+``--store`` replaces the fixed certificate source with a real
+:class:`~nbgateway.tls.certstore.CertificateStore` (no certificate files: the
+default name's leaf from its local CA, as a gateway without configured
+certificates serves), so the store's lookups per connection are counted;
+``--baseline-variant records`` runs DIR with its record path on (a DIR that
+has one) instead of Twisted's.
+
 Run:  .venv/bin/python bench/tls_path.py [--requests 20000] [--connections 2000]
-      [--rounds 5] [--no-tickets] [--against DIR] [--json out.json]
+      [--rounds 5] [--no-tickets] [--store] [--against DIR
+      [--baseline-variant twisted|records]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -94,6 +102,12 @@ class _Source:
         return self.ck
 
 
+#: a real CertificateStore's data directory (``--store``), else None
+STORE_DIR: list[str | None] = [None]
+#: the SNIServerCreator of the last ``build``
+CREATOR: list[Any] = [None]
+
+
 def build(records_on: bool, no_tickets: bool, responder: str) -> Any:
     """The listener factory, its clock and a client context."""
     from OpenSSL import SSL
@@ -103,8 +117,16 @@ def build(records_on: bool, no_tickets: bool, responder: str) -> Any:
     from nbgateway.tls.contexts import SNIServerCreator, context_for
     from nbgateway.tls.dispatch import TLSOrPlainFactory
 
-    ck = _certified_key()
-    creator = SNIServerCreator(_Source(ck), NAME)
+    if STORE_DIR[0] is not None:
+        from nbgateway.tls.certstore import CertificateStore
+
+        store = CertificateStore(None, None, STORE_DIR[0], default_name=NAME)
+        ck = store.certificate_for(NAME)
+        creator = SNIServerCreator(store, NAME)
+    else:
+        ck = _certified_key()
+        creator = SNIServerCreator(_Source(ck), NAME)
+    CREATOR[0] = creator
     if no_tickets:
         creator._base_context().set_options(SSL.OP_NO_TICKET)
         context_for(ck).set_options(SSL.OP_NO_TICKET)
@@ -292,6 +314,19 @@ def run_keepalive(records_on: bool, requests: int, responder: str, tls: bool) ->
             "writes_per_resp": (c.wire.writes - w0) / requests}
 
 
+def run_creator(connections: int) -> dict:
+    """``SNIServerCreator.serverConnectionForTLS`` alone (the default
+    certificate's lookup and the ``SSL.Connection``), CPU us per call."""
+    build(True, False, "length")
+    creator = CREATOR[0]
+    for _ in range(100):
+        creator.serverConnectionForTLS(None)
+    t0 = time.thread_time()
+    for _ in range(connections * 10):
+        creator.serverConnectionForTLS(None)
+    return {"us_per_conn": (time.thread_time() - t0) * 1e6 / (connections * 10)}
+
+
 def run_handshakes(records_on: bool, connections: int, no_tickets: bool) -> dict:
     factory, clock, cctx = build(records_on, no_tickets, "later")
     close = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
@@ -315,6 +350,7 @@ def one(args: argparse.Namespace, variant: str) -> dict:
         "chunked": run_keepalive(on, args.requests // 4, "chunked", True),
         "plain": run_keepalive(on, args.requests, "length", False),
         "handshake": run_handshakes(on, args.connections, args.no_tickets),
+        "creator": run_creator(args.connections),
     }
 
 
@@ -324,17 +360,27 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-tickets", action="store_true")
+    ap.add_argument("--store", action="store_true",
+                    help="a real CertificateStore (local-CA default leaf) as the source")
+    ap.add_argument("--baseline-variant", choices=("twisted", "records"), default="twisted")
     ap.add_argument("--against", help="another checkout: its package is run too, alternated")
     ap.add_argument("--json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        if args.store:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                STORE_DIR[0] = tmp
+                print(json.dumps(one(args, args.child)))
+            return
         print(json.dumps(one(args, args.child)))
         return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     variants = [("records", here, "records"), ("twisted", here, "twisted")]
     if args.against:
-        variants.append(("baseline", os.path.abspath(args.against), "twisted"))
+        variants.append(("baseline", os.path.abspath(args.against), args.baseline_variant))
     results: dict[str, list[dict]] = {v[0]: [] for v in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
@@ -344,6 +390,8 @@ def main() -> None:
                    "--requests", str(args.requests), "--connections", str(args.connections)]
             if args.no_tickets:
                 cmd.append("--no-tickets")
+            if args.store:
+                cmd.append("--store")
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True,
                                  cwd=tree)
             results[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -358,7 +406,8 @@ def main() -> None:
             ("same without TLS, CPU us/request", "plain", "us_per_req"),
             ("new connection (handshake, 1 request, close), CPU us", "handshake",
              "us_per_conn"),
-            ("new connection, transport writes", "handshake", "writes_per_conn")]
+            ("new connection, transport writes", "handshake", "writes_per_conn"),
+            ("serverConnectionForTLS alone, CPU us", "creator", "us_per_conn")]
     labels = [v[0] for v in variants]
     print(f"{'medians of ' + str(args.rounds) + ' alternated rounds':58}"
           + "".join(f"{x:>11}" for x in labels))

@@ -7,7 +7,13 @@ netstack connections alike).  Every connection starts on a base context
 whose servername callback asks the :class:`~nbgateway.tls.ICertificateSource`
 for the ClientHello's SNI name and switches the connection to that
 certificate's context (built once per :class:`CertifiedKey` and cached on it).
-No SNI gets the certificate for ``default_name``.
+No SNI gets the certificate for ``default_name``.  With a source that
+counts its reloads (``reloads``: :class:`~nbgateway.tls.certstore.
+CertificateStore`) that certificate is looked up once, not per connection:
+again after a reload, and once its renewal is due (two thirds of its
+lifetime, as the store renews a local-CA leaf; then at most once a minute
+while the store keeps returning the same certificate).  Other sources are
+asked per connection.
 
 Each listener has its own creator (``listener_account``: None for the public
 listener, the account id for a tunnel listener) and an optional ``visible``
@@ -47,6 +53,7 @@ trust store or a given CA bundle) unless the mapping sets
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -61,9 +68,13 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from nbgateway.tls import certstore as _certstore
 from nbgateway.tls.certstore import CertifiedKey, normalize_name
 
 log = Logger()
+
+#: seconds between lookups of a default certificate past its renewal point
+DEFAULT_RECHECK = 60.0
 
 #: what we offer upstream targets as a client (the upstream client speaks HTTP/1.1)
 ALPN_PROTOCOLS = (b"http/1.1",)
@@ -201,6 +212,11 @@ class SNIServerCreator:
         self.sni_hidden = 0  # names answered with the default certificate instead
         self._base: SSL.Context | None = None
         self._base_ck: CertifiedKey | None = None
+        #: the default certificate's lookup holds while the source's reload
+        #: count is ``_base_reloads`` and the time (certstore's clock) is
+        #: before ``_base_until``
+        self._base_reloads: int | None = None
+        self._base_until: Any = None
 
     def for_listener(self, listener_account: str | None) -> SNIServerCreator:
         """A creator for another listener sharing source, default and predicate."""
@@ -213,10 +229,28 @@ class SNIServerCreator:
         # The base context presents the default certificate (no SNI) and
         # carries the servername callback; it is this creator's own, rebuilt
         # when the source replaces the default certificate (renewal, reload).
+        until = self._base_until
+        if until is not None:
+            if (getattr(self.source, "reloads", None) == self._base_reloads
+                    and _certstore._now() < until):
+                return self._base  # type: ignore[return-value]
+            self._base_until = None
         default = self.source.certificate_for(self.default_name)
         if self._base is None or default is not self._base_ck:
             self._base = build_context(default, self._servername)
             self._base_ck = default
+        reloads = getattr(self.source, "reloads", None)
+        if reloads is not None:  # a source that signals its changes: cache
+            now = _certstore._now()
+            cert = default.cert
+            start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+            renew = start + (end - start) * _certstore.RENEW_FRACTION
+            if renew <= now:
+                # due, and the store kept it (a static certificate past
+                # its renewal point): ask again in a minute
+                renew = now + datetime.timedelta(seconds=DEFAULT_RECHECK)
+            self._base_reloads = reloads
+            self._base_until = renew
         return self._base
 
     def _servername(self, conn: SSL.Connection) -> None:
