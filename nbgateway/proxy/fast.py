@@ -453,8 +453,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
                 self._protocol_checked = False
                 super().dataReceived(data)
                 return
-        self.resetTimeout()
         if self._body_left:
+            self.resetTimeout()  # a streamed body's bytes: a stall is idle time
             data = self._feed_body(data)
             if not data:
                 return
@@ -465,6 +465,14 @@ class FastHTTPChannel(StreamingHTTPChannel):
                 self.transport.pauseProducing()
             return
         self._pump()
+        if self._current is None or self._body_left:
+            # Bytes that leave no request in flight (a partial head, a
+            # response already ended) restart the idle time.  While a request
+            # is served the idle timer does not close the connection
+            # (``timeoutConnection`` re-arms it) and ``fast_done`` restarts
+            # it when the response ends: the same closing time without a
+            # second timer reset per request.
+            self.resetTimeout()
 
     def _feed_body(self, data: bytes) -> bytes:
         """Give the streamed body its bytes; returns what follows it."""
