@@ -51,6 +51,8 @@ class TransportPath:
     """Transport data in and out; mixed into the device, whose state it uses
     (``_indices``, ``_route_cache``, ``allowed_ips``, ``events``, timers...)."""
 
+    __slots__ = ()  # the device has slots
+
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         """The UDP entry point for one datagram (see :meth:`datagramsReceived`)."""
         self.datagramsReceived(((data, addr),))

@@ -80,6 +80,51 @@ def _parse_allowed(allowed_ips: Iterable) -> tuple[Prefix, ...]:
 class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
     """A userspace WireGuard interface (one static key, many peers)."""
 
+    # one per account: 37 attributes are past the 30 for which CPython 3.11
+    # shares a class's dict keys (a private ~1.6 KiB dict per device).  The
+    # mixins have empty slots; ``__dict__`` stays for ad-hoc attributes (tests
+    # wrap methods) and is only allocated when one is set.
+    __slots__ = (
+        "__dict__",
+        "_call",
+        "_call_at",
+        "_checker",
+        "_closed",
+        "_data_rx",
+        "_data_tx",
+        "_heap",
+        "_hs_window_count",
+        "_hs_window_start",
+        "_indices",
+        "_keepalive_rx",
+        "_keepalive_tx",
+        "_last_timestamp",
+        "_link",
+        "_link_run",
+        "_rekey_after_messages",
+        "_rng",
+        "_route_cache",
+        "_seconds",
+        "_seq",
+        "_sink",
+        "_sink_run",
+        "_under_load_until",
+        "_urandom",
+        "_walltime",
+        "allowed_ips",
+        "clock",
+        "events",
+        "identity",
+        "identity_mac1_key",
+        "index_registry",
+        "load_probe",
+        "mtu",
+        "peers",
+        "public_key",
+        "timers",
+        "under_load_threshold",
+    )
+
     def __init__(
         self,
         private_key: bytes,
@@ -135,6 +180,8 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         self._call: IDelayedCall | None = None
         self._call_at: float | None = None
         self._closed = False
+        #: see HandshakeMixin.load_probe (set by a DeviceMux)
+        self.load_probe: Callable[[float], bool] | None = None
 
     @property
     def counters(self) -> Counter[str]:

@@ -30,6 +30,8 @@ from nbgateway.wireguard.peer import Keypair, Peer
 class HandshakeMixin:
     """Noise_IKpsk2 handshakes of a device (both roles) and cookies."""
 
+    __slots__ = ()  # the device has slots
+
     #: a global under-load signal (``now -> bool``), set by a
     #: :class:`~nbgateway.wireguard.mux.DeviceMux` with a handshake queue; the
     #: device is under load when it says so or its own rate says so

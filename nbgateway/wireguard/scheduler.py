@@ -21,6 +21,8 @@ log = Logger()
 class TimerScheduler:
     """Timer deadlines of all peers behind one delayed call."""
 
+    __slots__ = ()  # the device has slots
+
     def _arm(self, peer: Peer, name: str, when: float | None) -> None:
         t = peer.timers
         setattr(t, name, when)
