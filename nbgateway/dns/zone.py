@@ -27,14 +27,23 @@ Answering rules (:meth:`ZoneAuthority.lookup`), for one question:
 
 Bounds: at most :data:`MAX_ZONES` zones and :data:`MAX_RECORDS` records per
 index (extra ones are dropped and counted in :attr:`ZoneAuthority.dropped`).
+
+Idle accounts: :func:`account_zones` returns an :class:`AccountZones`, which
+holds the account's network and served names and yields the zones when
+iterated; :meth:`ZoneAuthority.replace` keeps such a source as it is and
+builds the index at the first read (a query, :attr:`~ZoneAuthority.apexes`,
+``len``, :attr:`~ZoneAuthority.dropped`).  An account nobody queries keeps no
+index (~3.4 KiB for 10 services); the answers are the same as with an index
+built at once, since the source captured its inputs when it was replaced.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from twisted.names import dns
 
@@ -44,6 +53,7 @@ __all__ = [
     "MAX_RECORDS",
     "MAX_ZONES",
     "NEGATIVE_TTL",
+    "AccountZones",
     "Answer",
     "ZoneAuthority",
     "account_zones",
@@ -134,25 +144,58 @@ class _Zone:
                 for r in self.records(name) or () if r.type == rtype]
 
 
+#: the index of no zones (never mutated: an index is built whole and swapped)
+_NO_ZONES: Mapping[str, _Zone] = MappingProxyType({})
+
+
 class ZoneAuthority:
     """The zones of one account; see the module docstring."""
 
+    __slots__ = ("_dropped", "_pending", "_zones", "serial")
+
     def __init__(self, zones: Iterable[DnsZone] = (), serial: int = 0) -> None:
-        self._zones: dict[str, _Zone] = {}
+        self._zones: Mapping[str, _Zone] = _NO_ZONES
+        #: an :class:`AccountZones` replaced but not indexed yet
+        self._pending: AccountZones | None = None
         self.serial = 0
-        self.dropped = 0
+        self._dropped = 0
         self.replace(zones, serial)
 
     @property
     def apexes(self) -> tuple[str, ...]:
-        return tuple(self._zones)
+        return tuple(self._index())
 
     def __len__(self) -> int:
-        return len(self._zones)
+        return len(self._index())
+
+    @property
+    def dropped(self) -> int:
+        """Zones and records left out of the current index (bounds, bad names,
+        types other than A/AAAA, records outside their zone)."""
+        self._index()
+        return self._dropped
 
     def replace(self, zones: Iterable[DnsZone], serial: int | None = None) -> None:
-        """Atomically replace every zone (the SOA serial is ``serial`` or +1)."""
+        """Atomically replace every zone (the SOA serial is ``serial`` or +1).
+        An :class:`AccountZones` source is indexed at the first read."""
         serial = self.serial + 1 if serial is None else serial
+        if type(zones) is AccountZones:
+            self._pending = zones
+            self._zones = _NO_ZONES
+            self.serial = serial
+            self._dropped = 0
+            return
+        self._pending = None
+        self._build(zones, serial)
+
+    def _index(self) -> Mapping[str, _Zone]:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._build(pending, self.serial)
+        return self._zones
+
+    def _build(self, zones: Iterable[DnsZone], serial: int) -> None:
         index: dict[str, _Zone] = {}
         dropped = 0
         budget = MAX_RECORDS
@@ -178,12 +221,12 @@ class ZoneAuthority:
                     continue
                 zone.add(rec)
                 budget -= 1
-        self._zones = index
+        self._zones = index if index else _NO_ZONES
         self.serial = serial
-        self.dropped = dropped
+        self._dropped = dropped
 
     def find_zone(self, name: str) -> _Zone | None:
-        zones = self._zones
+        zones = self._index()
         if not zones:
             return None
         labels = name[:-1].split(".")
@@ -248,15 +291,38 @@ def service_zones(
     return tuple(out.values())
 
 
-def account_zones(network: AccountNetwork, served_domains: Iterable[str]) -> tuple[DnsZone, ...]:
+class AccountZones:
+    """The zones of :func:`account_zones`, made when iterated (each time):
+    holds the network and the served names only, so a
+    :class:`ZoneAuthority` can defer its index to the first query."""
+
+    __slots__ = ("domains", "network")
+
+    def __init__(self, network: AccountNetwork, served_domains: Iterable[str]) -> None:
+        self.network = network
+        self.domains = tuple(served_domains)
+
+    def __iter__(self) -> Iterator[DnsZone]:
+        return iter(_account_zones(self.network, self.domains))
+
+    def __repr__(self) -> str:
+        return f"AccountZones(serial={self.network.serial}, domains={len(self.domains)})"
+
+
+def account_zones(network: AccountNetwork, served_domains: Iterable[str]) -> AccountZones:
     """The zones the account's responder serves: the served domains pointing at
     the gateway's own tunnel addresses (:func:`service_zones`) plus the
-    network map's zones (the account peers zone and any synthetic zones).
+    network map's zones (the account peers zone and any synthetic zones);
+    made when the result is iterated (:class:`AccountZones`).
 
     Gateway pairs: when the map names other addresses for a served domain
     (management sends a gateway the records of every connected gateway of its
     cluster), the served domain answers with all of them, its own first, so a
     stock client whose first address fails tries the next gateway."""
+    return AccountZones(network, served_domains)
+
+
+def _account_zones(network: AccountNetwork, served_domains: Iterable[str]) -> tuple[DnsZone, ...]:
     apexes = [a for a in (normalize_name(d) for d in served_domains) if a is not None]
     # only the served names' addresses: no list per record of the map
     wanted = set(apexes)
