@@ -354,6 +354,9 @@ class ManagementServicer(pb_grpc.ManagementServiceServicer):
         mux = SyncMany(self, caller, context, asyncio.get_running_loop())
         with self._muxes_lock:
             self._muxes.add(mux)
+        # a token revoked between the check above and this registration was
+        # not seen by _token_changed: check it once more, now registered
+        mux.recheck_threadsafe()
         reader = asyncio.ensure_future(mux.read(request_iterator))
         reader.add_done_callback(mux.reader_done)
         try:

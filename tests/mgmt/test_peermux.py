@@ -355,6 +355,33 @@ class RawFrameTests(unittest.TestCase):
         assert result["code"] == grpc.StatusCode.UNAUTHENTICATED
 
     @defer.inlineCallbacks
+    def test_a_token_revoked_while_the_stream_opens_ends_it(self):
+        # the revocation lands after the token check passed and before the
+        # stream is registered for change notifications: the race the
+        # recheck at registration closes
+        record, plain = self.store.proxies.create_token("racy", account_id=None)
+        servicer = self.mgmt.servicer
+        check = servicer.authenticate
+
+        async def check_then_revoke(context):
+            caller = await check(context)
+            if caller.id == record.id:
+                self.store.proxies.revoke_token(None, record.id)
+            return caller
+
+        servicer.authenticate = check_then_revoke
+
+        def call():
+            try:
+                self.exchange([lambda: self.frame(self.good)], 2, token=plain)
+            except grpc.RpcError as exc:
+                return exc.code()
+            return None
+
+        code = yield threaded(call)
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+
+    @defer.inlineCallbacks
     def test_no_token_no_stream(self):
         def call():
             try:
