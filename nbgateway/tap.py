@@ -223,7 +223,7 @@ def _peer_channel_factory(config: Any, mgmt_url: str, reactor: Any, client: Any 
     from nbgateway.mgmt.peerclient import PeerChannelClient
 
     # one metadata callable for every account, a partial (no closure) per account
-    metadata = (lambda: client._metadata) if client is not None else None
+    metadata = client.auth_metadata if client is not None else None
 
     def _apply_converted(on_network: Any, nm: Any) -> Any:
         return on_network(convert(nm))

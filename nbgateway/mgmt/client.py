@@ -147,6 +147,11 @@ class GrpcManagementClient(service.Service):
         at start, before any RPC)."""
         self._metadata = (("authorization", f"Bearer {token}"),)
 
+    def auth_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The gRPC metadata that carries the proxy access token (current: it
+        follows :meth:`set_token`); shared with the peer channel's stream."""
+        return self._metadata
+
     # -- service -------------------------------------------------------------
 
     @property

@@ -252,6 +252,15 @@ def test_constructor_starts_nothing() -> None:
     assert client._bridge is None
 
 
+def test_auth_metadata_follows_the_token() -> None:
+    # the peer channel's shared stream asks for it at each open (tap.py)
+    client = GrpcManagementClient(reactor, "http://127.0.0.1:1", "first", address="c")
+    ask = client.auth_metadata
+    assert ask() == (("authorization", "Bearer first"),)
+    client.set_token("second")
+    assert ask() == (("authorization", "Bearer second"),)
+
+
 class Recorder(MappingObserver):
     def __init__(self) -> None:
         self.reconciled: list[frozenset[str]] = []
