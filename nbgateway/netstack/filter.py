@@ -79,10 +79,22 @@ def compile_sources(
     return frozenset(hosts), wide
 
 
+#: the port sets of every filter by their port ranges: accounts' rules name
+#: the same few ports, so one set each, not one per rule and account (a
+#: one-port frozenset is ~0.2 KiB); bounded, a miss past the bound builds its own
+_PORTSETS: dict[tuple[tuple[int, int], ...], frozenset[int]] = {}
+_PORTSETS_MAX = 4096
+
+
 def _portset(ports: tuple[tuple[int, int], ...]) -> frozenset[int] | None:
     if not ports or sum(hi - lo + 1 for lo, hi in ports) > _PORTSET_MAX:
         return None
-    return frozenset(p for lo, hi in ports for p in range(lo, hi + 1))
+    got = _PORTSETS.get(ports)
+    if got is None:
+        got = frozenset(p for lo, hi in ports for p in range(lo, hi + 1))
+        if len(_PORTSETS) < _PORTSETS_MAX:
+            _PORTSETS[ports] = got
+    return got
 
 
 @dataclass(frozen=True, slots=True)
