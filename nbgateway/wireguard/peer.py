@@ -6,6 +6,8 @@ holds state and the small helpers that only touch one peer."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -101,6 +103,35 @@ class HandshakeState:
         self.last_initiation_sent: float | None = None
         self.latest_timestamp = _ZERO_TIMESTAMP
         self.last_initiation_consumed: float | None = None
+
+
+class _HandshakeField:
+    """A :class:`Peer` attribute stored in its :class:`HandshakeState`: it
+    reads as ``default`` until that state exists, and setting the default
+    (after ``normalize``) does not create the state."""
+
+    __slots__ = ("default", "name", "normalize")
+
+    def __init__(self, default: object,
+                 normalize: Callable[[Any], Any] | None = None) -> None:
+        self.default = default
+        self.normalize = normalize
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, peer: Peer | None, owner: type | None = None) -> Any:
+        if peer is None:
+            return self
+        hs = peer._hs
+        return getattr(hs, self.name) if type(hs) is HandshakeState else self.default
+
+    def __set__(self, peer: Peer, value: Any) -> None:
+        if self.normalize is not None:
+            value = self.normalize(value)
+        if type(peer._hs) is HandshakeState or value != self.default:
+            setattr(peer.hs, self.name, value)
 
 
 class Peer:
@@ -204,58 +235,14 @@ class Peer:
             hs.cookies = CookieGenerator(self.public_key)
         return hs.cookies
 
-    @property
-    def preshared_key(self) -> bytes:
-        hs = self._hs
-        return hs.preshared_key if type(hs) is HandshakeState else ZERO_PSK  # type: ignore[union-attr]
-
-    @preshared_key.setter
-    def preshared_key(self, value: bytes | None) -> None:
-        value = value or ZERO_PSK
-        if value != ZERO_PSK or self.has_handshake_state:
-            self.hs.preshared_key = value
-
-    @property
-    def handshake(self) -> InitiatorState | None:
-        """The initiation this peer sent and awaits a response to."""
-        hs = self._hs
-        return hs.handshake if type(hs) is HandshakeState else None  # type: ignore[union-attr]
-
-    @handshake.setter
-    def handshake(self, value: InitiatorState | None) -> None:
-        if value is not None or self.has_handshake_state:
-            self.hs.handshake = value
-
-    @property
-    def last_initiation_sent(self) -> float | None:
-        hs = self._hs
-        return hs.last_initiation_sent if type(hs) is HandshakeState else None  # type: ignore[union-attr]
-
-    @last_initiation_sent.setter
-    def last_initiation_sent(self, value: float | None) -> None:
-        if value is not None or self.has_handshake_state:
-            self.hs.last_initiation_sent = value
-
-    @property
-    def last_initiation_consumed(self) -> float | None:
-        hs = self._hs
-        return (hs.last_initiation_consumed  # type: ignore[union-attr]
-                if type(hs) is HandshakeState else None)
-
-    @last_initiation_consumed.setter
-    def last_initiation_consumed(self, value: float | None) -> None:
-        if value is not None or self.has_handshake_state:
-            self.hs.last_initiation_consumed = value
-
-    @property
-    def latest_timestamp(self) -> bytes:
-        """The newest TAI64N timestamp of an initiation consumed from this peer."""
-        hs = self._hs
-        return hs.latest_timestamp if type(hs) is HandshakeState else _ZERO_TIMESTAMP  # type: ignore[union-attr]
-
-    @latest_timestamp.setter
-    def latest_timestamp(self, value: bytes) -> None:
-        self.hs.latest_timestamp = value
+    # attributes kept in the HandshakeState: their defaults until it exists
+    preshared_key = _HandshakeField(ZERO_PSK, normalize=lambda v: v or ZERO_PSK)
+    #: the initiation this peer sent and awaits a response to
+    handshake = _HandshakeField(None)
+    last_initiation_sent = _HandshakeField(None)
+    last_initiation_consumed = _HandshakeField(None)
+    #: the newest TAI64N timestamp of an initiation consumed from this peer
+    latest_timestamp = _HandshakeField(_ZERO_TIMESTAMP)
 
     @property
     def timers(self) -> PeerTimers:
