@@ -108,17 +108,6 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
-#: ``getHeader`` names (the code's constants) -> as ``Headers`` keeps them
-_GET_NAMES: dict[bytes, bytes] = {}
-
-
-def _get_name(key: bytes) -> bytes:
-    name = canonical_name(key.decode("latin-1"))
-    if len(_GET_NAMES) < _NAMES_MAX:
-        _GET_NAMES[key] = name
-    return name
-
-
 class _DeclineError(Exception):
     """The head is valid HTTP the fast path does not serve itself."""
 
@@ -217,10 +206,10 @@ class FastRequest:
 
     # -- what resources read -------------------------------------------------
     def getHeader(self, key: bytes) -> bytes | None:
-        name = _GET_NAMES.get(key)
-        if name is None:
-            name = _get_name(key)
-        values = self.requestHeaders._rawHeaders.get(name)
+        known = _NAMES.get(key)  # the head parse's memo of names
+        if known is None:
+            known = _name(key)
+        values = self.requestHeaders._rawHeaders.get(known[0])
         return values[-1] if values else None
 
     def getClientAddress(self) -> Any:
