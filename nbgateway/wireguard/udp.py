@@ -12,7 +12,15 @@ replies to one read's batch) is queued per destination address and leaves
 in one flush from a ``callLater(0)``, which Twisted runs before it polls
 again; runs of equal-size datagrams to one address then go out in one
 ``sendmsg`` with UDP GSO instead of one ``sendto`` each.  Per-address order
-is kept; at most :data:`HOLD_MAX` datagrams are held (more flush at once)."""
+is kept; at most :data:`HOLD_MAX` datagrams are held (more flush at once).
+
+The first send of a turn is not held (``send_first``, on unless
+``NBGW_WG_TX_FIRST=0``): it leaves at once and only what the same turn sends
+after it is held.  A lone response (one connection, request after request)
+so leaves as soon as it is encrypted, before the rest of the turn (the
+access-log entry, the pooled connection's release, timers) runs, instead of
+after it; a busy turn still sends everything after its first datagram in one
+flush (one extra ``sendto`` per turn at most)."""
 
 from __future__ import annotations
 
@@ -56,10 +64,13 @@ class WireGuardProtocol(DatagramProtocol):
     :class:`~nbgateway.wireguard.mux.DeviceMux` both have one) and never raise
     into the device or the reactor."""
 
-    def __init__(self, device, batch_sends: bool = False) -> None:
+    def __init__(self, device, batch_sends: bool = False, send_first: bool = False) -> None:
         self.device = device
         #: hold datagrams until the end of the reactor turn (see the module doc)
         self.batch_sends = batch_sends
+        #: with ``batch_sends``: the first send of a turn leaves at once, only
+        #: the later ones of the same turn are held (module doc)
+        self.send_first = send_first
         self._held: dict[tuple[str, int], list[bytes]] = {}
         self._held_count = 0
         self._flush_call = None
@@ -104,6 +115,12 @@ class WireGuardProtocol(DatagramProtocol):
         if self.batch_sends:
             reactor = getattr(self.transport, "reactor", None)
             if reactor is not None:
+                if self._flush_call is None and self.send_first:
+                    # the turn's first send: out now; the end-of-turn call marks
+                    # the turn, so what follows in it is held
+                    self._flush_call = reactor.callLater(0, self._end_of_turn)
+                    self._send_now(datagrams, addr)
+                    return
                 held = self._held.get(addr)
                 if held is None:
                     self._held[addr] = list(datagrams)
@@ -344,16 +361,19 @@ def _queued(sock: socket.socket) -> bytes:
 
 
 def listen(reactor: IReactorUDP, device, port: int, interface: str = "",
-           batch_sends: bool | None = None) -> IListeningPort:
+           batch_sends: bool | None = None, send_first: bool | None = None) -> IListeningPort:
     """Bind the device's UDP socket (with enlarged buffers).  ``interface`` ''
     binds all IPv4 addresses; '::' binds dual-stack.  On a posix reactor the
     socket is a :class:`BatchingPort`; elsewhere the reactor's own UDP port
     delivers datagram by datagram.  ``batch_sends`` (None: on unless the
     environment says ``NBGW_WG_TX_BATCH=0``) holds output to the end of the
-    reactor turn (module doc)."""
+    reactor turn (module doc); ``send_first`` (None: on unless
+    ``NBGW_WG_TX_FIRST=0``) lets the first datagram of a turn leave at once."""
     if batch_sends is None:
         batch_sends = os.environ.get("NBGW_WG_TX_BATCH", "1") != "0"
-    protocol = WireGuardProtocol(device, batch_sends=batch_sends)
+    if send_first is None:
+        send_first = os.environ.get("NBGW_WG_TX_FIRST", "1") != "0"
+    protocol = WireGuardProtocol(device, batch_sends=batch_sends, send_first=send_first)
     if isinstance(reactor, PosixReactorBase):
         listening = BatchingPort(port, protocol, interface, reactor=reactor)
         listening.startListening()

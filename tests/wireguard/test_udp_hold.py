@@ -1,7 +1,9 @@
 """WireGuardProtocol's end-of-turn output hold (``batch_sends``) on real
 sockets: datagrams sent during one reactor turn are queued per address and
 leave together after it (equal sizes in one GSO ``sendmsg``), in order per
-address; the hold is bounded, flushed on stop, and can be switched off."""
+address; the hold is bounded, flushed on stop, and can be switched off.
+With ``send_first`` (the gateway's default) the first send of a turn leaves at
+once and only the later sends of that turn are held."""
 
 from __future__ import annotations
 
@@ -46,9 +48,10 @@ def _turn():
 
 
 class HoldTests(unittest.TestCase):
-    def _port(self, batch_sends: bool | None = True):
+    def _port(self, batch_sends: bool | None = True, send_first: bool | None = False):
         device = Recorder()
-        port = udp.listen(reactor, device, 0, interface="127.0.0.1", batch_sends=batch_sends)
+        port = udp.listen(reactor, device, 0, interface="127.0.0.1", batch_sends=batch_sends,
+                          send_first=send_first)
         self.addCleanup(port.stopListening)
         return port.protocol
 
@@ -142,3 +145,86 @@ class HoldTests(unittest.TestCase):
         finally:
             if old is not None:
                 os.environ["NBGW_WG_TX_BATCH"] = old
+
+
+class SendFirstTests(unittest.TestCase):
+    """``send_first``: the turn's first send is not held."""
+
+    def _port(self, send_first: bool | None = True):
+        port = udp.listen(reactor, Recorder(), 0, interface="127.0.0.1", batch_sends=True,
+                          send_first=send_first)
+        self.addCleanup(port.stopListening)
+        return port.protocol
+
+    def _rx(self) -> tuple[socket.socket, tuple[str, int]]:
+        s = _receiver()
+        self.addCleanup(s.close)
+        return s, s.getsockname()
+
+    @inlineCallbacks
+    def test_first_send_leaves_at_once_rest_of_turn_held(self):
+        proto = self._port()
+        rx, addr = self._rx()
+        gso0 = proto.gso_sends
+        proto.sendDatagrams([b"first", b"first2"], addr)  # the turn's first send: all of it
+        self.assertEqual(_drain(rx), [b"first", b"first2"])
+        later = [b"%04d" % i + b"y" * 60 for i in range(6)]
+        for i in range(0, 6, 2):
+            proto.sendDatagrams(later[i:i + 2], addr)
+        self.assertEqual(_drain(rx), [])  # held to the end of the turn
+        self.assertEqual(proto.held_flushes, 0)
+        yield _turn()
+        self.assertEqual(_drain(rx), later)  # in order, after the first
+        self.assertEqual(proto.held_flushes, 1)
+        if proto.gso:
+            self.assertEqual(proto.gso_sends - gso0, 1)
+        # the next turn starts over: its first send leaves at once again
+        proto.sendDatagram(b"next turn", addr)
+        self.assertEqual(_drain(rx), [b"next turn"])
+        yield _turn()
+        self.assertEqual(_drain(rx), [])
+        self.assertIsNone(proto._flush_call)
+
+    @inlineCallbacks
+    def test_order_across_addresses(self):
+        proto = self._port()
+        rx1, a1 = self._rx()
+        rx2, a2 = self._rx()
+        proto.sendDatagrams([b"a1"], a1)  # out now
+        proto.sendDatagrams([b"b1"], a2)  # held
+        proto.sendDatagrams([b"a2", b"a3"], a1)  # held behind a1
+        self.assertEqual(_drain(rx1), [b"a1"])
+        self.assertEqual(_drain(rx2), [])
+        yield _turn()
+        self.assertEqual(_drain(rx1), [b"a2", b"a3"])
+        self.assertEqual(_drain(rx2), [b"b1"])
+
+    @inlineCallbacks
+    def test_stop_after_first_send_flushes_the_rest(self):
+        proto = self._port()
+        rx, addr = self._rx()
+        proto.sendDatagrams([b"one"], addr)
+        proto.sendDatagrams([b"two"], addr)
+        proto.transport.connectionLost()
+        self.assertIsNone(proto._flush_call)
+        got = []
+        for _ in range(50):
+            got += _drain(rx)
+            if len(got) >= 2:
+                break
+            yield task.deferLater(reactor, 0.005, lambda: None)
+        self.assertEqual(got, [b"one", b"two"])
+
+    def test_environment_switch(self):
+        import os
+        old = os.environ.get("NBGW_WG_TX_FIRST")
+        try:
+            os.environ["NBGW_WG_TX_FIRST"] = "0"
+            self.assertFalse(self._port(send_first=None).send_first)
+            del os.environ["NBGW_WG_TX_FIRST"]
+            self.assertTrue(self._port(send_first=None).send_first)
+        finally:
+            if old is not None:
+                os.environ["NBGW_WG_TX_FIRST"] = old
+            else:
+                os.environ.pop("NBGW_WG_TX_FIRST", None)
