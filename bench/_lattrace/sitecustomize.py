@@ -130,6 +130,13 @@ if _OUT:
             ("nbgateway.dial.http11", "UpstreamConnection", "on_headers_complete", "up_head"),
             ("nbgateway.proxy.fast", "FastRequest", "finish", "req_finish"),
             ("nbgateway.netstack.stack", "Stack", "_fire", "stack_fire"),
+            ("nbgateway.wireguard.mux", "DeviceMux", "datagramsReceived", "mux_rx"),
+            ("nbgateway.wireguard.datapath", "TransportPath", "datagramsReceived", "dev_rx"),
+            ("nbgateway.netstack.stack", "Stack", "packetsReceived", "ns_rx"),
+            ("nbgateway.netstack.tcp_output", "ConnectionOutput", "_emit", "tcp_emit"),
+            ("nbgateway.netstack.stack", "Stack", "uncork", "uncork"),
+            ("nbgateway.wireguard.datapath", "TransportPath", "sendPackets", "dev_tx"),
+            ("nbgateway.wireguard.datapath", "TransportPath", "_flush_tx", "dev_flush"),
             ("nbgateway.mgmt.logship", "LogShipper", "_next", "log_ship"),
         ]
         for mod, cls_name, attr, label in specs:

@@ -116,10 +116,12 @@ class WireGuardProtocol(DatagramProtocol):
             reactor = getattr(self.transport, "reactor", None)
             if reactor is not None:
                 if self._flush_call is None and self.send_first:
-                    # the turn's first send: out now; the end-of-turn call marks
-                    # the turn, so what follows in it is held
-                    self._flush_call = reactor.callLater(0, self._end_of_turn)
+                    # the turn's first send: out now (before the timer call,
+                    # which is not on the datagram's way); the end-of-turn
+                    # call marks the turn, so what follows in it is held
                     self._send_now(datagrams, addr)
+                    if self._flush_call is None:
+                        self._flush_call = reactor.callLater(0, self._end_of_turn)
                     return
                 held = self._held.get(addr)
                 if held is None:
