@@ -28,7 +28,14 @@ initiations and :attr:`DeviceMux.handshake_time_budget` seconds of work (the
 clock's ``seconds()``; at least one initiation) per reactor turn
 (``callLater(0)`` between turns), so a wave of initiations that each need the
 DH work (a few ms apiece with the MAC1 routing at 1,000 accounts) leaves the
-turns in between to transport data.  The queue
+turns in between to transport data.  While the data path is busy
+(:attr:`DeviceMux.busy_datagrams` transport datagrams or more routed since the
+previous drain turn) the turns are smaller (:attr:`DeviceMux.busy_time_budget`)
+and spaced: after a turn that took ``t`` seconds the next one waits
+``t * (1 - share) / share`` (:attr:`DeviceMux.busy_share`, at most
+:attr:`DeviceMux.busy_max_delay`), so handshakes take at most about that share
+of the reactor while an established peer moves data, and all of it when none
+does.  The queue
 depth is the global "under load" signal of whitepaper 5.3: at
 :attr:`DeviceMux.under_load_depth` or more queued initiations (and for
 UNDER_LOAD_AFTER_TIME after), every device answers initiations without a
@@ -77,6 +84,18 @@ ADDR_HINTS_MAX = 16384
 #: seconds of initiation work per reactor turn: the drain stops after the
 #: initiation that reaches it (so at least one is handled per turn)
 HANDSHAKE_TIME_BUDGET = 0.002
+#: transport datagrams routed since the previous drain turn from which the data
+#: path counts as busy (a bulk transfer brings tens per read)
+BUSY_DATAGRAMS = 8
+#: the per-turn time budget while the data path is busy (smaller slices: the
+#: socket is read between them, so its buffer does not overflow)
+BUSY_HANDSHAKE_TIME_BUDGET = 0.0005
+#: while the data path is busy, the share of wall time the drain may take: after a
+#: turn that took ``t`` seconds the next one waits ``t * (1 - share) / share``
+#: (at most :data:`BUSY_MAX_DELAY`), leaving the reads in between to the data
+BUSY_HANDSHAKE_SHARE = 0.25
+#: the longest wait between two drain turns while the data path is busy
+BUSY_MAX_DELAY = 0.010
 
 
 class DeviceMux:
@@ -90,6 +109,10 @@ class DeviceMux:
         under_load_depth: int = HANDSHAKE_UNDER_LOAD_DEPTH,
         handshake_budget: int = HANDSHAKE_BUDGET,
         handshake_time_budget: float = HANDSHAKE_TIME_BUDGET,
+        busy_datagrams: int = BUSY_DATAGRAMS,
+        busy_time_budget: float = BUSY_HANDSHAKE_TIME_BUDGET,
+        busy_share: float = BUSY_HANDSHAKE_SHARE,
+        busy_max_delay: float = BUSY_MAX_DELAY,
     ) -> None:
         self.registry = IndexRegistry()
         self.devices: list[WireGuardDevice] = []
@@ -101,6 +124,14 @@ class DeviceMux:
         self.under_load_depth = under_load_depth
         self.handshake_budget = max(1, handshake_budget)
         self.handshake_time_budget = handshake_time_budget
+        self.busy_datagrams = busy_datagrams
+        self.busy_time_budget = busy_time_budget
+        if not 0.0 < busy_share <= 1.0:
+            raise ValueError("busy_share must be in (0, 1]")
+        self.busy_share = busy_share
+        self.busy_max_delay = busy_max_delay
+        # transport datagrams routed since the last drain turn (the busy signal)
+        self._data_since_drain = 0
         self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._drain_call: IDelayedCall | None = None
         self._under_load_until = float("-inf")
@@ -190,6 +221,7 @@ class DeviceMux:
         run_device: WireGuardDevice | None = None
         queue = self._queue if self.clock is not None else None
         queued = False
+        routed = 0
         for item in batch:
             data = item[0]
             if (queue is not None and len(data) == MESSAGE_INITIATION_SIZE
@@ -203,6 +235,7 @@ class DeviceMux:
             device = self._owner(data, item[1])
             if device is None:
                 continue
+            routed += 1
             if device is not run_device:
                 if run:
                     run_device.datagramsReceived(run)
@@ -211,30 +244,48 @@ class DeviceMux:
             run.append(item)
         if run:
             run_device.datagramsReceived(run)
+        self._data_since_drain += routed
         if queued and self._drain_call is None:
             self._drain()
 
     def _drain(self) -> None:
         """Hand queued initiations to their devices until ``handshake_budget`` of
-        them or ``handshake_time_budget`` seconds of work (at least one); schedule
-        the rest for the next reactor turn."""
+        them or the turn's time budget (at least one); schedule the rest.
+
+        While the data path is busy (``busy_datagrams`` or more transport
+        datagrams routed since the previous drain turn) the turn's time budget
+        is ``busy_time_budget`` and the next turn waits so that the drain takes
+        at most ``busy_share`` of the wall time (at most ``busy_max_delay``);
+        otherwise the budget is ``handshake_time_budget`` and the next turn is
+        the next reactor iteration."""
         self._drain_call = None
         queue = self._queue
         clock = self.clock
+        busy = self._data_since_drain >= self.busy_datagrams
+        self._data_since_drain = 0
         seconds = clock.seconds if clock is not None else None
-        deadline = seconds() + self.handshake_time_budget if seconds is not None else None
+        start = seconds() if seconds is not None else 0.0
+        budget = (min(self.handshake_time_budget, self.busy_time_budget) if busy
+                  else self.handshake_time_budget)
+        deadline = start + budget
         for _ in range(min(self.handshake_budget, len(queue))):
             data, addr = queue.popleft()
             device = self._owner(data, addr)
             if device is not None:
                 device.datagramsReceived(((data, addr),))
             self.counters["handshake_queue_processed"] += 1
-            if deadline is not None and seconds() >= deadline:
+            if seconds is not None and seconds() >= deadline:
                 if queue:
                     self.counters["handshake_queue_time_budget_spent"] += 1
                 break
-        if queue and self.clock is not None:
-            self._drain_call = self.clock.callLater(0, self._drain)
+        if queue and clock is not None:
+            delay = 0.0
+            if busy:
+                spent = seconds() - start
+                delay = min(self.busy_max_delay,
+                            spent * (1.0 - self.busy_share) / self.busy_share)
+                self.counters["handshake_queue_busy_turns"] += 1
+            self._drain_call = clock.callLater(delay, self._drain)
 
     def _owner(self, data: bytes, addr: tuple[str, int] | None = None
                ) -> WireGuardDevice | None:
