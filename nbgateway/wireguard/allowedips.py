@@ -20,6 +20,7 @@ itself, so a roster of hosts keeps no key int of its own) and its
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
@@ -201,6 +202,8 @@ class AllowedIPs(Generic[V]):
         return None
 
     def lookup(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> V | None:
+        if address.__class__ is str:  # the private gate's roster check, per request
+            return self.lookup_packed(_packed(address))
         return self.lookup_packed(ipaddress.ip_address(address).packed)
 
     def __iter__(self) -> Iterator[tuple[Prefix, V]]:
@@ -228,3 +231,10 @@ class AllowedIPs(Generic[V]):
     def update(self, items: Iterable[tuple[NetworkLike, V]]) -> None:
         for net, value in items:
             self.insert(net, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed(address: str) -> bytes:
+    """``ip_address(address).packed``, memoised (bounded; an invalid string
+    raises ``ValueError`` every time, it is not cached)."""
+    return ipaddress.ip_address(address).packed

@@ -196,3 +196,23 @@ def test_host_table_keyed_by_prefix_objects_matches_brute_force(inserts, data):
     got = dict(table)
     assert {str(k) for k in got} == {str(n) for n in model}
     assert all(got[Prefix.from_network(n)] == v for n, v in model.items())
+
+
+def test_lookup_by_string_equals_lookup_by_address():
+    """``lookup`` of an address string (memoised parse) answers as the parsed
+    address does, v4 and v6, repeatedly; an invalid string raises every time."""
+    import pytest
+
+    t: AllowedIPs[str] = AllowedIPs()
+    t.insert(ipaddress.ip_network("100.64.0.0/16"), "net")
+    t.insert(ipaddress.ip_network("100.64.1.7/32"), "host")
+    t.insert(ipaddress.ip_network("fd00::/64"), "v6")
+    for _ in range(3):
+        for s in ("100.64.1.7", "100.64.2.1", "10.0.0.1", "fd00::5", "fd01::1"):
+            assert t.lookup(s) == t.lookup(ipaddress.ip_address(s))
+        assert t.lookup("100.64.1.7") == "host"
+        assert t.lookup("fd00::5") == "v6"
+        assert t.lookup("10.0.0.1") is None
+        for bad in ("", "100.64.1", "not an address", "100.64.1.7%eth0x"):
+            with pytest.raises(ValueError):
+                t.lookup(bad)
