@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="flip this boolean attribute on every instance every 0.2 s "
                         "and summarise the cycles of each setting apart (an A/B in one "
                         "process, interleaved)")
+    p.add_argument("--py-spy", default=None, metavar="FILE",
+                   help="also record the gateway with py-spy (raw, 1000 Hz) during the "
+                        "window")
     p.add_argument("--no-trace", action="store_true",
                    help="wrk only (the tracer's cost out of the p50)")
     args = p.parse_args(argv)
@@ -199,11 +202,21 @@ def main(argv: list[str] | None = None) -> int:
                 proc = ns.popen(["wrk", "-t1", "-c1", f"-d{args.seconds:g}s", "--timeout",
                                  "5s", "-s", lua, "-H", "Host: " + APP, f"http://{gw_ip}/"],
                                 stdout=wrk_out, stderr=subprocess.DEVNULL)
+            time.sleep(max(0.5, (args.seconds - args.window) / 2))
+            spy = None
+            if args.py_spy:
+                spy = subprocess.Popen(
+                    [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p",
+                     str(pid), "-d", str(max(1, int(args.window))), "-f", "raw", "-o",
+                     args.py_spy, "-r", "1000", "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if not args.no_trace:
-                time.sleep(max(0.5, (args.seconds - args.window) / 2))
                 os.kill(pid, signal.SIGUSR2)  # clear
-                time.sleep(args.window)
+            time.sleep(args.window)
+            if not args.no_trace:
                 os.kill(pid, signal.SIGUSR2)  # the window
+            if spy is not None:
+                spy.wait(timeout=60)
             proc.wait(timeout=args.seconds + 60)
             time.sleep(0.5)
             with open(raw + ".wrk") as f:
