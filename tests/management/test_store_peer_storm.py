@@ -13,7 +13,7 @@ from sqlalchemy import event
 
 from nbgateway.management.errors import Unauthenticated, ValidationError
 from nbgateway.management.model import Group, Peer, User
-from nbgateway.management.store import _accounts
+from nbgateway.management.store import _users
 from nbgateway.management.store._prepared import Prepared
 from nbgateway.management.store.schema import peers, personal_access_tokens, users
 
@@ -113,7 +113,7 @@ def test_an_unannounced_change_is_seen_after_the_ttl(store, account, monkeypatch
     store.users.create(User(id="erin", account_id=account.id, role="admin"))
     _, plain = store.users.create_token(account.id, "erin", "laptop")
     now = [1000.0]
-    monkeypatch.setattr(_accounts.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(_users.time, "monotonic", lambda: now[0])
     store.users.authenticate_token(plain)
     # a write no listener hears of (another process on the same SQLite file)
     with store._engine.begin() as conn:
@@ -135,7 +135,7 @@ def test_a_lookup_that_races_a_change_is_not_cached(store, account, monkeypatch)
         # the token is revoked after this lookup read it, before it is cached
         with store._engine.begin() as conn:
             conn.execute(sa.delete(personal_access_tokens))
-        repo._auth_changed(_accounts.ChangeKind.PERSONAL_ACCESS_TOKEN, account.id, ())
+        repo._auth_changed(_users.ChangeKind.PERSONAL_ACCESS_TOKEN, account.id, ())
         return found
 
     repo._auth_cache().clear()

@@ -12,11 +12,13 @@ the writing thread) as ``listener(kind, account_id, ids)`` with a
 installation-wide changes such as shared proxies) and a tuple of affected ids.
 
 The store is composed of one repository per aggregate, reached as attributes:
-``store.accounts``, ``store.users`` (users and personal access tokens),
-``store.groups``, ``store.peers`` (``_accounts``), ``store.services`` and
-``store.domains`` (``_services``), ``store.proxies`` (proxy rows, clusters,
-inbound listeners, proxy tokens; ``_proxies``) and ``store.access_logs``
-(``_accesslog``). The store itself (``_base``) owns only the engine,
+``store.accounts`` (``_accounts``), ``store.users`` (users and personal access
+tokens; ``_users``), ``store.groups`` (``_groups``), ``store.peers``
+(``_peers``, addresses from ``_addresses``; the four share ``_common``),
+``store.services`` and ``store.domains`` (``_services``), ``store.proxies``
+(proxy rows, clusters, inbound listeners, proxy tokens; ``_proxies``),
+``store.access_logs`` (``_accesslog``) and ``store.certificates``
+(``_certificates``). The store itself (``_base``) owns only the engine,
 transactions, retries and change listeners the repositories run on.
 
 There are no flat names on the store itself: every caller names the
