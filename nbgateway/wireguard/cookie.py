@@ -9,8 +9,8 @@ handshake messages, and consumes cookie replies from that peer).
 from __future__ import annotations
 
 import hmac as _hmac
-import ipaddress
 import os
+import socket
 
 from nbgateway.wireguard._crypto import CryptoError, mac, xaead_decrypt, xaead_encrypt
 from nbgateway.wireguard.constants import COOKIE_REFRESH_TIME
@@ -18,15 +18,24 @@ from nbgateway.wireguard.messages import CookieReply
 from nbgateway.wireguard.noise import derive_public
 
 _ZERO16 = bytes(16)
+_inet_pton = socket.inet_pton
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 
 
 def address_bytes(addr: tuple[str, int]) -> bytes:
-    """Canonical bytes of a UDP source address (packed IP + big-endian port)."""
+    """Canonical bytes of a UDP source address (packed IP + big-endian port).
+
+    ``inet_pton`` gives the same bytes as ``ipaddress.ip_address(host).packed``
+    (and rejects the same strings) at ~1/20 of the cost: this runs once or twice
+    per initiation answered under load."""
     host, port = addr[0], addr[1]
     try:
-        packed = ipaddress.ip_address(host.split("%", 1)[0]).packed
-    except ValueError:
-        packed = host.encode("utf-8", "replace")
+        packed = _inet_pton(_AF_INET, host)
+    except OSError:
+        try:
+            packed = _inet_pton(_AF_INET6, host.split("%", 1)[0])
+        except OSError:
+            packed = host.encode("utf-8", "replace")
     return packed + int(port).to_bytes(2, "big")
 
 
