@@ -364,6 +364,35 @@ def real_wireguard(w: Scaled, args: argparse.Namespace) -> None:
                          f"{statistics.mean(after) / base:.2f} x", "-", None)
             else:
                 print("  (no iperf3 interval overlapped the burst)", flush=True)
+        if args.burst_baseline:
+            wg_go_burst_reference(b, args.handshake_burst,
+                                  sum(len(r) for r in w.privates.values()))
+
+
+def wg_go_burst_reference(b: dict, n: int, peers: int) -> None:
+    """The same burst against a stock wireguard-go with as many peers configured,
+    an established wireguard-go peer's iperf3 through it (bench/wg_baseline.py),
+    printed beside the gateway's figures of this run."""
+    from bench.wg_baseline import burst_window_summary, measure_wg_go_burst, print_burst_summary
+
+    print(f"[burst reference] the same burst against a stock wireguard-go with {peers} "
+          "peers (bench/wg_baseline.measure_wg_go_burst)", flush=True)
+    try:
+        ref = measure_wg_go_burst(n, max(peers, n + 1))
+    except (RuntimeError, ValueError) as e:
+        print(f"  (reference unavailable: {e})", flush=True)
+        return
+    r = ref["result"]
+    line("wireguard-go: burst handshakes completed", f"{r.completed}/{r.total}", "all",
+         r.completed == r.total)
+    line("wireguard-go: time until all completed",
+         f"{r.seconds_to_all:.2f} s" if r.seconds_to_all is not None else
+         f"> {r.last_completion:.1f} s", "-", None)
+    line("wireguard-go: cookie replies received", f"{r.cookie_replies}", "-", None)
+    if "before" in b:
+        print_burst_summary("gateway     ", burst_window_summary(b["before"], b["during"],
+                                                                 b["burst_window"]))
+    print_burst_summary("wireguard-go", ref["summary"])
 
 
 def change_latency(w: Scaled, n: int) -> list[float]:
@@ -519,6 +548,10 @@ def main() -> None:
     parser.add_argument("--burst-one-socket", action="store_true",
                         help="the burst's peers share one UDP socket (one source port) "
                              "instead of one each")
+    parser.add_argument("--burst-baseline", action="store_true",
+                        help="after --handshake-burst, the same burst against a stock "
+                             "wireguard-go with as many peers (its established peer's "
+                             "iperf3 ratio printed beside the gateway's)")
     parser.add_argument("--trace", action="store_true",
                         help="run the processes with bench/_trace (GC and stall events) and "
                              "attribute the slow mapping changes")
