@@ -23,6 +23,8 @@ def test_window_ratio_first_second_worst_and_after() -> None:
     assert sm["worst"] == 0.0 and sm["zero"] == 1 and sm["under_half"] == 1
     assert sm["first_1s"] == pytest.approx((7 * 50 + 0 + 2 * 50) / 10 / 100)
     assert sm["after"] == pytest.approx(1.0)
+    assert sm["pre_mbit"] == 100  # the same run's 1.5 s before the burst
+    assert sm["ratio_pre"] == pytest.approx(sm["ratio"])
 
 
 def test_no_overlap_gives_no_ratio() -> None:
