@@ -10,8 +10,9 @@ UDP adapter and the devices:
 - handshake initiations carry no index, so the mux finds the device whose
   public key the initiator's MAC1 was computed for (one keyed BLAKE2s per
   device, from a copy of a hasher already keyed with the device's MAC1 key;
-  the cost of an initiation grows with the number of accounts: ~5 ms for a
-  full scan of 1,000 on the shared bench machine).  The device an
+  the cost of an initiation grows with the number of accounts: 0.6-1 ms of
+  CPU for a full scan of 1,000, ~0.3 ms on average for a first contact,
+  which is most of what answering it with a cookie costs).  The device an
   initiation from a source address was last routed to is tried first (a
   bounded hint, :data:`ADDR_HINTS_MAX` addresses, oldest forgotten first), so
   a peer's retries and rekeys from its endpoint cost one hash; a wrong hint
@@ -76,8 +77,9 @@ _INITIATION_HEAD = struct.pack("<I", MESSAGE_INITIATION)
 HANDSHAKE_QUEUE_MAX = 1024
 #: queue depth from which the devices are under load (wireguard-go: size / 8)
 HANDSHAKE_UNDER_LOAD_DEPTH = HANDSHAKE_QUEUE_MAX // 8
-#: initiations processed per reactor turn at most (~0.15-1 ms each, plus the MAC1
-#: routing: ~5 us per account device tried)
+#: initiations processed per reactor turn at most (~0.3 ms of CPU each for the
+#: DH work, ~0.03-0.05 ms for a cookie reply, plus the MAC1 routing: ~0.3-1 us
+#: per account device tried; bench/handshake_burst.py)
 HANDSHAKE_BUDGET = 8
 #: source addresses whose last routed device is remembered (~200 B each)
 ADDR_HINTS_MAX = 16384
