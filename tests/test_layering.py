@@ -53,7 +53,7 @@ ALLOWED: dict[str, set[str]] = {
     "auth": {"attempts", "cabundle", "routes"},
     "proxy": {"dial", "routes"},
     "observe": {"_proto", "mgmt", "routes", "startup"},
-    "config": {"dial", "durations"},
+    "config": {"dial", "durations", "mgmt"},
     "tls": {"routes"},
     "http": {"auth", "observe", "proxy", "routes"},
     "acme": {"_proto", "startup", "store", "tls"},

@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_RECEIVE_BYTES",
     "ManagedChannel",
     "ManagementTarget",
+    "is_loopback_host",
     "split_management_url",
 ]
 
@@ -92,7 +93,7 @@ class ManagementTarget:
             schemes.add(scheme)
             tls = scheme == "https"
             host = parts.hostname
-            if not tls and not allow_insecure and not _is_loopback(host):
+            if not tls and not allow_insecure and not is_loopback_host(host):
                 raise ValueError(
                     "refusing to send the proxy token over plaintext gRPC to "
                     f"{host}; use https:// or set NB_PROXY_ALLOW_INSECURE=true"
@@ -130,7 +131,8 @@ def _ip_family(host: str) -> str | None:
         return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal (no name is resolved)."""
     if host == "localhost":
         return True
     try:
