@@ -9,8 +9,12 @@ nbgateway.management.cli:main``).  The package is split by concern:
   every command's help, ``--json``/``--url``/``--token`` anywhere, hidden
   aliases for old spellings);
 * ``_output``: tables, JSON, colours and progress (terminal only, NO_COLOR);
-* ``_resources``: users, groups, peers, services, tokens, logs, clusters,
-  domains and accounts;
+* ``_resources``: the resource commands in help order, one module a family:
+  ``_members`` (users, groups, peers), ``_services`` (with ``_targets``, the
+  ``--target`` spec, and ``_clientca``), ``_gateways`` (proxy tokens, logs,
+  clusters, domains), ``_accounts``; ``_lookup`` finds the object a command
+  names and builds the plain list/show/delete commands;
+* ``_certificates``: ``ca``, the private CA peers trust and certificate status;
 * ``_status``: ``status``, the deployment check;
 * ``_completion``: bash/zsh completion scripts generated from the parser;
 * ``_main``: the parser, ``env`` and :func:`main`.

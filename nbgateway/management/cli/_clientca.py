@@ -16,7 +16,8 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from nbgateway.management.cli._client import Client, CliError, UsageError, _q
+from nbgateway.management.cli._client import Client, UsageError, _q
+from nbgateway.management.cli._lookup import resolve
 from nbgateway.management.cli._output import write_json
 
 
@@ -27,18 +28,8 @@ def _user_id(users: list[dict[str, Any]], ref: str) -> str:
     raise UsageError(f"--user: no user {ref!r} in this account")
 
 
-def _service(client: Client, ref: str) -> dict[str, Any]:
-    """The service by id, else by domain."""
-    items = client.get("/reverse-proxies/services")
-    for key in ("id", "domain"):
-        for item in items:
-            if item.get(key) == ref:
-                return item
-    raise CliError(f"service {ref!r} not found (list them with 'nbgateway-admin services list')")
-
-
 def services_client_ca(client: Client, args: argparse.Namespace, out: TextIO) -> None:
-    svc = _service(client, args.ref)
+    svc = resolve(client, "/reverse-proxies/services", args.ref, "service", key="domain")
     path = f"/reverse-proxies/services/{_q(svc['id'])}/client-ca"
     if args.action == "show":
         view = client.get(path)
