@@ -33,6 +33,17 @@ the gateway's RSS growth per peer 2 s after that and again after
 peer keeps)::
 
     .venv/bin/python bench/peer_memory.py --real --before /tmp/h4-before
+
+``--real --probe`` also asks the gateway (``NBGW_MALLOC_PROBE``, SIGUSR2; see
+``nbgateway/tap.malloc_probe_on_signal``) for its allocator figures before
+the storm and after ``--settle``, and prints their growth per peer: glibc's
+bytes in use per malloc arena (``heap0`` the reactor's, ``heap1`` the gRPC
+threads') and free in them, pymalloc's arenas and blocks, object counts,
+and the RSS growth per mapping (``/proc/PID/smaps``);
+``NBGW_MALLOC_PROBE_TRACE=1`` in the environment adds tracemalloc (kept as
+/tmp/nbgw-malloc-probe.json.{before,after}.trace, compare them by line).
+``--env KEY=VALUE`` sets a variable for this tree's gateway only: an A/B of a
+switch with ``--before`` naming the same tree.
 """
 
 from __future__ import annotations
@@ -169,7 +180,85 @@ def child(peers: int, step: int, trace: bool, lines: int, group: str) -> dict[st
     return out
 
 
-def real_storm(tree: str | None, peers: int, settle: float) -> dict[str, Any]:
+def smaps(pid: int) -> dict[str, int]:
+    """Resident bytes per mapping of ``pid``: ``[heap]``, other named ones by
+    name, anonymous ones by start address."""
+    out: dict[str, int] = {}
+    name = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and not head[0].endswith(":"):
+                name = head[5] if len(head) > 5 else "anon@" + head[0].split("-")[0]
+            elif head[0] == "Rss:":
+                out[name] = out.get(name, 0) + int(head[1]) * 1024
+    return out
+
+
+def malloc_heaps(xml: str) -> dict[str, int]:
+    """From glibc's malloc_info XML: bytes in use per arena (``heap<N>``:
+    its system bytes minus its free ones) and the mmapped chunks."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(xml).getroot()
+    out: dict[str, int] = {}
+    for heap in root.findall("heap"):
+        free = sum(int(t.get("size", 0)) for t in heap.findall("total")
+                   if t.get("type") in ("fast", "rest"))
+        system = sum(int(t.get("size", 0)) for t in heap.findall("system")
+                     if t.get("type") == "current")
+        out[f"heap{heap.get('nr')}"] = system - free
+        out[f"heap{heap.get('nr')}_free"] = free
+    for t in root.findall("total"):
+        if t.get("type") == "mmap":
+            out["mmap_chunks"] = int(t.get("count", 0))
+    return out
+
+
+def probe(pid: int, path: str, tag: str) -> dict[str, Any]:
+    """The gateway's NBGW_MALLOC_PROBE figures (nbgateway/tap.py), fresh;
+    its malloc_info XML and tracemalloc snapshot are kept as PATH.<tag>.*"""
+    import signal
+
+    if os.path.exists(path):
+        os.unlink(path)
+    os.kill(pid, signal.SIGUSR2)
+    for _ in range(100):
+        if os.path.exists(path):
+            break
+        time.sleep(0.1)
+    with open(path) as f:
+        got: dict[str, Any] = json.load(f)
+    got["smaps"] = smaps(pid)
+    if os.path.exists(path + ".xml"):
+        got.update(malloc_heaps(path + ".xml"))
+    for ext in (".xml", ".trace"):  # kept per probe: PATH.<tag>.xml, PATH.<tag>.trace
+        if os.path.exists(path + ext):
+            os.replace(path + ext, f"{path}.{tag}{ext}")
+    return got
+
+
+def show_probe(before: dict[str, Any], after: dict[str, Any], peers: int) -> None:
+    """Per-peer growth of every probe figure, and the mappings that grew."""
+    keys = [k for k in after if k != "smaps" and isinstance(after[k], int)]
+    print("    probe, per peer: " + "  ".join(
+        f"{k} {(after[k] - before.get(k, 0)) / peers:+.0f}" for k in keys), flush=True)
+    grew: dict[str, int] = {}
+    for name, rss in after["smaps"].items():
+        kind = name if not name.startswith("anon@") else "anon"
+        grew[kind] = grew.get(kind, 0) + rss - before["smaps"].get(name, 0)
+    for name, rss in before["smaps"].items():
+        if name not in after["smaps"]:
+            kind = name if not name.startswith("anon@") else "anon"
+            grew[kind] = grew.get(kind, 0) - rss
+    print("    mappings, RSS per peer: " + "  ".join(
+        f"{os.path.basename(k)} {v / peers:+.0f}" for k, v in
+        sorted(grew.items(), key=lambda kv: -abs(kv[1]))[:6]), flush=True)
+
+
+def real_storm(tree: str | None, peers: int, settle: float,
+               probe_path: str | None = None,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
     """One storm against real processes (see the module docstring)."""
     sys.path.insert(0, _HERE)
     from bench._testbed import Testbed
@@ -177,6 +266,10 @@ def real_storm(tree: str | None, peers: int, settle: float) -> dict[str, Any]:
     from tests.interop.test_private_e2e import wait_for
 
     saved = os.environ.get("PYTHONPATH")
+    extra = dict(env or {})
+    if probe_path:
+        extra["NBGW_MALLOC_PROBE"] = probe_path
+    saved_env = {k: os.environ.get(k) for k in extra}
     tb = Testbed()
     try:
         w = Scaled(tb, 1, 1, 1)
@@ -184,6 +277,7 @@ def real_storm(tree: str | None, peers: int, settle: float) -> dict[str, Any]:
         w.start_management()
         if tree:
             os.environ["PYTHONPATH"] = tree
+        os.environ.update(extra)  # the gateway's only
         try:
             w.start_gateway(w.proxy_token)
         finally:
@@ -191,10 +285,17 @@ def real_storm(tree: str | None, peers: int, settle: float) -> dict[str, Any]:
                 os.environ.pop("PYTHONPATH", None)
             else:
                 os.environ["PYTHONPATH"] = saved
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         wait_for(lambda: w.active_services() >= 1, 60, "the service active", interval=0.2)
         pid = w.gateway_pid()
         base = w.metric("nbgateway_wireguard_peers")
         time.sleep(2)
+        # the probe trims (its rss_trimmed): before the baseline, not after it
+        p0 = probe(pid, probe_path, "before") if probe_path else None
         rss0 = rss_kib(pid)
         group = w.groups[w.default_account]
         for i in range(peers):
@@ -207,6 +308,8 @@ def real_storm(tree: str | None, peers: int, settle: float) -> dict[str, Any]:
         rss1 = rss_kib(pid)
         time.sleep(max(0.0, settle - 2))
         rss2 = rss_kib(pid)
+        if p0 is not None and probe_path:
+            show_probe(p0, probe(pid, probe_path, "after"), peers)
         return {"roster_s": lag, "rss": (rss1 - rss0) * 1024 / peers,
                 "rss_settled": (rss2 - rss0) * 1024 / peers}
     finally:
@@ -220,19 +323,23 @@ def main_real(args: argparse.Namespace) -> None:
     if args.before:
         trees.insert(0, ("before", os.path.abspath(args.before)))
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
+    env = dict(kv.split("=", 1) for kv in args.env)
     for r in range(args.rounds):
         for name, tree in trees:
-            got = real_storm(tree, args.peers, args.settle)
+            got = real_storm(tree, args.peers, args.settle,
+                             "/tmp/nbgw-malloc-probe.json" if args.probe else None,
+                             env if name == "now" else None)
             results[name].append(got)
             print(f"round {r + 1} {name:6}: roster complete {got['roster_s']:4.1f} s after the "
                   f"last create; RSS per peer {got['rss']:6.0f} B (+2 s), "
                   f"{got['rss_settled']:6.0f} B (+{args.settle:.0f} s)", flush=True)
     if args.before:
-        print("\nmedians (before -> now, ratio now/before):")
-        for k in ("roster_s", "rss", "rss_settled"):
-            b = statistics.median(x[k] for x in results["before"])
-            n = statistics.median(x[k] for x in results["now"])
-            print(f"  {k:12} {b:9.1f} -> {n:9.1f}  ({n / b:.2f})")
+        for label, agg in (("medians", statistics.median), ("means", statistics.fmean)):
+            print(f"\n{label} (before -> now, ratio now/before):")
+            for k in ("roster_s", "rss", "rss_settled"):
+                b = agg(x[k] for x in results["before"])
+                n = agg(x[k] for x in results["now"])
+                print(f"  {k:12} {b:9.1f} -> {n:9.1f}  ({n / b:.2f})")
 
 
 def run_child(tree: str | None, args: argparse.Namespace, trace: bool) -> dict[str, Any]:
@@ -263,6 +370,13 @@ def main() -> None:
                     help="real management and gateway processes (root, netns)")
     ap.add_argument("--settle", type=float, default=65.0,
                     help="--real: seconds after the roster is complete for the second RSS")
+    ap.add_argument("--probe", action="store_true",
+                    help="--real: the gateway's allocator figures before the storm and "
+                         "after --settle (NBGW_MALLOC_PROBE, SIGUSR2; the gateway must "
+                         "be a tree that has it)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="--real: set in the environment of this tree's gateway only "
+                         "(an A/B of a switch: --before the same tree)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -175,6 +175,99 @@ def heap_snapshots_on_signal(environ: Mapping[str, str] = os.environ) -> str | N
     return path
 
 
+def _pymalloc_stats() -> dict[str, int]:
+    """pymalloc's arena figures from ``sys._debugmallocstats()`` (it prints
+    to the C stderr, captured through a temporary file on fd 2)."""
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode("ascii", "replace")
+    out: dict[str, int] = {}
+    names = {"# arenas allocated current": "arenas", "# bytes in allocated blocks": "blocks",
+             "# bytes in available blocks": "available", "Total": "pymalloc_total"}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        key = key.strip()
+        if key in names and names[key] not in out:  # the first Total: the arenas
+            out[names[key]] = int(value.strip().replace(",", ""))
+    return out
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def malloc_probe_on_signal(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Diagnostics without tracemalloc (bench/peer_memory.py ``--probe``):
+    with ``NBGW_MALLOC_PROBE=PATH`` SIGUSR2 writes, after a full collection,
+    glibc's ``mallinfo2`` (:func:`malloc_stats`), pymalloc's arena figures,
+    the live and frozen object counts, the RSS, and the RSS after a
+    ``malloc_trim(0)`` made then (``rss_trimmed``: slack a trim gives back
+    vs. fragmentation) to PATH (JSON) and glibc's per-arena ``malloc_info``
+    XML to PATH.xml; with ``NBGW_MALLOC_PROBE_TRACE=1`` also
+    tracemalloc's traced total (``traced``) and a snapshot to PATH.trace
+    (tracing from now on: that costs memory).  Without the trace it costs
+    nothing until signalled; a debugging switch, not for production."""
+    path = environ.get("NBGW_MALLOC_PROBE")
+    if not path:
+        return None
+    import signal
+    import sys
+    import tracemalloc
+
+    if environ.get("NBGW_MALLOC_PROBE_TRACE") == "1":
+        tracemalloc.start(1)
+
+    def dump(_signum: int, _frame: Any) -> None:
+        gc.collect()
+        stats: dict[str, Any] = {**malloc_stats(), **_pymalloc_stats(),
+                                 "allocated_blocks": sys.getallocatedblocks(),
+                                 "objects": len(gc.get_objects()),
+                                 "frozen": gc.get_freeze_count()}
+        if tracemalloc.is_tracing():
+            stats["traced"] = tracemalloc.get_traced_memory()[0]
+            tracemalloc.take_snapshot().dump(path + ".trace")
+        libc = _libc()
+        stats["rss"] = _rss_bytes()
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)  # what a trim now would give back: slack vs fragmentation
+            stats["rss_trimmed"] = _rss_bytes()
+        if libc is not None and hasattr(libc, "malloc_info"):
+            import ctypes
+
+            libc.fopen.restype = ctypes.c_void_p
+            libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+            libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+            libc.fclose.argtypes = [ctypes.c_void_p]
+            fp = libc.fopen((path + ".xml").encode(), b"w")
+            if fp:
+                libc.malloc_info(0, fp)
+                libc.fclose(fp)
+        with open(path + ".tmp", "w") as f:
+            json.dump(stats, f)
+        os.replace(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR2, dump)
+    return path
+
+
 def build_gateway(config: Any, reactor: Any = None, environ: Any = None) -> Any:
     """The library entry point: a GatewayService for ``config`` (attach it to
     your own Application/MultiService; it touches no global logging)."""
@@ -248,6 +341,7 @@ def makeService(options: Options) -> Any:
     config = options.config
     limit_malloc_arenas()  # before any gRPC thread: less per-thread allocator slack
     heap_snapshots_on_signal()
+    malloc_probe_on_signal()
     PROCESS_LEVEL.set(log_level(config.effective_log_level))
     gateway = build_gateway(config)
     gateway.reload_on_sighup = True  # installed at start, restored at stop

@@ -300,6 +300,7 @@ class StreamCall:
                 if self._stopping:
                     break
                 reactor.callFromThread(self._deliver, message)
+                del message  # not kept while the next read waits (issue 18: a map is MBs)
                 credit.acquire()
                 if self._stopping:
                     break
@@ -355,6 +356,7 @@ class StreamCall:
                     break
                 self._aio_waiter = waiter = loop.create_future()
                 reactor.callFromThread(self._deliver, message)
+                del message  # not kept while the next read waits (issue 18: a map is MBs)
                 await waiter
                 if self._stopping:
                     break
