@@ -206,8 +206,9 @@ def parse_cache_ttl(text: str) -> float:
     if seconds <= 0:
         from twisted.logger import Logger
 
-        Logger().warn("NB_PROXY_TUNNEL_CACHE_TTL={value!r} is not a positive duration; "
-                      "using 300s", value=text)
+        Logger(namespace="nbgateway.config").warn(  # the package's namespace
+            "NB_PROXY_TUNNEL_CACHE_TTL={value!r} is not a positive duration; using 300s",
+            value=text)
         return 300.0
     return seconds
 
