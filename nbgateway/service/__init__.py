@@ -13,41 +13,39 @@ The management client fills the :class:`MappingStore`; its observers
 (:class:`ServiceTable` for routing, :class:`AccountRegistry` for tunnels)
 react.  The validation cache is evicted per account whenever that account's
 services change or a network map for its proxy peer arrives.
+
+This module owns the object graph and the start/stop order.  Its pieces that
+need no gateway state live beside it: :mod:`._accounts` (an account's key
+file and tunnel listeners), :mod:`._drain` (the shutdown's connection drain),
+:mod:`._directdial` (the direct dialer's policy and refusal reports)
+and :mod:`._observers` (startup health and CA constraints from mappings).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
-from weakref import WeakSet
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nbgateway import tunnels
-from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
 from nbgateway.auth.assertion import AssertionSigner
 from nbgateway.auth.mtls import MtlsVerifier
 from nbgateway.auth.mtls import tls_lookup as mtls_tls_lookup
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
-from nbgateway.dial.direct import DenialReports, DirectDialer, DirectDialStats, is_host_address
-from nbgateway.dial.guard import DialPolicy, Listener, parse_allow_list
+from nbgateway.dial.direct import DenialReports, DirectDialStats
+from nbgateway.dial.guard import Listener
 from nbgateway.dial.pool import UpstreamPools
 from nbgateway.dial.tunnel import TunnelDialer, stack_endpoint_factory
-from nbgateway.dns.server import DNSResponderFactory, listen_dns
 from nbgateway.dns.zone import ZoneAuthority, account_zones
 from nbgateway.http.site import GatewayResource
 from nbgateway.l4.wiring import attach_l4
 from nbgateway.mgmt.certreport import CertificateReporting
 from nbgateway.mgmt.statusreport import StatusReporting
-from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from nbgateway.observe.accesslog import AccessLogger
 from nbgateway.observe.health import HealthState, client_health_from_device, health_service
 from nbgateway.observe.metrics import GatewayMetrics, InstrumentedClient
@@ -57,7 +55,11 @@ from nbgateway.proxy.healthcheck import HealthChecks
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
 from nbgateway.routes.table import ServiceTable
-from nbgateway.store.mappings import MappingObserver, MappingStore
+from nbgateway.service._accounts import account_key, listen_inbound
+from nbgateway.service._directdial import direct_dialer, own_listeners, report_dial_denied
+from nbgateway.service._drain import ConnectionDrain
+from nbgateway.service._observers import CAConstraints, SyncHealth
+from nbgateway.store.mappings import MappingStore
 from nbgateway.tls.certstore import CertificateStore
 from nbgateway.tls.contexts import (
     CLIENT_CERT_STATS,
@@ -67,73 +69,14 @@ from nbgateway.tls.contexts import (
 )
 from nbgateway.tls.dispatch import TLSOrPlainFactory
 from nbgateway.wireguard import udp
-from nbgateway.wireguard.keys import generate_private_key, key_from_base64, key_to_base64
 from nbgateway.wireguard.mux import DeviceMux
 
+__all__ = ["GatewayService"]
+
+#: the name the CA-constraints observer had before the package split (tests use it)
+_CAConstraints = CAConstraints
+
 log = Logger()
-
-class _Stoppable:
-    """Adapts an object with ``stop()`` to the ``stopListening()`` of ports."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def stopListening(self) -> Any:
-        return self.inner.stop()
-
-
-class _BuiltOnFirstConnection(Factory):
-    """A listener's factory that builds the real one on the first connection
-    (an idle account's tunnel ports hold this object, not a site, resource,
-    TLS creator and dispatcher: ~2.5 KiB an account).  The port is bound and
-    answers at once; the build is synchronous, so the first connection is
-    served by the real factory like every later one."""
-
-    noisy = False  # no "Starting factory" line per account
-
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self._build = build
-        self.built: Any = None
-
-    def buildProtocol(self, addr: Any) -> Any:
-        if self.built is None:
-            if not self.numPorts:
-                return None  # no port listening: refuse
-            self.built = self._build()
-            self.built.doStart()
-        return self.built.buildProtocol(addr)
-
-    def stopFactory(self) -> None:  # the last port stopped
-        built, self.built = self.built, None
-        if built is not None:
-            built.doStop()
-
-
-class _SyncHealth(MappingObserver):
-    """Marks startup complete once a full snapshot was applied."""
-
-    def __init__(self, health: HealthState) -> None:
-        self.health = health
-
-    def snapshot_reconciled(self, removed_ids: frozenset[str]) -> None:
-        self.health.mark_initial_sync_complete()
-
-
-class _CAConstraints(MappingObserver):
-    """Widens the local CA's name constraints to a mapped domain when the
-    mapping arrives, before any status report or handshake (nbgateway.tls.ca)."""
-
-    def __init__(self, certificates: Any) -> None:
-        self.certificates = certificates
-
-    def mapping_added(self, mapping: pb.ProxyMapping) -> None:
-        # TCP/UDP relays and TLS passthrough never get a certificate from us
-        if mapping.domain and mapping.mode not in ("tcp", "udp", "tls") \
-                and hasattr(self.certificates, "permit"):
-            self.certificates.permit([mapping.domain])
-
-    def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> None:
-        self.mapping_added(new)
 
 
 class GatewayService(MultiService):
@@ -199,12 +142,12 @@ class GatewayService(MultiService):
         self.accounts = AccountRegistry(self._make_runtime, on_change=self._account_changed,
                                         on_removed=self._account_gone, raw_of=self.store.raw)
         self.store.add_observer(self.routes)
-        self.store.add_observer(_CAConstraints(self.certificates))
+        self.store.add_observer(CAConstraints(self.certificates))
         #: L4 relays (tcp/tls/udp): binds before the account runtime reports ACTIVE
         self.l4 = attach_l4(self)
         self.store.add_observer(self.l4)
         self.store.add_observer(self.accounts)
-        self.store.add_observer(_SyncHealth(self.health))
+        self.store.add_observer(SyncHealth(self.health))
         self.metrics.tunnel_cache = self.cache
         self.gate = PrivateGate(self.cache, self._in_roster)
         self.pools = UpstreamPools(reactor, tls_creator=ClientTLSPolicy())
@@ -213,11 +156,8 @@ class GatewayService(MultiService):
         self.direct_stats = DirectDialStats()
         self.metrics.registry.register(self.direct_stats)
         self.metrics.registry.register(self.l4.stats)
-        rules = parse_allow_list(getattr(config, "direct_upstream_allow", "") or "")
-        if embedded is not None and hasattr(embedded, "direct_upstream_rules"):
-            rules += embedded.direct_upstream_rules()
-        self.direct = DirectDialer(reactor, stats=self.direct_stats, policy=DialPolicy(
-            rules, listeners=self._own_listeners, is_local=is_host_address))
+        self.direct = direct_dialer(reactor, config, embedded, self.direct_stats,
+                                    self._own_listeners)
         self.denial_reports = DenialReports()
         self.proxy = ReverseProxy(
             reactor, self.pools, self.dialer_for,
@@ -242,8 +182,8 @@ class GatewayService(MultiService):
         self.public_port: Any = None
         #: the account runtimes' shared settings (_account_settings)
         self._settings: AccountSettings | None = None
-        #: protocols accepted on the public listener (reset at the drain deadline)
-        self._public_protocols: WeakSet[Any] = WeakSet()
+        #: graceful shutdown: public connections, what is in flight, the final close
+        self.drainer = ConnectionDrain(reactor, self.accounts, self.metrics.requests)
         #: twistd mode only (``makeService``): SIGHUP reloads the certificates;
         #: a library host keeps its own signal handlers
         self.reload_on_sighup = False
@@ -309,53 +249,11 @@ class GatewayService(MultiService):
     def _report_dial_denied(self, service: Any, exc: Any) -> None:
         """A refused direct dial becomes the service's status (ERROR with the
         reason), at most once a minute per service."""
-        if not service.service_id:
-            return
-        self.denial_reports.record(service.service_id, DenialReports.message(exc))
-        if not self.denial_reports.due(service.service_id, self.reactor.seconds()):
-            return
-        log.warn("direct_upstream dial refused for account {account} service {service}: "
-                 "{host}:{port} ({address}) {reason}", account=service.account_id,
-                 service=service.service_id, host=exc.host, port=exc.port,
-                 address=exc.address, reason=exc.reason)
-        if self.mgmt is None:
-            return
-        maybeDeferred(
-            self.mgmt.send_status_update, service.service_id, service.account_id,
-            pb.PROXY_STATUS_ERROR, error_message=DenialReports.message(exc),
-        ).addErrback(lambda f: log.debug("status report failed: {err}",
-                                         err=f.getErrorMessage()))
+        report_dial_denied(self.denial_reports, self.mgmt, self.reactor, service, exc)
 
     def _own_listeners(self) -> list[Listener]:
         """This gateway's TCP listeners on the host (the dial guard's deny set)."""
-        cfg = self.config
-        found: list[tuple[str, int]] = []
-        for addr in (cfg.addr, cfg.health_addr):
-            if addr is not None and addr.port:
-                found.append((addr.host, addr.port))
-        if self.public_port is not None:
-            bound = self.public_port.getHost()
-            found.append((getattr(bound, "host", ""), int(getattr(bound, "port", 0))))
-        found.extend((self.l4.bind_host, port) for port in self.l4.public)  # L4 host ports
-        if self.embedded is not None and hasattr(self.embedded, "listeners"):
-            found.extend(self.embedded.listeners())
-        if cfg.mgmt:  # a management on this host (loopback --mgmt)
-            from urllib.parse import urlsplit
-
-            parts = urlsplit(cfg.mgmt if "://" in cfg.mgmt else f"https://{cfg.mgmt}")
-            try:
-                port = parts.port or (443 if parts.scheme == "https" else 80)
-            except ValueError:
-                port = 0
-            if parts.hostname and port:
-                found.append((parts.hostname, port))
-        out = []
-        for host, port in found:
-            try:
-                out.append(Listener.of(host, port))
-            except ValueError:
-                continue
-        return out
+        return own_listeners(self.config, self.public_port, self.l4, self.embedded)
 
     def dialer_for(self, account_id: str, direct: bool) -> Any:
         if direct:
@@ -369,27 +267,8 @@ class GatewayService(MultiService):
 
     def account_key(self, account_id: str) -> bytes:
         """The account's WireGuard private key, kept in ``DATADIR/accounts/``
-        (0600) so a restarted gateway keeps its tunnel identity: management
-        re-registers the same proxy peer and stock peers' configs stay valid."""
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", account_id)[:64]
-        name = f"{safe}-{hashlib.sha256(account_id.encode()).hexdigest()[:8]}.key"
-        folder = os.path.join(self.config.datadir, "accounts")
-        path = os.path.join(folder, name)
-        try:
-            with open(path) as f:
-                return key_from_base64(f.read())
-        except FileNotFoundError:
-            pass
-        except ValueError:
-            log.warn("replacing unreadable account key {path}", path=path)
-        key = generate_private_key()
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key_to_base64(key) + "\n")
-        os.replace(tmp, path)
-        return key
+        (see :func:`nbgateway.service._accounts.account_key`)."""
+        return account_key(self.config.datadir, account_id)
 
     def _account_settings(self) -> AccountSettings:
         """The runtimes' settings: one shared (frozen) object while the WireGuard
@@ -468,37 +347,9 @@ class GatewayService(MultiService):
 
     def serve_inbound(self, runtime: AccountRuntime) -> Deferred:
         """The account's listeners on its tunnel address: HTTP on the HTTP port,
-        HTTPS on the HTTPS port (each also accepting the other protocol), DNS."""
-        cfg = runtime.settings
-        # every address of the account's stack (its tunnel IPv4 and, if any, IPv6);
-        # one factory (site, resource, TLS creator) serves both ports, built
-        # on the account's first connection
-        account_id = runtime.account_id
-        web = _BuiltOnFirstConnection(partial(self.web_factory, account_id))
-        listens = [
-            TunnelServerEndpoint(runtime.stack, port).listen(web)
-            for port in dict.fromkeys((cfg.http_port, cfg.https_port))
-        ]
-        d = DeferredList(listens, fireOnOneErrback=True, consumeErrors=True)
-        d.addCallback(lambda results: [port for _ok, port in results])
-        return d.addCallback(self._serve_dns, runtime)
-
-    def _serve_dns(self, ports: list[Any], runtime: AccountRuntime) -> Deferred:
-        """Add the DNS responder (UDP and TCP 53) to the account's listeners;
-        a DNS bind failure is logged and leaves the web listeners up."""
-        authority = self.dns.setdefault(runtime.account_id, ZoneAuthority())
-        factory = DNSResponderFactory(authority, clock=self.reactor)
-        d = listen_dns(runtime.stack, factory, interface="")
-
-        def bound(listeners: Any) -> list[Any]:
-            return [*ports, _Stoppable(listeners)]
-
-        def failed(failure: Any) -> list[Any]:
-            log.warn("account {account}: DNS responder not started: {err}",
-                     account=runtime.account_id, err=failure.getErrorMessage())
-            return ports
-
-        return d.addCallbacks(bound, failed)
+        HTTPS on the HTTPS port (each also accepting the other protocol), DNS
+        (see :func:`nbgateway.service._accounts.listen_inbound`)."""
+        return listen_inbound(runtime, self.web_factory, self.dns, self.reactor)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -521,7 +372,7 @@ class GatewayService(MultiService):
             self.l4.attach_main(web, lambda name: self.routes.lookup(name) is not None)
             try:
                 self.public_port = self.reactor.listenTCP(
-                    addr.port, self._tracked(web), interface=addr.host)
+                    addr.port, self.drainer.track(web), interface=addr.host)
             except Exception as exc:
                 self.udp_port.stopListening()
                 raise listen_failed(exc, "the public TCP listener",
@@ -556,7 +407,7 @@ class GatewayService(MultiService):
         stops accepting (public, per-account tunnel web and DNS listeners);
         in-flight requests get up to ``--drain-timeout`` to finish (and their
         tunnel TCP send buffers to empty); client connections still open are
-        then reset (deadline) or closed (idle), see :meth:`_close_remaining`;
+        then reset (deadline) or closed (idle), see :meth:`ConnectionDrain.close_remaining`;
         then the tunnels close, the pools and the access log flush, the
         children stop and the UDP port closes."""
         if self._previous_sighup is not None:
@@ -579,8 +430,9 @@ class GatewayService(MultiService):
             listeners, runtime.listeners = runtime.listeners, []
             stops.extend(maybeDeferred(p.stopListening) for p in listeners)
         d = DeferredList(stops, consumeErrors=True)
-        d.addBoth(lambda _: self._drain(self.reactor.seconds() + self.config.drain_timeout))
-        d.addBoth(self._close_remaining)
+        d.addBoth(lambda _: self.drainer.drain(
+            self.reactor.seconds() + self.config.drain_timeout, self.drain_poll))
+        d.addBoth(self.drainer.close_remaining)
         d.addBoth(lambda _: self.accounts.stop())
         if isinstance(self.mgmt, StatusReporting):
             d.addBoth(lambda _: self.mgmt.cancel_retries())
@@ -596,91 +448,6 @@ class GatewayService(MultiService):
             return result
 
         return d.addBoth(close_udp)
-
-    def _in_flight(self) -> tuple[int, int]:
-        """(HTTP requests in flight, bytes queued in tunnel TCP send buffers)."""
-        queued = 0
-        for runtime in self.accounts.runtimes.values():
-            tcp = getattr(runtime.stack, "tcp", None)
-            for conn in list(getattr(tcp, "conns", {}).values()):
-                queued += getattr(conn, "send_queued", 0)
-        return self.metrics.requests.active, queued
-
-    def _drain(self, deadline: float) -> Deferred:
-        """Fires once nothing is in flight (with False), or at ``deadline``
-        (with True; polled every :attr:`drain_poll` seconds; immediately when
-        already idle)."""
-        done: Deferred = Deferred()
-
-        def poll() -> None:
-            requests, queued = self._in_flight()
-            if not requests and not queued:
-                done.callback(False)
-            elif self.reactor.seconds() >= deadline:
-                log.warn("drain timeout: {requests} request(s) still in flight, {queued} "
-                         "byte(s) unsent; resetting their connections",
-                         requests=requests, queued=queued)
-                done.callback(True)
-            else:
-                self.reactor.callLater(self.drain_poll, poll)
-
-        requests, _queued = self._in_flight()
-        if requests:
-            log.info("draining {requests} in-flight request(s)", requests=requests)
-        poll()
-        return done
-
-    def _tracked(self, factory: Any) -> Any:
-        """``factory`` remembering (weakly) every protocol it builds, so the
-        connections the public listener accepted can be closed at shutdown."""
-        build = factory.buildProtocol
-
-        def build_protocol(addr: Any) -> Any:
-            protocol = build(addr)
-            if protocol is not None:
-                self._public_protocols.add(protocol)
-            return protocol
-
-        factory.buildProtocol = build_protocol
-        return factory
-
-    def _close_remaining(self, timed_out: Any) -> None:
-        """After the drain: close every client connection still open before the
-        tunnels go away, so no client is left waiting on a silent socket.  At
-        the drain deadline (``timed_out`` True) they are reset: host sockets
-        with ``abortConnection`` (SO_LINGER 0: RST), tunnel TCP connections by
-        the netstack's RST; after a complete drain (only idle keep-alive
-        connections remain) they are closed normally (FIN).  Never raises."""
-        abort = timed_out is True
-        closed = 0
-        for protocol in list(self._public_protocols):
-            transport = getattr(protocol, "transport", None)
-            if transport is None or not getattr(transport, "connected", False):
-                continue
-            try:
-                transport.abortConnection() if abort else transport.loseConnection()
-                closed += 1
-            except Exception:
-                log.failure("closing a public connection at shutdown")
-        for runtime in list(self.accounts.runtimes.values()):
-            tcp = getattr(runtime.stack, "tcp", None)
-            conns = list(getattr(tcp, "conns", {}).values())
-            try:
-                if abort and conns:
-                    closed += len(conns)
-                    tcp.close()  # RST on every connection, users see ConnectionLost
-                    continue
-                for conn in conns:
-                    user = getattr(conn, "user", None)
-                    if user is not None and hasattr(user, "loseConnection"):
-                        user.loseConnection()
-                        closed += 1
-            except Exception:
-                log.failure("closing tunnel connections of {account} at shutdown",
-                            account=runtime.account_id)
-        if closed:
-            log.info("shutdown: {how} {count} remaining client connection(s)",
-                     how="reset" if abort else "closed", count=closed)
 
     def reload(self) -> None:
         """SIGHUP: re-read the certificate directories now."""
