@@ -46,7 +46,7 @@ from nbgateway.management.store._common import (
 )
 from nbgateway.management.store._groups import GroupRepository
 from nbgateway.management.store._peers import PeerRepository
-from nbgateway.management.store._users import UserRepository, row_pat, row_user
+from nbgateway.management.store._users import UserRepository, row_user
 from nbgateway.management.store.schema import (
     access_log_entries,
     accounts,
@@ -64,16 +64,12 @@ from nbgateway.management.store.schema import (
 )
 
 __all__ = [
-    "ALL_GROUP",
     "DEFAULT_ACCOUNT_ID",
     "AccountRepository",
     "AccountRows",
     "GroupRepository",
     "PeerRepository",
     "UserRepository",
-    "row_account",
-    "row_pat",
-    "row_user",
 ]
 
 DEFAULT_ACCOUNT_ID = "default"
@@ -137,6 +133,14 @@ class AccountRepository(Repository):
         tx.changed(ChangeKind.ACCOUNT, account.id, account.id)
         return account
 
+    def _insert_admin(self, tx: Tx, account: Account, admin: User) -> Bootstrap:
+        """The new account's first admin and that admin's first personal access
+        token (the plain token is in the answer, and only there)."""
+        users = self._store.users
+        admin = users._insert_user(tx, admin)
+        _, plain = users._insert_pat(tx, account.id, admin.id, "first admin token", None, "")
+        return Bootstrap(account=account, admin_user=admin, admin_token=plain)
+
     # --- accounts ---------------------------------------------------------------
 
     def create(self, account: Account) -> Account:
@@ -157,19 +161,8 @@ class AccountRepository(Repository):
 
         def run(tx: Tx) -> Bootstrap:
             account = self._insert_account(tx, Account(name=name.strip(), domain=domain))
-            admin = self._store.users._insert_user(
-                tx,
-                User(
-                    account_id=account.id,
-                    email=admin_email,
-                    name="admin",
-                    role="owner",
-                ),
-            )
-            _, plain = self._store.users._insert_pat(
-                tx, account.id, admin.id, "first admin token", None, ""
-            )
-            return Bootstrap(account=account, admin_user=admin, admin_token=plain)
+            admin = User(account_id=account.id, email=admin_email, name="admin", role="owner")
+            return self._insert_admin(tx, account, admin)
 
         return self._store._write("new-account", run)
 
@@ -305,10 +298,6 @@ class AccountRepository(Repository):
                 created_at=utcnow(),
                 instance_admin=True,
             )
-            self._store.users._insert_user(tx, admin)
-            _, plain = self._store.users._insert_pat(
-                tx, account.id, admin.id, "first admin token", None, ""
-            )
-            return Bootstrap(account=account, admin_user=admin, admin_token=plain)
+            return self._insert_admin(tx, account, admin)
 
         return self._store._write(DEFAULT_ACCOUNT_ID, run)

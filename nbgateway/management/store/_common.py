@@ -2,14 +2,19 @@
 
 The checks every stored name and text goes through (no NUL, which
 PostgreSQL text cannot hold; a name is required and at most
-:data:`MAX_NAME` bytes), the name of the ``All`` group every account has,
-and the account row converter (accounts are read by the peer repository
-too). Nothing here touches the database beyond the row it is handed.
+:data:`MAX_NAME` bytes), the check that ids name rows of the account
+(groups, peers), the read of group memberships from either side, the name
+of the ``All`` group every account has, and the account row converter
+(accounts are read by the peer repository too). The database helpers run
+on the connection of the caller's transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from nbgateway.management.errors import ValidationError
 from nbgateway.management.model import Account
@@ -41,3 +46,42 @@ def row_account(r: sa.Row) -> Account:
         created_at=r.created_at,
         name=r.name or "",
     )
+
+
+def check_ids(
+    conn: Connection, table: sa.Table, account_id: str, ids: Sequence[str], what: str
+) -> None:
+    """ValidationError ``<what> '<id>' not found in account`` for the first of
+    ``ids`` that is not a row of ``table`` (groups, peers) in the account."""
+    wanted = list(ids)
+    if not wanted:
+        return
+    found = set(
+        conn.execute(
+            sa.select(table.c.id).where(
+                table.c.account_id == account_id, table.c.id.in_(set(wanted))
+            )
+        ).scalars()
+    )
+    for one in wanted:
+        if one not in found:
+            raise ValidationError(f"{what} {one!r} not found in account")
+
+
+def memberships(
+    conn: Connection, key: sa.Column, other: sa.Column, ids: Sequence[str], *then: sa.Column
+) -> dict[str, list[str]]:
+    """``{id: [ids on the other side]}`` from ``group_peers`` for ``ids`` on the
+    ``key`` side (group -> member peers, or peer -> its groups), ordered by
+    ``key`` then ``then``; every id of ``ids`` is present."""
+    out: dict[str, list[str]] = {one: [] for one in ids}
+    if not ids:
+        return out
+    q = (
+        sa.select(key, other)
+        .where(key.in_(list(ids)))
+        .order_by(key, *then)
+    )
+    for k, v in conn.execute(q):
+        out[k].append(v)
+    return out

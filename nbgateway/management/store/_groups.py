@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from nbgateway.management.errors import BadRequest, Conflict, GroupInUse, NotFound, ValidationError
+from nbgateway.management.errors import BadRequest, Conflict, GroupInUse, NotFound
 from nbgateway.management.model import ChangeKind, Group, new_id
 from nbgateway.management.store import _peerstatements as ps
 from nbgateway.management.store._base import Repository, Tx, dumps, loads
-from nbgateway.management.store._common import ALL_GROUP, check_name
+from nbgateway.management.store._common import ALL_GROUP, check_ids, check_name, memberships
 from nbgateway.management.store.schema import group_peers, groups, services, users
 
 
@@ -26,18 +26,11 @@ class GroupRepository(Repository):
 
     Reached as ``store.groups``."""
 
-    def _group_members(self, conn: Connection, group_ids: Sequence[str]) -> dict[str, list[str]]:
-        members: dict[str, list[str]] = {gid: [] for gid in group_ids}
-        if not group_ids:
-            return members
-        q = (
-            sa.select(group_peers.c.group_id, group_peers.c.peer_id)
-            .where(group_peers.c.group_id.in_(list(group_ids)))
-            .order_by(group_peers.c.group_id, group_peers.c.position, group_peers.c.peer_id)
-        )
-        for gid, pid in conn.execute(q):
-            members[gid].append(pid)
-        return members
+    @staticmethod
+    def _group_members(conn: Connection, group_ids: Sequence[str]) -> dict[str, list[str]]:
+        """``{group id: member peer ids}``, members in their stored order."""
+        return memberships(conn, group_peers.c.group_id, group_peers.c.peer_id, group_ids,
+                           group_peers.c.position, group_peers.c.peer_id)
 
     def _load_groups(self, conn: Connection, where: sa.ColumnElement[bool]) -> list[Group]:
         rows = conn.execute(sa.select(groups).where(where).order_by(groups.c.id)).all()
@@ -53,22 +46,12 @@ class GroupRepository(Repository):
             for r in rows
         ]
 
+    @staticmethod
     def _check_group_ids(
-        self, conn: Connection, account_id: str, ids: Sequence[str], what: str
+        conn: Connection, account_id: str, ids: Sequence[str], what: str
     ) -> None:
-        wanted = list(ids)
-        if not wanted:
-            return
-        found = set(
-            conn.execute(
-                sa.select(groups.c.id).where(
-                    groups.c.account_id == account_id, groups.c.id.in_(set(wanted))
-                )
-            ).scalars()
-        )
-        for gid in wanted:
-            if gid not in found:
-                raise ValidationError(f"{what} {gid!r} not found in account")
+        """ValidationError ``<what> '<id>' not found in account``."""
+        check_ids(conn, groups, account_id, ids, what)
 
     # --- groups -----------------------------------------------------------------
 

@@ -22,7 +22,13 @@ from nbgateway.management.model import Account, ChangeKind, Group, Peer, User, n
 from nbgateway.management.store import _peerstatements as ps
 from nbgateway.management.store._addresses import AddressAllocator
 from nbgateway.management.store._base import Repository, Tx
-from nbgateway.management.store._common import check_name, check_text, row_account
+from nbgateway.management.store._common import (
+    check_ids,
+    check_name,
+    check_text,
+    memberships,
+    row_account,
+)
 from nbgateway.management.store._users import row_user
 from nbgateway.management.store.schema import (
     accounts,
@@ -54,18 +60,11 @@ class PeerRepository(Repository):
         super().__init__(store)
         self._addresses = AddressAllocator()
 
-    def _peer_groups(self, conn: Connection, peer_ids: Sequence[str]) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {pid: [] for pid in peer_ids}
-        if not peer_ids:
-            return out
-        q = (
-            sa.select(group_peers.c.peer_id, group_peers.c.group_id)
-            .where(group_peers.c.peer_id.in_(list(peer_ids)))
-            .order_by(group_peers.c.peer_id, group_peers.c.group_id)
-        )
-        for pid, gid in conn.execute(q):
-            out[pid].append(gid)
-        return out
+    @staticmethod
+    def _peer_groups(conn: Connection, peer_ids: Sequence[str]) -> dict[str, list[str]]:
+        """``{peer id: ids of the groups it is in}``, by group id."""
+        return memberships(conn, group_peers.c.peer_id, group_peers.c.group_id, peer_ids,
+                           group_peers.c.group_id)
 
     def _load_peers(
         self, conn: Connection, where: sa.ColumnElement[bool], limit: int | None = None
@@ -101,19 +100,10 @@ class PeerRepository(Repository):
             ))
         return out
 
-    def _check_peer_ids(self, conn: Connection, account_id: str, ids: Sequence[str]) -> None:
-        if not ids:
-            return
-        found = set(
-            conn.execute(
-                sa.select(peers.c.id).where(
-                    peers.c.account_id == account_id, peers.c.id.in_(set(ids))
-                )
-            ).scalars()
-        )
-        for pid in ids:
-            if pid not in found:
-                raise ValidationError(f"peer {pid!r} not found in account")
+    @staticmethod
+    def _check_peer_ids(conn: Connection, account_id: str, ids: Sequence[str]) -> None:
+        """ValidationError ``peer '<id>' not found in account``."""
+        check_ids(conn, peers, account_id, ids, "peer")
 
     def _set_peer_memberships(
         self,

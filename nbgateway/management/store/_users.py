@@ -16,6 +16,7 @@ import time
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from nbgateway.management.errors import Conflict, NotFound, Unauthenticated, ValidationError
 from nbgateway.management.model import (
@@ -74,9 +75,7 @@ class UserRepository(Repository):
     def _insert_user(self, tx: Tx, user: User) -> User:
         conn = tx.conn
         self._store.accounts.require(conn, user.account_id)
-        if user.role not in USER_ROLES:
-            raise ValidationError(f"invalid user role {user.role!r}")
-        self._store.groups._check_group_ids(conn, user.account_id, user.auto_groups, "auto group")
+        self._check_role_and_groups(conn, user)
         user = dataclasses.replace(
             user, id=user.id or new_id(), created_at=user.created_at or utcnow()
         )
@@ -95,6 +94,12 @@ class UserRepository(Repository):
         # mTLS: a new user may be a certificate's user (client_cert_auth)
         self._store.services.client_cert_users_changed_in(tx, user.account_id)
         return user
+
+    def _check_role_and_groups(self, conn: Connection, user: User) -> None:
+        """ValidationError for an unknown role or an ``auto_groups`` id not in the account."""
+        if user.role not in USER_ROLES:
+            raise ValidationError(f"invalid user role {user.role!r}")
+        self._store.groups._check_group_ids(conn, user.account_id, user.auto_groups, "auto group")
 
     @staticmethod
     def _user_values(user: User) -> dict:
@@ -149,11 +154,7 @@ class UserRepository(Repository):
             ).first()
             if row is None:
                 raise NotFound("user not found")
-            if user.role not in USER_ROLES:
-                raise ValidationError(f"invalid user role {user.role!r}")
-            self._store.groups._check_group_ids(
-                conn, user.account_id, user.auto_groups, "auto group"
-            )
+            self._check_role_and_groups(conn, user)
             conn.execute(
                 sa.update(users).where(users.c.id == user.id).values(**self._user_values(user))
             )
