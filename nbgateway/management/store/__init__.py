@@ -15,7 +15,8 @@ The store is composed of one repository per aggregate, reached as attributes:
 ``store.accounts`` (``_accounts``), ``store.users`` (users and personal access
 tokens; ``_users``), ``store.groups`` (``_groups``), ``store.peers``
 (``_peers``, addresses from ``_addresses``; the four share ``_common``),
-``store.services`` and ``store.domains`` (``_services``), ``store.proxies``
+``store.services`` (``_services``; how a service is stored: ``_servicerows``),
+``store.domains`` (``_domains``, with cluster derivation), ``store.proxies``
 (proxy rows, clusters, inbound listeners, proxy tokens; ``_proxies``),
 ``store.access_logs`` (``_accesslog``) and ``store.certificates``
 (``_certificates``). The store itself (``_base``) owns only the engine,
