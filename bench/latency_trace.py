@@ -137,6 +137,31 @@ def summarise(cs: list[dict]) -> dict:
     return out
 
 
+def light_cycles(ev: list[tuple[int, str]]) -> dict:
+    """--light: per setting, the request cycles (UDP read event to the next)
+    that lie wholly inside one toggle period: how many per second of that
+    setting, and their median and 90th percentile in microseconds."""
+    by: dict[str, list[int]] = {}
+    span: dict[str, int] = {}
+    mode, last, since = "", None, None
+    for t, name in ev:
+        if name.startswith("mode "):
+            if since is not None and mode:
+                span[mode] = span.get(mode, 0) + (t - since)
+            mode, last, since = name.split()[1], None, t
+            continue
+        if mode and last is not None:
+            by.setdefault(mode, []).append(t - last)
+        last = t
+    out = {}
+    for m, v in sorted(by.items()):
+        v.sort()
+        out[m] = {"cycles": len(v), "per_s": round(len(v) / (span.get(m, 1) / 1e9)),
+                  "p50_us": round(v[len(v) // 2] / 1000, 1),
+                  "p90_us": round(v[len(v) * 9 // 10] / 1000, 1)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=6.0)
@@ -148,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="flip this boolean attribute on every instance every 0.2 s "
                         "and summarise the cycles of each setting apart (an A/B in one "
                         "process, interleaved)")
+    p.add_argument("--light", action="store_true",
+                   help="stamp only the UDP read events (request cycles at one "
+                        "connection, next to no tracer cost); with --toggle: cycle "
+                        "time per setting")
     p.add_argument("--py-spy", default=None, metavar="FILE",
                    help="also record the gateway with py-spy (raw, 1000 Hz) during the "
                         "window")
@@ -168,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NBGW_LATTRACE"] = raw
         if args.toggle:
             os.environ["NBGW_LATTRACE_TOGGLE"] = args.toggle
+        if args.light:
+            os.environ["NBGW_LATTRACE_LIGHT"] = "1"
         os.environ["PYTHONPATH"] = os.pathsep.join(
             x for x in (os.path.join(HERE, "_lattrace"), os.environ.get("PYTHONPATH")) if x)
     hosts_dirs: list[str] = []
@@ -237,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(raw + ".window", "w") as f:
             f.write(window)
         ev = parse(raw + ".window")
+        if args.light:
+            result["cycles"] = light_cycles(ev)
+            print(json.dumps(result, indent=1))
+            return 0
         cs = cycles(ev)
         modes = sorted({c["mode"] for c in cs})
         if modes == [""]:

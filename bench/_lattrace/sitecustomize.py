@@ -67,7 +67,28 @@ if _OUT:
             name += ":" + type(proto).__name__
         return name
 
+    def _install_light() -> None:
+        """``NBGW_LATTRACE_LIGHT=1``: one stamp per UDP read event and nothing
+        else (the interval between two is one request cycle at one
+        connection, with next to no tracer cost), plus the toggle."""
+        from twisted.internet import epollreactor
+
+        from nbgateway.wireguard.udp import BatchingPort
+
+        orig_rw = epollreactor.EPollReactor._doReadOrWrite
+
+        def _doReadOrWrite(self, selectable, fd, event):
+            if selectable.__class__ is BatchingPort and len(_EV) < _MAX:
+                _EV.append((_now(), "fd> BatchingPort"))
+            return orig_rw(self, selectable, fd, event)
+
+        epollreactor.EPollReactor._doReadOrWrite = _doReadOrWrite
+        _toggle()
+
     def _install() -> None:
+        if os.environ.get("NBGW_LATTRACE_LIGHT") == "1":
+            _install_light()
+            return
         from twisted.internet import base, epollreactor
 
         orig_poll = epollreactor.EPollReactor.doPoll
@@ -170,6 +191,10 @@ if _OUT:
             _rec(f"gc{'>' if phase == 'start' else '<'} {info.get('generation')}")
 
         _gc.callbacks.append(_gc_cb)
+        _toggle()
+        print(f"lattrace: on, dumping to {_OUT} on SIGUSR2", file=sys.stderr)
+
+    def _toggle() -> None:
         toggle = os.environ.get("NBGW_LATTRACE_TOGGLE")  # module:Class.attr
         if toggle:
             import gc
@@ -190,7 +215,6 @@ if _OUT:
             reactor.callLater(period, flip)
             print(f"lattrace: toggling {attr} on {len(objs)} objects every {period} s",
                   file=sys.stderr)
-        print(f"lattrace: on, dumping to {_OUT} on SIGUSR2", file=sys.stderr)
 
     class _Finder:
         """Install once twisted's epoll reactor and the gateway are importable:
