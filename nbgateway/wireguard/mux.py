@@ -31,11 +31,13 @@ clock's ``seconds()``; at least one initiation) per reactor turn
 DH work (a few ms apiece with the MAC1 routing at 1,000 accounts) leaves the
 turns in between to transport data.  While the data path is busy
 (:attr:`DeviceMux.busy_datagrams` transport datagrams or more routed since the
-previous drain turn) the turns are smaller (:attr:`DeviceMux.busy_time_budget`)
-and spaced: after a turn that took ``t`` seconds the next one waits
-``t * (1 - share) / share`` (:attr:`DeviceMux.busy_share`, at most
-:attr:`DeviceMux.busy_max_delay`), so handshakes take at most about that share
-of the reactor while an established peer moves data, and all of it when none
+previous drain turn, and for :attr:`DeviceMux.busy_hold` seconds after, so a
+TCP flow stalled by a loss is not starved while it recovers) the turns are
+smaller (:attr:`DeviceMux.busy_time_budget`) and spaced: after a turn that
+took ``t`` seconds the next one waits ``t * (1 - share) / share``
+(:attr:`DeviceMux.busy_share`, at most :attr:`DeviceMux.busy_max_delay`), so
+handshakes take at most about that share of the reactor while an established
+peer moves data, and all of it when none
 does.  The queue
 depth is the global "under load" signal of whitepaper 5.3: at
 :attr:`DeviceMux.under_load_depth` or more queued initiations (and for
@@ -98,6 +100,11 @@ BUSY_HANDSHAKE_TIME_BUDGET = 0.0005
 BUSY_HANDSHAKE_SHARE = 0.25
 #: the longest wait between two drain turns while the data path is busy
 BUSY_MAX_DELAY = 0.010
+#: seconds the data path still counts as busy after the last drain turn that
+#: saw it busy: a TCP flow that stalled (a loss, its retransmission timeout:
+#: 0.2 s and up) brings few datagrams meanwhile, and handshakes at full speed
+#: would keep it stalled until the queue is empty
+BUSY_HOLD = 1.0
 
 
 class DeviceMux:
@@ -115,6 +122,7 @@ class DeviceMux:
         busy_time_budget: float = BUSY_HANDSHAKE_TIME_BUDGET,
         busy_share: float = BUSY_HANDSHAKE_SHARE,
         busy_max_delay: float = BUSY_MAX_DELAY,
+        busy_hold: float = BUSY_HOLD,
     ) -> None:
         self.registry = IndexRegistry()
         self.devices: list[WireGuardDevice] = []
@@ -132,8 +140,10 @@ class DeviceMux:
             raise ValueError("busy_share must be in (0, 1]")
         self.busy_share = busy_share
         self.busy_max_delay = busy_max_delay
+        self.busy_hold = busy_hold
         # transport datagrams routed since the last drain turn (the busy signal)
         self._data_since_drain = 0
+        self._busy_until = float("-inf")
         self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._drain_call: IDelayedCall | None = None
         self._under_load_until = float("-inf")
@@ -255,18 +265,23 @@ class DeviceMux:
         them or the turn's time budget (at least one); schedule the rest.
 
         While the data path is busy (``busy_datagrams`` or more transport
-        datagrams routed since the previous drain turn) the turn's time budget
-        is ``busy_time_budget`` and the next turn waits so that the drain takes
+        datagrams routed since the previous drain turn, or since one within
+        ``busy_hold`` seconds that saw that) the turn's time budget is
+        ``busy_time_budget`` and the next turn waits so that the drain takes
         at most ``busy_share`` of the wall time (at most ``busy_max_delay``);
         otherwise the budget is ``handshake_time_budget`` and the next turn is
         the next reactor iteration."""
         self._drain_call = None
         queue = self._queue
         clock = self.clock
-        busy = self._data_since_drain >= self.busy_datagrams
-        self._data_since_drain = 0
         seconds = clock.seconds if clock is not None else None
         start = seconds() if seconds is not None else 0.0
+        if self._data_since_drain >= self.busy_datagrams:
+            self._busy_until = start + self.busy_hold
+            busy = True
+        else:
+            busy = start < self._busy_until
+        self._data_since_drain = 0
         budget = (min(self.handshake_time_budget, self.busy_time_budget) if busy
                   else self.handshake_time_budget)
         deadline = start + budget

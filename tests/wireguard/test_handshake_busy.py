@@ -80,7 +80,7 @@ def test_busy_data_path_gets_small_spaced_turns_and_every_handshake_completes():
 def test_without_data_the_next_turn_is_immediate_with_the_full_budget():
     clock, net, mux, dev, _sink, established, newcomers = _busy_world(
         8, busy_datagrams=4, busy_time_budget=0.0005, busy_share=0.25,
-        handshake_time_budget=0.002)
+        handshake_time_budget=0.002, busy_hold=0.0)
     _costly(clock, dev, 0.0004)
     mux.datagramsReceived(_initiations(net, newcomers) + _established_data(net, mux,
                                                                            established, 4))
@@ -123,3 +123,29 @@ def test_busy_share_must_be_a_fraction():
         DeviceMux(busy_share=0.0)
     with pytest.raises(ValueError):
         DeviceMux(busy_share=1.5)
+
+
+def test_busy_holds_while_the_flow_recovers_then_full_speed():
+    # a stalled TCP flow (a loss, its retransmission timeout) sends little: the
+    # drain stays spaced for busy_hold after the last busy turn
+    clock, net, mux, dev, _sink, established, newcomers = _busy_world(
+        12, busy_datagrams=4, busy_time_budget=0.0005, busy_share=0.25,
+        handshake_time_budget=0.002, busy_hold=0.010)
+    _costly(clock, dev, 0.0004)
+    mux.datagramsReceived(_initiations(net, newcomers) + _established_data(net, mux,
+                                                                           established, 4))
+    assert mux.counters["handshake_queue_processed"] == 1 + 2
+    # no data since, but within the hold (10 ms): still two per turn, spaced
+    call = _drain_call(clock, mux)
+    _run_at(clock, call)
+    assert mux.counters["handshake_queue_processed"] == 1 + 4
+    assert _drain_call(clock, mux).getTime() > clock.seconds()
+    assert mux.counters["handshake_queue_busy_turns"] == 2
+    clock.rightNow = _drain_call(clock, mux).getTime() + 0.010
+    clock.turn()  # the hold is over: the full budget, the next turn at once
+    assert mux.counters["handshake_queue_processed"] == 1 + 4 + 5
+    assert _drain_call(clock, mux).getTime() == clock.seconds()
+    clock.turn()
+    assert mux.handshake_queue_depth == 0
+    net.pump()
+    assert _completed(newcomers) == 12
