@@ -13,12 +13,14 @@ account's hints so the freed address is handed out again first. Uniqueness
 never depends on a hint: the write is serialised per account and the unique
 index backs it up; a stale hint (delete through another replica) only means
 the freed address is not the next one handed out here. At most
-:data:`HINTS_MAX` hints are kept (all dropped when full).
+:data:`HINTS_MAX` hints are kept (all dropped when full); a lock keeps
+the hints whole while writes of different accounts run at once.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import threading
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -36,17 +38,31 @@ class AddressAllocator:
 
     def __init__(self) -> None:
         self._hints: dict[tuple[str, int, str], int] = {}
+        # writes of different accounts run at once (PostgreSQL): forget() walks
+        # the hints while another account's claim may add one or clear them all
+        self._lock = threading.Lock()
 
     def forget(self, account_id: str) -> None:
         """Drop the account's hints (a peer of it was deleted: its address is free)."""
-        hints = self._hints
-        for key in [k for k in hints if k[0] == account_id]:
-            hints.pop(key, None)
+        with self._lock:
+            hints = self._hints
+            for key in [k for k in hints if k[0] == account_id]:
+                del hints[key]
 
+    def _remember(self, key: tuple[str, int, str], found: str) -> None:
+        """The next allocation for ``key`` starts after ``found``."""
+        with self._lock:
+            if len(self._hints) >= HINTS_MAX:
+                self._hints.clear()
+            self._hints[key] = ipam.to_int(found) + 1
 
     def claim(
         self, conn: Connection, account_id: str, requested: str, network: str, version: int
     ) -> str:
+        """The address for a new peer of the account, inside its write
+        transaction: ``requested`` when it is a free IPv``version`` address of
+        ``network`` (ValidationError / Conflict otherwise), else a free one
+        (AddressExhausted when there is none)."""
         column = peers.c.ip if version == 4 else peers.c.ipv6
         if requested:
             canon = ipam.canonical_tunnel_ip(requested)
@@ -62,9 +78,8 @@ class AddressAllocator:
             ).first():
                 raise Conflict(f"address {canon[1]} is already in use")
             return canon[1]
-        hints = self._hints
         key = (account_id, version, network)
-        start = hints.get(key)
+        start = self._hints.get(key)
         found: str | None = None
         if start is not None:
             # the usual case: the hinted address itself is free (one indexed probe)
@@ -96,7 +111,5 @@ class AddressAllocator:
             ]
             alloc = ipam.allocate_ipv4 if version == 4 else ipam.allocate_ipv6
             found = alloc(network, used)
-        if len(hints) >= HINTS_MAX:
-            hints.clear()
-        hints[key] = ipam.to_int(found) + 1
+        self._remember(key, found)
         return found
