@@ -17,20 +17,9 @@ validated :class:`~nbgateway.routes.identity.Identity`, or None):
   account's dialer (tunnel, or the host network for ``direct_upstream``) and
   a persistent per-account pool (:mod:`nbgateway.dial.pool`); every new
   connection is dialed through the dialer (guard or tunnel);
-- bodies streamed both ways with backpressure: the request body through
-  :class:`~nbgateway.proxy.streaming.RequestBodyStream`, the response body
-  with the upstream transport registered as the producer of the client
-  response (chunked on either side as HTTP/1.1 needs);
-- the request timeout bounds the dial *and* the whole wait for the response
-  head (hardening over upstream, where it only bounds the dial).  One
-  deadline per request, re-armed only while a streamed request body is still
-  moving upstream, so it bounds the time without progress rather than the
-  length of a large upload.  The response body itself is streamed without a
-  deadline (SSE-friendly).  The deadlines of all requests share one reactor
-  timer (:mod:`nbgateway.dial.deadlines`, the pools' when they have one: the
-  upstream idle timeouts are on it too) instead of a ``callLater`` each, and
-  that timer lingers when nothing is pending, so a request alone makes no
-  timer call either;
+- the request itself -- upstream call, deadline, bodies streamed both ways
+  with backpressure, response relay, errors and retries -- is one
+  :class:`~nbgateway.proxy.exchange._Exchange` (:mod:`nbgateway.proxy.exchange`);
 - optional per-account in-flight limit on the tunnel path (503);
 - ``rewrite_redirects``; an unparseable ``Location`` is a 502;
 - error pages with upstream's statuses (502/504/...); a ``direct_upstream``
@@ -60,18 +49,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web._newclient import ResponseDone
 from twisted.web.client import FileBodyProducer
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
-from zope.interface import implementer
 
 from nbgateway.dial.deadlines import Deadlines
 from nbgateway.proxy import pages
@@ -80,17 +62,16 @@ from nbgateway.proxy.balance import (
     Balancers,
     TargetPool,
     TargetState,
-    counts_against_target,
-    never_reached_upstream,
 )
-from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
+from nbgateway.proxy.exchange import (
+    _BytesProducer,
+    _Exchange,
+    client_ip,
+)
 from nbgateway.proxy.headers import (
     TrustedProxies,
     canonical_name,
-    filter_response_headers,
     prepare_upstream_headers,
-    relay_response_headers,
-    rewrite_locations,
 )
 from nbgateway.routes.context import RequestContext
 from nbgateway.routes.hosts import host_without_port
@@ -102,7 +83,6 @@ log = Logger()
 
 DEFAULT_REQUEST_TIMEOUT = 30.0  # host dialer timeout upstream
 _MAX_ROUTE_OPTIONS = 4096  # routes whose converted options are kept
-NO_BODY_CODES = (204, 304)
 _EXPECT, _CONTENT_LENGTH = map(canonical_name, ("Expect", "Content-Length"))
 
 
@@ -118,11 +98,6 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return addr
 
 
-def client_ip(request: Any) -> str:
-    peer = request.getClientAddress()
-    return str(getattr(peer, "host", "") or "")
-
-
 def is_self_loop(overlay: bool, source_ip: str, route: Route) -> bool:
     """Loop check: overlay request whose source IP is the target's literal IP."""
     if not overlay:
@@ -130,335 +105,6 @@ def is_self_loop(overlay: bool, source_ip: str, route: Route) -> bool:
     target = _ip_literal(route.host)
     source = _ip_literal(source_ip)
     return target is not None and source is not None and target == source
-
-
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """A small, already buffered request body."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
-        consumer.write(self.body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class _ResponseRelay(Protocol):
-    """Streams an upstream response body into the client response, with the
-    upstream transport registered as the (streaming) producer."""
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self.exchange = exchange
-        self.bytes = 0
-
-    def connectionMade(self) -> None:
-        request = self.exchange.request
-        self.exchange.relay = self
-        if self.exchange.client_gone:
-            self.transport.stopProducing()
-            return
-        request.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.exchange.client_gone:
-            return
-        self.bytes += len(data)
-        self.exchange.request.write(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        ex = self.exchange
-        ex.response_bytes = self.bytes
-        if ex.client_gone:
-            return
-        request = ex.request
-        request.unregisterProducer()
-        if type(reason.value) is ResponseDone or reason.check(ResponseDone, PotentialDataLoss):
-            ex.finish()
-            return
-        # Truncated upstream body: the client must see an incomplete
-        # response, not a well-formed short one.
-        log.warn("upstream response body failed: {error}", error=str(reason.value),
-                 host=ex.host, path=ex.path)
-        channel = request.channel
-        # HTTP/1.1: the connection; HTTP/2: the stream (RST_STREAM)
-        transport = channel.transport if channel is not None else None
-        if transport is None and channel is not None and hasattr(channel, "abortConnection"):
-            transport = channel
-        if transport is not None:
-            transport.abortConnection()
-
-
-class _Exchange:
-    """One proxied request: the upstream call, its deadline and the relay."""
-
-    def __init__(self, proxy: ReverseProxy, request: Any, ctx: RequestContext,
-                 service: ProxyService, route: Route, opts: TargetOptions,
-                 pool: TargetPool | None = None, state: TargetState | None = None,
-                 path_query: tuple[str, str] = ("", "")) -> None:
-        self.proxy = proxy
-        self.request = request
-        self.context = ctx
-        self.service = service
-        self.route = route
-        self.opts = opts
-        self.identity = ctx.identity
-        self.client_gone = False
-        self.timed_out = False
-        self.done = False
-        self.response_bytes = 0
-        self._deadline: Any = None
-        self._pending: Any = None  # a Deferred, or the lean client's attempt
-        self.relay: _ResponseRelay | None = None
-        self.timeout = 0.0
-        self.body: Any = None
-        self._progress_mark = 0
-        #: load-balanced path: its pool, the target in use, the targets tried
-        self.pool = pool
-        self.state = state
-        self.tried: list[str] = []
-        self._busy = False
-        self.path_query = path_query
-        self.method = b""
-        self._answered = False
-        self._sends = 0
-
-    @property
-    def host(self) -> str:
-        """The request's Host (for redirect rewriting and logs; read when
-        needed, not per request)."""
-        host = self.request.getHeader(b"host") or ""
-        return host.decode("latin-1") if isinstance(host, bytes) else host
-
-    @property
-    def path(self) -> str:
-        """The logged path: never the query (it may carry session_token)."""
-        return self.request.uri.split(b"?", 1)[0].decode("latin-1")
-
-    # -- lifecycle ---------------------------------------------------------
-    def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
-              body: Any, timeout: float) -> None:
-        hook = getattr(self.request, "on_finish", None)
-        if hook is not None:  # the HTTP/1.1 fast path: a plain callback
-            hook(self._request_ended)
-        else:
-            finished = self.request.notifyFinish().addErrback(self._client_lost)
-            if self.state is not None:
-                finished.addBoth(self._end_attempt)
-        self.timeout = timeout
-        self.body = body
-        self.method = method
-        self._deadline = self.proxy.deadlines.add(timeout, self._on_timeout)
-        self._send(agent, url, headers)
-
-    def _request_ended(self, result: Failure | None) -> None:
-        """The response ended (None) or the client went away (a Failure)."""
-        if result is not None:
-            self._client_lost(result)
-        if self.state is not None:
-            self._end_attempt()
-
-    def _send(self, agent: Any, url: bytes, headers: Headers) -> None:
-        if self.state is not None and self.pool is not None:
-            self.tried.append(self.state.key)
-            self.pool.started(self.state)
-            self._busy = True
-        request_into = getattr(agent, "request_into", None)
-        if request_into is not None:
-            # the lean client reports to this exchange directly: no Deferred
-            # and callback chain per request (upstream_response/_failed)
-            self._answered = False
-            self._sends += 1
-            send = self._sends
-            try:
-                attempt = request_into(self.method, url, headers, self.body, self)
-            except Exception:
-                self.upstream_failed(Failure())
-                return
-            # unless it was answered already, or failed and was retried on
-            # another target (a nested _send holds that attempt)
-            if not self._answered and self._sends == send:
-                self._pending = attempt  # cancel() reaches the attempt
-            return
-        try:
-            d = agent.request(self.method, url, headers, self.body)
-        except Exception:
-            d = defer.fail()
-        else:
-            if not isinstance(d, defer.Deferred):
-                d = defer.succeed(d)
-        self._pending = d
-        d.addCallbacks(self._on_response, self._on_error)
-        d.addErrback(self._internal_error)
-
-    def upstream_response(self, response: Any) -> None:
-        """The lean client's response head (see ``LeanAgent.request_into``)."""
-        self._answered = True
-        try:
-            self._on_response(response)
-        except Exception:
-            self._internal_error(Failure())
-
-    def upstream_failed(self, reason: Failure) -> None:
-        """The lean client's failure before the response head."""
-        self._answered = True
-        try:
-            self._on_error(reason)
-        except Exception:
-            self._internal_error(Failure())
-
-    def _end_attempt(self, _: Any = None) -> None:
-        """The target in use is no longer busy with this request."""
-        if self._busy and self.state is not None and self.pool is not None:
-            self._busy = False
-            self.pool.ended(self.state)
-
-    def _client_lost(self, _reason: Failure) -> None:
-        self.client_gone = True
-        self._cancel_deadline()
-        if self._pending is not None:  # cancel() also reaches a chained Deferred
-            self._pending.cancel()
-        if self.relay is not None and self.relay.transport is not None:
-            # stop reading the upstream body; its connection is dropped
-            self.relay.transport.stopProducing()
-
-    def _on_timeout(self) -> None:
-        self._deadline = None
-        sent = getattr(self.body, "sent", 0)
-        if sent != self._progress_mark:
-            # The request body is still moving: the deadline bounds the
-            # wait without progress, not the duration of a large upload.
-            self._progress_mark = sent
-            self._deadline = self.proxy.deadlines.add(self.timeout, self._on_timeout)
-            return
-        self.timed_out = True
-        if self._pending is not None:  # cancel() also reaches a chained Deferred
-            self._pending.cancel()
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def finish(self) -> None:
-        if self.done or self.client_gone:
-            return
-        self.done = True
-        self.request.finish()
-
-    # -- response ----------------------------------------------------------
-    def _on_response(self, response: Any) -> None:
-        self._pending = None
-        self._cancel_deadline()
-        if self.state is not None and self.pool is not None:
-            self.pool.succeeded(self.state)
-        if self.client_gone:
-            response.deliverBody(_Discard())
-            return
-        request = self.request
-        headers = response.headers
-        if self.service.rewrite_redirects and headers.hasHeader(b"location"):
-            headers = filter_response_headers(headers)
-            try:
-                rewrite_locations(headers, self.route, self.host, request.isSecure(),
-                                  self.proxy.forwarded_proto, self.opts.path_rewrite)
-            except ValueError as exc:
-                response.deliverBody(_Discard())
-                self._send_error(pages.CONNECTION_ERROR, exc)
-                return
-        request.setResponseCode(response.code, response.phrase or None)
-        request.defaultContentType = None
-        length = response.length
-        # one pass into the client response's headers (no intermediate copy)
-        relay_response_headers(
-            request.responseHeaders, headers,
-            length if (isinstance(length, int) and request.method != b"HEAD"
-                       and response.code not in NO_BODY_CODES) else None)
-        request.upstream_status = response.code
-        response.deliverBody(_ResponseRelay(self))
-
-    # -- errors ------------------------------------------------------------
-    def _on_error(self, failure: Failure) -> None:
-        self._pending = None
-        if self.client_gone:
-            self._cancel_deadline()
-            return
-        exc = root_cause(failure)
-        if self.state is not None and self.pool is not None:
-            if counts_against_target(exc, self.timed_out):
-                now = self.proxy.clock.seconds()
-                if self.pool.failed(self.state, now):
-                    log.warn("upstream target ejected: {target}", target=self.state.route.origin,
-                             domain=self.service.domain, path=self.route.path,
-                             error=repr(exc))
-            if self._retry(exc):
-                return
-        self._cancel_deadline()
-        self._send_error(classify_error(exc, self.timed_out), exc)
-
-    def _retry(self, exc: BaseException) -> bool:
-        """Send the request to another target of the path if it never reached
-        an upstream (failed dial), is idempotent and its body is untouched."""
-        pool = self.pool
-        if (pool is None or self.timed_out or self.method not in IDEMPOTENT_METHODS
-                or not never_reached_upstream(exc) or not _body_untouched(self.body)):
-            return False
-        nxt = pool.pick(self.proxy.clock.seconds(), exclude=self.tried)
-        if nxt is None:
-            return False
-        prepared = self.proxy.prepare(self.request, self.context, self.service, nxt.route,
-                                      *self.path_query)
-        if not isinstance(prepared, tuple):
-            return False
-        agent, url, headers, opts, _timeout = prepared
-        self._end_attempt()
-        log.info("retrying {method} on another target: {target}",
-                 method=self.method.decode("latin-1"), target=nxt.route.origin,
-                 failed=repr(exc), domain=self.service.domain)
-        self.state = nxt
-        self.route = nxt.route
-        self.opts = opts
-        self.context.route = nxt.route
-        self.context.target = nxt.route.origin
-        self._send(agent, url, headers)
-        return True
-
-    def _send_error(self, page: pages.ErrorPage, exc: Any) -> None:
-        log.warn(
-            "proxy error {status} {title}: {error}", status=page.code, title=page.title,
-            error=repr(exc), client_ip=client_ip(self.request),
-            method=self.request.method.decode("latin-1"), host=self.host, path=self.path,
-            target=self.route.target,
-        )
-        self.request.proxy_error = page.title
-        self._end_attempt()
-        note_dial_denial(self.context, exc, self.proxy, self.service)
-        self.done = True
-        pages.send_page(self.request, page, destination=self.route.target)
-
-    def _internal_error(self, failure: Failure) -> None:
-        log.failure("reverse proxy internal error", failure=failure)
-        if not self.done and not self.client_gone and not self.request.startedWriting:
-            self.done = True
-            pages.send_page(self.request, pages.CONNECTION_ERROR)
-
-
-class _Discard(Protocol):
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()
-
-    def connectionLost(self, reason: Failure) -> None:
-        pass
 
 
 DialerLookup = Callable[[str, bool], Any]
@@ -720,13 +366,6 @@ class ReverseProxy:
         agent, url, headers = self._build(request, ctx, service, route, opts, dialer,
                                           path, query, timeout)
         return agent, url, headers, opts, timeout
-
-
-def _body_untouched(body: Any) -> bool:
-    """Can the request body still be sent to another target?"""
-    if body is None or isinstance(body, _BytesProducer):
-        return True
-    return getattr(body, "sent", 1) == 0 and getattr(body, "_consumer", None) is None
 
 
 def _send_json(request: Any, document: Any) -> None:
