@@ -41,7 +41,7 @@ bytes in use per malloc arena (``heap0`` the reactor's, ``heap1`` the gRPC
 threads') and free in them, pymalloc's arenas and blocks, object counts,
 and the RSS growth per mapping (``/proc/PID/smaps``);
 ``NBGW_MALLOC_PROBE_TRACE=1`` in the environment adds tracemalloc (kept as
-/tmp/nbgw-malloc-probe.json.{before,after}.trace, compare them by line).
+``--probe-path``.{before,after}.trace, compare them by line).
 ``--env KEY=VALUE`` sets a variable for this tree's gateway only: an A/B of a
 switch with ``--before`` naming the same tree.
 """
@@ -327,7 +327,7 @@ def main_real(args: argparse.Namespace) -> None:
     for r in range(args.rounds):
         for name, tree in trees:
             got = real_storm(tree, args.peers, args.settle,
-                             "/tmp/nbgw-malloc-probe.json" if args.probe else None,
+                             args.probe_path if args.probe else None,
                              env if name == "now" else None)
             results[name].append(got)
             print(f"round {r + 1} {name:6}: roster complete {got['roster_s']:4.1f} s after the "
@@ -374,6 +374,8 @@ def main() -> None:
                     help="--real: the gateway's allocator figures before the storm and "
                          "after --settle (NBGW_MALLOC_PROBE, SIGUSR2; the gateway must "
                          "be a tree that has it)")
+    ap.add_argument("--probe-path", default="/tmp/nbgw-malloc-probe.json",
+                    help="--probe: the gateway's probe file (one per concurrent run)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="--real: set in the environment of this tree's gateway only "
                          "(an A/B of a switch: --before the same tree)")

@@ -1,5 +1,6 @@
-"""nbgateway.tap.malloc_probe_on_signal: the allocator probe behind
-``bench/peer_memory.py --real --probe`` (issue 18, RSS per storm peer)."""
+"""nbgateway.tap's allocator settings and probe for issue 18 (RSS per storm
+peer): the fixed mmap threshold, and the probe behind
+``bench/peer_memory.py --real --probe``."""
 
 from __future__ import annotations
 
@@ -69,3 +70,72 @@ def test_trace_switch_adds_the_python_heap(tmp_path, restore_sigusr2) -> None:
     snap = tracemalloc.Snapshot.load(path + ".trace")
     assert sum(s.size for s in snap.statistics("filename")) >= 100_000
     assert kept
+
+
+class _Libc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return 1
+
+
+def test_mmap_threshold_fixed_unless_the_operator_chose() -> None:
+    from nbgateway.tap import M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD, fix_mmap_threshold
+
+    libc = _Libc()
+    assert fix_mmap_threshold({}, libc=libc) is True
+    assert libc.calls == [(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)]
+    assert fix_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "65536"}, libc=libc) is False
+    assert fix_mmap_threshold({"NBGW_MALLOC_MMAP_FIXED": "0"}, libc=libc) is False
+    assert len(libc.calls) == 1
+
+
+_BIG_AGAIN = """
+import sys
+from nbgateway.tap import fix_mmap_threshold, malloc_stats
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold({})
+first = bytearray(4 << 20)   # above the threshold: mapped
+del first                    # glibc's dynamic threshold would rise to 4 MiB here
+second = bytearray(2 << 20)  # a map-sized buffer again
+print(malloc_stats()["mmapped"] >= 2 << 20)
+"""
+
+
+def test_a_fixed_threshold_keeps_big_buffers_out_of_the_arenas() -> None:
+    """The behaviour the fix is for, in a fresh process each (glibc only):
+    after a mapped 4 MiB buffer was freed, a 2 MiB one is mapped again
+    instead of coming from (and later fragmenting) the heap."""
+    import subprocess
+    import sys
+
+    if not malloc_stats():
+        pytest.skip("not glibc >= 2.33")
+
+    def mapped(mode: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        return subprocess.run([sys.executable, "-c", _BIG_AGAIN, mode], env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert mapped("fixed") == "True"
+    assert mapped("dynamic") == "False"  # glibc's default, what the gateway had
+
+
+def test_unfreeze_switch_counts_frozen_cyclic_garbage(tmp_path, restore_sigusr2) -> None:
+    import gc
+
+    path = str(tmp_path / "probe.json")
+    malloc_probe_on_signal({"NBGW_MALLOC_PROBE": path, "NBGW_MALLOC_PROBE_UNFREEZE": "1"})
+    cycle: list = [bytearray(100_000)]
+    cycle.append(cycle)
+    gc.freeze()  # what the HeapFreezer does; the cycle dies while frozen
+    try:
+        del cycle
+        figures = _probe(path)
+    finally:
+        gc.unfreeze()
+    assert figures["unfrozen_garbage"] >= 1  # the list: only the collector frees it
+    if malloc_stats():
+        assert figures["unfrozen_freed"] >= 100_000
