@@ -133,3 +133,14 @@ def send_html(request: Any, status: int, body: bytes) -> None:
     request.setHeader(b"content-length", b"%d" % len(body))
     request.write(body)
     request.finish()
+
+
+def send_plain(request: Any, code: int, body: bytes) -> None:
+    """A short plain-text answer as the whole response (refusals, plain
+    policy statuses)."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
