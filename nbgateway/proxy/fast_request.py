@@ -1,0 +1,364 @@
+"""The request side of the HTTP/1.1 fast path (:mod:`nbgateway.proxy.fast`):
+the request head's header callbacks and :class:`FastRequest`.
+
+It owns :class:`_Head` (llhttp's callbacks for one head: the headers in
+``Headers``' own form, Host, ``Content-Length``, ``Connection: close``, and
+what makes the fast path decline the request), the bounded memo of header
+names (``_NAMES``) shared by the head parse and ``getHeader``, and
+:class:`FastRequest`: the part of ``twisted.web.server.Request`` the
+gateway's code uses, with twisted.web's response framing (default headers,
+a ``Date`` formatted once per second by :func:`http_date`, chunked without a
+``Content-Length``, no body for HEAD/204/304, a chunked relay's bytes held
+to the end of the upstream's read), the finish observers and twisted.web's
+500 page.  :class:`~nbgateway.proxy.fast.FastHTTPChannel` makes one per
+request.  The log lines keep the ``nbgateway.proxy.fast`` namespace.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.http_headers import Headers
+
+from nbgateway.proxy.headers import canonical_name, headers_from_raw
+from nbgateway.proxy.streaming import RequestBodyStream
+
+if TYPE_CHECKING:
+    from nbgateway.proxy.fast import FastHTTPChannel
+
+log = Logger(namespace="nbgateway.proxy.fast")
+
+_SERVER = server.version
+_NO_BODY_CODES = http.NO_BODY_CODES
+_RESPONSES = http.RESPONSES
+_PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body>"
+                      b"<b>Processing Failed</b></body></html>")
+
+_date_cache: list[Any] = [0, b""]
+_CONNECTION, _SERVER_NAME, _DATE = map(canonical_name, ("Connection", "Server", "Date"))
+_CONTENT_TYPE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
+    canonical_name, ("Content-Type", "Content-Length", "Transfer-Encoding"))
+#: request header names as received -> (as ``Headers`` keeps them, what the
+#: head parse does with it (``_KIND_*``), whether the name has an "_");
+#: bounded (the first ``_NAMES_MAX`` names are kept)
+_NAMES: dict[bytes, tuple[bytes, int, bool]] = {}
+_NAMES_MAX = 4096
+_KIND_OTHER, _KIND_HOST, _KIND_LENGTH, _KIND_CONNECTION, _KIND_DECLINE = range(5)
+_KINDS = {b"host": _KIND_HOST, b"content-length": _KIND_LENGTH,
+          b"connection": _KIND_CONNECTION, b"transfer-encoding": _KIND_DECLINE,
+          b"upgrade": _KIND_DECLINE, b"expect": _KIND_DECLINE}
+
+
+def _name(raw: bytes) -> tuple[bytes, int, bool]:
+    known = _NAMES.get(raw)
+    if known is None:
+        known = (canonical_name(raw.decode("latin-1")), _KINDS.get(raw.lower(), _KIND_OTHER),
+                 b"_" in raw)
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[raw] = known
+    return known
+
+
+def http_date() -> bytes:
+    """``Date`` as twisted.web formats it, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = http.datetimeToString(now)
+    return _date_cache[1]
+
+
+class _DeclineError(Exception):
+    """The head is valid HTTP the fast path does not serve itself."""
+
+
+class _Head:
+    """httptools callbacks for one request head (fields reset per head)."""
+
+    __slots__ = ("close", "count", "decline", "headers", "host", "length", "underscore", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: dict[bytes, list[bytes]] = {}
+        self.count = 0
+        self.host: bytes | None = None
+        self.length: int | None = None
+        self.close = False
+        self.decline = False
+        #: a header name with "_" (the front door drops those)
+        self.underscore = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count += 1
+        known = _NAMES.get(name)
+        if known is None:
+            known = _name(name)
+        canonical, kind, underscore = known
+        if kind:
+            if kind == _KIND_HOST:
+                self.host = value
+            elif kind == _KIND_LENGTH:
+                if self.length is not None or not value.isdigit():
+                    self.decline = True
+                else:
+                    self.length = int(value)
+            elif kind == _KIND_CONNECTION:
+                if _CONNECTION not in self.headers:
+                    # twisted.web's rule: the first Connection header, split on spaces
+                    self.close = b"close" in [t.lower() for t in value.split(b" ")]
+            else:  # Transfer-Encoding, Upgrade, Expect
+                self.decline = True
+        if b"\r" in value or b"\n" in value:
+            self.decline = True  # llhttp refuses these; twisted.web would sanitise them
+        if underscore:
+            self.underscore = True
+        values = self.headers.get(canonical)
+        if values is None:
+            self.headers[canonical] = [value]
+        else:
+            values.append(value)
+
+
+class FastRequest:
+    """One request served by the fast path: the part of
+    ``twisted.web.server.Request`` the gateway's code uses, with the same
+    response framing (default ``Content-Type``, chunked without a
+    ``Content-Length``, no body for HEAD/204/304)."""
+
+    defaultContentType: bytes | None = b"text/html"
+    clientproto = b"HTTP/1.1"
+    body_stream: RequestBodyStream | None = None
+    upstream_status: int | None = None
+    proxy_error: str | None = None
+    #: any request header name with "_" (set from the parse; True: unknown)
+    underscore_names = True
+    producer: Any = None
+    chunked = False
+    startedWriting = False
+    finished = False
+    _disconnected = False
+    #: chunked response bytes held to the end of the upstream's read (or
+    #: the response's end): see ``_send``
+    _held: list[bytes] | None = None
+
+    def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
+                 headers: Headers, close: bool) -> None:
+        self.channel: FastHTTPChannel | None = channel
+        self.transport = channel.transport
+        self.method = method
+        self.uri = uri
+        self.path = uri.split(b"?", 1)[0]
+        self.requestHeaders = headers
+        # the defaults twisted.web sets, in its order
+        raw = {_CONNECTION: [b"close"]} if close else {}
+        raw[_SERVER_NAME] = [_SERVER]
+        raw[_DATE] = [http_date()]
+        self.responseHeaders = headers_from_raw(raw)
+        self.code = 200
+        self.code_message = b"OK"
+        self.sentLength = 0
+        self.content: Any = None
+        self.notifications: list[defer.Deferred[None]] = []
+        self.finish_hooks: list[Any] = []
+
+    # -- what resources read -------------------------------------------------
+    def getHeader(self, key: bytes) -> bytes | None:
+        known = _NAMES.get(key)  # the head parse's memo of names
+        if known is None:
+            known = _name(key)
+        values = self.requestHeaders._rawHeaders.get(known[0])
+        return values[-1] if values else None
+
+    def getClientAddress(self) -> Any:
+        return self.channel_peer
+
+    def getHost(self) -> Any:
+        return self.channel_host
+
+    def isSecure(self) -> bool:
+        return self.secure
+
+    def getCookie(self, key: bytes) -> bytes | None:  # login flows go to twisted.web
+        return None
+
+    def on_finish(self, fn: Any) -> None:
+        """``fn(None)`` when the response ends, ``fn(failure)`` when the client
+        is gone first: ``notifyFinish`` without a Deferred per observer."""
+        self.finish_hooks.append(fn)
+
+    def notifyFinish(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.notifications.append(d)
+        return d
+
+    # -- the response --------------------------------------------------------
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+        self.code_message = message if message is not None else _RESPONSES.get(
+            code, b"Unknown Status")
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer:
+            raise ValueError("a producer is already registered")
+        self.producer = producer
+        if self.channel is not None:
+            self.channel.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self.channel is not None:
+            self.channel.unregisterProducer()
+        self.producer = None
+
+    def _head(self) -> bytes:
+        # the Headers' own dict (names canonical, values sanitised on entry):
+        # no name encoding per lookup, one join for the whole block
+        raw = self.responseHeaders._rawHeaders
+        code = self.code
+        if (code not in (304, 204) and self.defaultContentType is not None
+                and _CONTENT_TYPE not in raw):
+            length = raw.get(_CONTENT_LENGTH)
+            if not (length and length[0] == b"0"):
+                self.responseHeaders.setRawHeaders(b"content-type", [self.defaultContentType])
+        if (_CONTENT_LENGTH not in raw and self.method != b"HEAD"
+                and code not in _NO_BODY_CODES):
+            raw[_TRANSFER_ENCODING] = [b"chunked"]
+            self.chunked = True
+        parts = [b"HTTP/1.1 %d %s\r\n" % (code, self.code_message)]
+        for name, values in raw.items():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            raise RuntimeError("Request.write called on a request after Request.finish")
+        if self._disconnected:
+            return
+        transport = self.transport
+        if not self.startedWriting:
+            self.startedWriting = True
+            head = self._head()
+            if self.method == b"HEAD" or self.code in _NO_BODY_CODES:
+                transport.write(head)
+                self.write = _ignore  # type: ignore[method-assign]
+                return
+            self.sentLength += len(data)
+            if self.chunked:
+                self._send(b"%s%x\r\n%s\r\n" % (head, len(data), data) if data else head)
+            elif not data:
+                transport.write(head)
+            else:
+                transport.write(head + data)
+            return
+        if not data:
+            return
+        self.sentLength += len(data)
+        if self.chunked:
+            self._send(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+
+    def _send(self, piece: bytes) -> None:
+        """Chunked bytes out.  While the upstream client is parsing a read
+        (its producer's ``hold_until_read_end``) they are held and go out at
+        the end of that read, or with the ``0\\r\\n\\r\\n`` terminator when
+        the message ended in it: one transport write (one TLS record, one
+        segment) per upstream read.  Held bytes are bounded by one read."""
+        held = self._held
+        if held is not None:
+            held.append(piece)
+            return
+        hold = getattr(self.producer, "hold_until_read_end", None)
+        if hold is not None and hold(self._flush_held):
+            self._held = [piece]
+            return
+        self.transport.write(piece)
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, None
+        if held and not self._disconnected:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def finish(self) -> None:
+        if self._disconnected:
+            raise RuntimeError("Request.finish called on a request after its "
+                               "connection was lost")
+        if self.finished:
+            return
+        if not self.startedWriting:
+            if self._held is None:
+                self._held = []  # the head goes out with the terminator
+            self.write(b"")
+        if self.chunked:
+            held, self._held = self._held, None
+            if held:
+                held.append(b"0\r\n\r\n")
+                self.transport.write(b"".join(held))
+            else:
+                self.transport.write(b"0\r\n\r\n")
+        else:
+            self._held = None
+        self.finished = True
+        channel = self.channel
+        if self.body_stream is not None and not self.body_stream.complete:
+            # The response ended before the streamed body did: the rest is unread.
+            self.body_stream.stopProducing()
+            if channel is not None:
+                channel.persistent = False
+        if self.producer is not None:
+            self.unregisterProducer()
+        self.channel = None
+        self._run_hooks(None)
+        notifications, self.notifications = self.notifications, []
+        for d in notifications:
+            d.callback(None)
+        if channel is not None:
+            channel.fast_done(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._disconnected = True
+        self._held = None
+        self.channel = None
+        if self.body_stream is not None:
+            self.body_stream.abort(reason)
+        self._run_hooks(reason)
+        notifications, self.notifications = self.notifications, []
+        for d in notifications:
+            d.errback(reason)
+
+    def _run_hooks(self, result: Any) -> None:
+        hooks, self.finish_hooks = self.finish_hooks, []
+        for fn in hooks:
+            try:
+                fn(result)
+            except Exception:
+                log.failure("fast path: a finish observer failed")
+
+    def processing_failed(self, reason: Failure) -> None:
+        """An exception out of the resource: twisted.web's 500 page."""
+        log.failure("fast path: processing failed", failure=reason)
+        if self.finished or self._disconnected or self.startedWriting:
+            if not self._disconnected and self.channel is not None:
+                self.channel.transport.abortConnection()
+            return
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"text/html")
+        self.setHeader(b"content-length", b"%d" % len(_PROCESSING_FAILED))
+        self.write(_PROCESSING_FAILED)
+        self.finish()
+
+
+def _ignore(_data: bytes) -> None:
+    pass
