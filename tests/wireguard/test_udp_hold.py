@@ -151,15 +151,9 @@ class SendFirstTests(unittest.TestCase):
     """``send_first``: the turn's first send is not held."""
 
     def _port(self, send_first: bool | None = True):
-        port = udp.listen(reactor, Recorder(), 0, interface="127.0.0.1", batch_sends=True,
-                          send_first=send_first)
-        self.addCleanup(port.stopListening)
-        return port.protocol
+        return HoldTests._port(self, batch_sends=True, send_first=send_first)
 
-    def _rx(self) -> tuple[socket.socket, tuple[str, int]]:
-        s = _receiver()
-        self.addCleanup(s.close)
-        return s, s.getsockname()
+    _rx = HoldTests._rx
 
     @inlineCallbacks
     def test_first_send_leaves_at_once_rest_of_turn_held(self):
