@@ -10,7 +10,7 @@ import time
 import pytest
 
 from nbgateway.management.model import ChangeKind
-from nbgateway.management.ui.live import LiveHub
+from nbgateway.management.ui.live import LiveHub, LiveStreams
 from tests.ui.harness import Management, UiClient
 
 
@@ -74,6 +74,39 @@ def test_hub_heartbeat_and_lifetime():
     assert _frames(s) == [b": heartbeat\n\n"]
     clock.now += 300
     assert hub.tick() == [s] and hub.streams == []
+
+
+class _FromThread:
+    """Records callFromThread calls (the store listener's only reactor use)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def callFromThread(self, f, *args) -> None:
+        self.calls.append((f, args))
+
+
+def test_store_listener_wakes_the_reactor_only_for_a_change_a_stream_shows():
+    clock = Clock()
+    hub = LiveHub(clock)
+    reactor = _FromThread()
+    live = LiveStreams(hub, reactor)
+    # no stream open: no reactor wake-up for any change (every REST write passes here)
+    live.store_listener(ChangeKind.SERVICE_CREATED, "acct", ("svc",))
+    live.store_listener(ChangeKind.PEER, "acct", ("p",))
+    assert reactor.calls == []
+    s = hub.open("s", "acct")
+    _frames(s)
+    # a stream open: a kind the live view ignores still costs nothing
+    live.store_listener(ChangeKind.PEER, "acct", ("p",))
+    assert reactor.calls == []
+    live.store_listener(ChangeKind.SERVICE_CREATED, "acct", ("svc",))
+    assert reactor.calls == [(hub.changed, ("service.created", "acct"))]
+    f, args = reactor.calls[0]
+    f(*args)
+    clock.now += 1
+    hub.tick()
+    assert _frames(s) == [b"event: change\ndata: live\n\n"]
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,11 @@ class LiveStreams:
         self._timer: Any = None
 
     def store_listener(self, kind: Any, account_id: str, ids: Any) -> None:
-        """For ``store.add_listener``; runs in a store thread."""
+        """For ``store.add_listener``; runs in a store thread.  A change no
+        stream could show (no stream open, or a kind the live view ignores)
+        costs no reactor wake-up: every REST write passes here."""
+        if not self.hub.streams or kind not in LIVE_KINDS:
+            return
         self._reactor.callFromThread(self.hub.changed, str(kind), account_id)
 
     def start(self, request: Any, session: str, account_id: str, everything: bool) -> bool:
