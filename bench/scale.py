@@ -503,15 +503,25 @@ def run_storm(n: int, args: argparse.Namespace) -> None:
                   f"/{want:.0f})"
             ok = False
         time.sleep(2)
+        rss1 = rss_kib(pid)
+        # the gateway trims the allocator every 60 s: the idle figure is after it
+        settle_end = last + args.storm_settle
+        while time.monotonic() < settle_end:
+            time.sleep(min(1.0, settle_end - time.monotonic()))
         stop.set()
         prober.join(15)
-        rss1 = rss_kib(pid)
+        rss2 = rss_kib(pid)
         print(f"[storm] {n} peers through REST, one account, gateway pid {pid}", flush=True)
-        line("REST peer creation", f"{create_rate:.0f} /s", ">= 500 /s (scale-mgmt)",
-             create_rate >= 500)
+        line("REST peer creation, one client", f"{create_rate:.0f} /s",
+             "- (sequential, each create waits for its answer; the >= 500 /s "
+             "target is bench/management_rest.py's)", None)
         line("roster complete after last create", lag, "<= 5 s", ok)
-        line("memory per added peer", f"{(rss1 - rss0) * 1024 / n:.0f} B", "<= 2 KiB",
-             (rss1 - rss0) * 1024 / n <= 2048)
+        line("memory per added peer, +2 s", f"{(rss1 - rss0) * 1024 / n:.0f} B",
+             "- (before the allocator trim)", None)
+        if args.storm_settle > 2:
+            per_peer = (rss2 - rss0) * 1024 / n
+            line(f"memory per added peer, +{args.storm_settle:.0f} s", f"{per_peer:.0f} B",
+                 "<= 2 KiB (idle, after the 60-s trim)", per_peer <= 2048)
         worst = max(probes) if probes else float("nan")
         line("health worst latency", f"{worst * 1000:.0f} ms", "answers throughout", None)
         line("health failures", f"{failures[0]}/{len(probes) + failures[0]}", "0",
@@ -535,6 +545,9 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--storm", type=int, default=2000, help="0 skips the peer storm")
     parser.add_argument("--storm-timeout", type=float, default=120.0)
+    parser.add_argument("--storm-settle", type=float, default=65.0,
+                        help="seconds after the last create before the idle memory per peer "
+                             "(the gateway trims the allocator every 60 s); 0 skips it")
     parser.add_argument("--skip-world", action="store_true", help="only the peer storm")
     parser.add_argument("--real-peers", type=int, default=0,
                         help="N seeded peers handshake through stock wireguard-go from a "
