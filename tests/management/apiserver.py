@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests.ports import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BACKENDS = [pytest.param("sqlite", id="sqlite"),
             pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pg_dsn_or_skip() -> str:
@@ -103,9 +98,22 @@ class ApiServer:
     def store_dsn(self) -> str | None:
         return self.pg.dsn if self.pg else None
 
-    def start(self, timeout: float = 60.0) -> ApiServer:
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> ApiServer:
         if self.backend == "postgres":
             self.pg = PgDatabase(pg_dsn_or_skip())
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                # a port taken between the probe and the bind: new ports, again
+                if "already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                if os.path.exists(self.log_path):
+                    os.remove(self.log_path)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> ApiServer:
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", f"--logfile={self.log_path}", "nbmanagement",
                 "--datadir", self.datadir, "--api-addr", f"127.0.0.1:{self.port}",

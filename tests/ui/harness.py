@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,13 +16,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from tests.ports import free_port
+
 VENV_BIN = os.path.dirname(sys.executable)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Management:
