@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.request
 
 from twisted.internet import defer, reactor, threads
@@ -16,12 +15,7 @@ from twisted.trial import unittest
 
 from nbgateway.config import load
 from nbgateway.tap import build_gateway
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 class EmbeddedTests(unittest.TestCase):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import urllib.request
 
@@ -22,12 +21,7 @@ from twisted.web import resource, server
 from zope.interface import directlyProvides, providedBy
 
 import nbgateway
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 class CallerReactor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from twisted.logger import ILogObserver
 
 from nbgateway.management.service import ManagementService
 from nbgateway.service import GatewayService
+from tests.ports import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY_TAC = os.path.join(ROOT, "tac", "nbgateway.tac")
@@ -29,12 +29,6 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 #: twistd's exit status after SIGTERM: 0, or (Twisted >= 22) death by the same signal
 STOPPED = (0, -signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gateway_env(tmp_path, **extra: str) -> dict[str, str]:

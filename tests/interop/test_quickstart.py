@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from nbgateway.config import load
 from nbgateway.management import quickstart
 from nbgateway.management.cli._client import Client, CliError
 from nbgateway.tap import build_gateway
+from tests.ports import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(ROOT, "README.md")
@@ -119,12 +119,6 @@ def run_quickstart(url: str, argv: list[str], out, err, token: str | None = None
         err.write(f"error: {exc.message}\n")
         return exc.code
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class QuickstartCommandTests(unittest.TestCase):

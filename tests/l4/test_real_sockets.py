@@ -13,14 +13,7 @@ from twisted.trial import unittest
 from nbgateway.l4.manager import L4Manager
 from nbgateway.l4.udp import UDPRelays
 from tests.l4.fakes import mapping
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.ports import free_port
 
 
 class Tag(Protocol):
