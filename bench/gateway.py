@@ -322,6 +322,32 @@ def restart_gateway(w: World, token: str, fast: bool, ns, gw_ip: str,
     return find_gateway_pid(w)
 
 
+def bring_up_private_app(w: World, hosts_dirs: list[str]) -> tuple[str, object, str]:
+    """Management, a gateway with its proxy token, the private service APP for
+    group devs and peer alice in a namespace whose /etc/hosts names APP (wrk
+    connects to the name it is given and sends it as SNI; ip netns exec
+    bind-mounts the namespace's own hosts file, whose directory is appended to
+    *hosts_dirs* for the caller to remove); returns (token, namespace, the
+    gateway's tunnel IP) once the service answers over the tunnel."""
+    w.start_management()
+    token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
+    w.start_gateway(token)
+    wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
+             30, "the gateway to connect to management")
+    devs = w.rest("POST", "/groups", {"name": "devs"})
+    w.add_peer("alice", [devs["id"]])
+    w.rest("POST", "/reverse-proxies/services", private_service("app", APP, devs["id"]))
+    ns, gw_ip, _conf = w.connect_peer("alice")
+    hosts_dir = f"/etc/netns/{ns.name}"
+    os.makedirs(hosts_dir, exist_ok=True)
+    hosts_dirs.append(hosts_dir)
+    with open(os.path.join(hosts_dir, "hosts"), "w") as f:
+        f.write(f"127.0.0.1 localhost\n{gw_ip} {APP}\n")
+    wait_for(lambda: w.curl(ns, f"http://{APP}/warm", gw_ip=gw_ip)[0] == 200, 30,
+             "the private service over the tunnel")
+    return token, ns, gw_ip
+
+
 def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
               ab: bool = False) -> dict:
     reason = unavailable_reason(need=("curl", "wg-quick", "wrk", "nginx", "openssl"))
@@ -333,24 +359,7 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
         try:
             w = World(tb)
             up_g = start_nginx(tb, w.g, "upstream-g", upstream_body(["127.0.0.1:8081"]))
-            w.start_management()
-            token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-            w.start_gateway(token)
-            wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-                     30, "the gateway to connect to management")
-            devs = w.rest("POST", "/groups", {"name": "devs"})
-            w.add_peer("alice", [devs["id"]])
-            w.rest("POST", "/reverse-proxies/services", private_service("app", APP, devs["id"]))
-            ns, gw_ip, _conf = w.connect_peer("alice")
-            # wrk connects to the name it is given and sends it as SNI: the
-            # namespace's own /etc/hosts (ip netns exec bind-mounts it)
-            hosts_dir = f"/etc/netns/{ns.name}"
-            os.makedirs(hosts_dir, exist_ok=True)
-            hosts_dirs.append(hosts_dir)
-            with open(os.path.join(hosts_dir, "hosts"), "w") as f:
-                f.write(f"127.0.0.1 localhost\n{gw_ip} {APP}\n")
-            wait_for(lambda: w.curl(ns, f"http://{APP}/warm", gw_ip=gw_ip)[0] == 200, 30,
-                     "the private service over the tunnel")
+            token, ns, gw_ip = bring_up_private_app(w, hosts_dirs)
             # the local CA and the name's certificate are made on first use
             wait_for(lambda: w.curl(ns, f"https://{APP}/warm", "-k", gw_ip=gw_ip)[0] == 200,
                      30, "the private service over HTTPS")

@@ -46,7 +46,7 @@ except ImportError:  # run as a script
 
 import gateway as gwbench  # bench/gateway.py (bench/ is sys.path[0] as a script)
 
-from tests.interop.test_private_e2e import APP, DOMAIN, World, wait_for
+from tests.interop.test_private_e2e import APP, World
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -208,23 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             w = World(tb)
             gwbench.start_nginx(tb, w.g, "upstream-g",
                                 gwbench.upstream_body(["127.0.0.1:8081"]))
-            w.start_management()
-            token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-            w.start_gateway(token)
-            wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-                     30, "the gateway to connect to management")
-            devs = w.rest("POST", "/groups", {"name": "devs"})
-            w.add_peer("alice", [devs["id"]])
-            w.rest("POST", "/reverse-proxies/services",
-                   gwbench.private_service("app", APP, devs["id"]))
-            ns, gw_ip, _conf = w.connect_peer("alice")
-            hosts_dir = f"/etc/netns/{ns.name}"
-            os.makedirs(hosts_dir, exist_ok=True)
-            hosts_dirs.append(hosts_dir)
-            with open(os.path.join(hosts_dir, "hosts"), "w") as f:
-                f.write(f"127.0.0.1 localhost\n{gw_ip} {APP}\n")
-            wait_for(lambda: w.curl(ns, f"http://{APP}/warm", gw_ip=gw_ip)[0] == 200, 30,
-                     "the private service over the tunnel")
+            _token, ns, gw_ip = gwbench.bring_up_private_app(w, hosts_dirs)
             pid = gwbench.find_gateway_pid(w)
             wrk = gwbench.Wrk(tb, 2.0)
             wrk(ns, f"http://{gw_ip}/", 1, "Host: " + APP)  # warm-up
