@@ -116,7 +116,8 @@ class GroupRepository(Repository):
         self, account_id: str, ids: Sequence[str] | None = None
     ) -> dict[str, tuple[str, int]]:
         """``{group id: (name, member count)}`` of the account's groups (or of
-        ``ids``), counted in the database without loading the members."""
+        ``ids``): the counts the database keeps (``groups.peers_count``), no
+        member is read."""
         cond = groups.c.account_id == account_id
         if ids is not None:
             if not ids:
@@ -131,12 +132,7 @@ class GroupRepository(Repository):
                             out[gid] = (row[0], int(row[1]))
                 return out
             cond = sa.and_(cond, groups.c.id.in_(set(ids)))
-        q = (
-            sa.select(groups.c.id, groups.c.name, sa.func.count(group_peers.c.peer_id))
-            .select_from(groups.outerjoin(group_peers, group_peers.c.group_id == groups.c.id))
-            .where(cond)
-            .group_by(groups.c.id, groups.c.name)
-        )
+        q = sa.select(groups.c.id, groups.c.name, groups.c.peers_count).where(cond)
         with self._store._read() as conn:
             return {gid: (name, int(n)) for gid, name, n in conn.execute(q)}
 

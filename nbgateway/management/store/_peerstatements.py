@@ -4,7 +4,8 @@ A REST peer creation is one write transaction of these statements: the
 account's networks and ``All`` group in one read, the duplicate-key probe,
 one probe per hinted tunnel address, the insert, one insert per group
 membership that computes its own position, and (for the REST answer) each
-group's name and member count in the same transaction.
+group's name and member count (kept by triggers, not counted) in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -77,15 +78,10 @@ ADD_MEMBER = Prepared(
     )
 )
 
-#: (name, member count) of one group of an account
+#: (name, member count) of one group of an account; the count is the
+#: trigger-kept ``groups.peers_count`` (migration 0014), not a count of members
 GROUP_SUMMARY = Prepared(
-    sa.select(
-        groups.c.name,
-        sa.select(sa.func.count())
-        .select_from(group_peers)
-        .where(group_peers.c.group_id == groups.c.id)
-        .scalar_subquery(),
-    ).where(
+    sa.select(groups.c.name, groups.c.peers_count).where(
         groups.c.account_id == sa.bindparam("account_id", type_=groups.c.account_id.type),
         groups.c.id == sa.bindparam("group_id", type_=groups.c.id.type),
     )

@@ -113,6 +113,8 @@ groups = sa.Table(
     ),
     sa.Column("name", sa.Text(), nullable=False),
     sa.Column("issued", BoundedString(32), nullable=False),
+    # rows of ``group_peers`` of the group, kept by triggers (migration 0014)
+    sa.Column("peers_count", sa.Integer(), nullable=False, server_default="0"),
 )
 
 peers = sa.Table(
