@@ -4,7 +4,8 @@ For each backend (SQLite file; PostgreSQL from ``NBGW_TEST_PG_DSN`` or the
 throwaway cluster of :mod:`tests.pgcluster`) this starts a real
 ``twistd nbmanagement`` and measures:
 
-* peer create: ``POST /api/peers`` (server-side key generation, IPAM
+* peer create: ``POST /api/peers`` (into an account already holding
+  ``--preseed`` peers) (server-side key generation, IPAM
   allocation, ``All`` membership, change notification) driven by ``wrk`` with a
   Lua script (C load generator, keep-alive connections) for ``--seconds``;
   the rate is printed beside the raw ``store.peers.create`` rate measured in
@@ -17,7 +18,7 @@ Targets (issue 18): peer creation >= 500/s on SQLite; list page p95 < 50 ms at
 10,000 rows on SQLite and PostgreSQL.
 
 Run:  .venv/bin/python bench/management_rest.py [--seconds 5] [--rows 10000]
-      [--connections 8] [--backends sqlite,postgres]
+      [--connections 8] [--backends sqlite,postgres] [--preseed 10000]
 """
 
 from __future__ import annotations
@@ -138,10 +139,13 @@ def bench_backend(backend: str, args: argparse.Namespace) -> None:
     try:
         store = server.open_store()
         acct = store.accounts.list()[0].id
+        if args.preseed:
+            seed(store, acct, args.preseed)
         rest, rest_cpu = wrk_create(server, args.seconds, args.connections, workdir)
         raw, raw_cpu = store_create(store, acct, args.raw)
         load = os.getloadavg()[0]
-        print(f"{backend}: peer create REST {rest:7.1f}/s (wrk -c{args.connections}, load "
+        print(f"{backend}: peer create REST {rest:7.1f}/s into an account of "
+              f"{args.preseed}+ peers (wrk -c{args.connections}, load "
               f"average {load:.1f})  store direct {raw:7.1f}/s  ratio {rest / raw:.2f}")
         print(f"{backend}:   CPU per peer: server {rest_cpu:.2f} ms (HTTP + JSON + keys + "
               f"store + listeners) = {1e3 / rest_cpu:.0f}/s per idle core; raw store insert "
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--raw", type=int, default=1000, help="raw store inserts for the ratio")
     p.add_argument("--rows", type=int, default=10_000)
+    p.add_argument("--preseed", type=int, default=0,
+                   help="peers stored in the account before the creations are measured")
     p.add_argument("--backends", default="sqlite,postgres")
     args = p.parse_args(argv)
     for backend in args.backends.split(","):
