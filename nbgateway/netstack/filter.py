@@ -26,6 +26,9 @@ splits them into a set of host prefixes (``/32``, ``/128``: one hash probe
 per packet, whatever the number of peers; the set holds the prefixes
 themselves, no per-host object) and a short list of wider prefixes.  A
 packet's probe key is built from its source with one shift and one or.
+The host keys are a sorted tuple probed by bisection: O(log n) per new flow,
+and a third of a ``frozenset``'s memory (a 20-peer account's set was 2.2 KiB
+of its idle ~60 KiB).
 Small port selections are matched by one set probe.
 
 :class:`RuleCompiler` turns a map's rule list (often one rule per peer and
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,14 +73,29 @@ def _compile(nets: Iterable[Prefix]) -> tuple[tuple[Prefix, ...], tuple[tuple[in
     return tuple(hosts), tuple(wide)
 
 
+#: host keys: sorted, no duplicates (see :func:`has_host`)
+HostKeys = tuple[int, ...]
+
+
+def host_keys(keys: Iterable[int]) -> HostKeys:
+    """``keys`` as :data:`HostKeys` (sorted, duplicates dropped)."""
+    return tuple(sorted(set(keys)))
+
+
+def has_host(hosts: HostKeys, key: int) -> bool:
+    """Whether ``key`` is one of ``hosts`` (bisection)."""
+    i = bisect_left(hosts, key)
+    return i < len(hosts) and hosts[i] == key
+
+
 def compile_sources(
     nets: Iterable[Network | str],
-) -> tuple[frozenset[int], tuple[tuple[int, int, int], ...]]:
+) -> tuple[HostKeys, tuple[tuple[int, int, int], ...]]:
     """(host keys: the host prefixes themselves, wider prefixes as (version,
     network int, mask int)).  A packet's key is ``(src << 8) | HOST_V4`` or
     ``(src << 8) | HOST_V6`` (see :mod:`nbgateway.netstack.prefix`)."""
     hosts, wide = _compile(as_prefix(n) for n in nets)
-    return frozenset(hosts), wide
+    return host_keys(hosts), wide
 
 
 #: the port sets of every filter by their port ranges: accounts' rules name
@@ -111,7 +130,7 @@ class Rule:
     ports: tuple[tuple[int, int], ...] = ()
     peer_keys: frozenset[bytes] = frozenset()
     _nets: tuple[tuple[int, int, int], ...] = field(default=(), repr=False, compare=False)
-    _hosts: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
+    _hosts: HostKeys = field(default=(), repr=False, compare=False)
     #: ``ports`` as a set when small (one probe per packet), else None
     _portset: frozenset[int] | None = field(default=None, init=False, repr=False,
                                             compare=False)
@@ -136,7 +155,7 @@ class Rule:
             prs.append((lo, hi))
         hosts, wide = _compile(nets)
         return cls(action, nets, frozenset(protocols), tuple(prs), frozenset(peer_keys), wide,
-                   frozenset(hosts))
+                   host_keys(hosts))
 
     def matches(
         self, version: int, src: int, protocol: int, port: int | None, peer_key: bytes | None,
@@ -160,7 +179,7 @@ def _matches(rule: Rule, version: int, src: int, key: int, protocol: int, port: 
         return False
     hosts, nets = rule._hosts, rule._nets
     if hosts or nets:
-        if key in hosts:
+        if hosts and has_host(hosts, key):
             return True
         return any(v == version and src & m == n for v, n, m in nets)
     return True
@@ -217,9 +236,9 @@ class _Group:
         if self.any_source:
             return Rule(self.action, (), self.protocols, self.ports)
         sources = tuple(itertools.chain.from_iterable(self.sources))
-        hosts: frozenset[int] = frozenset(itertools.chain.from_iterable(self.hosts))
-        # rules naming the same peers (one per port, DNS, ping) share one set
-        # and one source tuple
+        hosts = host_keys(itertools.chain.from_iterable(self.hosts))
+        # rules naming the same peers (one per port, DNS, ping) share one
+        # host tuple and one source tuple
         hosts = shared.setdefault(hosts, hosts)
         sources = shared.setdefault(sources, sources)
         return Rule(self.action, sources, self.protocols, self.ports, frozenset(),
