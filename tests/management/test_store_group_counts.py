@@ -133,6 +133,16 @@ def test_a_peer_creation_does_not_read_the_members(store, account):
     assert not [s for s in seen if "count(" in s.lower()], seen
 
 
+def add_member(conn: sa.Connection, group_id: str, peer_id: str, position: int) -> None:
+    conn.execute(sa.text(
+        "INSERT INTO group_peers (group_id, peer_id, account_id, position) "
+        "VALUES (:g, :p, 'acct-1', :i)"), {"g": group_id, "p": peer_id, "i": position})
+
+
+def counts(conn: sa.Connection) -> dict[str, int]:
+    return dict(conn.execute(sa.text("SELECT id, peers_count FROM groups")).all())
+
+
 def test_upgrade_backfills_the_counts_of_an_existing_database(db_dsn):
     engine = StoreBase.build_engine(normalise_dsn(db_dsn, None))
     try:
@@ -152,33 +162,24 @@ def test_upgrade_backfills_the_counts_of_an_existing_database(db_dsn):
                     "VALUES (:p, 'acct-1', :n, :k, :ip, :d, false, '', false, false)"),
                     {"p": f"p{i}", "n": f"p{i}", "d": f"p{i}", "k": key(i),
                      "ip": f"100.64.0.{i + 1}"})
-                conn.execute(sa.text(
-                    "INSERT INTO group_peers (group_id, peer_id, account_id, position) "
-                    "VALUES ('g-big', :p, 'acct-1', :i)"), {"p": f"p{i}", "i": i})
-            conn.execute(sa.text(
-                "INSERT INTO group_peers (group_id, peer_id, account_id, position) "
-                "VALUES ('g-one', 'p0', 'acct-1', 0)"))
+                add_member(conn, "g-big", f"p{i}", i)
+            add_member(conn, "g-one", "p0", 0)
             conn.commit()
             migrations.upgrade(conn, "0014")
-            got = dict(conn.execute(sa.text("SELECT id, peers_count FROM groups")).all())
-            assert got == {"g-big": 5, "g-one": 1, "g-none": 0}
+            assert counts(conn) == {"g-big": 5, "g-one": 1, "g-none": 0}
             # the triggers run from here on, also for a cascade from peers
             conn.execute(sa.text("DELETE FROM peers WHERE id = 'p0'"))
             conn.commit()
-            got = dict(conn.execute(sa.text("SELECT id, peers_count FROM groups")).all())
-            assert got == {"g-big": 4, "g-one": 0, "g-none": 0}
+            assert counts(conn) == {"g-big": 4, "g-one": 0, "g-none": 0}
             # down and up again: the column and triggers go and come back, the
             # memberships stay, and the backfill counts them again
             migrations.downgrade(conn, "0013")
             assert "peers_count" not in {
                 c["name"] for c in sa.inspect(conn).get_columns("groups")}
             assert conn.execute(sa.text("SELECT count(*) FROM group_peers")).scalar_one() == 4
-            conn.execute(sa.text(
-                "INSERT INTO group_peers (group_id, peer_id, account_id, position) "
-                "VALUES ('g-none', 'p1', 'acct-1', 0)"))
+            add_member(conn, "g-none", "p1", 0)
             conn.commit()
             migrations.upgrade(conn, "head")
-            got = dict(conn.execute(sa.text("SELECT id, peers_count FROM groups")).all())
-            assert got == {"g-big": 4, "g-one": 0, "g-none": 1}
+            assert counts(conn) == {"g-big": 4, "g-one": 0, "g-none": 1}
     finally:
         engine.dispose()
