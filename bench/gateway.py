@@ -329,11 +329,7 @@ def bring_up_private_app(w: World, hosts_dirs: list[str]) -> tuple[str, object, 
     bind-mounts the namespace's own hosts file, whose directory is appended to
     *hosts_dirs* for the caller to remove); returns (token, namespace, the
     gateway's tunnel IP) once the service answers over the tunnel."""
-    w.start_management()
-    token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-    w.start_gateway(token)
-    wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-             30, "the gateway to connect to management")
+    token = w.start_connected_gateway()
     devs = w.rest("POST", "/groups", {"name": "devs"})
     w.add_peer("alice", [devs["id"]])
     w.rest("POST", "/reverse-proxies/services", private_service("app", APP, devs["id"]))

@@ -178,11 +178,7 @@ def run(seconds: int, idle: int, *, rounds: int = 1, private_only: bool = False,
         w = World(tb)
         start_iperf3_server(w.g, "127.0.0.1")
         w.g.popen([sys.executable, SERVERS, "tcp-echo", "127.0.0.1", str(ECHO_PORT)])
-        w.start_management()
-        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-        w.start_gateway(token)
-        wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-                 30, "the gateway")
+        w.start_connected_gateway()
         w.devs = w.rest("POST", "/groups", {"name": "devs"})
         w.add_peer("alice", [w.devs["id"]])
         service(w, "pub", PUBLIC_PORT, 5201, private=False)

@@ -88,16 +88,6 @@ def has_host(hosts: HostKeys, key: int) -> bool:
     return i < len(hosts) and hosts[i] == key
 
 
-def compile_sources(
-    nets: Iterable[Network | str],
-) -> tuple[HostKeys, tuple[tuple[int, int, int], ...]]:
-    """(host keys: the host prefixes themselves, wider prefixes as (version,
-    network int, mask int)).  A packet's key is ``(src << 8) | HOST_V4`` or
-    ``(src << 8) | HOST_V6`` (see :mod:`nbgateway.netstack.prefix`)."""
-    hosts, wide = _compile(as_prefix(n) for n in nets)
-    return host_keys(hosts), wide
-
-
 #: the port sets of every filter by their port ranges: accounts' rules name
 #: the same few ports, so one set each, not one per rule and account (a
 #: one-port frozenset is ~0.2 KiB); bounded, a miss past the bound builds its own

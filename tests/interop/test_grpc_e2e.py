@@ -119,11 +119,7 @@ def world():
                   stdout=w.log("grpc-upstream"), stderr=subprocess.STDOUT)
         w.grpc_port = int(wait_for(lambda: _read(port_file), 30, "the grpcio upstream"))
         w.client_script = tb.write_file("grpc_client.py", CLIENT)
-        w.start_management()
-        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-        w.start_gateway(token)
-        wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-                 30, "the gateway to connect to management")
+        w.start_connected_gateway()
         devs = w.rest("POST", "/groups", {"name": "devs"})
         w.add_peer("alice", [devs["id"]])
         target = {"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",

@@ -70,11 +70,7 @@ def world():
     try:
         w = World(tb)
         w.start_upstream()
-        w.start_management()
-        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-        w.start_gateway(token)
-        wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-                 30, "the gateway to connect to management")
+        w.start_connected_gateway()
         devs = w.rest("POST", "/groups", {"name": "devs"})
         w.add_peer("alice", [devs["id"]])
         w.rest("POST", "/reverse-proxies/domains", {"domain": CUSTOM, "target_cluster": DOMAIN})

@@ -146,6 +146,17 @@ class World:
              *extra_args],
             stdout=self.log("gateway"), stderr=subprocess.STDOUT, cwd=self.tmp, env=env)
 
+    def start_connected_gateway(self, *extra_args: str, timeout: float = 30.0) -> str:
+        """Management, a proxy token, and a gateway started with it
+        (``extra_args`` as :meth:`start_gateway`); returns the token once the
+        gateway's cluster is listed by management."""
+        self.start_management()
+        token = self.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
+        self.start_gateway(token, *extra_args)
+        wait_for(lambda: DOMAIN in json.dumps(self.rest("GET", "/reverse-proxies/clusters")),
+                 timeout, "the gateway to connect to management")
+        return token
+
     # -- REST inside G
     def _get_ok(self, path: str) -> bool:
         try:

@@ -22,7 +22,6 @@ returned -> the first refused request), by polling from the peer's namespace.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -109,11 +108,7 @@ def world():
         w = RevocationWorld(tb)
         w.conns = {}
         w.start_upstream()
-        w.start_management()
-        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-        w.start_gateway(token)
-        wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
-                 SETUP_WAIT, "the gateway to connect to management")
+        w.start_connected_gateway(timeout=SETUP_WAIT)
         w.g1 = w.rest("POST", "/groups", {"name": "g1"})
         w.g2 = w.rest("POST", "/groups", {"name": "g2"})
         w.g3 = w.rest("POST", "/groups", {"name": "g3"})
