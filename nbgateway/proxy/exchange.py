@@ -127,6 +127,10 @@ class _ResponseRelay(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         ex = self.exchange
         ex.response_bytes = self.bytes
+        # the body is over: the exchange no longer reaches the upstream
+        # transport through the relay, and the relay <-> exchange cycle is
+        # broken here (freed by reference counting, not by the cyclic GC)
+        ex.relay = None
         if ex.client_gone:
             return
         request = ex.request
