@@ -69,3 +69,58 @@ def test_log_ids_are_20_base32hex_characters_and_random():
     # every digit of the alphabet shows up at every position
     for pos in range(20):
         assert len({i[pos] for i in ids}) == 32
+
+
+def test_entry_from_fields_is_build_entry_of_the_fields_over_template_hits():
+    """The template-based build (a cached entry of the repeating fields,
+    copied, then the per-request fields set) gives the message build_entry
+    gives, for first uses and hits alike, and a hit never carries a previous
+    request's per-request fields."""
+    from nbgateway.observe import accesslog
+    from nbgateway.observe.accesslog import HTTP_FIELDS, entry_from_fields
+
+    rnd = random.Random(21)
+    accesslog._TEMPLATES.clear()
+    for _ in range(3000):
+        kw = dict(
+            now=rnd.choice([0.0, 1.5, 1765000000.123456, rnd.random() * 2e9]),
+            log_id=rnd.choice(["", new_log_id()]), account_id=rnd.choice(["", "acct"]),
+            service_id=rnd.choice(["", "svc"]),
+            host=rnd.choice(["h.example", "h.example:8443", "[fd00::1]:80", " x ", "h" * 300]),
+            path=rnd.choice(["", "/", "/p/q"]), method=rnd.choice(["GET", "POST"]),
+            response_code=rnd.choice([0, 200, 401, 403, 502]), duration_ms=rnd.randint(0, 3),
+            source_ip=rnd.choice(["100.64.0.10", ""]),
+            auth_mechanism=rnd.choice(["", "oidc", "token", "password"]),
+            user_id=rnd.choice(["", "u1"]), bytes_upload=rnd.choice([0, 5]),
+            bytes_download=rnd.choice([0, 700]),
+            target=rnd.choice(["", "http://10.0.0.1:80"]))
+        fields = tuple(kw[name] for name in HTTP_FIELDS)
+        got, want = entry_from_fields(fields), build_entry(**kw)
+        assert got == want, kw
+        assert (got.SerializeToString(deterministic=True)
+                == want.SerializeToString(deterministic=True)), kw
+    assert 0 < len(accesslog._TEMPLATES) <= accesslog._TEMPLATES_MAX
+    # long client-chosen hosts are never kept
+    assert all(len(key[2]) <= accesslog._TEMPLATE_MAX_LEN for key in accesslog._TEMPLATES)
+
+
+def test_entry_templates_are_bounded():
+    from nbgateway.observe import accesslog
+    from nbgateway.observe.accesslog import entry_from_fields
+
+    accesslog._TEMPLATES.clear()
+    for i in range(accesslog._TEMPLATES_MAX + 10):
+        entry = entry_from_fields((1.0, "id", "a", "s", f"h{i}.example", "/", "GET", 200, 0,
+                                   "100.64.0.1", "", "", 0, 0, ""))
+        assert entry.host == f"h{i}.example"
+    assert len(accesslog._TEMPLATES) <= accesslog._TEMPLATES_MAX
+
+
+def test_log_ids_made_ahead_are_distinct_across_refills():
+    from nbgateway.observe import accesslog
+
+    accesslog._IDS.clear()
+    ids = [new_log_id() for _ in range(accesslog._IDS_AHEAD * 3 + 7)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-v]{20}", i) for i in ids)
+    assert len(accesslog._IDS) < accesslog._IDS_AHEAD
