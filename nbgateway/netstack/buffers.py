@@ -14,45 +14,52 @@ _COMPACT_AT = 64 * 1024
 
 
 class SendBuffer:
-    """Bytes from sequence number ``start`` onward.  ``consume`` (on ACK) only
-    moves a head index; the storage is compacted in large steps."""
+    """Bytes from sequence number ``start`` onward, up to ``end`` (a plain
+    attribute, read on every segment).  ``consume`` (on ACK) only moves a head
+    index; the storage is compacted in large steps."""
 
-    __slots__ = ("_buf", "_head", "start")
+    __slots__ = ("_buf", "_head", "end", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
+        #: sequence number just past the last buffered byte
+        self.end = start
         self._buf: bytearray | None = None
         self._head = 0
 
     def __len__(self) -> int:
-        return 0 if self._buf is None else len(self._buf) - self._head
-
-    @property
-    def end(self) -> int:
-        """Sequence number just past the last buffered byte."""
-        return self.start + len(self)
+        return self.end - self.start
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if self._buf is None:
-            self._buf = bytearray(data)
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = bytearray(data)
         else:
-            self._buf += data
+            buf += data
+        self.end = self.start + len(buf) - self._head  # bytes, whatever the view's format
 
     def consume_to(self, seq: int) -> int:
         """Drop bytes before ``seq`` (clamped to the buffer); return how many."""
-        n = min(seq - self.start, len(self))
+        end = self.end
+        if seq >= end:
+            # everything acknowledged (the common case): release the storage
+            n = end - self.start
+            if n <= 0:
+                return 0
+            self.start = end
+            self._buf = None
+            self._head = 0
+            return n
+        n = seq - self.start
         if n <= 0:
             return 0
-        self.start += n
+        self.start = seq
         self._head += n
         buf = self._buf
         assert buf is not None
-        if self._head == len(buf):
-            self._buf = None
-            self._head = 0
-        elif self._head >= _COMPACT_AT and self._head * 2 >= len(buf):
+        if self._head >= _COMPACT_AT and self._head * 2 >= len(buf):
             del buf[: self._head]
             self._head = 0
         return n

@@ -99,19 +99,29 @@ class TCPCoalescer:
                 self.flush()
             self._one(src, local, seg, peer_key, now)
             return
-        if self._count:
+        count = self._count
+        if count:
             if (seq == self._next and ports == self._ports and src == self._src
                     and ack == self._ack and wnd == self._wnd and hlen == self._hlen
                     and self._bytes + plen <= self.max_bytes):
+                if count == 1:
+                    self._payloads = [self._first[hlen:]]  # type: ignore[index]
                 self._payloads.append(seg[hlen:])
                 self._next = (seq + plen) & _MASK
                 self._bytes += plen
-                self._count += 1
+                self._count = count + 1
                 return
-            self.flush()
+            if count == 1:
+                # flush() of a lone segment, inlined (a batch of requests on
+                # different connections: every segment ends the previous run)
+                first, self._first = self._first, None
+                self._count = 0
+                self._one(self._src, self._local, first, self._peer_key,  # type: ignore[arg-type]
+                          self._now)
+            else:
+                self.flush()
         self._count = 1
         self._first = seg
-        self._payloads = [seg[hlen:]]
         self._src, self._local, self._peer_key, self._now = src, local, peer_key, now
         self._ports, self._ack, self._wnd, self._hlen = ports, ack, wnd, hlen
         self._next = (seq + plen) & _MASK
@@ -126,7 +136,7 @@ class TCPCoalescer:
         first, self._first = self._first, None
         payloads, self._payloads = self._payloads, []
         assert first is not None
-        if count == 1:
+        if count == 1:  # (its payload list was never built)
             self._one(self._src, self._local, first, self._peer_key, self._now)
             return
         self.runs += 1

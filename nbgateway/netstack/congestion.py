@@ -30,14 +30,19 @@ class RTOEstimator:
 
     def sample(self, r: float) -> None:
         """Feed one RTT measurement R (seconds)."""
-        r = max(r, 0.0)
-        if self.srtt is None:
-            self.srtt = r
-            self.rttvar = r / 2
+        if r < 0.0:
+            r = 0.0
+        srtt = self.srtt
+        if srtt is None:
+            srtt = self.srtt = r
+            rttvar = self.rttvar = r / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
-            self.srtt = 0.875 * self.srtt + 0.125 * r
-        self.rto = min(max(self.srtt + max(CLOCK_G, 4 * self.rttvar), RTO_MIN), RTO_MAX)
+            err = srtt - r
+            rttvar = self.rttvar = 0.75 * self.rttvar + 0.25 * (err if err >= 0.0 else -err)
+            srtt = self.srtt = 0.875 * srtt + 0.125 * r
+        k = 4 * rttvar
+        rto = srtt + (k if k > CLOCK_G else CLOCK_G)
+        self.rto = RTO_MIN if rto < RTO_MIN else RTO_MAX if rto > RTO_MAX else rto
         self.backoff = 0
 
     def current(self) -> float:

@@ -263,15 +263,13 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
             if 0 < cc.dupacks < 3 and not cc.in_recovery:
                 cwnd += cc.dupacks * self.mss  # RFC 3042 limited transmit
             una = self.snd_una
-            if n <= una + min(self.snd_wnd, cwnd) - nxt and (
+            wnd = self.snd_wnd
+            if n <= una + (wnd if wnd < cwnd else cwnd) - nxt and (
                     self.nodelay or nxt <= una or n == self.mss):
                 buf.append(data)
-                stack = self.layer.stack
-                stack.cork()
-                try:
-                    self._emit(nxt, ACK | PSH, buf.view(nxt, n), now)
-                finally:
-                    stack.uncork()
+                # the segment is ``data`` itself (everything before it was
+                # sent), and a single packet needs no cork
+                self._emit(nxt, ACK | PSH, data, now)
                 if nxt == self.snd_max and self.rtt_seq is None:
                     self.rtt_seq, self.rtt_time = nxt + n, now
                 nxt += n
@@ -279,7 +277,8 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                 if nxt > self.snd_max:
                     self.snd_max = nxt
                 if self.rtx_at is None:
-                    self.rtx_at = now + self.rto.current()
+                    rto = self.rto
+                    self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
                 self._update_timer()
                 return
         buf.append(data)

@@ -32,7 +32,7 @@ import os
 import struct
 from typing import TYPE_CHECKING, Any
 
-from nbgateway.netstack.checksum import fold, ones_sum
+from nbgateway.netstack.checksum import ones_sum
 from nbgateway.netstack.tcp_const import ESTABLISHED
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ _O6 = struct.Struct("!IHBB16s16sHHIIBBHHH")
 _O6TS = struct.Struct("!IHBB16s16sHHIIBBHHHIII")
 
 FastKey = tuple[bytes, int]
+_from_bytes = int.from_bytes
 
 
 def default_enabled() -> bool:
@@ -175,33 +176,44 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
         return False
     seq &= _MASK
     ack = conn.rcv_nxt & _MASK
+    # checksums: unfolded sums (checksum.py), folded once; every total here is
+    # positive, for which ``fold(total) == -total % 0xFFFF``
     total = tcp_sum + tcp_len + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) \
         + flags + wnd
     if n:
-        total = ones_sum(payload, total)
+        v = _from_bytes(payload, "big")
+        if n & 1:
+            v <<= 8
+        if n > 128:
+            # halve the big sum before the modulo (2**16 is 1 mod 0xFFFF, so
+            # folding at a multiple of 16 bits keeps the residue): the
+            # division costs per digit, the shift and mask much less
+            s = (n >> 2) << 4
+            v = (v >> s) + (v & ((1 << s) - 1))
+        total += v
     local, remote = conn.raw_addrs
     ttl = stack.ttl
     if v4:
         ident = stack._ident = (stack._ident + 1) & 0xFFFF
-        hck = fold(addr_sum + 0x8500 + 20 + tcp_len + ident + ((ttl << 8) | _PROTO_TCP))
+        hck = -(addr_sum + 0x8500 + 20 + tcp_len + ident + ((ttl << 8) | _PROTO_TCP)) % 0xFFFF
         if ts_val is None:
-            ck = fold(total + 0x5000)
+            ck = -(total + 0x5000) % 0xFFFF
             hdr = _O4.pack(0x45, 0, 20 + tcp_len, ident, _IP4_DF, ttl, _PROTO_TCP, hck,
                            local, remote, conn.lport, conn.rport, seq, ack, 0x50, flags, wnd,
                            ck, 0)
         else:
-            ck = fold(total + 0x8000 + 0x0101 + 0x080A + (ts_val >> 16) + (ts_val & 0xFFFF)
-                      + (ts_ecr >> 16) + (ts_ecr & 0xFFFF))
+            ck = -(total + 0x8000 + 0x0101 + 0x080A + (ts_val >> 16) + (ts_val & 0xFFFF)
+                   + (ts_ecr >> 16) + (ts_ecr & 0xFFFF)) % 0xFFFF
             hdr = _O4TS.pack(0x45, 0, 20 + tcp_len, ident, _IP4_DF, ttl, _PROTO_TCP, hck,
                              local, remote, conn.lport, conn.rport, seq, ack, 0x80, flags, wnd,
                              ck, 0, _TS_WORD, ts_val, ts_ecr)
     elif ts_val is None:
-        ck = fold(total + 0x5000)
+        ck = -(total + 0x5000) % 0xFFFF
         hdr = _O6.pack(0x60000000, tcp_len, _PROTO_TCP, ttl, local, remote, conn.lport,
                        conn.rport, seq, ack, 0x50, flags, wnd, ck, 0)
     else:
-        ck = fold(total + 0x8000 + 0x0101 + 0x080A + (ts_val >> 16) + (ts_val & 0xFFFF)
-                  + (ts_ecr >> 16) + (ts_ecr & 0xFFFF))
+        ck = -(total + 0x8000 + 0x0101 + 0x080A + (ts_val >> 16) + (ts_val & 0xFFFF)
+               + (ts_ecr >> 16) + (ts_ecr & 0xFFFF)) % 0xFFFF
         hdr = _O6TS.pack(0x60000000, tcp_len, _PROTO_TCP, ttl, local, remote, conn.lport,
                          conn.rport, seq, ack, 0x80, flags, wnd, ck, 0, _TS_WORD, ts_val,
                          ts_ecr)
@@ -212,6 +224,6 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
     packet = hdr + payload if n else hdr
     if stack._cork_depth:
         stack._corked.append(packet)
-    elif not stack.sender.sendPacket(packet):
+    elif not stack.sender.sendPackets([packet]):  # as uncork() would hand it over
         counters["tx_refused"] += 1
     return True

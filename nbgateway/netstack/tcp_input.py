@@ -28,6 +28,7 @@ from nbgateway.netstack.tcp_const import (
     SYN_SENT,
     TIME_WAIT,
     TIME_WAIT_TIMEOUT,
+    WRAP,
     _unwrap,
 )
 from nbgateway.netstack.tcp_wire import (
@@ -86,7 +87,8 @@ class ConnectionInput:
         if self.ts_ok and (ts_val is None or (ts_val - self.ts_recent) & HALF):
             return False
         una = self.snd_una
-        ack = _unwrap(wire_ack, una)
+        d = (wire_ack - una) & MASK  # _unwrap(wire_ack, una)
+        ack = una + d - WRAP if d & HALF else una + d
         plen = len(payload)
         if ack < una or ack > self.snd_max:
             return False
@@ -374,13 +376,14 @@ class ConnectionInput:
         una = self.snd_una
         acked = ack - una
         flight = self.snd_max - una
+        rto = self.rto
         if self.ts_ok:
             if ts_ecr:  # as _rtt_from_ts
-                d = (self.ts_now(now) - ts_ecr) & MASK
+                d = ((int(now * 1000) + self.ts_offset) - ts_ecr) & MASK  # ts_now
                 if d < 60_000:
-                    self.rto.sample(d / 1000.0)
+                    rto.sample(d / 1000.0)
         elif self.rtt_seq is not None and ack >= self.rtt_seq:
-            self.rto.sample(now - self.rtt_time)
+            rto.sample(now - self.rtt_time)
             self.rtt_seq = None
         self.snd_una = ack
         if self.snd_nxt < ack:
@@ -393,13 +396,25 @@ class ConnectionInput:
                 del sacked[0]
             if not sacked:
                 self.sacked = None
-        partial = self.cc.on_ack(acked, ack, flight)
-        if partial:
-            self._retransmit_hole(now)
+        cc = self.cc
+        if cc.in_recovery:
+            if cc.on_ack(acked, ack, flight):  # a partial ACK
+                self._retransmit_hole(now)
+        else:
+            # NewReno.on_ack outside recovery (inlined: once per ACK)
+            cc.dupacks = 0
+            cwnd = cc.cwnd
+            mss = cc.mss
+            if cwnd < cc.ssthresh:
+                cc.cwnd = cwnd + (acked if acked < 2 * mss else 2 * mss)
+            else:
+                inc = mss * mss // cwnd
+                cc.cwnd = cwnd + (inc if inc > 1 else 1)
         if ack >= self.snd_max:
             self.rtx_at = None
         elif self.persist_at is None:
-            self.rtx_at = now + self.rto.current()
-        if self.want_writable and len(self.sndbuf) <= self.writable_low and self.user:
+            self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
+        if self.want_writable and self.user and \
+                self.sndbuf.end - self.sndbuf.start <= self.writable_low:
             self.want_writable = False
             self.user.tcp_writable()

@@ -57,13 +57,19 @@ class ConnectionOutput:
         return (int(now * 1000) + self.ts_offset) & MASK
 
     def _adv_window(self) -> int:
-        space = self.rcv_buf - self.rcv_queued
-        cur = self.rcv_adv - self.rcv_nxt
-        if space < cur or (space - cur < self.mss and space < self.rcv_buf):
-            space = max(cur, 0)  # never shrink; receiver SWS avoidance (3.8.6.2.2)
-        field = min(space >> self.rcv_wscale, 0xFFFF)
-        edge = self.rcv_nxt + (field << self.rcv_wscale)
-        if edge > self.rcv_adv:
+        rcv_buf = self.rcv_buf
+        space = rcv_buf - self.rcv_queued
+        rcv_nxt = self.rcv_nxt
+        adv = self.rcv_adv
+        cur = adv - rcv_nxt
+        if space < cur or (space - cur < self.mss and space < rcv_buf):
+            space = cur if cur > 0 else 0  # never shrink; receiver SWS avoidance (3.8.6.2.2)
+        scale = self.rcv_wscale
+        field = space >> scale
+        if field > 0xFFFF:
+            field = 0xFFFF
+        edge = rcv_nxt + (field << scale)
+        if edge > adv:
             self.rcv_adv = edge
         return field
 
@@ -85,7 +91,7 @@ class ConnectionOutput:
             self.delack_at = None
         else:
             wnd = 0 if flags & RST else self._adv_window()
-        ts_val = self.ts_now(now) if ts_ok else None
+        ts_val = (int(now * 1000) + self.ts_offset) & MASK if ts_ok else None  # ts_now
         if not sack and emit(self.layer.fast, self, seq, flags, wnd, payload, ts_val,
                              self.ts_recent):
             return  # the fused output (tcp_fast.py): the same packet in one pack

@@ -86,7 +86,9 @@ class ConnectionReceive:
                 self.ack_now = True  # a hole was (partly) filled: ACK at once
                 if not ooo:
                     self.ooo = None
-            if now - self.rcv_mark_time >= self._tune_interval():
+            srtt = self.rto.srtt  # _tune_interval, inlined
+            if now - self.rcv_mark_time >= (
+                    0.02 if srtt is None else srtt if srtt > 0.01 else 0.01):
                 self._tune_window(now)
             self.ack_pending += segs
             if self.ack_pending >= ACK_EVERY:
@@ -98,10 +100,17 @@ class ConnectionReceive:
                 self.delack_at = now
             elif self.delack_at is None:
                 self.delack_at = now + DELACK_TIMEOUT
-            for data in chunks:
-                self._deliver(data)
+            user = self.user
+            if len(chunks) == 1 and user is not None and not self.rcv_paused \
+                    and not self.rcv_queue:
+                user.tcp_data(chunks[0])  # _deliver's common case
                 if self.state == CLOSED:
                     return
+            else:
+                for data in chunks:
+                    self._deliver(data)
+                    if self.state == CLOSED:
+                        return
             if self.ooo_fin is not None and self.ooo_fin == self.rcv_nxt:
                 self.ooo_fin = None
                 self._fin_received(now)

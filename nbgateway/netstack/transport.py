@@ -99,8 +99,9 @@ class TunnelTCPTransport:
         if self._lost or self._write_closed or self.conn.fin_queued or not data:
             return
         conn = self.conn
-        conn.send(data, self._now())
-        if conn.send_queued > SEND_HIGH_WATER:
+        conn.send(data, self.clock.seconds())
+        buf = conn.sndbuf
+        if buf.end - buf.start > SEND_HIGH_WATER:  # conn.send_queued
             conn.want_writable = True
             if self.producer is not None and self.streamingProducer \
                     and not self._producer_paused:

@@ -229,3 +229,34 @@ def test_coalescing_can_be_switched_off():
     p.stack.packetsReceived(p.data([b"1" * 10, b"2" * 10]), KEY)
     assert p.user.data == [b"1" * 10, b"2" * 10]
     assert p.stack.coalescer.runs == 0
+
+
+def test_lone_segments_between_runs_are_delivered_one_by_one_in_order():
+    """A lone segment is handed on when the next one does not continue it (the
+    common keep-alive batch: one request per connection), a run once it ends;
+    a lone segment followed by its continuation still becomes a run."""
+    from nbgateway.netstack.coalesce import TCPCoalescer
+
+    got: list = []
+    co = TCPCoalescer(lambda src, local, seg, key, now: got.append(("one", src, bytes(seg))),
+                      lambda src, local, hdr, payload, n, now: got.append(
+                          ("run", src, bytes(hdr), payload, n)))
+
+    def seg(port: int, seq: int, payload: bytes, flags: int = ACK) -> memoryview:
+        return memoryview(struct.pack("!HHIIBBHHH", port, PORT, seq, 1, 5 << 4, flags, 100, 0, 0)
+                          + payload)
+
+    a1, b1, b2, b3 = seg(1, 10, b"a"), seg(2, 10, b"b"), seg(2, 11, b"c"), seg(2, 12, b"d")
+    c1, a2, d1 = seg(3, 10, b"e"), seg(1, 11, b"f"), seg(4, 10, b"g", ACK | FIN)
+    for s, src in ((a1, b"A"), (b1, b"B"), (b2, b"B"), (b3, b"B"), (c1, b"C"), (a2, b"A"),
+                   (d1, b"D")):
+        co.add(src, None, s, KEY, 0.0)
+    co.flush()
+    assert got == [("one", b"A", bytes(a1)), ("run", b"B", bytes(b1[:20]), b"bcd", 3),
+                   ("one", b"C", bytes(c1)), ("one", b"A", bytes(a2)), ("one", b"D", bytes(d1))]
+    assert (co.runs, co.merged) == (1, 3)
+    got.clear()
+    co.add(b"A", None, seg(1, 20, b"x"), KEY, 0.0)
+    co.flush()
+    co.flush()  # nothing pending: nothing delivered twice
+    assert got == [("one", b"A", bytes(seg(1, 20, b"x")))]
