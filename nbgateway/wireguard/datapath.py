@@ -272,7 +272,7 @@ class TransportPath:
                 if (
                     kp is None
                     or n > mtu
-                    or peer.has_staged
+                    or peer._staged  # has_staged
                     or kp.send_counter >= rekey_after_messages
                     or now >= kp.rekey_at
                     or peer.endpoint is None
@@ -296,8 +296,15 @@ class TransportPath:
         if run_peer is not None:
             kp.send_counter = counter
             if out:
-                self._flush_tx(run_peer, out, now)
-                accepted += len(out)
+                # _flush_tx, inlined for the last (usually the only) run
+                k = len(out)
+                self._link_run(out, run_peer.endpoint)
+                run_peer.tx_bytes += sum(map(len, out)) if k > 1 else len(out[0])
+                (run_peer._timers or run_peer.timers).send_keepalive = None
+                self._data_tx += k
+                if run_peer.persistent_keepalive:
+                    self._authenticated_traversal(run_peer, now)
+                accepted += k
         return accepted
 
     def _flush_tx(self, peer: Peer, datagrams: list[bytes], now: float) -> None:

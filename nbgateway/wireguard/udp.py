@@ -157,8 +157,15 @@ class WireGuardProtocol(DatagramProtocol):
             return
         sock = getattr(transport, "socket", None)
         if (sock is not None and not getattr(transport, "_connectedAddr", None)
-                and self._sendable(addr[0], transport)):
-            if self.gso and len(datagrams) > 1:
+                and (self._families.get(addr[0]) or self._sendable(addr[0], transport))):
+            if len(datagrams) == 1:
+                # one datagram (a lone response): _send_raw's loop, inlined
+                data = datagrams[0]
+                try:
+                    sock.sendto(data, addr)
+                except OSError as exc:
+                    self._send_failed(exc, sock.sendto, data, addr)
+            elif self.gso:
                 self._send_gso(sock, datagrams, addr)
             else:
                 self._send_raw(sock.sendto, datagrams, addr)
@@ -237,18 +244,23 @@ class WireGuardProtocol(DatagramProtocol):
             try:
                 sendto(data, addr)
             except OSError as exc:
-                no = exc.errno
-                if no == errno.EINTR:
-                    try:
-                        sendto(data, addr)
-                        continue
-                    except OSError as again:
-                        exc, no = again, again.errno
-                if no == errno.ECONNREFUSED:
-                    continue
-                self.send_errors += 1
-                self.device.events["udp_send_error"] += 1
-                log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
+                self._send_failed(exc, sendto, data, addr)
+
+    def _send_failed(self, exc: OSError, sendto, data: bytes, addr: tuple[str, int]) -> None:
+        """A ``sendto`` of ``data`` raised ``exc``: retry once on EINTR, ignore
+        ECONNREFUSED, count anything else."""
+        no = exc.errno
+        if no == errno.EINTR:
+            try:
+                sendto(data, addr)
+                return
+            except OSError as again:
+                exc, no = again, again.errno
+        if no == errno.ECONNREFUSED:
+            return
+        self.send_errors += 1
+        self.device.events["udp_send_error"] += 1
+        log.debug("UDP send to {addr} failed: {err}", addr=addr, err=exc)
 
     def connectionRefused(self) -> None:  # ICMP port unreachable on a connected socket
         self.device.events["udp_refused"] += 1
