@@ -13,6 +13,9 @@ is wireguard-go's, on the other core).  Two kinds:
   complete (Content-Length framed).  The least an HTTP proxy that stamps
   identity has to do; no routing, auth, timeouts or access log.
 
+``bench/_floor/sitecustomize.py`` puts the ``http`` kind behind the gateway's
+own WireGuard and netstack instead (``bench/gateway.py --floor``).
+
 Run: python bench/_ceiling_proxy.py --listen 100.64.0.2:8090 --upstream
 127.0.0.1:8081 --mode raw|http [--reuseport]  (``--reuseport``: the listening
 socket sets SO_REUSEPORT, so several processes can share the port).
@@ -24,11 +27,7 @@ import argparse
 import socket
 
 import httptools
-from twisted.internet import epollreactor
-
-epollreactor.install()
-
-from twisted.internet import protocol, reactor  # noqa: E402
+from twisted.internet import protocol
 
 IDENTITY = b"x-netbird-user"
 
@@ -58,6 +57,8 @@ class Client(protocol.Protocol):
         self.pending: list[bytes] = []
 
     def connectionMade(self) -> None:
+        from twisted.internet import reactor
+
         host, port = self.factory.upstream
         protocol.ClientCreator(reactor, Upstream, self).connectTCP(host, port)
 
@@ -161,6 +162,11 @@ def main() -> None:
     ap.add_argument("--mode", choices=("raw", "http"), default="http")
     ap.add_argument("--reuseport", action="store_true")
     a = ap.parse_args()
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor
+
     lhost, lport = a.listen.rsplit(":", 1)
     uhost, uport = a.upstream.rsplit(":", 1)
     factory = ClientFactory(a.mode, (uhost, int(uport)))

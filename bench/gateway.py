@@ -49,6 +49,10 @@ Run as root:  .venv/bin/python bench/gateway.py [--seconds 5] [--rounds 3] [--js
                                         i.e. twisted.web's server path; ab: every
                                         round measures both, restarting the gateway
                                         with the other setting in between)
+              [--floor]               (the second rows: the gateway's UDP port,
+                                        WireGuard and netstack under the smallest
+                                        Twisted + httptools proxy, see
+                                        bench/_floor/sitecustomize.py)
 """
 
 from __future__ import annotations
@@ -85,6 +89,12 @@ LOSS_COUNTERS = ("nbgateway_tcp_retransmits_total", "nbgateway_netstack_drops_to
 
 #: the variable --fast-path ab switches (--ab-env)
 AB_VAR = "NBGW_HTTP_FAST"
+#: its values for the "gateway" rows and the second ("slowpath") rows
+AB_VALUES = ("1", "0")
+#: --floor: the second rows are the gateway's packet path under the smallest
+#: Python HTTP proxy (bench/_floor/sitecustomize.py), which logs nothing
+FLOOR = False
+FLOOR_VAR = "NBGW_BENCH_FLOOR"
 
 
 def loss_counters(w: World) -> dict[str, float]:
@@ -307,13 +317,13 @@ def restart_gateway(w: World, token: str, fast: bool, ns, gw_ip: str,
         if not _exited(pid, 20.0):
             os.kill(pid, signal.SIGKILL)
             _exited(pid, 10.0)
-    os.environ[AB_VAR] = "1" if fast else "0"
+    os.environ[AB_VAR] = AB_VALUES[0] if fast else AB_VALUES[1]
     w.start_gateway(token)
     wait_for(lambda: w.curl(ns, f"http://{APP}/warm", gw_ip=gw_ip)[0] == 200, 150,
              "the private service after the gateway restart")
     wait_for(lambda: w.curl(ns, f"https://{APP}/warm", "-k", gw_ip=gw_ip)[0] == 200, 60,
              "the private service over HTTPS after the gateway restart")
-    print(f"gateway restarted with {AB_VAR}={int(fast)} "
+    print(f"gateway restarted with {AB_VAR}={os.environ[AB_VAR]} "
           f"in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     # the warm-up requests' upstream log lines and access-log entries land
     # before the next round counts them
@@ -385,7 +395,7 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
             }
             close = "Connection: close"
             gw_pid = find_gateway_pid(w)
-            fast_now = os.environ.get(AB_VAR, "1") != "0"
+            fast_now = os.environ.get(AB_VAR, AB_VALUES[0]) == AB_VALUES[0]
             # --fast-path ab: each round measures the gateway with the fast
             # path ("gateway*") and, after a restart, without ("slowpath*")
             if ab:
@@ -402,7 +412,8 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
             def measure(rnd: dict, i: int, plain: tuple, tls: tuple) -> None:
                 for name in plain:
                     is_gw = name in gw_plain
-                    before = (log_lines(up_g), access_log_total(w)) if is_gw else None
+                    logged = is_gw and not (FLOOR and name == "slowpath")
+                    before = (log_lines(up_g), access_log_total(w)) if logged else None
                     spy = None
                     if py_spy and i == 0 and name == "gateway" and gw_pid:
                         spy = subprocess.Popen(
@@ -529,6 +540,7 @@ def summarize(out: dict, conns: int) -> dict:
             ratios[f"{'HTTPS ' if name else ''}CPU per request gateway/nginx worker"] = g / n
     if f"slowpath_{c}" in med:  # --fast-path ab
         on, off = (("fast path", "twisted.web path") if AB_VAR == "NBGW_HTTP_FAST"
+                   else ("gateway", "floor") if FLOOR
                    else (f"{AB_VAR}=1", f"{AB_VAR}=0"))
         for name in ("", "tls_"):
             label = "HTTPS " if name else ""
@@ -601,12 +613,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="the gateway's HTTP/1.1 fast path (off: NBGW_HTTP_FAST=0, the "
                              "twisted.web server path; ab: both in every round, the gateway "
                              "restarted between them)")
+    parser.add_argument("--floor", action="store_true",
+                        help="the second rows of every round: the gateway's own UDP port, "
+                             "WireGuard and netstack under the smallest Twisted + httptools "
+                             "proxy instead of its HTTP layer (bench/_floor/sitecustomize.py; "
+                             "no access log): the most any Python HTTP layer could serve")
     args = parser.parse_args(argv)
-    global AB_VAR
+    global AB_VAR, AB_VALUES, FLOOR
     AB_VAR = args.ab_env
     os.environ["NBGW_HTTP_FAST"] = "0" if args.fast_path == "off" else "1"
     os.environ[AB_VAR] = "0" if args.fast_path == "off" else "1"
-    if AB_VAR != "NBGW_HTTP_FAST":
+    if args.floor:
+        FLOOR, AB_VAR, AB_VALUES = True, FLOOR_VAR, ("0", "1")
+        args.fast_path = "ab"
+        os.environ[AB_VAR] = "0"
+        floor_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_floor")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (floor_dir, os.environ.get("PYTHONPATH")) if p)
+        LABELS["slowpath"] = "gateway packets, minimal Python HTTP"
+        LABELS["slowpath_tls"] = "nbgateway HTTPS (same again)"
+    elif AB_VAR != "NBGW_HTTP_FAST":
         LABELS["slowpath"] = f"nbgateway, {AB_VAR}=0"
         LABELS["slowpath_tls"] = f"nbgateway HTTPS, {AB_VAR}=0"
     print(f"gateway HTTP/1.1 fast path: {args.fast_path}")
