@@ -125,7 +125,8 @@ class UpstreamConnection(Protocol):
         #: the relay paused the socket (slow client)
         self.paused = False
         self._reset()
-        self._idle_call: Any = None
+        #: the pool's clock when it last went back to the pool idle
+        self.idle_since = 0.0
         self._lost = False
         self._close_waiters: list[defer.Deferred[None]] = []
         self._feeding = False
@@ -173,10 +174,6 @@ class UpstreamConnection(Protocol):
             self.paused = False
             self.transport.resumeProducing()
         self._head_method = method == b"HEAD"
-        if self._idle_call is not None:
-            if self._idle_call.active():
-                self._idle_call.cancel()
-            self._idle_call = None
         inline = getattr(body, "body", None) if body is not None else None
         # the head (and a buffered body) straight to the socket when Twisted
         # has nothing queued for it: no writability watch, no extra turn
@@ -263,35 +260,36 @@ class UpstreamConnection(Protocol):
             return
         self._status = status
         self._head_done = True
-        headers = Headers()
         # names made canonical once (cached), values as llhttp gave them:
-        # it refuses CR/LF in them; a value with one still goes through
-        # addRawHeader (which sanitises it)
-        raw = headers._rawHeaders
-        length: Any = UNKNOWN_LENGTH
-        chunked = False
+        # it refuses CR/LF in them; a value with one is still sanitised as
+        # ``Headers.addRawHeader`` does.  The dict becomes the response's
+        # ``Headers`` as it is (no per-header public-API call).
+        raw: dict[bytes, list[bytes]] = {}
+        names = _NAMES
         for name, value in self._headers:
-            key = _NAMES.get(name)
+            key = names.get(name)
             if key is None:
                 key = _canonical(name)
-            if b"\r" in value or b"\n" in value:
-                headers.addRawHeader(name, value)
+            if 13 in value or 10 in value:  # CR, LF (an int is found by memchr: ~10x faster)
+                value = b" ".join(value.splitlines())
+            values = raw.get(key)
+            if values is None:
+                raw[key] = [value]
             else:
-                values = raw.get(key)
-                if values is None:
-                    raw[key] = [value]
-                else:
-                    values.append(value)
-            if key == _CONTENT_LENGTH:
-                length = int(value)
-            elif key == _TRANSFER_ENCODING:
-                chunked = True
+                values.append(value)
+        chunked = _TRANSFER_ENCODING in raw
         if self._head_method or status in _BODYLESS_STATUSES:
-            length = 0
+            length: Any = 0
         elif chunked:
             length = UNKNOWN_LENGTH
+        else:
+            lengths = raw.get(_CONTENT_LENGTH)
+            # the last one, as before (llhttp refuses differing repeats)
+            length = int(lengths[-1]) if lengths else UNKNOWN_LENGTH
         self._framing_eof = (not chunked and length is UNKNOWN_LENGTH)
         d, self._d = self._d, None
+        headers = Headers()
+        headers._rawHeaders = raw
         response = LeanResponse(self, status, self._phrase, headers, length)
         if self._head_method:
             # llhttp would wait for a body HEAD never gets: end here, no reuse
@@ -418,9 +416,6 @@ class UpstreamConnection(Protocol):
         waiters, self._close_waiters = self._close_waiters, []
         for w in waiters:
             w.callback(None)
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
         if not self._active:
             return
         if self._head_done and self._framing_eof and not self._complete:

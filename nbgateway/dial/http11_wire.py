@@ -37,8 +37,31 @@ def _canonical(name: bytes) -> bytes:
 _CONTENT_LENGTH, _TRANSFER_ENCODING = map(_canonical, (b"Content-Length", b"Transfer-Encoding"))
 
 
+#: ``scheme://netloc`` -> (scheme, host, port, netloc): a proxy sends every
+#: request of a target to the same few; bounded, cleared when full
+_ORIGINS: dict[bytes, tuple[bytes, bytes, int, bytes]] = {}
+_ORIGINS_MAX = 1024
+_ORIGIN_CACHED_MAX_LEN = 300
+
+
 def split_url(url: bytes) -> tuple[bytes, bytes, int, bytes, bytes]:
-    """``(scheme, host, port, netloc, path)`` of an absolute http(s) URL."""
+    """``(scheme, host, port, netloc, path)`` of an absolute http(s) URL.
+    The part before the path is split once per ``scheme://netloc`` (cached)."""
+    start = url.find(b"://")
+    slash = url.find(b"/", start + 3) if start > 0 else -1
+    origin = url[:slash] if slash > 0 else url
+    hit = _ORIGINS.get(origin)
+    if hit is not None:
+        return (*hit, url[slash:] if slash > 0 else b"/")
+    parts = _split_url(url)
+    if len(origin) <= _ORIGIN_CACHED_MAX_LEN:
+        if len(_ORIGINS) >= _ORIGINS_MAX:
+            _ORIGINS.clear()
+        _ORIGINS[origin] = parts[:4]
+    return parts
+
+
+def _split_url(url: bytes) -> tuple[bytes, bytes, int, bytes, bytes]:
     scheme, sep, rest = url.partition(b"://")
     if not sep or scheme not in (b"http", b"https"):
         raise ValueError(f"unsupported upstream URL {url[:80]!r}")
@@ -84,7 +107,7 @@ def request_head(method: bytes, path: bytes, headers: Headers, netloc: bytes,
     lines = [method, b" ", path, b" HTTP/1.1\r\n"]
     has_host = False
     kinds = _HEAD_KINDS
-    for name, values in headers.getAllRawHeaders():
+    for name, values in headers._rawHeaders.items():  # names as Headers keeps them
         kind = kinds.get(name)
         if kind is None:
             kind = _head_kind(name)

@@ -116,7 +116,7 @@ class _Head:
                     self.close = b"close" in [t.lower() for t in value.split(b" ")]
             else:  # Transfer-Encoding, Upgrade, Expect
                 self.decline = True
-        if b"\r" in value or b"\n" in value:
+        if 13 in value or 10 in value:  # CR, LF (an int is found by memchr: ~10x faster)
             self.decline = True  # llhttp refuses these; twisted.web would sanitise them
         if underscore:
             self.underscore = True

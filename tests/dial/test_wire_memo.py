@@ -1,0 +1,65 @@
+"""The upstream client's bytes-level helpers keep their results with their
+memos: ``split_url`` through its per-origin cache, and the response head's
+CR/LF sanitising without ``Headers.addRawHeader``."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from twisted.internet.testing import StringTransport
+from twisted.web.http_headers import Headers
+
+from nbgateway.dial import http11_wire
+from nbgateway.dial.http11_conn import UpstreamConnection
+from nbgateway.dial.http11_wire import _split_url, split_url
+
+
+def test_split_url_is_the_plain_split_for_hits_and_misses():
+    rnd = random.Random(5)
+    http11_wire._ORIGINS.clear()
+    origins = [b"http://10.0.0.5:8080", b"https://[fd00::1]", b"http://h.example",
+               b"https://h.example:8443", b"http://[fd00::2]:81", b"http://h:0",
+               b"ftp://h", b"http://", b"http://h:x", b"http://[fd00::1", b"h.example",
+               b"://h", b"http://h?q=1", b"http://" + b"a" * 400]
+    tails = [b"", b"/", b"/a/b?q=1", b"/?x", b"//double"]
+    for _ in range(2000):
+        url = rnd.choice(origins) + rnd.choice(tails)
+        try:
+            want = _split_url(url)
+        except ValueError:
+            with pytest.raises(ValueError):
+                split_url(url)
+            continue
+        assert split_url(url) == want, url
+    assert all(len(o) <= http11_wire._ORIGIN_CACHED_MAX_LEN for o in http11_wire._ORIGINS)
+
+
+def test_split_url_cache_is_bounded():
+    http11_wire._ORIGINS.clear()
+    for i in range(http11_wire._ORIGINS_MAX + 5):
+        assert split_url(b"http://h%d.example/x" % i)[1] == b"h%d.example" % i
+    assert len(http11_wire._ORIGINS) <= http11_wire._ORIGINS_MAX
+
+
+class _D:
+    response = None
+
+    def callback(self, response):
+        self.response = response
+
+
+@pytest.mark.parametrize("value", [b"a\r\nb", b"a\rb", b"a\nb", b"a\r\n\r\nb", b"plain", b""])
+def test_response_header_values_are_sanitised_as_add_raw_header_does(value):
+    conn = UpstreamConnection(pool=None, key=(b"http", b"h", 80))
+    conn.makeConnection(StringTransport())
+    d = _D()
+    conn._active, conn._d = True, d
+    conn._parser = type("P", (), {"get_status_code": lambda self: 200})()
+    conn._headers = [(b"x-odd", value), (b"X-Odd", b"second"), (b"content-length", b"0")]
+    conn.on_headers_complete()
+    want = Headers()
+    for name, v in conn._headers:
+        want.addRawHeader(name, v)
+    assert d.response.headers._rawHeaders == want._rawHeaders
+    assert d.response.length == 0
