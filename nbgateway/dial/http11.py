@@ -19,10 +19,13 @@ Rules:
   cannot be told a body is absent); a half-read, cancelled, failed or
   stopped exchange closes its connection;
 - bounded: at most ``maxPersistentPerHost`` idle connections per target,
-  each closed after ``cachedConnectionTimeout`` on the injected clock (the
-  idle timeouts share one timer, :mod:`nbgateway.dial.deadlines`, with the
+  each closed after ``cachedConnectionTimeout`` on the injected clock.  A
+  connection going back to the pool only records when it went idle; one
+  sweep deadline per pool (:mod:`nbgateway.dial.deadlines`, shared with the
   reverse proxy's request deadlines when the pools are
-  :class:`~nbgateway.dial.pool.UpstreamPools`);
+  :class:`~nbgateway.dial.pool.UpstreamPools`) fires when the oldest idle
+  connection is due, closes what is due and re-arms for the next one, so a
+  request on a pooled connection adds and cancels no timer entry;
 - a request that fails on a *reused* connection before any response byte
   (the upstream closed it while idle) is retried once on a new connection
   when its body can be replayed (none, or already buffered bytes);
@@ -45,7 +48,6 @@ importable from here as before.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +93,8 @@ class ConnectionPool:
         self._own_deadlines = deadlines is None
         self.idle_deadlines = Deadlines(clock) if deadlines is None else deadlines
         self._connections: dict[tuple[bytes, bytes, int], list[UpstreamConnection]] = {}
+        #: the pending idle sweep (a Deadline), None while no sweep is due
+        self._sweep: Any = None
 
     def take(self, key: tuple[bytes, bytes, int]) -> UpstreamConnection | None:
         conns = self._connections.get(key)
@@ -99,26 +103,44 @@ class ConnectionPool:
             if not conns:
                 del self._connections[key]
             if not conn._lost and conn.transport is not None:
-                if conn._idle_call is not None and conn._idle_call.active():
-                    conn._idle_call.cancel()
-                conn._idle_call = None
                 return conn
         return None
 
     def release(self, conn: UpstreamConnection) -> None:
-        conns = self._connections.setdefault(conn.key, [])
-        if len(conns) >= self.maxPersistentPerHost:
-            if not conns:
-                del self._connections[conn.key]
+        conns = self._connections.get(conn.key)
+        if len(conns or ()) >= self.maxPersistentPerHost:
             conn.transport.loseConnection()
             return
+        if conns is None:
+            conns = self._connections[conn.key] = []
         conns.append(conn)
-        if self.cachedConnectionTimeout > 0:
-            conn._idle_call = self.idle_deadlines.add(self.cachedConnectionTimeout,
-                                                      functools.partial(self._expire, conn))
+        timeout = self.cachedConnectionTimeout
+        if timeout > 0:
+            conn.idle_since = self.clock.seconds()
+            if self._sweep is None:
+                # every connection idle now is due no earlier than this one
+                self._sweep = self.idle_deadlines.add(timeout, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Close the idle connections that are due; re-arm for the next."""
+        self._sweep = None
+        now = self.clock.seconds()
+        timeout = self.cachedConnectionTimeout
+        due: list[UpstreamConnection] = []
+        earliest: float | None = None
+        for conns in self._connections.values():
+            for conn in conns:
+                when = conn.idle_since + timeout
+                if when <= now:
+                    due.append(conn)
+                elif earliest is None or when < earliest:
+                    earliest = when
+        for conn in due:
+            self._expire(conn)
+        if earliest is not None:
+            self._sweep = self.idle_deadlines.add(earliest - now, self._sweep_idle)
 
     def _expire(self, conn: UpstreamConnection) -> None:
-        conn._idle_call = None
         self.forget(conn)
         if conn.transport is not None and not conn._lost:
             conn.transport.loseConnection()
@@ -137,10 +159,10 @@ class ConnectionPool:
         conns = [c for cs in self._connections.values() for c in cs]
         self._connections = {}
         waits = []
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for c in conns:
-            if c._idle_call is not None and c._idle_call.active():
-                c._idle_call.cancel()
-            c._idle_call = None
             if c.transport is not None and not c._lost:
                 w: defer.Deferred[None] = defer.Deferred()
                 c._close_waiters.append(w)
