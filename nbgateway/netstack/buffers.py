@@ -16,7 +16,9 @@ _COMPACT_AT = 64 * 1024
 class SendBuffer:
     """Bytes from sequence number ``start`` onward, up to ``end`` (a plain
     attribute, read on every segment).  ``consume`` (on ACK) only moves a head
-    index; the storage is compacted in large steps."""
+    index; the storage is compacted in large steps.  The storage is the
+    appended ``bytes`` object itself while only one was appended (no copy),
+    a bytearray from the second append on."""
 
     __slots__ = ("_buf", "_head", "end", "start")
 
@@ -24,7 +26,7 @@ class SendBuffer:
         self.start = start
         #: sequence number just past the last buffered byte
         self.end = start
-        self._buf: bytearray | None = None
+        self._buf: bytes | bytearray | None = None
         self._head = 0
 
     def __len__(self) -> int:
@@ -35,8 +37,13 @@ class SendBuffer:
             return
         buf = self._buf
         if buf is None:
-            buf = self._buf = bytearray(data)
+            # an immutable ``bytes`` is kept as it is (a response written in
+            # one piece is not copied); the next append makes a bytearray
+            buf = self._buf = data if data.__class__ is bytes else bytearray(data)
         else:
+            if buf.__class__ is bytes:
+                buf = self._buf = bytearray(memoryview(buf)[self._head :])
+                self._head = 0
             buf += data
         self.end = self.start + len(buf) - self._head  # bytes, whatever the view's format
 
@@ -60,7 +67,10 @@ class SendBuffer:
         buf = self._buf
         assert buf is not None
         if self._head >= _COMPACT_AT and self._head * 2 >= len(buf):
-            del buf[: self._head]
+            if buf.__class__ is bytes:
+                self._buf = buf[self._head :]
+            else:
+                del buf[: self._head]
             self._head = 0
         return n
 

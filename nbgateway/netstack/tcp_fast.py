@@ -144,6 +144,31 @@ def _raise(e: Exception) -> None:
     raise e
 
 
+#: ``(1 << bits) - 1`` for the fold widths of :func:`_payload_sum` (one per
+#: payload length / 4 seen: a few hundred at a tunnel MTU; cleared at 512)
+_FOLD_MASKS: dict[int, int] = {}
+
+
+def _payload_sum(payload: bytes | memoryview, n: int) -> int:
+    """The one's-complement sum of ``n`` payload bytes as a small int (below
+    2**24; unfolded, for a sum of small ints that is folded once).  The
+    payload is one big int; a modulo by 0xFFFF costs a division per 30-bit
+    digit, so above 128 bytes the int is first folded in half at a multiple
+    of 16 bits (2**16 is 1 modulo 0xFFFF, so that keeps the residue) with a
+    cached mask: a shift, an AND and an add instead of half the divisions."""
+    v = _from_bytes(payload, "big")
+    if n > 128:
+        bits = (n >> 2) << 4
+        mask = _FOLD_MASKS.get(bits)
+        if mask is None:
+            if len(_FOLD_MASKS) >= 512:
+                _FOLD_MASKS.clear()
+            mask = _FOLD_MASKS[bits] = (1 << bits) - 1
+        v = (v >> bits) + (v & mask)
+    v %= 0xFFFF
+    return v << 8 if n & 1 else v  # an odd length: zero padded (times 256, mod 0xFFFF)
+
+
 def _out_sums(conn: Connection) -> tuple[int, int, bool]:
     """Per-connection constants of the fused output: the TCP checksum's
     pseudo-header address sum plus protocol and ports, the IP header's
@@ -176,21 +201,12 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
         return False
     seq &= _MASK
     ack = conn.rcv_nxt & _MASK
-    # checksums: unfolded sums (checksum.py), folded once; every total here is
-    # positive, for which ``fold(total) == -total % 0xFFFF``
+    # checksums: unfolded sums (checksum.py) of small ints, folded once; every
+    # total here is positive, for which ``fold(total) == -total % 0xFFFF``
     total = tcp_sum + tcp_len + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) \
         + flags + wnd
     if n:
-        v = _from_bytes(payload, "big")
-        if n & 1:
-            v <<= 8
-        if n > 128:
-            # halve the big sum before the modulo (2**16 is 1 mod 0xFFFF, so
-            # folding at a multiple of 16 bits keeps the residue): the
-            # division costs per digit, the shift and mask much less
-            s = (n >> 2) << 4
-            v = (v >> s) + (v & ((1 << s) - 1))
-        total += v
+        total += _payload_sum(payload, n)
     local, remote = conn.raw_addrs
     ttl = stack.ttl
     if v4:

@@ -488,3 +488,43 @@ def test_inlined_new_reno_ack_matches_new_reno_on_ack(twin):
             conn._new_ack(None, una + size, twin.clocks[0].seconds())
             assert (conn.cc.cwnd, conn.cc.dupacks) == (ref.cwnd, ref.dupacks)
             assert conn.snd_una == una + size and conn.rtx_at is None
+
+
+def test_payload_sum_folds_to_the_rfc1071_sum_for_every_length():
+    import random
+
+    from nbgateway.netstack.checksum import fold, ones_sum
+    from nbgateway.netstack.tcp_fast import _payload_sum
+
+    rng = random.Random(1071)
+    for n in list(range(1, 600)) + list(range(600, 9000, 37)):
+        for data in (rng.randbytes(n), b"\xff" * n, bytes(n)):
+            for extra in (1, 6, 0xFFFF, 0x1FFFE):  # (emit's totals are never 0)
+                assert fold(_payload_sum(data, n) + extra) == fold(ones_sum(data, extra))
+                assert fold(_payload_sum(memoryview(data), n) + extra) == \
+                    fold(ones_sum(data, extra))
+
+
+def test_send_buffer_keeps_one_bytes_object_uncopied_and_converts_on_the_next_append():
+    from nbgateway.netstack.buffers import SendBuffer
+
+    data = b"0123456789"
+    buf = SendBuffer(0)
+    buf.append(data)
+    assert buf._buf is data and buf.end == 10
+    assert buf.consume_to(4) == 4 and bytes(buf.view(4, 3)) == b"456"
+    buf.append(bytearray(b"ab"))  # the second append: a bytearray of what is left
+    assert isinstance(buf._buf, bytearray) and buf._head == 0
+    assert (buf.start, buf.end) == (4, 12) and bytes(buf.view(4, 8)) == b"456789ab"
+    assert data == b"0123456789"
+    other = bytearray(b"xyz")
+    buf2 = SendBuffer(0)
+    buf2.append(other)  # a mutable buffer is copied
+    other[0] = ord("X")
+    assert bytes(buf2.view(0, 3)) == b"xyz"
+    big = bytes(range(256)) * 600  # 153,600 bytes in one piece: compacted as bytes
+    buf3 = SendBuffer(0)
+    buf3.append(big)
+    assert buf3.consume_to(100_000) == 100_000
+    assert buf3._head == 0 and bytes(buf3.view(100_000, 5)) == big[100_000:100_005]
+    assert buf3.end == len(big) and len(buf3) == len(big) - 100_000
