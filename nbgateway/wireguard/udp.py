@@ -333,7 +333,8 @@ class BatchingPort(udp.Port):
 
     def doRead(self) -> None:
         batch: list = []
-        recvfrom = self.socket.recvfrom
+        sock = self.socket
+        recvfrom = sock.recvfrom
         size = self.maxPacketSize
         v6 = self.addressFamily == socket.AF_INET6
         failure: OSError | None = None
@@ -343,8 +344,13 @@ class BatchingPort(udp.Port):
                 if v6:  # drop flow info and scope id, as the stock port does
                     item = (item[0], item[1][:2])
                 batch.append(item)
-                if len(batch) == 1 and self.peek_queue and _queued(self.socket) == _NONE:
-                    break
+                if len(batch) == 1 and self.peek_queue:
+                    try:  # (_queued, inlined: once per read)
+                        more = fcntl.ioctl(sock.fileno(), _FIONREAD, _NONE)
+                    except OSError:
+                        more = _SOME  # a failing ioctl: the loop goes on as before
+                    if more == _NONE:
+                        break
         except OSError as exc:
             no = exc.args[0]
             if no in _READ_REFUSED:
@@ -361,17 +367,10 @@ class BatchingPort(udp.Port):
             raise failure
 
 
+#: FIONREAD's int buffer: nothing queued; what a failing ioctl counts as
 _NONE = b"\0\0\0\0"
+_SOME = b"\xff\xff\xff\xff"
 _FIONREAD = getattr(termios, "FIONREAD", 0x541B)
-
-
-def _queued(sock: socket.socket) -> bytes:
-    """FIONREAD of ``sock`` as the raw int buffer (``_NONE``: nothing queued);
-    a failing ioctl reports "something" so the read loop goes on as before."""
-    try:
-        return fcntl.ioctl(sock.fileno(), _FIONREAD, _NONE)
-    except OSError:
-        return b"\xff\xff\xff\xff"
 
 
 def listen(reactor: IReactorUDP, device, port: int, interface: str = "",

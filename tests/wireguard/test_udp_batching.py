@@ -168,3 +168,18 @@ class QueuePeekTests(unittest.TestCase):
         self.assertEqual(device.received()[0][0], b"first")
         port.doRead()
         self.assertEqual([d for d, _ in device.received()], [b"first", b"", b"last"])
+
+    def test_a_failing_peek_reads_on_until_eagain(self):
+        device, port, counting, client, target = self._port()
+
+        class FailingIoctl:
+            @staticmethod
+            def ioctl(*args):
+                raise OSError(9, "scripted EBADF")
+
+        self.patch(udp, "fcntl", FailingIoctl)
+        client.sendto(b"one", target)
+        self._wait_queued(port, 1)
+        port.doRead()
+        self.assertEqual(len(device.received()), 1)
+        self.assertEqual((counting.calls, counting.failed), (2, 1))  # as without the peek
