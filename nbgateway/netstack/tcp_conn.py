@@ -253,7 +253,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
             return
         buf = self.sndbuf
         nxt = self.snd_nxt
-        n = len(data)
+        n = data.nbytes if data.__class__ is memoryview else len(data)  # bytes, not items
         if (self.state == ESTABLISHED and 0 < n <= self.mss and buf.end == nxt
                 and self.persist_at is None and self.layer.fast.enabled):
             # one segment that fits the windows with nothing else unsent: what
@@ -269,7 +269,8 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                 buf.append(data)
                 # the segment is ``data`` itself (everything before it was
                 # sent), and a single packet needs no cork
-                self._emit(nxt, ACK | PSH, data, now)
+                self._emit(nxt, ACK | PSH, data if data.__class__ is bytes else buf.view(nxt, n),
+                           now)
                 if nxt == self.snd_max and self.rtt_seq is None:
                     self.rtt_seq, self.rtt_time = nxt + n, now
                 nxt += n

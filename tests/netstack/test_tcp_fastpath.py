@@ -528,3 +528,13 @@ def test_send_buffer_keeps_one_bytes_object_uncopied_and_converts_on_the_next_ap
     assert buf3.consume_to(100_000) == 100_000
     assert buf3._head == 0 and bytes(buf3.view(100_000, 5)) == big[100_000:100_005]
     assert buf3.end == len(big) and len(buf3) == len(big) - 100_000
+
+
+def test_fused_send_of_other_buffer_types(twin):
+    """bytes go out as they are; a bytearray or a memoryview (whatever its
+    format) goes out as the bytes the send buffer holds."""
+    twin.write(bytearray(b"ba" * 50))
+    twin.ack_all()
+    twin.feed([twin.send(b"")])
+    [seg] = twin.write(memoryview(b"\x01\x02" * 10).cast("H"))  # 10 items, 20 bytes
+    assert bytes(seg.payload) == b"\x01\x02" * 10
