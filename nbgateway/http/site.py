@@ -64,10 +64,10 @@ from nbgateway.http.operator_auth import (  # noqa: F401 (re-exported)
     OperatorAuth,
 )
 from nbgateway.observe.accesslog import (
+    INTERNAL_PREFIX,
     AccessLogger,
     entry_from_fields,
     new_log_id,
-    should_log,
 )
 from nbgateway.proxy.fast import FastHTTPChannel
 from nbgateway.proxy.headers import canonical_name, drop_underscore_headers
@@ -92,6 +92,7 @@ _HOST_CACHED_LEN = 256
 _COOKIES: dict[tuple[str, int], bytes] = {}
 _COOKIES_MAX = 4096
 _SET_COOKIE = canonical_name("Set-Cookie")
+_HOST = canonical_name("Host")
 
 
 def _session_cookie(token: str, max_age: int) -> bytes:
@@ -180,7 +181,8 @@ class GatewayResource(OperatorAuth, Resource):
         """May the listener's HTTP/1.1 fast path (:mod:`nbgateway.proxy.fast`)
         serve a request for ``host``?  Everything but a public service with
         operator schemes (login pages, forms, cookies: twisted.web's path)."""
-        entry = self.lookup(_host_and_domain(host)[1])
+        hit = _HOSTS.get(host) or _host_and_domain(host)
+        entry = self.lookup(hit[1])
         return entry is None or entry.private or not entry.has_schemes
 
     def render(self, request: Any) -> Any:
@@ -199,9 +201,11 @@ class GatewayResource(OperatorAuth, Resource):
                 request.channel.persistent = False
             send_plain(request, code, body)
             return server.NOT_DONE_YET
-        host, domain = _host_and_domain(request.getHeader(b"host") or b"")
+        raw_host = request.getHeader(b"host") or b""
+        host, domain = _HOSTS.get(raw_host) or _host_and_domain(raw_host)
         entry = self.lookup(domain)
-        if entry is not None and overlay and entry.account_id != self.listener_account:
+        if (entry is not None and overlay
+                and entry.service.account_id != self.listener_account):
             # another account's name on this account's tunnel: unknown here,
             # and never logged into the other account's access log
             entry = None
@@ -213,7 +217,7 @@ class GatewayResource(OperatorAuth, Resource):
         self._observe(request, ctx)
         if entry is None:
             return self.proxy.render(request, ctx)
-        if overlay and not self._port_matches(request, host):
+        if overlay and ":" in host and not self._port_matches(request, host):
             self.rejected[421] = self.rejected.get(421, 0) + 1
             send_plain(request, 421, MISDIRECTED_BODY)
             return server.NOT_DONE_YET
@@ -236,7 +240,7 @@ class GatewayResource(OperatorAuth, Resource):
             # the common case (a cached validation, or a local refusal) is
             # decided here and now: no Deferred and callback chain per request
             decision = decide_now(listener_account=self.listener_account,
-                                  mapping_account=entry.account_id,
+                                  mapping_account=entry.service.account_id,
                                   domain=entry.service.domain, client_ip=peer_ip)
             if decision is not None:
                 try:
@@ -260,10 +264,12 @@ class GatewayResource(OperatorAuth, Resource):
         form with its authority as the Host (RFC 9112 3.2.2), and header names
         spelled with ``_`` are dropped (see :func:`drop_underscore_headers`)."""
         headers = request.requestHeaders
-        if len(headers.getRawHeaders(b"host") or []) > 1:
+        if len(headers._rawHeaders.get(_HOST) or ()) > 1:
             return 400, b"Bad Request: duplicate Host header\n"
         try:
-            absolute = split_absolute_form(request.uri)
+            # an origin-form target (the common case) is not absolute form
+            absolute = (None if request.uri[:1] == b"/"
+                        else split_absolute_form(request.uri))
         except ValueError:
             return 400, b"Bad Request: invalid request target\n"
         if absolute is not None:
@@ -303,7 +309,9 @@ class GatewayResource(OperatorAuth, Resource):
             else:
                 send_plain(request, 401, b"Unauthorized\n")
             return
-        cookie = _session_cookie(decision.session_token, entry.session_max_age)
+        token = decision.session_token
+        cookie = (_COOKIES.get((token, entry.session_max_age))
+                  or _session_cookie(token, entry.session_max_age))
         raw = request.responseHeaders._rawHeaders
         values = raw.get(_SET_COOKIE)
         if values is None:
@@ -329,7 +337,7 @@ class GatewayResource(OperatorAuth, Resource):
         path: str | None = None
         if self.access_log is not None and ctx.entry is not None:
             path = request.uri.split(b"?", 1)[0].decode("latin-1")
-            if should_log(path):
+            if not path.startswith(INTERNAL_PREFIX):  # should_log(path)
                 ctx.request_id = new_log_id()
             else:
                 path = None
@@ -337,7 +345,14 @@ class GatewayResource(OperatorAuth, Resource):
             stats.started()
         elif path is None:
             return
-        _when_finished(request, functools.partial(self._finished, request, ctx, path))
+        fn = functools.partial(self._finished, request, ctx, path)
+        # ``fn(None)`` when the response ends, ``fn(failure)`` when the client is
+        # gone: a plain callback on the fast path's request, else notifyFinish
+        hook = getattr(request, "on_finish", None)
+        if hook is not None:
+            hook(fn)
+        else:
+            request.notifyFinish().addBoth(fn)
 
     def _finished(self, request: Any, ctx: RequestContext, path: str | None,
                   _result: Any) -> None:
@@ -351,30 +366,20 @@ class GatewayResource(OperatorAuth, Resource):
             stats.finished(request.code, now - ctx.started)
         if path is None:
             return
-        entry = ctx.entry
+        service = ctx.entry.service
         body = getattr(request, "body_stream", None)
         fields = (
-            now, ctx.request_id, entry.account_id, entry.service.service_id, ctx.host, path,
+            now, ctx.request_id, service.account_id, service.service_id, ctx.host, path,
             request.method.decode("latin-1"), request.code, int((now - ctx.started) * 1000),
             ctx.source_ip, ctx.auth_mechanism, ctx.user_id,
-            body.received if body is not None else _content_length(request),
+            body.received if body is not None else (
+                0 if getattr(request, "content", None) is None else _content_length(request)),
             getattr(request, "sentLength", 0), ctx.target,
         )
         if self._record is not None:
             self._record(fields)
         else:
             self.access_log.log(entry_from_fields(fields))  # type: ignore[union-attr]
-
-
-def _when_finished(request: Any, fn: Callable[[Any], Any]) -> None:
-    """Call ``fn`` when the response ends (None) or the client is gone (a
-    Failure): a plain callback on the HTTP/1.1 fast path's request
-    (``on_finish``), else through ``notifyFinish``."""
-    hook = getattr(request, "on_finish", None)
-    if hook is not None:
-        hook(fn)
-    else:
-        request.notifyFinish().addBoth(fn)
 
 
 def _content_length(request: Any) -> int:

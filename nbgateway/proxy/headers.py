@@ -150,9 +150,12 @@ def headers_from_raw(raw: dict[bytes, list[bytes]]) -> Headers:
     Building one through ``setRawHeaders`` re-encodes and re-sanitises every
     name and value, the largest header cost per proxied request; the
     equivalence with the public API is a test (tests/proxy/test_headers.py)."""
-    out = Headers()
+    out = _new_headers(Headers)  # no Headers.__init__ call: the dict is set right after
     out._rawHeaders = raw
     return out
+
+
+_new_headers = Headers.__new__
 
 
 _HOST, _COOKIE, _TE, _UPGRADE, _CONNECTION = map(
@@ -244,16 +247,21 @@ def prepare_upstream_headers(
     One pass over the inbound headers in bytes (names as ``Headers`` keeps
     them); the result is the same as building it header by header through
     ``Headers.setRawHeaders`` in the order of the module docstring."""
-    trusted = trusted_proxies or _NO_TRUSTED_PROXIES
-    peer_trusted = bool(trusted) and trusted.contains(client_ip)
+    trusted = trusted_proxies if trusted_proxies is not None else _NO_TRUSTED_PROXIES
+    peer_trusted = bool(trusted.networks) and trusted.contains(client_ip)
     # the inbound Headers' own dict, read only (names canonical already)
     inbound_raw: dict[bytes, list[bytes]] = inbound._rawHeaders
 
     # 0. hop-by-hop and inbound forwarding headers
-    connection_named = _tokens(inbound_raw.get(_CONNECTION))
+    connection = inbound_raw.get(_CONNECTION)
+    connection_named = _tokens(connection) if connection else None
     raw: dict[bytes, list[bytes]] = {}
+    dropped = _DROPPED  # _always_dropped's memo, read here first (no call per name)
     for name, values in inbound_raw.items():
-        if _always_dropped(name) or (connection_named and name.lower() in connection_named):
+        verdict = dropped.get(name)
+        if verdict is None:
+            verdict = _always_dropped(name)
+        if verdict or (connection_named and name.lower() in connection_named):
             continue
         raw[name] = list(values)
     te = inbound_raw.get(_TE)
@@ -271,13 +279,16 @@ def prepare_upstream_headers(
                 del raw[name]
     out = headers_from_raw(raw)
     # 2. custom headers (operator input: through the public API)
-    for name, value in (custom_headers or {}).items():
-        out.setRawHeaders(name, [value])
+    if custom_headers:
+        for name, value in custom_headers.items():
+            out.setRawHeaders(name, [value])
     # 3. identity: strip then stamp
     for name in _IDENTITY_NAMES:
         raw.pop(name, None)
     if identity is not None:
-        for name, value in _identity_raw(identity):
+        hit = _IDENTITY_RAW.get(id(identity))
+        for name, value in (hit[1] if hit is not None and hit[0] is identity
+                            else _identity_raw(identity)):
             raw[name] = [value]
     if assertion:
         out.setRawHeaders(ASSERTION_HEADER, [assertion])
@@ -404,7 +415,8 @@ def relay_response_headers(target: Headers, upstream: Headers,
     raw = target._rawHeaders
     raw.pop(_SERVER_B, None)
     source = upstream._rawHeaders
-    named = _tokens(source.get(_CONNECTION))
+    connection = source.get(_CONNECTION)
+    named = _tokens(connection) if connection else None
     for name, values in source.items():
         lname = name.lower()
         if lname in _HOP_BY_HOP_B or (named and lname in named):

@@ -170,22 +170,32 @@ class ReverseProxy:
 
     def upstream_headers(self, request: Any, service: ProxyService, route: Route,
                          opts: TargetOptions, identity: Identity | None,
-                         keep_upgrade: bool = False) -> Headers:
-        host = request.getHeader(b"host") or b""
+                         keep_upgrade: bool = False,
+                         ctx: RequestContext | None = None) -> Headers:
+        """The outgoing headers.  ``ctx`` (optional): its ``host`` and
+        ``source_ip``, when set, are the request's Host header (decoded) and
+        client address as the front resource read them (not read again)."""
+        host: Any = ctx.host if ctx is not None else ""
+        if not host:
+            host = request.getHeader(b"host") or b""
+            if isinstance(host, bytes):
+                host = host.decode("latin-1")
+        peer = (ctx.source_ip if ctx is not None else "") or client_ip(request)
         headers = prepare_upstream_headers(
             request.requestHeaders,
-            host_header=host.decode("latin-1") if isinstance(host, bytes) else host,
+            host_header=host,
             target_netloc=route.netloc,
             pass_host_header=service.pass_host_header,
             custom_headers=opts.custom_headers,  # read only
             header_auth_names=service.header_auth_names,
             identity=identity,
-            client_ip=client_ip(request),
+            client_ip=peer,
             over_tls=request.isSecure(),
             forwarded_proto=self.forwarded_proto,
             trusted_proxies=self.trusted_proxies,
             keep_upgrade=keep_upgrade,
-            assertion=self.assertion_for(request, service, identity),
+            assertion=(self.assertion_for(request, service, identity)
+                       if service.assertion is not None else None),
         )
         # twisted.web already answered "Expect: 100-continue" to the client;
         # the body framing is set by the client side from the body producer.
@@ -247,7 +257,7 @@ class ReverseProxy:
         opts, dialer = checked
         query_s = query.decode("latin-1")
         timeout = self.timeout_for(opts)
-        if _is_upgrade(request):
+        if _UPGRADE in request.requestHeaders._rawHeaders and _is_upgrade(request):
             self._relay_upgrade(request, ctx, route, opts, dialer, path, query_s, pool, state)
             return server.NOT_DONE_YET
         limited = not opts.direct_upstream and self.max_inflight > 0
@@ -306,7 +316,7 @@ class ReverseProxy:
                  route: Route) -> tuple[TargetPool | None, TargetState | None]:
         """The pool and chosen target of a path with several targets (or
         active health checks); ``(None, None)`` for a plain single target."""
-        if route.group == () and not route.balancing.active:
+        if route.group == () and not route.balancing.health_path:  # not .active
             return None, None
         pool = self.balancers.pool(service.service_id or service.domain, route)
         return pool, pool.pick(self.clock.seconds())
@@ -316,11 +326,13 @@ class ReverseProxy:
         """Can the request go to ``route``'s target (loop guard, dialer,
         identity assertion)?  An :class:`~nbgateway.proxy.pages.ErrorPage`
         if not, else ``(opts, dialer)``."""
-        if is_self_loop(ctx.overlay, client_ip(request), route):
+        if ctx.overlay and is_self_loop(True, ctx.source_ip or client_ip(request), route):
             log.warn("self-loop request refused", client_ip=client_ip(request),
                      target=route.target)
             return pages.LOOP_DETECTED
-        opts = self._options(route)
+        cached = self._route_options.get(id(route))
+        opts = (cached[1] if cached is not None and cached[0] is route
+                else self._options(route))
         dialer = self.dialer_for(service.account_id, opts.direct_upstream)
         if dialer is None:
             return pages.PROXY_NOT_CONNECTED
@@ -348,7 +360,7 @@ class ReverseProxy:
                timeout: float) -> tuple[Any, bytes, Headers]:
         """``(agent, url, headers)`` to send the request to ``route``'s target."""
         target_path = outgoing_path(route, path, query, opts.path_rewrite)
-        headers = self.upstream_headers(request, service, route, opts, ctx.identity)
+        headers = self.upstream_headers(request, service, route, opts, ctx.identity, ctx=ctx)
         url = f"{route.scheme}://{route.netloc}{target_path}".encode("latin-1")
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
                                  skip_verify=opts.skip_tls_verify, timeout=timeout)

@@ -148,8 +148,14 @@ def outgoing_path(route: Route, request_path: str, request_query: str, mode: int
     matched = route.path
     if mode != PATH_REWRITE_PRESERVE and matched not in ("", "/"):
         path = path[len(matched.rstrip("/")) :] or "/"
-    path = _join(route.target_path, path)
-    query = "&".join(q for q in (route.target_query, strip_session_token(request_query)) if q)
+    # _join(route.target_path, path) with a non-empty path, inline
+    path = (route.target_path or "/").rstrip("/") + "/" + path.lstrip("/")
+    if request_query and SESSION_TOKEN_PARAM in request_query:
+        request_query = strip_session_token(request_query)
+    target_query = route.target_query
+    # "&".join of the non-empty ones
+    query = (target_query + "&" + request_query if target_query and request_query
+             else target_query or request_query)
     return f"{path}?{query}" if query else path
 
 
