@@ -157,3 +157,37 @@ def test_batch_stores_the_same_instant_as_a_single_append(store, account):
     assert _ids(store, account.id) == ["single", "batch"]
     window = AccessLogQuery(start_date=T0 + timedelta(seconds=1))
     assert [e.id for e in store.access_logs.list(account.id, window).data] == ["batch"]
+
+
+def test_postgres_batch_is_one_insert_with_no_stored_id_lookup(store, account):
+    """PostgreSQL: a batch is one INSERT ... ON CONFLICT DO NOTHING RETURNING,
+    whose returned rows are the count; no SELECT of stored ids first.  That
+    lookup (an IN list of 500 ids) was planned once, generically, while the
+    table was small, and psycopg reused the prepared statement: a sequential
+    scan per batch that made ingestion ~20x slower between ~20,000 rows and
+    the next auto-analyze.  SQLite keeps the lookup (its planner always uses
+    the primary key) and counts from it."""
+    import sqlalchemy as sa
+
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        statements.append(" ".join(statement.split()))
+
+    store.access_logs.append_many(_entries(account.id, 10))
+    sa.event.listen(store._engine, "before_cursor_execute", seen)
+    try:
+        # 5 new, 5 stored: the count is the new ones only
+        assert store.access_logs.append_many(_entries(account.id, 10, start=5)) == 5
+    finally:
+        sa.event.remove(store._engine, "before_cursor_execute", seen)
+    on_table = [s for s in statements if "access_log_entries" in s]
+    lookups = [s for s in on_table if s.upper().startswith("SELECT")]
+    inserts = [s for s in on_table if s.upper().startswith("INSERT")]
+    assert len(inserts) == 1, on_table
+    if store.dialect == "postgresql":
+        assert lookups == [], on_table
+        assert "RETURNING" in inserts[0].upper() and "unnest(" in inserts[0], inserts[0]
+    else:
+        assert lookups, on_table
+    assert store.access_logs.count(account.id) == 15

@@ -226,8 +226,15 @@ def _row(e: AccessLogEntry, user_groups: tuple[str, ...] | None = None) -> dict[
             meta = {_clean(k): _clean(v) for k, v in meta.items()}
         row["metadata"] = dumps(meta)
     if groups is not None:
-        row["user_groups"] = dumps([_clean(g) for g in groups])
+        row["user_groups"] = _groups_json(groups)
     return row
+
+
+@functools.lru_cache(maxsize=1024)
+def _groups_json(groups: tuple[str, ...]) -> str:
+    """The ``user_groups`` column of a group-name tuple (the rows of one user
+    share it: encoded once, not per row)."""
+    return dumps([_clean(g) for g in groups])
 
 
 def insert_ignoring_duplicates(dialect: str) -> Any:
@@ -269,24 +276,26 @@ def _unnest_insert(dialect: Any) -> str:
     arrays = ", ".join(f"%(c{i})s::{c.type.compile(dialect=dialect)}[]" for i, c in enumerate(cols))
     return (
         f"INSERT INTO {quote(ale.name)} ({', '.join(quote(c.name) for c in cols)}) "
-        f"SELECT * FROM unnest({arrays}) ON CONFLICT ({quote('id')}) DO NOTHING"
+        f"SELECT * FROM unnest({arrays}) ON CONFLICT ({quote('id')}) DO NOTHING "
+        f"RETURNING {quote('id')}"
     )
 
 
-def executemany_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+def executemany_rows(conn: Connection, rows: list[dict[str, Any]]) -> int | None:
     """Insert prepared rows (:func:`_row`) in one go, ignoring stored ids.
 
     SQLite: one ``executemany`` of the compiled ON CONFLICT DO NOTHING insert,
     the parameter list handed to the driver with only the needed bind
     processors applied (per-row SQLAlchemy parameter processing was most of the
-    ingest cost).  PostgreSQL: the same rows as one statement over column
-    arrays (``unnest``), instead of one pipelined statement per row."""
+    ingest cost); returns None.  PostgreSQL: the same rows as one statement
+    over column arrays (``unnest``), instead of one pipelined statement per
+    row; returns how many it inserted (``RETURNING``: ids already stored are
+    not counted)."""
     if conn.dialect.name == "postgresql":
         for row in rows:  # what UTCDateTime does: naive UTC
             row["timestamp"] = row["timestamp"].astimezone(UTC).replace(tzinfo=None)
         params = {f"c{i}": [row[c.name] for row in rows] for i, c in enumerate(ale.columns)}
-        conn.exec_driver_sql(_unnest_insert(conn.dialect), params)
-        return
+        return len(conn.exec_driver_sql(_unnest_insert(conn.dialect), params).fetchall())
     sql, names, positional, processors = _compiled_insert(conn.dialect)
     procs = tuple(processors.items())
     for row in rows:
@@ -298,6 +307,7 @@ def executemany_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
     else:
         params_list = rows
     conn.exec_driver_sql(sql, params_list)
+    return None
 
 
 class AccessLogRepository:
@@ -391,8 +401,14 @@ class AccessLogRepository:
                     groups_now = groups_of[key]
                 row = _row(e, groups_now)
                 rows.setdefault(row["id"], row)  # a duplicate inside the batch: first wins
-            # ids already stored (a retried batch) are left out up front, which also
-            # gives an exact count; ON CONFLICT covers a concurrent writer of the same id
+            if not rows:
+                return 0
+            if conn.dialect.name == "postgresql":
+                # one statement: the rows it inserted come back (RETURNING), so
+                # the count is exact without asking which ids are stored first
+                return executemany_rows(conn, list(rows.values())) or 0
+            # SQLite: ids already stored (a retried batch) are left out up front,
+            # which gives the exact count; ON CONFLICT covers a concurrent writer
             ids = list(rows)
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
