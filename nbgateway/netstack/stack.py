@@ -76,8 +76,9 @@ class Stack(StackInput, StackOutput):
     # without slots every account's stack carried its own ~1.6 KiB dict
     __slots__ = (
         "_addr_sums", "_batch_wakeup", "_cache", "_closed", "_coalescing", "_cork_depth",
-        "_corked", "_first", "_ident", "_ident6", "_local", "_peer_keys", "_tcp_fast", "_timer",
-        "_timer_at", "addresses", "clock", "coalesce", "coalescer", "counters", "filter",
+        "_corked", "_counters", "_first", "_ident", "_ident6", "_local", "_peer_keys", "_rx4",
+        "_tcp_fast", "_timer", "_timer_at", "addresses", "clock", "coalesce", "coalescer",
+        "filter",
         "fragment_output", "fragments", "icmp", "icmp_host_unreachable", "mtu", "sender", "tcp",
         "ttl", "udp", "verify_checksums",
     )
@@ -128,10 +129,12 @@ class Stack(StackInput, StackOutput):
         self._first: dict[int, bytes | None] = {
             v: next((a.packed for a in addrs if a.version == v), None) for v in (4, 6)
         }
-        self.counters: Counter[str] = Counter()
+        self._counters: Counter[str] = Counter()
+        self._rx4 = 0  # IPv4 packets accepted, not yet in _counters["rx_packets"]
+        self._tcp_fast: Any = None
         self.filter = PacketFilter()
         self.fragments = Reassembler(
-            self.counters, timeout=reassembly_timeout,
+            self._counters, timeout=reassembly_timeout,
             max_datagrams=max_reassembly_datagrams, max_bytes=max_reassembly_bytes,
         )
         self._cache = AddressCache()
@@ -151,10 +154,28 @@ class Stack(StackInput, StackOutput):
         self._corked: list[bytes] = []
         self.tcp: Any = (tcp_factory or _default_tcp_factory)(self)
         # the TCP layer's fused input for the predicted segment (tcp_fast.py), if it has one
-        self._tcp_fast: Any = getattr(self.tcp, "fast", None)
+        self._tcp_fast = getattr(self.tcp, "fast", None)
 
     def __repr__(self) -> str:
         return f"<Stack {' '.join(map(str, self.addresses))} mtu={self.mtu}>"
+
+    @property
+    def counters(self) -> Counter[str]:
+        """The stack's counters (drop reasons, packets, TCP events): the live
+        Counter every layer increments.  The hot paths count a few things in
+        plain ints instead (a Counter increment costs several times an int
+        attribute's): accepted IPv4 packets (``rx_packets``) and the fused TCP
+        path's segments (``tcp_segments_in``, ``tcp_segments_out``,
+        ``tx_packets``: ``FastPath.hits``/``emits``); every read folds them in
+        first, so what a reader sees is complete."""
+        c = self._counters
+        if self._rx4:
+            c["rx_packets"] += self._rx4
+            self._rx4 = 0
+        fast = self._tcp_fast
+        if fast is not None:
+            fast.fold(c)
+        return c
 
     def source_for(self, dst: bytes) -> bytes | None:
         """The local address used to reach ``dst`` (first of its family)."""
@@ -230,7 +251,7 @@ class Stack(StackInput, StackOutput):
             if self.tcp is not None:
                 self.tcp.on_deadline(now)
         except Exception:
-            self.counters["error_internal"] += 1
+            self._counters["error_internal"] += 1
             log.failure("netstack: unexpected error in deadline processing")
         self.wakeup()
 

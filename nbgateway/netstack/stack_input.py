@@ -67,7 +67,7 @@ class StackInput:
                     try:
                         input4(memoryview(packet), peer_key)
                     except Exception:
-                        self.counters["error_internal"] += 1
+                        self._counters["error_internal"] += 1
                         log.failure("netstack: unexpected error handling an inbound packet")
                 else:
                     self.packetReceived(packet, peer_key)
@@ -75,7 +75,7 @@ class StackInput:
                 self._coalescing = False
                 self.coalescer.flush()
         except Exception:
-            self.counters["error_internal"] += 1
+            self._counters["error_internal"] += 1
             log.failure("netstack: unexpected error handling an inbound batch")
         finally:
             self._coalescing = False
@@ -87,12 +87,12 @@ class StackInput:
     def packetReceived(self, packet: bytes, peer_key: bytes) -> None:
         """IPacketSink: one decrypted IP packet from peer ``peer_key``."""
         if self._closed:
-            self.counters["drop_closed"] += 1
+            self._counters["drop_closed"] += 1
             return
         try:
             mv = memoryview(packet)
             if not mv:
-                self.counters["drop_empty"] += 1
+                self._counters["drop_empty"] += 1
                 return
             if mv.format != "B" or mv.ndim != 1:
                 mv = mv.cast("B")
@@ -102,13 +102,13 @@ class StackInput:
             elif v == 6:
                 self._input6(mv, peer_key)
             else:
-                self.counters["drop_bad_version"] += 1
+                self._counters["drop_bad_version"] += 1
         except Exception:
-            self.counters["error_internal"] += 1
+            self._counters["error_internal"] += 1
             log.failure("netstack: unexpected error handling an inbound packet")
 
     def _input4(self, mv: memoryview, peer_key: bytes) -> None:
-        c = self.counters
+        c = self._counters
         n = len(mv)
         if n >= 20 and mv[0] == 0x45:
             # wire.ipv4_parse for a header without options: the same checks
@@ -128,7 +128,7 @@ class StackInput:
             except WireError as e:
                 c[e.reason] += 1
                 return
-        c["rx_packets"] += 1
+        self._rx4 += 1  # rx_packets (see Stack.counters)
         if src[0] >= 224 or src[0] == 127 or src[0] == 0 or src in self._local:
             c["drop_bad_source"] += 1
             return
@@ -170,7 +170,7 @@ class StackInput:
         self._transport(src, dst, local, proto, mv[hl:total], mv[:total], peer_key, now)
 
     def _input6(self, mv: memoryview, peer_key: bytes) -> None:
-        c = self.counters
+        c = self._counters
         try:
             end, nh, _hlim, src, dst = _ipv6_parse(mv)
         except WireError as e:
@@ -245,7 +245,7 @@ class StackInput:
         self, src: bytes, dst: bytes, local: IPAddress, proto: int, seg: memoryview,
         quote: memoryview | bytes, peer_key: bytes, now: float, hdr_off: int = 20,
     ) -> None:
-        c = self.counters
+        c = self._counters
         if proto == _TCP:
             n = len(seg)
             if n < 20:
@@ -291,7 +291,7 @@ class StackInput:
         if f.active and seg[13] & 0x12 == 0x02 and not f.allows(
             src, _TCP, (seg[2] << 8) | seg[3], peer_key
         ):
-            self.counters["drop_filtered"] += 1
+            self._counters["drop_filtered"] += 1
             return
         self.tcp.segment_received(self._cache.obj(src), local, seg, now)
         if not self._batch_wakeup:
@@ -327,7 +327,7 @@ class StackInput:
         """A packet for an address that is not ours: count, and tell unicast
         senders the host is unreachable (never about ICMP errors, non-first
         fragments, multicast/broadcast)."""
-        self.counters["drop_not_local"] += 1
+        self._counters["drop_not_local"] += 1
         if not self.icmp_host_unreachable:
             return
         me = self._first[version]

@@ -48,7 +48,7 @@ class StackOutput:
         if out:
             sent = self.sender.sendPackets(out)
             if sent < len(out):
-                self.counters["tx_refused"] += len(out) - sent
+                self._counters["tx_refused"] += len(out) - sent
 
 
     # ----------------------------------------------------------- outbound
@@ -95,7 +95,7 @@ class StackOutput:
         addr_sum: int | None = None,
     ) -> bool:
         if self._closed:
-            self.counters["drop_closed"] += 1
+            self._counters["drop_closed"] += 1
             return False
         n = len(payload)
         ttl = self.ttl
@@ -104,7 +104,7 @@ class StackOutput:
             if total > self.mtu:
                 if protocol != _TCP and self.fragment_output and total <= 0xFFFF:
                     return self._send_fragments4(s, d, protocol, payload)
-                self.counters["drop_tx_too_big"] += 1
+                self._counters["drop_tx_too_big"] += 1
                 return False
             if addr_sum is None:
                 addr_sum = ones_sum(s) + ones_sum(d)
@@ -116,15 +116,15 @@ class StackOutput:
             if 40 + n > self.mtu:
                 if protocol != _TCP and self.fragment_output and n <= 0xFFFF:
                     return self._send_fragments6(s, d, protocol, payload)
-                self.counters["drop_tx_too_big"] += 1
+                self._counters["drop_tx_too_big"] += 1
                 return False
             packet = _IP6_FIRST.pack(0x60000000, n, protocol, ttl) + s + d
-        self.counters["tx_packets"] += 1
+        self._counters["tx_packets"] += 1
         if self._cork_depth:
             self._corked.append(packet + payload)
             return True
         if not self.sender.sendPacket(packet + payload):
-            self.counters["tx_refused"] += 1
+            self._counters["tx_refused"] += 1
             return False
         return True
 
@@ -139,10 +139,10 @@ class StackOutput:
             ff = (off >> 3) | (wire.IP4_MF if off + size < n else 0)
             hdr = wire.emit_ipv4_header(s, d, protocol, len(chunk), ttl=self.ttl, ident=ident,
                                         flags_frag=ff)
-            self.counters["tx_fragments"] += 1
+            self._counters["tx_fragments"] += 1
             ok = self.sender.sendPacket(hdr + chunk) and ok
         if not ok:
-            self.counters["tx_refused"] += 1
+            self._counters["tx_refused"] += 1
         return ok
 
     def _send_fragments6(self, s: bytes, d: bytes, protocol: int, payload: bytes) -> bool:
@@ -155,8 +155,8 @@ class StackOutput:
             chunk = payload[off : off + size]
             fh = _FRAG6.pack(protocol, 0, off | (1 if off + size < n else 0), ident)
             hdr = _IP6_FIRST.pack(0x60000000, 8 + len(chunk), wire.PROTO_FRAGMENT, self.ttl)
-            self.counters["tx_fragments"] += 1
+            self._counters["tx_fragments"] += 1
             ok = self.sender.sendPacket(hdr + s + d + fh + chunk) and ok
         if not ok:
-            self.counters["tx_refused"] += 1
+            self._counters["tx_refused"] += 1
         return ok

@@ -73,7 +73,8 @@ def fast_key(remote_raw: bytes, rport: int, lport: int) -> FastKey:
 class FastPath:
     """Connection table by raw address bytes plus the fused input."""
 
-    __slots__ = ("counters", "emits", "enabled", "hits", "layer", "stack", "table")
+    __slots__ = ("_emits_folded", "_hits_folded", "counters", "emits", "enabled", "hits",
+                 "layer", "stack", "table")
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
@@ -84,8 +85,26 @@ class FastPath:
             else None
         self.table: dict[FastKey, Connection] = {}
         self.enabled = default_enabled()
+        #: segments taken by :meth:`input` and sent by :func:`emit`; what the
+        #: stack counts as ``tcp_segments_in`` / ``tcp_segments_out`` and
+        #: ``tx_packets`` for them is added by :meth:`fold`
         self.hits = 0
         self.emits = 0
+        self._hits_folded = self._emits_folded = 0
+
+    def fold(self, counters: Any) -> None:
+        """Add the segments counted in ``hits``/``emits`` since the last fold
+        to the stack's ``counters`` (``Stack.counters`` calls this on every
+        read; the hot paths only increment the two ints)."""
+        d = self.hits - self._hits_folded
+        if d:
+            counters["tcp_segments_in"] += d
+            self._hits_folded = self.hits
+        d = self.emits - self._emits_folded
+        if d:
+            counters["tcp_segments_out"] += d
+            counters["tx_packets"] += d
+            self._emits_folded = self.emits
 
     def add(self, conn: Connection) -> None:
         self.table[fast_key(conn.raw_addrs[1], conn.rport, conn.lport)] = conn
@@ -135,8 +154,7 @@ class FastPath:
             return True
         layer._in_input = False
         if done:
-            self.counters["tcp_segments_in"] += 1
-            self.hits += 1
+            self.hits += 1  # tcp_segments_in (fold)
         return done
 
 
@@ -186,7 +204,8 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
     timestamp (``ts_val`` None: none) as one packed IP + TCP header plus the
     payload: the bytes ``build_segment`` -> ``TCPLayer.output`` ->
     ``Stack.send_transport`` -> ``Stack.send_ip`` would produce (same
-    checksums, same IP ident sequence, same counters, same cork).  Returns
+    checksums, same IP ident sequence, same counters (through
+    :meth:`FastPath.fold`), same cork).  Returns
     False, having done nothing, when that path must run instead (disabled,
     not a real :class:`Stack`, a closed stack or a packet over the MTU, whose
     drop the general path counts)."""
@@ -233,13 +252,10 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
         hdr = _O6TS.pack(0x60000000, tcp_len, _PROTO_TCP, ttl, local, remote, conn.lport,
                          conn.rport, seq, ack, 0x80, flags, wnd, ck, 0, _TS_WORD, ts_val,
                          ts_ecr)
-    counters = fast.counters
-    counters["tcp_segments_out"] += 1
-    counters["tx_packets"] += 1
-    fast.emits += 1
+    fast.emits += 1  # tcp_segments_out and tx_packets (FastPath.fold)
     packet = hdr + payload if n else hdr
     if stack._cork_depth:
         stack._corked.append(packet)
     elif not stack.sender.sendPackets([packet]):  # as uncork() would hand it over
-        counters["tx_refused"] += 1
+        fast.counters["tx_refused"] += 1
     return True

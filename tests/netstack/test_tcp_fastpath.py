@@ -538,3 +538,38 @@ def test_fused_send_of_other_buffer_types(twin):
     twin.feed([twin.send(b"")])
     [seg] = twin.write(memoryview(b"\x01\x02" * 10).cast("H"))  # 10 items, 20 bytes
     assert bytes(seg.payload) == b"\x01\x02" * 10
+
+
+def test_rto_armed_by_the_fused_send_fires_on_time_not_early(twin):
+    """The fused send arms the retransmission deadline without a call into
+    the estimator; on a task.Clock the retransmission comes exactly at
+    now + RTO (the stack's timer may wake earlier for other deadlines and
+    re-arm, but sends nothing)."""
+    twin.feed([twin.send(b"GET / HTTP/1.1\r\n\r\n")])  # a delayed ACK is pending
+    twin.write(b"R" * 500)
+    conn = twin.conns[0][0]
+    due = conn.rtx_at
+    assert due == twin.clocks[0].seconds() + conn.rto.rto
+    assert twin.advance(due - twin.clocks[0].seconds() - 0.001) == []
+    [rtx] = twin.advance(0.001)
+    assert len(rtx.payload) == 500 and twin.stacks[0].counters["tcp_rto"] == 1
+
+
+def test_counters_fold_the_fused_paths_plain_ints_once(twin):
+    """The fused paths count in plain ints (``hits``, ``emits``, the stack's
+    IPv4 receive count); every read of ``Stack.counters`` folds them in, and
+    reading again adds nothing."""
+    stack = twin.stacks[0]
+    first = stack.counters.copy()
+    twin.feed([twin.send(b"GET / HTTP/1.1\r\n\r\n")])
+    twin.write(b"R" * 100)
+    fast = stack.tcp.fast
+    assert fast.hits and fast.emits
+    c1 = stack.counters.copy()
+    c2 = stack.counters.copy()
+    assert c1 == c2  # (the compare() in feed/write already checked them against the twin)
+    diff = c1 - first
+    assert diff["tcp_segments_in"] == 1 and diff["tcp_segments_out"] == 1
+    assert diff["tx_packets"] == 1
+    assert diff["rx_packets"] == 1
+    assert stack._rx4 == 0 and (fast._hits_folded, fast._emits_folded) == (fast.hits, fast.emits)
