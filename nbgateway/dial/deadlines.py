@@ -71,8 +71,26 @@ class Deadline:
         if self.fn is None:
             return
         self.fn = None
-        if self.fifo is not None:  # None: already taken out by a firing timer
-            self.fifo.cancelled(self)
+        fifo = self.fifo
+        if fifo is None:  # already taken out by a firing timer
+            return
+        # _Fifo.cancelled's common cases inline (one call less per request)
+        owner = fifo.owner
+        owner.live -= 1
+        if owner.live == 0:
+            owner.idle()
+            return
+        entries = fifo.entries
+        if entries[0] is self:
+            entries.popleft()
+            while entries and entries[0].fn is None:
+                entries.popleft()
+                fifo.dead -= 1
+        else:
+            fifo.cancelled_behind()
+
+
+_new_deadline = Deadline.__new__
 
 
 class _Fifo:
@@ -83,23 +101,14 @@ class _Fifo:
         self.dead = 0
         self.owner = owner
 
-    def cancelled(self, entry: Deadline) -> None:
-        owner = self.owner
-        owner.live -= 1
-        if owner.live == 0:
-            owner.idle()
-            return
+    def cancelled_behind(self) -> None:
+        """An entry behind the head was cancelled (see ``Deadline.cancel``):
+        count it, and compact the FIFO when most of it is dead."""
+        self.dead += 1
         entries = self.entries
-        if entries[0] is entry:
-            entries.popleft()
-            while entries and entries[0].fn is None:
-                entries.popleft()
-                self.dead -= 1
-        else:
-            self.dead += 1
-            if self.dead > COMPACT_AT and self.dead * 2 > len(entries):
-                self.entries = deque(e for e in entries if e.fn is not None)
-                self.dead = 0
+        if self.dead > COMPACT_AT and self.dead * 2 > len(entries):
+            self.entries = deque(e for e in entries if e.fn is not None)
+            self.dead = 0
 
 
 class Deadlines:
@@ -128,7 +137,10 @@ class Deadlines:
             fifo = self._fifos[delay] = _Fifo(self)
         elif fifo.entries and fifo.entries[-1].when > when:
             when = fifo.entries[-1].when
-        entry = Deadline(when, fn, fifo)
+        entry = _new_deadline(Deadline)  # Deadline(when, fn, fifo) without the __init__ call
+        entry.when = when
+        entry.fn = fn
+        entry.fifo = fifo
         fifo.entries.append(entry)
         self.live += 1
         if self._call is None or when < self._armed_at:

@@ -261,7 +261,8 @@ class _Attempt:
     def start(self) -> None:
         conn = self.agent.pool.take(self.key)
         if conn is not None:
-            self._send(conn)
+            self.conn = conn  # _send, inline
+            conn.send(self.method, self.head, self.body, self)
         else:
             self._dial()
 
@@ -303,8 +304,10 @@ class _Attempt:
         conn.send(self.method, self.head, self.body, self)
 
     def callback(self, response: Any) -> None:
-        """The connection's response head."""
-        self._response(response)
+        """The connection's response head (``_response``, inline)."""
+        self.conn = None
+        if not self.cancelled:
+            self.result.callback(response)
 
     def errback(self, reason: Failure) -> None:
         """The connection's failure before the response head."""

@@ -154,6 +154,23 @@ class _ResponseRelay(Protocol):
 class _Exchange:
     """One proxied request: the upstream call, its deadline and the relay."""
 
+    # per-request state with its initial values as class attributes (set on
+    # the instance when it changes: fewer stores per request)
+    client_gone = False
+    timed_out = False
+    done = False
+    response_bytes = 0
+    _deadline: Any = None
+    _pending: Any = None  # a Deferred, or the lean client's attempt
+    relay: _ResponseRelay | None = None
+    timeout = 0.0
+    body: Any = None
+    _progress_mark = 0
+    _busy = False
+    method = b""
+    _answered = False
+    _sends = 0
+
     def __init__(self, proxy: ReverseProxy, request: Any, ctx: RequestContext,
                  service: ProxyService, route: Route, opts: TargetOptions,
                  pool: TargetPool | None = None, state: TargetState | None = None,
@@ -165,25 +182,11 @@ class _Exchange:
         self.route = route
         self.opts = opts
         self.identity = ctx.identity
-        self.client_gone = False
-        self.timed_out = False
-        self.done = False
-        self.response_bytes = 0
-        self._deadline: Any = None
-        self._pending: Any = None  # a Deferred, or the lean client's attempt
-        self.relay: _ResponseRelay | None = None
-        self.timeout = 0.0
-        self.body: Any = None
-        self._progress_mark = 0
         #: load-balanced path: its pool, the target in use, the targets tried
         self.pool = pool
         self.state = state
         self.tried: list[str] = []
-        self._busy = False
         self.path_query = path_query
-        self.method = b""
-        self._answered = False
-        self._sends = 0
 
     @property
     def host(self) -> str:
@@ -311,7 +314,10 @@ class _Exchange:
     # -- response ----------------------------------------------------------
     def _on_response(self, response: Any) -> None:
         self._pending = None
-        self._cancel_deadline()
+        deadline = self._deadline  # _cancel_deadline, inline
+        if deadline is not None:
+            self._deadline = None
+            deadline.cancel()
         if self.state is not None and self.pool is not None:
             self.pool.succeeded(self.state)
         if self.client_gone:

@@ -213,7 +213,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
             # llhttp now waits for a body it is never fed (or the connection
             # ends): the next head gets a fresh parser
             self._parser = None
-        self._cancel_head_deadline()
+        if self._head_deadline is not None:
+            self._cancel_head_deadline()
         req = FastRequest(self, method, head.url, headers_from_raw(head.headers), head.close)
         req.underscore_names = head.underscore
         req.channel_peer = self._peer  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 
-from nbgateway.proxy.headers import canonical_name, headers_from_raw
+from nbgateway.proxy.headers import canonical_name
 from nbgateway.proxy.streaming import RequestBodyStream
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = Logger(namespace="nbgateway.proxy.fast")
 
 _SERVER = server.version
+_new_headers = Headers.__new__
 _NO_BODY_CODES = http.NO_BODY_CODES
 _RESPONSES = http.RESPONSES
 _PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body>"
@@ -160,13 +161,17 @@ class FastRequest:
         # the defaults twisted.web sets, in its order
         raw = {_CONNECTION: [b"close"]} if close else {}
         raw[_SERVER_NAME] = [_SERVER]
-        raw[_DATE] = [http_date()]
-        self.responseHeaders = headers_from_raw(raw)
+        date = _date_cache  # http_date(), its cached value read inline
+        raw[_DATE] = [date[1] if date[0] == int(time.time()) else http_date()]
+        out = _new_headers(Headers)  # headers_from_raw(raw), inline
+        out._rawHeaders = raw
+        self.responseHeaders = out
         self.code = 200
         self.code_message = b"OK"
         self.sentLength = 0
         self.content: Any = None
-        self.notifications: list[defer.Deferred[None]] = []
+        #: notifyFinish's Deferreds (the list is made on first use)
+        self.notifications: list[defer.Deferred[None]] | tuple[()] = ()
         self.finish_hooks: list[Any] = []
 
     # -- what resources read -------------------------------------------------
@@ -196,7 +201,9 @@ class FastRequest:
 
     def notifyFinish(self) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
-        self.notifications.append(d)
+        if not self.notifications:
+            self.notifications = []
+        self.notifications.append(d)  # type: ignore[union-attr]
         return d
 
     # -- the response --------------------------------------------------------
@@ -321,7 +328,7 @@ class FastRequest:
             self.unregisterProducer()
         self.channel = None
         self._run_hooks(None)
-        notifications, self.notifications = self.notifications, []
+        notifications, self.notifications = self.notifications, ()
         for d in notifications:
             d.callback(None)
         if channel is not None:
@@ -334,7 +341,7 @@ class FastRequest:
         if self.body_stream is not None:
             self.body_stream.abort(reason)
         self._run_hooks(reason)
-        notifications, self.notifications = self.notifications, []
+        notifications, self.notifications = self.notifications, ()
         for d in notifications:
             d.errback(reason)
 
