@@ -201,7 +201,12 @@ class LeanAgent:
         ``CancelledError`` unless it was answered already (as cancelling the
         Deferred of :meth:`request` does)."""
         attempt = self._attempt(method, url, headers, bodyProducer, sink)
-        attempt.start()
+        conn = self.pool.take(attempt.key)  # attempt.start(), inline
+        if conn is not None:
+            attempt.conn = conn
+            conn.send(method, attempt.head, attempt.body, attempt)
+        else:
+            attempt._dial()
         return attempt
 
     def _attempt(self, method: bytes, url: bytes, headers: Headers | None,

@@ -43,6 +43,7 @@ MAX_HEAD_BYTES = 64 * 1024
 #: bytes of early response body kept while the consumer is not attached yet
 _EARLY_BODY_LIMIT = 256 * 1024
 _DONE = Failure(ConnectionDone())
+_new_headers = Headers.__new__
 #: the end of every response body (one shared instance: receivers only
 #: ``check``/``trap`` it, and a Failure per response cost ~4 us)
 _RESPONSE_DONE = Failure(ResponseDone())
@@ -117,6 +118,8 @@ class UpstreamConnection(Protocol):
 
     #: called once the read being parsed is (``_BodyProducer.hold_until_read_end``)
     _read_end: Any = None
+    #: how a request head goes out (set when connected, see ``connectionMade``)
+    _write: Any = staticmethod(sockwrite.write)
 
     def __init__(self, pool: ConnectionPool, key: tuple[bytes, bytes, int]) -> None:
         self.pool = pool
@@ -158,6 +161,10 @@ class UpstreamConnection(Protocol):
 
     # -- pool side ------------------------------------------------------------
     def connectionMade(self) -> None:
+        # a transport that is no TCP socket (the tunnel's netstack) never
+        # takes a direct write: its writes skip sockwrite.write's checks
+        self._write = (sockwrite.write if sockwrite.could_write_directly(self.transport)
+                       else sockwrite.write_fallback)
         nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if nodelay is not None:
             with contextlib.suppress(Exception):  # not every transport is a socket
@@ -178,13 +185,13 @@ class UpstreamConnection(Protocol):
         # the head (and a buffered body) straight to the socket when Twisted
         # has nothing queued for it: no writability watch, no extra turn
         if body is None:
-            sockwrite.write(self.transport, head)
+            self._write(self.transport, head)
         elif isinstance(inline, bytes):
-            sockwrite.write(self.transport, head + inline)
+            self._write(self.transport, head + inline)
         else:
             self._body_sent = False
             self._body_producer = body
-            sockwrite.write(self.transport, head)
+            self._write(self.transport, head)
             consumer = (self.transport if isinstance(body.length, int)
                         else _ChunkedWriter(self.transport))
             self.transport.registerProducer(body, True)
@@ -288,7 +295,7 @@ class UpstreamConnection(Protocol):
             length = int(lengths[-1]) if lengths else UNKNOWN_LENGTH
         self._framing_eof = (not chunked and length is UNKNOWN_LENGTH)
         d, self._d = self._d, None
-        headers = Headers()
+        headers = _new_headers(Headers)  # no Headers.__init__: the dict is set here
         headers._rawHeaders = raw
         response = LeanResponse(self, status, self._phrase, headers, length)
         if self._head_method:

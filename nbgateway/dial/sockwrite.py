@@ -64,6 +64,18 @@ def idle_socket(transport: Any) -> socket.socket | None:
     return transport.socket
 
 
+def could_write_directly(transport: Any) -> bool:
+    """Can :func:`write` ever write to ``transport``'s socket (a plain
+    Twisted TCP connection)?  A False transport may skip :func:`write`."""
+    return isinstance(transport, tcp.Connection)
+
+
+def write_fallback(transport: Any, data: bytes) -> None:
+    """:func:`write` for a transport :func:`could_write_directly` refuses."""
+    DirectWriteStats.fallback += 1
+    transport.write(data)
+
+
 def write(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, sent at once when :func:`idle_socket`
     allows it (see the module docstring)."""

@@ -213,7 +213,8 @@ class GatewayResource(OperatorAuth, Resource):
         ctx = RequestContext(overlay=overlay, source_ip=peer_ip, host=host,
                              listener_account=self.listener_account,
                              started=self.clock.seconds())
-        ctx.serve(entry)
+        ctx.entry = entry  # ctx.serve(entry), inline
+        ctx.service = entry.service if entry is not None else None
         self._observe(request, ctx)
         if entry is None:
             return self.proxy.render(request, ctx)
@@ -318,7 +319,10 @@ class GatewayResource(OperatorAuth, Resource):
             raw[_SET_COOKIE] = [cookie]
         else:
             values.append(cookie)
-        ctx.authenticated(decision.identity, "oidc")
+        identity = decision.identity  # ctx.authenticated(identity, "oidc"), inline
+        ctx.identity = identity
+        ctx.auth_mechanism = "oidc"
+        ctx.user_id = identity.user_id if identity is not None else ""
         self.proxy.render(request, ctx)
 
     def _gate_failed(self, failure, request: Any) -> None:

@@ -403,6 +403,21 @@ _SERVER_B, _SET_COOKIE, _CONTENT_LENGTH = map(canonical_name,
                                                ("Server", "Set-Cookie", "Content-Length"))
 
 
+_RELAY_COPY, _RELAY_DROP, _RELAY_APPEND = range(3)
+#: response header name (as Headers keeps it) -> what the relay does with it
+#: (hop-by-hop: dropped; Set-Cookie: appended; else copied); bounded
+_RELAY_KINDS: dict[bytes, int] = {}
+_RELAY_KINDS_MAX = 4096
+
+
+def _relay_kind(name: bytes) -> int:
+    kind = (_RELAY_DROP if name.lower() in _HOP_BY_HOP_B
+            else _RELAY_APPEND if name == _SET_COOKIE else _RELAY_COPY)
+    if len(_RELAY_KINDS) < _RELAY_KINDS_MAX and len(name) <= 64:  # names are upstream-chosen
+        _RELAY_KINDS[name] = kind
+    return kind
+
+
 def relay_response_headers(target: Headers, upstream: Headers,
                            content_length: int | None = None) -> None:
     """Put the upstream response's headers into the client response's
@@ -417,11 +432,14 @@ def relay_response_headers(target: Headers, upstream: Headers,
     source = upstream._rawHeaders
     connection = source.get(_CONNECTION)
     named = _tokens(connection) if connection else None
+    kinds = _RELAY_KINDS
     for name, values in source.items():
-        lname = name.lower()
-        if lname in _HOP_BY_HOP_B or (named and lname in named):
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _relay_kind(name)
+        if kind == _RELAY_DROP or (named and name.lower() in named):
             continue
-        if name == _SET_COOKIE:
+        if kind == _RELAY_APPEND:
             raw.setdefault(name, []).extend(values)
         else:
             raw[name] = list(values)

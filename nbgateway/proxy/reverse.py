@@ -102,7 +102,13 @@ def is_self_loop(overlay: bool, source_ip: str, route: Route) -> bool:
     """Loop check: overlay request whose source IP is the target's literal IP."""
     if not overlay:
         return False
-    target = _ip_literal(route.host)
+    return _same_ip(route.host, source_ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _same_ip(host: str, source_ip: str) -> bool:
+    # pure, asked per overlay request for the same few (target, peer) pairs
+    target = _ip_literal(host)
     source = _ip_literal(source_ip)
     return target is not None and source is not None and target == source
 
@@ -326,7 +332,7 @@ class ReverseProxy:
         """Can the request go to ``route``'s target (loop guard, dialer,
         identity assertion)?  An :class:`~nbgateway.proxy.pages.ErrorPage`
         if not, else ``(opts, dialer)``."""
-        if ctx.overlay and is_self_loop(True, ctx.source_ip or client_ip(request), route):
+        if ctx.overlay and _same_ip(route.host, ctx.source_ip or client_ip(request)):
             log.warn("self-loop request refused", client_ip=client_ip(request),
                      target=route.target)
             return pages.LOOP_DETECTED

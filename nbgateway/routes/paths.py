@@ -101,7 +101,12 @@ class PathRouter:
 
     def match(self, path: str) -> Route | None:
         for route in self.routes:
-            if prefix_matches(route.path, path):
+            prefix = route.path  # prefix_matches(route.path, path), inline
+            if prefix in ("", "/"):
+                return route
+            prefix = prefix.rstrip("/")
+            if path.startswith(prefix) and (len(path) == len(prefix)
+                                            or path[len(prefix)] == "/"):
                 return route
         return None
 
