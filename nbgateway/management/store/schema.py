@@ -360,6 +360,25 @@ sa.Index(
     access_log_entries.c.timestamp,
     access_log_entries.c.id,
 )
+# revision 0015: the failed entries of an account by time (list status=failed);
+# the predicate is the list's condition, textually
+sa.Index(
+    "ix_access_log_entries_failed",
+    access_log_entries.c.account_id,
+    access_log_entries.c.timestamp,
+    access_log_entries.c.id,
+    postgresql_where=sa.text("status_code >= 400 OR reason <> ''"),
+    postgresql_include=["status_code"],
+    sqlite_where=sa.text("status_code >= 400 OR reason <> ''"),
+)
+# revision 0015: entries per account, kept by triggers on access_log_entries
+access_log_counts = sa.Table(
+    "access_log_counts",
+    metadata,
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("entries", sa.BigInteger(), nullable=False, server_default="0"),
+)
 # revision 0005: max(position) of a group's members (appending a member)
 sa.Index("ix_group_peers_group_position", group_peers.c.group_id, group_peers.c.position)
 
