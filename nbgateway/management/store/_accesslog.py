@@ -314,6 +314,15 @@ def executemany_rows(conn: Connection, rows: list[dict[str, Any]]) -> int | None
     return None
 
 
+def _stored(conn: Connection, account_id: str) -> int:
+    """How many entries the account has: its row in ``access_log_counts``,
+    kept by triggers in the writing transaction (migration 0015), instead of a
+    ``count(*)`` over the account's rows (~300 ms at a million on PostgreSQL)."""
+    return conn.execute(
+        sa.select(alc.c.entries).where(alc.c.account_id == account_id)
+    ).scalar_one_or_none() or 0
+
+
 class AccessLogRepository:
     """Access-log entries of every account (reached as ``store.access_logs``).
 
@@ -436,11 +445,9 @@ class AccessLogRepository:
         return row_access_log(row)
 
     def count(self, account_id: str) -> int:
-        """Stored entries of the account."""
+        """Stored entries of the account (its counter, kept by the database)."""
         with self._store._read() as conn:
-            return conn.execute(
-                sa.select(sa.func.count()).select_from(ale).where(ale.c.account_id == account_id)
-            ).scalar_one()
+            return _stored(conn, account_id)
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -480,12 +487,7 @@ class AccessLogRepository:
             if older_than is not None:
                 ids = oldest(conn, limit, ale.c.timestamp < older_than)
             if len(ids) < limit and max_rows is not None:
-                total = conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(ale)
-                    .where(ale.c.account_id == account_id)
-                ).scalar_one()
-                excess = total - len(ids) - max_rows
+                excess = _stored(conn, account_id) - len(ids) - max_rows
                 if excess > 0:
                     extra = oldest(conn, len(ids) + min(excess, limit - len(ids)))
                     seen = set(ids)
@@ -585,9 +587,7 @@ class AccessLogRepository:
         order = [direction(c) for c in _SORT_COLUMNS[q.sort_by]] + [direction(ale.c.id)]
         with self._store._read() as conn:
             if len(conds) == 1:  # the account's every entry: its counter
-                total = conn.execute(
-                    sa.select(alc.c.entries).where(alc.c.account_id == account_id)
-                ).scalar_one_or_none() or 0
+                total = _stored(conn, account_id)
             else:
                 total = conn.execute(
                     sa.select(sa.func.count()).select_from(ale).where(*conds)
