@@ -73,6 +73,7 @@ from nbgateway.observe.metrics import RequestStats
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
 from nbgateway.routes.service import entry_from_mapping
+from nbgateway.routes.table import ServiceTable
 
 BODY = b"x" * 512
 PEER = "100.64.0.10"
@@ -270,12 +271,14 @@ def build_site(fast: bool, lean: bool) -> tuple[Any, Sink, Any, Any]:
         id="svc-app", account_id="acct", domain="app.example", private=True,
         path=[pb.PathMapping(path="/", target="http://127.0.0.1:8081/",
                              options=pb.PathTargetOptions(direct_upstream=True))])
-    entries = {m.domain: entry_from_mapping(m)}
+    # the production lookup (a bound ServiceTable.lookup), not a plain dict.get
+    table = ServiceTable()
+    table.entries[m.domain] = entry_from_mapping(m)
     gate = PrivateGate(TunnelValidationCache(Mgmt(), clock), lambda a, ip: True)
     pools: Any = LeanPools(clock) if lean else Pools()
     proxy = ReverseProxy(clock, pools, lambda a, d: object(), clock=clock)
     sink = Sink()
-    res = GatewayResource(lookup=entries.get, proxy=proxy, gate=gate,
+    res = GatewayResource(lookup=table.lookup, proxy=proxy, gate=gate,
                           listener_account="acct", access_log=sink, clock=clock,
                           request_stats=RequestStats())
     site = ProxySite(res, reactor=clock, fast=fast)

@@ -177,13 +177,21 @@ class GatewayResource(OperatorAuth, Resource):
 
     # ------------------------------------------------------------------ request
 
-    def fast_route(self, host: bytes) -> bool:
+    def fast_route(self, host: bytes) -> tuple[str, ServiceEntry | None] | None:
         """May the listener's HTTP/1.1 fast path (:mod:`nbgateway.proxy.fast`)
         serve a request for ``host``?  Everything but a public service with
-        operator schemes (login pages, forms, cookies: twisted.web's path)."""
+        operator schemes (login pages, forms, cookies: twisted.web's path).
+
+        Yes is the route found, ``(routing key, entry or None)``: the fast
+        path hands it on as ``request.routed`` when it dispatches the request
+        in the same turn, and :meth:`render` uses it instead of a second
+        lookup (a request that waits for its body is looked up again)."""
         hit = _HOSTS.get(host) or _host_and_domain(host)
-        entry = self.lookup(hit[1])
-        return entry is None or entry.private or not entry.has_schemes
+        domain = hit[1]
+        entry = self.lookup(domain)
+        if entry is None or entry.private or not entry.has_schemes:
+            return (domain, entry)
+        return None
 
     def render(self, request: Any) -> Any:
         overlay = self.listener_account is not None
@@ -203,7 +211,9 @@ class GatewayResource(OperatorAuth, Resource):
             return server.NOT_DONE_YET
         raw_host = request.getHeader(b"host") or b""
         host, domain = _HOSTS.get(raw_host) or _host_and_domain(raw_host)
-        entry = self.lookup(domain)
+        routed = getattr(request, "routed", None)  # the fast path's fast_route answer
+        entry = (routed[1] if routed is not None and routed[0] == domain
+                 else self.lookup(domain))
         if (entry is not None and overlay
                 and entry.service.account_id != self.listener_account):
             # another account's name on this account's tunnel: unknown here,
@@ -346,7 +356,7 @@ class GatewayResource(OperatorAuth, Resource):
             else:
                 path = None
         if stats is not None:
-            stats.started()
+            stats.active += 1  # stats.started(), inline
         elif path is None:
             return
         fn = functools.partial(self._finished, request, ctx, path)

@@ -84,22 +84,42 @@ class _Histogram:
 
 
 class RequestStats:
-    """HTTP request recorder: ``started()`` then ``finished(status, seconds)``."""
+    """HTTP request recorder: ``active += 1`` (or ``started()``) when a request
+    starts, then one ``finished(status, seconds)``.
+
+    The hot path counts in plain ints: a dict of status -> count and the
+    duration buckets, updated inline by :meth:`finished` (one call per
+    request; a ``Counter`` item increment and the histogram's ``observe``
+    call cost more than the rest of the recording).  ``by_status`` folds the
+    status counts into a :class:`~collections.Counter` when it is read (the
+    scrape), the same figures as counting into it directly."""
+
+    __slots__ = ("_codes", "active", "duration")
 
     def __init__(self) -> None:
-        self.by_status: Counter[int] = Counter()
+        self._codes: dict[int, int] = {}
         self.active = 0
         self.duration = _Histogram()
+
+    @property
+    def by_status(self) -> Counter[int]:
+        """Responses per status code, folded from the plain counts on read."""
+        return Counter(self._codes)
 
     def started(self) -> None:
         self.active += 1
 
     def finished(self, status: int, seconds: float) -> None:
         self.active -= 1
-        self.record(status, seconds)
+        codes = self._codes
+        codes[status] = codes.get(status, 0) + 1
+        hist = self.duration  # hist.observe(seconds), inline
+        hist.counts[bisect_left(hist.buckets, seconds)] += 1
+        hist.total += seconds
 
     def record(self, status: int, seconds: float) -> None:
-        self.by_status[status] += 1
+        codes = self._codes
+        codes[status] = codes.get(status, 0) + 1
         self.duration.observe(seconds)
 
 
@@ -370,8 +390,9 @@ class _GatewayCollector:
     def _http(r: RequestStats) -> Iterator[Metric]:
         fam = CounterMetricFamily(PREFIX + "http_requests", "HTTP requests by status code",
                                   labels=["code"])
-        for code in sorted(r.by_status):
-            fam.add_metric([str(code)], r.by_status[code])
+        by_status = r.by_status  # folded once per scrape
+        for code in sorted(by_status):
+            fam.add_metric([str(code)], by_status[code])
         yield fam
         yield GaugeMetricFamily(PREFIX + "http_active_requests", "HTTP requests in flight",
                                 value=r.active)

@@ -203,7 +203,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
                     or method == b"CONNECT"):
                 raise _DeclineError()
             fast_route = getattr(self.site.resource, "fast_route", None)
-            if fast_route is None or not fast_route(head.host or b""):
+            route = None if fast_route is None else fast_route(head.host or b"")
+            if not route:
                 raise _DeclineError()
         except (httptools.HttpParserError, httptools.HttpParserUpgrade, _DeclineError):
             self._parser = None
@@ -226,6 +227,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
         if not length:
             if length == 0:
                 req.content = BytesIO()
+            req.routed = route  # dispatched now: the route just found still holds
             self._dispatch(req)
         elif length <= STREAM_THRESHOLD:
             # buffered and dispatched complete, as twisted.web does
@@ -234,6 +236,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
             req.content = BytesIO()
             req.body_stream = RequestBodyStream(req, length)  # type: ignore[arg-type]
             self._body_left = length
+            req.routed = route
             self._dispatch(req)
             if self._current is req and self._buf:
                 rest, self._buf = self._buf, b""

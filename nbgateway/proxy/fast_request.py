@@ -142,6 +142,9 @@ class FastRequest:
     #: any request header name with "_" (set from the parse; True: unknown)
     underscore_names = True
     producer: Any = None
+    #: the resource's ``fast_route`` answer, set when the request is
+    #: dispatched in the turn that routed it (None: route it again)
+    routed: Any = None
     chunked = False
     startedWriting = False
     finished = False

@@ -40,8 +40,13 @@ class ServiceTable:
         self.ports: dict[tuple[str, int], ServiceEntry] = {}
 
     def lookup(self, domain: str) -> ServiceEntry | None:
-        """The HTTP service for a host name (any spelling :func:`domain_key` folds)."""
-        return self.entries.get(domain_key(domain))
+        """The HTTP service for a host name (any spelling :func:`domain_key` folds).
+
+        A name already in key form (the front resource passes one) is found
+        by the first ``get``: the same answer, since ``domain_key`` returns
+        such a name unchanged; other spellings are folded first."""
+        entries = self.entries
+        return entries.get(domain) or entries.get(domain_key(domain))
 
     def lookup_port(self, account_id: str, port: int) -> ServiceEntry | None:
         """The L4 service listening on ``port`` in ``account_id``'s tunnel."""

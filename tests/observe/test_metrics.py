@@ -281,3 +281,46 @@ def test_device_mux_drops_and_udp_errors():
     assert value(s, "nbgateway_wireguard_drops_total", reason="mux_unroutable") == 1
     assert value(s, "nbgateway_wireguard_udp_errors_total", kind="refused") == 1
     assert value(s, "nbgateway_wireguard_udp_errors_total", kind="send_error") == 2
+
+
+def test_request_stats_fold_matches_direct_counting():
+    """The plain-int status counts and inline bucket updates of
+    ``RequestStats.finished`` give the /metrics figures a Counter and
+    ``_Histogram.observe`` give; reading folds without consuming (twice the
+    same), and requests recorded between scrapes add up exactly."""
+    from collections import Counter
+
+    from nbgateway.observe.metrics import LATENCY_BUCKETS, _Histogram
+
+    rng = random.Random(20)
+    metrics = GatewayMetrics()
+    r = metrics.requests
+    want_codes: Counter[int] = Counter()
+    want_hist = _Histogram()
+    for _batch in range(3):
+        for _ in range(400):
+            status = rng.choice((200, 200, 200, 204, 301, 404, 502, 504))
+            # bucket bounds themselves, just above them, and in between
+            seconds = rng.choice((rng.choice(LATENCY_BUCKETS), rng.uniform(0.0, 90.0),
+                                  rng.choice(LATENCY_BUCKETS) + 1e-9))
+            r.active += 1
+            r.finished(status, seconds)
+            want_codes[status] += 1
+            want_hist.observe(seconds)
+        r.record(418, 0.02)  # the non-hot entry point counts into the same figures
+        want_codes[418] += 1
+        want_hist.observe(0.02)
+        for _ in range(2):  # idempotent: a read folds, it does not move counts
+            assert r.by_status == want_codes
+            s = scrape(metrics)
+            for code, n in want_codes.items():
+                assert value(s, "nbgateway_http_requests_total", code=str(code)) == n
+            assert sum(v for (name, _), v in s.items()
+                       if name == "nbgateway_http_requests_total") == sum(want_codes.values())
+            for le, n in want_hist.cumulative():
+                assert value(s, "nbgateway_http_request_duration_seconds_bucket", le=le) == n
+            assert value(s, "nbgateway_http_request_duration_seconds_sum") \
+                == pytest.approx(want_hist.total)
+            assert value(s, "nbgateway_http_active_requests") == 0
+    r.by_status[200] += 5  # a copy: writing to it changes nothing
+    assert r.by_status == want_codes
