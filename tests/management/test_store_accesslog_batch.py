@@ -191,3 +191,34 @@ def test_postgres_batch_is_one_insert_with_no_stored_id_lookup(store, account):
     else:
         assert lookups, on_table
     assert store.access_logs.count(account.id) == 15
+
+
+def test_a_users_entries_are_listed_from_the_user_index(store, account):
+    """PostgreSQL: a regular user's list (its own user_id, newest first) and its
+    count are answered from ix_access_log_entries_account_user_time (revision
+    0016), not by reading every entry of the account.  SQLite has no such
+    index (the ingesting process would pay for it) and lists the same."""
+    import sqlalchemy as sa
+
+    store.users.create(User(id="alice", account_id=account.id, role="user"))
+    store.access_logs.append_many(_entries(account.id, 20, user_id="alice"))
+    store.access_logs.append_many(_entries(account.id, 30, start=20))
+    where = "WHERE account_id = :a AND user_id = :u"
+    queries = (f"SELECT id FROM access_log_entries {where} ORDER BY timestamp DESC, id DESC "
+               "LIMIT 10", f"SELECT count(*) FROM access_log_entries {where}")
+    indexes = {i["name"] for i in sa.inspect(store._engine).get_indexes("access_log_entries")}
+    if store.dialect == "postgresql":
+        with store._engine.connect() as conn:
+            conn.execute(sa.text("SET enable_seqscan = off"))
+            for sql in queries:
+                plan = "\n".join(r[0] for r in conn.execute(
+                    sa.text("EXPLAIN " + sql), {"a": account.id, "u": "alice"}))
+                assert "ix_access_log_entries_account_user_time" in plan, plan
+                assert "Sort" not in plan, plan
+    else:
+        assert "ix_access_log_entries_account_user_time" not in indexes
+    page = store.access_logs.list(
+        account.id, AccessLogQuery(user_id="alice", page_size=5))
+    assert page.total_records == 20 and len(page.data) == 5
+    assert all(e.user_id == "alice" for e in page.data)
+    assert [e.id for e in page.data] == [f"{account.id}-log-{i:06d}" for i in (19, 18, 17, 16, 15)]

@@ -360,6 +360,15 @@ sa.Index(
     access_log_entries.c.timestamp,
     access_log_entries.c.id,
 )
+# revision 0016: an account's entries of one user by time (a regular user's
+# list), on PostgreSQL only (SQLite pays for it in the ingesting process)
+sa.Index(
+    "ix_access_log_entries_account_user_time",
+    access_log_entries.c.account_id,
+    access_log_entries.c.user_id,
+    access_log_entries.c.timestamp,
+    access_log_entries.c.id,
+).ddl_if(dialect="postgresql")
 # revision 0015: the failed entries of an account by time (list status=failed);
 # the predicate is the list's condition, textually
 sa.Index(
