@@ -173,11 +173,42 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         self._handshake_progress()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._records:
-            self._records_received(data)
+        if not self._records:
+            super().dataReceived(data)
+            self._handshake_progress()
             return
-        super().dataReceived(data)
-        self._handshake_progress()
+        # the record path (see below), inline: one call per received read
+        conn = self._tlsConnection
+        if conn is None:  # after the loss: as Twisted (which raises)
+            super().dataReceived(data)
+            return
+        result = records.feed(conn, data)
+        if result <= 0:
+            conn._handle_bio_errors(conn._into_ssl, result)  # raises as bio_write does
+        if self._appSendBuffer:
+            self._unbufferPendingWrites()
+        while not self._lostTLSConnection:
+            got = records.read_plaintext(conn)
+            if type(got) is bytes:
+                if not got:
+                    break
+                if not self._aborted:
+                    self.wrappedProtocol.dataReceived(got)
+                continue
+            try:  # pyOpenSSL's own mapping of the failed SSL_read
+                conn._raise_ssl_error(conn._ssl, got)
+            except ZeroReturnError:
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSLError:
+                self._tlsShutdownFinished(Failure())
+            else:
+                break
+        conn = self._tlsConnection  # _flush_records, inline
+        if conn is not None:
+            out = records.drain(conn)  # usually b"": the response went out as written
+            if out or self._held:
+                self._emit(out)
 
     def _handshake_progress(self) -> None:
         if self._handshake_pending and self._handshakeDone:
@@ -226,36 +257,8 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     # -- the record path after a TLS 1.3 handshake (nbgateway.tls.records):
     # the same steps as TLSMemoryBIOProtocol.dataReceived/_flushReceiveBIO/
     # _flushSendBIO/_write, without pyOpenSSL's per-call buffers and the
-    # WantReadError at the end of every read loop and flush
-
-    def _records_received(self, data: bytes) -> None:
-        conn = self._tlsConnection
-        if conn is None:  # after the loss: as Twisted (which raises)
-            super().dataReceived(data)
-            return
-        result = records.feed(conn, data)
-        if result <= 0:
-            conn._handle_bio_errors(conn._into_ssl, result)  # raises as bio_write does
-        if self._appSendBuffer:
-            self._unbufferPendingWrites()
-        while not self._lostTLSConnection:
-            got = records.read_plaintext(conn)
-            if type(got) is bytes:
-                if not got:
-                    break
-                if not self._aborted:
-                    self.wrappedProtocol.dataReceived(got)
-                continue
-            try:  # pyOpenSSL's own mapping of the failed SSL_read
-                conn._raise_ssl_error(conn._ssl, got)
-            except ZeroReturnError:
-                self._shutdownTLS()
-                self._tlsShutdownFinished(None)
-            except SSLError:
-                self._tlsShutdownFinished(Failure())
-            else:
-                break
-        self._flush_records()
+    # WantReadError at the end of every read loop and flush (the read side
+    # is inline in dataReceived)
 
     def _flush_records(self) -> None:
         conn = self._tlsConnection
@@ -271,9 +274,14 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
             return
         offset, total = 0, len(data)
         while offset < total:
-            took, result = records.seal(conn, data, offset)
+            took, result, out = records.seal_drain(conn, data, offset)
             offset += took
-            self._emit(records.drain(conn))
+            held = self._held  # self._emit(out), inline
+            if held:
+                self._held = b""
+                out = held + out
+            if out:
+                self.transport.write(out)
             if result <= 0:  # refused: Twisted's path raises or buffers the rest
                 TLSMemoryBIOProtocol._write(self, data[offset:])
                 return
@@ -367,7 +375,12 @@ class _Sniffer(Protocol):
             self.factory.plain_connections += 1
         self.inner = inner
         # The inner protocol owns the transport from now on (writes,
-        # producers); this object only forwards what the transport delivers.
+        # producers); this object only forwards what the transport delivers,
+        # a TLS connection's reads without a call of its own: the instance's
+        # dataReceived is the inner protocol's (DeadlineTLSProtocol never
+        # rebinds its own)
+        if tls:
+            self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         inner.makeConnection(self.transport)
         inner.dataReceived(data)
 

@@ -19,7 +19,8 @@ same OpenSSL calls with two reused buffers and plain return values:
   much was consumed (a short count means ``SSL_write`` refused: the caller
   gives the rest to Twisted's path, which raises or buffers as before);
 * :func:`drain` reads everything OpenSSL queued in the send BIO in one bytes
-  object.
+  object; :func:`seal_drain` is :func:`seal` then :func:`drain` in one call
+  (the write path's per-response step).
 
 It reads pyOpenSSL's private ``_ssl``, ``_into_ssl`` and ``_from_ssl`` and
 ``OpenSSL._util``'s ``ffi``/``lib`` (:data:`AVAILABLE`: all present, checked
@@ -30,7 +31,7 @@ checks).  Anything else keeps Twisted's path.  tests/tls/test_tls_records.py
 pins the behaviour against the installed pyOpenSSL.
 
 The two buffers are module-level and reused: the gateway runs TLS on the
-reactor thread only, and every result is copied out (``ffi.buffer(...)[:]``)
+reactor thread only, and every result is copied out (``ffi.unpack``)
 before any other code runs, so a re-entrant write cannot clobber them.
 """
 
@@ -71,7 +72,7 @@ if AVAILABLE:
     _bio_read = _lib.BIO_read
     _bio_write = _lib.BIO_write
     _get_error = _lib.SSL_get_error
-    _buffer = _ffi.buffer
+    _unpack = _ffi.unpack  # bytes of (buffer, n): cheaper than ffi.buffer(...)[:]
 
 
 def eligible(conn: Any) -> bool:
@@ -103,7 +104,7 @@ def read_plaintext(conn: Any) -> bytes | int:
     ssl = conn._ssl
     n = _ssl_read(ssl, _READ_BUF, READ_SIZE)
     if n > 0:
-        return _buffer(_READ_BUF, n)[:]
+        return _unpack(_READ_BUF, n)
     if _get_error(ssl, n) == _WANT_READ:
         return b""
     return n
@@ -115,13 +116,41 @@ def drain(conn: Any) -> bytes:
     n = _bio_read(bio, _DRAIN_BUF, DRAIN_SIZE)
     if n <= 0:
         return b""
-    first = _buffer(_DRAIN_BUF, n)[:]
+    first = _unpack(_DRAIN_BUF, n)
     if n < DRAIN_SIZE:
         return first
     parts = [first]
     while (n := _bio_read(bio, _DRAIN_BUF, DRAIN_SIZE)) > 0:
-        parts.append(_buffer(_DRAIN_BUF, n)[:])
+        parts.append(_unpack(_DRAIN_BUF, n))
     return b"".join(parts)
+
+
+def seal_drain(conn: Any, data: bytes, offset: int = 0) -> tuple[int, int, bytes]:
+    """:func:`seal` then :func:`drain` in one call: ``(consumed, result,
+    ciphertext)``; the common case (one slice, one ``SSL_write``, one
+    ``BIO_read``) inline."""
+    if type(data) is bytes and offset == 0 and len(data) <= SEAL_SLICE:
+        total = len(data)
+        if total:
+            result = _ssl_write(conn._ssl, data, total)
+            took = result if result > 0 else 0
+            if 0 < took < total:  # a partial write (pyOpenSSL enables them):
+                more, result = seal(conn, data, took)  # the rest as seal does
+                took += more
+        else:
+            took, result = 0, 1
+    else:
+        took, result = seal(conn, data, offset)
+    bio = conn._from_ssl
+    n = _bio_read(bio, _DRAIN_BUF, DRAIN_SIZE)
+    if n <= 0:
+        return took, result, b""
+    if n < DRAIN_SIZE:
+        return took, result, _unpack(_DRAIN_BUF, n)
+    parts = [_unpack(_DRAIN_BUF, n)]
+    while (n := _bio_read(bio, _DRAIN_BUF, DRAIN_SIZE)) > 0:
+        parts.append(_unpack(_DRAIN_BUF, n))
+    return took, result, b"".join(parts)
 
 
 def seal(conn: Any, data: bytes, offset: int = 0) -> tuple[int, int]:

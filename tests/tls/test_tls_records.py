@@ -181,6 +181,39 @@ class RecordPathTests(unittest.SynchronousTestCase):
             self.assertEqual(h.received(), b"abc")
             self.assertEqual(self_delayed(h), [])
 
+    def test_seal_drain_at_record_and_slice_boundaries(self):
+        """seal_drain's ciphertext decrypts to the slice it consumed, for
+        sizes around a record (16 KiB) and the slice (SEAL_SLICE), from
+        offset 0 and from inside the data (the write path's next slice)."""
+        h = Harness(self, True)
+        self.assertEqual(h.exchange(b"ping"), b"4:ping")  # the held session tickets go out
+        conn = h.server._tlsConnection
+        rec = 1 << 14
+        sizes = (0, 1, 500, rec - 1, rec, rec + 1, 3 * rec + 7,
+                 records.SEAL_SLICE - 1, records.SEAL_SLICE, records.SEAL_SLICE + 1,
+                 2 * records.SEAL_SLICE + 5)
+        for size in sizes:
+            data = bytes(i % 251 for i in range(size))
+            for offset in sorted({0, min(size, 3), min(size, rec + 1)}):
+                took, result, out = records.seal_drain(conn, data, offset)
+                self.assertEqual(took, min(size - offset, records.SEAL_SLICE), (size, offset))
+                self.assertGreater(result, 0)
+                self.assertEqual(records.drain(conn), b"")  # nothing left behind
+                if out:
+                    h.client.bio_write(out)
+                self.assertEqual(h.read(), data[offset:offset + took], (size, offset))
+        # a memoryview is sealed as its bytes
+        took, _result, out = records.seal_drain(conn, memoryview(b"view"))
+        h.client.bio_write(out)
+        self.assertEqual((took, h.read()), (4, b"view"))
+
+    def test_sniffer_hands_tls_reads_straight_to_the_tls_protocol(self):
+        h = Harness(self, True)
+        self.assertEqual(h.sniffer.dataReceived, h.server.dataReceived)
+        self.assertEqual(h.exchange(b"ping"), b"4:ping")
+        h.sniffer.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(h.app.lost)
+
     def test_client_close_notify_is_answered_and_the_transport_closed(self):
         for h in self.both():
             h.client.shutdown()
