@@ -183,6 +183,9 @@ class StreamingRequest(server.Request):
 
     body_stream: RequestBodyStream | None = None
     _dispatched = False
+    #: no fast-path route to hand on (the front resource reads it: a class
+    #: attribute, not a missing-attribute lookup per request)
+    routed: Any = None
 
     def gotLength(self, length: int | None) -> None:
         if length is None or length > STREAM_THRESHOLD:
