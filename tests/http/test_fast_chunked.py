@@ -12,18 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 import httptools
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.dial.http11 import ConnectionPool, LeanAgent
 from nbgateway.http.site import GatewayResource
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
 from nbgateway.routes.service import entry_from_mapping
+from tests.lean_upstreams import InMemoryPools
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
 REQUEST = b"GET /x HTTP/1.1\r\nHost: app.example\r\n\r\n"
@@ -43,30 +43,6 @@ class ClientWire(StringTransport):
 
     def writeSequence(self, seq: Any) -> None:
         self.write(b"".join(seq))
-
-
-class Pools:
-    """The reverse proxy's pools: one lean agent over in-memory connections."""
-
-    def __init__(self, clock: task.Clock) -> None:
-        self.upstreams: list[tuple[StringTransport, Any]] = []
-        self.the_agent = LeanAgent(ConnectionPool(clock, 4, 90.0), self._endpoint)
-
-    def _endpoint(self, host: str, port: int, tls: bool) -> Any:
-        outer = self
-
-        class Endpoint:
-            def connect(self, factory: Any) -> defer.Deferred[Any]:
-                proto = factory.buildProtocol(None)
-                wire = StringTransport()
-                proto.makeConnection(wire)
-                outer.upstreams.append((wire, proto))
-                return defer.succeed(proto)
-
-        return Endpoint()
-
-    def agent(self, *_a: Any, **_kw: Any) -> Any:
-        return self.the_agent
 
 
 def parse(raw: bytes) -> tuple[int, bytes, bool]:
@@ -95,7 +71,7 @@ class ChunkedResponseWriteTests(unittest.SynchronousTestCase):
             pb.PathMapping(path="/", target="http://127.0.0.1:8081/",
                            options=pb.PathTargetOptions(direct_upstream=True))])
         entries = {m.domain: entry_from_mapping(m)}
-        self.pools = Pools(clock)
+        self.pools = InMemoryPools(clock, 4)
         proxy = ReverseProxy(clock, self.pools, lambda a, d: object(), clock=clock)
         res = GatewayResource(lookup=entries.get, proxy=proxy, gate=None, clock=clock)
         site = ProxySite(res, reactor=clock)

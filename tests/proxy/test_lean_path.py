@@ -25,12 +25,12 @@ from twisted.trial import unittest
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
-from nbgateway.dial.http11 import ConnectionPool, LeanAgent
 from nbgateway.http.site import GatewayResource
 from nbgateway.observe.metrics import RequestStats
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
 from nbgateway.routes.service import entry_from_mapping
+from tests.lean_upstreams import InMemoryPools
 
 PEER = "100.64.0.10"
 GET = (b"GET /index.html?q=1 HTTP/1.1\r\nHost: app.example\r\nUser-Agent: t\r\n"
@@ -54,33 +54,6 @@ class _Log:
         self.entries.append(entry)
 
 
-class _Upstreams:
-    """In-memory upstream connections: ``wires`` are their transports (what
-    the gateway sent), ``protos`` the gateway's connection protocols."""
-
-    def __init__(self, clock: task.Clock) -> None:
-        self.wires: list[StringTransport] = []
-        self.protos: list[Any] = []
-        self.agent = LeanAgent(ConnectionPool(clock, 8, 90.0), self._endpoint)
-
-    def _endpoint(self, host: str, port: int, tls: bool) -> Any:
-        outer = self
-
-        class Endpoint:
-            def connect(self, factory: Any) -> defer.Deferred[Any]:
-                proto = factory.buildProtocol(None)
-                wire = StringTransport()
-                proto.makeConnection(wire)
-                outer.wires.append(wire)
-                outer.protos.append(proto)
-                return defer.succeed(proto)
-
-        return Endpoint()
-
-    def agent_for(self, *_a: Any, **_kw: Any) -> Any:
-        return self.agent
-
-
 class Path:
     """One keep-alive client connection to a private service."""
 
@@ -93,8 +66,7 @@ class Path:
                                  options=pb.PathTargetOptions(direct_upstream=True))])
         entries = {m.domain: entry_from_mapping(m)}
         gate = PrivateGate(TunnelValidationCache(_Mgmt(), self.clock), lambda a, ip: True)
-        self.up = _Upstreams(self.clock)
-        pools = type("Pools", (), {"agent": self.up.agent_for})()
+        self.up = pools = InMemoryPools(self.clock)
         proxy = ReverseProxy(self.clock, pools, lambda a, d: object(), clock=self.clock)
         self.log = _Log()
         res = GatewayResource(lookup=entries.get, proxy=proxy, gate=gate,
@@ -112,7 +84,7 @@ class Path:
         (the upstream request as sent, the client's bytes)."""
         self.client.clear()
         self.channel.dataReceived(request)
-        wire, proto = self.up.wires[-1], self.up.protos[-1]
+        wire, proto = self.up.upstreams[-1]
         sent = wire.value()
         wire.clear()
         proto.dataReceived(answer)
