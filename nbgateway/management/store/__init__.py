@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Engine
 
-from nbgateway.management.store._accesslog import AccessLogRepository
+from nbgateway.management.store._accesslog_query import AccessLogRepository
 from nbgateway.management.store._accounts import (
     AccountRepository,
     GroupRepository,
