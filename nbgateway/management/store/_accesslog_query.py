@@ -20,10 +20,10 @@ from nbgateway.management.model import ACCESS_LOG_SORT_FIELDS, AccessLogPage, Ac
 from nbgateway.management.store._accesslog import (
     AccessLogRecords,
     _clean,
-    _stored,
     row_access_log,
 )
 from nbgateway.management.store._base import dumps
+from nbgateway.management.store.schema import access_log_counts as alc
 from nbgateway.management.store.schema import access_log_entries as ale
 from nbgateway.management.store.schema import groups, users
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from nbgateway.management.store import Store
 
 MAX_PAGE_SIZE = 100
+
+#: from this offset on, a page sorted by time over an index-only filter skips
+#: its offset in the index and fetches only the page's rows
+DEFER_OFFSET = 1000
 
 #: a failed entry (``status=failed``), as ``ix_access_log_entries_failed``'s predicate
 _FAILED = "status_code >= 400 OR reason <> ''"
@@ -83,6 +87,51 @@ def _in_group(store: Store, account_id: str, group_id: str) -> sa.ColumnElement[
     return sa.or_(
         find(ale.c.user_groups, "[" + element) == 1, find(ale.c.user_groups, "," + element) > 0
     )
+
+
+def _only(q: AccessLogQuery, *allowed: str) -> bool:
+    """Whether *q* filters on nothing but the *allowed* fields (falsy = no filter)."""
+    return not any(
+        getattr(q, f) not in (None, "") for f in _FILTERS if f not in allowed
+    )
+
+
+_FILTERS = ("search", "service_id", "source_ip", "host", "path", "user_id", "user_email",
+            "user_name", "method", "status", "status_code", "start_date", "end_date",
+            "group_id")
+
+
+def _index_only(q: AccessLogQuery) -> bool:
+    """Whether the filters are answered by ``(account_id, timestamp, id)`` or
+    the failures index alone (a time range, ``status=failed``)."""
+    return _only(q, "start_date", "end_date", "status") and q.status != "success"
+
+
+def _count(*conds: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
+    return sa.select(sa.func.count()).select_from(ale).where(*conds).scalar_subquery()
+
+
+def _total(
+    store: Store, account_id: str, q: AccessLogQuery, conds: list[sa.ColumnElement[bool]]
+) -> sa.Select[tuple[int]]:
+    """The exact ``total_records`` of *conds*, as one statement (one snapshot).
+
+    The account's every entry: its counter (``access_log_counts``, kept by
+    triggers).  ``status=success`` alone: the counter minus the failures
+    (``ix_access_log_entries_failed``), instead of counting the ~95 % of
+    entries that succeeded.  Otherwise ``count(*)`` of the conditions."""
+    if len(conds) == 1:
+        everything: sa.ColumnElement[int] = sa.func.coalesce(
+            sa.select(alc.c.entries).where(alc.c.account_id == account_id).scalar_subquery(), 0
+        )
+        return sa.select(everything)
+    if q.status == "success" and _only(q, "status"):
+        everything = sa.func.coalesce(
+            sa.select(alc.c.entries).where(alc.c.account_id == account_id).scalar_subquery(), 0
+        )
+        failures = _count(ale.c.account_id == account_id, sa.text(f"({_FAILED})"))
+        return sa.select(everything - failures)
+    return sa.select(sa.func.count()).select_from(ale).where(*conds)
 
 
 def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLogPage:
@@ -149,20 +198,19 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
         conds.append(ale.c.timestamp <= q.end_date)
     direction = sa.asc if q.sort_order == "asc" else sa.desc
     order = [direction(c) for c in _SORT_COLUMNS[q.sort_by]] + [direction(ale.c.id)]
+    offset = (q.page - 1) * q.page_size
+    page = sa.select(ale).where(*conds).order_by(*order).limit(q.page_size)
+    if offset >= DEFER_OFFSET and q.sort_by == "timestamp" and _index_only(q):
+        # a deep page: skip the offset's rows in the index alone, then fetch
+        # the page's rows (a "deferred join": the same rows, in the same order)
+        ids = (sa.select(ale.c.id).where(*conds).order_by(*order)
+               .limit(q.page_size).offset(offset))
+        page = sa.select(ale).where(ale.c.id.in_(ids.scalar_subquery())).order_by(*order)
+    elif offset:
+        page = page.offset(offset)
     with store._read() as conn:
-        if len(conds) == 1:  # the account's every entry: its counter
-            total = _stored(conn, account_id)
-        else:
-            total = conn.execute(
-                sa.select(sa.func.count()).select_from(ale).where(*conds)
-            ).scalar_one()
-        rows = conn.execute(
-            sa.select(ale)
-            .where(*conds)
-            .order_by(*order)
-            .limit(q.page_size)
-            .offset((q.page - 1) * q.page_size)
-        ).all()
+        total = conn.execute(_total(store, account_id, q, conds)).scalar_one()
+        rows = conn.execute(page).all()
     return AccessLogPage(
         data=tuple(row_access_log(r) for r in rows),
         page=q.page,
