@@ -209,6 +209,23 @@ class LeanAgent:
             attempt._dial()
         return attempt
 
+    def send_head(self, method: bytes, key: tuple[bytes, bytes, int], head: bytes,
+                  bodyProducer: Any, sink: Any) -> _Attempt:
+        """:meth:`request_into` with the request line and header block already
+        made (``head``, framing included) for the target ``key`` (``(scheme,
+        host, port)`` as :func:`split_url` gives them): no URL to split, no
+        ``Headers`` to serialise."""
+        body = bodyProducer
+        replayable = body is None or isinstance(getattr(body, "body", None), bytes)
+        attempt = _Attempt(self, key, method, head, body, replayable, sink)
+        conn = self.pool.take(key)  # attempt.start(), inline
+        if conn is not None:
+            attempt.conn = conn
+            conn.send(method, head, body, attempt)
+        else:
+            attempt._dial()
+        return attempt
+
     def _attempt(self, method: bytes, url: bytes, headers: Headers | None,
                  bodyProducer: Any, sink: Any) -> _Attempt:
         scheme, host, port, netloc, path = split_url(url)  # ValueError: a bad URL

@@ -170,6 +170,10 @@ class _Exchange:
     method = b""
     _answered = False
     _sends = 0
+    #: the first attempt's request head made by the route's plan (and its
+    #: pool key), sent with the lean client's ``send_head``; None: none
+    head: bytes | None = None
+    key: Any = None
 
     def __init__(self, proxy: ReverseProxy, request: Any, ctx: RequestContext,
                  service: ProxyService, route: Route, opts: TargetOptions,
@@ -201,8 +205,10 @@ class _Exchange:
         return self.request.uri.split(b"?", 1)[0].decode("latin-1")
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, agent: Any, method: bytes, url: bytes, headers: Headers,
+    def start(self, agent: Any, method: bytes, url: bytes | None, headers: Headers | None,
               body: Any, timeout: float) -> None:
+        """Send the request (``url`` and ``headers``, or the plan's ``head``
+        set beforehand, see :mod:`nbgateway.proxy.plan`) under its deadline."""
         hook = getattr(self.request, "on_finish", None)
         if hook is not None:  # the HTTP/1.1 fast path: a plain callback
             hook(self._request_ended)
@@ -223,7 +229,7 @@ class _Exchange:
         if self.state is not None:
             self._end_attempt()
 
-    def _send(self, agent: Any, url: bytes, headers: Headers) -> None:
+    def _send(self, agent: Any, url: bytes | None, headers: Headers | None) -> None:
         if self.state is not None and self.pool is not None:
             self.tried.append(self.state.key)
             self.pool.started(self.state)
@@ -235,8 +241,13 @@ class _Exchange:
             self._answered = False
             self._sends += 1
             send = self._sends
+            head = self.head
             try:
-                attempt = request_into(self.method, url, headers, self.body, self)
+                if head is not None:
+                    self.head = None  # a retry on another target goes the general way
+                    attempt = agent.send_head(self.method, self.key, head, self.body, self)
+                else:
+                    attempt = request_into(self.method, url, headers, self.body, self)
             except Exception:
                 self.upstream_failed(Failure())
                 return

@@ -73,6 +73,7 @@ from nbgateway.proxy.headers import (
     canonical_name,
     prepare_upstream_headers,
 )
+from nbgateway.proxy.plan import RoutePlan
 from nbgateway.routes.context import RequestContext
 from nbgateway.routes.hosts import host_without_port
 from nbgateway.routes.identity import Identity
@@ -151,6 +152,8 @@ class ReverseProxy:
             shared if isinstance(shared, Deadlines) and shared.clock is self.clock
             else Deadlines(self.clock))
         self._route_options: dict[int, tuple[Route, TargetOptions]] = {}
+        #: id(route) -> its RoutePlan (nbgateway.proxy.plan), bounded
+        self._plans: dict[int, RoutePlan] = {}
         #: the identity assertion signer (``token(settings, identity, peer_ip,
         #: audience)``, nbgateway.auth.assertion), set by the service; without
         #: one a ``required`` service answers 503
@@ -275,13 +278,39 @@ class ReverseProxy:
         if opts.upstream_protocol == "h2":
             self._relay_h2(request, ctx, service, route, opts, dialer, timeout, pool, state)
             return server.NOT_DONE_YET
-        agent, url, headers = self._build(request, ctx, service, route, opts, dialer,
-                                          path, query_s, timeout)
-        ctx.upstream_started = self.clock.seconds()
+        body = _request_body(request)
+        agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
+                                 skip_verify=opts.skip_tls_verify, timeout=timeout)
+        head = None
+        if getattr(agent, "send_head", None) is not None:
+            # the route's plan: the head as one bytes join (see proxy.plan)
+            plan = self._plans.get(id(route))
+            if plan is None or plan.route is not route or plan.service is not service:
+                plan = self._plan(route, service, opts)
+            if plan.eligible:
+                head = plan.head(request, ctx, request.method, raw_path, path, query, query_s,
+                                 body)
         exchange = _Exchange(self, request, ctx, service, route, opts, pool, state,
                              (path, query_s))
-        exchange.start(agent, request.method, url, headers, _request_body(request), timeout)
+        if head is not None:
+            url = headers = None
+            exchange.head = head
+            exchange.key = plan.key
+        else:
+            url, headers = self._url_headers(request, ctx, service, route, opts, path, query_s)
+        ctx.upstream_started = self.clock.seconds()
+        exchange.start(agent, request.method, url, headers, body, timeout)
         return server.NOT_DONE_YET
+
+    def _plan(self, route: Route, service: ProxyService, opts: TargetOptions) -> RoutePlan:
+        """The route's :class:`~nbgateway.proxy.plan.RoutePlan`, made once per
+        (route, service) object pair (a mapping update makes new ones); the
+        cache holds the route, so its id is not reused while cached."""
+        plan = RoutePlan(route, service, opts, self.forwarded_proto, self.trusted_proxies)
+        if len(self._plans) >= _MAX_ROUTE_OPTIONS:
+            self._plans.clear()
+        self._plans[id(route)] = plan
+        return plan
 
     def _relay_upgrade(self, request: Any, ctx: RequestContext, route: Route,
                        opts: TargetOptions, dialer: Any, path: str, query: str,
@@ -365,12 +394,18 @@ class ReverseProxy:
                opts: TargetOptions, dialer: Any, path: str, query: str,
                timeout: float) -> tuple[Any, bytes, Headers]:
         """``(agent, url, headers)`` to send the request to ``route``'s target."""
-        target_path = outgoing_path(route, path, query, opts.path_rewrite)
-        headers = self.upstream_headers(request, service, route, opts, ctx.identity, ctx=ctx)
-        url = f"{route.scheme}://{route.netloc}{target_path}".encode("latin-1")
+        url, headers = self._url_headers(request, ctx, service, route, opts, path, query)
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
                                  skip_verify=opts.skip_tls_verify, timeout=timeout)
         return agent, url, headers
+
+    def _url_headers(self, request: Any, ctx: RequestContext, service: ProxyService,
+                     route: Route, opts: TargetOptions, path: str,
+                     query: str) -> tuple[bytes, Headers]:
+        """The upstream URL and headers (the general path, see ``_build``)."""
+        target_path = outgoing_path(route, path, query, opts.path_rewrite)
+        headers = self.upstream_headers(request, service, route, opts, ctx.identity, ctx=ctx)
+        return f"{route.scheme}://{route.netloc}{target_path}".encode("latin-1"), headers
 
     def prepare(self, request: Any, ctx: RequestContext, service: ProxyService, route: Route,
                 path: str, query: str) -> Any:

@@ -1,0 +1,193 @@
+"""The upstream request head as one bytes join, from a per-(route, service)
+plan (sans-IO).
+
+A :class:`RoutePlan` holds what every request to one route's target shares:
+the target's options, its pool key ``(scheme, host, port)`` and, per
+(identity, client address, Host, TLS) as seen so far, the header lines the
+proxy appends after the client's own: custom headers, the identity headers,
+``X-Forwarded-*``/``X-Real-IP`` and ``Host``.  Those lines are made once,
+by :func:`~nbgateway.proxy.headers.prepare_upstream_headers` itself on an
+empty set of inbound headers, so they are the general path's bytes by
+construction.  A request then costs one pass over its own headers (the
+dropped ones skipped, the rest copied as they are) and one ``bytes`` join:
+no ``Headers`` object, no URL built and split again, no second pass in the
+upstream client (:meth:`~nbgateway.dial.http11.LeanAgent.send_head` takes
+the head as it is).
+
+The plan is only used where its result is the general path's
+(:meth:`~nbgateway.proxy.reverse.ReverseProxy._build` followed by
+:func:`~nbgateway.dial.http11_wire.request_head`): no header-auth names, no
+identity assertion, no trusted proxies, no custom ``Host``; a request whose
+own headers the general path would treat specially (``TE``, a name also
+set by a custom header, no decoded Host or client address in its context)
+makes :meth:`RoutePlan.head` answer None and goes the general way.  The
+equivalence is a test (tests/proxy/test_plan.py).
+
+A plan belongs to one ``Route`` and one ``ProxyService`` object: a mapping
+update makes new ones, hence a new plan (the proxy's cache checks both by
+identity).  Memory is bounded: at most :data:`MAX_TAILS` tails per plan
+(cleared when full), and Host values longer than :data:`MAX_HOST_LEN` are
+never kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.http_headers import Headers
+
+from nbgateway.dial.http11_wire import split_url
+from nbgateway.proxy.headers import (
+    _always_dropped,
+    _tokens,
+    _without_session_cookie,
+    canonical_name,
+    prepare_upstream_headers,
+)
+from nbgateway.routes.paths import PATH_REWRITE_PRESERVE, SESSION_TOKEN_PARAM, outgoing_path
+from nbgateway.routes.service import ProxyService, TargetOptions
+
+#: tails kept per plan (cleared when full)
+MAX_TAILS = 256
+#: a Host value longer than this (client-chosen) is never kept in a plan
+MAX_HOST_LEN = 255
+
+_HOST, _COOKIE, _TE, _CONNECTION, _EXPECT, _CONTENT_LENGTH = map(
+    canonical_name, ("Host", "Cookie", "TE", "Connection", "Expect", "Content-Length"))
+_SESSION_TOKEN_B = SESSION_TOKEN_PARAM.encode("latin-1")
+_BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+#: names the upstream client drops from a head (its own framing)
+_FRAMING_LOWER = (b"content-length", b"transfer-encoding", b"connection")
+
+#: inbound header name (as ``Headers`` keeps it) -> never copied into the
+#: upstream head (hop-by-hop, identity/forwarding in any spelling, Host,
+#: Cookie, Expect, framing); bounded
+_SKIP: dict[bytes, bool] = {}
+_SKIP_MAX = 4096
+
+
+def _skipped(name: bytes) -> bool:
+    verdict = (_always_dropped(name) or name in (_EXPECT, _CONTENT_LENGTH)
+               or name.lower() in _FRAMING_LOWER)
+    if len(_SKIP) < _SKIP_MAX and len(name) <= 64:
+        _SKIP[name] = verdict
+    return verdict
+
+
+class RoutePlan:
+    """See the module docstring.  ``eligible`` is False when the service or
+    the proxy needs the general path for every request."""
+
+    __slots__ = ("custom_names", "eligible", "forwarded_proto", "key", "opts", "passthrough",
+                 "route", "service", "tails")
+
+    def __init__(self, route: Any, service: ProxyService, opts: TargetOptions,
+                 forwarded_proto: str, trusted_proxies: Any) -> None:
+        self.route = route
+        self.service = service
+        self.opts = opts
+        self.forwarded_proto = forwarded_proto
+        #: (id(identity), client ip, host, secure) -> (identity, the lines
+        #: before the cookie, the Host line); (identity, None, None): the
+        #: general path
+        self.tails: dict[tuple[int, str, str, bool], Any] = {}
+        self.custom_names = frozenset(canonical_name(n) for n in opts.custom_headers)
+        #: the request's own path and query are the upstream target as they
+        #: are (no prefix to strip, none to add, no query of the target's)
+        self.passthrough = (route.target_path in ("", "/") and not route.target_query
+                            and (route.path in ("", "/")
+                                 or opts.path_rewrite == PATH_REWRITE_PRESERVE))
+        eligible = (not service.header_auth_names and service.assertion is None
+                    and not trusted_proxies and _HOST not in self.custom_names)
+        self.key: tuple[bytes, bytes, int] | None = None
+        if eligible:
+            try:
+                self.key = split_url(f"{route.scheme}://{route.netloc}/".encode("latin-1"))[:3]
+            except (ValueError, UnicodeEncodeError):
+                eligible = False
+        self.eligible = eligible
+
+    def head(self, request: Any, ctx: Any, method: bytes, raw_path: bytes, path: str,
+             query: bytes, query_s: str, body: Any) -> bytes | None:
+        """The request line and header block for the upstream, or None: this
+        request goes the general way."""
+        host = ctx.host
+        client_ip = ctx.source_ip
+        if not host or not client_ip:
+            return None
+        inbound = request.requestHeaders._rawHeaders
+        if _TE in inbound:
+            return None
+        secure = request.isSecure()
+        tails = self.tails
+        identity = ctx.identity
+        tail = tails.get((id(identity), client_ip, host, secure))
+        if tail is None or tail[0] is not identity:
+            tail = self._tail(identity, client_ip, host, secure)
+        if tail[1] is None:
+            return None  # the general path's head for this Host (a custom Host...)
+        # the target: the request's own bytes when the route passes them
+        # through unchanged (what outgoing_path returns, without decoding)
+        if (self.passthrough and raw_path[1:2] != b"/" and raw_path[:1] == b"/"
+                and (not query or _SESSION_TOKEN_B not in query)):
+            target = raw_path + b"?" + query if query else raw_path
+        else:
+            target = outgoing_path(self.route, path, query_s,
+                                   self.opts.path_rewrite).encode("latin-1")
+        connection = inbound.get(_CONNECTION)
+        named = _tokens(connection) if connection else None
+        custom = self.custom_names
+        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        skip = _SKIP
+        for name, values in inbound.items():
+            verdict = skip.get(name)
+            if verdict is None:
+                verdict = _skipped(name)
+            if verdict or (named and name.lower() in named):
+                continue
+            if custom and name in custom:
+                return None  # a custom header replaces it in its place
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(tail[1])
+        cookie_in = inbound.get(_COOKIE)
+        if cookie_in:
+            cookie = _without_session_cookie(cookie_in)
+            if cookie:
+                parts += (b"Cookie: ", cookie, b"\r\n")
+        parts.append(tail[2])
+        if body is None:
+            if method in _BODY_METHODS:
+                parts.append(b"Content-Length: 0\r\n")
+        else:
+            length = body.length
+            if not isinstance(length, int):
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            elif length >= 0:
+                parts.append(b"Content-Length: %d\r\n" % length)
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _tail(self, identity: Any, client_ip: str, host: str, secure: bool) -> Any:
+        """The lines after the client's own headers, made by the general
+        path on an empty set of inbound headers (kept when the Host is short)."""
+        route = self.route
+        headers = prepare_upstream_headers(
+            Headers(), host_header=host, target_netloc=route.netloc,
+            pass_host_header=self.service.pass_host_header,
+            custom_headers=self.opts.custom_headers, identity=identity, client_ip=client_ip,
+            over_tls=secure, forwarded_proto=self.forwarded_proto)
+        items = [(name, values) for name, values in headers._rawHeaders.items()
+                 if name not in (_EXPECT, _CONTENT_LENGTH)
+                 and name.lower() not in _FRAMING_LOWER]
+        tail: Any = (identity, None, None)
+        if items and items[-1][0] == _HOST and len(items[-1][1]) == 1:
+            before = b"".join(name + b": " + value + b"\r\n"
+                              for name, values in items[:-1] for value in values)
+            tail = (identity, before, _HOST + b": " + items[-1][1][0] + b"\r\n")
+        if len(host) <= MAX_HOST_LEN:
+            tails = self.tails
+            if len(tails) >= MAX_TAILS:
+                tails.clear()
+            tails[(id(identity), client_ip, host, secure)] = tail
+        return tail
