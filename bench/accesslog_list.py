@@ -276,6 +276,18 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
         "user + failed + 7d": lambda r: (a := acct(r), Q(
             user_id=f"{a}-u{r.randrange(USERS)}", status="failed",
             start_date=NOW - timedelta(days=7))),
+        "since 30 days": lambda r: (acct(r), Q(start_date=NOW - timedelta(days=DAYS))),
+        "success + 7 days": lambda r: (acct(r), Q(status="success",
+                                                  start_date=NOW - timedelta(days=7))),
+        "service + last day": lambda r: (a := acct(r), Q(
+            service_id=f"{a}-svc{r.randrange(8)}", start_date=(d := day(r)) - timedelta(days=1),
+            end_date=d)),
+        "service + success": lambda r: (a := acct(r), Q(
+            service_id=f"{a}-svc{r.randrange(8)}", status="success")),
+        "page 200 size 50": lambda r: (acct(r), Q(page=200, page_size=50)),
+        "failed page 500": lambda r: (acct(r), Q(status="failed", page=500)),
+        "7 days page 1000": lambda r: (acct(r), Q(start_date=NOW - timedelta(days=7),
+                                                  page=1000)),
         "service + method + code": lambda r: (a := acct(r), Q(
             service_id=f"{a}-svc{r.randrange(8)}", method="POST", status_code=200)),
     }

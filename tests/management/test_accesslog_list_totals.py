@@ -2,13 +2,14 @@
 
 ``store.access_logs.list`` answers some ``total_records`` without counting
 the matching rows (``status=success``: the account's counter minus its
-failures) and fetches deep pages sorted by time through the index first
-(a deferred join).  For every such shape the answer (total, page count and
-the page's entries in order) must be what filtering and sorting every stored
-entry in Python gives, after appends, retention prunes by age and by row
-count, and the deletion of another account.  Both backends (the ``store``
-fixture); each shape is asked more than 5 times so psycopg's generic plans
-answer too.
+failures; on PostgreSQL a service and/or time range sums whole hours of
+``access_log_hours``, revision 0017, and counts the edges) and fetches deep
+pages sorted by time through the index first (a deferred join).  For every
+such shape the answer (total, page count and the page's entries in order)
+must be what filtering and sorting every stored entry in Python gives, after
+appends, retention prunes by age and by row count, and the deletion of
+another account.  Both backends (the ``store`` fixture); each shape is asked
+twice and the whole set many times, so psycopg's generic plans answer too.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
+from nbgateway.management import migrations
 from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account
 from nbgateway.management.store import Store, _accesslog_query
+from nbgateway.management.store._base import StoreBase, normalise_dsn
+from nbgateway.management.store.schema import access_log_entries, access_log_hours, accounts
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SERVICES = ("svc-a", "svc-b", "svc-c")
 
 
 def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
-    """*n* entries minutes apart over several hours (pairs share a timestamp,
+    """*n* entries 5 minutes apart over hours (pairs share a timestamp,
     so the id breaks ties), of three services, about a fifth failing."""
     out = []
     for i in range(start, start + n):
@@ -34,7 +39,7 @@ def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
         out.append(AccessLogEntry(
             id=f"{account_id}-{i:05d}", account_id=account_id,
             service_id=SERVICES[i % 3 if i % 5 else 0],
-            timestamp=NOW - timedelta(minutes=7 * (i // 2)),
+            timestamp=NOW - timedelta(minutes=5 * (i // 2)),
             method="GET", host="h.test", path=f"/{i}", status_code=status,
             reason="authentication required" if i % 11 == 0 else ""))
     return out
@@ -123,3 +128,87 @@ def test_totals_and_pages_match_brute_force(store, account, low_defer):
 
 def test_empty_account(store, account, low_defer):
     check(store, account.id)
+
+
+def hours_table(conn) -> dict[tuple[str, datetime, str], int]:
+    return {(r.account_id, r.hour, r.service_id): r.entries
+            for r in conn.execute(sa.select(access_log_hours))}
+
+
+def hours_counted(conn) -> dict[tuple[str, datetime, str], int]:
+    """What ``access_log_hours`` must hold: the entries of existing accounts by
+    (account, hour, service), counted in Python."""
+    known = set(conn.execute(sa.select(accounts.c.id)).scalars())
+    out: dict[tuple[str, datetime, str], int] = {}
+    for r in conn.execute(sa.select(access_log_entries.c.account_id,
+                                    access_log_entries.c.timestamp,
+                                    access_log_entries.c.service_id)):
+        if r.account_id in known:
+            key = (r.account_id, r.timestamp.replace(minute=0, second=0, microsecond=0),
+                   r.service_id)
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def test_hour_counts_follow_every_write(store, account):
+    """PostgreSQL: the triggers keep ``access_log_hours`` equal to the entries
+    (no row left at zero after prunes); SQLite: the table stays empty."""
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
+    store.access_logs.append_many(entries(account.id, 150) + entries(other.id, 40))
+    store.access_logs.append_many(entries(account.id, 160))  # a retried batch
+    postgres = store.dialect == "postgresql"
+
+    def same() -> None:
+        with store._read() as conn:
+            assert hours_table(conn) == (hours_counted(conn) if postgres else {})
+
+    same()
+    while store.access_logs.prune_step(account.id, older_than=NOW - timedelta(hours=3),
+                                       max_rows=None, limit=13):
+        pass
+    same()
+    while store.access_logs.prune_step(account.id, older_than=None, max_rows=5, limit=50):
+        pass
+    same()
+    store.accounts.delete(other.id)
+    same()
+
+
+def test_migration_backfills_the_hour_counts(db_dsn):
+    engine = StoreBase.build_engine(normalise_dsn(db_dsn, None))
+    try:
+        with engine.connect() as conn:
+            migrations.upgrade(conn, "0016")
+            for a in ("a1", "a2"):
+                conn.execute(sa.text(
+                    "INSERT INTO accounts (id, domain, network_v4, network_v6) "
+                    f"VALUES ('{a}', '{a}.test', '100.64.0.0/10', 'fd00::/64')"))
+            for i in range(8):
+                conn.execute(access_log_entries.insert().values(
+                    id=f"e{i}", account_id="a1" if i < 5 else "a2",
+                    service_id=f"s{i % 2}", timestamp=NOW - timedelta(minutes=40 * i),
+                    location_connection_ip="", location_country_code="",
+                    location_city_name="", location_geo_name_id=0, subdivision_code="",
+                    method="GET", host="h", path="/", duration=0,
+                    status_code=500 if i == 0 else 200, reason="", user_id="",
+                    auth_method_used="", bytes_upload=0, bytes_download=0, protocol="http",
+                    agent_network=False))
+            conn.commit()
+            migrations.upgrade(conn, "0017")
+            postgres = conn.dialect.name == "postgresql"
+            assert hours_table(conn) == (hours_counted(conn) if postgres else {})
+            assert len(hours_table(conn)) == (8 if postgres else 0)
+            migrations.downgrade(conn, "0016")
+            assert "access_log_hours" not in sa.inspect(conn).get_table_names()
+            conn.execute(access_log_entries.delete().where(access_log_entries.c.id == "e4"))
+            conn.commit()
+            migrations.upgrade(conn, "head")
+            assert hours_table(conn) == (hours_counted(conn) if postgres else {})
+    finally:
+        engine.dispose()
+    store = Store.open(db_dsn)
+    try:
+        q = AccessLogQuery(service_id="s1", start_date=NOW - timedelta(hours=4))
+        assert store.access_logs.list("a1", q).total_records == 2  # e1, e3
+    finally:
+        store.close()

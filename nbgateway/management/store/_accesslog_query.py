@@ -3,14 +3,20 @@
 Owns the filters, sort columns and paging of ``store.access_logs.list``: the
 account's entries filtered (service, user, source IP, method, status class,
 status code, group, time range, substrings), sorted by a NetBird sort field
-with the id as tie-breaker, one page at a time, with the exact total.  The
-unfiltered total is the account's counter (``access_log_counts``); failures
-use the partial index ``ix_access_log_entries_failed``.
+with the id as tie-breaker, one page at a time, with the exact total.
+
+Totals that are not counted row by row: the unfiltered total is the
+account's counter (``access_log_counts``); a service and/or a time range on
+PostgreSQL sums whole hours of ``access_log_hours`` and counts the partial
+hours at the edges; ``status=success`` over those is that minus the
+failures, which the partial index ``ix_access_log_entries_failed`` counts.
+Deep pages sorted by time skip their offset in the index (deferred join).
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -25,6 +31,7 @@ from nbgateway.management.store._accesslog import (
 from nbgateway.management.store._base import dumps
 from nbgateway.management.store.schema import access_log_counts as alc
 from nbgateway.management.store.schema import access_log_entries as ale
+from nbgateway.management.store.schema import access_log_hours as alh
 from nbgateway.management.store.schema import groups, users
 
 if TYPE_CHECKING:
@@ -111,27 +118,83 @@ def _count(*conds: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
     return sa.select(sa.func.count()).select_from(ale).where(*conds).scalar_subquery()
 
 
+_HOUR = timedelta(hours=1)
+
+
+def _hour(t: datetime) -> datetime:
+    """The hour *t* is in (``date_trunc('hour', timestamp)`` of naive UTC)."""
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _in_range(
+    account_id: str, service_id: str | None, start: datetime | None, end: datetime | None
+) -> sa.ColumnElement[int]:
+    """Entries of the account (of the service, if given) with ``start <=
+    timestamp <= end``: the whole hours in between summed from
+    ``access_log_hours`` (PostgreSQL, kept by triggers, revision 0017), the
+    partial hours at either end counted in the ``(account_id, timestamp,
+    id)`` index."""
+    where = [ale.c.account_id == account_id]
+    hours = [alh.c.account_id == account_id]
+    if service_id:
+        where.append(ale.c.service_id == service_id)
+        hours.append(alh.c.service_id == service_id)
+    first = None if start is None else _hour(start)  # the first whole hour
+    if first is not None and start is not None and first < start:
+        first += _HOUR
+    last = None if end is None else _hour(end)  # the hours before it are whole
+    if first is not None and last is not None and first >= last:  # no whole hour
+        return _count(*where, ale.c.timestamp >= start, ale.c.timestamp <= end)
+    edges: list[sa.ColumnElement[int]] = []
+    if first is not None:
+        hours.append(alh.c.hour >= first)
+        if start is not None and start < first:
+            edges.append(_count(*where, ale.c.timestamp >= start, ale.c.timestamp < first))
+    if last is not None:
+        hours.append(alh.c.hour < last)
+        edges.append(_count(*where, ale.c.timestamp >= last, ale.c.timestamp <= end))
+    whole: sa.ColumnElement[int] = sa.cast(
+        sa.func.coalesce(sa.select(sa.func.sum(alh.c.entries)).where(*hours).scalar_subquery(),
+                         0),
+        sa.BigInteger,
+    )
+    for edge in edges:
+        whole = whole + edge
+    return whole
+
+
 def _total(
     store: Store, account_id: str, q: AccessLogQuery, conds: list[sa.ColumnElement[bool]]
 ) -> sa.Select[tuple[int]]:
     """The exact ``total_records`` of *conds*, as one statement (one snapshot).
 
     The account's every entry: its counter (``access_log_counts``, kept by
-    triggers).  ``status=success`` alone: the counter minus the failures
+    triggers).  A service and/or a time range (PostgreSQL): whole hours from
+    ``access_log_hours`` plus the edges (:func:`_in_range`).
+    ``status=success`` over either: that minus the failures
     (``ix_access_log_entries_failed``), instead of counting the ~95 % of
     entries that succeeded.  Otherwise ``count(*)`` of the conditions."""
-    if len(conds) == 1:
-        everything: sa.ColumnElement[int] = sa.func.coalesce(
-            sa.select(alc.c.entries).where(alc.c.account_id == account_id).scalar_subquery(), 0
-        )
-        return sa.select(everything)
-    if q.status == "success" and _only(q, "status"):
+    everything: sa.ColumnElement[int]
+    if q.status == "failed" or not _only(q, "service_id", "start_date", "end_date", "status"):
+        return sa.select(sa.func.count()).select_from(ale).where(*conds)
+    if not (q.service_id or q.start_date or q.end_date):
         everything = sa.func.coalesce(
             sa.select(alc.c.entries).where(alc.c.account_id == account_id).scalar_subquery(), 0
         )
-        failures = _count(ale.c.account_id == account_id, sa.text(f"({_FAILED})"))
-        return sa.select(everything - failures)
-    return sa.select(sa.func.count()).select_from(ale).where(*conds)
+    elif store.dialect == "postgresql":
+        everything = _in_range(account_id, q.service_id, q.start_date, q.end_date)
+    else:
+        return sa.select(sa.func.count()).select_from(ale).where(*conds)
+    if q.status != "success":
+        return sa.select(everything)
+    failures = [ale.c.account_id == account_id, sa.text(f"({_FAILED})")]
+    if q.service_id:
+        failures.append(ale.c.service_id == q.service_id)
+    if q.start_date is not None:
+        failures.append(ale.c.timestamp >= q.start_date)
+    if q.end_date is not None:
+        failures.append(ale.c.timestamp <= q.end_date)
+    return sa.select(everything - _count(*failures))
 
 
 def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLogPage:
@@ -209,7 +272,7 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
     elif offset:
         page = page.offset(offset)
     with store._read() as conn:
-        total = conn.execute(_total(store, account_id, q, conds)).scalar_one()
+        total = int(conn.execute(_total(store, account_id, q, conds)).scalar_one())
         rows = conn.execute(page).all()
     return AccessLogPage(
         data=tuple(row_access_log(r) for r in rows),

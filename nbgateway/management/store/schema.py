@@ -388,6 +388,17 @@ access_log_counts = sa.Table(
               primary_key=True),
     sa.Column("entries", sa.BigInteger(), nullable=False, server_default="0"),
 )
+# revision 0017: entries per account, hour and service, kept by triggers on
+# PostgreSQL (time-range and service totals of the list); empty on SQLite
+access_log_hours = sa.Table(
+    "access_log_hours",
+    metadata,
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("hour", UTCDateTime(), primary_key=True),
+    sa.Column("service_id", ID, primary_key=True),
+    sa.Column("entries", sa.BigInteger(), nullable=False),
+)
 # revision 0005: max(position) of a group's members (appending a member)
 sa.Index("ix_group_peers_group_position", group_peers.c.group_id, group_peers.c.position)
 
