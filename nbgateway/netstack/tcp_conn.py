@@ -66,6 +66,7 @@ from nbgateway.netstack.tcp_const import (
     TIME_WAIT,
     TIME_WAIT_TIMEOUT,
 )
+from nbgateway.netstack.tcp_fast import emit
 from nbgateway.netstack.tcp_input import ConnectionInput
 from nbgateway.netstack.tcp_output import ConnectionOutput
 from nbgateway.netstack.tcp_receive import ConnectionReceive
@@ -266,11 +267,45 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
             wnd = self.snd_wnd
             if n <= una + (wnd if wnd < cwnd else cwnd) - nxt and (
                     self.nodelay or nxt <= una or n == self.mss):
-                buf.append(data)
                 # the segment is ``data`` itself (everything before it was
                 # sent), and a single packet needs no cork
-                self._emit(nxt, ACK | PSH, data if data.__class__ is bytes else buf.view(nxt, n),
-                           now)
+                if data.__class__ is bytes:
+                    if buf._buf is None:  # SendBuffer.append to an empty buffer, inlined
+                        buf._buf = data
+                        buf.end = buf.start + n
+                    else:
+                        buf.append(data)
+                    seg = data
+                else:
+                    buf.append(data)
+                    seg = buf.view(nxt, n)
+                if self.ooo is None:
+                    # _emit of a segment that carries no SACK blocks, inlined,
+                    # with _adv_window
+                    rcv_buf = self.rcv_buf
+                    space = rcv_buf - self.rcv_queued
+                    rcv_nxt = self.rcv_nxt
+                    adv = self.rcv_adv
+                    cur = adv - rcv_nxt
+                    if space < cur or (space - cur < self.mss and space < rcv_buf):
+                        space = cur if cur > 0 else 0  # never shrink; receiver SWS avoidance
+                    scale = self.rcv_wscale
+                    field = space >> scale
+                    if field > 0xFFFF:
+                        field = 0xFFFF
+                    edge = rcv_nxt + (field << scale)
+                    if edge > adv:
+                        self.rcv_adv = edge
+                    self.last_ack_sent = rcv_nxt
+                    self.ack_pending = 0
+                    self.ack_now = False
+                    self.delack_at = None
+                    ts_val = (int(now * 1000) + self.ts_offset) & MASK if self.ts_ok else None
+                    if not emit(self.layer.fast, self, nxt, ACK | PSH, field, seg, ts_val,
+                                self.ts_recent):
+                        self._emit_built(nxt, ACK | PSH, field, seg, ts_val)
+                else:
+                    self._emit(nxt, ACK | PSH, seg, now)
                 if nxt == self.snd_max and self.rtt_seq is None:
                     self.rtt_seq, self.rtt_time = nxt + n, now
                 nxt += n

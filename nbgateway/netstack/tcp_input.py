@@ -14,8 +14,10 @@ from twisted.internet import error
 from nbgateway.netstack.tcp_const import (
     _SEND_STATES,
     _TEXT_STATES,
+    ACK_EVERY,
     CLOSED,
     CLOSING,
+    DELACK_TIMEOUT,
     ESTABLISHED,
     FIN_WAIT_1,
     FIN_WAIT_2,
@@ -103,9 +105,77 @@ class ConnectionInput:
             self.ts_recent = ts_val  # RFC 7323 4.3
         self.snd_wl1, self.snd_wl2 = seq, wire_ack
         if ack > una:
-            self._new_ack(ts_ecr, ack, now)  # may call the user, who may abort
+            # _new_ack for a predicted segment (no SACK state, no recovery, no
+            # persist timer: checked above), inlined: once per exchange
+            rto = self.rto
+            if self.ts_ok:
+                if ts_ecr:  # as _rtt_from_ts
+                    d = ((int(now * 1000) + self.ts_offset) - ts_ecr) & MASK  # ts_now
+                    if d < 60_000:
+                        rto.sample(d / 1000.0)
+            elif self.rtt_seq is not None and ack >= self.rtt_seq:
+                rto.sample(now - self.rtt_time)
+                self.rtt_seq = None
+            self.snd_una = ack
+            if self.snd_nxt < ack:
+                self.snd_nxt = ack
+            buf = self.sndbuf
+            end = buf.end
+            if ack >= end:
+                # SendBuffer.consume_to of everything (the common case)
+                if end > buf.start:
+                    buf.start = end
+                    buf._buf = None
+                    buf._head = 0
+            else:
+                buf.consume_to(ack)
+            self.rtx_count = 0
+            # NewReno.on_ack outside recovery
+            cc = self.cc
+            cc.dupacks = 0
+            acked = ack - una
+            cwnd = cc.cwnd
+            mss = cc.mss
+            if cwnd < cc.ssthresh:
+                cc.cwnd = cwnd + (acked if acked < 2 * mss else 2 * mss)
+            else:
+                inc = mss * mss // cwnd
+                cc.cwnd = cwnd + (inc if inc > 1 else 1)
+            if ack >= self.snd_max:
+                self.rtx_at = None
+            else:
+                self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
+            if self.want_writable and self.user and buf.end - buf.start <= self.writable_low:
+                self.want_writable = False
+                self.user.tcp_writable()  # may abort
         if plen and self.state != CLOSED:
-            self._receive_text(rcv_nxt, payload, now, segs)
+            # _receive_text for the in-order segment with nothing out of order
+            # (checked above), inlined
+            rcv_nxt += plen
+            self.rcv_nxt = rcv_nxt
+            data = bytes(payload)
+            srtt = self.rto.srtt  # _tune_interval, inlined
+            if now - self.rcv_mark_time >= (
+                    0.02 if srtt is None else srtt if srtt > 0.01 else 0.01):
+                self._tune_window(now)
+            pending = self.ack_pending + segs
+            self.ack_pending = pending
+            if pending >= ACK_EVERY:
+                self.ack_now = True
+            elif pending >= 2:
+                self.delack_at = now  # RFC 5681 4.2, at the end of this turn
+            elif self.delack_at is None:
+                self.delack_at = now + DELACK_TIMEOUT
+            user = self.user
+            if user is not None and not self.rcv_paused and not self.rcv_queue:
+                user.tcp_data(data)  # _deliver's common case
+            else:
+                self._deliver(data)
+            if self.state == CLOSED:
+                return True
+            if self.ooo_fin is not None and self.ooo_fin == self.rcv_nxt:
+                self.ooo_fin = None
+                self._fin_received(now)
         if self.state != CLOSED:
             # an output run only when it has something to do: an ACK due now,
             # data the new ACK lets out, or a FIN (a request on a keep-alive

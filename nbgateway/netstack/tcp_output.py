@@ -95,6 +95,12 @@ class ConnectionOutput:
         if not sack and emit(self.layer.fast, self, seq, flags, wnd, payload, ts_val,
                              self.ts_recent):
             return  # the fused output (tcp_fast.py): the same packet in one pack
+        self._emit_built(seq, flags, wnd, payload, ts_val, sack)
+
+    def _emit_built(self, seq: int, flags: int, wnd: int, payload: bytes | memoryview,
+                    ts_val: int | None, sack: bytes = b"") -> None:
+        """The general output of a segment whose window field, timestamp and
+        SACK option are decided: build the TCP header, hand it to the layer."""
         opts = ts_option(ts_val, self.ts_recent) if ts_val is not None else b""
         self.layer.output(self, build_segment(self.lport, self.rport, seq, self.rcv_nxt, flags,
                                               wnd, opts + sack, payload))

@@ -260,3 +260,61 @@ def test_lone_segments_between_runs_are_delivered_one_by_one_in_order():
     co.flush()
     co.flush()  # nothing pending: nothing delivered twice
     assert got == [("one", b"A", bytes(seg(1, 20, b"x")))]
+
+
+def test_a_batch_without_two_consecutive_packets_of_one_flow_skips_the_coalescer():
+    """One request per connection (a keep-alive batch): nothing could merge, so
+    the segments go to TCP directly, in order, with the same outcome as with
+    coalescing off; a batch with two consecutive packets of one flow, or a
+    packet the check does not parse (IPv6), still goes through it."""
+    from nbgateway.netstack.stack_input import _one_flow_twice
+
+    def conns_batch(stack_kw: dict) -> tuple[Peer, list, list[bytes]]:
+        p = Peer("100.64.0.1", "100.64.0.2", **stack_kw)
+        seqs = {}
+        for port in (40001, 40002, 40003):
+            p.stack.packetReceived(build_tcp(p.peer, p.me, port, PORT, seq=999, flags=SYN), KEY)
+            [synack] = p.segments_out()
+            seqs[port] = synack.seq + 1
+            p.stack.packetReceived(build_tcp(p.peer, p.me, port, PORT, seq=1000,
+                                             ack=seqs[port], flags=ACK), KEY)
+        batch = [build_tcp(p.peer, p.me, port, PORT, seq=1000, ack=seqs[port], flags=ACK | PSH,
+                           payload=b"GET %d" % port) for port in (40001, 40002, 40003)]
+        return p, seqs, batch
+
+    p, seqs, batch = conns_batch({})
+    assert not _one_flow_twice(batch)
+    added = []
+
+    class Recording:
+        def __init__(self, real) -> None:
+            self.real = real
+
+        def add(self, *a) -> None:
+            added.append(a)
+            self.real.add(*a)
+
+        def flush(self) -> None:
+            self.real.flush()
+
+    real = p.stack.coalescer
+    p.stack.coalescer = Recording(real)
+    p.stack.packetsReceived(batch, KEY)
+    assert added == []
+    assert p.user.data == [b"GET 40001", b"GET 40002", b"GET 40003"]
+    off, _, batch_off = conns_batch({"coalesce": False})
+    off.stack.packetsReceived(batch_off, KEY)
+    assert off.user.data == p.user.data
+    assert off.stack.counters == p.stack.counters
+    assert off.rec.take() == p.rec.take()
+    assert [c.rcv_nxt for c in off.conns] == [c.rcv_nxt for c in p.conns]
+    p.stack.packetsReceived([build_tcp(p.peer, p.me, 40001, PORT, seq=1009 + i, ack=seqs[40001],
+                                       flags=ACK, payload=b"x") for i in range(2)], KEY)
+    assert len(added) == 2  # one flow twice: through the coalescer, merged
+    assert p.user.data[-1] == b"xx" and real.runs == 1
+    # two consecutive packets of one flow (or an unparsed one): the coalescer decides
+    assert _one_flow_twice([batch[0], batch[0]])
+    assert _one_flow_twice([batch[0], batch[1], batch[1]])
+    assert _one_flow_twice([build_tcp("fd00::2", "fd00::1", 1, PORT, seq=1, flags=ACK),
+                            batch[0]])
+    assert _one_flow_twice([b"", batch[0]])

@@ -9,6 +9,12 @@ state), the counters and what the application received must be equal.  The
 scripts include the segments that must fall back (out of order, window full,
 FIN, RST, retransmission, SACK blocks, a stale or missing timestamp, a
 window change, a duplicate ACK) and check that they did (``fast.hits``).
+
+The general stack runs either with header prediction (``Connection._fast_path``,
+which shares ``Connection.predicted`` with the fused input) or, in the
+``full`` variants, without it: every segment then takes the full RFC 9293
+path (``_sync_input``, ``_process_ack``, ``_receive_text``), so what
+``predicted`` does inline is checked against the general code it replaces.
 """
 
 from __future__ import annotations
@@ -29,6 +35,15 @@ KEY = b"\x02" * 32
 PORT, CPORT = 8080, 41000
 TS = b"\x01\x01\x08\x0a"
 _SKIP = {"layer", "user", "listener", "local", "remote", "raw_addrs", "fast_out"}
+#: TCP layers whose connections take no header prediction (the ``full`` twins)
+_FULL_PATH_LAYERS: list = []
+_PREDICTING = Connection._fast_path
+
+
+def _fast_path_unless_full(self, seg, now):
+    if any(self.layer is layer for layer in _FULL_PATH_LAYERS):
+        return False
+    return _PREDICTING(self, seg, now)
 
 
 class User:
@@ -75,7 +90,8 @@ def snapshot(conn: Connection) -> dict:
 class Twin:
     """The same scripted peer against a fused-path stack and a general-path one."""
 
-    def __init__(self, me: str, peer: str, ts: bool, sack: bool = True) -> None:
+    def __init__(self, me: str, peer: str, ts: bool, sack: bool = True,
+                 full: bool = False) -> None:
         self.me, self.peer, self.ts = me, peer, ts
         self.stacks, self.users, self.conns, self.clocks = [], [], [], []
         for fast in (True, False):
@@ -85,6 +101,8 @@ class Twin:
                           tcp_factory=lambda s: TCPLayer(s, secret=b"s" * 32))
             stack._ident = 7
             stack.tcp.fast.enabled = fast
+            if full and not fast:
+                _FULL_PATH_LAYERS.append(stack.tcp)
             user = User()
             conns = []
 
@@ -179,11 +197,15 @@ class Twin:
 ADDRS = [("100.64.0.1", "100.64.0.2"), ("fd00::1", "fd00::2")]
 
 
-@pytest.fixture(params=[(a, ts) for a in ADDRS for ts in (True, False)],
-                ids=["v4-ts", "v4", "v6-ts", "v6"])
-def twin(request) -> Twin:
-    (me, peer), ts = request.param
-    return Twin(me, peer, ts)
+@pytest.fixture(params=[(a, ts, full) for full in (False, True) for a in ADDRS
+                        for ts in (True, False)],
+                ids=["v4-ts", "v4", "v6-ts", "v6", "v4-ts-full", "v4-full", "v6-ts-full",
+                     "v6-full"])
+def twin(request, monkeypatch) -> Twin:
+    (me, peer), ts, full = request.param
+    monkeypatch.setattr(Connection, "_fast_path", _fast_path_unless_full)
+    _FULL_PATH_LAYERS.clear()
+    return Twin(me, peer, ts, full=full)
 
 
 def test_keepalive_exchanges_take_the_fused_path_with_identical_results(twin):
