@@ -37,7 +37,6 @@ Run:  .venv/bin/python bench/management_grpc.py [--services 10000] [--clients 8]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -222,11 +221,13 @@ def _log_entry(account_id: str, i: int, run: str) -> pb.AccessLog:
 def bench_access_log(store: Store, svc: ProxyGrpcService, fx: Fixture,
                      args: argparse.Namespace, label: str) -> None:
     """Batch ingestion over gRPC vs a raw executemany of the same rows."""
-    from nbgateway.management.proxyrpcs import access_log_record
+    from nbgateway.management.proxyrpcs import access_log_values
     from nbgateway.management.store._accesslog import (
-        _row,
+        _COLUMNS,
+        _groups_json,
         executemany_rows,
         insert_ignoring_duplicates,
+        prepare_rows,
     )
 
     account = ACCOUNT
@@ -253,26 +254,40 @@ def bench_access_log(store: Store, svc: ProxyGrpcService, fx: Fixture,
     # a retried batch stores nothing new
     assert stub.NbgwSendAccessLogBatch(batches[0], metadata=md).stored == 0
 
-    # raw executemany of the same rows (user groups as the store captured them):
-    # SQLAlchemy core (per-row parameter processing) and the driver path the
-    # store uses (statement compiled once, parameters handed to the driver)
+    # raw inserts of the same rows (user groups as the store captured them):
+    # SQLAlchemy core executemany (per-row parameter processing), and the
+    # store's own driver path (rows prepared column-wise, one executemany of
+    # tuples on SQLite, binary COPY + INSERT ... SELECT on PostgreSQL)
     groups = store.access_logs.get(account, "grpc-00000000").user_groups
+    names = [c.name for c in _COLUMNS]
 
-    def fresh_rows(prefix: str) -> list[list[dict]]:
-        return [[_row(dataclasses.replace(access_log_record(e), id=prefix + e.log_id),
-                      groups) for e in b.logs] for b in batches]
+    def fresh_values(prefix: str) -> list[list[tuple]]:
+        return [[(prefix + e.log_id, *access_log_values(e)[1:-1], groups) for e in b.logs]
+                for b in batches]
+
+    def core_rows(values: list[tuple]) -> list[dict]:
+        rows = []
+        for v in values:
+            row = dict(zip(names, v, strict=True))
+            row["metadata"] = None
+            row["user_groups"] = _groups_json(tuple(v[-1])) if v[-1] is not None else None
+            row["upstream_target"] = v[-2] or None
+            rows.append(row)
+        return rows
 
     stmt = insert_ignoring_duplicates(store.dialect)
     rates = {}
     for name in ("core", "driver"):
-        rows = fresh_rows(name)
+        values = fresh_values(name)
+        chunks = ([core_rows(v) for v in values] if name == "core"
+                  else [prepare_rows(v, store.dialect) for v in values])
         cpu0, t0 = time.process_time(), time.perf_counter()
-        for chunk in rows:
+        for chunk in chunks:
             with store._engine.begin() as conn:
                 if name == "core":
                     conn.execute(stmt, chunk)
                 else:
-                    executemany_rows(conn, chunk)
+                    assert executemany_rows(conn, chunk) == len(chunk)
         rates[name] = (n / (time.perf_counter() - t0), n / (time.process_time() - cpu0))
 
     # the old path: one SendAccessLog (one transaction) per entry

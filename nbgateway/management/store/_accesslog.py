@@ -1,11 +1,15 @@
 """Store part: the access-log repository (``store.access_logs``).
 
 Owns the ``access_log_entries`` table: single and batch appends (one
-transaction per batch, one ``executemany`` insert with ON CONFLICT DO NOTHING
-on the entry id, so a retried batch never duplicates), ``user_groups`` capture
-at write time, and retention (age and per-account row count) pruned in small
-transactions.  ``_accesslog_query`` adds the list query on top
-(``AccessLogRepository``).
+transaction per batch, one multi-row insert with ON CONFLICT DO NOTHING on
+the entry id, so a retried batch never duplicates, and the count of rows it
+stored is exact), ``user_groups`` capture at write time, and retention (age
+and per-account row count) pruned in small transactions.  Batches come as
+value tuples (:data:`VALUE_FIELDS`), prepared column-wise
+(:func:`prepare_rows`) and written with an ``executemany`` of tuples on
+SQLite and a binary ``COPY`` into a staging table plus one ``INSERT ...
+SELECT`` on PostgreSQL (:func:`executemany_rows`).  ``_accesslog_query``
+adds the list query on top (``AccessLogRepository``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from nbgateway.management.model import (
     utcnow,
 )
 from nbgateway.management.store._base import Tx, dumps, loads
-from nbgateway.management.store.schema import BoundedString, accounts, groups, peers, users
 from nbgateway.management.store.schema import access_log_counts as alc
 from nbgateway.management.store.schema import access_log_entries as ale
+from nbgateway.management.store.schema import accounts, groups, peers, users
 
 if TYPE_CHECKING:
     from nbgateway.management.store import Store
@@ -130,90 +134,148 @@ def _prepare(entry: AccessLogEntry) -> AccessLogEntry:
 
 @functools.lru_cache(maxsize=4096)
 def _unmap_cached(ip: str) -> str:
-    return _unmap(ip)
+    return _unmap(ip) if ip else ""
 
 
-_STR_COLUMNS = (
-    ("service_id", "service_id"),
-    ("location_country_code", "country_code"),
-    ("location_city_name", "city_name"),
-    ("subdivision_code", "subdivision_code"),
-    ("method", "method"),
-    ("host", "host"),
-    ("path", "path"),
-    ("reason", "reason"),
-    ("user_id", "user_id"),
-    ("auth_method_used", "auth_method_used"),
-    ("protocol", "protocol"),
+# -- batch ingestion ------------------------------------------------------------------------
+
+#: An entry as the batch path takes it (:meth:`AccessLogRecords.append_values`):
+#: one tuple per entry holding these :class:`AccessLogEntry` fields in this
+#: order.  ``timestamp`` is an aware datetime (None: now), ``metadata`` a
+#: mapping or None, ``user_groups`` a tuple or None (None: captured at write
+#: time); text fields are sanitised by the store (NULs replaced, bounded
+#: columns truncated).  A caller that decodes entries itself (the gRPC batch
+#: RPC) builds these tuples directly instead of an :class:`AccessLogEntry`
+#: per entry; :data:`entry_values` makes one of an entry.
+VALUE_FIELDS = (
+    "id", "account_id", "service_id", "timestamp", "source_ip", "country_code",
+    "city_name", "geo_name_id", "subdivision_code", "method", "host", "path",
+    "duration", "status_code", "reason", "user_id", "auth_method_used",
+    "bytes_upload", "bytes_download", "protocol", "metadata", "agent_network",
+    "upstream_target", "user_groups",
 )
+entry_values = operator.attrgetter(*VALUE_FIELDS)
+
+_FIELD_COLUMNS = {
+    "source_ip": "location_connection_ip",
+    "country_code": "location_country_code",
+    "city_name": "location_city_name",
+    "geo_name_id": "location_geo_name_id",
+}
+#: the table columns of VALUE_FIELDS, in the same order (every column once)
+_COLUMNS = tuple(ale.c[_FIELD_COLUMNS.get(f, f)] for f in VALUE_FIELDS)
+assert {c.name for c in _COLUMNS} == {c.name for c in ale.columns}
+
+_ID, _ACCOUNT, _TIMESTAMP, _SOURCE_IP = 0, 1, 3, 4
+_USER, _METADATA, _AGENT, _UPSTREAM, _GROUPS = 15, 20, 21, 22, 23
 _LIMITS = {
     column.name: column.type.max_length
     for column in ale.columns
     if isinstance(getattr(column.type, "max_length", None), int)
 }
-_STR_NAMES = tuple(column for column, _ in _STR_COLUMNS)
-_STR_LIMITS = tuple((c, _LIMITS[c]) for c in _STR_NAMES if c in _LIMITS)
+#: positions of the text fields, and of the bounded ones with their limit
+_TEXT = tuple(
+    i for i, f in enumerate(VALUE_FIELDS)
+    if isinstance(AccessLogEntry.__dataclass_fields__[f].default, str)
+)
+_BOUNDED = tuple((i, _LIMITS[c.name]) for i, c in enumerate(_COLUMNS) if c.name in _LIMITS)
 
 
-def _fit(name: str, value: str) -> str:
-    if "\x00" in value:
-        value = _clean(value)
-    limit = _LIMITS.get(name)
-    return value[:limit] if limit is not None and len(value) > limit else value
+def _clean_metadata(meta: Any) -> str:
+    items = dict(meta)
+    if any("\x00" in k or "\x00" in v for k, v in items.items()):
+        items = {_clean(k): _clean(v) for k, v in items.items()}
+    return dumps(items)  # type: ignore[return-value]
 
 
-def _row(e: AccessLogEntry, user_groups: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The table row of an entry, sanitised as :func:`_sanitise` does (NULs
-    replaced, bounded columns truncated), id and timestamp filled in, the source
-    address unmapped; built directly, without intermediate entry copies (the
-    batch path runs this per row)."""
-    groups = e.user_groups if e.user_groups is not None else user_groups
-    row: dict[str, Any] = {
-        "id": _fit("id", e.id) if e.id else new_id(),
-        "account_id": _fit("account_id", e.account_id),
-        "timestamp": e.timestamp or utcnow(),
-        "location_connection_ip": _fit(
-            "location_connection_ip", _unmap_cached(e.source_ip) if e.source_ip else ""
-        ),
-        "location_geo_name_id": e.geo_name_id,
-        "duration": e.duration,
-        "status_code": e.status_code,
-        "bytes_upload": e.bytes_upload,
-        "bytes_download": e.bytes_download,
-        "metadata": None,
-        "agent_network": e.agent_network,
-        "user_groups": None,
-        "upstream_target": _fit("upstream_target", e.upstream_target)
-        if e.upstream_target else None,
-    }
-    values = [getattr(e, attr) for _, attr in _STR_COLUMNS]
-    if "\x00" in "".join(values):  # rare: one scan of all text fields
-        values = [_clean(v) for v in values]
-    row.update(zip(_STR_NAMES, values, strict=True))
-    for column, limit in _STR_LIMITS:
-        if len(row[column]) > limit:
-            row[column] = row[column][:limit]
-    if e.metadata:
-        meta = dict(e.metadata)
-        if any("\x00" in k or "\x00" in v for k, v in meta.items()):
-            meta = {_clean(k): _clean(v) for k, v in meta.items()}
-        row["metadata"] = dumps(meta)
-    if groups is not None:
-        row["user_groups"] = _groups_json(groups)
-    return row
+def _naive_utc(ts: datetime) -> datetime:
+    if ts.tzinfo is None:
+        raise ValidationError("access log timestamp must be timezone-aware")
+    return ts.astimezone(UTC).replace(tzinfo=None)
+
+
+def prepare_rows(
+    values: Sequence[tuple[Any, ...]],
+    dialect: str,
+    capture: Any = None,
+) -> list[tuple[Any, ...]]:
+    """The driver rows of value tuples (:data:`VALUE_FIELDS`), for
+    :func:`executemany_rows`.
+
+    Sanitised as :func:`_sanitise` does (NULs become U+FFFD, bounded columns
+    are truncated), ids and timestamps filled in, source addresses unmapped,
+    metadata and user groups encoded as JSON; ``capture(account_id, user_id)``
+    gives the user groups of entries that have none (called once per pair;
+    without it they stay NULL).  Timestamps become naive UTC (PostgreSQL) or
+    SQLAlchemy's SQLite text.  A duplicate id inside the batch: the first
+    entry wins.
+
+    The work is column-wise: the batch is transposed once, every check is a
+    C-level pass over one column (``join``, ``max(map(len, ...))``), the rare
+    fix-ups rebuild only their column, and the rows are transposed back
+    (per-row Python calls were most of the ingest cost)."""
+    if not values:
+        return []
+    n = len(values)
+    cols: list[Sequence[Any]] = list(zip(*values, strict=True))
+    if len(cols) != len(VALUE_FIELDS):
+        raise ValueError(f"access log values have {len(cols)} fields, not {len(VALUE_FIELDS)}")
+    if not all(cols[_ID]):
+        cols[_ID] = [i or new_id() for i in cols[_ID]]
+    cols[_SOURCE_IP] = list(map(_unmap_cached, cols[_SOURCE_IP]))
+    for i in _TEXT:
+        if "\x00" in "".join(cols[i]):
+            cols[i] = [_clean(v) for v in cols[i]]
+    for i, limit in _BOUNDED:
+        if max(map(len, cols[i])) > limit:
+            cols[i] = [v[:limit] for v in cols[i]]
+    ids = cols[_ID]
+    if len(set(ids)) < n:  # a duplicate inside the batch: the first one wins
+        first: dict[str, int] = {}
+        for pos, i in enumerate(ids):
+            first.setdefault(i, pos)
+        keep = sorted(first.values())
+        cols = [[col[pos] for pos in keep] for col in cols]
+    ts = cols[_TIMESTAMP]
+    if None in ts:
+        now = utcnow()
+        ts = [t or now for t in ts]
+    ts = [t.replace(tzinfo=None) if t.tzinfo is UTC else _naive_utc(t) for t in ts]
+    if dialect != "postgresql":  # SQLAlchemy's SQLite DATETIME text
+        ts = [t.isoformat(" ", "microseconds") for t in ts]
+    cols[_TIMESTAMP] = ts
+    meta = cols[_METADATA]
+    cols[_METADATA] = [_clean_metadata(m) if m else None for m in meta] if any(meta) else [
+        None
+    ] * len(meta)
+    cols[_AGENT] = list(map(bool, cols[_AGENT]))
+    cols[_UPSTREAM] = [u or None for u in cols[_UPSTREAM]]
+    accounts_, users_, given = cols[_ACCOUNT], cols[_USER], cols[_GROUPS]
+    keys = {(a, u) for a, u, g in zip(accounts_, users_, given, strict=True) if g is None and u}
+    captured: dict[tuple[str, str], str | None] = {}
+    for key in sorted(keys):
+        found = capture(*key) if capture is not None else None
+        captured[key] = _groups_json(found) if found is not None else None
+    if given.count(None) == len(given):
+        cols[_GROUPS] = list(map(captured.get, zip(accounts_, users_, strict=True)))
+    else:
+        cols[_GROUPS] = [
+            _groups_json(tuple(g)) if g is not None else captured.get((a, u))
+            for a, u, g in zip(accounts_, users_, given, strict=True)
+        ]
+    return list(zip(*cols, strict=True))
 
 
 @functools.lru_cache(maxsize=1024)
 def _groups_json(groups: tuple[str, ...]) -> str:
     """The ``user_groups`` column of a group-name tuple (the rows of one user
     share it: encoded once, not per row)."""
-    return dumps([_clean(g) for g in groups])
+    return dumps([_clean(g) for g in groups])  # type: ignore[return-value]
 
 
 def insert_ignoring_duplicates(dialect: str) -> Any:
     """``INSERT INTO access_log_entries ... ON CONFLICT (id) DO NOTHING`` for the
-    store's dialect (SQLite or PostgreSQL); executed with a list of rows it is
-    one ``executemany``."""
+    store's dialect (SQLite or PostgreSQL), as a SQLAlchemy statement."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
@@ -221,66 +283,103 @@ def insert_ignoring_duplicates(dialect: str) -> Any:
     return insert(ale).on_conflict_do_nothing(index_elements=[ale.c.id])
 
 
-@functools.lru_cache(maxsize=4)
-def _compiled_insert(dialect: Any) -> tuple[str, tuple[str, ...], bool, dict[str, Any]]:
-    """The ON CONFLICT insert compiled once per dialect: SQL text, bind names in
-    order, positional or named, and the bind processors rows still need (the
-    bounded-string checks are left out: :func:`_row` already fitted those)."""
-    compiled = insert_ignoring_duplicates(dialect.name).compile(
-        dialect=dialect, column_keys=[c.name for c in ale.columns]
-    )
-    names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
-    processors: dict[str, Any] = {}  # UTCDateTime's included (aware -> naive UTC text)
-    for column in ale.columns:
-        if isinstance(column.type, BoundedString):
-            continue
-        proc = column.type.dialect_impl(dialect).bind_processor(dialect)
-        if proc is not None:
-            processors[column.name] = proc
-    return str(compiled), names, bool(compiled.positional), processors
+_STAGE = "nbgw_access_log_stage"
+#: PostgreSQL type names of the columns, for the binary COPY
+_PG_COPY_TYPES = {"BIGINT": "int8", "INTEGER": "int4", "BOOLEAN": "bool",
+                  "TIMESTAMP WITHOUT TIME ZONE": "timestamp", "TEXT": "text"}
 
 
 @functools.lru_cache(maxsize=4)
-def _unnest_insert(dialect: Any) -> str:
-    """PostgreSQL: ``INSERT ... SELECT * FROM unnest(col arrays) ON CONFLICT (id)
-    DO NOTHING``, one statement with one array parameter per column."""
+def _sql(dialect: Any) -> dict[str, Any]:
+    """The statements of :func:`executemany_rows` for a dialect, built once."""
     quote = dialect.identifier_preparer.quote
-    cols = list(ale.columns)
-    arrays = ", ".join(f"%(c{i})s::{c.type.compile(dialect=dialect)}[]" for i, c in enumerate(cols))
+    names = ", ".join(quote(c.name) for c in _COLUMNS)
+    table = quote(ale.name)
+    if dialect.name != "postgresql":
+        marks = ", ".join("?" for _ in _COLUMNS)
+        return {"insert": f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+                          f"ON CONFLICT ({quote('id')}) DO NOTHING"}
+    pg_types = [c.type.compile(dialect=dialect) for c in _COLUMNS]
+    return {
+        # the staging table lives as long as the session, empty outside a
+        # batch's transaction (ON COMMIT DELETE ROWS; the DELETE covers a
+        # second batch in one transaction), so it is created once per
+        # connection and never shows up in the catalog churn
+        "stage": (
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
+            + ", ".join(f"{quote(c.name)} {t}" for c, t in zip(_COLUMNS, pg_types, strict=True))
+            + f") ON COMMIT DELETE ROWS; DELETE FROM {_STAGE}"
+        ),
+        "copy": f"COPY {_STAGE} ({names}) FROM STDIN (FORMAT BINARY)",
+        "copy_types": [_PG_COPY_TYPES.get(t, "text") for t in pg_types],
+        "insert": (
+            f"WITH ins AS (INSERT INTO {table} ({names}) SELECT {names} FROM {_STAGE} "
+            f"ON CONFLICT ({quote('id')}) DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
+        ),
+    }
+
+
+#: PostgreSQL: batches up to this many rows are one multi-row INSERT ... VALUES
+#: (the staging table's extra round trips cost more than they save there)
+_PG_VALUES_ROWS = 16
+
+
+@functools.lru_cache(maxsize=2 * _PG_VALUES_ROWS)
+def _pg_values_insert(dialect: Any, n: int) -> str:
+    quote = dialect.identifier_preparer.quote
+    names = ", ".join(quote(c.name) for c in _COLUMNS)
+    row = "(" + ", ".join("%s" for _ in _COLUMNS) + ")"
     return (
-        f"INSERT INTO {quote(ale.name)} ({', '.join(quote(c.name) for c in cols)}) "
-        f"SELECT * FROM unnest({arrays}) ON CONFLICT ({quote('id')}) DO NOTHING "
-        f"RETURNING {quote('id')}"
+        f"INSERT INTO {quote(ale.name)} ({names}) VALUES {', '.join([row] * n)} "
+        f"ON CONFLICT ({quote('id')}) DO NOTHING RETURNING 1"
     )
 
 
-def executemany_rows(conn: Connection, rows: list[dict[str, Any]]) -> int | None:
-    """Insert prepared rows (:func:`_row`) in one go, ignoring stored ids.
+def _copy_rows(conn: Connection, sql: dict[str, Any], rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: the rows into the session's staging table, one binary
+    ``COPY`` (psycopg formats the rows in C)."""
+    import psycopg
 
-    SQLite: one ``executemany`` of the compiled ON CONFLICT DO NOTHING insert,
-    the parameter list handed to the driver with only the needed bind
-    processors applied (per-row SQLAlchemy parameter processing was most of the
-    ingest cost); returns None.  PostgreSQL: the same rows as one statement
-    over column arrays (``unnest``), instead of one pipelined statement per
-    row; returns how many it inserted (``RETURNING``: ids already stored are
-    not counted)."""
-    if conn.dialect.name == "postgresql":
-        for row in rows:  # what UTCDateTime does: naive UTC
-            row["timestamp"] = row["timestamp"].astimezone(UTC).replace(tzinfo=None)
-        params = {f"c{i}": [row[c.name] for row in rows] for i, c in enumerate(ale.columns)}
-        return len(conn.exec_driver_sql(_unnest_insert(conn.dialect), params).fetchall())
-    sql, names, positional, processors = _compiled_insert(conn.dialect)
-    procs = tuple(processors.items())
-    for row in rows:
-        for name, proc in procs:
-            row[name] = proc(row[name])
-    if positional:
-        getter = operator.itemgetter(*names)
-        params_list: list[Any] = [getter(row) for row in rows]
-    else:
-        params_list = rows
-    conn.exec_driver_sql(sql, params_list)
-    return None
+    raw = conn.connection.driver_connection
+    statement = sql["stage"]
+    try:
+        with raw.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(statement)
+            statement = sql["copy"]
+            with cur.copy(statement) as copy:
+                copy.set_types(sql["copy_types"])
+                write = copy.write_row
+                for row in rows:
+                    write(row)
+    except psycopg.Error as exc:  # as SQLAlchemy would raise it (the store's retry/422 logic)
+        raise sa.exc.DBAPIError.instance(
+            statement, None, exc, psycopg.Error, dialect=conn.dialect
+        ) from exc
+
+
+def executemany_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+    """Insert driver rows (:func:`prepare_rows`) in the connection's
+    transaction, ignoring ids already stored; returns how many rows it
+    inserted (ids already stored are not counted), on every backend.
+
+    SQLite: one ``executemany`` of ``INSERT ... ON CONFLICT (id) DO NOTHING``
+    with tuples (the count is the cursor's rowcount: rows the statements
+    inserted, not what the counter trigger did).  PostgreSQL: one binary
+    ``COPY`` into a session-local staging table, then one ``INSERT ... SELECT
+    ... ON CONFLICT (id) DO NOTHING`` from it, counted with ``RETURNING``
+    (per-value Python adaptation of column arrays was most of the cost); up
+    to ``_PG_VALUES_ROWS`` rows, one ``INSERT ... VALUES ... RETURNING``."""
+    if not rows:
+        return 0
+    sql = _sql(conn.dialect)
+    if conn.dialect.name != "postgresql":
+        return int(conn.exec_driver_sql(sql["insert"], rows).rowcount)
+    if len(rows) <= _PG_VALUES_ROWS:  # a single append, a small batch: one statement
+        params = [value for row in rows for value in row]
+        return len(conn.exec_driver_sql(_pg_values_insert(conn.dialect, len(rows)),
+                                        tuple(params)).fetchall())
+    _copy_rows(conn, sql, rows)
+    return int(conn.exec_driver_sql(sql["insert"]).scalar_one())
 
 
 def _stored(conn: Connection, account_id: str) -> int:
@@ -346,7 +445,7 @@ class AccessLogRecords:
             existing = conn.execute(sa.select(ale).where(ale.c.id == e.id)).first()
             if existing is not None:
                 return row_access_log(existing)
-            conn.execute(insert_ignoring_duplicates(self._store.dialect), [_row(e)])
+            executemany_rows(conn, prepare_rows([entry_values(e)], conn.dialect.name))
             return e
 
         # access logs are append-only and never read-modify-write: no account lock needed,
@@ -354,52 +453,38 @@ class AccessLogRecords:
         return self._store._write("accesslog:" + entry.account_id, run)
 
     def append_many(self, entries: Sequence[AccessLogEntry]) -> int:
-        """Insert a batch in one transaction with one ``executemany``.
+        """Insert a batch in one transaction (:meth:`append_values` of the
+        entries' :data:`VALUE_FIELDS`).  Returns how many rows were new."""
+        return self.append_values([entry_values(e) for e in entries])
+
+    def append_values(self, values: Sequence[tuple[Any, ...]]) -> int:
+        """Insert a batch of entries given as :data:`VALUE_FIELDS` tuples, in one
+        transaction with one multi-row insert (:func:`executemany_rows`).
 
         Entries whose id is already stored are ignored (the id is the
-        idempotency key); entries of accounts that do not exist (any more) are
-        skipped.  ``user_groups`` is captured as in :meth:`append`, looked up
+        idempotency key; a duplicate inside the batch: the first one wins);
+        entries of accounts that do not exist (any more) are skipped.
+        ``user_groups`` (when None) is captured as in :meth:`append`, looked up
         once per (account, user) in the batch.  Returns how many rows were
-        new."""
-        if not entries:
+        new: exact, counted by the insert itself (a retried batch gives 0)."""
+        if not values:
             return 0
 
         def run(tx: Tx) -> int:
             conn = tx.conn
-            wanted = {e.account_id for e in entries}
+            batch = values
+            wanted = {v[_ACCOUNT] for v in batch}
             known = set(
                 conn.execute(sa.select(accounts.c.id).where(accounts.c.id.in_(wanted))).scalars()
             )
-            groups_of: dict[tuple[str, str], tuple[str, ...] | None] = {}
-            rows: dict[str, dict[str, Any]] = {}
-            for e in entries:
-                if e.account_id not in known:
-                    continue
-                groups_now = None
-                if e.user_groups is None and e.user_id:
-                    key = (e.account_id, e.user_id)
-                    if key not in groups_of:
-                        groups_of[key] = self._capture_user_groups(conn, *key)
-                    groups_now = groups_of[key]
-                row = _row(e, groups_now)
-                rows.setdefault(row["id"], row)  # a duplicate inside the batch: first wins
-            if not rows:
-                return 0
-            if conn.dialect.name == "postgresql":
-                # one statement: the rows it inserted come back (RETURNING), so
-                # the count is exact without asking which ids are stored first
-                return executemany_rows(conn, list(rows.values())) or 0
-            # SQLite: ids already stored (a retried batch) are left out up front,
-            # which gives the exact count; ON CONFLICT covers a concurrent writer
-            ids = list(rows)
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                for stored in conn.execute(sa.select(ale.c.id).where(ale.c.id.in_(chunk))):
-                    rows.pop(stored.id, None)
-            if not rows:
-                return 0
-            executemany_rows(conn, list(rows.values()))
-            return len(rows)
+            if known != wanted:
+                batch = [v for v in batch if v[_ACCOUNT] in known]
+            rows = prepare_rows(
+                batch,
+                conn.dialect.name,
+                functools.partial(self._capture_user_groups, conn),
+            )
+            return executemany_rows(conn, rows)
 
         return self._store._write("accesslog", run)
 
