@@ -147,8 +147,14 @@ class TunnelValidationCache:
         """``derive(response)`` of a cached answer (counted as a hit, derived
         once per entry as in :meth:`validate`), or None on a miss: the
         synchronous half of :meth:`validate`, no Deferred."""
-        entry = self._entry(account_id, tunnel_ip, domain)
+        bucket = self._buckets.get(account_id)  # self._entry(...), inline
+        if not bucket:
+            return None
+        entry = bucket.get((tunnel_ip, domain))
         if entry is None:
+            return None
+        if self.clock.seconds() - entry.stored > self.ttl:
+            del bucket[(tunnel_ip, domain)]
             return None
         self.stats.hits += 1
         derived = entry.derived

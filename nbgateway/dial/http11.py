@@ -240,31 +240,21 @@ class LeanAgent:
         return _Attempt(self, key, method, head, body, replayable, sink)
 
 
-class _SinkResult:
-    """The outcome of a :meth:`LeanAgent.request_into` attempt, delivered
-    once to its sink (what the Deferred of :meth:`LeanAgent.request` does,
-    without the Deferred and its callback chain)."""
-
-    __slots__ = ("called", "sink")
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self.called = False
-
-    def callback(self, response: Any) -> None:
-        if not self.called:
-            self.called = True
-            self.sink.upstream_response(response)
-
-    def errback(self, reason: Failure) -> None:
-        if not self.called:
-            self.called = True
-            self.sink.upstream_failed(reason)
-
-
 class _Attempt:
     """One request: an idle connection or a new dial, one retry on a reused
-    connection the upstream had closed."""
+    connection the upstream had closed.  Its outcome goes to the result
+    Deferred (:meth:`LeanAgent.request`) or, once, to the sink
+    (:meth:`LeanAgent.request_into`: ``upstream_response`` or
+    ``upstream_failed``, without a Deferred and its callback chain)."""
+
+    # initial state as class attributes (set on the instance when it changes)
+    conn: UpstreamConnection | None = None
+    connecting: defer.Deferred[Any] | None = None
+    cancelled = False
+    #: the request_into sink (None: the result Deferred), and whether it was told
+    sink: Any = None
+    told = False
+    result: Any = None
 
     def __init__(self, agent: LeanAgent, key: tuple[bytes, bytes, int], method: bytes,
                  head: bytes, body: Any, replayable: bool, sink: Any = None) -> None:
@@ -274,11 +264,26 @@ class _Attempt:
         self.head = head
         self.body = body
         self.replayable = replayable and method in _REPLAYABLE_METHODS
-        #: who gets the outcome: a Deferred (``request``), else the sink itself
-        self.result: Any = defer.Deferred(self._cancel) if sink is None else _SinkResult(sink)
-        self.conn: UpstreamConnection | None = None
-        self.connecting: defer.Deferred[Any] | None = None
-        self.cancelled = False
+        if sink is None:
+            self.result = defer.Deferred(self._cancel)
+        else:
+            self.sink = sink
+
+    def _ok(self, response: Any) -> None:
+        sink = self.sink
+        if sink is None:
+            self.result.callback(response)
+        elif not self.told:
+            self.told = True
+            sink.upstream_response(response)
+
+    def _error(self, reason: Failure) -> None:
+        sink = self.sink
+        if sink is None:
+            self.result.errback(reason)
+        elif not self.told:
+            self.told = True
+            sink.upstream_failed(reason)
 
     def start(self) -> None:
         conn = self.agent.pool.take(self.key)
@@ -290,10 +295,9 @@ class _Attempt:
 
     def cancel(self) -> None:
         """End the request (the sink path; a Deferred is cancelled instead)."""
-        result = self.result
-        if type(result) is _SinkResult and not result.called:
+        if self.sink is not None and not self.told:
             self._cancel(None)
-            result.errback(Failure(defer.CancelledError()))
+            self._error(Failure(defer.CancelledError()))
 
     def _dial(self) -> None:
         scheme, host, port = self.key
@@ -303,7 +307,7 @@ class _Attempt:
             factory = Factory.forProtocol(lambda: UpstreamConnection(self.agent.pool, self.key))
             d = self.connecting = endpoint.connect(factory)
         except Exception:  # a refused or invalid dial is the result
-            self.result.errback(Failure())
+            self._error(Failure())
             return
         d.addCallbacks(self._connected, self._dial_failed)
 
@@ -317,7 +321,7 @@ class _Attempt:
     def _dial_failed(self, reason: Failure) -> None:
         self.connecting = None
         if not self.cancelled:
-            self.result.errback(reason)
+            self._error(reason)
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
@@ -326,10 +330,16 @@ class _Attempt:
         conn.send(self.method, self.head, self.body, self)
 
     def callback(self, response: Any) -> None:
-        """The connection's response head (``_response``, inline)."""
+        """The connection's response head (``_response``, ``_ok``, inline)."""
         self.conn = None
-        if not self.cancelled:
+        if self.cancelled:
+            return
+        sink = self.sink
+        if sink is None:
             self.result.callback(response)
+        elif not self.told:
+            self.told = True
+            sink.upstream_response(response)
 
     def errback(self, reason: Failure) -> None:
         """The connection's failure before the response head."""
@@ -338,7 +348,7 @@ class _Attempt:
     def _response(self, response: Any) -> None:
         self.conn = None
         if not self.cancelled:
-            self.result.callback(response)
+            self._ok(response)
 
     def _failed(self, reason: Failure) -> None:
         self.conn = None
@@ -349,7 +359,7 @@ class _Attempt:
                 self._dial()
                 return
             reason = Failure(ResponseFailed([reason.value.reason]))
-        self.result.errback(reason)
+        self._error(reason)
 
     def _cancel(self, _: Any) -> None:
         self.cancelled = True

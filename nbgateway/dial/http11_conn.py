@@ -120,6 +120,8 @@ class UpstreamConnection(Protocol):
     _read_end: Any = None
     #: how a request head goes out (set when connected, see ``connectionMade``)
     _write: Any = staticmethod(sockwrite.write)
+    #: the response body's producer as its protocols see it (made on first use)
+    _body_side: _BodyProducer | None = None
 
     def __init__(self, pool: ConnectionPool, key: tuple[bytes, bytes, int]) -> None:
         self.pool = pool
@@ -376,7 +378,10 @@ class UpstreamConnection(Protocol):
 
     def deliver(self, protocol: Any) -> None:
         self._protocol = protocol
-        protocol.makeConnection(_BodyProducer(self))
+        producer = self._body_side
+        if producer is None:  # one per connection: it only names the connection
+            producer = self._body_side = _BodyProducer(self)
+        protocol.makeConnection(producer)
         early, self._early = self._early, []
         if self._early_size > _EARLY_BODY_LIMIT and self.transport is not None:
             self.transport.resumeProducing()

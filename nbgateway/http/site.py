@@ -209,7 +209,8 @@ class GatewayResource(OperatorAuth, Resource):
                 request.channel.persistent = False
             send_plain(request, code, body)
             return server.NOT_DONE_YET
-        raw_host = request.getHeader(b"host") or b""
+        hosts = request.requestHeaders._rawHeaders.get(_HOST)  # request.getHeader(b"host")
+        raw_host = hosts[-1] if hosts else b""
         host, domain = _HOSTS.get(raw_host) or _host_and_domain(raw_host)
         routed = getattr(request, "routed", None)  # the fast path's fast_route answer
         entry = (routed[1] if routed is not None and routed[0] == domain
@@ -220,12 +221,32 @@ class GatewayResource(OperatorAuth, Resource):
             # and never logged into the other account's access log
             entry = None
         peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
-        ctx = RequestContext(overlay=overlay, source_ip=peer_ip, host=host,
-                             listener_account=self.listener_account,
-                             started=self.clock.seconds())
-        ctx.entry = entry  # ctx.serve(entry), inline
-        ctx.service = entry.service if entry is not None else None
-        self._observe(request, ctx)
+        # positional (the field order): RequestContext(overlay=..., source_ip=...,
+        # host=..., listener_account=..., started=...) and ctx.serve(entry)
+        ctx = RequestContext(overlay, peer_ip, host, self.listener_account, entry,
+                             entry.service if entry is not None else None, None, "", None,
+                             "", "", "", self.clock.seconds())
+        # the request's one finish observer: request stats and the access-log
+        # entry (unknown hosts and /__netbird__/ are not logged: management
+        # rejects entries without an account, so each would only cost a
+        # failed RPC, an amplification)
+        stats = self.request_stats
+        path: str | None = None
+        if self.access_log is not None and entry is not None:
+            path = request.uri.split(b"?", 1)[0].decode("latin-1")
+            if not path.startswith(INTERNAL_PREFIX):  # should_log(path)
+                ctx.request_id = new_log_id()
+            else:
+                path = None
+        if stats is not None:
+            stats.active += 1  # stats.started(), inline
+        if stats is not None or path is not None:
+            fn = functools.partial(self._finished, request, ctx, path)
+            hook = getattr(request, "on_finish", None)
+            if hook is not None:
+                hook(fn)
+            else:
+                request.notifyFinish().addBoth(fn)
         if entry is None:
             return self.proxy.render(request, ctx)
         if overlay and ":" in host and not self._port_matches(request, host):
@@ -341,32 +362,6 @@ class GatewayResource(OperatorAuth, Resource):
             send_plain(request, 403, FORBIDDEN_BODY)
 
     # ------------------------------------------------------------------ observation
-
-    def _observe(self, request: Any, ctx: RequestContext) -> None:
-        """The request's one finish observer: request stats and the access-log
-        entry (unknown hosts and ``/__netbird__/`` are not logged: management
-        rejects entries without an account, so each would only cost a failed
-        RPC, an amplification)."""
-        stats = self.request_stats
-        path: str | None = None
-        if self.access_log is not None and ctx.entry is not None:
-            path = request.uri.split(b"?", 1)[0].decode("latin-1")
-            if not path.startswith(INTERNAL_PREFIX):  # should_log(path)
-                ctx.request_id = new_log_id()
-            else:
-                path = None
-        if stats is not None:
-            stats.active += 1  # stats.started(), inline
-        elif path is None:
-            return
-        fn = functools.partial(self._finished, request, ctx, path)
-        # ``fn(None)`` when the response ends, ``fn(failure)`` when the client is
-        # gone: a plain callback on the fast path's request, else notifyFinish
-        hook = getattr(request, "on_finish", None)
-        if hook is not None:
-            hook(fn)
-        else:
-            request.notifyFinish().addBoth(fn)
 
     def _finished(self, request: Any, ctx: RequestContext, path: str | None,
                   _result: Any) -> None:

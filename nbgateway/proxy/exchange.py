@@ -22,9 +22,10 @@ It owns, per request:
   that timer lingers when nothing is pending, so a request alone makes no
   timer call either;
 - the response head (status, hop-by-hop filtering, ``rewrite_redirects``;
-  an unparseable ``Location`` is a 502) and :class:`_ResponseRelay`, which
-  streams the body; a truncated upstream body aborts the client connection
-  (HTTP/1.1) or stream (HTTP/2) so the client sees an incomplete response;
+  an unparseable ``Location`` is a 502) and the body, streamed with the
+  exchange itself as the body's protocol; a truncated upstream body aborts
+  the client connection (HTTP/1.1) or stream (HTTP/2) so the client sees an
+  incomplete response;
 - errors: the page for the failure (:mod:`nbgateway.proxy.failures`), and on
   a balanced path passive ejection and the retry of a failed dial on another
   target (:mod:`nbgateway.proxy.balance`);
@@ -102,57 +103,9 @@ class _BytesProducer:
         pass
 
 
-class _ResponseRelay(Protocol):
-    """Streams an upstream response body into the client response, with the
-    upstream transport registered as the (streaming) producer."""
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self.exchange = exchange
-        self.bytes = 0
-
-    def connectionMade(self) -> None:
-        request = self.exchange.request
-        self.exchange.relay = self
-        if self.exchange.client_gone:
-            self.transport.stopProducing()
-            return
-        request.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.exchange.client_gone:
-            return
-        self.bytes += len(data)
-        self.exchange.request.write(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        ex = self.exchange
-        ex.response_bytes = self.bytes
-        # the body is over: the exchange no longer reaches the upstream
-        # transport through the relay, and the relay <-> exchange cycle is
-        # broken here (freed by reference counting, not by the cyclic GC)
-        ex.relay = None
-        if ex.client_gone:
-            return
-        request = ex.request
-        request.unregisterProducer()
-        if type(reason.value) is ResponseDone or reason.check(ResponseDone, PotentialDataLoss):
-            ex.finish()
-            return
-        # Truncated upstream body: the client must see an incomplete
-        # response, not a well-formed short one.
-        log.warn("upstream response body failed: {error}", error=str(reason.value),
-                 host=ex.host, path=ex.path)
-        channel = request.channel
-        # HTTP/1.1: the connection; HTTP/2: the stream (RST_STREAM)
-        transport = channel.transport if channel is not None else None
-        if transport is None and channel is not None and hasattr(channel, "abortConnection"):
-            transport = channel
-        if transport is not None:
-            transport.abortConnection()
-
-
 class _Exchange:
-    """One proxied request: the upstream call, its deadline and the relay."""
+    """One proxied request: the upstream call, its deadline and the response
+    relay (the exchange is the response body's ``IProtocol``)."""
 
     # per-request state with its initial values as class attributes (set on
     # the instance when it changes: fewer stores per request)
@@ -162,7 +115,9 @@ class _Exchange:
     response_bytes = 0
     _deadline: Any = None
     _pending: Any = None  # a Deferred, or the lean client's attempt
-    relay: _ResponseRelay | None = None
+    #: the upstream response body's transport (its producer) while the body
+    #: is relayed (this exchange is the body's protocol, see ``makeConnection``)
+    body_transport: Any = None
     timeout = 0.0
     body: Any = None
     _progress_mark = 0
@@ -209,9 +164,14 @@ class _Exchange:
               body: Any, timeout: float) -> None:
         """Send the request (``url`` and ``headers``, or the plan's ``head``
         set beforehand, see :mod:`nbgateway.proxy.plan`) under its deadline."""
-        hook = getattr(self.request, "on_finish", None)
-        if hook is not None:  # the HTTP/1.1 fast path: a plain callback
-            hook(self._request_ended)
+        request = self.request
+        on_lost = getattr(request, "on_lost", None)
+        if on_lost is not None and self.state is None:
+            # the HTTP/1.1 fast path, no target to release when it ends: only
+            # the client going away first matters (a plain callback)
+            on_lost(self._client_lost)
+        elif on_lost is not None:
+            request.on_finish(self._request_ended)
         else:
             finished = self.request.notifyFinish().addErrback(self._client_lost)
             if self.state is not None:
@@ -267,14 +227,6 @@ class _Exchange:
         d.addCallbacks(self._on_response, self._on_error)
         d.addErrback(self._internal_error)
 
-    def upstream_response(self, response: Any) -> None:
-        """The lean client's response head (see ``LeanAgent.request_into``)."""
-        self._answered = True
-        try:
-            self._on_response(response)
-        except Exception:
-            self._internal_error(Failure())
-
     def upstream_failed(self, reason: Failure) -> None:
         """The lean client's failure before the response head."""
         self._answered = True
@@ -294,9 +246,9 @@ class _Exchange:
         self._cancel_deadline()
         if self._pending is not None:  # cancel() also reaches a chained Deferred
             self._pending.cancel()
-        if self.relay is not None and self.relay.transport is not None:
+        if self.body_transport is not None:
             # stop reading the upstream body; its connection is dropped
-            self.relay.transport.stopProducing()
+            self.body_transport.stopProducing()
 
     def _on_timeout(self) -> None:
         self._deadline = None
@@ -324,37 +276,85 @@ class _Exchange:
 
     # -- response ----------------------------------------------------------
     def _on_response(self, response: Any) -> None:
+        """The response head: the lean client's (``upstream_response``, see
+        ``LeanAgent.request_into``) or the Deferred's."""
+        self._answered = True
         self._pending = None
         deadline = self._deadline  # _cancel_deadline, inline
         if deadline is not None:
             self._deadline = None
             deadline.cancel()
-        if self.state is not None and self.pool is not None:
-            self.pool.succeeded(self.state)
+        try:
+            if self.state is not None and self.pool is not None:
+                self.pool.succeeded(self.state)
+            if self.client_gone:
+                response.deliverBody(_Discard())
+                return
+            request = self.request
+            headers = response.headers
+            if self.service.rewrite_redirects and headers.hasHeader(b"location"):
+                headers = filter_response_headers(headers)
+                try:
+                    rewrite_locations(headers, self.route, self.host, request.isSecure(),
+                                      self.proxy.forwarded_proto, self.opts.path_rewrite)
+                except ValueError as exc:
+                    response.deliverBody(_Discard())
+                    self._send_error(pages.CONNECTION_ERROR, exc)
+                    return
+            request.setResponseCode(response.code, response.phrase or None)
+            request.defaultContentType = None
+            length = response.length
+            # one pass into the client response's headers (no intermediate copy)
+            relay_response_headers(
+                request.responseHeaders, headers,
+                length if (isinstance(length, int) and request.method != b"HEAD"
+                           and response.code not in NO_BODY_CODES) else None)
+            request.upstream_status = response.code
+            response.deliverBody(self)
+        except Exception:
+            self._internal_error(Failure())
+
+    # -- the response body: this exchange is its protocol ---------------------
+    # It streams the upstream response body into the client response, with
+    # the upstream transport registered as the (streaming) producer.
+
+    def makeConnection(self, transport: Any) -> None:
+        self.body_transport = transport
         if self.client_gone:
-            response.deliverBody(_Discard())
+            transport.stopProducing()
+            return
+        self.request.registerProducer(transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.client_gone:
+            return
+        self.response_bytes += len(data)
+        self.request.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # the body is over: the exchange no longer reaches the upstream
+        # transport (nor, through it, the upstream connection)
+        self.body_transport = None
+        if self.client_gone:
             return
         request = self.request
-        headers = response.headers
-        if self.service.rewrite_redirects and headers.hasHeader(b"location"):
-            headers = filter_response_headers(headers)
-            try:
-                rewrite_locations(headers, self.route, self.host, request.isSecure(),
-                                  self.proxy.forwarded_proto, self.opts.path_rewrite)
-            except ValueError as exc:
-                response.deliverBody(_Discard())
-                self._send_error(pages.CONNECTION_ERROR, exc)
-                return
-        request.setResponseCode(response.code, response.phrase or None)
-        request.defaultContentType = None
-        length = response.length
-        # one pass into the client response's headers (no intermediate copy)
-        relay_response_headers(
-            request.responseHeaders, headers,
-            length if (isinstance(length, int) and request.method != b"HEAD"
-                       and response.code not in NO_BODY_CODES) else None)
-        request.upstream_status = response.code
-        response.deliverBody(_ResponseRelay(self))
+        request.unregisterProducer()
+        if type(reason.value) is ResponseDone or reason.check(ResponseDone, PotentialDataLoss):
+            self.finish()
+            return
+        # Truncated upstream body: the client must see an incomplete
+        # response, not a well-formed short one.
+        log.warn("upstream response body failed: {error}", error=str(reason.value),
+                 host=self.host, path=self.path)
+        channel = request.channel
+        # HTTP/1.1: the connection; HTTP/2: the stream (RST_STREAM)
+        transport = channel.transport if channel is not None else None
+        if transport is None and channel is not None and hasattr(channel, "abortConnection"):
+            transport = channel
+        if transport is not None:
+            transport.abortConnection()
+
+    upstream_response = _on_response
 
     # -- errors ------------------------------------------------------------
     def _on_error(self, failure: Failure) -> None:

@@ -152,6 +152,16 @@ class FastRequest:
     #: chunked response bytes held to the end of the upstream's read (or
     #: the response's end): see ``_send``
     _held: list[bytes] | None = None
+    #: ``on_lost`` observers (the list is made on first use)
+    lost_hooks: list[Any] | tuple[()] = ()
+    #: ``on_finish`` observers (the list is made on first use)
+    finish_hooks: list[Any] | tuple[()] = ()
+    #: notifyFinish's Deferreds (the list is made on first use)
+    notifications: list[defer.Deferred[None]] | tuple[()] = ()
+    code = 200
+    code_message = b"OK"
+    sentLength = 0
+    content: Any = None
 
     def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
                  headers: Headers, close: bool) -> None:
@@ -169,13 +179,6 @@ class FastRequest:
         out = _new_headers(Headers)  # headers_from_raw(raw), inline
         out._rawHeaders = raw
         self.responseHeaders = out
-        self.code = 200
-        self.code_message = b"OK"
-        self.sentLength = 0
-        self.content: Any = None
-        #: notifyFinish's Deferreds (the list is made on first use)
-        self.notifications: list[defer.Deferred[None]] | tuple[()] = ()
-        self.finish_hooks: list[Any] = []
 
     # -- what resources read -------------------------------------------------
     def getHeader(self, key: bytes) -> bytes | None:
@@ -200,7 +203,16 @@ class FastRequest:
     def on_finish(self, fn: Any) -> None:
         """``fn(None)`` when the response ends, ``fn(failure)`` when the client
         is gone first: ``notifyFinish`` without a Deferred per observer."""
-        self.finish_hooks.append(fn)
+        if not self.finish_hooks:
+            self.finish_hooks = []
+        self.finish_hooks.append(fn)  # type: ignore[union-attr]
+
+    def on_lost(self, fn: Any) -> None:
+        """``fn(failure)`` when the client is gone before the response ended
+        (after the ``on_finish`` observers); never called otherwise."""
+        if not self.lost_hooks:
+            self.lost_hooks = []
+        self.lost_hooks.append(fn)  # type: ignore[union-attr]
 
     def notifyFinish(self) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
@@ -330,7 +342,16 @@ class FastRequest:
         if self.producer is not None:
             self.unregisterProducer()
         self.channel = None
-        self._run_hooks(None)
+        if self.lost_hooks:
+            self.lost_hooks = ()
+        hooks = self.finish_hooks  # _run_hooks(None), inline
+        if hooks:
+            self.finish_hooks = ()
+        for fn in hooks:
+            try:
+                fn(None)
+            except Exception:
+                log.failure("fast path: a finish observer failed")
         notifications, self.notifications = self.notifications, ()
         for d in notifications:
             d.callback(None)
@@ -344,12 +365,18 @@ class FastRequest:
         if self.body_stream is not None:
             self.body_stream.abort(reason)
         self._run_hooks(reason)
+        lost, self.lost_hooks = self.lost_hooks, ()
+        for fn in lost:
+            try:
+                fn(reason)
+            except Exception:
+                log.failure("fast path: a lost-connection observer failed")
         notifications, self.notifications = self.notifications, ()
         for d in notifications:
             d.errback(reason)
 
     def _run_hooks(self, result: Any) -> None:
-        hooks, self.finish_hooks = self.finish_hooks, []
+        hooks, self.finish_hooks = self.finish_hooks, ()
         for fn in hooks:
             try:
                 fn(result)

@@ -254,9 +254,12 @@ class ReverseProxy:
         if route is None:
             pages.send_page(request, pages.SERVICE_NOT_FOUND)
             return server.NOT_DONE_YET
-        pool, state = self._balance(service, route)
-        if state is not None:
-            route = state.route
+        if route.group == () and not route.balancing.health_path:  # self._balance, inline
+            pool = state = None
+        else:
+            pool, state = self._balance(service, route)
+            if state is not None:
+                route = state.route
         ctx.route = route
         ctx.target = route.origin
         checked = self._check(request, ctx, service, route)

@@ -29,6 +29,8 @@ class RequestContext:
     ``direct_upstream_denied``...), ``user_id`` the validated user.  Times are
     the injected clock's seconds: ``started`` when the request reached the
     front resource, ``upstream_started`` when the proxy sent it upstream.
+    The front resource makes it with positional arguments (cheaper per
+    request): new fields go last.
     """
 
     overlay: bool = False
