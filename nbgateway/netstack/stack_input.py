@@ -26,13 +26,19 @@ import struct
 
 from twisted.logger import Logger
 
-from nbgateway.netstack import wire
+from nbgateway.netstack import tcp_fast, wire
 from nbgateway.netstack.checksum import IPAddress, fold, ones_sum
+from nbgateway.netstack.tcp_const import ESTABLISHED
 from nbgateway.netstack.wire import WireError
 
 log = Logger(namespace="nbgateway.netstack.stack")  # the stack's, as before the split
 
 _ipv4_parse = wire.ipv4_parse
+_TCP32 = tcp_fast._H32.unpack_from
+_TCP20 = tcp_fast._H20.unpack_from
+_TS_WORD = tcp_fast._TS_WORD
+_ACK_ONLY = 0x10  # ACK (PSH masked off): what the fused input takes
+_ESTABLISHED = ESTABLISHED
 _IP4_HDR = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _from_bytes = int.from_bytes
 _ipv6_parse = wire.ipv6_parse
@@ -165,14 +171,44 @@ class StackInput:
             if self._coalescing:
                 self.coalescer.add(src, local, mv[20:total], peer_key, now)
                 return
-            seg = mv[20:total]
             fast = self._tcp_fast
-            # _tcp_one's fused path, inlined (every request of a keep-alive exchange)
-            if fast is not None and fast.input(src, local, seg, now):
-                if not self._batch_wakeup:
-                    self.wakeup()
-                return
-            self._tcp_one(src, local, seg, peer_key, now, False)
+            if fast is not None and fast.enabled:
+                # FastPath.input, inlined (every request of a keep-alive
+                # exchange): the same checks, the header read from the packet
+                if n >= 32:
+                    ports, seq, ack, off, flags, wnd, _c, _u, opt, ts_val, ts_ecr = _TCP32(mv, 20)
+                else:
+                    ports, seq, ack, off, flags, wnd = _TCP20(mv, 20)
+                    opt = ts_val = ts_ecr = 0
+                conn = fast.table.get((src, ports)) if flags & 0xF7 == _ACK_ONLY else None
+                if conn is not None and conn.local is local and conn.state == _ESTABLISHED:
+                    off &= 0xF0
+                    if conn.ts_ok:
+                        hlen = 32 if off == 0x80 and opt == _TS_WORD else 0
+                    elif off == 0x50:
+                        hlen = 20
+                        ts_val = ts_ecr = None
+                    else:
+                        hlen = 0
+                    if hlen:
+                        layer = fast.layer
+                        layer._in_input = True
+                        try:
+                            done = conn.predicted(seq, ack, wnd, ts_val, ts_ecr,
+                                                  mv[20 + hlen:total], 1, now)
+                        except Exception as e:
+                            layer._in_input = False
+                            fast.failed(conn, e)
+                            done = True
+                        else:
+                            layer._in_input = False
+                            if done:
+                                fast.hits += 1  # tcp_segments_in (FastPath.fold)
+                        if done:
+                            if not self._batch_wakeup:
+                                self.wakeup()
+                            return
+            self._tcp_one(src, local, mv[20:total], peer_key, now, False)
             return
         self._transport(src, dst, local, proto, mv[hl:total], mv[:total], peer_key, now)
 

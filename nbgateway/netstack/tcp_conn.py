@@ -312,10 +312,22 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                 self.snd_nxt = nxt
                 if nxt > self.snd_max:
                     self.snd_max = nxt
-                if self.rtx_at is None:
+                t = self.rtx_at
+                if t is None:
                     rto = self.rto
-                    self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
-                self._update_timer()
+                    t = self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
+                # _update_timer, inlined: the segment cleared the delayed ACK and
+                # no persist timer runs (checked above), so of the five timers
+                # only these three can be armed
+                x = self.keep_at
+                if x is not None and x < t:
+                    t = x
+                x = self.linger_at
+                if x is not None and x < t:
+                    t = x
+                self.timer_at = t
+                if self.heap_at is None or t < self.heap_at:
+                    self.layer.schedule(self)
                 return
         buf.append(data)
         if self.state in _SEND_STATES:

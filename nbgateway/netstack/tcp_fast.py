@@ -71,7 +71,9 @@ def fast_key(remote_raw: bytes, rport: int, lport: int) -> FastKey:
 
 
 class FastPath:
-    """Connection table by raw address bytes plus the fused input."""
+    """Connection table by raw address bytes plus the fused input (which
+    ``StackInput._input4`` runs inline for an option-less IPv4 header: keep
+    the two the same)."""
 
     __slots__ = ("_emits_folded", "_hits_folded", "counters", "emits", "enabled", "hits",
                  "layer", "stack", "table")
@@ -147,15 +149,21 @@ class FastPath:
         layer._in_input = True
         try:
             done = conn.predicted(seq, ack, wnd, ts_val, ts_ecr, seg[hlen:], 1, now)
-        except Exception as e:  # as TCPLayer._guarded: a bug resets one connection
+        except Exception as e:
             layer._in_input = False
-            layer._guarded(conn, _raise, e)
-            self.counters["tcp_segments_in"] += 1
+            self.failed(conn, e)
             return True
         layer._in_input = False
         if done:
             self.hits += 1  # tcp_segments_in (fold)
         return done
+
+    def failed(self, conn: Connection, e: Exception) -> None:
+        """``Connection.predicted`` raised ``e`` (a bug) on a fused input
+        (:meth:`input`, or the stack's inline copy of it): as
+        ``TCPLayer._guarded``, that resets one connection; the segment counts."""
+        self.layer._guarded(conn, _raise, e)
+        self.counters["tcp_segments_in"] += 1
 
 
 def _raise(e: Exception) -> None:
@@ -225,7 +233,18 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
     total = tcp_sum + tcp_len + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) \
         + flags + wnd
     if n:
-        total += _payload_sum(payload, n)
+        # _payload_sum, inlined
+        v = _from_bytes(payload, "big")
+        if n > 128:
+            bits = (n >> 2) << 4
+            mask = _FOLD_MASKS.get(bits)
+            if mask is None:
+                if len(_FOLD_MASKS) >= 512:
+                    _FOLD_MASKS.clear()
+                mask = _FOLD_MASKS[bits] = (1 << bits) - 1
+            v = (v >> bits) + (v & mask)
+        v %= 0xFFFF
+        total += v << 8 if n & 1 else v
     local, remote = conn.raw_addrs
     ttl = stack.ttl
     if v4:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from twisted.internet import error
 
+from nbgateway.netstack.congestion import CLOCK_G, RTO_MAX, RTO_MIN
 from nbgateway.netstack.tcp_const import (
     _SEND_STATES,
     _TEXT_STATES,
@@ -112,7 +113,21 @@ class ConnectionInput:
                 if ts_ecr:  # as _rtt_from_ts
                     d = ((int(now * 1000) + self.ts_offset) - ts_ecr) & MASK  # ts_now
                     if d < 60_000:
-                        rto.sample(d / 1000.0)
+                        # RTOEstimator.sample(d / 1000), inlined (RFC 6298 2.2-2.3)
+                        r = d / 1000.0
+                        srtt = rto.srtt
+                        if srtt is None:
+                            srtt = rto.srtt = r
+                            rttvar = rto.rttvar = r / 2
+                        else:
+                            err = srtt - r
+                            rttvar = rto.rttvar = 0.75 * rto.rttvar + 0.25 * (
+                                err if err >= 0.0 else -err)
+                            srtt = rto.srtt = 0.875 * srtt + 0.125 * r
+                        k = 4 * rttvar
+                        r = srtt + (k if k > CLOCK_G else CLOCK_G)
+                        rto.rto = RTO_MIN if r < RTO_MIN else RTO_MAX if r > RTO_MAX else r
+                        rto.backoff = 0
             elif self.rtt_seq is not None and ack >= self.rtt_seq:
                 rto.sample(now - self.rtt_time)
                 self.rtt_seq = None

@@ -112,17 +112,10 @@ class WireGuardProtocol(DatagramProtocol):
         self.sendDatagrams([data], addr)
 
     def sendDatagrams(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        reactor = None
         if self.batch_sends:
             reactor = getattr(self.transport, "reactor", None)
-            if reactor is not None:
-                if self._flush_call is None and self.send_first:
-                    # the turn's first send: out now (before the timer call,
-                    # which is not on the datagram's way); the end-of-turn
-                    # call marks the turn, so what follows in it is held
-                    self._send_now(datagrams, addr)
-                    if self._flush_call is None:
-                        self._flush_call = reactor.callLater(0, self._end_of_turn)
-                    return
+            if reactor is not None and (self._flush_call is not None or not self.send_first):
                 held = self._held.get(addr)
                 if held is None:
                     self._held[addr] = list(datagrams)
@@ -134,7 +127,24 @@ class WireGuardProtocol(DatagramProtocol):
                 elif self._flush_call is None:
                     self._flush_call = reactor.callLater(0, self._end_of_turn)
                 return
-        self._send_now(datagrams, addr)
+        # out now: output is not held, or this is the turn's first send (then
+        # the datagram leaves before the end-of-turn call is armed, which is
+        # not on its way; the call marks the turn, so what follows is held)
+        transport = self.transport
+        sock = getattr(transport, "socket", None)
+        if (len(datagrams) == 1 and sock is not None
+                and not getattr(transport, "_connectedAddr", None)
+                and self._families.get(addr[0])):
+            # one datagram to a checked address (a lone response): _send_now, inlined
+            data = datagrams[0]
+            try:
+                sock.sendto(data, addr)
+            except OSError as exc:
+                self._send_failed(exc, sock.sendto, data, addr)
+        else:
+            self._send_now(datagrams, addr)
+        if reactor is not None and self._flush_call is None:
+            self._flush_call = reactor.callLater(0, self._end_of_turn)
 
     def _end_of_turn(self) -> None:
         self._flush_call = None

@@ -595,3 +595,24 @@ def test_counters_fold_the_fused_paths_plain_ints_once(twin):
     assert diff["tx_packets"] == 1
     assert diff["rx_packets"] == 1
     assert stack._rx4 == 0 and (fast._hits_folded, fast._emits_folded) == (fast.hits, fast.emits)
+
+
+def test_an_exception_in_the_fused_input_resets_the_connection_as_the_general_path(twin):
+    """A bug under ``predicted`` (here: the application's ``tcp_data``
+    raising) resets that one connection on the fused input (the stack's
+    inline copy for IPv4, ``FastPath.input`` for IPv6) as ``TCPLayer._guarded``
+    does on the general path: the same (no) packets, counters and user events."""
+    twin.feed([twin.send(b"fine")])
+    for user in twin.users:
+        def boom(data, user=user):
+            user.events.append(("data", bytes(data)))
+            raise RuntimeError("a bug")
+        user.tcp_data = boom
+    before = twin.hits
+    assert twin.feed([twin.send(b"boom")]) == []
+    assert twin.hits == before  # counted as tcp_segments_in by FastPath.failed
+    assert twin.users[0].events[-1] == ("closed", "RuntimeError")
+    assert [s.counters["tcp_internal_errors"] for s in twin.stacks] == [1, 1]
+    assert not twin.stacks[0].tcp.conns
+    assert twin.stacks[0].counters["tcp_segments_in"] == twin.stacks[1].counters[
+        "tcp_segments_in"]
