@@ -14,6 +14,7 @@ twice and the whole set many times, so psycopg's generic plans answer too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from nbgateway.management import migrations
-from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account
+from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account, User
 from nbgateway.management.store import Store, _accesslog_query
 from nbgateway.management.store._base import StoreBase, normalise_dsn
 from nbgateway.management.store.schema import access_log_entries, access_log_hours, accounts
@@ -212,3 +213,29 @@ def test_migration_backfills_the_hour_counts(db_dsn):
         assert store.access_logs.list("a1", q).total_records == 2  # e1, e3
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("max_ids", [500, 1])
+def test_user_email_and_name_filters_match_brute_force(store, account, monkeypatch, max_ids):
+    """The users matched by e-mail / name are looked up first and passed as
+    ids (or, beyond ``MAX_USER_IDS``, as the subquery): same answers."""
+    monkeypatch.setattr(_accesslog_query, "MAX_USER_IDS", max_ids)
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
+    for a in (account.id, other.id):
+        for u in range(4):
+            store.users.create(User(id=f"{a}-u{u}", account_id=a, email=f"user{u}@{a}.example",
+                                    name=f"User {u}"))
+    rows = []
+    for i, e in enumerate(entries(account.id, 60) + entries(other.id, 20)):
+        rows.append(dataclasses.replace(e, user_id=f"{e.account_id}-u{i % 5}"))  # u4: no user
+    store.access_logs.append_many(rows)
+    for _ in range(6):
+        for filters, users in (({"user_email": "USER1@"}, {1}), ({"user_email": "@"}, {0, 1, 2, 3}),
+                               ({"user_name": "user 2"}, {2}), ({"user_email": "nobody"}, set()),
+                               ({"user_email": "user", "user_name": "3"}, {3})):
+            want = sorted((e for e in rows if e.account_id == account.id
+                           and int(e.user_id.rsplit("u", 1)[1]) in users),
+                          key=lambda e: (e.timestamp, e.id), reverse=True)
+            page = store.access_logs.list(account.id, AccessLogQuery(page_size=7, **filters))
+            assert page.total_records == len(want), filters
+            assert [e.id for e in page.data] == [e.id for e in want[:7]], filters

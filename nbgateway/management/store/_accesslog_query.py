@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 MAX_PAGE_SIZE = 100
 
+#: at most this many users matched by e-mail / name are passed as a list of ids
+MAX_USER_IDS = 500
+
 #: from this offset on, a page sorted by time over an index-only filter skips
 #: its offset in the index and fetches only the page's rows
 DEFER_OFFSET = 1000
@@ -69,6 +72,20 @@ def _like(value: str) -> str:
 
 def _contains(column: sa.ColumnElement, value: str) -> sa.ColumnElement[bool]:
     return sa.func.lower(column).like(_like(value), escape="\\")
+
+
+def _user_ids(
+    store: Store, ucond: list[sa.ColumnElement[bool]]
+) -> list[str] | sa.Select[tuple[str]]:
+    """The ids of the account's users matching *ucond* (e-mail / name
+    substrings), looked up first: a list of ids lets PostgreSQL count and
+    page each user's entries in ``ix_access_log_entries_account_user_time``
+    instead of reading every entry of the account against a subquery.  More
+    than :data:`MAX_USER_IDS` matches: the subquery (bounded parameters)."""
+    select = sa.select(users.c.id).where(*ucond)
+    with store._read() as conn:
+        ids = list(conn.execute(select.limit(MAX_USER_IDS + 1)).scalars())
+    return select if len(ids) > MAX_USER_IDS else ids
 
 
 def _in_group(store: Store, account_id: str, group_id: str) -> sa.ColumnElement[bool]:
@@ -240,7 +257,7 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
             ucond.append(_contains(users.c.email, q.user_email))
         if q.user_name:
             ucond.append(_contains(users.c.name, q.user_name))
-        conds.append(ale.c.user_id.in_(sa.select(users.c.id).where(*ucond)))
+        conds.append(ale.c.user_id.in_(_user_ids(store, ucond)))
     # literal text, the predicate of ix_access_log_entries_failed: with bound
     # values a generic (prepared) plan could not prove it and skip the index
     failed = sa.text(f"({_FAILED})")  # parenthesised: ANDed with the others
