@@ -170,28 +170,20 @@ def _raise(e: Exception) -> None:
     raise e
 
 
-#: ``(1 << bits) - 1`` for the fold widths of :func:`_payload_sum` (one per
-#: payload length / 4 seen: a few hundred at a tunnel MTU; cleared at 512)
-_FOLD_MASKS: dict[int, int] = {}
-
-
 def _payload_sum(payload: bytes | memoryview, n: int) -> int:
     """The one's-complement sum of ``n`` payload bytes as a small int (below
     2**24; unfolded, for a sum of small ints that is folded once).  The
-    payload is one big int; a modulo by 0xFFFF costs a division per 30-bit
-    digit, so above 128 bytes the int is first folded in half at a multiple
-    of 16 bits (2**16 is 1 modulo 0xFFFF, so that keeps the residue) with a
-    cached mask: a shift, an AND and an add instead of half the divisions."""
-    v = _from_bytes(payload, "big")
+    payload read as one big int is congruent to that sum modulo 0xFFFF
+    (2**16 is 1 modulo 0xFFFF); a modulo costs a division per 30-bit digit,
+    so above 128 bytes the payload is read as two ints, the second of an even
+    number of bytes (so the first's weight is a power of 2**16), and their
+    sum, about half as long, is reduced: the shift, mask and add a fold of
+    the one int would cost are not needed."""
     if n > 128:
-        bits = (n >> 2) << 4
-        mask = _FOLD_MASKS.get(bits)
-        if mask is None:
-            if len(_FOLD_MASKS) >= 512:
-                _FOLD_MASKS.clear()
-            mask = _FOLD_MASKS[bits] = (1 << bits) - 1
-        v = (v >> bits) + (v & mask)
-    v %= 0xFFFF
+        h = n - ((n >> 2) << 1)
+        v = (_from_bytes(payload[:h], "big") + _from_bytes(payload[h:], "big")) % 0xFFFF
+    else:
+        v = _from_bytes(payload, "big") % 0xFFFF
     return v << 8 if n & 1 else v  # an odd length: zero padded (times 256, mod 0xFFFF)
 
 
@@ -234,16 +226,11 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
         + flags + wnd
     if n:
         # _payload_sum, inlined
-        v = _from_bytes(payload, "big")
         if n > 128:
-            bits = (n >> 2) << 4
-            mask = _FOLD_MASKS.get(bits)
-            if mask is None:
-                if len(_FOLD_MASKS) >= 512:
-                    _FOLD_MASKS.clear()
-                mask = _FOLD_MASKS[bits] = (1 << bits) - 1
-            v = (v >> bits) + (v & mask)
-        v %= 0xFFFF
+            h = n - ((n >> 2) << 1)
+            v = (_from_bytes(payload[:h], "big") + _from_bytes(payload[h:], "big")) % 0xFFFF
+        else:
+            v = _from_bytes(payload, "big") % 0xFFFF
         total += v << 8 if n & 1 else v
     local, remote = conn.raw_addrs
     ttl = stack.ttl

@@ -198,7 +198,23 @@ class ConnectionInput:
             end = self.sndbuf.end
             if self.ack_now or end > self.snd_nxt or (self.fin_queued and self.snd_nxt == end):
                 self._output(now)
-            self._update_timer()
+            # _update_timer, inlined
+            t = self.rtx_at
+            x = self.delack_at
+            if x is not None and (t is None or x < t):
+                t = x
+            x = self.persist_at
+            if x is not None and (t is None or x < t):
+                t = x
+            x = self.keep_at
+            if x is not None and (t is None or x < t):
+                t = x
+            x = self.linger_at
+            if x is not None and (t is None or x < t):
+                t = x
+            self.timer_at = t
+            if t is not None and (self.heap_at is None or t < self.heap_at):
+                self.layer.schedule(self)
         return True
 
     def _syn_sent_input(self, seg: Segment, now: float) -> None:
