@@ -19,9 +19,11 @@ on 127.0.0.1 and measures:
   (as a gateway ships them, serialized beforehand), printing entries/s and
   entries per CPU-second of this process (the management's work plus grpcio's
   client side of one call per batch, so the per-core figure is a lower bound
-  for the management alone); comparison: a raw SQLAlchemy
+  for the management alone); comparisons: a raw SQLAlchemy core
   ``executemany`` of the same rows (one transaction per batch, no gRPC, no
-  validation), and the old path of one SendAccessLog per entry.
+  validation), the store's driver path alone on rows prepared beforehand
+  (``executemany_rows``: SQLite executemany of tuples, PostgreSQL binary
+  COPY + INSERT ... SELECT), and the old path of one SendAccessLog per entry.
 
 Ratios are gRPC / in-process, so the transport cost shows up independently of
 how busy the machine is.

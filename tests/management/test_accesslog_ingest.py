@@ -14,6 +14,7 @@ the same values as the single-entry path.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from datetime import UTC, datetime, timedelta
 
@@ -250,3 +251,19 @@ def test_stored_timestamp_text_is_sqlalchemys(store, account):
         proc = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
         for i, t in enumerate(stamps):
             assert raw[f"b-{i}"] == proc(t.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize("size", [3, 40])
+def test_a_value_out_of_range_refuses_the_batch_and_the_store_stays_usable(store, account, size):
+    """A value the column cannot hold (bytes_upload beyond BIGINT) fails the
+    batch as a ValidationError (422), on the COPY path too, with nothing
+    stored; the next batch on the same pooled connections goes through."""
+    entries = [AccessLogEntry(id=f"o-{i}", account_id=account.id, timestamp=T0)
+               for i in range(size)]
+    bad = [*entries[:-1], dataclasses.replace(entries[-1], bytes_upload=2**64)]
+    with pytest.raises(ValidationError):
+        store.access_logs.append_many(bad)
+    assert rows_of(store, account.id) == [] and counter(store, account.id) == 0
+    for _ in range(3):  # every pooled connection that may have seen the failure
+        assert store.access_logs.append_many(entries) in (size, 0)
+    assert len(rows_of(store, account.id)) == size == counter(store, account.id)
