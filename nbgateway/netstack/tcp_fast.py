@@ -262,6 +262,6 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
     packet = hdr + payload if n else hdr
     if stack._cork_depth:
         stack._corked.append(packet)
-    elif not stack.sender.sendPackets([packet]):  # as uncork() would hand it over
+    elif not stack.sender.sendPacket(packet):  # as uncork() would hand it over
         fast.counters["tx_refused"] += 1
     return True

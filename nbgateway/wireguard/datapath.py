@@ -216,7 +216,45 @@ class TransportPath:
 
     def sendPacket(self, packet: bytes) -> bool:
         """Encrypt one plaintext IP packet to the peer that owns its destination;
-        False if it was dropped (see :meth:`sendPackets`)."""
+        False if it was dropped (see :meth:`sendPackets`).
+
+        An IPv4 packet to a cached route whose peer has a fresh current
+        session (nothing staged, no rekey due) is encrypted and sent here,
+        as :meth:`sendPackets` does for a run of one (a lone response segment
+        of the netstack's fused output); anything else goes through it."""
+        n = len(packet)
+        if n >= 20 and packet[0] >> 4 == 4:
+            peer = self._route_cache.get(packet[16:20])
+            if peer is not None:
+                kp = peer.current
+                now = self._seconds()
+                if not (
+                    kp is None
+                    or n > self.mtu
+                    or peer._staged  # has_staged
+                    or kp.send_counter >= self._rekey_after_messages
+                    or now >= kp.rekey_at
+                    or peer.endpoint is None
+                    or self._link is None
+                ):
+                    if (peer._timers or peer.timers).new_handshake is None:
+                        self._arm_new_handshake(peer, now)
+                    counter = kp.send_counter
+                    if n & 15:
+                        pad = min(16 - (n & 15), self.mtu - n)
+                        if pad > 0:
+                            packet += _ZERO_PAD[:pad]
+                    data = _TRANSPORT_HDR(_TRANSPORT, kp.remote_index, counter) + \
+                        kp.send.encrypt(_NONCE(counter), packet, None)
+                    kp.send_counter = counter + 1
+                    # _flush_tx of a run of one
+                    self._link_run([data], peer.endpoint)
+                    peer.tx_bytes += len(data)
+                    (peer._timers or peer.timers).send_keepalive = None
+                    self._data_tx += 1
+                    if peer.persistent_keepalive:
+                        self._authenticated_traversal(peer, now)
+                    return True
         return self.sendPackets((packet,)) == 1
 
     def sendPackets(self, packets: Iterable[bytes]) -> int:

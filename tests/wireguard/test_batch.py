@@ -256,3 +256,36 @@ def test_a_failing_settle_is_counted_and_never_redelivers_a_run():
     delivered = [p[20:] for p in g.sink.packets()]
     assert delivered == [b"b1"]  # a's runs failed before their hand-over, once each
     assert g.counters["drop_internal_error"] == 2
+
+
+def test_send_packet_encrypts_as_a_send_packets_run_of_one():
+    """``sendPacket``'s own path (IPv4, cached route, fresh session) sends the
+    datagram ``sendPackets([packet])`` would, with the same counters, byte
+    counts and timers; the cases it does not take fall back and still send."""
+    _, _, g, a, _ = _star()
+    peer = g.peers[a.public_key]
+    real = g.link
+    for size in (0, 1, 15, 16, 17, 100, 700):
+        packet = ipv4_packet("10.0.0.10", "10.0.0.1", b"p" * size)
+        results = []
+        for send in (lambda p: g.sendPackets([p]) == 1, g.sendPacket):
+            kp = peer.current
+            start = kp.send_counter
+            peer.timers.new_handshake = peer.timers.send_keepalive = None
+            tx, data_tx = peer.tx_bytes, g.counters["data_tx"]
+            cap = g.link = Capture()
+            assert send(packet)
+            results.append((cap.calls, kp.send_counter - start, peer.tx_bytes - tx,
+                            g.counters["data_tx"] - data_tx, peer.timers.send_keepalive,
+                            peer.timers.new_handshake is not None))
+            kp.send_counter = start  # the second sender encrypts with the same nonce
+        assert results[0] == results[1]
+        assert results[0][1:4] == (1, len(results[0][0][0][1][0]), 1)
+    g.link = real
+    # not taken (an uncached route, IPv6): sendPackets sends it all the same
+    g._route_cache.clear()
+    cap = g.link = Capture()
+    assert g.sendPacket(ipv4_packet("10.0.0.10", "10.0.0.1", b"x"))
+    assert g.sendPacket(ipv4_packet("10.0.0.10", "10.0.0.99", b"x")) is False  # no route
+    assert len(cap.calls) == 1
+    g.link = real
