@@ -239,3 +239,33 @@ def test_user_email_and_name_filters_match_brute_force(store, account, monkeypat
             page = store.access_logs.list(account.id, AccessLogQuery(page_size=7, **filters))
             assert page.total_records == len(want), filters
             assert [e.id for e in page.data] == [e.id for e in want[:7]], filters
+
+
+def test_failures_index_includes_the_service_on_postgres(db_dsn):
+    """Revision 0018 rebuilds ``ix_access_log_entries_failed`` with
+    ``service_id`` included (PostgreSQL); its downgrade restores 0015's."""
+    engine = StoreBase.build_engine(normalise_dsn(db_dsn, None))
+
+    def definition(conn) -> str:
+        if conn.dialect.name != "postgresql":
+            return str(conn.execute(sa.text(
+                "SELECT sql FROM sqlite_master WHERE name = 'ix_access_log_entries_failed'"
+            )).scalar_one())
+        return str(conn.execute(sa.text(
+            "SELECT pg_get_indexdef(to_regclass('ix_access_log_entries_failed'))")).scalar_one())
+
+    try:
+        with engine.connect() as conn:
+            migrations.upgrade(conn, "0017")
+            before = definition(conn)
+            migrations.upgrade(conn, "0018")
+            after = definition(conn)
+            if conn.dialect.name == "postgresql":
+                assert "INCLUDE (status_code, service_id)" in after, after
+                assert "WHERE ((status_code >= 400) OR (reason <> ''::text))" in after, after
+            else:
+                assert after == before
+            migrations.downgrade(conn, "0017")
+            assert definition(conn) == before
+    finally:
+        engine.dispose()

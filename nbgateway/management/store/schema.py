@@ -370,14 +370,14 @@ sa.Index(
     access_log_entries.c.id,
 ).ddl_if(dialect="postgresql")
 # revision 0015: the failed entries of an account by time (list status=failed);
-# the predicate is the list's condition, textually
+# the predicate is the list's condition, textually; 0018: service_id included
 sa.Index(
     "ix_access_log_entries_failed",
     access_log_entries.c.account_id,
     access_log_entries.c.timestamp,
     access_log_entries.c.id,
     postgresql_where=sa.text("status_code >= 400 OR reason <> ''"),
-    postgresql_include=["status_code"],
+    postgresql_include=["status_code", "service_id"],
     sqlite_where=sa.text("status_code >= 400 OR reason <> ''"),
 )
 # revision 0015: entries per account, kept by triggers on access_log_entries
