@@ -222,7 +222,8 @@ def prepare_rows(
         raise ValueError(f"access log values have {len(cols)} fields, not {len(VALUE_FIELDS)}")
     if not all(cols[_ID]):
         cols[_ID] = [i or new_id() for i in cols[_ID]]
-    cols[_SOURCE_IP] = list(map(_unmap_cached, cols[_SOURCE_IP]))
+    if ":" in "".join(cols[_SOURCE_IP]):  # IPv4 text is canonical already
+        cols[_SOURCE_IP] = list(map(_unmap_cached, cols[_SOURCE_IP]))
     for i in _TEXT:
         if "\x00" in "".join(cols[i]):
             cols[i] = [_clean(v) for v in cols[i]]
