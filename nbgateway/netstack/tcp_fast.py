@@ -49,6 +49,11 @@ _OFF32 = 8 << 4
 _MASK = 0xFFFFFFFF
 _PROTO_TCP = 6
 _IP4_DF = 0x4000
+#: the constant words of the fused output's IPv4 header checksum (version and
+#: header length, DF, the header's 20 bytes, the protocol) and of the TCP
+#: checksum's data offset (8 words) plus the NOP NOP kind length word pair
+_IP4_HDR_WORDS = 0x4500 + _IP4_DF + 20 + _PROTO_TCP
+_TS_WORDS = 0x8000 + 0x0101 + 0x080A
 #: IPv4 header (no options), then the TCP header (20 bytes) with or without
 #: the aligned timestamp option; IPv6 likewise (version/class/flow word first)
 _O4 = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
@@ -222,8 +227,9 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
     ack = conn.rcv_nxt & _MASK
     # checksums: unfolded sums (checksum.py) of small ints, folded once; every
     # total here is positive, for which ``fold(total) == -total % 0xFFFF``
-    total = tcp_sum + tcp_len + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) \
-        + flags + wnd
+    # (a 32-bit field is added whole: it is congruent to the sum of its two
+    # 16-bit words modulo 0xFFFF, and only the residue matters)
+    total = tcp_sum + tcp_len + seq + ack + flags + wnd
     if n:
         # _payload_sum, inlined
         if n > 128:
@@ -236,15 +242,14 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
     ttl = stack.ttl
     if v4:
         ident = stack._ident = (stack._ident + 1) & 0xFFFF
-        hck = -(addr_sum + 0x8500 + 20 + tcp_len + ident + ((ttl << 8) | _PROTO_TCP)) % 0xFFFF
+        hck = -(addr_sum + tcp_len + ident + (ttl << 8) + _IP4_HDR_WORDS) % 0xFFFF
         if ts_val is None:
             ck = -(total + 0x5000) % 0xFFFF
             hdr = _O4.pack(0x45, 0, 20 + tcp_len, ident, _IP4_DF, ttl, _PROTO_TCP, hck,
                            local, remote, conn.lport, conn.rport, seq, ack, 0x50, flags, wnd,
                            ck, 0)
         else:
-            ck = -(total + 0x8000 + 0x0101 + 0x080A + (ts_val >> 16) + (ts_val & 0xFFFF)
-                   + (ts_ecr >> 16) + (ts_ecr & 0xFFFF)) % 0xFFFF
+            ck = -(total + ts_val + ts_ecr + _TS_WORDS) % 0xFFFF
             hdr = _O4TS.pack(0x45, 0, 20 + tcp_len, ident, _IP4_DF, ttl, _PROTO_TCP, hck,
                              local, remote, conn.lport, conn.rport, seq, ack, 0x80, flags, wnd,
                              ck, 0, _TS_WORD, ts_val, ts_ecr)
@@ -253,8 +258,7 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
         hdr = _O6.pack(0x60000000, tcp_len, _PROTO_TCP, ttl, local, remote, conn.lport,
                        conn.rport, seq, ack, 0x50, flags, wnd, ck, 0)
     else:
-        ck = -(total + 0x8000 + 0x0101 + 0x080A + (ts_val >> 16) + (ts_val & 0xFFFF)
-               + (ts_ecr >> 16) + (ts_ecr & 0xFFFF)) % 0xFFFF
+        ck = -(total + ts_val + ts_ecr + _TS_WORDS) % 0xFFFF
         hdr = _O6TS.pack(0x60000000, tcp_len, _PROTO_TCP, ttl, local, remote, conn.lport,
                          conn.rport, seq, ack, 0x80, flags, wnd, ck, 0, _TS_WORD, ts_val,
                          ts_ecr)
