@@ -71,7 +71,7 @@ class StackInput:
                 if packet.__class__ is bytes and packet and packet[0] >> 4 == 4 \
                         and not self._closed:
                     try:
-                        input4(memoryview(packet), peer_key)
+                        input4(memoryview(packet), peer_key, packet)
                     except Exception:
                         self._counters["error_internal"] += 1
                         log.failure("netstack: unexpected error handling an inbound packet")
@@ -113,7 +113,10 @@ class StackInput:
             self._counters["error_internal"] += 1
             log.failure("netstack: unexpected error handling an inbound packet")
 
-    def _input4(self, mv: memoryview, peer_key: bytes) -> None:
+    def _input4(self, mv: memoryview, peer_key: bytes, raw: bytes | None = None) -> None:
+        """One IPv4 packet (``mv``; ``raw``: the ``bytes`` it views from
+        offset 0, if it is one, so the fused input slices the payload out
+        of it as ``bytes``, which TCP delivers without another copy)."""
         c = self._counters
         n = len(mv)
         if n >= 20 and mv[0] == 0x45:
@@ -197,8 +200,10 @@ class StackInput:
                         layer = fast.layer
                         layer._in_input = True
                         try:
-                            done = conn.predicted(seq, ack, wnd, ts_val, ts_ecr,
-                                                  mv[20 + hlen:total], 1, now)
+                            done = conn.predicted(
+                                seq, ack, wnd, ts_val, ts_ecr,
+                                mv[20 + hlen:total] if raw is None else raw[20 + hlen:total],
+                                1, now)
                         except Exception as e:
                             layer._in_input = False
                             fast.failed(conn, e)

@@ -94,7 +94,7 @@ class TunnelTCPTransport:
     # ------------------------------------------------------------ ITransport
 
     def write(self, data: bytes) -> None:
-        if not isinstance(data, bytes):
+        if data.__class__ is not bytes and not isinstance(data, bytes):
             raise TypeError(f"Data must be bytes, not {type(data).__name__}")
         if self._lost or self._write_closed or self.conn.fin_queued or not data:
             return

@@ -151,11 +151,12 @@ class Twin:
         self.seq += len(payload)
         return pkt
 
-    def feed(self, packets: list[bytes]) -> list:
-        """Both stacks get ``packets`` (one batch); returns the fused one's
-        output segments after checking it equals the general one's."""
+    def feed(self, packets: list[bytes], batch: bool = False) -> list:
+        """Both stacks get ``packets`` (one batch; a lone packet through
+        ``packetReceived`` unless ``batch``); returns the fused one's output
+        segments after checking it equals the general one's."""
         for stack in self.stacks:
-            if len(packets) == 1:
+            if len(packets) == 1 and not batch:
                 stack.packetReceived(packets[0], KEY)
             else:
                 stack.packetsReceived(packets, KEY)
@@ -616,3 +617,16 @@ def test_an_exception_in_the_fused_input_resets_the_connection_as_the_general_pa
     assert not twin.stacks[0].tcp.conns
     assert twin.stacks[0].counters["tcp_segments_in"] == twin.stacks[1].counters[
         "tcp_segments_in"]
+
+
+def test_keepalive_exchanges_in_batches_of_one_take_the_fused_path(twin):
+    """``packetsReceived`` hands an IPv4 packet's ``bytes`` to the fused input,
+    which slices the payload out of them: the same results as the general path."""
+    for i in range(5):
+        before = twin.hits
+        twin.feed([twin.send(b"GET /%d HTTP/1.1\r\n\r\n" % i)], batch=True)
+        assert twin.hits == before + 1
+        assert twin.users[0].events[-1] == ("data", b"GET /%d HTTP/1.1\r\n\r\n" % i)
+        twin.advance(0.0001)
+        twin.write(b"R" * (300 + i))
+        twin.ack_all()
