@@ -78,7 +78,17 @@ class Deadline:
         owner = fifo.owner
         owner.live -= 1
         if owner.live == 0:
-            owner.idle()
+            # owner.idle(), inline: nothing pending (every request of a
+            # connection alone on the gateway ends here)
+            fifos = owner._fifos
+            if len(fifos) > MAX_IDLE_FIFOS:
+                fifos.clear()
+            else:
+                for each in fifos.values():
+                    each.entries.clear()
+                    each.dead = 0
+            if not owner.linger:
+                owner._disarm()
             return
         entries = fifo.entries
         if entries[0] is self:
@@ -150,7 +160,8 @@ class Deadlines:
     def idle(self) -> None:
         """No deadline is pending: empty the FIFOs (kept for reuse while there
         are few delays).  The timer stays armed while lingering (see the
-        module docstring), else it is cancelled."""
+        module docstring), else it is cancelled.  (``Deadline.cancel`` does
+        the same inline: keep both in step.)"""
         if len(self._fifos) > MAX_IDLE_FIFOS:
             self._fifos.clear()
         else:

@@ -139,6 +139,7 @@ class UpstreamConnection(Protocol):
         self._stray = False
 
     def _reset(self, new_parser: bool = True) -> None:
+        # (send() repeats this inline for the next exchange: keep both in step)
         if new_parser:
             self._parser: Any = httptools.HttpResponseParser(self)
         #: who gets the response head (``callback``) or the failure (``errback``):
@@ -176,9 +177,24 @@ class UpstreamConnection(Protocol):
         # The parser is kept: a fresh connection's is unused, and a pooled one
         # only ever ended a complete keep-alive response (llhttp is back at
         # the start of a message; anything else is never pooled).
-        self._reset(new_parser=False)
-        self._active = True
+        # self._reset(new_parser=False), inline
         self._d = d
+        self._headers = []
+        self._head_size = 0
+        self._status = 0
+        self._phrase = b""
+        self._head_done = False
+        self._complete = False
+        self._framing_eof = False
+        self._protocol = None
+        if self._early:
+            self._early = []
+        self._early_size = 0
+        self._body_sent = True
+        self._body_producer = None
+        self._got_bytes = False
+        self._reusable = True
+        self._active = True
         if self.paused:  # the previous relay left the socket paused
             self.paused = False
             self.transport.resumeProducing()

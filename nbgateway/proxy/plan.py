@@ -129,7 +129,9 @@ class RoutePlan:
         # the target: the request's own bytes when the route passes them
         # through unchanged (what outgoing_path returns, without decoding)
         if (self.passthrough and raw_path[1:2] != b"/" and raw_path[:1] == b"/"
-                and (not query or _SESSION_TOKEN_B not in query)):
+                and (not query or query.find(_SESSION_TOKEN_B) < 0)):
+            # (find, not "in": a bytes needle in bytes.__contains__ first
+            # fails as an int, an exception made and cleared per request)
             target = raw_path + b"?" + query if query else raw_path
         else:
             target = outgoing_path(self.route, path, query_s,

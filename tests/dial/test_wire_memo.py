@@ -63,3 +63,30 @@ def test_response_header_values_are_sanitised_as_add_raw_header_does(value):
         want.addRawHeader(name, v)
     assert d.response.headers._rawHeaders == want._rawHeaders
     assert d.response.length == 0
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"Content-Length", b"2"), (b"Server", b"up"), (b"Date", b"d")],
+    [(b"content-type", b"a"), (b"Content-Type", b"b")],  # one name, two spellings
+    [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"content-length", b"0")],
+    [(b"X-Never-Seen-%d" % random.randrange(10**9), b"v"), (b"Content-Length", b"1")],
+    [(b"X-Odd", b"a\rb"), (b"Content-Length", b"1")],
+    [(b"X-Long-" + b"n" * 80, b"v"), (b"X-Empty", b"")],
+    [],
+])
+def test_response_headers_are_the_add_raw_header_build(headers):
+    """The response head's dict is the addRawHeader build, with the name memo
+    empty and filled (asked twice: the first parse fills it)."""
+    for _ in range(2):
+        conn = UpstreamConnection(pool=None, key=(b"http", b"h", 80))
+        conn.makeConnection(StringTransport())
+        d = _D()
+        conn._active, conn._d = True, d
+        conn._parser = type("P", (), {"get_status_code": lambda self: 200})()
+        conn._headers = list(headers)
+        conn.on_headers_complete()
+        want = Headers()
+        for name, v in headers:
+            want.addRawHeader(name, v)
+        assert d.response.headers._rawHeaders == want._rawHeaders
+        assert all(type(v) is list for v in d.response.headers._rawHeaders.values())
