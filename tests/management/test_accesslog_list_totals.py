@@ -269,3 +269,27 @@ def test_failures_index_includes_the_service_on_postgres(db_dsn):
             assert definition(conn) == before
     finally:
         engine.dispose()
+
+
+def test_no_page_query_past_the_end(store, account):
+    """An empty result or a page past the end answers without the page query."""
+    store.access_logs.append_many(entries(account.id, 12))
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if "ORDER BY" in statement:  # a page query (the totals have no order)
+            statements.append(statement)
+
+    sa.event.listen(store._engine, "before_cursor_execute", seen)
+    try:
+        for q, total, n in ((AccessLogQuery(search="nomatch"), 0, 0),
+                            (AccessLogQuery(page=3, page_size=5), 12, 2),
+                            (AccessLogQuery(page=4, page_size=5), 12, 0),
+                            (AccessLogQuery(page=2, page_size=6, status="failed"), 6, 0)):
+            statements.clear()
+            page = store.access_logs.list(account.id, q)
+            assert (page.total_records, len(page.data)) == (total, n), q
+            assert len(statements) == (1 if n else 0), statements
+            assert page.total_pages == math.ceil(total / q.page_size)
+    finally:
+        sa.event.remove(store._engine, "before_cursor_execute", seen)

@@ -292,7 +292,9 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
         page = page.offset(offset)
     with store._read() as conn:
         total = int(conn.execute(_total(store, account_id, q, conds)).scalar_one())
-        rows = conn.execute(page).all()
+        # nothing matches, or the page is past the end: no page query (one
+        # that matches nothing would walk the account's every entry)
+        rows = conn.execute(page).all() if offset < total else []
     return AccessLogPage(
         data=tuple(row_access_log(r) for r in rows),
         page=q.page,
