@@ -96,6 +96,10 @@ class LeanResponse:
         self._conn.deliver(protocol)
 
 
+_new_response = LeanResponse.__new__
+_write_fallback = sockwrite.write_fallback
+
+
 class _ChunkedWriter:
     """Consumer for a streamed request body of unknown length."""
 
@@ -203,7 +207,11 @@ class UpstreamConnection(Protocol):
         # the head (and a buffered body) straight to the socket when Twisted
         # has nothing queued for it: no writability watch, no extra turn
         if body is None:
-            self._write(self.transport, head)
+            if self._write is _write_fallback:  # sockwrite.write_fallback, inline
+                sockwrite.DirectWriteStats.fallback += 1
+                self.transport.write(head)
+            else:
+                self._write(self.transport, head)
         elif isinstance(inline, bytes):
             self._write(self.transport, head + inline)
         else:
@@ -315,7 +323,13 @@ class UpstreamConnection(Protocol):
         d, self._d = self._d, None
         headers = _new_headers(Headers)  # no Headers.__init__: the dict is set here
         headers._rawHeaders = raw
-        response = LeanResponse(self, status, self._phrase, headers, length)
+        response = _new_response(LeanResponse)  # LeanResponse(...) without the __init__ call
+        response._conn = self
+        response.code = status
+        response.phrase = self._phrase
+        response.headers = headers
+        response.length = length
+        response.deliverBody = self.deliver  # type: ignore[method-assign] (one call less)
         if self._head_method:
             # llhttp would wait for a body HEAD never gets: end here, no reuse
             self._reusable = False

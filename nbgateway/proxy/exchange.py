@@ -340,7 +340,9 @@ class _Exchange:
         request = self.request
         request.unregisterProducer()
         if type(reason.value) is ResponseDone or reason.check(ResponseDone, PotentialDataLoss):
-            self.finish()
+            if not self.done:  # self.finish(), inline (the client is here)
+                self.done = True
+                request.finish()
             return
         # Truncated upstream body: the client must see an incomplete
         # response, not a well-formed short one.

@@ -50,6 +50,7 @@ from typing import Any
 import httptools
 from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 
 from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
     _CONNECTION,
@@ -60,7 +61,6 @@ from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
     _Head,
     http_date,
 )
-from nbgateway.proxy.headers import headers_from_raw
 from nbgateway.proxy.streaming import (
     H2C_PREFACE,
     STREAM_THRESHOLD,
@@ -74,6 +74,7 @@ MAX_FAST_HEAD = 8 * 1024
 MAX_FAST_HEADERS = 100
 #: bytes of pipelined requests buffered behind the current one before reading pauses
 MAX_PIPELINED = 64 * 1024
+_new_headers = Headers.__new__
 
 
 
@@ -194,7 +195,15 @@ class FastHTTPChannel(StreamingHTTPChannel):
             parser = self._parser = httptools.HttpRequestParser(head)
         else:  # llhttp is at the start of a message again: new fields, same parser
             head = self._parse_head
-            head.__init__()  # type: ignore[misc]
+            # head.__init__(), inline: the fields of a new head
+            head.url = b""
+            head.headers = {}
+            head.count = 0
+            head.host = None
+            head.length = None
+            head.close = False
+            head.decline = False
+            head.underscore = False
         try:
             parser.feed_data(buf[:end])
             method = parser.get_method()
@@ -216,7 +225,9 @@ class FastHTTPChannel(StreamingHTTPChannel):
             self._parser = None
         if self._head_deadline is not None:
             self._cancel_head_deadline()
-        req = FastRequest(self, method, head.url, headers_from_raw(head.headers), head.close)
+        headers = _new_headers(Headers)  # headers_from_raw(head.headers), inline
+        headers._rawHeaders = head.headers
+        req = FastRequest(self, method, head.url, headers, head.close)
         req.underscore_names = head.underscore
         req.channel_peer = self._peer  # type: ignore[attr-defined]
         req.channel_host = self._host  # type: ignore[attr-defined]

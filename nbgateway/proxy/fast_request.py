@@ -234,12 +234,25 @@ class FastRequest:
         if self.producer:
             raise ValueError("a producer is already registered")
         self.producer = producer
-        if self.channel is not None:
-            self.channel.registerProducer(producer, streaming)
+        channel = self.channel
+        if channel is not None:
+            if streaming and channel._requestProducer is None:
+                # HTTPChannel.registerProducer for a push producer, inline
+                # (FastHTTPChannel keeps twisted's; a test checks)
+                channel._requestProducer = producer
+                channel._requestProducerStreaming = True
+            else:
+                channel.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        if self.channel is not None:
-            self.channel.unregisterProducer()
+        channel = self.channel
+        if channel is not None:
+            if channel._requestProducerStreaming:
+                # HTTPChannel.unregisterProducer for a push producer, inline
+                channel._requestProducer = None
+                channel._requestProducerStreaming = None
+            else:
+                channel.unregisterProducer()
         self.producer = None
 
     def _head(self) -> bytes:

@@ -172,6 +172,7 @@ class ReverseProxy:
         _release_on_finish(self, account_id, request)
 
     def timeout_for(self, opts: TargetOptions) -> float:
+        # (render does this inline: keep both in step)
         t = opts.request_timeout if opts.request_timeout > 0 else self.default_timeout
         if self.max_dial_timeout > 0 and (t <= 0 or t > self.max_dial_timeout):
             t = self.max_dial_timeout
@@ -268,8 +269,13 @@ class ReverseProxy:
             return server.NOT_DONE_YET
         opts, dialer = checked
         query_s = query.decode("latin-1")
-        timeout = self.timeout_for(opts)
-        if _UPGRADE in request.requestHeaders._rawHeaders and _is_upgrade(request):
+        # self.timeout_for(opts), inline
+        timeout = opts.request_timeout if opts.request_timeout > 0 else self.default_timeout
+        cap = self.max_dial_timeout
+        if cap > 0 and (timeout <= 0 or timeout > cap):
+            timeout = cap
+        raw_in = request.requestHeaders._rawHeaders
+        if _UPGRADE in raw_in and _is_upgrade(request):
             self._relay_upgrade(request, ctx, route, opts, dialer, path, query_s, pool, state)
             return server.NOT_DONE_YET
         limited = not opts.direct_upstream and self.max_inflight > 0
@@ -281,7 +287,10 @@ class ReverseProxy:
         if opts.upstream_protocol == "h2":
             self._relay_h2(request, ctx, service, route, opts, dialer, timeout, pool, state)
             return server.NOT_DONE_YET
-        body = _request_body(request)
+        # _request_body(request); a bodiless request without a call
+        body = (None if (getattr(request, "body_stream", None) is None
+                         and _CONTENT_LENGTH not in raw_in and _TRANSFER_ENCODING not in raw_in)
+                else _request_body(request))
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
                                  skip_verify=opts.skip_tls_verify, timeout=timeout)
         head = None
