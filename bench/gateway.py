@@ -33,7 +33,8 @@ per request, no session resumption by wrk) on both.
 
 CPU per request: the user+system CPU time of the gateway process, and of the
 nginx reverse proxy's worker, during the 16-connection (and handshake) runs
-divided by the requests served -- steadier than req/s on a shared machine.
+divided by the requests served -- steadier than req/s on a shared machine --
+and the system (kernel) part of it.
 
 Checked in every round: zero wrk errors (connect/read/write/timeout/non-2xx), and
 for the gateway rounds exactly one access-log entry per request: wrk's completed
@@ -49,6 +50,9 @@ Run as root:  .venv/bin/python bench/gateway.py [--seconds 5] [--rounds 3] [--js
                                         i.e. twisted.web's server path; ab: every
                                         round measures both, restarting the gateway
                                         with the other setting in between)
+              [--strace]              (after the rounds: syscalls per request of
+                                        the gateway and of nginx's worker, counted
+                                        by strace -c in extra runs)
               [--floor]               (the second rows: the gateway's UDP port,
                                         WireGuard and netstack under the smallest
                                         Twisted + httptools proxy, see
@@ -259,8 +263,9 @@ def private_service(name: str, domain: str, group: str) -> dict:
                          "options": {"direct_upstream": True}}]}
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of ``pids`` so far (from /proc)."""
+def cpu_seconds(pids: list[int], *, system_only: bool = False) -> float:
+    """User + system CPU time of ``pids`` so far (from /proc); only the
+    system (kernel) part with ``system_only``."""
     total = 0
     for pid in pids:
         try:
@@ -268,8 +273,37 @@ def cpu_seconds(pids: list[int]) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        total += int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def strace_counts(pid: int, out_file: str, run_load) -> tuple[dict, dict]:
+    """Run ``run_load()`` (a wrk run) with ``strace -c`` attached to every
+    thread of ``pid``; returns (the wrk result, {syscall: calls})."""
+    tids = sorted(os.listdir(f"/proc/{pid}/task"))
+    argv = ["strace", "-c", "-qq", "-o", out_file]
+    for tid in tids:
+        argv += ["-p", tid]
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    try:
+        result = run_load()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    with open(out_file) as f:
+        return result, parse_strace_summary(f.read())
+
+
+def parse_strace_summary(text: str) -> dict[str, int]:
+    """``{syscall: calls}`` from the table ``strace -c`` writes (columns:
+    % time, seconds, usecs/call, calls, [errors,] syscall; the total row left out)."""
+    calls: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            calls[parts[-1]] = int(parts[3])
+    return calls
 
 
 def nginx_workers(d: str) -> list[int]:
@@ -355,8 +389,9 @@ def bring_up_private_app(w: World, hosts_dirs: list[str]) -> tuple[str, object, 
 
 
 def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
-              ab: bool = False) -> dict:
-    reason = unavailable_reason(need=("curl", "wg-quick", "wrk", "nginx", "openssl"))
+              ab: bool = False, strace: bool = False) -> dict:
+    reason = unavailable_reason(need=("curl", "wg-quick", "wrk", "nginx", "openssl")
+                                + (("strace",) if strace else ()))
     if reason is not None:
         raise RuntimeError(f"gateway benchmark unavailable: {reason}")
     out: dict = {"rounds": [], "access_log": []}
@@ -422,11 +457,12 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
                              "-o", py_spy, "-r", "200", "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     c0 = cpu_seconds(cpu_of.get(name, []))
+                    s0 = cpu_seconds(cpu_of.get(name, []), system_only=True)
                     if is_gw:
                         loss0, rtx0 = loss_counters(w), client_retransmits(ns)
                         udp0 = snmp(w.g, "Udp", "RcvbufErrors")
                     rnd[f"{name}_c{conns}"] = paths[name](conns)
-                    _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of.get(name, []))
+                    _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of.get(name, []), s0)
                     if is_gw:
                         loss1 = loss_counters(w)
                         done = max(1, rnd[f"{name}_c{conns}"]["requests"])
@@ -462,8 +498,9 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
                     before = ((log_lines(up_g), access_log_total(w))
                               if name in gw_tls else None)
                     c0 = cpu_seconds(cpu_of[name])
+                    s0 = cpu_seconds(cpu_of[name], system_only=True)
                     rnd[f"{name}_c{conns}"] = paths[name](conns)
-                    _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of[name])
+                    _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of[name], s0)
                     rnd[f"{name}_c1"] = paths[name](1)
                     c0 = cpu_seconds(cpu_of[name])
                     rnd[f"{name}_hs"] = paths[name](conns, close)
@@ -491,15 +528,33 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
                 out["rounds"].append(rnd)
                 print(f"round {i + 1}/{rounds}: " + ", ".join(
                     f"{k} {v['rps']:.0f}" for k, v in rnd.items()), file=sys.stderr)
+            if strace:
+                # extra runs after the rounds (tracing slows the traced
+                # process, so their req/s count nowhere): syscalls per request
+                # of the gateway and of nginx's worker, 16 connections
+                if ab and not fast_now:
+                    gw_pid = restart_gateway(w, token, True, ns, gw_ip, up_g)
+                traced = {"gateway": gw_pid, "nginx": nginx_workers(proxy_dir)[0]}
+                out["syscalls"] = {}
+                for name, pid in traced.items():
+                    if pid is None:
+                        continue
+                    res, calls = strace_counts(
+                        pid, os.path.join(tb.tmpdir, f"strace-{name}.txt"),
+                        lambda name=name: paths[name](conns))
+                    out["syscalls"][name] = {"requests": res["requests"], "calls": calls}
         finally:
             for d in hosts_dirs:
                 shutil.rmtree(d, ignore_errors=True)
     return out
 
 
-def _cpu_per_request(result: dict, c0: float, pids: list[int]) -> None:
+def _cpu_per_request(result: dict, c0: float, pids: list[int], s0: float | None = None) -> None:
     if pids and result["requests"]:
         result["cpu_ms_per_req"] = (cpu_seconds(pids) - c0) * 1000 / result["requests"]
+        if s0 is not None:
+            result["sys_ms_per_req"] = ((cpu_seconds(pids, system_only=True) - s0) * 1000
+                                        / result["requests"])
 
 
 def check_access_log(w: World, up_dir: str, before: tuple[int, int], wrk_done: int,
@@ -524,6 +579,8 @@ def summarize(out: dict, conns: int) -> dict:
                   "errors": sum(x["errors"] for x in xs),
                   "cpu_ms": (statistics.median(x["cpu_ms_per_req"] for x in xs)
                              if all("cpu_ms_per_req" in x for x in xs) else None),
+                  "sys_ms": (statistics.median(x["sys_ms_per_req"] for x in xs)
+                             if all("sys_ms_per_req" in x for x in xs) else None),
                   "requests": sum(x["requests"] for x in xs)}
     c = f"c{conns}"
     ratios = {
@@ -577,13 +634,14 @@ def report(out: dict, seconds: float, conns: int) -> bool:
     print(f"wrk -t1, {seconds:g} s per round, {len(out['rounds'])} interleaved rounds, "
           f"medians; nginx upstream returning {len(BODY)} B")
     print(f"  {'path':42s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'errors':>6s} {'CPU ms/req':>10s}")
+          f"{'errors':>6s} {'CPU ms/req':>10s} {'of it sys':>9s}")
     for k, v in med.items():
         name, _, c = k.rpartition("_")
         conn_label = {"c1": "1", "hs": f"{conns} new TLS"}.get(c, c[1:])
         cpu = f"{v['cpu_ms']:10.3f}" if v["cpu_ms"] else f"{'':10s}"
+        sys_ms = f"{v['sys_ms']:9.3f}" if v.get("sys_ms") is not None else ""
         print(f"  {LABELS[name]:42s} {conn_label:>5s} {v['rps']:9.0f} {v['p50_ms']:8.3f} "
-              f"{v['p99_ms']:8.3f} {v['errors']:6d} {cpu}")
+              f"{v['p99_ms']:8.3f} {v['errors']:6d} {cpu} {sys_ms}")
     print("ratios:")
     for k, v in s["ratios"].items():
         print(f"  {k:52s} {v:7.3f}")
@@ -597,6 +655,12 @@ def report(out: dict, seconds: float, conns: int) -> bool:
         x = dict(x)
         print(f"  during a {x.pop('path', 'gateway')} run: " + ", ".join(
             f"{k.replace('nbgateway_', '').replace('_total', '')} {v:.3g}" for k, v in x.items()))
+    for who, x in out.get("syscalls", {}).items():
+        done = max(1, x["requests"])
+        top = sorted(x["calls"].items(), key=lambda kv: -kv[1])[:8]
+        print(f"  syscalls per request, {who} under strace -c ({x['requests']} requests, "
+              f"{sum(x['calls'].values()) / done:.2f} in all): "
+              + ", ".join(f"{k} {n / done:.2f}" for k, n in top))
     print("zero errors and one access-log entry per request:", "yes" if all_ok else "NO")
     return all_ok
 
@@ -613,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
                              "instead of NBGW_HTTP_FAST")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--py-spy", help="record the gateway with py-spy (raw format) here")
+    parser.add_argument("--strace", action="store_true",
+                        help="after the rounds, count the gateway's and nginx's syscalls "
+                             "per request under strace -c (extra runs, not in the medians)")
     parser.add_argument("--fast-path", choices=("on", "off", "ab"), default="on",
                         help="the gateway's HTTP/1.1 fast path (off: NBGW_HTTP_FAST=0, the "
                              "twisted.web server path; ab: both in every round, the gateway "
@@ -643,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         out = run_bench(args.seconds, args.rounds, args.connections, args.py_spy,
-                        ab=args.fast_path == "ab")
+                        ab=args.fast_path == "ab", strace=args.strace)
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 2
