@@ -3,6 +3,7 @@ and retention by age and by per-account row count, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -51,9 +52,13 @@ def test_batch_is_stored_once_even_when_retried(store, account):
     assert store.access_logs.append_many(_entries(account.id, 100, start=200)) == 50
     ids = _ids(store, account.id)
     assert len(ids) == len(set(ids)) == 300
-    # a single append of a stored id does not duplicate either
-    store.access_logs.append(batch[0])
+    # a single append of a stored id does not duplicate either, and answers
+    # with the entry as stored, not the one it was given
+    again = store.access_logs.append(dataclasses.replace(batch[0], path="/changed"))
+    assert again.id == batch[0].id and again.path == batch[0].path
     assert store.access_logs.count(account.id) == 300
+    fresh = store.access_logs.append(dataclasses.replace(batch[0], id="single-new"))
+    assert fresh.id == "single-new" and store.access_logs.count(account.id) == 301
 
 
 def test_batch_duplicate_inside_one_batch_and_unknown_account(store, account):

@@ -443,11 +443,11 @@ class AccessLogRecords:
                 e = dataclasses.replace(
                     e, user_groups=self._capture_user_groups(conn, e.account_id, e.user_id)
                 )
+            if executemany_rows(conn, prepare_rows([entry_values(e)], conn.dialect.name)):
+                return e
+            # the id was stored already (the insert counted nothing): that entry
             existing = conn.execute(sa.select(ale).where(ale.c.id == e.id)).first()
-            if existing is not None:
-                return row_access_log(existing)
-            executemany_rows(conn, prepare_rows([entry_values(e)], conn.dialect.name))
-            return e
+            return row_access_log(existing) if existing is not None else e
 
         # access logs are append-only and never read-modify-write: no account lock needed,
         # but the account scope keeps the SQLite/Postgres paths uniform.
