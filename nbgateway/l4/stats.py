@@ -27,6 +27,7 @@ class L4Stats:
         self.udp_datagrams_out = 0
         self.udp_session_limit_hits = 0
         self.udp_rate_limit_hits = 0
+        self.udp_queue_drops = 0
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -53,6 +54,8 @@ class L4Stats:
              self.udp_session_limit_hits),
             ("udp_rate_limit_hits", "UDP sessions refused by the new-session rate",
              self.udp_rate_limit_hits),
+            ("udp_queue_drops", "UDP datagrams dropped while their session's private gate "
+             "was pending (queue full)", self.udp_queue_drops),
         ):
             yield CounterMetricFamily(f"nbgateway_l4_{name}", doc, value=value)
         fam = CounterMetricFamily("nbgateway_l4_bytes", "bytes relayed by L4 TCP relays",

@@ -6,8 +6,12 @@ datagram from a new client address opens a :class:`UDPSession` -- after the
 access restrictions, the per-service session bound (1,024) and the
 new-session rate (token bucket: 50/s, burst 100) and, for a private service,
 the private gate (datagrams from the client wait in a small bounded queue
-meanwhile) -- with its own upstream socket connected to the target.  Replies
-from the target go back to that client.  A sweep on the injected clock ends
+meanwhile: at most :data:`MAX_QUEUED` datagrams and :data:`MAX_QUEUED_BYTES`
+bytes per session, :data:`MAX_QUEUED_BYTES_SERVICE` bytes over all of a
+service's pending sessions, so a flood of 64 KiB datagrams while the gate's
+RPC runs costs a bounded amount of the memory every account shares) --
+with its own upstream socket connected to the target.  Replies from the
+target go back to that client.  A sweep on the injected clock ends
 sessions idle for the service's idle timeout; each ended session writes one
 access-log entry.  Datagrams are up to 65,535 bytes.
 
@@ -38,6 +42,10 @@ SESSION_BURST = 100.0
 MAX_DATAGRAM = 65535
 #: datagrams a session holds while its private gate is pending
 MAX_QUEUED = 16
+#: bytes a session holds while its private gate is pending
+MAX_QUEUED_BYTES = 64 * 1024
+#: bytes all pending sessions of one service hold together
+MAX_QUEUED_BYTES_SERVICE = 1024 * 1024
 SWEEP_MAX = 60.0
 
 
@@ -78,6 +86,7 @@ class UDPSession:
         self.last = now
         self.upstream: Any = None
         self.queue: list[bytes] = []
+        self.queued_bytes = 0
         self.state = "gate" if service.target.private else "open"
         self.bytes_up = 0
         self.bytes_down = 0
@@ -89,19 +98,32 @@ class UDPSession:
         self.upstream = self.service.open_upstream(self.service.target, _Upstream(self))
         self.state = "open"
         queue, self.queue = self.queue, []
+        self._unqueue()
         for data in queue:
             self.to_upstream(data)
 
     def to_upstream(self, data: bytes) -> None:
         self.bytes_up += len(data)
         if self.upstream is None:
-            if len(self.queue) < MAX_QUEUED:
+            size = len(data)
+            service = self.service
+            if (len(self.queue) < MAX_QUEUED and self.queued_bytes + size <= MAX_QUEUED_BYTES
+                    and service.queued_bytes + size <= MAX_QUEUED_BYTES_SERVICE):
                 self.queue.append(data)
+                self.queued_bytes += size
+                service.queued_bytes += size
+            else:
+                service.stats.udp_queue_drops += 1
             return
         try:
             self.upstream.write(data)
         except Exception as exc:
             log.debug("UDP write to upstream failed: {err}", err=str(exc))
+
+    def _unqueue(self) -> None:
+        """Give the queue's bytes back to the service's budget."""
+        self.service.queued_bytes -= self.queued_bytes
+        self.queued_bytes = 0
 
     def from_upstream(self, data: bytes) -> None:
         self.last = self.service.clock.seconds()
@@ -114,6 +136,8 @@ class UDPSession:
             return
         self.state = "closed"
         self.close_reason = reason
+        self.queue = []
+        self._unqueue()
         if self.upstream is not None:
             up, self.upstream = self.upstream, None
             maybeDeferred(up.stopListening)
@@ -137,6 +161,8 @@ class UDPService(DatagramProtocol):
         self.max_sessions = max_sessions
         self.bucket = TokenBucket(rate, burst, clock.seconds())
         self.sessions: dict[tuple[str, int], UDPSession] = {}
+        #: bytes queued by this service's sessions waiting for the private gate
+        self.queued_bytes = 0
         self.listening: Any = None
         #: the tunnel a private service's socket is bound on (see L4Manager.tunnel_of)
         self.tunnel: Any = None

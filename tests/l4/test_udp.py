@@ -103,3 +103,44 @@ def test_private_session_waits_for_the_gate_and_fails_closed():
     pending["100.64.0.3"].errback(RuntimeError("rpc down"))
     assert len(opened) == 1 and ended[-1].close_reason == "gate_error"
     assert svc.stats.denied == 1
+
+
+def test_pending_gate_queue_is_bounded_in_bytes_per_session_and_per_service():
+    """While the private gate's RPC runs, 64 KiB datagrams from many client
+    ports must not pile up: a session keeps at most MAX_QUEUED_BYTES, the
+    service at most MAX_QUEUED_BYTES_SERVICE over all its pending sessions
+    (before: 16 datagrams per session, up to 1 MiB each session)."""
+    from nbgateway.l4 import udp
+
+    pending: list[Deferred] = []
+
+    def gate(target, ip):
+        d = Deferred()
+        pending.append(d)
+        return d
+
+    svc, _clock, opened, _ = make(private=True, gate=gate)
+    big = b"x" * 60000
+    for _ in range(16):
+        svc.datagramReceived(big, ("100.64.0.2", 1))
+    first = svc.sessions[("100.64.0.2", 1)]
+    assert len(first.queue) == 1 and first.queued_bytes == 60000
+    for port in range(2, 80):  # the rate bucket allows 100 new sessions at once
+        for _ in range(4):
+            svc.datagramReceived(big, ("100.64.0.2", port))
+    held = sum(len(d) for s in svc.sessions.values() for d in s.queue)
+    assert held == svc.queued_bytes <= udp.MAX_QUEUED_BYTES_SERVICE
+    assert svc.stats.udp_queue_drops == 16 + 78 * 4 - held // 60000
+    # an allowed session flushes its queue and gives its bytes back
+    pending[0].callback((True, "", "u1", ()))
+    assert [len(d) for d, _ in opened[0].sent] == [60000]
+    assert first.queued_bytes == 0
+    # a denied session gives its bytes back to the service's budget
+    before = svc.queued_bytes
+    second = svc.sessions[("100.64.0.2", 2)]
+    n = second.queued_bytes
+    pending[1].callback((False, "denied", "", ()))
+    assert svc.queued_bytes == before - n
+    # closing every session returns the whole budget
+    svc.close("shutdown")
+    assert svc.queued_bytes == 0
