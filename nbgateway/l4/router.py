@@ -20,7 +20,11 @@ Per accepted connection (:class:`L4ServerProtocol`):
 
 Steps 1-2 share one deadline (``HEADER_TIMEOUT``, 5 s): a slow sender is cut.
 At most :data:`MAX_RELAYS` connections are live per router; beyond that a new
-connection is closed at once (log line, ``limit_hits`` counter).
+connection is closed at once (log line, ``limit_hits`` counter).  A router
+whose routes belong to more than one account (the main port, or a host port
+several accounts' TCP/TLS services share) gives one account at most half of
+its relays (:meth:`PortRouter.account_at_limit`, ``account_limit_hits``), so
+one tenant's clients cannot take every relay from the others.
 
 The main port (the public HTTP/HTTPS listener) has a router too, with an
 ``http_factory`` (the port's ``TLSOrPlainFactory``, the HTTP channel) whose
@@ -91,6 +95,8 @@ class PortRouter(Factory):
         self.fallback: L4Target | None = None
         #: live connections (a dict as an ordered set: 64 B empty, a set 216 B)
         self.connections: dict[L4ServerProtocol, None] = {}
+        #: live relays per account (the target's), see :meth:`account_at_limit`
+        self.account_relays: dict[str, int] = {}
         self.listening: Any = None  # the IListeningPort once bound
         #: the tunnel (netstack) a private router's listener is bound on; a
         #: re-created tunnel is a different object and needs a new listener
@@ -151,6 +157,30 @@ class PortRouter(Factory):
                      limit=self.max_relays, hits=self.stats.limit_hits)
         return True
 
+    def account_at_limit(self, account_id: str) -> bool:
+        """Refuse ``account_id`` one more relay?  On a router whose routes
+        belong to several accounts, one account holds at most half of
+        ``max_relays`` (logs and counts when refused); a router serving one
+        account's routes only gives it all of them."""
+        held = self.account_relays.get(account_id, 0)
+        if held < max(1, self.max_relays // 2):
+            return False
+        if len({t.account_id for t in self.targets()}) < 2:
+            return False
+        self.stats.account_limit_hits += 1
+        if self.stats.account_limit_hits == 1 or self.stats.account_limit_hits % 1000 == 0:
+            log.warn("account {account} holds half of port {port}'s TCP relays ({held}); "
+                     "refusing its new connections ({hits} so far)", account=account_id,
+                     port=self.port, held=held, hits=self.stats.account_limit_hits)
+        return True
+
+    def _relay_released(self, account_id: str) -> None:
+        held = self.account_relays.get(account_id, 0) - 1
+        if held > 0:
+            self.account_relays[account_id] = held
+        else:
+            self.account_relays.pop(account_id, None)
+
     def front(self, addr: Any) -> Protocol | None:
         """The main port's hook (``TLSOrPlainFactory.front``): this router's
         protocol when it has L4 routes or reads PROXY headers, else None (the
@@ -194,6 +224,8 @@ class L4ServerProtocol(Protocol):
         self.addr: Any = None
         self.http: Any = None  # the HTTP channel's protocol once handed over
         self._proxied_peer = False
+        #: the account whose relay count this connection holds (see _dial)
+        self._held: str | None = None
 
     # ------------------------------------------------------------------ phases
 
@@ -352,9 +384,14 @@ class L4ServerProtocol(Protocol):
     def _dial(self) -> None:
         target = self.target
         assert target is not None
-        if self.router.http_factory is not None and self.router.at_limit():
+        router = self.router
+        if ((router.http_factory is not None and router.at_limit())
+                or router.account_at_limit(target.account_id)):
             self._close("relay_limit")
             return
+        router.account_relays[target.account_id] = \
+            router.account_relays.get(target.account_id, 0) + 1
+        self._held = target.account_id
         self.state = "dialing"
         preamble = b""
         if target.proxy_protocol:
@@ -429,6 +466,9 @@ class L4ServerProtocol(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
         self.router.connections.pop(self, None)
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.router._relay_released(held)
         if self.http is not None:
             self.http.connectionLost(reason)
             return

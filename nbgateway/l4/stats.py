@@ -17,6 +17,7 @@ class L4Stats:
         self.relays_started = 0
         self.dial_failures = 0
         self.limit_hits = 0
+        self.account_limit_hits = 0
         self.header_timeouts = 0
         self.bad_input = 0
         self.no_route = 0
@@ -42,6 +43,8 @@ class L4Stats:
             ("dial_failures", "L4 upstream dials that failed", self.dial_failures),
             ("limit_hits", "connections refused at the per-router relay limit",
              self.limit_hits),
+            ("account_limit_hits", "connections refused because their account held half "
+             "of a shared router's relays", self.account_limit_hits),
             ("header_timeouts", "connections cut at the PROXY/SNI deadline",
              self.header_timeouts),
             ("bad_input", "malformed PROXY headers or missing required ones", self.bad_input),

@@ -193,3 +193,38 @@ def test_private_gate():
     assert dialed and proto.user_id == "user1"
     _proto2, client2 = accept(router, peer=("100.64.0.3", 1))
     assert client2.aborted and len(dialed) == 1 and router.stats.denied == 1
+
+
+def test_one_account_holds_at_most_half_of_a_shared_routers_relays():
+    """Two accounts' TLS routes on one port: account A's clients cannot take
+    every relay; B still gets one, and A gets its slot back when a relay ends.
+    Before, A's 4 connections took all 4 relays and B's was refused."""
+    router, _clock, _ep, dialed = make_router(max_relays=4)
+    router.set_route(target(mode="tls", sid="a", domain="a.example", account="A"))
+    router.set_route(target(mode="tls", sid="b", domain="b.example", account="B"))
+    conns = []
+    for i in range(3):
+        proto, client = accept(router, peer=("192.0.2.10", 40000 + i))
+        proto.dataReceived(client_hello("a.example"))
+        conns.append((proto, client))
+    assert [t.service_id for t in dialed] == ["a", "a"]
+    assert conns[2][0].close_reason == "relay_limit" and conns[2][1].aborted
+    assert router.stats.account_limit_hits == 1 and router.account_relays == {"A": 2}
+    proto_b, _ = accept(router, peer=("192.0.2.20", 40000))
+    proto_b.dataReceived(client_hello("b.example"))
+    assert [t.service_id for t in dialed] == ["a", "a", "b"]
+    conns[0][0].connectionLost(None)  # one of A's relays ends
+    assert router.account_relays == {"A": 1, "B": 1}
+    again, _ = accept(router, peer=("192.0.2.10", 41000))
+    again.dataReceived(client_hello("a.example"))
+    assert [t.service_id for t in dialed][-1] == "a" and again.state == "dialing"
+
+
+def test_a_router_of_one_account_gives_it_every_relay():
+    router, _clock, _ep, dialed = make_router(max_relays=4)
+    router.set_route(target(mode="tls", sid="a", domain="a.example", account="A"))
+    router.set_route(target(mode="tls", sid="a2", domain="a2.example", account="A"))
+    for i in range(4):
+        proto, _ = accept(router, peer=("192.0.2.10", 40000 + i))
+        proto.dataReceived(client_hello("a.example"))
+    assert len(dialed) == 4 and router.stats.account_limit_hits == 0
