@@ -5,8 +5,11 @@ its UDP relays) from the gateway's configuration and live objects: dials go
 through ``gateway.dialer_for`` (the account's tunnel, or the guarded host
 dialer for ``direct_upstream``), private connections through
 ``gateway.gate`` (roster short-circuit, then the validation cache), entries
-through ``gateway.access_log``.  The gateway object is used by attribute
-only; nothing here imports :mod:`nbgateway.service`.
+through ``gateway.access_log``.  A ``direct_upstream`` UDP target is an IP
+literal the dial guard allows and never one of this gateway's own UDP
+sockets (:func:`own_udp_socket`: the WireGuard port, the public UDP
+relays).  The gateway object is used by attribute only; nothing here
+imports :mod:`nbgateway.service`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
-from nbgateway.dial.guard import INVALID_HOST, parse_ip_literal
+from nbgateway.dial.guard import (
+    GATEWAY_LISTENER,
+    INVALID_HOST,
+    DialPolicy,
+    IPAddress,
+    Listener,
+    parse_ip_literal,
+)
 from nbgateway.l4.manager import L4Manager
 from nbgateway.l4.router import MAX_RELAYS
 from nbgateway.l4.target import L4Target
@@ -38,6 +48,34 @@ class _LateAccessLog:
         sink = getattr(self.gateway, "access_log", None)
         if sink is not None:
             sink.log(entry)
+
+
+def own_udp_sockets(manager: L4Manager) -> list[Listener]:
+    """This gateway's UDP sockets on the host: the WireGuard port (every
+    interface) and the public UDP relays' ports.  The dial guard's listener
+    set is TCP; a ``direct_upstream`` UDP target is checked against these."""
+    out = []
+    wg = manager.wg_port
+    if wg:
+        out.append(Listener(None, wg))
+    udp = manager.udp
+    for svc in (udp.services.values() if udp is not None else ()):
+        if not svc.target.private and svc.listening is not None:
+            try:
+                out.append(Listener.of(manager.bind_host, svc.target.listen_port))
+            except ValueError:
+                continue
+    return out
+
+
+def own_udp_socket(manager: L4Manager, policy: Any, ip: IPAddress, port: int) -> bool:
+    """Whether ``ip:port`` reaches one of this gateway's own UDP sockets
+    (:func:`own_udp_sockets`, judged as the guard judges its TCP listeners:
+    loopback, the unspecified address and this host's addresses for a socket
+    on every interface)."""
+    own = DialPolicy(listeners=lambda: own_udp_sockets(manager),
+                     is_local=getattr(policy, "is_local", lambda ip: False))
+    return own.check("", ip, port).reason == GATEWAY_LISTENER
 
 
 def attach_l4(gateway: Any) -> L4Manager:
@@ -107,7 +145,13 @@ def attach_l4(gateway: Any) -> L4Manager:
             ip = parse_ip_literal(target.host)
             if ip is None:
                 raise DirectUpstreamDeniedError(INVALID_HOST, target.host, target.port)
-            decision = gateway.direct.policy.check(target.account_id, ip, target.port)
+            policy = gateway.direct.policy
+            if own_udp_socket(manager, policy, ip, target.port):
+                # the WireGuard port or another service's public UDP relay,
+                # reached from this host's own address (the TCP guard's rule 1)
+                raise DirectUpstreamDeniedError(GATEWAY_LISTENER, target.host, target.port,
+                                                str(ip))
+            decision = policy.check(target.account_id, ip, target.port)
             if not decision:
                 raise DirectUpstreamDeniedError(decision.reason, target.host, target.port,
                                                 str(ip))
