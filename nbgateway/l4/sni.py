@@ -12,7 +12,10 @@ Rules (upstream's peek):
 - only the first record is parsed; a ClientHello that does not fit in it, or
   any malformed length inside it, means no server name;
 - a server name longer than 253 bytes, containing NUL or not ASCII is no
-  server name; names are lower-cased.
+  server name; names are lower-cased and one trailing root dot is dropped
+  (the routes are keyed by :func:`~nbgateway.routes.hosts.domain_key`, as the
+  HTTP side folds names: ``b.example.`` must not miss service B's TLS route
+  and land on the port's fallback, another service, maybe another account's).
 
 The read deadline (5 s) is the caller's: it calls nothing here when the clock
 runs out, it just closes the connection.
@@ -150,4 +153,5 @@ def _usable(name: bytes) -> str:
         text = name.decode("ascii")
     except UnicodeDecodeError:
         return ""
-    return text.lower()
+    text = text.lower()
+    return text[:-1] if text.endswith(".") else text

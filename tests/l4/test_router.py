@@ -228,3 +228,15 @@ def test_a_router_of_one_account_gives_it_every_relay():
         proto, _ = accept(router, peer=("192.0.2.10", 40000 + i))
         proto.dataReceived(client_hello("a.example"))
     assert len(dialed) == 4 and router.stats.account_limit_hits == 0
+
+
+def test_sni_with_a_root_dot_reaches_its_tls_route_not_another_accounts_fallback():
+    """A's TCP fallback and B's TLS route share a port: ``B.Example.`` is B's
+    name (the root dot and case folded as the HTTP side folds them); before,
+    it missed B's route and was relayed to A's service."""
+    router, _clock, _ep, dialed = make_router()
+    router.set_route(target(mode="tcp", sid="a", account="A"))
+    router.set_route(target(mode="tls", sid="b", domain="b.example", account="B"))
+    proto, _ = accept(router)
+    proto.dataReceived(client_hello("B.Example."))
+    assert [t.service_id for t in dialed] == ["b"]
