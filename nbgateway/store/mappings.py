@@ -23,7 +23,11 @@ the batch only after it was really applied.  Observer errors are logged and
 never undo stored state.
 
 Malformed mappings (empty id, unknown update type, past ``max_mappings``) are
-counted in :attr:`MappingStore.dropped` and skipped.
+counted in :attr:`MappingStore.dropped` and skipped.  A new mapping of an
+account that already holds ``max_per_account`` mappings is dropped the same
+way (and counted per account in :attr:`MappingStore.dropped_by_account`): one
+tenant with many services must not fill the table every account shares, so
+that the others' new services would be dropped.
 
 Memory: each mapping is kept serialized (~0.2 KiB for a plain service; a
 parsed ``ProxyMapping`` holds a upb arena of ~1.4 KiB), and the reads
@@ -56,6 +60,8 @@ REMOVED = pb.UPDATE_TYPE_REMOVED
 
 #: Default bound on stored mappings (management sends ~one per service).
 MAX_MAPPINGS = 100_000
+#: Default bound on one account's stored mappings (a tenth of the table).
+MAX_MAPPINGS_PER_ACCOUNT = 10_000
 
 
 class MappingObserver:
@@ -117,8 +123,12 @@ def _same_content(a: pb.ProxyMapping, b: pb.ProxyMapping) -> bool:
 class MappingStore:
     """In-memory mapping table keyed by service id, indexed by domain/account."""
 
-    def __init__(self, max_mappings: int = MAX_MAPPINGS) -> None:
+    def __init__(self, max_mappings: int = MAX_MAPPINGS,
+                 max_per_account: int = MAX_MAPPINGS_PER_ACCOUNT) -> None:
         self.max_mappings = max_mappings
+        self.max_per_account = max_per_account
+        #: account -> new mappings dropped because the account was full
+        self.dropped_by_account: dict[str, int] = {}
         #: id -> the mapping serialized (see the module docstring: memory)
         self._by_id: dict[str, bytes] = {}
         self._domains: dict[str, list[str]] = {}  # domain -> ids, newest last
@@ -237,6 +247,8 @@ class MappingStore:
                 self.dropped += 1
                 log.error("mapping table full ({n}); dropping {id}", n=len(self), id=mapping.id)
                 return
+            if self._account_full(stored):
+                return
             self._insert(stored, raw, pending)
             return
         old = _load(old_raw)
@@ -245,6 +257,20 @@ class MappingStore:
             self._notify(pending, "mapping_refreshed", stored)
         else:
             self._replace(old, stored, raw, pending)
+
+    def _account_full(self, mapping: pb.ProxyMapping) -> bool:
+        """Drop (count, log) a new mapping of an account at its bound."""
+        ids = self._accounts.get(mapping.account_id)
+        if ids is None or len(ids) < self.max_per_account:
+            return False
+        self.dropped += 1
+        account = mapping.account_id
+        n = self.dropped_by_account[account] = self.dropped_by_account.get(account, 0) + 1
+        if n == 1 or n % 1000 == 0:
+            log.error("account {account} holds {limit} mappings, the per-account bound; "
+                      "dropping {id} ({n} dropped so far)", account=account,
+                      limit=self.max_per_account, id=mapping.id, n=n)
+        return True
 
     def _index(self, mapping: pb.ProxyMapping) -> None:
         if mapping.domain:
@@ -280,9 +306,11 @@ class MappingStore:
     ) -> None:
         if old.account_id != new.account_id:
             # A service never moves between accounts upstream; if it does,
-            # treat it as remove + add so per-account state stays consistent.
+            # treat it as remove + add so per-account state stays consistent
+            # (the add within the new account's bound).
             self._remove(old.id, pending)
-            self._insert(new, raw, pending)
+            if not self._account_full(new):
+                self._insert(new, raw, pending)
             return
         self._unindex(old)
         self._by_id[new.id] = raw

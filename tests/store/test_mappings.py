@@ -346,3 +346,26 @@ def test_kept_serialized_and_read_as_fresh_copies():
     assert [e[0] for e in log.events] == ["refresh", "change"]
     assert store.lookup_domain("other.example").id == "s1"
     assert store.lookup_domain("s1.example") is None
+
+
+def test_one_account_cannot_fill_the_table_for_the_others() -> None:
+    """Account "big" at its bound: its next new mapping is dropped (counted
+    per account), another account's new mapping is still stored; changes to
+    big's stored mappings still apply.  Before, the only bound was the
+    table's, so one tenant's services could fill it and every other
+    account's new service was dropped."""
+    store = MappingStore(max_mappings=10, max_per_account=3)
+    store.stream_started()
+    store.apply_batch([mp(f"b{i}", account="big") for i in range(5)], False)
+    assert len(store.mappings_for_account("big")) == 3
+    assert store.dropped == 2 and store.dropped_by_account == {"big": 2}
+    store.apply_batch([mp("o1", account="other")], False)
+    assert store.get("o1") is not None
+    store.apply_batch([mp("b0", "moved.example", account="big", kind=M)], False)
+    assert store.get("b0").domain == "moved.example"
+    # a service moving into a full account is removed from its old one and dropped
+    store.apply_batch([mp("o1", account="big", kind=M)], False)
+    assert store.get("o1") is None and store.dropped_by_account == {"big": 3}
+    # room again after a removal
+    store.apply_batch([mp("b1", kind=R, account="big"), mp("b9", account="big")], False)
+    assert store.get("b9") is not None
