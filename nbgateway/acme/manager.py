@@ -121,9 +121,10 @@ class AcmeManager(MappingObserver):
         if ours is False:
             return  # the certificate directory already serves it
         self.services.setdefault(domain, {})[mapping.id] = mapping.account_id
-        if not self.schedule.want(domain, self.clock.seconds()):
-            log.warn("acme: too many domains; {domain} keeps its fallback certificate",
-                     domain=domain)
+        if not self.schedule.want(domain, self.clock.seconds(), owner=mapping.account_id):
+            log.warn("acme: too many domains (of all accounts, or of account {account}); "
+                     "{domain} keeps its fallback certificate", domain=domain,
+                     account=mapping.account_id)
             return
         if ours is not None:
             nb, na = ours

@@ -7,6 +7,15 @@ attempt is retried after an exponential backoff (``base`` doubling per
 consecutive failure up to ``cap``) with +-``jitter`` spread, or later when the
 server asked for it (Retry-After).  At most ``concurrency`` orders run at once.
 Nothing here does I/O or reads a clock: every call is fed ``now`` (seconds).
+
+Tenants: each domain has an *owner* (the account of its mapping; "" when the
+caller names none).  One named owner tracks at most ``max_per_owner``
+domains (of the ``max_domains`` all share), and :meth:`RenewalSchedule.due`
+takes due domains owner by owner, the owner whose last order began longest
+ago first, so one account with many due (or
+always failing) domains cannot keep another account's new domain waiting
+behind all of them for the few order slots (and the CA's rate limits) every
+account shares.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ class DomainState:
     last_error: str = ""
     in_flight: bool = False
     attempts: int = 0
+    owner: str = ""
 
 
 class RenewalSchedule:
@@ -42,6 +52,7 @@ class RenewalSchedule:
     def __init__(self, *, backoff_base: float = DEFAULT_BACKOFF_BASE,
                  backoff_cap: float = DEFAULT_BACKOFF_CAP, jitter: float = DEFAULT_JITTER,
                  concurrency: int = 1, max_domains: int = 10_000,
+                 max_per_owner: int | None = None,
                  min_interval: float = DEFAULT_MIN_INTERVAL,
                  rand: Callable[[], float] = random.random) -> None:
         self.backoff_base = backoff_base
@@ -50,21 +61,41 @@ class RenewalSchedule:
         self.concurrency = concurrency
         self.min_interval = min_interval
         self.max_domains = max_domains
+        #: one owner's share of ``max_domains`` (default: a quarter)
+        self.max_per_owner = max_per_owner if max_per_owner is not None else \
+            max(1, max_domains // 4)
         self.rand = rand
         self.domains: dict[str, DomainState] = {}
+        #: owner -> domains tracked
+        self.owned: dict[str, int] = {}
+        #: owner -> when its last order began (see :meth:`due`)
+        self.served: dict[str, float] = {}
 
     # -- what the mappings say ------------------------------------------------
-    def want(self, name: str, now: float) -> bool:
-        """Track ``name`` (due now unless already tracked); False when full."""
+    def want(self, name: str, now: float, owner: str = "") -> bool:
+        """Track ``name`` for ``owner`` (due now unless already tracked);
+        False when the schedule or the owner's share is full."""
         if name in self.domains:
             return True
         if len(self.domains) >= self.max_domains:
             return False
-        self.domains[name] = DomainState(name, next_at=now)
+        held = self.owned.get(owner, 0)
+        if owner and held >= self.max_per_owner:  # "": no owner named, no share
+            return False
+        self.owned[owner] = held + 1
+        self.domains[name] = DomainState(name, next_at=now, owner=owner)
         return True
 
     def drop(self, name: str) -> None:
-        self.domains.pop(name, None)
+        st = self.domains.pop(name, None)
+        if st is None:
+            return
+        held = self.owned.get(st.owner, 0) - 1
+        if held > 0:
+            self.owned[st.owner] = held
+        else:
+            self.owned.pop(st.owner, None)
+            self.served.pop(st.owner, None)
 
     # -- what the certificate directory says -----------------------------------
     def have_certificate(self, name: str, not_before: float, not_after: float,
@@ -83,18 +114,35 @@ class RenewalSchedule:
 
     # -- the orders ----------------------------------------------------------
     def due(self, now: float) -> list[str]:
-        """Domains to order now (marked in flight), within the concurrency."""
+        """Domains to order now (marked in flight), within the concurrency:
+        one per owner in turn, the owner served longest ago first (never
+        served: first), each owner's earliest due domain first."""
         free = self.concurrency - sum(1 for s in self.domains.values() if s.in_flight)
-        out: list[str] = []
+        if free <= 0:
+            return []
+        queues: dict[str, list[DomainState]] = {}
         for st in sorted(self.domains.values(), key=lambda s: (s.next_at, s.name)):
-            if free <= 0 or st.next_at > now:
+            if st.next_at > now:
                 break
-            if st.in_flight:
-                continue
-            st.in_flight = True
-            st.attempts += 1
-            out.append(st.name)
-            free -= 1
+            if not st.in_flight:
+                queues.setdefault(st.owner, []).append(st)
+        never = float("-inf")
+        owners = sorted(queues, key=lambda o: (self.served.get(o, never),
+                                               queues[o][0].next_at, o))
+        out: list[str] = []
+        depth = 0
+        while free > 0 and owners:
+            for owner in owners:
+                if free <= 0:
+                    break
+                st = queues[owner][depth]
+                st.in_flight = True
+                st.attempts += 1
+                self.served[owner] = now
+                out.append(st.name)
+                free -= 1
+            depth += 1
+            owners = [o for o in owners if len(queues[o]) > depth]
         return out
 
     def succeeded(self, name: str, not_before: float, not_after: float,

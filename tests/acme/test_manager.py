@@ -280,3 +280,20 @@ def test_ari_time_after_expiry_ignored(world):
     clock.advance(0)
     st = manager.schedule.domains[NAME]
     assert st.next_at == manager.schedule.renewal_time(st.not_before, st.not_after)
+
+
+def test_one_account_cannot_take_every_acme_slot(world):
+    """The manager names each domain's account to the schedule: account A
+    at its share (a quarter of max_domains) gets no more orders, account B's
+    domain is still ordered."""
+    clock, _store, account, _mgmt, manager, _cert_dir = world
+    manager.schedule.max_domains, manager.schedule.max_per_owner = 8, 2
+    for i in range(3):
+        manager.mapping_added(pb.ProxyMapping(id=f"a{i}", account_id="A",
+                                              domain=f"a{i}.example.test"))
+    manager.mapping_added(pb.ProxyMapping(id="b0", account_id="B", domain="b0.example.test"))
+    assert manager.schedule.owned == {"A": 2, "B": 1}
+    clock.advance(0)
+    clock.advance(20)
+    clock.advance(20)
+    assert sorted(account.orders) == ["a0.example.test", "a1.example.test", "b0.example.test"]

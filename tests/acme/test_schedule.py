@@ -119,3 +119,36 @@ def test_certificate_already_due_is_not_reordered_back_to_back():
     s.due(0.0)
     s.succeeded("a", not_before=-300.0, not_after=3.0, now=0.0)  # two thirds already past
     assert s.next_wakeup() == 10.0
+
+
+def test_one_owner_cannot_take_every_domain_slot():
+    s = _schedule(max_domains=8)  # a named owner's share: a quarter
+    assert all(s.want(f"a{i}", 0.0, owner="A") for i in range(2))
+    assert not s.want("a2", 0.0, owner="A")
+    assert s.want("b0", 0.0, owner="B")
+    s.drop("a0")
+    assert s.want("a2", 0.0, owner="A") and s.owned == {"A": 2, "B": 1}
+
+
+def test_due_takes_owners_in_turn_so_a_new_tenant_does_not_wait_behind_another():
+    """Account A has 50 domains that keep failing, due before B's new one;
+    one order slot: B's domain is ordered at the next free slot, not after
+    A's 50.  Before, due() took the earliest due domains whoever owned them."""
+    s = _schedule(max_domains=1000)
+    for i in range(50):
+        s.want(f"a{i:02}", 0.0, owner="A")
+    assert s.due(0.0) == ["a00"]
+    s.want("b.example", 5.0, owner="B")
+    s.failed("a00", 10.0, "boom")
+    assert s.due(10.0) == ["b.example"]  # B never served: before A's 49 waiting
+    s.succeeded("b.example", 0.0, 90 * 86400.0, now=20.0)
+    assert s.due(20.0) == ["a01"]
+
+
+def test_due_interleaves_owners_within_the_concurrency():
+    s = _schedule(concurrency=4)
+    for name in ("a1", "a2", "a3"):
+        s.want(name, 0.0, owner="A")
+    for name in ("b1", "b2"):
+        s.want(name, 1.0, owner="B")
+    assert s.due(1.0) == ["a1", "b1", "a2", "b2"]
