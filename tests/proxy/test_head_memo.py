@@ -1,0 +1,206 @@
+"""The remembered heads of the request path: a request head seen twice in a
+row on a fast-path connection (``FastHTTPChannel._remember``) and a whole
+upstream response from one read (``UpstreamConnection._remember``) are
+reused for byte-identical bytes instead of llhttp's callbacks.
+
+Checked against the general path (both memos off) byte for byte: the
+upstream request, the client's bytes and the access-log entries over a run
+of repeated, varied, refused, bodied, closing, pipelined and odd requests and
+responses (every golden case of ``test_lean_path`` three times in a row);
+that the memos are actually taken; and that a request's header lists are its
+own (a resource mutating them changes nothing for the next request)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httptools
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web import resource
+
+from nbgateway.dial.http11_conn import UpstreamConnection
+from nbgateway.proxy import fast
+from nbgateway.proxy.fast import FastHTTPChannel
+from nbgateway.proxy.streaming import ProxySite
+from tests.proxy.test_lean_path import CASES, GET, Path, _date_free
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nServer: up\r\n\r\nok"
+POST = (b"POST /form HTTP/1.1\r\nHost: app.example\r\nContent-Length: 3\r\n\r\nabc")
+CLOSE = GET.replace(b"Accept: */*\r\n", b"Accept: */*\r\nConnection: close\r\n")
+UNDERSCORE = GET.replace(b"Accept: */*\r\n", b"Accept: */*\r\nX_Under: 1\r\n")
+DUPS = GET.replace(b"Accept: */*\r\n", b"Accept: */*\r\nX-Dup: 1\r\nx-dup: 2\r\nX-Dup: 3\r\n")
+OTHER = GET.replace(b"/index.html", b"/other")
+#: GET with a bare LF in a header line: llhttp refuses it (twisted.web answers)
+BAD = GET.replace(b"User-Agent: t\r\n", b"User-Agent: t\n")
+
+#: (request, upstream answer, connection closes after) in order, on one path
+#: until a closing exchange starts a new one
+RUN: list[tuple[bytes, bytes, bool]] = []
+for _name, (_request, _answer) in CASES.items():
+    _close = _name == "no_type_no_length_close"
+    RUN += [(_request, _answer, _close)] * (1 if _close else 3)
+RUN += [(GET, OK, False)] * 4 + [
+    (GET, OK.replace(b"ok", b"no"), False),  # the same head, another body
+    (GET, OK + b"EXTRA", False),  # stray bytes after the response
+    (GET, OK, False), (GET, OK, False),
+    (OTHER, OK, False), (GET, OK, False), (OTHER, OK, False), (OTHER, OK, False),
+    (DUPS, OK, False), (DUPS, OK, False), (DUPS, OK, False),
+    (UNDERSCORE, OK, False), (UNDERSCORE, OK, False), (UNDERSCORE, OK, False),
+    (POST, OK, False), (POST, OK, False), (GET, OK, False), (GET, OK, False),
+    (GET, OK.replace(b"Server: up", b"Server: uq"), False), (GET, OK, False), (GET, OK, False),
+    (CLOSE, OK, True), (GET, OK, False), (GET, OK, False), (GET, OK, False),
+    (BAD, OK, False),
+]
+
+
+class _CountingParser:
+    """httptools' request parser, counting the heads fed to it."""
+
+    fed = 0
+
+    def __init__(self, head: Any) -> None:
+        self._p = httptools.HttpRequestParser(head)
+
+    def feed_data(self, data: bytes) -> None:
+        _CountingParser.fed += 1
+        self._p.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._p, name)
+
+
+class _Httptools:
+    HttpRequestParser = _CountingParser
+    HttpParserError = httptools.HttpParserError
+    HttpParserUpgrade = httptools.HttpParserUpgrade
+
+
+def _entry(e: Any) -> tuple:
+    return (e.service_id, e.host, e.path, e.method, e.response_code, e.source_ip,
+            e.auth_mechanism, e.user_id, e.bytes_upload, e.bytes_download)
+
+
+def _run(memo: bool) -> tuple[list[tuple[bytes, bytes]], list[tuple], int, int]:
+    """The run through fresh paths; (upstream request, client bytes) per
+    exchange, the log entries, heads fed to llhttp, upstream replays."""
+    out: list[tuple[bytes, bytes]] = []
+    entries: list[tuple] = []
+    replays = [0]
+    real_replay = UpstreamConnection._replay
+
+    def counting_replay(conn: UpstreamConnection, *a: Any) -> None:
+        replays[0] += 1
+        real_replay(conn, *a)
+
+    patches: list[tuple[Any, str, Any]] = [(fast, "httptools", _Httptools),
+                                           (UpstreamConnection, "_replay", counting_replay)]
+    if not memo:
+        patches += [(FastHTTPChannel, "_remember", lambda *a: None),
+                    (UpstreamConnection, "_remember", lambda *a: None)]
+    saved = [(obj, name, obj.__dict__[name] if isinstance(obj, type) else getattr(obj, name))
+             for obj, name, _ in patches]
+    for obj, name, value in patches:
+        setattr(obj, name, value)
+    _CountingParser.fed = 0
+    try:
+        path = Path()
+        for request, answer, close in RUN:
+            path.client.clear()
+            path.channel.dataReceived(request)
+            wire, proto = path.up.upstreams[-1]
+            sent = wire.value()
+            wire.clear()
+            if sent:
+                proto.dataReceived(answer)
+                if close:
+                    proto.connectionLost(Failure(Exception("closed")))
+            out.append((sent, _date_free(path.client.value())))
+            if close or path.client.disconnecting or not path.channel.fast:
+                entries += [_entry(e) for e in path.log.entries]
+                path = Path()
+        # two identical requests in one write (pipelined)
+        path.client.clear()
+        path.channel.dataReceived(GET + GET)
+        for _ in range(2):
+            wire, proto = path.up.upstreams[-1]
+            sent = wire.value()
+            wire.clear()
+            proto.dataReceived(OK)
+            out.append((sent, b""))
+        out.append((b"", _date_free(path.client.value())))
+        entries += [_entry(e) for e in path.log.entries]
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+    return out, entries, _CountingParser.fed, replays[0]
+
+
+class HeadMemoParityTests(unittest.TestCase):
+    def test_the_remembered_heads_give_the_general_paths_bytes(self):
+        general, general_entries, general_fed, general_replays = _run(memo=False)
+        memo, memo_entries, memo_fed, memo_replays = _run(memo=True)
+        self.assertEqual(len(memo), len(general))
+        for i, (got, want) in enumerate(zip(memo, general, strict=True)):
+            self.assertEqual(got, want, f"exchange {i}: {RUN[i][0][:40]!r}"
+                             if i < len(RUN) else "pipelined")
+        self.assertEqual(memo_entries, general_entries)
+        self.assertGreater(len(memo_entries), len(RUN) - 5)
+        # the memos were taken: fewer heads fed to llhttp, upstream replays
+        self.assertEqual(general_replays, 0)
+        self.assertGreater(general_fed - memo_fed, 20)
+        self.assertGreater(memo_replays, 20)
+
+
+class _Recording(resource.Resource):
+    """A fast-path resource that keeps its requests and mutates their headers."""
+
+    isLeaf = True
+    fast_protocol = FastHTTPChannel
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict[bytes, list[bytes]]] = []
+
+    def fast_route(self, host: bytes) -> Any:
+        return ("x", None)
+
+    def render(self, request: Any) -> bytes:
+        raw = request.requestHeaders._rawHeaders
+        self.seen.append({k: list(v) for k, v in raw.items()})
+        for values in raw.values():
+            values.append(b"evil")
+        raw[b"X-Added"] = [b"1"]
+        return b"ok"
+
+
+class HeadMemoIsolationTests(unittest.TestCase):
+    def test_each_request_gets_its_own_header_lists(self):
+        res = _Recording()
+        site = ProxySite(res, reactor=task.Clock(), fast=True)
+        channel = site.buildProtocol(IPv4Address("TCP", "100.64.0.10", 1))
+        client = StringTransport()
+        channel.makeConnection(client)
+        head = (b"GET /a HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-Dup: 1\r\nX-Dup: 2\r\n\r\n")
+        for _ in range(5):
+            channel.dataReceived(head)
+        self.assertIsNotNone(channel._memo)
+        self.assertEqual(channel.fast_requests, 5)
+        want = {b"Host": [b"x"], b"Accept": [b"*/*"], b"X-Dup": [b"1", b"2"]}
+        self.assertEqual(res.seen, [want] * 5)
+        self.assertEqual(client.value().count(b"HTTP/1.1 200 OK\r\n"), 5)
+
+    def test_a_long_head_is_not_remembered(self):
+        res = _Recording()
+        site = ProxySite(res, reactor=task.Clock(), fast=True)
+        channel = site.buildProtocol(IPv4Address("TCP", "100.64.0.10", 1))
+        channel.makeConnection(StringTransport())
+        head = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Long: %s\r\n\r\n" % (b"v" * fast.MAX_MEMO_HEAD)
+        for _ in range(3):
+            channel.dataReceived(head)
+        self.assertIsNone(channel._memo)
+        self.assertIsNone(channel._seen)
+        self.assertEqual(channel.fast_requests, 3)
