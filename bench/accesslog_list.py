@@ -251,11 +251,20 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
         "sort status_code": lambda r: (acct(r), Q(sort_by="status_code")),
         "sort duration asc": lambda r: (acct(r), Q(sort_by="duration", sort_order="asc")),
         "sort url": lambda r: (acct(r), Q(sort_by="url")),
+        "sort method": lambda r: (acct(r), Q(sort_by="method", sort_order=r.choice(
+            ["asc", "desc"]))),
+        "sort status_code asc p20": lambda r: (acct(r), Q(sort_by="status_code",
+                                                          sort_order="asc", page=20)),
+        "sort status_code + svc": lambda r: (a := acct(r), Q(
+            sort_by="status_code", service_id=f"{a}-svc{r.randrange(8)}")),
         "status=failed": lambda r: (acct(r), Q(status="failed")),
         "status=failed p5": lambda r: (acct(r), Q(status="failed", page=5)),
         "status=success": lambda r: (acct(r), Q(status="success")),
         "status_code=500": lambda r: (acct(r), Q(status_code=r.choice([500, 502, 404]))),
         "method=DELETE": lambda r: (acct(r), Q(method=r.choice(["DELETE", "put"]))),
+        "status_code=200/302": lambda r: (acct(r), Q(status_code=r.choice([200, 302]))),
+        "host + failed": lambda r: (acct(r), Q(host=f"app{r.randrange(8)}.",
+                                               status="failed")),
         "user_id": lambda r: (a := acct(r), Q(user_id=f"{a}-u{r.randrange(USERS)}")),
         "service_id": lambda r: (a := acct(r), Q(service_id=f"{a}-svc{r.randrange(8)}")),
         "source_ip": lambda r: (acct(r), Q(source_ip=f"203.0.{r.randrange(113)}."
@@ -302,6 +311,8 @@ def explain(store: Store, account: str, query: AccessLogQuery) -> list[str]:
     def grab(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith("SELECT") and "access_log_entries" in statement:
             captured.append((statement, parameters))
+        elif statement.startswith("SET LOCAL"):  # a walked page's plan settings
+            captured.append((statement, None))
 
     sa.event.listen(engine, "before_cursor_execute", grab)
     try:
@@ -312,6 +323,9 @@ def explain(store: Store, account: str, query: AccessLogQuery) -> list[str]:
     with engine.connect() as conn:
         for statement, parameters in captured:
             raw = conn.connection.driver_connection
+            if parameters is None:
+                raw.execute(statement)
+                continue
             plan = raw.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters,
                                prepare=False).fetchall()
             lines = [r[0] for r in plan]

@@ -399,6 +399,22 @@ access_log_hours = sa.Table(
     sa.Column("service_id", ID, primary_key=True),
     sa.Column("entries", sa.BigInteger(), nullable=False),
 )
+# revision 0019: entries per account and low-cardinality values (host by its
+# SHA-256), kept by triggers on PostgreSQL (method / status code / host totals
+# and sorts of the list); empty on SQLite
+access_log_values = sa.Table(
+    "access_log_values",
+    metadata,
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("service_id", ID, primary_key=True),
+    sa.Column("host_key", sa.LargeBinary(), primary_key=True),
+    sa.Column("method", BoundedString(32), primary_key=True),
+    sa.Column("status_code", sa.Integer(), primary_key=True),
+    sa.Column("failed", sa.Boolean(), primary_key=True),
+    sa.Column("host", sa.Text(), nullable=False),
+    sa.Column("entries", sa.BigInteger(), nullable=False),
+)
 # revision 0005: max(position) of a group's members (appending a member)
 sa.Index("ix_group_peers_group_position", group_peers.c.group_id, group_peers.c.position)
 
