@@ -12,10 +12,9 @@ Tenants: each domain has an *owner* (the account of its mapping; "" when the
 caller names none).  One named owner tracks at most ``max_per_owner``
 domains (of the ``max_domains`` all share), and :meth:`RenewalSchedule.due`
 takes due domains owner by owner, the owner whose last order began longest
-ago first, so one account with many due (or
-always failing) domains cannot keep another account's new domain waiting
-behind all of them for the few order slots (and the CA's rate limits) every
-account shares.
+ago first, so one account with many due (or always failing) domains cannot
+keep another account's new domain waiting behind all of them for the few
+order slots (and the CA's rate limits) every account shares.
 """
 
 from __future__ import annotations
