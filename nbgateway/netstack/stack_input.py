@@ -66,12 +66,77 @@ class StackInput:
         self._batch_wakeup = True
         try:
             input4 = self._input4
+            local_map = self._local
+            fast = self._tcp_fast
             for packet in packets:
                 # packetReceived, inlined for the common case: IPv4 in bytes
                 if packet.__class__ is bytes and packet and packet[0] >> 4 == 4 \
                         and not self._closed:
                     try:
-                        input4(memoryview(packet), peer_key, packet)
+                        # _input4 for the segment the fused TCP input may take
+                        # (an option-less header, not a fragment, TCP, ours),
+                        # inlined: every check first, touching nothing, and any
+                        # packet that fails one goes to _input4 whole, which
+                        # repeats the checks and counts the drop
+                        n = len(packet)
+                        if n >= 40 and packet[0] == 0x45 and fast is not None \
+                                and fast.enabled and not self._coalescing:
+                            _v, _t, total, _i, ff, _ttl, proto, _ck, src, dst = _IP4_HDR(packet)
+                            a, b, v = _IP4_THIRDS(packet)
+                            v += a + b
+                            local = local_map.get(dst)
+                            if (40 <= total <= n and v and not v % 0xFFFF and proto == _TCP
+                                    and not ff & 0x3FFF and local is not None
+                                    and 0 < src[0] < 224 and src[0] != 127
+                                    and src not in local_map
+                                    and not (self.verify_checksums and fold(
+                                        ones_sum(memoryview(packet)[12:total]) + _TCP + total
+                                        - 20))):
+                                self._rx4 += 1  # rx_packets (see Stack.counters)
+                                if self._peer_keys.get(src) is not peer_key:
+                                    self._remember_peer(src, peer_key)
+                                now = self.clock.seconds()
+                                # FastPath.input, inlined (every request of a
+                                # keep-alive exchange): the same checks, the
+                                # header read from the packet, the payload
+                                # sliced from its bytes (delivered uncopied)
+                                if total >= 52:
+                                    ports, seq, ack, off, flags, wnd, _c, _u, opt, ts_val, \
+                                        ts_ecr = _TCP32(packet, 20)
+                                else:
+                                    ports, seq, ack, off, flags, wnd = _TCP20(packet, 20)
+                                    opt = ts_val = ts_ecr = 0
+                                conn = fast.table.get((src, ports)) \
+                                    if flags & 0xF7 == _ACK_ONLY else None
+                                hlen = 0
+                                if conn is not None and conn.local is local \
+                                        and conn.state == _ESTABLISHED:
+                                    off &= 0xF0
+                                    if conn.ts_ok:
+                                        if off == 0x80 and opt == _TS_WORD:
+                                            hlen = 32
+                                    elif off == 0x50:
+                                        hlen = 20
+                                        ts_val = ts_ecr = None
+                                if hlen:
+                                    layer = fast.layer
+                                    layer._in_input = True
+                                    try:
+                                        done = conn.predicted(seq, ack, wnd, ts_val, ts_ecr,
+                                                              packet[20 + hlen:total], 1, now)
+                                    except Exception as e:
+                                        layer._in_input = False
+                                        fast.failed(conn, e)
+                                        continue
+                                    layer._in_input = False
+                                    if done:
+                                        fast.hits += 1  # tcp_segments_in (FastPath.fold)
+                                        continue
+                                # (the batch's wakeup follows the loop)
+                                self._tcp_one(src, local, memoryview(packet)[20:total],
+                                              peer_key, now, False)
+                                continue
+                        input4(memoryview(packet), peer_key)
                     except Exception:
                         self._counters["error_internal"] += 1
                         log.failure("netstack: unexpected error handling an inbound packet")
@@ -113,10 +178,10 @@ class StackInput:
             self._counters["error_internal"] += 1
             log.failure("netstack: unexpected error handling an inbound packet")
 
-    def _input4(self, mv: memoryview, peer_key: bytes, raw: bytes | None = None) -> None:
-        """One IPv4 packet (``mv``; ``raw``: the ``bytes`` it views from
-        offset 0, if it is one, so the fused input slices the payload out
-        of it as ``bytes``, which TCP delivers without another copy)."""
+    def _input4(self, mv: memoryview, peer_key: bytes) -> None:
+        """One IPv4 packet.  :meth:`packetsReceived` runs the common
+        case (an in-order segment of an established connection) inline and
+        hands everything else here."""
         c = self._counters
         n = len(mv)
         if n >= 20 and mv[0] == 0x45:
@@ -177,46 +242,7 @@ class StackInput:
             if self._coalescing:
                 self.coalescer.add(src, local, mv[20:total], peer_key, now)
                 return
-            fast = self._tcp_fast
-            if fast is not None and fast.enabled:
-                # FastPath.input, inlined (every request of a keep-alive
-                # exchange): the same checks, the header read from the packet
-                if n >= 32:
-                    ports, seq, ack, off, flags, wnd, _c, _u, opt, ts_val, ts_ecr = _TCP32(mv, 20)
-                else:
-                    ports, seq, ack, off, flags, wnd = _TCP20(mv, 20)
-                    opt = ts_val = ts_ecr = 0
-                conn = fast.table.get((src, ports)) if flags & 0xF7 == _ACK_ONLY else None
-                if conn is not None and conn.local is local and conn.state == _ESTABLISHED:
-                    off &= 0xF0
-                    if conn.ts_ok:
-                        hlen = 32 if off == 0x80 and opt == _TS_WORD else 0
-                    elif off == 0x50:
-                        hlen = 20
-                        ts_val = ts_ecr = None
-                    else:
-                        hlen = 0
-                    if hlen:
-                        layer = fast.layer
-                        layer._in_input = True
-                        try:
-                            done = conn.predicted(
-                                seq, ack, wnd, ts_val, ts_ecr,
-                                mv[20 + hlen:total] if raw is None else raw[20 + hlen:total],
-                                1, now)
-                        except Exception as e:
-                            layer._in_input = False
-                            fast.failed(conn, e)
-                            done = True
-                        else:
-                            layer._in_input = False
-                            if done:
-                                fast.hits += 1  # tcp_segments_in (FastPath.fold)
-                        if done:
-                            if not self._batch_wakeup:
-                                self.wakeup()
-                            return
-            self._tcp_one(src, local, mv[20:total], peer_key, now, False)
+            self._tcp_one(src, local, mv[20:total], peer_key, now)
             return
         self._transport(src, dst, local, proto, mv[hl:total], mv[:total], peer_key, now)
 

@@ -66,7 +66,13 @@ from nbgateway.netstack.tcp_const import (
     TIME_WAIT,
     TIME_WAIT_TIMEOUT,
 )
-from nbgateway.netstack.tcp_fast import emit
+from nbgateway.netstack.tcp_fast import (
+    _IP4_HDR_WORDS,
+    _O4TS,
+    _TS_WORD,
+    _TS_WORDS,
+    emit,
+)
 from nbgateway.netstack.tcp_input import ConnectionInput
 from nbgateway.netstack.tcp_output import ConnectionOutput
 from nbgateway.netstack.tcp_receive import ConnectionReceive
@@ -81,6 +87,15 @@ from nbgateway.netstack.tcp_wire import (
 if TYPE_CHECKING:
     from nbgateway.netstack.checksum import IPAddress
     from nbgateway.netstack.tcp import Listener, TCPLayer
+
+_from_bytes = int.from_bytes
+_O4TS_PACK = _O4TS.pack
+#: the constant words of the inline emit's checksums (``Connection.send``):
+#: the IP header's (plus the 32 TCP header bytes of its total length) and the
+#: TCP checksum's data offset, option words, ACK|PSH and the 32 header bytes
+#: of the pseudo-header's length
+_IP4_TS_HDR_WORDS = _IP4_HDR_WORDS + 32
+_TS_PSH_WORDS = _TS_WORDS + 0x18 + 32
 
 
 class TCPUser(Protocol):
@@ -300,10 +315,51 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                     self.ack_pending = 0
                     self.ack_now = False
                     self.delack_at = None
-                    ts_val = (int(now * 1000) + self.ts_offset) & MASK if self.ts_ok else None
-                    if not emit(self.layer.fast, self, nxt, ACK | PSH, field, seg, ts_val,
-                                self.ts_recent):
-                        self._emit_built(nxt, ACK | PSH, field, seg, ts_val)
+                    fast = self.layer.fast
+                    stack = fast.stack
+                    consts = self.fast_out
+                    if (self.ts_ok and seg is data and consts is not None and consts[2]
+                            and stack is not None and not stack._closed
+                            and n + 52 <= stack.mtu):
+                        # tcp_fast.emit of an IPv4 segment with the timestamp
+                        # option and a bytes payload, inlined (the common
+                        # response; the connection's constants are computed
+                        # by its first emit): the same bytes, counters, IP
+                        # ident and cork (tests/netstack/test_tcp_fastpath.py)
+                        ts_val = (int(now * 1000) + self.ts_offset) & MASK
+                        ts_ecr = self.ts_recent
+                        seq = nxt & MASK
+                        ack = rcv_nxt & MASK
+                        if n > 128:  # tcp_fast._payload_sum, inlined
+                            h = n - ((n >> 2) << 1)
+                            v = (_from_bytes(data[:h], "big") + _from_bytes(data[h:], "big")) \
+                                % 0xFFFF
+                        else:
+                            v = _from_bytes(data, "big") % 0xFFFF
+                        if n & 1:
+                            v <<= 8
+                        ident = stack._ident = (stack._ident + 1) & 0xFFFF
+                        ttl = stack.ttl
+                        local, remote = self.raw_addrs
+                        fast.emits += 1  # tcp_segments_out and tx_packets (FastPath.fold)
+                        packet = _O4TS_PACK(
+                            0x45, 0, n + 52, ident, 0x4000, ttl, 6,
+                            -(consts[1] + n + ident + (ttl << 8) + _IP4_TS_HDR_WORDS) % 0xFFFF,
+                            local, remote, self.lport, self.rport, seq, ack, 0x80, ACK | PSH,
+                            field,
+                            -(consts[0] + n + seq + ack + field + v + ts_val + ts_ecr
+                              + _TS_PSH_WORDS) % 0xFFFF,
+                            0, _TS_WORD, ts_val, ts_ecr) + data
+                        if stack._cork_depth:
+                            stack._corked.append(packet)
+                        elif not stack.sender.sendPacket(packet):  # as uncork() would
+                            fast.counters["tx_refused"] += 1
+                    else:
+                        ts_val = (int(now * 1000) + self.ts_offset) & MASK if self.ts_ok \
+                            else None
+                        if not emit(fast, self, nxt, ACK | PSH, field, seg, ts_val,
+                                    self.ts_recent):
+                            self._emit_built(nxt, ACK | PSH, field, seg, ts_val)
                 else:
                     self._emit(nxt, ACK | PSH, seg, now)
                 if nxt == self.snd_max and self.rtt_seq is None:

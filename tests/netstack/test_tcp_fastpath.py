@@ -24,6 +24,7 @@ import struct
 import pytest
 from twisted.internet.task import Clock
 
+from nbgateway.netstack.checksum import fold, ones_sum
 from nbgateway.netstack.stack import Stack
 from nbgateway.netstack.tcp import TCPLayer
 from nbgateway.netstack.tcp_conn import Connection
@@ -630,3 +631,119 @@ def test_keepalive_exchanges_in_batches_of_one_take_the_fused_path(twin):
         twin.advance(0.0001)
         twin.write(b"R" * (300 + i))
         twin.ack_all()
+
+
+def _ip4_fix(packet: bytearray) -> bytes:
+    """``packet`` with its IPv4 header checksum recomputed."""
+    hl = (packet[0] & 0x0F) * 4
+    packet[10:12] = b"\0\0"
+    packet[10:12] = struct.pack("!H", fold(ones_sum(packet[:hl])))
+    return bytes(packet)
+
+
+def _odd_ipv4_packets(twin: Twin) -> list[bytes]:
+    """IPv4 packets that fail one check each of the batch loop's inline input
+    (``StackInput.packetsReceived``), so ``_input4`` must take them whole."""
+    good = twin.segment(b"odd")  # in order, not sent: each variant below is spoilt
+    out = []
+    p = bytearray(good)
+    p[10] ^= 0xFF
+    out.append(bytes(p))  # bad IP header checksum
+    p = bytearray(good)
+    p[2:4] = struct.pack("!H", len(good) + 4)
+    out.append(_ip4_fix(p))  # total length beyond the packet
+    p = bytearray(good)
+    p[6] |= 0x20
+    out.append(_ip4_fix(p))  # a first fragment (MF)
+    p = bytearray(good)
+    p[19] = 255
+    out.append(_ip4_fix(p))  # not our address (a broadcast one: no ICMP error)
+    p = bytearray(good)
+    p[12] = 127
+    out.append(_ip4_fix(p))  # a loopback source
+    p = bytearray(good)
+    p[12] = 0
+    out.append(_ip4_fix(p))  # source 0.x
+    p = bytearray(good[:30])
+    p[2:4] = struct.pack("!H", 30)
+    out.append(_ip4_fix(p))  # a truncated TCP header
+    p = bytearray(good)
+    p[-1] ^= 0x01
+    out.append(bytes(p))  # a bad TCP checksum (dropped when verified)
+    # a header with options (IHL 6: one NOP word)
+    p = bytearray(good[:20]) + b"\x01\x01\x01\x00" + good[20:]
+    p[0] = 0x46
+    p[2:4] = struct.pack("!H", len(p))
+    out.append(_ip4_fix(p))
+    return out
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_the_batch_loops_inline_input_against_input4_for_odd_packets(twin, verify):
+    """``packetsReceived`` checks an IPv4 packet inline and runs the fused TCP
+    input itself; a packet failing any check goes to ``_input4`` untouched.
+    Odd packets between in-order segments, in one batch (coalescing off,
+    which would take a batch with two packets of one flow): the fused-path stack (the
+    inline loop) and the general one (``_input4`` for every packet) emit the
+    same bytes and end with the same counters, TCB and user events."""
+    if ":" in twin.me:
+        pytest.skip("IPv4 only")
+    for stack in twin.stacks:
+        stack.verify_checksums = verify
+        stack.coalesce = False
+    odd = _odd_ipv4_packets(twin)
+    batch = []
+    for i, bad in enumerate(odd):
+        batch += [bad, twin.send(b"seg %d" % i)]
+    before = twin.hits
+    twin.feed(batch, batch=True)
+    assert twin.hits - before == len(odd)
+    got = b"".join(e[1] for e in twin.users[0].events if e[0] == "data")
+    assert got.endswith(b"".join(b"seg %d" % i for i in range(len(odd))))
+    counters = twin.stacks[0].counters
+    for reason in ("drop_ip4_bad_checksum", "drop_ip4_truncated", "drop_not_local",
+                   "drop_bad_source", "drop_tcp_truncated"):
+        assert counters[reason] >= 1, reason
+    assert counters["drop_tcp_bad_checksum"] == (1 if verify else 0)
+    twin.advance(0.05)
+
+
+def test_send_emits_an_ipv4_timestamped_segment_inline(twin, monkeypatch):
+    """``Connection.send`` builds an IPv4 segment with timestamps itself
+    (``tcp_fast.emit`` inlined) once the connection's output constants exist;
+    everything else still calls ``emit``.  Both give the general path's bytes
+    (``Twin.compare``), for odd, even, short and long payloads, corked or not."""
+    from nbgateway.netstack import tcp_conn
+
+    calls = []
+    real_emit = tcp_conn.emit
+
+    def counting_emit(*a):
+        calls.append(a[1])
+        return real_emit(*a)
+
+    monkeypatch.setattr(tcp_conn, "emit", counting_emit)
+    inline = ":" not in twin.me and twin.ts
+    twin.feed([twin.send(b"req")])
+    twin.write(b"first")  # emit computes the connection's output constants
+    twin.ack_all()
+    for n in (1, 2, 129, 700, 701):
+        twin.feed([twin.send(b"req")])
+        calls.clear()
+        [seg] = twin.write(b"r" * n)
+        assert len(seg.payload) == n
+        fused = twin.conns[0][0]
+        assert (fused not in calls) == inline
+        twin.ack_all()
+    # corked: the packet waits for the stack's uncork, as emit's does
+    stack = twin.stacks[0]
+    for s in twin.stacks:
+        s.cork()
+    twin.feed([twin.send(b"req")])
+    for conns, clock in zip(twin.conns, twin.clocks, strict=True):
+        conns[0].send(b"c" * 50, clock.seconds())
+    assert [len(s._corked) for s in twin.stacks] == [1, 1] if inline else True
+    for s in twin.stacks:
+        s.uncork()
+    twin.compare()
+    assert stack.tcp.fast.emits >= 5
