@@ -218,6 +218,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
             headers._rawHeaders = raw
             req = FastRequest(self, memo[1], memo[2], headers, False)
             req.underscore_names = memo[5]
+            if not memo[5]:  # the headers stay as they are: the plan's lines hold
+                req.head_lines = memo[6]  # type: ignore[attr-defined]
             req.channel_peer = self._peer  # type: ignore[attr-defined]
             req.channel_host = self._host  # type: ignore[attr-defined]
             req.secure = self._secure  # type: ignore[attr-defined]
@@ -305,10 +307,13 @@ class FastHTTPChannel(StreamingHTTPChannel):
         leaves it there again, so the same bytes give the same method,
         target, headers, Host and verdicts: a byte-identical head takes
         these (the header lists copied per request) instead of llhttp's
-        callbacks.  Anything llhttp refuses never gets here."""
+        callbacks.  Anything llhttp refuses never gets here.  The last item
+        is the slot where the proxy's plan keeps its lines of these headers
+        (``nbgateway.proxy.plan``), handed on as ``head_lines`` when no header
+        name has an "_" (the front door removes those)."""
         self._memo = (head_bytes, method, head.url,
                       tuple((name, tuple(values)) for name, values in head.headers.items()),
-                      head.host, head.underscore)
+                      head.host, head.underscore, [None, b"", b""])
 
     def _dispatch(self, req: FastRequest) -> None:
         self._current = req

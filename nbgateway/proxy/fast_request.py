@@ -141,6 +141,9 @@ class FastRequest:
     proxy_error: str | None = None
     #: any request header name with "_" (set from the parse; True: unknown)
     underscore_names = True
+    #: a remembered head's slot for the plan's lines of its headers
+    #: (``FastHTTPChannel._remember``, ``nbgateway.proxy.plan``); None: none
+    head_lines: list[Any] | None = None
     producer: Any = None
     #: the resource's ``fast_route`` answer, set when the request is
     #: dispatched in the turn that routed it (None: route it again)

@@ -211,3 +211,46 @@ def test_a_request_after_a_mapping_update_uses_the_new_plan() -> None:
     assert b"\r\nX-Env: two\r\n" in second and b"X-Env: one" not in second
     assert b"\r\nHost: 127.0.0.2:8082\r\n" in second
     assert client.value().count(b"HTTP/1.1 200 OK\r\n") == 2
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS)
+def test_a_remembered_heads_lines_give_the_same_plan_head(mapping: pb.ProxyMapping) -> None:
+    """``head_lines`` (the slot a remembered request head carries, see
+    FastHTTPChannel._remember): the plan keeps the client's lines and the
+    Cookie line of those headers there and reuses them for the next request
+    of the same head and plan; the head is the one made without the slot."""
+    entry = entry_from_mapping(mapping)
+    reused = 0
+    for trusted, proto in ((None, "auto"), (None, "https")):
+        proxy = ReverseProxy(task.Clock(), None, lambda a, d: object(), forwarded_proto=proto,
+                             trusted_proxies=trusted)
+        plans: dict[int, RoutePlan] = {}
+        for headers in HEADER_SETS:
+            slot: list[Any] = [None, b"", b""]
+            for uri, body, method, identity, secure in itertools.product(
+                    URIS, BODIES, (b"GET", b"POST", b"HEAD"), (None, ALICE), (False, True)):
+                route = entry.service.router.match(uri.partition(b"?")[0].decode("latin-1"))
+                if route is None:
+                    continue
+                plan = plans.get(id(route))
+                if plan is None:
+                    plan = plans[id(route)] = RoutePlan(
+                        route, entry.service, TargetOptions.of(route.options),
+                        proxy.forwarded_proto, proxy.trusted_proxies)
+                if not plan.eligible:
+                    continue
+                plain = _Request(method, uri, headers, secure)
+                remembered = _Request(method, uri, headers, secure)
+                remembered.head_lines = slot  # type: ignore[attr-defined]
+                ctx = RequestContext(overlay=True, source_ip="100.64.0.10",
+                                     host=plain.getHeader(b"host").decode("latin-1"),
+                                     identity=identity, service=entry.service, route=route)
+                raw_path, _, query = uri.partition(b"?")
+                args = (method, raw_path, raw_path.decode("latin-1"), query,
+                        query.decode("latin-1"), body)
+                was = slot[0]
+                assert plan.head(remembered, ctx, *args) == plan.head(plain, ctx, *args), (
+                    headers, uri, body)
+                reused += was is plan
+    if "Host" not in mapping.path[0].options.custom_headers:
+        assert reused > 100
