@@ -15,7 +15,10 @@ the :class:`~nbgateway.l4.router.PortRouter` of its port:
 Conflicts and bind failures are recorded per service and reported ERROR
 with upstream's messages; :meth:`status` is what the account runtime
 reports (``ACTIVE`` only once the listener is bound).  Removing or changing a
-mapping closes its live relays.  ``udp`` mappings go to
+mapping closes its live relays.  One account's live TCP relays over all its
+routers (public, private, the main port) are at most ``max_account_relays``
+(default :data:`ACCOUNT_RELAYS_FACTOR` x ``--max-relays``): each router bounds
+its own relays, but an account may have many ports.  ``udp`` mappings go to
 :mod:`nbgateway.l4.udp`.
 """
 
@@ -42,6 +45,8 @@ LISTENER_LINGER = 30.0
 #: accept queue of an L4 host port (bursts of new connections; the kernel caps it)
 LISTEN_BACKLOG = 4096
 ERROR = pb.PROXY_STATUS_ERROR
+#: one account's live TCP relays over all its routers, in ``--max-relays``
+ACCOUNT_RELAYS_FACTOR = 4
 
 
 class _BoundByGateway:
@@ -66,7 +71,8 @@ class L4Manager:
                  gate: Callable[[L4Target, str], Deferred] | None = None,
                  tunnel_listen: Callable[[str, int, Any], Any] | None = None,
                  tunnel_of: Callable[[str], Any] | None = None,
-                 max_relays: int = MAX_RELAYS) -> None:
+                 max_relays: int = MAX_RELAYS,
+                 max_account_relays: int | None = None) -> None:
         self.reactor = reactor
         self.dial = dial
         self.bind_host = bind_host
@@ -87,6 +93,10 @@ class L4Manager:
         self.tunnel_of = tunnel_of
         #: live relays per port router (``--max-relays``)
         self.max_relays = max_relays
+        #: live TCP relays per account over all routers, and their bound
+        self.account_relays: dict[str, int] = {}
+        self.max_account_relays = (max_account_relays if max_account_relays is not None
+                                   else ACCOUNT_RELAYS_FACTOR * max_relays)
         self.stats = L4Stats(active=self.active_relays)
         #: public routers by host port; private routers by (account, port)
         self.public: dict[int, PortRouter] = {}
@@ -106,7 +116,8 @@ class L4Manager:
             self.main_port, clock=self.reactor, dial=self.dial, stats=self.stats,
             on_relay_end=self._relay_ended, proxy_protocol=self.proxy_protocol,
             trusted=self.trusted, http_factory=http_factory, http_lookup=http_lookup,
-            max_relays=self.max_relays)
+            max_relays=self.max_relays, totals=self.account_relays,
+            max_total=self.max_account_relays)
         router.listening = _BoundByGateway()
         self.main = router
         self.public[self.main_port] = router
@@ -212,7 +223,8 @@ class L4Manager:
             gate=self.gate if target.private else None, on_relay_end=self._relay_ended,
             proxy_protocol=self.proxy_protocol and not target.private,
             trusted=self.trusted, account_id=target.account_id if target.private else None,
-            max_relays=self.max_relays)
+            max_relays=self.max_relays, totals=self.account_relays,
+            max_total=self.max_account_relays)
 
     def _bind_public(self, router: PortRouter, mapping: Any) -> None:
         try:

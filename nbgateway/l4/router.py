@@ -24,7 +24,9 @@ connection is closed at once (log line, ``limit_hits`` counter).  A router
 whose routes belong to more than one account (the main port, or a host port
 several accounts' TCP/TLS services share) gives one account at most half of
 its relays (:meth:`PortRouter.account_at_limit`, ``account_limit_hits``), so
-one tenant's clients cannot take every relay from the others.
+one tenant's clients cannot take every relay from the others.  Routers of one
+gateway may also share a per-account total (``totals``/``max_total``, the
+manager's): one account's live relays over all its ports stay bounded too.
 
 The main port (the public HTTP/HTTPS listener) has a router too, with an
 ``http_factory`` (the port's ``TLSOrPlainFactory``, the HTTP channel) whose
@@ -77,7 +79,8 @@ class PortRouter(Factory):
                  trusted: Callable[[str], bool] | None = None,
                  max_relays: int = MAX_RELAYS, account_id: str | None = None,
                  http_factory: Any = None,
-                 http_lookup: Callable[[str], bool] | None = None) -> None:
+                 http_lookup: Callable[[str], bool] | None = None,
+                 totals: dict[str, int] | None = None, max_total: int = 0) -> None:
         self.port = port
         #: the main port's HTTP channel (None on an L4-only port)
         self.http_factory = http_factory
@@ -97,6 +100,10 @@ class PortRouter(Factory):
         self.connections: dict[L4ServerProtocol, None] = {}
         #: live relays per account (the target's), see :meth:`account_at_limit`
         self.account_relays: dict[str, int] = {}
+        #: live relays per account over every router sharing this dict
+        #: (None: not shared), at most ``max_total`` each (0: no bound)
+        self.totals = totals
+        self.max_total = max_total
         self.listening: Any = None  # the IListeningPort once bound
         #: the tunnel (netstack) a private router's listener is bound on; a
         #: re-created tunnel is a different object and needs a new listener
@@ -162,24 +169,41 @@ class PortRouter(Factory):
         belong to several accounts, one account holds at most half of
         ``max_relays`` (logs and counts when refused); a router serving one
         account's routes only gives it all of them."""
+        totals = self.totals
+        if (totals is not None and self.max_total
+                and totals.get(account_id, 0) >= self.max_total):
+            self._account_refused(account_id, f"its {self.max_total} TCP relays over all "
+                                  "its ports")
+            return True
         held = self.account_relays.get(account_id, 0)
         if held < max(1, self.max_relays // 2):
             return False
         if len({t.account_id for t in self.targets()}) < 2:
             return False
-        self.stats.account_limit_hits += 1
-        if self.stats.account_limit_hits == 1 or self.stats.account_limit_hits % 1000 == 0:
-            log.warn("account {account} holds half of port {port}'s TCP relays ({held}); "
-                     "refusing its new connections ({hits} so far)", account=account_id,
-                     port=self.port, held=held, hits=self.stats.account_limit_hits)
+        self._account_refused(account_id, f"half of port {self.port}'s TCP relays ({held})")
         return True
 
+    def _account_refused(self, account_id: str, what: str) -> None:
+        self.stats.account_limit_hits += 1
+        if self.stats.account_limit_hits == 1 or self.stats.account_limit_hits % 1000 == 0:
+            log.warn("account {account} holds {what}; refusing its new connections "
+                     "({hits} so far)", account=account_id, what=what,
+                     hits=self.stats.account_limit_hits)
+
+    def _relay_taken(self, account_id: str) -> None:
+        self.account_relays[account_id] = self.account_relays.get(account_id, 0) + 1
+        if self.totals is not None:
+            self.totals[account_id] = self.totals.get(account_id, 0) + 1
+
     def _relay_released(self, account_id: str) -> None:
-        held = self.account_relays.get(account_id, 0) - 1
-        if held > 0:
-            self.account_relays[account_id] = held
-        else:
-            self.account_relays.pop(account_id, None)
+        for counts in (self.account_relays, self.totals):
+            if counts is None:
+                continue
+            held = counts.get(account_id, 0) - 1
+            if held > 0:
+                counts[account_id] = held
+            else:
+                counts.pop(account_id, None)
 
     def front(self, addr: Any) -> Protocol | None:
         """The main port's hook (``TLSOrPlainFactory.front``): this router's
@@ -389,8 +413,7 @@ class L4ServerProtocol(Protocol):
                 or router.account_at_limit(target.account_id)):
             self._close("relay_limit")
             return
-        router.account_relays[target.account_id] = \
-            router.account_relays.get(target.account_id, 0) + 1
+        router._relay_taken(target.account_id)
         self._held = target.account_id
         self.state = "dialing"
         preamble = b""

@@ -29,6 +29,7 @@ class L4Stats:
         self.udp_session_limit_hits = 0
         self.udp_rate_limit_hits = 0
         self.udp_queue_drops = 0
+        self.udp_account_limit_hits = 0
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -59,6 +60,8 @@ class L4Stats:
              self.udp_rate_limit_hits),
             ("udp_queue_drops", "UDP datagrams dropped while their session's private gate "
              "was pending (queue full)", self.udp_queue_drops),
+            ("udp_account_limit_hits", "UDP sessions refused at the per-account bound "
+             "(over the account's services)", self.udp_account_limit_hits),
         ):
             yield CounterMetricFamily(f"nbgateway_l4_{name}", doc, value=value)
         fam = CounterMetricFamily("nbgateway_l4_bytes", "bytes relayed by L4 TCP relays",

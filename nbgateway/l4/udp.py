@@ -13,7 +13,10 @@ RPC runs costs a bounded amount of the memory every account shares) --
 with its own upstream socket connected to the target.  Replies from the
 target go back to that client.  A sweep on the injected clock ends
 sessions idle for the service's idle timeout; each ended session writes one
-access-log entry.  Datagrams are up to 65,535 bytes.
+access-log entry.  Datagrams are up to 65,535 bytes.  One account's live
+sessions over all its services are at most :data:`MAX_ACCOUNT_SESSIONS`
+(each may hold a host socket: the bound keeps one tenant from taking the
+process's file descriptors and memory).
 
 :class:`UDPRelays` keeps the services of one gateway (added/removed by
 :class:`~nbgateway.l4.manager.L4Manager`).  Sockets come from injected
@@ -37,6 +40,8 @@ from nbgateway.routes.restrictions import parse_ip
 log = Logger()
 
 MAX_SESSIONS = 1024
+#: live sessions of one account over all its UDP services
+MAX_ACCOUNT_SESSIONS = 4 * MAX_SESSIONS
 SESSION_RATE = 50.0
 SESSION_BURST = 100.0
 MAX_DATAGRAM = 65535
@@ -151,8 +156,13 @@ class UDPService(DatagramProtocol):
                  gate: Callable[[L4Target, str], Any] | None = None,
                  on_session_end: Callable[[UDPSession], None] | None = None,
                  max_sessions: int = MAX_SESSIONS, rate: float = SESSION_RATE,
-                 burst: float = SESSION_BURST) -> None:
+                 burst: float = SESSION_BURST,
+                 account_sessions: dict[str, int] | None = None,
+                 max_account_sessions: int = MAX_ACCOUNT_SESSIONS) -> None:
         self.target = target
+        #: live sessions per account, shared by the account's services (None: alone)
+        self.account_sessions = account_sessions
+        self.max_account_sessions = max_account_sessions
         self.clock = clock
         self.stats = stats
         self.open_upstream = open_upstream
@@ -186,6 +196,14 @@ class UDPService(DatagramProtocol):
         s = self.sessions.pop(key, None)
         if s is None:
             return
+        counts = self.account_sessions
+        if counts is not None:
+            account = self.target.account_id
+            held = counts.get(account, 0) - 1
+            if held > 0:
+                counts[account] = held
+            else:
+                counts.pop(account, None)
         s.close(reason)
         if self.on_session_end is not None:
             try:
@@ -231,11 +249,20 @@ class UDPService(DatagramProtocol):
                 log.warn("UDP session limit ({limit}) reached for service {service}",
                          limit=self.max_sessions, service=self.target.service_id)
             return None
+        t = self.target
+        counts = self.account_sessions
+        if counts is not None and counts.get(t.account_id, 0) >= self.max_account_sessions:
+            self.stats.udp_account_limit_hits += 1
+            if not self.limit_logged:
+                self.limit_logged = True
+                log.warn("UDP session limit of account {account} ({limit} over its "
+                         "services) reached at service {service}", account=t.account_id,
+                         limit=self.max_account_sessions, service=t.service_id)
+            return None
         if not self.bucket.take(now):
             self.stats.udp_rate_limit_hits += 1
             return None
         self.limit_logged = False
-        t = self.target
         if t.restrictions is not None:
             ip = parse_ip(key[0])
             if ip is None or t.restrictions.check(ip, overlay=t.private) is not None:
@@ -243,6 +270,8 @@ class UDPService(DatagramProtocol):
                 return None
         session = UDPSession(self, key, now)
         self.sessions[key] = session
+        if counts is not None:
+            counts[t.account_id] = counts.get(t.account_id, 0) + 1
         if t.private:
             if self.gate is None:
                 self._end(key, "not_overlay")
@@ -289,6 +318,9 @@ class UDPRelays:
         self.listen = listen
         self.open_upstream = open_upstream
         self.services: dict[str, UDPService] = {}
+        #: live sessions per account over its services (see MAX_ACCOUNT_SESSIONS)
+        self.account_sessions: dict[str, int] = {}
+        self.max_account_sessions = MAX_ACCOUNT_SESSIONS
         self.errors: dict[str, str] = {}
         self.pending: dict[str, L4Target] = {}  # private services waiting for the tunnel
         manager.stats.udp_sessions_fn = self.session_count
@@ -337,7 +369,9 @@ class UDPRelays:
         self.errors.pop(mapping.id, None)
         svc = UDPService(target, clock=m.reactor, stats=m.stats,
                          open_upstream=self._open, gate=m.gate,
-                         on_session_end=self._session_ended)
+                         on_session_end=self._session_ended,
+                         account_sessions=self.account_sessions,
+                         max_account_sessions=self.max_account_sessions)
         self.services[mapping.id] = svc
         self._bind(svc, mapping)
 

@@ -146,3 +146,44 @@ def test_private_waits_for_the_tunnel():
     m2, *_ = make(tunnel_listen=tunnel_listen, tunnel_ports=(80, 443))
     m2.mapping_added(mapping(port=443, private=True, sid="clash"))
     assert m2.errors["clash"] == "port 443 conflicts with the tunnel HTTP/HTTPS listener port"
+
+
+def _connect(router, peer_port):
+    from twisted.internet.address import IPv4Address
+
+    proto = router.buildProtocol(IPv4Address("TCP", "192.0.2.10", peer_port))
+    proto.makeConnection(Transport(peer=("192.0.2.10", peer_port)))
+    return proto
+
+
+def test_one_accounts_relays_over_all_its_ports_are_bounded():
+    """Account A's TCP services on three host ports: at most
+    max_account_relays live relays over all of them (each router alone would
+    allow max_relays); account B's port is unaffected, and a relay that ends
+    gives A its slot back.  Before, each port was bounded alone."""
+    m, _reactor, _mgmt, _log, ep = make(max_relays=4, max_account_relays=5)
+    for i, port in enumerate((7001, 7002, 7003)):
+        m.mapping_added(mapping(port=port, sid=f"a{i}", account="A"))
+    m.mapping_added(mapping(port=7004, sid="b0", account="B"))
+    assert all(r.totals is m.account_relays for r in m.public.values())
+    conns = [_connect(m.public[port], 40000 + n)
+             for n, port in enumerate((7001, 7001, 7002, 7002, 7003, 7003))]
+    assert [c.state for c in conns].count("dialing") == 5
+    assert conns[-1].close_reason == "relay_limit" and m.account_relays == {"A": 5}
+    assert m.stats.account_limit_hits == 1
+    b = _connect(m.public[7004], 41000)
+    assert b.state == "dialing" and m.account_relays == {"A": 5, "B": 1}
+    conns[0].connectionLost(None)
+    assert m.account_relays == {"A": 4, "B": 1}
+    assert _connect(m.public[7003], 42000).state == "dialing"
+    assert len(ep.factories) == 7  # 5 + B's + the one after the release
+
+
+def test_udp_services_of_a_gateway_share_the_per_account_session_counts():
+    m, _reactor, _mgmt, _log, _ep = make()
+    m.mapping_added(mapping(mode="udp", port=7101, sid="u1", account="A"))
+    m.mapping_added(mapping(mode="udp", port=7102, sid="u2", account="B"))
+    services = list(m.udp.services.values())
+    assert len(services) == 2
+    assert all(s.account_sessions is m.udp.account_sessions for s in services)
+    assert all(s.max_account_sessions == m.udp.max_account_sessions for s in services)

@@ -144,3 +144,33 @@ def test_pending_gate_queue_is_bounded_in_bytes_per_session_and_per_service():
     # closing every session returns the whole budget
     svc.close("shutdown")
     assert svc.queued_bytes == 0
+
+
+def test_one_accounts_sessions_over_all_its_services_are_bounded():
+    """Two UDP services of account A share a per-account session bound (3
+    here): the fourth client is refused (counted) though each service is far
+    below its own bound; account B's service is not affected; an ended
+    session frees its slot.  Before, only each service was bounded."""
+    counts: dict[str, int] = {}
+    clock = Clock()
+
+    def svc(sid, account):
+        s = UDPService(target_from_mapping(mapping(mode="udp", sid=sid, account=account)),
+                       clock=clock, stats=L4Stats(), open_upstream=lambda t, p: FakeSocket(),
+                       account_sessions=counts, max_account_sessions=3)
+        s.transport = FakeSocket()
+        return s
+
+    a1, a2, b1 = svc("a1", "A"), svc("a2", "A"), svc("b1", "B")
+    a1.datagramReceived(b"x", ("192.0.2.1", 1))
+    a1.datagramReceived(b"x", ("192.0.2.1", 2))
+    a2.datagramReceived(b"x", ("192.0.2.1", 3))
+    a2.datagramReceived(b"x", ("192.0.2.1", 4))
+    assert len(a1.sessions) + len(a2.sessions) == 3 and counts == {"A": 3}
+    assert a2.stats.udp_account_limit_hits == 1
+    b1.datagramReceived(b"x", ("192.0.2.1", 5))
+    assert len(b1.sessions) == 1 and counts == {"A": 3, "B": 1}
+    a1.close("route_removed")
+    assert counts == {"A": 1, "B": 1}
+    a2.datagramReceived(b"x", ("192.0.2.1", 4))
+    assert len(a2.sessions) == 2
