@@ -247,8 +247,9 @@ class TransportPath:
                     data = _TRANSPORT_HDR(_TRANSPORT, kp.remote_index, counter) + \
                         kp.send.encrypt(_NONCE(counter), packet, None)
                     kp.send_counter = counter + 1
-                    # _flush_tx of a run of one
-                    self._link_run([data], peer.endpoint)
+                    # _flush_tx of a run of one (IDatagramLink.sendDatagram: what
+                    # a batch link's sendDatagrams does with [data])
+                    self._link.sendDatagram(data, peer.endpoint)
                     peer.tx_bytes += len(data)
                     (peer._timers or peer.timers).send_keepalive = None
                     self._data_tx += 1

@@ -109,7 +109,35 @@ class WireGuardProtocol(DatagramProtocol):
         self.device.datagramsReceived(batch)
 
     def sendDatagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sendDatagrams([data], addr)
+        """One datagram: :meth:`sendDatagrams` of ``[data]`` (held, or sent at
+        once), without the list (the device's lone response)."""
+        reactor = None
+        if self.batch_sends:
+            reactor = getattr(self.transport, "reactor", None)
+            if reactor is not None and (self._flush_call is not None or not self.send_first):
+                held = self._held.get(addr)
+                if held is None:
+                    self._held[addr] = [data]
+                else:
+                    held.append(data)
+                self._held_count += 1
+                if self._held_count >= HOLD_MAX:
+                    self.flush()
+                elif self._flush_call is None:
+                    self._flush_call = reactor.callLater(0, self._end_of_turn)
+                return
+        transport = self.transport
+        sock = getattr(transport, "socket", None)
+        if (sock is not None and not getattr(transport, "_connectedAddr", None)
+                and self._families.get(addr[0])):
+            try:
+                sock.sendto(data, addr)
+            except OSError as exc:
+                self._send_failed(exc, sock.sendto, data, addr)
+        else:
+            self._send_now([data], addr)
+        if reactor is not None and self._flush_call is None:
+            self._flush_call = reactor.callLater(0, self._end_of_turn)
 
     def sendDatagrams(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
         reactor = None
