@@ -181,6 +181,9 @@ def test_one_accounts_relays_over_all_its_ports_are_bounded():
 
 def test_udp_services_of_a_gateway_share_the_per_account_session_counts():
     m, _reactor, _mgmt, _log, _ep = make()
+    from tests.l4.test_udp import FakeSocket
+
+    m.udp.listen = lambda t, proto: FakeSocket()  # the memory reactor has no UDP
     m.mapping_added(mapping(mode="udp", port=7101, sid="u1", account="A"))
     m.mapping_added(mapping(mode="udp", port=7102, sid="u2", account="B"))
     services = list(m.udp.services.values())

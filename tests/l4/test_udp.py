@@ -22,6 +22,9 @@ class FakeSocket:
     def stopListening(self):
         self.stopped = True
 
+    def getHost(self):
+        return "fake"
+
 
 def make(private=False, gate=None, **kw):
     clock = Clock()
