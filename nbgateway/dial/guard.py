@@ -274,6 +274,18 @@ class Decision:
         return self.allowed
 
 
+#: RFC 6052's well-known NAT64 prefix: on a host with a NAT64 path (clat,
+#: jool, tayga) ``64:ff9b::a.b.c.d`` reaches the IPv4 address it embeds
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+
+
+def nat64_embedded(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a well-known-prefix NAT64 address translates to."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def special_block(ip: IPAddress) -> tuple[str, IPNetwork] | None:
     """(reason, block) of a special-purpose address, else None."""
     for reason, block in _SPECIAL:
@@ -319,6 +331,14 @@ class DialPolicy:
 
     def check(self, account_id: str, ip: IPAddress, port: int) -> Decision:
         ip = normalize(ip)
+        embedded = nat64_embedded(ip)
+        if embedded is not None:
+            # judged as what it reaches too: a special block or one of this
+            # gateway's listeners behind the prefix is denied as itself; a
+            # public IPv4 address still needs the IPv6 address allowed
+            inner = self.check(account_id, embedded, port)
+            if not inner.allowed and inner.reason != NOT_ALLOWED:
+                return inner
         if self._own_listener(ip, port):
             return Decision(False, GATEWAY_LISTENER)
         special = special_block(ip)

@@ -212,3 +212,26 @@ def test_listener_of_bind_addresses():
     assert Listener.of("[::1]", 443) == Listener(ip("::1"), 443)
     with pytest.raises(ValueError):
         Listener.of("mgmt.example.com", 443)
+
+
+def test_nat64_addresses_are_judged_as_the_ipv4_they_reach():
+    """``64:ff9b::/96`` (RFC 6052) translates to the IPv4 address it embeds on
+    a host with a NAT64 path: a catch-all does not open loopback, metadata
+    or the gateway's own listeners behind the prefix."""
+    policy = DialPolicy(parse_allow_list("::/0,0.0.0.0/0"),
+                        listeners=lambda: [Listener.of("192.0.2.2", 8443)])
+    for address, reason in [("64:ff9b::7f00:1", "loopback"),
+                            ("64:ff9b::127.0.0.1", "loopback"),
+                            ("64:ff9b::a9fe:a9fe", "link_local"),
+                            ("64:ff9b::e000:1", "multicast")]:
+        decision = policy.check("acct", ip(address), 80)
+        assert (decision.allowed, decision.reason) == (False, reason), address
+    decision = policy.check("acct", ip("64:ff9b::192.0.2.2"), 8443)
+    assert (decision.allowed, decision.reason) == (False, GATEWAY_LISTENER)
+    # a public IPv4 address behind the prefix: the IPv6 rule decides
+    assert policy.check("acct", ip("64:ff9b::198.51.100.7"), 80).allowed
+    v4_only = DialPolicy(parse_allow_list("198.51.100.0/24"))
+    assert v4_only.check("acct", ip("64:ff9b::198.51.100.7"), 80).reason == NOT_ALLOWED
+    # an explicit IPv4 loopback entry does not open the NAT64 spelling alone
+    lo = DialPolicy(parse_allow_list("127.0.0.0/8"))
+    assert not lo.check("acct", ip("64:ff9b::7f00:1"), 80).allowed
