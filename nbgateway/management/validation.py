@@ -53,6 +53,7 @@ __all__ = [
     "direct_host_problem",
     "go_quote",
     "is_valid_header_name",
+    "normalise_domain",
     "split_host_port_ok",
     "validate_service",
 ]
@@ -430,8 +431,10 @@ def _contains_nul(value: object) -> bool:
 _LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
-def _normalise_domain(domain: str) -> str:
-    """Lower-case, drop one trailing dot, and require DNS hostname syntax (hardening)."""
+def normalise_domain(domain: str) -> str:
+    """Lower-case, drop one trailing dot, and require DNS hostname syntax (hardening):
+    what a service domain and a custom domain must be. ValidationError
+    ``invalid domain "<d>"``."""
     name = domain.lower()
     if name.endswith("."):
         name = name[:-1]
@@ -513,7 +516,7 @@ def validate_service(service: Service) -> Service:
     else:
         assert mode not in MODES
         _fail(f"unsupported mode {go_quote(mode)}")
-    service = dataclasses.replace(service, domain=_normalise_domain(service.domain))
+    service = dataclasses.replace(service, domain=normalise_domain(service.domain))
     if _contains_nul(service):
         _fail("service fields must not contain NUL characters")
     if not 0 <= service.listen_port <= 65535:

@@ -20,8 +20,66 @@ from nbgateway.management.errors import Conflict, NotFound, PreconditionFailed, 
 from nbgateway.management.model import ChangeKind, CustomDomain, new_id
 from nbgateway.management.store._base import Repository, Tx
 from nbgateway.management.store._proxies import ACTIVE_WINDOW
-from nbgateway.management.store.schema import domains, proxies
-from nbgateway.management.validation import go_quote
+from nbgateway.management.store.schema import domains, proxies, services
+from nbgateway.management.validation import go_quote, normalise_domain
+
+#: the answer when a name is (under) another account's: one text for every case
+DOMAIN_IN_USE = "domain overlaps a domain in use by another account"
+
+
+def self_and_parents(name: str) -> list[str]:
+    """``a.b.c`` -> ``[a.b.c, b.c, c]``: the names a domain lies under (and itself)."""
+    labels = name.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels))]
+
+
+def foreign_domain_over(conn: Connection, account_id: str, name: str) -> str | None:
+    """Another account's custom domain equal to ``name`` or a parent of it, if any:
+    a hostname under a registered custom domain belongs to that domain's account."""
+    return conn.execute(
+        sa.select(domains.c.domain).where(
+            domains.c.domain.in_(self_and_parents(name)), domains.c.account_id != account_id
+        ).limit(1)
+    ).scalar()
+
+
+def _at_or_under(column: sa.Column, name: str) -> sa.ColumnElement[bool]:
+    return sa.or_(column == name, column.endswith("." + name, autoescape=True))
+
+
+def check_domain_claim(
+    conn: Connection, known_clusters: Sequence[str], account_id: str, name: str
+) -> None:
+    """Conflict unless ``account_id`` may register the custom domain ``name``: no
+    other account's custom domain is equal to, a parent of or under it, no other
+    account's service lies at or under it, and it neither covers nor lies under
+    a cluster address but the account's own gateways' (a shared cluster's names
+    are everyone's, first come first served, one service at a time)."""
+    if conn.execute(sa.select(domains.c.id).where(domains.c.domain == name)).first():
+        raise Conflict("domain already exists")
+    if foreign_domain_over(conn, account_id, name) is not None:
+        raise Conflict(DOMAIN_IN_USE)
+    if conn.execute(
+        sa.select(domains.c.id).where(
+            domains.c.account_id != account_id, _at_or_under(domains.c.domain, name)
+        ).limit(1)
+    ).first():
+        raise Conflict(DOMAIN_IN_USE)
+    if conn.execute(
+        sa.select(services.c.id).where(
+            services.c.account_id != account_id, _at_or_under(services.c.domain, name)
+        ).limit(1)
+    ).first():
+        raise Conflict(DOMAIN_IN_USE)
+    above = self_and_parents(name)
+    if any(c in above or c.endswith("." + name) for c in known_clusters) or conn.execute(
+        sa.select(proxies.c.id).where(
+            sa.or_(proxies.c.account_id.is_(None), proxies.c.account_id != account_id),
+            sa.or_(_at_or_under(proxies.c.cluster_address, name),
+                   proxies.c.cluster_address.in_(above)),
+        ).limit(1)
+    ).first():
+        raise Conflict("domain overlaps the address of a cluster shared with other accounts")
 
 
 def active_clusters(
@@ -95,18 +153,20 @@ class DomainRepository(Repository):
         )
 
     def create(self, domain: CustomDomain) -> CustomDomain:
-        """Register a custom domain. Conflict ``domain already exists``."""
+        """Register a custom domain: a DNS hostname of two labels or more.
+        Conflict ``domain already exists``, or when it overlaps another
+        account's domains, services or clusters (:func:`check_domain_claim`)."""
 
         def run(tx: Tx) -> CustomDomain:
             conn = tx.conn
             self._store.accounts.require(conn, domain.account_id)
-            name = domain.domain.strip().rstrip(".").lower()
-            if not name or len(name) > 253 or any(c.isspace() or c == "/" for c in name):
-                raise ValidationError(f"invalid domain {go_quote(domain.domain)}")
+            name = normalise_domain(domain.domain.strip())
+            if "." not in name:
+                raise ValidationError(f"invalid domain {go_quote(domain.domain)}: "
+                                      "a custom domain has two labels or more")
             if not domain.target_cluster:
                 raise ValidationError("target_cluster is required")
-            if conn.execute(sa.select(domains.c.id).where(domains.c.domain == name)).first():
-                raise Conflict("domain already exists")
+            check_domain_claim(conn, self._store.known_clusters, domain.account_id, name)
             new = dataclasses.replace(domain, id=domain.id or new_id(), domain=name)
             conn.execute(sa.insert(domains).values(**dataclasses.asdict(new)))
             tx.changed(ChangeKind.DOMAIN, new.account_id, new.id)

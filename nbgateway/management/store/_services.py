@@ -37,7 +37,11 @@ from nbgateway.management.model import (
 )
 from nbgateway.management.store import _secrets
 from nbgateway.management.store._base import Repository, Tx, dumps
-from nbgateway.management.store._domains import DomainRepository, cluster_for_domain
+from nbgateway.management.store._domains import (
+    DomainRepository,
+    cluster_for_domain,
+    foreign_domain_over,
+)
 from nbgateway.management.store._servicerows import (
     hash_new_secrets,
     insert_targets,
@@ -221,9 +225,16 @@ class ServiceRepository(Repository):
             elif t.target_type == "cluster" and not t.options.direct_upstream:
                 raise ValidationError(f"cluster target {t.host} has direct upstream disabled")
 
-    def _check_domain_free(self, conn: Connection, domain: str, own_id: str | None) -> None:
+    def _check_domain_free(self, conn: Connection, account_id: str, domain: str,
+                           own_id: str | None) -> None:
+        """Conflict ``domain already taken`` for another service's domain, and for
+        a domain at or under another account's custom domain (whatever cluster
+        the name derives to: e.g. a parent address announced by the account's
+        own gateway)."""
         row = conn.execute(sa.select(services.c.id).where(services.c.domain == domain)).first()
         if row is not None and row.id != own_id:
+            raise Conflict("domain already taken")
+        if foreign_domain_over(conn, account_id, domain) is not None:
             raise Conflict("domain already taken")
 
     def _assign_port(self, conn: Connection, s: Service, own_id: str | None) -> Service:
@@ -266,7 +277,7 @@ class ServiceRepository(Repository):
             cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
             new = dataclasses.replace(s, proxy_cluster=cluster)
             self._check_service_refs(conn, new)
-            self._check_domain_free(conn, new.domain, None)
+            self._check_domain_free(conn, new.account_id, new.domain, None)
             new = self._assign_port(conn, new, None)
             priv, pub = _secrets.generate_session_keys()
             new = dataclasses.replace(
@@ -308,7 +319,7 @@ class ServiceRepository(Repository):
             cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
             new = dataclasses.replace(s, proxy_cluster=cluster)
             self._check_service_refs(conn, new)
-            self._check_domain_free(conn, new.domain, old.id)
+            self._check_domain_free(conn, new.account_id, new.domain, old.id)
             if new.mode in ("tcp", "udp") and not service.listen_port and old.port_auto_assigned:
                 new = dataclasses.replace(new, listen_port=old.listen_port, port_auto_assigned=True)
             new = self._assign_port(conn, new, old.id)

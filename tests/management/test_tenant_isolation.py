@@ -1,0 +1,134 @@
+"""Tenant isolation, over real HTTP against ``twistd nbmanagement`` (SQLite and PostgreSQL).
+
+Every account is hostile to every other: what one account's admin may claim or
+mint must never reach another account's hostnames or users.
+
+* **Hostnames.** A custom domain belongs to one account: another account can
+  register neither the same name, nor a name under it (``x.a.test``,
+  ``app.a.test``), nor a parent covering it (``a.test`` for ``app.a.test``,
+  ``test``), nor a wildcard spelling; and it can create no service whose domain
+  is the domain or lies under it, whatever cluster its own gateway announces.
+  A registration covering another account's existing service is refused too.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from nbgateway.management.model import ProxyRecord
+
+from .apiserver import BACKENDS, start_server
+
+CLUSTER = "cl.isolation.test"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
+    srv = start_server(tmp_path_factory, request.param)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def uniq(prefix: str = "x") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def account(server) -> str:
+    """A new account; its owner's ``Authorization`` value."""
+    resp = server.post("/api/accounts", {"name": uniq("acct")})
+    assert resp.status == 201, resp
+    return f"Token {resp.json['token']}"
+
+
+def account_id(server, auth: str) -> str:
+    return server.get("/api/accounts", auth=auth).json[0]["id"]
+
+
+def domain(server, auth: str, name: str, cluster: str = CLUSTER):
+    return server.post("/api/reverse-proxies/domains",
+                       {"domain": name, "target_cluster": cluster}, auth=auth)
+
+
+def service(server, auth: str, name: str):
+    return server.post("/api/reverse-proxies/services", {
+        "name": "s", "domain": name, "enabled": True,
+        "targets": [{"target_id": CLUSTER, "target_type": "cluster", "protocol": "http",
+                     "host": "10.0.0.5", "port": 80, "enabled": True,
+                     "options": {"direct_upstream": True}}]}, auth=auth)
+
+
+def test_another_accounts_domain_cannot_be_covered_or_claimed(server):
+    a, b = account(server), account(server)
+    apex = f"{uniq('d')}.test"
+    assert domain(server, a, f"apps.{apex}").status == 200
+    for name in (f"apps.{apex}", f"APPS.{apex}.", f"x.apps.{apex}", f"*.apps.{apex}",
+                 apex, "test"):
+        resp = domain(server, b, name)
+        assert resp.status in (409, 422), (name, resp)
+    assert [d for d in server.get("/api/reverse-proxies/domains", auth=b).json
+            if d["type"] == "custom"] == []
+    # the owning account may still register its own names beneath
+    assert domain(server, a, f"eu.apps.{apex}").status == 200
+    # no service of B under A's domain
+    for name in (f"apps.{apex}", f"login.apps.{apex}"):
+        assert service(server, b, name).status in (409, 412), name
+    assert service(server, a, f"login.apps.{apex}").status == 200
+
+
+def test_a_gateway_address_does_not_reach_under_another_accounts_domain(server):
+    a, b = account(server), account(server)
+    apex = f"{uniq('d')}.test"
+    assert domain(server, a, f"apps.{apex}").status == 200
+    # B's own gateway announces a cluster address that is A's domain's parent
+    store = server.open_store()
+    try:
+        store.proxies.register(ProxyRecord(
+            id=uniq("px"), session_id=str(uuid.uuid4()), cluster_address=apex,
+            ip_address="127.0.0.1", account_id=account_id(server, b)))
+    finally:
+        store.close()
+    assert service(server, b, f"other.{apex}").status == 200  # its own cluster's names
+    resp = service(server, b, f"portal.apps.{apex}")
+    assert resp.status == 409, resp
+    assert "portal.apps." + apex not in {
+        s["domain"] for s in server.get("/api/reverse-proxies/services", auth=b).json}
+
+
+def test_a_domain_covering_another_accounts_service_is_refused(server):
+    a, b = account(server), account(server)
+    apex = f"{uniq('d')}.test"
+    assert domain(server, a, f"apps.{apex}").status == 200
+    assert service(server, a, f"web.apps.{apex}").status == 200
+    store = server.open_store()
+    try:  # B's gateway serves a cluster named like A's service's parent
+        store.proxies.register(ProxyRecord(
+            id=uniq("px"), session_id=str(uuid.uuid4()), cluster_address=f"b.{apex}",
+            ip_address="127.0.0.1", account_id=account_id(server, b)))
+    finally:
+        store.close()
+    assert service(server, b, f"x.b.{apex}").status == 200
+    # A cannot now register b.<apex>: B's service lies under it
+    assert domain(server, a, f"b.{apex}").status == 409
+
+
+def test_a_shared_clusters_names_cannot_be_claimed_by_one_account(server):
+    a, b = account(server), account(server)
+    shared = f"{uniq('eu')}.proxy.test"
+    store = server.open_store()
+    try:  # a gateway with a management-wide token serves every account
+        store.proxies.register(ProxyRecord(
+            id=uniq("px"), session_id=str(uuid.uuid4()), cluster_address=shared,
+            ip_address="127.0.0.1"))
+    finally:
+        store.close()
+    for name in (shared, "proxy.test", f"team.{shared}"):
+        resp = domain(server, a, name, cluster=shared)
+        assert resp.status == 409, (name, resp)
+    # the shared names stay first come first served, one service at a time
+    assert service(server, a, f"app.{shared}").status == 200
+    assert service(server, b, f"web.{shared}").status == 200
+    assert service(server, b, f"app.{shared}").status == 409
