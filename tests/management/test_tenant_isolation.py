@@ -9,6 +9,8 @@ mint must never reach another account's hostnames or users.
   ``test``), nor a wildcard spelling; and it can create no service whose domain
   is the domain or lies under it, whatever cluster its own gateway announces.
   A registration covering another account's existing service is refused too.
+* **The instance admin.** Its tokens reach every account: another admin of
+  its account cannot mint or delete its tokens, demote, block or delete it.
 """
 
 from __future__ import annotations
@@ -113,6 +115,43 @@ def test_a_domain_covering_another_accounts_service_is_refused(server):
     assert service(server, b, f"x.b.{apex}").status == 200
     # A cannot now register b.<apex>: B's service lies under it
     assert domain(server, a, f"b.{apex}").status == 409
+
+
+def test_an_account_admin_cannot_take_over_the_instance_admin(server):
+    """Another admin of the operator's own account manages that account (its
+    users' tokens included) but cannot mint a token for, demote, block or delete
+    the instance admin: its powers reach every account."""
+    ops = server.post("/api/users", {"email": f"{uniq()}@ops.test", "name": "ops",
+                                     "role": "admin", "is_service_user": False}).json
+    gen = server.post(f"/api/users/{ops['id']}/tokens", {"name": "t", "expires_in": 1}).json
+    as_ops = f"Token {gen['plain_token']}"
+    op = server.get("/api/users/admin").json
+    mine = server.post("/api/users/admin/tokens", {"name": "keep", "expires_in": 1}).json
+    attempts = [
+        ("POST", "/api/users/admin/tokens", {"name": "stolen", "expires_in": 1}),
+        ("PUT", "/api/users/admin", {"role": "user", "auto_groups": [], "is_blocked": False}),
+        ("PUT", "/api/users/admin", {"role": op["role"], "auto_groups": [],
+                                     "is_blocked": True}),
+        ("DELETE", f"/api/users/admin/tokens/{mine['personal_access_token']['id']}", None),
+        ("DELETE", "/api/users/admin", None),
+    ]
+    for method, path, body in attempts:
+        resp = server.request(method, path, body, auth=as_ops)
+        assert resp.status == 403, (method, path, resp)
+    assert server.get("/api/users/admin").json == op
+    names = [t["name"] for t in server.get("/api/users/admin/tokens").json]
+    assert "stolen" not in names and "keep" in names
+    assert server.post("/api/accounts", {"name": uniq("acct")}).status == 201
+    # the rest of the account stays ops's to manage, tokens of other users included
+    u = server.post("/api/users", {"email": f"{uniq()}@ops.test", "name": "eve",
+                                   "role": "user", "is_service_user": False}, auth=as_ops).json
+    resp = server.post(f"/api/users/{u['id']}/tokens", {"name": "t", "expires_in": 1},
+                       auth=as_ops)
+    assert resp.status == 200, resp
+    # and the instance admin still manages itself
+    resp = server.put("/api/users/admin", {"role": op["role"], "auto_groups": [],
+                                           "is_blocked": False, "name": op["name"]})
+    assert resp.status == 200, resp
 
 
 def test_a_shared_clusters_names_cannot_be_claimed_by_one_account(server):

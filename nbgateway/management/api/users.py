@@ -1,9 +1,13 @@
 """``/api/users`` and ``/api/groups``: the people of an account and how they are grouped.
 
 Owns the users (an admin manages them; a regular user sees itself only), their
-personal access tokens (a user manages its own; the plain token is in the
-creating answer only) and the peer groups (admins only; PUT keeps the members
-when ``peers`` is omitted).
+personal access tokens (a user manages its own, an admin everyone's; the plain
+token is in the creating answer only) and the peer groups (admins only; PUT
+keeps the members when ``peers`` is omitted).
+
+The instance admin is the one user whose powers reach every account: another
+admin of its account may not mint or delete its tokens, update or delete it
+(403), so account admin never becomes instance admin.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nbgateway.management.errors import BadRequest, ValidationError
+from nbgateway.management.errors import BadRequest, PermissionDenied, ValidationError
 from nbgateway.management.model import Group, User
 
 from . import mapping as m
@@ -51,6 +55,7 @@ class UserHandlers:
         account = admin_acct(call)
         b = call.body
         cur = self.store.users.get(account, call.params["userId"])
+        _guard_instance_admin(call, cur)
         user = self.store.users.update(User(
             id=cur.id, account_id=cur.account_id, email=b.get("email", cur.email),
             name=b.get("name", cur.name), role=b.get("role", cur.role),
@@ -65,17 +70,21 @@ class UserHandlers:
         assert call.identity is not None
         if call.params["userId"] == call.identity.user_id:
             raise BadRequest("a user cannot delete itself")
+        _guard_instance_admin(call, self.store.users.get(account, call.params["userId"]))
         self.store.users.delete(account, call.params["userId"])
         return Result(200, {})
 
-    def _own_or_admin(self, call: Call) -> tuple[str, str]:
+    def _own_or_admin(self, call: Call, *, write: bool = False) -> tuple[str, str]:
         """``(account, user id)`` of a call on one user: the caller itself, or
-        anyone for an admin; 404 for a user that does not exist."""
+        anyone for an admin (for a ``write``, not the instance admin); 404 for a
+        user that does not exist."""
         assert call.identity is not None
         uid = call.params["userId"]
         if uid != call.identity.user_id:
             require_admin(call)
-        self.store.users.get(acct(call), uid)
+        target = self.store.users.get(acct(call), uid)
+        if write:
+            _guard_instance_admin(call, target)
         return acct(call), uid
 
     def list_user_tokens(self, call: Call) -> Result:
@@ -84,7 +93,7 @@ class UserHandlers:
                             for t in self.store.users.list_tokens(account, uid)])
 
     def create_user_token(self, call: Call) -> Result:
-        account, uid = self._own_or_admin(call)
+        account, uid = self._own_or_admin(call, write=True)
         assert call.identity is not None
         name, days = call.body.get("name", ""), call.body.get("expires_in", 0)
         if not name or len(name) > 255:
@@ -97,7 +106,7 @@ class UserHandlers:
         return Result(200, {"plain_token": plain, "personal_access_token": m.pat_to_api(row)})
 
     def delete_user_token(self, call: Call) -> Result:
-        account, uid = self._own_or_admin(call)
+        account, uid = self._own_or_admin(call, write=True)
         self.store.users.delete_token(account, uid, call.params["tokenId"])
         return Result(200, {})
 
@@ -136,6 +145,16 @@ class UserHandlers:
     def delete_group(self, call: Call) -> Result:
         self.store.groups.delete(admin_acct(call), call.params["groupId"])
         return Result(200, {})
+
+
+def _guard_instance_admin(call: Call, target: User) -> None:
+    """403 when ``target`` is the instance admin and the caller is someone else:
+    its tokens and its role reach every account, so no account admin changes
+    them (the instance admin itself may)."""
+    assert call.identity is not None
+    if target.instance_admin and target.id != call.identity.user_id \
+            and not call.identity.instance_admin:
+        raise PermissionDenied("only the instance admin may change the instance admin")
 
 
 def user_routes(h: UserHandlers) -> list[Route]:
