@@ -6,6 +6,12 @@ importing the store) that keeps one :class:`~nbgateway.routes.service.ServiceEnt
 per HTTP domain, keyed by :func:`~nbgateway.routes.hosts.domain_key` (the same
 key the mapping store indexes by), and one per L4 ``(account, listen_port)``.
 HTTP entries with unusable targets are reported to management as ``ERROR``.
+
+A domain belongs to one account at a time: a mapping of another account for
+a domain an entry already serves does not replace it (management refuses
+duplicate domains, so only a faulty or foreign management sends one); it is
+reported as ``ERROR`` and held back, and installed when the holder's mapping
+goes (a domain handed from one account to another may arrive add-first).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ class ServiceTable:
         self.on_domain_gone = on_domain_gone
         self.entries: dict[str, ServiceEntry] = {}
         self.ports: dict[tuple[str, int], ServiceEntry] = {}
+        #: domain key -> the newest mapping of another account than the
+        #: entry's, waiting for the domain (at most one per domain)
+        self.held_back: dict[str, pb.ProxyMapping] = {}
 
     def lookup(self, domain: str) -> ServiceEntry | None:
         """The HTTP service for a host name (any spelling :func:`domain_key` folds).
@@ -61,7 +70,16 @@ class ServiceTable:
         entry = entry_from_mapping(mapping)
         # keyed by the entry's own domain string (domain_key returns a
         # normalised name as is): no second copy per service
-        self.entries[domain_key(entry.service.domain)] = entry
+        key = domain_key(entry.service.domain)
+        current = self.entries.get(key)
+        if current is not None and current.service.account_id != entry.service.account_id:
+            self.held_back[key] = mapping
+            log.warn("mapping {service} of account {account} not installed: {domain} is "
+                     "served for account {holder}", service=mapping.id,
+                     account=mapping.account_id, domain=key,
+                     holder=current.service.account_id)
+            return self._report(mapping, f"domain {key} is served for another account")
+        self.entries[key] = entry
         if entry.route_errors:
             return self._report(mapping, "; ".join(entry.route_errors))
         return None
@@ -80,11 +98,21 @@ class ServiceTable:
             l4 = self.ports.get(key)
             if l4 is not None and l4.service.service_id == mapping.id:
                 del self.ports[key]
-        entry = self.entries.get(domain_key(mapping.domain))
+        key = domain_key(mapping.domain)
+        waiting = self.held_back.get(key)
+        if waiting is not None and waiting.id == mapping.id:
+            del self.held_back[key]
+        entry = self.entries.get(key)
+        if entry is not None and entry.service.account_id != mapping.account_id:
+            return  # a held-back mapping went: the holder's connections stay
         if entry is not None and entry.service.service_id == mapping.id:
-            del self.entries[domain_key(mapping.domain)]
+            del self.entries[key]
         if self.on_domain_gone is not None:
             self.on_domain_gone(mapping.domain)  # e.g. close upgraded connections
+        if key not in self.entries:
+            waiting = self.held_back.pop(key, None)
+            if waiting is not None:  # the domain's next account
+                self._add(waiting)
 
     # -- MappingObserver ---------------------------------------------------
 

@@ -156,3 +156,68 @@ def test_entries_hold_no_protobuf_sub_messages():
     held = [getattr(r, f) for route in routes.values() for r in route.targets
             for f in r.__slots__]
     assert not any(isinstance(v, Message) for v in held)
+
+
+def _http(service_id: str, account: str, domain: str, target: str) -> pb.ProxyMapping:
+    return pb.ProxyMapping(type=pb.UPDATE_TYPE_CREATED, id=service_id, account_id=account,
+                           domain=domain, path=[pb.PathMapping(path="/", target=target)])
+
+
+class _Reports:
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, str, int, str]] = []
+
+    def send_status_update(self, service_id, account_id, status, error_message=""):
+        self.reports.append((service_id, account_id, status, error_message))
+
+
+def test_another_accounts_mapping_does_not_take_a_served_domain():
+    """A domain belongs to one account at a time: B's mapping for a domain A
+    serves (any spelling) is reported and held back, and A keeps it."""
+    mgmt, gone = _Reports(), []
+    table = ServiceTable(mgmt, on_domain_gone=gone.append)
+    a = _http("a", "A", "x.example", "http://10.0.0.1/")
+    b = _http("b", "B", "X.Example.", "http://10.0.0.2/")
+    table.mapping_added(a)
+    table.mapping_added(b)
+    assert table.lookup("x.example").service.account_id == "A"
+    assert mgmt.reports == [("b", "B", pb.PROXY_STATUS_ERROR,
+                             "domain x.example is served for another account")]
+    # B's held-back mapping going away leaves A's domain and connections alone
+    table.mapping_removed(b)
+    assert table.lookup("x.example").service.service_id == "a"
+    assert gone == [] and table.held_back == {}
+    table.mapping_removed(a)
+    assert table.lookup("x.example") is None and gone == ["x.example"]
+
+
+def test_a_domain_handed_to_another_account_add_first_is_installed_when_the_holder_goes():
+    table = ServiceTable()
+    a = _http("a", "A", "x.example", "http://10.0.0.1/")
+    b = _http("b", "B", "x.example", "http://10.0.0.2/")
+    table.mapping_added(a)
+    table.mapping_added(b)        # B's create arrived before A's delete
+    table.mapping_removed(a)
+    entry = table.lookup("x.example")
+    assert entry is not None and (entry.service.account_id, entry.service.service_id) == ("B", "b")
+    assert table.held_back == {}
+    # an update of the held-back mapping replaces what waits
+    table2 = ServiceTable()
+    table2.mapping_added(a)
+    table2.mapping_added(b)
+    b2 = _http("b", "B", "x.example", "http://10.0.0.3/")
+    table2.mapping_changed(b, b2)
+    assert table2.lookup("x.example").service.account_id == "A"
+    assert table2.held_back["x.example"] is b2
+    a_moved = _http("a", "A", "y.example", "http://10.0.0.1/")
+    table2.mapping_changed(a, a_moved)
+    assert table2.lookup("x.example").service.service_id == "b"
+    assert table2.lookup("y.example").service.service_id == "a"
+
+
+def test_same_account_mapping_for_a_domain_still_replaces():
+    table = ServiceTable()
+    table.mapping_added(_http("a1", "A", "x.example", "http://10.0.0.1/"))
+    table.mapping_added(_http("a2", "A", "x.example", "http://10.0.0.2/"))
+    assert table.lookup("x.example").service.service_id == "a2"
+    assert table.held_back == {}
