@@ -22,6 +22,9 @@ Documented deviations from upstream:
   ``0x0``, ``[::]``, ``::ffff:0.0.0.0``, ``224.1``...). Which addresses a
   gateway may dial (loopback, private ranges) is the gateway's allow-list
   decision, not management's.
+* The host of a host/domain/subnet target reached through the tunnel is held
+  to the same syntax (the mapping's target URL carries it as given, so
+  ``a@127.0.0.1`` or ``h:22`` would rewrite its authority).
 
 Account-dependent checks (group ids exist, peer targets exist, cluster
 derivation, domain uniqueness) are done by the store in the same transaction.
@@ -277,7 +280,7 @@ def direct_host_problem(host: str) -> str | None:
     return None
 
 
-def _validate_direct_host(i: int, host: str) -> None:
+def _validate_direct_host(i: int, host: str, what: str = "direct upstream host") -> None:
     if any(c in host for c in " \t/"):
         _fail(f"target {i}: host {go_quote(host)} contains invalid characters")
     if split_host_port_ok(host):
@@ -286,7 +289,19 @@ def _validate_direct_host(i: int, host: str) -> None:
         )
     problem = direct_host_problem(host.strip())
     if problem is not None:
-        _fail(f"target {i}: direct upstream host {go_quote(host)} {problem}")
+        _fail(f"target {i}: {what} {go_quote(host)} {problem}")
+
+
+def _validate_target_host(i: int, t: Target) -> None:
+    """The host of a target whose host the mapping carries as given (a direct
+    upstream, or a host/domain/subnet target reached through the tunnel): an IP
+    literal or a hostname, so that ``a@127.0.0.1`` or ``h:22`` cannot rewrite
+    the target URL's authority. A tunnel peer target's host is the peer's
+    address, filled in by the store, and is not checked."""
+    if not t.host or (t.target_type == "peer" and not t.options.direct_upstream):
+        return
+    _validate_direct_host(i, t.host, "direct upstream host" if t.options.direct_upstream
+                          else "host")
 
 
 def _validate_common_target(i: int, t: Target) -> None:
@@ -362,11 +377,11 @@ def _validate_http_targets(service: Service) -> None:
     for i, t in enumerate(service.targets):
         tt = t.target_type
         if tt in ("peer", "host", "domain"):
-            if t.options.direct_upstream and t.host:
-                _validate_direct_host(i, t.host)
+            _validate_target_host(i, t)
         elif tt == "subnet":
             if not t.host:
                 _fail(f"target {i} has empty host but target_type is {go_quote(tt)}")
+            _validate_target_host(i, t)
         elif tt == "cluster":
             host = t.host.strip()
             if not host:
@@ -393,10 +408,11 @@ def _validate_l4_target(t: Target) -> None:
     if not t.target_id:
         _fail("target_id is required for L4 services")
     if t.target_type in ("peer", "host"):
-        pass
+        _validate_target_host(0, t)
     elif t.target_type == "subnet":
         if not t.host:
             _fail("target host is required for subnet targets")
+        _validate_target_host(0, t)
     elif t.target_type == "cluster":
         if not t.host.strip():
             _fail("target host is required for cluster targets")

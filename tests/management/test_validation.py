@@ -465,3 +465,35 @@ def test_nul_in_any_field_rejected():
     rejects(svc(name="a\x00"), "must not contain NUL")
     t = peer_target(options=TargetOptions(custom_headers={"X-A": "\x00"}))
     rejects(svc(targets=(t,)), "must not contain NUL")
+
+
+# --- the host of a tunnel target goes into the mapping's target URL as it is ----------
+
+
+@pytest.mark.parametrize("tt", ["host", "domain", "subnet"])
+@pytest.mark.parametrize("host", ["a@127.0.0.1", "10.0.0.5:22", "10.0.0.5/x", "h#x", "h?x",
+                                  "bad host", "h\r\nx", "[::1", "0x0"])
+def test_tunnel_target_host_cannot_rewrite_the_target_url(tt, host):
+    """``http://a@127.0.0.1:9/`` would dial 127.0.0.1:9 whatever ``port`` says:
+    a host/domain/subnet target's host is an IP literal or a hostname (HTTP and L4)."""
+    t = peer_target(target_type=tt, target_id="res-1", host=host)
+    rejects(svc(targets=(t,)), "target 0")
+    if tt != "domain":  # no L4 domain targets
+        rejects(svc(mode="tcp", listen_port=5000, targets=(dataclasses.replace(t, port=22),)),
+                "target 0")
+
+
+@pytest.mark.parametrize("tt", ["host", "domain", "subnet"])
+def test_tunnel_target_host_spellings_accepted(tt):
+    for host in ("db.internal", "10.0.0.5", "fd00::5", "[fd00::5]", "my_host.lan"):
+        t = peer_target(target_type=tt, target_id="res-1", host=host)
+        validate_service(svc(targets=(t,)))
+        if tt != "domain":
+            validate_service(svc(mode="tcp", listen_port=5000,
+                                 targets=(dataclasses.replace(t, port=22),)))
+
+
+def test_l4_direct_host_target_is_checked():
+    t = peer_target(target_type="host", target_id="res-1", host="0x0", port=22,
+                    options=TargetOptions(direct_upstream=True))
+    rejects(svc(mode="tcp", listen_port=5000, targets=(t,)), "unspecified")
