@@ -337,6 +337,12 @@ class TunnelPeerRpcs:
         key = base64.b64encode(raw_key).decode()
         try:
             existing = self.store.peers.get_by_key(key)
+            if existing is not None and (existing.account_id != req.account_id
+                                         or not existing.proxy):
+                # keys are unique across accounts: a success here would leave the
+                # account without its gateway's peer (and the other holder as is)
+                context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                              "wireguard_public_key belongs to another peer")
             if existing is not None:
                 if (
                     endpoint is not None
@@ -358,7 +364,9 @@ class TunnelPeerRpcs:
                 )
             )
         except ManagementError as exc:
-            if exc.grpc_code == "ALREADY_EXISTS" and self.store.peers.get_by_key(key) is not None:
+            raced = self.store.peers.get_by_key(key) if exc.grpc_code == "ALREADY_EXISTS" \
+                else None
+            if raced is not None and raced.account_id == req.account_id and raced.proxy:
                 return pb.CreateProxyPeerResponse(success=True)
             context.abort(grpc.StatusCode.INTERNAL, f"create proxy peer: {exc.message}")
         return pb.CreateProxyPeerResponse(success=True)
