@@ -486,7 +486,11 @@ class UpstreamConnection(Protocol):
         if d is not None:
             d.callback(response)
         if length:
-            self.on_body(data[len(key):])
+            if self._protocol is not None and self._active and not self._complete:
+                # self.on_body(...), inline
+                self._protocol.dataReceived(data[len(key):])
+            else:
+                self.on_body(data[len(key):])
         # on_message_complete of a keep-alive response, inline
         if not self._active or self._complete:  # stray bytes
             self._stray = True

@@ -195,7 +195,13 @@ class GatewayResource(OperatorAuth, Resource):
 
     def render(self, request: Any) -> Any:
         overlay = self.listener_account is not None
-        problem = self._front_door(request)
+        hosts = request.requestHeaders._rawHeaders.get(_HOST)  # request.getHeader(b"host")
+        if ((hosts is None or len(hosts) == 1) and request.uri[:1] == b"/"
+                and getattr(request, "underscore_names", True) is False):
+            problem = None  # self._front_door(request) of a head it passes as it is
+        else:
+            problem = self._front_door(request)
+            hosts = request.requestHeaders._rawHeaders.get(_HOST)
         if problem is not None:
             code, body = problem
             self.rejected[code] = self.rejected.get(code, 0) + 1
@@ -209,7 +215,6 @@ class GatewayResource(OperatorAuth, Resource):
                 request.channel.persistent = False
             send_plain(request, code, body)
             return server.NOT_DONE_YET
-        hosts = request.requestHeaders._rawHeaders.get(_HOST)  # request.getHeader(b"host")
         raw_host = hosts[-1] if hosts else b""
         host, domain = _HOSTS.get(raw_host) or _host_and_domain(raw_host)
         routed = getattr(request, "routed", None)  # the fast path's fast_route answer
@@ -220,7 +225,9 @@ class GatewayResource(OperatorAuth, Resource):
             # another account's name on this account's tunnel: unknown here,
             # and never logged into the other account's access log
             entry = None
-        peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
+        peer_ip = getattr(request, "peer_ip", None)  # the fast path's, per connection
+        if peer_ip is None:
+            peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
         # positional (the field order): RequestContext(overlay=..., source_ip=...,
         # host=..., listener_account=..., started=...) and ctx.serve(entry)
         ctx = RequestContext(overlay, peer_ip, host, self.listener_account, entry,

@@ -96,6 +96,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
     _closing = False
     _read_paused = False
     _peer: Any = None
+    #: the peer's address as the front resource logs it (see FastRequest.peer_ip)
+    _peer_ip = ""
     _host: Any = None
     _secure: bool | None = None
     #: the request parser, kept across bodiless keep-alive requests (llhttp
@@ -112,6 +114,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._peer = self.transport.getPeer()
+        self._peer_ip = str(getattr(self._peer, "host", "") or "")
         self._host = self.transport.getHost()
         self._secure = ISSLTransport(self.transport, None) is not None
 
@@ -221,6 +224,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
             if not memo[5]:  # the headers stay as they are: the plan's lines hold
                 req.head_lines = memo[6]  # type: ignore[attr-defined]
             req.channel_peer = self._peer  # type: ignore[attr-defined]
+            req.peer_ip = self._peer_ip
             req.channel_host = self._host  # type: ignore[attr-defined]
             req.secure = self._secure  # type: ignore[attr-defined]
             self.persistent = True
@@ -269,6 +273,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
         req = FastRequest(self, method, head.url, headers, head.close)
         req.underscore_names = head.underscore
         req.channel_peer = self._peer  # type: ignore[attr-defined]
+        req.peer_ip = self._peer_ip
         req.channel_host = self._host  # type: ignore[attr-defined]
         req.secure = self._secure  # type: ignore[attr-defined]
         self.persistent = not head.close
@@ -340,7 +345,10 @@ class FastHTTPChannel(StreamingHTTPChannel):
             self._buf = b""
             self.loseConnection()
             return
-        self.resetTimeout()
+        # self.resetTimeout(), inline (TimeoutMixin's body)
+        call = self._TimeoutMixin__timeoutCall
+        if call is not None and self.timeOut is not None:
+            call.reset(self.timeOut)
         if self._read_paused:
             self._read_paused = False
             self.transport.resumeProducing()

@@ -141,6 +141,8 @@ class FastRequest:
     proxy_error: str | None = None
     #: any request header name with "_" (set from the parse; True: unknown)
     underscore_names = True
+    #: the client's address as text (the channel's, made once per connection)
+    peer_ip: str | None = None
     #: a remembered head's slot for the plan's lines of its headers
     #: (``FastHTTPChannel._remember``, ``nbgateway.proxy.plan``); None: none
     head_lines: list[Any] | None = None

@@ -164,11 +164,13 @@ class _Recording(resource.Resource):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[dict[bytes, list[bytes]]] = []
+        self.peers: list[tuple[Any, str]] = []
 
     def fast_route(self, host: bytes) -> Any:
         return ("x", None)
 
     def render(self, request: Any) -> bytes:
+        self.peers.append((request.peer_ip, str(request.getClientAddress().host)))
         raw = request.requestHeaders._rawHeaders
         self.seen.append({k: list(v) for k, v in raw.items()})
         for values in raw.values():
@@ -182,7 +184,7 @@ class HeadMemoIsolationTests(unittest.TestCase):
         res = _Recording()
         site = ProxySite(res, reactor=task.Clock(), fast=True)
         channel = site.buildProtocol(IPv4Address("TCP", "100.64.0.10", 1))
-        client = StringTransport()
+        client = StringTransport(peerAddress=IPv4Address("TCP", "100.64.0.10", 1))
         channel.makeConnection(client)
         head = (b"GET /a HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-Dup: 1\r\nX-Dup: 2\r\n\r\n")
         for _ in range(5):
@@ -192,6 +194,8 @@ class HeadMemoIsolationTests(unittest.TestCase):
         want = {b"Host": [b"x"], b"Accept": [b"*/*"], b"X-Dup": [b"1", b"2"]}
         self.assertEqual(res.seen, [want] * 5)
         self.assertEqual(client.value().count(b"HTTP/1.1 200 OK\r\n"), 5)
+        # the client address the front resource logs, made once per connection
+        self.assertEqual(res.peers, [("100.64.0.10", "100.64.0.10")] * 5)
 
     def test_a_long_head_is_not_remembered(self):
         res = _Recording()
