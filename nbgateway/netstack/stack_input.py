@@ -34,13 +34,17 @@ from nbgateway.netstack.wire import WireError
 log = Logger(namespace="nbgateway.netstack.stack")  # the stack's, as before the split
 
 _ipv4_parse = wire.ipv4_parse
-_TCP32 = tcp_fast._H32.unpack_from
 _TCP20 = tcp_fast._H20.unpack_from
 _TS_WORD = tcp_fast._TS_WORD
 _ACK_ONLY = 0x10  # ACK (PSH masked off): what the fused input takes
 _ESTABLISHED = ESTABLISHED
 _IP4_HDR = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _IP4_THIRDS = struct.Struct("!QQI").unpack_from
+#: what the batch loop's inline input reads: an IPv4 header's total length,
+#: flags and fragment offset, protocol and addresses; a TCP header's fields but
+#: the checksum and urgent pointer, then the timestamp option's place
+_IP4_FIELDS = struct.Struct("!2xH2xHxB2x4s4s").unpack_from
+_TCP32_FIELDS = struct.Struct("!IIIBBH4xIII").unpack_from
 _ipv6_parse = wire.ipv6_parse
 _ipv6_walk = wire.ipv6_walk
 _TCP = wire.PROTO_TCP
@@ -81,7 +85,7 @@ class StackInput:
                         n = len(packet)
                         if n >= 40 and packet[0] == 0x45 and fast is not None \
                                 and fast.enabled and not self._coalescing:
-                            _v, _t, total, _i, ff, _ttl, proto, _ck, src, dst = _IP4_HDR(packet)
+                            total, ff, proto, src, dst = _IP4_FIELDS(packet)
                             a, b, v = _IP4_THIRDS(packet)
                             v += a + b
                             local = local_map.get(dst)
@@ -101,8 +105,8 @@ class StackInput:
                                 # header read from the packet, the payload
                                 # sliced from its bytes (delivered uncopied)
                                 if total >= 52:
-                                    ports, seq, ack, off, flags, wnd, _c, _u, opt, ts_val, \
-                                        ts_ecr = _TCP32(packet, 20)
+                                    ports, seq, ack, off, flags, wnd, opt, ts_val, ts_ecr = \
+                                        _TCP32_FIELDS(packet, 20)
                                 else:
                                     ports, seq, ack, off, flags, wnd = _TCP20(packet, 20)
                                     opt = ts_val = ts_ecr = 0
