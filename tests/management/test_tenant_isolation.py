@@ -171,3 +171,22 @@ def test_a_shared_clusters_names_cannot_be_claimed_by_one_account(server):
     assert service(server, a, f"app.{shared}").status == 200
     assert service(server, b, f"web.{shared}").status == 200
     assert service(server, b, f"app.{shared}").status == 409
+
+
+def test_another_accounts_gateway_address_claims_no_domain(server):
+    """A BYOP gateway announces any cluster address it likes (``com`` even):
+    that blocks no other account's custom domain, and the custom domain then
+    holds its names against the gateway's account."""
+    a, b = account(server), account(server)
+    apex = f"{uniq('d')}.test"
+    store = server.open_store()
+    try:
+        for addr in (apex, "test"):
+            store.proxies.register(ProxyRecord(
+                id=uniq("px"), session_id=str(uuid.uuid4()), cluster_address=addr,
+                ip_address="127.0.0.1", account_id=account_id(server, b)))
+    finally:
+        store.close()
+    assert domain(server, a, f"apps.{apex}").status == 200
+    assert service(server, b, f"x.apps.{apex}").status == 409
+    assert service(server, b, f"other.{apex}").status == 200

@@ -53,8 +53,11 @@ def check_domain_claim(
     """Conflict unless ``account_id`` may register the custom domain ``name``: no
     other account's custom domain is equal to, a parent of or under it, no other
     account's service lies at or under it, and it neither covers nor lies under
-    a cluster address but the account's own gateways' (a shared cluster's names
-    are everyone's, first come first served, one service at a time)."""
+    the address of a shared cluster (a management-wide gateway's or a known
+    cluster: its names are everyone's, first come first served, one service at
+    a time). Another account's own (BYOP) gateway address claims nothing: it
+    announces any name it likes, and it would otherwise block every custom
+    domain under ``com``; that account registers a custom domain to hold names."""
     if conn.execute(sa.select(domains.c.id).where(domains.c.domain == name)).first():
         raise Conflict("domain already exists")
     if foreign_domain_over(conn, account_id, name) is not None:
@@ -74,7 +77,7 @@ def check_domain_claim(
     above = self_and_parents(name)
     if any(c in above or c.endswith("." + name) for c in known_clusters) or conn.execute(
         sa.select(proxies.c.id).where(
-            sa.or_(proxies.c.account_id.is_(None), proxies.c.account_id != account_id),
+            proxies.c.account_id.is_(None),
             sa.or_(_at_or_under(proxies.c.cluster_address, name),
                    proxies.c.cluster_address.in_(above)),
         ).limit(1)
