@@ -90,6 +90,8 @@ def test_defaults():
          "supports_custom_ports", True, False),
         ("--health-addr", "NB_PROXY_HEALTH_ADDRESS", "[::1]:9000", "0.0.0.0:9001",
          "health_addr", HostPort("::1", 9000), HostPort("0.0.0.0", 9001)),
+        ("--l4-public-ports", "NB_PROXY_L4_PUBLIC_PORTS", "8000-8999", "53,10000-20000",
+         "l4_public_ports", ((8000, 8999),), ((53, 53), (10000, 20000))),
     ],
 )
 def test_flag_beats_env_beats_default(flag, env, flag_value, env_value, attr, from_flag,
@@ -256,6 +258,20 @@ def test_secrets_not_in_repr_or_log_view():
         ([], {"NB_PROXY_ALLOW_INSECURE": "sure"}, "invalid NB_PROXY_ALLOW_INSECURE value"),
         ([], {"NB_PROXY_MAPPING_BATCH_WATCHDOG": "-1s"},
          "invalid NB_PROXY_MAPPING_BATCH_WATCHDOG value '-1s'"),
+        (["--l4-public-ports", "1024-70000"], {},
+         "invalid --l4-public-ports value '1024-70000': '1024-70000': port must be in 1-65535"),
+        (["--l4-public-ports", "0-100"], {}, "invalid --l4-public-ports value '0-100'"),
+        (["--l4-public-ports", "9000-8000"], {},
+         "invalid --l4-public-ports value '9000-8000': '9000-8000': the range's first port "
+         "is above its last"),
+        (["--l4-public-ports", "1024-2000-3000"], {},
+         "invalid --l4-public-ports value '1024-2000-3000'"),
+        (["--l4-public-ports", "8000 - 9000, http"], {},
+         "invalid --l4-public-ports value '8000 - 9000, http': 'http': must be a port number"),
+        ([], {"NB_PROXY_L4_PUBLIC_PORTS": "1024-"},
+         "invalid --l4-public-ports value '1024-' (from NB_PROXY_L4_PUBLIC_PORTS)"),
+        ([], {"NB_PROXY_L4_PUBLIC_PORTS": "80;443"},
+         "invalid --l4-public-ports value '80;443' (from NB_PROXY_L4_PUBLIC_PORTS)"),
     ],
 )
 def test_validation_errors(argv, env, expected):
@@ -293,3 +309,21 @@ def test_tunnel_cache_ttl_env_b37():
     for bad in ("nonsense", "0s", "-30s", ""):
         assert parse([], {"NB_PROXY_TUNNEL_CACHE_TTL": bad}).tunnel_cache_ttl == 300
     assert parse([]).tunnel_cache_ttl == 300
+
+
+def test_l4_public_ports_default_normalised_and_empty():
+    """Default 1024-65535 (ports below 1024 are the operator's); ranges are
+    sorted and merged, single ports allowed, blanks skipped; an empty value is
+    no host port at all; the log view shows the canonical text."""
+    cfg = parse([])
+    assert cfg.l4_public_ports == ((1024, 65535),) and str(cfg.l4_public_ports) == "1024-65535"
+    assert not cfg.l4_public_ports.covers(1023) and cfg.l4_public_ports.covers(1024)
+    assert cfg.l4_public_ports.covers(65535)
+    assert cfg.for_log()["l4_public_ports"] == "1024-65535"
+    ranges = parse(["--l4-public-ports", " 9000-9100, 53,8000-9050 ,54, 25,"]).l4_public_ports
+    assert ranges == ((25, 25), (53, 54), (8000, 9100))
+    assert str(ranges) == "25,53-54,8000-9100"
+    assert [p for p in (24, 25, 26, 53, 54, 55, 7999, 8000, 9100, 9101)
+            if ranges.covers(p)] == [25, 53, 54, 8000, 9100]
+    none = parse([], {"NB_PROXY_L4_PUBLIC_PORTS": ""}).l4_public_ports
+    assert none == () and not none.covers(1024) and str(none) == ""

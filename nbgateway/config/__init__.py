@@ -31,6 +31,9 @@ Differences from upstream netbird-proxy, on purpose:
   ``localhost`` or empty (all interfaces): resolving names is I/O.
 * Added: ``--wg-endpoint``, ``--log-format``, ``--datadir``,
   ``--tunnel-http-port``, ``--tunnel-https-port``, ``--drain-timeout``.
+* ``--l4-public-ports`` (default ``1024-65535``): the host ports public L4
+  services may bind (upstream binds any ``listen_port``; ports below 1024 are
+  the operator's).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from urllib.parse import urlsplit
 
 from nbgateway.config._parsers import (
     HostPort,
+    PortRanges,
     _choice,
     _management_urls,
     parse_bool,
@@ -58,6 +62,7 @@ from nbgateway.config._parsers import (
     parse_optional_listen,
     parse_port,
     parse_port_or_zero,
+    parse_port_ranges,
     parse_positive_duration,
     parse_positive_int,
     parse_preshared_key,
@@ -68,6 +73,7 @@ from nbgateway.config._parsers import (
 __all__ = [
     "BY_FLAG",
     "BY_NAME",
+    "DEFAULT_L4_PUBLIC_PORTS",
     "DEFAULT_WG_PORT",
     "EMBEDDED_DOMAIN",
     "FORWARDED_PROTOS",
@@ -80,6 +86,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HostPort",
+    "PortRanges",
     "Setting",
     "load",
     "parse_bool",
@@ -95,6 +102,7 @@ __all__ = [
     "parse_optional_listen",
     "parse_port",
     "parse_port_or_zero",
+    "parse_port_ranges",
     "parse_positive_duration",
     "parse_positive_int",
     "parse_preshared_key",
@@ -112,6 +120,8 @@ REDACTED = "[REDACTED]"
 LOG_LEVELS = ("panic", "fatal", "error", "warn", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 FORWARDED_PROTOS = ("auto", "http", "https")
+#: host ports public L4 services may bind by default (below 1024: the operator's)
+DEFAULT_L4_PUBLIC_PORTS = PortRanges(((1024, 65535),))
 
 
 class ConfigError(ValueError):
@@ -185,6 +195,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_relays", "NB_PROXY_MAX_RELAYS", "4096",
        "most live L4 TCP relays per port router (beyond it new connections are closed)",
        parse_positive_int),
+    _s("l4_public_ports", "NB_PROXY_L4_PUBLIC_PORTS", str(DEFAULT_L4_PUBLIC_PORTS),
+       "host ports public TCP/TLS/UDP L4 services may bind: comma-separated ports and "
+       "ranges (8000-8999,10000-20000; empty: none); others are refused (ERROR). TLS "
+       "services on --addr's port share its listener and are always allowed",
+       parse_port_ranges),
     _s("proxy_protocol", "NB_PROXY_PROXY_PROTOCOL", "false",
        "accept PROXY protocol v1/v2 on the public listener and public L4 ports "
        "(--trusted-proxies must send it, others' headers are ignored)", parse_bool, is_bool=True),
@@ -302,6 +317,7 @@ class Config:
     acme_ca_bundle: str = ""
     acme_retry_base: float = 60.0
     max_relays: int = 4096
+    l4_public_ports: PortRanges = DEFAULT_L4_PUBLIC_PORTS
 
     @property
     def embedded(self) -> bool:
@@ -332,7 +348,8 @@ class Config:
             if s.secret:
                 out[f"{s.name}_present"] = bool(value)
             else:
-                out[s.name] = str(value) if isinstance(value, HostPort) else value
+                out[s.name] = (str(value) if isinstance(value, (HostPort, PortRanges))
+                               else value)
         return out
 
     def __repr__(self) -> str:

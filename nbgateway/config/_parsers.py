@@ -41,6 +41,46 @@ class HostPort(NamedTuple):
 
 
 
+class PortRanges(tuple[tuple[int, int], ...]):
+    """Host ports as sorted, merged, inclusive ``(low, high)`` ranges (empty: no
+    port).  ``str()`` is the canonical text (``1024-65535``, ``53,8000-8999``)."""
+
+    __slots__ = ()
+
+    def covers(self, port: int) -> bool:
+        return any(low <= port <= high for low, high in self)
+
+    def __str__(self) -> str:
+        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self)
+
+
+def parse_port_ranges(text: str) -> PortRanges:
+    """Comma-separated ports and inclusive ranges (``1024-65535``,
+    ``8000-8999,10000-20000``), each port 1-65535; blank items are skipped, so
+    "" is no port at all.  Overlapping and adjacent ranges are merged."""
+    ranges: list[tuple[int, int]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        low_text, sep, high_text = item.partition("-")
+        try:
+            low = _port(low_text.strip(), allow_zero=False)
+            high = _port(high_text.strip(), allow_zero=False) if sep else low
+        except ValueError as exc:
+            raise ValueError(f"{item!r}: {exc} (ports and ranges like 1024-65535)") from None
+        if low > high:
+            raise ValueError(f"{item!r}: the range's first port is above its last")
+        ranges.append((low, high))
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return PortRanges(merged)
+
+
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 

@@ -12,7 +12,8 @@ What this package owns:
   inbound PROXY header, SNI peek, route choice (SNI route, else fallback),
   then the relay; at most :data:`~nbgateway.l4.router.MAX_RELAYS` live relays;
 - :mod:`nbgateway.l4.manager` -- the mapping observer: which ports to bind
-  for which services, conflicts, status.
+  for which services (public host ports only inside ``--l4-public-ports``),
+  conflicts, status.
 
 Dependencies: :mod:`nbgateway.routes` (the service model), dialers from the
 gateway (injected), nothing else of the gateway.  Only the service wiring

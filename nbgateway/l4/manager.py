@@ -12,6 +12,14 @@ the :class:`~nbgateway.l4.router.PortRouter` of its port:
   ``listen_port`` (never a host port), bound once the account's tunnel is up
   (:meth:`account_ready`); each connection passes the private gate.
 
+A public mapping binds a host port only inside ``public_ports`` (the
+operator's ``--l4-public-ports``, default :data:`DEFAULT_PUBLIC_PORTS`:
+ports below 1024 are the operator's); outside it the mapping is refused
+(ERROR naming the port and the range, a warning, ``port_refused`` in the
+stats).  A ``tls`` mapping on the main port shares the gateway's own listener
+and is never refused for it; private mappings listen on the account's tunnel,
+not the host, and are not concerned.
+
 Conflicts and bind failures are recorded per service and reported ERROR
 with upstream's messages; :meth:`status` is what the account runtime
 reports (``ACTIVE`` only once the listener is bound).  Removing or changing a
@@ -24,7 +32,7 @@ its own relays, but an account may have many ports.  ``udp`` mappings go to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -47,6 +55,14 @@ LISTEN_BACKLOG = 4096
 ERROR = pb.PROXY_STATUS_ERROR
 #: one account's live TCP relays over all its routers, in ``--max-relays``
 ACCOUNT_RELAYS_FACTOR = 4
+#: host ports public L4 services may bind unless the operator says otherwise
+#: (``--l4-public-ports``): ports below 1024 are the operator's
+DEFAULT_PUBLIC_PORTS: tuple[tuple[int, int], ...] = ((1024, 65535),)
+
+
+def format_port_ranges(ranges: Iterable[tuple[int, int]]) -> str:
+    """``1024-65535``, ``53,8000-8999``; ``none`` for no port."""
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges) or "none"
 
 
 class _BoundByGateway:
@@ -72,7 +88,8 @@ class L4Manager:
                  tunnel_listen: Callable[[str, int, Any], Any] | None = None,
                  tunnel_of: Callable[[str], Any] | None = None,
                  max_relays: int = MAX_RELAYS,
-                 max_account_relays: int | None = None) -> None:
+                 max_account_relays: int | None = None,
+                 public_ports: Iterable[tuple[int, int]] = DEFAULT_PUBLIC_PORTS) -> None:
         self.reactor = reactor
         self.dial = dial
         self.bind_host = bind_host
@@ -97,6 +114,8 @@ class L4Manager:
         self.account_relays: dict[str, int] = {}
         self.max_account_relays = (max_account_relays if max_account_relays is not None
                                    else ACCOUNT_RELAYS_FACTOR * max_relays)
+        #: inclusive (low, high) host port ranges public services may bind
+        self.public_ports = tuple((int(lo), int(hi)) for lo, hi in public_ports)
         self.stats = L4Stats(active=self.active_relays)
         #: public routers by host port; private routers by (account, port)
         self.public: dict[int, PortRouter] = {}
@@ -164,6 +183,28 @@ class L4Manager:
 
     # ------------------------------------------------------------------ add / remove
 
+    def port_refusal(self, target: L4Target) -> str | None:
+        """Why public ``target`` may not bind its host port (outside
+        ``public_ports``), or None.  Private targets and ``tls`` targets on the
+        main port (the gateway's own listener, routed by SNI) are not refused."""
+        port = target.listen_port
+        if target.private or (target.mode == "tls" and port == self.main_port):
+            return None
+        if any(lo <= port <= hi for lo, hi in self.public_ports):
+            return None
+        what = "UDP port" if target.mode == "udp" else "port"
+        return (f"{what} {port} is outside the public L4 port range of this gateway "
+                f"({format_port_ranges(self.public_ports)})")
+
+    def refused(self, target: L4Target, message: str) -> None:
+        """Count and log a public mapping refused by :meth:`port_refusal` (the
+        caller records the ERROR and reports it)."""
+        self.stats.port_refused += 1
+        log.warn("L4 service {service} of account {account} refused: {err}",
+                 service=target.service_id, account=target.account_id,
+                 port=target.listen_port, mode=target.mode,
+                 ports=format_port_ranges(self.public_ports), err=message)
+
     def _conflict(self, target: L4Target, router: PortRouter | None) -> str | None:
         port = target.listen_port
         if not target.private and port == self.wg_port:
@@ -190,6 +231,12 @@ class L4Manager:
         except L4ConfigError as exc:
             self.errors[mapping.id] = str(exc)
             log.warn("L4 service {service}: {err}", service=mapping.id, err=str(exc))
+            self._report(mapping)
+            return
+        refusal = self.port_refusal(target)
+        if refusal is not None:
+            self.errors[mapping.id] = refusal
+            self.refused(target, refusal)
             self._report(mapping)
             return
         key = (target.account_id, target.listen_port)

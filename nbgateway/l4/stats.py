@@ -30,6 +30,7 @@ class L4Stats:
         self.udp_rate_limit_hits = 0
         self.udp_queue_drops = 0
         self.udp_account_limit_hits = 0
+        self.port_refused = 0
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -62,6 +63,8 @@ class L4Stats:
              "was pending (queue full)", self.udp_queue_drops),
             ("udp_account_limit_hits", "UDP sessions refused at the per-account bound "
              "(over the account's services)", self.udp_account_limit_hits),
+            ("port_refused", "public L4 mappings refused: their host port is outside "
+             "--l4-public-ports", self.port_refused),
         ):
             yield CounterMetricFamily(f"nbgateway_l4_{name}", doc, value=value)
         fam = CounterMetricFamily("nbgateway_l4_bytes", "bytes relayed by L4 TCP relays",

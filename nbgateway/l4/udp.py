@@ -19,7 +19,8 @@ sessions over all its services are at most :data:`MAX_ACCOUNT_SESSIONS`
 process's file descriptors and memory).
 
 :class:`UDPRelays` keeps the services of one gateway (added/removed by
-:class:`~nbgateway.l4.manager.L4Manager`).  Sockets come from injected
+:class:`~nbgateway.l4.manager.L4Manager`; a public service's port must be
+in the manager's ``public_ports``, see ``L4Manager.port_refusal``).  Sockets come from injected
 ``listen(target, protocol)`` / ``open_upstream(target, protocol)`` callables.
 """
 
@@ -358,6 +359,12 @@ class UDPRelays:
                                          max_idle_timeout=m.max_idle_timeout)
         except L4ConfigError as exc:
             self.errors[mapping.id] = str(exc)
+            m._report(mapping)
+            return
+        refusal = m.port_refusal(target)
+        if refusal is not None:
+            self.errors[mapping.id] = refusal
+            m.refused(target, refusal)
             m._report(mapping)
             return
         conflict = self._conflict(target)

@@ -28,7 +28,7 @@ from nbgateway.dial.guard import (
     Listener,
     parse_ip_literal,
 )
-from nbgateway.l4.manager import L4Manager
+from nbgateway.l4.manager import DEFAULT_PUBLIC_PORTS, L4Manager
 from nbgateway.l4.router import MAX_RELAYS
 from nbgateway.l4.target import L4Target
 from nbgateway.l4.udp import MAX_DATAGRAM, UDPRelays
@@ -126,7 +126,8 @@ def attach_l4(gateway: Any) -> L4Manager:
         trusted=trusted.contains if trusted_list else None,
         mgmt=gateway.mgmt, access_log=_LateAccessLog(gateway), gate=gate,
         tunnel_listen=tunnel_listen, tunnel_of=gateway.tunnel_stack,
-        max_relays=int(getattr(cfg, "max_relays", 0) or MAX_RELAYS))
+        max_relays=int(getattr(cfg, "max_relays", 0) or MAX_RELAYS),
+        public_ports=getattr(cfg, "l4_public_ports", DEFAULT_PUBLIC_PORTS))
     def udp_listen(target: L4Target, protocol: Any) -> Any:
         if target.private:
             from nbgateway.netstack.udp import listen_udp
