@@ -60,6 +60,7 @@ from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
     _DeclineError,
     _Head,
     http_date,
+    new_request,
 )
 from nbgateway.proxy.streaming import (
     H2C_PREFACE,
@@ -219,7 +220,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
                 raw[name] = [*values]
             headers = _new_headers(Headers)
             headers._rawHeaders = raw
-            req = FastRequest(self, memo[1], memo[2], headers, False)
+            req = new_request(self, memo[1], memo[2], memo[7], headers)
             req.underscore_names = memo[5]
             if not memo[5]:  # the headers stay as they are: the plan's lines hold
                 req.head_lines = memo[6]  # type: ignore[attr-defined]
@@ -318,7 +319,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
         name has an "_" (the front door removes those)."""
         self._memo = (head_bytes, method, head.url,
                       tuple((name, tuple(values)) for name, values in head.headers.items()),
-                      head.host, head.underscore, [None, b"", b""])
+                      head.host, head.underscore, [None, b"", b""],
+                      head.url.split(b"?", 1)[0])
 
     def _dispatch(self, req: FastRequest) -> None:
         self._current = req

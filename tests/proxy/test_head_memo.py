@@ -208,3 +208,23 @@ class HeadMemoIsolationTests(unittest.TestCase):
         self.assertIsNone(channel._memo)
         self.assertIsNone(channel._seen)
         self.assertEqual(channel.fast_requests, 3)
+
+
+def test_new_request_is_the_constructors_request():
+    """fast_request.new_request (a remembered head's request) has the state
+    ``FastRequest(channel, method, uri, headers, close=False)`` gives."""
+    from twisted.web.http_headers import Headers
+
+    from nbgateway.proxy.fast_request import FastRequest, new_request
+
+    site = ProxySite(_Recording(), reactor=task.Clock(), fast=True)
+    channel = site.buildProtocol(IPv4Address("TCP", "100.64.0.10", 1))
+    channel.makeConnection(StringTransport())
+    for uri in (b"/a", b"/a?b=1", b"/?", b"/x?y?z"):
+        headers = Headers({b"Accept": [b"*/*"]})
+        made = FastRequest(channel, b"GET", uri, headers, False)
+        remembered = new_request(channel, b"GET", uri, uri.split(b"?", 1)[0], headers)
+        want = dict(vars(made), responseHeaders=made.responseHeaders._rawHeaders)
+        got = dict(vars(remembered), responseHeaders=remembered.responseHeaders._rawHeaders)
+        assert got == want
+        assert type(remembered) is FastRequest
