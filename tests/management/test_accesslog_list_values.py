@@ -270,3 +270,30 @@ def test_walk_choice():
     assert walk(50, 125_000, (1_000_000, None))
     assert not walk(50, 200, (1_000_000, None))  # 250,000 > WALK_MAX
     assert not walk(1, 0, (10, None))
+
+
+def test_source_ip_filter_matches_brute_force(store, account):
+    """The exact source-IP filter: totals and pages as a brute force, after
+    appends and a prune (no counts table answers it: an index was measured
+    and not kept, docs/management.md)."""
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
+    ips = ("203.0.113.7", "10.0.0.1", "2001:db8::1")
+    rows = [dataclasses.replace(e, source_ip=ips[i % 3])
+            for i, e in enumerate(entries(account.id, 60) + entries(other.id, 30))]
+    store.access_logs.append_many(rows)
+
+    def same() -> None:
+        stored = everything(store, account.id)
+        for ip in (*ips, "203.0.113.70", "203.0.113"):
+            want = sorted((e for e in stored if e.source_ip == ip),
+                          key=lambda e: (e.timestamp, e.id), reverse=True)
+            for page in (1, 2):
+                got = store.access_logs.list(account.id, AccessLogQuery(
+                    source_ip=ip, page=page, page_size=8))
+                assert got.total_records == len(want), ip
+                assert [e.id for e in got.data] == [e.id for e in want[8 * page - 8:8 * page]]
+
+    same()
+    while store.access_logs.prune_step(account.id, older_than=None, max_rows=25, limit=7):
+        pass
+    same()
