@@ -46,6 +46,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
+from twisted.web.http import RESPONSES as _RESPONSES
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -60,6 +61,7 @@ from nbgateway.proxy.balance import (
     never_reached_upstream,
 )
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
+from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import (
     filter_response_headers,
     relay_response_headers,
@@ -301,7 +303,13 @@ class _Exchange:
                     response.deliverBody(_Discard())
                     self._send_error(pages.CONNECTION_ERROR, exc)
                     return
-            request.setResponseCode(response.code, response.phrase or None)
+            code = response.code
+            if type(request) is FastRequest:  # request.setResponseCode(...), inline
+                request.code = code
+                request.code_message = response.phrase or _RESPONSES.get(
+                    code, b"Unknown Status")
+            else:
+                request.setResponseCode(code, response.phrase or None)
             request.defaultContentType = None
             length = response.length
             # one pass into the client response's headers (no intermediate copy)

@@ -105,6 +105,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
     #: is back at the start of a message after one), and its callbacks
     _parser: Any = None
     _parse_head: Any = None
+    #: the site resource's ``fast_route`` (False: it has none), on first use
+    _fast_route: Any = None
     #: the last bodiless keep-alive head llhttp accepted and the fast path
     #: served (its exact bytes), and what the parse made of it, reused for
     #: a byte-identical head (see ``_remember``); ``_seen``: a head's bytes
@@ -207,8 +209,11 @@ class FastHTTPChannel(StreamingHTTPChannel):
         if memo is not None and memo[0] == head_bytes:
             # The bytes llhttp accepted last time, from the same start of a
             # message: the same parse (see _remember), without feeding it.
-            fast_route = getattr(self.site.resource, "fast_route", None)
-            route = None if fast_route is None else fast_route(memo[4] or b"")
+            # the resource's fast_route, looked up once per connection
+            fast_route = self._fast_route
+            if fast_route is None:
+                fast_route = self._fast_route = getattr(self.site.resource, "fast_route", False)
+            route = fast_route(memo[4] or b"") if fast_route else None
             if not route:
                 self._parser = None
                 self._hand_over()

@@ -228,3 +228,20 @@ def test_new_request_is_the_constructors_request():
         got = dict(vars(remembered), responseHeaders=remembered.responseHeaders._rawHeaders)
         assert got == want
         assert type(remembered) is FastRequest
+
+
+def test_the_status_line_is_what_set_response_code_makes():
+    """The exchange sets a fast-path request's status inline: the client's
+    status line is FastRequest.setResponseCode's (an empty or missing reason
+    phrase becomes twisted.web's, or "Unknown Status")."""
+    from nbgateway.proxy.fast_request import FastRequest
+
+    for status_line in (b"HTTP/1.1 404 \r\n", b"HTTP/1.1 599 \r\n", b"HTTP/1.1 201 Made\r\n",
+                        b"HTTP/1.1 200 OK\r\n"):
+        code = int(status_line.split()[1])
+        phrase = status_line[13:-2]
+        path = Path()
+        _sent, got = path.exchange(GET, status_line + b"Content-Length: 2\r\n\r\nok")
+        reference = FastRequest.__new__(FastRequest)
+        reference.setResponseCode(code, phrase or None)
+        assert got.startswith(b"HTTP/1.1 %d %s\r\n" % (code, reference.code_message)), got
