@@ -183,3 +183,32 @@ class QueuePeekTests(unittest.TestCase):
         port.doRead()
         self.assertEqual(len(device.received()), 1)
         self.assertEqual((counting.calls, counting.failed), (2, 1))  # as without the peek
+
+    def test_the_peek_writes_into_a_buffer_of_the_port(self):
+        """FIONREAD fills the port's own bytearray (a read-only argument makes
+        ``fcntl.ioctl`` format an error message before it tries again): the
+        same reads as before, one datagram and then more than one."""
+        device, port, counting, client, target = self._port()
+        args = []
+        real = fcntl.ioctl
+
+        class Recording:
+            @staticmethod
+            def ioctl(fd, request, arg, *rest):
+                args.append(arg)
+                return real(fd, request, arg, *rest)
+
+        self.patch(udp, "fcntl", Recording)
+        client.sendto(b"one", target)
+        self._wait_queued(port, 1)
+        port.doRead()
+        self.assertEqual((counting.calls, counting.failed), (1, 0))
+        self.assertIsInstance(args[0], bytearray)
+        self.assertIs(args[0], port._fionread)
+        for d in (b"a", b"bb"):
+            client.sendto(d, target)
+        time.sleep(0.05)
+        port.doRead()
+        self.assertEqual([d for d, _ in device.received()], [b"one", b"a", b"bb"])
+        self.assertEqual((counting.calls, counting.failed), (4, 1))
+        self.assertNotEqual(bytes(port._fionread), b"\0\0\0\0")  # "bb" was queued then
