@@ -34,9 +34,14 @@ dropped or sent twice: exactly one datagram out per exchange.
 ``--compare-fast`` alternates it with the netstack's fused TCP path
 (``tcp_fast.py``) off and on (``NBGW_NETSTACK_FASTPATH``).
 
+Instructions per exchange (load-independent): ``PYTHONHASHSEED=0 valgrind
+--tool=callgrind --toggle-collect=starmap_next python bench/exchange_path.py
+--starmap --exchanges 3200 [--hold | --real-socket]`` (with ``EXCHANGE_TREE=DIR``
+for another checkout), then the collected total divided by 3,200.
+
 Usage: python bench/exchange_path.py [--exchanges 20000] [--conns 16] [--rounds 5]
                                      [--against /tmp/old-tree] [--hold]
-                                     [--real-socket] [--compare-hold]
+                                     [--real-socket] [--compare-hold] [--starmap]
 """
 
 from __future__ import annotations
@@ -295,13 +300,19 @@ def main(argv: list[str] | None = None) -> int:
                         "(NBGW_NETSTACK_FASTPATH=0/1, tcp_fast.py) instead of --against")
     p.add_argument("--against", metavar="DIR",
                    help="another checkout: alternate subprocesses with its package")
+    p.add_argument("--starmap", action="store_true",
+                   help="one slice in this process (EXCHANGE_TREE: the checkout whose package "
+                        "it imports), the timed rounds as one itertools.starmap: run it under "
+                        "valgrind --tool=callgrind --toggle-collect=starmap_next for "
+                        "instructions per exchange (PYTHONHASHSEED=0, --exchanges 3200)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    if args.child:
+    if args.child or args.starmap:
         sys.path.insert(0, os.environ.get("EXCHANGE_TREE", here))
         print(json.dumps(_slice(args.exchanges, args.conns, args.request, args.response,
-                                args.hold, real_socket=args.real_socket)))
+                                args.hold, real_socket=args.real_socket,
+                                starmap=args.starmap)))
         return 0
     trees = {"this tree": here}
     if args.against:
