@@ -55,7 +55,7 @@ from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management.changelog import LOG_ITEMS, LOG_SIZE, ChangeLog
-from nbgateway.management.errors import NotFound
+from nbgateway.management.errors import Conflict, NotFound
 from nbgateway.management.grpcloop import RpcAbortError, race, wake_threadsafe, write_or_stop
 from nbgateway.management.model import (
     ChangeKind,
@@ -295,6 +295,12 @@ class MappingStreams:
         resume_from = init.nbgw_resume_revision
         with self._lock:
             old = self._conns.get(conn.proxy_id)
+            if old is not None and old.account_id != conn.account_id:
+                # a proxy id is its scope's: another account's (or a shared)
+                # gateway is not superseded by this token
+                raise RpcAbortError(grpc.StatusCode.ALREADY_EXISTS,
+                                    f"proxy_id {conn.proxy_id} is in use by another "
+                                    "account's gateway")
             self._conns[conn.proxy_id] = conn
             conn.start_revision = self.changes.revision
             if resume_from:
@@ -320,6 +326,9 @@ class MappingStreams:
         )
         try:
             self.store.proxies.register(record)
+        except Conflict as exc:  # the stored row is another scope's (another replica)
+            self._unregister(conn)
+            raise RpcAbortError(grpc.StatusCode.ALREADY_EXISTS, exc.message) from None
         except Exception as exc:
             self._unregister(conn)
             what = "failed to register BYOP proxy" if caller.account_id else "register proxy"

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from nbgateway.management.errors import NotFound, Unauthenticated, ValidationError
+from nbgateway.management.errors import Conflict, NotFound, Unauthenticated, ValidationError
 from nbgateway.management.model import (
     ChangeKind,
     Cluster,
@@ -118,7 +118,10 @@ class ProxyRepository(Repository):
     # --- proxy rows ------------------------------------------------------------------
 
     def register(self, record: ProxyRecord, *, now: datetime | None = None) -> ProxyRecord:
-        """Upsert a proxy row as connected (capabilities replaced)."""
+        """Upsert a proxy row as connected (capabilities replaced). Conflict
+        ``proxy id ... is in use by another account's gateway`` when the row
+        exists with another scope (``account_id``; None = management-wide): a
+        proxy id belongs to the scope that registered it until its row is gone."""
         if not record.id:
             raise ValidationError("proxy_id is required")
         now = now or utcnow()
@@ -140,8 +143,10 @@ class ProxyRepository(Repository):
                 "private": caps.private,
             }
             exists = tx.conn.execute(
-                sa.select(proxies.c.id).where(proxies.c.id == record.id)
+                sa.select(proxies.c.id, proxies.c.account_id).where(proxies.c.id == record.id)
             ).first()
+            if exists and exists.account_id != record.account_id:
+                raise Conflict(f"proxy id {record.id} is in use by another account's gateway")
             if exists:
                 tx.conn.execute(
                     sa.update(proxies).where(proxies.c.id == record.id).values(**values)
