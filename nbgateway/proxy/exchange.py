@@ -432,6 +432,30 @@ class _Exchange:
             pages.send_page(self.request, pages.CONNECTION_ERROR)
 
 
+_new_exchange = _Exchange.__new__
+
+
+def new_exchange(proxy: ReverseProxy, request: Any, ctx: RequestContext,
+                 service: ProxyService, route: Route, opts: TargetOptions,
+                 pool: TargetPool | None, state: TargetState | None,
+                 path_query: tuple[str, str]) -> _Exchange:
+    """``_Exchange(...)`` without the constructor call (the proxy's one per
+    request; keep in step with ``_Exchange.__init__``, a test compares the two)."""
+    ex = _new_exchange(_Exchange)
+    ex.proxy = proxy
+    ex.request = request
+    ex.context = ctx
+    ex.service = service
+    ex.route = route
+    ex.opts = opts
+    ex.identity = ctx.identity
+    ex.pool = pool
+    ex.state = state
+    ex.tried = []
+    ex.path_query = path_query
+    return ex
+
+
 class _Discard(Protocol):
     def connectionMade(self) -> None:
         self.transport.stopProducing()
