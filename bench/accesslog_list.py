@@ -311,7 +311,7 @@ def explain(store: Store, account: str, query: AccessLogQuery) -> list[str]:
     def grab(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith("SELECT") and "access_log_entries" in statement:
             captured.append((statement, parameters))
-        elif statement.startswith("SET LOCAL"):  # a walked page's plan settings
+        elif "set_config(" in statement:  # a walked page's plan settings, and their reset
             captured.append((statement, None))
 
     sa.event.listen(engine, "before_cursor_execute", grab)

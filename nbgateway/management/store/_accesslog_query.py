@@ -251,8 +251,20 @@ def _spread(conn: sa.Connection, account_id: str, q: AccessLogQuery) -> tuple[in
 #: a page walks the account's time index when that reads at most this many entries
 WALK_MAX = 200_000
 
-#: the plans a walked page's statement may not take (SET LOCAL, reset after it)
-_WALK_SETTINGS = ("enable_seqscan", "enable_bitmapscan", "max_parallel_workers_per_gather")
+#: what a walked page's statement is planned with (SET LOCAL, reset after it):
+#: no scan but an index's, no sort (so only the ``(account_id, timestamp, id)``
+#: index gives the order; the timestamp-only index would need one), no
+#: parallel workers, and no JIT (its compilation, ~90 ms, is triggered by the
+#: whole-index cost the planner puts on a walk it expects to end early)
+_WALK_SETTINGS = {"enable_seqscan": "off", "enable_bitmapscan": "off", "enable_sort": "off",
+                  "enable_incremental_sort": "off", "max_parallel_workers_per_gather": "0",
+                  "jit": "off"}
+
+_WALK_ON = sa.text("SELECT " + ", ".join(
+    f"set_config('{name}', '{value}', true)" for name, value in _WALK_SETTINGS.items()))
+_WALK_OFF = sa.text(
+    "SELECT set_config(name, reset_val, true) FROM pg_settings WHERE name IN ("
+    + ", ".join(f"'{name}'" for name in _WALK_SETTINGS) + ")")
 
 
 def _walk(need: int, matching: int, spread: tuple[int, int | None]) -> bool:
@@ -272,25 +284,12 @@ def _walk(need: int, matching: int, spread: tuple[int, int | None]) -> bool:
 
 def _walked(conn: sa.Connection, select: sa.Select) -> list[sa.Row]:
     """*select*'s rows, planned with the time index walk as its only cheap
-    path (other scans off for this statement; the same rows either way)."""
-    for name in _WALK_SETTINGS:
-        conn.execute(sa.text(f"SET LOCAL {name} = {0 if name.startswith('max') else 'off'}"))
+    path (:data:`_WALK_SETTINGS` for this statement; the same rows either way)."""
+    conn.execute(_WALK_ON)
     try:
         return list(conn.execute(select).all())
     finally:
-        for name in _WALK_SETTINGS:
-            conn.execute(sa.text(f"SET LOCAL {name} = DEFAULT"))
-
-
-def _by_time(conds: list[sa.ColumnElement[bool]]) -> list[sa.ColumnElement[bool]]:
-    """*conds* with the service filter written as an expression, so the
-    ``service_id`` index is no candidate (the same rows)."""
-    out: list[sa.ColumnElement[bool]] = []
-    for c in conds:
-        if getattr(c, "left", None) is ale.c.service_id:
-            c = ale.c.service_id.concat("") == c.right  # type: ignore[attr-defined]
-        out.append(c)
-    return out
+        conn.execute(_WALK_OFF)
 
 
 def _value_pages(
@@ -315,7 +314,7 @@ def _value_pages(
                 extra.append(sa.text(f"({_FAILED})"))  # implied: the failures index applies
             limit = min(n - skip, end - first - skip)
             walk = _walk(skip + limit, n, spread)
-            select = (sa.select(ale).where(*(_by_time(conds) if walk else conds), *extra)
+            select = (sa.select(ale).where(*conds, *extra)
                       .order_by(*order).limit(limit))
             if skip:
                 select = select.offset(skip)
@@ -461,7 +460,7 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
                 if offset >= total:
                     rows = []
                 elif _walk(offset + q.page_size, total, spread):
-                    rows = _walked(conn, page_of(_by_time(conds)))
+                    rows = _walked(conn, page_of(conds))
                 else:
                     rows = conn.execute(page_of(conds)).all()
     return AccessLogPage(
