@@ -483,23 +483,31 @@ class UpstreamConnection(Protocol):
         response.headers = headers
         response.length = length
         response.deliverBody = self.deliver  # type: ignore[method-assign]
-        if d is not None:
-            d.callback(response)
-        if length:
-            if self._protocol is not None and self._active and not self._complete:
-                # self.on_body(...), inline
-                self._protocol.dataReceived(data[len(key):])
-            else:
-                self.on_body(data[len(key):])
-        # on_message_complete of a keep-alive response, inline
-        if not self._active or self._complete:  # stray bytes
-            self._stray = True
-            return
-        self._complete = True
-        if not self._body_sent:
-            self._reusable = False
-            self._stop_body()
-        self._finished()
+        # an exception out of a callback's work is raised as httptools
+        # raises it from feed_data (the callback's error, the cause as context)
+        stage = "on_headers_complete"
+        try:
+            if d is not None:
+                d.callback(response)
+            if length:
+                stage = "on_body"
+                if self._protocol is not None and self._active and not self._complete:
+                    # self.on_body(...), inline
+                    self._protocol.dataReceived(data[len(key):])
+                else:
+                    self.on_body(data[len(key):])
+            # on_message_complete of a keep-alive response, inline
+            stage = "on_message_complete"
+            if not self._active or self._complete:  # stray bytes
+                self._stray = True
+                return
+            self._complete = True
+            if not self._body_sent:
+                self._reusable = False
+                self._stop_body()
+            self._finished()
+        except Exception:
+            raise httptools.HttpParserCallbackError(f"`{stage}` callback error")  # noqa: B904
 
     def _end_read(self) -> None:
         flush, self._read_end = self._read_end, None

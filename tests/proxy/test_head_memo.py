@@ -283,3 +283,59 @@ def test_new_exchange_and_send_heads_attempt_are_the_constructors():
             assert isinstance(got.pop("result"), Deferred)
             expected = {k: v for k, v in expected.items() if k != "result"}
         assert got == expected, method
+
+
+class _Body:
+    """A response body's protocol; ``fail`` makes its dataReceived raise."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.data = b""
+        self.reason: Any = None
+
+    def makeConnection(self, producer: Any) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.fail:
+            raise KeyError("boom")
+        self.data += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.reason = reason
+
+
+def _upstream_failure(memo: bool) -> tuple:
+    """Three identical responses on one upstream connection, the third
+    body's protocol raising: what the connection reports (types, message)."""
+    from twisted.internet import defer
+
+    from nbgateway.dial.http11 import ConnectionPool
+
+    saved = UpstreamConnection.__dict__["_remember"]
+    if not memo:
+        UpstreamConnection._remember = lambda *a: None  # type: ignore[method-assign]
+    try:
+        pool = ConnectionPool(task.Clock(), 4, 90.0)
+        conn = UpstreamConnection(pool, (b"http", b"127.0.0.1", 80))
+        conn.makeConnection(StringTransport())
+        bodies = [_Body(False), _Body(False), _Body(True)]
+        for body in bodies:
+            d: defer.Deferred[Any] = defer.Deferred()
+            d.addCallback(lambda r, b=body: r.deliverBody(b))
+            conn.send(b"GET", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", None, d)
+            conn.dataReceived(OK)
+    finally:
+        UpstreamConnection._remember = saved  # type: ignore[method-assign]
+    inner = bodies[2].reason.value.reasons[0].value
+    return (conn._memo is not None, [b.data for b in bodies[:2]],
+            type(bodies[2].reason.value), type(inner), str(inner), repr(inner.__context__),
+            conn.transport.disconnecting)
+
+
+def test_a_failing_body_protocol_fails_as_through_llhttp():
+    general = _upstream_failure(memo=False)
+    remembered = _upstream_failure(memo=True)
+    assert remembered[0] and not general[0]
+    assert remembered[1:] == general[1:]
+    assert general[3] is httptools.HttpParserCallbackError
