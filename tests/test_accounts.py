@@ -135,6 +135,21 @@ def test_ready_brings_up_listeners_and_reports_active_with_listener_b13():
     assert p.key_bytes in runtime.device.peers
 
 
+def test_every_account_stack_gets_the_connection_bound():
+    """AccountSettings.max_tcp_connections (--max-tunnel-connections) bounds
+    the TCP layer of each account's netstack; the default is the layer's."""
+    from nbgateway.netstack.tcp import DEFAULT_MAX_CONNECTIONS
+
+    for settings, expected in ((AccountSettings(cluster="gw", max_tcp_connections=7), 7),
+                               (None, DEFAULT_MAX_CONNECTIONS)):
+        store, registry, _, _ = make(Mgmt(), settings=settings)
+        store.apply_batch([mapping("s1", account="a1"), mapping("s2", account="a2")], False)
+        for n, inst in enumerate(Channel.instances):
+            inst.on_map(network(peers=[peer(f"100.64.0.{10 + n}")]))
+        for account in ("a1", "a2"):
+            assert registry.get(account).stack.tcp.max_connections == expected
+
+
 def test_l4_mappings_are_reported_unsupported_never_active():
     """This gateway relays no TCP/UDP/TLS yet: such a mapping gets ERROR with the
     reason, while an HTTP mapping of the same account goes ACTIVE."""

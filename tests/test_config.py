@@ -57,6 +57,7 @@ def test_defaults():
     assert cfg.drain_timeout == 30.0 and cfg.tunnel_cache_ttl == 300.0
     assert cfg.mapping_batch_watchdog == 120.0
     assert cfg.log_level == "info" and cfg.log_format == "text"
+    assert cfg.max_tunnel_connections == 16384
 
 
 @pytest.mark.parametrize(
@@ -92,6 +93,8 @@ def test_defaults():
          "health_addr", HostPort("::1", 9000), HostPort("0.0.0.0", 9001)),
         ("--l4-public-ports", "NB_PROXY_L4_PUBLIC_PORTS", "8000-8999", "53,10000-20000",
          "l4_public_ports", ((8000, 8999),), ((53, 53), (10000, 20000))),
+        ("--max-tunnel-connections", "NB_PROXY_MAX_TUNNEL_CONNECTIONS", "100", "7",
+         "max_tunnel_connections", 100, 7),
     ],
 )
 def test_flag_beats_env_beats_default(flag, env, flag_value, env_value, attr, from_flag,
@@ -272,6 +275,9 @@ def test_secrets_not_in_repr_or_log_view():
          "invalid --l4-public-ports value '1024-' (from NB_PROXY_L4_PUBLIC_PORTS)"),
         ([], {"NB_PROXY_L4_PUBLIC_PORTS": "80;443"},
          "invalid --l4-public-ports value '80;443' (from NB_PROXY_L4_PUBLIC_PORTS)"),
+        (["--max-tunnel-connections", "0"], {}, "invalid --max-tunnel-connections value '0'"),
+        ([], {"NB_PROXY_MAX_TUNNEL_CONNECTIONS": "many"},
+         "invalid --max-tunnel-connections value 'many' (from NB_PROXY_MAX_TUNNEL_CONNECTIONS)"),
     ],
 )
 def test_validation_errors(argv, env, expected):
@@ -327,3 +333,21 @@ def test_l4_public_ports_default_normalised_and_empty():
             if ranges.covers(p)] == [25, 53, 54, 8000, 9100]
     none = parse([], {"NB_PROXY_L4_PUBLIC_PORTS": ""}).l4_public_ports
     assert none == () and not none.covers(1024) and str(none) == ""
+
+
+def test_max_tunnel_connections_reaches_the_account_settings(tmp_path):
+    """--max-tunnel-connections / NB_PROXY_MAX_TUNNEL_CONNECTIONS -> the
+    runtimes' shared settings (tests/test_accounts.py: settings -> each
+    account's netstack)."""
+    from twisted.internet.task import Clock
+
+    from nbgateway.service import GatewayService
+
+    base = {"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "datadir": str(tmp_path),
+            "private": True, "health_addr": "", "wg_port": "0"}
+    for flags, env, expected in ((base, {}, 16384),
+                                 ({**base, "max_tunnel_connections": "12"}, {}, 12),
+                                 (base, {"NB_PROXY_MAX_TUNNEL_CONNECTIONS": "34"}, 34)):
+        svc = GatewayService(load(flags, {"NB_PROXY_TOKEN": "t", **env}), reactor=Clock())
+        for account in ("acct-a", "acct-b"):
+            assert svc._make_runtime(account).settings.max_tcp_connections == expected

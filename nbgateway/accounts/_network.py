@@ -61,7 +61,8 @@ class NetworkMaps:
                          account=self.account_id)
                 return None
             self.stack = Stack(self.device, self.reactor, network.addresses, mtu=self.settings.mtu,
-                               verify_checksums=False)  # WireGuard authenticated them
+                               verify_checksums=False,  # WireGuard authenticated them
+                               max_tcp_connections=self.settings.max_tcp_connections)
             self.device.sink = self.stack
             self.tunnel_ip = str(network.address.ip) if network.address else network.addresses[0]
         elif set(network.addresses) != {str(a) for a in self.stack.addresses}:

@@ -47,6 +47,7 @@ class AccountSettings:
     http_port: int = 80
     https_port: int = 443
     mtu: int = 1280
+    max_tcp_connections: int = 16384  # --max-tunnel-connections, per account stack
 
 
 class AccountRuntime(Registration, NetworkMaps):

@@ -195,6 +195,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_relays", "NB_PROXY_MAX_RELAYS", "4096",
        "most live L4 TCP relays per port router (beyond it new connections are closed)",
        parse_positive_int),
+    _s("max_tunnel_connections", "NB_PROXY_MAX_TUNNEL_CONNECTIONS", "16384",
+       "most TCP connections one account's tunnel netstack holds, inbound and outgoing "
+       "(TIME-WAIT apart); beyond it new ones are refused with RST",
+       parse_positive_int),
     _s("l4_public_ports", "NB_PROXY_L4_PUBLIC_PORTS", str(DEFAULT_L4_PUBLIC_PORTS),
        "host ports public TCP/TLS/UDP L4 services may bind: comma-separated ports and "
        "ranges (8000-8999,10000-20000; empty: none); others are refused (ERROR). TLS "
@@ -317,6 +321,7 @@ class Config:
     acme_ca_bundle: str = ""
     acme_retry_base: float = 60.0
     max_relays: int = 4096
+    max_tunnel_connections: int = 16384
     l4_public_ports: PortRanges = DEFAULT_L4_PUBLIC_PORTS
 
     @property

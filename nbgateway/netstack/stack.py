@@ -48,10 +48,15 @@ AddressLike = str | IPAddress
 DEFAULT_MTU = 1280
 
 
-def _default_tcp_factory(stack: Stack) -> Any:
+#: the TCP layer's default connection bound (tcp.DEFAULT_MAX_CONNECTIONS; not
+#: imported: the TCP layer is loaded only when a stack is built)
+DEFAULT_MAX_TCP_CONNECTIONS = 16384
+
+
+def _default_tcp_factory(stack: Stack, max_connections: int = DEFAULT_MAX_TCP_CONNECTIONS) -> Any:
     from nbgateway.netstack.tcp import TCPLayer  # written by the TCP layer's owner
 
-    return TCPLayer(stack)
+    return TCPLayer(stack, max_connections=max_connections)
 
 
 @implementer(IPacketBatchSink, IIPLayer)
@@ -70,6 +75,11 @@ class Stack(StackInput, StackOutput):
     inbound packets are not verified (Linux marks decrypted WireGuard packets
     CHECKSUM_UNNECESSARY; gVisor under wireguard-go skips them likewise).
     Output checksums are always computed.
+
+    ``max_tcp_connections`` bounds the TCP connections (not in TIME-WAIT) the
+    default TCP layer holds: a stack is one account's, and its peers must not
+    grow the gateway's shared heap without limit (ignored with a
+    ``tcp_factory``, which builds its own layer).
     """
 
     # 31 attributes: more than CPython 3.11 shares dict keys for (30), so
@@ -106,6 +116,7 @@ class Stack(StackInput, StackOutput):
         max_reassembly_bytes: int = 256 * 1024,
         verify_checksums: bool = True,
         coalesce: bool = True,
+        max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
     ) -> None:
         addrs = tuple(ipaddress.ip_address(a) for a in addresses)
         if not addrs:
@@ -152,7 +163,8 @@ class Stack(StackInput, StackOutput):
         # sender.sendPackets call when the outermost uncork() runs
         self._cork_depth = 0
         self._corked: list[bytes] = []
-        self.tcp: Any = (tcp_factory or _default_tcp_factory)(self)
+        self.tcp: Any = (tcp_factory(self) if tcp_factory is not None
+                         else _default_tcp_factory(self, max_tcp_connections))
         # the TCP layer's fused input for the predicted segment (tcp_fast.py), if it has one
         self._tcp_fast = getattr(self.tcp, "fast", None)
 

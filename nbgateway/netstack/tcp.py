@@ -15,6 +15,18 @@ cookie slots after the last overflow.  Completed connections wait in an accept
 queue bounded by ``backlog`` (only non-empty while the listener is paused);
 when it is full new SYNs are dropped and completing handshakes are reset.
 TIME-WAIT connections are bounded by ``max_time_wait`` (oldest evicted first).
+
+Connection bound: the layer holds at most ``max_connections`` connections
+that are not in TIME-WAIT (half-open, established, closing, accept-queued and
+outgoing alike).  A stack is one account's, so this bounds what one tenant's
+peers can make the gateway's shared heap hold.  At the bound a SYN to a
+listener, and a valid SYN-cookie ACK that would complete a connection, are
+answered with RST (``drop_tcp_conn_limit``: the client sees a refusal, not a
+retry timeout), and :meth:`TCPLayer.connect` raises ``ConnectError``
+(``tcp_connect_limit``).  TIME-WAIT entries are bounded on their own (and
+evicted oldest first), so they do not count: a busy server's closed
+connections never refuse new ones.  The check is one length comparison per
+SYN, none per segment.
 """
 
 from __future__ import annotations
@@ -69,6 +81,9 @@ MAX_TIME_WAIT = 4096
 CHALLENGE_ACKS_PER_SECOND = 1000  # RFC 5961 7: a system-wide limit
 DEFAULT_BACKLOG = 128
 DEFAULT_MAX_HALF_OPEN = 256
+#: connections (not in TIME-WAIT) one stack, i.e. one account, may hold
+DEFAULT_MAX_CONNECTIONS = 16384
+LIMIT_LOG_INTERVAL = 60.0
 
 log = Logger()
 
@@ -147,7 +162,8 @@ class TCPLayer:
     """All TCP state of one stack."""
 
     def __init__(self, stack: Any, secret: bytes | None = None,
-                 max_time_wait: int = MAX_TIME_WAIT) -> None:
+                 max_time_wait: int = MAX_TIME_WAIT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.stack = stack
         self.clock = stack.clock
         self.counters = stack.counters
@@ -157,6 +173,8 @@ class TCPLayer:
         self.listeners: dict[tuple[IPAddress | None, int], Listener] = {}
         self.time_wait: OrderedDict[ConnKey, Connection] = OrderedDict()
         self.max_time_wait = max_time_wait
+        self.max_connections = max(1, max_connections)
+        self._limit_logged: float | None = None  # when the bound was last logged
         self._heap: list[tuple[float, int, Connection]] = []
         self._tiebreak = itertools.count()
         self._in_input = False
@@ -185,6 +203,11 @@ class TCPLayer:
             rst = build_segment(seg.dport, seg.sport, 0, seg.seq + seg.seg_len, RST | ACK, 0)
         self.counters["tcp_rst_sent"] += 1
         self.stack.send_transport(local, remote, PROTO_TCP, rst)
+
+    def at_connection_limit(self) -> bool:
+        """True when the layer holds ``max_connections`` connections not in
+        TIME-WAIT (every TIME-WAIT connection is also in ``conns``)."""
+        return len(self.conns) - len(self.time_wait) >= self.max_connections
 
     def challenge_allowed(self, now: float) -> bool:
         second = int(now)
@@ -222,7 +245,13 @@ class TCPLayer:
 
     def connect(self, remote: IPAddress, rport: int, user: TCPUser,
                 local: IPAddress | None = None) -> Connection:
-        """Active OPEN from an ephemeral port; ``user`` gets the events."""
+        """Active OPEN from an ephemeral port; ``user`` gets the events.
+        Raises ``ConnectError`` at the layer's connection bound."""
+        if self.at_connection_limit():
+            self.counters["tcp_connect_limit"] += 1
+            self._log_limit()
+            raise error.ConnectError(
+                string=f"tunnel connection limit reached ({self.max_connections})")
         if local is None:
             for addr in self.stack.addresses:
                 if addr.version == remote.version:
@@ -442,6 +471,9 @@ class TCPLayer:
             return
         if not flags & SYN:
             return
+        if self.at_connection_limit():
+            self._refuse_at_limit(dst, src, seg)
+            return
         if len(listener.accept_queue) >= listener.backlog:
             self.counters["tcp_listen_drops"] += 1
             return
@@ -455,6 +487,29 @@ class TCPLayer:
             return
         listener.last_overflow = now
         self._send_cookie(src, dst, seg, now)
+
+    def _refuse_at_limit(self, local: IPAddress, remote: IPAddress, seg: Segment) -> None:
+        """Reset a SYN (or completing cookie ACK) at the connection bound.
+
+        RST rather than a silent drop (what a full accept queue gets): the
+        bound is held by live connections, not drained in milliseconds, so a
+        dropped SYN would only be retransmitted for minutes; the client is
+        refused at once, as by a closed port (or Linux's
+        ``tcp_abort_on_overflow`` for the cookie ACK)."""
+        self.counters["drop_tcp_conn_limit"] += 1
+        self._log_limit()
+        self.send_rst_for(local, remote, seg)
+
+    def _log_limit(self) -> None:
+        """A warning at most once a minute while the bound refuses connections."""
+        now = self.clock.seconds()
+        if self._limit_logged is not None and now - self._limit_logged < LIMIT_LOG_INTERVAL:
+            return
+        self._limit_logged = now
+        log.warn("netstack {stack}: {limit} TCP connections held; refusing new ones "
+                 "(--max-tunnel-connections), {refused} refused so far",
+                 stack=self.stack, limit=self.max_connections,
+                 refused=self.counters["drop_tcp_conn_limit"] + self.counters["tcp_connect_limit"])
 
     def _send_cookie(self, src: IPAddress, dst: IPAddress, seg: Segment, now: float) -> None:
         self.counters["tcp_syncookies_sent"] += 1
@@ -479,6 +534,9 @@ class TCPLayer:
         if mss is None:
             self.counters["tcp_syncookies_failed"] += 1
             self.send_rst_for(dst, src, seg)
+            return
+        if self.at_connection_limit():
+            self._refuse_at_limit(dst, src, seg)
             return
         if len(listener.accept_queue) >= listener.backlog:
             self.counters["tcp_listen_drops"] += 1

@@ -283,6 +283,7 @@ class GatewayService(MultiService):
                 private=cfg.private,
                 http_port=cfg.tunnel_http_port,
                 https_port=cfg.tunnel_https_port,
+                max_tcp_connections=cfg.max_tunnel_connections,
             )
         return settings
 
