@@ -210,3 +210,39 @@ def test_the_stack_passes_its_bound_to_the_tcp_layer():
     assert st.tcp.max_connections == 5
     assert tcp_mod.TCPLayer(st, max_connections=0).max_connections == 1  # never zero
     assert ipaddress.ip_address("100.64.0.1") in st.addresses
+
+
+def test_real_stacks_refuse_beyond_the_bound_and_metrics_export_the_drop():
+    """Two real Stacks on a MemoryLink: the RST leaves through the IP layer,
+    the client endpoint fails with ConnectionRefusedError, and the scrape
+    shows nbgateway_netstack_drops_total{reason="tcp_conn_limit"}."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from nbgateway.netstack.testing import make_stack_pair, run_until
+    from nbgateway.observe.metrics import GatewayMetrics
+
+    clock = Clock()
+    a, b, _link = make_stack_pair(clock, ("100.64.0.1",), ("100.64.0.2",),
+                                  stack_kwargs={"max_tcp_connections": 2})
+    a.tcp.max_connections = 100  # the client's own bound is not the one under test
+    servers: list = []
+    TunnelServerEndpoint(b, 80).listen(factory_of(Collect, servers))
+    results: list = []
+    clients: list = []
+    for _ in range(3):
+        TunnelClientEndpoint(a, "100.64.0.2", 80, timeout=10).connect(
+            factory_of(Collect, clients)).addBoth(results.append)
+    assert run_until(clock, lambda: len(results) == 3 and len(servers) == 2, timeout=10)
+    assert len(servers) == 2 and len(clients) == 2
+    assert [r.check(error.ConnectionRefusedError) for r in results if r not in clients] == [
+        error.ConnectionRefusedError]
+    metrics = GatewayMetrics()
+    metrics.add_account("acct", stacks=[b])
+    text = generate_latest(metrics.registry).decode()
+    drops = {s.labels.get("reason"): s.value for f in text_string_to_metric_families(text)
+             for s in f.samples if s.name == "nbgateway_netstack_drops_total"}
+    assert drops["tcp_conn_limit"] == 1
+    for c in clients:
+        c.transport.abortConnection()
+    run_until(clock, lambda: False, timeout=1)
