@@ -8,9 +8,10 @@ existing management user, and the identity a signed-in SSO session acts with.
 
 The dashboard never creates users: the subject maps to the user that
 public-service SSO provisioned for it (same id derivation as
-:mod:`nbgateway.management.sso`), else to the one user whose e-mail equals the
-provider's *verified* e-mail.  No user, a pending or blocked user, or several
-users with that e-mail: refused.  The user is re-read on every page, so
+:mod:`nbgateway.management.sso`), else to the user whose e-mail equals the
+provider's *verified* e-mail (of several, the one created first: a user another
+account adds later with the same e-mail neither takes nor blocks the sign-in).
+No user, or a pending or blocked user: refused.  The user is re-read on every page, so
 blocking it or changing its role takes effect at once.
 
 Blocking calls (provider discovery, token exchange, store) run in the caller's
@@ -105,10 +106,20 @@ class DashboardSSO:
             found = [u for account in store.accounts.list()
                      for u in store.users.list(account.id)
                      if (u.email or "").strip().lower() == wanted]
-            if len(found) == 1:
+            if found:
+                # The user that had the e-mail first: another account adding a
+                # user with the same e-mail later can neither take this
+                # sign-in nor block it (refusing the sign-in when several
+                # accounts had the e-mail let any tenant lock another
+                # account's admin out of the dashboard's SSO).
+                found.sort(key=lambda u: (u.created_at is None,
+                                          u.created_at.timestamp() if u.created_at else 0.0,
+                                          u.id))
+                if len(found) > 1:
+                    log.warn("dashboard SSO: {count} users have the signed-in e-mail; "
+                             "the first created wins", count=len(found),
+                             user=found[0].id, account_id=found[0].account_id)
                 return found[0]
-            if len(found) > 1:
-                raise SignInRefusedError("several management users have that e-mail")
         raise SignInRefusedError("no management user for this sign-in")
 
     def identity(self, session_token: str) -> Identity | None:
