@@ -506,9 +506,9 @@ class TCPLayer:
         if self._limit_logged is not None and now - self._limit_logged < LIMIT_LOG_INTERVAL:
             return
         self._limit_logged = now
-        log.warn("netstack {stack}: {limit} TCP connections held; refusing new ones "
+        log.warn("netstack {addresses}: {limit} TCP connections held; refusing new ones "
                  "(--max-tunnel-connections), {refused} refused so far",
-                 stack=self.stack, limit=self.max_connections,
+                 addresses=" ".join(map(str, self.stack.addresses)), limit=self.max_connections,
                  refused=self.counters["drop_tcp_conn_limit"] + self.counters["tcp_connect_limit"])
 
     def _send_cookie(self, src: IPAddress, dst: IPAddress, seg: Segment, now: float) -> None:

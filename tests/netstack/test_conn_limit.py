@@ -193,6 +193,7 @@ def test_the_limit_is_logged_at_most_once_a_minute():
         globalLogPublisher.removeObserver(observer)
     warned = [e for e in events if e.get("limit") == 1 and "refused" in e]
     assert [e["refused"] for e in warned] == [1, 4]
+    assert warned[0]["addresses"] == str(B4)
 
 
 def test_the_stack_passes_its_bound_to_the_tcp_layer():
