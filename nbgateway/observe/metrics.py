@@ -372,6 +372,10 @@ class _GatewayCollector:
         yield CounterMetricFamily(PREFIX + "tcp_connections_accepted",
                                   "TCP connections accepted on tunnel listeners",
                                   value=c["tcp_passive_opens"])
+        yield CounterMetricFamily(PREFIX + "tcp_connect_limit_refusals",
+                                  "Outgoing tunnel TCP connects refused at "
+                                  "--max-tunnel-connections",
+                                  value=c["tcp_connect_limit"])
         resets = CounterMetricFamily(PREFIX + "tcp_resets", "TCP RST segments",
                                      labels=["direction"])
         resets.add_metric(["rx"], c["tcp_rst_received"])

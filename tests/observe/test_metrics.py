@@ -126,6 +126,21 @@ def test_wireguard_and_tcp_metrics_match_live_counters(tunnel):
     assert value(s, "nbgateway_netstack_drops_total", reason="unknown_protocol") == 1
 
 
+def test_outgoing_connects_refused_at_the_connection_bound_are_exported(tunnel):
+    import ipaddress
+
+    from twisted.internet.error import ConnectError
+
+    metrics = GatewayMetrics()
+    metrics.add_account("acc1", devices=[tunnel.b], stacks=[tunnel.sb])
+    tunnel.connect()
+    assert value(scrape(metrics), "nbgateway_tcp_connect_limit_refusals_total") == 0
+    tunnel.sb.tcp.max_connections = len(tunnel.sb.tcp.conns)
+    with pytest.raises(ConnectError):
+        tunnel.sb.tcp.connect(ipaddress.ip_address("10.0.0.1"), 80, object())
+    assert value(scrape(metrics), "nbgateway_tcp_connect_limit_refusals_total") == 1
+
+
 def test_totals_stay_monotonic_when_accounts_and_peers_go(tunnel):
     metrics = GatewayMetrics()
     metrics.add_account("acc1", devices=[tunnel.b], stacks=[tunnel.sb])
