@@ -70,8 +70,11 @@ class IManagementClient(Interface):
 
     connected = Attribute("True while the mapping stream is connected (health).")
 
-    def validate_tunnel_peer(tunnel_ip: str, domain: str):
-        """ValidateTunnelPeer -> Deferred[ValidateTunnelPeerResponse]."""
+    def validate_tunnel_peer(tunnel_ip: str, domain: str, account_id: str = ""):
+        """ValidateTunnelPeer -> Deferred[ValidateTunnelPeerResponse].
+        ``account_id``: the listener's account (extension field
+        ``nbgw_account_id``); management then answers valid only for a
+        service of that account."""
 
     def validate_session(domain: str, session_token: str):
         """ValidateSession -> Deferred[ValidateSessionResponse]."""

@@ -550,12 +550,14 @@ class ValidateSessionResponse(_message.Message):
     def __init__(self, valid: _Optional[bool] = ..., user_id: _Optional[str] = ..., user_email: _Optional[str] = ..., denied_reason: _Optional[str] = ..., peer_group_ids: _Optional[_Iterable[str]] = ..., peer_group_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ValidateTunnelPeerRequest(_message.Message):
-    __slots__ = ("tunnel_ip", "domain")
+    __slots__ = ("tunnel_ip", "domain", "nbgw_account_id")
     TUNNEL_IP_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    NBGW_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     tunnel_ip: str
     domain: str
-    def __init__(self, tunnel_ip: _Optional[str] = ..., domain: _Optional[str] = ...) -> None: ...
+    nbgw_account_id: str
+    def __init__(self, tunnel_ip: _Optional[str] = ..., domain: _Optional[str] = ..., nbgw_account_id: _Optional[str] = ...) -> None: ...
 
 class ValidateTunnelPeerResponse(_message.Message):
     __slots__ = ("valid", "user_id", "user_email", "denied_reason", "session_token", "peer_group_ids", "peer_group_names")

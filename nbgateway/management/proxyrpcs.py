@@ -247,6 +247,10 @@ class TunnelPeerRpcs:
         if svc is None:
             return deny(denied_reason="service_not_found")
         enforce_scope(caller, svc.account_id, context)
+        if req.nbgw_account_id and req.nbgw_account_id != svc.account_id:
+            # the gateway asked for a peer of another account's tunnel (our
+            # extension: upstream gateways do not set it)
+            return deny(denied_reason="account_mismatch")
         try:
             peer: Peer | None = self.store.peers.get_by_ip(svc.account_id, req.tunnel_ip)
         except Exception:

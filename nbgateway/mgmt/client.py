@@ -197,8 +197,10 @@ class GrpcManagementClient(service.Service):
         return self.session.unary(method, request, timeout=timeout,
                                   metadata=self._metadata + extra_metadata)
 
-    def validate_tunnel_peer(self, tunnel_ip: str, domain: str) -> Deferred[Any]:
-        req = pb.ValidateTunnelPeerRequest(tunnel_ip=tunnel_ip, domain=domain)
+    def validate_tunnel_peer(self, tunnel_ip: str, domain: str,
+                             account_id: str = "") -> Deferred[Any]:
+        req = pb.ValidateTunnelPeerRequest(tunnel_ip=tunnel_ip, domain=domain,
+                                           nbgw_account_id=account_id)
         return self._unary("ValidateTunnelPeer", req, self.rpc_timeout)
 
     def validate_session(self, domain: str, session_token: str) -> Deferred[Any]:

@@ -113,16 +113,19 @@ class FakeManagementClient:
 
         return d.addCallback(check)
 
-    def _default_tunnel_peer(self, tunnel_ip: str, domain: str) -> pb.ValidateTunnelPeerResponse:
+    def _default_tunnel_peer(self, tunnel_ip: str, domain: str,
+                             account_id: str = "") -> pb.ValidateTunnelPeerResponse:
         resp = self.tunnel_peers.get((tunnel_ip, domain))
         if resp is not None:
             return resp
         return pb.ValidateTunnelPeerResponse(valid=False, denied_reason="peer_not_found")
 
-    def validate_tunnel_peer(self, tunnel_ip: str, domain: str) -> Deferred[Any]:
-        return self._call(
-            "validate_tunnel_peer", self._default_tunnel_peer, tunnel_ip=tunnel_ip, domain=domain
-        )
+    def validate_tunnel_peer(self, tunnel_ip: str, domain: str,
+                             account_id: str = "") -> Deferred[Any]:
+        kwargs: dict[str, Any] = {"tunnel_ip": tunnel_ip, "domain": domain}
+        if account_id:  # recorded only when asked with an account
+            kwargs["account_id"] = account_id
+        return self._call("validate_tunnel_peer", self._default_tunnel_peer, **kwargs)
 
     def validate_session(self, domain: str, session_token: str) -> Deferred[Any]:
         return self._call(

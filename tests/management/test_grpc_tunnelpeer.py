@@ -265,3 +265,23 @@ def test_missing_private_key_is_invalid_service_config(harness: Harness, fx: Fix
 def test_disabled_service_is_still_validated(harness: Harness, fx: Fixture) -> None:
     fx.store.services.update(dataclasses.replace(fx.s, enabled=False))
     assert vtp(harness, fx.token, U_IP).valid
+
+
+def test_the_listener_account_extension_must_match_the_services_account(
+        harness: Harness, fx: Fixture) -> None:
+    """``nbgw_account_id`` (our field 1001): a gateway asking for a peer of
+    another account's tunnel gets a denial and no session token; the
+    service's own account, or no account (an upstream gateway), as before."""
+    def ask(account_id: str) -> pb.ValidateTunnelPeerResponse:
+        return harness.stub.ValidateTunnelPeer(
+            pb.ValidateTunnelPeerRequest(tunnel_ip=U_IP, domain=DOMAIN,
+                                         nbgw_account_id=account_id),
+            metadata=md(fx.token))
+
+    mismatch = ask("acct-somebody-else")
+    assert not mismatch.valid and mismatch.denied_reason == "account_mismatch"
+    assert mismatch.session_token == "" and mismatch.user_id == ""
+    assert list(mismatch.peer_group_ids) == []
+    same = ask(ACCOUNT)
+    assert same.valid and same.user_id == "alice" and same.session_token
+    assert vtp(harness, fx.token, U_IP).valid

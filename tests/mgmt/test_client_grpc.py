@@ -112,6 +112,9 @@ async def test_validate_tunnel_peer_values_and_token_metadata(env: Env) -> None:
     assert env.servicer.authorization == [f"Bearer {TOKEN}"]
     req = env.servicer.requests[-1]
     assert (req.tunnel_ip, req.domain) == ("100.64.0.10", "app.example")
+    assert req.nbgw_account_id == ""
+    await env.client.validate_tunnel_peer("100.64.0.10", "app.example", account_id="acct-1")
+    assert env.servicer.requests[-1].nbgw_account_id == "acct-1"
 
 
 @pytest_twisted.ensureDeferred
