@@ -199,8 +199,11 @@ class OperatorAuth:
             d = self.gate.check(listener_account=self.listener_account,
                                 mapping_account=entry.account_id,
                                 domain=entry.service.domain, client_ip=ctx.source_ip)
-            d.addCallback(lambda dec: protect.tunnel_done(dec.allowed, dec.identity,
-                                                           dec.session_token))
+            # an answer for a domain that left this service (or this
+            # listener's account) while the RPC ran is a refusal
+            d.addCallback(lambda dec: protect.tunnel_done(
+                dec.allowed and self.still_served(entry), dec.identity,
+                dec.session_token))
             d.addErrback(lambda _f: protect.tunnel_done(False, None, ""))
         elif isinstance(step, CallAuthenticate):
             kw = ({"header_value": step.value, "header_name": step.header_name}

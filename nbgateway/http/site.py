@@ -292,7 +292,7 @@ class GatewayResource(OperatorAuth, Resource):
             domain=entry.service.domain,
             client_ip=peer_ip,
         )
-        d.addCallback(self._decided, request, ctx, entry)
+        d.addCallback(self._decided_later, request, ctx, entry)
         d.addErrback(self._gate_failed, request)
         return server.NOT_DONE_YET
 
@@ -334,6 +334,29 @@ class GatewayResource(OperatorAuth, Resource):
             return True
         local = getattr(request.getHost(), "port", None)
         return local is None or int(port) == local
+
+    def still_served(self, entry: ServiceEntry) -> bool:
+        """After an RPC: is ``entry`` still its domain's service, in this
+        listener's account?  The mapping may have been removed, or the
+        domain handed to another account, while the RPC ran; management
+        then answered for the domain's new owner (a peer of that account
+        at the same tunnel address: accounts' tunnel ranges overlap)."""
+        current = self.lookup(entry.service.domain)
+        return (current is not None
+                and current.service.service_id == entry.service.service_id
+                and (self.listener_account is None
+                     or current.service.account_id == self.listener_account))
+
+    def _decided_later(self, decision: GateDecision, request: Any, ctx: RequestContext,
+                       entry: ServiceEntry) -> None:
+        """The gate's RPC answered: applied only while the domain is still
+        this service's (the synchronous ``decide_now`` path runs in the same
+        turn as the lookup and needs no check)."""
+        if decision.allowed and not self.still_served(entry):
+            log.info("gate answer for {domain} dropped: the service changed while the "
+                     "RPC ran", domain=entry.service.domain)
+            decision = GateDecision(False, "service_changed")
+        self._decided(decision, request, ctx, entry)
 
     def _decided(self, decision: GateDecision, request: Any, ctx: RequestContext,
                  entry: ServiceEntry) -> None:

@@ -139,6 +139,79 @@ class SiteOverTunnelTests(unittest.TestCase):
                           b"SameSite=Lax"])
 
     @defer.inlineCallbacks
+    def _answer_after(self, change):
+        """A private request whose ValidateTunnelPeer RPC answers (valid)
+        only after ``change`` altered the domain's service."""
+        from twisted.internet import task
+
+        pending = defer.Deferred()
+        self.mgmt.validate_tunnel_peer = lambda ip, domain, **_kw: pending
+        d = self.get("app.example")
+        for _ in range(200):  # until the request waits for the RPC
+            if pending.callbacks:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertTrue(pending.callbacks)
+        change()
+        self.cache.evict_account("acct")
+        pending.callback(self.mgmt.answer)  # valid: for whoever owns the domain now
+        resp, _body = yield d
+        return resp
+
+    @defer.inlineCallbacks
+    def test_an_answer_for_a_domain_handed_to_another_account_meanwhile_is_refused(self):
+        """Management answers for the domain's owner at the time it is asked:
+        after a hand-over, that is another account's peer at the same tunnel
+        address (accounts' ranges overlap). The answer must not make this
+        account's peer that user, nor reach the old upstream with a cookie."""
+        port = self.up_port.getHost().port
+        resp = yield self._answer_after(lambda: self.entries.__setitem__(
+            "app.example", entry_from_mapping(mapping(port, account="other"))))
+        self.assertIn(resp.code, (403, 404))
+        self.assertEqual(self.upstream.requests, [])
+        self.assertIsNone(resp.headers.getRawHeaders(b"set-cookie"))
+
+    @defer.inlineCallbacks
+    def test_an_answer_for_a_service_removed_meanwhile_is_refused(self):
+        resp = yield self._answer_after(lambda: self.entries.pop("app.example"))
+        self.assertIn(resp.code, (403, 404))
+        self.assertEqual(self.upstream.requests, [])
+        self.assertIsNone(resp.headers.getRawHeaders(b"set-cookie"))
+
+    @defer.inlineCallbacks
+    def test_an_answer_after_an_unrelated_change_is_still_served(self):
+        port = self.up_port.getHost().port
+        resp = yield self._answer_after(lambda: self.entries.__setitem__(
+            "new.example", entry_from_mapping(mapping(port, domain="new.example"))))
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(len(self.upstream.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_operator_auth_tunnel_answer_after_a_hand_over_is_no_sign_in(self):
+        """A public service with a password, reached over the tunnel: the
+        tunnel-peer sign-in (ValidateTunnelPeer) that answers after the domain
+        went to another account signs nobody in; the login page answers."""
+        from nbgateway.management.store._secrets import generate_session_keys
+
+        _priv, pub = generate_session_keys()
+        port = self.up_port.getHost().port
+
+        def login_mapping(account):
+            return mapping(port, domain="app.example", account=account, private=False,
+                           auth=pb.Authentication(session_key=pub, password=True))
+
+        self.entries["app.example"] = entry_from_mapping(login_mapping("acct"))
+        resp = yield self._answer_after(lambda: None)
+        self.assertEqual(resp.code, 200)  # the control: signed in by the tunnel
+        self.assertEqual(len(self.upstream.requests), 1)
+        self.upstream.requests.clear()
+        resp = yield self._answer_after(lambda: self.entries.__setitem__(
+            "app.example", entry_from_mapping(login_mapping("other"))))
+        self.assertNotEqual(resp.code, 200)
+        self.assertEqual(self.upstream.requests, [])
+        self.assertIsNone(resp.headers.getRawHeaders(b"set-cookie"))
+
+    @defer.inlineCallbacks
     def test_repeat_requests_one_rpc_b33(self):
         for _ in range(20):
             resp, _ = yield self.get("app.example")
