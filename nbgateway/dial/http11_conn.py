@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 _BODYLESS_STATUSES = (204, 304)
 #: bound on response head size (the parser itself is unbounded)
 MAX_HEAD_BYTES = 64 * 1024
-#: a longer response head is never remembered (see ``UpstreamConnection._remember``)
-MAX_MEMO_HEAD = 2048
 #: bytes of early response body kept while the consumer is not attached yet
 _EARLY_BODY_LIMIT = 256 * 1024
 _DONE = Failure(ConnectionDone())
@@ -128,11 +126,6 @@ class UpstreamConnection(Protocol):
     _write: Any = staticmethod(sockwrite.write)
     #: the response body's producer as its protocols see it (made on first use)
     _body_side: _BodyProducer | None = None
-    #: a whole keep-alive response llhttp parsed from one read, remembered
-    #: for a byte-identical head (see ``_remember``), and a head's bytes
-    #: that are remembered when they come again
-    _memo: tuple[Any, ...] | None = None
-    _seen: bytes | None = None
 
     def __init__(self, pool: ConnectionPool, key: tuple[bytes, bytes, int]) -> None:
         self.pool = pool
@@ -380,19 +373,12 @@ class UpstreamConnection(Protocol):
             self._reusable = False
             self.transport.abortConnection()
             return
-        first = not self._got_bytes
         self._got_bytes = True
         if self._head_method and self._head_done:
             return
         self._feeding = True
-        memo = self._memo
-        replay = (first and memo is not None and len(data) == memo[1]
-                  and data.startswith(memo[0]) and not self._head_method)
         try:
-            if replay:
-                self._replay(memo, data)
-            else:
-                self._parser.feed_data(data)
+            self._parser.feed_data(data)
         except Exception as exc:  # malformed upstream response
             self._feeding = False
             self._end_read()
@@ -410,104 +396,10 @@ class UpstreamConnection(Protocol):
             if self._stray:
                 self.transport.abortConnection()
             elif not self._lost:
-                if first and not replay:
-                    self._remember(data)
                 self.pool.release(self)
             return
         if self._head_method and self._head_done and self._active:
             self._finished()
-
-    def _remember(self, data: bytes) -> None:
-        """``data``, the first read of this exchange, held exactly one whole
-        keep-alive response with a ``Content-Length`` body (or none) that
-        completed it: remember its head when it is the second time in a row
-        (upstreams repeat theirs).  llhttp is strict (CRLF only), so the
-        head ends at the first blank line; deterministic, and at the start
-        of a message whenever a response begins here, it makes the same
-        status, headers and framing of the same bytes, and a read of those
-        bytes and exactly as many body bytes completes the message again:
-        ``_replay`` hands those on without feeding llhttp.  Anything llhttp
-        refuses never gets here."""
-        if self._head_method or self._status < 200:
-            return
-        end = data.find(b"\r\n\r\n") + 4
-        if end < 4 or end > MAX_MEMO_HEAD:
-            return
-        key = data[:end]
-        if self._seen != key:
-            self._seen = key
-            return
-        raw: dict[bytes, list[bytes]] = {}
-        for name, value in self._headers:  # as on_headers_complete makes them
-            canonical = _NAMES.get(name) or _canonical(name)
-            if 13 in value or 10 in value:
-                value = b" ".join(value.splitlines())
-            raw.setdefault(canonical, []).append(value)
-        if _TRANSFER_ENCODING in raw:
-            return
-        if self._status in _BODYLESS_STATUSES:
-            length = 0
-        else:
-            lengths = raw.get(_CONTENT_LENGTH)
-            if not lengths:
-                return
-            length = int(lengths[-1])
-        if end + length != len(data):
-            return
-        self._memo = (key, len(data), self._status, self._phrase,
-                      tuple((name, tuple(values)) for name, values in raw.items()), length)
-
-    def _replay(self, memo: tuple[Any, ...], data: bytes) -> None:
-        """The callbacks llhttp makes for ``data`` (see ``_remember``):
-        on_status, on_header (the head size is the same), on_headers_complete,
-        on_body and on_message_complete of a keep-alive response, with the
-        remembered status, phrase and headers (lists copied per response)."""
-        key, _total, status, phrase, items, length = memo
-        if not self._active or self._complete:  # stray bytes (as the callbacks)
-            self._stray = True
-            return
-        self._phrase = phrase
-        self._status = status
-        self._head_done = True
-        raw: dict[bytes, list[bytes]] = {}
-        for name, values in items:
-            raw[name] = [*values]
-        self._framing_eof = False
-        d, self._d = self._d, None
-        headers = _new_headers(Headers)
-        headers._rawHeaders = raw
-        response = _new_response(LeanResponse)
-        response._conn = self
-        response.code = status
-        response.phrase = phrase
-        response.headers = headers
-        response.length = length
-        response.deliverBody = self.deliver  # type: ignore[method-assign]
-        # an exception out of a callback's work is raised as httptools
-        # raises it from feed_data (the callback's error, the cause as context)
-        stage = "on_headers_complete"
-        try:
-            if d is not None:
-                d.callback(response)
-            if length:
-                stage = "on_body"
-                if self._protocol is not None and self._active and not self._complete:
-                    # self.on_body(...), inline
-                    self._protocol.dataReceived(data[len(key):])
-                else:
-                    self.on_body(data[len(key):])
-            # on_message_complete of a keep-alive response, inline
-            stage = "on_message_complete"
-            if not self._active or self._complete:  # stray bytes
-                self._stray = True
-                return
-            self._complete = True
-            if not self._body_sent:
-                self._reusable = False
-                self._stop_body()
-            self._finished()
-        except Exception:
-            raise httptools.HttpParserCallbackError(f"`{stage}` callback error")  # noqa: B904
 
     def _end_read(self) -> None:
         flush, self._read_end = self._read_end, None

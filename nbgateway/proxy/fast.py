@@ -60,7 +60,6 @@ from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
     _DeclineError,
     _Head,
     http_date,
-    new_request,
 )
 from nbgateway.proxy.streaming import (
     H2C_PREFACE,
@@ -73,9 +72,6 @@ from nbgateway.proxy.streaming import (
 MAX_FAST_HEAD = 8 * 1024
 #: a fast request with more header lines goes to twisted.web
 MAX_FAST_HEADERS = 100
-#: a longer head is never remembered for a byte-identical next one (the
-#: memory a connection keeps: two heads at most)
-MAX_MEMO_HEAD = 2048
 #: bytes of pipelined requests buffered behind the current one before reading pauses
 MAX_PIPELINED = 64 * 1024
 _new_headers = Headers.__new__
@@ -105,14 +101,6 @@ class FastHTTPChannel(StreamingHTTPChannel):
     #: is back at the start of a message after one), and its callbacks
     _parser: Any = None
     _parse_head: Any = None
-    #: the site resource's ``fast_route`` (False: it has none), on first use
-    _fast_route: Any = None
-    #: the last bodiless keep-alive head llhttp accepted and the fast path
-    #: served (its exact bytes), and what the parse made of it, reused for
-    #: a byte-identical head (see ``_remember``); ``_seen``: a head's bytes
-    #: that are remembered when they come again
-    _memo: tuple[Any, ...] | None = None
-    _seen: bytes | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -204,40 +192,6 @@ class FastHTTPChannel(StreamingHTTPChannel):
         if end > MAX_FAST_HEAD or buf[:1] in (b"\r", b"\n"):
             self._hand_over()
             return False
-        head_bytes = buf[:end]
-        memo = self._memo
-        if memo is not None and memo[0] == head_bytes:
-            # The bytes llhttp accepted last time, from the same start of a
-            # message: the same parse (see _remember), without feeding it.
-            # the resource's fast_route, looked up once per connection
-            fast_route = self._fast_route
-            if fast_route is None:
-                fast_route = self._fast_route = getattr(self.site.resource, "fast_route", False)
-            route = fast_route(memo[4] or b"") if fast_route else None
-            if not route:
-                self._parser = None
-                self._hand_over()
-                return False
-            if self._head_deadline is not None:
-                self._cancel_head_deadline()
-            raw = {}
-            for name, values in memo[3]:
-                raw[name] = [*values]
-            headers = _new_headers(Headers)
-            headers._rawHeaders = raw
-            req = new_request(self, memo[1], memo[2], memo[7], headers)
-            req.underscore_names = memo[5]
-            if not memo[5]:  # the headers stay as they are: the plan's lines hold
-                req.head_lines = memo[6]  # type: ignore[attr-defined]
-            req.channel_peer = self._peer  # type: ignore[attr-defined]
-            req.peer_ip = self._peer_ip
-            req.channel_host = self._host  # type: ignore[attr-defined]
-            req.secure = self._secure  # type: ignore[attr-defined]
-            self.persistent = True
-            self._buf = buf[end:]
-            req.routed = route
-            self._dispatch(req)
-            return True
         parser = self._parser
         if parser is None:
             head = self._parse_head = _Head()
@@ -254,7 +208,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
             head.decline = False
             head.underscore = False
         try:
-            parser.feed_data(head_bytes)
+            parser.feed_data(buf[:end])
             method = parser.get_method()
             if (head.decline or parser.get_http_version() != "1.1"
                     or head.count > MAX_FAST_HEADERS or not head.url.startswith(b"/")
@@ -285,11 +239,6 @@ class FastHTTPChannel(StreamingHTTPChannel):
         self.persistent = not head.close
         length = head.length
         self._buf = buf[end:]
-        if length is None and not head.close and end <= MAX_MEMO_HEAD:
-            if self._seen == head_bytes:
-                self._remember(head_bytes, method, head)
-            else:
-                self._seen = head_bytes
         if not length:
             if length == 0:
                 req.content = BytesIO()
@@ -309,23 +258,6 @@ class FastHTTPChannel(StreamingHTTPChannel):
                 rest = self._feed_body(rest)
                 self._buf = rest + self._buf
         return True
-
-    def _remember(self, head_bytes: bytes, method: bytes, head: _Head) -> None:
-        """Keep what the parse of ``head_bytes`` made (a head seen twice in a
-        row on this connection: keep-alive clients repeat theirs).  llhttp is
-        deterministic and at the start of a message whenever a head is
-        parsed here, and a bodiless head without ``Connection: close``
-        leaves it there again, so the same bytes give the same method,
-        target, headers, Host and verdicts: a byte-identical head takes
-        these (the header lists copied per request) instead of llhttp's
-        callbacks.  Anything llhttp refuses never gets here.  The last item
-        is the slot where the proxy's plan keeps its lines of these headers
-        (``nbgateway.proxy.plan``), handed on as ``head_lines`` when no header
-        name has an "_" (the front door removes those)."""
-        self._memo = (head_bytes, method, head.url,
-                      tuple((name, tuple(values)) for name, values in head.headers.items()),
-                      head.host, head.underscore, [None, b"", b""],
-                      head.url.split(b"?", 1)[0])
 
     def _dispatch(self, req: FastRequest) -> None:
         self._current = req

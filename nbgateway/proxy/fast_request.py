@@ -143,9 +143,6 @@ class FastRequest:
     underscore_names = True
     #: the client's address as text (the channel's, made once per connection)
     peer_ip: str | None = None
-    #: a remembered head's slot for the plan's lines of its headers
-    #: (``FastHTTPChannel._remember``, ``nbgateway.proxy.plan``); None: none
-    head_lines: list[Any] | None = None
     producer: Any = None
     #: the resource's ``fast_route`` answer, set when the request is
     #: dispatched in the turn that routed it (None: route it again)
@@ -413,31 +410,6 @@ class FastRequest:
         self.setHeader(b"content-length", b"%d" % len(_PROCESSING_FAILED))
         self.write(_PROCESSING_FAILED)
         self.finish()
-
-
-_new_request = FastRequest.__new__
-
-
-def new_request(channel: FastHTTPChannel, method: bytes, uri: bytes, path: bytes,
-                headers: Headers) -> FastRequest:
-    """``FastRequest(channel, method, uri, headers, close=False)`` for a
-    remembered head whose ``path`` (``uri`` before "?") is known: the same
-    instance state without the constructor call (keep in step with
-    ``FastRequest.__init__``; a test compares the two)."""
-    req = _new_request(FastRequest)
-    req.channel = channel
-    req.transport = channel.transport
-    req.method = method
-    req.uri = uri
-    req.path = path
-    req.requestHeaders = headers
-    date = _date_cache  # http_date(), its cached value read inline
-    raw = {_SERVER_NAME: [_SERVER],
-           _DATE: [date[1] if date[0] == int(time.time()) else http_date()]}
-    out = _new_headers(Headers)
-    out._rawHeaders = raw
-    req.responseHeaders = out
-    return req
 
 
 def _ignore(_data: bytes) -> None:

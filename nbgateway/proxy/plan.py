@@ -136,36 +136,28 @@ class RoutePlan:
         else:
             target = outgoing_path(self.route, path, query_s,
                                    self.opts.path_rewrite).encode("latin-1")
+        connection = inbound.get(_CONNECTION)
+        named = _tokens(connection) if connection else None
+        custom = self.custom_names
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-        # a remembered request head's lines for this plan (see _remember_lines)
-        lines = getattr(request, "head_lines", None)
-        if lines is not None and lines[0] is self:
-            parts += (lines[1], tail[1], lines[2], tail[2])
-        else:
-            connection = inbound.get(_CONNECTION)
-            named = _tokens(connection) if connection else None
-            custom = self.custom_names
-            skip = _SKIP
-            for name, values in inbound.items():
-                verdict = skip.get(name)
-                if verdict is None:
-                    verdict = _skipped(name)
-                if verdict or (named and name.lower() in named):
-                    continue
-                if custom and name in custom:
-                    return None  # a custom header replaces it in its place
-                for value in values:
-                    parts += (name, b": ", value, b"\r\n")
-            kept = len(parts)
-            parts.append(tail[1])
-            cookie_in = inbound.get(_COOKIE)
-            if cookie_in:
-                cookie = _without_session_cookie(cookie_in)
-                if cookie:
-                    parts += (b"Cookie: ", cookie, b"\r\n")
-            if lines is not None:
-                _remember_lines(lines, self, parts, kept)
-            parts.append(tail[2])
+        skip = _SKIP
+        for name, values in inbound.items():
+            verdict = skip.get(name)
+            if verdict is None:
+                verdict = _skipped(name)
+            if verdict or (named and name.lower() in named):
+                continue
+            if custom and name in custom:
+                return None  # a custom header replaces it in its place
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(tail[1])
+        cookie_in = inbound.get(_COOKIE)
+        if cookie_in:
+            cookie = _without_session_cookie(cookie_in)
+            if cookie:
+                parts += (b"Cookie: ", cookie, b"\r\n")
+        parts.append(tail[2])
         if body is None:
             if method in _BODY_METHODS:
                 parts.append(b"Content-Length: 0\r\n")
@@ -201,15 +193,3 @@ class RoutePlan:
                 tails.clear()
             tails[(id(identity), client_ip, host, secure)] = tail
         return tail
-
-
-def _remember_lines(lines: list[Any], plan: RoutePlan, parts: list[bytes], kept: int) -> None:
-    """Keep in ``lines`` (a remembered request head's slot, see
-    ``FastHTTPChannel._remember``) what ``plan`` made of that head's headers:
-    the client's kept lines and the Cookie line.  They depend only on the
-    headers (the same for every request of that head: it is only handed on
-    while nothing removes or rewrites them) and on the plan's own custom
-    header names, so a request of the same head and plan reuses them."""
-    lines[0] = plan
-    lines[1] = b"".join(parts[4:kept])
-    lines[2] = b"".join(parts[kept + 1:])
