@@ -38,6 +38,12 @@ with ``Transfer-Encoding: chunked`` (the 512 bytes as one chunk, then the
 ``0\r\n\r\n`` terminator, in one read); the client transport writes per
 response are printed too (HTTPS: TLS records).
 
+``--vary`` makes every request head and every upstream response head of a
+run differ from the one before (the target's query ``?q=<n>``, an ``ETag:
+"<n>"`` response header), as browsers' different paths and upstream
+responses with a changing ``Date`` do; without it a connection repeats one
+request, and the upstream one response, byte for byte (as wrk does).
+
 ``--against DIR`` compares this tree with another checkout of the project
 (e.g. ``git worktree add /tmp/base <commit>``): each round runs this script
 once with DIR's package and once with this tree's, alternating the order,
@@ -45,7 +51,8 @@ in subprocesses, and prints both medians and current / baseline per variant.
 
 Run:  .venv/bin/python bench/http_path.py [--requests 20000] [--rounds 5]
       [--pipeline 1]   (requests per client write: 1 = request/response)
-      [--inflight 1] [--upstream answer|lean] [--tls] [--chunked] [--against DIR]
+      [--inflight 1] [--upstream answer|lean] [--tls] [--chunked] [--vary]
+      [--against DIR]
 """
 
 from __future__ import annotations
@@ -175,8 +182,21 @@ UPSTREAM_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Enc
                     b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY))
 #: what the in-memory upstream answers (``--chunked``: UPSTREAM_CHUNKED)
 ANSWER = [UPSTREAM_RESPONSE]
+#: ``--vary``: no request or upstream response head repeats (see :func:`heads`)
+VARY = [False]
 #: client transport writes per response of the last lean/TLS run, per variant
 WRITES: dict[bool, float] = {}
+
+
+def heads(n: int) -> tuple[list[bytes], list[bytes] | None]:
+    """``n`` requests and, with ``--vary``, ``n`` upstream answers, made
+    before the timed loop: the same REQUEST each (answers None: ANSWER[0]
+    each), or with ``--vary`` each with its own query and ETag."""
+    if not VARY[0]:
+        return [REQUEST] * n, None
+    return ([REQUEST.replace(b"?q=1 ", b"?q=%d " % i) for i in range(n)],
+            [ANSWER[0].replace(b"\r\nServer: nginx\r\n", b'\r\nETag: "%d"\r\nServer: nginx\r\n' % i)
+             for i in range(n)])
 
 
 class _UpstreamWire(StringTransport):
@@ -206,6 +226,8 @@ class LeanPools:
 
         self.queue: list[Any] = []
         self.dials = 0
+        #: the answers in turn (``--vary``); None: ANSWER[0] each
+        self.answers: Any = None
         self.the_agent = LeanAgent(ConnectionPool(clock, 64, 90.0), self._endpoint)
 
     def _endpoint(self, host: str, port: int, tls: bool) -> Any:
@@ -227,8 +249,9 @@ class LeanPools:
 
     def flush(self) -> None:
         queue, self.queue = self.queue, []
+        answers = self.answers
         for proto in queue:
-            proto.dataReceived(ANSWER[0])
+            proto.dataReceived(ANSWER[0] if answers is None else next(answers))
 
 
 class Sent(StringTransport):
@@ -347,8 +370,8 @@ def run_tls(fast: bool, requests: int) -> tuple[float, float]:
             if not out and not back:
                 return
 
-    def exchange() -> bytes:
-        client.send(REQUEST)
+    def exchange(request: bytes = REQUEST) -> bytes:
+        client.send(request)
         pump()
         got = b""
         while True:
@@ -365,9 +388,12 @@ def run_tls(fast: bool, requests: int) -> tuple[float, float]:
             pump()
     if not exchange().startswith(b"HTTP/1.1 200 OK\r\n"):  # warm
         raise SystemExit("no 200 over TLS")
+    reqs, answers = heads(requests)
+    if answers is not None:
+        pools.answers = iter(answers)
     server_cpu, writes0 = 0.0, wire.writes
-    for _ in range(requests):
-        if not exchange().startswith(b"HTTP/1.1 200 OK\r\n"):
+    for request in reqs:
+        if not exchange(request).startswith(b"HTTP/1.1 200 OK\r\n"):
             raise SystemExit("no 200 over TLS")
     if sink.entries != requests + 1:
         raise SystemExit(f"{sink.entries} log entries for {requests + 1} requests")
@@ -407,15 +433,20 @@ def run(fast: bool, requests: int, pipeline: int, inflight: int = 1,
         channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes
     agent.hold = inflight > 1
     writes = max(1, requests // (pipeline * inflight))
+    if VARY[0]:
+        reqs = heads(writes * pipeline)[0]
+        datas = [b"".join(reqs[i:i + pipeline]) for i in range(0, len(reqs), pipeline)]
+    else:
+        datas = [data] * writes
     t0 = time.process_time()
     if inflight > 1:
-        for _ in range(writes):
+        for data in datas:
             for channel in channels:
                 channel.dataReceived(data)
             agent.release()
     else:
         channel = channels[0]
-        for _ in range(writes):
+        for data in datas:
             channel.dataReceived(data)
     cpu = time.process_time() - t0
     served = writes * pipeline + 1
@@ -438,11 +469,14 @@ def _run_lean(channels: list[Any], transports: list[Sent], sink: Sink, pools: Le
         channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes, the pool
     pools.flush()
     writes = max(1, requests // inflight)
+    reqs, answers = heads(writes * inflight)
+    if answers is not None:
+        pools.answers = iter(answers)
     writes0 = sum(t.writes for t in transports)
     t0 = time.process_time()
-    for _ in range(writes):
-        for channel in channels:
-            channel.dataReceived(REQUEST)
+    for i in range(0, len(reqs), inflight):
+        for j, channel in enumerate(channels):
+            channel.dataReceived(reqs[i + j])
         pools.flush()
     cpu = time.process_time() - t0
     served = writes + 1
@@ -472,7 +506,8 @@ def against(args: argparse.Namespace) -> int:
                 [sys.executable, os.path.abspath(__file__), "--json", "--rounds", "1",
                  "--requests", str(args.requests), "--pipeline", str(args.pipeline),
                  "--inflight", str(args.inflight), "--upstream", args.upstream]
-                + (["--tls"] if args.tls else []) + (["--chunked"] if args.chunked else []),
+                + (["--tls"] if args.tls else []) + (["--chunked"] if args.chunked else [])
+                + (["--vary"] if args.vary else []),
                 env=env, cwd="/", check=True, capture_output=True, text=True).stdout
             one = json.loads(out.strip().splitlines()[-1])
             if one["tree"] != os.path.join(trees[name], "nbgateway"):
@@ -484,7 +519,7 @@ def against(args: argparse.Namespace) -> int:
     print(f"{args.requests} requests x {args.rounds} alternated rounds, {args.pipeline} "
           f"request(s) per write, {args.inflight} in flight, upstream "
           f"{'lean' if args.tls else args.upstream}"
-          f"{', HTTPS' if args.tls else ''}, CPU "
+          f"{', HTTPS' if args.tls else ''}{', varied heads' if args.vary else ''}, CPU "
           f"microseconds per request (median), baseline = {trees['baseline']}:")
     for variant in ("fast", "twisted.web"):
         base = statistics.median(results["baseline"][variant])
@@ -514,12 +549,16 @@ def main(argv: list[str] | None = None) -> int:
                              "lean upstream client (server-side CPU only)")
     parser.add_argument("--chunked", action="store_true",
                         help="the lean upstream answers chunked (one read, one chunk)")
+    parser.add_argument("--vary", action="store_true",
+                        help="no request head or upstream response head repeats (each its own "
+                             "query and ETag), instead of one repeated byte for byte")
     parser.add_argument("--variant", choices=("both", "fast", "twisted.web"), default="both",
                         help="run only one server path (e.g. under perf stat)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.chunked:
         ANSWER[0] = UPSTREAM_CHUNKED
+    VARY[0] = args.vary
     if args.against:
         return against(args)
     results: dict[bool, list[float]] = {True: [], False: []}
@@ -549,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{args.requests} requests x {args.rounds} alternated rounds, "
           f"{args.pipeline} request(s) per write, {args.inflight} in flight, "
-          f"upstream {args.upstream}, CPU microseconds per request (median):")
+          f"upstream {args.upstream}{', varied heads' if args.vary else ''}, CPU microseconds "
+          f"per request (median):")
     print(f"  fast path     {fast:8.1f}   rounds: "
           + " ".join(f"{x:.1f}" for x in results[True]))
     print(f"  twisted.web   {slow:8.1f}   rounds: "
