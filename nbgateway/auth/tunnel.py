@@ -191,7 +191,9 @@ class TunnelValidationCache:
         mine: Deferred = Deferred(lambda d: self._forget_waiter(flight, d))
         flight.waiters.append(mine)
         try:
-            rpc = self.client.validate_tunnel_peer(tunnel_ip, domain)
+            # the listener's account goes with the question (nbgw_account_id):
+            # our management answers valid only for a service of that account
+            rpc = self.client.validate_tunnel_peer(tunnel_ip, domain, account_id=account_id)
         except Exception as exc:  # a broken client must not break the gate
             rpc = Deferred()
             rpc.errback(exc)

@@ -21,11 +21,13 @@ class Client:
 
     def __init__(self):
         self.calls: list[tuple[str, str, Deferred]] = []
+        self.accounts: list[str] = []  # the account each call was asked for
         self.auto = None  # callable(ip, domain) -> response, or None to hold
 
-    def validate_tunnel_peer(self, tunnel_ip, domain):
+    def validate_tunnel_peer(self, tunnel_ip, domain, account_id=""):
         d = Deferred()
         self.calls.append((tunnel_ip, domain, d))
+        self.accounts.append(account_id)
         if self.auto is not None:
             result = self.auto(tunnel_ip, domain)
             if isinstance(result, Exception):
@@ -215,13 +217,21 @@ def test_evict_account(env):
 def test_broken_client_fails_closed(env):
     _, client, _, gate, _ = env
 
-    def boom(ip, domain):
+    def boom(ip, domain, account_id=""):
         raise RuntimeError("client bug")
 
     client.validate_tunnel_peer = boom
     assert check(gate).reason == "rpc_error"
-    client.validate_tunnel_peer = lambda ip, domain: fail(RuntimeError("x"))
+    client.validate_tunnel_peer = lambda ip, domain, account_id="": fail(RuntimeError("x"))
     assert check(gate).reason == "rpc_error"
+
+
+def test_the_question_carries_the_listeners_account(env):
+    """nbgw_account_id: management answers valid only for a service of the
+    account whose tunnel the request came in on."""
+    _, client, _, gate, _ = env
+    check(gate)
+    assert client.accounts == ["acct"]
 
 
 def test_session_cookie_attributes():

@@ -51,7 +51,7 @@ class Mgmt:
             peer_group_ids=["g1", "g2"], peer_group_names=["eng", ""])
         self.logs = []
 
-    def validate_tunnel_peer(self, tunnel_ip, domain):
+    def validate_tunnel_peer(self, tunnel_ip, domain, account_id=""):
         self.calls.append((tunnel_ip, domain))
         return defer.succeed(self.answer)
 

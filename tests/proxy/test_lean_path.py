@@ -42,7 +42,8 @@ class _Mgmt:
         valid=True, user_id="u1", user_email="alice@example.com", session_token="TOKEN",
         peer_group_ids=["g1", "g2"], peer_group_names=["devs", ""])
 
-    def validate_tunnel_peer(self, tunnel_ip: str, domain: str) -> defer.Deferred:
+    def validate_tunnel_peer(self, tunnel_ip: str, domain: str,
+                             account_id: str = "") -> defer.Deferred:
         return defer.succeed(self.answer)
 
 

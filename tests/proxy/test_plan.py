@@ -168,7 +168,8 @@ class _Mgmt:
                                            user_email="alice@example.com",
                                            session_token="TOKEN")
 
-    def validate_tunnel_peer(self, tunnel_ip: str, domain: str) -> defer.Deferred:
+    def validate_tunnel_peer(self, tunnel_ip: str, domain: str,
+                             account_id: str = "") -> defer.Deferred:
         return defer.succeed(self.answer)
 
 
