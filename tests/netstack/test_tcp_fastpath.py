@@ -210,6 +210,16 @@ def twin(request, monkeypatch) -> Twin:
     return Twin(me, peer, ts, full=full)
 
 
+@pytest.fixture(params=[(ts, full) for full in (False, True) for ts in (True, False)],
+                ids=["v4-ts", "v4", "v4-ts-full", "v4-full"])
+def twin4(request, monkeypatch) -> Twin:
+    """The IPv4 twins only (for the IPv4 batch loop's inline input)."""
+    ts, full = request.param
+    monkeypatch.setattr(Connection, "_fast_path", _fast_path_unless_full)
+    _FULL_PATH_LAYERS.clear()
+    return Twin(*ADDRS[0], ts, full=full)
+
+
 def test_keepalive_exchanges_take_the_fused_path_with_identical_results(twin):
     for i in range(20):
         before = twin.hits
@@ -679,15 +689,14 @@ def _odd_ipv4_packets(twin: Twin) -> list[bytes]:
 
 
 @pytest.mark.parametrize("verify", [True, False])
-def test_the_batch_loops_inline_input_against_input4_for_odd_packets(twin, verify):
+def test_the_batch_loops_inline_input_against_input4_for_odd_packets(twin4, verify):
     """``packetsReceived`` checks an IPv4 packet inline and runs the fused TCP
     input itself; a packet failing any check goes to ``_input4`` untouched.
     Odd packets between in-order segments, in one batch (coalescing off,
     which would take a batch with two packets of one flow): the fused-path stack (the
     inline loop) and the general one (``_input4`` for every packet) emit the
     same bytes and end with the same counters, TCB and user events."""
-    if ":" in twin.me:
-        pytest.skip("IPv4 only")
+    twin = twin4
     for stack in twin.stacks:
         stack.verify_checksums = verify
         stack.coalesce = False
