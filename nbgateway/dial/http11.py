@@ -216,21 +216,8 @@ class LeanAgent:
         host, port)`` as :func:`split_url` gives them): no URL to split, no
         ``Headers`` to serialise."""
         body = bodyProducer
-        # _Attempt(self, key, method, head, body, replayable, sink) for a
-        # sink, without the constructor call (keep in step with its __init__;
-        # a test compares the two)
-        attempt = _new_attempt(_Attempt)
-        attempt.agent = self
-        attempt.key = key
-        attempt.method = method
-        attempt.head = head
-        attempt.body = body
-        attempt.replayable = ((body is None or isinstance(getattr(body, "body", None), bytes))
-                              and method in _REPLAYABLE_METHODS)
-        if sink is None:
-            attempt.result = defer.Deferred(attempt._cancel)
-        else:
-            attempt.sink = sink
+        replayable = body is None or isinstance(getattr(body, "body", None), bytes)
+        attempt = _Attempt(self, key, method, head, body, replayable, sink)
         conn = self.pool.take(key)  # attempt.start(), inline
         if conn is not None:
             attempt.conn = conn
@@ -381,6 +368,3 @@ class _Attempt:
         if self.conn is not None:
             self.conn.cancel()
         # the result Deferred errbacks with CancelledError by itself
-
-
-_new_attempt = _Attempt.__new__

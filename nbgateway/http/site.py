@@ -72,7 +72,7 @@ from nbgateway.observe.accesslog import (
 from nbgateway.proxy.fast import FastHTTPChannel
 from nbgateway.proxy.headers import canonical_name, drop_underscore_headers
 from nbgateway.proxy.reverse import ReverseProxy
-from nbgateway.routes.context import RequestContext, new_context
+from nbgateway.routes.context import RequestContext
 from nbgateway.routes.hosts import domain_key, host_port, host_without_port, split_absolute_form
 from nbgateway.routes.restrictions import parse_ip
 from nbgateway.routes.service import ServiceEntry
@@ -228,10 +228,11 @@ class GatewayResource(OperatorAuth, Resource):
         peer_ip = getattr(request, "peer_ip", None)  # the fast path's, per connection
         if peer_ip is None:
             peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
-        # RequestContext(overlay=..., source_ip=..., host=..., listener_account=...,
-        # started=...) and ctx.serve(entry), without the constructor call
-        ctx = new_context(overlay, peer_ip, host, self.listener_account, entry,
-                          self.clock.seconds())
+        # positional (the field order): RequestContext(overlay=..., source_ip=...,
+        # host=..., listener_account=..., started=...) and ctx.serve(entry)
+        ctx = RequestContext(overlay, peer_ip, host, self.listener_account, entry,
+                             entry.service if entry is not None else None, None, "", None,
+                             "", "", "", self.clock.seconds())
         # the request's one finish observer: request stats and the access-log
         # entry (unknown hosts and /__netbird__/ are not logged: management
         # rejects entries without an account, so each would only cost a

@@ -46,7 +46,6 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
-from twisted.web.http import RESPONSES as _RESPONSES
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -61,7 +60,6 @@ from nbgateway.proxy.balance import (
     never_reached_upstream,
 )
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
-from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import (
     filter_response_headers,
     relay_response_headers,
@@ -303,13 +301,7 @@ class _Exchange:
                     response.deliverBody(_Discard())
                     self._send_error(pages.CONNECTION_ERROR, exc)
                     return
-            code = response.code
-            if type(request) is FastRequest:  # request.setResponseCode(...), inline
-                request.code = code
-                request.code_message = response.phrase or _RESPONSES.get(
-                    code, b"Unknown Status")
-            else:
-                request.setResponseCode(code, response.phrase or None)
+            request.setResponseCode(response.code, response.phrase or None)
             request.defaultContentType = None
             length = response.length
             # one pass into the client response's headers (no intermediate copy)
@@ -430,30 +422,6 @@ class _Exchange:
         if not self.done and not self.client_gone and not self.request.startedWriting:
             self.done = True
             pages.send_page(self.request, pages.CONNECTION_ERROR)
-
-
-_new_exchange = _Exchange.__new__
-
-
-def new_exchange(proxy: ReverseProxy, request: Any, ctx: RequestContext,
-                 service: ProxyService, route: Route, opts: TargetOptions,
-                 pool: TargetPool | None, state: TargetState | None,
-                 path_query: tuple[str, str]) -> _Exchange:
-    """``_Exchange(...)`` without the constructor call (the proxy's one per
-    request; keep in step with ``_Exchange.__init__``, a test compares the two)."""
-    ex = _new_exchange(_Exchange)
-    ex.proxy = proxy
-    ex.request = request
-    ex.context = ctx
-    ex.service = service
-    ex.route = route
-    ex.opts = opts
-    ex.identity = ctx.identity
-    ex.pool = pool
-    ex.state = state
-    ex.tried = []
-    ex.path_query = path_query
-    return ex
 
 
 class _Discard(Protocol):

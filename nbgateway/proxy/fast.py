@@ -284,10 +284,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
             self._buf = b""
             self.loseConnection()
             return
-        # self.resetTimeout(), inline (TimeoutMixin's body)
-        call = self._TimeoutMixin__timeoutCall
-        if call is not None and self.timeOut is not None:
-            call.reset(self.timeOut)
+        self.resetTimeout()
         if self._read_paused:
             self._read_paused = False
             self.transport.resumeProducing()

@@ -65,8 +65,8 @@ from nbgateway.proxy.balance import (
 )
 from nbgateway.proxy.exchange import (
     _BytesProducer,
+    _Exchange,
     client_ip,
-    new_exchange,
 )
 from nbgateway.proxy.headers import (
     TrustedProxies,
@@ -302,8 +302,8 @@ class ReverseProxy:
             if plan.eligible:
                 head = plan.head(request, ctx, request.method, raw_path, path, query, query_s,
                                  body)
-        exchange = new_exchange(self, request, ctx, service, route, opts, pool, state,
-                                (path, query_s))
+        exchange = _Exchange(self, request, ctx, service, route, opts, pool, state,
+                             (path, query_s))
         if head is not None:
             url = headers = None
             exchange.head = head

@@ -59,30 +59,3 @@ class RequestContext:
         self.identity = identity
         self.auth_mechanism = mechanism
         self.user_id = identity.user_id if identity is not None else ""
-
-
-_new_context = RequestContext.__new__
-
-
-def new_context(overlay: bool, source_ip: str, host: str, listener_account: str | None,
-                entry: ServiceEntry | None, started: float) -> RequestContext:
-    """``RequestContext(overlay, source_ip, host, listener_account, entry,
-    entry.service if entry else None, started=started)`` without the
-    constructor call (the front resource's one per request; keep in step
-    with the fields above, a test compares the two)."""
-    ctx = _new_context(RequestContext)
-    ctx.overlay = overlay
-    ctx.source_ip = source_ip
-    ctx.host = host
-    ctx.listener_account = listener_account
-    ctx.entry = entry
-    ctx.service = entry.service if entry is not None else None
-    ctx.route = None
-    ctx.target = ""
-    ctx.identity = None
-    ctx.request_id = ""
-    ctx.auth_mechanism = ""
-    ctx.user_id = ""
-    ctx.started = started
-    ctx.upstream_started = None
-    return ctx

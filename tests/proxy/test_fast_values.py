@@ -1,14 +1,9 @@
-"""The request path's objects and values made inline (round 9's general
-savings): each equals what the general code it stands in for gives.
+"""Values the fast path makes once, and what the exchange sets per request:
 
-- ``exchange.new_exchange`` and ``LeanAgent.send_head``'s attempt: the
-  instance state of ``_Exchange(...)`` and ``_Attempt(...)``;
-- the exchange's inline status of a fast-path request:
-  ``FastRequest.setResponseCode``'s status line;
 - ``FastRequest.peer_ip`` (made once per connection): the address
   ``getClientAddress`` gives;
-- ``fast_done``'s inline ``resetTimeout``: the idle timer restarts when a
-  response finishes."""
+- the client's status line is ``FastRequest.setResponseCode``'s;
+- the idle timer restarts when a response finishes."""
 
 from __future__ import annotations
 
@@ -102,42 +97,3 @@ def test_the_status_line_is_what_set_response_code_makes():
         reference = FastRequest.__new__(FastRequest)
         reference.setResponseCode(code, phrase or None)
         assert got.startswith(b"HTTP/1.1 %d %s\r\n" % (code, reference.code_message)), got
-
-
-def test_new_exchange_and_send_heads_attempt_are_the_constructors():
-    """exchange.new_exchange and LeanAgent.send_head's attempt have the
-    instance state their constructors give."""
-    from twisted.internet.defer import Deferred
-
-    from nbgateway.dial.http11 import ConnectionPool, LeanAgent, _Attempt
-    from nbgateway.proxy.exchange import _BytesProducer, _Exchange, new_exchange
-    from nbgateway.routes.context import RequestContext
-
-    ctx = RequestContext(identity=object())
-    args = (object(), object(), ctx, object(), object(), object(), None, None, ("/p", "q=1"))
-    assert vars(new_exchange(*args)) == vars(_Exchange(*args))
-
-    agent = LeanAgent(ConnectionPool(task.Clock(), 4, 90.0), lambda *a: None)
-    agent.pool.take = lambda key: None  # nothing pooled: the attempt dials
-    key = (b"http", b"127.0.0.1", 8081)
-    for method, body, sink in ((b"GET", None, object()), (b"POST", _BytesProducer(b"x"), object()),
-                               (b"POST", object(), object()), (b"GET", None, None)):
-        made: list[Any] = []
-        real_dial = _Attempt._dial
-
-        def fake_dial(self: Any, _made: list[Any] = made) -> None:
-            _made.append(self)
-
-        _Attempt._dial = fake_dial  # type: ignore[method-assign]
-        try:
-            agent.send_head(method, key, b"HEAD\r\n\r\n", body, sink)
-        finally:
-            _Attempt._dial = real_dial  # type: ignore[method-assign]
-        want = _Attempt(agent, key, method, b"HEAD\r\n\r\n", body,
-                        body is None or isinstance(getattr(body, "body", None), bytes), sink)
-        got = vars(made[0])
-        expected = vars(want)
-        if sink is None:  # a Deferred of its own each
-            assert isinstance(got.pop("result"), Deferred)
-            expected = {k: v for k, v in expected.items() if k != "result"}
-        assert got == expected, method
