@@ -34,7 +34,11 @@ per request, no session resumption by wrk) on both.
 CPU per request: the user+system CPU time of the gateway process, and of the
 nginx reverse proxy's worker, during the 16-connection (and handshake) runs
 divided by the requests served -- steadier than req/s on a shared machine --
-and the system (kernel) part of it.
+and the system (kernel) part of it.  Beside it, the whole machine's busy CPU
+per request during each 16-connection run ("machine", from /proc/stat: load
+generator, wireguard-go, proxies, upstream, management and kernel together)
+and the machine's idle share meanwhile: a path whose machine is not busy is
+bound by latency or by one process, not by the CPUs.
 
 Checked in every round: zero wrk errors (connect/read/write/timeout/non-2xx), and
 for the gateway rounds exactly one access-log entry per request: wrk's completed
@@ -277,6 +281,18 @@ def cpu_seconds(pids: list[int], *, system_only: bool = False) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, from /proc/stat
+    (every namespace's processes, the kernel's softirq work, and whatever
+    else runs on the box: a shared machine's neighbours show here too)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    busy = sum(v[:8]) - idle  # user nice system idle iowait irq softirq steal
+    tck = os.sysconf("SC_CLK_TCK")
+    return busy / tck, idle / tck
+
+
 def strace_counts(pid: int, out_file: str, run_load) -> tuple[dict, dict]:
     """Run ``run_load()`` (a wrk run) with ``strace -c`` attached to every
     thread of ``pid``; returns (the wrk result, {syscall: calls})."""
@@ -461,7 +477,9 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
                     if is_gw:
                         loss0, rtx0 = loss_counters(w), client_retransmits(ns)
                         udp0 = snmp(w.g, "Udp", "RcvbufErrors")
+                    m0 = machine_cpu()
                     rnd[f"{name}_c{conns}"] = paths[name](conns)
+                    _machine_per_request(rnd[f"{name}_c{conns}"], m0)
                     _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of.get(name, []), s0)
                     if is_gw:
                         loss1 = loss_counters(w)
@@ -499,7 +517,9 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
                               if name in gw_tls else None)
                     c0 = cpu_seconds(cpu_of[name])
                     s0 = cpu_seconds(cpu_of[name], system_only=True)
+                    m0 = machine_cpu()
                     rnd[f"{name}_c{conns}"] = paths[name](conns)
+                    _machine_per_request(rnd[f"{name}_c{conns}"], m0)
                     _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of[name], s0)
                     rnd[f"{name}_c1"] = paths[name](1)
                     c0 = cpu_seconds(cpu_of[name])
@@ -557,6 +577,17 @@ def _cpu_per_request(result: dict, c0: float, pids: list[int], s0: float | None 
                                         / result["requests"])
 
 
+def _machine_per_request(result: dict, m0: tuple[float, float]) -> None:
+    """The whole machine's busy CPU per request of this run (every process of
+    the path: load generator, wireguard-go, proxies, upstream, management,
+    kernel) and the idle share of the machine meanwhile: idle left over
+    means the path was bound by latency or one process, not by the CPUs."""
+    busy, idle = (b - a for a, b in zip(m0, machine_cpu(), strict=True))
+    if result["requests"]:
+        result["machine_ms_per_req"] = busy * 1000 / result["requests"]
+        result["idle_pct"] = 100 * idle / max(busy + idle, 1e-9)
+
+
 def check_access_log(w: World, up_dir: str, before: tuple[int, int], wrk_done: int,
                      slack: int) -> dict:
     upstream = settled(lambda: log_lines(up_dir)) - before[0]
@@ -581,6 +612,10 @@ def summarize(out: dict, conns: int) -> dict:
                              if all("cpu_ms_per_req" in x for x in xs) else None),
                   "sys_ms": (statistics.median(x["sys_ms_per_req"] for x in xs)
                              if all("sys_ms_per_req" in x for x in xs) else None),
+                  "machine_ms": (statistics.median(x["machine_ms_per_req"] for x in xs)
+                                 if all("machine_ms_per_req" in x for x in xs) else None),
+                  "idle_pct": (statistics.median(x["idle_pct"] for x in xs)
+                               if all("idle_pct" in x for x in xs) else None),
                   "requests": sum(x["requests"] for x in xs)}
     c = f"c{conns}"
     ratios = {
@@ -634,14 +669,16 @@ def report(out: dict, seconds: float, conns: int) -> bool:
     print(f"wrk -t1, {seconds:g} s per round, {len(out['rounds'])} interleaved rounds, "
           f"medians; nginx upstream returning {len(BODY)} B")
     print(f"  {'path':42s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'errors':>6s} {'CPU ms/req':>10s} {'of it sys':>9s}")
+          f"{'errors':>6s} {'CPU ms/req':>10s} {'of it sys':>9s} {'machine':>8s} {'idle %':>6s}")
     for k, v in med.items():
         name, _, c = k.rpartition("_")
         conn_label = {"c1": "1", "hs": f"{conns} new TLS"}.get(c, c[1:])
         cpu = f"{v['cpu_ms']:10.3f}" if v["cpu_ms"] else f"{'':10s}"
-        sys_ms = f"{v['sys_ms']:9.3f}" if v.get("sys_ms") is not None else ""
+        sys_ms = f"{v['sys_ms']:9.3f}" if v.get("sys_ms") is not None else f"{'':9s}"
+        mach = (f" {v['machine_ms']:8.3f} {v['idle_pct']:6.1f}"
+                if v.get("machine_ms") is not None else "")
         print(f"  {LABELS[name]:42s} {conn_label:>5s} {v['rps']:9.0f} {v['p50_ms']:8.3f} "
-              f"{v['p99_ms']:8.3f} {v['errors']:6d} {cpu} {sys_ms}")
+              f"{v['p99_ms']:8.3f} {v['errors']:6d} {cpu} {sys_ms}{mach}")
     print("ratios:")
     for k, v in s["ratios"].items():
         print(f"  {k:52s} {v:7.3f}")
