@@ -12,17 +12,24 @@ generation), so the package is tested with fakes and ``task.Clock``.
 
 Modules:
 
-* :mod:`._runtime`: :class:`AccountSettings` and :class:`AccountRuntime` (its
-  slots, services, status reports and teardown);
-* :mod:`._registration`: CreateProxyPeer, its back-off and the peer-login
-  probe after a lost answer (the lifecycle is described there);
+* :mod:`._runtime`: :class:`AccountSettings`, :class:`AccountStats` (key
+  rotations, refused endpoints) and :class:`AccountRuntime` (its slots,
+  services, status reports and teardown);
+* :mod:`._registration`: CreateProxyPeer, its back-off, the key rotation
+  after a squatted key and the peer-login probe after a lost answer (the
+  lifecycle is described there);
 * :mod:`._network`: applying network maps (roster, filter, netstack, listeners);
 * :mod:`._registry`: :class:`AccountRegistry`.
 """
 
 from __future__ import annotations
 
-from nbgateway.accounts._registration import RETRY_INITIAL, RETRY_JITTER, RETRY_MAX
+from nbgateway.accounts._registration import (
+    MAX_KEY_ROTATIONS,
+    RETRY_INITIAL,
+    RETRY_JITTER,
+    RETRY_MAX,
+)
 from nbgateway.accounts._registry import AccountRegistry
 from nbgateway.accounts._runtime import (
     ACTIVE,
@@ -30,11 +37,13 @@ from nbgateway.accounts._runtime import (
     TUNNEL_NOT_CREATED,
     AccountRuntime,
     AccountSettings,
+    AccountStats,
 )
 
 __all__ = [
     "ACTIVE",
     "ERROR",
+    "MAX_KEY_ROTATIONS",
     "RETRY_INITIAL",
     "RETRY_JITTER",
     "RETRY_MAX",
@@ -42,4 +51,5 @@ __all__ = [
     "AccountRegistry",
     "AccountRuntime",
     "AccountSettings",
+    "AccountStats",
 ]

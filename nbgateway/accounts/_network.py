@@ -3,7 +3,9 @@
 :class:`NetworkMaps` is a slot-less base of
 :class:`~nbgateway.accounts.AccountRuntime`: :meth:`~NetworkMaps.apply_network`
 takes each map the peer channel delivers, diffs the roster into the
-WireGuard device, compiles the inbound rules into the netstack's filter and,
+WireGuard device (a peer endpoint the injected ``endpoint_refusal`` refuses
+is not applied: the peer keeps no configured endpoint, roaming still works),
+compiles the inbound rules into the netstack's filter and,
 on the first map, makes the netstack on the account's tunnel address and
 brings the inbound listeners up (-> ``ready``).  Its methods read and write
 the runtime's slots (``device``, ``stack``, ``applied_roster``, ...).
@@ -97,10 +99,28 @@ class NetworkMaps:
                     endpoint = parse_endpoint(p.endpoint, resolve=False)
                 except ValueError:
                     endpoint = None
+                if endpoint is not None and self._endpoint_refused(p, endpoint[0]):
+                    endpoint = None  # fail closed: roaming from real packets still works
             if key in device.peers:
                 device.update_peer(key, allowed_ips=p.allowed_ips, endpoint=endpoint)
             else:
                 device.add_peer(key, allowed_ips=p.allowed_ips, endpoint=endpoint)
+
+    def _endpoint_refused(self, peer: Any, host: str) -> bool:
+        """A roster endpoint the gateway must not send to (a tenant sets its
+        peers' endpoints: loopback, link-local, an address of this host... would
+        reflect handshakes onto the gateway host); counted and logged."""
+        judge = self.settings.endpoint_refusal
+        reason = None if judge is None else judge(host)
+        if reason is None:
+            return False
+        stats = self.settings.stats
+        if stats is not None:
+            stats.endpoints_refused[reason] += 1
+        log.warn("account {account}: peer {peer} endpoint {endpoint} not applied ({reason})",
+                 account=self.account_id, peer=peer.public_key[:12], endpoint=peer.endpoint,
+                 reason=reason)
+        return True
 
     def _apply_filter(self, network: AccountNetwork) -> None:
         """Install the map's rules, merged (one rule per action, protocols and

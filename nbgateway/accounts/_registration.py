@@ -32,6 +32,19 @@ lost attempt created instead of adding a second one.  Other failures
 (authentication failed, a refused token, ``success=false``) are permanent:
 ``failed`` until the next mapping, as before.
 
+Key squatting: WireGuard keys are unique across a management, and a proxy
+peer's public key is no secret, so another tenant may register this
+account's key first as its own peer.  CreateProxyPeer then refuses the key
+(ALREADY_EXISTS, or ``success=false`` saying the key is taken): retrying
+with the same key would never succeed.  On that refusal the runtime rotates
+the account's key (``key_factory(fresh=True)``: a new private key, persisted
+where the old one was), counts it (``stats.key_rotations``), logs a warning
+with the account id and registers again after the usual back-off, with the
+same token (our management checks the key before it spends the token; one
+that spent it answers "invalid token" and the next mapping's fresh token
+is used).  At most :data:`MAX_KEY_ROTATIONS` rotations in a row (reset when
+a registration succeeds); then ``failed`` until the next mapping.
+
 :class:`Registration` is a slot-less base of
 :class:`~nbgateway.accounts.AccountRuntime`: its methods read and write the
 runtime's slots (``_token``, ``_registering``, ``_retry_call``, ...).
@@ -61,6 +74,11 @@ ERROR = pb.PROXY_STATUS_ERROR
 RETRY_INITIAL = 1.0
 RETRY_MAX = 60.0
 RETRY_JITTER = 0.2
+
+#: key rotations in a row after "key already registered" refusals before the
+#: runtime gives up until the next mapping (a squatter would have to learn
+#: every new key: more in a row means something else is wrong)
+MAX_KEY_ROTATIONS = 3
 
 #: failures that say nothing about the request: retried after a back-off.  The
 #: management client raises nbgateway.errors.ManagementError subclasses whose
@@ -94,6 +112,21 @@ def _token_refused(failure: Any) -> bool:
     return _code(failure) == "UNAUTHENTICATED" and "invalid token" in failure.getErrorMessage()
 
 
+#: how a ``success=false`` answer says the key is another peer's (our
+#: management answers ALREADY_EXISTS; others put it in the error message)
+_KEY_TAKEN_TEXTS = ("already exists", "already registered", "belongs to another peer")
+
+
+def _key_taken(failure: Any) -> bool:
+    """Did the management refuse the WireGuard key as held by another peer?"""
+    if _code(failure) == "ALREADY_EXISTS":
+        return True
+    if _code(failure) or "proxy peer authentication failed" not in failure.getErrorMessage():
+        return False  # only a success=false answer (ManagementRejectedError) carries no code
+    text = failure.getErrorMessage().lower()
+    return "key" in text and any(t in text for t in _KEY_TAKEN_TEXTS)
+
+
 class Registration:
     """CreateProxyPeer attempts, their back-off and the probe (see the module
     docstring); the runtime's slots hold the state."""
@@ -125,6 +158,7 @@ class Registration:
             return
         self.state = "connecting"
         self.retries = 0
+        self.key_rotations = 0
         if not self._probing:
             self._maybe_spent = None
         assert self.private_key is not None
@@ -159,8 +193,11 @@ class Registration:
             return self._register()
         if self._maybe_spent == token and _token_refused(failure):
             return self._probe(message)
+        if _key_taken(failure) and self.key_rotations < MAX_KEY_ROTATIONS:
+            return self._rotate_key(message)
         self.state = "failed"
         self.retries = 0
+        self.key_rotations = 0  # the next mapping may rotate again (each waits a back-off)
         log.warn("account {account}: CreateProxyPeer failed: {err}", account=self.account_id,
                  err=message)
         if "proxy peer authentication failed" not in message:
@@ -169,6 +206,27 @@ class Registration:
         # every service: none has a tunnel (and none may keep a "retrying" text)
         return self._report_all(ERROR, error=message, listener=False,
                                 sids=list(self.services) or [service_id])
+
+    def _rotate_key(self, message: str) -> Deferred:
+        """The key was refused as another peer's (squatted): a new key,
+        persisted, and a new registration after the back-off (no tight loop)."""
+        self.key_rotations += 1
+        self.private_key = self.key_factory(fresh=True)
+        self._maybe_spent = None  # no attempt registered the refused key
+        stats = self.settings.stats
+        if stats is not None:
+            stats.key_rotations += 1
+        delay = self._next_delay()
+        self.state = "retrying"
+        self._retry_error = (f"proxy peer registration: the tunnel key is registered by another "
+                             f"peer; rotated the key, retrying in {max(1, round(delay))} s: "
+                             f"{message}")
+        log.warn("account {account}: CreateProxyPeer refused the tunnel key as another peer's "
+                 "({err}); rotated the key ({n} of {max}), retry in {delay:.1f} s",
+                 account=self.account_id, err=message, n=self.key_rotations,
+                 max=MAX_KEY_ROTATIONS, delay=delay)
+        self._retry_call = self.reactor.callLater(delay, self._retry)
+        return self._report_all(ERROR, error=self._retry_error, listener=False)
 
     def _probe(self, message: str) -> Deferred:
         """The token was refused after an attempt whose answer was lost: that

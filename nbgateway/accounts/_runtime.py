@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -39,6 +40,44 @@ ERROR = pb.PROXY_STATUS_ERROR
 TUNNEL_NOT_CREATED = pb.PROXY_STATUS_TUNNEL_NOT_CREATED
 
 
+def new_key(fresh: bool = False) -> bytes:
+    """The default ``key_factory``: a new key every time (nothing persisted).
+    A ``key_factory`` is called as ``key_factory()`` for the account's key and
+    ``key_factory(fresh=True)`` for a replacement (the old one was refused)."""
+    return generate_private_key()
+
+
+class AccountStats:
+    """Tunnel-identity counters shared by every runtime of a gateway
+    (a prometheus_client custom collector)."""
+
+    def __init__(self) -> None:
+        #: account keys replaced after CreateProxyPeer refused them as another peer's
+        self.key_rotations = 0
+        #: roster endpoints not applied, by reason (the dial guard's special
+        #: blocks, ``gateway_local``)
+        self.endpoints_refused: Counter[str] = Counter()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        rot = CounterMetricFamily(
+            "nbgateway_account_key_rotations",
+            "account tunnel keys replaced because management refused them as another peer's")
+        rot.add_metric([], self.key_rotations)
+        yield rot
+        refused = CounterMetricFamily(
+            "nbgateway_peer_endpoints_refused",
+            "roster peer endpoints not applied (loopback, link-local, unspecified, multicast, "
+            "reserved or an address of this host), by reason", labels=["reason"])
+        for reason, n in sorted(self.endpoints_refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+
+    def describe(self) -> list[Any]:
+        return []
+
+
 @dataclass(frozen=True)
 class AccountSettings:
     cluster: str  # --domain, sent as CreateProxyPeer.cluster
@@ -48,6 +87,12 @@ class AccountSettings:
     https_port: int = 443
     mtu: int = 1280
     max_tcp_connections: int = 16384  # --max-tunnel-connections, per account stack
+    #: why a roster peer's endpoint address (an IP string) must not be used
+    #: (None: it may); injected by the gateway (nbgateway.dial.guard's
+    #: judgement); None here: every endpoint address is applied
+    endpoint_refusal: Callable[[str], str | None] | None = field(default=None, compare=False)
+    #: shared counters (key rotations, refused endpoints); None: not counted
+    stats: AccountStats | None = field(default=None, compare=False)
 
 
 class AccountRuntime(Registration, NetworkMaps):
@@ -58,8 +103,8 @@ class AccountRuntime(Registration, NetworkMaps):
     __slots__ = (
         "_backoff", "_backoff_args", "_maybe_spent", "_probe_error", "_probing", "_registering",
         "_retry_call", "_retry_error", "_token", "account_id", "applied_roster", "device",
-        "forget_note", "key_factory", "l4_status", "listeners", "mgmt", "mux", "network",
-        "on_network", "peer_channel", "peer_channel_factory", "private_key", "reactor",
+        "forget_note", "key_factory", "key_rotations", "l4_status", "listeners", "mgmt", "mux",
+        "network", "on_network", "peer_channel", "peer_channel_factory", "private_key", "reactor",
         "retries", "rule_compiler", "serve_inbound", "services", "settings", "stack", "state",
         "status_note", "tunnel_dialer", "tunnel_ip",
     )
@@ -75,7 +120,7 @@ class AccountRuntime(Registration, NetworkMaps):
         peer_channel_factory: Callable[[str, bytes, Callable[[AccountNetwork], None]], Any],
         serve_inbound: Callable[[AccountRuntime], Deferred] | None = None,
         on_network: Callable[[AccountRuntime, AccountNetwork], None] | None = None,
-        key_factory: Callable[[], bytes] = generate_private_key,
+        key_factory: Callable[..., bytes] = new_key,
         l4_status: Callable[[pb.ProxyMapping], tuple[int, str | None]] | None = None,
         status_note: Callable[[str], str | None] | None = None,
         forget_note: Callable[[str], None] | None = None,
@@ -130,6 +175,8 @@ class AccountRuntime(Registration, NetworkMaps):
         self._maybe_spent: str | None = None
         #: transient failures in a row (the back-off exponent)
         self.retries = 0
+        #: key rotations in a row after "key taken" refusals (Registration._rotate_key)
+        self.key_rotations = 0
         self._retry_call: Any = None
         #: the ERROR text reported while retrying
         self._retry_error = ""

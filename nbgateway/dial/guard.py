@@ -294,6 +294,29 @@ def special_block(ip: IPAddress) -> tuple[str, IPNetwork] | None:
     return None
 
 
+#: :func:`endpoint_refusal`'s reason for an address of this host
+GATEWAY_LOCAL = "gateway_local"
+
+
+def endpoint_refusal(ip: IPAddress, is_local: Callable[[IPAddress], bool]) -> str | None:
+    """Why the gateway must not send WireGuard packets to a peer endpoint at
+    ``ip`` (a tenant sets its peers' endpoints), or None.  The special blocks
+    of a direct dial (loopback, link-local, unspecified, multicast, reserved,
+    IPv4-compatible; IPv4-mapped judged as IPv4, a NAT64 address also as the
+    IPv4 address it reaches) and ``is_local`` addresses (this host's own,
+    :data:`GATEWAY_LOCAL`) are refused; no allow-list opens them.  Private
+    addresses (a peer on the LAN) are fine."""
+    ip = normalize(ip)
+    embedded = nat64_embedded(ip)
+    for candidate in (ip,) if embedded is None else (ip, embedded):
+        special = special_block(candidate)
+        if special is not None:
+            return special[0]
+        if is_local(candidate):
+            return GATEWAY_LOCAL
+    return None
+
+
 class DialPolicy:
     """Decides (account, address, port) -> :class:`Decision`.
 

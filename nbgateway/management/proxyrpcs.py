@@ -16,7 +16,9 @@ request, the grpc context and the authenticated caller (a
   account, status and bearer distribution groups.
 * Authenticate: PIN / password / header secrets against argon2id hashes.
 * CreateProxyPeer: one-time token, WireGuard key and the ``wireguard_endpoint``
-  extension (stored as the proxy peer's endpoint).
+  extension (stored as the proxy peer's endpoint).  A key held by another
+  account's peer or a stock peer is ALREADY_EXISTS, answered before the token
+  is spent, so the gateway can rotate its key and retry with the same token.
 * SendStatusUpdate (+ ``inbound_listener``, an nbgateway extension that is
   stored, and ``nbgw_certificate``: certificate status and private CA, kept by
   ``store.certificates``), SendAccessLog (user groups captured by the store), GetOIDCURL
@@ -334,19 +336,24 @@ class TunnelPeerRpcs:
             )
         if req.cluster and not valid_proxy_address(req.cluster):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cluster address is invalid")
+        key = base64.b64encode(raw_key).decode()
+        try:
+            existing = self.store.peers.get_by_key(key)
+        except ManagementError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, f"create proxy peer: {exc.message}")
+        if existing is not None and (existing.account_id != req.account_id
+                                     or not existing.proxy):
+            # keys are unique across accounts: a success here would leave the
+            # account without its gateway's peer (and the other holder as is).
+            # Refused before the token is spent: the gateway rotates its key
+            # (another tenant may have registered it first) and retries with it
+            context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                          "wireguard_public_key belongs to another peer")
         try:
             self.tokens.validate_and_consume(req.token, req.account_id, req.service_id)
         except TokenError as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"token validation: {exc}")
-        key = base64.b64encode(raw_key).decode()
         try:
-            existing = self.store.peers.get_by_key(key)
-            if existing is not None and (existing.account_id != req.account_id
-                                         or not existing.proxy):
-                # keys are unique across accounts: a success here would leave the
-                # account without its gateway's peer (and the other holder as is)
-                context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                              "wireguard_public_key belongs to another peer")
             if existing is not None:
                 if (
                     endpoint is not None
@@ -372,6 +379,9 @@ class TunnelPeerRpcs:
                 else None
             if raced is not None and raced.account_id == req.account_id and raced.proxy:
                 return pb.CreateProxyPeerResponse(success=True)
+            if raced is not None:  # another peer registered the key meanwhile
+                context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                              "wireguard_public_key belongs to another peer")
             context.abort(grpc.StatusCode.INTERNAL, f"create proxy peer: {exc.message}")
         return pb.CreateProxyPeerResponse(success=True)
 

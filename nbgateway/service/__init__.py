@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from nbgateway import tunnels
-from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings
+from nbgateway.accounts import AccountRegistry, AccountRuntime, AccountSettings, AccountStats
 from nbgateway.auth.assertion import AssertionSigner
 from nbgateway.auth.mtls import MtlsVerifier
 from nbgateway.auth.mtls import tls_lookup as mtls_tls_lookup
@@ -55,7 +55,7 @@ from nbgateway.proxy.healthcheck import HealthChecks
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.proxy.streaming import ProxySite
 from nbgateway.routes.table import ServiceTable
-from nbgateway.service._accounts import account_key, listen_inbound
+from nbgateway.service._accounts import account_key, listen_inbound, peer_endpoint_refusal
 from nbgateway.service._directdial import direct_dialer, own_listeners, report_dial_denied
 from nbgateway.service._drain import ConnectionDrain
 from nbgateway.service._observers import CAConstraints, SyncHealth
@@ -153,6 +153,9 @@ class GatewayService(MultiService):
         self.pools = UpstreamPools(reactor, tls_creator=ClientTLSPolicy())
         #: direct_upstream dials: the operator's allow-list (plus loopback for the
         #: embedded default's own account), never this gateway's listeners
+        #: account key rotations, refused roster endpoints (nbgateway.accounts)
+        self.account_stats = AccountStats()
+        self.metrics.registry.register(self.account_stats)
         self.direct_stats = DirectDialStats()
         self.metrics.registry.register(self.direct_stats)
         self.metrics.registry.register(self.l4.stats)
@@ -265,10 +268,10 @@ class GatewayService(MultiService):
             runtime.tunnel_dialer = TunnelDialer(stack_endpoint_factory(runtime.stack))
         return runtime.tunnel_dialer
 
-    def account_key(self, account_id: str) -> bytes:
+    def account_key(self, account_id: str, fresh: bool = False) -> bytes:
         """The account's WireGuard private key, kept in ``DATADIR/accounts/``
         (see :func:`nbgateway.service._accounts.account_key`)."""
-        return account_key(self.config.datadir, account_id)
+        return account_key(self.config.datadir, account_id, fresh)
 
     def _account_settings(self) -> AccountSettings:
         """The runtimes' settings: one shared (frozen) object while the WireGuard
@@ -284,6 +287,8 @@ class GatewayService(MultiService):
                 http_port=cfg.tunnel_http_port,
                 https_port=cfg.tunnel_https_port,
                 max_tcp_connections=cfg.max_tunnel_connections,
+                endpoint_refusal=peer_endpoint_refusal,
+                stats=self.account_stats,
             )
         return settings
 

@@ -2,7 +2,10 @@
 its WireGuard identity on disk and its listeners on the tunnel address.
 
 * :func:`account_key`: the account's private key in ``DATADIR/accounts/``
-  (0600, written atomically), so a restarted gateway keeps its tunnel identity;
+  (0600, written atomically), so a restarted gateway keeps its tunnel identity
+  (replaced when management refuses it as another peer's);
+* :func:`peer_endpoint_refusal`: the dial guard's judgement of a roster peer's
+  endpoint address (special blocks, this host's addresses);
 * :func:`listen_inbound`: HTTP and HTTPS (each port accepting both) on every
   address of the account's netstack, behind a :class:`BuiltOnFirstConnection`
   factory, plus the DNS responder (UDP and TCP 53) on the account's zone.
@@ -15,6 +18,7 @@ userspace objects, not host sockets.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -26,6 +30,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nbgateway.accounts import AccountRuntime
+from nbgateway.dial.direct import is_host_address
+from nbgateway.dial.guard import INVALID_HOST, endpoint_refusal
 from nbgateway.dns.server import DNSResponderFactory, listen_dns
 from nbgateway.dns.zone import ZoneAuthority
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
@@ -34,18 +40,20 @@ from nbgateway.wireguard.keys import generate_private_key, key_from_base64, key_
 log = Logger(namespace="nbgateway.service")  # one namespace for the package
 
 
-def account_key(datadir: str, account_id: str) -> bytes:
+def account_key(datadir: str, account_id: str, fresh: bool = False) -> bytes:
     """The account's WireGuard private key, kept in ``DATADIR/accounts/``
     (0600) so a restarted gateway keeps its tunnel identity: management
     re-registers the same proxy peer and stock peers' configs stay valid.
-    An unreadable key file is replaced (logged)."""
+    An unreadable key file is replaced (logged).  ``fresh``: a new key
+    replaces the stored one (management refused it as another peer's)."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", account_id)[:64]
     name = f"{safe}-{hashlib.sha256(account_id.encode()).hexdigest()[:8]}.key"
     folder = os.path.join(datadir, "accounts")
     path = os.path.join(folder, name)
     try:
-        with open(path) as f:
-            return key_from_base64(f.read())
+        if not fresh:
+            with open(path) as f:
+                return key_from_base64(f.read())
     except FileNotFoundError:
         pass
     except ValueError:
@@ -58,6 +66,18 @@ def account_key(datadir: str, account_id: str) -> bytes:
         f.write(key_to_base64(key) + "\n")
     os.replace(tmp, path)
     return key
+
+
+def peer_endpoint_refusal(host: str) -> str | None:
+    """Why a roster peer's endpoint address (an IP string) must not get the
+    gateway's handshakes (:func:`nbgateway.dial.guard.endpoint_refusal`, this
+    host's addresses by a routing lookup), or None; an unparsable one is
+    refused."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return INVALID_HOST
+    return endpoint_refusal(ip, is_host_address)
 
 
 class Stoppable:
