@@ -1,19 +1,28 @@
-"""Gateway side of the access log: reactor-thread cost per request.
+"""Gateway side of the access log: reactor-thread cost per entry and the
+longest reactor step the shipper takes.
 
-Compares, against a real grpcio ProxyService on 127.0.0.1 (in this process,
-storing nothing), the reactor thread's CPU time per access-log entry of
+Two parts, against a real grpcio ProxyService on 127.0.0.1 (in this process,
+storing nothing):
 
-* ``per-request``: the old pipeline, one ``SendAccessLog`` unary call per
-  request (a grpcio call object and a done-callback hop each);
-* ``batched``: :class:`nbgateway.observe.accesslog.AccessLogger` (a deque
-  append per request; one ``NbgwSendAccessLogBatch`` per linger window, one in
-  flight).
+* ``--part rate`` (default): requests' fields are handed to
+  :meth:`nbgateway.observe.accesslog.AccessLogger.record` at ``--rate``
+  entries/s (``--per-turn`` per reactor turn; varied hosts, paths, status
+  codes, sizes, users and targets, as a gateway's requests), for ``--seconds``.
+  Every shipper entry point the reactor runs (``record``, the linger timer,
+  batch forming turns, the RPC's answer) is timed with the reactor thread's
+  CPU clock: reported are the shipper's CPU per entry on the reactor thread
+  (``time.thread_time``, load-independent as far as the CPU clock is) and its
+  longest single step, plus the process CPU per entry (grpcio's threads and
+  the in-process server included).  ``--tree DIR`` imports ``nbgateway`` from
+  another checkout (a worktree of an older revision): run both trees
+  alternately for a same-run A/B.
+* ``--part per-request``: the old pipeline, one ``SendAccessLog`` unary call
+  per request, against the batching queue (built entries offered in bursts
+  of ``--burst`` per reactor turn).
 
-Reported: reactor-thread CPU microseconds per entry (``time.thread_time`` of
-the reactor thread) and process CPU per entry (grpcio's threads included),
-for ``--entries`` entries offered in bursts of ``--burst`` per reactor turn.
-
-Run:  .venv/bin/python bench/accesslog_ship.py [--entries 20000] [--burst 100]
+Run:  .venv/bin/python bench/accesslog_ship.py [--rate 3000] [--seconds 10]
+          [--tree /tmp/old-worktree]
+      .venv/bin/python bench/accesslog_ship.py --part per-request [--entries 20000]
 """
 
 from __future__ import annotations
@@ -23,9 +32,16 @@ import os
 import sys
 import time
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+
+def _import_root(argv: list[str]) -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if "--tree" in argv:
+        root = os.path.abspath(argv[argv.index("--tree") + 1])
+    sys.path.insert(0, root)
+    return root
+
+
+_ROOT = _import_root(sys.argv)
 
 from twisted.internet import defer, reactor, task  # noqa: E402
 
@@ -33,6 +49,9 @@ from nbgateway._proto import proxy_service_pb2 as pb  # noqa: E402
 from nbgateway.mgmt.client import GrpcManagementClient  # noqa: E402
 from nbgateway.observe.accesslog import AccessLogger, build_entry, new_log_id  # noqa: E402
 from tests.mgmt.servicer import TOKEN, CannedProxyService, Server  # noqa: E402
+
+#: the shipper's entry points the reactor calls (those present in the tree)
+_STEPS = ("record", "_linger_over", "_form_more", "_done", "_failed")
 
 
 class Sink(CannedProxyService):
@@ -55,7 +74,86 @@ def _entry() -> pb.AccessLog:
                        response_code=200, duration_ms=1, source_ip="100.64.0.10")
 
 
-async def _run(mode: str, client: GrpcManagementClient, sink: Sink, n: int, burst: int):
+_HOSTS = [f"app{i}.example" for i in range(8)] + ["app0.example:8443"]
+_PEERS = [f"100.64.0.{i}" for i in range(2, 34)]
+_CODES = (200, 200, 200, 200, 304, 404, 403, 502, 0)
+_USERS = (("", ""), ("oidc", "user-1"), ("token", "token:t1"), ("", ""))
+_TARGETS = ("http://127.0.0.1:8080", "http://10.0.0.6:8080", "")
+
+
+def _fields(i: int) -> tuple:
+    """One request's fields (HTTP_FIELDS order), varied like real traffic."""
+    auth, user = _USERS[i % 4]
+    return (time.time(), new_log_id(), "acc1", f"svc{i % 3}", _HOSTS[i % 9],
+            f"/items/{i * 7919 % 100003}?page={i % 17}", ("GET", "POST")[i % 5 == 0],
+            _CODES[i % 9], i % 40, _PEERS[i % 32], auth, user, (i % 3) * 211,
+            512 + i % 4096, _TARGETS[i % 3])
+
+
+class StepTimer:
+    """Wraps the shipper's reactor entry points on one instance: CPU time of
+    each call on the reactor thread."""
+
+    def __init__(self, logger: AccessLogger) -> None:
+        self.total = 0.0
+        self.longest = 0.0
+        self.steps: list[float] = []
+        for name in _STEPS:
+            fn = getattr(logger, name, None)
+            if fn is not None:
+                setattr(logger, name, self._wrap(fn))
+
+    def _wrap(self, fn):
+        clock = time.thread_time
+
+        def timed(*a, **kw):
+            t = clock()
+            try:
+                return fn(*a, **kw)
+            finally:
+                took = clock() - t
+                self.total += took
+                if took > 50e-6:
+                    self.steps.append(took)
+                if took > self.longest:
+                    self.longest = took
+
+        return timed
+
+
+async def _rate(client: GrpcManagementClient, sink: Sink, args: argparse.Namespace) -> None:
+    n = int(args.rate * args.seconds)
+    sink.count = 0
+    logger = AccessLogger(client, reactor)
+    timer = StepTimer(logger)
+    thread0, cpu0 = time.thread_time(), time.process_time()
+    start = time.perf_counter()
+    i = 0
+    while i < n:
+        for _ in range(args.per_turn):
+            logger.record(_fields(i))
+            i += 1
+        # the next turn at its due time (a paced offer, not a tight loop)
+        due = start + i / args.rate - time.perf_counter()
+        await task.deferLater(reactor, max(0.0, due), lambda: None)
+    await logger.stop(timeout=30)
+    while sink.count < n:
+        await task.deferLater(reactor, 0.001, lambda: None)
+    thread_cpu = time.thread_time() - thread0
+    cpu = time.process_time() - cpu0
+    steps = sorted(timer.steps)
+    s = logger.stats
+    print(f"{os.path.basename(_ROOT.rstrip('/'))}: {n:,} entries at {args.rate:,}/s: shipper "
+          f"{timer.total / n * 1e6:5.2f} us/entry on the reactor thread, longest step "
+          f"{timer.longest * 1e3:.3f} ms, steps > 50 us: {len(steps)} (median "
+          f"{steps[len(steps) // 2] * 1e3 if steps else 0:.3f} ms); reactor thread "
+          f"{thread_cpu / n * 1e6:5.2f} us/entry, process {cpu / n * 1e6:5.2f} us/entry; "
+          f"{s.batches} RPCs, sent {s.sent}, dropped {s.dropped}, stored {sink.count}",
+          flush=True)
+
+
+async def _per_request(mode: str, client: GrpcManagementClient, sink: Sink, n: int,
+                       burst: int) -> float:
     entries = [_entry() for _ in range(n)]
     sink.count = 0
     logger = AccessLogger(client, reactor)
@@ -91,11 +189,16 @@ async def main(args: argparse.Namespace) -> None:
                                   private=True)
     client.startService()
     try:
-        await _run("batched", client, sink, 1000, args.burst)  # warm up both paths
-        await _run("per-request", client, sink, 1000, args.burst)
+        if args.part == "rate":
+            warm = argparse.Namespace(**{**vars(args), "seconds": 1.0})
+            await _rate(client, sink, warm)  # warm up (templates, channel)
+            await _rate(client, sink, args)
+            return
+        await _per_request("batched", client, sink, 1000, args.burst)  # warm up both paths
+        await _per_request("per-request", client, sink, 1000, args.burst)
         print(f"{args.entries:,} entries, bursts of {args.burst}:")
-        old = await _run("per-request", client, sink, args.entries, args.burst)
-        new = await _run("batched", client, sink, args.entries, args.burst)
+        old = await _per_request("per-request", client, sink, args.entries, args.burst)
+        new = await _per_request("batched", client, sink, args.entries, args.burst)
         print(f"reactor-thread cost: batched / per-request = {new / old:.3f}")
     finally:
         client.stopService()
@@ -104,6 +207,11 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=("rate", "per-request"), default="rate")
+    p.add_argument("--rate", type=int, default=3000)
+    p.add_argument("--per-turn", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--tree", default=None, help="import nbgateway (and tests) from this checkout")
     p.add_argument("--entries", type=int, default=20_000)
     p.add_argument("--burst", type=int, default=100)
     a = p.parse_args()

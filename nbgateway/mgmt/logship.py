@@ -20,6 +20,12 @@ is in flight; entries arriving meanwhile form the next batch.
   shipper remembers that for the lifetime of its client connection and sends
   the same batch (and all later ones) as one ``SendAccessLog`` per entry, at
   most ``fallback_inflight`` at a time; only entries that failed are retried.
+* Bounded work per reactor turn: a batch is formed (:meth:`LogShipper.new_batch`,
+  :meth:`LogShipper.add_to_batch`: the access log builds its entries straight
+  into the request's repeated field) at most ``form_slice`` entries per reactor
+  turn; a larger batch goes on in the next turn (``callLater(0)``) and is sent
+  when complete, so a burst of entries never stalls the reactor for the whole
+  batch at once.
 
 The class is fed entries and a clock; the client is anything with
 ``send_access_log(entry) -> Deferred`` and optionally
@@ -78,6 +84,7 @@ class LogShipper:
         backoff_max: float = 10.0,
         send_timeout: float = 10.0,
         fallback_inflight: int = 16,
+        form_slice: int = 64,
     ) -> None:
         self.client = client
         self.clock = clock
@@ -89,13 +96,18 @@ class LogShipper:
         self.backoff_max = backoff_max
         self.send_timeout = send_timeout
         self.fallback_inflight = fallback_inflight
+        #: at most this many queued items become batch entries per reactor turn
+        self.form_slice = max(1, form_slice)
         self.stats = ShipperStats()
         #: False once management answered UNIMPLEMENTED (or the client has no batch call)
         self.batch_supported = callable(getattr(client, "send_access_log_batch", None))
         self._queue: deque[Any] = deque()
-        self._batch: list[Any] = []  # the batch in flight or waiting for its retry
+        # the batch being formed, in flight or waiting for its retry (any sized
+        # iterable of entries: a list, or the access log's repeated field)
+        self._batch: Sequence[Any] = []
         self._attempt = 0
-        self._inflight = False
+        self._inflight = False  # a batch is being formed or is in flight
+        self._forming = 0  # entries still to take from the queue for the forming batch
         self._timer: IDelayedCall | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self._stopped = False
@@ -144,6 +156,9 @@ class LogShipper:
             self._queue.clear()
             self._batch = []
             self._cancel_timer()
+            if self._forming:  # a batch was being formed, nothing is in flight
+                self._forming = 0
+                self._inflight = False
             self._idle_waiters.remove(d)
             d.callback(None)
 
@@ -156,6 +171,16 @@ class LogShipper:
         (subclasses queue something cheaper than the entry; an exception
         drops the item, counted)."""
         return item
+
+    def new_batch(self) -> Any:
+        """An empty batch to form (a sized iterable the client's batch call
+        takes; ``add_to_batch`` fills it)."""
+        return []
+
+    def add_to_batch(self, batch: Any, item: Any) -> None:
+        """Add one queued item to the forming batch (an exception drops the
+        item, counted; it must leave ``batch`` as it was)."""
+        batch.append(self.prepare(item))
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -171,26 +196,50 @@ class LogShipper:
             self._next()
 
     def _next(self) -> None:
-        """Send the pending retry batch, or a new batch from the queue."""
+        """Send the pending retry batch, or form a new batch from the queue."""
         if not self._batch:
             if not self._queue:
                 self._wake_idle()
                 return
-            n = min(self.max_batch, len(self._queue))
-            queue, prepare, batch = self._queue, self.prepare, []
-            for _ in range(n):
-                item = queue.popleft()
-                try:
-                    batch.append(prepare(item))
-                except Exception:  # one bad item must not stop the shipping
-                    self.stats.dropped += 1
-                    log.failure("access log: an entry could not be built; dropped")
-            if not batch:
-                self._next()
-                return
-            self._batch = batch
+            self._forming = min(self.max_batch, len(self._queue))
+            self._batch = self.new_batch()
             self._attempt = 0
+            self._inflight = True
+            self._form()
+            return
         self._inflight = True
+        self._send()
+
+    def _form(self) -> None:
+        """Move up to ``form_slice`` queued items into the forming batch; send
+        it when complete, else go on in the next reactor turn."""
+        batch, queue, add = self._batch, self._queue, self.add_to_batch
+        n = min(self._forming, self.form_slice, len(queue))
+        self._forming -= n
+        for _ in range(n):
+            item = queue.popleft()
+            try:
+                add(batch, item)
+            except Exception:  # one bad item must not stop the shipping
+                self.stats.dropped += 1
+                log.failure("access log: an entry could not be built; dropped")
+        if self._forming and queue:
+            self._timer = self.clock.callLater(0, self._form_more, batch)
+            return
+        self._forming = 0
+        if not len(batch):
+            self._batch = []
+            self._inflight = False
+            self._next()
+            return
+        self._send()
+
+    def _form_more(self, batch: Any) -> None:
+        self._timer = None
+        if batch is self._batch:  # else: given up (stop's timeout) meanwhile
+            self._form()
+
+    def _send(self) -> None:
         batch = self._batch
         try:
             d = self._send_batch(batch) if self.batch_supported else self._send_each(batch)
@@ -199,9 +248,15 @@ class LogShipper:
             d.errback(exc)
         d.addCallbacks(self._done, self._failed)
 
+    def batch_call(self, batch: Any) -> Deferred[Any]:
+        """Start the batch RPC for ``batch`` (the client's
+        ``send_access_log_batch``; a subclass may hand the client something
+        cheaper to send)."""
+        return self.client.send_access_log_batch(batch)
+
     def _send_batch(self, batch: Sequence[Any]) -> Deferred[list[Any]]:
         self.stats.batches += 1
-        d = self.client.send_access_log_batch(list(batch))
+        d = self.batch_call(batch)
         d.addTimeout(self.send_timeout, self.clock)
 
         def unimplemented(failure: Failure) -> Deferred[list[Any]] | Failure:

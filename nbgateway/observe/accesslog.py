@@ -131,6 +131,15 @@ def entry_from_fields(fields: tuple[Any, ...]) -> pb.AccessLog:
     """The ``AccessLog`` of one HTTP request's fields (:data:`HTTP_FIELDS`
     order): the same message as :func:`build_entry` of those fields (a test
     compares them), from a cached template of the fields that repeat."""
+    entry = pb.AccessLog()
+    fill_entry(entry, fields)
+    return entry
+
+
+def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
+    """Set an empty ``entry`` (a new message, or one just added to a batch
+    request's repeated field: no copy into the request afterwards) to the
+    entry of one HTTP request's fields (:data:`HTTP_FIELDS` order)."""
     (now, log_id, account_id, service_id, host, path, method, response_code, duration_ms,
      source_ip, auth_mechanism, user_id, bytes_upload, bytes_download, target) = fields
     key = (account_id, service_id, host, method, response_code, source_ip, auth_mechanism,
@@ -148,7 +157,6 @@ def entry_from_fields(fields: tuple[Any, ...]) -> pb.AccessLog:
             if len(_TEMPLATES) >= _TEMPLATES_MAX:
                 _TEMPLATES.clear()
             _TEMPLATES[key] = template
-    entry = pb.AccessLog()
     entry.CopyFrom(template)
     ts = entry.timestamp
     ts.seconds, ts.nanos = divmod(int(now * 1e9), 1_000_000_000)
@@ -160,7 +168,6 @@ def entry_from_fields(fields: tuple[Any, ...]) -> pb.AccessLog:
         entry.bytes_upload = bytes_upload
     if bytes_download:
         entry.bytes_download = bytes_download
-    return entry
 
 
 def should_log(path: str) -> bool:
@@ -187,3 +194,39 @@ class AccessLogger(LogShipper):
     def prepare(self, item: Any) -> Any:
         """A queued item as the entry to send (tuples from :meth:`record`)."""
         return entry_from_fields(item) if type(item) is tuple else item
+
+    #: the request whose ``logs`` field is the batch being formed or sent
+    _request: pb.NbgwSendAccessLogBatchRequest | None = None
+
+    def new_batch(self) -> Any:
+        """The repeated ``logs`` field of a new ``NbgwSendAccessLogBatchRequest``:
+        entries are built in place (no standalone message per entry and no
+        copy of it into a list; the container keeps its request alive)."""
+        self._request = req = pb.NbgwSendAccessLogBatchRequest()
+        return req.logs
+
+    def batch_call(self, batch: Any) -> Any:
+        """The batch RPC: a client with ``send_access_log_batch_request`` gets
+        the request the batch was built in (sent as it is: no copy of every
+        entry into a new request); otherwise ``send_access_log_batch(batch)``."""
+        send = getattr(self.client, "send_access_log_batch_request", None)
+        req = self._request
+        if send is not None and req is not None and batch is req.logs:
+            return send(req)
+        return self.client.send_access_log_batch(batch)
+
+    def add_to_batch(self, batch: Any, item: Any) -> None:
+        """Build one queued item into the forming batch: a :meth:`record`
+        tuple is filled into a new element of the repeated field (removed
+        again if it cannot be built); a built entry is copied in."""
+        if type(item) is tuple:
+            entry = batch.add()
+            try:
+                fill_entry(entry, item)
+            except BaseException:
+                del batch[-1]
+                raise
+        elif type(item) is pb.AccessLog:
+            batch.append(item)
+        else:
+            batch.append(self.prepare(item))
