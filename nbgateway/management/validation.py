@@ -26,6 +26,10 @@ Documented deviations from upstream:
   to the same syntax (the mapping's target URL carries it as given, so
   ``a@127.0.0.1`` or ``h:22`` would rewrite its authority).
 
+:func:`peer_endpoint_problem`: a stock peer's endpoint (``/api/peers``) is
+never a loopback, link-local, unspecified, multicast or reserved address, nor
+``localhost`` (the gateways would send their handshakes to themselves).
+
 Account-dependent checks (group ids exist, peer targets exist, cluster
 derivation, domain uniqueness) are done by the store in the same transaction.
 """
@@ -57,6 +61,7 @@ __all__ = [
     "go_quote",
     "is_valid_header_name",
     "normalise_domain",
+    "peer_endpoint_problem",
     "split_host_port_ok",
     "validate_service",
 ]
@@ -277,6 +282,45 @@ def direct_host_problem(host: str) -> str | None:
         return "is a multicast address"
     if addr == ipaddress.IPv4Address("255.255.255.255"):
         return "is the broadcast address"
+    return None
+
+
+#: NAT64's well-known prefix: the IPv4 address it embeds is what a packet reaches
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_RESERVED_V4 = ipaddress.ip_network("240.0.0.0/4")  # with 255.255.255.255
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def peer_endpoint_problem(host: str) -> str | None:
+    """Why a stock peer's endpoint host may not be set, or None.
+
+    Gateways send handshakes to a peer's endpoint, and a tenant sets it: a
+    loopback, link-local, unspecified, multicast or reserved address (in any
+    spelling, IPv4-mapped or behind NAT64) or ``localhost`` would point them
+    at the gateway host itself.  The gateway refuses those too, and also its
+    own addresses, which management cannot know (nbgateway.dial.guard's
+    ``endpoint_refusal``; management does not import the gateway's packages);
+    other names are left to the gateway, which applies no unresolved name."""
+    addr = _ip_literal(host)
+    if addr is None:
+        name = host.lower().rstrip(".")
+        if name == "localhost" or name.endswith(".localhost"):
+            return "is a loopback name"
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr in _NAT64:
+        addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.is_loopback:
+        return "is a loopback address"
+    if addr.is_link_local:
+        return "is a link-local address"
+    if addr.is_unspecified:
+        return "is an unspecified address"
+    if addr.is_multicast:
+        return "is a multicast address"
+    if isinstance(addr, ipaddress.IPv4Address) and addr in _RESERVED_V4:
+        return "is a reserved or broadcast address"
+    if isinstance(addr, ipaddress.IPv6Address) and addr in _V4_COMPATIBLE:
+        return "is an IPv4-compatible IPv6 address"
     return None
 
 

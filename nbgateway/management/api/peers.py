@@ -17,6 +17,7 @@ from nacl.public import PrivateKey
 from nbgateway.management import peerconfig, wgconfig
 from nbgateway.management.errors import ValidationError
 from nbgateway.management.model import Peer
+from nbgateway.management.validation import peer_endpoint_problem
 
 from . import mapping as m
 from .calls import (
@@ -45,13 +46,27 @@ def _check_public_key(key: str) -> str:
         raise ValidationError("invalid wireguard public key: expected 32 bytes, base64") from None
 
 
-def _check_endpoint(endpoint: str | None) -> str | None:
+def _check_endpoint(endpoint: str | None, *, proxy: bool = False,
+                    stored: str | None = None) -> str | None:
+    """The normalised ``host:port``; a stock peer's endpoint (where gateways
+    send handshakes) may not point at the gateway host (loopback, link-local,
+    ...).  A proxy peer's endpoint is where stock peers send: a gateway on the
+    peers' own host (loopback) is fine there.  ``stored``: the peer's current
+    endpoint, kept as it is (an update that leaves it alone is no new claim;
+    the gateways refuse such an endpoint anyway)."""
     if not endpoint:
         return None
     try:
-        return wgconfig.check_endpoint(endpoint)
+        out = wgconfig.check_endpoint(endpoint)
     except wgconfig.WgConfigError as exc:
         raise ValidationError(f"invalid endpoint: {exc}") from None
+    if not proxy and endpoint != stored:
+        host = out.rpartition(":")[0]
+        problem = peer_endpoint_problem(host)
+        if problem is not None:
+            raise ValidationError(f"invalid endpoint: {host} {problem}; gateways would send "
+                                  "their handshakes to their own host")
+    return out
 
 
 def _peer_name(body: dict[str, Any]) -> str:
@@ -117,7 +132,8 @@ class PeerHandlers:
         # the groups' names and member counts come from the creating transaction
         peer, groups = self.store.peers.create_with_groups(Peer(
             account_id=account, name=name, key=public_key, user_id=b.get("user_id") or None,
-            endpoint=_check_endpoint(b.get("endpoint")), groups=tuple(b.get("groups") or ()),
+            endpoint=_check_endpoint(b.get("endpoint"), proxy=bool(cluster)),
+            groups=tuple(b.get("groups") or ()),
             proxy=bool(cluster), proxy_cluster=cluster, wg_private_key=private_key))
         out = m.peer_to_api(peer, groups)
         if private_key is not None:
@@ -147,7 +163,8 @@ class PeerHandlers:
         cur = self.store.peers.get(account, call.params["peerId"])
         updated = Peer(**{**cur.__dict__, "name": _peer_name(b),
                           "user_id": b.get("user_id", cur.user_id) or None,
-                          "endpoint": _check_endpoint(b.get("endpoint", cur.endpoint)),
+                          "endpoint": _check_endpoint(b.get("endpoint", cur.endpoint),
+                                                      proxy=cur.proxy, stored=cur.endpoint),
                           "groups": tuple(b["groups"]) if "groups" in b else cur.groups})
         return self._peer_result(account, self.store.peers.update(updated))
 

@@ -5,6 +5,8 @@ lower case, no trailing dot) with their target cluster and validation state.
 :func:`cluster_for_domain`: which cluster serves a service's domain, from
 the active or known cluster addresses and the account's custom domains (a
 service's ``proxy_cluster`` is derived, never chosen).
+:func:`foreign_own_cluster`: a custom domain may target a shared cluster, a
+known one or the account's own (BYOP), never another account's own cluster.
 """
 
 from __future__ import annotations
@@ -85,6 +87,21 @@ def check_domain_claim(
         raise Conflict("domain overlaps the address of a cluster shared with other accounts")
 
 
+def foreign_own_cluster(
+    conn: Connection, known_clusters: Sequence[str], account_id: str, address: str
+) -> bool:
+    """Is ``address`` another account's own (BYOP) cluster: announced only by
+    gateways with another account's token, by no shared gateway, no gateway
+    of ``account_id`` and no ``known_clusters`` entry?  Such a cluster serves
+    only its account, so no other account may target it."""
+    if address in known_clusters:
+        return False
+    owners = set(conn.execute(
+        sa.select(proxies.c.account_id).where(proxies.c.cluster_address == address).distinct()
+    ).scalars())
+    return bool(owners) and None not in owners and account_id not in owners
+
+
 def active_clusters(
     conn: Connection, known_clusters: Sequence[str], account_id: str, now: datetime
 ) -> dict[str, bool]:
@@ -131,6 +148,11 @@ def cluster_for_domain(
         if (domain == d or domain.endswith("." + d)) and len(d) > len(match):
             match, target = d, tc
     if match:
+        if foreign_own_cluster(conn, known_clusters, account_id, target):
+            # a custom domain registered before such targets were refused
+            raise PreconditionFailed(
+                f"could not derive cluster from domain {domain}: the custom domain {match} "
+                f"targets {target}, another account's own cluster")
         return target
     raise PreconditionFailed(
         f"could not derive cluster from domain {domain}: "
@@ -158,7 +180,9 @@ class DomainRepository(Repository):
     def create(self, domain: CustomDomain) -> CustomDomain:
         """Register a custom domain: a DNS hostname of two labels or more.
         Conflict ``domain already exists``, or when it overlaps another
-        account's domains, services or clusters (:func:`check_domain_claim`)."""
+        account's domains, services or clusters (:func:`check_domain_claim`);
+        ValidationError when ``target_cluster`` is another account's own
+        (BYOP) cluster (:func:`foreign_own_cluster`)."""
 
         def run(tx: Tx) -> CustomDomain:
             conn = tx.conn
@@ -170,6 +194,11 @@ class DomainRepository(Repository):
             if not domain.target_cluster:
                 raise ValidationError("target_cluster is required")
             check_domain_claim(conn, self._store.known_clusters, domain.account_id, name)
+            if foreign_own_cluster(conn, self._store.known_clusters, domain.account_id,
+                                   domain.target_cluster):
+                raise ValidationError(
+                    f"target_cluster {go_quote(domain.target_cluster)} is another account's "
+                    "own cluster: it serves only that account")
             new = dataclasses.replace(domain, id=domain.id or new_id(), domain=name)
             conn.execute(sa.insert(domains).values(**dataclasses.asdict(new)))
             tx.changed(ChangeKind.DOMAIN, new.account_id, new.id)
