@@ -196,3 +196,49 @@ def test_shared_known_and_own_clusters_stay_usable(server):
     assert domain(server, b, f"{uniq('d')}.test", twice).status == 200
     # a cluster no gateway announced yet (upstream accepts any target)
     assert domain(server, b, f"{uniq('d')}.test", f"{uniq('later')}.proxy.test").status == 200
+
+
+# -- L4 listen ports ----------------------------------------------------------------------
+
+
+def l4_body(mode: str, port, *, private: bool = False, group: str = "") -> dict:
+    body = {"name": uniq("l4"), "domain": f"{uniq('l4')}.{CLUSTER}", "mode": mode,
+            "enabled": True, "listen_port": port,
+            "targets": [{"target_id": CLUSTER, "target_type": "cluster",
+                         "protocol": "tcp" if mode == "tls" else mode,
+                         "host": "10.0.0.5", "port": 5432, "enabled": True,
+                         "options": {"direct_upstream": True}}]}
+    if private:
+        body.update(private=True, access_groups=[group])
+    return body
+
+
+def test_l4_listen_ports_are_checked_at_create_and_update(server):
+    a = account(server)
+    register_gateway(server, None, CLUSTER)
+    group = server.post("/api/groups", {"name": uniq("g")}, auth=a).json["id"]
+    services = "/api/reverse-proxies/services"
+    # a value that is no port at all fails parsing (400, as upstream's uint16 does) ...
+    for port in (70000, -1, 65536, True, "8080", 1.5):
+        resp = server.post(services, l4_body("tcp", port), auth=a)
+        assert resp.status == 400, (port, resp)
+        assert "listen_port" in resp.json["message"], resp
+    # ... a mode that needs a port refuses 0 (422)
+    for mode, private in (("tls", False), ("tcp", True), ("udp", True)):
+        resp = server.post(services, l4_body(mode, 0, private=private, group=group), auth=a)
+        assert resp.status == 422, (mode, private, resp)
+        assert "listen_port is required" in resp.json["message"], resp
+    # valid input keeps upstream's shape: an explicit port as given, 0 auto-assigned
+    fixed = server.post(services, l4_body("tcp", 15432), auth=a)
+    assert fixed.status == 200 and fixed.json["listen_port"] == 15432, fixed
+    auto = server.post(services, l4_body("udp", 0), auth=a)
+    assert auto.status == 200 and 10000 <= auto.json["listen_port"] <= 65535, auto
+    tls = server.post(services, l4_body("tls", 8443), auth=a)
+    assert tls.status == 200 and tls.json["listen_port"] == 8443, tls
+    # the same checks on update
+    body = {**l4_body("tcp", 70000), "name": fixed.json["name"], "domain": fixed.json["domain"]}
+    resp = server.put(f"{services}/{fixed.json['id']}", body, auth=a)
+    assert resp.status == 400 and "listen_port" in resp.json["message"], resp
+    body = {**l4_body("tls", 0), "name": tls.json["name"], "domain": tls.json["domain"]}
+    resp = server.put(f"{services}/{tls.json['id']}", body, auth=a)
+    assert resp.status == 422 and "listen_port" in resp.json["message"], resp
