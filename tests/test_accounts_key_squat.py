@@ -247,3 +247,20 @@ async def test_squatted_key_end_to_end_against_real_management(mstore, tmp_path)
         peer_service.close()
         proxy_servicer.stop()
         srv.stop(grace=None).wait(WAIT)
+
+
+def test_a_key_that_cannot_be_replaced_fails_closed():
+    keys = Keys()
+
+    def factory(fresh=False):
+        if fresh:
+            raise OSError("read-only file system")
+        return keys(fresh)
+
+    mgmt, stats = Mgmt(taken()), AccountStats()
+    store, registry, clock = make(mgmt, factory, stats)
+    store.apply_batch([mapping("s1")], False)
+    runtime = registry.get("acct")
+    assert runtime.state == "failed" and runtime.private_key == keys.keys[0]
+    assert stats.key_rotations == 0 and not clock.getDelayedCalls()
+    assert "belongs to another peer" in mgmt.status[-1][2]

@@ -194,7 +194,9 @@ class Registration:
         if self._maybe_spent == token and _token_refused(failure):
             return self._probe(message)
         if _key_taken(failure) and self.key_rotations < MAX_KEY_ROTATIONS:
-            return self._rotate_key(message)
+            rotated = self._rotate_key(message)
+            if rotated is not None:
+                return rotated
         self.state = "failed"
         self.retries = 0
         self.key_rotations = 0  # the next mapping may rotate again (each waits a back-off)
@@ -207,11 +209,18 @@ class Registration:
         return self._report_all(ERROR, error=message, listener=False,
                                 sids=list(self.services) or [service_id])
 
-    def _rotate_key(self, message: str) -> Deferred:
+    def _rotate_key(self, message: str) -> Deferred | None:
         """The key was refused as another peer's (squatted): a new key,
-        persisted, and a new registration after the back-off (no tight loop)."""
+        persisted, and a new registration after the back-off (no tight loop).
+        None when no new key could be made (e.g. not written): ``failed``."""
+        try:
+            key = self.key_factory(fresh=True)
+        except Exception as exc:  # any failure (e.g. the key file): keep the key, fail
+            log.failure("account {account}: could not rotate the tunnel key: {err}",
+                        account=self.account_id, err=exc)
+            return None
         self.key_rotations += 1
-        self.private_key = self.key_factory(fresh=True)
+        self.private_key = key
         self._maybe_spent = None  # no attempt registered the refused key
         stats = self.settings.stats
         if stats is not None:
