@@ -178,6 +178,24 @@ def test_a_custom_domain_cannot_target_another_accounts_own_cluster(server):
     assert domain(server, a, f"{uniq('d')}.a.test", byop).status == 200
 
 
+def test_a_domain_whose_cluster_became_another_accounts_derives_no_service(server):
+    """B targeted an address no gateway announced yet; then A's own gateway
+    announces it: B's services under that domain are refused (412) rather
+    than derived to A's cluster."""
+    a, b = account(server), account(server)
+    later = f"{uniq('later')}.a.test"
+    apex = f"{uniq('d')}.b.test"
+    assert domain(server, b, apex, later).status == 200
+    register_gateway(server, account_id(server, a), later)
+    resp = server.post("/api/reverse-proxies/services", {
+        "name": "s", "domain": f"app.{apex}", "enabled": True,
+        "targets": [{"target_id": later, "target_type": "cluster", "protocol": "http",
+                     "host": "10.0.0.5", "port": 80, "enabled": True,
+                     "options": {"direct_upstream": True}}]}, auth=b)
+    assert resp.status == 412, resp
+    assert "another account's own cluster" in resp.json["message"]
+
+
 def test_shared_known_and_own_clusters_stay_usable(server):
     a, b = account(server), account(server)
     shared = f"{uniq('shared')}.proxy.test"
