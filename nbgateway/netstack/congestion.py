@@ -40,7 +40,7 @@ class RTOEstimator:
             err = srtt - r
             rttvar = self.rttvar = 0.75 * self.rttvar + 0.25 * (err if err >= 0.0 else -err)
             srtt = self.srtt = 0.875 * srtt + 0.125 * r
-        k = 4 * rttvar
+        k = 4.0 * rttvar
         rto = srtt + (k if k > CLOCK_G else CLOCK_G)
         self.rto = RTO_MIN if rto < RTO_MIN else RTO_MAX if rto > RTO_MAX else rto
         self.backoff = 0

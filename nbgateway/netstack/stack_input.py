@@ -74,7 +74,8 @@ class StackInput:
             fast = self._tcp_fast
             for packet in packets:
                 # packetReceived, inlined for the common case: IPv4 in bytes
-                if packet.__class__ is bytes and packet and packet[0] >> 4 == 4 \
+                if packet.__class__ is bytes and packet \
+                        and (packet[0] == 0x45 or packet[0] >> 4 == 4) \
                         and not self._closed:
                     try:
                         # _input4 for the segment the fused TCP input may take
@@ -442,7 +443,7 @@ def _one_flow_twice(packets: list[bytes]) -> bool:
     alone, one packet later; what TCP receives is the same either way."""
     prev = None
     for packet in packets:
-        if packet[:1] != b"\x45":
+        if not packet or packet[0] != 0x45:
             return True
         key = packet[12:24]
         if key == prev:

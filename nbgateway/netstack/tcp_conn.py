@@ -42,6 +42,7 @@ output, retransmission and the timers in ``tcp_output.py``.
 
 from __future__ import annotations
 
+from math import floor as _floor
 from typing import TYPE_CHECKING, Protocol
 
 from nbgateway.netstack.buffers import Assembler, SendBuffer
@@ -326,7 +327,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                         # response; the connection's constants are computed
                         # by its first emit): the same bytes, counters, IP
                         # ident and cork (tests/netstack/test_tcp_fastpath.py)
-                        ts_val = (int(now * 1000) + self.ts_offset) & MASK
+                        ts_val = (_floor(now * 1000.0) + self.ts_offset) & MASK
                         ts_ecr = self.ts_recent
                         seq = nxt & MASK
                         ack = rcv_nxt & MASK
@@ -355,7 +356,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                         elif not stack.sender.sendPacket(packet):  # as uncork() would
                             fast.counters["tx_refused"] += 1
                     else:
-                        ts_val = (int(now * 1000) + self.ts_offset) & MASK if self.ts_ok \
+                        ts_val = (_floor(now * 1000.0) + self.ts_offset) & MASK if self.ts_ok \
                             else None
                         if not emit(fast, self, nxt, ACK | PSH, field, seg, ts_val,
                                     self.ts_recent):

@@ -9,6 +9,8 @@ state; accepted text goes on to ``tcp_receive.py``, replies to ``tcp_output.py``
 
 from __future__ import annotations
 
+from math import floor as _floor
+
 from twisted.internet import error
 
 from nbgateway.netstack.congestion import CLOCK_G, RTO_MAX, RTO_MIN
@@ -111,7 +113,7 @@ class ConnectionInput:
             rto = self.rto
             if self.ts_ok:
                 if ts_ecr:  # as _rtt_from_ts
-                    d = ((int(now * 1000) + self.ts_offset) - ts_ecr) & MASK  # ts_now
+                    d = ((_floor(now * 1000.0) + self.ts_offset) - ts_ecr) & MASK  # ts_now
                     if d < 60_000:
                         # RTOEstimator.sample(d / 1000), inlined (RFC 6298 2.2-2.3)
                         r = d / 1000.0
@@ -124,7 +126,7 @@ class ConnectionInput:
                             rttvar = rto.rttvar = 0.75 * rto.rttvar + 0.25 * (
                                 err if err >= 0.0 else -err)
                             srtt = rto.srtt = 0.875 * srtt + 0.125 * r
-                        k = 4 * rttvar
+                        k = 4.0 * rttvar
                         r = srtt + (k if k > CLOCK_G else CLOCK_G)
                         rto.rto = RTO_MIN if r < RTO_MIN else RTO_MAX if r > RTO_MAX else r
                         rto.backoff = 0
@@ -168,7 +170,7 @@ class ConnectionInput:
             # (checked above), inlined
             rcv_nxt += plen
             self.rcv_nxt = rcv_nxt
-            data = bytes(payload)
+            data = payload if type(payload) is bytes else bytes(payload)
             srtt = self.rto.srtt  # _tune_interval, inlined
             if now - self.rcv_mark_time >= (
                     0.02 if srtt is None else srtt if srtt > 0.01 else 0.01):
@@ -480,7 +482,7 @@ class ConnectionInput:
         rto = self.rto
         if self.ts_ok:
             if ts_ecr:  # as _rtt_from_ts
-                d = ((int(now * 1000) + self.ts_offset) - ts_ecr) & MASK  # ts_now
+                d = ((_floor(now * 1000.0) + self.ts_offset) - ts_ecr) & MASK  # ts_now
                 if d < 60_000:
                     rto.sample(d / 1000.0)
         elif self.rtt_seq is not None and ack >= self.rtt_seq:

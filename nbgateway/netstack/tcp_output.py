@@ -6,6 +6,7 @@ filling, zero-window probes) and the timer dispatch.  A method-only mixin of
 
 from __future__ import annotations
 
+from math import floor as _floor
 from typing import TYPE_CHECKING
 
 from twisted.internet import error
@@ -54,7 +55,7 @@ class ConnectionOutput:
     # ------------------------------------------------------------------ output
 
     def ts_now(self, now: float) -> int:
-        return (int(now * 1000) + self.ts_offset) & MASK
+        return (_floor(now * 1000.0) + self.ts_offset) & MASK
 
     def _adv_window(self) -> int:
         rcv_buf = self.rcv_buf
@@ -91,7 +92,7 @@ class ConnectionOutput:
             self.delack_at = None
         else:
             wnd = 0 if flags & RST else self._adv_window()
-        ts_val = (int(now * 1000) + self.ts_offset) & MASK if ts_ok else None  # ts_now
+        ts_val = (_floor(now * 1000.0) + self.ts_offset) & MASK if ts_ok else None  # ts_now
         if not sack and emit(self.layer.fast, self, seq, flags, wnd, payload, ts_val,
                              self.ts_recent):
             return  # the fused output (tcp_fast.py): the same packet in one pack

@@ -132,7 +132,7 @@ class TransportPath:
                 data_count += 1
                 # cryptokey routing, inbound: the inner source must be the peer's
                 n = len(packet)
-                if n >= 20 and packet[0] >> 4 == 4:
+                if n >= 20 and (packet[0] == 0x45 or packet[0] >> 4 == 4):
                     length, src = ip4(packet)
                 elif n >= 40 and packet[0] >> 4 == 6:
                     length, src = ip6(packet)
@@ -223,7 +223,7 @@ class TransportPath:
         as :meth:`sendPackets` does for a run of one (a lone response segment
         of the netstack's fused output); anything else goes through it."""
         n = len(packet)
-        if n >= 20 and packet[0] >> 4 == 4:
+        if n >= 20 and (packet[0] == 0x45 or packet[0] >> 4 == 4):
             peer = self._route_cache.get(packet[16:20])
             if peer is not None:
                 kp = peer.current
@@ -285,7 +285,7 @@ class TransportPath:
         append = out.append
         for packet in packets:
             n = len(packet)
-            if n >= 20 and packet[0] >> 4 == 4:
+            if n >= 20 and (packet[0] == 0x45 or packet[0] >> 4 == 4):
                 dst = packet[16:20]
             elif n >= 40 and packet[0] >> 4 == 6:
                 dst = packet[24:40]

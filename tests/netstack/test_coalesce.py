@@ -318,3 +318,6 @@ def test_a_batch_without_two_consecutive_packets_of_one_flow_skips_the_coalescer
     assert _one_flow_twice([build_tcp("fd00::2", "fd00::1", 1, PORT, seq=1, flags=ACK),
                             batch[0]])
     assert _one_flow_twice([b"", batch[0]])
+    for kind in (memoryview, bytearray):  # any buffer of bytes, as before
+        assert _one_flow_twice([kind(batch[0]), kind(batch[0])])
+        assert not _one_flow_twice([kind(p) for p in batch])

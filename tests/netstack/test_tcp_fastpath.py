@@ -756,3 +756,53 @@ def test_send_emits_an_ipv4_timestamped_segment_inline(twin, monkeypatch):
         s.uncork()
     twin.compare()
     assert stack.tcp.fast.emits >= 5
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["v4-ts", "v4-ts-full"])
+def test_timestamps_and_rtt_at_fractional_millisecond_epoch_times(full, monkeypatch):
+    """The millisecond clock of TSval and of the RTT sample is floor(now * 1000)
+    (``math.floor``, not an ``int`` call): at epoch-like reactor times that are
+    not whole milliseconds the fused and general paths send, and sample, what
+    ``int(now * 1000)`` gives (RFC 7323 3.2, 4.1)."""
+    monkeypatch.setattr(Connection, "_fast_path", _fast_path_unless_full)
+    _FULL_PATH_LAYERS.clear()
+    twin4 = Twin(*ADDRS[0], ts=True, full=full)
+    twin4.advance(1_765_000_000.0007 - twin4.clocks[0].seconds())
+    conn = twin4.conns[0][0]
+    for i, step in enumerate((0.0004, 0.0126, 0.0319, 0.0001)):
+        twin4.feed([twin4.send(b"GET /%d" % i)])
+        sent_at = twin4.clocks[0].seconds()
+        (seg,) = twin4.write(b"R" * 200)
+        assert seg.ts_val == (int(sent_at * 1000) + conn.ts_offset) & 0xFFFFFFFF
+        twin4.advance(step)
+        twin4.ack_all()
+        srtt = conn.rto.srtt
+        twin4.feed([twin4.send(b"")])
+        r = (int(twin4.clocks[0].seconds() * 1000) - int(sent_at * 1000)) / 1000.0
+        expect = r if srtt is None else 0.875 * srtt + 0.125 * r
+        assert conn.rto.srtt == expect
+
+
+def test_predicted_text_is_delivered_as_bytes_whatever_the_payload_type():
+    """``predicted`` hands a ``bytes`` payload on as is (the fused input's
+    slice of the packet) and copies any other buffer into ``bytes``."""
+    t = Twin(*ADDRS[0], ts=True)
+    conn = t.conns[0][0]
+
+    class Raw(User):
+        def tcp_data(self, data) -> None:
+            self.events.append(("data", data))  # as delivered, not copied
+
+    user = conn.user = Raw()
+    now = t.clocks[0].seconds()
+    for payload in (b"abc", memoryview(b"xdefx")[1:4], bytearray(b"ghi")):
+        n = len(payload)
+        t.tsval += 1
+        assert conn.predicted(t.seq, t.ack, 1024, t.tsval, t.tsecr, payload, 1, now)
+        t.seq += n
+        kind, data = user.events[-1]
+        assert kind == "data" and type(data) is bytes and data == bytes(payload)
+    kept = b"jkl"
+    t.tsval += 1
+    assert conn.predicted(t.seq, t.ack, 1024, t.tsval, t.tsecr, kept, 1, now)
+    assert user.events[-1][1] is kept
