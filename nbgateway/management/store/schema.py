@@ -369,6 +369,26 @@ sa.Index(
     access_log_entries.c.timestamp,
     access_log_entries.c.id,
 ).ddl_if(dialect="postgresql")
+# revision 0020 (PostgreSQL only): the source-IP filter and the duration sort,
+# per day (``date_trunc('day', timestamp)``: a batch's rows land in the
+# current day's part of each index; the day leads, so that a query on the
+# account alone does not take them)
+_DAY = sa.text("date_trunc('day', timestamp)")
+sa.Index(
+    "ix_access_log_entries_day_account_ip",
+    _DAY,
+    access_log_entries.c.account_id,
+    access_log_entries.c.location_connection_ip,
+    access_log_entries.c.timestamp,
+    access_log_entries.c.id,
+).ddl_if(dialect="postgresql")
+sa.Index(
+    "ix_access_log_entries_day_account_duration",
+    _DAY,
+    access_log_entries.c.account_id,
+    access_log_entries.c.duration,
+    access_log_entries.c.id,
+).ddl_if(dialect="postgresql")
 # revision 0015: the failed entries of an account by time (list status=failed);
 # the predicate is the list's condition, textually; 0018: service_id included
 sa.Index(
