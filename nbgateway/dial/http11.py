@@ -250,10 +250,9 @@ class _Attempt:
     # initial state as class attributes (set on the instance when it changes)
     conn: UpstreamConnection | None = None
     connecting: defer.Deferred[Any] | None = None
-    cancelled = False
-    #: the request_into sink (None: the result Deferred), and whether it was told
+    #: the request_into sink (None: the result Deferred); whether it was
+    #: told, and ``cancelled``, are set in __init__ (read by every request)
     sink: Any = None
-    told = False
     result: Any = None
 
     def __init__(self, agent: LeanAgent, key: tuple[bytes, bytes, int], method: bytes,
@@ -264,6 +263,10 @@ class _Attempt:
         self.head = head
         self.body = body
         self.replayable = replayable and method in _REPLAYABLE_METHODS
+        # read by every request: the instance's own from the start (CPython
+        # 3.11 does not specialise reading a class attribute via an instance)
+        self.cancelled = False
+        self.told = False
         if sink is None:
             self.result = defer.Deferred(self._cancel)
         else:

@@ -108,11 +108,9 @@ class _Exchange:
     relay (the exchange is the response body's ``IProtocol``)."""
 
     # per-request state with its initial values as class attributes (set on
-    # the instance when it changes: fewer stores per request)
-    client_gone = False
+    # the instance when it changes: fewer stores per request); what every
+    # request reads is set in __init__ (see there)
     timed_out = False
-    done = False
-    response_bytes = 0
     _deadline: Any = None
     _pending: Any = None  # a Deferred, or the lean client's attempt
     #: the upstream response body's transport (its producer) while the body
@@ -124,7 +122,6 @@ class _Exchange:
     _busy = False
     method = b""
     _answered = False
-    _sends = 0
     #: the first attempt's request head made by the route's plan (and its
     #: pool key), sent with the lean client's ``send_head``; None: none
     head: bytes | None = None
@@ -146,6 +143,13 @@ class _Exchange:
         self.state = state
         self.tried: list[str] = []
         self.path_query = path_query
+        # Read by every request: the instance's own from the start, not a
+        # class attribute (CPython 3.11 does not specialise reading a class
+        # attribute through an instance: a generic lookup each time).
+        self.client_gone = False
+        self.done = False
+        self.response_bytes = 0
+        self._sends = 0
 
     @property
     def host(self) -> str:

@@ -136,34 +136,17 @@ class FastRequest:
 
     defaultContentType: bytes | None = b"text/html"
     clientproto = b"HTTP/1.1"
-    body_stream: RequestBodyStream | None = None
     upstream_status: int | None = None
     proxy_error: str | None = None
     #: any request header name with "_" (set from the parse; True: unknown)
     underscore_names = True
     #: the client's address as text (the channel's, made once per connection)
     peer_ip: str | None = None
-    producer: Any = None
     #: the resource's ``fast_route`` answer, set when the request is
     #: dispatched in the turn that routed it (None: route it again)
     routed: Any = None
-    chunked = False
-    startedWriting = False
-    finished = False
-    _disconnected = False
-    #: chunked response bytes held to the end of the upstream's read (or
-    #: the response's end): see ``_send``
-    _held: list[bytes] | None = None
-    #: ``on_lost`` observers (the list is made on first use)
-    lost_hooks: list[Any] | tuple[()] = ()
-    #: ``on_finish`` observers (the list is made on first use)
-    finish_hooks: list[Any] | tuple[()] = ()
-    #: notifyFinish's Deferreds (the list is made on first use)
-    notifications: list[defer.Deferred[None]] | tuple[()] = ()
     code = 200
     code_message = b"OK"
-    sentLength = 0
-    content: Any = None
 
     def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
                  headers: Headers, close: bool) -> None:
@@ -181,6 +164,27 @@ class FastRequest:
         out = _new_headers(Headers)  # headers_from_raw(raw), inline
         out._rawHeaders = raw
         self.responseHeaders = out
+        # The state read per request is the instance's own from the start,
+        # not a class attribute: CPython 3.11 does not specialise reading a
+        # class attribute through an instance (a generic lookup, ~200
+        # instructions, each time; see docs/performance.md, round 10).
+        self.finished = False
+        self._disconnected = False
+        self.startedWriting = False
+        self.chunked = False
+        self.sentLength = 0
+        self.body_stream: RequestBodyStream | None = None
+        self.content: Any = None
+        self.producer: Any = None
+        #: chunked response bytes held to the end of the upstream's read (or
+        #: the response's end): see ``_send``
+        self._held: list[bytes] | None = None
+        #: ``on_finish`` observers (the list is made on first use)
+        self.finish_hooks: list[Any] | tuple[()] = ()
+        #: ``on_lost`` observers (the list is made on first use)
+        self.lost_hooks: list[Any] | tuple[()] = ()
+        #: notifyFinish's Deferreds (the list is made on first use)
+        self.notifications: list[defer.Deferred[None]] | tuple[()] = ()
 
     # -- what resources read -------------------------------------------------
     def getHeader(self, key: bytes) -> bytes | None:

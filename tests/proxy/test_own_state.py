@@ -1,0 +1,62 @@
+"""The state every request reads is each per-request object's own attribute
+from its constructor, never a class attribute read through the instance:
+CPython 3.11 does not specialise such a read (a generic attribute lookup,
+about 200 instructions, on every request; docs/performance.md, round 10).
+Each default is the constructor's alone (no class attribute of the name
+left to drift from it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.web.http_headers import Headers
+
+from nbgateway.dial.http11 import LeanAgent, _Attempt
+from nbgateway.proxy.exchange import _Exchange
+from nbgateway.proxy.fast_request import FastRequest
+from nbgateway.routes.context import RequestContext
+from tests.proxy.test_fast_values import _channel, _Recording
+from tests.proxy.test_lean_path import GET, Path
+
+_FAST_REQUEST = {
+    "finished": False, "_disconnected": False, "startedWriting": False, "chunked": False,
+    "sentLength": 0, "body_stream": None, "content": None, "producer": None, "_held": None,
+    "finish_hooks": (), "lost_hooks": (), "notifications": (),
+}
+_EXCHANGE = {"client_gone": False, "done": False, "response_bytes": 0, "_sends": 0}
+_ATTEMPT = {"cancelled": False, "told": False}
+
+
+def _own(obj: Any, expected: dict[str, Any]) -> None:
+    for name, value in expected.items():
+        assert name in vars(obj), f"{type(obj).__name__}.{name} is read from the class"
+        assert getattr(obj, name) == value, name
+        assert name not in vars(type(obj)), f"{type(obj).__name__}.{name}: two defaults"
+
+
+def test_fast_request_state_is_its_own():
+    channel, _client = _channel(_Recording(), IPv4Address("TCP", "100.64.0.10", 1))
+    for close in (False, True):
+        _own(FastRequest(channel, b"GET", b"/a?b=1", Headers(), close), _FAST_REQUEST)
+
+
+def test_exchange_and_attempt_state_is_their_own():
+    ctx = RequestContext()
+    exchange = _Exchange(object(), object(), ctx, object(), object(), object())
+    _own(exchange, _EXCHANGE)
+    for sink in (None, exchange):
+        attempt = _Attempt(LeanAgent(object(), lambda *a: None), (b"http", b"h", 80), b"GET",
+                           b"GET / HTTP/1.1\r\n\r\n", None, True, sink)
+        _own(attempt, _ATTEMPT)
+
+
+def test_requests_still_served_and_observed_as_before():
+    """The moved defaults change nothing a request does: the fast path
+    serves keep-alive requests, the access log gets one entry each."""
+    path = Path()
+    for i in range(3):
+        _sent, got = path.exchange(GET.replace(b"?q=1", b"?q=%d" % i),
+                                   b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\nok"), got
+    assert len(path.log.entries) == 3
