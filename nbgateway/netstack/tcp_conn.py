@@ -72,6 +72,7 @@ from nbgateway.netstack.tcp_fast import (
     _O4TS,
     _TS_WORD,
     _TS_WORDS,
+    SPLIT_SUM_ABOVE,
     emit,
 )
 from nbgateway.netstack.tcp_input import ConnectionInput
@@ -331,7 +332,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                         ts_ecr = self.ts_recent
                         seq = nxt & MASK
                         ack = rcv_nxt & MASK
-                        if n > 128:  # tcp_fast._payload_sum, inlined
+                        if n > SPLIT_SUM_ABOVE:  # tcp_fast._payload_sum, inlined
                             h = n - ((n >> 2) << 1)
                             v = (_from_bytes(data[:h], "big") + _from_bytes(data[h:], "big")) \
                                 % 0xFFFF

@@ -410,8 +410,12 @@ def _tcp_checksum_ok(pkt: bytes) -> bool:
 
 def test_fused_output_checksums_for_every_payload_length_class(twin):
     """The fused output sums a payload with one big-int modulo (halved first
-    above 128 bytes): odd and even lengths on both sides of that threshold
-    give the general path's bytes, and the checksums verify independently."""
+    above ``SPLIT_SUM_ABOVE`` bytes): odd and even lengths on both sides of
+    that threshold give the general path's bytes, and the checksums verify
+    independently."""
+    from nbgateway.netstack.tcp_fast import SPLIT_SUM_ABOVE
+
+    t = SPLIT_SUM_ABOVE
     mss = twin.conns[0][0].mss
     recorder = twin.stacks[0].sender
     seen: list[bytes] = []
@@ -423,7 +427,8 @@ def test_fused_output_checksums_for_every_payload_length_class(twin):
         return out
 
     recorder.take = keep
-    for n in (1, 2, 3, 127, 128, 129, 130, 131, 255, 256, 257, 700, 701, mss - 1, mss):
+    for n in (1, 2, 3, 127, 128, 129, 130, 131, 255, 256, 257, t - 1, t, t + 1, t + 2, t + 3,
+              700, 701, mss - 1, mss):
         before = twin.stacks[0].tcp.fast.emits
         seen.clear()
         [seg] = twin.write(bytes((i * 7 + n) & 0xFF for i in range(n)))
