@@ -174,10 +174,25 @@ def should_log(path: str) -> bool:
     return not path.startswith(INTERNAL_PREFIX)
 
 
+#: seconds an access-log entry waits for others before its batch goes out.
+#: Each batch RPC costs about 0.5 ms of grpc.aio work on the asyncio thread
+#: with the GIL held, whatever its size (plus the reactor's share): at
+#: ~3,000 requests/s, 0.05 s meant ~20 RPCs/s, i.e. a GIL hand-over that
+#: stalls the reactor for about one request in 75 (a p99 item); 0.25 s
+#: means ~4/s (docs/performance.md, issue 20).  The entries reach management
+#: at most this much later; ``max_batch`` (1,000) still sends a full batch at once.
+ACCESS_LOG_LINGER = 0.25
+
+
 class AccessLogger(LogShipper):
     """The gateway's access log: :meth:`log` hands an entry to the batching
     shipper (:class:`nbgateway.mgmt.logship.LogShipper`); it never blocks and
-    never raises, a full queue drops the entry and counts it."""
+    never raises, a full queue drops the entry and counts it.  Entries linger
+    :data:`ACCESS_LOG_LINGER` unless ``linger`` is given."""
+
+    def __init__(self, client: Any, clock: Any, **kw: Any) -> None:
+        kw.setdefault("linger", ACCESS_LOG_LINGER)
+        super().__init__(client, clock, **kw)
 
     def log(self, entry: pb.AccessLog) -> None:
         """Enqueue one entry; never blocks, never raises."""
