@@ -90,29 +90,64 @@ def _fields(i: int) -> tuple:
             512 + i % 4096, _TARGETS[i % 3])
 
 
+def _serve() -> None:
+    """``--serve``: the sink in its own process (prints its port, runs until
+    stdin closes, then prints how many entries it stored)."""
+    sink = Sink()
+    server = Server(sink)
+    print(server.port, flush=True)
+    sys.stdin.read()
+    print(sink.count, flush=True)
+    server.stop()
+
+
+def _thread_cpu(name: str) -> float:
+    """CPU seconds of this process's thread called ``name`` (0 if none)."""
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == name and t.native_id is not None:
+            with open(f"/proc/self/task/{t.native_id}/schedstat") as f:
+                return int(f.read().split()[0]) / 1e9
+    return 0.0
+
+
 class StepTimer:
     """Wraps the shipper's reactor entry points on one instance: CPU time of
     each call on the reactor thread."""
 
     def __init__(self, logger: AccessLogger) -> None:
         self.total = 0.0
+        self.wall = 0.0
         self.longest = 0.0
+        self.longest_wall = 0.0
+        self.slow_wall = 0  # steps that took over 1 ms of wall time
+        self.slow: list[tuple[float, str, float]] = []  # (wall ms, step, CPU ms)
         self.steps: list[float] = []
+        self.by_name: dict[str, float] = {}
         for name in _STEPS:
             fn = getattr(logger, name, None)
             if fn is not None:
-                setattr(logger, name, self._wrap(fn))
+                self.by_name[name] = 0.0
+                setattr(logger, name, self._wrap(name, fn))
 
-    def _wrap(self, fn):
-        clock = time.thread_time
+    def _wrap(self, name, fn):
+        clock, wall = time.thread_time, time.perf_counter
 
         def timed(*a, **kw):
-            t = clock()
+            t, w = clock(), wall()
             try:
                 return fn(*a, **kw)
             finally:
-                took = clock() - t
+                took, w = clock() - t, wall() - w
                 self.total += took
+                self.wall += w
+                if w > self.longest_wall:
+                    self.longest_wall = w
+                if w > 1e-3:
+                    self.slow_wall += 1
+                    self.slow.append((round(w * 1e3, 2), name, round(took * 1e3, 2)))
+                self.by_name[name] += took
                 if took > 50e-6:
                     self.steps.append(took)
                 if took > self.longest:
@@ -121,12 +156,24 @@ class StepTimer:
         return timed
 
 
-async def _rate(client: GrpcManagementClient, sink: Sink, args: argparse.Namespace) -> None:
+async def _rate(client: GrpcManagementClient, args: argparse.Namespace) -> None:
     n = int(args.rate * args.seconds)
-    sink.count = 0
-    logger = AccessLogger(client, reactor)
+    kw = {} if args.linger is None else {"linger": args.linger}
+    logger = AccessLogger(client, reactor, **kw)
     timer = StepTimer(logger)
-    thread0, cpu0 = time.thread_time(), time.process_time()
+    import gc
+
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses[info["generation"]].append(time.perf_counter() - started.pop())
+
+    gc.callbacks.append(on_gc)
+    thread0, cpu0, aio0 = time.thread_time(), time.process_time(), _thread_cpu("nbgw-grpc-aio")
     start = time.perf_counter()
     i = 0
     while i < n:
@@ -137,19 +184,28 @@ async def _rate(client: GrpcManagementClient, sink: Sink, args: argparse.Namespa
         due = start + i / args.rate - time.perf_counter()
         await task.deferLater(reactor, max(0.0, due), lambda: None)
     await logger.stop(timeout=30)
-    while sink.count < n:
-        await task.deferLater(reactor, 0.001, lambda: None)
+    gc.callbacks.remove(on_gc)
     thread_cpu = time.thread_time() - thread0
     cpu = time.process_time() - cpu0
+    aio = _thread_cpu("nbgw-grpc-aio") - aio0
     steps = sorted(timer.steps)
     s = logger.stats
-    print(f"{os.path.basename(_ROOT.rstrip('/'))}: {n:,} entries at {args.rate:,}/s: shipper "
-          f"{timer.total / n * 1e6:5.2f} us/entry on the reactor thread, longest step "
-          f"{timer.longest * 1e3:.3f} ms, steps > 50 us: {len(steps)} (median "
+    print(f"{os.path.basename(_ROOT.rstrip('/'))}: {n:,} entries at {args.rate:,}/s, linger "
+          f"{logger.linger}: shipper {timer.total / n * 1e6:5.2f} us/entry on the reactor thread "
+          f"(wall {timer.wall / n * 1e6:5.2f}), longest step {timer.longest * 1e3:.3f} ms CPU, "
+          f"{timer.longest_wall * 1e3:.3f} ms wall ({timer.slow_wall} > 1 ms); "
+          f"steps > 50 us CPU: {len(steps)} (median "
           f"{steps[len(steps) // 2] * 1e3 if steps else 0:.3f} ms); reactor thread "
-          f"{thread_cpu / n * 1e6:5.2f} us/entry, process {cpu / n * 1e6:5.2f} us/entry; "
-          f"{s.batches} RPCs, sent {s.sent}, dropped {s.dropped}, stored {sink.count}",
+          f"{thread_cpu / n * 1e6:5.2f} us/entry, asyncio (grpc.aio) thread "
+          f"{aio / n * 1e6:5.2f} us/entry ({aio / max(1, s.batches) * 1e6:.0f} us/RPC), process "
+          f"{cpu / n * 1e6:5.2f} us/entry; {s.batches} RPCs, sent {s.sent}, dropped {s.dropped}",
           flush=True)
+    print("  GC passes (count, longest ms) by generation: " + ", ".join(
+        f"{g}: {len(v)}, {max(v, default=0) * 1e3:.2f}" for g, v in pauses.items()))
+    if args.verbose:
+        print("  slowest steps (wall ms, step, CPU ms):", sorted(timer.slow)[-8:])
+    print("  us/entry by step: " + ", ".join(
+        f"{k} {v / n * 1e6:.2f}" for k, v in timer.by_name.items()), flush=True)
 
 
 async def _per_request(mode: str, client: GrpcManagementClient, sink: Sink, n: int,
@@ -183,16 +239,32 @@ async def _per_request(mode: str, client: GrpcManagementClient, sink: Sink, n: i
 
 
 async def main(args: argparse.Namespace) -> None:
-    sink = Sink()
-    server = Server(sink)
-    client = GrpcManagementClient(reactor, server.url, TOKEN, address="bench.example",
-                                  private=True)
+    if args.part == "rate":
+        import subprocess
+
+        srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve",
+                                "--tree", _ROOT], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{int(srv.stdout.readline())}"
+    else:
+        sink = Sink()
+        server = Server(sink)
+        url = server.url
+    client = GrpcManagementClient(reactor, url, TOKEN, address="bench.example", private=True)
     client.startService()
+    if args.request_client:  # the proposed client method (client.py does not have it yet)
+        from nbgateway.mgmt.client import ACCESS_LOG_TIMEOUT
+
+        def send_request(req):
+            d = client._unary("NbgwSendAccessLogBatch", req, ACCESS_LOG_TIMEOUT)
+            return d.addCallback(lambda r: r.stored)
+
+        client.send_access_log_batch_request = send_request
     try:
         if args.part == "rate":
             warm = argparse.Namespace(**{**vars(args), "seconds": 1.0})
-            await _rate(client, sink, warm)  # warm up (templates, channel)
-            await _rate(client, sink, args)
+            await _rate(client, warm)  # warm up (templates, channel)
+            await _rate(client, args)
             return
         await _per_request("batched", client, sink, 1000, args.burst)  # warm up both paths
         await _per_request("per-request", client, sink, 1000, args.burst)
@@ -202,7 +274,13 @@ async def main(args: argparse.Namespace) -> None:
         print(f"reactor-thread cost: batched / per-request = {new / old:.3f}")
     finally:
         client.stopService()
-        server.stop()
+        if args.part == "rate":
+            srv.stdin.close()
+            stored = int(srv.stdout.readline())
+            srv.wait(10)
+            print(f"  stored by the sink: {stored:,}")
+        else:
+            server.stop()
 
 
 if __name__ == "__main__":
@@ -210,9 +288,19 @@ if __name__ == "__main__":
     p.add_argument("--part", choices=("rate", "per-request"), default="rate")
     p.add_argument("--rate", type=int, default=3000)
     p.add_argument("--per-turn", type=int, default=3)
+    p.add_argument("--linger", type=float, default=None,
+                   help="seconds (default: the tree's AccessLogger default)")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--request-client", action="store_true",
+                   help="give the client send_access_log_batch_request (the built request "
+                        "sent as it is: the client.py change proposed in issue 20)")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--tree", default=None, help="import nbgateway (and tests) from this checkout")
     p.add_argument("--entries", type=int, default=20_000)
     p.add_argument("--burst", type=int, default=100)
     a = p.parse_args()
+    if a.serve:
+        _serve()
+        sys.exit(0)
     task.react(lambda _r: defer.ensureDeferred(main(a)))
