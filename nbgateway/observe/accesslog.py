@@ -201,13 +201,15 @@ class AccessLogger(LogShipper):
     def record(self, fields: tuple[Any, ...]) -> None:
         """Enqueue one HTTP request's fields (:data:`HTTP_FIELDS` order) as
         the tuple itself: the request path appends one tuple, and the
-        ``AccessLog`` message is built when its batch is formed
-        (:meth:`prepare`), so an entry dropped on a full queue costs
-        nothing and a queued one holds a tuple, not a message."""
+        ``AccessLog`` message is built when its batch is formed, in place in
+        the batch request (:meth:`add_to_batch`, at most ``form_slice`` per
+        reactor turn), so an entry dropped on a full queue costs nothing and
+        a queued one holds a tuple, not a message."""
         self.submit(fields)
 
     def prepare(self, item: Any) -> Any:
-        """A queued item as the entry to send (tuples from :meth:`record`)."""
+        """A queued item as a standalone entry (tuples from :meth:`record`);
+        batches are built by :meth:`add_to_batch` instead."""
         return entry_from_fields(item) if type(item) is tuple else item
 
     #: the request whose ``logs`` field is the batch being formed or sent
