@@ -18,6 +18,7 @@ import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from nbgateway.management import migrations
@@ -120,9 +121,12 @@ def test_day_reads_match_brute_force(store, account):
     scenario(store, account)
 
 
-def test_planned_pages_give_the_same_answers(store, account, monkeypatch):
-    """Past :data:`DAY_MAX` the page is planned as before: the same answers."""
-    monkeypatch.setattr(_accesslog_query, "DAY_MAX", 0)
+@pytest.mark.parametrize("limits", [(0, 10**6), (0, 0), (10**6, 0)])
+def test_planned_pages_and_counts_give_the_same_answers(store, account, monkeypatch, limits):
+    """Past :data:`DAY_MAX` the page is planned as before, past
+    :data:`MAX_DAYS` the source IP is counted as before: the same answers."""
+    monkeypatch.setattr(_accesslog_query, "DAY_MAX", limits[0])
+    monkeypatch.setattr(_accesslog_query, "MAX_DAYS", limits[1])
     scenario(store, account)
 
 

@@ -329,6 +329,10 @@ def _value_pages(
 #: index entries (days x (offset + page_size)); beyond, the page is planned
 DAY_MAX = 100_000
 
+#: a source IP's total is counted day by day (:func:`_day_total`) over at most
+#: this many days (an entry's bad clock could stretch an account's span)
+MAX_DAYS = 5_000
+
 
 def _day(column: sa.ColumnElement) -> sa.ColumnElement:
     """``date_trunc('day', column)``, the unit literal: the expression of
@@ -534,12 +538,13 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
     by_day = _by_day(store, q)
     with store._read() as conn:
         if by_day is not None:
+            days = _day_count(conn, account_id)
             total = int(conn.execute(
-                _day_total(account_id, conds) if by_day == "ip"
+                _day_total(account_id, conds) if by_day == "ip" and days <= MAX_DAYS
                 else _total(store, account_id, q, conds)).scalar_one())
             if offset >= total:
                 rows = []
-            elif _day_count(conn, account_id) * (offset + q.page_size) <= DAY_MAX:
+            elif days * (offset + q.page_size) <= DAY_MAX:
                 rows = _without_jit(conn, _day_page(account_id, q, conds, offset))
             else:
                 rows = conn.execute(page_of(conds)).all()
