@@ -300,7 +300,13 @@ class GrpcManagementClient(service.Service):
         """nbgateway extension: entries in one call (fires with how many were new);
         ManagementUnimplementedError from a management without it (see
         :mod:`nbgateway.mgmt.logship`)."""
-        req = pb.NbgwSendAccessLogBatchRequest(logs=entries)
+        return self.send_access_log_batch_request(pb.NbgwSendAccessLogBatchRequest(logs=entries))
+
+    def send_access_log_batch_request(self, req: pb.NbgwSendAccessLogBatchRequest
+                                      ) -> Deferred[int]:
+        """:meth:`send_access_log_batch` for a request the caller built (the
+        access log fills its entries straight into one): sent as it is, no
+        copy of its entries."""
         d = self._unary("NbgwSendAccessLogBatch", req, ACCESS_LOG_TIMEOUT)
         return d.addCallback(lambda r: r.stored)
 

@@ -48,3 +48,30 @@ async def test_recorded_requests_fall_back_to_one_call_each(running) -> None:  #
         logger.record(f)
     await wait_for(lambda: logger.pending == 0 and logger.stats.sent == 90, "all sent")
     assert sorted(svc.ids) == sorted(f[1] for f in rows) and not logger.batch_supported
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_built_request_is_sent_as_it_is(running) -> None:  # noqa: F811
+    """The real client has send_access_log_batch_request: the logger hands it
+    the request its entries were built in (no copy into a new request), and
+    the management stores what that request held."""
+    svc = BatchService()
+    client = running(svc)
+    sent: list = []
+    real = client.send_access_log_batch_request
+
+    def spy(req):
+        sent.append(req)
+        return real(req)
+
+    client.send_access_log_batch_request = spy
+    copies: list = []
+    client.send_access_log_batch = lambda entries: copies.append(entries)  # must not be used
+    logger = AccessLogger(client, reactor, max_batch=50, linger=0.01, form_slice=16)
+    rows = _rows(120, 2)
+    for f in rows:
+        logger.record(f)
+    await wait_for(lambda: logger.pending == 0 and logger.stats.sent == 120, "all sent")
+    assert copies == [] and sent
+    assert sorted(e.log_id for req in sent for e in req.logs) == sorted(f[1] for f in rows)
+    assert set(svc.stored) == {f[1] for f in rows}
