@@ -250,6 +250,8 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
                                                        sort_order="asc")),
         "sort status_code": lambda r: (acct(r), Q(sort_by="status_code")),
         "sort duration asc": lambda r: (acct(r), Q(sort_by="duration", sort_order="asc")),
+        "sort duration desc p1-5": lambda r: (acct(r), Q(sort_by="duration",
+                                                         page=r.randrange(1, 6))),
         "sort url": lambda r: (acct(r), Q(sort_by="url")),
         "sort method": lambda r: (acct(r), Q(sort_by="method", sort_order=r.choice(
             ["asc", "desc"]))),
@@ -269,6 +271,13 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
         "service_id": lambda r: (a := acct(r), Q(service_id=f"{a}-svc{r.randrange(8)}")),
         "source_ip": lambda r: (acct(r), Q(source_ip=f"203.0.{r.randrange(113)}."
                                                      f"{r.randrange(251)}")),
+        # a busy address (about 1,100 entries over the 30 days)
+        "source_ip 10/8 + 7 days": lambda r: (acct(r), Q(
+            source_ip=f"10.{(h := r.randrange(10) * 100 + r.randrange(50)) % 4}.{h % 200}."
+                      f"{h % 250}",
+            start_date=NOW - timedelta(days=7))),
+        "source_ip sort duration": lambda r: (acct(r), Q(
+            source_ip=f"203.0.{r.randrange(113)}.{r.randrange(251)}", sort_by="duration")),
         "host substring": lambda r: (acct(r), Q(host=f"app{r.randrange(8)}.")),
         "path substring": lambda r: (acct(r), Q(path=r.choice(["login", "orders", "/42"]))),
         "search": lambda r: (acct(r), Q(search=r.choice(["orders", "203.0.7", "nomatch"]))),

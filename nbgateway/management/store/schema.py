@@ -388,6 +388,7 @@ sa.Index(
     access_log_entries.c.account_id,
     access_log_entries.c.duration,
     access_log_entries.c.id,
+    postgresql_include=["timestamp"],
 ).ddl_if(dialect="postgresql")
 # revision 0015: the failed entries of an account by time (list status=failed);
 # the predicate is the list's condition, textually; 0018: service_id included

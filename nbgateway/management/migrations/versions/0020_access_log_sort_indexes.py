@@ -21,8 +21,10 @@ else planned as before):
   location_connection_ip, timestamp, id)``: the filter's count is one range
   per day, its newest-first page the newest entries of each day's range.
 * ``ix_access_log_entries_day_account_duration``: ``(day, account_id,
-  duration, id)``: a page sorted by duration is merged from the first
-  entries of each day's range.
+  duration, id)`` including ``timestamp``: a page sorted by duration is
+  merged from the first entries of each day's range, read from the index
+  alone (PostgreSQL reads an expression's column from the heap unless the
+  index holds it: 15 ms without, 6.6 ms with, for page 4 of 50).
 
 The day leads, before the account: a query with nothing but the account
 (a user's count, say) cannot use these indexes, so the planner does not
@@ -60,24 +62,25 @@ depends_on = None
 #: the entry's day (a literal unit: the list's expression must be the index's)
 DAY = sa.text("date_trunc('day', timestamp)")
 
+#: (name, key, included columns)
 _INDEXES = (
     ("ix_access_log_entries_day_account_ip",
      [DAY, sa.column("account_id"), sa.column("location_connection_ip"),
-      sa.column("timestamp"), sa.column("id")]),
+      sa.column("timestamp"), sa.column("id")], []),
     ("ix_access_log_entries_day_account_duration",
-     [DAY, sa.column("account_id"), sa.column("duration"), sa.column("id")]),
+     [DAY, sa.column("account_id"), sa.column("duration"), sa.column("id")], ["timestamp"]),
 )
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    for name, columns in _INDEXES:
-        op.create_index(name, "access_log_entries", columns)
+    for name, columns, include in _INDEXES:
+        op.create_index(name, "access_log_entries", columns, postgresql_include=include)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    for name, _ in reversed(_INDEXES):
+    for name, _, _ in reversed(_INDEXES):
         op.drop_index(name, table_name="access_log_entries")
