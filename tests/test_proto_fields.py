@@ -42,6 +42,11 @@ def _field(message, name: str):
         (pb.ProxyCapabilities, "supports_crowdsec", 3),
         (pb.ProxyCapabilities, "private", 4),
         (pb.ProxyCapabilities, "supports_private_service", 5),
+        (pb.ProxyCapabilities, "nbgw_l4_public_ports", 1001),
+        (pb.NbgwL4Ports, "ranges", 1),
+        (pb.NbgwL4Ports, "tls_port", 2),
+        (pb.NbgwPortRange, "first", 1),
+        (pb.NbgwPortRange, "last", 2),
         (pb.SendStatusUpdateRequest, "error_message", 5),
         (pb.SendStatusUpdateRequest, "inbound_listener", 50),
         (pb.SendStatusUpdateRequest, "nbgw_certificate", 100),
@@ -105,6 +110,39 @@ def test_capabilities_have_explicit_presence() -> None:
     caps = pb.ProxyCapabilities(private=False)
     assert caps.HasField("private")
     assert not caps.HasField("supports_crowdsec")
+
+
+def test_l4_public_ports_extension_is_skipped_by_a_reader_without_it() -> None:
+    field = _field(pb.ProxyCapabilities, "nbgw_l4_public_ports")
+    assert field.number >= 1001 and field.type == FD.TYPE_MESSAGE
+    caps = pb.ProxyCapabilities(supports_custom_ports=True, private=False)
+    assert not caps.HasField("nbgw_l4_public_ports")  # absent = not advertised
+    caps.nbgw_l4_public_ports.SetInParent()  # present, no range = no public L4 port
+    assert caps.HasField("nbgw_l4_public_ports")
+    caps.nbgw_l4_public_ports.ranges.add(first=1024, last=65535)
+    caps.nbgw_l4_public_ports.tls_port = 443
+    wire = caps.SerializeToString()
+    # upstream's view: fields 1-5 only
+    fdp = descriptor_pb2.FileDescriptorProto(name="upstream_caps.proto", package="upstream")
+    fdp.syntax = "proto3"
+    pb.ProxyCapabilities.DESCRIPTOR.CopyToProto(fdp.message_type.add())
+    fields = fdp.message_type[0].field
+    keep = [f for f in fields if f.number < 1001]
+    del fields[:]
+    fields.extend(keep)
+    fdp.message_type[0].ClearField("oneof_decl")
+    for f in fdp.message_type[0].field:
+        f.ClearField("oneof_index")
+        f.ClearField("proto3_optional")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    upstream = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("upstream.ProxyCapabilities"))()
+    upstream.ParseFromString(wire)
+    assert upstream.supports_custom_ports and not upstream.private
+    again = pb.ProxyCapabilities.FromString(wire)
+    assert [(r.first, r.last) for r in again.nbgw_l4_public_ports.ranges] == [(1024, 65535)]
+    assert again.nbgw_l4_public_ports.tls_port == 443
 
 
 def test_inbound_listener_is_optional_message_50() -> None:

@@ -54,18 +54,36 @@ PROXY_STATUS_CERTIFICATE_FAILED: ProxyStatus
 PROXY_STATUS_ERROR: ProxyStatus
 
 class ProxyCapabilities(_message.Message):
-    __slots__ = ("supports_custom_ports", "require_subdomain", "supports_crowdsec", "private", "supports_private_service")
+    __slots__ = ("supports_custom_ports", "require_subdomain", "supports_crowdsec", "private", "supports_private_service", "nbgw_l4_public_ports")
     SUPPORTS_CUSTOM_PORTS_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_SUBDOMAIN_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_CROWDSEC_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_PRIVATE_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NBGW_L4_PUBLIC_PORTS_FIELD_NUMBER: _ClassVar[int]
     supports_custom_ports: bool
     require_subdomain: bool
     supports_crowdsec: bool
     private: bool
     supports_private_service: bool
-    def __init__(self, supports_custom_ports: _Optional[bool] = ..., require_subdomain: _Optional[bool] = ..., supports_crowdsec: _Optional[bool] = ..., private: _Optional[bool] = ..., supports_private_service: _Optional[bool] = ...) -> None: ...
+    nbgw_l4_public_ports: NbgwL4Ports
+    def __init__(self, supports_custom_ports: _Optional[bool] = ..., require_subdomain: _Optional[bool] = ..., supports_crowdsec: _Optional[bool] = ..., private: _Optional[bool] = ..., supports_private_service: _Optional[bool] = ..., nbgw_l4_public_ports: _Optional[_Union[NbgwL4Ports, _Mapping]] = ...) -> None: ...
+
+class NbgwL4Ports(_message.Message):
+    __slots__ = ("ranges", "tls_port")
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    TLS_PORT_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[NbgwPortRange]
+    tls_port: int
+    def __init__(self, ranges: _Optional[_Iterable[_Union[NbgwPortRange, _Mapping]]] = ..., tls_port: _Optional[int] = ...) -> None: ...
+
+class NbgwPortRange(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    last: int
+    def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
 
 class GetMappingUpdateRequest(_message.Message):
     __slots__ = ("proxy_id", "version", "started_at", "address", "capabilities", "nbgw_resume_revision")
