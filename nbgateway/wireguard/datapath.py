@@ -37,7 +37,8 @@ _TRANSPORT_RX = struct.Struct("<IIQ").unpack_from
 _TRANSPORT_HDR = TRANSPORT_HEADER.pack
 _TRANSPORT = C.MESSAGE_TRANSPORT
 _TRANSPORT_MIN = C.MESSAGE_TRANSPORT_MIN_SIZE
-_ZERO_PAD = bytes(C.PADDING_MULTIPLE)
+#: zero padding by length (a tuple index instead of a slice of zeros)
+_PADS = tuple(bytes(i) for i in range(C.PADDING_MULTIPLE))
 _REJECT_MSGS = C.REJECT_AFTER_MESSAGES
 # inner header fields for the inbound source check: (total length, source)
 _IP4_LENGTH_SOURCE = struct.Struct("!2xH8x4s").unpack_from
@@ -241,9 +242,13 @@ class TransportPath:
                         self._arm_new_handshake(peer, now)
                     counter = kp.send_counter
                     if n & 15:
-                        pad = min(16 - (n & 15), self.mtu - n)
+                        # to a multiple of 16, not beyond the MTU (min() parses
+                        # keywords: about 400 instructions more than this)
+                        pad = 16 - (n & 15)
+                        if pad > self.mtu - n:
+                            pad = self.mtu - n
                         if pad > 0:
-                            packet += _ZERO_PAD[:pad]
+                            packet += _PADS[pad]
                     data = _TRANSPORT_HDR(_TRANSPORT, kp.remote_index, counter) + \
                         kp.send.encrypt(_NONCE(counter), packet, None)
                     kp.send_counter = counter + 1
@@ -326,9 +331,11 @@ class TransportPath:
                 counter = kp.send_counter
                 encrypt, remote_index = kp.send.encrypt, kp.remote_index
             if n & 15:
-                pad = min(16 - (n & 15), mtu - n)
+                pad = 16 - (n & 15)
+                if pad > mtu - n:
+                    pad = mtu - n
                 if pad > 0:
-                    packet += _ZERO_PAD[:pad]
+                    packet += _PADS[pad]
             append(header(_TRANSPORT, remote_index, counter)
                    + encrypt(nonce(counter), packet, None))
             counter += 1
@@ -369,9 +376,11 @@ class TransportPath:
             return True
         rem = len(packet) & 15
         if rem:
-            pad = min(16 - rem, self.mtu - len(packet))
+            pad = 16 - rem
+            if pad > self.mtu - len(packet):
+                pad = self.mtu - len(packet)
             if pad > 0:
-                packet = packet + _ZERO_PAD[:pad]
+                packet = packet + _PADS[pad]
         self._encrypt_and_send(peer, kp, packet, now)
         if (peer._timers or peer.timers).new_handshake is None:
             self._arm_new_handshake(peer, now)

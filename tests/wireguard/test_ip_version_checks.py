@@ -76,3 +76,31 @@ def test_ipv6_and_other_versions_take_their_branches(batch):
     assert pair.a.counters["drop_malformed_outbound"] == 1
     pair.net.pump()
     assert [p for p, _ in pair.sink_b.packets] == [v6]
+
+
+@pytest.mark.parametrize("path", ["lone", "run", "staged"])
+def test_transport_data_is_padded_to_16_but_never_beyond_the_mtu(path):
+    """Whitepaper 5.4.6: the plaintext is zero padded to a multiple of 16, at
+    most to the MTU; the same on the lone-packet path (``sendPacket``), a run
+    (``sendPackets``) and packets staged for the handshake; the receiver
+    strips the padding by the IP length."""
+    from .conftest import A_ADDR
+
+    pair = make_pair()
+    mtu = pair.a.mtu
+    assert mtu & 15  # the cap is reachable
+    lengths = [20, 21, 31, 32, 33, 700, 701, 703, mtu - 20, mtu - 5, mtu - 1, mtu]
+    pkts = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes(range(256)) * 6)[:n] for n in lengths]
+    pkts = [p[:2] + struct.pack("!H", len(p)) + p[4:10] + b"\0\0" + p[12:] for p in pkts]
+    pkts = [p[:10] + struct.pack("!H", internet_checksum(p[:20])) + p[12:] for p in pkts]
+    if path != "staged":
+        _up(pair)
+    start = len(pair.net.delivered)
+    if path == "run":
+        assert pair.a.sendPackets(pkts) == len(pkts)
+    else:
+        assert all(pair.a.sendPacket(p) for p in pkts)
+    pair.net.pump()
+    sizes = [len(d) for src, _, d in pair.net.delivered[start:] if src == A_ADDR and d[0] == 4]
+    assert sizes[-len(lengths):] == [16 + min(-(-n // 16) * 16, mtu) + 16 for n in lengths]
+    assert [p for p, _ in pair.sink_b.packets][-len(pkts):] == pkts
