@@ -12,7 +12,10 @@ stop in :meth:`stopService` (nothing live before fork).
 * Every RPC carries metadata ``authorization: Bearer <token>``.
 * Unary RPCs return Deferreds (bridge), with upstream's timeouts.
 * Mapping worker: SyncMappings with an init (all five capability fields
-  explicitly present; ``supports_private_service`` always true) and one ack per
+  explicitly present; ``supports_private_service`` always true; with
+  ``l4_public_ports`` also the nbgateway extension ``nbgw_l4_public_ports``:
+  the host ports public L4 services may bind, so management can refuse the
+  others at create time) and one ack per
   message, sent only after the store applied the batch; on UNIMPLEMENTED it
   switches to GetMappingUpdate for the rest of the process lifetime.  Any end
   of a stream (including a clean close by the server) reconnects with
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -92,6 +95,8 @@ class GrpcManagementClient(service.Service):
         supports_custom_ports: bool = True,
         require_subdomain: bool = False,
         supports_crowdsec: bool = False,
+        l4_public_ports: Iterable[tuple[int, int]] | None = None,
+        l4_tls_port: int = 0,
         allow_insecure: bool = False,
         root_certificates: bytes | None = None,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
@@ -107,13 +112,19 @@ class GrpcManagementClient(service.Service):
         self.proxy_id = proxy_id or f"netbird-proxy-{uuid.uuid4()}"
         self.version = version
         self.started_at = time.time() if started_at is None else started_at
-        self.capabilities = {
+        self.capabilities: dict[str, Any] = {
             "supports_custom_ports": supports_custom_ports,
             "require_subdomain": require_subdomain,
             "supports_crowdsec": supports_crowdsec,
             "private": private,
             "supports_private_service": True,
         }
+        if l4_public_ports is not None:
+            # None: not advertised (management imposes nothing); () advertises no port
+            self.capabilities["nbgw_l4_public_ports"] = pb.NbgwL4Ports(
+                ranges=[pb.NbgwPortRange(first=lo, last=hi) for lo, hi in l4_public_ports],
+                tls_port=l4_tls_port,
+            )
         self.root_certificates = root_certificates
         self.rpc_timeout = rpc_timeout
         self.batch_watchdog = batch_watchdog
@@ -317,7 +328,8 @@ class GrpcManagementClient(service.Service):
     # -- mapping worker -------------------------------------------------------
 
     def capabilities_message(self) -> pb.ProxyCapabilities:
-        """All five fields explicitly present (an absent optional field reads as false)."""
+        """All five fields explicitly present (an absent optional field reads as
+        false), plus ``nbgw_l4_public_ports`` when the gateway was given its ports."""
         return pb.ProxyCapabilities(**self.capabilities)
 
     def subscribe_mappings(self, store: IMappingStore) -> None:
