@@ -22,8 +22,8 @@ line-by-line ``HTTPChannel`` parser and ``server.Request``:
 - pipelined requests are served one at a time, in order; reading pauses when
   more than :data:`MAX_PIPELINED` bytes wait behind the current request;
 - the read-header deadline and the idle timeout are the channel's (no timer
-  per request: the idle timer is reset, never re-created, while a request is
-  in flight).
+  per request: a response's end is recorded, and the idle timer, when it
+  fires before the idle time is over, waits the rest).
 
 Anything else is handed to the unchanged twisted.web path of the same
 channel at a request boundary, replaying the bytes the fast path buffered:
@@ -50,6 +50,7 @@ from typing import Any
 import httptools
 from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
+from twisted.python.runtime import seconds as runtime_seconds
 from twisted.web.http_headers import Headers
 
 from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
@@ -92,11 +93,15 @@ class FastHTTPChannel(StreamingHTTPChannel):
     _pumping = False
     _closing = False
     _read_paused = False
-    _peer: Any = None
-    #: the peer's address as the front resource logs it (see FastRequest.peer_ip)
-    _peer_ip = ""
-    _host: Any = None
-    _secure: bool | None = None
+    #: when the last response ended (the reactor's clock): ``fast_done``
+    #: records it instead of resetting the idle timer, ``timeoutConnection``
+    #: reads it (see there)
+    _idle_from = 0.0
+    #: (peer address, its host as the front resource logs it -- see
+    #: FastRequest.peer_ip --, host address, TLS?), made once per connection
+    #: and one attribute: a channel's own attributes are at the interpreter's
+    #: limit for its fastest reads (about 30; docs/performance.md, round 10)
+    _conn_info: tuple[Any, str, Any, bool] | None = None
     #: the request parser, kept across bodiless keep-alive requests (llhttp
     #: is back at the start of a message after one), and its callbacks
     _parser: Any = None
@@ -104,10 +109,13 @@ class FastHTTPChannel(StreamingHTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._peer = self.transport.getPeer()
-        self._peer_ip = str(getattr(self._peer, "host", "") or "")
-        self._host = self.transport.getHost()
-        self._secure = ISSLTransport(self.transport, None) is not None
+        # the clock of callLater: the site's reactor's (a channel made
+        # without a site times out on the global reactor, whose clock this is)
+        site = getattr(self, "site", None)
+        self._seconds = site.reactor.seconds if site is not None else runtime_seconds
+        peer = self.transport.getPeer()
+        self._conn_info = (peer, str(getattr(peer, "host", "") or ""), self.transport.getHost(),
+                           ISSLTransport(self.transport, None) is not None)
 
     # -- bytes in --------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -140,9 +148,9 @@ class FastHTTPChannel(StreamingHTTPChannel):
             # Bytes that leave no request in flight (a partial head, a
             # response already ended) restart the idle time.  While a request
             # is served the idle timer does not close the connection
-            # (``timeoutConnection`` re-arms it) and ``fast_done`` restarts
-            # it when the response ends: the same closing time without a
-            # second timer reset per request.
+            # (``timeoutConnection`` re-arms it) and ``fast_done`` records
+            # when the response ended (the timer then waits the rest): the
+            # same closing time without a timer reset per request.
             self.resetTimeout()
 
     def _feed_body(self, data: bytes) -> bytes:
@@ -232,10 +240,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
         headers._rawHeaders = head.headers
         req = FastRequest(self, method, head.url, headers, head.close)
         req.underscore_names = head.underscore
-        req.channel_peer = self._peer  # type: ignore[attr-defined]
-        req.peer_ip = self._peer_ip
-        req.channel_host = self._host  # type: ignore[attr-defined]
-        req.secure = self._secure  # type: ignore[attr-defined]
+        (req.channel_peer, req.peer_ip,  # type: ignore[attr-defined]
+         req.channel_host, req.secure) = self._conn_info  # type: ignore[attr-defined,misc]
         self.persistent = not head.close
         length = head.length
         self._buf = buf[end:]
@@ -284,7 +290,9 @@ class FastHTTPChannel(StreamingHTTPChannel):
             self._buf = b""
             self.loseConnection()
             return
-        self.resetTimeout()
+        # The connection is idle from now: recorded, not a timer reset per
+        # response (timeoutConnection re-arms a timer that fires early).
+        self._idle_from = self._seconds()
         if self._read_paused:
             self._read_paused = False
             self.transport.resumeProducing()
@@ -310,6 +318,15 @@ class FastHTTPChannel(StreamingHTTPChannel):
             # stalling its request body is idle, as on twisted.web)
             self.setTimeout(self.timeOut)
             return
+        period = self.timeOut
+        if period is not None:
+            # the timer runs from its last reset; a response that ended
+            # later (``fast_done``) moves the idle time's end: wait the rest
+            left = self._idle_from + period - self._seconds()
+            if left > 0:
+                self.setTimeout(left)
+                self.timeOut = period  # the next full wait is the idle timeout again
+                return
         super().timeoutConnection()
 
     def connectionLost(self, reason: Failure) -> None:
