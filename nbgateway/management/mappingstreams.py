@@ -54,6 +54,7 @@ import grpc
 from twisted.logger import Logger
 
 from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.management import l4ports
 from nbgateway.management.changelog import LOG_ITEMS, LOG_SIZE, ChangeLog
 from nbgateway.management.errors import Conflict, NotFound
 from nbgateway.management.grpcloop import RpcAbortError, race, wake_threadsafe, write_or_stop
@@ -322,6 +323,9 @@ class MappingStreams:
                 require_subdomain=opt("require_subdomain"),
                 supports_crowdsec=opt("supports_crowdsec"),
                 private=opt("private"),
+                l4_ports=(l4ports.from_proto(caps.nbgw_l4_public_ports)
+                          if caps is not None and caps.HasField("nbgw_l4_public_ports")
+                          else None),
             ),
         )
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from nbgateway.management.l4ports import GatewayPorts
 from nbgateway.management.model._accounts import Account, User
 
 
@@ -18,6 +19,9 @@ class ProxyCapabilities:
     supports_crowdsec: bool | None = None
     #: the proxy runs embedded in a netbird client
     private: bool | None = None
+    #: nbgateway extension: the host ports public L4 services may bind on
+    #: this proxy (``nbgw_l4_public_ports``); None = not advertised
+    l4_ports: GatewayPorts | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from nbgateway.management import l4ports
 from nbgateway.management.errors import Conflict, NotFound, Unauthenticated, ValidationError
 from nbgateway.management.model import (
     ChangeKind,
@@ -47,8 +48,15 @@ def row_proxy(r: sa.Row) -> ProxyRecord:
             require_subdomain=r.require_subdomain,
             supports_crowdsec=r.supports_crowdsec,
             private=r.private,
+            l4_ports=_row_l4_ports(r.l4_public_ports, r.l4_tls_port),
         ),
     )
+
+
+def _row_l4_ports(text: str | None, tls_port: int | None) -> l4ports.GatewayPorts | None:
+    if text is None:
+        return None
+    return l4ports.GatewayPorts(l4ports.parse_ranges(text), tls_port or 0)
 
 
 def row_proxy_token(r: sa.Row) -> ProxyAccessToken:
@@ -141,6 +149,9 @@ class ProxyRepository(Repository):
                 "require_subdomain": caps.require_subdomain,
                 "supports_crowdsec": caps.supports_crowdsec,
                 "private": caps.private,
+                "l4_public_ports": (None if caps.l4_ports is None
+                                    else l4ports.format_ranges(caps.l4_ports.ranges)),
+                "l4_tls_port": None if caps.l4_ports is None else caps.l4_ports.tls_port,
             }
             exists = tx.conn.execute(
                 sa.select(proxies.c.id, proxies.c.account_id).where(proxies.c.id == record.id)
@@ -206,6 +217,24 @@ class ProxyRepository(Repository):
             q = q.where(sa.or_(proxies.c.account_id.is_(None), proxies.c.account_id == account_id))
         with self._store._read() as conn:
             return [row_proxy(r) for r in conn.execute(q)]
+
+    def l4_port_limits(self, conn: sa.Connection, cluster: str, account_id: str, *,
+                       now: datetime | None = None) -> list[l4ports.GatewayPorts]:
+        """What the active gateways of ``cluster`` visible to the account
+        (connected, seen within :data:`ACTIVE_WINDOW`) that advertised public L4
+        ports advertised, in the caller's transaction ``conn``."""
+        since = (now or utcnow()) - ACTIVE_WINDOW
+        rows = conn.execute(
+            sa.select(proxies.c.l4_public_ports, proxies.c.l4_tls_port).where(
+                proxies.c.cluster_address == cluster,
+                proxies.c.status == "connected",
+                proxies.c.last_seen > since,
+                proxies.c.l4_public_ports.is_not(None),
+                sa.or_(proxies.c.account_id.is_(None), proxies.c.account_id == account_id),
+            ).order_by(proxies.c.id)
+        ).all()
+        return [p for p in (_row_l4_ports(r.l4_public_ports, r.l4_tls_port) for r in rows)
+                if p is not None]
 
     def cluster_address_in_use(self, address: str, account_id: str) -> bool:
         """True if a shared proxy or another account's proxy uses ``address``."""

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from nbgateway.management import assertionkeys, clientcerts, servicetokens
+from nbgateway.management import assertionkeys, clientcerts, l4ports, servicetokens
 from nbgateway.management.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from nbgateway.management.model import (
     ChangeKind,
@@ -238,23 +238,56 @@ class ServiceRepository(Repository):
             raise Conflict("domain already taken")
 
     def _assign_port(self, conn: Connection, s: Service, own_id: str | None) -> Service:
-        if s.mode not in ("tcp", "udp"):
+        """The service's L4 port: a chosen one must be free on the cluster (per
+        mode) and, for a public service, inside the public L4 ports of every
+        active gateway of the cluster that advertised them (ValidationError,
+        422, naming them); port 0 of a public TCP/UDP service is assigned inside
+        them (a kept auto-assigned port they no longer allow is assigned anew).
+        A private service's port is on the tunnel address: not checked."""
+        if s.mode not in ("tcp", "udp", "tls"):
+            return s
+        limits = ([] if s.private else
+                  self._store.proxies.l4_port_limits(conn, s.proxy_cluster, s.account_id))
+        if s.mode == "tls":
+            if s.listen_port:
+                self._check_public_port(s, limits)
             return s
         q = sa.select(services.c.id, services.c.listen_port).where(
             services.c.proxy_cluster == s.proxy_cluster, services.c.mode == s.mode
         )
         used = {port for sid, port in conn.execute(q) if sid != own_id}
+        if s.listen_port and s.port_auto_assigned and limits and l4ports.refusal(
+                s.mode, s.listen_port, s.proxy_cluster, limits):
+            s = dataclasses.replace(s, listen_port=0)
         if s.listen_port:
             if s.listen_port in used:
                 raise Conflict(
                     f"port {s.listen_port} is already in use by another {s.mode} service "
                     f"on cluster {s.proxy_cluster}"
                 )
+            self._check_public_port(s, limits)
             return s
+        if limits:
+            port = l4ports.pick_port(used, (L4_PORT_RANGE[0], L4_PORT_RANGE[1] - 1), limits)
+            if port is not None:
+                return dataclasses.replace(s, listen_port=port, port_auto_assigned=True)
+            common = l4ports.common_ranges(limits)
+            if not common:
+                each = "; ".join(l4ports.format_ranges(g.ranges) or "none" for g in limits)
+                raise ValidationError(f"cluster {s.proxy_cluster}'s gateways allow no common "
+                                      f"public L4 port (theirs: {each})")
+            raise Conflict(f"no free {s.mode} port left on cluster {s.proxy_cluster} inside "
+                           f"its gateways' public L4 ports ({l4ports.format_ranges(common)})")
         for port in range(*L4_PORT_RANGE):
             if port not in used:
                 return dataclasses.replace(s, listen_port=port, port_auto_assigned=True)
         raise Conflict(f"no free {s.mode} port left on cluster {s.proxy_cluster}")
+
+    @staticmethod
+    def _check_public_port(s: Service, limits: Sequence[l4ports.GatewayPorts]) -> None:
+        message = l4ports.refusal(s.mode, s.listen_port, s.proxy_cluster, limits)
+        if message is not None:
+            raise ValidationError(message)
 
     # --- writes -------------------------------------------------------------------------
 

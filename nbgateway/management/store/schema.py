@@ -261,6 +261,11 @@ proxies = sa.Table(
     sa.Column("supports_crowdsec", sa.Boolean(), nullable=True),
     # revision 0002 (private services)
     sa.Column("private", sa.Boolean(), nullable=True),
+    # revision 0021: the host ports public L4 services may bind on the proxy
+    # (nbgw_l4_public_ports, flag syntax "1024-65535", "" = none, NULL = not
+    # advertised) and its main HTTPS port for TLS services (NULL/0 = none)
+    sa.Column("l4_public_ports", sa.Text(), nullable=True),
+    sa.Column("l4_tls_port", sa.Integer(), nullable=True),
 )
 
 # revision 0002: nbgateway extension, where a proxy listens inside an account
