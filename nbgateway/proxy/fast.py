@@ -98,9 +98,9 @@ class FastHTTPChannel(StreamingHTTPChannel):
     #: reads it (see there)
     _idle_from = 0.0
     #: (peer address, its host as the front resource logs it -- see
-    #: FastRequest.peer_ip --, host address, TLS?), made once per connection
-    #: and one attribute: a channel's own attributes are at the interpreter's
-    #: limit for its fastest reads (about 30; docs/performance.md, round 10)
+    #: FastRequest.peer_ip --, host address, TLS?), made once per connection,
+    #: one attribute: the channel's own attributes stay under CPython's
+    #: shared-keys limit (see ``connectionMade``)
     _conn_info: tuple[Any, str, Any, bool] | None = None
     #: the request parser, kept across bodiless keep-alive requests (llhttp
     #: is back at the start of a message after one), and its callbacks
@@ -113,6 +113,13 @@ class FastHTTPChannel(StreamingHTTPChannel):
         # without a site times out on the global reactor, whose clock this is)
         site = getattr(self, "site", None)
         self._seconds = site.reactor.seconds if site is not None else runtime_seconds
+        # the two flags every request reads (several times) the channel's
+        # own from the start, not class attributes read through it (see
+        # tests/proxy/test_own_state.py); its own attributes stay under
+        # CPython's shared-keys limit (30), past which every read on it is
+        # ~60 % slower
+        self.fast = type(self).fast
+        self._closing = False
         peer = self.transport.getPeer()
         self._conn_info = (peer, str(getattr(peer, "host", "") or ""), self.transport.getHost(),
                            ISSLTransport(self.transport, None) is not None)
