@@ -5,6 +5,7 @@ advertising its ports to the real ProxyService before a service is created."""
 
 from __future__ import annotations
 
+import io
 import uuid
 
 import pytest
@@ -12,12 +13,15 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import maybeDeferred
 
+from nbgateway.management.cli._output import Painter
+from nbgateway.management.cli._status import assess, render
 from nbgateway.management.errors import ValidationError
 from nbgateway.management.l4ports import GatewayPorts
 from nbgateway.management.model import ProxyCapabilities, ProxyRecord
 from nbgateway.mgmt.client import GrpcManagementClient
 from nbgateway.store.mappings import MappingStore
 from tests.management import test_grpc_support as support
+from tests.management.test_cli_help import NOW, _data
 from tests.management.test_grpc_gateway_client import wait_for
 from tests.management.test_grpc_support import CLUSTER as GRPC_CLUSTER
 from tests.management.test_grpc_support import Fixture, Harness, make_service
@@ -87,6 +91,11 @@ def test_rest_accepts_inside_tls_on_443_and_auto_assigns_inside(server) -> None:
     assert server.ok("PUT", f"{SERVICES}/{sid}", upd)["listen_port"] == 30051
 
 
+def test_rest_lists_what_the_gateway_advertised(server) -> None:
+    (gw,) = [p for p in server.ok("GET", "/api/reverse-proxies/proxies") if p["id"] == "gw-l4"]
+    assert (gw["l4_public_ports"], gw["l4_tls_port"]) == ("20000-20001,30000-30099", 443)
+
+
 @pytest_twisted.ensureDeferred
 async def test_gateway_client_advertises_and_management_checks(harness: Harness,
                                                                fx: Fixture) -> None:
@@ -109,3 +118,15 @@ async def test_gateway_client_advertises_and_management_checks(harness: Harness,
         assert mappings.get(svc.id).listen_port == 20000
     finally:
         await maybeDeferred(client.stopService)
+
+
+def test_status_shows_the_advertised_ports() -> None:
+    proxy = {"id": "p1", "cluster_address": "gw.test", "status": "connected", "online": True,
+             "capabilities": {}, "inbound_listeners": [], "l4_public_ports": "2000-2999",
+             "l4_tls_port": 443}
+    plain = dict(proxy, id="p2")
+    del plain["l4_public_ports"], plain["l4_tls_port"]
+    out = io.StringIO()
+    render(assess(_data(proxies=[proxy, plain]), NOW), out, Painter(False))
+    assert "    public L4 ports: 2000-2999 (TLS also on 443)\n" in out.getvalue()
+    assert out.getvalue().count("public L4 ports") == 1  # not advertised: no line

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nbgateway.management.errors import NotFound, ValidationError
+from nbgateway.management.l4ports import format_ranges
 from nbgateway.management.model import CustomDomain
 
 from . import mapping as m
@@ -29,6 +30,12 @@ PROXIES_SCHEMA: dict[str, Any] = {"type": "array", "items": {
         "ip_address": {"type": "string"}, "status": {"type": "string"},
         "last_seen": {"type": "string", "format": "date-time"}, "online": {"type": "boolean"},
         "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        # only when the gateway advertised them (nbgw_l4_public_ports)
+        "l4_public_ports": {"type": "string", "description":
+                            "host ports public L4 services may bind on this gateway "
+                            "(1024-65535 syntax; empty = none)"},
+        "l4_tls_port": {"type": "integer", "description":
+                        "its main HTTPS port, where a TLS service is also accepted"},
         "inbound_listeners": {"type": "array", "items": {
             "type": "object", "required": ["tunnel_ip", "https_port", "http_port"],
             "properties": {"tunnel_ip": {"type": "string"}, "https_port": {"type": "integer"},
@@ -75,6 +82,9 @@ class GatewayHandlers:
                     ("require_subdomain", caps.require_subdomain),
                     ("supports_crowdsec", caps.supports_crowdsec),
                     ("private", caps.private)) if v is not None},
+                **({} if caps.l4_ports is None else {
+                    "l4_public_ports": format_ranges(caps.l4_ports.ranges),
+                    "l4_tls_port": caps.l4_ports.tls_port}),
                 "inbound_listeners": listeners.get(p.id, [])})
         return Result(200, out)
 

@@ -243,6 +243,9 @@ def render(report: dict[str, Any], out: TextIO, paint: Painter) -> None:
         state = ok("online") if p.get("online") else bad(p.get("status") or "offline")
         out.write(f"  {p['id']} ({p['cluster_address']}, {p.get('ip_address') or '-'}): "
                   f"{state}; capabilities: {', '.join(caps) or 'none'}\n")
+        if "l4_public_ports" in p:
+            tls = f" (TLS also on {p['l4_tls_port']})" if p.get("l4_tls_port") else ""
+            out.write(f"    public L4 ports: {p['l4_public_ports'] or 'none'}{tls}\n")
         for li in p.get("inbound_listeners") or []:
             out.write(f"    inbound listener in the tunnel: {li['tunnel_ip']} "
                       f"https {li['https_port']}, http {li['http_port']}\n")
