@@ -73,7 +73,9 @@ class ConnectionReceive:
         if seq == rcv_nxt:
             rcv_nxt += len(payload)
             self.rcv_nxt = rcv_nxt
-            chunks = [bytes(payload)]
+            ptype = type(payload)  # a view: tobytes(), cheaper than a bytes() call
+            chunks = [payload if ptype is bytes else payload.tobytes() if ptype is memoryview
+                      else bytes(payload)]
             ooo = self.ooo
             if ooo:
                 while True:

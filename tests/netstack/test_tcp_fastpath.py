@@ -811,3 +811,8 @@ def test_predicted_text_is_delivered_as_bytes_whatever_the_payload_type():
     t.tsval += 1
     assert conn.predicted(t.seq, t.ack, 1024, t.tsval, t.tsecr, kept, 1, now)
     assert user.events[-1][1] is kept
+    # the general path's in-order text (_receive_text) likewise
+    for payload in (b"mno", memoryview(b"xpqrx")[1:4], bytearray(b"stu")):
+        conn._receive_text(conn.rcv_nxt, payload, now)
+        kind, data = user.events[-1]
+        assert kind == "data" and type(data) is bytes and data == bytes(payload)
