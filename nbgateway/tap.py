@@ -336,6 +336,8 @@ def build_gateway(config: Any, reactor: Any = None, environ: Any = None) -> Any:
         private=config.private,
         supports_custom_ports=config.supports_custom_ports,
         require_subdomain=config.require_subdomain,
+        l4_public_ports=config.l4_public_ports,
+        l4_tls_port=config.addr.port if config.addr is not None else 0,
         allow_insecure=config.allow_insecure,
         batch_watchdog=config.mapping_batch_watchdog,
     )

@@ -6,17 +6,20 @@ gateway lets public L4 services bind 25, 53 and 7000-7999 only.
 
 A public TCP service on 25 and a UDP service on 53 (below 1024, allowed here
 explicitly) relay; a TCP service on 8000 (in the default range, not in this
-one) binds nothing and is reported ERROR with the port and the range; a TLS
-service on the main port 8443 (outside the range) shares the gateway's own
-listener and is served.  tests/interop/test_l4_public.py covers the default
-range (1024-65535: 25 and 53 refused).
+one) is refused by management (422 naming the range: the gateway advertises
+it, nbgw_l4_public_ports) and binds nothing; a TLS service on the main port
+8443 (outside the range) shares the gateway's own listener and is served.
+tests/interop/test_l4_public.py covers the default range (1024-65535: 25 and
+53 refused).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
+import urllib.error
 
 import pytest
 
@@ -74,7 +77,10 @@ def tcp_echo(ns_name: str, port: int, payload: bytes) -> bytes:
 def test_operator_range_allows_low_ports_and_refuses_the_rest(world):
     smtp = l4_service(world, "smtp", "tcp", 25, 9100)
     dns53 = l4_service(world, "dns53", "udp", 53, 9053)
-    other = l4_service(world, "other", "tcp", 8000, 9100)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        l4_service(world, "other", "tcp", 8000, 9100)
+    assert refused.value.code == 422
+    assert f"(allowed: {RANGE})" in json.loads(refused.value.read())["message"]
     passthrough = l4_service(world, "p", "tls", 8443, 9445, domain="p.gw.test")
 
     status_of(world, smtp, "active")
@@ -93,9 +99,8 @@ def test_operator_range_allows_low_ports_and_refuses_the_rest(world):
                 return None
         assert wait_for(udp_echo, 20, "the UDP relay on 53") == b"q53"
 
-    meta = status_of(world, other, "error")
-    assert meta["status_message"] == (
-        f"port 8000 is outside the public L4 port range of this gateway ({RANGE})")
     assert not can_connect(world.g.name, "127.0.0.1", 8000)
     status_of(world, passthrough, "active")  # the main port: SNI routes share its listener
-    assert counter(world.metrics(), "nbgateway_l4_port_refused") == 1
+    assert counter(world.metrics(), "nbgateway_l4_port_refused") == 0  # never sent to it
+    (gw,) = world.rest("GET", "/reverse-proxies/proxies")
+    assert (gw["l4_public_ports"], gw["l4_tls_port"]) == (RANGE, 8443)

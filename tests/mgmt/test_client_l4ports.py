@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
+from nbgateway.config import load
+from nbgateway.tap import build_gateway
 from tests.mgmt.test_client_grpc import Env, HeldApplyStore, wait_for
 
 
@@ -54,3 +56,9 @@ def test_not_advertised_without_ports_and_empty_is_present() -> None:
         assert caps.HasField("nbgw_l4_public_ports") and _ports(caps) == ([], 0)
     finally:
         env.close()
+def test_build_gateway_advertises_the_configured_ports() -> None:
+    cfg = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.example", "addr": "127.0.0.1:8443",
+                "l4_public_ports": "2000-2999,40000"}, environ={"NB_PROXY_TOKEN": "t"})
+    gateway = build_gateway(cfg, environ={})
+    caps = gateway.mgmt.capabilities_message()
+    assert _ports(caps) == ([(2000, 2999), (40000, 40000)], 8443)
