@@ -202,7 +202,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("l4_public_ports", "NB_PROXY_L4_PUBLIC_PORTS", str(DEFAULT_L4_PUBLIC_PORTS),
        "host ports public TCP/TLS/UDP L4 services may bind: comma-separated ports and "
        "ranges (8000-8999,10000-20000; empty: none); others are refused (ERROR). TLS "
-       "services on --addr's port share its listener and are always allowed",
+       "services on --addr's port share its listener and are always allowed. Advertised "
+       "to management, which refuses other ports at create (422) and auto-assigns inside",
        parse_port_ranges),
     _s("proxy_protocol", "NB_PROXY_PROXY_PROTOCOL", "false",
        "accept PROXY protocol v1/v2 on the public listener and public L4 ports "
