@@ -127,9 +127,12 @@ class WireGuardProtocol(DatagramProtocol):
                     self._flush_call = reactor.callLater(0, self._end_of_turn)
                 return
         transport = self.transport
-        sock = getattr(transport, "socket", None)
-        if (sock is not None and not getattr(transport, "_connectedAddr", None)
-                and self._families.get(addr[0])):
+        try:  # the port's attributes read directly (two getattr() calls cost ~0.5k)
+            sock, connected = transport.socket, transport._connectedAddr
+        except AttributeError:  # no port, or one without them: as getattr(..., None)
+            sock = getattr(transport, "socket", None)
+            connected = getattr(transport, "_connectedAddr", None)
+        if sock is not None and not connected and self._families.get(addr[0]):
             try:
                 sock.sendto(data, addr)
             except OSError as exc:
@@ -159,9 +162,12 @@ class WireGuardProtocol(DatagramProtocol):
         # the datagram leaves before the end-of-turn call is armed, which is
         # not on its way; the call marks the turn, so what follows is held)
         transport = self.transport
-        sock = getattr(transport, "socket", None)
-        if (len(datagrams) == 1 and sock is not None
-                and not getattr(transport, "_connectedAddr", None)
+        try:  # (as in sendDatagram)
+            sock, connected = transport.socket, transport._connectedAddr
+        except AttributeError:
+            sock = getattr(transport, "socket", None)
+            connected = getattr(transport, "_connectedAddr", None)
+        if (len(datagrams) == 1 and sock is not None and not connected
                 and self._families.get(addr[0])):
             # one datagram to a checked address (a lone response): _send_now, inlined
             data = datagrams[0]

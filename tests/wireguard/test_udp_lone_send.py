@@ -140,3 +140,38 @@ def test_the_device_sends_a_lone_packet_with_send_datagram(pair):
     pair.a.link = real
     pair.b.datagramsReceived([(data, A_ADDR)])
     assert pair.sink_b.packets[-1][0] == packet
+
+
+@pytest.mark.parametrize("lone", [True, False])
+def test_ports_without_the_attributes_are_read_as_getattr_did(lone):
+    """The send path reads the port's ``socket`` and ``_connectedAddr``
+    directly; a transport lacking either (or none at all) is treated as
+    ``getattr(transport, name, None)`` treated it."""
+    log: list = []
+
+    class NoConnectedAttr:  # a socket, no _connectedAddr: sent with sendto
+        socket = FakeSocket(log, [])
+        reactor = None
+
+    class NoSocketAttr:  # neither: through the transport's write
+        reactor = None
+
+        def write(self, data, addr):
+            log.append(("write", bytes(data), addr))
+
+    proto = udp.WireGuardProtocol(FakeDevice(), batch_sends=False)
+    addr = ("127.0.0.1", 51820)
+    for transport, kind in ((NoConnectedAttr(), "sendto"), (NoSocketAttr(), "write")):
+        log.clear()
+        proto.transport = transport
+        if lone:
+            proto.sendDatagram(b"d", addr)
+        else:
+            proto.sendDatagrams([b"d"], addr)
+        assert log == [(kind, b"d", addr)]
+    proto.transport = None
+    if lone:
+        proto.sendDatagram(b"d", addr)
+    else:
+        proto.sendDatagrams([b"d"], addr)
+    assert proto.send_errors == 1
