@@ -10,7 +10,11 @@ Two kinds of multicallable are accepted, told apart by type:
   RPC, so a gateway serving a thousand accounts (a peer-channel stream each)
   has the same threads as one serving one account.  Results hop to the
   reactor with ``callFromThread``; credit (the one-message-in-flight rule
-  below) and requests hop to the loop with ``call_soon_threadsafe``.
+  below) and requests hop to the loop with ``call_soon_threadsafe``.  A
+  unary call (:class:`_AioUnary`) is one hop each way and, on the loop, the
+  call's own awaitable stepped from its futures' callbacks: no coroutine,
+  task or concurrent future of the bridge's (issue 20: the loop thread holds
+  the GIL for every Python step it takes, stalling the reactor).
 * grpcio's synchronous API (a caller-supplied ``grpc.Channel``, tests' fakes):
 
 * unary: ``multicallable.future(...)`` -> :class:`Deferred`.  The future's done
@@ -395,7 +399,7 @@ class GrpcBridge:
         self.refused = 0
         # live calls as dict keys (an empty dict is a third of an empty set:
         # one bridge per account)
-        self._unary: dict[Any, None] = {}  # grpc.Future or concurrent.futures.Future
+        self._unary: dict[Any, None] = {}  # grpc.Future (sync API) or _AioUnary
         self._streams: dict[StreamCall, None] = {}
         self._stopped = False
 
@@ -413,24 +417,17 @@ class GrpcBridge:
         if len(self._unary) >= self.max_inflight:
             self.refused += 1
             return _failed(errors.ManagementUnavailableError("too many in-flight management calls"))
-        future: Any
         if is_aio(method):
-
-            async def call() -> Any:
-                return await method(request, timeout=timeout, metadata=metadata)
-
-            future = aio_loop().submit(call())
-        else:
-            future = method.future(request, timeout=timeout, metadata=metadata)
+            op = _AioUnary(self)
+            self._unary[op] = None
+            aio_loop().call(op.start, method, request, timeout, metadata)
+            return op.d
+        future: Any = method.future(request, timeout=timeout, metadata=metadata)
         self._unary[future] = None
         d: Deferred[Any] = Deferred(lambda _d: future.cancel())
 
         def settle(fut: Any) -> None:  # reactor thread
-            self._unary.pop(fut, None)
-            if not self._unary:
-                # an emptied dict keeps its table (~0.2 KiB); clear() drops it:
-                # an idle account's bridge has no call in flight
-                self._unary.clear()
+            self._settled(fut)
             if d.called:  # cancelled by the caller: already failed
                 return
             if fut.cancelled():
@@ -445,6 +442,14 @@ class GrpcBridge:
         # grpc thread (or this thread, if already done): only hop threads here.
         future.add_done_callback(lambda fut: self.reactor.callFromThread(settle, fut))
         return d
+
+    def _settled(self, call: Any) -> None:
+        """Forget a finished unary call (reactor thread)."""
+        self._unary.pop(call, None)
+        if not self._unary:
+            # an emptied dict keeps its table (~0.2 KiB); clear() drops it:
+            # an idle account's bridge has no call in flight
+            self._unary.clear()
 
     def server_stream(
         self,
@@ -532,6 +537,89 @@ class GrpcBridge:
                 stream._thread.join(self.join_timeout)
                 if stream._thread.is_alive():
                     log.warn("gRPC stream thread {name} did not stop", name=stream._name)
+
+
+class _AioUnary:
+    """One unary call on a ``grpc.aio`` channel (issue 20: the per-call cost).
+
+    The reactor hands the call to the loop with one ``call_soon_threadsafe``
+    (no coroutine, task or concurrent future of ours); on the loop the call's
+    own awaitable (``call.__await__()``, grpc.aio's public protocol) is
+    stepped from its futures' done callbacks, as a task would step it but
+    without one; the outcome hops back with one ``callFromThread``.
+    Cancelling :attr:`d` (or :meth:`GrpcBridge.stop`) cancels the RPC on
+    the loop; a Deferred is never fired twice."""
+
+    __slots__ = ("_await", "bridge", "call", "d", "stopped")
+
+    def __init__(self, bridge: GrpcBridge) -> None:
+        self.bridge = bridge
+        self.call: Any = None
+        self._await: Any = None
+        #: set on the reactor (caller's cancel, bridge stop); read on the loop
+        self.stopped = False
+        self.d: Deferred[Any] = Deferred(self._cancelled)
+
+    # -- reactor thread ---------------------------------------------------------
+
+    def _cancelled(self, _d: Deferred[Any]) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the RPC (the loop does it); :attr:`d` fails once."""
+        if not self.stopped:
+            self.stopped = True
+            aio_loop().call(self._abort)
+
+    def _settle(self, ok: bool, value: Any) -> None:
+        self.bridge._settled(self)
+        if self.d.called:  # cancelled by the caller: already failed
+            return
+        if ok:
+            self.d.callback(value)
+        elif isinstance(value, (asyncio.CancelledError, concurrent.futures.CancelledError)):
+            self.d.errback(errors.ManagementCancelledError("call cancelled"))
+        else:
+            self.d.errback(map_rpc_error(value))
+
+    # -- loop thread ----------------------------------------------------------
+
+    def start(self, method: Any, request: Any, timeout: float | None,
+              metadata: tuple[tuple[str, str], ...]) -> None:
+        if self.stopped:
+            self._report(False, asyncio.CancelledError())
+            return
+        try:
+            self.call = method(request, timeout=timeout, metadata=metadata)
+            self._await = self.call.__await__()
+        except Exception as exc:  # a closed channel, grpcio internals: fail the call
+            self._report(False, exc)
+            return
+        self._step(None)
+
+    def _step(self, _fut: Any) -> None:
+        try:
+            waiting = self._await.send(None)
+        except StopIteration as done:
+            self._report(True, done.value)
+            return
+        except BaseException as exc:  # the RPC's error, or its cancellation
+            self._report(False, exc)
+            return
+        if waiting is None:  # a bare yield: step again on the next turn
+            asyncio.get_running_loop().call_soon(self._step, None)
+            return
+        waiting._asyncio_future_blocking = False  # as a task does with what it awaits
+        waiting.add_done_callback(self._step)
+
+    def _abort(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+
+    def _report(self, ok: bool, value: Any) -> None:
+        self._await = None
+        self.call = None
+        self.bridge.reactor.callFromThread(self._settle, ok, value)
 
 
 def _failed(exc: Exception) -> Deferred[Any]:
