@@ -113,7 +113,10 @@ class WireGuardProtocol(DatagramProtocol):
         once), without the list (the device's lone response)."""
         reactor = None
         if self.batch_sends:
-            reactor = getattr(self.transport, "reactor", None)
+            try:  # an attribute read, not a getattr() call per datagram
+                reactor = self.transport.reactor
+            except AttributeError:
+                reactor = None
             if reactor is not None and (self._flush_call is not None or not self.send_first):
                 held = self._held.get(addr)
                 if held is None:
@@ -145,7 +148,10 @@ class WireGuardProtocol(DatagramProtocol):
     def sendDatagrams(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
         reactor = None
         if self.batch_sends:
-            reactor = getattr(self.transport, "reactor", None)
+            try:  # an attribute read, not a getattr() call per datagram
+                reactor = self.transport.reactor
+            except AttributeError:
+                reactor = None
             if reactor is not None and (self._flush_call is not None or not self.send_first):
                 held = self._held.get(addr)
                 if held is None:

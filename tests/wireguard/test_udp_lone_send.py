@@ -142,24 +142,24 @@ def test_the_device_sends_a_lone_packet_with_send_datagram(pair):
     assert pair.sink_b.packets[-1][0] == packet
 
 
+@pytest.mark.parametrize("batch_sends", [False, True])
 @pytest.mark.parametrize("lone", [True, False])
-def test_ports_without_the_attributes_are_read_as_getattr_did(lone):
-    """The send path reads the port's ``socket`` and ``_connectedAddr``
-    directly; a transport lacking either (or none at all) is treated as
-    ``getattr(transport, name, None)`` treated it."""
+def test_ports_without_the_attributes_are_read_as_getattr_did(lone, batch_sends):
+    """The send path reads the port's ``socket``, ``_connectedAddr`` and
+    ``reactor`` directly; a transport lacking any (or none at all) is treated
+    as ``getattr(transport, name, None)`` treated it (no reactor: nothing is
+    held, the datagram leaves at once)."""
     log: list = []
 
     class NoConnectedAttr:  # a socket, no _connectedAddr: sent with sendto
         socket = FakeSocket(log, [])
         reactor = None
 
-    class NoSocketAttr:  # neither: through the transport's write
-        reactor = None
-
+    class NoSocketAttr:  # none of them: through the transport's write
         def write(self, data, addr):
             log.append(("write", bytes(data), addr))
 
-    proto = udp.WireGuardProtocol(FakeDevice(), batch_sends=False)
+    proto = udp.WireGuardProtocol(FakeDevice(), batch_sends=batch_sends)
     addr = ("127.0.0.1", 51820)
     for transport, kind in ((NoConnectedAttr(), "sendto"), (NoSocketAttr(), "write")):
         log.clear()
