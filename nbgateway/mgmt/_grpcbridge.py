@@ -39,6 +39,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -109,6 +110,9 @@ class AioLoop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        #: unary calls the reactor posted, not yet started (see post)
+        self._posted: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._post_pending = False
         self.thread = threading.Thread(target=self._run, name="nbgw-grpc-aio", daemon=True)
         self.thread.start()
 
@@ -123,6 +127,29 @@ class AioLoop:
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread soon (from any thread)."""
         self.loop.call_soon_threadsafe(fn, *args)
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread soon, in posting order; from the
+        reactor thread only (one poster).  Posts made before the loop ran the
+        first share its one wake-up (``call_soon_threadsafe``: a socket write
+        and a loop turn each): a busy reactor starting several calls in a
+        turn wakes the loop once."""
+        self._posted.append((fn, args))
+        if not self._post_pending:
+            self._post_pending = True
+            self.loop.call_soon_threadsafe(self._run_posted)
+
+    def _run_posted(self) -> None:  # loop thread
+        # cleared before draining: a post after this point schedules a new run,
+        # a post before it is drained here
+        self._post_pending = False
+        posted = self._posted
+        while posted:
+            fn, args = posted.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.failure("posted call {fn!r} failed", fn=fn)
 
     def run(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``fn()`` on the loop thread and wait for its result (setup only:
@@ -420,7 +447,7 @@ class GrpcBridge:
         if is_aio(method):
             op = _AioUnary(self)
             self._unary[op] = None
-            aio_loop().call(op.start, method, request, timeout, metadata)
+            aio_loop().post(op.start, method, request, timeout, metadata)
             return op.d
         future: Any = method.future(request, timeout=timeout, metadata=metadata)
         self._unary[future] = None
@@ -539,6 +566,47 @@ class GrpcBridge:
                     log.warn("gRPC stream thread {name} did not stop", name=stream._name)
 
 
+class _Inbox:
+    """Finished unary calls on their way to one reactor: the loop appends, the
+    reactor drains.  Outcomes that arrive before the reactor ran the first
+    drain share its one ``callFromThread`` (a pipe write and a reactor wake-up
+    each): a busy reactor gets a burst of answers in one turn."""
+
+    __slots__ = ("items", "pending", "reactor")
+
+    def __init__(self, reactor: IReactorFromThreads) -> None:
+        self.reactor = reactor
+        self.items: deque[tuple[_AioUnary, bool, Any]] = deque()
+        self.pending = False
+
+    def put(self, op: _AioUnary, ok: bool, value: Any) -> None:  # loop thread
+        self.items.append((op, ok, value))
+        if not self.pending:
+            self.pending = True
+            self.reactor.callFromThread(self.drain)
+
+    def drain(self) -> None:  # reactor thread
+        self.pending = False  # before draining: see AioLoop._run_posted
+        items = self.items
+        while items:
+            op, ok, value = items.popleft()
+            try:
+                op._settle(ok, value)
+            except Exception:
+                log.failure("settling a management call failed")
+
+
+#: one inbox per reactor (keyed by identity; touched by the loop thread only)
+_inboxes: dict[int, _Inbox] = {}
+
+
+def _inbox(reactor: IReactorFromThreads) -> _Inbox:
+    box = _inboxes.get(id(reactor))
+    if box is None or box.reactor is not reactor:
+        box = _inboxes[id(reactor)] = _Inbox(reactor)
+    return box
+
+
 class _AioUnary:
     """One unary call on a ``grpc.aio`` channel (issue 20: the per-call cost).
 
@@ -569,7 +637,7 @@ class _AioUnary:
         """Cancel the RPC (the loop does it); :attr:`d` fails once."""
         if not self.stopped:
             self.stopped = True
-            aio_loop().call(self._abort)
+            aio_loop().post(self._abort)
 
     def _settle(self, ok: bool, value: Any) -> None:
         self.bridge._settled(self)
@@ -619,7 +687,7 @@ class _AioUnary:
     def _report(self, ok: bool, value: Any) -> None:
         self._await = None
         self.call = None
-        self.bridge.reactor.callFromThread(self._settle, ok, value)
+        _inbox(self.bridge.reactor).put(self, ok, value)
 
 
 def _failed(exc: Exception) -> Deferred[Any]:

@@ -166,3 +166,68 @@ def test_per_call_object_is_slotted() -> None:
     assert not hasattr(op, "__dict__")
     assert isinstance(op.d, Deferred)
     assert not isinstance(op, asyncio.Future)
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_posted_in_one_turn_share_one_loop_wakeup(env: Env, monkeypatch) -> None:
+    loop = aio_loop().loop
+    wakeups: list[object] = []
+    real = loop.call_soon_threadsafe
+
+    def counting(fn, *args, **kw):
+        wakeups.append(fn)
+        return real(fn, *args, **kw)
+
+    gate = threading.Event()
+    real(gate.wait, 5)  # hold the loop: the reactor's posts queue up meanwhile
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    ips = [f"100.64.2.{i}" for i in range(2, 12)]
+    ds = [env.bridge.unary(env.stub.ValidateTunnelPeer, _vtp(ip), timeout=5, metadata=MD)
+          for ip in ips]
+    assert len(wakeups) == 1  # ten calls, one wake-up of the loop
+    gate.set()
+    results = [await d for d in ds]
+    assert [r.valid for r in results] == [False] * 10
+    assert sorted(r.tunnel_ip for r in env.servicer.requests) == sorted(ips)
+    assert env.bridge.live_calls == 0
+
+
+class FakeReactor:
+    def __init__(self) -> None:
+        self.queued: list[object] = []
+
+    def callFromThread(self, fn, *args) -> None:
+        self.queued.append((fn, args))
+
+    def run(self) -> None:
+        queued, self.queued = self.queued, []
+        for fn, args in queued:
+            fn(*args)
+
+
+class FakeOp:
+    def __init__(self, seen: list, fail: bool = False) -> None:
+        self.seen, self.fail = seen, fail
+
+    def _settle(self, ok: bool, value: object) -> None:
+        self.seen.append((ok, value))
+        if self.fail:
+            raise RuntimeError("a broken callback chain")
+
+
+def test_outcomes_before_the_reactor_drains_share_one_hop() -> None:
+    fake = FakeReactor()
+    box = _grpcbridge._Inbox(fake)
+    seen: list = []
+    box.put(FakeOp(seen), True, 1)
+    box.put(FakeOp(seen, fail=True), False, ValueError("x"))
+    box.put(FakeOp(seen), True, 3)
+    assert len(fake.queued) == 1  # three outcomes, one callFromThread
+    fake.run()
+    # in order, each once; a failing settle does not strand the ones after it
+    assert [ok for ok, _ in seen] == [True, False, True]
+    assert seen[2] == (True, 3)
+    box.put(FakeOp(seen), True, 4)  # after a drain: a new hop
+    assert len(fake.queued) == 1
+    fake.run()
+    assert seen[-1] == (True, 4) and not box.items and not box.pending
