@@ -6,21 +6,32 @@ varied tunnel IPs, domains and accounts (as the private gate's cold misses
 and refreshes), ``--inflight`` started per reactor turn, in several ways:
 
 * ``client``: the gateway's path, ``GrpcManagementClient.validate_tunnel_peer``
-  (Deferred API, bridge, auth metadata, deadline);
-* ``aio``: the floor of grpc.aio: a coroutine on the same loop thread awaiting
-  the same stub's calls (no bridge, no reactor);
-* ``sync``: grpc's synchronous API on its own channel, called by one
-  long-lived worker thread (blocking calls, ``--inflight`` ignored).
+  (Deferred API, bridge, auth metadata, deadline, transparent retries on);
+* ``client-sync``: the same client on a synchronous ``grpc.Channel`` (the
+  bridge's ``.future()`` path; a server stream is held open on it so grpc's
+  channel spin thread lives on instead of starting per call);
+* ``aio`` / ``aio-noretry``: the floor of grpc.aio: a coroutine on the same
+  loop thread awaiting the client's stub (retries on) or a channel made with
+  ``retries=False`` (no bridge, no reactor);
+* ``workers``: a prototype (not in the gateway): grpc's synchronous API,
+  blocking calls on two long-lived worker threads fed by a queue, answers to
+  the reactor with ``callFromThread``;
+* ``sync``: grpc's synchronous API called by one long-lived worker thread
+  (blocking calls, ``--inflight`` ignored);
+* ``none`` (with ``--busy``): no calls, the busy reactor's chunks alone.
 
 Per mode: CPU per call of the asyncio thread (``nbgw-grpc-aio``), the reactor
 thread, the worker thread (sync), grpcio's C threads together, and the whole
-process, read from ``/proc/self/task/*/schedstat`` (CPU clocks: they hold up
+process, read from ``/proc/self/task/*/schedstat`` (``--verbose``: every
+thread) (CPU clocks: they hold up
 on a busy machine, wall rates do not).  ``--tree DIR`` imports ``nbgateway``
 from another checkout (a worktree of an older revision) for a same-run A/B:
 run both trees alternately.
 
 Run:  .venv/bin/python bench/mgmt_unary.py [--calls 3000] [--inflight 1]
-          [--modes client,aio,sync] [--rounds 3] [--tree DIR]
+          [--modes client,aio,sync] [--rounds 3] [--tree DIR] [--busy]
+For a load-independent figure run it under callgrind (``--separate-threads=yes``)
+at two ``--calls`` and divide the difference per thread.
 """
 
 from __future__ import annotations
@@ -125,7 +136,10 @@ class Busy:
     each, one per reactor turn), as a gateway serving requests does; each
     chunk's wall time beyond its CPU time is time it waited (for the GIL held
     by another thread of this process, or preempted by the OS: the ``none``
-    mode, the same chunks without calls, gives the floor)."""
+    mode, the same chunks without calls, gives the floor).  The run's wall
+    time less the reactor thread's CPU (``reactor off CPU``) is every wait of
+    the never-idle reactor, between chunks too (GIL hand-overs at its
+    syscalls)."""
 
     def __init__(self, chunk_us: float) -> None:
         self.k = 1000
@@ -273,6 +287,12 @@ async def main(args: argparse.Namespace) -> None:
     client = GrpcManagementClient(reactor, url, TOKEN, address="bench.example", private=True)
     client.startService()
     md = client.auth_metadata()
+    from nbgateway.mgmt._grpcbridge import aio_loop
+    from nbgateway.mgmt.session import make_channel
+
+    noretry_channel = aio_loop().run(
+        lambda: make_channel(client.target, aio=True, retries=False))
+    noretry_stub = pb_grpc.ProxyServiceStub(noretry_channel)
     sync_client = GrpcManagementClient(
         reactor, url, TOKEN, address="bench.example", private=True,
         channel_factory=lambda: grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -304,6 +324,8 @@ async def main(args: argparse.Namespace) -> None:
                     await _client_mode(sync_client, n, args.inflight, base)
                 elif mode == "aio":
                     await _in_thread(_aio_mode, client.session.stub, n, args.inflight, base, md)
+                elif mode == "aio-noretry":
+                    await _in_thread(_aio_mode, noretry_stub, n, args.inflight, base, md)
                 elif mode == "workers":
                     await _workers_mode(workers, n, args.inflight, base, md)
                 elif mode == "sync":
@@ -315,13 +337,17 @@ async def main(args: argparse.Namespace) -> None:
                     split["process"] += split["worker"]
                 base += n
                 if busy is not None:
+                    # the busy reactor is never idle: wall time it did not run
+                    # is time it waited (for the GIL, or preempted by the OS)
+                    off_cpu = wall / n * 1e6 - split["reactor"]
                     split["reactor"] -= busy.cpu / n * 1e6
                     split["process"] -= busy.cpu / n * 1e6
                 if rnd:
                     extra = "" if busy is None else (
                         f"; busy reactor: {busy.chunks:,} chunks, waited "
                         f"{busy.stall / busy.chunks * 1e6:5.1f} us/chunk, "
-                        f"{busy.stall / n * 1e6:6.1f} us/call, {busy.over_1ms} chunks > 1 ms")
+                        f"{busy.stall / n * 1e6:6.1f} us/call, {busy.over_1ms} chunks > 1 ms; "
+                        f"reactor off CPU {off_cpu:6.1f} us/call")
                     print(f"{tree} {mode:6s} inflight {args.inflight}: " + ", ".join(
                         f"{k} {v:6.1f}" for k, v in split.items()) + f" us/call; "
                         f"{n / wall:,.0f} calls/s" + extra, flush=True)
@@ -333,6 +359,7 @@ async def main(args: argparse.Namespace) -> None:
         workers.stop()
         sync_client.stopService()
         sync_channel.close()
+        aio_loop().submit(noretry_channel.close()).result(5)
         srv.stdin.close()
         srv.wait(10)
 
