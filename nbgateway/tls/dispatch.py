@@ -194,6 +194,8 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
                     break
                 if not self._aborted:
                     self.wrappedProtocol.dataReceived(got)
+                if len(got) < records.READ_SIZE and not records.unread(conn):
+                    break  # a whole record read, no ciphertext left: SSL_read would want more
                 continue
             try:  # pyOpenSSL's own mapping of the failed SSL_read
                 conn._raise_ssl_error(conn._ssl, got)
@@ -205,10 +207,8 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
             else:
                 break
         conn = self._tlsConnection  # _flush_records, inline
-        if conn is not None:
-            out = records.drain(conn)  # usually b"": the response went out as written
-            if out or self._held:
-                self._emit(out)
+        if conn is not None and records.unsent(conn):  # usually not: the response
+            self._emit(records.drain(conn))  # went out as written (_records_write)
 
     def _handshake_progress(self) -> None:
         if self._handshake_pending and self._handshakeDone:
