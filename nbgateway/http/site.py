@@ -70,6 +70,7 @@ from nbgateway.observe.accesslog import (
     new_log_id,
 )
 from nbgateway.proxy.fast import FastHTTPChannel
+from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import canonical_name, drop_underscore_headers
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.routes.context import RequestContext
@@ -195,9 +196,13 @@ class GatewayResource(OperatorAuth, Resource):
 
     def render(self, request: Any) -> Any:
         overlay = self.listener_account is not None
+        # the fast path's request has the attributes read below (plain reads,
+        # which CPython specialises; a getattr() call each costs ~10x more)
+        fast = type(request) is FastRequest
         hosts = request.requestHeaders._rawHeaders.get(_HOST)  # request.getHeader(b"host")
         if ((hosts is None or len(hosts) == 1) and request.uri[:1] == b"/"
-                and getattr(request, "underscore_names", True) is False):
+                and (request.underscore_names if fast
+                     else getattr(request, "underscore_names", True)) is False):
             problem = None  # self._front_door(request) of a head it passes as it is
         else:
             problem = self._front_door(request)
@@ -217,7 +222,8 @@ class GatewayResource(OperatorAuth, Resource):
             return server.NOT_DONE_YET
         raw_host = hosts[-1] if hosts else b""
         host, domain = _HOSTS.get(raw_host) or _host_and_domain(raw_host)
-        routed = getattr(request, "routed", None)  # the fast path's fast_route answer
+        # the fast path's fast_route answer
+        routed = request.routed if fast else getattr(request, "routed", None)
         entry = (routed[1] if routed is not None and routed[0] == domain
                  else self.lookup(domain))
         if (entry is not None and overlay
@@ -225,7 +231,8 @@ class GatewayResource(OperatorAuth, Resource):
             # another account's name on this account's tunnel: unknown here,
             # and never logged into the other account's access log
             entry = None
-        peer_ip = getattr(request, "peer_ip", None)  # the fast path's, per connection
+        # the fast path's, per connection
+        peer_ip = request.peer_ip if fast else getattr(request, "peer_ip", None)
         if peer_ip is None:
             peer_ip = str(getattr(request.getClientAddress(), "host", "") or "")
         # positional (the field order): RequestContext(overlay=..., source_ip=...,
@@ -249,11 +256,14 @@ class GatewayResource(OperatorAuth, Resource):
             stats.active += 1  # stats.started(), inline
         if stats is not None or path is not None:
             fn = functools.partial(self._finished, request, ctx, path)
-            hook = getattr(request, "on_finish", None)
-            if hook is not None:
-                hook(fn)
+            if fast:
+                request.on_finish(fn)
             else:
-                request.notifyFinish().addBoth(fn)
+                hook = getattr(request, "on_finish", None)
+                if hook is not None:
+                    hook(fn)
+                else:
+                    request.notifyFinish().addBoth(fn)
         if entry is None:
             return self.proxy.render(request, ctx)
         if overlay and ":" in host and not self._port_matches(request, host):
@@ -274,7 +284,10 @@ class GatewayResource(OperatorAuth, Resource):
         if not overlay or self.gate is None:
             send_plain(request, 403, FORBIDDEN_BODY)  # private: never on the public listener
             return server.NOT_DONE_YET
-        decide_now = getattr(self.gate, "decide_now", None)
+        gate = self.gate
+        # the gateway's PrivateGate has decide_now (a plain read, no getattr call)
+        decide_now = (gate.decide_now if type(gate) is PrivateGate
+                      else getattr(gate, "decide_now", None))
         if decide_now is not None:
             # the common case (a cached validation, or a local refusal) is
             # decided here and now: no Deferred and callback chain per request
@@ -361,7 +374,8 @@ class GatewayResource(OperatorAuth, Resource):
 
     def _decided(self, decision: GateDecision, request: Any, ctx: RequestContext,
                  entry: ServiceEntry) -> None:
-        if getattr(request, "_disconnected", False) or request.finished:
+        if ((request._disconnected if type(request) is FastRequest
+             else getattr(request, "_disconnected", False)) or request.finished):
             return
         if not decision.allowed:
             log.debug("denied {domain}: {reason}", domain=entry.service.domain,
@@ -406,14 +420,21 @@ class GatewayResource(OperatorAuth, Resource):
         if path is None:
             return
         service = ctx.entry.service
-        body = getattr(request, "body_stream", None)
+        if type(request) is FastRequest:  # its own attributes: plain reads
+            body = request.body_stream
+            received = (body.received if body is not None
+                        else 0 if request.content is None else _content_length(request))
+            sent = request.sentLength
+        else:
+            body = getattr(request, "body_stream", None)
+            received = (body.received if body is not None
+                        else 0 if getattr(request, "content", None) is None
+                        else _content_length(request))
+            sent = getattr(request, "sentLength", 0)
         fields = (
             now, ctx.request_id, service.account_id, service.service_id, ctx.host, path,
             request.method.decode("latin-1"), request.code, int((now - ctx.started) * 1000),
-            ctx.source_ip, ctx.auth_mechanism, ctx.user_id,
-            body.received if body is not None else (
-                0 if getattr(request, "content", None) is None else _content_length(request)),
-            getattr(request, "sentLength", 0), ctx.target,
+            ctx.source_ip, ctx.auth_mechanism, ctx.user_id, received, sent, ctx.target,
         )
         if self._record is not None:
             self._record(fields)

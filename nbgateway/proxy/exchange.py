@@ -60,6 +60,7 @@ from nbgateway.proxy.balance import (
     never_reached_upstream,
 )
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
+from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import (
     filter_response_headers,
     relay_response_headers,
@@ -169,17 +170,19 @@ class _Exchange:
         """Send the request (``url`` and ``headers``, or the plan's ``head``
         set beforehand, see :mod:`nbgateway.proxy.plan`) under its deadline."""
         request = self.request
-        on_lost = getattr(request, "on_lost", None)
-        if on_lost is not None and self.state is None:
-            # the HTTP/1.1 fast path, no target to release when it ends: only
-            # the client going away first matters (a plain callback)
-            on_lost(self._client_lost)
-        elif on_lost is not None:
-            request.on_finish(self._request_ended)
-        else:
-            finished = self.request.notifyFinish().addErrback(self._client_lost)
+        # the fast path's request has on_lost/on_finish: no getattr() call
+        has_hooks = (type(request) is FastRequest
+                     or getattr(request, "on_lost", None) is not None)
+        if not has_hooks:
+            finished = request.notifyFinish().addErrback(self._client_lost)
             if self.state is not None:
                 finished.addBoth(self._end_attempt)
+        elif self.state is not None:
+            request.on_finish(self._request_ended)
+        else:
+            # the HTTP/1.1 fast path, no target to release when it ends: only
+            # the client going away first matters (a plain callback)
+            request.on_lost(self._client_lost)
         self.timeout = timeout
         self.body = body
         self.method = method

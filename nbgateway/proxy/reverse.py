@@ -68,6 +68,7 @@ from nbgateway.proxy.exchange import (
     _Exchange,
     client_ip,
 )
+from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import (
     TrustedProxies,
     canonical_name,
@@ -288,7 +289,9 @@ class ReverseProxy:
             self._relay_h2(request, ctx, service, route, opts, dialer, timeout, pool, state)
             return server.NOT_DONE_YET
         # _request_body(request); a bodiless request without a call
-        body = (None if (getattr(request, "body_stream", None) is None
+        # (the fast path's request has body_stream: a plain read, no getattr call)
+        body = (None if ((request.body_stream if type(request) is FastRequest
+                          else getattr(request, "body_stream", None)) is None
                          and _CONTENT_LENGTH not in raw_in and _TRANSFER_ENCODING not in raw_in)
                 else _request_body(request))
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
