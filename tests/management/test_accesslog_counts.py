@@ -152,3 +152,94 @@ def test_migration_backfills_the_counter(db_dsn):
         assert total(store, "a1") == 3 and total(store, "a1", status="failed") == 1
     finally:
         store.close()
+
+
+def _sqlite_insert_trigger(conn) -> bool:
+    return conn.execute(sa.text(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+        "AND name = 'access_log_counts_insert'")).scalar_one() == 1
+
+
+def test_sqlite_counts_inserts_per_batch_without_a_row_trigger(store, account):
+    """Revision 0022: on SQLite no trigger runs per inserted entry; the store
+    raises each account's counter by what the batch stored for it (batches
+    of several accounts, ids already stored, duplicates inside the batch)."""
+    with store._read() as conn:
+        if store.dialect == "postgresql":
+            assert conn.execute(sa.text(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'access_log_counts_insert'"
+            )).scalar_one() == 1  # PostgreSQL keeps its statement trigger
+        else:
+            assert not _sqlite_insert_trigger(conn)
+    others = [store.accounts.create(Account(id=f"batch-{k}", domain=f"o{k}.test"))
+              for k in range(3)]
+    ids = [account.id] + [o.id for o in others]
+    seen: dict[str, set[str]] = {a: set() for a in ids}
+    for round_ in range(4):  # overlapping batches over 1, 2, 3, 4 accounts
+        batch = [entry(a, round_ * 5 + i) for i in range(7) for a in ids[: 1 + round_]]
+        batch.append(entry(ids[0], round_ * 5))  # a duplicate inside the batch
+        before = sum(len(v) for v in seen.values())
+        for e in batch:
+            seen[e.account_id].add(e.id)
+        assert store.access_logs.append_many(batch) == sum(
+            len(v) for v in seen.values()) - before
+        for a in ids:
+            assert (counter(store, a) or 0) == len(seen[a]) == stored(store, a) == total(store, a)
+    assert store.access_logs.append_many(batch) == 0  # a retried batch
+    store.access_logs.append(entry(others[2].id, 1000))
+    store.access_logs.append(entry(others[2].id, 1000))  # the same id: not counted twice
+    for a in ids:
+        assert counter(store, a) == len(seen[a]) + (a == others[2].id) == stored(store, a)
+
+
+def test_sqlite_migration_0022_hands_counting_over(tmp_path):
+    """0021 -> 0022 drops the SQLite insert trigger, 0022 -> 0021 brings it
+    back; the counter stays exact across both (raw inserts count only while
+    the trigger exists, the store's inserts always)."""
+    dsn = f"sqlite:///{tmp_path}/m.db"
+    engine = StoreBase.build_engine(normalise_dsn(dsn, None))
+
+    def raw(conn, i: int) -> None:
+        conn.execute(access_log_entries.insert().values(
+            id=f"raw{i}", account_id="a1", service_id="s", timestamp=NOW,
+            location_connection_ip="", location_country_code="", location_city_name="",
+            location_geo_name_id=0, subdivision_code="", method="GET", host="h", path="/",
+            duration=0, status_code=200, reason="", user_id="", auth_method_used="",
+            bytes_upload=0, bytes_download=0, protocol="http", agent_network=False))
+
+    def count(conn) -> int:
+        return conn.execute(sa.select(access_log_counts.c.entries)).scalar_one()
+
+    try:
+        with engine.connect() as conn:
+            migrations.upgrade(conn, "0021")
+            conn.execute(sa.text(
+                "INSERT INTO accounts (id, domain, network_v4, network_v6) "
+                "VALUES ('a1', 'a1.test', '100.64.0.0/10', 'fd00::/64')"))
+            raw(conn, 0)
+            conn.commit()
+            assert _sqlite_insert_trigger(conn) and count(conn) == 1
+            migrations.upgrade(conn, "0022")
+            assert not _sqlite_insert_trigger(conn)
+            raw(conn, 1)  # not the store: nothing counts it any more
+            conn.commit()
+            assert count(conn) == 1
+            conn.execute(access_log_entries.delete().where(access_log_entries.c.id == "raw1"))
+            conn.commit()
+            assert count(conn) == 0  # the delete trigger stays (0 = 1 - 1: raw1 was uncounted)
+            conn.execute(access_log_counts.update().values(entries=1))
+            conn.commit()
+        store = Store.open(dsn)
+        try:
+            assert store.access_logs.append_many([entry("a1", i) for i in range(3)]) == 3
+            assert counter(store, "a1") == 4 == stored(store, "a1")
+        finally:
+            store.close()
+        with engine.connect() as conn:
+            migrations.downgrade(conn, "0021")
+            assert _sqlite_insert_trigger(conn)
+            raw(conn, 2)
+            conn.commit()
+            assert count(conn) == 5
+    finally:
+        engine.dispose()

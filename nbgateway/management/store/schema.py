@@ -407,6 +407,7 @@ sa.Index(
     sqlite_where=sa.text("status_code >= 400 OR reason <> ''"),
 )
 # revision 0015: entries per account, kept by triggers on access_log_entries
+# (revision 0022, SQLite: inserts are counted by the store, per batch)
 access_log_counts = sa.Table(
     "access_log_counts",
     metadata,
