@@ -33,13 +33,14 @@ tests/pgcluster.py when the server binaries are installed (fsync off).
 
 Run:  .venv/bin/python bench/management_grpc.py [--services 10000] [--clients 8]
       [--seconds 5] [--backends sqlite,postgres] [--parts validate,snapshot,accesslog]
-      [--log-entries 100000] [--log-batch 1000]
+      [--log-entries 100000] [--log-batch 1000] [--random-ids]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import tempfile
 import threading
@@ -210,8 +211,12 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
         svc.server.stop(0).wait(5)
 
 
-def _log_entry(account_id: str, i: int, run: str) -> pb.AccessLog:
-    e = pb.AccessLog(log_id=f"{run}-{i:08d}", account_id=account_id, service_id="svc-bench",
+def _log_entry(account_id: str, i: int, run: str, random_id: bool = False) -> pb.AccessLog:
+    # a gateway's ids are random (nbgateway/observe/accesslog.py new_log_id:
+    # 20 characters), so each lands on a random leaf of the id index; the
+    # default sequential ids keep earlier figures comparable
+    log_id = f"{run}-{secrets.token_hex(10)}" if random_id else f"{run}-{i:08d}"
+    e = pb.AccessLog(log_id=log_id, account_id=account_id, service_id="svc-bench",
                      host=DOMAIN, path=f"/bench/{i}", duration_ms=3, method="GET",
                      response_code=200, source_ip="100.64.0.10", auth_mechanism="oidc",
                      user_id="alice", auth_success=True, protocol="http",
@@ -238,7 +243,8 @@ def bench_access_log(store: Store, svc: ProxyGrpcService, fx: Fixture,
     channel = grpc.insecure_channel(f"127.0.0.1:{svc.port}")
     stub = pb_grpc.ProxyServiceStub(channel)
     batches = [pb.NbgwSendAccessLogBatchRequest(
-        logs=[_log_entry(account, i, "grpc") for i in range(j, min(n, j + size))])
+        logs=[_log_entry(account, i, "grpc", args.random_ids)
+              for i in range(j, min(n, j + size))])
         for j in range(0, n, size)]
     stub.NbgwSendAccessLogBatch(pb.NbgwSendAccessLogBatchRequest(
         logs=[_log_entry(account, 0, "warm")]), metadata=md)
@@ -260,7 +266,7 @@ def bench_access_log(store: Store, svc: ProxyGrpcService, fx: Fixture,
     # SQLAlchemy core executemany (per-row parameter processing), and the
     # store's own driver path (rows prepared column-wise, one executemany of
     # tuples on SQLite, binary COPY + INSERT ... SELECT on PostgreSQL)
-    groups = store.access_logs.get(account, "grpc-00000000").user_groups
+    groups = store.access_logs.get(account, batches[0].logs[0].log_id).user_groups
     names = [c.name for c in _COLUMNS]
 
     def fresh_values(prefix: str) -> list[list[tuple]]:
@@ -303,7 +309,8 @@ def bench_access_log(store: Store, svc: ProxyGrpcService, fx: Fixture,
 
     rate = n / wall
     core, driver = rates["core"], rates["driver"]
-    print(f"[{label}] access-log batches of {size}, {n:,} entries: {rate:,.0f} entries/s over "
+    ids = " (random ids)" if args.random_ids else ""
+    print(f"[{label}] access-log batches of {size}, {n:,} entries{ids}: {rate:,.0f} entries/s over "
           f"gRPC ({n / cpu:,.0f} per CPU-second, grpcio client included); raw SQLAlchemy core "
           f"executemany of the same rows {core[0]:,.0f}/s ({core[1]:,.0f} per CPU-second), "
           f"ratio {rate / core[0]:.2f}; driver executemany {driver[0]:,.0f}/s "
@@ -320,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="validate,snapshot,accesslog")
     p.add_argument("--log-entries", type=int, default=100_000)
     p.add_argument("--log-batch", type=int, default=1000)
+    p.add_argument("--random-ids", action="store_true",
+                   help="random 20-hex-digit log ids, as gateways send (default: sequential)")
     args = p.parse_args(argv)
     for backend in args.backends.split(","):
         if backend == "sqlite":
