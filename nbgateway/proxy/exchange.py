@@ -51,6 +51,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from nbgateway.dial.http11 import LeanAgent
 from nbgateway.proxy import pages
 from nbgateway.proxy.balance import (
     IDEMPOTENT_METHODS,
@@ -201,8 +202,8 @@ class _Exchange:
             self.tried.append(self.state.key)
             self.pool.started(self.state)
             self._busy = True
-        request_into = getattr(agent, "request_into", None)
-        if request_into is not None:
+        # the gateway's LeanAgent: a type check, not a getattr() call
+        if type(agent) is LeanAgent or getattr(agent, "request_into", None) is not None:
             # the lean client reports to this exchange directly: no Deferred
             # and callback chain per request (upstream_response/_failed)
             self._answered = False
@@ -214,7 +215,7 @@ class _Exchange:
                     self.head = None  # a retry on another target goes the general way
                     attempt = agent.send_head(self.method, self.key, head, self.body, self)
                 else:
-                    attempt = request_into(self.method, url, headers, self.body, self)
+                    attempt = agent.request_into(self.method, url, headers, self.body, self)
             except Exception:
                 self.upstream_failed(Failure())
                 return

@@ -56,6 +56,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from nbgateway.dial.deadlines import Deadlines
+from nbgateway.dial.http11 import LeanAgent
 from nbgateway.proxy import pages
 from nbgateway.proxy.balance import (
     IDEMPOTENT_METHODS,
@@ -297,7 +298,7 @@ class ReverseProxy:
         agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
                                  skip_verify=opts.skip_tls_verify, timeout=timeout)
         head = None
-        if getattr(agent, "send_head", None) is not None:
+        if type(agent) is LeanAgent or getattr(agent, "send_head", None) is not None:
             # the route's plan: the head as one bytes join (see proxy.plan)
             plan = self._plans.get(id(route))
             if plan is None or plan.route is not route or plan.service is not service:
