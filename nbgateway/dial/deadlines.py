@@ -81,7 +81,10 @@ class Deadline:
             # owner.idle(), inline: nothing pending (every request of a
             # connection alone on the gateway ends here)
             fifos = owner._fifos
-            if len(fifos) > MAX_IDLE_FIFOS:
+            if len(fifos) == 1:  # this entry's FIFO alone (one request timeout)
+                fifo.entries.clear()
+                fifo.dead = 0
+            elif len(fifos) > MAX_IDLE_FIFOS:
                 fifos.clear()
             else:
                 for each in fifos.values():
@@ -145,13 +148,14 @@ class Deadlines:
         fifo = self._fifos.get(delay)
         if fifo is None:
             fifo = self._fifos[delay] = _Fifo(self)
-        elif fifo.entries and fifo.entries[-1].when > when:
-            when = fifo.entries[-1].when
+        entries = fifo.entries
+        if entries and entries[-1].when > when:
+            when = entries[-1].when
         entry = _new_deadline(Deadline)  # Deadline(when, fn, fifo) without the __init__ call
         entry.when = when
         entry.fn = fn
         entry.fifo = fifo
-        fifo.entries.append(entry)
+        entries.append(entry)
         self.live += 1
         if self._call is None or when < self._armed_at:
             self._arm(when)

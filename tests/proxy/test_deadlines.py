@@ -191,6 +191,35 @@ def test_memory_is_bounded_by_live_deadlines_when_a_slow_one_holds_the_head():
     assert len(dl) == 1
 
 
+def test_the_last_cancel_empties_every_fifo_with_one_delay_or_several():
+    """When nothing is left pending every FIFO is emptied (its dead entries
+    too): with one delay in use (the common case, cleared without a loop)
+    and with several."""
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list[str] = []
+    first = dl.add(30.0, lambda: fired.append("first"))
+    behind = dl.add(30.0, lambda: fired.append("behind"))
+    last = dl.add(30.0, lambda: fired.append("last"))
+    behind.cancel()  # dead behind a live head
+    first.cancel()
+    fifo = last.fifo
+    assert fifo is not None and list(fifo.entries) == [last]
+    last.cancel()
+    assert len(fifo.entries) == 0 and fifo.dead == 0 and len(dl) == 0
+    other = dl.add(5.0, lambda: fired.append("other"))
+    again = dl.add(30.0, lambda: fired.append("again"))
+    dead = dl.add(5.0, lambda: fired.append("dead"))
+    dead.cancel()
+    other.cancel()
+    again.cancel()
+    assert all(len(f.entries) == 0 and f.dead == 0 for f in dl._fifos.values())
+    assert len(dl) == 0
+    kept = dl.add(30.0, lambda: fired.append("kept"))
+    clock.advance(31)
+    assert fired == ["kept"] and not kept.active()
+
+
 def test_random_schedule_matches_a_reference():
     rnd = random.Random(7)
     clock = task.Clock()
