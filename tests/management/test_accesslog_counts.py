@@ -171,6 +171,8 @@ def test_sqlite_counts_inserts_per_batch_without_a_row_trigger(store, account):
             )).scalar_one() == 1  # PostgreSQL keeps its statement trigger
         else:
             assert not _sqlite_insert_trigger(conn)
+            assert "ix_access_log_entries_timestamp" not in {
+                i["name"] for i in sa.inspect(conn).get_indexes("access_log_entries")}
     others = [store.accounts.create(Account(id=f"batch-{k}", domain=f"o{k}.test"))
               for k in range(3)]
     ids = [account.id] + [o.id for o in others]
@@ -210,6 +212,9 @@ def test_sqlite_migration_0022_hands_counting_over(tmp_path):
     def count(conn) -> int:
         return conn.execute(sa.select(access_log_counts.c.entries)).scalar_one()
 
+    def indexes(conn) -> set[str]:
+        return {i["name"] for i in sa.inspect(conn).get_indexes("access_log_entries")}
+
     try:
         with engine.connect() as conn:
             migrations.upgrade(conn, "0021")
@@ -221,6 +226,7 @@ def test_sqlite_migration_0022_hands_counting_over(tmp_path):
             assert _sqlite_insert_trigger(conn) and count(conn) == 1
             migrations.upgrade(conn, "0022")
             assert not _sqlite_insert_trigger(conn)
+            assert "ix_access_log_entries_timestamp" not in indexes(conn)
             raw(conn, 1)  # not the store: nothing counts it any more
             conn.commit()
             assert count(conn) == 1
@@ -238,8 +244,38 @@ def test_sqlite_migration_0022_hands_counting_over(tmp_path):
         with engine.connect() as conn:
             migrations.downgrade(conn, "0021")
             assert _sqlite_insert_trigger(conn)
+            assert "ix_access_log_entries_timestamp" in indexes(conn)
             raw(conn, 2)
             conn.commit()
             assert count(conn) == 5
     finally:
         engine.dispose()
+
+
+def test_sqlite_time_queries_use_the_account_time_index(tmp_path):
+    """Without ``ix_access_log_entries_timestamp`` (revision 0022) SQLite
+    answers the account's time range (the list's dates, retention by age)
+    from ``(account_id, timestamp, id)``, not a scan."""
+    store = Store.open(f"sqlite:///{tmp_path}/p.db")
+    try:
+        store.accounts.create(Account(id="a1", domain="a1.test"))
+        store.access_logs.append_many([entry("a1", i, age=timedelta(hours=i)) for i in range(50)])
+        ale = access_log_entries
+        queries = [
+            sa.select(ale.c.id).where(ale.c.account_id == "a1", ale.c.timestamp < NOW)
+            .order_by(ale.c.timestamp.asc(), ale.c.id.asc()).limit(7),
+            sa.select(ale).where(ale.c.account_id == "a1", ale.c.timestamp >= NOW)
+            .order_by(ale.c.timestamp.desc(), ale.c.id.desc()).limit(7),
+        ]
+        with store._read() as conn:
+            for q in queries:
+                sql = str(q.compile(conn, compile_kwargs={"literal_binds": True}))
+                plan = " ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+                assert "ix_access_log_entries_account_time" in plan, plan
+                assert "TEMP B-TREE" not in plan, plan
+        while store.access_logs.prune_step("a1", older_than=NOW - timedelta(hours=20),
+                                           max_rows=None, limit=4):
+            pass
+        assert stored(store, "a1") == 21 == counter(store, "a1")
+    finally:
+        store.close()

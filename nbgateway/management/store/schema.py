@@ -334,7 +334,8 @@ access_log_entries = sa.Table(
     # indexed by ix_access_log_entries_account_time below (revision 0004)
     sa.Column("account_id", ID, nullable=False),
     sa.Column("service_id", ID, nullable=False, index=True),
-    sa.Column("timestamp", UTCDateTime(), nullable=False, index=True),
+    # ix_access_log_entries_timestamp below (PostgreSQL only since revision 0022)
+    sa.Column("timestamp", UTCDateTime(), nullable=False),
     sa.Column("location_connection_ip", BoundedString(64), nullable=False),
     sa.Column("location_country_code", BoundedString(8), nullable=False),
     sa.Column("location_city_name", sa.Text(), nullable=False),
@@ -357,6 +358,11 @@ access_log_entries = sa.Table(
     sa.Column("user_groups", sa.Text(), nullable=True),
     # revision 0011: the upstream target that served the request
     sa.Column("upstream_target", BoundedString(255), nullable=True),
+)
+# revision 0001: entries by time; revision 0022 drops it on SQLite, where
+# every query of the table names the account and the next index answers it
+sa.Index("ix_access_log_entries_timestamp", access_log_entries.c.timestamp).ddl_if(
+    dialect="postgresql"
 )
 # revision 0004: the account's entries by time (list sort, retention)
 sa.Index(
