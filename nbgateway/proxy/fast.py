@@ -44,6 +44,7 @@ request are :mod:`nbgateway.proxy.fast_request` (``FastRequest``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -101,18 +102,23 @@ class FastHTTPChannel(StreamingHTTPChannel):
     #: FastRequest.peer_ip --, host address, TLS?), made once per connection,
     #: one attribute: the channel's own attributes stay under CPython's
     #: shared-keys limit (see ``connectionMade``)
-    _conn_info: tuple[Any, str, Any, bool] | None = None
-    #: the request parser, kept across bodiless keep-alive requests (llhttp
-    #: is back at the start of a message after one), and its callbacks
-    _parser: Any = None
-    _parse_head: Any = None
+    _conn_info: tuple[Any, str, Any, bool, Callable[[], float]] | None = None
+    #: (the request parser, its callbacks' head), kept across bodiless
+    #: keep-alive requests (llhttp is back at the start of a message after
+    #: one); one attribute (the shared-keys limit, see ``connectionMade``)
+    _parsing: tuple[Any, _Head] | None = None
+
+    @property
+    def _parser(self) -> Any:
+        """The kept request parser (None: the next head gets a fresh one)."""
+        return None if self._parsing is None else self._parsing[0]
 
     def connectionMade(self) -> None:
         super().connectionMade()
         # the clock of callLater: the site's reactor's (a channel made
         # without a site times out on the global reactor, whose clock this is)
         site = getattr(self, "site", None)
-        self._seconds = site.reactor.seconds if site is not None else runtime_seconds
+        seconds = site.reactor.seconds if site is not None else runtime_seconds
         # the two flags every request reads (several times) the channel's
         # own from the start, not class attributes read through it (see
         # tests/proxy/test_own_state.py); its own attributes stay under
@@ -120,9 +126,13 @@ class FastHTTPChannel(StreamingHTTPChannel):
         # ~60 % slower
         self.fast = type(self).fast
         self._closing = False
+        # read several times per request too (the request's body framing)
+        self._body_left = 0
+        self._waiting = None
         peer = self.transport.getPeer()
+        # the clock is in the tuple too: one attribute fewer (the limit)
         self._conn_info = (peer, str(getattr(peer, "host", "") or ""), self.transport.getHost(),
-                           ISSLTransport(self.transport, None) is not None)
+                           ISSLTransport(self.transport, None) is not None, seconds)
 
     # -- bytes in --------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -207,12 +217,13 @@ class FastHTTPChannel(StreamingHTTPChannel):
         if end > MAX_FAST_HEAD or buf[:1] in (b"\r", b"\n"):
             self._hand_over()
             return False
-        parser = self._parser
-        if parser is None:
-            head = self._parse_head = _Head()
-            parser = self._parser = httptools.HttpRequestParser(head)
+        parsing = self._parsing
+        if parsing is None:
+            head = _Head()
+            parser = httptools.HttpRequestParser(head)
+            self._parsing = (parser, head)
         else:  # llhttp is at the start of a message again: new fields, same parser
-            head = self._parse_head
+            parser, head = parsing
             # head.__init__(), inline: the fields of a new head
             head.url = b""
             head.headers = {}
@@ -234,13 +245,13 @@ class FastHTTPChannel(StreamingHTTPChannel):
             if not route:
                 raise _DeclineError()
         except (httptools.HttpParserError, httptools.HttpParserUpgrade, _DeclineError):
-            self._parser = None
+            self._parsing = None
             self._hand_over()
             return False
         if head.length or head.close:
             # llhttp now waits for a body it is never fed (or the connection
             # ends): the next head gets a fresh parser
-            self._parser = None
+            self._parsing = None
         if self._head_deadline is not None:
             self._cancel_head_deadline()
         headers = _new_headers(Headers)  # headers_from_raw(head.headers), inline
@@ -248,7 +259,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
         req = FastRequest(self, method, head.url, headers, head.close)
         req.underscore_names = head.underscore
         (req.channel_peer, req.peer_ip,  # type: ignore[attr-defined]
-         req.channel_host, req.secure) = self._conn_info  # type: ignore[attr-defined,misc]
+         req.channel_host, req.secure, _) = self._conn_info  # type: ignore[attr-defined,misc]
         self.persistent = not head.close
         length = head.length
         self._buf = buf[end:]
@@ -299,7 +310,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
             return
         # The connection is idle from now: recorded, not a timer reset per
         # response (timeoutConnection re-arms a timer that fires early).
-        self._idle_from = self._seconds()
+        self._idle_from = self._conn_info[4]()  # type: ignore[index]
         if self._read_paused:
             self._read_paused = False
             self.transport.resumeProducing()
@@ -329,7 +340,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
         if period is not None:
             # the timer runs from its last reset; a response that ended
             # later (``fast_done``) moves the idle time's end: wait the rest
-            left = self._idle_from + period - self._seconds()
+            left = self._idle_from + period - self._conn_info[4]()  # type: ignore[index]
             if left > 0:
                 self.setTimeout(left)
                 self.timeOut = period  # the next full wait is the idle timeout again

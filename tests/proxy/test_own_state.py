@@ -75,3 +75,27 @@ def test_requests_still_served_and_observed_as_before():
                                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\nok"), got
     assert len(path.log.entries) == 3
+
+
+def test_the_body_framing_state_is_the_channels_own_under_the_limit():
+    """``_body_left`` and ``_waiting`` (read several times per request) are
+    the channel's own from connectionMade; the parser and its head are one
+    attribute and the clock is in the connection tuple, so the channel still
+    has fewer than 30 attributes of its own; a buffered body and a streamed
+    one are framed as before on the same connection."""
+    path = Path()
+    path.exchange(GET, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    channel = path.channel
+    assert {"_body_left", "_waiting", "_parsing"} <= set(vars(channel))
+    assert not {"_parser", "_parse_head", "_seconds"} & set(vars(channel))
+    parser, _head = channel._parsing
+    assert channel._parser is parser
+    assert channel._conn_info[4] == path.clock.seconds  # the site reactor's clock
+    post = b"POST /f HTTP/1.1\r\nHost: app.example\r\nContent-Length: 3\r\n\r\nabc"
+    sent, got = path.exchange(post, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sent.endswith(b"\r\n\r\nabc") and got.endswith(b"\r\n\r\nok")
+    assert channel._parsing is None  # llhttp would wait for the body: a fresh one next
+    assert channel._waiting is None and channel._body_left == 0
+    path.exchange(GET.replace(b"?q=1", b"?q=2"), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert channel.fast_requests == 3 and channel._parsing is not None
+    assert len(vars(channel)) < 30, sorted(vars(channel))
