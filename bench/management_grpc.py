@@ -22,8 +22,10 @@ on 127.0.0.1 and measures:
   for the management alone); comparisons: a raw SQLAlchemy core
   ``executemany`` of the same rows (one transaction per batch, no gRPC, no
   validation), the store's driver path alone on rows prepared beforehand
-  (``executemany_rows``: SQLite executemany of tuples, PostgreSQL binary
-  COPY + INSERT ... SELECT), and the old path of one SendAccessLog per entry.
+  (``executemany_rows``: SQLite executemany of tuples plus the accounts'
+  counter upserts, PostgreSQL binary COPY + INSERT ... SELECT), and the old
+  path of one SendAccessLog per entry.  ``--random-ids``: log ids random as
+  a gateway's (each entry on a random leaf of the id index), else sequential.
 
 Ratios are gRPC / in-process, so the transport cost shows up independently of
 how busy the machine is.
