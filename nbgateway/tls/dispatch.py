@@ -24,7 +24,11 @@ Once a connection's TLS 1.3 handshake is done, its records are read and
 written through :mod:`nbgateway.tls.records` (OpenSSL called directly with
 reused buffers, no exception per read loop; ``NBGW_TLS_RECORDS=0`` switches
 it off), and a write on an HTTP/1.1 connection becomes its TLS record and
-one transport write at once.
+one transport write at once.  The state that path reads per request lives in
+a slotted :class:`_RecordPath` (attribute reads on the protocol itself go
+through ``ProtocolWrapper.__getattr__``'s unspecialised lookup); it is
+dropped, and Twisted's own steps take over, once the connection closes,
+aborts, loses TLS or buffers a write.
 """
 
 from __future__ import annotations
@@ -101,6 +105,65 @@ def _provide_like(proto: Any, transport: Any) -> None:
     proto.__provides__ = provides
 
 
+class _RecordPath(records.Bios):
+    """The record path's per-connection state: the OpenSSL pointers
+    (:class:`records.Bios`) and what the hot path reads of the protocol, in
+    slots.  Twisted's ``ProtocolWrapper`` (the TLS protocol's base) defines
+    ``__getattr__`` (it forwards to the transport), so CPython 3.11 does not
+    specialise attribute reads on the protocol: each ``self._x`` there costs
+    ~390 instructions against ~80 here (callgrind, tests/tls/
+    test_tls_hot_path.py counts them), and a keep-alive request made 22 of
+    them on the protocol and 7 on pyOpenSSL's ``Connection``.
+
+    A protocol has one while it is on the record path and nothing has
+    changed what that path assumes (:meth:`DeadlineTLSProtocol._drop_path`
+    removes it): TLS not lost or shut down (``_lostTLSConnection``), the
+    connection not closing or aborted (``disconnecting``, ``_aborted``), no
+    writes buffered in Twisted's ``_appSendBuffer``.  Twisted changes those
+    only in methods the protocol overrides (``loseConnection``,
+    ``abortConnection``, ``_tlsShutdownFinished``, ``connectionLost``,
+    ``_bufferedWrite``); tests/tls/test_tls_hot_path.py pins that against
+    the installed Twisted.  Without one, everything goes through Twisted's
+    own steps, which check those attributes themselves."""
+
+    __slots__ = ("aggregator", "app", "held", "proto", "transport")
+
+    def __init__(self, proto: DeadlineTLSProtocol) -> None:
+        super().__init__(proto._tlsConnection)
+        self.proto = proto
+        self.app = proto.wrappedProtocol
+        self.aggregator = proto._aggregator
+        self.transport = proto.transport
+        #: the protocol may hold session tickets for the first write
+        self.held = bool(proto._held)
+
+    def write(self, data: bytes) -> None:
+        """An HTTP/1.1 connection's ``transport.write`` on the record path:
+        TLS records and one transport write at once (behind anything the
+        aggregator holds from the handshake's turn, and behind the held
+        session tickets)."""
+        aggregator = self.aggregator
+        if aggregator._buffer:
+            aggregator.write(data)
+            return
+        offset, total = 0, len(data)
+        while offset < total:
+            took, result, out = records.seal_drain(self, data, offset)
+            offset += took
+            if out:
+                if self.held:  # the first write after the handshake
+                    self.held = False
+                    proto = self.proto
+                    held = proto._held
+                    if held:
+                        proto._held = b""
+                        out = held + out
+                self.transport.write(out)
+            if result <= 0:  # refused: Twisted's path raises or buffers the rest
+                TLSMemoryBIOProtocol._write(self.proto, data[offset:])
+                return
+
+
 class DeadlineTLSProtocol(BufferingTLSTransport):
     """Twisted's TLS protocol with a handshake deadline and an idempotent,
     never-raising close (see the module docstring).
@@ -114,10 +177,13 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     tests/tls/test_tls_writes.py pins that.  ``makeConnection`` is
     Twisted's with the interface declaration cached, and the record path
     after a TLS 1.3 handshake repeats Twisted's read/flush/write steps with
-    :mod:`nbgateway.tls.records` (it reads ``_lostTLSConnection``,
-    ``_aborted``, ``_producer``, ``_appSendBuffer`` and calls
-    ``_shutdownTLS``, ``_tlsShutdownFinished``, ``_unbufferPendingWrites``);
-    tests/tls/test_tls_records.py pins that."""
+    :mod:`nbgateway.tls.records` and a :class:`_RecordPath` (it reads
+    ``_lostTLSConnection``, ``_aborted``, ``disconnecting``,
+    ``_appSendBuffer``, ``_held`` when it starts, overrides
+    ``_tlsShutdownFinished`` and ``_bufferedWrite`` to leave it, and calls
+    ``_shutdownTLS``, ``_flushReceiveBIO``, ``TLSMemoryBIOProtocol._write``);
+    tests/tls/test_tls_records.py and tests/tls/test_tls_hot_path.py pin
+    that."""
 
     _handshake_call: Any = None
     #: HTTP/1.1 after the handshake: writes go to TLS at once (see :meth:`_tls_write`)
@@ -125,6 +191,8 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     _handshake_pending = True
     #: after a TLS 1.3 handshake: reads and writes through nbgateway.tls.records
     _records = False
+    #: the record path's state while it applies (see :class:`_RecordPath`)
+    _path: _RecordPath | None = None
     #: ciphertext held back to go out with the next write (the session
     #: tickets OpenSSL writes when a TLS 1.3 handshake completes)
     _held = b""
@@ -144,12 +212,10 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         self.write = self._tls_write  # type: ignore[method-assign]
 
     def _tls_write(self, data: bytes) -> None:
+        # (on the record path an HTTP/1.1 connection's write is _RecordPath.write)
         aggregator = self._aggregator
         if self._write_through and not aggregator._buffer:
-            if self._records:
-                self._records_write(data)
-            else:
-                TLSMemoryBIOProtocol.write(self, data)
+            TLSMemoryBIOProtocol.write(self, data)
         else:  # HTTP/2, before the handshake, or behind bytes already buffered
             aggregator.write(data)
 
@@ -173,42 +239,45 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         self._handshake_progress()
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._records:
+        path = self._path
+        if path is None:  # the handshake, TLS 1.2, records off, closing or lost
             super().dataReceived(data)
             self._handshake_progress()
             return
-        # the record path (see below), inline: one call per received read
-        conn = self._tlsConnection
-        if conn is None:  # after the loss: as Twisted (which raises)
-            super().dataReceived(data)
-            return
-        result = records.feed(conn, data)
+        # the record path: TLSMemoryBIOProtocol.dataReceived/_flushReceiveBIO/
+        # _flushSendBIO with nbgateway.tls.records, inline.  While the path
+        # applies, TLS is not lost, the connection neither closing nor
+        # aborted and no write buffered (see _RecordPath): none of Twisted's
+        # checks of those can stop anything here
+        result = records.feed(path, data)
         if result <= 0:
-            conn._handle_bio_errors(conn._into_ssl, result)  # raises as bio_write does
-        if self._appSendBuffer:
-            self._unbufferPendingWrites()
-        while not self._lostTLSConnection:
-            got = records.read_plaintext(conn)
+            path.conn._handle_bio_errors(path._into_ssl, result)  # raises as bio_write does
+        app = path.app
+        while True:
+            got = records.read_plaintext(path)
             if type(got) is bytes:
                 if not got:
                     break
-                if not self._aborted:
-                    self.wrappedProtocol.dataReceived(got)
-                if len(got) < records.READ_SIZE and not records.unread(conn):
+                app.dataReceived(got)
+                if len(got) < records.READ_SIZE and not records.unread(path):
                     break  # a whole record read, no ciphertext left: SSL_read would want more
+                if self._path is not path:
+                    # closed, aborted or lost while delivering: Twisted's loop
+                    # reads the rest (and delivers it unless aborted, flushes)
+                    self._flushReceiveBIO()
+                    return
                 continue
             try:  # pyOpenSSL's own mapping of the failed SSL_read
-                conn._raise_ssl_error(conn._ssl, got)
+                path.conn._raise_ssl_error(path._ssl, got)
             except ZeroReturnError:
                 self._shutdownTLS()
                 self._tlsShutdownFinished(None)
             except SSLError:
                 self._tlsShutdownFinished(Failure())
-            else:
-                break
-        conn = self._tlsConnection  # _flush_records, inline
-        if conn is not None and records.unsent(conn):  # usually not: the response
-            self._emit(records.drain(conn))  # went out as written (_records_write)
+            break
+        # usually nothing: the response went out as written (_RecordPath.write)
+        if records.unsent(path) and self._tlsConnection is not None:
+            self._emit(records.drain(path))
 
     def _handshake_progress(self) -> None:
         if self._handshake_pending and self._handshakeDone:
@@ -219,6 +288,19 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
                              and records.eligible(self._tlsConnection))
             if self._held and (self.disconnecting or not self.connected):
                 self._emit(b"", force=True)  # closing: the tickets go out now
+            if self._records and not (self.disconnecting or self._lostTLSConnection
+                                      or self._appSendBuffer):
+                self._path = path = _RecordPath(self)
+                if self._write_through:
+                    self.write = path.write  # type: ignore[method-assign]
+
+    def _drop_path(self) -> None:
+        """Leave the record path for Twisted's steps (closing, aborted,
+        TLS lost or shut down, a write buffered)."""
+        if self._path is not None:
+            self._path = None
+            if self._write_through:
+                self.write = self._tls_write  # type: ignore[method-assign]
 
     # -- ciphertext to the transport.  TLS 1.3 servers send their session
     # tickets (NewSessionTicket records) once the client's Finished arrives,
@@ -254,38 +336,6 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         if out:
             self.transport.write(out)
 
-    # -- the record path after a TLS 1.3 handshake (nbgateway.tls.records):
-    # the same steps as TLSMemoryBIOProtocol.dataReceived/_flushReceiveBIO/
-    # _flushSendBIO/_write, without pyOpenSSL's per-call buffers and the
-    # WantReadError at the end of every read loop and flush (the read side
-    # is inline in dataReceived)
-
-    def _flush_records(self) -> None:
-        conn = self._tlsConnection
-        if conn is not None:
-            self._emit(records.drain(conn))
-
-    def _records_write(self, data: bytes) -> None:
-        if (self.disconnecting and self._producer is None) or self._lostTLSConnection:
-            return  # as TLSMemoryBIOProtocol.write / _write
-        conn = self._tlsConnection
-        if self._appSendBuffer or conn is None:
-            TLSMemoryBIOProtocol._write(self, data)
-            return
-        offset, total = 0, len(data)
-        while offset < total:
-            took, result, out = records.seal_drain(conn, data, offset)
-            offset += took
-            held = self._held  # self._emit(out), inline
-            if held:
-                self._held = b""
-                out = held + out
-            if out:
-                self.transport.write(out)
-            if result <= 0:  # refused: Twisted's path raises or buffers the rest
-                TLSMemoryBIOProtocol._write(self, data[offset:])
-                return
-
     def _cancel_deadline(self) -> None:
         call, self._handshake_call = self._handshake_call, None
         if call is not None and call.active():
@@ -304,6 +354,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     def loseConnection(self) -> None:
         if self.getHandle() is None or self.disconnecting or not self.connected:
             return  # already lost or closing
+        self._drop_path()
         if not self._handshakeDone and not self._appSendBuffer:
             # Twisted aborts here too, but then goes on to shut TLS down on a
             # connection a synchronous transport has already released.
@@ -314,10 +365,20 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     def abortConnection(self) -> None:
         if self.getHandle() is None or self._aborted:
             return  # already lost or aborted
+        self._drop_path()
         super().abortConnection()
+
+    def _tlsShutdownFinished(self, reason: Any) -> None:
+        self._drop_path()
+        super()._tlsShutdownFinished(reason)
+
+    def _bufferedWrite(self, octets: bytes) -> None:
+        self._drop_path()  # writes wait behind this one: Twisted's path keeps the order
+        super()._bufferedWrite(octets)
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
+        self._drop_path()
         self._held = b""
         super().connectionLost(reason)
 
