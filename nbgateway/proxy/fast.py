@@ -102,7 +102,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
     #: FastRequest.peer_ip --, host address, TLS?), made once per connection,
     #: one attribute: the channel's own attributes stay under CPython's
     #: shared-keys limit (see ``connectionMade``)
-    _conn_info: tuple[Any, str, Any, bool, Callable[[], float]] | None = None
+    _conn_info: tuple[Any, str, Any, bool, Callable[[], float], Any] | None = None
     #: (the request parser, its callbacks' head), kept across bodiless
     #: keep-alive requests (llhttp is back at the start of a message after
     #: one); one attribute (the shared-keys limit, see ``connectionMade``)
@@ -131,8 +131,10 @@ class FastHTTPChannel(StreamingHTTPChannel):
         self._waiting = None
         peer = self.transport.getPeer()
         # the clock is in the tuple too: one attribute fewer (the limit)
+        # and the resource's fast_route (None: every head goes to twisted.web)
+        fast_route = getattr(getattr(site, "resource", None), "fast_route", None)
         self._conn_info = (peer, str(getattr(peer, "host", "") or ""), self.transport.getHost(),
-                           ISSLTransport(self.transport, None) is not None, seconds)
+                           ISSLTransport(self.transport, None) is not None, seconds, fast_route)
 
     # -- bytes in --------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -240,7 +242,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
                     or head.count > MAX_FAST_HEADERS or not head.url.startswith(b"/")
                     or method == b"CONNECT"):
                 raise _DeclineError()
-            fast_route = getattr(self.site.resource, "fast_route", None)
+            fast_route = self._conn_info[5]  # type: ignore[index] (the site resource's)
             route = None if fast_route is None else fast_route(head.host or b"")
             if not route:
                 raise _DeclineError()
@@ -259,7 +261,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
         req = FastRequest(self, method, head.url, headers, head.close)
         req.underscore_names = head.underscore
         (req.channel_peer, req.peer_ip,  # type: ignore[attr-defined]
-         req.channel_host, req.secure, _) = self._conn_info  # type: ignore[attr-defined,misc]
+         req.channel_host, req.secure, _, _) = self._conn_info  # type: ignore[attr-defined,misc]
         self.persistent = not head.close
         length = head.length
         self._buf = buf[end:]

@@ -1,10 +1,12 @@
 """The fast path's request is read with plain attribute reads, not
 ``getattr()`` calls: the front resource, the reverse proxy and the exchange
 check ``type(request) is FastRequest`` (the site ``type(gate) is
-PrivateGate``, the proxy and exchange ``type(agent) is LeanAgent``) and read
+PrivateGate``, the proxy and exchange ``type(agent) is LeanAgent``; the fast
+channel takes the resource's ``fast_route`` once per connection) and read
 what they need directly (a builtin ``getattr`` call costs several times a
-specialised attribute read; docs/performance.md, round 11).  Other requests (twisted.web's) still go through ``getattr`` with the
-same defaults, and both serve and log the same."""
+specialised attribute read; docs/performance.md, round 11).  Other requests
+(twisted.web's) still go through ``getattr`` with the same defaults, and
+both serve and log the same."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from twisted.python.failure import Failure
 
 from nbgateway.http import site as site_module
 from nbgateway.proxy import exchange as exchange_module
+from nbgateway.proxy import fast as fast_module
 from nbgateway.proxy import reverse as reverse_module
 from tests.proxy.test_lean_path import GET, Path
 
@@ -24,9 +27,9 @@ _ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 @pytest.fixture
 def getattr_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Every ``getattr()`` call the three modules make: (module, name)."""
+    """Every ``getattr()`` call the four modules make: (module, name)."""
     calls: list[tuple[str, str]] = []
-    for module in (site_module, reverse_module, exchange_module):
+    for module in (site_module, reverse_module, exchange_module, fast_module):
         def counting(obj: Any, name: str, *default: Any, _m: str = module.__name__) -> Any:
             calls.append((_m, name))
             return getattr(obj, name, *default)
@@ -44,6 +47,8 @@ def test_fast_requests_make_no_getattr_call(getattr_calls):
     # nor for the gateway's LeanAgent (send_head, request_into)
     assert getattr_calls == []
     assert path.channel.fast_requests == 5
+    # the channel's fast_route: the site resource's, taken once per connection
+    assert path.channel._conn_info[5] == path.channel.site.resource.fast_route
     assert len(path.log.entries) == 5
 
 
