@@ -25,7 +25,7 @@ FLOORS: dict[str, int] = {
     "_proto": 0,
     # ground: shared vocabulary and the service model
     "__version__": 1, "errors": 1, "durations": 1, "interfaces": 1, "peerbox": 1, "cabundle": 1,
-    "startup": 1, "routes": 1, "attempts": 1, "heapfreeze": 1,
+    "startup": 1, "routes": 1, "attempts": 1, "heapfreeze": 1, "netaddr": 1,
     # packets and stored state
     "netstack": 2, "store": 2,
     # tunnels, dialers, the management client
@@ -46,7 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "netstack": {"interfaces"},
     "store": {"_proto", "interfaces", "routes"},
     "wireguard": {"interfaces", "netstack"},
-    "dial": {"errors", "netstack"},
+    "dial": {"errors", "netaddr", "netstack"},
     "mgmt": {"_proto", "errors", "interfaces", "netstack", "peerbox"},
     "tunnels": {"netstack"},
     "dns": {"mgmt", "netstack"},
@@ -61,8 +61,8 @@ ALLOWED: dict[str, set[str]] = {
            "routes"},
     "accounts": {"_proto", "mgmt", "netstack", "routes", "store", "wireguard"},
     "options": {"config", "startup"},
-    "management": {"__version__", "_proto", "attempts", "cabundle", "heapfreeze", "observe",
-                   "options", "peerbox", "startup", "tls"},
+    "management": {"__version__", "_proto", "attempts", "cabundle", "heapfreeze", "netaddr",
+                   "observe", "options", "peerbox", "startup", "tls"},
     "service": {"_proto", "accounts", "acme", "auth", "dial", "dns", "http", "l4", "mgmt",
                 "netstack",
                 "observe", "proxy", "routes", "startup", "store", "tls", "tunnels",

@@ -48,8 +48,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from nbgateway.netaddr import (
+    _SPECIAL,
+    IPAddress,
+    IPNetwork,
+    nat64_embedded,
+    normalize,
+    special_block,
+    special_reason,
+)
 
 #: the access-log verdict (``auth_mechanism``) of a refused direct dial
 ACCESS_LOG_REASON = "direct_upstream_denied"
@@ -59,20 +66,6 @@ NOT_ALLOWED = "not_allowed"          # no allow-list entry covers it for this ac
 GATEWAY_LISTENER = "gateway_listener"
 INVALID_HOST = "invalid_host"
 NO_ADDRESS = "no_address"            # the name resolved to nothing usable
-
-#: special blocks: (reason, block); an allow entry must lie inside the block
-_SPECIAL: tuple[tuple[str, IPNetwork], ...] = (
-    ("loopback", ipaddress.ip_network("127.0.0.0/8")),
-    ("link_local", ipaddress.ip_network("169.254.0.0/16")),
-    ("unspecified", ipaddress.ip_network("0.0.0.0/8")),
-    ("multicast", ipaddress.ip_network("224.0.0.0/4")),
-    ("reserved", ipaddress.ip_network("240.0.0.0/4")),
-    ("loopback", ipaddress.ip_network("::1/128")),
-    ("unspecified", ipaddress.ip_network("::/128")),
-    ("link_local", ipaddress.ip_network("fe80::/10")),
-    ("multicast", ipaddress.ip_network("ff00::/8")),
-    ("ipv4_compatible", ipaddress.ip_network("::/96")),
-)
 
 DENY_REASONS = (NOT_ALLOWED, GATEWAY_LISTENER, INVALID_HOST, NO_ADDRESS,
                 *dict.fromkeys(r for r, _ in _SPECIAL))
@@ -121,13 +114,6 @@ def parse_inet_aton(text: str) -> ipaddress.IPv4Address | None:
         value = value << 8 | v
     value = value << (8 * (4 - len(head))) | last
     return ipaddress.IPv4Address(value)
-
-
-def normalize(ip: IPAddress) -> IPAddress:
-    """IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes the IPv4 address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
@@ -276,24 +262,6 @@ class Decision:
 
 #: RFC 6052's well-known NAT64 prefix: on a host with a NAT64 path (clat,
 #: jool, tayga) ``64:ff9b::a.b.c.d`` reaches the IPv4 address it embeds
-NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
-
-
-def nat64_embedded(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address a well-known-prefix NAT64 address translates to."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip in NAT64_PREFIX:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def special_block(ip: IPAddress) -> tuple[str, IPNetwork] | None:
-    """(reason, block) of a special-purpose address, else None."""
-    for reason, block in _SPECIAL:
-        if ip.version == block.version and ip in block:
-            return reason, block
-    return None
-
-
 #: :func:`endpoint_refusal`'s reason for an address of this host
 GATEWAY_LOCAL = "gateway_local"
 
@@ -306,14 +274,13 @@ def endpoint_refusal(ip: IPAddress, is_local: Callable[[IPAddress], bool]) -> st
     IPv4 address it reaches) and ``is_local`` addresses (this host's own,
     :data:`GATEWAY_LOCAL`) are refused; no allow-list opens them.  Private
     addresses (a peer on the LAN) are fine."""
+    reason = special_reason(ip)
+    if reason is not None:
+        return reason
     ip = normalize(ip)
     embedded = nat64_embedded(ip)
-    for candidate in (ip,) if embedded is None else (ip, embedded):
-        special = special_block(candidate)
-        if special is not None:
-            return special[0]
-        if is_local(candidate):
-            return GATEWAY_LOCAL
+    if is_local(ip) or (embedded is not None and is_local(embedded)):
+        return GATEWAY_LOCAL
     return None
 
 

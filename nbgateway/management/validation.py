@@ -53,6 +53,7 @@ from nbgateway.management.model import (
     Target,
     format_go_duration,
 )
+from nbgateway.netaddr import special_reason
 
 __all__ = [
     "MAX_HEADER_VALUE_LEN",
@@ -285,10 +286,15 @@ def direct_host_problem(host: str) -> str | None:
     return None
 
 
-#: NAT64's well-known prefix: the IPv4 address it embeds is what a packet reaches
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_RESERVED_V4 = ipaddress.ip_network("240.0.0.0/4")  # with 255.255.255.255
-_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+#: the message of each special block's reason (nbgateway.netaddr)
+_ENDPOINT_PROBLEMS = {
+    "loopback": "is a loopback address",
+    "link_local": "is a link-local address",
+    "unspecified": "is an unspecified address",
+    "multicast": "is a multicast address",
+    "reserved": "is a reserved or broadcast address",
+    "ipv4_compatible": "is an IPv4-compatible IPv6 address",
+}
 
 
 def peer_endpoint_problem(host: str) -> str | None:
@@ -299,7 +305,7 @@ def peer_endpoint_problem(host: str) -> str | None:
     spelling, IPv4-mapped or behind NAT64) or ``localhost`` would point them
     at the gateway host itself.  The gateway refuses those too, and also its
     own addresses, which management cannot know (nbgateway.dial.guard's
-    ``endpoint_refusal``; management does not import the gateway's packages);
+    ``endpoint_refusal``; both judge by :mod:`nbgateway.netaddr`);
     other names are left to the gateway, which applies no unresolved name."""
     addr = _ip_literal(host)
     if addr is None:
@@ -307,21 +313,8 @@ def peer_endpoint_problem(host: str) -> str | None:
         if name == "localhost" or name.endswith(".localhost"):
             return "is a loopback name"
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr in _NAT64:
-        addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    if addr.is_loopback:
-        return "is a loopback address"
-    if addr.is_link_local:
-        return "is a link-local address"
-    if addr.is_unspecified:
-        return "is an unspecified address"
-    if addr.is_multicast:
-        return "is a multicast address"
-    if isinstance(addr, ipaddress.IPv4Address) and addr in _RESERVED_V4:
-        return "is a reserved or broadcast address"
-    if isinstance(addr, ipaddress.IPv6Address) and addr in _V4_COMPATIBLE:
-        return "is an IPv4-compatible IPv6 address"
-    return None
+    reason = special_reason(addr)
+    return None if reason is None else _ENDPOINT_PROBLEMS[reason]
 
 
 def _validate_direct_host(i: int, host: str, what: str = "direct upstream host") -> None:
