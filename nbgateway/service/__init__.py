@@ -59,6 +59,7 @@ from nbgateway.service._accounts import account_key, listen_inbound, peer_endpoi
 from nbgateway.service._directdial import direct_dialer, own_listeners, report_dial_denied
 from nbgateway.service._drain import ConnectionDrain
 from nbgateway.service._observers import CAConstraints, SyncHealth
+from nbgateway.service.loop import install as lean_dispatch
 from nbgateway.store.mappings import MappingStore
 from nbgateway.tls.certstore import CertificateStore
 from nbgateway.tls.contexts import (
@@ -388,6 +389,7 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        lean_dispatch(self.reactor)  # no log context per ready descriptor (service/loop.py)
         self.certificates.start()
         _ = self.certificates.ca  # the local CA exists from the start (users trust its file)
         if self.reload_on_sighup:
