@@ -4,29 +4,47 @@
 Twisted pays for in its timer heap) per proxied request (the reverse
 proxy's request deadline) and per pooled upstream connection going idle
 (:mod:`nbgateway.dial.http11`'s idle timeout).  Deadlines are kept
-in one FIFO per delay: requests of the same target timeout are added in time
+in one FIFO per delay: deadlines of the same delay are added in time
 order, so each FIFO is sorted by construction and its head is its earliest
 deadline.  A single ``DelayedCall`` is armed for the earliest head of all
-FIFOs; when it fires, every expired deadline runs (in deadline order per
-FIFO) and the timer is armed again for the next head, if any.
+FIFOs; when it fires, every expired deadline runs (in deadline order) and
+the timer is armed again for the next live head, if any.
 
-Cancelling marks the entry dead and drops dead entries from its FIFO's head
-at once, so a FIFO holds at most the dead entries behind its oldest live
-one; a FIFO whose dead entries outnumber its live ones (and more than
-``COMPACT_AT``) is rebuilt without them, which bounds memory by the live
-requests.
+Two ways to hold a deadline, on the same FIFOs and timer:
 
-When the last pending deadline is cancelled the FIFOs are emptied but the
-timer is left armed ("lingering"): the next deadline, later than the armed
-time, needs no timer call, so a request alone on the gateway (one
-connection) adds and cancels its deadline without a ``callLater`` and a
-``cancel`` each.  A lingering timer that fires finds nothing due, arms
-itself for the earliest pending deadline if there is one, and otherwise
-stays off; so at most one ``callLater`` per delay period while requests
-come one at a time, and none left behind once the longest delay has passed
-after the last request.  :meth:`Deadlines.disarm_idle` (closing pools)
-cancels a lingering timer at once, :meth:`Deadlines.stop_lingering`
-(shutdown) also turns lingering off.
+* :meth:`Deadlines.add_owner` (the reverse proxy's request deadline, one
+  per request): the *owner* object is the FIFO entry.  Its ``due``
+  attribute is set to the deadline; the owner cancels by setting
+  ``owner.due = None`` (an attribute store: no call, no handle, no bound
+  method per request), and at the deadline ``owner.deadline_expired()`` is
+  called (``due`` is None by then).  The FIFO keeps each entry's deadline
+  beside it (a second deque), and an entry is live while its owner's
+  ``due`` is that very float object: an owner that cancelled and was added
+  again has a new ``due``, so its stale entry reads as dead, never as a
+  later deadline holding up the FIFO.
+* :meth:`Deadlines.add` returns a :class:`Deadline` handle for ``fn``
+  (idle sweeps, tests): an owner of its own whose :meth:`Deadline.cancel`
+  (a call) also drops the dead entries from its FIFO's head at once and
+  turns the timer off when nothing is pending and lingering is off.
+
+Dead entries are dropped lazily: from a FIFO's head by the next
+``add_owner`` of its delay (a request alone on the gateway drops its
+predecessor's entry there), by the timer (which skips them) and by
+compaction.  A FIFO is compacted (rebuilt with its live entries only) when
+it reaches its limit, ``COMPACT_AT`` or twice its live entries at the last
+compaction, whichever is more: that bounds memory by the live deadlines
+(a slow request holding the head does not let the finished ones behind it
+pile up) at amortised constant cost per add.
+
+The timer lingers: a dead head is not a reason to cancel it, so a request
+alone on the gateway (one connection) adds its deadline without a
+``callLater``.  A timer that fires finds the dead entries, skips them, arms
+itself for the earliest live head if there is one and otherwise stays off;
+so at most one ``callLater`` per delay period while requests come one at a
+time, and none left behind once the longest delay has passed after the
+last request.  :meth:`Deadlines.disarm_idle` (closing pools) cancels the
+timer at once when nothing is pending, :meth:`Deadlines.stop_lingering`
+(shutdown) also makes the last ``Deadline.cancel`` cancel it.
 
 Deadlines fire at their exact time (not rounded to a tick).  A deadline of
 a delay whose FIFO's tail is later (the clock went backwards) is placed at
@@ -39,13 +57,14 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from operator import itemgetter
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
 log = Logger()
 
-#: rebuild a FIFO without its dead entries past this many (and past half)
+#: a FIFO's least compaction limit (see the module docstring)
 COMPACT_AT = 256
 #: empty FIFOs (one per delay) kept when idle; more are dropped
 MAX_IDLE_FIFOS = 16
@@ -53,75 +72,106 @@ MAX_IDLE_FIFOS = 16
 #: environment turns lingering off (for A/B benchmarks)
 LINGER = os.environ.get("NBGW_DEADLINE_LINGER", "1") != "0"
 
+_first = itemgetter(0)
+
+
+class Owner(Protocol):
+    """What :meth:`Deadlines.add_owner` needs of an owner."""
+
+    #: the pending deadline (set by ``add_owner``); None: none (cancelled or fired)
+    due: float | None
+
+    def deadline_expired(self) -> None: ...
+
 
 class Deadline:
-    """One pending deadline; :meth:`cancel` it when the request no longer needs it."""
+    """One pending deadline for a function; :meth:`cancel` it when it is no
+    longer needed."""
 
-    __slots__ = ("fifo", "fn", "when")
+    __slots__ = ("due", "fifo", "fn")
 
-    def __init__(self, when: float, fn: Callable[[], Any], fifo: _Fifo) -> None:
-        self.when = when
-        self.fn: Callable[[], Any] | None = fn
-        self.fifo: _Fifo | None = fifo
+    def __init__(self) -> None:
+        self.due: float | None = None
+        self.fn: Callable[[], Any] | None = None
+        self.fifo: _Fifo | None = None
 
     def active(self) -> bool:
-        return self.fn is not None
+        return self.due is not None
+
+    def deadline_expired(self) -> None:
+        fn = self.fn
+        self.fn = None
+        self.fifo = None
+        if fn is not None:
+            fn()
 
     def cancel(self) -> None:
-        if self.fn is None:
+        if self.due is None:
             return
+        self.due = None
         self.fn = None
         fifo = self.fifo
-        if fifo is None:  # already taken out by a firing timer
+        if fifo is None:
             return
-        # _Fifo.cancelled's common cases inline (one call less per request)
-        owner = fifo.owner
-        owner.live -= 1
-        if owner.live == 0:
-            # owner.idle(), inline: nothing pending (every request of a
-            # connection alone on the gateway ends here)
-            fifos = owner._fifos
-            if len(fifos) == 1:  # this entry's FIFO alone (one request timeout)
-                fifo.entries.clear()
-                fifo.dead = 0
-            elif len(fifos) > MAX_IDLE_FIFOS:
-                fifos.clear()
-            else:
-                for each in fifos.values():
-                    each.entries.clear()
-                    each.dead = 0
-            if not owner.linger:
-                owner._disarm()
-            return
+        self.fifo = None
         entries = fifo.entries
-        if entries[0] is self:
+        if entries and entries[0] is self:
+            dues = fifo.dues
             entries.popleft()
-            while entries and entries[0].fn is None:
+            dues.popleft()
+            while entries and entries[0].due is not dues[0]:
                 entries.popleft()
-                fifo.dead -= 1
+                dues.popleft()
         else:
             fifo.cancelled_behind()
+        if not entries:
+            fifo.dead = 0
+            owner = fifo.owner
+            if not owner.linger and not owner.pending():
+                owner._disarm()
 
 
 _new_deadline = Deadline.__new__
 
 
 class _Fifo:
-    __slots__ = ("dead", "entries", "owner")
+    __slots__ = ("dead", "dues", "entries", "limit", "owner")
 
     def __init__(self, owner: Deadlines) -> None:
-        self.entries: deque[Deadline] = deque()
+        #: the owners in deadline order, and beside each its deadline
+        self.entries: deque[Any] = deque()
+        self.dues: deque[float] = deque()
+        #: entries known to be dead (Deadline handles cancelled behind the head)
         self.dead = 0
+        #: compact when the FIFO reaches this length
+        self.limit = COMPACT_AT
         self.owner = owner
 
     def cancelled_behind(self) -> None:
-        """An entry behind the head was cancelled (see ``Deadline.cancel``):
-        count it, and compact the FIFO when most of it is dead."""
+        """A handle behind the head was cancelled: count it, and compact the
+        FIFO when most of it is known to be dead."""
         self.dead += 1
-        entries = self.entries
-        if self.dead > COMPACT_AT and self.dead * 2 > len(entries):
-            self.entries = deque(e for e in entries if e.fn is not None)
-            self.dead = 0
+        if self.dead > COMPACT_AT and self.dead * 2 > len(self.entries):
+            self.compact()
+
+    def compact(self) -> None:
+        """Rebuild the FIFO with its live entries only."""
+        live = [(e, d) for e, d in zip(self.entries, self.dues, strict=True) if e.due is d]
+        self.entries = deque(e for e, _ in live)
+        self.dues = deque(d for _, d in live)
+        self.dead = 0
+        self.limit = max(COMPACT_AT, 2 * len(live))
+
+    def drop_dead_heads(self) -> bool:
+        """Drop the dead entries at the head; True if a live one is left."""
+        entries, dues = self.entries, self.dues
+        while entries:
+            if entries[0].due is dues[0]:
+                return True
+            entries.popleft()
+            dues.popleft()
+        self.dead = 0
+        return False
 
 
 class Deadlines:
@@ -134,58 +184,76 @@ class Deadlines:
         self._fifos: dict[float, _Fifo] = {}
         self._call: Any = None
         self._armed_at = 0.0
-        #: deadlines added and neither fired nor cancelled
-        self.live = 0
         #: timer calls made (arming), for tests and benchmarks
         self.armed = 0
 
     def __len__(self) -> int:
-        return self.live
+        """The pending deadlines (a scan: for tests and diagnostics)."""
+        return sum(1 for f in self._fifos.values()
+                   for e, d in zip(f.entries, f.dues, strict=True) if e.due is d)
 
-    def add(self, delay: float, fn: Callable[[], Any]) -> Deadline:
-        """Call ``fn()`` ``delay`` seconds from now unless cancelled first."""
+    def pending(self) -> bool:
+        """Is any deadline pending?  (Drops the dead heads it passes.)"""
+        found = False
+        for fifo in self._fifos.values():
+            if fifo.drop_dead_heads():
+                found = True
+        return found
+
+    def _fifo(self, delay: float) -> _Fifo:
+        fifo = self._fifos[delay] = _Fifo(self)
+        return fifo
+
+    def add_owner(self, delay: float, owner: Owner) -> None:
+        """Call ``owner.deadline_expired()`` ``delay`` seconds from now unless
+        ``owner.due`` is set to None first (see the module docstring)."""
         when = self.clock.seconds() + delay
         fifo = self._fifos.get(delay)
         if fifo is None:
-            fifo = self._fifos[delay] = _Fifo(self)
+            fifo = self._fifo(delay)
         entries = fifo.entries
-        if entries and entries[-1].when > when:
-            when = entries[-1].when
-        entry = _new_deadline(Deadline)  # Deadline(when, fn, fifo) without the __init__ call
-        entry.when = when
-        entry.fn = fn
-        entry.fifo = fifo
-        entries.append(entry)
-        self.live += 1
+        dues = fifo.dues
+        if entries:
+            # the dead heads (the previous request's, typically) go now
+            while entries[0].due is not dues[0]:
+                entries.popleft()
+                dues.popleft()
+                if not entries:
+                    break
+            else:
+                if dues[-1] > when:
+                    when = dues[-1]
+                if len(entries) >= fifo.limit:
+                    fifo.compact()
+                    entries = fifo.entries
+                    dues = fifo.dues
+        owner.due = when
+        entries.append(owner)
+        dues.append(when)
         if self._call is None or when < self._armed_at:
             self._arm(when)
-        return entry
 
-    def idle(self) -> None:
-        """No deadline is pending: empty the FIFOs (kept for reuse while there
-        are few delays).  The timer stays armed while lingering (see the
-        module docstring), else it is cancelled.  (``Deadline.cancel`` does
-        the same inline: keep both in step.)"""
-        if len(self._fifos) > MAX_IDLE_FIFOS:
-            self._fifos.clear()
-        else:
-            for fifo in self._fifos.values():
-                fifo.entries.clear()
-                fifo.dead = 0
-        if not self.linger:
-            self._disarm()
+    def add(self, delay: float, fn: Callable[[], Any]) -> Deadline:
+        """Call ``fn()`` ``delay`` seconds from now unless cancelled first."""
+        entry = _new_deadline(Deadline)  # no __init__ call: every slot is set here
+        entry.fn = fn
+        entry.due = None
+        self.add_owner(delay, entry)
+        entry.fifo = self._fifos[delay]
+        return entry
 
     def stop_lingering(self) -> None:
         """From now on cancel the timer when the last pending deadline goes
-        (no lingering), and cancel a lingering one now (shutdown)."""
+        through :meth:`Deadline.cancel`, and cancel the timer now if nothing is
+        pending (shutdown)."""
         self.linger = False
         self.disarm_idle()
 
     def disarm_idle(self) -> None:
-        """Cancel a lingering timer now (closing pools: nothing of this object
-        is left in the reactor while nothing is pending).  Pending deadlines
-        are kept and still fire."""
-        if self.live == 0:
+        """Cancel the timer now if nothing is pending (closing pools: nothing
+        of this object is left in the reactor).  Pending deadlines are kept
+        and still fire."""
+        if not self.pending():
             self._disarm()
 
     def _disarm(self) -> None:
@@ -196,7 +264,7 @@ class Deadlines:
 
     def lingering(self) -> bool:
         """The timer is armed while no deadline is pending."""
-        return self.live == 0 and self._call is not None
+        return self._call is not None and not self.pending()
 
     def _arm(self, when: float) -> None:
         if self._call is not None and self._call.active():
@@ -208,35 +276,38 @@ class Deadlines:
     def _fire(self) -> None:
         self._call = None
         now = self.clock.seconds()
-        expired: list[Deadline] = []
-        for delay, fifo in list(self._fifos.items()):
-            entries = fifo.entries
-            while entries and entries[0].when <= now:
-                entry = entries.popleft()
-                if entry.fn is None:
-                    fifo.dead -= 1
-                else:
-                    entry.fifo = None
-                    expired.append(entry)
-            if not entries and len(self._fifos) > MAX_IDLE_FIFOS:
-                del self._fifos[delay]
-        self.live -= len(expired)
+        expired: list[tuple[float, Any]] = []
+        fifos = self._fifos
+        for delay, fifo in list(fifos.items()):
+            entries, dues = fifo.entries, fifo.dues
+            while entries:
+                entry = entries[0]
+                when = dues[0]
+                if entry.due is when and when > now:
+                    break
+                entries.popleft()
+                dues.popleft()
+                if entry.due is when:
+                    expired.append((when, entry))
+            if not entries:
+                fifo.dead = 0
+                if len(fifos) > MAX_IDLE_FIFOS:
+                    del fifos[delay]
         if len(expired) > 1:  # several FIFOs' entries: deadline order (stable)
-            expired.sort(key=lambda e: e.when)
-        for entry in expired:
-            fn = entry.fn
-            if fn is None:  # cancelled by an earlier deadline's function
+            expired.sort(key=_first)
+        for when, entry in expired:
+            if entry.due is not when:  # cancelled by an earlier deadline's function
                 continue
-            entry.fn = None
+            entry.due = None
             try:
-                fn()
+                entry.deadline_expired()
             except Exception:
                 log.failure("a request deadline's function failed")
         self._arm_next()
 
     def _arm_next(self) -> None:
-        """Arm the timer for the earliest head unless it is armed earlier."""
-        heads = [f.entries[0].when for f in self._fifos.values() if f.entries]
+        """Arm the timer for the earliest live head unless it is armed earlier."""
+        heads = [f.dues[0] for f in self._fifos.values() if f.drop_dead_heads()]
         if heads:
             first = min(heads)
             if self._call is None or first < self._armed_at:

@@ -20,7 +20,8 @@ It owns, per request:
   timer (:mod:`nbgateway.dial.deadlines`, the pools' when they have one: the
   upstream idle timeouts are on it too) instead of a ``callLater`` each, and
   that timer lingers when nothing is pending, so a request alone makes no
-  timer call either;
+  timer call either.  The exchange is its own deadline entry
+  (``Deadlines.add_owner``): cancelling is ``self.due = None``, no call;
 - the response head (status, hop-by-hop filtering, ``rewrite_redirects``;
   an unparseable ``Location`` is a 502) and the body, streamed with the
   exchange itself as the body's protocol; a truncated upstream body aborts
@@ -113,7 +114,9 @@ class _Exchange:
     # the instance when it changes: fewer stores per request); what every
     # request reads is set in __init__ (see there)
     timed_out = False
-    _deadline: Any = None
+    #: the request deadline while it is pending (the deadlines' owner
+    #: protocol, see ``Deadlines.add_owner``): None cancels it, no call
+    due: float | None = None
     _pending: Any = None  # a Deferred, or the lean client's attempt
     #: the upstream response body's transport (its producer) while the body
     #: is relayed (this exchange is the body's protocol, see ``makeConnection``)
@@ -187,7 +190,7 @@ class _Exchange:
         self.timeout = timeout
         self.body = body
         self.method = method
-        self._deadline = self.proxy.deadlines.add(timeout, self._on_timeout)
+        self.proxy.deadlines.add_owner(timeout, self)  # sets self.due
         self._send(agent, url, headers)
 
     def _request_ended(self, result: Failure | None) -> None:
@@ -258,23 +261,21 @@ class _Exchange:
             # stop reading the upstream body; its connection is dropped
             self.body_transport.stopProducing()
 
-    def _on_timeout(self) -> None:
-        self._deadline = None
+    def deadline_expired(self) -> None:
+        """The request deadline (``self.due``, None by now) has passed."""
         sent = getattr(self.body, "sent", 0)
         if sent != self._progress_mark:
             # The request body is still moving: the deadline bounds the
             # wait without progress, not the duration of a large upload.
             self._progress_mark = sent
-            self._deadline = self.proxy.deadlines.add(self.timeout, self._on_timeout)
+            self.proxy.deadlines.add_owner(self.timeout, self)
             return
         self.timed_out = True
         if self._pending is not None:  # cancel() also reaches a chained Deferred
             self._pending.cancel()
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self.due = None  # the deadlines drop the entry lazily
 
     def finish(self) -> None:
         if self.done or self.client_gone:
@@ -288,10 +289,7 @@ class _Exchange:
         ``LeanAgent.request_into``) or the Deferred's."""
         self._answered = True
         self._pending = None
-        deadline = self._deadline  # _cancel_deadline, inline
-        if deadline is not None:
-            self._deadline = None
-            deadline.cancel()
+        self.due = None  # _cancel_deadline, inline
         try:
             if self.state is not None and self.pool is not None:
                 self.pool.succeeded(self.state)

@@ -305,3 +305,197 @@ def test_the_proxy_shares_the_pools_timer_and_closing_the_pools_leaves_none():
     # a proxy on another clock than its pools keeps its own deadlines
     other = ReverseProxy(clock, UpstreamPools(task.Clock()), lambda a, d: object(), clock=clock)
     assert other.deadlines is not pools.deadlines and other.deadlines.clock is clock
+
+
+# -- the owner protocol (Deadlines.add_owner): cancel is `owner.due = None` --
+
+
+class _Owner:
+    """A request-like owner: ``due`` set by add_owner, None cancels."""
+
+    due: float | None = None
+
+    def __init__(self, clock: task.Clock, fired: list, name: object) -> None:
+        self.clock = clock
+        self.fired = fired
+        self.name = name
+
+    def deadline_expired(self) -> None:
+        assert self.due is None  # cleared before the call
+        self.fired.append((self.name, self.clock.seconds()))
+
+
+def test_owners_fire_at_their_exact_deadline_and_cancelled_ones_never():
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list = []
+    owners = []
+    for i in range(300):
+        owner = _Owner(clock, fired, i)
+        dl.add_owner(30.0, owner)
+        assert owner.due == clock.seconds() + 30.0
+        owners.append(owner)
+        clock.advance(0.0625)  # exact in binary: the times below are exact
+        if i % 3:
+            owner.due = None  # cancelled: no call
+    assert dl.armed == 1 and len(dl) == 100
+    clock.advance(30.0 - 300 * 0.0625)  # t = 30.0: the first one's deadline
+    assert fired == [(0, 30.0)]
+    clock.advance(0.0625 * 3 - 0.001)
+    assert fired == [(0, 30.0)]  # not a moment early
+    clock.advance(0.001)
+    assert fired == [(0, 30.0), (3, 30.1875)]
+    for _ in range(300):  # one step at a time: each fires at its exact time
+        clock.advance(0.0625)
+    assert fired == [(i, 30.0 + i * 0.0625) for i in range(0, 300, 3)]
+    assert all(o.due is None for o in owners)
+    assert clock.getDelayedCalls() == [] and len(dl) == 0
+
+
+def test_a_request_alone_makes_no_timer_call_and_leaves_one_entry():
+    """One request at a time: each add_owner drops its predecessor's dead
+    entry, so the FIFO holds one entry, and the timer is armed once."""
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list = []
+    owner = None
+    for i in range(1000):
+        owner = _Owner(clock, fired, i)
+        dl.add_owner(30.0, owner)
+        clock.advance(0.001)
+        owner.due = None
+        assert len(dl._fifos[30.0].entries) == 1
+    assert dl.armed == 1 and len(clock.getDelayedCalls()) == 1 and dl.lingering()
+    clock.advance(30.0)  # the lingering timer fires, finds only the dead entry
+    assert fired == [] and clock.getDelayedCalls() == []
+    assert len(dl._fifos[30.0].entries) == 0 and not dl.lingering()
+
+
+def test_an_owner_added_again_leaves_a_stale_entry_that_holds_up_nothing():
+    """An owner that cancelled and was added again (a later deadline): its
+    old entry is dead, not a later deadline at the FIFO's head blocking the
+    entries behind it; the owner fires once, at its new deadline."""
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list = []
+    again = _Owner(clock, fired, "again")
+    slow = _Owner(clock, fired, "slow")
+    dl.add_owner(10.0, again)  # due 10
+    dl.add_owner(10.0, slow)   # due 10 (same instant)
+    clock.advance(1.0)
+    other = _Owner(clock, fired, "other")
+    dl.add_owner(10.0, other)  # due 11
+    again.due = None
+    dl.add_owner(10.0, again)  # due 11, its old entry still at the head
+    slow.due = None
+    clock.advance(9.0)  # t = 10: nothing live due
+    assert fired == []
+    clock.advance(1.0)  # t = 11
+    assert fired == [("other", 11.0), ("again", 11.0)]
+    assert clock.getDelayedCalls() == [] and len(dl) == 0
+
+
+def test_owner_memory_is_bounded_by_the_live_ones_behind_a_slow_head():
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list = []
+    slow = _Owner(clock, fired, "slow")
+    dl.add_owner(30.0, slow)  # holds the head
+    live = []
+    for i in range(10 * COMPACT_AT):
+        owner = _Owner(clock, fired, i)
+        dl.add_owner(30.0, owner)
+        if i % 50 == 0:
+            live.append(owner)  # a few stay pending
+        else:
+            owner.due = None
+        fifo = dl._fifos[30.0]
+        assert len(fifo.entries) <= max(COMPACT_AT, 2 * (len(live) + 1)) + 1
+    assert len(dl) == len(live) + 1
+    clock.advance(30.0)
+    assert [n for n, _ in fired] == ["slow"] + [o.name for o in live]
+
+
+def test_owners_and_handles_share_the_timer_in_deadline_order():
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list = []
+    dl.add_owner(3.0, _Owner(clock, fired, "owner3"))
+    handle = dl.add(1.0, lambda: fired.append(("handle1", clock.seconds())))
+    dl.add_owner(2.0, _Owner(clock, fired, "owner2"))
+    dl.add(2.5, lambda: fired.append(("handle2.5", clock.seconds())))
+    clock.advance(10)
+    assert [n for n, _ in fired] == ["handle1", "owner2", "handle2.5", "owner3"]
+    assert not handle.active() and clock.getDelayedCalls() == []
+
+
+def test_disarm_idle_and_stop_lingering_with_owners():
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list = []
+    owner = _Owner(clock, fired, "a")
+    dl.add_owner(5.0, owner)
+    dl.disarm_idle()  # pending: the timer stays
+    assert len(clock.getDelayedCalls()) == 1 and not dl.lingering()
+    owner.due = None
+    assert dl.lingering()
+    dl.stop_lingering()  # nothing pending: cancelled now
+    assert clock.getDelayedCalls() == [] and not dl.lingering()
+    owner2 = _Owner(clock, fired, "b")
+    dl.add_owner(5.0, owner2)  # pending deadlines still fire after that
+    clock.advance(5.0)
+    assert fired == [("b", 5.0)] and clock.getDelayedCalls() == []
+
+
+def test_an_owner_may_add_itself_again_from_deadline_expired():
+    """The exchange's progress re-arm: add_owner from deadline_expired."""
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list = []
+
+    class Rearming(_Owner):
+        def deadline_expired(self) -> None:
+            super().deadline_expired()
+            if len(self.fired) < 3:
+                dl.add_owner(2.0, self)
+
+    dl.add_owner(2.0, Rearming(clock, fired, "r"))
+    clock.advance(2.0)
+    clock.advance(2.0)
+    clock.advance(2.0)
+    clock.advance(2.0)
+    assert fired == [("r", 2.0), ("r", 4.0), ("r", 6.0)]
+    assert clock.getDelayedCalls() == []
+
+
+def test_random_owner_schedule_matches_a_reference():
+    """Owners and handles mixed on the same FIFOs, random cancellations."""
+    rnd = random.Random(11)
+    clock = task.Clock()
+    dl = Deadlines(clock)
+    fired: list = []
+    expected: dict[int, float] = {}
+    owners: dict[int, _Owner] = {}
+    handles: dict[int, object] = {}
+    for i in range(3000):
+        delay = rnd.choice([0.5, 1.0, 2.5])
+        if rnd.random() < 0.5:
+            owners[i] = _Owner(clock, fired, i)
+            dl.add_owner(delay, owners[i])
+        else:
+            handles[i] = dl.add(delay, lambda i=i: fired.append((i, clock.seconds())))
+        expected[i] = clock.seconds() + delay
+        if rnd.random() < 0.6:
+            victim = rnd.randrange(i + 1)
+            if victim in owners and owners[victim].due is not None:
+                owners[victim].due = None
+                expected.pop(victim, None)
+            elif victim in handles and handles[victim].active():  # type: ignore[attr-defined]
+                handles[victim].cancel()  # type: ignore[attr-defined]
+                expected.pop(victim, None)
+        clock.advance(rnd.choice([0.0, 0.001, 0.01, 0.1]))
+    clock.advance(5)
+    assert sorted(i for i, _ in fired) == sorted(expected)
+    for i, at in fired:
+        assert at >= expected[i] - 1e-9
+    assert clock.getDelayedCalls() == [] and len(dl) == 0
