@@ -1,0 +1,377 @@
+"""Per-event reactor overhead on the gateway's hot sockets: a real
+``EPollReactor`` in one process (the "gateway"), a load generator in
+another, a request/response exchange at a fixed rate.
+
+The gateway process holds the WireGuard UDP port of
+:mod:`nbgateway.wireguard.udp` (``udp.listen``: a ``BatchingPort`` and a
+``WireGuardProtocol`` with the gateway's end-of-turn output) and ``--conns``
+upstream connections (Twisted ``tcp.Client``, ``reactor.connectTCP``), the
+two kinds of descriptor the gateway's reactor serves per request.  Its
+"device" maps a request datagram to one upstream connection and writes
+``--request`` bytes to it; when that connection has read the upstream's
+``--response`` bytes, one datagram leaves on the UDP port to the client.
+
+The generator (plain sockets, ``selectors``) sends request datagrams at
+``--rate`` per second round-robin over the connections (at most one
+outstanding per connection), runs the upstream end of every connection
+(reads a request, writes the response at once, sizes varied per request
+between half and the full ``--request``/``--response``) and reads the
+responses.
+
+Printed per request: the gateway process's CPU (``time.process_time``
+between the warm-up's end and the last response), and with ``--count`` the
+reactor events (``epoll_wait`` returns, ready descriptors by kind, UDP
+datagrams per ``doRead``).  ``--against DIR`` alternates subprocesses with
+another checkout's package (same run, median of ``--rounds`` each); without
+it, ``--compare`` alternates this tree with Twisted's dispatch
+(``NBGW_LEAN_DISPATCH=0``) and with :mod:`nbgateway.service.loop`'s.
+
+Instructions (load-independent): ``--callgrind`` runs the gateway process
+under ``valgrind --tool=callgrind`` twice, with ``--requests`` and twice as
+many, and prints the difference over the extra requests (instructions per
+request, start-up cancelled out) for each tree.
+
+Usage: python bench/reactor_dispatch.py [--rate 3000] [--requests 20000] [--conns 16]
+                                        [--rounds 5] [--count] [--against DIR | --compare]
+                                        [--callgrind]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import selectors
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+HEAD = struct.Struct("!HI")  # connection index, sequence number
+WARMUP = 500
+
+
+# -- the load generator (its own process) -----------------------------------------------
+
+
+def generator(args: argparse.Namespace) -> int:
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(args.conns)
+    udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_sock.bind(("127.0.0.1", 0))
+    udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    print(json.dumps({"tcp": lst.getsockname()[1], "udp": udp_sock.getsockname()[1]}),
+          flush=True)
+    gw_port = int(sys.stdin.readline())
+    gw = ("127.0.0.1", gw_port)
+    upstreams = []
+    for _ in range(args.conns):
+        c, _addr = lst.accept()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.setblocking(False)
+        upstreams.append(c)
+    udp_sock.setblocking(False)
+    rnd = random.Random(7)
+    sel = selectors.DefaultSelector()
+    sel.register(udp_sock, selectors.EVENT_READ, None)
+    pending = {}  # upstream socket -> bytes of request still expected
+    for i, c in enumerate(upstreams):
+        sel.register(c, selectors.EVENT_READ, i)
+    busy = [False] * args.conns
+    queue: list[int] = []
+    sent = done = 0
+    total = args.requests
+    interval = 1.0 / args.rate
+    start = time.monotonic()
+    while done < total:
+        now = time.monotonic()
+        due = min(total, int((now - start) / interval) + 1)
+        while sent < due:
+            queue.append(sent)
+            sent += 1
+        while queue and not busy[queue[0] % args.conns]:
+            k = queue.pop(0)
+            i = k % args.conns
+            busy[i] = True
+            udp_sock.sendto(HEAD.pack(i, k).ljust(rnd.randint(60, 200), b"r"), gw)
+        wait = max(0.0, start + sent * interval - time.monotonic()) if sent < total else 0.5
+        for key, _ev in sel.select(wait):
+            if key.data is None:
+                while True:
+                    try:
+                        data = udp_sock.recv(65536)
+                    except BlockingIOError:
+                        break
+                    busy[HEAD.unpack_from(data)[0]] = False
+                    done += 1
+                continue
+            c = key.fileobj
+            data = c.recv(65536)
+            if not data:
+                return 1
+            need = pending.get(c, 0)
+            if need == 0:  # a new request: its size is in its first 4 bytes
+                need = struct.unpack_from("!I", data)[0]
+            need -= len(data)
+            pending[c] = need
+            if need <= 0:
+                size = rnd.randint(args.response // 2, args.response)
+                c.sendall(struct.pack("!I", size) + b"s" * (size - 4))
+    return 0
+
+
+# -- the gateway side (its own process, the measured one) ---------------------------------
+
+
+def gateway(args: argparse.Namespace) -> dict:
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from collections import Counter
+
+    from twisted.internet import protocol, reactor
+
+    from nbgateway.wireguard import udp
+
+    lean = False
+    try:
+        from nbgateway.service import loop
+    except ImportError:  # an older tree: Twisted's dispatch
+        loop = None
+    if loop is not None:
+        lean = loop.install(reactor)
+
+    gen = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "gen",
+                            "--conns", str(args.conns), "--rate", str(args.rate),
+                            "--requests", str(args.requests), "--response",
+                            str(args.response)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ports = json.loads(gen.stdout.readline())
+    client = ("127.0.0.1", ports["udp"])
+    rnd = random.Random(11)
+    state = {"served": 0, "t0": None, "t1": None, "batches": 0, "datagrams": 0}
+
+    class Upstream(protocol.Protocol):
+        def __init__(self) -> None:
+            self.need = 0
+            self.reply = b""
+
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+
+        def request(self, head: bytes) -> None:
+            size = rnd.randint(args.request // 2, args.request)
+            self.reply = head
+            payload = struct.pack("!I", size) + b"q" * (size - 4)
+            t = self.transport
+            if args.eager_write and not t.dataBuffer and not t._tempDataBuffer:
+                # what a transport that sends at once when nothing is queued
+                # would do: no epoll round trip for the write (an estimate)
+                try:
+                    sent = t.socket.send(payload)
+                except BlockingIOError:
+                    sent = 0
+                payload = payload[sent:]
+                if not payload:
+                    return
+            t.write(payload)
+
+        def dataReceived(self, data: bytes) -> None:
+            if self.need == 0:
+                self.need = struct.unpack_from("!I", data)[0]
+            self.need -= len(data)
+            if self.need <= 0:
+                self.need = 0
+                device.link.sendDatagram(self.reply.ljust(min(1400, args.response), b"p"),
+                                         client)
+                state["served"] += 1
+                n = state["served"]
+                if n == WARMUP:
+                    state["t0"] = time.process_time()
+                if n == args.requests:
+                    state["t1"] = time.process_time()
+                    reactor.stop()
+
+    class Device:
+        link = None
+
+        def __init__(self) -> None:
+            self.events: Counter = Counter()
+
+        def datagramsReceived(self, batch) -> None:
+            state["batches"] += 1
+            state["datagrams"] += len(batch)
+            for data, _addr in batch:
+                conns[HEAD.unpack_from(data)[0]].request(data[:HEAD.size])
+
+        def datagramReceived(self, data, addr) -> None:
+            self.datagramsReceived([(data, addr)])
+
+    device = Device()
+    port = udp.listen(reactor, device, 0, "127.0.0.1")
+    conns: list[Upstream] = []
+    factory = protocol.ClientFactory()
+    factory.protocol = Upstream
+
+    def connected(p) -> None:
+        conns.append(p)
+
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    ep = TCP4ClientEndpoint(reactor, "127.0.0.1", ports["tcp"])
+    for _ in range(args.conns):
+        ep.connect(factory).addCallback(connected)
+
+    counts = Counter()
+    if args.count:
+        real = reactor._poller
+        udp_fd = port.fileno()
+
+        class CountingPoller:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def poll(self, timeout=-1, maxevents=-1):
+                events = real.poll(timeout, maxevents)
+                if state["t0"] is not None:
+                    counts["polls"] += 1
+                    for fd, ev in events:
+                        kind = "udp" if fd == udp_fd else "tcp"
+                        if ev & 1:
+                            counts[f"{kind}_read"] += 1
+                        if ev & 4:
+                            counts[f"{kind}_write"] += 1
+                        if ev & ~5:
+                            counts[f"{kind}_other"] += 1
+                return events
+
+        reactor._poller = CountingPoller()
+
+    def go() -> None:
+        if len(conns) < args.conns:
+            reactor.callLater(0.01, go)
+            return
+        gen.stdin.write(f"{port.getHost().port}\n")
+        gen.stdin.flush()
+        state["b0"] = (state["batches"], state["datagrams"])
+
+    reactor.callLater(0, go)
+    reactor.run()
+    gen.wait(timeout=30)
+    n = args.requests - WARMUP
+    out = {"lean": lean, "cpu_us_per_request": (state["t1"] - state["t0"]) / n * 1e6}
+    if args.count:
+        out.update({k: round(v / n, 3) for k, v in sorted(counts.items())})
+        out["datagrams_per_udp_read"] = round(state["datagrams"] / max(1, state["batches"]), 3)
+    return out
+
+
+# -- the driver ---------------------------------------------------------------------------
+
+
+def _run_child(args, tree: str, env_extra: dict) -> dict:
+    env = dict(os.environ, **env_extra)
+    env["PYTHONPATH"] = tree
+    cmd = [sys.executable, os.path.abspath(__file__), "--role", "gateway", "--conns",
+           str(args.conns), "--rate", str(args.rate), "--requests", str(args.requests),
+           "--request", str(args.request), "--response", str(args.response)]
+    if args.count:
+        cmd.append("--count")
+    if env_extra.get("EAGER") or args.eager_write:
+        cmd.append("--eager-write")
+    env.pop("EAGER", None)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        raise SystemExit(res.stderr)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _callgrind(args, tree: str, env_extra: dict) -> float:
+    """Instructions per request: callgrind totals of the gateway process for
+    ``--requests`` and twice as many, the difference over the extra ones."""
+    totals = []
+    for n in (args.requests, 2 * args.requests):
+        out = f"/tmp/reactor_dispatch.callgrind.{os.getpid()}"
+        env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0", **env_extra)
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+               os.path.abspath(__file__), "--role", "gateway", "--conns", str(args.conns),
+               "--rate", str(args.rate), "--requests", str(n), "--request",
+               str(args.request), "--response", str(args.response)]
+        if env.pop("EAGER", None) or args.eager_write:
+            cmd.append("--eager-write")
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-3000:])
+        with open(out) as f:
+            total = next(int(line.split()[1]) for line in f if line.startswith("totals:"))
+        os.unlink(out)
+        totals.append(total)
+    return (totals[1] - totals[0]) / args.requests
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--role", choices=("driver", "gateway", "gen"), default="driver",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, default=3000.0, help="requests per second")
+    p.add_argument("--requests", type=int, default=20000, help="requests per run")
+    p.add_argument("--conns", type=int, default=16, help="upstream connections")
+    p.add_argument("--request", type=int, default=400, help="upstream request bytes (max)")
+    p.add_argument("--response", type=int, default=1200, help="upstream response bytes (max)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--count", action="store_true", help="count reactor events per request")
+    p.add_argument("--against", metavar="DIR", help="another checkout to alternate with")
+    p.add_argument("--compare", action="store_true",
+                   help="this tree with NBGW_LEAN_DISPATCH=0 against this tree")
+    p.add_argument("--eager-write", action="store_true",
+                   help="the upstream requests are sent at once when nothing is queued "
+                        "(no write event; an estimate of what that would save)")
+    p.add_argument("--compare-eager", action="store_true",
+                   help="this tree without and with --eager-write")
+    p.add_argument("--callgrind", action="store_true",
+                   help="instructions per request under callgrind (use a low --rate)")
+    args = p.parse_args(argv)
+    if args.role == "gen":
+        return generator(args)
+    if args.role == "gateway":
+        print(json.dumps(gateway(args)))
+        return 0
+    here = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    variants = {"this tree": (here, {})}
+    if args.against:
+        variants = {"against": (args.against, {}), "this tree": (here, {})}
+    elif args.compare:
+        variants = {"Twisted's dispatch": (here, {"NBGW_LEAN_DISPATCH": "0"}),
+                    "lean dispatch": (here, {"NBGW_LEAN_DISPATCH": "1"})}
+    elif args.compare_eager:
+        variants = {"write on the next poll": (here, {}),
+                    "eager write": (here, {"EAGER": "1"})}
+    if args.callgrind:
+        for name, (tree, env) in variants.items():
+            print(f"{name}: {_callgrind(args, tree, env):,.0f} instructions per request")
+        return 0
+    results: dict[str, list[dict]] = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for name, (tree, env) in variants.items():
+            results[name].append(_run_child(args, tree, env))
+    medians = {}
+    for name, runs in results.items():
+        cpu = [r["cpu_us_per_request"] for r in runs]
+        medians[name] = statistics.median(cpu)
+        print(f"{name}: lean={runs[0]['lean']} CPU per request {medians[name]:.2f} us "
+              f"(runs {', '.join(f'{c:.2f}' for c in cpu)})")
+        if args.count:
+            keys = [k for k in runs[0] if k not in ("lean", "cpu_us_per_request")]
+            print("   per request: " + ", ".join(
+                f"{k} {statistics.median(r[k] for r in runs)}" for k in keys))
+    if len(medians) == 2:
+        a, b = medians.values()
+        print(f"ratio (second / first): {b / a:.3f}  ({b - a:+.2f} us per request)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
