@@ -95,6 +95,17 @@ if AVAILABLE:
     _unpack = _ffi.unpack  # bytes of (buffer, n): cheaper than ffi.buffer(...)[:]
     _mem_pending = _lib.BIO_get_mem_data  # a memory BIO's readable bytes
     _NULL = _ffi.NULL
+    _cipher = _lib.SSL_get_current_cipher
+    _cipher_name = _lib.SSL_CIPHER_get_name
+
+#: the TLS 1.3 suites whose AEAD tag is 16 bytes: a record of ``n`` bytes of
+#: plaintext without padding is ``n + 22`` bytes on the wire (5 of header, 1
+#: of inner content type, 16 of tag).  TLS_AES_128_CCM_8_SHA256 (8-byte tag)
+#: and the integrity-only suites are not in it
+TAG16_SUITES = frozenset((b"TLS_AES_128_GCM_SHA256", b"TLS_AES_256_GCM_SHA384",
+                          b"TLS_CHACHA20_POLY1305_SHA256", b"TLS_AES_128_CCM_SHA256"))
+#: header, inner content type and tag of one such record
+TAG16_OVERHEAD = 22
 
 
 class Bios:
@@ -125,6 +136,20 @@ def eligible(conn: Any) -> bool:
             or getattr(conn, "_from_ssl", None) is None:
         return False  # not a memory-BIO connection
     return _lib.SSL_version(ssl) == _TLS1_3
+
+
+def record_overhead(conn: Any) -> int:
+    """The bytes a TLS 1.3 record of the connection's suite adds to its
+    plaintext when unpadded (:data:`TAG16_OVERHEAD`), or 0 for a suite not
+    in :data:`TAG16_SUITES` (0 matches no record: every record is longer
+    than its plaintext)."""
+    cipher = _cipher(conn._ssl)
+    if cipher == _NULL:
+        return 0
+    name = _cipher_name(cipher)
+    if name == _NULL:
+        return 0
+    return TAG16_OVERHEAD if _ffi.string(name) in TAG16_SUITES else 0
 
 
 def feed(conn: Any, data: bytes) -> int:
