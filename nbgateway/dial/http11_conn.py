@@ -118,10 +118,18 @@ class _ChunkedWriter:
 
 
 class UpstreamConnection(Protocol):
-    """One upstream HTTP/1.1 connection; one exchange at a time."""
+    """One upstream HTTP/1.1 connection; one exchange at a time.
 
-    #: called once the read being parsed is (``_BodyProducer.hold_until_read_end``)
-    _read_end: Any = None
+    Its attributes are kept under CPython 3.11's shared-keys limit (30 own
+    attributes; past it every attribute read and store on the object is a
+    dict lookup, ~60 % slower, and it has ~100 of them per exchange): a
+    test counts them (tests/dial/test_conn_attrs.py).  Hence no ``factory``
+    (the dial's factory does not set one), the close waiters made on first
+    use, the early body one ``bytearray`` and the response head's size
+    counted at its end, not per header."""
+
+    #: ``closeCachedConnections``' waiters (the list is made on first use)
+    _close_waiters: list[defer.Deferred[None]] | tuple[()] = ()
     #: how a request head goes out (set when connected, see ``connectionMade``)
     _write: Any = staticmethod(sockwrite.write)
     #: the response body's producer as its protocols see it (made on first use)
@@ -137,7 +145,9 @@ class UpstreamConnection(Protocol):
         #: the pool's clock when it last went back to the pool idle
         self.idle_since = 0.0
         self._lost = False
-        self._close_waiters: list[defer.Deferred[None]] = []
+        #: called once the read being parsed is (``_BodyProducer.hold_until_read_end``);
+        #: read per read, so the instance's own (not a class attribute)
+        self._read_end: Any = None
         self._feeding = False
         self._release_pending = False
         self._stray = False
@@ -151,15 +161,13 @@ class UpstreamConnection(Protocol):
         self._d: Any = None
         self._head_method = False
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
-        self._status = 0
         self._phrase = b""
         self._head_done = False
         self._complete = False
         self._framing_eof = False
         self._protocol: Any = None
-        self._early: list[bytes] = []
-        self._early_size = 0
+        #: response body bytes that came before ``deliver`` (None: none)
+        self._early: bytearray | None = None
         self._body_sent = True
         self._body_producer: Any = None
         self._got_bytes = False
@@ -184,16 +192,13 @@ class UpstreamConnection(Protocol):
         # self._reset(new_parser=False), inline
         self._d = d
         self._headers = []
-        self._head_size = 0
-        self._status = 0
         self._phrase = b""
         self._head_done = False
         self._complete = False
         self._framing_eof = False
         self._protocol = None
-        if self._early:
-            self._early = []
-        self._early_size = 0
+        if self._early is not None:
+            self._early = None
         self._body_sent = True
         self._body_producer = None
         self._got_bytes = False
@@ -276,9 +281,8 @@ class UpstreamConnection(Protocol):
         if not self._active or self._complete:  # stray bytes
             self._stray = True
             return
-        self._head_size += len(name) + len(value)
-        if self._head_size > MAX_HEAD_BYTES:
-            raise ValueError("upstream response head too large")
+        # the head's size is checked at its end (on_headers_complete) and
+        # after each read that leaves it incomplete (dataReceived)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -287,11 +291,10 @@ class UpstreamConnection(Protocol):
             return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # interim response: wait for the real one
+            _check_head_size(self._headers)
             self._headers = []
             self._phrase = b""
-            self._head_size = 0
             return
-        self._status = status
         self._head_done = True
         # names made canonical once (cached), values as llhttp gave them:
         # it refuses CR/LF in them; a value with one is still sanitised as
@@ -299,7 +302,9 @@ class UpstreamConnection(Protocol):
         # ``Headers`` as it is (no per-header public-API call).
         raw: dict[bytes, list[bytes]] = {}
         names = _NAMES
+        size = 0
         for name, value in self._headers:
+            size += len(name) + len(value)
             key = names.get(name)
             if key is None:
                 key = _canonical(name)
@@ -310,6 +315,8 @@ class UpstreamConnection(Protocol):
                 raw[key] = [value]
             else:
                 values.append(value)
+        if size > MAX_HEAD_BYTES:
+            raise ValueError("upstream response head too large")
         chunked = _TRANSFER_ENCODING in raw
         if self._head_method or status in _BODYLESS_STATUSES:
             length: Any = 0
@@ -344,9 +351,11 @@ class UpstreamConnection(Protocol):
         if self._protocol is not None:
             self._protocol.dataReceived(data)
         elif self._active:
-            self._early.append(data)
-            self._early_size += len(data)
-            if self._early_size > _EARLY_BODY_LIMIT and self.transport is not None:
+            early = self._early
+            if early is None:
+                early = self._early = bytearray()
+            early += data
+            if len(early) > _EARLY_BODY_LIMIT and self.transport is not None:
                 self.transport.pauseProducing()
 
     def on_message_complete(self) -> None:
@@ -379,6 +388,10 @@ class UpstreamConnection(Protocol):
         self._feeding = True
         try:
             self._parser.feed_data(data)
+            if not self._head_done and self._headers:
+                # a head not complete after this read: bounded here (its
+                # end checks the whole of it)
+                _check_head_size(self._headers)
         except Exception as exc:  # malformed upstream response
             self._feeding = False
             self._end_read()
@@ -412,14 +425,14 @@ class UpstreamConnection(Protocol):
         if producer is None:  # one per connection: it only names the connection
             producer = self._body_side = _BodyProducer(self)
         protocol.makeConnection(producer)
-        early, self._early = self._early, []
-        if self._early_size > _EARLY_BODY_LIMIT and self.transport is not None:
-            self.transport.resumeProducing()
-        self._early_size = 0
-        for chunk in early:
+        early = self._early
+        if early is not None:
+            self._early = None
+            if len(early) > _EARLY_BODY_LIMIT and self.transport is not None:
+                self.transport.resumeProducing()
             if self._protocol is None:
                 return
-            self._protocol.dataReceived(chunk)
+            self._protocol.dataReceived(bytes(early))
         if self._complete and self._active and self._protocol is not None:
             self._finished()
 
@@ -455,9 +468,11 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = _DONE) -> None:
         self._lost = True
         self.pool.forget(self)
-        waiters, self._close_waiters = self._close_waiters, []
-        for w in waiters:
-            w.callback(None)
+        waiters = self._close_waiters
+        if waiters:
+            self._close_waiters = ()
+            for w in waiters:
+                w.callback(None)
         if not self._active:
             return
         if self._head_done and self._framing_eof and not self._complete:
@@ -479,6 +494,12 @@ class UpstreamConnection(Protocol):
             d.errback(Failure(_RetryableLossError(reason)))
             return
         self._fail(Failure(ResponseFailed([reason])))
+
+
+def _check_head_size(headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse a response head past ``MAX_HEAD_BYTES`` (its header lines)."""
+    if sum(len(name) + len(value) for name, value in headers) > MAX_HEAD_BYTES:
+        raise ValueError("upstream response head too large")
 
 
 class _RetryableLossError(Exception):
