@@ -36,36 +36,38 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import functools
 import ipaddress
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from typing import Any
 
 import grpc
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management import sessionjwt
+from nbgateway.management.accesslogdecode import (
+    access_log_record,
+    access_log_values,
+    canonical_ip_cached,
+    decode_batch,
+)
 from nbgateway.management.authlimit import CLIENT_IP_METADATA
 from nbgateway.management.errors import ManagementError, NotFound, ValidationError
 from nbgateway.management.grpcloop import RpcAbortError
 from nbgateway.management.ipam import canonical_tunnel_ip
 from nbgateway.management.model import (
-    AccessLogEntry,
     Peer,
     ProxyAccessToken,
     ProxyInboundListener,
     Service,
     ServiceStatus,
     new_id,
-    utcnow,
 )
 from nbgateway.management.oidc import OIDCError
 from nbgateway.management.proxymapping import TokenError
 from nbgateway.management.statuswriter import StatusWriter
 from nbgateway.management.store import _secrets
-from nbgateway.management.store._accesslog import VALUE_FIELDS
 from nbgateway.management.store._statusreports import CertificateReport, StatusReport
 
 _STATUS_NAMES = list(ServiceStatus)  # ProxyStatus 0..5 in order
@@ -91,75 +93,6 @@ def valid_proxy_address(address: str) -> bool:
         pass
     labels = address.lower().rstrip(".").split(".")
     return all(_DOMAIN_LABEL.match(label) for label in labels)
-
-
-@functools.lru_cache(maxsize=4096)
-def _canonical_ip_cached(text: str) -> tuple[int, str] | None:
-    """canonical_tunnel_ip, memoised: a gateway's entries repeat few addresses."""
-    return canonical_tunnel_ip(text)
-
-
-_PROTOCOLS = frozenset(("", "http", "tcp", "udp"))
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: the largest duration_ms whose nanoseconds fit the BIGINT column
-_MAX_DURATION_MS = (2**63 - 1) // 1_000_000
-
-
-def access_log_values(entry: pb.AccessLog) -> tuple[Any, ...]:
-    """A proxy's access-log entry as the store's batch path takes it: the
-    :data:`VALUE_FIELDS` tuple of ``store.access_logs.append_values``, built
-    straight from the message (no :class:`AccessLogEntry` per entry, each
-    field read once).  ValueError says what is malformed (the batch RPC skips
-    and counts the entry, SendAccessLog answers INVALID_ARGUMENT)."""
-    account_id = entry.account_id
-    if not account_id:
-        raise ValueError("log.account_id is required")
-    source_ip = entry.source_ip
-    if source_ip:
-        canon = _canonical_ip_cached(source_ip)
-        if canon is None:
-            raise ValueError("log.source_ip is not an IP")
-        source_ip = canon[1]
-    protocol = entry.protocol
-    if protocol not in _PROTOCOLS:
-        raise ValueError("log.protocol is invalid")
-    code = entry.response_code
-    reason = ""
-    if protocol == "http" or not protocol:
-        if not entry.auth_success:
-            reason = "Authentication failed"
-        elif code >= 400:
-            reason = "Request failed"
-    duration_ms = entry.duration_ms
-    if not -_MAX_DURATION_MS <= duration_ms <= _MAX_DURATION_MS:
-        raise ValueError("log.duration_ms is out of range")
-    if entry.HasField("timestamp"):
-        stamp = entry.timestamp
-        if not 0 <= stamp.nanos < 1_000_000_000:
-            raise ValueError("log.timestamp is invalid")
-        try:  # what Timestamp.ToDatetime does, without its per-call overhead
-            ts = _EPOCH + timedelta(0, stamp.seconds, stamp.nanos // 1000)
-        except OverflowError:
-            raise ValueError("log.timestamp is out of range") from None
-    else:
-        ts = utcnow()
-    metadata = entry.metadata
-    return (
-        entry.log_id, account_id, entry.service_id, ts, source_ip, "", "", 0, "",
-        entry.method, entry.host, entry.path, duration_ms * 1_000_000, code, reason,
-        entry.user_id, entry.auth_mechanism, entry.bytes_upload, entry.bytes_download,
-        protocol, dict(metadata) if metadata else None, entry.agent_network,
-        entry.nbgw_target, None,
-    )
-
-
-def access_log_record(entry: pb.AccessLog) -> AccessLogEntry:
-    """The store record for a proxy's access-log entry (the same values as
-    :func:`access_log_values`); ValueError says what is malformed (the RPC
-    answers INVALID_ARGUMENT with it)."""
-    values = dict(zip(VALUE_FIELDS, access_log_values(entry), strict=True))
-    values["metadata"] = values["metadata"] or {}
-    return AccessLogEntry(**values)
 
 
 def peer_ip(context: grpc.ServicerContext) -> str:
@@ -553,7 +486,7 @@ class StatusRpcs:
         listener = None
         if req.HasField("inbound_listener"):
             il = req.inbound_listener
-            canon = _canonical_ip_cached(il.tunnel_ip)
+            canon = canonical_ip_cached(il.tunnel_ip)
             if canon is None:
                 raise RpcAbortError(grpc.StatusCode.INVALID_ARGUMENT,
                                     "inbound_listener: invalid tunnel_ip")
@@ -675,19 +608,27 @@ class AccessLogRpcs:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"at most {self.MAX_ACCESS_LOG_BATCH} entries per batch",
             )
+        logs = req.logs
+        columns = decode_batch(logs)  # None: an entry is malformed
         scoped = caller.account_id
-        values = []
-        rejected = 0
-        for entry in req.logs:
-            if scoped is not None and entry.account_id != scoped:
-                enforce_scope(caller, entry.account_id, context)  # aborts: the whole batch
-            try:
-                values.append(access_log_values(entry))
-            except ValueError:
-                rejected += 1
-        self.rejected += rejected
+        if scoped is not None:
+            accounts = columns[1] if columns is not None else [e.account_id for e in logs]
+            for account_id in dict.fromkeys(accounts):  # in order: the first foreign one
+                if account_id != scoped:
+                    enforce_scope(caller, account_id, context)  # aborts: the whole batch
         try:
-            stored = self.store.access_logs.append_values(values)
+            if columns is not None:
+                stored = self.store.access_logs.append_columns(columns)
+            else:
+                values = []
+                rejected = 0
+                for entry in logs:
+                    try:
+                        values.append(access_log_values(entry))
+                    except ValueError:
+                        rejected += 1
+                self.rejected += rejected
+                stored = self.store.access_logs.append_values(values)
         except ManagementError as exc:
             context.abort(status_code(exc), f"save access log: {exc.message}")
         return pb.NbgwSendAccessLogBatchResponse(stored=stored)

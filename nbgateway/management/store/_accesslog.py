@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import itertools
 import operator
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -202,7 +203,56 @@ def prepare_rows(
     capture: Any = None,
 ) -> list[tuple[Any, ...]]:
     """The driver rows of value tuples (:data:`VALUE_FIELDS`), for
-    :func:`executemany_rows`.
+    :func:`executemany_rows`: the batch transposed, then
+    :func:`prepare_columns` (timestamps as aware datetimes or None)."""
+    if not values:
+        return []
+    cols: list[Sequence[Any]] = list(zip(*values, strict=True))
+    if len(cols) != len(VALUE_FIELDS):
+        raise ValueError(f"access log values have {len(cols)} fields, not {len(VALUE_FIELDS)}")
+    return _prepare_columns(cols, dialect, capture, epoch_us=False)
+
+
+def prepare_columns(
+    columns: Sequence[Sequence[Any]],
+    dialect: str,
+    capture: Any = None,
+) -> list[tuple[Any, ...]]:
+    """The driver rows of a batch given column-wise: one sequence per
+    :data:`VALUE_FIELDS` field, in that order, all of one length, holding
+    what the value tuples hold except the timestamp column: UTC epoch
+    microseconds (ints; what a gateway's ``Timestamp`` gives without a
+    ``datetime`` per entry).  See :func:`_prepare_columns`."""
+    cols = list(columns)
+    if len(cols) != len(VALUE_FIELDS):
+        raise ValueError(f"access log columns are {len(cols)}, not {len(VALUE_FIELDS)}")
+    if len({len(c) for c in cols}) != 1:
+        raise ValueError("access log columns differ in length")
+    if not cols[_ID]:
+        return []
+    return _prepare_columns(cols, dialect, capture, epoch_us=True)
+
+
+#: SQLAlchemy's SQLite DATETIME text of a whole second ("YYYY-MM-DD HH:MM:SS")
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+def _epoch_stamps(ts: Sequence[int], dialect: str) -> list[Any]:
+    """Epoch microseconds as the timestamp column's driver values: naive UTC
+    datetimes (PostgreSQL) or SQLAlchemy's SQLite text, each whole second
+    formatted once per batch (a batch's entries share few seconds)."""
+    if dialect == "postgresql":
+        return [_NAIVE_EPOCH + timedelta(microseconds=t) for t in ts]
+    parts = list(map(divmod, ts, itertools.repeat(1_000_000)))
+    whole = {s: (_NAIVE_EPOCH + timedelta(seconds=s)).isoformat(" ") for s in {s for s, _ in parts}}
+    return [f"{whole[s]}.{us:06d}" for s, us in parts]
+
+
+def _prepare_columns(
+    cols: list[Sequence[Any]], dialect: str, capture: Any, *, epoch_us: bool
+) -> list[tuple[Any, ...]]:
+    """The driver rows of a transposed batch (:func:`prepare_rows`,
+    :func:`prepare_columns`).
 
     Sanitised as :func:`_sanitise` does (NULs become U+FFFD, bounded columns
     are truncated), ids and timestamps filled in, source addresses unmapped,
@@ -212,16 +262,11 @@ def prepare_rows(
     SQLAlchemy's SQLite text.  A duplicate id inside the batch: the first
     entry wins.
 
-    The work is column-wise: the batch is transposed once, every check is a
-    C-level pass over one column (``join``, ``max(map(len, ...))``), the rare
-    fix-ups rebuild only their column, and the rows are transposed back
-    (per-row Python calls were most of the ingest cost)."""
-    if not values:
-        return []
-    n = len(values)
-    cols: list[Sequence[Any]] = list(zip(*values, strict=True))
-    if len(cols) != len(VALUE_FIELDS):
-        raise ValueError(f"access log values have {len(cols)} fields, not {len(VALUE_FIELDS)}")
+    The work is column-wise: every check is a C-level pass over one column
+    (``join``, ``max(map(len, ...))``), the rare fix-ups rebuild only their
+    column, and the rows are transposed back at the end (per-row Python
+    calls were most of the ingest cost)."""
+    n = len(cols[_ID])
     if not all(cols[_ID]):
         cols[_ID] = [i or new_id() for i in cols[_ID]]
     if ":" in "".join(cols[_SOURCE_IP]):  # IPv4 text is canonical already
@@ -239,34 +284,54 @@ def prepare_rows(
             first.setdefault(i, pos)
         keep = sorted(first.values())
         cols = [[col[pos] for pos in keep] for col in cols]
+        n = len(keep)
     ts = cols[_TIMESTAMP]
-    if None in ts:
-        now = utcnow()
-        ts = [t or now for t in ts]
-    ts = [t.replace(tzinfo=None) if t.tzinfo is UTC else _naive_utc(t) for t in ts]
-    if dialect != "postgresql":  # SQLAlchemy's SQLite DATETIME text
-        ts = [t.isoformat(" ", "microseconds") for t in ts]
+    if epoch_us:
+        ts = _epoch_stamps(ts, dialect)
+    else:
+        if None in ts:
+            now = utcnow()
+            ts = [t or now for t in ts]
+        ts = [t.replace(tzinfo=None) if t.tzinfo is UTC else _naive_utc(t) for t in ts]
+        if dialect != "postgresql":  # SQLAlchemy's SQLite DATETIME text
+            ts = [t.isoformat(" ", "microseconds") for t in ts]
     cols[_TIMESTAMP] = ts
     meta = cols[_METADATA]
     cols[_METADATA] = [_clean_metadata(m) if m else None for m in meta] if any(meta) else [
         None
-    ] * len(meta)
+    ] * n
     cols[_AGENT] = list(map(bool, cols[_AGENT]))
-    cols[_UPSTREAM] = [u or None for u in cols[_UPSTREAM]]
-    accounts_, users_, given = cols[_ACCOUNT], cols[_USER], cols[_GROUPS]
-    keys = {(a, u) for a, u, g in zip(accounts_, users_, given, strict=True) if g is None and u}
-    captured: dict[tuple[str, str], str | None] = {}
-    for key in sorted(keys):
-        found = capture(*key) if capture is not None else None
-        captured[key] = _groups_json(found) if found is not None else None
-    if given.count(None) == len(given):
-        cols[_GROUPS] = list(map(captured.get, zip(accounts_, users_, strict=True)))
-    else:
-        cols[_GROUPS] = [
-            _groups_json(tuple(g)) if g is not None else captured.get((a, u))
-            for a, u, g in zip(accounts_, users_, given, strict=True)
-        ]
+    if not all(cols[_UPSTREAM]):
+        cols[_UPSTREAM] = [u or None for u in cols[_UPSTREAM]]
+    cols[_GROUPS] = _group_column(cols[_ACCOUNT], cols[_USER], cols[_GROUPS], capture)
     return list(zip(*cols, strict=True))
+
+
+def _group_column(
+    accounts_: Sequence[str], users_: Sequence[str], given: Sequence[Any], capture: Any
+) -> list[str | None]:
+    """The ``user_groups`` column: given groups encoded, the others captured
+    once per (account, user) pair, in pair order (entries without a user:
+    NULL)."""
+    def encoded(key: tuple[str, str]) -> str | None:
+        found = capture(*key) if capture is not None else None
+        return _groups_json(found) if found is not None else None
+
+    if given.count(None) == len(given):
+        one = set(accounts_)
+        if len(one) == 1:  # the usual batch: one account, its users looked up once each
+            (account_id,) = one
+            by_user = {u: encoded((account_id, u)) for u in sorted(set(users_)) if u}
+            return list(map(by_user.get, users_))
+        keys = {(a, u) for a, u in zip(accounts_, users_, strict=True) if u}
+        captured = {key: encoded(key) for key in sorted(keys)}
+        return list(map(captured.get, zip(accounts_, users_, strict=True)))
+    keys = {(a, u) for a, u, g in zip(accounts_, users_, given, strict=True) if g is None and u}
+    captured = {key: encoded(key) for key in sorted(keys)}
+    return [
+        _groups_json(tuple(g)) if g is not None else captured.get((a, u))
+        for a, u, g in zip(accounts_, users_, given, strict=True)
+    ]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -364,7 +429,9 @@ def _copy_rows(conn: Connection, sql: dict[str, Any], rows: list[tuple[Any, ...]
         ) from exc
 
 
-def executemany_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+def executemany_rows(
+    conn: Connection, rows: list[tuple[Any, ...]], accounts: set[str] | None = None
+) -> int:
     """Insert driver rows (:func:`prepare_rows`) in the connection's
     transaction, ignoring ids already stored; returns how many rows it
     inserted (ids already stored are not counted), on every backend.
@@ -381,7 +448,7 @@ def executemany_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
         return 0
     sql = _sql(conn.dialect)
     if conn.dialect.name != "postgresql":
-        return _sqlite_insert(conn, sql, rows)
+        return _sqlite_insert(conn, sql, rows, accounts)
     if len(rows) <= _PG_VALUES_ROWS:  # a single append, a small batch: one statement
         params = [value for row in rows for value in row]
         return len(conn.exec_driver_sql(_pg_values_insert(conn.dialect, len(rows)),
@@ -390,7 +457,10 @@ def executemany_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
     return int(conn.exec_driver_sql(sql["insert"]).scalar_one())
 
 
-def _sqlite_insert(conn: Connection, sql: dict[str, Any], rows: list[tuple[Any, ...]]) -> int:
+def _sqlite_insert(
+    conn: Connection, sql: dict[str, Any], rows: list[tuple[Any, ...]],
+    accounts: set[str] | None = None,
+) -> int:
     """SQLite: the rows, one ``executemany`` per account of the batch (its
     row count is what the account gained: ids already stored insert
     nothing), then the accounts' counters in ``access_log_counts`` raised by
@@ -398,7 +468,7 @@ def _sqlite_insert(conn: Connection, sql: dict[str, Any], rows: list[tuple[Any, 
     the row trigger that did it per entry (two statements per row, about 40 %
     of SQLite's CPU per stored entry).  An account that does not exist fails
     the counter's foreign key, as the trigger's insert did."""
-    accounts_ = {row[_ACCOUNT] for row in rows}
+    accounts_ = set(accounts) if accounts is not None else {row[_ACCOUNT] for row in rows}
     if len(accounts_) == 1:
         groups_ = {accounts_.pop(): rows}
     else:
@@ -503,22 +573,44 @@ class AccessLogRecords:
         new: exact, counted by the insert itself (a retried batch gives 0)."""
         if not values:
             return 0
+        cols: list[Sequence[Any]] = list(zip(*values, strict=True))
+        if len(cols) != len(VALUE_FIELDS):
+            raise ValueError(f"access log values have {len(cols)} fields, not {len(VALUE_FIELDS)}")
+        return self._append(cols, epoch_us=False)
 
+    def append_columns(self, columns: Sequence[Sequence[Any]]) -> int:
+        """:meth:`append_values` of a batch given column-wise (one sequence
+        per :data:`VALUE_FIELDS` field, timestamps as UTC epoch microseconds:
+        :func:`prepare_columns`), as the gRPC batch RPC decodes it."""
+        cols = list(columns)
+        if len(cols) != len(VALUE_FIELDS):
+            raise ValueError(f"access log columns are {len(cols)}, not {len(VALUE_FIELDS)}")
+        if len({len(c) for c in cols}) != 1:
+            raise ValueError("access log columns differ in length")
+        if not cols[_ID]:
+            return 0
+        return self._append(cols, epoch_us=True)
+
+    def _append(self, columns: list[Sequence[Any]], *, epoch_us: bool) -> int:
         def run(tx: Tx) -> int:
             conn = tx.conn
-            batch = values
-            wanted = {v[_ACCOUNT] for v in batch}
+            cols = columns
+            wanted = set(cols[_ACCOUNT])
             known = set(
                 conn.execute(sa.select(accounts.c.id).where(accounts.c.id.in_(wanted))).scalars()
             )
-            if known != wanted:
-                batch = [v for v in batch if v[_ACCOUNT] in known]
-            rows = prepare_rows(
-                batch,
+            if known != wanted:  # entries of accounts that are gone: skipped
+                keep = [i for i, a in enumerate(cols[_ACCOUNT]) if a in known]
+                if not keep:
+                    return 0
+                cols = [[col[i] for i in keep] for col in cols]
+            rows = _prepare_columns(
+                list(cols),
                 conn.dialect.name,
                 functools.partial(self._capture_user_groups, conn),
+                epoch_us=epoch_us,
             )
-            return executemany_rows(conn, rows)
+            return executemany_rows(conn, rows, accounts=known)
 
         return self._store._write("accesslog", run)
 

@@ -1,0 +1,195 @@
+"""The column-wise batch path: ``decode_batch`` + ``append_columns``.
+
+``NbgwSendAccessLogBatch`` decodes a well-formed batch column-wise
+(:func:`decode_batch`: timestamps as epoch microseconds, one check per
+column) and the store prepares the columns without a tuple or a
+``datetime`` per entry (:func:`prepare_columns`).  Checked here: the driver
+rows are exactly those of the per-entry path (:func:`access_log_values` +
+:func:`prepare_rows`) on both dialects, for every kind of entry; any
+malformed entry sends the batch to the per-entry path (None); the store
+skips entries of unknown accounts, counts exactly and stays idempotent; the
+RPC refuses a foreign account before storing anything.
+"""
+
+from __future__ import annotations
+
+import types
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from google.protobuf import timestamp_pb2
+
+from nbgateway._proto import proxy_service_pb2 as pb
+from nbgateway.management.accesslogdecode import access_log_values, decode_batch
+from nbgateway.management.model import Account, Group, User
+from nbgateway.management.proxyrpcs import AccessLogRpcs
+from nbgateway.management.store._accesslog import (
+    VALUE_FIELDS,
+    prepare_columns,
+    prepare_rows,
+)
+from nbgateway.management.store.schema import access_log_entries
+from tests.management.test_accesslog_ingest import (
+    AbortedError,
+    Context,
+    batch,
+    counter,
+    message,
+    rows_of,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def stamp(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def varied() -> list[pb.AccessLog]:
+    """Entries covering every branch of the decoding."""
+    return [
+        message("acct-1", "e-0"),
+        message("acct-1", "e-1", source_ip="::ffff:10.1.2.3", protocol="tcp",
+                response_code=502, auth_success=False, agent_network=True,
+                nbgw_target="http://10.0.0.1:80", bytes_upload=3, duration_ms=-4),
+        message("acct-1", "e-2", response_code=404, metadata={"k": "v", "x\x00": "y"}),
+        message("acct-1", "e-3", auth_success=False, protocol=""),
+        message("acct-1", "e-4", source_ip="2001:db8::1", protocol="udp", user_id=""),
+        message("acct-1", "e-5", source_ip="", timestamp=stamp(0)),  # the epoch itself
+        message("acct-1", "e-6", timestamp=stamp(-86_399, 999_999_999)),  # before 1970
+        message("acct-1", "e-7", timestamp=stamp(1_796_640_000)),  # a whole second
+        message("acct-1", "e-8", timestamp=stamp(1_796_640_000, 999)),  # under a microsecond
+        message("acct-1", "e-9", timestamp=stamp(253_402_300_799, 999_999_999)),  # year 9999
+        message("acct-1", "e-10", method="M" * 40, path="/\x00", host="h\x00"),
+        message("acct-2", "e-11", user_id="bob"),
+        message("acct-1", "e-1"),  # a duplicate id inside the batch: the first one wins
+        message("acct-1", "", path="/no-id"),  # an id is generated
+    ]
+
+
+def groups_of(account_id: str, user_id: str) -> tuple[str, ...]:
+    return (f"{account_id}/{user_id}",)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_columns_give_the_rows_of_the_per_entry_path(dialect):
+    logs = varied()
+    columns = decode_batch(logs)
+    assert columns is not None and len(columns) == len(VALUE_FIELDS)
+    values = [access_log_values(e) for e in logs]
+    for name, column in zip(VALUE_FIELDS, columns, strict=True):
+        want = [v[VALUE_FIELDS.index(name)] for v in values]
+        if name == "timestamp":
+            want = [(t - EPOCH) // timedelta(microseconds=1) for t in want]
+        assert list(column) == want, name
+    calls_columns: list[tuple[str, str]] = []
+    calls_rows: list[tuple[str, str]] = []
+
+    def capture(into):
+        return lambda a, u: (into.append((a, u)), groups_of(a, u))[1]
+
+    got = prepare_columns(columns, dialect, capture(calls_columns))
+    want = prepare_rows(values, dialect, capture(calls_rows))
+    assert calls_columns == calls_rows == sorted(set(calls_rows))
+    assert len(got) == len(want) == len(logs) - 1
+    idpos = VALUE_FIELDS.index("id")
+    assert len(got[-1][idpos]) == 20  # generated (differently on each path)
+    assert [r[:idpos] + r[idpos + 1:] for r in got] == [r[:idpos] + r[idpos + 1:] for r in want]
+    assert got[:-1] == want[:-1]
+
+
+def test_sqlite_stamps_are_sqlalchemys_text():
+    dialect = sa.create_engine("sqlite://").dialect
+    proc = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    logs = [message("acct-1", f"t-{s}-{n}", timestamp=stamp(s, n)) for s, n in [
+        (0, 0), (0, 1000), (-1, 999_999_000), (1_796_640_000, 0), (946_782_245, 123_456_789),
+        (-62_135_596_800, 0), (253_402_300_799, 999_999_999)]]
+    rows = prepare_columns(decode_batch(logs), "sqlite")
+    when = VALUE_FIELDS.index("timestamp")
+    for e, row in zip(logs, rows, strict=True):
+        assert row[when] == proc(e.timestamp.ToDatetime()), e.timestamp
+
+
+def test_a_missing_timestamp_is_now():
+    before = datetime.now(UTC)
+    columns = decode_batch([pb.AccessLog(log_id="n", account_id="acct-1"),
+                            message("acct-1", "epoch", timestamp=stamp(0))])
+    assert columns is not None
+    now_us, epoch_us = columns[VALUE_FIELDS.index("timestamp")]
+    assert epoch_us == 0
+    assert now_us >= int(before.timestamp()) * 1_000_000
+
+
+@pytest.mark.parametrize("bad", [
+    dict(account_id=""), dict(source_ip="not-an-ip"), dict(protocol="gopher"),
+    dict(duration_ms=2**62), dict(duration_ms=-(2**62)),
+    dict(timestamp=stamp(2**50)), dict(timestamp=stamp(-(2**50))),
+    dict(timestamp=stamp(253_402_300_800)), dict(timestamp=stamp(-62_135_596_801)),
+    dict(timestamp=stamp(1, -1)), dict(timestamp=stamp(1, 1_000_000_000)),
+])
+def test_a_malformed_entry_leaves_the_batch_to_the_per_entry_path(bad):
+    logs = [message("acct-1", "ok"), message(**{"account_id": "acct-1", "log_id": "bad", **bad})]
+    with pytest.raises(ValueError):
+        access_log_values(logs[1])
+    assert decode_batch(logs) is None
+    assert decode_batch([]) == [[]] * len(VALUE_FIELDS)
+
+
+def test_the_limits_themselves_decode():
+    ok = [message("acct-1", "lo", duration_ms=-((2**63 - 1) // 1_000_000),
+                  timestamp=stamp(-62_135_596_800)),
+          message("acct-1", "hi", duration_ms=(2**63 - 1) // 1_000_000,
+                  timestamp=stamp(253_402_300_799, 999_999_999))]
+    for e in ok:
+        access_log_values(e)
+    assert decode_batch(ok) is not None
+
+
+def test_append_columns_skips_unknown_accounts_and_stays_idempotent(store, account):
+    store.groups.create(Group(id="g-dev", account_id=account.id, name="developers"))
+    store.users.create(User(id="alice", account_id=account.id, role="user",
+                            auto_groups=("g-dev",)))
+    logs = [*batch(account.id, "c", 30).logs, message("acct-gone", "gone"),
+            *batch(account.id, "d", 5, user_id="").logs]
+    assert store.access_logs.append_columns(decode_batch(logs)) == 35
+    assert store.access_logs.append_columns(decode_batch(logs)) == 0  # retried
+    assert store.access_logs.append_columns(decode_batch([message("acct-gone", "x")])) == 0
+    assert store.access_logs.append_columns(decode_batch([])) == 0
+    rows = rows_of(store, account.id)
+    assert len(rows) == 35 == counter(store, account.id) == store.access_logs.count(account.id)
+    got = store.access_logs.get(account.id, "c-0003")
+    assert got.user_groups == ("developers",) and got.timestamp == logs[3].timestamp.ToDatetime(
+        tzinfo=UTC)
+    assert store.access_logs.get(account.id, "d-0001").user_groups is None
+    with store._read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(access_log_entries).where(
+            access_log_entries.c.id == "gone")).scalar_one() == 0
+
+
+def test_append_columns_refuses_ragged_columns(store):
+    columns = decode_batch(batch("acct-1", "r", 3).logs)
+    with pytest.raises(ValueError):
+        store.access_logs.append_columns(columns[:-1])
+    with pytest.raises(ValueError):
+        store.access_logs.append_columns([*columns[:-1], [None]])
+
+
+def test_batch_rpc_refuses_a_foreign_account_in_a_well_formed_batch(store, account):
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
+    rpcs, ctx = AccessLogRpcs(store), Context()
+    caller = types.SimpleNamespace(account_id=account.id)
+    logs = [*batch(account.id, "a", 20).logs, message(other.id, "foreign"),
+            message("acct-3", "third"), *batch(account.id, "b", 5).logs]
+    with pytest.raises(AbortedError) as err:
+        rpcs.NbgwSendAccessLogBatch(pb.NbgwSendAccessLogBatchRequest(logs=logs), ctx, caller)
+    assert err.value.args[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert "acct-2" in err.value.args[1]  # the first foreign entry's account
+    assert rows_of(store, account.id) == [] and rows_of(store, other.id) == []
+    assert rpcs.rejected == 0
+    ok = pb.NbgwSendAccessLogBatchRequest(logs=batch(account.id, "a", 20).logs)
+    assert rpcs.NbgwSendAccessLogBatch(ok, ctx, caller).stored == 20
+    assert rpcs.NbgwSendAccessLogBatch(ok, ctx, caller).stored == 0
+    assert counter(store, account.id) == 20
+    assert rpcs.NbgwSendAccessLogBatch(pb.NbgwSendAccessLogBatchRequest(), ctx, caller).stored == 0
