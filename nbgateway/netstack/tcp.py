@@ -435,7 +435,7 @@ class TCPLayer:
         conn = self.conns.get((local, sport, remote, dport))
         if conn is None or conn.state == CLOSED:
             return
-        seq_u = conn.snd_una + ((seq - conn.snd_una) & MASK)
+        seq_u = conn.snd_una + ((seq - conn.iss - conn.snd_una) & MASK)
         if not conn.snd_una <= seq_u < max(conn.snd_max, conn.snd_una + 1):
             self.counters["tcp_icmp_ignored"] += 1
             return
@@ -444,7 +444,7 @@ class TCPLayer:
 
     def _reopen_time_wait(self, conn: Connection, seg: Segment) -> bool:
         """RFC 9293 3.6.1 / RFC 6191: a new SYN above RCV.NXT ends TIME-WAIT."""
-        d = (seg.seq - conn.rcv_nxt) & MASK
+        d = (seg.seq - conn.irs - conn.rcv_nxt) & MASK
         if not 0 < d < 0x80000000:
             return False
         conn._terminate(None)

@@ -7,9 +7,15 @@ keepalive, TIME-WAIT/FIN-WAIT-2 linger) are deadlines summarised in
 ``timer_at``, which the layer keeps in one heap behind the stack's single
 re-armed ``IDelayedCall``.
 
-Sequence numbers inside the TCB are *unwrapped* Python ints (the wire value
-plus multiples of 2**32), so comparisons are plain ``<``; incoming values are
-unwrapped relative to SND.UNA / RCV.NXT, outgoing ones masked to 32 bits.
+Sequence numbers inside the TCB are *relative* and *unwrapped*: the send
+side counts from ISS (``iss`` holds the wire ISS; SND.UNA is 0 on the SYN), the
+receive side from IRS (``irs``, the wire IRS; RCV.NXT is 1 after the SYN), both
+plain Python ints that grow past 2**32 instead of wrapping, so comparisons are
+plain ``<`` and the numbers stay small ints (one 30-bit digit for the first
+GiB: the interpreter's fast int paths).  Incoming values are converted at the
+wire boundary (``_unwrap(wire - iss, SND.UNA)``, ``_unwrap(wire - irs,
+RCV.NXT)``), outgoing ones as ``(x + iss) & MASK`` / ``(x + irs) & MASK``;
+SND.WL1/SND.WL2 stay wire values.
 
 What the user (the Twisted transport) sees is the small :class:`TCPUser`
 callback surface; the connection calls back *after* its own state is
@@ -193,15 +199,15 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
         self.state = CLOSED
         self.user: TCPUser | None = None
         self.listener: Listener | None = None
-        self.iss = iss
-        self.snd_una = self.snd_nxt = self.snd_max = iss
+        self.iss = iss  # the wire ISS: the send side's base (relative ISS 0)
+        self.snd_una = self.snd_nxt = self.snd_max = 0
         self.snd_wnd = 0
         self.snd_wl1 = self.snd_wl2 = 0
         self.max_snd_wnd = 0
         self.snd_wscale = 0
-        self.sndbuf = SendBuffer(iss + 1)
+        self.sndbuf = SendBuffer(1)
         self.fin_queued = False
-        self.irs = 0
+        self.irs = 0  # the wire IRS once the SYN is seen: the receive side's base
         self.rcv_nxt = self.rcv_adv = 0
         self.rcv_wscale = 0
         self.ooo: Assembler | None = None
@@ -218,7 +224,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
         self.sack_ok = False
         self.mss = layer.mss_for(remote)
         self.rto = RTOEstimator()
-        self.cc = NewReno(self.mss, iss)
+        self.cc = NewReno(self.mss, 0)
         self.rtt_seq: int | None = None
         self.rtt_time = 0.0
         self.rtx_count = 0
@@ -242,7 +248,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
         self.rcv_buf = RCV_BUF
         self.rcv_calm = 0
         self.sacked: list[list[int]] | None = None
-        self.rexmit_high = iss
+        self.rexmit_high = 0
         self.rcv_loss = False
         self.rcv_mark_seq = 0
         self.rcv_mark_time = now
@@ -328,10 +334,18 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                         # response; the connection's constants are computed
                         # by its first emit): the same bytes, counters, IP
                         # ident and cork (tests/netstack/test_tcp_fastpath.py)
-                        ts_val = (_floor(now * 1000.0) + self.ts_offset) & MASK
+                        # to 32 bits only when over (a compare allocates
+                        # nothing; an ``&`` with the two-digit MASK does)
+                        ts_val = _floor(now * 1000.0) + self.ts_offset
+                        if ts_val > MASK:
+                            ts_val &= MASK
                         ts_ecr = self.ts_recent
-                        seq = nxt & MASK
-                        ack = rcv_nxt & MASK
+                        seq = nxt + self.iss
+                        if seq > MASK:
+                            seq &= MASK
+                        ack = rcv_nxt + self.irs
+                        if ack > MASK:
+                            ack &= MASK
                         if n > SPLIT_SUM_ABOVE:  # tcp_fast._payload_sum, inlined
                             h = n - ((n >> 2) << 1)
                             v = (_from_bytes(data[:h], "big") + _from_bytes(data[h:], "big")) \
@@ -448,18 +462,18 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
         """The ACK completing a SYN-cookie handshake: straight to ESTABLISHED."""
         self.listener = listener
         self.irs = (seg.seq - 1) & MASK
-        self.rcv_nxt = self.rcv_adv = self.last_ack_sent = self.rcv_mark_seq = seg.seq
+        self.rcv_nxt = self.rcv_adv = self.last_ack_sent = self.rcv_mark_seq = 1
         self.rcv_adv += min(self.rcv_buf, 0xFFFF)
-        self.snd_una = self.snd_nxt = self.snd_max = self.iss + 1
+        self.snd_una = self.snd_nxt = self.snd_max = 1
         self._set_options(mss, wscale, sack_ok, ts_ok, seg.ts_val)
         self.snd_wnd = seg.wnd << self.snd_wscale
         self.max_snd_wnd = self.snd_wnd
-        self.snd_wl1, self.snd_wl2 = seg.seq, self.snd_una
+        self.snd_wl1, self.snd_wl2 = seg.seq, (self.iss + 1) & MASK
         self.state = ESTABLISHED
 
     def _take_syn(self, seg: Segment, now: float) -> None:
         self.irs = seg.seq
-        self.rcv_nxt = self.last_ack_sent = seg.seq + 1
+        self.rcv_nxt = self.last_ack_sent = 1
         self._set_options(seg.mss, seg.wscale, seg.sack_perm, seg.ts_val is not None, seg.ts_val)
         self.rcv_adv = self.rcv_nxt + min(self.rcv_buf, 0xFFFF)
         self.rcv_mark_seq = self.rcv_nxt

@@ -229,8 +229,14 @@ def emit(fast: FastPath, conn: Connection, seq: int, flags: int, wnd: int,
     tcp_sum, addr_sum, v4 = consts
     if (tcp_len + 20 if v4 else tcp_len + 40) > stack.mtu:
         return False
-    seq &= _MASK
-    ack = conn.rcv_nxt & _MASK
+    # relative to ISS / IRS (tcp_conn.py) back to wire values, masked only
+    # when over 32 bits (a compare allocates nothing, ``& _MASK`` does)
+    seq += conn.iss
+    if seq > _MASK:
+        seq &= _MASK
+    ack = conn.rcv_nxt + conn.irs
+    if ack > _MASK:
+        ack &= _MASK
     # checksums: unfolded sums (checksum.py) of small ints, folded once; every
     # total here is positive, for which ``fold(total) == -total % 0xFFFF``
     # (a 32-bit field is added whole: it is congruent to the sum of its two

@@ -85,18 +85,27 @@ class ConnectionInput:
         flags and options; the stack's fused path ``tcp_fast.py`` calls it
         without building a :class:`Segment`).  False: nothing was touched."""
         rcv_nxt = self.rcv_nxt
-        if (seq != rcv_nxt & MASK or self.ooo is not None or self.sacked is not None
-                or self.persist_at is not None or self.cc.in_recovery
-                or wnd << self.snd_wscale != self.snd_wnd):
+        # relative to IRS: the plain difference is RCV.NXT unless the wire
+        # value wrapped (then only the residue can tell)
+        x = seq - self.irs
+        if ((x != rcv_nxt and (x - rcv_nxt) & MASK) or self.ooo is not None
+                or self.sacked is not None or self.persist_at is not None
+                or self.cc.in_recovery or wnd << self.snd_wscale != self.snd_wnd):
             return False
         if self.ts_ok and (ts_val is None or (ts_val - self.ts_recent) & HALF):
             return False
         una = self.snd_una
-        d = (wire_ack - una) & MASK  # _unwrap(wire_ack, una)
-        ack = una + d - WRAP if d & HALF else una + d
+        snd_max = self.snd_max
+        # relative to ISS: a plain difference in [SND.UNA, SND.MAX] is the
+        # unwrapped value (the two are less than 2**31 apart); anything else
+        # is unwrapped around SND.UNA (_unwrap) and checked again
+        ack = wire_ack - self.iss
+        if ack < una or ack > snd_max:
+            d = (ack - una) & MASK
+            ack = una + d - WRAP if d & HALF else una + d
+            if ack < una or ack > snd_max:
+                return False
         plen = len(payload)
-        if ack < una or ack > self.snd_max:
-            return False
         if plen:
             if plen > self.rcv_adv - rcv_nxt or self.orphan:
                 return False
@@ -113,7 +122,9 @@ class ConnectionInput:
             rto = self.rto
             if self.ts_ok:
                 if ts_ecr:  # as _rtt_from_ts
-                    d = ((_floor(now * 1000.0) + self.ts_offset) - ts_ecr) & MASK  # ts_now
+                    d = (_floor(now * 1000.0) + self.ts_offset) - ts_ecr  # ts_now
+                    if d < 0 or d >= 60_000:
+                        d &= MASK
                     if d < 60_000:
                         # RTOEstimator.sample(d / 1000), inlined (RFC 6298 2.2-2.3)
                         r = d / 1000.0
@@ -227,8 +238,8 @@ class ConnectionInput:
         flags = seg.flags
         ack = 0
         if flags & ACK:
-            ack = _unwrap(seg.ack, self.snd_una)
-            if ack <= self.iss or ack > self.snd_max:
+            ack = _unwrap(seg.ack - self.iss, self.snd_una)
+            if ack <= 0 or ack > self.snd_max:
                 if not flags & RST:
                     self._rst_reply(seg, now)
                 return
@@ -246,7 +257,7 @@ class ConnectionInput:
             self._rtt_from_ts(seg, now)
             self.snd_una = ack
             self.snd_wnd = self.max_snd_wnd = seg.wnd
-            self.snd_wl1, self.snd_wl2 = seg.seq, ack
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             self.rtx_at = None
             self.rtx_count = 0
             self._enter_established(now)
@@ -283,7 +294,7 @@ class ConnectionInput:
         flags = seg.flags
         payload = seg.payload
         rcv_nxt = self.rcv_nxt
-        seq = _unwrap(seg.seq, rcv_nxt)
+        seq = _unwrap(seg.seq - self.irs, rcv_nxt)
         st = self.state
         # PAWS (RFC 7323 5.3)
         if (self.ts_ok and seg.ts_val is not None and not flags & RST and self.ts_recent
@@ -390,7 +401,7 @@ class ConnectionInput:
 
     def _process_ack(self, seg: Segment, flags: int, plen: int, now: float) -> bool:
         """RFC 9293 3.10.7.4 fifth check; returns False when the segment is done."""
-        ack = _unwrap(seg.ack, self.snd_una)
+        ack = _unwrap(seg.ack - self.iss, self.snd_una)
         st = self.state
         if st == SYN_RECEIVED:
             if not self.snd_una < ack <= self.snd_max:
@@ -398,7 +409,7 @@ class ConnectionInput:
                 return False
             self.snd_wnd = seg.wnd << self.snd_wscale
             self.max_snd_wnd = self.snd_wnd
-            self.snd_wl1, self.snd_wl2 = seg.seq, ack
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             self.rtx_at = None
             if self.rtx_count == 0 and not self.ts_ok:
                 self.rto.sample(now - self.rtt_time)
@@ -445,9 +456,9 @@ class ConnectionInput:
         seq = seg.seq
         wl1 = self.snd_wl1
         if ((seq - wl1) & MASK and not (seq - wl1) & HALF) or \
-                (seq == wl1 and not (ack - self.snd_wl2) & HALF):
+                (seq == wl1 and not (seg.ack - self.snd_wl2) & HALF):
             self.snd_wnd = wnd
-            self.snd_wl1, self.snd_wl2 = seq, ack & MASK
+            self.snd_wl1, self.snd_wl2 = seq, seg.ack
             if wnd > self.max_snd_wnd:
                 self.max_snd_wnd = wnd
             if wnd and self.persist_at is not None:

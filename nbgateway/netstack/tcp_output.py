@@ -84,7 +84,7 @@ class ConnectionOutput:
                 room = (self.mss - len(payload) - 4) // 8
                 n = min(room, 3 if ts_ok else 4)
                 if n > 0:
-                    sack = sack_option(ooo.sack_blocks(n))
+                    sack = sack_option(ooo.sack_blocks(n), self.irs)
             wnd = self._adv_window()
             self.last_ack_sent = self.rcv_nxt
             self.ack_pending = 0
@@ -92,7 +92,10 @@ class ConnectionOutput:
             self.delack_at = None
         else:
             wnd = 0 if flags & RST else self._adv_window()
-        ts_val = (_floor(now * 1000.0) + self.ts_offset) & MASK if ts_ok else None  # ts_now
+        ts_val = None
+        if ts_ok:  # ts_now, masked only when over 32 bits (tcp_fast.emit)
+            t = _floor(now * 1000.0) + self.ts_offset
+            ts_val = t & MASK if t > MASK else t
         if not sack and emit(self.layer.fast, self, seq, flags, wnd, payload, ts_val,
                              self.ts_recent):
             return  # the fused output (tcp_fast.py): the same packet in one pack
@@ -103,8 +106,9 @@ class ConnectionOutput:
         """The general output of a segment whose window field, timestamp and
         SACK option are decided: build the TCP header, hand it to the layer."""
         opts = ts_option(ts_val, self.ts_recent) if ts_val is not None else b""
-        self.layer.output(self, build_segment(self.lport, self.rport, seq, self.rcv_nxt, flags,
-                                              wnd, opts + sack, payload))
+        self.layer.output(self, build_segment(self.lport, self.rport, seq + self.iss,
+                                              self.rcv_nxt + self.irs, flags, wnd, opts + sack,
+                                              payload))
 
     def _send_syn(self, now: float, with_ack: bool) -> None:
         if with_ack:
@@ -116,9 +120,10 @@ class ConnectionOutput:
             opts = syn_options(self.layer.mss_for(self.remote), RCV_WSCALE, True,
                                (self.ts_now(now), 0))
             flags = SYN
-        self.layer.output(self, build_segment(self.lport, self.rport, self.iss, self.rcv_nxt,
-                                              flags, min(self.rcv_buf, 0xFFFF), opts))
-        self.snd_nxt = self.iss + 1
+        self.layer.output(self, build_segment(self.lport, self.rport, self.iss,
+                                              self.rcv_nxt + self.irs, flags,
+                                              min(self.rcv_buf, 0xFFFF), opts))
+        self.snd_nxt = 1
         if self.snd_max < self.snd_nxt:
             self.snd_max = self.snd_nxt
         self.ack_pending = 0
@@ -257,8 +262,8 @@ class ConnectionOutput:
         new = False
         sacked = self.sacked or []
         for left, right in seg.sack_blocks:
-            lo = _unwrap(left, self.snd_una)
-            hi = _unwrap(right, self.snd_una)
+            lo = _unwrap(left - self.iss, self.snd_una)
+            hi = _unwrap(right - self.iss, self.snd_una)
             if not (ack < lo < hi <= self.snd_max):
                 continue
             merged = [lo, hi]

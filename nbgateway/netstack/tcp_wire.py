@@ -170,12 +170,13 @@ def ts_option(ts_val: int, ts_ecr: int) -> bytes:
     return _TS_PACK.pack(_TS_ALIGNED, ts_val, ts_ecr)
 
 
-def sack_option(blocks: list[tuple[int, int]]) -> bytes:
-    """NOP NOP SACK with up to 4 (left, right) wire-value blocks."""
+def sack_option(blocks: list[tuple[int, int]], base: int = 0) -> bytes:
+    """NOP NOP SACK with up to 4 (left, right) blocks: wire values, or
+    sequence numbers relative to ``base`` (the connection's IRS)."""
     n = len(blocks)
     out = bytearray(b"\x01\x01" + bytes((OPT_SACK, 2 + 8 * n)))
     for left, right in blocks:
-        out += _II.pack(left & 0xFFFFFFFF, right & 0xFFFFFFFF)
+        out += _II.pack((left + base) & 0xFFFFFFFF, (right + base) & 0xFFFFFFFF)
     return bytes(out)
 
 

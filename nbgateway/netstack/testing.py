@@ -8,6 +8,8 @@
 * :class:`PacketRecorder` is an ``IPacketSender`` that just keeps packets.
 * :func:`make_stack_pair` builds two stacks over a link.
 * ``build_*`` / :func:`fragment_ipv4`: tiny packet builders for tests.
+* :func:`snd_wire` / :func:`rcv_wire`: a TCB's relative sequence numbers as
+  the wire values a test sees in segments.
 """
 
 from __future__ import annotations
@@ -439,3 +441,17 @@ __all__ = [
     "build_udp", "fragment_ipv4", "make_stack_pair", "packed", "run_until",
 ]
 
+
+# ------------------------------------------------------------------ TCB numbers
+
+
+def snd_wire(conn: Any, value: int) -> int:
+    """The wire value of a send-side sequence number of ``conn`` (relative to
+    its ISS: SND.UNA, SND.NXT, SND.MAX, ...)."""
+    return (value + conn.iss) & 0xFFFFFFFF
+
+
+def rcv_wire(conn: Any, value: int) -> int:
+    """The wire value of a receive-side sequence number of ``conn`` (relative
+    to its IRS: RCV.NXT, RCV.ADV, ...)."""
+    return (value + conn.irs) & 0xFFFFFFFF

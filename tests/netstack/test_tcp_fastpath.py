@@ -30,7 +30,7 @@ from nbgateway.netstack.tcp import TCPLayer
 from nbgateway.netstack.tcp_conn import Connection
 from nbgateway.netstack.tcp_const import ESTABLISHED
 from nbgateway.netstack.tcp_wire import ACK, FIN, PSH, RST, SYN, parse_segment
-from nbgateway.netstack.testing import PacketRecorder, build_tcp
+from nbgateway.netstack.testing import PacketRecorder, build_tcp, snd_wire
 
 KEY = b"\x02" * 32
 PORT, CPORT = 8080, 41000
@@ -193,7 +193,8 @@ class Twin:
         return out
 
     def ack_all(self) -> None:
-        self.ack = self.conns[0][0].snd_max & 0xFFFFFFFF
+        conn = self.conns[0][0]
+        self.ack = snd_wire(conn, conn.snd_max)
 
 
 ADDRS = [("100.64.0.1", "100.64.0.2"), ("fd00::1", "fd00::2")]
@@ -310,9 +311,9 @@ def test_retransmission_and_duplicate_ack_fall_back(twin):
 
 def test_sack_blocks_stale_timestamps_and_window_changes_fall_back(twin):
     twin.write(b"S" * 3000)
-    una = twin.conns[0][0].snd_una
-    sack = b"\x01\x01\x05\x0a" + struct.pack("!II", (una + 1216) & 0xFFFFFFFF,
-                                               (una + 2000) & 0xFFFFFFFF)
+    conn = twin.conns[0][0]
+    sack = b"\x01\x01\x05\x0a" + struct.pack("!II", snd_wire(conn, conn.snd_una + 1216),
+                                               snd_wire(conn, conn.snd_una + 2000))
     before = twin.hits
     twin.feed([twin.send(b"", extra=sack)])  # SACK information
     assert twin.hits == before

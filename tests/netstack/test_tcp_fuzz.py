@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbgateway.netstack.tcp_wire import build_segment
+from nbgateway.netstack.testing import rcv_wire, snd_wire
 
 from .tcp_fakes import A4, B4, RecordingUser, listen_recording, make_pair
 
@@ -20,8 +21,8 @@ def near_valid(conn):
     """Segments aimed at a live connection's sequence space."""
     return st.builds(
         lambda dseq, dack, flags, wnd, opts, payload: build_segment(
-            conn.rport, conn.lport, (conn.rcv_nxt + dseq) & 0xFFFFFFFF,
-            (conn.snd_una + dack) & 0xFFFFFFFF, flags, wnd, opts, payload),
+            conn.rport, conn.lport, rcv_wire(conn, conn.rcv_nxt + dseq),
+            snd_wire(conn, conn.snd_una + dack), flags, wnd, opts, payload),
         st.integers(-70000, 300000), st.integers(-70000, 70000), FLAGS, st.integers(0, 0xFFFF),
         OPTS, st.binary(max_size=1500),
     )

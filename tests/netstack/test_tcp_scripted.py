@@ -27,6 +27,7 @@ from nbgateway.netstack.tcp_wire import (
     syn_options,
     ts_option,
 )
+from nbgateway.netstack.testing import rcv_wire, snd_wire
 
 from .tcp_fakes import A4, B4, FakeStack, RecordingUser, listen_recording, make_pair
 
@@ -182,7 +183,7 @@ def test_fast_retransmit_and_newreno_partial_ack():
     out = peer.tx(ACK, ack=(base + 5 * mss) & M)
     assert out and out[0].seq == (base + 5 * mss) & M and conn.cc.in_recovery
     # full ACK of everything sent before recovery began ends recovery
-    peer.tx(ACK, ack=conn.cc.recover & M)
+    peer.tx(ACK, ack=snd_wire(conn, conn.cc.recover))
     assert not conn.cc.in_recovery and conn.cc.cwnd <= ssthresh
 
 
@@ -284,7 +285,7 @@ def test_unacceptable_acks():
     conn.send(b"hello", clock.seconds())
     st.take()
     (ack,) = peer.tx(ACK, ack=peer.rcv_nxt + 100)  # acks unsent data: ACK and drop
-    assert ack.flags == ACK and conn.snd_una == (peer.rcv_nxt)  # not advanced
+    assert ack.flags == ACK and snd_wire(conn, conn.snd_una) == peer.rcv_nxt & M  # not advanced
     (chal,) = peer.tx(ACK, ack=(peer.rcv_nxt - 10_000_000) & M)  # far too old: challenge
     assert chal.flags == ACK
     (ack,) = peer.tx(ACK, b"x", seq=peer.snd_nxt + 10_000_000)  # out of window data
@@ -335,12 +336,12 @@ def test_time_wait_retransmitted_fin_and_bound():
     assert sum(c.state_name == "TIME-WAIT" for _, c in users) == 3
     # a retransmitted FIN in TIME-WAIT is ACKed again
     c = next(c for _, c in users if c.state_name == "TIME-WAIT")
-    a.inject(B4, A4, build_segment(80, c.lport, (c.rcv_nxt - 1) & M, c.snd_nxt & M,
-                                   FIN | ACK, 1000, ts_option(1, 1)))
+    a.inject(B4, A4, build_segment(80, c.lport, rcv_wire(c, c.rcv_nxt - 1),
+                                   snd_wire(c, c.snd_nxt), FIN | ACK, 1000, ts_option(1, 1)))
     (ack,) = a.take()
-    assert ack.flags == ACK and ack.ack == c.rcv_nxt & M
+    assert ack.flags == ACK and ack.ack == rcv_wire(c, c.rcv_nxt)
     # an RST does not end TIME-WAIT (RFC 1337)
-    a.inject(B4, A4, build_segment(80, c.lport, c.rcv_nxt & M, 0, RST, 0))
+    a.inject(B4, A4, build_segment(80, c.lport, rcv_wire(c, c.rcv_nxt), 0, RST, 0))
     assert c.state_name == "TIME-WAIT"
     w.run()
     assert not a.tcp.time_wait and not a.tcp.conns
