@@ -65,7 +65,8 @@ TS = b"\x01\x01\x08\x0a"
 
 
 def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
-           profiler=None, real_socket: bool = False, starmap: bool = False) -> dict:
+           profiler=None, real_socket: bool = False, starmap: bool = False,
+           peer_isn: int = 5000) -> dict:
     from twisted.internet.protocol import Protocol
     from twisted.internet.task import Clock
 
@@ -192,7 +193,7 @@ def _slice(exchanges: int, conns: int, req_len: int, resp_len: int, hold: bool,
     state = []  # per connection: [seq, ack, tsecr, port]
     for i in range(conns):
         port = 40000 + i
-        seq = 5000 + i * 1_000_000
+        seq = (peer_isn + i * 1_000_000) & 0xFFFFFFFF
         peer.sendPacket(build_tcp(PEER, GW, port, 80, seq=seq - 1, flags=SYN,
                                   options=syn_opts))
         exchange()
@@ -283,7 +284,8 @@ def _child(args: argparse.Namespace) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--exchanges",
            str(args.exchanges), "--conns", str(args.conns), "--request", str(args.request),
            "--response", str(args.response)] + (["--hold"] if args.hold else []) + (
-               ["--real-socket"] if args.real_socket else [])
+               ["--real-socket"] if args.real_socket else []) + [
+               "--peer-isn", str(args.peer_isn)]
     return cmd
 
 
@@ -294,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--request", type=int, default=110, help="request bytes")
     p.add_argument("--response", type=int, default=700, help="response bytes")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--peer-isn", type=int, default=5000,
+                   help="the peer's first sequence number (connection i adds i * 10**6): "
+                        "a Linux client's random ISN is above 2**30 three times in four, "
+                        "a two-digit int (e.g. 3000000000)")
     p.add_argument("--hold", action="store_true",
                    help="hold output to the end of the round (WireGuardProtocol batch_sends)")
     p.add_argument("--real-socket", action="store_true",
@@ -318,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.environ.get("EXCHANGE_TREE", here))
         print(json.dumps(_slice(args.exchanges, args.conns, args.request, args.response,
                                 args.hold, real_socket=args.real_socket,
-                                starmap=args.starmap)))
+                                starmap=args.starmap, peer_isn=args.peer_isn)))
         return 0
     trees = {"this tree": here}
     if args.against:
