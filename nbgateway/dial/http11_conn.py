@@ -80,7 +80,10 @@ class _BodyProducer:
 
 
 class LeanResponse:
-    """The parts of ``IResponse`` the reverse proxy reads."""
+    """The parts of ``IResponse`` the reverse proxy reads.  (The proxy's
+    exchange calls ``response._conn.deliver`` directly: a plain method call
+    the interpreter specialises, where a bound method stored on the
+    response was a generic lookup to make, to store and to call.)"""
 
     version = (b"HTTP", 1, 1)
 
@@ -336,7 +339,6 @@ class UpstreamConnection(Protocol):
         response.phrase = self._phrase
         response.headers = headers
         response.length = length
-        response.deliverBody = self.deliver  # type: ignore[method-assign] (one call less)
         if self._head_method:
             # llhttp would wait for a body HEAD never gets: end here, no reuse
             self._reusable = False

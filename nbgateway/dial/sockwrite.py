@@ -40,12 +40,20 @@ ENABLED = os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "
 MAX_DIRECT = 64 * 1024
 
 
-class DirectWriteStats:
+class _DirectWriteStats:
     """Counters of :func:`write`'s outcomes (process-wide, for tests/bench)."""
 
-    direct = 0  # the whole write went to the socket
-    partial = 0  # the kernel took part (or nothing): the rest went to Twisted
-    fallback = 0  # not eligible, or a socket error: all of it went to Twisted
+    def __init__(self) -> None:
+        self.direct = 0  # the whole write went to the socket
+        self.partial = 0  # the kernel took part (or nothing): the rest went to Twisted
+        self.fallback = 0  # not eligible, or a socket error: all of it went to Twisted
+
+
+#: the counters: an instance, not class attributes, because one is counted
+#: per upstream request and CPython 3.11 specialises neither reading nor
+#: writing a class's attribute (two generic lookups, ~400 instructions, a
+#: count); an instance's own are ~30 each
+DirectWriteStats = _DirectWriteStats()
 
 
 def idle_socket(transport: Any) -> socket.socket | None:

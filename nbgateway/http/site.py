@@ -175,6 +175,9 @@ class GatewayResource(OperatorAuth, Resource):
         self.allow_underscore_headers = allow_underscore_headers
         self.underscore_dropped = 0
         self.rejected: dict[int, int] = {}  # status -> requests refused at the front door
+        #: the finish observer's function, bound once (reading a method as an
+        #: attribute per request is a generic lookup and a new bound method)
+        self._finished_hook = self._finished
 
     # ------------------------------------------------------------------ request
 
@@ -255,7 +258,7 @@ class GatewayResource(OperatorAuth, Resource):
         if stats is not None:
             stats.active += 1  # stats.started(), inline
         if stats is not None or path is not None:
-            fn = functools.partial(self._finished, request, ctx, path)
+            fn = functools.partial(self._finished_hook, request, ctx, path)
             if fast:
                 request.on_finish(fn)
             else:
@@ -285,21 +288,27 @@ class GatewayResource(OperatorAuth, Resource):
             send_plain(request, 403, FORBIDDEN_BODY)  # private: never on the public listener
             return server.NOT_DONE_YET
         gate = self.gate
-        # the gateway's PrivateGate has decide_now (a plain read, no getattr call)
-        decide_now = (gate.decide_now if type(gate) is PrivateGate
-                      else getattr(gate, "decide_now", None))
-        if decide_now is not None:
+        # the gateway's PrivateGate has decide_now: called as a method (the
+        # interpreter specialises that; reading it as an attribute makes a
+        # bound method through a generic lookup), others' probed with getattr
+        if type(gate) is PrivateGate:
+            decision = gate.decide_now(listener_account=self.listener_account,
+                                       mapping_account=entry.service.account_id,
+                                       domain=entry.service.domain, client_ip=peer_ip)
+        else:
+            decide_now = getattr(gate, "decide_now", None)
+            decision = None if decide_now is None else decide_now(
+                listener_account=self.listener_account,
+                mapping_account=entry.service.account_id,
+                domain=entry.service.domain, client_ip=peer_ip)
+        if decision is not None:
             # the common case (a cached validation, or a local refusal) is
             # decided here and now: no Deferred and callback chain per request
-            decision = decide_now(listener_account=self.listener_account,
-                                  mapping_account=entry.service.account_id,
-                                  domain=entry.service.domain, client_ip=peer_ip)
-            if decision is not None:
-                try:
-                    self._decided(decision, request, ctx, entry)
-                except Exception:
-                    self._gate_failed(Failure(), request)
-                return server.NOT_DONE_YET
+            try:
+                self._decided(decision, request, ctx, entry)
+            except Exception:
+                self._gate_failed(Failure(), request)
+            return server.NOT_DONE_YET
         d: Deferred = self.gate.check(
             listener_account=self.listener_account,
             mapping_account=entry.account_id,

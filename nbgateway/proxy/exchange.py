@@ -53,6 +53,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from nbgateway.dial.http11 import LeanAgent
+from nbgateway.dial.http11_conn import _RESPONSE_DONE, LeanResponse
 from nbgateway.proxy import pages
 from nbgateway.proxy.balance import (
     IDEMPOTENT_METHODS,
@@ -316,7 +317,10 @@ class _Exchange:
                 length if (isinstance(length, int) and request.method != b"HEAD"
                            and response.code not in NO_BODY_CODES) else None)
             request.upstream_status = response.code
-            response.deliverBody(self)
+            if type(response) is LeanResponse:
+                response._conn.deliver(self)  # its deliverBody, without the call
+            else:
+                response.deliverBody(self)
         except Exception:
             self._internal_error(Failure())
 
@@ -345,7 +349,10 @@ class _Exchange:
             return
         request = self.request
         request.unregisterProducer()
-        if type(reason.value) is ResponseDone or reason.check(ResponseDone, PotentialDataLoss):
+        # the lean client's shared end first: an identity test (reading a
+        # Failure's value is a generic lookup, a BaseException's dict)
+        if (reason is _RESPONSE_DONE or type(reason.value) is ResponseDone
+                or reason.check(ResponseDone, PotentialDataLoss)):
             if not self.done:  # self.finish(), inline (the client is here)
                 self.done = True
                 request.finish()
