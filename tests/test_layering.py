@@ -26,6 +26,7 @@ FLOORS: dict[str, int] = {
     # ground: shared vocabulary and the service model
     "__version__": 1, "errors": 1, "durations": 1, "interfaces": 1, "peerbox": 1, "cabundle": 1,
     "startup": 1, "routes": 1, "attempts": 1, "heapfreeze": 1, "netaddr": 1,
+    "portranges": 1,
     # packets and stored state
     "netstack": 2, "store": 2,
     # tunnels, dialers, the management client
@@ -53,7 +54,7 @@ ALLOWED: dict[str, set[str]] = {
     "auth": {"attempts", "cabundle", "routes"},
     "proxy": {"dial", "routes"},
     "observe": {"_proto", "mgmt", "routes", "startup"},
-    "config": {"dial", "durations", "mgmt"},
+    "config": {"dial", "durations", "mgmt", "portranges"},
     "tls": {"routes"},
     "http": {"auth", "observe", "proxy", "routes"},
     "acme": {"_proto", "startup", "store", "tls"},
@@ -62,7 +63,7 @@ ALLOWED: dict[str, set[str]] = {
     "accounts": {"_proto", "mgmt", "netstack", "routes", "store", "wireguard"},
     "options": {"config", "startup"},
     "management": {"__version__", "_proto", "attempts", "cabundle", "heapfreeze", "netaddr",
-                   "observe", "options", "peerbox", "startup", "tls"},
+                   "observe", "options", "peerbox", "portranges", "startup", "tls"},
     "service": {"_proto", "accounts", "acme", "auth", "dial", "dns", "http", "l4", "mgmt",
                 "netstack",
                 "observe", "proxy", "routes", "startup", "store", "tls", "tunnels",

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from nbgateway.durations import parse_go_duration
+from nbgateway.portranges import format_ranges, merge
 
 
 class HostPort(NamedTuple):
@@ -51,7 +52,7 @@ class PortRanges(tuple[tuple[int, int], ...]):
         return any(low <= port <= high for low, high in self)
 
     def __str__(self) -> str:
-        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self)
+        return format_ranges(self)
 
 
 def parse_port_ranges(text: str) -> PortRanges:
@@ -72,13 +73,7 @@ def parse_port_ranges(text: str) -> PortRanges:
         if low > high:
             raise ValueError(f"{item!r}: the range's first port is above its last")
         ranges.append((low, high))
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return PortRanges(merged)
+    return PortRanges(merge(ranges))
 
 
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})

@@ -20,14 +20,15 @@ older nbgateway) imposes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from nbgateway.portranges import Ranges, format_ranges, merge
 
 #: ranges kept from one advertisement (a few in practice); more are dropped
 MAX_RANGES = 256
 
-Ranges = tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -44,27 +45,12 @@ class GatewayPorts:
         return any(lo <= port <= hi for lo, hi in self.ranges)
 
 
-def merge(ranges: Iterable[tuple[int, int]]) -> Ranges:
-    """Sorted, overlapping and adjacent ranges merged."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return tuple(out)
-
-
 def from_proto(msg: Any) -> GatewayPorts:
     """A ``NbgwL4Ports`` message as :class:`GatewayPorts` (invalid ranges
     dropped: fewer ports; past :data:`MAX_RANGES` the rest dropped too)."""
     valid = [(r.first, r.last) for r in msg.ranges if 1 <= r.first <= r.last <= 65535]
     tls = msg.tls_port if 1 <= msg.tls_port <= 65535 else 0
     return GatewayPorts(merge(valid[:MAX_RANGES]), tls)
-
-
-def format_ranges(ranges: Iterable[tuple[int, int]]) -> str:
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
 
 
 def parse_ranges(text: str) -> Ranges:
