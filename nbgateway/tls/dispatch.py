@@ -142,7 +142,7 @@ class _RecordPath(records.Bios):
     the installed Twisted.  Without one, everything goes through Twisted's
     own steps, which check those attributes themselves."""
 
-    __slots__ = ("aggregator", "app", "clean", "held", "overhead", "proto", "transport")
+    __slots__ = ("aggregator", "app", "exact", "held", "overhead", "proto", "transport")
 
     def __init__(self, proto: DeadlineTLSProtocol) -> None:
         super().__init__(proto._tlsConnection)
@@ -152,21 +152,27 @@ class _RecordPath(records.Bios):
         self.transport = proto.transport
         #: the protocol may hold session tickets for the first write
         self.held = bool(proto._held)
-        #: OpenSSL holds no part of a record: the last read ended with a
-        #: ``SSL_read`` that returned plaintext and an empty read BIO
-        #: (pyOpenSSL binds no ``read_ahead``: OpenSSL reads a record's
-        #: header, then exactly its body).  Then, if the next read's first
-        #: ``SSL_read`` returns ``n`` bytes and the read was ``n +
-        #: overhead`` bytes, it was exactly one unpadded application record:
-        #: any more bytes (a second record, part of one, padding, a
+        #: :attr:`overhead` while OpenSSL holds no part of a record, else 0
+        #: (no read is ``n + 0`` bytes).  OpenSSL holds none when the last
+        #: read ended with a ``SSL_read`` that returned plaintext and an
+        #: empty read BIO (pyOpenSSL binds no ``read_ahead``: OpenSSL reads
+        #: a record's header, then exactly its body).  Then, if the next
+        #: read's first ``SSL_read`` returns ``n`` bytes and the read was
+        #: ``n + overhead`` bytes, it was exactly one unpadded application
+        #: record: any more bytes (a second record, part of one, padding, a
         #: handshake record SSL_read went through first) make it longer.  So
         #: the read BIO is empty again and OpenSSL wrote nothing (reading
         #: application data writes nothing; handshake messages and alerts
-        #: do), and neither BIO needs asking.  False until proven, and after
+        #: do), and neither BIO needs asking.  0 until proven, and after
         #: any read that ends otherwise
-        self.clean = False
+        self.exact = 0
         #: :func:`records.record_overhead` of the suite (0: never exact)
         self.overhead = records.record_overhead(self)
+
+    @property
+    def clean(self) -> bool:
+        """OpenSSL holds no part of a record (see :attr:`exact`)."""
+        return self.exact != 0
 
     def write(self, data: bytes) -> None:
         """An HTTP/1.1 connection's ``transport.write`` on the record path:
@@ -311,30 +317,27 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         result = _bio_write(path._into_ssl, data, size)
         if result <= 0:
             path.conn._handle_bio_errors(path._into_ssl, result)  # raises as bio_write does
-        if path.clean:
-            # the common read: one request in one whole record (see
-            # _RecordPath.clean); one SSL_read, no BIO asked
-            n = _ssl_read(path._ssl, _READ_BUF, _READ_SIZE)
-            if n > 0:
-                got: bytes | int = _unpack(_READ_BUF, n)
-                if n + path.overhead == size:
-                    path.app.dataReceived(got)
-                    return
-            elif _get_error(path._ssl, n) == _WANT_READ:
-                got = b""
-            else:
-                got = n
+        n = _ssl_read(path._ssl, _READ_BUF, _READ_SIZE)
+        if n > 0:
+            got: bytes | int = _unpack(_READ_BUF, n)
+            if n + path.exact == size:
+                # the common read: one request in exactly one record (see
+                # _RecordPath.exact); no BIO asked
+                path.app.dataReceived(got)
+                return
+        elif _get_error(path._ssl, n) == _WANT_READ:
+            got = b""
         else:
-            got = records.read_plaintext(path)
+            got = n
         app = path.app
         while True:
             if type(got) is bytes:
                 if not got:
-                    path.clean = False  # OpenSSL may hold part of a record
+                    path.exact = 0  # OpenSSL may hold part of a record
                     break
                 app.dataReceived(got)
                 if len(got) < _READ_SIZE and not records.unread(path):
-                    path.clean = True  # a whole record read, nothing left:
+                    path.exact = path.overhead  # a whole record read, nothing left:
                     break  # SSL_read would want more
                 if self._path is not path:
                     # closed, aborted or lost while delivering: Twisted's loop
@@ -343,7 +346,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
                     return
                 got = records.read_plaintext(path)
                 continue
-            path.clean = False
+            path.exact = 0
             try:  # pyOpenSSL's own mapping of the failed SSL_read
                 path.conn._raise_ssl_error(path._ssl, got)
             except ZeroReturnError:

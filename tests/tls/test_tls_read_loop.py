@@ -230,7 +230,8 @@ class OneRecordReadTests(unittest.SynchronousTestCase):
     def test_a_suite_without_a_known_overhead_reads_through_the_loop(self):
         h = Harness(self, True)
         self.assertEqual(h.exchange(b"ping"), b"4:ping")
-        h.server._path.overhead = 0  # as for TLS_AES_128_CCM_8_SHA256
+        path = h.server._path
+        path.overhead = path.exact = 0  # as for TLS_AES_128_CCM_8_SHA256
         calls = _Counting(self)
         for i in range(3):
             h.sniffer.dataReceived(_records_of(h, b"req%d" % i))
