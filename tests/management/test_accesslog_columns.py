@@ -193,3 +193,38 @@ def test_batch_rpc_refuses_a_foreign_account_in_a_well_formed_batch(store, accou
     assert rpcs.NbgwSendAccessLogBatch(ok, ctx, caller).stored == 0
     assert counter(store, account.id) == 20
     assert rpcs.NbgwSendAccessLogBatch(pb.NbgwSendAccessLogBatchRequest(), ctx, caller).stored == 0
+
+
+def test_nullable_columns_and_flags_round_trip_in_any_mix(store, account):
+    """SQLite binds a column that is NULL in every row of a batch as a NULL
+    literal and agent_network as 0/1: the stored values are those of the
+    per-value path, batch by batch, whatever the mix."""
+    store.groups.create(Group(id="g-dev", account_id=account.id, name="developers"))
+    store.users.create(User(id="alice", account_id=account.id, role="user",
+                            auto_groups=("g-dev",)))
+    plain = batch(account.id, "p", 4, user_id="")  # metadata, target, groups all NULL
+    mixed = [message(account.id, "m-0", metadata={"k": "v"}, nbgw_target="http://t:80",
+                     agent_network=True),
+             message(account.id, "m-1", user_id=""),
+             message(account.id, "m-2", user_id="alice", agent_network=False)]
+    rpcs, ctx = AccessLogRpcs(store), Context()
+    caller = types.SimpleNamespace(account_id=account.id)
+    assert rpcs.NbgwSendAccessLogBatch(plain, ctx, caller).stored == 4
+    req = pb.NbgwSendAccessLogBatchRequest(logs=mixed)
+    assert rpcs.NbgwSendAccessLogBatch(req, ctx, caller).stored == 3
+    p0, m0, m1, m2 = (store.access_logs.get(account.id, i) for i in ("p-0000", "m-0", "m-1", "m-2"))
+    assert p0.metadata == {} and p0.upstream_target == "" and p0.user_groups is None
+    assert p0.agent_network is False
+    assert m0.metadata == {"k": "v"} and m0.upstream_target == "http://t:80"
+    assert m0.agent_network is True and m0.user_groups == ("developers",)
+    assert m1.user_groups is None and m1.metadata == {} and m1.upstream_target == ""
+    assert m2.user_groups == ("developers",) and m2.agent_network is False
+    t = access_log_entries
+    with store._read() as conn:
+        raw = {r.id: r for r in conn.execute(sa.select(
+            t.c.id, t.c.metadata, t.c.upstream_target, t.c.user_groups,
+            sa.cast(t.c.agent_network, sa.Integer).label("agent")))}
+    assert raw["p-0000"].metadata is None and raw["p-0000"].upstream_target is None
+    assert raw["p-0000"].user_groups is None and raw["m-1"].user_groups is None
+    assert [raw[i].agent for i in ("p-0000", "m-0", "m-2")] == [0, 1, 0]
+    assert counter(store, account.id) == 7
