@@ -142,7 +142,8 @@ class _RecordPath(records.Bios):
     the installed Twisted.  Without one, everything goes through Twisted's
     own steps, which check those attributes themselves."""
 
-    __slots__ = ("aggregator", "app", "exact", "held", "overhead", "proto", "transport")
+    __slots__ = ("aggregator", "app", "exact", "held", "overhead", "proto", "transport",
+                 "twisted_flush")
 
     def __init__(self, proto: DeadlineTLSProtocol) -> None:
         super().__init__(proto._tlsConnection)
@@ -168,6 +169,9 @@ class _RecordPath(records.Bios):
         self.exact = 0
         #: :func:`records.record_overhead` of the suite (0: never exact)
         self.overhead = records.record_overhead(self)
+        #: on HTTP/2, the aggregator's own flush target (Twisted's write),
+        #: while :meth:`seal_from` takes its place
+        self.twisted_flush: Any = None
 
     @property
     def clean(self) -> bool:
@@ -201,13 +205,16 @@ class _RecordPath(records.Bios):
                         self.transport.write(out)
                     TLSMemoryBIOProtocol._write(self.proto, data)
                     return
-                self._seal_from(data, result)  # partial: the rest as below
+                self.seal_from(data, result)  # partial: the rest as below
                 return
-        self._seal_from(data, 0)
+        self.seal_from(data, 0)
 
-    def _seal_from(self, data: bytes, offset: int) -> None:
+    def seal_from(self, data: bytes, offset: int = 0) -> None:
         """``data[offset:]`` to TLS records and the transport (slices of
-        :data:`records.SEAL_SLICE`; the held tickets in front)."""
+        :data:`records.SEAL_SLICE`; the held tickets in front).  On HTTP/2
+        the aggregator's flush calls it with the turn's frames joined (in
+        place of Twisted's ``TLSMemoryBIOProtocol.write``, whose checks the
+        path makes moot: see the class docstring)."""
         total = len(data)
         while offset < total:
             took, result, out = records.seal_drain(self, data, offset)
@@ -373,14 +380,24 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
                 self._path = path = _RecordPath(self)
                 if self._write_through:
                     self.write = path.write  # type: ignore[method-assign]
+                else:
+                    # HTTP/2: writes still aggregated (many small frames per
+                    # turn), the aggregate sealed by the record path instead
+                    # of Twisted's write and pyOpenSSL's send
+                    aggregator = self._aggregator
+                    path.twisted_flush = aggregator._write
+                    aggregator._write = path.seal_from
+                    self.write = aggregator.write  # type: ignore[method-assign]
 
     def _drop_path(self) -> None:
         """Leave the record path for Twisted's steps (closing, aborted,
         TLS lost or shut down, a write buffered)."""
-        if self._path is not None:
+        path = self._path
+        if path is not None:
             self._path = None
-            if self._write_through:
-                self.write = self._tls_write  # type: ignore[method-assign]
+            if path.twisted_flush is not None:
+                self._aggregator._write = path.twisted_flush
+            self.write = self._tls_write  # type: ignore[method-assign]
 
     # -- ciphertext to the transport.  TLS 1.3 servers send their session
     # tickets (NewSessionTicket records) once the client's Finished arrives,

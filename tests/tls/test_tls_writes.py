@@ -6,6 +6,8 @@ client on memory BIOs, the server's transport a StringTransport, task.Clock."""
 
 from __future__ import annotations
 
+import contextlib
+
 from OpenSSL import SSL
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
@@ -36,7 +38,9 @@ class Wire(StringTransport):
         super().write(data)
 
 
-class TLSWriteTests(unittest.SynchronousTestCase):
+class _Connected(unittest.SynchronousTestCase):
+    """A TLS connection through the listener's factory, in memory."""
+
     def connect(self, alpn: bytes, early: bytes = b""):
         self.clock = task.Clock()
         factory = TLSOrPlainFactory(self_signed_options(), Factory.forProtocol(TwoWrites),
@@ -83,6 +87,9 @@ class TLSWriteTests(unittest.SynchronousTestCase):
             except SSL.WantReadError:
                 return got
 
+
+
+class TLSWriteTests(_Connected):
     def test_http11_writes_reach_the_transport_at_once_without_a_timer(self):
         self.connect(b"http/1.1")
         self.read()
@@ -130,3 +137,82 @@ class TLSWriteTests(unittest.SynchronousTestCase):
         self.pump()
         self.assertEqual(self.read(), b"one:next|two|three")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class H2RecordPathTests(_Connected):
+    """On HTTP/2 the aggregator still joins a turn's writes; on the record
+    path its flush seals them through nbgateway.tls.records (no pyOpenSSL
+    ``send``), and leaving the path gives the flush back to Twisted."""
+
+    def sends(self) -> list[int]:
+        """Counts pyOpenSSL ``Connection.send`` calls on the server side."""
+        calls: list[int] = []
+        conn = self.server.inner._tlsConnection
+        send = conn.send
+
+        def counted(data: bytes, flags: int = 0) -> int:
+            calls.append(len(data))
+            return send(data, flags)
+
+        self.patch(conn, "send", counted)
+        return calls
+
+    def test_the_flush_goes_through_the_record_path(self):
+        self.connect(b"h2")
+        tls = self.server.inner
+        self.assertIsNotNone(tls._path)
+        self.assertEqual(tls._aggregator._write, tls._path.seal_from)
+        sends = self.sends()
+        for i in range(3):
+            before = self.wire.writes
+            self.client.send(b"req%d" % i)
+            self.pump()
+            self.assertEqual(self.read(), b"")  # held by the aggregator
+            self.clock.advance(0)
+            self.pump()
+            self.assertEqual(self.read(), b"one:req%d|two|three" % i)
+            self.assertEqual(self.wire.writes - before, 1)
+        self.assertEqual(sends, [])
+
+    def test_a_large_turn_is_sealed_whole_and_in_order(self):
+        self.connect(b"h2")
+        self.read()
+        big = bytes(range(256)) * 400  # 100 KiB: the aggregator flushes at 64 KB
+        self.server.inner.write(big)
+        self.server.inner.write(b"|tail")
+        self.clock.advance(0)
+        self.pump()
+        self.assertEqual(self.read(), big + b"|tail")
+
+    def test_closing_gives_the_flush_back_and_sends_the_buffered_frames_first(self):
+        self.connect(b"h2")
+        self.read()
+        tls = self.server.inner
+        twisted_flush = tls._path.twisted_flush
+        tls.write(b"last frames")
+        tls.loseConnection()
+        self.assertIsNone(tls._path)
+        self.assertEqual(tls._aggregator._write, twisted_flush)
+        self.assertEqual(tls.write, tls._tls_write)
+        self.pump()
+        got = b""
+        with contextlib.suppress(SSL.ZeroReturnError):
+            while True:
+                got += self.client.recv(1 << 16)
+        self.assertEqual(got, b"last frames")  # before the close_notify
+        self.client.shutdown()  # the answer: then the server closes the transport
+        self.pump()
+        self.assertTrue(self.wire.disconnecting)
+
+    def test_the_held_tickets_go_in_front_of_the_first_flush(self):
+        self.connect(b"h2")
+        tls = self.server.inner
+        self.assertTrue(tls._held)  # the session tickets, held since the handshake
+        before = self.wire.writes
+        self.client.send(b"req")
+        self.pump()
+        self.clock.advance(0)
+        self.pump()
+        self.assertEqual(self.wire.writes - before, 1)  # tickets and frames in one write
+        self.assertEqual(tls._held, b"")
+        self.assertEqual(self.read(), b"one:req|two|three")
