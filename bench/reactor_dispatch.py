@@ -78,6 +78,16 @@ def generator(args: argparse.Namespace) -> int:
     rnd = random.Random(7)
     sel = selectors.DefaultSelector()
     sel.register(udp_sock, selectors.EVENT_READ, None)
+    fronts: list[socket.socket] = []
+    if args.front == "tcp":  # the clients: one TCP connection each to the gateway
+        for i in range(args.conns):
+            f = socket.create_connection(gw)
+            f.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            f.sendall(HEAD.pack(i, 0))  # "hello": which connection this is
+            f.setblocking(False)
+            fronts.append(f)
+            sel.register(f, selectors.EVENT_READ, ("front", i))
+    front_need = [0] * args.conns
     pending = {}  # upstream socket -> bytes of request still expected
     for i, c in enumerate(upstreams):
         sel.register(c, selectors.EVENT_READ, i)
@@ -97,7 +107,11 @@ def generator(args: argparse.Namespace) -> int:
             k = queue.pop(0)
             i = k % args.conns
             busy[i] = True
-            udp_sock.sendto(HEAD.pack(i, k).ljust(rnd.randint(60, 200), b"r"), gw)
+            if fronts:
+                body = HEAD.pack(i, k).ljust(rnd.randint(60, 200), b"r")
+                fronts[i].sendall(struct.pack("!I", len(body) + 4) + body)
+            else:
+                udp_sock.sendto(HEAD.pack(i, k).ljust(rnd.randint(60, 200), b"r"), gw)
         wait = max(0.0, start + sent * interval - time.monotonic()) if sent < total else 0.5
         for key, _ev in sel.select(wait):
             if key.data is None:
@@ -113,6 +127,16 @@ def generator(args: argparse.Namespace) -> int:
             data = c.recv(65536)
             if not data:
                 return 1
+            if isinstance(key.data, tuple):  # a response on a client connection
+                i = key.data[1]
+                if front_need[i] == 0:
+                    front_need[i] = struct.unpack_from("!I", data)[0]
+                front_need[i] -= len(data)
+                if front_need[i] <= 0:
+                    front_need[i] = 0
+                    busy[i] = False
+                    done += 1
+                continue
             need = pending.get(c, 0)
             if need == 0:  # a new request: its size is in its first 4 bytes
                 need = struct.unpack_from("!I", data)[0]
@@ -148,7 +172,7 @@ def gateway(args: argparse.Namespace) -> dict:
     gen = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "gen",
                             "--conns", str(args.conns), "--rate", str(args.rate),
                             "--requests", str(args.requests), "--response",
-                            str(args.response)],
+                            str(args.response), "--front", args.front],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ports = json.loads(gen.stdout.readline())
     client = ("127.0.0.1", ports["udp"])
@@ -167,18 +191,10 @@ def gateway(args: argparse.Namespace) -> dict:
             size = rnd.randint(args.request // 2, args.request)
             self.reply = head
             payload = struct.pack("!I", size) + b"q" * (size - 4)
-            t = self.transport
-            if args.eager_write and not t.dataBuffer and not t._tempDataBuffer:
-                # what a transport that sends at once when nothing is queued
-                # would do: no epoll round trip for the write (an estimate)
-                try:
-                    sent = t.socket.send(payload)
-                except BlockingIOError:
-                    sent = 0
-                payload = payload[sent:]
-                if not payload:
-                    return
-            t.write(payload)
+            if direct_write is not None:  # as the gateway writes a request head
+                direct_write(self.transport, payload)
+            else:
+                self.transport.write(payload)
 
         def dataReceived(self, data: bytes) -> None:
             if self.need == 0:
@@ -186,8 +202,13 @@ def gateway(args: argparse.Namespace) -> dict:
             self.need -= len(data)
             if self.need <= 0:
                 self.need = 0
-                device.link.sendDatagram(self.reply.ljust(min(1400, args.response), b"p"),
-                                         client)
+                if args.front == "tcp":
+                    size = rnd.randint(args.response // 2, args.response)
+                    fronts[HEAD.unpack_from(self.reply)[0]].transport.write(
+                        struct.pack("!I", size) + self.reply.ljust(size - 4, b"p"))
+                else:
+                    device.link.sendDatagram(
+                        self.reply.ljust(min(1400, args.response), b"p"), client)
                 state["served"] += 1
                 n = state["served"]
                 if n == WARMUP:
@@ -211,8 +232,38 @@ def gateway(args: argparse.Namespace) -> dict:
         def datagramReceived(self, data, addr) -> None:
             self.datagramsReceived([(data, addr)])
 
+    class Front(protocol.Protocol):
+        """A client's connection (``--front tcp``): length-prefixed requests."""
+
+        def __init__(self) -> None:
+            self.buf = b""
+
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.buf += data
+            if len(self.buf) >= HEAD.size and self not in fronts.values():
+                fronts[HEAD.unpack_from(self.buf)[0]] = self
+                self.buf = self.buf[HEAD.size:]
+            while len(self.buf) >= 4 and len(self.buf) >= struct.unpack_from("!I", self.buf)[0]:
+                size = struct.unpack_from("!I", self.buf)[0]
+                msg, self.buf = self.buf[4:size], self.buf[size:]
+                conns[HEAD.unpack_from(msg)[0]].request(msg[:HEAD.size])
+
+    direct_write = None
+    if args.upstream_write == "gateway":
+        try:
+            from nbgateway.dial.sockwrite import write as direct_write
+        except ImportError:
+            direct_write = None
+    fronts: dict[int, Front] = {}
     device = Device()
-    port = udp.listen(reactor, device, 0, "127.0.0.1")
+    if args.front == "tcp":
+        front_factory = protocol.Factory.forProtocol(Front)
+        port = reactor.listenTCP(0, front_factory, interface="127.0.0.1")
+    else:
+        port = udp.listen(reactor, device, 0, "127.0.0.1")
     conns: list[Upstream] = []
     factory = protocol.ClientFactory()
     factory.protocol = Upstream
@@ -239,7 +290,8 @@ def gateway(args: argparse.Namespace) -> dict:
                 if state["t0"] is not None:
                     counts["polls"] += 1
                     for fd, ev in events:
-                        kind = "udp" if fd == udp_fd else "tcp"
+                        kind = ("udp" if fd == udp_fd else
+                                "front" if fd in front_fds else "upstream")
                         if ev & 1:
                             counts[f"{kind}_read"] += 1
                         if ev & 4:
@@ -250,19 +302,31 @@ def gateway(args: argparse.Namespace) -> dict:
 
         reactor._poller = CountingPoller()
 
+    front_fds: set[int] = set()
+
     def go() -> None:
         if len(conns) < args.conns:
             reactor.callLater(0.01, go)
             return
         gen.stdin.write(f"{port.getHost().port}\n")
         gen.stdin.flush()
+        if args.front == "tcp":
+            reactor.callLater(0.01, known)
+
+    def known() -> None:
+        if len(fronts) < args.conns:
+            reactor.callLater(0.01, known)
+            return
+        front_fds.update(f.transport.fileno() for f in fronts.values())
         state["b0"] = (state["batches"], state["datagrams"])
 
     reactor.callLater(0, go)
     reactor.run()
     gen.wait(timeout=30)
     n = args.requests - WARMUP
-    out = {"lean": lean, "cpu_us_per_request": (state["t1"] - state["t0"]) / n * 1e6}
+    out = {"lean": lean, "deferred_writes": loop is not None and loop.defers_writes(reactor),
+           "direct_upstream_write": direct_write is not None,
+           "cpu_us_per_request": (state["t1"] - state["t0"]) / n * 1e6}
     if args.count:
         out.update({k: round(v / n, 3) for k, v in sorted(counts.items())})
         out["datagrams_per_udp_read"] = round(state["datagrams"] / max(1, state["batches"]), 3)
@@ -280,9 +344,7 @@ def _run_child(args, tree: str, env_extra: dict) -> dict:
            "--request", str(args.request), "--response", str(args.response)]
     if args.count:
         cmd.append("--count")
-    if env_extra.get("EAGER") or args.eager_write:
-        cmd.append("--eager-write")
-    env.pop("EAGER", None)
+    cmd += ["--front", args.front, "--upstream-write", args.upstream_write]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise SystemExit(res.stderr)
@@ -300,8 +362,7 @@ def _callgrind(args, tree: str, env_extra: dict) -> float:
                os.path.abspath(__file__), "--role", "gateway", "--conns", str(args.conns),
                "--rate", str(args.rate), "--requests", str(n), "--request",
                str(args.request), "--response", str(args.response)]
-        if env.pop("EAGER", None) or args.eager_write:
-            cmd.append("--eager-write")
+        cmd += ["--front", args.front, "--upstream-write", args.upstream_write]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         if res.returncode != 0:
             raise SystemExit(res.stderr[-3000:])
@@ -326,11 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", metavar="DIR", help="another checkout to alternate with")
     p.add_argument("--compare", action="store_true",
                    help="this tree with NBGW_LEAN_DISPATCH=0 against this tree")
-    p.add_argument("--eager-write", action="store_true",
-                   help="the upstream requests are sent at once when nothing is queued "
-                        "(no write event; an estimate of what that would save)")
-    p.add_argument("--compare-eager", action="store_true",
-                   help="this tree without and with --eager-write")
+    p.add_argument("--front", choices=("udp", "tcp"), default="udp",
+                   help="the clients: datagrams on the WireGuard UDP port, or one TCP "
+                        "connection each to a listener (the public listener's path)")
+    p.add_argument("--upstream-write", choices=("gateway", "twisted"), default="gateway",
+                   help="upstream requests as the gateway writes them (dial/sockwrite: at "
+                        "once when nothing is queued), or with transport.write (TLS "
+                        "upstreams, large bodies)")
+    p.add_argument("--compare-writes", action="store_true",
+                   help="this tree with NBGW_LEAN_WRITES=0 against this tree")
     p.add_argument("--callgrind", action="store_true",
                    help="instructions per request under callgrind (use a low --rate)")
     args = p.parse_args(argv)
@@ -346,9 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.compare:
         variants = {"Twisted's dispatch": (here, {"NBGW_LEAN_DISPATCH": "0"}),
                     "lean dispatch": (here, {"NBGW_LEAN_DISPATCH": "1"})}
-    elif args.compare_eager:
-        variants = {"write on the next poll": (here, {}),
-                    "eager write": (here, {"EAGER": "1"})}
+    elif args.compare_writes:
+        variants = {"writers registered": (here, {"NBGW_LEAN_WRITES": "0"}),
+                    "writers deferred": (here, {"NBGW_LEAN_WRITES": "1"})}
     if args.callgrind:
         for name, (tree, env) in variants.items():
             print(f"{name}: {_callgrind(args, tree, env):,.0f} instructions per request")
@@ -361,10 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, runs in results.items():
         cpu = [r["cpu_us_per_request"] for r in runs]
         medians[name] = statistics.median(cpu)
-        print(f"{name}: lean={runs[0]['lean']} CPU per request {medians[name]:.2f} us "
+        print(f"{name}: lean={runs[0]['lean']} deferred={runs[0]['deferred_writes']} "
+              f"direct upstream write={runs[0]['direct_upstream_write']}\n"
+              f"   CPU per request {medians[name]:.2f} us "
               f"(runs {', '.join(f'{c:.2f}' for c in cpu)})")
         if args.count:
-            keys = [k for k in runs[0] if k not in ("lean", "cpu_us_per_request")]
+            keys = [k for k in runs[0] if k not in ("lean", "cpu_us_per_request",
+                                                     "deferred_writes", "direct_upstream_write")]
             print("   per request: " + ", ".join(
                 f"{k} {statistics.median(r[k] for r in runs)}" for k in keys))
     if len(medians) == 2:

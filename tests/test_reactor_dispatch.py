@@ -385,3 +385,317 @@ def test_the_gateway_service_installs_it_on_its_epoll_reactor(tmp_path: Path):
                          text=True, timeout=60, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[(False, True), (False, False)]"
+
+
+# -- deferred TCP writers ------------------------------------------------------------------
+
+
+class CountingPoller:
+    """The reactor's epoll object, counting epoll_ctl calls (register/modify/unregister)."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.ctl = 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def register(self, *a):
+        self.ctl += 1
+        return self.real.register(*a)
+
+    def modify(self, *a):
+        self.ctl += 1
+        return self.real.modify(*a)
+
+    def unregister(self, *a):
+        self.ctl += 1
+        return self.real.unregister(*a)
+
+
+class Client(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"hello from the client")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self.lost = reason
+
+
+def scenario_client_exchange(mode: str):
+    """A client and a server in one reactor: connect, request, response,
+    close; the epoll_ctl calls of one request/response once connected."""
+    r = make_reactor(mode)
+    try:
+        factory = Server()
+        port = r.listenTCP(0, factory, interface="127.0.0.1")
+        client = Client()
+        cf = protocol.ClientFactory()
+        cf.buildProtocol = lambda addr: client
+        r.connectTCP("127.0.0.1", port.getHost().port, cf)
+        spin(r, lambda: factory.protocols and factory.protocols[0].data == b"hello from the client")
+        srv = factory.protocols[0]
+        counting = r._poller = CountingPoller(r._poller)
+        srv.transport.write(b"response")
+        spin(r, lambda: client.data == b"response")
+        client.transport.write(b"second")
+        client.transport.write(b" request")  # one turn: the two writes leave together
+        spin(r, lambda: srv.data.endswith(b"second request"))
+        ctl = counting.ctl
+        client.transport.loseConnection()
+        spin(r, lambda: client.lost is not None and srv.lost is not None)
+        port.stopListening()
+        return ctl, client.lost.type, srv.lost.type
+    finally:
+        close_reactor(r)
+
+
+def test_deferred_writers_need_no_epoll_registration():
+    stock_ctl, *stock = scenario_client_exchange("stock")
+    lean_ctl, *lean = scenario_client_exchange("lean")
+    assert stock == lean == [error.ConnectionDone, error.ConnectionDone]
+    assert stock_ctl == 4  # two writes: register for writing, then unregister, each
+    assert lean_ctl == 0
+
+
+class PullProducer:
+    """A non-streaming producer: asked for more at registration, then when
+    its transport's buffer empties (from inside that transport's doWrite);
+    runs ``action`` then (the second call)."""
+
+    def __init__(self, action) -> None:
+        self.action = action
+        self.calls = 0
+
+    def resumeProducing(self) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.action()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def scenario_writer_chain(mode: str, abort_other: bool):
+    """Connection A's doWrite (its producer) aborts B, or writes to B, while
+    B waits for its own first write in the same turn."""
+    r = make_reactor(mode)
+    try:
+        factory = Server()
+        port = r.listenTCP(0, factory, interface="127.0.0.1")
+        peer_a = _connect(r, factory, port)
+        peer_b = _connect(r, factory, port)
+        a, b = factory.protocols
+        if abort_other:
+            a.transport.registerProducer(PullProducer(b.transport.abortConnection), False)
+            a.transport.write(b"to a")
+            b.transport.write(b"to b, never sent")
+        else:
+            a.transport.registerProducer(PullProducer(lambda: b.transport.write(b"chained")),
+                                         False)
+            a.transport.write(b"to a")
+        t0 = time.monotonic()
+        r.iterate(2.0)
+        if not abort_other:  # B, written from A's doWrite, needs no sleep of the poll
+            r.iterate(2.0)
+        quick = time.monotonic() - t0 < 1.5
+        got_a = recv(r, peer_a)
+        if abort_other:
+            spin(r, lambda: b.lost is not None)
+            try:
+                got_b = recv(r, peer_b, until_eof=True)
+            except ConnectionResetError:
+                got_b = b"reset"
+        else:
+            got_b = recv(r, peer_b)
+        peer_a.close()
+        peer_b.close()
+        port.stopListening()
+        return quick, got_a, got_b, b.lost.type if b.lost else None
+    finally:
+        close_reactor(r)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_writer_aborted_by_an_earlier_writer_of_the_same_turn_is_not_written(mode):
+    assert scenario_writer_chain(mode, abort_other=True) == (
+        True, b"to a", b"reset", error.ConnectionAborted)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_writer_added_by_another_writer_goes_out_without_waiting(mode):
+    assert scenario_writer_chain(mode, abort_other=False) == (True, b"to a", b"chained", None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lose_connection_after_a_write_sends_it_first(mode):
+    r = make_reactor(mode)
+    try:
+        factory = Server()
+        port = r.listenTCP(0, factory, interface="127.0.0.1")
+        peer = _connect(r, factory, port)
+        p = factory.protocols[0]
+        p.transport.write(b"last words")
+        p.transport.loseConnection()
+        assert recv(r, peer, until_eof=True) == b"last words"
+        spin(r, lambda: p.lost is not None)
+        assert p.lost.type is error.ConnectionDone
+        peer.close()
+        port.stopListening()
+    finally:
+        close_reactor(r)
+
+
+def test_deferred_writers_are_listed_removed_and_handed_back():
+    r = make_reactor("lean")
+    try:
+        assert loop.defers_writes(r)
+        factory = Server()
+        port = r.listenTCP(0, factory, interface="127.0.0.1")
+        peers = [_connect(r, factory, port) for _ in range(2)]
+        a, b = factory.protocols
+        a.transport.write(b"x")
+        assert a.transport in r.getWriters()
+        assert a.transport.fileno() not in r._writes  # not registered with epoll
+        b.transport.write(b"y")
+        loop.uninstall(r)  # Twisted's dispatch: the deferred writer is registered now
+        assert not loop.installed(r) and not loop.defers_writes(r)
+        assert {a.transport.fileno(), b.transport.fileno()} <= r._writes
+        assert recv(r, peers[0]) == b"x" and recv(r, peers[1]) == b"y"
+        assert loop.install(r)
+        a.transport.write(b"z")
+        removed = r.removeAll()
+        assert a.transport in removed and b.transport in removed
+        assert a.transport not in r.getWriters()
+        for s in removed:
+            s.connectionLost(failure.Failure(error.ConnectionDone()))
+        for peer in peers:
+            peer.close()
+        port.stopListening()
+    finally:
+        close_reactor(r)
+
+
+def test_writers_not_deferred_when_switched_off(monkeypatch):
+    monkeypatch.setenv(loop.ENV_WRITES, "0")
+    r = epollreactor.EPollReactor()
+    try:
+        assert loop.install(r) and not loop.defers_writes(r)
+        assert "addWriter" not in vars(r)
+    finally:
+        close_reactor(r)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_timer_set_by_a_deferred_write_runs_without_waiting(mode):
+    """reactor.run(): a callLater(0) made inside a writer's doWrite (its
+    producer) runs in the next loop turn, not after the poll's timeout."""
+    r = make_reactor(mode)
+    try:
+        factory = Server()
+        port = r.listenTCP(0, factory, interface="127.0.0.1")
+        peer = _connect(r, factory, port)
+        p = factory.protocols[0]
+        times: list[float] = []
+
+        def from_do_write() -> None:
+            r.callLater(0, lambda: (times.append(time.monotonic()), r.stop()))
+
+        def start() -> None:
+            times.append(time.monotonic())
+            p.transport.registerProducer(PullProducer(from_do_write), False)
+            p.transport.write(b"data")
+
+        r.callLater(0.05, start)
+        r.callLater(3, r.stop)  # nothing else would wake the poll before this
+        r.run(installSignalHandlers=False)
+        assert len(times) == 2 and times[1] - times[0] < 1.0
+        assert recv(r, peer) == b"data"
+        peer.close()
+    finally:
+        close_reactor(r)
+
+
+class Trigger(protocol.Protocol):
+    def __init__(self, action) -> None:
+        self.action = action
+
+    def dataReceived(self, data: bytes) -> None:
+        self.action()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_answer_before_a_reset_is_read_before_the_write_fails(mode):
+    """During one poll's dispatch the peer answers and resets, then the
+    client writes: the client still reads the answer before its write
+    fails (Twisted reads a socket that is readable and writable first)."""
+    r = make_reactor(mode)
+    try:
+        lst = socket.create_server(("127.0.0.1", 0))
+        client = Client()
+        cf = protocol.ClientFactory()
+        cf.buildProtocol = lambda addr: client
+        r.connectTCP("127.0.0.1", lst.getsockname()[1], cf)
+        lst.setblocking(False)
+        accepted: list[socket.socket] = []
+
+        def accept() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                accepted.append(lst.accept()[0])
+            return bool(accepted)
+
+        spin(r, accept)
+        peer = accepted[0]
+        spin(r, lambda: client.transport is not None and client.transport.connected
+             and not r.getWriters())
+        peer.settimeout(5)
+        assert peer.recv(100) == b"hello from the client"
+
+        def answer_reset_then_write() -> None:
+            peer.sendall(b"early answer")
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            peer.close()  # RST; the answer waits in the client's receive queue
+            client.transport.write(b"more")
+
+        trigger = protocol.Factory()
+        trigger.buildProtocol = lambda addr: Trigger(answer_reset_then_write)
+        tport = r.listenTCP(0, trigger, interface="127.0.0.1")
+        tpeer = socket.create_connection(("127.0.0.1", tport.getHost().port))
+        tpeer.sendall(b"go")
+        spin(r, lambda: client.lost is not None)
+        tpeer.close()
+        tport.stopListening()
+        lst.close()
+        assert client.data == b"early answer"
+    finally:
+        close_reactor(r)
+
+
+def test_a_deferred_writer_lost_without_remove_writer_is_skipped():
+    """connectionLost called directly (no removeWriter) while waiting for
+    the flush: it is not written to, nor lost a second time."""
+    r = make_reactor("lean")
+    try:
+        factory = Server()
+        port = r.listenTCP(0, factory, interface="127.0.0.1")
+        peer = _connect(r, factory, port)
+        p = factory.protocols[0]
+        calls = []
+        p.connectionLost = lambda reason: calls.append(reason.type)
+        p.transport.write(b"never")
+        r.removeReader(p.transport)
+        p.transport.connectionLost(failure.Failure(error.ConnectionDone()))
+        r.iterate(0)
+        r.iterate(0)
+        assert calls == [error.ConnectionDone]
+        assert p.transport not in r.getWriters()
+        peer.close()
+        port.stopListening()
+    finally:
+        close_reactor(r)
