@@ -178,6 +178,63 @@ class _RecordPath(records.Bios):
         """OpenSSL holds no part of a record (see :attr:`exact`)."""
         return self.exact != 0
 
+    def read(self, data: bytes) -> None:
+        """The protocol's ``dataReceived`` on the record path
+        (TLSMemoryBIOProtocol.dataReceived/_flushReceiveBIO/_flushSendBIO
+        with nbgateway.tls.records, inline); while the path applies, a
+        TLS connection's reads come here straight from the sniffer (see
+        :meth:`DeadlineTLSProtocol._take_reads`).  TLS is not lost, the
+        connection neither closing nor aborted and no write buffered (see
+        the class docstring): none of Twisted's checks of those can stop
+        anything here."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        size = len(data)
+        result = _bio_write(self._into_ssl, data, size)
+        if result <= 0:
+            self.conn._handle_bio_errors(self._into_ssl, result)  # raises as bio_write does
+        n = _ssl_read(self._ssl, _READ_BUF, _READ_SIZE)
+        if n > 0:
+            got: bytes | int = _unpack(_READ_BUF, n)
+            if n + self.exact == size:
+                # the common read: one request in exactly one record (see
+                # exact); no BIO asked
+                self.app.dataReceived(got)
+                return
+        elif _get_error(self._ssl, n) == _WANT_READ:
+            got = b""
+        else:
+            got = n
+        app, proto = self.app, self.proto
+        while True:
+            if type(got) is bytes:
+                if not got:
+                    self.exact = 0  # OpenSSL may hold part of a record
+                    break
+                app.dataReceived(got)
+                if len(got) < _READ_SIZE and not records.unread(self):
+                    self.exact = self.overhead  # a whole record read, nothing left:
+                    break  # SSL_read would want more
+                if proto._path is not self:
+                    # closed, aborted or lost while delivering: Twisted's loop
+                    # reads the rest (and delivers it unless aborted, flushes)
+                    proto._flushReceiveBIO()
+                    return
+                got = records.read_plaintext(self)
+                continue
+            self.exact = 0
+            try:  # pyOpenSSL's own mapping of the failed SSL_read
+                self.conn._raise_ssl_error(self._ssl, got)
+            except ZeroReturnError:
+                proto._shutdownTLS()
+                proto._tlsShutdownFinished(None)
+            except SSLError:
+                proto._tlsShutdownFinished(Failure())
+            break
+        # usually nothing: the response went out as written (write)
+        if records.unsent(self) and proto._tlsConnection is not None:
+            proto._emit(records.drain(self))
+
     def write(self, data: bytes) -> None:
         """An HTTP/1.1 connection's ``transport.write`` on the record path:
         TLS records and one transport write at once (behind anything the
@@ -265,6 +322,10 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     #: ciphertext held back to go out with the next write (the session
     #: tickets OpenSSL writes when a TLS 1.3 handshake completes)
     _held = b""
+    #: the :class:`_Sniffer` that hands this protocol its reads (None when
+    #: built otherwise); on the record path its ``dataReceived`` is the
+    #: path's ``read`` (see :meth:`_take_reads`)
+    _sniffer: Any = None
     #: zope's adapter lookup (``IPushProducer(transport, default)`` in
     #: twisted.web's connectionMade) asks for ``__conform__``; answering here
     #: spares ProtocolWrapper.__getattr__ and an AttributeError from the
@@ -313,58 +374,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
             super().dataReceived(data)
             self._handshake_progress()
             return
-        # the record path: TLSMemoryBIOProtocol.dataReceived/_flushReceiveBIO/
-        # _flushSendBIO with nbgateway.tls.records, inline.  While the path
-        # applies, TLS is not lost, the connection neither closing nor
-        # aborted and no write buffered (see _RecordPath): none of Twisted's
-        # checks of those can stop anything here
-        if type(data) is not bytes:
-            data = bytes(data)
-        size = len(data)
-        result = _bio_write(path._into_ssl, data, size)
-        if result <= 0:
-            path.conn._handle_bio_errors(path._into_ssl, result)  # raises as bio_write does
-        n = _ssl_read(path._ssl, _READ_BUF, _READ_SIZE)
-        if n > 0:
-            got: bytes | int = _unpack(_READ_BUF, n)
-            if n + path.exact == size:
-                # the common read: one request in exactly one record (see
-                # _RecordPath.exact); no BIO asked
-                path.app.dataReceived(got)
-                return
-        elif _get_error(path._ssl, n) == _WANT_READ:
-            got = b""
-        else:
-            got = n
-        app = path.app
-        while True:
-            if type(got) is bytes:
-                if not got:
-                    path.exact = 0  # OpenSSL may hold part of a record
-                    break
-                app.dataReceived(got)
-                if len(got) < _READ_SIZE and not records.unread(path):
-                    path.exact = path.overhead  # a whole record read, nothing left:
-                    break  # SSL_read would want more
-                if self._path is not path:
-                    # closed, aborted or lost while delivering: Twisted's loop
-                    # reads the rest (and delivers it unless aborted, flushes)
-                    self._flushReceiveBIO()
-                    return
-                got = records.read_plaintext(path)
-                continue
-            path.exact = 0
-            try:  # pyOpenSSL's own mapping of the failed SSL_read
-                path.conn._raise_ssl_error(path._ssl, got)
-            except ZeroReturnError:
-                self._shutdownTLS()
-                self._tlsShutdownFinished(None)
-            except SSLError:
-                self._tlsShutdownFinished(Failure())
-            break
-        # usually nothing: the response went out as written (_RecordPath.write)
-        if records.unsent(path) and self._tlsConnection is not None:
-            self._emit(records.drain(path))
+        path.read(data)
 
     def _handshake_progress(self) -> None:
         if self._handshake_pending and self._handshakeDone:
@@ -378,6 +388,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
             if self._records and not (self.disconnecting or self._lostTLSConnection
                                       or self._appSendBuffer):
                 self._path = path = _RecordPath(self)
+                self._take_reads(path.read, self.dataReceived)
                 if self._write_through:
                     self.write = path.write  # type: ignore[method-assign]
                 else:
@@ -389,12 +400,23 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
                     aggregator._write = path.seal_from
                     self.write = aggregator.write  # type: ignore[method-assign]
 
+    def _take_reads(self, reader: Any, instead_of: Any) -> None:
+        """The sniffer's reads to ``reader`` if they go to ``instead_of``:
+        on the record path straight to the path's ``read`` (no frame and no
+        attribute read of this protocol per read; its attribute reads go
+        through ``ProtocolWrapper.__getattr__``'s unspecialised lookup),
+        back to this protocol's ``dataReceived`` when the path is left."""
+        sniffer = self._sniffer
+        if sniffer is not None and sniffer.__dict__.get("dataReceived") == instead_of:
+            sniffer.dataReceived = reader
+
     def _drop_path(self) -> None:
         """Leave the record path for Twisted's steps (closing, aborted,
         TLS lost or shut down, a write buffered)."""
         path = self._path
         if path is not None:
             self._path = None
+            self._take_reads(self.dataReceived, path.read)
             if path.twisted_flush is not None:
                 self._aggregator._write = path.twisted_flush
             self.write = self._tls_write  # type: ignore[method-assign]
@@ -476,6 +498,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
         self._drop_path()
+        self._sniffer = None  # (it refers to this protocol)
         self._held = b""
         super().connectionLost(reason)
 
@@ -539,6 +562,7 @@ class _Sniffer(Protocol):
         # rebinds its own)
         if tls:
             self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+            inner._sniffer = self  # on the record path: the path's read (_take_reads)
         inner.makeConnection(self.transport)
         inner.dataReceived(data)
 

@@ -70,7 +70,7 @@ class _Lookups:
 
 
 class LookupTests(unittest.SynchronousTestCase):
-    def test_two_protocol_reads_and_no_connection_read_per_request(self):
+    def test_one_protocol_read_and_no_connection_read_per_request(self):
         lookups = _Lookups(self)
         for records_on in (True, False):
             h = HTTPS(records_on)
@@ -81,7 +81,9 @@ class LookupTests(unittest.SynchronousTestCase):
                 self.assertTrue(h.get(b"/p%d?q=%d" % (i, i)).endswith(b"tls"))
             lookups.targets = (None, None)
             if records_on:
-                self.assertEqual(dict(lookups.proto), {"_path": n, "write": n})
+                # the channel's transport.write; reads reach the path's
+                # read from the sniffer without the protocol (22, then 2)
+                self.assertEqual(dict(lookups.proto), {"write": n})
                 self.assertEqual(dict(lookups.conn), {})
             else:  # Twisted's path: its checks, pyOpenSSL's recv/send
                 self.assertGreater(sum(lookups.proto.values()), 10 * n)

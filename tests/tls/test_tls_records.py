@@ -208,11 +208,32 @@ class RecordPathTests(unittest.SynchronousTestCase):
         self.assertEqual((took, h.read()), (4, b"view"))
 
     def test_sniffer_hands_tls_reads_straight_to_the_tls_protocol(self):
+        """Straight to the TLS protocol, and on the record path straight to
+        the path's read; back to the protocol when the path is left."""
+        for records_on in (True, False):
+            h = Harness(self, records_on)
+            path = h.server._path
+            self.assertEqual(path is not None, records_on)
+            reader = path.read if records_on else h.server.dataReceived
+            self.assertEqual(h.sniffer.dataReceived, reader)
+            self.assertEqual(h.exchange(b"ping"), b"4:ping")
+            h.sniffer.connectionLost(Failure(ConnectionDone()))
+            self.assertIsNotNone(h.app.lost)
+            self.assertEqual(h.sniffer.dataReceived, h.server.dataReceived)
+            self.assertIsNone(h.server._sniffer)
+            h.client.send(b"late")
+            with contextlib.suppress(AttributeError):  # as Twisted's: released
+                h.sniffer.dataReceived(h.client.bio_read(1 << 16))
+            self.assertNotIn(b"late", h.app.got)
+
+    def test_leaving_the_record_path_gives_the_reads_back_to_the_protocol(self):
         h = Harness(self, True)
+        path = h.server._path
+        self.assertEqual(h.sniffer.dataReceived, path.read)
+        self.assertEqual(h.exchange(b"close"), b"5:close")  # the app closes
+        self.assertIsNone(h.server._path)
         self.assertEqual(h.sniffer.dataReceived, h.server.dataReceived)
-        self.assertEqual(h.exchange(b"ping"), b"4:ping")
-        h.sniffer.connectionLost(Failure(ConnectionDone()))
-        self.assertIsNotNone(h.app.lost)
+        self.assertIs(h.server._sniffer, h.sniffer)
 
     def test_client_close_notify_is_answered_and_the_transport_closed(self):
         for h in self.both():
