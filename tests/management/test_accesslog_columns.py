@@ -228,3 +228,22 @@ def test_nullable_columns_and_flags_round_trip_in_any_mix(store, account):
     assert raw["p-0000"].user_groups is None and raw["m-1"].user_groups is None
     assert [raw[i].agent for i in ("p-0000", "m-0", "m-2")] == [0, 1, 0]
     assert counter(store, account.id) == 7
+
+
+def test_sqlite_ingest_connections_spill_only_past_16_mib(store, account):
+    """A batch's dirty pages stay in the connection's cache up to 4096 pages
+    (not the ~500 of the default cache size) before they go to the WAL."""
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite's page cache")
+    assert store.access_logs.append_columns(decode_batch(batch(account.id, "s", 5).logs)) == 5
+    seen = 0
+    conns = [store._engine.connect() for _ in range(3)]
+    try:
+        for conn in conns:
+            if conn.connection.info.get("nbgw_accesslog_cache_spill"):
+                seen += 1
+                assert conn.exec_driver_sql("PRAGMA cache_spill").scalar_one() == 4096
+    finally:
+        for conn in conns:
+            conn.close()
+    assert seen == 1

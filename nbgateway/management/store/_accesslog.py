@@ -460,6 +460,15 @@ def executemany_rows(
     return int(conn.exec_driver_sql(sql["insert"]).scalar_one())
 
 
+#: SQLite: the pages a connection's cache holds before a transaction spills
+#: dirty ones into the WAL (its cache_size by default, ~2 MiB).  A batch
+#: with random ids dirties about one page of the id index per entry: past
+#: ~500 pages they were written to the WAL mid-transaction, read back and
+#: written again at commit (about 14 % more page writes at 60,000 stored
+#: entries).  16 MiB at 4 KiB pages; beyond it a transaction still spills.
+_SPILL_PAGES = 4096
+_SPILL_KEY = "nbgw_accesslog_cache_spill"
+
 #: the columns a SQLite batch may leave NULL throughout (no metadata, no
 #: upstream target, no user): :func:`_sqlite_statement`
 _NULLABLE = (_METADATA, _UPSTREAM, _GROUPS)
@@ -494,6 +503,13 @@ def _sqlite_insert(
     the row trigger that did it per entry (two statements per row, about 40 %
     of SQLite's CPU per stored entry).  An account that does not exist fails
     the counter's foreign key, as the trigger's insert did."""
+    info = conn.connection.info  # the pooled DBAPI connection's own
+    if not info.get(_SPILL_KEY):
+        # the threshold, then spilling back on: SQLite also reads the number
+        # as a boolean, from its low byte (4096 would switch spilling off)
+        conn.exec_driver_sql(f"PRAGMA cache_spill = {_SPILL_PAGES}")
+        conn.exec_driver_sql("PRAGMA cache_spill = ON")
+        info[_SPILL_KEY] = True
     accounts_ = set(accounts) if accounts is not None else {row[_ACCOUNT] for row in rows}
     if len(accounts_) == 1:
         groups_ = {accounts_.pop(): rows}
