@@ -34,7 +34,10 @@ compaction.  A FIFO is compacted (rebuilt with its live entries only) when
 it reaches its limit, ``COMPACT_AT`` or twice its live entries at the last
 compaction, whichever is more: that bounds memory by the live deadlines
 (a slow request holding the head does not let the finished ones behind it
-pile up) at amortised constant cost per add.
+pile up) at amortised constant cost per add.  A dead entry keeps its owner
+(a finished request's exchange) referenced until it is dropped: with
+requests ending in order that is the next add of its delay, otherwise at
+most the FIFO's limit of them, and none once the timer has passed them.
 
 The timer lingers: a dead head is not a reason to cancel it, so a request
 alone on the gateway (one connection) adds its deadline without a
