@@ -247,3 +247,32 @@ def test_sqlite_ingest_connections_spill_only_past_16_mib(store, account):
         for conn in conns:
             conn.close()
     assert seen == 1
+
+
+def test_empty_columns_bound_as_literals_store_the_same_values(store, account):
+    """Geo fields, reason and the nullable columns empty in every row of a
+    batch are literals in SQLite's statement: stored as '' / 0 / NULL, as
+    bound values would be; a batch with one value set binds the column."""
+    from nbgateway.management.model import AccessLogEntry
+
+    T0 = datetime(2026, 12, 1, tzinfo=UTC)
+    empty = [AccessLogEntry(id=f"e-{i}", account_id=account.id, timestamp=T0)
+             for i in range(3)]
+    some = [AccessLogEntry(id="s-0", account_id=account.id, timestamp=T0, country_code="DE",
+                           city_name="Berlin", geo_name_id=2950159, subdivision_code="BE",
+                           reason="Request failed", status_code=502),
+            AccessLogEntry(id="s-1", account_id=account.id, timestamp=T0)]
+    assert store.access_logs.append_many(empty) == 3
+    assert store.access_logs.append_many(some) == 2
+    t = access_log_entries
+    with store._read() as conn:
+        raw = {r.id: r for r in conn.execute(sa.select(t))}
+    for i in ("e-0", "s-1"):
+        r = raw[i]
+        assert (r.location_country_code, r.location_city_name, r.location_geo_name_id,
+                r.subdivision_code, r.reason) == ("", "", 0, "", "")
+        assert r.metadata is None and r.upstream_target is None and r.user_groups is None
+    s0 = store.access_logs.get(account.id, "s-0")
+    assert (s0.country_code, s0.city_name, s0.geo_name_id, s0.subdivision_code, s0.reason) == (
+        "DE", "Berlin", 2950159, "BE", "Request failed")
+    assert counter(store, account.id) == 5

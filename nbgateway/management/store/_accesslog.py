@@ -469,25 +469,34 @@ def executemany_rows(
 _SPILL_PAGES = 4096
 _SPILL_KEY = "nbgw_accesslog_cache_spill"
 
-#: the columns a SQLite batch may leave NULL throughout (no metadata, no
-#: upstream target, no user): :func:`_sqlite_statement`
-_NULLABLE = (_METADATA, _UPSTREAM, _GROUPS)
+#: the columns a SQLite batch often holds one empty value in throughout (a
+#: gateway sends no geo data; no failure reason, metadata, upstream target or
+#: user), with that value as SQL: :func:`_sqlite_statement`
+_LITERALS = {
+    VALUE_FIELDS.index(field): (value, sql)
+    for field, value, sql in (
+        ("country_code", "", "''"), ("city_name", "", "''"), ("geo_name_id", 0, "0"),
+        ("subdivision_code", "", "''"), ("reason", "", "''"), ("metadata", None, "NULL"),
+        ("upstream_target", None, "NULL"), ("user_groups", None, "NULL"),
+    )
+}
 
 
-def _all_none(rows: list[tuple[Any, ...]], k: int) -> bool:
-    """Whether column *k* is None in every row (``any`` stops at the first value)."""
+def _all_equal(rows: list[tuple[Any, ...]], k: int, value: Any) -> bool:
+    """Whether column *k* holds *value* (an empty one) in every row (``any``
+    stops at the first non-empty value)."""
     column = operator.itemgetter(k)
-    return not any(map(column, rows)) and list(map(column, rows)).count(None) == len(rows)
+    return not any(map(column, rows)) and list(map(column, rows)).count(value) == len(rows)
 
 
-@functools.lru_cache(maxsize=16)
-def _sqlite_statement(dialect: Any, nulls: tuple[int, ...]) -> tuple[str, Any]:
-    """SQLite's insert with a NULL literal for the columns *nulls*, and the
-    ``itemgetter`` of the other columns' values of a row."""
+@functools.lru_cache(maxsize=64)
+def _sqlite_statement(dialect: Any, literal: tuple[int, ...]) -> tuple[str, Any]:
+    """SQLite's insert with the :data:`_LITERALS` of the columns *literal* in
+    the statement, and the ``itemgetter`` of the other columns' values of a row."""
     quote = dialect.identifier_preparer.quote
     names = ", ".join(quote(c.name) for c in _COLUMNS)
-    marks = ", ".join("NULL" if i in nulls else "?" for i in range(len(_COLUMNS)))
-    keep = operator.itemgetter(*(i for i in range(len(_COLUMNS)) if i not in nulls))
+    marks = ", ".join(_LITERALS[i][1] if i in literal else "?" for i in range(len(_COLUMNS)))
+    keep = operator.itemgetter(*(i for i in range(len(_COLUMNS)) if i not in literal))
     return (f"INSERT INTO {quote(ale.name)} ({names}) VALUES ({marks}) "
             f"ON CONFLICT ({quote('id')}) DO NOTHING", keep)
 
@@ -517,12 +526,14 @@ def _sqlite_insert(
         groups_ = {}
         for row in rows:
             groups_.setdefault(row[_ACCOUNT], []).append(row)
-    # a column NULL in every row is a NULL literal, not a parameter: sqlite3
-    # binds None (like bool) through its adaptation lookup, two failed
-    # attribute lookups with formatted AttributeErrors each, about 0.6 us
-    # per value (three such columns were ~15 % of the ingest CPU)
-    nulls = tuple(k for k in _NULLABLE if _all_none(rows, k))
-    statement, keep = _sqlite_statement(conn.dialect, nulls) if nulls else (sql["insert"], None)
+    # a column with one empty value in every row is a literal, not a
+    # parameter: sqlite3 binds None (like bool) through its adaptation
+    # lookup, two failed attribute lookups with formatted AttributeErrors
+    # each, about 0.6 us per value (three such columns were ~15 % of the
+    # ingest CPU), and copies every text value (a malloc each)
+    literal = tuple(k for k, (value, _) in _LITERALS.items() if _all_equal(rows, k, value))
+    statement, keep = (_sqlite_statement(conn.dialect, literal) if literal
+                       else (sql["insert"], None))
     gained = []
     for account_id in sorted(groups_):
         batch = groups_[account_id]
