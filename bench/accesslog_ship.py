@@ -7,7 +7,9 @@ storing nothing):
 * ``--part rate`` (default): requests' fields are handed to
   :meth:`nbgateway.observe.accesslog.AccessLogger.record` at ``--rate``
   entries/s (``--per-turn`` per reactor turn; varied hosts, paths, status
-  codes, sizes, users and targets, as a gateway's requests), for ``--seconds``.
+  codes, sizes, users and targets, as a gateway's requests; ``--clients N``:
+  from N client addresses at random, as a public service's clients), for
+  ``--seconds``.
   Every shipper entry point the reactor runs (``record``, the linger timer,
   batch forming turns, the RPC's answer) is timed with the reactor thread's
   CPU clock: reported are the shipper's CPU per entry on the reactor thread
@@ -81,12 +83,22 @@ _USERS = (("", ""), ("oidc", "user-1"), ("token", "token:t1"), ("", ""))
 _TARGETS = ("http://127.0.0.1:8080", "http://10.0.0.6:8080", "")
 
 
+#: ``--clients N``: N client addresses (IPv4 and IPv6), one drawn at random per request
+_CLIENTS: list[str] = []
+
+
+def _clients(n: int) -> list[str]:
+    return [f"198.51.{i // 250 % 250}.{i % 250 + 1}" if i % 4 else f"2001:db8::{i:x}"
+            for i in range(n)]
+
+
 def _fields(i: int) -> tuple:
     """One request's fields (HTTP_FIELDS order), varied like real traffic."""
     auth, user = _USERS[i % 4]
+    peer = _CLIENTS[(i * 2654435761) % 4294967291 % len(_CLIENTS)] if _CLIENTS else _PEERS[i % 32]
     return (time.time(), new_log_id(), "acc1", f"svc{i % 3}", _HOSTS[i % 9],
             f"/items/{i * 7919 % 100003}?page={i % 17}", ("GET", "POST")[i % 5 == 0],
-            _CODES[i % 9], i % 40, _PEERS[i % 32], auth, user, (i % 3) * 211,
+            _CODES[i % 9], i % 40, peer, auth, user, (i % 3) * 211,
             512 + i % 4096, _TARGETS[i % 3])
 
 
@@ -294,6 +306,9 @@ if __name__ == "__main__":
     p.add_argument("--request-client", action="store_true",
                    help="give the client send_access_log_batch_request (the built request "
                         "sent as it is: the client.py change proposed in issue 20)")
+    p.add_argument("--clients", type=int, default=0,
+                   help="client addresses drawn per request (default: 32 tunnel peers in "
+                        "turn, each always with the same user: few distinct entries)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--tree", default=None, help="import nbgateway (and tests) from this checkout")
@@ -303,4 +318,5 @@ if __name__ == "__main__":
     if a.serve:
         _serve()
         sys.exit(0)
+    _CLIENTS[:] = _clients(a.clients)
     task.react(lambda _r: defer.ensureDeferred(main(a)))

@@ -117,11 +117,14 @@ HTTP_FIELDS = ("now", "log_id", "account_id", "service_id", "host", "path", "met
                "bytes_upload", "bytes_download", "target")
 
 
-#: (account, service, host, method, code, source IP, auth mechanism, user,
-#: target) -> the entry with those fields set and the per-request ones unset:
-#: copying it and setting the rest costs about a third of setting every field
-#: (the same few services, peers and targets repeat); bounded, cleared when
-#: full, and only for short strings (hosts are client-chosen)
+#: (account, service, host, method, code, auth mechanism, user, target) ->
+#: the entry with those fields set and the per-request ones unset: copying it
+#: and setting the rest costs about a third of setting every field (the same
+#: few services, users and targets repeat); bounded, cleared when full, and
+#: only for short strings (hosts are client-chosen).  The client's address is
+#: not part of the key but set per entry: a gateway serves many clients, and
+#: with it in the key a few hundred of them filled the cache over and over
+#: (each miss builds the whole entry)
 _TEMPLATES: dict[tuple[Any, ...], pb.AccessLog] = {}
 _TEMPLATES_MAX = 1024
 _TEMPLATE_MAX_LEN = 256
@@ -142,14 +145,14 @@ def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
     entry of one HTTP request's fields (:data:`HTTP_FIELDS` order)."""
     (now, log_id, account_id, service_id, host, path, method, response_code, duration_ms,
      source_ip, auth_mechanism, user_id, bytes_upload, bytes_download, target) = fields
-    key = (account_id, service_id, host, method, response_code, source_ip, auth_mechanism,
-           user_id, target)
+    key = (account_id, service_id, host, method, response_code, auth_mechanism, user_id,
+           target)
     template = _TEMPLATES.get(key)
     if template is None:
         template = build_entry(now=0.0, log_id="", account_id=account_id,
                                service_id=service_id, host=host, path="", method=method,
                                response_code=response_code, duration_ms=0,
-                               source_ip=source_ip, auth_mechanism=auth_mechanism,
+                               source_ip="", auth_mechanism=auth_mechanism,
                                user_id=user_id, target=target)
         if (type(host) is str and len(host) <= _TEMPLATE_MAX_LEN
                 and type(target) is str and len(target) <= _TEMPLATE_MAX_LEN
@@ -162,6 +165,7 @@ def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
     ts.seconds, ts.nanos = divmod(int(now * 1e9), 1_000_000_000)
     entry.log_id = log_id
     entry.path = path
+    entry.source_ip = source_ip
     if duration_ms:
         entry.duration_ms = duration_ms
     if bytes_upload:

@@ -124,3 +124,76 @@ def test_log_ids_made_ahead_are_distinct_across_refills():
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-v]{20}", i) for i in ids)
     assert len(accesslog._IDS) < accesslog._IDS_AHEAD
+
+
+def test_templates_are_not_per_client_address():
+    """The client's address is set per entry, not part of the template key:
+    requests of many clients to one service share one template, and each
+    entry still carries its own client's address (a hit never keeps the
+    address of the request that made the template)."""
+    from nbgateway.observe import accesslog
+    from nbgateway.observe.accesslog import HTTP_FIELDS, entry_from_fields
+
+    accesslog._TEMPLATES.clear()
+    rnd = random.Random(22)
+    addresses = ([f"198.51.100.{i}" for i in range(1, 200)]
+                 + [f"2001:db8::{i:x}" for i in range(1, 200)] + [""])
+    for i in range(3 * accesslog._TEMPLATES_MAX):
+        kw = dict(now=1765000000.0 + i / 7, log_id=new_log_id(), account_id="acct",
+                  service_id="svc", host="h.example", path=f"/p/{i}", method="GET",
+                  response_code=rnd.choice([200, 403]), duration_ms=i % 5,
+                  source_ip=rnd.choice(addresses), auth_mechanism="oidc", user_id="u1",
+                  bytes_upload=0, bytes_download=i, target="http://10.0.0.1:80")
+        fields = tuple(kw[name] for name in HTTP_FIELDS)
+        got = entry_from_fields(fields)
+        assert got == build_entry(**kw), kw
+        assert got.source_ip == kw["source_ip"]
+    # one template per (service, host, method, code, auth, user, target): two codes
+    assert len(accesslog._TEMPLATES) == 2
+    assert all(not t.source_ip for t in accesslog._TEMPLATES.values())
+
+
+def test_edge_values_build_the_same_entry_or_fail_the_same_way():
+    """Template hits and first uses alike: edge values give build_entry's
+    message, and values protobuf refuses raise as build_entry raises (the
+    shipper then drops the entry, counted)."""
+    from nbgateway.observe import accesslog
+    from nbgateway.observe.accesslog import HTTP_FIELDS, entry_from_fields
+
+    base = dict(now=1765000000.5, log_id="id", account_id="a", service_id="s",
+                host="h.example", path="/", method="GET", response_code=200, duration_ms=1,
+                source_ip="100.64.0.10", auth_mechanism="", user_id="", bytes_upload=0,
+                bytes_download=0, target="")
+    ok = [{}, {"path": "/ünï/😀/%00"}, {"path": ""}, {"log_id": ""}, {"source_ip": ""},
+          {"source_ip": "fd00::1"}, {"source_ip": "2001:db8::ffff:1.2.3.4"},
+          {"duration_ms": -5}, {"duration_ms": 0}, {"bytes_upload": (1 << 63) - 1},
+          {"bytes_download": -(1 << 63)}, {"now": 0.0}, {"now": -1.25}, {"now": 4.2e9},
+          {"response_code": 0}, {"response_code": 401}, {"response_code": -1},
+          {"auth_mechanism": "oidc", "user_id": ""}, {"auth_mechanism": "token",
+                                                     "user_id": "token:t"}]
+    ok.append({"source_ip": b"1.2.3.4"})  # protobuf takes UTF-8 bytes for a string
+    bad = [{"bytes_upload": 1 << 63}, {"duration_ms": 1.5}, {"source_ip": b"\xff"},
+           {"path": "/\udcff"}, {"now": float("nan")}]
+    for _ in range(2):  # first uses, then template hits
+        for change in ok:
+            kw = {**base, **change}
+            got = entry_from_fields(tuple(kw[name] for name in HTTP_FIELDS))
+            want = build_entry(**kw)
+            assert got == want, change
+            assert got.SerializeToString(deterministic=True) == want.SerializeToString(
+                deterministic=True), change
+        for change in bad:
+            kw = {**base, **change}
+            try:
+                build_entry(**kw)
+            except Exception as exc:
+                expected: type[BaseException] = type(exc)
+            else:
+                raise AssertionError(f"build_entry took {change}")
+            try:
+                entry_from_fields(tuple(kw[name] for name in HTTP_FIELDS))
+            except Exception as exc:
+                assert isinstance(exc, expected), (change, exc)
+            else:
+                raise AssertionError(f"entry_from_fields took {change}")
+    assert len(accesslog._TEMPLATES) <= accesslog._TEMPLATES_MAX
