@@ -7,33 +7,42 @@ The gateway process holds the WireGuard UDP port of
 ``WireGuardProtocol`` with the gateway's end-of-turn output) and ``--conns``
 upstream connections (Twisted ``tcp.Client``, ``reactor.connectTCP``), the
 two kinds of descriptor the gateway's reactor serves per request.  Its
-"device" maps a request datagram to one upstream connection and writes
-``--request`` bytes to it; when that connection has read the upstream's
-``--response`` bytes, one datagram leaves on the UDP port to the client.
+"device" maps a request datagram to one upstream connection and writes up
+to ``--request`` bytes to it (as the gateway writes a request head:
+``dial/sockwrite.write``, straight to the socket when nothing is queued;
+``--upstream-write twisted``: ``transport.write``, as for a TLS upstream);
+when that connection has read the upstream's response, one datagram leaves
+on the UDP port to the client.  ``--front tcp``: the clients are TCP
+connections to a listener instead (the public listener's path), and the
+response goes back with ``transport.write`` on the client's ``tcp.Server``.
 
-The generator (plain sockets, ``selectors``) sends request datagrams at
-``--rate`` per second round-robin over the connections (at most one
-outstanding per connection), runs the upstream end of every connection
-(reads a request, writes the response at once, sizes varied per request
+The generator (plain sockets, ``selectors``) sends requests at ``--rate``
+per second round-robin over the connections (at most one outstanding per
+connection), runs the upstream end of every connection (reads a request,
+writes the response at once; request and response sizes varied per request
 between half and the full ``--request``/``--response``) and reads the
 responses.
 
 Printed per request: the gateway process's CPU (``time.process_time``
 between the warm-up's end and the last response), and with ``--count`` the
-reactor events (``epoll_wait`` returns, ready descriptors by kind, UDP
-datagrams per ``doRead``).  ``--against DIR`` alternates subprocesses with
-another checkout's package (same run, median of ``--rounds`` each); without
-it, ``--compare`` alternates this tree with Twisted's dispatch
-(``NBGW_LEAN_DISPATCH=0``) and with :mod:`nbgateway.service.loop`'s.
+reactor events (``epoll_wait`` returns, ready descriptors by kind and
+direction, UDP datagrams per ``doRead``).  ``--against DIR`` alternates
+subprocesses with another checkout's package (same run, median of
+``--rounds`` each); ``--compare`` alternates this tree with Twisted's
+dispatch (``NBGW_LEAN_DISPATCH=0``) and with
+:mod:`nbgateway.service.loop`'s; ``--compare-writes`` the lean dispatch
+without and with deferred TCP writers (``NBGW_LEAN_WRITES``).
 
 Instructions (load-independent): ``--callgrind`` runs the gateway process
 under ``valgrind --tool=callgrind`` twice, with ``--requests`` and twice as
 many, and prints the difference over the extra requests (instructions per
-request, start-up cancelled out) for each tree.
+request, start-up cancelled out) for each variant; use a low ``--rate``
+(200: every request alone in its turns).
 
 Usage: python bench/reactor_dispatch.py [--rate 3000] [--requests 20000] [--conns 16]
-                                        [--rounds 5] [--count] [--against DIR | --compare]
-                                        [--callgrind]
+                                        [--front udp|tcp] [--upstream-write gateway|twisted]
+                                        [--rounds 5] [--count] [--callgrind]
+                                        [--against DIR | --compare | --compare-writes]
 """
 
 from __future__ import annotations
