@@ -98,7 +98,7 @@ def _log_failure(selectable: Any) -> None:
 
 def _dispatch(self: Any, selectable: Any, fd: int, event: int) -> None:
     """``_doReadOrWrite`` inside ``callWithLogger``, without the context:
-    one ready descriptor (or a deferred writer, ``event`` ``_POLL_OUT``)."""
+    one ready descriptor of a poll."""
     try:
         why = None
         in_read = False
