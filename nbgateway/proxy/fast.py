@@ -142,6 +142,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
             super().dataReceived(data)
             return
         if self._closing:
+            if self._linger_call is not None or self._linger_left < 0:
+                self.linger_discard(data)  # a lingering close: bounded
             return
         if not self._protocol_checked:
             self._protocol_checked = True
@@ -308,7 +310,10 @@ class FastHTTPChannel(StreamingHTTPChannel):
         if not self.persistent or self._body_left:
             self._closing = True
             self._buf = b""
-            self.loseConnection()
+            if self._body_left:
+                self.linger_close()  # the rest of the body is still coming
+            else:
+                self.loseConnection()
             return
         # The connection is idle from now: recorded, not a timer reset per
         # response (timeoutConnection re-arms a timer that fires early).

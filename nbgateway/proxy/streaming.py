@@ -45,6 +45,11 @@ HIGH_WATER = 256 * 1024  # pause the client when this much body is waiting
 LOW_WATER = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 30.0  # upstream's per-account inbound servers
 DEFAULT_IDLE_TIMEOUT = 90.0
+#: lingering close: after a response that ended before its request body did,
+#: the rest of the body is read and discarded for at most this long (s) ...
+LINGER_TIMEOUT = 5.0
+#: ... and at most this many bytes, before the connection is closed
+LINGER_MAX_BYTES = 1024 * 1024
 
 
 @implementer(IBodyProducer)
@@ -257,7 +262,17 @@ class StreamingHTTPChannel(http.HTTPChannel):
     the end of its headers at most ``header_timeout`` seconds may pass, or
     the client gets ``408`` and the connection is closed.  Twisted's own
     timeout is an idle timeout reset by every byte, which a slowloris client
-    dribbling one header byte at a time would never trigger."""
+    dribbling one header byte at a time would never trigger.
+
+    Lingering close (as nginx's ``lingering_close``): a response that ends
+    before its request body did (a 413, a refusal, an upstream that answered
+    early) cannot leave the connection persistent, but closing it at once
+    with the client's body bytes still arriving makes the peer's TCP answer
+    with a reset, and a reset can destroy the response before the client has
+    read it.  The channel instead closes its write half after the response
+    (where the transport can), reads and discards the rest for at most
+    :data:`LINGER_TIMEOUT` seconds and :data:`LINGER_MAX_BYTES` bytes, and
+    closes when the client does or a bound is reached."""
 
     upgraded: Any = None
     #: the HTTP/2 connection that took over after ALPN ``h2`` (else None)
@@ -267,6 +282,10 @@ class StreamingHTTPChannel(http.HTTPChannel):
     _head_deadline: Any = None
     _in_body = False
     header_timeouts = 0
+    #: lingering: the deadline (a delayed call) and the bytes still allowed
+    _linger_call: Any = None
+    _linger_left = 0
+    _linger_next_close = False
 
     _held: list[bytes] | None = None
 
@@ -342,6 +361,8 @@ class StreamingHTTPChannel(http.HTTPChannel):
             if request in self.requests:
                 self.requests.remove(request)
             return
+        if not self.persistent and self.unread_body():
+            self._linger_next_close = True  # the close that follows lingers
         super().requestDone(request)
 
     def _switch_to_h2(self) -> None:
@@ -379,7 +400,52 @@ class StreamingHTTPChannel(http.HTTPChannel):
         if buffered:
             protocol.dataReceived(buffered)
 
+    # -- closing -----------------------------------------------------------
+    def unread_body(self) -> bool:
+        """Whether a request body is still arriving (closing now could reset)."""
+        return self._in_body
+
+    def loseConnection(self) -> None:
+        if self._linger_next_close:  # set by requestDone, for this close only
+            self._linger_next_close = False
+            self.linger_close()
+            return
+        super().loseConnection()
+
+    def linger_close(self) -> None:
+        """Close after discarding the rest of the client's bytes (bounded);
+        see the class docstring."""
+        if self._linger_call is not None or self.transport is None:
+            return
+        self._linger_left = LINGER_MAX_BYTES
+        self._linger_call = self.callLater(LINGER_TIMEOUT, self._linger_over)
+        self._cancel_head_deadline()
+        self.setTimeout(None)
+        self._networkProducer.unregisterProducer()
+        transport = self.transport
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()  # FIN once the response is written
+        transport.resumeProducing()
+
+    def linger_discard(self, data: bytes) -> None:
+        """Bytes that arrived while lingering: dropped, within the bound."""
+        self._linger_left -= len(data)
+        if self._linger_left < 0:
+            self._linger_over()
+
+    def _linger_over(self) -> None:
+        call, self._linger_call = self._linger_call, None
+        if call is not None and call.active():
+            call.cancel()
+        self._linger_left = -1  # anything more is dropped until the close
+        if self.transport is not None:
+            self.transport.loseConnection()
+
     def dataReceived(self, data: bytes) -> None:
+        if self._linger_call is not None or self._linger_left < 0:
+            self.linger_discard(data)
+            return
         if self.upgraded is not None:
             self.upgraded.dataReceived(data)
             return
@@ -397,6 +463,10 @@ class StreamingHTTPChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_head_deadline()
+        if self._linger_call is not None:
+            call, self._linger_call = self._linger_call, None
+            if call.active():
+                call.cancel()
         if self.upgraded is not None:
             upgraded, self.upgraded = self.upgraded, None
             upgraded.connectionLost(reason)
