@@ -8,8 +8,8 @@ storing nothing):
   :meth:`nbgateway.observe.accesslog.AccessLogger.record` at ``--rate``
   entries/s (``--per-turn`` per reactor turn; varied hosts, paths, status
   codes, sizes, users and targets, as a gateway's requests; ``--clients N``:
-  from N client addresses at random, as a public service's clients), for
-  ``--seconds``.
+  from N client addresses at random, as a public service's clients;
+  ``--users N``: by N OIDC users), for ``--seconds``.
   Every shipper entry point the reactor runs (``record``, the linger timer,
   batch forming turns, the RPC's answer) is timed with the reactor thread's
   CPU clock: reported are the shipper's CPU per entry on the reactor thread
@@ -85,6 +85,8 @@ _TARGETS = ("http://127.0.0.1:8080", "http://10.0.0.6:8080", "")
 
 #: ``--clients N``: N client addresses (IPv4 and IPv6), one drawn at random per request
 _CLIENTS: list[str] = []
+#: ``--users N``: three requests in four by one of N OIDC users, drawn at random
+_USER_IDS: list[str] = []
 
 
 def _clients(n: int) -> list[str]:
@@ -95,6 +97,8 @@ def _clients(n: int) -> list[str]:
 def _fields(i: int) -> tuple:
     """One request's fields (HTTP_FIELDS order), varied like real traffic."""
     auth, user = _USERS[i % 4]
+    if _USER_IDS and i % 4:
+        auth, user = "oidc", _USER_IDS[(i * 40503) % 65521 % len(_USER_IDS)]
     peer = _CLIENTS[(i * 2654435761) % 4294967291 % len(_CLIENTS)] if _CLIENTS else _PEERS[i % 32]
     return (time.time(), new_log_id(), "acc1", f"svc{i % 3}", _HOSTS[i % 9],
             f"/items/{i * 7919 % 100003}?page={i % 17}", ("GET", "POST")[i % 5 == 0],
@@ -309,6 +313,8 @@ if __name__ == "__main__":
     p.add_argument("--clients", type=int, default=0,
                    help="client addresses drawn per request (default: 32 tunnel peers in "
                         "turn, each always with the same user: few distinct entries)")
+    p.add_argument("--users", type=int, default=0,
+                   help="OIDC users drawn per request (default: two named users in turn)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--tree", default=None, help="import nbgateway (and tests) from this checkout")
@@ -319,4 +325,5 @@ if __name__ == "__main__":
         _serve()
         sys.exit(0)
     _CLIENTS[:] = _clients(a.clients)
+    _USER_IDS[:] = [f"user-{k}" for k in range(a.users)]
     task.react(lambda _r: defer.ensureDeferred(main(a)))

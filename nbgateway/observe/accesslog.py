@@ -54,6 +54,10 @@ def new_log_id() -> str:
 AccessLogStats = ShipperStats
 
 
+#: the authentication mechanisms whose entries name the user (or service token)
+_NAMED = ("oidc", "token", "mtls")
+
+
 def build_entry(
     *,
     now: float,
@@ -95,7 +99,7 @@ def build_entry(
     if auth_mechanism:
         entry.auth_mechanism = auth_mechanism
         # users (OIDC, mTLS client certificates) and service tokens ("token:<id>") are named
-        if user_id and auth_mechanism in ("oidc", "token", "mtls"):
+        if user_id and auth_mechanism in _NAMED:
             entry.user_id = user_id
     entry.auth_success = code not in (401, 403) if protocol == "http" else False
     if bytes_upload:
@@ -117,14 +121,14 @@ HTTP_FIELDS = ("now", "log_id", "account_id", "service_id", "host", "path", "met
                "bytes_upload", "bytes_download", "target")
 
 
-#: (account, service, host, method, code, auth mechanism, user, target) ->
-#: the entry with those fields set and the per-request ones unset: copying it
-#: and setting the rest costs about a third of setting every field (the same
-#: few services, users and targets repeat); bounded, cleared when full, and
-#: only for short strings (hosts are client-chosen).  The client's address is
-#: not part of the key but set per entry: a gateway serves many clients, and
-#: with it in the key a few hundred of them filled the cache over and over
-#: (each miss builds the whole entry)
+#: (account, service, host, method, code, auth mechanism, target) -> the
+#: entry with those fields set and the per-request ones unset: copying it and
+#: setting the rest costs about a third of setting every field (the same few
+#: services, hosts and targets repeat); bounded, cleared when full, and only
+#: for short strings (hosts are client-chosen).  The client's address and the
+#: user are not part of the key but set per entry: a gateway serves many
+#: clients and users, and with them in the key a few hundred of them filled
+#: the cache over and over (each miss builds the whole entry)
 _TEMPLATES: dict[tuple[Any, ...], pb.AccessLog] = {}
 _TEMPLATES_MAX = 1024
 _TEMPLATE_MAX_LEN = 256
@@ -145,15 +149,14 @@ def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
     entry of one HTTP request's fields (:data:`HTTP_FIELDS` order)."""
     (now, log_id, account_id, service_id, host, path, method, response_code, duration_ms,
      source_ip, auth_mechanism, user_id, bytes_upload, bytes_download, target) = fields
-    key = (account_id, service_id, host, method, response_code, auth_mechanism, user_id,
-           target)
+    key = (account_id, service_id, host, method, response_code, auth_mechanism, target)
     template = _TEMPLATES.get(key)
     if template is None:
         template = build_entry(now=0.0, log_id="", account_id=account_id,
                                service_id=service_id, host=host, path="", method=method,
                                response_code=response_code, duration_ms=0,
                                source_ip="", auth_mechanism=auth_mechanism,
-                               user_id=user_id, target=target)
+                               target=target)
         if (type(host) is str and len(host) <= _TEMPLATE_MAX_LEN
                 and type(target) is str and len(target) <= _TEMPLATE_MAX_LEN
                 and type(method) is str and len(method) <= _TEMPLATE_MAX_LEN):
@@ -166,6 +169,8 @@ def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
     entry.log_id = log_id
     entry.path = path
     entry.source_ip = source_ip
+    if user_id and auth_mechanism in _NAMED:  # as build_entry
+        entry.user_id = user_id
     if duration_ms:
         entry.duration_ms = duration_ms
     if bytes_upload:

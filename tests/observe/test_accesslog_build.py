@@ -126,11 +126,11 @@ def test_log_ids_made_ahead_are_distinct_across_refills():
     assert len(accesslog._IDS) < accesslog._IDS_AHEAD
 
 
-def test_templates_are_not_per_client_address():
-    """The client's address is set per entry, not part of the template key:
-    requests of many clients to one service share one template, and each
-    entry still carries its own client's address (a hit never keeps the
-    address of the request that made the template)."""
+def test_templates_are_not_per_client_address_or_user():
+    """The client's address and the user are set per entry, not part of the
+    template key: requests of many clients and users to one service share one
+    template, and each entry still carries its own client's address and user
+    (a hit never keeps those of the request that made the template)."""
     from nbgateway.observe import accesslog
     from nbgateway.observe.accesslog import HTTP_FIELDS, entry_from_fields
 
@@ -142,15 +142,16 @@ def test_templates_are_not_per_client_address():
         kw = dict(now=1765000000.0 + i / 7, log_id=new_log_id(), account_id="acct",
                   service_id="svc", host="h.example", path=f"/p/{i}", method="GET",
                   response_code=rnd.choice([200, 403]), duration_ms=i % 5,
-                  source_ip=rnd.choice(addresses), auth_mechanism="oidc", user_id="u1",
+                  source_ip=rnd.choice(addresses), auth_mechanism="oidc",
+                  user_id=rnd.choice(["", f"user-{rnd.randrange(5000)}"]),
                   bytes_upload=0, bytes_download=i, target="http://10.0.0.1:80")
         fields = tuple(kw[name] for name in HTTP_FIELDS)
         got = entry_from_fields(fields)
         assert got == build_entry(**kw), kw
-        assert got.source_ip == kw["source_ip"]
-    # one template per (service, host, method, code, auth, user, target): two codes
+        assert got.source_ip == kw["source_ip"] and got.user_id == kw["user_id"]
+    # one template per (account, service, host, method, code, auth, target): two codes
     assert len(accesslog._TEMPLATES) == 2
-    assert all(not t.source_ip for t in accesslog._TEMPLATES.values())
+    assert all(not t.source_ip and not t.user_id for t in accesslog._TEMPLATES.values())
 
 
 def test_edge_values_build_the_same_entry_or_fail_the_same_way():
