@@ -45,6 +45,7 @@ _IP4_LENGTH_SOURCE = struct.Struct("!2xH8x4s").unpack_from
 _IP6_LENGTH_SOURCE = struct.Struct("!4xH2x16s").unpack_from  # (payload length, source)
 #: the new-handshake timer's jitter source (see ``_arm_new_handshake``)
 _JITTER_RANDOM = random.Random()
+_JITTER_RANDOM_RANDOM = _JITTER_RANDOM.random
 ROUTE_CACHE_MAX = 4096  # destination -> peer entries in front of the LPM table
 
 
@@ -183,7 +184,11 @@ class TransportPath:
             if data:
                 self._data_rx += data
                 if t.send_keepalive is None:
-                    self._arm(peer, "send_keepalive", now + self.timers.keepalive_timeout)
+                    # _arm: the heap push only before an earlier queued deadline
+                    when = t.send_keepalive = now + self.timers.keepalive_timeout
+                    at = t.heap_at
+                    if at is None or when < at:
+                        self._arm(peer, "send_keepalive", when)
                 else:
                     t.need_another_keepalive = True
             if packets:
@@ -399,9 +404,19 @@ class TransportPath:
         cfg = self.timers
         rng = self._rng
         if rng.__class__ is random.SystemRandom:
-            rng = _JITTER_RANDOM
-        self._arm(peer, "new_handshake", now + cfg.keepalive_timeout + cfg.rekey_timeout
-                  + rng.uniform(0, cfg.rekey_timeout_jitter))
+            # uniform(0, j) is 0 + (j - 0) * random(): the same float, without
+            # the Python-level call
+            jitter = _JITTER_RANDOM_RANDOM() * cfg.rekey_timeout_jitter
+        else:
+            jitter = rng.uniform(0, cfg.rekey_timeout_jitter)
+        when = now + cfg.keepalive_timeout + cfg.rekey_timeout + jitter
+        # _arm, whose heap push is only needed before an earlier deadline of
+        # the peer's is queued (on a busy peer the keepalive's usually is)
+        t = peer._timers or peer.timers
+        t.new_handshake = when
+        at = t.heap_at
+        if at is None or when < at:
+            self._arm(peer, "new_handshake", when)
 
     def _encrypt_and_send(self, peer: Peer, kp: Keypair, packet: bytes, now: float) -> None:
         counter = kp.send_counter
