@@ -24,11 +24,15 @@ Once a connection's TLS 1.3 handshake is done, its records are read and
 written through :mod:`nbgateway.tls.records` (OpenSSL called directly with
 reused buffers, no exception per read loop; ``NBGW_TLS_RECORDS=0`` switches
 it off), and a write on an HTTP/1.1 connection becomes its TLS record and
-one transport write at once.  The state that path reads per request lives in
-a slotted :class:`_RecordPath` (attribute reads on the protocol itself go
-through ``ProtocolWrapper.__getattr__``'s unspecialised lookup); it is
-dropped, and Twisted's own steps take over, once the connection closes,
-aborts, loses TLS or buffers a write.
+one transport write at once; on HTTP/2 the write aggregator still joins a
+turn's frames and its flush goes through the same path.  The state that path
+reads per request lives in a slotted :class:`_RecordPath` (attribute reads on
+the protocol itself go through ``ProtocolWrapper.__getattr__``'s
+unspecialised lookup), whose ``read`` the sniffer calls directly; a read of
+exactly one record takes one ``SSL_read`` and asks neither BIO
+(``_RecordPath.exact``), and the common read and write call OpenSSL inline.
+The path is dropped, and Twisted's own steps take over, once the connection
+closes, aborts, loses TLS or buffers a write.
 """
 
 from __future__ import annotations
@@ -57,8 +61,9 @@ log = Logger()
 _TLS1_3 = 0x0304  # OpenSSL.SSL.TLS1_3_VERSION
 
 # records' bindings and reused buffers, for the record path's common read and
-# write inlined here (a Python frame costs ~370 instructions, about a quarter
-# of a call into OpenSSL); None when records is unavailable (no record path)
+# write inlined here (a Python frame and its result tuple cost about as much
+# as the bindings' own glue of one call into OpenSSL, ~1.1k instructions);
+# None when records is unavailable (then there is no record path)
 _ssl_read = getattr(records, "_ssl_read", None)
 _ssl_write = getattr(records, "_ssl_write", None)
 _bio_read = getattr(records, "_bio_read", None)

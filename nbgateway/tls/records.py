@@ -21,6 +21,11 @@ same OpenSSL calls with two reused buffers and plain return values:
 * :func:`drain` reads everything OpenSSL queued in the send BIO in one bytes
   object; :func:`seal_drain` is :func:`seal` then :func:`drain` in one call
   (the write path's per-response step);
+* :func:`record_overhead` is what a record of the connection's suite adds
+  to its plaintext (22 bytes for the 16-byte-tag suites), for a caller to
+  tell a read of exactly one record (:class:`nbgateway.tls.dispatch.
+  _RecordPath` then asks neither BIO; it also calls this module's bindings
+  and buffers inline for the common read and write);
 * :func:`unread` and :func:`unsent` say how many bytes wait in the read BIO
   (ciphertext OpenSSL has not taken yet) and in the send BIO, for a caller
   to skip an ``SSL_read`` that could only want more ciphertext or a
