@@ -277,6 +277,9 @@ class _Exchange:
 
     def _cancel_deadline(self) -> None:
         self.due = None  # the deadlines drop the entry lazily
+        deadlines = self.proxy.deadlines
+        if not deadlines.linger:  # shutting down: no timer left behind
+            deadlines.disarm_idle()
 
     def finish(self) -> None:
         if self.done or self.client_gone:
