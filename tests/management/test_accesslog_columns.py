@@ -88,7 +88,10 @@ def test_columns_give_the_rows_of_the_per_entry_path(dialect):
     calls_rows: list[tuple[str, str]] = []
 
     def capture(into):
-        return lambda a, u: (into.append((a, u)), groups_of(a, u))[1]
+        def many(account_id, user_ids):
+            into.extend((account_id, u) for u in user_ids)
+            return {u: groups_of(account_id, u) for u in user_ids}
+        return many
 
     got = prepare_columns(columns, dialect, capture(calls_columns))
     want = prepare_rows(values, dialect, capture(calls_rows))
@@ -276,3 +279,38 @@ def test_empty_columns_bound_as_literals_store_the_same_values(store, account):
     assert (s0.country_code, s0.city_name, s0.geo_name_id, s0.subdivision_code, s0.reason) == (
         "DE", "Berlin", 2950159, "BE", "Request failed")
     assert counter(store, account.id) == 5
+
+
+def test_batch_captures_every_users_groups_in_three_queries(store, account):
+    """Users, peers and unknown ids of one batch: the groups the single-entry
+    capture gives each, looked up with one query for the users, one for the
+    peers among the rest and one for the group names (plus the peers'
+    memberships), however many users the batch has."""
+    from nbgateway.management.model import Peer
+
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
+    for gid, name in (("g-ops", "ops"), ("g-dev", "developers"), ("g-any", "everyone")):
+        store.groups.create(Group(id=gid, account_id=account.id, name=name))
+    store.users.create(User(id="alice", account_id=account.id, role="user",
+                            auto_groups=("g-ops", "g-dev")))
+    store.users.create(User(id="bob", account_id=account.id, role="user"))
+    store.users.create(User(id="carol", account_id=other.id, role="user"))
+    peer = store.peers.create(Peer(account_id=account.id, name="agent-1", key="k",
+                                   groups=["g-any", "g-dev"]))
+    users = ["alice", "bob", peer.id, "carol", "nobody"]
+    with store._engine.connect() as conn:
+        one_by_one = {u: store.access_logs._capture_user_groups(conn, account.id, u)
+                      for u in users}
+        statements = []
+        sa.event.listen(conn, "before_cursor_execute",
+                        lambda *args: statements.append(args[2]))
+        many = store.access_logs._capture_many(conn, account.id, users)
+    assert {u: many.get(u) for u in users} == one_by_one
+    assert one_by_one["alice"] == ("ops", "developers") and one_by_one["bob"] == ()
+    assert {"everyone", "developers"} <= set(one_by_one[peer.id])
+    assert one_by_one["carol"] is None and one_by_one["nobody"] is None
+    assert len(statements) <= 4
+    logs = [message(account.id, f"u-{i}", user_id=u) for i, u in enumerate(users * 3)]
+    assert store.access_logs.append_columns(decode_batch(logs)) == 15
+    for i, u in enumerate(users):
+        assert store.access_logs.get(account.id, f"u-{i}").user_groups == one_by_one[u]

@@ -256,11 +256,11 @@ def _prepare_columns(
 
     Sanitised as :func:`_sanitise` does (NULs become U+FFFD, bounded columns
     are truncated), ids and timestamps filled in, source addresses unmapped,
-    metadata and user groups encoded as JSON; ``capture(account_id, user_id)``
-    gives the user groups of entries that have none (called once per pair;
-    without it they stay NULL).  Timestamps become naive UTC (PostgreSQL) or
-    SQLAlchemy's SQLite text.  A duplicate id inside the batch: the first
-    entry wins.
+    metadata and user groups encoded as JSON; ``capture(account_id, user_ids)``
+    gives ``{user id: group names or None}`` for the entries that have none
+    (called once per account of the batch; without it they stay NULL).
+    Timestamps become naive UTC (PostgreSQL) or SQLAlchemy's SQLite text.
+    A duplicate id inside the batch: the first entry wins.
 
     The work is column-wise: every check is a C-level pass over one column
     (``join``, ``max(map(len, ...))``), the rare fix-ups rebuild only their
@@ -314,27 +314,42 @@ def _group_column(
     accounts_: Sequence[str], users_: Sequence[str], given: Sequence[Any], capture: Any
 ) -> list[str | None]:
     """The ``user_groups`` column: given groups encoded, the others captured
-    once per (account, user) pair, in pair order (entries without a user:
-    NULL)."""
-    def encoded(key: tuple[str, str]) -> str | None:
-        found = capture(*key) if capture is not None else None
-        return _groups_json(found) if found is not None else None
-
+    with one ``capture(account_id, user_ids)`` call per account (its users
+    sorted, each once; entries without a user: NULL)."""
     if given.count(None) == len(given):
         one = set(accounts_)
-        if len(one) == 1:  # the usual batch: one account, its users looked up once each
+        if len(one) == 1:  # the usual batch: one account
             (account_id,) = one
-            by_user = {u: encoded((account_id, u)) for u in sorted(set(users_)) if u}
+            by_user = _captured(capture, account_id, {u for u in set(users_) if u})
             return list(map(by_user.get, users_))
         keys = {(a, u) for a, u in zip(accounts_, users_, strict=True) if u}
-        captured = {key: encoded(key) for key in sorted(keys)}
+    else:
+        keys = {(a, u) for a, u, g in zip(accounts_, users_, given, strict=True)
+                if g is None and u}
+    per_account: dict[str, set[str]] = {}
+    for a, u in keys:
+        per_account.setdefault(a, set()).add(u)
+    captured = {
+        (a, u): groups_
+        for a in sorted(per_account)
+        for u, groups_ in _captured(capture, a, per_account[a]).items()
+    }
+    if given.count(None) == len(given):
         return list(map(captured.get, zip(accounts_, users_, strict=True)))
-    keys = {(a, u) for a, u, g in zip(accounts_, users_, given, strict=True) if g is None and u}
-    captured = {key: encoded(key) for key in sorted(keys)}
     return [
         _groups_json(tuple(g)) if g is not None else captured.get((a, u))
         for a, u, g in zip(accounts_, users_, given, strict=True)
     ]
+
+
+def _captured(capture: Any, account_id: str, user_ids: set[str]) -> dict[str, str | None]:
+    """``{user id: its user_groups column}`` of one account's users (None:
+    not captured)."""
+    if capture is None or not user_ids:
+        return {}
+    found = capture(account_id, sorted(user_ids))
+    return {u: _groups_json(tuple(g)) if (g := found.get(u)) is not None else None
+            for u in user_ids}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -593,6 +608,39 @@ class AccessLogRecords:
         )
         return tuple(names[i] for i in ids if i in names)
 
+    def _capture_many(
+        self, conn: Connection, account_id: str, user_ids: Sequence[str]
+    ) -> dict[str, tuple[str, ...] | None]:
+        """:meth:`_capture_user_groups` of many users of one account in three
+        queries (users, then peers among the rest, then the groups' names)
+        instead of two or three per user: ``{user id: group names}``, users
+        that are neither a user nor a peer of the account left out."""
+        ids: dict[str, list[str]] = {
+            uid: loads(auto) or []
+            for uid, auto in conn.execute(
+                sa.select(users.c.id, users.c.auto_groups).where(
+                    users.c.account_id == account_id, users.c.id.in_(user_ids)
+                )
+            )
+        }
+        rest = [u for u in user_ids if u not in ids]
+        if rest:
+            found = list(conn.execute(sa.select(peers.c.id).where(
+                peers.c.account_id == account_id, peers.c.id.in_(rest))).scalars())
+            if found:
+                memberships = self._store.peers._peer_groups(conn, found)
+                ids.update((p, memberships.get(p, [])) for p in found)
+        wanted = {g for group_ids in ids.values() for g in group_ids}
+        names = dict(
+            conn.execute(
+                sa.select(groups.c.id, groups.c.name).where(
+                    groups.c.account_id == account_id, groups.c.id.in_(wanted)
+                )
+            ).all()
+        ) if wanted else {}
+        return {u: tuple(names[g] for g in group_ids if g in names)
+                for u, group_ids in ids.items()}
+
     def append(self, entry: AccessLogEntry) -> AccessLogEntry:
         """Insert an entry (id generated when empty). When ``user_groups`` is None
         it is filled at write time with the group names of the user's
@@ -669,7 +717,7 @@ class AccessLogRecords:
             rows = _prepare_columns(
                 list(cols),
                 conn.dialect.name,
-                functools.partial(self._capture_user_groups, conn),
+                functools.partial(self._capture_many, conn),
                 epoch_us=epoch_us,
             )
             return executemany_rows(conn, rows, accounts=known)
