@@ -239,7 +239,10 @@ class Stack(StackInput, StackOutput):
         early and re-arms), so it is called after every TCP segment."""
         if self._closed:
             return
-        at = self.next_deadline()
+        # next_deadline, inlined: TCP's alone unless reassembly or pings wait
+        at = self.tcp.next_deadline()
+        if self.fragments.table or self.icmp.pending_pings:
+            at = self.next_deadline()
         timer = self._timer
         if at is None:
             if timer is not None:

@@ -64,7 +64,7 @@ class StackInput:
         """IPacketBatchSink: a run of packets from one peer; consecutive
         in-order TCP segments of one connection reach the TCP layer as one
         (``coalesce.py``); replies leave together once all are processed."""
-        self.cork()
+        self._cork_depth += 1  # cork(), inlined
         self._coalescing = self.coalesce and len(packets) > 1 and _one_flow_twice(packets)
         outer = not self._batch_wakeup
         self._batch_wakeup = True
@@ -158,7 +158,15 @@ class StackInput:
             if outer:
                 self._batch_wakeup = False
                 self.wakeup()
-            self.uncork()
+            # uncork(), inlined
+            depth = self._cork_depth = self._cork_depth - 1
+            if depth <= 0:
+                out = self._corked
+                if out:
+                    self._corked = []
+                    sent = self.sender.sendPackets(out)
+                    if sent < len(out):
+                        self._counters["tx_refused"] += len(out) - sent
 
     def packetReceived(self, packet: bytes, peer_key: bytes) -> None:
         """IPacketSink: one decrypted IP packet from peer ``peer_key``."""

@@ -9,7 +9,12 @@ import os
 from twisted.internet.task import Clock
 
 from nbgateway.netstack.stack import Stack
-from nbgateway.netstack.testing import PacketRecorder, build_icmp_echo, make_stack_pair
+from nbgateway.netstack.testing import (
+    PacketRecorder,
+    build_icmp_echo,
+    fragment_ipv4,
+    make_stack_pair,
+)
 
 from .test_tcp_link import transfer
 
@@ -77,3 +82,25 @@ def test_tcp_output_runs_are_batched_and_the_transfer_is_intact():
     assert bytes(server.received) == up
     assert max(sizes) > 1  # whole windows leave in one call
     assert a.counters["tx_refused"] == 0
+
+
+def test_a_batch_inside_a_cork_leaves_with_the_outer_uncork():
+    sender, stack, pings = _echo_stack()
+    stack.cork()
+    stack.packetsReceived(pings, b"k" * 32)
+    assert sender.calls == []  # still corked: the batch's uncork is not the outer one
+    stack.packetsReceived(pings[:1], b"k" * 32)
+    assert sender.calls == []
+    stack.uncork()
+    assert sender.calls == [("many", 4)]
+
+
+def test_after_a_batch_the_timer_follows_a_pending_reassembly_deadline():
+    _sender, stack, pings = _echo_stack()
+    big = build_icmp_echo("100.64.0.9", "100.64.0.1", 7, 9, b"y" * 600)
+    first, *_rest = fragment_ipv4(big, 256)
+    stack.packetsReceived([pings[0], first], b"k" * 32)
+    assert stack.fragments.table  # waiting for the rest
+    assert stack._timer is not None and stack._timer_at == stack.fragments.next_deadline()
+    stack.clock.advance(stack._timer_at - stack.clock.seconds() + 0.001)
+    assert not stack.fragments.table and stack._timer is None  # expired, nothing left
