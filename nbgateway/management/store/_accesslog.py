@@ -5,13 +5,17 @@ transaction per batch, one multi-row insert with ON CONFLICT DO NOTHING on
 the entry id, so a retried batch never duplicates, and the count of rows it
 stored is exact; on SQLite that count per account also raises the account's
 ``access_log_counts`` row, revision 0022), ``user_groups`` capture at write
-time, and retention (age
-and per-account row count) pruned in small transactions.  Batches come as
-value tuples (:data:`VALUE_FIELDS`), prepared column-wise
-(:func:`prepare_rows`) and written with an ``executemany`` of tuples on
-SQLite and a binary ``COPY`` into a staging table plus one ``INSERT ...
-SELECT`` on PostgreSQL (:func:`executemany_rows`).  ``_accesslog_query``
-adds the list query on top (``AccessLogRepository``).
+time (one lookup per account and batch), and retention (age and
+per-account row count) pruned in small transactions.  Batches come as value
+tuples (:data:`VALUE_FIELDS`, :func:`prepare_rows`) or column-wise as the gRPC
+batch RPC decodes them (:func:`prepare_columns`, timestamps as epoch
+microseconds), are prepared column by column and written with an
+``executemany`` of tuples on SQLite (flags as 0/1 and a column empty
+throughout the batch as a literal: sqlite3 binds None and bool slowly;
+:func:`_sqlite_insert`) and a
+binary ``COPY`` into a staging table plus one ``INSERT ... SELECT`` on
+PostgreSQL (:func:`executemany_rows`).  ``_accesslog_query`` adds the list
+query on top (``AccessLogRepository``).
 """
 
 from __future__ import annotations
@@ -611,9 +615,9 @@ class AccessLogRecords:
     def _capture_many(
         self, conn: Connection, account_id: str, user_ids: Sequence[str]
     ) -> dict[str, tuple[str, ...] | None]:
-        """:meth:`_capture_user_groups` of many users of one account in three
-        queries (users, then peers among the rest, then the groups' names)
-        instead of two or three per user: ``{user id: group names}``, users
+        """:meth:`_capture_user_groups` of many users of one account in at
+        most four queries (users, peers among the rest, their memberships, the
+        groups' names) instead of two to four per user: ``{user id: group names}``, users
         that are neither a user nor a peer of the account left out."""
         ids: dict[str, list[str]] = {
             uid: loads(auto) or []
