@@ -112,14 +112,20 @@ class Sink:
 
     def __init__(self) -> None:
         self.entries = 0
+        #: imported once, not per entry (an import statement run per request
+        #: cost ~6.4k instructions, 2.4 % of the lean fast path's figure)
+        self._build: Any = None
 
     def log(self, entry: Any) -> None:
         self.entries += 1
 
     def record(self, fields: tuple[Any, ...]) -> None:
-        from nbgateway.observe.accesslog import entry_from_fields
+        build = self._build
+        if build is None:
+            from nbgateway.observe.accesslog import entry_from_fields
 
-        entry_from_fields(fields)
+            build = self._build = entry_from_fields
+        build(fields)
         self.entries += 1
 
 
