@@ -9,7 +9,8 @@ storing nothing):
   entries/s (``--per-turn`` per reactor turn; varied hosts, paths, status
   codes, sizes, users and targets, as a gateway's requests; ``--clients N``:
   from N client addresses at random, as a public service's clients;
-  ``--users N``: by N OIDC users), for ``--seconds``.
+  ``--users N``: by N OIDC users; ``--services N``: to N services), for
+  ``--seconds``.
   Every shipper entry point the reactor runs (``record``, the linger timer,
   batch forming turns, the RPC's answer) is timed with the reactor thread's
   CPU clock: reported are the shipper's CPU per entry on the reactor thread
@@ -87,6 +88,8 @@ _TARGETS = ("http://127.0.0.1:8080", "http://10.0.0.6:8080", "")
 _CLIENTS: list[str] = []
 #: ``--users N``: three requests in four by one of N OIDC users, drawn at random
 _USER_IDS: list[str] = []
+#: ``--services N``: N services (each its own host), one drawn at random per request
+_SERVICES: list[int] = []
 
 
 def _clients(n: int) -> list[str]:
@@ -100,7 +103,11 @@ def _fields(i: int) -> tuple:
     if _USER_IDS and i % 4:
         auth, user = "oidc", _USER_IDS[(i * 40503) % 65521 % len(_USER_IDS)]
     peer = _CLIENTS[(i * 2654435761) % 4294967291 % len(_CLIENTS)] if _CLIENTS else _PEERS[i % 32]
-    return (time.time(), new_log_id(), "acc1", f"svc{i % 3}", _HOSTS[i % 9],
+    svc, host = f"svc{i % 3}", _HOSTS[i % 9]
+    if _SERVICES:
+        k = (i * 69069 + 1) % 65537 % _SERVICES[0]
+        svc, host = f"svc{k}", f"s{k}.example"
+    return (time.time(), new_log_id(), "acc1", svc, host,
             f"/items/{i * 7919 % 100003}?page={i % 17}", ("GET", "POST")[i % 5 == 0],
             _CODES[i % 9], i % 40, peer, auth, user, (i % 3) * 211,
             512 + i % 4096, _TARGETS[i % 3])
@@ -315,6 +322,9 @@ if __name__ == "__main__":
                         "turn, each always with the same user: few distinct entries)")
     p.add_argument("--users", type=int, default=0,
                    help="OIDC users drawn per request (default: two named users in turn)")
+    p.add_argument("--services", type=int, default=0,
+                   help="services drawn per request, each with its own host (default: 3 "
+                        "services, 9 hosts in turn)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--tree", default=None, help="import nbgateway (and tests) from this checkout")
@@ -326,4 +336,5 @@ if __name__ == "__main__":
         sys.exit(0)
     _CLIENTS[:] = _clients(a.clients)
     _USER_IDS[:] = [f"user-{k}" for k in range(a.users)]
+    _SERVICES[:] = [a.services] if a.services > 0 else []
     task.react(lambda _r: defer.ensureDeferred(main(a)))

@@ -121,14 +121,15 @@ HTTP_FIELDS = ("now", "log_id", "account_id", "service_id", "host", "path", "met
                "bytes_upload", "bytes_download", "target")
 
 
-#: (account, service, host, method, code, auth mechanism, target) -> the
-#: entry with those fields set and the per-request ones unset: copying it and
-#: setting the rest costs about a third of setting every field (the same few
-#: services, hosts and targets repeat); bounded, cleared when full, and only
-#: for short strings (hosts are client-chosen).  The client's address and the
-#: user are not part of the key but set per entry: a gateway serves many
-#: clients and users, and with them in the key a few hundred of them filled
-#: the cache over and over (each miss builds the whole entry)
+#: (account, service, host, auth mechanism, target) -> the entry with those
+#: fields set (and method GET, code 200) and the per-request ones unset:
+#: copying it and setting the rest costs about a third of setting every field
+#: (the same few services, hosts and targets repeat); bounded, cleared when
+#: full, and only for short strings (hosts are client-chosen).  The client's
+#: address, the user, and a method or code other than GET and 200 are set per
+#: entry: with them in the key, a few hundred clients or users of one service,
+#: or a few dozen services' methods times codes, filled the cache over and
+#: over (each miss builds the whole entry)
 _TEMPLATES: dict[tuple[Any, ...], pb.AccessLog] = {}
 _TEMPLATES_MAX = 1024
 _TEMPLATE_MAX_LEN = 256
@@ -149,17 +150,16 @@ def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
     entry of one HTTP request's fields (:data:`HTTP_FIELDS` order)."""
     (now, log_id, account_id, service_id, host, path, method, response_code, duration_ms,
      source_ip, auth_mechanism, user_id, bytes_upload, bytes_download, target) = fields
-    key = (account_id, service_id, host, method, response_code, auth_mechanism, target)
+    key = (account_id, service_id, host, auth_mechanism, target)
     template = _TEMPLATES.get(key)
     if template is None:
         template = build_entry(now=0.0, log_id="", account_id=account_id,
-                               service_id=service_id, host=host, path="", method=method,
-                               response_code=response_code, duration_ms=0,
+                               service_id=service_id, host=host, path="", method="GET",
+                               response_code=200, duration_ms=0,
                                source_ip="", auth_mechanism=auth_mechanism,
                                target=target)
         if (type(host) is str and len(host) <= _TEMPLATE_MAX_LEN
-                and type(target) is str and len(target) <= _TEMPLATE_MAX_LEN
-                and type(method) is str and len(method) <= _TEMPLATE_MAX_LEN):
+                and type(target) is str and len(target) <= _TEMPLATE_MAX_LEN):
             if len(_TEMPLATES) >= _TEMPLATES_MAX:
                 _TEMPLATES.clear()
             _TEMPLATES[key] = template
@@ -169,6 +169,12 @@ def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
     entry.log_id = log_id
     entry.path = path
     entry.source_ip = source_ip
+    if method != "GET":  # the template's method
+        entry.method = method
+    code = response_code or 200
+    if code != 200 or type(code) is not int:  # the template's code and auth_success
+        entry.response_code = code
+        entry.auth_success = code not in (401, 403)
     if user_id and auth_mechanism in _NAMED:  # as build_entry
         entry.user_id = user_id
     if duration_ms:

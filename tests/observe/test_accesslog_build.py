@@ -149,8 +149,8 @@ def test_templates_are_not_per_client_address_or_user():
         got = entry_from_fields(fields)
         assert got == build_entry(**kw), kw
         assert got.source_ip == kw["source_ip"] and got.user_id == kw["user_id"]
-    # one template per (account, service, host, method, code, auth, target): two codes
-    assert len(accesslog._TEMPLATES) == 2
+    # one template per (account, service, host, auth, target): codes are set per entry
+    assert len(accesslog._TEMPLATES) == 1
     assert all(not t.source_ip and not t.user_id for t in accesslog._TEMPLATES.values())
 
 
@@ -170,11 +170,13 @@ def test_edge_values_build_the_same_entry_or_fail_the_same_way():
           {"duration_ms": -5}, {"duration_ms": 0}, {"bytes_upload": (1 << 63) - 1},
           {"bytes_download": -(1 << 63)}, {"now": 0.0}, {"now": -1.25}, {"now": 4.2e9},
           {"response_code": 0}, {"response_code": 401}, {"response_code": -1},
+          {"method": ""}, {"method": "PATCH"}, {"method": b"GET"},
           {"auth_mechanism": "oidc", "user_id": ""}, {"auth_mechanism": "token",
                                                      "user_id": "token:t"}]
     ok.append({"source_ip": b"1.2.3.4"})  # protobuf takes UTF-8 bytes for a string
     bad = [{"bytes_upload": 1 << 63}, {"duration_ms": 1.5}, {"source_ip": b"\xff"},
-           {"path": "/\udcff"}, {"now": float("nan")}]
+           {"path": "/\udcff"}, {"now": float("nan")}, {"response_code": 200.0},
+           {"response_code": "200"}, {"response_code": True}, {"method": 1}]
     for _ in range(2):  # first uses, then template hits
         for change in ok:
             kw = {**base, **change}
@@ -198,3 +200,30 @@ def test_edge_values_build_the_same_entry_or_fail_the_same_way():
             else:
                 raise AssertionError(f"entry_from_fields took {change}")
     assert len(accesslog._TEMPLATES) <= accesslog._TEMPLATES_MAX
+
+
+def test_templates_are_per_service_not_per_method_or_code():
+    """Methods and status codes are set per entry when not the template's GET
+    and 200: many services' requests with every method and code keep one
+    template per service (a few dozen services no longer fill the cache), and
+    each entry is build_entry's, auth_success included."""
+    from nbgateway.observe import accesslog
+    from nbgateway.observe.accesslog import HTTP_FIELDS, entry_from_fields
+
+    accesslog._TEMPLATES.clear()
+    rnd = random.Random(23)
+    for i in range(4000):
+        svc = rnd.randrange(300)
+        kw = dict(now=1765000000.0 + i / 3, log_id=new_log_id(), account_id=f"a{svc % 7}",
+                  service_id=f"s{svc}", host=f"s{svc}.example", path="/x",
+                  method=rnd.choice(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"]),
+                  response_code=rnd.choice([0, 200, 204, 301, 304, 400, 401, 403, 404, 502]),
+                  duration_ms=3, source_ip="100.64.0.9", auth_mechanism="", user_id="",
+                  bytes_upload=0, bytes_download=10, target=f"http://10.0.{svc // 250}.1:80")
+        got = entry_from_fields(tuple(kw[name] for name in HTTP_FIELDS))
+        want = build_entry(**kw)
+        assert got == want, kw
+        assert got.auth_success == (kw["response_code"] not in (401, 403))
+    assert len(accesslog._TEMPLATES) == 300
+    assert all(t.method == "GET" and t.response_code == 200 and t.auth_success
+               for t in accesslog._TEMPLATES.values())
