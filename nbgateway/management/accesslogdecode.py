@@ -101,13 +101,11 @@ def access_log_record(entry: pb.AccessLog) -> AccessLogEntry:
 
 #: every field :func:`decode_batch` reads, in one C call per entry
 _FIELDS = operator.attrgetter(
-    "log_id", "account_id", "service_id", "timestamp", "source_ip", "method", "host", "path",
-    "duration_ms", "response_code", "auth_success",
+    "log_id", "account_id", "service_id", "timestamp.seconds", "timestamp.nanos",
+    "source_ip", "method", "host", "path", "duration_ms", "response_code", "auth_success",
     "user_id", "auth_mechanism", "bytes_upload", "bytes_download", "protocol", "metadata",
     "agent_network", "nbgw_target",
 )
-#: a Timestamp's fields (the sub-message fetched once, by :data:`_FIELDS`)
-_SECONDS_NANOS = operator.attrgetter("seconds", "nanos")
 _MICROS = 1_000_000
 
 
@@ -122,10 +120,9 @@ def decode_batch(logs: Sequence[pb.AccessLog]) -> list[Sequence[Any]] | None:
     n = len(logs)
     if not n:
         return [[] for _ in VALUE_FIELDS]
-    (ids, accounts, services, timestamps, ips, methods, hosts, paths, durations, codes,
+    (ids, accounts, services, seconds, nanos, ips, methods, hosts, paths, durations, codes,
      auth_ok, users, mechanisms, uploads, downloads, protocols, metadata, agents,
      targets) = zip(*map(_FIELDS, logs), strict=True)
-    seconds, nanos = zip(*map(_SECONDS_NANOS, timestamps), strict=True)
     if "" in accounts or not _PROTOCOLS.issuperset(protocols):
         return None
     if min(durations) < -_MAX_DURATION_MS or max(durations) > _MAX_DURATION_MS:
