@@ -6,7 +6,9 @@ It owns the exchange on the wire: the request head (and a buffered body)
 written straight to the socket when Twisted has nothing queued
 (:mod:`nbgateway.dial.sockwrite`), a streamed body with ``Content-Length``
 or chunked (:class:`_ChunkedWriter`), the response parsed by ``httptools``
-(llhttp; the head bounded by ``MAX_HEAD_BYTES``, 1xx skipped), the response
+(llhttp; the head bounded by ``MAX_HEAD_BYTES``, 1xx skipped; its header
+lines are only counted once the exchange has received more bytes than
+the bound, which they cannot exceed before), the response
 (:class:`LeanResponse`) and its body handed to an ``IProtocol`` with
 :class:`_BodyProducer` as its streaming producer (early body bytes kept up
 to ``_EARLY_BODY_LIMIT``), and the decision whether the connection goes
@@ -129,7 +131,8 @@ class UpstreamConnection(Protocol):
     test counts them (tests/dial/test_conn_attrs.py).  Hence no ``factory``
     (the dial's factory does not set one), the close waiters made on first
     use, the early body one ``bytearray`` and the response head's size
-    counted at its end, not per header."""
+    counted at its end, not per header (and only when the exchange has
+    received more bytes than its bound: ``_got_bytes`` counts them)."""
 
     #: ``closeCachedConnections``' waiters (the list is made on first use)
     _close_waiters: list[defer.Deferred[None]] | tuple[()] = ()
@@ -173,7 +176,9 @@ class UpstreamConnection(Protocol):
         self._early: bytearray | None = None
         self._body_sent = True
         self._body_producer: Any = None
-        self._got_bytes = False
+        #: bytes received since the request was sent (0: none yet); the
+        #: response head's header lines are a part of them
+        self._got_bytes = 0
         self._reusable = True
         self._active = False
 
@@ -204,7 +209,7 @@ class UpstreamConnection(Protocol):
             self._early = None
         self._body_sent = True
         self._body_producer = None
-        self._got_bytes = False
+        self._got_bytes = 0
         self._reusable = True
         self._active = True
         if self.paused:  # the previous relay left the socket paused
@@ -285,7 +290,8 @@ class UpstreamConnection(Protocol):
             self._stray = True
             return
         # the head's size is checked at its end (on_headers_complete) and
-        # after each read that leaves it incomplete (dataReceived)
+        # after each read that leaves it incomplete (dataReceived), each
+        # time only past MAX_HEAD_BYTES received (it is no more before)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -294,7 +300,8 @@ class UpstreamConnection(Protocol):
             return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # interim response: wait for the real one
-            _check_head_size(self._headers)
+            if self._got_bytes > MAX_HEAD_BYTES:
+                _check_head_size(self._headers)
             self._headers = []
             self._phrase = b""
             return
@@ -305,9 +312,12 @@ class UpstreamConnection(Protocol):
         # ``Headers`` as it is (no per-header public-API call).
         raw: dict[bytes, list[bytes]] = {}
         names = _NAMES
-        size = 0
+        # The header lines are spans of the bytes received since the request
+        # was sent: while those are within the bound, so is the head (no
+        # per-header count).
+        if self._got_bytes > MAX_HEAD_BYTES:
+            _check_head_size(self._headers)
         for name, value in self._headers:
-            size += len(name) + len(value)
             key = names.get(name)
             if key is None:
                 key = _canonical(name)
@@ -318,8 +328,6 @@ class UpstreamConnection(Protocol):
                 raw[key] = [value]
             else:
                 values.append(value)
-        if size > MAX_HEAD_BYTES:
-            raise ValueError("upstream response head too large")
         chunked = _TRANSFER_ENCODING in raw
         if self._head_method or status in _BODYLESS_STATUSES:
             length: Any = 0
@@ -384,13 +392,13 @@ class UpstreamConnection(Protocol):
             self._reusable = False
             self.transport.abortConnection()
             return
-        self._got_bytes = True
+        got = self._got_bytes = self._got_bytes + len(data)  # before the parse reads it
         if self._head_method and self._head_done:
             return
         self._feeding = True
         try:
             self._parser.feed_data(data)
-            if not self._head_done and self._headers:
+            if got > MAX_HEAD_BYTES and not self._head_done and self._headers:
                 # a head not complete after this read: bounded here (its
                 # end checks the whole of it)
                 _check_head_size(self._headers)

@@ -2,7 +2,8 @@
 under CPython 3.11's shared-keys limit of 30 own attributes (past it every
 attribute access on the object, ~100 per exchange, is a dict lookup), and
 what was slimmed for that keeps its behaviour: the response head bound
-(checked at the head's end and after each read that leaves it incomplete),
+(checked at the head's end and after each read that leaves it incomplete,
+each time only once the exchange has received more bytes than the bound),
 the early body (one buffer, paused past its limit, delivered in order), the
 close waiters and the dial's factory."""
 
@@ -91,6 +92,66 @@ class ConnectionAttributeTests(Base):
         sink = Collect()
         resp.deliverBody(sink)
         self.assertEqual((resp.code, sink.data), (200, b"hello"))
+
+    def _counting_head_checks(self):
+        calls = []
+        real = http11_conn._check_head_size
+
+        def counting(headers):
+            calls.append(len(headers))
+            real(headers)
+
+        self.patch(http11_conn, "_check_head_size", counting)
+        return calls
+
+    def test_header_lines_are_counted_only_past_the_bound_received(self):
+        # the header lines are spans of the bytes received since the request
+        # went out: within the bound, nothing to count
+        calls = self._counting_head_checks()
+        resp, sink, _t, proto = self.fetch()
+        self.assertEqual((resp.code, sink.data, calls), (200, b"hello", []))
+        # a small head whose read carries a body past the bound: counted
+        # once (at the head's end), and accepted
+        body = b"b" * (MAX_HEAD_BYTES + 10)
+        resp, sink, _t, proto2 = self.fetch(
+            response=b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertIs(proto2, proto)  # the same keep-alive connection
+        self.assertEqual((resp.code, sink.data, calls), (200, body, [1]))
+        # the count restarts with each exchange: the next small one is not counted
+        del calls[:]
+        resp, sink, _t, proto3 = self.fetch()
+        self.assertIs(proto3, proto)
+        self.assertEqual((resp.code, sink.data, calls), (200, b"hello", []))
+
+    def test_a_head_past_the_bound_over_two_reads_ending_in_the_second_fails(self):
+        # neither read alone is past the bound; the exchange's bytes are
+        calls = self._counting_head_checks()
+        d = self.agent.request(b"GET", URL, Headers(), None)
+        _t, proto = self.eps.conns[-1]
+        head = _head_with(MAX_HEAD_BYTES + 1)
+        half = len(head) // 2
+        self.assertLess(len(head) - half, MAX_HEAD_BYTES)
+        proto.dataReceived(head[:half])
+        self.assertNoResult(d)
+        self.assertEqual(calls, [])  # under the bound received: not counted yet
+        proto.dataReceived(head[half:])
+        self.failureResultOf(d, ResponseFailed)
+        self.assertTrue(calls)
+
+    def test_a_head_at_the_bound_over_reads_with_a_body_is_accepted(self):
+        body = b"z" * (2 * MAX_HEAD_BYTES)
+        # at the bound with the body's length (6 digits, not 1) in place
+        head = _head_with(MAX_HEAD_BYTES - 5)[:-1]  # without its one body byte
+        response = head.replace(b"Content-Length: 1\r\n",
+                                b"Content-Length: %d\r\n" % len(body)) + body
+        d = self.agent.request(b"GET", URL, Headers(), None)
+        _t, proto = self.eps.conns[-1]
+        for i in range(0, len(response), 7000):
+            proto.dataReceived(response[i:i + 7000])
+        resp = self.successResultOf(d)
+        sink = Collect()
+        resp.deliverBody(sink)
+        self.assertEqual((resp.code, sink.data), (200, body))
 
     def test_early_body_bytes_over_reads_are_delivered_in_order_with_backpressure(self):
         d = self.agent.request(b"GET", URL, Headers(), None)
