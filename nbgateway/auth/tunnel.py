@@ -53,6 +53,8 @@ DEFAULT_TTL = 300.0
 DEFAULT_MAX_PER_ACCOUNT = 1024
 DEFAULT_RPC_TIMEOUT = 10.0
 
+_bucket_get = OrderedDict.get
+
 
 @dataclass
 class CacheStats:
@@ -150,7 +152,9 @@ class TunnelValidationCache:
         bucket = self._buckets.get(account_id)  # self._entry(...), inline
         if not bucket:
             return None
-        entry = bucket.get((tunnel_ip, domain))
+        # OrderedDict.get called as a function: bucket.get(...) is a method
+        # lookup CPython 3.11 does not specialise on an OrderedDict
+        entry = _bucket_get(bucket, (tunnel_ip, domain))
         if entry is None:
             return None
         if self.clock.seconds() - entry.stored > self.ttl:
@@ -297,12 +301,14 @@ class PrivateGate:
         return d
 
     def decide_now(
-        self, *, listener_account: str | None, mapping_account: str, domain: str, client_ip: str
+        self, listener_account: str | None, mapping_account: str, domain: str, client_ip: str
     ) -> GateDecision | None:
         """The decision when it needs no RPC (a local refusal, or the cached
         answer's allowing decision), else None: then :meth:`check` asks.
         The same checks in the same order as :meth:`check`, without a
-        Deferred, for the request path's common case (a cache hit)."""
+        Deferred, for the request path's common case (a cache hit).
+        Positional or keyword arguments (the request path passes them
+        positionally: a keyword call costs more per call)."""
         if listener_account is None:
             return _NOT_OVERLAY
         if listener_account != mapping_account:
@@ -310,7 +316,10 @@ class PrivateGate:
         refused, ip = _tunnel_ip(client_ip)
         if refused:
             return GateDecision(False, refused)
-        if not self.in_roster(listener_account, ip):
+        # read, then called: ``self.in_roster(...)`` is a method lookup that
+        # CPython 3.11 never specialises for an instance's own attribute
+        in_roster = self.in_roster
+        if not in_roster(listener_account, ip):
             return _NOT_IN_ROSTER
         return self.cache.cached(listener_account, ip, domain, _decide)  # type: ignore[return-value]
 

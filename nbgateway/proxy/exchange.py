@@ -186,8 +186,10 @@ class _Exchange:
             request.on_finish(self._request_ended)
         else:
             # the HTTP/1.1 fast path, no target to release when it ends: only
-            # the client going away first matters (a plain callback)
-            request.on_lost(self._client_lost)
+            # the client going away first matters (a plain callback: the
+            # exchange itself, see __call__; reading self._client_lost would
+            # make a bound method through a generic lookup per request)
+            request.on_lost(self)
         self.timeout = timeout
         self.body = body
         self.method = method
@@ -252,6 +254,10 @@ class _Exchange:
         if self._busy and self.state is not None and self.pool is not None:
             self._busy = False
             self.pool.ended(self.state)
+
+    def __call__(self, reason: Failure) -> None:
+        """The fast path's ``on_lost`` observer: the client went away."""
+        self._client_lost(reason)
 
     def _client_lost(self, _reason: Failure) -> None:
         self.client_gone = True

@@ -306,3 +306,31 @@ def test_decide_now_never_allows_a_denial_or_error(env):
     client.auto = lambda ip, domain: ManagementError("down")
     assert check(gate).reason == "rpc_error"
     assert now(gate) is None and len(cache) == 0
+
+
+def test_decide_now_positional_same_as_keywords_and_fails_closed(env):
+    """The request path calls decide_now positionally (a keyword call costs
+    more): same answers, same order of checks, every doubt a denial."""
+    clock, client, cache, gate, roster = env
+    cases = [("acct", "acct", "app.example", "100.64.0.10"),   # a miss: None (RPC needed)
+             (None, "acct", "app.example", "100.64.0.10"),     # not on the overlay
+             ("acct", "other", "app.example", "100.64.0.10"),  # another account's name
+             ("acct", "acct", "app.example", "8.8.8.8"),       # not a tunnel address
+             ("acct", "acct", "app.example", "bogus"),         # not an address
+             ("acct", "acct", "app.example", "100.64.0.99")]   # not in the roster
+    for args in cases:
+        listener, mapping, domain, ip = args
+        assert gate.decide_now(*args) == gate.decide_now(
+            listener_account=listener, mapping_account=mapping, domain=domain, client_ip=ip)
+    assert gate.decide_now(*cases[0]) is None
+    assert [gate.decide_now(*c).reason for c in cases[1:]] == [
+        "not_overlay", "wrong_account", "not_tunnel_ip", "invalid_ip", "not_in_roster"]
+    check(gate)  # the RPC's allowing answer, cached
+    hit = gate.decide_now(*cases[0])
+    assert hit.allowed and hit.session_token == "T" and len(client.calls) == 1
+    # the roster is asked on every decision (a peer removed is refused at once)
+    roster.clear()
+    assert gate.decide_now(*cases[0]).reason == "not_in_roster"
+    clock.advance(cache.ttl + 1)
+    roster.add(("acct", "100.64.0.10"))
+    assert gate.decide_now(*cases[0]) is None  # expired: asked again

@@ -4,7 +4,8 @@ method through a generic attribute lookup where a plain method call does
 attribute, nor reading or writing a class's attribute): the exchange hands
 the body to the connection's ``deliver`` directly (no bound method stored on
 the response), the site calls ``PrivateGate.decide_now`` as a method and
-binds its finish observer once, and the direct-write counters are an
+binds its finish observer once, the exchange is the fast request's
+lost-client observer itself, and the direct-write counters are an
 instance's.  Other responses, gates and agents keep their general path."""
 
 from __future__ import annotations
@@ -79,3 +80,24 @@ class _Sink:
 
     def write(self, data: bytes) -> None:
         self.data += data
+
+
+def test_the_exchange_is_its_own_lost_client_observer():
+    """No bound method per request for the lost-client callback: the fast
+    request's observer is the exchange, and calling it is the client going
+    away (the upstream wait is cancelled)."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    from nbgateway.proxy.exchange import _Exchange
+
+    path = Path()
+    path.exchange(GET, _ANSWER)  # warm
+    path.channel.dataReceived(GET.replace(b"?q=1", b"?q=9"))
+    request = path.channel._current
+    (observer,) = request.lost_hooks
+    assert type(observer) is _Exchange and observer.request is request
+    wire, _proto = path.up.upstreams[-1]
+    path.channel.connectionLost(Failure(ConnectionLost()))
+    assert observer.client_gone and (wire.disconnecting or getattr(wire, "aborted", False))
+    assert request.lost_hooks == ()
