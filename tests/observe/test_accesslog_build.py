@@ -4,8 +4,10 @@ the request id keeps its shape."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
+import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -62,13 +64,33 @@ def test_timestamp_keeps_the_sub_second_part():
     assert abs(entry.timestamp.nanos - 250_000_000) < 1000
 
 
-def test_log_ids_are_20_base32hex_characters_and_random():
+def test_log_ids_are_20_base32hex_characters_the_second_then_random():
+    before = int(time.time())
     ids = {new_log_id() for _ in range(5000)}
+    after = int(time.time())
     assert len(ids) == 5000
     assert all(re.fullmatch(r"[0-9a-v]{20}", i) for i in ids)
-    # every digit of the alphabet shows up at every position
-    for pos in range(20):
+    # the first 7 digits are the Unix second, most significant first
+    seconds = {int(i[:7], 32) for i in ids}
+    assert seconds <= set(range(before, after + 1))
+    # every digit of the alphabet shows up at every random position
+    for pos in range(7, 20):
         assert len({i[pos] for i in ids}) == 32
+
+
+def test_log_ids_sort_by_their_second(monkeypatch):
+    """Ids of later seconds sort after earlier ones (the id index's last
+    pages take a batch's inserts), across digit carries too."""
+    from nbgateway.observe import accesslog
+
+    made = []
+    for second in (2**30 - 1, 2**30, 1_765_000_000, 1_765_000_001, 2**34, 2**35 - 1):
+        monkeypatch.setattr(accesslog, "_time", lambda s=second: s + 0.999)
+        ids = [new_log_id() for _ in range(40)]
+        assert {int(i[:7], 32) for i in ids} == {second}
+        made.append(ids)
+    for earlier, later in itertools.pairwise(made):
+        assert max(earlier) < min(later)
 
 
 def test_entry_from_fields_is_build_entry_of_the_fields_over_template_hits():
