@@ -94,6 +94,10 @@ _COOKIES: dict[tuple[str, int], bytes] = {}
 _COOKIES_MAX = 4096
 _SET_COOKIE = canonical_name("Set-Cookie")
 _HOST = canonical_name("Host")
+#: the access log's method text of the common methods (a dict read, not a
+#: codec call per request); others are decoded
+_METHOD_TEXT = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                         "OPTIONS")}
 
 
 def _session_cookie(token: str, max_age: int) -> bytes:
@@ -254,7 +258,10 @@ class GatewayResource(OperatorAuth, Resource):
         stats = self.request_stats
         path: str | None = None
         if self.access_log is not None and entry is not None:
-            path = request.uri.split(b"?", 1)[0].decode("latin-1")
+            # the request's path (its uri up to "?", kept in step with the
+            # uri by _front_door), decoded once: the proxy reuses ctx.path
+            path = ctx.path = (request.path if fast else request.uri.split(b"?", 1)[0]
+                               ).decode("latin-1")
             if not path.startswith(INTERNAL_PREFIX):  # should_log(path)
                 ctx.request_id = new_log_id()
             else:
@@ -446,7 +453,8 @@ class GatewayResource(OperatorAuth, Resource):
             sent = getattr(request, "sentLength", 0)
         fields = (
             now, ctx.request_id, service.account_id, service.service_id, ctx.host, path,
-            request.method.decode("latin-1"), request.code, int((now - ctx.started) * 1000),
+            _METHOD_TEXT.get(request.method) or request.method.decode("latin-1"),
+            request.code, int((now - ctx.started) * 1000),
             ctx.source_ip, ctx.auth_mechanism, ctx.user_id, received, sent, ctx.target,
         )
         record = self._record  # an instance's callable: see fast_route

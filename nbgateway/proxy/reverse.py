@@ -249,7 +249,9 @@ class ReverseProxy:
             pages.send_page(request, pages.SERVICE_NOT_FOUND)
             return server.NOT_DONE_YET
         raw_path, _, query = request.uri.partition(b"?")
-        path = raw_path.decode("latin-1")
+        path = ctx.path  # the front resource's decode of raw_path, when it made one
+        if path is None:
+            path = raw_path.decode("latin-1")
         if path == JWKS_PATH and service.assertion is not None:
             _send_json(request, service.assertion.jwks())
             return server.NOT_DONE_YET

@@ -48,6 +48,9 @@ class RequestContext:
     user_id: str = ""
     started: float = 0.0
     upstream_started: float | None = None
+    #: the request's path (no query) as text, when the front resource
+    #: decoded it (for the access log): the proxy reuses it (None: decode)
+    path: str | None = None
 
     def serve(self, entry: ServiceEntry | None) -> None:
         """Record the service entry the Host resolved to (or none)."""
