@@ -25,12 +25,14 @@ from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway.management.accesslogdecode import access_log_values, decode_batch
 from nbgateway.management.model import Account, Group, User
 from nbgateway.management.proxyrpcs import AccessLogRpcs
+from nbgateway.management.store import Store
 from nbgateway.management.store._accesslog import (
     VALUE_FIELDS,
     prepare_columns,
     prepare_rows,
 )
 from nbgateway.management.store.schema import access_log_entries
+from tests.management.conftest import CLUSTER
 from tests.management.test_accesslog_ingest import (
     AbortedError,
     Context,
@@ -233,11 +235,11 @@ def test_nullable_columns_and_flags_round_trip_in_any_mix(store, account):
     assert counter(store, account.id) == 7
 
 
-def test_sqlite_ingest_connections_spill_only_past_16_mib(store, account):
+def test_sqlite_ingest_connections_spill_only_past_16_mib(tmp_path):
     """A batch's dirty pages stay in the connection's cache up to 4096 pages
     (not the ~500 of the default cache size) before they go to the WAL."""
-    if store.dialect != "sqlite":
-        pytest.skip("SQLite's page cache")
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}", known_clusters=[CLUSTER])
+    account = store.accounts.create(Account(id="acct-1", domain="netbird.test"))
     assert store.access_logs.append_columns(decode_batch(batch(account.id, "s", 5).logs)) == 5
     seen = 0
     conns = [store._engine.connect() for _ in range(3)]
@@ -249,6 +251,7 @@ def test_sqlite_ingest_connections_spill_only_past_16_mib(store, account):
     finally:
         for conn in conns:
             conn.close()
+        store.close()
     assert seen == 1
 
 
