@@ -24,8 +24,11 @@ on 127.0.0.1 and measures:
   validation), the store's driver path alone on rows prepared beforehand
   (``executemany_rows``: SQLite executemany of tuples plus the accounts'
   counter upserts, PostgreSQL binary COPY + INSERT ... SELECT), and the old
-  path of one SendAccessLog per entry.  ``--random-ids``: log ids random as
-  a gateway's (each entry on a random leaf of the id index), else sequential.
+  path of one SendAccessLog per entry.  ``--ids``: ``sequential`` (the
+  default, as earlier figures), ``gateway`` (a gateway's ids: time-ordered,
+  the second then random digits, nbgateway/observe/accesslog.py
+  ``new_log_id``) or ``random`` (each entry on a random leaf of the id index,
+  as gateways sent before their ids were time-ordered; ``--random-ids``).
 
 Ratios are gRPC / in-process, so the transport cost shows up independently of
 how busy the machine is.
@@ -35,7 +38,7 @@ tests/pgcluster.py when the server binaries are installed (fsync off).
 
 Run:  .venv/bin/python bench/management_grpc.py [--services 10000] [--clients 8]
       [--seconds 5] [--backends sqlite,postgres] [--parts validate,snapshot,accesslog]
-      [--log-entries 100000] [--log-batch 1000] [--random-ids]
+      [--log-entries 100000] [--log-batch 1000] [--ids sequential|gateway|random]
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from nbgateway._proto import proxy_service_pb2_grpc as pb_grpc  # noqa: E402
 from nbgateway.management.grpcserver import ProxyGrpcService  # noqa: E402
 from nbgateway.management.proxymapping import per_proxy_mapping  # noqa: E402
 from nbgateway.management.store import Store  # noqa: E402
+from nbgateway.observe.accesslog import new_log_id  # noqa: E402
 from tests.management.test_grpc_support import (  # noqa: E402
     ACCOUNT,
     CLUSTER,
@@ -213,11 +217,16 @@ def bench(store: Store, args: argparse.Namespace, label: str) -> None:
         svc.server.stop(0).wait(5)
 
 
-def _log_entry(account_id: str, i: int, run: str, random_id: bool = False) -> pb.AccessLog:
-    # a gateway's ids are random (nbgateway/observe/accesslog.py new_log_id:
-    # 20 characters), so each lands on a random leaf of the id index; the
-    # default sequential ids keep earlier figures comparable
-    log_id = f"{run}-{secrets.token_hex(10)}" if random_id else f"{run}-{i:08d}"
+def _log_entry(account_id: str, i: int, run: str, ids: str = "sequential") -> pb.AccessLog:
+    # "gateway": a gateway's own ids (time-ordered: they land on the id
+    # index's last leaves); "random": each on a random leaf; the default
+    # sequential ids keep earlier figures comparable
+    if ids == "gateway":
+        log_id = f"{run}-{new_log_id()}"
+    elif ids == "random":
+        log_id = f"{run}-{secrets.token_hex(10)}"
+    else:
+        log_id = f"{run}-{i:08d}"
     e = pb.AccessLog(log_id=log_id, account_id=account_id, service_id="svc-bench",
                      host=DOMAIN, path=f"/bench/{i}", duration_ms=3, method="GET",
                      response_code=200, source_ip="100.64.0.10", auth_mechanism="oidc",
@@ -245,7 +254,7 @@ def bench_access_log(store: Store, svc: ProxyGrpcService, fx: Fixture,
     channel = grpc.insecure_channel(f"127.0.0.1:{svc.port}")
     stub = pb_grpc.ProxyServiceStub(channel)
     batches = [pb.NbgwSendAccessLogBatchRequest(
-        logs=[_log_entry(account, i, "grpc", args.random_ids)
+        logs=[_log_entry(account, i, "grpc", args.ids)
               for i in range(j, min(n, j + size))])
         for j in range(0, n, size)]
     stub.NbgwSendAccessLogBatch(pb.NbgwSendAccessLogBatchRequest(
@@ -311,7 +320,7 @@ def bench_access_log(store: Store, svc: ProxyGrpcService, fx: Fixture,
 
     rate = n / wall
     core, driver = rates["core"], rates["driver"]
-    ids = " (random ids)" if args.random_ids else ""
+    ids = f" ({args.ids} ids)" if args.ids != "sequential" else ""
     print(f"[{label}] access-log batches of {size}, {n:,} entries{ids}: {rate:,.0f} entries/s over "
           f"gRPC ({n / cpu:,.0f} per CPU-second, grpcio client included); raw SQLAlchemy core "
           f"executemany of the same rows {core[0]:,.0f}/s ({core[1]:,.0f} per CPU-second), "
@@ -329,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="validate,snapshot,accesslog")
     p.add_argument("--log-entries", type=int, default=100_000)
     p.add_argument("--log-batch", type=int, default=1000)
-    p.add_argument("--random-ids", action="store_true",
-                   help="random 20-hex-digit log ids, as gateways send (default: sequential)")
+    p.add_argument("--ids", choices=("sequential", "gateway", "random"), default="sequential",
+                   help="log ids: sequential (default), a gateway's (time-ordered) or random")
+    p.add_argument("--random-ids", action="store_const", dest="ids", const="random",
+                   help="the same as --ids random")
     args = p.parse_args(argv)
     for backend in args.backends.split(","):
         if backend == "sqlite":
