@@ -263,7 +263,7 @@ class GatewayResource(OperatorAuth, Resource):
             path = ctx.path = (request.path if fast else request.uri.split(b"?", 1)[0]
                                ).decode("latin-1")
             if not path.startswith(INTERNAL_PREFIX):  # should_log(path)
-                ctx.request_id = new_log_id()
+                ctx.request_id = new_log_id(ctx.started)
             else:
                 path = None
         if stats is not None:

@@ -418,7 +418,7 @@ class L4Manager:
         now = self.reactor.seconds()
         try:
             self.access_log.log(build_entry(
-                now=now, log_id=new_log_id(), account_id=target.account_id,
+                now=now, log_id=new_log_id(now), account_id=target.account_id,
                 service_id=target.service_id, host=target.domain, path="", method="",
                 response_code=code, duration_ms=int((now - conn.started) * 1000),
                 source_ip=conn.source[0], auth_mechanism="oidc" if conn.user_id else "",

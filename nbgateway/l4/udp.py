@@ -485,7 +485,7 @@ class UDPRelays:
                                                                    "shutdown") else 403
         try:
             sink.log(build_entry(
-                now=now, log_id=new_log_id(), account_id=t.account_id,
+                now=now, log_id=new_log_id(now), account_id=t.account_id,
                 service_id=t.service_id, host=t.domain, path="", method="",
                 response_code=code, duration_ms=int((now - s.started) * 1000),
                 source_ip=s.client[0], auth_mechanism="oidc" if s.user_id else "",

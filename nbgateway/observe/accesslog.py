@@ -32,17 +32,16 @@ _B32HEX = bytes.maketrans(bytes(range(256)),
                           bytes(b"0123456789abcdefghijklmnopqrstuv"[i & 31] for i in range(256)))
 
 
-#: the random part of request ids made ahead (one ``os.urandom`` call per
-#: :data:`_IDS_AHEAD` ids)
+#: request ids made ahead for the current second (one ``os.urandom`` call
+#: per :data:`_IDS_AHEAD` ids)
 _IDS: list[str] = []
 _IDS_AHEAD = 256
 #: digits of a request id: the Unix second's, then random ones (xid's 20)
 _STAMP_DIGITS = 7
 _RANDOM_DIGITS = 13
 _ALPHABET = "0123456789abcdefghijklmnopqrstuv"
-#: the last second an id was made in, and its digits
-_stamp_second = -1
-_stamp_text = ""
+#: the second the ids in :data:`_IDS` are of
+_ids_second = -1
 
 
 def _stamp(second: int) -> str:
@@ -52,10 +51,21 @@ def _stamp(second: int) -> str:
                    for i in range(_STAMP_DIGITS - 1, -1, -1))
 
 
-def new_log_id() -> str:
+def _refill(second: int) -> None:
+    """:data:`_IDS_AHEAD` ids of ``second`` (those left of another second go)."""
+    global _ids_second
+    n = _RANDOM_DIGITS
+    stamp = _stamp(second)
+    digits = os.urandom(n * _IDS_AHEAD).translate(_B32HEX).decode("ascii")
+    _IDS[:] = [stamp + digits[i:i + n] for i in range(0, n * _IDS_AHEAD, n)]
+    _ids_second = second
+
+
+def new_log_id(now: float | None = None) -> str:
     """A 20-character, URL-safe request id, time-ordered like upstream's xids:
-    7 base32hex digits of the current Unix second, then 13 random digits (65
-    random bits; a collision needs two ids of the same second).
+    7 base32hex digits of the Unix second (``now``, the current time when not
+    given), then 13 random digits (65 random bits; a collision needs two ids
+    of the same second).
 
     Why time-ordered: management stores each entry under its id (the
     idempotency key of retried batches).  Random ids put every entry of a
@@ -63,21 +73,15 @@ def new_log_id() -> str:
     dirtied and written to the WAL twice per entry); ids that grow with time
     land on the index's last pages, as upstream's proxy's xids do.
 
-    The random digits are 13 random bytes mapped to base32hex by their low
-    five bits in one ``bytes.translate``, made :data:`_IDS_AHEAD` ids at a
-    time from one ``os.urandom`` read (the same CSPRNG; one system call per
-    256 requests instead of one each)."""
-    global _stamp_second, _stamp_text
-    second = int(_time())
-    if second != _stamp_second:
-        _stamp_text = _stamp(second)
-        _stamp_second = second
-    ids = _IDS
-    if not ids:
-        n = _RANDOM_DIGITS
-        digits = os.urandom(n * _IDS_AHEAD).translate(_B32HEX).decode("ascii")
-        ids.extend([digits[i:i + n] for i in range(0, n * _IDS_AHEAD, n)])
-    return _stamp_text + ids.pop()
+    The random digits are random bytes mapped to base32hex by their low five
+    bits in one ``bytes.translate``; ids are made :data:`_IDS_AHEAD` at a time
+    for the current second from one ``os.urandom`` read (the same CSPRNG; one
+    system call per 256 requests instead of one each), so a request pays an
+    ``int()``, a comparison and a ``pop()``."""
+    second = int(_time() if now is None else now)
+    if second != _ids_second or not _IDS:
+        _refill(second)
+    return _IDS.pop()
 
 
 #: the counters behind ``nbgateway_access_log_entries_total``

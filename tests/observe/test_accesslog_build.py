@@ -93,6 +93,23 @@ def test_log_ids_sort_by_their_second(monkeypatch):
         assert max(earlier) < min(later)
 
 
+def test_log_ids_of_a_given_time_and_across_seconds():
+    """``new_log_id(now)``: the id is of ``now``'s second (the request's own
+    time, no clock read); ids made ahead for one second are never handed out
+    for another, and the ids of one second stay distinct across refills."""
+    from nbgateway.observe import accesslog
+
+    first = [new_log_id(1_765_000_000.9) for _ in range(300)]
+    assert {i[:7] for i in first} == {accesslog._stamp(1_765_000_000)}
+    assert len(set(first)) == 300
+    after = new_log_id(1_765_000_001.0)
+    assert after[:7] == accesslog._stamp(1_765_000_001)
+    assert all(i[:7] == after[:7] for i in accesslog._IDS)  # the rest went
+    back = new_log_id(1_765_000_000.1)  # a clock that went back: its own second
+    assert back[:7] == accesslog._stamp(1_765_000_000) and back not in first
+    assert new_log_id(0.5)[:7] == "0000000"
+
+
 def test_entry_from_fields_is_build_entry_of_the_fields_over_template_hits():
     """The template-based build (a cached entry of the repeating fields,
     copied, then the per-request fields set) gives the message build_entry
