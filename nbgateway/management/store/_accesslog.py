@@ -227,14 +227,21 @@ def prepare_columns(
     what the value tuples hold except the timestamp column: UTC epoch
     microseconds (ints; what a gateway's ``Timestamp`` gives without a
     ``datetime`` per entry).  See :func:`_prepare_columns`."""
+    cols = _checked_columns(columns)
+    if not cols[_ID]:
+        return []
+    return _prepare_columns(cols, dialect, capture, epoch_us=True)
+
+
+def _checked_columns(columns: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """``columns`` as a list, one per :data:`VALUE_FIELDS` field and all of
+    one length, or ValueError."""
     cols = list(columns)
     if len(cols) != len(VALUE_FIELDS):
         raise ValueError(f"access log columns are {len(cols)}, not {len(VALUE_FIELDS)}")
     if len({len(c) for c in cols}) != 1:
         raise ValueError("access log columns differ in length")
-    if not cols[_ID]:
-        return []
-    return _prepare_columns(cols, dialect, capture, epoch_us=True)
+    return cols
 
 
 #: SQLAlchemy's SQLite DATETIME text of a whole second ("YYYY-MM-DD HH:MM:SS")
@@ -696,11 +703,7 @@ class AccessLogRecords:
         """:meth:`append_values` of a batch given column-wise (one sequence
         per :data:`VALUE_FIELDS` field, timestamps as UTC epoch microseconds:
         :func:`prepare_columns`), as the gRPC batch RPC decodes it."""
-        cols = list(columns)
-        if len(cols) != len(VALUE_FIELDS):
-            raise ValueError(f"access log columns are {len(cols)}, not {len(VALUE_FIELDS)}")
-        if len({len(c) for c in cols}) != 1:
-            raise ValueError("access log columns differ in length")
+        cols = _checked_columns(columns)
         if not cols[_ID]:
             return 0
         return self._append(cols, epoch_us=True)
