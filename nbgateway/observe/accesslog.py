@@ -27,9 +27,11 @@ log = Logger()
 INTERNAL_PREFIX = "/__netbird__/"
 
 
+#: base32hex's digits, lower case
+_ALPHABET = "0123456789abcdefghijklmnopqrstuv"
 #: byte -> one base32hex digit (``0-9a-v``) of its low five bits
 _B32HEX = bytes.maketrans(bytes(range(256)),
-                          bytes(b"0123456789abcdefghijklmnopqrstuv"[i & 31] for i in range(256)))
+                          bytes(_ALPHABET.encode()[i & 31] for i in range(256)))
 
 
 #: request ids made ahead for the current second (one ``os.urandom`` call
@@ -39,7 +41,6 @@ _IDS_AHEAD = 256
 #: digits of a request id: the Unix second's, then random ones (xid's 20)
 _STAMP_DIGITS = 7
 _RANDOM_DIGITS = 13
-_ALPHABET = "0123456789abcdefghijklmnopqrstuv"
 #: the second the ids in :data:`_IDS` are of
 _ids_second = -1
 

@@ -142,7 +142,7 @@ class FastHTTPChannel(StreamingHTTPChannel):
             super().dataReceived(data)
             return
         if self._closing:
-            if self._linger_call is not None or self._linger_left < 0:
+            if self._linger_left:
                 self.linger_discard(data)  # a lingering close: bounded
             return
         if not self._protocol_checked:

@@ -282,7 +282,8 @@ class StreamingHTTPChannel(http.HTTPChannel):
     _head_deadline: Any = None
     _in_body = False
     header_timeouts = 0
-    #: lingering: the deadline (a delayed call) and the bytes still allowed
+    #: lingering: the deadline (a delayed call), and the bytes still allowed
+    #: (0: not lingering; -1: the bound was reached, the close is under way)
     _linger_call: Any = None
     _linger_left = 0
     _linger_next_close = False
@@ -361,7 +362,7 @@ class StreamingHTTPChannel(http.HTTPChannel):
             if request in self.requests:
                 self.requests.remove(request)
             return
-        if not self.persistent and self.unread_body():
+        if not self.persistent and self._in_body:  # a request body still arriving
             self._linger_next_close = True  # the close that follows lingers
         super().requestDone(request)
 
@@ -401,10 +402,6 @@ class StreamingHTTPChannel(http.HTTPChannel):
             protocol.dataReceived(buffered)
 
     # -- closing -----------------------------------------------------------
-    def unread_body(self) -> bool:
-        """Whether a request body is still arriving (closing now could reset)."""
-        return self._in_body
-
     def loseConnection(self) -> None:
         if self._linger_next_close:  # set by requestDone, for this close only
             self._linger_next_close = False
@@ -430,9 +427,10 @@ class StreamingHTTPChannel(http.HTTPChannel):
 
     def linger_discard(self, data: bytes) -> None:
         """Bytes that arrived while lingering: dropped, within the bound."""
-        self._linger_left -= len(data)
-        if self._linger_left < 0:
-            self._linger_over()
+        if self._linger_left > 0:
+            self._linger_left -= len(data)
+            if self._linger_left <= 0:
+                self._linger_over()
 
     def _linger_over(self) -> None:
         call, self._linger_call = self._linger_call, None
@@ -443,7 +441,7 @@ class StreamingHTTPChannel(http.HTTPChannel):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._linger_call is not None or self._linger_left < 0:
+        if self._linger_left:  # a lingering close
             self.linger_discard(data)
             return
         if self.upgraded is not None:
