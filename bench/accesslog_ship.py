@@ -19,12 +19,21 @@ storing nothing):
   the in-process server included).  ``--tree DIR`` imports ``nbgateway`` from
   another checkout (a worktree of an older revision): run both trees
   alternately for a same-run A/B.
+* ``--part count``: a fixed amount of work for instruction counts:
+  ``--entries`` varied records (``--per-turn`` per reactor turn) after a
+  warm-up of two batches, batches cut by size only (``--batch`` entries, the
+  linger an hour), every one shipped through the real client to the sink
+  process.  ``--callgrind`` runs it under ``valgrind --tool=callgrind`` with
+  no entries and with ``--entries``; the difference of the totals (every
+  thread of the process: the reactor, grpcio's threads) over the entries is
+  the instructions per entry (``--tree`` for the tree to count).
 * ``--part per-request``: the old pipeline, one ``SendAccessLog`` unary call
   per request, against the batching queue (built entries offered in bursts
   of ``--burst`` per reactor turn).
 
 Run:  .venv/bin/python bench/accesslog_ship.py [--rate 3000] [--seconds 10]
           [--tree /tmp/old-worktree]
+      .venv/bin/python bench/accesslog_ship.py --callgrind [--entries 6000] [--tree DIR]
       .venv/bin/python bench/accesslog_ship.py --part per-request [--entries 20000]
 """
 
@@ -231,6 +240,59 @@ async def _rate(client: GrpcManagementClient, args: argparse.Namespace) -> None:
         f"{k} {v / n * 1e6:.2f}" for k, v in timer.by_name.items()), flush=True)
 
 
+async def _count(client: GrpcManagementClient, args: argparse.Namespace) -> None:
+    """``--part count``: two warm-up batches, then ``--entries`` records,
+    ``--per-turn`` per reactor turn; waits until every entry was shipped."""
+    logger = AccessLogger(client, reactor, max_batch=args.batch, linger=3600.0)
+    if args.null:  # the bench's own share: the records only go to a list
+        logger.record = [].append  # type: ignore[method-assign]
+    warm = 2 * args.batch
+    # made up front, as many in every run (--pregen), so that the difference
+    # of two runs has none of the bench's own field making
+    rows = [_fields(k) for k in range(warm + max(args.entries, args.pregen))]
+    i = 0
+    for total in (warm, warm + args.entries):
+        while i < total:
+            for _ in range(min(args.per_turn, total - i)):
+                logger.record(rows[i])
+                i += 1
+            await task.deferLater(reactor, 0, lambda: None)
+        while logger.stats.sent < total and logger.pending > len(logger._queue):
+            await task.deferLater(reactor, 0.001, lambda: None)
+    await logger.stop(timeout=60)
+    s = logger.stats
+    print(f"count: {i} entries, {s.batches} RPCs, sent {s.sent}, dropped {s.dropped}",
+          flush=True)
+
+
+def _callgrind(args: argparse.Namespace) -> None:
+    """Instructions per entry: callgrind totals of ``--part count`` with no
+    entries and with ``--entries``, the difference over the entries."""
+    import subprocess
+
+    totals = []
+    for null, n in ((False, 0), (False, args.entries), (True, 0), (True, args.entries)):
+        out = f"/tmp/accesslog_ship.callgrind.{os.getpid()}"
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+               os.path.abspath(__file__), "--part", "count", "--entries", str(n),
+               "--pregen", str(args.entries), "--batch", str(args.batch),
+               "--per-turn", str(args.per_turn),
+               "--clients", str(args.clients), "--users", str(args.users),
+               "--services", str(args.services), "--tree", _ROOT] + ["--null"] * null
+        res = subprocess.run(cmd, env=dict(os.environ, PYTHONHASHSEED="0"),
+                             capture_output=True, text=True, timeout=3600)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-3000:])
+        with open(out) as f:
+            totals.append(next(int(line.split()[1]) for line in f
+                               if line.startswith("totals:")))
+        os.unlink(out)
+    total, own = (totals[1] - totals[0]) / args.entries, (totals[3] - totals[2]) / args.entries
+    print(f"{os.path.basename(_ROOT.rstrip('/'))}: access log {total - own:,.0f} instructions "
+          f"per entry (callgrind, every thread: {total:,.0f} less the bench's own {own:,.0f}; "
+          f"{args.entries} entries, batches of {args.batch}, {args.per_turn} per turn)", flush=True)
+
+
 async def _per_request(mode: str, client: GrpcManagementClient, sink: Sink, n: int,
                        burst: int) -> float:
     entries = [_entry() for _ in range(n)]
@@ -262,7 +324,7 @@ async def _per_request(mode: str, client: GrpcManagementClient, sink: Sink, n: i
 
 
 async def main(args: argparse.Namespace) -> None:
-    if args.part == "rate":
+    if args.part in ("rate", "count"):
         import subprocess
 
         srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve",
@@ -284,6 +346,9 @@ async def main(args: argparse.Namespace) -> None:
 
         client.send_access_log_batch_request = send_request
     try:
+        if args.part == "count":
+            await _count(client, args)
+            return
         if args.part == "rate":
             warm = argparse.Namespace(**{**vars(args), "seconds": 1.0})
             await _rate(client, warm)  # warm up (templates, channel)
@@ -297,7 +362,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"reactor-thread cost: batched / per-request = {new / old:.3f}")
     finally:
         client.stopService()
-        if args.part == "rate":
+        if args.part in ("rate", "count"):
             srv.stdin.close()
             stored = int(srv.stdout.readline())
             srv.wait(10)
@@ -308,7 +373,14 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=("rate", "per-request"), default="rate")
+    p.add_argument("--part", choices=("rate", "count", "per-request"), default="rate")
+    p.add_argument("--callgrind", action="store_true",
+                   help="instructions per entry of --part count under callgrind")
+    p.add_argument("--null", action="store_true",
+                   help="--part count: records go to a list (the bench's own cost)")
+    p.add_argument("--pregen", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=750,
+                   help="--part count: entries per batch (0.25 s at 3,000 requests/s)")
     p.add_argument("--rate", type=int, default=3000)
     p.add_argument("--per-turn", type=int, default=3)
     p.add_argument("--linger", type=float, default=None,
@@ -328,13 +400,19 @@ if __name__ == "__main__":
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--tree", default=None, help="import nbgateway (and tests) from this checkout")
-    p.add_argument("--entries", type=int, default=20_000)
+    p.add_argument("--entries", type=int, default=None,
+                   help="per-request: 20,000; count: 6,000")
     p.add_argument("--burst", type=int, default=100)
     a = p.parse_args()
     if a.serve:
         _serve()
         sys.exit(0)
+    if a.entries is None:
+        a.entries = 6000 if a.part == "count" or a.callgrind else 20_000
     _CLIENTS[:] = _clients(a.clients)
     _USER_IDS[:] = [f"user-{k}" for k in range(a.users)]
     _SERVICES[:] = [a.services] if a.services > 0 else []
+    if a.callgrind:
+        _callgrind(a)
+        sys.exit(0)
     task.react(lambda _r: defer.ensureDeferred(main(a)))
