@@ -34,17 +34,19 @@ from nbgateway.netstack.wire import WireError
 log = Logger(namespace="nbgateway.netstack.stack")  # the stack's, as before the split
 
 _ipv4_parse = wire.ipv4_parse
-_TCP20 = tcp_fast._H20.unpack_from
 _TS_WORD = tcp_fast._TS_WORD
 _ACK_ONLY = 0x10  # ACK (PSH masked off): what the fused input takes
 _ESTABLISHED = ESTABLISHED
 _IP4_HDR = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _IP4_THIRDS = struct.Struct("!QQI").unpack_from
 #: what the batch loop's inline input reads: an IPv4 header's total length,
-#: flags and fragment offset, protocol and addresses; a TCP header's fields but
-#: the checksum and urgent pointer, then the timestamp option's place
-_IP4_FIELDS = struct.Struct("!2xH2xHxB2x4s4s").unpack_from
-_TCP32_FIELDS = struct.Struct("!IIIBBH4xIII").unpack_from
+#: flags and fragment offset, protocol and addresses and the transport
+#: header's first word (TCP's ports); then, from the TCP header's second word,
+#: its fields but the checksum and urgent pointer, then the timestamp option's
+#: place
+_IP4_FIELDS = struct.Struct("!2xH2xHxB2x4s4sI").unpack_from
+_TCP32_FIELDS = struct.Struct("!IIBBH4xIII").unpack_from
+_TCP20_TAIL = struct.Struct("!IIBBH").unpack_from
 _ipv6_parse = wire.ipv6_parse
 _ipv6_walk = wire.ipv6_walk
 _TCP = wire.PROTO_TCP
@@ -65,13 +67,30 @@ class StackInput:
         in-order TCP segments of one connection reach the TCP layer as one
         (``coalesce.py``); replies leave together once all are processed."""
         self._cork_depth += 1  # cork(), inlined
-        self._coalescing = self.coalesce and len(packets) > 1 and _one_flow_twice(packets)
+        fast = self._tcp_fast
+        # coalescing (coalesce.py) only pays for two consecutive packets of one
+        # flow: the first two are compared here (a bulk sender's run is then
+        # coalesced whole); the fused input below compares each later packet's
+        # source and ports with the previous one's and switches it on from
+        # the second of a pair (a keep-alive batch, one request per
+        # connection, never does); without the fused input every pair is
+        # compared first (_one_flow_twice)
+        look = self.coalesce and len(packets) > 1
+        if look:
+            if fast is None or not fast.enabled:
+                self._coalescing = _one_flow_twice(packets)
+            else:
+                a, b = packets[0], packets[1]
+                self._coalescing = not a or a[0] != 0x45 or not b or b[0] != 0x45 \
+                    or a[12:24] == b[12:24]
+        else:
+            self._coalescing = False
+        prev_src = prev_ports = None
         outer = not self._batch_wakeup
         self._batch_wakeup = True
         try:
             input4 = self._input4
             local_map = self._local
-            fast = self._tcp_fast
             for packet in packets:
                 # packetReceived, inlined for the common case: IPv4 in bytes
                 if packet.__class__ is bytes and packet \
@@ -86,7 +105,14 @@ class StackInput:
                         n = len(packet)
                         if n >= 40 and packet[0] == 0x45 and fast is not None \
                                 and fast.enabled and not self._coalescing:
-                            total, ff, proto, src, dst = _IP4_FIELDS(packet)
+                            total, ff, proto, src, dst, ports = _IP4_FIELDS(packet)
+                            if ports == prev_ports and src == prev_src and look:
+                                # the previous packet's flow again: coalesce from
+                                # here on (that one is delivered already, in order)
+                                self._coalescing = True
+                                input4(memoryview(packet), peer_key)
+                                continue
+                            prev_src, prev_ports = src, ports
                             a, b, v = _IP4_THIRDS(packet)
                             v += a + b
                             local = local_map.get(dst)
@@ -106,10 +132,10 @@ class StackInput:
                                 # header read from the packet, the payload
                                 # sliced from its bytes (delivered uncopied)
                                 if total >= 52:
-                                    ports, seq, ack, off, flags, wnd, opt, ts_val, ts_ecr = \
-                                        _TCP32_FIELDS(packet, 20)
+                                    seq, ack, off, flags, wnd, opt, ts_val, ts_ecr = \
+                                        _TCP32_FIELDS(packet, 24)
                                 else:
-                                    ports, seq, ack, off, flags, wnd = _TCP20(packet, 20)
+                                    seq, ack, off, flags, wnd = _TCP20_TAIL(packet, 24)
                                     opt = ts_val = ts_ecr = 0
                                 conn = fast.table.get((src, ports)) \
                                     if flags & 0xF7 == _ACK_ONLY else None

@@ -321,3 +321,80 @@ def test_a_batch_without_two_consecutive_packets_of_one_flow_skips_the_coalescer
     for kind in (memoryview, bytearray):  # any buffer of bytes, as before
         assert _one_flow_twice([kind(batch[0]), kind(batch[0])])
         assert not _one_flow_twice([kind(p) for p in batch])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_later_pair_of_one_flow_is_coalesced_from_its_second_packet(fused):
+    """Coalescing is decided on the first two packets; after them the fused
+    input compares each packet's flow (source, ports) with the previous
+    one's and sends it and the rest of the batch through the coalescer when
+    they match (the earlier packets went to TCP directly, in order); without
+    the fused input the whole batch is checked first.  TCP gets the same
+    bytes, counters and replies as with coalescing off."""
+
+    def setup(stack_kw: dict) -> tuple[Peer, dict, list]:
+        p = Peer("100.64.0.1", "100.64.0.2", **stack_kw)
+        if not fused:
+            p.stack._tcp_fast.enabled = False
+        seqs = {}
+        for port in (40001, 40002, 40003):
+            p.stack.packetReceived(build_tcp(p.peer, p.me, port, PORT, seq=999, flags=SYN), KEY)
+            [synack] = p.segments_out()
+            seqs[port] = synack.seq + 1
+            p.stack.packetReceived(build_tcp(p.peer, p.me, port, PORT, seq=1000,
+                                             ack=seqs[port], flags=ACK), KEY)
+        added: list = []
+        real = p.stack.coalescer
+
+        class Recording:
+            def add(self, *a) -> None:
+                added.append(a)
+                real.add(*a)
+
+            def flush(self) -> None:
+                real.flush()
+
+        p.stack.coalescer = Recording()
+        return p, seqs, added
+
+    def batch(p: Peer, seqs: dict, ports: list[int], offset: dict) -> list[bytes]:
+        out = []
+        for port in ports:
+            out.append(build_tcp(p.peer, p.me, port, PORT, seq=1000 + offset[port],
+                                 ack=seqs[port], flags=ACK, payload=b"%d" % port))
+            offset[port] += 5
+        return out
+
+    rounds = ([40001, 40002, 40002, 40002], [40003, 40001, 40003, 40002, 40002],
+              [40002, 40002, 40001], [40001, 40002, 40003])
+    results = []
+    for kw in ({}, {"coalesce": False}):
+        p, seqs, added = setup(kw)
+        offset = dict.fromkeys(seqs, 0)
+        per_round = []
+        for ports in rounds:
+            added.clear()
+            p.stack.packetsReceived(batch(p, seqs, ports, offset), KEY)
+            per_round.append([a[2].tobytes()[-5:] for a in added])
+        results.append((p, per_round))
+    (on, added_on), (off, added_off) = results
+    assert b"".join(off.user.data) == b"".join(on.user.data) == b"".join(
+        b"%d" % port for ports in rounds for port in ports)
+    assert off.stack.counters == on.stack.counters
+    # the same replies (the ISNs differ: the stacks have their own secrets),
+    # delayed ACKs included
+    on.clock.advance(1)
+    off.clock.advance(1)
+    assert [(s.ack, s.flags, s.wnd, len(s.payload)) for s in off.segments_out()] == \
+        [(s.ack, s.flags, s.wnd, len(s.payload)) for s in on.segments_out()]
+    assert [c.rcv_nxt for c in off.conns] == [c.rcv_nxt for c in on.conns]
+    assert added_off == [[], [], [], []]
+    if fused:
+        # from the second packet of the pair on; the first pair: all of it
+        assert added_on == [[b"40002", b"40002"], [b"40002"], [b"40002", b"40002", b"40001"], []]
+        assert on.user.data[1:3] == [b"40002", b"4000240002"]  # the pair's second merged
+    else:
+        # the whole batch when any pair matches (_one_flow_twice)
+        assert added_on == [[b"40001", b"40002", b"40002", b"40002"],
+                            [b"40003", b"40001", b"40003", b"40002", b"40002"],
+                            [b"40002", b"40002", b"40001"], []]
