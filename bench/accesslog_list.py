@@ -253,6 +253,8 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
         "sort duration desc p1-5": lambda r: (acct(r), Q(sort_by="duration",
                                                          page=r.randrange(1, 6))),
         "sort url": lambda r: (acct(r), Q(sort_by="url")),
+        "sort url asc p1-20": lambda r: (acct(r), Q(sort_by="url", sort_order="asc",
+                                                    page=r.randrange(1, 21))),
         "sort method": lambda r: (acct(r), Q(sort_by="method", sort_order=r.choice(
             ["asc", "desc"]))),
         "sort status_code asc p20": lambda r: (acct(r), Q(sort_by="status_code",
@@ -283,6 +285,8 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
         "search": lambda r: (acct(r), Q(search=r.choice(["orders", "203.0.7", "nomatch"]))),
         "user_email": lambda r: (acct(r), Q(user_email=f"user{r.randrange(USERS)}@")),
         "group_id": lambda r: (a := acct(r), Q(group_id=f"{a}-g{r.randrange(GROUPS)}")),
+        "group_id p2-20": lambda r: (a := acct(r), Q(group_id=f"{a}-g{r.randrange(GROUPS)}",
+                                                     page=r.randrange(2, 21))),
         "last hour": lambda r: (acct(r), Q(start_date=(d := day(r)) - timedelta(hours=1),
                                            end_date=d)),
         "last day": lambda r: (acct(r), Q(start_date=(d := day(r)) - timedelta(days=1),

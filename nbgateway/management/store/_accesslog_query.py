@@ -18,6 +18,12 @@ status code and status are totalled from ``access_log_values`` (revision
 such filters reads the per-value counts there first, then each value's part
 of the page in time order (ties within a value broken by time, then id, on
 both backends).
+
+Also on PostgreSQL: a ``group_id`` filter alone is totalled from
+``access_log_groups`` (revision 0023, entries per captured ``user_groups``
+set) and its page walks the time index when that is cheap; a sort by
+``url`` of every entry is merged per day from revision 0024's index, as the
+duration sort is from revision 0020's.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from nbgateway.management.store._accesslog import (
 from nbgateway.management.store._base import dumps
 from nbgateway.management.store.schema import access_log_counts as alc
 from nbgateway.management.store.schema import access_log_entries as ale
+from nbgateway.management.store.schema import access_log_groups as alg
 from nbgateway.management.store.schema import access_log_hours as alh
 from nbgateway.management.store.schema import access_log_values as alv
 from nbgateway.management.store.schema import groups, users
@@ -97,15 +104,10 @@ def _user_ids(
     return select if len(ids) > MAX_USER_IDS else ids
 
 
-def _in_group(store: Store, account_id: str, group_id: str) -> sa.ColumnElement[bool]:
-    """Entries whose captured ``user_groups`` hold the name of *group_id*.
-
-    ``user_groups`` is the compact JSON array written by :func:`_row`, so an
-    element is exactly ``["name"`` or ``,"name"`` (a quote inside a name is
-    escaped, so neither can occur inside another element).  The match is on
-    the name the group has now; the account's other filters (account id,
-    time range) still use their indexes.  ValidationError for a group id
-    that is not the account's."""
+def _group_element(store: Store, account_id: str, group_id: str) -> str:
+    """The JSON element of *group_id*'s name (``"name"``) as :func:`_row`
+    writes it in ``user_groups``.  ValidationError for a group id that is
+    not the account's."""
     with store._read() as conn:
         name = conn.execute(
             sa.select(groups.c.name).where(
@@ -114,12 +116,20 @@ def _in_group(store: Store, account_id: str, group_id: str) -> sa.ColumnElement[
         ).scalar_one_or_none()
     if name is None:
         raise ValidationError(f"unknown group_id {group_id!r}")
-    element = (dumps([_clean(name)]) or "[]")[1:-1]
+    return (dumps([_clean(name)]) or "[]")[1:-1]
+
+
+def _holds(store: Store, column: sa.ColumnElement, element: str) -> sa.ColumnElement[bool]:
+    """Whether the ``user_groups`` JSON in *column* holds *element*.
+
+    ``user_groups`` is the compact JSON array written by :func:`_row`, so an
+    element is exactly ``["name"`` or ``,"name"`` (a quote inside a name is
+    escaped, so neither can occur inside another element).  The match is on
+    the name the group has now; the account's other filters (account id,
+    time range) still use their indexes."""
     # exact, case-sensitive substring positions (SQLite's LIKE ignores case)
     find = sa.func.strpos if store.dialect == "postgresql" else sa.func.instr
-    return sa.or_(
-        find(ale.c.user_groups, "[" + element) == 1, find(ale.c.user_groups, "," + element) > 0
-    )
+    return sa.or_(find(column, "[" + element) == 1, find(column, "," + element) > 0)
 
 
 def _only(q: AccessLogQuery, *allowed: str) -> bool:
@@ -370,22 +380,42 @@ def _day_total(account_id: str, conds: list[sa.ColumnElement[bool]]) -> sa.Selec
                      ).select_from(d.join(n, sa.true()))
 
 
+#: the entries revision 0024's per-day URL index cannot hold (host and path
+#: over 2,000 bytes together), as that index's and the long-URL index's
+#: predicates: literal text, so that a generic (prepared) plan proves them
+_LONG_URL = "octet_length(host) + octet_length(path) > 2000"
+
+
 def _day_page(
     account_id: str, q: AccessLogQuery, conds: list[sa.ColumnElement[bool]], offset: int
 ) -> sa.Select:
     """The page of *conds* in *q*'s order, merged from the first ``offset +
-    page_size`` entries of each day (revision 0020's indexes lead with the
-    day), then its rows fetched by id: the same rows in the same order as one
-    sort of every entry (ties broken by id, the last key)."""
+    page_size`` entries of each day (revisions 0020 and 0024's indexes lead
+    with the day), then its rows fetched by id: the same rows in the same
+    order as one sort of every entry (ties broken by id, the last key).
+
+    A sort by URL reads the days in ``ix_access_log_entries_day_account_url``,
+    which holds the entries whose host and path fit a btree entry; the first
+    ``offset + page_size`` of the others (``ix_access_log_entries_account_long_url``,
+    normally none) are merged in as one more part."""
     direction = sa.asc if q.sort_order == "asc" else sa.desc
     keys = (*_SORT_COLUMNS[q.sort_by], ale.c.id)
     order = [direction(c) for c in keys]
     need = offset + q.page_size
     d = _days(account_id)
-    per_day = (sa.select(*keys).where(*conds, _day(ale.c.timestamp) == d.c.day)
+    url = q.sort_by == "url"
+    short = [sa.text(f"NOT ({_LONG_URL})")] if url else []
+    per_day = (sa.select(*keys).where(*conds, *short, _day(ale.c.timestamp) == d.c.day)
                .order_by(*order).limit(need).lateral("t"))
-    ids = (sa.select(*per_day.c).select_from(d.join(per_day, sa.true()))
-           .order_by(*(direction(per_day.c[c.name]) for c in keys)).limit(q.page_size))
+    parts: sa.Select | sa.CompoundSelect = sa.select(*per_day.c).select_from(
+        d.join(per_day, sa.true()))
+    if url:
+        long = (sa.select(*keys).where(*conds, sa.text(f"({_LONG_URL})"))
+                .order_by(*order).limit(need).subquery("l"))
+        parts = sa.union_all(parts, sa.select(*long.c))
+    merged = parts.subquery("m")
+    ids = (sa.select(*merged.c).order_by(*(direction(merged.c[c.name]) for c in keys))
+           .limit(q.page_size))
     ids = (ids.offset(offset) if offset else ids).subquery("p")
     return (sa.select(ale).join(ids, ale.c.id == ids.c.id)
             .order_by(*(direction(ids.c[c.name]) for c in keys)))
@@ -407,6 +437,31 @@ def _without_jit(conn: sa.Connection, select: sa.Select) -> list[sa.Row]:
         conn.execute(_JIT_RESET)
 
 
+#: what a page merged by URL is planned with (SET LOCAL, reset after it): no
+#: JIT (as above), no parallel workers and no sequential scan.  PostgreSQL
+#: has no statistics on the long-URL predicate and takes a third of the
+#: account's entries to match it (normally none do): it planned that part
+#: with parallel workers (12-30 ms to start them for no rows) or, in a
+#: generic plan, as a scan of the account's every entry (1.7 s)
+_URL_SETTINGS = {"jit": "off", "max_parallel_workers_per_gather": "0", "enable_seqscan": "off"}
+_URL_ON = sa.text("SELECT " + ", ".join(
+    f"set_config('{name}', '{value}', true)" for name, value in _URL_SETTINGS.items()))
+_URL_OFF = sa.text(
+    "SELECT set_config(name, reset_val, true) FROM pg_settings WHERE name IN ("
+    + ", ".join(f"'{name}'" for name in _URL_SETTINGS) + ")")
+
+
+def _merged(conn: sa.Connection, q: AccessLogQuery, select: sa.Select) -> list[sa.Row]:
+    """The rows of a page merged from per-day reads (:func:`_day_page`)."""
+    if q.sort_by != "url":
+        return _without_jit(conn, select)
+    conn.execute(_URL_ON)
+    try:
+        return list(conn.execute(select).all())
+    finally:
+        conn.execute(_URL_OFF)
+
+
 def _by_day(store: Store, q: AccessLogQuery) -> str | None:
     """Which of revision 0020's per-day reads answers *q* (PostgreSQL): "ip"
     (a source IP, optionally in a time range: the total and the page in any
@@ -415,9 +470,25 @@ def _by_day(store: Store, q: AccessLogQuery) -> str | None:
         return None
     if q.source_ip and _only(q, "source_ip", "start_date", "end_date"):
         return "ip"
-    if q.sort_by == "duration" and _only(q):
+    if q.sort_by in ("duration", "url") and _only(q):
         return q.sort_by
     return None
+
+
+def _group_counts(
+    store: Store, account_id: str, q: AccessLogQuery, element: str | None
+) -> sa.Select[tuple[int, int]] | None:
+    """(the group's entries, the account's entries) from ``access_log_groups``
+    and ``access_log_counts`` (PostgreSQL, revision 0023) when *q* filters on
+    nothing but the group, in one statement; else None."""
+    if store.dialect != "postgresql" or element is None or not _only(q, "group_id"):
+        return None
+    matching = sa.func.coalesce(sa.select(sa.func.sum(alg.c.entries)).where(
+        alg.c.account_id == account_id, _holds(store, alg.c.user_groups, element)
+    ).scalar_subquery(), 0)
+    account = sa.func.coalesce(
+        sa.select(alc.c.entries).where(alc.c.account_id == account_id).scalar_subquery(), 0)
+    return sa.select(sa.cast(matching, sa.BigInteger), sa.cast(account, sa.BigInteger))
 
 
 def _total(
@@ -512,8 +583,9 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
         if q.status_code >= 400 and q.status != "failed":
             # implied (a failure), stated so ix_access_log_entries_failed applies
             conds.append(failed)
-    if q.group_id:
-        conds.append(_in_group(store, account_id, q.group_id))
+    group = _group_element(store, account_id, q.group_id) if q.group_id else None
+    if group is not None:
+        conds.append(_holds(store, ale.c.user_groups, group))
     if q.start_date is not None:
         conds.append(ale.c.timestamp >= q.start_date)
     if q.end_date is not None:
@@ -536,8 +608,20 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
     if q.host or q.method or q.status_code is not None or q.sort_by in _VALUE_SORTS:
         values = _values_where(store, account_id, q)
     by_day = _by_day(store, q)
+    grouped = _group_counts(store, account_id, q, group)
     with store._read() as conn:
-        if by_day is not None:
+        if grouped is not None:
+            # the group's total from the per-set counts; its page walks the
+            # time index when that reads few entries (a common group)
+            total, account = (int(n) for n in conn.execute(grouped).one())
+            if offset >= total:
+                rows = []
+            elif q.sort_by == "timestamp" and _walk(offset + q.page_size, total,
+                                                    (account, None)):
+                rows = _walked(conn, page_of(conds))
+            else:
+                rows = conn.execute(page_of(conds)).all()
+        elif by_day is not None:
             days = _day_count(conn, account_id)
             total = int(conn.execute(
                 _day_total(account_id, conds) if by_day == "ip" and days <= MAX_DAYS
@@ -545,7 +629,7 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
             if offset >= total:
                 rows = []
             elif days * (offset + q.page_size) <= DAY_MAX:
-                rows = _without_jit(conn, _day_page(account_id, q, conds, offset))
+                rows = _merged(conn, q, _day_page(account_id, q, conds, offset))
             else:
                 rows = conn.execute(page_of(conds)).all()
         elif values is None:

@@ -401,6 +401,25 @@ sa.Index(
     access_log_entries.c.id,
     postgresql_include=["timestamp"],
 ).ddl_if(dialect="postgresql")
+# revision 0024 (PostgreSQL only): the sort by URL, per day, for the entries
+# whose host and path fit a btree entry; the longer ones by account (few)
+_LONG_URL = "octet_length(host) + octet_length(path) > 2000"
+sa.Index(
+    "ix_access_log_entries_day_account_url",
+    _DAY,
+    access_log_entries.c.account_id,
+    access_log_entries.c.host,
+    access_log_entries.c.path,
+    access_log_entries.c.id,
+    postgresql_include=["timestamp"],
+    postgresql_where=sa.text(f"NOT ({_LONG_URL})"),
+).ddl_if(dialect="postgresql")
+sa.Index(
+    "ix_access_log_entries_account_long_url",
+    access_log_entries.c.account_id,
+    access_log_entries.c.id,
+    postgresql_where=sa.text(_LONG_URL),
+).ddl_if(dialect="postgresql")
 # revision 0015: the failed entries of an account by time (list status=failed);
 # the predicate is the list's condition, textually; 0018: service_id included
 sa.Index(
@@ -446,6 +465,18 @@ access_log_values = sa.Table(
     sa.Column("status_code", sa.Integer(), primary_key=True),
     sa.Column("failed", sa.Boolean(), primary_key=True),
     sa.Column("host", sa.Text(), nullable=False),
+    sa.Column("entries", sa.BigInteger(), nullable=False),
+)
+# revision 0023: entries per account and captured user-group set (by the
+# SHA-256 of the ``user_groups`` text), kept by triggers on PostgreSQL (the
+# group filter's total); empty on SQLite
+access_log_groups = sa.Table(
+    "access_log_groups",
+    metadata,
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("groups_key", sa.LargeBinary(), primary_key=True),
+    sa.Column("user_groups", sa.Text(), nullable=False),
     sa.Column("entries", sa.BigInteger(), nullable=False),
 )
 # revision 0005: max(position) of a group's members (appending a member)

@@ -1,0 +1,299 @@
+"""Access-log list: the group filter (revision 0023) and the URL sort (revision 0024).
+
+On PostgreSQL ``store.access_logs.list`` totals a ``group_id`` filter from
+``access_log_groups`` (entries per account and captured ``user_groups`` set,
+kept by statement-level triggers) and finds its page by walking the time
+index when the counts say that is cheap; a sort by ``url`` of the account's
+every entry is merged from the first entries of each day of
+``ix_access_log_entries_day_account_url`` plus the entries too long for it.
+Every shape is checked against a filter-and-sort of every stored entry in
+Python, on both backends (SQLite counts and sorts as before), after appends,
+a retried batch, retention by age and by row count, the deletion of another
+account and a group's renaming; ``access_log_groups`` equals a recount after
+each write on PostgreSQL and stays empty on SQLite; revisions 0023 and 0024
+up and down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from nbgateway.management import migrations
+from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account, Group
+from nbgateway.management.store import Store, _accesslog_query
+from nbgateway.management.store._base import StoreBase, normalise_dsn
+from nbgateway.management.store.schema import access_log_entries, access_log_groups, accounts
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+#: group names, one with a quote and one a prefix of another
+NAMES = ("ops", "dev", 'qa "x"', "op", "All")
+#: captured sets (None: no groups captured)
+SETS = (("All", "ops"), ("All", "dev"), None, ("All",), ("op",), ('qa "x"', "dev"), ())
+HOSTS = ("b.example.test", "a.example.test", "b.example.test", "Ä.example.test")
+LONG = "/" + "x" * 2100  # a path the per-day URL index cannot hold
+URL_INDEXES = ("ix_access_log_entries_day_account_url", "ix_access_log_entries_account_long_url")
+
+
+def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
+    """*n* entries 5 hours apart (pairs share a timestamp, over many days),
+    mixed group sets, hosts and paths (ties in (host, path), some paths too
+    long for a btree entry, one long in multi-byte characters)."""
+    out = []
+    for i in range(start, start + n):
+        path = (LONG + str(i % 3) if i % 11 == 0 else "/é" * 700 if i % 37 == 5
+                else f"/p{i % 6}")
+        out.append(AccessLogEntry(
+            id=f"{account_id}-{i:05d}", account_id=account_id, service_id=f"svc-{i % 3}",
+            timestamp=NOW - timedelta(hours=5 * (i // 2), minutes=i % 7),
+            source_ip="10.0.0.1", method="GET", host=HOSTS[i % 4], path=path,
+            status_code=(200, 404)[i % 2], user_groups=SETS[(i * 5) % 7]))
+    return out
+
+
+def brute(stored: list[AccessLogEntry], q: AccessLogQuery,
+          names: dict[str, str]) -> tuple[int, list[str]]:
+    """(total, the page's ids) of *q* over *stored*; *names*: group id -> name."""
+    rows = [e for e in stored
+            if not q.group_id or names[q.group_id] in (e.user_groups or ())]
+    key = {"timestamp": lambda e: (e.timestamp, e.id),
+           "url": lambda e: (e.host.encode(), e.path.encode(), e.id)}[q.sort_by]
+    rows.sort(key=key, reverse=q.sort_order == "desc")
+    lo = (q.page - 1) * q.page_size
+    return len(rows), [e.id for e in rows[lo:lo + q.page_size]]
+
+
+def queries(group_ids: list[str]) -> list[AccessLogQuery]:
+    Q = AccessLogQuery
+    out = []
+    for order in ("desc", "asc"):
+        for page, size in ((1, 7), (2, 5), (6, 4), (40, 3), (1, 100)):
+            out.append(Q(sort_by="url", sort_order=order, page=page, page_size=size))
+            for group_id in group_ids:
+                for sort in ("timestamp", "url"):
+                    out.append(Q(group_id=group_id, sort_by=sort, sort_order=order,
+                                 page=page, page_size=size))
+    return out
+
+
+def everything(store: Store, account_id: str) -> list[AccessLogEntry]:
+    out: list[AccessLogEntry] = []
+    p = 1
+    while True:
+        page = store.access_logs.list(account_id, AccessLogQuery(page=p, page_size=100))
+        out.extend(page.data)
+        if len(page.data) < 100:
+            return out
+        p += 1
+
+
+def check(store: Store, account_id: str) -> None:
+    stored = everything(store, account_id)
+    assert len(stored) == store.access_logs.count(account_id)
+    names = {g.id: g.name for g in store.groups.list(account_id)}
+    for _ in range(2):  # twice: psycopg's generic plans answer too
+        for q in queries(sorted(names)):
+            page = store.access_logs.list(account_id, q)
+            want_total, want_ids = brute(stored, q, names)
+            assert (page.total_records, [e.id for e in page.data]) == (want_total, want_ids), q
+            assert page.total_pages == math.ceil(want_total / q.page_size)
+
+
+def groups_table(conn) -> dict[tuple, tuple[str, int]]:
+    return {(r.account_id, bytes(r.groups_key)): (r.user_groups, r.entries)
+            for r in conn.execute(sa.select(access_log_groups))}
+
+
+def groups_counted(conn) -> dict[tuple, tuple[str, int]]:
+    """What ``access_log_groups`` must hold, counted in Python."""
+    known = set(conn.execute(sa.select(accounts.c.id)).scalars())
+    out: dict[tuple, tuple[str, int]] = {}
+    for r in conn.execute(sa.select(access_log_entries)):
+        if r.account_id in known and r.user_groups is not None:
+            key = (r.account_id, hashlib.sha256(r.user_groups.encode()).digest())
+            out[key] = (r.user_groups, out.get(key, ("", 0))[1] + 1)
+    return out
+
+
+def same_groups(store: Store) -> None:
+    with store._read() as conn:
+        want = groups_counted(conn) if store.dialect == "postgresql" else {}
+        assert groups_table(conn) == want
+
+
+def add_groups(store: Store, account_id: str) -> None:
+    """The groups of :data:`NAMES` (``All`` comes with the account)."""
+    have = {g.name for g in store.groups.list(account_id)}
+    for g, name in enumerate(NAMES):
+        if name not in have:
+            store.groups.create(Group(id=f"{account_id}-g{g}", account_id=account_id,
+                                      name=name))
+
+
+def scenario(store: Store, account: Account) -> None:
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
+    add_groups(store, account.id)
+    add_groups(store, other.id)
+    store.access_logs.append_many(entries(account.id, 150) + entries(other.id, 40))
+    store.access_logs.append(entries(account.id, 1, start=150)[0])
+    store.access_logs.append_many(entries(account.id, 160))  # a retried batch, 9 new
+    same_groups(store)
+    check(store, account.id)
+    check(store, other.id)
+    while store.access_logs.prune_step(account.id, older_than=NOW - timedelta(days=12),
+                                       max_rows=None, limit=11):
+        pass
+    same_groups(store)
+    check(store, account.id)
+    while store.access_logs.prune_step(account.id, older_than=None, max_rows=61, limit=8):
+        pass
+    assert store.access_logs.count(account.id) == 61
+    same_groups(store)
+    check(store, account.id)
+    store.accounts.delete(other.id)
+    same_groups(store)
+    store.access_logs.append_many(entries(account.id, 30, start=400))
+    same_groups(store)
+    check(store, account.id)
+    # the match is on the name the group has now (as before)
+    renamed = Group(id=f"{account.id}-g1", account_id=account.id, name="dev2")
+    store.groups.update(renamed)
+    check(store, account.id)
+
+
+def test_group_filter_and_url_sort_match_brute_force(store, account):
+    scenario(store, account)
+
+
+@pytest.mark.parametrize("limits", [(True, 0), (False, 10**6)])
+def test_walked_planned_and_unmerged_pages_give_the_same_answers(store, account, monkeypatch,
+                                                                 limits):
+    """The group's page walked or planned, the URL page merged per day or
+    planned (past :data:`DAY_MAX`): the same answers."""
+    monkeypatch.setattr(_accesslog_query, "_walk", lambda need, matching, spread: limits[0])
+    monkeypatch.setattr(_accesslog_query, "DAY_MAX", limits[1])
+    scenario(store, account)
+
+
+def test_empty_account(store, account):
+    add_groups(store, account.id)
+    check(store, account.id)
+    same_groups(store)
+
+
+def test_unknown_group_is_refused(store, account):
+    from nbgateway.management.errors import ValidationError
+
+    with pytest.raises(ValidationError):
+        store.access_logs.list(account.id, AccessLogQuery(group_id="nope"))
+
+
+def test_group_and_url_reads_are_used_on_postgresql(store, account):
+    """PostgreSQL: the group's total comes from ``access_log_groups`` (no
+    count of the entries) and the URL page is merged per day."""
+    add_groups(store, account.id)
+    store.access_logs.append_many(entries(account.id, 60))
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    sa.event.listen(store._engine, "before_cursor_execute", seen)
+    pg = store.dialect == "postgresql"
+    try:
+        statements.clear()
+        assert store.access_logs.list(account.id, AccessLogQuery(group_id=f"{account.id}-g0")
+                                      ).data
+        assert any("access_log_groups" in s for s in statements) == pg
+        assert any("count(*)" in s for s in statements) != pg
+        statements.clear()
+        assert store.access_logs.list(account.id, AccessLogQuery(sort_by="url")).data
+        by_day = [s for s in statements if "date_trunc('day'" in s and "LATERAL" in s]
+        assert len(by_day) == (1 if pg else 0)
+    finally:
+        sa.event.remove(store._engine, "before_cursor_execute", seen)
+
+
+def _indexes(conn) -> set[str]:
+    return {i["name"] for i in sa.inspect(conn).get_indexes("access_log_entries")}
+
+
+def test_migrations_0023_and_0024_up_and_down(db_dsn):
+    engine = StoreBase.build_engine(normalise_dsn(db_dsn, None))
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        with engine.connect() as conn:
+            migrations.upgrade(conn, "0022")
+            for a in ("a1", "a2"):
+                conn.execute(sa.text(
+                    "INSERT INTO accounts (id, domain, network_v4, network_v6) "
+                    f"VALUES ('{a}', '{a}.test', '100.64.0.0/10', 'fd00::/64')"))
+            for e in entries("a1", 12) + entries("a2", 5):
+                conn.execute(access_log_entries.insert().values(
+                    id=e.id, account_id=e.account_id, service_id=e.service_id,
+                    timestamp=e.timestamp, location_connection_ip=e.source_ip,
+                    location_country_code="", location_city_name="", location_geo_name_id=0,
+                    subdivision_code="", method="GET", host=e.host, path=e.path, duration=0,
+                    status_code=200, reason="", user_id="", auth_method_used="",
+                    bytes_upload=0, bytes_download=0, protocol="http", agent_network=False,
+                    user_groups=None if e.user_groups is None
+                    else '["' + '","'.join(g.replace('"', '\\"') for g in e.user_groups) + '"]'
+                    if e.user_groups else "[]"))
+            if not postgres:  # SQLite's store counts its batches (0022), not a trigger
+                conn.execute(sa.text(
+                    "INSERT INTO access_log_counts (account_id, entries) "
+                    "SELECT account_id, count(*) FROM access_log_entries GROUP BY account_id"))
+            conn.commit()
+            migrations.upgrade(conn, "0023")
+            assert groups_table(conn) == (groups_counted(conn) if postgres else {})
+            assert bool(groups_table(conn)) == postgres
+            assert not _indexes(conn) & set(URL_INDEXES)
+            migrations.upgrade(conn, "0024")
+            assert (set(URL_INDEXES) <= _indexes(conn)) == postgres
+            migrations.downgrade(conn, "0022")
+            assert not _indexes(conn) & set(URL_INDEXES)
+            assert "access_log_groups" not in sa.inspect(conn).get_table_names()
+            conn.execute(access_log_entries.delete().where(access_log_entries.c.id == "a1-00003"))
+            conn.commit()  # (the counter's delete trigger stays on SQLite)
+            migrations.upgrade(conn, "head")
+            assert groups_table(conn) == (groups_counted(conn) if postgres else {})
+            if postgres:  # the triggers are back
+                conn.execute(access_log_entries.delete().where(
+                    access_log_entries.c.id == "a1-00001"))
+                assert groups_table(conn) == groups_counted(conn)
+                conn.commit()
+    finally:
+        engine.dispose()
+    store = Store.open(db_dsn)
+    try:
+        add_groups(store, "a1")
+        stored = everything(store, "a1")
+        names = {g.id: g.name for g in store.groups.list("a1")}
+        for q in (AccessLogQuery(group_id="a1-g0", page_size=3),
+                  AccessLogQuery(sort_by="url", sort_order="asc", page=2, page_size=5)):
+            page = store.access_logs.list("a1", q)
+            assert (page.total_records, [e.id for e in page.data]) == brute(stored, q, names)
+    finally:
+        store.close()
+
+
+def test_url_page_settings_are_reset(store, account, monkeypatch):
+    """The merged URL page runs without sequential scans, parallel workers
+    and JIT, and the settings are back after the statement."""
+    store.access_logs.append_many(entries(account.id, 40))
+    real = _accesslog_query._merged
+    seen: list[str] = []
+
+    def spy(conn, q, select):
+        rows = real(conn, q, select)
+        seen.append(conn.execute(sa.text("SHOW enable_seqscan")).scalar_one())
+        return rows
+
+    monkeypatch.setattr(_accesslog_query, "_merged", spy)
+    page = store.access_logs.list(account.id, AccessLogQuery(sort_by="url", page_size=5))
+    assert len(page.data) == 5
+    assert seen == (["on"] if store.dialect == "postgresql" else [])
