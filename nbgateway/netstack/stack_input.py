@@ -74,10 +74,12 @@ class StackInput:
         # source and ports with the previous one's and switches it on from
         # the second of a pair (a keep-alive batch, one request per
         # connection, never does); without the fused input every pair is
-        # compared first (_one_flow_twice)
+        # compared first (_one_flow_twice); a packet the fused input does not
+        # parse (IPv6, IPv4 options) switches it on, as the pass did
+        fast_on = fast is not None and fast.enabled
         look = self.coalesce and len(packets) > 1
         if look:
-            if fast is None or not fast.enabled:
+            if not fast_on:
                 self._coalescing = _one_flow_twice(packets)
             else:
                 a, b = packets[0], packets[1]
@@ -93,9 +95,8 @@ class StackInput:
             local_map = self._local
             for packet in packets:
                 # packetReceived, inlined for the common case: IPv4 in bytes
-                if packet.__class__ is bytes and packet \
-                        and (packet[0] == 0x45 or packet[0] >> 4 == 4) \
-                        and not self._closed:
+                if packet.__class__ is bytes and packet and not self._closed \
+                        and ((h := packet[0]) == 0x45 or h >> 4 == 4):
                     try:
                         # _input4 for the segment the fused TCP input may take
                         # (an option-less header, not a fragment, TCP, ours),
@@ -103,8 +104,7 @@ class StackInput:
                         # packet that fails one goes to _input4 whole, which
                         # repeats the checks and counts the drop
                         n = len(packet)
-                        if n >= 40 and packet[0] == 0x45 and fast is not None \
-                                and fast.enabled and not self._coalescing:
+                        if h == 0x45 and n >= 40 and fast_on and not self._coalescing:
                             total, ff, proto, src, dst, ports = _IP4_FIELDS(packet)
                             if ports == prev_ports and src == prev_src and look:
                                 # the previous packet's flow again: coalesce from
@@ -167,11 +167,15 @@ class StackInput:
                                 self._tcp_one(src, local, memoryview(packet)[20:total],
                                               peer_key, now, False)
                                 continue
+                        elif look and h != 0x45:
+                            self._coalescing = True
                         input4(memoryview(packet), peer_key)
                     except Exception:
                         self._counters["error_internal"] += 1
                         log.failure("netstack: unexpected error handling an inbound packet")
                 else:
+                    if look:
+                        self._coalescing = True
                     self.packetReceived(packet, peer_key)
             if self._coalescing:
                 self._coalescing = False

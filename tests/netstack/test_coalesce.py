@@ -398,3 +398,34 @@ def test_a_later_pair_of_one_flow_is_coalesced_from_its_second_packet(fused):
         assert added_on == [[b"40001", b"40002", b"40002", b"40002"],
                             [b"40003", b"40001", b"40003", b"40002", b"40002"],
                             [b"40002", b"40002", b"40001"], []]
+
+
+def test_an_ipv6_pair_after_ipv4_packets_is_coalesced():
+    """A packet the fused input does not parse (IPv6 here) switches coalescing
+    on for the rest of the batch, as the pass over the batch did: the pair
+    of one IPv6 flow after two IPv4 requests is merged."""
+    clock = Clock()
+    rec = PacketRecorder()
+    stack = Stack(rec, clock, ["100.64.0.1", "fd00::1"])
+    user = User()
+    stack.tcp.listen(PORT, lambda conn: user)
+    acks = {}
+    for src, dst, port in (("100.64.0.2", "100.64.0.1", 40001),
+                           ("100.64.0.2", "100.64.0.1", 40002), ("fd00::2", "fd00::1", 40003)):
+        stack.packetReceived(build_tcp(src, dst, port, PORT, seq=999, flags=SYN), KEY)
+        [out] = rec.take()
+        hl = 20 if out[0] >> 4 == 4 else 40
+        acks[port] = parse_segment(memoryview(out)[hl:]).seq + 1
+        stack.packetReceived(build_tcp(src, dst, port, PORT, seq=1000, ack=acks[port],
+                                       flags=ACK), KEY)
+    batch = [build_tcp("100.64.0.2", "100.64.0.1", 40001, PORT, seq=1000, ack=acks[40001],
+                       flags=ACK, payload=b"a"),
+             build_tcp("100.64.0.2", "100.64.0.1", 40002, PORT, seq=1000, ack=acks[40002],
+                       flags=ACK, payload=b"b"),
+             build_tcp("fd00::2", "fd00::1", 40003, PORT, seq=1000, ack=acks[40003],
+                       flags=ACK, payload=b"c"),
+             build_tcp("fd00::2", "fd00::1", 40003, PORT, seq=1001, ack=acks[40003],
+                       flags=ACK, payload=b"d")]
+    stack.packetsReceived(batch, KEY)
+    assert user.data == [b"a", b"b", b"cd"]
+    assert (stack.coalescer.runs, stack.coalescer.merged) == (1, 2)
