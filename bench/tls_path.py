@@ -52,9 +52,20 @@ certificates serves), so the store's lookups per connection are counted;
 ``--baseline-variant records`` runs DIR with its record path on (a DIR that
 has one) instead of Twisted's.
 
+``--tls-version 1.2`` (or ``1.3``) limits the client to that version and
+``--cipher`` sets its TLS 1.2 cipher list (e.g. ``ECDHE-ECDSA-CHACHA20-POLY1305``;
+the default server context picks ECDHE-ECDSA-AES256-GCM-SHA384).  Each
+server step runs inside ``operator.call``, so one run under callgrind
+counts the server side alone, for example the keep-alive run over TLS 1.2
+(diff two ``--requests`` counts for instructions per request)::
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=_operator_call \
+      .venv/bin/python bench/tls_path.py --child records --only keepalive \
+      --tls-version 1.2 --requests 2500
+
 Run:  .venv/bin/python bench/tls_path.py [--requests 20000] [--connections 2000]
-      [--rounds 5] [--no-tickets] [--store] [--against DIR
-      [--baseline-variant twisted|records]] [--json out.json]
+      [--rounds 5] [--no-tickets] [--store] [--tls-version 1.2|1.3] [--cipher LIST]
+      [--against DIR [--baseline-variant twisted|records]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -63,6 +74,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import operator
 import os
 import statistics
 import subprocess
@@ -111,6 +123,9 @@ class _Source:
 STORE_DIR: list[str | None] = [None]
 #: the SNIServerCreator of the last ``build``
 CREATOR: list[Any] = [None]
+#: the client's protocol version (``--tls-version``: "1.2" or "1.3"; None:
+#: the highest both offer, TLS 1.3) and TLS 1.2 cipher list (``--cipher``)
+CLIENT: dict[str, str | None] = {"version": None, "cipher": None}
 
 
 def build(records_on: bool, no_tickets: bool, responder: str,
@@ -175,6 +190,12 @@ def build(records_on: bool, no_tickets: bool, responder: str,
         raise SystemExit("this tree has no TLS record path")
     cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     cctx.set_alpn_protos([alpn])
+    if CLIENT["version"] is not None:
+        version = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}[CLIENT["version"]]
+        cctx.set_min_proto_version(version)
+        cctx.set_max_proto_version(version)
+    if CLIENT["cipher"] is not None:
+        cctx.set_cipher_list(CLIENT["cipher"].encode())
     return factory, clock, cctx
 
 
@@ -261,10 +282,17 @@ class Conn:
                 except SSL.WantReadError:
                     self.pump()
 
-    def to_server(self, data: bytes) -> None:
-        t0 = time.thread_time()
+    def serve(self, data: bytes) -> None:
+        """The server side of one client write (the measured part)."""
         self.server.dataReceived(data)
         self.clock.advance(0)
+
+    def to_server(self, data: bytes) -> None:
+        t0 = time.thread_time()
+        # through operator.call (a C function nothing else calls): callgrind
+        # --collect-atstart=no --toggle-collect=_operator_call counts the
+        # server side only (see the module docstring)
+        operator.call(self.serve, data)
         self.cpu += time.thread_time() - t0
 
     def pump(self) -> None:
@@ -357,16 +385,22 @@ def run_handshakes(records_on: bool, connections: int, no_tickets: bool) -> dict
     return {"us_per_conn": total * 1e6 / connections, "writes_per_conn": writes / connections}
 
 
+RUNS = ("keepalive", "chunked", "h2", "plain", "handshake", "creator")
+
+
 def one(args: argparse.Namespace, variant: str) -> dict:
     on = variant == "records"
-    return {
-        "keepalive": run_keepalive(on, args.requests, "length", True),
-        "chunked": run_keepalive(on, args.requests // 4, "chunked", True),
-        "h2": run_keepalive(on, args.requests // 4, "frames", True, b"h2"),
-        "plain": run_keepalive(on, args.requests, "length", False),
-        "handshake": run_handshakes(on, args.connections, args.no_tickets),
-        "creator": run_creator(args.connections),
+    CLIENT["version"], CLIENT["cipher"] = args.tls_version, args.cipher
+    runs = {
+        "keepalive": lambda: run_keepalive(on, args.requests, "length", True),
+        "chunked": lambda: run_keepalive(on, args.requests // 4, "chunked", True),
+        "h2": lambda: run_keepalive(on, args.requests // 4, "frames", True, b"h2"),
+        "plain": lambda: run_keepalive(on, args.requests, "length", False),
+        "handshake": lambda: run_handshakes(on, args.connections, args.no_tickets),
+        "creator": lambda: run_creator(args.connections),
     }
+    only = args.only.split(",") if args.only else RUNS
+    return {name: runs[name]() for name in only}
 
 
 def main() -> None:
@@ -379,6 +413,13 @@ def main() -> None:
                     help="a real CertificateStore (local-CA default leaf) as the source")
     ap.add_argument("--baseline-variant", choices=("twisted", "records"), default="twisted")
     ap.add_argument("--against", help="another checkout: its package is run too, alternated")
+    ap.add_argument("--tls-version", choices=("1.2", "1.3"), default=None,
+                    help="the client's only protocol version (default: TLS 1.3 by negotiation)")
+    ap.add_argument("--cipher", default=None,
+                    help="the client's TLS 1.2 cipher list (e.g. ECDHE-ECDSA-CHACHA20-POLY1305)")
+    ap.add_argument("--only", default=None,
+                    help="with --child: these runs only (comma-separated: "
+                    + ",".join(RUNS) + ")")
     ap.add_argument("--json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -407,6 +448,10 @@ def main() -> None:
                 cmd.append("--no-tickets")
             if args.store:
                 cmd.append("--store")
+            if args.tls_version:
+                cmd += ["--tls-version", args.tls_version]
+            if args.cipher:
+                cmd += ["--cipher", args.cipher]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True,
                                  cwd=tree)
             results[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
