@@ -20,7 +20,8 @@ transport reports the loss of the connection synchronously from
 mid-handshake aborts and then shuts TLS down on the already released
 OpenSSL connection (``'NoneType' object has no attribute 'shutdown'``).
 
-Once a connection's TLS 1.3 handshake is done, its records are read and
+Once a connection's TLS 1.3 or TLS 1.2 handshake is done (TLS 1.2: with
+renegotiation refused from then on), its records are read and
 written through :mod:`nbgateway.tls.records` (OpenSSL called directly with
 reused buffers, no exception per read loop; ``NBGW_TLS_RECORDS=0`` switches
 it off), and a write on an HTTP/1.1 connection becomes its TLS record and
@@ -307,7 +308,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     ``BufferingTLSTransport._aggregator`` and the aggregator's ``_buffer``;
     tests/tls/test_tls_writes.py pins that.  ``makeConnection`` is
     Twisted's with the interface declaration cached, and the record path
-    after a TLS 1.3 handshake repeats Twisted's read/flush/write steps with
+    after a TLS 1.3 or 1.2 handshake repeats Twisted's read/flush/write steps with
     :mod:`nbgateway.tls.records` and a :class:`_RecordPath` (it reads
     ``_lostTLSConnection``, ``_aborted``, ``disconnecting``,
     ``_appSendBuffer``, ``_held`` when it starts, overrides
@@ -320,7 +321,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
     #: HTTP/1.1 after the handshake: writes go to TLS at once (see :meth:`_tls_write`)
     _write_through = False
     _handshake_pending = True
-    #: after a TLS 1.3 handshake: reads and writes through nbgateway.tls.records
+    #: after a TLS 1.3 or 1.2 handshake: reads and writes through nbgateway.tls.records
     _records = False
     #: the record path's state while it applies (see :class:`_RecordPath`)
     _path: _RecordPath | None = None
@@ -387,7 +388,7 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
             self._cancel_deadline()
             self._write_through = self.negotiatedProtocol != b"h2"
             self._records = (getattr(self.factory, "records", False)
-                             and records.eligible(self._tlsConnection))
+                             and records.take(self._tlsConnection))
             if self._held and (self.disconnecting or not self.connected):
                 self._emit(b"", force=True)  # closing: the tickets go out now
             if self._records and not (self.disconnecting or self._lostTLSConnection
@@ -519,7 +520,7 @@ class DeadlineTLSFactory(TLSMemoryBIOFactory):
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.handshake_timeouts = 0
-        #: established TLS 1.3 connections use nbgateway.tls.records
+        #: established TLS 1.3 and 1.2 connections use nbgateway.tls.records
         self.records = RECORDS_DEFAULT
         #: TLS 1.3 session tickets go out with the next write, not alone
         self.coalesce_tickets = RECORDS_DEFAULT

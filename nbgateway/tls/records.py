@@ -46,9 +46,10 @@ them per keep-alive request.
 It reads pyOpenSSL's private ``_ssl``, ``_into_ssl`` and ``_from_ssl`` and
 ``OpenSSL._util``'s ``ffi``/``lib`` (:data:`AVAILABLE`: all present, checked
 once on a probe connection); :func:`eligible` checks a connection has them and
-that the connection negotiated TLS 1.3 (no renegotiation, so no Python
-callback can run inside ``SSL_read`` and need pyOpenSSL's after-call
-checks).  Anything else keeps Twisted's path.  pyOpenSSL binds no
+that the connection negotiated TLS 1.3 or TLS 1.2, and :func:`take` refuses
+renegotiation on a TLS 1.2 one (TLS 1.3 has none), so no handshake, and no
+Python callback that needs pyOpenSSL's after-call checks, can run inside
+``SSL_read``.  Anything else keeps Twisted's path.  pyOpenSSL binds no
 ``read_ahead`` setter, so OpenSSL takes one record at a time from the read
 BIO (its header, then exactly its body): once a ``SSL_read`` has returned
 plaintext and :func:`unread` is 0, the next ``SSL_read`` could only want
@@ -70,7 +71,9 @@ try:
     from OpenSSL._util import lib as _lib
 
     _NEEDED = ("SSL_read", "SSL_write", "BIO_read", "BIO_write", "SSL_get_error",
-               "SSL_version", "SSL_ERROR_WANT_READ", "BIO_get_mem_data")
+               "SSL_version", "SSL_ERROR_WANT_READ", "BIO_get_mem_data",
+               "SSL_set_options", "SSL_get_options", "SSL_OP_NO_RENEGOTIATION",
+               "SSL_OP_NO_COMPRESSION")
     _probe = _SSL.Connection(_SSL.Context(_SSL.TLS_SERVER_METHOD), None)
     AVAILABLE = (all(hasattr(_lib, name) for name in _NEEDED)
                  and all(getattr(_probe, attr, None) is not None
@@ -92,6 +95,7 @@ if AVAILABLE:
     _DRAIN_BUF = _ffi.new("char[]", DRAIN_SIZE)
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
     _TLS1_3 = _SSL.TLS1_3_VERSION
+    _TLS1_2 = _SSL.TLS1_2_VERSION
     _ssl_read = _lib.SSL_read
     _ssl_write = _lib.SSL_write
     _bio_read = _lib.BIO_read
@@ -102,6 +106,8 @@ if AVAILABLE:
     _NULL = _ffi.NULL
     _cipher = _lib.SSL_get_current_cipher
     _cipher_name = _lib.SSL_CIPHER_get_name
+    _NO_RENEGOTIATION = _lib.SSL_OP_NO_RENEGOTIATION
+    _NO_COMPRESSION = _lib.SSL_OP_NO_COMPRESSION
 
 #: the TLS 1.3 suites whose AEAD tag is 16 bytes: a record of ``n`` bytes of
 #: plaintext without padding is ``n + 22`` bytes on the wire (5 of header, 1
@@ -111,6 +117,25 @@ TAG16_SUITES = frozenset((b"TLS_AES_128_GCM_SHA256", b"TLS_AES_256_GCM_SHA384",
                           b"TLS_CHACHA20_POLY1305_SHA256", b"TLS_AES_128_CCM_SHA256"))
 #: header, inner content type and tag of one such record
 TAG16_OVERHEAD = 22
+#: TLS 1.2 AES-GCM suites (OpenSSL's names; RFC 5288/5289): a record of
+#: ``n`` bytes of plaintext is ``n + 29`` bytes (5 of header, the 8-byte
+#: explicit nonce, 16 of tag; AEAD records have no padding)
+TLS12_GCM_SUITES = frozenset((
+    b"ECDHE-ECDSA-AES128-GCM-SHA256", b"ECDHE-ECDSA-AES256-GCM-SHA384",
+    b"ECDHE-RSA-AES128-GCM-SHA256", b"ECDHE-RSA-AES256-GCM-SHA384",
+    b"DHE-RSA-AES128-GCM-SHA256", b"DHE-RSA-AES256-GCM-SHA384",
+    b"AES128-GCM-SHA256", b"AES256-GCM-SHA384"))
+TLS12_GCM_OVERHEAD = 29
+#: TLS 1.2 ChaCha20-Poly1305 suites (RFC 7905): no explicit nonce, ``n + 21``
+TLS12_CHACHA_SUITES = frozenset((
+    b"ECDHE-ECDSA-CHACHA20-POLY1305", b"ECDHE-RSA-CHACHA20-POLY1305",
+    b"DHE-RSA-CHACHA20-POLY1305"))
+TLS12_CHACHA_OVERHEAD = 21
+#: the protocol versions the record path serves (TLS 1.3, TLS 1.2)
+_VERSIONS = (0x0304, 0x0303)
+#: OpenSSL's ``SSL_OP_ALLOW_CLIENT_RENEGOTIATION`` (``SSL_OP_BIT(8)`` since
+#: OpenSSL 3.0; cryptography's bindings do not export it)
+ALLOW_CLIENT_RENEGOTIATION = 1 << 8
 
 
 class Bios:
@@ -133,28 +158,68 @@ class Bios:
 def eligible(conn: Any) -> bool:
     """True when ``conn`` (a pyOpenSSL memory-BIO ``Connection`` whose
     handshake is done) can use this module: the internals exist and TLS 1.3
-    was negotiated."""
+    or TLS 1.2 was negotiated (TLS 1.2 once :func:`take` has refused
+    renegotiation on it)."""
     if not AVAILABLE:
         return False
     ssl = getattr(conn, "_ssl", None)
     if ssl is None or getattr(conn, "_into_ssl", None) is None \
             or getattr(conn, "_from_ssl", None) is None:
         return False  # not a memory-BIO connection
-    return _lib.SSL_version(ssl) == _TLS1_3
+    return _lib.SSL_version(ssl) in _VERSIONS
+
+
+def take(conn: Any) -> bool:
+    """:func:`eligible`, and on a TLS 1.2 connection renegotiation refused
+    from now on (``SSL_OP_NO_RENEGOTIATION``: a client's renegotiating
+    ClientHello gets a ``no_renegotiation`` warning alert inside
+    ``SSL_read``, as OpenSSL 3+ answers one by default), so no handshake and
+    none of pyOpenSSL's Python callbacks -- servername, ALPN, verify, whose
+    exceptions pyOpenSSL re-raises after each of its own calls -- can run
+    inside this module's ``SSL_read``.  A TLS 1.2 connection whose context
+    allows client renegotiation (``SSL_OP_ALLOW_CLIENT_RENEGOTIATION``; the
+    gateway's contexts never do) is not taken: it keeps Twisted's path and
+    its renegotiation.  TLS 1.3 has no renegotiation."""
+    if not eligible(conn):
+        return False
+    ssl = conn._ssl
+    if _lib.SSL_version(ssl) != _TLS1_3:
+        if _lib.SSL_get_options(ssl) & ALLOW_CLIENT_RENEGOTIATION:
+            return False
+        _lib.SSL_set_options(ssl, _NO_RENEGOTIATION)
+        if not _lib.SSL_get_options(ssl) & _NO_RENEGOTIATION:  # pragma: no cover
+            return False
+    return True
 
 
 def record_overhead(conn: Any) -> int:
-    """The bytes a TLS 1.3 record of the connection's suite adds to its
-    plaintext when unpadded (:data:`TAG16_OVERHEAD`), or 0 for a suite not
-    in :data:`TAG16_SUITES` (0 matches no record: every record is longer
-    than its plaintext)."""
-    cipher = _cipher(conn._ssl)
+    """The bytes a record of the connection's version and suite adds to its
+    plaintext (:data:`TAG16_OVERHEAD` for TLS 1.3 records without padding,
+    :data:`TLS12_GCM_OVERHEAD` or :data:`TLS12_CHACHA_OVERHEAD` for TLS 1.2,
+    whose AEAD records have no padding), or 0 for a version or suite not
+    listed (0 matches no record: every record is longer than its
+    plaintext), and for a TLS 1.2 connection that might compress (no
+    ``SSL_OP_NO_COMPRESSION``: a compressed record has no fixed size)."""
+    ssl = conn._ssl
+    version = _lib.SSL_version(ssl)
+    if version == _TLS1_3:
+        table: tuple[tuple[frozenset[bytes], int], ...] = ((TAG16_SUITES, TAG16_OVERHEAD),)
+    elif version == _TLS1_2 and _lib.SSL_get_options(ssl) & _NO_COMPRESSION:
+        table = ((TLS12_GCM_SUITES, TLS12_GCM_OVERHEAD),
+                 (TLS12_CHACHA_SUITES, TLS12_CHACHA_OVERHEAD))
+    else:
+        return 0
+    cipher = _cipher(ssl)
     if cipher == _NULL:
         return 0
     name = _cipher_name(cipher)
     if name == _NULL:
         return 0
-    return TAG16_OVERHEAD if _ffi.string(name) in TAG16_SUITES else 0
+    name = _ffi.string(name)
+    for suites, overhead in table:
+        if name in suites:
+            return overhead
+    return 0
 
 
 def feed(conn: Any, data: bytes) -> int:

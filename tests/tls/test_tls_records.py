@@ -137,14 +137,15 @@ class RecordPathTests(unittest.SynchronousTestCase):
     def both(self):
         return [Harness(self, True), Harness(self, False)]
 
-    def test_taken_after_a_tls13_handshake_only_when_switched_on(self):
+    def test_taken_after_a_tls13_or_tls12_handshake_only_when_switched_on(self):
         on, off = self.both()
         self.assertTrue(on.server._records)
         self.assertFalse(off.server._records)
-        tls12 = Harness(self, True, max_version=SSL.TLS1_2_VERSION)
-        self.assertEqual(tls12.client.get_protocol_version_name(), "TLSv1.2")
-        self.assertFalse(tls12.server._records)  # Twisted's path
-        self.assertEqual(tls12.exchange(b"ping"), b"4:ping")
+        for records_on in (True, False):
+            tls12 = Harness(self, records_on, max_version=SSL.TLS1_2_VERSION)
+            self.assertEqual(tls12.client.get_protocol_version_name(), "TLSv1.2")
+            self.assertEqual(tls12.server._records, records_on)  # (tests/tls/test_tls12_records.py)
+            self.assertEqual(tls12.exchange(b"ping"), b"4:ping")
 
     def test_same_bytes_both_ways_small_large_and_several_records_per_read(self):
         for h in self.both():
