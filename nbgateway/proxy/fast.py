@@ -84,29 +84,61 @@ class FastHTTPChannel(StreamingHTTPChannel):
     """See the module docstring.  ``fast`` is True until the connection is
     handed to the twisted.web path."""
 
-    fast = True
-    fast_requests = 0
-    _buf = b""
-    _current: FastRequest | None = None
-    #: a parsed request waiting for the rest of its buffered body
-    _waiting: tuple[FastRequest, int] | None = None
-    _body_left = 0
-    _pumping = False
-    _closing = False
-    _read_paused = False
-    #: when the last response ended (the reactor's clock): ``fast_done``
-    #: records it instead of resetting the idle timer, ``timeoutConnection``
-    #: reads it (see there)
-    _idle_from = 0.0
-    #: (peer address, its host as the front resource logs it -- see
-    #: FastRequest.peer_ip --, host address, TLS?), made once per connection,
-    #: one attribute: the channel's own attributes stay under CPython's
-    #: shared-keys limit (see ``connectionMade``)
-    _conn_info: tuple[Any, str, Any, bool, Callable[[], float], Any] | None = None
-    #: (the request parser, its callbacks' head), kept across bodiless
-    #: keep-alive requests (llhttp is back at the start of a message after
-    #: one); one attribute (the shared-keys limit, see ``connectionMade``)
-    _parsing: tuple[Any, _Head] | None = None
+    # The state the fast path reads and writes per request is in slots:
+    # fixed offsets, read and written by the interpreter's specialised
+    # instructions whatever else the connection's dict holds.  In the dict,
+    # CPython 3.11 keeps a class's instances' attribute values inline only for
+    # the first names its instances set (at most 30, and one fewer for every
+    # instance made while the first ones still add names); past that, every
+    # instance that adds a name gets a dict of its own, where each attribute
+    # read is a hash lookup (~60 % slower).  With many connections open at
+    # once, or a connection handed to twisted.web or HTTP/2 first, the fast
+    # channels' dict attributes went that way; the slots cannot (see
+    # tests/proxy/test_instance_layout.py).  ``__init__`` sets every slot.
+    # (with StreamingHTTPChannel's _head_deadline, _protocol_checked and
+    # _linger_left, and twisted's transport, site, persistent,
+    # _handlingRequest and _requestProducer*: their class defaults are
+    # set in __init__)
+    __slots__ = (
+        "_body_left", "_buf", "_closing", "_conn_info", "_current", "_handlingRequest",
+        "_head_deadline", "_idle_from", "_linger_left", "_parsing", "_protocol_checked",
+        "_pumping", "_read_paused", "_requestProducer", "_requestProducerStreaming", "_waiting",
+        "fast", "fast_requests", "persistent", "site", "transport",
+    )
+
+    def __init__(self) -> None:
+        #: True until the connection is handed to the twisted.web path
+        self.fast = True
+        self.fast_requests = 0
+        self._buf = b""
+        self._current: FastRequest | None = None
+        #: a parsed request waiting for the rest of its buffered body
+        self._waiting: tuple[FastRequest, int] | None = None
+        self._body_left = 0
+        self._pumping = False
+        self._closing = False
+        self._read_paused = False
+        #: when the last response ended (the reactor's clock): ``fast_done``
+        #: records it instead of resetting the idle timer, ``timeoutConnection``
+        #: reads it (see there)
+        self._idle_from = 0.0
+        #: (peer address, its host as the front resource logs it -- see
+        #: FastRequest.peer_ip --, host address, TLS?, the clock, the site
+        #: resource's fast_route), made once per connection
+        self._conn_info: tuple[Any, str, Any, bool, Callable[[], float], Any] | None = None
+        #: (the request parser, its callbacks' head), kept across bodiless
+        #: keep-alive requests (llhttp is back at the start of a message
+        #: after one)
+        self._parsing: tuple[Any, _Head] | None = None
+        self._head_deadline: Any = None
+        self._protocol_checked = False
+        self._linger_left = 0
+        self.transport: Any = None
+        self.site: Any = None
+        self.persistent = 1
+        self._requestProducer: Any = None
+        self._requestProducerStreaming: Any = None
+        super().__init__()  # twisted's: _handlingRequest, the twisted.web path's state
 
     @property
     def _parser(self) -> Any:
@@ -117,20 +149,9 @@ class FastHTTPChannel(StreamingHTTPChannel):
         super().connectionMade()
         # the clock of callLater: the site's reactor's (a channel made
         # without a site times out on the global reactor, whose clock this is)
-        site = getattr(self, "site", None)
+        site = self.site
         seconds = site.reactor.seconds if site is not None else runtime_seconds
-        # the two flags every request reads (several times) the channel's
-        # own from the start, not class attributes read through it (see
-        # tests/proxy/test_own_state.py); its own attributes stay under
-        # CPython's shared-keys limit (30), past which every read on it is
-        # ~60 % slower
-        self.fast = type(self).fast
-        self._closing = False
-        # read several times per request too (the request's body framing)
-        self._body_left = 0
-        self._waiting = None
         peer = self.transport.getPeer()
-        # the clock is in the tuple too: one attribute fewer (the limit)
         # and the resource's fast_route (None: every head goes to twisted.web)
         fast_route = getattr(getattr(site, "resource", None), "fast_route", None)
         self._conn_info = (peer, str(getattr(peer, "host", "") or ""), self.transport.getHost(),
@@ -260,10 +281,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
             self._cancel_head_deadline()
         headers = _new_headers(Headers)  # headers_from_raw(head.headers), inline
         headers._rawHeaders = head.headers
-        req = FastRequest(self, method, head.url, headers, head.close)
-        req.underscore_names = head.underscore
-        (req.channel_peer, req.peer_ip,  # type: ignore[attr-defined]
-         req.channel_host, req.secure, _, _) = self._conn_info  # type: ignore[attr-defined,misc]
+        req = FastRequest(self, method, head.url, headers, head.close, head.underscore,
+                          self._conn_info)
         self.persistent = not head.close
         length = head.length
         self._buf = buf[end:]

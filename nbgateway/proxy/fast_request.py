@@ -134,28 +134,49 @@ class FastRequest:
     response framing (default ``Content-Type``, chunked without a
     ``Content-Length``, no body for HEAD/204/304)."""
 
-    defaultContentType: bytes | None = b"text/html"
     clientproto = b"HTTP/1.1"
-    upstream_status: int | None = None
-    proxy_error: str | None = None
-    #: any request header name with "_" (set from the parse; True: unknown)
-    underscore_names = True
-    #: the client's address as text (the channel's, made once per connection)
-    peer_ip: str | None = None
-    #: the resource's ``fast_route`` answer, set when the request is
-    #: dispatched in the turn that routed it (None: route it again)
-    routed: Any = None
-    code = 200
-    code_message = b"OK"
+
+    # Every attribute is a slot (fixed offsets, set in ``__init__``): no
+    # per-instance dict, whose inline values CPython 3.11 gives up for every
+    # instance once the class's shared keys are spent (30 names, one fewer
+    # for each instance made while earlier ones still add names: with a few
+    # requests in flight the late names -- the status, the upstream status --
+    # moved every request to a dict of its own, each read a hash lookup).
+    __slots__ = (
+        "_bodiless", "_disconnected", "_held", "body_stream", "channel", "channel_host",
+        "channel_peer", "chunked", "code", "code_message", "content", "defaultContentType",
+        "finish_hooks", "finished", "lost_hooks", "method", "notifications", "path", "peer_ip",
+        "producer", "proxy_error", "requestHeaders", "responseHeaders", "routed", "secure",
+        "sentLength", "startedWriting", "transport", "underscore_names", "upstream_status", "uri",
+    )
 
     def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
-                 headers: Headers, close: bool) -> None:
+                 headers: Headers, close: bool, underscore: bool = True,
+                 info: tuple[Any, ...] | None = None) -> None:
         self.channel: FastHTTPChannel | None = channel
         self.transport = channel.transport
         self.method = method
         self.uri = uri
         self.path = uri.split(b"?", 1)[0]
         self.requestHeaders = headers
+        # ``info``: the channel's connection tuple (made once per connection):
+        # the client's address, its host as text (what the front resource
+        # logs), the local address, TLS or not, ...
+        if info is not None:
+            self.channel_peer, self.peer_ip, self.channel_host, self.secure, _, _ = info
+        else:
+            self.channel_peer = self.channel_host = self.peer_ip = None
+            self.secure = False
+        #: any request header name with "_" (from the head's parse; True: unknown)
+        self.underscore_names = underscore
+        #: the resource's ``fast_route`` answer, set when the request is
+        #: dispatched in the turn that routed it (None: route it again)
+        self.routed: Any = None
+        self.code = 200
+        self.code_message = b"OK"
+        self.defaultContentType: bytes | None = b"text/html"
+        self.upstream_status: int | None = None
+        self.proxy_error: str | None = None
         # the defaults twisted.web sets, in its order
         raw = {_CONNECTION: [b"close"]} if close else {}
         raw[_SERVER_NAME] = [_SERVER]
@@ -164,14 +185,12 @@ class FastRequest:
         out = _new_headers(Headers)  # headers_from_raw(raw), inline
         out._rawHeaders = raw
         self.responseHeaders = out
-        # The state read per request is the instance's own from the start,
-        # not a class attribute: CPython 3.11 does not specialise reading a
-        # class attribute through an instance (a generic lookup, ~200
-        # instructions, each time; see docs/performance.md, round 10).
         self.finished = False
         self._disconnected = False
         self.startedWriting = False
         self.chunked = False
+        #: a HEAD (or 204/304) response's head is out: later writes are dropped
+        self._bodiless = False
         self.sentLength = 0
         self.body_stream: RequestBodyStream | None = None
         self.content: Any = None
@@ -293,7 +312,7 @@ class FastRequest:
             head = self._head()
             if self.method == b"HEAD" or self.code in _NO_BODY_CODES:
                 transport.write(head)
-                self.write = _ignore  # type: ignore[method-assign]
+                self._bodiless = True  # what follows is dropped
                 return
             self.sentLength += len(data)
             if self.chunked:
@@ -303,7 +322,7 @@ class FastRequest:
             else:
                 transport.write(head + data)
             return
-        if not data:
+        if not data or self._bodiless:
             return
         self.sentLength += len(data)
         if self.chunked:
@@ -415,6 +434,3 @@ class FastRequest:
         self.write(_PROCESSING_FAILED)
         self.finish()
 
-
-def _ignore(_data: bytes) -> None:
-    pass
