@@ -21,11 +21,18 @@ is in flight; entries arriving meanwhile form the next batch.
   the same batch (and all later ones) as one ``SendAccessLog`` per entry, at
   most ``fallback_inflight`` at a time; only entries that failed are retried.
 * Bounded work per reactor turn: a batch is formed (:meth:`LogShipper.new_batch`,
-  :meth:`LogShipper.add_to_batch`: the access log builds its entries straight
-  into the request's repeated field) at most ``form_slice`` entries per reactor
-  turn; a larger batch goes on in the next turn (``callLater(0)``) and is sent
-  when complete, so a burst of entries never stalls the reactor for the whole
+  :meth:`LogShipper.take`: the access log builds its entries straight into the
+  request's repeated field) at most ``form_slice`` entries per reactor turn; a
+  larger batch goes on in the next turn (``callLater(0)``) and is sent when
+  complete, so a burst of entries never stalls the reactor for the whole
   batch at once.
+* Per entry, :meth:`LogShipper.submit` is a length check, an append, a count
+  and one comparison with ``_kick``, the queue length at which the shipper
+  has something to do (1 when idle: start the linger timer; ``max_batch``
+  while the timer runs; never while a batch is formed, in flight or waiting
+  for its retry: the queue is picked up afterwards).  ``_kick`` is set anew
+  (:meth:`LogShipper._settle`) at the end of everything the reactor calls in
+  the shipper besides ``submit``: the timers, the batch's answer, ``stop``.
 
 The class is fed entries and a clock; the client is anything with
 ``send_access_log(entry) -> Deferred`` and optionally
@@ -111,6 +118,10 @@ class LogShipper:
         self._timer: IDelayedCall | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self._stopped = False
+        #: entries the queue takes (``max_queue``; 0 once stopped)
+        self._room = max_queue
+        #: the queue length at which :meth:`submit` acts (see the module docstring)
+        self._kick = 1
 
     # -- reactor-thread API ----------------------------------------------------------------------
 
@@ -121,29 +132,48 @@ class LogShipper:
 
     def submit(self, entry: Any) -> None:
         """Queue one entry; never blocks, never raises."""
-        if self._stopped or len(self._queue) >= self.max_queue:
+        queue = self._queue
+        if len(queue) < self._room:
+            queue.append(entry)
+            self.stats.queued += 1
+            if len(queue) >= self._kick:
+                self._kicked()
+        else:
             self.stats.dropped += 1
-            return
-        self._queue.append(entry)
-        self.stats.queued += 1
+
+    def _kicked(self) -> None:
+        """The queue reached ``_kick``: start the linger timer, or a full
+        batch (or every entry, without a linger) at once."""
+        if not (self._inflight or self._batch):  # else: picked up afterwards
+            if len(self._queue) >= self.max_batch or self.linger <= 0:
+                self._cancel_timer()
+                self._next()
+            elif self._timer is None:
+                self._timer = self.clock.callLater(self.linger, self._linger_over)
+        self._settle()
+
+    def _settle(self) -> None:
+        """``_kick`` for the state the shipper is in now (called last by every
+        entry point but :meth:`submit`)."""
         if self._inflight or self._batch:
-            return  # the running batch (or its retry) picks the queue up afterwards
-        if len(self._queue) >= self.max_batch or self.linger <= 0:
-            self._cancel_timer()
-            self._next()
-        elif self._timer is None:
-            self._timer = self.clock.callLater(self.linger, self._linger_over)
+            self._kick = 1 << 62  # the batch (or its retry) picks the queue up afterwards
+        elif self.linger <= 0 or self._timer is None:
+            self._kick = 1
+        else:
+            self._kick = max(1, self.max_batch)
 
     def stop(self, timeout: float = 5.0) -> Deferred[None]:
         """Accept no more entries; send what is queued now (a pending retry is
         tried at once) and fire when all was attempted or after ``timeout``
         seconds (what is left then is counted as dropped)."""
         self._stopped = True
+        self._room = 0
         if self.pending == 0 and not self._inflight:
             return succeed(None)
         if not self._inflight:
             self._cancel_timer()
             self._next()
+            self._settle()
             if self.pending == 0 and not self._inflight:
                 return succeed(None)
         d: Deferred[None] = Deferred()
@@ -160,6 +190,7 @@ class LogShipper:
                 self._forming = 0
                 self._inflight = False
             self._idle_waiters.remove(d)
+            self._settle()
             d.callback(None)
 
         call = self.clock.callLater(timeout, give_up)
@@ -182,6 +213,21 @@ class LogShipper:
         item, counted; it must leave ``batch`` as it was)."""
         batch.append(self.prepare(item))
 
+    def take(self, batch: Any, queue: deque[Any], n: int) -> int:
+        """Move the first ``n`` items of ``queue`` into the forming batch
+        (:meth:`add_to_batch` each); an item that cannot be added is
+        dropped and logged.  Returns how many were dropped (a subclass may
+        build its items in one loop instead)."""
+        add, popleft, bad = self.add_to_batch, queue.popleft, 0
+        for _ in range(n):
+            item = popleft()
+            try:
+                add(batch, item)
+            except Exception:  # one bad item must not stop the shipping
+                bad += 1
+                log.failure("access log: an entry could not be built; dropped")
+        return bad
+
     # -- internals -------------------------------------------------------------------------------
 
     def _cancel_timer(self) -> None:
@@ -194,6 +240,7 @@ class LogShipper:
         self._timer = None
         if not self._inflight:
             self._next()
+        self._settle()
 
     def _next(self) -> None:
         """Send the pending retry batch, or form a new batch from the queue."""
@@ -213,16 +260,12 @@ class LogShipper:
     def _form(self) -> None:
         """Move up to ``form_slice`` queued items into the forming batch; send
         it when complete, else go on in the next reactor turn."""
-        batch, queue, add = self._batch, self._queue, self.add_to_batch
+        batch, queue = self._batch, self._queue
         n = min(self._forming, self.form_slice, len(queue))
         self._forming -= n
-        for _ in range(n):
-            item = queue.popleft()
-            try:
-                add(batch, item)
-            except Exception:  # one bad item must not stop the shipping
-                self.stats.dropped += 1
-                log.failure("access log: an entry could not be built; dropped")
+        bad = self.take(batch, queue, n)
+        if bad:
+            self.stats.dropped += bad
         if self._forming and queue:
             self._timer = self.clock.callLater(0, self._form_more, batch)
             return
@@ -238,6 +281,7 @@ class LogShipper:
         self._timer = None
         if batch is self._batch:  # else: given up (stop's timeout) meanwhile
             self._form()
+        self._settle()
 
     def _send(self) -> None:
         batch = self._batch
@@ -304,12 +348,14 @@ class LogShipper:
             if retry:
                 self._batch = retry
                 self._retry_later(f"{len(retry)} SendAccessLog calls failed")
+                self._settle()
                 return
         else:  # a batch call succeeds or fails whole
             self.stats.sent += len(self._batch)
         self._batch = []
         self._inflight = False
         self._after()
+        self._settle()
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(*_PERMANENT):
@@ -319,8 +365,10 @@ class LogShipper:
             self._batch = []
             self._inflight = False
             self._after()
+            self._settle()
             return
         self._retry_later(failure.getErrorMessage())
+        self._settle()
 
     def _retry_later(self, why: str) -> None:
         self._attempt += 1

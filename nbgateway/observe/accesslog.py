@@ -13,6 +13,7 @@ to one ``SendAccessLog`` per entry (:mod:`nbgateway.mgmt.logship`).
 from __future__ import annotations
 
 import os
+from collections import deque
 from time import time as _time
 from typing import Any
 
@@ -179,6 +180,23 @@ def entry_from_fields(fields: tuple[Any, ...]) -> pb.AccessLog:
     return entry
 
 
+def _new_template(key: tuple[Any, ...]) -> pb.AccessLog:
+    """The template of ``key`` (account, service, host, auth mechanism,
+    target), built and cached (see :data:`_TEMPLATES`)."""
+    account_id, service_id, host, auth_mechanism, target = key
+    template = build_entry(now=0.0, log_id="", account_id=account_id,
+                           service_id=service_id, host=host, path="", method="GET",
+                           response_code=200, duration_ms=0,
+                           source_ip="", auth_mechanism=auth_mechanism,
+                           target=target)
+    if (type(host) is str and len(host) <= _TEMPLATE_MAX_LEN
+            and type(target) is str and len(target) <= _TEMPLATE_MAX_LEN):
+        if len(_TEMPLATES) >= _TEMPLATES_MAX:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    return template
+
+
 def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
     """Set an empty ``entry`` (a new message, or one just added to a batch
     request's repeated field: no copy into the request afterwards) to the
@@ -186,18 +204,7 @@ def fill_entry(entry: pb.AccessLog, fields: tuple[Any, ...]) -> None:
     (now, log_id, account_id, service_id, host, path, method, response_code, duration_ms,
      source_ip, auth_mechanism, user_id, bytes_upload, bytes_download, target) = fields
     key = (account_id, service_id, host, auth_mechanism, target)
-    template = _TEMPLATES.get(key)
-    if template is None:
-        template = build_entry(now=0.0, log_id="", account_id=account_id,
-                               service_id=service_id, host=host, path="", method="GET",
-                               response_code=200, duration_ms=0,
-                               source_ip="", auth_mechanism=auth_mechanism,
-                               target=target)
-        if (type(host) is str and len(host) <= _TEMPLATE_MAX_LEN
-                and type(target) is str and len(target) <= _TEMPLATE_MAX_LEN):
-            if len(_TEMPLATES) >= _TEMPLATES_MAX:
-                _TEMPLATES.clear()
-            _TEMPLATES[key] = template
+    template = _TEMPLATES.get(key) or _new_template(key)
     entry.CopyFrom(template)
     ts = entry.timestamp
     ts.seconds, ts.nanos = divmod(int(now * 1e9), 1_000_000_000)
@@ -248,14 +255,15 @@ class AccessLogger(LogShipper):
         """Enqueue one entry; never blocks, never raises."""
         self.submit(entry)
 
-    def record(self, fields: tuple[Any, ...]) -> None:
-        """Enqueue one HTTP request's fields (:data:`HTTP_FIELDS` order) as
-        the tuple itself: the request path appends one tuple, and the
-        ``AccessLog`` message is built when its batch is formed, in place in
-        the batch request (:meth:`add_to_batch`, at most ``form_slice`` per
-        reactor turn), so an entry dropped on a full queue costs nothing and
-        a queued one holds a tuple, not a message."""
-        self.submit(fields)
+    #: ``record(fields)``: enqueue one HTTP request's fields
+    #: (:data:`HTTP_FIELDS` order) as the tuple itself; never blocks, never
+    #: raises.  The request path appends one tuple, and the ``AccessLog``
+    #: message is built when its batch is formed, in place in the batch
+    #: request (:meth:`take`, at most ``form_slice`` per reactor turn), so an
+    #: entry dropped on a full queue costs nothing and a queued one holds a
+    #: tuple, not a message.  It is :meth:`submit` itself (no second call
+    #: per request).
+    record = LogShipper.submit
 
     def prepare(self, item: Any) -> Any:
         """A queued item as a standalone entry (tuples from :meth:`record`);
@@ -281,6 +289,63 @@ class AccessLogger(LogShipper):
         if send is not None and req is not None and batch is req.logs:
             return send(req)
         return self.client.send_access_log_batch(batch)
+
+    def take(self, batch: Any, queue: deque[Any], n: int) -> int:
+        """Build the first ``n`` queued items into the forming batch in one
+        loop: a :meth:`record` tuple as :meth:`add_to_batch` builds it
+        (:func:`fill_entry`, inline: no two calls per entry), anything else
+        by :meth:`add_to_batch`.  An item that cannot be built leaves no
+        element behind and is dropped and logged; returns how many were.
+        A subclass with its own :meth:`add_to_batch` has it called for each
+        item (:meth:`LogShipper.take`)."""
+        if type(self).add_to_batch is not AccessLogger.add_to_batch:
+            return super().take(batch, queue, n)
+        add, popleft, get, other = batch.add, queue.popleft, _TEMPLATES.get, self.add_to_batch
+        bad = 0
+        for _ in range(n):
+            fields = popleft()
+            if type(fields) is not tuple:
+                try:
+                    other(batch, fields)
+                except Exception:
+                    bad += 1
+                    log.failure("access log: an entry could not be built; dropped")
+                continue
+            entry = add()
+            try:
+                # fill_entry(entry, fields), inline (a test compares the two)
+                (now, log_id, account_id, service_id, host, path, method, response_code,
+                 duration_ms, source_ip, auth_mechanism, user_id, bytes_upload,
+                 bytes_download, target) = fields
+                key = (account_id, service_id, host, auth_mechanism, target)
+                entry.CopyFrom(get(key) or _new_template(key))
+                ts = entry.timestamp
+                ts.seconds, ts.nanos = divmod(int(now * 1e9), 1_000_000_000)
+                entry.log_id = log_id
+                entry.path = path
+                entry.source_ip = source_ip
+                if method != "GET":
+                    entry.method = method
+                code = response_code or 200
+                if code != 200 or type(code) is not int:
+                    entry.response_code = code
+                    entry.auth_success = code not in (401, 403)
+                if user_id and auth_mechanism in _NAMED:
+                    entry.user_id = user_id
+                if duration_ms:
+                    entry.duration_ms = duration_ms
+                if bytes_upload:
+                    entry.bytes_upload = bytes_upload
+                if bytes_download:
+                    entry.bytes_download = bytes_download
+            except Exception:
+                del batch[-1]
+                bad += 1
+                log.failure("access log: an entry could not be built; dropped")
+            except BaseException:
+                del batch[-1]
+                raise
+        return bad
 
     def add_to_batch(self, batch: Any, item: Any) -> None:
         """Build one queued item into the forming batch: a :meth:`record`

@@ -272,3 +272,84 @@ def test_the_gateways_entries_linger_a_quarter_second_a_few_rpcs_per_second():
         clock.advance(0.01)
     assert len(client.batches) <= 9 and logger.stats.batches == len(client.batches)
     assert sorted(e.log_id for b in client.batches for e in b) == sorted(f[1] for f in rows)
+
+
+def test_record_is_submit_itself_one_call_per_request():
+    assert AccessLogger.record is AccessLogger.submit
+
+
+def test_the_batch_loop_builds_what_fill_entry_builds_and_drops_bad_items():
+    """AccessLogger.take (fill_entry inline, one loop per slice) against
+    fill_entry and build_entry, over template hits and misses, with built
+    entries (log()) and records that cannot be built in between."""
+    from collections import deque
+
+    from nbgateway.observe.accesslog import fill_entry
+
+    rng = random.Random(11)
+    logger = AccessLogger(BatchClient(), Clock())
+    items: deque = deque()
+    good: list = []
+    for i in range(400):
+        k = rng.randrange(20)
+        if k == 0:
+            items.append(("short",))
+        elif k == 1:
+            items.append((*fields(rng, i)[:9], 5, *fields(rng, i)[10:]))  # an int source_ip
+        elif k == 2:
+            e = build_entry(**dict(zip(HTTP_FIELDS, fields(rng, i), strict=True)))
+            items.append(e)
+            good.append(e)
+        else:
+            f = fields(rng, i)
+            items.append(f)
+            one = pb.AccessLog()
+            fill_entry(one, f)
+            assert one == want([f])[0]
+            good.append(one)
+    batch = logger.new_batch()
+    bad = 0
+    while items:
+        bad += logger.take(batch, items, min(64, len(items)))
+    assert list(batch) == good and bad == 400 - len(good) > 0
+    assert pb.NbgwSendAccessLogBatchRequest(logs=good).SerializeToString() == (
+        logger._request.SerializeToString())
+
+
+def test_no_entry_waits_without_a_timer_or_a_batch_whatever_happens():
+    """The shipper acts on a record only when the queue reaches ``_kick``:
+    after any sequence of records, answers, failures, retries and turns, a
+    queued entry always has a linger (or retry) timer or a batch in flight
+    ahead of it, and every entry is sent exactly once."""
+    for seed in range(30):
+        rng = random.Random(100 + seed)
+        clock = TurnClock()
+        client = BatchClient(hang=True)
+        logger = AccessLogger(client, clock, linger=rng.choice((0, 0.01, 0.05)),
+                              max_batch=rng.choice((1, 5, 20)), form_slice=rng.choice((1, 3, 8)),
+                              max_attempts=50, backoff_base=0.01, backoff_max=0.02)
+        rows = []
+        for _turn in range(150):
+            for _ in range(rng.choice((0, 0, 1, 3, 25))):
+                rows.append(fields(rng, len(rows)))
+                logger.record(rows[-1])
+            if client.pending and rng.random() < 0.4:
+                d = client.pending.pop(0)
+                if rng.random() < 0.3:
+                    client.batches.pop(len(client.batches) - 1 - len(client.pending))
+                    d.errback(errors.ManagementUnavailableError("down"))
+                else:
+                    d.callback(None)
+            clock.advance(rng.choice((0, 0, 0.005, 0.02)))
+            if logger._queue and not logger._inflight and not logger._batch:
+                assert logger._timer is not None, (seed, _turn)
+        for _ in range(2000):
+            if logger.pending == 0 and not client.pending:
+                break
+            while client.pending:
+                client.pending.pop(0).callback(None)
+            clock.advance(0.02)
+        sent = [e.log_id for b in client.batches for e in b]
+        assert sorted(sent) == sorted(f[1] for f in rows), seed  # each exactly once
+        assert logger.stats.sent == len(rows) == logger.stats.queued, seed
+        assert logger.stats.dropped == 0 and logger.pending == 0, seed
