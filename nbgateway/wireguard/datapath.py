@@ -192,7 +192,16 @@ class TransportPath:
                 else:
                     t.need_another_keepalive = True
             if packets:
-                self._deliver(packets, peer)
+                # _deliver, inlined (once per read)
+                sink_run = self._sink_run
+                if sink_run is None:
+                    self.events["drop_no_sink"] += len(packets)
+                else:
+                    try:
+                        sink_run(packets, peer.public_key)
+                    except Exception:
+                        self.events["drop_internal_error"] += 1
+                        log.failure("the packet sink failed")
         except Exception:  # never into the reactor, and the next run goes on
             self.events["drop_internal_error"] += 1
             log.failure("unexpected error finishing a receive run from {addr}", addr=addr)
@@ -243,8 +252,20 @@ class TransportPath:
                     or peer.endpoint is None
                     or self._link is None
                 ):
-                    if (peer._timers or peer.timers).new_handshake is None:
-                        self._arm_new_handshake(peer, now)
+                    t = peer._timers or peer.timers
+                    if t.new_handshake is None:
+                        if self._rng.__class__ is random.SystemRandom:
+                            # _arm_new_handshake, inlined (once per exchange when
+                            # requests come alone: every reply of the peer disarms it)
+                            cfg = self.timers
+                            when = t.new_handshake = now + cfg.keepalive_timeout + \
+                                cfg.rekey_timeout + _JITTER_RANDOM_RANDOM() * \
+                                cfg.rekey_timeout_jitter
+                            at = t.heap_at
+                            if at is None or when < at:
+                                self._arm(peer, "new_handshake", when)
+                        else:
+                            self._arm_new_handshake(peer, now)
                     counter = kp.send_counter
                     if n & 15:
                         # to a multiple of 16, not beyond the MTU (min() parses
@@ -261,7 +282,7 @@ class TransportPath:
                     # a batch link's sendDatagrams does with [data])
                     self._link.sendDatagram(data, peer.endpoint)
                     peer.tx_bytes += len(data)
-                    (peer._timers or peer.timers).send_keepalive = None
+                    t.send_keepalive = None
                     self._data_tx += 1
                     if peer.persistent_keepalive:
                         self._authenticated_traversal(peer, now)
