@@ -10,7 +10,7 @@ Every shape is checked against a filter-and-sort of every stored entry in
 Python, on both backends (SQLite counts and sorts as before), after appends,
 a retried batch, retention by age and by row count, the deletion of another
 account and a group's renaming; ``access_log_groups`` equals a recount after
-each write on PostgreSQL and stays empty on SQLite; revisions 0023 and 0024
+each write on PostgreSQL and stays empty on SQLite; revisions 0023 to 0025
 up and down.
 """
 
@@ -36,6 +36,9 @@ NAMES = ("ops", "dev", 'qa "x"', "op", "All")
 SETS = (("All", "ops"), ("All", "dev"), None, ("All",), ("op",), ('qa "x"', "dev"), ())
 HOSTS = ("b.example.test", "a.example.test", "b.example.test", "Ä.example.test")
 LONG = "/" + "x" * 2100  # a path the per-day URL index cannot hold
+#: revision 0001's indexes that revision 0025 drops on PostgreSQL (SQLite keeps
+#: the service's; revision 0022 dropped the timestamp's there)
+UNREAD = ("ix_access_log_entries_service_id", "ix_access_log_entries_timestamp")
 URL_INDEXES = ("ix_access_log_entries_day_account_url", "ix_access_log_entries_account_long_url")
 
 
@@ -222,7 +225,7 @@ def _indexes(conn) -> set[str]:
     return {i["name"] for i in sa.inspect(conn).get_indexes("access_log_entries")}
 
 
-def test_migrations_0023_and_0024_up_and_down(db_dsn):
+def test_migrations_0023_to_0025_up_and_down(db_dsn):
     engine = StoreBase.build_engine(normalise_dsn(db_dsn, None))
     postgres = engine.dialect.name == "postgresql"
     try:
@@ -254,8 +257,13 @@ def test_migrations_0023_and_0024_up_and_down(db_dsn):
             assert not _indexes(conn) & set(URL_INDEXES)
             migrations.upgrade(conn, "0024")
             assert (set(URL_INDEXES) <= _indexes(conn)) == postgres
+            assert (set(UNREAD) <= _indexes(conn)) == postgres
+            migrations.upgrade(conn, "0025")  # PostgreSQL: the unread indexes go
+            assert not _indexes(conn) & {UNREAD[1]}
+            assert ("ix_access_log_entries_service_id" in _indexes(conn)) != postgres
             migrations.downgrade(conn, "0022")
             assert not _indexes(conn) & set(URL_INDEXES)
+            assert (set(UNREAD) <= _indexes(conn)) == postgres
             assert "access_log_groups" not in sa.inspect(conn).get_table_names()
             conn.execute(access_log_entries.delete().where(access_log_entries.c.id == "a1-00003"))
             conn.commit()  # (the counter's delete trigger stays on SQLite)

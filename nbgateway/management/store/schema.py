@@ -333,8 +333,10 @@ access_log_entries = sa.Table(
     sa.Column("id", ID, primary_key=True),
     # indexed by ix_access_log_entries_account_time below (revision 0004)
     sa.Column("account_id", ID, nullable=False),
-    sa.Column("service_id", ID, nullable=False, index=True),
-    # ix_access_log_entries_timestamp below (PostgreSQL only since revision 0022)
+    # ix_access_log_entries_service_id below (SQLite only since revision 0025)
+    sa.Column("service_id", ID, nullable=False),
+    # revision 0001's ix_access_log_entries_timestamp: dropped on SQLite by
+    # revision 0022, on PostgreSQL by revision 0025
     sa.Column("timestamp", UTCDateTime(), nullable=False),
     sa.Column("location_connection_ip", BoundedString(64), nullable=False),
     sa.Column("location_country_code", BoundedString(8), nullable=False),
@@ -359,10 +361,10 @@ access_log_entries = sa.Table(
     # revision 0011: the upstream target that served the request
     sa.Column("upstream_target", BoundedString(255), nullable=True),
 )
-# revision 0001: entries by time; revision 0022 drops it on SQLite, where
-# every query of the table names the account and the next index answers it
-sa.Index("ix_access_log_entries_timestamp", access_log_entries.c.timestamp).ddl_if(
-    dialect="postgresql"
+# revision 0001: entries by service; revision 0025 drops it on PostgreSQL,
+# where no query of the store reads it (every one names the account first)
+sa.Index("ix_access_log_entries_service_id", access_log_entries.c.service_id).ddl_if(
+    dialect="sqlite"
 )
 # revision 0004: the account's entries by time (list sort, retention)
 sa.Index(
