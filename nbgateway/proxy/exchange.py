@@ -47,7 +47,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.http import RESPONSES, PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 log = Logger(namespace="nbgateway.proxy.reverse")
 
 NO_BODY_CODES = (204, 304)
+_RESPONSES = RESPONSES
 
 
 def client_ip(request: Any) -> str:
@@ -111,27 +112,20 @@ class _Exchange:
     """One proxied request: the upstream call, its deadline and the response
     relay (the exchange is the response body's ``IProtocol``)."""
 
-    # per-request state with its initial values as class attributes (set on
-    # the instance when it changes: fewer stores per request); what every
-    # request reads is set in __init__ (see there)
-    timed_out = False
-    #: the request deadline while it is pending (the deadlines' owner
-    #: protocol, see ``Deadlines.add_owner``): None cancels it, no call
-    due: float | None = None
-    _pending: Any = None  # a Deferred, or the lean client's attempt
-    #: the upstream response body's transport (its producer) while the body
-    #: is relayed (this exchange is the body's protocol, see ``makeConnection``)
-    body_transport: Any = None
-    timeout = 0.0
-    body: Any = None
-    _progress_mark = 0
-    _busy = False
-    method = b""
-    _answered = False
-    #: the first attempt's request head made by the route's plan (and its
-    #: pool key), sent with the lean client's ``send_head``; None: none
-    head: bytes | None = None
-    key: Any = None
+    # Slots only (no dict), every one set by the constructor.  In a dict,
+    # CPython 3.11 keeps attribute values inline only for the names the
+    # class's instances set first (at most 30, one fewer for every instance
+    # made while earlier ones still add names): names an exchange sets late
+    # or only on some paths (the body's transport, the pending attempt, a
+    # balanced path's ``_busy``, a timeout's) moved every exchange that set
+    # them, request after request, to a dict of its own once many had been
+    # made (see tests/proxy/test_instance_layout.py).
+    __slots__ = (
+        "_answered", "_busy", "_pending", "_progress_mark", "_sends", "body", "body_transport",
+        "client_gone", "context", "done", "due", "head", "key", "method", "opts", "path_query",
+        "pool", "proxy", "request", "response_bytes", "route", "service", "state", "timed_out",
+        "timeout", "tried",
+    )
 
     def __init__(self, proxy: ReverseProxy, request: Any, ctx: RequestContext,
                  service: ProxyService, route: Route, opts: TargetOptions,
@@ -143,19 +137,35 @@ class _Exchange:
         self.service = service
         self.route = route
         self.opts = opts
-        self.identity = ctx.identity
         #: load-balanced path: its pool, the target in use, the targets tried
+        #: (a list once one is)
         self.pool = pool
         self.state = state
-        self.tried: list[str] = []
+        self.tried: list[str] | tuple[()] = ()
         self.path_query = path_query
-        # Read by every request: the instance's own from the start, not a
-        # class attribute (CPython 3.11 does not specialise reading a class
-        # attribute through an instance: a generic lookup each time).
         self.client_gone = False
         self.done = False
         self.response_bytes = 0
         self._sends = 0
+        self.timed_out = False
+        #: the request deadline while it is pending (the deadlines' owner
+        #: protocol, see ``Deadlines.add_owner``): None cancels it, no call
+        self.due: float | None = None
+        self._pending: Any = None  # a Deferred, or the lean client's attempt
+        #: the upstream response body's transport (its producer) while the
+        #: body is relayed (this exchange is the body's protocol, see
+        #: ``makeConnection``)
+        self.body_transport: Any = None
+        self.timeout = 0.0
+        self.body: Any = None
+        self._progress_mark = 0
+        self._busy = False
+        self.method = b""
+        self._answered = False
+        #: the first attempt's request head made by the route's plan (and its
+        #: pool key), sent with the lean client's ``send_head``; None: none
+        self.head: bytes | None = None
+        self.key: Any = None
 
     @property
     def host(self) -> str:
@@ -175,20 +185,26 @@ class _Exchange:
         """Send the request (``url`` and ``headers``, or the plan's ``head``
         set beforehand, see :mod:`nbgateway.proxy.plan`) under its deadline."""
         request = self.request
+        if type(request) is FastRequest and self.state is None:
+            # the HTTP/1.1 fast path, no target to release when it ends: only
+            # the client going away first matters (a plain callback: the
+            # exchange itself, see __call__; reading self._client_lost would
+            # make a bound method through a generic lookup per request);
+            # request.on_lost(self), inline
+            lost = request.lost_hooks
+            if lost:
+                lost.append(self)
+            else:
+                request.lost_hooks = [self]
         # the fast path's request has on_lost/on_finish: no getattr() call
-        has_hooks = (type(request) is FastRequest
-                     or getattr(request, "on_lost", None) is not None)
-        if not has_hooks:
+        elif not (type(request) is FastRequest
+                  or getattr(request, "on_lost", None) is not None):
             finished = request.notifyFinish().addErrback(self._client_lost)
             if self.state is not None:
                 finished.addBoth(self._end_attempt)
         elif self.state is not None:
             request.on_finish(self._request_ended)
         else:
-            # the HTTP/1.1 fast path, no target to release when it ends: only
-            # the client going away first matters (a plain callback: the
-            # exchange itself, see __call__; reading self._client_lost would
-            # make a bound method through a generic lookup per request)
             request.on_lost(self)
         self.timeout = timeout
         self.body = body
@@ -205,7 +221,9 @@ class _Exchange:
 
     def _send(self, agent: Any, url: bytes | None, headers: Headers | None) -> None:
         if self.state is not None and self.pool is not None:
-            self.tried.append(self.state.key)
+            if not self.tried:
+                self.tried = []
+            self.tried.append(self.state.key)  # type: ignore[union-attr]
             self.pool.started(self.state)
             self._busy = True
         # the gateway's LeanAgent: a type check, not a getattr() call
@@ -317,15 +335,22 @@ class _Exchange:
                     response.deliverBody(_Discard())
                     self._send_error(pages.CONNECTION_ERROR, exc)
                     return
-            request.setResponseCode(response.code, response.phrase or None)
+            code = response.code
+            if type(request) is FastRequest:  # request.setResponseCode(...), inline
+                request.code = code
+                phrase = response.phrase
+                request.code_message = phrase if phrase else _RESPONSES.get(
+                    code, b"Unknown Status")
+            else:
+                request.setResponseCode(code, response.phrase or None)
             request.defaultContentType = None
             length = response.length
             # one pass into the client response's headers (no intermediate copy)
             relay_response_headers(
                 request.responseHeaders, headers,
                 length if (isinstance(length, int) and request.method != b"HEAD"
-                           and response.code not in NO_BODY_CODES) else None)
-            request.upstream_status = response.code
+                           and code not in NO_BODY_CODES) else None)
+            request.upstream_status = code
             if type(response) is LeanResponse:
                 response._conn.deliver(self)  # its deliverBody, without the call
             else:

@@ -37,6 +37,7 @@ from typing import Any
 from twisted.web.http_headers import Headers
 
 from nbgateway.dial.http11_wire import split_url
+from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import (
     _always_dropped,
     _tokens,
@@ -118,7 +119,8 @@ class RoutePlan:
         inbound = request.requestHeaders._rawHeaders
         if _TE in inbound:
             return None
-        secure = request.isSecure()
+        # the fast path's request: its own attribute (no method call)
+        secure = request.secure if type(request) is FastRequest else request.isSecure()
         tails = self.tails
         identity = ctx.identity
         tail = tails.get((id(identity), client_ip, host, secure))
