@@ -226,3 +226,73 @@ class EndingTests(unittest.SynchronousTestCase):
             self.assertEqual(h.received(), b"")
             self.assertEqual(h.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN,
                              SSL.RECEIVED_SHUTDOWN)
+
+
+class ResumptionTests(unittest.SynchronousTestCase):
+    """An abbreviated TLS 1.2 handshake (a resumed session): the client's
+    Finished is its last flight and may share a read with its first
+    request; the path starts after that read, the request answered once."""
+
+    def test_resumed_session_with_the_request_behind_the_finished(self):
+        from tests.tls.test_tls_records import TICKETS
+
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_alpn_protos([b"http/1.1"])
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        for records_on in (True, False):
+            first = Harness(self, records_on, client=SSL.Connection(ctx, None), options=TICKETS)
+            self.assertEqual(first.exchange(b"x"), b"1:x")
+            for together in (False, True):
+                again = SSL.Connection(ctx, None)
+                again.set_session(first.client.get_session())
+                again.set_connect_state()
+                h = _Bare(self, records_on, again)
+                with self.assertRaises(SSL.WantReadError):
+                    again.do_handshake()  # the ClientHello
+                h.to_server()
+                again.do_handshake()  # the server's flight: resumed, done here
+                self.assertEqual(lib.SSL_session_reused(again._ssl), 1)
+                if together:
+                    again.send(b"first")  # rides in the read with the Finished
+                h.to_server()
+                if not together:
+                    h.to_server(b"first")
+                server = h.sniffer.inner
+                self.assertEqual(server._records, records_on)
+                self.assertEqual(h.app.got, [b"first"], (records_on, together))
+                self.assertEqual(again.recv(1024), b"5:first")  # (to_server passed it on)
+                h.to_server(b"second")
+                self.assertEqual(again.recv(1024), b"6:second")
+
+
+class _Bare:
+    """A listener connection driven one client flight at a time."""
+
+    def __init__(self, test: unittest.TestCase, records_on: bool, client: SSL.Connection) -> None:
+        from twisted.internet import task
+        from twisted.internet.protocol import Factory
+
+        from nbgateway.tls.dispatch import TLSOrPlainFactory
+        from tests.tls.test_tls_records import ADDR, TICKETS, Echo, Wire
+
+        self.clock = task.Clock()
+        self.app = Echo()
+        factory = TLSOrPlainFactory(TICKETS, Factory.forProtocol(lambda: self.app),
+                                    clock=self.clock)
+        factory.tls_factory._clock = self.clock
+        factory.tls_factory.records = records_on
+        factory.tls_factory.coalesce_tickets = records_on
+        self.wire = Wire()
+        self.sniffer = factory.buildProtocol(ADDR)
+        self.sniffer.makeConnection(self.wire)
+        self.client = client
+
+    def to_server(self, data: bytes | None = None) -> None:
+        if data is not None:
+            self.client.send(data)
+        self.sniffer.dataReceived(self.client.bio_read(1 << 16))
+        self.clock.advance(0)
+        out = self.wire.value()
+        if out:
+            self.wire.clear()
+            self.client.bio_write(out)
