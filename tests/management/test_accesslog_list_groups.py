@@ -1,11 +1,12 @@
-"""Access-log list: the group filter (revision 0023) and the URL sort (revision 0024).
+"""Access-log list: the group filter (0023), the URL sort and the path substring (0024).
 
 On PostgreSQL ``store.access_logs.list`` totals a ``group_id`` filter from
 ``access_log_groups`` (entries per account and captured ``user_groups`` set,
 kept by statement-level triggers) and finds its page by walking the time
 index when the counts say that is cheap; a sort by ``url`` of the account's
 every entry is merged from the first entries of each day of
-``ix_access_log_entries_day_account_url`` plus the entries too long for it.
+``ix_access_log_entries_day_account_url`` plus the entries too long for it,
+and a ``path`` substring's total is counted in that index day by day.
 Every shape is checked against a filter-and-sort of every stored entry in
 Python, on both backends (SQLite counts and sorts as before), after appends,
 a retried batch, retention by age and by row count, the deletion of another
@@ -49,7 +50,7 @@ def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
     out = []
     for i in range(start, start + n):
         path = (LONG + str(i % 3) if i % 11 == 0 else "/é" * 700 if i % 37 == 5
-                else f"/p{i % 6}")
+                else f"/p{i % 6}" + ("_%" if i % 13 == 2 else ""))
         out.append(AccessLogEntry(
             id=f"{account_id}-{i:05d}", account_id=account_id, service_id=f"svc-{i % 3}",
             timestamp=NOW - timedelta(hours=5 * (i // 2), minutes=i % 7),
@@ -62,7 +63,8 @@ def brute(stored: list[AccessLogEntry], q: AccessLogQuery,
           names: dict[str, str]) -> tuple[int, list[str]]:
     """(total, the page's ids) of *q* over *stored*; *names*: group id -> name."""
     rows = [e for e in stored
-            if not q.group_id or names[q.group_id] in (e.user_groups or ())]
+            if (not q.group_id or names[q.group_id] in (e.user_groups or ()))
+            and (not q.path or q.path.lower() in e.path.lower())]
     key = {"timestamp": lambda e: (e.timestamp, e.id),
            "url": lambda e: (e.host.encode(), e.path.encode(), e.id)}[q.sort_by]
     rows.sort(key=key, reverse=q.sort_order == "desc")
@@ -76,6 +78,8 @@ def queries(group_ids: list[str]) -> list[AccessLogQuery]:
     for order in ("desc", "asc"):
         for page, size in ((1, 7), (2, 5), (6, 4), (40, 3), (1, 100)):
             out.append(Q(sort_by="url", sort_order=order, page=page, page_size=size))
+            for path in ("/P1", "xx", "é", "0", "nomatch", "%", "_"):
+                out.append(Q(path=path, sort_order=order, page=page, page_size=size))
             for group_id in group_ids:
                 for sort in ("timestamp", "url"):
                     out.append(Q(group_id=group_id, sort_by=sort, sort_order=order,
@@ -172,13 +176,15 @@ def test_group_filter_and_url_sort_match_brute_force(store, account):
     scenario(store, account)
 
 
-@pytest.mark.parametrize("limits", [(True, 0), (False, 10**6)])
+@pytest.mark.parametrize("limits", [(True, 0, 0), (False, 10**6, 10**6)])
 def test_walked_planned_and_unmerged_pages_give_the_same_answers(store, account, monkeypatch,
                                                                  limits):
     """The group's page walked or planned, the URL page merged per day or
-    planned (past :data:`DAY_MAX`): the same answers."""
+    planned (past :data:`DAY_MAX`), the path's total per day or counted as
+    before (past :data:`MAX_DAYS`): the same answers."""
     monkeypatch.setattr(_accesslog_query, "_walk", lambda need, matching, spread: limits[0])
     monkeypatch.setattr(_accesslog_query, "DAY_MAX", limits[1])
+    monkeypatch.setattr(_accesslog_query, "MAX_DAYS", limits[2])
     scenario(store, account)
 
 
@@ -215,6 +221,10 @@ def test_group_and_url_reads_are_used_on_postgresql(store, account):
         assert any("count(*)" in s for s in statements) != pg
         statements.clear()
         assert store.access_logs.list(account.id, AccessLogQuery(sort_by="url")).data
+        by_day = [s for s in statements if "date_trunc('day'" in s and "LATERAL" in s]
+        assert len(by_day) == (1 if pg else 0)
+        statements.clear()
+        assert store.access_logs.list(account.id, AccessLogQuery(path="p1")).data
         by_day = [s for s in statements if "date_trunc('day'" in s and "LATERAL" in s]
         assert len(by_day) == (1 if pg else 0)
     finally:

@@ -369,15 +369,21 @@ def _day_count(conn: sa.Connection, account_id: str) -> int:
     return 0 if n is None else int(n)
 
 
-def _day_total(account_id: str, conds: list[sa.ColumnElement[bool]]) -> sa.Select[tuple[int]]:
+def _day_total(account_id: str, conds: list[sa.ColumnElement[bool]],
+               url: bool = False) -> sa.Select[tuple[int]]:
     """The entries under *conds*, counted day by day (one index range per day
     of ``ix_access_log_entries_day_account_ip`` for a source IP), summed in
-    one statement."""
+    one statement.  *url*: the days are read in the per-day URL index
+    (index-only: a ``path`` substring is tested on the index's entries, not
+    the table's rows), and the entries too long for it counted apart."""
     d = _days(account_id)
+    short = [sa.text(f"NOT ({_LONG_URL})")] if url else []
     n = (sa.select(sa.func.count().label("n")).select_from(ale)
-         .where(*conds, _day(ale.c.timestamp) == d.c.day).lateral("t"))
-    return sa.select(sa.cast(sa.func.coalesce(sa.func.sum(n.c.n), 0), sa.BigInteger)
-                     ).select_from(d.join(n, sa.true()))
+         .where(*conds, *short, _day(ale.c.timestamp) == d.c.day).lateral("t"))
+    total: sa.ColumnElement[int] = sa.func.coalesce(sa.func.sum(n.c.n), 0)
+    if url:
+        total = total + _count(*conds, sa.text(f"({_LONG_URL})"))
+    return sa.select(sa.cast(total, sa.BigInteger)).select_from(d.join(n, sa.true()))
 
 
 #: the entries revision 0024's per-day URL index cannot hold (host and path
@@ -451,10 +457,8 @@ _URL_OFF = sa.text(
     + ", ".join(f"'{name}'" for name in _URL_SETTINGS) + ")")
 
 
-def _merged(conn: sa.Connection, q: AccessLogQuery, select: sa.Select) -> list[sa.Row]:
-    """The rows of a page merged from per-day reads (:func:`_day_page`)."""
-    if q.sort_by != "url":
-        return _without_jit(conn, select)
+def _with_url_settings(conn: sa.Connection, select: sa.Select) -> list[sa.Row]:
+    """*select*'s rows, planned with :data:`_URL_SETTINGS` (reset after it)."""
     conn.execute(_URL_ON)
     try:
         return list(conn.execute(select).all())
@@ -462,16 +466,26 @@ def _merged(conn: sa.Connection, q: AccessLogQuery, select: sa.Select) -> list[s
         conn.execute(_URL_OFF)
 
 
+def _merged(conn: sa.Connection, q: AccessLogQuery, select: sa.Select) -> list[sa.Row]:
+    """The rows of a page merged from per-day reads (:func:`_day_page`)."""
+    if q.sort_by != "url":
+        return _without_jit(conn, select)
+    return _with_url_settings(conn, select)
+
+
 def _by_day(store: Store, q: AccessLogQuery) -> str | None:
-    """Which of revision 0020's per-day reads answers *q* (PostgreSQL): "ip"
-    (a source IP, optionally in a time range: the total and the page in any
-    order), "duration" (a sort of the account's every entry), or None."""
+    """Which of revisions 0020 and 0024's per-day reads answers *q*
+    (PostgreSQL): "ip" (a source IP, optionally in a time range: the total
+    and the page in any order), "duration" or "url" (a sort of the account's
+    every entry), "path" (a path substring alone: the total), or None."""
     if store.dialect != "postgresql":
         return None
     if q.source_ip and _only(q, "source_ip", "start_date", "end_date"):
         return "ip"
     if q.sort_by in ("duration", "url") and _only(q):
         return q.sort_by
+    if q.path and _only(q, "path"):
+        return "path"  # the total only (the page is planned as before)
     return None
 
 
@@ -623,12 +637,15 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
                 rows = conn.execute(page_of(conds)).all()
         elif by_day is not None:
             days = _day_count(conn, account_id)
-            total = int(conn.execute(
-                _day_total(account_id, conds) if by_day == "ip" and days <= MAX_DAYS
-                else _total(store, account_id, q, conds)).scalar_one())
+            if by_day == "path" and days <= MAX_DAYS:
+                total = int(_with_url_settings(conn, _day_total(account_id, conds, url=True))[0][0])
+            else:
+                total = int(conn.execute(
+                    _day_total(account_id, conds) if by_day == "ip" and days <= MAX_DAYS
+                    else _total(store, account_id, q, conds)).scalar_one())
             if offset >= total:
                 rows = []
-            elif days * (offset + q.page_size) <= DAY_MAX:
+            elif by_day != "path" and days * (offset + q.page_size) <= DAY_MAX:
                 rows = _merged(conn, q, _day_page(account_id, q, conds, offset))
             else:
                 rows = conn.execute(page_of(conds)).all()
