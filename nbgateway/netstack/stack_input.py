@@ -187,7 +187,20 @@ class StackInput:
             self._coalescing = False
             if outer:
                 self._batch_wakeup = False
-                self.wakeup()
+                # wakeup, inlined for its common case: the timer is armed at or
+                # before the first entry of TCP's heap and no reassembly or
+                # ping waits (anything else: wakeup itself).  A stale or
+                # closed first entry needs nothing either: every live deadline
+                # is at or after it (the timer then fires early and re-arms, as
+                # wakeup's own early timers do)
+                timer_at = self._timer_at
+                try:
+                    heap = self.tcp._heap
+                except AttributeError:  # a TCP layer of another kind (tests): ask it
+                    heap = None
+                if timer_at is None or not heap or timer_at > heap[0][0] or self._closed \
+                        or self.fragments.table or self.icmp.pending_pings:
+                    self.wakeup()
             # uncork(), inlined
             depth = self._cork_depth = self._cork_depth - 1
             if depth <= 0:

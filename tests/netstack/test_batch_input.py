@@ -150,3 +150,98 @@ def test_the_inline_ipv4_header_checksum_agrees_with_wire_ipv4_parse():
         before = stack.counters["drop_ip4_bad_checksum"]
         stack.packetReceived(pkt, KEY)
         assert stack.counters["drop_ip4_bad_checksum"] - before == bad, (i, pkt[:20].hex())
+
+
+def test_the_timer_after_a_batch_is_what_wakeup_arms():
+    """The batch's closing wakeup runs inline when the timer is armed at or
+    before the first entry of TCP's heap (live or not: every live deadline is
+    at or after it); a later timer, no timer, or a reassembly waiting go
+    through ``wakeup`` itself, which also drops stale and closed first
+    entries.  The timer is never later than the first live deadline."""
+    import heapq
+
+    from nbgateway.netstack.tcp_const import CLOSED
+    from nbgateway.netstack.tcp_wire import SYN
+
+    from .test_coalesce import CPORT, PORT, Peer
+
+    p = Peer(ME4, PEER4)
+    p.handshake()
+    stack, conn = p.stack, p.conns[0]
+    heap = stack.tcp._heap
+
+    def arm(delay: float | None) -> None:
+        if stack._timer is not None:
+            stack._timer.cancel()
+            stack._timer = stack._timer_at = None
+        if delay is not None:
+            stack._timer = p.clock.callLater(delay, stack._fire)
+            stack._timer_at = p.clock.seconds() + delay
+
+    def batch(before=None) -> None:
+        p.clock.advance(1.0)  # what is due fires first (the last batch's delayed ACK)
+        p.rec.take()
+        if before is not None:
+            before()
+        stack.packetsReceived([p.segment(b"x")], KEY)
+        p.seq += 1
+
+    batch()
+    assert stack._timer_at == stack.next_deadline() == conn.heap_at  # armed by the batch
+    # armed earlier than needed: kept (it fires early and re-arms)
+    batch(lambda: arm(0.0001))
+    assert stack._timer_at == p.clock.seconds() + 0.0001 < stack.next_deadline()
+    # armed later than the first deadline: moved to it
+    batch(lambda: arm(999))
+    assert stack._timer_at == stack.next_deadline() < p.clock.seconds() + 1
+    # no timer armed: armed
+    batch(lambda: arm(None))
+    assert stack._timer is not None and stack._timer_at == stack.next_deadline()
+
+    # a stale first entry (earlier than anything live): dropped, not used
+    def stale() -> None:
+        arm(999)
+        heapq.heappush(heap, (p.clock.seconds() + 0.00001, -1, conn))
+
+    batch(stale)
+    assert heap[0][2].heap_at == heap[0][0]
+    assert stack._timer_at == stack.next_deadline() == conn.heap_at
+    # a closed connection's entry first: dropped as well
+    other = Peer(ME4, PEER4)  # (a connection object of another stack, closed)
+    other.handshake()
+    gone = other.conns[0]
+
+    def closed() -> None:
+        arm(999)
+        gone.state = CLOSED
+        gone.heap_at = p.clock.seconds() + 0.00001
+        heapq.heappush(heap, (gone.heap_at, -2, gone))
+
+    batch(closed)
+    assert heap[0][2] is not gone and stack._timer_at == stack.next_deadline() == conn.heap_at
+
+    # a stale first entry after an early timer: nothing to do (the timer
+    # fires first, and the entry goes when it does)
+    def stale_after_early() -> None:
+        arm(0.00001)
+        heapq.heappush(heap, (p.clock.seconds() + 0.00002, -3, conn))
+
+    batch(stale_after_early)
+    assert stack._timer_at == p.clock.seconds() + 0.00001 < stack.next_deadline()
+    p.clock.advance(0.00001)  # fires early: re-armed at the live deadline
+    assert stack._timer_at == stack.next_deadline() == conn.heap_at
+
+    # a reassembly waiting (the timer armed far out): through wakeup
+    def fragment() -> None:
+        frag = build_tcp(PEER4, ME4, CPORT + 1, PORT, seq=1, flags=SYN)
+        first = bytearray(frag[:28])
+        first[2:4] = (28).to_bytes(2, "big")
+        first[6] = 0x20  # more fragments, offset 0
+        first[10:12] = b"\0\0"
+        first[10:12] = internet_checksum(bytes(first[:20])).to_bytes(2, "big")
+        stack.packetReceived(bytes(first), KEY)
+        assert stack.fragments.table
+        arm(999)
+
+    batch(fragment)
+    assert stack.fragments.table and stack._timer_at == stack.next_deadline()
