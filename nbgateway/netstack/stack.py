@@ -86,7 +86,8 @@ class Stack(StackInput, StackOutput):
     # without slots every account's stack carried its own ~1.6 KiB dict
     __slots__ = (
         "_addr_sums", "_batch_wakeup", "_cache", "_closed", "_coalescing", "_cork_depth",
-        "_corked", "_counters", "_first", "_ident", "_ident6", "_local", "_peer_keys", "_rx4",
+        "_corked", "_counters", "_dst_sender", "_first", "_ident", "_ident6", "_local",
+        "_peer_keys", "_rx4",
         "_tcp_fast", "_timer", "_timer_at", "addresses", "clock", "coalesce", "coalescer",
         "filter",
         "fragment_output", "fragments", "icmp", "icmp_host_unreachable", "mtu", "sender", "tcp",
@@ -126,6 +127,11 @@ class Stack(StackInput, StackOutput):
         if mtu < 1280 and any(a.version == 6 for a in addrs):
             raise ValueError("IPv6 needs an MTU of at least 1280 (RFC 8200 5)")
         self.sender = sender
+        #: the sender if its sendPacket takes the IPv4 destination the caller
+        #: wrote (``packet_sender_takes_dst``: the WireGuard device, which then
+        #: does not read it back from the packet); Connection.send passes it
+        #: only while ``sender`` is still this object
+        self._dst_sender = sender if getattr(sender, "packet_sender_takes_dst", False) else None
         self.clock = clock
         self.mtu = mtu
         self.ttl = ttl

@@ -368,8 +368,11 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                             0, _TS_WORD, ts_val, ts_ecr) + data
                         if stack._cork_depth:
                             stack._corked.append(packet)
-                        elif not stack.sender.sendPacket(packet):  # as uncork() would
-                            fast.counters["tx_refused"] += 1
+                        else:  # as uncork() would; the device takes the destination
+                            sender = stack.sender
+                            if not (sender.sendPacket(packet, remote)
+                                    if sender is stack._dst_sender else sender.sendPacket(packet)):
+                                fast.counters["tx_refused"] += 1
                     else:
                         ts_val = (_floor(now * 1000.0) + self.ts_offset) & MASK if self.ts_ok \
                             else None

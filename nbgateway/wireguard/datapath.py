@@ -229,17 +229,26 @@ class TransportPath:
 
     # ------------------------------------------------------------------ packets out
 
-    def sendPacket(self, packet: bytes) -> bool:
+    #: :meth:`sendPacket` takes the IPv4 destination its caller wrote
+    #: (the netstack's fused output passes it: ``Stack._dst_sender``)
+    packet_sender_takes_dst = True
+
+    def sendPacket(self, packet: bytes, dst: bytes | None = None) -> bool:
         """Encrypt one plaintext IP packet to the peer that owns its destination;
         False if it was dropped (see :meth:`sendPackets`).
 
         An IPv4 packet to a cached route whose peer has a fresh current
         session (nothing staged, no rekey due) is encrypted and sent here,
         as :meth:`sendPackets` does for a run of one (a lone response segment
-        of the netstack's fused output); anything else goes through it."""
+        of the netstack's fused output); anything else goes through it.
+        ``dst``: the packet's IPv4 destination (4 raw bytes), given by a
+        caller that wrote it into the header (the packet is then IPv4 with
+        that destination): the route is looked up without reading it back."""
         n = len(packet)
-        if n >= 20 and (packet[0] == 0x45 or packet[0] >> 4 == 4):
-            peer = self._route_cache.get(packet[16:20])
+        if dst is None and n >= 20 and (packet[0] == 0x45 or packet[0] >> 4 == 4):
+            dst = packet[16:20]
+        if dst is not None:
+            peer = self._route_cache.get(dst)
             if peer is not None:
                 kp = peer.current
                 now = self._seconds()

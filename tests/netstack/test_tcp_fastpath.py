@@ -817,3 +817,51 @@ def test_predicted_text_is_delivered_as_bytes_whatever_the_payload_type():
         conn._receive_text(conn.rcv_nxt, payload, now)
         kind, data = user.events[-1]
         assert kind == "data" and type(data) is bytes and data == bytes(payload)
+
+
+class _DstRecorder(PacketRecorder):
+    """A sender whose sendPacket takes the destination the caller wrote."""
+
+    packet_sender_takes_dst = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsts: list = []
+
+    def sendPacket(self, packet: bytes, dst: bytes | None = None) -> bool:
+        if dst is not None:
+            assert dst == packet[16:20] and packet[0] == 0x45
+        self.dsts.append(dst)
+        return super().sendPacket(packet)
+
+
+def test_the_fused_send_gives_the_destination_to_a_sender_that_takes_it(monkeypatch):
+    """The inline IPv4 send hands a sender that declares
+    ``packet_sender_takes_dst`` (the WireGuard device) the destination it
+    wrote, with the same packets as the general path; a sender that does not
+    declare it, or one swapped in after the stack was made, gets the packet
+    alone."""
+    import sys
+
+    monkeypatch.setattr(Connection, "_fast_path", _fast_path_unless_full)
+    monkeypatch.setattr(sys.modules[__name__], "PacketRecorder", _DstRecorder)
+    twin = Twin("100.64.0.1", "100.64.0.2", ts=True)
+    fused = twin.stacks[0]
+    assert fused._dst_sender is fused.sender
+    for i in range(5):
+        twin.feed([twin.send(b"GET /%d" % i)])
+        twin.advance(0.0001)
+        fused.sender.dsts.clear()
+        [seg] = twin.write(b"R" * (100 + i))
+        assert seg.payload == b"R" * (100 + i)
+        # (the first response goes through tcp_fast.emit, which computes the
+        # connection's constants for the inline one)
+        assert fused.sender.dsts == [None if i == 0 else bytes([100, 64, 0, 2])]
+        twin.ack_all()
+    # swapped for a sender that takes no destination: the packet alone
+    plain = PacketRecorder.__mro__[1]()  # the stock PacketRecorder
+    fused.sender = plain
+    twin.feed([twin.send(b"GET /last")])
+    twin.advance(0.0001)
+    [seg] = twin.write(b"R" * 50)
+    assert seg.payload == b"R" * 50

@@ -268,7 +268,8 @@ def test_send_packet_encrypts_as_a_send_packets_run_of_one():
     for size in (0, 1, 15, 16, 17, 100, 700):
         packet = ipv4_packet("10.0.0.10", "10.0.0.1", b"p" * size)
         results = []
-        for send in (lambda p: g.sendPackets([p]) == 1, g.sendPacket):
+        for send in (lambda p: g.sendPackets([p]) == 1, g.sendPacket,
+                     lambda p: g.sendPacket(p, bytes([10, 0, 0, 1]))):
             kp = peer.current
             start = kp.send_counter
             peer.timers.new_handshake = peer.timers.send_keepalive = None
@@ -279,13 +280,18 @@ def test_send_packet_encrypts_as_a_send_packets_run_of_one():
                             g.counters["data_tx"] - data_tx, peer.timers.send_keepalive,
                             peer.timers.new_handshake is not None))
             kp.send_counter = start  # the second sender encrypts with the same nonce
-        assert results[0] == results[1]
+        assert results[0] == results[1] == results[2]
         assert results[0][1:4] == (1, len(results[0][0][0][1][0]), 1)
     g.link = real
-    # not taken (an uncached route, IPv6): sendPackets sends it all the same
+    # not taken (an uncached route, IPv6): sendPackets sends it all the same,
+    # routed by the packet's own header whether the destination is given or not
     g._route_cache.clear()
     cap = g.link = Capture()
     assert g.sendPacket(ipv4_packet("10.0.0.10", "10.0.0.1", b"x"))
+    g._route_cache.clear()
+    assert g.sendPacket(ipv4_packet("10.0.0.10", "10.0.0.1", b"y"), bytes([10, 0, 0, 1]))
     assert g.sendPacket(ipv4_packet("10.0.0.10", "10.0.0.99", b"x")) is False  # no route
-    assert len(cap.calls) == 1
+    assert g.sendPacket(ipv4_packet("10.0.0.10", "10.0.0.99", b"x"), b"\x0a\0\0\x63") is False
+    assert len(cap.calls) == 2
+    assert g.packet_sender_takes_dst
     g.link = real
