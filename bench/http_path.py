@@ -20,9 +20,11 @@ access-log entry per request).
 
 ``--upstream lean`` replaces the answering agent with the gateway's own
 upstream HTTP/1.1 client (:mod:`nbgateway.dial.http11`: request head, pooled
-keep-alive connection, llhttp parser, response relay) over in-memory
-connections; the upstream's answers arrive after the client's write (as in a
-later reactor turn).
+keep-alive connection, llhttp parser, response relay) behind production's
+pools (:class:`~nbgateway.dial.pool.UpstreamPools`: the agent looked up per
+request, the request deadlines on the pools' timer) and the account's one
+dialer, over in-memory connections; the upstream's answers arrive after the
+client's write (as in a later reactor turn).
 
 ``--inflight N`` keeps N requests in flight at once (N keep-alive
 connections each send a request, then the upstream answers all N), which is
@@ -214,9 +216,9 @@ def heads(n: int) -> tuple[list[bytes], list[bytes] | None]:
 
 class _UpstreamWire(StringTransport):
     """The client side of an in-memory upstream connection: each complete
-    request head queues one response for :meth:`LeanPools.flush`."""
+    request head queues one response for the lean pools' ``flush``."""
 
-    def __init__(self, pools: LeanPools) -> None:
+    def __init__(self, pools: Any) -> None:
         super().__init__()
         self.pools = pools
         self.protocol: Any = None
@@ -231,40 +233,51 @@ class _UpstreamWire(StringTransport):
             self.pools.queue.append(self.protocol)
 
 
-class LeanPools:
-    """The gateway's upstream client over in-memory connections."""
+class _MemoryDialer:
+    """The account's dialer (``IUpstreamDialer``): in-memory connections."""
 
-    def __init__(self, clock: Any) -> None:
-        from nbgateway.dial.http11 import ConnectionPool, LeanAgent
+    def __init__(self, pools: Any) -> None:
+        self.pools = pools
 
-        self.queue: list[Any] = []
-        self.dials = 0
-        #: the answers in turn (``--vary``); None: ANSWER[0] each
-        self.answers: Any = None
-        self.the_agent = LeanAgent(ConnectionPool(clock, 64, 90.0), self._endpoint)
-
-    def _endpoint(self, host: str, port: int, tls: bool) -> Any:
-        outer = self
+    def endpoint(self, host: str, port: int, timeout: float) -> Any:
+        pools = self.pools
 
         class Endpoint:
             def connect(self, factory: Any) -> defer.Deferred[Any]:
-                outer.dials += 1
+                pools.dials += 1
                 proto = factory.buildProtocol(None)
-                wire = _UpstreamWire(outer)
+                wire = _UpstreamWire(pools)
                 wire.protocol = proto
                 proto.makeConnection(wire)
                 return defer.succeed(proto)
 
         return Endpoint()
 
-    def agent(self, *_a: Any, **_kw: Any) -> Any:
-        return self.the_agent
 
-    def flush(self) -> None:
-        queue, self.queue = self.queue, []
-        answers = self.answers
-        for proto in queue:
-            proto.dataReceived(ANSWER[0] if answers is None else next(answers))
+def _lean_pools(clock: Any) -> Any:
+    """The gateway's own upstream pools (:class:`~nbgateway.dial.pool.UpstreamPools`:
+    the agent per account and dial mode, the proxy's request deadlines on
+    the pools' timer, as in production) over in-memory connections (the
+    dialer's endpoints)."""
+    from nbgateway.dial.pool import UpstreamPools
+
+    class LeanPools(UpstreamPools):
+        def __init__(self) -> None:
+            super().__init__(clock, max_idle_per_host=64)
+            self.queue: list[Any] = []
+            self.dials = 0
+            #: the answers in turn (``--vary``); None: ANSWER[0] each
+            self.answers: Any = None
+            #: the account's dialer (the proxy's dialer_for answers it)
+            self.dialer = _MemoryDialer(self)
+
+        def flush(self) -> None:
+            queue, self.queue = self.queue, []
+            answers = self.answers
+            for proto in queue:
+                proto.dataReceived(ANSWER[0] if answers is None else next(answers))
+
+    return LeanPools()
 
 
 class Sent(StringTransport):
@@ -311,8 +324,9 @@ def build_site(fast: bool, lean: bool) -> tuple[Any, Sink, Any, Any]:
     table = ServiceTable()
     table.entries[m.domain] = entry_from_mapping(m)
     gate = PrivateGate(TunnelValidationCache(Mgmt(), clock), lambda a, ip: True)
-    pools: Any = LeanPools(clock) if lean else Pools()
-    proxy = ReverseProxy(clock, pools, lambda a, d: object(), clock=clock)
+    pools: Any = _lean_pools(clock) if lean else Pools()
+    dialer = pools.dialer if lean else object()  # the account's (one object)
+    proxy = ReverseProxy(clock, pools, lambda a, d: dialer, clock=clock)
     sink = Sink()
     res = GatewayResource(lookup=table.lookup, proxy=proxy, gate=gate,
                           listener_account="acct", access_log=sink, clock=clock,
@@ -445,10 +459,10 @@ def _self_signed() -> bytes:
 def run(fast: bool, requests: int, pipeline: int, inflight: int = 1,
         lean: bool = False) -> float:
     channels, transports, sink, pools = build(fast, inflight, lean)
-    agent = pools.the_agent
-    data = REQUEST * pipeline
     if lean:
         return _run_lean(channels, transports, sink, pools, requests, inflight)
+    agent = pools.the_agent
+    data = REQUEST * pipeline
     for channel in channels:
         channel.dataReceived(REQUEST)  # warm: the gate's cache, the routes
     agent.hold = inflight > 1
@@ -482,7 +496,7 @@ def run(fast: bool, requests: int, pipeline: int, inflight: int = 1,
     return cpu * 1e6 / (writes * pipeline * inflight)
 
 
-def _run_lean(channels: list[Any], transports: list[Sent], sink: Sink, pools: LeanPools,
+def _run_lean(channels: list[Any], transports: list[Sent], sink: Sink, pools: Any,
               requests: int, inflight: int) -> float:
     """Requests through the real upstream client (one request per write)."""
     for channel in channels:
