@@ -207,10 +207,12 @@ class Deadlines:
         fifo = self._fifos[delay] = _Fifo(self)
         return fifo
 
-    def add_owner(self, delay: float, owner: Owner) -> None:
+    def add_owner(self, delay: float, owner: Owner, now: float | None = None) -> None:
         """Call ``owner.deadline_expired()`` ``delay`` seconds from now unless
-        ``owner.due`` is set to None first (see the module docstring)."""
-        when = self.clock.seconds() + delay
+        ``owner.due`` is set to None first (see the module docstring).
+        ``now``: this clock's time when the caller just read it (None: read
+        here)."""
+        when = (self.clock.seconds() if now is None else now) + delay
         fifo = self._fifos.get(delay)
         if fifo is None:
             fifo = self._fifo(delay)

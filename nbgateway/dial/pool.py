@@ -133,11 +133,12 @@ class UpstreamPools:
                          skip_verify: bool) -> _DialerEndpointFactory:
         return _DialerEndpointFactory(dialer, timeout, skip_verify, self.tls_creator)
 
-    def agent(self, account_id: str, dialer: Any, *, direct: bool, skip_verify: bool,
+    def agent(self, account_id: str, dialer: Any, direct: bool, skip_verify: bool,
               timeout: float) -> LeanAgent:
         """An agent dialing with ``dialer`` (dial timeout ``timeout``) that
         reuses the pooled connections of this account/mode (cached: the same
-        arguments give the same Agent)."""
+        arguments give the same Agent).  The proxy calls it per request with
+        positional arguments (keywords cost the call more)."""
         key = (account_id, direct, skip_verify, id(dialer), timeout)
         cached = self._agents.get(key)
         if cached is not None and cached[0] is dialer:

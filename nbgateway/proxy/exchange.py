@@ -130,7 +130,7 @@ class _Exchange:
     def __init__(self, proxy: ReverseProxy, request: Any, ctx: RequestContext,
                  service: ProxyService, route: Route, opts: TargetOptions,
                  pool: TargetPool | None = None, state: TargetState | None = None,
-                 path_query: tuple[str, str] = ("", "")) -> None:
+                 path_query: tuple[str, str | bytes] = ("", "")) -> None:
         self.proxy = proxy
         self.request = request
         self.context = ctx
@@ -209,7 +209,10 @@ class _Exchange:
         self.timeout = timeout
         self.body = body
         self.method = method
-        self.proxy.deadlines.add_owner(timeout, self)  # sets self.due
+        # sets self.due; from the upstream start the proxy has just read off
+        # its clock, which is the deadlines' (see ReverseProxy.__init__):
+        # not a second clock read
+        self.proxy.deadlines.add_owner(timeout, self, self.context.upstream_started)
         head = self.head
         if head is None or self.state is not None or type(agent) is not LeanAgent:
             self._send(agent, url, headers)
@@ -448,8 +451,10 @@ class _Exchange:
         nxt = pool.pick(self.proxy.clock.seconds(), exclude=self.tried)
         if nxt is None:
             return False
-        prepared = self.proxy.prepare(self.request, self.context, self.service, nxt.route,
-                                      *self.path_query)
+        path, query = self.path_query  # the query as the proxy got it: bytes or text
+        prepared = self.proxy.prepare(self.request, self.context, self.service, nxt.route, path,
+                                      query.decode("latin-1") if isinstance(query, bytes)
+                                      else query)
         if not isinstance(prepared, tuple):
             return False
         agent, url, headers, opts, _timeout = prepared

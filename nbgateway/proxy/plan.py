@@ -109,9 +109,10 @@ class RoutePlan:
         self.eligible = eligible
 
     def head(self, request: Any, ctx: Any, method: bytes, raw_path: bytes, path: str,
-             query: bytes, query_s: str, body: Any) -> bytes | None:
+             query: bytes, query_s: str | None, body: Any) -> bytes | None:
         """The request line and header block for the upstream, or None: this
-        request goes the general way."""
+        request goes the general way.  ``query_s``: the query decoded (None:
+        decoded here if the target needs it as text)."""
         host = ctx.host
         client_ip = ctx.source_ip
         if not host or not client_ip:
@@ -136,6 +137,8 @@ class RoutePlan:
             # fails as an int, an exception made and cleared per request)
             target = raw_path + b"?" + query if query else raw_path
         else:
+            if query_s is None:
+                query_s = query.decode("latin-1")
             target = outgoing_path(self.route, path, query_s,
                                    self.opts.path_rewrite).encode("latin-1")
         connection = inbound.get(_CONNECTION)

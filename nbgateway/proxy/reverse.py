@@ -148,7 +148,9 @@ class ReverseProxy:
         self.balancers = Balancers(self.clock)
         #: the request deadlines (dial + wait for the response head), one
         #: timer: the pools' (shared with their idle timeouts, stopped when
-        #: they close) when they run on the same clock
+        #: they close) when they run on the same clock.  Always on this
+        #: proxy's clock: an exchange arms its deadline from the upstream
+        #: start read off it (``ctx.upstream_started``)
         shared = getattr(pools, "deadlines", None)
         self.deadlines: Deadlines = (
             shared if isinstance(shared, Deadlines) and shared.clock is self.clock
@@ -272,7 +274,6 @@ class ReverseProxy:
             pages.send_page(request, checked, destination=route.target)
             return server.NOT_DONE_YET
         opts, dialer = checked
-        query_s = query.decode("latin-1")
         # self.timeout_for(opts), inline
         timeout = opts.request_timeout if opts.request_timeout > 0 else self.default_timeout
         cap = self.max_dial_timeout
@@ -280,7 +281,8 @@ class ReverseProxy:
             timeout = cap
         raw_in = request.requestHeaders._rawHeaders
         if _UPGRADE in raw_in and _is_upgrade(request):
-            self._relay_upgrade(request, ctx, route, opts, dialer, path, query_s, pool, state)
+            self._relay_upgrade(request, ctx, route, opts, dialer, path, query.decode("latin-1"),
+                                pool, state)
             return server.NOT_DONE_YET
         limited = not opts.direct_upstream and self.max_inflight > 0
         if limited:
@@ -297,8 +299,9 @@ class ReverseProxy:
                           else getattr(request, "body_stream", None)) is None
                          and _CONTENT_LENGTH not in raw_in and _TRANSFER_ENCODING not in raw_in)
                 else _request_body(request))
-        agent = self.pools.agent(service.account_id, dialer, direct=opts.direct_upstream,
-                                 skip_verify=opts.skip_tls_verify, timeout=timeout)
+        # positional: (account_id, dialer, direct, skip_verify, timeout)
+        agent = self.pools.agent(service.account_id, dialer, opts.direct_upstream,
+                                 opts.skip_tls_verify, timeout)
         head = None
         if type(agent) is LeanAgent or getattr(agent, "send_head", None) is not None:
             # the route's plan: the head as one bytes join (see proxy.plan)
@@ -306,16 +309,18 @@ class ReverseProxy:
             if plan is None or plan.route is not route or plan.service is not service:
                 plan = self._plan(route, service, opts)
             if plan.eligible:
-                head = plan.head(request, ctx, request.method, raw_path, path, query, query_s,
-                                 body)
+                # the query decoded only where the plan needs it as text
+                head = plan.head(request, ctx, request.method, raw_path, path, query, None, body)
+        # (path, query as bytes): a retry on another target decodes the query
         exchange = _Exchange(self, request, ctx, service, route, opts, pool, state,
-                             (path, query_s))
+                             (path, query))
         if head is not None:
             url = headers = None
             exchange.head = head
             exchange.key = plan.key
         else:
-            url, headers = self._url_headers(request, ctx, service, route, opts, path, query_s)
+            url, headers = self._url_headers(request, ctx, service, route, opts, path,
+                                             query.decode("latin-1"))
         ctx.upstream_started = self.clock.seconds()
         exchange.start(agent, request.method, url, headers, body, timeout)
         return server.NOT_DONE_YET

@@ -499,3 +499,20 @@ def test_random_owner_schedule_matches_a_reference():
     for i, at in fired:
         assert at >= expected[i] - 1e-9
     assert clock.getDelayedCalls() == [] and len(dl) == 0
+
+
+def test_an_owner_deadline_counts_from_the_time_the_caller_read():
+    """``add_owner(delay, owner, now)``: the caller's reading of the clock
+    (the proxy's upstream start) is the start; without one, the clock's."""
+    clock = task.Clock()
+    clock.advance(10.0)
+    dl = Deadlines(clock)
+    fired: list = []
+    given, read = _Owner(clock, fired, "given"), _Owner(clock, fired, "read")
+    dl.add_owner(5.0, given, 9.0)
+    dl.add_owner(5.0, read)
+    assert (given.due, read.due) == (14.0, 15.0)
+    clock.advance(4.0)
+    assert fired == [("given", 14.0)]
+    clock.advance(1.0)
+    assert fired == [("given", 14.0), ("read", 15.0)]

@@ -105,6 +105,23 @@ class BalancedProxyTests(unittest.TestCase):
         self.assertFalse(st_b.probation)
 
     @defer.inlineCallbacks
+    def test_a_retried_get_keeps_its_query(self):
+        """The proxy hands the exchange the query as bytes; a retry on
+        another target decodes it (the same target URI as the first try)."""
+        self.add(max_failures=1, backoff=duration_pb2.Duration(seconds=10))
+        for _ in range(3):  # warm: keep-alive connections to all three
+            status, _, _ = yield self.get("/")
+            self.assertEqual(status, 200)
+        yield self.ups[1].kill()
+        uris = []
+        for _ in range(4):
+            status, _, body = yield self.get("/x?a=1&b=%C3%A9+z")
+            self.assertEqual(status, 200)
+            uris.append(json.loads(body)["uri"])
+        self.assertEqual(self.h.proxy.balancers.get("svc1", "/").states[1].ejections_total, 1)
+        self.assertEqual(sorted(set(uris)), ["/a/x?a=1&b=%C3%A9+z", "/c/x?a=1&b=%C3%A9+z"])
+
+    @defer.inlineCallbacks
     def test_post_to_dead_target_is_502_and_never_retried(self):
         self.add(max_failures=5)
         b, c = self.ups[1:]
