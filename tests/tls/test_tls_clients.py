@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from twisted.internet import defer, reactor, threads, utils
+from twisted.internet import defer, protocol, reactor, threads, utils
 from twisted.trial import unittest
 from twisted.web import resource, server
 
@@ -41,7 +41,12 @@ class Hello(resource.Resource):
         return b"hello %s %d %s" % (seen[0].encode(), seen[1], request.path)
 
 
-class RealClientTests(unittest.TestCase):
+class _Listening:
+    """A listener per call of :meth:`listen`.  A connection's first request
+    can arrive in the read that completes the handshake (TLS 1.3: right
+    behind the client's Finished) and is then read by Twisted's path before
+    the record path starts: only later requests are checked to be on it."""
+
     def listen(self, records_on: bool) -> int:
         tmp = self.mktemp()
         store = CertificateStore(None, None, tmp + "/data", default_name=NAME)
@@ -54,6 +59,8 @@ class RealClientTests(unittest.TestCase):
         self.addCleanup(listener.stopListening)
         return listener.getHost().port
 
+
+class RealClientTests(_Listening, unittest.TestCase):
     @defer.inlineCallbacks
     def test_curl_keep_alive_tls12_suites_and_tls13(self):
         cases = [("--tls-max", "1.2", "--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"),
@@ -70,9 +77,12 @@ class RealClientTests(unittest.TestCase):
                     *urls], env={})
                 self.assertEqual(code, 0, err)
                 version = "TLSv1.3" if case == ("--tlsv1.3",) else "TLSv1.2"
-                want = "".join(f"hello {version} {int(records_on)} /r{i}|{1 if i == 0 else 0}\n"
-                               for i in range(3))
-                self.assertEqual(out.decode(), want, (records_on, case))
+                lines = out.decode().splitlines()
+                self.assertEqual(len(lines), 3, out)
+                first = lines[0].replace(" 0 /r0|", f" {int(records_on)} /r0|")
+                want = [f"hello {version} {int(records_on)} /r{i}|{1 if i == 0 else 0}"
+                        for i in range(3)]
+                self.assertEqual([first, *lines[1:]], want, (records_on, case))
 
     @defer.inlineCallbacks
     def test_python_ssl_pipelined_requests_and_close_notify(self):
@@ -81,7 +91,8 @@ class RealClientTests(unittest.TestCase):
             for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
                 got, unwrapped = yield threads.deferToThread(_pipelined, port, version)
                 name = "TLSv1.2" if version == ssl.TLSVersion.TLSv1_2 else "TLSv1.3"
-                for i in range(4):
+                self.assertRegex(got, b"hello %s [01] /p0" % name.encode())
+                for i in range(1, 4):
                     self.assertIn(b"hello %s %d /p%d" % (name.encode(), records_on, i), got)
                 self.assertTrue(unwrapped)  # the server answered the close_notify
         self.assertTrue(self.hello.seen)
@@ -99,7 +110,7 @@ class RealClientTests(unittest.TestCase):
             out, _err, _code = yield utils.getProcessOutputAndValue("sh", ["-c", script],
                                                                     env={})
             text = out.decode("latin-1")
-            self.assertIn(f"hello TLSv1.2 {int(records_on)} /a", text)
+            self.assertRegex(text, "hello TLSv1.2 [01] /a")
             self.assertIn("RENEGOTIATING", text)
             self.assertIn("no renegotiation", text)
             self.assertNotIn("/b", text.split("RENEGOTIATING", 1)[1])
@@ -128,3 +139,95 @@ def _pipelined(port: int, version: ssl.TLSVersion) -> tuple[bytes, bool]:
         except (ssl.SSLError, OSError):
             unwrapped = False
         return got, unwrapped
+
+
+class _SClient(protocol.ProcessProtocol):
+    """``openssl s_client`` driven step by step: :meth:`send` types a line
+    (a path is sent as an HTTP/1.1 GET of it; ``K``/``k`` are s_client's
+    KeyUpdate commands, asking the server for one back or not) and
+    :meth:`until` waits for text in its output."""
+
+    def __init__(self) -> None:
+        self.out = ""
+        self.waiting: tuple[str, int, defer.Deferred] | None = None
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data.decode("latin-1")
+        if self.waiting is not None and self.out.count(self.waiting[0]) >= self.waiting[1]:
+            d = self.waiting[2]
+            self.waiting = None
+            d.callback(self.out)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        if self.waiting is not None:
+            d = self.waiting[2]
+            self.waiting = None
+            d.errback(AssertionError(f"s_client ended; output:\n{self.out[-1500:]}"))
+        self.ended.callback(None)
+
+    def send(self, line: str) -> None:
+        if line.startswith("/"):
+            self.transport.write(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                                 % (line.encode(), NAME.encode()))
+        else:
+            self.transport.write(line.encode() + b"\n")
+
+    def until(self, text: str, count: int = 1, timeout: float = 20.0) -> defer.Deferred:
+        """Fires once ``text`` appeared ``count`` times in the output."""
+        if self.out.count(text) >= count:
+            return defer.succeed(self.out)
+        d: defer.Deferred = defer.Deferred()
+        self.waiting = (text, count, d)
+        d.addTimeout(timeout, reactor)
+        return d
+
+
+def _spawn_s_client(port: int, *args: str) -> _SClient:
+    proto = _SClient()
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", NAME,
+            *args]
+    reactor.spawnProcess(proto, "/usr/bin/env", ["env", *argv], env={})
+    return proto
+
+
+class RecordEdgeTests(_Listening, unittest.TestCase):
+    """TLS 1.3 KeyUpdate and padded records from ``openssl s_client``, on
+    the record path and on Twisted's."""
+
+    @defer.inlineCallbacks
+    def steps(self, records_on: bool, lines: list[str], *args: str):
+        """Each line typed once the previous one had its effect: a request
+        its answer, a KeyUpdate command s_client's ``KEYUPDATE`` (and the
+        next request's answer shows the server took the new keys and, for
+        ``K``, sent its own KeyUpdate, which s_client needs to read it)."""
+        port = self.listen(records_on)
+        client = _spawn_s_client(port, "-tls1_3", *args)
+        self.addCleanup(lambda: client.ended)
+        yield client.until("Verify return code")  # the handshake is done
+        updates = 0
+        for n, line in enumerate(lines):
+            client.send(line)
+            if n == 0:
+                yield client.until("hello TLSv1.3 ")  # (either path: see _Listening)
+            elif line.startswith("/"):
+                yield client.until(f"hello TLSv1.3 {int(records_on)} {line}")
+            else:
+                updates += 1
+                yield client.until("KEYUPDATE", updates)
+        client.transport.closeStdin()  # s_client sends its close_notify
+        yield client.ended
+        return client.out
+
+    @defer.inlineCallbacks
+    def test_key_update_both_ways_then_more_requests(self):
+        for records_on in (True, False):
+            out = yield self.steps(records_on, ["/a", "K", "/b", "k", "/c", "K", "/d"])
+            self.assertEqual(out.count("KEYUPDATE"), 3)
+
+    @defer.inlineCallbacks
+    def test_padded_records_are_read_through_the_loop(self):
+        for records_on in (True, False):
+            yield self.steps(records_on, ["/a", "/b", "K", "/c"], "-record_padding", "512")
