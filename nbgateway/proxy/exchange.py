@@ -362,11 +362,14 @@ class _Exchange:
                 request.setResponseCode(code, response.phrase or None)
             request.defaultContentType = None
             length = response.length
-            # one pass into the client response's headers (no intermediate copy)
+            # one pass into the client response's headers (no intermediate
+            # copy); the lean client's are made for this response and read by
+            # nothing after: their value lists are moved, not copied
             relay_response_headers(
                 request.responseHeaders, headers,
                 length if (isinstance(length, int) and request.method != b"HEAD"
-                           and code not in NO_BODY_CODES) else None)
+                           and code not in NO_BODY_CODES) else None,
+                type(response) is LeanResponse)
             request.upstream_status = code
             if type(response) is LeanResponse:
                 response._conn.deliver(self)  # its deliverBody, without the call

@@ -419,14 +419,16 @@ def _relay_kind(name: bytes) -> int:
 
 
 def relay_response_headers(target: Headers, upstream: Headers,
-                           content_length: int | None = None) -> None:
+                           content_length: int | None = None, owned: bool = False) -> None:
     """Put the upstream response's headers into the client response's
     ``target`` in one pass: the same result as :func:`filter_response_headers`
     followed by ``target.removeHeader("Server")``, ``setRawHeaders`` per name
     (``addRawHeader`` per ``Set-Cookie`` value) and, with ``content_length``,
     ``setRawHeaders("Content-Length", ...)``; both sides are ``Headers``, so
     names are canonical and values sanitised already and are copied as they
-    are (the equivalence is a test, tests/proxy/test_headers.py)."""
+    are (the equivalence is a test, tests/proxy/test_headers.py).  ``owned``:
+    ``upstream`` is made for this response and read by nothing after (the
+    lean client's): its value lists are moved into ``target``, not copied."""
     raw = target._rawHeaders
     raw.pop(_SERVER_B, None)
     source = upstream._rawHeaders
@@ -442,7 +444,7 @@ def relay_response_headers(target: Headers, upstream: Headers,
         if kind == _RELAY_APPEND:
             raw.setdefault(name, []).extend(values)
         else:
-            raw[name] = list(values)
+            raw[name] = values if owned else list(values)
     if content_length is not None:
         raw[_CONTENT_LENGTH] = [b"%d" % content_length]
 

@@ -312,6 +312,43 @@ def test_relay_response_headers_equals_the_header_by_header_copy():
             assert all(values is not v for _, v in upstream.getAllRawHeaders())
 
 
+def test_relay_of_an_owned_upstream_moves_its_lists_with_the_same_result():
+    """``owned`` (the lean client's headers, made for one response): the same
+    client headers as the header-by-header copy, the copied value lists
+    moved (not copied), Set-Cookie values still appended to the client's."""
+    import random
+
+    from nbgateway.proxy.headers import relay_response_headers
+
+    rng = random.Random(21)
+    names = ["Content-Type", "content-length", "Server", "Date", "Set-Cookie", "Connection",
+             "Keep-Alive", "X-Drop", "ETag", "Location", "Vary", "Transfer-Encoding"]
+    for _ in range(300):
+        pairs = []
+        for _ in range(rng.randrange(0, 10)):
+            name = rng.choice(names)
+            value = (rng.choice(["close", "close, X-Drop", "x-drop, etag"])
+                     if name == "Connection" else rng.choice(["1", "a=b", "text/html", "v v"]))
+            pairs.append((name, value))
+        upstream, oracle = Headers(), Headers()
+        for name, value in pairs:
+            upstream.addRawHeader(name, value)
+            oracle.addRawHeader(name, value)
+        lists = {name: values for name, values in upstream.getAllRawHeaders()}
+        got, want = Headers(), Headers()
+        for h in (got, want):
+            h.setRawHeaders(b"server", [b"TwistedWeb"])
+            h.addRawHeader(b"set-cookie", b"nb_session=T; Path=/")
+        length = rng.choice([None, 512])
+        relay_response_headers(got, upstream, length, True)
+        _relayed_the_old_way(want, oracle, length)
+        assert list(got.getAllRawHeaders()) == list(want.getAllRawHeaders()), pairs
+        for name, values in got.getAllRawHeaders():
+            if name in lists and name not in (b"Set-Cookie", b"Content-Length"):
+                assert values is lists[name]  # moved
+        assert got.getRawHeaders(b"set-cookie")[0] == b"nb_session=T; Path=/"
+
+
 def test_long_client_host_values_are_prepared_but_never_cached():
     from nbgateway.proxy import headers as hm
 
