@@ -71,16 +71,18 @@ try:
     from OpenSSL._util import lib as _lib
 
     _NEEDED = ("SSL_read", "SSL_write", "BIO_read", "BIO_write", "SSL_get_error",
-               "SSL_version", "SSL_ERROR_WANT_READ", "BIO_get_mem_data",
-               "SSL_set_options", "SSL_get_options", "SSL_OP_NO_RENEGOTIATION",
-               "SSL_OP_NO_COMPRESSION")
+               "SSL_version", "SSL_ERROR_WANT_READ", "BIO_get_mem_data")
     _probe = _SSL.Connection(_SSL.Context(_SSL.TLS_SERVER_METHOD), None)
     AVAILABLE = (all(hasattr(_lib, name) for name in _NEEDED)
                  and all(getattr(_probe, attr, None) is not None
                          for attr in ("_ssl", "_into_ssl", "_from_ssl")))
     del _probe
+    #: TLS 1.2 connections too (:func:`take` sets and reads these options)
+    TLS12_AVAILABLE = AVAILABLE and all(hasattr(_lib, name) for name in (
+        "SSL_set_options", "SSL_get_options", "SSL_OP_NO_RENEGOTIATION",
+        "SSL_OP_NO_COMPRESSION"))
 except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
-    AVAILABLE = False
+    AVAILABLE = TLS12_AVAILABLE = False
 
 #: the largest plaintext one ``SSL_read`` returns here (Twisted reads 2**15)
 READ_SIZE = 1 << 15
@@ -106,6 +108,7 @@ if AVAILABLE:
     _NULL = _ffi.NULL
     _cipher = _lib.SSL_get_current_cipher
     _cipher_name = _lib.SSL_CIPHER_get_name
+if TLS12_AVAILABLE:
     _NO_RENEGOTIATION = _lib.SSL_OP_NO_RENEGOTIATION
     _NO_COMPRESSION = _lib.SSL_OP_NO_COMPRESSION
 
@@ -131,8 +134,6 @@ TLS12_CHACHA_SUITES = frozenset((
     b"ECDHE-ECDSA-CHACHA20-POLY1305", b"ECDHE-RSA-CHACHA20-POLY1305",
     b"DHE-RSA-CHACHA20-POLY1305"))
 TLS12_CHACHA_OVERHEAD = 21
-#: the protocol versions the record path serves (TLS 1.3, TLS 1.2)
-_VERSIONS = (0x0304, 0x0303)
 #: OpenSSL's ``SSL_OP_ALLOW_CLIENT_RENEGOTIATION`` (``SSL_OP_BIT(8)`` since
 #: OpenSSL 3.0; cryptography's bindings do not export it)
 ALLOW_CLIENT_RENEGOTIATION = 1 << 8
@@ -158,15 +159,16 @@ class Bios:
 def eligible(conn: Any) -> bool:
     """True when ``conn`` (a pyOpenSSL memory-BIO ``Connection`` whose
     handshake is done) can use this module: the internals exist and TLS 1.3
-    or TLS 1.2 was negotiated (TLS 1.2 once :func:`take` has refused
-    renegotiation on it)."""
+    or TLS 1.2 was negotiated (a TLS 1.2 connection goes on the record path
+    through :func:`take`, which refuses renegotiation on it)."""
     if not AVAILABLE:
         return False
     ssl = getattr(conn, "_ssl", None)
     if ssl is None or getattr(conn, "_into_ssl", None) is None \
             or getattr(conn, "_from_ssl", None) is None:
         return False  # not a memory-BIO connection
-    return _lib.SSL_version(ssl) in _VERSIONS
+    version = _lib.SSL_version(ssl)
+    return version == _TLS1_3 or (version == _TLS1_2 and TLS12_AVAILABLE)
 
 
 def take(conn: Any) -> bool:
@@ -204,7 +206,7 @@ def record_overhead(conn: Any) -> int:
     version = _lib.SSL_version(ssl)
     if version == _TLS1_3:
         table: tuple[tuple[frozenset[bytes], int], ...] = ((TAG16_SUITES, TAG16_OVERHEAD),)
-    elif version == _TLS1_2 and _lib.SSL_get_options(ssl) & _NO_COMPRESSION:
+    elif version == _TLS1_2 and TLS12_AVAILABLE and _lib.SSL_get_options(ssl) & _NO_COMPRESSION:
         table = ((TLS12_GCM_SUITES, TLS12_GCM_OVERHEAD),
                  (TLS12_CHACHA_SUITES, TLS12_CHACHA_OVERHEAD))
     else:

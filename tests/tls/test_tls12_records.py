@@ -78,6 +78,14 @@ class TakenTests(unittest.SynchronousTestCase):
         tls13 = Harness(self, True)
         self.assertEqual(records.record_overhead(tls13.server._tlsConnection), 22)
 
+    def test_bindings_without_the_options_keep_tls12_on_twisteds_path(self):
+        self.patch(records, "TLS12_AVAILABLE", False)
+        h = tls12(self, True)
+        self.assertFalse(h.server._records)
+        self.assertEqual(records.record_overhead(h.server._tlsConnection), 0)
+        self.assertEqual(h.exchange(b"ping"), b"4:ping")
+        self.assertTrue(Harness(self, True).server._records)  # TLS 1.3 still taken
+
     def test_a_renegotiating_client_gets_the_same_refusal_on_both_paths(self):
         for _cipher, _records_on, h in every(self):
             self.assertEqual(h.exchange(b"ping"), b"4:ping")
