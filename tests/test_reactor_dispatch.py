@@ -699,3 +699,86 @@ def test_a_deferred_writer_lost_without_remove_writer_is_skipped():
         port.stopListening()
     finally:
         close_reactor(r)
+
+
+# -- the timers' share of a turn (runUntilCurrent / timeout) -----------------------------
+
+
+def scenario_timers(mode: str):
+    """Timers fire in order at their time (one set from a timer, one moved
+    later, one cancelled), a thread's call runs, the poll's sleep follows
+    the next timer, and 200 cancellations are compacted away."""
+    import threading
+
+    r = make_reactor(mode)
+    try:
+        fired: list[str] = []
+        sleeps = [r.timeout()]  # no timers
+        r.callLater(0.03, fired.append, "b")
+        r.callLater(0.01, lambda: (fired.append("a"), r.callLater(0, fired.append, "a2")))
+        moved = r.callLater(0.005, fired.append, "moved")
+        moved.reset(0.05)
+        r.callLater(0.02, fired.append, "cancelled").cancel()
+        sleeps.append(0 < r.timeout() <= 0.01)
+        far = r.callLater(10_000_000, fired.append, "far")
+        t = threading.Thread(target=r.callFromThread, args=(fired.append, "thread"))
+        t.start()
+        t.join()
+        spin(r, lambda: "moved" in fired)
+        sleeps.append(r.timeout() == 2147483)  # only the far one: epoll's longest sleep
+        far.cancel()
+        later = [r.callLater(100 + i, fired.append, "x") for i in range(200)]
+        r.iterate(0)  # in the heap now: the next turn has nothing new and nothing due
+        for c in later[:150]:
+            c.cancel()
+        r.iterate(0)
+        left = len(r._pendingTimedCalls)
+        r.callLater(0.001, fired.append, "past")
+        time.sleep(0.005)
+        sleeps.append(r.timeout() == 0)  # past due: no sleep
+        r.iterate(0)
+        return fired, sleeps, left
+    finally:
+        close_reactor(r)
+
+
+def test_timers_and_thread_calls_as_twisteds_turn():
+    stock, lean = scenario_timers("stock"), scenario_timers("lean")
+    assert lean == stock
+    fired, sleeps, left = lean
+    assert fired == ["thread", "a", "a2", "b", "moved", "past"]
+    assert sleeps == [None, True, True, True]
+    assert left <= 51  # the cancelled ones compacted away (201 timers were pending)
+
+
+def test_a_running_reactor_fires_timers_and_stops_through_the_lean_turn():
+    r = make_reactor("lean")
+    assert r.runUntilCurrent.__func__ is loop._lean_run_until_current
+    assert r.timeout.__func__ is loop._lean_timeout
+    try:
+        seen: list[str] = []
+        r.addSystemEventTrigger("during", "shutdown", seen.append, "shutdown")
+        r.callLater(0.01, seen.append, "timer")
+        r.callLater(0.02, lambda: r.callFromThread(r.stop))
+        r.callLater(5, seen.append, "never")
+        r.run(installSignalHandlers=False)
+        assert seen == ["timer", "shutdown"]
+    finally:
+        close_reactor(r)
+
+
+def test_timer_turn_not_replaced_when_twisteds_is_not_the_class_method(monkeypatch):
+    r = epollreactor.EPollReactor()
+    try:
+        monkeypatch.setattr(epollreactor.EPollReactor, "timeout", lambda self: 0.5,
+                            raising=False)
+        assert loop.install(r) is False and "runUntilCurrent" not in vars(r)
+        monkeypatch.undo()
+        r.timeout = lambda: 0.25  # someone else's, on the instance
+        assert loop.install(r) is False and r.timeout() == 0.25
+        del r.timeout
+        assert loop.install(r) is True
+        loop.uninstall(r)
+        assert "runUntilCurrent" not in vars(r) and "timeout" not in vars(r)
+    finally:
+        close_reactor(r)
