@@ -29,6 +29,7 @@ from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account, 
 from nbgateway.management.store import Store, _accesslog_query
 from nbgateway.management.store._base import StoreBase, normalise_dsn
 from nbgateway.management.store.schema import access_log_entries, access_log_groups, accounts
+from tests.management.test_accesslog_list_values import values_counted, values_table
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 #: group names, one with a quote and one a prefix of another
@@ -127,9 +128,12 @@ def groups_counted(conn) -> dict[tuple, tuple[str, int]]:
 
 
 def same_groups(store: Store) -> None:
+    """``access_log_groups`` (and ``access_log_values``, whose triggers
+    revision 0025 replaced) equal to a recount (PostgreSQL), empty (SQLite)."""
     with store._read() as conn:
-        want = groups_counted(conn) if store.dialect == "postgresql" else {}
-        assert groups_table(conn) == want
+        pg = store.dialect == "postgresql"
+        assert groups_table(conn) == (groups_counted(conn) if pg else {})
+        assert values_table(conn) == (values_counted(conn) if pg else {})
 
 
 def add_groups(store: Store, account_id: str) -> None:
@@ -277,12 +281,15 @@ def test_migrations_0023_to_0025_up_and_down(db_dsn):
             assert "access_log_groups" not in sa.inspect(conn).get_table_names()
             conn.execute(access_log_entries.delete().where(access_log_entries.c.id == "a1-00003"))
             conn.commit()  # (the counter's delete trigger stays on SQLite)
+            if postgres:  # revision 0019's values triggers are back and count
+                assert values_table(conn) == values_counted(conn)
             migrations.upgrade(conn, "head")
             assert groups_table(conn) == (groups_counted(conn) if postgres else {})
-            if postgres:  # the triggers are back
+            if postgres:  # the triggers are back (0025's values triggers too)
                 conn.execute(access_log_entries.delete().where(
                     access_log_entries.c.id == "a1-00001"))
                 assert groups_table(conn) == groups_counted(conn)
+                assert values_table(conn) == values_counted(conn)
                 conn.commit()
     finally:
         engine.dispose()

@@ -43,8 +43,17 @@ down_revision = "0022"
 branch_labels = None
 depends_on = None
 
-#: the key of one entry, as selected from the entries (or a transition table)
-_KEY = "account_id, sha256(convert_to(user_groups, 'UTF8')) AS groups_key"
+
+def _sets(table: str) -> str:
+    """The (account, set) keys of *table*'s entries with their counts, in key
+    order: counted per set first, then each set hashed once (hashing every
+    row took about a third of the trigger's time)."""
+    return f"""SELECT account_id, sha256(convert_to(user_groups, 'UTF8')) AS groups_key,
+                   user_groups, n
+            FROM (SELECT account_id, user_groups, count(*) AS n FROM {table}
+                  WHERE user_groups IS NOT NULL GROUP BY 1, 2) s
+            ORDER BY 1, 2"""
+
 
 _MATCH = "account_id = r.account_id AND groups_key = r.groups_key"
 
@@ -53,9 +62,7 @@ _PG_FUNCTIONS = (
     LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     BEGIN
         INSERT INTO access_log_groups AS g (account_id, groups_key, user_groups, entries)
-            SELECT {_KEY}, min(user_groups), count(*)
-            FROM nbgw_new WHERE user_groups IS NOT NULL
-            GROUP BY 1, 2 ORDER BY 1, 2
+            {_sets("nbgw_new")}
             ON CONFLICT (account_id, groups_key)
             DO UPDATE SET entries = g.entries + excluded.entries;
         RETURN NULL;
@@ -67,8 +74,7 @@ _PG_FUNCTIONS = (
         r record;
         remaining bigint;
     BEGIN
-        FOR r IN SELECT {_KEY}, count(*) AS n FROM nbgw_old WHERE user_groups IS NOT NULL
-                 GROUP BY 1, 2 ORDER BY 1, 2 LOOP
+        FOR r IN {_sets("nbgw_old")} LOOP
             UPDATE access_log_groups SET entries = entries - r.n WHERE {_MATCH}
                 RETURNING entries INTO remaining;
             IF remaining <= 0 THEN
@@ -89,12 +95,12 @@ _PG_TRIGGERS = (
     FOR EACH STATEMENT EXECUTE FUNCTION nbgw_access_log_groups_delete()""",
 )
 
-_BACKFILL = f"""
+_BACKFILL = """
 INSERT INTO access_log_groups (account_id, groups_key, user_groups, entries)
-SELECT {_KEY}, min(user_groups), count(*)
-FROM access_log_entries
-WHERE user_groups IS NOT NULL AND account_id IN (SELECT id FROM accounts)
-GROUP BY 1, 2
+SELECT account_id, sha256(convert_to(user_groups, 'UTF8')), user_groups, n
+FROM (SELECT account_id, user_groups, count(*) AS n FROM access_log_entries
+      WHERE user_groups IS NOT NULL AND account_id IN (SELECT id FROM accounts)
+      GROUP BY 1, 2) s
 """
 
 
