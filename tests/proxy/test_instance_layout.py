@@ -164,3 +164,32 @@ def test_attempts_keep_inline_attributes_with_requests_in_flight():
         _Attempt.__init__ = orig  # type: ignore[method-assign]
     assert len(made) == 48
     assert all(_inline(obj) for obj in made)
+
+
+def test_finish_and_lost_observers_are_called_in_order_once():
+    """The observers are tuples (no list per request): several of each, in
+    the order added; finish calls the finish observers with None and never
+    the lost ones; a lost client calls both kinds with the failure."""
+    from twisted.python.failure import Failure
+
+    def made() -> FastRequest:
+        channel = FastHTTPChannel()
+        channel.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 1)))
+        return FastRequest(channel, b"GET", b"/", Headers(), False, True, channel._conn_info)
+
+    calls: list[tuple[str, Any]] = []
+    req = made()
+    for name in ("f1", "f2"):
+        req.on_finish(lambda r, n=name: calls.append((n, r)))
+    req.lost_hooks += (lambda r: calls.append(("lost", r)),)  # as the exchange adds itself
+    req.on_lost(lambda r: calls.append(("l2", r)))
+    req.finish()
+    assert calls == [("f1", None), ("f2", None)]
+    assert req.finish_hooks == () and req.lost_hooks == ()
+    calls.clear()
+    req = made()
+    req.on_finish(lambda r: calls.append(("f1", r)))
+    req.on_lost(lambda r: calls.append(("l1", r)))
+    reason = Failure(Exception("gone"))
+    req.connectionLost(reason)
+    assert calls == [("f1", reason), ("l1", reason)]
