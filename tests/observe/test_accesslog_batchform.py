@@ -353,3 +353,33 @@ def test_no_entry_waits_without_a_timer_or_a_batch_whatever_happens():
         assert sorted(sent) == sorted(f[1] for f in rows), seed  # each exactly once
         assert logger.stats.sent == len(rows) == logger.stats.queued, seed
         assert logger.stats.dropped == 0 and logger.pending == 0, seed
+
+
+def test_the_batch_loop_keeps_build_entrys_time_within_and_across_seconds(monkeypatch):
+    """take's timestamps: times within a second, across seconds, going
+    back, on a whole second (nanoseconds 0), before 1970, and more template
+    keys than the templates' bound give build_entry's timestamps."""
+    from collections import deque
+
+    from nbgateway.observe import accesslog
+
+    monkeypatch.setattr(accesslog, "_TEMPLATES_MAX", 4)
+    rng = random.Random(12)
+    t0 = 1_765_000_000.0
+    times = ([t0 + k * 0.0037 for k in range(300)]  # 1.1 s in small steps
+             + [t0 + 0.5, t0 - 3.25, t0, t0 + 1.0, t0 + 1.0, 0.0, -1.5, -0.999999,
+                t0 + 0.999999999, t0 + 1 - 1e-7, 1e-9])
+    rows = []
+    for i, now in enumerate(times):
+        f = list(fields(rng, i))
+        f[0] = now
+        f[3] = f"s{i % 7}"  # more template keys than the bound
+        rows.append(tuple(f))
+    logger = AccessLogger(BatchClient(), Clock())
+    batch = logger.new_batch()
+    queue = deque(rows)
+    while queue:
+        assert logger.take(batch, queue, min(50, len(queue))) == 0
+    assert list(batch) == want(rows)
+    assert [(e.timestamp.seconds, e.timestamp.nanos) for e in batch] == [
+        divmod(int(now * 1e9), 1_000_000_000) for now in times]
