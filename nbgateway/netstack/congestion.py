@@ -9,6 +9,34 @@
 * :class:`NewReno` — RFC 5681 slow start and congestion avoidance (with
   appropriate byte counting, L=2*SMSS, RFC 3465) and RFC 6582 NewReno fast
   recovery; initial window per RFC 6928.
+
+Window growth only while the window is used (RFC 7661 section 4: the
+sender does not increase cwnd while it is not validated, i.e. while the
+flow is not using it).  Outside recovery an ACK of new data grows ``cwnd``
+only when the flow was *cwnd-limited* over the last round trip, measured
+as ``used``: the highest flight (SND.MAX - SND.UNA) seen just before an ACK
+since ``used_end``, the SND.MAX of the ACK that started the measurement.
+Flight only rises by sending and only falls by ACKs, so its highest value
+over a round trip is always seen just before some ACK; taking the highest
+over the round trip rather than this ACK's flight keeps growth right when
+a batch of ACKs is handled before the sender refills the window.  The
+round trip ends with the ACK that covers ``used_end`` (still measured in
+it); the next ACK (SND.UNA at or beyond ``used_end`` before it) starts a
+new one from its own flight.  A flight higher than ``used`` also moves
+``used_end`` to the current SND.MAX (the round trip of that flight).
+
+* slow start (cwnd < ssthresh): grow when ``cwnd < 2 * used`` -- Linux's
+  tcp_is_cwnd_limited rule: the flight may double per round trip, so a flow
+  using more than half the window fills it in the next one; it also bounds
+  cwnd to about twice the highest flight used.
+* congestion avoidance: grow when ``used + SMSS > cwnd``, i.e. the window
+  was full to within less than one segment (the sender could not send
+  another full-sized segment), Linux's "packets_out >= cwnd" in bytes.
+
+So a keep-alive connection of responses smaller than half the initial
+window keeps cwnd at the initial window, and a later bulk response goes
+out in flights of at most cwnd, never the peer's whole receive window.
+Recovery (RFC 6582) is unchanged: the rule only gates the two increases.
 """
 
 from __future__ import annotations
@@ -58,7 +86,8 @@ class RTOEstimator:
 class NewReno:
     """Congestion window state; sizes in bytes, sequence numbers unwrapped."""
 
-    __slots__ = ("cwnd", "dupacks", "in_recovery", "mss", "recover", "ssthresh")
+    __slots__ = ("cwnd", "dupacks", "in_recovery", "mss", "recover", "ssthresh", "used",
+                 "used_end")
 
     def __init__(self, mss: int, iss: int) -> None:
         self.mss = mss
@@ -67,6 +96,8 @@ class NewReno:
         self.dupacks = 0
         self.in_recovery = False
         self.recover = iss
+        self.used = 0  # highest flight before an ACK since used_end was set
+        self.used_end = iss  # SND.MAX when this round trip's measurement began
 
     def set_mss(self, mss: int) -> None:
         self.mss = mss
@@ -87,10 +118,20 @@ class NewReno:
             # Partial acknowledgment: deflate by the amount acked, add back one SMSS.
             self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
             return True
-        if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, 2 * mss)
+        if ack - acked >= self.used_end:  # a new round trip: measure from this flight
+            used = self.used = flight_before
+            self.used_end = ack - acked + flight_before  # SND.MAX
         else:
-            self.cwnd += max(1, mss * mss // self.cwnd)
+            used = self.used
+            if flight_before > used:
+                used = self.used = flight_before
+                self.used_end = ack - acked + flight_before
+        cwnd = self.cwnd
+        if cwnd < self.ssthresh:
+            if cwnd < 2 * used:  # cwnd-limited in slow start
+                self.cwnd = cwnd + min(acked, 2 * mss)
+        elif used + mss > cwnd:  # the window was full
+            self.cwnd = cwnd + max(1, mss * mss // cwnd)
         return False
 
     def on_dupack(self, snd_una: int, snd_max: int, flight: int, thresh: int = 3,

@@ -158,18 +158,29 @@ class ConnectionInput:
             else:
                 buf.consume_to(ack)
             self.rtx_count = 0
-            # NewReno.on_ack outside recovery
+            # NewReno.on_ack outside recovery (growth only when cwnd-limited)
             cc = self.cc
             cc.dupacks = 0
-            acked = ack - una
-            cwnd = cc.cwnd
-            mss = cc.mss
-            if cwnd < cc.ssthresh:
-                cc.cwnd = cwnd + (acked if acked < 2 * mss else 2 * mss)
+            flight = snd_max - una
+            if una >= cc.used_end:
+                used = cc.used = flight
+                cc.used_end = snd_max
             else:
+                used = cc.used
+                if flight > used:
+                    used = cc.used = flight
+                    cc.used_end = snd_max
+            cwnd = cc.cwnd
+            if cwnd < cc.ssthresh:
+                if cwnd < 2 * used:
+                    acked = ack - una
+                    mss = cc.mss
+                    cc.cwnd = cwnd + (acked if acked < 2 * mss else 2 * mss)
+            elif used + cc.mss > cwnd:
+                mss = cc.mss
                 inc = mss * mss // cwnd
                 cc.cwnd = cwnd + (inc if inc > 1 else 1)
-            if ack >= self.snd_max:
+            if ack >= snd_max:
                 self.rtx_at = None
             else:
                 self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
@@ -519,13 +530,23 @@ class ConnectionInput:
             if cc.on_ack(acked, ack, flight):  # a partial ACK
                 self._retransmit_hole(now)
         else:
-            # NewReno.on_ack outside recovery (inlined: once per ACK)
+            # NewReno.on_ack outside recovery (inlined: once per ACK; growth
+            # only when cwnd-limited, see congestion.py)
             cc.dupacks = 0
+            if una >= cc.used_end:
+                used = cc.used = flight
+                cc.used_end = una + flight  # SND.MAX
+            else:
+                used = cc.used
+                if flight > used:
+                    used = cc.used = flight
+                    cc.used_end = una + flight
             cwnd = cc.cwnd
             mss = cc.mss
             if cwnd < cc.ssthresh:
-                cc.cwnd = cwnd + (acked if acked < 2 * mss else 2 * mss)
-            else:
+                if cwnd < 2 * used:
+                    cc.cwnd = cwnd + (acked if acked < 2 * mss else 2 * mss)
+            elif used + mss > cwnd:
                 inc = mss * mss // cwnd
                 cc.cwnd = cwnd + (inc if inc > 1 else 1)
         if ack >= self.snd_max:

@@ -513,11 +513,17 @@ def test_rto_sample_matches_the_rfc6298_reference():
 def test_inlined_new_reno_ack_matches_new_reno_on_ack(twin):
     """``_new_ack`` updates the congestion window itself outside recovery:
     the same result as ``NewReno.on_ack``, in slow start and congestion
-    avoidance, for small and large acknowledgments."""
+    avoidance, for small and large acknowledgments.  Growth only when the
+    window was used (congestion.py): slow start when cwnd < 2 * the flight,
+    congestion avoidance when flight + SMSS > cwnd; the values are pinned."""
     import copy
 
     conn = twin.conns[0][0]
-    for ssthresh, cwnd in ((1 << 30, 14600), (10_000, 20_000), (5000, 5000), (3000, 2000)):
+    mss = conn.mss
+    assert 1000 < mss < 1500
+    got = []
+    for ssthresh, cwnd in ((1 << 30, 14600), (10_000, 20_000), (5000, 5000), (3000, 2000),
+                           (1000, 1500)):
         for size in (1, 100, conn.mss, 2 * conn.mss + 5):
             conn.cc.ssthresh, conn.cc.cwnd, conn.cc.dupacks = ssthresh, cwnd, 2
             ref = copy.copy(conn.cc)
@@ -527,7 +533,20 @@ def test_inlined_new_reno_ack_matches_new_reno_on_ack(twin):
             ref.on_ack(size, una + size, size)
             conn._new_ack(None, una + size, twin.clocks[0].seconds())
             assert (conn.cc.cwnd, conn.cc.dupacks) == (ref.cwnd, ref.dupacks)
+            assert (conn.cc.used, conn.cc.used_end) == (ref.used, ref.used_end) == (
+                size, una + size)
             assert conn.snd_una == una + size and conn.rtx_at is None
+            got.append(conn.cc.cwnd - cwnd)
+    assert got == [
+        0, 0, 0, 0,  # slow start, flight at most 2 * SMSS + 5 of 14600: not used
+        0, 0, 0, 0,  # congestion avoidance, flight + SMSS <= 20000: not full
+        0, 0, 0, 0,  # congestion avoidance, flight + SMSS <= 5000
+        # slow start with cwnd 2000: grows by the acked bytes (at most 2 * SMSS)
+        # once the flight is more than half of it
+        0, 0, mss, 2 * mss,
+        # congestion avoidance with cwnd 1500: grows by SMSS*SMSS/cwnd once
+        # flight + SMSS > 1500
+        0, 0, mss * mss // 1500, mss * mss // 1500]
 
 
 def test_payload_sum_folds_to_the_rfc1071_sum_for_every_length():
