@@ -270,8 +270,12 @@ class GatewayResource(OperatorAuth, Resource):
             stats.active += 1  # stats.started(), inline
         if stats is not None or path is not None:
             fn = functools.partial(self._finished_hook, request, ctx, path)
-            if fast:  # request.on_finish(fn), inline
-                request.finish_hooks += (fn,)
+            if fast:  # request.on_finish(fn), inline (the first observer, typically)
+                hooks = request.finish_hooks
+                if hooks:
+                    hooks.append(fn)
+                else:
+                    request.finish_hooks = [fn]
             else:
                 hook = getattr(request, "on_finish", None)
                 if hook is not None:

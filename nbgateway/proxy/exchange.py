@@ -191,7 +191,11 @@ class _Exchange:
             # exchange itself, see __call__; reading self._client_lost would
             # make a bound method through a generic lookup per request);
             # request.on_lost(self), inline
-            request.lost_hooks += (self,)
+            lost = request.lost_hooks
+            if lost:
+                lost.append(self)
+            else:
+                request.lost_hooks = [self]
         # the fast path's request has on_lost/on_finish: no getattr() call
         elif not (type(request) is FastRequest
                   or getattr(request, "on_lost", None) is not None):

@@ -198,11 +198,10 @@ class FastRequest:
         #: chunked response bytes held to the end of the upstream's read (or
         #: the response's end): see ``_send``
         self._held: list[bytes] | None = None
-        #: ``on_finish`` observers: a tuple (one or two observers: a small
-        #: tuple per request instead of a GC-tracked list and its array)
-        self.finish_hooks: tuple[Any, ...] = ()
-        #: ``on_lost`` observers (a tuple too)
-        self.lost_hooks: tuple[Any, ...] = ()
+        #: ``on_finish`` observers (the list is made on first use)
+        self.finish_hooks: list[Any] | tuple[()] = ()
+        #: ``on_lost`` observers (the list is made on first use)
+        self.lost_hooks: list[Any] | tuple[()] = ()
         #: notifyFinish's Deferreds (the list is made on first use)
         self.notifications: list[defer.Deferred[None]] | tuple[()] = ()
 
@@ -229,12 +228,16 @@ class FastRequest:
     def on_finish(self, fn: Any) -> None:
         """``fn(None)`` when the response ends, ``fn(failure)`` when the client
         is gone first: ``notifyFinish`` without a Deferred per observer."""
-        self.finish_hooks += (fn,)
+        if not self.finish_hooks:
+            self.finish_hooks = []
+        self.finish_hooks.append(fn)  # type: ignore[union-attr]
 
     def on_lost(self, fn: Any) -> None:
         """``fn(failure)`` when the client is gone before the response ended
         (after the ``on_finish`` observers); never called otherwise."""
-        self.lost_hooks += (fn,)
+        if not self.lost_hooks:
+            self.lost_hooks = []
+        self.lost_hooks.append(fn)  # type: ignore[union-attr]
 
     def notifyFinish(self) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
