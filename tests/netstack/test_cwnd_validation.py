@@ -247,3 +247,29 @@ def test_a_window_limited_by_the_receiver_does_not_grow_cwnd(path, monkeypatch):
         clock.advance(0.01)
         flight = _ack_all_pairwise(peer, flight, wnd=4 * mss)
     assert conn.cc.cwnd == iw and conn.cc.used == 4 * mss
+
+
+@pytest.mark.parametrize("path", ["fused", "full"])
+def test_slow_start_after_a_timeout_grows_from_the_loss_window(path, monkeypatch):
+    """RFC 5681 3.1: after an RTO cwnd is one segment; the retransmissions
+    are cwnd-limited (the whole un-acked window still counts as flight), so
+    slow start grows again with every ACK."""
+    clock, st, peer, user, _ = server(ts=True, wscale=7)
+    conn = user.conn
+    mss = conn.mss
+    if path == "full":
+        _force_full_path(monkeypatch)
+    conn.send(b"t" * (10 * mss), clock.seconds())
+    sent = st.take()
+    assert len(sent) == 10
+    clock.advance(conn.rtx_at - clock.seconds())
+    st.fire_timers()
+    (rtx,) = st.take()
+    assert rtx.seq == sent[0].seq and conn.cc.cwnd == mss
+    peer.rcv_nxt = (rtx.seq + mss) & M
+    out = peer.tx(ACK)
+    assert conn.cc.cwnd == 2 * mss and conn.cc.used == 10 * mss
+    assert [s.seq for s in out] == [sent[1].seq, sent[2].seq]
+    peer.rcv_nxt = (out[-1].seq + mss) & M
+    out = peer.tx(ACK)
+    assert conn.cc.cwnd == 4 * mss and len(out) == 4
