@@ -298,6 +298,22 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
         "user + failed + 7d": lambda r: (a := acct(r), Q(
             user_id=f"{a}-u{r.randrange(USERS)}", status="failed",
             start_date=NOW - timedelta(days=7))),
+        # a regular user's list (always its own user_id), other sorts, filters, pages
+        "user sort duration": lambda r: (a := acct(r), Q(
+            user_id=f"{a}-u{r.randrange(USERS)}", sort_by="duration",
+            sort_order=r.choice(["asc", "desc"]))),
+        "user sort url": lambda r: (a := acct(r), Q(
+            user_id=f"{a}-u{r.randrange(USERS)}", sort_by="url")),
+        "user p2-20": lambda r: (a := acct(r), Q(
+            user_id=f"{a}-u{r.randrange(USERS)}", page=r.randrange(2, 21))),
+        "user + service + method": lambda r: (a := acct(r), Q(
+            user_id=f"{a}-u{r.randrange(USERS)}", service_id=f"{a}-svc{r.randrange(8)}",
+            method=r.choice(["GET", "POST"]))),
+        "user + path": lambda r: (a := acct(r), Q(
+            user_id=f"{a}-u{r.randrange(USERS)}", path=r.choice(["login", "orders", "/42"]))),
+        "user + last day": lambda r: (a := acct(r), Q(
+            user_id=f"{a}-u{r.randrange(USERS)}", start_date=(d := day(r)) - timedelta(days=1),
+            end_date=d)),
         "since 30 days": lambda r: (acct(r), Q(start_date=NOW - timedelta(days=DAYS))),
         "success + 7 days": lambda r: (acct(r), Q(status="success",
                                                   start_date=NOW - timedelta(days=7))),
