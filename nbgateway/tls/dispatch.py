@@ -346,6 +346,28 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         # call already, so on such a connection a write becomes its TLS
         # record at once; HTTP/2 (many small frames) keeps the aggregator.
         self.write = self._tls_write  # type: ignore[method-assign]
+        # Every name a connection sets up to its keep-alive requests, here in
+        # one order at their class defaults: CPython 3.11 keeps an instance's
+        # attributes inline only for names its class's shared keys took in
+        # before many instances were made (30, one fewer per instance made);
+        # set first after the handshake (``_path``, ``_records``, ...) they
+        # gave every connection a dict of its own once a few were open
+        # (tests/tls/test_tls_layout.py).
+        self._sniffer = None
+        self._handshake_call = None
+        self.connected = 0
+        self.transport = None
+        self._producer = None
+        self._handshakeDone = False
+        self._held = b""
+        self._handshake_pending = True
+        self._write_through = False
+        self._records = False
+        self._path = None
+        self._lostTLSConnection = False
+        self._aborted = False
+        self._reason = None
+        self.disconnecting = 0
 
     def _tls_write(self, data: bytes) -> None:
         # (on the record path an HTTP/1.1 connection's write is _RecordPath.write)
@@ -413,7 +435,9 @@ class DeadlineTLSProtocol(BufferingTLSTransport):
         through ``ProtocolWrapper.__getattr__``'s unspecialised lookup),
         back to this protocol's ``dataReceived`` when the path is left."""
         sniffer = self._sniffer
-        if sniffer is not None and sniffer.__dict__.get("dataReceived") == instead_of:
+        # (bound methods compare by object and function; reading the
+        # sniffer's ``__dict__`` would give it a dict of its own)
+        if sniffer is not None and sniffer.dataReceived == instead_of:
             sniffer.dataReceived = reader
 
     def _drop_path(self) -> None:
@@ -532,6 +556,10 @@ class _Sniffer(Protocol):
         self.addr = addr
         self.inner: Any = None
         self._deadline: Any = None
+        # set by makeConnection; here so that they come first (see
+        # DeadlineTLSProtocol.__init__), at the class defaults
+        self.transport: Any = None
+        self.connected = 0
 
     def connectionMade(self) -> None:
         self._deadline = self.factory.clock.callLater(self.factory.peek_timeout, self._timeout)
