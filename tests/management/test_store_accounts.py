@@ -57,7 +57,7 @@ def _populate(store, account_id: str, tag: str, tmp_path) -> Service:
 
 
 #: tables the database fills only on PostgreSQL (triggers); SQLite counts directly
-_POSTGRESQL_ONLY = {"access_log_hours", "access_log_values"}
+_POSTGRESQL_ONLY = {"access_log_groups", "access_log_hours", "access_log_values"}
 
 
 def _rows(store, account_id: str) -> dict[str, int]:
