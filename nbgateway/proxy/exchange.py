@@ -213,21 +213,7 @@ class _Exchange:
         # its clock, which is the deadlines' (see ReverseProxy.__init__):
         # not a second clock read
         self.proxy.deadlines.add_owner(timeout, self, self.context.upstream_started)
-        head = self.head
-        if head is None or self.state is not None or type(agent) is not LeanAgent:
-            self._send(agent, url, headers)
-            return
-        # _send's lean branch for the plan's head, inline (the common request)
-        self.head = None  # a retry on another target goes the general way
-        self._answered = False
-        send = self._sends = self._sends + 1
-        try:
-            attempt = agent.send_head(method, self.key, head, body, self)
-        except Exception:
-            self.upstream_failed(Failure())
-            return
-        if not self._answered and self._sends == send:
-            self._pending = attempt  # cancel() reaches the attempt
+        self._send(agent, url, headers)
 
     def _request_ended(self, result: Failure | None) -> None:
         """The response ended (None) or the client went away (a Failure)."""
