@@ -205,6 +205,21 @@ def test_unknown_group_is_refused(store, account):
         store.access_logs.list(account.id, AccessLogQuery(group_id="nope"))
 
 
+def test_another_accounts_group_is_refused(store, account):
+    """A group id of another account filters nothing here: it is refused,
+    even when that account's entries hold a group of the same name."""
+    from nbgateway.management.errors import ValidationError
+
+    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
+    add_groups(store, account.id)
+    add_groups(store, other.id)
+    store.access_logs.append_many(entries(account.id, 20) + entries(other.id, 20))
+    own = store.access_logs.list(account.id, AccessLogQuery(group_id=f"{account.id}-g1"))
+    assert own.total_records > 0
+    with pytest.raises(ValidationError):
+        store.access_logs.list(account.id, AccessLogQuery(group_id=f"{other.id}-g1"))
+
+
 def test_group_and_url_reads_are_used_on_postgresql(store, account):
     """PostgreSQL: the group's total comes from ``access_log_groups`` (no
     count of the entries) and the URL page is merged per day."""
