@@ -49,9 +49,9 @@ from nbgateway import errors
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway._proto import proxy_service_pb2_grpc as pb_grpc
 from nbgateway.interfaces import IManagementClient, IMappingStore
-from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
+from nbgateway.mgmt._grpcbridge import StreamCall
 from nbgateway.mgmt.reconnect import Backoff
-from nbgateway.mgmt.session import ManagedChannel, ManagementTarget
+from nbgateway.mgmt.session import ManagedChannel, ManagementTarget, SessionOwner
 
 log = Logger()
 
@@ -77,7 +77,7 @@ class _StreamEnded(errors.ManagementStreamClosedError):
 
 
 @implementer(IManagementClient)
-class GrpcManagementClient(service.Service):
+class GrpcManagementClient(SessionOwner, service.Service):
     """IManagementClient over grpcio (see module docstring)."""
 
     name = "management-client"
@@ -166,20 +166,8 @@ class GrpcManagementClient(service.Service):
     # -- service -------------------------------------------------------------
 
     @property
-    def connected(self) -> bool:
-        return self.session.connected
-
-    @property
     def _channel(self) -> grpc.Channel | None:
         return self.session.channel
-
-    @property
-    def _bridge(self) -> GrpcBridge | None:
-        return self.session.bridge
-
-    @property
-    def _stream(self) -> StreamCall | None:
-        return self.session.stream
 
     def _state_changed(self, value: bool) -> None:
         if self.on_connection_state is not None:
@@ -397,31 +385,25 @@ class GrpcManagementClient(service.Service):
             return d
 
         kind = "SyncMappings" if sync else "GetMappingUpdate"
+        # SyncMappingsInit and GetMappingUpdateRequest carry the same hello
+        hello: dict[str, Any] = {
+            "proxy_id": self.proxy_id,
+            "version": self.version,
+            "started_at": _timestamp(self.started_at),
+            "address": self.address,
+            "capabilities": self.capabilities_message(),
+            "nbgw_resume_revision": resume_from,
+        }
         if sync:
-            init = pb.SyncMappingsInit(
-                proxy_id=self.proxy_id,
-                version=self.version,
-                started_at=_timestamp(self.started_at),
-                address=self.address,
-                capabilities=self.capabilities_message(),
-                nbgw_resume_revision=resume_from,
-            )
             stream = bridge.bidi_stream(
                 stub.SyncMappings,
                 on_message,
                 metadata=self._metadata,
                 name=kind,
-                first=pb.SyncMappingsRequest(init=init),
+                first=pb.SyncMappingsRequest(init=pb.SyncMappingsInit(**hello)),
             )
         else:
-            req = pb.GetMappingUpdateRequest(
-                proxy_id=self.proxy_id,
-                version=self.version,
-                started_at=_timestamp(self.started_at),
-                address=self.address,
-                capabilities=self.capabilities_message(),
-                nbgw_resume_revision=resume_from,
-            )
+            req = pb.GetMappingUpdateRequest(**hello)
             stream = bridge.server_stream(
                 stub.GetMappingUpdate, req, on_message, metadata=self._metadata, name=kind
             )

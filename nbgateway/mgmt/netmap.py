@@ -784,31 +784,25 @@ def convert(nm: Any) -> AccountNetwork:
     )
 
 
+def _roster_rule(roster: Iterable[RosterPeer], **rule: Any) -> InboundRule | None:
+    """An allow rule whose sources are every roster peer's allowed IPs (each
+    once, in roster order); None for an empty roster."""
+    sources = tuple(dict.fromkeys(net for p in roster for net in p.allowed_ips))
+    if not sources:
+        return None
+    return InboundRule(action="allow", sources=sources, **rule)
+
+
 def echo_rule(roster: Iterable[RosterPeer]) -> InboundRule | None:
     """Allow ICMP and ICMPv6 echo requests from every roster peer's allowed IPs
     (ping to the gateway's tunnel addresses, IPv4 and IPv6; the filter only
     consults rules for echo requests); None for an empty roster."""
-    sources = tuple(dict.fromkeys(net for p in roster for net in p.allowed_ips))
-    if not sources:
-        return None
-    return InboundRule(
-        action="allow",
-        sources=sources,
-        protocols=frozenset({PROTO_ICMP, PROTO_ICMPV6}),
-        policy_id="nbgateway-echo",
-    )
+    return _roster_rule(roster, protocols=frozenset({PROTO_ICMP, PROTO_ICMPV6}),
+                        policy_id="nbgateway-echo")
 
 
 def dns_rule(roster: Iterable[RosterPeer], port: int = 53) -> InboundRule | None:
     """Allow UDP and TCP ``port`` from every roster peer's allowed IPs (the
     DNS responder on the tunnel address); None for an empty roster."""
-    sources = tuple(dict.fromkeys(net for p in roster for net in p.allowed_ips))
-    if not sources:
-        return None
-    return InboundRule(
-        action="allow",
-        sources=sources,
-        protocols=frozenset({PROTO_UDP, PROTO_TCP}),
-        ports=((port, port),),
-        policy_id="nbgateway-dns",
-    )
+    return _roster_rule(roster, protocols=frozenset({PROTO_UDP, PROTO_TCP}),
+                        ports=((port, port),), policy_id="nbgateway-dns")

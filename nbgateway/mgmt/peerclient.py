@@ -74,9 +74,9 @@ from nbgateway import errors
 from nbgateway._proto import management_pb2 as pb
 from nbgateway._proto import management_pb2_grpc as pb_grpc
 from nbgateway.mgmt import peermux
-from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall
+from nbgateway.mgmt._grpcbridge import StreamCall
 from nbgateway.mgmt.reconnect import Backoff
-from nbgateway.mgmt.session import ManagedChannel, ManagementTarget
+from nbgateway.mgmt.session import ManagedChannel, ManagementTarget, SessionOwner
 from nbgateway.peerbox import (
     BoxError,
     decode_wg_key,
@@ -268,7 +268,7 @@ class _Cycle:
         return None
 
 
-class PeerChannelClient:
+class PeerChannelClient(SessionOwner):
     """The peer channel of one proxy peer; see the module docstring.
 
     Slotted (32 attributes: past the 30 for which CPython shares a class's
@@ -361,18 +361,6 @@ class PeerChannelClient:
         self.last_error: Failure | None = None
 
     # -- lifecycle --------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self.session.connected
-
-    @property
-    def _bridge(self) -> GrpcBridge | None:
-        return self.session.bridge
-
-    @property
-    def _stream(self) -> StreamCall | None:
-        return self.session.stream
 
     def _state_changed(self, value: bool) -> None:
         if self.on_state is not None:

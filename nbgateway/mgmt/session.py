@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_RECEIVE_BYTES",
     "ManagedChannel",
     "ManagementTarget",
+    "SessionOwner",
     "is_loopback_host",
     "split_management_url",
 ]
@@ -376,6 +377,28 @@ class ManagedChannel:
                 self.on_state(value)
             except Exception:
                 log.failure("{name}: connection state callback raised", name=self.name)
+
+
+class SessionOwner:
+    """What a client that owns a :class:`ManagedChannel` (``self.session``)
+    reads through from it: ``connected`` and the current bridge and stream.
+    No slots of its own (a slotted client stays without an instance dict)."""
+
+    __slots__ = ()
+
+    session: ManagedChannel
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    @property
+    def _bridge(self) -> GrpcBridge | None:
+        return self.session.bridge
+
+    @property
+    def _stream(self) -> StreamCall | None:
+        return self.session.stream
 
 
 def _chain_to(result: object, d: Deferred[object]) -> None:
