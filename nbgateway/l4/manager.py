@@ -224,20 +224,32 @@ class L4Manager:
             return f"port {port} is already used by service {router.fallback.service_id}"
         return None
 
-    def add(self, mapping: Any) -> None:
+    def admit(self, mapping: Any, errors: dict[str, str], *,
+              warn_invalid: bool = True) -> L4Target | None:
+        """The target of ``mapping`` (TCP/TLS here, UDP for :class:`UDPRelays`)
+        when it parses and :meth:`port_refusal` lets it bind; else None, with
+        the reason in ``errors[mapping.id]`` and the ERROR reported (a mapping
+        that does not parse is logged when ``warn_invalid``)."""
         try:
             target = target_from_mapping(mapping, max_dial_timeout=self.max_dial_timeout,
                                          max_idle_timeout=self.max_idle_timeout)
         except L4ConfigError as exc:
-            self.errors[mapping.id] = str(exc)
-            log.warn("L4 service {service}: {err}", service=mapping.id, err=str(exc))
+            errors[mapping.id] = str(exc)
+            if warn_invalid:
+                log.warn("L4 service {service}: {err}", service=mapping.id, err=str(exc))
             self._report(mapping)
-            return
+            return None
         refusal = self.port_refusal(target)
         if refusal is not None:
-            self.errors[mapping.id] = refusal
+            errors[mapping.id] = refusal
             self.refused(target, refusal)
             self._report(mapping)
+            return None
+        return target
+
+    def add(self, mapping: Any) -> None:
+        target = self.admit(mapping, self.errors)
+        if target is None:
             return
         key = (target.account_id, target.listen_port)
         router = self.private.get(key) if target.private else self.public.get(target.listen_port)

@@ -354,18 +354,8 @@ class UDPRelays:
 
     def add(self, mapping: Any) -> None:
         m = self.manager
-        try:
-            target = target_from_mapping(mapping, max_dial_timeout=m.max_dial_timeout,
-                                         max_idle_timeout=m.max_idle_timeout)
-        except L4ConfigError as exc:
-            self.errors[mapping.id] = str(exc)
-            m._report(mapping)
-            return
-        refusal = m.port_refusal(target)
-        if refusal is not None:
-            self.errors[mapping.id] = refusal
-            m.refused(target, refusal)
-            m._report(mapping)
+        target = m.admit(mapping, self.errors, warn_invalid=False)
+        if target is None:
             return
         conflict = self._conflict(target)
         if conflict is not None:

@@ -243,3 +243,22 @@ def test_the_library_constructor_passes_the_setting(tmp_path, monkeypatch):
     config = nbgateway.load_config({"l4_public_ports": "10000-20000"}, os.environ)
     gateway = nbgateway.makeGateway(config)
     assert gateway.l4.public_ports == ((10000, 20000),)
+
+
+def test_a_mapping_that_does_not_parse_is_reported_by_tcp_and_udp_alike():
+    """L4Manager.admit serves both: the reason recorded and reported ERROR,
+    nothing bound; only the TCP/TLS side logs it (the UDP side never did)."""
+    m, reactor, mgmt = make()
+    with capturedLogs() as events:
+        m.mapping_added(mapping(port=0, sid="tcp0"))
+        m.mapping_added(mapping(mode="udp", port=7000, sid="udp-empty", target=""))
+    assert reactor.tcpServers == [] and reactor.udpPorts == []
+    assert m.public == {} and m.udp.services == {}
+    assert {sid: (status, err) for sid, status, err in mgmt.reports} == {
+        "tcp0": (ERROR, "invalid port 0: must be 1–65535"),  # noqa: RUF001
+        "udp-empty": (ERROR, "empty target address for UDP service udp-empty")}
+    assert m.errors == {"tcp0": "invalid port 0: must be 1–65535"}  # noqa: RUF001
+    assert m.udp.errors == {"udp-empty": "empty target address for UDP service udp-empty"}
+    assert m.stats.port_refused == 0
+    warned = [e.get("service") for e in events if e.get("log_level").name == "warn"]
+    assert warned == ["tcp0"]
