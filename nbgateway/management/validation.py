@@ -352,20 +352,13 @@ def _validate_target_options(i: int, t: Target) -> None:
     o = t.options
     if o.path_rewrite not in ("", "preserve"):
         _fail(f"target {i}: unknown path_rewrite mode {go_quote(o.path_rewrite)}")
-    if o.request_timeout < 0:
-        _fail(f"target {i}: request_timeout must be positive")
-    if o.request_timeout > MAX_REQUEST_TIMEOUT:
-        _fail(
-            f"target {i}: request_timeout exceeds maximum of "
-            f"{format_go_duration(MAX_REQUEST_TIMEOUT)}"
-        )
-    if o.session_idle_timeout < 0:
-        _fail(f"target {i}: session_idle_timeout must be positive")
-    if o.session_idle_timeout > MAX_SESSION_IDLE_TIMEOUT:
-        _fail(
-            f"target {i}: session_idle_timeout exceeds maximum of "
-            f"{format_go_duration(MAX_SESSION_IDLE_TIMEOUT)}"
-        )
+    for name, value, most in (("request_timeout", o.request_timeout, MAX_REQUEST_TIMEOUT),
+                              ("session_idle_timeout", o.session_idle_timeout,
+                               MAX_SESSION_IDLE_TIMEOUT)):
+        if value < 0:
+            _fail(f"target {i}: {name} must be positive")
+        if value > most:
+            _fail(f"target {i}: {name} exceeds maximum of {format_go_duration(most)}")
     headers = o.custom_headers
     if len(headers) > MAX_CUSTOM_HEADERS:
         _fail(

@@ -345,6 +345,18 @@ def test_request_timeout_maximum():
     rejects(svc(targets=(t,)), "target 0: request_timeout exceeds maximum of 5m0s")
 
 
+def test_session_idle_timeout_maximum_and_order_of_timeout_checks():
+    t = peer_target(options=TargetOptions(session_idle_timeout=601 * 10**9))
+    rejects(svc(targets=(t,)), "target 0: session_idle_timeout exceeds maximum of 10m0s")
+    ok = peer_target(options=TargetOptions(session_idle_timeout=600 * 10**9,
+                                           request_timeout=300 * 10**9))
+    validate_service(svc(targets=(ok,)))
+    # request_timeout is checked before session_idle_timeout
+    both = peer_target(options=TargetOptions(request_timeout=301 * 10**9,
+                                             session_idle_timeout=-1))
+    rejects(svc(targets=(both,)), "target 0: request_timeout exceeds maximum of 5m0s")
+
+
 def test_custom_headers_too_many():
     headers = {f"X-H{i}": "v" for i in range(17)}
     t = peer_target(options=TargetOptions(custom_headers=headers))
