@@ -250,3 +250,17 @@ def test_api_paths_are_unchanged(mgmt):
     assert status == 401 and '"code":401' in text
     status, _h, text = c.get("/")
     assert status == 404 and '"code":404' in text
+
+
+def test_a_refused_delete_or_revoke_shows_the_list_page_with_the_api_message(mgmt, admin):
+    """Group/peer delete and token revoke: a refusal renders the list page with
+    the REST API's status and message (no redirect); unknown ids are 404."""
+    csrf = admin.csrf("/ui/groups")
+    for path, page, message in (
+            ("/ui/groups/no-such-group/delete", "/ui/groups", "group not found"),
+            ("/ui/peers/no-such-peer/delete", "/ui/peers", "peer not found"),
+            ("/ui/tokens/no-such-token/revoke", "/ui/tokens", "token not found")):
+        status, headers, text = admin.post(path, {"csrf": csrf})
+        assert status == 404 and "Location" not in headers, (path, status)
+        assert f'id="form-error">{message}' in text, path
+        assert f'action="{page}"' in text, path  # the list page's own form

@@ -8,10 +8,12 @@ inline next to the form.  Runs in the store thread pool.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nbgateway.management.model import MODES, TARGET_PROTOCOLS, TARGET_TYPES
 
+from .bridge import Outcome
 from .resource import Ctx, Page, data_uri, qs, read_ca_certificate
 
 PAGE_SIZE = 25
@@ -222,6 +224,14 @@ def service_delete(ctx: Ctx, service_id: str) -> Page:
     return Page(redirect="/ui/services")
 
 
+def _written(ctx: Ctx, out: Outcome, back: Callable[[Ctx, str, int], Page], to: str) -> Page:
+    """After a write: redirect to ``to``, or, when the API refused it, the list
+    page ``back`` with the API's message and status."""
+    if not out.ok:
+        return back(ctx, out.message, out.status)
+    return Page(redirect=to)
+
+
 # -- groups and peers -------------------------------------------------------------------
 
 
@@ -231,17 +241,12 @@ def groups(ctx: Ctx, error: str = "", status: int = 200) -> Page:
 
 
 def group_create(ctx: Ctx) -> Page:
-    out = ctx.api("createGroup", body={"name": ctx.field("name")})
-    if not out.ok:
-        return groups(ctx, out.message, out.status)
-    return Page(redirect="/ui/groups")
+    return _written(ctx, ctx.api("createGroup", body={"name": ctx.field("name")}), groups,
+                    "/ui/groups")
 
 
 def group_delete(ctx: Ctx, group_id: str) -> Page:
-    out = ctx.api("deleteGroup", {"groupId": group_id})
-    if not out.ok:
-        return groups(ctx, out.message, out.status)
-    return Page(redirect="/ui/groups")
+    return _written(ctx, ctx.api("deleteGroup", {"groupId": group_id}), groups, "/ui/groups")
 
 
 def peers(ctx: Ctx, error: str = "", status: int = 200, name: str = "") -> Page:
@@ -292,10 +297,7 @@ def ca_certificate(ctx: Ctx) -> Page:
 
 
 def peer_delete(ctx: Ctx, peer_id: str) -> Page:
-    out = ctx.api("deletePeer", {"peerId": peer_id})
-    if not out.ok:
-        return peers(ctx, out.message, out.status)
-    return Page(redirect="/ui/peers")
+    return _written(ctx, ctx.api("deletePeer", {"peerId": peer_id}), peers, "/ui/peers")
 
 
 # -- proxy tokens -------------------------------------------------------------------------
@@ -316,10 +318,8 @@ def token_create(ctx: Ctx) -> Page:
 
 
 def token_revoke(ctx: Ctx, token_id: str) -> Page:
-    out = ctx.api("revokeProxyToken", {"tokenId": token_id})
-    if not out.ok:
-        return tokens(ctx, out.message, out.status)
-    return Page(redirect="/ui/tokens")
+    return _written(ctx, ctx.api("revokeProxyToken", {"tokenId": token_id}), tokens,
+                    "/ui/tokens")
 
 
 # -- access log ---------------------------------------------------------------------------
