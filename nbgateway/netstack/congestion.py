@@ -37,6 +37,23 @@ So a keep-alive connection of responses smaller than half the initial
 window keeps cwnd at the initial window, and a later bulk response goes
 out in flights of at most cwnd, never the peer's whole receive window.
 Recovery (RFC 6582) is unchanged: the rule only gates the two increases.
+
+Restart after idle (RFC 5681 section 4.1; Linux's tcp_cwnd_restart with
+net.ipv4.tcp_slow_start_after_idle=1, its default): a window that has not
+been used for longer than an RTO says nothing about the path any more, so
+when a connection with nothing in flight is about to send again more than
+one RTO after its last data segment, :meth:`NewReno.restart_after_idle`
+halves ``cwnd`` once per RTO of idle time beyond the first, not below the
+restart window RW = min(IW, cwnd), and first raises ``ssthresh`` to at
+least 3/4 of the old ``cwnd`` (outside recovery), so slow start climbs
+quickly back towards the old operating point.  The caller (the connection's
+send paths) measures idle time from the last data segment sent, as Linux
+does (``lsndtime``): an arriving request does not reset it, which is what
+makes the rule apply to a keep-alive server at all (RFC 5681 4.1 notes that
+timing from the last received segment fails for persistent HTTP).  RFC 7661
+would let a sender that implements all of it (pipeACK, its loss response and
+the non-validated period) keep the window through idle periods of up to
+five minutes instead; only its growth rule is implemented here, as in Linux.
 """
 
 from __future__ import annotations
@@ -83,6 +100,11 @@ class RTOEstimator:
             self.backoff += 1
 
 
+def initial_window(mss: int) -> int:
+    """RFC 6928's initial window: min(10*MSS, max(2*MSS, 14600 bytes))."""
+    return min(10 * mss, max(2 * mss, 14600))
+
+
 class NewReno:
     """Congestion window state; sizes in bytes, sequence numbers unwrapped."""
 
@@ -91,7 +113,7 @@ class NewReno:
 
     def __init__(self, mss: int, iss: int) -> None:
         self.mss = mss
-        self.cwnd = min(10 * mss, max(2 * mss, 14600))  # RFC 6928
+        self.cwnd = initial_window(mss)
         self.ssthresh = 1 << 30
         self.dupacks = 0
         self.in_recovery = False
@@ -101,7 +123,7 @@ class NewReno:
 
     def set_mss(self, mss: int) -> None:
         self.mss = mss
-        self.cwnd = min(10 * mss, max(2 * mss, 14600))
+        self.cwnd = initial_window(mss)
 
     def on_ack(self, acked: int, ack: int, flight_before: int) -> bool:
         """New data acknowledged (``acked`` bytes, ACK value ``ack``).
@@ -152,6 +174,33 @@ class NewReno:
             self.cwnd = self.ssthresh + 3 * self.mss
             return True
         return False
+
+    def restart_after_idle(self, idle: float, rto: float) -> bool:
+        """Nothing was sent for ``idle`` seconds and nothing is in flight;
+        ``rto`` is the current retransmission timeout (with backoff).  When
+        ``idle`` exceeds it: ``ssthresh`` becomes at least 3/4 of ``cwnd``
+        (unless in recovery) and ``cwnd`` is halved once per further whole
+        or partial RTO, not below RW = min(IW, cwnd) -- Linux's
+        tcp_cwnd_restart, in bytes.  Returns whether it applied.  The
+        cwnd-limited measurement (``used``) restarts by itself: the first ACK
+        after the idle period starts a new round trip."""
+        if idle <= rto:
+            return False
+        cwnd = self.cwnd
+        if not self.in_recovery:
+            kept = (cwnd >> 1) + (cwnd >> 2)
+            if kept > self.ssthresh:
+                self.ssthresh = kept
+        iw = initial_window(self.mss)
+        rw = iw if iw < cwnd else cwnd
+        # halve while idle > k * RTO, k = 1, 2, ... (Linux subtracts RTO in
+        # a loop; a product keeps exact multiples from rounding over)
+        k = 1
+        while idle > k * rto and cwnd > rw:
+            cwnd >>= 1
+            k += 1
+        self.cwnd = cwnd if cwnd > rw else rw
+        return True
 
     def on_timeout(self, flight: int, snd_max: int) -> None:
         """RFC 5681 3.1 eq. 4 and the loss window; RFC 6582 4 records recover."""

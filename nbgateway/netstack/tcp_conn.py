@@ -137,6 +137,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
         "last_ack_sent",
         "last_oow_ack",
         "last_rcv",
+        "last_send",
         "layer",
         "linger_at",
         "listener",
@@ -238,6 +239,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
         self.timer_at: float | None = None
         self.heap_at: float | None = None
         self.last_rcv = now
+        self.last_send = now  # the last data segment sent (restart after idle)
         self.nodelay = True
         self.keepalive = False
         self.want_writable = False
@@ -282,11 +284,13 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                 and self.persist_at is None and self.layer.fast.enabled):
             # one segment that fits the windows with nothing else unsent: what
             # _output_run does for it, without the run's loop (tcp_fast.py)
+            una = self.snd_una
+            if nxt == una and now - self.last_send > self.rto.rto:
+                self._idle_restart(now)  # nothing in flight, idle over an RTO
             cc = self.cc
             cwnd = cc.cwnd
             if 0 < cc.dupacks < 3 and not cc.in_recovery:
                 cwnd += cc.dupacks * self.mss  # RFC 3042 limited transmit
-            una = self.snd_una
             wnd = self.snd_wnd
             if n <= una + (wnd if wnd < cwnd else cwnd) - nxt and (
                     self.nodelay or nxt <= una or n == self.mss):
@@ -383,6 +387,7 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                     self._emit(nxt, ACK | PSH, seg, now)
                 if nxt == self.snd_max and self.rtt_seq is None:
                     self.rtt_seq, self.rtt_time = nxt + n, now
+                self.last_send = now
                 nxt += n
                 self.snd_nxt = nxt
                 if nxt > self.snd_max:

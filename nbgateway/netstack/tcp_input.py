@@ -291,6 +291,7 @@ class ConnectionInput:
 
     def _enter_established(self, now: float) -> None:
         self.state = ESTABLISHED
+        self.last_send = now  # as Linux: no restart after idle on the first data
         if self.listener is not None:
             self.layer.passive_established(self)
         elif self.user is not None:
@@ -475,6 +476,10 @@ class ConnectionInput:
             if wnd and self.persist_at is not None:
                 self.persist_at = None
                 self.snd_nxt = self.snd_una
+                if now - self.last_send > self.rto.rto:
+                    # the window reopens with data queued and only a probe
+                    # byte out: Linux's restart check on a window update
+                    self._idle_restart(now)
         st = self.state
         if self.fin_queued and self.snd_una == self.sndbuf.end + 1:
             # our FIN is acknowledged

@@ -156,6 +156,10 @@ class ConnectionOutput:
         sent = False
         if self.persist_at is None:
             mss = self.mss
+            una = self.snd_una
+            if (una == self.snd_max and data_end > una
+                    and now - self.last_send > self.rto.rto):
+                self._idle_restart(now)  # nothing in flight, idle over an RTO
             while True:
                 nxt = self.snd_nxt
                 avail = data_end - nxt
@@ -186,6 +190,7 @@ class ConnectionOutput:
                 self._emit(nxt, flags, buf.view(nxt, n), now)
                 if nxt == self.snd_max and self.rtt_seq is None:
                     self.rtt_seq, self.rtt_time = nxt + n, now
+                self.last_send = now
                 nxt += n + (1 if flags & FIN else 0)
                 self.snd_nxt = nxt
                 if nxt > self.snd_max:
@@ -208,6 +213,21 @@ class ConnectionOutput:
                 self.persist_at = now + self.rto.current()
         if self.ack_now and not sent:
             self._send_ack(now)
+
+    def _idle_restart(self, now: float) -> None:
+        """Restart after idle (RFC 5681 4.1, Linux's tcp_cwnd_restart; see
+        ``congestion.py``): called by the send paths when nothing is in
+        flight and the last data segment left more than the base RTO ago (a
+        cheap pre-check); the full RTO includes backoff.  The idle period is
+        used up by the restart, so it is never applied twice (e.g. when the
+        peer's window keeps the data back).  ``tcp_idle_restarts`` counts the
+        restarts that shrank the window."""
+        cc = self.cc
+        cwnd = cc.cwnd
+        if cc.restart_after_idle(now - self.last_send, self.rto.current()):
+            self.last_send = now
+            if cc.cwnd < cwnd:
+                self.layer.counters["tcp_idle_restarts"] += 1
 
     def _retransmit_first(self, now: float) -> None:
         """Resend the first unacknowledged segment."""
@@ -243,6 +263,7 @@ class ConnectionOutput:
             if self.fin_queued and pos + n == buf.end and self.snd_max > buf.end:
                 flags |= FIN
             self._emit(pos, flags, buf.view(pos, n), now)
+            self.last_send = now
             self.rexmit_high = pos + n
             self.layer.counters["tcp_retransmitted_segments"] += 1
             return True
@@ -361,6 +382,9 @@ class ConnectionOutput:
             self._output(now)
             return
         self.layer.counters["tcp_window_probes"] += 1
+        # (no last_send: a probe byte says nothing about the path, and
+        # Linux's zero-window probes carry no data, so the window closed
+        # for longer than an RTO restarts when it opens)
         self._emit(una, ACK, self.sndbuf.view(una, 1), now)
         if self.snd_nxt < una + 1:
             self.snd_nxt = una + 1
