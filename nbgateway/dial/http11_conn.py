@@ -102,6 +102,19 @@ class LeanResponse:
 
 
 _new_response = LeanResponse.__new__
+
+
+class _Trailers(dict):  # type: ignore[type-arg]
+    """Where a chunked body's trailer lines go (llhttp reports them through
+    ``on_header`` after the head): nowhere.  The head's dict is the
+    response's by then; trailers were never relayed."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+#: the one (always empty) trailer sink: ``get`` finds nothing, a store is dropped
+_TRAILERS = _Trailers()
 _write_fallback = sockwrite.write_fallback
 
 
@@ -166,7 +179,8 @@ class UpstreamConnection(Protocol):
         #: a Deferred, or the request's :class:`_Attempt` itself
         self._d: Any = None
         self._head_method = False
-        self._headers: list[tuple[bytes, bytes]] = []
+        #: the response head's headers as ``Headers`` keeps them (see on_header)
+        self._headers: dict[bytes, list[bytes]] = {}
         self._phrase = b""
         self._head_done = False
         self._complete = False
@@ -199,7 +213,7 @@ class UpstreamConnection(Protocol):
         # the start of a message; anything else is never pooled).
         # self._reset(new_parser=False), inline
         self._d = d
-        self._headers = []
+        self._headers = {}
         self._phrase = b""
         self._head_done = False
         self._complete = False
@@ -291,8 +305,23 @@ class UpstreamConnection(Protocol):
             return
         # the head's size is checked at its end (on_headers_complete) and
         # after each read that leaves it incomplete (dataReceived), each
-        # time only past MAX_HEAD_BYTES received (it is no more before)
-        self._headers.append((name, value))
+        # time only past MAX_HEAD_BYTES received (it is no more before).
+        # Into the response's dict as ``Headers`` keeps it, here (no list of
+        # pairs to walk again at the head's end): the name made canonical
+        # once (cached), the value as llhttp gave it (it refuses CR/LF in
+        # values; one with them is still sanitised as
+        # ``Headers.addRawHeader`` does).
+        key = _NAMES.get(name)
+        if key is None:
+            key = _canonical(name)
+        if 13 in value or 10 in value:  # CR, LF (an int is found by memchr: ~10x faster)
+            value = b" ".join(value.splitlines())
+        raw = self._headers
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
 
     def on_headers_complete(self) -> None:
         if not self._active or self._complete:  # stray bytes
@@ -302,32 +331,17 @@ class UpstreamConnection(Protocol):
         if 100 <= status < 200:  # interim response: wait for the real one
             if self._got_bytes > MAX_HEAD_BYTES:
                 _check_head_size(self._headers)
-            self._headers = []
+            self._headers = {}
             self._phrase = b""
             return
         self._head_done = True
-        # names made canonical once (cached), values as llhttp gave them:
-        # it refuses CR/LF in them; a value with one is still sanitised as
-        # ``Headers.addRawHeader`` does.  The dict becomes the response's
-        # ``Headers`` as it is (no per-header public-API call).
-        raw: dict[bytes, list[bytes]] = {}
-        names = _NAMES
-        # The header lines are spans of the bytes received since the request
-        # was sent: while those are within the bound, so is the head (no
-        # per-header count).
+        # The dict on_header filled becomes the response's ``Headers`` as it
+        # is (no per-header public-API call).  The header lines are spans of
+        # the bytes received since the request was sent: while those are
+        # within the bound, so is the head (no per-header count).
+        raw: dict[bytes, list[bytes]] = self._headers
         if self._got_bytes > MAX_HEAD_BYTES:
-            _check_head_size(self._headers)
-        for name, value in self._headers:
-            key = names.get(name)
-            if key is None:
-                key = _canonical(name)
-            if 13 in value or 10 in value:  # CR, LF (an int is found by memchr: ~10x faster)
-                value = b" ".join(value.splitlines())
-            values = raw.get(key)
-            if values is None:
-                raw[key] = [value]
-            else:
-                values.append(value)
+            _check_head_size(raw)
         chunked = _TRANSFER_ENCODING in raw
         if self._head_method or status in _BODYLESS_STATUSES:
             length: Any = 0
@@ -347,6 +361,9 @@ class UpstreamConnection(Protocol):
         response.phrase = self._phrase
         response.headers = headers
         response.length = length
+        # the dict is the response's now: what on_header sees after the
+        # head (a chunked body's trailers) is dropped, not added to it
+        self._headers = _TRAILERS
         if self._head_method:
             # llhttp would wait for a body HEAD never gets: end here, no reuse
             self._reusable = False
@@ -506,9 +523,11 @@ class UpstreamConnection(Protocol):
         self._fail(Failure(ResponseFailed([reason])))
 
 
-def _check_head_size(headers: list[tuple[bytes, bytes]]) -> None:
-    """Refuse a response head past ``MAX_HEAD_BYTES`` (its header lines)."""
-    if sum(len(name) + len(value) for name, value in headers) > MAX_HEAD_BYTES:
+def _check_head_size(headers: dict[bytes, list[bytes]]) -> None:
+    """Refuse a response head past ``MAX_HEAD_BYTES`` (its header lines:
+    names and values, as ``on_header`` keeps them)."""
+    if sum(len(name) * len(values) + sum(map(len, values))
+           for name, values in headers.items()) > MAX_HEAD_BYTES:
         raise ValueError("upstream response head too large")
 
 
