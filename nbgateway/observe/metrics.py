@@ -279,6 +279,26 @@ class GatewayMetrics:
         return total
 
 
+def _counter(name: str, doc: str, label: str,
+             samples: Iterable[tuple[str, float]]) -> CounterMetricFamily:
+    """The counter family ``PREFIX + name`` with one sample per (label value,
+    value), in the order given."""
+    fam = CounterMetricFamily(PREFIX + name, doc, labels=[label])
+    for label_value, value in samples:
+        fam.add_metric([label_value], value)
+    return fam
+
+
+def _by_prefix(counts: Counter[str], prefix: str,
+               renamed: str = "") -> Iterator[tuple[str, int]]:
+    """``(renamed + rest, count)`` for every key ``prefix + rest`` of ``counts``,
+    in key order (the per-reason drop counters)."""
+    cut = len(prefix)
+    for key in sorted(counts):
+        if key.startswith(prefix):
+            yield renamed + key[cut:], counts[key]
+
+
 class _GatewayCollector:
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.m = metrics
@@ -293,12 +313,10 @@ class _GatewayCollector:
         yield from self._rpc(m.rpc)
         if m.access_log is not None:
             stats = m.access_log.stats
-            fam = CounterMetricFamily(PREFIX + "access_log_entries",
-                                      "Access-log entries by outcome (dropped = queue full "
-                                      "or unsent at shutdown)", labels=["result"])
-            for result in ("queued", "sent", "failed", "dropped"):
-                fam.add_metric([result], getattr(stats, result, 0))
-            yield fam
+            yield _counter("access_log_entries", "Access-log entries by outcome (dropped = "
+                           "queue full or unsent at shutdown)", "result",
+                           ((result, getattr(stats, result, 0))
+                            for result in ("queued", "sent", "failed", "dropped")))
         if m.health is not None:
             h = m.health
             for name, value, doc in (
@@ -315,60 +333,33 @@ class _GatewayCollector:
         yield GaugeMetricFamily(PREFIX + "accounts", "Account runtimes running", value=m.accounts)
         yield GaugeMetricFamily(PREFIX + "wireguard_peers", "WireGuard peers configured",
                                 value=sum(len(d.peers) for d in m._devices()))
-        hs = CounterMetricFamily(PREFIX + "wireguard_handshakes",
-                                 "WireGuard handshakes by outcome", labels=["result"])
-        for key, result in _WG_HANDSHAKE_RESULTS.items():
-            hs.add_metric([result], c[key])
-        yield hs
+        yield _counter("wireguard_handshakes", "WireGuard handshakes by outcome", "result",
+                       ((result, c[key]) for key, result in _WG_HANDSHAKE_RESULTS.items()))
         msgs = CounterMetricFamily(PREFIX + "wireguard_handshake_messages",
                                    "WireGuard handshake messages",
                                    labels=["message", "direction"])
         for key, labels in _WG_HANDSHAKE_MESSAGES.items():
             msgs.add_metric(list(labels), c[key])
         yield msgs
-        drops = CounterMetricFamily(PREFIX + "wireguard_drops",
-                                    "WireGuard datagrams/packets dropped, by reason",
-                                    labels=["reason"])
-        for key in sorted(c):
-            if key.startswith("drop_"):
-                drops.add_metric([key[5:]], c[key])
         mux = Counter(m.mux.counters) if m.mux is not None else Counter()
-        for key in sorted(mux):
-            if key.startswith("mux_drop_"):
-                drops.add_metric(["mux_" + key[9:]], mux[key])
-        yield drops
-        udp = CounterMetricFamily(PREFIX + "wireguard_udp_errors",
-                                  "UDP socket errors on the WireGuard port", labels=["kind"])
-        for key, kind in (("udp_send_error", "send_error"), ("udp_refused", "refused")):
-            udp.add_metric([kind], c[key] + mux[key])
-        yield udp
-        packets = CounterMetricFamily(PREFIX + "wireguard_packets",
-                                      "WireGuard transport data packets (keepalives excluded)",
-                                      labels=["direction"])
-        packets.add_metric(["rx"], c["data_rx"])
-        packets.add_metric(["tx"], c["data_tx"])
-        yield packets
-        nbytes = CounterMetricFamily(PREFIX + "wireguard_bytes",
-                                     "WireGuard transport bytes (ciphertext, incl. headers)",
-                                     labels=["direction"])
-        for direction, value in m.wireguard_bytes().items():
-            nbytes.add_metric([direction], value)
-        yield nbytes
+        yield _counter("wireguard_drops", "WireGuard datagrams/packets dropped, by reason",
+                       "reason", (*_by_prefix(c, "drop_"), *_by_prefix(mux, "mux_drop_", "mux_")))
+        yield _counter("wireguard_udp_errors", "UDP socket errors on the WireGuard port", "kind",
+                       ((kind, c[key] + mux[key]) for key, kind in
+                        (("udp_send_error", "send_error"), ("udp_refused", "refused"))))
+        yield _counter("wireguard_packets",
+                       "WireGuard transport data packets (keepalives excluded)", "direction",
+                       (("rx", c["data_rx"]), ("tx", c["data_tx"])))
+        yield _counter("wireguard_bytes", "WireGuard transport bytes (ciphertext, incl. headers)",
+                       "direction", m.wireguard_bytes().items())
 
     @staticmethod
     def _netstack(m: GatewayMetrics) -> Iterator[Metric]:
         c = m.netstack_counters()
-        packets = CounterMetricFamily(PREFIX + "netstack_packets", "IP packets in the netstack",
-                                      labels=["direction"])
-        packets.add_metric(["rx"], c["rx_packets"])
-        packets.add_metric(["tx"], c["tx_packets"])
-        yield packets
-        drops = CounterMetricFamily(PREFIX + "netstack_drops", "IP packets dropped, by reason",
-                                    labels=["reason"])
-        for key in sorted(c):
-            if key.startswith("drop_"):
-                drops.add_metric([key[5:]], c[key])
-        yield drops
+        yield _counter("netstack_packets", "IP packets in the netstack", "direction",
+                       (("rx", c["rx_packets"]), ("tx", c["tx_packets"])))
+        yield _counter("netstack_drops", "IP packets dropped, by reason", "reason",
+                       _by_prefix(c, "drop_"))
         yield CounterMetricFamily(PREFIX + "tcp_connections_accepted",
                                   "TCP connections accepted on tunnel listeners",
                                   value=c["tcp_passive_opens"])
@@ -376,28 +367,19 @@ class _GatewayCollector:
                                   "Outgoing tunnel TCP connects refused at "
                                   "--max-tunnel-connections",
                                   value=c["tcp_connect_limit"])
-        resets = CounterMetricFamily(PREFIX + "tcp_resets", "TCP RST segments",
-                                     labels=["direction"])
-        resets.add_metric(["rx"], c["tcp_rst_received"])
-        resets.add_metric(["tx"], c["tcp_rst_sent"])
-        yield resets
-        retrans = CounterMetricFamily(PREFIX + "tcp_retransmits", "TCP retransmissions",
-                                      labels=["kind"])
-        retrans.add_metric(["timeout"], c["tcp_rto"])
-        retrans.add_metric(["fast"], c["tcp_fast_retransmits"])
-        yield retrans
+        yield _counter("tcp_resets", "TCP RST segments", "direction",
+                       (("rx", c["tcp_rst_received"]), ("tx", c["tcp_rst_sent"])))
+        yield _counter("tcp_retransmits", "TCP retransmissions", "kind",
+                       (("timeout", c["tcp_rto"]), ("fast", c["tcp_fast_retransmits"])))
         active = sum(len(getattr(getattr(s, "tcp", None), "conns", ())) for s in m._stacks())
         yield GaugeMetricFamily(PREFIX + "tcp_active_connections",
                                 "TCP connections in the netstack tables", value=active)
 
     @staticmethod
     def _http(r: RequestStats) -> Iterator[Metric]:
-        fam = CounterMetricFamily(PREFIX + "http_requests", "HTTP requests by status code",
-                                  labels=["code"])
         by_status = r.by_status  # folded once per scrape
-        for code in sorted(by_status):
-            fam.add_metric([str(code)], by_status[code])
-        yield fam
+        yield _counter("http_requests", "HTTP requests by status code", "code",
+                       ((str(code), by_status[code]) for code in sorted(by_status)))
         yield GaugeMetricFamily(PREFIX + "http_active_requests", "HTTP requests in flight",
                                 value=r.active)
         hist = HistogramMetricFamily(PREFIX + "http_request_duration_seconds",
@@ -408,20 +390,14 @@ class _GatewayCollector:
     @staticmethod
     def _tunnel_cache(cache: Any) -> Iterator[Metric]:
         s = cache.stats
-        fam = CounterMetricFamily(PREFIX + "tunnel_validation_lookups",
-                                  "ValidateTunnelPeer cache lookups: hit, miss (one RPC) or "
-                                  "join (waited on an in-flight RPC)", labels=["result"])
-        fam.add_metric(["hit"], s.hits)
-        fam.add_metric(["miss"], s.misses)
-        fam.add_metric(["join"], s.joins)
-        yield fam
-        outcome = CounterMetricFamily(PREFIX + "tunnel_validation_rpc_failures",
-                                      "ValidateTunnelPeer RPCs that did not allow: denied "
-                                      "(valid=false or no token) or error (incl. timeout)",
-                                      labels=["result"])
-        outcome.add_metric(["denied"], s.denials)
-        outcome.add_metric(["error"], s.errors)
-        yield outcome
+        yield _counter("tunnel_validation_lookups",
+                       "ValidateTunnelPeer cache lookups: hit, miss (one RPC) or "
+                       "join (waited on an in-flight RPC)", "result",
+                       (("hit", s.hits), ("miss", s.misses), ("join", s.joins)))
+        yield _counter("tunnel_validation_rpc_failures",
+                       "ValidateTunnelPeer RPCs that did not allow: denied "
+                       "(valid=false or no token) or error (incl. timeout)", "result",
+                       (("denied", s.denials), ("error", s.errors)))
         yield CounterMetricFamily(PREFIX + "tunnel_validation_evictions",
                                   "Cache entries evicted on roster/service changes",
                                   value=s.evictions)
@@ -436,12 +412,9 @@ class _GatewayCollector:
             h = r.latency[method]
             hist.add_metric([method], h.cumulative(), sum_value=h.total)
         yield hist
-        errors = CounterMetricFamily(PREFIX + "management_rpc_errors",
-                                     "Management RPCs that failed (error or timeout)",
-                                     labels=["method"])
-        for method in sorted(set(r.errors) | set(r.latency)):
-            errors.add_metric([method], r.errors[method])
-        yield errors
+        yield _counter("management_rpc_errors", "Management RPCs that failed (error or timeout)",
+                       "method", ((method, r.errors[method])
+                                  for method in sorted(set(r.errors) | set(r.latency))))
 
 
 class MetricsResource(Resource):

@@ -339,3 +339,36 @@ def test_request_stats_fold_matches_direct_counting():
             assert value(s, "nbgateway_http_active_requests") == 0
     r.by_status[200] += 5  # a copy: writing to it changes nothing
     assert r.by_status == want_codes
+
+
+def test_labelled_counter_samples_keep_their_order():
+    """The one-label counter families list their samples in a fixed order
+    (drops: the device's reasons sorted, then the mux's; rx before tx), so a
+    scrape's text is stable from one scrape to the next."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    metrics = GatewayMetrics()
+    wg = Counter({"drop_b": 2, "drop_a": 1, "data_rx": 5, "data_tx": 6, "udp_refused": 1})
+    ns = Counter({"drop_y": 4, "drop_x": 3, "tcp_rst_received": 7, "tcp_rst_sent": 8,
+                  "tcp_rto": 9, "tcp_fast_retransmits": 10})
+    metrics.wireguard_counters = lambda: Counter(wg)
+    metrics.netstack_counters = lambda: Counter(ns)
+    metrics.mux = SimpleNamespace(counters={"mux_drop_q": 7, "mux_drop_a": 8, "udp_refused": 2})
+    metrics.requests.record(502, 0.1)
+    metrics.requests.record(200, 0.1)
+    text = generate_latest(metrics.registry).decode()
+    order: dict[str, list[tuple[tuple, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                order.setdefault(sample.name[len("nbgateway_"):-len("_total")], []).append(
+                    (tuple(sample.labels.values()), sample.value))
+    assert order["wireguard_drops"] == [(("a",), 1), (("b",), 2), (("mux_a",), 8),
+                                        (("mux_q",), 7)]
+    assert order["wireguard_udp_errors"] == [(("send_error",), 0), (("refused",), 3)]
+    assert order["wireguard_packets"] == [(("rx",), 5), (("tx",), 6)]
+    assert order["netstack_drops"] == [(("x",), 3), (("y",), 4)]
+    assert order["tcp_resets"] == [(("rx",), 7), (("tx",), 8)]
+    assert order["tcp_retransmits"] == [(("timeout",), 9), (("fast",), 10)]
+    assert order["http_requests"] == [(("200",), 1), (("502",), 1)]
