@@ -281,15 +281,20 @@ class UDPService(DatagramProtocol):
             d.addCallbacks(lambda v: self._gated(session, v),
                            lambda f: self._gated(session, (False, "gate_error", "", ())))
             return session
+        return session if self._dial(session) else None
+
+    def _dial(self, session: UDPSession) -> bool:
+        """Open ``session``'s upstream; on failure count and log it, end the
+        session (``dial_failed``) and return False."""
         try:
             session.open()
         except Exception as exc:
             self.stats.dial_failures += 1
             log.info("UDP upstream for service {service} failed: {err}",
-                     service=t.service_id, err=str(exc))
-            self._end(key, "dial_failed")
-            return None
-        return session
+                     service=self.target.service_id, err=str(exc))
+            self._end(session.client, "dial_failed")
+            return False
+        return True
 
     def _gated(self, session: UDPSession, verdict: Any) -> None:
         allowed, reason, user_id, groups = verdict
@@ -300,13 +305,7 @@ class UDPService(DatagramProtocol):
             self.stats.denied += 1
             self._end(session.client, reason or "denied")
             return
-        try:
-            session.open()
-        except Exception as exc:
-            self.stats.dial_failures += 1
-            log.info("UDP upstream for service {service} failed: {err}",
-                     service=self.target.service_id, err=str(exc))
-            self._end(session.client, "dial_failed")
+        self._dial(session)
 
 
 class UDPRelays:

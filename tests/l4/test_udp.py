@@ -177,3 +177,30 @@ def test_one_accounts_sessions_over_all_its_services_are_bounded():
     assert counts == {"A": 1, "B": 1}
     a2.datagramReceived(b"x", ("192.0.2.1", 4))
     assert len(a2.sessions) == 2
+
+
+def test_an_upstream_that_cannot_be_opened_ends_the_session_public_or_gated():
+    """Public (at the first datagram) and private (after the gate allows):
+    the session ends ``dial_failed``, counted once each, nothing sent."""
+
+    def refuse(target, protocol):
+        raise OSError("no route")
+
+    svc = UDPService(target_from_mapping(mapping(mode="udp")), clock=Clock(), stats=L4Stats(),
+                     open_upstream=refuse, gate=None, on_session_end=(ended := []).append)
+    svc.transport = FakeSocket()
+    svc.datagramReceived(b"q", ("192.0.2.1", 1000))
+    assert svc.sessions == {} and [s.close_reason for s in ended] == ["dial_failed"]
+    assert svc.stats.dial_failures == 1
+
+    pending = Deferred()
+    gated = UDPService(target_from_mapping(mapping(mode="udp", private=True)), clock=Clock(),
+                       stats=L4Stats(), open_upstream=refuse, gate=lambda t, ip: pending,
+                       on_session_end=(gated_ended := []).append)
+    gated.transport = FakeSocket()
+    gated.datagramReceived(b"q", ("100.64.0.2", 1))
+    assert list(gated.sessions) == [("100.64.0.2", 1)] and not gated_ended
+    pending.callback((True, "", "u1", ()))
+    assert gated.sessions == {} and [s.close_reason for s in gated_ended] == ["dial_failed"]
+    assert gated.stats.dial_failures == 1 and gated.stats.denied == 0
+    assert svc.transport.sent == [] and gated.transport.sent == []
