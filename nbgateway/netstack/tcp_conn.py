@@ -284,13 +284,11 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                 and self.persist_at is None and self.layer.fast.enabled):
             # one segment that fits the windows with nothing else unsent: what
             # _output_run does for it, without the run's loop (tcp_fast.py)
-            una = self.snd_una
-            if nxt == una and now - self.last_send > self.rto.rto:
-                self._idle_restart(now)  # nothing in flight, idle over an RTO
             cc = self.cc
             cwnd = cc.cwnd
             if 0 < cc.dupacks < 3 and not cc.in_recovery:
                 cwnd += cc.dupacks * self.mss  # RFC 3042 limited transmit
+            una = self.snd_una
             wnd = self.snd_wnd
             if n <= una + (wnd if wnd < cwnd else cwnd) - nxt and (
                     self.nodelay or nxt <= una or n == self.mss):
@@ -387,15 +385,21 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
                     self._emit(nxt, ACK | PSH, seg, now)
                 if nxt == self.snd_max and self.rtt_seq is None:
                     self.rtt_seq, self.rtt_time = nxt + n, now
-                self.last_send = now
                 nxt += n
                 self.snd_nxt = nxt
                 if nxt > self.snd_max:
                     self.snd_max = nxt
                 t = self.rtx_at
                 if t is None:
+                    # nothing was in flight: restart after idle (congestion.py)
+                    # here, after the segment, as the segment fitted either way
+                    # (a restarted cwnd keeps min(IW, cwnd) >= n)
                     rto = self.rto
-                    t = self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
+                    r = rto.rto
+                    if now - self.last_send > r:
+                        self._idle_restart(now)
+                    t = self.rtx_at = now + (r if not rto.backoff else rto.current())
+                self.last_send = now
                 # _update_timer, inlined: the segment cleared the delayed ACK and
                 # no persist timer runs (checked above), so of the five timers
                 # only these three can be armed

@@ -190,7 +190,6 @@ class ConnectionOutput:
                 self._emit(nxt, flags, buf.view(nxt, n), now)
                 if nxt == self.snd_max and self.rtt_seq is None:
                     self.rtt_seq, self.rtt_time = nxt + n, now
-                self.last_send = now
                 nxt += n + (1 if flags & FIN else 0)
                 self.snd_nxt = nxt
                 if nxt > self.snd_max:
@@ -199,6 +198,8 @@ class ConnectionOutput:
                     rto = self.rto
                     self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
                 sent = True
+            if sent:
+                self.last_send = now  # data left (a FIN alone is not data)
             if self.fin_queued and self.snd_nxt == data_end:
                 self._emit(data_end, FIN | ACK, b"", now)
                 self.snd_nxt = data_end + 1
