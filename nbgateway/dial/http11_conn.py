@@ -85,7 +85,15 @@ class LeanResponse:
     """The parts of ``IResponse`` the reverse proxy reads.  (The proxy's
     exchange calls ``response._conn.deliver`` directly: a plain method call
     the interpreter specialises, where a bound method stored on the
-    response was a generic lookup to make, to store and to call.)"""
+    response was a generic lookup to make, to store and to call.)
+
+    The head's headers are the response's own ``_rawHeaders`` (the dict as
+    ``Headers`` keeps it, filled by ``UpstreamConnection.on_header``): the
+    proxy's relay reads them there, and the ``Headers`` object of
+    ``headers`` is made only when something reads it (one object fewer per
+    relayed response)."""
+
+    __slots__ = ("_conn", "_headers", "_rawHeaders", "code", "length", "phrase")
 
     version = (b"HTTP", 1, 1)
 
@@ -94,8 +102,18 @@ class LeanResponse:
         self._conn = conn
         self.code = code
         self.phrase = phrase
-        self.headers = headers
+        self._headers: Headers | None = headers
+        self._rawHeaders: dict[bytes, list[bytes]] = headers._rawHeaders
         self.length = length
+
+    @property
+    def headers(self) -> Headers:
+        """The response's ``Headers`` (over ``_rawHeaders``: one dict)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _new_headers(Headers)
+            headers._rawHeaders = self._rawHeaders
+        return headers
 
     def deliverBody(self, protocol: Any) -> None:
         self._conn.deliver(protocol)
@@ -353,13 +371,12 @@ class UpstreamConnection(Protocol):
             length = int(lengths[-1]) if lengths else UNKNOWN_LENGTH
         self._framing_eof = (not chunked and length is UNKNOWN_LENGTH)
         d, self._d = self._d, None
-        headers = _new_headers(Headers)  # no Headers.__init__: the dict is set here
-        headers._rawHeaders = raw
         response = _new_response(LeanResponse)  # LeanResponse(...) without the __init__ call
         response._conn = self
         response.code = status
         response.phrase = self._phrase
-        response.headers = headers
+        response._headers = None  # made if read (the relay reads the dict)
+        response._rawHeaders = raw
         response.length = length
         # the dict is the response's now: what on_header sees after the
         # head (a chunked body's trailers) is dropped, not added to it

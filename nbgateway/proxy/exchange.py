@@ -65,6 +65,7 @@ from nbgateway.proxy.balance import (
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import (
+    canonical_name,
     filter_response_headers,
     relay_response_headers,
     rewrite_locations,
@@ -80,6 +81,7 @@ log = Logger(namespace="nbgateway.proxy.reverse")
 
 NO_BODY_CODES = (204, 304)
 _RESPONSES = RESPONSES
+_LOCATION = canonical_name("Location")
 
 
 def client_ip(request: Any) -> str:
@@ -328,9 +330,12 @@ class _Exchange:
                 response.deliverBody(_Discard())
                 return
             request = self.request
-            headers = response.headers
-            if self.service.rewrite_redirects and headers.hasHeader(b"location"):
-                headers = filter_response_headers(headers)
+            # the lean client's head: the response's own dict (its Headers
+            # object is made only if read); any other response's Headers
+            lean = type(response) is LeanResponse
+            headers = response if lean else response.headers
+            if self.service.rewrite_redirects and _LOCATION in headers._rawHeaders:
+                headers = filter_response_headers(response.headers)
                 try:
                     rewrite_locations(headers, self.route, self.host, request.isSecure(),
                                       self.proxy.forwarded_proto, self.opts.path_rewrite)
@@ -355,9 +360,9 @@ class _Exchange:
                 request.responseHeaders, headers,
                 length if (isinstance(length, int) and request.method != b"HEAD"
                            and code not in NO_BODY_CODES) else None,
-                type(response) is LeanResponse)
+                lean)
             request.upstream_status = code
-            if type(response) is LeanResponse:
+            if lean:
                 response._conn.deliver(self)  # its deliverBody, without the call
             else:
                 response.deliverBody(self)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable
+from typing import Protocol
 
 from twisted.web.http_headers import Headers
 
@@ -418,7 +419,15 @@ def _relay_kind(name: bytes) -> int:
     return kind
 
 
-def relay_response_headers(target: Headers, upstream: Headers,
+class RawHeaders(Protocol):
+    """What :func:`relay_response_headers` reads of the upstream's headers:
+    their dict as ``Headers`` keeps it (a ``Headers``, or the lean client's
+    response, which holds its head's dict itself)."""
+
+    _rawHeaders: dict[bytes, list[bytes]]
+
+
+def relay_response_headers(target: Headers, upstream: RawHeaders,
                            content_length: int | None = None, owned: bool = False) -> None:
     """Put the upstream response's headers into the client response's
     ``target`` in one pass: the same result as :func:`filter_response_headers`
