@@ -264,3 +264,25 @@ def test_a_refused_delete_or_revoke_shows_the_list_page_with_the_api_message(mgm
         assert status == 404 and "Location" not in headers, (path, status)
         assert f'id="form-error">{message}' in text, path
         assert f'action="{page}"' in text, path  # the list page's own form
+
+
+
+def test_page_router_matches_like_the_rest_router_and_refuses_control_characters():
+    """The dashboard's router (resource._match) and the REST routes
+    (framework.match_segments) match a template alike; the dashboard's also
+    refuses a parameter holding a control character (raw path bytes)."""
+    from nbgateway.management.api.framework import match_segments
+    from nbgateway.management.ui.resource import _match
+
+    pattern = ("peers", "{peerId}", "config")
+    for segments, params in ((("peers", "p1", "config"), {"peerId": "p1"}),
+                             (("peers", "", "config"), None),
+                             (("peers", "p1"), None),
+                             (("peers", "p1", "conf"), None),
+                             (("groups", "p1", "config"), None)):
+        assert match_segments(pattern, segments) == params, segments
+        assert _match(pattern, segments) == params, segments
+    assert match_segments(pattern, ("peers", "a\x01b", "config")) == {"peerId": "a\x01b"}
+    assert _match(pattern, ("peers", "a\x01b", "config")) is None
+    assert _match(pattern, ("peers", "a\x1f", "config")) is None
+    assert _match(pattern, ("peers", "a b~\x7f", "config")) == {"peerId": "a b~\x7f"}

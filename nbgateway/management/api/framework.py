@@ -153,17 +153,25 @@ class Route:
         self.segments = tuple(s for s in self.template.split("/") if s)
 
     def match(self, segments: tuple[str, ...]) -> dict[str, str] | None:
-        if len(segments) != len(self.segments):
-            return None
-        params = {}
-        for want, got in zip(self.segments, segments, strict=True):
-            if want.startswith("{"):
-                if not got:
-                    return None
-                params[want[1:-1]] = got
-            elif want != got:
+        return match_segments(self.segments, segments)
+
+
+def match_segments(pattern: tuple[str, ...], segments: tuple[str, ...]
+                   ) -> dict[str, str] | None:
+    """The ``{name}`` parameters of a path's ``segments`` that match a
+    template's ``pattern`` segment for segment (a parameter is never empty),
+    or None.  Shared by the REST routes and the dashboard's pages."""
+    if len(segments) != len(pattern):
+        return None
+    params = {}
+    for want, got in zip(pattern, segments, strict=True):
+        if want.startswith("{"):
+            if not got:
                 return None
-        return params
+            params[want[1:-1]] = got
+        elif want != got:
+            return None
+    return params
 
 
 #: body types twisted.web decodes into ``request.args`` (the dashboard's forms)

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from nbgateway.management.api.framework import Identity
+from nbgateway.management.api.framework import Identity, match_segments
 from nbgateway.management.oidc import OIDCError
 
 from .bridge import ApiBridge, Outcome
@@ -442,16 +442,10 @@ def _one(form: dict[str, list[str]], name: str) -> str | None:
 
 
 def _match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:
-    if len(pattern) != len(segments):
+    """:func:`match_segments`, refusing a parameter with a control character."""
+    params = match_segments(pattern, segments)
+    if params is None or any(ord(c) < 0x20 for got in params.values() for c in got):
         return None
-    params: dict[str, str] = {}
-    for want, got in zip(pattern, segments, strict=True):
-        if want.startswith("{"):
-            if not got or any(ord(c) < 0x20 for c in got):
-                return None
-            params[want[1:-1]] = got
-        elif want != got:
-            return None
     return params
 
 
