@@ -18,8 +18,7 @@ up and down.
 from __future__ import annotations
 
 import hashlib
-import math
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -29,9 +28,10 @@ from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account, 
 from nbgateway.management.store import Store, _accesslog_query
 from nbgateway.management.store._base import StoreBase, normalise_dsn
 from nbgateway.management.store.schema import access_log_entries, access_log_groups, accounts
+from tests.management import _accesslog_scenarios as scenarios
+from tests.management._accesslog_scenarios import NOW, brute, everything, indexes
 from tests.management.test_accesslog_list_values import values_counted, values_table
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 #: group names, one with a quote and one a prefix of another
 NAMES = ("ops", "dev", 'qa "x"', "op", "All")
 #: captured sets (None: no groups captured)
@@ -60,19 +60,6 @@ def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
     return out
 
 
-def brute(stored: list[AccessLogEntry], q: AccessLogQuery,
-          names: dict[str, str]) -> tuple[int, list[str]]:
-    """(total, the page's ids) of *q* over *stored*; *names*: group id -> name."""
-    rows = [e for e in stored
-            if (not q.group_id or names[q.group_id] in (e.user_groups or ()))
-            and (not q.path or q.path.lower() in e.path.lower())]
-    key = {"timestamp": lambda e: (e.timestamp, e.id),
-           "url": lambda e: (e.host.encode(), e.path.encode(), e.id)}[q.sort_by]
-    rows.sort(key=key, reverse=q.sort_order == "desc")
-    lo = (q.page - 1) * q.page_size
-    return len(rows), [e.id for e in rows[lo:lo + q.page_size]]
-
-
 def queries(group_ids: list[str]) -> list[AccessLogQuery]:
     Q = AccessLogQuery
     out = []
@@ -88,27 +75,9 @@ def queries(group_ids: list[str]) -> list[AccessLogQuery]:
     return out
 
 
-def everything(store: Store, account_id: str) -> list[AccessLogEntry]:
-    out: list[AccessLogEntry] = []
-    p = 1
-    while True:
-        page = store.access_logs.list(account_id, AccessLogQuery(page=p, page_size=100))
-        out.extend(page.data)
-        if len(page.data) < 100:
-            return out
-        p += 1
-
-
 def check(store: Store, account_id: str) -> None:
-    stored = everything(store, account_id)
-    assert len(stored) == store.access_logs.count(account_id)
-    names = {g.id: g.name for g in store.groups.list(account_id)}
-    for _ in range(2):  # twice: psycopg's generic plans answer too
-        for q in queries(sorted(names)):
-            page = store.access_logs.list(account_id, q)
-            want_total, want_ids = brute(stored, q, names)
-            assert (page.total_records, [e.id for e in page.data]) == (want_total, want_ids), q
-            assert page.total_pages == math.ceil(want_total / q.page_size)
+    group_ids = sorted(g.id for g in store.groups.list(account_id))
+    scenarios.check(store, account_id, queries(group_ids))
 
 
 def groups_table(conn) -> dict[tuple, tuple[str, int]]:
@@ -146,30 +115,11 @@ def add_groups(store: Store, account_id: str) -> None:
 
 
 def scenario(store: Store, account: Account) -> None:
-    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
-    add_groups(store, account.id)
-    add_groups(store, other.id)
-    store.access_logs.append_many(entries(account.id, 150) + entries(other.id, 40))
-    store.access_logs.append(entries(account.id, 1, start=150)[0])
-    store.access_logs.append_many(entries(account.id, 160))  # a retried batch, 9 new
-    same_groups(store)
-    check(store, account.id)
-    check(store, other.id)
-    while store.access_logs.prune_step(account.id, older_than=NOW - timedelta(days=12),
-                                       max_rows=None, limit=11):
-        pass
-    same_groups(store)
-    check(store, account.id)
-    while store.access_logs.prune_step(account.id, older_than=None, max_rows=61, limit=8):
-        pass
-    assert store.access_logs.count(account.id) == 61
-    same_groups(store)
-    check(store, account.id)
-    store.accounts.delete(other.id)
-    same_groups(store)
-    store.access_logs.append_many(entries(account.id, 30, start=400))
-    same_groups(store)
-    check(store, account.id)
+    def prepare(other: Account) -> None:
+        add_groups(store, account.id)
+        add_groups(store, other.id)
+
+    scenarios.scenario(store, account, entries, check, prepare=prepare, written=same_groups)
     # the match is on the name the group has now (as before)
     renamed = Group(id=f"{account.id}-g1", account_id=account.id, name="dev2")
     store.groups.update(renamed)
@@ -225,15 +175,8 @@ def test_group_and_url_reads_are_used_on_postgresql(store, account):
     count of the entries) and the URL page is merged per day."""
     add_groups(store, account.id)
     store.access_logs.append_many(entries(account.id, 60))
-    statements: list[str] = []
-
-    def seen(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    sa.event.listen(store._engine, "before_cursor_execute", seen)
     pg = store.dialect == "postgresql"
-    try:
-        statements.clear()
+    with scenarios.statements(store) as statements:
         assert store.access_logs.list(account.id, AccessLogQuery(group_id=f"{account.id}-g0")
                                       ).data
         assert any("access_log_groups" in s for s in statements) == pg
@@ -246,12 +189,6 @@ def test_group_and_url_reads_are_used_on_postgresql(store, account):
         assert store.access_logs.list(account.id, AccessLogQuery(path="p1")).data
         by_day = [s for s in statements if "date_trunc('day'" in s and "LATERAL" in s]
         assert len(by_day) == (1 if pg else 0)
-    finally:
-        sa.event.remove(store._engine, "before_cursor_execute", seen)
-
-
-def _indexes(conn) -> set[str]:
-    return {i["name"] for i in sa.inspect(conn).get_indexes("access_log_entries")}
 
 
 def test_migrations_0023_to_0025_up_and_down(db_dsn):
@@ -261,20 +198,13 @@ def test_migrations_0023_to_0025_up_and_down(db_dsn):
         with engine.connect() as conn:
             migrations.upgrade(conn, "0022")
             for a in ("a1", "a2"):
-                conn.execute(sa.text(
-                    "INSERT INTO accounts (id, domain, network_v4, network_v6) "
-                    f"VALUES ('{a}', '{a}.test', '100.64.0.0/10', 'fd00::/64')"))
+                scenarios.insert_old_account(conn, a)
             for e in entries("a1", 12) + entries("a2", 5):
-                conn.execute(access_log_entries.insert().values(
-                    id=e.id, account_id=e.account_id, service_id=e.service_id,
-                    timestamp=e.timestamp, location_connection_ip=e.source_ip,
-                    location_country_code="", location_city_name="", location_geo_name_id=0,
-                    subdivision_code="", method="GET", host=e.host, path=e.path, duration=0,
-                    status_code=200, reason="", user_id="", auth_method_used="",
-                    bytes_upload=0, bytes_download=0, protocol="http", agent_network=False,
+                scenarios.insert_old(
+                    conn, e, status_code=200,
                     user_groups=None if e.user_groups is None
                     else '["' + '","'.join(g.replace('"', '\\"') for g in e.user_groups) + '"]'
-                    if e.user_groups else "[]"))
+                    if e.user_groups else "[]")
             if not postgres:  # SQLite's store counts its batches (0022), not a trigger
                 conn.execute(sa.text(
                     "INSERT INTO access_log_counts (account_id, entries) "
@@ -283,16 +213,16 @@ def test_migrations_0023_to_0025_up_and_down(db_dsn):
             migrations.upgrade(conn, "0023")
             assert groups_table(conn) == (groups_counted(conn) if postgres else {})
             assert bool(groups_table(conn)) == postgres
-            assert not _indexes(conn) & set(URL_INDEXES)
+            assert not indexes(conn) & set(URL_INDEXES)
             migrations.upgrade(conn, "0024")
-            assert (set(URL_INDEXES) <= _indexes(conn)) == postgres
-            assert (set(UNREAD) <= _indexes(conn)) == postgres
+            assert (set(URL_INDEXES) <= indexes(conn)) == postgres
+            assert (set(UNREAD) <= indexes(conn)) == postgres
             migrations.upgrade(conn, "0025")  # PostgreSQL: the unread indexes go
-            assert not _indexes(conn) & {UNREAD[1]}
-            assert ("ix_access_log_entries_service_id" in _indexes(conn)) != postgres
+            assert not indexes(conn) & {UNREAD[1]}
+            assert ("ix_access_log_entries_service_id" in indexes(conn)) != postgres
             migrations.downgrade(conn, "0022")
-            assert not _indexes(conn) & set(URL_INDEXES)
-            assert (set(UNREAD) <= _indexes(conn)) == postgres
+            assert not indexes(conn) & set(URL_INDEXES)
+            assert (set(UNREAD) <= indexes(conn)) == postgres
             assert "access_log_groups" not in sa.inspect(conn).get_table_names()
             conn.execute(access_log_entries.delete().where(access_log_entries.c.id == "a1-00003"))
             conn.commit()  # (the counter's delete trigger stays on SQLite)
@@ -312,7 +242,7 @@ def test_migrations_0023_to_0025_up_and_down(db_dsn):
     try:
         add_groups(store, "a1")
         stored = everything(store, "a1")
-        names = {g.id: g.name for g in store.groups.list("a1")}
+        names = scenarios.Reference(groups={g.id: g.name for g in store.groups.list("a1")})
         for q in (AccessLogQuery(group_id="a1-g0", page_size=3),
                   AccessLogQuery(sort_by="url", sort_order="asc", page=2, page_size=5)):
             page = store.access_logs.list("a1", q)

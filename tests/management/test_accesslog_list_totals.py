@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -26,8 +26,9 @@ from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account, 
 from nbgateway.management.store import Store, _accesslog_query
 from nbgateway.management.store._base import StoreBase, normalise_dsn
 from nbgateway.management.store.schema import access_log_entries, access_log_hours, accounts
+from tests.management import _accesslog_scenarios as scenarios
+from tests.management._accesslog_scenarios import NOW
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SERVICES = ("svc-a", "svc-b", "svc-c")
 
 
@@ -44,23 +45,6 @@ def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
             method="GET", host="h.test", path=f"/{i}", status_code=status,
             reason="authentication required" if i % 11 == 0 else ""))
     return out
-
-
-def failed(e: AccessLogEntry) -> bool:
-    return e.status_code >= 400 or e.reason != ""
-
-
-def brute(stored: list[AccessLogEntry], q: AccessLogQuery) -> tuple[int, list[str]]:
-    """(total, the page's ids) of *q* over *stored* (sort by time only)."""
-    rows = [e for e in stored if
-            (not q.service_id or e.service_id == q.service_id)
-            and (q.status != "failed" or failed(e))
-            and (q.status != "success" or not failed(e))
-            and (q.start_date is None or e.timestamp >= q.start_date)
-            and (q.end_date is None or e.timestamp <= q.end_date)]
-    rows.sort(key=lambda e: (e.timestamp, e.id), reverse=q.sort_order == "desc")
-    lo = (q.page - 1) * q.page_size
-    return len(rows), [e.id for e in rows[lo:lo + q.page_size]]
 
 
 def queries() -> list[AccessLogQuery]:
@@ -84,22 +68,7 @@ def queries() -> list[AccessLogQuery]:
 
 
 def check(store: Store, account_id: str) -> None:
-    stored = store.access_logs.list(account_id, AccessLogQuery(page_size=100))
-    everything: list[AccessLogEntry] = []
-    p = 1
-    while True:
-        page = store.access_logs.list(account_id, AccessLogQuery(page=p, page_size=100))
-        everything.extend(page.data)
-        if len(page.data) < 100:
-            break
-        p += 1
-    assert len(everything) == stored.total_records
-    for _ in range(2):
-        for q in queries():
-            page = store.access_logs.list(account_id, q)
-            want_total, want_ids = brute(everything, q)
-            assert (page.total_records, [e.id for e in page.data]) == (want_total, want_ids), q
-            assert page.total_pages == math.ceil(want_total / q.page_size)
+    scenarios.check(store, account_id, queries())
 
 
 @pytest.fixture
@@ -108,23 +77,10 @@ def low_defer(monkeypatch):
 
 
 def test_totals_and_pages_match_brute_force(store, account, low_defer):
-    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
-    store.access_logs.append_many(entries(account.id, 150) + entries(other.id, 40))
-    store.access_logs.append(entries(account.id, 1, start=150)[0])
-    check(store, account.id)
-    check(store, other.id)
-    # retention by age, then by row count, in small steps
-    while store.access_logs.prune_step(account.id, older_than=NOW - timedelta(hours=6),
-                                       max_rows=None, limit=7):
-        pass
-    check(store, account.id)
-    while store.access_logs.prune_step(account.id, older_than=None, max_rows=61, limit=9):
-        pass
-    assert store.access_logs.count(account.id) == 61
-    check(store, account.id)
-    store.accounts.delete(other.id)
-    store.access_logs.append_many(entries(account.id, 20, start=500))
-    check(store, account.id)
+    # hours apart: retention by age (6 h), then by row count, in small steps
+    steps = scenarios.Steps(retried=False, older_than=timedelta(hours=6), age_limit=7,
+                            rows_limit=9, last=20, last_start=500)
+    scenarios.scenario(store, account, entries, check, steps)
 
 
 def test_empty_account(store, account, low_defer):
@@ -154,25 +110,15 @@ def hours_counted(conn) -> dict[tuple[str, datetime, str], int]:
 def test_hour_counts_follow_every_write(store, account):
     """PostgreSQL: the triggers keep ``access_log_hours`` equal to the entries
     (no row left at zero after prunes); SQLite: the table stays empty."""
-    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
-    store.access_logs.append_many(entries(account.id, 150) + entries(other.id, 40))
-    store.access_logs.append_many(entries(account.id, 160))  # a retried batch
     postgres = store.dialect == "postgresql"
 
-    def same() -> None:
+    def same(store: Store) -> None:
         with store._read() as conn:
             assert hours_table(conn) == (hours_counted(conn) if postgres else {})
 
-    same()
-    while store.access_logs.prune_step(account.id, older_than=NOW - timedelta(hours=3),
-                                       max_rows=None, limit=13):
-        pass
-    same()
-    while store.access_logs.prune_step(account.id, older_than=None, max_rows=5, limit=50):
-        pass
-    same()
-    store.accounts.delete(other.id)
-    same()
+    steps = scenarios.Steps(older_than=timedelta(hours=3), age_limit=13, max_rows=5,
+                            rows_limit=50, last=0)
+    scenarios.scenario(store, account, entries, None, steps, written=same)
 
 
 def test_migration_backfills_the_hour_counts(db_dsn):
@@ -181,19 +127,12 @@ def test_migration_backfills_the_hour_counts(db_dsn):
         with engine.connect() as conn:
             migrations.upgrade(conn, "0016")
             for a in ("a1", "a2"):
-                conn.execute(sa.text(
-                    "INSERT INTO accounts (id, domain, network_v4, network_v6) "
-                    f"VALUES ('{a}', '{a}.test', '100.64.0.0/10', 'fd00::/64')"))
+                scenarios.insert_old_account(conn, a)
             for i in range(8):
-                conn.execute(access_log_entries.insert().values(
+                scenarios.insert_old(conn, AccessLogEntry(
                     id=f"e{i}", account_id="a1" if i < 5 else "a2",
                     service_id=f"s{i % 2}", timestamp=NOW - timedelta(minutes=40 * i),
-                    location_connection_ip="", location_country_code="",
-                    location_city_name="", location_geo_name_id=0, subdivision_code="",
-                    method="GET", host="h", path="/", duration=0,
-                    status_code=500 if i == 0 else 200, reason="", user_id="",
-                    auth_method_used="", bytes_upload=0, bytes_download=0, protocol="http",
-                    agent_network=False))
+                    method="GET", host="h", path="/", status_code=500 if i == 0 else 200))
             conn.commit()
             migrations.upgrade(conn, "0017")
             postgres = conn.dialect.name == "postgresql"
@@ -274,14 +213,8 @@ def test_failures_index_includes_the_service_on_postgres(db_dsn):
 def test_no_page_query_past_the_end(store, account):
     """An empty result or a page past the end answers without the page query."""
     store.access_logs.append_many(entries(account.id, 12))
-    statements: list[str] = []
-
-    def seen(conn, cursor, statement, parameters, context, executemany):
-        if "ORDER BY" in statement:  # a page query (the totals have no order)
-            statements.append(statement)
-
-    sa.event.listen(store._engine, "before_cursor_execute", seen)
-    try:
+    # a page query has an ORDER BY (the totals have no order)
+    with scenarios.statements(store, lambda s: "ORDER BY" in s) as statements:
         for q, total, n in ((AccessLogQuery(search="nomatch"), 0, 0),
                             (AccessLogQuery(page=3, page_size=5), 12, 2),
                             (AccessLogQuery(page=4, page_size=5), 12, 0),
@@ -291,5 +224,3 @@ def test_no_page_query_past_the_end(store, account):
             assert (page.total_records, len(page.data)) == (total, n), q
             assert len(statements) == (1 if n else 0), statements
             assert page.total_pages == math.ceil(total / q.page_size)
-    finally:
-        sa.event.remove(store._engine, "before_cursor_execute", seen)

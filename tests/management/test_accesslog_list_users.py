@@ -12,13 +12,13 @@ it checks whatever answers these shapes.)
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account, User
 from nbgateway.management.store import Store
+from tests.management import _accesslog_scenarios as scenarios
+from tests.management._accesslog_scenarios import NOW
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 USERS = ("alice", "bob", "carol", "")
 EMAILS = {"alice": ("alice@one.example", "Alice A"), "bob": ("bob@two.example", "Bob B"),
           "carol": ("carol@one.example", "Carol C")}
@@ -41,47 +41,6 @@ def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
         reason="denied" if i % 9 == 0 else "", user_id=USERS[(i * 5 // 6) % 4],
         auth_method_used=("oidc", "pin", "")[i % 3])
         for i in range(start, start + n)]
-
-
-def _failed(e: AccessLogEntry) -> bool:
-    return e.status_code >= 400 or e.reason != ""
-
-
-def brute(stored: list[AccessLogEntry], q: AccessLogQuery) -> tuple[int, list[str]]:
-    """(total, the page's ids) of *q* over *stored*."""
-    ids = None
-    if q.user_email or q.user_name:
-        ids = {u for u, (mail, name) in EMAILS.items()
-               if (not q.user_email or q.user_email.lower() in mail.lower())
-               and (not q.user_name or q.user_name.lower() in name.lower())}
-    s = (q.search or "").lower()
-    rows = [e for e in stored
-            if (not q.user_id or e.user_id == q.user_id)
-            and (ids is None or e.user_id in ids)
-            and (not q.service_id or e.service_id == q.service_id)
-            and (not q.source_ip or e.source_ip == q.source_ip)
-            and (not q.host or q.host.lower() in e.host.lower())
-            and (not q.path or q.path.lower() in e.path.lower())
-            and (not q.method or e.method == q.method.upper())
-            and (q.status_code is None or e.status_code == q.status_code)
-            and (q.status != "failed" or _failed(e))
-            and (q.status != "success" or not _failed(e))
-            and (not s or any(s in v.lower() for v in (e.host, e.path, e.user_id,
-                                                       e.source_ip, e.reason)))
-            and (q.start_date is None or e.timestamp >= q.start_date)
-            and (q.end_date is None or e.timestamp <= q.end_date)]
-    key = {"timestamp": lambda e: (e.timestamp,),
-           "url": lambda e: (e.host.encode(), e.path.encode()),
-           "host": lambda e: (e.host.encode(),), "path": lambda e: (e.path.encode(),),
-           "method": lambda e: (e.method, e.timestamp),
-           "status_code": lambda e: (e.status_code, e.timestamp),
-           "duration": lambda e: (e.duration,), "source_ip": lambda e: (e.source_ip.encode(),),
-           "user_id": lambda e: (e.user_id.encode(),),
-           "auth_method": lambda e: (e.auth_method_used.encode(),),
-           "reason": lambda e: (e.reason.encode(),)}[q.sort_by]
-    rows.sort(key=lambda e: (*key(e), e.id), reverse=q.sort_order == "desc")
-    lo = (q.page - 1) * q.page_size
-    return len(rows), [e.id for e in rows[lo:lo + q.page_size]]
 
 
 PAGES = ((1, 7), (3, 5), (40, 3), (1, 100))
@@ -115,46 +74,22 @@ def queries() -> list[AccessLogQuery]:
     return out
 
 
-def everything(store: Store, account_id: str) -> list[AccessLogEntry]:
-    out: list[AccessLogEntry] = []
-    p = 1
-    while True:
-        page = store.access_logs.list(account_id, AccessLogQuery(page=p, page_size=100))
-        out.extend(page.data)
-        if len(page.data) < 100:
-            return out
-        p += 1
-
-
 def check(store: Store, account_id: str) -> None:
-    stored = everything(store, account_id)
-    assert len(stored) == store.access_logs.count(account_id)
-    for _ in range(2):  # twice: psycopg's generic plans answer too
-        for q in queries():
-            page = store.access_logs.list(account_id, q)
-            want_total, want_ids = brute(stored, q)
-            assert (page.total_records, [e.id for e in page.data]) == (want_total, want_ids), q
-            assert page.total_pages == math.ceil(want_total / q.page_size)
+    scenarios.check(store, account_id, queries())
+
+
+def create_users(store: Store, account_id: str) -> None:
+    """:data:`EMAILS`' users, in the account (the other has none: its
+    e-mail and name filters match nothing)."""
+    for u, (mail, name) in EMAILS.items():
+        store.users.create(User(id=u, account_id=account_id, email=mail, name=name))
+    # the brute force's users are the store's: these
+    assert scenarios.reference(store, account_id).users == EMAILS
 
 
 def scenario(store: Store, account: Account) -> None:
-    for u, (mail, name) in EMAILS.items():
-        store.users.create(User(id=u, account_id=account.id, email=mail, name=name))
-    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
-    store.access_logs.append_many(entries(account.id, 150) + entries(other.id, 40))
-    store.access_logs.append(entries(account.id, 1, start=150)[0])
-    store.access_logs.append_many(entries(account.id, 160))  # a retried batch, 9 new
-    check(store, account.id)
-    while store.access_logs.prune_step(account.id, older_than=NOW - timedelta(days=12),
-                                       max_rows=None, limit=11):
-        pass
-    check(store, account.id)
-    while store.access_logs.prune_step(account.id, older_than=None, max_rows=61, limit=8):
-        pass
-    assert store.access_logs.count(account.id) == 61
-    store.accounts.delete(other.id)
-    store.access_logs.append_many(entries(account.id, 30, start=400))
-    check(store, account.id)
+    scenarios.scenario(store, account, entries, check,
+                       prepare=lambda other: create_users(store, account.id))
 
 
 def test_user_lists_match_brute_force(store, account):

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -27,8 +26,9 @@ from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account
 from nbgateway.management.store import Store
 from nbgateway.management.store._base import StoreBase, normalise_dsn
 from nbgateway.management.store.schema import access_log_entries, access_log_values, accounts
+from tests.management import _accesslog_scenarios as scenarios
+from tests.management._accesslog_scenarios import NOW, everything
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SERVICES = ("svc-a", "svc-b", "svc-c")
 HOSTS = ("App.Example.test", "api.example.test", "h\u00e9.test")
 METHODS = ("GET", "POST", "get", "DELETE", "PUT")
@@ -49,33 +49,6 @@ def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
     return out
 
 
-def failed(e: AccessLogEntry) -> bool:
-    return e.status_code >= 400 or e.reason != ""
-
-
-def brute(stored: list[AccessLogEntry], q: AccessLogQuery,
-          methods: list[str]) -> tuple[int, list[str]]:
-    """(total, the page's ids) of *q* over *stored*; *methods* in the
-    database's order (its collation)."""
-    rows = [e for e in stored if
-            (not q.service_id or e.service_id == q.service_id)
-            and (not q.host or q.host.lower() in e.host.lower())
-            and (not q.method or e.method.upper() == q.method.upper())
-            and (q.status_code is None or e.status_code == q.status_code)
-            and (q.status != "failed" or failed(e))
-            and (q.status != "success" or not failed(e))
-            and (q.start_date is None or e.timestamp >= q.start_date)]
-    desc = q.sort_order == "desc"
-    # sort by time and id, then (stable) by the value column: (value, time, id)
-    rows.sort(key=lambda e: (e.timestamp, e.id), reverse=desc)
-    if q.sort_by == "status_code":
-        rows.sort(key=lambda e: e.status_code, reverse=desc)
-    elif q.sort_by == "method":
-        rows.sort(key=lambda e: methods.index(e.method), reverse=desc)
-    lo = (q.page - 1) * q.page_size
-    return len(rows), [e.id for e in rows[lo:lo + q.page_size]]
-
-
 def queries() -> list[AccessLogQuery]:
     Q = AccessLogQuery
     out = []
@@ -94,29 +67,9 @@ def queries() -> list[AccessLogQuery]:
     return out
 
 
-def everything(store: Store, account_id: str) -> list[AccessLogEntry]:
-    out: list[AccessLogEntry] = []
-    p = 1
-    while True:
-        page = store.access_logs.list(account_id, AccessLogQuery(page=p, page_size=100))
-        out.extend(page.data)
-        if len(page.data) < 100:
-            return out
-        p += 1
-
-
 def check(store: Store, account_id: str) -> None:
-    stored = everything(store, account_id)
-    assert len(stored) == store.access_logs.count(account_id)
-    with store._read() as conn:
-        methods = list(conn.execute(sa.select(access_log_entries.c.method).distinct()
-                                    .order_by(access_log_entries.c.method)).scalars())
-    for _ in range(2):  # twice: psycopg's generic plans answer too
-        for q in queries():
-            page = store.access_logs.list(account_id, q)
-            want_total, want_ids = brute(stored, q, methods)
-            assert (page.total_records, [e.id for e in page.data]) == (want_total, want_ids), q
-            assert page.total_pages == math.ceil(want_total / q.page_size)
+    """The brute force sorts methods in the database's order (its collation)."""
+    scenarios.check(store, account_id, queries())
 
 
 def values_table(conn) -> dict[tuple, tuple[str, int]]:
@@ -143,28 +96,8 @@ def same_values(store: Store) -> None:
 
 
 def test_totals_and_value_sorts_match_brute_force(store, account):
-    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
-    store.access_logs.append_many(entries(account.id, 120) + entries(other.id, 40))
-    store.access_logs.append(entries(account.id, 1, start=120)[0])
-    store.access_logs.append_many(entries(account.id, 130))  # a retried batch, 9 new
-    same_values(store)
-    check(store, account.id)
-    check(store, other.id)
-    while store.access_logs.prune_step(account.id, older_than=NOW - timedelta(hours=4),
-                                       max_rows=None, limit=11):
-        pass
-    same_values(store)
-    check(store, account.id)
-    while store.access_logs.prune_step(account.id, older_than=None, max_rows=37, limit=8):
-        pass
-    assert store.access_logs.count(account.id) == 37
-    same_values(store)
-    check(store, account.id)
-    store.accounts.delete(other.id)
-    same_values(store)
-    store.access_logs.append_many(entries(account.id, 30, start=400))
-    same_values(store)
-    check(store, account.id)
+    steps = scenarios.Steps(first=120, older_than=timedelta(hours=4), max_rows=37)
+    scenarios.scenario(store, account, entries, check, steps, written=same_values)
 
 
 def test_empty_account(store, account):
@@ -178,14 +111,8 @@ def test_value_sort_reads_only_the_values_of_the_page(store, account):
     rows = [dataclasses.replace(e, status_code=(200, 404, 500)[min(i // 10, 2)])
             for i, e in enumerate(entries(account.id, 30))]
     store.access_logs.append_many(rows)
-    statements: list[str] = []
-
-    def seen(conn, cursor, statement, parameters, context, executemany):
-        if "access_log_entries" in statement and "ORDER BY" in statement:
-            statements.append(statement)
-
-    sa.event.listen(store._engine, "before_cursor_execute", seen)
-    try:
+    with scenarios.statements(store, lambda s: "access_log_entries" in s and "ORDER BY" in s
+                              ) as statements:
         for page, size, n, reads in ((1, 5, 5, 1), (2, 8, 8, 2), (1, 30, 30, 3), (4, 10, 0, 0)):
             statements.clear()
             got = store.access_logs.list(account.id, AccessLogQuery(
@@ -193,8 +120,6 @@ def test_value_sort_reads_only_the_values_of_the_page(store, account):
             assert (got.total_records, len(got.data)) == (30, n)
             if store.dialect == "postgresql":
                 assert len(statements) == reads, statements
-    finally:
-        sa.event.remove(store._engine, "before_cursor_execute", seen)
 
 
 def test_migration_backfills_and_drops_the_value_counts(db_dsn):
@@ -203,19 +128,13 @@ def test_migration_backfills_and_drops_the_value_counts(db_dsn):
         with engine.connect() as conn:
             migrations.upgrade(conn, "0018")
             for a in ("a1", "a2"):
-                conn.execute(sa.text(
-                    "INSERT INTO accounts (id, domain, network_v4, network_v6) "
-                    f"VALUES ('{a}', '{a}.test', '100.64.0.0/10', 'fd00::/64')"))
+                scenarios.insert_old_account(conn, a)
             for i in range(9):
-                conn.execute(access_log_entries.insert().values(
+                scenarios.insert_old(conn, AccessLogEntry(
                     id=f"e{i}", account_id="a1" if i < 6 else "a2",
                     service_id=f"s{i % 2}", timestamp=NOW - timedelta(minutes=40 * i),
-                    location_connection_ip="", location_country_code="",
-                    location_city_name="", location_geo_name_id=0, subdivision_code="",
                     method=("GET", "POST")[i % 3 == 0], host=HOSTS[i % 3], path="/",
-                    duration=0, status_code=(200, 500, 200)[i % 3],
-                    reason="denied" if i == 4 else "", user_id="", auth_method_used="",
-                    bytes_upload=0, bytes_download=0, protocol="http", agent_network=False))
+                    status_code=(200, 500, 200)[i % 3], reason="denied" if i == 4 else ""))
             conn.commit()
             migrations.upgrade(conn, "0019")
             postgres = conn.dialect.name == "postgresql"
