@@ -76,7 +76,7 @@ from nbgateway._proto import management_pb2_grpc as pb_grpc
 from nbgateway.mgmt import peermux
 from nbgateway.mgmt._grpcbridge import StreamCall
 from nbgateway.mgmt.reconnect import Backoff
-from nbgateway.mgmt.session import ManagedChannel, ManagementTarget, SessionOwner
+from nbgateway.mgmt.session import ManagedChannel, ManagementTarget, SessionOwner, chain_to
 from nbgateway.peerbox import (
     BoxError,
     decode_wg_key,
@@ -503,7 +503,7 @@ class PeerChannelClient(SessionOwner):
                               cycle.on_message)
         cycle.lifetime = lifetime
         d: Deferred[object] = Deferred(cycle.cancel)
-        lifetime.addErrback(self._share_ended, cycle, mux).addBoth(_chain_to, d)
+        lifetime.addErrback(self._share_ended, cycle, mux).addBoth(chain_to, d)
         return d
 
     def _share_ended(self, reason: Failure, cycle: _Cycle,
@@ -599,15 +599,6 @@ class PeerChannelClient(SessionOwner):
 
 def _key_of(resp: pb.ServerKeyResponse) -> str:
     return resp.key
-
-
-def _chain_to(result: object, d: Deferred[object]) -> None:
-    if d.called:
-        return
-    if isinstance(result, Failure):
-        d.errback(result)
-    else:
-        d.callback(result)
 
 
 def _failed(exc: Exception) -> Deferred[object]:

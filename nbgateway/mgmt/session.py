@@ -52,6 +52,7 @@ __all__ = [
     "ManagedChannel",
     "ManagementTarget",
     "SessionOwner",
+    "chain_to",
     "is_loopback_host",
     "split_management_url",
 ]
@@ -365,7 +366,7 @@ class ManagedChannel:
             return ended(result)
 
         d: Deferred[object] = Deferred(lambda _d: stream.cancel())
-        stream.done.addBoth(finished).addBoth(_chain_to, d)
+        stream.done.addBoth(finished).addBoth(chain_to, d)
         return d
 
     def set_connected(self, value: bool) -> None:
@@ -401,7 +402,9 @@ class SessionOwner:
         return self.session.stream
 
 
-def _chain_to(result: object, d: Deferred[object]) -> None:
+def chain_to(result: object, d: Deferred[object]) -> None:
+    """Fire ``d`` with ``result`` (a Failure errbacks) unless it has fired
+    already (cancelled); a callback for ``addBoth``."""
     if d.called:
         return
     if isinstance(result, Failure):
