@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import threading
-
 import grpc
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 
 from nbgateway import errors
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway._proto import proxy_service_pb2_grpc as pb_grpc
 from nbgateway.mgmt._grpcbridge import GrpcBridge, map_rpc_error
-from tests.mgmt.servicer import TOKEN, CannedProxyService, Server, mapping
+from tests.mgmt import _grpcbridge_cases as cases
+from tests.mgmt._grpcbridge_cases import MD
+from tests.mgmt.servicer import CannedProxyService, Server
 from tests.mgmt.test_client_grpc import wait_for
-
-MD = (("authorization", f"Bearer {TOKEN}"),)
 
 
 class FakeRpcError(grpc.RpcError):
@@ -82,27 +79,7 @@ def env():
 
 @pytest_twisted.ensureDeferred
 async def test_server_stream_one_message_in_flight_on_the_reactor_thread(env: Env) -> None:
-    env.servicer.snapshot = [[mapping(f"s{i}", f"{i}.example")] for i in range(1, 4)]
-    seen: list[str] = []
-    threads: set[str] = set()
-    held: list[Deferred[None]] = []
-
-    def on_message(msg: pb.GetMappingUpdateResponse) -> Deferred[None]:
-        threads.add(threading.current_thread().name)
-        seen.append(msg.mapping[0].id)
-        d: Deferred[None] = Deferred()
-        held.append(d)
-        return d
-
-    call = env.gmu(on_message)
-    for k in (1, 2, 3):
-        await wait_for(lambda k=k: len(held) == k, f"message {k}")
-        # The server already sent everything; the reader must not run ahead.
-        await wait_for(lambda: len(env.servicer.events_of("gmu-sent")) == 3, "all sent")
-        assert len(seen) == k
-        held[-1].callback(None)
-    assert seen == ["s1", "s2", "s3"]
-    assert threads == {threading.current_thread().name}
+    call = await cases.one_message_in_flight(env)
     call.cancel()
     with pytest.raises(errors.ManagementCancelledError):
         await call.done
@@ -111,41 +88,17 @@ async def test_server_stream_one_message_in_flight_on_the_reactor_thread(env: En
 
 @pytest_twisted.ensureDeferred
 async def test_handler_failure_cancels_the_stream(env: Env) -> None:
-    env.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]
-
-    def on_message(msg: pb.GetMappingUpdateResponse) -> None:
-        raise ValueError("cannot apply")
-
-    call = env.gmu(on_message)
-    with pytest.raises(ValueError):
-        await call.done
-    assert call.messages_received == 1
+    await cases.handler_failure_cancels_the_stream(env)
 
 
 @pytest_twisted.ensureDeferred
 async def test_server_error_on_stream_is_mapped(env: Env) -> None:
-    call = env.gmu(lambda m: None, metadata=(("authorization", "Bearer nope"),))
-    with pytest.raises(errors.ManagementUnauthenticatedError):
-        await call.done
+    await cases.server_error_on_stream_is_mapped(env)
 
 
 @pytest_twisted.ensureDeferred
 async def test_bidi_requests_flow_from_the_reactor_and_clean_close(env: Env) -> None:
-    env.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]
-    got: list[bool] = []
-    holder = []
-
-    def on_message(msg: pb.SyncMappingsResponse) -> None:
-        got.append(msg.initial_sync_complete)
-        holder[0].send(pb.SyncMappingsRequest(ack=pb.SyncMappingsAck()))
-
-    init = pb.SyncMappingsRequest(init=pb.SyncMappingsInit(proxy_id="p", address="c"))
-    call = env.bridge.bidi_stream(env.stub.SyncMappings, on_message, metadata=MD, first=init)
-    holder.append(call)
-    await wait_for(lambda: env.servicer.events_of("ack") == [1, 2], "both acks")
-    assert got == [False, True]
-    env.servicer.stopping.set()  # the server ends the RPC cleanly after the snapshot
-    assert await call.done is None
+    await cases.bidi_requests_flow_from_the_reactor_and_clean_close(env)
 
 
 @pytest_twisted.ensureDeferred

@@ -5,8 +5,6 @@ future per stream; a credit future only while a message is out)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -17,10 +15,10 @@ from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway._proto import proxy_service_pb2_grpc as pb_grpc
 from nbgateway.mgmt._grpcbridge import GrpcBridge, StreamCall, aio_loop
 from nbgateway.mgmt.session import ManagementTarget, make_channel
-from tests.mgmt.servicer import TOKEN, CannedProxyService, Server, mapping
+from tests.mgmt import _grpcbridge_cases as cases
+from tests.mgmt._grpcbridge_cases import MD
+from tests.mgmt.servicer import CannedProxyService, Server, mapping
 from tests.mgmt.test_client_grpc import wait_for
-
-MD = (("authorization", f"Bearer {TOKEN}"),)
 
 
 class Env:
@@ -52,29 +50,14 @@ def env():
 
 @pytest_twisted.ensureDeferred
 async def test_one_message_in_flight_and_no_per_stream_thread_state(env: Env) -> None:
-    env.servicer.snapshot = [[mapping(f"s{i}", f"{i}.example")] for i in range(1, 4)]
-    seen: list[str] = []
-    threads: set[str] = set()
-    held: list[Deferred[None]] = []
+    def started(call: StreamCall) -> None:
+        assert not hasattr(call, "__dict__")  # slots
+        assert call._thread is None and call._credit is None
 
-    def on_message(msg: pb.GetMappingUpdateResponse) -> Deferred[None]:
-        threads.add(threading.current_thread().name)
-        seen.append(msg.mapping[0].id)
-        d: Deferred[None] = Deferred()
-        held.append(d)
-        return d
-
-    call = env.gmu(on_message)
-    assert not hasattr(call, "__dict__")  # slots
-    assert call._thread is None and call._credit is None
-    for k in (1, 2, 3):
-        await wait_for(lambda k=k: len(held) == k, f"message {k}")
-        await wait_for(lambda: len(env.servicer.events_of("gmu-sent")) == 3, "all sent")
-        assert len(seen) == k  # the reader does not run ahead of the handler
+    def held_back(call: StreamCall) -> None:
         assert call._aio_waiter is not None  # waiting for this message's credit
-        held[-1].callback(None)
-    assert seen == ["s1", "s2", "s3"]
-    assert threads == {threading.current_thread().name}
+
+    call = await cases.one_message_in_flight(env, started=started, held_back=held_back)
     # idle (the server holds the stream open): no credit future kept
     await wait_for(lambda: call._aio_waiter is None, "credit returned")
     assert call._task is not None and not call._task.done()
@@ -87,42 +70,18 @@ async def test_one_message_in_flight_and_no_per_stream_thread_state(env: Env) ->
 
 @pytest_twisted.ensureDeferred
 async def test_handler_failure_cancels_the_stream(env: Env) -> None:
-    env.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]
-
-    def on_message(msg: pb.GetMappingUpdateResponse) -> None:
-        raise ValueError("cannot apply")
-
-    call = env.gmu(on_message)
-    with pytest.raises(ValueError):
-        await call.done
-    assert call.messages_received == 1
+    call = await cases.handler_failure_cancels_the_stream(env)
     await wait_for(lambda: call._task is None, "task ended")
 
 
 @pytest_twisted.ensureDeferred
 async def test_server_error_on_stream_is_mapped(env: Env) -> None:
-    call = env.gmu(lambda m: None, metadata=(("authorization", "Bearer nope"),))
-    with pytest.raises(errors.ManagementUnauthenticatedError):
-        await call.done
+    await cases.server_error_on_stream_is_mapped(env)
 
 
 @pytest_twisted.ensureDeferred
 async def test_bidi_requests_flow_from_the_reactor_and_clean_close(env: Env) -> None:
-    env.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]
-    got: list[bool] = []
-    holder: list[StreamCall] = []
-
-    def on_message(msg: pb.SyncMappingsResponse) -> None:
-        got.append(msg.initial_sync_complete)
-        holder[0].send(pb.SyncMappingsRequest(ack=pb.SyncMappingsAck()))
-
-    init = pb.SyncMappingsRequest(init=pb.SyncMappingsInit(proxy_id="p", address="c"))
-    call = env.bridge.bidi_stream(env.stub.SyncMappings, on_message, metadata=MD, first=init)
-    holder.append(call)
-    await wait_for(lambda: env.servicer.events_of("ack") == [1, 2], "both acks")
-    assert got == [False, True]
-    env.servicer.stopping.set()  # the server ends the RPC cleanly after the snapshot
-    assert await call.done is None
+    await cases.bidi_requests_flow_from_the_reactor_and_clean_close(env)
 
 
 @pytest_twisted.ensureDeferred
