@@ -97,11 +97,14 @@ class ConnectionPool:
         self._sweep: Any = None
 
     def take(self, key: tuple[bytes, bytes, int]) -> UpstreamConnection | None:
+        # (LeanAgent.send_head repeats this inline: keep both in step).  A
+        # target's list stays when it empties (the connection taken comes
+        # back to it on release: no list made and dropped per request); the
+        # idle sweep drops empty ones, so they are bounded by the targets in
+        # use since the last sweep.
         conns = self._connections.get(key)
         while conns:
             conn = conns.pop()
-            if not conns:
-                del self._connections[key]
             if not conn._lost and conn.transport is not None:
                 return conn
         return None
@@ -137,6 +140,10 @@ class ConnectionPool:
                     earliest = when
         for conn in due:
             self._expire(conn)
+        # the targets' lists emptied by take() (kept for the release)
+        empty = [key for key, conns in self._connections.items() if not conns]
+        for key in empty:
+            del self._connections[key]
         if earliest is not None:
             self._sweep = self.idle_deadlines.add(earliest - now, self._sweep_idle)
 
@@ -220,12 +227,15 @@ class LeanAgent:
         body = bodyProducer
         replayable = body is None or isinstance(getattr(body, "body", None), bytes)
         attempt = _Attempt(self, key, method, head, body, replayable, sink)
-        conn = self.pool.take(key)  # attempt.start(), inline
-        if conn is not None:
-            attempt.conn = conn
-            conn.send(method, head, body, attempt)
-        else:
-            attempt._dial()
+        # attempt.start() and self.pool.take(key), inline
+        conns = self.pool._connections.get(key)
+        while conns:
+            conn = conns.pop()
+            if not conn._lost and conn.transport is not None:
+                attempt.conn = conn
+                conn.send(method, head, body, attempt)
+                return attempt
+        attempt._dial()
         return attempt
 
     def _attempt(self, method: bytes, url: bytes, headers: Headers | None,
