@@ -13,8 +13,6 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from nbgateway._proto import proxy_service_pb2 as pb
@@ -26,20 +24,14 @@ from nbgateway.accounts import (
     AccountStats,
 )
 from nbgateway.errors import ManagementError, ManagementRejectedError
-from nbgateway.management.grpcloop import LoopServer
-from nbgateway.management.model import Account, Group, Peer
-from nbgateway.management.peerchannel import add_to_server
-from nbgateway.management.proxyservice import ProxyServiceServicer
+from nbgateway.management.model import Account, Peer
 from nbgateway.management.store import Store
-from nbgateway.mgmt.client import GrpcManagementClient
-from nbgateway.mgmt.netmap import convert
-from nbgateway.mgmt.peerclient import PeerChannelClient
 from nbgateway.service._accounts import account_key
 from nbgateway.store.mappings import MappingStore
 from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
 from nbgateway.wireguard.mux import DeviceMux
+from tests import _real_management as real_management
 from tests.management.test_peerchannel import CLUSTER as PC_CLUSTER
-from tests.management.test_peerchannel import WAIT, private_service
 from tests.test_accounts import Channel, mapping, network
 from tests.test_accounts_retry import Mgmt, wait_for
 
@@ -185,18 +177,8 @@ async def test_squatted_key_end_to_end_against_real_management(mstore, tmp_path)
     squatted = account_key(datadir, "acct-1")
     squat = mstore.peers.create(Peer(account_id="acct-squat", name="squat",
                                      key=pub(squatted)))
-    proxy_servicer = ProxyServiceServicer(mstore)
-    srv = LoopServer(handlers=[proxy_servicer.generic_handler()])
-    peer_service = add_to_server(srv, mstore, str(tmp_path / "k"))
-    port = srv.add_insecure_port("127.0.0.1:0")
-    proxy_servicer.start()
-    srv.start()
-    group = mstore.groups.create(Group(id="grp-admins", account_id="acct-1", name="admins"))
-    svc = mstore.services.create(private_service([group.id]))
-    _, bearer = mstore.proxies.create_token("shared", account_id=None)
-    url = f"http://127.0.0.1:{port}"
-    client = GrpcManagementClient(reactor, url, bearer, address=PC_CLUSTER, proxy_id="gw-1",
-                                  private=True)
+    management = real_management.start(mstore, str(tmp_path / "k"))
+    client, svc = management.client, management.service
     calls = []
 
     class Recording:
@@ -207,11 +189,6 @@ async def test_squatted_key_end_to_end_against_real_management(mstore, tmp_path)
         def send_status_update(self, *args, **kw):
             return client.send_status_update(*args, **kw)
 
-    def channel(account_id, key, on_network):
-        return PeerChannelClient(reactor, url, key, lambda nm: on_network(convert(nm)),
-                                 hostname=f"nbgateway-{account_id}", version="test",
-                                 allow_insecure=True)
-
     def keys(account_id):
         return lambda fresh=False: account_key(datadir, account_id, fresh)
 
@@ -219,11 +196,8 @@ async def test_squatted_key_end_to_end_against_real_management(mstore, tmp_path)
     registry = AccountRegistry(lambda account: AccountRuntime(
         account, reactor=clock, mux=DeviceMux(), mgmt=Recording(),
         settings=AccountSettings(cluster=PC_CLUSTER, stats=stats),
-        peer_channel_factory=channel, key_factory=keys(account), rand=lambda: 0.5))
-    mappings = MappingStore()
-    mappings.add_observer(registry)
-    client.subscribe_mappings(mappings)
-    client.startService()
+        peer_channel_factory=management.channel, key_factory=keys(account), rand=lambda: 0.5))
+    management.start_client(registry)
     try:
         await wait_for(lambda: registry.get("acct-1") is not None
                        and registry.get("acct-1").state == "retrying", "refused attempt")
@@ -243,10 +217,7 @@ async def test_squatted_key_end_to_end_against_real_management(mstore, tmp_path)
                        "service active in the management")
     finally:
         await registry.stop()
-        await maybeDeferred(client.stopService)
-        peer_service.close()
-        proxy_servicer.stop()
-        srv.stop(grace=None).wait(WAIT)
+        await management.stop()
 
 
 def test_a_key_that_cannot_be_replaced_fails_closed():

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -27,19 +27,13 @@ from nbgateway.errors import (
     ManagementUnauthenticatedError,
     ManagementUnavailableError,
 )
-from nbgateway.management.grpcloop import LoopServer
-from nbgateway.management.model import Account, Group
-from nbgateway.management.peerchannel import add_to_server
-from nbgateway.management.proxyservice import ProxyServiceServicer
+from nbgateway.management.model import Account
 from nbgateway.management.store import Store
-from nbgateway.mgmt.client import GrpcManagementClient
-from nbgateway.mgmt.netmap import convert
-from nbgateway.mgmt.peerclient import PeerChannelClient
 from nbgateway.store.mappings import MappingStore
 from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
 from nbgateway.wireguard.mux import DeviceMux
+from tests import _real_management as real_management
 from tests.management.test_peerchannel import CLUSTER as PC_CLUSTER
-from tests.management.test_peerchannel import WAIT, private_service
 from tests.test_accounts import Channel, mapping, network
 
 ERROR, ACTIVE = pb.PROXY_STATUS_ERROR, pb.PROXY_STATUS_ACTIVE
@@ -345,34 +339,15 @@ async def test_lost_answer_end_to_end_against_real_management(mstore, tmp_path, 
     the runtime goes failed and says so, and a service change (a mapping with
     a fresh token) registers it.  Either way the service ends active in the
     management's store with one proxy peer for the key."""
-    proxy_servicer = ProxyServiceServicer(mstore)
-    srv = LoopServer(handlers=[proxy_servicer.generic_handler()])
-    peer_service = add_to_server(srv, mstore, str(tmp_path / "k"))
-    port = srv.add_insecure_port("127.0.0.1:0")
-    proxy_servicer.start()
-    srv.start()
-    group = mstore.groups.create(Group(id="grp-admins", account_id="acct-1", name="admins"))
-    svc = mstore.services.create(private_service([group.id]))
-    _, bearer = mstore.proxies.create_token("shared", account_id=None)
-    url = f"http://127.0.0.1:{port}"
-    client = GrpcManagementClient(reactor, url, bearer, address=PC_CLUSTER, proxy_id="gw-1",
-                                  private=True)
-    mgmt = LostAnswer(client, spent_elsewhere=not registered)
-
-    def channel(account_id, key, on_network):
-        return PeerChannelClient(reactor, url, key, lambda nm: on_network(convert(nm)),
-                                 hostname=f"nbgateway-{account_id}", version="test",
-                                 allow_insecure=True)
-
+    management = real_management.start(mstore, str(tmp_path / "k"))
+    svc = management.service
+    mgmt = LostAnswer(management.client, spent_elsewhere=not registered)
     clock = Clock()
     registry = AccountRegistry(lambda account: AccountRuntime(
         account, reactor=clock, mux=DeviceMux(), mgmt=mgmt,
-        settings=AccountSettings(cluster=PC_CLUSTER), peer_channel_factory=channel,
-        rand=lambda: 0.5))
-    mappings = MappingStore()
-    mappings.add_observer(registry)
-    client.subscribe_mappings(mappings)
-    client.startService()
+        settings=AccountSettings(cluster=PC_CLUSTER),
+        peer_channel_factory=management.channel, rand=lambda: 0.5))
+    management.start_client(registry)
     try:
         await wait_for(lambda: registry.get("acct-1") is not None
                        and registry.get("acct-1").state == "retrying", "first attempt")
@@ -413,7 +388,4 @@ async def test_lost_answer_end_to_end_against_real_management(mstore, tmp_path, 
         assert len(mgmt.calls) == (2 if registered else 3) and not clock.getDelayedCalls()
     finally:
         await registry.stop()
-        await maybeDeferred(client.stopService)
-        peer_service.close()
-        proxy_servicer.stop()
-        srv.stop(grace=None).wait(WAIT)
+        await management.stop()
