@@ -156,10 +156,6 @@ class ConnectionOutput:
         sent = False
         if self.persist_at is None:
             mss = self.mss
-            una = self.snd_una
-            if (una == self.snd_max and data_end > una
-                    and now - self.last_send > self.rto.rto):
-                self._idle_restart(now)  # nothing in flight, idle over an RTO
             while True:
                 nxt = self.snd_nxt
                 avail = data_end - nxt
@@ -195,8 +191,16 @@ class ConnectionOutput:
                 if nxt > self.snd_max:
                     self.snd_max = nxt
                 if self.rtx_at is None:
+                    # the first segment of a flight: restart after idle when
+                    # nothing was in flight, i.e. not the go-back-N resend of
+                    # an RTO (rtx_count); after the segment, which fits the
+                    # restarted window either way (min(IW, cwnd) >= n), the
+                    # loop goes on with the restarted cwnd (congestion.py)
                     rto = self.rto
-                    self.rtx_at = now + (rto.rto if not rto.backoff else rto.current())
+                    r = rto.rto
+                    if now - self.last_send > r and not self.rtx_count:
+                        self._idle_restart(now)
+                    self.rtx_at = now + (r if not rto.backoff else rto.current())
                 sent = True
             if sent:
                 self.last_send = now  # data left (a FIN alone is not data)

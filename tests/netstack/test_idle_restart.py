@@ -224,6 +224,10 @@ def test_retransmission_timer_is_unaffected(path, monkeypatch):
     and after the ACK the next data goes out without an idle restart (the
     retransmissions were data sent)."""
     clock, st, peer, conn, _ = _grown(path, monkeypatch)
+    calls = []
+    restart = Connection._idle_restart
+    monkeypatch.setattr(Connection, "_idle_restart",
+                        lambda self, now: (calls.append(now), restart(self, now)))
     mss = conn.mss
     conn.send(b"d" * (4 * mss), clock.seconds())
     sent = st.take()
@@ -245,6 +249,7 @@ def test_retransmission_timer_is_unaffected(path, monkeypatch):
     out = peer.tx(ACK)  # everything acknowledged; the queued 30 bytes go
     assert sum(len(s.payload) for s in out) == 30
     assert st.counters["tcp_idle_restarts"] == 0 and st.counters["tcp_rto"] == 3
+    assert calls == []  # not even considered: the go-back-N resends are not a new flight
 
 
 @pytest.mark.parametrize("path", ["fused", "full"])
