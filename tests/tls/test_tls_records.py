@@ -12,7 +12,6 @@ import contextlib
 
 from OpenSSL import SSL
 from twisted.internet import ssl, task
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -25,12 +24,9 @@ from zope.interface import directlyProvides, providedBy
 
 from nbgateway.tls import records
 from nbgateway.tls.dispatch import DeadlineTLSProtocol, TLSOrPlainFactory, _provide_like
+from tests.tls import _memory as memory
 from tests.tls._certs import self_signed_options
-
-ADDR = IPv4Address("TCP", "100.64.0.10", 40000)
-
-
-
+from tests.tls._memory import ADDR, Wire
 
 OPTIONS = self_signed_options()
 #: stateless session tickets, as the listeners' contexts (nbgateway.tls.contexts)
@@ -55,16 +51,6 @@ class Echo(Protocol):
         self.lost = reason
 
 
-class Wire(StringTransport):
-    def __init__(self) -> None:
-        super().__init__(peerAddress=ADDR)
-        self.writes = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        super().write(data)
-
-
 class Harness:
     def __init__(self, test: unittest.TestCase, records_on: bool, *,
                  max_version: int | None = None, client: SSL.Connection | None = None,
@@ -79,18 +65,12 @@ class Harness:
         self.wire = Wire()
         self.sniffer = factory.buildProtocol(ADDR)
         self.sniffer.makeConnection(self.wire)
-        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        ctx.set_alpn_protos([b"http/1.1"])
-        if max_version is not None:
-            ctx.set_max_proto_version(max_version)
-        self.client = client if client is not None else SSL.Connection(ctx, None)
-        self.client.set_connect_state()
-        for _ in range(10):
-            try:
-                self.client.do_handshake()
-                break
-            except SSL.WantReadError:
-                self.pump()
+        if client is None:
+            self.client = memory.client(b"http/1.1", max_version)
+        else:
+            self.client = client
+            self.client.set_connect_state()
+        memory.handshake(self.client, self.pump)
         self.pump()
         self.clock.advance(0)
         self.pump()
@@ -98,30 +78,10 @@ class Harness:
         self.server: DeadlineTLSProtocol = self.sniffer.inner
 
     def pump(self, tamper: bool = False) -> None:
-        for _ in range(20):
-            try:
-                out = self.client.bio_read(1 << 20)
-            except SSL.WantReadError:
-                out = b""
-            if out:
-                if tamper:
-                    out = out[:-1] + bytes([out[-1] ^ 1])
-                    tamper = False
-                self.sniffer.dataReceived(out)
-            back = self.wire.value()
-            self.wire.clear()
-            if back:
-                self.client.bio_write(back)
-            if not out and not back:
-                return
+        memory.pump(self.client, self.sniffer, self.wire, tamper)
 
     def read(self) -> bytes:
-        got = b""
-        while True:
-            try:
-                got += self.client.recv(1 << 20)
-            except (SSL.WantReadError, SSL.ZeroReturnError):
-                return got
+        return memory.read(self.client, closed_ok=True)
 
     def received(self) -> bytes:
         self.pump()

@@ -10,13 +10,13 @@ import contextlib
 
 from OpenSSL import SSL
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from nbgateway.tls.dispatch import TLSOrPlainFactory
+from tests.tls import _memory as memory
 from tests.tls._certs import self_signed_options
+from tests.tls._memory import ADDR, Wire
 
 
 class TwoWrites(Protocol):
@@ -28,16 +28,6 @@ class TwoWrites(Protocol):
         self.transport.writeSequence([b"|th", b"ree"])
 
 
-class Wire(StringTransport):
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "100.64.0.10", 40000))
-        self.writes = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        super().write(data)
-
-
 class _Connected(unittest.SynchronousTestCase):
     """A TLS connection through the listener's factory, in memory."""
 
@@ -47,45 +37,20 @@ class _Connected(unittest.SynchronousTestCase):
                                     clock=self.clock)
         factory.tls_factory._clock = self.clock  # Twisted's aggregator timer
         self.wire = Wire()
-        self.server = factory.buildProtocol(IPv4Address("TCP", "100.64.0.10", 40000))
+        self.server = factory.buildProtocol(ADDR)
         self.server.makeConnection(self.wire)
-        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        ctx.set_alpn_protos([alpn])
-        self.client = SSL.Connection(ctx, None)
-        self.client.set_connect_state()
-        for _ in range(10):
-            try:
-                self.client.do_handshake()
-                break
-            except SSL.WantReadError:
-                self.pump()
+        self.client = memory.client(alpn)
+        memory.handshake(self.client, self.pump)
         self.assertEqual(self.client.get_alpn_proto_negotiated(), alpn)
         if early:  # app data in the same flight as the client's Finished
             self.client.send(early)
         self.pump()
 
     def pump(self) -> None:
-        for _ in range(10):
-            try:
-                out = self.client.bio_read(1 << 16)
-            except SSL.WantReadError:
-                out = b""
-            if out:
-                self.server.dataReceived(out)
-            back = self.wire.value()
-            self.wire.clear()
-            if back:
-                self.client.bio_write(back)
-            if not out and not back:
-                return
+        memory.pump(self.client, self.server, self.wire)
 
     def read(self) -> bytes:
-        got = b""
-        while True:
-            try:
-                got += self.client.recv(1 << 16)
-            except SSL.WantReadError:
-                return got
+        return memory.read(self.client)
 
 
 
