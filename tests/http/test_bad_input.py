@@ -16,6 +16,7 @@ The read-header deadline is also checked deterministically on a bare
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -241,21 +242,24 @@ class BadInputTests(unittest.TestCase):
         yield self.normal_request()
 
     @defer.inlineCallbacks
-    def test_slowloris_clients_are_cut_at_the_header_deadline(self):
+    def cut_at_the_header_deadline(self, clients: int, trickle: Callable[[int], bytes]):
+        """*clients* connections send a head's start, then one byte
+        (``trickle(n)``, the n-th) at a time each, never finishing it; a
+        normal client is served meanwhile; each slow one gets a 408 at the
+        header deadline, then every connection is closed."""
         # short real read-header deadline for this listener (the
         # header_timeout knob; 10 s in production on the public listener)
         self.site.header_timeout = 0.5
         slow = []
-        for _ in range(20):
+        for _ in range(clients):
             client = yield self.connect()
             client.transport.write(b"GET / HTTP/1.1\r\nHost: app.example\r\n")
             slow.append(client)
-        # trickle one byte at a time on each, never finishing the head
         trickled = 0
         while not all(c.closed.called for c in slow):
             for c in slow:
                 if not c.closed.called:
-                    c.transport.write(b"X-Slow: 1\r\n"[trickled % 11:trickled % 11 + 1])
+                    c.transport.write(trickle(trickled))
             trickled += 1
             if trickled == 3:
                 # while they hang on, a normal client is served
@@ -268,6 +272,10 @@ class BadInputTests(unittest.TestCase):
             self.assertTrue(reply.startswith(b"HTTP/1.1 408"), reply[:100])
         yield self.assert_all_closed_and_bounded()
         yield self.normal_request()
+
+    def test_slowloris_clients_are_cut_at_the_header_deadline(self):
+        return self.cut_at_the_header_deadline(
+            20, lambda n: b"X-Slow: 1\r\n"[n % 11:n % 11 + 1])
 
     @defer.inlineCallbacks
     def test_silent_client_is_dropped_by_the_tls_or_plain_peek(self):
@@ -410,26 +418,7 @@ class BadInputOverTunnelTests(unittest.TestCase):
         yield self.assert_all_closed_and_bounded()
         yield self.normal_request()
 
-    @defer.inlineCallbacks
+    cut_at_the_header_deadline = BadInputTests.cut_at_the_header_deadline
+
     def test_slowloris_through_the_tunnel(self):
-        self.site.header_timeout = 0.5
-        slow = []
-        for _ in range(10):
-            client = yield self.connect()
-            client.transport.write(b"GET / HTTP/1.1\r\nHost: app.example\r\n")
-            slow.append(client)
-        trickled = 0
-        while not all(c.closed.called for c in slow):
-            for c in slow:
-                if not c.closed.called:
-                    c.transport.write(b"X"[:1])
-            trickled += 1
-            if trickled == 3:
-                yield self.normal_request()
-            yield deferLater(reactor, 0.05, lambda: None)
-            self.assertLess(trickled, GUARD * 20, "slow clients never cut off")
-        for c in slow:
-            reply = yield c.closed
-            self.assertTrue(reply.startswith(b"HTTP/1.1 408"), reply[:100])
-        yield self.assert_all_closed_and_bounded()
-        yield self.normal_request()
+        return self.cut_at_the_header_deadline(10, lambda n: b"X")
