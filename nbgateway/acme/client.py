@@ -30,6 +30,8 @@ from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from nbgateway.tls.atomicwrite import write_atomic
+
 TLS_ALPN_01 = "tls-alpn-01"
 HTTP_01 = "http-01"
 CHALLENGE_TYPES = (TLS_ALPN_01, HTTP_01)
@@ -77,14 +79,9 @@ class TLSALPN01(challenges.KeyAuthorizationChallenge):
 
 
 def write_private(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically and durably, mode 0600 (less the
+    umask; :func:`nbgateway.tls.atomicwrite.write_atomic`)."""
+    write_atomic(path, data, 0o600)
 
 
 #: how long to wait after ``rateLimited`` when the server gives no Retry-After

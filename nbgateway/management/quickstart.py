@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from nbgateway.management import privateca
 from nbgateway.management.cli._client import DEFAULT_DATADIR, Client, CliError, _q
 from nbgateway.management.cli._output import Progress
+from nbgateway.tls.atomicwrite import write_atomic
 
 QUICKSTART_POLL = 0.5
 
@@ -172,10 +173,7 @@ def _write_peer_ca(client: Client, config_path: str, deadline: float) -> str | N
                 return None
             time.sleep(0.5)
     path = os.path.join(os.path.dirname(os.path.abspath(config_path)), "nbgateway-ca.crt")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(pem)
-    os.replace(tmp, path)
+    write_atomic(path, pem, 0o644)
     return path
 
 

@@ -17,7 +17,6 @@ shares :attr:`store` and :attr:`threadpool`.
 from __future__ import annotations
 
 import os
-import tempfile
 from datetime import timedelta
 from typing import Any
 
@@ -34,6 +33,7 @@ from nbgateway.management.retention import (
     AccessLogRetention,
     parse_max_age,
 )
+from nbgateway.tls.atomicwrite import write_atomic
 
 log = Logger()
 
@@ -76,18 +76,9 @@ def endpoint_description(addr: str) -> str:
 
 
 def write_secret_file(path: str, text: str) -> None:
-    """Atomically write *text* to *path* with mode 0600 (never world-readable)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".admin-token.", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomically and durably write *text* (and a newline) to *path* with
+    mode exactly 0600 (never readable by others, whatever the umask)."""
+    write_atomic(path, (text + "\n").encode(), 0o600, exact_mode=True)
 
 
 class ManagementService(MultiService):

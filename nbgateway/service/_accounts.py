@@ -35,6 +35,7 @@ from nbgateway.dial.guard import INVALID_HOST, endpoint_refusal
 from nbgateway.dns.server import DNSResponderFactory, listen_dns
 from nbgateway.dns.zone import ZoneAuthority
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
+from nbgateway.tls.atomicwrite import write_atomic
 from nbgateway.wireguard.keys import generate_private_key, key_from_base64, key_to_base64
 
 log = Logger(namespace="nbgateway.service")  # one namespace for the package
@@ -60,11 +61,7 @@ def account_key(datadir: str, account_id: str, fresh: bool = False) -> bytes:
         log.warn("replacing unreadable account key {path}", path=path)
     key = generate_private_key()
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key_to_base64(key) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (key_to_base64(key) + "\n").encode(), 0o600)
     return key
 
 

@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
+from nbgateway.tls.atomicwrite import write_atomic
+
 log = Logger()
 
 CA_LIFETIME_DAYS = 3650
@@ -65,20 +67,6 @@ def normalise(name: str) -> str:
 def within(name: str, subtree: str) -> bool:
     """RFC 5280 DNS subtree match: ``subtree`` itself or any name below it."""
     return name == subtree or name.endswith("." + subtree)
-
-
-def _write_atomic(path: str, data: bytes, mode: int) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def constraints_of(cert: x509.Certificate) -> frozenset[str] | None:
@@ -155,10 +143,11 @@ class PrivateCA:
 
     def _save(self, with_key: bool = False) -> None:
         if with_key:
-            _write_atomic(self.key_path, self.key.private_bytes(
+            write_atomic(self.key_path, self.key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption()), 0o600)
-        _write_atomic(self.cert_path, self.cert.public_bytes(serialization.Encoding.PEM), 0o644)
+                serialization.NoEncryption()), 0o600, exact_mode=True)
+        write_atomic(self.cert_path, self.cert.public_bytes(serialization.Encoding.PEM), 0o644,
+                     exact_mode=True)
 
     def _reissue(self, names: frozenset[str]) -> None:
         self.permitted = frozenset(self.permitted or ()) | names

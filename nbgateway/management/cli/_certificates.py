@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from typing import TextIO
 
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from nbgateway.management.cli._client import Client, CliError
 from nbgateway.management.cli._output import emit
 from nbgateway.management.cli._parsing import Commands
+from nbgateway.tls.atomicwrite import write_atomic
 
 STATUS_COLS = ("domain", "source", "issuer", "not_after", "last_error")
 CA_PATH = "/reverse-proxies/ca-certificate"
@@ -46,10 +46,7 @@ def ca_show(client: Client, args: argparse.Namespace, out: TextIO) -> None:
 def ca_download(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     pem = client.request("GET", CA_PATH, raw=True)
     prints = _fingerprints(pem)
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(pem)
-    os.replace(tmp, args.output)
+    write_atomic(args.output, pem, 0o644)
     for fp in prints:
         print(f"wrote {args.output} (SHA-256 {fp})", file=sys.stderr)
 
