@@ -56,6 +56,19 @@ class GatewayGrpcTests(unittest.TestCase):
     def in_thread(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThread(fn, *args)
 
+    def error_of(self, name: str) -> defer.Deferred[grpc.RpcError | None]:
+        """The RpcError a unary call of *name* (with ``b"x"``) ends in, or None."""
+        call = method(self.channel, name)
+
+        def run() -> grpc.RpcError | None:
+            try:
+                call(b"x", timeout=10)
+            except grpc.RpcError as exc:
+                return exc
+            return None
+
+        return self.in_thread(run)
+
     @defer.inlineCallbacks
     def test_unary_metadata_and_trailers(self):
         self.h.identity = Identity("u1", "alice@x", ("g1",), ("eng",), "oidc")
@@ -80,16 +93,7 @@ class GatewayGrpcTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_error_status_trailers_only(self):
-        call = method(self.channel, "Fail")
-
-        def run() -> Any:
-            try:
-                call(b"x", timeout=10)
-            except grpc.RpcError as exc:
-                return exc
-            return None
-
-        exc = yield self.in_thread(run)
+        exc = yield self.error_of("Fail")
         self.assertIsNotNone(exc)
         self.assertEqual(exc.code(), grpc.StatusCode.PERMISSION_DENIED)
         self.assertEqual(exc.details(), "nope: denied")
@@ -97,16 +101,8 @@ class GatewayGrpcTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_error_status_after_headers(self):
-        call = method(self.channel, "FailLate")
-
-        def run() -> Any:
-            try:
-                call(b"x", timeout=10)
-            except grpc.RpcError as exc:
-                return exc
-            return None
-
-        exc = yield self.in_thread(run)
+        exc = yield self.error_of("FailLate")
+        self.assertIsNotNone(exc)
         self.assertEqual(exc.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
         self.assertEqual(exc.details(), "too much")
         self.assertIn(("x-initial", "late"), exc.initial_metadata())
@@ -268,16 +264,8 @@ class GatewayGrpcTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_unreachable_upstream_is_unavailable(self):
         self.grpc.stop()
-        call = method(self.channel, "Unary")
-
-        def run() -> Any:
-            try:
-                call(b"x", timeout=10)
-            except grpc.RpcError as exc:
-                return exc
-            return None
-
-        exc = yield self.in_thread(run)
+        exc = yield self.error_of("Unary")
+        self.assertIsNotNone(exc)
         self.assertEqual(exc.code(), grpc.StatusCode.UNAVAILABLE)
 
 
