@@ -38,8 +38,8 @@ from nbgateway.acme.challenges import ChallengeResponder
 from nbgateway.acme.client import HTTP_01, AcmeError, Issued, write_private
 from nbgateway.acme.schedule import RenewalSchedule
 from nbgateway.store.mappings import MappingObserver
+from nbgateway.tls.certstore import is_ip_literal, valid_hostname
 from nbgateway.tls.certstore import normalize_name as normalise_domain
-from nbgateway.tls.certstore import valid_hostname
 
 log = Logger()
 
@@ -115,7 +115,7 @@ class AcmeManager(MappingObserver):
     def mapping_added(self, mapping: pb.ProxyMapping) -> None:
         domain = normalise_domain(mapping.domain)
         if mapping.private or mapping.mode in L4_MODES or not valid_hostname(domain) \
-                or _is_ip(domain):
+                or is_ip_literal(domain):
             return
         ours = self._existing(domain)
         if ours is False:
@@ -252,13 +252,3 @@ def in_daemon_thread(reactor: Any, f: Callable[..., Any], *args: Any) -> Deferre
 
     threading.Thread(target=work, name="nbgateway-acme", daemon=True).start()
     return d
-
-
-def _is_ip(name: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False

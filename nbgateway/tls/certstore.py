@@ -71,15 +71,19 @@ def normalize_name(name: str | bytes | None) -> str:
     return domain_key(name)
 
 
+def is_ip_literal(name: str) -> bool:
+    """``name`` is an IPv4 or IPv6 address (no SNI, no ACME order for it)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def valid_hostname(name: str) -> bool:
     if not name or len(name) > 253:
         return False
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        pass
-    return all(_LABEL.match(label) for label in name.split("."))
+    return is_ip_literal(name) or all(_LABEL.match(label) for label in name.split("."))
 
 
 @dataclass

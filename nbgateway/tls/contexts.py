@@ -69,7 +69,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from nbgateway.tls import certstore as _certstore
-from nbgateway.tls.certstore import CertifiedKey, normalize_name
+from nbgateway.tls.certstore import CertifiedKey, is_ip_literal, normalize_name
 
 log = Logger()
 
@@ -324,20 +324,10 @@ class _InsecureClientCreator:
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self.ctx, None)
-        if not _is_ip(self.hostname):
+        if not is_ip_literal(self.hostname):
             conn.set_tlsext_host_name(self.hostname.encode("idna"))
         conn.set_connect_state()
         return conn
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 class ClientTLSPolicy:

@@ -97,6 +97,15 @@ def test_order_per_public_mapping_written_and_served(world):
     assert 'nbgateway_acme_orders_total{result="issued"} 1.0' in text
 
 
+def test_no_order_for_an_ip_literal_domain(world):
+    clock, _store, account, _mgmt, manager, _cert_dir = world
+    for i, ip in enumerate(("192.0.2.7", "2001:db8::7")):
+        manager.mapping_added(_mapping(ip, sid=f"svc-ip{i}"))
+    manager.mapping_added(_mapping())
+    clock.advance(0)
+    assert account.orders == [NAME]
+
+
 def test_order_that_never_answers_blocks_nothing(world, tmp_path):
     clock, store, _account, _mgmt, manager, _cert_dir = world
     manager.run_in_thread = lambda f, *a: Deferred()  # an ACME server that never answers

@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
 
-from nbgateway.tls.certstore import CertificateStore, LocalCA, normalize_name
+from nbgateway.tls.certstore import (
+    CertificateStore,
+    LocalCA,
+    is_ip_literal,
+    normalize_name,
+    valid_hostname,
+)
 
 from ._certs import write_pair
 
@@ -182,3 +188,13 @@ def test_default_certificate_of_a_listener_follows_renewal(tmp_path, monkeypatch
     monkeypatch.setattr(certstore, "_now", lambda: later)
     assert isinstance(first, SSL.Context)
     assert creator.serverConnectionForTLS(None).get_context() is not first
+
+
+def test_ip_literals_and_hostnames():
+    for ip in ("192.0.2.7", "::1", "2001:db8::1", "::ffff:192.0.2.7", "fe80::1%eth0"):
+        assert is_ip_literal(ip) and valid_hostname(ip), ip
+    for name in ("", "app.example", "192.0.2", "192.0.2.256", "[::1]", "1.2.3.4.example",
+                 "localhost"):
+        assert not is_ip_literal(name), name
+    assert valid_hostname("app.example") and not valid_hostname("bad_-.")
+    assert not valid_hostname("a" * 254) and not valid_hostname("")
