@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, World, wait_for
-from tests.interop.test_public_auth import PUBLIC, _service, curl
+from tests.interop.test_private_e2e import DOMAIN, wait_for
+from tests.interop.test_public_auth import _service, curl, public_world
 from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
@@ -44,17 +41,7 @@ def world():
     require_testbed("curl")
     tb = Testbed()
     try:
-        w = World(tb)
-        script = os.path.join(w.tmp, "upstream.py")
-        with open(script, "w") as f:
-            f.write(UPSTREAM)
-        w.g.popen([sys.executable, script, "8081", w.upstream_log, "127.0.0.1"],
-                  stdout=w.log("upstream"), stderr=subprocess.STDOUT)
-        w.start_management()
-        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-        w.start_gateway(token, "--addr", PUBLIC)
-        wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
-                 "the gateway to connect to management")
+        w = public_world(tb)
         w.svc = w.rest("POST", "/reverse-proxies/services", _service("machine", MACHINE, {}))
         w.rest("POST", "/reverse-proxies/services", _service("pin", PIN, {
             "pin_auth": {"enabled": True, "pin": "135790"}}))

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, World, counter, wait_for
-from tests.interop.test_public_auth import PUBLIC, _service
+from tests.interop.test_private_e2e import DOMAIN, counter, wait_for
+from tests.interop.test_public_auth import PUBLIC, _service, public_world
 from tests.interop.testbed import Testbed
 from tests.tls._clientcerts import IssuingCA
 
@@ -44,17 +42,7 @@ def world():
     require_testbed("curl", "wg-quick", "openssl")
     tb = Testbed()
     try:
-        w = World(tb)
-        script = os.path.join(w.tmp, "upstream.py")
-        with open(script, "w") as f:
-            f.write(UPSTREAM)
-        w.g.popen([sys.executable, script, "8081", w.upstream_log, "127.0.0.1"],
-                  stdout=w.log("upstream"), stderr=subprocess.STDOUT)
-        w.start_management()
-        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-        w.start_gateway(token, "--addr", PUBLIC)
-        wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
-                 "the gateway to connect to management")
+        w = public_world(tb)
         devs = w.rest("POST", "/groups", {"name": "devs"})
         w.user = w.rest("POST", "/users", {"email": EMAIL, "name": "Alice", "role": "user",
                                            "auto_groups": [devs["id"]]})

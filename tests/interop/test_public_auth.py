@@ -49,22 +49,30 @@ def _service(name: str, domain: str, auth: dict) -> dict:
                          "options": {"direct_upstream": True}}]}
 
 
+def public_world(tb: Testbed) -> World:
+    """A World whose netns G runs the header-echoing upstream on
+    127.0.0.1:8081, management, and a gateway with its public listener on
+    :data:`PUBLIC`, connected to management (no service yet)."""
+    w = World(tb)
+    script = os.path.join(w.tmp, "upstream.py")
+    with open(script, "w") as f:
+        f.write(UPSTREAM)
+    w.g.popen([sys.executable, script, "8081", w.upstream_log, "127.0.0.1"],
+              stdout=w.log("upstream"), stderr=subprocess.STDOUT)
+    w.start_management()
+    token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
+    w.start_gateway(token, "--addr", PUBLIC)
+    wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
+             "the gateway to connect to management")
+    return w
+
+
 @pytest.fixture(scope="module")
 def world():
     require_testbed("curl")
     tb = Testbed()
     try:
-        w = World(tb)
-        script = os.path.join(w.tmp, "upstream.py")
-        with open(script, "w") as f:
-            f.write(UPSTREAM)
-        w.g.popen([sys.executable, script, "8081", w.upstream_log, "127.0.0.1"],
-                  stdout=w.log("upstream"), stderr=subprocess.STDOUT)
-        w.start_management()
-        token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
-        w.start_gateway(token, "--addr", PUBLIC)
-        wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
-                 "the gateway to connect to management")
+        w = public_world(tb)
         w.hdr = w.rest("POST", "/reverse-proxies/services", _service("hdr", HDR, {
             "header_auths": [{"enabled": True, "header": "X-Api-Key", "value": "s3cret-key"}]}))
         w.pw = w.rest("POST", "/reverse-proxies/services", _service("pw", PW, {
