@@ -5,7 +5,9 @@ thread per stream) and ``tests/mgmt/test_grpcbridge_aio.py`` (grpc.aio, the
 gateway's mode) run these against a real in-process server, each with its
 own ``Env`` (servicer, server, channel, stub, bridge and ``gmu``: a
 GetMappingUpdate stream) and adds what is particular to its mode.  The
-leading underscore keeps pytest from collecting this module.
+``test_`` functions here are the same test in both: each file binds them
+under their names (its ``env`` fixture answers).  The leading underscore
+keeps pytest from collecting this module itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from nbgateway import errors
@@ -74,13 +77,15 @@ async def handler_failure_cancels_the_stream(env: Any) -> StreamCall:
     return call
 
 
-async def server_error_on_stream_is_mapped(env: Any) -> None:
+@pytest_twisted.ensureDeferred
+async def test_server_error_on_stream_is_mapped(env: Any) -> None:
     call = env.gmu(lambda m: None, metadata=(("authorization", "Bearer nope"),))
     with pytest.raises(errors.ManagementUnauthenticatedError):
         await call.done
 
 
-async def bidi_requests_flow_from_the_reactor_and_clean_close(env: Any) -> None:
+@pytest_twisted.ensureDeferred
+async def test_bidi_requests_flow_from_the_reactor_and_clean_close(env: Any) -> None:
     """Acks sent from the handler (reactor thread) reach the server; the
     server's clean end resolves ``done`` with None."""
     env.servicer.snapshot = [[mapping("s1", "a.example")], [mapping("s2", "b.example")]]

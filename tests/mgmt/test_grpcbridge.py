@@ -91,14 +91,9 @@ async def test_handler_failure_cancels_the_stream(env: Env) -> None:
     await cases.handler_failure_cancels_the_stream(env)
 
 
-@pytest_twisted.ensureDeferred
-async def test_server_error_on_stream_is_mapped(env: Env) -> None:
-    await cases.server_error_on_stream_is_mapped(env)
-
-
-@pytest_twisted.ensureDeferred
-async def test_bidi_requests_flow_from_the_reactor_and_clean_close(env: Env) -> None:
-    await cases.bidi_requests_flow_from_the_reactor_and_clean_close(env)
+test_server_error_on_stream_is_mapped = cases.test_server_error_on_stream_is_mapped
+test_bidi_requests_flow_from_the_reactor_and_clean_close = (
+    cases.test_bidi_requests_flow_from_the_reactor_and_clean_close)
 
 
 @pytest_twisted.ensureDeferred
