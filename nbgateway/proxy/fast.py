@@ -53,6 +53,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
 from twisted.python.runtime import seconds as runtime_seconds
 from twisted.web.http_headers import Headers
+from twisted.web.server import NOT_DONE_YET
 
 from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
     _CONNECTION,
@@ -315,7 +316,10 @@ class FastHTTPChannel(StreamingHTTPChannel):
         except Exception:
             req.processing_failed(Failure())
             return
-        if isinstance(body, bytes) and not req.finished and not req._disconnected:
+        # NOT_DONE_YET (the proxy's answer) first: an isinstance() that
+        # fails reads the object's __class__
+        if (body is not NOT_DONE_YET and isinstance(body, bytes) and not req.finished
+                and not req._disconnected):
             req.setHeader(b"content-length", b"%d" % len(body))
             req.write(body)
             req.finish()

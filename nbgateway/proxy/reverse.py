@@ -270,7 +270,9 @@ class ReverseProxy:
         ctx.route = route
         ctx.target = route.origin
         checked = self._check(request, ctx, service, route)
-        if isinstance(checked, pages.ErrorPage):
+        # (an isinstance() that fails reads the object's __class__: the
+        # common tuple is told apart first)
+        if type(checked) is not tuple and isinstance(checked, pages.ErrorPage):
             pages.send_page(request, checked, destination=route.target)
             return server.NOT_DONE_YET
         opts, dialer = checked
