@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 import urllib.parse
@@ -177,6 +178,23 @@ def _write_peer_ca(client: Client, config_path: str, deadline: float) -> str | N
     return path
 
 
+def write_peer_config(path: str, conf: str) -> None:
+    """Write the wg-quick config, which holds the peer's private key: a
+    regular file (or none yet) is replaced atomically with mode 0600 less the
+    umask, so a file left readable by others before is narrowed; anything
+    else (``/dev/stdout``, a pipe) is written in place, there is nothing to
+    replace."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        regular = True
+    if regular:
+        write_atomic(path, conf.encode(), 0o600)
+        return
+    with open(path, "w") as f:
+        f.write(conf)
+
+
 def _local_ca(datadir: str) -> str:
     """The path of the gateway's local CA certificate.  The gateway creates
     its CA on the first TLS handshake; on the gateway host (``datadir``
@@ -256,9 +274,7 @@ def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     dns = args.dns == "keep" or (args.dns == "auto" and has_resolvconf())
     conf = full if dns else without_dns(full)
     path = args.config_out or f"{args.name}.conf"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(conf)
+    write_peer_config(path, conf)
     ca = _local_ca(args.datadir)
     peer_ca = _write_peer_ca(client, path, min(deadline, time.monotonic() + PEER_CA_WAIT))
     gateway_ip = gateway["ip"]

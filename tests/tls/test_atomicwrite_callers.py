@@ -1,8 +1,9 @@
 """Every file nbgateway keeps is written through
 :func:`nbgateway.tls.atomicwrite.write_atomic` with the mode it needs:
 secrets (ACME keys and account, WireGuard account keys, the admin token, the
-local CA key) never readable by others under any umask, certificates 0644 at
-most; a failed rewrite keeps the old file and leaves no temporary file."""
+local CA key, the quickstart peer config) never readable by others under any
+umask, certificates 0644 at most; a failed rewrite keeps the old file and
+leaves no temporary file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import errno
 import io
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +85,11 @@ def _peer_ca(d: str, pem: bytes, n: int) -> str:
     return path
 
 
+def _peer_conf(d: str, pem: bytes, n: int) -> str:
+    quickstart.write_peer_config(os.path.join(d, "laptop.conf"), f"[Interface]\n# {n}\n")
+    return os.path.join(d, "laptop.conf")
+
+
 def _download(d: str, pem: bytes, n: int) -> str:
     out = os.path.join(d, "ca.crt")
     ca_download(_Client(pem), argparse.Namespace(output=out), io.StringIO())
@@ -96,6 +103,7 @@ CASES = {
     "local CA key": Case(_ca_key, lambda mask: 0o600),
     "local CA cert": Case(_ca_cert, lambda mask: 0o644),
     "quickstart peer CA": Case(_peer_ca, lambda mask: 0o644 & ~mask),
+    "quickstart peer config": Case(_peer_conf, lambda mask: 0o600 & ~mask),
     "ca download": Case(_download, lambda mask: 0o644 & ~mask),
 }
 
@@ -134,3 +142,20 @@ def test_each_writer_keeps_the_old_file_when_the_rewrite_fails(tmp_path, ca_pem,
         assert f.read() == before
     after = os.listdir(os.path.dirname(path))  # (the CA key case removed ca.crt itself)
     assert set(after) <= set(listing) and not [n for n in after if n.startswith(".")]
+
+
+def test_the_peer_config_goes_to_a_pipe_in_place(tmp_path):
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    got: list[str] = []
+
+    def read() -> None:
+        with open(fifo) as f:
+            got.append(f.read())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    quickstart.write_peer_config(fifo, "[Interface]\n")
+    reader.join(10)
+    assert got == ["[Interface]\n"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(tmp_path) == ["fifo"]
