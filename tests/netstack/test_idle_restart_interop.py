@@ -1,11 +1,15 @@
 """Restart after idle against a Linux TCP client through a real wireguard-go
 peer (the ``tests/interop`` testbed: root, namespaces, TUN, wireguard-go).
 
-A kernel client on one keep-alive connection asks the netstack for a 1 MiB
-response, waits well over an RTO (1 s, the RTO being 200 ms on this link),
-asks again, and a third time without a pause: both idle-separated responses
-arrive intact, the grown window is restarted exactly once (the third
-request follows within an RTO of the last data sent)."""
+A kernel client on one keep-alive connection asks the netstack for 256 KiB
+responses, three times after a pause of 0.7 s (3.5 RTOs, the RTO being
+200 ms on this link), each time after an unpaused one: every response
+arrives intact, and before each paused response the connection's window is
+what :meth:`NewReno.restart_after_idle` makes of the state it had (grown by
+the previous responses, or already small after a loss in the tunnel, which
+happens on this testbed under bursts), while the unpaused ones are never
+restarted.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
+from nbgateway.netstack.congestion import NewReno
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
 from tests.interop.conftest import require_testbed, testbed  # noqa: F401 (fixture)
 from tests.interop.netstack_gateway import GW4, start_gateway
@@ -25,13 +30,14 @@ from tests.interop.netstack_gateway import GW4, start_gateway
 pytestmark = pytest.mark.interop
 
 PORT = 5013
-SIZE = 1 << 20
+SIZE = 256 * 1024
+PAUSES = (0.0, 0.7, 0.0, 0.7, 0.0, 0.7)
 
 CLIENT = r"""
 import hashlib, socket, sys, time
-host, port, size, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 s = socket.create_connection((host, port), timeout=30)
-for i, wait in enumerate((0.0, pause, 0.0)):
+for i, wait in enumerate(map(float, sys.argv[4:])):
     time.sleep(wait)
     s.sendall(b"%d %d\n" % (i, size))
     h, got = hashlib.sha256(), 0
@@ -52,20 +58,23 @@ def body(i: int, size: int) -> bytes:
 
 class Responder(Protocol):
     """Answers each ``<i> <size>`` line with ``body(i, size)``, recording the
-    connection's cwnd before each response."""
+    congestion state before and the window after each response's write."""
 
-    def __init__(self, cwnds: list) -> None:
+    def __init__(self, seen: list) -> None:
         self.buf = b""
-        self.cwnds = cwnds
+        self.seen = seen
 
     def dataReceived(self, data: bytes) -> None:
         self.buf += data
         while b"\n" in self.buf:
             line, self.buf = self.buf.split(b"\n", 1)
             i, size = map(int, line.split())
-            self.cwnds.append(self.transport.conn.cc.cwnd)
+            conn = self.transport.conn
+            cc = conn.cc
+            before = (cc.cwnd, cc.ssthresh, cc.in_recovery, conn.rto.current(),
+                      reactor.seconds() - conn.last_send, conn.snd_max - conn.snd_una)
             self.transport.write(body(i, size))
-            self.cwnds.append(self.transport.conn.cc.cwnd)
+            self.seen.append((before, cc.cwnd, cc.ssthresh, conn.mss))
 
 
 @pytest.fixture
@@ -79,24 +88,37 @@ def gateway(testbed):  # noqa: F811 (the fixture above)
 
 
 @pytest_twisted.ensureDeferred
-async def test_kernel_client_keep_alive_with_a_pause_gets_a_restarted_window(gateway):
-    cwnds: list = []
-    factory = Factory.forProtocol(lambda: Responder(cwnds))
+async def test_kernel_client_keep_alive_with_pauses_gets_restarted_windows(gateway):
+    seen: list = []
+    factory = Factory.forProtocol(lambda: Responder(seen))
     port = await TunnelServerEndpoint(gateway.stack, PORT).listen(factory)
     try:
         res = await threads.deferToThread(
-            gateway.ns.run, [sys.executable, "-c", CLIENT, GW4, str(PORT), str(SIZE), "1.0"],
+            gateway.ns.run,
+            [sys.executable, "-c", CLIENT, GW4, str(PORT), str(SIZE), *map(str, PAUSES)],
             check=False, timeout=60)
         assert res.returncode == 0, res.stderr[-2000:]
         got = [line.split() for line in res.stdout.splitlines() if line.startswith("RECV")]
         assert got == [["RECV", str(i), hashlib.sha256(body(i, SIZE)).hexdigest(), str(SIZE)]
-                       for i in range(3)]
-        c = gateway.stack.counters
-        assert c["tcp_idle_restarts"] == 1, dict(c)
-        # before each response: IW, the grown window, then (no pause) what the
-        # second response grew it to again -- and the restart shrank it in
-        # the second write (cwnds[3] < cwnds[2])
-        iw = cwnds[0]
-        assert cwnds[2] > iw and cwnds[3] < cwnds[2]
+                       for i in range(len(PAUSES))]
+        assert len(seen) == len(PAUSES)
+        shrunk = 0
+        for pause, (before, cwnd, ssthresh, mss) in zip(PAUSES, seen, strict=True):
+            cwnd0, ssthresh0, in_recovery, rto, idle, flight = before
+            assert flight == 0  # each request follows the whole previous response
+            if not pause:
+                if idle < rto:  # (the first response: idle since the handshake)
+                    assert (cwnd, ssthresh) == (cwnd0, ssthresh0)
+                continue
+            assert idle > rto
+            model = NewReno(mss, iss=0)
+            model.cwnd, model.ssthresh, model.in_recovery = cwnd0, ssthresh0, in_recovery
+            assert model.restart_after_idle(idle, rto)
+            assert (cwnd, ssthresh) == (model.cwnd, model.ssthresh), (before, cwnd, ssthresh)
+            shrunk += cwnd < cwnd0
+        assert gateway.stack.counters["tcp_idle_restarts"] == shrunk
+        # the first response grows the window well past IW, so the first
+        # pause (at the least) restarts it unless the tunnel lost a segment
+        assert shrunk >= 1, seen
     finally:
         await port.stopListening()
