@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import stat
 import sys
 import time
 import urllib.parse
@@ -31,7 +30,7 @@ from typing import Any, TextIO
 from nbgateway.management import privateca
 from nbgateway.management.cli._client import DEFAULT_DATADIR, Client, CliError, _q
 from nbgateway.management.cli._output import Progress
-from nbgateway.tls.atomicwrite import write_atomic
+from nbgateway.tls.atomicwrite import write_atomic, write_secret_output
 
 QUICKSTART_POLL = 0.5
 
@@ -179,20 +178,10 @@ def _write_peer_ca(client: Client, config_path: str, deadline: float) -> str | N
 
 
 def write_peer_config(path: str, conf: str) -> None:
-    """Write the wg-quick config, which holds the peer's private key: a
-    regular file (or none yet) is replaced atomically with mode 0600 less the
-    umask, so a file left readable by others before is narrowed; anything
-    else (``/dev/stdout``, a pipe) is written in place, there is nothing to
-    replace."""
-    try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        regular = True
-    if regular:
-        write_atomic(path, conf.encode(), 0o600)
-        return
-    with open(path, "w") as f:
-        f.write(conf)
+    """Write the wg-quick config, which holds the peer's private key
+    (:func:`~nbgateway.tls.atomicwrite.write_secret_output`: mode 0600 less
+    the umask for a regular file, in place for ``/dev/stdout`` or a pipe)."""
+    write_secret_output(path, conf.encode())
 
 
 def _local_ca(datadir: str) -> str:

@@ -31,6 +31,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 
 #: how many random temporary names to try before giving up (each is 64 bits)
 TEMP_ATTEMPTS = 8
@@ -73,6 +74,23 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600, *,
             os.unlink(tmp)
         raise
     fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def write_secret_output(path: str, data: bytes) -> None:
+    """Write secret ``data`` to an output path a user named (a peer's wg-quick
+    config, its QR code; both hold the peer's private key): a regular file (or
+    none yet) is replaced atomically with mode 0600 less the umask, so a file
+    left readable by others before is narrowed; anything else (``/dev/stdout``,
+    a pipe) is written in place, there is nothing to replace."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        regular = True
+    if regular:
+        write_atomic(path, data, 0o600)
+        return
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def _create(path: str, mode: int) -> tuple[int, str]:

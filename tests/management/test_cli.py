@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -86,8 +87,11 @@ def test_end_to_end_workflow(server, tmp_path):
     assert f"Address = {laptop['ip']}/32" in conf
     assert f"[Peer]\nPublicKey = {gw['public_key']}\nEndpoint = 127.0.0.1:51820\n" in conf
     qr = tmp_path / "wg0.png"
+    qr.write_bytes(b"old")
+    qr.chmod(0o666)  # left readable by others: the QR code holds the private key
     ok(server, "peer", "config", f"laptop-{tag}", "--qr", str(qr))
     assert qr.read_bytes().startswith(b"\x89PNG")
+    assert stat.S_IMODE(qr.stat().st_mode) & 0o077 == 0
     svc = json.loads(ok(server, "--json", "services", "get", f"app-{tag}.apps.test"))
     assert svc["private"] is True and svc["proxy_cluster"] == CLUSTER
     group_id = json.loads(ok(server, "--json", "groups", "list"))

@@ -22,6 +22,7 @@ from nbgateway.management.cli._lookup import (
 )
 from nbgateway.management.cli._output import Progress, emit, table, write_json
 from nbgateway.management.cli._parsing import Commands
+from nbgateway.tls.atomicwrite import write_secret_output
 
 USER_COLS = ("id", "email", "name", "role", "status", "auto_groups")
 GROUP_COLS = ("id", "name", "peers_count", "peers")
@@ -152,8 +153,7 @@ def peers_config(client: Client, args: Args, out: TextIO) -> None:
     path = f"/peers/{_q(peer['id'])}/wireguard-config"
     if args.qr:
         png = client.request("GET", path, query={"format": "qr"}, raw=True)
-        with open(args.qr, "wb") as f:
-            f.write(png)
+        write_secret_output(args.qr, png)  # the QR code holds the private key
         print(f"wrote QR code to {args.qr}", file=sys.stderr)
         return
     conf = client.request("GET", path, raw=True).decode()
