@@ -13,6 +13,7 @@ import tempfile
 from nacl.public import PrivateKey
 
 from nbgateway.peerbox import KEY_SIZE, decode_wg_key, encode_wg_key
+from nbgateway.tls.atomicwrite import fsync_directory
 
 __all__ = ["ServerKey"]
 
@@ -57,6 +58,8 @@ class ServerKey:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as f:
                 f.write(encode_wg_key(key.private_bytes) + "\n")
+                f.flush()
+                os.fsync(f.fileno())  # on disk before its name is
             # link() refuses to overwrite: a concurrent creator's key wins
             try:
                 os.link(tmp, path)
@@ -65,4 +68,5 @@ class ServerKey:
                     return cls(decode_wg_key(f.read().strip()))
         finally:
             os.unlink(tmp)
+        fsync_directory(directory)  # the name survives a crash
         return key

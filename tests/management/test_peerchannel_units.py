@@ -104,6 +104,28 @@ def test_server_key_file_created_0600_and_reloaded(tmp_path):
     assert [n for n in os.listdir(tmp_path / "sub")] == ["wg.key"]  # no temp files left
 
 
+def test_server_key_is_on_disk_before_its_name_and_the_name_is_synced(tmp_path, monkeypatch):
+    path = str(tmp_path / "wg.key")
+    order: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd: int) -> None:
+        order.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    def link(src: str, dst: str) -> None:
+        order.append("link")
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    ServerKey.load_or_create(path)
+    assert order == ["file", "link", "dir"]
+    order.clear()
+    ServerKey.load_or_create(path)  # an existing key is only read
+    assert order == []
+
+
 def test_server_key_concurrent_creation_agrees(tmp_path):
     path = str(tmp_path / "wg.key")
     results: list[bytes] = []
