@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 
 from nbgateway.netstack.congestion import NewReno
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
-from tests.interop.conftest import require_testbed, testbed  # noqa: F401 (fixture)
+from tests.interop.conftest import require_testbed
 from tests.interop.netstack_gateway import GW4, start_gateway
 
 pytestmark = pytest.mark.interop
@@ -78,7 +78,7 @@ class Responder(Protocol):
 
 
 @pytest.fixture
-def gateway(testbed):  # noqa: F811 (the fixture above)
+def gateway(testbed):
     require_testbed()
     gw = start_gateway(testbed, reactor)
     yield gw
