@@ -95,6 +95,10 @@ class ConnectionPool:
         self._connections: dict[tuple[bytes, bytes, int], list[UpstreamConnection]] = {}
         #: the pending idle sweep (a Deadline), None while no sweep is due
         self._sweep: Any = None
+        #: dropped by its owner (:class:`~nbgateway.dial.pool.UpstreamPools`
+        #: closed the account or itself): an agent kept elsewhere for it is
+        #: asked for again (the pools make a new pool)
+        self.retired = False
 
     def take(self, key: tuple[bytes, bytes, int]) -> UpstreamConnection | None:
         # (LeanAgent.send_head repeats this inline: keep both in step).  A

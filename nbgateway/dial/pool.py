@@ -165,7 +165,10 @@ class UpstreamPools:
         keys = [k for k in self._pools if k[0] == account_id]
         for k in [k for k in self._agents if k[0] == account_id]:
             del self._agents[k]
-        closed = gatherResults([self._pools.pop(k).closeCachedConnections() for k in keys])
+        dropped = [self._pools.pop(k) for k in keys]
+        for pool in dropped:
+            pool.retired = True  # an agent kept by a route's plan is asked for again
+        closed = gatherResults([pool.closeCachedConnections() for pool in dropped])
         if not self._pools:
             self.deadlines.disarm_idle()  # the last pool: no lingering timer left
         return closed
@@ -175,6 +178,8 @@ class UpstreamPools:
 
         pools, self._pools = list(self._pools.values()), {}
         self._agents.clear()
+        for pool in pools:
+            pool.retired = True
         closed = gatherResults([p.closeCachedConnections() for p in pools])
         self.deadlines.stop_lingering()  # shutting down: nothing left in the reactor
         return closed

@@ -79,8 +79,8 @@ class RoutePlan:
     """See the module docstring.  ``eligible`` is False when the service or
     the proxy needs the general path for every request."""
 
-    __slots__ = ("custom_names", "eligible", "forwarded_proto", "key", "opts", "passthrough",
-                 "route", "service", "tails")
+    __slots__ = ("agent", "custom_names", "eligible", "forwarded_proto", "key", "opts",
+                 "passthrough", "route", "service", "tails")
 
     def __init__(self, route: Any, service: ProxyService, opts: TargetOptions,
                  forwarded_proto: str, trusted_proxies: Any) -> None:
@@ -107,6 +107,10 @@ class RoutePlan:
             except (ValueError, UnicodeEncodeError):
                 eligible = False
         self.eligible = eligible
+        #: (dialer, timeout, the LeanAgent the proxy's pools gave for them):
+        #: the proxy asks the pools again when the dialer or the timeout
+        #: differ or the agent's connection pool was retired (None: not yet)
+        self.agent: tuple[Any, float, Any] | None = None
 
     def head(self, request: Any, ctx: Any, method: bytes, raw_path: bytes, path: str,
              query: bytes, query_s: str | None, body: Any) -> bytes | None:

@@ -301,18 +301,26 @@ class ReverseProxy:
                           else getattr(request, "body_stream", None)) is None
                          and _CONTENT_LENGTH not in raw_in and _TRANSFER_ENCODING not in raw_in)
                 else _request_body(request))
-        # positional: (account_id, dialer, direct, skip_verify, timeout)
-        agent = self.pools.agent(service.account_id, dialer, opts.direct_upstream,
-                                 opts.skip_tls_verify, timeout)
+        # the route's plan (see proxy.plan): its head as one bytes join, and
+        # the agent it last got from the pools for this dialer and timeout
+        plan = self._plans.get(id(route))
+        if plan is None or plan.route is not route or plan.service is not service:
+            plan = self._plan(route, service, opts)
+        hit = plan.agent
+        if (hit is not None and hit[0] is dialer and hit[1] == timeout
+                and not hit[2].pool.retired):
+            agent = hit[2]  # the pools' answer for these arguments, as last time
+        else:
+            # positional: (account_id, dialer, direct, skip_verify, timeout)
+            agent = self.pools.agent(service.account_id, dialer, opts.direct_upstream,
+                                     opts.skip_tls_verify, timeout)
+            if type(agent) is LeanAgent:
+                plan.agent = (dialer, timeout, agent)
         head = None
-        if type(agent) is LeanAgent or getattr(agent, "send_head", None) is not None:
-            # the route's plan: the head as one bytes join (see proxy.plan)
-            plan = self._plans.get(id(route))
-            if plan is None or plan.route is not route or plan.service is not service:
-                plan = self._plan(route, service, opts)
-            if plan.eligible:
-                # the query decoded only where the plan needs it as text
-                head = plan.head(request, ctx, request.method, raw_path, path, query, None, body)
+        if plan.eligible and (type(agent) is LeanAgent
+                              or getattr(agent, "send_head", None) is not None):
+            # the query decoded only where the plan needs it as text
+            head = plan.head(request, ctx, request.method, raw_path, path, query, None, body)
         # (path, query as bytes): a retry on another target decodes the query
         exchange = _Exchange(self, request, ctx, service, route, opts, pool, state,
                              (path, query))
