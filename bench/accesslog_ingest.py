@@ -14,32 +14,37 @@ is ``--batch`` (1,000) ``pb.AccessLog`` messages serialized as a gateway
 ships them, parsed, decoded column-wise (``accesslogdecode.decode_batch``)
 and stored with ``store.access_logs.append_columns`` (one transaction:
 ``user_groups`` captured from the directory, binary ``COPY`` into the
-staging table, one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, the
-counting triggers).  The entries vary as the loader's do (services, hosts,
-paths, methods, status codes with ~5 % failures, 80 % of them by one of 200
-users, source addresses, durations), with gateway (time-ordered) ids and
-timestamps just after the loaded data's last (the current day and hour, as
-live ingestion); ``--accounts-per-batch 10`` interleaves 10 accounts in every
-batch, ``1`` gives each batch one account.
+staging table, one ``INSERT ... SELECT``, the counting triggers).  The
+entries vary as the loader's do (services, hosts, paths, methods, status
+codes with ~5 % failures, 80 % of them by one of 200 users, source
+addresses, durations), with gateway (time-ordered) ids and timestamps in the
+loaded data's last hour (the current day's ranges of the per-day indexes
+already hold a day of entries, as in live ingestion; entries after the last
+day would land in an empty day and cost less); ``--accounts-per-batch 10``
+interleaves 10 accounts in every batch, ``1`` gives each batch one account.
 
-Per measure (``--batches`` batches) it prints the PostgreSQL backend's CPU
-per row (``/proc/<pid>/schedstat`` of the store's client backends: on-CPU
-nanoseconds; ``/proc/<pid>/stat``'s ticks are 10 ms), the management
-process's (``time.process_time`` around the parse, decode and store call),
-both as rows per CPU-second, and the combined figure
-``1 / (1/management + 1/server)`` (the issue's "per core").  The rows the
-bench inserted are deleted after every measure (not timed), so the cluster
-stays at its 10M rows.
+Per measure (``--batches`` batches, in a worker process) it prints the
+PostgreSQL backend's CPU per row (``/proc/<pid>/schedstat`` of the client
+backends: on-CPU nanoseconds; ``/proc/<pid>/stat``'s 10 ms ticks beside it),
+the store call's (``time.process_time`` of the worker around the parse,
+decode and ``append_columns``: no gRPC), both as rows per CPU-second, and the
+combined figure ``1 / (1/management + 1/server)`` (the issue's "per core"),
+with ``--management`` (``bench/management_grpc.py``'s figure over gRPC, one
+account) and with the measured store call.  The rows a measure inserted are
+deleted after it (not timed), so the cluster stays at its 10M rows.
 
-Variants (``--variants``, interleaved rounds, same session): ``head`` is the
-schema and code as they are; ``0025`` puts revision 0025's counting triggers
-and the unsorted insert back for its measures (``CREATE OR REPLACE`` of the
-functions, committed; restored to head's at the end), so the comparison is
-same-run A/B on the same data.
+Same-run A/B: ``--trees name=DIR,...`` measures checkouts in turn (e.g. a
+``git worktree`` of the previous revision), rounds interleaved (order
+reversed every other round), each measure a worker importing that tree's
+``nbgateway`` against the same cluster (the schema must be one both trees
+accept: the cluster is migrated by this checkout; ``migrate=False`` in the
+workers).  The report gives each tree's median and best, and the median of
+the rounds' paired ratios to the first tree.
 
     .venv/bin/python bench/accesslog_ingest.py --keep /tmp/alist-pg
+    git worktree add -f /tmp/old HEAD~1
     .venv/bin/python bench/accesslog_ingest.py --keep /tmp/alist-pg --rounds 6 \\
-        --accounts-per-batch 10,1 --variants 0025,head
+        --accounts-per-batch 10,1 --trees old=/tmp/old,new=.
 
 The load average is printed with the figures (the machine is shared).
 """
@@ -172,8 +177,10 @@ class Ingest:
         rows = (len(wire) - 1) * self.batch
         assert stored == rows, (stored, rows)
         ids = [e.log_id for b in wire for e in parse(b).logs]
-        self.admin.execute("DELETE FROM access_log_entries WHERE id = ANY(%s)", (ids,))
-        self.admin.commit()
+        for i in range(0, len(ids), 1000):  # by the id index (a long list: a sequential scan)
+            self.admin.execute("DELETE FROM access_log_entries WHERE id = ANY(%s)",
+                               (ids[i:i + 1000],))
+            self.admin.commit()
         hz = os.sysconf("SC_CLK_TCK")
         return {"server": rows / (ns / 1e9), "server_stat": rows / max(ticks / hz, 1e-9),
                 "management": rows / cpu}
