@@ -63,6 +63,17 @@ counts the server side alone, for example the keep-alive run over TLS 1.2
       .venv/bin/python bench/tls_path.py --child records --only keepalive \
       --tls-version 1.2 --requests 2500
 
+Use the collected *costs* only: callgrind also counts the *calls* made while
+collection is off (the ``calls=`` lines), so the in-process client's show
+up in a per-request call-count diff.  bench/http_path.py ``--tls`` diffed
+that way showed 33 ``slot_tp_getattr_hook`` calls (unspecialised attribute
+reads through ``ProtocolWrapper.__getattr__``) and two ``SSL_write`` per
+request, while their collected cost was that of one read (~300
+instructions: the channel's ``transport.write``) and one ``SSL_write``; the
+other 32 were reads on the client's pyOpenSSL ``Connection`` (a
+``__getattribute__`` probe on the server's protocol, or
+tests/tls/test_tls_hot_path.py, counts the server's own).
+
 Run:  .venv/bin/python bench/tls_path.py [--requests 20000] [--connections 2000]
       [--rounds 5] [--no-tickets] [--store] [--tls-version 1.2|1.3] [--cipher LIST]
       [--against DIR [--baseline-variant twisted|records]] [--json out.json]
