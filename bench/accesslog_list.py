@@ -311,6 +311,20 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
             method=r.choice(["GET", "POST"]))),
         "user + path": lambda r: (a := acct(r), Q(
             user_id=f"{a}-u{r.randrange(USERS)}", path=r.choice(["login", "orders", "/42"]))),
+        "user + status_code": lambda r: (a := acct(r), Q(
+            user_id=f"{a}-u{r.randrange(USERS)}", status_code=r.choice([200, 404, 500]),
+            sort_by=r.choice(["timestamp", "status_code"]))),
+        "user sort method p1-5": lambda r: (a := acct(r), Q(
+            user_id=f"{a}-u{r.randrange(USERS)}", sort_by="method", page=r.randrange(1, 6),
+            sort_order=r.choice(["asc", "desc"]))),
+        # a group with a time range or another filter
+        "group + last day": lambda r: (a := acct(r), Q(
+            group_id=f"{a}-g{r.randrange(GROUPS)}", start_date=(d := day(r)) - timedelta(days=1),
+            end_date=d)),
+        "group + 7 days": lambda r: (a := acct(r), Q(
+            group_id=f"{a}-g{r.randrange(GROUPS)}", start_date=NOW - timedelta(days=7))),
+        "group + service": lambda r: (a := acct(r), Q(
+            group_id=f"{a}-g{r.randrange(GROUPS)}", service_id=f"{a}-svc{r.randrange(8)}")),
         "user + last day": lambda r: (a := acct(r), Q(
             user_id=f"{a}-u{r.randrange(USERS)}", start_date=(d := day(r)) - timedelta(days=1),
             end_date=d)),

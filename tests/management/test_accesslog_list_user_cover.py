@@ -129,7 +129,8 @@ def test_which_lists_are_covered(store):
     covered = (Q(user_id="u", sort_by="duration"), Q(user_id="u", service_id="s"),
                Q(user_id="u", method="GET", sort_by="method"),
                Q(user_id="u", status_code=404, sort_by="status_code", sort_order="asc"),
-               Q(user_id="u", start_date=NOW, method="GET"))
+               Q(user_id="u", start_date=NOW, method="GET"), Q(user_id="u", page=2),
+               Q(user_id="u", start_date=NOW, page=3, sort_order="asc"))
     not_covered = (Q(user_id="u"), Q(user_id="u", start_date=NOW, end_date=NOW),
                    Q(user_id="u", sort_by="url"), Q(user_id="u", path="/p"),
                    Q(user_id="u", status="failed", sort_by="duration"),

@@ -159,14 +159,16 @@ _USER_SORTS = ("timestamp", "duration", "method", "status_code")
 def _user_covered(store: Store, q: AccessLogQuery) -> bool:
     """Whether *q* is one user's list whose count and page ids revision
     0026's ``(account_id, user_id, timestamp, id) INCLUDE (duration,
-    status_code, service_id, method)`` holds (PostgreSQL), other than a plain
-    range of it (a user, and a time range, sorted by time: its page is the
-    index's first entries, read as before)."""
+    status_code, service_id, method)`` holds (PostgreSQL), other than the
+    first page of a plain range of it (a user, and a time range, sorted by
+    time: the index's first entries, read as before; a later page skips its
+    offset in the index alone)."""
     if store.dialect != "postgresql" or not q.user_id or q.sort_by not in _USER_SORTS:
         return False
     if not _only(q, *_USER_FILTERS):
         return False
-    return q.sort_by != "timestamp" or not _only(q, "user_id", "start_date", "end_date")
+    return (q.sort_by != "timestamp" or q.page > 1
+            or not _only(q, "user_id", "start_date", "end_date"))
 
 
 def _covered_page(
