@@ -14,8 +14,7 @@ and 0026 up and down.
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import sqlalchemy as sa
 
@@ -23,8 +22,9 @@ from nbgateway.management import migrations
 from nbgateway.management.model import AccessLogEntry, AccessLogQuery, Account
 from nbgateway.management.store import Store, _accesslog_query
 from nbgateway.management.store._base import StoreBase, normalise_dsn
+from tests.management import _accesslog_scenarios as scenarios
+from tests.management._accesslog_scenarios import NOW, brute, everything
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 USERS = ("alice", "bob", "")
 METHODS = ("GET", "POST", "DELETE", "GET", "put")
 CODES = (200, 404, 302, 500, 200, 401)
@@ -43,23 +43,6 @@ def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
         reason="denied" if i % 9 == 0 else "", user_id=USERS[(i * 5 // 6) % 3],
         auth_method_used="oidc")
         for i in range(start, start + n)]
-
-
-def brute(stored: list[AccessLogEntry], q: AccessLogQuery) -> tuple[int, list[str]]:
-    """(total, the page's ids) of *q* over *stored* (the filters used here)."""
-    rows = [e for e in stored
-            if e.user_id == q.user_id
-            and (not q.service_id or e.service_id == q.service_id)
-            and (not q.method or e.method.upper() == q.method.upper())
-            and (q.status_code is None or e.status_code == q.status_code)
-            and (q.start_date is None or e.timestamp >= q.start_date)
-            and (q.end_date is None or e.timestamp <= q.end_date)]
-    key = {"timestamp": lambda e: (e.timestamp,), "duration": lambda e: (e.duration,),
-           "method": lambda e: (e.method, e.timestamp),
-           "status_code": lambda e: (e.status_code, e.timestamp)}[q.sort_by]
-    rows.sort(key=lambda e: (*key(e), e.id), reverse=q.sort_order == "desc")
-    lo = (q.page - 1) * q.page_size
-    return len(rows), [e.id for e in rows[lo:lo + q.page_size]]
 
 
 PAGES = ((1, 7), (2, 5), (30, 4), (1, 100))
@@ -84,43 +67,12 @@ def queries() -> list[AccessLogQuery]:
     return out
 
 
-def everything(store: Store, account_id: str) -> list[AccessLogEntry]:
-    out: list[AccessLogEntry] = []
-    p = 1
-    while True:
-        page = store.access_logs.list(account_id, AccessLogQuery(page=p, page_size=100))
-        out.extend(page.data)
-        if len(page.data) < 100:
-            return out
-        p += 1
-
-
 def check(store: Store, account_id: str) -> None:
-    stored = everything(store, account_id)
-    assert len(stored) == store.access_logs.count(account_id)
-    for _ in range(2):  # twice: psycopg's generic plans answer too
-        for q in queries():
-            page = store.access_logs.list(account_id, q)
-            want_total, want_ids = brute(stored, q)
-            assert (page.total_records, [e.id for e in page.data]) == (want_total, want_ids), q
-            assert page.total_pages == math.ceil(want_total / q.page_size)
+    scenarios.check(store, account_id, queries())
 
 
 def test_covered_user_lists_match_brute_force(store, account):
-    other = store.accounts.create(Account(id="acct-2", domain="other.test"))
-    store.access_logs.append_many(entries(account.id, 150) + entries(other.id, 40))
-    store.access_logs.append(entries(account.id, 1, start=150)[0])
-    store.access_logs.append_many(entries(account.id, 160))  # a retried batch, 9 new
-    check(store, account.id)
-    while store.access_logs.prune_step(account.id, older_than=NOW - timedelta(days=12),
-                                       max_rows=None, limit=11):
-        pass
-    check(store, account.id)
-    while store.access_logs.prune_step(account.id, older_than=None, max_rows=61, limit=8):
-        pass
-    store.accounts.delete(other.id)
-    store.access_logs.append_many(entries(account.id, 30, start=400))
-    check(store, account.id)
+    scenarios.scenario(store, account, entries, check)
 
 
 def test_which_lists_are_covered(store):
