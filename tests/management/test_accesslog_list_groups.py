@@ -10,9 +10,10 @@ and a ``path`` substring's total is counted in that index day by day.
 Every shape is checked against a filter-and-sort of every stored entry in
 Python, on both backends (SQLite counts and sorts as before), after appends,
 a retried batch, retention by age and by row count, the deletion of another
-account and a group's renaming; ``access_log_groups`` equals a recount after
-each write on PostgreSQL and stays empty on SQLite; revisions 0023 to 0025
-up and down.
+account and a group's renaming; ``access_log_groups`` equals a recount per
+account, hour and set after each write on PostgreSQL (revision 0027) and
+stays empty on SQLite; the group with time ranges cutting hours (whole hours
+summed, the partial ones counted); revisions 0023 to 0027 up and down.
 """
 
 from __future__ import annotations
@@ -60,9 +61,33 @@ def entries(account_id: str, n: int, *, start: int = 0) -> list[AccessLogEntry]:
     return out
 
 
+#: time ranges (start, end) of the group filter: hours cut at either end,
+#: open at either end, within one hour, on whole hours (``end`` inclusive)
+RANGES = (
+    (NOW - timedelta(days=3, minutes=-17), NOW - timedelta(minutes=20)),
+    (NOW - timedelta(days=10, minutes=3), None),
+    (None, NOW - timedelta(days=5, minutes=-1)),
+    (NOW - timedelta(days=2, minutes=-5), NOW - timedelta(days=2, minutes=-50)),
+    (NOW - timedelta(days=4), NOW - timedelta(days=1)),
+    (NOW - timedelta(hours=40), NOW - timedelta(hours=40)),
+    (NOW - timedelta(days=1, minutes=-1), NOW - timedelta(days=2)),  # empty (end < start)
+)
+
+
+def range_queries(group_ids: list[str]) -> list[AccessLogQuery]:
+    """The group filter with a time range (revision 0027's per-hour counts)."""
+    out = []
+    for group_id in group_ids:
+        for start, end in RANGES:
+            for order, page, size in (("desc", 1, 4), ("asc", 2, 3), ("desc", 9, 2)):
+                out.append(AccessLogQuery(group_id=group_id, start_date=start, end_date=end,
+                                          sort_order=order, page=page, page_size=size))
+    return out
+
+
 def queries(group_ids: list[str]) -> list[AccessLogQuery]:
     Q = AccessLogQuery
-    out = []
+    out = range_queries(group_ids)
     for order in ("desc", "asc"):
         for page, size in ((1, 7), (2, 5), (6, 4), (40, 3), (1, 100)):
             out.append(Q(sort_by="url", sort_order=order, page=page, page_size=size))
@@ -80,18 +105,27 @@ def check(store: Store, account_id: str) -> None:
     scenarios.check(store, account_id, queries(group_ids))
 
 
-def groups_table(conn) -> dict[tuple, tuple[str, int]]:
-    return {(r.account_id, bytes(r.groups_key)): (r.user_groups, r.entries)
-            for r in conn.execute(sa.select(access_log_groups))}
+def groups_table(conn, *, hourly: bool = True) -> dict[tuple, tuple[str, int]]:
+    """``access_log_groups`` by key: (account, hour, set hash) since revision
+    0027, (account, set hash) with *hourly* false (revisions 0023-0026)."""
+    table = sa.table("access_log_groups", *(sa.column(c.name) for c in access_log_groups.c
+                                            if hourly or c.name != "hour"))
+    return {(r.account_id, *((r.hour.replace(tzinfo=None),) if hourly else ()),
+             bytes(r.groups_key)): (r.user_groups, r.entries)
+            for r in conn.execute(sa.select(table))}
 
 
-def groups_counted(conn) -> dict[tuple, tuple[str, int]]:
-    """What ``access_log_groups`` must hold, counted in Python."""
+def groups_counted(conn, *, hourly: bool = True) -> dict[tuple, tuple[str, int]]:
+    """What ``access_log_groups`` must hold, counted in Python: entries per
+    account, hour (``date_trunc('hour', timestamp)``; not with *hourly*
+    false) and ``user_groups`` set."""
     known = set(conn.execute(sa.select(accounts.c.id)).scalars())
     out: dict[tuple, tuple[str, int]] = {}
     for r in conn.execute(sa.select(access_log_entries)):
         if r.account_id in known and r.user_groups is not None:
-            key = (r.account_id, hashlib.sha256(r.user_groups.encode()).digest())
+            hour = r.timestamp.replace(tzinfo=None, minute=0, second=0, microsecond=0)
+            key = (r.account_id, *((hour,) if hourly else ()),
+                   hashlib.sha256(r.user_groups.encode()).digest())
             out[key] = (r.user_groups, out.get(key, ("", 0))[1] + 1)
     return out
 
@@ -191,28 +225,34 @@ def test_group_and_url_reads_are_used_on_postgresql(store, account):
         assert len(by_day) == (1 if pg else 0)
 
 
+def old_database(conn: sa.Connection, postgres: bool) -> None:
+    """Revision 0022 with two accounts' entries (written as then)."""
+    migrations.upgrade(conn, "0022")
+    for a in ("a1", "a2"):
+        scenarios.insert_old_account(conn, a)
+    for e in entries("a1", 12) + entries("a2", 5):
+        scenarios.insert_old(
+            conn, e, status_code=200,
+            user_groups=None if e.user_groups is None
+            else '["' + '","'.join(g.replace('"', '\\"') for g in e.user_groups) + '"]'
+            if e.user_groups else "[]")
+    if not postgres:  # SQLite's store counts its batches (0022), not a trigger
+        conn.execute(sa.text(
+            "INSERT INTO access_log_counts (account_id, entries) "
+            "SELECT account_id, count(*) FROM access_log_entries GROUP BY account_id"))
+    conn.commit()
+
+
 def test_migrations_0023_to_0025_up_and_down(db_dsn):
     engine = StoreBase.build_engine(normalise_dsn(db_dsn, None))
     postgres = engine.dialect.name == "postgresql"
     try:
         with engine.connect() as conn:
-            migrations.upgrade(conn, "0022")
-            for a in ("a1", "a2"):
-                scenarios.insert_old_account(conn, a)
-            for e in entries("a1", 12) + entries("a2", 5):
-                scenarios.insert_old(
-                    conn, e, status_code=200,
-                    user_groups=None if e.user_groups is None
-                    else '["' + '","'.join(g.replace('"', '\\"') for g in e.user_groups) + '"]'
-                    if e.user_groups else "[]")
-            if not postgres:  # SQLite's store counts its batches (0022), not a trigger
-                conn.execute(sa.text(
-                    "INSERT INTO access_log_counts (account_id, entries) "
-                    "SELECT account_id, count(*) FROM access_log_entries GROUP BY account_id"))
-            conn.commit()
+            old_database(conn, postgres)
             migrations.upgrade(conn, "0023")
-            assert groups_table(conn) == (groups_counted(conn) if postgres else {})
-            assert bool(groups_table(conn)) == postgres
+            assert groups_table(conn, hourly=False) == (
+                groups_counted(conn, hourly=False) if postgres else {})
+            assert bool(groups_table(conn, hourly=False)) == postgres
             assert not indexes(conn) & set(URL_INDEXES)
             migrations.upgrade(conn, "0024")
             assert (set(URL_INDEXES) <= indexes(conn)) == postgres
@@ -249,6 +289,89 @@ def test_migrations_0023_to_0025_up_and_down(db_dsn):
             assert (page.total_records, [e.id for e in page.data]) == brute(stored, q, names)
     finally:
         store.close()
+
+
+def test_migration_0027_up_and_down(db_dsn):
+    """Revision 0027 keys ``access_log_groups`` by hour (backfilled, kept by
+    its triggers on PostgreSQL; empty on SQLite) and its downgrade restores
+    revision 0023's per-set table, triggers and counts."""
+    engine = StoreBase.build_engine(normalise_dsn(db_dsn, None))
+    postgres = engine.dialect.name == "postgresql"
+
+    def same(hourly: bool) -> None:
+        table = groups_table(conn, hourly=hourly)
+        assert table == (groups_counted(conn, hourly=hourly) if postgres else {})
+        assert bool(table) == postgres
+
+    try:
+        with engine.connect() as conn:
+            old_database(conn, postgres)
+            migrations.upgrade(conn, "0026")
+            same(hourly=False)
+            migrations.upgrade(conn, "0027")
+            names = {c["name"] for c in sa.inspect(conn).get_columns("access_log_groups")}
+            assert "hour" in names
+            assert sa.inspect(conn).get_pk_constraint("access_log_groups")[
+                "constrained_columns"] == ["account_id", "hour", "groups_key"]
+            same(hourly=True)
+            # more hours than sets: the backfill counted per hour
+            assert len(groups_table(conn)) > len(groups_counted(conn, hourly=False)) or not postgres
+            if postgres:  # the triggers count per hour
+                conn.execute(access_log_entries.delete().where(
+                    access_log_entries.c.id.in_(["a1-00002", "a1-00007"])))
+                e = entries("a1", 1, start=40)[0]
+                scenarios.insert_old(conn, e, user_groups='["All","ops"]')
+                same(hourly=True)
+                conn.commit()
+            migrations.downgrade(conn, "0026")
+            assert "hour" not in {
+                c["name"] for c in sa.inspect(conn).get_columns("access_log_groups")}
+            same(hourly=False)
+            if postgres:  # 0023's triggers are back and count per set
+                conn.execute(access_log_entries.delete().where(
+                    access_log_entries.c.id == "a1-00003"))
+                same(hourly=False)
+                conn.commit()
+            migrations.upgrade(conn, "head")
+            same(hourly=True)
+            conn.commit()
+    finally:
+        engine.dispose()
+    store = Store.open(db_dsn)
+    try:
+        add_groups(store, "a1")
+        stored = everything(store, "a1")
+        names = scenarios.Reference(groups={g.id: g.name for g in store.groups.list("a1")})
+        for q in range_queries(["a1-g0", "a1-g1", "a1-g4"]):
+            page = store.access_logs.list("a1", q)
+            assert (page.total_records, [e.id for e in page.data]) == brute(stored, q, names)
+    finally:
+        store.close()
+
+
+def test_group_range_total_sums_hours_on_postgresql(store, account):
+    """PostgreSQL: a group over a time range cut within hours is totalled
+    from ``access_log_groups``' whole hours plus the two partial hours
+    counted in the entries (no count of the range's every entry); SQLite
+    counts the entries.  Both exact."""
+    add_groups(store, account.id)
+    store.access_logs.append_many(entries(account.id, 80))
+    pg = store.dialect == "postgresql"
+    start, end = RANGES[0]
+    q = AccessLogQuery(group_id=f"{account.id}-g0", start_date=start, end_date=end,
+                       page_size=3)
+    with scenarios.statements(store) as statements:
+        page = store.access_logs.list(account.id, q)
+    stored = everything(store, account.id)
+    ref = scenarios.reference(store, account.id)
+    assert (page.total_records, [e.id for e in page.data]) == brute(stored, q, ref)
+    assert page.total_records > 3
+    totals = [s for s in statements if "count(*)" in s]
+    assert len(totals) == 1
+    assert ("access_log_groups" in totals[0]) == pg
+    if pg:  # two partial hours counted, the rest summed per hour
+        assert totals[0].count("count(*)") == 2
+        assert "access_log_groups.hour" in totals[0]
 
 
 def test_url_page_settings_are_reset(store, account, monkeypatch):

@@ -19,9 +19,11 @@ such filters reads the per-value counts there first, then each value's part
 of the page in time order (ties within a value broken by time, then id, on
 both backends).
 
-Also on PostgreSQL: a ``group_id`` filter alone is totalled from
-``access_log_groups`` (revision 0023, entries per captured ``user_groups``
-set) and its page walks the time index when that is cheap; a sort by
+Also on PostgreSQL: a ``group_id`` filter alone or with a time range is
+totalled from ``access_log_groups`` (revisions 0023 and 0027, entries per
+hour and captured ``user_groups`` set; a range's partial hours at the ends
+counted in the time index), and the group alone's page walks the time index
+when that is cheap; a sort by
 ``url`` of every entry is merged per day from revision 0024's index, as the
 duration sort is from revision 0020's.
 """
@@ -200,16 +202,23 @@ def _hour(t: datetime) -> datetime:
 
 
 def _in_range(
-    account_id: str, service_id: str | None, start: datetime | None, end: datetime | None
+    account_id: str, service_id: str | None, start: datetime | None, end: datetime | None,
+    group: tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]] | None = None,
 ) -> sa.ColumnElement[int]:
     """Entries of the account (of the service, if given) with ``start <=
     timestamp <= end``: the whole hours in between summed from
     ``access_log_hours`` (PostgreSQL, kept by triggers, revision 0017), the
     partial hours at either end counted in the ``(account_id, timestamp,
-    id)`` index."""
+    id)`` index.  With *group* (its test on ``access_log_groups`` and on the
+    entries; no service): the group's entries, the whole hours summed from
+    ``access_log_groups`` (revision 0027) instead."""
     where = [ale.c.account_id == account_id]
-    hours = [alh.c.account_id == account_id]
-    if service_id:
+    table = alh if group is None else alg
+    hours = [table.c.account_id == account_id]
+    if group is not None:
+        hours.append(group[0])
+        where.append(group[1])
+    elif service_id:
         where.append(ale.c.service_id == service_id)
         hours.append(alh.c.service_id == service_id)
     first = None if start is None else _hour(start)  # the first whole hour
@@ -220,15 +229,15 @@ def _in_range(
         return _count(*where, ale.c.timestamp >= start, ale.c.timestamp <= end)
     edges: list[sa.ColumnElement[int]] = []
     if first is not None:
-        hours.append(alh.c.hour >= first)
+        hours.append(table.c.hour >= first)
         if start is not None and start < first:
             edges.append(_count(*where, ale.c.timestamp >= start, ale.c.timestamp < first))
     if last is not None:
-        hours.append(alh.c.hour < last)
+        hours.append(table.c.hour < last)
         edges.append(_count(*where, ale.c.timestamp >= last, ale.c.timestamp <= end))
     whole: sa.ColumnElement[int] = sa.cast(
-        sa.func.coalesce(sa.select(sa.func.sum(alh.c.entries)).where(*hours).scalar_subquery(),
-                         0),
+        sa.func.coalesce(
+            sa.select(sa.func.sum(table.c.entries)).where(*hours).scalar_subquery(), 0),
         sa.BigInteger,
     )
     for edge in edges:
@@ -530,13 +539,22 @@ def _group_counts(
     store: Store, account_id: str, q: AccessLogQuery, element: str | None
 ) -> sa.Select[tuple[int, int]] | None:
     """(the group's entries, the account's entries) from ``access_log_groups``
-    and ``access_log_counts`` (PostgreSQL, revision 0023) when *q* filters on
-    nothing but the group, in one statement; else None."""
-    if store.dialect != "postgresql" or element is None or not _only(q, "group_id"):
+    and ``access_log_counts`` (PostgreSQL, revisions 0023 and 0027) when *q*
+    filters on nothing but the group and a time range, in one statement; else
+    None.  The group alone sums its sets' every hour; with a time range, the
+    whole hours in the range plus the partial hours at its ends counted in
+    the time index (:func:`_in_range`)."""
+    if (store.dialect != "postgresql" or element is None
+            or not _only(q, "group_id", "start_date", "end_date")):
         return None
-    matching = sa.func.coalesce(sa.select(sa.func.sum(alg.c.entries)).where(
-        alg.c.account_id == account_id, _holds(store, alg.c.user_groups, element)
-    ).scalar_subquery(), 0)
+    holds = _holds(store, alg.c.user_groups, element)
+    matching: sa.ColumnElement[int]
+    if q.start_date is not None or q.end_date is not None:
+        matching = _in_range(account_id, None, q.start_date, q.end_date,
+                             (holds, _holds(store, ale.c.user_groups, element)))
+    else:
+        matching = sa.func.coalesce(sa.select(sa.func.sum(alg.c.entries)).where(
+            alg.c.account_id == account_id, holds).scalar_subquery(), 0)
     account = sa.func.coalesce(
         sa.select(alc.c.entries).where(alc.c.account_id == account_id).scalar_subquery(), 0)
     return sa.select(sa.cast(matching, sa.BigInteger), sa.cast(account, sa.BigInteger))
@@ -667,12 +685,14 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
     with store._read() as conn:
         if grouped is not None:
             # the group's total from the per-set counts; its page walks the
-            # time index when that reads few entries (a common group)
+            # time index when that reads few entries (a common group); in a
+            # time range the page is planned as before (from the range's end)
             total, account = (int(n) for n in conn.execute(grouped).one())
+            ranged = q.start_date is not None or q.end_date is not None
             if offset >= total:
                 rows = []
-            elif q.sort_by == "timestamp" and _walk(offset + q.page_size, total,
-                                                    (account, None)):
+            elif q.sort_by == "timestamp" and not ranged and _walk(
+                    offset + q.page_size, total, (account, None)):
                 rows = _walked(conn, page_of(conds))
             else:
                 rows = conn.execute(page_of(conds)).all()

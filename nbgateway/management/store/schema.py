@@ -471,14 +471,16 @@ access_log_values = sa.Table(
     sa.Column("host", sa.Text(), nullable=False),
     sa.Column("entries", sa.BigInteger(), nullable=False),
 )
-# revision 0023: entries per account and captured user-group set (by the
-# SHA-256 of the ``user_groups`` text), kept by triggers on PostgreSQL (the
-# group filter's total); empty on SQLite
+# revision 0023, per hour since 0027: entries per account, hour and captured
+# user-group set (by the SHA-256 of the ``user_groups`` text), kept by
+# triggers on PostgreSQL (the group filter's total, over a time range too);
+# empty on SQLite
 access_log_groups = sa.Table(
     "access_log_groups",
     metadata,
     sa.Column("account_id", ID, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
               primary_key=True),
+    sa.Column("hour", UTCDateTime(), primary_key=True),
     sa.Column("groups_key", sa.LargeBinary(), primary_key=True),
     sa.Column("user_groups", sa.Text(), nullable=False),
     sa.Column("entries", sa.BigInteger(), nullable=False),
