@@ -352,7 +352,8 @@ def explain(store: Store, account: str, query: AccessLogQuery) -> list[str]:
     import sqlalchemy as sa
 
     def grab(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("SELECT") and "access_log_entries" in statement:
+        # the entries and the tables the triggers keep (the totals summed there)
+        if statement.lstrip().upper().startswith("SELECT") and "access_log_" in statement:
             captured.append((statement, parameters))
         elif "set_config(" in statement:  # a walked page's plan settings, and their reset
             captured.append((statement, None))
@@ -372,12 +373,13 @@ def explain(store: Store, account: str, query: AccessLogQuery) -> list[str]:
             plan = raw.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters,
                                prepare=False).fetchall()
             lines = [r[0] for r in plan]
-            kind = "count" if "count(" in statement.lower() else "page"
+            kind = ("count" if "count(" in statement.lower() or "sum(" in statement.lower()
+                    else "page")
             keep = [ln for ln in lines if re.search(
                 r"Scan|Sort|Limit|Aggregate|Execution Time|Buffers: shared|Rows Removed|Join|"
                 r"Gather|Index Cond|Filter", ln)]
             out.append(f"    [{kind}]")
-            out.extend("      " + ln.strip()[:150] for ln in keep[:14])
+            out.extend("      " + ln.strip()[:150] for ln in keep[:24])
     return out
 
 
