@@ -23,6 +23,7 @@ import functools
 import ipaddress
 import os
 from collections.abc import Iterable
+from socket import AF_INET, inet_ntoa, inet_pton
 
 from nbgateway.management.errors import AddressExhausted, ValidationError
 
@@ -134,8 +135,17 @@ def to_int(text: str) -> int:
 def canonical_tunnel_ip(text: str) -> tuple[int, str] | None:
     """``(version, canonical text)`` of a tunnel address, v4-mapped IPv6 unmapped.
 
-    None when ``text`` is not an IP address.
+    None when ``text`` is not an IP address.  A dotted-quad IPv4 address
+    takes ``inet_pton``/``inet_ntoa`` (C, ~10x cheaper than
+    :mod:`ipaddress`; access-log batches carry one per entry): it accepts a
+    subset of what :func:`ipaddress.ip_address` does (four decimal parts,
+    no leading zeros, no spaces) and gives the same text; anything else
+    takes :mod:`ipaddress`.
     """
+    try:
+        return 4, inet_ntoa(inet_pton(AF_INET, text))
+    except (OSError, TypeError, ValueError):
+        pass
     try:
         addr = ipaddress.ip_address(text.strip())
     except (ValueError, AttributeError):

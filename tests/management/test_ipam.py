@@ -59,3 +59,36 @@ def test_canonical_tunnel_ip():
     assert ipam.canonical_tunnel_ip("::ffff:100.64.0.10") == (4, "100.64.0.10")
     assert ipam.canonical_tunnel_ip("FD00:0::1") == (6, "fd00::1")
     assert ipam.canonical_tunnel_ip("not-an-ip") is None
+
+
+def _by_ipaddress(text):
+    """The reference: what ipaddress alone makes of ``text``."""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.version, str(addr)
+
+
+@pytest.mark.parametrize("text", [
+    "0.0.0.0", "255.255.255.255", "1.2.3.4", " 1.2.3.4", "1.2.3.4 ", "\t10.0.0.1\n",
+    "01.2.3.4", "1.2.3.04", "1.2.3.256", "1.2.3", "1.2.3.4.5", "1..3.4", "0x1.2.3.4",
+    "1.2.3.-4", "+1.2.3.4", "1.2.3.4\x00", "\u0661.2.3.4", "\uff11.2.3.4", "", " ",
+    "::ffff:1.2.3.4", "::1.2.3.4", "fd00::1", "1.2.3.4%eth0", "1.2.3.4/32",
+])
+def test_canonical_tunnel_ip_equals_ipaddress(text):
+    assert ipam.canonical_tunnel_ip(text) == _by_ipaddress(text)
+
+
+def test_canonical_tunnel_ip_equals_ipaddress_on_random_quads():
+    import random
+
+    rng = random.Random(7)
+    parts = ["0", "00", "01", "9", "10", "99", "255", "256", "300", "007", "1", "25", "250"]
+    for _ in range(5000):
+        text = ".".join(rng.choice(parts) for _ in range(rng.choice((3, 4, 4, 4, 5))))
+        assert ipam.canonical_tunnel_ip(text) == _by_ipaddress(text), text
