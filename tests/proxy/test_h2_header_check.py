@@ -1,0 +1,179 @@
+"""The HTTP/2 server's one-pass request header check
+(:func:`nbgateway.proxy.h2trailers.check_request_headers`) accepts, rewrites
+and rejects exactly what ``h2``'s inbound normalisation + validation do, and
+the gateway's HTTP/2 connection uses it (a bad block still ends the
+connection with ``GOAWAY`` PROTOCOL_ERROR)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import pytest
+from h2.exceptions import ProtocolError
+from h2.utilities import HeaderValidationFlags, normalize_inbound_headers, validate_headers
+from hpack.struct import HeaderTuple
+from hyperframe.frame import Frame, GoAwayFrame
+
+from nbgateway.proxy.h2trailers import _CheckedStream, _TrailingH2State, check_request_headers
+
+REQUEST = HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False,
+                                is_push_promise=False)
+TRAILER = HeaderValidationFlags(is_client=False, is_trailer=True, is_response_header=False,
+                                is_push_promise=False)
+
+BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"app.example"),
+        (b":path", b"/index.html?q=1"), (b"user-agent", b"Mozilla/5.0 (X11)"),
+        (b"accept", b"*/*")]
+
+
+def h2_result(headers: list[tuple[bytes, bytes]], flags: HeaderValidationFlags) -> Any:
+    """h2's own pipeline (what the stream ran before): a list or 'error'."""
+    block = [HeaderTuple(n, v) for n, v in headers]
+    try:
+        return list(validate_headers(normalize_inbound_headers(block, flags), flags))
+    except ProtocolError:
+        return "error"
+
+
+def ours(headers: list[tuple[bytes, bytes]], flags: HeaderValidationFlags) -> Any:
+    block = [HeaderTuple(n, v) for n, v in headers]
+    try:
+        return check_request_headers(block, flags)
+    except ProtocolError:
+        return "error"
+
+
+def same(headers: list[tuple[bytes, bytes]], flags: HeaderValidationFlags) -> Any:
+    want, got = h2_result(headers, flags), ours(headers, flags)
+    assert got == want, headers
+    if want != "error":  # same field types too (the joined cookie is never indexed)
+        assert [type(h) for h in got] == [type(h) for h in want], headers
+    return got
+
+
+CASES = [
+    BASE,
+    [*BASE, (b"cookie", b"a=1"), (b"x-b", b"2"), (b"cookie", b"b=2")],
+    [(b"cookie", b"a=1"), *BASE],  # a cookie before the pseudo-header fields
+    [*BASE, (b"cookie", b"")], [*BASE, (b"cookie", b""), (b"cookie", b"")],
+    [*BASE, (b"cookie", b"a=1 "), (b"cookie", b"b=2")],  # inner space: joined, fine
+    [*BASE, (b"cookie", b"a=1"), (b"cookie", b"b=2 ")],  # trailing space after joining
+    [*BASE, (b"cookie", b"a\r=1")],
+    [*BASE, (b"x-empty", b"")],
+    [*BASE, (b"X-Upper", b"1")], [*BASE, (b"x:colon", b"1")], [*BASE, (b"x y", b"1")],
+    [*BASE, (b"x\x7f", b"1")], [*BASE, (b"x\x80", b"1")], [*BASE, (b"", b"1")],
+    [*BASE, (b"x-v", b"a\x00b")], [*BASE, (b"x-v", b"a\nb")], [*BASE, (b"x-v", b"a\rb")],
+    [*BASE, (b"x-v", b" a")], [*BASE, (b"x-v", b"a\t")], [*BASE, (b"x-v", b"a b\x01\x7f\xff")],
+    [*BASE, (b"te", b"trailers")], [*BASE, (b"te", b"TRAILERS")], [*BASE, (b"te", b"gzip")],
+    [*BASE, (b"connection", b"close")], [*BASE, (b"keep-alive", b"1")],
+    [*BASE, (b"transfer-encoding", b"chunked")], [*BASE, (b"upgrade", b"h2c")],
+    [*BASE, (b"proxy-connection", b"x")],
+    [*BASE, (b":method", b"POST")], [*BASE, (b":status", b"200")], [*BASE, (b":foo", b"1")],
+    [*BASE[:1], (b"x", b"1"), *BASE[1:]],  # pseudo after regular
+    [h for h in BASE if h[0] != b":method"], [h for h in BASE if h[0] != b":path"],
+    [h for h in BASE if h[0] != b":scheme"], [h for h in BASE if h[0] != b":authority"],
+    [h for h in BASE if h[0] != b":authority"] + [(b"host", b"app.example")],
+    [*BASE, (b"host", b"app.example")], [*BASE, (b"host", b"other")],
+    [*BASE, (b"host", b"app.example"), (b"host", b"app.example")],
+    [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"")],
+    [(b":method", b"CONNECT"), (b":authority", b"a:443")],
+    [(b":method", b"CONNECT"), (b":authority", b"a:443"), (b":path", b"/")],
+    [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+     (b":path", b"/ws"), (b":authority", b"a")],
+    [*BASE, (b":protocol", b"websocket")],
+    [*BASE, (b":pa:th", b"/")], [(b"::method", b"GET"), *BASE[1:]],
+]
+TRAILERS = [
+    [(b"grpc-status", b"0"), (b"grpc-message", b"")], [(b":path", b"/")],
+    [(b"host", b"a"), (b"host", b"b")], [(b"x", b" a")], [(b"Bad", b"1")],
+    [(b"cookie", b"a"), (b"cookie", b"b")], [(b"te", b"gzip")], [],
+]
+
+
+@pytest.mark.parametrize("headers", CASES)
+def test_request_blocks_as_h2(headers: list[tuple[bytes, bytes]]) -> None:
+    same(headers, REQUEST)
+
+
+@pytest.mark.parametrize("headers", TRAILERS)
+def test_trailer_blocks_as_h2(headers: list[tuple[bytes, bytes]]) -> None:
+    same(headers, TRAILER)
+
+
+def test_cases_cover_both_outcomes() -> None:
+    got = [ours(h, REQUEST) for h in CASES]
+    assert 10 < sum(r == "error" for r in got) < len(CASES) - 8
+
+
+def test_random_blocks_as_h2() -> None:
+    """Seeded random blocks: names and values from alphabets rich in the
+    bytes the rules are about."""
+    rng = random.Random(20)
+    name_bytes = b"ab-:Xt\x00 \x7f\x80"
+    value_bytes = b"a ;\t\r\n\x00\xff"
+    names = [b":method", b":path", b":scheme", b":authority", b":status", b"host",
+             b"cookie", b"te", b"connection", b"x", b"x", b"y", b"cookie"]
+    errors = 0
+    for _ in range(3000):
+        block = []
+        for _ in range(rng.randrange(0, 7)):
+            if rng.random() < 0.85:
+                name = rng.choice(names)
+            else:
+                name = bytes(rng.choice(name_bytes) for _ in range(rng.randrange(0, 4)))
+            value = bytes(rng.choice(value_bytes) for _ in range(rng.randrange(0, 4)))
+            if rng.random() < 0.6:
+                value = rng.choice([b"GET", b"CONNECT", b"trailers", b"a", b"/"])
+            block.append((name, value))
+        if rng.random() < 0.5:
+            block = BASE + block
+        errors += same(block, rng.choice([REQUEST, TRAILER])) == "error"
+    assert 300 < errors < 2800, errors  # both outcomes exercised (~290 valid)
+
+
+def _client(**options: Any) -> h2.connection.H2Connection:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, **options))
+    client.initiate_connection()
+    return client
+
+
+def _server() -> _TrailingH2State:
+    server = _TrailingH2State(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.data_to_send()
+    return server
+
+
+def test_the_gateways_streams_use_the_check() -> None:
+    server, client = _server(), _client(split_outbound_cookies=True)
+    client.send_headers(1, [*BASE, (b"cookie", b"a=1; b=2")], end_stream=True)
+    events = server.receive_data(client.data_to_send())
+    assert type(server.streams[1]) is _CheckedStream
+    got = next(e for e in events if isinstance(e, h2.events.RequestReceived))
+    # the client split the cookie; the server joined it again, last
+    assert got.headers[-1] == (b"cookie", b"a=1; b=2")
+    assert got.headers[:len(BASE)] == BASE
+
+
+@pytest.mark.parametrize("bad", [(b"X-Upper", b"1"), (b"x-v", b"a\x00b"), (b"x-v", b"a "),
+                                 (b"connection", b"close"), (b"host", b"other")])
+def test_a_bad_block_ends_the_connection_with_goaway(bad: tuple[bytes, bytes]) -> None:
+    server = _server()
+    client = _client(validate_outbound_headers=False, normalize_outbound_headers=False)
+    client.send_headers(1, [*BASE, bad], end_stream=True)
+    with pytest.raises(ProtocolError):
+        server.receive_data(client.data_to_send())
+    out, frames = server.data_to_send(), []
+    while out:
+        frame, length = Frame.parse_frame_header(memoryview(out[:9]))
+        frame.parse_body(memoryview(out[9:9 + length]))
+        frames.append(frame)
+        out = out[9 + length:]
+    goaway = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert [f.error_code for f in goaway] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
