@@ -48,6 +48,7 @@ HTTP/2 request's instructions (bench/h2_path.py).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,11 +59,12 @@ from h2.exceptions import ProtocolError
 from h2.stream import H2Stream
 from h2.utilities import (
     _ALLOWED_PSEUDO_HEADER_FIELDS,
+    _SECURE_HEADERS,
     CONNECTION_HEADERS,
     HeaderValidationFlags,
     _check_pseudo_header_field_acceptability,
 )
-from hpack.struct import NeverIndexedHeaderTuple
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 from twisted.internet.defer import Deferred
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
@@ -169,10 +171,77 @@ def check_request_headers(headers: Iterable[Any],
     return out
 
 
+def prepare_response_headers(headers: Iterable[Any],
+                             flags: HeaderValidationFlags) -> list[Any]:
+    """A server's response (or trailer) header block about to be encoded,
+    normalised and validated as ``h2``'s ``normalize_outbound_headers``
+    (cookies not split) then ``validate_outbound_headers`` do it, in one
+    pass: names lower-cased, names and values stripped, connection-specific
+    fields dropped, ``authorization``/``proxy-authorization`` and short
+    ``cookie`` fields never indexed; ``te`` other than ``trailers`` and
+    pseudo-header misuse a :class:`~h2.exceptions.ProtocolError` (raised
+    before any field reaches the HPACK encoder)."""
+    out: list[Any] = []
+    pseudo: set[bytes] = set()
+    regular = False
+    method = None
+    for header in headers:
+        name = header[0].lower().strip()
+        value = header[1].strip()
+        if name in CONNECTION_HEADERS:
+            continue
+        if name in _SECURE_HEADERS or (name == b"cookie" and len(value) < 20):
+            header = NeverIndexedHeaderTuple(name, value)
+        elif isinstance(header, HeaderTuple):
+            header = header.__class__(name, value)
+        else:
+            header = (name, value)
+        if not name:  # h2 fails on it too (an IndexError)
+            raise ProtocolError("Header name with zero length.")
+        if name[0] == 0x3A:  # ":"
+            if name in pseudo:
+                raise ProtocolError(f"Received duplicate pseudo-header field {name!r}")
+            pseudo.add(name)
+            if regular:
+                raise ProtocolError(f"Received pseudo-header field out of sequence: {name!r}")
+            if name not in _ALLOWED_PSEUDO_HEADER_FIELDS:
+                raise ProtocolError(f"Received custom pseudo-header field {name!r}")
+            if name == b":method":
+                method = value
+        else:
+            regular = True
+            if name == b"te" and value.lower() != b"trailers":
+                raise ProtocolError(f"Invalid value for TE header: {value!r}")
+        out.append(header)
+    _check_pseudo_header_field_acceptability(pseudo, method, flags)
+    return out
+
+
 class _CheckedStream(H2Stream):
     """``h2``'s stream whose received request and trailer header blocks go
-    through :func:`check_request_headers` (server side, bytes headers, the
-    default normalise + validate configuration); anything else is ``h2``'s."""
+    through :func:`check_request_headers` and whose response and trailer
+    blocks go through :func:`prepare_response_headers` (server side, bytes
+    headers, the default normalise + validate configuration); anything else
+    is ``h2``'s."""
+
+    #: the connection's configuration with the outbound steps off (they ran
+    #: here already), set by :class:`_TrailingH2State`
+    raw_config: h2.config.H2Configuration
+
+    def _build_headers_frames(self, headers: Any, encoder: Any, first_frame: Any,
+                              hdr_validation_flags: Any) -> Any:
+        flags = hdr_validation_flags
+        config = self.config
+        if (flags.is_client or flags.is_push_promise or config.split_outbound_cookies
+                or not config.normalize_outbound_headers
+                or not config.validate_outbound_headers):
+            return super()._build_headers_frames(headers, encoder, first_frame, flags)
+        headers = prepare_response_headers(headers, flags)
+        self.config = self.raw_config  # h2 then only encodes and frames them
+        try:
+            return super()._build_headers_frames(headers, encoder, first_frame, flags)
+        finally:
+            self.config = config
 
     def _process_received_headers(self, headers: Any, header_validation_flags: Any,
                                   header_encoding: Any) -> list[Any]:
@@ -195,10 +264,15 @@ class _TrailingH2State(h2.connection.H2Connection):
         #: response bytes queued per stream, not yet handed to ``send_data``
         self.queued: dict[int, int] = {}
         self.on_drained: Any = None
+        raw = copy.copy(config)
+        raw.normalize_outbound_headers = False
+        raw.validate_outbound_headers = False
+        self.raw_config = raw
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
-        stream.__class__ = _CheckedStream  # same layout, one method differs
+        stream.__class__ = _CheckedStream  # same layout, two methods differ
+        stream.raw_config = self.raw_config
         return stream
 
     def send_data(self, stream_id: int, data: Any, end_stream: bool = False,

@@ -19,7 +19,12 @@ from h2.utilities import HeaderValidationFlags, normalize_inbound_headers, valid
 from hpack.struct import HeaderTuple
 from hyperframe.frame import Frame, GoAwayFrame
 
-from nbgateway.proxy.h2trailers import _CheckedStream, _TrailingH2State, check_request_headers
+from nbgateway.proxy.h2trailers import (
+    _CheckedStream,
+    _TrailingH2State,
+    check_request_headers,
+    prepare_response_headers,
+)
 
 REQUEST = HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False,
                                 is_push_promise=False)
@@ -177,3 +182,84 @@ def test_a_bad_block_ends_the_connection_with_goaway(bad: tuple[bytes, bytes]) -
         out = out[9 + length:]
     goaway = [f for f in frames if isinstance(f, GoAwayFrame)]
     assert [f.error_code for f in goaway] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+
+
+RESPONSE = HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=True,
+                                 is_push_promise=False)
+SENT_TRAILER = HeaderValidationFlags(is_client=False, is_trailer=True, is_response_header=False,
+                                     is_push_promise=False)
+OUT_CASES = [
+    [(b":status", b"200"), (b"Content-Type", b"text/html"), (b"Content-Length", b"3")],
+    [(b":status", b"200"), (b"ETag", b' "1" '), (b" Server ", b"nginx\t"),
+     (b"Connection", b"keep-alive"), (b"Keep-Alive", b"timeout=5"),
+     (b"Transfer-Encoding", b"chunked"), (b"Upgrade", b"h2c")],
+    [(b":status", b"200"), (b"Authorization", b"Basic x"), (b"proxy-authorization", b"y"),
+     (b"Cookie", b"short=1"), (b"cookie", b"a-rather-long-cookie=value-1234")],
+    [(b":status", b"200"), (b"Set-Cookie", b"a=1"), (b"TE", b"trailers")],
+    [(b":status", b"200"), (b"te", b"gzip")], [(b"content-type", b"x")],
+    [(b":status", b"200"), (b":status", b"204")], [(b":status", b"200"), (b":path", b"/")],
+    [(b"x", b"1"), (b":status", b"200")], [(b":status", b"200"), (b":bogus", b"1")],
+    [(b":status", b"200"), (b"", b"")], [(b":status", b"200"), (b"x-empty", b"")],
+]
+OUT_TRAILERS = [[(b"grpc-status", b"0"), (b"Grpc-Message", b" ok ")], [(b":status", b"200")],
+                [(b"te", b"gzip")], [(b"Connection", b"close"), (b"x", b"1")]]
+
+
+def h2_outbound(headers: list[Any], flags: HeaderValidationFlags) -> Any:
+    from h2.utilities import normalize_outbound_headers, validate_outbound_headers
+
+    try:
+        return list(validate_outbound_headers(
+            normalize_outbound_headers(iter(headers), flags, False), flags))
+    except (ProtocolError, IndexError):  # IndexError: h2 on an empty name
+        return "error"
+
+
+def ours_outbound(headers: list[Any], flags: HeaderValidationFlags) -> Any:
+    try:
+        return prepare_response_headers(iter(headers), flags)
+    except ProtocolError:
+        return "error"
+
+
+@pytest.mark.parametrize(("headers", "flags"), [(h, RESPONSE) for h in OUT_CASES]
+                         + [(h, SENT_TRAILER) for h in OUT_TRAILERS])
+def test_response_blocks_as_h2(headers: list[Any], flags: HeaderValidationFlags) -> None:
+    for block in (headers, [HeaderTuple(n, v) for n, v in headers]):
+        want, got = h2_outbound(block, flags), ours_outbound(block, flags)
+        assert got == want
+        if want != "error":
+            assert [type(h) for h in got] == [type(h) for h in want]
+
+
+def _exchange(server: Any, client: Any, sid: int, headers: list[tuple[bytes, bytes]],
+              trailers: list[tuple[bytes, bytes]]) -> bytes:
+    client.send_headers(sid, BASE, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(sid, headers)
+    server.send_data(sid, b"abc")
+    if isinstance(server, _TrailingH2State):
+        server.pending_trailers[sid] = trailers
+        server.end_stream(sid)
+    else:
+        server.send_headers(sid, trailers, end_stream=True)
+    return server.data_to_send()
+
+
+@pytest.mark.parametrize("headers", OUT_CASES[:4])
+def test_the_same_frames_as_h2_on_the_wire(headers: list[tuple[bytes, bytes]]) -> None:
+    """The gateway's connection sends byte for byte what plain h2 sends
+    (HPACK state included: three responses with trailers)."""
+    ours_conn, theirs = _server(), h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None))
+    theirs.initiate_connection()
+    theirs.data_to_send()
+    ours_client, their_client = _client(), _client()
+    trailers = [(b"grpc-status", b"0"), (b"Grpc-Message", b" fine ")]
+    for sid in (1, 3, 5):
+        mine = _exchange(ours_conn, ours_client, sid, headers, trailers)
+        assert mine == _exchange(theirs, their_client, sid, headers, trailers)
+        assert type(ours_conn.streams[sid]) is _CheckedStream
+        got = [e for e in ours_client.receive_data(mine)
+               if isinstance(e, h2.events.TrailersReceived)]
+        assert [e.headers for e in got] == [[(b"grpc-status", b"0"), (b"grpc-message", b"fine")]]
