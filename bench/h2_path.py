@@ -43,16 +43,23 @@ Figures (callgrind, N=240 and N=840, Python 3.11, h2 4.4.1, hpack 4.2.0):
 2.358M instructions per request with 6 streams in flight, 2.261M with one,
 before the one-pass header checks of :mod:`nbgateway.proxy.h2trailers`;
 2.042M and 1.953M after (the HTTP/1.1 fast path: ~257k, bench/http_path.py
---tls).  h2 and hpack remain most of it: HPACK decode ~15 %, encode ~15 %
-(its dynamic-table search is a Python scan), the priority tree ~6 %,
+--tls); 1.897M with the round robin of ``LazyPriority`` (6 streams).  With
+``--chrome-priority`` (the tree kept): 2.328M before, 2.025M after.  h2 and
+hpack remain most of it: HPACK decode ~15 %, encode ~15 % (its
+dynamic-table search is a Python scan),
 twisted.web's ``H2Stream``/``Request`` ~13 %, ~52 stdlib ``logging.debug``
 calls from hpack ~2 % (cProfile shares).
+
+``--chrome-priority`` sends every request's HEADERS with a priority as
+Chrome does (weight 256, an exclusive dependency on the one before in the
+round, still open; the first on stream 0):
+the server then schedules with the ``priority`` package's tree.
 
 ``H2_TREE=/path/to/checkout`` imports the ``nbgateway`` package from another
 checkout (a worktree of an older revision) for a same-session A/B.
 
 Run:  .venv/bin/python bench/h2_path.py [--requests 1200] [--streams 6]
-      [--no-vary] [--profile]
+      [--no-vary] [--chrome-priority] [--profile]
 """
 
 from __future__ import annotations
@@ -99,7 +106,8 @@ def request_head(i: int, vary: bool) -> list[tuple[bytes, bytes]]:
 class Client:
     """The browser side: an ``h2`` client connection in memory."""
 
-    def __init__(self, requests: int, streams: int, vary: bool) -> None:
+    def __init__(self, requests: int, streams: int, vary: bool,
+                 chrome_priority: bool = False) -> None:
         self.site, self.sink, self.pools, self.clock = build_site(True, True)
         self.wire = _Wire()
         self.server = self.site.buildProtocol(IPv4Address("TCP", PEER, 40000))
@@ -113,6 +121,8 @@ class Client:
         self.conn.increment_flow_control_window(15 * 1024 * 1024 - 65535)
         self.streams = streams
         self.vary = vary
+        self.chrome_priority = chrome_priority
+        self.last_sid = 0
         self.next = 0
         self.server_cpu = 0.0
         self.profile: Any = None
@@ -158,10 +168,17 @@ class Client:
 
     def round(self) -> int:
         """``streams`` requests in one write; returns responses checked."""
-        sids = []
+        sids: list[int] = []
+        self.last_sid = 0  # Chrome depends on a stream still open, else on 0
         for _ in range(self.streams):
             sid = self.conn.get_next_available_stream_id()
-            self.conn.send_headers(sid, request_head(self.next, self.vary), end_stream=True)
+            if self.chrome_priority:  # weight 256, exclusively on the previous stream
+                self.conn.send_headers(sid, request_head(self.next, self.vary), end_stream=True,
+                                       priority_weight=256, priority_depends_on=self.last_sid,
+                                       priority_exclusive=True)
+            else:
+                self.conn.send_headers(sid, request_head(self.next, self.vary), end_stream=True)
+            self.last_sid = sid
             self.next += 1
             sids.append(sid)
         events = self.pump()
@@ -187,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=6)
     parser.add_argument("--no-vary", dest="vary", action="store_false")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--chrome-priority", action="store_true",
+                        help="HEADERS carry priorities as Chrome's do")
     args = parser.parse_args(argv)
-    client = Client(args.requests, args.streams, args.vary)
+    client = Client(args.requests, args.streams, args.vary, args.chrome_priority)
     done = client.round()  # warm: connection set-up, first dial
     client.server_cpu = 0.0
     if args.profile:
