@@ -325,8 +325,22 @@ class LazyPriority:
         self.ready.clear()
         return tree
 
+    def _parent_known(self, depends_on: int | None) -> bool:
+        if not depends_on:
+            return True
+        if self.tree is None:
+            return depends_on in self.streams
+        return depends_on in self.tree._streams  # the tree's own index
+
     def insert_stream(self, stream_id: int, depends_on: int | None = None, weight: int = 16,
                       exclusive: bool = False) -> None:
+        if not self._parent_known(depends_on):
+            # a dependency on a stream not in the tree (closed or never
+            # opened) gives the default priority (RFC 7540 5.3.1); the tree
+            # would add a placeholder for it that no one removes: one more
+            # node per such request, each costing every later scheduling
+            # step, until its 1,000-node limit fails the connection
+            depends_on, weight, exclusive = None, 16, False
         tree = self.tree
         if (tree is None and not depends_on and weight == 16 and not exclusive
                 and len(self.streams) < 998):
@@ -339,6 +353,12 @@ class LazyPriority:
 
     def reprioritize(self, stream_id: int, depends_on: int | None = None, weight: int = 16,
                      exclusive: bool = False) -> None:
+        if not self._parent_known(depends_on):  # as in insert_stream
+            depends_on, weight, exclusive = None, 16, False
+        if self.tree is None and not depends_on and weight == 16 and not exclusive:
+            if stream_id not in self.streams:
+                raise priority.MissingStreamError(f"Stream {stream_id} not in tree")
+            return  # the default priority it has
         (self.tree or self._to_tree()).reprioritize(stream_id, depends_on, weight, exclusive)
 
     def remove_stream(self, stream_id: int) -> None:

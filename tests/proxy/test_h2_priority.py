@@ -132,3 +132,28 @@ def test_the_connection_serves_every_stream(client_priority: bool) -> None:
     ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
     assert bodies == {1: b"hello /p1", 3: b"hello /p3", 5: b"hello /p5"}
     assert ended == {1, 3, 5}
+
+
+def test_a_dependency_on_a_closed_stream_is_the_default_priority() -> None:
+    """RFC 7540 5.3.1; the tree alone keeps a placeholder per such stream
+    (one more node per request, every later step slower, 1,000 the limit)."""
+    sched = LazyPriority()
+    sched.insert_stream(1)
+    sched.remove_stream(1)
+    for sid in range(3, 4001, 2):  # each depends on the one before, closed
+        sched.insert_stream(sid, depends_on=sid - 2, weight=256, exclusive=True)
+        sched.block(sid)
+        sched.remove_stream(sid)
+    assert sched.tree is None and not sched.streams
+    with pytest.raises(priority.MissingStreamError):
+        sched.reprioritize(4001, depends_on=3999, weight=220)
+    assert sched.tree is None  # nothing to prioritise yet: still the round robin
+    sched.insert_stream(5001)
+    sched.insert_stream(5003, depends_on=5001, weight=32)  # an open parent: the tree
+    tree = sched.tree
+    assert tree is not None
+    for sid in range(5005, 9001, 2):
+        sched.insert_stream(sid, depends_on=sid - 4, weight=256, exclusive=True)
+        sched.remove_stream(sid - 4)
+    assert len(tree._streams) < 10  # the root, open streams, no placeholders
+    assert next(sched) in tree._streams
