@@ -77,6 +77,9 @@ Header = tuple[bytes, bytes]
 STREAM_QUEUE_HIGH = 256 * 1024
 #: DATA frames sent per reactor turn, in one transport write
 FRAMES_PER_TURN = 8
+#: scheduler nodes kept for streams not open (PRIORITY frames on idle or
+#: closed streams; Firefox's grouping uses ~6); more such frames are ignored
+IDLE_PRIORITY_NODES = 100
 
 #: the bytes a field name may hold (RFC 9113 8.2.1 as ``h2`` checks it: no
 #: upper case, nothing in 0x00-0x20 or 0x7f-0xff) but the colon, which only a
@@ -386,6 +389,17 @@ class LazyPriority:
         else:
             raise priority.MissingStreamError(f"Stream {stream_id} not in tree")
 
+    def __contains__(self, stream_id: int) -> bool:
+        if self.tree is not None:
+            return stream_id in self.tree._streams
+        return stream_id in self.streams
+
+    def __len__(self) -> int:
+        """Streams scheduled (open or placeholders), the root not counted."""
+        if self.tree is not None:
+            return len(self.tree._streams) - 1
+        return len(self.streams)
+
     def __iter__(self) -> LazyPriority:
         return self
 
@@ -409,6 +423,18 @@ class TrailersH2Connection(H2Connection):
         self.priority = LazyPriority()
         self.conn = _TrailingH2State(self.conn.config)
         self.conn.on_drained = self._drained
+
+    def _handlePriorityUpdate(self, event: Any) -> None:
+        """Twisted's, but a PRIORITY frame that would add a node for a stream
+        not open beyond :data:`IDLE_PRIORITY_NODES` of them is ignored
+        (priority signals are advisory, RFC 9113 5.3): such nodes are never
+        removed, each slows every scheduling step, and the tree's 1,000-node
+        limit would fail the connection."""
+        sched = self.priority
+        if (event.stream_id not in self.streams and event.stream_id not in sched
+                and len(sched) - len(self.streams) >= IDLE_PRIORITY_NODES):
+            return
+        super()._handlePriorityUpdate(event)
 
     def _requestReceived(self, event: Any) -> None:
         super()._requestReceived(event)

@@ -157,3 +157,34 @@ def test_a_dependency_on_a_closed_stream_is_the_default_priority() -> None:
         sched.remove_stream(sid - 4)
     assert len(tree._streams) < 10  # the root, open streams, no placeholders
     assert next(sched) in tree._streams
+
+
+def test_priority_frames_for_idle_streams_are_capped() -> None:
+    from nbgateway.proxy.h2trailers import IDLE_PRIORITY_NODES
+
+    clock = task.Clock()
+    conn = TrailersH2Connection(clock)
+    conn.site, conn.requestFactory = Site(Hello(), reactor=clock), Request
+    wire = StringTransport()
+    conn.makeConnection(wire)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None))
+    client.initiate_connection()
+    for sid in range(3, 3 + 2 * 1500, 2):  # idle streams, Firefox-style groups and beyond
+        client.prioritize(sid, weight=32, depends_on=sid - 2 if sid > 3 else 0)
+    conn.dataReceived(client.data_to_send())  # the tree's limit (1,000) not reached
+    assert len(conn.priority) == IDLE_PRIORITY_NODES
+    assert conn.priority.tree is not None  # the first groups are in the tree
+    sid = 3 + 2 * 1500
+    client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                              (b":authority", b"a"), (b":path", b"/x")], end_stream=True)
+    conn.dataReceived(client.data_to_send())
+    events: list[Any] = []
+    for _ in range(10):
+        clock.advance(0)
+        events += client.receive_data(wire.value())
+        wire.clear()
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert data == b"hello /x"
+    assert len(conn.priority) == IDLE_PRIORITY_NODES  # the served stream is gone again
+    conn.connectionLost(Exception("done"))
