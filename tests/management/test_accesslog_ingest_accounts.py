@@ -102,13 +102,13 @@ def test_one_account_capture_is_the_same_lookup(store, accounts):
                                "shared": ("dev-acct-b",)}}
 
 
-def _pg(store) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("PostgreSQL's batch insert")
+#: the tests of PostgreSQL's batch insert run on PostgreSQL only (not generated for SQLite)
+_ON_POSTGRESQL = pytest.mark.parametrize(
+    "db_dsn", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 
 
+@_ON_POSTGRESQL
 def test_pg_batch_insert_skips_stored_ids_in_order_and_is_never_prepared(store, accounts):
-    _pg(store)
     with store._engine.connect() as conn:
         sql = _sql(conn.dialect)["insert"]
         assert "NOT EXISTS" in sql and "ON CONFLICT" not in sql
@@ -143,11 +143,11 @@ def store_entries(b: int):
             for i in range(10 * b, 10 * b + 20)]
 
 
+@_ON_POSTGRESQL
 def test_pg_a_single_append_racing_the_batch_insert_keeps_the_count_exact(store, accounts):
     """The single append's uncommitted row holds an id of the batch: the
     batch's insert waits for it, fails with a unique violation when it
     commits, and the store retries the batch, which then leaves that id out."""
-    _pg(store)
     logs = [message(("acct-a", "acct-b")[i % 2], f"race-{i:04d}") for i in range(40)]
     single = [entry_values(e) for e in store_entries(0)[:1]]
     single = [(logs[5].log_id, "acct-b", *single[0][2:])]
