@@ -10,8 +10,10 @@ wireguard-go are exercised by tests/interop.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
+import weakref
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import clientFromString
@@ -205,6 +207,28 @@ class GatewayServiceTests(unittest.TestCase):
         self.assertIsNone(self.svc.routes.lookup("app.example"))
         self.assertEqual(self.svc.mux.devices, [])
         self.assertTrue(runtime.stack.closed)
+
+    @defer.inlineCallbacks
+    def test_a_removed_accounts_route_plans_and_dialer_are_let_go(self):
+        self.mgmt.allow_tunnel_peer(CLIENT_IP, "app.example")
+        for _ in range(2):
+            resp, _ = yield self.get()
+            self.assertEqual(resp.code, 200)
+        # one direct dialer per account, so the route's plan keeps its agent
+        dialer = self.svc.dialer_for("acct", True)
+        self.assertIs(dialer, self.svc.dialer_for("acct", True))
+        plans = [p for p in self.svc.proxy._plans.values() if p.service.account_id == "acct"]
+        self.assertEqual(len(plans), 1)
+        self.assertIs(plans[0].agent[0], dialer)
+        gone = weakref.ref(dialer)
+        del dialer, plans
+        yield self.mgmt.push([pb.ProxyMapping(type=pb.UPDATE_TYPE_REMOVED, id="svc1",
+                                              account_id="acct")])
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(
+            [p for p in self.svc.proxy._plans.values() if p.service.account_id == "acct"], [])
+        gc.collect()
+        self.assertIsNone(gone(), "a removed account's dialer is still referenced")
 
     @defer.inlineCallbacks
     def test_metrics_and_health_reflect_live_objects(self):

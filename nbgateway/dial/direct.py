@@ -358,11 +358,24 @@ class DirectDialer:
         self.policy = policy
         self.account_id = account_id
         self.stats = stats
+        #: the per-account dialers :meth:`for_account` made (one per account
+        #: while it exists: :meth:`forget_account` drops it)
+        self._accounts: dict[str, DirectDialer] = {}
 
     def for_account(self, account_id: str) -> DirectDialer:
-        """The same dialer, guarded for ``account_id``."""
-        return DirectDialer(self.reactor, self.bind_address, policy=self.policy,
-                            account_id=account_id, stats=self.stats)
+        """The same dialer, guarded for ``account_id``: one object per account,
+        so what the proxy keeps per dialer (its route plans' agents, the
+        upstream pools' agent cache) is found again on the next request."""
+        dialer = self._accounts.get(account_id)
+        if dialer is None:
+            dialer = self._accounts[account_id] = DirectDialer(
+                self.reactor, self.bind_address, policy=self.policy,
+                account_id=account_id, stats=self.stats)
+        return dialer
+
+    def forget_account(self, account_id: str) -> None:
+        """The account is gone: drop its dialer."""
+        self._accounts.pop(account_id, None)
 
     def endpoint(self, host: str, port: int, timeout: float) -> Any:
         if self.policy is not None:

@@ -335,6 +335,13 @@ class ReverseProxy:
         exchange.start(agent, request.method, url, headers, body, timeout)
         return server.NOT_DONE_YET
 
+    def forget_account(self, account_id: str) -> None:
+        """The account is gone: drop its routes' plans, and with them the
+        agents (dialer, endpoint factory, the account's netstack) they keep."""
+        plans = self._plans
+        for key in [k for k, p in plans.items() if p.service.account_id == account_id]:
+            del plans[key]
+
     def _plan(self, route: Route, service: ProxyService, opts: TargetOptions) -> RoutePlan:
         """The route's :class:`~nbgateway.proxy.plan.RoutePlan`, made once per
         (route, service) object pair (a mapping update makes new ones); the

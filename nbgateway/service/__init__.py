@@ -210,6 +210,8 @@ class GatewayService(MultiService):
         self.dns.pop(account_id, None)
         if self.proxy.h2 is not None:  # HTTP/2 (gRPC) upstream connections
             self.proxy.h2.close_account(account_id)
+        self.proxy.forget_account(account_id)  # plans keep agents (and dialers)
+        self.direct.forget_account(account_id)
         return self.pools.close_account(account_id)
 
     def _account_changed(self, account_id: str) -> None:

@@ -354,3 +354,14 @@ class DenialReportTests(unittest.TestCase):
         msg = DenialReports.message(DirectUpstreamDeniedError("gateway_listener", "127.0.0.1",
                                                               8080, "127.0.0.1"))
         self.assertIn("own listeners", msg)
+
+
+def test_for_account_is_one_dialer_per_account_until_forgotten():
+    base = DirectDialer(object(), policy=DialPolicy([], listeners=list, is_local=lambda h: False))
+    a = base.for_account("a")
+    assert base.for_account("a") is a and base.for_account("b") is not a
+    assert (a.account_id, a.policy) == ("a", base.policy)
+    base.forget_account("a")
+    base.forget_account("never-seen")  # nothing to drop: no error
+    again = base.for_account("a")
+    assert again is not a and again.account_id == "a"
