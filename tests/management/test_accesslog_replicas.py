@@ -1,4 +1,4 @@
-"""review10: the PostgreSQL batch insert (``NOT EXISTS`` anti-join instead of
+"""The PostgreSQL batch insert (``NOT EXISTS`` anti-join instead of
 ``ON CONFLICT``, e694c43) under two management replicas (two stores on one
 database) ingesting overlapping batches at once, and the batch user-group
 capture when a peer is (by a stray row) a member of another account's group.
@@ -29,9 +29,9 @@ def accounts(store):
     return [store.accounts.create(Account(id=a, domain=f"{a}.test")) for a in ACCOUNTS]
 
 
+@pytest.mark.parametrize(
+    "db_dsn", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 def test_two_replicas_ingest_overlapping_batches_exactly(store, store_factory, accounts):
-    if store.dialect != "postgresql":
-        pytest.skip("PostgreSQL's batch insert (the NOT EXISTS path)")
     other = store_factory()  # a second management replica on the same database
     # batches of 60 (staged path, > 16 rows), each overlapping the next by 30
     batches = [[message(ACCOUNTS[i % 3], f"r-{i:05d}") for i in range(30 * b, 30 * b + 60)]
