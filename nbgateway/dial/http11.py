@@ -101,8 +101,7 @@ class ConnectionPool:
         self.retired = False
 
     def take(self, key: tuple[bytes, bytes, int]) -> UpstreamConnection | None:
-        # (LeanAgent.send_head repeats this inline: keep both in step).  A
-        # target's list stays when it empties (the connection taken comes
+        # A target's list stays when it empties (the connection taken comes
         # back to it on release: no list made and dropped per request); the
         # idle sweep drops empty ones, so they are bounded by the targets in
         # use since the last sweep.
@@ -231,15 +230,12 @@ class LeanAgent:
         body = bodyProducer
         replayable = body is None or isinstance(getattr(body, "body", None), bytes)
         attempt = _Attempt(self, key, method, head, body, replayable, sink)
-        # attempt.start() and self.pool.take(key), inline
-        conns = self.pool._connections.get(key)
-        while conns:
-            conn = conns.pop()
-            if not conn._lost and conn.transport is not None:
-                attempt.conn = conn
-                conn.send(method, head, body, attempt)
-                return attempt
-        attempt._dial()
+        conn = self.pool.take(key)  # attempt.start(), inline
+        if conn is not None:
+            attempt.conn = conn
+            conn.send(method, head, body, attempt)
+        else:
+            attempt._dial()
         return attempt
 
     def _attempt(self, method: bytes, url: bytes, headers: Headers | None,

@@ -378,19 +378,7 @@ class _Exchange:
         if self.client_gone:
             transport.stopProducing()
             return
-        request = self.request
-        if type(request) is FastRequest:
-            channel = request.channel
-            if (request.producer is None and channel is not None
-                    and channel._requestProducer is None):
-                # request.registerProducer(transport, True), inline: the
-                # channel's push producer (what FastRequest.registerProducer
-                # sets; tests/proxy/test_producer_inline.py keeps them equal)
-                request.producer = transport
-                channel._requestProducer = transport
-                channel._requestProducerStreaming = True
-                return
-        request.registerProducer(transport, True)
+        self.request.registerProducer(transport, True)
 
     def dataReceived(self, data: bytes) -> None:
         if self.client_gone:
@@ -405,20 +393,7 @@ class _Exchange:
         if self.client_gone:
             return
         request = self.request
-        if type(request) is FastRequest:
-            channel = request.channel
-            # request.unregisterProducer(), inline for a push producer (see
-            # makeConnection; a channel gone already: only the request's)
-            if channel is None:
-                request.producer = None
-            elif channel._requestProducerStreaming:
-                channel._requestProducer = None
-                channel._requestProducerStreaming = None
-                request.producer = None
-            else:
-                request.unregisterProducer()
-        else:
-            request.unregisterProducer()
+        request.unregisterProducer()
         # the lean client's shared end first: an identity test (reading a
         # Failure's value is a generic lookup, a BaseException's dict)
         if (reason is _RESPONSE_DONE or type(reason.value) is ResponseDone
