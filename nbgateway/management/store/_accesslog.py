@@ -327,8 +327,9 @@ def _group_column(
     accounts_: Sequence[str], users_: Sequence[str], given: Sequence[Any], capture: Any
 ) -> list[str | None]:
     """The ``user_groups`` column: given groups encoded, the others captured
-    with one ``capture(account_id, user_ids)`` call per account (its users
-    sorted, each once; entries without a user: NULL)."""
+    (a :class:`BatchCapture`: one lookup for all accounts; any other
+    ``capture(account_id, user_ids)``: one call per account; users sorted,
+    each once; entries without a user: NULL)."""
     if given.count(None) == len(given):
         one = set(accounts_)
         if len(one) == 1:  # the usual batch: one account
@@ -342,19 +343,18 @@ def _group_column(
     per_account: dict[str, set[str]] = {}
     for a, u in keys:
         per_account.setdefault(a, set()).add(u)
-    if isinstance(capture, BatchCapture):  # every account's users in one lookup
-        found = capture.fetch({a: sorted(per_account[a]) for a in sorted(per_account)})
-        captured = {
-            (a, u): _groups_json(tuple(g)) if (g := found.get(a, {}).get(u)) is not None
-            else None
-            for a, users_of in per_account.items() for u in users_of
-        }
+    # every account's users in one lookup (a BatchCapture), else one call per account
+    wanted = {a: sorted(per_account[a]) for a in sorted(per_account)}
+    if capture is None:
+        found: dict[str, Any] = {}
+    elif isinstance(capture, BatchCapture):
+        found = capture.fetch(wanted)
     else:
-        captured = {
-            (a, u): groups_
-            for a in sorted(per_account)
-            for u, groups_ in _captured(capture, a, per_account[a]).items()
-        }
+        found = {a: capture(a, users_of) for a, users_of in wanted.items()}
+    captured = {
+        (a, u): _groups_json(tuple(g)) if (g := found.get(a, {}).get(u)) is not None else None
+        for a, users_of in per_account.items() for u in users_of
+    }
     if given.count(None) == len(given):
         return list(map(captured.get, zip(accounts_, users_, strict=True)))
     return [
