@@ -30,7 +30,7 @@ from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nbgateway.tls.atomicwrite import write_atomic
+from nbgateway.atomicfile import write_atomic
 
 TLS_ALPN_01 = "tls-alpn-01"
 HTTP_01 = "http-01"
@@ -80,7 +80,7 @@ class TLSALPN01(challenges.KeyAuthorizationChallenge):
 
 def write_private(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably, mode 0600 (less the
-    umask; :func:`nbgateway.tls.atomicwrite.write_atomic`)."""
+    umask; :func:`nbgateway.atomicfile.write_atomic`)."""
     write_atomic(path, data, 0o600)
 
 

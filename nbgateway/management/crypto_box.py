@@ -12,8 +12,8 @@ import tempfile
 
 from nacl.public import PrivateKey
 
+from nbgateway.atomicfile import fsync_directory
 from nbgateway.peerbox import KEY_SIZE, decode_wg_key, encode_wg_key
-from nbgateway.tls.atomicwrite import fsync_directory
 
 __all__ = ["ServerKey"]
 

@@ -27,10 +27,10 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from nbgateway.atomicfile import write_atomic, write_secret_output
 from nbgateway.management import privateca
 from nbgateway.management.cli._client import DEFAULT_DATADIR, Client, CliError, _q
 from nbgateway.management.cli._output import Progress
-from nbgateway.tls.atomicwrite import write_atomic, write_secret_output
 
 QUICKSTART_POLL = 0.5
 
@@ -179,7 +179,7 @@ def _write_peer_ca(client: Client, config_path: str, deadline: float) -> str | N
 
 def write_peer_config(path: str, conf: str) -> None:
     """Write the wg-quick config, which holds the peer's private key
-    (:func:`~nbgateway.tls.atomicwrite.write_secret_output`: mode 0600 less
+    (:func:`~nbgateway.atomicfile.write_secret_output`: mode 0600 less
     the umask for a regular file, in place for ``/dev/stdout`` or a pipe)."""
     write_secret_output(path, conf.encode())
 

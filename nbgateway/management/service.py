@@ -26,6 +26,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from nbgateway.atomicfile import write_atomic
 from nbgateway.management.api import build_site
 from nbgateway.management.retention import (
     DEFAULT_MAX_AGE,
@@ -33,7 +34,6 @@ from nbgateway.management.retention import (
     AccessLogRetention,
     parse_max_age,
 )
-from nbgateway.tls.atomicwrite import write_atomic
 
 log = Logger()
 

@@ -30,12 +30,12 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nbgateway.accounts import AccountRuntime
+from nbgateway.atomicfile import write_atomic
 from nbgateway.dial.direct import is_host_address
 from nbgateway.dial.guard import INVALID_HOST, endpoint_refusal
 from nbgateway.dns.server import DNSResponderFactory, listen_dns
 from nbgateway.dns.zone import ZoneAuthority
 from nbgateway.netstack.endpoints import TunnelServerEndpoint
-from nbgateway.tls.atomicwrite import write_atomic
 from nbgateway.wireguard.keys import generate_private_key, key_from_base64, key_to_base64
 
 log = Logger(namespace="nbgateway.service")  # one namespace for the package

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
-from nbgateway.tls.atomicwrite import write_atomic
+from nbgateway.atomicfile import write_atomic
 
 log = Logger()
 

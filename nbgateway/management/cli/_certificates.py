@@ -18,10 +18,10 @@ from typing import TextIO
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from nbgateway.atomicfile import write_atomic
 from nbgateway.management.cli._client import Client, CliError
 from nbgateway.management.cli._output import emit
 from nbgateway.management.cli._parsing import Commands
-from nbgateway.tls.atomicwrite import write_atomic
 
 STATUS_COLS = ("domain", "source", "issuer", "not_after", "last_error")
 CA_PATH = "/reverse-proxies/ca-certificate"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from nbgateway.atomicfile import write_secret_output
 from nbgateway.management.cli._client import Client, UsageError, _q
 from nbgateway.management.cli._lookup import (
     Args,
@@ -22,7 +23,6 @@ from nbgateway.management.cli._lookup import (
 )
 from nbgateway.management.cli._output import Progress, emit, table, write_json
 from nbgateway.management.cli._parsing import Commands
-from nbgateway.tls.atomicwrite import write_secret_output
 
 USER_COLS = ("id", "email", "name", "role", "status", "auto_groups")
 GROUP_COLS = ("id", "name", "peers_count", "peers")

@@ -1,5 +1,5 @@
 """Every file nbgateway keeps is written through
-:func:`nbgateway.tls.atomicwrite.write_atomic` with the mode it needs:
+:func:`nbgateway.atomicfile.write_atomic` with the mode it needs:
 secrets (ACME keys and account, WireGuard account keys, the admin token, the
 local CA key, the quickstart peer config) never readable by others under any
 umask, certificates 0644 at most; a failed rewrite keeps the old file and
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from nbgateway import atomicfile
 from nbgateway.acme.client import write_private
 from nbgateway.management import quickstart
 from nbgateway.management.cli._certificates import ca_download
 from nbgateway.management.service import write_secret_file
 from nbgateway.service._accounts import account_key
-from nbgateway.tls import atomicwrite
 from nbgateway.tls.ca import PrivateCA
 
 
@@ -135,7 +135,7 @@ def test_each_writer_keeps_the_old_file_when_the_rewrite_fails(tmp_path, ca_pem,
     def fail(src: str, dst: str) -> None:
         raise OSError(errno.ENOSPC, "no space")
 
-    monkeypatch.setattr(atomicwrite.os, "replace", fail)
+    monkeypatch.setattr(atomicfile.os, "replace", fail)
     with pytest.raises(OSError):
         case.write(str(tmp_path), ca_pem, 1)
     with open(path, "rb") as f:
@@ -163,7 +163,7 @@ def test_the_peer_config_goes_to_a_pipe_in_place(tmp_path):
 
 #: files that still rename or make temporary files by hand, and why
 HAND_ROLLED = {
-    "nbgateway/tls/atomicwrite.py": "the one writer",
+    "nbgateway/atomicfile.py": "the one writer",
     "nbgateway/tap.py": "debug heap/malloc snapshots on SIGUSR2 (not kept state)",
     "nbgateway/management/crypto_box.py": "create-if-absent by link(): the first key wins, "
                                           "never replaced (another operation)",
@@ -181,4 +181,4 @@ def test_no_new_hand_rolled_atomic_writer():
                     text = f.read()
                 if any(s in text for s in ("os.replace(", "os.rename(", "mkstemp(")):
                     found.add(os.path.relpath(path, root))
-    assert found <= set(HAND_ROLLED), f"write kept files with nbgateway.tls.atomicwrite: {found}"
+    assert found <= set(HAND_ROLLED), f"write kept files with nbgateway.atomicfile: {found}"

@@ -20,9 +20,8 @@ rule for files a user asks for), or exactly ``mode`` with ``exact_mode``
 (``fchmod``, not subject to the umask) where the file must be readable as
 ``mode`` says whatever the umask.  Neither is ever wider than ``mode``.
 
-It lives in :mod:`nbgateway.tls` because that is the lowest package all its
-users (acme, management, service, tls itself) may import
-(``tests/test_layering.py``), and most of what it writes is key material.
+It is a ground-floor module (``tests/test_layering.py``): it imports nothing
+of nbgateway, and acme, management, service and tls all use it.
 """
 
 from __future__ import annotations

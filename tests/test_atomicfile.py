@@ -1,4 +1,4 @@
-"""nbgateway.tls.atomicwrite: modes under any umask, the old file kept and no
+"""nbgateway.atomicfile: modes under any umask, the old file kept and no
 temporary file left when a write fails midway, no torn file under
 concurrent writers."""
 
@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from nbgateway.tls import atomicwrite
-from nbgateway.tls.atomicwrite import write_atomic
+from nbgateway import atomicfile
+from nbgateway.atomicfile import write_atomic
 
 
 @contextlib.contextmanager
@@ -68,8 +68,8 @@ def test_a_secret_is_never_readable_by_others_even_for_a_moment(tmp_path, monkey
     def spy(fd):
         seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
 
-    monkeypatch.setattr(atomicwrite.os, "write", lambda fd, b: (spy(fd), real_write(fd, b))[1])
-    monkeypatch.setattr(atomicwrite.os, "fsync", lambda fd: (spy(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(atomicfile.os, "write", lambda fd, b: (spy(fd), real_write(fd, b))[1])
+    monkeypatch.setattr(atomicfile.os, "fsync", lambda fd: (spy(fd), real_fsync(fd))[1])
     with umask(0):  # the most permissive umask
         write_atomic(str(tmp_path / "key"), b"secret", 0o600, exact_mode=exact)
     assert seen and all(m & 0o077 == 0 for m in seen), [oct(m) for m in seen]
@@ -83,7 +83,7 @@ def _fail_on(monkeypatch, name: str, when=lambda *a: True):
             raise OSError(errno.EIO, f"{name} failed")
         return real(*args)
 
-    monkeypatch.setattr(atomicwrite.os, name, failing)
+    monkeypatch.setattr(atomicfile.os, name, failing)
 
 
 @pytest.mark.parametrize("where", ["open", "fchmod", "write", "fsync", "close", "replace"])
@@ -99,7 +99,7 @@ def test_a_failure_midway_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkey
                 raise OSError(errno.ENOSPC, "disk full")
             return real_write(fd, bytes(b[:3]))
 
-        monkeypatch.setattr(atomicwrite.os, "write", partial)
+        monkeypatch.setattr(atomicfile.os, "write", partial)
     elif where == "close":
         real_close = os.close
 
@@ -107,7 +107,7 @@ def test_a_failure_midway_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkey
             real_close(fd)
             raise OSError(errno.EIO, "close failed")
 
-        monkeypatch.setattr(atomicwrite.os, "close", close_then_fail)
+        monkeypatch.setattr(atomicfile.os, "close", close_then_fail)
     elif where == "fsync":  # the file's fsync, not the directory's (never reached)
         _fail_on(monkeypatch, "fsync", lambda fd: stat.S_ISREG(os.fstat(fd).st_mode))
     else:
@@ -126,7 +126,7 @@ def test_an_interrupt_midway_also_cleans_up(tmp_path, monkeypatch):
     def interrupted(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(atomicwrite.os, "fsync", interrupted)
+    monkeypatch.setattr(atomicfile.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(str(p), b"new")
     monkeypatch.undo()
@@ -156,7 +156,7 @@ def test_the_temp_file_is_beside_the_target_and_hidden(tmp_path, monkeypatch):
         created.append(path)
         return real_open(path, flags, mode)
 
-    monkeypatch.setattr(atomicwrite.os, "open", spy)
+    monkeypatch.setattr(atomicfile.os, "open", spy)
     write_atomic(str(tmp_path / ("n" * 255)), b"x")
     tmp = created[0]
     assert os.path.dirname(tmp) == str(tmp_path)
@@ -166,12 +166,12 @@ def test_the_temp_file_is_beside_the_target_and_hidden(tmp_path, monkeypatch):
 
 def test_an_existing_temp_name_is_never_reused(tmp_path, monkeypatch):
     names = iter([str(tmp_path / ".taken"), str(tmp_path / ".taken"), str(tmp_path / ".free")])
-    monkeypatch.setattr(atomicwrite, "temp_path", lambda path: next(names))
+    monkeypatch.setattr(atomicfile, "temp_path", lambda path: next(names))
     (tmp_path / ".taken").write_bytes(b"someone else's")
     write_atomic(str(tmp_path / "f"), b"x")
     assert (tmp_path / ".taken").read_bytes() == b"someone else's"
     assert (tmp_path / "f").read_bytes() == b"x"
-    names = iter([str(tmp_path / ".taken")] * atomicwrite.TEMP_ATTEMPTS)
+    names = iter([str(tmp_path / ".taken")] * atomicfile.TEMP_ATTEMPTS)
     with pytest.raises(FileExistsError):
         write_atomic(str(tmp_path / "f"), b"y")
     assert (tmp_path / "f").read_bytes() == b"x"
@@ -182,7 +182,7 @@ def test_a_symlinked_temp_name_is_not_followed(tmp_path, monkeypatch):
     victim.write_bytes(b"untouched")
     os.symlink(victim, tmp_path / ".link")
     names = iter([str(tmp_path / ".link"), str(tmp_path / ".free")])
-    monkeypatch.setattr(atomicwrite, "temp_path", lambda path: next(names))
+    monkeypatch.setattr(atomicfile, "temp_path", lambda path: next(names))
     write_atomic(str(tmp_path / "f"), b"x")
     assert victim.read_bytes() == b"untouched" and (tmp_path / "f").read_bytes() == b"x"
 
@@ -196,7 +196,7 @@ def test_a_directory_that_cannot_be_fsynced_is_skipped(tmp_path, monkeypatch, er
             raise OSError(err, "no")
         real_fsync(fd)
 
-    monkeypatch.setattr(atomicwrite.os, "fsync", fsync)
+    monkeypatch.setattr(atomicfile.os, "fsync", fsync)
     write_atomic(str(tmp_path / "f"), b"x")
     assert (tmp_path / "f").read_bytes() == b"x"
 
