@@ -71,6 +71,8 @@ from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 from twisted.internet.defer import Deferred
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
+from nbgateway.proxy.h2_hpack import BlockDecoder, TableEncoder
+
 Header = tuple[bytes, bytes]
 
 #: response bytes queued on one stream before its producer is paused
@@ -266,6 +268,13 @@ class _TrailingH2State(h2.connection.H2Connection):
 
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
+        # the same HPACK, one loop per block and an indexed table search
+        # (nbgateway.proxy.h2_hpack); nothing was encoded or decoded yet
+        decoder = BlockDecoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.encoder = TableEncoder()
+        self.decoder = decoder
         self.pending_trailers: dict[int, list[Header]] = {}
         #: response bytes queued per stream, not yet handed to ``send_data``
         self.queued: dict[int, int] = {}

@@ -1,0 +1,396 @@
+"""HPACK (RFC 7541) for the gateway's HTTP/2 server connections, in fewer steps.
+
+:class:`TableEncoder` and :class:`BlockDecoder` are the ``hpack`` package's
+``Encoder`` and ``Decoder`` (``h2`` uses one of each per connection) with the
+per-block work done in one loop each:
+
+- the encoder finds a field in the dynamic table through two dicts kept with
+  the table (``(name, value)`` and ``name`` to the newest entry holding them)
+  instead of ``hpack``'s Python scan over every entry for every field, and
+  Huffman-codes a literal with C joins (one bit string per byte, one
+  ``int(..., 2)``) instead of a Python loop over big-integer shifts;
+- the decoder reads integers, literals and table entries inline instead of
+  through ~5 method calls per field;
+- neither calls the stdlib ``logging`` (``hpack`` makes ~50 ``log.debug``
+  calls per request, each costing a call and a level check).
+
+Same results: the same header block bytes for the same fields and table state
+(the same field representations, index choices and Huffman code), the same
+decoded fields and field types (``HeaderTuple``/``NeverIndexedHeaderTuple``)
+and the same table, and an ``HPACKDecodingError`` (or its subclasses) for
+the same malformed blocks; differential tests in
+``tests/proxy/test_h2_hpack.py``.  Anything else (dict input, ``raw=False``)
+is ``hpack``'s own code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpack import Decoder, Encoder
+from hpack.exceptions import (
+    HPACKDecodingError,
+    InvalidTableIndex,
+    InvalidTableSizeError,
+    OversizedHeaderListError,
+)
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.huffman_table import decode_huffman
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
+from hpack.table import HeaderTable
+
+_STATIC = HeaderTable.STATIC_TABLE
+_STATIC_LEN = HeaderTable.STATIC_TABLE_LENGTH
+#: name -> (lowest static index of the name, value -> static index)
+_STATIC_MAP = HeaderTable.STATIC_TABLE_MAPPING
+#: the first dynamic table index
+_FIRST_DYNAMIC = _STATIC_LEN + 1
+
+#: each byte's Huffman code as a string of "0"/"1" (RFC 7541 Appendix B)
+_HUFFMAN_BITS = tuple(f"{REQUEST_CODES[b]:0{REQUEST_CODES_LENGTH[b]}b}"
+                      for b in range(256))
+_new_tuple = tuple.__new__
+
+
+def huffman_encode(data: bytes) -> bytes:
+    """``data`` Huffman-coded and padded with 1 bits (the same bytes as
+    ``hpack``'s ``HuffmanEncoder``)."""
+    if not data:
+        return b""
+    bits = "".join(map(_HUFFMAN_BITS.__getitem__, data))
+    pad = -len(bits) % 8
+    if pad:
+        bits += "1" * pad
+    return int(bits, 2).to_bytes(len(bits) >> 3, "big")
+
+
+def encode_integer(value: int, prefix_bits: int) -> bytearray:
+    """RFC 7541 5.1: ``value`` with an N-bit prefix (first byte's flag bits
+    zero)."""
+    top = (1 << prefix_bits) - 1
+    if value < top:
+        return bytearray((value,))
+    out = bytearray((top,))
+    value -= top
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return out
+
+
+def _string(name: bytes, huffman: bool) -> bytes:
+    """A string literal (RFC 7541 5.2): length with the H bit, then octets."""
+    if huffman:
+        name = huffman_encode(name)
+        n = len(name)
+        if n < 127:
+            return bytes((0x80 | n,)) + name
+        head = encode_integer(n, 7)
+        head[0] |= 0x80
+        return bytes(head) + name
+    n = len(name)
+    if n < 127:
+        return bytes((n,)) + name
+    return bytes(encode_integer(n, 7)) + name
+
+
+class FastTable(HeaderTable):
+    """``hpack``'s header table (same entries, newest first, same size
+    accounting and eviction order) without its ``logging`` calls."""
+
+    def add(self, name: bytes, value: bytes) -> None:
+        size = 32 + len(name) + len(value)
+        if size > self._maxsize:
+            self._clear()
+            return
+        self.dynamic_entries.appendleft((name, value))
+        self._current_size += size
+        if self._current_size > self._maxsize:
+            self._shrink()
+
+    def _clear(self) -> None:
+        self.dynamic_entries.clear()
+        self._current_size = 0
+
+    def _shrink(self) -> None:
+        entries = self.dynamic_entries
+        size = self._current_size
+        maxsize = self._maxsize
+        while size > maxsize:
+            name, value = entries.pop()
+            size -= 32 + len(name) + len(value)
+        self._current_size = size
+
+    @property  # type: ignore[override]
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        newmax = int(newmax)
+        oldmax = self._maxsize
+        self._maxsize = newmax
+        self.resized = newmax != oldmax
+        if newmax <= 0:
+            self._clear()
+        elif oldmax > newmax:
+            self._shrink()
+
+
+class IndexedTable(FastTable):
+    """A :class:`FastTable` plus an index of its dynamic entries: each
+    ``(name, value)`` and each name maps to the insertion number of the
+    newest entry holding it, so a search is two dict lookups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: insertion number of the newest entry
+        self.added = 0
+        self.pairs: dict[tuple[bytes, bytes], int] = {}
+        self.names: dict[bytes, int] = {}
+
+    def add(self, name: bytes, value: bytes) -> None:
+        size = 32 + len(name) + len(value)
+        if size > self._maxsize:
+            self._clear()
+            return
+        self.dynamic_entries.appendleft((name, value))
+        self.added += 1
+        self.pairs[(name, value)] = self.added
+        self.names[name] = self.added
+        self._current_size += size
+        if self._current_size > self._maxsize:
+            self._shrink()
+
+    def _clear(self) -> None:
+        self.dynamic_entries.clear()
+        self._current_size = 0
+        self.pairs.clear()
+        self.names.clear()
+
+    def _shrink(self) -> None:
+        entries = self.dynamic_entries
+        size = self._current_size
+        maxsize = self._maxsize
+        # insertion number of the oldest entry
+        oldest = self.added - len(entries) + 1
+        pairs = self.pairs
+        names = self.names
+        while size > maxsize:
+            name, value = entries.pop()
+            size -= 32 + len(name) + len(value)
+            if pairs.get((name, value)) == oldest:  # no newer copy
+                del pairs[(name, value)]
+            if names.get(name) == oldest:
+                del names[name]
+            oldest += 1
+        self._current_size = size
+
+    def search(self, name: bytes, value: bytes) -> tuple[int, bytes, bytes | None] | None:
+        """``hpack``'s answer: a static full match, else the newest dynamic
+        full match, else the static name, else the newest dynamic name."""
+        static = _STATIC_MAP.get(name)
+        if static is not None:
+            index = static[1].get(value)
+            if index is not None:
+                return index, name, value
+        seq = self.pairs.get((name, value))
+        if seq is not None:
+            return _FIRST_DYNAMIC + self.added - seq, name, value
+        if static is not None:
+            return static[0], name, None
+        seq = self.names.get(name)
+        if seq is not None:
+            return _FIRST_DYNAMIC + self.added - seq, name, None
+        return None
+
+
+class TableEncoder(Encoder):
+    """``hpack``'s ``Encoder`` over an :class:`IndexedTable`, one loop per
+    block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = IndexedTable()
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        if isinstance(headers, dict):
+            return super().encode(headers, huffman)
+        table = self.header_table
+        out: list[bytes] = []
+        if table.resized:
+            out.append(self._encode_table_size_change())
+            table.resized = False
+        static_map = _STATIC_MAP
+        pairs = table.pairs
+        names = table.names
+        for header in headers:
+            if isinstance(header, HeaderTuple):
+                sensitive = not header.indexable
+            else:
+                sensitive = len(header) > 2 and header[2]
+            name = header[0]
+            value = header[1]
+            if type(name) is not bytes:
+                name = (name if isinstance(name, str) else str(name)).encode("utf-8")
+            if type(value) is not bytes:
+                value = (value if isinstance(value, str) else str(value)).encode("utf-8")
+            # the table search (IndexedTable.search, inline)
+            index = 0
+            static = static_map.get(name)
+            if static is not None:
+                index = static[1].get(value, 0)
+                if index:
+                    out.append(bytes((0x80 | index,)))  # static indices < 127
+                    continue
+            seq = pairs.get((name, value))
+            if seq is not None:
+                index = _FIRST_DYNAMIC + table.added - seq
+                if index < 127:
+                    out.append(bytes((0x80 | index,)))
+                else:
+                    field = encode_integer(index, 7)
+                    field[0] |= 0x80
+                    out.append(bytes(field))
+                continue
+            if static is not None:
+                index = static[0]
+            else:
+                seq = names.get(name)
+                if seq is not None:
+                    index = _FIRST_DYNAMIC + table.added - seq
+            if index:  # indexed name, literal value
+                if sensitive:
+                    prefix = encode_integer(index, 4)
+                    prefix[0] |= 0x10
+                else:
+                    prefix = encode_integer(index, 6)
+                    prefix[0] |= 0x40
+                out.append(bytes(prefix) + _string(value, huffman))
+            else:
+                out.append((b"\x10" if sensitive else b"\x40") + _string(name, huffman)
+                           + _string(value, huffman))
+            if not sensitive:
+                table.add(name, value)
+        return b"".join(out)
+
+
+class BlockDecoder(Decoder):
+    """``hpack``'s ``Decoder``, one loop per block (``raw=True``, as ``h2``
+    asks; ``raw=False`` is ``hpack``'s own)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_table = FastTable()
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        if not raw:
+            return super().decode(data, raw)
+        data = bytes(data)
+        table = self.header_table
+        entries = table.dynamic_entries
+        limit = self.max_header_list_size
+        headers: list[Any] = []
+        inflated = 0
+        end = len(data)
+        i = 0
+        try:
+            while i < end:
+                first = data[i]
+                if first & 0x80:  # indexed field
+                    index = first & 0x7F
+                    i += 1
+                    if index == 0x7F:
+                        index, i = _integer_tail(data, i, index)
+                    if 0 < index <= _STATIC_LEN:
+                        name, value = _STATIC[index - 1]
+                    elif _STATIC_LEN < index <= _STATIC_LEN + len(entries):
+                        name, value = entries[index - _FIRST_DYNAMIC]
+                    else:
+                        raise InvalidTableIndex(f"Invalid table index {index}")
+                    header = _new_tuple(HeaderTuple, (name, value))
+                elif first & 0x40 or not first & 0x20:  # a literal
+                    if first & 0x40:
+                        mask = 0x3F
+                        indexing = True
+                        kind: Any = HeaderTuple
+                    else:
+                        mask = 0x0F
+                        indexing = False
+                        kind = NeverIndexedHeaderTuple if first & 0x10 else HeaderTuple
+                    index = first & mask
+                    i += 1
+                    if index:
+                        if index == mask:
+                            index, i = _integer_tail(data, i, index)
+                        if 0 < index <= _STATIC_LEN:
+                            name = _STATIC[index - 1][0]
+                        elif _STATIC_LEN < index <= _STATIC_LEN + len(entries):
+                            name = entries[index - _FIRST_DYNAMIC][0]
+                        else:
+                            raise InvalidTableIndex(f"Invalid table index {index}")
+                    else:
+                        name, i = _literal(data, i)
+                    value, i = _literal(data, i)
+                    header = _new_tuple(kind, (name, value))
+                    if indexing:
+                        table.add(name, value)
+                else:  # dynamic table size update
+                    if headers:
+                        raise HPACKDecodingError(
+                            "Table size update not at the start of the block")
+                    size = first & 0x1F
+                    i += 1
+                    if size == 0x1F:
+                        size, i = _integer_tail(data, i, size)
+                    if size > self.max_allowed_table_size:
+                        raise InvalidTableSizeError("Encoder exceeded max allowable table size")
+                    self.header_table_size = size
+                    continue
+                headers.append(header)
+                inflated += 32 + len(header[0]) + len(header[1])
+                if inflated > limit:
+                    raise OversizedHeaderListError(
+                        f"A header list larger than {limit} has been received")
+        except IndexError as err:
+            raise HPACKDecodingError("Truncated header block") from err
+        if table.maxsize > self.max_allowed_table_size:
+            raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
+        return headers
+
+
+def _integer_tail(data: bytes, i: int, number: int) -> tuple[int, int]:
+    """The continuation bytes of an integer whose prefix was all ones (RFC
+    7541 5.1), from ``data[i]``; at most as many as ``hpack`` accepts."""
+    shift = 0
+    start = i
+    while True:
+        byte = data[i]
+        i += 1
+        number += (byte & 0x7F) << shift
+        if byte < 0x80:
+            return number, i
+        shift += 7
+        if i - start >= 5:  # hpack: more than 5 octets with the prefix
+            raise HPACKDecodingError("Variable integer representation is too long")
+
+
+def _literal(data: bytes, i: int) -> tuple[bytes, int]:
+    """A string literal at ``data[i]``: its octets (Huffman-decoded when
+    flagged) and the index after it."""
+    first = data[i]
+    length = first & 0x7F
+    i += 1
+    if length == 0x7F:
+        length, i = _integer_tail(data, i, length)
+    end = i + length
+    if end > len(data):
+        raise HPACKDecodingError("Truncated header block")
+    if first & 0x80:
+        return decode_huffman(data[i:end]), end
+    return data[i:end], end
+
+
+__all__ = ["BlockDecoder", "FastTable", "IndexedTable", "TableEncoder", "encode_integer",
+           "huffman_encode"]
