@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -208,9 +210,45 @@ class ApiServer:
         return resp.json if resp.headers.get("content-type", "").startswith(
             "application/json") else resp.data
 
+    def add_domain(self, domain: str, cluster: str) -> Any:
+        """Create the custom domain ``domain`` served by ``cluster`` (as the bootstrap admin)."""
+        return self.ok("POST", "/api/reverse-proxies/domains",
+                       {"domain": domain, "target_cluster": cluster})
+
 
 def start_server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> ApiServer:
     if backend == "postgres":
         pg_dsn_or_skip()
     workdir = str(tmp_path_factory.mktemp(f"nbmgmt-{backend}"))
     return ApiServer(workdir, backend).start()
+
+
+@contextmanager
+def running_server(tmp_path_factory: pytest.TempPathFactory,
+                   backend: str = "sqlite") -> Iterator[ApiServer]:
+    """A started server (see :func:`start_server`), stopped when the block ends."""
+    srv = start_server(tmp_path_factory, backend)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+# -- helpers of the multi-account tests ----------------------------------------------
+
+
+def uniq(prefix: str = "x") -> str:
+    """A name no other test uses: ``prefix`` and eight random hex digits."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def new_account(server: ApiServer) -> str:
+    """A new account created by the instance admin; its owner's ``Authorization`` value."""
+    resp = server.post("/api/accounts", {"name": uniq("acct")})
+    assert resp.status == 201, resp
+    return f"Token {resp.json['token']}"
+
+
+def account_id(server: ApiServer, auth: str) -> str:
+    """The id of the (one) account the caller ``auth`` belongs to."""
+    return server.get("/api/accounts", auth=auth).json[0]["id"]

@@ -21,7 +21,7 @@ from nbgateway.management.model import (
     ProxyRecord,
 )
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server, uniq
 
 CLUSTER = "eu.proxy.test"
 SERVICES = "/api/reverse-proxies/services"
@@ -29,18 +29,10 @@ SERVICES = "/api/reverse-proxies/services"
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         # every service domain below *.apps.test derives CLUSTER
-        srv.ok("POST", "/api/reverse-proxies/domains",
-               {"domain": "apps.test", "target_cluster": CLUSTER})
+        srv.add_domain("apps.test", CLUSTER)
         yield srv
-    finally:
-        srv.stop()
-
-
-def uniq(prefix: str = "x") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def wg_key() -> str:

@@ -12,22 +12,15 @@ import uuid
 
 import pytest
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server, uniq
 
 ACCOUNTS = "/api/accounts"
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         yield srv
-    finally:
-        srv.stop()
-
-
-def uniq(prefix: str = "x") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def as_(token: str) -> str:

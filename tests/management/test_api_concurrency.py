@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server
 
 WRITERS = 50
 CLUSTER = "eu.proxy.test"
@@ -16,13 +16,9 @@ CLUSTER = "eu.proxy.test"
 
 @pytest.fixture(params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
-        srv.ok("POST", "/api/reverse-proxies/domains",
-               {"domain": "apps.test", "target_cluster": CLUSTER})
+    with running_server(tmp_path_factory, request.param) as srv:
+        srv.add_domain("apps.test", CLUSTER)
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_concurrent_writers_lose_nothing(server):

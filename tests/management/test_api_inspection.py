@@ -7,20 +7,16 @@ import json
 
 import pytest
 
-from .apiserver import start_server
+from .apiserver import running_server
 
 CLUSTER = "inspect.proxy.test"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = start_server(tmp_path_factory, "sqlite")
-    try:
-        srv.ok("POST", "/api/reverse-proxies/domains",
-               {"domain": "apps.test", "target_cluster": CLUSTER})
+    with running_server(tmp_path_factory) as srv:
+        srv.add_domain("apps.test", CLUSTER)
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_private_service_zone_and_policy_visible_to_group_members_only(server):

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import pytest
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server
 
 CLUSTER = "eu.proxy.test"
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
-        srv.ok("POST", "/api/reverse-proxies/domains",
-               {"domain": "apps.test", "target_cluster": CLUSTER})
+    with running_server(tmp_path_factory, request.param) as srv:
+        srv.add_domain("apps.test", CLUSTER)
         yield srv
-    finally:
-        srv.stop()
 
 
 def walk(server, path: str, limit: int) -> tuple[list[dict], int]:

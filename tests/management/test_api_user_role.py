@@ -10,7 +10,6 @@ classified below, so a new route cannot slip in unclassified.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from nbgateway.management.api.routes import Handlers, build_routes
 from nbgateway.management.model import AccessLogEntry
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server, uniq
 
 CLUSTER = "cl.user-role.test"
 
@@ -80,10 +79,6 @@ CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/peers/{peerId}/network-map"): "own",
     ("GET", "/peers/{peerId}/wireguard-config"): "admin",
 }
-
-
-def uniq(prefix: str = "x") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def test_every_route_is_classified():
@@ -150,11 +145,8 @@ class World:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def world(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         yield World(srv)
-    finally:
-        srv.stop()
 
 
 def _path(template: str, params: dict[str, str]) -> str:

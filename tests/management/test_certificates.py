@@ -24,7 +24,7 @@ from nbgateway.tls.certstore import LocalCA
 from tests.management import test_grpc_support as support
 from tests.management.test_grpc_support import ACCOUNT, Fixture, Harness, md
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server
 
 grpc_store, fx, harness = support.grpc_store, support.fx, support.harness
 
@@ -106,11 +106,8 @@ def test_a_leaf_is_not_accepted_as_ca(harness, fx, tmp_path):
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_rest_certificates_and_ca_download(server, tmp_path):

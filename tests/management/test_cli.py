@@ -16,18 +16,15 @@ import pytest
 from nbgateway.management.cli import CliError, parse_target
 from nbgateway.management.cli import main as cli_main
 
-from .apiserver import REPO, ApiServer, free_port
+from .apiserver import REPO, free_port, running_server
 
 CLUSTER = "eu.proxy.test"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ApiServer(str(tmp_path_factory.mktemp("nbmgmt-cli"))).start()
-    try:
+    with running_server(tmp_path_factory) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def run(server, *argv, token=None):
@@ -46,6 +43,15 @@ def ok_as(server, token, *argv):
     code, out, err = run(server, *argv, token=token)
     assert code == 0, err
     return out
+
+
+def cli_service(server, prefix: str) -> dict:
+    """Through the CLI: a new zone ``<prefix>-<6 hex>.test`` on ``CLUSTER`` and a service
+    at ``app.<zone>`` with one cluster target, 10.0.0.5:8080; the service's JSON."""
+    zone = f"{prefix}-{uuid.uuid4().hex[:6]}.test"
+    ok(server, "domains", "create", zone, CLUSTER)
+    return json.loads(ok(server, "--json", "services", "create", "--domain", f"app.{zone}",
+                         "--target", f"type=cluster,id={CLUSTER},host=10.0.0.5,port=8080"))
 
 
 def test_parse_target():

@@ -10,17 +10,14 @@ import uuid
 
 import pytest
 
-from .apiserver import ApiServer
+from .apiserver import running_server
 from .test_cli import CLUSTER, ok, run
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ApiServer(str(tmp_path_factory.mktemp("nbmgmt-cli-auth"))).start()
-    try:
+    with running_server(tmp_path_factory) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _svc(server, domain):

@@ -20,30 +20,20 @@ from nbgateway.management.proxymapping import to_proto_mapping
 from nbgateway.routes.service import entry_from_mapping
 from tests.tls._clientcerts import IssuingCA
 
-from .apiserver import start_server
+from .apiserver import running_server
 from .conftest import BACKENDS
-from .test_cli import CLUSTER, ok, run
+from .test_cli import cli_service, ok, run
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def ca():
     return IssuingCA("Corp Client CA")
-
-
-def _service(server) -> dict:
-    zone = f"ca-{uuid.uuid4().hex[:6]}.test"
-    ok(server, "domains", "create", zone, CLUSTER)
-    return json.loads(ok(server, "--json", "services", "create", "--domain", f"app.{zone}",
-                         "--target", f"type=cluster,id={CLUSTER},host=10.0.0.5,port=8080"))
 
 
 def _mapping(server, domain):
@@ -57,7 +47,7 @@ def _mapping(server, domain):
 
 
 def test_rest_email_rule_into_the_mapping_and_the_gateway_check(server, ca):
-    svc = _service(server)
+    svc = cli_service(server, "ca")
     base = f"/api/reverse-proxies/services/{svc['id']}/client-ca"
     assert server.ok("GET", base) == {"enabled": False}
     grp = server.ok("POST", "/api/groups", {"name": f"eng-{uuid.uuid4().hex[:6]}"})
@@ -104,7 +94,7 @@ def test_rest_email_rule_into_the_mapping_and_the_gateway_check(server, ca):
 
 
 def test_validation(server, ca):
-    svc = _service(server)
+    svc = cli_service(server, "ca")
     base = f"/api/reverse-proxies/services/{svc['id']}/client-ca"
     key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -126,7 +116,7 @@ def test_validation(server, ca):
 
 
 def test_cli_set_list_show_clear(server, ca, tmp_path):
-    svc = _service(server)
+    svc = cli_service(server, "ca")
     domain = svc["domain"]
     email = f"ci-{uuid.uuid4().hex[:6]}@example.com"
     user = server.ok("POST", "/api/users", {"email": email, "name": "CI", "role": "user",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import jwt
 import pytest
@@ -18,28 +17,18 @@ from nbgateway.management import assertionkeys, sessionjwt
 from nbgateway.management.proxymapping import to_proto_mapping
 from nbgateway.routes.redaction import redacted_json
 
-from .apiserver import ApiServer
-from .test_cli import CLUSTER, ok, run
+from .apiserver import running_server
+from .test_cli import cli_service, ok, run
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ApiServer(str(tmp_path_factory.mktemp("nbmgmt-assert"))).start()
-    try:
+    with running_server(tmp_path_factory) as srv:
         yield srv
-    finally:
-        srv.stop()
-
-
-def _service(server) -> dict:
-    zone = f"id-{uuid.uuid4().hex[:6]}.test"
-    ok(server, "domains", "create", zone, CLUSTER)
-    return json.loads(ok(server, "--json", "services", "create", "--domain", f"app.{zone}",
-                         "--target", f"type=cluster,id={CLUSTER},host=10.0.0.5,port=8080"))
 
 
 def test_fields_jwks_rotation_and_mapping(server):
-    svc = _service(server)
+    svc = cli_service(server, "id")
     domain = svc["domain"]
     assert svc["assertion"] == "off" and svc["max_session_age_seconds"] == 0
     jwks_url = f"/.well-known/nbgateway/jwks.json?domain={domain}"
@@ -92,7 +81,7 @@ def test_fields_jwks_rotation_and_mapping(server):
 
 
 def test_validation(server):
-    domain = _service(server)["domain"]
+    domain = cli_service(server, "id")["domain"]
     code, _, err = run(server, "services", "identity", domain, "--max-session-age", "5")
     assert code != 0 and "max_session_age_seconds" in err
     svc = server.ok("GET", "/api/reverse-proxies/services")[0]

@@ -26,7 +26,7 @@ from tests.management.test_grpc_gateway_client import wait_for
 from tests.management.test_grpc_support import CLUSTER as GRPC_CLUSTER
 from tests.management.test_grpc_support import Fixture, Harness, make_service
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server
 
 grpc_store, fx, harness = support.grpc_store, support.fx, support.harness
 
@@ -36,10 +36,8 @@ SERVICES = "/api/reverse-proxies/services"
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
-        srv.ok("POST", "/api/reverse-proxies/domains",
-               {"domain": "l4apps.test", "target_cluster": CLUSTER})
+    with running_server(tmp_path_factory, request.param) as srv:
+        srv.add_domain("l4apps.test", CLUSTER)
         store = srv.open_store()
         try:
             store.proxies.register(ProxyRecord(
@@ -50,8 +48,6 @@ def server(request, tmp_path_factory):
         finally:
             store.close()
         yield srv
-    finally:
-        srv.stop()
 
 
 def body(mode: str = "tcp", port: int = 0, **over) -> dict:

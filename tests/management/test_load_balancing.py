@@ -18,17 +18,14 @@ from nbgateway.management.proxymapping import to_proto_mapping
 from nbgateway.management.proxyrpcs import access_log_record
 from nbgateway.routes.service import entry_from_mapping
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server
 from .test_cli import CLUSTER, ok, run
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _service(server, *extra: str) -> dict:

@@ -25,7 +25,7 @@ from nbgateway.management.api import build_openapi
 from nbgateway.management.api.routes import Handlers, build_routes
 from nbgateway.management.api.schemas import COMPONENTS
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server
 
 MAX_EXAMPLES = 15
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -64,14 +64,10 @@ def test_every_route_documented_and_refs_resolve():
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def live(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         # give generated service requests a domain that can succeed
-        srv.ok("POST", "/api/reverse-proxies/domains",
-               {"domain": "apps.test", "target_cluster": "eu.proxy.test"})
+        srv.add_domain("apps.test", "eu.proxy.test")
         yield srv
-    finally:
-        srv.stop()
 
 
 def _operation_ids(doc):

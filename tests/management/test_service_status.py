@@ -25,7 +25,7 @@ from nbgateway.management.validation import direct_host_problem, validate_servic
 from tests.management import test_grpc_support as support
 from tests.management.test_grpc_support import ACCOUNT, Fixture, Harness, md
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, running_server
 
 grpc_store, fx, harness = support.grpc_store, support.fx, support.harness
 
@@ -110,11 +110,8 @@ def test_status_update_message_is_stored_cleaned_and_cleared(harness: Harness,
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _service_body(domain: str, host: str = "10.0.0.5") -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 
 import pytest
 
@@ -17,24 +16,14 @@ from nbgateway.management import servicetokens
 from nbgateway.management.proxymapping import to_proto_mapping
 from nbgateway.routes.service import entry_from_mapping
 
-from .apiserver import ApiServer
-from .test_cli import CLUSTER, ok, run
+from .apiserver import running_server
+from .test_cli import cli_service, ok, run
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ApiServer(str(tmp_path_factory.mktemp("nbmgmt-tokens"))).start()
-    try:
+    with running_server(tmp_path_factory) as srv:
         yield srv
-    finally:
-        srv.stop()
-
-
-def _service(server) -> dict:
-    zone = f"tk-{uuid.uuid4().hex[:6]}.test"
-    ok(server, "domains", "create", zone, CLUSTER)
-    return json.loads(ok(server, "--json", "services", "create", "--domain", f"app.{zone}",
-                         "--target", f"type=cluster,id={CLUSTER},host=10.0.0.5,port=8080"))
 
 
 def _mapping(server, domain):
@@ -46,7 +35,7 @@ def _mapping(server, domain):
 
 
 def test_create_list_revoke_and_mapping(server):
-    svc = _service(server)
+    svc = cli_service(server, "tk")
     domain, sid = svc["domain"], svc["id"]
     base = f"/api/reverse-proxies/services/{sid}/tokens"
     made = server.ok("POST", base, {"name": "ci", "expires_in_seconds": 3600}, status=201)
@@ -90,7 +79,7 @@ def test_create_list_revoke_and_mapping(server):
 
 
 def test_validation(server):
-    sid = _service(server)["id"]
+    sid = cli_service(server, "tk")["id"]
     base = f"/api/reverse-proxies/services/{sid}/tokens"
     assert server.request("POST", base, {"name": ""}).status == 422
     assert server.request("POST", base, {"name": "x", "expires_in_seconds": -1}).status == 422

@@ -6,26 +6,21 @@ unrelated user update changes nothing."""
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 
 import pytest
 
 from nbgateway.management.proxymapping import to_proto_mapping
 from nbgateway.routes.service import entry_from_mapping
 
-from .apiserver import ApiServer
-from .test_cli import CLUSTER, ok
+from .apiserver import running_server
+from .test_cli import cli_service
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ApiServer(str(tmp_path_factory.mktemp("nbmgmt-revoke"))).start()
-    try:
+    with running_server(tmp_path_factory) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _not_before(server, domain) -> int:
@@ -39,11 +34,8 @@ def _not_before(server, domain) -> int:
 
 
 def test_block_delete_and_group_delete_revoke_sessions(server):
-    zone = f"rv-{uuid.uuid4().hex[:6]}.test"
-    ok(server, "domains", "create", zone, CLUSTER)
-    svc = json.loads(ok(server, "--json", "services", "create", "--domain", f"app.{zone}",
-                        "--target", f"type=cluster,id={CLUSTER},host=10.0.0.5,port=8080"))
-    domain = svc["domain"]
+    domain = cli_service(server, "rv")["domain"]
+    zone = domain.removeprefix("app.")
     assert _not_before(server, domain) == 0
     user = server.ok("POST", "/api/users", {"email": f"u@{zone}", "name": "u",
                                             "role": "user", "auto_groups": []})

@@ -21,33 +21,15 @@ import pytest
 
 from nbgateway.management.model import ProxyRecord
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, account_id, new_account, running_server, uniq
 
 CLUSTER = "cl.isolation.test"
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         yield srv
-    finally:
-        srv.stop()
-
-
-def uniq(prefix: str = "x") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def account(server) -> str:
-    """A new account; its owner's ``Authorization`` value."""
-    resp = server.post("/api/accounts", {"name": uniq("acct")})
-    assert resp.status == 201, resp
-    return f"Token {resp.json['token']}"
-
-
-def account_id(server, auth: str) -> str:
-    return server.get("/api/accounts", auth=auth).json[0]["id"]
 
 
 def domain(server, auth: str, name: str, cluster: str = CLUSTER):
@@ -64,7 +46,7 @@ def service(server, auth: str, name: str):
 
 
 def test_another_accounts_domain_cannot_be_covered_or_claimed(server):
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     apex = f"{uniq('d')}.test"
     assert domain(server, a, f"apps.{apex}").status == 200
     for name in (f"apps.{apex}", f"APPS.{apex}.", f"x.apps.{apex}", f"*.apps.{apex}",
@@ -82,7 +64,7 @@ def test_another_accounts_domain_cannot_be_covered_or_claimed(server):
 
 
 def test_a_gateway_address_does_not_reach_under_another_accounts_domain(server):
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     apex = f"{uniq('d')}.test"
     assert domain(server, a, f"apps.{apex}").status == 200
     # B's own gateway announces a cluster address that is A's domain's parent
@@ -101,7 +83,7 @@ def test_a_gateway_address_does_not_reach_under_another_accounts_domain(server):
 
 
 def test_a_domain_covering_another_accounts_service_is_refused(server):
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     apex = f"{uniq('d')}.test"
     assert domain(server, a, f"apps.{apex}").status == 200
     assert service(server, a, f"web.apps.{apex}").status == 200
@@ -155,7 +137,7 @@ def test_an_account_admin_cannot_take_over_the_instance_admin(server):
 
 
 def test_a_shared_clusters_names_cannot_be_claimed_by_one_account(server):
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     shared = f"{uniq('eu')}.proxy.test"
     store = server.open_store()
     try:  # a gateway with a management-wide token serves every account
@@ -177,7 +159,7 @@ def test_another_accounts_gateway_address_claims_no_domain(server):
     """A BYOP gateway announces any cluster address it likes (``com`` even):
     that blocks no other account's custom domain, and the custom domain then
     holds its names against the gateway's account."""
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     apex = f"{uniq('d')}.test"
     store = server.open_store()
     try:

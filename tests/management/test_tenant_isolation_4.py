@@ -25,37 +25,19 @@ from nacl.public import PrivateKey
 
 from nbgateway.management.model import Peer, ProxyRecord
 
-from .apiserver import BACKENDS, start_server
+from .apiserver import BACKENDS, account_id, new_account, running_server, uniq
 
 CLUSTER = "cl.isolation4.test"
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    srv = start_server(tmp_path_factory, request.param)
-    try:
+    with running_server(tmp_path_factory, request.param) as srv:
         yield srv
-    finally:
-        srv.stop()
-
-
-def uniq(prefix: str = "x") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def wg_key() -> str:
     return base64.b64encode(bytes(PrivateKey.generate().public_key)).decode()
-
-
-def account(server) -> str:
-    """A new account; its owner's ``Authorization`` value."""
-    resp = server.post("/api/accounts", {"name": uniq("acct")})
-    assert resp.status == 201, resp
-    return f"Token {resp.json['token']}"
-
-
-def account_id(server, auth: str) -> str:
-    return server.get("/api/accounts", auth=auth).json[0]["id"]
 
 
 def register_gateway(server, owner: str | None, address: str) -> None:
@@ -74,7 +56,7 @@ def register_gateway(server, owner: str | None, address: str) -> None:
 
 
 def test_a_gateways_key_is_neither_visible_to_nor_registrable_by_another_account(server):
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     key = wg_key()
     store = server.open_store()
     try:  # the key a gateway registered for account A (CreateProxyPeer)
@@ -114,7 +96,7 @@ def test_a_gateways_key_is_neither_visible_to_nor_registrable_by_another_account
     "localhost:51820", "a.localhost:51820",
 ])
 def test_a_stock_peers_endpoint_may_not_point_at_the_gateway_host(server, endpoint):
-    a = account(server)
+    a = new_account(server)
     resp = server.post("/api/peers", {"name": uniq("p"), "endpoint": endpoint}, auth=a)
     assert resp.status == 422, resp
     assert "invalid endpoint" in resp.json["message"]
@@ -128,7 +110,7 @@ def test_a_stock_peers_endpoint_may_not_point_at_the_gateway_host(server, endpoi
 
 
 def test_lan_and_public_endpoints_and_gateway_peers_on_loopback_stay_allowed(server):
-    a = account(server)
+    a = new_account(server)
     for endpoint in ("10.0.0.7:51820", "192.168.1.20:51820", "[2001:db8::7]:51820",
                      "peer.example.com:51820"):
         resp = server.post("/api/peers", {"name": uniq("p"), "endpoint": endpoint}, auth=a)
@@ -143,7 +125,7 @@ def test_lan_and_public_endpoints_and_gateway_peers_on_loopback_stay_allowed(ser
 def test_a_stored_loopback_endpoint_does_not_block_other_changes(server):
     """A peer stored with such an endpoint before the check: renaming it
     keeps its endpoint (the gateways refuse it anyway); changing it is checked."""
-    a = account(server)
+    a = new_account(server)
     store = server.open_store()
     try:
         old = store.peers.create(Peer(account_id=account_id(server, a), name="old",
@@ -166,7 +148,7 @@ def domain(server, auth: str, name: str, cluster: str):
 
 
 def test_a_custom_domain_cannot_target_another_accounts_own_cluster(server):
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     byop = f"{uniq('byop')}.a.test"
     register_gateway(server, account_id(server, a), byop)  # A's own gateway
     resp = domain(server, b, f"{uniq('d')}.b.test", byop)
@@ -182,7 +164,7 @@ def test_a_domain_whose_cluster_became_another_accounts_derives_no_service(serve
     """B targeted an address no gateway announced yet; then A's own gateway
     announces it: B's services under that domain are refused (412) rather
     than derived to A's cluster."""
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     later = f"{uniq('later')}.a.test"
     apex = f"{uniq('d')}.b.test"
     assert domain(server, b, apex, later).status == 200
@@ -197,7 +179,7 @@ def test_a_domain_whose_cluster_became_another_accounts_derives_no_service(serve
 
 
 def test_shared_known_and_own_clusters_stay_usable(server):
-    a, b = account(server), account(server)
+    a, b = new_account(server), new_account(server)
     shared = f"{uniq('shared')}.proxy.test"
     register_gateway(server, None, shared)  # a management-wide gateway
     for who in (a, b):
@@ -232,7 +214,7 @@ def l4_body(mode: str, port, *, private: bool = False, group: str = "") -> dict:
 
 
 def test_l4_listen_ports_are_checked_at_create_and_update(server):
-    a = account(server)
+    a = new_account(server)
     register_gateway(server, None, CLUSTER)
     group = server.post("/api/groups", {"name": uniq("g")}, auth=a).json["id"]
     services = "/api/reverse-proxies/services"
