@@ -3,16 +3,9 @@ the servicer: failed-auth limiter, one-time tokens, address checks, mapping conv
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-
 import grpc
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from nbgateway._proto import proxy_service_pb2 as pb
 from nbgateway._proto import proxy_service_pb2_grpc as pb_grpc
@@ -39,6 +32,7 @@ from nbgateway.management.proxyservice import (
 )
 from tests.management import test_grpc_support as support
 from tests.management.test_grpc_support import DOMAIN, U_IP, Fixture, md
+from tests.selfsigned import loopback_cert
 
 grpc_store, fx = support.grpc_store, support.fx
 
@@ -52,34 +46,11 @@ class FakeClock:
 
 
 def self_signed(tmp_path) -> tuple[str, str, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nbmanagement-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
+    """:func:`tests.selfsigned.loopback_cert` written to files: (cert path, key path, cert PEM)."""
+    key_pem, pem = loopback_cert("nbmanagement-test")
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_path.write_bytes(key_pem)
     return str(cert_path), str(key_path), pem
 
 
