@@ -16,21 +16,24 @@ from twisted.trial import unittest
 from nbgateway.dns.server import DNSResponderFactory
 from nbgateway.dns.zone import ZoneAuthority, account_zones
 from nbgateway.management.model import Account, Group, Peer, Service, Target, TargetOptions
-from nbgateway.management.store import Store
 from nbgateway.mgmt import netmap
 from nbgateway.mgmt.peerclient import PeerChannelClient
 from nbgateway.wireguard.keys import generate_private_key, public_key
-from tests.mgmt.test_peerclient import CLUSTER, ManagementServer, b64, fast_backoff, wait_for
+from tests.mgmt.test_peerclient import (
+    CLUSTER,
+    ManagementServer,
+    b64,
+    fast_backoff,
+    sqlite_store,
+    wait_for,
+)
 
 
 class ChainTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self):
-        tmp = self.mktemp()
-        os.makedirs(tmp)
-        self.store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
-        self.addCleanup(self.store.close)
+        self.store, tmp = sqlite_store(self)
         self.store.accounts.create(Account(id="acct-1", domain="netbird.test"))
         self.mgmt = ManagementServer(self.store, os.path.join(tmp, "wg-server.key"))
         self.addCleanup(lambda: self.mgmt.stop())

@@ -26,6 +26,7 @@ from nbgateway.mgmt.peerclient import PeerChannelClient
 from nbgateway.mgmt.reconnect import Backoff
 from nbgateway.netstack.prefix import Prefix
 from nbgateway.wireguard.keys import generate_private_key, public_key
+from tests.selfsigned import loopback_cert
 
 CLUSTER = "eu.proxy.netbird.io"
 SAFETY = 15.0  # bounds a hung test only
@@ -55,6 +56,16 @@ def threaded(fn, *args):
     return deferToThread(fn, *args)
 
 
+def sqlite_store(case: unittest.TestCase) -> tuple[Store, str]:
+    """A migrated SQLite store (known cluster ``CLUSTER``) in a fresh directory of the
+    trial test ``case``, closed at its cleanup; ``(store, directory)``."""
+    tmp = case.mktemp()
+    os.makedirs(tmp)
+    store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
+    case.addCleanup(store.close)
+    return store, tmp
+
+
 class ManagementServer:
     """The management's gRPC server (LoopServer) + the real peer channel servicer on
     a fixed loopback port."""
@@ -75,11 +86,8 @@ class PeerClientAgainstManagementTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self):
-        tmp = self.mktemp()
-        os.makedirs(tmp)
+        self.store, tmp = sqlite_store(self)
         self.key_path = os.path.join(tmp, "wg-server.key")
-        self.store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
-        self.addCleanup(self.store.close)
         self.store.accounts.create(Account(id="acct-1", domain="netbird.test"))
         self.mgmt = ManagementServer(self.store, self.key_path)
         self.addCleanup(lambda: self.mgmt.stop())
@@ -367,9 +375,7 @@ class RogueServerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_https_verifies_the_management_certificate(self):
-        from tests.mgmt.test_client_tls import self_signed
-
-        key_pem, cert_pem = self_signed("127.0.0.1")
+        key_pem, cert_pem = loopback_cert("127.0.0.1")
         rogue = self.serve("plain", tls=(key_pem, cert_pem))
         serials = []
         good = PeerChannelClient(reactor, f"https://127.0.0.1:{self.port}",
@@ -379,7 +385,7 @@ class RogueServerTests(unittest.TestCase):
         good.start()
         yield wait_for(lambda: 10 in serials, "map over TLS")
         assert rogue.key_requests >= 1
-        _, other_cert = self_signed("127.0.0.1")
+        _, other_cert = loopback_cert("127.0.0.1")
         bad = PeerChannelClient(reactor, f"https://127.0.0.1:{self.port}",
                                 generate_private_key(), lambda m: serials.append(m.Serial),
                                 root_certificates=other_cert, backoff=fast_backoff())

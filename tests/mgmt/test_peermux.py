@@ -28,7 +28,7 @@ from nbgateway.mgmt.peerclient import PeerChannelClient, system_meta
 from nbgateway.peerbox import decode_wg_key, seal_message
 from nbgateway.wireguard.keys import generate_private_key, public_key
 
-from .test_peerclient import SAFETY, fast_backoff, threaded, wait_for
+from .test_peerclient import SAFETY, fast_backoff, sqlite_store, threaded, wait_for
 
 CLUSTER = "eu.proxy.netbird.io"
 ACCOUNTS = ("acct-1", "acct-2")
@@ -65,20 +65,19 @@ class Management:
         self.server.stop(grace=None).wait(SAFETY)
 
 
-class MuxTests(unittest.TestCase):
+class GatewaysTestCase(unittest.TestCase):
+    """A SQLite store with one gateway (proxy peer and its key) in each of ``ACCOUNTS``,
+    a management-wide proxy token and a running :class:`Management`; ``client(acct)``
+    is that account's gateway, its network maps collected in ``maps[acct]``."""
+
     timeout = 60
 
     def setUp(self):
         os.environ.pop("NBGW_PEER_CHANNEL_MUX", None)
-        tmp = self.mktemp()
-        os.makedirs(tmp)
+        self.store, tmp = sqlite_store(self)
         self.key_path = os.path.join(tmp, "wg-server.key")
-        self.store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
-        self.addCleanup(self.store.close)
         self.keys: dict[str, bytes] = {}
         self.proxies: dict[str, Peer] = {}
-        self.users: dict[str, Peer] = {}
-        self.groups: dict[str, Group] = {}
         for n, acct in enumerate(ACCOUNTS, start=1):
             self.store.accounts.create(Account(id=acct, domain=f"{acct}.test"))
             self.keys[acct] = generate_private_key()
@@ -86,20 +85,13 @@ class MuxTests(unittest.TestCase):
                 account_id=acct, name="proxy", key=b64(public_key(self.keys[acct])),
                 ip=f"100.64.{n}.99", proxy=True, proxy_cluster=CLUSTER, ephemeral=True,
                 endpoint="127.0.0.1:51820"))
-            self.users[acct] = self.store.peers.create(Peer(
-                account_id=acct, name="laptop", key=b64(public_key(generate_private_key())),
-                ip=f"100.64.{n}.10", dns_label="laptop"))
-            self.groups[acct] = self.store.groups.create(Group(
-                id=f"grp-{acct}", account_id=acct, name="admins",
-                peers=(self.users[acct].id,)))
-            self.store.services.create(Service(
-                account_id=acct, name="app", domain=f"app{n}.{CLUSTER}", private=True,
-                access_groups=(self.groups[acct].id,),
-                targets=(Target(target_type="cluster", target_id=CLUSTER, host="backend.lan",
-                                port=8080, options=TargetOptions(direct_upstream=True)),)))
+            self.add_account_rows(n, acct)
         _, self.token = self.store.proxies.create_token("gw", account_id=None)
         self.maps: dict[str, list[pb.NetworkMap]] = {a: [] for a in ACCOUNTS}
         self.mgmt = self.management()
+
+    def add_account_rows(self, n: int, acct: str) -> None:
+        """More rows of account ``acct`` (the ``n``-th), right after its gateway."""
 
     def management(self, **kw) -> Management:
         m = Management(self.store, self.key_path, **kw)
@@ -115,6 +107,27 @@ class MuxTests(unittest.TestCase):
         self.addCleanup(c.stop)
         c.start()
         return c
+
+
+class MuxTests(GatewaysTestCase):
+    def setUp(self):
+        self.users: dict[str, Peer] = {}
+        self.groups: dict[str, Group] = {}
+        super().setUp()
+
+    def add_account_rows(self, n: int, acct: str) -> None:
+        """A user peer in group ``admins`` with access to a private service."""
+        self.users[acct] = self.store.peers.create(Peer(
+            account_id=acct, name="laptop", key=b64(public_key(generate_private_key())),
+            ip=f"100.64.{n}.10", dns_label="laptop"))
+        self.groups[acct] = self.store.groups.create(Group(
+            id=f"grp-{acct}", account_id=acct, name="admins",
+            peers=(self.users[acct].id,)))
+        self.store.services.create(Service(
+            account_id=acct, name="app", domain=f"app{n}.{CLUSTER}", private=True,
+            access_groups=(self.groups[acct].id,),
+            targets=(Target(target_type="cluster", target_id=CLUSTER, host="backend.lan",
+                            port=8080, options=TargetOptions(direct_upstream=True)),)))
 
     def roster(self, acct: str) -> set[str]:
         return {p.public_key for p in netmap.convert(self.maps[acct][-1]).roster}
@@ -236,10 +249,7 @@ class RawFrameTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self):
-        tmp = self.mktemp()
-        os.makedirs(tmp)
-        self.store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
-        self.addCleanup(self.store.close)
+        self.store, tmp = sqlite_store(self)
         self.store.accounts.create(Account(id="acct-1", domain="a.test"))
         self.good = generate_private_key()
         self.other = generate_private_key()

@@ -12,18 +12,13 @@ import functools
 import os
 
 import grpc
-from twisted.internet import defer, reactor
-from twisted.trial import unittest
+from twisted.internet import defer
 
 from nbgateway._proto import management_pb2 as pb
-from nbgateway.management.model import Account, Peer
-from nbgateway.management.store import Store
 from nbgateway.mgmt import peermux
-from nbgateway.mgmt.peerclient import PeerChannelClient
-from nbgateway.wireguard.keys import generate_private_key, public_key
 
-from .test_peerclient import fast_backoff, threaded, wait_for
-from .test_peermux import CLUSTER, Management, b64
+from .test_peerclient import threaded, wait_for
+from .test_peermux import GatewaysTestCase
 
 
 class _KeyFuture:
@@ -128,43 +123,7 @@ def test_server_key_failure_reaches_every_waiter_and_a_cancelled_one_only_leaves
     assert got == ["k"] and len(failures) == 3
 
 
-class RealManagementTests(unittest.TestCase):
-    timeout = 60
-
-    def setUp(self):
-        os.environ.pop("NBGW_PEER_CHANNEL_MUX", None)
-        tmp = self.mktemp()
-        os.makedirs(tmp)
-        self.key_path = os.path.join(tmp, "wg-server.key")
-        self.store = Store.open(f"sqlite:///{tmp}/store.db", known_clusters=[CLUSTER])
-        self.addCleanup(self.store.close)
-        self.keys: dict[str, bytes] = {}
-        self.maps: dict[str, list] = {}
-        for n, acct in enumerate(("acct-1", "acct-2"), start=1):
-            self.store.accounts.create(Account(id=acct, domain=f"{acct}.test"))
-            self.keys[acct] = generate_private_key()
-            self.maps[acct] = []
-            self.store.peers.create(Peer(
-                account_id=acct, name="proxy", key=b64(public_key(self.keys[acct])),
-                ip=f"100.64.{n}.99", proxy=True, proxy_cluster=CLUSTER, ephemeral=True,
-                endpoint="127.0.0.1:51820"))
-        _, self.token = self.store.proxies.create_token("gw", account_id=None)
-        self.mgmt = self.management()
-
-    def management(self, **kw) -> Management:
-        m = Management(self.store, self.key_path, **kw)
-        self.addCleanup(m.stop)
-        return m
-
-    def client(self, acct: str) -> PeerChannelClient:
-        c = PeerChannelClient(
-            reactor, f"http://127.0.0.1:{self.mgmt.port}", self.keys[acct],
-            self.maps[acct].append, hostname=f"gw-{acct}", backoff=fast_backoff(),
-            mux_metadata=(("authorization", f"Bearer {self.token}"),))
-        self.addCleanup(c.stop)
-        c.start()
-        return c
-
+class RealManagementTests(GatewaysTestCase):
     @defer.inlineCallbacks
     def test_two_accounts_one_server_key_call_and_again_after_a_restart(self):
         a, b = self.client("acct-1"), self.client("acct-2")
