@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import socket
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from nbgateway.wireguard import udp
 from nbgateway.wireguard.device import WireGuardDevice
 from nbgateway.wireguard.keys import generate_private_key
 from tests.interop.netstack_kernel_peer import stream_chunks
-from tests.interop.testbed import Netns, Testbed, WgGo, inside_netns
+from tests.interop.testbed import Netns, Testbed, WgGo, free_udp_port, inside_netns
 
 GW4, GW6, P4, P6 = "100.64.0.1", "fd00:64::1", "100.64.0.2", "fd00:64::2"
 MTU = 1280
@@ -144,16 +143,6 @@ class Gateway:
         return defer.maybeDeferred(self.port.stopListening)
 
 
-def _free_udp_port(ns: Netns) -> int:
-    with inside_netns(ns.name):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
 def start_gateway(testbed: Testbed, reactor: Any, *, faults: FaultInjector | None = None,
                   peer_allowed: tuple[str, ...] = (f"{P4}/32", f"{P6}/128")) -> Gateway:
     """Gateway + wireguard-go peer in a fresh namespace of ``testbed``.
@@ -167,7 +156,7 @@ def start_gateway(testbed: Testbed, reactor: Any, *, faults: FaultInjector | Non
     dev.sink = stack if faults is None else FaultySink(faults, stack)
     with inside_netns(ns.name):
         port = udp.listen(reactor, dev, 0, interface="127.0.0.1")
-    wg_port = _free_udp_port(ns)
+    wg_port = free_udp_port(ns)
     wg = testbed.wireguard_go(ns, listen_port=wg_port, addresses=[f"{P4}/32", f"{P6}/128"],
                               mtu=MTU)
     for cidr in (f"{GW4}/32", f"{GW6}/128"):

@@ -13,7 +13,6 @@ roster.
 from __future__ import annotations
 
 import ipaddress
-import socket
 import sys
 import textwrap
 
@@ -30,7 +29,7 @@ from nbgateway.netstack.stack import Stack
 from nbgateway.wireguard import udp
 from nbgateway.wireguard.device import WireGuardDevice
 from nbgateway.wireguard.keys import generate_private_key
-from tests.interop.testbed import inside_netns
+from tests.interop.testbed import free_udp_port, inside_netns
 
 pytestmark = pytest.mark.interop
 
@@ -92,16 +91,6 @@ KERNEL_QUERY = textwrap.dedent('''
         print("tcp", name, parse(buf[2:]), flush=True)
         t.close()
 ''')
-
-
-def free_udp_port(ns) -> int:
-    with inside_netns(ns.name):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 @pytest.fixture

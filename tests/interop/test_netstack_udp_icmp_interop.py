@@ -11,7 +11,6 @@ off the reactor thread.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -28,7 +27,7 @@ from nbgateway.netstack.udp import listen_udp
 from nbgateway.wireguard import udp
 from nbgateway.wireguard.device import WireGuardDevice
 from nbgateway.wireguard.keys import generate_private_key
-from tests.interop.testbed import inside_netns, ping_loss
+from tests.interop.testbed import free_udp_port, inside_netns, ping_loss
 
 pytestmark = pytest.mark.interop
 
@@ -85,16 +84,6 @@ class Collect(DatagramProtocol):
 
     def datagramReceived(self, data, addr):
         self.got.append((data, addr))
-
-
-def free_udp_port(ns) -> int:
-    with inside_netns(ns.name):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 @pytest.fixture

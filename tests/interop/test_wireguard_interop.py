@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,13 +29,7 @@ from nbgateway.wireguard import udp
 from nbgateway.wireguard.device import WireGuardDevice
 from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
 from nbgateway.wireguard.timers import TimerConfig
-from tests.interop.testbed import (
-    Netns,
-    Testbed,
-    WgGo,
-    inside_netns,
-    ping_loss,
-)
+from tests.interop.testbed import Netns, Testbed, WgGo, free_udp_port, inside_netns, ping_loss
 
 pytestmark = pytest.mark.interop
 
@@ -44,17 +37,6 @@ GW_V4, GW_V6 = "100.64.0.1", "fd00:64::1"
 PEER_V4, PEER_V6 = "100.64.0.2", "fd00:64::2"
 MESSAGE_TRANSPORT = 4
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_udp_port(ns: Netns) -> int:
-    """A UDP port free on 127.0.0.1 inside ``ns`` (nothing else runs there)."""
-    with inside_netns(ns.name):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 async def sleep(seconds: float) -> None:

@@ -33,6 +33,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -270,6 +271,17 @@ class Netns:
 
     def __repr__(self) -> str:
         return f"Netns({self.name!r})"
+
+
+def free_udp_port(ns: Netns) -> int:
+    """A UDP port free on 127.0.0.1 inside ``ns`` (nothing else runs there)."""
+    with inside_netns(ns.name):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
 
 
 def ping_loss(output: str) -> float | None:
