@@ -53,6 +53,18 @@ def close_reactor(r) -> None:
     r._poller.close()
 
 
+@contextlib.contextmanager
+def tcp_server(mode: str, **server_kw):
+    """A reactor of ``mode`` with a :class:`Server` (``server_kw``) listening on
+    127.0.0.1: ``(reactor, factory, port)``; the reactor is closed afterwards."""
+    r = make_reactor(mode)
+    try:
+        factory = Server(**server_kw)
+        yield r, factory, r.listenTCP(0, factory, interface="127.0.0.1")
+    finally:
+        close_reactor(r)
+
+
 def spin(r, until, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not until():
@@ -128,10 +140,7 @@ def _connect(r, factory: Server, port) -> socket.socket:
 
 
 def scenario_data_and_close(mode: str):
-    r = make_reactor(mode)
-    try:
-        factory = Server()
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server(mode) as (r, factory, port):
         peer = _connect(r, factory, port)
         p = factory.protocols[0]
         peer.sendall(b"hello " * 1000)
@@ -142,8 +151,6 @@ def scenario_data_and_close(mode: str):
         spin(r, lambda: p.lost is not None)
         port.stopListening()
         return got, p.data == b"hello " * 1000, p.lost.type
-    finally:
-        close_reactor(r)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -153,10 +160,7 @@ def test_data_delivered_and_peer_close_is_connection_done(mode):
 
 
 def scenario_exception_drops_one(mode: str, failures):
-    r = make_reactor(mode)
-    try:
-        factory = Server(raise_on=b"BAD")
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server(mode, raise_on=b"BAD") as (r, factory, port):
         good_peer = _connect(r, factory, port)
         bad_peer = _connect(r, factory, port)
         good, bad = factory.protocols
@@ -175,8 +179,6 @@ def scenario_exception_drops_one(mode: str, failures):
         port.stopListening()
         return (bad.lost.type, good.lost, answer, closed,
                 logged == [(prefix, ValueError, "boom in dataReceived")])
-    finally:
-        close_reactor(r)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -186,10 +188,7 @@ def test_exception_in_data_received_drops_that_connection_only_and_is_logged(mod
 
 
 def scenario_backpressure(mode: str):
-    r = make_reactor(mode)
-    try:
-        factory = Server()
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server(mode) as (r, factory, port):
         peer = _connect(r, factory, port)
         p = factory.protocols[0]
         payload = bytes(range(256)) * (8 * 4096)  # 8 MiB: far beyond the socket buffers
@@ -211,8 +210,6 @@ def scenario_backpressure(mode: str):
         spin(r, lambda: p.lost is not None)
         port.stopListening()
         return buffered, bytes(received) == payload
-    finally:
-        close_reactor(r)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -222,10 +219,7 @@ def test_writes_resume_after_backpressure(mode):
 
 def scenario_reset_while_only_writing(mode: str):
     """HUP/ERR without input on a descriptor not reading: ConnectionLost."""
-    r = make_reactor(mode)
-    try:
-        factory = Server()
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server(mode) as (r, factory, port):
         peer = _connect(r, factory, port)
         p = factory.protocols[0]
         p.transport.stopReading()
@@ -236,8 +230,6 @@ def scenario_reset_while_only_writing(mode: str):
         spin(r, lambda: p.lost is not None)
         port.stopListening()
         return p.lost.type
-    finally:
-        close_reactor(r)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -431,10 +423,7 @@ class Client(protocol.Protocol):
 def scenario_client_exchange(mode: str):
     """A client and a server in one reactor: connect, request, response,
     close; the epoll_ctl calls of one request/response once connected."""
-    r = make_reactor(mode)
-    try:
-        factory = Server()
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server(mode) as (r, factory, port):
         client = Client()
         cf = protocol.ClientFactory()
         cf.buildProtocol = lambda addr: client
@@ -452,8 +441,6 @@ def scenario_client_exchange(mode: str):
         spin(r, lambda: client.lost is not None and srv.lost is not None)
         port.stopListening()
         return ctl, client.lost.type, srv.lost.type
-    finally:
-        close_reactor(r)
 
 
 def test_deferred_writers_need_no_epoll_registration():
@@ -485,10 +472,7 @@ class PullProducer:
 def scenario_writer_chain(mode: str, abort_other: bool):
     """Connection A's doWrite (its producer) aborts B, or writes to B, while
     B waits for its own first write in the same turn."""
-    r = make_reactor(mode)
-    try:
-        factory = Server()
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server(mode) as (r, factory, port):
         peer_a = _connect(r, factory, port)
         peer_b = _connect(r, factory, port)
         a, b = factory.protocols
@@ -518,8 +502,6 @@ def scenario_writer_chain(mode: str, abort_other: bool):
         peer_b.close()
         port.stopListening()
         return quick, got_a, got_b, b.lost.type if b.lost else None
-    finally:
-        close_reactor(r)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -535,10 +517,7 @@ def test_a_writer_added_by_another_writer_goes_out_without_waiting(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_lose_connection_after_a_write_sends_it_first(mode):
-    r = make_reactor(mode)
-    try:
-        factory = Server()
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server(mode) as (r, factory, port):
         peer = _connect(r, factory, port)
         p = factory.protocols[0]
         p.transport.write(b"last words")
@@ -548,8 +527,6 @@ def test_lose_connection_after_a_write_sends_it_first(mode):
         assert p.lost.type is error.ConnectionDone
         peer.close()
         port.stopListening()
-    finally:
-        close_reactor(r)
 
 
 def test_deferred_writers_are_listed_removed_and_handed_back():
@@ -596,10 +573,7 @@ def test_writers_not_deferred_when_switched_off(monkeypatch):
 def test_a_timer_set_by_a_deferred_write_runs_without_waiting(mode):
     """reactor.run(): a callLater(0) made inside a writer's doWrite (its
     producer) runs in the next loop turn, not after the poll's timeout."""
-    r = make_reactor(mode)
-    try:
-        factory = Server()
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server(mode) as (r, factory, port):
         peer = _connect(r, factory, port)
         p = factory.protocols[0]
         times: list[float] = []
@@ -618,8 +592,6 @@ def test_a_timer_set_by_a_deferred_write_runs_without_waiting(mode):
         assert len(times) == 2 and times[1] - times[0] < 1.0
         assert recv(r, peer) == b"data"
         peer.close()
-    finally:
-        close_reactor(r)
 
 
 class Trigger(protocol.Protocol):
@@ -680,10 +652,7 @@ def test_an_answer_before_a_reset_is_read_before_the_write_fails(mode):
 def test_a_deferred_writer_lost_without_remove_writer_is_skipped():
     """connectionLost called directly (no removeWriter) while waiting for
     the flush: it is not written to, nor lost a second time."""
-    r = make_reactor("lean")
-    try:
-        factory = Server()
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
+    with tcp_server("lean") as (r, factory, port):
         peer = _connect(r, factory, port)
         p = factory.protocols[0]
         calls = []
@@ -697,8 +666,6 @@ def test_a_deferred_writer_lost_without_remove_writer_is_skipped():
         assert p.transport not in r.getWriters()
         peer.close()
         port.stopListening()
-    finally:
-        close_reactor(r)
 
 
 # -- the timers' share of a turn (runUntilCurrent / timeout) -----------------------------
