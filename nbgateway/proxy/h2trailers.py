@@ -52,6 +52,7 @@ HTTP/2 request's instructions (bench/h2_path.py).
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,6 +73,7 @@ from twisted.internet.defer import Deferred
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
 from nbgateway.proxy.h2_hpack import BlockDecoder, TableEncoder
+from nbgateway.proxy.h2_stream import GatewayH2Stream
 
 Header = tuple[bytes, bytes]
 
@@ -446,7 +448,19 @@ class TrailersH2Connection(H2Connection):
         super()._handlePriorityUpdate(event)
 
     def _requestReceived(self, event: Any) -> None:
-        super()._requestReceived(event)
+        # Twisted's steps, with its stream class replaced by
+        # GatewayH2Stream (the request head filled in one loop)
+        stream_id = event.stream_id
+        self.streams[stream_id] = GatewayH2Stream(
+            stream_id, self, event.headers, self.requestFactory, self.site, self.factory)
+        self._streamCleanupCallbacks[stream_id] = Deferred()
+        self._outboundStreamQueues[stream_id] = deque()
+        try:
+            self.priority.insert_stream(stream_id)
+        except priority.DuplicateStreamError:
+            pass  # a PRIORITY frame came first and scheduled it
+        else:
+            self.priority.block(stream_id)
         if event.stream_ended is not None:
             return
         # A gRPC call whose body follows is dispatched at its headers, as an
