@@ -7,11 +7,13 @@ Real ``twistd`` processes on loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from twisted.internet.error import CannotListenError
@@ -47,6 +49,15 @@ def test_bad_flag_is_one_line_with_status_2(tmp_path, argv, needle):
     assert r.stderr.rstrip().endswith(f"see 'twistd {argv[0]} --help'")
 
 
+@contextlib.contextmanager
+def busy_tcp_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 held (bound and listening) for the block."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
+
+
 def _one_failure_line(r: subprocess.CompletedProcess, needle: str) -> str:
     text = r.stdout + r.stderr
     assert r.returncode == 1, text
@@ -69,10 +80,7 @@ def test_busy_wireguard_udp_port(tmp_path):
 
 
 def test_busy_public_tcp_port(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_tcp_port() as port:
         r = twistd(tmp_path, "nbgateway",
                    env=gateway_env(tmp_path, NB_PROXY_ADDRESS=f"127.0.0.1:{port}"))
     line = _one_failure_line(r, f"the public TCP listener 127.0.0.1 port {port}: already in use")
@@ -80,10 +88,7 @@ def test_busy_public_tcp_port(tmp_path):
 
 
 def test_busy_management_api_port(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_tcp_port() as port:
         env = gateway_env(tmp_path)
         r = twistd(tmp_path, "nbmanagement", "--datadir", str(tmp_path / "m"), "--api-addr",
                    f"127.0.0.1:{port}", "--grpc-addr", f"127.0.0.1:{free_port()}", env=env)
@@ -132,10 +137,7 @@ def test_help_has_an_environment_section(tmp_path):
 
 def test_busy_management_grpc_port(tmp_path):
     # grpcio reports no errno: the message still says why (the address is probed)
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_tcp_port() as port:
         r = twistd(tmp_path, "nbmanagement", "--datadir", str(tmp_path / "m"), "--api-addr",
                    "127.0.0.1:0", "--grpc-addr", f"127.0.0.1:{port}")
     line = _one_failure_line(r, f"the management gRPC listener 127.0.0.1 port {port}: "
@@ -144,10 +146,7 @@ def test_busy_management_grpc_port(tmp_path):
 
 
 def test_busy_health_port(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_tcp_port() as port:
         r = twistd(tmp_path, "nbgateway",
                    env=gateway_env(tmp_path, NB_PROXY_HEALTH_ADDRESS=f"127.0.0.1:{port}"))
     line = _one_failure_line(r, f"the health and metrics listener 127.0.0.1 port {port}: "
