@@ -11,15 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from nbgateway.proxy.fast import FastHTTPChannel
-from nbgateway.proxy.streaming import STREAM_THRESHOLD, ProxySite
+from nbgateway.proxy.streaming import STREAM_THRESHOLD
 
-from .test_fast_path import _FastNever
+from .test_fast_path import _FastNever, never_channel
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 T = 10.0
@@ -29,14 +27,7 @@ class IdleTimeoutTests(unittest.TestCase):
     def make(self, **kw: Any) -> tuple[task.Clock, Any, StringTransport, _FastNever]:
         kw.setdefault("timeout", T)
         kw.setdefault("header_timeout", 1000)
-        clock = task.Clock()
-        res = _FastNever()
-        site = ProxySite(res, reactor=clock, **kw)
-        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
-        self.assertIsInstance(channel, FastHTTPChannel)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
-        channel.makeConnection(transport)
-        return clock, channel, transport, res
+        return never_channel(**kw)
 
     @staticmethod
     def answer(res: _FastNever, i: int = -1) -> None:

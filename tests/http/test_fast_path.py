@@ -323,16 +323,23 @@ class _TLSLike(StringTransport):
         pass
 
 
+def never_channel(**site_kw: Any) -> tuple[task.Clock, Any, StringTransport, _FastNever]:
+    """A :class:`ProxySite` (``site_kw``) on a fresh ``task.Clock`` in front of a
+    :class:`_FastNever`: its fast channel, connected to a ``StringTransport`` from
+    127.0.0.1:1234; ``(clock, channel, transport, resource)``."""
+    clock = task.Clock()
+    res = _FastNever()
+    site = ProxySite(res, reactor=clock, **site_kw)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    assert isinstance(channel, FastHTTPChannel), channel
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
+    channel.makeConnection(transport)
+    return clock, channel, transport, res
+
+
 class FastPathDeadlineTests(unittest.TestCase):
     def make(self, **kw: Any) -> tuple[task.Clock, Any, StringTransport, _FastNever]:
-        clock = task.Clock()
-        res = _FastNever()
-        site = ProxySite(res, reactor=clock, **kw)
-        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
-        self.assertIsInstance(channel, FastHTTPChannel)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
-        channel.makeConnection(transport)
-        return clock, channel, transport, res
+        return never_channel(**kw)
 
     def test_slow_head_gets_408(self):
         clock, channel, transport, _res = self.make(header_timeout=5, timeout=100)
