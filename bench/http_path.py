@@ -51,6 +51,12 @@ run differ from the one before (the target's query ``?q=<n>``, an ``ETag:
 responses with a changing ``Date`` do; without it a connection repeats one
 request, and the upstream one response, byte for byte (as wrk does).
 
+``--browser`` makes the heads a browser's and a web server's: a
+Chrome-like navigation request (16 header lines, ``Connection:
+keep-alive``, a cookie) and an nginx-like response head (12 lines), instead
+of the minimal 3-line request and 4-line response (with ``--chunked`` the
+response's ``Content-Length`` becomes ``Transfer-Encoding: chunked``).
+
 ``--against DIR`` compares this tree with another checkout of the project
 (e.g. ``git worktree add /tmp/base <commit>``): each round runs this script
 once with DIR's package and once with this tree's, alternating the order,
@@ -58,7 +64,7 @@ in subprocesses, and prints both medians and current / baseline per variant.
 
 Run:  .venv/bin/python bench/http_path.py [--requests 20000] [--rounds 5]
       [--pipeline 1]   (requests per client write: 1 = request/response)
-      [--inflight 1] [--upstream answer|lean] [--tls] [--chunked] [--vary]
+      [--inflight 1] [--upstream answer|lean] [--tls] [--chunked] [--vary] [--browser]
       [--against DIR]
 """
 
@@ -95,6 +101,19 @@ BODY = b"x" * 512
 PEER = "100.64.0.10"
 REQUEST = (b"GET /index.html?q=1 HTTP/1.1\r\nHost: app.example\r\nUser-Agent: bench\r\n"
            b"Accept: */*\r\n\r\n")
+#: ``--browser``: a Chrome-like navigation request (replaces REQUEST)
+BROWSER_REQUEST = (
+    b"GET /app/index.html?q=1 HTTP/1.1\r\nHost: app.example\r\nConnection: keep-alive\r\n"
+    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\nsec-ch-ua-mobile: ?0\r\n'
+    b'sec-ch-ua-platform: "Linux"\r\nUpgrade-Insecure-Requests: 1\r\n'
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/131.0.0.0 Safari/537.36\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    b"image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7\r\n"
+    b"Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-User: ?1\r\n"
+    b"Sec-Fetch-Dest: document\r\nReferer: http://app.example/app/\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n"
+    b"Cookie: theme=dark; _pk_id.1.1fff=2b3c4d5e6f708192.1733558400.\r\n\r\n")
 
 
 class Mgmt:
@@ -196,6 +215,16 @@ UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Len
 UPSTREAM_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n"
                     b"Server: nginx\r\nDate: Sun, 06 Dec 2026 08:00:00 GMT\r\n\r\n"
                     b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY))
+_BROWSER_HEAD = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 08:00:00 GMT\r\n"
+                 b"Content-Type: text/html; charset=utf-8\r\n%s"
+                 b"Last-Modified: Sat, 05 Dec 2026 07:00:00 GMT\r\nConnection: keep-alive\r\n"
+                 b"Vary: Accept-Encoding\r\nCache-Control: no-cache\r\n"
+                 b"X-Content-Type-Options: nosniff\r\nX-Frame-Options: SAMEORIGIN\r\n"
+                 b"Accept-Ranges: bytes\r\n\r\n")
+#: ``--browser``: an nginx-like response head (``--chunked``: the second)
+UPSTREAM_BROWSER = (_BROWSER_HEAD % (b"Content-Length: %d\r\n" % len(BODY))) + BODY
+UPSTREAM_BROWSER_CHUNKED = ((_BROWSER_HEAD % b"Transfer-Encoding: chunked\r\n")
+                            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY))
 #: what the in-memory upstream answers (``--chunked``: UPSTREAM_CHUNKED)
 ANSWER = [UPSTREAM_RESPONSE]
 #: ``--vary``: no request or upstream response head repeats (see :func:`heads`)
@@ -550,7 +579,8 @@ def against(args: argparse.Namespace) -> int:
                  "--requests", str(args.requests), "--pipeline", str(args.pipeline),
                  "--inflight", str(args.inflight), "--upstream", args.upstream]
                 + (["--tls"] if args.tls else []) + (["--chunked"] if args.chunked else [])
-                + (["--vary"] if args.vary else []),
+                + (["--vary"] if args.vary else [])
+                + (["--browser"] if args.browser else []),
                 env=env, cwd="/", check=True, capture_output=True, text=True).stdout
             one = json.loads(out.strip().splitlines()[-1])
             if one["tree"] != os.path.join(trees[name], "nbgateway"):
@@ -595,12 +625,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vary", action="store_true",
                         help="no request head or upstream response head repeats (each its own "
                              "query and ETag), instead of one repeated byte for byte")
+    parser.add_argument("--browser", action="store_true",
+                        help="a Chrome-like request head and an nginx-like response head "
+                             "instead of the minimal ones")
     parser.add_argument("--variant", choices=("both", "fast", "twisted.web"), default="both",
                         help="run only one server path (e.g. under perf stat)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.chunked:
         ANSWER[0] = UPSTREAM_CHUNKED
+    if args.browser:
+        global REQUEST
+        REQUEST = BROWSER_REQUEST
+        ANSWER[0] = UPSTREAM_BROWSER_CHUNKED if args.chunked else UPSTREAM_BROWSER
     VARY[0] = args.vary
     if args.against:
         return against(args)
