@@ -193,6 +193,35 @@ def _tokens(values: list[bytes] | None) -> set[bytes]:
     return out
 
 
+#: a Connection header's value -> the names it makes hop-by-hop besides the
+#: standard set (lower-case; empty for the common "keep-alive", a name every
+#: relay drops anyway); bounded, short values only
+_CONNECTION_NAMED: dict[bytes, frozenset[bytes]] = {}
+_CONNECTION_NAMED_MAX = 256
+#: ``_CONNECTION_NAMED.get``, bound once (see tests/proxy/test_imported_method_calls.py)
+connection_named_of = _CONNECTION_NAMED.get
+
+
+def connection_named(values: list[bytes]) -> frozenset[bytes]:
+    """The header names (lower-case) a message's ``Connection`` values name,
+    less the standard hop-by-hop ones (a relay drops those whatever
+    ``Connection`` says): dropping a header whose lower-case name is in the
+    answer, or in the standard set, is dropping the names :func:`_tokens`
+    gives.  Empty (falsy) for ``keep-alive`` (browsers, nginx), so the relays
+    make no lower-case copy of every other name to look for it.  One value
+    (the usual case) is memoised."""
+    if len(values) == 1:
+        value = values[0]
+        hit = _CONNECTION_NAMED.get(value)
+        if hit is not None:
+            return hit
+        named = frozenset(_tokens(values) - _HOP_BY_HOP_B)
+        if len(value) <= 64 and len(_CONNECTION_NAMED) < _CONNECTION_NAMED_MAX:
+            _CONNECTION_NAMED[value] = named
+        return named
+    return frozenset(_tokens(values) - _HOP_BY_HOP_B)
+
+
 def _without_session_cookie(values: list[bytes]) -> bytes | None:
     kept = []
     for value in values:
@@ -255,14 +284,14 @@ def prepare_upstream_headers(
 
     # 0. hop-by-hop and inbound forwarding headers
     connection = inbound_raw.get(_CONNECTION)
-    connection_named = _tokens(connection) if connection else None
+    named = connection_named(connection) if connection else None
     raw: dict[bytes, list[bytes]] = {}
     dropped = _DROPPED  # _always_dropped's memo, read here first (no call per name)
     for name, values in inbound_raw.items():
         verdict = dropped.get(name)
         if verdict is None:
             verdict = _always_dropped(name)
-        if verdict or (connection_named and name.lower() in connection_named):
+        if verdict or (named and name.lower() in named):
             continue
         raw[name] = list(values)
     te = inbound_raw.get(_TE)
@@ -442,7 +471,11 @@ def relay_response_headers(target: Headers, upstream: RawHeaders,
     raw.pop(_SERVER_B, None)
     source = upstream._rawHeaders
     connection = source.get(_CONNECTION)
-    named = _tokens(connection) if connection else None
+    named = None
+    if connection:  # connection_named(connection), its memo read inline
+        named = connection_named_of(connection[0]) if len(connection) == 1 else None
+        if named is None:
+            named = connection_named(connection)
     kinds = _RELAY_KINDS
     for name, values in source.items():
         kind = kinds.get(name)

@@ -40,9 +40,10 @@ from nbgateway.dial.http11_wire import split_url
 from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import (
     _always_dropped,
-    _tokens,
     _without_session_cookie,
     canonical_name,
+    connection_named,
+    connection_named_of,
     prepare_upstream_headers,
 )
 from nbgateway.routes.paths import PATH_REWRITE_PRESERVE, SESSION_TOKEN_PARAM, outgoing_path
@@ -146,7 +147,11 @@ class RoutePlan:
             target = outgoing_path(self.route, path, query_s,
                                    self.opts.path_rewrite).encode("latin-1")
         connection = inbound.get(_CONNECTION)
-        named = _tokens(connection) if connection else None
+        named = None  # the names Connection adds to the dropped ones (falsy: none)
+        if connection:  # connection_named(connection), its memo read inline
+            named = connection_named_of(connection[0]) if len(connection) == 1 else None
+            if named is None:
+                named = connection_named(connection)
         custom = self.custom_names
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
         skip = _SKIP
