@@ -27,11 +27,7 @@ class EmbeddedTests(unittest.TestCase):
         self.config = load({"wg_port": "0", "datadir": self.datadir, "health_addr": "",
                             "addr": "127.0.0.1:0",
                             "private": True, "domain": "gw.test"}, {})
-        env = {"NB_MANAGEMENT_API_ADDR": "127.0.0.1:0",
-               "NB_MANAGEMENT_GRPC_ADDR": f"127.0.0.1:{free_port()}"}
-        self.svc = build_gateway(self.config, reactor, environ=env)
-        self.svc.privilegedStartService()
-        self.svc.startService()
+        self.start_gateway()
         mgmt = self.svc.embedded.management
         self.api = f"http://127.0.0.1:{mgmt.port.getHost().port}/api"
         with open(mgmt.admin_token_path) as f:
@@ -40,6 +36,25 @@ class EmbeddedTests(unittest.TestCase):
 
     def tearDown(self):
         return self.svc.stopService()
+
+    def start_gateway(self):
+        """Build and start the gateway of ``self.config`` (its management in-process,
+        REST on a free port, gRPC on another): the new ``self.svc``."""
+        self.svc = build_gateway(self.config, reactor, environ={
+            "NB_MANAGEMENT_API_ADDR": "127.0.0.1:0",
+            "NB_MANAGEMENT_GRPC_ADDR": f"127.0.0.1:{free_port()}"})
+        self.svc.privilegedStartService()
+        self.svc.startService()
+        return self.svc
+
+    def create_private_service(self, domain: str, group: dict):
+        """A private service at ``domain`` for ``group``'s peers (target 127.0.0.1:9)."""
+        return self.rest("POST", "/reverse-proxies/services", {
+            "name": "app", "domain": domain, "enabled": True, "private": True,
+            "access_groups": [group["id"]],
+            "targets": [{"target_id": "gw.test", "target_type": "cluster", "protocol": "http",
+                         "host": "127.0.0.1", "port": 9, "enabled": True,
+                         "options": {"direct_upstream": True}}]})
 
     def rest(self, method, path, body=None):
         def call():
@@ -65,12 +80,7 @@ class EmbeddedTests(unittest.TestCase):
     def test_service_created_over_rest_reaches_the_gateway(self):
         self.assertTrue(os.path.exists(os.path.join(self.datadir, "admin-token")))
         group = yield self.rest("POST", "/groups", {"name": "devs"})
-        service = yield self.rest("POST", "/reverse-proxies/services", {
-            "name": "app", "domain": "app.gw.test", "enabled": True, "private": True,
-            "access_groups": [group["id"]],
-            "targets": [{"target_id": "gw.test", "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 9, "enabled": True,
-                         "options": {"direct_upstream": True}}]})
+        service = yield self.create_private_service("app.gw.test", group)
         yield self.wait_for(lambda: self.svc.routes.lookup("app.gw.test") is not None)
         entry = self.svc.routes.lookup("app.gw.test")
         self.assertTrue(entry.private)
@@ -98,12 +108,7 @@ class EmbeddedTests(unittest.TestCase):
         first = [t for t in store.proxies.list_tokens(None) if not t.revoked]
         self.assertEqual(len(first), 1)
         yield self.svc.stopService()
-        again = build_gateway(self.config, reactor, environ={
-            "NB_MANAGEMENT_API_ADDR": "127.0.0.1:0",
-            "NB_MANAGEMENT_GRPC_ADDR": f"127.0.0.1:{free_port()}"})
-        again.privilegedStartService()
-        again.startService()
-        self.svc = again
+        again = self.start_gateway()
         live = [t for t in again.embedded.store.proxies.list_tokens(None) if not t.revoked]
         self.assertEqual(len(live), 1)
         self.assertNotEqual(live[0].id, first[0].id)
@@ -111,23 +116,13 @@ class EmbeddedTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_restarted_gateway_keeps_its_account_tunnel_identity(self):
         group = yield self.rest("POST", "/groups", {"name": "ops"})
-        yield self.rest("POST", "/reverse-proxies/services", {
-            "name": "app", "domain": "keep.gw.test", "enabled": True, "private": True,
-            "access_groups": [group["id"]],
-            "targets": [{"target_id": "gw.test", "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 9, "enabled": True,
-                         "options": {"direct_upstream": True}}]})
+        yield self.create_private_service("keep.gw.test", group)
         yield self.wait_for(lambda: any(
             r.state == "ready" for r in self.svc.accounts.runtimes.values()))
         first = next(iter(self.svc.accounts.runtimes.values()))
         key, ip = first.device.public_key, first.tunnel_ip
         yield self.svc.stopService()
-        again = build_gateway(self.config, reactor, environ={
-            "NB_MANAGEMENT_API_ADDR": "127.0.0.1:0",
-            "NB_MANAGEMENT_GRPC_ADDR": f"127.0.0.1:{free_port()}"})
-        again.privilegedStartService()
-        again.startService()
-        self.svc = again
+        again = self.start_gateway()
         yield self.wait_for(lambda: any(
             r.state == "ready" for r in again.accounts.runtimes.values()))
         runtime = next(iter(again.accounts.runtimes.values()))
