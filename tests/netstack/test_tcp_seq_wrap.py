@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from nbgateway.netstack.tcp_const import ESTABLISHED
 from nbgateway.netstack.testing import make_stack_pair, rcv_wire, run_until, snd_wire
 
-from .tcp_fakes import RecordingUser
+from .tcp_fakes import RecordingUser, listen_recording
 
 M = 0xFFFFFFFF
 PORT = 7000
@@ -41,15 +41,7 @@ def _pair(isn_a: int, isn_b: int, v6: bool = False, **fault):
         return send(end, packet)
 
     link._send = spy
-    accepted: list[RecordingUser] = []
-
-    def accept(conn):
-        u = RecordingUser()
-        u.conn = conn
-        accepted.append(u)
-        return u
-
-    b.tcp.listen(PORT, accept)
+    _listener, accepted = listen_recording(b, PORT)
     client = RecordingUser()
     remote = b.addresses[1] if v6 else b.addresses[0]
     client.conn = a.tcp.connect(remote, PORT, client)
