@@ -81,6 +81,19 @@ class Peer:
         self.stack.packetReceived(self.segment(b""), KEY)
         assert self.conns and self.conns[0].state == ESTABLISHED
 
+    def open_flows(self, ports: tuple[int, ...]) -> dict[int, int]:
+        """A connection from each source port in ``ports`` (SYN at 999, then the ACK
+        of the stack's SYN-ACK): each port's ack number (the stack's ISN + 1)."""
+        seqs = {}
+        for port in ports:
+            self.stack.packetReceived(build_tcp(self.peer, self.me, port, PORT, seq=999,
+                                                flags=SYN), KEY)
+            [synack] = self.segments_out()
+            seqs[port] = synack.seq + 1
+            self.stack.packetReceived(build_tcp(self.peer, self.me, port, PORT, seq=1000,
+                                                ack=seqs[port], flags=ACK), KEY)
+        return seqs
+
     def segment(self, payload: bytes, *, seq: int | None = None, flags: int = ACK,
                 tsval: int = 2, window: int = 65535) -> bytes:
         opts = TS + struct.pack("!II", tsval, 1) if self.ts else b""
@@ -271,13 +284,7 @@ def test_a_batch_without_two_consecutive_packets_of_one_flow_skips_the_coalescer
 
     def conns_batch(stack_kw: dict) -> tuple[Peer, list, list[bytes]]:
         p = Peer("100.64.0.1", "100.64.0.2", **stack_kw)
-        seqs = {}
-        for port in (40001, 40002, 40003):
-            p.stack.packetReceived(build_tcp(p.peer, p.me, port, PORT, seq=999, flags=SYN), KEY)
-            [synack] = p.segments_out()
-            seqs[port] = synack.seq + 1
-            p.stack.packetReceived(build_tcp(p.peer, p.me, port, PORT, seq=1000,
-                                             ack=seqs[port], flags=ACK), KEY)
+        seqs = p.open_flows((40001, 40002, 40003))
         batch = [build_tcp(p.peer, p.me, port, PORT, seq=1000, ack=seqs[port], flags=ACK | PSH,
                            payload=b"GET %d" % port) for port in (40001, 40002, 40003)]
         return p, seqs, batch
@@ -336,13 +343,7 @@ def test_a_later_pair_of_one_flow_is_coalesced_from_its_second_packet(fused):
         p = Peer("100.64.0.1", "100.64.0.2", **stack_kw)
         if not fused:
             p.stack._tcp_fast.enabled = False
-        seqs = {}
-        for port in (40001, 40002, 40003):
-            p.stack.packetReceived(build_tcp(p.peer, p.me, port, PORT, seq=999, flags=SYN), KEY)
-            [synack] = p.segments_out()
-            seqs[port] = synack.seq + 1
-            p.stack.packetReceived(build_tcp(p.peer, p.me, port, PORT, seq=1000,
-                                             ack=seqs[port], flags=ACK), KEY)
+        seqs = p.open_flows((40001, 40002, 40003))
         added: list = []
         real = p.stack.coalescer
 
