@@ -75,8 +75,25 @@ def wg_iface():
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
-def test_wg_quick_strip_and_wg_setconf_accept_config(wg_iface, tmp_path):
+def _load(wg_iface, tmp_path, text: str) -> tuple[str, list[str]]:
+    """``text`` as ``<ifname>.conf`` (mode 600) through ``wg-quick strip`` and ``wg
+    setconf`` onto the interface: (the stripped config, ``wg show dump``'s lines)."""
     ns, ifname = wg_iface
+    conf = tmp_path / f"{ifname}.conf"
+    conf.write_text(text)
+    conf.chmod(0o600)
+    stripped = subprocess.run(["wg-quick", "strip", str(conf)], check=True,
+                              capture_output=True, text=True).stdout
+    setconf = tmp_path / "stripped.conf"
+    setconf.write_text(stripped)
+    subprocess.run(["ip", "netns", "exec", ns, "wg", "setconf", ifname, str(setconf)],
+                   check=True, capture_output=True, text=True)
+    dump = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", ifname, "dump"],
+                          check=True, capture_output=True, text=True).stdout.splitlines()
+    return stripped, dump
+
+
+def test_wg_quick_strip_and_wg_setconf_accept_config(wg_iface, tmp_path):
     priv = _private_key()
     p1, p2 = _key(), _key()
     text = render_config(
@@ -85,18 +102,8 @@ def test_wg_quick_strip_and_wg_setconf_accept_config(wg_iface, tmp_path):
         proxy_peers=[WgPeer(p1, "127.0.0.1:51820", ["100.64.0.99", "fd00::63"]),
                      WgPeer(p2, None, ["100.64.0.100"])],
     )
-    conf = tmp_path / f"{ifname}.conf"
-    conf.write_text(text)
-    conf.chmod(0o600)
-    stripped = subprocess.run(["wg-quick", "strip", str(conf)], check=True,
-                              capture_output=True, text=True).stdout
+    stripped, dump = _load(wg_iface, tmp_path, text)
     assert "Address" not in stripped and "DNS" not in stripped
-    setconf = tmp_path / "stripped.conf"
-    setconf.write_text(stripped)
-    subprocess.run(["ip", "netns", "exec", ns, "wg", "setconf", ifname, str(setconf)],
-                   check=True, capture_output=True, text=True)
-    dump = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", ifname, "dump"],
-                          check=True, capture_output=True, text=True).stdout.splitlines()
     assert dump[0].split("\t")[0] == priv
     peers = {line.split("\t")[0]: line.split("\t") for line in dump[1:]}
     assert set(peers) == {p1, p2}
@@ -108,20 +115,10 @@ def test_wg_quick_strip_and_wg_setconf_accept_config(wg_iface, tmp_path):
 
 
 def test_config_without_private_key_is_accepted(wg_iface, tmp_path):
-    ns, ifname = wg_iface
     p1 = _key()
     text = render_config(private_key=None, addresses=["100.64.0.10"],
                          proxy_peers=[WgPeer(p1, "127.0.0.1:51820", ["100.64.0.99"])])
-    conf = tmp_path / f"{ifname}.conf"
-    conf.write_text(text)
-    stripped = subprocess.run(["wg-quick", "strip", str(conf)], check=True,
-                              capture_output=True, text=True).stdout
-    setconf = tmp_path / "stripped.conf"
-    setconf.write_text(stripped)
-    subprocess.run(["ip", "netns", "exec", ns, "wg", "setconf", ifname, str(setconf)],
-                   check=True, capture_output=True, text=True)
-    dump = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", ifname, "dump"],
-                          check=True, capture_output=True, text=True).stdout.splitlines()
+    _, dump = _load(wg_iface, tmp_path, text)
     assert dump[1].split("\t")[0] == p1
 
 
@@ -129,7 +126,6 @@ def test_config_served_by_rest_api_is_accepted_as_is(wg_iface, tmp_path):
     """GET /api/peers/{id}/wireguard-config from a live server, straight into wg-quick/wg."""
     from tests.management.apiserver import ApiServer
 
-    ns, ifname = wg_iface
     (tmp_path / "mgmt").mkdir()
     server = ApiServer(str(tmp_path / "mgmt")).start()
     try:
@@ -150,17 +146,7 @@ def test_config_served_by_rest_api_is_accepted_as_is(wg_iface, tmp_path):
         conf_text = server.ok("GET", f"/api/peers/{laptop['id']}/wireguard-config").decode()
     finally:
         server.stop()
-    conf = tmp_path / f"{ifname}.conf"
-    conf.write_text(conf_text)
-    conf.chmod(0o600)
-    stripped = subprocess.run(["wg-quick", "strip", str(conf)], check=True,
-                              capture_output=True, text=True).stdout
-    setconf = tmp_path / "stripped.conf"
-    setconf.write_text(stripped)
-    subprocess.run(["ip", "netns", "exec", ns, "wg", "setconf", ifname, str(setconf)],
-                   check=True, capture_output=True, text=True)
-    dump = subprocess.run(["ip", "netns", "exec", ns, "wg", "show", ifname, "dump"],
-                          check=True, capture_output=True, text=True).stdout.splitlines()
+    _, dump = _load(wg_iface, tmp_path, conf_text)
     assert dump[0].split("\t")[0] == laptop["private_key"]
     assert dump[0].split("\t")[1] == laptop["public_key"]
     fields = dump[1].split("\t")
