@@ -39,7 +39,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.interop.conftest import require_testbed
 from tests.interop.multiaccount import global_proxy_token
-from tests.interop.test_private_e2e import DOMAIN, World, wait_for
+from tests.interop.test_private_e2e import DOMAIN, World, service_body, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -48,13 +48,6 @@ PUBLIC = "127.0.0.1:8443"
 ACME_HTTP = "127.0.0.1:5002"
 ALPN_DOMAINS = (f"one.{DOMAIN}", f"two.{DOMAIN}")
 HTTP_DOMAIN = f"three.{DOMAIN}"
-
-
-def _service(name: str, domain: str) -> dict:
-    return {"name": name, "domain": domain, "enabled": True, "private": False,
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]}
 
 
 def _pebble_tls(tmp: str) -> tuple[str, str, str]:
@@ -205,7 +198,7 @@ def test_acme_against_pebble():
         wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
                  "the gateway to connect to management")
         for i, domain in enumerate(ALPN_DOMAINS):
-            _create(w, _service(f"alpn{i}", domain))
+            _create(w, service_body(f"alpn{i}", domain, private=False))
         for domain in ALPN_DOMAINS:
             wait_for(lambda d=domain: _curl(w, d, root_path)[0] == 200, 60,
                      f"a pebble certificate for {domain}")
@@ -225,7 +218,7 @@ def test_acme_against_pebble():
         w.stop_gateway()
         w.start_gateway(token, *acme, "--acme-challenge-type", "http-01",
                         "--acme-addr", ACME_HTTP)
-        _create(w, _service("http", HTTP_DOMAIN))
+        _create(w, service_body("http", HTTP_DOMAIN, private=False))
         wait_for(lambda: _curl(w, HTTP_DOMAIN, root_path)[0] == 200, 60,
                  f"a pebble certificate for {HTTP_DOMAIN} over http-01")
         for domain in ALPN_DOMAINS:
@@ -277,7 +270,7 @@ def test_unreachable_server_retries_then_renewal_without_dropped_requests():
                             "--acme-ca-bundle", ca)
         finally:
             del os.environ["NB_PROXY_ACME_RETRY_BASE"]
-        service = _create(w, _service("renew", domain))
+        service = _create(w, service_body("renew", domain, private=False))
         # served at once, with the fallback certificate, while ACME is down
         wait_for(lambda: _curl(w, domain, "", insecure=True)[0] == 200, 30,
                  "the service over the fallback certificate")

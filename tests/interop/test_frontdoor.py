@@ -37,7 +37,7 @@ import pytest
 
 from tests.interop.conftest import require_testbed
 from tests.interop.multiaccount import global_proxy_token, rest_as, tenant
-from tests.interop.test_private_e2e import DOMAIN, World, wait_for
+from tests.interop.test_private_e2e import DOMAIN, World, service_body, wait_for
 from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
@@ -82,16 +82,6 @@ ONE_BYTE = textwrap.dedent('''
 ''')
 
 
-def _service(name: str, domain: str, *, private: bool, groups=()) -> dict:
-    body = {"name": name, "domain": domain, "enabled": True, "private": private,
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]}
-    if groups:
-        body["access_groups"] = list(groups)
-    return body
-
-
 @pytest.fixture(scope="module")
 def world():
     require_testbed("curl", "wg-quick", "openssl")
@@ -112,12 +102,12 @@ def world():
         devs = w.rest("POST", "/groups", {"name": "devs"})
         w.add_peer("alice", [devs["id"]])
         w.rest("POST", "/reverse-proxies/services",
-               _service("app", APP, private=True, groups=[devs["id"]]))
-        w.rest("POST", "/reverse-proxies/services", _service("pub", PUB, private=False))
+               service_body("app", APP, private=True, groups=[devs["id"]]))
+        w.rest("POST", "/reverse-proxies/services", service_body("pub", PUB, private=False))
         bdevs = rest_as(w, b.admin, "POST", "/groups", {"name": "bdevs"})
         b.add_peer("bob", [bdevs["id"]])
         rest_as(w, b.admin, "POST", "/reverse-proxies/services",
-                _service("bapp", BAPP, private=True, groups=[bdevs["id"]]))
+                service_body("bapp", BAPP, private=True, groups=[bdevs["id"]]))
         w.alice = w.connect_peer("alice")[:2]
         w.bob = b.connect_peer("bob")[:2]
         yield w

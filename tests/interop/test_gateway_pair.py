@@ -32,6 +32,7 @@ from tests.interop.test_private_e2e import (
     GW_HOST,
     VENV_BIN,
     World,
+    service_body,
     wait_for,
 )
 from tests.interop.testbed import Testbed
@@ -116,12 +117,8 @@ def test_one_gateway_stopped_the_other_serves(pair):
     w = pair
     devs = w.rest("POST", "/groups", {"name": "devs"})
     w.add_peer("alice", [devs["id"]])
-    w.rest("POST", "/reverse-proxies/services", {
-        "name": "app", "domain": APP, "enabled": True, "private": True,
-        "access_groups": [devs["id"]],
-        "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                     "host": "127.0.0.1", "port": 8081, "enabled": True,
-                     "options": {"direct_upstream": True}}]})
+    w.rest("POST", "/reverse-proxies/services",
+           service_body("app", APP, private=True, groups=[devs["id"]]))
     peer_id = w.peers["alice"]["id"]
     conf = wait_for(lambda: (lambda c: c if c.count("[Peer]") == 2 else None)(
         w.rest("GET", f"/peers/{peer_id}/wireguard-config")), 45,

@@ -16,7 +16,7 @@ import json
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import APP, DOMAIN, World, wait_for
+from tests.interop.test_private_e2e import APP, World, service_body, wait_for
 from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
@@ -32,12 +32,8 @@ def world():
         w.start_connected_gateway()
         devs = w.rest("POST", "/groups", {"name": "devs"})
         w.add_peer("alice", [devs["id"]])
-        w.rest("POST", "/reverse-proxies/services", {
-            "name": "app", "domain": APP, "enabled": True, "private": True,
-            "access_groups": [devs["id"]],
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]})
+        w.rest("POST", "/reverse-proxies/services",
+               service_body("app", APP, private=True, groups=[devs["id"]]))
         w.alice = w.connect_peer("alice")
         yield w
     finally:

@@ -33,7 +33,14 @@ import textwrap
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import APP, DOMAIN, World, upstream_requests, wait_for
+from tests.interop.test_private_e2e import (
+    APP,
+    DOMAIN,
+    World,
+    upstream_requests,
+    upstream_target,
+    wait_for,
+)
 from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
@@ -112,14 +119,11 @@ def world():
         ops = w.rest("POST", "/groups", {"name": "ops"})
         w.add_peer("alice", [devs["id"]])
         w.add_peer("bob", [ops["id"]])
-        target = [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                   "host": "127.0.0.1", "port": 8081, "enabled": True,
-                   "options": {"direct_upstream": True}}]
         for name, domain, group, port in (("app", APP, devs, 8081), ("ops", OPS, ops, 8081),
                                           ("big", BIG, devs, 8082)):
             w.rest("POST", "/reverse-proxies/services", {
                 "name": name, "domain": domain, "enabled": True, "private": True,
-                "access_groups": [group["id"]], "targets": [{**target[0], "port": port}]})
+                "access_groups": [group["id"]], "targets": [upstream_target(port)]})
         w.alice = w.connect_peer6("alice")
         w.bob = w.connect_peer6("bob")
         yield w

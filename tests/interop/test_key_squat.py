@@ -24,7 +24,7 @@ from nbgateway.service._accounts import account_key
 from nbgateway.wireguard.keys import public_key
 from tests.interop.conftest import require_testbed
 from tests.interop.multiaccount import global_proxy_token, tenant
-from tests.interop.test_private_e2e import APP, DOMAIN, World, counter, wait_for
+from tests.interop.test_private_e2e import APP, DOMAIN, World, counter, service_body, wait_for
 from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
@@ -51,12 +51,8 @@ def world():
                  "the gateway to connect to management")
         group = w.a.rest("POST", "/groups", {"name": "devs"})
         w.a.add_peer("alice", [group["id"]])
-        w.a.rest("POST", "/reverse-proxies/services", {
-            "name": "app", "domain": APP, "enabled": True, "private": True,
-            "access_groups": [group["id"]],
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]})
+        w.a.rest("POST", "/reverse-proxies/services",
+                 service_body("app", APP, private=True, groups=[group["id"]]))
         w.ns, w.gw_ip, w.conf = w.a.connect_peer("alice")
         yield w
     finally:

@@ -31,7 +31,7 @@ import pytest
 
 from nbgateway.l4.proxyproto import encode_v2
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import DOMAIN, World, counter, wait_for
+from tests.interop.test_private_e2e import DOMAIN, World, counter, service_body, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -164,11 +164,7 @@ def world():
         w.dns = l4_service(w, "realdns", "udp", DNS_PORT, 9153)
         # the main port (8443): an HTTP service and a TLS passthrough service by SNI
         w.start_upstream()
-        w.web = w.rest("POST", "/reverse-proxies/services", {
-            "name": "web", "domain": f"web.{DOMAIN}", "enabled": True,
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]})
+        w.web = w.rest("POST", "/reverse-proxies/services", service_body("web", f"web.{DOMAIN}"))
         w.passthrough = l4_service(w, "p", "tls", 8443, 9445, domain="p.gw.test")
         for port in (TCP_PORT, TLS_PORT, PP_PORT, HOLD_PORT):
             wait_for(lambda port=port: can_connect(g.name, "127.0.0.1", port), 30,

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import DOMAIN, counter, wait_for
+from tests.interop.test_private_e2e import DOMAIN, counter, service_body, wait_for
 from tests.interop.test_public_auth import PUBLIC, _service, public_world
 from tests.interop.testbed import Testbed
 from tests.tls._clientcerts import IssuingCA
@@ -48,12 +48,8 @@ def world():
                                            "auto_groups": [devs["id"]]})
         w.add_peer("alice", [devs["id"]])
         # a private service gives alice's tunnel a gateway peer
-        w.rest("POST", "/reverse-proxies/services", {
-            "name": "app", "domain": APP, "enabled": True, "private": True,
-            "access_groups": [devs["id"]],
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]})
+        w.rest("POST", "/reverse-proxies/services",
+               service_body("app", APP, private=True, groups=[devs["id"]]))
         w.svc = w.rest("POST", "/reverse-proxies/services", _service("mtls", MTLS, {}))
         w.ca, w.other = IssuingCA("Corp Client CA"), IssuingCA("Other CA")
         certs = os.path.join(w.tmp, "client")

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import API, DOMAIN, World, wait_for
+from tests.interop.test_private_e2e import API, DOMAIN, World, upstream_target, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -39,12 +39,6 @@ pytestmark = pytest.mark.interop
 APP = f"app.{DOMAIN}"
 CUSTOM = "corp.test"
 WIKI = f"wiki.{CUSTOM}"
-
-
-def _target() -> list[dict]:
-    return [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-             "host": "127.0.0.1", "port": 8081, "enabled": True,
-             "options": {"direct_upstream": True}}]
 
 
 def rest_raw(world: World, path: str) -> tuple[int, bytes]:
@@ -76,7 +70,7 @@ def world():
         w.rest("POST", "/reverse-proxies/domains", {"domain": CUSTOM, "target_cluster": DOMAIN})
         w.services = [w.rest("POST", "/reverse-proxies/services", {
             "name": name, "domain": domain, "enabled": True, "private": True,
-            "access_groups": [devs["id"]], "targets": _target()})
+            "access_groups": [devs["id"]], "targets": [upstream_target()]})
             for name, domain in (("app", APP), ("wiki", WIKI))]
         yield w
     finally:

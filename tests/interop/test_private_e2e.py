@@ -235,6 +235,29 @@ class World:
         return (int(code) if code.isdigit() else 0), body, r.stderr
 
 
+def upstream_target(port: int = 8081) -> dict:
+    """The cluster target of the interop services: the test upstream
+    (:meth:`World.start_upstream`) on 127.0.0.1:``port``, reached directly."""
+    return {"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
+            "host": "127.0.0.1", "port": port, "enabled": True,
+            "options": {"direct_upstream": True}}
+
+
+def service_body(name: str, domain: str, *, private: bool | None = None,
+                 groups=(), **fields) -> dict:
+    """A REST service body on :func:`upstream_target`: ``private`` only when given,
+    ``access_groups`` only when ``groups`` is not empty, ``fields`` (``auth``, ...) as
+    they are."""
+    body: dict = {"name": name, "domain": domain, "enabled": True}
+    if private is not None:
+        body["private"] = private
+    if groups:
+        body["access_groups"] = list(groups)
+    body["targets"] = [upstream_target()]
+    body.update(fields)
+    return body
+
+
 def upstream_requests(world) -> int:
     with open(world.upstream_log) as f:
         return f.read().count("\n")
@@ -268,12 +291,8 @@ def world():
         w.devs = devs
         for name, groups in (("alice", [devs["id"]]), ("bob", []), ("carol", [devs["id"]])):
             w.add_peer(name, groups)
-        w.service = w.rest("POST", "/reverse-proxies/services", {
-            "name": "app", "domain": APP, "enabled": True, "private": True,
-            "access_groups": [devs["id"]],
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]})
+        w.service = w.rest("POST", "/reverse-proxies/services",
+                           service_body("app", APP, private=True, groups=[devs["id"]]))
         yield w
     finally:
         left = tb.close_with_log_tails("gateway", "management", "upstream", tail=6000)
@@ -363,10 +382,7 @@ def test_management_down_cache_serves_known_peer_new_peer_refused(world):
     # the gateway reconnects by itself (services for its cluster can be created
     # again once it is back: 412 until then, as upstream), and new mappings
     # reach it without a restart
-    body = {"name": "app2", "domain": f"app2.{DOMAIN}", "enabled": True, "private": False,
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]}
+    body = service_body("app2", f"app2.{DOMAIN}", private=False)
 
     def create():
         try:

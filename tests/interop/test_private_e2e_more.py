@@ -38,6 +38,7 @@ from tests.interop.test_private_e2e import (
     VENV_BIN,
     World,
     counter,
+    service_body,
     wait_for,
 )
 from tests.interop.testbed import Testbed, inside_netns
@@ -159,16 +160,6 @@ class CountingWorld(World):
         with open(self.rpc_log) as f:
             return [line.split()[0] for line in f if line.split()[1:] == [domain]]
 
-    def cluster_service(self, name: str, domain: str, *, private: bool,
-                        groups: tuple[str, ...] = ()) -> dict:
-        body = {"name": name, "domain": domain, "enabled": True, "private": private,
-                "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                             "host": "127.0.0.1", "port": 8081, "enabled": True,
-                             "options": {"direct_upstream": True}}]}
-        if groups:
-            body["access_groups"] = list(groups)
-        return body
-
     def public_curl(self, host: str, path: str = "/") -> int:
         """A request on the gateway's public listener (127.0.0.1:8443 in G),
         from this process (no subprocess start in the timed polls)."""
@@ -214,7 +205,7 @@ def world():
         w.add_peer("alice", [w.devs["id"]])
         w.add_peer("berta", [])
         # the account's first service makes the gateway join as a proxy peer
-        w.app = w.rest("POST", "/reverse-proxies/services", w.cluster_service(
+        w.app = w.rest("POST", "/reverse-proxies/services", service_body(
             "app", APP, private=True, groups=(w.devs["id"],)))
         alice = wait_for(lambda: w._config_with_proxy(w.peers["alice"]["id"]), SETUP_WAIT,
                          "the gateway's proxy peer in alice's wireguard-config", interval=0.25)
@@ -269,7 +260,7 @@ def _status_pair(world, peer: str, host: str, path: str):
 
 
 def test_thousand_requests_one_validation_rpc_counted_at_management(world):
-    world.rest("POST", "/reverse-proxies/services", world.cluster_service(
+    world.rest("POST", "/reverse-proxies/services", service_body(
         "many", MANY, private=True, groups=(world.devs["id"],)))
     ns, gw_ip = world.conns["alice"]
     # the service exists on the gateway once the roster short-circuit passes;
@@ -306,7 +297,7 @@ def test_thousand_requests_one_validation_rpc_counted_at_management(world):
 
 
 def test_service_switched_public_private_removed_within_2s(world):
-    body = world.cluster_service("sw", SWITCH, private=False)
+    body = service_body("sw", SWITCH, private=False)
     svc = world.rest("POST", "/reverse-proxies/services", body)
     wait_for(_status_is(200, lambda: world.public_curl(SWITCH)), 30, "the public service")
     assert world.peer_curl("alice", SWITCH)[0] == 200  # public services also on the tunnel
@@ -331,7 +322,7 @@ def test_service_switched_public_private_removed_within_2s(world):
 
 
 def test_proxy_without_private_capability_never_gets_private_mapping(world):
-    body = world.cluster_service("pub", PUB, private=False)
+    body = service_body("pub", PUB, private=False)
     pub = world.rest("POST", "/reverse-proxies/services", body)
     wait_for(_status_is(200, lambda: world.public_curl(PUB)), 30, "the public service")
     token = world.rest("POST", "/reverse-proxies/proxy-tokens",

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, World, wait_for
+from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, World, service_body, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -43,10 +43,7 @@ PW2 = f"pw2.{DOMAIN}"
 
 
 def _service(name: str, domain: str, auth: dict) -> dict:
-    return {"name": name, "domain": domain, "enabled": True, "private": False, "auth": auth,
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]}
+    return service_body(name, domain, private=False, auth=auth)
 
 
 def public_world(tb: Testbed) -> World:

@@ -27,7 +27,7 @@ from unittest import mock
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, VENV_BIN, World, wait_for
+from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, VENV_BIN, World, service_body, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -116,12 +116,9 @@ def world():
                  "the gateway to connect to management")
         eng = w.rest("POST", "/groups", {"name": "eng"})
         w.rest("POST", "/groups", {"name": "sales"})
-        w.rest("POST", "/reverse-proxies/services", {
-            "name": "sso", "domain": SSO, "enabled": True, "private": False,
-            "auth": {"bearer_auth": {"enabled": True, "distribution_groups": [eng["id"]]}},
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]})
+        w.rest("POST", "/reverse-proxies/services", service_body(
+            "sso", SSO, private=False,
+            auth={"bearer_auth": {"enabled": True, "distribution_groups": [eng["id"]]}}))
         yield w
     finally:
         left = tb.close_with_log_tails("gateway", "management", "idp", tail=5000)

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import APP, DOMAIN, VENV_BIN, World, wait_for
+from tests.interop.test_private_e2e import APP, DOMAIN, VENV_BIN, World, service_body, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -109,14 +109,6 @@ class Replicas(World):
             return raw.decode()
 
 
-def _service(name: str, domain: str, group_id: str) -> dict:
-    return {"name": name, "domain": domain, "enabled": True, "private": True,
-            "access_groups": [group_id],
-            "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                         "host": "127.0.0.1", "port": 8081, "enabled": True,
-                         "options": {"direct_upstream": True}}]}
-
-
 @pytest.fixture(scope="module")
 def replicas():
     require_testbed("curl", "wg-quick")
@@ -159,7 +151,8 @@ def test_change_through_b_reaches_gateway_on_a_then_a_dies(replicas):
     w.add_peer("alice", [devs["id"]])  # through B
     # the service is created through replica B; the gateway listens to A
     t0 = time.monotonic()
-    w.rest_at("b", "POST", "/reverse-proxies/services", _service("app", APP, devs["id"]))
+    w.rest_at("b", "POST", "/reverse-proxies/services",
+              service_body("app", APP, private=True, groups=[devs["id"]]))
     ns, gw_ip, _conf = w.connect_peer("alice")
     _code, body, _err = wait_for(
         lambda: (lambda r: r if r[0] == 200 else None)(
@@ -190,7 +183,8 @@ def test_change_through_b_reaches_gateway_on_a_then_a_dies(replicas):
         wait_for(lambda: ":33083" in _gateway_connections(w), 30, "the gateway to reach B")
         # a service created through B after the failover reaches the gateway
         app2 = f"app2.{DOMAIN}"
-        w.rest_at("b", "POST", "/reverse-proxies/services", _service("app2", app2, devs["id"]))
+        w.rest_at("b", "POST", "/reverse-proxies/services",
+                  service_body("app2", app2, private=True, groups=[devs["id"]]))
         args = ["curl", "-sS", "-m", "10", "--resolve", f"{app2}:443:{gw_ip}",
                 "--cacert", os.path.join(w.gw_dir, "ca.crt"), "-o", "/dev/null",
                 "-w", "%{http_code}", f"https://{app2}/after"]

@@ -28,7 +28,7 @@ import time
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import DOMAIN, World, wait_for
+from tests.interop.test_private_e2e import DOMAIN, World, service_body, wait_for
 from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
@@ -68,13 +68,6 @@ class RevocationWorld(World):
                     f"http://{host}/{name}"], check=False, timeout=max_time + 5)
         code = r.stdout.strip()
         return int(code) if code.isdigit() else 0
-
-    def service_body(self, name: str, domain: str, groups: list[str]) -> dict:
-        return {"name": name, "domain": domain, "enabled": True, "private": True,
-                "access_groups": groups,
-                "targets": [{"target_id": DOMAIN, "target_type": "cluster", "protocol": "http",
-                             "host": "127.0.0.1", "port": 8081, "enabled": True,
-                             "options": {"direct_upstream": True}}]}
 
     def warm(self, name: str, hosts=(ONE, TWO)) -> None:
         """200 from every host, repeatedly: the validations are cached."""
@@ -122,9 +115,9 @@ def world():
         w.rest("PUT", f"/peers/{w.peers['carol']['id']}",
                {"name": "carol", "user_id": w.carol_user["id"]})
         w.one = w.rest("POST", "/reverse-proxies/services",
-                       w.service_body("one", ONE, [w.g1["id"]]))
+                       service_body("one", ONE, private=True, groups=[w.g1["id"]]))
         w.two = w.rest("POST", "/reverse-proxies/services",
-                       w.service_body("two", TWO, [w.g2["id"]]))
+                       service_body("two", TWO, private=True, groups=[w.g2["id"]]))
         for name in PEERS:
             wait_for(lambda name=name: w._config_with_proxy(w.peers[name]["id"]), SETUP_WAIT,
                      f"the gateway's proxy peer in {name}'s wireguard-config", interval=0.25)
@@ -178,7 +171,7 @@ def test_deleted_peer_loses_access(world):
 def test_service_access_groups_change(world):
     world.warm("bob")
     world.rest("PUT", f"/reverse-proxies/services/{world.one['id']}",
-               world.service_body("one", ONE, [world.g3["id"]]))
+               service_body("one", ONE, private=True, groups=[world.g3["id"]]))
     t0 = time.monotonic()
     took = world.refused_within("bob", ONE, t0)
     assert world.probe("bob", TWO, 5) == 200  # two's access groups did not change
