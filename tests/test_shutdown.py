@@ -151,6 +151,12 @@ class GracefulShutdownTests(unittest.TestCase):
             b"GET", f"http://{GATEWAY_IP}{path}".encode(),
             Headers({b"host": [b"app.example"], b"connection": [b"close"]}))
 
+    def public_get(self, path: str):
+        """GET ``path`` of pub.example on the public listener (a new host connection)."""
+        return Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{self.public_port}{path}".encode(),
+            Headers({b"host": [b"pub.example"], b"connection": [b"close"]}))
+
     def public_refuses(self) -> bool:
         with socket.socket() as s:
             s.settimeout(2)
@@ -205,10 +211,7 @@ class GracefulShutdownTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_request_in_flight_on_the_public_listener_completes(self):
-        agent = Agent(reactor)
-        in_flight = agent.request(
-            b"GET", f"http://127.0.0.1:{self.public_port}/slow".encode(),
-            Headers({b"host": [b"pub.example"], b"connection": [b"close"]}))
+        in_flight = self.public_get("/slow")
         yield defer.ensureDeferred(_wait(lambda: self.held.pending, "the upstream request"))
         stopped: list[bool] = []
         self.stopping = self.svc.stopService()
@@ -250,10 +253,7 @@ class DrainTimeoutTests(GracefulShutdownTests):
     @defer.inlineCallbacks
     def test_public_request_still_running_at_the_drain_timeout_is_reset(self):
         """Public listener: the host socket is aborted (SO_LINGER 0: RST)."""
-        agent = Agent(reactor)
-        in_flight = agent.request(
-            b"GET", f"http://127.0.0.1:{self.public_port}/forever".encode(),
-            Headers({b"host": [b"pub.example"], b"connection": [b"close"]}))
+        in_flight = self.public_get("/forever")
         yield defer.ensureDeferred(_wait(lambda: self.held.pending, "the upstream request"))
         self.stopping = self.svc.stopService()
         yield self.stopping
