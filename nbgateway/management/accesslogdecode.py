@@ -10,15 +10,22 @@
   check a pass over one column (``set``, ``min``/``max``), the timestamp as
   epoch microseconds (no ``datetime`` per entry).  None when any entry is
   malformed: the caller takes the per-entry path, which skips and counts
-  exactly those entries, so both paths store the same rows.
+  exactly those entries, so both paths store the same rows.  The batch's
+  distinct source addresses are checked by one regular-expression match over
+  their joined text (canonical dotted quads, what gateways send, need no
+  conversion; a batch holding anything else takes the per-address
+  :func:`canonical_ip_cached`), and failure reasons are written only for the
+  entries that failed (``itertools.compress`` over a C-computed mask).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import compress, repeat
 from typing import Any
 
 from nbgateway._proto import proxy_service_pb2 as pb
@@ -31,6 +38,25 @@ from nbgateway.management.store._accesslog import VALUE_FIELDS
 def canonical_ip_cached(text: str) -> tuple[int, str] | None:
     """canonical_tunnel_ip, memoised: a gateway's entries repeat few addresses."""
     return canonical_tunnel_ip(text)
+
+
+#: one canonical dotted-quad IPv4 address: what ``inet_ntoa`` writes (0-255, no
+#: leading zeros; ASCII digits only), so exactly the texts
+#: :func:`canonical_tunnel_ip` gives back unchanged as version 4
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_QUAD = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+#: newline-joined canonical dotted quads (:func:`_all_canonical_v4`)
+_QUADS = re.compile(rf"{_QUAD}(?:\n{_QUAD})*")
+
+
+def _all_canonical_v4(addresses: set[str]) -> bool:
+    """Whether every text of the (non-empty) set is a canonical dotted-quad
+    IPv4 address: one C-level match over the joined texts (~40 ns an address,
+    a cache miss of :func:`canonical_ip_cached` ~600 ns).  The newline count
+    makes sure no text held a newline itself (a match then covers every text
+    exactly once)."""
+    text = "\n".join(addresses)
+    return _QUADS.fullmatch(text) is not None and text.count("\n") == len(addresses) - 1
 
 
 _PROTOCOLS = frozenset(("", "http", "tcp", "udp"))
@@ -134,28 +160,29 @@ def decode_batch(logs: Sequence[pb.AccessLog]) -> list[Sequence[Any]] | None:
         return None
     if min(seconds) < _MIN_SECONDS or max(seconds) > _MAX_SECONDS:
         return None
-    canon = {}
-    for ip in set(ips):  # a gateway's entries repeat few addresses
-        if ip:
+    distinct = set(ips)  # a gateway's entries repeat few addresses
+    distinct.discard("")
+    if distinct and not _all_canonical_v4(distinct):
+        canon = {}
+        for ip in distinct:
             c = canonical_ip_cached(ip)
             if c is None:
                 return None
             if c[1] != ip:
                 canon[ip] = c[1]
-    if canon:
-        ips = [canon.get(ip, ip) for ip in ips]
+        if canon:
+            ips = [canon.get(ip, ip) for ip in ips]
     stamps = [s * _MICROS + ns // 1000 for s, ns in zip(seconds, nanos, strict=True)]
     if 0 in seconds:  # the epoch itself, or no timestamp at all (HasField is per entry)
         now = (utcnow() - _EPOCH) // timedelta(microseconds=1)
         stamps = [t if t or logs[i].HasField("timestamp") else now for i, t in enumerate(stamps)]
-    if all(auth_ok) and max(codes) < 400:
-        reasons: Sequence[str] = [""] * n
-    else:
-        reasons = [
-            ("Authentication failed" if not ok else "Request failed" if code >= 400 else "")
-            if p == "http" or not p else ""
-            for p, ok, code in zip(protocols, auth_ok, codes, strict=True)
-        ]
+    reasons = [""] * n
+    if not all(auth_ok) or max(codes) >= 400:  # only the failed entries, found in C
+        failed = map(operator.or_, map(operator.not_, auth_ok),
+                     map(operator.ge, codes, repeat(400)))
+        for i in compress(range(n), failed):
+            if protocols[i] == "http" or not protocols[i]:
+                reasons[i] = "Request failed" if auth_ok[i] else "Authentication failed"
     empty, zero = [""] * n, [0] * n
     return [
         ids, accounts, services, stamps, ips, empty, empty, zero, empty, methods, hosts, paths,
