@@ -35,7 +35,12 @@ from hpack.exceptions import (
     OversizedHeaderListError,
 )
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
-from hpack.huffman_table import decode_huffman
+from hpack.huffman_table import (
+    HUFFMAN_COMPLETE,
+    HUFFMAN_EMIT_SYMBOL,
+    HUFFMAN_FAIL,
+    HUFFMAN_TABLE,
+)
 from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
 
@@ -62,6 +67,85 @@ def huffman_encode(data: bytes) -> bytes:
     if pad:
         bits += "1" * pad
     return int(bits, 2).to_bytes(len(bits) >> 3, "big")
+
+
+#: Huffman decoding a byte per step (built at import, ~10 ms, from hpack's
+#: nibble-step table), at index ``state << 8 | byte``: the next state << 8
+#: (:data:`_FAILED` where hpack fails: the next index is out of range), the
+#: symbols emitted, and whether the string may end after that step (only
+#: EOS-prefix padding left).  ~1.7 MB.
+_NEXT: list[int] = []
+_EMITTED: list[bytes] = []
+_ENDS = bytearray()
+_FAILED = 1 << 24
+
+
+def _byte_steps() -> list[int]:
+    nibbles = len(HUFFMAN_TABLE)
+    single = [bytes((i,)) for i in range(256)]
+    # the second nibble's step from each state: 16 entries per state
+    row_next: list[list[int]] = []
+    row_out: list[list[bytes]] = []
+    row_end: list[bytes] = []
+    for state in range(nibbles // 16):
+        steps = HUFFMAN_TABLE[state * 16:state * 16 + 16]
+        row_next.append([_FAILED if flags & HUFFMAN_FAIL else after << 8
+                         for after, flags, _ in steps])
+        row_out.append([single[symbol] if flags & HUFFMAN_EMIT_SYMBOL else b""
+                        for _, flags, symbol in steps])
+        row_end.append(bytes(flags & HUFFMAN_COMPLETE for _, flags, _ in steps))
+    shared: dict[bytes, bytes] = {}
+    failed_next = [_FAILED] * 16
+    failed_out = [b""] * 16
+    failed_end = bytes(16)
+    nexts: list[int] = []
+    emitted: list[bytes] = []
+    ends = bytearray()
+    for middle, flags, symbol in HUFFMAN_TABLE:  # the first nibble's step
+        if flags & HUFFMAN_FAIL:
+            nexts += failed_next
+            emitted += failed_out
+            ends += failed_end
+            continue
+        nexts += row_next[middle]
+        ends += row_end[middle]
+        if flags & HUFFMAN_EMIT_SYMBOL:
+            first = single[symbol]
+            emitted += [shared.setdefault(first + out, first + out)
+                        for out in row_out[middle]]
+        else:
+            emitted += row_out[middle]
+    _ENDS[:] = ends
+    _EMITTED[:] = emitted
+    _NEXT[:] = nexts
+    return _NEXT
+
+
+_byte_steps()
+
+
+def huffman_decode(data: bytes) -> bytes:
+    """A Huffman-coded string decoded a byte per step: the same octets as
+    ``hpack``'s ``decode_huffman`` (two nibble steps per byte, each a
+    Python loop turn with its checks) and an ``HPACKDecodingError`` for the
+    same strings."""
+    if not data:
+        return b""
+    nexts = _NEXT
+    emitted = _EMITTED
+    state = 0
+    index = 0
+    out: list[bytes] = []
+    try:
+        for byte in data:
+            index = state | byte
+            state = nexts[index]
+            out.append(emitted[index])
+    except IndexError:  # the step before failed
+        raise HPACKDecodingError("Invalid Huffman string") from None
+    if not _ENDS[index]:  # (0 for a failed step too)
+        raise HPACKDecodingError("Invalid or incomplete Huffman string")
+    return b"".join(out)
 
 
 def encode_integer(value: int, prefix_bits: int) -> bytearray:
@@ -388,9 +472,9 @@ def _literal(data: bytes, i: int) -> tuple[bytes, int]:
     if end > len(data):
         raise HPACKDecodingError("Truncated header block")
     if first & 0x80:
-        return decode_huffman(data[i:end]), end
+        return huffman_decode(data[i:end]), end
     return data[i:end], end
 
 
 __all__ = ["BlockDecoder", "FastTable", "IndexedTable", "TableEncoder", "encode_integer",
-           "huffman_encode"]
+           "huffman_decode", "huffman_encode"]

@@ -16,6 +16,7 @@ from nbgateway.proxy.h2_hpack import (
     BlockDecoder,
     TableEncoder,
     encode_integer,
+    huffman_decode,
     huffman_encode,
 )
 from nbgateway.proxy.h2trailers import TrailersH2Connection
@@ -92,6 +93,38 @@ def test_integers_and_huffman_as_hpack() -> None:
     for n in range(0, 300, 7):
         data = bytes(rng.randrange(256) for _ in range(n))
         assert huffman_encode(data) == coder.encode(data)
+
+
+def _huffman(decode, data: bytes) -> bytes | None:
+    try:
+        return decode(data)
+    except hpack.HPACKDecodingError:
+        return None
+
+
+def test_huffman_decode_as_hpack() -> None:
+    """Valid strings of every length up to 40, every 1- and 2-byte string,
+    random (mostly invalid) strings and padding cases: the same octets, or
+    both fail."""
+    rng = random.Random(3)
+    cases = [bytes((a,)) for a in range(256)]
+    cases += [bytes((a, b)) for a in range(256) for b in range(0, 256, 5)]
+    for n in range(41):
+        plain = bytes(rng.randrange(256) for _ in range(n))
+        coded = huffman_encode(plain)
+        assert huffman_decode(coded) == plain
+        cases += [coded, coded + b"\xff", coded[:-1], coded + b"\x00"]
+        if coded:
+            cases.append(coded[:-1] + bytes((coded[-1] & 0xFE,)))  # padding not all ones
+    cases += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 30)))
+              for _ in range(3000)]
+    cases.append(b"\xff\xff\xff\xff")  # EOS (30 ones) inside a string
+    failed = 0
+    for data in cases:
+        want = _huffman(hpack.huffman_table.decode_huffman, data)
+        assert _huffman(huffman_decode, data) == want, data
+        failed += want is None
+    assert 1000 < failed < len(cases) - 1000
 
 
 def _decode_both(ours: BlockDecoder, theirs: hpack.Decoder, data: bytes) -> None:
