@@ -64,18 +64,13 @@ def check_domain_claim(
         raise Conflict("domain already exists")
     if foreign_domain_over(conn, account_id, name) is not None:
         raise Conflict(DOMAIN_IN_USE)
-    if conn.execute(
-        sa.select(domains.c.id).where(
-            domains.c.account_id != account_id, _at_or_under(domains.c.domain, name)
-        ).limit(1)
-    ).first():
-        raise Conflict(DOMAIN_IN_USE)
-    if conn.execute(
-        sa.select(services.c.id).where(
-            services.c.account_id != account_id, _at_or_under(services.c.domain, name)
-        ).limit(1)
-    ).first():
-        raise Conflict(DOMAIN_IN_USE)
+    for table in (domains, services):  # another account's name at or under it
+        if conn.execute(
+            sa.select(table.c.id).where(
+                table.c.account_id != account_id, _at_or_under(table.c.domain, name)
+            ).limit(1)
+        ).first():
+            raise Conflict(DOMAIN_IN_USE)
     above = self_and_parents(name)
     if any(c in above or c.endswith("." + name) for c in known_clusters) or conn.execute(
         sa.select(proxies.c.id).where(
