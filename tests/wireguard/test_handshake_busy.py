@@ -24,6 +24,13 @@ def _established_data(net, mux, established, n: int) -> list[tuple[bytes, tuple[
     return out
 
 
+def _one_read(net, mux, established, newcomers, n: int) -> None:
+    """One read of the mux: every newcomer's initiation, then ``n`` transport
+    datagrams of the established peer."""
+    mux.datagramsReceived(_initiations(net, newcomers)
+                          + _established_data(net, mux, established, n))
+
+
 def _drain_call(clock, mux):
     """The mux's pending drain turn (the devices' timer calls are there too)."""
     (call,) = [c for c in clock.getDelayedCalls() if c.func == mux._drain]
@@ -50,8 +57,7 @@ def test_busy_data_path_gets_small_spaced_turns_and_every_handshake_completes():
     clock, net, mux, dev, sink, established, newcomers = _busy_world(
         8, busy_datagrams=4, busy_time_budget=0.0005, busy_share=0.25)
     _costly(clock, dev, 0.0004)  # every run the device handles: 0.4 ms
-    mux.datagramsReceived(_initiations(net, newcomers) + _established_data(net, mux,
-                                                                           established, 8))
+    _one_read(net, mux, established, newcomers, 8)
     assert len(sink.packets) == 9  # the read's data first
     # busy: 0.5 ms budget, so two initiations (0.8 ms), then a wait of 3 x 0.8 ms
     assert mux.counters["handshake_queue_processed"] == 1 + 2
@@ -82,8 +88,7 @@ def test_without_data_the_next_turn_is_immediate_with_the_full_budget():
         8, busy_datagrams=4, busy_time_budget=0.0005, busy_share=0.25,
         handshake_time_budget=0.002, busy_hold=0.0)
     _costly(clock, dev, 0.0004)
-    mux.datagramsReceived(_initiations(net, newcomers) + _established_data(net, mux,
-                                                                           established, 4))
+    _one_read(net, mux, established, newcomers, 4)
     assert mux.counters["handshake_queue_processed"] == 1 + 2
     call = _drain_call(clock, mux)
     _run_at(clock, call)
@@ -102,8 +107,7 @@ def test_few_data_datagrams_do_not_count_as_busy():
         4, busy_datagrams=8, busy_time_budget=0.0005, handshake_time_budget=0.002)
     _costly(clock, dev, 0.0004)
     # a keepalive-sized trickle: three datagrams
-    mux.datagramsReceived(_initiations(net, newcomers) + _established_data(net, mux,
-                                                                           established, 3))
+    _one_read(net, mux, established, newcomers, 3)
     assert mux.counters["handshake_queue_processed"] == 1 + 4
     assert mux.counters["handshake_queue_busy_turns"] == 0
 
@@ -112,8 +116,7 @@ def test_the_wait_between_busy_turns_is_capped():
     clock, net, mux, dev, _sink, established, newcomers = _busy_world(
         3, busy_datagrams=1, busy_share=0.25, busy_max_delay=0.010)
     _costly(clock, dev, 0.010)  # one initiation: 10 ms, 3 x 10 ms would be 30 ms
-    mux.datagramsReceived(_initiations(net, newcomers) + _established_data(net, mux,
-                                                                           established, 1))
+    _one_read(net, mux, established, newcomers, 1)
     call = _drain_call(clock, mux)
     assert call.getTime() - clock.seconds() == pytest.approx(0.010)
 
@@ -132,8 +135,7 @@ def test_busy_holds_while_the_flow_recovers_then_full_speed():
         12, busy_datagrams=4, busy_time_budget=0.0005, busy_share=0.25,
         handshake_time_budget=0.002, busy_hold=0.010)
     _costly(clock, dev, 0.0004)
-    mux.datagramsReceived(_initiations(net, newcomers) + _established_data(net, mux,
-                                                                           established, 4))
+    _one_read(net, mux, established, newcomers, 4)
     assert mux.counters["handshake_queue_processed"] == 1 + 2
     # no data since, but within the hold (10 ms): still two per turn, spaced
     call = _drain_call(clock, mux)
