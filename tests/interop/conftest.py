@@ -8,9 +8,15 @@ and fails the test if anything is left behind.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
 import pytest
 
 from tests.interop.testbed import Testbed, current_netns_inode, unavailable_reason
+
+W = TypeVar("W")
 
 
 def require_testbed(*need: str) -> None:
@@ -18,6 +24,21 @@ def require_testbed(*need: str) -> None:
     reason = unavailable_reason(need=tuple(need))
     if reason is not None:
         pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def world_on_testbed(make: Callable[[Testbed], W], *need: str, logs: tuple[str, ...] = (),
+                  tail: int = 4000) -> Iterator[W]:
+    """``make(Testbed())``, for a module fixture's ``with``, once the testbed (and
+    executables ``need``) work here; afterwards the testbed is closed, printing the
+    last ``tail`` bytes of each log in ``logs``, and must have left nothing behind."""
+    require_testbed(*need)
+    tb = Testbed()
+    try:
+        yield make(tb)
+    finally:
+        left = tb.close_with_log_tails(*logs, tail=tail)
+    assert not left, left
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import require_testbed, world_on_testbed
 from tests.interop.multiaccount import global_proxy_token
 from tests.interop.test_private_e2e import DOMAIN, World, service_body, wait_for
 from tests.interop.testbed import Testbed, inside_netns
@@ -182,10 +182,8 @@ def _log(w: World) -> str:
 
 
 def test_acme_against_pebble():
-    require_testbed("curl", "pebble", "pebble-challtestsrv", "openssl")
-    tb = Testbed()
-    try:
-        w = AcmeWorld(tb)
+    with world_on_testbed(AcmeWorld, "curl", "pebble", "pebble-challtestsrv", "openssl",
+                          logs=("gateway", "pebble", "management"), tail=5000) as w:
         ca, cert, key = _pebble_tls(w.tmp)
         root_path = _start_pebble(w, ca, cert, key, env={"PEBBLE_AUTHZREUSE": "0"}, eab=True)
         w.start_upstream(8081)
@@ -229,9 +227,6 @@ def test_acme_against_pebble():
         with open(os.path.join(account_dir, "account.json")) as f:
             assert f.read() == account  # the stored account, not a new one
         assert "Traceback" not in log
-    finally:
-        left = tb.close_with_log_tails("gateway", "pebble", "management", tail=5000)
-    assert not left, left
 
 
 def _https_get(w: World, domain: str, context: ssl.SSLContext) -> int:

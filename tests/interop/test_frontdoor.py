@@ -35,10 +35,9 @@ import time
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.multiaccount import global_proxy_token, rest_as, tenant
 from tests.interop.test_private_e2e import DOMAIN, World, service_body, wait_for
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -84,10 +83,8 @@ ONE_BYTE = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick", "openssl")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "wg-quick", "openssl",
+                          logs=("gateway", "management", "upstream"), tail=6000) as w:
         script = os.path.join(w.tmp, "wsgi_upstream.py")
         with open(script, "w") as f:
             f.write(WSGI_UPSTREAM)
@@ -111,9 +108,6 @@ def world():
         w.alice = w.connect_peer("alice")[:2]
         w.bob = b.connect_peer("bob")[:2]
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", "upstream", tail=6000)
-    assert not left, left
 
 
 def curl(ns, url: str, *extra: str, resolve: str = "", cacert: str = "") -> tuple[int, str]:

@@ -25,7 +25,7 @@ import textwrap
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import (
     APP,
     DOMAIN,
@@ -96,10 +96,8 @@ class Pair(World):
 
 @pytest.fixture(scope="module")
 def pair():
-    require_testbed("curl", "wg-quick")
-    tb = Testbed()
-    try:
-        w = Pair(tb)
+    with world_on_testbed(Pair, "curl", "wg-quick",
+                          logs=("gateway1", "gateway2", "management")) as w:
         w.start_upstream()
         w.start_management()
         token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
@@ -108,9 +106,6 @@ def pair():
         wait_for(lambda: DOMAIN in json.dumps(w.rest("GET", "/reverse-proxies/clusters")),
                  45, "the gateways to connect to management")
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway1", "gateway2", "management", tail=4000)
-    assert not left, left
 
 
 def test_one_gateway_stopped_the_other_serves(pair):

@@ -31,9 +31,8 @@ import textwrap
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import APP, DOMAIN, World, wait_for
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -108,17 +107,14 @@ def _read(path: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "wg-quick") as w:
         w.grpc_log = os.path.join(w.tmp, "grpc-metadata.log")
         port_file = os.path.join(w.tmp, "grpc.port")
-        script = tb.write_file("grpc_server.py", SERVER)
+        script = w.tb.write_file("grpc_server.py", SERVER)
         w.g.popen([sys.executable, script, REPO, port_file, w.grpc_log],
                   stdout=w.log("grpc-upstream"), stderr=subprocess.STDOUT)
         w.grpc_port = int(wait_for(lambda: _read(port_file), 30, "the grpcio upstream"))
-        w.client_script = tb.write_file("grpc_client.py", CLIENT)
+        w.client_script = w.tb.write_file("grpc_client.py", CLIENT)
         w.start_connected_gateway()
         devs = w.rest("POST", "/groups", {"name": "devs"})
         w.add_peer("alice", [devs["id"]])
@@ -140,9 +136,6 @@ def world():
         alice_conf = w.alice[2]
         w.berta = w.connect_peer("berta", berta + "\n" + alice_conf[alice_conf.index("[Peer]"):])
         yield w
-    finally:
-        left = tb.close()
-    assert not left, left
 
 
 def _call(world: World, ns, address: str, port: int, authority: str,

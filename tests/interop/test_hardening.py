@@ -26,9 +26,8 @@ import time
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import DOMAIN, VENV_BIN, World, wait_for
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -81,13 +80,11 @@ GRPC_CALLS = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick", "ss")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "wg-quick", "ss",
+                          logs=("gateway", "management"), tail=5000) as w:
         w.start_upstream()
-        script = tb.write_file("slow_upstream.py", SLOW_UPSTREAM)
-        w.slow_log = os.path.join(tb.tmpdir, "slow.log")
+        script = w.tb.write_file("slow_upstream.py", SLOW_UPSTREAM)
+        w.slow_log = os.path.join(w.tb.tmpdir, "slow.log")
         w.g.popen([sys.executable, script, "8082", w.slow_log],
                   stdout=w.log("slow"), stderr=subprocess.STDOUT)
         w.start_management()
@@ -117,9 +114,6 @@ def world():
                              "enabled": True, "options": {"direct_upstream": True}}]})
         w.alice = w.connect_peer("alice")[:2]
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=5000)
-    assert not left, left
 
 
 def curl_tunnel(w, host: str, path: str = "/", *extra: str, timeout: float = 20):

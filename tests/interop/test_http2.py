@@ -15,19 +15,15 @@ import json
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import APP, World, service_body, wait_for
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "wg-quick") as w:
         w.start_upstream()
         w.start_connected_gateway()
         devs = w.rest("POST", "/groups", {"name": "devs"})
@@ -36,9 +32,6 @@ def world():
                service_body("app", APP, private=True, groups=[devs["id"]]))
         w.alice = w.connect_peer("alice")
         yield w
-    finally:
-        left = tb.close()
-    assert not left, left
 
 
 def _entries(world: World, path: str) -> list[dict]:

@@ -41,9 +41,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import APP, DOMAIN, VENV_BIN, World, wait_for
-from tests.interop.testbed import Testbed, inside_netns
+from tests.interop.testbed import inside_netns
 
 pytestmark = pytest.mark.interop
 
@@ -97,10 +97,8 @@ class AssertionWorld(World):
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick")
-    tb = Testbed()
-    try:
-        w = AssertionWorld(tb)
+    with world_on_testbed(AssertionWorld, "curl", "wg-quick",
+                          logs=("gateway", "management", "upstream")) as w:
         w.start_management()
         w.start_verifying_upstream()
         w.start_verifying_upstream(HDR, HDR_PORT)
@@ -129,9 +127,6 @@ def world():
                          "options": {"direct_upstream": True}}]})
         w.alice = w.connect_peer("alice")
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", "upstream", tail=4000)
-    assert not left, left
 
 
 def _get(world, path: str = "/whoami", *extra: str):

@@ -32,7 +32,7 @@ import textwrap
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import (
     APP,
     DOMAIN,
@@ -41,7 +41,6 @@ from tests.interop.test_private_e2e import (
     upstream_target,
     wait_for,
 )
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -101,10 +100,8 @@ class World6(World):
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick", "ping")
-    tb = Testbed()
-    try:
-        w = World6(tb)
+    with world_on_testbed(World6, "curl", "wg-quick", "ping",
+                          logs=("gateway", "management"), tail=6000) as w:
         w.start_upstream()
         big = w.tb.write_file("big_upstream.py", BIG_UPSTREAM)
         w.g.popen([sys.executable, big, "8082", str(BIG_SIZE)], stdout=w.log("big"),
@@ -127,9 +124,6 @@ def world():
         w.alice = w.connect_peer6("alice")
         w.bob = w.connect_peer6("bob")
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=6000)
-    assert not left, left
 
 
 def curl6(world, ns, host: str, path: str, gw6: str, *extra: str):

@@ -22,10 +22,9 @@ import pytest
 
 from nbgateway.service._accounts import account_key
 from nbgateway.wireguard.keys import public_key
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.multiaccount import global_proxy_token, tenant
 from tests.interop.test_private_e2e import APP, DOMAIN, World, counter, service_body, wait_for
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -36,10 +35,8 @@ def pub(key: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "wg-quick",
+                          logs=("gateway", "management"), tail=6000) as w:
         w.start_upstream()
         w.start_management()
         w.a, w.b = tenant(w, "tenant-a"), tenant(w, "tenant-b")
@@ -55,9 +52,6 @@ def world():
                  service_body("app", APP, private=True, groups=[group["id"]]))
         w.ns, w.gw_ip, w.conf = w.a.connect_peer("alice")
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=6000)
-    assert not left, left
 
 
 def test_the_gateway_rotates_a_squatted_key_and_the_service_is_reached(world):

@@ -21,10 +21,10 @@ import sys
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_l4_public import make_certs
 from tests.interop.test_private_e2e import DNS_QUERY, DOMAIN, World, counter, wait_for
-from tests.interop.testbed import Testbed, inside_netns
+from tests.interop.testbed import inside_netns
 
 pytestmark = pytest.mark.interop
 
@@ -70,10 +70,7 @@ def private_l4(world, name: str, mode: str, listen_port: int, port: int) -> dict
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("wg-quick")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "wg-quick", logs=("gateway", "management"), tail=6000) as w:
         w.count_file = os.path.join(w.tmp, "accepted.txt")
         logf = w.log("l4-upstreams")
         w.g.popen([sys.executable, SERVERS, "conn-count", "127.0.0.1", "9100", w.count_file],
@@ -98,9 +95,6 @@ def world():
         ns, gw_ip, conf = w.connect_peer("alice")
         w.alice = (ns, gw_ip, conf)
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=6000)
-    assert not left, left
 
 
 def test_in_group_peer_reaches_private_tcp_by_name(world):

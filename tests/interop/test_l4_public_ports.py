@@ -23,10 +23,10 @@ import urllib.error
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_l4_public import can_connect, l4_service
 from tests.interop.test_private_e2e import World, counter, wait_for
-from tests.interop.testbed import Testbed, inside_netns
+from tests.interop.testbed import inside_netns
 
 pytestmark = pytest.mark.interop
 
@@ -36,10 +36,7 @@ RANGE = "25,53,7000-7999"
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed()
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, logs=("gateway", "management")) as w:
         logf = w.log("l4-upstreams")
         w.g.popen([sys.executable, SERVERS, "tcp-echo", "127.0.0.1", "9100"],
                   stdout=logf, stderr=logf)
@@ -50,9 +47,6 @@ def world():
         w.start_gateway(token, "--addr", "0.0.0.0:8443", "--l4-public-ports", RANGE)
         wait_for(lambda: can_connect(w.g.name, "127.0.0.1", 8443), 30, "the gateway")
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=4000)
-    assert not left, left
 
 
 def status_of(world, svc: dict, want: str) -> dict:

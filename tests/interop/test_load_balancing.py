@@ -31,9 +31,8 @@ from datetime import datetime
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import DOMAIN, World, counter, wait_for
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -141,10 +140,8 @@ class Upstreams:
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "nginx", "wrk")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "nginx", "wrk",
+                          logs=("gateway", "management")) as w:
         w.upstreams = Upstreams(w)
         for name in PORTS:
             w.upstreams.start(name)
@@ -160,9 +157,6 @@ def world():
         w.noeject = w.rest("POST", "/reverse-proxies/services", _service("noeject", NOEJECT, {
             "max_failures": 100}))
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=4000)
-    assert not left, left
 
 
 def get(world, host: str, path: str = "/", *extra: str) -> tuple[int, str]:

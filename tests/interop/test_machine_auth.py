@@ -25,10 +25,9 @@ import time
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import DOMAIN, wait_for
 from tests.interop.test_public_auth import _service, curl, public_world
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -38,17 +37,11 @@ PIN = f"pin.{DOMAIN}"
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl")
-    tb = Testbed()
-    try:
-        w = public_world(tb)
+    with world_on_testbed(public_world, "curl", logs=("gateway", "management")) as w:
         w.svc = w.rest("POST", "/reverse-proxies/services", _service("machine", MACHINE, {}))
         w.rest("POST", "/reverse-proxies/services", _service("pin", PIN, {
             "pin_auth": {"enabled": True, "pin": "135790"}}))
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=4000)
-    assert not left, left
 
 
 def _admin(world, *argv: str) -> str:

@@ -24,10 +24,9 @@ import time
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import DOMAIN, counter, service_body, wait_for
 from tests.interop.test_public_auth import PUBLIC, _service, public_world
-from tests.interop.testbed import Testbed
 from tests.tls._clientcerts import IssuingCA
 
 pytestmark = pytest.mark.interop
@@ -39,10 +38,8 @@ EMAIL = "alice@example.test"
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick", "openssl")
-    tb = Testbed()
-    try:
-        w = public_world(tb)
+    with world_on_testbed(public_world, "curl", "wg-quick", "openssl",
+                          logs=("gateway", "management")) as w:
         devs = w.rest("POST", "/groups", {"name": "devs"})
         w.user = w.rest("POST", "/users", {"email": EMAIL, "name": "Alice", "role": "user",
                                            "auto_groups": [devs["id"]]})
@@ -55,15 +52,12 @@ def world():
         certs = os.path.join(w.tmp, "client")
         w.alice = w.ca.issue("Alice", emails=(EMAIL,)).write(certs, "alice")
         w.foreign = w.other.issue("Alice", emails=(EMAIL,)).write(certs, "foreign")
-        w.ca_file = tb.write_file("corp-ca.pem", w.ca.pem)
-        w.other_file = tb.write_file("other-ca.pem", w.other.pem)
+        w.ca_file = w.tb.write_file("corp-ca.pem", w.ca.pem)
+        w.other_file = w.tb.write_file("other-ca.pem", w.other.pem)
         out = _admin(w, "services", "client-ca", MTLS, "set", w.ca_file)
         assert "client certificates mapped by email" in out, out
         assert "CA CN=Corp Client CA" in out, out
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=4000)
-    assert not left, left
 
 
 def _admin(world, *argv: str) -> str:

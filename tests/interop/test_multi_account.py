@@ -36,7 +36,7 @@ import sys
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.multiaccount import (
     Tenant,
     global_proxy_token,
@@ -45,7 +45,6 @@ from tests.interop.multiaccount import (
     tenant,
 )
 from tests.interop.test_private_e2e import DNS_QUERY, DOMAIN, UPSTREAM, World, wait_for
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -102,10 +101,8 @@ class Side:
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick", "openssl")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "wg-quick", "openssl",
+                          logs=("gateway", "management"), tail=6000) as w:
         w.g.ip("addr", "add", "127.0.0.2/8", "dev", "lo")
         w.start_upstream()  # A's upstream 127.0.0.1:8081 -> w.upstream_log
         script = os.path.join(w.tmp, "upstream-b.py")
@@ -131,9 +128,6 @@ def world():
             side.ns, side.gw_ip, conf = side.t.connect_peer(peer_name)
             side.dns = re.search(r"^DNS\s*=\s*([0-9.]+)", conf, re.M).group(1)
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=6000)
-    assert not left, left
 
 
 def test_two_accounts_with_overlapping_addresses_each_reach_their_own(world):

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import API, DOMAIN, World, upstream_target, wait_for
-from tests.interop.testbed import Testbed, inside_netns
+from tests.interop.testbed import inside_netns
 
 pytestmark = pytest.mark.interop
 
@@ -59,10 +59,8 @@ def admin_cli(world: World, *args: str):
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick", "openssl")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "wg-quick", "openssl",
+                          logs=("gateway", "management"), tail=5000) as w:
         w.start_upstream()
         w.start_connected_gateway()
         devs = w.rest("POST", "/groups", {"name": "devs"})
@@ -73,9 +71,6 @@ def world():
             "access_groups": [devs["id"]], "targets": [upstream_target()]})
             for name, domain in (("app", APP), ("wiki", WIKI))]
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=5000)
-    assert not left, left
 
 
 def _served_ca(world: World) -> bytes | None:

@@ -29,7 +29,7 @@ import urllib.request
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.testbed import KeyPair, Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -275,10 +275,8 @@ def counter(metrics: str, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", "wg-quick",
+                          logs=("gateway", "management", "upstream"), tail=6000) as w:
         w.start_upstream()
         w.start_management()
         token = w.rest("POST", "/reverse-proxies/proxy-tokens", {"name": "gw"})["plain_token"]
@@ -294,9 +292,6 @@ def world():
         w.service = w.rest("POST", "/reverse-proxies/services",
                            service_body("app", APP, private=True, groups=[devs["id"]]))
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", "upstream", tail=6000)
-    assert not left, left
 
 
 def test_peer_in_group_reaches_private_service_with_identity(world):

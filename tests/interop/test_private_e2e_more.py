@@ -31,7 +31,7 @@ import urllib.request
 import pytest
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import (
     APP,
     DOMAIN,
@@ -189,10 +189,8 @@ def _status_is(expected: int, probe):
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick")
-    tb = Testbed()
-    try:
-        w = CountingWorld(tb)
+    with world_on_testbed(CountingWorld, "curl", "wg-quick",
+                          logs=("gateway", "management", "upstream")) as w:
         w.conns = {}
         w.start_upstream()
         w.start_management()
@@ -217,9 +215,6 @@ def world():
         assert "[Peer]" not in berta and "left out of this config" in berta, berta
         w.conns["berta"] = w.connect_peer("berta", berta + "\n" + alice[alice.index("[Peer]"):])[:2]
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", "upstream", tail=4000)
-    assert not left, left
 
 
 def test_direct_upstream_target_and_target_on_a_peer(world):

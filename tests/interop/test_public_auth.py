@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, World, service_body, wait_for
 from tests.interop.testbed import Testbed, inside_netns
 
@@ -66,10 +66,8 @@ def public_world(tb: Testbed) -> World:
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl")
-    tb = Testbed()
-    try:
-        w = public_world(tb)
+    with world_on_testbed(public_world, "curl",
+                          logs=("gateway", "management", "upstream"), tail=6000) as w:
         w.hdr = w.rest("POST", "/reverse-proxies/services", _service("hdr", HDR, {
             "header_auths": [{"enabled": True, "header": "X-Api-Key", "value": "s3cret-key"}]}))
         w.pw = w.rest("POST", "/reverse-proxies/services", _service("pw", PW, {
@@ -78,9 +76,6 @@ def world():
         w.rest("POST", "/reverse-proxies/services", _service("pw2", PW2, {
             "password_auth": {"enabled": True, "password": "other"}}))
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", "upstream", tail=6000)
-    assert not left, left
 
 
 def curl(w: World, host: str, path: str = "/", *extra: str) -> tuple[int, dict, str]:

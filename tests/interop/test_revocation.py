@@ -27,9 +27,8 @@ import time
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import world_on_testbed
 from tests.interop.test_private_e2e import DOMAIN, World, service_body, wait_for
-from tests.interop.testbed import Testbed
 
 pytestmark = pytest.mark.interop
 
@@ -95,10 +94,8 @@ class RevocationWorld(World):
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl", "wg-quick")
-    tb = Testbed()
-    try:
-        w = RevocationWorld(tb)
+    with world_on_testbed(RevocationWorld, "curl", "wg-quick",
+                          logs=("gateway", "management", "upstream")) as w:
         w.conns = {}
         w.start_upstream()
         w.start_connected_gateway(timeout=SETUP_WAIT)
@@ -126,9 +123,6 @@ def world():
         for name in PEERS:
             w.warm(name)
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", "upstream", tail=4000)
-    assert not left, left
 
 
 def test_removed_from_group_loses_that_service_only(world):

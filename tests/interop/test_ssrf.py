@@ -33,7 +33,7 @@ import urllib.request
 
 import pytest
 
-from tests.interop.conftest import require_testbed
+from tests.interop.conftest import require_testbed, world_on_testbed
 from tests.interop.multiaccount import create_account, global_proxy_token, rest_as, rest_status
 from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, World, counter, wait_for
 from tests.interop.testbed import Testbed, inside_netns
@@ -76,10 +76,7 @@ def _lines(path: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def world():
-    require_testbed("curl")
-    tb = Testbed()
-    try:
-        w = World(tb)
+    with world_on_testbed(World, "curl", logs=("gateway", "management"), tail=6000) as w:
         w.g.ip("addr", "add", "127.0.0.2/8", "dev", "lo")
         w.start_upstream()  # A's upstream, 127.0.0.1:8081 -> w.upstream_log
         script = os.path.join(w.tmp, "upstream-b.py")
@@ -95,9 +92,6 @@ def world():
         wait_for(lambda: DOMAIN in str(w.rest("GET", "/reverse-proxies/clusters")), 30,
                  "the gateway to connect to management")
         yield w
-    finally:
-        left = tb.close_with_log_tails("gateway", "management", tail=6000)
-    assert not left, left
 
 
 def public_get(w: World, domain: str) -> tuple[int, str]:
