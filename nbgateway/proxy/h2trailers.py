@@ -60,7 +60,7 @@ import h2.config
 import h2.connection
 import priority
 from h2.exceptions import ProtocolError
-from h2.stream import H2Stream
+from h2.stream import H2Stream, StreamInputs
 from h2.utilities import (
     _ALLOWED_PSEUDO_HEADER_FIELDS,
     _SECURE_HEADERS,
@@ -69,6 +69,7 @@ from h2.utilities import (
     _check_pseudo_header_field_acceptability,
 )
 from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
+from hyperframe.frame import ContinuationFrame, HeadersFrame
 from twisted.internet.defer import Deferred
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
@@ -191,13 +192,58 @@ def prepare_response_headers(headers: Iterable[Any],
     ``cookie`` fields never indexed; ``te`` other than ``trailers`` and
     pseudo-header misuse a :class:`~h2.exceptions.ProtocolError` (raised
     before any field reaches the HPACK encoder)."""
+    block = _response_block(headers)
+    _check_pseudo_header_field_acceptability(block.pseudo, block.method, flags)
+    return block.fields
+
+
+class _ResponseBlock:
+    """A response/trailer block after :func:`_response_block`."""
+
+    __slots__ = ("fields", "informational", "method", "pseudo", "sent_method")
+
+    def __init__(self, fields: list[Any], pseudo: set[bytes], method: bytes | None,
+                 informational: bool, sent_method: bytes | None) -> None:
+        #: the normalised fields, ready for the HPACK encoder
+        self.fields = fields
+        #: the pseudo-header names and the :method value (normalised), for
+        #: the check that needs the stream's validation flags
+        self.pseudo = pseudo
+        self.method = method
+        #: ``h2``'s ``is_informational_response`` and ``extract_method_header``
+        #: of the UTF-8 encoded block (before normalisation)
+        self.informational = informational
+        self.sent_method = sent_method
+
+
+def _response_block(headers: Iterable[Any]) -> _ResponseBlock:
+    """One pass over a block to send: ``h2``'s UTF-8 encoding of names and
+    values, its informational-response and ``:method`` scans, then
+    :func:`prepare_response_headers`' normalisation and every check but the
+    one needing the validation flags."""
     out: list[Any] = []
     pseudo: set[bytes] = set()
     regular = False
-    method = None
+    method = sent_method = None
+    informational = False
+    leading = True  # still in the leading pseudo-header fields (h2's scan)
     for header in headers:
-        name = header[0].lower().strip()
-        value = header[1].strip()
+        name = header[0]
+        value = header[1]
+        if not isinstance(name, bytes):
+            name = name.encode("utf-8")
+        if not isinstance(value, bytes):
+            value = value.encode("utf-8")
+        if leading:
+            if not name.startswith(b":"):
+                leading = False
+            elif name == b":status":
+                informational = value.startswith(b"1")
+                leading = False
+        if sent_method is None and name == b":method":
+            sent_method = value
+        name = name.lower().strip()
+        value = value.strip()
         if name in CONNECTION_HEADERS:
             continue
         if name in _SECURE_HEADERS or (name == b"cookie" and len(value) < 20):
@@ -223,8 +269,7 @@ def prepare_response_headers(headers: Iterable[Any],
             if name == b"te" and value.lower() != b"trailers":
                 raise ProtocolError(f"Invalid value for TE header: {value!r}")
         out.append(header)
-    _check_pseudo_header_field_acceptability(pseudo, method, flags)
-    return out
+    return _ResponseBlock(out, pseudo, method, informational, sent_method)
 
 
 class _CheckedStream(H2Stream):
@@ -237,6 +282,56 @@ class _CheckedStream(H2Stream):
     #: the connection's configuration with the outbound steps off (they ran
     #: here already), set by :class:`_TrailingH2State`
     raw_config: h2.config.H2Configuration
+
+    def send_headers(self, headers: Any, encoder: Any, end_stream: bool = False) -> Any:
+        """``h2``'s steps for a server's response/trailer block (state
+        transition, validation flags, encoding, framing, end of stream) with
+        its UTF-8 encoding, scans, normalisation and checks in one pass
+        (:func:`_response_block`).  A block that pass refuses goes through
+        ``h2``'s own steps, so the same error comes at the same point (after
+        the state transition)."""
+        config = self.config
+        if (self.state_machine.client or config.split_outbound_cookies
+                or not config.normalize_outbound_headers
+                or not config.validate_outbound_headers):
+            return super().send_headers(headers, encoder, end_stream)
+        try:
+            block = _response_block(headers)
+        except Exception:
+            return super().send_headers(headers, encoder, end_stream)
+        config.logger.debug("Send headers %s on %r", headers, self)
+        if block.informational:
+            if end_stream:
+                raise ProtocolError("Cannot set END_STREAM on informational responses.")
+            input_ = StreamInputs.SEND_INFORMATIONAL_HEADERS
+        else:
+            input_ = StreamInputs.SEND_HEADERS
+        events = self.state_machine.process_input(input_)
+        first = HeadersFrame(self.stream_id)
+        flags = self._build_hdr_validation_flags(events)
+        _check_pseudo_header_field_acceptability(block.pseudo, block.method, flags)
+        encoded = encoder.encode(block.fields)
+        size = self.max_outbound_frame_size or 0
+        if 0 < len(encoded) <= size:
+            first.data = encoded
+            frames: list[Any] = [first]
+            first.flags.add("END_HEADERS")
+        else:  # h2's split into CONTINUATION frames (and its errors)
+            chunks = [encoded[i:i + size] for i in range(0, len(encoded), size)]
+            first.data = chunks[0]
+            frames = [first]
+            for chunk in chunks[1:]:
+                frame = ContinuationFrame(self.stream_id)
+                frame.data = chunk
+                frames.append(frame)
+            frames[-1].flags.add("END_HEADERS")
+        if end_stream:
+            self.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            frames[0].flags.add("END_STREAM")
+        if self.state_machine.trailers_sent and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set.")
+        self.request_method = block.sent_method
+        return frames
 
     def _build_headers_frames(self, headers: Any, encoder: Any, first_frame: Any,
                               hdr_validation_flags: Any) -> Any:
