@@ -253,6 +253,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
             # head.__init__(), inline: the fields of a new head
             head.url = b""
             head.headers = {}
+            head.copy = []
+            head.copy_ok = True
             head.count = 0
             head.host = None
             head.length = None
@@ -284,6 +286,8 @@ class FastHTTPChannel(StreamingHTTPChannel):
         headers._rawHeaders = head.headers
         req = FastRequest(self, method, head.url, headers, head.close, head.underscore,
                           self._conn_info)
+        if head.copy_ok:
+            req.upstream_copy = (head.copy, len(head.headers))
         self.persistent = not head.close
         length = head.length
         self._buf = buf[end:]

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 
-from nbgateway.proxy.headers import canonical_name
+from nbgateway.proxy.headers import canonical_name, plan_skips
 from nbgateway.proxy.streaming import RequestBodyStream
 
 if TYPE_CHECKING:
@@ -45,9 +45,11 @@ _CONNECTION, _SERVER_NAME, _DATE = map(canonical_name, ("Connection", "Server", 
 _CONTENT_TYPE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
     canonical_name, ("Content-Type", "Content-Length", "Transfer-Encoding"))
 #: request header names as received -> (as ``Headers`` keeps them, what the
-#: head parse does with it (``_KIND_*``), whether the name has an "_");
-#: bounded (the first ``_NAMES_MAX`` names are kept)
-_NAMES: dict[bytes, tuple[bytes, int, bool]] = {}
+#: head parse does with it (``_KIND_*``), whether the name has an "_", the
+#: upstream line's start ``b"Name: "`` when a route plan copies the header as
+#: it is, else b"" (:func:`~nbgateway.proxy.headers.plan_skips`)); bounded
+#: (the first ``_NAMES_MAX`` names are kept)
+_NAMES: dict[bytes, tuple[bytes, int, bool, bytes]] = {}
 _NAMES_MAX = 4096
 _KIND_OTHER, _KIND_HOST, _KIND_LENGTH, _KIND_CONNECTION, _KIND_DECLINE = range(5)
 _KINDS = {b"host": _KIND_HOST, b"content-length": _KIND_LENGTH,
@@ -55,11 +57,12 @@ _KINDS = {b"host": _KIND_HOST, b"content-length": _KIND_LENGTH,
           b"upgrade": _KIND_DECLINE, b"expect": _KIND_DECLINE}
 
 
-def _name(raw: bytes) -> tuple[bytes, int, bool]:
+def _name(raw: bytes) -> tuple[bytes, int, bool, bytes]:
     known = _NAMES.get(raw)
     if known is None:
-        known = (canonical_name(raw.decode("latin-1")), _KINDS.get(raw.lower(), _KIND_OTHER),
-                 b"_" in raw)
+        canonical = canonical_name(raw.decode("latin-1"))
+        known = (canonical, _KINDS.get(raw.lower(), _KIND_OTHER), b"_" in raw,
+                 b"" if plan_skips(canonical) else canonical + b": ")
         if len(_NAMES) < _NAMES_MAX:
             _NAMES[raw] = known
     return known
@@ -81,11 +84,18 @@ class _DeclineError(Exception):
 class _Head:
     """httptools callbacks for one request head (fields reset per head)."""
 
-    __slots__ = ("close", "count", "decline", "headers", "host", "length", "underscore", "url")
+    __slots__ = ("close", "copy", "copy_ok", "count", "decline", "headers", "host", "length",
+                 "underscore", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: dict[bytes, list[bytes]] = {}
+        #: the upstream lines of the headers a route plan copies as they are,
+        #: in arrival order (``Name: value\r\n`` as three parts); ``copy_ok``
+        #: is False once such a name came twice (the plan groups a name's
+        #: values at its first place, as ``Headers`` keeps them)
+        self.copy: list[bytes] = []
+        self.copy_ok = True
         self.count = 0
         self.host: bytes | None = None
         self.length: int | None = None
@@ -102,7 +112,7 @@ class _Head:
         known = _NAMES.get(name)
         if known is None:
             known = _name(name)
-        canonical, kind, underscore = known
+        canonical, kind, underscore, prefix = known
         if kind:
             if kind == _KIND_HOST:
                 self.host = value
@@ -124,8 +134,12 @@ class _Head:
         values = self.headers.get(canonical)
         if values is None:
             self.headers[canonical] = [value]
+            if prefix:
+                self.copy += (prefix, value, b"\r\n")
         else:
             values.append(value)
+            if prefix:
+                self.copy_ok = False
 
 
 class FastRequest:
@@ -147,7 +161,8 @@ class FastRequest:
         "channel_peer", "chunked", "code", "code_message", "content", "defaultContentType",
         "finish_hooks", "finished", "lost_hooks", "method", "notifications", "path", "peer_ip",
         "producer", "proxy_error", "requestHeaders", "responseHeaders", "routed", "secure",
-        "sentLength", "startedWriting", "transport", "underscore_names", "upstream_status", "uri",
+        "sentLength", "startedWriting", "transport", "underscore_names", "upstream_copy",
+        "upstream_status", "uri",
     )
 
     def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
@@ -169,6 +184,12 @@ class FastRequest:
             self.secure = False
         #: any request header name with "_" (from the head's parse; True: unknown)
         self.underscore_names = underscore
+        #: (the head parse's upstream lines of the headers a route plan copies
+        #: as they are, how many names the headers had): the plan takes the
+        #: lines instead of walking the headers while they still have that
+        #: many names (the front door drops names, nothing on the fast path
+        #: rewrites a value in place); None: the plan walks them
+        self.upstream_copy: tuple[list[bytes], int] | None = None
         #: the resource's ``fast_route`` answer, set when the request is
         #: dispatched in the turn that routed it (None: route it again)
         self.routed: Any = None

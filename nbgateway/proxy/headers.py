@@ -193,6 +193,27 @@ def _tokens(values: list[bytes] | None) -> set[bytes]:
     return out
 
 
+_EXPECT_B, _CONTENT_LENGTH_B = map(canonical_name, ("Expect", "Content-Length"))
+#: lower-case names the upstream client drops from a request head (its own framing)
+FRAMING_LOWER = (b"content-length", b"transfer-encoding", b"connection")
+#: inbound header name (as ``Headers`` keeps it) -> never copied into a route
+#: plan's upstream head (hop-by-hop, identity/forwarding in any spelling,
+#: Host, Cookie, Expect, framing); bounded
+PLAN_SKIPS: dict[bytes, bool] = {}
+_PLAN_SKIPS_MAX = 4096
+
+
+def plan_skips(name: bytes) -> bool:
+    """Is the inbound header ``name`` (canonical) one a route plan's head
+    (:meth:`~nbgateway.proxy.plan.RoutePlan.head`) never copies as it is?
+    Whatever the request: the general path drops or replaces those."""
+    verdict = (_always_dropped(name) or name in (_EXPECT_B, _CONTENT_LENGTH_B)
+               or name.lower() in FRAMING_LOWER)
+    if len(PLAN_SKIPS) < _PLAN_SKIPS_MAX and len(name) <= 64:
+        PLAN_SKIPS[name] = verdict
+    return verdict
+
+
 #: a Connection header's value -> the names it makes hop-by-hop besides the
 #: standard set (lower-case; empty for the common "keep-alive", a name every
 #: relay drops anyway); bounded, short values only

@@ -39,11 +39,13 @@ from twisted.web.http_headers import Headers
 from nbgateway.dial.http11_wire import split_url
 from nbgateway.proxy.fast_request import FastRequest
 from nbgateway.proxy.headers import (
-    _always_dropped,
+    FRAMING_LOWER,
+    PLAN_SKIPS,
     _without_session_cookie,
     canonical_name,
     connection_named,
     connection_named_of,
+    plan_skips,
     prepare_upstream_headers,
 )
 from nbgateway.routes.paths import PATH_REWRITE_PRESERVE, SESSION_TOKEN_PARAM, outgoing_path
@@ -58,22 +60,6 @@ _HOST, _COOKIE, _TE, _CONNECTION, _EXPECT, _CONTENT_LENGTH = map(
     canonical_name, ("Host", "Cookie", "TE", "Connection", "Expect", "Content-Length"))
 _SESSION_TOKEN_B = SESSION_TOKEN_PARAM.encode("latin-1")
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
-#: names the upstream client drops from a head (its own framing)
-_FRAMING_LOWER = (b"content-length", b"transfer-encoding", b"connection")
-
-#: inbound header name (as ``Headers`` keeps it) -> never copied into the
-#: upstream head (hop-by-hop, identity/forwarding in any spelling, Host,
-#: Cookie, Expect, framing); bounded
-_SKIP: dict[bytes, bool] = {}
-_SKIP_MAX = 4096
-
-
-def _skipped(name: bytes) -> bool:
-    verdict = (_always_dropped(name) or name in (_EXPECT, _CONTENT_LENGTH)
-               or name.lower() in _FRAMING_LOWER)
-    if len(_SKIP) < _SKIP_MAX and len(name) <= 64:
-        _SKIP[name] = verdict
-    return verdict
 
 
 class RoutePlan:
@@ -154,17 +140,24 @@ class RoutePlan:
                 named = connection_named(connection)
         custom = self.custom_names
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-        skip = _SKIP
-        for name, values in inbound.items():
-            verdict = skip.get(name)
-            if verdict is None:
-                verdict = _skipped(name)
-            if verdict or (named and name.lower() in named):
-                continue
-            if custom and name in custom:
-                return None  # a custom header replaces it in its place
-            for value in values:
-                parts += (name, b": ", value, b"\r\n")
+        # the fast path's head parse made the lines this loop would (see
+        # FastRequest.upstream_copy): taken while the headers still have
+        # the names they were parsed with
+        copy = request.upstream_copy if type(request) is FastRequest else None
+        if copy is not None and not named and not custom and copy[1] == len(inbound):
+            parts += copy[0]
+        else:
+            skip = PLAN_SKIPS
+            for name, values in inbound.items():
+                verdict = skip.get(name)
+                if verdict is None:
+                    verdict = plan_skips(name)
+                if verdict or (named and name.lower() in named):
+                    continue
+                if custom and name in custom:
+                    return None  # a custom header replaces it in its place
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
         parts.append(tail[1])
         cookie_in = inbound.get(_COOKIE)
         if cookie_in:
@@ -195,7 +188,7 @@ class RoutePlan:
             over_tls=secure, forwarded_proto=self.forwarded_proto)
         items = [(name, values) for name, values in headers._rawHeaders.items()
                  if name not in (_EXPECT, _CONTENT_LENGTH)
-                 and name.lower() not in _FRAMING_LOWER]
+                 and name.lower() not in FRAMING_LOWER]
         tail: Any = (identity, None, None)
         if items and items[-1][0] == _HOST and len(items[-1][1]) == 1:
             before = b"".join(name + b": " + value + b"\r\n"
