@@ -36,15 +36,21 @@ async def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest_twisted.ensureDeferred
-async def test_gateway_client_against_management_server(harness: Harness, fx: Fixture) -> None:
-    client = GrpcManagementClient(
-        reactor, f"http://{harness.address}", fx.token, address=CLUSTER, proxy_id="gw-1",
-        private=True,
-    )
+def started_client(harness: Harness, fx: Fixture, proxy_id: str,
+                   **kw) -> tuple[GrpcManagementClient, MappingStore]:
+    """A gateway's management client for ``CLUSTER`` on ``harness`` (``kw``: its
+    capabilities), started, its mappings going into a new store."""
+    client = GrpcManagementClient(reactor, f"http://{harness.address}", fx.token,
+                                  address=CLUSTER, proxy_id=proxy_id, **kw)
     mappings = MappingStore()
     client.subscribe_mappings(mappings)
     client.startService()
+    return client, mappings
+
+
+@pytest_twisted.ensureDeferred
+async def test_gateway_client_against_management_server(harness: Harness, fx: Fixture) -> None:
+    client, mappings = started_client(harness, fx, "gw-1", private=True)
     try:
         await wait_for(lambda: mappings.get("svc-1") is not None, "snapshot")
         m = mappings.get("svc-1")
@@ -88,13 +94,7 @@ async def test_gateway_client_resumes_by_revision(harness: Harness, fx: Fixture)
         return conn
 
     streams.open = spy  # type: ignore[method-assign]
-    client = GrpcManagementClient(
-        reactor, f"http://{harness.address}", fx.token, address=CLUSTER, proxy_id="gw-r",
-        private=True,
-    )
-    mappings = MappingStore()
-    client.subscribe_mappings(mappings)
-    client.startService()
+    client, mappings = started_client(harness, fx, "gw-r", private=True)
     try:
         await wait_for(lambda: mappings.get("svc-1") is not None and client.revision,
                        "snapshot and its revision")

@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import maybeDeferred
 
 from nbgateway.management.cli._output import Painter
@@ -18,12 +17,9 @@ from nbgateway.management.cli._status import assess, render
 from nbgateway.management.errors import ValidationError
 from nbgateway.management.l4ports import GatewayPorts
 from nbgateway.management.model import ProxyCapabilities, ProxyRecord
-from nbgateway.mgmt.client import GrpcManagementClient
-from nbgateway.store.mappings import MappingStore
 from tests.management import test_grpc_support as support
 from tests.management.test_cli_help import NOW, _data
-from tests.management.test_grpc_gateway_client import wait_for
-from tests.management.test_grpc_support import CLUSTER as GRPC_CLUSTER
+from tests.management.test_grpc_gateway_client import started_client, wait_for
 from tests.management.test_grpc_support import Fixture, Harness, make_service
 
 from .apiserver import BACKENDS, running_server
@@ -95,12 +91,8 @@ def test_rest_lists_what_the_gateway_advertised(server) -> None:
 @pytest_twisted.ensureDeferred
 async def test_gateway_client_advertises_and_management_checks(harness: Harness,
                                                                fx: Fixture) -> None:
-    client = GrpcManagementClient(
-        reactor, f"http://{harness.address}", fx.token, address=GRPC_CLUSTER, proxy_id="gw-l4",
-        l4_public_ports=((20000, 20009),), l4_tls_port=443)
-    mappings = MappingStore()
-    client.subscribe_mappings(mappings)
-    client.startService()
+    client, mappings = started_client(harness, fx, "gw-l4",
+                                      l4_public_ports=((20000, 20009),), l4_tls_port=443)
     try:
         await wait_for(lambda: mappings.initial_sync_complete, "snapshot")
         row = fx.store.proxies.get("gw-l4")
