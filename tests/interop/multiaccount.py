@@ -22,21 +22,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.interop.test_private_e2e import API, World
-from tests.interop.testbed import inside_netns
+from tests.interop.test_private_e2e import World
 
 
 def rest_as(world: World, token: str, method: str, path: str, body: Any = None) -> Any:
     """``world.rest`` with another personal access token (raises HTTPError on >= 400)."""
-    req = urllib.request.Request(
-        API + path, method=method, data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
-    with inside_netns(world.g.name), urllib.request.urlopen(req, timeout=10) as resp:
-        raw = resp.read()
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode()
+    return world.rest(method, path, body, token=token)
 
 
 def rest_status(world: World, token: str, method: str, path: str,

@@ -175,10 +175,14 @@ class World:
             assert r.returncode == 0, r.stderr
         return r
 
-    def rest(self, method: str, path: str, body=None):
+    def rest(self, method: str, path: str, body=None, *, token: str | None = None,
+             api: str = API):
+        """A REST call from inside G to ``api`` as the instance admin (or as ``token``'s
+        user): the decoded JSON, else the text; raises HTTPError on >= 400."""
+        auth = self.admin if token is None else token
         req = urllib.request.Request(
-            API + path, method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Token {self.admin}", "Content-Type": "application/json"})
+            api + path, method=method, data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Token {auth}", "Content-Type": "application/json"})
         with inside_netns(self.g.name), urllib.request.urlopen(req, timeout=10) as resp:
             raw = resp.read()
         try:

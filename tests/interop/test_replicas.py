@@ -96,17 +96,9 @@ class Replicas(World):
         with inside_netns(self.g.name), urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
-    def rest(self, method: str, path: str, body=None):  # World's helpers go to replica B
-        url = f"http://127.0.0.1:{REPLICAS['b'][0]}/api{path}"
-        req = urllib.request.Request(
-            url, method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Token {self.admin}", "Content-Type": "application/json"})
-        with inside_netns(self.g.name), urllib.request.urlopen(req, timeout=10) as resp:
-            raw = resp.read()
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw.decode()
+    def rest(self, method: str, path: str, body=None, **kw):  # World's helpers: replica B
+        return super().rest(method, path, body, api=f"http://127.0.0.1:{REPLICAS['b'][0]}/api",
+                            **kw)
 
 
 @pytest.fixture(scope="module")
