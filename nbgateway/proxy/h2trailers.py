@@ -585,7 +585,14 @@ class TrailersH2Connection(H2Connection):
         handling), but up to :data:`FRAMES_PER_TURN` frames per reactor turn
         in one write instead of one frame per turn: a long response costs a
         fraction of the reactor turns and socket writes.  Pending frames are
-        written before a stream's cleanup runs (its callbacks may write)."""
+        written before a stream's cleanup runs (its callbacks may write).
+
+        Woken by new data or a stream's end, it runs once at the end of the
+        reactor turn (:meth:`_wake`), not inside the first ``write``: what
+        the turn queued on all streams goes out in one run of it, and a
+        response's last DATA frame carries ``END_STREAM`` when the stream's
+        end is queued right behind it (no trailers) instead of an empty DATA
+        frame of its own."""
         if not self._stillProducing:
             return
         for sent in range(FRAMES_PER_TURN):
@@ -595,7 +602,7 @@ class TrailersH2Connection(H2Connection):
                 self._flush_frames()
                 assert self._sendingDeferred is None
                 self._sendingDeferred = Deferred()
-                self._sendingDeferred.addCallback(self._sendPrioritisedData)
+                self._sendingDeferred.addCallback(self._wake)
                 return
             if self._consumerBlocked is not None:
                 self._flush_frames()
@@ -617,6 +624,15 @@ class TrailersH2Connection(H2Connection):
             if len(frame) > max_size:
                 queue.appendleft(frame[max_size:])
                 frame = frame[:max_size]
+            elif (frame and len(queue) == 1 and queue[0] is _END_STREAM_SENTINEL
+                  and stream not in self.conn.pending_trailers):
+                self.conn.send_data(stream, frame, end_stream=True)
+                queue.popleft()
+                self._flush_frames()
+                self._requestDone(stream)
+                if not self._stillProducing:
+                    return
+                continue
             if frame:
                 self.conn.send_data(stream, frame)
             if not queue:
@@ -626,6 +642,12 @@ class TrailersH2Connection(H2Connection):
             if not frame:
                 break  # no window: try again next turn, as Twisted does
         self._flush_frames()
+        self._reactor.callLater(0, self._sendPrioritisedData)
+
+    def _wake(self, _stream: Any = None) -> None:
+        """New data or a stream's end while the loop waited: run it at the
+        end of this reactor turn (once: the waiting Deferred is gone until
+        the loop waits again)."""
         self._reactor.callLater(0, self._sendPrioritisedData)
 
     def _flush_frames(self) -> None:
