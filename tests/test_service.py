@@ -51,6 +51,23 @@ class Echo(resource.Resource):
                            for k, vs in request.requestHeaders.getAllRawHeaders()}).encode()
 
 
+def start_gateway(case: unittest.TestCase, peer_channel_factory,
+                  **settings: object) -> tuple[GatewayService, FakeManagementClient]:
+    """A started :class:`GatewayService` fed by a :class:`FakeManagementClient` (the
+    ``--mgmt`` URL is never dialled), ephemeral ports, its data in a temp directory
+    of ``case``; ``settings`` are more config values (as ``load`` takes them).
+    ``(service, management)``."""
+    config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
+                   "datadir": case.mktemp(), "health_addr": "", "addr": "127.0.0.1:0",
+                   **settings}, {"NB_PROXY_TOKEN": "t"})
+    mgmt = FakeManagementClient()
+    svc = GatewayService(config, reactor=reactor, management=mgmt,
+                         peer_channel_factory=peer_channel_factory)
+    svc.privilegedStartService()
+    svc.startService()
+    return svc, mgmt
+
+
 class Channel:
     instances: list = []
 
@@ -71,17 +88,9 @@ class GatewayServiceTests(unittest.TestCase):
     def setUp(self):
         Channel.instances = []
         self.upstream = reactor.listenTCP(0, server.Site(Echo()), interface="127.0.0.1")
-        config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
-                       "datadir": self.mktemp(),
-                       "private": True, "health_addr": "", "addr": "127.0.0.1:0",
-                       # the test upstream is on loopback (direct_upstream)
-                       "direct_upstream_allow": "127.0.0.1/32@acct"},
-                      {"NB_PROXY_TOKEN": "t"})
-        self.mgmt = FakeManagementClient()
-        self.svc = GatewayService(config, reactor=reactor, management=self.mgmt,
-                                  peer_channel_factory=Channel)
-        self.svc.privilegedStartService()
-        self.svc.startService()
+        # the test upstream is on loopback (direct_upstream)
+        self.svc, self.mgmt = start_gateway(self, Channel, private=True,
+                                            direct_upstream_allow="127.0.0.1/32@acct")
         port = self.upstream.getHost().port
         self.mapping = pb.ProxyMapping(
             type=pb.UPDATE_TYPE_CREATED, id="svc1", account_id="acct", domain="app.example",

@@ -23,15 +23,13 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.config import load
-from nbgateway.mgmt.fake import FakeManagementClient
 from nbgateway.mgmt.netmap import AccountNetwork, InboundRule, RosterPeer
 from nbgateway.netstack.endpoints import TunnelAgentEndpointFactory
 from nbgateway.netstack.stack import Stack
-from nbgateway.service import GatewayService
 from nbgateway.wireguard import udp
 from nbgateway.wireguard.device import WireGuardDevice
 from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
+from tests.test_service import start_gateway
 
 CLIENT_IP = "100.64.0.10"
 GATEWAY_IP = "100.64.0.1"
@@ -91,16 +89,9 @@ class GracefulShutdownTests(unittest.TestCase):
         self.stopping = None
         self.held = Held()
         self.upstream = reactor.listenTCP(0, server.Site(self.held), interface="127.0.0.1")
-        config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
-                       "datadir": self.mktemp(), "private": True, "health_addr": "",
-                       "direct_upstream_allow": "127.0.0.1/32@acct",  # loopback upstream
-                       "addr": "127.0.0.1:0", "drain_timeout": self.drain_timeout},
-                      {"NB_PROXY_TOKEN": "t"})
-        self.mgmt = FakeManagementClient()
-        self.svc = GatewayService(config, reactor=reactor, management=self.mgmt,
-                                  peer_channel_factory=Channel)
-        self.svc.privilegedStartService()
-        self.svc.startService()
+        self.svc, self.mgmt = start_gateway(
+            self, Channel, private=True, drain_timeout=self.drain_timeout,
+            direct_upstream_allow="127.0.0.1/32@acct")  # loopback upstream
         self.public_port = self.svc.public_port.getHost().port
         port = self.upstream.getHost().port
         yield self.mgmt.snapshot([pb.ProxyMapping(

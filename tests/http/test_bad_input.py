@@ -28,10 +28,8 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.config import load
-from nbgateway.mgmt.fake import FakeManagementClient
 from nbgateway.proxy.streaming import ProxySite
-from nbgateway.service import GatewayService
+from tests.test_service import start_gateway
 
 HOST = b"app.example"
 #: Twisted's request-head limit is 16 KiB (line + headers); past it a
@@ -90,15 +88,8 @@ class BadInputTests(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.upstream = reactor.listenTCP(0, server.Site(Hello()), interface="127.0.0.1")
-        config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
-                       "datadir": self.mktemp(), "health_addr": "", "addr": "127.0.0.1:0",
-                       "direct_upstream_allow": "127.0.0.1/32@acct"},
-                      {"NB_PROXY_TOKEN": "t"})
-        self.mgmt = FakeManagementClient()
-        self.svc = GatewayService(config, reactor=reactor, management=self.mgmt,
-                                  peer_channel_factory=NoPeerChannel)
-        self.svc.privilegedStartService()
-        self.svc.startService()
+        self.svc, self.mgmt = start_gateway(self, NoPeerChannel,
+                                            direct_upstream_allow="127.0.0.1/32@acct")
         port = self.upstream.getHost().port
         yield self.mgmt.snapshot([pb.ProxyMapping(
             type=pb.UPDATE_TYPE_CREATED, id="svc1", account_id="acct", domain=HOST.decode(),

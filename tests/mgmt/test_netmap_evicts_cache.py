@@ -12,11 +12,9 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from nbgateway._proto import proxy_service_pb2 as pb
-from nbgateway.config import load
-from nbgateway.mgmt.fake import FakeManagementClient
 from nbgateway.mgmt.netmap import AccountNetwork, RosterPeer
-from nbgateway.service import GatewayService
 from nbgateway.wireguard.keys import generate_private_key, key_to_base64, public_key
+from tests.test_service import start_gateway
 
 PEER_IP = "100.64.0.10"
 
@@ -54,14 +52,7 @@ class NetworkMapEvictionTests(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         Channel.by_account = {}
-        config = load({"mgmt": "http://127.0.0.1:1", "domain": "gw.test", "wg_port": "0",
-                       "datadir": self.mktemp(), "private": True, "health_addr": "",
-                       "addr": "127.0.0.1:0"}, {"NB_PROXY_TOKEN": "t"})
-        self.mgmt = FakeManagementClient()
-        self.svc = GatewayService(config, reactor=reactor, management=self.mgmt,
-                                  peer_channel_factory=Channel)
-        self.svc.privilegedStartService()
-        self.svc.startService()
+        self.svc, self.mgmt = start_gateway(self, Channel, private=True)
         yield self.mgmt.snapshot([mapping("a", "one.example"), mapping("b", "two.example")])
         for account in ("a", "b"):
             yield Channel.by_account[account].on_map(network(1))
