@@ -55,6 +55,8 @@ _FIRST_DYNAMIC = _STATIC_LEN + 1
 _HUFFMAN_BITS = tuple(f"{REQUEST_CODES[b]:0{REQUEST_CODES_LENGTH[b]}b}"
                       for b in range(256))
 _new_tuple = tuple.__new__
+#: the static table's fields as decoded, by index (1-61)
+_STATIC_FIELDS: list[Any] = [None] + [_new_tuple(HeaderTuple, field) for field in _STATIC]
 
 
 def huffman_encode(data: bytes) -> bytes:
@@ -222,6 +224,25 @@ class FastTable(HeaderTable):
             self._shrink()
 
 
+class FieldTable(FastTable):
+    """The decoder's :class:`FastTable`: its entries are the
+    ``HeaderTuple`` fields themselves, handed out as decoded (immutable)
+    instead of a new tuple per indexed field."""
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.add_field(_new_tuple(HeaderTuple, (name, value)))
+
+    def add_field(self, field: Any) -> None:
+        size = 32 + len(field[0]) + len(field[1])
+        if size > self._maxsize:
+            self._clear()
+            return
+        self.dynamic_entries.appendleft(field)
+        self._current_size += size
+        if self._current_size > self._maxsize:
+            self._shrink()
+
+
 class IndexedTable(FastTable):
     """A :class:`FastTable` plus an index of its dynamic entries: each
     ``(name, value)`` and each name maps to the insertion number of the
@@ -366,7 +387,7 @@ class BlockDecoder(Decoder):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_table = FastTable()
+        self.header_table = FieldTable()
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         if not raw:
@@ -388,12 +409,11 @@ class BlockDecoder(Decoder):
                     if index == 0x7F:
                         index, i = _integer_tail(data, i, index)
                     if 0 < index <= _STATIC_LEN:
-                        name, value = _STATIC[index - 1]
+                        header = _STATIC_FIELDS[index]
                     elif _STATIC_LEN < index <= _STATIC_LEN + len(entries):
-                        name, value = entries[index - _FIRST_DYNAMIC]
+                        header = entries[index - _FIRST_DYNAMIC]
                     else:
                         raise InvalidTableIndex(f"Invalid table index {index}")
-                    header = _new_tuple(HeaderTuple, (name, value))
                 elif first & 0x40 or not first & 0x20:  # a literal
                     if first & 0x40:
                         mask = 0x3F
@@ -419,7 +439,7 @@ class BlockDecoder(Decoder):
                     value, i = _literal(data, i)
                     header = _new_tuple(kind, (name, value))
                     if indexing:
-                        table.add(name, value)
+                        table.add_field(header)
                 else:  # dynamic table size update
                     if headers:
                         raise HPACKDecodingError(
@@ -476,5 +496,5 @@ def _literal(data: bytes, i: int) -> tuple[bytes, int]:
     return data[i:end], end
 
 
-__all__ = ["BlockDecoder", "FastTable", "IndexedTable", "TableEncoder", "encode_integer",
-           "huffman_decode", "huffman_encode"]
+__all__ = ["BlockDecoder", "FastTable", "FieldTable", "IndexedTable", "TableEncoder",
+           "encode_integer", "huffman_decode", "huffman_encode"]
