@@ -454,6 +454,9 @@ _SERVER_B, _SET_COOKIE, _CONTENT_LENGTH = map(canonical_name,
                                                ("Server", "Set-Cookie", "Content-Length"))
 
 
+#: the hop-by-hop names as ``Headers`` keeps them (a name's every spelling)
+_HOP_BY_HOP_KEYS = tuple(canonical_name(h) for h in sorted(HOP_BY_HOP))
+
 _RELAY_COPY, _RELAY_DROP, _RELAY_APPEND = range(3)
 #: response header name (as Headers keeps it) -> what the relay does with it
 #: (hop-by-hop: dropped; Set-Cookie: appended; else copied); bounded
@@ -487,7 +490,9 @@ def relay_response_headers(target: Headers, upstream: RawHeaders,
     names are canonical and values sanitised already and are copied as they
     are (the equivalence is a test, tests/proxy/test_headers.py).  ``owned``:
     ``upstream`` is made for this response and read by nothing after (the
-    lean client's): its value lists are moved into ``target``, not copied."""
+    lean client's, whose names are as ``Headers`` keeps them): its value
+    lists are moved into ``target``, not copied, and its hop-by-hop names
+    dropped from it."""
     raw = target._rawHeaders
     raw.pop(_SERVER_B, None)
     source = upstream._rawHeaders
@@ -497,6 +502,20 @@ def relay_response_headers(target: Headers, upstream: RawHeaders,
         named = connection_named_of(connection[0]) if len(connection) == 1 else None
         if named is None:
             named = connection_named(connection)
+    if owned and not named:
+        # the loop below in C: the hop-by-hop names (as Headers keeps them:
+        # every spelling of a name is one key) dropped from the owned dict,
+        # Set-Cookie added to the client's own, and every other name copied
+        # in order by one update (assigned, or replaced in its place)
+        for hop in _HOP_BY_HOP_KEYS:
+            if hop in source:
+                del source[hop]
+        if _SET_COOKIE in source and _SET_COOKIE in raw:
+            raw[_SET_COOKIE].extend(source.pop(_SET_COOKIE))
+        raw.update(source)
+        if content_length is not None:
+            raw[_CONTENT_LENGTH] = [b"%d" % content_length]
+        return
     kinds = _RELAY_KINDS
     for name, values in source.items():
         kind = kinds.get(name)
