@@ -53,7 +53,8 @@ request, and the upstream one response, byte for byte (as wrk does).
 
 ``--browser`` makes the heads a browser's and a web server's: a
 Chrome-like navigation request (16 header lines, ``Connection:
-keep-alive``, a cookie) and an nginx-like response head (12 lines), instead
+keep-alive``, cookies with the gateway's session cookie among them, as a
+browser sends them back) and an nginx-like response head (12 lines), instead
 of the minimal 3-line request and 4-line response (with ``--chunked`` the
 response's ``Content-Length`` becomes ``Transfer-Encoding: chunked``).
 
@@ -113,7 +114,8 @@ BROWSER_REQUEST = (
     b"Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-User: ?1\r\n"
     b"Sec-Fetch-Dest: document\r\nReferer: http://app.example/app/\r\n"
     b"Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n"
-    b"Cookie: theme=dark; _pk_id.1.1fff=2b3c4d5e6f708192.1733558400.\r\n\r\n")
+    b"Cookie: theme=dark; _pk_id.1.1fff=2b3c4d5e6f708192.1733558400.; "
+    b"nb_session=3q2-7wEAAABkAAAAAQAAAHNlc3Npb24tdG9rZW4\r\n\r\n")
 
 
 class Mgmt:
