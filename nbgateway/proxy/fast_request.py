@@ -325,8 +325,11 @@ class FastRequest:
                 self.chunked = True
             parts = [b"HTTP/1.1 %d %s\r\n" % (code, self.code_message)]
             for name, values in raw.items():
-                for value in values:
-                    parts += (name, b": ", value, b"\r\n")
+                if len(values) == 1:  # most names: no iterator made and dropped
+                    parts += (name, b": ", values[0], b"\r\n")
+                else:
+                    for value in values:
+                        parts += (name, b": ", value, b"\r\n")
             parts.append(b"\r\n")
             head = b"".join(parts)
             if bodiless:
