@@ -282,6 +282,9 @@ def shapes(accounts: int) -> dict[str, Callable[[random.Random], tuple[str, Acce
             source_ip=f"203.0.{r.randrange(113)}.{r.randrange(251)}", sort_by="duration")),
         "host substring": lambda r: (acct(r), Q(host=f"app{r.randrange(8)}.")),
         "path substring": lambda r: (acct(r), Q(path=r.choice(["login", "orders", "/42"]))),
+        # one id (what a user debugging one request types), a rare or absent term
+        "path id": lambda r: (acct(r), Q(path=f"/{r.randrange(10000)}")),
+        "path rare": lambda r: (acct(r), Q(path=r.choice(["nomatch", "items/99", "/Login"]))),
         "search": lambda r: (acct(r), Q(search=r.choice(["orders", "203.0.7", "nomatch"]))),
         "user_email": lambda r: (acct(r), Q(user_email=f"user{r.randrange(USERS)}@")),
         "group_id": lambda r: (a := acct(r), Q(group_id=f"{a}-g{r.randrange(GROUPS)}")),

@@ -25,7 +25,9 @@ hour and captured ``user_groups`` set; a range's partial hours at the ends
 counted in the time index), and the group alone's page walks the time index
 when that is cheap; a sort by
 ``url`` of every entry is merged per day from revision 0024's index, as the
-duration sort is from revision 0020's.
+duration sort is from revision 0020's.  A ``path`` substring alone is
+counted day by day in revision 0024's index (index-only), and its page by
+time reads only the days it falls in.
 """
 
 from __future__ import annotations
@@ -415,20 +417,68 @@ def _day_count(conn: sa.Connection, account_id: str) -> int:
     return 0 if n is None else int(n)
 
 
-def _day_total(account_id: str, conds: list[sa.ColumnElement[bool]],
-               url: bool = False) -> sa.Select[tuple[int]]:
+def _path_days(conn: sa.Connection, account_id: str, conds: list[sa.ColumnElement[bool]]
+               ) -> tuple[list[tuple[datetime, int]], int]:
+    """A path substring's matches per day (the days that have any, in time
+    order), counted in revision 0024's per-day URL index (index-only: the
+    substring is tested on the index's entries), and the long URLs' matches
+    (not in that index) apart; one statement, planned with
+    :data:`_URL_SETTINGS`."""
+    d = _days(account_id)
+    n = (sa.select(sa.func.count().label("n")).select_from(ale)
+         .where(*conds, sa.text(f"NOT ({_LONG_URL})"), _day(ale.c.timestamp) == d.c.day)
+         .lateral("t"))
+    days = sa.select(d.c.day, n.c.n).select_from(d.join(n, sa.true())).where(n.c.n > 0)
+    long = sa.select(sa.null(), _count(*conds, sa.text(f"({_LONG_URL})")))
+    rows = _with_url_settings(conn, sa.union_all(days, long))
+    per_day = sorted((day, int(k)) for day, k in rows if day is not None)
+    return per_day, sum(int(k) for day, k in rows if day is None)
+
+
+def _path_page(q: AccessLogQuery, conds: list[sa.ColumnElement[bool]],
+               per_day: list[tuple[datetime, int]], offset: int) -> sa.Select:
+    """The page of a path substring sorted by time, from its matches per day
+    (:func:`_path_days`, no long URL among them): only the days the page's
+    ``[offset, offset + page_size)`` falls in are read, in the per-day URL
+    index (index-only: it includes the timestamp), then the page's rows
+    fetched by id (the same rows in the same order as one sort: a later day's
+    entries are all later, ties broken by id).  Planned by PostgreSQL, a rare
+    substring's page walked the account's time index to its last match (2-5 s
+    at a million entries)."""
+    desc = q.sort_order != "asc"
+    direction = sa.desc if desc else sa.asc
+    wanted: list[datetime] = []
+    before = 0  # matches on the days before the first wanted one, in the page's order
+    end = offset + q.page_size
+    first = 0
+    for day, n in (reversed(per_day) if desc else per_day):
+        if first + n > offset and first < end:
+            if not wanted:
+                before = first
+            wanted.append(day)
+        first += n
+        if first >= end:
+            break
+    # the matches of those days, read in the URL index (an OFFSET 0 subquery:
+    # sorted and limited outside, PostgreSQL walked the time index instead)
+    found = (sa.select(ale.c.timestamp, ale.c.id)
+             .where(*conds, sa.text(f"NOT ({_LONG_URL})"), _day(ale.c.timestamp).in_(wanted))
+             .offset(sa.literal_column("0")).subquery("f"))
+    ids = (sa.select(found.c.timestamp, found.c.id)
+           .order_by(direction(found.c.timestamp), direction(found.c.id)).limit(q.page_size))
+    ids = (ids.offset(offset - before) if offset > before else ids).subquery("p")
+    return (sa.select(ale).join(ids, ale.c.id == ids.c.id)
+            .order_by(direction(ids.c.timestamp), direction(ids.c.id)))
+
+
+def _day_total(account_id: str, conds: list[sa.ColumnElement[bool]]) -> sa.Select[tuple[int]]:
     """The entries under *conds*, counted day by day (one index range per day
     of ``ix_access_log_entries_day_account_ip`` for a source IP), summed in
-    one statement.  *url*: the days are read in the per-day URL index
-    (index-only: a ``path`` substring is tested on the index's entries, not
-    the table's rows), and the entries too long for it counted apart."""
+    one statement."""
     d = _days(account_id)
-    short = [sa.text(f"NOT ({_LONG_URL})")] if url else []
     n = (sa.select(sa.func.count().label("n")).select_from(ale)
-         .where(*conds, *short, _day(ale.c.timestamp) == d.c.day).lateral("t"))
+         .where(*conds, _day(ale.c.timestamp) == d.c.day).lateral("t"))
     total: sa.ColumnElement[int] = sa.func.coalesce(sa.func.sum(n.c.n), 0)
-    if url:
-        total = total + _count(*conds, sa.text(f"({_LONG_URL})"))
     return sa.select(sa.cast(total, sa.BigInteger)).select_from(d.join(n, sa.true()))
 
 
@@ -531,7 +581,7 @@ def _by_day(store: Store, q: AccessLogQuery) -> str | None:
     if q.sort_by in ("duration", "url") and _only(q):
         return q.sort_by
     if q.path and _only(q, "path"):
-        return "path"  # the total only (the page is planned as before)
+        return "path"  # the total per day; the page by time from the days it falls in
     return None
 
 
@@ -698,14 +748,20 @@ def list_page(store: Store, account_id: str, query: AccessLogQuery) -> AccessLog
                 rows = conn.execute(page_of(conds)).all()
         elif by_day is not None:
             days = _day_count(conn, account_id)
+            per_day: list[tuple[datetime, int]] | None = None
             if by_day == "path" and days <= MAX_DAYS:
-                total = int(_with_url_settings(conn, _day_total(account_id, conds, url=True))[0][0])
+                per_day, long = _path_days(conn, account_id, conds)
+                total = sum(n for _, n in per_day) + long
+                if long:  # long URLs in between: the page as before
+                    per_day = None
             else:
                 total = int(conn.execute(
                     _day_total(account_id, conds) if by_day == "ip" and days <= MAX_DAYS
                     else _total(store, account_id, q, conds)).scalar_one())
             if offset >= total:
                 rows = []
+            elif per_day is not None and q.sort_by == "timestamp":
+                rows = _with_url_settings(conn, _path_page(q, conds, per_day, offset))
             elif by_day != "path" and days * (offset + q.page_size) <= DAY_MAX:
                 rows = _merged(conn, q, _day_page(account_id, q, conds, offset))
             else:
