@@ -111,3 +111,20 @@ def test_the_page_reads_only_the_days_it_needs(store, account):
         long = store.access_logs.list(account.id, AccessLogQuery(path="z"))
         assert long.total_records > 0 and long.data
         assert not [s for s in seen if "date_trunc('day', access_log_entries.timestamp) IN" in s]
+
+
+def test_caseless_terms_are_matched_without_lower(store, account):
+    """A term of ASCII digits and punctuation is matched on the stored text
+    (no ``lower()`` per entry), any other with ``lower()``; both answer as
+    the brute force (``TERMS`` above hold both kinds)."""
+    assert [_accesslog_query._caseless(t) for t in ("/42", "203.0.7", "_%", "", "a1", "É",
+                                                     "\u201342", "K")] == [
+        True, True, True, True, False, False, False, False]
+    store.access_logs.append_many(entries(account.id, 40))
+    with scenarios.statements(store) as seen:
+        store.access_logs.list(account.id, AccessLogQuery(path="/42", search="/4"))
+        assert seen and not [s for s in seen if "lower(" in s]
+        seen.clear()
+        store.access_logs.list(account.id, AccessLogQuery(path="Login"))
+        assert [s for s in seen if "lower(access_log_entries.path)" in s]
+    check(store, account.id)

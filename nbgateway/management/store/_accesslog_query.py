@@ -90,7 +90,21 @@ def _like(value: str) -> str:
     return f"%{escaped.lower()}%"
 
 
+def _caseless(value: str) -> bool:
+    """Whether *value* is ASCII without a letter (an id, an address, a path
+    of digits and punctuation): lowering a text never makes or unmakes such
+    a substring (only letters have case mappings, and they map to letters),
+    so it is matched without ``lower()``."""
+    return value.isascii() and not any(c.isalpha() for c in value)
+
+
 def _contains(column: sa.ColumnElement, value: str) -> sa.ColumnElement[bool]:
+    """Whether *column* holds *value*, ignoring case.  A caseless *value*
+    (:func:`_caseless`) is matched on the text as stored: ``lower()`` of
+    every text tested was most of a ``path`` count's time (a million index
+    entries per account) and of ``search``'s five columns."""
+    if _caseless(value):
+        return column.like(_like(value), escape="\\")
     return sa.func.lower(column).like(_like(value), escape="\\")
 
 
