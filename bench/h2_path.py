@@ -44,11 +44,19 @@ Figures (callgrind, N=240 and N=840, Python 3.11, h2 4.4.1, hpack 4.2.0):
 before the one-pass header checks of :mod:`nbgateway.proxy.h2trailers`;
 2.042M and 1.953M after (the HTTP/1.1 fast path: ~257k, bench/http_path.py
 --tls); 1.897M with the round robin of ``LazyPriority`` (6 streams).  With
-``--chrome-priority`` (the tree kept): 2.328M before, 2.025M after.  h2 and
-hpack remain most of it: HPACK decode ~15 %, encode ~15 % (its
-dynamic-table search is a Python scan),
-twisted.web's ``H2Stream``/``Request`` ~13 %, ~52 stdlib ``logging.debug``
-calls from hpack ~2 % (cProfile shares).
+``--chrome-priority`` (the tree kept): 2.328M before, 2.025M after.
+
+Round h2perf11 (same-commit worktrees differing only in the h2 modules):
+1,898k -> 1,108k with 6 streams (-41.6 %), 1,918k -> 1,160k with one,
+1,595k -> 1,033k with ``--no-vary``, 2,024k -> 1,164k with
+``--chrome-priority``; Python calls per request 1,532 -> 940.  Steps:
+HPACK in one loop per block with an indexed table search
+(:mod:`nbgateway.proxy.h2_hpack`, -26 %), the request head into ``Headers``
+in one loop (:mod:`nbgateway.proxy.h2_stream`, -7 %), Huffman decoding a
+byte per step (-3 %), response blocks sent in one pass (-2 %), the send loop
+at the end of the reactor turn with END_STREAM on the last DATA frame
+(-8 %), decoded fields handed out ready (-2 %).  What is left is mostly
+twisted.web's ``Request`` path and the gateway code shared with HTTP/1.1.
 
 ``--chrome-priority`` sends every request's HEADERS with a priority as
 Chrome does (weight 256, an exclusive dependency on the one before in the
