@@ -133,6 +133,8 @@ def huffman_decode(data: bytes) -> bytes:
     same strings."""
     if not data:
         return b""
+    if len(data) > _LONG:
+        return _huffman_decode_long(data)
     nexts = _NEXT
     emitted = _EMITTED
     state = 0
@@ -148,6 +150,31 @@ def huffman_decode(data: bytes) -> bytes:
     if not _ENDS[index]:  # (0 for a failed step too)
         raise HPACKDecodingError("Invalid or incomplete Huffman string")
     return b"".join(out)
+
+
+#: longer strings are decoded into a bytearray: ``bytes.join`` allocates an
+#: 80-byte buffer view per piece (~90 bytes per received byte, ~95 MB for a
+#: 1 MB string a client can send in HEADERS + CONTINUATION frames)
+_LONG = 256
+
+
+def _huffman_decode_long(data: bytes) -> bytes:
+    """:func:`huffman_decode` for long strings: ~2 bytes per received byte."""
+    nexts = _NEXT
+    emitted = _EMITTED
+    state = 0
+    index = 0
+    out = bytearray()
+    try:
+        for byte in data:
+            index = state | byte
+            state = nexts[index]
+            out += emitted[index]
+    except IndexError:  # the step before failed
+        raise HPACKDecodingError("Invalid Huffman string") from None
+    if not _ENDS[index]:  # (0 for a failed step too)
+        raise HPACKDecodingError("Invalid or incomplete Huffman string")
+    return bytes(out)
 
 
 def encode_integer(value: int, prefix_bits: int) -> bytearray:
@@ -311,13 +338,28 @@ class IndexedTable(FastTable):
         return None
 
 
+#: the largest dynamic table the encoder keeps, whatever larger size the
+#: client's SETTINGS_HEADER_TABLE_SIZE allows (RFC 7541 4.2: the encoder may
+#: use less; h2 hands it the client's value): a client announcing 2^32-1
+#: would otherwise make every new response field an entry never evicted
+MAX_ENCODER_TABLE = 4096
+
+
 class TableEncoder(Encoder):
     """``hpack``'s ``Encoder`` over an :class:`IndexedTable`, one loop per
-    block."""
+    block, its table at most :data:`MAX_ENCODER_TABLE` bytes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.header_table = IndexedTable()
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        Encoder.header_table_size.fset(self, min(value, MAX_ENCODER_TABLE))  # type: ignore[attr-defined]
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         if isinstance(headers, dict):
@@ -379,6 +421,24 @@ class TableEncoder(Encoder):
             if not sensitive:
                 table.add(name, value)
         return b"".join(out)
+
+    def _encode_table_size_change(self) -> bytes:
+        """The size updates owed since the last block: the smallest size
+        reached, then the final one when larger (RFC 7541 4.2).  ``hpack``
+        sends every change in order, and a client whose limit is the final
+        size refuses a larger intermediate one."""
+        changes = self.table_size_changes
+        self.table_size_changes = []
+        if not changes:
+            return b""
+        smallest = min(changes)
+        out = encode_integer(smallest, 5)
+        out[0] |= 0x20
+        if changes[-1] != smallest:
+            final = encode_integer(changes[-1], 5)
+            final[0] |= 0x20
+            out += final
+        return bytes(out)
 
 
 class BlockDecoder(Decoder):

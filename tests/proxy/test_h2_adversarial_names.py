@@ -1,0 +1,31 @@
+"""FAILS on main at e5a5df0 (and with Twisted's own H2Stream before this
+session: pre-existing): a request header name h2 accepts (RFC 9113 8.2.1:
+any visible ASCII but upper case and ':') that is not an RFC 9110 token
+(``a(b``, ``x-netbird-user(``, ``{``, ``a"b``, ``x-a/b``) makes Twisted's
+``Headers`` raise ``InvalidHeaderName`` inside ``GatewayH2Stream``'s
+constructor, out of ``TrailersH2Connection.dataReceived`` into the reactor:
+a logged traceback per request any client can send, the connection
+dropped without GOAWAY, the h2 stream left open with no Twisted stream.
+Expected (with /tmp/h16/fuzz12/token_names.patch: check_request_headers
+takes RFC 9110 token names only): GOAWAY PROTOCOL_ERROR, as for every other
+malformed field h2 refuses, no request, no exception.  Copy into
+tests/proxy/test_h2_adversarial_conn.py once fixed."""
+
+from __future__ import annotations
+
+import h2.errors
+import pytest
+from hyperframe.frame import SettingsFrame
+
+from tests.proxy.test_h2_adversarial_conn import BASE, PREFACE, _gateway, _headers_frames, _lit
+
+
+@pytest.mark.parametrize("name", [b"a(b", b"x-netbird-user(", b"{", b'a"b', b"x-a/b", b"a@b",
+                                  b"x-a=b", b"a[b]", b"a\\b", b"a;b", b"a,b", b"a?b"])
+def test_non_token_names_end_the_connection(name: bytes) -> None:
+    bad = BASE + b"\x00" + _lit(name, False) + _lit(b"v", False)
+    wire = PREFACE + SettingsFrame(0).serialize() + _headers_frames(1, bad)
+    got, record = _gateway([wire])
+    assert got.raised is None, repr(got.raised)
+    assert got.goaway == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert record.seen == []
