@@ -441,6 +441,14 @@ class TableEncoder(Encoder):
         return bytes(out)
 
 
+#: octets of a header block per octet of the header list it decodes to, at
+#: most (a Huffman string of n octets decodes to at least 8n/30 octets)
+_MIN_EXPANSION = 30 / 8
+#: room above that bound (the size updates a block may start with), and
+#: enough that a short block is decoded (and fails) exactly as ``hpack`` does
+_BLOCK_SLACK = 16384
+
+
 class BlockDecoder(Decoder):
     """``hpack``'s ``Decoder``, one loop per block (``raw=True``, as ``h2``
     asks; ``raw=False`` is ``hpack``'s own)."""
@@ -456,6 +464,14 @@ class BlockDecoder(Decoder):
         table = self.header_table
         entries = table.dynamic_entries
         limit = self.max_header_list_size
+        if len(data) > _MIN_EXPANSION * limit + _BLOCK_SLACK:
+            # every field counts 32 plus its name and value, and no string
+            # decodes to less than 8/30 of its octets (the longest Huffman
+            # code is 30 bits): so long a block can only be refused, and it
+            # is, before its strings are decoded (a 1 MB block of HEADERS +
+            # CONTINUATION frames would hold the reactor ~0.1 s)
+            raise OversizedHeaderListError(
+                f"A header list larger than {limit} has been received")
         headers: list[Any] = []
         inflated = 0
         end = len(data)

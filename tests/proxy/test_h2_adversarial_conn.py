@@ -328,10 +328,8 @@ def test_response_blocks_keep_the_client_table_in_step(seed: int) -> None:
 
     pump()
     for sid in range(1, 400, 2):
-        # (only with no size change pending: hpack's encoder, and
-        # TableEncoder with it, sends every change since the last block, not
-        # RFC 7541 4.2's smallest and final, and the client refuses a change
-        # above its final limit: /tmp/h16 fuzz12 report)
+        # (only with no size change pending: several changes between two
+        # blocks are test_h2_adversarial_size_changes' subject)
         if rng.random() < 0.1 and not server.encoder.table_size_changes:
             size = rng.choice((0, 64, 256, 4096, 65536))
             client.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: size})

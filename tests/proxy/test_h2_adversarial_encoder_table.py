@@ -1,15 +1,10 @@
-"""FAILS on main at e5a5df0 (pre-existing in h2 + hpack; h2_hpack keeps it):
-a client's SETTINGS_HEADER_TABLE_SIZE is the size the gateway's response
-HPACK encoder uses, uncapped (h2 sets ``encoder.header_table_size`` to the
-value acknowledged).  A client announcing 2^32-1 makes every response
-field with a new value (etag, set-cookie, location, date, content-length,
-any upstream header) a table entry never evicted: the connection's memory
-grows with every response, ~240 bytes per entry with TableEncoder's index
-dicts (20,000 responses of 2 new fields: ~9.7 MB; hpack's own encoder also
-goes quadratic in CPU, scanning the table per field).  RFC 7541 4.2 lets
-the encoder use any size up to the peer's maximum; expected: at most 4,096
-(the default; with /tmp/h16/fuzz12/encoder_table_cap.patch), and the
-client decodes every response."""
+"""A client's SETTINGS_HEADER_TABLE_SIZE is the size h2 hands the response
+HPACK encoder.  Uncapped, a client announcing 2^32-1 made every response
+field with a new value (etag, set-cookie, location, date, any upstream
+header) a table entry never evicted: the connection's memory grew with
+every response (~9.7 MB after 20,000 responses of 2 new fields).  RFC 7541
+4.2 lets the encoder use any size up to the peer's maximum: the gateway's
+uses at most 4,096 bytes, and the client decodes every response."""
 
 from __future__ import annotations
 

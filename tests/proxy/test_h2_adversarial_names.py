@@ -1,15 +1,11 @@
-"""FAILS on main at e5a5df0 (and with Twisted's own H2Stream before this
-session: pre-existing): a request header name h2 accepts (RFC 9113 8.2.1:
-any visible ASCII but upper case and ':') that is not an RFC 9110 token
-(``a(b``, ``x-netbird-user(``, ``{``, ``a"b``, ``x-a/b``) makes Twisted's
-``Headers`` raise ``InvalidHeaderName`` inside ``GatewayH2Stream``'s
-constructor, out of ``TrailersH2Connection.dataReceived`` into the reactor:
-a logged traceback per request any client can send, the connection
-dropped without GOAWAY, the h2 stream left open with no Twisted stream.
-Expected (with /tmp/h16/fuzz12/token_names.patch: check_request_headers
-takes RFC 9110 token names only): GOAWAY PROTOCOL_ERROR, as for every other
-malformed field h2 refuses, no request, no exception.  Copy into
-tests/proxy/test_h2_adversarial_conn.py once fixed."""
+"""A request header name h2 accepts (RFC 9113 8.2.1: any visible ASCII but
+upper case and ':') that is not an RFC 9110 token (``a(b``,
+``x-netbird-user(``, ``{``, ``a"b``, ``x-a/b``) once made Twisted's
+``Headers`` raise ``InvalidHeaderName`` inside the stream's constructor,
+out of ``TrailersH2Connection.dataReceived`` into the reactor (a traceback
+per request, the connection dropped without GOAWAY).  Expected and checked:
+GOAWAY PROTOCOL_ERROR, as for every other malformed field, no request, no
+exception (``check_request_headers`` takes token names only)."""
 
 from __future__ import annotations
 

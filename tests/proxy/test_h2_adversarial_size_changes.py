@@ -1,13 +1,10 @@
-"""FAILS on main at e5a5df0 (pre-existing: hpack's Encoder does the same;
-TableEncoder inherits its _encode_table_size_change): when the client's
-SETTINGS_HEADER_TABLE_SIZE changes more than once before the gateway's next
-header block (e.g. 1024, 4096, then 256; or a change, a response block the
-gateway refuses, another change), the next block carries every size in
-order, and the client, whose limit is now the last one, refuses the larger
-intermediate size (RFC 7541 6.3: a size above the limit is a decoding
-error): its connection fails.  RFC 7541 4.2: the encoder signals the
-smallest size reached, then the final size.  Only the client's own
-connection breaks (low severity); fix: /tmp/h16/fuzz12/size_changes.patch."""
+"""When the client's SETTINGS_HEADER_TABLE_SIZE changes more than once before
+the gateway's next header block (e.g. 1024, 4096, then 256; or a change, a
+response block the gateway refuses, another change), hpack's encoder sent
+every size in order, and the client, whose limit is now the last one,
+refuses the larger intermediate size (RFC 7541 6.3): its connection failed.
+RFC 7541 4.2: the encoder signals the smallest size reached, then the
+final size, which is what is checked here."""
 
 from __future__ import annotations
 
