@@ -214,6 +214,30 @@ def log_lines(d: str) -> int:
         return 0
 
 
+#: ``--browser``: the head lines a browser's navigation request carries
+#: besides Host (Chrome 120 on Linux), sent on every path of the run
+BROWSER_HEADERS = (
+    'sec-ch-ua: "Chromium";v="120", "Not?A_Brand";v="8"',
+    "sec-ch-ua-mobile: ?0",
+    'sec-ch-ua-platform: "Linux"',
+    "Upgrade-Insecure-Requests: 1",
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+    "Sec-Fetch-Site: same-origin",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-User: ?1",
+    "Sec-Fetch-Dest: document",
+    "Referer: https://app.example/dashboard",
+    "Accept-Encoding: gzip, deflate, br",
+    "Accept-Language: en-US,en;q=0.9,de;q=0.8",
+    "Cookie: _ga=GA1.1.1234567890.1700000000; theme=dark; "
+    "csrftoken=Wm9vZ2xlQ2hyb21lMTIwTGludXg4ODg4ODg4",
+)
+EXTRA_HEADERS: tuple[str, ...] = ()
+
+
 class Wrk:
     """One wrk invocation in a namespace, parsed."""
 
@@ -224,7 +248,10 @@ class Wrk:
     def __call__(self, ns, url: str, conns: int, *headers: str) -> dict:
         args = ["wrk", "-t1", f"-c{conns}", f"-d{self.seconds:g}s", "--timeout", "5s",
                 "-s", self.lua]
-        for h in headers:
+        extra = EXTRA_HEADERS
+        if extra and not any(h.lower().startswith("connection:") for h in headers):
+            extra = (*extra, "Connection: keep-alive")
+        for h in (*headers, *extra):
             args += ["-H", h]
         res = ns.run([*args, url], check=False, timeout=self.seconds + 60)
         if res.returncode != 0:
@@ -667,7 +694,8 @@ def report(out: dict, seconds: float, conns: int) -> bool:
     s = summarize(out, conns)
     med = s["median"]
     print(f"wrk -t1, {seconds:g} s per round, {len(out['rounds'])} interleaved rounds, "
-          f"medians; nginx upstream returning {len(BODY)} B")
+          f"medians; nginx upstream returning {len(BODY)} B; request heads: "
+          f"{'a browser navigation (--browser)' if EXTRA_HEADERS else 'Host only (wrk)'}")
     print(f"  {'path':42s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'errors':>6s} {'CPU ms/req':>10s} {'of it sys':>9s} {'machine':>8s} {'idle %':>6s}")
     for k, v in med.items():
@@ -726,8 +754,14 @@ def main(argv: list[str] | None = None) -> int:
                              "WireGuard and netstack under the smallest Twisted + httptools "
                              "proxy instead of its HTTP layer (bench/_floor/sitecustomize.py; "
                              "no access log): the most any Python HTTP layer could serve")
+    parser.add_argument("--browser", action="store_true",
+                        help="every request of every path carries a browser's navigation "
+                             "head (14 more lines, a cookie; BROWSER_HEADERS) instead of "
+                             "wrk's Host-only head")
     args = parser.parse_args(argv)
-    global AB_VAR, AB_VALUES, FLOOR
+    global AB_VAR, AB_VALUES, FLOOR, EXTRA_HEADERS
+    if args.browser:
+        EXTRA_HEADERS = BROWSER_HEADERS
     AB_VAR = args.ab_env
     os.environ["NBGW_HTTP_FAST"] = "0" if args.fast_path == "off" else "1"
     os.environ[AB_VAR] = "0" if args.fast_path == "off" else "1"
