@@ -51,6 +51,12 @@ run differ from the one before (the target's query ``?q=<n>``, an ``ETag:
 responses with a changing ``Date`` do; without it a connection repeats one
 request, and the upstream one response, byte for byte (as wrk does).
 
+``--vary-lines`` (with ``--vary``) makes a request header line differ from
+one request to the next as well (the ``Referer``, or the minimal head's
+``User-Agent``, carries the request's number): a connection's header
+section then never repeats (the fast path's per-connection memo of the
+last header section always misses).
+
 ``--browser`` makes the heads a browser's and a web server's: a
 Chrome-like navigation request (16 header lines, ``Connection:
 keep-alive``, cookies with the gateway's session cookie among them, as a
@@ -65,7 +71,8 @@ in subprocesses, and prints both medians and current / baseline per variant.
 
 Run:  .venv/bin/python bench/http_path.py [--requests 20000] [--rounds 5]
       [--pipeline 1]   (requests per client write: 1 = request/response)
-      [--inflight 1] [--upstream answer|lean] [--tls] [--chunked] [--vary] [--browser]
+      [--inflight 1] [--upstream answer|lean] [--tls] [--chunked] [--vary] [--vary-lines]
+      [--browser]
       [--against DIR]
 """
 
@@ -231,6 +238,8 @@ UPSTREAM_BROWSER_CHUNKED = ((_BROWSER_HEAD % b"Transfer-Encoding: chunked\r\n")
 ANSWER = [UPSTREAM_RESPONSE]
 #: ``--vary``: no request or upstream response head repeats (see :func:`heads`)
 VARY = [False]
+#: ``--vary-lines``: a header line differs too (see ``heads``)
+VARY_LINES = [False]
 #: client transport writes per response of the last lean/TLS run, per variant
 WRITES: dict[bool, float] = {}
 
@@ -241,7 +250,14 @@ def heads(n: int) -> tuple[list[bytes], list[bytes] | None]:
     each), or with ``--vary`` each with its own query and ETag."""
     if not VARY[0]:
         return [REQUEST] * n, None
-    return ([REQUEST.replace(b"?q=1 ", b"?q=%d " % i) for i in range(n)],
+    reqs = [REQUEST.replace(b"?q=1 ", b"?q=%d " % i) for i in range(n)]
+    if VARY_LINES[0]:  # a header line in the middle differs from the request before
+        line, fmt = ((b"\r\nReferer: http://app.example/app/\r\n",
+                      b"\r\nReferer: http://app.example/app/?from=%d\r\n")
+                     if b"\r\nReferer: " in REQUEST
+                     else (b"\r\nUser-Agent: bench\r\n", b"\r\nUser-Agent: bench/%d\r\n"))
+        reqs = [r.replace(line, fmt % i) for i, r in enumerate(reqs)]
+    return (reqs,
             [ANSWER[0].replace(b"\r\nServer: nginx\r\n", b'\r\nETag: "%d"\r\nServer: nginx\r\n' % i)
              for i in range(n)])
 
@@ -582,6 +598,7 @@ def against(args: argparse.Namespace) -> int:
                  "--inflight", str(args.inflight), "--upstream", args.upstream]
                 + (["--tls"] if args.tls else []) + (["--chunked"] if args.chunked else [])
                 + (["--vary"] if args.vary else [])
+                + (["--vary-lines"] if args.vary_lines else [])
                 + (["--browser"] if args.browser else []),
                 env=env, cwd="/", check=True, capture_output=True, text=True).stdout
             one = json.loads(out.strip().splitlines()[-1])
@@ -627,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vary", action="store_true",
                         help="no request head or upstream response head repeats (each its own "
                              "query and ETag), instead of one repeated byte for byte")
+    parser.add_argument("--vary-lines", action="store_true",
+                        help="with --vary: a request header line (Referer, or User-Agent in "
+                             "the minimal head) differs from one request to the next too")
     parser.add_argument("--browser", action="store_true",
                         help="a Chrome-like request head and an nginx-like response head "
                              "instead of the minimal ones")
@@ -641,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         REQUEST = BROWSER_REQUEST
         ANSWER[0] = UPSTREAM_BROWSER_CHUNKED if args.chunked else UPSTREAM_BROWSER
     VARY[0] = args.vary
+    VARY_LINES[0] = args.vary_lines
     if args.against:
         return against(args)
     results: dict[bool, list[float]] = {True: [], False: []}

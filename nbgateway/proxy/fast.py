@@ -62,6 +62,7 @@ from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
     FastRequest,
     _DeclineError,
     _Head,
+    _Url,
     http_date,
 )
 from nbgateway.proxy.streaming import (
@@ -243,26 +244,48 @@ class FastHTTPChannel(StreamingHTTPChannel):
         if end > MAX_FAST_HEAD or buf[:1] in (b"\r", b"\n"):
             self._hand_over()
             return False
+        # The header section (after the request line's LF, to the blank
+        # line): when it is byte for byte the section of this connection's
+        # previous head (browsers send the same lines on every request of a
+        # connection), llhttp parses the head with a parser that hands Python
+        # only the target, and the parse of that section is reused (kept from
+        # the second time a section repeats: a copy of its headers).
+        section = buf[buf.find(b"\n") + 1:end]
         parsing = self._parsing
+        same = hit = False
         if parsing is None:
             head = _Head()
             parser = httptools.HttpRequestParser(head)
             self._parsing = (parser, head)
         else:  # llhttp is at the start of a message again: new fields, same parser
             parser, head = parsing
-            # head.__init__(), inline: the fields of a new head
-            head.url = b""
-            head.headers = {}
-            head.copy = []
-            head.copy_ok = True
-            head.count = 0
-            head.host = None
-            head.length = None
-            head.close = False
-            head.decline = False
-            head.underscore = False
+            if section == head.block:
+                same = True
+                hit = head.parsed is not None
+            if not hit:
+                # head.__init__(), inline: the fields of a new head
+                head.url = b""
+                head.headers = {}
+                head.copy = []
+                head.copy_ok = True
+                head.count = 0
+                head.host = None
+                head.length = None
+                head.close = False
+                head.decline = False
+                head.underscore = False
         try:
-            parser.feed_data(buf[:end])
+            if hit:
+                lean = head.lean
+                if lean is None:
+                    target = _Url()
+                    lean = head.lean = (httptools.HttpRequestParser(target), target)
+                parser, target = lean
+                target.url = b""
+                parser.feed_data(buf[:end])
+                head.url = target.url
+            else:
+                parser.feed_data(buf[:end])
             method = parser.get_method()
             if (head.decline or parser.get_http_version() != "1.1"
                     or head.count > MAX_FAST_HEADERS or not head.url.startswith(b"/")
@@ -282,12 +305,22 @@ class FastHTTPChannel(StreamingHTTPChannel):
             self._parsing = None
         if self._head_deadline is not None:
             self._cancel_head_deadline()
-        headers = _new_headers(Headers)  # headers_from_raw(head.headers), inline
-        headers._rawHeaders = head.headers
+        if hit:  # the request's own copy (the front door and the proxy change it)
+            parsed = head.parsed
+            raw = {name: values.copy() for name, values in parsed.items()}  # type: ignore[union-attr]
+        else:
+            raw = head.headers
+            if same:
+                head.parsed = {name: values.copy() for name, values in raw.items()}
+            else:
+                head.parsed = None
+                head.block = section
+        headers = _new_headers(Headers)  # headers_from_raw(raw), inline
+        headers._rawHeaders = raw
         req = FastRequest(self, method, head.url, headers, head.close, head.underscore,
                           self._conn_info)
         if head.copy_ok:
-            req.upstream_copy = (head.copy, len(head.headers))
+            req.upstream_copy = (head.copy, len(raw))
         self.persistent = not head.close
         length = head.length
         self._buf = buf[end:]

@@ -84,8 +84,8 @@ class _DeclineError(Exception):
 class _Head:
     """httptools callbacks for one request head (fields reset per head)."""
 
-    __slots__ = ("close", "copy", "copy_ok", "count", "decline", "headers", "host", "length",
-                 "underscore", "url")
+    __slots__ = ("block", "close", "copy", "copy_ok", "count", "decline", "headers", "host",
+                 "lean", "length", "parsed", "underscore", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -103,6 +103,14 @@ class _Head:
         self.decline = False
         #: a header name with "_" (the front door drops those)
         self.underscore = False
+        #: the connection's memo of its last head (see FastHTTPChannel._next_request):
+        #: that head's header section as received (b"": none), the headers it
+        #: parsed to once the section came twice in a row (None before; never
+        #: handed out: each request gets a copy), and the url-only parser used
+        #: when the next head's section is the same bytes
+        self.block = b""
+        self.parsed: dict[bytes, list[bytes]] | None = None
+        self.lean: tuple[Any, _Url] | None = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -140,6 +148,20 @@ class _Head:
             values.append(value)
             if prefix:
                 self.copy_ok = False
+
+
+class _Url:
+    """httptools callbacks for a head whose header section is the connection's
+    memo: llhttp parses and checks every byte, but only the request target is
+    handed to Python (no ``on_header``: httptools then sets no header callbacks)."""
+
+    __slots__ = ("url",)
+
+    def __init__(self) -> None:
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
 
 
 class FastRequest:
