@@ -298,6 +298,8 @@ class _CheckedStream(H2Stream):
                 or not config.normalize_outbound_headers
                 or not config.validate_outbound_headers):
             return super().send_headers(headers, encoder, end_stream)
+        if not isinstance(headers, (list, tuple)):
+            headers = list(headers)  # read twice when refused: an iterator once
         try:
             block = _response_block(headers)
         except Exception:
@@ -532,6 +534,31 @@ class TrailersH2Connection(H2Connection):
         self.priority = LazyPriority()
         self.conn = _TrailingH2State(self.conn.config)
         self.conn.on_drained = self._drained
+        #: streams the send loop blocked for want of flow-control window
+        #: (unblocked by :meth:`dataReceived` once a WINDOW_UPDATE or SETTINGS
+        #: opens it): with them unblocked the loop ran every reactor turn
+        self._window_blocked: set[int] = set()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._window_blocked:
+            self._reopen_windows()
+
+    def _reopen_windows(self) -> None:
+        """Unblock the window-blocked streams whose window opened (a
+        WINDOW_UPDATE on the stream or the connection, a larger
+        SETTINGS_INITIAL_WINDOW_SIZE) and wake the send loop."""
+        opened = False
+        for stream_id in list(self._window_blocked):
+            if stream_id not in self._outboundStreamQueues:
+                self._window_blocked.discard(stream_id)
+            elif self.conn.local_flow_control_window(stream_id) > 0:
+                self._window_blocked.discard(stream_id)
+                self.priority.unblock(stream_id)
+                opened = True
+        if opened and self._sendingDeferred is not None:
+            d, self._sendingDeferred = self._sendingDeferred, None
+            d.callback(None)
 
     def _handlePriorityUpdate(self, event: Any) -> None:
         """Twisted's, but a PRIORITY frame that would add a node for a stream
@@ -643,7 +670,11 @@ class TrailersH2Connection(H2Connection):
             if self.remainingOutboundWindow(stream) <= 0:
                 self.streams[stream].flowControlBlocked()
             if not frame:
-                break  # no window: try again next turn, as Twisted does
+                if max_size <= 0:  # no window: wait for the client to open it
+                    self.priority.block(stream)
+                    self._window_blocked.add(stream)
+                    continue
+                break  # an empty write: the rest next turn, as Twisted does
         self._flush_frames()
         self._reactor.callLater(0, self._sendPrioritisedData)
 
@@ -664,6 +695,7 @@ class TrailersH2Connection(H2Connection):
             stream.windowUpdated()  # resumes a paused producer if there is room
 
     def _requestDone(self, streamID: int) -> None:
+        self._window_blocked.discard(streamID)
         self.conn.pending_trailers.pop(streamID, None)
         self.conn.queued.pop(streamID, None)
         super()._requestDone(streamID)
@@ -671,6 +703,7 @@ class TrailersH2Connection(H2Connection):
     def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
         self.conn.pending_trailers.clear()
         self.conn.queued.clear()
+        self._window_blocked.clear()
         super().connectionLost(reason, _cancelTimeouts)
 
 
