@@ -366,11 +366,25 @@ def _group_column(
     ]
 
 
+#: the longest ``auto_groups`` text :func:`_group_ids` keeps decoded (the
+#: column has no limit but the 1 MiB request body: a count-bounded cache of
+#: long texts would keep GiBs after the batches are stored)
+_GROUP_IDS_CACHED_TEXT = 2048
+
+
 @functools.lru_cache(maxsize=4096)
+def _cached_group_ids(auto_groups: str | None) -> tuple[str, ...]:
+    return tuple(loads(auto_groups) or ())
+
+
 def _group_ids(auto_groups: str | None) -> tuple[str, ...]:
     """A user's ``auto_groups`` column as a tuple of group ids, decoded once
-    per distinct text (a batch's hundreds of users share few)."""
-    return tuple(loads(auto_groups) or ())
+    per distinct text (a batch's hundreds of users share few) when it is at
+    most :data:`_GROUP_IDS_CACHED_TEXT` characters (the cache then holds at
+    most ~4,096 x 2 kB texts and their ~50 ids), else decoded each time."""
+    if auto_groups is not None and len(auto_groups) > _GROUP_IDS_CACHED_TEXT:
+        return tuple(loads(auto_groups) or ())
+    return _cached_group_ids(auto_groups)
 
 
 class BatchCapture:
