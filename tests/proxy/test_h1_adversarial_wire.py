@@ -30,7 +30,13 @@ from nbgateway.routes.service import entry_from_mapping
 from nbgateway.routes.table import ServiceTable
 from tests.lean_upstreams import InMemoryPools
 from tests.proxy import test_h1_adversarial_response as resp
-from tests.proxy.test_h1_adversarial_head import check_upstream, fast_parse, ows, random_head
+from tests.proxy.test_h1_adversarial_head import (
+    EVIL,
+    check_upstream,
+    fast_parse,
+    ows,
+    random_head,
+)
 from tests.proxy.test_plan import _mapping, _Mgmt
 
 ALICE_GATE = Identity("u1", "alice@example.com")
@@ -175,3 +181,59 @@ def test_keep_alive_connections_send_each_request_its_own_head():
                 compared += 1
             assert masked(out_fast) == masked(out_slow), head
     assert compared > 200 and fast_served > 200, (compared, fast_served)
+
+
+def test_repeated_header_sections_on_a_keep_alive_connection():
+    """The fast channel's memo of the connection's last header section
+    (ae4a4b0: a repeated section is parsed target-only and the request gets a
+    copy of the kept parse): sections repeated two to five times in a row,
+    with other request lines (method, path), bodies, identity spoofs, names
+    the front door drops from the request's copy, Connection naming a
+    header, then another section and back.  Every upstream head and client
+    response is twisted.web's for the same bytes on one connection."""
+    rng = random.Random(1616)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    compared = fast_served = 0
+    for _ in range(25):
+        # one section a front door changes (drops its "_" name from the request's headers)
+        fixed = [(b"Host", b"app.example"), (b"X_Custom", b"u"), (b"Accept", b"a"),
+                 (b"x-netbird-user", EVIL), (b"Connection", b"X-Private"), (b"X-Private", b"p")]
+        sections = [(b"".join(n + b": " + v + b"\r\n" for n, v in fixed[:rng.randint(4, 6)])
+                     + b"\r\n", fixed)]
+        # its twin of the same length, one byte apart
+        sections.append((sections[0][0].replace(b"Accept: a", b"Accept: b"),
+                         [(n, b"b" if n == b"Accept" else v) for n, v in fixed]))
+        while len(sections) < 5:
+            head, sent_lines = random_head(rng)
+            if (any(n.lower() == b"upgrade" or b"close" in v.lower() for n, v in sent_lines)
+                    or fast_parse(head) is None):
+                continue
+            sections.append((head[head.index(b"\n") + 1:], sent_lines))
+        requests, lines = [], []
+        for _ in range(5):
+            section, sent_lines = rng.choice(sections)
+            for _ in range(rng.randint(2, 6)):
+                method = rng.choice((b"GET", b"GET", b"HEAD", b"DELETE", b"OPTIONS"))
+                requests.append(b"%s /p/%d?r=%d HTTP/1.1\r\n" % (
+                    method, rng.randrange(9), rng.randrange(99)) + section)
+                lines.append(sent_lines)
+        if rng.random() < 0.5:  # a section with a body, repeated
+            body_section = b"Host: app.example\r\nContent-Length: 3\r\nX-NetBird-User: x\r\n\r\n"
+            for _ in range(3):
+                requests.append(b"POST /p HTTP/1.1\r\n" + body_section + b"abc")
+                lines.append([(b"Host", b"app.example"), (b"X-NetBird-User", b"x")])
+        which = rng.randrange(len(CUSTOM))
+        gateway = Gateway(True, CUSTOM[which])
+        fast = gateway.keep_alive(requests, answer)
+        fast_served += gateway.fast_served
+        slow = Gateway(False, CUSTOM[which]).keep_alive(requests, answer)
+        for request, sent_lines, (got_fast, out_fast), (got_slow, out_slow) in zip(
+                requests, lines, fast, slow, strict=True):
+            assert (got_fast is None) == (got_slow is None), request
+            if got_fast is not None:
+                head = got_fast.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+                check_upstream(head, sent_lines, ALICE_GATE, CUSTOM[which] or {})
+                assert ows(got_fast) == ows(got_slow), request
+                compared += 1
+            assert masked(out_fast) == masked(out_slow), request
+    assert compared > 250 and fast_served > 250, (compared, fast_served)
