@@ -237,3 +237,35 @@ def test_repeated_header_sections_on_a_keep_alive_connection():
                 compared += 1
             assert masked(out_fast) == masked(out_slow), request
     assert compared > 250 and fast_served > 250, (compared, fast_served)
+
+
+UPSTREAM_FRAMING = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: Content-Length\r\n\r\n"
+    b"2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Content-Length, Transfer-Encoding\r\n"
+    b"\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a\r\n X-NetBird-User: u\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\n"
+    b"Trailer: X-T\r\nProxy-Connection: keep-alive\r\n\r\nok",
+]
+
+
+def test_upstream_framing_is_refused_or_relayed_unambiguously():
+    """An upstream's conflicting framing (CL + TE, two lengths, Connection
+    naming its framing, obs-fold, space before colon): a 502, or one framing
+    of the gateway's own, the same on both channels; no hop-by-hop line."""
+    request = b"GET /p HTTP/1.1\r\nHost: app.example\r\n\r\n"
+    for answer in UPSTREAM_FRAMING:
+        _sent, out_fast = Gateway(True, None).exchange(request, answer)
+        _sent, out_slow = Gateway(False, None).exchange(request, answer)
+        assert masked(out_fast) == masked(out_slow), answer
+        head = out_fast.split(b"\r\n\r\n", 1)[0].lower()
+        assert out_fast.startswith((b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 502 ")), out_fast
+        assert (b"\r\ncontent-length:" in head) != (b"\r\ntransfer-encoding:" in head), out_fast
+        assert head.count(b"\r\ncontent-length:") <= 1, out_fast
+        for hop in (b"keep-alive", b"upgrade", b"trailer", b"proxy-connection", b"x-netbird"):
+            assert b"\r\n" + hop not in head, out_fast
