@@ -60,6 +60,7 @@ from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
     _NAMES,
     _NAMES_MAX,
     FastRequest,
+    ParsedHeaders,
     _DeclineError,
     _Head,
     _Url,
@@ -315,8 +316,9 @@ class FastHTTPChannel(StreamingHTTPChannel):
             else:
                 head.parsed = None
                 head.block = section
-        headers = _new_headers(Headers)  # headers_from_raw(raw), inline
+        headers = _new_headers(ParsedHeaders)  # headers_from_raw(raw), inline
         headers._rawHeaders = raw
+        headers.changed = False
         req = FastRequest(self, method, head.url, headers, head.close, head.underscore,
                           self._conn_info)
         if head.copy_ok:

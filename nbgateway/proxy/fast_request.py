@@ -48,9 +48,11 @@ _CONTENT_TYPE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
 #: head parse does with it (``_KIND_*``), whether the name has an "_", the
 #: upstream line's start ``b"Name: "`` when a route plan copies the header as
 #: it is, else b"" (:func:`~nbgateway.proxy.headers.plan_skips`)); bounded
-#: (the first ``_NAMES_MAX`` names are kept)
+#: (the first ``_NAMES_MAX`` names of at most ``_NAME_CACHED_MAX_LEN`` bytes are kept)
 _NAMES: dict[bytes, tuple[bytes, int, bool, bytes]] = {}
 _NAMES_MAX = 4096
+#: longer (client-chosen) names are not memoised: the memo stays small in bytes
+_NAME_CACHED_MAX_LEN = 64
 _KIND_OTHER, _KIND_HOST, _KIND_LENGTH, _KIND_CONNECTION, _KIND_DECLINE = range(5)
 _KINDS = {b"host": _KIND_HOST, b"content-length": _KIND_LENGTH,
           b"connection": _KIND_CONNECTION, b"transfer-encoding": _KIND_DECLINE,
@@ -63,7 +65,7 @@ def _name(raw: bytes) -> tuple[bytes, int, bool, bytes]:
         canonical = canonical_name(raw.decode("latin-1"))
         known = (canonical, _KINDS.get(raw.lower(), _KIND_OTHER), b"_" in raw,
                  b"" if plan_skips(canonical) else canonical + b": ")
-        if len(_NAMES) < _NAMES_MAX:
+        if len(_NAMES) < _NAMES_MAX and len(raw) <= _NAME_CACHED_MAX_LEN:  # client-chosen
             _NAMES[raw] = known
     return known
 
@@ -117,6 +119,8 @@ class _Head:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.count += 1
+        if value.endswith((b" ", b"\t")):  # llhttp keeps trailing OWS; twisted.web strips it
+            value = value.rstrip(b" \t")
         known = _NAMES.get(name)
         if known is None:
             known = _name(name)
@@ -148,6 +152,28 @@ class _Head:
             values.append(value)
             if prefix:
                 self.copy_ok = False
+
+
+class ParsedHeaders(Headers):
+    """The fast path's request headers: ``Headers`` that note a value set or
+    added through their methods after the parse (``changed``).  A route plan
+    takes the parse's upstream lines (``FastRequest.upstream_copy``) only
+    while they still have as many names as parsed (a removal shows there) and
+    nothing was set or added: a value replaced in place, or a header removed
+    and another added, would otherwise send what the client sent.  (Removal
+    is not noted: the credential strip removes its names on every request,
+    present or not.)"""
+
+    __slots__ = ("changed",)
+
+    def setRawHeaders(self, name: Any, values: Any) -> None:
+        self.changed = True
+        super().setRawHeaders(name, values)
+
+    def addRawHeader(self, name: Any, value: Any) -> None:
+        self.changed = True
+        super().addRawHeader(name, value)
+
 
 
 class _Url:
@@ -209,8 +235,8 @@ class FastRequest:
         #: (the head parse's upstream lines of the headers a route plan copies
         #: as they are, how many names the headers had): the plan takes the
         #: lines instead of walking the headers while they still have that
-        #: many names (the front door drops names, nothing on the fast path
-        #: rewrites a value in place); None: the plan walks them
+        #: many names and no change was made through their methods
+        #: (:class:`ParsedHeaders`); None: the plan walks them
         self.upstream_copy: tuple[list[bytes], int] | None = None
         #: the resource's ``fast_route`` answer, set when the request is
         #: dispatched in the turn that routed it (None: route it again)

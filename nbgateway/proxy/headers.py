@@ -181,7 +181,7 @@ def _always_dropped(name: bytes) -> bool:
         key = lname.replace(b"_", b"-")
         verdict = (lname in _HOP_BY_HOP_B or key in _PROTECTED_B
                    or key.startswith(_PROTECTED_PREFIX_B) or lname in (b"host", b"cookie"))
-        if len(_DROPPED) < _DROPPED_MAX:
+        if len(_DROPPED) < _DROPPED_MAX and len(name) <= 64:  # names are client-chosen
             _DROPPED[name] = verdict
     return verdict
 

@@ -142,9 +142,10 @@ class RoutePlan:
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
         # the fast path's head parse made the lines this loop would (see
         # FastRequest.upstream_copy): taken while the headers still have
-        # the names they were parsed with
+        # the names they were parsed with and nothing changed a value
         copy = request.upstream_copy if type(request) is FastRequest else None
-        if copy is not None and not named and not custom and copy[1] == len(inbound):
+        if (copy is not None and not named and not custom and copy[1] == len(inbound)
+                and not request.requestHeaders.changed):
             parts += copy[0]
         else:
             skip = PLAN_SKIPS

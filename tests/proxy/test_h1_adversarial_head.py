@@ -32,13 +32,12 @@ import pytest
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.web import http
-from twisted.web.http_headers import Headers
 
 from nbgateway.auth.tokens import strip_credentials
 from nbgateway.dial.http11_wire import request_head, split_url
 from nbgateway.http.site import GatewayResource
 from nbgateway.proxy.fast import MAX_FAST_HEAD, MAX_FAST_HEADERS
-from nbgateway.proxy.fast_request import FastRequest, _Head
+from nbgateway.proxy.fast_request import FastRequest, ParsedHeaders, _Head
 from nbgateway.proxy.headers import (
     GROUPS_HEADER,
     HOP_BY_HOP,
@@ -105,8 +104,9 @@ def fast_parse(head: bytes) -> FastRequest | None:
     if (fields.decline or parser.get_http_version() != "1.1" or fields.count > MAX_FAST_HEADERS
             or not fields.url.startswith(b"/") or parser.get_method() == b"CONNECT"):
         return None
-    headers = Headers()
+    headers = ParsedHeaders()  # as FastHTTPChannel makes them
     headers._rawHeaders = fields.headers
+    headers.changed = False
     req = FastRequest(_Channel(), parser.get_method(), fields.url, headers, fields.close,
                      fields.underscore, None)
     if fields.copy_ok:

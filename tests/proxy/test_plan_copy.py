@@ -12,9 +12,8 @@ from typing import Any
 
 import httptools
 from twisted.internet import task
-from twisted.web.http_headers import Headers
 
-from nbgateway.proxy.fast_request import FastRequest, _Head
+from nbgateway.proxy.fast_request import FastRequest, ParsedHeaders, _Head
 from nbgateway.proxy.plan import RoutePlan
 from nbgateway.proxy.reverse import ReverseProxy
 from nbgateway.routes.context import RequestContext
@@ -40,8 +39,9 @@ def _parse(head: bytes) -> FastRequest:
     fields = _Head()
     parser = httptools.HttpRequestParser(fields)
     parser.feed_data(head)
-    headers = Headers()
+    headers = ParsedHeaders()
     headers._rawHeaders = fields.headers
+    headers.changed = False
     req = FastRequest(_Channel(), parser.get_method(), fields.url, headers, fields.close,
                       fields.underscore, None)
     if fields.copy_ok:
