@@ -139,6 +139,20 @@ WRK_LUA = textwrap.dedent('''
     end
 ''')
 
+#: ``--vary-lines``: each request's Referer differs (a browser moving between
+#: pages), so no two heads on a connection have the same header section
+WRK_VARY_LUA = textwrap.dedent('''
+    local n = 0
+    request = function()
+      n = n + 1
+      local h = {}
+      for k, v in pairs(wrk.headers) do h[k] = v end
+      h["Referer"] = "https://app.example/page/" .. n
+      return wrk.format(nil, nil, h)
+    end
+''')
+VARY_LINES = False
+
 NGINX_MAIN = textwrap.dedent('''
     daemon off;
     master_process on;
@@ -242,7 +256,7 @@ class Wrk:
     """One wrk invocation in a namespace, parsed."""
 
     def __init__(self, tb: Testbed, seconds: float) -> None:
-        self.lua = tb.write_file("report.lua", WRK_LUA)
+        self.lua = tb.write_file("report.lua", WRK_LUA + (WRK_VARY_LUA if VARY_LINES else ""))
         self.seconds = seconds
 
     def __call__(self, ns, url: str, conns: int, *headers: str) -> dict:
@@ -695,7 +709,8 @@ def report(out: dict, seconds: float, conns: int) -> bool:
     med = s["median"]
     print(f"wrk -t1, {seconds:g} s per round, {len(out['rounds'])} interleaved rounds, "
           f"medians; nginx upstream returning {len(BODY)} B; request heads: "
-          f"{'a browser navigation (--browser)' if EXTRA_HEADERS else 'Host only (wrk)'}")
+          f"{'a browser navigation (--browser)' if EXTRA_HEADERS else 'Host only (wrk)'}"
+          f"{', the Referer new on every request (--vary-lines)' if VARY_LINES else ''}")
     print(f"  {'path':42s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'errors':>6s} {'CPU ms/req':>10s} {'of it sys':>9s} {'machine':>8s} {'idle %':>6s}")
     for k, v in med.items():
@@ -758,10 +773,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="every request of every path carries a browser's navigation "
                              "head (14 more lines, a cookie; BROWSER_HEADERS) instead of "
                              "wrk's Host-only head")
+    parser.add_argument("--vary-lines", action="store_true",
+                        help="each request's Referer differs (wrk's request() in Lua), so a "
+                             "connection never sends the same header section twice (the "
+                             "gateway's per-connection memo of the last section never hits); "
+                             "implies --browser")
     args = parser.parse_args(argv)
-    global AB_VAR, AB_VALUES, FLOOR, EXTRA_HEADERS
-    if args.browser:
+    global AB_VAR, AB_VALUES, FLOOR, EXTRA_HEADERS, VARY_LINES
+    if args.browser or args.vary_lines:
         EXTRA_HEADERS = BROWSER_HEADERS
+    VARY_LINES = args.vary_lines
     AB_VAR = args.ab_env
     os.environ["NBGW_HTTP_FAST"] = "0" if args.fast_path == "off" else "1"
     os.environ[AB_VAR] = "0" if args.fast_path == "off" else "1"
