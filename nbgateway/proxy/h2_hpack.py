@@ -213,11 +213,15 @@ class FastTable(HeaderTable):
     accounting and eviction order) without its ``logging`` calls."""
 
     def add(self, name: bytes, value: bytes) -> None:
-        size = 32 + len(name) + len(value)
+        self.add_field((name, value))
+
+    def add_field(self, field: Any) -> None:
+        """Add the entry ``field`` (a ``(name, value)`` pair) as it is."""
+        size = 32 + len(field[0]) + len(field[1])
         if size > self._maxsize:
             self._clear()
             return
-        self.dynamic_entries.appendleft((name, value))
+        self.dynamic_entries.appendleft(field)
         self._current_size += size
         if self._current_size > self._maxsize:
             self._shrink()
@@ -258,16 +262,6 @@ class FieldTable(FastTable):
 
     def add(self, name: bytes, value: bytes) -> None:
         self.add_field(_new_tuple(HeaderTuple, (name, value)))
-
-    def add_field(self, field: Any) -> None:
-        size = 32 + len(field[0]) + len(field[1])
-        if size > self._maxsize:
-            self._clear()
-            return
-        self.dynamic_entries.appendleft(field)
-        self._current_size += size
-        if self._current_size > self._maxsize:
-            self._shrink()
 
 
 class IndexedTable(FastTable):
