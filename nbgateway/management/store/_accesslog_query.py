@@ -431,6 +431,17 @@ def _day_count(conn: sa.Connection, account_id: str) -> int:
     return 0 if n is None else int(n)
 
 
+def _per_day(account_id: str, conds: list[sa.ColumnElement[bool]]
+             ) -> tuple[sa.Subquery, sa.Lateral]:
+    """The account's days (:func:`_days`) and, joined to each, the count of
+    its entries under *conds* that day (a lateral subquery, column ``n``):
+    one index range per day of a day-leading index."""
+    d = _days(account_id)
+    n = (sa.select(sa.func.count().label("n")).select_from(ale)
+         .where(*conds, _day(ale.c.timestamp) == d.c.day).lateral("t"))
+    return d, n
+
+
 def _path_days(conn: sa.Connection, account_id: str, conds: list[sa.ColumnElement[bool]]
                ) -> tuple[list[tuple[datetime, int]], int]:
     """A path substring's matches per day (the days that have any, in time
@@ -438,10 +449,7 @@ def _path_days(conn: sa.Connection, account_id: str, conds: list[sa.ColumnElemen
     substring is tested on the index's entries), and the long URLs' matches
     (not in that index) apart; one statement, planned with
     :data:`_URL_SETTINGS`."""
-    d = _days(account_id)
-    n = (sa.select(sa.func.count().label("n")).select_from(ale)
-         .where(*conds, sa.text(f"NOT ({_LONG_URL})"), _day(ale.c.timestamp) == d.c.day)
-         .lateral("t"))
+    d, n = _per_day(account_id, [*conds, sa.text(f"NOT ({_LONG_URL})")])
     days = sa.select(d.c.day, n.c.n).select_from(d.join(n, sa.true())).where(n.c.n > 0)
     long = sa.select(sa.null(), _count(*conds, sa.text(f"({_LONG_URL})")))
     rows = _with_url_settings(conn, sa.union_all(days, long))
@@ -489,9 +497,7 @@ def _day_total(account_id: str, conds: list[sa.ColumnElement[bool]]) -> sa.Selec
     """The entries under *conds*, counted day by day (one index range per day
     of ``ix_access_log_entries_day_account_ip`` for a source IP), summed in
     one statement."""
-    d = _days(account_id)
-    n = (sa.select(sa.func.count().label("n")).select_from(ale)
-         .where(*conds, _day(ale.c.timestamp) == d.c.day).lateral("t"))
+    d, n = _per_day(account_id, conds)
     total: sa.ColumnElement[int] = sa.func.coalesce(sa.func.sum(n.c.n), 0)
     return sa.select(sa.cast(total, sa.BigInteger)).select_from(d.join(n, sa.true()))
 
