@@ -31,6 +31,19 @@ keep-alive) vs. nginx terminating TLS on 100.64.0.2:443 with the same key type
 (ECDSA P-256), then new TLS handshakes/s (``Connection: close``: one handshake
 per request, no session resumption by wrk) on both.
 
+HTTP/2 (``--h2``; browsers negotiate h2 on TLS listeners): h2load from Debian
+(package ``nghttp2-client``, ``-t1``, ALPN ``h2`` only: a path that does not
+negotiate h2 fails the run) against the gateway's TLS tunnel listener (the same
+private service and upstream) and against nginx terminating TLS with ``http2``
+on 100.64.0.2:8443 (``bench/_h2load.py``'s ``PROXY_H2``: the same keepalive
+upstream and stamped header as the HTTPS baseline), in every round after the
+HTTPS rows: ``--connections`` connections x 10 streams (req/s, CPU per request),
+then one connection with one stream (latency); p50/p99 come from h2load's
+per-request log (its summary has mean and sd only).  Errors are h2load's
+failed, errored and timed-out requests plus non-2xx responses; with
+``--browser`` every request carries the browser head as HTTP/2 fields
+(``--vary-lines`` cannot vary it: h2load has no per-request hook).
+
 CPU per request: the user+system CPU time of the gateway process, and of the
 nginx reverse proxy's worker, during the 16-connection (and handshake) runs
 divided by the requests served -- steadier than req/s on a shared machine --
@@ -41,7 +54,9 @@ and the machine's idle share meanwhile: a path whose machine is not busy is
 bound by latency or by one process, not by the CPUs.
 
 Checked in every round: zero wrk errors (connect/read/write/timeout/non-2xx), and
-for the gateway rounds exactly one access-log entry per request: wrk's completed
+for the gateway rounds exactly one access-log entry per request (h2load's
+runs likewise, the slack being the streams it started and had not completed
+when it stopped): wrk's completed
 requests <= the requests the upstream nginx logged <= the management's new
 access-log rows <= completed + one per connection (a request in flight when wrk
 stops is logged by the gateway as 499 and may or may not have reached the
@@ -61,6 +76,8 @@ Run as root:  .venv/bin/python bench/gateway.py [--seconds 5] [--rounds 3] [--js
                                         WireGuard and netstack under the smallest
                                         Twisted + httptools proxy, see
                                         bench/_floor/sitecustomize.py)
+              [--h2]                  (HTTP/2 rows with h2load, from Debian's
+                                        nghttp2-client; see above)
 """
 
 from __future__ import annotations
@@ -77,8 +94,10 @@ import textwrap
 import time
 
 try:
+    from bench import _h2load as h2
     from bench._testbed import Testbed, run, tunnel_pair, unavailable_reason
 except ImportError:  # run as a script: bench/ is sys.path[0]
+    import _h2load as h2
     from _testbed import Testbed, run, tunnel_pair, unavailable_reason
 
 from tests.interop.test_private_e2e import (  # repo root put on sys.path by _testbed
@@ -446,9 +465,10 @@ def bring_up_private_app(w: World, hosts_dirs: list[str]) -> tuple[str, object, 
 
 
 def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
-              ab: bool = False, strace: bool = False) -> dict:
+              ab: bool = False, strace: bool = False, http2: bool = False) -> dict:
     reason = unavailable_reason(need=("curl", "wg-quick", "wrk", "nginx", "openssl")
-                                + (("strace",) if strace else ()))
+                                + (("strace",) if strace else ())
+                                + (("h2load",) if http2 else ()))
     if reason is not None:
         raise RuntimeError(f"gateway benchmark unavailable: {reason}")
     out: dict = {"rounds": [], "access_log": []}
@@ -468,13 +488,19 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
             proxy_dir = os.path.join(tb.tmpdir, "proxy-b")
             os.makedirs(proxy_dir)
             make_cert(tb, proxy_dir)
-            start_nginx(tb, ns_b, "proxy-b", PROXY_HTTP.format(dir="{dir}"))
+            start_nginx(tb, ns_b, "proxy-b", PROXY_HTTP.format(dir="{dir}")
+                        + (h2.PROXY_H2.format(dir="{dir}") if http2 else ""))
             wait_for(lambda: os.path.exists(os.path.join(proxy_dir, "nginx.pid")), 10,
                      "the nginx proxy's pid file")
             for url in ("http://100.64.0.2:8081/", "http://100.64.0.2/"):
                 wait_for(lambda url=url: ns_a.run(
                     ["curl", "-sS", "-m", "3", "-o", "/dev/null", url],
                     check=False).returncode == 0, 20, f"the baseline at {url}")
+            if http2:
+                wait_for(lambda: ns_a.run(
+                    ["curl", "-sS", "-k", "--http2", "-m", "3", "-o", "/dev/null",
+                     h2.NGINX_H2_URL], check=False).returncode == 0, 20,
+                    f"the HTTP/2 baseline at {h2.NGINX_H2_URL}")
 
             wrk = Wrk(tb, seconds)
             gw_host = ("Host: " + APP,)
@@ -500,6 +526,47 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
                       else [], "nginx": nginx_workers(proxy_dir),
                       "nginx_tls": nginx_workers(proxy_dir)}
             gw_plain, gw_tls = ("gateway", "slowpath"), ("gateway_tls", "slowpath_tls")
+            # --h2: h2load (ALPN h2) to the gateway's TLS tunnel listener and
+            # to nginx terminating TLS with http2 on, each round after HTTPS
+            h2_paths: tuple[str, ...] = ()
+            if http2:
+                h2load = h2.H2Load(tb.tmpdir, seconds, EXTRA_HEADERS)
+                paths["nginx_h2"] = lambda c, m: h2load(ns_a, h2.NGINX_H2_URL, c, m)
+                paths["gateway_h2"] = lambda c, m: h2load(ns, f"https://{APP}/", c, m)
+                cpu_of["nginx_h2"] = nginx_workers(proxy_dir)
+                h2_paths = ("nginx_h2", "gateway_h2")
+
+            def measure_h2(rnd: dict, name: str) -> None:
+                """``conns`` connections x h2.STREAMS streams (req/s, CPU per
+                request), then one connection with one stream (latency); for the
+                gateway, one access-log entry per request (a stream in flight
+                when h2load stops is logged too: at most h2load's started -
+                succeeded, i.e. the streams in flight at its end)."""
+                is_gw = name == "gateway_h2"
+                before = (log_lines(up_g), access_log_total(w)) if is_gw else None
+                c0 = cpu_seconds(cpu_of[name])
+                s0 = cpu_seconds(cpu_of[name], system_only=True)
+                if is_gw:
+                    loss0 = loss_counters(w)
+                m0 = machine_cpu()
+                rnd[f"{name}_c{conns}"] = paths[name](conns, h2.STREAMS)
+                _machine_per_request(rnd[f"{name}_c{conns}"], m0)
+                _cpu_per_request(rnd[f"{name}_c{conns}"], c0, cpu_of[name], s0)
+                if is_gw:
+                    loss1 = loss_counters(w)
+                    done = max(1, rnd[f"{name}_c{conns}"]["requests"])
+                    out.setdefault("loss", []).append(
+                        {"path": name, **{f"wg_{d}_per_req": (loss1[f"wg_{d}"] - loss0[f"wg_{d}"])
+                                          / done for d in ("rx", "tx")},
+                         **{k: loss1[k] - loss0[k] for k in LOSS_COUNTERS}})
+                rnd[f"{name}_c1"] = paths[name](1, 1)
+                if before is not None:
+                    runs = [rnd[f"{name}_{k}"] for k in (f"c{conns}", "c1")]
+                    h2_done = sum(r["requests"] for r in runs)
+                    in_flight = sum(r["started"] - r["requests"] for r in runs)
+                    out["access_log"].append(
+                        {**check_access_log(w, up_g, before, h2_done, in_flight),
+                         "client": "h2load"})
 
             def measure(rnd: dict, i: int, plain: tuple, tls: tuple) -> None:
                 for name in plain:
@@ -580,6 +647,10 @@ def run_bench(seconds: float, rounds: int, conns: int, py_spy: str | None,
                 for key in (*gw_plain, *gw_tls):
                     cpu_of[key] = [gw_pid] if gw_pid else []
                 measure(rnd, i, ("upstream", "nginx", "gateway"), ("nginx_tls", "gateway_tls"))
+                if h2_paths:
+                    cpu_of["gateway_h2"] = [gw_pid] if gw_pid else []
+                    for name in h2_paths:
+                        measure_h2(rnd, name)
                 if ab:
                     gw_pid = restart_gateway(w, token, False, ns, gw_ip, up_g)
                     fast_now = False
@@ -675,6 +746,15 @@ def summarize(out: dict, conns: int) -> dict:
         g, n = med[f"gateway_{name}{c}"]["cpu_ms"], med[f"nginx_{name}{c}"]["cpu_ms"]
         if g and n:
             ratios[f"{'HTTPS ' if name else ''}CPU per request gateway/nginx worker"] = g / n
+    if f"gateway_h2_{c}" in med:  # --h2
+        g, n = med[f"gateway_h2_{c}"], med[f"nginx_h2_{c}"]
+        ratios["HTTP/2 gateway/nginx req/s"] = g["rps"] / n["rps"]
+        ratios["HTTP/2 gateway added p50 at 1 connection (ms)"] = (
+            med["gateway_h2_c1"]["p50_ms"] - med["nginx_h2_c1"]["p50_ms"])
+        if g["cpu_ms"] and n["cpu_ms"]:
+            ratios["HTTP/2 CPU per request gateway/nginx worker"] = g["cpu_ms"] / n["cpu_ms"]
+        ratios["gateway req/s HTTP/2 / HTTPS (HTTP/1.1)"] = (
+            g["rps"] / med[f"gateway_tls_{c}"]["rps"])
     if f"slowpath_{c}" in med:  # --fast-path ab
         on, off = (("fast path", "twisted.web path") if AB_VAR == "NBGW_HTTP_FAST"
                    else ("gateway", "floor") if FLOOR
@@ -701,6 +781,8 @@ LABELS = {
     "gateway_tls": "nbgateway HTTPS (tunnel listener)",
     "slowpath": "nbgateway, fast path off (twisted.web)",
     "slowpath_tls": "nbgateway HTTPS, fast path off",
+    "nginx_h2": "nginx HTTP/2 (TLS) behind wireguard-go",
+    "gateway_h2": "nbgateway HTTP/2 (TLS tunnel listener)",
 }
 
 
@@ -711,11 +793,22 @@ def report(out: dict, seconds: float, conns: int) -> bool:
           f"medians; nginx upstream returning {len(BODY)} B; request heads: "
           f"{'a browser navigation (--browser)' if EXTRA_HEADERS else 'Host only (wrk)'}"
           f"{', the Referer new on every request (--vary-lines)' if VARY_LINES else ''}")
+    h2_rows = [k for k in med if k.startswith(("gateway_h2_", "nginx_h2_"))]
+    if h2_rows:
+        first = out["rounds"][0]
+        print(f"HTTP/2 rows (--h2): h2load -t1, ALPN h2, {conns} connections x "
+              f"{h2.STREAMS} streams and 1 x 1, p50/p99 from its per-request log; "
+              f"request heads: {'the browser head' if EXTRA_HEADERS else 'h2load default'}"
+              f"{' repeated (h2load cannot vary it)' if VARY_LINES else ''}; TLS: "
+              + ", ".join(f"{k.rsplit('_', 2)[0]} {first[k].get('tls')}"
+                          for k in h2_rows if k.endswith(f"_c{conns}")))
     print(f"  {'path':42s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'errors':>6s} {'CPU ms/req':>10s} {'of it sys':>9s} {'machine':>8s} {'idle %':>6s}")
     for k, v in med.items():
         name, _, c = k.rpartition("_")
         conn_label = {"c1": "1", "hs": f"{conns} new TLS"}.get(c, c[1:])
+        if name.endswith("_h2") and c != "c1":
+            conn_label = f"{c[1:]}x{h2.STREAMS}"
         cpu = f"{v['cpu_ms']:10.3f}" if v["cpu_ms"] else f"{'':10s}"
         sys_ms = f"{v['sys_ms']:9.3f}" if v.get("sys_ms") is not None else f"{'':9s}"
         mach = (f" {v['machine_ms']:8.3f} {v['idle_pct']:6.1f}"
@@ -729,7 +822,7 @@ def report(out: dict, seconds: float, conns: int) -> bool:
     for a in out["access_log"]:
         all_ok = all_ok and a["ok"]
         print(f"  access log: {a['access_log_entries']} entries for {a['upstream_requests']} "
-              f"upstream requests, wrk completed {a['wrk_completed']}: "
+              f"upstream requests, {a.get('client', 'wrk')} completed {a['wrk_completed']}: "
               f"{'ok' if a['ok'] else 'MISMATCH'}")
     for x in out.get("loss", []):
         x = dict(x)
@@ -778,6 +871,12 @@ def main(argv: list[str] | None = None) -> int:
                              "connection never sends the same header section twice (the "
                              "gateway's per-connection memo of the last section never hits); "
                              "implies --browser")
+    parser.add_argument("--h2", action="store_true",
+                        help="add HTTP/2 rows to every round: h2load (nghttp2-client, ALPN "
+                             "h2) against the gateway's TLS tunnel listener and against "
+                             "nginx terminating TLS with http2 on (same upstream, same "
+                             f"stamped header); --connections x {h2.STREAMS} streams, then "
+                             "1 x 1; with --browser, the browser head as HTTP/2 fields")
     args = parser.parse_args(argv)
     global AB_VAR, AB_VALUES, FLOOR, EXTRA_HEADERS, VARY_LINES
     if args.browser or args.vary_lines:
@@ -802,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         out = run_bench(args.seconds, args.rounds, args.connections, args.py_spy,
-                        ab=args.fast_path == "ab", strace=args.strace)
+                        ab=args.fast_path == "ab", strace=args.strace, http2=args.h2)
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 2
