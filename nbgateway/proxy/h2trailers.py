@@ -74,6 +74,7 @@ from twisted.internet.defer import Deferred
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
 from nbgateway.proxy.h2_hpack import BlockDecoder, TableEncoder
+from nbgateway.proxy.h2_lean import lean_stream
 from nbgateway.proxy.h2_stream import GatewayH2Stream
 
 Header = tuple[bytes, bytes]
@@ -538,6 +539,11 @@ class TrailersH2Connection(H2Connection):
         #: (unblocked by :meth:`dataReceived` once a WINDOW_UPDATE or SETTINGS
         #: opens it): with them unblocked the loop ran every reactor turn
         self._window_blocked: set[int] = set()
+        #: (the lean route's connection tuple, see _lean_info), made at the
+        #: first request; None before
+        self._lean: tuple[Any] | None = None
+        #: streams served on the lean route
+        self.lean_streams = 0
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
@@ -572,10 +578,46 @@ class TrailersH2Connection(H2Connection):
             return
         super()._handlePriorityUpdate(event)
 
+    def _lean_info(self) -> tuple[Any, ...] | None:
+        """The connection's tuple for the lean route (:mod:`nbgateway.proxy.h2_lean`):
+        (peer, its host as text, local address, TLS?, the clock, the site
+        resource's ``fast_route``); None when the site's resource is not
+        served by the HTTP/1.1 fast path (or the site turned it off): every
+        stream then takes Twisted's route.  Made at the first request."""
+        site = self.site
+        resource = getattr(site, "resource", None)
+        fast_route = getattr(resource, "fast_route", None)
+        info: tuple[Any, ...] | None = None
+        if (getattr(site, "fast", False) and fast_route is not None
+                and getattr(resource, "fast_protocol", None) is not None
+                and self.transport is not None):
+            peer = self.transport.getPeer()
+            info = (peer, str(getattr(peer, "host", "") or ""), self.transport.getHost(),
+                    self._isSecure(), self._reactor.seconds, fast_route)
+        self._lean = (info,)
+        return info
+
     def _requestReceived(self, event: Any) -> None:
-        # Twisted's steps, with its stream class replaced by
-        # GatewayH2Stream (the request head filled in one loop)
+        # Twisted's steps, with its stream class replaced by a lean-route
+        # stream (h2_lean) for a bodiless GET/HEAD the fast path's resource
+        # takes, else by GatewayH2Stream (the request head filled in one loop)
         stream_id = event.stream_id
+        if event.stream_ended is not None:
+            lean = self._lean
+            info = lean[0] if lean is not None else self._lean_info()
+            if info is not None:
+                stream = lean_stream(self, event, info)
+                if stream is not None:
+                    self.streams[stream_id] = stream
+                    self._outboundStreamQueues[stream_id] = deque()
+                    try:
+                        self.priority.insert_stream(stream_id)
+                    except priority.DuplicateStreamError:
+                        pass  # a PRIORITY frame came first and scheduled it
+                    else:
+                        self.priority.block(stream_id)
+                    self.lean_streams += 1
+                    return
         self.streams[stream_id] = GatewayH2Stream(
             stream_id, self, event.headers, self.requestFactory, self.site, self.factory)
         self._streamCleanupCallbacks[stream_id] = Deferred()
@@ -695,10 +737,16 @@ class TrailersH2Connection(H2Connection):
             stream.windowUpdated()  # resumes a paused producer if there is room
 
     def _requestDone(self, streamID: int) -> None:
+        # Twisted's steps; a lean-route stream has no cleanup Deferred
         self._window_blocked.discard(streamID)
         self.conn.pending_trailers.pop(streamID, None)
         self.conn.queued.pop(streamID, None)
-        super()._requestDone(streamID)
+        del self._outboundStreamQueues[streamID]
+        self.priority.remove_stream(streamID)
+        del self.streams[streamID]
+        cleanup = self._streamCleanupCallbacks.pop(streamID, None)
+        if cleanup is not None:
+            cleanup.callback(streamID)
 
     def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
         self.conn.pending_trailers.clear()

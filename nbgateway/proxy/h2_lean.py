@@ -1,0 +1,478 @@
+"""The lean route of an HTTP/2 request stream: the requests the HTTP/1.1 fast
+path would serve, without twisted.web's ``Request`` path.
+
+On :class:`~nbgateway.proxy.h2trailers.TrailersH2Connection`, a stream whose
+HEADERS end it (a ``GET`` or ``HEAD`` without a body), with an origin-form
+``:path``, no ``content-length`` or ``expect`` field, on a site whose resource
+the HTTP/1.1 fast path serves (``fast_protocol`` and ``fast_route``, the
+site's ``fast`` switch on) and whose ``fast_route(host)`` takes the host, gets
+a :class:`LeanH2Stream` and a :class:`LeanH2Request` instead of Twisted's
+``H2Stream`` and ``server.Request``:
+
+- the request head goes from the received fields into the request's
+  ``Headers`` in one loop (the same dict as
+  :class:`~nbgateway.proxy.h2_stream.GatewayH2Stream` makes: canonical names,
+  ``:authority`` as ``Host``, values in arrival order);
+- the request is :class:`~nbgateway.proxy.fast_request.FastRequest`'s subset
+  of ``server.Request`` (what the gateway's resource, proxy, error pages and
+  access log use), dispatched straight to the site's resource when the
+  stream's end is processed (where Twisted's ``requestComplete`` calls
+  ``Request.process``): no resource traversal, no ``prepath``/``postpath``,
+  no ``Deferred`` per stream for its cleanup;
+- the response goes to the stream as Twisted's ``Request.write`` sends it
+  (``Server``, ``Date``, the default ``Content-Type``, nothing after the
+  head of a HEAD/204/304 response, ``:status`` first, the same header list
+  in the same order), through the connection's own ``send_headers``,
+  ``writeDataToStream`` and ``endRequest`` (flow control, priority,
+  trailers, the send loop: the connection's); the HEADERS frame of a
+  response whose first write carries data goes out with that data at the
+  end of the turn instead of in a transport write of its own;
+- producers (the upstream body's transport) are paused and resumed by the
+  stream's flow-control window as on Twisted's ``H2Stream``; a stream reset
+  or a lost connection reaches the request's ``connectionLost`` (observers,
+  ``notifyFinish``), and ``abortConnection`` resets the stream.
+
+Everything else (bodies, gRPC, other methods, login flows, a site without the
+fast path) keeps Twisted's stream and twisted.web's ``Request``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from h2.exceptions import StreamClosedError
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web._http2 import _PullToPush
+from twisted.web.http_headers import Headers, _nameEncoder
+
+log = Logger(namespace="nbgateway.proxy.h2")
+
+#: ``Headers``' name encoder: its cache of canonical names and the encoder
+_CANONICAL: dict[Any, bytes] = _nameEncoder._canonicalHeaderCache
+_encode_name = _nameEncoder.encode
+_new_headers = Headers.__new__
+_NOT_DONE_YET = server.NOT_DONE_YET
+_NO_BODY_CODES = http.NO_BODY_CODES
+_RESPONSES = http.RESPONSES
+_SERVER = server.version
+_SERVER_NAME, _DATE, _CONTENT_TYPE, _CONTENT_LENGTH = (
+    _encode_name(n) for n in (b"server", b"date", b"content-type", b"content-length"))
+_PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body>"
+                      b"<b>Processing Failed</b></body></html>")
+#: the methods the lean route serves (Twisted gives them a known empty body)
+LEAN_METHODS = frozenset((b"GET", b"HEAD"))
+#: request fields that send a stream down Twisted's route
+_DECLINE = frozenset((b"content-length", b"expect"))
+_STATUS = {code: b"%d" % code for code in range(100, 600)}
+#: [second, Date value]: twisted.web's ``datetimeToString()``, once a second
+_date: list[Any] = [0, b""]
+
+
+def _http_date() -> bytes:
+    now = int(time.time())
+    if _date[0] != now:
+        _date[1] = http.datetimeToString(now)
+        _date[0] = now
+    return _date[1]
+
+
+class LeanH2Request:
+    """A request served on the lean route: the part of twisted.web's
+    ``server.Request`` the gateway's resource, proxy, error pages and access
+    log use (the attributes of :class:`~nbgateway.proxy.fast_request.FastRequest`,
+    read where they are not a ``FastRequest`` through ``getattr``), with the
+    response written to its HTTP/2 stream (``channel``) as twisted.web's
+    ``Request`` writes it there."""
+
+    clientproto = b"HTTP/2"
+    #: as on twisted.web's request of an HTTP/2 stream
+    transport = None
+    #: bodiless: no body stream, no buffered content
+    body_stream = None
+    content = None
+    upstream_copy = None
+
+    __slots__ = (
+        "_bodiless", "_disconnected", "channel", "channel_host", "channel_peer", "code",
+        "code_message", "defaultContentType", "finish_hooks", "finished", "lost_hooks",
+        "method", "notifications", "path", "peer_ip", "producer", "proxy_error",
+        "requestHeaders", "responseHeaders", "routed", "secure", "sentLength",
+        "startedWriting", "underscore_names", "upstream_status", "uri",
+    )
+
+    def __init__(self, channel: LeanH2Stream, method: bytes, uri: bytes, headers: Headers,
+                 underscore: bool, info: tuple[Any, ...], routed: Any) -> None:
+        self.channel: LeanH2Stream | None = channel
+        self.method = method
+        self.uri = uri
+        self.path = uri.split(b"?", 1)[0]
+        self.requestHeaders = headers
+        self.channel_peer, self.peer_ip, self.channel_host, self.secure, _, _ = info
+        #: any request header name with "_" (the front door drops those)
+        self.underscore_names = underscore
+        #: the resource's ``fast_route`` answer for the request's host
+        self.routed = routed
+        self.code = 200
+        self.code_message = b"OK"
+        self.defaultContentType: bytes | None = b"text/html"
+        self.upstream_status: int | None = None
+        self.proxy_error: str | None = None
+        out = _new_headers(Headers)  # twisted.web's defaults, in its order
+        date = _date
+        out._rawHeaders = {_SERVER_NAME: [_SERVER], _DATE: [
+            date[1] if date[0] == int(time.time()) else _http_date()]}
+        self.responseHeaders = out
+        self.finished = False
+        self._disconnected = False
+        self.startedWriting = False
+        #: a HEAD (or 204/304) response's head is out: later writes are dropped
+        self._bodiless = False
+        self.sentLength = 0
+        self.producer: Any = None
+        self.finish_hooks: list[Any] | tuple[()] = ()
+        self.lost_hooks: list[Any] | tuple[()] = ()
+        self.notifications: list[defer.Deferred[None]] | tuple[()] = ()
+
+    # -- what resources read -------------------------------------------------
+    def getHeader(self, key: bytes) -> bytes | None:
+        values = self.requestHeaders._rawHeaders.get(_CANONICAL.get(key) or _encode_name(key))
+        return values[-1] if values else None
+
+    def getClientAddress(self) -> Any:
+        return self.channel_peer
+
+    def getHost(self) -> Any:
+        return self.channel_host
+
+    def isSecure(self) -> bool:
+        return self.secure
+
+    def getCookie(self, key: bytes) -> bytes | None:  # login flows take Twisted's route
+        return None
+
+    def on_finish(self, fn: Any) -> None:
+        """``fn(None)`` when the response ends, ``fn(failure)`` when the
+        client is gone first (``notifyFinish`` without a Deferred)."""
+        if not self.finish_hooks:
+            self.finish_hooks = []
+        self.finish_hooks.append(fn)  # type: ignore[union-attr]
+
+    def on_lost(self, fn: Any) -> None:
+        """``fn(failure)`` when the client is gone before the response ended."""
+        if not self.lost_hooks:
+            self.lost_hooks = []
+        self.lost_hooks.append(fn)  # type: ignore[union-attr]
+
+    def notifyFinish(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if not self.notifications:
+            self.notifications = []
+        self.notifications.append(d)  # type: ignore[union-attr]
+        return d
+
+    # -- the response --------------------------------------------------------
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+        self.code_message = message if message is not None else _RESPONSES.get(
+            code, b"Unknown Status")
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer:
+            raise ValueError("a producer is already registered")
+        self.producer = producer
+        channel = self.channel
+        if channel is not None:
+            channel.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        channel = self.channel
+        if channel is not None:
+            channel.unregisterProducer()
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            raise RuntimeError("Request.write called on a request after Request.finish")
+        if self._disconnected or self._bodiless:
+            return
+        stream = self.channel
+        if not self.startedWriting:
+            self.startedWriting = True
+            raw = self.responseHeaders._rawHeaders
+            code = self.code
+            if (code not in _NO_BODY_CODES and self.defaultContentType is not None
+                    and _CONTENT_TYPE not in raw):
+                length = raw.get(_CONTENT_LENGTH)
+                if not (length and length[0] == b"0"):
+                    raw[_CONTENT_TYPE] = [self.defaultContentType]
+            # twisted.web's list for H2Stream.writeHeaders, :status first
+            block = [(b":status", _STATUS.get(code) or b"%d" % code)]
+            for name, values in raw.items():
+                if len(values) == 1:
+                    block.append((name, values[0]))
+                else:
+                    for value in values:
+                        block.append((name, value))
+            bodiless = self.method == b"HEAD" or code in _NO_BODY_CODES
+            stream.send_head(block, not bodiless and bool(data))  # type: ignore[union-attr]
+            if bodiless:
+                self._bodiless = True  # what follows is dropped
+                return
+        self.sentLength += len(data)
+        if data:
+            stream._conn.writeDataToStream(stream.streamID, data)  # type: ignore[union-attr]
+
+    def finish(self) -> None:
+        if self._disconnected:
+            raise RuntimeError("Request.finish called on a request after its "
+                               "connection was lost")
+        if self.finished:
+            return
+        if not self.startedWriting:
+            self.write(b"")
+        self.finished = True
+        if self.producer is not None:
+            log.failure("", Failure(RuntimeError(
+                f"Producer was not unregistered for {self.uri!r}")))
+            self.unregisterProducer()
+        stream = self.channel
+        self.channel = None
+        if stream is not None:
+            stream._conn.endRequest(stream.streamID)
+        if self.lost_hooks:
+            self.lost_hooks = ()
+        hooks = self.finish_hooks
+        if hooks:
+            self.finish_hooks = ()
+        for fn in hooks:
+            try:
+                fn(None)
+            except Exception:
+                log.failure("h2 lean route: a finish observer failed")
+        notifications, self.notifications = self.notifications, ()
+        for d in notifications:
+            d.callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The stream was reset or the connection lost."""
+        self._disconnected = True
+        self.channel = None
+        hooks, self.finish_hooks = self.finish_hooks, ()
+        for fn in hooks:
+            try:
+                fn(reason)
+            except Exception:
+                log.failure("h2 lean route: a finish observer failed")
+        lost, self.lost_hooks = self.lost_hooks, ()
+        for fn in lost:
+            try:
+                fn(reason)
+            except Exception:
+                log.failure("h2 lean route: a lost-connection observer failed")
+        notifications, self.notifications = self.notifications, ()
+        for d in notifications:
+            d.errback(reason)
+
+    def processing_failed(self, reason: Failure) -> None:
+        """An exception out of the resource: twisted.web's 500 page, or the
+        stream reset once the response has started."""
+        log.failure("h2 lean route: processing failed", failure=reason)
+        if self.finished or self._disconnected or self.startedWriting:
+            channel = self.channel
+            if not self._disconnected and channel is not None:
+                channel.abortConnection()
+            return
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"text/html")
+        self.setHeader(b"content-length", b"%d" % len(_PROCESSING_FAILED))
+        self.write(_PROCESSING_FAILED)
+        self.finish()
+
+
+class LeanH2Stream:
+    """One lean-route stream: what the connection calls on a stream
+    (``connectionLost``, ``windowUpdated``, ``flowControlBlocked``,
+    ``requestComplete``) and the request's channel (producer registration,
+    ``abortConnection``, addresses), as Twisted's ``H2Stream``."""
+
+    __slots__ = ("_conn", "_producerProducing", "_request", "hasStreamingProducer",
+                 "persistent", "producer", "producing", "streamID")
+
+    #: as on Twisted's ``H2Stream``: an HTTP/2 stream has no transport
+    transport = None
+
+    def __init__(self, stream_id: int, conn: Any) -> None:
+        self.streamID = stream_id
+        self._conn = conn
+        self._request: LeanH2Request | None = None
+        self.producer: Any = None
+        self._producerProducing = False
+        self.hasStreamingProducer: bool | None = None
+        self.producing = True
+        self.persistent = True
+
+    # -- called by the connection ----------------------------------------------
+    def requestComplete(self) -> None:
+        """The stream's end (with its HEADERS): the request goes to the
+        site's resource now, where Twisted's stream calls ``process``."""
+        req = self._request
+        if req is None or req.finished or req._disconnected:
+            return
+        try:
+            body = self._conn.site.resource.render(req)
+        except Exception:
+            req.processing_failed(Failure())
+            return
+        if (body is not _NOT_DONE_YET and isinstance(body, bytes) and not req.finished
+                and not req._disconnected):
+            req.setHeader(b"content-length", b"%d" % len(body))
+            req.write(body)
+            req.finish()
+
+    def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
+        # h2 refuses DATA after END_STREAM: never called; the window is
+        # given back if it ever is
+        self._conn.openStreamWindow(self.streamID, flowControlledLength)
+
+    def connectionLost(self, reason: Failure) -> None:
+        req = self._request
+        if req is not None and not req._disconnected:
+            req.connectionLost(reason)
+
+    def windowUpdated(self) -> None:
+        if not self.producer or self._producerProducing:
+            return
+        if not self._conn.remainingOutboundWindow(self.streamID) > 0:
+            return
+        self._producerProducing = True
+        self.producer.resumeProducing()
+
+    def flowControlBlocked(self) -> None:
+        if not self.producer:
+            return
+        if self._producerProducing:
+            self.producer.pauseProducing()
+            self._producerProducing = False
+
+    # -- called by the request (its channel) ------------------------------------
+    def send_head(self, block: list[tuple[bytes, bytes]], data_follows: bool) -> None:
+        """The response's HEADERS (Twisted's ``H2Connection.writeHeaders``):
+        written now, or with the first DATA frame at the end of the turn
+        when ``data_follows``."""
+        conn = self._conn
+        state = conn.conn
+        try:
+            state.send_headers(self.streamID, block)
+        except StreamClosedError:
+            return  # the client closed the stream: as Twisted, nothing to do
+        # (the DATA wakes the send loop only when the window is open)
+        if not data_follows or state.local_flow_control_window(self.streamID) <= 0:
+            conn._tryToWriteControlData()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer:
+            raise ValueError(f"registering producer {producer} before previous one "
+                             f"({self.producer}) was unregistered")
+        if not streaming:
+            self.hasStreamingProducer = False
+            producer = _PullToPush(producer, self)
+            producer.startStreaming()
+        else:
+            self.hasStreamingProducer = True
+        self.producer = producer
+        self._producerProducing = True
+
+    def unregisterProducer(self) -> None:
+        if self.producer is not None and not self.hasStreamingProducer:
+            self.producer.stopStreaming()
+        self._producerProducing = False
+        self.producer = None
+        self.hasStreamingProducer = None
+
+    def write(self, data: bytes) -> None:
+        self._conn.writeDataToStream(self.streamID, data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        for chunk in iovec:
+            self.write(chunk)
+
+    def requestDone(self, request: Any) -> None:
+        self._conn.endRequest(self.streamID)
+
+    def loseConnection(self) -> None:
+        self._conn.endRequest(self.streamID)
+
+    def abortConnection(self) -> None:
+        """Reset the stream (RST_STREAM)."""
+        self._conn.abortRequest(self.streamID)
+
+    def getPeer(self) -> Any:
+        return self._conn.getPeer()
+
+    def getHost(self) -> Any:
+        return self._conn.getHost()
+
+    def isSecure(self) -> bool:
+        return self._conn._isSecure()
+
+    def stopProducing(self) -> None:
+        self.producing = False
+        self.abortConnection()
+
+    def pauseProducing(self) -> None:
+        self.producing = False
+
+    def resumeProducing(self) -> None:
+        self.producing = True
+
+
+def lean_stream(conn: Any, event: Any, info: tuple[Any, ...]) -> LeanH2Stream | None:
+    """The lean route's stream for a received request (``h2``'s
+    ``RequestReceived``, its fields checked), or None: the stream takes
+    Twisted's route.  ``info`` is the connection's tuple (peer, peer host
+    text, local address, TLS?, clock, the site resource's ``fast_route``)."""
+    raw: dict[bytes, list[bytes]] = {}
+    method = path = host = None
+    underscore = False
+    for name, value in event.headers:
+        if name[0] == 0x3A:  # ":" (h2 refused empty names)
+            if name == b":method":
+                method = value
+                continue
+            if name == b":path":
+                path = value
+                continue
+            if name != b":authority":
+                continue
+            key = b"Host"
+            host = value
+        else:
+            if name in _DECLINE:
+                return None
+            key = _CANONICAL.get(name) or _encode_name(name)
+            if name == b"host":
+                host = value
+            elif 0x5F in name:  # "_"
+                underscore = True
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
+    if method not in LEAN_METHODS or path is None or path[:1] != b"/":
+        return None
+    route = info[5](host or b"")
+    if not route:
+        return None
+    stream = LeanH2Stream(event.stream_id, conn)
+    headers = _new_headers(Headers)
+    headers._rawHeaders = raw
+    stream._request = LeanH2Request(stream, method, path, headers, underscore, info, route)
+    return stream
