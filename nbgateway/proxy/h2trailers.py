@@ -69,10 +69,18 @@ from h2.utilities import (
     _check_pseudo_header_field_acceptability,
 )
 from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
-from hyperframe.frame import ContinuationFrame, HeadersFrame
 from twisted.internet.defer import Deferred
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
+from nbgateway.proxy.h2_frames import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    framed,
+    receive_frame,
+)
 from nbgateway.proxy.h2_hpack import BlockDecoder, TableEncoder
 from nbgateway.proxy.h2_lean import lean_stream
 from nbgateway.proxy.h2_stream import GatewayH2Stream
@@ -313,31 +321,50 @@ class _CheckedStream(H2Stream):
         else:
             input_ = StreamInputs.SEND_HEADERS
         events = self.state_machine.process_input(input_)
-        first = HeadersFrame(self.stream_id)
         flags = self._build_hdr_validation_flags(events)
         _check_pseudo_header_field_acceptability(block.pseudo, block.method, flags)
         encoded = encoder.encode(block.fields)
         size = self.max_outbound_frame_size or 0
+        stream_id = self.stream_id
+        # the frames serialised at once (h2_frames.framed), as h2's would be
+        end = END_STREAM if end_stream else 0
         if 0 < len(encoded) <= size:
-            first.data = encoded
-            frames: list[Any] = [first]
-            first.flags.add("END_HEADERS")
+            frames: list[Any] = [framed(HEADERS, end | END_HEADERS, stream_id, encoded)]
         else:  # h2's split into CONTINUATION frames (and its errors)
             chunks = [encoded[i:i + size] for i in range(0, len(encoded), size)]
-            first.data = chunks[0]
-            frames = [first]
-            for chunk in chunks[1:]:
-                frame = ContinuationFrame(self.stream_id)
-                frame.data = chunk
-                frames.append(frame)
-            frames[-1].flags.add("END_HEADERS")
+            last = len(chunks) - 1
+            frames = [framed(HEADERS, end | (END_HEADERS if last == 0 else 0), stream_id,
+                             chunks[0])]
+            for i in range(1, last + 1):
+                frames.append(framed(CONTINUATION, END_HEADERS if i == last else 0, stream_id,
+                                     chunks[i]))
         if end_stream:
             self.state_machine.process_input(StreamInputs.SEND_END_STREAM)
-            frames[0].flags.add("END_STREAM")
         if self.state_machine.trailers_sent and not end_stream:
             raise ProtocolError("Trailers must have END_STREAM set.")
         self.request_method = block.sent_method
         return frames
+
+    def send_data(self, data: Any, end_stream: bool = False,
+                  pad_length: int | None = None) -> list[Any]:
+        """``h2``'s steps (state transitions, the stream's window) with the
+        frame serialised at once (:func:`~nbgateway.proxy.h2_frames.framed`);
+        padded or memoryview data is ``h2``'s."""
+        if pad_length is not None or type(data) is not bytes:
+            return super().send_data(data, end_stream, pad_length)
+        machine = self.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        size = len(data)
+        self.outbound_flow_control_window -= size
+        assert self.outbound_flow_control_window >= 0 or size == 0
+        return [framed(DATA, END_STREAM if end_stream else 0, self.stream_id, data)]
+
+    def end_stream(self) -> list[Any]:
+        """``h2``'s: an empty DATA frame with END_STREAM (serialised at once)."""
+        self.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        return [framed(DATA, END_STREAM, self.stream_id, b"")]
 
     def _build_headers_frames(self, headers: Any, encoder: Any, first_frame: Any,
                               hdr_validation_flags: Any) -> Any:
@@ -386,6 +413,11 @@ class _TrailingH2State(h2.connection.H2Connection):
         raw.normalize_outbound_headers = False
         raw.validate_outbound_headers = False
         self.raw_config = raw
+
+    def _receive_frame(self, frame: Any) -> list[Any]:
+        if type(self.config.logger) is h2.config.DummyLogger:
+            return receive_frame(self, frame)  # h2's steps without repr(frame)
+        return super()._receive_frame(frame)
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)

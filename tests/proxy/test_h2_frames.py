@@ -1,0 +1,158 @@
+"""nbgateway.proxy.h2_frames: frames serialised at once are hyperframe's
+bytes, and the gateway's ``h2`` state machine (its streams' send_headers /
+send_data / end_stream, its _receive_frame) gives the same bytes, events and
+errors as plain ``h2`` on the same input, closed-stream cases included."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import pytest
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
+
+from nbgateway.proxy.h2_frames import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    framed,
+)
+from nbgateway.proxy.h2trailers import _TrailingH2State
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_framed_is_hyperframes_serialisation(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(500):
+        sid = rng.choice((1, 3, 2 ** 31 - 1, rng.randrange(1, 2 ** 31)))
+        body = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 255, 256, 300))))
+        if rng.random() < 0.1:
+            body = b"x" * rng.choice((65535, 65536, 70000))
+        kind = rng.choice((DATA, HEADERS, CONTINUATION))
+        frame: Any
+        if kind == DATA:
+            frame = DataFrame(sid)
+            flags = END_STREAM if rng.random() < 0.5 else 0
+            if flags:
+                frame.flags.add("END_STREAM")
+        elif kind == HEADERS:
+            frame = HeadersFrame(sid)
+            flags = 0
+            if rng.random() < 0.5:
+                frame.flags.add("END_STREAM")
+                flags |= END_STREAM
+            if rng.random() < 0.5:
+                frame.flags.add("END_HEADERS")
+                flags |= END_HEADERS
+        else:
+            frame = ContinuationFrame(sid)
+            flags = END_HEADERS if rng.random() < 0.5 else 0
+            if flags:
+                frame.flags.add("END_HEADERS")
+        frame.data = body
+        got = framed(kind, flags, sid, body)
+        assert got.serialize() == frame.serialize()
+        assert got.body_len == len(body)
+
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.example"),
+           (b":path", b"/")]
+
+
+def _pair() -> tuple[Any, Any, Any]:
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    ours = _TrailingH2State(config)
+    theirs = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None))
+    for conn in (ours, theirs, client):
+        conn.initiate_connection()
+    hello = client.data_to_send()
+    for server in (ours, theirs):
+        server.receive_data(hello)
+        client.receive_data(server.data_to_send())
+    return ours, theirs, client
+
+
+def _step(server: Any, action: tuple[Any, ...]) -> Any:
+    try:
+        if action[0] == "recv":
+            events = server.receive_data(action[1])
+            return ("events", [repr(e) for e in events], server.data_to_send())
+        name, args = action[1], action[2]
+        getattr(server, name)(*args)
+        return ("sent", server.data_to_send())
+    except Exception as exc:  # the same class at the same step
+        return ("raised", type(exc).__name__, server.data_to_send())
+
+
+def _raw(frame: Any) -> bytes:
+    return frame.serialize()
+
+
+def _actions(rng: random.Random, client: Any) -> list[tuple[Any, ...]]:
+    """Client frames (some on closed or reset streams) and server sends."""
+    actions: list[tuple[Any, ...]] = []
+    sids = [1, 3, 5, 7]
+    for sid in sids:
+        client.send_headers(sid, REQUEST, end_stream=rng.random() < 0.5)
+        actions.append(("recv", client.data_to_send()))
+    for _ in range(40):
+        sid = rng.choice([*sids, 2, 9, 101])
+        roll = rng.random()
+        if roll < 0.2:
+            frame = DataFrame(sid)
+            frame.data = b"d" * rng.choice((0, 5, 100))
+            if rng.random() < 0.5:
+                frame.flags.add("END_STREAM")
+            actions.append(("recv", _raw(frame)))
+        elif roll < 0.3:
+            frame = RstStreamFrame(sid)
+            frame.error_code = rng.choice((0, 8))
+            actions.append(("recv", _raw(frame)))
+        elif roll < 0.35:
+            frame = WindowUpdateFrame(sid)
+            frame.window_increment = rng.choice((1, 1000))
+            actions.append(("recv", _raw(frame)))
+        elif roll < 0.55:
+            status = rng.choice((b"200", b"100", b"204"))
+            actions.append(("send", "send_headers",
+                            (sid, [(b":status", status), (b"x-a", b"v" * rng.choice((1, 20000)))],
+                             rng.random() < 0.3)))
+        elif roll < 0.8:
+            data = b"x" * rng.choice((0, 1, 100, 16384, 16385))
+            actions.append(("send", "send_data", (sid, data, rng.random() < 0.3)))
+        elif roll < 0.9:
+            actions.append(("send", "end_stream", (sid,)))
+        else:
+            frame = HeadersFrame(sid)
+            frame.data = b"\x82\x87\x84\x41\x01a"  # GET https / authority "a"
+            frame.flags.add("END_HEADERS")
+            if rng.random() < 0.5:
+                frame.flags.add("END_STREAM")
+            actions.append(("recv", _raw(frame)))
+    return actions
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_state_machine_matches_plain_h2(seed: int) -> None:
+    rng = random.Random(seed)
+    ours, theirs, client = _pair()
+    for action in _actions(rng, client):
+        got, want = _step(ours, action), _step(theirs, action)
+        assert got == want, action
+        if got[0] == "raised" and action[0] == "recv":
+            break  # the connection is over (GOAWAY sent)
