@@ -59,7 +59,8 @@ from typing import Any
 import h2.config
 import h2.connection
 import priority
-from h2.exceptions import ProtocolError
+from h2.connection import ConnectionInputs
+from h2.exceptions import FlowControlError, FrameTooLargeError, ProtocolError
 from h2.stream import H2Stream, StreamInputs
 from h2.utilities import (
     _ALLOWED_PSEUDO_HEADER_FIELDS,
@@ -425,9 +426,34 @@ class _TrailingH2State(h2.connection.H2Connection):
         stream.raw_config = self.raw_config
         return stream
 
+    def _prepare_for_sending(self, frames: list[Any]) -> None:
+        if len(frames) != 1:
+            super()._prepare_for_sending(frames)
+            return
+        frame = frames[0]  # h2's steps for one frame, without two generators
+        self._data_to_send += frame.serialize()
+        assert frame.body_len <= self.max_outbound_frame_size
+
     def send_data(self, stream_id: int, data: Any, end_stream: bool = False,
                   pad_length: Any = None) -> None:
-        super().send_data(stream_id, data, end_stream=end_stream, pad_length=pad_length)
+        stream = self.streams.get(stream_id)
+        if pad_length is not None or type(data) is not bytes or stream is None:
+            super().send_data(stream_id, data, end_stream=end_stream, pad_length=pad_length)
+        else:
+            # h2's send_data steps (the same checks, errors and order) without
+            # its logger calls and second stream lookup
+            size = len(data)
+            window = min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
+            if size > 0 and size > window:
+                raise FlowControlError(
+                    f"Cannot send {size} bytes, flow control window is {window}")
+            if size > self.max_outbound_frame_size:
+                raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is "
+                                         f"{self.max_outbound_frame_size}")
+            self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+            self._prepare_for_sending(stream.send_data(data, end_stream))
+            self.outbound_flow_control_window -= size
+            assert self.outbound_flow_control_window >= 0 or size == 0
         before = self.queued.get(stream_id, 0)
         left = max(0, before - len(data))
         self.queued[stream_id] = left
