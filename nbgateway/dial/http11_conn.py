@@ -45,9 +45,6 @@ MAX_HEAD_BYTES = 64 * 1024
 #: bytes of early response body kept while the consumer is not attached yet
 _EARLY_BODY_LIMIT = 256 * 1024
 _DONE = Failure(ConnectionDone())
-#: ``_NAMES.get``, bound once: CPython 3.11 compiles a method call on an
-#: imported name as an attribute read (a bound method made per call)
-_name_of = _NAMES.get
 _new_headers = Headers.__new__
 #: the end of every response body (one shared instance: receivers only
 #: ``check``/``trap`` it, and a Failure per response cost ~4 us)
@@ -332,17 +329,19 @@ class UpstreamConnection(Protocol):
         # once (cached), the value as llhttp gave it (it refuses CR/LF in
         # values; one with them is still sanitised as
         # ``Headers.addRawHeader`` does).
-        key = _name_of(name)
-        if key is None:
+        # (a subscript and a containment test: no method call per header;
+        # a name not in the memo raises once, then is memoised)
+        try:
+            key = _NAMES[name]
+        except KeyError:
             key = _canonical(name)
         if 13 in value or 10 in value:  # CR, LF (an int is found by memchr: ~10x faster)
             value = b" ".join(value.splitlines())
         raw = self._headers
-        values = raw.get(key)
-        if values is None:
-            raw[key] = [value]
+        if key in raw:
+            raw[key].append(value)
         else:
-            values.append(value)
+            raw[key] = [value]
 
     def on_headers_complete(self) -> None:
         if not self._active or self._complete:  # stray bytes

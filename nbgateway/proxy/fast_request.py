@@ -121,10 +121,10 @@ class _Head:
         self.count += 1
         if value.endswith((b" ", b"\t")):  # llhttp keeps trailing OWS; twisted.web strips it
             value = value.rstrip(b" \t")
-        known = _NAMES.get(name)
-        if known is None:
-            known = _name(name)
-        canonical, kind, underscore, prefix = known
+        try:  # a subscript, no method call (a name not memoised raises, then is)
+            canonical, kind, underscore, prefix = _NAMES[name]
+        except KeyError:
+            canonical, kind, underscore, prefix = _name(name)
         if kind:
             if kind == _KIND_HOST:
                 self.host = value
@@ -143,13 +143,13 @@ class _Head:
             self.decline = True  # llhttp refuses these; twisted.web would sanitise them
         if underscore:
             self.underscore = True
-        values = self.headers.get(canonical)
-        if values is None:
-            self.headers[canonical] = [value]
+        headers = self.headers
+        if canonical not in headers:
+            headers[canonical] = [value]
             if prefix:
                 self.copy += (prefix, value, b"\r\n")
         else:
-            values.append(value)
+            headers[canonical].append(value)
             if prefix:
                 self.copy_ok = False
 
