@@ -715,7 +715,10 @@ class TrailersH2Connection(H2Connection):
         handling), but up to :data:`FRAMES_PER_TURN` frames per reactor turn
         in one write instead of one frame per turn: a long response costs a
         fraction of the reactor turns and socket writes.  Pending frames are
-        written before a stream's cleanup runs (its callbacks may write).
+        written before a Twisted-route stream's cleanup runs (its callbacks
+        may write); a lean-route stream (:mod:`nbgateway.proxy.h2_lean`) has
+        no cleanup Deferred, and the streams ending in one run leave in its
+        one write.
 
         Woken by new data or a stream's end, it runs once at the end of the
         reactor turn (:meth:`_wake`), not inside the first ``write``: what
@@ -744,7 +747,8 @@ class TrailersH2Connection(H2Connection):
             frame = queue.popleft()
             if frame is _END_STREAM_SENTINEL:
                 self.conn.end_stream(stream)
-                self._flush_frames()
+                if stream in self._streamCleanupCallbacks:
+                    self._flush_frames()  # its cleanup's callbacks may write
                 self._requestDone(stream)
                 if not self._stillProducing:
                     return
@@ -758,7 +762,8 @@ class TrailersH2Connection(H2Connection):
                   and stream not in self.conn.pending_trailers):
                 self.conn.send_data(stream, frame, end_stream=True)
                 queue.popleft()
-                self._flush_frames()
+                if stream in self._streamCleanupCallbacks:
+                    self._flush_frames()  # its cleanup's callbacks may write
                 self._requestDone(stream)
                 if not self._stillProducing:
                     return

@@ -52,6 +52,14 @@ class _Sink:
 
 
 class _Wire(StringTransport):
+    """The client's connection; counts the gateway's transport writes."""
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
     def setTcpNoDelay(self, enabled: bool) -> None:
         pass
 
@@ -381,3 +389,32 @@ def test_request_and_stream_shapes() -> None:
     """Slots only: no per-instance dict on either."""
     assert not hasattr(LeanH2Stream(1, None), "__dict__")
     assert "__dict__" not in dir(LeanH2Request)
+
+
+def test_responses_ending_in_one_turn_leave_in_one_write() -> None:
+    """Six lean streams answered in the same reactor turn: their HEADERS,
+    DATA and ends go out in one transport write (one TLS record), not one
+    write per HEADERS frame and per stream end."""
+    gw = Gateway(True)
+    wire = gw.wire
+    sids = []
+    for i in range(6):
+        sid = gw.client.get_next_available_stream_id()
+        gw.client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"),
+                                     (b":authority", b"app.example"),
+                                     (b":path", b"/p%d" % i)], end_stream=True)
+        sids.append(sid)
+    gw.channel.dataReceived(gw.client.data_to_send())
+    gw.clock.advance(0)
+    for index, _data in gw.upstream_news():
+        gw.pools.upstreams[index][1].dataReceived(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    before = wire.writes
+    gw.clock.advance(0)
+    assert wire.writes - before == 1
+    for event in gw.client.receive_data(wire.value()):
+        gw.events.append(event)
+    for sid in sids:
+        got = gw.outcome(sid)
+        assert got[1] == ("data", b"ok") and got[-1][0] == "StreamEnded"
+    assert gw.h2.lean_streams == 6 and len(gw.sink.entries) == 6
