@@ -378,7 +378,20 @@ class _Exchange:
         if self.client_gone:
             transport.stopProducing()
             return
-        self.request.registerProducer(transport, True)
+        request = self.request
+        if type(request) is FastRequest and not request.producer:
+            # FastRequest.registerProducer(transport, True), inline (one call
+            # fewer per response; tests/proxy/test_producer_inline.py)
+            request.producer = transport
+            channel = request.channel
+            if channel is not None:
+                if channel._requestProducer is None:
+                    channel._requestProducer = transport
+                    channel._requestProducerStreaming = True
+                else:
+                    channel.registerProducer(transport, True)
+        else:
+            request.registerProducer(transport, True)
 
     def dataReceived(self, data: bytes) -> None:
         if self.client_gone:
@@ -393,7 +406,18 @@ class _Exchange:
         if self.client_gone:
             return
         request = self.request
-        request.unregisterProducer()
+        if type(request) is FastRequest:
+            # FastRequest.unregisterProducer(), inline
+            channel = request.channel
+            if channel is not None:
+                if channel._requestProducerStreaming:
+                    channel._requestProducer = None
+                    channel._requestProducerStreaming = None
+                else:
+                    channel.unregisterProducer()
+            request.producer = None
+        else:
+            request.unregisterProducer()
         # the lean client's shared end first: an identity test (reading a
         # Failure's value is a generic lookup, a BaseException's dict)
         if (reason is _RESPONSE_DONE or type(reason.value) is ResponseDone

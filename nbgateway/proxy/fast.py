@@ -308,7 +308,10 @@ class FastHTTPChannel(StreamingHTTPChannel):
             self._cancel_head_deadline()
         if hit:  # the request's own copy (the front door and the proxy change it)
             parsed = head.parsed
-            raw = {name: values.copy() for name, values in parsed.items()}  # type: ignore[union-attr]
+            # a copy of the dict (its size at once, no resizes), then new lists
+            raw = parsed.copy()  # type: ignore[union-attr]
+            for name, values in parsed.items():  # type: ignore[union-attr]
+                raw[name] = values.copy()
         else:
             raw = head.headers
             if same:
