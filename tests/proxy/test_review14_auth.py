@@ -12,7 +12,9 @@ Pins, each holding on main:
   neither blocks nor is cleared by another service;
 * service tokens of one service are unknown to every other;
 * the gateway's session cookie is host-only (no Domain), Secure, HttpOnly,
-  SameSite=Lax, Path=/ -- from the operator-auth path and the private gate.
+  SameSite=Lax, Path=/ -- from the operator-auth path and the private gate;
+* ValidateTunnelPeer answers never cross accounts whose tunnel addresses
+  overlap (cache, eviction, the account named in every question).
 """
 
 from __future__ import annotations
@@ -127,3 +129,51 @@ def test_session_cookie_is_host_only_and_locked_down(make):
     assert value.split(";")[0] == "nb_session=TOKEN"
     assert not any(a.startswith("domain") for a in attrs)
     assert {"path=/", "httponly", "secure", "samesite=lax", "max-age=3600"} == set(attrs)
+
+
+def test_tunnel_validations_never_cross_accounts_with_overlapping_addresses():
+    """Accounts' tunnel ranges overlap: peer 100.64.0.10 of tenant A and peer
+    100.64.0.10 of tenant B are different machines.  A's cached validation is
+    never B's answer, B's eviction never drops A's, and every question names
+    the listener's account."""
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from nbgateway._proto import proxy_service_pb2 as pb
+    from nbgateway.auth.tunnel import PrivateGate, TunnelValidationCache
+
+    asked = []
+
+    class Mgmt:
+        def validate_tunnel_peer(self, ip, domain, account_id=""):
+            asked.append((account_id, ip, domain))
+            valid = (account_id, domain) in {("tenant-a", "a.example"), ("tenant-b", "b.example")}
+            return succeed(pb.ValidateTunnelPeerResponse(
+                valid=valid, user_id=f"u-{account_id}", user_email=f"{account_id}@x",
+                session_token="T" if valid else "", denied_reason="" if valid else "no"))
+
+    ip = "100.64.0.10"
+    cache = TunnelValidationCache(Mgmt(), Clock())
+    gate = PrivateGate(cache, lambda account, addr: addr == ip)  # both rosters hold it
+
+    def decide(listener, mapping, domain):
+        out = []
+        gate.check(listener_account=listener, mapping_account=mapping, domain=domain,
+                   client_ip=ip).addCallback(out.append)
+        return out[0]
+
+    a = decide("tenant-a", "tenant-a", "a.example")
+    assert a.allowed and a.identity.email == "tenant-a@x"
+    assert gate.decide_now("tenant-a", "tenant-a", "a.example", ip).allowed  # cached now
+    # B's listener: A's domain is another account's mapping, refused locally
+    assert decide("tenant-b", "tenant-a", "a.example").reason == "wrong_account"
+    # B's own question about A's domain (a forged mapping) is never A's cached answer
+    assert gate.decide_now("tenant-b", "tenant-b", "a.example", ip) is None
+    assert not decide("tenant-b", "tenant-b", "a.example").allowed
+    b = decide("tenant-b", "tenant-b", "b.example")
+    assert b.allowed and b.identity.email == "tenant-b@x"
+    assert asked == [("tenant-a", ip, "a.example"), ("tenant-b", ip, "a.example"),
+                     ("tenant-b", ip, "b.example")]
+    cache.evict_account("tenant-b")
+    assert gate.decide_now("tenant-a", "tenant-a", "a.example", ip).allowed
+    assert gate.decide_now("tenant-b", "tenant-b", "b.example", ip) is None
