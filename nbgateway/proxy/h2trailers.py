@@ -79,6 +79,7 @@ from nbgateway.proxy.h2_frames import (
     END_HEADERS,
     END_STREAM,
     HEADERS,
+    HeadersFirstBuffer,
     framed,
     receive_frame,
 )
@@ -406,6 +407,7 @@ class _TrailingH2State(h2.connection.H2Connection):
         decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
         self.encoder = TableEncoder()
         self.decoder = decoder
+        self.incoming_buffer.__class__ = HeadersFirstBuffer  # same layout
         self.pending_trailers: dict[int, list[Header]] = {}
         #: response bytes queued per stream, not yet handed to ``send_data``
         self.queued: dict[int, int] = {}

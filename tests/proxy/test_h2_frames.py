@@ -156,3 +156,47 @@ def test_state_machine_matches_plain_h2(seed: int) -> None:
         assert got == want, action
         if got[0] == "raised" and action[0] == "recv":
             break  # the connection is over (GOAWAY sent)
+
+
+def _frames_of(buffer: Any, chunks: list[bytes]) -> list[Any]:
+    out: list[Any] = []
+    try:
+        for chunk in chunks:
+            buffer.add_data(chunk)
+            for frame in buffer:
+                fields = dict(frame.__dict__)
+                fields["flags"] = sorted(frame.flags)
+                out.append((type(frame).__name__, fields))
+    except Exception as exc:
+        out.append(("raised", type(exc).__name__))
+    return out
+
+
+def _random_frame(rng: random.Random) -> bytes:
+    kind = rng.choice((HEADERS, HEADERS, HEADERS, DATA, CONTINUATION, 0x8))
+    sid = rng.choice((1, 3, 0, 2 ** 31 - 1))
+    flags = rng.choice((0x4, 0x5, 0x1, 0x0, 0x24, 0x2d, 0x0c, 0x6, 0xff))
+    body = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 6, 40))))
+    if rng.random() < 0.05:
+        body = b"z" * 17000  # over the frame size limit
+    size = len(body)
+    head = bytes(((size >> 16) & 0xFF, (size >> 8) & 0xFF, size & 0xFF, kind, flags))
+    return head + (sid | (rng.random() < 0.1) << 31).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_headers_first_buffer_parses_as_h2(seed: int) -> None:
+    """The same frames (every attribute) or the same error as h2's buffer,
+    whatever the frames and however the bytes are cut."""
+    from h2.frame_buffer import FrameBuffer
+
+    from nbgateway.proxy.h2_frames import HeadersFirstBuffer
+
+    rng = random.Random(seed)
+    wire = b"".join(_random_frame(rng) for _ in range(rng.randint(1, 12)))
+    cuts = sorted(rng.sample(range(len(wire) + 1), min(len(wire) + 1, rng.randint(0, 4))))
+    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    ours, theirs = HeadersFirstBuffer(server=False), FrameBuffer(server=False)
+    for buffer in (ours, theirs):
+        buffer.max_frame_size = 16384
+    assert _frames_of(ours, chunks) == _frames_of(theirs, chunks)
