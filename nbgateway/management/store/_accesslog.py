@@ -282,6 +282,33 @@ def _prepare_columns(
     (``join``, ``max(map(len, ...))``), the rare fix-ups rebuild only their
     column, and the rows are transposed back at the end (per-row Python
     calls were most of the ingest cost)."""
+    return list(zip(*_prepared_columns(cols, dialect, capture, epoch_us=epoch_us), strict=True))
+
+
+def _batch_rows(
+    cols: list[Sequence[Any]], dialect: str, capture: Any, *, epoch_us: bool
+) -> tuple[list[tuple[Any, ...]], tuple[int, ...]]:
+    """The batch path's rows: :func:`_prepare_columns`'s, without the
+    :data:`_LITERALS` columns that hold their one empty value in every row
+    (a gateway sends no geo data; most batches have no metadata), and those
+    columns' positions, for :func:`executemany_rows`'s ``literal``: the
+    statement carries them as SQL, so no row holds, binds or copies them
+    (found per column in C: ``count``; PostgreSQL batches small enough for
+    one ``INSERT ... VALUES`` keep every column)."""
+    cols = _prepared_columns(cols, dialect, capture, epoch_us=epoch_us)
+    n = len(cols[_ID])
+    if dialect == "postgresql" and n <= _PG_VALUES_ROWS:
+        return list(zip(*cols, strict=True)), ()
+    literal = tuple(k for k, (value, _) in _LITERALS.items() if cols[k].count(value) == n)
+    if literal:
+        cols = [col for k, col in enumerate(cols) if k not in literal]
+    return list(zip(*cols, strict=True)), literal
+
+
+def _prepared_columns(
+    cols: list[Sequence[Any]], dialect: str, capture: Any, *, epoch_us: bool
+) -> list[Sequence[Any]]:
+    """The column-wise work of :func:`_prepare_columns`: the fixed columns."""
     n = len(cols[_ID])
     if not all(cols[_ID]):
         cols[_ID] = [i or new_id() for i in cols[_ID]]
@@ -323,7 +350,7 @@ def _prepare_columns(
     if not all(cols[_UPSTREAM]):
         cols[_UPSTREAM] = [u or None for u in cols[_UPSTREAM]]
     cols[_GROUPS] = _group_column(cols[_ACCOUNT], cols[_USER], cols[_GROUPS], capture)
-    return list(zip(*cols, strict=True))
+    return cols
 
 
 def _group_column(
@@ -334,6 +361,13 @@ def _group_column(
     ``capture(account_id, user_ids)``: one call per account; users sorted,
     each once; entries without a user: NULL)."""
     if given.count(None) == len(given):
+        if isinstance(capture, BatchCapture) and capture.pairs is not None:
+            # the batch's distinct (account, user) pairs, found in C; the
+            # lookup gives each pair's column text (None: not captured)
+            pairs = set(zip(accounts_, users_, strict=True))
+            if any(not u for _, u in pairs):
+                pairs = {p for p in pairs if p[1]}
+            return list(map(capture.pairs(pairs).get, zip(accounts_, users_, strict=True)))
         one = set(accounts_)
         if len(one) == 1:  # the usual batch: one account
             (account_id,) = one
@@ -395,8 +429,12 @@ class BatchCapture:
     user_ids)`` it looks up one account, like any capture; a batch of several
     accounts is one ``fetch`` (:func:`_group_column`)."""
 
-    def __init__(self, fetch: Any) -> None:
+    def __init__(self, fetch: Any, pairs: Any = None) -> None:
         self.fetch = fetch
+        #: optional ``pairs({(account id, user id), ...})``: ``{pair: the
+        #: user_groups column text}`` (pairs not captured left out), the
+        #: batch path's one lookup (:meth:`AccessLogRecords._capture_pairs`)
+        self.pairs = pairs
 
     def __call__(self, account_id: str, user_ids: Sequence[str]) -> dict[str, Any]:
         return self.fetch({account_id: list(user_ids)}).get(account_id, {})
@@ -474,6 +512,33 @@ def _sql(dialect: Any) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=64)
+def _pg_literal_sql(dialect: Any, literal: tuple[int, ...]) -> dict[str, Any]:
+    """:func:`_sql`'s PostgreSQL statements for rows without the
+    :data:`_LITERALS` columns *literal*: the ``COPY`` names the other
+    columns (the staging table's others stay NULL), the ``INSERT ... SELECT``
+    writes the literals' SQL in their place."""
+    quote = dialect.identifier_preparer.quote
+    full = _sql(dialect)
+    kept = [k for k in range(len(_COLUMNS)) if k not in literal]
+    names = ", ".join(quote(c.name) for c in _COLUMNS)
+    picked = ", ".join(_LITERALS[k][1] if k in literal else quote(c.name)
+                       for k, c in enumerate(_COLUMNS))
+    table = quote(ale.name)
+    return {
+        "stage": full["stage"],
+        "copy": (f"COPY {_STAGE} ({', '.join(quote(_COLUMNS[k].name) for k in kept)}) "
+                 "FROM STDIN (FORMAT BINARY)"),
+        "copy_types": [full["copy_types"][k] for k in kept],
+        "insert": (
+            f"WITH ins AS (INSERT INTO {table} ({names}) SELECT {picked} FROM {_STAGE} s "
+            f"WHERE NOT EXISTS (SELECT FROM {table} e WHERE e.{quote('id')} = s.{quote('id')}) "
+            f"ORDER BY {', '.join(quote(c) for c in _PG_INSERT_ORDER)} "
+            "RETURNING 1) SELECT count(*) FROM ins"
+        ),
+    }
+
+
 #: PostgreSQL: the order a batch's rows are inserted in.  Every index but the
 #: id's leads with the account or with the day then the account, and the
 #: user index continues with the user; rows of one account (and user) in a
@@ -522,7 +587,8 @@ def _copy_rows(conn: Connection, sql: dict[str, Any], rows: list[tuple[Any, ...]
 
 
 def executemany_rows(
-    conn: Connection, rows: list[tuple[Any, ...]], accounts: set[str] | None = None
+    conn: Connection, rows: list[tuple[Any, ...]], accounts: set[str] | None = None,
+    literal: tuple[int, ...] | None = None,
 ) -> int:
     """Insert driver rows (:func:`prepare_rows`) in the connection's
     transaction, ignoring ids already stored; returns how many rows it
@@ -537,16 +603,25 @@ def executemany_rows(
     it, counted with ``RETURNING`` (per-value Python adaptation of column
     arrays was most of the cost; :func:`_pg_insert`); up to
     ``_PG_VALUES_ROWS`` rows, one ``INSERT ... VALUES ... ON CONFLICT (id) DO
-    NOTHING RETURNING``."""
+    NOTHING RETURNING``.
+
+    ``literal``: the rows leave out these :data:`_LITERALS` columns, whose
+    one empty value every row holds (:func:`_batch_rows`); the statements
+    write it as SQL.  None: the rows hold every column (SQLite then finds
+    such columns itself)."""
     if not rows:
         return 0
     sql = _sql(conn.dialect)
     if conn.dialect.name != "postgresql":
-        return _sqlite_insert(conn, sql, rows, accounts)
+        return _sqlite_insert(conn, sql, rows, accounts, literal)
     if len(rows) <= _PG_VALUES_ROWS:  # a single append, a small batch: one statement
+        if literal:
+            raise ValueError("literal columns in a batch of at most 16 rows")
         params = [value for row in rows for value in row]
         return len(conn.exec_driver_sql(_pg_values_insert(conn.dialect, len(rows)),
                                         tuple(params)).fetchall())
+    if literal:
+        sql = _pg_literal_sql(conn.dialect, literal)
     _copy_rows(conn, sql, rows)
     return _pg_insert(conn, sql["insert"])
 
@@ -619,7 +694,7 @@ def _sqlite_statement(dialect: Any, literal: tuple[int, ...]) -> tuple[str, Any]
 
 def _sqlite_insert(
     conn: Connection, sql: dict[str, Any], rows: list[tuple[Any, ...]],
-    accounts: set[str] | None = None,
+    accounts: set[str] | None = None, literal: tuple[int, ...] | None = None,
 ) -> int:
     """SQLite: the rows, one ``executemany`` per account of the batch (its
     row count is what the account gained: ids already stored insert
@@ -647,9 +722,13 @@ def _sqlite_insert(
     # lookup, two failed attribute lookups with formatted AttributeErrors
     # each, about 0.6 us per value (three such columns were ~15 % of the
     # ingest CPU), and copies every text value (a malloc each)
-    literal = tuple(k for k, (value, _) in _LITERALS.items() if _all_equal(rows, k, value))
-    statement, keep = (_sqlite_statement(conn.dialect, literal) if literal
-                       else (sql["insert"], None))
+    keep = None
+    if literal is None:  # rows of every column: the literal ones left out here
+        literal = tuple(k for k, (value, _) in _LITERALS.items() if _all_equal(rows, k, value))
+        statement, keep = (_sqlite_statement(conn.dialect, literal) if literal
+                           else (sql["insert"], None))
+    else:  # the rows left them out already (_batch_rows)
+        statement = _sqlite_statement(conn.dialect, literal)[0] if literal else sql["insert"]
     gained = []
     for account_id in sorted(groups_):
         batch = groups_[account_id]
@@ -683,6 +762,59 @@ def _among(conn: Connection, column: Any, ids: Any) -> Any:
     if conn.dialect.name == "postgresql":
         return column == sa.any_(sa.bindparam(None, ids, type_=ARRAY(sa.Text())))
     return column.in_(ids)
+
+
+@functools.lru_cache(maxsize=4)
+def _capture_sql(dialect: Any) -> dict[str, str]:
+    """The batch path's lookups (:meth:`AccessLogRecords._lookup_pairs`,
+    :func:`_known_accounts`) as driver SQL, built once per dialect: every
+    id list one parameter (:func:`_ids_param`), on PostgreSQL ``= ANY`` of a
+    ``text[]`` literal (the statement text the same for every batch), on
+    SQLite ``IN`` the values of a JSON array (``json_each``; one ``?`` per id
+    made every batch another statement for sqlite3 to prepare)."""
+    quote = dialect.identifier_preparer.quote
+    if dialect.name == "postgresql":
+        among = "= ANY(CAST(%s AS TEXT[]))"
+    else:
+        among = "IN (SELECT value FROM json_each(?))"
+
+    def select(table: sa.Table, *columns: str) -> str:
+        names = ", ".join(quote(c) for c in columns)
+        return f"SELECT {names} FROM {quote(table.name)} WHERE {quote('id')} {among}"
+
+    return {
+        "accounts": select(accounts, "id"),
+        "users": select(users, "account_id", "id", "auto_groups"),
+        "peers": select(peers, "account_id", "id"),
+        "groups": select(groups, "account_id", "id", "name"),
+    }
+
+
+def _ids_param(dialect: str, ids: set[str]) -> str:
+    """A set of ids as the one parameter of :func:`_capture_sql`'s
+    statements: a PostgreSQL ``text[]`` literal (every element quoted,
+    ``"`` and ``\\`` escaped; what psycopg's list dumper sends, without its
+    per-element Python work) or a JSON array (SQLite)."""
+    if dialect != "postgresql":
+        return dumps(list(ids))  # type: ignore[return-value]
+    if not ids:
+        return "{}"
+    text = '","'.join(ids)
+    if "\\" in text or '"' in text:
+        text = '","'.join(i.replace("\\", "\\\\").replace('"', '\\"') for i in ids)
+    return '{"' + text + '"}'
+
+
+def _known_accounts(conn: Connection, wanted: set[str]) -> set[str]:
+    """The accounts of *wanted* that exist.  An id longer than the column
+    fails as the ``accounts.id`` bind would (a 422)."""
+    limit = accounts.c.id.type.max_length
+    if max(map(len, wanted)) > limit:
+        sql = _capture_sql(conn.dialect)["accounts"]
+        exc = ValueError(f"value exceeds maximum length of {limit} characters")
+        raise sa.exc.StatementError(str(exc), sql, None, exc)
+    statement = _capture_sql(conn.dialect)["accounts"]
+    return {r[0] for r in conn.exec_driver_sql(statement, (_ids_param(conn.dialect.name, wanted),))}
 
 
 class AccessLogRecords:
@@ -738,43 +870,63 @@ class AccessLogRecords:
         sixth of the management's CPU per entry and 4 % of the server's):
         ``{account id: {user id: group names}}``.  Ids are global; a user,
         peer or group of another account than the entry's does not count."""
-        pairs = {(a, u) for a, users_ in wanted.items() for u in users_}
+        out: dict[str, dict[str, tuple[str, ...]]] = {}
+        found = self._lookup_pairs(conn, {(a, u) for a, users_ in wanted.items() for u in users_})
+        for (a, u), names in found.items():
+            out.setdefault(a, {})[u] = names
+        return out
+
+    def _capture_pairs(
+        self, conn: Connection, pairs: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The batch path's capture (:class:`BatchCapture`'s ``pairs``):
+        ``{(account id, user id): the user_groups column text}`` of the pairs
+        that are a user or peer of their account, one text per distinct
+        group-name tuple (a batch's users share few)."""
+        return {pair: _groups_json(names)
+                for pair, names in self._lookup_pairs(conn, pairs).items()}
+
+    def _lookup_pairs(
+        self, conn: Connection, pairs: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, ...]]:
+        """``{(account id, user id): group names}`` of the pairs that are a
+        user or a peer of their account, in at most four queries (users,
+        peers among the rest, their memberships, the groups' names), each a
+        statement text built once per dialect with the ids as one parameter
+        (:func:`_ids_param`; a Core statement cost ~0.3 ms of CPU a batch to
+        build and compile, psycopg's list dumper ~0.3 us an id)."""
         if not pairs:
             return {}
+        sql = _capture_sql(conn.dialect)
+        run = conn.exec_driver_sql
+        dialect = conn.dialect.name
+        rows = run(sql["users"], (_ids_param(dialect, {u for _, u in pairs}),)).fetchall()
+        decoded = {auto: _group_ids(auto) for auto in {r[2] for r in rows}}
         ids: dict[tuple[str, str], tuple[str, ...]] = {
-            (a, uid): _group_ids(auto)
-            for a, uid, auto in conn.execute(
-                sa.select(users.c.account_id, users.c.id, users.c.auto_groups).where(
-                    _among(conn, users.c.id, {u for _, u in pairs})
-                )
-            ).all()  # one fetchall, not a fetchone per row
-            if (a, uid) in pairs
+            (a, uid): decoded[auto] for a, uid, auto in rows if (a, uid) in pairs
         }
-        rest = sorted({u for a, u in pairs if (a, u) not in ids})
-        if rest:
-            found = [(a, p) for a, p in conn.execute(
-                sa.select(peers.c.account_id, peers.c.id).where(_among(conn, peers.c.id, rest)))
-                if (a, p) in pairs]
+        if len(ids) < len(pairs):
+            rest = {u for a, u in pairs if (a, u) not in ids}
+            found = [(a, p) for a, p in run(sql["peers"], (_ids_param(dialect, rest),))
+                     if (a, p) in pairs]
             if found:
                 memberships = self._store.peers._peer_groups(conn, [p for _, p in found])
                 ids.update(((a, p), tuple(memberships.get(p, ()))) for a, p in found)
-        wanted_groups = sorted({g for group_ids in set(ids.values()) for g in group_ids})
+        distinct = set(ids.values())
+        wanted_groups = {g for group_ids in distinct for g in group_ids}
         names = {
             (a, gid): name
-            for a, gid, name in conn.execute(
-                sa.select(groups.c.account_id, groups.c.id, groups.c.name).where(
-                    _among(conn, groups.c.id, wanted_groups)
-                )
-            ).all()
+            for a, gid, name in run(sql["groups"], (_ids_param(dialect, wanted_groups),))
         } if wanted_groups else {}
-        out: dict[str, dict[str, tuple[str, ...]]] = {}
         named: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}  # users share groups
-        for (a, u), group_ids in ids.items():
-            got = named.get((a, group_ids))
+        out: dict[tuple[str, str], tuple[str, ...]] = {}
+        for pair, group_ids in ids.items():
+            key = (pair[0], group_ids)
+            got = named.get(key)
             if got is None:
-                got = named[a, group_ids] = tuple(
-                    names[a, g] for g in group_ids if (a, g) in names)
-            out.setdefault(a, {})[u] = got
+                got = named[key] = tuple(
+                    names[pair[0], g] for g in group_ids if (pair[0], g) in names)
+            out[pair] = got
         return out
 
     def append(self, entry: AccessLogEntry) -> AccessLogEntry:
@@ -838,21 +990,20 @@ class AccessLogRecords:
             conn = tx.conn
             cols = columns
             wanted = set(cols[_ACCOUNT])
-            known = set(
-                conn.execute(sa.select(accounts.c.id).where(accounts.c.id.in_(wanted))).scalars()
-            )
+            known = _known_accounts(conn, wanted)
             if known != wanted:  # entries of accounts that are gone: skipped
                 keep = [i for i, a in enumerate(cols[_ACCOUNT]) if a in known]
                 if not keep:
                     return 0
                 cols = [[col[i] for i in keep] for col in cols]
-            rows = _prepare_columns(
+            rows, literal = _batch_rows(
                 list(cols),
                 conn.dialect.name,
-                BatchCapture(functools.partial(self._capture_accounts, conn)),
+                BatchCapture(functools.partial(self._capture_accounts, conn),
+                             functools.partial(self._capture_pairs, conn)),
                 epoch_us=epoch_us,
             )
-            return executemany_rows(conn, rows, accounts=known)
+            return executemany_rows(conn, rows, accounts=known, literal=literal)
 
         return self._store._write("accesslog", run)
 
