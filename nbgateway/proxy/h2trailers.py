@@ -59,8 +59,13 @@ from typing import Any
 import h2.config
 import h2.connection
 import priority
-from h2.connection import ConnectionInputs
-from h2.exceptions import FlowControlError, FrameTooLargeError, ProtocolError
+from h2.connection import AllowedStreamIDs, ConnectionInputs, _decode_headers
+from h2.exceptions import (
+    FlowControlError,
+    FrameTooLargeError,
+    ProtocolError,
+    TooManyStreamsError,
+)
 from h2.stream import H2Stream, StreamInputs
 from h2.utilities import (
     _ALLOWED_PSEUDO_HEADER_FIELDS,
@@ -106,6 +111,9 @@ IDLE_PRIORITY_NODES = 100
 _NAME_OK = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 #: bytes no field value may hold anywhere
 _VALUE_BAD = b"\x00\n\r"
+#: the validation flags of a request block a server receives
+_REQUEST_FLAGS = HeaderValidationFlags(is_client=False, is_trailer=False,
+                                       is_response_header=False, is_push_promise=False)
 
 
 def _ends_in_space(value: bytes) -> bool:
@@ -116,11 +124,18 @@ def _ends_in_space(value: bytes) -> bool:
 
 def check_request_headers(headers: Iterable[Any],
                           flags: HeaderValidationFlags) -> list[Any]:
+    """See :func:`_checked_request` (the list only)."""
+    return _checked_request(headers, flags)[0]
+
+
+def _checked_request(headers: Iterable[Any],
+                     flags: HeaderValidationFlags) -> tuple[list[Any], bytes]:
     """A server's received request (or trailer) header block, normalised and
     validated as ``h2``'s ``normalize_inbound_headers`` then
     ``validate_headers`` do it, in one pass: the same list (``cookie``
     fields joined with ``"; "`` into one never-indexed field, last) or a
-    :class:`~h2.exceptions.ProtocolError` for the same blocks.
+    :class:`~h2.exceptions.ProtocolError` for the same blocks; and the
+    block's names but the cookies', joined.
 
     The byte checks run once over the block's names and values joined (two
     C scans), not per field: per field, ``bytes.translate``'s table set-up
@@ -174,7 +189,8 @@ def check_request_headers(headers: Iterable[Any],
         out.append(header)
     # every name byte allowed; the only colons the pseudo-header fields' first
     # bytes (each of them starts with one: one left per pseudo-header field)
-    if b"".join([h[0] for h in out]).translate(None, _NAME_OK) != b":" * len(pseudo):
+    names = b"".join([h[0] for h in out])
+    if names.translate(None, _NAME_OK) != b":" * len(pseudo):
         raise ProtocolError("Illegal character in a header name")
     values = b"".join([h[1] for h in out])
     if cookies is not None:
@@ -193,7 +209,7 @@ def check_request_headers(headers: Iterable[Any],
         if authority is not None and host is not None and authority != host:
             raise ProtocolError("Request header block has mismatched :authority and "
                                 f"Host headers: {authority!r} / {host!r}")
-    return out
+    return out, names
 
 
 def prepare_response_headers(headers: Iterable[Any],
@@ -383,6 +399,33 @@ class _CheckedStream(H2Stream):
         finally:
             self.config = config
 
+    def receive_request(self, headers: list[Any], end_stream: bool) -> list[Any]:
+        """``h2``'s ``receive_headers`` for a new stream's request block on a
+        server with the default inbound configuration: the block is checked
+        first (:func:`_checked_request`, no side effects) and, when it
+        passes, ``h2``'s steps run without what that check answers already
+        (no ``:status``: not informational; the validation flags of a
+        request; the scan for ``content-length`` only when the names hold
+        one).  A block the check refuses takes ``h2``'s own steps, so the
+        same error comes at the same point.  The stream's events."""
+        try:
+            checked, names = _checked_request(headers, _REQUEST_FLAGS)
+        except ProtocolError:
+            return self.receive_headers(headers, end_stream, self.config.header_encoding)[1]
+        machine = self.state_machine
+        events = machine.process_input(StreamInputs.RECV_HEADERS)
+        event = events[0]
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            event.stream_ended = ended[0]
+            events += ended
+        if names.find(b"content-length") >= 0 or self.request_method == b"HEAD":
+            self._initialize_content_length(headers)
+        else:
+            self._expected_content_length = None
+        event.headers = checked
+        return events
+
     def _process_received_headers(self, headers: Any, header_validation_flags: Any,
                                   header_encoding: Any) -> list[Any]:
         flags = header_validation_flags
@@ -421,6 +464,26 @@ class _TrailingH2State(h2.connection.H2Connection):
         if type(self.config.logger) is h2.config.DummyLogger:
             return receive_frame(self, frame)  # h2's steps without repr(frame)
         return super()._receive_frame(frame)
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        """``h2``'s steps for a HEADERS frame; one opening a new stream on a
+        server with the default inbound configuration (no PRIORITY) goes
+        straight to the new stream (no KeyError first) and its
+        :meth:`_CheckedStream.receive_request`; anything else is ``h2``'s."""
+        stream_id = frame.stream_id
+        config = self.config
+        if (stream_id in self.streams or config.client_side or "PRIORITY" in frame.flags
+                or config.header_encoding or not config.validate_inbound_headers
+                or not config.normalize_inbound_headers):
+            return super()._receive_headers_frame(frame)
+        max_open = self.local_settings.max_concurrent_streams
+        value = self.open_inbound_streams  # (a property that also prunes)
+        if value + 1 > max_open:
+            raise TooManyStreamsError(f"Max inbound streams is {max_open}, {value} open")
+        headers = _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        return [], events + stream.receive_request(headers, "END_STREAM" in frame.flags)
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)

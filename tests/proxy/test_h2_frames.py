@@ -200,3 +200,59 @@ def test_headers_first_buffer_parses_as_h2(seed: int) -> None:
     for buffer in (ours, theirs):
         buffer.max_frame_size = 16384
     assert _frames_of(ours, chunks) == _frames_of(theirs, chunks)
+
+
+FIELDS = [(b"content-length", b"5"), (b"content-length", b"0"), (b"content-length", b"x1"),
+          (b"content-length", b"7"), (b":status", b"100"), (b":status", b"200"),
+          (b"te", b"trailers"), (b"te", b"gzip"), (b"connection", b"close"), (b"Upper", b"v"),
+          (b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"host", b"a.example"),
+          (b"host", b"b.example"), (b"x-a", b" v"), (b"x-a", b"ok"), (b":protocol", b"ws"),
+          (b"accept", b"*/*"), (b"x-b", b"a\x00b")]
+
+
+def _request_block(rng: random.Random) -> list[tuple[bytes, bytes]]:
+    method = rng.choice((b"GET", b"HEAD", b"POST", b"CONNECT"))
+    block = [(b":method", method), (b":scheme", b"https"), (b":authority", b"a.example"),
+             (b":path", rng.choice((b"/", b"")))]
+    if rng.random() < 0.2:
+        block.pop(rng.randrange(len(block)))
+    rng.shuffle(block)
+    block += [rng.choice(FIELDS) for _ in range(rng.choice((0, 1, 2, 4)))]
+    if rng.random() < 0.2:
+        block.insert(rng.randrange(len(block) + 1), rng.choice(FIELDS))
+    return block
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_new_stream_requests_are_received_as_h2(seed: int) -> None:
+    """Request blocks opening streams (valid, or refused anywhere h2 refuses
+    them: content-length, :status, te, connection fields, pseudo-header
+    order, Host/:authority), with and without END_STREAM, then DATA
+    checked against content-length: the same events, bytes and errors as
+    plain h2."""
+    from hpack import Encoder
+
+    rng = random.Random(seed)
+    ours, theirs, _client = _pair()
+    encoder = Encoder()
+    sid = 1
+    for _ in range(25):
+        block = encoder.encode(_request_block(rng))
+        end = rng.random() < 0.5
+        frame = HeadersFrame(sid)
+        frame.data = block
+        frame.flags.add("END_HEADERS")
+        if end:
+            frame.flags.add("END_STREAM")
+        actions = [("recv", _raw(frame))]
+        if not end:
+            data = DataFrame(sid)
+            data.data = b"x" * rng.choice((0, 5, 7))
+            data.flags.add("END_STREAM")
+            actions.append(("recv", _raw(data)))
+        for action in actions:
+            got, want = _step(ours, action), _step(theirs, action)
+            assert got == want, action
+            if got[0] == "raised":
+                return  # the connection is over (GOAWAY sent)
+        sid += 2
