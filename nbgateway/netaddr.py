@@ -3,7 +3,8 @@
 
 Owns the blocks an address a tenant sets (a direct upstream, a peer's
 endpoint) must never silently reach -- loopback, link-local, unspecified,
-multicast, reserved, IPv4-compatible IPv6 -- with IPv4-mapped IPv6 judged as
+multicast, reserved, IPv4-compatible IPv6, cloud metadata endpoints
+outside link-local -- with IPv4-mapped IPv6 judged as
 its IPv4 address and a NAT64 well-known-prefix address also as the IPv4
 address it reaches.  Pure functions of an :mod:`ipaddress` value.
 """
@@ -27,6 +28,10 @@ _SPECIAL: tuple[tuple[str, IPNetwork], ...] = (
     ("link_local", ipaddress.ip_network("fe80::/10")),
     ("multicast", ipaddress.ip_network("ff00::/8")),
     ("ipv4_compatible", ipaddress.ip_network("::/96")),
+    # cloud instance metadata outside link-local: AWS's IPv6 IMDS endpoint
+    # (a ULA) and Alibaba Cloud's (in the CGNAT block)
+    ("metadata", ipaddress.ip_network("fd00:ec2::254/128")),
+    ("metadata", ipaddress.ip_network("100.100.100.200/32")),
 )
 
 

@@ -82,6 +82,9 @@ DENIED_DEFAULT = "An error occurred during authentication"
 NOT_AUTHORIZED = "You are not authorized to access this service"
 NO_CERTIFICATE = "no client certificate was presented"
 MAX_SECRET_LENGTH = 1024  # longer form values are refused without an RPC
+#: header-auth attempts one address may have in flight beyond the failure
+#: bound (machine clients without a cookie jar send concurrently)
+HEADER_IN_FLIGHT = 64
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class RequestFacts:
     session_key: str
     max_age: int
     cookie: str = ""  # the nb_session value, if any
+    #: every nb_session value the request carried (a sibling subdomain may
+    #: toss one with Domain=<parent>): each is tried, cookie is the first
+    cookies: tuple[str, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case name -> value
     query: Mapping[str, str] = field(default_factory=dict)  # first value per query key
     form: Mapping[str, str] = field(default_factory=dict)  # query + urlencoded body
@@ -230,9 +236,10 @@ class Protect:
         if "error" in f.query:
             desc = f.query.get("error_description", "") or DENIED_DEFAULT
             return Respond(403, "denied", message=desc, mechanism="oidc")
-        if f.cookie:
-            ident = self.verifier.verify(f.cookie, f.session_key, f.host, f.now)
-            if ident is not None and not revoked_session(f.cookie, f.sessions_not_before):
+        for cookie in f.cookies or ((f.cookie,) if f.cookie else ()):
+            ident = self.verifier.verify(cookie, f.session_key, f.host, f.now)
+            if (ident is not None and not revoked_session(cookie, f.sessions_not_before)
+                    and self._still_offered(ident.method)):
                 return Forward(ident, ident.method)
         if f.token_auth or f.tokens:
             creds = presented_token(f.headers)
@@ -254,7 +261,7 @@ class Protect:
         for name in f.header_names:
             value = f.headers.get(name.lower())
             if value is not None:
-                wait = self._locked()
+                wait = self._locked(HEADER_IN_FLIGHT)
                 if wait:
                     return Respond(429, "plain", body="Too Many Requests", mechanism="header",
                                    retry_after=wait)
@@ -281,6 +288,8 @@ class Protect:
         if now is not None:
             self._now = now
         scheme, self._pending = self._pending, ""
+        if self.limiter is not None:
+            self.limiter.release(self.facts.service_id, self.facts.client_ip)
         if success is None:
             return Respond(502, "plain", body=UNAVAILABLE, mechanism=scheme)
         if self.limiter is not None:
@@ -374,12 +383,32 @@ class Protect:
         return Respond(401, "login", methods=tuple((m, prompts[m]) for m in order),
                        error=self._failed, mechanism=self._failed)
 
-    def _locked(self) -> int:
-        """Seconds this client must wait before guessing again (0: go)."""
+    def _still_offered(self, method: str) -> bool:
+        """Was the cookie minted by a way in this service still offers?  A
+        PIN cookie must not outlive the PIN when SSO replaced it.  ``oidc``
+        cookies also come from the tunnel fast path (inbound listener)."""
+        f = self.facts
+        if not method:
+            # a method this gateway does not know (another management's
+            # spelling, or none): the signature vouches for the session, as
+            # before; only known ways in are held to the current schemes
+            return True
+        if method == "header":
+            return bool(f.header_names)
+        if method == "oidc":
+            return "oidc" in f.schemes or f.overlay
+        # password and PIN are both shared secrets of the service: a cookie
+        # of one stays good while the service offers either
+        return method in ("password", "pin") and ("password" in f.schemes
+                                                  or "pin" in f.schemes)
+
+    def _locked(self, in_flight: int = 1) -> int:
+        """Seconds this client must wait before guessing again (0: go, and
+        the attempt is reserved until its answer)."""
         if self.limiter is None:
             return 0
         f = self.facts
-        wait = self.limiter.retry_after(f.service_id, f.client_ip, f.now)
+        wait = self.limiter.reserve(f.service_id, f.client_ip, f.now, in_flight)
         return int(wait) + 1 if wait > 0 else 0
 
     def _login_methods(self) -> tuple[tuple[str, str], ...]:

@@ -137,6 +137,7 @@ class OperatorAuth:
                 trusted = (self.form_tokens.check(form.get(csrf.FIELD, ""), host, now)
                            and csrf.same_site(lower, host))
         cookie = request.getCookie(COOKIE_NAME.encode()) or b""
+        cookies = _session_cookies(headers.getRawHeaders(b"cookie") or ())
         secure = bool(request.isSecure())
         mtls_identity, mtls_error = (clientcert.judge(self.mtls, entry, request,
                                                       self.clock.seconds())
@@ -146,7 +147,8 @@ class OperatorAuth:
             now=self.clock.seconds(), account_id=entry.account_id,
             service_id=entry.service.service_id, schemes=entry.schemes,
             header_names=entry.service.header_auth_names, session_key=entry.session_key,
-            max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), headers=lower,
+            max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), cookies=cookies,
+            headers=lower,
             query=query, form=form, scheme="https" if secure else "http",
             form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip,
             port=host_port(ctx.host) or "", tokens=entry.tokens, token_auth=entry.token_auth,
@@ -294,6 +296,19 @@ class OperatorAuth:
             return False
         accept = (request.getHeader(b"accept") or b"").lower()
         return b"text/html" in accept
+
+
+def _session_cookies(raw: Any, limit: int = 8) -> tuple[str, ...]:
+    """Every ``nb_session`` value of the Cookie headers, in order (at most
+    ``limit``): twisted's getCookie keeps only the last one."""
+    out: list[str] = []
+    prefix = COOKIE_NAME.encode() + b"="
+    for line in raw:
+        for part in line.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix) and len(out) < limit:
+                out.append(part[len(prefix):].decode("latin-1"))
+    return tuple(out)
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Deferred:

@@ -32,8 +32,8 @@ none.  Per request, in order:
    login/denied pages of :mod:`nbgateway.http.login`.  For a service with a
    client CA it first judges the connection's client certificate
    (:mod:`nbgateway.http.clientcert`, mTLS).
-6. One access-log entry when the response finishes (not for /__netbird__/, nor for
-   hosts this gateway does not serve).
+6. One access-log entry when the response finishes (not for hosts this gateway
+   does not serve).
 
 Client-supplied ``X-NetBird-*`` headers never reach an upstream: the proxy's
 header preparation strips them on every path.
@@ -64,7 +64,6 @@ from nbgateway.http.operator_auth import (  # noqa: F401 (re-exported)
     OperatorAuth,
 )
 from nbgateway.observe.accesslog import (
-    INTERNAL_PREFIX,
     AccessLogger,
     entry_from_fields,
     new_log_id,
@@ -252,9 +251,9 @@ class GatewayResource(OperatorAuth, Resource):
                              entry.service if entry is not None else None, None, "", None,
                              "", "", "", self.clock.seconds())
         # the request's one finish observer: request stats and the access-log
-        # entry (unknown hosts and /__netbird__/ are not logged: management
-        # rejects entries without an account, so each would only cost a
-        # failed RPC, an amplification)
+        # entry (unknown hosts are not logged: management rejects entries
+        # without an account, so each would only cost a failed RPC, an
+        # amplification)
         stats = self.request_stats
         path: str | None = None
         if self.access_log is not None and entry is not None:
@@ -262,10 +261,11 @@ class GatewayResource(OperatorAuth, Resource):
             # uri by _front_door), decoded once: the proxy reuses ctx.path
             path = ctx.path = (request.path if fast else request.uri.split(b"?", 1)[0]
                                ).decode("latin-1")
-            if not path.startswith(INTERNAL_PREFIX):  # should_log(path)
-                ctx.request_id = new_log_id(ctx.started)
-            else:
-                path = None
+            # every request of a served host is logged, /__netbird__/ paths
+            # too: the gateway serves nothing there, so they reach the
+            # tenant's upstream (unlogged they were an audit-trail bypass,
+            # /__netbird__/../admin included)
+            ctx.request_id = new_log_id(ctx.started)
         if stats is not None:
             stats.active += 1  # stats.started(), inline
         if stats is not None or path is not None:
@@ -340,8 +340,19 @@ class GatewayResource(OperatorAuth, Resource):
         form with its authority as the Host (RFC 9112 3.2.2), and header names
         spelled with ``_`` are dropped (see :func:`drop_underscore_headers`)."""
         headers = request.requestHeaders
-        if len(headers._rawHeaders.get(_HOST) or ()) > 1:
-            return 400, b"Bad Request: duplicate Host header\n"
+        hosts = headers._rawHeaders.get(_HOST) or ()
+        if len(hosts) > 1:
+            if not (request.clientproto == b"HTTP/2" and len(hosts) == 2
+                    and hosts[0] == hosts[1]):
+                return 400, b"Bad Request: duplicate Host header\n"
+            # HTTP/2 :authority and an equal Host field (RFC 9113 8.3.1; h2
+            # refuses unequal ones and a second Host): one name
+            headers._rawHeaders[_HOST] = hosts[:1]
+        if request.method == b"CONNECT":
+            # an origin-form CONNECT (HTTP/1.1) or HTTP/2's extended CONNECT
+            # (:protocol): no tunnels are served (and an upstream must not be
+            # sent a CONNECT); the fast paths never take one
+            return 400, b"Bad Request: CONNECT is not served\n"
         try:
             # an origin-form target (the common case) is not absolute form
             absolute = (None if request.uri[:1] == b"/"

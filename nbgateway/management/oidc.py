@@ -182,6 +182,12 @@ class OIDCFlow:
             raise OIDCError("state signature mismatch")
         return redirect, nonce
 
+    def redirect_of(self, state: str) -> str:
+        """The redirect a state names, only when its HMAC verifies
+        (:class:`OIDCError` otherwise): an IdP error answer is sent back
+        there before :meth:`finish` runs."""
+        return self._parse_state(state)[0]
+
     def _sweep(self, now: float) -> None:
         while self._flows:
             nonce, flow = next(iter(self._flows.items()))

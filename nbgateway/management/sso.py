@@ -120,6 +120,10 @@ class SSO:
         host = (parts.hostname or "").rstrip(".").lower()
         if parts.scheme not in ("http", "https") or not host:
             raise OIDCError("redirect_url must be an http(s) URL")
+        if "\\" in redirect_url or "@" in parts.netloc:
+            # browsers read a backslash as '/' and userinfo differently from
+            # urlsplit: the host checked here must be the host they visit
+            raise OIDCError("redirect_url must be an http(s) URL")
         svc = self._sso_service(host)
         if svc is None or svc.account_id != account_id:
             raise OIDCError("service not found in store")
@@ -156,12 +160,8 @@ class SSO:
         return _with_query(redirect, {"session_token": token})
 
     def _redirect_of(self, state: str) -> str:
-        part = state.split("|", 1)[0]
-        try:
-            raw = base64.urlsafe_b64decode((part + "=" * (-len(part) % 4)).encode("ascii"))
-            return raw.decode("utf-8")
-        except (ValueError, UnicodeError):
-            raise OIDCError("malformed state") from None
+        # only a state this management signed chooses where the browser goes
+        return self.flow.redirect_of(state)
 
     def _provision(self, account_id: str, claims: Any) -> User:
         store = self._store()

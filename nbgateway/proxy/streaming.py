@@ -208,11 +208,15 @@ class StreamingRequest(server.Request):
         else:
             super().handleContentChunk(data)
 
-    def dispatch_early(self, command: bytes, path: bytes, version: bytes) -> None:
+    def dispatch_early(self, command: bytes, path: bytes | None, version: bytes) -> None:
         self._dispatched = True
-        super().requestReceived(command, path, version)
+        # an HTTP/2 CONNECT has no :path (twisted.web cannot parse None):
+        # '*', which the front door refuses with 400
+        super().requestReceived(command, b"*" if path is None else path, version)
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+    def requestReceived(self, command: bytes, path: bytes | None, version: bytes) -> None:
+        if path is None:
+            path = b"*"  # as in dispatch_early
         if not self._dispatched and self.body_stream is not None:
             self.dispatch_early(command, path, version)  # HTTP/2: an empty streamed body
         if self._dispatched:
