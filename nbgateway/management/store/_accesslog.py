@@ -264,6 +264,24 @@ def _epoch_stamps(ts: Sequence[int], dialect: str) -> list[Any]:
     return [f"{whole[s]}.{us:06d}" for s, us in parts]
 
 
+#: PostgreSQL's timestamp epoch (2000-01-01) in Unix epoch microseconds, negated
+_PG_SHIFT_US = -946_684_800_000_000
+#: the epoch microseconds a ``datetime`` holds (:func:`_epoch_stamps`' range)
+_MIN_US = (datetime.min - _NAIVE_EPOCH) // _ONE_US
+_MAX_US = (datetime.max - _NAIVE_EPOCH) // _ONE_US
+
+
+def _pg_copy_stamps(ts: Sequence[int]) -> list[int]:
+    """Epoch microseconds as the binary ``COPY`` value of a ``timestamp``
+    column: microseconds since 2000-01-01 as an int8 (the same eight bytes
+    psycopg writes for the naive datetime :func:`_epoch_stamps` makes, with
+    no ``datetime`` per entry).  Outside a ``datetime``'s range: the same
+    OverflowError as :func:`_epoch_stamps` (the store's 422)."""
+    if ts and (min(ts) < _MIN_US or max(ts) > _MAX_US):
+        _epoch_stamps([min(ts), max(ts)], "postgresql")  # raises as it did
+    return list(map(_PG_SHIFT_US.__add__, ts))
+
+
 def _prepare_columns(
     cols: list[Sequence[Any]], dialect: str, capture: Any, *, epoch_us: bool
 ) -> list[tuple[Any, ...]]:
@@ -287,18 +305,21 @@ def _prepare_columns(
 
 def _batch_rows(
     cols: list[Sequence[Any]], dialect: str, capture: Any, *, epoch_us: bool
-) -> tuple[list[tuple[Any, ...]], tuple[int, ...]]:
+) -> tuple[list[tuple[Any, ...]], tuple[int, ...] | None]:
     """The batch path's rows: :func:`_prepare_columns`'s, without the
     :data:`_LITERALS` columns that hold their one empty value in every row
     (a gateway sends no geo data; most batches have no metadata), and those
     columns' positions, for :func:`executemany_rows`'s ``literal``: the
     statement carries them as SQL, so no row holds, binds or copies them
     (found per column in C: ``count``; PostgreSQL batches small enough for
-    one ``INSERT ... VALUES`` keep every column)."""
-    cols = _prepared_columns(cols, dialect, capture, epoch_us=epoch_us)
+    one ``INSERT ... VALUES``, and its batches of datetimes, keep every
+    column: ``literal`` None).  On
+    PostgreSQL the rows are for :func:`_pg_batch_sql`'s ``COPY``: epoch
+    microseconds become the timestamp's int8 (:func:`_pg_copy_stamps`)."""
+    if dialect == "postgresql" and (len(cols[_ID]) <= _PG_VALUES_ROWS or not epoch_us):
+        return _prepare_columns(cols, dialect, capture, epoch_us=epoch_us), None
+    cols = _prepared_columns(cols, dialect, capture, epoch_us=epoch_us, copy_us=True)
     n = len(cols[_ID])
-    if dialect == "postgresql" and n <= _PG_VALUES_ROWS:
-        return list(zip(*cols, strict=True)), ()
     literal = tuple(k for k, (value, _) in _LITERALS.items() if cols[k].count(value) == n)
     if literal:
         cols = [col for k, col in enumerate(cols) if k not in literal]
@@ -306,9 +327,11 @@ def _batch_rows(
 
 
 def _prepared_columns(
-    cols: list[Sequence[Any]], dialect: str, capture: Any, *, epoch_us: bool
+    cols: list[Sequence[Any]], dialect: str, capture: Any, *, epoch_us: bool,
+    copy_us: bool = False,
 ) -> list[Sequence[Any]]:
-    """The column-wise work of :func:`_prepare_columns`: the fixed columns."""
+    """The column-wise work of :func:`_prepare_columns`: the fixed columns
+    (``copy_us``: PostgreSQL epoch microseconds as :func:`_pg_copy_stamps`)."""
     n = len(cols[_ID])
     if not all(cols[_ID]):
         cols[_ID] = [i or new_id() for i in cols[_ID]]
@@ -329,7 +352,9 @@ def _prepared_columns(
         cols = [[col[pos] for pos in keep] for col in cols]
         n = len(keep)
     ts = cols[_TIMESTAMP]
-    if epoch_us:
+    if epoch_us and copy_us and dialect == "postgresql":
+        ts = _pg_copy_stamps(ts)
+    elif epoch_us:
         ts = _epoch_stamps(ts, dialect)
     else:
         if None in ts:
@@ -513,11 +538,13 @@ def _sql(dialect: Any) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _pg_literal_sql(dialect: Any, literal: tuple[int, ...]) -> dict[str, Any]:
-    """:func:`_sql`'s PostgreSQL statements for rows without the
-    :data:`_LITERALS` columns *literal*: the ``COPY`` names the other
-    columns (the staging table's others stay NULL), the ``INSERT ... SELECT``
-    writes the literals' SQL in their place."""
+def _pg_batch_sql(dialect: Any, literal: tuple[int, ...]) -> dict[str, Any]:
+    """:func:`_sql`'s PostgreSQL statements for :func:`_batch_rows`' rows:
+    without the :data:`_LITERALS` columns *literal* (the ``COPY`` names the
+    other columns, the staging table's others stay NULL; the ``INSERT ...
+    SELECT`` writes the literals' SQL in their place), the timestamp sent as
+    the int8 of its binary form (:func:`_pg_copy_stamps`: the server reads
+    the same bytes)."""
     quote = dialect.identifier_preparer.quote
     full = _sql(dialect)
     kept = [k for k in range(len(_COLUMNS)) if k not in literal]
@@ -529,7 +556,7 @@ def _pg_literal_sql(dialect: Any, literal: tuple[int, ...]) -> dict[str, Any]:
         "stage": full["stage"],
         "copy": (f"COPY {_STAGE} ({', '.join(quote(_COLUMNS[k].name) for k in kept)}) "
                  "FROM STDIN (FORMAT BINARY)"),
-        "copy_types": [full["copy_types"][k] for k in kept],
+        "copy_types": ["int8" if k == _TIMESTAMP else full["copy_types"][k] for k in kept],
         "insert": (
             f"WITH ins AS (INSERT INTO {table} ({names}) SELECT {picked} FROM {_STAGE} s "
             f"WHERE NOT EXISTS (SELECT FROM {table} e WHERE e.{quote('id')} = s.{quote('id')}) "
@@ -605,23 +632,22 @@ def executemany_rows(
     ``_PG_VALUES_ROWS`` rows, one ``INSERT ... VALUES ... ON CONFLICT (id) DO
     NOTHING RETURNING``.
 
-    ``literal``: the rows leave out these :data:`_LITERALS` columns, whose
-    one empty value every row holds (:func:`_batch_rows`); the statements
-    write it as SQL.  None: the rows hold every column (SQLite then finds
-    such columns itself)."""
+    ``literal``: the rows are :func:`_batch_rows`' (PostgreSQL: always the
+    ``COPY``, timestamps as int8), without these :data:`_LITERALS` columns,
+    whose one empty value every row holds; the statements write it as SQL.
+    None: the rows hold every column (SQLite then finds such columns
+    itself)."""
     if not rows:
         return 0
     sql = _sql(conn.dialect)
     if conn.dialect.name != "postgresql":
         return _sqlite_insert(conn, sql, rows, accounts, literal)
-    if len(rows) <= _PG_VALUES_ROWS:  # a single append, a small batch: one statement
-        if literal:
-            raise ValueError("literal columns in a batch of at most 16 rows")
+    if literal is not None:  # _batch_rows' rows: the COPY of _pg_batch_sql
+        sql = _pg_batch_sql(conn.dialect, literal)
+    elif len(rows) <= _PG_VALUES_ROWS:  # a single append, a small batch: one statement
         params = [value for row in rows for value in row]
         return len(conn.exec_driver_sql(_pg_values_insert(conn.dialect, len(rows)),
                                         tuple(params)).fetchall())
-    if literal:
-        sql = _pg_literal_sql(conn.dialect, literal)
     _copy_rows(conn, sql, rows)
     return _pg_insert(conn, sql["insert"])
 
