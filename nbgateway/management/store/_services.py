@@ -367,9 +367,14 @@ class ServiceRepository(Repository):
                 source_peer=old.source_peer,
                 terminated=old.terminated,
             )
-            conn.execute(
-                sa.update(services).where(services.c.id == old.id).values(**service_values(new))
-            )
+            values = service_values(new)
+            if new.auth != old.auth:
+                # a secret rotated, a way in added or removed, SSO groups
+                # changed: the service's nb_session cookies were minted under
+                # the old rules, so each re-authenticates (gateways refuse
+                # cookies issued before this from the next mapping update)
+                values["sessions_not_before"] = int(now.timestamp()) + 1
+            conn.execute(sa.update(services).where(services.c.id == old.id).values(**values))
             conn.execute(sa.delete(targets).where(targets.c.service_id == old.id))
             insert_targets(conn, new)
             tx.changed(ChangeKind.SERVICE_UPDATED, new.account_id, new.id)
