@@ -23,6 +23,9 @@ __all__ = ["CLIENT_IP_METADATA", "GuessLimiter"]
 
 #: gRPC metadata key a gateway sets on Authenticate: the end user's address
 CLIENT_IP_METADATA = "x-nbgw-client-ip"
+#: attempts of one key in flight beyond the failure bound: generous, as the
+#: key of a proxy that names no address is the proxy itself (all its users)
+IN_FLIGHT = 64
 
 
 class GuessLimiter:
@@ -42,8 +45,19 @@ class GuessLimiter:
         with self._lock:
             return self._limiter.retry_after(service, who, self._clock()) > 0
 
-    def record(self, service: str, who: str, success: bool) -> None:
+    def reserve(self, service: str, who: str, in_flight: int = IN_FLIGHT) -> bool:
+        """Not locked, and fewer than ``max_failures + in_flight`` attempts
+        of the key failed or in flight: the attempt is counted as in flight
+        until :meth:`record` (with ``reserved=True``) answers it.  Without
+        it, guesses arriving at once on gRPC's threads all passed the lock
+        check before any failure was recorded."""
         with self._lock:
+            return self._limiter.reserve(service, who, self._clock(), in_flight) == 0
+
+    def record(self, service: str, who: str, success: bool, reserved: bool = False) -> None:
+        with self._lock:
+            if reserved:
+                self._limiter.release(service, who)
             if success:
                 self._limiter.succeeded(service, who)
             else:

@@ -392,27 +392,33 @@ class SessionRpcs:
         principal = method = ""
         guesses = self.guesses
         who = _client_ip(context) or f"proxy:{getattr(caller, 'id', '')}"
-        if guesses is not None and guesses.locked(svc.id, who):
-            return pb.AuthenticateResponse(success=False)  # locked: no argon2 work
-        if which == "pin" and a.pin_auth is not None and a.pin_auth.enabled:
-            if a.pin_auth.pin and _secrets.verify_secret(a.pin_auth.pin, req.pin.pin):
-                principal, method = "pin-user", "pin"
-        elif which == "password" and a.password_auth is not None and a.password_auth.enabled:
-            pw = a.password_auth.password
-            if pw and _secrets.verify_secret(pw, req.password.password):
-                principal, method = "password-user", "password"
-        elif which == "header_auth":
-            wanted = req.header_auth.header_name.strip().lower()
-            for h in a.header_auths:
-                if not h.enabled or not h.value:
-                    continue
-                if wanted and h.header.strip().lower() != wanted:
-                    continue
-                if _secrets.verify_secret(h.value, req.header_auth.header_value):
-                    principal, method = "header-user", "header"
-                    break
-        if guesses is not None and which in ("pin", "password", "header_auth"):
-            guesses.record(svc.id, who, bool(principal))
+        guessed = guesses is not None and which in ("pin", "password", "header_auth")
+        if guessed:
+            if not guesses.reserve(svc.id, who):
+                return pb.AuthenticateResponse(success=False)  # locked: no argon2 work
+        elif guesses is not None and guesses.locked(svc.id, who):
+            return pb.AuthenticateResponse(success=False)
+        try:
+            if which == "pin" and a.pin_auth is not None and a.pin_auth.enabled:
+                if a.pin_auth.pin and _secrets.verify_secret(a.pin_auth.pin, req.pin.pin):
+                    principal, method = "pin-user", "pin"
+            elif which == "password" and a.password_auth is not None and a.password_auth.enabled:
+                pw = a.password_auth.password
+                if pw and _secrets.verify_secret(pw, req.password.password):
+                    principal, method = "password-user", "password"
+            elif which == "header_auth":
+                wanted = req.header_auth.header_name.strip().lower()
+                for h in a.header_auths:
+                    if not h.enabled or not h.value:
+                        continue
+                    if wanted and h.header.strip().lower() != wanted:
+                        continue
+                    if _secrets.verify_secret(h.value, req.header_auth.header_value):
+                        principal, method = "header-user", "header"
+                        break
+        finally:  # answers the reservation whatever the verification did
+            if guessed:
+                guesses.record(svc.id, who, bool(principal), reserved=True)
         if not principal:
             return pb.AuthenticateResponse(success=False)
         token = ""
