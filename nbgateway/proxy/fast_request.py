@@ -16,6 +16,7 @@ request.  The log lines keep the ``nbgateway.proxy.fast`` namespace.
 
 from __future__ import annotations
 
+import operator
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,7 @@ class _Head:
     """httptools callbacks for one request head (fields reset per head)."""
 
     __slots__ = ("block", "close", "copy", "copy_ok", "count", "decline", "headers", "host",
-                 "lean", "length", "parsed", "underscore", "url")
+                 "lean", "length", "lines", "parsed", "underscore", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -113,6 +114,9 @@ class _Head:
         self.block = b""
         self.parsed: dict[bytes, list[bytes]] | None = None
         self.lean: tuple[Any, _Url] | None = None
+        #: ``block`` split at its CRLFs (None: not split): a head whose
+        #: section differs from it in one line only (see :func:`near_line`)
+        self.lines: list[bytes] | None = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -152,6 +156,39 @@ class _Head:
             headers[canonical].append(value)
             if prefix:
                 self.copy_ok = False
+
+
+_ne = operator.ne
+
+
+def one_line_differs(prev: list[bytes] | None, lines: list[bytes]) -> int:
+    """The index of the one line of ``lines`` that differs from ``prev``
+    (a header section split at its CRLFs), or -1: none, several, or not as
+    many lines."""
+    if prev is None or len(prev) != len(lines):
+        return -1
+    diff = list(map(_ne, lines, prev))  # in C: no Python step per line
+    return diff.index(True) if diff.count(True) == 1 else -1
+
+
+def near_line(prev: list[bytes], lines: list[bytes],
+              at: int) -> tuple[bytes, bytes, bytes] | None:
+    """``(name as Headers keeps it, value, the plan's line start)`` of
+    ``lines[at]`` when it is the same header as ``prev[at]`` with another
+    value, and the value is all the head's parse takes from it: a memoised
+    name whose only effect is its value (no Host, Content-Length,
+    Connection, Transfer-Encoding, Upgrade, Expect, no "_"), no CR or LF in
+    the line; else None.  The value as llhttp gives it (leading SP/HT
+    skipped) and ``_Head.on_header`` keeps it (trailing SP/HT stripped);
+    llhttp still checks the whole head (strict: a name is a token, no
+    obs-fold, no bare CR or LF) before it is used."""
+    line = lines[at]
+    name, sep, value = line.partition(b":")
+    known = _NAMES.get(name)
+    if (known is None or known[1] or known[2] or not sep or 13 in line or 10 in line
+            or prev[at][:len(name) + 1] != name + b":"):
+        return None
+    return known[0], value.strip(b" \t"), known[3]
 
 
 class ParsedHeaders(Headers):
