@@ -156,6 +156,12 @@ def _batches(peers: list[str], seed: int) -> list[list[pb.AccessLog]]:
             if size >= 17 and rng.random() < 0.5:
                 batch.append(batch[rng.randrange(len(batch))])  # a duplicate id
             out.append(batch)
+    for size in (17, 300):  # HTTP entries only, none from an agent network: literal columns
+        batch = [_entry(rng, users, n + i, t0) for i in range(size)]
+        n += size
+        for e in batch:
+            e.protocol, e.agent_network = "http", False
+        out.append(batch)
     bad = [_entry(rng, users, n + i, t0) for i in range(50)]
     bad[7].duration_ms = 2**62  # malformed: the per-entry path, skipped
     bad[9].source_ip = "not-an-ip"

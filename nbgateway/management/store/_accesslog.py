@@ -686,15 +686,18 @@ def _pg_insert(conn: Connection, statement: str) -> int:
 _SPILL_PAGES = 4096
 _SPILL_KEY = "nbgw_accesslog_cache_spill"
 
-#: the columns a SQLite batch often holds one empty value in throughout (a
-#: gateway sends no geo data; no failure reason, metadata, upstream target or
-#: user), with that value as SQL: :func:`_sqlite_statement`
+#: the columns a batch often holds one value in throughout (a gateway sends
+#: no geo data; no failure reason, metadata, upstream target or user; no
+#: agent-network entry; HTTP entries only), with that value as SQL (both
+#: dialects): :func:`_sqlite_statement`, :func:`_batch_rows`.  The full-row
+#: path (:func:`_all_equal`) takes only the empty (false) ones.
 _LITERALS = {
     VALUE_FIELDS.index(field): (value, sql)
     for field, value, sql in (
         ("country_code", "", "''"), ("city_name", "", "''"), ("geo_name_id", 0, "0"),
         ("subdivision_code", "", "''"), ("reason", "", "''"), ("metadata", None, "NULL"),
         ("upstream_target", None, "NULL"), ("user_groups", None, "NULL"),
+        ("agent_network", 0, "FALSE"), ("protocol", "http", "'http'"),
     )
 }
 
