@@ -58,6 +58,17 @@ at the end of the reactor turn with END_STREAM on the last DATA frame
 (-8 %), decoded fields handed out ready (-2 %).  What is left is mostly
 twisted.web's ``Request`` path and the gateway code shared with HTTP/1.1.
 
+Round h2perf13: the lean per-stream route (:mod:`nbgateway.proxy.h2_lean`:
+a bodiless GET/HEAD the HTTP/1.1 fast path's resource takes is served by a
+``FastRequest``-like request written to its stream, no ``Request.process``)
+and frame-level shortcuts of the h2 state machine
+(:mod:`nbgateway.proxy.h2_frames`: frames serialised at once, HEADERS
+frames parsed from their header, a new stream's request block received in
+one step).  Worktree of 785792e vs the same plus the three h2 modules:
+FIGURES_H2PERF13.  ``--twisted-route`` (the site's
+``fast=False``) serves every stream through twisted.web's ``Request`` as
+before, for comparison.
+
 ``--chrome-priority`` sends every request's HEADERS with a priority as
 Chrome does (weight 256, an exclusive dependency on the one before in the
 round, still open; the first on stream 0):
@@ -67,7 +78,7 @@ the server then schedules with the ``priority`` package's tree.
 checkout (a worktree of an older revision) for a same-session A/B.
 
 Run:  .venv/bin/python bench/h2_path.py [--requests 1200] [--streams 6]
-      [--no-vary] [--chrome-priority] [--profile]
+      [--no-vary] [--chrome-priority] [--twisted-route] [--profile]
 """
 
 from __future__ import annotations
@@ -115,8 +126,10 @@ class Client:
     """The browser side: an ``h2`` client connection in memory."""
 
     def __init__(self, requests: int, streams: int, vary: bool,
-                 chrome_priority: bool = False) -> None:
-        self.site, self.sink, self.pools, self.clock = build_site(True, True)
+                 chrome_priority: bool = False, twisted_route: bool = False) -> None:
+        # fast=False: the site's HTTP/1.1 fast path off, and with it the
+        # lean HTTP/2 route (every stream through twisted.web's Request)
+        self.site, self.sink, self.pools, self.clock = build_site(not twisted_route, True)
         self.wire = _Wire()
         self.server = self.site.buildProtocol(IPv4Address("TCP", PEER, 40000))
         self.server.makeConnection(self.wire)
@@ -214,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--chrome-priority", action="store_true",
                         help="HEADERS carry priorities as Chrome's do")
+    parser.add_argument("--twisted-route", action="store_true",
+                        help="every stream through twisted.web's Request (no lean route)")
     args = parser.parse_args(argv)
-    client = Client(args.requests, args.streams, args.vary, args.chrome_priority)
+    client = Client(args.requests, args.streams, args.vary, args.chrome_priority,
+                    args.twisted_route)
     done = client.round()  # warm: connection set-up, first dial
     client.server_cpu = 0.0
     if args.profile:
@@ -230,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{client.sink.entries} log entries for {done} requests")
     if getattr(client.server, "h2", None) is None:
         raise SystemExit("not served over HTTP/2")
-    print(f"h2 {served} requests, {args.streams} streams in flight, vary={args.vary}: "
+    lean = getattr(client.server.h2, "lean_streams", 0)
+    if args.twisted_route == bool(lean):
+        raise SystemExit(f"{lean} streams on the lean route")
+    print(f"h2 {served} requests, {args.streams} streams in flight, vary={args.vary}, "
+          f"lean route: {bool(lean)}: "
           f"{client.server_cpu * 1e6 / served:.1f} us server CPU per request, "
           f"{client.pools.dials} upstream dials")
     if client.profile is not None:

@@ -369,7 +369,7 @@ class LeanH2Stream:
         conn = self._conn
         state = conn.conn
         try:
-            state.send_headers(self.streamID, block)
+            state.send_response_head(self.streamID, block)
         except StreamClosedError:
             return  # the client closed the stream: as Twisted, nothing to do
         # (the DATA wakes the send loop only when the window is open)

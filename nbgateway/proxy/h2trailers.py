@@ -525,6 +525,18 @@ class _TrailingH2State(h2.connection.H2Connection):
         if left <= STREAM_QUEUE_HIGH // 4 < before and self.on_drained is not None:
             self.on_drained(stream_id)
 
+    def send_response_head(self, stream_id: int, block: list[Any]) -> None:
+        """``send_headers(stream_id, block)`` for a stream this connection
+        knows: h2's steps (the connection's transition, the stream's frames)
+        without its logger call, limit check for new streams and priority
+        handling; an unknown stream is h2's (its errors)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.send_headers(stream_id, block)
+            return
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        self._prepare_for_sending(stream.send_headers(block, self.encoder, False))
+
     def end_stream(self, stream_id: int) -> None:
         trailers = self.pending_trailers.pop(stream_id, None)
         if trailers:
@@ -767,9 +779,22 @@ class TrailersH2Connection(H2Connection):
             dispatch(stream.command, stream.path, b"HTTP/2")
 
     def writeDataToStream(self, streamID: int, data: bytes) -> None:
-        queued = self.conn.queued
-        queued[streamID] = queued.get(streamID, 0) + len(data)
-        super().writeDataToStream(streamID, data)
+        # Twisted's steps (queue the chunk; unblock the stream and wake the
+        # send loop when the window is open; tell the stream when the
+        # remaining outbound window is spent), the window read once: nothing
+        # in between sends (the loop runs at the end of the turn)
+        state = self.conn
+        queued = state.queued
+        total = queued[streamID] = queued.get(streamID, 0) + len(data)
+        self._outboundStreamQueues[streamID].append(data)
+        window = state.local_flow_control_window(streamID)
+        if window > 0:
+            self.priority.unblock(streamID)
+            if self._sendingDeferred is not None:
+                d, self._sendingDeferred = self._sendingDeferred, None
+                d.callback(streamID)
+        if min(window, STREAM_QUEUE_HIGH) - total <= 0:  # remainingOutboundWindow
+            self.streams[streamID].flowControlBlocked()
 
     def remainingOutboundWindow(self, streamID: int) -> int:
         window = min(self.conn.local_flow_control_window(streamID), STREAM_QUEUE_HIGH)
