@@ -215,6 +215,22 @@ class _Exchange:
         # its clock, which is the deadlines' (see ReverseProxy.__init__):
         # not a second clock read
         self.proxy.deadlines.add_owner(timeout, self, self.context.upstream_started)
+        head = self.head
+        if head is not None and self.state is None and type(agent) is LeanAgent:
+            # self._send(agent, url, headers), its path for the plan's head on
+            # the lean client without a target pool, inline (one call fewer)
+            self._answered = False
+            self._sends += 1
+            send = self._sends
+            self.head = None  # a retry goes the general way
+            try:
+                attempt = agent.send_head(method, self.key, head, body, self)
+            except Exception:
+                self.upstream_failed(Failure())
+                return
+            if not self._answered and self._sends == send:
+                self._pending = attempt  # cancel() reaches the attempt
+            return
         self._send(agent, url, headers)
 
     def _request_ended(self, result: Failure | None) -> None:
