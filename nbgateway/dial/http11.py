@@ -228,22 +228,8 @@ class LeanAgent:
         host, port)`` as :func:`split_url` gives them): no URL to split, no
         ``Headers`` to serialise."""
         body = bodyProducer
-        # _Attempt(self, key, method, head, body, replayable, sink) without the
-        # __init__ call (its stores in its order: the same instance layout)
-        attempt = _new_attempt(_Attempt)
-        attempt.agent = self
-        attempt.key = key
-        attempt.method = method
-        attempt.head = head
-        attempt.body = body
-        attempt.replayable = ((body is None or isinstance(getattr(body, "body", None), bytes))
-                              and method in _REPLAYABLE_METHODS)
-        attempt.cancelled = False
-        attempt.told = False
-        if sink is None:
-            attempt.result = defer.Deferred(attempt._cancel)
-        else:
-            attempt.sink = sink
+        replayable = body is None or isinstance(getattr(body, "body", None), bytes)
+        attempt = _Attempt(self, key, method, head, body, replayable, sink)
         conn = self.pool.take(key)  # attempt.start(), inline
         if conn is not None:
             attempt.conn = conn
@@ -264,9 +250,6 @@ class LeanAgent:
         key = (scheme, host, port)
         replayable = body is None or isinstance(getattr(body, "body", None), bytes)
         return _Attempt(self, key, method, head, body, replayable, sink)
-
-
-_new_attempt = object.__new__
 
 
 class _ConnectionFactory(Factory):
