@@ -467,12 +467,12 @@ class _TrailingH2State(h2.connection.H2Connection):
 
     def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
         """``h2``'s steps for a HEADERS frame; one opening a new stream on a
-        server with the default inbound configuration (no PRIORITY) goes
+        server with the default inbound configuration goes
         straight to the new stream (no KeyError first) and its
         :meth:`_CheckedStream.receive_request`; anything else is ``h2``'s."""
         stream_id = frame.stream_id
         config = self.config
-        if (stream_id in self.streams or config.client_side or "PRIORITY" in frame.flags
+        if (stream_id in self.streams or config.client_side
                 or config.header_encoding or not config.validate_inbound_headers
                 or not config.normalize_inbound_headers):
             return super()._receive_headers_frame(frame)
@@ -483,7 +483,13 @@ class _TrailingH2State(h2.connection.H2Connection):
         headers = _decode_headers(self.decoder, frame.data)
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-        return [], events + stream.receive_request(headers, "END_STREAM" in frame.flags)
+        flags = frame.flags
+        stream_events = stream.receive_request(headers, "END_STREAM" in flags)
+        if "PRIORITY" in flags:  # h2's: the priority's event, linked to the request's
+            _frames, priority_events = self._receive_priority_frame(frame)
+            stream_events[0].priority_updated = priority_events[0]
+            stream_events.extend(priority_events)
+        return [], events + stream_events
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)

@@ -91,7 +91,9 @@ def _step(server: Any, action: tuple[Any, ...]) -> Any:
     try:
         if action[0] == "recv":
             events = server.receive_data(action[1])
-            return ("events", [repr(e) for e in events], server.data_to_send())
+            return ("events", [(repr(e), repr(getattr(e, "priority_updated", None)),
+                                repr(getattr(e, "stream_ended", None))) for e in events],
+                    server.data_to_send())
         name, args = action[1], action[2]
         getattr(server, name)(*args)
         return ("sent", server.data_to_send())
@@ -227,7 +229,8 @@ def _request_block(rng: random.Random) -> list[tuple[bytes, bytes]]:
 def test_new_stream_requests_are_received_as_h2(seed: int) -> None:
     """Request blocks opening streams (valid, or refused anywhere h2 refuses
     them: content-length, :status, te, connection fields, pseudo-header
-    order, Host/:authority), with and without END_STREAM, then DATA
+    order, Host/:authority), with and without END_STREAM and priority
+    fields, then DATA
     checked against content-length: the same events, bytes and errors as
     plain h2."""
     from hpack import Encoder
@@ -244,6 +247,11 @@ def test_new_stream_requests_are_received_as_h2(seed: int) -> None:
         frame.flags.add("END_HEADERS")
         if end:
             frame.flags.add("END_STREAM")
+        if rng.random() < 0.5:  # Chrome's priority fields (a self-dependency refused)
+            frame.flags.add("PRIORITY")
+            frame.depends_on = rng.choice((0, max(sid - 2, 0), sid, 99))
+            frame.stream_weight = rng.choice((0, 15, 255))
+            frame.exclusive = rng.random() < 0.5
         actions = [("recv", _raw(frame))]
         if not end:
             data = DataFrame(sid)
