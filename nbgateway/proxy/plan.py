@@ -66,8 +66,8 @@ class RoutePlan:
     """See the module docstring.  ``eligible`` is False when the service or
     the proxy needs the general path for every request."""
 
-    __slots__ = ("agent", "custom_names", "eligible", "forwarded_proto", "key", "opts",
-                 "passthrough", "route", "service", "tails")
+    __slots__ = ("agent", "cookie", "custom_names", "eligible", "forwarded_proto", "key",
+                 "opts", "passthrough", "route", "service", "tails")
 
     def __init__(self, route: Any, service: ProxyService, opts: TargetOptions,
                  forwarded_proto: str, trusted_proxies: Any) -> None:
@@ -98,6 +98,10 @@ class RoutePlan:
         #: the proxy asks the pools again when the dialer or the timeout
         #: differ or the agent's connection pool was retired (None: not yet)
         self.agent: tuple[Any, float, Any] | None = None
+        #: (the last one-line Cookie value, it without the session cookie):
+        #: a browser sends the same cookies on every request (one pair per
+        #: plan; another value is filtered and replaces it)
+        self.cookie: tuple[bytes, bytes | None] = (b"", None)
 
     def head(self, request: Any, ctx: Any, method: bytes, raw_path: bytes, path: str,
              query: bytes, query_s: str | None, body: Any) -> bytes | None:
@@ -162,7 +166,13 @@ class RoutePlan:
         parts.append(tail[1])
         cookie_in = inbound.get(_COOKIE)
         if cookie_in:
-            cookie = _without_session_cookie(cookie_in)
+            last = self.cookie
+            if len(cookie_in) == 1 and cookie_in[0] == last[0]:
+                cookie = last[1]  # the same value as the last request's
+            else:
+                cookie = _without_session_cookie(cookie_in)
+                if len(cookie_in) == 1:
+                    self.cookie = (cookie_in[0], cookie)
             if cookie:
                 parts += (b"Cookie: ", cookie, b"\r\n")
         parts.append(tail[2])
