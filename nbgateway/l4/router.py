@@ -489,6 +489,10 @@ class L4ServerProtocol(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
         self.router.connections.pop(self, None)
+        if self.relay is None and self.http is None and self.state != "closed":
+            # gone before its relay: a pending gate's answer must dial nothing
+            self.state = "closed"
+            self.close_reason = self.close_reason or "client_closed"
         if self._held is not None:
             held, self._held = self._held, None
             self.router._relay_released(held)

@@ -108,6 +108,7 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         "_seq",
         "_sink",
         "_sink_run",
+        "_source_buckets",
         "_under_load_until",
         "_urandom",
         "_walltime",
@@ -174,6 +175,8 @@ class WireGuardDevice(TransportPath, HandshakeMixin, TimerScheduler):
         self._hs_window_start = float("-inf")
         self._hs_window_count = 0
         self._under_load_until = float("-inf")
+        # under load: source IP -> (tokens, stamp) of initiations past MAC2 (lazy)
+        self._source_buckets: dict[str, tuple[float, float]] | None = None
         # one re-armed deadline for all peer timers
         self._heap: list[tuple[float, int, Peer, int]] = []
         self._seq = itertools.count()

@@ -26,6 +26,12 @@ from nbgateway.wireguard.messages import (
 )
 from nbgateway.wireguard.peer import Keypair, Peer
 
+#: under load: handshake messages per second and burst one source IP may have
+#: past MAC2 (wireguard-go's ratelimiter: 20/s, burst 5), and addresses kept
+SOURCE_RATE = 20.0
+SOURCE_BURST = 5.0
+SOURCE_TABLE_MAX = 4096
+
 
 class HandshakeMixin:
     """Noise_IKpsk2 handshakes of a device (both roles) and cookies."""
@@ -111,13 +117,41 @@ class HandshakeMixin:
         if not self._checker.check_mac1(data, mac1_off):
             self.events["drop_bad_mac1"] += 1
             return False
-        if self._under_load(now) and not self._checker.check_mac2(data, mac2_off, addr, now):
-            reply = self._checker.make_reply(data, mac1_off, sender, addr, now)
-            if self.link is not None:
-                self.link.sendDatagram(reply, addr)
-            self.events["cookie_reply_tx"] += 1
-            return False
+        if self._under_load(now):
+            if not self._checker.check_mac2(data, mac2_off, addr, now):
+                reply = self._checker.make_reply(data, mac1_off, sender, addr, now)
+                if self.link is not None:
+                    self.link.sendDatagram(reply, addr)
+                self.events["cookie_reply_tx"] += 1
+                return False
+            if not self._source_allowed(addr, now):
+                self.events["drop_source_rate"] += 1
+                return False
         return True
+
+    def _source_allowed(self, addr, now: float) -> bool:
+        """Under load, a handshake message past MAC2 from one source IP takes a
+        token (:data:`SOURCE_RATE` per second, :data:`SOURCE_BURST` at most;
+        wireguard-go's ratelimiter): one address cannot spend the DH work every
+        account behind the shared port needs.  At most :data:`SOURCE_TABLE_MAX`
+        addresses are kept (full buckets are forgotten first, else the oldest)."""
+        table = self._source_buckets
+        if table is None:
+            table = self._source_buckets = {}
+        ip = addr[0] if addr else ""
+        entry = table.pop(ip, None)
+        if entry is None:
+            tokens = SOURCE_BURST
+            if len(table) >= SOURCE_TABLE_MAX:
+                full = [k for k, (t, st) in table.items()
+                        if t + (now - st) * SOURCE_RATE >= SOURCE_BURST]
+                for k in full or [next(iter(table))]:
+                    del table[k]
+        else:
+            tokens = min(SOURCE_BURST, entry[0] + (now - entry[1]) * SOURCE_RATE)
+        allowed = tokens >= 1.0
+        table[ip] = (tokens - 1.0 if allowed else tokens, now)  # re-inserted: the newest
+        return allowed
 
     def _receive_initiation(self, data: bytes, addr) -> None:
         now = self._now()

@@ -79,6 +79,9 @@ _INITIATION_HEAD = struct.pack("<I", MESSAGE_INITIATION)
 HANDSHAKE_QUEUE_MAX = 1024
 #: queue depth from which the devices are under load (wireguard-go: size / 8)
 HANDSHAKE_UNDER_LOAD_DEPTH = HANDSHAKE_QUEUE_MAX // 8
+#: queued initiations from one source IP at most: the queue is every account's,
+#: so one address must not fill it (its excess is dropped and counted)
+HANDSHAKE_QUEUE_PER_SOURCE = HANDSHAKE_QUEUE_MAX // 16
 #: initiations processed per reactor turn at most (~0.3 ms of CPU each for the
 #: DH work, ~0.03-0.05 ms for a cookie reply, plus the MAC1 routing: ~0.3-1 us
 #: per account device tried; bench/handshake_burst.py)
@@ -145,6 +148,9 @@ class DeviceMux:
         self._data_since_drain = 0
         self._busy_until = float("-inf")
         self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
+        #: queued initiations per source IP (at most ``per_source_max`` each)
+        self._queued_by_ip: Counter[str] = Counter()
+        self.per_source_max = max(1, queue_max // 16)
         self._drain_call: IDelayedCall | None = None
         self._under_load_until = float("-inf")
         # (BLAKE2s keyed with a device's MAC1 key, the device), in ``devices`` order
@@ -220,6 +226,7 @@ class DeviceMux:
             self._drain_call.cancel()
         self._drain_call = None
         self._queue.clear()
+        self._queued_by_ip.clear()
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self.datagramsReceived([(data, addr)])
@@ -238,9 +245,13 @@ class DeviceMux:
             data = item[0]
             if (queue is not None and len(data) == MESSAGE_INITIATION_SIZE
                     and data[:4] == _INITIATION_HEAD):
+                ip = item[1][0] if item[1] else ""
                 if len(queue) >= self.queue_max:
                     self.counters["mux_drop_handshake_queue_full"] += 1
+                elif self._queued_by_ip[ip] >= self.per_source_max:
+                    self.counters["mux_drop_handshake_source_share"] += 1
                 else:
+                    self._queued_by_ip[ip] += 1
                     queue.append(item)
                     queued = True
                 continue
@@ -287,6 +298,12 @@ class DeviceMux:
         deadline = start + budget
         for _ in range(min(self.handshake_budget, len(queue))):
             data, addr = queue.popleft()
+            ip = addr[0] if addr else ""
+            left = self._queued_by_ip[ip] - 1
+            if left > 0:
+                self._queued_by_ip[ip] = left
+            else:
+                del self._queued_by_ip[ip]
             device = self._owner(data, addr)
             if device is not None:
                 device.datagramsReceived(((data, addr),))
