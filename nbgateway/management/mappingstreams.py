@@ -23,7 +23,10 @@ hands over):
   companion task heartbeats the proxy row for the stream's whole life (the
   snapshot included) and ends the stream when its token is revoked.  Each
   connection queue is bounded (``queue_size`` broadcasts); a full queue
-  cancels that proxy's stream (it resyncs).  Store work (snapshot, register,
+  cancels that proxy's stream (it resyncs).  An account-scoped token scope
+  holds at most ``max_per_account`` live streams (RESOURCE_EXHAUSTED beyond;
+  superseding one of its own proxy ids does not count twice): the server's
+  RPC bound is everyone's.  Store work (snapshot, register,
   heartbeat) runs in the loop's small fixed executor.  No thread per stream.
 * **Resume by revision** (issue 18): every broadcast gets the next revision
   and is kept in a bounded :class:`~nbgateway.management.changelog.ChangeLog`
@@ -80,6 +83,10 @@ from nbgateway.management.proxyrpcs import valid_proxy_address
 log = Logger()
 
 QUEUE_SIZE = 100
+#: live mapping streams one account-scoped (BYOP) token scope may hold: the
+#: gRPC server admits a bounded number of RPCs for everyone (shared gateways'
+#: ValidateTunnelPeer, peers' Sync), so no tenant may take them all
+MAX_STREAMS_PER_ACCOUNT = 64
 HEARTBEAT_INTERVAL = 60.0
 STALE_CLEANUP_INTERVAL = 300.0
 STALE_AFTER = timedelta(hours=1)
@@ -209,6 +216,8 @@ class MappingStreams:
         self.batch_size = batch_size
         self.queue_size = queue_size
         self.heartbeat_interval = heartbeat_interval
+        #: live streams per account-scoped scope (management-wide tokens: unbounded)
+        self.max_per_account = MAX_STREAMS_PER_ACCOUNT
         self._clock = clock
         self._on_event = on_event
         self._lock = threading.Lock()
@@ -302,6 +311,12 @@ class MappingStreams:
                 raise RpcAbortError(grpc.StatusCode.ALREADY_EXISTS,
                                     f"proxy_id {conn.proxy_id} is in use by another "
                                     "account's gateway")
+            if old is None and conn.account_id is not None and sum(
+                    c.account_id == conn.account_id
+                    for c in self._conns.values()) >= self.max_per_account:
+                raise RpcAbortError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"too many mapping streams of account {conn.account_id} "
+                                    f"(at most {self.max_per_account})")
             self._conns[conn.proxy_id] = conn
             conn.start_revision = self.changes.revision
             if resume_from:

@@ -13,7 +13,8 @@ Pure helpers of the ProxyService server:
   included) and only replaces ``auth_token``;
 * :class:`OneTimeTokenStore` holds the per-mapping tokens that authorise
   ``CreateProxyPeer`` (32 random bytes, base64url, keyed by the hex SHA-256,
-  5 minute TTL, bounded).
+  5 minute TTL, bounded; when full, the account holding the most tokens loses
+  its oldest, so one account's streams never evict another account's tokens).
 """
 
 from __future__ import annotations
@@ -269,21 +270,39 @@ class OneTimeTokenStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens: OrderedDict[str, _TokenMeta] = OrderedDict()
+        #: each account's token keys, oldest first (who gives one up when full)
+        self._by_account: dict[str, OrderedDict[str, None]] = {}
 
     @staticmethod
     def _key(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
+    def _forget(self, key: str) -> None:
+        meta = self._tokens.pop(key, None)
+        if meta is None:
+            return
+        mine = self._by_account.get(meta.account_id)
+        if mine is not None:
+            mine.pop(key, None)
+            if not mine:
+                del self._by_account[meta.account_id]
+
     def issue(self, account_id: str, service_id: str) -> str:
         token = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
         now = self._clock()
         with self._lock:
-            while self._tokens:
-                first = next(iter(self._tokens.values()))
-                if first.expires_at > now and len(self._tokens) < self.max_tokens:
+            while self._tokens:  # expired tokens go first
+                key, first = next(iter(self._tokens.items()))
+                if first.expires_at > now:
                     break
-                self._tokens.popitem(last=False)
-            self._tokens[self._key(token)] = _TokenMeta(service_id, account_id, now + self.ttl)
+                self._forget(key)
+            while len(self._tokens) >= self.max_tokens:
+                # full: the biggest holder (often the caller) gives up its oldest
+                biggest = max(self._by_account.values(), key=len)
+                self._forget(next(iter(biggest)))
+            key = self._key(token)
+            self._tokens[key] = _TokenMeta(service_id, account_id, now + self.ttl)
+            self._by_account.setdefault(account_id, OrderedDict())[key] = None
         return token
 
     def validate_and_consume(self, token: str, account_id: str, service_id: str) -> None:
@@ -293,13 +312,13 @@ class OneTimeTokenStore:
             if meta is None:
                 raise TokenError("invalid token")
             if self._clock() >= meta.expires_at:
-                del self._tokens[key]
+                self._forget(key)
                 raise TokenError("token expired")
             if not hmac.compare_digest(meta.account_id.encode(), account_id.encode()):
                 raise TokenError("account ID mismatch")
             if not hmac.compare_digest(meta.service_id.encode(), service_id.encode()):
                 raise TokenError("service ID mismatch")
-            del self._tokens[key]
+            self._forget(key)
 
     def __len__(self) -> int:
         with self._lock:

@@ -25,7 +25,12 @@ from nbgateway.management.model import (
 )
 from nbgateway.management.store import _secrets
 from nbgateway.management.store._base import Repository, Tx
-from nbgateway.management.store.schema import proxies, proxy_access_tokens, proxy_inbound_listeners
+from nbgateway.management.store.schema import (
+    domains,
+    proxies,
+    proxy_access_tokens,
+    proxy_inbound_listeners,
+)
 
 ACTIVE_WINDOW = timedelta(minutes=2)
 PROXY_SCOPE = "proxies"
@@ -237,7 +242,12 @@ class ProxyRepository(Repository):
                 if p is not None]
 
     def cluster_address_in_use(self, address: str, account_id: str) -> bool:
-        """True if a shared proxy or another account's proxy uses ``address``."""
+        """True if a shared proxy or another account's proxy uses ``address``,
+        or the address is equal to or under another account's custom domain
+        (how an account holds its BYOP cluster's names while its gateways
+        are away and their rows have been removed as stale)."""
+        labels = address.lower().rstrip(".").split(".")
+        covering = [".".join(labels[i:]) for i in range(len(labels) - 1)]
         with self._store._read() as conn:
             row = conn.execute(
                 sa.select(proxies.c.id).where(
@@ -245,6 +255,11 @@ class ProxyRepository(Repository):
                     sa.or_(proxies.c.account_id.is_(None), proxies.c.account_id != account_id),
                 )
             ).first()
+            if row is None and covering:
+                row = conn.execute(
+                    sa.select(domains.c.id).where(domains.c.domain.in_(covering),
+                                                  domains.c.account_id != account_id)
+                ).first()
         return row is not None
 
     def delete_stale(self, older_than: datetime) -> int:

@@ -239,7 +239,9 @@ class ServiceRepository(Repository):
 
     def _assign_port(self, conn: Connection, s: Service, own_id: str | None) -> Service:
         """The service's L4 port: a chosen one must be free on the cluster (per
-        mode) and, for a public service, inside the public L4 ports of every
+        mode; a public one among the cluster's public services, a private one
+        among its account's private services) and, for a public service,
+        inside the public L4 ports of every
         active gateway of the cluster that advertised them (ValidationError,
         422, naming them); port 0 of a public TCP/UDP service is assigned inside
         them (a kept auto-assigned port they no longer allow is assigned anew).
@@ -252,8 +254,14 @@ class ServiceRepository(Repository):
             if s.listen_port:
                 self._check_public_port(s, limits)
             return s
+        # a public port is the gateway host's (every account's); a private one is
+        # on the account's own tunnel address (the gateway's private routers are
+        # keyed by account and port): only that account's private services count
+        private = sa.func.coalesce(services.c.private, sa.false())
         q = sa.select(services.c.id, services.c.listen_port).where(
-            services.c.proxy_cluster == s.proxy_cluster, services.c.mode == s.mode
+            services.c.proxy_cluster == s.proxy_cluster, services.c.mode == s.mode,
+            sa.and_(private, services.c.account_id == s.account_id) if s.private
+            else sa.not_(private),
         )
         used = {port for sid, port in conn.execute(q) if sid != own_id}
         if s.listen_port and s.port_auto_assigned and limits and l4ports.refusal(

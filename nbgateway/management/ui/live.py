@@ -2,7 +2,7 @@
 
 Owns the fan-out of store changes to open event streams.  :class:`LiveHub` is
 sans-IO (no reactor, the clock is injected): it bounds the number of streams
-(in total and per session), coalesces changes per stream (a stream carries
+(in total, per session and per account), coalesces changes per stream (a stream carries
 "something you show changed; re-fetch", never data, so memory per stream is a
 flag and a timestamp), says when a heartbeat comment is due and when a stream
 has lived long enough to be closed (the browser's EventSource reconnects, and
@@ -26,6 +26,9 @@ log = Logger()
 
 MAX_STREAMS = 64
 MAX_PER_SESSION = 3
+#: streams of one account's sessions together (a tenant signing in many times
+#: must not take the live view from every other account)
+MAX_PER_ACCOUNT = 16
 HEARTBEAT = 15.0
 #: a stream is closed after this long; EventSource reconnects (and re-authenticates)
 LIFETIME = 300.0
@@ -56,11 +59,13 @@ class LiveHub:
     """Bounded set of event streams fed by store changes."""
 
     def __init__(self, clock: Callable[[], float], *, max_streams: int = MAX_STREAMS,
-                 max_per_session: int = MAX_PER_SESSION, heartbeat: float = HEARTBEAT,
+                 max_per_session: int = MAX_PER_SESSION,
+                 max_per_account: int = MAX_PER_ACCOUNT, heartbeat: float = HEARTBEAT,
                  lifetime: float = LIFETIME, min_gap: float = MIN_GAP) -> None:
         self._clock = clock
         self.streams: list[Stream] = []
         self.max_streams, self.max_per_session = max_streams, max_per_session
+        self.max_per_account = max_per_account
         self.heartbeat, self.lifetime, self.min_gap = heartbeat, lifetime, min_gap
         self.refused = 0
         self.dropped_changes = 0
@@ -68,7 +73,9 @@ class LiveHub:
     def open(self, session: str, account_id: str, everything: bool = False) -> Stream | None:
         """A new stream, its first frame queued; None when a bound is reached."""
         if (len(self.streams) >= self.max_streams
-                or sum(s.session == session for s in self.streams) >= self.max_per_session):
+                or sum(s.session == session for s in self.streams) >= self.max_per_session
+                or sum(s.account_id == account_id for s in self.streams)
+                >= self.max_per_account):
             self.refused += 1
             return None
         now = self._clock()

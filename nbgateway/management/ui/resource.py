@@ -232,7 +232,7 @@ class UiResource(Resource):
                                          sso=self.sso is not None)))
                 request.finish()
                 return
-            fresh = self.sessions.sign_in(session, token)
+            fresh = self.sessions.sign_in(session, token, owner=identity.account_id)
             log.info("UI sign-in", user_id=identity.user_id, account_id=identity.account_id)
             self._set_cookie(request, fresh.sid)
             request.setResponseCode(303)
@@ -279,14 +279,15 @@ class UiResource(Resource):
         if query.get("error"):
             log.info("dashboard SSO refused by the provider", error=query["error"][:64])
             return self._login_page(request, 403, "The identity provider refused the sign-in.")
-        d = deferToThreadPool(self._reactor, self._pool, self.sso.finish,
+        d = deferToThreadPool(self._reactor, self._pool, self._finish_sso,
                               query.get("code", ""), state)
 
-        def signed_in(token: str) -> None:
+        def signed_in(found: tuple[str, str]) -> None:
             if request._disconnected or request.finished:
                 return
+            token, account_id = found
             old = self.sessions.get(_cookie(request))
-            fresh = self.sessions.sign_in(old, token)
+            fresh = self.sessions.sign_in(old, token, owner=account_id)
             self._set_cookie(request, fresh.sid)
             # a page, not a redirect: the navigation to /ui/ then starts on this
             # site, so the SameSite=Strict session cookie is sent with it
@@ -296,6 +297,13 @@ class UiResource(Resource):
 
         d.addCallbacks(signed_in, self._sso_refused, errbackArgs=(request,))
         return server.NOT_DONE_YET
+
+    def _finish_sso(self, code: str, state: str) -> tuple[str, str]:
+        """``(session token, account id)`` of a finished SSO sign-in (thread pool)."""
+        assert self.sso is not None
+        token = self.sso.finish(code, state)
+        identity = self.sso.identity(token)
+        return token, identity.account_id if identity is not None else ""
 
     def _sso_refused(self, failure: Failure, request: server.Request) -> None:
         if failure.check(SignInRefusedError, OIDCError):

@@ -5,7 +5,9 @@ value), the CSRF token bound to each session, the admin token a signed-in
 session acts with (kept here, never sent to the browser), idle expiry and a
 hard bound on the number of sessions.  Anonymous sessions (a sign-in form that
 was shown) and signed-in sessions have separate caps so a flood of sign-in
-page views cannot evict people who are signed in.
+page views cannot evict people who are signed in; a full signed-in table
+evicts a session of the owner (account) that holds the most, so one account
+signing in over and over never signs another account's people out.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +36,9 @@ class Session:
     token: str | None = None
     #: a one-shot message shown on the next page (e.g. a token shown once)
     flash: dict[str, str] | None = None
+    #: who the signed-in session belongs to (an account id): a full table
+    #: evicts from the owner holding the most sessions
+    owner: str = ""
 
 
 class SessionStore:
@@ -62,7 +67,12 @@ class SessionStore:
         if len(table) >= cap:
             self.sweep()  # expired sessions go before live ones are evicted
         while len(table) >= cap:
-            table.popitem(last=False)  # least recently used goes first
+            if signed_in:  # the owner holding the most gives up its least recently used
+                counts = Counter(s.owner for s in table.values())
+                biggest = max(counts, key=counts.__getitem__)
+                del table[next(sid for sid, s in table.items() if s.owner == biggest)]
+            else:
+                table.popitem(last=False)  # least recently used goes first
             self.evicted += 1
         table[session.sid] = session
         return session
@@ -72,14 +82,15 @@ class SessionStore:
         return self._insert(Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
                                     now + self._ttls[1]))
 
-    def sign_in(self, previous: Session | None, token: str) -> Session:
+    def sign_in(self, previous: Session | None, token: str, owner: str = "") -> Session:
         """A fresh session (new id and CSRF token) acting with *token*; *previous*
-        is dropped so a session id seen before sign-in is never signed in."""
+        is dropped so a session id seen before sign-in is never signed in.
+        *owner*: the account the session acts in (see the module docstring)."""
         if previous is not None:
             self.drop(previous.sid)
         now = self._clock()
         return self._insert(Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32),
-                                    now + self._ttls[0], token=token))
+                                    now + self._ttls[0], token=token, owner=owner))
 
     def get(self, sid: str | None) -> Session | None:
         """The live session for *sid* (its idle expiry is extended), else None."""

@@ -6,11 +6,12 @@ management's own origin (authorization code + PKCE S256, signed state, nonce,
 ID-token checks are the flow's), the mapping of a signed-in OIDC subject to an
 existing management user, and the identity a signed-in SSO session acts with.
 
-The dashboard never creates users: the subject maps to the user that
+The dashboard never creates users: the subject maps to the users that
 public-service SSO provisioned for it (same id derivation as
-:mod:`nbgateway.management.sso`), else to the user whose e-mail equals the
-provider's *verified* e-mail (of several, the one created first: a user another
-account adds later with the same e-mail neither takes nor blocks the sign-in).
+:mod:`nbgateway.management.sso`) and to the users whose e-mail equals the
+provider's *verified* e-mail; of several, the one created first (a user
+another account adds or provisions later neither takes nor blocks the
+sign-in).
 No user, or a pending or blocked user: refused.  The user is re-read on every page, so
 blocking it or changing its role takes effect at once.
 
@@ -95,32 +96,33 @@ class DashboardSSO:
     def _user_for(self, claims: OIDCClaims) -> Any:
         store = self._store()
         issuer = self.flow.settings.issuer
-        for account in store.accounts.list():
+        found = []
+        accounts = store.accounts.list()
+        for account in accounts:
             digest = hashlib.sha256(
                 f"{account.id}|{issuer}|{claims.subject}".encode()).hexdigest()
             user = store.users.find(f"oidc-{digest[:24]}")
             if user is not None and user.account_id == account.id:
-                return user
+                found.append(user)
         if claims.email and claims.email_verified:
             wanted = claims.email.strip().lower()
-            found = [u for account in store.accounts.list()
-                     for u in store.users.list(account.id)
-                     if (u.email or "").strip().lower() == wanted]
-            if found:
-                # The user that had the e-mail first: another account adding a
-                # user with the same e-mail later can neither take this
-                # sign-in nor block it (refusing the sign-in when several
-                # accounts had the e-mail let any tenant lock another
-                # account's admin out of the dashboard's SSO).
-                found.sort(key=lambda u: (u.created_at is None,
-                                          u.created_at.timestamp() if u.created_at else 0.0,
-                                          u.id))
-                if len(found) > 1:
-                    log.warn("dashboard SSO: {count} users have the signed-in e-mail; "
-                             "the first created wins", count=len(found),
-                             user=found[0].id, account_id=found[0].account_id)
-                return found[0]
-        raise SignInRefusedError("no management user for this sign-in")
+            found += [u for account in accounts for u in store.users.list(account.id)
+                      if (u.email or "").strip().lower() == wanted
+                      and all(u.id != f.id for f in found)]
+        if not found:
+            raise SignInRefusedError("no management user for this sign-in")
+        # The user created first, by subject or e-mail: another account adding
+        # a user with the same e-mail later, or provisioning one for the same
+        # subject (a sign-in to its SSO-protected public service), can neither
+        # take this sign-in nor block it (refusing the sign-in when several
+        # accounts had the e-mail let any tenant lock another account's admin
+        # out of the dashboard's SSO).
+        found.sort(key=lambda u: (u.created_at is None,
+                                  u.created_at.timestamp() if u.created_at else 0.0, u.id))
+        if len(found) > 1:
+            log.warn("dashboard SSO: {count} users match the sign-in; the first created wins",
+                     count=len(found), user=found[0].id, account_id=found[0].account_id)
+        return found[0]
 
     def identity(self, session_token: str) -> Identity | None:
         """The identity of an SSO session, re-read now; None signs it out."""
