@@ -6,27 +6,27 @@ It owns :class:`_Head` (llhttp's callbacks for one head: the headers in
 what makes the fast path decline the request), the bounded memo of header
 names (``_NAMES``) shared by the head parse and ``getHeader``, and
 :class:`FastRequest`: the part of ``twisted.web.server.Request`` the
-gateway's code uses, with twisted.web's response framing (default headers,
-a ``Date`` formatted once per second by :func:`http_date`, chunked without a
-``Content-Length``, no body for HEAD/204/304, a chunked relay's bytes held
-to the end of the upstream's read), the finish observers and twisted.web's
-500 page.  :class:`~nbgateway.proxy.fast.FastHTTPChannel` makes one per
-request.  The log lines keep the ``nbgateway.proxy.fast`` namespace.
+gateway's code uses, with twisted.web's response framing on the connection
+(chunked without a ``Content-Length``, no body for HEAD/204/304, a chunked
+relay's bytes held to the end of the upstream's read); its fields, default
+response headers, finish observers and 500 page are those of
+:class:`~nbgateway.proxy.request_base.LeanRequest`, which the HTTP/2 lean
+route's request shares.  :class:`~nbgateway.proxy.fast.FastHTTPChannel`
+makes one per request.  The log lines keep the ``nbgateway.proxy.fast`` namespace.
 """
 
 from __future__ import annotations
 
 import operator
-import time
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import http
 from twisted.web.http_headers import Headers
 
 from nbgateway.proxy.headers import canonical_name, plan_skips
+from nbgateway.proxy.request_base import LeanRequest, http_date  # noqa: F401 (re-exported)
 from nbgateway.proxy.streaming import RequestBodyStream
 
 if TYPE_CHECKING:
@@ -34,15 +34,9 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="nbgateway.proxy.fast")
 
-_SERVER = server.version
-_new_headers = Headers.__new__
 _NO_BODY_CODES = http.NO_BODY_CODES
-_RESPONSES = http.RESPONSES
-_PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body>"
-                      b"<b>Processing Failed</b></body></html>")
-
-_date_cache: list[Any] = [0, b""]
-_CONNECTION, _SERVER_NAME, _DATE = map(canonical_name, ("Connection", "Server", "Date"))
+_lean_init = LeanRequest.__init__
+_CONNECTION = canonical_name("Connection")
 _CONTENT_TYPE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
     canonical_name, ("Content-Type", "Content-Length", "Transfer-Encoding"))
 #: request header names as received -> (as ``Headers`` keeps them, what the
@@ -69,15 +63,6 @@ def _name(raw: bytes) -> tuple[bytes, int, bool, bytes]:
         if len(_NAMES) < _NAMES_MAX and len(raw) <= _NAME_CACHED_MAX_LEN:  # client-chosen
             _NAMES[raw] = known
     return known
-
-
-def http_date() -> bytes:
-    """``Date`` as twisted.web formats it, formatted once per second."""
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = http.datetimeToString(now)
-    return _date_cache[1]
 
 
 class _DeclineError(Exception):
@@ -227,13 +212,16 @@ class _Url:
         self.url += url
 
 
-class FastRequest:
+class FastRequest(LeanRequest):
     """One request served by the fast path: the part of
     ``twisted.web.server.Request`` the gateway's code uses, with the same
     response framing (default ``Content-Type``, chunked without a
-    ``Content-Length``, no body for HEAD/204/304)."""
+    ``Content-Length``, no body for HEAD/204/304).  The fields, observers
+    and error page are :class:`~nbgateway.proxy.request_base.LeanRequest`'s."""
 
     clientproto = b"HTTP/1.1"
+    _log_failure = staticmethod(log.failure)
+    _route = "fast path"
 
     # Every attribute is a slot (fixed offsets, set in ``__init__``): no
     # per-instance dict, whose inline values CPython 3.11 gives up for every
@@ -241,75 +229,26 @@ class FastRequest:
     # for each instance made while earlier ones still add names: with a few
     # requests in flight the late names -- the status, the upstream status --
     # moved every request to a dict of its own, each read a hash lookup).
-    __slots__ = (
-        "_bodiless", "_disconnected", "_held", "body_stream", "channel", "channel_host",
-        "channel_peer", "chunked", "code", "code_message", "content", "defaultContentType",
-        "finish_hooks", "finished", "lost_hooks", "method", "notifications", "path", "peer_ip",
-        "producer", "proxy_error", "requestHeaders", "responseHeaders", "routed", "secure",
-        "sentLength", "startedWriting", "transport", "underscore_names", "upstream_copy",
-        "upstream_status", "uri",
-    )
+    # (The shared ones are LeanRequest's.)
+    __slots__ = ("_held", "body_stream", "chunked", "content", "transport", "upstream_copy")
 
     def __init__(self, channel: FastHTTPChannel, method: bytes, uri: bytes,
                  headers: Headers, close: bool, underscore: bool = True,
                  info: tuple[Any, ...] | None = None) -> None:
-        self.channel: FastHTTPChannel | None = channel
+        _lean_init(self, channel, method, uri, headers, close, underscore, info, None)
         self.transport = channel.transport
-        self.method = method
-        self.uri = uri
-        self.path = uri.split(b"?", 1)[0]
-        self.requestHeaders = headers
-        # ``info``: the channel's connection tuple (made once per connection):
-        # the client's address, its host as text (what the front resource
-        # logs), the local address, TLS or not, ...
-        if info is not None:
-            self.channel_peer, self.peer_ip, self.channel_host, self.secure, _, _ = info
-        else:
-            self.channel_peer = self.channel_host = self.peer_ip = None
-            self.secure = False
-        #: any request header name with "_" (from the head's parse; True: unknown)
-        self.underscore_names = underscore
         #: (the head parse's upstream lines of the headers a route plan copies
         #: as they are, how many names the headers had): the plan takes the
         #: lines instead of walking the headers while they still have that
         #: many names and no change was made through their methods
         #: (:class:`ParsedHeaders`); None: the plan walks them
         self.upstream_copy: tuple[list[bytes], int] | None = None
-        #: the resource's ``fast_route`` answer, set when the request is
-        #: dispatched in the turn that routed it (None: route it again)
-        self.routed: Any = None
-        self.code = 200
-        self.code_message = b"OK"
-        self.defaultContentType: bytes | None = b"text/html"
-        self.upstream_status: int | None = None
-        self.proxy_error: str | None = None
-        # the defaults twisted.web sets, in its order
-        raw = {_CONNECTION: [b"close"]} if close else {}
-        raw[_SERVER_NAME] = [_SERVER]
-        date = _date_cache  # http_date(), its cached value read inline
-        raw[_DATE] = [date[1] if date[0] == int(time.time()) else http_date()]
-        out = _new_headers(Headers)  # headers_from_raw(raw), inline
-        out._rawHeaders = raw
-        self.responseHeaders = out
-        self.finished = False
-        self._disconnected = False
-        self.startedWriting = False
         self.chunked = False
-        #: a HEAD (or 204/304) response's head is out: later writes are dropped
-        self._bodiless = False
-        self.sentLength = 0
         self.body_stream: RequestBodyStream | None = None
         self.content: Any = None
-        self.producer: Any = None
         #: chunked response bytes held to the end of the upstream's read (or
         #: the response's end): see ``_send``
         self._held: list[bytes] | None = None
-        #: ``on_finish`` observers (the list is made on first use)
-        self.finish_hooks: list[Any] | tuple[()] = ()
-        #: ``on_lost`` observers (the list is made on first use)
-        self.lost_hooks: list[Any] | tuple[()] = ()
-        #: notifyFinish's Deferreds (the list is made on first use)
-        self.notifications: list[defer.Deferred[None]] | tuple[()] = ()
 
     # -- what resources read -------------------------------------------------
     def getHeader(self, key: bytes) -> bytes | None:
@@ -319,48 +258,7 @@ class FastRequest:
         values = self.requestHeaders._rawHeaders.get(known[0])
         return values[-1] if values else None
 
-    def getClientAddress(self) -> Any:
-        return self.channel_peer
-
-    def getHost(self) -> Any:
-        return self.channel_host
-
-    def isSecure(self) -> bool:
-        return self.secure
-
-    def getCookie(self, key: bytes) -> bytes | None:  # login flows go to twisted.web
-        return None
-
-    def on_finish(self, fn: Any) -> None:
-        """``fn(None)`` when the response ends, ``fn(failure)`` when the client
-        is gone first: ``notifyFinish`` without a Deferred per observer."""
-        if not self.finish_hooks:
-            self.finish_hooks = []
-        self.finish_hooks.append(fn)  # type: ignore[union-attr]
-
-    def on_lost(self, fn: Any) -> None:
-        """``fn(failure)`` when the client is gone before the response ended
-        (after the ``on_finish`` observers); never called otherwise."""
-        if not self.lost_hooks:
-            self.lost_hooks = []
-        self.lost_hooks.append(fn)  # type: ignore[union-attr]
-
-    def notifyFinish(self) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
-        if not self.notifications:
-            self.notifications = []
-        self.notifications.append(d)  # type: ignore[union-attr]
-        return d
-
     # -- the response --------------------------------------------------------
-    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
-        self.code = code
-        self.code_message = message if message is not None else _RESPONSES.get(
-            code, b"Unknown Status")
-
-    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
-        self.responseHeaders.setRawHeaders(name, [value])
-
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self.producer:
             raise ValueError("a producer is already registered")
@@ -487,19 +385,7 @@ class FastRequest:
         if self.producer is not None:
             self.unregisterProducer()
         self.channel = None
-        if self.lost_hooks:
-            self.lost_hooks = ()
-        hooks = self.finish_hooks  # _run_hooks(None), inline
-        if hooks:
-            self.finish_hooks = ()
-        for fn in hooks:
-            try:
-                fn(None)
-            except Exception:
-                log.failure("fast path: a finish observer failed")
-        notifications, self.notifications = self.notifications, ()
-        for d in notifications:
-            d.callback(None)
+        self._ended()
         if channel is not None:
             channel.fast_done(self)
 
@@ -509,35 +395,7 @@ class FastRequest:
         self.channel = None
         if self.body_stream is not None:
             self.body_stream.abort(reason)
-        self._run_hooks(reason)
-        lost, self.lost_hooks = self.lost_hooks, ()
-        for fn in lost:
-            try:
-                fn(reason)
-            except Exception:
-                log.failure("fast path: a lost-connection observer failed")
-        notifications, self.notifications = self.notifications, ()
-        for d in notifications:
-            d.errback(reason)
+        self._lost(reason)
 
-    def _run_hooks(self, result: Any) -> None:
-        hooks, self.finish_hooks = self.finish_hooks, ()
-        for fn in hooks:
-            try:
-                fn(result)
-            except Exception:
-                log.failure("fast path: a finish observer failed")
-
-    def processing_failed(self, reason: Failure) -> None:
-        """An exception out of the resource: twisted.web's 500 page."""
-        log.failure("fast path: processing failed", failure=reason)
-        if self.finished or self._disconnected or self.startedWriting:
-            if not self._disconnected and self.channel is not None:
-                self.channel.transport.abortConnection()
-            return
-        self.setResponseCode(500)
-        self.setHeader(b"content-type", b"text/html")
-        self.setHeader(b"content-length", b"%d" % len(_PROCESSING_FAILED))
-        self.write(_PROCESSING_FAILED)
-        self.finish()
-
+    def _abort(self, channel: Any) -> None:
+        channel.transport.abortConnection()

@@ -13,9 +13,10 @@ a :class:`LeanH2Stream` and a :class:`LeanH2Request` instead of Twisted's
   ``Headers`` in one loop (the same dict as
   :class:`~nbgateway.proxy.h2_stream.GatewayH2Stream` makes: canonical names,
   ``:authority`` as ``Host``, values in arrival order);
-- the request is :class:`~nbgateway.proxy.fast_request.FastRequest`'s subset
-  of ``server.Request`` (what the gateway's resource, proxy, error pages and
-  access log use), dispatched straight to the site's resource when the
+- the request is :class:`~nbgateway.proxy.request_base.LeanRequest` (shared
+  with the HTTP/1.1 fast path's ``FastRequest``): the subset of
+  ``server.Request`` the gateway's resource, proxy, error pages and access
+  log use, dispatched straight to the site's resource when the
   stream's end is processed (where Twisted's ``requestComplete`` calls
   ``Request.process``): no resource traversal, no ``prepath``/``postpath``,
   no ``Deferred`` per stream for its cleanup;
@@ -38,16 +39,16 @@ fast path) keeps Twisted's stream and twisted.web's ``Request``.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from h2.exceptions import StreamClosedError
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web._http2 import _PullToPush
 from twisted.web.http_headers import Headers, _nameEncoder
+
+from nbgateway.proxy.request_base import LeanRequest
 
 log = Logger(namespace="nbgateway.proxy.h2")
 
@@ -57,38 +58,25 @@ _encode_name = _nameEncoder.encode
 _new_headers = Headers.__new__
 _NOT_DONE_YET = server.NOT_DONE_YET
 _NO_BODY_CODES = http.NO_BODY_CODES
-_RESPONSES = http.RESPONSES
-_SERVER = server.version
-_SERVER_NAME, _DATE, _CONTENT_TYPE, _CONTENT_LENGTH = (
-    _encode_name(n) for n in (b"server", b"date", b"content-type", b"content-length"))
-_PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body>"
-                      b"<b>Processing Failed</b></body></html>")
+_CONTENT_TYPE, _CONTENT_LENGTH = (_encode_name(n) for n in (b"content-type", b"content-length"))
 #: the methods the lean route serves (Twisted gives them a known empty body)
 LEAN_METHODS = frozenset((b"GET", b"HEAD"))
 #: request fields that send a stream down Twisted's route
 _DECLINE = frozenset((b"content-length", b"expect"))
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
-#: [second, Date value]: twisted.web's ``datetimeToString()``, once a second
-_date: list[Any] = [0, b""]
 
 
-def _http_date() -> bytes:
-    now = int(time.time())
-    if _date[0] != now:
-        _date[1] = http.datetimeToString(now)
-        _date[0] = now
-    return _date[1]
-
-
-class LeanH2Request:
+class LeanH2Request(LeanRequest):
     """A request served on the lean route: the part of twisted.web's
     ``server.Request`` the gateway's resource, proxy, error pages and access
-    log use (the attributes of :class:`~nbgateway.proxy.fast_request.FastRequest`,
-    read where they are not a ``FastRequest`` through ``getattr``), with the
+    log use (:class:`~nbgateway.proxy.request_base.LeanRequest`, which
+    :class:`~nbgateway.proxy.fast_request.FastRequest` shares), with the
     response written to its HTTP/2 stream (``channel``) as twisted.web's
     ``Request`` writes it there."""
 
     clientproto = b"HTTP/2"
+    _log_failure = staticmethod(log.failure)
+    _route = "h2 lean route"
     #: as on twisted.web's request of an HTTP/2 stream
     transport = None
     #: bodiless: no body stream, no buffered content
@@ -96,93 +84,14 @@ class LeanH2Request:
     content = None
     upstream_copy = None
 
-    __slots__ = (
-        "_bodiless", "_disconnected", "channel", "channel_host", "channel_peer", "code",
-        "code_message", "defaultContentType", "finish_hooks", "finished", "lost_hooks",
-        "method", "notifications", "path", "peer_ip", "producer", "proxy_error",
-        "requestHeaders", "responseHeaders", "routed", "secure", "sentLength",
-        "startedWriting", "underscore_names", "upstream_status", "uri",
-    )
-
-    def __init__(self, channel: LeanH2Stream, method: bytes, uri: bytes, headers: Headers,
-                 underscore: bool, info: tuple[Any, ...], routed: Any) -> None:
-        self.channel: LeanH2Stream | None = channel
-        self.method = method
-        self.uri = uri
-        self.path = uri.split(b"?", 1)[0]
-        self.requestHeaders = headers
-        self.channel_peer, self.peer_ip, self.channel_host, self.secure, _, _ = info
-        #: any request header name with "_" (the front door drops those)
-        self.underscore_names = underscore
-        #: the resource's ``fast_route`` answer for the request's host
-        self.routed = routed
-        self.code = 200
-        self.code_message = b"OK"
-        self.defaultContentType: bytes | None = b"text/html"
-        self.upstream_status: int | None = None
-        self.proxy_error: str | None = None
-        out = _new_headers(Headers)  # twisted.web's defaults, in its order
-        date = _date
-        out._rawHeaders = {_SERVER_NAME: [_SERVER], _DATE: [
-            date[1] if date[0] == int(time.time()) else _http_date()]}
-        self.responseHeaders = out
-        self.finished = False
-        self._disconnected = False
-        self.startedWriting = False
-        #: a HEAD (or 204/304) response's head is out: later writes are dropped
-        self._bodiless = False
-        self.sentLength = 0
-        self.producer: Any = None
-        self.finish_hooks: list[Any] | tuple[()] = ()
-        self.lost_hooks: list[Any] | tuple[()] = ()
-        self.notifications: list[defer.Deferred[None]] | tuple[()] = ()
+    __slots__ = ()
 
     # -- what resources read -------------------------------------------------
     def getHeader(self, key: bytes) -> bytes | None:
         values = self.requestHeaders._rawHeaders.get(_CANONICAL.get(key) or _encode_name(key))
         return values[-1] if values else None
 
-    def getClientAddress(self) -> Any:
-        return self.channel_peer
-
-    def getHost(self) -> Any:
-        return self.channel_host
-
-    def isSecure(self) -> bool:
-        return self.secure
-
-    def getCookie(self, key: bytes) -> bytes | None:  # login flows take Twisted's route
-        return None
-
-    def on_finish(self, fn: Any) -> None:
-        """``fn(None)`` when the response ends, ``fn(failure)`` when the
-        client is gone first (``notifyFinish`` without a Deferred)."""
-        if not self.finish_hooks:
-            self.finish_hooks = []
-        self.finish_hooks.append(fn)  # type: ignore[union-attr]
-
-    def on_lost(self, fn: Any) -> None:
-        """``fn(failure)`` when the client is gone before the response ended."""
-        if not self.lost_hooks:
-            self.lost_hooks = []
-        self.lost_hooks.append(fn)  # type: ignore[union-attr]
-
-    def notifyFinish(self) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
-        if not self.notifications:
-            self.notifications = []
-        self.notifications.append(d)  # type: ignore[union-attr]
-        return d
-
     # -- the response --------------------------------------------------------
-    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
-        self.code = code
-        self.code_message = message if message is not None else _RESPONSES.get(
-            code, b"Unknown Status")
-
-    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
-        self.responseHeaders.setRawHeaders(name, [value])
-
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self.producer:
             raise ValueError("a producer is already registered")
@@ -246,54 +155,10 @@ class LeanH2Request:
         self.channel = None
         if stream is not None:
             stream._conn.endRequest(stream.streamID)
-        if self.lost_hooks:
-            self.lost_hooks = ()
-        hooks = self.finish_hooks
-        if hooks:
-            self.finish_hooks = ()
-        for fn in hooks:
-            try:
-                fn(None)
-            except Exception:
-                log.failure("h2 lean route: a finish observer failed")
-        notifications, self.notifications = self.notifications, ()
-        for d in notifications:
-            d.callback(None)
+        self._ended()
 
-    def connectionLost(self, reason: Failure) -> None:
-        """The stream was reset or the connection lost."""
-        self._disconnected = True
-        self.channel = None
-        hooks, self.finish_hooks = self.finish_hooks, ()
-        for fn in hooks:
-            try:
-                fn(reason)
-            except Exception:
-                log.failure("h2 lean route: a finish observer failed")
-        lost, self.lost_hooks = self.lost_hooks, ()
-        for fn in lost:
-            try:
-                fn(reason)
-            except Exception:
-                log.failure("h2 lean route: a lost-connection observer failed")
-        notifications, self.notifications = self.notifications, ()
-        for d in notifications:
-            d.errback(reason)
-
-    def processing_failed(self, reason: Failure) -> None:
-        """An exception out of the resource: twisted.web's 500 page, or the
-        stream reset once the response has started."""
-        log.failure("h2 lean route: processing failed", failure=reason)
-        if self.finished or self._disconnected or self.startedWriting:
-            channel = self.channel
-            if not self._disconnected and channel is not None:
-                channel.abortConnection()
-            return
-        self.setResponseCode(500)
-        self.setHeader(b"content-type", b"text/html")
-        self.setHeader(b"content-length", b"%d" % len(_PROCESSING_FAILED))
-        self.write(_PROCESSING_FAILED)
-        self.finish()
+    def _abort(self, channel: Any) -> None:
+        channel.abortConnection()
 
 
 class LeanH2Stream:
@@ -474,5 +339,6 @@ def lean_stream(conn: Any, event: Any, info: tuple[Any, ...]) -> LeanH2Stream | 
     stream = LeanH2Stream(event.stream_id, conn)
     headers = _new_headers(Headers)
     headers._rawHeaders = raw
-    stream._request = LeanH2Request(stream, method, path, headers, underscore, info, route)
+    stream._request = LeanH2Request(stream, method, path, headers, False, underscore, info,
+                                    route)
     return stream

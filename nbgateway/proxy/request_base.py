@@ -1,0 +1,222 @@
+"""What the lean requests of both routes share: :class:`LeanRequest`.
+
+The HTTP/1.1 fast path's :class:`~nbgateway.proxy.fast_request.FastRequest`
+and the HTTP/2 lean route's :class:`~nbgateway.proxy.h2_lean.LeanH2Request`
+are the part of ``twisted.web.server.Request`` the gateway's resource,
+proxy, error pages and access log use.  This module holds what they have in
+common: the request's fields (method, target, headers, the connection's
+addresses), the response status and headers with twisted.web's defaults
+(``Server``, a ``Date`` formatted once per second by :func:`http_date`), the
+finish observers (``on_finish``, ``on_lost``, ``notifyFinish``) and
+twisted.web's 500 page.  Each route's class adds how the response is written
+(HTTP/1.1 framing on the connection, or frames on the HTTP/2 stream), how a
+header is looked up and how the connection is aborted.
+
+It imports neither the request body stream (:mod:`nbgateway.proxy.streaming`)
+nor the HTTP/2 connection: both routes' modules import it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.http_headers import Headers
+
+from nbgateway.proxy.headers import canonical_name
+
+_SERVER = server.version
+_new_headers = Headers.__new__
+_RESPONSES = http.RESPONSES
+PROCESSING_FAILED = (b"<html><head><title>Processing Failed</title></head><body>"
+                     b"<b>Processing Failed</b></body></html>")
+_CONNECTION, _SERVER_NAME, _DATE = map(canonical_name, ("Connection", "Server", "Date"))
+#: [second, ``Date`` value]
+_date_cache: list[Any] = [0, b""]
+
+
+def http_date() -> bytes:
+    """``Date`` as twisted.web formats it, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = http.datetimeToString(now)
+    return _date_cache[1]
+
+
+class LeanRequest:
+    """The fields and methods both lean requests share (see the module
+    docstring).  A subclass defines ``write``, ``finish``, ``getHeader``,
+    the producer registration, ``_abort(channel)`` (the connection or stream
+    reset once a response has started) and ``_log_failure`` (its logger's
+    ``failure``, the log lines keeping the route's namespace) and
+    ``_route`` (the log lines' prefix)."""
+
+    #: ``Logger.failure`` of the subclass's logger (a staticmethod)
+    _log_failure: Any
+    #: the log lines' prefix: which route
+    _route = "lean route"
+
+    # Slots only (fixed offsets, no per-instance dict): see FastRequest.
+    __slots__ = (
+        "_bodiless", "_disconnected", "channel", "channel_host", "channel_peer", "code",
+        "code_message", "defaultContentType", "finish_hooks", "finished", "lost_hooks",
+        "method", "notifications", "path", "peer_ip", "producer", "proxy_error",
+        "requestHeaders", "responseHeaders", "routed", "secure", "sentLength",
+        "startedWriting", "underscore_names", "upstream_status", "uri",
+    )
+
+    def __init__(self, channel: Any, method: bytes, uri: bytes, headers: Headers,
+                 close: bool, underscore: bool, info: tuple[Any, ...] | None,
+                 routed: Any) -> None:
+        self.channel = channel
+        self.method = method
+        self.uri = uri
+        self.path = uri.split(b"?", 1)[0]
+        self.requestHeaders = headers
+        # ``info``: the connection's tuple (made once per connection): the
+        # client's address, its host as text (what the front resource logs),
+        # the local address, TLS or not, ...
+        if info is not None:
+            self.channel_peer, self.peer_ip, self.channel_host, self.secure, _, _ = info
+        else:
+            self.channel_peer = self.channel_host = self.peer_ip = None
+            self.secure = False
+        #: any request header name with "_" (the front door drops those; True: unknown)
+        self.underscore_names = underscore
+        #: the resource's ``fast_route`` answer for the request's host, when
+        #: known as the request is made (None: route it again)
+        self.routed = routed
+        self.code = 200
+        self.code_message = b"OK"
+        self.defaultContentType: bytes | None = b"text/html"
+        self.upstream_status: int | None = None
+        self.proxy_error: str | None = None
+        # the defaults twisted.web sets, in its order
+        raw = {_CONNECTION: [b"close"]} if close else {}
+        raw[_SERVER_NAME] = [_SERVER]
+        date = _date_cache  # http_date(), its cached value read inline
+        raw[_DATE] = [date[1] if date[0] == int(time.time()) else http_date()]
+        out = _new_headers(Headers)  # headers_from_raw(raw), inline
+        out._rawHeaders = raw
+        self.responseHeaders = out
+        self.finished = False
+        self._disconnected = False
+        self.startedWriting = False
+        #: a HEAD (or 204/304) response's head is out: later writes are dropped
+        self._bodiless = False
+        self.sentLength = 0
+        self.producer: Any = None
+        #: ``on_finish`` observers (the list is made on first use)
+        self.finish_hooks: list[Any] | tuple[()] = ()
+        #: ``on_lost`` observers (the list is made on first use)
+        self.lost_hooks: list[Any] | tuple[()] = ()
+        #: notifyFinish's Deferreds (the list is made on first use)
+        self.notifications: list[defer.Deferred[None]] | tuple[()] = ()
+
+    # -- what resources read -------------------------------------------------
+    def getClientAddress(self) -> Any:
+        return self.channel_peer
+
+    def getHost(self) -> Any:
+        return self.channel_host
+
+    def isSecure(self) -> bool:
+        return self.secure
+
+    def getCookie(self, key: bytes) -> bytes | None:  # login flows take twisted.web's route
+        return None
+
+    def on_finish(self, fn: Any) -> None:
+        """``fn(None)`` when the response ends, ``fn(failure)`` when the client
+        is gone first: ``notifyFinish`` without a Deferred per observer."""
+        if not self.finish_hooks:
+            self.finish_hooks = []
+        self.finish_hooks.append(fn)  # type: ignore[union-attr]
+
+    def on_lost(self, fn: Any) -> None:
+        """``fn(failure)`` when the client is gone before the response ended
+        (after the ``on_finish`` observers); never called otherwise."""
+        if not self.lost_hooks:
+            self.lost_hooks = []
+        self.lost_hooks.append(fn)  # type: ignore[union-attr]
+
+    def notifyFinish(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if not self.notifications:
+            self.notifications = []
+        self.notifications.append(d)  # type: ignore[union-attr]
+        return d
+
+    # -- the response --------------------------------------------------------
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+        self.code_message = message if message is not None else _RESPONSES.get(
+            code, b"Unknown Status")
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def _ended(self) -> None:
+        """The response ended (``finish``): the finish observers with None,
+        the ``notifyFinish`` Deferreds' callbacks; the lost ones dropped."""
+        if self.lost_hooks:
+            self.lost_hooks = ()
+        hooks = self.finish_hooks
+        if hooks:
+            self.finish_hooks = ()
+        for fn in hooks:
+            try:
+                fn(None)
+            except Exception:
+                self._log_failure("{route}: a finish observer failed", route=self._route)
+        notifications, self.notifications = self.notifications, ()
+        for d in notifications:
+            d.callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The client is gone (connection lost, stream reset)."""
+        self._disconnected = True
+        self.channel = None
+        self._lost(reason)
+
+    def _lost(self, reason: Failure) -> None:
+        """The client went away first: the finish observers, then the lost
+        ones, with ``reason``; the ``notifyFinish`` Deferreds' errbacks."""
+        hooks, self.finish_hooks = self.finish_hooks, ()
+        for fn in hooks:
+            try:
+                fn(reason)
+            except Exception:
+                self._log_failure("{route}: a finish observer failed", route=self._route)
+        lost, self.lost_hooks = self.lost_hooks, ()
+        for fn in lost:
+            try:
+                fn(reason)
+            except Exception:
+                self._log_failure("{route}: a lost-connection observer failed",
+                                  route=self._route)
+        notifications, self.notifications = self.notifications, ()
+        for d in notifications:
+            d.errback(reason)
+
+    def _abort(self, channel: Any) -> None:
+        raise NotImplementedError
+
+    def processing_failed(self, reason: Failure) -> None:
+        """An exception out of the resource: twisted.web's 500 page, or the
+        connection (stream) reset once the response has started."""
+        self._log_failure("{route}: processing failed", failure=reason, route=self._route)
+        if self.finished or self._disconnected or self.startedWriting:
+            channel = self.channel
+            if not self._disconnected and channel is not None:
+                self._abort(channel)
+            return
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"text/html")
+        self.setHeader(b"content-length", b"%d" % len(PROCESSING_FAILED))
+        self.write(PROCESSING_FAILED)  # type: ignore[attr-defined]
+        self.finish()  # type: ignore[attr-defined]
