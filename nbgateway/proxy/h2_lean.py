@@ -92,20 +92,6 @@ class LeanH2Request(LeanRequest):
         return values[-1] if values else None
 
     # -- the response --------------------------------------------------------
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self.producer:
-            raise ValueError("a producer is already registered")
-        self.producer = producer
-        channel = self.channel
-        if channel is not None:
-            channel.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        channel = self.channel
-        if channel is not None:
-            channel.unregisterProducer()
-        self.producer = None
-
     def write(self, data: bytes) -> None:
         if self.finished:
             raise RuntimeError("Request.write called on a request after Request.finish")

@@ -50,7 +50,7 @@ def http_date() -> bytes:
 class LeanRequest:
     """The fields and methods both lean requests share (see the module
     docstring).  A subclass defines ``write``, ``finish``, ``getHeader``,
-    the producer registration, ``_abort(channel)`` (the connection or stream
+    ``_abort(channel)`` (the connection or stream
     reset once a response has started) and ``_log_failure`` (its logger's
     ``failure``, the log lines keeping the route's namespace) and
     ``_route`` (the log lines' prefix)."""
@@ -159,6 +159,22 @@ class LeanRequest:
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         self.responseHeaders.setRawHeaders(name, [value])
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """The producer registered with the channel (the HTTP/1.1 fast path
+        inlines its channel's registration)."""
+        if self.producer:
+            raise ValueError("a producer is already registered")
+        self.producer = producer
+        channel = self.channel
+        if channel is not None:
+            channel.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        channel = self.channel
+        if channel is not None:
+            channel.unregisterProducer()
+        self.producer = None
 
     def _ended(self) -> None:
         """The response ended (``finish``): the finish observers with None,
