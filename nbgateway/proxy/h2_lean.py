@@ -77,13 +77,6 @@ class LeanH2Request(LeanRequest):
     clientproto = b"HTTP/2"
     _log_failure = staticmethod(log.failure)
     _route = "h2 lean route"
-    #: as on twisted.web's request of an HTTP/2 stream
-    transport = None
-    #: bodiless: no body stream, no buffered content
-    body_stream = None
-    content = None
-    upstream_copy = None
-
     __slots__ = ()
 
     # -- what resources read -------------------------------------------------

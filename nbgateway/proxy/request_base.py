@@ -61,18 +61,24 @@ class LeanRequest:
     _route = "lean route"
 
     # Slots only (fixed offsets, no per-instance dict): see FastRequest.
+    # The HTTP/1.1 framing's (``chunked``, ``_held``) are here too: one
+    # ``__init__`` (one frame) per request on either route.
     __slots__ = (
-        "_bodiless", "_disconnected", "channel", "channel_host", "channel_peer", "code",
-        "code_message", "defaultContentType", "finish_hooks", "finished", "lost_hooks",
-        "method", "notifications", "path", "peer_ip", "producer", "proxy_error",
-        "requestHeaders", "responseHeaders", "routed", "secure", "sentLength",
-        "startedWriting", "underscore_names", "upstream_status", "uri",
+        "_bodiless", "_disconnected", "_held", "body_stream", "channel", "channel_host",
+        "channel_peer", "chunked", "code", "code_message", "content", "defaultContentType",
+        "finish_hooks", "finished", "lost_hooks", "method", "notifications", "path", "peer_ip",
+        "producer", "proxy_error", "requestHeaders", "responseHeaders", "routed", "secure",
+        "sentLength", "startedWriting", "transport", "underscore_names", "upstream_copy",
+        "upstream_status", "uri",
     )
 
     def __init__(self, channel: Any, method: bytes, uri: bytes, headers: Headers,
-                 close: bool, underscore: bool, info: tuple[Any, ...] | None,
-                 routed: Any) -> None:
+                 close: bool, underscore: bool = True, info: tuple[Any, ...] | None = None,
+                 routed: Any = None) -> None:
         self.channel = channel
+        #: the connection's transport (HTTP/1.1); None on an HTTP/2 stream,
+        #: as on twisted.web's request of one
+        self.transport = channel.transport
         self.method = method
         self.uri = uri
         self.path = uri.split(b"?", 1)[0]
@@ -87,9 +93,16 @@ class LeanRequest:
             self.secure = False
         #: any request header name with "_" (the front door drops those; True: unknown)
         self.underscore_names = underscore
-        #: the resource's ``fast_route`` answer for the request's host, when
-        #: known as the request is made (None: route it again)
+        #: the resource's ``fast_route`` answer for the request's host: the
+        #: HTTP/2 lean route's, or the fast path's when the request is
+        #: dispatched in the turn that routed it (None: route it again)
         self.routed = routed
+        #: (the HTTP/1.1 head parse's upstream lines of the headers a route
+        #: plan copies as they are, how many names the headers had): the plan
+        #: takes the lines instead of walking the headers while they still
+        #: have that many names and no change was made through their methods
+        #: (``fast_request.ParsedHeaders``); None: the plan walks them
+        self.upstream_copy: tuple[list[bytes], int] | None = None
         self.code = 200
         self.code_message = b"OK"
         self.defaultContentType: bytes | None = b"text/html"
@@ -109,6 +122,14 @@ class LeanRequest:
         #: a HEAD (or 204/304) response's head is out: later writes are dropped
         self._bodiless = False
         self.sentLength = 0
+        #: HTTP/1.1 framing: a chunked response, its bytes held to the end of
+        #: the upstream's read (or the response's end): see FastRequest._send
+        self.chunked = False
+        self._held: list[bytes] | None = None
+        #: the request body's stream (HTTP/1.1 with a body; None: none),
+        #: the buffered body (None: none)
+        self.body_stream: Any = None
+        self.content: Any = None
         self.producer: Any = None
         #: ``on_finish`` observers (the list is made on first use)
         self.finish_hooks: list[Any] | tuple[()] = ()

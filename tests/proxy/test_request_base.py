@@ -42,6 +42,8 @@ class _FastChannel:
 
 
 class _Stream:
+    transport = None  # as LeanH2Stream's (an HTTP/2 stream has none)
+
     def __init__(self) -> None:
         self.aborted = 0
 
@@ -81,6 +83,8 @@ def test_both_requests_are_the_shared_base_with_slots_only() -> None:
     assert list(lean.responseHeaders._rawHeaders) == [b"Server", b"Date"]
     assert lean.routed == ("routed",) and fast.routed is None
     assert fast.clientproto == b"HTTP/1.1" and lean.clientproto == b"HTTP/2"
+    assert lean.transport is None and lean.body_stream is None and lean.content is None
+    assert lean.upstream_copy is None and fast.transport is not None
 
 
 def test_the_base_imports_neither_the_body_stream_nor_http2() -> None:
