@@ -147,14 +147,14 @@ class LeanH2Stream:
     ``abortConnection``, addresses), as Twisted's ``H2Stream``."""
 
     __slots__ = ("_conn", "_producerProducing", "_request", "hasStreamingProducer",
-                 "persistent", "producer", "producing", "streamID")
-
-    #: as on Twisted's ``H2Stream``: an HTTP/2 stream has no transport
-    transport = None
+                 "persistent", "producer", "producing", "streamID", "transport")
 
     def __init__(self, stream_id: int, conn: Any) -> None:
         self.streamID = stream_id
         self._conn = conn
+        #: as on Twisted's ``H2Stream``: an HTTP/2 stream has no transport (a
+        #: slot: the request's ``__init__`` reads it, specialised)
+        self.transport = None
         self._request: LeanH2Request | None = None
         self.producer: Any = None
         self._producerProducing = False
