@@ -56,7 +56,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET
 
 from nbgateway.proxy.fast_request import (  # noqa: F401 (re-exported)
-    _CONNECTION,
     _NAMES,
     _NAMES_MAX,
     FastRequest,

@@ -31,7 +31,6 @@ from nbgateway.proxy.request_base import LeanRequest, http_date  # noqa: F401 (r
 log = Logger(namespace="nbgateway.proxy.fast")
 
 _NO_BODY_CODES = http.NO_BODY_CODES
-_CONNECTION = canonical_name("Connection")
 _CONTENT_TYPE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
     canonical_name, ("Content-Type", "Content-Length", "Transfer-Encoding"))
 #: request header names as received -> (as ``Headers`` keeps them, what the
@@ -118,9 +117,11 @@ class _Head:
                 else:
                     self.length = int(value)
             elif kind == _KIND_CONNECTION:
-                if _CONNECTION not in self.headers:
-                    # twisted.web's rule: the first Connection header, split on spaces
-                    self.close = b"close" in [t.lower() for t in value.split(b" ")]
+                # a comma-separated list (RFC 9110 7.6.1), any field of it; as
+                # streaming.connection_close (twisted.web split the first
+                # field on spaces, so "close, X-Foo" kept the connection)
+                if b"close" in value.lower().replace(b",", b" ").split():
+                    self.close = True
             else:  # Transfer-Encoding, Upgrade, Expect
                 self.decline = True
         if 13 in value or 10 in value:  # CR, LF (an int is found by memchr: ~10x faster)

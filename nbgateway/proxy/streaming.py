@@ -53,6 +53,12 @@ LINGER_MAX_BYTES = 1024 * 1024
 
 
 @implementer(IBodyProducer)
+def connection_close(values: Any) -> bool:
+    """Whether ``Connection`` field values hold the ``close`` token: each a
+    comma-separated list with optional whitespace, compared caselessly."""
+    return any(b"close" in value.lower().replace(b",", b" ").split() for value in values)
+
+
 class RequestBodyStream:
     """The body of a :class:`StreamingRequest`, produced to one consumer.
 
@@ -293,6 +299,18 @@ class StreamingHTTPChannel(http.HTTPChannel):
     _linger_next_close = False
 
     _held: list[bytes] | None = None
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """twisted.web's rule, with ``Connection`` read as the comma-separated
+        list RFC 9110 (7.6.1) makes it: twisted.web splits its first value on
+        spaces only, so ``close, X-Foo`` or ``keep-alive,close`` kept the
+        connection open.  Any ``close`` token in any ``Connection`` field
+        closes (as :mod:`nbgateway.proxy.fast_request` reads it)."""
+        if version == b"HTTP/1.1" and connection_close(
+                request.requestHeaders.getRawHeaders(b"connection") or ()):
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
 
     def hold_writes(self) -> None:
         """Collect what the request writes until :meth:`release_writes`."""

@@ -10,7 +10,7 @@ import random
 import httptools
 
 from nbgateway.proxy import fast
-from nbgateway.proxy.fast import _CONNECTION, _Head
+from nbgateway.proxy.fast import _Head
 from nbgateway.proxy.headers import canonical_name
 
 
@@ -30,8 +30,10 @@ class _Reference(_Head):
             else:
                 self.length = int(value)
         elif lower == b"connection":
-            if _CONNECTION not in self.headers:
-                self.close = b"close" in [t.lower() for t in value.split(b" ")]
+            # RFC 9110 7.6.1: a comma-separated list; a close token in any field
+            tokens = [t.strip().lower() for field in value.split(b",") for t in field.split()]
+            if b"close" in tokens:
+                self.close = True
         elif lower in (b"transfer-encoding", b"upgrade", b"expect"):
             self.decline = True
         if b"\r" in value or b"\n" in value:
@@ -46,7 +48,9 @@ NAMES = [b"Host", b"host", b"HOST", b"Content-Length", b"content-LENGTH", b"Conn
          b"X_Under", b"x-under_score", b"Accept", b"Cookie", b"X-Forwarded-For", b"Hosts",
          b"Connection-Id"]
 VALUES = {b"content-length": [b"0", b"12", b"x1"], b"connection": [b"close", b"keep-alive",
-                                                                   b"Keep-Alive Close"]}
+                                                                   b"Keep-Alive Close",
+                                                                   b"keep-alive,close",
+                                                                   b"X-Foo, Close"]}
 
 
 def _parse(head_cls: type[_Head], data: bytes) -> tuple:

@@ -296,6 +296,25 @@ class FastPathParityTests(unittest.TestCase):
                             fast_served=1)
             self.assertFalse(self.sites[True].channels[-1].fast)
 
+    @defer.inlineCallbacks
+    def test_a_close_token_in_the_connection_list_closes(self):
+        """``Connection`` is a comma-separated list (RFC 9110 7.6.1): a
+        ``close`` token anywhere in it, in any case, in any field, closes on
+        both paths (twisted.web split the first field on spaces, so ``close,
+        X-Foo`` or ``keep-alive,close`` kept the connection open); the
+        exchange completes only when the gateway closes."""
+        for value in (b"close, X-Foo", b"keep-alive,close", b"Keep-Alive, Close",
+                      b"X-Foo ,close", b"CLOSE", b"keep-alive\r\nConnection: close"):
+            raw = yield self.both(b"GET /a HTTP/1.1\r\nHost: app.example\r\nConnection: "
+                                  + value + b"\r\n\r\n", fast_served=1)
+            self.assertTrue(raw.startswith(b"HTTP/1.1 200 OK\r\n"), raw)
+            self.assertIn(b"\r\nConnection: close\r\n", raw)
+        # a list without the token keeps the connection for the next request
+        raw = yield self.both(b"GET /a HTTP/1.1\r\nHost: app.example\r\nConnection: "
+                              b"keep-alive, X-Foo\r\n\r\nGET /b HTTP/1.1\r\nHost: app.example"
+                              b"\r\nConnection: close\r\n\r\n", fast_served=2)
+        self.assertEqual(raw.count(b"HTTP/1.1 200 OK\r\n"), 2, raw)
+
 
 class _Never(resource.Resource):
     isLeaf = True
