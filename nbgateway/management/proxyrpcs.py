@@ -573,6 +573,17 @@ class StatusRpcs:
         return f"token-{caller.id}"
 
 
+def scoped_log_id(scope: str | None, log_id: str) -> str:
+    """The stored id of an entry an account-scoped (BYOP) gateway sent: its
+    ``log_id`` under the account's prefix.  Ids are the idempotency key and
+    unique management-wide, so a tenant's own gateway must not be able to
+    store, first, the ids another gateway will give other tenants' entries
+    (upstream's xids are predictable); management-wide gateways keep theirs."""
+    if scope is None or not log_id:
+        return log_id
+    return f"{scope}~{log_id}"
+
+
 class AccessLogRpcs:
     """SendAccessLog and the NbgwSendAccessLogBatch extension."""
 
@@ -596,6 +607,8 @@ class AccessLogRpcs:
             record = access_log_record(req.log)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if caller.account_id is not None:
+            record = dataclasses.replace(record, id=scoped_log_id(caller.account_id, record.id))
         try:
             self.store.access_logs.append(record)
         except ManagementError as exc:
@@ -624,15 +637,19 @@ class AccessLogRpcs:
                     enforce_scope(caller, account_id, context)  # aborts: the whole batch
         try:
             if columns is not None:
+                if scoped is not None:
+                    columns[0] = [scoped_log_id(scoped, i) for i in columns[0]]
                 stored = self.store.access_logs.append_columns(columns)
             else:
                 values = []
                 rejected = 0
                 for entry in logs:
                     try:
-                        values.append(access_log_values(entry))
+                        v = access_log_values(entry)
                     except ValueError:
                         rejected += 1
+                        continue
+                    values.append((scoped_log_id(scoped, v[0]), *v[1:]))
                 self.rejected += rejected
                 stored = self.store.access_logs.append_values(values)
         except ManagementError as exc:

@@ -213,7 +213,7 @@ def test_nullable_columns_and_flags_round_trip_in_any_mix(store, account):
              message(account.id, "m-1", user_id=""),
              message(account.id, "m-2", user_id="alice", agent_network=False)]
     rpcs, ctx = AccessLogRpcs(store), Context()
-    caller = types.SimpleNamespace(account_id=account.id)
+    caller = types.SimpleNamespace(account_id=None)  # a shared gateway: ids as sent
     assert rpcs.NbgwSendAccessLogBatch(plain, ctx, caller).stored == 4
     req = pb.NbgwSendAccessLogBatchRequest(logs=mixed)
     assert rpcs.NbgwSendAccessLogBatch(req, ctx, caller).stored == 3

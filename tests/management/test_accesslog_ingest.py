@@ -117,7 +117,7 @@ def test_malformed_values_raise_value_error(bad):
 
 def test_batch_rpc_stores_once_with_exact_counts_and_groups(store, account, alice):
     rpcs, ctx = AccessLogRpcs(store), Context()
-    caller = types.SimpleNamespace(account_id=account.id)
+    caller = types.SimpleNamespace(account_id=None)  # a shared gateway: ids as sent
     big, small = batch(account.id, "big", 60), batch(account.id, "small", 3)
     assert rpcs.NbgwSendAccessLogBatch(big, ctx, caller).stored == 60  # COPY on PostgreSQL
     assert rpcs.NbgwSendAccessLogBatch(small, ctx, caller).stored == 3  # VALUES there
