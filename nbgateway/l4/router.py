@@ -93,6 +93,8 @@ class PortRouter(Factory):
         self.proxy_protocol = proxy_protocol
         self.trusted = trusted
         self.max_relays = max_relays
+        #: source address -> its connections still before their route (see source_cap)
+        self.pending_sources: dict[str, int] = {}
         self.account_id = account_id  # the tunnel listener's account (private), else None
         self.sni_routes: dict[str, L4Target] = {}
         self.fallback: L4Target | None = None
@@ -213,13 +215,42 @@ class PortRouter(Factory):
             return None
         return self.buildProtocol(addr)
 
+    def source_cap(self) -> int:
+        """Connections one source address may have before their route (the
+        PROXY header or SNI peek, up to HEADER_TIMEOUT each): silent
+        connections count against ``max_relays``, so without a share one
+        address could refuse every tenant of a shared port."""
+        return max(2, self.max_relays // 64)
+
     def buildProtocol(self, addr: Any) -> Protocol | None:
         if self.http_factory is None and self.at_limit():
             return None  # Twisted closes the accepted socket
+        host = getattr(addr, "host", None)
+        if host is not None and self.http_factory is None and not self.proxy_protocol:
+            # (behind a PROXY-protocol balancer every connection has its address)
+            held = self.pending_sources.get(host, 0)
+            if held >= self.source_cap():
+                self.stats.source_limit_hits += 1
+                if self.stats.source_limit_hits == 1 or self.stats.source_limit_hits % 1000 == 0:
+                    log.warn("{source} holds {held} connections before their route on port "
+                             "{port}; refusing its new ones ({hits} so far)", source=host,
+                             held=held, port=self.port, hits=self.stats.source_limit_hits)
+                return None
+            self.pending_sources[host] = held + 1
+        else:
+            host = None
         proto = L4ServerProtocol(self)
         proto.addr = addr
+        proto._pending_source = host
         self.connections[proto] = None
         return proto
+
+    def _source_routed(self, host: str) -> None:
+        held = self.pending_sources.get(host, 0) - 1
+        if held > 0:
+            self.pending_sources[host] = held
+        else:
+            self.pending_sources.pop(host, None)
 
     def close_all(self, reason: str = "shutdown") -> None:
         for conn in list(self.connections):
@@ -247,6 +278,8 @@ class L4ServerProtocol(Protocol):
         self.started = router.clock.seconds()
         self.addr: Any = None
         self.http: Any = None  # the HTTP channel's protocol once handed over
+        #: the source address counted in router.pending_sources until routed
+        self._pending_source: str | None = None
         self._proxied_peer = False
         #: the account whose relay count this connection holds (see _dial)
         self._held: str | None = None
@@ -344,8 +377,14 @@ class L4ServerProtocol(Protocol):
             self._deadline.cancel()
         self._deadline = None
 
+    def _left_pending(self) -> None:
+        host, self._pending_source = self._pending_source, None
+        if host is not None:
+            self.router._source_routed(host)
+
     def _route(self, server_name: str) -> None:
         self._cancel_deadline()
+        self._left_pending()
         target = self.router.choose(server_name)
         lookup = self.router.http_lookup
         if self.router.http_factory is not None and (
@@ -488,6 +527,7 @@ class L4ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
+        self._left_pending()
         self.router.connections.pop(self, None)
         if self.relay is None and self.http is None and self.state != "closed":
             # gone before its relay: a pending gate's answer must dial nothing

@@ -18,6 +18,7 @@ class L4Stats:
         self.dial_failures = 0
         self.limit_hits = 0
         self.account_limit_hits = 0
+        self.source_limit_hits = 0
         self.header_timeouts = 0
         self.bad_input = 0
         self.no_route = 0
@@ -47,6 +48,9 @@ class L4Stats:
              self.limit_hits),
             ("account_limit_hits", "connections refused because their account held half "
              "of a shared router's relays", self.account_limit_hits),
+            ("source_limit_hits", "connections refused because their source address "
+             "held its share of a router's connections still before their route",
+             self.source_limit_hits),
             ("header_timeouts", "connections cut at the PROXY/SNI deadline",
              self.header_timeouts),
             ("bad_input", "malformed PROXY headers or missing required ones", self.bad_input),
