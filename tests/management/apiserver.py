@@ -234,6 +234,24 @@ def running_server(tmp_path_factory: pytest.TempPathFactory,
         srv.stop()
 
 
+@contextmanager
+def server_with_cluster(tmp_path_factory: pytest.TempPathFactory, backend: str,
+                        cluster: str) -> Iterator[ApiServer]:
+    """:func:`running_server` where a management-wide gateway serves
+    ``cluster`` (registered in the store), so services can be made on it."""
+    from nbgateway.management.model import ProxyRecord
+
+    with running_server(tmp_path_factory, backend) as srv:
+        store = srv.open_store()
+        try:
+            store.proxies.register(ProxyRecord(
+                id=uniq("px"), session_id=uniq("s"), cluster_address=cluster,
+                ip_address="127.0.0.1", account_id=None))
+        finally:
+            store.close()
+        yield srv
+
+
 # -- helpers of the multi-account tests ----------------------------------------------
 
 

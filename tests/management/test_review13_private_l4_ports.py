@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from .apiserver import BACKENDS, new_account, running_server, uniq
+from .apiserver import BACKENDS, new_account, server_with_cluster, uniq
 
 CLUSTER = "cl.review13l4.test"
 SERVICES = "/api/reverse-proxies/services"
@@ -29,16 +29,7 @@ SERVICES = "/api/reverse-proxies/services"
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    with running_server(tmp_path_factory, request.param) as srv:
-        from nbgateway.management.model import ProxyRecord
-
-        store = srv.open_store()
-        try:
-            store.proxies.register(ProxyRecord(
-                id=uniq("px"), session_id=uniq("s"), cluster_address=CLUSTER,
-                ip_address="127.0.0.1", account_id=None))
-        finally:
-            store.close()
+    with server_with_cluster(tmp_path_factory, request.param, CLUSTER) as srv:
         yield srv
 
 

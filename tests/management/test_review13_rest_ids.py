@@ -37,7 +37,7 @@ from nacl.public import PrivateKey
 from nbgateway.management.api.calls import encode_cursor
 from nbgateway.management.model import AccessLogEntry, ProxyRecord
 
-from .apiserver import BACKENDS, account_id, new_account, running_server, uniq
+from .apiserver import BACKENDS, account_id, new_account, server_with_cluster, uniq
 
 CLUSTER = "cl.review13.test"
 SERVICES = "/api/reverse-proxies/services"
@@ -45,14 +45,7 @@ SERVICES = "/api/reverse-proxies/services"
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    with running_server(tmp_path_factory, request.param) as srv:
-        store = srv.open_store()
-        try:  # a management-wide gateway serves the shared cluster
-            store.proxies.register(ProxyRecord(
-                id=uniq("px"), session_id=uniq("s"), cluster_address=CLUSTER,
-                ip_address="127.0.0.1", account_id=None))
-        finally:
-            store.close()
+    with server_with_cluster(tmp_path_factory, request.param, CLUSTER) as srv:
         yield srv
 
 

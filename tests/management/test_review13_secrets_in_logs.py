@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import pytest
 
-from nbgateway.management.model import ProxyRecord
 from tests.ui.harness import UiClient
 
-from .apiserver import BACKENDS, new_account, running_server, uniq
+from .apiserver import BACKENDS, new_account, server_with_cluster, uniq
 
 CLUSTER = "cl.review13log.test"
 SERVICES = "/api/reverse-proxies/services"
@@ -25,14 +24,7 @@ SERVICES = "/api/reverse-proxies/services"
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    with running_server(tmp_path_factory, request.param) as srv:
-        store = srv.open_store()
-        try:
-            store.proxies.register(ProxyRecord(
-                id=uniq("px"), session_id=uniq("s"), cluster_address=CLUSTER,
-                ip_address="127.0.0.1", account_id=None))
-        finally:
-            store.close()
+    with server_with_cluster(tmp_path_factory, request.param, CLUSTER) as srv:
         yield srv
 
 

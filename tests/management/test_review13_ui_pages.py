@@ -18,10 +18,9 @@ import re
 import pytest
 from nacl.public import PrivateKey
 
-from nbgateway.management.model import ProxyRecord
 from tests.ui.harness import UiClient
 
-from .apiserver import BACKENDS, account_id, new_account, running_server, uniq
+from .apiserver import BACKENDS, account_id, new_account, server_with_cluster, uniq
 
 CLUSTER = "cl.review13ui.test"
 SERVICES = "/api/reverse-proxies/services"
@@ -29,14 +28,7 @@ SERVICES = "/api/reverse-proxies/services"
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    with running_server(tmp_path_factory, request.param) as srv:
-        store = srv.open_store()
-        try:
-            store.proxies.register(ProxyRecord(
-                id=uniq("px"), session_id=uniq("s"), cluster_address=CLUSTER,
-                ip_address="127.0.0.1", account_id=None))
-        finally:
-            store.close()
+    with server_with_cluster(tmp_path_factory, request.param, CLUSTER) as srv:
         yield srv
 
 
