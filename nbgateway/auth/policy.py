@@ -102,9 +102,8 @@ class RequestFacts:
     header_names: tuple[str, ...]
     session_key: str
     max_age: int
-    cookie: str = ""  # the nb_session value, if any
-    #: every nb_session value the request carried (a sibling subdomain may
-    #: toss one with Domain=<parent>): each is tried, cookie is the first
+    #: every nb_session value the request carried, in order (a sibling
+    #: subdomain may toss one with Domain=<parent>): each is tried
     cookies: tuple[str, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case name -> value
     query: Mapping[str, str] = field(default_factory=dict)  # first value per query key
@@ -236,7 +235,7 @@ class Protect:
         if "error" in f.query:
             desc = f.query.get("error_description", "") or DENIED_DEFAULT
             return Respond(403, "denied", message=desc, mechanism="oidc")
-        for cookie in f.cookies or ((f.cookie,) if f.cookie else ()):
+        for cookie in f.cookies:
             ident = self.verifier.verify(cookie, f.session_key, f.host, f.now)
             if (ident is not None and not revoked_session(cookie, f.sessions_not_before)
                     and self._still_offered(ident.method)):

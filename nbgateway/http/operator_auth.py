@@ -136,7 +136,6 @@ class OperatorAuth:
                 now = self.clock.seconds()
                 trusted = (self.form_tokens.check(form.get(csrf.FIELD, ""), host, now)
                            and csrf.same_site(lower, host))
-        cookie = request.getCookie(COOKIE_NAME.encode()) or b""
         cookies = _session_cookies(headers.getRawHeaders(b"cookie") or ())
         secure = bool(request.isSecure())
         mtls_identity, mtls_error = (clientcert.judge(self.mtls, entry, request,
@@ -147,7 +146,7 @@ class OperatorAuth:
             now=self.clock.seconds(), account_id=entry.account_id,
             service_id=entry.service.service_id, schemes=entry.schemes,
             header_names=entry.service.header_auth_names, session_key=entry.session_key,
-            max_age=entry.session_max_age, cookie=cookie.decode("latin-1"), cookies=cookies,
+            max_age=entry.session_max_age, cookies=cookies,
             headers=lower,
             query=query, form=form, scheme="https" if secure else "http",
             form_trusted=trusted, form_oversized=oversized, client_ip=ctx.source_ip,

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
 
-from nbgateway.proxy.headers import canonical_name, plan_skips
+from nbgateway.proxy.headers import canonical_name, connection_close, plan_skips
 from nbgateway.proxy.request_base import LeanRequest, http_date  # noqa: F401 (re-exported)
 
 log = Logger(namespace="nbgateway.proxy.fast")
@@ -117,10 +117,7 @@ class _Head:
                 else:
                     self.length = int(value)
             elif kind == _KIND_CONNECTION:
-                # a comma-separated list (RFC 9110 7.6.1), any field of it; as
-                # streaming.connection_close (twisted.web split the first
-                # field on spaces, so "close, X-Foo" kept the connection)
-                if b"close" in value.lower().replace(b",", b" ").split():
+                if connection_close((value,)):  # any field of the list closes
                     self.close = True
             else:  # Transfer-Encoding, Upgrade, Expect
                 self.decline = True

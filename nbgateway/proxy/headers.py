@@ -193,6 +193,15 @@ def _tokens(values: list[bytes] | None) -> set[bytes]:
     return out
 
 
+def connection_close(values: Iterable[bytes]) -> bool:
+    """Whether ``Connection`` field values hold the ``close`` token: each a
+    comma-separated list (RFC 9110 7.6.1, as :func:`_tokens` reads it),
+    compared caselessly; a ``close`` separated by whitespace alone still
+    counts (twisted.web's rule, which split on spaces only: closing is the
+    safe reading).  Both HTTP/1.1 paths decide persistence with it."""
+    return any(b"close" in value.lower().replace(b",", b" ").split() for value in values)
+
+
 _EXPECT_B, _CONTENT_LENGTH_B = map(canonical_name, ("Expect", "Content-Length"))
 #: lower-case names the upstream client drops from a request head (its own framing)
 FRAMING_LOWER = (b"content-length", b"transfer-encoding", b"connection")

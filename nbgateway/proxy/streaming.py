@@ -35,6 +35,8 @@ from twisted.web.http import H2_ENABLED
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from nbgateway.proxy.headers import connection_close
+
 log = Logger()
 
 STREAM_THRESHOLD = 64 * 1024  # larger (or chunked) bodies are streamed
@@ -53,12 +55,6 @@ LINGER_MAX_BYTES = 1024 * 1024
 
 
 @implementer(IBodyProducer)
-def connection_close(values: Any) -> bool:
-    """Whether ``Connection`` field values hold the ``close`` token: each a
-    comma-separated list with optional whitespace, compared caselessly."""
-    return any(b"close" in value.lower().replace(b",", b" ").split() for value in values)
-
-
 class RequestBodyStream:
     """The body of a :class:`StreamingRequest`, produced to one consumer.
 
@@ -305,7 +301,8 @@ class StreamingHTTPChannel(http.HTTPChannel):
         list RFC 9110 (7.6.1) makes it: twisted.web splits its first value on
         spaces only, so ``close, X-Foo`` or ``keep-alive,close`` kept the
         connection open.  Any ``close`` token in any ``Connection`` field
-        closes (as :mod:`nbgateway.proxy.fast_request` reads it)."""
+        closes (:func:`~nbgateway.proxy.headers.connection_close`, as the
+        fast path reads it)."""
         if version == b"HTTP/1.1" and connection_close(
                 request.requestHeaders.getRawHeaders(b"connection") or ()):
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])

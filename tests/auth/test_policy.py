@@ -51,7 +51,7 @@ def test_oauth_error_is_denied_page_even_with_cookie():
 def test_cookie_forwards_without_any_call():
     tok = sessionjwt.sign_session(PRIV, subject="pin-user", domain="app.example",
                                   method="pin", now=NOW)
-    step = run(facts(cookie=tok)).start()
+    step = run(facts(cookies=(tok,))).start()
     assert isinstance(step, Forward) and step.identity.user_id == "pin-user"
     assert step.mechanism == "pin" and step.set_cookie == ""
 
@@ -59,7 +59,7 @@ def test_cookie_forwards_without_any_call():
 def test_expired_cookie_is_ignored():
     tok = sessionjwt.sign_session(PRIV, subject="u", domain="app.example", method="pin",
                                   now=NOW - 86400)
-    step = run(facts(cookie=tok)).start()
+    step = run(facts(cookies=(tok,))).start()
     assert step.kind == "login" and step.status == 401
 
 

@@ -105,7 +105,7 @@ def test_session_issued_before_revocation_is_refused():
     priv, pub = generate_session_keys()
     tok = sessionjwt.sign_session(priv, subject="u1", domain="app.example", method="pin",
                                   now=NOW)
-    kw = dict(schemes=("pin",), session_key=pub, cookie=tok, tokens=())
+    kw = dict(schemes=("pin",), session_key=pub, cookies=(tok,), tokens=())
     assert isinstance(protect({}, **kw), Forward)
     assert isinstance(protect({}, sessions_not_before=int(NOW), **kw), Forward)
     step = protect({}, sessions_not_before=int(NOW) + 1, **kw)

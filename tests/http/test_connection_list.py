@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbgateway.proxy.streaming import connection_close
+from nbgateway.proxy.headers import connection_close
 
 
 @pytest.mark.parametrize("values,closes", [

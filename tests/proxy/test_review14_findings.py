@@ -89,14 +89,14 @@ def test_f2_cookie_of_a_removed_scheme_no_longer_admits():
     pin_cookie = sessionjwt.sign_session(PRIV, subject="pin-user", domain="b.shared.example",
                                          method="pin", now=NOW)
     # the operator replaced the shared PIN by SSO (with distribution groups)
-    step = Protect(facts(schemes=("oidc",), cookie=pin_cookie), SessionVerifier()).start()
+    step = Protect(facts(schemes=("oidc",), cookies=(pin_cookie,)), SessionVerifier()).start()
     assert isinstance(step, CallOIDCURL), step  # main: Forward as pin-user
 
 
 def test_f2_header_cookie_after_header_auth_removed():
     hdr_cookie = sessionjwt.sign_session(PRIV, subject="header-user",
                                          domain="b.shared.example", method="header", now=NOW)
-    step = Protect(facts(schemes=("password",), cookie=hdr_cookie), SessionVerifier()).start()
+    step = Protect(facts(schemes=("password",), cookies=(hdr_cookie,)), SessionVerifier()).start()
     assert not isinstance(step, Forward), step
 
 
@@ -116,7 +116,7 @@ def test_f2_cookies_of_offered_or_unknown_methods_still_admit():
                       "method": method}
             cookie = jwt.encode(claims, sessionjwt.load_private_key(PRIV), algorithm="EdDSA",
                                 headers={"typ": "JWT"})
-        step = Protect(facts(schemes=schemes, cookie=cookie), SessionVerifier()).start()
+        step = Protect(facts(schemes=schemes, cookies=(cookie,)), SessionVerifier()).start()
         assert isinstance(step, Forward), (method, schemes, step)
 
 
