@@ -128,27 +128,57 @@ def check_request_headers(headers: Iterable[Any],
     return _checked_request(headers, flags)[0]
 
 
+#: regular request field names known to pass every name-only check of
+#: :func:`_checked_request` (token bytes, not connection-specific, not
+#: ``te``, ``host`` or ``cookie``): name -> True, or False for
+#: ``content-length`` (passes too; the caller scans for it).  Names of at
+#: most :data:`_KNOWN_NAME_LEN` bytes, at most :data:`_KNOWN_NAMES` of them
+#: (cleared when full): a browser sends the same ~15 names on every request.
+_KNOWN: dict[bytes, bool] = {}
+_KNOWN_NAMES = 1024
+_KNOWN_NAME_LEN = 64
+
+
 def _checked_request(headers: Iterable[Any],
-                     flags: HeaderValidationFlags) -> tuple[list[Any], bytes]:
+                     flags: HeaderValidationFlags) -> tuple[list[Any], bool]:
     """A server's received request (or trailer) header block, normalised and
     validated as ``h2``'s ``normalize_inbound_headers`` then
     ``validate_headers`` do it, in one pass: the same list (``cookie``
     fields joined with ``"; "`` into one never-indexed field, last) or a
-    :class:`~h2.exceptions.ProtocolError` for the same blocks; and the
-    block's names but the cookies', joined.
+    :class:`~h2.exceptions.ProtocolError` for the same blocks; and whether
+    a field is named ``content-length``.
 
-    The byte checks run once over the block's names and values joined (two
-    C scans), not per field: per field, ``bytes.translate``'s table set-up
-    and a regular expression's search each cost more than the check."""
+    A regular name seen before (:data:`_KNOWN`) costs one dict read; other
+    names take every check and their bytes are checked once over the names
+    joined (one C scan).  Values are checked with three C searches over
+    them joined, not per field: per field, ``bytes.translate``'s table
+    set-up and a regular expression's search each cost more than the
+    check."""
     out: list[Any] = []
     cookies: list[bytes] | None = None
     pseudo: set[bytes] = set()
+    fresh: list[bytes] | None = None  # names not in _KNOWN
     regular = False
+    length = False
     method = authority = host = None
     trailer = flags.is_trailer
+    known = _KNOWN
     for header in headers:
         name = header[0]
         value = header[1]
+        if value:
+            first = value[0]
+            last = value[-1]
+            if ((first == 0x20 or first == 0x09 or last == 0x20 or last == 0x09)
+                    and name != b"cookie"):  # (a cookie's edges are the joined value's)
+                raise ProtocolError(f"Received header value surrounded by whitespace {value!r}")
+        plain = known.get(name)
+        if plain is not None:
+            if not plain:
+                length = True
+            regular = True
+            out.append(header)
+            continue
         if name == b"cookie":  # joined, checked and placed last (below)
             if cookies is None:
                 cookies = [value]
@@ -157,11 +187,10 @@ def _checked_request(headers: Iterable[Any],
             continue
         if not name:
             raise ProtocolError("Received header name with zero length.")
-        if value:
-            first = value[0]
-            last = value[-1]
-            if first == 0x20 or first == 0x09 or last == 0x20 or last == 0x09:
-                raise ProtocolError(f"Received header value surrounded by whitespace {value!r}")
+        if fresh is None:
+            fresh = [name]
+        else:
+            fresh.append(name)
         if name[0] == 0x3A:  # ":"
             if name in pseudo:
                 raise ProtocolError(f"Received duplicate pseudo-header field {name!r}")
@@ -180,18 +209,28 @@ def _checked_request(headers: Iterable[Any],
             regular = True
             if name in CONNECTION_HEADERS:
                 raise ProtocolError(f"Connection-specific header field present: {name!r}.")
-            if name == b"te" and value.lower() != b"trailers":
-                raise ProtocolError(f"Invalid value for TE header: {value!r}")
-            if name == b"host" and not trailer:
-                if host is not None:
-                    raise ProtocolError("Request header block has multiple Host headers.")
-                host = value
+            if name == b"te":
+                if value.lower() != b"trailers":
+                    raise ProtocolError(f"Invalid value for TE header: {value!r}")
+            elif name == b"host":
+                if not trailer:
+                    if host is not None:
+                        raise ProtocolError("Request header block has multiple Host headers.")
+                    host = value
+            elif name == b"content-length":
+                length = True
         out.append(header)
-    # every name byte allowed; the only colons the pseudo-header fields' first
-    # bytes (each of them starts with one: one left per pseudo-header field)
-    names = b"".join([h[0] for h in out])
-    if names.translate(None, _NAME_OK) != b":" * len(pseudo):
-        raise ProtocolError("Illegal character in a header name")
+    if fresh is not None:
+        # every name byte allowed; the only colons the pseudo-header fields'
+        # first bytes (each of them starts with one: one left per field)
+        if b"".join(fresh).translate(None, _NAME_OK) != b":" * len(pseudo):
+            raise ProtocolError("Illegal character in a header name")
+        if len(known) + len(fresh) > _KNOWN_NAMES:
+            known.clear()
+        for name in fresh:  # the regular names that passed
+            if (name[0] != 0x3A and len(name) <= _KNOWN_NAME_LEN and name != b"te"
+                    and name != b"host"):
+                known[name] = name != b"content-length"
     values = b"".join([h[1] for h in out])
     if cookies is not None:
         joined = b"; ".join(cookies)
@@ -199,7 +238,8 @@ def _checked_request(headers: Iterable[Any],
             raise ProtocolError(f"Received header value surrounded by whitespace {joined!r}")
         values += joined
         out.append(NeverIndexedHeaderTuple(b"cookie", joined))
-    if len(values.translate(None, _VALUE_BAD)) != len(values):
+    # (find, not "in": a bytes needle's __contains__ first tries it as an int)
+    if values.find(b"\x00") >= 0 or values.find(b"\n") >= 0 or values.find(b"\r") >= 0:
         raise ProtocolError("Illegal character (NUL, LF or CR) in a header value")
     _check_pseudo_header_field_acceptability(pseudo, method, flags)
     if not trailer:
@@ -209,7 +249,7 @@ def _checked_request(headers: Iterable[Any],
         if authority is not None and host is not None and authority != host:
             raise ProtocolError("Request header block has mismatched :authority and "
                                 f"Host headers: {authority!r} / {host!r}")
-    return out, names
+    return out, length
 
 
 def prepare_response_headers(headers: Iterable[Any],
@@ -409,7 +449,7 @@ class _CheckedStream(H2Stream):
         one).  A block the check refuses takes ``h2``'s own steps, so the
         same error comes at the same point.  The stream's events."""
         try:
-            checked, names = _checked_request(headers, _REQUEST_FLAGS)
+            checked, length = _checked_request(headers, _REQUEST_FLAGS)
         except ProtocolError:
             return self.receive_headers(headers, end_stream, self.config.header_encoding)[1]
         machine = self.state_machine
@@ -419,7 +459,7 @@ class _CheckedStream(H2Stream):
             ended = machine.process_input(StreamInputs.RECV_END_STREAM)
             event.stream_ended = ended[0]
             events += ended
-        if names.find(b"content-length") >= 0 or self.request_method == b"HEAD":
+        if length or self.request_method == b"HEAD":
             self._initialize_content_length(headers)
         else:
             self._expected_content_length = None

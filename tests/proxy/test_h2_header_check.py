@@ -20,6 +20,9 @@ from hpack.struct import HeaderTuple
 from hyperframe.frame import Frame, GoAwayFrame
 
 from nbgateway.proxy.h2trailers import (
+    _KNOWN,
+    _KNOWN_NAMES,
+    _checked_request,
     _CheckedStream,
     _TrailingH2State,
     check_request_headers,
@@ -263,3 +266,58 @@ def test_the_same_frames_as_h2_on_the_wire(headers: list[tuple[bytes, bytes]]) -
         got = [e for e in ours_client.receive_data(mine)
                if isinstance(e, h2.events.TrailersReceived)]
         assert [e.headers for e in got] == [[(b"grpc-status", b"0"), (b"grpc-message", b"fine")]]
+
+
+def _random_blocks(seed: int, count: int) -> list[tuple[list[tuple[bytes, bytes]], Any]]:
+    rng = random.Random(seed)
+    names = [b":method", b":path", b":authority", b"host", b"cookie", b"te", b"connection",
+             b"content-length", b"x", b"accept", b"user-agent", b"X-Up", b"x:y", b"a b",
+             b"x\x00", b"", b"content-lengthx", b"keep-alive"]
+    values = [b"GET", b"1", b"", b" a", b"a\t", b"a\x00", b"a\nb", b"trailers", b"app.example",
+              b"x y", b"\r"]
+    blocks = []
+    for _ in range(count):
+        block = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(0, 6))]
+        if rng.random() < 0.6:
+            cut = rng.randrange(0, len(block) + 1)
+            block = BASE + block if rng.random() < 0.8 else block[:cut] + BASE + block[cut:]
+        blocks.append((block, rng.choice([REQUEST, TRAILER])))
+    return blocks
+
+
+def test_known_names_cold_and_warm_as_h2() -> None:
+    """The regular names a block passed are remembered (``_KNOWN``): each
+    block gives h2's answer with the memo empty and with it holding every
+    name seen so far (names out of sequence, in trailers, next to bad names
+    or values, ``content-length`` among them)."""
+    blocks = _random_blocks(18, 2500)
+    for rounds in range(2):
+        for block, flags in blocks:
+            if rounds == 0:
+                _KNOWN.clear()
+            same(block, flags)
+    assert b"accept" in _KNOWN and b"x" in _KNOWN and b"content-length" in _KNOWN
+    # never remembered: bad, pseudo-header, connection-specific or special names
+    for name in (b"X-Up", b"x:y", b"a b", b"x\x00", b"", b":path", b"connection",
+                 b"keep-alive", b"te", b"host", b"cookie"):
+        assert name not in _KNOWN, name
+
+
+def test_known_names_report_content_length() -> None:
+    """The second value tells the stream to scan for ``content-length`` (h2
+    then checks its value), memo cold or warm; other names never say so."""
+    _KNOWN.clear()
+    for _ in range(2):
+        block = [HeaderTuple(*h) for h in [*BASE, (b"content-length", b"5")]]
+        assert _checked_request(block, REQUEST)[1] is True
+        block = [HeaderTuple(*h) for h in [*BASE, (b"content-lengthx", b"5")]]
+        assert _checked_request(block, REQUEST)[1] is False
+
+
+def test_known_names_bounded() -> None:
+    _KNOWN.clear()
+    for i in range(5000):
+        check_request_headers([*BASE, (b"x-%d" % i, b"1")], REQUEST)
+        assert len(_KNOWN) <= _KNOWN_NAMES
+    check_request_headers([*BASE, (b"x-" + b"a" * 100, b"1")], REQUEST)
+    assert b"x-" + b"a" * 100 not in _KNOWN  # long names are checked every time
