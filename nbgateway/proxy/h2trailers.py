@@ -286,20 +286,53 @@ class _ResponseBlock:
         self.sent_method = sent_method
 
 
+#: response field names (as given, bytes) that the outbound pass only
+#: lower-cases and strips: name -> that form, for names whose form is not
+#: empty, no pseudo-header field, not connection-specific, not sent never
+#: indexed (``authorization``, ``proxy-authorization``, ``cookie``) and not
+#: ``te``.  At most :data:`_KNOWN_NAMES` names of at most
+#: :data:`_KNOWN_NAME_LEN` bytes (cleared when full): twisted.web's and the
+#: upstream's ~15 names per response.
+_PLAIN_OUT: dict[bytes, bytes] = {}
+
+
+def _plain_out(name: bytes) -> bytes | None:
+    """``name``'s entry for :data:`_PLAIN_OUT` (remembered), or None."""
+    low = name.lower().strip()
+    if (not low or low[0] == 0x3A or low in CONNECTION_HEADERS or low in _SECURE_HEADERS
+            or low == b"cookie" or low == b"te" or len(name) > _KNOWN_NAME_LEN):
+        return None
+    if len(_PLAIN_OUT) >= _KNOWN_NAMES:
+        _PLAIN_OUT.clear()
+    _PLAIN_OUT[name] = low
+    return low
+
+
 def _response_block(headers: Iterable[Any]) -> _ResponseBlock:
     """One pass over a block to send: ``h2``'s UTF-8 encoding of names and
     values, its informational-response and ``:method`` scans, then
     :func:`prepare_response_headers`' normalisation and every check but the
-    one needing the validation flags."""
+    one needing the validation flags.  A ``(bytes, bytes)`` tuple whose
+    name is in :data:`_PLAIN_OUT` is only lower-cased (remembered) and
+    stripped."""
     out: list[Any] = []
     pseudo: set[bytes] = set()
     regular = False
     method = sent_method = None
     informational = False
     leading = True  # still in the leading pseudo-header fields (h2's scan)
+    plain_out = _PLAIN_OUT
     for header in headers:
         name = header[0]
         value = header[1]
+        if type(header) is tuple and type(value) is bytes:
+            low = plain_out.get(name)
+            if low is not None or (type(name) is bytes and (low := _plain_out(name))):
+                # (a regular name: h2's scans stop at it; nothing else to check)
+                leading = False
+                regular = True
+                out.append((low, value.strip()))
+                continue
         if not isinstance(name, bytes):
             name = name.encode("utf-8")
         if not isinstance(value, bytes):

@@ -15,13 +15,19 @@ import h2.errors
 import h2.events
 import pytest
 from h2.exceptions import ProtocolError
-from h2.utilities import HeaderValidationFlags, normalize_inbound_headers, validate_headers
+from h2.utilities import (
+    HeaderValidationFlags,
+    normalize_inbound_headers,
+    utf8_encode_headers,
+    validate_headers,
+)
 from hpack.struct import HeaderTuple
 from hyperframe.frame import Frame, GoAwayFrame
 
 from nbgateway.proxy.h2trailers import (
     _KNOWN,
     _KNOWN_NAMES,
+    _PLAIN_OUT,
     _checked_request,
     _CheckedStream,
     _TrailingH2State,
@@ -321,3 +327,45 @@ def test_known_names_bounded() -> None:
         assert len(_KNOWN) <= _KNOWN_NAMES
     check_request_headers([*BASE, (b"x-" + b"a" * 100, b"1")], REQUEST)
     assert b"x-" + b"a" * 100 not in _KNOWN  # long names are checked every time
+
+
+def test_plain_response_names_cold_and_warm_as_h2() -> None:
+    """Response names only lower-cased and stripped are remembered
+    (``_PLAIN_OUT``): random response and trailer blocks (any case, padded
+    names, pseudo-header fields after regular ones, connection-specific,
+    never-indexed, ``te`` and empty names, str names and values,
+    ``HeaderTuple`` fields) give h2's outbound answer and field types with
+    the memo empty and warm."""
+    rng = random.Random(181)
+    names: list[Any] = [b":status", b"Content-Type", b"content-type", b" ETag ", b"Server",
+                        b"Connection", b"Keep-Alive", b"Authorization", b"Cookie", b"TE",
+                        b"te", b"", b" ", b"X-A", b":path", b" :status", b"Set-Cookie",
+                        "Content-Type", "x-str", b"Proxy-Authorization", b"\x0bX-V"]
+    values: list[Any] = [b"200", b"100", b"text/html", b" 1 ", b"trailers", b"gzip",
+                         b"short=1", b"a-long-cookie-value=123456", b"", "str", b"\t"]
+    blocks = []
+    for _ in range(2500):
+        block = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(0, 7))]
+        if rng.random() < 0.5:
+            block = [(b":status", b"200"), *block]
+        if rng.random() < 0.3:
+            block = [HeaderTuple(n, v) if isinstance(n, bytes) and isinstance(v, bytes)
+                     else (n, v) for n, v in block]
+        blocks.append((block, rng.choice([RESPONSE, SENT_TRAILER])))
+    errors = 0
+    for rounds in range(2):
+        for block, flags in blocks:
+            if rounds == 0:
+                _PLAIN_OUT.clear()
+            # (h2's send_headers encodes str names and values first)
+            want = h2_outbound(utf8_encode_headers(block), flags)
+            got = ours_outbound(block, flags)
+            assert got == want, block
+            if want != "error":
+                assert [type(h) for h in got] == [type(h) for h in want], block
+            errors += want == "error"
+    assert 500 < errors < 4500, errors
+    assert b"Content-Type" in _PLAIN_OUT and b" ETag " in _PLAIN_OUT
+    for name in (b"Connection", b"Authorization", b"Cookie", b"TE", b"", b" :status",
+                 b":status"):
+        assert name not in _PLAIN_OUT, name
