@@ -66,7 +66,7 @@ from h2.exceptions import (
     ProtocolError,
     TooManyStreamsError,
 )
-from h2.stream import H2Stream, StreamInputs
+from h2.stream import STREAM_OPEN, H2Stream, StreamInputs, StreamState
 from h2.utilities import (
     _ALLOWED_PSEUDO_HEADER_FIELDS,
     _SECURE_HEADERS,
@@ -111,6 +111,7 @@ IDLE_PRIORITY_NODES = 100
 _NAME_OK = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 #: bytes no field value may hold anywhere
 _VALUE_BAD = b"\x00\n\r"
+_CLOSED = StreamState.CLOSED
 #: the validation flags of a request block a server receives
 _REQUEST_FLAGS = HeaderValidationFlags(is_client=False, is_trailer=False,
                                        is_response_header=False, is_push_promise=False)
@@ -532,6 +533,30 @@ class _TrailingH2State(h2.connection.H2Connection):
         raw.normalize_outbound_headers = False
         raw.validate_outbound_headers = False
         self.raw_config = raw
+
+    def _open_streams(self, remainder: int) -> int:
+        """``h2``'s count of the open streams whose id % 2 is ``remainder``,
+        pruning the closed ones (their ``closed_by`` kept), with each
+        stream's state read once instead of through its ``open`` and
+        ``closed`` properties (two Python calls per stream; run for every
+        new stream, over every stream the connection holds)."""
+        count = 0
+        to_delete = None
+        streams = self.streams
+        for stream_id, stream in streams.items():
+            state = stream.state_machine.state
+            if STREAM_OPEN[state] and stream_id % 2 == remainder:
+                count += 1
+            elif state is _CLOSED:
+                if to_delete is None:
+                    to_delete = [stream_id]
+                else:
+                    to_delete.append(stream_id)
+        if to_delete is not None:
+            closed = self._closed_streams
+            for stream_id in to_delete:
+                closed[stream_id] = streams.pop(stream_id).state_machine.stream_closed_by
+        return count
 
     def _receive_frame(self, frame: Any) -> list[Any]:
         if type(self.config.logger) is h2.config.DummyLogger:

@@ -264,3 +264,41 @@ def test_new_stream_requests_are_received_as_h2(seed: int) -> None:
             if got[0] == "raised":
                 return  # the connection is over (GOAWAY sent)
         sid += 2
+
+
+def test_open_stream_counts_and_pruning_match_plain_h2() -> None:
+    """``_TrailingH2State._open_streams`` (each stream's state read once)
+    counts and prunes as h2's: after every step of client frames (new
+    streams among streams closed, reset or half closed) and server sends,
+    the same open inbound and outbound counts, the same streams kept and
+    the same closed streams with how they were closed."""
+    pruning = 0
+    for seed in range(30):
+        pruning += _open_streams_run(random.Random(seed))
+    assert pruning >= 3, pruning  # (runs that closed and pruned streams)
+
+
+def _open_streams_run(rng: random.Random) -> bool:
+    ours, theirs, client = _pair()
+    actions = _actions(rng, client)
+    sid = 11
+    for at in sorted(rng.sample(range(len(actions)), 8), reverse=True):
+        frame = HeadersFrame(sid)
+        frame.data = b"\x82\x87\x84\x41\x01a"
+        frame.flags.add("END_HEADERS")
+        if rng.random() < 0.5:
+            frame.flags.add("END_STREAM")
+        actions.insert(at, ("recv", _raw(frame)))
+        sid += 2
+    pruned = False
+    for action in actions:
+        got, want = _step(ours, action), _step(theirs, action)
+        assert got == want, action
+        counts = [(c.open_inbound_streams, c.open_outbound_streams) for c in (ours, theirs)]
+        assert counts[0] == counts[1]
+        assert sorted(ours.streams) == sorted(theirs.streams)
+        assert dict(ours._closed_streams) == dict(theirs._closed_streams)
+        pruned = pruned or bool(ours._closed_streams)
+        if got[0] == "raised" and action[0] == "recv":
+            break
+    return pruned
