@@ -3,7 +3,10 @@
 Owns the users (an admin manages them; a regular user sees itself only), their
 personal access tokens (a user manages its own, an admin everyone's; the plain
 token is in the creating answer only) and the peer groups (admins only; PUT
-keeps the members when ``peers`` is omitted).
+keeps the members when ``peers`` is omitted).  A user's e-mail is set when it
+is created: PUT keeps it (a different one is refused), because the dashboard's
+SSO maps a verified e-mail to the user created first, and an old user given
+another account's address would take that account's sign-ins.
 
 The instance admin is the one user whose powers reach every account: another
 admin of its account may not mint or delete its tokens, update or delete it
@@ -56,8 +59,11 @@ class UserHandlers:
         b = call.body
         cur = self.store.users.get(account, call.params["userId"])
         _guard_instance_admin(call, cur)
+        if (b.get("email", cur.email) or "").strip().lower() != (cur.email or "").strip().lower():
+            raise BadRequest("a user's e-mail is set when it is created; add a user for "
+                             "another address")
         user = self.store.users.update(User(
-            id=cur.id, account_id=cur.account_id, email=b.get("email", cur.email),
+            id=cur.id, account_id=cur.account_id, email=cur.email,
             name=b.get("name", cur.name), role=b.get("role", cur.role),
             is_service_user=cur.is_service_user,
             auto_groups=tuple(b.get("auto_groups") or ()),

@@ -2,7 +2,9 @@
 
 Owns the HTTP side of the dashboard: security headers on every response (a
 strict Content-Security-Policy, no framing, no caching, no sniffing), the
-session cookie, the CSRF check on every POST, sign-in/sign-out, static files
+session cookie (``__Host-`` named over TLS, so no other host under the same
+parent domain can set it; a request carrying it twice acts in no session),
+the CSRF check on every POST, sign-in/sign-out, static files
 shipped in the package, and the pages.  Pages run in the store thread pool and
 read and write only through :class:`~.bridge.ApiBridge`, i.e. the REST API's
 own handlers, authorisation and validation messages.  Templates are Jinja2
@@ -49,6 +51,9 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 COOKIE = "nbgw_ui"
+#: over TLS the cookies carry this prefix: browsers take such a cookie only
+#: from this very host (Secure, Path=/, no Domain), never from a sibling host
+HOST_PREFIX = "__Host-"
 #: binds an SSO sign-in to the browser that started it; SameSite=Lax so the
 #: provider's redirect back (a cross-site navigation) carries it
 SSO_COOKIE = "nbgw_ui_sso"
@@ -163,7 +168,7 @@ class UiResource(Resource):
             request.setHeader("Content-Type", STATIC[segments[1]])
             request.setHeader("Cache-Control", "no-cache")
             return data
-        session = self.sessions.get(_cookie(request))
+        session = self.sessions.get(_cookie(request, COOKIE))
         form = _form(request) if method == "POST" else {}
         if form is None:
             return self._text(request, 400, "malformed form")
@@ -267,8 +272,7 @@ class UiResource(Resource):
             return self._text(request, 404, "not found")
         query = {k.decode("latin-1"): v[-1].decode("latin-1")[:MAX_FIELD]
                  for k, v in request.args.items() if v}
-        raw = request.getCookie(SSO_COOKIE.encode())
-        binding = raw.decode("latin-1") if raw else ""
+        binding = _cookie(request, SSO_COOKIE) or ""
         expected = self._sso_pending.pop(binding, None) if binding else None
         self._sso_cookie(request, "", expire=True)
         state = query.get("state", "")
@@ -286,7 +290,7 @@ class UiResource(Resource):
             if request._disconnected or request.finished:
                 return
             token, account_id = found
-            old = self.sessions.get(_cookie(request))
+            old = self.sessions.get(_cookie(request, COOKIE))
             fresh = self.sessions.sign_in(old, token, owner=account_id)
             self._set_cookie(request, fresh.sid)
             # a page, not a redirect: the navigation to /ui/ then starts on this
@@ -324,10 +328,11 @@ class UiResource(Resource):
             csrf=session.csrf, error=error, me=None, flash=None, sso=self.sso is not None))
 
     def _sso_cookie(self, request: server.Request, value: str, expire: bool = False) -> None:
-        parts = [f"{SSO_COOKIE}={value}", "Path=/ui/sso/", "HttpOnly", "SameSite=Lax",
-                 "Max-Age=0" if expire else "Max-Age=600"]
         if request.isSecure():
-            parts.append("Secure")
+            parts = [f"{HOST_PREFIX}{SSO_COOKIE}={value}", "Path=/", "Secure"]
+        else:
+            parts = [f"{SSO_COOKIE}={value}", "Path=/ui/sso/"]
+        parts += ["HttpOnly", "SameSite=Lax", "Max-Age=0" if expire else "Max-Age=600"]
         request.responseHeaders.addRawHeader("Set-Cookie", "; ".join(parts))
 
     def _events(self, request: server.Request, session: Session) -> bytes | int:
@@ -403,9 +408,11 @@ class UiResource(Resource):
     # -- helpers -------------------------------------------------------------------
 
     def _set_cookie(self, request: server.Request, value: str, expire: bool = False) -> None:
-        parts = [f"{COOKIE}={value}", "Path=/ui/", "HttpOnly", "SameSite=Strict"]
         if request.isSecure():
-            parts.append("Secure")
+            parts = [f"{HOST_PREFIX}{COOKIE}={value}", "Path=/", "Secure"]
+        else:
+            parts = [f"{COOKIE}={value}", "Path=/ui/"]
+        parts += ["HttpOnly", "SameSite=Strict"]
         if expire:
             parts.append("Max-Age=0")
         request.responseHeaders.addRawHeader("Set-Cookie", "; ".join(parts))
@@ -423,12 +430,19 @@ class UiResource(Resource):
         return text.encode() + b"\n"
 
 
-def _cookie(request: server.Request) -> str | None:
-    raw = request.getCookie(COOKIE.encode())
-    if raw is None:
+def _cookie(request: server.Request, name: str) -> str | None:
+    """The value of the dashboard's cookie *name* (``__Host-`` prefixed over
+    TLS); None when absent, not ASCII, or sent more than once: another host
+    under the same parent domain can add a cookie of the name (``Domain=``,
+    ``Path=/``), and browsers send it after ours, so which value is ours cannot
+    be told (twisted's ``getCookie`` keeps the last one: the other host's)."""
+    prefix = ((HOST_PREFIX if request.isSecure() else "") + name + "=").encode()
+    found = [part[len(prefix):] for line in request.requestHeaders.getRawHeaders(b"cookie") or ()
+             for part in (p.strip() for p in line.split(b";")) if part.startswith(prefix)]
+    if len(found) != 1:
         return None
     try:
-        return raw.decode("ascii")
+        return found[0].decode("ascii")
     except UnicodeDecodeError:
         return None
 
