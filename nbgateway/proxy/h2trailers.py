@@ -59,7 +59,9 @@ from typing import Any
 import h2.config
 import h2.connection
 import priority
+from h2.config import DummyLogger, H2Configuration
 from h2.connection import AllowedStreamIDs, ConnectionInputs, _decode_headers
+from h2.events import _ResponseSent
 from h2.exceptions import (
     FlowControlError,
     FrameTooLargeError,
@@ -112,6 +114,19 @@ _NAME_OK = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 #: bytes no field value may hold anywhere
 _VALUE_BAD = b"\x00\n\r"
 _CLOSED = StreamState.CLOSED
+#: a response head's pseudo-header fields when it has only ``:status``
+_STATUS_ONLY = frozenset((b":status",))
+
+# h2's boolean options are descriptors over ``_<name>`` instance attributes;
+# the hot paths below read those directly (each descriptor read is a Python
+# call)
+for _option in ("client_side", "split_outbound_cookies", "normalize_outbound_headers",
+                "validate_outbound_headers", "validate_inbound_headers",
+                "normalize_inbound_headers"):
+    if getattr(H2Configuration.__dict__.get(_option), "attr_name", None) != f"_{_option}":
+        raise ImportError(f"h2's H2Configuration.{_option} is not the descriptor expected")
+if not isinstance(H2Configuration.__dict__.get("header_encoding"), property):
+    raise ImportError("h2's H2Configuration.header_encoding is not the property expected")
 #: the validation flags of a request block a server receives
 _REQUEST_FLAGS = HeaderValidationFlags(is_client=False, is_trailer=False,
                                        is_response_header=False, is_push_promise=False)
@@ -395,9 +410,10 @@ class _CheckedStream(H2Stream):
         ``h2``'s own steps, so the same error comes at the same point (after
         the state transition)."""
         config = self.config
-        if (self.state_machine.client or config.split_outbound_cookies
-                or not config.normalize_outbound_headers
-                or not config.validate_outbound_headers):
+        # (config.split_outbound_cookies... read without their descriptors)
+        if (self.state_machine.client or config._split_outbound_cookies
+                or not config._normalize_outbound_headers
+                or not config._validate_outbound_headers):
             return super().send_headers(headers, encoder, end_stream)
         if not isinstance(headers, (list, tuple)):
             headers = list(headers)  # read twice when refused: an iterator once
@@ -405,7 +421,9 @@ class _CheckedStream(H2Stream):
             block = _response_block(headers)
         except Exception:
             return super().send_headers(headers, encoder, end_stream)
-        config.logger.debug("Send headers %s on %r", headers, self)
+        logger = config.logger
+        if type(logger) is not DummyLogger:
+            logger.debug("Send headers %s on %r", headers, self)
         if block.informational:
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses.")
@@ -413,8 +431,11 @@ class _CheckedStream(H2Stream):
         else:
             input_ = StreamInputs.SEND_HEADERS
         events = self.state_machine.process_input(input_)
-        flags = self._build_hdr_validation_flags(events)
-        _check_pseudo_header_field_acceptability(block.pseudo, block.method, flags)
+        if type(events[0]) is not _ResponseSent or block.pseudo != _STATUS_ONLY:
+            flags = self._build_hdr_validation_flags(events)
+            _check_pseudo_header_field_acceptability(block.pseudo, block.method, flags)
+        # (else: a server's response head, h2's flags is_response_header
+        # only, and its one pseudo-header field the :status the check asks)
         encoded = encoder.encode(block.fields)
         size = self.max_outbound_frame_size or 0
         stream_id = self.stream_id
@@ -570,12 +591,13 @@ class _TrailingH2State(h2.connection.H2Connection):
         :meth:`_CheckedStream.receive_request`; anything else is ``h2``'s."""
         stream_id = frame.stream_id
         config = self.config
-        if (stream_id in self.streams or config.client_side
-                or config.header_encoding or not config.validate_inbound_headers
-                or not config.normalize_inbound_headers):
+        # (the options read without their descriptors and property)
+        if (stream_id in self.streams or config._client_side
+                or config._header_encoding or not config._validate_inbound_headers
+                or not config._normalize_inbound_headers):
             return super()._receive_headers_frame(frame)
         max_open = self.local_settings.max_concurrent_streams
-        value = self.open_inbound_streams  # (a property that also prunes)
+        value = self._open_streams(1)  # open_inbound_streams of a server (also prunes)
         if value + 1 > max_open:
             raise TooManyStreamsError(f"Max inbound streams is {max_open}, {value} open")
         headers = _decode_headers(self.decoder, frame.data)

@@ -369,3 +369,57 @@ def test_plain_response_names_cold_and_warm_as_h2() -> None:
     for name in (b"Connection", b"Authorization", b"Cookie", b"TE", b"", b" :status",
                  b":status"):
         assert name not in _PLAIN_OUT, name
+
+
+def test_a_configured_logger_still_hears_the_response_head() -> None:
+    """h2's ``Send headers`` debug call is skipped only for its no-op
+    ``DummyLogger``; a connection given a logger hears it as before."""
+    heard: list[str] = []
+
+    class Recorder:
+        def debug(self, fmt: str, *args: Any) -> None:
+            heard.append(fmt)
+
+        def trace(self, fmt: str, *args: Any) -> None:
+            pass
+
+    server = _TrailingH2State(h2.config.H2Configuration(
+        client_side=False, header_encoding=None, logger=Recorder()))
+    server.initiate_connection()
+    client = _client()
+    client.send_headers(1, BASE, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_response_head(1, [(b":status", b"200"), (b"Content-Type", b"text/plain")])
+    assert "Send headers %s on %r" in heard
+    events = client.receive_data(server.data_to_send())
+    got = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+    assert got.headers == [(b":status", b"200"), (b"content-type", b"text/plain")]
+
+
+@pytest.mark.parametrize("block", [
+    [(b":status", b"200"), (b"x", b"1")], [(b":status", b"200"), (b":path", b"/")],
+    [(b":status", b"200"), (b":method", b"GET")], [(b"x", b"1")], [],
+    [(b":status", b"100")], [(b":status", b"200"), (b":status", b"204")],
+    [(b":path", b"/"), (b":status", b"200")]])
+def test_response_head_pseudo_fields_as_h2(block: list[tuple[bytes, bytes]]) -> None:
+    """A response head's pseudo-header check (skipped when the block has
+    only ``:status`` and h2 would call it a response) then a second block
+    (trailers: a pseudo-header field there is refused): the same bytes or
+    the same error as plain h2."""
+    ours, theirs = _server(), h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None))
+    theirs.initiate_connection()
+    theirs.data_to_send()
+    results = []
+    for server in (ours, theirs):
+        client, got = _client(), []
+        client.send_headers(1, BASE, end_stream=True)
+        server.receive_data(client.data_to_send())
+        for sent, end in ((block, False), ([(b":status", b"200")], True)):
+            try:
+                server.send_headers(1, sent, end_stream=end)
+                got.append(server.data_to_send())
+            except ProtocolError as exc:
+                got.append(type(exc).__name__)
+        results.append(got)
+    assert results[0] == results[1]
