@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from itertools import islice
 from time import time as _time
 from typing import Any
 
@@ -240,6 +241,19 @@ def should_log(path: str) -> bool:
 #: at most this much later; ``max_batch`` (1,000) still sends a full batch at once.
 ACCESS_LOG_LINGER = 0.25
 
+#: one account's entries take at most this fraction (1/n) of the queue: the
+#: queue is shared by every account, and one account's flood (while a batch
+#: is in flight or waiting for its retry) must not drop the others' entries
+ACCOUNT_QUEUE_SHARE = 4
+
+
+def _account_of(item: Any) -> str:
+    """The account of a queued item (a :meth:`AccessLogger.record` tuple or
+    a built entry); "" for anything else (it is dropped when built)."""
+    account = (item[2] if len(item) > 2 else "") if type(item) is tuple else getattr(
+        item, "account_id", "")
+    return account if type(account) is str else ""
+
 
 class AccessLogger(LogShipper):
     """The gateway's access log: :meth:`log` hands an entry to the batching
@@ -250,10 +264,42 @@ class AccessLogger(LogShipper):
     def __init__(self, client: Any, clock: Any, **kw: Any) -> None:
         kw.setdefault("linger", ACCESS_LOG_LINGER)
         super().__init__(client, clock, **kw)
+        #: queued entries per account (accounts with none are not kept)
+        self._held: dict[str, int] = {}
+        #: the most entries one account may have queued
+        self.account_share = max(1, self.max_queue // ACCOUNT_QUEUE_SHARE)
+        self._half = self._room // 2
 
     def log(self, entry: pb.AccessLog) -> None:
         """Enqueue one entry; never blocks, never raises."""
         self.submit(entry)
+
+    def submit(self, entry: Any) -> None:
+        """Queue one entry (a :meth:`record` tuple or a built entry) unless
+        the queue is full or its account holds its share; never blocks,
+        never raises."""
+        account = entry[2] if type(entry) is tuple and len(entry) > 2 else _account_of(entry)
+        held = self._held.get(account, 0)
+        queue = self._queue
+        n = len(queue)
+        # an account past its share is refused only once the queue is half
+        # full: a gateway with one busy account keeps the whole queue's slack
+        if n < self._room and (held < self.account_share or n < self._half):
+            self._held[account] = held + 1
+            queue.append(entry)
+            self.stats.queued += 1
+            if len(queue) >= self._kick:
+                self._kicked()
+        else:
+            self.stats.dropped += 1
+
+    def _release(self, account: str) -> None:
+        """One queued entry of ``account`` left the queue."""
+        held = self._held.get(account, 0) - 1
+        if held > 0:
+            self._held[account] = held
+        else:
+            self._held.pop(account, None)
 
     #: ``record(fields)``: enqueue one HTTP request's fields
     #: (:data:`HTTP_FIELDS` order) as the tuple itself; never blocks, never
@@ -263,7 +309,7 @@ class AccessLogger(LogShipper):
     #: entry dropped on a full queue costs nothing and a queued one holds a
     #: tuple, not a message.  It is :meth:`submit` itself (no second call
     #: per request).
-    record = LogShipper.submit
+    record = submit
 
     def prepare(self, item: Any) -> Any:
         """A queued item as a standalone entry (tuples from :meth:`record`);
@@ -299,11 +345,15 @@ class AccessLogger(LogShipper):
         A subclass with its own :meth:`add_to_batch` has it called for each
         item (:meth:`LogShipper.take`)."""
         if type(self).add_to_batch is not AccessLogger.add_to_batch:
+            for item in islice(queue, n):
+                self._release(_account_of(item))
             return super().take(batch, queue, n)
         add, popleft, get, other = batch.add, queue.popleft, _TEMPLATES.get, self.add_to_batch
+        release = self._release
         bad = 0
         for _ in range(n):
             fields = popleft()
+            release(_account_of(fields))
             if type(fields) is not tuple:
                 try:
                     other(batch, fields)
