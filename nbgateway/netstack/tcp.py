@@ -15,6 +15,13 @@ cookie slots after the last overflow.  Completed connections wait in an accept
 queue bounded by ``backlog`` (only non-empty while the listener is paused);
 when it is full new SYNs are dropped and completing handshakes are reset.
 TIME-WAIT connections are bounded by ``max_time_wait`` (oldest evicted first).
+Out-of-order text held by all connections together is bounded by
+``max_ooo_bytes`` (``ooo_bytes``): each connection may hold up to its receive
+window, so without a stack-wide bound one peer's connections, each sent a
+window after a hole it never fills, made the shared heap hold
+``max_connections`` windows; beyond the bound an out-of-order segment is
+dropped (``tcp_ooo_budget_drops``, the peer retransmits it), in-order text is
+always taken.
 
 Connection bound: the layer holds at most ``max_connections`` connections
 that are not in TIME-WAIT (half-open, established, closing, accept-queued and
@@ -83,6 +90,8 @@ DEFAULT_BACKLOG = 128
 DEFAULT_MAX_HALF_OPEN = 256
 #: connections (not in TIME-WAIT) one stack, i.e. one account, may hold
 DEFAULT_MAX_CONNECTIONS = 16384
+#: out-of-order bytes one stack (account) holds over all its connections
+DEFAULT_MAX_OOO_BYTES = 16 * 1024 * 1024
 LIMIT_LOG_INTERVAL = 60.0
 
 log = Logger()
@@ -163,7 +172,8 @@ class TCPLayer:
 
     def __init__(self, stack: Any, secret: bytes | None = None,
                  max_time_wait: int = MAX_TIME_WAIT,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES) -> None:
         self.stack = stack
         self.clock = stack.clock
         self.counters = stack.counters
@@ -174,6 +184,9 @@ class TCPLayer:
         self.time_wait: OrderedDict[ConnKey, Connection] = OrderedDict()
         self.max_time_wait = max_time_wait
         self.max_connections = max(1, max_connections)
+        #: out-of-order bytes held by every connection's Assembler, and their bound
+        self.ooo_bytes = 0
+        self.max_ooo_bytes = max_ooo_bytes
         self._limit_logged: float | None = None  # when the bound was last logged
         self._heap: list[tuple[float, int, Connection]] = []
         self._tiebreak = itertools.count()

@@ -515,6 +515,8 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
             return
         self.state = CLOSED
         self.sndbuf = SendBuffer(self.snd_una)
+        if self.ooo is not None:
+            self.layer.ooo_bytes -= self.ooo.bytes
         self.ooo = None
         self.rcv_queue = None
         self.rtx_at = self.persist_at = self.delack_at = self.keep_at = self.linger_at = None
@@ -528,6 +530,8 @@ class Connection(ConnectionInput, ConnectionReceive, ConnectionOutput):
         self.state = TIME_WAIT
         self.rtx_at = self.persist_at = self.keep_at = None
         self.sndbuf = SendBuffer(self.snd_una)
+        if self.ooo is not None:
+            self.layer.ooo_bytes -= self.ooo.bytes
         self.ooo = None
         self.linger_at = now + TIME_WAIT_TIMEOUT
         self.layer.entered_time_wait(self)

@@ -78,12 +78,14 @@ class ConnectionReceive:
                       else bytes(payload)]
             ooo = self.ooo
             if ooo:
+                held = ooo.bytes
                 while True:
                     more = ooo.pop_at(rcv_nxt)
                     if more is None:
                         break
                     chunks.append(more)
                     rcv_nxt += len(more)
+                self.layer.ooo_bytes -= held - ooo.bytes
                 self.rcv_nxt = rcv_nxt
                 self.ack_now = True  # a hole was (partly) filled: ACK at once
                 if not ooo:
@@ -117,14 +119,23 @@ class ConnectionReceive:
                 self.ooo_fin = None
                 self._fin_received(now)
         else:
-            if self.ooo is None:
-                self.ooo = Assembler()
+            layer = self.layer
             self.rcv_loss = True
-            if not self.ooo.add(seq, bytes(payload)):
-                self.layer.counters["tcp_ooo_drops"] += 1
-            else:
-                self.layer.counters["tcp_ooo_segments"] += 1
             self.ack_now = True  # RFC 5681 4.2: immediate duplicate ACK
+            if layer.ooo_bytes + len(payload) > layer.max_ooo_bytes:
+                # the stack's out-of-order bytes are at their bound: the peer
+                # retransmits this segment after the hole is filled
+                layer.counters["tcp_ooo_budget_drops"] += 1
+                return
+            ooo = self.ooo
+            if ooo is None:
+                ooo = self.ooo = Assembler()
+            held = ooo.bytes
+            if not ooo.add(seq, bytes(payload)):
+                layer.counters["tcp_ooo_drops"] += 1
+            else:
+                layer.ooo_bytes += ooo.bytes - held
+                layer.counters["tcp_ooo_segments"] += 1
 
     def _tune_interval(self) -> float:
         srtt = self.rto.srtt
