@@ -64,6 +64,7 @@ from nbgateway.proxy.balance import (
 )
 from nbgateway.proxy.failures import classify_error, note_dial_denial, root_cause
 from nbgateway.proxy.fast_request import FastRequest
+from nbgateway.proxy.h2_lean import LeanH2Request
 from nbgateway.proxy.headers import (
     canonical_name,
     filter_response_headers,
@@ -193,6 +194,14 @@ class _Exchange:
             # exchange itself, see __call__; reading self._client_lost would
             # make a bound method through a generic lookup per request);
             # request.on_lost(self), inline
+            lost = request.lost_hooks
+            if lost:
+                lost.append(self)
+            else:
+                request.lost_hooks = [self]
+        elif type(request) is LeanH2Request and self.state is None:
+            # the HTTP/2 lean route's: the same, at sites of its own (a site
+            # specialises for one type)
             lost = request.lost_hooks
             if lost:
                 lost.append(self)
@@ -360,7 +369,12 @@ class _Exchange:
                     self._send_error(pages.CONNECTION_ERROR, exc)
                     return
             code = response.code
-            if type(request) is FastRequest:  # request.setResponseCode(...), inline
+            if type(request) is FastRequest:  # noqa: SIM114 (request.setResponseCode(...), inline)
+                request.code = code
+                phrase = response.phrase
+                request.code_message = phrase if phrase else _RESPONSES.get(
+                    code, b"Unknown Status")
+            elif type(request) is LeanH2Request:  # the same, at sites of its own
                 request.code = code
                 phrase = response.phrase
                 request.code_message = phrase if phrase else _RESPONSES.get(

@@ -38,6 +38,7 @@ from twisted.web.http_headers import Headers
 
 from nbgateway.dial.http11_wire import split_url
 from nbgateway.proxy.fast_request import FastRequest
+from nbgateway.proxy.h2_lean import LeanH2Request
 from nbgateway.proxy.headers import (
     FRAMING_LOWER,
     PLAN_SKIPS,
@@ -115,8 +116,9 @@ class RoutePlan:
         inbound = request.requestHeaders._rawHeaders
         if _TE in inbound:
             return None
-        # the fast path's request: its own attribute (no method call)
-        secure = request.secure if type(request) is FastRequest else request.isSecure()
+        # the lean requests' own attribute (no method call; a site per type)
+        secure = (request.secure if type(request) is FastRequest
+                  else request.secure if type(request) is LeanH2Request else request.isSecure())
         tails = self.tails
         identity = ctx.identity
         tail = tails.get((id(identity), client_ip, host, secure))

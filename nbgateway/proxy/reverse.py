@@ -70,6 +70,7 @@ from nbgateway.proxy.exchange import (
     client_ip,
 )
 from nbgateway.proxy.fast_request import FastRequest
+from nbgateway.proxy.h2_lean import LeanH2Request
 from nbgateway.proxy.headers import (
     TrustedProxies,
     canonical_name,
@@ -296,8 +297,10 @@ class ReverseProxy:
             self._relay_h2(request, ctx, service, route, opts, dialer, timeout, pool, state)
             return server.NOT_DONE_YET
         # _request_body(request); a bodiless request without a call
-        # (the fast path's request has body_stream: a plain read, no getattr call)
+        # (the fast path's request has body_stream: a plain read, no getattr
+        # call; the HTTP/2 lean route's too, at a site of its own)
         body = (None if ((request.body_stream if type(request) is FastRequest
+                          else request.body_stream if type(request) is LeanH2Request
                           else getattr(request, "body_stream", None)) is None
                          and _CONTENT_LENGTH not in raw_in and _TRANSFER_ENCODING not in raw_in)
                 else _request_body(request))
