@@ -60,7 +60,13 @@ import h2.config
 import h2.connection
 import priority
 from h2.config import DummyLogger, H2Configuration
-from h2.connection import AllowedStreamIDs, ConnectionInputs, _decode_headers
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    ConnectionState,
+    H2ConnectionStateMachine,
+    _decode_headers,
+)
 from h2.events import _ResponseSent
 from h2.exceptions import (
     FlowControlError,
@@ -68,7 +74,7 @@ from h2.exceptions import (
     ProtocolError,
     TooManyStreamsError,
 )
-from h2.stream import STREAM_OPEN, H2Stream, StreamInputs, StreamState
+from h2.stream import STREAM_OPEN, H2Stream, StreamInputs, StreamState, _transitions
 from h2.utilities import (
     _ALLOWED_PSEUDO_HEADER_FIELDS,
     _SECURE_HEADERS,
@@ -114,6 +120,22 @@ _NAME_OK = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 #: bytes no field value may hold anywhere
 _VALUE_BAD = b"\x00\n\r"
 _CLOSED = StreamState.CLOSED
+_OPEN = StreamState.OPEN
+_HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
+# Transitions that change nothing (no event, the same state) are skipped on
+# the hot paths below when the machine is in that state (h2's process_input
+# is a Python call hashing two enums through Enum.__hash__): the connection
+# of a server receiving or sending headers or sending data, a stream that
+# sends data while open or half closed (remote).
+for _state, _input in ((_SERVER_OPEN, ConnectionInputs.RECV_HEADERS),
+                       (_SERVER_OPEN, ConnectionInputs.SEND_HEADERS),
+                       (_SERVER_OPEN, ConnectionInputs.SEND_DATA)):
+    if H2ConnectionStateMachine._transitions.get((_state, _input)) != (None, _state):
+        raise ImportError(f"h2's connection transition {_state} {_input} is not a no-op")
+for _state in (_OPEN, _HALF_CLOSED_REMOTE):
+    if _transitions.get((_state, StreamInputs.SEND_DATA)) != (None, _state):
+        raise ImportError(f"h2's stream transition {_state} SEND_DATA is not a no-op")
 #: a response head's pseudo-header fields when it has only ``:status``
 _STATUS_ONLY = frozenset((b":status",))
 
@@ -466,7 +488,9 @@ class _CheckedStream(H2Stream):
         if pad_length is not None or type(data) is not bytes:
             return super().send_data(data, end_stream, pad_length)
         machine = self.state_machine
-        machine.process_input(StreamInputs.SEND_DATA)
+        state = machine.state
+        if state is not _HALF_CLOSED_REMOTE and state is not _OPEN:  # (else a no-op)
+            machine.process_input(StreamInputs.SEND_DATA)
         if end_stream:
             machine.process_input(StreamInputs.SEND_END_STREAM)
         size = len(data)
@@ -601,7 +625,9 @@ class _TrailingH2State(h2.connection.H2Connection):
         if value + 1 > max_open:
             raise TooManyStreamsError(f"Max inbound streams is {max_open}, {value} open")
         headers = _decode_headers(self.decoder, frame.data)
-        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        machine = self.state_machine
+        events = ([] if machine.state is _SERVER_OPEN  # (a no-op there)
+                  else machine.process_input(ConnectionInputs.RECV_HEADERS))
         stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
         flags = frame.flags
         stream_events = stream.receive_request(headers, "END_STREAM" in flags)
@@ -641,7 +667,9 @@ class _TrailingH2State(h2.connection.H2Connection):
             if size > self.max_outbound_frame_size:
                 raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is "
                                          f"{self.max_outbound_frame_size}")
-            self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+            machine = self.state_machine
+            if machine.state is not _SERVER_OPEN:  # (a no-op there)
+                machine.process_input(ConnectionInputs.SEND_DATA)
             self._prepare_for_sending(stream.send_data(data, end_stream))
             self.outbound_flow_control_window -= size
             assert self.outbound_flow_control_window >= 0 or size == 0
@@ -660,7 +688,9 @@ class _TrailingH2State(h2.connection.H2Connection):
         if stream is None:
             self.send_headers(stream_id, block)
             return
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        machine = self.state_machine
+        if machine.state is not _SERVER_OPEN:  # (a no-op there)
+            machine.process_input(ConnectionInputs.SEND_HEADERS)
         self._prepare_for_sending(stream.send_headers(block, self.encoder, False))
 
     def end_stream(self, stream_id: int) -> None:

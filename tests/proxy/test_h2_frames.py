@@ -302,3 +302,34 @@ def _open_streams_run(rng: random.Random) -> bool:
         if got[0] == "raised" and action[0] == "recv":
             break
     return pruned
+
+
+@pytest.mark.parametrize("action", ["headers", "data", "recv"])
+def test_closed_connection_refuses_as_plain_h2(action: str) -> None:
+    """The connection's no-op transitions are skipped only in SERVER_OPEN:
+    once the server has sent GOAWAY, a response head, data or a new
+    stream's HEADERS meet h2's own transition (the same error, the same
+    bytes) on both."""
+    rng = random.Random(7)
+    ours, theirs, client = _pair()
+    for sid in (1, 3):
+        client.send_headers(sid, REQUEST, end_stream=sid == 1)
+    hello = client.data_to_send()
+    results = []
+    for server in (ours, theirs):
+        server.receive_data(hello)
+        server.send_headers(3, [(b":status", b"200")])
+        server.close_connection()
+        server.data_to_send()
+        if action == "headers":
+            got = _step(server, ("send", "send_headers", (1, [(b":status", b"200")])))
+        elif action == "data":
+            got = _step(server, ("send", "send_data", (3, b"x" * rng.choice((1, 10)))))
+        else:
+            frame = HeadersFrame(5)
+            frame.data = b"\x82\x87\x84\x41\x01a"
+            frame.flags.add("END_HEADERS")
+            got = _step(server, ("recv", _raw(frame)))
+        results.append(got)
+    assert results[0] == results[1]
+    assert results[0][0] == "raised"
