@@ -171,7 +171,11 @@ class MapCache:
                     self._entries.move_to_end(account_id)
                     while len(self._entries) > self._size:
                         gone, _ = self._entries.popitem(last=False)
-                        self._pending.pop(gone, None)
+                        if gone not in self._loading:
+                            # an account another thread is reading keeps the
+                            # changes that landed during its read: the entry
+                            # that thread stores predates them
+                            self._pending.pop(gone, None)
                 return entry
             finally:
                 with self._lock:

@@ -172,6 +172,9 @@ class ProxyServiceServicer:
         self._clock = clock
         self._lock = threading.Lock()
         self._token_cache: OrderedDict[str, tuple[ProxyAccessToken, float]] = OrderedDict()
+        #: bumped by every clear: a check that read the store before a
+        #: revocation does not cache what it read after the clear
+        self._token_generation = 0
         #: the mapping streams: connections, dispatch, broadcast, resume
         self.streams = MappingStreams(
             store, self.tokens, batch_size=batch_size or batch_size_from_env(),
@@ -397,6 +400,8 @@ class ProxyServiceServicer:
         cached = self._cached(key, now)
         if cached is not None:
             return cached
+        with self._lock:
+            generation = self._token_generation
         try:
             token = self.store.proxies.verify_token(plain)
         except ManagementError as exc:
@@ -404,6 +409,8 @@ class ProxyServiceServicer:
                 raise _AuthFailedError(exc.message) from None
             raise RpcAbortError(status_code(exc), f"authenticate: {exc.message}") from None
         with self._lock:
+            if generation != self._token_generation:
+                return token  # a token changed meanwhile: this answer is not kept
             self._token_cache[key] = (token, now)
             self._token_cache.move_to_end(key)
             while len(self._token_cache) > TOKEN_CACHE_MAX:
@@ -412,6 +419,7 @@ class ProxyServiceServicer:
 
     def _clear_token_cache(self) -> None:
         with self._lock:
+            self._token_generation += 1
             self._token_cache.clear()
 
     # -- mapping streams (2.1 - 2.4): coroutines on the server's loop ---------------------------
