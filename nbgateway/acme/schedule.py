@@ -14,12 +14,18 @@ domains (of the ``max_domains`` all share), and :meth:`RenewalSchedule.due`
 takes due domains owner by owner, the owner whose last order began longest
 ago first, so one account with many due (or always failing) domains cannot
 keep another account's new domain waiting behind all of them for the few
-order slots (and the CA's rate limits) every account shares.
+order slots every account shares.  The CA's limits are shared too (one ACME
+account: Let's Encrypt allows 300 new orders per account in 3 hours), so
+one named owner begins at most ``max_orders_per_owner`` orders (default: a
+quarter of that) in any ``order_window``: an owner whose names never
+validate retries them within its own budget and cannot leave another
+account's new domain ``rateLimited``.
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +34,10 @@ DEFAULT_BACKOFF_CAP = 6 * 3600.0
 DEFAULT_JITTER = 0.2
 RENEW_FRACTION = 2.0 / 3.0
 DEFAULT_MIN_INTERVAL = 10.0
+#: one owner's orders per window: a quarter of Let's Encrypt's 300 new orders
+#: per account per 3 hours, the limit every owner of the ACME account shares
+DEFAULT_ORDERS_PER_OWNER = 75
+DEFAULT_ORDER_WINDOW = 3 * 3600.0
 
 
 @dataclass
@@ -53,6 +63,8 @@ class RenewalSchedule:
                  concurrency: int = 1, max_domains: int = 10_000,
                  max_per_owner: int | None = None,
                  min_interval: float = DEFAULT_MIN_INTERVAL,
+                 max_orders_per_owner: int = DEFAULT_ORDERS_PER_OWNER,
+                 order_window: float = DEFAULT_ORDER_WINDOW,
                  rand: Callable[[], float] = random.random) -> None:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -69,6 +81,11 @@ class RenewalSchedule:
         self.owned: dict[str, int] = {}
         #: owner -> when its last order began (see :meth:`due`)
         self.served: dict[str, float] = {}
+        self.max_orders_per_owner = max_orders_per_owner
+        self.order_window = order_window
+        #: named owner -> when its orders of the last ``order_window`` began
+        #: (kept when its domains are dropped: re-adding them resets nothing)
+        self.begun: dict[str, deque[float]] = {}
 
     # -- what the mappings say ------------------------------------------------
     def want(self, name: str, now: float, owner: str = "") -> bool:
@@ -112,6 +129,21 @@ class RenewalSchedule:
         return not_before + (not_after - not_before) * RENEW_FRACTION
 
     # -- the orders ----------------------------------------------------------
+    def budget_free_at(self, owner: str) -> float:
+        """When ``owner`` may begin its next order (-inf: now; "" has no budget)."""
+        times = self.begun.get(owner)
+        if not owner or times is None or len(times) < self.max_orders_per_owner:
+            return float("-inf")
+        return times[-self.max_orders_per_owner] + self.order_window
+
+    def _prune(self, now: float) -> None:
+        for owner in list(self.begun):
+            times = self.begun[owner]
+            while times and times[0] <= now - self.order_window:
+                times.popleft()
+            if not times:
+                del self.begun[owner]
+
     def due(self, now: float) -> list[str]:
         """Domains to order now (marked in flight), within the concurrency:
         one per owner in turn, the owner served longest ago first (never
@@ -119,11 +151,12 @@ class RenewalSchedule:
         free = self.concurrency - sum(1 for s in self.domains.values() if s.in_flight)
         if free <= 0:
             return []
+        self._prune(now)
         queues: dict[str, list[DomainState]] = {}
         for st in sorted(self.domains.values(), key=lambda s: (s.next_at, s.name)):
             if st.next_at > now:
                 break
-            if not st.in_flight:
+            if not st.in_flight and self.budget_free_at(st.owner) <= now:
                 queues.setdefault(st.owner, []).append(st)
         never = float("-inf")
         owners = sorted(queues, key=lambda o: (self.served.get(o, never),
@@ -138,10 +171,13 @@ class RenewalSchedule:
                 st.in_flight = True
                 st.attempts += 1
                 self.served[owner] = now
+                if owner:
+                    self.begun.setdefault(owner, deque()).append(now)
                 out.append(st.name)
                 free -= 1
             depth += 1
-            owners = [o for o in owners if len(queues[o]) > depth]
+            owners = [o for o in owners
+                      if len(queues[o]) > depth and self.budget_free_at(o) <= now]
         return out
 
     def succeeded(self, name: str, not_before: float, not_after: float,
@@ -177,6 +213,8 @@ class RenewalSchedule:
         return when
 
     def next_wakeup(self) -> float | None:
-        """When :meth:`due` next has something (None: nothing waits)."""
-        times = [s.next_at for s in self.domains.values() if not s.in_flight]
+        """When :meth:`due` next has something (None: nothing waits): a
+        domain's time, or later when its owner's order budget is spent."""
+        times = [max(s.next_at, self.budget_free_at(s.owner))
+                 for s in self.domains.values() if not s.in_flight]
         return min(times) if times else None
