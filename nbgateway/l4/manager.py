@@ -352,6 +352,16 @@ class L4Manager:
         if self.udp is not None:
             self.udp.account_ready(account_id)
 
+    def revalidate(self, account_id: str) -> None:
+        """The account's access changed (management pushed a map for it): ask
+        the private gate again for each of its live private relays and UDP
+        sessions; those no longer allowed are closed (``access_revoked``)."""
+        for (acct, _port), router in list(self.private.items()):
+            if acct == account_id:
+                router.revalidate()
+        if self.udp is not None:
+            self.udp.revalidate(account_id)
+
     def remove(self, mapping: Any, *, keep_listener: bool = False) -> None:
         """Drop the mapping's route and reset its live relays; the port's
         listener closes with its last route unless ``keep_listener`` (a

@@ -256,6 +256,26 @@ class PortRouter(Factory):
         for conn in list(self.connections):
             conn.abort(reason)
 
+    def revalidate(self) -> int:
+        """Ask the private gate again for every live relay of this (private)
+        router: the account's access changed (a user blocked, a peer out of
+        the access groups) and the gate was asked only when each connection
+        began.  A relay the gate no longer allows is closed
+        (``access_revoked``).  Returns how many relays were asked about."""
+        gate = self.gate
+        if gate is None or self.account_id is None:
+            return 0
+        asked = 0
+        for conn in list(self.connections):
+            target = conn.target
+            if target is None or not target.private or conn.relay is None:
+                continue
+            asked += 1
+            d = maybeDeferred(gate, target, conn.source[0])
+            d.addCallbacks(conn._regated,
+                           lambda f, c=conn: c._regated((False, "gate_error", "", ())))
+        return asked
+
 
 @implementer(interfaces.IHalfCloseableProtocol)
 class L4ServerProtocol(Protocol):
@@ -425,6 +445,17 @@ class L4ServerProtocol(Protocol):
             self._close(reason or "denied", log_it=True)
             return
         self._dial()
+
+    def _regated(self, verdict: tuple[bool, str, str, tuple[str, ...]]) -> None:
+        """The gate's answer for a live relay (:meth:`PortRouter.revalidate`)."""
+        relay = self.relay
+        if verdict[0] or relay is None or relay.ended:
+            return
+        self.router.stats.denied += 1
+        log.info("L4 relay of {source} to service {service} closed: access revoked ({reason})",
+                 source=self.source[0], service=self.target.service_id if self.target else "?",
+                 reason=verdict[1] or "denied")
+        self.abort("access_revoked")
 
     def _to_http(self) -> None:
         """Hand the connection (and the bytes read so far) to the HTTP channel."""

@@ -212,6 +212,26 @@ class UDPService(DatagramProtocol):
             except Exception:
                 log.failure("UDP session end hook")
 
+    def revalidate(self) -> None:
+        """Ask the private gate again for each open session (see
+        :meth:`~nbgateway.l4.manager.L4Manager.revalidate`); a session it no
+        longer allows ends (``access_revoked``)."""
+        if self.gate is None or not self.target.private:
+            return
+        for key, session in list(self.sessions.items()):
+            if session.state != "open":
+                continue
+            d = maybeDeferred(self.gate, self.target, key[0])
+            d.addCallbacks(lambda v, s=session: self._regated(s, v),
+                           lambda f, s=session: self._regated(s, (False, "gate_error", "", ())))
+
+    def _regated(self, session: UDPSession, verdict: Any) -> None:
+        if verdict[0] or session.state == "closed" \
+                or self.sessions.get(session.client) is not session:
+            return
+        self.stats.denied += 1
+        self._end(session.client, "access_revoked")
+
     def close(self, reason: str) -> None:
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
@@ -324,6 +344,12 @@ class UDPRelays:
         self.errors: dict[str, str] = {}
         self.pending: dict[str, L4Target] = {}  # private services waiting for the tunnel
         manager.stats.udp_sessions_fn = self.session_count
+
+    def revalidate(self, account_id: str) -> None:
+        """Re-ask the private gate for the account's open private sessions."""
+        for service in list(self.services.values()):
+            if service.target.private and service.target.account_id == account_id:
+                service.revalidate()
 
     def session_count(self) -> int:
         return sum(len(s.sessions) for s in self.services.values())

@@ -245,6 +245,9 @@ class GatewayService(MultiService):
         self.metrics.add_account(runtime.account_id, devices=[runtime.device],
                                  stacks=[runtime.stack])
         self.l4.account_ready(runtime.account_id)  # private L4 on the tunnel address
+        # the gate was asked when each private L4 relay began: ask it again
+        # for the live ones (a revocation closes them, not only new ones)
+        self.l4.revalidate(runtime.account_id)
         self.health.set_client(runtime.account_id, client_health_from_device(
             runtime.device, self.reactor.seconds(), management_connected=True))
 
