@@ -8,7 +8,11 @@ in one FIFO per delay: deadlines of the same delay are added in time
 order, so each FIFO is sorted by construction and its head is its earliest
 deadline.  A single ``DelayedCall`` is armed for the earliest head of all
 FIFOs; when it fires, every expired deadline runs (in deadline order) and
-the timer is armed again for the next live head, if any.
+the timer is armed again for the next live head, if any.  The FIFOs' heads
+are found through a heap (one entry per FIFO holding deadlines, its due time
+a lower bound of the FIFO's live head): a firing visits only the FIFOs due,
+so its cost does not grow with the number of distinct delays pending (a
+tenant chooses its targets' timeouts, at nanosecond precision).
 
 Two ways to hold a deadline, on the same FIFOs and timer:
 
@@ -60,6 +64,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable
+from heapq import heappop, heappush
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -138,9 +143,9 @@ _new_deadline = Deadline.__new__
 
 
 class _Fifo:
-    __slots__ = ("dead", "dues", "entries", "limit", "owner")
+    __slots__ = ("dead", "delay", "dues", "entries", "heap_seq", "limit", "owner")
 
-    def __init__(self, owner: Deadlines) -> None:
+    def __init__(self, owner: Deadlines, delay: float = 0.0) -> None:
         #: the owners in deadline order, and beside each its deadline
         self.entries: deque[Any] = deque()
         self.dues: deque[float] = deque()
@@ -149,6 +154,9 @@ class _Fifo:
         #: compact when the FIFO reaches this length
         self.limit = COMPACT_AT
         self.owner = owner
+        self.delay = delay
+        #: the sequence number of this FIFO's entry in the owner's heap (None: none)
+        self.heap_seq: int | None = None
 
     def cancelled_behind(self) -> None:
         """A handle behind the head was cancelled: count it, and compact the
@@ -185,6 +193,9 @@ class Deadlines:
         #: leave the timer armed when nothing is pending (see the module docstring)
         self.linger = LINGER if linger is None else linger
         self._fifos: dict[float, _Fifo] = {}
+        #: (due, seq, fifo): each FIFO holding deadlines once, due <= its live head
+        self._heads: list[tuple[float, int, _Fifo]] = []
+        self._seq = 0
         self._call: Any = None
         self._armed_at = 0.0
         #: timer calls made (arming), for tests and benchmarks
@@ -204,7 +215,7 @@ class Deadlines:
         return found
 
     def _fifo(self, delay: float) -> _Fifo:
-        fifo = self._fifos[delay] = _Fifo(self)
+        fifo = self._fifos[delay] = _Fifo(self, delay)
         return fifo
 
     def add_owner(self, delay: float, owner: Owner, now: float | None = None) -> None:
@@ -235,6 +246,8 @@ class Deadlines:
         owner.due = when
         entries.append(owner)
         dues.append(when)
+        if fifo.heap_seq is None:  # else its heap entry is no later than this
+            self._push(when, fifo)
         if self._call is None or when < self._armed_at:
             self._arm(when)
 
@@ -278,12 +291,29 @@ class Deadlines:
         self.armed += 1
         self._call = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
 
+    def _emptied(self, fifo: _Fifo) -> None:
+        """``fifo`` holds no deadline (its heap entry is gone): forget it
+        beyond the few kept idle."""
+        fifo.dead = 0
+        fifos = self._fifos
+        if len(fifos) > MAX_IDLE_FIFOS and fifos.get(fifo.delay) is fifo:
+            del fifos[fifo.delay]
+
+    def _push(self, due: float, fifo: _Fifo) -> None:
+        self._seq += 1
+        fifo.heap_seq = self._seq
+        heappush(self._heads, (due, self._seq, fifo))
+
     def _fire(self) -> None:
         self._call = None
         now = self.clock.seconds()
         expired: list[tuple[float, Any]] = []
-        fifos = self._fifos
-        for delay, fifo in list(fifos.items()):
+        heads = self._heads
+        while heads and heads[0][0] <= now:
+            _due, seq, fifo = heappop(heads)
+            if fifo.heap_seq != seq:
+                continue  # a stale entry: the FIFO has a newer one, or none
+            fifo.heap_seq = None
             entries, dues = fifo.entries, fifo.dues
             while entries:
                 entry = entries[0]
@@ -294,10 +324,10 @@ class Deadlines:
                 dues.popleft()
                 if entry.due is when:
                     expired.append((when, entry))
-            if not entries:
-                fifo.dead = 0
-                if len(fifos) > MAX_IDLE_FIFOS:
-                    del fifos[delay]
+            if entries:
+                self._push(dues[0], fifo)
+            else:
+                self._emptied(fifo)
         if len(expired) > 1:  # several FIFOs' entries: deadline order (stable)
             expired.sort(key=_first)
         for when, entry in expired:
@@ -312,8 +342,20 @@ class Deadlines:
 
     def _arm_next(self) -> None:
         """Arm the timer for the earliest live head unless it is armed earlier."""
-        heads = [f.dues[0] for f in self._fifos.values() if f.drop_dead_heads()]
-        if heads:
-            first = min(heads)
+        heads = self._heads
+        while heads:
+            due, seq, fifo = heads[0]
+            if fifo.heap_seq != seq or not fifo.drop_dead_heads():
+                heappop(heads)
+                if fifo.heap_seq == seq:  # emptied by cancellations: no entry now
+                    fifo.heap_seq = None
+                    self._emptied(fifo)
+                continue
+            first = fifo.dues[0]
+            if first != due:  # its head moved on: the entry says so now
+                heappop(heads)
+                self._push(first, fifo)
+                continue
             if self._call is None or first < self._armed_at:
                 self._arm(first)
+            return
