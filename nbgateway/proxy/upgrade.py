@@ -84,10 +84,14 @@ class _ClientSide(Protocol):
 
 
 class _Splice:
-    def __init__(self, relay: UpgradeRelay, domain: str, request: Any, upstream: Any) -> None:
+    def __init__(self, relay: UpgradeRelay, domain: str, request: Any, upstream: Any,
+                 ctx: RequestContext | None = None) -> None:
         self.relay = relay
         self.domain = domain
         self.request = request
+        #: the request's context (service, listener account, source address):
+        #: what the private gate is asked again (:meth:`UpgradeRelay.revalidate`)
+        self.ctx = ctx
         self.upstream = upstream  # _UpstreamSide
         self.client_transport: Any = None
         self.bytes_up = 0
@@ -133,6 +137,13 @@ class _Splice:
         for t in (self.client_transport, self.upstream.transport):
             if t is not None:
                 t.loseConnection()
+
+
+def _close_unless_allowed(decision: Any, splice: _Splice) -> None:
+    if not decision.allowed:
+        log.info("upgraded connection to {domain} closed: access revoked ({reason})",
+                 domain=splice.domain, reason=decision.reason or "denied")
+        splice.close()
 
 
 class _UpstreamSide(Protocol):
@@ -342,7 +353,7 @@ class _Attempt:
             req.channel.transport.write(_head_bytes(b"HTTP/1.1 101 " + (reason or b"Switching"
                                                                          b" Protocols"), out))
             side.state = "splice"
-            side.splice = _Splice(self.relay, self.service.domain, req, side)
+            side.splice = _Splice(self.relay, self.service.domain, req, side, self.context)
             side.splice.start(rest)
             return
         # Not switched: relay as an ordinary response, then drop the connection.
@@ -445,6 +456,30 @@ class UpgradeRelay:
     def close_all(self) -> int:
         """Close every spliced connection (shutdown)."""
         return sum(self.close_domain(d) for d in list(self._active))
+
+    def revalidate(self, account_id: str, gate: Any) -> int:
+        """The account's access changed (management pushed a map for it): ask
+        the private gate (:class:`~nbgateway.auth.tunnel.PrivateGate`) again
+        for each spliced connection of the account's private services, as it
+        was asked for the upgrade request, and close those it no longer
+        allows.  Returns how many were asked about."""
+        asked = 0
+        for live in list(self._active.values()):
+            for splice in list(live):
+                ctx = splice.ctx
+                entry = None if ctx is None else ctx.entry
+                if entry is None or not entry.private:
+                    continue
+                service = entry.service
+                if service.account_id != account_id:
+                    continue
+                asked += 1
+                d = gate.check(listener_account=ctx.listener_account,  # type: ignore[union-attr]
+                               mapping_account=service.account_id, domain=service.domain,
+                               client_ip=ctx.source_ip)  # type: ignore[union-attr]
+                d.addCallback(_close_unless_allowed, splice)
+                d.addErrback(lambda f, sp=splice: sp.close())  # in doubt: closed
+        return asked
 
     def close_domain(self, domain: str) -> int:
         """Close every spliced connection for ``domain``; returns how many."""
