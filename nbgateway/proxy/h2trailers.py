@@ -136,6 +136,39 @@ for _state, _input in ((_SERVER_OPEN, ConnectionInputs.RECV_HEADERS),
 for _state in (_OPEN, _HALF_CLOSED_REMOTE):
     if _transitions.get((_state, StreamInputs.SEND_DATA)) != (None, _state):
         raise ImportError(f"h2's stream transition {_state} SEND_DATA is not a no-op")
+
+#: h2's stream transitions (``_transitions``), at index ``state << 5 |
+#: input`` of the enums' values: found without hashing the two enums
+_STREAM_STEPS: list[Any] = [None] * ((max(StreamState) + 1) << 5)
+if max(i._value_ for i in StreamInputs) >= 32:
+    raise ImportError("h2's StreamInputs do not fit the transition index")
+for (_state, _input), _step in _transitions.items():
+    _STREAM_STEPS[_state._value_ << 5 | _input._value_] = _step
+
+
+def _stream_input(machine: Any, input_: StreamInputs) -> list[Any]:
+    """``machine.process_input(input_)`` (``h2``'s stream state machine):
+    the same transition, state, events and errors, the transition found by
+    the enums' values (``process_input`` hashes both through
+    ``Enum.__hash__``, a Python call each)."""
+    step = _STREAM_STEPS[machine.state._value_ << 5 | input_._value_]
+    if step is None:
+        old_state = machine.state
+        machine.state = _CLOSED
+        raise ProtocolError(f"Invalid input {input_} in state {old_state}")
+    func, target = step
+    previous = machine.state
+    machine.state = target
+    if func is not None:
+        try:
+            return func(machine, previous)  # type: ignore[no-any-return]
+        except ProtocolError:
+            machine.state = _CLOSED
+            raise
+        except AssertionError as err:  # (h2's: never expected)
+            machine.state = _CLOSED
+            raise ProtocolError(err) from err
+    return []
 #: a response head's pseudo-header fields when it has only ``:status``
 _STATUS_ONLY = frozenset((b":status",))
 
@@ -452,7 +485,7 @@ class _CheckedStream(H2Stream):
             input_ = StreamInputs.SEND_INFORMATIONAL_HEADERS
         else:
             input_ = StreamInputs.SEND_HEADERS
-        events = self.state_machine.process_input(input_)
+        events = _stream_input(self.state_machine, input_)
         if type(events[0]) is not _ResponseSent or block.pseudo != _STATUS_ONLY:
             flags = self._build_hdr_validation_flags(events)
             _check_pseudo_header_field_acceptability(block.pseudo, block.method, flags)
@@ -474,7 +507,7 @@ class _CheckedStream(H2Stream):
                 frames.append(framed(CONTINUATION, END_HEADERS if i == last else 0, stream_id,
                                      chunks[i]))
         if end_stream:
-            self.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            _stream_input(self.state_machine, StreamInputs.SEND_END_STREAM)
         if self.state_machine.trailers_sent and not end_stream:
             raise ProtocolError("Trailers must have END_STREAM set.")
         self.request_method = block.sent_method
@@ -490,9 +523,9 @@ class _CheckedStream(H2Stream):
         machine = self.state_machine
         state = machine.state
         if state is not _HALF_CLOSED_REMOTE and state is not _OPEN:  # (else a no-op)
-            machine.process_input(StreamInputs.SEND_DATA)
+            _stream_input(machine, StreamInputs.SEND_DATA)
         if end_stream:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
+            _stream_input(machine, StreamInputs.SEND_END_STREAM)
         size = len(data)
         self.outbound_flow_control_window -= size
         assert self.outbound_flow_control_window >= 0 or size == 0
@@ -500,7 +533,7 @@ class _CheckedStream(H2Stream):
 
     def end_stream(self) -> list[Any]:
         """``h2``'s: an empty DATA frame with END_STREAM (serialised at once)."""
-        self.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        _stream_input(self.state_machine, StreamInputs.SEND_END_STREAM)
         return [framed(DATA, END_STREAM, self.stream_id, b"")]
 
     def _build_headers_frames(self, headers: Any, encoder: Any, first_frame: Any,
@@ -532,10 +565,10 @@ class _CheckedStream(H2Stream):
         except ProtocolError:
             return self.receive_headers(headers, end_stream, self.config.header_encoding)[1]
         machine = self.state_machine
-        events = machine.process_input(StreamInputs.RECV_HEADERS)
+        events = _stream_input(machine, StreamInputs.RECV_HEADERS)
         event = events[0]
         if end_stream:
-            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            ended = _stream_input(machine, StreamInputs.RECV_END_STREAM)
             event.stream_ended = ended[0]
             events += ended
         if length or self.request_method == b"HEAD":

@@ -333,3 +333,44 @@ def test_closed_connection_refuses_as_plain_h2(action: str) -> None:
         results.append(got)
     assert results[0] == results[1]
     assert results[0][0] == "raised"
+
+
+def _event_fields(event: Any) -> tuple[str, list[tuple[str, str]]]:
+    """An event's type and fields (events it links to by their type)."""
+    fields = getattr(event, "__dict__", {})
+    return type(event).__name__, sorted(
+        (k, type(v).__name__ if isinstance(v, h2.events.Event) else repr(v))
+        for k, v in fields.items())
+
+
+def test_stream_input_is_h2s_process_input() -> None:
+    """``_stream_input`` (the transition found by the enums' values) against
+    h2's ``process_input`` for every state, input and a spread of the
+    machine's flags: the same state, events, machine attributes and error
+    class afterwards."""
+    from h2.stream import H2StreamStateMachine, StreamInputs, StreamState
+
+    from nbgateway.proxy.h2trailers import _stream_input
+
+    rng = random.Random(5)
+    flags = ("client", "headers_sent", "trailers_sent", "headers_received",
+             "trailers_received")
+    outcomes = set()
+    for state in StreamState:
+        for input_ in StreamInputs:
+            for _ in range(4):
+                values = {f: rng.choice((None, False, True)) for f in flags}
+                results = []
+                for run in (lambda m, i: m.process_input(i), _stream_input):
+                    machine = H2StreamStateMachine(1)
+                    machine.state = state
+                    for f, v in values.items():
+                        setattr(machine, f, v)
+                    try:
+                        got: Any = [_event_fields(e) for e in run(machine, input_)]
+                    except Exception as exc:
+                        got = type(exc).__name__
+                    results.append((got, dict(vars(machine))))
+                assert results[0] == results[1], (state, input_, values)
+                outcomes.add(results[0][0] if isinstance(results[0][0], str) else "events")
+    assert {"events", "ProtocolError", "StreamClosedError"} <= outcomes
