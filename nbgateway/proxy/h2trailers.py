@@ -361,21 +361,23 @@ class _ResponseBlock:
 #: lower-cases and strips: name -> that form, for names whose form is not
 #: empty, no pseudo-header field, not connection-specific, not sent never
 #: indexed (``authorization``, ``proxy-authorization``, ``cookie``) and not
-#: ``te``.  At most :data:`_KNOWN_NAMES` names of at most
-#: :data:`_KNOWN_NAME_LEN` bytes (cleared when full): twisted.web's and the
-#: upstream's ~15 names per response.
+#: ``te``; ``b""`` for the other names (``:status`` among them).  At most
+#: :data:`_KNOWN_NAMES` names of at most :data:`_KNOWN_NAME_LEN` bytes
+#: (cleared when full): twisted.web's and the upstream's ~15 names per
+#: response.
 _PLAIN_OUT: dict[bytes, bytes] = {}
 
 
-def _plain_out(name: bytes) -> bytes | None:
-    """``name``'s entry for :data:`_PLAIN_OUT` (remembered), or None."""
+def _plain_out(name: bytes) -> bytes:
+    """``name``'s entry for :data:`_PLAIN_OUT` (remembered when short)."""
     low = name.lower().strip()
     if (not low or low[0] == 0x3A or low in CONNECTION_HEADERS or low in _SECURE_HEADERS
-            or low == b"cookie" or low == b"te" or len(name) > _KNOWN_NAME_LEN):
-        return None
-    if len(_PLAIN_OUT) >= _KNOWN_NAMES:
-        _PLAIN_OUT.clear()
-    _PLAIN_OUT[name] = low
+            or low == b"cookie" or low == b"te"):
+        low = b""
+    if len(name) <= _KNOWN_NAME_LEN:
+        if len(_PLAIN_OUT) >= _KNOWN_NAMES:
+            _PLAIN_OUT.clear()
+        _PLAIN_OUT[name] = low
     return low
 
 
@@ -398,7 +400,9 @@ def _response_block(headers: Iterable[Any]) -> _ResponseBlock:
         value = header[1]
         if type(header) is tuple and type(value) is bytes:
             low = plain_out.get(name)
-            if low is not None or (type(name) is bytes and (low := _plain_out(name))):
+            if low is None and type(name) is bytes:
+                low = _plain_out(name)
+            if low:
                 # (a regular name: h2's scans stop at it; nothing else to check)
                 leading = False
                 regular = True
