@@ -339,6 +339,10 @@ class IndexedTable(FastTable):
 MAX_ENCODER_TABLE = 4096
 
 
+#: an indexed field's one byte (RFC 7541 6.1) for indices below 127
+_INDEXED = [bytes((0x80 | index,)) for index in range(127)]
+
+
 class TableEncoder(Encoder):
     """``hpack``'s ``Encoder`` over an :class:`IndexedTable`, one loop per
     block, its table at most :data:`MAX_ENCODER_TABLE` bytes."""
@@ -383,13 +387,13 @@ class TableEncoder(Encoder):
             if static is not None:
                 index = static[1].get(value, 0)
                 if index:
-                    out.append(bytes((0x80 | index,)))  # static indices < 127
+                    out.append(_INDEXED[index])  # static indices < 127
                     continue
             seq = pairs.get((name, value))
             if seq is not None:
                 index = _FIRST_DYNAMIC + table.added - seq
                 if index < 127:
-                    out.append(bytes((0x80 | index,)))
+                    out.append(_INDEXED[index])
                 else:
                     field = encode_integer(index, 7)
                     field[0] |= 0x80
