@@ -86,3 +86,14 @@ class StoreUnavailable(ManagementError):
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+
+
+class QuotaExceeded(PreconditionFailed):
+    """An account is at one of its quotas (:mod:`nbgateway.management.quotas`).
+
+    HTTP 412 like its parent: the precondition "the account has a free slot"
+    fails, waiting does not change that (unlike 429, which clients retry), and
+    clients that already handle NetBird's ``PreconditionFailed`` keep working.
+    gRPC callers (a gateway registering a proxy peer) get RESOURCE_EXHAUSTED."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"

@@ -53,7 +53,12 @@ from nbgateway.management.accesslogdecode import (
     decode_batch,
 )
 from nbgateway.management.authlimit import CLIENT_IP_METADATA
-from nbgateway.management.errors import ManagementError, NotFound, ValidationError
+from nbgateway.management.errors import (
+    ManagementError,
+    NotFound,
+    QuotaExceeded,
+    ValidationError,
+)
 from nbgateway.management.grpcloop import RpcAbortError
 from nbgateway.management.ipam import canonical_tunnel_ip
 from nbgateway.management.model import (
@@ -315,6 +320,9 @@ class TunnelPeerRpcs:
             if raced is not None:  # another peer registered the key meanwhile
                 context.abort(grpc.StatusCode.ALREADY_EXISTS,
                               "wireguard_public_key belongs to another peer")
+            if isinstance(exc, QuotaExceeded):  # the account's peer quota: not our fault
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"create proxy peer: {exc.message}")
             context.abort(grpc.StatusCode.INTERNAL, f"create proxy peer: {exc.message}")
         return pb.CreateProxyPeerResponse(success=True)
 

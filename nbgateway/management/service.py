@@ -6,6 +6,8 @@ Lifecycle (nothing live before fork; constructors only build objects):
   store, bootstrap the default account and write the first admin token to
   ``DATADIR/admin-token`` (mode 0600; the path is logged once, the token never),
   then bind the REST listener.
+  The configured per-account quotas (:mod:`.quotas`) are set on the store it
+  opens; the REST site checks the per-account rate limits (:mod:`.ratelimit`).
 * ``startService``: start the dedicated store thread pool (requests accepted
   before that are queued on it).
 * ``stopService``: stop listening, drain and stop the pool, dispose of the store.
@@ -28,6 +30,12 @@ from twisted.python.threadpool import ThreadPool
 
 from nbgateway.atomicfile import write_atomic
 from nbgateway.management.api import build_site
+from nbgateway.management.quotas import Quotas
+from nbgateway.management.ratelimit import (
+    DEFAULT_READ_RATE,
+    DEFAULT_WRITE_RATE,
+    AccountRateLimit,
+)
 from nbgateway.management.retention import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_ROWS,
@@ -42,6 +50,9 @@ DEFAULT_DATADIR = "nbgateway-data"
 ADMIN_TOKEN_FILE = "admin-token"
 #: allows a plaintext gRPC listener on a non-loopback address (``--grpc-insecure-bind-any``)
 INSECURE_BIND_ANY_ENV = "NB_MANAGEMENT_GRPC_INSECURE_BIND_ANY"
+#: per-account REST rate limits (flags --api-write-rate / --api-read-rate)
+API_WRITE_RATE_ENV = "NB_MANAGEMENT_API_WRITE_RATE"
+API_READ_RATE_ENV = "NB_MANAGEMENT_API_READ_RATE"
 
 
 def env_flag(value: str) -> bool:
@@ -94,7 +105,9 @@ class ManagementService(MultiService):
                  grpc_key: str | None = None, grpc_insecure_bind_any: bool | None = None,
                  access_log_max_age: timedelta | str | None = DEFAULT_MAX_AGE,
                  access_log_max_rows: int | None = DEFAULT_MAX_ROWS,
-                 sso_settings: Any = None, sso_auto_groups: tuple[str, ...] = ()):
+                 sso_settings: Any = None, sso_auto_groups: tuple[str, ...] = (),
+                 quotas: Any = None, api_write_rate: str | None = None,
+                 api_read_rate: str | None = None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -110,6 +123,16 @@ class ManagementService(MultiService):
         self.reactor = reactor
         self.store = store
         self._owns_store = store is None
+        # per-account quotas and REST rate limits: twistd passes the flags;
+        # library and embedded use read the same NB_MANAGEMENT_* variables
+        self._quotas_given = quotas is not None
+        self.quotas = quotas if quotas is not None else Quotas.from_environ(os.environ)
+        if api_write_rate is None:
+            api_write_rate = os.environ.get(API_WRITE_RATE_ENV) or DEFAULT_WRITE_RATE
+        if api_read_rate is None:
+            api_read_rate = os.environ.get(API_READ_RATE_ENV) or DEFAULT_READ_RATE
+        self.rate_limit = AccountRateLimit.from_settings(api_write_rate, api_read_rate,
+                                                         reactor.seconds)
         self.threadpool = ThreadPool(minthreads=0, maxthreads=pool_size,
                                      name="nbmanagement-store")
         #: background pruning of the access log (age / per-account row count)
@@ -155,9 +178,12 @@ class ManagementService(MultiService):
 
             self.store = Store.open(self.store_dsn, datadir=self.datadir,
                                     known_clusters=self.known_clusters)
+        if self._owns_store or self._quotas_given:
+            self.store.quotas = self.quotas
         self._bootstrap()
         site = build_site(self.store, self.threadpool, self.reactor,
-                          ca_cert_path=os.path.join(self.datadir, "ca.crt"), sso=self.sso)
+                          ca_cert_path=os.path.join(self.datadir, "ca.crt"), sso=self.sso,
+                          rate_limit=self.rate_limit)
         endpoint = serverFromString(self.reactor, self.api_endpoint)
         failures: list[Any] = []
         d = endpoint.listen(site)

@@ -30,7 +30,6 @@ import json
 import threading
 import time
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -41,8 +40,10 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from nbgateway.management import sessionjwt
+from nbgateway.management.errors import QuotaExceeded
 from nbgateway.management.model import User, utcnow
 from nbgateway.management.oidc import OIDCError, OIDCFlow, OIDCSettings
+from nbgateway.management.ratelimit import KeyedBuckets
 
 __all__ = ["SSO", "CallbackResource", "http_fetch_json", "http_post_form"]
 
@@ -148,7 +149,10 @@ class SSO:
         except OIDCError as exc:
             raise SSOError(str(exc), denied) from None
         with self._lock:  # one provisioning at a time (the same user may come twice)
-            user = self._provision(svc.account_id, claims)
+            try:
+                user = self._provision(svc.account_id, claims)
+            except QuotaExceeded as exc:  # the account's user quota: refused, not an outage
+                raise SSOError(f"user not created: {exc.message}", denied) from None
         if user.pending_approval or user.blocked:
             raise SSOError(f"user {user.id} is {user.status}", denied)
         groups = self._store().groups.resolve(svc.account_id, list(user.auto_groups))
@@ -191,26 +195,6 @@ class SSO:
         return user
 
 
-class _Buckets:
-    """Per-client token buckets (bounded)."""
-
-    def __init__(self, rate: float, burst: int, clock: Any, max_entries: int = 10_000) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self._b: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self.max_entries = max_entries
-
-    def take(self, key: str) -> bool:
-        now = self.clock()
-        tokens, last = self._b.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        ok = tokens >= 1.0
-        self._b[key] = (tokens - 1.0 if ok else tokens, now)
-        self._b.move_to_end(key)
-        while len(self._b) > self.max_entries:
-            self._b.popitem(last=False)
-        return ok
-
-
 class CallbackResource(Resource):
     """``GET /reverse-proxy/callback`` (no API token: the state is the proof)."""
 
@@ -221,13 +205,14 @@ class CallbackResource(Resource):
         self.sso = sso
         self.threadpool = threadpool
         self.reactor = reactor
-        self.limits = _Buckets(CALLBACK_RATE, CALLBACK_BURST, reactor.seconds)
+        #: per client address (management's one keyed token bucket)
+        self.limits = KeyedBuckets(CALLBACK_RATE, CALLBACK_BURST)
 
     def render_GET(self, request: Any) -> Any:
         if [p for p in request.postpath if p] != [b"callback"]:
             return self._plain(request, 404, "not found\n")
         client = str(getattr(request.getClientAddress(), "host", ""))
-        if not self.limits.take(client):
+        if self.limits.take(client, self.reactor.seconds()):
             return self._plain(request, 429, "too many sign-in attempts\n")
         try:
             query = {k: v for k, v in reversed(parse_qsl(

@@ -20,6 +20,9 @@ from nbgateway.management.grpcserver import (
     grpc_bind_address,
 )
 from nbgateway.management.oidc import OIDCError, OIDCSettings, load_client_secret
+from nbgateway.management.quotas import SPECS as QUOTA_SPECS
+from nbgateway.management.quotas import Quotas, flag_name
+from nbgateway.management.ratelimit import DEFAULT_READ_RATE, DEFAULT_WRITE_RATE, parse_rate
 from nbgateway.management.retention import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_ROWS,
@@ -73,6 +76,12 @@ SETTINGS = (
     ("oidc-callback-url", None, "SSO: the URL the provider sends browsers back to (default: "
                                 "http://<api-addr>/reverse-proxy/callback)"),
     ("oidc-auto-groups", None, "SSO: comma-separated group names every SSO user joins"),
+    ("api-write-rate", DEFAULT_WRITE_RATE, "REST mutations (POST/PUT/PATCH/DELETE) per account: "
+                                           "RATE/BURST per second, 429 with Retry-After past "
+                                           "it (0 = no limit)"),
+    ("api-read-rate", DEFAULT_READ_RATE, "REST reads (GET) per account: RATE/BURST per second "
+                                         "(0 = no limit)"),
+    *((flag_name(q), str(q.default), f"{q.help} (0 = unlimited)") for q in QUOTA_SPECS),
 )
 
 
@@ -135,11 +144,16 @@ class Options(OneLineUsage, usage.Options):
         except ValueError as exc:
             raise usage.UsageError(f"--log-level: {exc}") from None
         for flag, parse in (("access-log-max-age", parse_max_age),
-                            ("access-log-max-rows", parse_max_rows)):
+                            ("access-log-max-rows", parse_max_rows),
+                            ("api-write-rate", parse_rate), ("api-read-rate", parse_rate)):
             try:
                 parse(self[flag])
             except ValueError as exc:
                 raise usage.UsageError(f"--{flag}: {exc}") from None
+        try:
+            self.quotas = Quotas.from_settings(self)
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
         try:
             check_plaintext_bind(bind, tls=bool(self["grpc-cert"]),
                                  insecure_bind_any=bool(self["grpc-insecure-bind-any"]))
@@ -177,6 +191,9 @@ def makeService(options: Options) -> ManagementService:
                                 access_log_max_age=parse_max_age(options["access-log-max-age"]),
                                 access_log_max_rows=parse_max_rows(options["access-log-max-rows"]),
                                 sso_settings=getattr(options, "sso_settings", None),
+                                quotas=Quotas.from_settings(options),
+                                api_write_rate=options.get("api-write-rate"),
+                                api_read_rate=options.get("api-read-rate"),
                                 sso_auto_groups=tuple(
                                     g.strip() for g in (options["oidc-auto-groups"] or "")
                                     .split(",") if g.strip()))

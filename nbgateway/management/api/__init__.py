@@ -8,6 +8,7 @@ Constructing the site opens no socket and starts no thread.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from twisted.web.resource import Resource
@@ -39,16 +40,45 @@ def build_openapi(routes: list[Route] | None = None) -> dict[str, Any]:
                           version=_version())
 
 
+def limit_routes(routes: list[Route], limiter: Any) -> list[Route]:
+    """The routes with each authenticated handler asking *limiter* (an
+    :class:`~nbgateway.management.ratelimit.AccountRateLimit`) first: HTTP 429
+    with ``Retry-After`` when the caller's account is over its rate.  Routes
+    without auth (the OpenAPI document) are left as they are; None: unchanged."""
+    if limiter is None:
+        return routes
+    from nbgateway.management.ratelimit import retry_after
+
+    def wrap(route: Route) -> Route:
+        inner, method = route.handler, route.method
+
+        def handler(call: Call) -> Result:
+            if call.identity is not None:
+                wait = limiter.admit(call.identity.account_id, method)
+                if wait:
+                    raise ApiError(429, "too many requests for this account, retry later",
+                                   {"Retry-After": retry_after(wait)})
+            return inner(call)
+
+        return dataclasses.replace(route, handler=handler)
+
+    return [wrap(r) if r.auth else r for r in routes]
+
+
 def build_site(store: Any, threadpool: Any, reactor: Any,
-               ca_cert_path: str | None = None, sso: Any = None) -> ApiSite:
+               ca_cert_path: str | None = None, sso: Any = None,
+               rate_limit: Any = None) -> ApiSite:
     """An HTTP site serving the API over *store*; handlers run on *threadpool*.
 
     *ca_cert_path*: where a co-located gateway keeps its CA certificate (the
     dashboard offers it to peers when the file exists).  *sso*: a
-    :class:`~nbgateway.management.sso.SSO` serves ``GET /reverse-proxy/callback``."""
+    :class:`~nbgateway.management.sso.SSO` serves ``GET /reverse-proxy/callback``.
+    *rate_limit*: an :class:`~nbgateway.management.ratelimit.AccountRateLimit`
+    every authenticated route (REST and dashboard alike) checks first."""
     handlers = Handlers(store)
     routes = build_routes(handlers)
     document = build_openapi(routes)
+    routes = limit_routes(routes, rate_limit)
 
     def openapi(call: Call) -> Result:
         return Result(200, document)
@@ -106,4 +136,4 @@ class _Root(Resource):
 
 
 # re-exported for embedding callers
-__all__ += ["ApiError", "ApiResource", "Call", "Handlers", "Result", "Route"]
+__all__ += ["ApiError", "ApiResource", "Call", "Handlers", "Result", "Route", "limit_routes"]

@@ -11,6 +11,10 @@ Concurrency model:
   and unique violations from races are retried with a fresh transaction (the
   rerun then reports the proper typed error).
 
+Per-account quotas (:attr:`StoreBase.quotas`, counted by ``_quotas``) rely on
+this: a create counts the account's rows after taking the account's lock, in
+the transaction that inserts, so two creates never both take the last slot.
+
 Listeners run after commit, in the writing thread, with
 ``(kind, account_id, ids)``; a failing listener is logged and skipped.
 
@@ -48,6 +52,7 @@ from twisted.logger import Logger
 from nbgateway.management import migrations
 from nbgateway.management.errors import Conflict, StoreUnavailable, ValidationError
 from nbgateway.management.model import ChangeKind
+from nbgateway.management.quotas import Quotas
 from nbgateway.management.store._prepared import Prepared
 
 if TYPE_CHECKING:
@@ -150,6 +155,9 @@ class StoreBase:
         self._engine = engine
         self.dialect = engine.dialect.name
         self.known_clusters = tuple(known_clusters)
+        #: per-account quotas the create paths enforce (``store/_quotas.py``);
+        #: the defaults unless the management service sets the configured ones
+        self.quotas = Quotas()
         self._listeners: list[ChangeListener] = []
         self._listeners_lock = threading.Lock()
         self._write_lock = _sqlite_lock(engine.url) if self.dialect == "sqlite" else None

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from nbgateway.management.errors import Conflict, NotFound, PreconditionFailed, ValidationError
 from nbgateway.management.model import ChangeKind, CustomDomain, new_id
+from nbgateway.management.store import _quotas
 from nbgateway.management.store._base import Repository, Tx
 from nbgateway.management.store._proxies import ACTIVE_WINDOW
 from nbgateway.management.store.schema import domains, proxies, services
@@ -194,6 +195,7 @@ class DomainRepository(Repository):
                 raise ValidationError(
                     f"target_cluster {go_quote(domain.target_cluster)} is another account's "
                     "own cluster: it serves only that account")
+            _quotas.enforce(conn, self._store.quotas, "domains", domain.account_id)
             new = dataclasses.replace(domain, id=domain.id or new_id(), domain=name)
             conn.execute(sa.insert(domains).values(**dataclasses.asdict(new)))
             tx.changed(ChangeKind.DOMAIN, new.account_id, new.id)

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from nbgateway.management.errors import BadRequest, Conflict, GroupInUse, NotFound
 from nbgateway.management.model import ChangeKind, Group, new_id
 from nbgateway.management.store import _peerstatements as ps
+from nbgateway.management.store import _quotas
 from nbgateway.management.store._base import Repository, Tx, dumps, loads
 from nbgateway.management.store._common import ALL_GROUP, check_ids, check_name, memberships
 from nbgateway.management.store.schema import group_peers, groups, services, users
@@ -65,6 +66,10 @@ class GroupRepository(Repository):
             check_name("group", group.name)
             self._store.peers._check_peer_ids(conn, group.account_id, group.peers)
             self._check_group_name_free(conn, group.account_id, group.name, None)
+            quotas = self._store.quotas
+            _quotas.enforce(conn, quotas, "groups", group.account_id)
+            _quotas.enforce(conn, quotas, "group-members", group.account_id,
+                            len(dict.fromkeys(group.peers)))
             gid = group.id or new_id()
             if conn.execute(sa.select(groups.c.id).where(groups.c.id == gid)).first():
                 raise Conflict("group already exists")
@@ -153,6 +158,9 @@ class GroupRepository(Repository):
             self._check_group_name_free(conn, group.account_id, group.name, group.id)
             self._store.peers._check_peer_ids(conn, group.account_id, group.peers)
             before = set(self._group_members(conn, [group.id]).get(group.id, []))
+            if row.name != ALL_GROUP:
+                _quotas.enforce(conn, self._store.quotas, "group-members", group.account_id,
+                                len(set(group.peers)) - len(before))
             if before - set(group.peers):  # members removed: their sessions end
                 self._store.services.revoke_sessions_in(tx, group.account_id)
             conn.execute(
@@ -209,11 +217,14 @@ class GroupRepository(Repository):
     ) -> Group:
         def run(tx: Tx) -> Group:
             conn = tx.conn
-            self._require_group(conn, account_id, group_id)
+            row = self._require_group(conn, account_id, group_id)
             current = self._group_members(conn, [group_id])[group_id]
             if add:
                 self._store.peers._check_peer_ids(conn, account_id, peer_ids)
                 new = current + [p for p in dict.fromkeys(peer_ids) if p not in current]
+                if row.name != ALL_GROUP:
+                    _quotas.enforce(conn, self._store.quotas, "group-members", account_id,
+                                    len(new) - len(current))
             else:
                 drop = set(peer_ids)
                 new = [p for p in current if p not in drop]

@@ -20,9 +20,11 @@ from nbgateway.management import ipam
 from nbgateway.management.errors import BadRequest, Conflict, NotFound, ValidationError
 from nbgateway.management.model import Account, ChangeKind, Group, Peer, User, new_id, utcnow
 from nbgateway.management.store import _peerstatements as ps
+from nbgateway.management.store import _quotas
 from nbgateway.management.store._addresses import AddressAllocator
 from nbgateway.management.store._base import Repository, Tx
 from nbgateway.management.store._common import (
+    ALL_GROUP,
     check_ids,
     check_name,
     check_text,
@@ -105,6 +107,22 @@ class PeerRepository(Repository):
         """ValidationError ``peer '<id>' not found in account``."""
         check_ids(conn, peers, account_id, ids, "peer")
 
+    def _check_memberships_growth(
+        self, conn: Connection, account_id: str, peer_id: str, group_ids: Sequence[str]
+    ) -> None:
+        """The group-members quota for a peer's groups replaced by ``group_ids``
+        (the All group not counted)."""
+        quotas = self._store.quotas
+        if not quotas.limit("group-members") or not group_ids:
+            return
+        all_ids = set(conn.execute(sa.select(groups.c.id).where(
+            groups.c.account_id == account_id, groups.c.name == ALL_GROUP)).scalars())
+        current = set(conn.execute(
+            sa.select(group_peers.c.group_id).where(group_peers.c.peer_id == peer_id)
+        ).scalars()) - all_ids
+        wanted = set(group_ids) - all_ids
+        _quotas.enforce(conn, quotas, "group-members", account_id, len(wanted) - len(current))
+
     def _set_peer_memberships(
         self,
         conn: Connection,
@@ -167,10 +185,20 @@ class PeerRepository(Repository):
         def run(tx: Tx) -> tuple[Peer, dict[str, tuple[str, int]]]:
             conn = tx.conn
             # prepared statements throughout (ps): a peer storm is mostly this
-            found = ps.ACCOUNT_NETWORKS.run(conn, account_id=peer.account_id).first()
+            quotas = self._store.quotas
+            peer_limit = quotas.limit("peers")
+            if peer_limit or quotas.limit("group-members"):
+                found = ps.ACCOUNT_NETWORKS_COUNTED.run(
+                    conn, account_id=peer.account_id, nth=max(0, peer_limit - 1)).first()
+            else:
+                found = ps.ACCOUNT_NETWORKS.run(conn, account_id=peer.account_id).first()
             if found is None:
                 raise NotFound("account not found")
-            network_v4, network_v6, all_id = found
+            network_v4, network_v6, all_id = found[:3]
+            # read under the account's lock: at the peer quota (its limit-th
+            # peer exists), and the memberships besides All
+            at_peer_limit = bool(peer_limit) and found[3] is not None
+            have_members = int(found[4]) if len(found) > 4 else 0
             check_name("peer", peer.name)
             if not peer.key:
                 raise ValidationError("peer key is required")
@@ -184,6 +212,8 @@ class PeerRepository(Repository):
                 check_text(what, value)
             if ps.KEY_TAKEN.run(conn, key=peer.key).first():
                 raise Conflict("peer with this key already exists")
+            if at_peer_limit:
+                quotas.check("peers", peer_limit)  # raises QuotaExceeded
             owner_groups: tuple[str, ...] = ()
             if peer.user_id is not None:
                 owner = conn.execute(
@@ -226,6 +256,8 @@ class PeerRepository(Repository):
                 created_at=peer.created_at or now,
             )
             wanted = list(peer.groups) + list(owner_groups)
+            # memberships besides All (the All group is not counted: one per peer)
+            quotas.check("group-members", have_members, len({g for g in wanted if g != all_id}))
             if not peer.proxy and all_id:
                 wanted.append(all_id)
             added = list(dict.fromkeys(wanted))
@@ -345,6 +377,7 @@ class PeerRepository(Repository):
             ):
                 raise ValidationError(f"user {peer.user_id!r} not found in account")
             self._store.groups._check_group_ids(conn, peer.account_id, peer.groups, "group")
+            self._check_memberships_growth(conn, peer.account_id, peer.id, peer.groups)
             conn.execute(
                 sa.update(peers)
                 .where(peers.c.id == peer.id)

@@ -26,6 +26,31 @@ ACCOUNT_NETWORKS = Prepared(
     ).where(accounts.c.id == sa.bindparam("account_id", type_=accounts.c.id.type))
 )
 
+#: :data:`ACCOUNT_NETWORKS` plus, for the per-account quotas (``_quotas``),
+#: the id of the account's ``nth`` peer by id (0-based; NULL when it has
+#: ``nth`` peers or fewer: "at the peer quota" is "the limit-th peer exists",
+#: an index probe that reads at most ``nth`` entries of the account's
+#: ``(account_id, id)`` index, not a count of all its peers) and its group
+#: memberships besides All (the trigger-kept ``groups.peers_count``, never a
+#: read of ``group_peers``), in the same statement: a quota'd peer creation
+#: costs no extra round trip
+ACCOUNT_NETWORKS_COUNTED = Prepared(
+    sa.select(
+        accounts.c.network_v4,
+        accounts.c.network_v6,
+        sa.select(sa.func.min(groups.c.id))
+        .where(groups.c.account_id == accounts.c.id, groups.c.name == sa.literal_column("'All'"))
+        .scalar_subquery(),
+        sa.select(peers.c.id).where(peers.c.account_id == accounts.c.id)
+        .order_by(peers.c.id).limit(sa.literal_column("1"))
+        .offset(sa.bindparam("nth", type_=sa.Integer()))
+        .scalar_subquery(),
+        sa.select(sa.func.coalesce(sa.func.sum(groups.c.peers_count), sa.literal_column("0")))
+        .where(groups.c.account_id == accounts.c.id, groups.c.name != sa.literal_column("'All'"))
+        .scalar_subquery(),
+    ).where(accounts.c.id == sa.bindparam("account_id", type_=accounts.c.id.type))
+)
+
 KEY_TAKEN = Prepared(
     sa.select(peers.c.id).where(peers.c.key == sa.bindparam("key", type_=peers.c.key.type))
 )

@@ -23,7 +23,7 @@ from nbgateway.management.model import (
     new_id,
     utcnow,
 )
-from nbgateway.management.store import _secrets
+from nbgateway.management.store import _quotas, _secrets
 from nbgateway.management.store._base import Repository, Tx
 from nbgateway.management.store.schema import (
     domains,
@@ -371,6 +371,7 @@ class ProxyRepository(Repository):
         def run(tx: Tx) -> tuple[ProxyAccessToken, str]:
             if account_id is not None:
                 self._store.accounts.require(tx.conn, account_id)  # type: ignore[attr-defined]
+                self._make_token_room(tx, account_id)
             plain = _secrets.generate_token(_secrets.PROXY_TOKEN_PREFIX)
             tok = ProxyAccessToken(
                 id=new_id(),
@@ -386,6 +387,23 @@ class ProxyRepository(Repository):
             return tok, plain
 
         return self._store._write(TOKEN_SCOPE, run)
+
+    def _make_token_room(self, tx: Tx, account_id: str) -> None:
+        """The account's proxy-token quota: at the limit, its revoked or expired
+        tokens are deleted first (oldest first; a dead token authenticates
+        nothing), then QuotaExceeded if live tokens still fill it."""
+        quotas = self._store.quotas
+        limit = quotas.limit("proxy-tokens")
+        if not limit:
+            return
+        have = _quotas.count(tx.conn, "proxy-tokens", account_id)
+        if have >= limit:
+            purged = _quotas.purge_dead_proxy_tokens(tx.conn, account_id, utcnow(),
+                                                     have - limit + 1)
+            if purged:
+                tx.changed(ChangeKind.PROXY_TOKEN, account_id, *purged)
+            have -= len(purged)
+        quotas.check("proxy-tokens", have)
 
     def list_tokens(self, account_id: str | None) -> list[ProxyAccessToken]:
         """Tokens of the account (None: management-wide tokens)."""

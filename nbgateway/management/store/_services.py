@@ -35,7 +35,7 @@ from nbgateway.management.model import (
     new_id,
     utcnow,
 )
-from nbgateway.management.store import _secrets
+from nbgateway.management.store import _quotas, _secrets
 from nbgateway.management.store._base import Repository, Tx, dumps
 from nbgateway.management.store._domains import (
     DomainRepository,
@@ -297,6 +297,24 @@ class ServiceRepository(Repository):
         if message is not None:
             raise ValidationError(message)
 
+    def _check_sizes(self, new: Service, old: Service | None) -> None:
+        """The per-service quotas (targets, access groups, bearer distribution
+        groups): QuotaExceeded when ``new`` grows one past its limit (an update
+        keeping or shrinking a service over a lowered limit passes)."""
+        quotas = self._store.quotas
+
+        def sizes(s: Service | None) -> tuple[int, int, int]:
+            if s is None:
+                return 0, 0, 0
+            return (len(s.targets), len(s.access_groups or ()),
+                    len(s.auth.bearer_auth.distribution_groups) if s.auth.bearer_auth else 0)
+
+        now, before = sizes(new), sizes(old)
+        for name, have, want in (("service-targets", before[0], now[0]),
+                                 ("service-groups", before[1], now[1]),
+                                 ("service-groups", before[2], now[2])):
+            quotas.check(name, have, want - have)
+
     # --- writes -------------------------------------------------------------------------
 
     def create(self, service: Service) -> Service:
@@ -314,6 +332,11 @@ class ServiceRepository(Repository):
         def run(tx: Tx) -> Service:
             conn = tx.conn
             self._store.accounts.require(conn, s.account_id)
+            self._check_sizes(s, None)
+            quotas = self._store.quotas
+            _quotas.enforce(conn, quotas, "services", s.account_id)
+            if (s.mode or "http") != "http":
+                _quotas.enforce(conn, quotas, "l4-services", s.account_id)
             now = utcnow()
             cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
             new = dataclasses.replace(s, proxy_cluster=cluster)
@@ -356,6 +379,7 @@ class ServiceRepository(Repository):
                 )
             s = validate_service(service)
             assertionkeys.validate(s.assertion_mode, s.max_session_age_seconds)
+            self._check_sizes(s, old)
             now = utcnow()
             cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
             new = dataclasses.replace(s, proxy_cluster=cluster)

@@ -27,7 +27,7 @@ from nbgateway.management.model import (
     new_id,
     utcnow,
 )
-from nbgateway.management.store import _secrets
+from nbgateway.management.store import _quotas, _secrets
 from nbgateway.management.store._base import Repository, Tx, dumps, loads
 from nbgateway.management.store._common import check_name, check_text
 from nbgateway.management.store.schema import peers, personal_access_tokens, users
@@ -117,7 +117,12 @@ class UserRepository(Repository):
 
     def create(self, user: User) -> User:
         """Create a user. ValidationError for unknown ``auto_groups`` ids or a bad role."""
-        return self._store._write(user.account_id, lambda tx: self._insert_user(tx, user))
+
+        def run(tx: Tx) -> User:
+            _quotas.enforce(tx.conn, self._store.quotas, "users", user.account_id)
+            return self._insert_user(tx, user)
+
+        return self._store._write(user.account_id, run)
 
     def get(self, account_id: str, user_id: str) -> User:
         """NotFound ``user not found`` (also for a user of another account)."""
@@ -242,10 +247,12 @@ class UserRepository(Repository):
         created_by: str = "",
     ) -> tuple[PersonalAccessToken, str]:
         """Create a PAT (``nbp_`` + 30 base62 + 6-char CRC32); returns row and plain."""
-        return self._store._write(
-            account_id,
-            lambda tx: self._insert_pat(tx, account_id, user_id, name, expires_at, created_by),
-        )
+
+        def run(tx: Tx) -> tuple[PersonalAccessToken, str]:
+            _quotas.enforce(tx.conn, self._store.quotas, "user-tokens", account_id)
+            return self._insert_pat(tx, account_id, user_id, name, expires_at, created_by)
+
+        return self._store._write(account_id, run)
 
     def list_tokens(
         self, account_id: str, user_id: str
