@@ -11,7 +11,10 @@ tested without a network.  Not yet wired into ``GetOIDCURL`` or a
   the management's callback URL.
 * State: ``base64url(redirect)|nonce|hex(HMAC-SHA256(key, redirect|nonce))``;
   the nonce also keys the pending flow (PKCE S256 verifier and redirect),
-  kept :data:`FLOW_TTL` seconds, bounded, and usable once.
+  kept :data:`FLOW_TTL` seconds, bounded, and usable once.  A flow has an
+  owner (the account whose service asked); a full table gives up the oldest
+  flow of the owner holding the most, so one tenant starting sign-ins over
+  and over never drops another tenant's.
 * :class:`OIDCFlow`: discovery (cached), the authorization URL, and
   :meth:`OIDCFlow.finish`: state check, code exchange with the verifier, ID
   token verification against the JWKS (asymmetric algorithms only; an
@@ -106,6 +109,7 @@ class _Flow:
     verifier: str
     redirect: str
     created: float
+    owner: str = ""
 
 
 class OIDCFlow:
@@ -118,6 +122,8 @@ class OIDCFlow:
         self._clock = clock
         self._key = state_key if state_key is not None else secrets.token_bytes(32)
         self._flows: OrderedDict[str, _Flow] = OrderedDict()
+        #: owner -> its pending nonces, oldest first (a full table evicts from the biggest)
+        self._owners: dict[str, OrderedDict[str, None]] = {}
         self._discovery: dict[str, Any] | None = None
         self._jwks: dict[str, Any] = {}
         self._jwks_fetched = float("-inf")
@@ -188,18 +194,32 @@ class OIDCFlow:
         there before :meth:`finish` runs."""
         return self._parse_state(state)[0]
 
+    def _drop(self, nonce: str) -> _Flow | None:
+        flow = self._flows.pop(nonce, None)
+        if flow is not None:
+            mine = self._owners[flow.owner]
+            del mine[nonce]
+            if not mine:
+                del self._owners[flow.owner]
+        return flow
+
     def _sweep(self, now: float) -> None:
-        while self._flows:
+        while self._flows:  # expired flows first (the oldest are in front)
             nonce, flow = next(iter(self._flows.items()))
-            if now - flow.created <= FLOW_TTL and len(self._flows) <= MAX_FLOWS:
+            if now - flow.created <= FLOW_TTL:
                 break
-            del self._flows[nonce]
+            self._drop(nonce)
+        while len(self._flows) > MAX_FLOWS:
+            # the owner holding the most gives up its oldest
+            biggest = max(self._owners.values(), key=len)
+            self._drop(next(iter(biggest)))
 
     # -- the flow --------------------------------------------------------------
-    def authorization_url(self, redirect_url: str) -> str:
+    def authorization_url(self, redirect_url: str, owner: str = "") -> str:
         """The IdP URL that starts a sign-in returning to ``redirect_url``
         (the caller has checked it is http(s) and one of the account's
-        service domains)."""
+        service domains); *owner* is the account that asked (see the module
+        docstring)."""
         parts = urlsplit(redirect_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise OIDCError("redirect URL must be http(s) with a host")
@@ -207,7 +227,8 @@ class OIDCFlow:
         self._sweep(now)
         nonce = _b64url(secrets.token_bytes(18))
         verifier, challenge = pkce_pair()
-        self._flows[nonce] = _Flow(verifier, redirect_url, now)
+        self._flows[nonce] = _Flow(verifier, redirect_url, now, owner)
+        self._owners.setdefault(owner, OrderedDict())[nonce] = None
         self._sweep(now)
         state = f"{_b64url(redirect_url.encode())}|{nonce}|{self._mac(redirect_url, nonce)}"
         query = urlencode({
@@ -230,7 +251,7 @@ class OIDCFlow:
         redirect, nonce = self._parse_state(state)
         now = self._clock()
         self._sweep(now)
-        flow = self._flows.pop(nonce, None)  # once only
+        flow = self._drop(nonce)  # once only
         if flow is None or flow.redirect != redirect:
             raise OIDCError("unknown or expired sign-in (state used or older than 10 min)")
         doc = self.discovery()

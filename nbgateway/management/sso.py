@@ -10,7 +10,10 @@ the store:
   ``oidc-<hash(account, issuer, sub)>``, created on first sign-in
   (auto-provisioning) with the configured auto-groups plus the account's
   groups named in the IdP's groups claim, and kept in step with the claim on
-  every sign-in; a pending or blocked user gets no token.  Success redirects
+  every sign-in; its e-mail is the ID token's only when ``email_verified``
+  is true (else none: the session and ``X-NetBird-User`` never name an
+  address the provider did not verify); a pending or blocked user gets no
+  token.  Success redirects
   to the service URL with ``session_token`` (an EdDSA session JWT, method
   ``oidc``); any refusal redirects there with ``error=access_denied`` when the
   service is known, else answers 400.
@@ -128,7 +131,7 @@ class SSO:
         svc = self._sso_service(host)
         if svc is None or svc.account_id != account_id:
             raise OIDCError("service not found in store")
-        return self.flow.authorization_url(redirect_url)
+        return self.flow.authorization_url(redirect_url, owner=account_id)
 
     def callback(self, query: Mapping[str, str]) -> str:
         """The browser's next location; :class:`SSOError` when refused."""
@@ -179,18 +182,19 @@ class SSO:
             gid = by_name.get(ref) or (ref if ref in ids else None)
             if gid is not None and gid not in wanted:
                 wanted.append(gid)
+        email = claims.email if claims.email_verified else ""
         user = store.users.find(uid)
         if user is None:
             return store.users.create(User(
-                id=uid, account_id=account_id, email=claims.email,
-                name=claims.email or claims.subject, role="user",
+                id=uid, account_id=account_id, email=email,
+                name=email or claims.subject, role="user",
                 auto_groups=tuple(wanted), created_at=utcnow()))
         if user.account_id != account_id:
             raise SSOError("user belongs to another account")
-        if user.email != claims.email or tuple(user.auto_groups) != tuple(wanted):
+        if user.email != email or tuple(user.auto_groups) != tuple(wanted):
             from dataclasses import replace
 
-            user = store.users.update(replace(user, email=claims.email,
+            user = store.users.update(replace(user, email=email,
                                               auto_groups=tuple(wanted)))
         return user
 
