@@ -98,7 +98,7 @@ def check(tokens: tuple[tuple[str, str, str, int], ...], token_id: str, secret: 
           now: float) -> Identity | None:
     """The identity of a valid token, None for an unknown id, a wrong secret,
     a malformed value or an expired token (all answered alike)."""
-    if not _ID_RE.match(token_id) or not _SECRET_RE.match(secret):
+    if not _ID_RE.fullmatch(token_id) or not _SECRET_RE.fullmatch(secret):
         return None
     want = digest(secret)
     for rec in tokens:

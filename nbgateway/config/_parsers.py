@@ -155,7 +155,7 @@ def parse_domain(text: str) -> str:
     labels = name.split(".")
     if len(labels) < 2:
         raise ValueError("domain needs at least two labels")
-    if not all(_LABEL.match(label) for label in labels):
+    if not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError("domain labels must be letters, digits and inner hyphens")
     return name
 
@@ -183,7 +183,7 @@ def parse_endpoint(text: str) -> str:
 
 
 def _single_label(host: str) -> None:
-    if not _LABEL.match(host.lower()):
+    if not _LABEL.fullmatch(host.lower()):
         raise ValueError(f"host {host!r} is not a valid name")
 
 

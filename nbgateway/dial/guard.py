@@ -157,9 +157,9 @@ def classify_host(host: str) -> HostKind:
     if not name or len(name) > 253 or ":" in name or "[" in name:
         return HostKind(invalid="not an IP address or DNS name")
     labels = name.split(".")
-    if not all(_LABEL.match(label) for label in labels):
+    if not all(_LABEL.fullmatch(label) for label in labels):
         return HostKind(invalid="not an IP address or DNS name")
-    if _NUMERIC_LABEL.match(labels[-1]):
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
         # a numeric last label is not a host name (RFC 3696 2), and a resolver
         # might still read the whole host as a number
         return HostKind(invalid="numeric host that is not a valid IPv4 address")
@@ -203,7 +203,7 @@ def parse_allow_rule(text: str) -> AllowRule:
     accounts: frozenset[str] | None = None
     if sep:
         ids = [a.strip() for a in scope.split("+")]
-        bad = [a for a in ids if not _ACCOUNT.match(a)]
+        bad = [a for a in ids if not _ACCOUNT.fullmatch(a)]
         if bad or not ids:
             raise ValueError(f"{text.strip()!r}: account ids after '@' are joined by '+' "
                              "and use letters, digits, '.', '_', ':' or '-'")

@@ -97,7 +97,7 @@ def valid_proxy_address(address: str) -> bool:
     except ValueError:
         pass
     labels = address.lower().rstrip(".").split(".")
-    return all(_DOMAIN_LABEL.match(label) for label in labels)
+    return all(_DOMAIN_LABEL.fullmatch(label) for label in labels)  # "$" allows "\n"
 
 
 def peer_ip(context: grpc.ServicerContext) -> str:

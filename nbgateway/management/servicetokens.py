@@ -75,7 +75,7 @@ def validate_request(name: Any, expires_in: Any) -> tuple[str, int]:
     """A create request's ``name`` and ``expires_in_seconds`` (0 = never);
     ValidationError with a clear message otherwise."""
     if not isinstance(name, str) or not name or len(name) > MAX_NAME or \
-            not _NAME_RE.match(name):
+            not _NAME_RE.fullmatch(name):
         raise ValidationError(f"token name must be 1-{MAX_NAME} characters of letters, digits, "
                               "space and ._:@-")
     if expires_in is None:

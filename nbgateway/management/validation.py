@@ -114,7 +114,7 @@ def go_quote(value: str) -> str:
 
 def is_valid_header_name(name: str) -> bool:
     """RFC 7230 ``token``."""
-    return bool(_TOKEN_RE.match(name))
+    return bool(_TOKEN_RE.fullmatch(name))
 
 
 def canonical_header_key(name: str) -> str:
@@ -245,7 +245,7 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        if ":" in host or not all(_NUMERIC_LABEL_RE.match(p) for p in host.split(".")):
+        if ":" in host or not all(_NUMERIC_LABEL_RE.fullmatch(p) for p in host.split(".")):
             return None
         try:
             return ipaddress.IPv4Address(socket.inet_aton(host))
@@ -272,9 +272,9 @@ def direct_host_problem(host: str) -> str | None:
             return "is not a valid IP address"
         name = bare[:-1] if bare.endswith(".") else bare
         labels = name.split(".")
-        if len(name) > 253 or not all(_HOST_LABEL_RE.match(label) for label in labels):
+        if len(name) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
             return "is not a valid hostname or IP address"
-        if all(_NUMERIC_LABEL_RE.match(label) for label in labels):
+        if all(_NUMERIC_LABEL_RE.fullmatch(label) for label in labels):
             return "is not a valid IP address"
         return None
     if addr.is_unspecified:
@@ -484,7 +484,10 @@ def normalise_domain(domain: str) -> str:
     name = domain.lower()
     if name.endswith("."):
         name = name[:-1]
-    if not name or len(name) > 253 or not all(_LABEL_RE.match(lb) for lb in name.split(".")):
+    # fullmatch: "$" alone also matches before a final newline, and a name
+    # with one is another name here but the same on every gateway (domain_key)
+    if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(lb)
+                                              for lb in name.split(".")):
         _fail(f"invalid domain {go_quote(domain)}")
     return name
 

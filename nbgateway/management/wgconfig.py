@@ -67,7 +67,7 @@ def check_endpoint(endpoint: str) -> str:
         try:
             host = str(ipaddress.IPv4Address(host))
         except ValueError:
-            if not _HOSTNAME.match(host):
+            if not _HOSTNAME.fullmatch(host):
                 raise WgConfigError("endpoint has an invalid host name") from None
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise WgConfigError("endpoint port must be 1..65535")

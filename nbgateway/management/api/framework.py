@@ -277,7 +277,7 @@ class ApiResource(Resource):
         if segments[: len(self._prefix)] != self._prefix:
             raise ApiError(404, "not found")
         segments = segments[len(self._prefix):]
-        if not all(_SEGMENT_OK.match(s) for s in segments):
+        if not all(_SEGMENT_OK.fullmatch(s) for s in segments):
             # no object id contains control characters (and NUL would upset the database)
             raise ApiError(404, "not found")
         method = request.method.decode("latin-1").upper()
