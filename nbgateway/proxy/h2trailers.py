@@ -716,6 +716,17 @@ class _TrailingH2State(h2.connection.H2Connection):
         if left <= STREAM_QUEUE_HIGH // 4 < before and self.on_drained is not None:
             self.on_drained(stream_id)
 
+    def local_flow_control_window(self, stream_id: int) -> int:
+        """h2's: the smaller of the connection's and the stream's outbound
+        windows; the stream looked up in place (``_get_stream_by_id``, a
+        Python call, only for its errors when the stream is not held)."""
+        stream = self.streams.get(stream_id) if stream_id else None
+        if stream is None:
+            return super().local_flow_control_window(stream_id)
+        window = self.outbound_flow_control_window
+        own = stream.outbound_flow_control_window
+        return own if own < window else window
+
     def send_response_head(self, stream_id: int, block: list[Any]) -> None:
         """``send_headers(stream_id, block)`` for a stream this connection
         knows: h2's steps (the connection's transition, the stream's frames)

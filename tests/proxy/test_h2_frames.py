@@ -374,3 +374,29 @@ def test_stream_input_is_h2s_process_input() -> None:
                 assert results[0] == results[1], (state, input_, values)
                 outcomes.add(results[0][0] if isinstance(results[0][0], str) else "events")
     assert {"events", "ProtocolError", "StreamClosedError"} <= outcomes
+
+
+def test_local_flow_control_window_as_plain_h2() -> None:
+    """The connection's window read (the stream looked up in place): after
+    every step of random frame sequences, each stream id (open, closed,
+    never opened, 0) gives h2's window or h2's error."""
+    def window(server: Any, sid: int) -> Any:
+        try:
+            return server.local_flow_control_window(sid)
+        except Exception as exc:
+            return type(exc).__name__
+
+    seen = set()
+    for seed in range(20):
+        rng = random.Random(seed)
+        ours, theirs, client = _pair()
+        for action in _actions(rng, client):
+            got, want = _step(ours, action), _step(theirs, action)
+            assert got == want, action
+            for sid in (0, 1, 3, 5, 7, 9, 101):
+                mine = window(ours, sid)
+                assert mine == window(theirs, sid), (seed, sid)
+                seen.add(mine if isinstance(mine, str) else "window")
+            if got[0] == "raised" and action[0] == "recv":
+                break
+    assert {"window", "StreamClosedError", "NoSuchStreamError"} <= seen, seen
