@@ -21,13 +21,28 @@ from sqlalchemy.engine import Connection
 from nbgateway.management.errors import Conflict, NotFound, PreconditionFailed, ValidationError
 from nbgateway.management.model import ChangeKind, CustomDomain, new_id
 from nbgateway.management.store import _quotas
-from nbgateway.management.store._base import Repository, Tx
+from nbgateway.management.store._base import _XACT_LOCK, Repository, Tx, _lock_key
 from nbgateway.management.store._proxies import ACTIVE_WINDOW
 from nbgateway.management.store.schema import domains, proxies, services
 from nbgateway.management.validation import go_quote, normalise_domain
 
 #: the answer when a name is (under) another account's: one text for every case
 DOMAIN_IN_USE = "domain overlaps a domain in use by another account"
+
+
+#: one PostgreSQL advisory lock for every claim of a name (custom domains and
+#: service domains, whatever the account): a write transaction is otherwise
+#: serialised only with its own account's, and two accounts' overlapping
+#: claims (``x.test`` and ``app.x.test``) would both pass their checks.
+#: Taken after the account's lock (never before it): no lock-order cycle.
+_NAMES_LOCK = _lock_key("names")
+
+
+def lock_names(conn: Connection) -> None:
+    """Wait for other accounts' name claims in flight (PostgreSQL; SQLite
+    has one writer at a time), so a claim's checks see them committed."""
+    if conn.dialect.name == "postgresql":
+        _XACT_LOCK.run(conn, key=_NAMES_LOCK)
 
 
 def self_and_parents(name: str) -> list[str]:
@@ -189,6 +204,7 @@ class DomainRepository(Repository):
                                       "a custom domain has two labels or more")
             if not domain.target_cluster:
                 raise ValidationError("target_cluster is required")
+            lock_names(conn)
             check_domain_claim(conn, self._store.known_clusters, domain.account_id, name)
             if foreign_own_cluster(conn, self._store.known_clusters, domain.account_id,
                                    domain.target_cluster):

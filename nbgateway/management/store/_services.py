@@ -41,6 +41,7 @@ from nbgateway.management.store._domains import (
     DomainRepository,
     cluster_for_domain,
     foreign_domain_over,
+    lock_names,
 )
 from nbgateway.management.store._servicerows import (
     hash_new_secrets,
@@ -341,6 +342,7 @@ class ServiceRepository(Repository):
             cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
             new = dataclasses.replace(s, proxy_cluster=cluster)
             self._check_service_refs(conn, new)
+            lock_names(conn)  # another account's claim in flight: wait for its commit
             self._check_domain_free(conn, new.account_id, new.domain, None)
             new = self._assign_port(conn, new, None)
             priv, pub = _secrets.generate_session_keys()
@@ -384,6 +386,8 @@ class ServiceRepository(Repository):
             cluster = self._derive_cluster(conn, s.account_id, s.domain, now)
             new = dataclasses.replace(s, proxy_cluster=cluster)
             self._check_service_refs(conn, new)
+            if new.domain != old.domain:
+                lock_names(conn)  # as in create: a claim of a new name only
             self._check_domain_free(conn, new.account_id, new.domain, old.id)
             if new.mode in ("tcp", "udp") and not service.listen_port and old.port_auto_assigned:
                 new = dataclasses.replace(new, listen_port=old.listen_port, port_auto_assigned=True)
