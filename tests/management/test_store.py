@@ -126,16 +126,20 @@ def test_user_bad_role(store, account):
         store.users.create(User(account_id=account.id, role="god"))
 
 
-def test_delete_user_removes_tokens_and_unowns_peers(store, account):
+def test_delete_user_removes_tokens_and_peers(store, account):
     store.users.create(User(id="carol", account_id=account.id, role="admin"))
     _, plain = store.users.create_token(account.id, "carol", "cli")
     p = store.peers.create(
         Peer(account_id=account.id, name="laptop", key="k-carol", user_id="carol")
     )
+    other = store.peers.create(Peer(account_id=account.id, name="server", key="k-server"))
     store.users.delete(account.id, "carol")
     with pytest.raises(Unauthenticated):
         store.users.authenticate_token(plain)
-    assert store.peers.get(account.id, p.id).user_id is None
+    # a peer of nobody would keep its groups' access (review 18): it goes with its owner
+    with pytest.raises(NotFound):
+        store.peers.get(account.id, p.id)
+    assert store.peers.get(account.id, other.id) == other
 
 
 # --- groups -------------------------------------------------------------------------------
@@ -538,11 +542,14 @@ def test_listeners_see_membership_side_effects(store, account):
     store.peers.update(dataclasses.replace(p, groups=[all_id]))  # leaves g, keeps All
     assert seen == [(ChangeKind.PEER, (p.id,)), (ChangeKind.GROUP, (g.id,))]
     seen.clear()
-    store.users.delete(account.id, "owner")
-    assert seen == [(ChangeKind.USER, ("owner",)), (ChangeKind.PEER, (p.id,))]
-    seen.clear()
     store.peers.delete(account.id, p.id)
     assert seen == [(ChangeKind.PEER, (p.id,)), (ChangeKind.GROUP, (all_id,))]
+    seen.clear()
+    q = store.peers.create(Peer(account_id=account.id, name="q", key="k2", user_id="owner"))
+    seen.clear()
+    store.users.delete(account.id, "owner")  # its peers go with it
+    assert seen == [(ChangeKind.USER, ("owner",)), (ChangeKind.PEER, (q.id,)),
+                    (ChangeKind.GROUP, tuple(sorted((g.id, all_id))))]
 
 
 def test_membership_order_kept_when_peer_updated(store, account):

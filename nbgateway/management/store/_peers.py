@@ -390,7 +390,14 @@ class PeerRepository(Repository):
                     ephemeral=peer.ephemeral,
                 )
             )
+            before = set(conn.execute(
+                sa.select(group_peers.c.group_id).where(group_peers.c.peer_id == peer.id)
+            ).scalars())
             changed_groups = self._set_peer_memberships(conn, peer.account_id, peer.id, peer.groups)
+            if before - set(peer.groups):
+                # out of a group: the cookies minted with its groups end (as
+                # groups.update does for the same change)
+                self._store.services.revoke_sessions_in(tx, peer.account_id)
             tx.changed(ChangeKind.PEER, peer.account_id, peer.id)
             if changed_groups:
                 tx.changed(ChangeKind.GROUP, peer.account_id, *sorted(changed_groups))
@@ -451,6 +458,8 @@ class PeerRepository(Repository):
             tx.changed(ChangeKind.PEER, account_id, peer_id)
             if member_of:
                 tx.changed(ChangeKind.GROUP, account_id, *member_of)
+                # the cookies minted with its groups end with it
+                self._store.services.revoke_sessions_in(tx, account_id)
 
         self._store._write(account_id, run)
 

@@ -18,7 +18,13 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from nbgateway.management.errors import Conflict, NotFound, Unauthenticated, ValidationError
+from nbgateway.management.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    Unauthenticated,
+    ValidationError,
+)
 from nbgateway.management.model import (
     USER_ROLES,
     ChangeKind,
@@ -30,7 +36,14 @@ from nbgateway.management.model import (
 from nbgateway.management.store import _quotas, _secrets
 from nbgateway.management.store._base import Repository, Tx, dumps, loads
 from nbgateway.management.store._common import check_name, check_text
-from nbgateway.management.store.schema import peers, personal_access_tokens, users
+from nbgateway.management.store.schema import (
+    group_peers,
+    peers,
+    personal_access_tokens,
+    services,
+    targets,
+    users,
+)
 
 
 def row_user(r: sa.Row) -> User:
@@ -175,7 +188,11 @@ class UserRepository(Repository):
         return self._store._write(user.account_id, run)
 
     def delete(self, account_id: str, user_id: str) -> None:
-        """Delete a user, its personal access tokens, and unset ``user_id`` on its peers."""
+        """Delete a user, its personal access tokens and its peers (as upstream:
+        a peer left without its owner would keep the access its groups give,
+        as a peer of nobody, where a blocked owner is refused).  BadRequest
+        ``peer has been linked to reverse proxy service: <domain>`` when one
+        of its peers is a service's target (as ``peers.delete``)."""
 
         def run(tx: Tx) -> None:
             conn = tx.conn
@@ -194,15 +211,30 @@ class UserRepository(Repository):
                     )
                 ).scalars()
             )
-            conn.execute(
-                sa.update(peers)
-                .where(peers.c.account_id == account_id, peers.c.user_id == user_id)
-                .values(user_id=None)
-            )
+            member_of: list[str] = []
+            if owned:
+                linked = conn.execute(
+                    sa.select(services.c.domain)
+                    .join(targets, targets.c.service_id == services.c.id)
+                    .where(services.c.account_id == account_id,
+                           targets.c.target_type == "peer", targets.c.target_id.in_(owned))
+                    .order_by(services.c.domain)
+                ).first()
+                if linked is not None:
+                    raise BadRequest(f"peer has been linked to reverse proxy service: {linked[0]}")
+                member_of = sorted(set(conn.execute(
+                    sa.select(group_peers.c.group_id).where(group_peers.c.peer_id.in_(owned))
+                ).scalars()))
+                conn.execute(sa.delete(group_peers).where(group_peers.c.peer_id.in_(owned)))
+                conn.execute(sa.delete(peers).where(peers.c.account_id == account_id,
+                                                    peers.c.id.in_(owned)))
+                self._store.peers._addresses.forget(account_id)
             tx.changed(ChangeKind.USER, account_id, user_id)
             self._store.services.revoke_sessions_in(tx, account_id)  # its cookies too
             if owned:
                 tx.changed(ChangeKind.PEER, account_id, *owned)
+            if member_of:
+                tx.changed(ChangeKind.GROUP, account_id, *member_of)
 
         self._store._write(account_id, run)
 
