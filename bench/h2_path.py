@@ -73,6 +73,16 @@ with one (-30.3 %), 1,029k -> 673k with ``--no-vary`` (-34.6 %), 1,162k ->
 ``fast=False``) serves every stream through twisted.web's ``Request`` as
 before, for comparison.
 
+Round h2perf18 (worktree of a5b5d92 vs the same plus the round's files, A
+and B run at the same time): 751.8k -> 658.2k with 6 streams (-12.4 %),
+802.6k -> 708.7k with ``--chrome-priority`` (-11.7 %); mostly ``h2``'s
+own Python around the lean route (state-machine transitions hashing enums
+through ``Enum.__hash__``, configuration descriptors, validation flags) and
+per-name memos in the header checks.  The figures move by up to ~3k with
+the machine's load (the bench's per-second ``Date`` and timers): compare
+runs made at the same time, and import the tree under test through an
+absolute ``PYTHONPATH``.
+
 ``--chrome-priority`` sends every request's HEADERS with a priority as
 Chrome does (weight 256, an exclusive dependency on the one before in the
 round, still open; the first on stream 0):
