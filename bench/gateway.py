@@ -843,6 +843,12 @@ def report(out: dict, seconds: float, conns: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        from bench._limits import lift_management_limits
+    except ImportError:  # run as a script from bench/
+        from _limits import lift_management_limits  # type: ignore[no-redef]
+
+    lift_management_limits()  # throughput, not the per-account limits
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")

@@ -317,6 +317,12 @@ def real_storm(tree: str | None, peers: int, settle: float,
 
 
 def main_real(args: argparse.Namespace) -> None:
+    try:
+        from bench._limits import lift_management_limits
+    except ImportError:  # run as a script from bench/
+        from _limits import lift_management_limits  # type: ignore[no-redef]
+
+    lift_management_limits()  # throughput, not the per-account limits
     # "now" is this script's tree through PYTHONPATH too, so a run from a
     # worktree measures that worktree's gateway (not the editable install)
     trees: list[tuple[str, str | None]] = [("now", _HERE)]

@@ -535,6 +535,12 @@ def run_storm(n: int, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    try:
+        from bench._limits import lift_management_limits
+    except ImportError:  # run as a script from bench/
+        from _limits import lift_management_limits  # type: ignore[no-redef]
+
+    lift_management_limits()  # throughput, not the per-account limits
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--small", action="store_true", help="50 accounts")
