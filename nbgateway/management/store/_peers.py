@@ -188,16 +188,23 @@ class PeerRepository(Repository):
             quotas = self._store.quotas
             peer_limit = quotas.limit("peers")
             if peer_limit or quotas.limit("group-members"):
-                found = ps.ACCOUNT_NETWORKS_COUNTED.run(
-                    conn, account_id=peer.account_id, nth=max(0, peer_limit - 1)).first()
+                found = ps.ACCOUNT_NETWORKS_COUNTED.run(conn, account_id=peer.account_id).first()
             else:
                 found = ps.ACCOUNT_NETWORKS.run(conn, account_id=peer.account_id).first()
             if found is None:
                 raise NotFound("account not found")
             network_v4, network_v6, all_id = found[:3]
-            # read under the account's lock: at the peer quota (its limit-th
-            # peer exists), and the memberships besides All
-            at_peer_limit = bool(peer_limit) and found[3] is not None
+            # read under the account's lock: at the peer quota, and the
+            # memberships besides All.  A peer that joins All is counted by
+            # All's member count (O(1)); a proxy peer (not in All), or an
+            # account without All, by whether its limit-th peer exists
+            at_peer_limit = False
+            if peer_limit:
+                if not peer.proxy and all_id and found[3] is not None:
+                    at_peer_limit = int(found[3]) >= peer_limit
+                else:
+                    at_peer_limit = ps.NTH_PEER.run(
+                        conn, account_id=peer.account_id, nth=peer_limit - 1).first() is not None
             have_members = int(found[4]) if len(found) > 4 else 0
             check_name("peer", peer.name)
             if not peer.key:

@@ -27,13 +27,11 @@ ACCOUNT_NETWORKS = Prepared(
 )
 
 #: :data:`ACCOUNT_NETWORKS` plus, for the per-account quotas (``_quotas``),
-#: the id of the account's ``nth`` peer by id (0-based; NULL when it has
-#: ``nth`` peers or fewer: "at the peer quota" is "the limit-th peer exists",
-#: an index probe that reads at most ``nth`` entries of the account's
-#: ``(account_id, id)`` index, not a count of all its peers) and its group
-#: memberships besides All (the trigger-kept ``groups.peers_count``, never a
-#: read of ``group_peers``), in the same statement: a quota'd peer creation
-#: costs no extra round trip
+#: the account's peers besides its proxy peers (the All group's trigger-kept
+#: ``peers_count``: every other peer is a member; NULL without an All group)
+#: and its group memberships besides All (the sum of the other groups'
+#: ``peers_count``, never a read of ``group_peers``), in the same statement:
+#: a quota'd peer creation costs no extra round trip and reads no peer rows
 ACCOUNT_NETWORKS_COUNTED = Prepared(
     sa.select(
         accounts.c.network_v4,
@@ -41,14 +39,25 @@ ACCOUNT_NETWORKS_COUNTED = Prepared(
         sa.select(sa.func.min(groups.c.id))
         .where(groups.c.account_id == accounts.c.id, groups.c.name == sa.literal_column("'All'"))
         .scalar_subquery(),
-        sa.select(peers.c.id).where(peers.c.account_id == accounts.c.id)
-        .order_by(peers.c.id).limit(sa.literal_column("1"))
-        .offset(sa.bindparam("nth", type_=sa.Integer()))
+        sa.select(sa.func.max(groups.c.peers_count))
+        .where(groups.c.account_id == accounts.c.id, groups.c.name == sa.literal_column("'All'"))
         .scalar_subquery(),
         sa.select(sa.func.coalesce(sa.func.sum(groups.c.peers_count), sa.literal_column("0")))
         .where(groups.c.account_id == accounts.c.id, groups.c.name != sa.literal_column("'All'"))
         .scalar_subquery(),
     ).where(accounts.c.id == sa.bindparam("account_id", type_=accounts.c.id.type))
+)
+
+#: the id of the account's ``nth`` peer by id (0-based; none when it has
+#: ``nth`` peers or fewer): "at the peer quota" for a proxy peer (not in All)
+#: or an account without an All group, an index probe of at most ``nth``
+#: entries of the account's ``(account_id, id)`` index (rare paths: a
+#: gateway registering its proxy peer)
+NTH_PEER = Prepared(
+    sa.select(peers.c.id).where(peers.c.account_id == sa.bindparam(
+        "account_id", type_=peers.c.account_id.type))
+    .order_by(peers.c.id).limit(sa.literal_column("1"))
+    .offset(sa.bindparam("nth", type_=sa.Integer()))
 )
 
 KEY_TAKEN = Prepared(
