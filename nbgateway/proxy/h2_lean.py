@@ -64,6 +64,13 @@ LEAN_METHODS = frozenset((b"GET", b"HEAD"))
 #: request fields that send a stream down Twisted's route
 _DECLINE = frozenset((b"content-length", b"expect"))
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
+#: received regular field names that need no more than their ``Headers``
+#: name (not declined, not ``host``, without ``_``) -> that name; at most
+#: :data:`_PLAIN_NAMES` names of at most :data:`_PLAIN_NAME_LEN` bytes
+#: (cleared when full): a browser sends the same ~15 on every request
+_PLAIN: dict[bytes, bytes] = {}
+_PLAIN_NAMES = 1024
+_PLAIN_NAME_LEN = 64
 
 
 class LeanH2Request(LeanRequest):
@@ -285,8 +292,12 @@ def lean_stream(conn: Any, event: Any, info: tuple[Any, ...]) -> LeanH2Stream | 
     raw: dict[bytes, list[bytes]] = {}
     method = path = host = None
     underscore = False
+    plain = _PLAIN
     for name, value in event.headers:
-        if name[0] == 0x3A:  # ":" (h2 refused empty names)
+        key = plain.get(name)
+        if key is not None:  # a regular name seen before: nothing else to note
+            pass
+        elif name[0] == 0x3A:  # ":" (h2 refused empty names)
             if name == b":method":
                 method = value
                 continue
@@ -305,6 +316,10 @@ def lean_stream(conn: Any, event: Any, info: tuple[Any, ...]) -> LeanH2Stream | 
                 host = value
             elif 0x5F in name:  # "_"
                 underscore = True
+            elif len(name) <= _PLAIN_NAME_LEN:
+                if len(plain) >= _PLAIN_NAMES:
+                    plain.clear()
+                plain[name] = key
         values = raw.get(key)
         if values is None:
             raw[key] = [value]

@@ -418,3 +418,40 @@ def test_responses_ending_in_one_turn_leave_in_one_write() -> None:
         got = gw.outcome(sid)
         assert got[1] == ("data", b"ok") and got[-1][0] == "StreamEnded"
     assert gw.h2.lean_streams == 6 and len(gw.sink.entries) == 6
+
+
+def test_lean_head_names_cold_and_warm() -> None:
+    """The lean head's memo of plain names (``h2_lean._PLAIN``): each head
+    gives the same request headers, host, underscore flag and route
+    decision with the memo empty and holding every name seen; declined,
+    ``host``, ``_`` and pseudo-header names are never remembered."""
+    from types import SimpleNamespace
+
+    from nbgateway.proxy import h2_lean
+
+    rng = random.Random(18)
+    names = [b"accept", b"user-agent", b"x_under", b"host", b"content-length", b"expect",
+             b"cookie", b"x-a", b"sec-fetch-mode", b":protocol"]
+    info = (None, "", None, False, None, lambda host: ("k", None) if host else None)
+
+    def head(fields: list[tuple[bytes, bytes]]) -> Any:
+        stream = h2_lean.lean_stream(None, SimpleNamespace(stream_id=1, headers=fields), info)
+        if stream is None:
+            return None
+        req = stream._request
+        return (dict(req.requestHeaders._rawHeaders), req.underscore_names, req.routed,
+                req.method, req.uri)
+
+    for _ in range(400):
+        fields = [(b":method", rng.choice([b"GET", b"HEAD", b"POST"])),
+                  (b":authority", rng.choice([b"app.example", b""])), (b":path", b"/x")]
+        fields += [(rng.choice(names), rng.choice([b"1", b"a b"]))
+                   for _ in range(rng.randrange(0, 6))]
+        h2_lean._PLAIN.clear()
+        cold = head(fields)
+        assert head(fields) == cold, fields  # warm
+    for name in names:
+        head([(b":method", b"GET"), (b":authority", b"a"), (b":path", b"/"), (name, b"1")])
+    assert h2_lean._PLAIN[b"accept"] == b"Accept"
+    for name in (b"x_under", b"host", b"content-length", b"expect", b":protocol", b":path"):
+        assert name not in h2_lean._PLAIN, name
