@@ -381,9 +381,12 @@ def makeService(options: Options) -> Any:
     text log, ``--log-format json``, and nbgateway's observer factories
     ``--logger=nbgateway.observe.logging.jsonObserverFactory`` or
     ``textObserverFactory``) and SIGHUP -> certificate reload."""
+    from nbgateway.dial.fdbudget import raise_descriptor_limit
     from nbgateway.observe.logging import PROCESS_LEVEL, filter_twistd_logs, log_level
 
     config = options.config
+    # before the gateway sizes each account's share of the descriptors
+    nofile = raise_descriptor_limit()
     limit_malloc_arenas()  # before any gRPC thread: less per-thread allocator slack
     fix_mmap_threshold()  # map-sized buffers do not fragment the arenas
     heap_snapshots_on_signal()
@@ -398,5 +401,10 @@ def makeService(options: Options) -> Any:
     if os.environ.get("NBGW_MALLOC_TRIM", "1") != "0":  # issue 18: allocator slack
         MallocTrimmer(gateway.reactor).setServiceParent(gateway)
     filter_twistd_logs(gateway, config.log_format, getattr(options, "parent", None))
+    if nofile[1] != nofile[0]:
+        from twisted.logger import Logger
+
+        Logger(namespace="nbgateway.tap").info(
+            "open-file limit raised from {before} to {after}", before=nofile[0], after=nofile[1])
     return gateway
 

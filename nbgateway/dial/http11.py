@@ -83,9 +83,12 @@ class ConnectionPool:
     """Idle keep-alive connections per (scheme, host, port); bounded."""
 
     def __init__(self, clock: Any, max_per_host: int, idle_timeout: float,
-                 deadlines: Deadlines | None = None) -> None:
+                 deadlines: Deadlines | None = None, max_idle: int = 0) -> None:
         self.clock = clock
         self.maxPersistentPerHost = max_per_host
+        #: idle connections over all targets at most (0: no bound), and how many there are
+        self.max_idle = max_idle
+        self._idle = 0
         self.cachedConnectionTimeout = idle_timeout
         #: the idle timeouts of pooled connections, on one shared timer (the
         #: caller's, e.g. :class:`~nbgateway.dial.pool.UpstreamPools`', or
@@ -108,18 +111,21 @@ class ConnectionPool:
         conns = self._connections.get(key)
         while conns:
             conn = conns.pop()
+            self._idle -= 1
             if not conn._lost and conn.transport is not None:
                 return conn
         return None
 
     def release(self, conn: UpstreamConnection) -> None:
         conns = self._connections.get(conn.key)
-        if len(conns or ()) >= self.maxPersistentPerHost:
+        if len(conns or ()) >= self.maxPersistentPerHost or (
+                self.max_idle and self._idle >= self.max_idle):
             conn.transport.loseConnection()
             return
         if conns is None:
             conns = self._connections[conn.key] = []
         conns.append(conn)
+        self._idle += 1
         timeout = self.cachedConnectionTimeout
         if timeout > 0:
             conn.idle_since = self.clock.seconds()
@@ -159,6 +165,7 @@ class ConnectionPool:
         conns = self._connections.get(conn.key)
         if conns and conn in conns:
             conns.remove(conn)
+            self._idle -= 1
             if not conns:
                 del self._connections[conn.key]
 
@@ -168,6 +175,7 @@ class ConnectionPool:
     def closeCachedConnections(self) -> defer.Deferred[Any]:
         conns = [c for cs in self._connections.values() for c in cs]
         self._connections = {}
+        self._idle = 0
         waits = []
         if self._sweep is not None:
             self._sweep.cancel()

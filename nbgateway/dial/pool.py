@@ -6,7 +6,9 @@ connections to a given upstream (scheme, host, port) are reused across
 requests of that account only, never across accounts or between the
 verifying and the ``skip_tls_verify`` transport (a separate insecure
 transport, as upstream keeps).  Defaults follow the upstream transport knobs:
-100 idle connections per host, 90 s idle timeout.  Agents
+100 idle connections per host, 90 s idle timeout; one pool keeps at most
+``max_idle_per_pool`` idle connections over all its targets (a share of the
+process's descriptor budget, :mod:`nbgateway.dial.fdbudget`).  Agents
 (:class:`~nbgateway.dial.http11.LeanAgent`) are cached per (account, mode,
 verification, dialer, timeout), so a request on a pooled keep-alive
 connection constructs no agent and no endpoint; a new connection builds its
@@ -31,6 +33,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from nbgateway.dial.deadlines import Deadlines
+from nbgateway.dial.fdbudget import account_share
 from nbgateway.dial.http11 import ConnectionPool, LeanAgent
 
 DEFAULT_MAX_IDLE_PER_HOST = 100
@@ -106,11 +109,17 @@ class UpstreamPools:
 
     def __init__(self, reactor: Any, *, tls_creator: TLSCreator | None = None,
                  max_idle_per_host: int = DEFAULT_MAX_IDLE_PER_HOST,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 max_idle_per_pool: int | None = None) -> None:
         self.reactor = reactor
         self.tls_creator = tls_creator
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
+        #: idle connections one pool (an account's, per mode and verification)
+        #: keeps over all its targets: an eighth of the descriptor budget, so
+        #: an account's two direct pools keep at most a quarter (0: no bound)
+        self.max_idle_per_pool = (account_share(fraction=8) if max_idle_per_pool is None
+                                  else max_idle_per_pool)
         self._pools: dict[tuple[str, bool, bool], ConnectionPool] = {}
         #: one shared timer for the idle timeouts of every pool here and the
         #: request deadlines of a proxy on the same clock (ReverseProxy uses
@@ -125,7 +134,7 @@ class UpstreamPools:
         pool = self._pools.get(key)
         if pool is None:
             pool = ConnectionPool(self.reactor, self.max_idle_per_host, self.idle_timeout,
-                                  self.deadlines)
+                                  self.deadlines, max_idle=self.max_idle_per_pool)
             self._pools[key] = pool
         return pool
 

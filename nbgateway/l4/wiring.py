@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from nbgateway.dial import DirectUpstreamDeniedError, ProxyNotConnectedError
+from nbgateway.dial.fdbudget import account_share
 from nbgateway.dial.guard import (
     GATEWAY_LISTENER,
     INVALID_HOST,
@@ -28,7 +29,7 @@ from nbgateway.dial.guard import (
     Listener,
     parse_ip_literal,
 )
-from nbgateway.l4.manager import DEFAULT_PUBLIC_PORTS, L4Manager
+from nbgateway.l4.manager import ACCOUNT_RELAYS_FACTOR, DEFAULT_PUBLIC_PORTS, L4Manager
 from nbgateway.l4.router import MAX_RELAYS
 from nbgateway.l4.target import L4Target
 from nbgateway.l4.udp import MAX_DATAGRAM, UDPRelays
@@ -115,6 +116,11 @@ def attach_l4(gateway: Any) -> L4Manager:
         log.warn("--proxy-protocol without --trusted-proxies: any source may set its "
                  "client address with a PROXY header on the L4 listeners")
     addr = cfg.addr
+    max_relays = int(getattr(cfg, "max_relays", 0) or MAX_RELAYS)
+    # one account's relays and UDP sessions take at most a share of the
+    # process's descriptors (a relay to a direct target holds two sockets)
+    relay_share = account_share(per_item=2)
+    session_share = account_share()
     manager = L4Manager(
         reactor, dial=dial, bind_host=addr.host if addr is not None else "",
         wg_port=lambda: gateway.wg_port or int(getattr(cfg, "wg_port", 0) or 0),
@@ -126,7 +132,9 @@ def attach_l4(gateway: Any) -> L4Manager:
         trusted=trusted.contains if trusted_list else None,
         mgmt=gateway.mgmt, access_log=_LateAccessLog(gateway), gate=gate,
         tunnel_listen=tunnel_listen, tunnel_of=gateway.tunnel_stack,
-        max_relays=int(getattr(cfg, "max_relays", 0) or MAX_RELAYS),
+        max_relays=max_relays,
+        max_account_relays=(min(ACCOUNT_RELAYS_FACTOR * max_relays, relay_share)
+                            if relay_share else None),
         public_ports=getattr(cfg, "l4_public_ports", DEFAULT_PUBLIC_PORTS))
     def udp_listen(target: L4Target, protocol: Any) -> Any:
         if target.private:
@@ -169,4 +177,6 @@ def attach_l4(gateway: Any) -> L4Manager:
         return port
 
     manager.udp = UDPRelays(manager, listen=udp_listen, open_upstream=udp_open)
+    if session_share:
+        manager.udp.max_account_sessions = min(manager.udp.max_account_sessions, session_share)
     return manager
