@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
 
+from nbgateway.dial.fdbudget import account_share
 from nbgateway.proxy import pages
 from nbgateway.proxy.balance import counts_against_target, never_reached_upstream
 from nbgateway.proxy.failures import classify_error, note_dial_denial
@@ -137,6 +138,12 @@ class _Splice:
         for t in (self.client_transport, self.upstream.transport):
             if t is not None:
                 t.loseConnection()
+
+
+def _account_of(splice: _Splice) -> str:
+    ctx = splice.ctx
+    service = None if ctx is None else ctx.service
+    return "" if service is None else service.account_id
 
 
 def _close_unless_allowed(decision: Any, splice: _Splice) -> None:
@@ -394,10 +401,17 @@ class _Attempt:
 class UpgradeRelay:
     """Relays ``Upgrade`` requests for a :class:`~nbgateway.proxy.reverse.ReverseProxy`."""
 
-    def __init__(self, proxy: Any, max_per_domain: int = 10_000) -> None:
+    def __init__(self, proxy: Any, max_per_domain: int = 10_000,
+                 max_per_account: int | None = None) -> None:
         self.proxy = proxy
         self.max_per_domain = max_per_domain
+        #: spliced connections one account may hold (two descriptors each on
+        #: a direct target): a share of the process's descriptors
+        #: (:mod:`nbgateway.dial.fdbudget`; 0: no bound)
+        self.max_per_account = (account_share(per_item=2) if max_per_account is None
+                                else max_per_account)
         self._active: dict[str, set[_Splice]] = {}
+        self._accounts: dict[str, int] = {}
 
     def relay(self, request: Any, ctx: RequestContext, route: Any, opts: Any,
               dialer: Any, target_path: str, timeout: float, *, pool: Any = None,
@@ -415,7 +429,9 @@ class UpgradeRelay:
             log.warn("Upgrade request on a channel that cannot switch protocols")
             pages.send_page(request, pages.CONNECTION_ERROR)
             return
-        if len(self._active.get(service.domain, ())) >= self.max_per_domain:
+        if len(self._active.get(service.domain, ())) >= self.max_per_domain or (
+                self.max_per_account
+                and self._accounts.get(service.account_id, 0) >= self.max_per_account):
             pages.send_page(request, pages.SERVICE_OVERLOADED)
             return
         headers = self.proxy.upstream_headers(request, service, route, opts, ctx.identity,
@@ -439,14 +455,28 @@ class UpgradeRelay:
         attempt.start(endpoint)
 
     def track(self, splice: _Splice) -> None:
-        self._active.setdefault(splice.domain, set()).add(splice)
+        live = self._active.setdefault(splice.domain, set())
+        if splice not in live:
+            live.add(splice)
+            account = _account_of(splice)
+            self._accounts[account] = self._accounts.get(account, 0) + 1
 
     def untrack(self, splice: _Splice) -> None:
         live = self._active.get(splice.domain)
-        if live is not None:
+        if live is not None and splice in live:
             live.discard(splice)
             if not live:
                 del self._active[splice.domain]
+            account = _account_of(splice)
+            left = self._accounts.get(account, 0) - 1
+            if left > 0:
+                self._accounts[account] = left
+            else:
+                self._accounts.pop(account, None)
+
+    def account_active(self, account_id: str) -> int:
+        """Spliced connections the account holds."""
+        return self._accounts.get(account_id, 0)
 
     def active(self, domain: str | None = None) -> int:
         if domain is not None:

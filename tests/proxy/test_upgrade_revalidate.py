@@ -28,6 +28,15 @@ class _Transport:
         self.lost = True
 
 
+class _Req:
+    finished = False
+    _disconnected = False
+    sentLength = 0
+
+    def finish(self) -> None:
+        self.finished = True
+
+
 class _Side:
     def __init__(self) -> None:
         self.transport = _Transport()
@@ -56,7 +65,7 @@ def _splice(relay: UpgradeRelay, account: str, ip: str, private: bool = True) ->
                          has_schemes=False, session_max_age=0)
     ctx = RequestContext(source_ip=ip, listener_account=account if private else None,
                          entry=entry, service=service)
-    splice = _Splice(relay, service.domain, object(), _Side(), ctx)
+    splice = _Splice(relay, service.domain, _Req(), _Side(), ctx)
     splice.client_transport = _Transport()
     relay.track(splice)
     return splice
@@ -96,3 +105,45 @@ class RevalidateTests(unittest.TestCase):
         gate = _Gate({"100.64.0.10"})
         self.assertEqual(relay.revalidate("a", gate), 0)
         self.assertFalse(_closed(splice))
+
+
+class AccountShareTests(unittest.TestCase):
+    """Spliced connections per account are counted (a share of the process's
+    descriptors bounds them, :mod:`nbgateway.dial.fdbudget`)."""
+
+    def test_counted_per_account_and_released(self):
+        relay = UpgradeRelay(proxy=None, max_per_account=2)
+        a1, a2 = _splice(relay, "a", "100.64.0.10"), _splice(relay, "a", "100.64.0.11")
+        _splice(relay, "b", "100.64.0.10")
+        self.assertEqual((relay.account_active("a"), relay.account_active("b")), (2, 1))
+        relay.track(a1)  # tracked twice: counted once
+        self.assertEqual(relay.account_active("a"), 2)
+        a1.closed("client")
+        a2.closed("upstream")
+        a2.closed("client")  # twice: released once
+        self.assertEqual((relay.account_active("a"), relay.account_active("b")), (0, 1))
+        self.assertNotIn("a", relay._accounts)
+
+    def test_an_account_at_its_share_is_overloaded(self):
+        relay = UpgradeRelay(proxy=None, max_per_account=1)
+        _splice(relay, "a", "100.64.0.10")
+        sent = []
+
+        class _Request:
+            channel = type("C", (), {"take_over": lambda self, p: None})()
+
+        import nbgateway.proxy.upgrade as upgrade
+
+        original = upgrade.pages.send_page
+        upgrade.pages.send_page = lambda request, page, **kw: sent.append(page)
+        try:
+            service = ProxyService(account_id="a", domain="ws2.a.example", router=PathRouter([]))
+            relay.relay(_Request(), RequestContext(service=service), None, None, None, "/", 5.0)
+        finally:
+            upgrade.pages.send_page = original
+        self.assertEqual(sent, [upgrade.pages.SERVICE_OVERLOADED])
+
+    def test_the_default_share_follows_the_descriptor_budget(self):
+        from nbgateway.dial.fdbudget import account_share
+
+        self.assertEqual(UpgradeRelay(proxy=None).max_per_account, account_share(per_item=2))
