@@ -74,8 +74,8 @@ with one (-30.3 %), 1,029k -> 673k with ``--no-vary`` (-34.6 %), 1,162k ->
 before, for comparison.
 
 Round h2perf18 (worktree of a5b5d92 vs the same plus the round's files, A
-and B run at the same time): 751.8k -> 658.2k with 6 streams (-12.4 %),
-802.6k -> 708.7k with ``--chrome-priority`` (-11.7 %); mostly ``h2``'s
+and B run at the same time): 749.9k -> 648.8k with 6 streams (-13.5 %),
+801.7k -> 700.4k with ``--chrome-priority`` (-12.6 %); mostly ``h2``'s
 own Python around the lean route (state-machine transitions hashing enums
 through ``Enum.__hash__``, configuration descriptors, validation flags) and
 per-name memos in the header checks.  The figures move by up to ~3k with
