@@ -56,6 +56,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from nbgateway.dial.deadlines import Deadlines
+from nbgateway.dial.fdbudget import account_share
 from nbgateway.dial.http11 import LeanAgent
 from nbgateway.proxy import pages
 from nbgateway.proxy.balance import (
@@ -132,7 +133,7 @@ class ReverseProxy:
                  clock: Any = None, default_timeout: float = DEFAULT_REQUEST_TIMEOUT,
                  max_dial_timeout: float = 0.0, forwarded_proto: str = "auto",
                  trusted_proxies: TrustedProxies | None = None,
-                 upgrades: Any = None, max_inflight: int = 0) -> None:
+                 upgrades: Any = None, max_inflight: int | None = None) -> None:
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.pools = pools
@@ -141,10 +142,17 @@ class ReverseProxy:
         self.max_dial_timeout = max_dial_timeout
         self.forwarded_proto = forwarded_proto
         self.trusted_proxies = trusted_proxies
-        self.max_inflight = max_inflight  # per account, tunnel path only; 0 = unlimited
+        #: exchanges in flight per account, every path (each holds the client's
+        #: connection and, to a direct upstream, an OS socket); 0 = unlimited
+        #: (default: a share of the process's descriptors, dial.fdbudget, at
+        #: two per exchange)
+        self.max_inflight = (account_share(per_item=2) if max_inflight is None
+                             else max_inflight)
         #: ``(service, DirectUpstreamDeniedError)`` after a refused direct dial
         self.on_dial_denied: Callable[[ProxyService, Any], None] | None = None
         self.inflight: dict[str, int] = {}
+        #: account -> its ``_release`` observer (made once per account)
+        self._releasers: dict[str, Callable[[Any], Any]] = {}
         #: the load-balancing and health state of every multi-target path
         self.balancers = Balancers(self.clock)
         #: the request deadlines (dial + wait for the response head), one
@@ -173,8 +181,25 @@ class ReverseProxy:
         self.h2: Any = None
 
     def _acquire(self, account_id: str, request: Any) -> None:
-        self.inflight[account_id] = self.inflight.get(account_id, 0) + 1
-        _release_on_finish(self, account_id, request)
+        """One more exchange of the account in flight, until the response
+        ends or the client is gone (the lean requests' ``on_finish`` observer,
+        else a ``notifyFinish`` Deferred)."""
+        inflight = self.inflight
+        inflight[account_id] = inflight.get(account_id, 0) + 1
+        release = self._releasers.get(account_id) or self._releaser(account_id)
+        on_finish = getattr(request, "on_finish", None)
+        if on_finish is not None:
+            on_finish(release)
+        else:
+            request.notifyFinish().addBoth(release)
+
+    def _releaser(self, account_id: str) -> Callable[[Any], Any]:
+        """The account's ``_release`` observer, made once (bounded)."""
+        if len(self._releasers) >= _MAX_ROUTE_OPTIONS:
+            self._releasers.clear()
+        release = self._releasers[account_id] = functools.partial(
+            _release, self.inflight, account_id)
+        return release
 
     def timeout_for(self, opts: TargetOptions) -> float:
         # (render does this inline: keep both in step)
@@ -287,12 +312,25 @@ class ReverseProxy:
             self._relay_upgrade(request, ctx, route, opts, dialer, path, query.decode("latin-1"),
                                 pool, state)
             return server.NOT_DONE_YET
-        limited = not opts.direct_upstream and self.max_inflight > 0
-        if limited:
-            if self.inflight.get(service.account_id, 0) >= self.max_inflight:
+        if self.max_inflight > 0:
+            # every path: a direct upstream's exchange holds an OS socket too.
+            # self._acquire(account, request), inline for the fast path's request
+            account_id = service.account_id
+            inflight = self.inflight
+            held = inflight.get(account_id, 0)
+            if held >= self.max_inflight:
                 pages.send_page(request, pages.SERVICE_OVERLOADED, destination=route.target)
                 return server.NOT_DONE_YET
-            self._acquire(service.account_id, request)
+            if type(request) is FastRequest:
+                inflight[account_id] = held + 1
+                release = self._releasers.get(account_id) or self._releaser(account_id)
+                hooks = request.finish_hooks
+                if hooks:
+                    hooks.append(release)  # type: ignore[union-attr]
+                else:
+                    request.finish_hooks = [release]
+            else:
+                self._acquire(account_id, request)
         if opts.upstream_protocol == "h2":
             self._relay_h2(request, ctx, service, route, opts, dialer, timeout, pool, state)
             return server.NOT_DONE_YET
@@ -475,15 +513,14 @@ def _send_json(request: Any, document: Any) -> None:
     request.finish()
 
 
-def _release_on_finish(proxy: ReverseProxy, account_id: str, request: Any) -> None:
-    def release(_: Any) -> None:
-        left = proxy.inflight.get(account_id, 0) - 1
-        if left > 0:
-            proxy.inflight[account_id] = left
-        else:
-            proxy.inflight.pop(account_id, None)
-
-    request.notifyFinish().addBoth(release)
+def _release(inflight: dict[str, int], account_id: str, _result: Any) -> None:
+    """One exchange of the account ended (its response, or its client went
+    away; a ``notifyFinish`` callback and errback alike)."""
+    left = inflight.get(account_id, 0) - 1
+    if left > 0:
+        inflight[account_id] = left
+    else:
+        inflight.pop(account_id, None)
 
 
 _UPGRADE, _CONTENT_LENGTH, _TRANSFER_ENCODING = map(
