@@ -296,7 +296,6 @@ class GatewayServiceTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_https_over_the_tunnel_verified_against_the_local_ca(self):
-        from cryptography.hazmat.primitives import serialization
         from twisted.internet.ssl import Certificate
         from twisted.web.client import BrowserLikePolicyForHTTPS
 
@@ -307,8 +306,8 @@ class GatewayServiceTests(unittest.TestCase):
         self.assertEqual([r["certificate"].source for r in reports], ["local-ca"])
         self.assertFalse(reports[0]["certificate"].HasField("not_after"))
         self.assertIsNone(self.svc.certificates.issued_for("app.example"))
-        ca = Certificate.loadPEM(self.svc.certificates.ca.cert.public_bytes(
-            serialization.Encoding.PEM))
+        # the CA management hands the account's peers (its status report)
+        ca = Certificate.loadPEM(reports[0]["certificate"].ca_certificate_pem.encode())
         agent = Agent.usingEndpointFactory(reactor, TunnelAgentEndpointFactory(
             self.client_stack, timeout=5, contextFactory=BrowserLikePolicyForHTTPS(ca),
             resolve=lambda host: GATEWAY_IP))

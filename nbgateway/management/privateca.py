@@ -1,11 +1,13 @@
 """The private CA next to a peer's wg-quick config.
 
-Gateways report their private CA certificate to management (see
-``store.certificates``); a peer's config carries it as a comment block at the
-end, so whoever sets up the tunnel also gets the one certificate to trust
-(``wg-quick`` and ``wg setconf`` ignore comments).  :func:`config_block` renders
-the block ("" when no gateway reported a CA for the account);
-:func:`strip_block` removes it (QR codes stay small).
+Gateways report the private CA certificate of each account they serve to
+management (one CA per account on each gateway, see nbgateway.tls.certstore;
+``store.certificates`` keeps them per account); a peer's config carries its
+account's as a comment block at the end, so whoever sets up the tunnel also
+gets the certificate to trust (``wg-quick`` and ``wg setconf`` ignore
+comments).  :func:`config_block` renders the block ("" when no gateway
+reported a CA for the account); :func:`strip_block` removes it (QR codes stay
+small).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ END = "# --- end of nbgateway private CA ---"
 
 _HEAD = (
     "# Trust this CA once to reach private services with verified TLS (it is",
-    "# name-constrained to this deployment's names). Save the certificate below",
+    "# name-constrained to this account's names). Save the certificate below",
     "# without the leading \"# \" as nbgateway-ca.crt, or download it:",
     "#   nbgateway-admin ca download -o nbgateway-ca.crt",
     "#   (REST: GET /api/reverse-proxies/ca-certificate)",

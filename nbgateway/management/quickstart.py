@@ -6,8 +6,11 @@ wait for the gateway's tunnel peer (so on a fresh data directory the gateway
 holds the account's first tunnel address), ensure a peer in the group, then
 write the peer's wg-quick config (mode 0600) and print how to bring the tunnel
 up and reach the service with a curl that does not need the system resolver
-(``--resolve NAME:443:<gateway address>``).  The private CA management got
-from the gateway is written as ``nbgateway-ca.crt`` beside the config.
+(``--resolve NAME:443:<gateway address>``).  The account's private CA, as
+management got it from the gateway, is written as ``nbgateway-ca.crt`` beside
+the config, and the printed curl trusts that file: each account's private
+services are signed by the account's own local CA on the gateway (the
+gateway's ``DATADIR/ca.crt`` signs only its default name).
 wg-quick applies a ``DNS`` line with ``resolvconf``; where that is missing
 (stock Debian/Ubuntu) the line is written as a comment saying why
 (``--dns auto``, the default).  Every step is idempotent, so a re-run reuses
@@ -158,6 +161,13 @@ def qr_ascii(text: str) -> str:
 
 #: seconds quickstart waits for a gateway to report its private CA to management
 PEER_CA_WAIT = 15.0
+#: the account's private CA, beside the peer config
+PEER_CA_FILE = "nbgateway-ca.crt"
+
+
+def _peer_ca_path(config_path: str) -> str:
+    """Where the account's private CA goes: ``nbgateway-ca.crt`` beside the config."""
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), PEER_CA_FILE)
 
 
 def _write_peer_ca(client: Client, config_path: str, deadline: float) -> str | None:
@@ -172,7 +182,7 @@ def _write_peer_ca(client: Client, config_path: str, deadline: float) -> str | N
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.5)
-    path = os.path.join(os.path.dirname(os.path.abspath(config_path)), "nbgateway-ca.crt")
+    path = _peer_ca_path(config_path)
     write_atomic(path, pem, 0o644)
     return path
 
@@ -182,19 +192,6 @@ def write_peer_config(path: str, conf: str) -> None:
     (:func:`~nbgateway.atomicfile.write_secret_output`: mode 0600 less
     the umask for a regular file, in place for ``/dev/stdout`` or a pipe)."""
     write_secret_output(path, conf.encode())
-
-
-def _local_ca(datadir: str) -> str:
-    """The path of the gateway's local CA certificate.  The gateway creates
-    its CA on the first TLS handshake; on the gateway host (``datadir``
-    exists) create it now, the same way, so ``curl --cacert`` works at once
-    (the gateway loads an existing ``ca.crt``/``ca.key`` pair)."""
-    path = os.path.abspath(os.path.join(datadir, "ca.crt"))
-    if os.path.isdir(datadir) and not os.path.exists(path):
-        from nbgateway.tls.certstore import LocalCA
-
-        LocalCA(datadir)
-    return path
 
 
 #: wg-quick applies a config's DNS line with ``resolvconf``; sudo runs it with
@@ -264,16 +261,18 @@ def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     conf = full if dns else without_dns(full)
     path = args.config_out or f"{args.name}.conf"
     write_peer_config(path, conf)
-    ca = _local_ca(args.datadir)
+    # the account's own CA (what management has from the gateway): it signs
+    # this account's service names; the gateway's DATADIR/ca.crt does not
     peer_ca = _write_peer_ca(client, path, min(deadline, time.monotonic() + PEER_CA_WAIT))
+    ca = peer_ca or _peer_ca_path(path)
     gateway_ip = gateway["ip"]
     curl = (f"curl --cacert {_display_path(ca)} --resolve {domain}:443:{gateway_ip} "
             f"https://{domain}/")
     if args.json:
         out.write(json.dumps({"cluster": cluster, "group": group, "peer": peer,
                               "service": service, "service_action": verb, "config": conf,
-                              "config_path": os.path.abspath(path), "ca": ca,
-                              "peer_ca": peer_ca,
+                              "config_path": os.path.abspath(path),
+                              "ca": peer_ca, "peer_ca": peer_ca,
                               "gateway_ip": gateway_ip, "dns_line": dns, "curl": curl},
                              indent=2) + "\n")
         return
@@ -286,6 +285,10 @@ def run(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     if peer_ca:
         out.write(f"The private CA from management (trust it once on the peer) is written "
                   f"to {_display_path(peer_ca)} beside the config.\n\n")
+    else:
+        out.write(f"No gateway has reported this account's private CA yet; once one has, "
+                  f"download it for the curl below with\n\n    nbgateway-admin ca download "
+                  f"-o {_display_path(ca)}\n\n")
     if not args.no_qr:
         out.write("The same config as a QR code for the WireGuard mobile apps (\"scan from "
                   "QR code\"; they apply the DNS line themselves):\n\n" + qr_ascii(full)
@@ -312,7 +315,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--domain", help="service domain (default: demo.<cluster>)")
     sp.add_argument("--cluster", help="gateway cluster address (default: the connected one)")
     sp.add_argument("--datadir", default=DEFAULT_DATADIR,
-                    help="the gateway's data directory: admin-token, ca.crt "
+                    help="the gateway's data directory: admin-token "
                          "(default: %(default)s)")
     sp.add_argument("--config-out", metavar="FILE",
                     help="where to write the wg-quick config (default: ./<name>.conf)")

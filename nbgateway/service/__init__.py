@@ -125,7 +125,7 @@ class GatewayService(MultiService):
         self.certificates = certificates if certificates is not None else CertificateStore(
             config.cert_dir or None, config.wildcard_cert_dir or None,
             data_dir=config.datadir, clock=reactor, default_name=config.domain or "localhost",
-            serves=self._serves)
+            serves=self._serves, owner=self._owner)
         if hasattr(self.certificates, "on_issued"):  # leaves are issued on demand
             self.certificates.on_issued = self._certificate_issued
         #: mTLS client certificates: CA bundles and verified chains, all listeners
@@ -339,6 +339,12 @@ class GatewayService(MultiService):
         """Only names this gateway serves get a fallback certificate (random
         SNI names must not each cost a key generation)."""
         return self.routes.lookup(name) is not None or name == (self.config.domain or "")
+
+    def _owner(self, name: str) -> str | None:
+        """The account serving ``name``: its leaves come from that account's
+        own local CA (nbgateway.tls.certstore)."""
+        entry = self.routes.lookup(name)
+        return entry.account_id if entry is not None else None
 
     def site_for(self, listener_account: str | None) -> ProxySite:
         # upstream's servers: inbound read-header 30 s / idle 90 s, public 10 s / 120 s

@@ -3,8 +3,10 @@
 
 * :class:`SyncHealth`: startup is complete once a full snapshot was applied
   (the readiness check waits for it);
-* :class:`CAConstraints`: the local CA's name constraints widen to a mapped
-  domain when its mapping arrives, before any status report or handshake.
+* :class:`CAConstraints`: the local CA's (the mapping's account's CA)
+  name constraints widen to a mapped domain when its mapping arrives, before
+  any status report or handshake; an account leaving the gateway drops its
+  CA from memory.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ class CAConstraints(MappingObserver):
         # TCP/UDP relays and TLS passthrough never get a certificate from us
         if mapping.domain and mapping.mode not in ("tcp", "udp", "tls") \
                 and hasattr(self.certificates, "permit"):
-            self.certificates.permit([mapping.domain])
+            self.certificates.permit([mapping.domain], mapping.account_id)
 
     def mapping_changed(self, old: pb.ProxyMapping, new: pb.ProxyMapping) -> None:
         self.mapping_added(new)
+
+    def account_removed(self, account_id: str) -> None:
+        # its CA object goes; its directory stays (a re-added account keeps
+        # the CA its peers trust): nbgateway.tls.certstore
+        if hasattr(self.certificates, "forget_account"):
+            self.certificates.forget_account(account_id)

@@ -13,12 +13,15 @@ to vouch for anything else.  This module owns that CA:
   any leaf for a name outside the set even if it was signed with the CA key;
 * :meth:`PrivateCA.issue` refuses (:class:`NameNotPermittedError`, logged) a name
   outside the set, so the gateway never signs one;
-* the name set only grows: :meth:`PrivateCA.permit` adds names (the gateway's
+* the name set grows: :meth:`PrivateCA.permit` adds names (the gateway's
   cluster domain at creation, then each domain it is mapped to serve) and, when
   one is new, re-issues the CA certificate with the *same key and subject* and
   the wider set (atomic file replace).  Leaves issued before stay valid; peers
   need the new CA certificate only for the new names (management serves the
-  current one, reported by the gateway with each service status).
+  current one, reported by the gateway with each service status).  It shrinks
+  only through :meth:`PrivateCA.restrict` (a gateway upgraded to per-account
+  CAs narrows its own CA, which listed every account's names, to its default
+  name: the constraints are shown with every certificate it signs).
 
 ``permitted=None`` makes an unconstrained CA (test fixtures, external CAs in
 tests); the gateway always passes a name set.
@@ -192,6 +195,26 @@ class PrivateCA:
                      limit=MAX_PERMITTED, count=len(new))
             return False
         self._reissue(frozenset(new))
+        return True
+
+    def restrict(self, keep: Iterable[str]) -> bool:
+        """Narrow the constraints to the names of ``keep`` already permitted
+        (re-issuing the CA certificate, same key and subject); True if it
+        re-issued.  Never to an empty set (a NameConstraints without permitted
+        subtrees permits every DNS name): then nothing changes."""
+        if self.permitted is None:
+            return False
+        narrowed = self.permitted & {normalise(n) for n in keep if n}
+        if not narrowed or narrowed == self.permitted:
+            return False
+        dropped = len(self.permitted) - len(narrowed)
+        self.permitted = frozenset(narrowed)
+        self.cert = self._sign_ca(self.cert.subject, self.cert.not_valid_before_utc,
+                                  self.cert.not_valid_after_utc)
+        self._save()
+        log.info("local CA re-issued with {dropped} DNS subtrees fewer, now {count} "
+                 "(fingerprint {fingerprint})", dropped=dropped, count=len(narrowed),
+                 fingerprint=self.fingerprint())
         return True
 
     def cert_pem(self) -> bytes:

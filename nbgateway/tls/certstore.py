@@ -12,7 +12,25 @@ trailing dot ignored):
    certificates.
 3. Fallback: a certificate for the requested name issued on the fly by the
    gateway's local CA (:class:`LocalCA`, persisted as ``ca.crt``/``ca.key`` in
-   the data directory so users and tests can trust one CA).  Issued
+   the data directory so users and tests can trust one CA), or, with an
+   ``owner`` lookup (the gateway: the account serving a name), by that
+   account's own local CA (``account-cas/<hash of the account id>/`` in the
+   data directory): one account's names are never in another account's CA
+   (its name constraints are shown to everyone who trusts it, and with
+   every leaf), the CA an account's peers trust signs only that account's
+   names, and one account's name set cannot fill another's.  An account's
+   CA is made (or loaded) only when one of its names needs a local-CA leaf
+   or is reported as served by one; until then the names mapped for it are
+   kept as a pending set, so an account whose names all have ACME or file
+   certificates costs no CA.  At most ``ACCOUNT_CA_CACHE_SIZE`` account CAs
+   stay loaded (least recently used evicted, names mapped meanwhile pending
+   again, reloaded from the directory when needed): an idle account holds no
+   CA in memory.  :meth:`CertificateStore.forget_account` (the
+   account left the gateway) drops its CA from memory and keeps its
+   directory, so a re-added account keeps the CA its peers trust.  The
+   gateway's own CA then serves the default name alone: one from before
+   per-account CAs, which lists every name it ever permitted, is narrowed
+   to the default name when loaded.  Issued
    certificates live 7 days and are reissued once two thirds of that have
    passed; they are cached in memory (bounded, least recently used evicted).
    Names that are not valid host names -- and, when a ``serves`` predicate
@@ -35,11 +53,12 @@ succeeds in reading the directory.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography import x509
@@ -56,6 +75,10 @@ log = Logger()
 
 DEFAULT_POLL_INTERVAL = 5.0
 FALLBACK_CACHE_SIZE = 1024
+#: account CAs kept loaded (least recently used evicted; reloaded from the
+#: data directory when a leaf, a report or a new name needs one again): a
+#: loaded CA is ~5 KiB (key, certificate), needed only every few days per name
+ACCOUNT_CA_CACHE_SIZE = 16
 #: fallback leaves are short-lived and reissued once two thirds of their
 #: lifetime have passed (clients trust the CA, never a leaf)
 LEAF_LIFETIME_DAYS = 7
@@ -95,6 +118,8 @@ class CertifiedKey:
     chain: list[x509.Certificate] = field(default_factory=list)
     names: tuple[str, ...] = ()
     source: str = ""
+    #: the account whose local CA issued it ("" for the gateway's own, files)
+    account: str = ""
     context: Any = None  # cached OpenSSL.SSL.Context (see nbgateway.tls.contexts)
 
     def cert_pem(self) -> bytes:
@@ -191,7 +216,8 @@ class CertificateStore:
                  clock: Any = None, poll_interval: float = DEFAULT_POLL_INTERVAL,
                  default_name: str = "localhost",
                  fallback_cache_size: int = FALLBACK_CACHE_SIZE,
-                 serves: Any = None) -> None:
+                 serves: Any = None, owner: Any = None,
+                 account_ca_cache_size: int = ACCOUNT_CA_CACHE_SIZE) -> None:
         self.cert_dir = cert_dir
         self.wildcard_dir = wildcard_dir
         self.data_dir = data_dir
@@ -203,7 +229,16 @@ class CertificateStore:
         # names then share the default certificate instead of each costing
         # a key generation (random SNI from scanners)
         self.serves = serves
+        #: optional lookup "which account serves this name?" (None or "": the
+        #: gateway's own): each account's names get that account's own CA
+        self.owner = owner
         self._ca: LocalCA | None = None
+        #: loaded account CAs, least recently used first (see the module docstring)
+        self._account_cas: OrderedDict[str, LocalCA] = OrderedDict()
+        self.account_ca_cache_size = max(1, account_ca_cache_size)
+        #: names mapped for an account whose CA is not made yet (its first
+        #: constraints when it is; see the module docstring)
+        self._pending: dict[str, set[str]] = {}
         self._exact: dict[str, CertifiedKey] = {}
         self._wild: dict[str, CertifiedKey] = {}  # "example.com" -> cert for *.example.com
         self._fallback: OrderedDict[str, CertifiedKey] = OrderedDict()
@@ -224,7 +259,78 @@ class CertificateStore:
         if self._ca is None:
             self._ca = LocalCA(self.data_dir, permitted=(
                 None if self.serves is None else [self.default_name]))
+            if self.owner is not None:
+                # accounts' names have CAs of their own: one from before them
+                # lists every name it ever permitted (shown with the default
+                # certificate), keep the default name ("localhost": an
+                # address as the default name)
+                self._ca.restrict([self.default_name, "localhost"])
         return self._ca
+
+    def _account_of(self, name: str) -> str:
+        """The account serving ``name`` ("" without an ``owner`` lookup, for
+        the default name and for names no account serves)."""
+        if self.owner is None or name == self.default_name:
+            return ""
+        return self.owner(name) or ""
+
+    def account_ca(self, account: str, names: list[str]) -> LocalCA:
+        """The local CA of ``account`` (the gateway's own for ""): the loaded
+        one, else loaded from its directory or made there, either way with
+        ``names`` and the account's pending names permitted (a CA made now
+        needs at least one: a CA is always constrained); the least recently
+        used loaded CA beyond ``account_ca_cache_size`` is evicted."""
+        if not account:
+            return self.ca
+        cas = self._account_cas
+        ca = cas.get(account)
+        if ca is not None:
+            cas.move_to_end(account)
+            return ca
+        wanted = self._pending.pop(account, set())
+        wanted.update(n for n in names if n)
+        directory = self._account_dir(account)
+        if not wanted and not os.path.exists(os.path.join(directory, "ca.crt")):
+            # a CA without a permitted name would permit every DNS name
+            raise ValueError("an account's first CA needs a name")
+        ca = cas[account] = LocalCA(directory, common_name=(
+            f"nbgateway local CA {os.path.basename(directory)[:12]}"), permitted=sorted(wanted))
+        while len(cas) > self.account_ca_cache_size:
+            cas.popitem(last=False)
+        return ca
+
+    def _account_dir(self, account: str) -> str:
+        tag = hashlib.sha256(account.encode("utf-8", "replace")).hexdigest()[:32]
+        return os.path.join(self.data_dir, "account-cas", tag)
+
+    def made_ca(self, account: str) -> LocalCA | None:
+        """The CA of ``account`` if it has one (loaded, or in its directory:
+        loaded now), the gateway's own for ""; None, making nothing, for an
+        account none of whose names has needed one."""
+        if not account:
+            return self.ca
+        if account in self._account_cas or os.path.exists(
+                os.path.join(self._account_dir(account), "ca.crt")):
+            return self.account_ca(account, [])
+        return None
+
+    def forget_account(self, account: str) -> bool:
+        """``account`` left the gateway (its last mapping was removed): drop its
+        CA object, pending names and cached leaves from memory; True if there
+        was any.  Its directory stays (see the module docstring)."""
+        if not account:
+            return False
+        found = self._account_cas.pop(account, None) is not None
+        found = self._pending.pop(account, None) is not None or found
+        stale = [name for name, ck in self._fallback.items() if ck.account == account]
+        for name in stale:
+            del self._fallback[name]
+        return found or bool(stale)
+
+    def ca_for(self, server_name: str | bytes | None) -> LocalCA:
+        """The local CA that signs ``server_name``'s fallback leaf."""
+        name = normalize_name(server_name)
+        return self.account_ca(self._account_of(name), [name])
 
     # -- loading -----------------------------------------------------------
     def reload(self) -> None:
@@ -309,11 +415,14 @@ class CertificateStore:
         if ck is not None:
             return ck
         name = self._fallback_name(server_name)
+        account = self._account_of(name)
         ck = self._fallback.get(name)
-        if ck is not None and _due(ck.cert):
-            ck = None  # two thirds of its lifetime gone: issue a fresh one
+        if ck is not None and (_due(ck.cert) or ck.account != account):
+            # two thirds of its lifetime gone, or the name moved to another
+            # account (whose peers trust another CA): issue a fresh one
+            ck = None
         if ck is None:
-            ck = self._issue(name)
+            ck = self._issue(name, account)
             self._fallback[name] = ck
             while len(self._fallback) > self.fallback_cache_size:
                 self._fallback.popitem(last=False)
@@ -333,8 +442,11 @@ class CertificateStore:
         ck = self.static_for(server_name)
         if ck is not None:
             return ck
-        ck = self._fallback.get(self._fallback_name(server_name))
-        return None if ck is None or _due(ck.cert) else ck
+        name = self._fallback_name(server_name)
+        ck = self._fallback.get(name)
+        if ck is None or _due(ck.cert) or ck.account != self._account_of(name):
+            return None
+        return ck
 
     def describe(self, server_name: str) -> dict[str, Any]:
         """What the store serves for a name, for status reports: issuer
@@ -344,35 +456,57 @@ class CertificateStore:
         local CA's, ``not_after`` None and ``on_demand`` True (the leaf is
         issued at the first handshake; ``on_issued`` fires then)."""
         ck = self.issued_for(server_name)
-        if ck is None:
-            return {"issuer": self.ca.cert.subject.rfc4514_string(), "not_after": None,
+        if ck is None:  # its local CA signs it at the first handshake
+            ca = self.ca_for(server_name)
+            return {"issuer": ca.cert.subject.rfc4514_string(), "not_after": None,
                     "source": "local-ca", "on_demand": True,
-                    "ca_certificate_pem": self.ca.cert_pem()}
+                    "ca_certificate_pem": ca.cert_pem()}
         if ck.source == "local-ca":
             source = "local-ca"
         elif os.path.basename(ck.source).startswith("acme_"):
             source = "acme"
         else:
             source = "file"
-        return {"issuer": ck.cert.issuer.rfc4514_string(),
-                "not_after": ck.cert.not_valid_after_utc, "source": source,
-                "ca_certificate_pem": self.ca.cert_pem()}
+        info: dict[str, Any] = {"issuer": ck.cert.issuer.rfc4514_string(),
+                                "not_after": ck.cert.not_valid_after_utc, "source": source}
+        # an ACME or file certificate makes no CA: the account's CA is
+        # reported only once something of the account needed it
+        ca = self.made_ca(self._account_of(normalize_name(server_name)))
+        if ca is not None:
+            info["ca_certificate_pem"] = ca.cert_pem()
+        return info
 
-    def _issue(self, name: str) -> CertifiedKey:
-        """A fallback leaf from the local CA.  A served name (any valid name when
-        there is no ``serves`` predicate) widens the CA's name constraints; a name
-        the CA refuses (an address, a full constraint set) gets the default
-        name's certificate."""
-        self.ca.permit([name])
+    def _issue(self, name: str, account: str = "") -> CertifiedKey:
+        """A fallback leaf from the local CA of ``account`` (the gateway's own
+        for "").  A served name (any valid name when there is no ``serves``
+        predicate) widens that CA's name constraints; a name the CA refuses (an
+        address, a full constraint set) gets the default name's certificate."""
+        ca = self.account_ca(account, [name])
+        ca.permit([name])
         try:
-            return self.ca.issue(name)
+            ck = ca.issue(name)
+            ck.account = account
+            return ck
         except NameNotPermittedError:
             if name != self.default_name:
-                return self.certificate_for(self.default_name)
+                # marked as the account's: cached for the name, not re-issued
+                # (and re-reported) at every handshake
+                return replace(self.certificate_for(self.default_name), account=account)
             self.ca.permit(["localhost"])  # an address as --domain: serve "localhost"
             return self.ca.issue("localhost")
 
-    def permit(self, names: list[str]) -> bool:
+    def permit(self, names: list[str], account: str | None = None) -> bool:
         """Widen the local CA's name constraints to ``names`` ahead of the first
-        handshake (a mapping arrived); True if the CA certificate was re-issued."""
-        return self.ca.permit([normalize_name(n) for n in names])
+        handshake (a mapping of ``account`` arrived): that account's CA with an
+        ``owner`` lookup (kept as pending names while the account has no CA
+        yet), else the one CA; True if a CA certificate was re-issued."""
+        wanted = [normalize_name(n) for n in names if normalize_name(n)]
+        if not wanted:
+            return False
+        if self.owner is None or not account:
+            return self.ca.permit(wanted)
+        ca = self._account_cas.get(account)
+        if ca is None:  # made (or loaded) with these when a leaf or a report needs it
+            self._pending.setdefault(account, set()).update(wanted)
+            return False
+        return ca.permit(wanted)

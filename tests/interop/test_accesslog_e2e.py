@@ -14,7 +14,7 @@ import time
 import uuid
 
 from tests.interop import test_private_e2e as e2e
-from tests.interop.test_private_e2e import APP, counter, wait_for
+from tests.interop.test_private_e2e import APP, counter, gateway_cas, wait_for
 
 world = e2e.world  # the module-scoped harness fixture (a World of our own)
 
@@ -41,7 +41,7 @@ def test_n_requests_give_exactly_n_entries(world):
     cfg = world.tb.write_file("al.curl", "".join(
         f'url = "https://{APP}{prefix}{i}"\noutput = "/dev/null"\n' for i in range(N)))
     r = ns.run(["curl", "-sS", "-m", "60", "--resolve", f"{APP}:443:{gw_ip}",
-                "--cacert", os.path.join(world.gw_dir, "ca.crt"), "-w", "%{http_code}\n",
+                "--cacert", gateway_cas(world.gw_dir), "-w", "%{http_code}\n",
                 "-K", cfg], check=False, timeout=90)
     codes = r.stdout.split()
     assert codes.count("200") == N, (codes[:5], r.stderr[-500:])

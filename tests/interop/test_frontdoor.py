@@ -37,7 +37,7 @@ import pytest
 
 from tests.interop.conftest import world_on_testbed
 from tests.interop.multiaccount import global_proxy_token, rest_as, tenant
-from tests.interop.test_private_e2e import DOMAIN, World, service_body, wait_for
+from tests.interop.test_private_e2e import DOMAIN, World, gateway_cas, service_body, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -152,7 +152,7 @@ def served_names(ns, connect: str, servername: str) -> str:
 
 def test_underscore_spellings_never_merge_into_the_stamped_identity(world):
     ns, gw_ip = world.alice
-    cacert = os.path.join(world.gw_dir, "ca.crt")
+    cacert = gateway_cas(world.gw_dir)
     spoof = ["-H", "X_NetBird_User: mallory", "-H", "X-NetBird_User: mallory2",
              "-H", "X_NetBird_Groups: admins", "-H", "X_Forwarded_For: 10.6.6.6",
              "-H", "X_Real_IP: 10.6.6.6"]
@@ -204,7 +204,7 @@ def test_duplicate_host_absolute_form_and_name_spellings(world):
         assert code == 200, (spelling, code, body)
     # on alice's tunnel listener too, and a foreign Host port is 421 there
     ns, gw_ip = world.alice
-    cacert = os.path.join(world.gw_dir, "ca.crt")
+    cacert = gateway_cas(world.gw_dir)
     code, _ = curl(ns, f"https://{APP.upper()}./", resolve=f"{APP.upper()}.:443:{gw_ip}",
                    cacert=cacert)
     assert code == 200

@@ -32,6 +32,7 @@ from tests.interop.test_private_e2e import (
     GW_HOST,
     VENV_BIN,
     World,
+    gateway_cas,
     service_body,
     wait_for,
 )
@@ -135,7 +136,7 @@ def test_one_gateway_stopped_the_other_serves(pair):
     wg_if = re.search(r"\bdev (\S+)", ns.run(["ip", "route", "get", first_ip]).stdout).group(1)
     ns.add_route(wg_if, f"{other_ip}/32")
     bundle = w.tb.write_file("cas.pem", "".join(
-        pathlib.Path(d, "ca.crt").read_text() for d in (w.gw_dir, w.gw2_dir)))
+        pathlib.Path(gateway_cas(d)).read_text() for d in (w.gw_dir, w.gw2_dir)))
 
     def curl(ips: list[str]) -> tuple[int, str]:
         r = ns.run(["curl", "-sS", "-m", "15", "--connect-timeout", "8",

@@ -32,7 +32,7 @@ import textwrap
 import pytest
 
 from tests.interop.conftest import world_on_testbed
-from tests.interop.test_private_e2e import APP, DOMAIN, World, wait_for
+from tests.interop.test_private_e2e import APP, DOMAIN, World, gateway_cas, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -140,7 +140,7 @@ def world():
 
 def _call(world: World, ns, address: str, port: int, authority: str,
           plain: bool = False) -> dict | None:
-    ca = "plain" if plain else os.path.join(world.gw_dir, "ca.crt")
+    ca = "plain" if plain else gateway_cas(world.gw_dir)
     r = ns.run([sys.executable, world.client_script, REPO, str(port), ca, authority, address],
                check=False, timeout=60)
     if r.returncode != 0:

@@ -27,7 +27,7 @@ import time
 import pytest
 
 from tests.interop.conftest import world_on_testbed
-from tests.interop.test_private_e2e import DOMAIN, VENV_BIN, World, wait_for
+from tests.interop.test_private_e2e import DOMAIN, VENV_BIN, World, gateway_cas, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -119,7 +119,7 @@ def world():
 def curl_tunnel(w, host: str, path: str = "/", *extra: str, timeout: float = 20):
     ns, gw_ip = w.alice
     return ns.run(["curl", "-sS", "-m", "10", "--resolve", f"{host}:443:{gw_ip}",
-                   "--cacert", os.path.join(w.gw_dir, "ca.crt"), "-o", "/dev/null",
+                   "--cacert", gateway_cas(w.gw_dir), "-o", "/dev/null",
                    "-w", "%{http_code}", *extra, f"https://{host}{path}"],
                   check=False, timeout=timeout)
 
@@ -182,7 +182,7 @@ def test_sigterm_resets_downloads_still_running_at_the_drain_timeout(world):
     """Last in this module: it stops the gateway."""
     ns, gw_ip = world.alice
     tunnel = ns.popen(["curl", "-sS", "-m", "60", "--resolve", f"{SLOW}:443:{gw_ip}",
-                       "--cacert", os.path.join(world.gw_dir, "ca.crt"), "-o", "/dev/null",
+                       "--cacert", gateway_cas(world.gw_dir), "-o", "/dev/null",
                        f"https://{SLOW}/tunnel-download"],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     public = world.g.popen(["curl", "-sS", "-m", "60", "-H", f"Host: {PUB}", "-o", "/dev/null",

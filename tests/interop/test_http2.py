@@ -16,7 +16,7 @@ import json
 import pytest
 
 from tests.interop.conftest import world_on_testbed
-from tests.interop.test_private_e2e import APP, World, service_body, wait_for
+from tests.interop.test_private_e2e import APP, World, gateway_cas, service_body, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -77,7 +77,7 @@ def test_browser_style_request_over_h2_identity_stamped_and_logged_once(world):
     # several streams on one connection: one access-log entry per request
     urls = [a for _ in range(5) for a in ("-o", "/dev/null", f"https://{APP}/h2-multi")]
     r = ns.run(["curl", "-sS", "-m", "10", "--http2", "--resolve", f"{APP}:443:{gw_ip}",
-                "--cacert", world.gw_dir + "/ca.crt",
+                "--cacert", gateway_cas(world.gw_dir),
                 "-w", "%{http_version} %{http_code} %{num_connects}\n", *urls],
                check=False, timeout=20)
     assert r.stdout.splitlines() == ["2 200 1"] + ["2 200 0"] * 4, (r.stdout, r.stderr)

@@ -42,7 +42,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.interop.conftest import world_on_testbed
-from tests.interop.test_private_e2e import APP, DOMAIN, VENV_BIN, World, wait_for
+from tests.interop.test_private_e2e import APP, DOMAIN, VENV_BIN, World, gateway_cas, wait_for
 from tests.interop.testbed import inside_netns
 
 pytestmark = pytest.mark.interop
@@ -216,7 +216,7 @@ def test_rotation_with_requests_in_flight(world):
 def _public(world, *extra: str) -> tuple[int, str, str]:
     """(status, response head, body) from the public listener over HTTPS."""
     r = world.g.run(["curl", "-sS", "-m", "10", "--resolve", f"{HDR}:8443:127.0.0.1",
-                     "--cacert", os.path.join(world.gw_dir, "ca.crt"), "-D", "/dev/stderr",
+                     "--cacert", gateway_cas(world.gw_dir), "-D", "/dev/stderr",
                      "-o", "-", *extra, f"https://{HDR}:8443/whoami"], check=False, timeout=20)
     head = r.stderr.replace("\r", "")
     status = [int(ln.split()[1]) for ln in head.splitlines() if ln.startswith("HTTP/")]

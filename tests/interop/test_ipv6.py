@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from tests.interop.test_private_e2e import (
     APP,
     DOMAIN,
     World,
+    gateway_cas,
     upstream_requests,
     upstream_target,
     wait_for,
@@ -128,7 +128,7 @@ def world():
 
 def curl6(world, ns, host: str, path: str, gw6: str, *extra: str):
     args = ["curl", "-6", "-sS", "-m", "10", "--resolve", f"{host}:443:[{gw6}]",
-            "--cacert", os.path.join(world.gw_dir, "ca.crt"),
+            "--cacert", gateway_cas(world.gw_dir),
             "-o", "-", "-w", "\n%{http_code}\n%{remote_ip}", *extra, f"https://{host}{path}"]
     r = ns.run(args, check=False, timeout=20)
     body, _, tail = r.stdout.rpartition("\n")
@@ -202,7 +202,7 @@ def test_large_download_over_ipv6(world):
     ns, _gw_ip, gw6, _ = world.alice
     out = world.tb.write_file("big.out", "")
     args = ["curl", "-6", "-sS", "-m", "25", "--resolve", f"{BIG}:443:[{gw6}]",
-            "--cacert", os.path.join(world.gw_dir, "ca.crt"), "-o", out,
+            "--cacert", gateway_cas(world.gw_dir), "-o", out,
             "-w", "%{http_code}", f"https://{BIG}/blob"]
     r = wait_for(lambda: (lambda r: r if r.stdout == "200" else None)(
         ns.run(args, check=False, timeout=30)), 40, "the large download over IPv6")

@@ -31,7 +31,14 @@ import pytest
 
 from nbgateway.l4.proxyproto import encode_v2
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import DOMAIN, World, counter, service_body, wait_for
+from tests.interop.test_private_e2e import (
+    DOMAIN,
+    World,
+    counter,
+    gateway_cas,
+    service_body,
+    wait_for,
+)
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -437,7 +444,7 @@ def test_http_service_and_tls_passthrough_share_the_main_port(world):
                             f"{name}:8443:{G_VETH}", f"https://{name}:8443{path}"],
                            check=False)
 
-    gw_ca = os.path.join(world.gw_dir, "ca.crt")
+    gw_ca = gateway_cas(world.gw_dir)
     r = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(
         get(web, gw_ca, "/shared")), 30, "the HTTP service on the main port")
     assert '"path": "/shared"' in r.stdout  # terminated by the gateway (its CA), proxied

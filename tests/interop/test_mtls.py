@@ -25,7 +25,7 @@ import time
 import pytest
 
 from tests.interop.conftest import world_on_testbed
-from tests.interop.test_private_e2e import DOMAIN, counter, service_body, wait_for
+from tests.interop.test_private_e2e import DOMAIN, counter, gateway_cas, service_body, wait_for
 from tests.interop.test_public_auth import PUBLIC, _service, public_world
 from tests.tls._clientcerts import IssuingCA
 
@@ -67,7 +67,7 @@ def _admin(world, *argv: str) -> str:
 def _curl(world, ns, addr: str, path: str, cert=None, *extra: str) -> tuple[int, str]:
     host, _, port = addr.rpartition(":")
     args = ["curl", "-sS", "-m", "10", "--resolve", f"{MTLS}:{port}:{host}",
-            "--cacert", os.path.join(world.gw_dir, "ca.crt"), "-o", "-",
+            "--cacert", gateway_cas(world.gw_dir), "-o", "-",
             "-w", "\n%{http_code}", *extra]
     if cert is not None:
         args += ["--cert", cert[0], "--key", cert[1]]

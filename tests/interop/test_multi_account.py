@@ -44,7 +44,7 @@ from tests.interop.multiaccount import (
     rest_status,
     tenant,
 )
-from tests.interop.test_private_e2e import DNS_QUERY, DOMAIN, UPSTREAM, World, wait_for
+from tests.interop.test_private_e2e import DNS_QUERY, DOMAIN, UPSTREAM, World, gateway_cas, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -87,7 +87,7 @@ class Side:
         name = resolve or self.app
         args = ["curl", "-sS", "-m", "8", "--connect-timeout", "4",
                 "--resolve", f"{name}:443:{self.gw_ip}", "--resolve", f"{name}:80:{self.gw_ip}",
-                "--cacert", os.path.join(world.gw_dir, "ca.crt"),
+                "--cacert", gateway_cas(world.gw_dir),
                 "-o", "-", "-w", "\n%{http_code}", *extra, url]
         r = self.ns.run(args, check=False, timeout=20)
         body, _, code = r.stdout.rpartition("\n")

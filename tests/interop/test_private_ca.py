@@ -8,9 +8,10 @@ the mapping arrives).
 
 * the peer trusts the CA once -- downloaded FROM MANAGEMENT over REST -- and
   curl reaches both services over the tunnel with verified TLS;
-* the CA management serves is byte for byte the gateway's ``ca.crt`` (key
-  0600), and is name-constrained to exactly the cluster domain + the mapped
-  custom service domain (app.gw.test is inside gw.test already);
+* the CA management serves is byte for byte the account's CA on the gateway
+  (``account-cas/<hash>/ca.crt``, key 0600), and is name-constrained to
+  exactly the account's two mapped service domains (never the cluster
+  domain: another account's names under it are not this account's);
 * a name outside the constraints is not issued (the gateway presents its
   default certificate, curl refuses it) and a leaf for it signed with the CA
   key anyway is rejected by ``openssl verify`` against the downloaded CA;
@@ -73,12 +74,23 @@ def world():
         yield w
 
 
+def _account_ca_dir(world: World) -> str:
+    """The account's CA directory on the gateway (the test's one account)."""
+    base = os.path.join(world.gw_dir, "account-cas")
+    found = os.listdir(base) if os.path.isdir(base) else []
+    assert len(found) <= 1, found
+    return os.path.join(base, found[0]) if found else base
+
+
 def _served_ca(world: World) -> bytes | None:
     """Management's CA once it equals the gateway's file and covers both names."""
     status, pem = rest_raw(world, "/reverse-proxies/ca-certificate")
     if status != 200:
         return None
-    with open(os.path.join(world.gw_dir, "ca.crt"), "rb") as f:
+    path = os.path.join(_account_ca_dir(world), "ca.crt")
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
         on_disk = f.read()
     if pem != on_disk:
         return None
@@ -88,13 +100,13 @@ def _served_ca(world: World) -> bytes | None:
 def test_peer_trusts_ca_from_management_once_and_reaches_two_private_services(world):
     ns, gw_ip, _conf = world.connect_peer("alice")
     world.alice = (ns, gw_ip)
-    pem = wait_for(lambda: _served_ca(world), 30, "management's CA == the gateway's ca.crt")
+    pem = wait_for(lambda: _served_ca(world), 30, "management's CA == the account's ca.crt")
     world.ca_pem = pem
     ca = x509.load_pem_x509_certificate(pem)
     nc = ca.extensions.get_extension_for_class(x509.NameConstraints)
     assert nc.critical
-    assert sorted(g.value for g in nc.value.permitted_subtrees) == [DOMAIN, WIKI]
-    key_mode = os.stat(os.path.join(world.gw_dir, "ca.key")).st_mode & 0o777
+    assert sorted(g.value for g in nc.value.permitted_subtrees) == [APP, WIKI]
+    key_mode = os.stat(os.path.join(_account_ca_dir(world), "ca.key")).st_mode & 0o777
     assert key_mode == 0o600, oct(key_mode)
     # the peer's wg-quick config carries the same CA as a comment block, which
     # the stock tools accept (wg-quick strip, then wg setconf on the live device)
@@ -130,7 +142,7 @@ def test_name_outside_the_constraints_is_neither_issued_nor_trusted(world):
                check=False, timeout=15)
     assert r.returncode in (51, 60), (r.returncode, r.stderr)  # name mismatch, not trusted
     # a leaf for it signed with the CA key anyway is rejected by a verifier
-    with open(os.path.join(world.gw_dir, "ca.key"), "rb") as f:
+    with open(os.path.join(_account_ca_dir(world), "ca.key"), "rb") as f:
         ca_key = serialization.load_pem_private_key(f.read(), password=None)
     ca = x509.load_pem_x509_certificate(world.ca_pem)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -161,7 +173,8 @@ def test_certificate_status_in_rest_and_cli(world):
     soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=8)
     for row in rows:
         assert row["source"] == "local-ca"
-        assert row["issuer"] == "CN=nbgateway local CA"
+        # the account's own local CA (its CN ends with a tag of the account)
+        assert row["issuer"].startswith("CN=nbgateway local CA ")
         assert row["last_error"] == ""
         not_after = datetime.datetime.fromisoformat(row["not_after"].replace("Z", "+00:00"))
         assert datetime.datetime.now(datetime.UTC) < not_after < soon  # a 7-day leaf

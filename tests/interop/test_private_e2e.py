@@ -77,6 +77,30 @@ DNS_QUERY = textwrap.dedent('''
 ''')
 
 
+def gateway_cas(gw_dir: str) -> str:
+    """A PEM bundle of every local CA of the gateway in ``gw_dir`` (its own
+    ``ca.crt`` and each account's ``account-cas/*/ca.crt``), written now
+    beside it: what ``curl --cacert`` needs to verify any of its leaves."""
+    import glob as _glob
+
+    parts = [os.path.join(gw_dir, "ca.crt"),
+             *sorted(_glob.glob(os.path.join(gw_dir, "account-cas", "*", "ca.crt")))]
+    out = os.path.join(os.path.dirname(gw_dir.rstrip("/")),
+                       os.path.basename(gw_dir.rstrip("/")) + "-cas.pem")
+    text = ""
+    for path in parts:
+        if os.path.exists(path):
+            with open(path) as src:
+                text += src.read()
+    import threading
+
+    tmp = f"{out}.{os.getpid()}.{threading.get_ident()}"
+    with open(tmp, "w") as f:  # callers run curl from several threads at once
+        f.write(text)
+    os.replace(tmp, out)
+    return out
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
@@ -232,7 +256,7 @@ class World:
     def curl(self, ns, url: str, *extra: str, gw_ip: str, timeout: float = 15):
         args = ["curl", "-sS", "-m", "10", "--resolve", f"{APP}:443:{gw_ip}",
                 "--resolve", f"{APP}:80:{gw_ip}",
-                "--cacert", os.path.join(self.gw_dir, "ca.crt"),
+                "--cacert", gateway_cas(self.gw_dir),
                 "-o", "-", "-w", "\n%{http_code}", *extra, url]
         r = ns.run(args, check=False, timeout=timeout)
         body, _, code = r.stdout.rpartition("\n")
@@ -358,7 +382,7 @@ def test_thousand_requests_one_validation_rpc(world):
     cfg = world.tb.write_file("many.curl", "".join(
         f'url = "https://{APP}/n{i}"\noutput = "/dev/null"\n' for i in range(1000)))
     r = ns.run(["curl", "-sS", "-m", "120", "--resolve", f"{APP}:443:{gw_ip}",
-                "--cacert", os.path.join(world.gw_dir, "ca.crt"), "-w", "%{http_code}\n",
+                "--cacert", gateway_cas(world.gw_dir), "-w", "%{http_code}\n",
                 "-K", cfg], check=False, timeout=150)
     codes = r.stdout.split()
     assert codes.count("200") == 1000, (codes[:5], r.stderr[-500:])

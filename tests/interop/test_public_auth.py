@@ -31,7 +31,14 @@ from urllib.parse import quote
 import pytest
 
 from tests.interop.conftest import world_on_testbed
-from tests.interop.test_private_e2e import DOMAIN, UPSTREAM, World, service_body, wait_for
+from tests.interop.test_private_e2e import (
+    DOMAIN,
+    UPSTREAM,
+    World,
+    gateway_cas,
+    service_body,
+    wait_for,
+)
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -81,7 +88,7 @@ def world():
 def curl(w: World, host: str, path: str = "/", *extra: str) -> tuple[int, dict, str]:
     """(status, lower-case response headers, body) over HTTPS on the public listener."""
     r = w.g.run(["curl", "-sS", "-m", "10", "--resolve", f"{host}:8443:127.0.0.1",
-                 "--cacert", os.path.join(w.gw_dir, "ca.crt"), "-D", "/dev/stderr",
+                 "--cacert", gateway_cas(w.gw_dir), "-D", "/dev/stderr",
                  "-o", "-", *extra, f"https://{host}:8443{path}"], check=False, timeout=20)
     lines = r.stderr.replace("\r", "").split("\n")
     status, headers = 0, {}

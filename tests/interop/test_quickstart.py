@@ -23,7 +23,9 @@ writes (with and without a DNS line), and that a re-run reuses everything.
 from __future__ import annotations
 
 import argparse
+import glob
 import io
+import json
 import os
 import re
 import shlex
@@ -33,6 +35,7 @@ import sys
 import time
 
 import pytest
+from cryptography import x509
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
@@ -41,6 +44,7 @@ from nbgateway.config import load
 from nbgateway.management import quickstart
 from nbgateway.management.cli._client import Client, CliError
 from nbgateway.tap import build_gateway
+from nbgateway.tls.ca import constraints_of
 from tests.ports import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,15 +179,20 @@ class QuickstartCommandTests(unittest.TestCase):
         self.assertEqual(gateway_ip, "100.64.0.1")
         self.assertIn("gateway nbgateway.internal, tunnel address 100.64.0.1", out)
         self.assertIn("█", out)  # the terminal QR code
-        ca = os.path.join(self.datadir, "ca.crt")
-        self.assertTrue(os.path.exists(ca))
-        # the private CA, as management got it from the gateway, beside the config
-        with open(os.path.join(self.workdir, "nbgateway-ca.crt"), "rb") as f1, \
-                open(ca, "rb") as f2:
-            self.assertEqual(f1.read(), f2.read())
+        # the private CA, as management got it from the gateway, beside the
+        # config: the account's own CA (account-cas/<hash>/), not the gateway's
+        # ca.crt, which signs only its default name
+        account_cas = glob.glob(os.path.join(self.datadir, "account-cas", "*", "ca.crt"))
+        self.assertEqual(len(account_cas), 1, account_cas)
+        downloaded = _read(os.path.join(self.workdir, "nbgateway-ca.crt"), "rb")
+        self.assertEqual(downloaded, _read(account_cas[0], "rb"))
+        own = os.path.join(self.datadir, "ca.crt")
+        self.assertFalse(os.path.exists(own) and _read(own, "rb") == downloaded)
+        self.assertEqual(constraints_of(x509.load_pem_x509_certificate(downloaded)),
+                         {"demo.nbgateway.internal"})
         self.assertIn("nbgateway-ca.crt beside the config", out)
         # the curl form README uses: independent of the system resolver
-        self.assertIn("curl --cacert nbgateway-data/ca.crt --resolve "
+        self.assertIn("curl --cacert nbgateway-ca.crt --resolve "
                       "demo.nbgateway.internal:443:100.64.0.1 https://demo.nbgateway.internal/",
                       out)
         self.assertIn("sudo wg-quick up ./laptop.conf", out)
@@ -235,6 +244,15 @@ class QuickstartCommandTests(unittest.TestCase):
         services = yield self.api("services", "list")
         self.assertEqual(len(services), 1)
         self.assertEqual(services[0]["targets"][0]["port"], 9000)
+        # --json: "ca" is the account's CA beside the config, the file curl trusts
+        rc, out4, err = yield self.quickstart("--json", "--upstream",
+                                              "http://127.0.0.1:9000/app", "--no-qr")
+        self.assertEqual(rc, 0, err)
+        shown = json.loads(out4)
+        ca_path = os.path.join(self.workdir, "nbgateway-ca.crt")
+        self.assertEqual((shown["ca"], shown["peer_ca"]), (ca_path, ca_path))
+        self.assertEqual(_read(ca_path, "rb"), _read(account_cas[0], "rb"))
+        self.assertTrue(shown["curl"].startswith("curl --cacert nbgateway-ca.crt "))
 
     @defer.inlineCallbacks
     def test_bad_upstream_is_a_clear_error(self):
@@ -309,6 +327,7 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
 NEWCOMER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 #: paths that must never be reachable through the demo upstream
 SECRETS = ("/nbgateway-data/admin-token", "/admin-token", "/nbgateway-data/ca.key", "/ca.key",
+           "/nbgateway-data/account-cas/",
            "/laptop.conf", "/nbgateway-data/", "/nbgateway-data/management.db", "/README.md",
            "/../nbgateway-data/admin-token", "/%2e%2e/nbgateway-data/admin-token")
 

@@ -32,7 +32,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.interop.conftest import require_testbed
-from tests.interop.test_private_e2e import APP, DOMAIN, VENV_BIN, World, service_body, wait_for
+from tests.interop.test_private_e2e import (
+    APP,
+    DOMAIN,
+    VENV_BIN,
+    World,
+    gateway_cas,
+    service_body,
+    wait_for,
+)
 from tests.interop.testbed import Testbed, inside_netns
 
 pytestmark = pytest.mark.interop
@@ -178,7 +186,7 @@ def test_change_through_b_reaches_gateway_on_a_then_a_dies(replicas):
         w.rest_at("b", "POST", "/reverse-proxies/services",
                   service_body("app2", app2, private=True, groups=[devs["id"]]))
         args = ["curl", "-sS", "-m", "10", "--resolve", f"{app2}:443:{gw_ip}",
-                "--cacert", os.path.join(w.gw_dir, "ca.crt"), "-o", "/dev/null",
+                "--cacert", gateway_cas(w.gw_dir), "-o", "/dev/null",
                 "-w", "%{http_code}", f"https://{app2}/after"]
         wait_for(lambda: ns.run(args, check=False).stdout.strip() == "200", 20,
                  "app2 (created through B after A died) served")

@@ -184,35 +184,6 @@ def test_group_peer_token_round_trip(mgmt, admin):
             if t["id"] == tid)["revoked"]
 
 
-def test_gateway_ca_certificate_is_offered_only_when_it_is_a_certificate(mgmt, admin):
-    import os
-    import subprocess
-
-    path = os.path.join(mgmt.tmp, "data", "ca.crt")
-    peer_page = f"/ui/peers/{mgmt.ids['pid']}"
-    assert "cannot offer the file" in admin.get(peer_page)[2]
-    assert admin.get("/ui/ca.crt")[0] == 404
-    key = os.path.join(mgmt.tmp, "ca.key")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", path,
-                    "-subj", "/CN=test CA", "-days", "1"], check=True, capture_output=True)
-    try:
-        with open(path) as f:
-            pem = f.read()
-        text = admin.get(peer_page)[2]
-        assert 'href="/ui/ca.crt"' in text and pem.splitlines()[1] in text
-        status, headers, body = admin.get("/ui/ca.crt")
-        assert status == 200 and body == pem
-        assert headers["Content-Disposition"] == 'attachment; filename="nbgateway-ca.crt"'
-        assert UiClient(mgmt.base).get("/ui/ca.crt")[0] == 303  # needs a session
-        with open(key) as f, open(path, "a") as out:
-            out.write(f.read())  # a file that also holds a key is never offered
-        assert admin.get("/ui/ca.crt")[0] == 404
-        assert "PRIVATE KEY" not in admin.get(peer_page)[2]
-    finally:
-        os.unlink(path)
-
-
 def test_a_user_role_token_gets_what_the_rest_api_gives_it(mgmt):
     user = mgmt.rest("POST", "/users", {"email": "u@example.test", "name": "u", "role": "user",
                                         "is_service_user": True})

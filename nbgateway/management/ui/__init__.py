@@ -28,7 +28,9 @@ def build_ui(routes: list[Route], schemas: Mapping[str, dict[str, Any]],
              sso: DashboardSSO | None = None,
              add_store_listener: Callable[[Any], None] | None = None) -> UiResource:
     """The ``/ui`` resource over the API's *routes*; pages run on *threadpool*.
-    *ca_cert_path* is a gateway CA certificate offered to peers if it exists;
+    *ca_cert_path* is accepted for older callers and not read (the peer page
+    and ``/ui/ca.crt`` offer the signed-in account's private CA from
+    management, ``GET /api/reverse-proxies/ca-certificate``);
     *sso* offers sign-in through the management's OIDC provider;
     *add_store_listener* (the store's ``add_listener``) feeds the live view's
     server-sent events (without it the live view polls)."""

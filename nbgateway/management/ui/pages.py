@@ -14,7 +14,7 @@ from typing import Any
 from nbgateway.management.model import MODES, TARGET_PROTOCOLS, TARGET_TYPES
 
 from .bridge import Outcome
-from .resource import Ctx, Page, data_uri, qs, read_ca_certificate
+from .resource import Ctx, Page, ca_certificate_text, data_uri, qs
 
 PAGE_SIZE = 25
 
@@ -271,7 +271,7 @@ def peer_detail(ctx: Ctx, peer_id: str) -> Page:
     conf = ctx.api("getPeerWireguardConfig", {"peerId": peer_id})
     qr = ctx.api("getPeerWireguardConfig", {"peerId": peer_id}, query={"format": "qr"})
     return ctx.render("peer.html", peer=peer.body,
-                      ca_cert=read_ca_certificate(ctx.ui.ca_cert_path),
+                      ca_cert=_account_ca(ctx),
                       config=conf.body.decode() if conf.ok else "",
                       config_error=conf.message,
                       qr=data_uri("image/png", qr.body) if qr.ok else "")
@@ -288,10 +288,19 @@ def peer_config(ctx: Ctx, peer_id: str) -> Page:
                 headers={"Content-Disposition": f'attachment; filename="{name}.conf"'})
 
 
+def _account_ca(ctx: Ctx) -> str:
+    """The signed-in account's private CA certificate(s) as management has them
+    from the gateways (the REST API's ``getPrivateCACertificate``: that
+    account's CAs only, never another account's or a gateway's own), or ""."""
+    out = ctx.api("getPrivateCACertificate")
+    return ca_certificate_text(out.body) if out.ok else ""
+
+
 def ca_certificate(ctx: Ctx) -> Page:
-    pem = read_ca_certificate(ctx.ui.ca_cert_path)
+    pem = _account_ca(ctx)
     if not pem:
-        return ctx.render("error.html", 404, message="no gateway CA certificate here")
+        return ctx.render("error.html", 404,
+                          message="no gateway has reported a private CA for this account yet")
     return Page(200, body=pem.encode(), content_type="application/x-pem-file",
                 headers={"Content-Disposition": 'attachment; filename="nbgateway-ca.crt"'})
 

@@ -127,6 +127,9 @@ class UiResource(Resource):
         super().__init__()
         #: server-sent events for the live view (None: the page polls)
         self.live = live
+        #: accepted from older callers and not read: the dashboard offers the
+        #: signed-in account's private CA from management (the gateway's own
+        #: ``DATADIR/ca.crt`` signs only its default name)
         self.ca_cert_path = ca_cert_path
         self.sso = sso
         #: SSO binding cookie value -> the flow's state (bounded, oldest first out)
@@ -471,26 +474,23 @@ def _match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str
     return params
 
 
-#: a CA certificate file larger than this is not offered
+#: a CA certificate body larger than this is not offered
 MAX_CA_CERT = 64 * 1024
 
 
-def read_ca_certificate(path: str | None) -> str:
-    """The PEM certificate(s) at *path*, or "" when absent, too large, or not
-    certificates only (a file holding any key is never offered)."""
-    if not path:
+def ca_certificate_text(raw: bytes | str | None) -> str:
+    """The PEM certificate(s) in *raw* (the account's private CA as
+    ``getPrivateCACertificate`` returns it), or "" when absent, too large, or
+    not certificates only (a body holding any key is never offered)."""
+    if not raw or len(raw) > MAX_CA_CERT:
         return ""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CA_CERT + 1)
-    except OSError:
-        return ""
-    if len(raw) > MAX_CA_CERT:
-        return ""
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        return ""
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return ""
+    else:
+        text = raw
     if "-----BEGIN CERTIFICATE-----" not in text or "KEY-----" in text:
         return ""
     return text
