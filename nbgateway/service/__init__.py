@@ -248,6 +248,8 @@ class GatewayService(MultiService):
         # the gate was asked when each private L4 relay began: ask it again
         # for the live ones (a revocation closes them, not only new ones)
         self.l4.revalidate(runtime.account_id)
+        # and for the account's upgraded (WebSocket) connections of private services
+        self.proxy.upgrades.revalidate(runtime.account_id, self.gate)
         self.health.set_client(runtime.account_id, client_health_from_device(
             runtime.device, self.reactor.seconds(), management_connected=True))
 

@@ -186,3 +186,20 @@ class LiveRelayRevocationTests(unittest.TestCase):
                          "the peer's UDP session survived the revocation")
         self.assertNotIn(b"q2", revoked.upstream.sent if revoked.upstream else [])
         self.assertEqual(kept.state, "open", "a still-allowed session stays")
+
+
+class UpgradedConnectionsRevalidatedTests(unittest.TestCase):
+    """A map push for an account also asks the gate again for the account's
+    upgraded (WebSocket) connections (UpgradeRelay.revalidate, tested in
+    tests/proxy/test_upgrade_revalidate.py), with the gateway's private gate."""
+
+    @defer.inlineCallbacks
+    def test_a_map_push_revalidates_the_accounts_upgrades(self):
+        Channel.by_account = {}
+        svc, mgmt = start_gateway(self, Channel, private=True)
+        self.addCleanup(svc.stopService)
+        yield mgmt.snapshot([ssh_mapping("a"), ssh_mapping("b")])
+        asked = []
+        svc.proxy.upgrades.revalidate = lambda account, gate: asked.append((account, gate))
+        yield Channel.by_account["a"].on_map(network(1))
+        self.assertEqual(asked, [("a", svc.gate)])
