@@ -14,6 +14,14 @@
 
 3. The throwaway PostgreSQL cluster of ``tests/pgcluster.py`` (started on
    first use when ``NBGW_TEST_PG_DSN`` is unset) is stopped at session end.
+
+4. Management's per-account REST rate limits are off for the processes and
+   services the suite starts (``NB_MANAGEMENT_API_WRITE_RATE`` /
+   ``NB_MANAGEMENT_API_READ_RATE`` = 0 unless set): a module shares one
+   server and one account across its tests, so its writes add up to more
+   than the limit's burst on a slow machine and a test saw 429 for what it
+   checks.  The limits themselves are tested where a test sets them
+   (tests/management/test_rest_ratelimit.py, test_quota_api.py).
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ import pytest
 import pytest_twisted
 
 REQUIRE_INTEROP = os.environ.get("NBGW_REQUIRE_INTEROP") == "1"
+
+for _rate in ("NB_MANAGEMENT_API_WRITE_RATE", "NB_MANAGEMENT_API_READ_RATE"):
+    os.environ.setdefault(_rate, "0")  # see 4. above
 
 
 @pytest.hookimpl(hookwrapper=True)

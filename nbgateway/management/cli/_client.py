@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -59,11 +60,13 @@ class Client:
     management rejected."""
 
     def __init__(self, url: str, token: str | None, timeout: float = TIMEOUT,
-                 token_source: str = "--token"):
+                 token_source: str = "--token", sleep: Any = time.sleep):
         self.base = url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.token_source = token_source
+        #: waits out a 429 (injected by tests)
+        self.sleep = sleep
 
     def request(self, method: str, path: str, body: Any = None,
                 query: dict[str, Any] | None = None, raw: bool = False) -> Any:
@@ -78,15 +81,23 @@ class Client:
             req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Token {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise CliError(self._http_error(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise UnreachableError(f"cannot reach management at {self.base}: {reason} (is it "
-                              "running? check --url / NB_ADMIN_URL)") from None
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    payload = resp.read()
+                break
+            except urllib.error.HTTPError as exc:
+                # the account's REST rate limit: refused before the handler ran
+                # (nothing done), so any method is retried after Retry-After
+                wait = _retry_after(exc) if exc.code == 429 else None
+                if wait is None or attempt == RATE_LIMIT_RETRIES:
+                    raise CliError(self._http_error(exc)) from None
+                self.sleep(wait)
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise UnreachableError(
+                    f"cannot reach management at {self.base}: {reason} (is it "
+                    "running? check --url / NB_ADMIN_URL)") from None
         if raw:
             return payload
         try:
@@ -113,6 +124,24 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+
+#: how often one call waits out the account's REST rate limit (HTTP 429)
+RATE_LIMIT_RETRIES = 5
+#: the longest Retry-After the client waits (longer: the 429 is the answer)
+MAX_RETRY_AFTER = 30.0
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    """Seconds to wait before retrying a 429 (its ``Retry-After`` in
+    seconds, 1 when absent); None when it asks for longer than
+    :data:`MAX_RETRY_AFTER` or cannot be read."""
+    raw = (exc.headers.get("Retry-After") if exc.headers is not None else None) or "1"
+    try:
+        wait = float(raw)
+    except ValueError:
+        return None
+    return wait if 0 <= wait <= MAX_RETRY_AFTER else None
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
