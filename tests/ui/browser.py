@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import Any
 
 import pytest
 
@@ -131,24 +132,29 @@ class Browser:
 
     def click_and_wait(self, selector: str, timeout: float = 15) -> None:
         """Click *selector* and wait until a new document has loaded."""
-        import time
-
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.common.by import By
-
-        d = self.driver
-        d.execute_script("window.__nbgwOld = true;")
-        d.find_element(By.CSS_SELECTOR, selector).click()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if d.execute_script("return window.__nbgwOld !== true && "
-                                    "document.readyState === 'complete';"):
-                    return
-            except WebDriverException:  # between documents
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"clicking {selector} loaded no new page")
+        click_and_wait(self.driver, selector, timeout)
 
     def console(self) -> list[str]:
         return [e["message"] for e in self.driver.get_log("browser")]
+
+
+def click_and_wait(driver: Any, selector: str, timeout: float = 15) -> None:
+    """Click *selector* in *driver* and wait until a new document has loaded
+    (a navigation started before the form's answer would abort it)."""
+    import time
+
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    driver.execute_script("window.__nbgwOld = true;")
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if driver.execute_script("return window.__nbgwOld !== true && "
+                                     "document.readyState === 'complete';"):
+                return
+        except WebDriverException:  # between documents
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"clicking {selector} loaded no new page")

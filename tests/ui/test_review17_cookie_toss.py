@@ -29,6 +29,7 @@ import threading
 
 import pytest
 
+from tests.ui.browser import click_and_wait
 from tests.ui.harness import Management, UiClient, free_port
 
 PARENT = "parent.test"
@@ -106,29 +107,6 @@ def driver():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _click_and_wait(driver, selector: str, timeout: float = 15) -> None:
-    """Click *selector* and wait until the next document has loaded (a
-    navigation started before the form's answer arrived aborts the sign-in
-    on a loaded machine)."""
-    import time
-
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.common.by import By
-
-    driver.execute_script("window.__nbgwOld = true;")
-    driver.find_element(By.CSS_SELECTOR, selector).click()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if driver.execute_script("return window.__nbgwOld !== true && "
-                                     "document.readyState === 'complete';"):
-                return
-        except WebDriverException:
-            pass  # between documents
-        time.sleep(0.05)
-    raise AssertionError(f"no new page after clicking {selector}")
-
-
 def test_a_sibling_hosts_cookie_does_not_swap_the_dashboard_session(world, driver):
     from selenium.webdriver.common.by import By
 
@@ -136,7 +114,7 @@ def test_a_sibling_hosts_cookie_does_not_swap_the_dashboard_session(world, drive
     ui = f"http://mgmt.{PARENT}:{m.port}/ui"
     driver.get(f"{ui}/login")
     driver.find_element(By.ID, "token").send_keys(m.admin)
-    _click_and_wait(driver, "form.card button[type=submit]")  # the sign-in's answer first
+    click_and_wait(driver, "form.card button[type=submit]")  # the sign-in's answer first
     driver.get(f"{ui}/groups")
     assert driver.find_elements(By.ID, "groups"), driver.page_source[:500]
     assert MARKER not in driver.page_source

@@ -15,16 +15,18 @@ import sqlalchemy as sa
 from nbgateway.management.store._prepared import Prepared
 from nbgateway.management.store.schema import accounts, group_peers, groups, peers
 
-#: (network_v4, network_v6, id of the ``All`` group or None) of an account
-ACCOUNT_NETWORKS = Prepared(
-    sa.select(
-        accounts.c.network_v4,
-        accounts.c.network_v6,
-        sa.select(sa.func.min(groups.c.id))
-        .where(groups.c.account_id == accounts.c.id, groups.c.name == sa.literal_column("'All'"))
-        .scalar_subquery(),
-    ).where(accounts.c.id == sa.bindparam("account_id", type_=accounts.c.id.type))
+_IS_ALL = sa.and_(groups.c.account_id == accounts.c.id,
+                  groups.c.name == sa.literal_column("'All'"))
+#: the columns of :data:`ACCOUNT_NETWORKS`, first in :data:`ACCOUNT_NETWORKS_COUNTED` too
+_NETWORK_COLUMNS = (
+    accounts.c.network_v4,
+    accounts.c.network_v6,
+    sa.select(sa.func.min(groups.c.id)).where(_IS_ALL).scalar_subquery(),
 )
+_OF_ACCOUNT = accounts.c.id == sa.bindparam("account_id", type_=accounts.c.id.type)
+
+#: (network_v4, network_v6, id of the ``All`` group or None) of an account
+ACCOUNT_NETWORKS = Prepared(sa.select(*_NETWORK_COLUMNS).where(_OF_ACCOUNT))
 
 #: :data:`ACCOUNT_NETWORKS` plus, for the per-account quotas (``_quotas``),
 #: the account's peers besides its proxy peers (the All group's trigger-kept
@@ -34,18 +36,12 @@ ACCOUNT_NETWORKS = Prepared(
 #: a quota'd peer creation costs no extra round trip and reads no peer rows
 ACCOUNT_NETWORKS_COUNTED = Prepared(
     sa.select(
-        accounts.c.network_v4,
-        accounts.c.network_v6,
-        sa.select(sa.func.min(groups.c.id))
-        .where(groups.c.account_id == accounts.c.id, groups.c.name == sa.literal_column("'All'"))
-        .scalar_subquery(),
-        sa.select(sa.func.max(groups.c.peers_count))
-        .where(groups.c.account_id == accounts.c.id, groups.c.name == sa.literal_column("'All'"))
-        .scalar_subquery(),
+        *_NETWORK_COLUMNS,
+        sa.select(sa.func.max(groups.c.peers_count)).where(_IS_ALL).scalar_subquery(),
         sa.select(sa.func.coalesce(sa.func.sum(groups.c.peers_count), sa.literal_column("0")))
         .where(groups.c.account_id == accounts.c.id, groups.c.name != sa.literal_column("'All'"))
         .scalar_subquery(),
-    ).where(accounts.c.id == sa.bindparam("account_id", type_=accounts.c.id.type))
+    ).where(_OF_ACCOUNT)
 )
 
 #: the id of the account's ``nth`` peer by id (0-based; none when it has
